@@ -1,0 +1,289 @@
+"""Crash-safe writes: a killed audit never leaves a partial file or a half-written folder.
+
+Two levels of atomicity:
+
+* **Files.** :func:`atomic_write_bytes`, :func:`atomic_write_text`,
+  :func:`atomic_write_json` and :func:`atomic_write_parquet` write into a
+  temporary file in the destination's own directory (same filesystem), flush
+  and ``fsync`` it, then ``os.replace`` it over the destination. Readers see
+  either the old file or the new one, never a prefix.
+* **Folders.** :func:`atomic_directory` yields a fresh temporary folder next to
+  the destination; when the block finishes without error, the temporary folder
+  is swapped with the destination in one step (``renameat2(RENAME_EXCHANGE)``
+  on Linux), and the previous contents are deleted afterwards. If the process
+  dies before the swap, the destination still holds the previous, complete
+  results; the orphaned temporary folder (hidden, named after the destination)
+  is removed by the next call. Where the atomic exchange is unavailable (not
+  Linux, or a filesystem that refuses it) two renames are used, and a run that
+  dies between them is repaired by the next call (:func:`recover_directory`).
+
+Examples
+--------
+>>> import tempfile, pathlib
+>>> from driftwatch._io import atomic_directory, atomic_write_text
+>>> root = pathlib.Path(tempfile.mkdtemp())
+>>> with atomic_directory(root / "results") as tmp:
+...     _ = atomic_write_text(tmp / "summary.json", "{}")
+>>> sorted(p.name for p in (root / "results").iterdir())
+['.driftwatch', 'summary.json']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import glob
+import json
+import os
+import secrets
+import shutil
+import sys
+from collections.abc import Collection, Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from driftwatch.errors import InvalidParameterError
+
+#: Marker file written into every results folder managed by :func:`atomic_directory`.
+MARKER = ".driftwatch"
+
+_TMP_TAG = ".tmp-"
+_OLD_TAG = ".old-"
+
+
+def _fsync_dir(path: Path) -> None:
+    """Flush a directory entry to disk (best effort: not every OS allows it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _tmp_sibling(path: Path, tag: str) -> Path:
+    return path.parent / f".{path.name}{tag}{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, then ``os.replace``).
+
+    Parameters
+    ----------
+    path : str or path-like
+        Destination file. Its folder must exist.
+    data : bytes
+        The complete new content.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    dest = Path(path)
+    tmp = _tmp_sibling(dest, _TMP_TAG)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(dest.parent)
+    return dest
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Write ``obj`` as pretty, key-sorted JSON (UTF-8, trailing newline) atomically."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def atomic_write_parquet(frame: pl.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Write ``frame`` as Parquet (zstd, statistics) atomically.
+
+    The bytes depend only on the frame's content and schema (no timestamps are
+    embedded), so the same frame always gives the same file.
+    """
+    dest = Path(path)
+    tmp = _tmp_sibling(dest, _TMP_TAG)
+    try:
+        frame.write_parquet(tmp, compression="zstd", statistics=True)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(dest.parent)
+    return dest
+
+
+# --------------------------------------------------------------------------- folders
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _renameat2_exchange(a: Path, b: Path) -> bool:
+    """Atomically exchange two paths (Linux ``renameat2``). False when unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    return rc == 0
+
+
+def recover_directory(path: str | os.PathLike[str]) -> None:
+    """Repair what an interrupted :func:`atomic_directory` may have left next to ``path``.
+
+    * ``path`` missing but a previous version parked as ``.<name>.old-*``: put it back.
+    * Leftover ``.<name>.tmp-*`` / ``.<name>.old-*`` folders of dead processes: delete them.
+    """
+    dest = Path(path)
+    parent = dest.parent
+    if not parent.is_dir():
+        return
+    stem = glob.escape(f".{dest.name}")
+    olds = sorted(parent.glob(f"{stem}{_OLD_TAG}*"), key=lambda p: p.stat().st_mtime)
+    if not dest.exists() and olds:
+        os.rename(olds[-1], dest)
+        olds = olds[:-1]
+    for leftover in [*parent.glob(f"{stem}{_TMP_TAG}*"), *olds]:
+        pid = _pid_of(leftover)
+        if pid is not None and pid != os.getpid() and _alive(pid):
+            continue  # another audit is writing right now
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+
+
+def _pid_of(p: Path) -> int | None:
+    tail = p.name.rsplit("-", 2)
+    try:
+        return int(tail[-2])
+    except (IndexError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_replaceable(path: str | os.PathLike[str], *, expected: Collection[str] = ()) -> None:
+    """Raise :class:`InvalidParameterError` unless ``path`` may be replaced as a whole.
+
+    A folder may be replaced when it does not exist, is empty, carries the
+    :data:`MARKER` of an earlier driftwatch write, or holds only names in
+    ``expected``. Anything else (``--out .``, a folder of the user's own files)
+    is refused rather than deleted.
+    """
+    dest = Path(path)
+    if not dest.exists():
+        return
+    if not dest.is_dir():
+        raise InvalidParameterError(
+            f"{dest}: exists and is not a folder; --out needs a folder for the results "
+            "(choose a new or an earlier results folder)"
+        )
+    names = {p.name for p in dest.iterdir()}
+    if not names or MARKER in names or names <= set(expected):
+        return
+    foreign = sorted(names - set(expected))[:5]
+    raise InvalidParameterError(
+        f"{dest}: folder holds files that are not driftwatch results ({', '.join(foreign)}); "
+        "the results folder is replaced as a whole, so choose a new or empty folder for --out"
+    )
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike[str], *, expected: Collection[str] = ()) -> Iterator[Path]:
+    """Build a folder's new content aside and swap it in only when complete.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The folder to (re)place. Its parent is created if needed.
+    expected : collection of str, default=()
+        File names a results folder may hold without a marker (see
+        :func:`check_replaceable`).
+
+    Yields
+    ------
+    pathlib.Path
+        An empty temporary folder on the same filesystem. Write everything into
+        it; on normal exit it becomes ``path`` (with a :data:`MARKER` file). On
+        an exception it is deleted and ``path`` is left untouched.
+    """
+    dest = Path(path).absolute()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    recover_directory(dest)
+    check_replaceable(dest, expected=expected)
+    tmp = _tmp_sibling(dest, _TMP_TAG)
+    tmp.mkdir()
+    try:
+        yield tmp
+        (tmp / MARKER).write_text("driftwatch results folder; replaced as a whole by each audit\n")
+        _fsync_dir(tmp)
+        _swap_in(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _swap_in(tmp: Path, dest: Path) -> None:
+    if not dest.exists():
+        os.rename(tmp, dest)
+        _fsync_dir(dest.parent)
+        return
+    if _renameat2_exchange(tmp, dest):
+        # ``tmp`` now holds the previous results
+        _fsync_dir(dest.parent)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    old = _tmp_sibling(dest, _OLD_TAG)
+    os.rename(dest, old)
+    os.rename(tmp, dest)
+    _fsync_dir(dest.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+__all__ = [
+    "MARKER",
+    "atomic_directory",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_parquet",
+    "atomic_write_text",
+    "check_replaceable",
+    "recover_directory",
+]

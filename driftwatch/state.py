@@ -1,0 +1,487 @@
+"""Incremental, scheduled audits: what has been audited, and the results so far, in one DuckDB file.
+
+A nightly ``driftwatch audit logs/ --out report --state audit_state/`` over a
+folder that grows by one file a day should audit only the new file, yet see
+weeks of history when looking for change-points and drift. :class:`AuditState`
+keeps both in a DuckDB database (``<state dir>/audit.duckdb`` or ``--db FILE``):
+
+* ``files``: every audited source file with its size, modification time and a
+  BLAKE2b hash of its bytes. A file whose size and mtime are unchanged is skipped
+  without reading it; one whose size or mtime changed is hashed and re-audited
+  only when its bytes differ.
+* ``audits``: one row per audit (id, window, counts, the ts watermark).
+* history tables of results: ``runs``, ``loops``, ``changepoints``, ``drift``,
+  ``violations``; and the small per-run tables the fleet stage needs
+  (``features``, ``action_counts``, ``bigram_counts``, ``loop_summary``,
+  ``run_changepoints``), so that change-points and drift are computed over the
+  history, not over one night.
+
+Writes are idempotent: per-run tables are replaced by ``run_id`` (delete then
+insert), fleet tables by their natural key (``changepoints``: series, metric, ts;
+``drift``: series, window, feature, method), ``audits`` by ``audit_id``, all in one
+transaction. Auditing the same window twice leaves the same rows.
+
+All SQL is parameterised; table and key names come from the fixed allow-list
+:data:`TABLE_KEYS`, and column names from result frames are checked against a
+strict identifier pattern and quoted.
+
+Examples
+--------
+>>> import tempfile, polars as pl
+>>> from driftwatch.state import AuditState
+>>> st = AuditState(tempfile.mkdtemp() + "/audit.duckdb")
+>>> st.upsert("runs", pl.DataFrame({"run_id": ["r1", "r2"], "score": [0.1, 0.9]}))
+>>> st.upsert("runs", pl.DataFrame({"run_id": ["r2"], "score": [0.8]}))
+>>> st.table("runs").sort("run_id").rows()
+[('r1', 0.1), ('r2', 0.8)]
+>>> st.close()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from driftwatch.errors import InputError, InvalidParameterError
+
+#: History table -> the columns that identify a row (delete+insert key).
+TABLE_KEYS: dict[str, tuple[str, ...]] = {
+    # per-run tables: replaced run by run
+    "runs": ("run_id",),
+    "loops": ("run_id",),
+    "violations": ("run_id",),
+    "features": ("run_id",),
+    "action_counts": ("run_id",),
+    "bigram_counts": ("run_id",),
+    "loop_summary": ("run_id",),
+    "run_changepoints": ("run_id",),
+    # fleet tables: replaced by natural key
+    "changepoints": ("series", "metric", "ts"),
+    "drift": ("series", "window_start", "window_end", "feature", "method"),
+    # bookkeeping
+    "audits": ("audit_id",),
+    "files": ("path",),
+}
+
+#: Per-run tables (keyed by ``run_id``) read back as history by the fleet stage.
+PER_RUN_TABLES: tuple[str, ...] = (
+    "features",
+    "action_counts",
+    "bigram_counts",
+    "loops",
+    "loop_summary",
+    "violations",
+    "run_changepoints",
+)
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+DB_NAME = "audit.duckdb"
+
+
+def _quote(name: str) -> str:
+    if not _IDENT.match(name):
+        raise InvalidParameterError(
+            f"column name {name!r} cannot be stored in the audit history; expected letters, digits, '_'"
+        )
+    return f'"{name}"'
+
+
+def _table(name: str) -> str:
+    if name not in TABLE_KEYS:
+        raise InvalidParameterError(
+            f"unknown history table {name!r}; expected one of {sorted(TABLE_KEYS)}"
+        )
+    return f'"{name}"'
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFile:
+    """A source file as seen now: absolute path, size in bytes, mtime in ns, optional hash."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    hash: str | None = None
+
+    @classmethod
+    def stat(cls, path: str | os.PathLike[str]) -> SourceFile:
+        p = Path(path).absolute()
+        st = p.stat()
+        return cls(str(p), int(st.st_size), int(st.st_mtime_ns))
+
+    def hashed(self) -> SourceFile:
+        """This file with its BLAKE2b-256 content hash filled in."""
+        if self.hash is not None:
+            return self
+        return SourceFile(self.path, self.size, self.mtime_ns, file_hash(self.path))
+
+
+def file_hash(path: str | os.PathLike[str]) -> str:
+    """BLAKE2b-256 hex digest of a file's bytes (streamed, constant memory)."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, lambda: hashlib.blake2b(digest_size=32)).hexdigest()
+
+
+def _sanitize(frame: pl.DataFrame) -> pl.DataFrame:
+    """Make a frame storable: all-null columns become text, nested nulls too."""
+    casts = {c: pl.String for c, t in frame.schema.items() if t == pl.Null}
+    casts.update({c: pl.List(pl.String) for c, t in frame.schema.items() if t == pl.List(pl.Null)})
+    return frame.cast(casts) if casts else frame
+
+
+class AuditState:
+    """The audit history of one deployment, in a DuckDB file.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The DuckDB file (created with its folder when missing).
+
+    Notes
+    -----
+    One audit at a time may hold the file open for writing (DuckDB locks it);
+    a second concurrent audit gets an :class:`~driftwatch.errors.InputError`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        import duckdb
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.con = duckdb.connect(str(self.path))
+        except duckdb.Error as exc:  # locked by another process, not a DuckDB file, ...
+            first = str(exc).splitlines()[0]
+            raise InputError(
+                f"{self.path}: cannot open the audit state database ({first}); "
+                "check that no other audit is running and that the file is a driftwatch state DB"
+            ) from None
+        self.con.execute("SET TimeZone = 'UTC'")
+
+    @classmethod
+    def open(
+        cls, *, state_dir: str | os.PathLike[str] | None = None, db: str | os.PathLike[str] | None = None
+    ) -> AuditState:
+        """Open ``<state_dir>/audit.duckdb`` or the file ``db`` (exactly one of them)."""
+        if (state_dir is None) == (db is None):
+            raise InvalidParameterError("give exactly one of state_dir (--state DIR) or db (--db FILE)")
+        if db is not None:
+            return cls(db)
+        assert state_dir is not None
+        d = Path(state_dir)
+        if d.exists() and not d.is_dir():
+            raise InvalidParameterError(f"{d}: --state must be a folder (use --db for a DuckDB file)")
+        return cls(d / DB_NAME)
+
+    # ------------------------------------------------------------------ basics
+    def close(self) -> None:
+        """Close the database (idempotent)."""
+        with contextlib.suppress(Exception):
+            self.con.close()
+
+    def __enter__(self) -> AuditState:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def tables(self) -> list[str]:
+        """History tables that exist in the database."""
+        rows = self.con.execute(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_catalog = current_database() AND table_schema = 'main' ORDER BY 1"
+        ).fetchall()
+        return [r[0] for r in rows if r[0] in TABLE_KEYS]
+
+    def _columns(self, table: str) -> dict[str, str]:
+        rows = self.con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_catalog = current_database() AND table_schema = 'main' AND table_name = ? "
+            "ORDER BY ordinal_position",
+            [table],
+        ).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def _query(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
+        rel = self.con.sql(sql, params=list(params) if params else None)
+        return pl.from_arrow(rel.to_arrow_table())  # type: ignore[return-value]
+
+    def table(self, name: str, *, where_run_ids: Iterable[str] | None = None) -> pl.DataFrame:
+        """A history table as a polars DataFrame (empty frame when it does not exist yet)."""
+        quoted = _table(name)
+        if name not in self.tables():
+            return pl.DataFrame()
+        if where_run_ids is None:
+            return self._query(f"SELECT * FROM {quoted}")
+        ids = pl.DataFrame({"run_id": list(where_run_ids)}, schema={"run_id": pl.String})
+        self.con.register("_dw_ids", ids.to_arrow())
+        try:
+            return self._query(f"SELECT t.* FROM {quoted} t SEMI JOIN _dw_ids USING (run_id)")
+        finally:
+            self.con.unregister("_dw_ids")
+
+    # ------------------------------------------------------------------ writes
+    def _ensure_table(self, name: str, frame: pl.DataFrame) -> None:
+        quoted = _table(name)
+        for col in frame.columns:
+            _quote(col)
+        existing = self._columns(name)
+        if not existing:
+            self.con.execute(f"CREATE TABLE {quoted} AS SELECT * FROM _dw_new LIMIT 0")
+            return
+        missing = [c for c in frame.columns if c not in existing]
+        if missing:
+            # learn DuckDB's types for the new columns from the registered frame
+            self.con.execute("CREATE OR REPLACE TEMP TABLE _dw_types AS SELECT * FROM _dw_new LIMIT 0")
+            types = dict(
+                self.con.execute(
+                    "SELECT column_name, data_type FROM information_schema.columns "
+                    "WHERE table_name = '_dw_types' AND table_catalog = 'temp'"
+                ).fetchall()
+            )
+            for col in missing:
+                dtype = types[col]
+                if not re.fullmatch(r"[A-Za-z0-9_ ,()\[\]]+", dtype):
+                    raise InvalidParameterError(f"cannot store column {col!r} of type {dtype!r}")
+                self.con.execute(f"ALTER TABLE {quoted} ADD COLUMN {_quote(col)} {dtype}")
+            self.con.execute("DROP TABLE _dw_types")
+
+    def _upsert_in_tx(self, name: str, frame: pl.DataFrame, *, delete_run_ids: pl.Series | None = None) -> None:
+        quoted = _table(name)
+        keys = TABLE_KEYS[name]
+        frame = _sanitize(frame)
+        if frame.width == 0:
+            return
+        self.con.register("_dw_new", frame.to_arrow())
+        try:
+            self._ensure_table(name, frame)
+            if keys == ("run_id",) and delete_run_ids is not None:
+                ids = pl.DataFrame({"run_id": delete_run_ids.cast(pl.String)}).unique()
+                self.con.register("_dw_ids", ids.to_arrow())
+                try:
+                    self.con.execute(f"DELETE FROM {quoted} WHERE run_id IN (SELECT run_id FROM _dw_ids)")
+                finally:
+                    self.con.unregister("_dw_ids")
+            elif all(k in frame.columns for k in keys) and frame.height:
+                cond = " AND ".join(f"t.{_quote(k)} IS NOT DISTINCT FROM n.{_quote(k)}" for k in keys)
+                self.con.execute(
+                    f"DELETE FROM {quoted} t WHERE EXISTS (SELECT 1 FROM _dw_new n WHERE {cond})"
+                )
+            if frame.height:
+                self.con.execute(f"INSERT INTO {quoted} BY NAME SELECT * FROM _dw_new")
+        finally:
+            self.con.unregister("_dw_new")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[AuditState]:
+        """All writes inside the block commit together or not at all."""
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield self
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.con.execute("COMMIT")
+
+    def upsert(self, name: str, frame: pl.DataFrame, *, run_ids: pl.Series | None = None) -> None:
+        """Replace rows of history table ``name`` by key, in one transaction.
+
+        Parameters
+        ----------
+        name : str
+            A table of :data:`TABLE_KEYS`.
+        frame : polars.DataFrame
+            New rows. Columns unknown to the table are added to it.
+        run_ids : polars.Series, optional
+            For per-run tables: every row of these runs is deleted first (so a
+            run that lost its loops loses its old loop rows). Defaults to the
+            frame's own ``run_id`` values.
+        """
+        with self.transaction():
+            self._upsert(name, frame, run_ids=run_ids)
+
+    def _upsert(self, name: str, frame: pl.DataFrame, *, run_ids: pl.Series | None = None) -> None:
+        if TABLE_KEYS[name] == ("run_id",) and run_ids is None and "run_id" in frame.columns:
+            run_ids = frame["run_id"]
+        self._upsert_in_tx(name, frame, delete_run_ids=run_ids)
+
+    def record(
+        self,
+        *,
+        audit: Mapping[str, Any],
+        per_run: Mapping[str, pl.DataFrame],
+        fleet: Mapping[str, pl.DataFrame],
+        run_ids: pl.Series,
+        files: Sequence[SourceFile] = (),
+    ) -> None:
+        """Store one audit's results atomically (one transaction).
+
+        Parameters
+        ----------
+        audit : mapping
+            The ``audits`` row (must hold ``audit_id``).
+        per_run : mapping of str to DataFrame
+            Per-run tables (``runs``, ``loops``, ``features``, ...); every row of
+            ``run_ids`` is replaced.
+        fleet : mapping of str to DataFrame
+            ``changepoints`` and ``drift``, replaced by natural key.
+        run_ids : polars.Series
+            The runs this audit covered.
+        files : sequence of SourceFile
+            Source files to mark as audited (hashes are computed when missing).
+        """
+        hashed = [f.hashed() for f in files]
+        audit_row = pl.DataFrame([dict(audit)])
+        with self.transaction():
+            for name, frame in per_run.items():
+                self._upsert(name, frame, run_ids=run_ids)
+            for name, frame in fleet.items():
+                self._upsert(name, frame)
+            self._upsert("audits", audit_row)
+            if hashed:
+                files_df = pl.DataFrame(
+                    {
+                        "path": [f.path for f in hashed],
+                        "size": [f.size for f in hashed],
+                        "mtime_ns": [f.mtime_ns for f in hashed],
+                        "hash": [f.hash for f in hashed],
+                        "audit_id": [str(audit["audit_id"])] * len(hashed),
+                    },
+                    schema={
+                        "path": pl.String,
+                        "size": pl.Int64,
+                        "mtime_ns": pl.Int64,
+                        "hash": pl.String,
+                        "audit_id": pl.String,
+                    },
+                )
+                self._upsert("files", files_df)
+
+    # ------------------------------------------------------------------ reads
+    def audited_files(self) -> pl.DataFrame:
+        """``path, size, mtime_ns, hash, audit_id`` of every file audited so far."""
+        df = self.table("files")
+        if df.width == 0:
+            return pl.DataFrame(
+                schema={"path": pl.String, "size": pl.Int64, "mtime_ns": pl.Int64, "hash": pl.String,
+                        "audit_id": pl.String}
+            )
+        return df
+
+    def plan(self, files: Sequence[str | os.PathLike[str]]) -> tuple[list[SourceFile], list[SourceFile]]:
+        """Split source files into (to audit, already audited).
+
+        A file is already audited when its path is known with the same size and
+        mtime, or with the same content hash (touched but unchanged; its new
+        mtime is remembered at the next :meth:`record`).
+        """
+        known = {r["path"]: r for r in self.audited_files().iter_rows(named=True)}
+        todo: list[SourceFile] = []
+        done: list[SourceFile] = []
+        for f in files:
+            sf = SourceFile.stat(f)
+            prev = known.get(sf.path)
+            if prev is None:
+                todo.append(sf)
+            elif prev["size"] == sf.size and prev["mtime_ns"] == sf.mtime_ns:
+                done.append(SourceFile(sf.path, sf.size, sf.mtime_ns, prev["hash"]))
+            else:
+                h = sf.hashed()
+                (done if h.hash == prev["hash"] else todo).append(h)
+        return todo, done
+
+    def touch(self, files: Sequence[SourceFile], *, audit_id: str | None = None) -> None:
+        """Remember new size/mtime of files whose content did not change."""
+        changed = [f for f in files if f.hash is not None]
+        if not changed:
+            return
+        known = self.audited_files()
+        prev = dict(zip(known["path"].to_list(), known["audit_id"].to_list(), strict=True))
+        df = pl.DataFrame(
+            {
+                "path": [f.path for f in changed],
+                "size": [f.size for f in changed],
+                "mtime_ns": [f.mtime_ns for f in changed],
+                "hash": [f.hash for f in changed],
+                "audit_id": [prev.get(f.path, audit_id) for f in changed],
+            },
+            schema={"path": pl.String, "size": pl.Int64, "mtime_ns": pl.Int64, "hash": pl.String,
+                    "audit_id": pl.String},
+        )
+        self.upsert("files", df)
+
+    def history(
+        self, *, exclude_run_ids: pl.Series | None = None, since: datetime | None = None
+    ) -> dict[str, pl.DataFrame]:
+        """The stored per-run tables (see :data:`PER_RUN_TABLES`) for the fleet stage.
+
+        Parameters
+        ----------
+        exclude_run_ids : polars.Series, optional
+            Runs the current audit recomputes (left out of the history).
+        since : datetime, optional
+            Only runs that started at or after this time (bounds memory on a
+            long history).
+
+        Returns
+        -------
+        dict of str to polars.DataFrame
+            Missing tables are absent from the dict.
+        """
+        existing = set(self.tables())
+        if "features" not in existing:
+            return {}
+        conds: list[str] = []
+        params: list[Any] = []
+        if since is not None:
+            conds.append("f.first_ts >= ?")
+            params.append(since)
+        registered = False
+        if exclude_run_ids is not None and exclude_run_ids.len():
+            ids = pl.DataFrame({"run_id": exclude_run_ids.cast(pl.String)}).unique()
+            self.con.register("_dw_excl", ids.to_arrow())
+            registered = True
+            conds.append("f.run_id NOT IN (SELECT run_id FROM _dw_excl)")
+        where = (" WHERE " + " AND ".join(conds)) if conds else ""
+        try:
+            self.con.execute(
+                f"CREATE OR REPLACE TEMP TABLE _dw_keep AS SELECT f.run_id FROM features f{where}", params
+            )
+            out: dict[str, pl.DataFrame] = {}
+            for name in PER_RUN_TABLES:
+                if name in existing:
+                    out[name] = self._query(
+                        f"SELECT t.* FROM {_table(name)} t SEMI JOIN _dw_keep USING (run_id) ORDER BY t.run_id"
+                    )
+            self.con.execute("DROP TABLE _dw_keep")
+        finally:
+            if registered:
+                self.con.unregister("_dw_excl")
+        return out
+
+    def watermark(self) -> datetime | None:
+        """The latest event time audited so far (``None`` before the first audit)."""
+        if "audits" not in self.tables() or "watermark" not in self._columns("audits"):
+            return None
+        value = self._query("SELECT max(watermark) AS w FROM audits")["w"][0]
+        return value if isinstance(value, datetime) else None
+
+    def counts(self) -> dict[str, int]:
+        """Row count of every history table."""
+        return {
+            name: int(self.con.execute(f"SELECT count(*) FROM {_table(name)}").fetchone()[0])  # type: ignore[index]
+            for name in self.tables()
+        }
+
+
+__all__ = ["DB_NAME", "PER_RUN_TABLES", "TABLE_KEYS", "AuditState", "SourceFile", "file_hash"]
