@@ -1,0 +1,1036 @@
+"""Policy files and policy checks: stop conditions, least privilege, cost ceilings, confidence.
+
+A :class:`Policy` states the rules a fleet of agents must follow; :func:`check_policy`
+finds every breach in the logs, one row per breach, vectorised over the whole event
+table (no Python loop over rows or runs).
+
+The policy file is TOML with three tables (every key optional)::
+
+    [limits]                     # stop conditions, per run
+    max_steps = 50
+    max_consecutive_retries = 3  # consecutive failed calls of the same tool, retried
+    max_runtime_s = 300
+    max_cost_usd = 0.50          # retries included
+    max_tokens = 200000
+    max_delegation_depth = 3     # parent_run_id chain length
+    [tools]                      # least privilege: globs over action names
+    read   = ["search*", "get_*", "read_*", "list_*"]
+    write  = ["update_*", "send_*", "edit_*"]
+    delete = ["delete_*", "drop_*", "refund*"]
+    require_approval = ["delete", "write"]
+    allowed = []                 # when non-empty, any other tool is an unknown tool
+    [escalation]
+    review = 0.4
+    escalate = 0.7
+    min_confidence = 0.3
+    model = "escalation.pkl"     # optional, relative to the policy file
+
+Rules reported by :func:`check_policy` (names are stable):
+
+``max_steps``, ``max_runtime``, ``max_consecutive_retries``, ``max_tokens``, ``max_cost``
+    run-level stop conditions; the row's ``step`` is where the limit was first crossed.
+``unapproved_action``
+    a call in a tier listed in ``require_approval`` whose ``approved`` is not ``true``.
+``unknown_tool``
+    a call outside ``allowed`` (when given), or an error saying the tool or its
+    arguments do not exist ("unknown tool", "no such tool", "invalid arguments", ...).
+``low_confidence``
+    a step whose ``confidence`` is below ``min_confidence``.
+``delegation_depth``
+    a run whose ``parent_run_id`` chain is deeper than ``max_delegation_depth`` (or cyclic).
+
+Examples
+--------
+>>> import polars as pl, driftwatch as dw
+>>> ev = pl.DataFrame({"run_id": ["r1", "r1"], "step": [1, 2],
+...                    "action": ["search", "delete_record"], "approved": [None, False]})
+>>> dw.check_policy(ev, dw.Policy()).select("run_id", "step", "rule", "severity").to_dicts()
+[{'run_id': 'r1', 'step': 2, 'rule': 'unapproved_action', 'severity': 'critical'}]
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from driftwatch._frames import as_lazy
+from driftwatch.errors import InvalidParameterError, PolicyError
+from driftwatch.schema import HANDOFF_PREFIX, LLM_ACTION
+
+# --------------------------------------------------------------------------- names
+
+#: Stable rule names, in the order they are documented.
+RULES: tuple[str, ...] = (
+    "max_steps",
+    "max_runtime",
+    "max_consecutive_retries",
+    "max_tokens",
+    "max_cost",
+    "unapproved_action",
+    "unknown_tool",
+    "low_confidence",
+    "delegation_depth",
+)
+
+SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
+
+TIERS: tuple[str, ...] = ("read", "write", "delete")
+
+#: Output schema of :func:`check_policy`.
+VIOLATION_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.String(),
+    "agent": pl.String(),
+    "step": pl.Int64(),
+    "action": pl.String(),
+    "rule": pl.String(),
+    "severity": pl.String(),
+    "detail": pl.String(),
+    "value": pl.Float64(),
+    "limit": pl.Float64(),
+}
+
+#: Words that put an action in a tier when the policy gives no globs for it.
+DEFAULT_TIER_WORDS: dict[str, tuple[str, ...]] = {
+    "delete": ("delete", "drop", "remove", "purge", "truncate", "destroy", "erase", "wipe"),
+    "write": (
+        "write", "update", "create", "send", "post", "publish", "refund", "transfer", "restart",
+        "scale", "deploy", "edit", "insert", "upsert", "patch", "modify", "upload", "charge",
+    ),
+    "read": (
+        "read", "get", "list", "search", "fetch", "query", "find", "lookup", "retrieve", "browse",
+        "view", "check", "describe", "show",
+    ),
+}
+
+#: Error text (``error_type`` or ``result`` of a failed step) meaning the plan cannot run.
+UNKNOWN_TOOL_PATTERN = (
+    r"(?i)(unknown|unrecognized|unsupported|undefined|invalid) (tool|function|action)"
+    r"|no such (tool|function|action)"
+    r"|(tool|function|action)\b[^.;]{0,60}\b(not found|does not exist|not exist|is not available|not registered)"
+    r"|invalid (tool |function )?arguments?"
+    r"|(unexpected|unknown) (keyword )?(argument|parameter)"
+    r"|missing (\d+ )?required (positional )?(argument|parameter)"
+    r"|argument validation (failed|error)"
+)
+
+# --------------------------------------------------------------------------- Policy
+
+_SECTIONS: dict[str, tuple[str, ...]] = {
+    "limits": (
+        "max_steps",
+        "max_consecutive_retries",
+        "max_runtime_s",
+        "max_cost_usd",
+        "max_tokens",
+        "max_delegation_depth",
+    ),
+    "tools": ("read", "write", "delete", "require_approval", "allowed"),
+    "escalation": ("review", "escalate", "min_confidence", "model"),
+}
+_INT_LIMITS = ("max_steps", "max_consecutive_retries", "max_tokens", "max_delegation_depth")
+_FLOAT_LIMITS = ("max_runtime_s", "max_cost_usd")
+_GLOB_LISTS = ("read", "write", "delete", "allowed")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Rules for a fleet of agents: stop conditions, tool tiers, escalation thresholds.
+
+    Every field has a default, so ``Policy()`` works; ``Policy.from_toml(path)`` reads
+    the file format described in the module docs (each TOML key is the field of the
+    same name). A limit set to ``None`` (``false`` in TOML) is not checked.
+
+    Parameters
+    ----------
+    max_steps : int or None, default=50
+        Steps per run (LLM calls, tool calls, hand-offs) before the run should have stopped.
+    max_consecutive_retries : int or None, default=3
+        Consecutive retries of a tool call that failed (the same tool called again right
+        after an error; LLM steps in between are skipped).
+    max_runtime_s : float or None, default=300.0
+        Seconds from the run's first to its last step.
+    max_cost_usd : float or None, default=0.5
+        Cost ceiling per run, retries included.
+    max_tokens : int or None, default=200000
+        Input plus output tokens per run.
+    max_delegation_depth : int or None, default=3
+        Longest allowed ``parent_run_id`` chain above a run (a run started by a run that
+        was itself started by another has depth 2).
+    read, write, delete : tuple of str or None, default=None
+        Glob patterns (``*``, ``?``, ``[abc]``) over action names for each tier. ``None``
+        uses the built-in name words (:data:`DEFAULT_TIER_WORDS`): ``delete_record``,
+        ``purgeCache`` -> delete; ``send_email``, ``update_ticket`` -> write. A tool
+        matching several tiers gets the most dangerous one.
+    require_approval : tuple of str, default=("delete",)
+        Tiers whose calls need ``approved == true``. Most logs record approval only for
+        destructive calls, so only ``delete`` needs it unless the policy says more.
+    allowed : tuple of str, default=()
+        Globs of the tools agents may call; when non-empty, any other tool call
+        (LLM calls and ``handoff:`` steps excluded) is an ``unknown_tool``.
+    review, escalate : float, default=0.4, 0.7
+        Score thresholds of the ``review`` and ``escalate`` levels, ``0 <= review < escalate <= 1``.
+    min_confidence : float, default=0.3
+        Steps with a lower ``confidence`` are ``low_confidence`` breaches.
+    model : str or None, default=None
+        Path of a saved escalation model (:func:`driftwatch.fit_escalation`), relative to
+        the policy file; :func:`driftwatch.score_runs` uses it when given no ``model``.
+    source : str or None, default=None
+        The file this policy was read from (set by :meth:`from_toml`).
+
+    Examples
+    --------
+    >>> import driftwatch as dw
+    >>> p = dw.Policy(max_cost_usd=1.0)
+    >>> p.max_cost_usd, p.require_approval, p.tier_of("delete_record")
+    (1.0, ('delete',), 'delete')
+    """
+
+    max_steps: int | None = 50
+    max_consecutive_retries: int | None = 3
+    max_runtime_s: float | None = 300.0
+    max_cost_usd: float | None = 0.5
+    max_tokens: int | None = 200_000
+    max_delegation_depth: int | None = 3
+    read: tuple[str, ...] | None = None
+    write: tuple[str, ...] | None = None
+    delete: tuple[str, ...] | None = None
+    require_approval: tuple[str, ...] = ("delete",)
+    allowed: tuple[str, ...] = ()
+    review: float = 0.4
+    escalate: float = 0.7
+    min_confidence: float = 0.3
+    model: str | None = None
+    source: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in _GLOB_LISTS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, str) or not isinstance(value, Iterable):
+                raise InvalidParameterError(
+                    f"Policy.{name} must be a list of glob patterns, got {value!r}"
+                )
+            value = tuple(value)
+            bad = [v for v in value if not isinstance(v, str) or not v]
+            if bad:
+                raise InvalidParameterError(
+                    f"Policy.{name} must hold non-empty glob strings, found {bad!r}"
+                )
+            object.__setattr__(self, name, value)
+        ra = self.require_approval
+        if isinstance(ra, str) or not isinstance(ra, Iterable):
+            raise InvalidParameterError(
+                f"Policy.require_approval must be a list of tiers from {list(TIERS)}, got {ra!r}"
+            )
+        ra = tuple(ra)
+        unknown = [t for t in ra if t not in TIERS]
+        if unknown:
+            raise InvalidParameterError(
+                f"Policy.require_approval: unknown tier(s) {unknown}; expected some of {list(TIERS)}"
+            )
+        object.__setattr__(self, "require_approval", ra)
+        for name in _INT_LIMITS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidParameterError(f"Policy.{name} must be an integer or None, got {value!r}")
+            low = 0 if name == "max_delegation_depth" else 1
+            if value < low:
+                raise InvalidParameterError(f"Policy.{name} must be >= {low}, got {value}")
+        for name in _FLOAT_LIMITS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise InvalidParameterError(f"Policy.{name} must be a number or None, got {value!r}")
+            if value <= 0:
+                raise InvalidParameterError(f"Policy.{name} must be > 0, got {value}")
+            object.__setattr__(self, name, float(value))
+        for name in ("review", "escalate", "min_confidence"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+                raise InvalidParameterError(f"Policy.{name} must be a number in [0, 1], got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if not self.review < self.escalate:
+            raise InvalidParameterError(
+                f"Policy thresholds must satisfy review < escalate, got review={self.review}, "
+                f"escalate={self.escalate}"
+            )
+        if self.model is not None and (not isinstance(self.model, str) or not self.model):
+            raise InvalidParameterError(f"Policy.model must be a file path or None, got {self.model!r}")
+
+    # ------------------------------------------------------------------ TOML
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Policy:
+        """Read a policy file.
+
+        Parameters
+        ----------
+        path : str or pathlib.Path
+            A TOML file with optional ``[limits]``, ``[tools]`` and ``[escalation]`` tables.
+
+        Returns
+        -------
+        Policy
+
+        Raises
+        ------
+        PolicyError
+            The file cannot be read, is not valid TOML, or has an unknown table or key,
+            a value of the wrong type or out of range; the message names the file, the
+            key and its line.
+
+        Examples
+        --------
+        >>> import pathlib, tempfile, driftwatch as dw
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "policy.toml"
+        >>> _ = f.write_text("[limits]\\nmax_cost_usd = 1.5\\n")
+        >>> dw.Policy.from_toml(f).max_cost_usd
+        1.5
+        """
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PolicyError(f"policy file {p}: cannot be read ({exc})") from exc
+        return cls.from_toml_text(text, source=str(p))
+
+    @classmethod
+    def from_toml_text(cls, text: str, *, source: str | None = None) -> Policy:
+        """Parse policy TOML given as a string (see :meth:`from_toml`)."""
+        where = f"policy file {source}" if source else "policy"
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise PolicyError(f"{where}: invalid TOML: {exc}") from exc
+        kwargs: dict[str, Any] = {}
+        for section, table in doc.items():
+            if section not in _SECTIONS:
+                line = _find_line(text, None, section, table_header=True)
+                raise PolicyError(
+                    f"{where}, line {line}: unknown table [{section}]; expected one of "
+                    f"{['[' + s + ']' for s in _SECTIONS]}"
+                )
+            if not isinstance(table, dict):
+                line = _find_line(text, None, section)
+                raise PolicyError(f"{where}, line {line}: '{section}' must be a table like [{section}]")
+            for key, value in table.items():
+                line = _find_line(text, section, key)
+                if key not in _SECTIONS[section]:
+                    raise PolicyError(
+                        f"{where}, line {line}: unknown key '{key}' in [{section}]; expected one of "
+                        f"{list(_SECTIONS[section])}"
+                    )
+                kwargs[key] = _convert(key, value, f"{where}, line {line}: [{section}] {key}")
+        try:
+            return cls(**kwargs, source=source)
+        except InvalidParameterError as exc:
+            # a cross-field or range rule: point at the first offending key present
+            msg = str(exc)
+            key = next((k for k in kwargs if re.search(rf"\b{k}\b", msg)), None)
+            if key is not None:
+                section = next(s for s, keys in _SECTIONS.items() if key in keys)
+                line = _find_line(text, section, key)
+                raise PolicyError(f"{where}, line {line}: [{section}] {key}: {msg}") from exc
+            raise PolicyError(f"{where}: {msg}") from exc
+
+    def to_toml(self, path: str | Path | None = None) -> str:
+        """The policy as TOML text (readable again by :meth:`from_toml`); written to ``path`` when given.
+
+        Examples
+        --------
+        >>> import driftwatch as dw
+        >>> p = dw.Policy(max_steps=80, allowed=("search", "get_*"))
+        >>> dw.Policy.from_toml_text(p.to_toml()) == p
+        True
+        """
+        lines: list[str] = []
+        for section, keys in _SECTIONS.items():
+            lines.append(f"[{section}]")
+            for key in keys:
+                value = getattr(self, key)
+                if value is None:
+                    if key in _INT_LIMITS or key in _FLOAT_LIMITS:
+                        lines.append(f"{key} = false")
+                    continue  # tiers left to the built-in words, no model
+                lines.append(f"{key} = {_toml_value(value)}")
+            lines.append("")
+        text = "\n".join(lines)
+        if path is not None:
+            Path(path).write_text(text, encoding="utf-8")
+        return text
+
+    # ------------------------------------------------------------------ helpers
+
+    def model_path(self) -> Path | None:
+        """The escalation model file, resolved against the policy file's folder."""
+        if self.model is None:
+            return None
+        p = Path(self.model)
+        if not p.is_absolute() and self.source is not None:
+            p = Path(self.source).parent / p
+        return p
+
+    def tier_expr(self, action: pl.Expr | None = None) -> pl.Expr:
+        """A Polars expression giving each action's tier (``delete``, ``write``, ``read`` or null).
+
+        LLM calls and ``handoff:`` steps have no tier.
+        """
+        action = pl.col("action") if action is None else action
+        is_tool = (action != LLM_ACTION) & ~action.str.starts_with(HANDOFF_PREFIX)
+        expr: pl.Expr = pl.lit(None, dtype=pl.String)
+        for tier in ("read", "write", "delete"):  # later tiers win
+            regex = self._tier_regex(tier)
+            if regex is None:
+                continue
+            expr = pl.when(action.str.contains(regex)).then(pl.lit(tier)).otherwise(expr)
+        return pl.when(is_tool).then(expr).otherwise(pl.lit(None, dtype=pl.String))
+
+    def tier_of(self, action: str) -> str | None:
+        """The tier of one action name (see :meth:`tier_expr`)."""
+        return pl.select(self.tier_expr(pl.lit(action, dtype=pl.String))).item()
+
+    def _tier_regex(self, tier: str) -> str | None:
+        globs = getattr(self, tier)
+        if globs is None:
+            return _words_regex(DEFAULT_TIER_WORDS[tier])
+        return globs_regex(globs)
+
+
+def _convert(key: str, value: Any, where: str) -> Any:
+    """Check one TOML value's type and convert it to the dataclass field's type."""
+    if key in _INT_LIMITS:
+        if value is False:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise PolicyError(f"{where} must be an integer (or false to disable), got {value!r}")
+        return value
+    if key in _FLOAT_LIMITS:
+        if value is False:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise PolicyError(f"{where} must be a number (or false to disable), got {value!r}")
+        return float(value)
+    if key in ("review", "escalate", "min_confidence"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise PolicyError(f"{where} must be a number in [0, 1], got {value!r}")
+        return float(value)
+    if key in _GLOB_LISTS or key == "require_approval":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise PolicyError(f"{where} must be a list of strings, got {value!r}")
+        return tuple(value)
+    if key == "model":
+        if not isinstance(value, str):
+            raise PolicyError(f"{where} must be a file path string, got {value!r}")
+        return value
+    raise PolicyError(f"{where}: unhandled key")  # pragma: no cover - _SECTIONS and _convert agree
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_str(value)
+    return "[" + ", ".join(_toml_str(v) for v in value) + "]"
+
+
+def _toml_str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+_HEADER_RE = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+
+
+def _key_re(key: str) -> str:
+    k = re.escape(key)
+    return rf"""(?:{k}|"{k}"|'{k}')"""
+
+
+def _find_line(text: str, section: str | None, key: str, *, table_header: bool = False) -> int:
+    """1-based line of ``key`` inside ``[section]`` (tomllib does not report lines).
+
+    Scans the text, tracking the current ``[table]``; also finds dotted keys
+    (``limits.max_steps = 3``) and keys in inline tables. Falls back to the table's
+    header line, then to line 1.
+    """
+    lines = text.splitlines()
+    current: str | None = None
+    header_line: int | None = None
+    kre = _key_re(key)
+    assign = re.compile(rf"^\s*{kre}\s*=")
+    if section is not None:
+        dotted = re.compile(rf"^\s*{_key_re(section)}\s*\.\s*{kre}\s*=")
+        inline = re.compile(rf"(?:^|[{{,])\s*{kre}\s*=")
+    for i, raw in enumerate(lines, start=1):
+        m = _HEADER_RE.match(raw)
+        if m:
+            current = m.group(1).strip().strip("\"'")
+            if table_header and current.split(".")[0].strip().strip("\"'") == key:
+                return i
+            if section is not None and current == section and header_line is None:
+                header_line = i
+            continue
+        if section is None:
+            if current is None and assign.match(raw):
+                return i
+            continue
+        if current == section and assign.match(raw):
+            return i
+        if current is None and dotted.match(raw):
+            return i
+        if current is None and re.match(rf"^\s*{_key_re(section)}\s*=", raw) and inline.search(
+            raw.split("=", 1)[1]
+        ):
+            return i
+    return header_line or 1
+
+
+# --------------------------------------------------------------------------- regex helpers
+
+
+def glob_to_regex(glob: str) -> str:
+    """An anchored Rust/Python regex for a shell glob (``*``, ``?``, ``[abc]``, ``[!abc]``)."""
+    out: list[str] = []
+    i = 0
+    while i < len(glob):
+        c = glob[i]
+        if c == "*":
+            out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif c == "[":
+            j = glob.find("]", i + 2 if i + 1 < len(glob) and glob[i + 1] in "!^" else i + 1)
+            if j == -1:
+                out.append(re.escape(c))
+            else:
+                body = glob[i + 1 : j]
+                neg = body[:1] in ("!", "^")
+                body = body[1:] if neg else body
+                body = body.replace("\\", "\\\\").replace("]", "\\]")
+                out.append("[" + ("^" if neg else "") + body + "]")
+                i = j
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out)
+
+
+def globs_regex(globs: Sequence[str]) -> str | None:
+    """One anchored alternation matching any of ``globs`` (``None`` when empty)."""
+    if not globs:
+        return None
+    return "^(?:" + "|".join(glob_to_regex(g) for g in globs) + ")$"
+
+
+def _words_regex(words: Sequence[str]) -> str:
+    """Match an action whose name contains one of ``words`` as a whole word.
+
+    Words are delimited by non-letters or camelCase humps: ``delete_record``,
+    ``record.delete``, ``deleteRecord``, ``recordDelete`` and ``DELETE_ROW`` match
+    ``delete``; ``undeleted`` and ``get_posts`` (for ``post``) do not.
+    """
+    low = "|".join(words)
+    cap = "|".join(w.capitalize() for w in words)
+    up = "|".join(w.upper() for w in words)
+    return (
+        rf"(?:^|[^A-Za-z])(?:{low})(?:$|[^a-z])"
+        rf"|(?:{cap})(?:$|[^a-z])"
+        rf"|(?:^|[^A-Z])(?:{up})(?:$|[^A-Z])"
+    )
+
+
+# --------------------------------------------------------------------------- formatting exprs
+
+
+def fmt_num(expr: pl.Expr, decimals: int) -> pl.Expr:
+    """Format a float expression with a fixed number of decimals (``1.3`` -> ``"1.30"``)."""
+    scale = 10**decimals
+    scaled = (expr.abs() * scale).round(0).cast(pl.Int64)
+    whole = (scaled // scale).cast(pl.String)
+    sign = pl.when(expr < 0).then(pl.lit("-")).otherwise(pl.lit(""))
+    if decimals == 0:
+        return pl.concat_str(sign, whole)
+    frac = (scaled % scale).cast(pl.String).str.zfill(decimals)
+    return pl.concat_str(sign, whole, pl.lit("."), frac)
+
+
+def fmt_money(expr: pl.Expr) -> pl.Expr:
+    """``$1.30``; amounts under a cent keep four decimals (``$0.0042``)."""
+    return pl.concat_str(
+        pl.lit("$"),
+        pl.when(expr.abs() < 0.01).then(fmt_num(expr, 4)).otherwise(fmt_num(expr, 2)),
+    )
+
+
+def fmt_int(expr: pl.Expr) -> pl.Expr:
+    """An integer with thousands separators (``250000`` -> ``"250,000"``)."""
+    s = expr.round(0).cast(pl.Int64).cast(pl.String)
+    return s.str.reverse().str.replace_all(r"(\d{3})", "$1,").str.reverse().str.strip_prefix(",").str.replace(
+        r"^-,", "-"
+    )
+
+
+def _money(x: float) -> str:
+    return f"${x:.4f}" if abs(x) < 0.01 else f"${x:,.2f}"
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _as_policy(policy: Policy | str | Path | None) -> Policy:
+    if policy is None:
+        return Policy()
+    if isinstance(policy, Policy):
+        return policy
+    if isinstance(policy, str | Path):
+        return Policy.from_toml(policy)
+    raise InvalidParameterError(
+        f"policy must be a driftwatch Policy, a path to a policy TOML file or None, got {type(policy).__name__}"
+    )
+
+
+def empty_violations() -> pl.DataFrame:
+    """An empty :func:`check_policy` result with the right dtypes."""
+    return pl.DataFrame(schema=VIOLATION_SCHEMA)
+
+
+def _severity_by_ratio(value: pl.Expr, limit: float) -> pl.Expr:
+    return pl.when(value >= 2 * limit).then(pl.lit("critical")).otherwise(pl.lit("warning"))
+
+
+def _run_limit_violations(lf: pl.LazyFrame, policy: Policy) -> list[pl.LazyFrame]:
+    """Run-level stop conditions: one row per run and rule, at the step the limit was crossed.
+
+    Totals are computed for every run in one group-by; only the (few) runs over a
+    limit are sorted to find the crossing step.
+    """
+    tokens = pl.col("input_tokens").fill_null(0) + pl.col("output_tokens").fill_null(0)
+    conds: list[pl.Expr] = []
+    limits = {
+        "max_steps": policy.max_steps,
+        "max_runtime": policy.max_runtime_s,
+        "max_tokens": policy.max_tokens,
+        "max_cost": policy.max_cost_usd,
+    }
+    if all(v is None for v in limits.values()) and policy.max_consecutive_retries is None:
+        return []
+    totals = lf.group_by("run_id").agg(
+        pl.len().alias("_n"),
+        ((pl.col("ts").max() - pl.col("ts").min()).dt.total_microseconds() / 1e6).alias("_runtime"),
+        tokens.sum().alias("_tokens"),
+        pl.col("cost_usd").sum().alias("_cost"),
+        (pl.col("status") == "error").sum().alias("_errors"),
+    )
+    if policy.max_steps is not None:
+        conds.append(pl.col("_n") > policy.max_steps)
+    if policy.max_runtime_s is not None:
+        conds.append(pl.col("_runtime") > policy.max_runtime_s)
+    if policy.max_tokens is not None:
+        conds.append(pl.col("_tokens") > policy.max_tokens)
+    if policy.max_cost_usd is not None:
+        conds.append(pl.col("_cost") > policy.max_cost_usd)
+    if policy.max_consecutive_retries is not None:
+        # a streak of k+1 retries needs at least k+1 failed calls
+        conds.append(pl.col("_errors") > policy.max_consecutive_retries)
+    cand = totals.filter(pl.any_horizontal(conds)).select("run_id")
+    ev = (
+        lf.join(cand, on="run_id", how="semi")
+        .sort("run_id", "step")
+        .with_columns(
+            pl.int_range(1, pl.len() + 1).over("run_id").alias("_i"),
+            ((pl.col("ts") - pl.col("ts").min().over("run_id")).dt.total_microseconds() / 1e6).alias(
+                "_elapsed"
+            ),
+            tokens.cum_sum().over("run_id").alias("_cum_tokens"),
+            pl.col("cost_usd").fill_null(0.0).cum_sum().over("run_id").alias("_cum_cost"),
+        )
+    )
+    out: list[pl.LazyFrame] = []
+
+    def first_cross(rule: str, cond: pl.Expr, value: pl.Expr, limit: float, detail: pl.Expr) -> None:
+        rows = (
+            ev.group_by("run_id")
+            .agg(
+                pl.col("agent").first(),
+                pl.col("step").filter(cond).first().alias("step"),
+                pl.col("action").filter(cond).first().alias("action"),
+                value.alias("value"),
+            )
+            .filter(pl.col("step").is_not_null())
+            .with_columns(
+                pl.lit(rule).alias("rule"),
+                _severity_by_ratio(pl.col("value"), limit).alias("severity"),
+                pl.lit(float(limit)).alias("limit"),
+            )
+            .with_columns(detail.alias("detail"))
+        )
+        out.append(rows)
+
+    if policy.max_steps is not None:
+        lim = policy.max_steps
+        first_cross(
+            "max_steps",
+            pl.col("_i") == lim + 1,
+            pl.len().cast(pl.Float64),
+            lim,
+            pl.concat_str(fmt_num(pl.col("value"), 0), pl.lit(f" steps > limit {lim}")),
+        )
+    if policy.max_runtime_s is not None:
+        lim_f = policy.max_runtime_s
+        first_cross(
+            "max_runtime",
+            pl.col("_elapsed") > lim_f,
+            pl.col("_elapsed").max(),
+            lim_f,
+            pl.concat_str(
+                pl.lit("runtime "), fmt_num(pl.col("value"), 0), pl.lit(f"s > limit {lim_f:g}s")
+            ),
+        )
+    if policy.max_tokens is not None:
+        lim = policy.max_tokens
+        first_cross(
+            "max_tokens",
+            pl.col("_cum_tokens") > lim,
+            pl.col("_cum_tokens").max().cast(pl.Float64),
+            lim,
+            pl.concat_str(pl.lit("tokens "), fmt_int(pl.col("value")), pl.lit(f" > limit {lim:,}")),
+        )
+    if policy.max_cost_usd is not None:
+        lim_f = policy.max_cost_usd
+        first_cross(
+            "max_cost",
+            pl.col("_cum_cost") > lim_f,
+            pl.col("_cum_cost").max(),
+            lim_f,
+            pl.concat_str(pl.lit("cost "), fmt_money(pl.col("value")), pl.lit(f" > ceiling {_money(lim_f)}")),
+        )
+    if policy.max_consecutive_retries is not None:
+        out.append(_retry_streaks(ev, policy.max_consecutive_retries))
+    return out
+
+
+def _retry_streaks(ev: pl.LazyFrame, limit: int) -> pl.LazyFrame:
+    """Consecutive retries: a tool call repeating the previous tool call of the run, which failed.
+
+    ``ev`` is sorted by ``(run_id, step)``. LLM steps are skipped; the streak length is a
+    running count of retries since the last non-retry tool call (global cumulative sums,
+    no per-run window needed because a run's first tool call is never a retry).
+    """
+    tools = ev.filter(pl.col("action") != LLM_ACTION).with_columns(
+        (
+            (pl.col("run_id") == pl.col("run_id").shift(1))
+            & (pl.col("action") == pl.col("action").shift(1))
+            & (pl.col("status").shift(1) == "error")
+        )
+        .fill_null(False)
+        .alias("_retry")
+    )
+    c = pl.col("_retry").cast(pl.Int64).cum_sum()
+    tools = tools.with_columns(
+        (c - pl.when(~pl.col("_retry")).then(c).otherwise(None).forward_fill()).alias("_streak")
+    )
+    cond = pl.col("_streak") == limit + 1
+    return (
+        tools.group_by("run_id")
+        .agg(
+            pl.col("agent").first(),
+            pl.col("step").filter(cond).first().alias("step"),
+            pl.col("action").filter(cond).first().alias("action"),
+            pl.col("_streak").max().cast(pl.Float64).alias("value"),
+        )
+        .filter(pl.col("step").is_not_null())
+        .with_columns(
+            pl.lit("max_consecutive_retries").alias("rule"),
+            _severity_by_ratio(pl.col("value"), limit).alias("severity"),
+            pl.lit(float(limit)).alias("limit"),
+        )
+        .with_columns(
+            pl.concat_str(
+                pl.col("action"),
+                pl.lit(" retried "),
+                fmt_num(pl.col("value"), 0),
+                pl.lit(f"x in a row after errors > limit {limit}"),
+            ).alias("detail")
+        )
+    )
+
+
+def _event_violations(lf: pl.LazyFrame, policy: Policy) -> list[pl.LazyFrame]:
+    """Per-step rules: unapproved actions, unknown tools, low confidence."""
+    out: list[pl.LazyFrame] = []
+    action = pl.col("action")
+    is_tool = (action != LLM_ACTION) & ~action.str.starts_with(HANDOFF_PREFIX)
+
+    if policy.require_approval:
+        tier = policy.tier_expr()
+        unapproved = (
+            lf.filter(pl.col("approved").fill_null(False).not_())
+            .with_columns(tier.alias("_tier"))
+            .filter(pl.col("_tier").is_in(list(policy.require_approval)))
+            .select(
+                "run_id",
+                "agent",
+                "step",
+                "action",
+                pl.lit("unapproved_action").alias("rule"),
+                pl.when(pl.col("_tier") == "delete")
+                .then(pl.lit("critical"))
+                .otherwise(pl.lit("warning"))
+                .alias("severity"),
+                pl.concat_str(
+                    action,
+                    pl.lit(" ("),
+                    pl.col("_tier"),
+                    pl.lit(" tier) without approval ("),
+                    pl.when(pl.col("approved").is_null())
+                    .then(pl.lit("approval not recorded"))
+                    .otherwise(pl.lit("approved=false")),
+                    pl.lit(")"),
+                ).alias("detail"),
+                pl.lit(None, dtype=pl.Float64).alias("value"),
+                pl.lit(None, dtype=pl.Float64).alias("limit"),
+            )
+        )
+        out.append(unapproved)
+
+    allowed = globs_regex(policy.allowed)
+    err_text = pl.concat_str(
+        pl.col("error_type").fill_null(""), pl.lit(" | "), pl.col("result").fill_null("")
+    )
+    text_hit = (pl.col("status") == "error") & err_text.str.contains(UNKNOWN_TOOL_PATTERN)
+    outside = is_tool & ~action.str.contains(allowed) if allowed is not None else pl.lit(False)
+    msg = pl.coalesce(pl.col("error_type"), pl.col("result"), pl.lit("")).str.slice(0, 120)
+    out.append(
+        lf.filter(text_hit.fill_null(False) | outside.fill_null(False)).select(
+            "run_id",
+            "agent",
+            "step",
+            "action",
+            pl.lit("unknown_tool").alias("rule"),
+            pl.lit("warning").alias("severity"),
+            pl.when(outside)
+            .then(pl.concat_str(pl.lit("unknown tool: "), action, pl.lit(" (not in allowed tools)")))
+            .otherwise(pl.concat_str(pl.lit("tool cannot run: "), action, pl.lit(" failed with '"), msg, pl.lit("'")))
+            .alias("detail"),
+            pl.lit(None, dtype=pl.Float64).alias("value"),
+            pl.lit(None, dtype=pl.Float64).alias("limit"),
+        )
+    )
+
+    mc = policy.min_confidence
+    if mc > 0:
+        out.append(
+            lf.filter(pl.col("confidence") < mc).select(
+                "run_id",
+                "agent",
+                "step",
+                "action",
+                pl.lit("low_confidence").alias("rule"),
+                pl.lit("warning").alias("severity"),
+                pl.concat_str(
+                    pl.lit("confidence "), fmt_num(pl.col("confidence"), 2), pl.lit(f" < {mc:.2f} at "),
+                    action,
+                ).alias("detail"),
+                pl.col("confidence").alias("value"),
+                pl.lit(mc).alias("limit"),
+            )
+        )
+    return out
+
+
+def check_delegation(run_features: pl.DataFrame | pl.LazyFrame, policy: Policy | None = None) -> pl.DataFrame:
+    """Delegation chains deeper than ``policy.max_delegation_depth`` (a fleet-level check).
+
+    The depth of a run is the number of ``parent_run_id`` links above it (a parent that
+    is not in the table still counts as one level). Depths are computed by pointer
+    doubling: each round joins the small ``run -> ancestor`` table with itself, so a
+    chain of length ``d`` needs ``log2(d) + 1`` joins, never a loop over runs. Runs
+    whose chain never reaches a root (``parent_run_id`` cycles) are reported as
+    ``critical``.
+
+    Parameters
+    ----------
+    run_features : polars.DataFrame or polars.LazyFrame
+        One row per run with at least ``run_id`` and ``parent_run_id`` (``agent`` used
+        when present), e.g. :func:`driftwatch.run_features` output, concatenated across chunks.
+    policy : Policy, optional
+        Defaults to ``Policy()``.
+
+    Returns
+    -------
+    polars.DataFrame
+        :data:`VIOLATION_SCHEMA` rows with ``rule = "delegation_depth"``, ``step`` and
+        ``action`` null, ``value`` the depth (null for a cycle).
+
+    Examples
+    --------
+    >>> import polars as pl, driftwatch as dw
+    >>> from driftwatch.policy import check_delegation
+    >>> runs = pl.DataFrame({"run_id": ["a", "b", "c", "d"], "parent_run_id": [None, "a", "b", "c"]})
+    >>> check_delegation(runs, dw.Policy(max_delegation_depth=2))["detail"].to_list()
+    ['delegation depth 3 > limit 2 (chain root a)']
+    """
+    policy = _as_policy(policy)
+    limit = policy.max_delegation_depth
+    df = run_features.collect() if isinstance(run_features, pl.LazyFrame) else run_features
+    if limit is None or df.height == 0:
+        return empty_violations()
+    missing = [c for c in ("run_id", "parent_run_id") if c not in df.columns]
+    if missing:
+        raise InvalidParameterError(
+            f"check_delegation needs per-run rows with columns run_id, parent_run_id; missing {missing}"
+        )
+    agent = pl.col("agent") if "agent" in df.columns else pl.lit(None, dtype=pl.String)
+    runs = df.select(
+        pl.col("run_id").cast(pl.String), agent.cast(pl.String).alias("agent"),
+        pl.col("parent_run_id").cast(pl.String),
+    ).unique("run_id", keep="first")
+    if runs["parent_run_id"].null_count() == runs.height:
+        return empty_violations()
+    cur = runs.select(
+        "run_id",
+        pl.col("parent_run_id").alias("_ptr"),
+        pl.col("parent_run_id").is_not_null().cast(pl.Int64).alias("_dist"),
+    )
+    n = cur.height
+    max_rounds = max(1, math.ceil(math.log2(n + 1))) + 2
+    for _ in range(max_rounds):
+        step = cur.join(
+            cur.select(pl.col("run_id").alias("_ptr"), pl.col("_ptr").alias("_ptr2"), pl.col("_dist").alias("_d2")),
+            on="_ptr",
+            how="left",
+        )
+        active = step["_ptr2"].is_not_null()
+        if not active.any():
+            break
+        cur = step.select(
+            "run_id",
+            pl.coalesce("_ptr2", "_ptr").alias("_ptr"),
+            (pl.col("_dist") + pl.col("_d2").fill_null(0)).alias("_dist"),
+        )
+    # a chain still pointing at a run with a parent after enough doublings is a cycle
+    ptr_parent = cur.join(
+        runs.select(pl.col("run_id").alias("_ptr"), pl.col("parent_run_id").alias("_pp")), on="_ptr", how="left"
+    )
+    ptr_parent = ptr_parent.with_columns(
+        (pl.col("_pp").is_not_null() | (pl.col("_dist") > n)).alias("_cycle")
+    )
+    res = runs.join(ptr_parent.select("run_id", "_ptr", "_dist", "_cycle"), on="run_id", how="left")
+    bad = res.filter(pl.col("_cycle") | (pl.col("_dist") > limit))
+    if bad.height == 0:
+        return empty_violations()
+    return (
+        bad.select(
+            "run_id",
+            "agent",
+            pl.lit(None, dtype=pl.Int64).alias("step"),
+            pl.lit(None, dtype=pl.String).alias("action"),
+            pl.lit("delegation_depth").alias("rule"),
+            pl.when(pl.col("_cycle")).then(pl.lit("critical")).otherwise(pl.lit("warning")).alias("severity"),
+            pl.when(pl.col("_cycle"))
+            .then(pl.lit("delegation cycle: parent_run_id links never reach a root run"))
+            .otherwise(
+                pl.concat_str(
+                    pl.lit("delegation depth "),
+                    pl.col("_dist").cast(pl.String),
+                    pl.lit(f" > limit {limit} (chain root "),
+                    pl.col("_ptr"),
+                    pl.lit(")"),
+                )
+            )
+            .alias("detail"),
+            pl.when(pl.col("_cycle")).then(None).otherwise(pl.col("_dist")).cast(pl.Float64).alias("value"),
+            pl.lit(float(limit)).alias("limit"),
+        )
+        .sort("run_id")
+    )
+
+
+def check_policy(
+    events: Any,
+    policy: Policy | str | Path | None = None,
+    *,
+    delegation: bool = True,
+) -> pl.DataFrame:
+    """Find every policy breach in the events.
+
+    Parameters
+    ----------
+    events : polars.DataFrame, polars.LazyFrame or ReadResult
+        Canonical events (any subset of whole runs).
+    policy : Policy, path or None, default=None
+        A :class:`Policy`, a path to a policy TOML file, or ``None`` for ``Policy()``.
+    delegation : bool, default=True
+        Include the fleet-level ``delegation_depth`` check (:func:`check_delegation`).
+        The chunked audit passes ``False`` per chunk and runs :func:`check_delegation`
+        once over all runs.
+
+    Returns
+    -------
+    polars.DataFrame
+        One row per breach: ``run_id, agent, step, action, rule, severity, detail,
+        value, limit`` (:data:`VIOLATION_SCHEMA`), sorted by ``run_id, step, rule``.
+        Run-level rules (``max_*``) give the step where the limit was first crossed and
+        ``value`` the run's total; per-step rules give one row per offending step.
+        ``severity`` is ``critical`` for unapproved ``delete``-tier calls, limits
+        exceeded two-fold or more and delegation cycles, ``warning`` otherwise.
+
+    Examples
+    --------
+    >>> import polars as pl, driftwatch as dw
+    >>> ev = pl.DataFrame({"run_id": ["r1"] * 3, "step": [1, 2, 3],
+    ...                    "action": ["llm", "refund_order", "llm"],
+    ...                    "cost_usd": [0.4, 0.0, 0.3]})
+    >>> dw.check_policy(ev, dw.Policy(max_cost_usd=0.5, require_approval=("write", "delete")))[
+    ...     ["step", "rule", "detail"]].rows()
+    [(2, 'unapproved_action', 'refund_order (write tier) without approval (approval not recorded)'), (3, 'max_cost', 'cost $0.70 > ceiling $0.50')]
+    """
+    policy = _as_policy(policy)
+    lf = as_lazy(events).select(
+        "run_id", "agent", "step", "ts", "action", "status", "error_type", "result",
+        "input_tokens", "output_tokens", "cost_usd", "approved", "confidence", "parent_run_id",
+    )
+    parts = _run_limit_violations(lf, policy) + _event_violations(lf, policy)
+    cols = list(VIOLATION_SCHEMA)
+    frames = pl.collect_all([p.select(cols).cast(VIOLATION_SCHEMA) for p in parts]) if parts else []
+    if delegation and policy.max_delegation_depth is not None:
+        # only runs with a parent matter: a chain stops at a run without one, whether
+        # or not that run is in the table
+        table = (
+            lf.filter(pl.col("parent_run_id").is_not_null())
+            .group_by("run_id")
+            .agg(pl.col("agent").first(), pl.col("parent_run_id").first())
+            .collect()
+        )
+        frames.append(check_delegation(table, policy))
+    if not frames:
+        return empty_violations()
+    return pl.concat(frames).sort("run_id", "step", "rule", nulls_last=True)
+
+
+__all__ = [
+    "DEFAULT_TIER_WORDS",
+    "RULES",
+    "SEVERITIES",
+    "TIERS",
+    "UNKNOWN_TOOL_PATTERN",
+    "VIOLATION_SCHEMA",
+    "Policy",
+    "check_delegation",
+    "check_policy",
+    "empty_violations",
+    "glob_to_regex",
+    "globs_regex",
+]
