@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/driftwatch audit sample_logs/fleet --out report --policy sample_logs/policy.toml
+	$(VENV)/bin/driftwatch audit sample_logs/fleet/events --out report --policy sample_logs/policy.toml
 
 test: $(STAMP)
 	bash scripts/ensure_java.sh || true

@@ -1,0 +1,187 @@
+"""The fleet generator: determinism, schema, and that every injection is really in the events."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+import driftwatch as dw
+from driftwatch import synth
+from driftwatch.errors import InvalidParameterError
+from driftwatch.schema import CANONICAL_SCHEMA
+
+
+@pytest.fixture(scope="module")
+def fleet() -> synth.Fleet:
+    return synth.generate(days=21, runs_per_day=300, seed=3)
+
+
+def test_schema_and_order(fleet: synth.Fleet) -> None:
+    dw.validate_events(fleet.events)
+    assert dict(fleet.events.schema) == CANONICAL_SCHEMA
+    assert fleet.events.select(pl.struct("run_id", "step").is_unique().all()).item()
+    ev = fleet.events
+    assert ev.equals(ev.sort("run_id", "step"))
+    # steps of a run are 1..n, and time increases with the step
+    per_run = ev.group_by("run_id").agg(
+        (pl.col("step").max() == pl.len()).alias("dense"), pl.col("ts").is_sorted().alias("ts_sorted")
+    )
+    assert per_run["dense"].all() and per_run["ts_sorted"].all()
+
+
+def test_deterministic_and_seeded() -> None:
+    a = synth.generate(days=3, runs_per_day=80, seed=11)
+    b = synth.generate(days=3, runs_per_day=80, seed=11)
+    c = synth.generate(days=3, runs_per_day=80, seed=12)
+    assert a.events.equals(b.events)
+    assert not a.events.equals(c.events)
+    for name in a.truth:
+        assert a.truth[name].equals(b.truth[name])
+
+
+def test_write_fleet_equals_generate(tmp_path) -> None:
+    kw = dict(days=4, runs_per_day=60, seed=5)
+    fleet = synth.generate(**kw)
+    counts = synth.write_fleet(tmp_path / "f", **kw)
+    back = pl.read_parquet(tmp_path / "f" / "events" / "**" / "*.parquet", hive_partitioning=False)
+    assert counts["events"] == fleet.events.height == back.height
+    assert back.sort("run_id", "step").equals(fleet.events)
+    truth = synth.read_truth(tmp_path / "f")
+    assert truth["loops"].equals(fleet.truth["loops"])
+    assert sorted(p.name for p in (tmp_path / "f" / "events").iterdir())[0] == "date=2026-10-01"
+
+
+def test_llm_prompts_never_repeat(fleet: synth.Fleet) -> None:
+    llm = fleet.events.filter(pl.col("action") == "llm")
+    assert llm["args"].n_unique() == llm.height
+
+
+def test_loops_are_in_the_events(fleet: synth.Fleet) -> None:
+    ev = fleet.events
+    loops = fleet.truth["loops"]
+    assert loops.height > 20
+    assert set(loops["kind"]) == {"exact", "near_duplicate", "error_retry", "handoff"}
+    seg = ev.join(loops, on="run_id").filter(
+        pl.col("step").is_between(pl.col("start_step"), pl.col("end_step")) & (pl.col("action") != "llm")
+    )
+    # every cycle repeats the pattern's actions
+    expect = loops.select(
+        "run_id", (pl.col("period") * pl.col("repeats")).alias("n_tool_steps")
+    )
+    got = seg.group_by("run_id").len()
+    assert expect.join(got, on="run_id").select((pl.col("n_tool_steps") == pl.col("len")).all()).item()
+    exact = seg.filter(pl.col("kind") == "exact")
+    # an exact loop: one distinct (action, args, result) per cycle position
+    distinct = exact.group_by("run_id").agg(pl.struct("action", "args", "result").n_unique().alias("u"),
+                                            pl.col("period").first())
+    assert (distinct["u"] == distinct["period"]).all()
+    near = seg.filter(pl.col("kind") == "near_duplicate")
+    nd = near.group_by("run_id").agg(pl.col("args").n_unique().alias("u"), pl.len().alias("n"))
+    assert (nd["u"] == nd["n"]).all()  # never byte-identical
+    retry = seg.filter(pl.col("kind") == "error_retry")
+    assert (retry["status"] == "error").all()
+    hand = seg.filter(pl.col("kind") == "handoff")
+    assert hand["action"].str.starts_with("handoff:").all()
+
+
+def test_benign_repetition_changes_results(fleet: synth.Fleet) -> None:
+    ev = fleet.events
+    benign = fleet.truth["benign"]
+    seg = ev.join(benign, on="run_id").filter(
+        pl.col("step").is_between(pl.col("start_step"), pl.col("end_step")) & (pl.col("action") != "llm")
+    )
+    per = seg.group_by("run_id").agg(pl.col("result").n_unique().alias("u"), pl.len().alias("n"),
+                                     pl.col("action").n_unique().alias("a"))
+    assert (per["u"] == per["n"]).all() and (per["a"] == 1).all()
+
+
+def test_weekly_swing_and_diurnal(fleet: synth.Fleet) -> None:
+    runs = fleet.truth["runs"].with_columns(pl.col("first_ts").dt.weekday().alias("wd"),
+                                            pl.col("first_ts").dt.hour().alias("h"))
+    per_day = runs.group_by(pl.col("first_ts").dt.date(), "wd").len()
+    weekend = per_day.filter(pl.col("wd") >= 6)["len"].mean()
+    weekday = per_day.filter(pl.col("wd") < 6)["len"].mean()
+    assert weekend < 0.8 * weekday
+    by_hour = runs.group_by("h").len()
+    assert by_hour.filter(pl.col("h") == 14)["len"].item() > 3 * by_hour.filter(pl.col("h") == 2)["len"].item()
+
+
+def test_changepoints_shift_the_metric() -> None:
+    sc = synth.Scenario.stable(changepoints=(synth.ChangeSpec("billing", 10, "steps_per_run", 1.8),
+                                             synth.ChangeSpec("support", 10, "error_rate", 5.0)))
+    f = synth.generate(days=20, runs_per_day=400, seed=1, scenario=sc)
+    rf = dw.run_features(f.events).with_columns((pl.col("first_ts").dt.day() > 10).alias("after"))
+    m = rf.group_by("agent", "after").agg(pl.col("n_steps").mean(), pl.col("n_errors").sum() / pl.col("n_tool").sum())
+    def val(agent: str, after: bool, col: str) -> float:
+        return m.filter((pl.col("agent") == agent) & (pl.col("after") == after))[col].item()
+    assert val("billing", True, "n_steps") / val("billing", False, "n_steps") > 1.5
+    assert val("support", True, "n_errors") / val("support", False, "n_errors") > 3
+    assert 0.9 < val("planner", True, "n_steps") / val("planner", False, "n_steps") < 1.1
+    assert f.truth["changepoints"].height == 2
+    assert set(f.events.filter(pl.col("agent") == "billing")["version"]) == {"v1", "v2"}
+
+
+def test_feedback_drift_narrows_tool_choice() -> None:
+    sc = synth.Scenario.stable(feedback_drift=(synth.DriftSpec("planner", 10, 0.3),))
+    f = synth.generate(days=24, runs_per_day=300, seed=2, scenario=sc)
+    tools = f.events.filter((pl.col("agent") == "planner") & (pl.col("action") != "llm"))
+    ent = (
+        tools.group_by(pl.col("ts").dt.date().alias("d"), "action").len()
+        .with_columns((pl.col("len") / pl.col("len").sum().over("d")).alias("p"))
+        .group_by("d").agg((-(pl.col("p") * pl.col("p").log())).sum().alias("H")).sort("d")
+    )
+    assert ent["H"][-3:].mean() < ent["H"][:8].mean() - 0.3
+    outc = f.events.filter((pl.col("agent") == "planner") & pl.col("outcome").is_not_null())
+    early = outc.filter(pl.col("ts").dt.day() <= 10)
+    late = outc.filter(pl.col("ts").dt.day() >= 20)
+    assert late["outcome"].mean() < early["outcome"].mean() - 0.2
+    assert late["feedback"].mean() > early["feedback"].mean() + 0.05
+
+
+def test_load_dependent_errors() -> None:
+    sc = synth.Scenario.stable(load=(synth.LoadSpec("support", threshold=8, every="1m", slope=0.6),))
+    f = synth.generate(days=1, runs_per_day=40_000, seed=4, scenario=sc)
+    rf = dw.run_features(f.events).filter(pl.col("agent") == "support")
+    rf = rf.with_columns(pl.col("first_ts").dt.truncate("1m").alias("b"))
+    rf = rf.with_columns(pl.len().over("b").alias("load"))
+    low = rf.filter(pl.col("load") <= 5)
+    high = rf.filter(pl.col("load") >= 12)
+    assert low.height > 100 and high.height > 100
+    assert high["n_errors"].sum() / high["n_tool"].sum() > 3 * low["n_errors"].sum() / low["n_tool"].sum()
+    assert f.truth["load"]["threshold"].to_list() == [8.0]
+
+
+def test_truth_runs_flags(fleet: synth.Fleet) -> None:
+    runs = fleet.truth["runs"]
+    assert runs["run_id"].is_unique().all()
+    assert set(runs["run_id"]) == set(fleet.events["run_id"].unique())
+    inj = runs.explode("injected")["injected"].drop_nulls()
+    for flag in ("loop:exact", "loop:error_retry", "unapproved_destructive", "cost_spike", "low_confidence"):
+        assert (inj == flag).sum() > 0, flag
+    # unapproved destructive calls really lack approval
+    unap = runs.filter(pl.col("injected").list.contains("unapproved_destructive"))["run_id"]
+    calls = fleet.events.filter(pl.col("run_id").is_in(unap.implode()) & pl.col("action").str.starts_with("delete_"))
+    assert calls.height >= unap.len()
+    unapproved = calls.group_by("run_id").agg((pl.col("approved") != True).fill_null(True).any().alias("u"))  # noqa: E712
+    assert unapproved["u"].all() and unapproved.height == unap.len()
+    clean = runs.filter(pl.col("injected").list.len() == 0)
+    assert not clean["needs_human"].any()
+    spikes = runs.filter(pl.col("injected").list.contains("cost_spike"))["run_id"]
+    rf = dw.run_features(fleet.events)
+    spike_cost = rf.filter(pl.col("run_id").is_in(spikes.implode()))["cost_usd"]
+    assert spike_cost.min() > 5 * np.median(rf["cost_usd"].to_numpy())
+
+
+def test_stable_injects_nothing() -> None:
+    f = synth.generate(days=3, runs_per_day=100, seed=0, scenario=synth.Scenario.stable())
+    inj = set(f.truth["runs"].explode("injected")["injected"].drop_nulls())
+    assert inj <= {"pagination", "polling"}
+    assert f.truth["loops"].is_empty() and f.truth["changepoints"].is_empty()
+
+
+def test_bad_parameters() -> None:
+    with pytest.raises(InvalidParameterError, match="days"):
+        synth.generate(days=0)
+    with pytest.raises(InvalidParameterError, match="nobody"):
+        synth.generate(days=2, scenario=synth.Scenario.stable(changepoints=(synth.ChangeSpec("nobody", 1, "error_rate", 2),)))
