@@ -1,0 +1,1210 @@
+"""Change-points in fleet behaviour: when agents started behaving differently, in which metric, by how much.
+
+Two layers, so the audit can run the expensive part on chunks of whole runs and
+the detection on small per-run tables (see the architecture notes):
+
+1. :func:`bucket_metrics_from_runs` turns per-run tables (``run_features``,
+   optionally ``run_action_counts`` and ``loop_summary``) into one row per
+   ``(series, time bucket)`` with behaviour metrics: runs, mean and p90 steps per
+   run, error rate, loop rate, tokens and cost per run, latency p90, LLM-to-step
+   ratio and the shares of each series' top tools.
+2. :func:`changepoints_from_buckets` finds change-points in those bucket series
+   with ruptures' exact C-backed ``KernelCPD`` (linear kernel, penalised) on the
+   multivariate, volume-weighted, whitened series, then reports one row per
+   breakpoint and metric that moved materially.
+
+:func:`changepoints_from_runs` chains the two; :func:`detect_changepoints` (the
+contract function) computes the per-run tables from events and calls it.
+:func:`detect_run_changepoints` is the within-run variant: a regime change in a
+per-step metric inside long runs, found with vectorised CUSUM statistics.
+
+Examples
+--------
+>>> import numpy as np, polars as pl
+>>> from datetime import datetime, timedelta, timezone
+>>> import driftwatch as dw
+>>> rng = np.random.default_rng(0)
+>>> days = np.repeat(np.arange(40), 50)                      # 40 days x 50 runs
+>>> steps = rng.poisson(np.where(days < 25, 10, 16))          # runs get 60% longer on day 25
+>>> t0 = datetime(2026, 10, 1, tzinfo=timezone.utc)
+>>> runs = pl.DataFrame({
+...     "run_id": [f"r{i}" for i in range(days.size)], "agent": "planner",
+...     "first_ts": [t0 + timedelta(days=int(d), minutes=int(m))
+...                  for d, m in zip(days, rng.integers(0, 1440, days.size))],
+...     "n_steps": steps, "n_errors": rng.binomial(steps, 0.05),
+...     "n_llm": steps // 2, "tokens": steps * 300, "cost_usd": steps * 0.01,
+...     "latency_ms": steps * 800.0})
+>>> cps = changepoints_from_runs(runs, include_fleet=False)
+>>> cps.select("series", "bucket_index").unique().rows()      # one change, on day 25
+[('agent=planner', 25)]
+>>> cps.filter(pl.col("metric") == "steps_mean").select(pl.col("before", "after").round(1)).row(0)
+(10.0, 15.9)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+
+from driftwatch._frames import (
+    as_lazy,
+    duration_seconds,
+    normalize_by,
+    series_expr,
+)
+from driftwatch.errors import InvalidParameterError, SchemaError
+from driftwatch.schema import LLM_ACTION, TS_DTYPE
+
+#: Behaviour metrics computed per bucket (``runs`` is volume, not behaviour).
+BUCKET_METRICS: tuple[str, ...] = (
+    "runs",
+    "steps_mean",
+    "steps_p90",
+    "error_rate",
+    "loop_rate",
+    "tokens_per_run",
+    "cost_per_run",
+    "latency_p90",
+    "llm_ratio",
+)
+
+#: Pseudo-metric: the shares of each series' ``top_tools`` most-used tools.
+TOOL_MIX = "tool_mix"
+
+#: Metrics used when ``metrics=None``: every behaviour metric, volume excluded.
+DEFAULT_METRICS: tuple[str, ...] = (
+    "steps_mean",
+    "steps_p90",
+    "error_rate",
+    "loop_rate",
+    "tokens_per_run",
+    "cost_per_run",
+    "latency_p90",
+    "llm_ratio",
+    TOOL_MIX,
+)
+
+#: Per-step metrics :func:`detect_run_changepoints` understands.
+RUN_METRICS: tuple[str, ...] = (
+    "tokens",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "latency_ms",
+    "confidence",
+)
+
+#: Columns :func:`changepoints_from_buckets` returns, with dtypes.
+CHANGEPOINT_SCHEMA: dict[str, pl.DataType] = {
+    "series": pl.String(),
+    "metric": pl.String(),
+    "ts": TS_DTYPE,
+    "before": pl.Float64(),
+    "after": pl.Float64(),
+    "magnitude": pl.Float64(),
+    "score": pl.Float64(),
+    "bucket_index": pl.Int64(),
+    "rank": pl.Int64(),
+    "metrics_moved": pl.List(pl.String()),
+    "cp_score": pl.Float64(),
+    "runs_before": pl.Int64(),
+    "runs_after": pl.Int64(),
+    "buckets_before": pl.Int64(),
+    "buckets_after": pl.Int64(),
+}
+
+#: Columns :func:`detect_run_changepoints` returns, with dtypes.
+RUN_CHANGEPOINT_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.String(),
+    "agent": pl.String(),
+    "metric": pl.String(),
+    "step": pl.Int64(),
+    "position": pl.Int64(),
+    "n_points": pl.Int64(),
+    "before": pl.Float64(),
+    "after": pl.Float64(),
+    "magnitude": pl.Float64(),
+    "score": pl.Float64(),
+}
+
+# Default calibration (see docs/readme/changepoints.md, "Method"): the penalty is
+# PENALTY_BETA * (d + 1) * log(T) in whitened units (BIC for a mean shift in d
+# dimensions), and a breakpoint survives only if some metric moved by at least
+# MIN_Z standard errors (heteroscedastic, run-weighted) and MIN_MAGNITUDE relatively.
+PENALTY_BETA = 1.5
+MIN_Z = 5.0
+MIN_MAGNITUDE = 0.1
+_SHRINK = 0.2  # shrinkage of the noise correlation towards the identity before whitening
+_MEDIAN_WINDOW = 7  # buckets in the rolling median used by the volume weighting
+_POOL_DOF = 5.0  # pseudo-observations of the series-wide variance added to each segment's
+
+_RUN_COLUMNS = ("run_id", "first_ts", "n_steps", "n_errors", "n_llm", "tokens", "cost_usd", "latency_ms")
+
+
+# --------------------------------------------------------------------------- buckets
+
+
+def bucket_metrics_from_runs(
+    features: pl.DataFrame | pl.LazyFrame,
+    action_counts: pl.DataFrame | pl.LazyFrame | None = None,
+    loop_summary: pl.DataFrame | pl.LazyFrame | None = None,
+    *,
+    by: str | Sequence[str] | None = ("agent",),
+    every: str = "1d",
+    include_fleet: bool = True,
+    top_tools: int = 3,
+    min_coverage: float = 0.5,
+    loop_min_severity: float = 0.5,
+) -> pl.DataFrame:
+    """Behaviour metrics per series and time bucket, from per-run tables.
+
+    Runs are bucketed by their ``first_ts`` (``first_ts.dt.truncate(every)``).
+
+    Parameters
+    ----------
+    features : polars.DataFrame or polars.LazyFrame
+        One row per run, as returned by :func:`driftwatch.run_features`. Needs
+        ``run_id, first_ts, n_steps, n_errors, n_llm, tokens, cost_usd,
+        latency_ms`` and the ``by`` columns.
+    action_counts : polars.DataFrame or polars.LazyFrame, optional
+        ``run_id, action, n`` (:func:`driftwatch.features.run_action_counts`).
+        Without it the tool-share columns are null.
+    loop_summary : polars.DataFrame or polars.LazyFrame, optional
+        One row per run that has loops (``loops.loop_summary``): ``run_id`` and,
+        when present, ``loop_severity``. Without it ``loop_rate`` is null.
+    by : str or sequence of str, default ("agent",)
+        Run-level columns naming a series (``agent``, ``version``, ...). Empty
+        means the whole fleet only.
+    every : str, default "1d"
+        Bucket width as a Polars duration (``"1h"``, ``"1d"``, ``"1w"``).
+    include_fleet : bool, default True
+        Also emit the whole fleet as series ``all``.
+    top_tools : int, default 3
+        How many of each series' most-used tools (over the whole period, LLM
+        steps excluded) get a share column.
+    min_coverage : float, default 0.5
+        Buckets at the edges of the observed time span that cover less than this
+        fraction of ``every`` are flagged ``partial`` (and skipped by detection).
+    loop_min_severity : float, default 0.5
+        A run counts as looping when its ``loop_severity`` reaches this value
+        (every run in ``loop_summary`` counts when it has no such column).
+
+    Returns
+    -------
+    polars.DataFrame
+        One row per (series, bucket) that has runs, sorted by ``series, bucket``:
+        ``series`` (Utf8), ``bucket`` (Datetime UTC, bucket start),
+        ``bucket_index`` (Int64, buckets since the first bucket of the data),
+        ``runs`` (Int64), ``coverage`` (Float64, share of the bucket inside the
+        observed span), ``partial`` (Boolean), ``steps_mean``, ``steps_p90``,
+        ``error_rate`` (errors / steps), ``loop_rate`` (share of runs looping),
+        ``tokens_per_run``, ``cost_per_run``, ``latency_p90`` (p90 over runs of
+        the run's total latency, ms), ``llm_ratio`` (LLM steps / steps), then
+        ``top1_tool, top1_share, ..., top{k}_tool, top{k}_share`` (share of the
+        bucket's tool calls; the tool names are constant within a series).
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> from datetime import datetime, timezone
+    >>> runs = pl.DataFrame({"run_id": ["a", "b", "c"], "agent": "bot",
+    ...     "first_ts": [datetime(2026, 1, d, 9, tzinfo=timezone.utc) for d in (1, 1, 2)],
+    ...     "n_steps": [4, 6, 10], "n_errors": [0, 1, 2], "n_llm": [2, 3, 5],
+    ...     "tokens": [100, 200, 300], "cost_usd": [0.1, 0.2, 0.3], "latency_ms": [1.0, 2.0, 3.0]})
+    >>> b = bucket_metrics_from_runs(runs, include_fleet=False, min_coverage=0.0)
+    >>> b.select("series", "bucket_index", "runs", "steps_mean", "error_rate").rows()
+    [('agent=bot', 0, 2, 5.0, 0.1), ('agent=bot', 1, 1, 10.0, 0.2)]
+    """
+    by_cols = normalize_by(by)
+    every_s = duration_seconds(every)
+    _check_int("top_tools", top_tools, lo=0)
+    _check_float("min_coverage", min_coverage, lo=0.0, hi=1.0)
+    lf = _as_frame(features, "features").lazy()
+    schema = lf.collect_schema()
+    missing = [c for c in (*_RUN_COLUMNS, *by_cols) if c not in schema]
+    if missing:
+        hint = ""
+        if any(c in by_cols for c in missing):
+            hint = (
+                "; `by` must name run-level columns of the run table (detect_changepoints(events, by=...) "
+                "carries other event columns through as each run's first non-null value)"
+            )
+        raise SchemaError(
+            f"features: missing column(s) {missing}; expected a run_features() table, found {list(schema)}{hint}"
+        )
+    if not isinstance(schema["first_ts"], pl.Datetime):
+        raise SchemaError(f"features: column 'first_ts' must be a Datetime, found {schema['first_ts']}")
+
+    runs = lf.select(
+        pl.col("run_id").cast(pl.String),
+        pl.col("first_ts").dt.replace_time_zone(None).dt.cast_time_unit("us").dt.replace_time_zone("UTC")
+        if schema["first_ts"].time_zone is None  # type: ignore[union-attr]
+        else pl.col("first_ts").dt.convert_time_zone("UTC").dt.cast_time_unit("us"),
+        *[pl.col(c).cast(pl.Float64) for c in _RUN_COLUMNS[2:]],
+        *[pl.col(c) for c in by_cols],
+    ).filter(pl.col("first_ts").is_not_null())
+
+    span = runs.select(pl.col("first_ts").min().alias("lo"), pl.col("first_ts").max().alias("hi")).collect()
+    t_min, t_max = span.row(0)
+    if t_min is None:
+        return _empty_buckets(top_tools)
+
+    has_loops = loop_summary is not None
+    if loop_summary is not None:
+        ls = _as_frame(loop_summary, "loop_summary").lazy()
+        ls_schema = ls.collect_schema()
+        if "run_id" not in ls_schema:
+            raise SchemaError(f"loop_summary: missing column 'run_id'; found {list(ls_schema)}")
+        flag = (
+            (pl.col("loop_severity").fill_null(0.0) >= loop_min_severity)
+            if "loop_severity" in ls_schema
+            else pl.lit(True)
+        )
+        looped = ls.group_by(pl.col("run_id").cast(pl.String)).agg(flag.any().alias("_looped"))
+        runs = runs.join(looped, on="run_id", how="left").with_columns(pl.col("_looped").fill_null(False))
+    else:
+        runs = runs.with_columns(pl.lit(None, dtype=pl.Boolean).alias("_looped"))
+
+    runs = runs.with_columns(pl.col("first_ts").dt.truncate(every).alias("bucket"))
+    if by_cols:
+        parts = [runs.with_columns(series_expr(by_cols))]
+        if include_fleet:
+            parts.append(runs.with_columns(series_expr(())))
+        keyed = pl.concat([p.select("series", "bucket", "run_id", "_looped", *_RUN_COLUMNS[2:]) for p in parts])
+    else:
+        keyed = runs.with_columns(series_expr(())).select("series", "bucket", "run_id", "_looped", *_RUN_COLUMNS[2:])
+
+    steps = pl.col("n_steps")
+    agg = keyed.group_by("series", "bucket").agg(
+        pl.len().cast(pl.Int64).alias("runs"),
+        steps.mean().alias("steps_mean"),
+        steps.quantile(0.9, "linear").alias("steps_p90"),
+        (pl.col("n_errors").sum() / steps.sum()).alias("error_rate"),
+        pl.col("_looped").cast(pl.Float64).mean().alias("loop_rate")
+        if has_loops
+        else pl.lit(None, dtype=pl.Float64).alias("loop_rate"),
+        pl.col("tokens").mean().alias("tokens_per_run"),
+        pl.col("cost_usd").mean().alias("cost_per_run"),
+        pl.col("latency_ms").quantile(0.9, "linear").alias("latency_p90"),
+        (pl.col("n_llm").sum() / steps.sum()).alias("llm_ratio"),
+    )
+
+    t0 = _truncate_scalar(t_min, every)
+    width = pl.duration(microseconds=int(round(every_s * 1e6)))
+    lo = pl.lit(t_min, dtype=TS_DTYPE)
+    hi = pl.lit(t_max, dtype=TS_DTYPE)
+    start = pl.col("bucket")
+    end = pl.col("bucket") + width
+    covered = (
+        pl.min_horizontal(end, hi).cast(pl.Int64) - pl.max_horizontal(start, lo).cast(pl.Int64)
+    ) / (every_s * 1e6)
+    agg = agg.with_columns(
+        ((pl.col("bucket") - pl.lit(t0, dtype=TS_DTYPE)).dt.total_microseconds() / (every_s * 1e6))
+        .round()
+        .cast(pl.Int64)
+        .alias("bucket_index"),
+        covered.clip(0.0, 1.0).alias("coverage"),
+    ).with_columns((pl.col("coverage") < min_coverage).alias("partial"))
+
+    tool_cols: list[str] = []
+    for i in range(1, top_tools + 1):
+        tool_cols += [f"top{i}_tool", f"top{i}_share"]
+    if action_counts is not None and top_tools > 0:
+        shares = _tool_shares(keyed, action_counts, top_tools)
+        agg = agg.join(shares, on=["series", "bucket"], how="left")
+    else:
+        agg = agg.with_columns(
+            *[
+                pl.lit(None, dtype=pl.String if c.endswith("_tool") else pl.Float64).alias(c)
+                for c in tool_cols
+            ]
+        )
+    out = agg.select(
+        "series",
+        "bucket",
+        "bucket_index",
+        "runs",
+        "coverage",
+        "partial",
+        *BUCKET_METRICS[1:],
+        *tool_cols,
+    ).sort("series", "bucket")
+    return out.collect()
+
+
+def _tool_shares(
+    keyed: pl.LazyFrame, action_counts: pl.DataFrame | pl.LazyFrame, top_tools: int
+) -> pl.LazyFrame:
+    ac = _as_frame(action_counts, "action_counts").lazy()
+    ac_schema = ac.collect_schema()
+    missing = [c for c in ("run_id", "action", "n") if c not in ac_schema]
+    if missing:
+        raise SchemaError(
+            f"action_counts: missing column(s) {missing}; expected run_action_counts() output "
+            f"(run_id, agent, action, n), found {list(ac_schema)}"
+        )
+    tools = ac.filter(pl.col("action") != LLM_ACTION).select(
+        pl.col("run_id").cast(pl.String), pl.col("action").cast(pl.String), pl.col("n").cast(pl.Float64)
+    )
+    per = (
+        keyed.select("series", "bucket", "run_id")
+        .join(tools, on="run_id", how="inner")
+        .group_by("series", "bucket", "action")
+        .agg(pl.col("n").sum())
+    )
+    totals = per.group_by("series", "bucket").agg(pl.col("n").sum().alias("_tot"))
+    top = (
+        per.group_by("series", "action")
+        .agg(pl.col("n").sum().alias("_all"))
+        .sort(["series", "_all", "action"], descending=[False, True, False])
+        .with_columns(pl.int_range(pl.len()).over("series").alias("_rank"))
+        .filter(pl.col("_rank") < top_tools)
+        .select("series", "action", "_rank")
+    )
+    grid = (
+        totals.join(top, on="series", how="inner")
+        .join(per, on=["series", "bucket", "action"], how="left")
+        .with_columns((pl.col("n").fill_null(0.0) / pl.col("_tot")).alias("_share"))
+    )
+    aggs: list[pl.Expr] = []
+    for i in range(top_tools):
+        sel = pl.col("_rank") == i
+        aggs += [
+            pl.col("action").filter(sel).first().alias(f"top{i + 1}_tool"),
+            pl.col("_share").filter(sel).first().alias(f"top{i + 1}_share"),
+        ]
+    return grid.group_by("series", "bucket").agg(aggs)
+
+
+def _empty_buckets(top_tools: int) -> pl.DataFrame:
+    schema: dict[str, Any] = {
+        "series": pl.String,
+        "bucket": TS_DTYPE,
+        "bucket_index": pl.Int64,
+        "runs": pl.Int64,
+        "coverage": pl.Float64,
+        "partial": pl.Boolean,
+    }
+    for m in BUCKET_METRICS[1:]:
+        schema[m] = pl.Float64
+    for i in range(1, top_tools + 1):
+        schema[f"top{i}_tool"] = pl.String
+        schema[f"top{i}_share"] = pl.Float64
+    return pl.DataFrame(schema=schema)
+
+
+def _truncate_scalar(ts: Any, every: str) -> Any:
+    return pl.select(pl.lit(ts, dtype=TS_DTYPE).dt.truncate(every)).item()
+
+
+# --------------------------------------------------------------------------- detection
+
+
+@dataclass(frozen=True, slots=True)
+class _Options:
+    pen: float | None
+    n_bkps: int | None
+    beta: float
+    min_size: int
+    min_z: float
+    min_magnitude: float
+    weight: bool
+
+
+def changepoints_from_buckets(
+    buckets: pl.DataFrame | pl.LazyFrame,
+    *,
+    metrics: Sequence[str] | None = None,
+    pen: float | None = None,
+    n_bkps: int | None = None,
+    penalty_beta: float = PENALTY_BETA,
+    min_size: int = 3,
+    min_runs: int = 1,
+    min_z: float = MIN_Z,
+    min_magnitude: float = MIN_MAGNITUDE,
+    weight: Literal["volume"] | None = "volume",
+) -> pl.DataFrame:
+    """Change-points in per-bucket behaviour series (the fleet-stage detector).
+
+    Parameters
+    ----------
+    buckets : polars.DataFrame or polars.LazyFrame
+        :func:`bucket_metrics_from_runs` output (or any table with ``series``,
+        ``bucket``, ``runs`` and metric columns; ``bucket_index``, ``partial``
+        and the ``top{i}_tool/share`` columns are optional).
+    metrics : sequence of str, optional
+        Metrics to watch, from :data:`BUCKET_METRICS` plus ``"tool_mix"`` (the
+        top-tool shares) or any other numeric column. Default
+        :data:`DEFAULT_METRICS` (every behaviour metric; volume ``runs`` is not
+        one). All-null or constant metrics are skipped per series.
+    pen : float, optional
+        Penalty per breakpoint in whitened units. Default: chosen per series
+        from its noise, ``penalty_beta * (d + 1) * log(T)`` (BIC for a mean shift
+        in ``d`` whitened dimensions over ``T`` buckets).
+    n_bkps : int, optional
+        Find exactly this many breakpoints per series (exact dynamic
+        programming) instead of a penalty; the materiality filter still applies.
+    penalty_beta : float, default 1.5
+        Multiplier of the automatic penalty (higher: fewer change-points).
+    min_size : int, default 3
+        Minimum segment length in buckets (at least 2).
+    min_runs : int, default 1
+        Buckets with fewer runs are left out of the series.
+    min_z : float, default 5.0
+        A metric moved materially when its shift is at least this many standard
+        errors (segment means weighted by runs, heteroscedastic errors) ...
+    min_magnitude : float, default 0.1
+        ... and at least this relative change ``|after - before| / |before|``.
+        Breakpoints where no metric moved materially are dropped (the search is
+        re-scored without them). Set both to 0 to see every breakpoint.
+    weight : {"volume", None}, default "volume"
+        ``"volume"`` scales each bucket's deviation from a rolling median by
+        ``sqrt(runs / median runs)`` so low-volume (weekend, night) buckets,
+        whose means are noisier, do not trigger change-points.
+
+    Returns
+    -------
+    polars.DataFrame
+        :data:`CHANGEPOINT_SCHEMA`: one row per (breakpoint, material metric),
+        sorted by ``series, ts, rank``. ``ts`` is the start of the first bucket
+        of the new regime; ``before`` / ``after`` are the run-weighted metric
+        means of the segments on either side (up to the neighbouring
+        breakpoints); ``magnitude`` the relative change (``inf`` from 0);
+        ``score`` the shift in standard errors (``|z|``); ``rank`` 1 for the
+        metric that moved most; ``metrics_moved`` every material metric of the
+        breakpoint, strongest first; ``cp_score`` the multivariate cost gain of
+        the breakpoint divided by the penalty (> 1 passes the penalty).
+
+    Examples
+    --------
+    >>> import numpy as np, polars as pl
+    >>> from datetime import datetime, timedelta, timezone
+    >>> rng = np.random.default_rng(1)
+    >>> err = np.r_[rng.normal(0.02, 0.002, 30), rng.normal(0.06, 0.002, 30)]
+    >>> b = pl.DataFrame({"series": "agent=a", "runs": 100,
+    ...     "bucket": [datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(days=i) for i in range(60)],
+    ...     "error_rate": err, "steps_mean": rng.normal(10, 0.3, 60)})
+    >>> changepoints_from_buckets(b).select("metric", "bucket_index", "rank").rows()
+    [('error_rate', 30, 1)]
+    """
+    opts = _Options(
+        pen=None if pen is None else _check_float("pen", pen, lo=0.0, strict=True),
+        n_bkps=None if n_bkps is None else _check_int("n_bkps", n_bkps, lo=1),
+        beta=_check_float("penalty_beta", penalty_beta, lo=0.0, strict=True),
+        min_size=_check_int("min_size", min_size, lo=2),
+        min_z=_check_float("min_z", min_z, lo=0.0),
+        min_magnitude=_check_float("min_magnitude", min_magnitude, lo=0.0),
+        weight=_check_weight(weight),
+    )
+    _check_int("min_runs", min_runs, lo=1)
+    b = _as_frame(buckets, "buckets")
+    if isinstance(b, pl.LazyFrame):
+        b = b.collect()
+    missing = [c for c in ("series", "bucket", "runs") if c not in b.columns]
+    if missing:
+        raise SchemaError(
+            f"buckets: missing column(s) {missing}; expected bucket_metrics_from_runs() output, found {b.columns}"
+        )
+    names = _resolve_metrics(metrics, b.columns)
+    if metrics is None:  # defaults: watch what the table has
+        names = [m for m in names if m in b.columns or m == TOOL_MIX]
+    else:
+        absent = [m for m in names if m not in b.columns and m != TOOL_MIX]
+        if absent:
+            raise SchemaError(f"buckets: metric column(s) {absent} not found; found {b.columns}")
+    if "bucket_index" not in b.columns:
+        b = b.with_columns(pl.int_range(pl.len()).over("series", order_by="bucket").alias("bucket_index"))
+    keep = pl.col("runs") >= min_runs
+    if "partial" in b.columns:
+        keep = keep & ~pl.col("partial").fill_null(False)
+    b = b.filter(keep).sort("series", "bucket")
+    if b.height == 0:
+        return _empty_changepoints()
+
+    plain = [m for m in names if m != TOOL_MIX]
+    tool_pairs: list[tuple[str, str]] = []
+    if TOOL_MIX in names:
+        i = 1
+        while f"top{i}_tool" in b.columns and f"top{i}_share" in b.columns:
+            tool_pairs.append((f"top{i}_tool", f"top{i}_share"))
+            i += 1
+    value_cols = plain + [s for _, s in tool_pairs]
+    values = b.select([pl.col(c).cast(pl.Float64) for c in value_cols]).to_numpy() if value_cols else None
+    if values is None:
+        return _empty_changepoints()
+    runs = b["runs"].cast(pl.Float64).to_numpy()
+    index = b["bucket_index"].cast(pl.Int64).to_numpy()
+    ts = b["bucket"]
+    series = b["series"]
+    tool_names = (
+        b.select([pl.col(t) for t, _ in tool_pairs]).to_numpy() if tool_pairs else np.empty((b.height, 0))
+    )
+    bounds = np.flatnonzero(series.ne(series.shift(1)).fill_null(True).to_numpy())
+    bounds = np.r_[bounds, b.height]
+
+    rows: list[dict[str, Any]] = []
+    for a, e in zip(bounds[:-1], bounds[1:], strict=True):
+        a, e = int(a), int(e)
+        labels = plain + [
+            f"tool_share:{tool_names[a, j]}" if tool_names[a, j] is not None else f"tool_share:#{j + 1}"
+            for j in range(len(tool_pairs))
+        ]
+        found = _detect_series(values[a:e], runs[a:e], opts)
+        name = series[a]
+        for bk in found:
+            pos = a + bk.position
+            for r, j in enumerate(bk.order, start=1):
+                rows.append(
+                    {
+                        "series": name,
+                        "metric": labels[j],
+                        "ts": ts[pos],
+                        "before": float(bk.before[j]),
+                        "after": float(bk.after[j]),
+                        "magnitude": float(bk.magnitude[j]),
+                        "score": float(abs(bk.z[j])),
+                        "bucket_index": int(index[pos]),
+                        "rank": r,
+                        "metrics_moved": [labels[k] for k in bk.order],
+                        "cp_score": float(bk.cp_score),
+                        "runs_before": int(bk.runs_before),
+                        "runs_after": int(bk.runs_after),
+                        "buckets_before": int(bk.buckets_before),
+                        "buckets_after": int(bk.buckets_after),
+                    }
+                )
+    if not rows:
+        return _empty_changepoints()
+    return pl.DataFrame(rows, schema=CHANGEPOINT_SCHEMA).sort("series", "ts", "rank")
+
+
+@dataclass(frozen=True, slots=True)
+class _Break:
+    position: int  # first row of the new regime, within the series
+    order: list[int]  # material metric columns, strongest first
+    before: np.ndarray
+    after: np.ndarray
+    magnitude: np.ndarray
+    z: np.ndarray
+    cp_score: float
+    runs_before: float
+    runs_after: float
+    buckets_before: int
+    buckets_after: int
+
+
+def _detect_series(x: np.ndarray, n: np.ndarray, opts: _Options) -> list[_Break]:
+    """Breakpoints of one series: ``x`` (T, d) metric values, ``n`` (T,) runs per bucket."""
+    t_len = x.shape[0]
+    if t_len < 2 * opts.min_size:
+        return []
+    # metrics usable in this series: not all null, not constant
+    finite = np.isfinite(x)
+    usable = finite.sum(axis=0) >= 2 * opts.min_size
+    if not usable.any():
+        return []
+    x = x[:, usable]
+    cols = np.flatnonzero(usable)
+    x = _fill_gaps(x)
+    spread = np.nanmax(x, axis=0) - np.nanmin(x, axis=0)
+    live = spread > 1e-12 * np.maximum(1.0, np.abs(np.nanmax(x, axis=0)))
+    if not live.any():
+        return []
+    x, cols = x[:, live], cols[live]
+
+    z, dim = _whiten(x, n, opts.weight)
+    pen = opts.pen if opts.pen is not None else opts.beta * (dim + 1) * math.log(t_len)
+    bkps = _search(z, pen, opts)
+    if not bkps:
+        return []
+
+    # materiality: drop the weakest immaterial breakpoint until all are material
+    prefix = _Prefix(x, n, z)
+    while bkps:
+        stats = prefix.stats(bkps, opts.min_z, opts.min_magnitude)
+        material = stats["material"]
+        ok = material.any(axis=1)
+        if ok.all():
+            break
+        strength = np.where(material, np.abs(stats["z"]), 0.0).max(axis=1)
+        strength = np.where(ok, np.inf, np.abs(stats["z"]).max(axis=1) + strength)
+        bkps.pop(int(np.argmin(strength)))
+    if not bkps:
+        return []
+    gain = prefix.gain(bkps) / pen
+    out: list[_Break] = []
+    for i, pos in enumerate(bkps):
+        mat = stats["material"][i]
+        zi = stats["z"][i]
+        order = [int(cols[j]) for j in np.argsort(-np.abs(zi), kind="stable") if mat[j]]
+        full = np.full(usable.size, np.nan)
+
+        def spread_(v: np.ndarray, full: np.ndarray = full) -> np.ndarray:
+            f = full.copy()
+            f[cols] = v
+            return f
+
+        out.append(
+            _Break(
+                position=int(pos),
+                order=order,
+                before=spread_(stats["before"][i]),
+                after=spread_(stats["after"][i]),
+                magnitude=spread_(stats["magnitude"][i]),
+                z=spread_(zi),
+                cp_score=float(gain[i]),
+                runs_before=float(stats["runs_before"][i]),
+                runs_after=float(stats["runs_after"][i]),
+                buckets_before=int(stats["buckets_before"][i]),
+                buckets_after=int(stats["buckets_after"][i]),
+            )
+        )
+    return out
+
+
+def _fill_gaps(x: np.ndarray) -> np.ndarray:
+    """Replace NaN by the previous (else next) finite value of the column."""
+    if np.isfinite(x).all():
+        return x
+    x = x.copy()
+    t_len = x.shape[0]
+    idx = np.where(np.isfinite(x), np.arange(t_len)[:, None], 0)
+    np.maximum.accumulate(idx, axis=0, out=idx)
+    filled = np.take_along_axis(x, idx, axis=0)
+    # leading gaps: take the first finite value
+    first = np.argmax(np.isfinite(x), axis=0)
+    lead = ~np.isfinite(filled)
+    filled[lead] = np.take_along_axis(x, first[None, :], axis=0).repeat(t_len, axis=0)[lead]
+    return filled
+
+
+def _rolling_median(x: np.ndarray, window: int) -> np.ndarray:
+    t_len = x.shape[0]
+    w = min(window, t_len if t_len % 2 else t_len - 1)
+    if w < 3:
+        return np.median(x, axis=0, keepdims=True).repeat(t_len, axis=0)
+    h = w // 2
+    padded = np.pad(x, ((h, h), (0, 0)), mode="edge")
+    view = np.lib.stride_tricks.sliding_window_view(padded, w, axis=0)  # (T, d, w)
+    return np.median(view, axis=-1)
+
+
+def _robust_scale(d: np.ndarray) -> np.ndarray:
+    """Standard deviation of each column, ignoring its 10% largest absolute deviations.
+
+    Robust to the few jumps change-points put into first differences, and
+    unlike the MAD it does not collapse to 0 on discrete metrics (p90 of integers).
+    """
+    dev = np.abs(d - np.median(d, axis=0))
+    cut = np.quantile(dev, 0.9, axis=0, method="higher")
+    kept = np.where(dev <= cut, dev, np.nan)
+    s = np.sqrt(np.nanmean(kept**2, axis=0)) / 0.789  # sd of a normal truncated at its 90% central band
+    fallback = np.sqrt(np.mean(dev**2, axis=0))
+    s = np.where(s > 0, s, fallback)
+    return np.maximum(s, 1e-12)
+
+
+def _whiten(x: np.ndarray, n: np.ndarray, weight: bool) -> tuple[np.ndarray, int]:
+    """Volume-weight, standardise by the noise of first differences and decorrelate."""
+    if weight:
+        ref = float(np.median(n))
+        level = _rolling_median(x, _MEDIAN_WINDOW)
+        f = np.clip(np.sqrt(n / max(ref, 1e-12)), 0.0, 2.0)[:, None]
+        x = level + (x - level) * f
+    d = np.diff(x, axis=0)
+    s = _robust_scale(d)  # noise sd of the differences = sqrt(2) * noise sd of the level
+    u = d / s
+    calm = np.abs(u).max(axis=1) <= 5.0
+    if calm.sum() >= max(3, u.shape[1] + 1):
+        u = u[calm]
+    if x.shape[1] > 1:
+        c = np.cov(u, rowvar=False)
+        sd = np.sqrt(np.clip(np.diag(c), 1e-12, None))
+        c = c / sd[:, None] / sd[None, :]
+        c = (1 - _SHRINK) * c + _SHRINK * np.eye(c.shape[0])
+        vals, vecs = np.linalg.eigh(c)
+        w = vecs / np.sqrt(np.clip(vals, 1e-12, None))
+    else:
+        w = np.ones((1, 1))
+    z = ((x - np.median(x, axis=0)) / (s / math.sqrt(2.0))) @ w
+    return np.ascontiguousarray(z), x.shape[1]
+
+
+def _search(z: np.ndarray, pen: float, opts: _Options) -> list[int]:
+    import ruptures as rpt
+
+    algo = rpt.KernelCPD(kernel="linear", min_size=opts.min_size).fit(z)
+    t_len = z.shape[0]
+    if opts.n_bkps is not None:
+        k = min(opts.n_bkps, t_len // opts.min_size - 1)
+        if k < 1:
+            return []
+        bk = algo.predict(n_bkps=k)
+    else:
+        bk = algo.predict(pen=pen)
+    return [int(v) for v in bk[:-1]]
+
+
+class _Prefix:
+    """Prefix sums for O(1) segment statistics (weighted means, variances, l2 cost)."""
+
+    def __init__(self, x: np.ndarray, n: np.ndarray, z: np.ndarray) -> None:
+        w = n[:, None]
+        zero = np.zeros((1, x.shape[1]))
+        self.t_len = x.shape[0]
+        self.n = np.r_[0.0, np.cumsum(n)]
+        self.s1 = np.vstack([zero, np.cumsum(w * x, axis=0)])
+        self.s2 = np.vstack([zero, np.cumsum(w * x * x, axis=0)])
+        self.z1 = np.vstack([np.zeros((1, z.shape[1])), np.cumsum(z, axis=0)])
+        self.z2 = np.r_[0.0, np.cumsum((z * z).sum(axis=1))]
+
+    def _seg(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        nn = self.n[b] - self.n[a]
+        s1 = self.s1[b] - self.s1[a]
+        s2 = self.s2[b] - self.s2[a]
+        mean = s1 / nn[:, None]
+        ss = np.maximum(s2 - s1 * mean, 0.0)
+        return nn, mean, ss, (b - a).astype(float)
+
+    def stats(self, bkps: list[int], min_z: float, min_mag: float) -> dict[str, np.ndarray]:
+        edges = np.array([0, *bkps, self.t_len])
+        seg_n, seg_mean, seg_ss, seg_len = self._seg(edges[:-1], edges[1:])
+        dof = seg_len - 1.0
+        pooled = seg_ss.sum(axis=0) / max(dof.sum(), 1.0)
+        var = (seg_ss + _POOL_DOF * pooled) / (dof + _POOL_DOF)[:, None]
+        se2 = var / seg_n[:, None]
+        before, after = seg_mean[:-1], seg_mean[1:]
+        diff = after - before
+        se = np.sqrt(se2[:-1] + se2[1:])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.where(se > 0, diff / se, np.where(diff != 0, np.inf * np.sign(diff), 0.0))
+            mag = np.where(before != 0, diff / np.abs(before), np.where(diff != 0, np.inf * np.sign(diff), 0.0))
+        material = (np.abs(z) >= min_z) & (np.abs(mag) >= min_mag) & (diff != 0)
+        return {
+            "before": before,
+            "after": after,
+            "z": z,
+            "magnitude": mag,
+            "material": material,
+            "runs_before": seg_n[:-1],
+            "runs_after": seg_n[1:],
+            "buckets_before": seg_len[:-1],
+            "buckets_after": seg_len[1:],
+        }
+
+    def _cost(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        s = self.z1[b] - self.z1[a]
+        return (self.z2[b] - self.z2[a]) - (s * s).sum(axis=1) / (b - a)
+
+    def gain(self, bkps: list[int]) -> np.ndarray:
+        edges = np.array([0, *bkps, self.t_len])
+        left, mid, right = edges[:-2], edges[1:-1], edges[2:]
+        return self._cost(left, right) - self._cost(left, mid) - self._cost(mid, right)
+
+
+def changepoints_from_runs(
+    features: pl.DataFrame | pl.LazyFrame,
+    action_counts: pl.DataFrame | pl.LazyFrame | None = None,
+    loop_summary: pl.DataFrame | pl.LazyFrame | None = None,
+    *,
+    by: str | Sequence[str] | None = ("agent",),
+    every: str = "1d",
+    metrics: Sequence[str] | None = None,
+    pen: float | None = None,
+    n_bkps: int | None = None,
+    penalty_beta: float = PENALTY_BETA,
+    min_size: int = 3,
+    min_runs: int = 1,
+    min_z: float = MIN_Z,
+    min_magnitude: float = MIN_MAGNITUDE,
+    weight: Literal["volume"] | None = "volume",
+    include_fleet: bool = True,
+    top_tools: int = 3,
+    min_coverage: float = 0.5,
+) -> pl.DataFrame:
+    """Change-points from per-run tables (the audit's fleet stage).
+
+    :func:`bucket_metrics_from_runs` followed by :func:`changepoints_from_buckets`;
+    see those for the parameters.
+
+    Returns
+    -------
+    polars.DataFrame
+        :data:`CHANGEPOINT_SCHEMA` rows (``series, metric, ts, before, after,
+        magnitude, score, bucket_index, rank, metrics_moved, cp_score, ...``).
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> from datetime import datetime, timezone
+    >>> runs = pl.DataFrame({"run_id": ["a"], "agent": "bot",
+    ...     "first_ts": [datetime(2026, 1, 1, tzinfo=timezone.utc)], "n_steps": [3],
+    ...     "n_errors": [0], "n_llm": [1], "tokens": [10], "cost_usd": [0.1], "latency_ms": [5.0]})
+    >>> changepoints_from_runs(runs).height  # one bucket: nothing to compare
+    0
+    """
+    buckets = bucket_metrics_from_runs(
+        features,
+        action_counts,
+        loop_summary,
+        by=by,
+        every=every,
+        include_fleet=include_fleet,
+        top_tools=top_tools,
+        min_coverage=min_coverage,
+    )
+    return changepoints_from_buckets(
+        buckets,
+        metrics=metrics,
+        pen=pen,
+        n_bkps=n_bkps,
+        penalty_beta=penalty_beta,
+        min_size=min_size,
+        min_runs=min_runs,
+        min_z=min_z,
+        min_magnitude=min_magnitude,
+        weight=weight,
+    )
+
+
+def detect_changepoints(
+    events: Any,
+    *,
+    by: str | Sequence[str] | None = ("agent",),
+    every: str = "1d",
+    metrics: Sequence[str] | None = None,
+    pen: float | None = None,
+    n_bkps: int | None = None,
+    penalty_beta: float = PENALTY_BETA,
+    min_size: int = 3,
+    min_runs: int = 1,
+    min_z: float = MIN_Z,
+    min_magnitude: float = MIN_MAGNITUDE,
+    weight: Literal["volume"] | None = "volume",
+    include_fleet: bool = True,
+    top_tools: int = 3,
+    min_coverage: float = 0.5,
+    loops: pl.DataFrame | pl.LazyFrame | None = None,
+) -> pl.DataFrame:
+    """When did the agents start behaving differently, in which metric, by how much.
+
+    Computes the per-run tables from ``events`` (:func:`driftwatch.run_features`,
+    :func:`driftwatch.features.run_action_counts`) and calls
+    :func:`changepoints_from_runs`.
+
+    Parameters
+    ----------
+    events : polars.DataFrame, polars.LazyFrame or ReadResult
+        Canonical events (``ts`` required).
+    by : str or sequence of str, default ("agent",)
+        Columns naming a series. Columns that are not run features (anything
+        but ``agent`` / ``version``) are taken as each run's first non-null value.
+    every : str, default "1d"
+        Bucket width (Polars duration).
+    metrics, pen, n_bkps, penalty_beta, min_size, min_runs, min_z, min_magnitude, weight
+        See :func:`changepoints_from_buckets`.
+    include_fleet, top_tools, min_coverage
+        See :func:`bucket_metrics_from_runs`.
+    loops : polars.DataFrame or polars.LazyFrame, optional
+        ``detect_loops`` output or its ``loop_summary``; enables ``loop_rate``.
+
+    Returns
+    -------
+    polars.DataFrame
+        At least ``series, metric, ts, before, after, magnitude, score``; see
+        :data:`CHANGEPOINT_SCHEMA`.
+
+    Examples
+    --------
+    >>> import polars as pl, driftwatch as dw
+    >>> from datetime import datetime, timezone
+    >>> ev = pl.DataFrame({"run_id": ["r1", "r1"], "step": [1, 2], "action": ["llm", "search"],
+    ...     "ts": [datetime(2026, 1, 1, tzinfo=timezone.utc)] * 2})
+    >>> dw.detect_changepoints(ev).columns[:7]
+    ['series', 'metric', 'ts', 'before', 'after', 'magnitude', 'score']
+    """
+    from driftwatch.features import run_action_counts, run_features
+
+    by_cols = normalize_by(by)
+    lf = as_lazy(events)
+    schema = lf.collect_schema()
+    unknown = [c for c in by_cols if c not in schema]
+    if unknown:
+        raise SchemaError(f"by: column(s) {unknown} not in events; found {list(schema)}")
+    has_ts = lf.select(pl.col("ts").is_not_null().any()).collect().item()
+    if not has_ts and lf.select(pl.len()).collect().item() > 0:
+        raise SchemaError("events: change-points need timestamps, but column 'ts' is missing or all null")
+    feats = run_features(lf)
+    extra = [c for c in by_cols if c not in feats.columns]
+    if extra:
+        carried = lf.group_by("run_id").agg([pl.col(c).drop_nulls().first() for c in extra]).collect()
+        feats = feats.join(carried, on="run_id", how="left")
+    names = _resolve_metrics(metrics, None)
+    counts = run_action_counts(lf) if TOOL_MIX in names and top_tools > 0 else None
+    summary = _loop_summary(loops) if loops is not None else None
+    return changepoints_from_runs(
+        feats,
+        counts,
+        summary,
+        by=by_cols,
+        every=every,
+        metrics=metrics,
+        pen=pen,
+        n_bkps=n_bkps,
+        penalty_beta=penalty_beta,
+        min_size=min_size,
+        min_runs=min_runs,
+        min_z=min_z,
+        min_magnitude=min_magnitude,
+        weight=weight,
+        include_fleet=include_fleet,
+        top_tools=top_tools,
+        min_coverage=min_coverage,
+    )
+
+
+def _loop_summary(loops: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFrame:
+    """Accept ``loop_summary`` output as is, or reduce ``detect_loops`` output to it."""
+    loops = _as_frame(loops, "loops")
+    cols = loops.collect_schema().names()
+    if "run_id" not in cols:
+        raise SchemaError(f"loops: missing column 'run_id'; expected detect_loops() or loop_summary() output, found {cols}")
+    if "loop_severity" in cols or "n_loops" in cols:
+        return loops
+    try:
+        from driftwatch.loops import loop_summary
+    except ImportError:  # pragma: no cover - loops module missing
+        return loops.lazy().select("run_id").unique()
+    return loop_summary(loops.collect() if isinstance(loops, pl.LazyFrame) else loops)
+
+
+# --------------------------------------------------------------------------- within runs
+
+
+def detect_run_changepoints(
+    events: Any,
+    *,
+    metric: str = "tokens",
+    min_steps: int = 20,
+    min_size: int = 5,
+    steps: Literal["auto", "llm", "tool", "all"] = "auto",
+    log: bool | None = None,
+    threshold: float = 5.0,
+    min_magnitude: float = 0.25,
+) -> pl.DataFrame:
+    """Regime changes inside long runs (e.g. token usage per step jumps), one per run at most.
+
+    For every run with at least ``min_steps`` values of ``metric``, the
+    standardised CUSUM statistic ``|S_k| / (sigma * sqrt(k (n - k) / n))`` (``S_k``
+    the cumulative sum of deviations from the run mean, ``sigma`` the run's
+    noise estimated from the MAD of first differences) is computed at every
+    split ``k`` with Polars expressions over ``(run_id, step)``; its maximum is
+    the likeliest single change (at most one change per run). Correct on any
+    subset of whole runs, so it runs in the audit's per-run stage.
+
+    Parameters
+    ----------
+    events : polars.DataFrame, polars.LazyFrame or ReadResult
+        Canonical events (sorted or not).
+    metric : str, default "tokens"
+        Per-step value: one of :data:`RUN_METRICS` (``tokens`` is input +
+        output tokens).
+    min_steps : int, default 20
+        Runs with fewer values are skipped.
+    min_size : int, default 5
+        Minimum values on each side of the change.
+    steps : {"auto", "llm", "tool", "all"}, default "auto"
+        Which steps carry the metric; ``"auto"`` uses LLM steps for token and
+        cost metrics and every step otherwise.
+    log : bool, optional
+        Detect on ``log1p(value)`` (multiplicative changes, heavy tails).
+        Default: True for every metric but ``confidence``.
+    threshold : float, default 5.0
+        Minimum standardised CUSUM statistic (about 0.5% false alarms per
+        500-step run of i.i.d. noise).
+    min_magnitude : float, default 0.25
+        Minimum relative change of the mean (original scale).
+
+    Returns
+    -------
+    polars.DataFrame
+        :data:`RUN_CHANGEPOINT_SCHEMA`: ``run_id, agent, metric, step`` (first
+        step of the new regime), ``position`` (its index among the run's
+        values), ``n_points``, ``before``, ``after`` (means), ``magnitude``
+        (relative change), ``score`` (the CUSUM statistic); sorted by ``run_id``.
+
+    Examples
+    --------
+    >>> import numpy as np, polars as pl
+    >>> rng = np.random.default_rng(0)
+    >>> tok = np.r_[rng.normal(500, 40, 30), rng.normal(1500, 120, 30)].astype(int)
+    >>> ev = pl.DataFrame({"run_id": "r1", "step": np.arange(60), "action": "llm",
+    ...                    "input_tokens": tok, "output_tokens": 0})
+    >>> detect_run_changepoints(ev).select("run_id", "step", "position").rows()
+    [('r1', 30, 30)]
+    """
+    if metric not in RUN_METRICS:
+        raise InvalidParameterError(f"metric must be one of {list(RUN_METRICS)}, got {metric!r}")
+    _check_int("min_steps", min_steps, lo=2)
+    _check_int("min_size", min_size, lo=1)
+    if steps not in ("auto", "llm", "tool", "all"):
+        raise InvalidParameterError(f"steps must be 'auto', 'llm', 'tool' or 'all', got {steps!r}")
+    _check_float("threshold", threshold, lo=0.0)
+    _check_float("min_magnitude", min_magnitude, lo=0.0)
+    use_log = (metric != "confidence") if log is None else bool(log)
+
+    lf = as_lazy(events)
+    if metric == "tokens":
+        value = pl.when(pl.col("input_tokens").is_null() & pl.col("output_tokens").is_null()).then(None).otherwise(
+            pl.col("input_tokens").fill_null(0) + pl.col("output_tokens").fill_null(0)
+        )
+    else:
+        value = pl.col(metric)
+    value = value.cast(pl.Float64)
+    if steps == "auto":
+        steps = "llm" if metric in ("tokens", "input_tokens", "output_tokens", "cost_usd") else "all"
+    if steps == "llm":
+        lf = lf.filter(pl.col("action") == LLM_ACTION)
+    elif steps == "tool":
+        lf = lf.filter(pl.col("action") != LLM_ACTION)
+
+    y = pl.col("_v").clip(lower_bound=0.0).log1p() if use_log else pl.col("_v")
+    run = "run_id"
+    base = (
+        lf.select("run_id", "step", "agent", value.alias("_v"))
+        .filter(pl.col("_v").is_not_nan() & pl.col("_v").is_not_null())
+        .with_columns(pl.len().over(run).alias("_n"))
+        .filter(pl.col("_n") >= min_steps)
+        .sort(run, "step")
+        .with_columns(y.alias("_y"))
+    )
+    k = pl.col("_k").cast(pl.Float64)
+    n = pl.col("_n").cast(pl.Float64)
+    scored = (
+        base.with_columns(
+            (pl.int_range(pl.len()).over(run) + 1).alias("_k"),
+            (pl.col("_y") - pl.col("_y").mean().over(run)).cum_sum().over(run).alias("_S"),
+            pl.col("_v").cum_sum().over(run).alias("_cv"),
+            pl.col("_v").sum().over(run).alias("_tv"),
+            (pl.col("_y").diff().abs().median().over(run) * (1.4826 / math.sqrt(2.0))).alias("_sig"),
+            pl.col("_y").std().over(run).alias("_sd"),
+            pl.col("step").shift(-1).over(run).alias("_next_step"),
+        )
+        .with_columns(
+            # noise floor: a run that is constant apart from one jump has a MAD of 0
+            pl.max_horizontal(pl.col("_sig"), pl.col("_sd") * 0.05, pl.lit(1e-9)).alias("_sig")
+        )
+        .with_columns(
+            pl.when((k >= min_size) & (k <= n - min_size))
+            .then(pl.col("_S").abs() / (pl.col("_sig") * (k * (n - k) / n).sqrt()))
+            .otherwise(None)
+            .alias("_stat")
+        )
+    )
+    best = (
+        scored.filter(pl.col("_stat").is_not_null())
+        .sort(run, "_stat", "_k", descending=[False, True, False])
+        .group_by(run, maintain_order=True)
+        .first()
+        .with_columns(
+            (pl.col("_cv") / k).alias("before"),
+            ((pl.col("_tv") - pl.col("_cv")) / (n - k)).alias("after"),
+        )
+        .with_columns(
+            pl.when(pl.col("before") != 0)
+            .then((pl.col("after") - pl.col("before")) / pl.col("before").abs())
+            .otherwise(pl.when(pl.col("after") != pl.col("before")).then(float("inf")).otherwise(0.0))
+            .alias("magnitude")
+        )
+        .filter((pl.col("_stat") >= threshold) & (pl.col("magnitude").abs() >= min_magnitude))
+        .select(
+            pl.col("run_id"),
+            pl.col("agent"),
+            pl.lit(metric).alias("metric"),
+            pl.col("_next_step").cast(pl.Int64).alias("step"),
+            pl.col("_k").cast(pl.Int64).alias("position"),
+            pl.col("_n").cast(pl.Int64).alias("n_points"),
+            pl.col("before"),
+            pl.col("after"),
+            pl.col("magnitude"),
+            pl.col("_stat").alias("score"),
+        )
+        .sort("run_id")
+    )
+    return best.collect().cast(RUN_CHANGEPOINT_SCHEMA)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _empty_changepoints() -> pl.DataFrame:
+    return pl.DataFrame(schema=CHANGEPOINT_SCHEMA)
+
+
+def _as_frame(obj: Any, name: str) -> pl.DataFrame | pl.LazyFrame:
+    if isinstance(obj, pl.DataFrame | pl.LazyFrame):
+        return obj
+    raise InvalidParameterError(f"{name} must be a polars DataFrame or LazyFrame, got {type(obj).__name__}")
+
+
+def _resolve_metrics(metrics: Sequence[str] | None, columns: Sequence[str] | None) -> list[str]:
+    if metrics is None:
+        return list(DEFAULT_METRICS)
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    names = list(dict.fromkeys(metrics))
+    if not names:
+        raise InvalidParameterError("metrics must name at least one metric, got an empty list")
+    known = set(BUCKET_METRICS) | {TOOL_MIX}
+    allowed = known | set(columns or ())
+    bad = [m for m in names if m not in allowed]
+    if bad:
+        raise InvalidParameterError(
+            f"metrics: unknown metric(s) {bad}; expected names from {sorted(known)}"
+            + (" or numeric columns of the bucket table" if columns is not None else "")
+        )
+    return names
+
+
+def _check_int(name: str, value: Any, *, lo: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < lo:
+        raise InvalidParameterError(f"{name} must be an integer >= {lo}, got {value!r}")
+    return int(value)
+
+
+def _check_float(name: str, value: Any, *, lo: float, hi: float | None = None, strict: bool = False) -> float:
+    ok = isinstance(value, int | float | np.number) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value > lo if strict else value >= lo) and (hi is None or value <= hi)
+    if not ok:
+        rng = f"{'>' if strict else '>='} {lo}" + (f" and <= {hi}" if hi is not None else "")
+        raise InvalidParameterError(f"{name} must be a finite number {rng}, got {value!r}")
+    return float(value)
+
+
+def _check_weight(weight: Any) -> bool:
+    if weight is None:
+        return False
+    if weight == "volume":
+        return True
+    raise InvalidParameterError(f"weight must be 'volume' or None, got {weight!r}")
+
+
+__all__ = [
+    "BUCKET_METRICS",
+    "CHANGEPOINT_SCHEMA",
+    "DEFAULT_METRICS",
+    "RUN_CHANGEPOINT_SCHEMA",
+    "RUN_METRICS",
+    "TOOL_MIX",
+    "bucket_metrics_from_runs",
+    "changepoints_from_buckets",
+    "changepoints_from_runs",
+    "detect_changepoints",
+    "detect_run_changepoints",
+]
