@@ -118,6 +118,7 @@ UNKNOWN_TOOL_PATTERN = (
     r"|(unexpected|unknown) (keyword )?(argument|parameter)"
     r"|missing (\d+ )?required (positional )?(argument|parameter)"
     r"|argument validation (failed|error)"
+    r"|(tool|function)_?not_?found|unknown_?(tool|function)|no_?such_?(tool|function)|invalid_?arguments?"
 )
 
 # --------------------------------------------------------------------------- Policy
@@ -811,7 +812,13 @@ def _event_violations(lf: pl.LazyFrame, policy: Policy) -> list[pl.LazyFrame]:
     )
     text_hit = (pl.col("status") == "error") & err_text.str.contains(UNKNOWN_TOOL_PATTERN)
     outside = is_tool & ~action.str.contains(allowed) if allowed is not None else pl.lit(False)
-    msg = pl.coalesce(pl.col("error_type"), pl.col("result"), pl.lit("")).str.slice(0, 120)
+    # quote the text that says the tool cannot run (the result, else the error type)
+    msg = (
+        pl.when(pl.col("result").str.contains(UNKNOWN_TOOL_PATTERN).fill_null(False))
+        .then(pl.col("result"))
+        .otherwise(pl.coalesce(pl.col("error_type"), pl.col("result"), pl.lit("")))
+        .str.slice(0, 120)
+    )
     out.append(
         lf.filter(text_hit.fill_null(False) | outside.fill_null(False)).select(
             "run_id",
@@ -822,7 +829,7 @@ def _event_violations(lf: pl.LazyFrame, policy: Policy) -> list[pl.LazyFrame]:
             pl.lit("warning").alias("severity"),
             pl.when(outside)
             .then(pl.concat_str(pl.lit("unknown tool: "), action, pl.lit(" (not in allowed tools)")))
-            .otherwise(pl.concat_str(pl.lit("tool cannot run: "), action, pl.lit(" failed with '"), msg, pl.lit("'")))
+            .otherwise(pl.concat_str(pl.lit("tool cannot run: "), action, pl.lit(" failed: "), msg))
             .alias("detail"),
             pl.lit(None, dtype=pl.Float64).alias("value"),
             pl.lit(None, dtype=pl.Float64).alias("limit"),

@@ -1,0 +1,1011 @@
+"""One explainable escalation score per run.
+
+:func:`score_runs` gives every run a ``score`` in [0, 1], a ``level`` (``ok``,
+``review``, ``escalate``) and ``reasons``: sentences a person can act on, most
+important first ("loop: search > read repeated 9x, 14 wasted steps, $0.21",
+"delete_invoice without approval", "cost $1.30 > ceiling $0.50").
+
+How the score works
+-------------------
+Each signal gives a component score ``s`` in [0, 1] and a reason:
+
+============================  ===================================================================
+component                     ``s``
+============================  ===================================================================
+``unapproved`` (delete tier)  1.0: an unapproved destructive call always escalates
+``unapproved_write``          0.6 (only when the policy requires approval for writes)
+``max_steps/runtime/tokens/``  ``0.45 + 0.25 * (value / limit - 1)``, clipped to [0.45, 0.9]
+``cost/retries``
+``unknown_tool``              0.5, +0.1 per further call, at most 0.7
+``low_confidence``            ``0.45 + 0.5 * (1 - min_confidence / threshold)``
+``delegation``                0.5, +0.1 per level beyond the limit, at most 0.8 (cycles 0.8)
+``loop``                      the loop summary's ``loop_severity``; ``same_action`` loops (paging,
+                              polling) are capped below ``escalate``, so they never escalate alone
+``errors`` (error storm)      ``0.6 * min(1, rate / 0.6) * min(1, (n_errors - 1) / 5)``, >= 3 errors
+``cost`` / ``length``         ``0.75 * clip((z - 4) / 8, 0, 1)`` of the robust z-score (median/MAD
+                              of log cost / log steps, per agent) so a long agent is not flagged
+``anomaly``                   IsolationForest over per-agent robust z-scores of the run features,
+                              ``0.5 * clip((a - 0.62) / 0.18, 0, 1)`` of its anomaly score ``a``
+``drift``                     0.1 when the run's agent is in a drifted window (context only)
+============================  ===================================================================
+
+and ``score = 1 - prod(1 - s)`` (a noisy-OR: one strong signal is enough, two
+review-level signals escalate). ``level`` is ``escalate`` at ``score >=
+policy.escalate``, ``review`` at ``score >= policy.review``. With a fitted
+:class:`EscalationModel` (:func:`fit_escalation`), ``score`` is the model's
+calibrated probability over the same components instead, the rule score stays in
+``score_rules``, and unapproved destructive calls still escalate.
+
+Examples
+--------
+>>> import polars as pl, driftwatch as dw
+>>> ev = pl.DataFrame({"run_id": ["a", "a", "b", "b"], "step": [1, 2, 1, 2],
+...                    "action": ["llm", "delete_invoice", "llm", "get_invoice"],
+...                    "approved": [None, False, None, None]})
+>>> out = dw.score_runs(ev, loops=pl.DataFrame())
+>>> out.select("run_id", "level", "reasons").rows()
+[('a', 'escalate', ['delete_invoice without approval']), ('b', 'ok', [])]
+"""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from driftwatch._frames import as_lazy, series_expr
+from driftwatch.errors import InputError, InvalidParameterError
+from driftwatch.features import run_features
+from driftwatch.policy import (
+    Policy,
+    _as_policy,
+    check_delegation,
+    check_policy,
+    fmt_int,
+    fmt_money,
+    fmt_num,
+)
+
+LEVELS: tuple[str, ...] = ("ok", "review", "escalate")
+
+#: Component scores, in the order they are computed (each has ``score_<name>`` in the output).
+COMPONENTS: tuple[str, ...] = (
+    "unapproved",
+    "unapproved_write",
+    "max_steps",
+    "max_runtime",
+    "max_tokens",
+    "max_cost",
+    "retries",
+    "unknown_tool",
+    "low_confidence",
+    "delegation",
+    "loop",
+    "errors",
+    "cost",
+    "length",
+    "anomaly",
+    "drift",
+)
+
+#: Extra numeric columns the supervised model sees besides the component scores.
+MODEL_EXTRA: tuple[str, ...] = ("cost_z", "steps_z", "anomaly", "error_rate_tool", "n_retries")
+
+#: Per-run features the anomaly model standardises per agent: (column expression name, MAD floor).
+_ANOMALY_FEATURES: tuple[tuple[str, float], ...] = (
+    ("log_steps", 0.1),
+    ("log_cost", 0.1),
+    ("log_tokens", 0.1),
+    ("log_runtime", 0.1),
+    ("log_latency_p90", 0.1),
+    ("error_rate_tool", 0.05),
+    ("llm_ratio", 0.02),
+    ("n_distinct_actions", 1.0),
+    ("n_retries", 1.0),
+    ("min_confidence", 0.05),
+)
+
+#: Agents with fewer runs are compared with the whole fleet instead of themselves.
+MIN_AGENT_RUNS = 20
+
+_LOOP_SUMMARY_COLS = (
+    "n_loops",
+    "worst_kind",
+    "worst_pattern",
+    "worst_repeats",
+    "wasted_steps",
+    "wasted_tokens",
+    "wasted_cost_usd",
+    "loop_severity",
+)
+
+
+# --------------------------------------------------------------------------- loops
+
+
+def _summarize_loops(loops: pl.DataFrame | pl.LazyFrame | None) -> pl.DataFrame | None:
+    """``loops`` as a loop summary (one row per run), whatever the caller passed.
+
+    Accepts a :func:`driftwatch.loop_summary` result (has ``loop_severity``) or a
+    :func:`driftwatch.detect_loops` result (summarised with ``loop_summary``).
+    """
+    if loops is None:
+        return None
+    df = loops.collect() if isinstance(loops, pl.LazyFrame) else loops
+    if not isinstance(df, pl.DataFrame):
+        raise InvalidParameterError(
+            f"loops must be a detect_loops or loop_summary DataFrame, got {type(loops).__name__}"
+        )
+    if df.width == 0 or df.height == 0:
+        return None
+    if "loop_severity" in df.columns:
+        missing = [c for c in ("run_id", "worst_kind", "worst_pattern", "worst_repeats", "loop_severity")
+                   if c not in df.columns]
+        if missing:
+            raise InvalidParameterError(f"loops: a loop summary needs columns {missing}; found {df.columns}")
+        return df
+    if "pattern" in df.columns and "repeats" in df.columns:
+        from driftwatch.loops import loop_summary
+
+        return loop_summary(df)
+    raise InvalidParameterError(
+        "loops must be detect_loops output (run_id, pattern, repeats, kind, ...) or loop_summary output "
+        f"(run_id, worst_kind, worst_pattern, worst_repeats, loop_severity, ...); found columns {df.columns}"
+    )
+
+
+def _detect_loop_summary(events: Any) -> pl.DataFrame | None:
+    try:
+        from driftwatch.loops import detect_loops, loop_summary
+    except ImportError:  # the loop detector is optional for scoring
+        return None
+    return loop_summary(detect_loops(events))
+
+
+# --------------------------------------------------------------------------- drift
+
+
+def _drift_context(runs: pl.DataFrame, drift: pl.DataFrame | None) -> pl.DataFrame | None:
+    """Per run: the drifted features of its series at the run's start, as text."""
+    if drift is None or drift.height == 0:
+        return None
+    need = ("series", "window_start", "window_end", "feature", "drifted")
+    missing = [c for c in need if c not in drift.columns]
+    if missing:
+        raise InvalidParameterError(f"drift must be detect_drift output; missing columns {missing}")
+    d = drift.filter(pl.col("drifted").fill_null(False))
+    if d.height == 0:
+        return None
+    method = pl.col("method") if "method" in d.columns else pl.lit(None, dtype=pl.String)
+    d = d.select(
+        "series",
+        pl.col("window_start").cast(pl.Datetime("us", "UTC")),
+        pl.col("window_end").cast(pl.Datetime("us", "UTC")),
+        pl.concat_str(pl.col("feature"), pl.lit(" ("), method.fill_null("test"), pl.lit(")")).alias("_what"),
+    )
+    # series name each run belongs to, for every grouping used in the drift table
+    series_names = d["series"].unique().to_list()
+    keysets: dict[tuple[str, ...], None] = {}
+    for s in series_names:  # a handful of distinct series
+        keys = () if s == "all" else tuple(part.split("=", 1)[0] for part in s.split(","))
+        keysets[keys] = None
+    hits: list[pl.DataFrame] = []
+    for keys in keysets:
+        if any(k not in runs.columns for k in keys):
+            continue
+        r = runs.select("run_id", "first_ts", series_expr(keys))
+        hits.append(
+            r.join(d, on="series", how="inner").filter(
+                (pl.col("first_ts") >= pl.col("window_start")) & (pl.col("first_ts") < pl.col("window_end"))
+            )
+        )
+    if not hits:
+        return None
+    h = pl.concat(hits)
+    if h.height == 0:
+        return None
+    return h.group_by("run_id").agg(
+        pl.col("series").first(),
+        pl.col("_what").unique().sort().str.join(", ").alias("_drift_what"),
+        pl.col("window_start").min().alias("_drift_since"),
+    )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _robust_z(col: str, floor: float, *, by: str = "_zgroup") -> list[pl.Expr]:
+    """Median/MAD z-score of ``col`` within ``by``; MAD scaled by 1.4826 and floored."""
+    x = pl.col(col)
+    med = x.median().over(by)
+    return [
+        med.alias(f"_med_{col}"),
+        ((x - med) / pl.max_horizontal((x - med).abs().median().over(by) * 1.4826, pl.lit(floor)))
+        .clip(-50.0, 50.0)
+        .fill_null(0.0)
+        .alias(f"_z_{col}"),
+    ]
+
+
+def _limit_s(ratio: pl.Expr) -> pl.Expr:
+    return (0.45 + 0.25 * (ratio - 1.0)).clip(0.45, 0.9)
+
+
+def _noisy_or(cols: Sequence[str]) -> pl.Expr:
+    prod = pl.lit(1.0)
+    for c in cols:
+        prod = prod * (1.0 - pl.col(c).fill_null(0.0))
+    return (1.0 - prod).clip(0.0, 1.0)
+
+
+def _anomaly_scores(frame: pl.DataFrame, random_state: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """IsolationForest anomaly score in (0, 1) per run, and the index of each run's most unusual feature."""
+    n = frame.height
+    cols = [f"_z_{c}" for c, _ in _ANOMALY_FEATURES]
+    X = frame.select(pl.col(c).clip(-10.0, 10.0) for c in cols).to_numpy()
+    top = np.abs(X).argmax(axis=1) if n else np.zeros(0, dtype=np.int64)
+    if n < MIN_AGENT_RUNS:
+        return np.zeros(n), top
+    from sklearn.ensemble import IsolationForest
+
+    forest = IsolationForest(n_estimators=100, max_samples=min(256, n), random_state=random_state)
+    forest.fit(X)
+    return -forest.score_samples(X), top
+
+
+# --------------------------------------------------------------------------- main
+
+
+def score_runs_from_runs(
+    features: pl.DataFrame | pl.LazyFrame,
+    *,
+    policy: Policy | str | Path | None = None,
+    loops: pl.DataFrame | pl.LazyFrame | None = None,
+    violations: pl.DataFrame | pl.LazyFrame | None = None,
+    drift: pl.DataFrame | pl.LazyFrame | None = None,
+    model: EscalationModel | str | Path | None = None,
+    random_state: int | None = 0,
+) -> pl.DataFrame:
+    """Score runs from per-run tables only (the fleet stage of the audit; no events).
+
+    Parameters
+    ----------
+    features : polars.DataFrame or polars.LazyFrame
+        :func:`driftwatch.run_features` output (concatenated across chunks).
+    policy : Policy, path or None, default=None
+        Thresholds and limits; ``None`` means ``Policy()``.
+    loops : polars.DataFrame, optional
+        :func:`driftwatch.loop_summary` output (or :func:`driftwatch.detect_loops`
+        output, summarised here). ``None``: no loop signal.
+    violations : polars.DataFrame, optional
+        :func:`driftwatch.check_policy` output. Used for the rules that need events
+        (``unapproved_action``, ``unknown_tool``, ``max_consecutive_retries``,
+        ``delegation_depth``); step/runtime/token/cost limits and low confidence are
+        read from ``features``. Delegation depth is computed from ``features`` when
+        ``violations`` holds no ``delegation_depth`` rows.
+    drift : polars.DataFrame, optional
+        :func:`driftwatch.detect_drift` output; runs of a drifted series in a drifted
+        window get a small context bump and a reason.
+    model : EscalationModel, path or None, default=None
+        A fitted supervised model (:func:`fit_escalation`) or its file. ``None`` uses
+        ``policy.model`` when the policy names one, else the rule score.
+    random_state : int or None, default=0
+        Seed of the IsolationForest.
+
+    Returns
+    -------
+    polars.DataFrame
+        One row per run, sorted by ``run_id``: ``run_id, agent, n_steps, cost_usd,
+        score, level, reasons, first_ts, last_ts``, then ``score_rules``,
+        ``score_<component>`` for every component in :data:`COMPONENTS`, ``cost_z``,
+        ``steps_z``, ``anomaly``, ``error_rate_tool``, the loop summary columns and the
+        remaining feature columns.
+
+    Examples
+    --------
+    >>> import polars as pl, driftwatch as dw
+    >>> from driftwatch.scoring import score_runs_from_runs
+    >>> ev = pl.DataFrame({"run_id": ["a"] * 3, "step": [1, 2, 3], "action": ["llm"] * 3,
+    ...                    "cost_usd": [0.2, 0.2, 0.2]})
+    >>> out = score_runs_from_runs(dw.run_features(ev))
+    >>> out.select("score", "level", "reasons").row(0)
+    (0.5, 'review', ['cost $0.60 > ceiling $0.50'])
+    """
+    pol = _as_policy(policy)
+    feats = features.collect() if isinstance(features, pl.LazyFrame) else features
+    if not isinstance(feats, pl.DataFrame):
+        raise InvalidParameterError(f"features must be a run_features DataFrame, got {type(features).__name__}")
+    need = ("run_id", "agent", "n_steps", "n_tool", "n_errors", "cost_usd", "tokens", "runtime_s",
+            "first_ts", "last_ts", "min_confidence", "n_retries", "llm_ratio", "n_distinct_actions",
+            "latency_ms_p90", "parent_run_id")
+    missing = [c for c in need if c not in feats.columns]
+    if missing:
+        raise InvalidParameterError(
+            f"features must be driftwatch.run_features output; missing columns {missing}"
+        )
+    viol = violations.collect() if isinstance(violations, pl.LazyFrame) else violations
+    summary = _summarize_loops(loops)
+    drift_df = drift.collect() if isinstance(drift, pl.LazyFrame) else drift
+    esc_model = _resolve_model(model, pol)
+
+    f = feats.unique("run_id", keep="first").sort("run_id")
+    n_runs = f.height
+    f = f.with_columns(
+        (pl.col("n_errors") / pl.max_horizontal(pl.col("n_tool"), pl.lit(1))).alias("error_rate_tool"),
+        pl.col("n_steps").cast(pl.Float64).log().alias("log_steps"),
+        (pl.col("cost_usd").fill_null(0.0) + 1e-3).log().alias("log_cost"),
+        (pl.col("tokens").fill_null(0).cast(pl.Float64) + 1.0).log().alias("log_tokens"),
+        (pl.col("runtime_s").fill_null(0.0) + 1.0).log().alias("log_runtime"),
+        (pl.col("latency_ms_p90").fill_null(0.0) + 1.0).log().alias("log_latency_p90"),
+        pl.col("min_confidence").fill_null(1.0).alias("_min_conf_filled"),
+        pl.when(pl.len().over("agent") >= MIN_AGENT_RUNS)
+        .then(pl.col("agent").fill_null(""))
+        .otherwise(pl.lit("\x00fleet"))
+        .alias("_zgroup"),
+    )
+    zexprs: list[pl.Expr] = []
+    for name, floor in _ANOMALY_FEATURES:
+        src = "_min_conf_filled" if name == "min_confidence" else name
+        if src != name:
+            f = f.with_columns(pl.col(src).alias(name))
+        zexprs.extend(_robust_z(name, floor))
+    f = f.with_columns(zexprs).with_columns(
+        pl.col("_z_log_cost").alias("cost_z"),
+        pl.col("_z_log_steps").alias("steps_z"),
+        pl.col("cost_usd").fill_null(0.0).median().over("_zgroup").alias("_med_cost"),
+        pl.col("n_steps").median().over("_zgroup").alias("_med_steps"),
+    )
+
+    # ---- anomaly (IsolationForest over per-agent robust z-scores) ----
+    a, top = _anomaly_scores(f, random_state)
+    top_names = np.array([c for c, _ in _ANOMALY_FEATURES], dtype=object)[top] if n_runs else np.array([])
+    top_z = (
+        f.select(pl.concat_list([pl.col(f"_z_{c}") for c, _ in _ANOMALY_FEATURES]))
+        .to_series()
+        .list.get(pl.Series(top, dtype=pl.Int64), null_on_oob=True)
+        if n_runs
+        else pl.Series([], dtype=pl.Float64)
+    )
+    f = f.with_columns(
+        pl.Series("anomaly", a, dtype=pl.Float64),
+        pl.Series("_anom_feat", top_names.tolist(), dtype=pl.String),
+        top_z.alias("_anom_z"),
+    )
+
+    # ---- violations needing events ----
+    f = _join_violations(f, viol, pol)
+
+    # ---- loops ----
+    if summary is not None:
+        keep = ["run_id"] + [c for c in _LOOP_SUMMARY_COLS if c in summary.columns]
+        f = f.join(summary.select(keep).unique("run_id"), on="run_id", how="left")
+    for c, dt in (("n_loops", pl.Int64), ("worst_kind", pl.String), ("worst_pattern", pl.String),
+                  ("worst_repeats", pl.Int64), ("wasted_steps", pl.Int64), ("wasted_tokens", pl.Int64),
+                  ("wasted_cost_usd", pl.Float64), ("loop_severity", pl.Float64)):
+        if c not in f.columns:
+            f = f.with_columns(pl.lit(None, dtype=dt).alias(c))
+
+    # ---- drift ----
+    ctx = _drift_context(f, drift_df)
+    if ctx is not None:
+        f = f.join(ctx.select("run_id", "_drift_what", "_drift_since"), on="run_id", how="left")
+    else:
+        f = f.with_columns(
+            pl.lit(None, dtype=pl.String).alias("_drift_what"),
+            pl.lit(None, dtype=pl.Datetime("us", "UTC")).alias("_drift_since"),
+        )
+
+    f = f.with_columns(_components(pol))
+    s_cols = [f"score_{c}" for c in COMPONENTS]
+    f = f.with_columns(_noisy_or(s_cols).alias("score_rules"))
+    if esc_model is not None:
+        p = esc_model.predict_proba(f)
+        f = f.with_columns(pl.Series("_p", p, dtype=pl.Float64))
+        score = pl.max_horizontal(pl.col("_p"), pl.col("score_unapproved"))
+    else:
+        score = pl.col("score_rules")
+    f = f.with_columns(score.clip(0.0, 1.0).alias("score"))
+    forced = pl.col("score_unapproved") >= 1.0
+    f = f.with_columns(
+        pl.when(forced | (pl.col("score") >= pol.escalate))
+        .then(pl.lit("escalate"))
+        .when(pl.col("score") >= pol.review)
+        .then(pl.lit("review"))
+        .otherwise(pl.lit("ok"))
+        .alias("level")
+    )
+    f = f.with_columns(_reasons_expr(esc_model).alias("reasons"))
+
+    front = ["run_id", "agent", "n_steps", "cost_usd", "score", "level", "reasons", "first_ts", "last_ts",
+             "score_rules", *s_cols, "cost_z", "steps_z", "anomaly", "error_rate_tool", *_LOOP_SUMMARY_COLS,
+             "n_unapproved", "n_unknown_tool", "delegation_depth"]
+    rest = [c for c in feats.columns if c not in front]
+    return f.select(front + rest)
+
+
+def _join_violations(f: pl.DataFrame, viol: pl.DataFrame | None, pol: Policy) -> pl.DataFrame:
+    """Per-run aggregates of the event-level rules (one small group-by over the violations)."""
+    parts: list[pl.DataFrame] = []
+    if viol is not None and viol.height:
+        missing = [c for c in ("run_id", "rule", "severity", "detail") if c not in viol.columns]
+        if missing:
+            raise InvalidParameterError(f"violations must be check_policy output; missing columns {missing}")
+        v = viol
+        for c, dt in (("action", pl.String), ("value", pl.Float64), ("limit", pl.Float64), ("step", pl.Int64)):
+            if c not in v.columns:
+                v = v.with_columns(pl.lit(None, dtype=dt).alias(c))
+        v = v.filter(pl.col("rule").is_in(["unapproved_action", "unknown_tool", "max_consecutive_retries",
+                                           "delegation_depth"]))
+        parts.append(v)
+    has_deleg = bool(parts) and (parts[0]["rule"] == "delegation_depth").any()
+    if not has_deleg and pol.max_delegation_depth is not None:
+        d = check_delegation(f.select("run_id", "agent", "parent_run_id"), pol)
+        if d.height:
+            parts.append(d.select(parts[0].columns) if parts else d)
+    if not parts:
+        v = pl.DataFrame(schema={"run_id": pl.String, "rule": pl.String, "severity": pl.String,
+                                 "detail": pl.String, "action": pl.String, "value": pl.Float64,
+                                 "limit": pl.Float64, "step": pl.Int64})
+    else:
+        v = pl.concat([p.select("run_id", "rule", "severity", "detail", "action", "value", "limit", "step")
+                       for p in parts])
+    crit = (pl.col("rule") == "unapproved_action") & (pl.col("severity") == "critical")
+    warn = (pl.col("rule") == "unapproved_action") & (pl.col("severity") != "critical")
+    unk = pl.col("rule") == "unknown_tool"
+    ret = pl.col("rule") == "max_consecutive_retries"
+    dep = pl.col("rule") == "delegation_depth"
+    agg = v.group_by("run_id").agg(
+        crit.sum().cast(pl.Int64).alias("_n_crit"),
+        pl.col("action").filter(crit).first().alias("_crit_action"),
+        pl.col("action").filter(crit).n_unique().cast(pl.Int64).alias("_crit_kinds"),
+        warn.sum().cast(pl.Int64).alias("_n_warn"),
+        pl.col("action").filter(warn).first().alias("_warn_action"),
+        unk.sum().cast(pl.Int64).alias("n_unknown_tool"),
+        pl.col("detail").filter(unk).first().alias("_unk_detail"),
+        (pl.col("value") / pl.col("limit")).filter(ret).max().alias("_ret_ratio"),
+        pl.col("detail").filter(ret).first().alias("_ret_detail"),
+        pl.col("value").filter(dep).max().alias("delegation_depth"),
+        pl.col("limit").filter(dep).max().alias("_dep_limit"),
+        (dep & (pl.col("severity") == "critical")).any().alias("_dep_cycle"),
+        pl.col("detail").filter(dep).first().alias("_dep_detail"),
+    )
+    f = f.join(agg, on="run_id", how="left")
+    return f.with_columns(
+        pl.col("_n_crit").fill_null(0),
+        pl.col("_n_warn").fill_null(0),
+        pl.col("n_unknown_tool").fill_null(0),
+        (pl.col("_n_crit").fill_null(0) + pl.col("_n_warn").fill_null(0)).alias("n_unapproved"),
+        pl.col("_dep_cycle").fill_null(False),
+    )
+
+
+def _components(pol: Policy) -> list[pl.Expr]:
+    """``score_<component>`` (Float64 in [0, 1]) and ``_r_<component>`` (reason text or null)."""
+    out: list[pl.Expr] = []
+
+    def comp(name: str, s: pl.Expr, reason: pl.Expr) -> None:
+        s = s.fill_null(0.0).cast(pl.Float64).clip(0.0, 1.0)
+        out.append(s.alias(f"score_{name}"))
+        out.append(pl.when(s > 0).then(reason).otherwise(pl.lit(None, dtype=pl.String)).alias(f"_r_{name}"))
+
+    times = pl.when(pl.col("_n_crit") > 1).then(
+        pl.concat_str(pl.lit(" ("), pl.col("_n_crit").cast(pl.String), pl.lit(" calls)"))
+    ).otherwise(pl.lit(""))
+    comp(
+        "unapproved",
+        pl.when(pl.col("_n_crit") > 0).then(1.0).otherwise(0.0),
+        pl.concat_str(pl.col("_crit_action"), pl.lit(" without approval"), times),
+    )
+    comp(
+        "unapproved_write",
+        pl.when(pl.col("_n_warn") > 0).then(0.6).otherwise(0.0),
+        pl.concat_str(pl.col("_warn_action"), pl.lit(" without approval (write tier)")),
+    )
+    lim_steps, lim_rt, lim_tok, lim_cost = pol.max_steps, pol.max_runtime_s, pol.max_tokens, pol.max_cost_usd
+    if lim_steps is not None:
+        v = pl.col("n_steps").cast(pl.Float64)
+        comp("max_steps", pl.when(v > lim_steps).then(_limit_s(v / lim_steps)),
+             pl.concat_str(fmt_num(v, 0), pl.lit(f" steps > limit {lim_steps}")))
+    else:
+        comp("max_steps", pl.lit(0.0), pl.lit(None, dtype=pl.String))
+    if lim_rt is not None:
+        v = pl.col("runtime_s")
+        comp("max_runtime", pl.when(v > lim_rt).then(_limit_s(v / lim_rt)),
+             pl.concat_str(pl.lit("runtime "), fmt_num(v, 0), pl.lit(f"s > limit {lim_rt:g}s")))
+    else:
+        comp("max_runtime", pl.lit(0.0), pl.lit(None, dtype=pl.String))
+    if lim_tok is not None:
+        v = pl.col("tokens").cast(pl.Float64)
+        comp("max_tokens", pl.when(v > lim_tok).then(_limit_s(v / lim_tok)),
+             pl.concat_str(pl.lit("tokens "), fmt_int(v), pl.lit(f" > limit {lim_tok:,}")))
+    else:
+        comp("max_tokens", pl.lit(0.0), pl.lit(None, dtype=pl.String))
+    if lim_cost is not None:
+        v = pl.col("cost_usd")
+        ceiling = f"${lim_cost:.4f}" if lim_cost < 0.01 else f"${lim_cost:,.2f}"
+        comp("max_cost", pl.when(v > lim_cost).then(_limit_s(v / lim_cost)),
+             pl.concat_str(pl.lit("cost "),
+                           # just over the ceiling: enough decimals to show the difference
+                           pl.when(v - lim_cost < 0.005).then(pl.concat_str(pl.lit("$"), fmt_num(v, 4)))
+                           .otherwise(fmt_money(v)),
+                           pl.lit(f" > ceiling {ceiling}")))
+    else:
+        comp("max_cost", pl.lit(0.0), pl.lit(None, dtype=pl.String))
+    comp("retries", _limit_s(pl.col("_ret_ratio")), pl.col("_ret_detail"))
+    comp(
+        "unknown_tool",
+        pl.when(pl.col("n_unknown_tool") > 0).then(
+            (0.5 + 0.1 * (pl.col("n_unknown_tool") - 1)).clip(0.5, 0.7)
+        ),
+        pl.col("_unk_detail"),
+    )
+    thr = pol.min_confidence
+    mc = pl.col("min_confidence")
+    if thr > 0:
+        comp(
+            "low_confidence",
+            pl.when(mc < thr).then(0.45 + 0.5 * (1.0 - mc / thr)),
+            pl.concat_str(pl.lit("lowest confidence "), fmt_num(mc, 2), pl.lit(f" < {thr:.2f}")),
+        )
+    else:
+        comp("low_confidence", pl.lit(0.0), pl.lit(None, dtype=pl.String))
+    comp(
+        "delegation",
+        pl.when(pl.col("_dep_cycle"))
+        .then(0.8)
+        .when(pl.col("delegation_depth").is_not_null())
+        .then((0.5 + 0.1 * (pl.col("delegation_depth") - pl.col("_dep_limit") - 1)).clip(0.5, 0.8)),
+        pl.col("_dep_detail"),
+    )
+    # loops: same_action loops (paging, polling, ...) never escalate on their own
+    sev = pl.col("loop_severity").fill_null(0.0)
+    same = pl.col("worst_kind") == "same_action"
+    loop_s = pl.when(same).then(pl.min_horizontal(sev, pl.lit(max(pol.escalate - 0.05, 0.0)))).otherwise(sev)
+    kind_note = (
+        pl.when(pl.col("worst_kind") == "error_retry")
+        .then(pl.lit(" (failing each time)"))
+        .when(same)
+        .then(pl.lit(" (same tools, changing arguments)"))
+        .when(pl.col("worst_kind") == "handoff")
+        .then(pl.lit(" (hand-off ping-pong)"))
+        .otherwise(pl.lit(""))
+    )
+    wasted = pl.when(pl.col("wasted_steps").fill_null(0) > 0).then(
+        pl.concat_str(pl.lit(", "), pl.col("wasted_steps").cast(pl.String), pl.lit(" wasted steps"))
+    ).otherwise(pl.lit(""))
+    wasted_cost = pl.when(pl.col("wasted_cost_usd").fill_null(0.0) > 0).then(
+        pl.concat_str(pl.lit(", "), fmt_money(pl.col("wasted_cost_usd")))
+    ).otherwise(pl.lit(""))
+    more = pl.when(pl.col("n_loops").fill_null(1) > 1).then(
+        pl.concat_str(pl.lit(" (+"), (pl.col("n_loops") - 1).cast(pl.String), pl.lit(" more)"))
+    ).otherwise(pl.lit(""))
+    comp(
+        "loop",
+        loop_s,
+        pl.concat_str(
+            pl.lit("loop: "), pl.col("worst_pattern").fill_null("?"), pl.lit(" repeated "),
+            pl.col("worst_repeats").fill_null(0).cast(pl.String), pl.lit("x"), kind_note, wasted, wasted_cost,
+            more,
+        ),
+    )
+    ne = pl.col("n_errors")
+    rate = pl.col("error_rate_tool")
+    comp(
+        "errors",
+        pl.when(ne >= 3).then(
+            0.6 * pl.min_horizontal(rate / 0.6, pl.lit(1.0)) * pl.min_horizontal((ne - 1) / 5.0, pl.lit(1.0))
+        ),
+        pl.concat_str(pl.lit("error storm: "), ne.cast(pl.String), pl.lit(" of "),
+                      pl.col("n_tool").cast(pl.String), pl.lit(" tool calls failed")),
+    )
+    who = pl.when(pl.col("_zgroup") == "\x00fleet").then(pl.lit("fleet")).otherwise(pl.col("agent"))
+    comp(
+        "cost",
+        0.75 * ((pl.col("cost_z") - 4.0) / 8.0).clip(0.0, 1.0),
+        pl.concat_str(pl.lit("cost "), fmt_money(pl.col("cost_usd")), pl.lit(" vs "), who,
+                      pl.lit(" median "), fmt_money(pl.col("_med_cost")), pl.lit(" (robust z "),
+                      fmt_num(pl.col("cost_z"), 1), pl.lit(")")),
+    )
+    comp(
+        "length",
+        0.75 * ((pl.col("steps_z") - 4.0) / 8.0).clip(0.0, 1.0),
+        pl.concat_str(pl.col("n_steps").cast(pl.String), pl.lit(" steps vs "), who, pl.lit(" median "),
+                      fmt_num(pl.col("_med_steps"), 0), pl.lit(" (robust z "), fmt_num(pl.col("steps_z"), 1),
+                      pl.lit(")")),
+    )
+    comp(
+        "anomaly",
+        0.5 * ((pl.col("anomaly") - 0.62) / 0.18).clip(0.0, 1.0),
+        pl.concat_str(pl.lit("unusual run for "), who, pl.lit(" (isolation-forest anomaly "),
+                      fmt_num(pl.col("anomaly"), 2), pl.lit("; most unusual: "),
+                      pl.col("_anom_feat"), pl.lit(" z "), fmt_num(pl.col("_anom_z"), 1), pl.lit(")")),
+    )
+    comp(
+        "drift",
+        pl.when(pl.col("_drift_what").is_not_null()).then(0.1),
+        pl.concat_str(pl.lit("context: "), pl.col("agent"), pl.lit(" drifting in "), pl.col("_drift_what"),
+                      pl.lit(" since "), pl.col("_drift_since").dt.strftime("%Y-%m-%d")),
+    )
+    return out
+
+
+def _reasons_expr(model: EscalationModel | None) -> pl.Expr:
+    """Reasons of non-ok runs, strongest component first (components below 0.05 dropped unless top)."""
+    top = pl.max_horizontal([pl.col(f"score_{c}") for c in COMPONENTS])
+    items = [
+        pl.struct(
+            w=pl.col(f"score_{c}"),
+            t=pl.when((pl.col(f"score_{c}") >= 0.05) | ((pl.col(f"score_{c}") >= top) & (top > 0)))
+            .then(pl.col(f"_r_{c}"))
+            .otherwise(pl.lit(None, dtype=pl.String)),
+        )
+        for c in COMPONENTS
+    ]
+    e = pl.element()
+    reasons = pl.concat_list(items).list.eval(
+        e.sort_by(e.struct.field("w"), descending=True, nulls_last=True, maintain_order=True)
+        .struct.field("t")
+        .drop_nulls()
+    )
+    if model is not None:
+        model_reason = pl.concat_str(pl.lit("learned escalation model: p="), fmt_num(pl.col("_p"), 2))
+        reasons = pl.when(reasons.list.len() == 0).then(pl.concat_list(model_reason)).otherwise(reasons)
+    return pl.when(pl.col("level") == "ok").then(pl.lit([], dtype=pl.List(pl.String))).otherwise(reasons)
+
+
+def score_runs(
+    events: Any,
+    *,
+    policy: Policy | str | Path | None = None,
+    loops: pl.DataFrame | pl.LazyFrame | None = None,
+    violations: pl.DataFrame | pl.LazyFrame | None = None,
+    drift: pl.DataFrame | pl.LazyFrame | None = None,
+    model: EscalationModel | str | Path | None = None,
+    random_state: int | None = 0,
+) -> pl.DataFrame:
+    """Give every run an escalation score, a level and reasons.
+
+    Computes the per-run tables (:func:`driftwatch.run_features`, the loop summary,
+    :func:`driftwatch.check_policy`) that were not passed in and calls
+    :func:`score_runs_from_runs`. See the module docs for how the score works.
+
+    Parameters
+    ----------
+    events : polars.DataFrame, polars.LazyFrame or ReadResult
+        Canonical events.
+    policy : Policy, path or None, default=None
+        ``None`` means ``Policy()``.
+    loops : polars.DataFrame, optional
+        :func:`driftwatch.detect_loops` or :func:`driftwatch.loop_summary` output;
+        ``None`` runs ``dw.detect_loops`` (when the loop detector is installed). Pass an
+        empty frame to score without loops.
+    violations : polars.DataFrame, optional
+        :func:`driftwatch.check_policy` output; ``None`` runs it with ``policy``.
+    drift : polars.DataFrame, optional
+        :func:`driftwatch.detect_drift` output, used as context.
+    model : EscalationModel, path or None, default=None
+        A supervised model from :func:`fit_escalation` (or its file).
+    random_state : int or None, default=0
+        Seed of the IsolationForest.
+
+    Returns
+    -------
+    polars.DataFrame
+        One row per run: ``run_id, agent, n_steps, cost_usd, score, level, reasons,
+        first_ts, last_ts`` and the component and feature columns
+        (see :func:`score_runs_from_runs`).
+
+    Examples
+    --------
+    >>> import polars as pl, driftwatch as dw
+    >>> ev = pl.DataFrame({"run_id": ["r1"] * 4, "step": [1, 2, 3, 4],
+    ...                    "action": ["llm", "get_invoice", "llm", "get_invoice"],
+    ...                    "confidence": [0.1, None, 0.9, None]})
+    >>> dw.score_runs(ev, loops=pl.DataFrame()).select("level", "reasons").row(0)
+    ('escalate', ['lowest confidence 0.10 < 0.30'])
+    """
+    pol = _as_policy(policy)
+    lf = as_lazy(events)
+    feats = run_features(lf)
+    summary = _detect_loop_summary(lf) if loops is None else loops
+    if violations is None:
+        violations = check_policy(lf, pol)
+    return score_runs_from_runs(
+        feats, policy=pol, loops=summary, violations=violations, drift=drift, model=model,
+        random_state=random_state,
+    )
+
+
+# --------------------------------------------------------------------------- supervised model
+
+_MAGIC = "driftwatch-escalation-model"
+_FORMAT_VERSION = 1
+
+
+@dataclass
+class EscalationModel:
+    """A calibrated classifier that learned from past human review outcomes.
+
+    Made by :func:`fit_escalation`; used by ``score_runs(..., model=...)``. The
+    classifier is a scikit-learn ``CalibratedClassifierCV`` around a standardised
+    logistic regression over :attr:`feature_names` (the component scores and a few
+    robust z-scores of :func:`score_runs_from_runs`), so its weights stay readable
+    (:meth:`weights`).
+
+    Attributes
+    ----------
+    feature_names : tuple of str
+    classifier : sklearn.calibration.CalibratedClassifierCV
+    cv_auroc_ : float
+        Mean cross-validated AUROC of the model on the training runs.
+    cv_auroc_std_ : float
+    n_train_ : int
+    positive_rate_ : float
+    """
+
+    feature_names: tuple[str, ...]
+    classifier: Any
+    cv_auroc_: float
+    cv_auroc_std_: float
+    n_train_: int
+    positive_rate_: float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (
+            f"EscalationModel(cv_auroc={self.cv_auroc_:.3f} ± {self.cv_auroc_std_:.3f}, "
+            f"n_train={self.n_train_}, positive_rate={self.positive_rate_:.3f})"
+        )
+
+    def _matrix(self, frame: pl.DataFrame) -> np.ndarray:
+        missing = [c for c in self.feature_names if c not in frame.columns]
+        if missing:
+            raise InvalidParameterError(
+                f"EscalationModel needs score_runs columns {missing}; pass score_runs output or run features"
+            )
+        return frame.select(pl.col(c).cast(pl.Float64).fill_null(0.0) for c in self.feature_names).to_numpy()
+
+    def predict_proba(self, frame: pl.DataFrame) -> np.ndarray:
+        """Probability that each run needs a human (one value per row of a scored frame)."""
+        if frame.height == 0:
+            return np.zeros(0)
+        return self.classifier.predict_proba(self._matrix(frame))[:, 1]
+
+    def weights(self) -> dict[str, float]:
+        """Logistic-regression coefficient per (standardised) feature, averaged over the calibration folds."""
+        coefs = [
+            cal.estimator.named_steps["logisticregression"].coef_[0]
+            for cal in self.classifier.calibrated_classifiers_
+        ]
+        mean = np.mean(coefs, axis=0)
+        return {n: float(w) for n, w in sorted(zip(self.feature_names, mean, strict=True), key=lambda t: -abs(t[1]))}
+
+    def save(self, path: str | Path) -> Path:
+        """Pickle the model to ``path`` (e.g. next to the policy file; name it in ``[escalation] model``).
+
+        Pickle runs code when loaded: only load model files you made yourself.
+        """
+        import sklearn
+
+        p = Path(path)
+        payload = {"magic": _MAGIC, "format": _FORMAT_VERSION, "sklearn": sklearn.__version__, "model": self}
+        tmp = p.with_name(p.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            pickle.dump(payload, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        tmp.replace(p)
+        return p
+
+    @classmethod
+    def load(cls, path: str | Path) -> EscalationModel:
+        """Load a model saved by :meth:`save`.
+
+        Uses :mod:`pickle`, which can run arbitrary code: load only files you trust
+        (ones you wrote with :meth:`save`). Raises :class:`~driftwatch.errors.InputError`
+        when the file is missing or is not a driftwatch escalation model.
+        """
+        import sklearn
+
+        p = Path(path)
+        try:
+            with open(p, "rb") as fh:
+                payload = pickle.load(fh)  # noqa: S301 - documented trust boundary
+        except FileNotFoundError as exc:
+            raise InputError(f"escalation model {p}: file not found") from exc
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
+            raise InputError(f"escalation model {p}: not a readable driftwatch model ({exc})") from exc
+        if not isinstance(payload, dict) or payload.get("magic") != _MAGIC or not isinstance(
+            payload.get("model"), EscalationModel
+        ):
+            raise InputError(f"escalation model {p}: not a driftwatch escalation model file")
+        if payload.get("format") != _FORMAT_VERSION:
+            raise InputError(
+                f"escalation model {p}: format {payload.get('format')}, this driftwatch reads {_FORMAT_VERSION}"
+            )
+        if payload.get("sklearn") != sklearn.__version__:
+            warnings.warn(
+                f"escalation model {p} was saved with scikit-learn {payload.get('sklearn')}, "
+                f"running {sklearn.__version__}; refit if scores look wrong",
+                stacklevel=2,
+            )
+        return payload["model"]
+
+
+def _resolve_model(model: EscalationModel | str | Path | None, pol: Policy) -> EscalationModel | None:
+    if model is None:
+        path = pol.model_path()
+        return EscalationModel.load(path) if path is not None else None
+    if isinstance(model, EscalationModel):
+        return model
+    if isinstance(model, str | Path):
+        return EscalationModel.load(model)
+    raise InvalidParameterError(
+        f"model must be an EscalationModel, a path to a saved model or None, got {type(model).__name__}"
+    )
+
+
+def model_feature_names() -> tuple[str, ...]:
+    """The columns an :class:`EscalationModel` is trained on."""
+    return tuple(f"score_{c}" for c in COMPONENTS) + MODEL_EXTRA
+
+
+def _labels_for(runs: pl.DataFrame, labels: Any) -> np.ndarray:
+    if isinstance(labels, pl.LazyFrame):
+        labels = labels.collect()
+    if isinstance(labels, pl.DataFrame):
+        if "run_id" not in labels.columns:
+            raise InvalidParameterError(
+                f"labels as a DataFrame need a run_id column and one label column; found {labels.columns}"
+            )
+        cand = [c for c in labels.columns if c != "run_id"]
+        for pref in ("label", "needs_human", "escalated"):
+            if pref in cand:
+                cand = [pref]
+                break
+        if len(cand) != 1:
+            raise InvalidParameterError(
+                f"labels: expected run_id and one label column (or one named 'label'), found {labels.columns}"
+            )
+        j = runs.select("run_id").join(
+            labels.select("run_id", pl.col(cand[0]).alias("_y")).unique("run_id"), on="run_id", how="left"
+        )
+        n_missing = j["_y"].null_count()
+        if n_missing:
+            raise InvalidParameterError(
+                f"labels: {n_missing} of {runs.height} runs have no label (join on run_id)"
+            )
+        y = j["_y"]
+    else:
+        y = pl.Series("_y", list(labels) if not isinstance(labels, pl.Series | np.ndarray) else labels)
+        if y.len() != runs.height:
+            raise InvalidParameterError(
+                f"labels: expected one label per run ({runs.height}), got {y.len()}"
+            )
+    if y.dtype != pl.Boolean:
+        vals = set(y.drop_nulls().unique().to_list())
+        if not vals <= {0, 1}:
+            raise InvalidParameterError(f"labels must be booleans or 0/1, found values {sorted(vals)[:5]}")
+    return y.cast(pl.Int64).to_numpy()
+
+
+def fit_escalation(
+    runs_or_features: Any,
+    labels: Any,
+    *,
+    policy: Policy | str | Path | None = None,
+    loops: pl.DataFrame | pl.LazyFrame | None = None,
+    violations: pl.DataFrame | pl.LazyFrame | None = None,
+    cv: int = 5,
+    random_state: int = 0,
+    verbose: bool = False,
+) -> EscalationModel:
+    """Learn escalation weights from past human review outcomes.
+
+    Parameters
+    ----------
+    runs_or_features : polars.DataFrame or polars.LazyFrame
+        :func:`score_runs` output (preferred), :func:`driftwatch.run_features` output
+        (scored here with ``policy``, ``loops``, ``violations``), or canonical events.
+    labels : polars.DataFrame, Series or array-like
+        Whether each run needed a human: a DataFrame with ``run_id`` and one boolean or
+        0/1 column (joined on ``run_id``), or one value per row of ``runs_or_features``.
+    policy, loops, violations
+        Passed to :func:`score_runs` / :func:`score_runs_from_runs` when the input is
+        not already scored.
+    cv : int, default=5
+        Cross-validation folds, both for the reported AUROC and for calibration.
+    random_state : int, default=0
+        Seed of the fold split and the anomaly model.
+    verbose : bool, default=False
+        Print the cross-validated AUROC.
+
+    Returns
+    -------
+    EscalationModel
+        With ``cv_auroc_`` (mean cross-validated AUROC) and ``cv_auroc_std_``.
+
+    Examples
+    --------
+    >>> import driftwatch as dw
+    >>> from driftwatch import synth
+    >>> fleet = synth.generate(days=2, runs_per_day=300, seed=3)
+    >>> scored = dw.score_runs(fleet.events, loops=fleet.truth["loops"].head(0))
+    >>> m = dw.fit_escalation(scored, fleet.truth["runs"].select("run_id", "needs_human"))
+    >>> 0.5 <= m.cv_auroc_ <= 1.0
+    True
+    """
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if isinstance(cv, bool) or not isinstance(cv, int) or cv < 2:
+        raise InvalidParameterError(f"cv must be an integer >= 2, got {cv!r}")
+    data = runs_or_features.collect() if isinstance(runs_or_features, pl.LazyFrame) else runs_or_features
+    if hasattr(data, "events") and not isinstance(data, pl.DataFrame):
+        data = data.events
+        data = data.collect() if isinstance(data, pl.LazyFrame) else data
+    if not isinstance(data, pl.DataFrame):
+        raise InvalidParameterError(
+            f"runs_or_features must be score_runs output, run features or events, got {type(data).__name__}"
+        )
+    names = model_feature_names()
+    if all(c in data.columns for c in names):
+        scored = data
+    elif "n_steps" in data.columns and "action" not in data.columns:
+        scored = score_runs_from_runs(data, policy=policy, loops=loops, violations=violations,
+                                      random_state=random_state)
+    elif "action" in data.columns:
+        if not isinstance(labels, pl.DataFrame | pl.LazyFrame):
+            raise InvalidParameterError("labels for an events input must be a DataFrame with run_id")
+        scored = score_runs(data, policy=policy, loops=loops, violations=violations, random_state=random_state)
+    else:
+        raise InvalidParameterError(
+            f"runs_or_features must be score_runs output, run features or events; found columns {data.columns}"
+        )
+    y = _labels_for(scored, labels)
+    n_pos = int(y.sum())
+    n_neg = int(len(y) - n_pos)
+    if min(n_pos, n_neg) < cv:
+        raise InvalidParameterError(
+            f"labels: need at least cv={cv} runs of each class to fit and cross-validate; "
+            f"found {n_pos} needing a human and {n_neg} not"
+        )
+    X = scored.select(pl.col(c).cast(pl.Float64).fill_null(0.0) for c in names).to_numpy()
+    base = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced"))
+    folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=random_state)
+    method = "isotonic" if min(n_pos, n_neg) >= 200 else "sigmoid"
+    clf = CalibratedClassifierCV(base, method=method, cv=folds)
+    aucs = cross_val_score(clf, X, y, cv=folds, scoring="roc_auc")
+    clf.fit(X, y)
+    model = EscalationModel(
+        feature_names=names,
+        classifier=clf,
+        cv_auroc_=float(np.mean(aucs)),
+        cv_auroc_std_=float(np.std(aucs)),
+        n_train_=len(y),
+        positive_rate_=n_pos / len(y),
+        meta={"calibration": method, "cv": cv, "random_state": random_state, "fold_auroc": aucs.tolist()},
+    )
+    if verbose:
+        print(f"fit_escalation: cross-validated AUROC {model.cv_auroc_:.3f} ± {model.cv_auroc_std_:.3f} "
+              f"({cv} folds, {len(y)} runs, {n_pos} positive)")
+    return model
+
+
+__all__ = [
+    "COMPONENTS",
+    "LEVELS",
+    "EscalationModel",
+    "fit_escalation",
+    "model_feature_names",
+    "score_runs",
+    "score_runs_from_runs",
+]
+
