@@ -1,0 +1,485 @@
+"""Policy files and policy checks: hand-built cases per rule, TOML errors with lines, generated fleets."""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+import driftwatch as dw
+from driftwatch.errors import InvalidParameterError, PolicyError
+from driftwatch.policy import (
+    RULES,
+    VIOLATION_SCHEMA,
+    Policy,
+    check_delegation,
+    check_policy,
+    glob_to_regex,
+)
+
+T0 = datetime(2026, 10, 1, tzinfo=UTC)
+
+
+def run(run_id: str, actions: list[str], **cols: list) -> pl.DataFrame:
+    """One run: steps 1..n, one second apart, plus any extra canonical columns."""
+    n = len(actions)
+    data: dict = {
+        "run_id": [run_id] * n,
+        "step": list(range(1, n + 1)),
+        "ts": [T0 + timedelta(seconds=i) for i in range(n)],
+        "action": actions,
+        "agent": [cols.pop("agent", "billing")] * n,
+    }
+    data.update(cols)
+    return pl.DataFrame(data)
+
+
+def rules(v: pl.DataFrame) -> list[tuple[str, int | None, str]]:
+    return list(zip(v["run_id"], v["step"], v["rule"], strict=True))
+
+
+# --------------------------------------------------------------------------- Policy
+
+
+def test_defaults_are_documented_values() -> None:
+    p = Policy()
+    assert (p.max_steps, p.max_consecutive_retries, p.max_runtime_s, p.max_cost_usd, p.max_tokens) == (
+        50, 3, 300.0, 0.5, 200_000,
+    )
+    assert p.max_delegation_depth == 3
+    assert p.require_approval == ("delete",)
+    assert (p.review, p.escalate, p.min_confidence) == (0.4, 0.7, 0.3)
+    assert dw.Policy is Policy
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"review": 0.8, "escalate": 0.5}, "review < escalate"),
+        ({"review": 0.7, "escalate": 0.7}, "review < escalate"),
+        ({"escalate": 1.5}, r"escalate must be a number in \[0, 1\]"),
+        ({"min_confidence": -0.1}, "min_confidence"),
+        ({"max_steps": 0}, "max_steps must be >= 1"),
+        ({"max_steps": 2.5}, "max_steps must be an integer"),
+        ({"max_cost_usd": -1}, "max_cost_usd must be > 0"),
+        ({"require_approval": ("delete", "admin")}, r"unknown tier\(s\) \['admin'\]"),
+        ({"allowed": "search"}, "allowed must be a list"),
+        ({"delete": ("",)}, "non-empty glob"),
+    ],
+)
+def test_policy_validation(kwargs: dict, match: str) -> None:
+    with pytest.raises(InvalidParameterError, match=match):
+        Policy(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("action", "tier"),
+    [
+        ("delete_record", "delete"),
+        ("purgeCache", "delete"),
+        ("DROP_TABLE", "delete"),
+        ("records.remove", "delete"),
+        ("send_email", "write"),
+        ("update_ticket", "write"),
+        ("refund_payment", "write"),
+        ("deploy", "write"),
+        ("get_posts", "read"),  # "post" is a word of the write tier, "posts" is not
+        ("search_web", "read"),
+        ("undeleted_items", None),
+        ("summarize", None),
+        ("llm", None),
+        ("handoff:billing", None),
+    ],
+)
+def test_default_tiers_from_action_words(action: str, tier: str | None) -> None:
+    assert Policy().tier_of(action) == tier
+
+
+def test_tool_globs_replace_default_words() -> None:
+    p = Policy(delete=("delete_*", "refund*"), write=("update_*",))
+    assert p.tier_of("refund_payment") == "delete"
+    assert p.tier_of("purge_cache") is None  # globs given: words no longer apply
+    assert p.tier_of("update_invoice") == "write"
+    assert p.tier_of("send_email") is None
+    assert p.tier_of("search") == "read"  # read left to the built-in words
+
+
+@pytest.mark.parametrize(
+    ("glob", "yes", "no"),
+    [
+        ("get_*", ["get_x", "get_"], ["xget_x", "Get_x"]),
+        ("a?c", ["abc"], ["ac", "abbc"]),
+        ("del[ae]te", ["delete", "delate"], ["delite"]),
+        ("x[!0-9]", ["xa"], ["x1"]),
+        ("a.b+c", ["a.b+c"], ["aXb+c", "a.bbc"]),
+    ],
+)
+def test_glob_to_regex(glob: str, yes: list[str], no: list[str]) -> None:
+    import re
+
+    rx = re.compile("^(?:" + glob_to_regex(glob) + ")$")
+    assert all(rx.match(s) for s in yes)
+    assert not any(rx.match(s) for s in no)
+
+
+FULL_TOML = """\
+# example policy
+[limits]            # stop conditions
+max_steps = 40
+max_consecutive_retries = 2
+max_runtime_s = 120
+max_cost_usd = 0.25          # per run, retries included
+max_tokens = 100000
+max_delegation_depth = 2
+[tools]
+read   = ["search*", "get_*", "read_*", "list_*"]
+write  = ["update_*", "send_*", "edit_*"]
+delete = ["delete_*", "drop_*", "refund*"]
+require_approval = ["delete", "write"]
+allowed = []
+[escalation]
+review = 0.35
+escalate = 0.65
+min_confidence = 0.25
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "policy.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def test_from_toml_reads_every_key(tmp_path: Path) -> None:
+    p = Policy.from_toml(write(tmp_path, FULL_TOML))
+    assert p.max_steps == 40 and p.max_runtime_s == 120.0 and isinstance(p.max_runtime_s, float)
+    assert p.max_cost_usd == 0.25 and p.max_tokens == 100_000 and p.max_delegation_depth == 2
+    assert p.delete == ("delete_*", "drop_*", "refund*")
+    assert p.require_approval == ("delete", "write")
+    assert (p.review, p.escalate, p.min_confidence) == (0.35, 0.65, 0.25)
+    assert p.source == str(tmp_path / "policy.toml")
+    assert Policy.from_toml(str(tmp_path / "policy.toml")) == p
+
+
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+    assert Policy.from_toml(write(tmp_path, "# nothing\n")) == Policy()
+
+
+def test_to_toml_round_trip(tmp_path: Path) -> None:
+    p = Policy(max_steps=80, max_tokens=None, allowed=("search", 'we"ird*'), delete=("rm_*",),
+               require_approval=("delete", "write"), review=0.3, model="m.pkl")
+    text = p.to_toml(tmp_path / "out.toml")
+    assert "max_tokens = false" in text
+    back = Policy.from_toml(tmp_path / "out.toml")
+    assert back == p
+    assert Policy.from_toml_text(Policy().to_toml()) == Policy()
+
+
+def test_false_disables_a_limit(tmp_path: Path) -> None:
+    p = Policy.from_toml(write(tmp_path, "[limits]\nmax_cost_usd = false\nmax_steps = false\n"))
+    assert p.max_cost_usd is None and p.max_steps is None
+    ev = run("r", ["llm"] * 60, cost_usd=[1.0] * 60)
+    assert check_policy(ev, p).height == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "needle"),
+    [
+        ("[limits]\nmax_steps = 3\nmax_stepz = 4\n", 3, "unknown key 'max_stepz' in [limits]"),
+        ("[limits]\nmax_steps = 3\n\n[tools]\nallowed = [\"a\"]\nforbidden = [\"b\"]\n", 6, "'forbidden'"),
+        ("[limits]\nmax_steps = \"fifty\"\n", 2, "[limits] max_steps must be an integer"),
+        ("[limits]\nmax_steps = true\n", 2, "max_steps must be an integer"),
+        ("[limits]\nmax_cost_usd = \"1\"\n", 2, "max_cost_usd must be a number"),
+        ("[tools]\n\n\nallowed = \"search\"\n", 4, "allowed must be a list of strings"),
+        ("[tools]\nrequire_approval = [\"delete\", 3]\n", 2, "require_approval must be a list of strings"),
+        ("# c\n[escalation]\nreview = \"high\"\n", 3, "review must be a number"),
+        ("[limits]\nmax_steps = 3\n[limitz]\nmax_steps = 3\n", 3, "unknown table [limitz]"),
+        ("limits.max_steps = \"x\"\n", 1, "max_steps must be an integer"),
+        ("limits = { max_steps = 1, max_tokens = \"x\" }\n", 1, "max_tokens must be an integer"),
+        ("[escalation]\nescalate = 0.5\n\nreview = 0.6\n", 2, "review < escalate"),
+        ("[escalation]\nmin_confidence = 2\n", 2, "min_confidence"),
+        ("[tools]\nrequire_approval = [\"admin\"]\n", 2, "unknown tier"),
+        ("[limits]\nmax_steps = 0\n", 2, "max_steps must be >= 1"),
+        ("top = 1\n", 1, "unknown table [top]"),
+    ],
+)
+def test_toml_errors_name_key_and_line(tmp_path: Path, text: str, line: int, needle: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(PolicyError) as info:
+        Policy.from_toml(path)
+    msg = str(info.value)
+    assert f"line {line}:" in msg, msg
+    assert needle in msg, msg
+    assert str(path) in msg
+
+
+def test_invalid_toml_reports_file_and_parser_message(tmp_path: Path) -> None:
+    path = write(tmp_path, "[limits]\nmax_steps = = 3\n")
+    with pytest.raises(PolicyError, match=r"policy\.toml: invalid TOML: .*line 2"):
+        Policy.from_toml(path)
+
+
+def test_missing_file_is_a_policy_error(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="cannot be read"):
+        Policy.from_toml(tmp_path / "nope.toml")
+    assert issubclass(PolicyError, dw.DriftwatchError)
+
+
+def test_model_path_resolves_next_to_the_policy(tmp_path: Path) -> None:
+    p = Policy.from_toml(write(tmp_path, "[escalation]\nmodel = \"esc.pkl\"\n"))
+    assert p.model_path() == tmp_path / "esc.pkl"
+    assert Policy().model_path() is None
+
+
+# --------------------------------------------------------------------------- rules, hand-built
+
+
+def test_no_breach_gives_empty_typed_frame() -> None:
+    v = check_policy(run("r", ["llm", "search_kb", "llm"]))
+    assert v.height == 0
+    assert v.schema == pl.Schema(VIOLATION_SCHEMA)
+
+
+def test_max_steps_reports_first_step_over_the_limit() -> None:
+    v = check_policy(run("r", ["llm"] * 8), Policy(max_steps=5))
+    assert rules(v) == [("r", 6, "max_steps")]
+    assert v["detail"][0] == "8 steps > limit 5"
+    assert v["severity"][0] == "warning"
+    v = check_policy(run("r", ["llm"] * 10), Policy(max_steps=5))
+    assert v["severity"][0] == "critical"  # two-fold over the limit
+
+
+def test_max_runtime() -> None:
+    ev = run("r", ["llm"] * 4).with_columns(
+        pl.Series("ts", [T0, T0 + timedelta(seconds=50), T0 + timedelta(seconds=70), T0 + timedelta(seconds=90)])
+    )
+    v = check_policy(ev, Policy(max_runtime_s=60))
+    assert rules(v) == [("r", 3, "max_runtime")]
+    assert v["detail"][0] == "runtime 90s > limit 60s"
+    assert v["value"][0] == 90.0
+
+
+def test_max_cost_crossing_step_and_detail() -> None:
+    ev = run("r", ["llm", "search", "llm", "llm"], cost_usd=[0.2, 0.002, 0.3, 0.8])
+    v = check_policy(ev, Policy())
+    assert rules(v) == [("r", 3, "max_cost")]
+    assert v["detail"][0] == "cost $1.30 > ceiling $0.50"
+    assert v["severity"][0] == "critical"
+
+
+def test_max_tokens() -> None:
+    ev = run("r", ["llm", "llm", "llm"], input_tokens=[100_000, 90_000, 60_000], output_tokens=[1000, 1000, None])
+    v = check_policy(ev, Policy())
+    assert rules(v) == [("r", 3, "max_tokens")]
+    assert v["detail"][0] == "tokens 252,000 > limit 200,000"
+
+
+def test_consecutive_retries_skip_llm_steps_and_reset() -> None:
+    acts = ["llm", "search"] * 6 + ["llm", "get_x", "llm", "search", "llm", "search"]
+    status = ["ok", "error"] * 6 + ["ok", "ok", "ok", "error", "ok", "error"]
+    v = check_policy(run("r", acts, status=status), Policy(max_consecutive_retries=3))
+    # search fails 6 times in a row: calls 2..6 are retries; the 4th retry is call 5 (step 10)
+    assert rules(v) == [("r", 10, "max_consecutive_retries")]
+    assert v["detail"][0] == "search retried 5x in a row after errors > limit 3"
+    # a streak broken by another tool stays under the limit
+    acts2 = ["search", "search", "get_x", "search", "search", "search"]
+    status2 = ["error"] * 6
+    assert check_policy(run("r2", acts2, status=status2), Policy(max_consecutive_retries=2)).height == 0
+
+
+def test_retry_needs_the_previous_call_to_fail() -> None:
+    ev = run("r", ["search"] * 6, status=["ok"] * 6)
+    assert check_policy(ev, Policy(max_consecutive_retries=1)).height == 0
+
+
+def test_unapproved_destructive_is_critical_and_detailed() -> None:
+    ev = run("r", ["llm", "delete_invoice", "llm", "delete_invoice", "delete_invoice", "send_email"],
+             approved=[None, False, None, None, True, None])
+    v = check_policy(ev, Policy())
+    assert rules(v) == [("r", 2, "unapproved_action"), ("r", 4, "unapproved_action")]
+    assert set(v["severity"]) == {"critical"}
+    assert v["detail"].to_list() == [
+        "delete_invoice (delete tier) without approval (approved=false)",
+        "delete_invoice (delete tier) without approval (approval not recorded)",
+    ]
+
+
+def test_write_tier_needs_approval_only_when_required() -> None:
+    ev = run("r", ["send_email", "update_ticket", "get_ticket"], approved=[None, True, None])
+    assert check_policy(ev, Policy()).height == 0
+    v = check_policy(ev, Policy(require_approval=("write", "delete")))
+    assert rules(v) == [("r", 1, "unapproved_action")]
+    assert v["severity"][0] == "warning"
+    assert "(write tier)" in v["detail"][0]
+
+
+def test_unknown_tool_outside_allowed() -> None:
+    ev = run("r", ["llm", "search_kb", "llm", "format_disk", "handoff:support", "llm"])
+    v = check_policy(ev, Policy(allowed=("search_*", "get_*")))
+    assert rules(v) == [("r", 4, "unknown_tool")]
+    assert v["detail"][0] == "unknown tool: format_disk (not in allowed tools)"
+
+
+@pytest.mark.parametrize(
+    ("error_type", "result", "hit"),
+    [
+        ("ToolNotFoundError", "ToolNotFoundError: no such tool 'lookup'", True),
+        (None, "Error: unknown tool 'lookup_order'", True),
+        ("KeyError", "tool 'x' not found in registry", True),
+        ("ValidationError", "invalid arguments for search: 'q' is required", True),
+        ("TypeError", "search() got an unexpected keyword argument 'qq'", True),
+        ("TypeError", "search() missing 1 required positional argument: 'q'", True),
+        ("UnknownToolError", None, True),
+        ("FileNotFoundError", "file report.pdf does not exist", False),
+        ("TimeoutError", "error: TimeoutError calling upstream service", False),
+        ("HTTPError", "404 page not found", False),
+    ],
+)
+def test_unknown_tool_from_error_text(error_type: str | None, result: str | None, hit: bool) -> None:
+    ev = run("r", ["llm", "lookup"], status=["ok", "error"], error_type=[None, error_type], result=["x", result])
+    v = check_policy(ev)
+    assert (v["rule"].to_list() == ["unknown_tool"]) is hit
+    if hit:
+        assert v["detail"][0].startswith("tool cannot run: lookup failed: ")
+
+
+def test_error_text_on_a_successful_step_is_not_a_breach() -> None:
+    ev = run("r", ["search"], status=["ok"], result=["docs about 'unknown tool' errors"])
+    assert check_policy(ev).height == 0
+
+
+def test_low_confidence_per_step() -> None:
+    ev = run("r", ["llm", "get_x", "llm", "llm"], confidence=[0.9, None, 0.12, 0.29])
+    v = check_policy(ev)
+    assert rules(v) == [("r", 3, "low_confidence"), ("r", 4, "low_confidence")]
+    assert v["detail"][0] == "confidence 0.12 < 0.30 at llm"
+    assert check_policy(ev, Policy(min_confidence=0.0)).height == 0
+
+
+def chain(n: int, *, prefix: str = "c", cycle: bool = False) -> pl.DataFrame:
+    ids = [f"{prefix}{i}" for i in range(n)]
+    parents = [ids[-1] if cycle else None] + ids[:-1]
+    return pl.concat(
+        [run(i, ["llm", "handoff:x"], parent_run_id=[p, p]) for i, p in zip(ids, parents, strict=True)],
+        how="vertical_relaxed",
+    )
+
+
+def test_delegation_depth_from_parent_chain() -> None:
+    ev = pl.concat([chain(6), chain(3, prefix="s")])
+    v = check_policy(ev)
+    assert v["run_id"].to_list() == ["c4", "c5"]
+    assert set(v["rule"]) == {"delegation_depth"}
+    assert v["detail"].to_list() == [
+        "delegation depth 4 > limit 3 (chain root c0)",
+        "delegation depth 5 > limit 3 (chain root c0)",
+    ]
+    assert v["step"].null_count() == 2
+    assert check_policy(ev, Policy(max_delegation_depth=5)).height == 0
+    assert check_policy(ev, delegation=False).height == 0
+
+
+def test_delegation_long_chain_and_missing_parent() -> None:
+    # a 300-run chain whose root's parent is outside the data: depth counts that link
+    ids = [f"x{i:03d}" for i in range(300)]
+    runs = pl.DataFrame({"run_id": ids, "parent_run_id": ["gone"] + ids[:-1], "agent": ["a"] * 300})
+    v = check_delegation(runs.sample(fraction=1.0, shuffle=True, seed=1), Policy(max_delegation_depth=100))
+    assert v.height == 200
+    depth = dict(zip(v["run_id"], v["value"], strict=True))
+    assert depth["x100"] == 101.0 and depth["x299"] == 300.0
+    assert v.filter(pl.col("run_id") == "x299")["detail"][0].endswith("(chain root gone)")
+
+
+def test_delegation_cycle_is_critical() -> None:
+    v = check_policy(chain(3, cycle=True))
+    assert v.height == 3
+    assert set(v["severity"]) == {"critical"}
+    assert v["detail"][0].startswith("delegation cycle")
+    assert v["value"].null_count() == 3
+
+
+def test_check_delegation_rejects_frames_without_links() -> None:
+    with pytest.raises(InvalidParameterError, match="parent_run_id"):
+        check_delegation(pl.DataFrame({"run_id": ["a"]}))
+
+
+def test_policy_argument_forms(tmp_path: Path) -> None:
+    ev = run("r", ["llm"] * 8)
+    path = write(tmp_path, "[limits]\nmax_steps = 5\n")
+    a = check_policy(ev, path)
+    b = check_policy(ev.lazy(), str(path))
+    assert a.equals(b) and a.height == 1
+    with pytest.raises(InvalidParameterError, match="policy must be"):
+        check_policy(ev, {"max_steps": 5})  # type: ignore[arg-type]
+
+
+def test_rule_names_are_the_documented_ones() -> None:
+    assert RULES == ("max_steps", "max_runtime", "max_consecutive_retries", "max_tokens", "max_cost",
+                     "unapproved_action", "unknown_tool", "low_confidence", "delegation_depth")
+
+
+# --------------------------------------------------------------------------- generated fleets
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    from driftwatch import synth
+
+    return synth.generate(days=8, runs_per_day=300, seed=11)
+
+
+@pytest.fixture(scope="module")
+def violations(fleet) -> pl.DataFrame:
+    return check_policy(fleet.events)
+
+
+def injected(fleet, flag: str) -> set[str]:
+    t = fleet.truth["runs"]
+    return set(t.filter(pl.col("injected").list.contains(flag))["run_id"])
+
+
+def test_fleet_every_unapproved_destructive_call_found(fleet, violations: pl.DataFrame) -> None:
+    found = set(violations.filter((pl.col("rule") == "unapproved_action") & (pl.col("severity") == "critical"))[
+        "run_id"])
+    truth = injected(fleet, "unapproved_destructive")
+    assert truth and found == truth  # recall 1 and no false alarm (approved destructive calls exist)
+    approved = fleet.events.filter(pl.col("approved").fill_null(False))
+    assert approved.height > 0
+
+
+def test_fleet_unknown_tools_and_low_confidence_found(fleet, violations: pl.DataFrame) -> None:
+    unk = set(violations.filter(pl.col("rule") == "unknown_tool")["run_id"])
+    assert unk == injected(fleet, "unknown_tool")
+    low = set(violations.filter(pl.col("rule") == "low_confidence")["run_id"])
+    truth = injected(fleet, "low_confidence")
+    assert truth <= low
+    assert len(low - truth) <= 0.005 * fleet.truth["runs"].height  # natural low-confidence steps are rare
+
+
+def test_fleet_delegation_matches_truth(fleet, violations: pl.DataFrame) -> None:
+    deep = set(fleet.truth["delegation"].filter(pl.col("depth") > 3)["run_id"])
+    found = set(violations.filter(pl.col("rule") == "delegation_depth")["run_id"])
+    assert deep and found == deep
+
+
+def test_fleet_cost_spikes_breach_a_ceiling(fleet, violations: pl.DataFrame) -> None:
+    spikes = injected(fleet, "cost_spike")
+    over = set(violations.filter(pl.col("rule").is_in(["max_tokens", "max_cost"]))["run_id"])
+    assert spikes and spikes <= over
+
+
+def test_chunks_of_whole_runs_concatenate(fleet, violations: pl.DataFrame) -> None:
+    ev = fleet.events
+    key = pl.col("run_id").hash(seed=0) % 3
+    parts = [check_policy(ev.filter(key == k), delegation=False) for k in range(3)]
+    runs = dw.run_features(ev)
+    chunked = pl.concat([*parts, check_delegation(runs)]).sort("run_id", "step", "rule", nulls_last=True)
+    assert chunked.equals(violations)
+
+
+def test_unsorted_input_gives_the_same_result(fleet, violations: pl.DataFrame) -> None:
+    shuffled = fleet.events.sample(fraction=1.0, shuffle=True, seed=5)
+    assert check_policy(shuffled.lazy()).equals(violations)
