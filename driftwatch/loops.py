@@ -1,0 +1,923 @@
+"""Loop detection: repeating action cycles inside runs, and delegation cycles across runs.
+
+An agent that repeats a task without progress burns tokens until something
+stops it. :func:`detect_loops` finds every repeating cycle of tool calls in
+every run of a log, says what kind of repetition it is and what it cost;
+:func:`loop_summary` reduces that to one row per run for escalation scoring;
+:func:`detect_delegation_cycles` finds runs that delegate back and forth
+between agents through ``parent_run_id``.
+
+How steps are compared
+----------------------
+Events are sorted once by ``(run_id, step)``. **LLM steps** (``action ==
+"llm"``) are taken out of the sequence: their prompts grow every turn and
+never repeat, so ``llm > search(q) > llm > search(q) > ...`` is the loop
+``search`` of period 1. Positions are mapped back to the original ``step``
+values, and the LLM steps inside a loop count towards its waste. Every other
+action is a tool step, hand-offs (``handoff:<agent>``) included. Tool steps
+are compared at two levels:
+
+* **action level**: the action name only;
+* **signature level**: action, arguments and result. With ``fuzzy=False``
+  the texts must be byte-identical. With ``fuzzy=True`` (default) two texts
+  also match when they are *near-duplicates*: equal after normalisation
+  (lowercase, whitespace collapsed, ISO timestamps, UUIDs and hex-like ids or
+  numbers of 8+ characters masked), or having the same standalone numbers
+  and an estimated Jaccard similarity of their character 4-gram shingle sets
+  (MinHash, 64 hashes) of at least ``similarity`` (default 0.8). Numbers are
+  content: ``page=2`` vs ``page=3`` or ``progress 40`` vs ``progress 50``
+  never match, so pagination and polling are not mistaken for no-progress
+  loops. Both arguments *and* result must match: the same request answered
+  with new results is progress.
+
+How cycles are found
+--------------------
+For every period ``p`` in ``1..max_period``, ``eq_p[i]`` says tool step ``i``
+matches tool step ``i - p`` of the same run (numpy, one shifted comparison
+per period). A maximal stretch of ``eq_p`` of length at least
+``p * (min_repeats - 1)`` is a periodic segment ``[i0 - p, i1]`` covering at
+least ``min_repeats`` cycles. Candidates with the same extent keep the
+smallest period (a loop of period ``p`` is also periodic with ``2p``, with
+exactly the same maximal extent), and a candidate strictly inside another
+one of the same level is dropped (``A A A B`` x 3 is one loop of period 4,
+not three loops ``A A A`` plus one). Signature-level segments are the loops
+of kind ``exact``; action-level segments are kept as ``same_action`` unless
+signature-level loops cover at least half of their tool steps. Either becomes
+``error_retry`` when at least ``error_share`` (default 0.5) of its tool steps
+failed (``status == "error"``) and at least ``min_repeats`` of them did (two
+failures and a success is a retry that worked, not a storm). A failed step's
+result is compared as "failed", whatever its error message says, so retries
+of the same call that fail with varying messages are one loop. Runs may have
+several loops.
+
+The work is linear in the number of events times ``max_period``; fuzzy
+matching only touches the tool steps inside action-level candidates whose
+raw texts differ.
+
+Extent and waste
+----------------
+A cycle starts with the LLM steps that led to its first tool call (the steps
+after the previous tool call of the run) and ends with its last tool call,
+so ``start_step`` is the first such step and ``end_step`` the last tool step
+of the loop. ``wasted_steps`` counts the steps (LLM steps included) after the
+first full cycle, and ``wasted_tokens`` / ``wasted_cost_usd`` sum
+``input_tokens + output_tokens`` and ``cost_usd`` over them.
+
+Severity
+--------
+``severity`` (per loop) and ``loop_severity`` (per run, the maximum) are in
+[0, 1]. With ``intensity = max(waste share, 1 - 2 ** (-(repeats - 1) / 3))``,
+where the waste share is ``wasted_cost_usd / run_cost_usd`` (or the step share
+when the run has no cost): ``exact`` and ``error_retry`` loops score
+``0.5 + 0.5 * intensity`` (so in [0.5, 1]); ``same_action`` loops score
+``0.3 * intensity`` (at most 0.3: reported, never escalated on their own).
+
+Scaling
+-------
+Every function is correct on any subset of whole runs, so the audit applies
+:func:`detect_loops` per chunk of runs and concatenates. Delegation cycles
+span runs and are detected in the fleet stage from the per-run table
+(:func:`driftwatch.features.run_features`). A ``LazyFrame`` is collected once
+with only the needed columns reduced to integers (about 60 bytes per event),
+plus a second filtered read of ``args``/``result`` for the candidate steps
+when ``fuzzy=True``.
+
+Examples
+--------
+>>> import polars as pl, driftwatch as dw
+>>> ev = pl.DataFrame({
+...     "run_id": ["r1"] * 8,
+...     "step": list(range(1, 9)),
+...     "action": ["llm", "search"] * 4,
+...     "args": ["prompt 1", "q", "prompt 2", "q", "prompt 3", "q", "prompt 4", "q"],
+...     "result": ["call search", "nothing"] * 4,
+... })
+>>> dw.detect_loops(ev).select("start_step", "end_step", "period", "repeats", "pattern", "kind",
+...                            "wasted_steps").to_dicts()
+[{'start_step': 1, 'end_step': 8, 'period': 1, 'repeats': 4, 'pattern': 'search', 'kind': 'exact', 'wasted_steps': 6}]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from driftwatch._frames import as_lazy, collect
+from driftwatch._signatures import estimated_jaccard, minhash, normalize_expr, numbers_expr
+from driftwatch.errors import InvalidParameterError, SchemaError
+from driftwatch.schema import HANDOFF_PREFIX, LLM_ACTION
+
+#: Columns of :func:`detect_loops` output, in order (CONTRACT section 2, then extras).
+LOOP_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.String(),
+    "agent": pl.String(),
+    "start_step": pl.Int64(),
+    "end_step": pl.Int64(),
+    "period": pl.Int64(),
+    "repeats": pl.Int64(),
+    "pattern": pl.String(),
+    "kind": pl.String(),
+    "wasted_steps": pl.Int64(),
+    "wasted_tokens": pl.Int64(),
+    "wasted_cost_usd": pl.Float64(),
+    "match": pl.String(),
+    "error_share": pl.Float64(),
+    "handoff": pl.Boolean(),
+    "n_steps": pl.Int64(),
+    "cycle_steps": pl.Int64(),
+    "run_steps": pl.Int64(),
+    "run_tokens": pl.Int64(),
+    "run_cost_usd": pl.Float64(),
+    "severity": pl.Float64(),
+}
+
+#: Columns of :func:`loop_summary` output.
+SUMMARY_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.String(),
+    "agent": pl.String(),
+    "n_loops": pl.Int64(),
+    "worst_kind": pl.String(),
+    "worst_pattern": pl.String(),
+    "worst_repeats": pl.Int64(),
+    "wasted_steps": pl.Int64(),
+    "wasted_tokens": pl.Int64(),
+    "wasted_cost_usd": pl.Float64(),
+    "loop_severity": pl.Float64(),
+}
+
+#: Columns of :func:`detect_delegation_cycles` output.
+DELEGATION_SCHEMA: dict[str, pl.DataType] = {
+    "chain_id": pl.String(),
+    "start_run_id": pl.String(),
+    "end_run_id": pl.String(),
+    "run_ids": pl.List(pl.String()),
+    "agents": pl.String(),
+    "period": pl.Int64(),
+    "repeats": pl.Int64(),
+    "start_depth": pl.Int64(),
+    "end_depth": pl.Int64(),
+    "n_runs": pl.Int64(),
+    "kind": pl.String(),
+    "wasted_runs": pl.Int64(),
+    "wasted_tokens": pl.Int64(),
+    "wasted_cost_usd": pl.Float64(),
+}
+
+KINDS: tuple[str, ...] = ("exact", "error_retry", "same_action")
+_SEVERE_KINDS = ("exact", "error_retry")
+_SAME_ACTION_WEIGHT = 0.3
+_ERROR_RESULT = "\x00<error>"
+
+
+# ---------------------------------------------------------------------------------------------
+# parameter checks
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or not lo <= value <= hi:
+        raise InvalidParameterError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+    return int(value)
+
+
+def _check_fraction(name: str, value: Any, *, open_low: bool = True) -> float:
+    ok = isinstance(value, int | float | np.floating) and not isinstance(value, bool)
+    if ok:
+        v = float(value)
+        ok = (0.0 < v <= 1.0) if open_low else (0.0 <= v <= 1.0)
+    if not ok:
+        lo = "(0" if open_low else "[0"
+        raise InvalidParameterError(f"{name} must be a number in {lo}, 1], got {value!r}")
+    return float(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# periodic segments (numpy kernel shared by runs and delegation chains)
+# ---------------------------------------------------------------------------------------------
+
+
+def _segments_from_eq(eq: np.ndarray, p: int, min_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Maximal stretches of ``eq`` (``eq[k]`` compares position ``k + p`` with ``k``)
+    at least ``min_len`` long, as periodic segments ``(start, end)`` (inclusive)."""
+    if eq.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    d = np.diff(np.concatenate(([0], eq.view(np.int8), [0])))
+    lo = np.flatnonzero(d == 1)
+    hi = np.flatnonzero(d == -1)  # exclusive
+    keep = (hi - lo) >= min_len
+    # eq[k] true for k in [lo, hi) -> positions lo + p .. hi - 1 + p match p earlier
+    return lo[keep], hi[keep] - 1 + p
+
+
+def _dedupe_segments(
+    group: np.ndarray, start: np.ndarray, end: np.ndarray, period: np.ndarray
+) -> np.ndarray:
+    """Indices of the segments to keep: per identical extent the smallest period,
+    then drop segments strictly inside another segment of the same group."""
+    if start.size == 0:
+        return np.zeros(0, np.int64)
+    order = np.lexsort((period, -end, start, group))
+    g, s, e = group[order], start[order], end[order]
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = (g[1:] != g[:-1]) | (s[1:] != s[:-1]) | (e[1:] != e[:-1])
+    order, g, s, e = order[first], g[first], s[first], e[first]
+    # sorted by group, start asc, end desc: contained iff an earlier segment of the
+    # group reaches at least as far
+    big = np.int64(e.max() + 2)
+    e_adj = e + g.astype(np.int64) * big
+    prev_max = np.concatenate(([np.iinfo(np.int64).min], np.maximum.accumulate(e_adj)[:-1]))
+    return order[prev_max < e_adj]
+
+
+def periodic_segments(
+    codes: np.ndarray,
+    group: np.ndarray,
+    *,
+    max_period: int,
+    min_repeats: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Periodic segments of an integer sequence split into contiguous groups.
+
+    Parameters
+    ----------
+    codes : numpy.ndarray
+        One integer code per position; positions of a group are contiguous and in order.
+    group : numpy.ndarray
+        Group id (a run, a delegation path) of every position.
+    max_period, min_repeats : int
+        Periods ``1..max_period`` repeated at least ``min_repeats`` times.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(start, end, period)``: inclusive positions and the minimal period of
+        every maximal periodic segment, after the collapsing rules of the module.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> codes = np.array([5, 1, 2, 1, 2, 1, 2, 9])
+    >>> periodic_segments(codes, np.zeros(8, int), max_period=4, min_repeats=3)
+    (array([1]), array([6]), array([2]))
+    """
+    starts, ends, periods = [], [], []
+    n = codes.size
+    for p in range(1, min(max_period, max(n - 1, 0)) + 1):
+        eq = (codes[p:] == codes[:-p]) & (group[p:] == group[:-p])
+        s, e = _segments_from_eq(eq, p, p * (min_repeats - 1))
+        starts.append(s)
+        ends.append(e)
+        periods.append(np.full(s.size, p, np.int64))
+    if not starts:
+        z = np.zeros(0, np.int64)
+        return z, z, z
+    s = np.concatenate(starts)
+    e = np.concatenate(ends)
+    per = np.concatenate(periods)
+    keep = _dedupe_segments(group[s] if s.size else s, s, e, per)
+    keep = keep[np.lexsort((s[keep], group[s[keep]]))] if keep.size else keep
+    return s[keep], e[keep], per[keep]
+
+
+# ---------------------------------------------------------------------------------------------
+# detect_loops
+# ---------------------------------------------------------------------------------------------
+
+
+def _result_expr() -> pl.Expr:
+    """The result as compared between steps: a failed step's outcome is the failure
+    itself, so its (varying) error message is replaced by a marker."""
+    return pl.when(pl.col("status") == "error").then(pl.lit(_ERROR_RESULT)).otherwise(pl.col("result"))
+
+
+def _load_steps(events: Any, *, streaming: bool) -> tuple[pl.DataFrame, pl.LazyFrame]:
+    """Pass 1: the per-step integers every stage needs, sorted by (run_id, step)."""
+    lf = as_lazy(events).with_row_index("_row")
+    act = pl.col("action").fill_null("<none>")
+    steps = collect(
+        lf.filter(pl.col("run_id").is_not_null()).select(
+            pl.col("_row"),
+            pl.col("run_id"),
+            pl.col("step"),
+            pl.col("agent"),
+            act.alias("action"),
+            act.hash(7).alias("_a"),
+            (act == LLM_ACTION).alias("_llm"),
+            (pl.col("status") == "error").fill_null(False).alias("_err"),
+            (pl.col("args").hash(11) ^ _result_expr().hash(13)).alias("_sig"),
+            (pl.col("input_tokens").fill_null(0) + pl.col("output_tokens").fill_null(0)).alias("_tok"),
+            pl.col("cost_usd").fill_null(0.0).alias("_cost"),
+        ),
+        streaming=streaming,
+    )
+    if steps.height > 1:
+        rid, st = pl.col("run_id"), pl.col("step")
+        ordered = steps.select(
+            ((rid > rid.shift()) | ((rid == rid.shift()) & (st.fill_null(-1) >= st.shift().fill_null(-1))))
+            .slice(1)
+            .all()
+        ).item()
+        if not ordered:
+            steps = steps.sort("run_id", "step", "_row", nulls_last=False)
+    return steps, lf
+
+
+def _texts(lf: pl.LazyFrame, rows: pl.Series, *, streaming: bool) -> pl.DataFrame:
+    """Pass 2: ``args`` and ``result`` of the given input rows, in the order of ``rows``."""
+    want = rows.alias("_row").to_frame()
+    got = collect(
+        lf.select("_row", "args", _result_expr().alias("result")).filter(pl.col("_row").is_in(want["_row"].implode())),
+        streaming=streaming,
+    )
+    return want.join(got, on="_row", how="left", maintain_order="left")
+
+
+def _near_duplicate(
+    norm: np.ndarray,
+    nums: np.ndarray,
+    texts: pl.Series,
+    i: np.ndarray,
+    j: np.ndarray,
+    *,
+    similarity: float,
+) -> np.ndarray:
+    """Do the texts at local indices ``i`` and ``j`` match (normalised or MinHash)?"""
+    same = norm[i] == norm[j]
+    maybe = ~same & (nums[i] == nums[j])
+    if maybe.any():
+        need = np.unique(np.concatenate([i[maybe], j[maybe]]))
+        sig = minhash(texts.gather(need))
+        loc = np.searchsorted(need, i[maybe]), np.searchsorted(need, j[maybe])
+        sim = estimated_jaccard(sig[loc[0]], sig[loc[1]])
+        same[np.flatnonzero(maybe)] = sim >= similarity
+    return same
+
+
+def _empty_loops() -> pl.DataFrame:
+    return pl.DataFrame(schema=LOOP_SCHEMA)
+
+
+def detect_loops(
+    events: pl.DataFrame | pl.LazyFrame | Any,
+    *,
+    max_period: int = 8,
+    min_repeats: int = 3,
+    fuzzy: bool = True,
+    similarity: float = 0.8,
+    error_share: float = 0.5,
+    streaming: bool = False,
+) -> pl.DataFrame:
+    """Find repeating cycles of tool calls in every run.
+
+    Parameters
+    ----------
+    events : polars.DataFrame, polars.LazyFrame or ReadResult
+        Canonical events (needs ``run_id``, ``action`` and ``step`` or ``ts``;
+        ``args``, ``result``, ``status``, tokens and cost are used when present).
+        Need not be sorted.
+    max_period : int, default=8
+        Longest cycle, in tool calls, that is searched (1..64).
+    min_repeats : int, default=3
+        Fewest full cycles that make a loop (2..1000).
+    fuzzy : bool, default=True
+        Match near-duplicate arguments/results (normalisation + MinHash), see the
+        module docstring. ``False`` requires byte-identical texts for ``exact``.
+    similarity : float, default=0.8
+        Jaccard threshold of the MinHash comparison, in (0, 1].
+    error_share : float, default=0.5
+        A loop whose tool steps failed at least this often (and at least
+        ``min_repeats`` times) is ``error_retry``.
+    streaming : bool, default=False
+        Collect LazyFrame input with Polars' streaming engine.
+
+    Returns
+    -------
+    polars.DataFrame
+        One row per loop, sorted by ``run_id, start_step``, with the columns of
+        :data:`LOOP_SCHEMA`: ``run_id, agent, start_step, end_step, period,
+        repeats, pattern, kind, wasted_steps, wasted_tokens, wasted_cost_usd``
+        (CONTRACT) and ``match`` (``identical`` | ``near_duplicate`` for exact
+        and error loops matched on signatures, ``action`` for action-level loops),
+        ``error_share``, ``handoff`` (every action of the cycle is a hand-off),
+        ``n_steps`` (steps in the extent), ``cycle_steps`` (steps of the first
+        cycle, LLM steps included), ``run_steps``, ``run_tokens``,
+        ``run_cost_usd`` and ``severity`` in [0, 1]. ``agent`` is the run's
+        agent (its first step's). ``period`` counts tool calls per cycle and
+        ``repeats`` full cycles.
+
+    Raises
+    ------
+    InvalidParameterError
+        An option is out of range.
+    SchemaError
+        A required column is missing.
+
+    Examples
+    --------
+    >>> import polars as pl, driftwatch as dw
+    >>> ev = pl.DataFrame({"run_id": ["r"] * 6, "step": [1, 2, 3, 4, 5, 6],
+    ...                    "action": ["a", "b", "a", "b", "a", "b"],
+    ...                    "status": ["error"] * 6})
+    >>> dw.detect_loops(ev).select("pattern", "period", "repeats", "kind").to_dicts()
+    [{'pattern': 'a > b', 'period': 2, 'repeats': 3, 'kind': 'error_retry'}]
+    """
+    max_period = _check_int("max_period", max_period, 1, 64)
+    min_repeats = _check_int("min_repeats", min_repeats, 2, 1000)
+    similarity = _check_fraction("similarity", similarity)
+    error_share = _check_fraction("error_share", error_share)
+    if not isinstance(fuzzy, bool):
+        raise InvalidParameterError(f"fuzzy must be True or False, got {fuzzy!r}")
+
+    steps, lf = _load_steps(events, streaming=streaming)
+    n = steps.height
+    if n == 0:
+        return _empty_loops()
+
+    run = steps["run_id"].rle_id().to_numpy()
+    is_llm = steps["_llm"].to_numpy()
+    trows = np.flatnonzero(~is_llm)
+    if trows.size < 2:
+        return _empty_loops()
+    t_run = run[trows]
+    t_act = steps["_a"].to_numpy()[trows]
+    t_sig = steps["_sig"].to_numpy()[trows]
+    t_err = steps["_err"].to_numpy()[trows]
+    nt = trows.size
+
+    # ---- action level --------------------------------------------------------------------
+    a_s, a_e, a_p = [], [], []
+    act_eq: dict[int, np.ndarray] = {}
+    for p in range(1, min(max_period, nt - 1) + 1):
+        eq = (t_act[p:] == t_act[:-p]) & (t_run[p:] == t_run[:-p])
+        act_eq[p] = eq
+        s, e = _segments_from_eq(eq, p, p * (min_repeats - 1))
+        a_s.append(s)
+        a_e.append(e)
+        a_p.append(np.full(s.size, p, np.int64))
+    a_s_all = np.concatenate(a_s)
+    a_e_all = np.concatenate(a_e)
+    a_p_all = np.concatenate(a_p)
+    if a_s_all.size == 0:
+        return _empty_loops()
+    # candidate mask: union of all action-level candidates (before collapsing)
+    cover = np.zeros(nt + 1, np.int32)
+    np.add.at(cover, a_s_all, 1)
+    np.add.at(cover, a_e_all + 1, -1)
+    cand = np.cumsum(cover[:-1]) > 0
+
+    # ---- signature level -----------------------------------------------------------------
+    cand_pos = np.flatnonzero(cand)
+    local = np.full(nt, -1, np.int64)
+    local[cand_pos] = np.arange(cand_pos.size)
+    texts: pl.DataFrame | None = None
+    if fuzzy:
+        texts = _texts(lf, steps["_row"].gather(trows[cand_pos]), streaming=streaming)
+        normed = texts.select(
+            normalize_expr(pl.col("args")).alias("na"),
+            normalize_expr(pl.col("result")).alias("nr"),
+        )
+        norm_a = normed["na"].hash(3).to_numpy()
+        norm_r = normed["nr"].hash(3).to_numpy()
+        nums_a = normed.select(numbers_expr(pl.col("na"))).to_series().hash(5).to_numpy()
+        nums_r = normed.select(numbers_expr(pl.col("nr"))).to_series().hash(5).to_numpy()
+    s_s, s_e, s_p = [], [], []
+    fuzzy_pos: dict[int, np.ndarray] = {}
+    for p, eq in act_eq.items():
+        m = eq & cand[p:] & cand[:-p]
+        sig_eq = m & (t_sig[p:] == t_sig[:-p])
+        if fuzzy and texts is not None:
+            k = np.flatnonzero(m & ~sig_eq)
+            if k.size:
+                i, j = local[k + p], local[k]
+                ok = _near_duplicate(norm_a, nums_a, normed["na"], i, j, similarity=similarity)
+                if ok.any():
+                    sub = np.flatnonzero(ok)
+                    ok[sub] &= _near_duplicate(
+                        norm_r, nums_r, normed["nr"], i[sub], j[sub], similarity=similarity
+                    )
+                sig_eq[k[ok]] = True
+                fuzzy_pos[p] = k[ok] + p
+        s, e = _segments_from_eq(sig_eq, p, p * (min_repeats - 1))
+        s_s.append(s)
+        s_e.append(e)
+        s_p.append(np.full(s.size, p, np.int64))
+    s_s_all = np.concatenate(s_s) if s_s else np.zeros(0, np.int64)
+    s_e_all = np.concatenate(s_e) if s_e else np.zeros(0, np.int64)
+    s_p_all = np.concatenate(s_p) if s_p else np.zeros(0, np.int64)
+
+    keep_s = _dedupe_segments(t_run[s_s_all], s_s_all, s_e_all, s_p_all)
+    s_s_all, s_e_all, s_p_all = s_s_all[keep_s], s_e_all[keep_s], s_p_all[keep_s]
+    keep_a = _dedupe_segments(t_run[a_s_all], a_s_all, a_e_all, a_p_all)
+    a_s_all, a_e_all, a_p_all = a_s_all[keep_a], a_e_all[keep_a], a_p_all[keep_a]
+
+    # drop action-level loops that signature-level loops mostly explain
+    sig_cover = np.zeros(nt + 1, np.int32)
+    np.add.at(sig_cover, s_s_all, 1)
+    np.add.at(sig_cover, s_e_all + 1, -1)
+    covered_cum = np.concatenate(([0], np.cumsum(np.cumsum(sig_cover[:-1]) > 0)))
+    a_cov = (covered_cum[a_e_all + 1] - covered_cum[a_s_all]) / (a_e_all - a_s_all + 1)
+    a_keep = a_cov < 0.5
+    a_s_all, a_e_all, a_p_all = a_s_all[a_keep], a_e_all[a_keep], a_p_all[a_keep]
+
+    seg_s = np.concatenate([s_s_all, a_s_all])
+    seg_e = np.concatenate([s_e_all, a_e_all])
+    seg_p = np.concatenate([s_p_all, a_p_all])
+    is_sig = np.concatenate([np.ones(s_s_all.size, bool), np.zeros(a_s_all.size, bool)])
+    if seg_s.size == 0:
+        return _empty_loops()
+
+    # ---- measure every loop --------------------------------------------------------------
+    # fuzzy-only matches inside signature loops -> match = near_duplicate
+    n_fuzzy = np.zeros(seg_s.size, np.int64)
+    for p, pos in fuzzy_pos.items():
+        sel = is_sig & (seg_p == p)
+        if sel.any() and pos.size:
+            pos = np.sort(pos)
+            n_fuzzy[sel] = np.searchsorted(pos, seg_e[sel], side="right") - np.searchsorted(
+                pos, seg_s[sel] + p, side="left"
+            )
+    err_cum = np.concatenate(([0], np.cumsum(t_err)))
+    n_tool = seg_e - seg_s + 1
+    n_err = err_cum[seg_e + 1] - err_cum[seg_s]
+    err_share = n_err / n_tool
+    repeats = n_tool // seg_p
+
+    run_start = np.flatnonzero(np.concatenate(([True], run[1:] != run[:-1])))
+    run_end = np.concatenate((run_start[1:], [n])) - 1
+    r = t_run[seg_s]
+    prev_same = (seg_s > 0) & (t_run[np.maximum(seg_s - 1, 0)] == r)
+    start_row = np.where(prev_same, trows[np.maximum(seg_s - 1, 0)] + 1, run_start[r])
+    end_row = trows[seg_e]
+    first_cycle_end = trows[seg_s + seg_p - 1]
+    tok_cum = np.concatenate(([0], np.cumsum(steps["_tok"].to_numpy())))
+    cost_cum = np.concatenate(([0.0], np.cumsum(steps["_cost"].to_numpy())))
+
+    # pattern: the actions of the first cycle
+    offs = np.repeat(np.arange(seg_s.size), seg_p)
+    within = np.arange(offs.size) - np.repeat(np.cumsum(seg_p) - seg_p, seg_p)
+    pat_rows = trows[seg_s[offs] + within]
+    pat = (
+        pl.DataFrame({"_loop": offs, "_action": steps["action"].gather(pat_rows)})
+        .group_by("_loop", maintain_order=True)
+        .agg(
+            pl.col("_action").str.join(" > ").alias("pattern"),
+            pl.col("_action").str.starts_with(HANDOFF_PREFIX).all().alias("handoff"),
+        )
+        .sort("_loop")
+    )
+
+    failing = (err_share >= error_share) & (n_err >= min_repeats)
+    kind = np.where(failing, "error_retry", np.where(is_sig, "exact", "same_action"))
+    match = np.where(is_sig, np.where(n_fuzzy > 0, "near_duplicate", "identical"), "action")
+    step_arr = steps["step"]
+    out = pl.DataFrame(
+        {
+            "run_id": steps["run_id"].gather(start_row),
+            "agent": steps["agent"].gather(run_start[r]),
+            "start_step": step_arr.gather(start_row),
+            "end_step": step_arr.gather(end_row),
+            "period": seg_p,
+            "repeats": repeats,
+            "pattern": pat["pattern"],
+            "kind": kind,
+            "wasted_steps": end_row - first_cycle_end,
+            "wasted_tokens": tok_cum[end_row + 1] - tok_cum[first_cycle_end + 1],
+            "wasted_cost_usd": cost_cum[end_row + 1] - cost_cum[first_cycle_end + 1],
+            "match": match,
+            "error_share": err_share,
+            "handoff": pat["handoff"],
+            "n_steps": end_row - start_row + 1,
+            "cycle_steps": first_cycle_end - start_row + 1,
+            "run_steps": run_end[r] - run_start[r] + 1,
+            "run_tokens": tok_cum[run_end[r] + 1] - tok_cum[run_start[r]],
+            "run_cost_usd": cost_cum[run_end[r] + 1] - cost_cum[run_start[r]],
+        }
+    )
+    out = out.with_columns(severity_expr().alias("severity")).cast(LOOP_SCHEMA)  # type: ignore[arg-type]
+    return out.select(list(LOOP_SCHEMA)).sort("run_id", "start_step", "period")
+
+
+# ---------------------------------------------------------------------------------------------
+# severity and per-run summary
+# ---------------------------------------------------------------------------------------------
+
+
+def severity_expr(
+    *,
+    repeats: str = "repeats",
+    kind: str = "kind",
+    wasted_cost: str = "wasted_cost_usd",
+    run_cost: str | None = "run_cost_usd",
+    wasted_steps: str = "wasted_steps",
+    run_steps: str | None = "run_steps",
+) -> pl.Expr:
+    """Per-loop severity in [0, 1] (see the module docstring).
+
+    ``run_cost`` / ``run_steps`` may be ``None`` (or absent from the frame the
+    expression is used on, see :func:`loop_summary`), in which case only the
+    repeats count.
+    """
+    rep_term = 1.0 - (2.0 ** (-(pl.col(repeats).cast(pl.Float64) - 1.0) / 3.0))
+    share = pl.lit(0.0)
+    if run_steps is not None:
+        share = (pl.col(wasted_steps) / pl.col(run_steps)).fill_nan(0.0).fill_null(0.0)
+    if run_cost is not None:
+        cost_share = pl.col(wasted_cost) / pl.col(run_cost)
+        share = pl.when(pl.col(run_cost) > 0).then(cost_share).otherwise(share)
+    intensity = pl.max_horizontal(rep_term, share.clip(0.0, 1.0)).clip(0.0, 1.0)
+    return (
+        pl.when(pl.col(kind).is_in(list(_SEVERE_KINDS)))
+        .then(0.5 + 0.5 * intensity)
+        .otherwise(_SAME_ACTION_WEIGHT * intensity)
+        .cast(pl.Float64)
+    )
+
+
+def loop_summary(loops: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    """One row per run that has loops: the worst loop, total waste and a severity.
+
+    Parameters
+    ----------
+    loops : polars.DataFrame or polars.LazyFrame
+        Output of :func:`detect_loops` (or any frame with its contract columns;
+        a missing ``severity`` is computed from ``kind`` and ``repeats``).
+
+    Returns
+    -------
+    polars.DataFrame
+        ``run_id, agent, n_loops, worst_kind, worst_pattern, worst_repeats,
+        wasted_steps, wasted_tokens, wasted_cost_usd, loop_severity`` sorted by
+        ``run_id``. The worst loop has the highest severity (ties: more wasted
+        cost, then earlier start); ``loop_severity`` is its severity, in
+        [0, 1]; runs whose loops are all ``same_action`` stay at or below 0.3.
+        Waste is summed over the run's loops.
+
+    Examples
+    --------
+    >>> import polars as pl, driftwatch as dw
+    >>> ev = pl.DataFrame({"run_id": ["r"] * 4, "step": [1, 2, 3, 4], "action": ["search"] * 4,
+    ...                    "args": ["q"] * 4, "result": ["none"] * 4, "cost_usd": [0.01] * 4})
+    >>> dw.loop_summary(dw.detect_loops(ev)).select("run_id", "n_loops", "worst_kind",
+    ...                                             "loop_severity").to_dicts()
+    [{'run_id': 'r', 'n_loops': 1, 'worst_kind': 'exact', 'loop_severity': 0.875}]
+    """
+    lf = loops.lazy() if isinstance(loops, pl.DataFrame) else loops
+    if not isinstance(lf, pl.LazyFrame):
+        raise InvalidParameterError(
+            f"loops must be a polars DataFrame or LazyFrame from detect_loops, got {type(loops).__name__}"
+        )
+    schema = lf.collect_schema()
+    need = ["run_id", "agent", "kind", "pattern", "repeats", "start_step", "wasted_steps",
+            "wasted_tokens", "wasted_cost_usd"]
+    missing = [c for c in need if c not in schema]
+    if missing:
+        raise SchemaError(f"loops: missing column(s) {missing}; expected the output of detect_loops, "
+                          f"found {list(schema)}")
+    if "severity" not in schema:
+        lf = lf.with_columns(
+            severity_expr(
+                run_cost="run_cost_usd" if "run_cost_usd" in schema else None,
+                run_steps="run_steps" if "run_steps" in schema else None,
+            ).alias("severity")
+        )
+    def worst(col: str) -> pl.Expr:
+        return (
+            pl.col(col)
+            .sort_by(
+                [pl.col("severity"), pl.col("wasted_cost_usd").fill_null(0.0), pl.col("start_step")],
+                descending=[True, True, False],
+            )
+            .first()
+        )
+
+    out = (
+        lf.group_by("run_id")
+        .agg(
+            pl.col("agent").first(),
+            pl.len().cast(pl.Int64).alias("n_loops"),
+            worst("kind").alias("worst_kind"),
+            worst("pattern").alias("worst_pattern"),
+            worst("repeats").alias("worst_repeats"),
+            pl.col("wasted_steps").sum(),
+            pl.col("wasted_tokens").sum(),
+            pl.col("wasted_cost_usd").sum(),
+            pl.col("severity").max().clip(0.0, 1.0).alias("loop_severity"),
+        )
+        .sort("run_id")
+        .collect()
+    )
+    return out.cast(SUMMARY_SCHEMA).select(list(SUMMARY_SCHEMA))  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# delegation cycles (fleet stage: needs whole delegation chains, i.e. the per-run table)
+# ---------------------------------------------------------------------------------------------
+
+
+def _run_table(runs_or_events: Any) -> pl.DataFrame:
+    """run_id, agent, parent_run_id, tokens, cost_usd: from a run_features frame or from events."""
+    frame = runs_or_events
+    if hasattr(frame, "events") and not isinstance(frame, pl.DataFrame | pl.LazyFrame):
+        frame = frame.events
+    if not isinstance(frame, pl.DataFrame | pl.LazyFrame):
+        raise InvalidParameterError(
+            "runs must be a polars DataFrame or LazyFrame (run_features output or canonical events), "
+            f"got {type(runs_or_events).__name__}"
+        )
+    lf = frame.lazy() if isinstance(frame, pl.DataFrame) else frame
+    schema = lf.collect_schema()
+    if "action" in schema:  # events
+        ev = as_lazy(lf)
+        return (
+            ev.sort("run_id", "step")
+            .group_by("run_id")
+            .agg(
+                pl.col("agent").first(),
+                pl.col("parent_run_id").drop_nulls().first(),
+                (pl.col("input_tokens").fill_null(0) + pl.col("output_tokens").fill_null(0)).sum().alias("tokens"),
+                pl.col("cost_usd").fill_null(0.0).sum().alias("cost_usd"),
+            )
+            .collect()
+        )
+    missing = [c for c in ("run_id", "agent", "parent_run_id") if c not in schema]
+    if missing:
+        raise SchemaError(
+            f"runs: missing column(s) {missing}; expected run_features output (run_id, agent, "
+            f"parent_run_id, ...) or canonical events, found {list(schema)}"
+        )
+    return lf.select(
+        pl.col("run_id").cast(pl.String),
+        pl.col("agent").cast(pl.String),
+        pl.col("parent_run_id").cast(pl.String),
+        (pl.col("tokens") if "tokens" in schema else pl.lit(0)).cast(pl.Int64).fill_null(0).alias("tokens"),
+        (pl.col("cost_usd") if "cost_usd" in schema else pl.lit(0.0)).cast(pl.Float64).fill_null(0.0)
+        .alias("cost_usd"),
+    ).unique("run_id", keep="first", maintain_order=True).collect()
+
+
+def detect_delegation_cycles(
+    runs: pl.DataFrame | pl.LazyFrame | Any,
+    *,
+    max_period: int = 4,
+    min_repeats: int = 2,
+    max_depth: int = 256,
+) -> pl.DataFrame:
+    """Delegation chains (``parent_run_id``) that cycle between agents.
+
+    Run A (agent x) delegates to run B (agent y), which delegates to run C
+    (agent x), which delegates to D (agent y)...: the agents along a chain
+    repeat with a period of 2 or more. Each root-to-leaf path of the
+    delegation forest is a sequence of agents, searched with the same
+    periodic-segment kernel as :func:`detect_loops` (periods ``2..max_period``;
+    a chain of one agent delegating to itself is recursion, not ping-pong,
+    and is not reported). Segments found on several paths that share a
+    prefix are reported once.
+
+    This is a fleet-stage detector: chains span runs, so give it the whole
+    fleet's per-run table (:func:`driftwatch.features.run_features`), or events.
+
+    Parameters
+    ----------
+    runs : polars.DataFrame or polars.LazyFrame
+        ``run_features`` output (``run_id, agent, parent_run_id`` and, for the
+        waste columns, ``tokens, cost_usd``) or canonical events.
+    max_period : int, default=4
+        Longest cycle of agents searched (2..64).
+    min_repeats : int, default=2
+        Fewest full cycles (``x > y > x > y`` is 2).
+    max_depth : int, default=256
+        Chains deeper than this are cut (also guards against ``parent_run_id``
+        cycles in corrupt data, whose runs never reach a root and are ignored).
+
+    Returns
+    -------
+    polars.DataFrame
+        One row per cycle (:data:`DELEGATION_SCHEMA`): ``chain_id`` (the root
+        run), ``start_run_id``, ``end_run_id``, ``run_ids`` (the runs of the
+        cycle, root side first), ``agents`` (the agent cycle joined by
+        ``" > "``), ``period``, ``repeats``, ``start_depth``, ``end_depth``
+        (0 = root), ``n_runs``, ``kind`` (``"delegation"``), ``wasted_runs``
+        (runs after the first cycle), ``wasted_tokens``, ``wasted_cost_usd``.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> from driftwatch.loops import detect_delegation_cycles
+    >>> runs = pl.DataFrame({"run_id": ["a", "b", "c", "d"], "agent": ["x", "y", "x", "y"],
+    ...                      "parent_run_id": [None, "a", "b", "c"]})
+    >>> detect_delegation_cycles(runs).select("chain_id", "agents", "repeats", "run_ids").to_dicts()
+    [{'chain_id': 'a', 'agents': 'x > y', 'repeats': 2, 'run_ids': ['a', 'b', 'c', 'd']}]
+    """
+    max_period = _check_int("max_period", max_period, 2, 64)
+    min_repeats = _check_int("min_repeats", min_repeats, 2, 1000)
+    max_depth = _check_int("max_depth", max_depth, 1, 100_000)
+    rt = _run_table(runs).filter(pl.col("run_id").is_not_null())
+    empty = pl.DataFrame(schema=DELEGATION_SCHEMA)
+    if rt.height == 0:
+        return empty
+    known = rt["run_id"]
+    rt = rt.with_columns(
+        pl.when(pl.col("parent_run_id").is_in(known.implode()) & (pl.col("parent_run_id") != pl.col("run_id")))
+        .then(pl.col("parent_run_id"))
+        .alias("parent_run_id")
+    )
+    # depth by levels from the roots (one vectorised join per level)
+    level = rt.filter(pl.col("parent_run_id").is_null()).select("run_id", pl.lit(0, pl.Int64).alias("depth"))
+    levels = [level]
+    children = rt.filter(pl.col("parent_run_id").is_not_null()).select("run_id", "parent_run_id")
+    for d in range(1, max_depth + 1):
+        level = children.join(level.select(pl.col("run_id").alias("parent_run_id")), on="parent_run_id").select(
+            "run_id", pl.lit(d, pl.Int64).alias("depth")
+        )
+        if level.height == 0:
+            break
+        levels.append(level)
+    depth = pl.concat(levels)
+    min_len = 2 * min_repeats
+    has_child = rt.filter(pl.col("parent_run_id").is_not_null())["parent_run_id"].unique()
+    leaves = depth.filter(~pl.col("run_id").is_in(has_child.implode()) & (pl.col("depth") >= min_len - 1))
+    if leaves.height == 0:
+        return empty
+    # walk every deep leaf up to its root: long format (path, depth, run_id)
+    parent_of = rt.select("run_id", "parent_run_id")
+    cur = leaves.with_row_index("_path").select("_path", "run_id", "depth")
+    parts = [cur]
+    while cur.height:
+        cur = (
+            cur.join(parent_of, on="run_id")
+            .filter(pl.col("parent_run_id").is_not_null())
+            .select("_path", pl.col("parent_run_id").alias("run_id"), (pl.col("depth") - 1).alias("depth"))
+        )
+        if cur.height:
+            parts.append(cur)
+    paths = (
+        pl.concat(parts)
+        .join(rt.select("run_id", "agent", "tokens", "cost_usd"), on="run_id", how="left")
+        .sort("_path", "depth")
+    )
+    codes = paths["agent"].fill_null("<none>").hash(7).to_numpy()
+    group = paths["_path"].to_numpy().astype(np.int64)
+    s, e, per = periodic_segments(codes, group, max_period=max_period, min_repeats=min_repeats)
+    ok = per >= 2
+    s, e, per = s[ok], e[ok], per[ok]
+    if s.size == 0:
+        return empty
+    run_ids = paths["run_id"]
+    seg = pl.DataFrame({"start_run_id": run_ids.gather(s), "end_run_id": run_ids.gather(e),
+                        "_s": s, "_e": e, "period": per})
+    seg = seg.sort("start_run_id", "end_run_id", "period").unique(
+        ["start_run_id", "end_run_id"], keep="first", maintain_order=True
+    )
+    s = seg["_s"].to_numpy()
+    e = seg["_e"].to_numpy()
+    per = seg["period"].to_numpy()
+    n_runs = e - s + 1
+    idx = np.repeat(np.arange(s.size), n_runs)
+    pos = np.arange(idx.size) - np.repeat(np.cumsum(n_runs) - n_runs, n_runs) + s[idx]
+    tok_cum = np.concatenate(([0], np.cumsum(paths["tokens"].fill_null(0).to_numpy())))
+    cost_cum = np.concatenate(([0.0], np.cumsum(paths["cost_usd"].fill_null(0.0).to_numpy())))
+    first_end = s + per - 1
+    depth_arr = paths["depth"].to_numpy()
+    lists = pl.DataFrame({"_k": idx, "run_id": run_ids.gather(pos)}).group_by("_k", maintain_order=True).agg(
+        pl.col("run_id").alias("run_ids")
+    )
+    pat_idx = np.repeat(np.arange(s.size), per)
+    pat_pos = np.arange(pat_idx.size) - np.repeat(np.cumsum(per) - per, per) + s[pat_idx]
+    pats = pl.DataFrame({"_k": pat_idx, "a": paths["agent"].gather(pat_pos)}).group_by(
+        "_k", maintain_order=True
+    ).agg(pl.col("a").str.join(" > ").alias("agents"))
+    root_pos = np.searchsorted(group, group[s], side="left")
+    out = pl.DataFrame(
+        {
+            "chain_id": run_ids.gather(root_pos),
+            "start_run_id": seg["start_run_id"],
+            "end_run_id": seg["end_run_id"],
+            "run_ids": lists["run_ids"],
+            "agents": pats["agents"],
+            "period": per,
+            "repeats": n_runs // per,
+            "start_depth": depth_arr[s],
+            "end_depth": depth_arr[e],
+            "n_runs": n_runs,
+            "kind": "delegation",
+            "wasted_runs": e - first_end,
+            "wasted_tokens": tok_cum[e + 1] - tok_cum[first_end + 1],
+            "wasted_cost_usd": cost_cum[e + 1] - cost_cum[first_end + 1],
+        }
+    )
+    return out.cast(DELEGATION_SCHEMA).select(list(DELEGATION_SCHEMA)).sort("chain_id", "start_depth")  # type: ignore[arg-type]
+
+
+__all__ = [
+    "DELEGATION_SCHEMA",
+    "KINDS",
+    "LOOP_SCHEMA",
+    "SUMMARY_SCHEMA",
+    "detect_delegation_cycles",
+    "detect_loops",
+    "loop_summary",
+    "periodic_segments",
+    "severity_expr",
+]
