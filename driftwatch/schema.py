@@ -4,20 +4,36 @@ Every reader and adapter produces exactly these columns with these dtypes;
 missing optional columns are added as typed nulls so that downstream code
 never branches on presence.
 
+This module also holds the one place where raw columns become canonical:
+:func:`conform` casts compatible types (``Int32`` tokens, ISO-8601 text
+timestamps, epoch integers, other time zones and units), fills defaults and,
+with ``check=True``, tags every row that cannot be used with a rejection
+reason from :data:`REJECT_REASONS`. :func:`driftwatch.read.read_logs` and
+:func:`driftwatch._frames.as_lazy` both go through it.
+
 Examples
 --------
+>>> import polars as pl
 >>> import driftwatch.schema as s
 >>> s.REQUIRED
 ('run_id', 'step', 'ts', 'action')
 >>> s.CANONICAL_SCHEMA["ts"]
 Datetime(time_unit='us', time_zone='UTC')
+>>> raw = pl.DataFrame({"run_id": [1, 1], "ts": ["2026-11-01T10:00:00+02:00", "2026-11-01 08:00:01Z"],
+...                     "action": ["search", "llm"], "input_tokens": pl.Series([3, -1], dtype=pl.Int32)})
+>>> out = s.conform(raw, check=True).collect()
+>>> out.select("run_id", "step", "ts", "input_tokens", s.REASON_COL).rows()[1]
+('1', None, datetime.datetime(2026, 11, 1, 8, 0, 1, tzinfo=zoneinfo.ZoneInfo(key='UTC')), -1, 'negative_tokens')
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import polars as pl
 
-from driftwatch.errors import SchemaError
+from driftwatch.errors import InvalidParameterError, SchemaError
 
 TS_DTYPE = pl.Datetime("us", "UTC")
 
@@ -64,6 +80,62 @@ LLM_ACTION = "llm"
 #: Prefix of hand-off actions (``handoff:<agent>``).
 HANDOFF_PREFIX = "handoff:"
 
+#: Values of ``status`` after normalisation.
+STATUS_VALUES: tuple[str, ...] = ("ok", "error")
+
+#: Spellings of ``status`` (compared lower-cased and stripped) mapped to ``ok`` / ``error``.
+STATUS_ALIASES: dict[str, str] = {
+    **{
+        s: "ok"
+        for s in (
+            "ok", "success", "succeeded", "successful", "completed", "complete", "done", "pass", "passed",
+            "finished", "true", "unset", "status_code_ok", "status_code_unset",
+        )
+    },
+    **{
+        s: "error"
+        for s in (
+            "error", "err", "errored", "failed", "failure", "fail", "exception", "timeout", "timed_out",
+            "timedout", "cancelled", "canceled", "aborted", "fatal", "crashed", "false", "status_code_error",
+        )
+    },
+}
+
+_TRUE_TEXT = ("true", "t", "yes", "y", "1", "approved")
+_FALSE_TEXT = ("false", "f", "no", "n", "0", "denied", "rejected")
+
+#: Why a row can be rejected, in the order the checks are applied (a row gets the first).
+#: ``bad_value`` appears as ``bad_value:<column>``.
+REJECT_REASONS: dict[str, str] = {
+    "not_a_step": "a span that is not an agent step: the run's root agent span, a chain or workflow "
+    "wrapper, or a span without a GenAI operation (OTel / OpenInference input only)",
+    "null_run_id": "run_id is null or blank",
+    "null_action": "action is null or blank",
+    "bad_ts": "ts is present but is not a timestamp (unparseable text, out-of-range number)",
+    "null_step": "the input has a step column but this row's step is null",
+    "null_ts": "the input has no step column and this row has no timestamp to order it by",
+    "bad_value": "a value that cannot be converted to its canonical type (reported as bad_value:<column>), "
+    "e.g. 'abc' or 2.5 as tokens, inf as cost, 'maybe' as approved",
+    "negative_tokens": "input_tokens or output_tokens below zero",
+    "negative_cost": "cost_usd below zero",
+    "negative_latency": "latency_ms below zero",
+    "bad_confidence": "confidence outside [0, 1]",
+    "bad_status": f"status is not one of the recognised spellings of ok / error ({len(STATUS_ALIASES)} "
+    "are accepted, e.g. OK, success, ERROR, failed, timeout)",
+    "duplicate_step": "a second row with the same (run_id, step); the first one read is kept",
+}
+
+#: Internal column holding the rejection reason (null for a valid row).
+REASON_COL = "__dw_reason"
+#: Internal column holding a short description of the offending value.
+DETAIL_COL = "__dw_detail"
+
+_TMP = "__dw_v_"
+
+_NUMERIC_TOKENS = ("input_tokens", "output_tokens")
+#: Canonical text columns that may arrive as nested values (lists/structs) and are JSON-encoded.
+_JSON_OK = ("args", "result", "error_type")
+
 
 def empty_events() -> pl.DataFrame:
     """An empty canonical frame with the right dtypes."""
@@ -99,16 +171,445 @@ def validate_events(frame: pl.DataFrame | pl.LazyFrame, *, where: str = "events"
         raise SchemaError(f"{where}: wrong column type(s): " + "; ".join(wrong))
 
 
+# --------------------------------------------------------------------------------------------
+# Conversions: one function per target type, each returning the converted value and a flag
+# "the raw value was there but could not be converted" (None when conversion cannot fail).
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """A converted column: ``value`` (canonical dtype) and ``bad`` (raw value present but unusable)."""
+
+    value: pl.Expr
+    bad: pl.Expr | None = None
+
+
+def _type_error(where: str, col: str, dtype: pl.DataType, expected: str) -> SchemaError:
+    return SchemaError(f"{where}: column {col!r} has type {dtype}; expected {expected}")
+
+
+def _is_nested(dtype: pl.DataType) -> bool:
+    return isinstance(dtype, pl.List | pl.Array | pl.Struct)
+
+
+def json_text(expr: pl.Expr) -> pl.Expr:
+    """Encode any value (lists, structs, scalars) as compact JSON text, keeping nulls null."""
+    wrapped = pl.struct(expr.alias("v")).struct.json_encode()
+    # {"v":<json>} -> <json>
+    text = wrapped.str.slice(5, wrapped.str.len_chars() - 6)
+    return pl.when(expr.is_null()).then(None).otherwise(text)
+
+
+def to_text(expr: pl.Expr, dtype: pl.DataType, *, where: str = "events", col: str = "column",
+            nested_ok: bool = True) -> Conversion:
+    """Convert ``expr`` of ``dtype`` to ``Utf8``.
+
+    Text passes through, categoricals and numbers are cast, binary values are
+    hex-encoded (Parquet columns without a UTF-8 annotation), and lists/structs
+    become compact JSON when ``nested_ok``.
+    """
+    if dtype == pl.String:
+        return Conversion(expr)
+    if dtype == pl.Null:
+        return Conversion(expr.cast(pl.String))
+    if isinstance(dtype, pl.Categorical | pl.Enum) or dtype.is_numeric() or dtype == pl.Boolean:
+        return Conversion(expr.cast(pl.String))
+    if dtype.is_temporal():
+        return Conversion(expr.cast(pl.String))
+    if dtype == pl.Binary:
+        return Conversion(expr.bin.encode("hex"))
+    if _is_nested(dtype) and nested_ok:
+        return Conversion(json_text(expr))
+    raise _type_error(where, col, dtype, "text (Utf8)")
+
+
+def _integral(f: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
+    """Float -> Int64 when the value is a whole number; flag fractions and non-finite values."""
+    ok = f.is_finite() & (f == f.round(0)) & (f.abs() < 9.2e18)
+    value = pl.when(ok).then(f).otherwise(None).cast(pl.Int64)
+    bad = f.is_not_null() & ~f.is_nan() & ~ok
+    return value, bad
+
+
+def to_int(expr: pl.Expr, dtype: pl.DataType, *, where: str = "events", col: str = "column") -> Conversion:
+    """Convert to ``Int64``: integers widen, whole floats and numeric text convert, the rest is flagged."""
+    if dtype == pl.Int64:
+        return Conversion(expr)
+    if dtype == pl.Null:
+        return Conversion(expr.cast(pl.Int64))
+    if dtype.is_integer():
+        value = expr.cast(pl.Int64, strict=False)  # UInt64 above Int64's range -> null, flagged
+        bad = expr.is_not_null() & value.is_null() if dtype == pl.UInt64 else None
+        return Conversion(value, bad)
+    if dtype == pl.Boolean:
+        return Conversion(expr.cast(pl.Int64))
+    if dtype.is_float() or isinstance(dtype, pl.Decimal):
+        value, bad = _integral(expr.cast(pl.Float64))
+        return Conversion(value, bad)
+    if dtype == pl.String or isinstance(dtype, pl.Categorical | pl.Enum):
+        text = expr.cast(pl.String).str.strip_chars()
+        f = text.cast(pl.Float64, strict=False)
+        value, _ = _integral(f)
+        bad = (text.is_not_null() & (text != "")) & value.is_null()
+        return Conversion(value, bad)
+    raise _type_error(where, col, dtype, "an integer (or whole numbers as float/text)")
+
+
+def to_float(expr: pl.Expr, dtype: pl.DataType, *, where: str = "events", col: str = "column") -> Conversion:
+    """Convert to ``Float64``; NaN counts as missing (null), infinities and non-numeric text are flagged."""
+    if dtype == pl.Null:
+        return Conversion(expr.cast(pl.Float64))
+    if dtype.is_numeric() or dtype == pl.Boolean:
+        f = expr.cast(pl.Float64)
+    elif dtype == pl.String or isinstance(dtype, pl.Categorical | pl.Enum):
+        text = expr.cast(pl.String).str.strip_chars()
+        f = text.cast(pl.Float64, strict=False)
+        parsed_bad = (text.is_not_null() & (text != "")) & f.is_null()
+        value = pl.when(f.is_finite()).then(f).otherwise(None)
+        bad = parsed_bad | (f.is_not_null() & f.is_infinite())
+        return Conversion(value, bad)
+    else:
+        raise _type_error(where, col, dtype, "a number")
+    if dtype.is_integer() or dtype == pl.Boolean:
+        return Conversion(f)
+    value = pl.when(f.is_finite()).then(f).otherwise(None)
+    return Conversion(value, f.is_infinite())
+
+
+def to_bool(expr: pl.Expr, dtype: pl.DataType, *, where: str = "events", col: str = "column") -> Conversion:
+    """Convert to ``Boolean``: 0/1 and common words (true/false, yes/no, approved/denied)."""
+    if dtype == pl.Boolean:
+        return Conversion(expr)
+    if dtype == pl.Null:
+        return Conversion(expr.cast(pl.Boolean))
+    if dtype.is_numeric():
+        f = expr.cast(pl.Float64)
+        value = pl.when(f == 1).then(True).when(f == 0).then(False).otherwise(None)
+        return Conversion(value, expr.is_not_null() & ~f.is_nan() & value.is_null())
+    if dtype == pl.String or isinstance(dtype, pl.Categorical | pl.Enum):
+        text = expr.cast(pl.String).str.strip_chars().str.to_lowercase()
+        value = pl.when(text.is_in(_TRUE_TEXT)).then(True).when(text.is_in(_FALSE_TEXT)).then(False).otherwise(None)
+        return Conversion(value, (text.is_not_null() & (text != "")) & value.is_null())
+    raise _type_error(where, col, dtype, "a boolean (or 0/1, true/false, yes/no)")
+
+
+# Epoch integers: the unit is read from the magnitude, per value. Dates between 1973 and 5138
+# are unambiguous: seconds < 1e11 <= milliseconds < 1e14 <= microseconds < 1e17 <= nanoseconds.
+_EPOCH_SPLITS = (1e11, 1e14, 1e17)
+
+
+def epoch_to_ts(expr: pl.Expr, dtype: pl.DataType = pl.Int64) -> pl.Expr:
+    """Epoch numbers (seconds, ms, us or ns, told apart by magnitude) -> ``Datetime(us, UTC)``.
+
+    Integers are converted with exact integer arithmetic; floats (e.g. ``time.time()`` seconds)
+    are rounded to the microsecond. Non-finite or out-of-range values become null.
+    """
+    s_, ms, us = (int(x) for x in _EPOCH_SPLITS)
+    if dtype.is_integer():
+        i = expr.cast(pl.Int64, strict=False)
+        a = i.abs()
+        micros = (
+            pl.when(a < s_).then(i * 1_000_000)
+            .when(a < ms).then(i * 1_000)
+            .when(a < us).then(i)
+            .otherwise(i // 1_000)
+        )
+        return micros.cast(TS_DTYPE)
+    f = expr.cast(pl.Float64)
+    a = f.abs()
+    micros_f = (
+        pl.when(a < s_).then(f * 1e6)
+        .when(a < ms).then(f * 1e3)
+        .when(a < us).then(f)
+        .otherwise(f / 1e3)
+    )
+    ok = f.is_finite() & (micros_f.abs() < 9.2e18)
+    return pl.when(ok).then(micros_f.round(0)).otherwise(None).cast(pl.Int64).cast(TS_DTYPE)
+
+
+def _text_to_ts(expr: pl.Expr) -> pl.Expr:
+    """ISO-8601 text -> ``Datetime(us, UTC)``; offsets are honoured, naive text is taken as UTC."""
+    text = (
+        expr.str.strip_chars()
+        .str.replace(r"^(\d{4}-\d{2}-\d{2})[ T]", "${1}T")
+        .str.replace(r"[Zz]$", "+00:00")
+    )
+    aware = text.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%#z", time_unit="us", time_zone="UTC", strict=False)
+    naive = pl.coalesce(
+        text.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f", time_unit="us", strict=False),
+        text.str.to_datetime("%Y-%m-%dT%H:%M%.f", time_unit="us", strict=False),
+        text.str.to_datetime("%Y-%m-%d", time_unit="us", strict=False),
+    ).dt.replace_time_zone("UTC")
+    return pl.coalesce(aware, naive)
+
+
+def to_ts(expr: pl.Expr, dtype: pl.DataType, *, where: str = "events", col: str = "ts") -> Conversion:
+    """Convert a timestamp column of any common shape to ``Datetime(us, UTC)``.
+
+    * ``Datetime`` in any unit; a time zone is converted to UTC, a naive value is taken as UTC;
+    * ``Date`` -> midnight UTC;
+    * ISO-8601 text (``T`` or space separator, optional fraction, ``Z`` or ``+hh[:mm]`` offsets,
+      date-only) -> parsed, unparseable text is flagged;
+    * epoch integers or floats in seconds, milliseconds, microseconds or nanoseconds, told apart
+      by magnitude (see :func:`epoch_to_ts`).
+    """
+    if dtype == TS_DTYPE:
+        return Conversion(expr)
+    if dtype == pl.Null:
+        return Conversion(expr.cast(TS_DTYPE))
+    if isinstance(dtype, pl.Datetime):
+        e = expr.dt.replace_time_zone("UTC") if dtype.time_zone is None else expr.dt.convert_time_zone("UTC")
+        return Conversion(e.dt.cast_time_unit("us"))
+    if dtype == pl.Date:
+        return Conversion(expr.cast(pl.Datetime("us")).dt.replace_time_zone("UTC"))
+    if dtype == pl.String or isinstance(dtype, pl.Categorical | pl.Enum):
+        text = expr.cast(pl.String)
+        value = _text_to_ts(text)
+        return Conversion(value, (text.str.strip_chars() != "") & text.is_not_null() & value.is_null())
+    if dtype.is_numeric():
+        value = epoch_to_ts(expr, dtype)
+        f = expr.cast(pl.Float64)
+        return Conversion(value, expr.is_not_null() & ~f.is_nan() & value.is_null())
+    raise _type_error(
+        where, col, dtype,
+        "a datetime, a date, ISO-8601 text or epoch seconds/milliseconds/microseconds/nanoseconds",
+    )
+
+
+def normalize_status(text: pl.Expr) -> pl.Expr:
+    """Map common spellings (``OK``, ``success``, ``ERROR``, ``failed``, ...) to ``ok`` / ``error``.
+
+    Unrecognised values are kept as they are (lower-cased) so that a check can report them.
+    """
+    low = text.str.strip_chars().str.to_lowercase()
+    mapped = low.replace_strict(STATUS_ALIASES, default=None, return_dtype=pl.String)
+    return pl.when(low == "").then(None).otherwise(pl.coalesce(mapped, low))
+
+
+_CONVERTERS = {
+    pl.String: to_text,
+    pl.Int64: to_int,
+    pl.Float64: to_float,
+    pl.Boolean: to_bool,
+}
+
+
+def convert_column(expr: pl.Expr, col: str, dtype: pl.DataType, *, where: str = "events") -> Conversion:
+    """Convert a raw column to the canonical dtype of canonical column ``col``."""
+    target = CANONICAL_SCHEMA[col]
+    if col == "ts":
+        return to_ts(expr, dtype, where=where, col=col)
+    if target == pl.String:
+        return to_text(expr, dtype, where=where, col=col, nested_ok=col in _JSON_OK)
+    return _CONVERTERS[type(target)](expr, dtype, where=where, col=col)
+
+
+def check_required(columns: Sequence[str], *, where: str = "events") -> None:
+    """Raise :class:`SchemaError` unless ``run_id``, ``action`` and ``step`` or ``ts`` are present."""
+    missing = [c for c in ALWAYS_REQUIRED if c not in columns]
+    if "step" not in columns and "ts" not in columns:
+        missing.append("step (or ts)")
+    if missing:
+        raise SchemaError(
+            f"{where}: missing required column(s) {missing}; expected at least "
+            f"{list(ALWAYS_REQUIRED)} and step or ts; found {list(columns)}"
+        )
+
+
+def _blank_to_null(e: pl.Expr) -> pl.Expr:
+    return pl.when(e.str.strip_chars() == "").then(None).otherwise(e)
+
+
+def conform(
+    frame: pl.DataFrame | pl.LazyFrame,
+    *,
+    where: str = "events",
+    check: bool = False,
+    order_by: Sequence[str] = (),
+    keep_extra: bool = False,
+) -> pl.LazyFrame:
+    """Cast a frame whose columns carry canonical names to the canonical schema.
+
+    Parameters
+    ----------
+    frame : polars.DataFrame or polars.LazyFrame
+        Columns named like :data:`CANONICAL_SCHEMA` (any compatible dtype) plus anything else.
+    where : str, default="events"
+        How to name the input in error messages (a file path, say).
+    check : bool, default=False
+        Also tag every row that cannot be used: adds :data:`REASON_COL` (the first failed check
+        from :data:`REJECT_REASONS`, null for a valid row) and :data:`DETAIL_COL` (the offending
+        raw value as text). Rows are never dropped here; duplicates of ``(run_id, step)`` are a
+        global property and are tagged by :func:`driftwatch.read.read_logs`. An existing
+        ``REASON_COL`` / ``DETAIL_COL`` (set by an adapter) takes precedence. With ``check`` the
+        status spellings are normalised and blank ``run_id`` / ``action`` count as null.
+    order_by : sequence of str, default=()
+        Tie-breaking columns (after ``ts``) used when ``step`` is derived from ``ts`` order.
+    keep_extra : bool, default=False
+        Keep the non-canonical columns after the canonical ones (``order_by`` columns and the
+        reason columns are always kept).
+
+    Returns
+    -------
+    polars.LazyFrame
+        Canonical columns in canonical order, then the kept extra columns.
+
+    Raises
+    ------
+    SchemaError
+        A required column is missing or a column's dtype cannot be converted.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> from driftwatch.schema import conform
+    >>> raw = pl.DataFrame({"run_id": ["a", "a"], "ts": [1_790_000_001_000_000_000, 1_790_000_000],
+    ...                     "action": ["llm", "search"], "status": ["SUCCESS", "failed"]})
+    >>> conform(raw, check=True).collect().select("step", "ts", "status").rows()
+    [(2, datetime.datetime(2026, 9, 21, 14, 13, 21, tzinfo=zoneinfo.ZoneInfo(key='UTC')), 'ok'), \
+(1, datetime.datetime(2026, 9, 21, 14, 13, 20, tzinfo=zoneinfo.ZoneInfo(key='UTC')), 'error')]
+    """
+    if isinstance(frame, pl.DataFrame):
+        lf = frame.lazy()
+    elif isinstance(frame, pl.LazyFrame):
+        lf = frame
+    else:
+        raise InvalidParameterError(
+            f"{where} must be a polars DataFrame or LazyFrame, got {type(frame).__name__}"
+        )
+    schema = lf.collect_schema()
+    check_required(list(schema), where=where)
+    order_by = tuple(order_by)
+
+    values: dict[str, pl.Expr] = {}
+    bad: dict[str, pl.Expr] = {}
+    for col, target in CANONICAL_SCHEMA.items():
+        if col not in schema:
+            if col == "agent":
+                values[col] = pl.lit(DEFAULT_AGENT, dtype=pl.String)
+            elif col != "step":
+                values[col] = pl.lit(None, dtype=target)
+            continue
+        conv = convert_column(pl.col(col), col, schema[col], where=where)
+        value = conv.value
+        if col == "agent":
+            value = pl.coalesce(_blank_to_null(value), pl.lit(DEFAULT_AGENT))
+        elif check and col in ("run_id", "action"):
+            value = _blank_to_null(value)
+        elif check and col == "status":
+            value = normalize_status(value)
+        values[col] = value
+        if conv.bad is not None:
+            bad[col] = conv.bad
+
+    lf = lf.with_columns([e.alias(_TMP + c) for c, e in values.items()])
+    has_step = "step" in schema
+
+    def v(c: str) -> pl.Expr:
+        return pl.col(_TMP + c)
+
+    if check:
+        checks: list[tuple[pl.Expr, str, pl.Expr | None]] = []
+        if REASON_COL in schema:
+            checks.append((pl.col(REASON_COL).is_not_null(), "", None))  # adapter's own reason first
+        checks += [
+            (v("run_id").is_null(), "null_run_id", None),
+            (v("action").is_null(), "null_action", None),
+        ]
+        if "ts" in bad:
+            checks.append((bad["ts"], "bad_ts", _raw_text(pl.col("ts"), schema["ts"])))
+        if has_step:
+            if "step" in bad:
+                checks.append((bad["step"], "bad_value:step", _raw_text(pl.col("step"), schema["step"])))
+            checks.append((v("step").is_null(), "null_step", None))
+        else:
+            checks.append((v("ts").is_null(), "null_ts", None))
+        for c in COLUMNS:
+            if c in bad and c not in ("ts", "step"):
+                checks.append((bad[c], f"bad_value:{c}", _raw_text(pl.col(c), schema[c])))
+        for c in _NUMERIC_TOKENS:
+            if c in schema:
+                checks.append((v(c) < 0, "negative_tokens", pl.format(f"{c}={{}}", v(c))))
+        if "cost_usd" in schema:
+            checks.append((v("cost_usd") < 0, "negative_cost", pl.format("cost_usd={}", v("cost_usd"))))
+        if "latency_ms" in schema:
+            checks.append((v("latency_ms") < 0, "negative_latency", pl.format("latency_ms={}", v("latency_ms"))))
+        if "confidence" in schema:
+            conf = v("confidence")
+            checks.append(((conf < 0) | (conf > 1), "bad_confidence", pl.format("confidence={}", conf)))
+        if "status" in schema:
+            checks.append((~v("status").is_in(STATUS_VALUES) & v("status").is_not_null(), "bad_status",
+                           _raw_text(pl.col("status"), schema["status"])))
+        reason: pl.Expr | None = None
+        detail: pl.Expr | None = None
+        for cond, name, det in checks:
+            r = pl.col(REASON_COL) if name == "" else pl.lit(name)
+            d = (pl.col(DETAIL_COL) if DETAIL_COL in schema else pl.lit(None, dtype=pl.String)) if name == "" else (
+                det if det is not None else pl.lit(None, dtype=pl.String))
+            cond = cond.fill_null(False)
+            reason = pl.when(cond).then(r) if reason is None else reason.when(cond).then(r)
+            detail = pl.when(cond).then(d) if detail is None else detail.when(cond).then(d)
+        assert reason is not None and detail is not None
+        lf = lf.with_columns(
+            reason.otherwise(pl.lit(None, dtype=pl.String)).cast(pl.String).alias(REASON_COL),
+            detail.otherwise(pl.lit(None, dtype=pl.String)).cast(pl.String).alias(DETAIL_COL),
+        )
+
+    if not has_step:
+        key = pl.struct([v("ts"), *[pl.col(c) for c in order_by]]) if order_by else v("ts")
+        if check:
+            key = pl.when(pl.col(REASON_COL).is_null()).then(key)
+        lf = lf.with_columns(key.rank("ordinal").over(v("run_id")).cast(pl.Int64).alias(_TMP + "step"))
+
+    out = [v(c).alias(c) for c in COLUMNS]
+    keep: list[str] = []
+    if keep_extra:
+        keep = [c for c in schema if c not in CANONICAL_SCHEMA and c not in (REASON_COL, DETAIL_COL)]
+    else:
+        keep = [c for c in order_by if c not in CANONICAL_SCHEMA]
+    out += [pl.col(c) for c in keep]
+    if check:
+        out += [pl.col(REASON_COL), pl.col(DETAIL_COL)]
+    return lf.select(out)
+
+
+def _raw_text(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """The raw value as short text for the rejection detail."""
+    try:
+        text = to_text(expr, dtype, nested_ok=True).value
+    except SchemaError:  # pragma: no cover - every convertible dtype has a text form
+        return pl.lit(None, dtype=pl.String)
+    return text.str.slice(0, 200)
+
+
 __all__ = [
     "ALWAYS_REQUIRED",
     "CANONICAL_SCHEMA",
     "COLUMNS",
     "DEFAULT_AGENT",
+    "DETAIL_COL",
     "HANDOFF_PREFIX",
     "LLM_ACTION",
     "OPTIONAL",
+    "REASON_COL",
+    "REJECT_REASONS",
     "REQUIRED",
+    "STATUS_ALIASES",
+    "STATUS_VALUES",
     "TS_DTYPE",
+    "Conversion",
+    "check_required",
+    "conform",
+    "convert_column",
     "empty_events",
+    "epoch_to_ts",
+    "json_text",
+    "normalize_status",
+    "to_bool",
+    "to_float",
+    "to_int",
+    "to_text",
+    "to_ts",
     "validate_events",
 ]

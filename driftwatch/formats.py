@@ -1,0 +1,547 @@
+"""Adapters from the log formats users have to the canonical event table.
+
+Each adapter takes a raw frame (LazyFrame) and its schema and returns a LazyFrame whose
+columns carry canonical names (raw dtypes; :func:`driftwatch.schema.conform` casts them
+afterwards). Span formats also tag spans that are not agent steps (``not_a_step``).
+
+Formats
+-------
+``canonical``
+    Columns already named like CONTRACT section 1 (``run_id``, ``step``, ``ts``, ``action``, ...).
+``otel``
+    OpenTelemetry GenAI spans flattened to columns: ``trace_id``, ``span_id``, ``parent_span_id``,
+    ``name``, ``start_time_unix_nano`` (or ``start_time``), ``end_time_unix_nano`` (or ``end_time``),
+    ``status_code``, ``status_message`` and ``attributes.gen_ai.*`` / ``attributes.error.type``.
+``openinference``
+    Arize Phoenix / OpenInference span dataframes: ``context.trace_id``, ``context.span_id``,
+    ``parent_id``, ``name``, ``span_kind``, ``start_time``, ``end_time``, ``status_code``,
+    ``status_message`` and ``attributes.*`` (``tool.name``, ``llm.token_count.*``, ``llm.cost.*``,
+    ``input.value``, ``output.value``, ``agent.name``, ``llm.model_name``).
+
+A ``column_map={"source column": "canonical column"}`` renames columns for the canonical
+format and overrides an adapter's choice for the span formats.
+
+Examples
+--------
+>>> import polars as pl
+>>> from driftwatch.formats import detect_format
+>>> detect_format(["trace_id", "span_id", "name", "attributes.gen_ai.operation.name"])
+'otel'
+>>> detect_format(["context.trace_id", "context.span_id", "span_kind"])
+'openinference'
+>>> detect_format(["run_id", "step", "action"])
+'canonical'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import polars as pl
+
+from driftwatch.errors import InvalidParameterError, SchemaError
+from driftwatch.schema import (
+    CANONICAL_SCHEMA,
+    DETAIL_COL,
+    HANDOFF_PREFIX,
+    LLM_ACTION,
+    REASON_COL,
+    check_required,
+    to_text,
+    to_ts,
+)
+
+#: Formats ``read_logs(format=...)`` accepts.
+FORMATS: tuple[str, ...] = ("auto", "canonical", "otel", "openinference")
+
+#: Prefix of driftwatch's internal columns (kept through adapters untouched).
+INTERNAL_PREFIX = "__dw_"
+
+# --- OpenTelemetry GenAI ------------------------------------------------------------------
+
+#: ``gen_ai.operation.name`` values that are LLM calls (action ``llm``).
+OTEL_LLM_OPS: tuple[str, ...] = ("chat", "text_completion", "generate_content")
+#: Operations that wrap steps rather than being one (``not_a_step``); ``invoke_agent`` counts
+#: as a wrapper only when no agent is above it (the run's root agent).
+OTEL_WRAPPER_OPS: tuple[str, ...] = ("create_agent", "invoke_workflow")
+OTEL_KNOWN_OPS: tuple[str, ...] = (
+    *OTEL_LLM_OPS, *OTEL_WRAPPER_OPS, "execute_tool", "invoke_agent", "embeddings", "retrieval",
+    "plan", "create_memory", "search_memory", "update_memory", "upsert_memory", "delete_memory",
+    "create_memory_store", "delete_memory_store",
+)
+
+_OTEL_TRACE = ("trace_id", "traceId", "TraceId")
+_OTEL_SPAN = ("span_id", "spanId", "SpanId")
+_OTEL_PARENT = ("parent_span_id", "parentSpanId", "ParentSpanId")
+_OTEL_NAME = ("name", "span_name", "SpanName")
+_OTEL_START = ("start_time_unix_nano", "startTimeUnixNano", "start_time", "Timestamp")
+_OTEL_END = ("end_time_unix_nano", "endTimeUnixNano", "end_time")
+_OTEL_STATUS = ("status_code", "status.code", "statusCode", "StatusCode")
+_OTEL_STATUS_MSG = ("status_message", "status.message", "statusMessage", "StatusMessage")
+
+# --- OpenInference -------------------------------------------------------------------------
+
+#: ``span_kind`` values that are LLM calls.
+OI_LLM_KINDS: tuple[str, ...] = ("LLM",)
+#: Span kinds that wrap steps (``not_a_step``); ``AGENT`` only when no agent is above it.
+OI_WRAPPER_KINDS: tuple[str, ...] = ("CHAIN", "UNKNOWN", "PROMPT")
+
+_OI_TRACE = ("context.trace_id",)
+_OI_SPAN = ("context.span_id",)
+_OI_PARENT = ("parent_id", "context.parent_id")
+_OI_KIND = ("span_kind", "attributes.openinference.span.kind")
+
+#: Levels of span ancestry searched for the agent a span belongs to (pointer doubling: 2**4).
+_AGENT_DOUBLING_STEPS = 4
+
+
+@dataclass(frozen=True)
+class Pushdown:
+    """Raw columns that ``since`` / ``until`` / ``agents`` filters can be pushed to.
+
+    ``ts_kind`` is ``"datetime"`` (a Parquet timestamp column) or ``"epoch_ns"`` (integer
+    nanoseconds, OTel); ``None`` when the raw time column cannot be compared directly (text,
+    epochs of unknown unit): the filter is then applied after conversion.
+    """
+
+    ts_column: str | None = None
+    ts_kind: str | None = None
+    agent_column: str | None = None
+
+
+def _find(columns: Sequence[str] | Mapping[str, object], names: Sequence[str]) -> str | None:
+    for n in names:
+        if n in columns:
+            return n
+    return None
+
+
+def _attr(columns: Sequence[str] | Mapping[str, object], key: str) -> str | None:
+    return _find(columns, (f"attributes.{key}", key))
+
+
+def check_column_map(column_map: Mapping[str, str] | None) -> dict[str, str]:
+    """Validate ``column_map`` (source column -> canonical column) and return it as a dict."""
+    if column_map is None:
+        return {}
+    if not isinstance(column_map, Mapping):
+        raise InvalidParameterError(
+            f"column_map must be a mapping {{'source column': 'canonical column'}}, got {type(column_map).__name__}"
+        )
+    out: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    for src, dst in column_map.items():
+        if not isinstance(src, str) or not isinstance(dst, str):
+            raise InvalidParameterError(f"column_map keys and values must be column names (str), got {src!r}: {dst!r}")
+        if dst not in CANONICAL_SCHEMA:
+            raise InvalidParameterError(
+                f"column_map maps {src!r} to {dst!r}, which is not a canonical column; expected one of "
+                f"{list(CANONICAL_SCHEMA)}"
+            )
+        if dst in seen:
+            raise InvalidParameterError(f"column_map maps both {seen[dst]!r} and {src!r} to {dst!r}")
+        seen[dst] = src
+        out[src] = dst
+    return out
+
+
+def detect_format(columns: Sequence[str], *, column_map: Mapping[str, str] | None = None) -> str | None:
+    """Guess the format of a file from its column names (``None`` when nothing fits).
+
+    Canonical wins when ``run_id`` and ``action`` are present (after ``column_map``), then
+    OpenInference (``context.trace_id`` / ``context.span_id``), then OTel (a trace id column and
+    ``gen_ai.*`` attributes or ``start_time_unix_nano``); a file with some canonical columns
+    but not all is reported as canonical so the error names what is missing.
+    """
+    cols = set(columns)
+    mapped = cols | set((column_map or {}).values())
+    if {"run_id", "action"} <= mapped:
+        return "canonical"
+    if set(_OI_TRACE) & cols and set(_OI_SPAN) & cols:
+        return "openinference"
+    if "attributes.openinference.span.kind" in cols:
+        return "openinference"
+    if set(_OTEL_TRACE) & cols and (
+        any("gen_ai." in c for c in cols) or {"start_time_unix_nano", "startTimeUnixNano"} & cols
+    ):
+        return "otel"
+    if mapped & {"run_id", "action", "step"}:
+        return "canonical"
+    return None
+
+
+def format_hint(columns: Sequence[str]) -> str:
+    """What each format expects, for error messages."""
+    return (
+        "expected canonical columns (run_id, action, and step or ts), OTel GenAI span columns "
+        "(trace_id, span_id, start_time_unix_nano, attributes.gen_ai.*) or OpenInference columns "
+        f"(context.trace_id, context.span_id, span_kind); found {list(columns)}. "
+        "Pass format=... or column_map={'your column': 'run_id', ...}"
+    )
+
+
+def pushdown_columns(fmt: str, schema: Mapping[str, pl.DataType], column_map: Mapping[str, str]) -> Pushdown:
+    """Which raw columns a time / agent filter can be pushed to for this format and schema."""
+    inverse = {dst: src for src, dst in column_map.items() if src in schema}
+    if "ts" in inverse:
+        ts_col: str | None = inverse["ts"]
+    elif fmt == "canonical":
+        ts_col = "ts" if "ts" in schema else None
+    elif fmt == "otel":
+        ts_col = _find(schema, _OTEL_START)
+    else:
+        ts_col = _find(schema, ("start_time",))
+    ts_kind = None
+    if ts_col is not None:
+        dtype = schema[ts_col]
+        if isinstance(dtype, pl.Datetime):
+            ts_kind = "datetime"
+        elif dtype.is_integer() and fmt == "otel" and "unix_nano" in ts_col.lower() and "ts" not in inverse:
+            ts_kind = "epoch_ns"
+    agent_col = None
+    if "agent" in inverse:
+        agent_col = inverse["agent"]
+    elif fmt == "canonical" and "agent" in schema:
+        agent_col = "agent"
+    if agent_col is not None and schema[agent_col] != pl.String:
+        agent_col = None
+    return Pushdown(ts_col if ts_kind else None, ts_kind, agent_col)
+
+
+def adapt(
+    lf: pl.LazyFrame,
+    schema: Mapping[str, pl.DataType],
+    fmt: str,
+    *,
+    column_map: Mapping[str, str] | None = None,
+    where: str = "input",
+) -> pl.LazyFrame:
+    """Rename / derive canonical columns from a raw frame of format ``fmt``.
+
+    Parameters
+    ----------
+    lf : polars.LazyFrame
+        The raw frame (as scanned).
+    schema : mapping of str to polars.DataType
+        Its schema.
+    fmt : {"canonical", "otel", "openinference"}
+        The format of the frame.
+    column_map : mapping of str to str, optional
+        Source column -> canonical column; overrides the adapter.
+    where : str, default="input"
+        How to name the input in error messages.
+
+    Returns
+    -------
+    polars.LazyFrame
+        Canonical column names (raw dtypes), the internal ``__dw_*`` columns of ``lf`` and, for
+        span formats, :data:`~driftwatch.schema.REASON_COL` / ``DETAIL_COL``.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> raw = pl.LazyFrame({"session": ["s1"], "t": ["2026-11-01T00:00:00Z"], "tool": ["search"]})
+    >>> adapt(raw, raw.collect_schema(), "canonical",
+    ...       column_map={"session": "run_id", "t": "ts", "tool": "action"}).collect_schema().names()
+    ['run_id', 'ts', 'action']
+    """
+    cmap = check_column_map(column_map)
+    if fmt == "canonical":
+        return _adapt_canonical(lf, schema, cmap, where)
+    if fmt == "otel":
+        return _adapt_spans(lf, schema, cmap, where, _otel_fields(schema, where))
+    if fmt == "openinference":
+        return _adapt_spans(lf, schema, cmap, where, _oi_fields(schema, where))
+    raise InvalidParameterError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
+
+
+def _internal(schema: Mapping[str, pl.DataType]) -> list[pl.Expr]:
+    return [pl.col(c) for c in schema if c.startswith(INTERNAL_PREFIX)]
+
+
+def _adapt_canonical(
+    lf: pl.LazyFrame, schema: Mapping[str, pl.DataType], cmap: dict[str, str], where: str
+) -> pl.LazyFrame:
+    sources: dict[str, str] = {}
+    for col in CANONICAL_SCHEMA:
+        if col in schema and col not in cmap:
+            sources[col] = col
+    for src, dst in cmap.items():
+        if src in schema:  # a source missing from this file leaves the canonical column (if any) in place
+            sources[dst] = src
+    check_required(list(sources), where=where + _mapped_hint(schema, cmap))
+    exprs = [pl.col(src).alias(dst) for dst, src in sources.items()]
+    return lf.select(exprs + _internal(schema))
+
+
+def _mapped_hint(schema: Mapping[str, pl.DataType], cmap: dict[str, str]) -> str:
+    missing = [src for src in cmap if src not in schema]
+    return f" (column_map source(s) {missing} not in this file)" if missing else ""
+
+
+# --------------------------------------------------------------------------------------------
+# Span formats
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _SpanFields:
+    """Canonical expressions of one span format (before column_map overrides)."""
+
+    trace: pl.Expr
+    span: pl.Expr
+    parent: pl.Expr
+    name: pl.Expr
+    kind: pl.Expr  # "llm" | "tool" | "agent" | "wrapper" | "other" (lower-case classification)
+    tool_name: pl.Expr
+    own_agent: pl.Expr  # the agent this span establishes for itself and its children
+    handoff_target: pl.Expr
+    kind_text: pl.Expr  # for the not_a_step detail
+    columns: dict[str, pl.Expr]  # canonical columns other than run_id / action / agent
+
+
+def _text(schema: Mapping[str, pl.DataType], col: str | None, where: str) -> pl.Expr:
+    if col is None:
+        return pl.lit(None, dtype=pl.String)
+    return to_text(pl.col(col), schema[col], where=where, col=col).value
+
+
+def _id(schema: Mapping[str, pl.DataType], col: str | None, where: str) -> pl.Expr:
+    """A span / trace id as text; empty strings and all-zero ids (OTLP 'no parent') are null."""
+    e = _text(schema, col, where).str.strip_chars()
+    return pl.when((e == "") | e.str.contains(r"^0+$")).then(None).otherwise(e)
+
+
+def _coalesce(schema: Mapping[str, pl.DataType], cols: Sequence[str | None]) -> pl.Expr | None:
+    present = [c for c in cols if c is not None]
+    if not present:
+        return None
+    if len(present) == 1:
+        return pl.col(present[0])
+    dtypes = {schema[c] for c in present}
+    if len(dtypes) == 1 or all(d.is_numeric() for d in dtypes):
+        return pl.coalesce([pl.col(c) for c in present])
+    return pl.coalesce([pl.col(c).cast(pl.String) for c in present])
+
+
+def _latency_ms(schema: Mapping[str, pl.DataType], start: str | None, end: str | None, where: str) -> pl.Expr | None:
+    if start is None or end is None:
+        return None
+    if schema[start].is_integer() and schema[end].is_integer() and "nano" in start.lower():
+        return (pl.col(end).cast(pl.Float64) - pl.col(start).cast(pl.Float64)) / 1e6
+    s = to_ts(pl.col(start), schema[start], where=where, col=start).value
+    e = to_ts(pl.col(end), schema[end], where=where, col=end).value
+    return (e - s).dt.total_microseconds().cast(pl.Float64) / 1e3
+
+
+def _require(schema: Mapping[str, pl.DataType], fmt: str, what: dict[str, str | None], where: str) -> None:
+    missing = [name for name, col in what.items() if col is None]
+    if missing:
+        raise SchemaError(
+            f"{where}: {fmt} input is missing required column(s) {missing}; found {list(schema)}"
+        )
+
+
+def _otel_fields(schema: Mapping[str, pl.DataType], where: str) -> _SpanFields:
+    trace_c, span_c, parent_c = _find(schema, _OTEL_TRACE), _find(schema, _OTEL_SPAN), _find(schema, _OTEL_PARENT)
+    name_c, start_c, end_c = _find(schema, _OTEL_NAME), _find(schema, _OTEL_START), _find(schema, _OTEL_END)
+    op_c = _attr(schema, "gen_ai.operation.name")
+    _require(schema, "OTel", {"trace_id": trace_c, "span_id": span_c, "start_time_unix_nano or start_time": start_c}, where)
+    if op_c is None and name_c is None:
+        raise SchemaError(
+            f"{where}: OTel input needs attributes.gen_ai.operation.name or a span name to tell LLM calls "
+            f"from tool calls; found {list(schema)}"
+        )
+    name = _text(schema, name_c, where)
+    name_op = name.str.extract(r"^\s*([A-Za-z_]+)", 1).str.to_lowercase()
+    name_op = pl.when(name_op.is_in(OTEL_KNOWN_OPS)).then(name_op)
+    op = _text(schema, op_c, where).str.strip_chars().str.to_lowercase()
+    op = pl.coalesce(pl.when(op != "").then(op), name_op)
+    after_op = name.str.replace(r"^\s*[A-Za-z_]+\s+", "")
+    tool_name = pl.coalesce(_text(schema, _attr(schema, "gen_ai.tool.name"), where),
+                            pl.when(name_op == "execute_tool").then(after_op))
+    agent_attr = _text(schema, _attr(schema, "gen_ai.agent.name"), where)
+    own = pl.coalesce(agent_attr, pl.when(name_op == "invoke_agent").then(after_op))
+    kind = (
+        pl.when(op.is_in(OTEL_LLM_OPS)).then(pl.lit("llm"))
+        .when(op == "execute_tool").then(pl.lit("tool"))
+        .when(op == "invoke_agent").then(pl.lit("agent"))
+        .when(op.is_in(OTEL_WRAPPER_OPS) | op.is_null()).then(pl.lit("wrapper"))
+        .otherwise(pl.lit("other"))
+    )
+    # status: OTLP codes 0 unset / 1 ok / 2 error, or their names; error.type marks an error too
+    status_c = _find(schema, _OTEL_STATUS)
+    err_c = _attr(schema, "error.type")
+    if status_c is None:
+        status = pl.lit("ok")
+    elif schema[status_c].is_integer():
+        code = pl.col(status_c)
+        status = pl.when(code == 2).then(pl.lit("error")).when(code.is_in([0, 1]) | code.is_null()).then(
+            pl.lit("ok")).otherwise(code.cast(pl.String))
+    else:
+        raw = _text(schema, status_c, where)
+        status = pl.coalesce(raw, pl.lit("ok"))
+    err_type = _text(schema, err_c, where)
+    status = pl.when(err_type.is_not_null()).then(pl.lit("error")).otherwise(status)
+    status_msg = _text(schema, _find(schema, _OTEL_STATUS_MSG), where)
+    is_error = status.str.to_lowercase().str.contains("error")
+    cols: dict[str, pl.Expr] = {"ts": pl.col(start_c), "status": status,
+                                "error_type": pl.coalesce(err_type, pl.when(is_error).then(status_msg))}
+    llm_in = _text(schema, _attr(schema, "gen_ai.input.messages"), where)
+    llm_out = _text(schema, _attr(schema, "gen_ai.output.messages"), where)
+    tool_in = _text(schema, _attr(schema, "gen_ai.tool.call.arguments"), where)
+    tool_out = _text(schema, _attr(schema, "gen_ai.tool.call.result"), where)
+    cols["args"] = pl.when(kind == "llm").then(llm_in).when(kind == "tool").then(tool_in)
+    cols["result"] = pl.when(kind == "llm").then(llm_out).when(kind == "tool").then(tool_out)
+    tok_in = _coalesce(schema, [_attr(schema, "gen_ai.usage.input_tokens"), _attr(schema, "gen_ai.usage.prompt_tokens")])
+    tok_out = _coalesce(schema, [_attr(schema, "gen_ai.usage.output_tokens"),
+                                 _attr(schema, "gen_ai.usage.completion_tokens")])
+    cost = _coalesce(schema, [_attr(schema, "gen_ai.usage.cost")])
+    latency = _latency_ms(schema, start_c, end_c, where)
+    version = _coalesce(schema, [_attr(schema, "gen_ai.agent.version"), _attr(schema, "gen_ai.response.model"),
+                                 _attr(schema, "gen_ai.request.model")])
+    for key, e in (("input_tokens", tok_in), ("output_tokens", tok_out), ("cost_usd", cost),
+                   ("latency_ms", latency), ("version", version)):
+        if e is not None:
+            cols[key] = e
+    handoff = pl.coalesce(agent_attr, after_op)
+    return _SpanFields(
+        trace=_id(schema, trace_c, where), span=_id(schema, span_c, where), parent=_id(schema, parent_c, where),
+        name=name, kind=kind, tool_name=tool_name, own_agent=own, handoff_target=handoff,
+        kind_text=pl.coalesce(op, pl.lit("no gen_ai.operation.name")), columns=cols,
+    )
+
+
+def _oi_fields(schema: Mapping[str, pl.DataType], where: str) -> _SpanFields:
+    trace_c, span_c, parent_c = _find(schema, _OI_TRACE), _find(schema, _OI_SPAN), _find(schema, _OI_PARENT)
+    kind_c, start_c = _find(schema, _OI_KIND), _find(schema, ("start_time",))
+    _require(schema, "OpenInference",
+             {"context.trace_id": trace_c, "context.span_id": span_c, "span_kind": kind_c, "start_time": start_c},
+             where)
+    name = _text(schema, _find(schema, ("name",)), where)
+    k = _text(schema, kind_c, where).str.strip_chars().str.to_uppercase()
+    kind = (
+        pl.when(k.is_in(OI_LLM_KINDS)).then(pl.lit("llm"))
+        .when(k == "TOOL").then(pl.lit("tool"))
+        .when(k == "AGENT").then(pl.lit("agent"))
+        .when(k.is_in(OI_WRAPPER_KINDS) | k.is_null() | (k == "")).then(pl.lit("wrapper"))
+        .otherwise(pl.lit("other"))
+    )
+    agent_attr = _text(schema, _attr(schema, "agent.name"), where)
+    own = pl.coalesce(agent_attr, pl.when(k == "AGENT").then(name))
+    status_raw = _text(schema, _find(schema, ("status_code",)), where)
+    status = pl.coalesce(status_raw, pl.lit("ok"))
+    status_msg = _text(schema, _find(schema, ("status_message",)), where)
+    is_error = status.str.to_lowercase().str.contains("error")
+    cols: dict[str, pl.Expr] = {
+        "ts": pl.col(start_c),
+        "status": status,
+        "error_type": pl.when(is_error).then(pl.coalesce(
+            _text(schema, _attr(schema, "exception.type"), where), pl.when(status_msg != "").then(status_msg))),
+        "args": _text(schema, _attr(schema, "input.value"), where),
+        "result": _text(schema, _attr(schema, "output.value"), where),
+    }
+    tok_in = _coalesce(schema, [_attr(schema, "llm.token_count.prompt")])
+    tok_out = _coalesce(schema, [_attr(schema, "llm.token_count.completion")])
+    cost_total = _attr(schema, "llm.cost.total")
+    cost_parts = [_attr(schema, "llm.cost.prompt"), _attr(schema, "llm.cost.completion")]
+    cost: pl.Expr | None = pl.col(cost_total) if cost_total else None
+    if all(cost_parts):
+        parts = pl.col(cost_parts[0]).cast(pl.Float64, strict=False) + pl.col(cost_parts[1]).cast(pl.Float64, strict=False)
+        cost = parts if cost is None else pl.coalesce(cost.cast(pl.Float64, strict=False), parts)
+    latency = _latency_ms(schema, start_c, _find(schema, ("end_time",)), where)
+    version = _coalesce(schema, [_attr(schema, "agent.version"), _attr(schema, "llm.model_name")])
+    for key, e in (("input_tokens", tok_in), ("output_tokens", tok_out), ("cost_usd", cost),
+                   ("latency_ms", latency), ("version", version)):
+        if e is not None:
+            cols[key] = e
+    return _SpanFields(
+        trace=_id(schema, trace_c, where), span=_id(schema, span_c, where), parent=_id(schema, parent_c, where),
+        name=name, kind=kind, tool_name=pl.coalesce(_text(schema, _attr(schema, "tool.name"), where), name),
+        own_agent=own, handoff_target=pl.coalesce(agent_attr, name), kind_text=pl.coalesce(k, pl.lit("no span_kind")),
+        columns=cols,
+    )
+
+
+_T, _S, _P, _OWN, _KIND, _NAME = (f"{INTERNAL_PREFIX}{n}" for n in ("trace", "span", "parent", "own", "kind", "name"))
+_PCTX, _HANDOFF, _TOOL = (f"{INTERNAL_PREFIX}{n}" for n in ("pctx", "handoff", "tool"))
+
+
+def _parent_agent_context(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """Add ``_PCTX``: the agent of the nearest ancestor span that names one (pointer doubling).
+
+    Each step joins the narrow (trace, span, ancestor, agent) table with itself, doubling the
+    ancestry depth covered; ``_AGENT_DOUBLING_STEPS`` steps cover 2**steps levels.
+    """
+    anc, ctx = f"{INTERNAL_PREFIX}anc", f"{INTERNAL_PREFIX}ctx"
+    nodes = (
+        lf.select(pl.col(_T), pl.col(_S), pl.col(_P).alias(anc), pl.col(_OWN).alias(ctx))
+        .filter(pl.col(_T).is_not_null() & pl.col(_S).is_not_null())
+        .group_by(_T, _S)
+        .agg(pl.col(anc).min(), pl.col(ctx).min())
+    )
+    for _ in range(_AGENT_DOUBLING_STEPS):
+        look = nodes.select(
+            pl.col(_T), pl.col(_S).alias(anc), pl.col(ctx).alias(ctx + "2"), pl.col(anc).alias(anc + "2")
+        )
+        nodes = nodes.join(look, on=[_T, anc], how="left", coalesce=True).select(
+            pl.col(_T), pl.col(_S),
+            pl.coalesce(pl.col(ctx), pl.col(ctx + "2")).alias(ctx),
+            pl.col(anc + "2").alias(anc),
+        )
+    parents = nodes.select(pl.col(_T), pl.col(_S).alias(_P), pl.col(ctx).alias(_PCTX))
+    return lf.join(parents, on=[_T, _P], how="left", coalesce=True)
+
+
+def _adapt_spans(
+    lf: pl.LazyFrame,
+    schema: Mapping[str, pl.DataType],
+    cmap: dict[str, str],
+    where: str,
+    f: _SpanFields,
+) -> pl.LazyFrame:
+    internal = [c for c in schema if c.startswith(INTERNAL_PREFIX)]
+    staged = lf.with_columns(
+        f.trace.alias(_T), f.span.alias(_S), f.parent.alias(_P), f.own_agent.alias(_OWN),
+        f.kind.alias(_KIND), f.name.alias(_NAME), f.handoff_target.alias(_HANDOFF), f.tool_name.alias(_TOOL),
+        f.kind_text.alias(f"{INTERNAL_PREFIX}kindtext"),
+    )
+    staged = _parent_agent_context(staged)
+    kind, pctx = pl.col(_KIND), pl.col(_PCTX)
+    nested_agent = (kind == "agent") & pctx.is_not_null()
+    not_step = (kind == "wrapper") | ((kind == "agent") & pctx.is_null())
+    action = (
+        pl.when(kind == "llm").then(pl.lit(LLM_ACTION))
+        .when(kind == "tool").then(pl.col(_TOOL))
+        .when(nested_agent).then(pl.lit(HANDOFF_PREFIX) + pl.col(_HANDOFF))
+        .when(kind == "other").then(pl.col(_NAME))
+    )
+    agent = pl.when(kind == "agent").then(pctx).otherwise(pl.coalesce(pl.col(_OWN), pctx))
+    out: dict[str, pl.Expr] = {"run_id": pl.col(_T), "action": action, "agent": agent, **f.columns}
+    for src, dst in cmap.items():
+        if src in schema:
+            out[dst] = pl.col(src)
+    reason = pl.when(not_step).then(pl.lit("not_a_step"))
+    detail = pl.when(not_step).then(
+        pl.concat_str([pl.lit("span '"), pl.coalesce(pl.col(_NAME), pl.lit("")), pl.lit("' ("),
+                       pl.col(f"{INTERNAL_PREFIX}kindtext"), pl.lit(")")])
+    )
+    exprs = [e.alias(k) for k, e in out.items()]
+    exprs += [reason.cast(pl.String).alias(REASON_COL), detail.cast(pl.String).alias(DETAIL_COL)]
+    return staged.select(exprs + [pl.col(c) for c in internal])
+
+
+__all__ = [
+    "FORMATS",
+    "OI_LLM_KINDS",
+    "OI_WRAPPER_KINDS",
+    "OTEL_LLM_OPS",
+    "OTEL_WRAPPER_OPS",
+    "Pushdown",
+    "adapt",
+    "check_column_map",
+    "detect_format",
+    "format_hint",
+    "pushdown_columns",
+]

@@ -1,0 +1,835 @@
+"""Read agent logs (Parquet) into the canonical event table, losing nothing.
+
+:func:`read_logs` takes files, folders (hive-partitioned or not), globs or lists of them,
+adapts each file's format (canonical, OpenTelemetry GenAI spans, OpenInference spans, or a
+``column_map``), converts types, and splits the rows into
+
+* ``events``: a lazy canonical frame of the valid rows, and
+* ``rejected``: every row that could not be used, with ``source_file``, ``source_row``,
+  ``reason`` and ``detail``,
+
+so that ``stats.rows_in == stats.rows_valid + stats.rows_rejected`` always.
+
+Two engines read the Parquet files: ``polars`` (``scan_parquet``) and ``duckdb``
+(``read_parquet(..., union_by_name = true)``). They decode, merge schemas, read hive
+partitions and apply pushed-down filters; the conversion and the checks after that are the
+same Polars expressions, so both engines give identical frames.
+
+Examples
+--------
+>>> import driftwatch as dw
+>>> res = dw.read_logs("sample_logs/otel")                      # doctest: +SKIP
+>>> res.stats.rows_in == res.stats.rows_valid + res.stats.rows_rejected  # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+import glob as _glob
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import polars as pl
+
+from driftwatch.errors import (
+    CorruptFileError,
+    DriftwatchError,
+    InputError,
+    InvalidParameterError,
+    NoInputError,
+    SchemaError,
+)
+from driftwatch.formats import (
+    FORMATS,
+    INTERNAL_PREFIX,
+    Pushdown,
+    adapt,
+    check_column_map,
+    detect_format,
+    format_hint,
+    pushdown_columns,
+)
+from driftwatch.schema import (
+    CANONICAL_SCHEMA,
+    COLUMNS,
+    DETAIL_COL,
+    REASON_COL,
+    TS_DTYPE,
+    conform,
+    to_ts,
+)
+
+#: Engines ``read_logs(engine=...)`` accepts.
+ENGINES: tuple[str, ...] = ("polars", "duckdb")
+
+#: File name endings taken from folders and globs.
+PARQUET_SUFFIXES: tuple[str, ...] = (".parquet", ".parq", ".pq")
+
+_FILE = f"{INTERNAL_PREFIX}file"
+_ROW = f"{INTERNAL_PREFIX}row"
+_ORDER = f"{INTERNAL_PREFIX}order"
+_FIRST = f"{INTERNAL_PREFIX}first"
+_ROW_BITS = 40  # order key = file index << 40 | row in file
+_ROW_MASK = (1 << _ROW_BITS) - 1
+
+#: Columns of ``ReadResult.rejected`` after the canonical ones.
+REJECTED_EXTRA: dict[str, pl.DataType] = {
+    "source_file": pl.String(),
+    "source_row": pl.Int64(),
+    "reason": pl.String(),
+    "detail": pl.String(),
+}
+REJECTED_SCHEMA: dict[str, pl.DataType] = {**CANONICAL_SCHEMA, **REJECTED_EXTRA}
+
+
+# --------------------------------------------------------------------------------------------
+# Result types
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReadStats:
+    """Counts of one :func:`read_logs` call.
+
+    ``rows_in == rows_valid + rows_rejected`` always. ``rows_in`` counts the rows that passed
+    the ``since`` / ``until`` / ``agents`` filters (all rows when there are none).
+    Also readable like a dict: ``stats["rows_in"]``.
+
+    Attributes
+    ----------
+    rows_in, rows_valid, rows_rejected : int
+        Rows read, rows in ``events``, rows in ``rejected``.
+    files : int
+        Number of Parquet files read.
+    reasons : dict of str to int
+        Rejected rows per reason (see :data:`driftwatch.schema.REJECT_REASONS`).
+    formats : dict of str to int
+        Files per detected format.
+    engine : str
+        ``polars`` or ``duckdb``.
+    seconds : float
+        Wall time of the checking pass.
+    paths : tuple of str
+        The files read, in reading order.
+    """
+
+    rows_in: int
+    rows_valid: int
+    rows_rejected: int
+    files: int
+    reasons: dict[str, int] = field(default_factory=dict)
+    formats: dict[str, int] = field(default_factory=dict)
+    engine: str = "polars"
+    seconds: float = 0.0
+    paths: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of the stats (``paths`` as a list)."""
+        d = asdict(self)
+        d["paths"] = list(self.paths)
+        return d
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def keys(self) -> list[str]:
+        """The stat names (so ``dict(stats)`` works)."""
+        return list(self.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    """What :func:`read_logs` returns.
+
+    Attributes
+    ----------
+    events : polars.LazyFrame
+        The valid rows in the canonical schema (lazy: collecting reads the files again,
+        projecting only the columns asked for). Not sorted.
+    rejected : polars.DataFrame
+        Rejected rows: canonical columns (values that could not be converted are null) plus
+        ``source_file``, ``source_row`` (0-based row in that file), ``reason`` and ``detail``
+        (the offending raw value).
+    stats : ReadStats
+        Counts; ``rows_in == rows_valid + rows_rejected``.
+    """
+
+    events: pl.LazyFrame
+    rejected: pl.DataFrame
+    stats: ReadStats
+
+    def collect(self, *, streaming: bool = False) -> pl.DataFrame:
+        """Collect ``events``, turning read failures into :class:`~driftwatch.errors.InputError`."""
+        return _guard(lambda: self.events.collect(engine="streaming" if streaming else "auto"),
+                      self.stats.paths)
+
+
+# --------------------------------------------------------------------------------------------
+# Sources
+# --------------------------------------------------------------------------------------------
+
+_GLOB_CHARS = ("*", "?", "[")
+
+
+def _is_parquet_name(name: str) -> bool:
+    return name.lower().endswith(PARQUET_SUFFIXES) and not name.startswith((".", "_"))
+
+
+def _walk(folder: str) -> list[str]:
+    out: list[str] = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
+        out.extend(os.path.join(root, f) for f in sorted(files) if _is_parquet_name(f))
+    return out
+
+
+def resolve_sources(source: Any) -> list[str]:
+    """Expand ``source`` (path, folder, glob or a list of them) into absolute Parquet file paths.
+
+    Folders are searched recursively for ``*.parquet`` (``.parq``, ``.pq``), skipping hidden
+    and ``_``-prefixed entries (``_SUCCESS``, ``.crc``); files named explicitly are taken
+    whatever their suffix. Order: each item in turn, sorted within a folder or glob;
+    duplicates are read once.
+
+    Raises
+    ------
+    NoInputError
+        A path that does not exist, a glob that matches nothing, a folder without Parquet files.
+    InvalidParameterError
+        ``source`` is not a path or a list of paths.
+    """
+    if isinstance(source, str | os.PathLike):
+        items = [source]
+    elif isinstance(source, Sequence | set | frozenset) and not isinstance(source, bytes):
+        items = list(source)
+        if not items:
+            raise NoInputError("source is an empty list; expected at least one path, folder or glob")
+    else:
+        raise InvalidParameterError(
+            f"source must be a path, folder, glob or a list of them, got {type(source).__name__}"
+        )
+    files: list[str] = []
+    for item in items:
+        if not isinstance(item, str | os.PathLike):
+            raise InvalidParameterError(f"source items must be paths, got {type(item).__name__}: {item!r}")
+        s = os.path.expanduser(os.fspath(item))
+        if any(ch in s for ch in _GLOB_CHARS) and not os.path.exists(s):
+            matches = sorted(_glob.glob(s, recursive=True))
+            if not matches:
+                raise NoInputError(f"{s}: the pattern matches no file or folder")
+            found: list[str] = []
+            for m in matches:
+                if os.path.isdir(m):
+                    found.extend(_walk(m))
+                elif _is_parquet_name(os.path.basename(m)):
+                    found.append(m)
+            if not found:
+                raise NoInputError(
+                    f"{s}: the pattern matches {len(matches)} entr{'y' if len(matches) == 1 else 'ies'} but no "
+                    f"Parquet file (*.parquet); matched e.g. {matches[:3]}"
+                )
+            files.extend(found)
+        elif os.path.isdir(s):
+            found = _walk(s)
+            if not found:
+                entries = sorted(os.listdir(s))
+                raise NoInputError(
+                    f"{s}: the folder holds no Parquet files (*.parquet, searched recursively); found "
+                    f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}{': ' + str(entries[:5]) if entries else ''}"
+                )
+            files.extend(found)
+        elif os.path.isfile(s):
+            files.append(s)
+        else:
+            raise NoInputError(f"{s}: no such file or folder")
+    seen: set[str] = set()
+    out: list[str] = []
+    for f in files:
+        a = os.path.abspath(f)
+        if a not in seen:
+            seen.add(a)
+            out.append(a)
+    return out
+
+
+@dataclass(frozen=True)
+class _FileInfo:
+    path: str
+    schema: dict[str, pl.DataType]
+    rows: int
+    hive: tuple[str, ...]
+    format: str = ""
+
+
+def _hive_keys(path: str) -> tuple[str, ...]:
+    parts = os.path.normpath(os.path.dirname(path)).split(os.sep)
+    return tuple(p.split("=", 1)[0] for p in parts if "=" in p and not p.startswith("="))
+
+
+def _looks_like(head: bytes) -> str:
+    text = head.lstrip()
+    if text[:1] in (b"{", b"["):
+        return " (it looks like JSON text)"
+    if text[:2] == b"\x1f\x8b":
+        return " (it looks like gzip data)"
+    if text[:4] == b"ORC":
+        return " (it looks like ORC)"
+    try:
+        decoded = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
+    if "," in decoded or "\t" in decoded:
+        return " (it looks like CSV/TSV text)"
+    return " (it looks like text)"
+
+
+def _probe(path: str) -> _FileInfo:
+    """Read a file's footer: schema and row count. Raises CorruptFileError for non-Parquet files."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+            if size >= 8:
+                fh.seek(-4, os.SEEK_END)
+                tail = fh.read(4)
+            else:
+                tail = b""
+    except OSError as err:
+        raise InputError(f"{path}: cannot be opened: {err.strerror or err}") from None
+    if size == 0:
+        raise CorruptFileError(f"{path}: the file is empty (0 bytes); expected a Parquet file")
+    if head[:4] != b"PAR1":
+        raise CorruptFileError(
+            f"{path}: not a Parquet file: expected the magic bytes b'PAR1' at the start, found {head[:4]!r}"
+            f"{_looks_like(head)}"
+        )
+    if tail != b"PAR1":
+        raise CorruptFileError(
+            f"{path}: truncated or corrupt Parquet file: expected the footer magic b'PAR1' at the end "
+            f"({size} bytes), found {tail!r}"
+        )
+    try:
+        import pyarrow.parquet as pq
+
+        rows = pq.read_metadata(path).num_rows
+        schema = dict(pl.read_parquet_schema(path))
+    except Exception as err:  # noqa: BLE001 - any reader failure means the footer is unusable
+        raise CorruptFileError(f"{path}: corrupt Parquet footer: {_first_line(err)}") from None
+    return _FileInfo(path=path, schema=schema, rows=int(rows), hive=_hive_keys(path))
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# Grouping files whose schemas can be read by one scan
+# --------------------------------------------------------------------------------------------
+
+
+def _dtype_class(dtype: pl.DataType) -> str:
+    if dtype == pl.UInt64:
+        return "uint64"
+    if dtype.is_integer():
+        return "int"
+    if dtype.is_float():
+        return "float"
+    if isinstance(dtype, pl.Datetime):
+        return f"datetime[{dtype.time_zone}]"
+    if dtype == pl.String or isinstance(dtype, pl.Categorical | pl.Enum):
+        return "str"
+    return str(dtype)
+
+
+def _merge_dtype(a: pl.DataType, b: pl.DataType) -> pl.DataType:
+    if a == b:
+        return a
+    if a.is_integer() and b.is_integer():
+        return pl.Int64()
+    if a.is_float() and b.is_float():
+        return pl.Float64()
+    if isinstance(a, pl.Datetime) and isinstance(b, pl.Datetime):
+        return pl.Datetime("us", a.time_zone)
+    return pl.String()
+
+
+@dataclass
+class _Group:
+    format: str
+    hive: tuple[str, ...]
+    files: list[_FileInfo]
+    classes: dict[str, str]
+    schema: dict[str, pl.DataType]
+
+    def accepts(self, info: _FileInfo) -> bool:
+        if info.format != self.format or info.hive != self.hive:
+            return False
+        return all(self.classes.get(c, _dtype_class(d)) == _dtype_class(d) for c, d in info.schema.items())
+
+    def add(self, info: _FileInfo) -> None:
+        self.files.append(info)
+        for c, d in info.schema.items():
+            self.classes.setdefault(c, _dtype_class(d))
+            self.schema[c] = _merge_dtype(self.schema[c], d) if c in self.schema else d
+
+    @property
+    def uniform(self) -> bool:
+        return all(f.schema == self.files[0].schema for f in self.files)
+
+
+def _group(infos: Sequence[_FileInfo]) -> list[_Group]:
+    groups: list[_Group] = []
+    for info in infos:
+        for g in groups:
+            if g.accepts(info):
+                g.add(info)
+                break
+        else:
+            g = _Group(info.format, info.hive, [], {}, {})
+            g.add(info)
+            groups.append(g)
+    return groups
+
+
+# --------------------------------------------------------------------------------------------
+# Filters
+# --------------------------------------------------------------------------------------------
+
+
+def _as_utc(value: Any, name: str) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    if isinstance(value, str):
+        parsed = pl.select(to_ts(pl.lit(value), pl.String()).value).item()
+        if parsed is None:
+            raise InvalidParameterError(
+                f"{name} must be a datetime, a date or ISO-8601 text such as '2026-11-01' or "
+                f"'2026-11-01T12:00:00Z', got {value!r}"
+            )
+        return parsed
+    raise InvalidParameterError(
+        f"{name} must be a datetime, a date or ISO-8601 text, got {type(value).__name__}: {value!r}"
+    )
+
+
+def _as_agents(agents: Any) -> tuple[str, ...] | None:
+    if agents is None:
+        return None
+    if isinstance(agents, str):
+        return (agents,)
+    if isinstance(agents, Sequence | set | frozenset) and all(isinstance(a, str) for a in agents):
+        if not agents:
+            raise InvalidParameterError("agents is empty; pass None to read every agent, or agent names")
+        return tuple(sorted(set(agents)))
+    raise InvalidParameterError(f"agents must be an agent name or a list of names, got {agents!r}")
+
+
+@dataclass(frozen=True)
+class _Filters:
+    since: datetime | None
+    until: datetime | None
+    agents: tuple[str, ...] | None
+
+    @property
+    def any(self) -> bool:
+        return self.since is not None or self.until is not None or self.agents is not None
+
+
+def _epoch_ns(t: datetime) -> int:
+    delta = t - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+
+
+def _raw_bounds(filters: _Filters, push: Pushdown, dtype: pl.DataType | None) -> list[tuple[str, Any]]:
+    """(op, python value) pairs comparable with the raw time column."""
+    out: list[tuple[str, Any]] = []
+    for op, t in ((">=", filters.since), ("<", filters.until)):
+        if t is None or push.ts_column is None or dtype is None:
+            continue
+        if push.ts_kind == "epoch_ns":
+            out.append((op, _epoch_ns(t)))
+        elif isinstance(dtype, pl.Datetime):
+            out.append((op, t.replace(tzinfo=None) if dtype.time_zone is None else t.astimezone(ZoneInfo(dtype.time_zone))))
+    return out
+
+
+def _polars_raw_filter(filters: _Filters, push: Pushdown, schema: Mapping[str, pl.DataType]) -> pl.Expr | None:
+    preds: list[pl.Expr] = []
+    if push.ts_column is not None:
+        dtype = schema[push.ts_column]
+        for op, v in _raw_bounds(filters, push, dtype):
+            lit = pl.lit(v, dtype=dtype) if isinstance(dtype, pl.Datetime) else pl.lit(v, dtype=pl.Int64)
+            col = pl.col(push.ts_column)
+            preds.append(col >= lit if op == ">=" else col < lit)
+    if filters.agents is not None and push.agent_column is not None and "default" not in filters.agents:
+        preds.append(pl.col(push.agent_column).is_in(list(filters.agents)))
+    if not preds:
+        return None
+    out = preds[0]
+    for p in preds[1:]:
+        out = out & p
+    return out
+
+
+def _duckdb_raw_filters(filters: _Filters, push: Pushdown, schema: Mapping[str, pl.DataType]) -> list[Any]:
+    import duckdb
+
+    out: list[Any] = []
+    if push.ts_column is not None:
+        col = duckdb.ColumnExpression(push.ts_column)
+        for op, v in _raw_bounds(filters, push, schema[push.ts_column]):
+            const = duckdb.ConstantExpression(v)
+            out.append(col >= const if op == ">=" else col < const)
+    if filters.agents is not None and push.agent_column is not None and "default" not in filters.agents:
+        col = duckdb.ColumnExpression(push.agent_column)
+        out.append(col.isin(*[duckdb.ConstantExpression(a) for a in filters.agents]))
+    return out
+
+
+def _canonical_filter(filters: _Filters) -> pl.Expr | None:
+    preds: list[pl.Expr] = []
+    if filters.since is not None:
+        preds.append(pl.col("ts") >= pl.lit(filters.since, dtype=TS_DTYPE))
+    if filters.until is not None:
+        preds.append(pl.col("ts") < pl.lit(filters.until, dtype=TS_DTYPE))
+    if filters.agents is not None:
+        preds.append(pl.col("agent").is_in(list(filters.agents)))
+    if not preds:
+        return None
+    out = preds[0]
+    for p in preds[1:]:
+        out = out & p
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Engines: one raw LazyFrame per group with _FILE (path) and _ROW (row order) columns
+# --------------------------------------------------------------------------------------------
+
+
+def _scan_polars(group: _Group, filters: _Filters, push: Pushdown) -> pl.LazyFrame:
+    paths = [f.path for f in group.files]
+    lf = pl.scan_parquet(
+        paths,
+        schema=None if group.uniform else dict(group.schema),
+        missing_columns="insert",
+        extra_columns="ignore",
+        hive_partitioning=bool(group.hive),
+        hive_schema={k: pl.String for k in group.hive} if group.hive else None,
+        include_file_paths=_FILE,
+        row_index_name=_ROW,
+        glob=False,
+        cast_options=pl.ScanCastOptions(
+            integer_cast="upcast",
+            float_cast="upcast",
+            datetime_cast=["nanosecond-downcast", "millisecond-upcast", "convert-timezone"],
+            categorical_to_string="allow",
+        ),
+    )
+    pred = _polars_raw_filter(filters, push, group.schema)
+    if pred is not None:
+        lf = lf.filter(pred)
+    return lf
+
+
+def _scan_duckdb(group: _Group, filters: _Filters, push: Pushdown) -> pl.LazyFrame:
+    import duckdb
+    from polars.io.plugins import register_io_source
+
+    paths = [f.path for f in group.files]
+    con = duckdb.connect()
+    sql = (
+        "SELECT * EXCLUDE (file_row_number), file_row_number AS __dw_row "
+        "FROM read_parquet($files, union_by_name = true, hive_partitioning = $hive, "
+        "hive_types_autocast = false, filename = '__dw_file', file_row_number = true)"
+    )
+    params = {"files": paths, "hive": bool(group.hive)}
+    raw_filters = _duckdb_raw_filters(filters, push, group.schema)
+
+    def relation(cur: Any) -> Any:
+        rel = cur.sql(sql, params=params)
+        for f in raw_filters:
+            rel = rel.filter(f)
+        return rel
+
+    schema = _guard(lambda: pl.from_arrow(relation(con).limit(0).to_arrow_table()).schema, paths)
+
+    def source(
+        with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None, batch_size: int | None
+    ) -> Iterator[pl.DataFrame]:
+        cur = con.cursor()
+        try:
+            rel = relation(cur)
+            if with_columns is not None:
+                rel = rel.select(*[duckdb.ColumnExpression(c) for c in with_columns])
+            reader = rel.to_arrow_reader(batch_size or 131_072)
+            remaining = n_rows
+            try:
+                for batch in iter(reader.read_next_batch, None):
+                    df = pl.from_arrow(batch)
+                    assert isinstance(df, pl.DataFrame)
+                    if predicate is not None:
+                        df = df.filter(predicate)
+                    if remaining is not None:
+                        df = df.head(remaining)
+                        remaining -= df.height
+                    yield df
+                    if remaining is not None and remaining <= 0:
+                        break
+            except StopIteration:
+                return
+            finally:
+                reader.close()
+        finally:
+            cur.close()
+
+    return register_io_source(source, schema=schema, is_pure=True)
+
+
+def _guard(fn: Callable[[], Any], paths: Sequence[str]) -> Any:
+    """Run ``fn``, turning Polars / DuckDB / OS read failures into driftwatch errors."""
+    try:
+        return fn()
+    except DriftwatchError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the boundary: no raw engine traceback reaches the user
+        import duckdb
+
+        msg = _first_line(err)
+        named = next((p for p in paths if p in str(err)), None)
+        where = named or (paths[0] if len(paths) == 1 else f"{len(paths)} files under {os.path.commonpath(paths)}")
+        if isinstance(err, pl.exceptions.SchemaError | pl.exceptions.ColumnNotFoundError | pl.exceptions.SchemaFieldNotFoundError):
+            raise SchemaError(f"{where}: incompatible columns across files: {msg}") from None
+        if isinstance(err, pl.exceptions.PolarsError | duckdb.Error | OSError):
+            raise CorruptFileError(f"{where}: reading failed: {msg}") from None
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# read_logs
+# --------------------------------------------------------------------------------------------
+
+
+def _probe_all(paths: Sequence[str]) -> list[_FileInfo]:
+    if len(paths) <= 4:
+        return [_probe(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=min(8, len(paths))) as pool:
+        return list(pool.map(_probe, paths))
+
+
+def _assign_formats(infos: list[_FileInfo], fmt: str, cmap: dict[str, str]) -> list[_FileInfo]:
+    out = []
+    for info in infos:
+        cols = list(info.schema) + list(info.hive)
+        found = fmt if fmt != "auto" else detect_format(cols, column_map=cmap)
+        if found is None:
+            raise SchemaError(f"{info.path}: cannot tell the log format: {format_hint(cols)}")
+        out.append(_FileInfo(info.path, info.schema, info.rows, info.hive, found))
+    return out
+
+
+def _group_frame(
+    group: _Group, engine: str, filters: _Filters, cmap: dict[str, str], file_index: dict[str, int]
+) -> pl.LazyFrame:
+    schema = {**group.schema, **{k: pl.String() for k in group.hive}}
+    push = pushdown_columns(group.format, schema, cmap)
+    raw = _scan_polars(group, filters, push) if engine == "polars" else _scan_duckdb(group, filters, push)
+    # order key: file index << 40 | row within the file (polars' row index runs across the group's files)
+    base: dict[str, int] = {}
+    offset = 0
+    for f in group.files:
+        base[f.path] = (file_index[f.path] << _ROW_BITS) - (offset if engine == "polars" else 0)
+        offset += f.rows
+    raw = raw.with_columns(
+        (pl.col(_FILE).replace_strict(base, return_dtype=pl.Int64) + pl.col(_ROW).cast(pl.Int64)).alias(_ORDER)
+    ).drop(_ROW, _FILE)
+    raw_schema = {**schema, _ORDER: pl.Int64()}
+    where = group.files[0].path if len(group.files) == 1 else (
+        f"{len(group.files)} {group.format} files under {os.path.commonpath([f.path for f in group.files])}"
+    )
+    adapted = adapt(raw, raw_schema, group.format, column_map=cmap, where=where)
+    out = conform(adapted, where=where, check=True, order_by=(_ORDER,))
+    post = _canonical_filter(filters)
+    return out.filter(post) if post is not None else out
+
+
+def read_logs(
+    source: Any,
+    *,
+    format: str = "auto",
+    engine: str = "polars",
+    column_map: Mapping[str, str] | None = None,
+    since: datetime | date | str | None = None,
+    until: datetime | date | str | None = None,
+    agents: str | Sequence[str] | None = None,
+) -> ReadResult:
+    """Read agent logs from Parquet into canonical events, rejected rows and stats.
+
+    Parameters
+    ----------
+    source : str, path, or list of them
+        Files, folders (searched recursively; hive partitions such as ``date=2026-11-01/``
+        become columns, and ``agent=...`` partitions fill ``agent``), or globs (``logs/**/*.parquet``).
+    format : {"auto", "canonical", "otel", "openinference"}, default="auto"
+        ``auto`` detects each file's format from its column names, so one call can mix formats;
+        any other value forces it for every file.
+    engine : {"polars", "duckdb"}, default="polars"
+        Which engine scans the Parquet files (both give identical frames).
+    column_map : dict, optional
+        ``{"source column": "canonical column"}``: renames for canonical input, overrides for
+        span formats (e.g. ``{"attributes.session.id": "run_id"}``).
+    since, until : datetime, date or ISO-8601 str, optional
+        Keep steps with ``since <= ts < until`` (naive values are UTC). Pushed down to the scan
+        where the raw time column allows (Parquet timestamps, OTel epoch nanoseconds); rows
+        without a readable timestamp are not read when a time filter is given.
+    agents : str or list of str, optional
+        Keep these agents only (pushed down for canonical input, hive ``agent=`` partitions too).
+
+    Returns
+    -------
+    ReadResult
+        ``events`` (canonical LazyFrame of valid rows), ``rejected`` (DataFrame with
+        ``source_file``, ``source_row``, ``reason``, ``detail``) and ``stats``.
+
+    Raises
+    ------
+    NoInputError
+        Nothing matches ``source``, a folder holds no Parquet file, or every file has zero rows.
+    CorruptFileError
+        A file is not Parquet (a CSV renamed ``.parquet``), is truncated or cannot be decoded.
+    SchemaError
+        A required column is missing, a column has an unconvertible type, the format cannot be
+        detected, or a ``column_map`` source is in no file.
+    InvalidParameterError
+        An option has a value outside what is accepted.
+
+    Notes
+    -----
+    ``read_logs`` makes one checking pass over the columns needed to validate (not ``args`` /
+    ``result``) to count rows per reason and find duplicated ``(run_id, step)``, then collects
+    the rejected rows; ``events`` stays a lazy plan that filters the valid rows when collected.
+
+    Examples
+    --------
+    >>> import driftwatch as dw
+    >>> res = dw.read_logs("sample_logs/fleet/events", since="2026-10-05", agents=["billing"])
+    >>> res.stats.rows_in == res.stats.rows_valid + res.stats.rows_rejected
+    True
+    >>> res.events.select("agent").unique().collect().item()
+    'billing'
+    """
+    if format not in FORMATS:
+        raise InvalidParameterError(f"format must be one of {list(FORMATS)}, got {format!r}")
+    if engine not in ENGINES:
+        raise InvalidParameterError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
+    cmap = check_column_map(column_map)
+    filters = _Filters(_as_utc(since, "since"), _as_utc(until, "until"), _as_agents(agents))
+    if filters.since is not None and filters.until is not None and filters.until <= filters.since:
+        raise InvalidParameterError(f"until ({filters.until}) must be later than since ({filters.since})")
+    t0 = time.perf_counter()
+
+    paths = resolve_sources(source)
+    infos = _probe_all(paths)
+    total = sum(i.rows for i in infos)
+    if total == 0:
+        where = paths[0] if len(paths) == 1 else f"all {len(paths)} files under {os.path.commonpath(paths)}"
+        raise NoInputError(f"{where}: no rows to read; expected at least one event, found 0 rows")
+    unused = [src for src in cmap if not any(src in i.schema or src in i.hive for i in infos)]
+    if unused:
+        cols = sorted({c for i in infos for c in i.schema})
+        raise SchemaError(f"column_map source column(s) {unused} are in none of the {len(paths)} file(s); found {cols}")
+    infos = _assign_formats(infos, format, cmap)
+    file_index = {i.path: n for n, i in enumerate(infos)}
+    groups = _group(infos)
+
+    frames = [_group_frame(g, engine, filters, cmap, file_index) for g in groups]
+    base = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
+
+    reason = pl.col(REASON_COL)
+    q_counts = base.select(reason).group_by(REASON_COL).agg(pl.len().alias("n"))
+    q_dups = (
+        base.filter(reason.is_null())
+        .select("run_id", "step", _ORDER)
+        .group_by("run_id", "step")
+        .agg(pl.len().alias("n"), pl.col(_ORDER).min().alias(_FIRST))
+        .filter(pl.col("n") > 1)
+    )
+    counts, dups = _guard(lambda: pl.collect_all([q_counts, q_dups]), paths)
+
+    reasons = {r: int(n) for r, n in counts.iter_rows() if r is not None}
+    rows_in = int(counts.get_column("n").sum())
+    n_dup = int((dups.get_column("n") - 1).sum()) if dups.height else 0
+    if n_dup:
+        reasons["duplicate_step"] = n_dup
+        kept_file = (pl.col(_FIRST) // (1 << _ROW_BITS)).replace_strict(
+            {n: p for p, n in file_index.items()}, return_dtype=pl.String)
+        marked = base.join(dups.lazy().select("run_id", "step", _FIRST), on=["run_id", "step"], how="left").with_columns(
+            pl.when(reason.is_null() & pl.col(_FIRST).is_not_null() & (pl.col(_ORDER) != pl.col(_FIRST)))
+            .then(pl.lit("duplicate_step")).otherwise(reason).alias(REASON_COL),
+            pl.when(reason.is_null() & pl.col(_FIRST).is_not_null() & (pl.col(_ORDER) != pl.col(_FIRST)))
+            .then(pl.concat_str([pl.lit("kept "), kept_file, pl.lit(" row "),
+                                 (pl.col(_FIRST) % (1 << _ROW_BITS)).cast(pl.String)]))
+            .otherwise(pl.col(DETAIL_COL)).alias(DETAIL_COL),
+        ).drop(_FIRST)
+    else:
+        marked = base
+    rows_rejected = sum(reasons.values())
+
+    if rows_rejected:
+        path_of = {n: p for p, n in file_index.items()}
+        rejected = _guard(
+            lambda: marked.filter(pl.col(REASON_COL).is_not_null()).select(
+                *[pl.col(c) for c in COLUMNS],
+                (pl.col(_ORDER) // (1 << _ROW_BITS)).replace_strict(path_of, return_dtype=pl.String).alias("source_file"),
+                (pl.col(_ORDER) % (1 << _ROW_BITS)).alias("source_row"),
+                pl.col(REASON_COL).alias("reason"),
+                pl.col(DETAIL_COL).alias("detail"),
+            ).sort("source_file", "source_row").collect(),
+            paths,
+        )
+    else:
+        rejected = pl.DataFrame(schema=REJECTED_SCHEMA)
+    if rejected.height != rows_rejected:  # pragma: no cover - internal consistency
+        raise InputError(
+            f"internal error: counted {rows_rejected} rejected rows but collected {rejected.height}; "
+            "the input changed while it was read?"
+        )
+
+    events = marked.filter(pl.col(REASON_COL).is_null()).select([pl.col(c) for c in COLUMNS])
+    stats = ReadStats(
+        rows_in=rows_in,
+        rows_valid=rows_in - rows_rejected,
+        rows_rejected=rows_rejected,
+        files=len(paths),
+        reasons=dict(sorted(reasons.items())),
+        formats=dict(Counter(i.format for i in infos)),
+        engine=engine,
+        seconds=round(time.perf_counter() - t0, 4),
+        paths=tuple(paths),
+    )
+    return ReadResult(events=events, rejected=rejected, stats=stats)
+
+
+__all__ = [
+    "ENGINES",
+    "PARQUET_SUFFIXES",
+    "REJECTED_SCHEMA",
+    "ReadResult",
+    "ReadStats",
+    "read_logs",
+    "resolve_sources",
+]
