@@ -97,18 +97,20 @@ COMPONENTS: tuple[str, ...] = (
 #: Extra numeric columns the supervised model sees besides the component scores.
 MODEL_EXTRA: tuple[str, ...] = ("cost_z", "steps_z", "anomaly", "error_rate_tool", "n_retries")
 
-#: Per-run features the anomaly model standardises per agent: (column expression name, MAD floor).
-_ANOMALY_FEATURES: tuple[tuple[str, float], ...] = (
-    ("log_steps", 0.1),
-    ("log_cost", 0.1),
-    ("log_tokens", 0.1),
-    ("log_runtime", 0.1),
-    ("log_latency_p90", 0.1),
-    ("error_rate_tool", 0.05),
-    ("llm_ratio", 0.02),
-    ("n_distinct_actions", 1.0),
-    ("n_retries", 1.0),
-    ("min_confidence", 0.05),
+#: Per-run features the anomaly model standardises per agent: (name, MAD floor, orientation).
+#: Orientation +1: high values are suspicious, -1: low values are, 0: both. One-sided
+#: z-scores are floored at -3, so a run that is merely cheap or short is not "unusual".
+_ANOMALY_FEATURES: tuple[tuple[str, float, int], ...] = (
+    ("log_steps", 0.1, 1),
+    ("log_cost", 0.1, 1),
+    ("log_tokens", 0.1, 1),
+    ("log_runtime", 0.1, 1),
+    ("log_latency_p90", 0.1, 1),
+    ("error_rate_tool", 0.05, 1),
+    ("llm_ratio", 0.02, 0),
+    ("n_distinct_actions", 1.0, 0),
+    ("n_retries", 1.0, 1),
+    ("min_confidence", 0.05, -1),
 )
 
 #: Agents with fewer runs are compared with the whole fleet instead of themselves.
@@ -233,6 +235,13 @@ def _robust_z(col: str, floor: float, *, by: str = "_zgroup") -> list[pl.Expr]:
     ]
 
 
+def _oriented_z(name: str, orientation: int) -> pl.Expr:
+    z = pl.col(f"_z_{name}")
+    if orientation == 0:
+        return z.clip(-10.0, 10.0).alias(name)
+    return (z * orientation).clip(-3.0, 10.0).alias(name)
+
+
 def _limit_s(ratio: pl.Expr) -> pl.Expr:
     return (0.45 + 0.25 * (ratio - 1.0)).clip(0.45, 0.9)
 
@@ -247,8 +256,7 @@ def _noisy_or(cols: Sequence[str]) -> pl.Expr:
 def _anomaly_scores(frame: pl.DataFrame, random_state: int | None) -> tuple[np.ndarray, np.ndarray]:
     """IsolationForest anomaly score in (0, 1) per run, and the index of each run's most unusual feature."""
     n = frame.height
-    cols = [f"_z_{c}" for c, _ in _ANOMALY_FEATURES]
-    X = frame.select(pl.col(c).clip(-10.0, 10.0) for c in cols).to_numpy()
+    X = frame.select(_oriented_z(c, o) for c, _, o in _ANOMALY_FEATURES).to_numpy()
     top = np.abs(X).argmax(axis=1) if n else np.zeros(0, dtype=np.int64)
     if n < MIN_AGENT_RUNS:
         return np.zeros(n), top
@@ -350,7 +358,7 @@ def score_runs_from_runs(
         .alias("_zgroup"),
     )
     zexprs: list[pl.Expr] = []
-    for name, floor in _ANOMALY_FEATURES:
+    for name, floor, _ in _ANOMALY_FEATURES:
         src = "_min_conf_filled" if name == "min_confidence" else name
         if src != name:
             f = f.with_columns(pl.col(src).alias(name))
@@ -364,9 +372,9 @@ def score_runs_from_runs(
 
     # ---- anomaly (IsolationForest over per-agent robust z-scores) ----
     a, top = _anomaly_scores(f, random_state)
-    top_names = np.array([c for c, _ in _ANOMALY_FEATURES], dtype=object)[top] if n_runs else np.array([])
+    top_names = np.array([c for c, _, _ in _ANOMALY_FEATURES], dtype=object)[top] if n_runs else np.array([])
     top_z = (
-        f.select(pl.concat_list([pl.col(f"_z_{c}") for c, _ in _ANOMALY_FEATURES]))
+        f.select(pl.concat_list([pl.col(f"_z_{c}") for c, _, _ in _ANOMALY_FEATURES]))
         .to_series()
         .list.get(pl.Series(top, dtype=pl.Int64), null_on_oob=True)
         if n_runs

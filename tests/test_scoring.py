@@ -1,0 +1,412 @@
+"""Escalation scores: known answers on generated fleets, hand-built cases per component, the model."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+from sklearn.metrics import roc_auc_score
+
+import driftwatch as dw
+from driftwatch.errors import InputError, InvalidParameterError
+from driftwatch.policy import Policy, check_delegation, check_policy
+from driftwatch.scoring import COMPONENTS, EscalationModel, fit_escalation, score_runs, score_runs_from_runs
+
+T0 = datetime(2026, 10, 1, tzinfo=UTC)
+NO_LOOPS = pl.DataFrame()
+
+
+def loops_from_truth(truth: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """A loop summary in the interface's shape, built from the generator's truth tables.
+
+    Severity follows the loop detector's documented rule: ``0.5 + 0.5 * intensity`` for
+    exact / error_retry loops, ``0.3 * intensity`` for same_action (paging, polling).
+    """
+    intensity = 1.0 - 2.0 ** (-(pl.col("worst_repeats").cast(pl.Float64) - 1.0) / 3.0)
+    lt = truth["loops"].select(
+        "run_id",
+        "agent",
+        pl.lit(1, dtype=pl.Int64).alias("n_loops"),
+        pl.when(pl.col("kind") == "error_retry").then(pl.lit("error_retry")).otherwise(pl.lit("exact"))
+        .alias("worst_kind"),
+        pl.col("pattern").alias("worst_pattern"),
+        pl.col("repeats").alias("worst_repeats"),
+        (pl.col("period_steps") * (pl.col("repeats") - 1)).alias("wasted_steps"),
+        pl.lit(0, dtype=pl.Int64).alias("wasted_tokens"),
+        pl.lit(0.0).alias("wasted_cost_usd"),
+    )
+    bn = truth["benign"].select(
+        "run_id",
+        "agent",
+        pl.lit(1, dtype=pl.Int64).alias("n_loops"),
+        pl.lit("same_action").alias("worst_kind"),
+        pl.col("action").alias("worst_pattern"),
+        ((pl.col("end_step") - pl.col("start_step") + 1) // 2).alias("worst_repeats"),
+        pl.lit(0, dtype=pl.Int64).alias("wasted_steps"),
+        pl.lit(0, dtype=pl.Int64).alias("wasted_tokens"),
+        pl.lit(0.0).alias("wasted_cost_usd"),
+    )
+    both = pl.concat([lt, bn], how="vertical_relaxed").unique("run_id", keep="first")
+    return both.with_columns(
+        pl.when(pl.col("worst_kind") == "same_action")
+        .then(0.3 * intensity)
+        .otherwise(0.5 + 0.5 * intensity)
+        .alias("loop_severity")
+    )
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    from driftwatch import synth
+
+    # the demo scenario, with more delegation chains than its 0.1 a day
+    return synth.generate(days=10, runs_per_day=300, seed=7, scenario=synth.Scenario(delegation_chains_per_day=0.5))
+
+
+@pytest.fixture(scope="module")
+def scored(fleet) -> pl.DataFrame:
+    out = score_runs(fleet.events, loops=loops_from_truth(fleet.truth))
+    return out.join(fleet.truth["runs"].select("run_id", "needs_human", "injected"), on="run_id", how="left")
+
+
+# --------------------------------------------------------------------------- generated fleets
+
+
+def test_every_run_scored_once_with_contract_columns(fleet, scored: pl.DataFrame) -> None:
+    assert scored["run_id"].n_unique() == scored.height == fleet.events["run_id"].n_unique()
+    assert scored["needs_human"].null_count() == 0
+    for c in ("run_id", "agent", "n_steps", "cost_usd", "score", "level", "reasons", "first_ts", "last_ts"):
+        assert c in scored.columns
+    assert scored.schema["reasons"] == pl.List(pl.String)
+    assert scored["score"].is_between(0.0, 1.0).all()
+    assert set(scored["level"]) <= {"ok", "review", "escalate"}
+
+
+def test_auroc_against_needs_human(scored: pl.DataFrame) -> None:
+    auc = roc_auc_score(scored["needs_human"].to_numpy(), scored["score"].to_numpy())
+    assert auc >= 0.97, auc
+
+
+def test_every_unapproved_destructive_run_escalated(scored: pl.DataFrame) -> None:
+    unap = scored.filter(pl.col("injected").list.contains("unapproved_destructive"))
+    assert unap.height >= 5
+    assert (unap["level"] == "escalate").all()
+    assert unap["reasons"].list.first().str.ends_with("without approval").all()
+
+
+def test_few_clean_runs_above_ok(scored: pl.DataFrame) -> None:
+    clean = scored.filter(~pl.col("needs_human"))
+    share = (clean["level"] != "ok").mean()
+    assert share < 0.03, share
+    # benign repetition (paging, polling) alone stays ok
+    benign = clean.filter(pl.col("injected").list.set_intersection(["pagination", "polling"]).list.len() > 0)
+    assert benign.height > 100
+    assert (benign["level"] == "ok").mean() > 0.97
+
+
+def test_reasons_exactly_for_runs_above_ok(scored: pl.DataFrame) -> None:
+    above = scored.filter(pl.col("level") != "ok")
+    assert (above["reasons"].list.len() >= 1).all()
+    assert (scored.filter(pl.col("level") == "ok")["reasons"].list.len() == 0).all()
+
+
+@pytest.mark.parametrize(
+    ("flag", "needle"),
+    [
+        ("loop:exact", "loop: "),
+        ("loop:error_retry", "loop: "),
+        ("cost_spike", "tokens "),
+        ("low_confidence", "lowest confidence"),
+        ("unknown_tool", "tool cannot run: lookup_order_history"),
+        ("delegation_chain", "delegation depth"),
+    ],
+)
+def test_each_injected_problem_is_explained(scored: pl.DataFrame, flag: str, needle: str) -> None:
+    runs = scored.filter(pl.col("injected").list.contains(flag) & pl.col("needs_human"))
+    assert runs.height > 0
+    assert (runs["level"] != "ok").all()
+    assert runs["reasons"].list.eval(pl.element().str.contains(needle, literal=True).any()).list.first().all()
+
+
+def test_deterministic_with_a_seed(fleet) -> None:
+    loops = loops_from_truth(fleet.truth)
+    a = score_runs(fleet.events, loops=loops, random_state=3)
+    b = score_runs(fleet.events.sample(fraction=1.0, shuffle=True, seed=2).lazy(), loops=loops, random_state=3)
+    assert a.equals(b)
+
+
+def test_fleet_stage_from_chunked_tables_matches_events(fleet) -> None:
+    ev = fleet.events
+    loops = loops_from_truth(fleet.truth)
+    key = pl.col("run_id").hash(seed=1) % 4
+    chunks = [ev.filter(key == k) for k in range(4)]
+    feats = pl.concat([dw.run_features(c) for c in chunks])
+    viol = pl.concat([check_policy(c, delegation=False) for c in chunks])
+    viol = pl.concat([viol, check_delegation(feats)])
+    fleet_stage = score_runs_from_runs(feats, loops=loops, violations=viol)
+    # float sums may differ in the last bits between chunkings
+    assert_frame_equal(fleet_stage, score_runs(ev, loops=loops))
+    # delegation is derived from the run table when the violations have none
+    no_deleg = score_runs_from_runs(feats, loops=loops, violations=viol.filter(pl.col("rule") != "delegation_depth"))
+    assert_frame_equal(no_deleg, fleet_stage)
+
+
+def test_end_to_end_with_the_loop_detector(fleet) -> None:
+    pytest.importorskip("driftwatch.loops")
+    out = score_runs(fleet.events)  # loops=None: detect_loops + loop_summary
+    j = out.join(fleet.truth["runs"].select("run_id", "needs_human"), on="run_id")
+    auc = roc_auc_score(j["needs_human"].to_numpy(), j["score"].to_numpy())
+    assert auc >= 0.97, auc
+    clean = j.filter(~pl.col("needs_human"))
+    assert (clean["level"] != "ok").mean() < 0.03
+
+
+# --------------------------------------------------------------------------- hand-built
+
+
+def run(run_id: str, actions: list[str], *, agent: str = "billing", start: int = 0, **cols: list) -> pl.DataFrame:
+    n = len(actions)
+    data: dict = {
+        "run_id": [run_id] * n,
+        "step": list(range(1, n + 1)),
+        "ts": [T0 + timedelta(minutes=start, seconds=i) for i in range(n)],
+        "action": actions,
+        "agent": [agent] * n,
+    }
+    data.update(cols)
+    return pl.DataFrame(data)
+
+
+def baseline(agent: str, n_runs: int, steps: int, *, cost: float = 0.01, seed: int = 0) -> pl.DataFrame:
+    """``n_runs`` ordinary runs of an agent with a little variation in length and cost."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i in range(n_runs):
+        k = int(steps + rng.integers(-2, 3))
+        acts = ["llm", "get_x"] * (k // 2) + ["llm"]
+        c = cost * float(rng.uniform(0.8, 1.25)) / len(acts)
+        frames.append(
+            run(f"{agent}-{i:03d}", acts, agent=agent, start=i, cost_usd=[c] * len(acts),
+                input_tokens=[500] * len(acts), status=["ok"] * len(acts), confidence=[0.9] * len(acts))
+        )
+    return pl.concat(frames, how="vertical_relaxed")
+
+
+def score(ev: pl.DataFrame, **kw) -> pl.DataFrame:
+    kw.setdefault("loops", NO_LOOPS)
+    return score_runs(ev, **kw)
+
+
+def summary_row(run_id: str, kind: str, pattern: str, repeats: int, wasted: int, cost: float, sev: float):
+    return pl.DataFrame({
+        "run_id": [run_id], "agent": ["billing"], "n_loops": [1], "worst_kind": [kind], "worst_pattern": [pattern],
+        "worst_repeats": [repeats], "wasted_steps": [wasted], "wasted_tokens": [0], "wasted_cost_usd": [cost],
+        "loop_severity": [sev],
+    })
+
+
+def test_loop_reason_format() -> None:
+    ev = baseline("billing", 30, 10)
+    loops = summary_row("billing-004", "exact", "search > read", 9, 14, 0.21, 0.9)
+    out = score(ev, loops=loops).filter(pl.col("run_id") == "billing-004")
+    assert out["reasons"][0].to_list()[0] == "loop: search > read repeated 9x, 14 wasted steps, $0.21"
+    assert out["level"][0] == "escalate"
+
+
+def test_same_action_loop_alone_never_escalates() -> None:
+    ev = baseline("billing", 30, 10)
+    loops = summary_row("billing-004", "same_action", "list_invoices", 30, 40, 0.5, 1.0)
+    out = score(ev, loops=loops).filter(pl.col("run_id") == "billing-004")
+    assert out["level"][0] == "review"
+    assert out["score"][0] < Policy().escalate
+    assert "same tools, changing arguments" in out["reasons"][0][0]
+
+
+def test_loops_accept_detect_loops_output() -> None:
+    pytest.importorskip("driftwatch.loops")
+    ev = baseline("billing", 30, 10)
+    raw = pl.DataFrame({
+        "run_id": ["billing-001"], "agent": ["billing"], "start_step": [1], "end_step": [18], "period": [2],
+        "repeats": [9], "pattern": ["search > read"], "kind": ["exact"], "wasted_steps": [14],
+        "wasted_tokens": [100], "wasted_cost_usd": [0.21],
+    })
+    out = score(ev, loops=raw).filter(pl.col("run_id") == "billing-001")
+    assert out["reasons"][0][0].startswith("loop: search > read repeated 9x")
+
+
+def test_unapproved_destructive_escalates_even_with_lenient_thresholds() -> None:
+    ev = pl.concat([baseline("billing", 30, 10),
+                    run("bad", ["llm", "delete_invoice", "llm"], approved=[None, False, None])],
+                   how="diagonal_relaxed")
+    out = score(ev, policy=Policy(review=0.98, escalate=0.99)).filter(pl.col("run_id") == "bad")
+    assert out["level"][0] == "escalate" and out["score"][0] == 1.0
+    assert out["reasons"][0][0] == "delete_invoice without approval"
+
+
+def test_cost_ceiling_reason_and_order() -> None:
+    ev = pl.concat([baseline("billing", 30, 10),
+                    run("pricey", ["llm", "get_x", "llm"], cost_usd=[0.6, 0.0, 0.7], confidence=[0.2, None, 0.9])],
+                   how="diagonal_relaxed")
+    out = score(ev).filter(pl.col("run_id") == "pricey")
+    reasons = out["reasons"][0].to_list()
+    assert reasons[0] == "cost $1.30 > ceiling $0.50"  # 2.6x the ceiling outweighs confidence 0.20
+    assert "lowest confidence 0.20 < 0.30" in reasons
+    assert any(r.startswith("cost $1.30 vs billing median") for r in reasons)
+
+
+def test_robust_z_is_per_agent() -> None:
+    # research runs are always long, billing runs short: neither is flagged for its own length
+    ev = pl.concat([baseline("billing", 40, 8, seed=1), baseline("research", 40, 40, cost=0.05, seed=2)])
+    out = score(ev)
+    assert (out["level"] == "ok").all()
+    assert out["steps_z"].abs().max() < 3
+    # a billing run as long as a research run is flagged, with the agent's median in the reason
+    long = run("long", ["llm", "get_x"] * 20 + ["llm"], agent="billing", start=999,
+               cost_usd=[0.01 / 41] * 41, status=["ok"] * 41, confidence=[0.9] * 41, input_tokens=[500] * 41)
+    out = score(pl.concat([ev, long], how="diagonal_relaxed")).filter(pl.col("run_id") == "long")
+    assert out["level"][0] != "ok"
+    assert any(r.startswith("41 steps vs billing median") for r in out["reasons"][0])
+
+
+def test_error_storm() -> None:
+    acts = ["llm", "get_a", "llm", "get_b", "llm", "get_c", "llm", "get_d", "llm", "get_e", "llm"]
+    status = ["ok", "error"] * 5 + ["ok"]
+    ev = pl.concat([baseline("billing", 30, 10), run("storm", acts, status=status)], how="diagonal_relaxed")
+    out = score(ev).filter(pl.col("run_id") == "storm")
+    assert out["score_errors"][0] == pytest.approx(0.48)
+    assert "error storm: 5 of 5 tool calls failed" in out["reasons"][0].to_list()
+
+
+def test_retries_breach_and_unknown_tool() -> None:
+    acts = ["llm", "search_kb", "llm", "search_kb", "llm", "search_kb", "llm", "search_kb", "llm", "search_kb"]
+    status = ["ok", "error"] * 5
+    ev = pl.concat([
+        baseline("billing", 30, 10),
+        run("retry", acts, status=status),
+        run("unk", ["llm", "lookup", "llm"], status=["ok", "error", "ok"],
+            result=["x", "Error: unknown tool 'lookup'", "y"]),
+    ], how="diagonal_relaxed")
+    out = score(ev, policy=Policy(max_consecutive_retries=2))
+    r = out.filter(pl.col("run_id") == "retry")
+    assert "search_kb retried 4x in a row after errors > limit 2" in r["reasons"][0].to_list()
+    u = out.filter(pl.col("run_id") == "unk")
+    assert u["level"][0] != "ok"
+    assert u["score_unknown_tool"][0] == 0.5
+    assert u["reasons"][0][0] == "tool cannot run: lookup failed: Error: unknown tool 'lookup'"
+
+
+def test_drift_context_adds_a_reason_only_to_flagged_runs() -> None:
+    ev = pl.concat([baseline("billing", 30, 10),
+                    run("pricey", ["llm", "llm"], start=5, cost_usd=[0.35, 0.35])], how="diagonal_relaxed")
+    drift = pl.DataFrame({
+        "series": ["agent=billing"], "window_start": [T0], "window_end": [T0 + timedelta(days=1)],
+        "feature": ["action_mix"], "method": ["js"], "statistic": [0.3], "p_value": [0.001], "drifted": [True],
+    })
+    base = score(ev)
+    out = score(ev, drift=drift)
+    p = out.filter(pl.col("run_id") == "pricey")
+    assert p["score"][0] > base.filter(pl.col("run_id") == "pricey")["score"][0]
+    assert p["reasons"][0][-1] == "context: billing drifting in action_mix (js) since 2026-10-01"
+    assert (out.filter(pl.col("run_id") != "pricey")["level"] == "ok").all()
+    assert (out["score_drift"] == 0.1).all()
+
+
+def test_small_fleets_skip_the_anomaly_model() -> None:
+    out = score(run("r", ["llm", "get_x", "llm"]))
+    assert out["anomaly"][0] == 0.0 and out["level"][0] == "ok"
+
+
+def test_input_errors() -> None:
+    with pytest.raises(InvalidParameterError, match="run_features output"):
+        score_runs_from_runs(pl.DataFrame({"run_id": ["a"]}))
+    with pytest.raises(InvalidParameterError, match="loops must be"):
+        score(run("r", ["llm"]), loops=pl.DataFrame({"run_id": ["r"], "x": [1]}))
+    with pytest.raises(InvalidParameterError, match="drift must be"):
+        score(run("r", ["llm"]), drift=pl.DataFrame({"series": ["x"], "drifted": [True]}))
+    with pytest.raises(InvalidParameterError, match="model must be"):
+        score(run("r", ["llm"]), model=42)
+
+
+def test_components_are_all_reported(scored: pl.DataFrame) -> None:
+    for c in COMPONENTS:
+        assert scored[f"score_{c}"].is_between(0.0, 1.0).all()
+    # the rule score is the noisy-OR of the components
+    prod = np.prod([1 - scored[f"score_{c}"].to_numpy() for c in COMPONENTS], axis=0)
+    np.testing.assert_allclose(scored["score_rules"].to_numpy(), 1 - prod)
+
+
+# --------------------------------------------------------------------------- supervised model
+
+
+@pytest.fixture(scope="module")
+def model(scored: pl.DataFrame) -> EscalationModel:
+    return fit_escalation(scored, scored.select("run_id", "needs_human"), cv=3)
+
+
+def test_fit_reports_cross_validated_auroc(model: EscalationModel, capsys) -> None:
+    assert 0.95 <= model.cv_auroc_ <= 1.0
+    assert len(model.meta["fold_auroc"]) == 3
+    assert "cv_auroc=" in repr(model)
+    w = model.weights()
+    assert set(w) == set(model.feature_names)
+
+
+def test_fit_verbose_prints_auroc(scored: pl.DataFrame, capsys) -> None:
+    fit_escalation(scored, scored["needs_human"], cv=2, verbose=True)
+    assert "cross-validated AUROC" in capsys.readouterr().out
+
+
+def test_model_scores_and_keeps_the_hard_rule(fleet, scored: pl.DataFrame, model: EscalationModel) -> None:
+    out = score_runs(fleet.events, loops=loops_from_truth(fleet.truth), model=model)
+    j = out.join(scored.select("run_id", "needs_human", "injected"), on="run_id")
+    assert roc_auc_score(j["needs_human"].to_numpy(), j["score"].to_numpy()) >= 0.97
+    unap = j.filter(pl.col("injected").list.contains("unapproved_destructive"))
+    assert (unap["level"] == "escalate").all()
+    assert (j.filter(pl.col("level") != "ok")["reasons"].list.len() >= 1).all()
+    assert not j["score"].equals(j["score_rules"])
+
+
+def test_model_save_load_and_policy_reference(tmp_path: Path, fleet, model: EscalationModel) -> None:
+    path = model.save(tmp_path / "escalation.pkl")
+    back = EscalationModel.load(path)
+    sc = score_runs(fleet.events.head(2000), loops=NO_LOOPS, model=model)
+    np.testing.assert_allclose(back.predict_proba(sc), model.predict_proba(sc))
+    (tmp_path / "policy.toml").write_text('[escalation]\nmodel = "escalation.pkl"\n')
+    pol = Policy.from_toml(tmp_path / "policy.toml")
+    via_policy = score_runs(fleet.events.head(2000), loops=NO_LOOPS, policy=pol)
+    assert via_policy.equals(sc)
+    assert score_runs(fleet.events.head(2000), loops=NO_LOOPS, model=str(path)).equals(sc)
+
+
+def test_model_load_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="file not found"):
+        EscalationModel.load(tmp_path / "missing.pkl")
+    (tmp_path / "junk.pkl").write_bytes(b"not a pickle")
+    with pytest.raises(InputError, match="not a readable driftwatch model"):
+        EscalationModel.load(tmp_path / "junk.pkl")
+    import pickle
+
+    (tmp_path / "other.pkl").write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(InputError, match="not a driftwatch escalation model"):
+        EscalationModel.load(tmp_path / "other.pkl")
+
+
+def test_fit_from_run_features_and_label_errors(fleet, scored: pl.DataFrame) -> None:
+    feats = dw.run_features(fleet.events)
+    labels = fleet.truth["runs"].select("run_id", "needs_human")
+    m = fit_escalation(feats, labels, cv=2)
+    assert 0.5 < m.cv_auroc_ <= 1.0
+    with pytest.raises(InvalidParameterError, match="one label per run"):
+        fit_escalation(scored, [True, False])
+    with pytest.raises(InvalidParameterError, match="have no label"):
+        fit_escalation(scored, labels.head(10))
+    with pytest.raises(InvalidParameterError, match="at least cv=5 runs of each class"):
+        fit_escalation(scored, pl.Series([False] * (scored.height - 2) + [True, True]))
+    with pytest.raises(InvalidParameterError, match="booleans or 0/1"):
+        fit_escalation(scored, pl.Series([3] * scored.height))
+    with pytest.raises(InvalidParameterError, match="cv must be"):
+        fit_escalation(scored, labels, cv=1)
