@@ -1,0 +1,1478 @@
+"""Drift of agent behaviour between a reference period and current windows.
+
+:func:`detect_drift` compares a *reference* (a time range or a frame of
+reference events) with *current* windows (by default: everything after the
+reference, in windows of ``every``) for every series (``by``), and reports one
+row per (series, window, feature). Besides ordinary behaviour drift (tool mix,
+action sequences, run length, tokens, cost, errors, latency and a multivariate
+classifier test) it reports three **feedback-driven drift** indicators, for an
+adaptive agent that slowly optimises for its own past behaviour while a proxy
+signal keeps looking fine:
+
+* ``action_entropy``: the tool-choice distribution collapsing onto its habits
+  (entropy below the reference);
+* ``self_similarity``: each window keeps moving the way the previous window
+  moved away from the reference, and resembles that window more than the
+  reference (the agent imitating itself);
+* ``feedback_outcome_gap``: the proxy ``feedback`` rising or holding while the
+  business ``outcome`` falls.
+
+Everything is computed for all series and windows at once: one pass builds a
+per-run category matrix and per-(series, window) sums, and the tests are numpy
+array operations on those (see *Method* in :func:`detect_drift`). The fleet-level
+entry point :func:`drift_from_runs` works on the small per-run tables
+(:func:`~driftwatch.features.run_features`,
+:func:`~driftwatch.features.run_action_counts`,
+:func:`~driftwatch.features.run_bigram_counts`) and never reads events.
+
+Examples
+--------
+>>> import driftwatch as dw
+>>> from driftwatch import synth
+>>> fleet = synth.generate(days=35, runs_per_day=120, seed=3)
+>>> drift = dw.detect_drift(fleet.events, reference=("2026-10-01", "2026-10-15"))
+>>> hit = drift.filter(pl.col("drifted") & (pl.col("feature") == "action_entropy"))
+>>> hit["series"].unique().to_list()
+['agent=planner']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import polars as pl
+from scipy import sparse, stats
+
+from driftwatch._frames import as_lazy, duration_seconds, normalize_by, series_expr
+from driftwatch.errors import InvalidParameterError, SchemaError
+from driftwatch.features import NUMERIC_RUN_FEATURES, run_action_counts, run_bigram_counts, run_features
+from driftwatch.schema import LLM_ACTION, TS_DTYPE
+
+#: Every feature :func:`detect_drift` reports, in output order.
+FEATURES: tuple[str, ...] = (
+    "tool_mix",
+    "action_bigrams",
+    "steps_per_run",
+    "tokens_per_run",
+    "cost_per_run",
+    "error_rate",
+    "latency",
+    "run_classifier",
+    "action_entropy",
+    "self_similarity",
+    "feedback_outcome_gap",
+)
+
+#: The feedback-driven drift indicators (fixed names; alerts key on them).
+FEEDBACK_FEATURES: tuple[str, ...] = ("action_entropy", "self_similarity", "feedback_outcome_gap")
+
+#: Minimum effect size for ``drifted``, per feature (see ``effect_size`` in :func:`detect_drift`).
+DEFAULT_MIN_EFFECT: dict[str, float] = {
+    "tool_mix": 0.10,  # Jensen-Shannon distance (base 2, in [0, 1]), corrected for sampling noise
+    "action_bigrams": 0.10,  # Jensen-Shannon distance, corrected for sampling noise
+    "steps_per_run": 0.25,  # Wasserstein-1 / reference standard deviation
+    "tokens_per_run": 0.25,
+    "cost_per_run": 0.25,
+    "latency": 0.25,
+    "error_rate": 0.10,  # Cohen's h
+    "run_classifier": 0.20,  # 2 * AUC - 1
+    "action_entropy": 0.05,  # relative entropy drop (H_ref - H) / H_ref
+    "self_similarity": 0.10,  # JS distance to reference minus JS distance to previous window
+    "feedback_outcome_gap": 0.20,  # min(gap widening, outcome drop), in reference standard deviations
+}
+
+_METHODS: dict[str, str] = {
+    "tool_mix": "chi2_rao_scott+jensen_shannon",
+    "action_bigrams": "chi2_rao_scott+jensen_shannon",
+    "steps_per_run": "ks+wasserstein",
+    "tokens_per_run": "ks+wasserstein",
+    "cost_per_run": "ks+wasserstein",
+    "latency": "ks+wasserstein",
+    "error_rate": "chi2+cohen_h",
+    "run_classifier": "c2st_hgb_auc",
+    "action_entropy": "entropy_z_one_sided",
+    "self_similarity": "persistence_z+js_gap",
+    "feedback_outcome_gap": "welch_t_one_sided",
+}
+
+# numeric run features: drift feature name -> expression over run_features columns
+_NUMERIC: dict[str, pl.Expr] = {
+    "steps_per_run": pl.col("n_steps").cast(pl.Float64),
+    "tokens_per_run": pl.col("tokens").cast(pl.Float64),
+    "cost_per_run": pl.col("cost_usd").cast(pl.Float64),
+    "latency": pl.col("latency_ms").cast(pl.Float64) / pl.col("n_steps").cast(pl.Float64),
+}
+_NUMERIC_NEEDS: dict[str, tuple[str, ...]] = {
+    "steps_per_run": ("n_steps",),
+    "tokens_per_run": ("tokens",),
+    "cost_per_run": ("cost_usd",),
+    "latency": ("latency_ms", "n_steps"),
+}
+
+_LABELS: dict[str, tuple[str, str]] = {  # (drifted, not drifted)
+    "tool_mix": ("tool mix shifted", "tool mix steady"),
+    "action_bigrams": ("action sequences shifted", "action sequences steady"),
+    "steps_per_run": ("steps per run changed", "steps per run steady"),
+    "tokens_per_run": ("tokens per run changed", "tokens per run steady"),
+    "cost_per_run": ("cost per run changed", "cost per run steady"),
+    "latency": ("step latency changed", "step latency steady"),
+    "error_rate": ("error rate changed", "error rate steady"),
+    "run_classifier": ("runs distinguishable from reference", "runs not distinguishable from reference"),
+    "action_entropy": ("tool choice narrowing", "tool choice not narrowing"),
+    "self_similarity": ("behaviour imitating itself", "no self-reinforcing shift"),
+    "feedback_outcome_gap": ("feedback holds while outcome falls", "feedback and outcome in line"),
+}
+
+_OUT_COLUMNS: dict[str, pl.DataType] = {
+    "series": pl.String(),
+    "window_start": TS_DTYPE,
+    "window_end": TS_DTYPE,
+    "feature": pl.String(),
+    "method": pl.String(),
+    "statistic": pl.Float64(),
+    "p_value": pl.Float64(),
+    "q_value": pl.Float64(),
+    "drifted": pl.Boolean(),
+    "effect_size": pl.Float64(),
+    "threshold": pl.Float64(),
+    "reference_value": pl.Float64(),
+    "current_value": pl.Float64(),
+    "n_ref": pl.Int64(),
+    "n_cur": pl.Int64(),
+    "explain": pl.String(),
+}
+
+_OTHER = "(other)"
+_QUANTILE_GRID = 256
+_CLF_FOLDS = 2
+_CLF_SHARES = 8
+_EPS = 1e-12
+
+Tables = tuple[pl.DataFrame, pl.DataFrame | None, pl.DataFrame | None]
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+
+
+def detect_drift(
+    events: Any,
+    *,
+    reference: Any,
+    current: Any = None,
+    by: str | Sequence[str] | None = ("agent",),
+    every: str = "1w",
+    alpha: float = 0.01,
+    min_effect: Mapping[str, float] | None = None,
+    min_runs: int = 20,
+    include: Sequence[str] | None = None,
+    max_categories: int = 30,
+    classifier_max_train: int = 20_000,
+    random_state: int = 0,
+) -> pl.DataFrame:
+    """Compare current windows with a reference period, per series and feature.
+
+    Parameters
+    ----------
+    events : polars.DataFrame, polars.LazyFrame or ReadResult
+        Canonical events (the current data, and the reference when
+        ``reference`` is a time range).
+    reference : tuple of (start, end), str, or frame
+        ``(start, end)`` (datetimes, dates or ISO-8601 strings; naive means
+        UTC; ``end`` exclusive): the runs of ``events`` whose first step lies
+        in the range. A duration string such as ``"14d"``: that long from
+        UTC midnight of the first run's day. A frame: reference events of their own.
+    current : tuple of (start, end), frame or None, default=None
+        ``None``: every run of ``events`` starting at or after the reference
+        end. A range: the runs of ``events`` in that range. A frame: events of
+        their own. In every case split into consecutive windows of ``every``
+        (the first starting at the reference end, the range start, or the
+        first day of the frame).
+    by : str or sequence of str, default=("agent",)
+        Run-level columns (``agent``, ``version``) naming the series.
+    every : str, default="1w"
+        Window length, a Polars duration string (``"1d"``, ``"1w"``).
+    alpha : float, default=0.01
+        False-discovery rate for the Benjamini-Hochberg correction across all
+        rows (features, windows and series together).
+    min_effect : mapping of str to float, optional
+        Overrides of :data:`DEFAULT_MIN_EFFECT` per feature.
+    min_runs : int, default=20
+        Windows (and references) with fewer runs in a series are not tested.
+    include : sequence of str, optional
+        Features to compute (default: all of :data:`FEATURES`). Leaving out
+        ``"run_classifier"`` saves most of the time.
+    max_categories : int, default=30
+        Tools (or bigrams) per series kept as their own category; rarer ones
+        are pooled into ``"(other)"``.
+    classifier_max_train : int, default=20_000
+        Training runs per fold of the classifier two-sample test (a random
+        subsample beyond that); every run is still scored out of fold.
+    random_state : int, default=0
+        Seed of the classifier, its folds and the reference split.
+
+    Returns
+    -------
+    polars.DataFrame
+        One row per (series, window, feature) that could be tested, sorted by
+        ``series, window_start, feature``, with columns ``series``, the ``by``
+        columns, ``window_start, window_end`` (UTC), ``feature``, ``method``,
+        ``statistic`` (the test statistic), ``p_value``, ``q_value``
+        (Benjamini-Hochberg), ``drifted`` (``q_value <= alpha`` and
+        ``effect_size >= threshold``), ``effect_size``, ``threshold``,
+        ``reference_value``, ``current_value`` (means, shares or rates the
+        explanation quotes), ``n_ref, n_cur`` (runs) and ``explain``, a
+        sentence a person can read.
+
+    Raises
+    ------
+    InvalidParameterError
+        Bad options, or a reference that holds no runs.
+    SchemaError
+        Events without the required columns.
+
+    Notes
+    -----
+    **Method.** Runs are assigned to windows by their first step. Per series
+    and window (all at once, as array operations):
+
+    * ``tool_mix`` / ``action_bigrams``: the distribution of tool calls (LLM
+      steps excluded) or of consecutive tool pairs. Test: chi-square of
+      homogeneity with a first-order Rao-Scott correction for the clustering
+      of steps within runs (design effects from per-run linearised variances,
+      never below 1). Effect: Jensen-Shannon distance (base 2). PSI is not
+      reported separately; the explanation names the category whose share
+      moved most.
+    * ``steps_per_run``, ``tokens_per_run``, ``cost_per_run``, ``latency``
+      (mean step latency of a run): two-sample Kolmogorov-Smirnov on runs
+      (asymptotic p-value). Effect: Wasserstein-1 distance (on a 256-point
+      quantile grid) divided by the reference standard deviation.
+    * ``error_rate``: share of runs with at least one failed step (runs are
+      independent, so error bursts inside one run count once); chi-square;
+      effect Cohen's h.
+    * ``run_classifier``: a classifier two-sample test. One seeded
+      ``HistGradientBoostingClassifier`` (the series is a categorical input)
+      learns to tell reference runs from current runs on per-run features
+      (``NUMERIC_RUN_FEATURES`` and the shares of the series' 8 main tools)
+      and scores every run out of fold (2 folds); the AUC of each window's
+      runs against its series' reference runs is the statistic, with a
+      one-sided Mann-Whitney p-value. Effect: ``2 * AUC - 1``. The
+      explanation names the run features whose own AUC departs most from 0.5.
+    * ``action_entropy``: Shannon entropy (bits) of the tool mix; one-sided z
+      test that it fell below the reference entropy (delta-method variance,
+      clustered by run). Effect: relative entropy drop.
+    * ``self_similarity`` (windows after the first): the reference is split
+      at random into halves A and B; the direction in which the previous
+      window departed from A is projected onto the departure of this window
+      from B, a one-sided z test (clustered variances) that the window keeps
+      moving the same way. Effect: JS distance to the reference minus JS
+      distance to the previous window. A drift that has settled persistently
+      (a deploy) can also register here; together with ``action_entropy``
+      and a growing ``tool_mix`` distance it marks an agent reinforcing its
+      own habits.
+    * ``feedback_outcome_gap`` (runs logging both ``feedback`` and
+      ``outcome``): per run, the standardised feedback minus the standardised
+      outcome (reference means and standard deviations); one-sided Welch t
+      test that the gap widened. Effect: the smaller of the gap widening and
+      the outcome drop, in reference standard deviations, so a rising proxy
+      alone is not an alarm.
+
+    With large samples p-values collapse towards zero, so ``drifted`` needs
+    both a q-value at most ``alpha`` and ``effect_size >= threshold``
+    (defaults: :data:`DEFAULT_MIN_EFFECT`).
+
+    Examples
+    --------
+    >>> import driftwatch as dw
+    >>> from driftwatch import synth
+    >>> fleet = synth.generate(days=35, runs_per_day=120, seed=3)
+    >>> d = dw.detect_drift(fleet.events, reference=("2026-10-01", "2026-10-15"),
+    ...                     include=["tool_mix", "action_entropy", "feedback_outcome_gap"])
+    >>> d.filter("drifted").group_by("series").len().sort("series")["series"].to_list()
+    ['agent=planner']
+    """
+    lf = as_lazy(events)
+    main = _tables_from_events(lf)
+    ref = _frame_to_tables(reference, "reference")
+    cur = _frame_to_tables(current, "current")
+    return drift_from_runs(
+        *main,
+        reference=reference if ref is None else ref,
+        current=current if cur is None else cur,
+        by=by,
+        every=every,
+        alpha=alpha,
+        min_effect=min_effect,
+        min_runs=min_runs,
+        include=include,
+        max_categories=max_categories,
+        classifier_max_train=classifier_max_train,
+        random_state=random_state,
+    )
+
+
+def drift_from_runs(
+    features: pl.DataFrame | pl.LazyFrame,
+    action_counts: pl.DataFrame | pl.LazyFrame | None = None,
+    bigram_counts: pl.DataFrame | pl.LazyFrame | None = None,
+    *,
+    reference: Any,
+    current: Any = None,
+    by: str | Sequence[str] | None = ("agent",),
+    every: str = "1w",
+    alpha: float = 0.01,
+    min_effect: Mapping[str, float] | None = None,
+    min_runs: int = 20,
+    include: Sequence[str] | None = None,
+    max_categories: int = 30,
+    classifier_max_train: int = 20_000,
+    random_state: int = 0,
+) -> pl.DataFrame:
+    """:func:`detect_drift` on per-run tables (the fleet stage of the audit).
+
+    Parameters
+    ----------
+    features : polars.DataFrame or polars.LazyFrame
+        :func:`~driftwatch.features.run_features` output (at least ``run_id``,
+        ``first_ts`` and the ``by`` columns; the other columns feed the
+        features they name). Chunks may be concatenated.
+    action_counts, bigram_counts : polars.DataFrame or LazyFrame, optional
+        :func:`~driftwatch.features.run_action_counts` and
+        :func:`~driftwatch.features.run_bigram_counts` output; without them
+        the tool-mix (and feedback indicators built on it) or bigram rows are
+        skipped.
+    reference, current
+        As in :func:`detect_drift`; frames are canonical events (their
+        per-run tables are computed), or a tuple ``(features, action_counts,
+        bigram_counts)`` of per-run tables.
+    by, every, alpha, min_effect, min_runs, include, max_categories, classifier_max_train, random_state
+        As in :func:`detect_drift`.
+
+    Returns
+    -------
+    polars.DataFrame
+        Same columns as :func:`detect_drift`.
+
+    Examples
+    --------
+    >>> from driftwatch import synth, features as F
+    >>> ev = synth.generate(days=28, runs_per_day=100, seed=1).events
+    >>> d = drift_from_runs(F.run_features(ev), F.run_action_counts(ev), F.run_bigram_counts(ev),
+    ...                     reference="14d", include=["tool_mix", "steps_per_run"])
+    >>> sorted(d["feature"].unique())
+    ['steps_per_run', 'tool_mix']
+    """
+    opts = _Options.make(
+        by=by,
+        every=every,
+        alpha=alpha,
+        min_effect=min_effect,
+        min_runs=min_runs,
+        include=include,
+        max_categories=max_categories,
+        classifier_max_train=classifier_max_train,
+        random_state=random_state,
+    )
+    main = _check_tables((features, action_counts, bigram_counts), "features")
+    data = _assemble(main, reference, current, opts)
+    if data is None:
+        return _empty(opts.by)
+    parts: list[pl.DataFrame] = []
+    want = set(opts.include)
+    tool = None
+    if want & {"tool_mix", "action_entropy", "self_similarity", "run_classifier"}:
+        tool = _category_block(data, "actions", opts)
+        if tool is not None:
+            if "tool_mix" in want:
+                parts.append(_categorical_rows(data, tool, "tool_mix", opts))
+            if "action_entropy" in want:
+                parts.append(_entropy_rows(data, tool, opts))
+            if "self_similarity" in want:
+                parts.append(_self_similarity_rows(data, tool, opts))
+    if "action_bigrams" in want:
+        big = _category_block(data, "bigrams", opts)
+        if big is not None:
+            parts.append(_categorical_rows(data, big, "action_bigrams", opts))
+    if "error_rate" in want:
+        err = _error_block(data)
+        if err is not None:
+            parts.append(_categorical_rows(data, err, "error_rate", opts))
+    for name in _NUMERIC:
+        if name in want:
+            part = _numeric_rows(data, name, opts)
+            if part is not None:
+                parts.append(part)
+    if "feedback_outcome_gap" in want:
+        part = _gap_rows(data, opts)
+        if part is not None:
+            parts.append(part)
+    if "run_classifier" in want:
+        part = _classifier_rows(data, tool, opts)
+        if part is not None:
+            parts.append(part)
+    parts = [p for p in parts if p.height]
+    if not parts:
+        return _empty(opts.by)
+    return _finish(pl.concat(parts, how="vertical_relaxed"), data, opts)
+
+
+# --------------------------------------------------------------------------------------------
+# options and inputs
+
+
+@dataclass(frozen=True)
+class _Options:
+    by: tuple[str, ...]
+    every_us: int
+    alpha: float
+    min_effect: dict[str, float]
+    min_runs: int
+    include: tuple[str, ...]
+    max_categories: int
+    classifier_max_train: int
+    random_state: int
+
+    @classmethod
+    def make(cls, **kw: Any) -> _Options:
+        by = normalize_by(kw["by"])
+        for c in by:
+            if not isinstance(c, str):
+                raise InvalidParameterError(f"by must name columns (strings), got {kw['by']!r}")
+        every_us = int(round(duration_seconds(kw["every"], name="every") * 1e6))
+        if every_us <= 0:
+            raise InvalidParameterError(f"every must be a positive duration, got {kw['every']!r}")
+        alpha = kw["alpha"]
+        if not isinstance(alpha, int | float) or not 0 < alpha < 1:
+            raise InvalidParameterError(f"alpha must be a number in (0, 1), got {alpha!r}")
+        me = dict(DEFAULT_MIN_EFFECT)
+        if kw["min_effect"] is not None:
+            if not isinstance(kw["min_effect"], Mapping):
+                raise InvalidParameterError(
+                    "min_effect must be a mapping of feature name to minimum effect size, e.g. "
+                    f"{{'tool_mix': 0.15}}; got {kw['min_effect']!r}"
+                )
+            for k, v in kw["min_effect"].items():
+                if k not in me:
+                    raise InvalidParameterError(f"min_effect has unknown feature {k!r}; features are {list(FEATURES)}")
+                if not isinstance(v, int | float) or not np.isfinite(v):
+                    raise InvalidParameterError(f"min_effect[{k!r}] must be a finite number, got {v!r}")
+                me[k] = float(v)
+        min_runs = kw["min_runs"]
+        if not isinstance(min_runs, int) or isinstance(min_runs, bool) or min_runs < 2:
+            raise InvalidParameterError(f"min_runs must be an integer >= 2, got {min_runs!r}")
+        inc = kw["include"]
+        if inc is None:
+            include = FEATURES
+        else:
+            if isinstance(inc, str):
+                inc = (inc,)
+            bad = [f for f in inc if f not in FEATURES]
+            if bad:
+                raise InvalidParameterError(f"include has unknown feature(s) {bad}; features are {list(FEATURES)}")
+            include = tuple(f for f in FEATURES if f in set(inc))
+        mc = kw["max_categories"]
+        if not isinstance(mc, int) or isinstance(mc, bool) or mc < 2:
+            raise InvalidParameterError(f"max_categories must be an integer >= 2, got {mc!r}")
+        cmt = kw["classifier_max_train"]
+        if not isinstance(cmt, int) or isinstance(cmt, bool) or cmt < 50:
+            raise InvalidParameterError(f"classifier_max_train must be an integer >= 50, got {cmt!r}")
+        rs = kw["random_state"]
+        if not isinstance(rs, int) or isinstance(rs, bool) or rs < 0:
+            raise InvalidParameterError(f"random_state must be a non-negative integer, got {rs!r}")
+        return cls(by, every_us, float(alpha), me, min_runs, include, mc, cmt, rs)
+
+
+def _is_frame(x: Any) -> bool:
+    return isinstance(x, pl.DataFrame | pl.LazyFrame) or (
+        hasattr(x, "events") and isinstance(getattr(x, "events", None), pl.DataFrame | pl.LazyFrame)
+    )
+
+
+def _tables_from_events(lf: pl.LazyFrame) -> Tables:
+    return run_features(lf), run_action_counts(lf), run_bigram_counts(lf)
+
+
+def _frame_to_tables(x: Any, name: str) -> Tables | None:
+    """Events frame -> its per-run tables; anything else -> None (handled later)."""
+    if _is_frame(x):
+        return _tables_from_events(as_lazy(x, name=name))
+    return None
+
+
+def _collect(x: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    return x.collect() if isinstance(x, pl.LazyFrame) else x
+
+
+def _check_tables(t: Sequence[Any], name: str) -> Tables:
+    feats, acts, bigr = t
+    if not isinstance(feats, pl.DataFrame | pl.LazyFrame):
+        raise InvalidParameterError(
+            f"{name} must be a polars DataFrame or LazyFrame of per-run features "
+            f"(driftwatch.features.run_features), got {type(feats).__name__}"
+        )
+    feats = _collect(feats)
+    missing = [c for c in ("run_id", "first_ts") if c not in feats.columns]
+    if missing:
+        raise SchemaError(f"{name}: per-run features need column(s) {missing}; found {feats.columns}")
+    if not isinstance(feats.schema["first_ts"], pl.Datetime):
+        raise SchemaError(f"{name}: column 'first_ts' must be a datetime, found {feats.schema['first_ts']}")
+    dtype = feats.schema["first_ts"]
+    if dtype != TS_DTYPE:
+        ts = pl.col("first_ts")
+        ts = ts.dt.replace_time_zone("UTC") if dtype.time_zone is None else ts.dt.convert_time_zone("UTC")  # type: ignore[union-attr]
+        feats = feats.with_columns(ts.dt.cast_time_unit("us"))
+    out: list[pl.DataFrame | None] = [feats]
+    for tab, col, label in ((acts, "action", "action_counts"), (bigr, "bigram", "bigram_counts")):
+        if tab is None:
+            out.append(None)
+            continue
+        if not isinstance(tab, pl.DataFrame | pl.LazyFrame):
+            raise InvalidParameterError(f"{label} must be a polars DataFrame or LazyFrame, got {type(tab).__name__}")
+        tab = _collect(tab)
+        need = [c for c in ("run_id", col, "n") if c not in tab.columns]
+        if need:
+            raise SchemaError(f"{label}: need column(s) {need}; found {tab.columns}")
+        out.append(tab.select("run_id", pl.col(col).cast(pl.String).alias("category"), pl.col("n").cast(pl.Float64)))
+    return out[0], out[1], out[2]  # type: ignore[return-value]
+
+
+def _to_utc(x: Any, name: str) -> datetime:
+    if isinstance(x, str):
+        try:
+            x = datetime.fromisoformat(x.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidParameterError(f"{name}: expected an ISO-8601 date or datetime, got {x!r}") from None
+    elif isinstance(x, np.datetime64):
+        x = datetime.fromtimestamp(int(x.astype("datetime64[us]").astype(np.int64)) / 1e6, tz=UTC)
+    elif isinstance(x, date) and not isinstance(x, datetime):
+        x = datetime(x.year, x.month, x.day)
+    if not isinstance(x, datetime):
+        raise InvalidParameterError(f"{name}: expected a datetime, date or ISO-8601 string, got {x!r}")
+    return x.replace(tzinfo=UTC) if x.tzinfo is None else x.astimezone(UTC)
+
+
+def _range(x: Any, name: str) -> tuple[datetime, datetime]:
+    start, end = _to_utc(x[0], f"{name}[0]"), _to_utc(x[1], f"{name}[1]")
+    if not start < end:
+        raise InvalidParameterError(f"{name} must be a (start, end) range with start < end, got {start} .. {end}")
+    return start, end
+
+
+def _is_range(x: Any) -> bool:
+    return isinstance(x, tuple | list) and len(x) == 2 and not any(_is_frame(v) for v in x)
+
+
+def _is_tables(x: Any) -> bool:
+    return isinstance(x, tuple | list) and len(x) == 3 and isinstance(x[0], pl.DataFrame | pl.LazyFrame)
+
+
+@dataclass
+class _Data:
+    """All runs of the comparison, sorted by (series, slot); slot 0 is the reference."""
+
+    runs: pl.DataFrame  # _row, _src, run_id, _s, _slot, by columns, run features
+    counts: dict[str, pl.DataFrame]  # "actions"/"bigrams": _row, _s, category, n
+    series: pl.DataFrame  # _s, series, by columns
+    n_series: int
+    n_slots: int
+    origin: datetime
+    s: np.ndarray  # per run (row order)
+    slot: np.ndarray
+
+    @property
+    def groups(self) -> int:
+        return self.n_series * self.n_slots
+
+    @property
+    def gid(self) -> np.ndarray:
+        return self.s * self.n_slots + self.slot
+
+
+def _assemble(main: Tables, reference: Any, current: Any, opts: _Options) -> _Data | None:
+    first = main[0]["first_ts"]
+    # ---- reference
+    if isinstance(reference, str):
+        dur = timedelta(seconds=duration_seconds(reference, name="reference"))
+        if first.is_empty() or first.null_count() == first.len():
+            raise InvalidParameterError("reference: the per-run table is empty, so a duration reference has no start")
+        fmin: datetime = first.min()  # type: ignore[assignment]
+        start = datetime(fmin.year, fmin.month, fmin.day, tzinfo=UTC)  # UTC midnight of the first run
+        ref_tabs, ref_lo, ref_hi, src_ref = main, start, start + dur, 0
+    elif _is_range(reference):
+        lo, hi = _range(reference, "reference")
+        ref_tabs, ref_lo, ref_hi, src_ref = main, lo, hi, 0
+    elif _is_tables(reference):
+        ref_tabs = _check_tables(reference, "reference")
+        ref_lo = ref_hi = None
+        src_ref = 1
+    elif _is_frame(reference):
+        ref_tabs = _tables_from_events(as_lazy(reference, name="reference"))
+        ref_tabs = _check_tables(ref_tabs, "reference")
+        ref_lo = ref_hi = None
+        src_ref = 1
+    else:
+        raise InvalidParameterError(
+            "reference must be a (start, end) range, a duration string like '14d', a frame of reference "
+            f"events or a tuple (features, action_counts, bigram_counts); got {type(reference).__name__}"
+        )
+    ref_runs = _window_frame(ref_tabs[0], ref_lo, ref_hi, None, 0, src_ref)
+    if ref_runs.height == 0:
+        span = (first.min(), first.max()) if first.len() else (None, None)
+        raise InvalidParameterError(
+            f"reference holds no runs (range {ref_lo} .. {ref_hi}); the runs start between {span[0]} and {span[1]}"
+        )
+    if ref_hi is None:
+        last = ref_tabs[0]["last_ts"] if "last_ts" in ref_tabs[0].columns else ref_tabs[0]["first_ts"]
+        ref_hi = last.max() + timedelta(microseconds=1)  # type: ignore[operator]
+    # ---- current
+    if current is None:
+        cur_tabs, lo, hi, origin, src_cur = main, ref_hi, None, ref_hi, 0
+    elif _is_range(current):
+        lo, hi = _range(current, "current")
+        cur_tabs, origin, src_cur = main, lo, 0
+    elif _is_tables(current) or _is_frame(current):
+        cur_tabs = _check_tables(current, "current") if _is_tables(current) else _check_tables(
+            _tables_from_events(as_lazy(current, name="current")), "current"
+        )
+        lo = hi = None
+        fmin = cur_tabs[0]["first_ts"].min()
+        if fmin is None:
+            return None
+        origin = datetime(fmin.year, fmin.month, fmin.day, tzinfo=UTC)  # type: ignore[union-attr]
+        src_cur = 2
+    else:
+        raise InvalidParameterError(
+            "current must be None, a (start, end) range, a frame of events or a tuple of per-run tables; "
+            f"got {type(current).__name__}"
+        )
+    cur_runs = _window_frame(cur_tabs[0], lo, hi, origin, opts.every_us, src_cur)
+    if cur_runs.height == 0:
+        return None
+    for c in opts.by:
+        for label, fr in (("reference", ref_runs), ("current", cur_runs)):
+            if c not in fr.columns:
+                raise SchemaError(f"{label}: by column {c!r} is not in the per-run features; found {fr.columns}")
+    runs = pl.concat([ref_runs, cur_runs], how="diagonal_relaxed").with_columns(series_expr(opts.by))
+    ref_series = runs.filter(pl.col("_slot") == 0)["series"].unique()
+    runs = runs.filter(pl.col("series").is_in(ref_series.implode()))
+    if runs.filter(pl.col("_slot") > 0).height == 0:
+        return None
+    series = (
+        runs.select(["series", *opts.by]).unique("series").sort("series").with_row_index("_s").with_columns(
+            pl.col("_s").cast(pl.Int64)
+        )
+    )
+    runs = (
+        runs.join(series.select("series", "_s"), on="series")
+        .sort("_s", "_slot", "_src", "run_id")
+        .with_row_index("_row")
+        .with_columns(pl.col("_row").cast(pl.Int64))
+    )
+    n_slots = int(runs["_slot"].max()) + 1  # type: ignore[arg-type]
+    if series.height * n_slots > 2_000_000:
+        raise InvalidParameterError(
+            f"every={timedelta(microseconds=opts.every_us)} gives {n_slots - 1} windows for {series.height} "
+            "series; use a longer window"
+        )
+    counts: dict[str, pl.DataFrame] = {}
+    keys = runs.select("_src", "run_id", "_row", "_s")
+    for i, kind in ((1, "actions"), (2, "bigrams")):
+        tabs = []
+        for src, t in ((src_ref, ref_tabs), (src_cur, cur_tabs)):
+            if t[i] is not None:
+                tabs.append(t[i].with_columns(pl.lit(src, dtype=pl.Int8).alias("_src")))  # type: ignore[union-attr]
+        if len(tabs) == 2 and src_ref == src_cur:
+            tabs = tabs[:1]
+        if len(tabs) < (1 if src_ref == src_cur else 2):
+            continue
+        cnt = pl.concat(tabs).join(keys, on=["_src", "run_id"], how="inner")
+        if kind == "actions":
+            cnt = cnt.filter(pl.col("category") != LLM_ACTION)
+        counts[kind] = cnt.select("_row", "_s", "category", "n")
+    return _Data(
+        runs=runs,
+        counts=counts,
+        series=series,
+        n_series=series.height,
+        n_slots=n_slots,
+        origin=origin,
+        s=runs["_s"].to_numpy(),
+        slot=runs["_slot"].to_numpy(),
+    )
+
+
+def _window_frame(
+    feats: pl.DataFrame, lo: datetime | None, hi: datetime | None, origin: datetime | None, every_us: int, src: int
+) -> pl.DataFrame:
+    lf = feats.lazy()
+    if lo is not None:
+        lf = lf.filter(pl.col("first_ts") >= lo)
+    if hi is not None:
+        lf = lf.filter(pl.col("first_ts") < hi)
+    if origin is None:
+        slot = pl.lit(0, dtype=pl.Int64)
+    else:
+        slot = (pl.col("first_ts") - pl.lit(origin, dtype=TS_DTYPE)).dt.total_microseconds() // every_us + 1
+        lf = lf.filter(pl.col("first_ts") >= origin)
+    return lf.filter(pl.col("first_ts").is_not_null()).with_columns(
+        slot.cast(pl.Int64).alias("_slot"), pl.lit(src, dtype=pl.Int8).alias("_src")
+    ).collect()
+
+
+# --------------------------------------------------------------------------------------------
+# group sums
+
+
+def _gsum(x: np.ndarray, gid: np.ndarray, n_groups: int) -> np.ndarray:
+    """Sum rows of ``x`` (1-D or 2-D) per group id."""
+    if x.ndim == 1:
+        return np.bincount(gid, weights=x, minlength=n_groups)
+    onehot = sparse.csr_matrix((np.ones(gid.size), (gid, np.arange(gid.size))), shape=(n_groups, gid.size))
+    return np.asarray(onehot @ x)
+
+
+@dataclass
+class _Cat:
+    """Per-run category counts and per-(series, slot) sums of one categorical feature."""
+
+    C: np.ndarray  # runs x K counts
+    m: np.ndarray  # runs: total count
+    names: np.ndarray  # series x K category names
+    S1: np.ndarray  # groups x K
+    S2: np.ndarray
+    S3: np.ndarray
+    N: np.ndarray  # groups
+    M2: np.ndarray
+    R: np.ndarray  # runs with m > 0
+    n_runs: np.ndarray  # all runs
+
+    def p(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.S1 / self.N[:, None]
+
+    def var(self) -> np.ndarray:
+        """Clustered (per-run linearised) variance of each share."""
+        p = self.p()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ss = self.S2 - 2 * p * self.S3 + p**2 * self.M2[:, None]
+            v = self.R / (self.R - 1.0)
+            out = v[:, None] * np.maximum(ss, 0.0) / self.N[:, None] ** 2
+        out[self.R < 2] = np.nan
+        return out
+
+
+def _cat_from_matrix(data: _Data, C: np.ndarray, names: np.ndarray) -> _Cat:
+    gid, G = data.gid, data.groups
+    m = C.sum(axis=1)
+    return _Cat(
+        C=C,
+        m=m,
+        names=names,
+        S1=_gsum(C, gid, G),
+        S2=_gsum(C**2, gid, G),
+        S3=_gsum(C * m[:, None], gid, G),
+        N=_gsum(m, gid, G),
+        M2=_gsum(m**2, gid, G),
+        R=_gsum((m > 0).astype(float), gid, G),
+        n_runs=np.bincount(gid, minlength=G).astype(float),
+    )
+
+
+def _category_block(data: _Data, kind: str, opts: _Options) -> _Cat | None:
+    cnt = data.counts.get(kind)
+    if cnt is None or cnt.height == 0:
+        return None
+    K = opts.max_categories
+    tot = (
+        cnt.group_by("_s", "category")
+        .agg(pl.col("n").sum().alias("_tot"))
+        .with_columns(
+            pl.struct(-pl.col("_tot"), pl.col("category")).rank("ordinal").over("_s").cast(pl.Int64).alias("_rk"),
+            pl.len().over("_s").alias("_ncat"),
+        )
+        .with_columns(
+            pl.when((pl.col("_ncat") > K) & (pl.col("_rk") >= K))
+            .then(pl.lit(K - 1, dtype=pl.Int64))
+            .otherwise(pl.col("_rk") - 1)
+            .alias("_k")
+        )
+    )
+    Keff = int(min(K, tot["_ncat"].max()))  # type: ignore[arg-type]
+    idx = cnt.join(tot.select("_s", "category", "_k"), on=["_s", "category"])
+    R = data.runs.height
+    flat = idx["_row"].to_numpy() * Keff + idx["_k"].to_numpy()
+    C = np.bincount(flat, weights=idx["n"].to_numpy(), minlength=R * Keff).reshape(R, Keff)
+    names = np.full((data.n_series, Keff), "", dtype=object)
+    nm = tot.with_columns(
+        pl.when((pl.col("_k") == K - 1) & (pl.col("_ncat") > K))
+        .then(pl.lit(_OTHER))
+        .otherwise(pl.col("category"))
+        .alias("_name")
+    ).unique(["_s", "_k"])
+    names[nm["_s"].to_numpy(), nm["_k"].to_numpy()] = nm["_name"].to_numpy()
+    return _cat_from_matrix(data, C, names)
+
+
+def _error_block(data: _Data) -> _Cat | None:
+    """Runs with at least one failed step vs runs without (one unit per run, so no clustering)."""
+    if "n_errors" not in data.runs.columns:
+        return None
+    err = data.runs["n_errors"].fill_null(0).to_numpy().astype(float)
+    if err.sum() == 0:
+        return None  # status not logged (or a fleet without a single error): nothing to test
+    failed = (err > 0).astype(float)
+    C = np.stack([failed, 1.0 - failed], axis=1)
+    names = np.tile(np.array(["failed", "ok"], dtype=object), (data.n_series, 1))
+    return _cat_from_matrix(data, C, names)
+
+
+# --------------------------------------------------------------------------------------------
+# rows
+
+
+def _pair_frame(data: _Data, mask: np.ndarray, feature: str, cols: dict[str, np.ndarray]) -> pl.DataFrame:
+    """Rows for the (series, current slot) cells selected by ``mask`` (shape series x n_slots-1)."""
+    s_idx, w_idx = np.nonzero(mask)
+    out: dict[str, Any] = {
+        "_s": s_idx.astype(np.int64),
+        "_slot": (w_idx + 1).astype(np.int64),
+        "feature": feature,
+        "method": _METHODS[feature],
+    }
+    for k, v in cols.items():
+        out[k] = v[s_idx, w_idx] if isinstance(v, np.ndarray) and v.ndim == 2 else v
+    return pl.DataFrame(out)
+
+
+def _js(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Jensen-Shannon distance (base 2) along the last axis."""
+    m = 0.5 * (p + q)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        kp = np.where(p > 0, p * np.log2(p / np.where(m > 0, m, 1.0)), 0.0).sum(-1)
+        kq = np.where(q > 0, q * np.log2(q / np.where(m > 0, m, 1.0)), 0.0).sum(-1)
+    return np.sqrt(np.clip(0.5 * (kp + kq), 0.0, 1.0))
+
+
+def _shape(data: _Data, a: np.ndarray) -> np.ndarray:
+    return a.reshape(data.n_series, data.n_slots, *a.shape[1:])
+
+
+def _testable(data: _Data, n_runs: np.ndarray, opts: _Options) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = _shape(data, n_runs)
+    n_ref = np.broadcast_to(n[:, :1], (data.n_series, data.n_slots - 1))
+    n_cur = n[:, 1:]
+    ok = (n_ref >= opts.min_runs) & (n_cur >= opts.min_runs)
+    return ok, n_ref, n_cur
+
+
+def _pair(
+    a: np.ndarray, va: np.ndarray, na: np.ndarray, b: np.ndarray, vb: np.ndarray, nb: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Two-sample statistics of category counts ``a`` vs ``b`` (last axis: categories).
+
+    ``va``/``vb`` are the clustered variances of the shares and ``na``/``nb``
+    the totals (with a trailing axis of 1). Returns the shares, the Rao-Scott
+    corrected chi-square, its p-value and the Jensen-Shannon distance, raw and
+    corrected for sampling noise.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pa, pb = a / na, b / nb
+        pool = (a + b) / (na + nb)
+        live = pool > 0
+        ea, eb = na * pool, nb * pool
+        chi2 = np.where(live, (a - ea) ** 2 / np.where(live, ea, 1) + (b - eb) ** 2 / np.where(live, eb, 1), 0).sum(-1)
+        df = live.sum(-1) - 1
+        inner = live & (pool < 1)
+        noise = np.nan_to_num(va) + np.nan_to_num(vb)
+        srs = pool * (1 - pool) * (1 / na + 1 / nb)
+        dk = np.where(inner, noise / np.where(inner, srs, 1), 0.0)
+        deff = np.where(df > 0, ((1 - pool) * dk).sum(-1) / np.maximum(df, 1), 1.0)
+        deff = np.maximum(np.nan_to_num(deff, nan=1.0), 1.0)
+        stat = chi2 / deff
+        p = np.where(df > 0, stats.chi2.sf(stat, np.maximum(df, 1)), 1.0)
+        pa_b, pb_b = np.broadcast_arrays(pa, pb)
+        js = _js(pa_b, pb_b)
+        # E[JS] under no change ~ sum_k Var(pa_k - pb_k) / (8 m_k) (second-order expansion), in bits
+        m = 0.5 * (pa_b + pb_b)
+        bias = np.where(m > 0, noise / (8 * np.where(m > 0, m, 1)), 0.0).sum(-1) / np.log(2.0)
+        js_c = np.sqrt(np.clip(js**2 - bias, 0.0, 1.0))
+    return {"pa": pa_b, "pb": pb_b, "stat": stat, "p": p, "js": js, "js_c": js_c}
+
+
+def _categorical_rows(data: _Data, cat: _Cat, feature: str, opts: _Options) -> pl.DataFrame:
+    S1, N, V = _shape(data, cat.S1), _shape(data, cat.N), _shape(data, cat.var())
+    na, nb = N[:, :1, None], N[:, 1:, None]
+    r = _pair(S1[:, :1], V[:, :1], na, S1[:, 1:], V[:, 1:], nb)
+    pa_b, pb, stat, p = r["pa"], r["pb"], r["stat"], r["p"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if feature == "error_rate":
+            ref_v, cur_v = pa_b[..., 0], pb[..., 0]
+            effect = np.abs(2 * np.arcsin(np.sqrt(cur_v)) - 2 * np.arcsin(np.sqrt(ref_v)))
+            what = np.full(ref_v.shape, "", dtype=object)
+        else:
+            effect = r["js_c"]
+            k = np.argmax(np.abs(np.nan_to_num(pb - pa_b)), axis=-1)
+            ref_v = np.take_along_axis(pa_b, k[..., None], -1)[..., 0]
+            cur_v = np.take_along_axis(pb, k[..., None], -1)[..., 0]
+            what = np.take_along_axis(np.broadcast_to(cat.names[:, None, :], pb.shape), k[..., None], -1)[..., 0]
+    ok, n_ref, n_cur = _testable(data, cat.n_runs, opts)
+    ok &= (na[..., 0] > 0) & (nb[..., 0] > 0)
+    return _pair_frame(
+        data,
+        ok,
+        feature,
+        {
+            "statistic": stat,
+            "p_value": p,
+            "effect_size": effect,
+            "reference_value": ref_v,
+            "current_value": cur_v,
+            "n_ref": n_ref,
+            "n_cur": n_cur,
+            "_what": what.astype(str),
+        },
+    )
+
+
+def _entropy(data: _Data, cat: _Cat) -> tuple[np.ndarray, np.ndarray]:
+    """Entropy (nats) per group and its clustered delta-method variance."""
+    p = cat.p()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        logp = np.where(p > 0, np.log(np.where(p > 0, p, 1.0)), 0.0)
+        H = -(np.nan_to_num(p) * logp).sum(-1)
+        gid = data.gid
+        u = (cat.C * logp[gid]).sum(1)
+        z = -(u + cat.m * H[gid]) / cat.N[gid]
+        var = cat.R / (cat.R - 1.0) * _gsum(np.nan_to_num(z) ** 2, gid, data.groups)
+    var[cat.R < 2] = np.nan
+    return H, var
+
+
+def _entropy_rows(data: _Data, cat: _Cat, opts: _Options) -> pl.DataFrame:
+    H, V = _entropy(data, cat)
+    H, V = _shape(data, H), _shape(data, V)
+    h0, v0 = H[:, :1], V[:, :1]
+    h1, v1 = H[:, 1:], V[:, 1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = (h1 - h0) / np.sqrt(v0 + v1)
+        p = stats.norm.cdf(z)
+        effect = np.where(h0 > 0, (h0 - h1) / np.where(h0 > 0, h0, 1), 0.0)
+    ok, n_ref, n_cur = _testable(data, cat.n_runs, opts)
+    N = _shape(data, cat.N)
+    ok &= (N[:, :1] > 0) & (N[:, 1:] > 0) & np.isfinite(z)
+    ln2 = np.log(2.0)
+    return _pair_frame(
+        data,
+        ok,
+        "action_entropy",
+        {
+            "statistic": z,
+            "p_value": p,
+            "effect_size": effect,
+            "reference_value": np.broadcast_to(h0 / ln2, h1.shape),
+            "current_value": h1 / ln2,
+            "n_ref": n_ref,
+            "n_cur": n_cur,
+            "_what": np.full(h1.shape, "", dtype=object).astype(str),
+        },
+    )
+
+
+def _self_similarity_rows(data: _Data, cat: _Cat, opts: _Options) -> pl.DataFrame:
+    S, W1, K = data.n_series, data.n_slots, cat.C.shape[1]
+    if W1 < 3:
+        return pl.DataFrame()
+    # split the reference runs into halves A / B at random (seeded)
+    is_ref = data.slot == 0
+    rng = np.random.default_rng(opts.random_state)
+    half = rng.integers(0, 2, data.runs.height)
+    ref_rows = np.flatnonzero(is_ref)
+    gh = data.s[ref_rows] * 2 + half[ref_rows]
+    Cr, mr = cat.C[ref_rows], cat.m[ref_rows]
+    S1h = _gsum(Cr, gh, 2 * S).reshape(S, 2, K)
+    Nh = _gsum(mr, gh, 2 * S).reshape(S, 2)
+    Rh = _gsum((mr > 0).astype(float), gh, 2 * S).reshape(S, 2)
+    nh = np.bincount(gh, minlength=2 * S).reshape(S, 2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ph = S1h / Nh[..., None]  # S x 2 x K
+    pA, pB = ph[:, 0], ph[:, 1]
+    # clustered covariance of the half-B shares, per series (K x K)
+    covB = np.zeros((S, K, K))
+    bmask = half[ref_rows] == 1
+    rows_b = ref_rows[bmask]
+    sb = data.s[rows_b]
+    eb = cat.C[rows_b] - np.nan_to_num(pB[sb]) * cat.m[rows_b, None]
+    order = np.argsort(sb, kind="stable")
+    sb, eb = sb[order], eb[order]
+    bounds = np.searchsorted(sb, np.arange(S + 1))
+    for s in range(S):  # one K x K product per series
+        e = eb[bounds[s] : bounds[s + 1]]
+        if e.shape[0] >= 2 and Nh[s, 1] > 0:
+            covB[s] = e.T @ e * (Rh[s, 1] / (Rh[s, 1] - 1.0)) / Nh[s, 1] ** 2
+    P = _shape(data, cat.p())  # S x W1 x K
+    pref = P[:, 0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # direction: how the previous window departed from half A (chi-square metric)
+        b = (P[:, 1:-1] - pA[:, None]) / (np.nan_to_num(pref[:, None]) + 1e-3)  # S x (W1-2) x K, for slots 2..
+        b = np.nan_to_num(b)
+        L = (b * (P[:, 2:] - pB[:, None])).sum(-1)
+        # variance of b . p_w for the window (clustered), and of b . p_B
+        G = data.groups
+        bfull = np.zeros((S, W1, K))
+        bfull[:, 2:] = b
+        bflat = bfull.reshape(G, K)
+        gid = data.gid
+        pg = np.nan_to_num(cat.p())
+        bp = (bflat * pg).sum(-1)
+        x = ((cat.C * bflat[gid]).sum(1) - bp[gid] * cat.m) / cat.N[gid]
+        vw = cat.R / (cat.R - 1.0) * _gsum(np.nan_to_num(x) ** 2, gid, G)
+        vw = _shape(data, vw)[:, 2:]
+        vb = np.einsum("swk,skl,swl->sw", b, covB, b)
+        z = L / np.sqrt(vw + vb)
+        pval = stats.norm.sf(z)
+    S1, N, V = _shape(data, cat.S1), _shape(data, cat.N), _shape(data, cat.var())
+    d_ref = _pair(S1[:, :1], V[:, :1], N[:, :1, None], S1[:, 2:], V[:, 2:], N[:, 2:, None])["js_c"]
+    d_prev = _pair(S1[:, 1:-1], V[:, 1:-1], N[:, 1:-1, None], S1[:, 2:], V[:, 2:], N[:, 2:, None])["js_c"]
+    ok, n_ref, n_cur = _testable(data, cat.n_runs, opts)
+    n = _shape(data, cat.n_runs)
+    ok2 = ok[:, 1:] & (n[:, 1:-1] >= opts.min_runs) & (nh.min(axis=1) >= max(2, opts.min_runs // 2))[:, None]
+    ok2 &= np.isfinite(z)
+    full = np.zeros((S, W1 - 1), dtype=bool)
+    full[:, 1:] = ok2
+
+    def pad(a: np.ndarray) -> np.ndarray:
+        o = np.full((S, W1 - 1), np.nan)
+        o[:, 1:] = a
+        return o
+
+    return _pair_frame(
+        data,
+        full,
+        "self_similarity",
+        {
+            "statistic": pad(z),
+            "p_value": pad(pval),
+            "effect_size": pad(d_ref - d_prev),
+            "reference_value": pad(d_ref),
+            "current_value": pad(d_prev),
+            "n_ref": n_ref,
+            "n_cur": n_cur,
+            "_what": np.full((S, W1 - 1), "", dtype=object).astype(str),
+        },
+    )
+
+
+def _numeric_values(data: _Data, name: str) -> np.ndarray | None:
+    if any(c not in data.runs.columns for c in _NUMERIC_NEEDS[name]):
+        return None
+    x = data.runs.select(_NUMERIC[name].alias("x"))["x"].fill_nan(None).to_numpy().astype(float)
+    fin = np.isfinite(x)
+    if not fin.any() or np.all(x[fin] == 0):
+        return None  # not logged
+    return x
+
+
+def _numeric_rows(data: _Data, name: str, opts: _Options) -> pl.DataFrame | None:
+    x = _numeric_values(data, name)
+    if x is None:
+        return None
+    S, W1, G = data.n_series, data.n_slots, data.groups
+    fin = np.isfinite(x)
+    gid = data.gid[fin]
+    xv = x[fin]
+    uniq, r = np.unique(xv, return_inverse=True)
+    U = np.int64(uniq.size)
+    key = gid.astype(np.int64) * U + r
+    order = np.argsort(key, kind="stable")
+    ks, xs = key[order], xv[order]
+    starts = np.searchsorted(ks, np.arange(G + 1, dtype=np.int64) * U)
+    n = np.diff(starts).astype(float)
+    g_s = ks // U
+    r_s = ks % U
+    cur = (g_s % W1) != 0
+    gc, rc = g_s[cur], r_s[cur]
+    g0 = (gc // W1) * W1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fw_r = (np.searchsorted(ks, gc * U + rc, "right") - starts[gc]) / n[gc]
+        fw_l = (np.searchsorted(ks, gc * U + rc, "left") - starts[gc]) / n[gc]
+        n0 = np.maximum(n[g0], 1.0)
+        fr_r = (np.searchsorted(ks, g0 * U + rc, "right") - starts[g0]) / n0
+        fr_l = (np.searchsorted(ks, g0 * U + rc, "left") - starts[g0]) / n0
+    d = np.maximum(np.abs(fr_r - fw_r), np.abs(fr_l - fw_l))
+    D = np.zeros(G)
+    if gc.size:
+        ug, first = np.unique(gc, return_index=True)
+        D[ug] = np.maximum.reduceat(d, first)
+    # Wasserstein-1 on a quantile grid
+    u = (np.arange(_QUANTILE_GRID) + 0.5) / _QUANTILE_GRID
+    has = n > 0
+    ni = np.diff(starts)
+    qi = starts[:-1, None] + np.minimum((u[None, :] * n[:, None]).astype(np.int64), np.maximum(ni[:, None] - 1, 0))
+    Q = np.where(has[:, None], xs[np.clip(qi, 0, max(xs.size - 1, 0))], np.nan) if xs.size else np.full(
+        (G, _QUANTILE_GRID), np.nan
+    )
+    Q = _shape(data, Q)
+    w1 = np.abs(Q[:, 1:] - Q[:, :1]).mean(-1)
+    s1 = _gsum(xv, gid, G)
+    s2 = _gsum(xv**2, gid, G)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = _shape(data, s1 / n)
+        var = _shape(data, (s2 - s1**2 / n) / np.maximum(n - 1, 1))
+    sd0 = np.sqrt(np.maximum(var[:, 0], 0))
+    m0 = mean[:, 0]
+    scale = np.where(sd0 > 0, sd0, np.where(np.abs(m0) > 0, np.abs(m0), 1.0))
+    effect = w1 / scale[:, None]
+    nn = _shape(data, n)
+    n_ref = np.broadcast_to(nn[:, :1], (S, W1 - 1))
+    n_cur = nn[:, 1:]
+    Dw = _shape(data, D)[:, 1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        en = np.round(n_ref * n_cur / np.maximum(n_ref + n_cur, 1))
+        p = stats.kstwo.sf(Dw, np.maximum(en, 1))
+    ok = (n_ref >= opts.min_runs) & (n_cur >= opts.min_runs)
+    return _pair_frame(
+        data,
+        ok,
+        name,
+        {
+            "statistic": Dw,
+            "p_value": p,
+            "effect_size": effect,
+            "reference_value": np.broadcast_to(m0[:, None], (S, W1 - 1)),
+            "current_value": mean[:, 1:],
+            "n_ref": n_ref,
+            "n_cur": n_cur,
+            "_what": np.full((S, W1 - 1), "", dtype=object).astype(str),
+        },
+    )
+
+
+def _gap_rows(data: _Data, opts: _Options) -> pl.DataFrame | None:
+    cols = data.runs.columns
+    if "feedback" not in cols or "outcome" not in cols:
+        return None
+    f = data.runs["feedback"].cast(pl.Float64).fill_nan(None).to_numpy().astype(float)
+    o = data.runs["outcome"].cast(pl.Float64).fill_nan(None).to_numpy().astype(float)
+    ok_run = np.isfinite(f) & np.isfinite(o)
+    if ok_run.sum() < 2 * opts.min_runs:
+        return None
+    S, W1, G = data.n_series, data.n_slots, data.groups
+    gid = data.gid[ok_run]
+    f, o = f[ok_run], o[ok_run]
+    n = _shape(data, np.bincount(gid, minlength=G).astype(float))
+    sf, so = _shape(data, _gsum(f, gid, G)), _shape(data, _gsum(o, gid, G))
+    sff, soo, sfo = (_shape(data, _gsum(v, gid, G)) for v in (f * f, o * o, f * o))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mf, mo = sf / n, so / n
+        d1 = np.maximum(n - 1, 1)
+        vf = np.maximum(sff - sf * mf, 0) / d1
+        vo = np.maximum(soo - so * mo, 0) / d1
+        cfo = (sfo - sf * mo) / d1
+        # reference scale; a constant reference falls back to the series-wide spread
+        nt, tf, to = n.sum(1), sf.sum(1), so.sum(1)
+        vf_all = np.maximum(sff.sum(1) - tf**2 / nt, 0) / np.maximum(nt - 1, 1)
+        vo_all = np.maximum(soo.sum(1) - to**2 / nt, 0) / np.maximum(nt - 1, 1)
+        sdf = np.sqrt(np.where(vf[:, 0] > 0, vf[:, 0], vf_all))
+        sdo = np.sqrt(np.where(vo[:, 0] > 0, vo[:, 0], vo_all))
+        live = (sdf > 0) & (sdo > 0)
+        sdf, sdo = np.where(live, sdf, 1.0)[:, None], np.where(live, sdo, 1.0)[:, None]
+        dfb = (mf[:, 1:] - mf[:, :1]) / sdf
+        dob = (mo[:, 1:] - mo[:, :1]) / sdo
+        gap = dfb - dob
+        vg = vf / sdf**2 + vo / sdo**2 - 2 * cfo / (sdf * sdo)
+        vg = np.maximum(vg, 0)
+        a, b = vg[:, :1] / n[:, :1], vg[:, 1:] / n[:, 1:]
+        se = np.sqrt(a + b)
+        t = gap / se
+        dof = (a + b) ** 2 / (a**2 / np.maximum(n[:, :1] - 1, 1) + b**2 / np.maximum(n[:, 1:] - 1, 1))
+        p = stats.t.sf(t, np.nan_to_num(dof, nan=1.0))
+        effect = np.minimum(gap, -dob)
+    n_ref = np.broadcast_to(n[:, :1], (S, W1 - 1))
+    n_cur = n[:, 1:]
+    ok = (n_ref >= opts.min_runs) & (n_cur >= opts.min_runs) & live[:, None] & np.isfinite(t)
+    what = np.char.add(
+        np.char.add(_fmt_arr(np.broadcast_to(mf[:, :1], (S, W1 - 1))), " -> "), _fmt_arr(mf[:, 1:])
+    )
+    return _pair_frame(
+        data,
+        ok,
+        "feedback_outcome_gap",
+        {
+            "statistic": t,
+            "p_value": p,
+            "effect_size": effect,
+            "reference_value": np.broadcast_to(mo[:, :1], (S, W1 - 1)),
+            "current_value": mo[:, 1:],
+            "n_ref": n_ref,
+            "n_cur": n_cur,
+            "_what": what,
+        },
+    )
+
+
+def _fmt_arr(x: np.ndarray) -> np.ndarray:
+    return np.char.mod("%.2f", np.nan_to_num(np.asarray(x, dtype=float)))
+
+
+def _grouped_auc(
+    group: np.ndarray, slot: np.ndarray, value: np.ndarray, n_series: int, n_slots: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """AUC of each (series, current slot)'s values against the series' slot-0 values (ties count half).
+
+    Returns ``(auc, n)``, both of shape (series, slots); NaN values are ignored.
+    """
+    fin = np.isfinite(value)
+    group, slot, value = group[fin], slot[fin], value[fin]
+    uniq, r = np.unique(value, return_inverse=True)
+    U = np.int64(max(uniq.size, 1))
+    key = group.astype(np.int64) * U + r
+    is_ref = slot == 0
+    ref_keys = np.sort(key[is_ref])
+    n_ref = np.bincount(group[is_ref], minlength=n_series).astype(float)
+    base = np.searchsorted(ref_keys, np.arange(n_series, dtype=np.int64) * U)
+    cur = ~is_ref
+    kc, gc = key[cur], group[cur]
+    below = np.searchsorted(ref_keys, kc, "left") - base[gc]
+    upto = np.searchsorted(ref_keys, kc, "right") - base[gc]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        place = (below + upto) / (2.0 * n_ref[gc])
+    cell = gc * n_slots + slot[cur]
+    cnt = np.bincount(cell, minlength=n_series * n_slots).astype(float)
+    tot = np.bincount(cell, weights=place, minlength=n_series * n_slots)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = tot / cnt
+    return auc.reshape(n_series, n_slots), cnt.reshape(n_series, n_slots)
+
+
+def _classifier_rows(data: _Data, tool: _Cat | None, opts: _Options) -> pl.DataFrame | None:
+    """Classifier two-sample test: one seeded model over all series (the series is a feature)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from threadpoolctl import threadpool_limits
+
+    S, W1 = data.n_series, data.n_slots
+    cols = [c for c in NUMERIC_RUN_FEATURES if c in data.runs.columns]
+    X = data.runs.select([pl.col(c).cast(pl.Float64).fill_nan(None) for c in cols]).to_numpy().astype(float)
+    fnames = np.array([np.array(cols, dtype=object)] * S).reshape(S, len(cols))
+    if tool is not None:
+        k = min(_CLF_SHARES, tool.C.shape[1])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            shares = tool.C[:, :k] / tool.m[:, None]  # share of the series' k-th most used tool
+        X = np.hstack([X, shares])
+        fnames = np.hstack([fnames, np.char.add("share:", tool.names[:, :k].astype(str)).astype(object)])
+    with np.errstate(invalid="ignore"):
+        live = np.isfinite(X).any(0) & (np.nanstd(np.where(np.isfinite(X), X, np.nan), axis=0) > 0)
+    if not live.any():
+        return None
+    X, fnames = X[:, live], fnames[:, live]
+    s, slot = data.s, data.slot
+    y = (slot > 0).astype(np.int64)
+    n_ref_s = np.bincount(s[y == 0], minlength=S)
+    n_cur_s = np.bincount(s[y == 1], minlength=S)
+    use = (n_ref_s >= opts.min_runs) & (n_cur_s >= opts.min_runs)
+    if not use.any():
+        return None
+    cat_series = S <= 250
+    Xf = np.hstack([s[:, None].astype(float), X])
+    rng = np.random.default_rng(opts.random_state)
+    # folds stratified by (series, reference/current)
+    strata = s * 2 + y
+    order = np.lexsort((rng.random(y.size), strata))
+    rank = np.empty(y.size, dtype=np.int64)
+    rank[order] = np.arange(y.size) - np.searchsorted(strata[order], strata[order], "left")
+    fold = rank % _CLF_FOLDS
+    score = np.full(y.size, np.nan)
+    cap = opts.classifier_max_train
+    for f in range(_CLF_FOLDS):  # a couple of fits
+        test = fold == f
+        tr = np.flatnonzero(~test & use[s])
+        if tr.size > cap:
+            tr = np.sort(rng.choice(tr, cap, replace=False))
+        if np.unique(y[tr]).size < 2:
+            continue
+        model = HistGradientBoostingClassifier(
+            max_iter=60,
+            learning_rate=0.1,
+            max_leaf_nodes=15,
+            min_samples_leaf=20,
+            l2_regularization=1.0,
+            early_stopping=False,
+            categorical_features=[0] if cat_series else None,
+            random_state=opts.random_state,
+        )
+        # one OpenMP thread: these fits gain little from threads and suffer badly on a busy machine
+        with threadpool_limits(limits=1, user_api="openmp"):
+            model.fit(Xf[tr], y[tr])
+            score[test] = model.predict_proba(Xf[test])[:, 1]
+    auc, cnt = _grouped_auc(s, slot, score, S, W1)
+    n0 = n_ref_s[:, None].astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = (auc - 0.5) / np.sqrt((n0 + cnt + 1) / (12.0 * n0 * cnt))
+    pval = stats.norm.sf(z)
+    ok = use[:, None] & (cnt >= opts.min_runs) & np.isfinite(z)
+    ok[:, 0] = False
+    si, wi = np.nonzero(ok)
+    if si.size == 0:
+        return None
+    out = pl.DataFrame(
+        {
+            "_s": si.astype(np.int64),
+            "_slot": wi.astype(np.int64),
+            "feature": "run_classifier",
+            "method": _METHODS["run_classifier"],
+            "statistic": auc[si, wi],
+            "p_value": pval[si, wi],
+            "effect_size": 2 * auc[si, wi] - 1,
+            "reference_value": np.full(si.size, 0.5),
+            "current_value": auc[si, wi],
+            "n_ref": n_ref_s[si].astype(np.int64),
+            "n_cur": cnt[si, wi].astype(np.int64),
+        }
+    )
+    # importances: each run feature's own AUC per window; the three furthest from 0.5 are named
+    imp = np.stack([_grouped_auc(s, slot, X[:, j], S, W1)[0] for j in range(X.shape[1])], axis=-1)
+    imp_c = imp[si, wi]  # rows x features
+    dist = np.nan_to_num(np.abs(imp_c - 0.5), nan=-1.0)
+    top = np.argsort(-dist, axis=1, kind="stable")[:, :3]
+    names = fnames[si[:, None], top].astype(str)
+    vals = np.take_along_axis(imp_c, top, 1)
+    text = np.char.add(np.char.add(np.char.add(names, " (AUC "), np.char.mod("%.2f", np.nan_to_num(vals))), ")")
+    what = text[:, 0]
+    for j in range(1, text.shape[1]):
+        what = np.char.add(np.char.add(what, ", "), text[:, j])
+    return out.with_columns(pl.Series("_what", what.astype(str)))
+
+
+# --------------------------------------------------------------------------------------------
+# output
+
+
+def _bh(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (NaN stays NaN)."""
+    q = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    m = int(ok.sum())
+    if m == 0:
+        return q
+    ps = p[ok]
+    order = np.argsort(ps, kind="stable")
+    ranked = ps[order] * m / np.arange(1, m + 1)
+    ranked = np.minimum.accumulate(ranked[::-1])[::-1]
+    qo = np.empty(m)
+    qo[order] = np.minimum(ranked, 1.0)
+    q[ok] = qo
+    return q
+
+
+def _num(expr: pl.Expr) -> pl.Expr:
+    """A number rounded for reading: 3 significant-ish digits."""
+    a = expr.abs()
+    return (
+        pl.when(expr.is_null() | expr.is_nan())
+        .then(pl.lit("n/a"))
+        .when(a >= 100)
+        .then(expr.round(0).cast(pl.Int64).cast(pl.String))
+        .when(a >= 1)
+        .then(expr.round(2).cast(pl.String))
+        .otherwise(expr.round(4).cast(pl.String))
+    )
+
+
+def _pct(expr: pl.Expr) -> pl.Expr:
+    return pl.concat_str((expr * 100).round(1).cast(pl.String), pl.lit("%"))
+
+
+def _detail() -> pl.Expr:
+    f = pl.col("feature")
+    ref, cur = pl.col("reference_value"), pl.col("current_value")
+    return (
+        pl.when(f == "tool_mix")
+        .then(pl.format("{} {} -> {} (JS distance {})", "_what", _pct(ref), _pct(cur), pl.col("effect_size").round(3)))
+        .when(f == "action_bigrams")
+        .then(pl.format("'{}' {} -> {} (JS distance {})", "_what", _pct(ref), _pct(cur),
+                        pl.col("effect_size").round(3)))
+        .when(f == "error_rate")
+        .then(pl.format("runs with a failed step {} -> {}", _pct(ref), _pct(cur)))
+        .when(f == "steps_per_run")
+        .then(pl.format("mean {} -> {} steps (KS {})", _num(ref), _num(cur), pl.col("statistic").round(3)))
+        .when(f == "tokens_per_run")
+        .then(pl.format("mean {} -> {} tokens (KS {})", _num(ref), _num(cur), pl.col("statistic").round(3)))
+        .when(f == "cost_per_run")
+        .then(pl.format("mean ${} -> ${} (KS {})", _num(ref), _num(cur), pl.col("statistic").round(3)))
+        .when(f == "latency")
+        .then(pl.format("mean {} ms -> {} ms per step (KS {})", _num(ref), _num(cur), pl.col("statistic").round(3)))
+        .when(f == "run_classifier")
+        .then(pl.format("AUC {}; most different: {}", pl.col("statistic").round(3), "_what"))
+        .when(f == "action_entropy")
+        .then(pl.format("entropy {} -> {} bits ({}%)", ref.round(2), cur.round(2),
+                        (-(pl.col("effect_size")) * 100).round(1)))
+        .when(f == "self_similarity")
+        .then(pl.format("tool mix {} from reference vs {} from previous window (JS distance)", ref.round(3),
+                        cur.round(3)))
+        .when(f == "feedback_outcome_gap")
+        .then(pl.format("feedback {}, outcome {} -> {}", "_what", _num(ref), _num(cur)))
+        .otherwise(pl.lit(""))
+    )
+
+
+def _finish(rows: pl.DataFrame, data: _Data, opts: _Options) -> pl.DataFrame:
+    p = rows["p_value"].cast(pl.Float64).fill_nan(None).to_numpy().astype(float)
+    q = _bh(p)
+    every = timedelta(microseconds=opts.every_us)
+    thr = pl.col("feature").replace_strict(opts.min_effect, return_dtype=pl.Float64)
+    drifted_label = pl.col("feature").replace_strict({k: v[0] for k, v in _LABELS.items()}, return_dtype=pl.String)
+    steady_label = pl.col("feature").replace_strict({k: v[1] for k, v in _LABELS.items()}, return_dtype=pl.String)
+    origin = pl.lit(data.origin, dtype=TS_DTYPE)
+    out = (
+        rows.with_columns(
+            pl.Series("q_value", q),
+            pl.col("p_value").cast(pl.Float64).fill_nan(None),
+            thr.alias("threshold"),
+        )
+        .with_columns(
+            (
+                pl.col("q_value").is_not_null()
+                & (pl.col("q_value") <= opts.alpha)
+                & (pl.col("effect_size").fill_nan(None).fill_null(-np.inf) >= pl.col("threshold"))
+            ).alias("drifted"),
+            (origin + pl.duration(microseconds=(pl.col("_slot") - 1) * opts.every_us)).alias("window_start"),
+        )
+        .with_columns((pl.col("window_start") + pl.lit(every)).alias("window_end"))
+        .join(data.series, on="_s", how="left")
+        .with_columns(
+            pl.format(
+                "{}: {}, {}",
+                "series",
+                pl.when(pl.col("drifted")).then(drifted_label).otherwise(steady_label),
+                _detail(),
+            ).alias("explain"),
+            pl.col("feature").replace_strict({f: i for i, f in enumerate(FEATURES)}, return_dtype=pl.Int64)
+            .alias("_forder"),
+        )
+        .sort("series", "window_start", "_forder")
+    )
+    cols = ["series", *opts.by, *_OUT_COLUMNS]
+    cols = list(dict.fromkeys(cols))
+    return out.select(
+        [pl.col(c).cast(_OUT_COLUMNS[c]) if c in _OUT_COLUMNS else pl.col(c) for c in cols]
+    )
+
+
+def _empty(by: tuple[str, ...]) -> pl.DataFrame:
+    schema: dict[str, pl.DataType] = {"series": pl.String()}
+    for c in by:
+        schema[c] = pl.String()
+    schema.update(_OUT_COLUMNS)
+    return pl.DataFrame(schema=schema)
+
+
+__all__ = [
+    "DEFAULT_MIN_EFFECT",
+    "FEATURES",
+    "FEEDBACK_FEATURES",
+    "detect_drift",
+    "drift_from_runs",
+]
