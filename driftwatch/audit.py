@@ -1,0 +1,1329 @@
+"""The audit: every detector over a log, in two stages, with results people and machines read.
+
+:func:`audit` reads the log, runs the **per-run stage** (:func:`run_stage`) on
+chunks of whole runs, concatenates the small per-run tables
+(:class:`RunTables`) and runs the **fleet stage** (:func:`fleet_stage`) on them:
+change-points, drift, delegation depth, scores, cost profile and load curve.
+Events are never read twice. The same two functions are what the Spark engine
+(:mod:`driftwatch.spark`) calls on each bucket of runs and on the collected
+tables.
+
+Examples
+--------
+>>> import driftwatch as dw
+>>> fleet = dw.synth.generate(days=3, runs_per_day=40, seed=1)
+>>> result = dw.audit(fleet.events)
+>>> result.runs.height == fleet.events["run_id"].n_unique()
+True
+>>> sorted(result.summary()["levels"])
+['escalate', 'ok', 'review']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from driftwatch._frames import as_lazy
+from driftwatch.errors import InvalidParameterError, NoInputError
+from driftwatch.schema import CANONICAL_SCHEMA
+
+if TYPE_CHECKING:
+    from driftwatch.policy import Policy
+    from driftwatch.state import AuditState, SourceFile
+
+#: Files :meth:`AuditResult.write` creates (CONTRACT section 3).
+CONTRACT_FILES: tuple[str, ...] = (
+    "runs.parquet",
+    "loops.parquet",
+    "changepoints.parquet",
+    "drift.parquet",
+    "violations.parquet",
+    "rejected.parquet",
+    "costs.parquet",
+    "load.parquet",
+    "alerts.jsonl",
+    "summary.json",
+    "report.html",
+)
+
+#: Extra files that let ``driftwatch report DIR`` rebuild report.html without the log.
+EXTRA_FILES: tuple[str, ...] = (
+    "examples.parquet",
+    "metrics.parquet",
+    "run_changepoints.parquet",
+    "delegation.parquet",
+)
+
+#: Keys of every alerts.jsonl object, always present (``null`` when unknown), in this order.
+ALERT_KEYS: tuple[str, ...] = (
+    "schema",
+    "audit_id",
+    "run_id",
+    "agent",
+    "version",
+    "level",
+    "score",
+    "reasons",
+    "first_ts",
+    "last_ts",
+    "n_steps",
+    "cost_usd",
+    "loop_pattern",
+    "wasted_cost_usd",
+    "rules",
+)
+
+ALERT_SCHEMA = "driftwatch.alert/1"
+
+LEVELS: tuple[str, ...] = ("ok", "review", "escalate")
+
+#: Default rows per chunk of whole runs for the per-run stage (bounded memory).
+DEFAULT_CHUNK_ROWS = 2_000_000
+
+#: Runs per chunk whose events are kept for the report's step timelines.
+DEFAULT_EXAMPLES = 12
+
+_MAX_EXAMPLE_STEPS = 400
+_MAX_EXAMPLE_TEXT = 160
+
+#: Runs longer than this may be cut by --since/--until (rows are prefiltered with this margin).
+_WINDOW_MARGIN = timedelta(days=1)
+
+Progress = Callable[[str], None]
+
+
+class NothingToAudit(NoInputError):
+    """Incremental mode: every source file was audited before (the CLI exits 0)."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _sortable(dtype: pl.DataType) -> bool:
+    return not isinstance(dtype, pl.List | pl.Struct | pl.Array | pl.Object) and dtype != pl.Null
+
+
+def sort_frame(frame: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:
+    """Sort by ``keys`` (those present), then by every other sortable column: a total order,
+    so results do not depend on chunking, threads or engines."""
+    if frame.height < 2:
+        return frame
+    first = [k for k in keys if k in frame.columns]
+    rest = [c for c, t in frame.schema.items() if c not in first and _sortable(t)]
+    by = first + rest
+    return frame.sort(by, nulls_last=True, maintain_order=True) if by else frame
+
+
+def _concat(frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
+    nonempty = [f for f in frames if f.width]
+    if not nonempty:
+        return pl.DataFrame()
+    with_rows = [f for f in nonempty if f.height]
+    if not with_rows:
+        return nonempty[0]
+    if len(with_rows) == 1:
+        return with_rows[0]
+    return pl.concat(with_rows, how="diagonal_relaxed")
+
+
+# --------------------------------------------------------------------------- per-run stage
+
+
+#: Sort keys of each per-run table (after which every other column breaks ties).
+RUN_TABLE_KEYS: dict[str, tuple[str, ...]] = {
+    "features": ("run_id",),
+    "action_counts": ("run_id", "action"),
+    "bigram_counts": ("run_id", "bigram"),
+    "loops": ("run_id", "start_step", "period"),
+    "loop_summary": ("run_id",),
+    "violations": ("run_id", "step", "rule"),
+    "run_changepoints": ("run_id",),
+    "examples": ("run_id", "step"),
+}
+
+
+@dataclass
+class RunTables:
+    """The per-run stage's output for some set of whole runs (small: no events, except examples).
+
+    Every field is a polars DataFrame; tables of disjoint run sets concatenate
+    (:meth:`concat`), which is how chunked and Spark audits assemble them.
+
+    Attributes
+    ----------
+    features : DataFrame
+        :func:`driftwatch.features.run_features`, one row per run.
+    action_counts, bigram_counts : DataFrame
+        :func:`~driftwatch.features.run_action_counts`, :func:`~driftwatch.features.run_bigram_counts`.
+    loops, loop_summary : DataFrame
+        :func:`driftwatch.loops.detect_loops` and :func:`driftwatch.loops.loop_summary`.
+    violations : DataFrame
+        :func:`driftwatch.policy.check_policy` per-run checks (delegation depth is fleet-level).
+    run_changepoints : DataFrame
+        :func:`driftwatch.changepoints.detect_run_changepoints`.
+    examples : DataFrame
+        Canonical events (text truncated) of the chunk's most suspicious runs, for the
+        report's step timelines.
+    """
+
+    features: pl.DataFrame
+    action_counts: pl.DataFrame
+    bigram_counts: pl.DataFrame
+    loops: pl.DataFrame
+    loop_summary: pl.DataFrame
+    violations: pl.DataFrame
+    run_changepoints: pl.DataFrame
+    examples: pl.DataFrame = field(default_factory=pl.DataFrame)
+
+    @classmethod
+    def concat(cls, parts: Iterable[RunTables]) -> RunTables:
+        """Concatenate tables of disjoint run sets (chunks, Spark buckets) in a canonical order."""
+        parts = list(parts)
+        if not parts:
+            raise InvalidParameterError("RunTables.concat needs at least one RunTables")
+        out = {
+            f.name: sort_frame(_concat([getattr(p, f.name) for p in parts]), RUN_TABLE_KEYS[f.name])
+            for f in fields(cls)
+        }
+        return cls(**out)
+
+    def frames(self) -> dict[str, pl.DataFrame]:
+        """The tables by name."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @property
+    def n_runs(self) -> int:
+        return self.features.height
+
+
+def run_stage(
+    events_chunk: Any,
+    *,
+    policy: Policy | str | os.PathLike[str] | None = None,
+    max_period: int = 8,
+    min_repeats: int = 3,
+    fuzzy: bool = True,
+    n_examples: int = DEFAULT_EXAMPLES,
+) -> RunTables:
+    """Per-run stage: everything that needs events, on a set of whole runs.
+
+    Parameters
+    ----------
+    events_chunk : DataFrame, LazyFrame or ReadResult
+        Canonical events; every run present must be complete.
+    policy : Policy, path or None, default=None
+        Policy for the checks (``None``: ``Policy()``).
+    max_period, min_repeats, fuzzy : default=8, 3, True
+        Passed to :func:`driftwatch.loops.detect_loops`.
+    n_examples : int, default=12
+        How many of the most suspicious runs (critical breaches, severe loops) keep
+        their events for the report.
+
+    Returns
+    -------
+    RunTables
+
+    Examples
+    --------
+    >>> import driftwatch as dw
+    >>> from driftwatch.audit import run_stage
+    >>> ev = dw.synth.generate(days=1, runs_per_day=30, seed=2).events
+    >>> tables = run_stage(ev)
+    >>> tables.features.height == ev["run_id"].n_unique()
+    True
+    """
+    from driftwatch import changepoints, features, loops
+    from driftwatch import policy as policy_mod
+
+    pol = policy_mod._as_policy(policy)
+    ev = as_lazy(events_chunk).collect()
+    feats = features.run_features(ev)
+    actions = features.run_action_counts(ev)
+    bigrams = features.run_bigram_counts(ev)
+    loop_rows = loops.detect_loops(ev, max_period=max_period, min_repeats=min_repeats, fuzzy=fuzzy)
+    summary = loops.loop_summary(loop_rows)
+    violations = policy_mod.check_policy(ev, pol, delegation=False)
+    run_cps = changepoints.detect_run_changepoints(ev)
+    examples = _pick_examples(ev, summary, violations, n_examples)
+    return RunTables(
+        features=feats,
+        action_counts=actions,
+        bigram_counts=bigrams,
+        loops=loop_rows,
+        loop_summary=summary,
+        violations=violations,
+        run_changepoints=run_cps,
+        examples=examples,
+    )
+
+
+def _pick_examples(
+    ev: pl.DataFrame, loop_summary: pl.DataFrame, violations: pl.DataFrame, n: int
+) -> pl.DataFrame:
+    """Events of the ``n`` runs that look worst before scoring (critical breaches, loop severity)."""
+    empty = ev.head(0)
+    if n <= 0 or ev.height == 0:
+        return empty
+    parts = []
+    if violations.height:
+        parts.append(
+            violations.group_by("run_id").agg(
+                (
+                    (pl.col("severity") == "critical").cast(pl.Float64).max() * 1.0
+                    + (pl.col("severity") == "warning").cast(pl.Float64).max() * 0.3
+                ).alias("_pre")
+            )
+        )
+    if loop_summary.height and "loop_severity" in loop_summary.columns:
+        parts.append(loop_summary.select("run_id", pl.col("loop_severity").cast(pl.Float64).alias("_pre")))
+    if not parts:
+        return empty
+    pre = (
+        pl.concat(parts)
+        .group_by("run_id")
+        .agg(pl.col("_pre").sum())
+        .filter(pl.col("_pre") > 0)
+        .sort(["_pre", "run_id"], descending=[True, False])
+        .head(n)
+    )
+    text = [c for c in ("args", "result", "error_type", "action") if c in ev.columns]
+    return (
+        ev.join(pre.select("run_id"), on="run_id", how="semi")
+        .sort("run_id", "step")
+        .filter(pl.int_range(pl.len()).over("run_id") < _MAX_EXAMPLE_STEPS)
+        .with_columns(pl.col(c).str.slice(0, _MAX_EXAMPLE_TEXT) for c in text)
+        .select(list(CANONICAL_SCHEMA))
+    )
+
+
+# --------------------------------------------------------------------------- fleet stage
+
+
+def _parse_time(value: Any, *, name: str) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidParameterError(
+                f"{name}: expected an ISO-8601 date or time such as 2026-10-01 or 2026-10-01T06:00, got {value!r}"
+            ) from None
+        return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+    raise InvalidParameterError(f"{name}: expected a date/time or ISO-8601 text, got {type(value).__name__}")
+
+
+def parse_reference(reference: Any) -> tuple[datetime, datetime] | None:
+    """A reference period as ``(start, end)`` in UTC.
+
+    Accepts ``None``, a ``(start, end)`` pair of dates/datetimes/ISO strings, or
+    ``"START..END"`` text (the CLI's ``--reference``). Frames of reference events
+    are handled by :func:`audit` itself.
+    """
+    if reference is None:
+        return None
+    if isinstance(reference, str):
+        if ".." not in reference:
+            raise InvalidParameterError(
+                f"reference: expected START..END (e.g. 2026-10-01..2026-10-08) or a path to reference logs, "
+                f"got {reference!r}"
+            )
+        start, _, end = reference.partition("..")
+        reference = (start, end)
+    if isinstance(reference, tuple | list) and len(reference) == 2:
+        start = _parse_time(reference[0], name="reference start")
+        end = _parse_time(reference[1], name="reference end")
+        if end <= start:
+            raise InvalidParameterError(f"reference: end {end.isoformat()} is not after start {start.isoformat()}")
+        return start, end
+    raise InvalidParameterError(
+        f"reference: expected (start, end), 'START..END', a path or a frame of events; got {type(reference).__name__}"
+    )
+
+
+def default_reference(features: pl.DataFrame, *, window: str = "7d") -> tuple[datetime, datetime] | None:
+    """The first ``window`` of the data, when the data spans at least two windows; else ``None``."""
+    if features.height == 0:
+        return None
+    lo, hi = features["first_ts"].min(), features["first_ts"].max()
+    if lo is None or hi is None:
+        return None
+    from driftwatch._frames import duration
+
+    span = duration(window, name="reference window")
+    start = datetime(lo.year, lo.month, lo.day, tzinfo=UTC)  # type: ignore[union-attr]
+    if hi - start < 2 * span:  # type: ignore[operator]
+        return None
+    return start, start + span
+
+
+def fleet_stage(
+    tables: RunTables,
+    *,
+    policy: Policy | str | os.PathLike[str] | None = None,
+    reference: Any = None,
+    reference_tables: RunTables | None = None,
+    volume_per_day: float | None = None,
+    every: str = "1d",
+    drift_every: str = "7d",
+    load_every: str = "1m",
+    by: Sequence[str] = ("agent",),
+    score_run_ids: pl.Series | None = None,
+    progress: Progress | None = None,
+) -> AuditResult:
+    """Fleet stage: change-points, drift, delegation, scores, costs and load from per-run tables.
+
+    Parameters
+    ----------
+    tables : RunTables
+        Per-run tables of every run to analyse (concatenated chunks, or history plus
+        the new runs in an incremental audit).
+    policy : Policy, path or None, default=None
+        ``None``: ``Policy()``.
+    reference : (start, end), "START..END" or None, default=None
+        Reference period for drift. ``None``: the first ``drift_every`` of the data
+        when it spans two windows, else drift is skipped (``stats["drift_reference"]``
+        says which).
+    reference_tables : RunTables, optional
+        Per-run tables of separate reference logs (``--reference PATH``).
+    volume_per_day : float, optional
+        Runs per day for the cost projection (``None``: the observed daily volume).
+    every, drift_every, load_every : str, default="1d", "7d", "1m"
+        Buckets of change-points, windows of drift, buckets of the load curve.
+    by : sequence of str, default=("agent",)
+        Series columns.
+    score_run_ids : polars.Series, optional
+        Score and report only these runs (the new runs of an incremental audit);
+        the others serve as context. ``None``: all runs.
+    progress : callable, optional
+        Receives one line per stage.
+
+    Returns
+    -------
+    AuditResult
+        ``stats`` is empty; :func:`audit` fills it.
+    """
+    from driftwatch import changepoints, costs, load, scoring
+    from driftwatch import loops as loops_mod
+    from driftwatch import policy as policy_mod
+
+    pol = policy_mod._as_policy(policy)
+    by = tuple(by)
+    timings: dict[str, float] = {}
+    notes: dict[str, Any] = {}
+
+    def step(name: str) -> Callable[[], None]:
+        t0 = time.perf_counter()
+
+        def done() -> None:
+            timings[name] = round(time.perf_counter() - t0, 4)
+            if progress is not None:
+                progress(f"{name}: {timings[name]:.1f}s")
+
+        return done
+
+    feats = tables.features
+    done = step("delegation")
+    depth = policy_mod.check_delegation(feats, pol)
+    violations = sort_frame(_concat([tables.violations, depth]), RUN_TABLE_KEYS["violations"])
+    delegation = loops_mod.detect_delegation_cycles(feats)
+    done()
+
+    done = step("changepoints")
+    metrics = changepoints.bucket_metrics_from_runs(
+        feats, tables.action_counts, tables.loop_summary, by=by, every=every
+    )
+    cps = changepoints.changepoints_from_buckets(metrics)
+    done()
+
+    done = step("drift")
+    drift_rows, drift_notes = _fleet_drift(tables, reference, reference_tables, by=by, every=drift_every)
+    notes.update(drift_notes)
+    done()
+
+    done = step("scoring")
+    runs = scoring.score_runs_from_runs(
+        feats,
+        policy=pol,
+        loops=tables.loop_summary,
+        violations=violations,
+        drift=drift_rows,
+    )
+    done()
+
+    done = step("costs")
+    cost_rows = costs.cost_profile_from_runs(
+        feats, by=by, volume_per_day=volume_per_day, loops=tables.loop_summary, policy=pol
+    )
+    done()
+
+    done = step("load")
+    load_rows = load.load_curve_from_runs(feats, loops=tables.loop_summary, every=load_every, by=by)
+    done()
+
+    loops_out = tables.loops
+    run_cps = tables.run_changepoints
+    examples = tables.examples
+    if score_run_ids is not None:
+        keep = pl.DataFrame({"run_id": score_run_ids.cast(pl.String)}).unique()
+        runs = runs.join(keep, on="run_id", how="semi")
+        loops_out = loops_out.join(keep, on="run_id", how="semi") if loops_out.height else loops_out
+        violations = violations.join(keep, on="run_id", how="semi") if violations.height else violations
+        run_cps = run_cps.join(keep, on="run_id", how="semi") if run_cps.height else run_cps
+        examples = examples.join(keep, on="run_id", how="semi") if examples.height else examples
+
+    runs = sort_frame(runs, ("run_id",))
+    # keep the timelines of the top escalated runs only
+    if examples.height and runs.height:
+        top = (
+            runs.filter(pl.col("level") != "ok")
+            .sort(["score", "run_id"], descending=[True, False])
+            .select("run_id")
+            .join(examples.select("run_id").unique(), on="run_id", how="semi")
+            .head(DEFAULT_EXAMPLES)
+        )
+        examples = examples.join(top, on="run_id", how="semi")
+
+    return AuditResult(
+        runs=runs,
+        loops=sort_frame(loops_out, RUN_TABLE_KEYS["loops"]),
+        changepoints=sort_frame(cps, ("series", "metric", "ts")),
+        drift=sort_frame(drift_rows, ("series", "window_start", "feature", "method")),
+        violations=violations,
+        rejected=pl.DataFrame(),
+        stats={},
+        costs=sort_frame(cost_rows, ("series",)),
+        load=sort_frame(load_rows, ("series", "metric", "load_kind")),
+        run_changepoints=sort_frame(run_cps, RUN_TABLE_KEYS["run_changepoints"]),
+        timings=timings,
+        examples=sort_frame(examples, RUN_TABLE_KEYS["examples"]),
+        metrics=sort_frame(metrics, ("series", "bucket")),
+        delegation=sort_frame(delegation, ("chain_id", "start_depth")),
+        loop_summary=tables.loop_summary,
+        policy=pol,
+        notes=notes,
+    )
+
+
+def _fleet_drift(
+    tables: RunTables,
+    reference: Any,
+    reference_tables: RunTables | None,
+    *,
+    by: tuple[str, ...],
+    every: str,
+) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Drift rows, and notes saying which reference was used."""
+    from driftwatch import drift
+
+    notes: dict[str, Any] = {}
+    feats = tables.features
+    if reference_tables is not None:
+        notes["drift_reference"] = "reference logs"
+        ref: Any = (reference_tables.features, reference_tables.action_counts, reference_tables.bigram_counts)
+    else:
+        ref = parse_reference(reference)
+        if ref is None:
+            ref = default_reference(feats, window=every)
+            notes["drift_reference"] = (
+                f"skipped: the data spans less than two drift windows of {every}; give --reference"
+                if ref is None
+                else f"first {every} of the data (default)"
+            )
+        else:
+            notes["drift_reference"] = "given"
+        if ref is None:
+            return drift._empty(by), notes
+        notes["drift_reference_range"] = [_iso(ref[0]), _iso(ref[1])]
+    rows = drift.drift_from_runs(
+        feats, tables.action_counts, tables.bigram_counts, reference=ref, by=by, every=every
+    )
+    return rows, notes
+
+
+# --------------------------------------------------------------------------- result
+
+
+def _versions() -> dict[str, str]:
+    import duckdb
+
+    import driftwatch
+
+    return {
+        "driftwatch": driftwatch.__version__,
+        "polars": pl.__version__,
+        "duckdb": duckdb.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return str(value)
+
+
+def _num(value: Any, digits: int = 6) -> float | int | None:
+    if value is None:
+        return None
+    if isinstance(value, int | bool):
+        return int(value)
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    if math.isnan(f) or math.isinf(f):
+        return None
+    return round(f, digits)
+
+
+@dataclass
+class AuditResult:
+    """Everything one audit found.
+
+    Attributes
+    ----------
+    runs : DataFrame
+        One row per run: :func:`driftwatch.score_runs` output (score, level, reasons, features).
+    loops, changepoints, drift, violations, costs, load : DataFrame
+        The detectors' outputs (CONTRACT sections 2 and 3).
+    rejected : DataFrame
+        Input rows the reader rejected, with ``source_file`` and ``reason``.
+    stats : dict
+        Counts: ``rows_in, rows_valid, rows_rejected, files, runs``.
+    run_changepoints : DataFrame
+        Regime changes inside long runs.
+    timings : dict
+        Seconds per stage.
+    examples : DataFrame
+        Events of the top escalated runs (text truncated), for step timelines.
+    metrics : DataFrame
+        Per-series, per-bucket behaviour metrics behind the change-point charts.
+    delegation : DataFrame
+        Delegation ping-pong across runs (:func:`driftwatch.loops.detect_delegation_cycles`).
+    """
+
+    runs: pl.DataFrame
+    loops: pl.DataFrame
+    changepoints: pl.DataFrame
+    drift: pl.DataFrame
+    violations: pl.DataFrame
+    rejected: pl.DataFrame
+    stats: dict[str, Any]
+    costs: pl.DataFrame
+    load: pl.DataFrame
+    run_changepoints: pl.DataFrame = field(default_factory=pl.DataFrame)
+    timings: dict[str, float] = field(default_factory=dict)
+    examples: pl.DataFrame = field(default_factory=pl.DataFrame)
+    metrics: pl.DataFrame = field(default_factory=pl.DataFrame)
+    delegation: pl.DataFrame = field(default_factory=pl.DataFrame)
+    loop_summary: pl.DataFrame = field(default_factory=pl.DataFrame)
+    policy: Any = None
+    notes: dict[str, Any] = field(default_factory=dict)
+    audit_id: str = ""
+
+    # ---------------------------------------------------------------- views
+    def level_counts(self) -> dict[str, int]:
+        """Runs per level (every level present, zeros included)."""
+        counts = dict.fromkeys(LEVELS, 0)
+        if self.runs.height and "level" in self.runs.columns:
+            for lvl, n in self.runs["level"].value_counts().iter_rows():
+                counts[str(lvl)] = int(n)
+        return counts
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """One dict per run at ``review`` or above, highest score first, keys :data:`ALERT_KEYS`."""
+        runs = self.runs
+        if runs.height == 0 or "level" not in runs.columns:
+            return []
+        hot = runs.filter(pl.col("level") != "ok").sort(["score", "run_id"], descending=[True, False])
+        if hot.height == 0:
+            return []
+        ls = self.loop_summary
+        if ls.height and {"worst_pattern", "wasted_cost_usd"} <= set(ls.columns):
+            hot = hot.join(
+                ls.select("run_id", pl.col("worst_pattern").alias("_lp"), pl.col("wasted_cost_usd").alias("_lw")),
+                on="run_id",
+                how="left",
+            )
+        else:
+            hot = hot.with_columns(pl.lit(None, pl.String).alias("_lp"), pl.lit(None, pl.Float64).alias("_lw"))
+        if self.violations.height:
+            rules = self.violations.group_by("run_id").agg(pl.col("rule").unique().sort().alias("_rules"))
+            hot = hot.join(rules, on="run_id", how="left")
+        else:
+            hot = hot.with_columns(pl.lit(None, pl.List(pl.String)).alias("_rules"))
+        out = []
+        for r in hot.iter_rows(named=True):
+            out.append(
+                {
+                    "schema": ALERT_SCHEMA,
+                    "audit_id": self.audit_id or None,
+                    "run_id": r["run_id"],
+                    "agent": r.get("agent"),
+                    "version": r.get("version"),
+                    "level": r["level"],
+                    "score": _num(r.get("score"), 4),
+                    "reasons": list(r.get("reasons") or []),
+                    "first_ts": _iso(r.get("first_ts")),
+                    "last_ts": _iso(r.get("last_ts")),
+                    "n_steps": _num(r.get("n_steps")),
+                    "cost_usd": _num(r.get("cost_usd")),
+                    "loop_pattern": r.get("_lp"),
+                    "wasted_cost_usd": _num(r.get("_lw")),
+                    "rules": list(r.get("_rules") or []),
+                }
+            )
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """The content of summary.json: counts, levels, headline figures, timings, versions."""
+        stats = dict(self.stats)
+        levels = self.level_counts()
+        sev: dict[str, int] = {}
+        by_rule: dict[str, int] = {}
+        if self.violations.height:
+            sev = {str(k): int(v) for k, v in self.violations["severity"].value_counts().sort("severity").iter_rows()}
+            by_rule = {str(k): int(v) for k, v in self.violations["rule"].value_counts().sort("rule").iter_rows()}
+        loops_kind: dict[str, int] = {}
+        if self.loops.height and "kind" in self.loops.columns:
+            loops_kind = {str(k): int(v) for k, v in self.loops["kind"].value_counts().sort("kind").iter_rows()}
+        first = self.runs["first_ts"].min() if self.runs.height and "first_ts" in self.runs.columns else None
+        last = self.runs["last_ts"].max() if self.runs.height and "last_ts" in self.runs.columns else None
+        out: dict[str, Any] = {
+            "audit_id": self.audit_id or None,
+            "rows_in": int(stats.get("rows_in", 0)),
+            "rows_valid": int(stats.get("rows_valid", 0)),
+            "rows_rejected": int(stats.get("rows_rejected", 0)),
+            "files": stats.get("files", 0),
+            "runs": int(self.runs.height),
+            "levels": levels,
+            "window": {"first_ts": _iso(first), "last_ts": _iso(last)},
+            "loops": {"total": int(self.loops.height), "runs_with_loops": _n_unique(self.loops), "by_kind": loops_kind},
+            "violations": {"total": int(self.violations.height), "by_severity": sev, "by_rule": by_rule},
+            "changepoints": int(self.changepoints.height),
+            "drift": {
+                "rows": int(self.drift.height),
+                "drifted": int(self.drift["drifted"].sum()) if self.drift.height and "drifted" in self.drift.columns else 0,
+            },
+            "cost": _cost_headline(self.runs, self.costs),
+            "load": _load_headline(self.load),
+            "notes": dict(self.notes),
+            "timings": dict(self.timings),
+            "versions": _versions(),
+        }
+        for k in ("engine", "sources", "since", "until", "chunks", "incremental", "skipped_files"):
+            if k in stats:
+                out[k] = stats[k]
+        return out
+
+    # ---------------------------------------------------------------- output
+    def write(self, out_dir: str | os.PathLike[str]) -> Path:
+        """Write every output file into ``out_dir``, atomically as a whole.
+
+        The folder's new content is built aside and swapped in when complete, so a
+        killed audit leaves the previous results intact (see :mod:`driftwatch._io`).
+
+        Returns
+        -------
+        pathlib.Path
+            The folder.
+        """
+        from driftwatch import report
+        from driftwatch._io import (
+            atomic_directory,
+            atomic_write_json,
+            atomic_write_parquet,
+            atomic_write_text,
+        )
+
+        dest = Path(out_dir)
+        with atomic_directory(dest, expected=CONTRACT_FILES + EXTRA_FILES) as tmp:
+            for name, frame in self.output_frames().items():
+                atomic_write_parquet(frame, tmp / f"{name}.parquet")
+            alerts = self.alerts()
+            atomic_write_text(
+                tmp / "alerts.jsonl", "".join(json.dumps(a, sort_keys=False) + "\n" for a in alerts)
+            )
+            summary = self.summary()
+            atomic_write_json(tmp / "summary.json", summary)
+            atomic_write_text(tmp / "report.html", report.render_report(self, summary=summary))
+        return dest
+
+    def output_frames(self) -> dict[str, pl.DataFrame]:
+        """Name (file stem) -> frame for every Parquet output."""
+        return {
+            "runs": self.runs,
+            "loops": self.loops,
+            "changepoints": self.changepoints,
+            "drift": self.drift,
+            "violations": self.violations,
+            "rejected": self.rejected,
+            "costs": self.costs,
+            "load": self.load,
+            "examples": self.examples,
+            "metrics": self.metrics,
+            "run_changepoints": self.run_changepoints,
+            "delegation": self.delegation,
+        }
+
+    def __repr__(self) -> str:
+        lv = self.level_counts()
+        return (
+            f"<AuditResult runs={self.runs.height} ok={lv['ok']} review={lv['review']} "
+            f"escalate={lv['escalate']} loops={self.loops.height} changepoints={self.changepoints.height} "
+            f"drifted={self.summary()['drift']['drifted']} violations={self.violations.height} "
+            f"rejected={int(self.stats.get('rows_rejected', 0))}>"
+        )
+
+    def _repr_html_(self) -> str:
+        from driftwatch import report
+
+        return report.render_notebook(self)
+
+
+def _n_unique(frame: pl.DataFrame, col: str = "run_id") -> int:
+    return int(frame[col].n_unique()) if frame.height and col in frame.columns else 0
+
+
+_COST_HEADLINE = (
+    "runs_per_day",
+    "total_cost_usd",
+    "cost_p50",
+    "cost_p99",
+    "cost_max",
+    "p99_over_p50",
+    "max_over_p50",
+    "loop_share",
+    "error_share",
+    "retry_share",
+    "runs_over_ceiling",
+    "over_ceiling_share",
+    "cost_per_success",
+    "volume_per_day",
+    "projected_daily_usd",
+    "projected_daily_lo",
+    "projected_daily_hi",
+    "worst_run_expected_usd",
+)
+
+
+def _cost_headline(runs: pl.DataFrame, costs: pl.DataFrame) -> dict[str, Any]:
+    """Fleet-wide cost figures for summary.json (the ``all`` row of the cost profile)."""
+    out: dict[str, Any] = {}
+    if runs.height and "cost_usd" in runs.columns:
+        out["total_usd"] = _num(runs["cost_usd"].sum())
+    if costs.height and "series" in costs.columns:
+        fleet = costs.filter(pl.col("series") == "all")
+        if fleet.height == 0 and costs.height == 1:
+            fleet = costs
+        if fleet.height:
+            row = fleet.row(0, named=True)
+            out.update({k: _num(row.get(k)) for k in _COST_HEADLINE if k in row})
+    return out
+
+
+def _load_headline(load: pl.DataFrame) -> dict[str, Any]:
+    """Significant load knees for summary.json."""
+    if load.height == 0 or "knee" not in load.columns:
+        return {"knees": 0, "items": []}
+    found = load.filter(pl.col("knee").is_not_null())
+    items = [
+        {
+            "series": r.get("series"),
+            "metric": r.get("metric"),
+            "load_kind": r.get("load_kind"),
+            "knee": _num(r.get("knee")),
+            "below": _num(r.get("below")),
+            "above": _num(r.get("above")),
+            "ratio": _num(r.get("ratio")),
+            "p_value": _num(r.get("p_value")),
+        }
+        for r in found.iter_rows(named=True)
+    ]
+    return {"knees": found.height, "items": items}
+
+
+# --------------------------------------------------------------------------- the audit
+
+
+def _fingerprint(parts: Iterable[Any]) -> str:
+    h = hashlib.blake2b(digest_size=8)
+    for p in parts:
+        h.update(repr(p).encode())
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def _chunk_count(n_rows: int, chunks: int | str | None, chunk_rows: int) -> int:
+    if chunks is None or chunks == "auto":
+        return max(1, math.ceil(n_rows / max(chunk_rows, 1)))
+    if isinstance(chunks, int) and not isinstance(chunks, bool) and chunks >= 1:
+        return chunks
+    raise InvalidParameterError(f"chunks must be None, 'auto' or a positive int, got {chunks!r}")
+
+
+def _policy_fingerprint(pol: Any) -> str:
+    try:
+        return pol.to_toml()
+    except Exception:  # pragma: no cover - any Policy has to_toml
+        return repr(pol)
+
+
+def _is_frame(x: Any) -> bool:
+    return isinstance(x, pl.DataFrame | pl.LazyFrame) or (
+        hasattr(x, "events") and hasattr(x, "stats") and not isinstance(x, str | os.PathLike)
+    )
+
+
+def _read(
+    source: Any,
+    *,
+    format: str,
+    engine: str,
+    since: datetime | None,
+    until: datetime | None,
+    column_map: Mapping[str, str] | None,
+) -> tuple[pl.LazyFrame, pl.DataFrame, dict[str, Any]]:
+    """(events, rejected, stats) from paths, frames or a ReadResult."""
+    if isinstance(source, pl.DataFrame | pl.LazyFrame):
+        lf = as_lazy(source)
+        rejected = pl.DataFrame()
+        n = int(lf.select(pl.len()).collect().item())
+        stats: dict[str, Any] = {"rows_in": n, "rows_valid": n, "rows_rejected": 0, "files": 0}
+    else:
+        if hasattr(source, "events") and hasattr(source, "stats"):
+            rr = source
+        else:
+            from driftwatch.read import read_logs
+
+            rr = read_logs(source, format=format, engine=engine, column_map=column_map)
+        lf = as_lazy(rr.events)
+        rejected = rr.rejected if isinstance(rr.rejected, pl.DataFrame) else rr.rejected.collect()
+        stats = dict(rr.stats)
+    if since is not None or until is not None:
+        # a run belongs to the window of its first step: prefilter rows with a margin (pushed
+        # into the scan), then keep the runs whose first step is inside the window
+        pre = pl.lit(True)
+        if since is not None:
+            pre = pre & (pl.col("ts") >= since - _WINDOW_MARGIN)
+        if until is not None:
+            pre = pre & (pl.col("ts") < until + _WINDOW_MARGIN)
+        first = pl.col("ts").min().over("run_id")
+        lf = lf.filter(pre).filter(_window_expr(first, since, until))
+        stats["rows_in_window"] = int(lf.select(pl.len()).collect().item())
+    return lf, rejected, stats
+
+
+def _window_expr(first: pl.Expr, since: datetime | None, until: datetime | None) -> pl.Expr:
+    cond = pl.lit(True)
+    if since is not None:
+        cond = cond & (first >= since)
+    if until is not None:
+        cond = cond & (first < until)
+    return cond
+
+
+def audit(
+    source_or_events: Any,
+    *,
+    policy: Policy | str | os.PathLike[str] | None = None,
+    reference: Any = None,
+    out: str | os.PathLike[str] | None = None,
+    engine: str = "polars",
+    since: Any = None,
+    until: Any = None,
+    chunks: int | str | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    format: str = "auto",
+    column_map: Mapping[str, str] | None = None,
+    volume_per_day: float | None = None,
+    every: str = "1d",
+    drift_every: str = "7d",
+    load_every: str = "1m",
+    by: Sequence[str] = ("agent",),
+    state: AuditState | str | os.PathLike[str] | None = None,
+    history_days: float = 90.0,
+    progress: Progress | None = None,
+) -> AuditResult:
+    """Run every detector over a log and score every run.
+
+    Parameters
+    ----------
+    source_or_events : path, list of paths, DataFrame, LazyFrame or ReadResult
+        Parquet files, folders (hive partitions too) or globs; or canonical events.
+    policy : Policy, path or None, default=None
+        Policy for checks and score thresholds (``None``: ``dw.Policy()``).
+    reference : (start, end), "START..END", a path/frame of reference logs, or None
+        Drift reference. ``None``: the first ``drift_every`` of the data.
+    out : path, optional
+        Write all output files there (as :meth:`AuditResult.write`).
+    engine : {"polars", "duckdb", "spark"}, default="polars"
+        Reader engine; ``"spark"`` runs the per-run stage on Spark
+        (:func:`driftwatch.spark.audit_spark`, needs ``driftwatch[spark]``).
+    since, until : datetime, date or ISO text, optional
+        Audit only runs whose first step is in ``[since, until)``.
+    chunks : int, "auto" or None, default=None
+        Number of hash partitions of ``run_id`` for the per-run stage; ``None``/``"auto"``
+        picks ``ceil(rows / chunk_rows)`` (one chunk for small logs).
+    chunk_rows : int, default=2_000_000
+        Target events per chunk for ``"auto"``.
+    format : str, default="auto"
+        Input format for :func:`driftwatch.read_logs`.
+    column_map : mapping, optional
+        Column renames for :func:`driftwatch.read_logs`.
+    volume_per_day : float, optional
+        Runs per day for the cost projection.
+    every, drift_every, load_every : str, default="1d", "7d", "1m"
+        Bucket sizes (Polars duration strings).
+    by : sequence of str, default=("agent",)
+        Series columns for change-points, drift, costs and load.
+    state : AuditState, path or None, default=None
+        Incremental mode: a DuckDB state file (or open :class:`~driftwatch.state.AuditState`).
+        Only source files not audited before are read; results are appended to the
+        history tables; change-points and drift see the last ``history_days`` of history.
+    history_days : float, default=90
+        How much history the fleet stage loads in incremental mode.
+    progress : callable, optional
+        Receives a short line per stage (the CLI prints them on a terminal).
+
+    Returns
+    -------
+    AuditResult
+
+    Raises
+    ------
+    DriftwatchError
+        Bad input (missing files, corrupt Parquet, missing columns) or bad options.
+    """
+    if engine not in ("polars", "duckdb", "spark"):
+        raise InvalidParameterError(f"engine must be 'polars', 'duckdb' or 'spark', got {engine!r}")
+    since_dt = _parse_time(since, name="since") if since is not None else None
+    until_dt = _parse_time(until, name="until") if until is not None else None
+    if since_dt and until_dt and until_dt <= since_dt:
+        raise InvalidParameterError(f"until ({until_dt.isoformat()}) must be after since ({since_dt.isoformat()})")
+    from driftwatch import policy as policy_mod
+
+    pol = policy_mod._as_policy(policy)
+    say = progress or (lambda _msg: None)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    if engine == "spark":
+        try:
+            from driftwatch.spark import audit_spark
+        except ImportError as exc:
+            raise InvalidParameterError(
+                f"engine='spark' needs PySpark and driftwatch.spark ({exc}); install with: pip install 'driftwatch[spark]'"
+            ) from None
+        result = audit_spark(
+            source_or_events, policy=pol, reference=reference, since=since_dt, until=until_dt,
+            volume_per_day=volume_per_day, every=every, drift_every=drift_every, load_every=load_every, by=by,
+        )
+        if out is not None:
+            result.write(out)
+        return result
+
+    # ---------------------------------------------------------------- incremental plan
+    st: AuditState | None = None
+    own_state = False
+    todo_files: list[SourceFile] = []
+    skipped: list[SourceFile] = []
+    source = source_or_events
+    if state is not None:
+        from driftwatch.state import AuditState as _State
+
+        if _is_frame(source_or_events):
+            raise InvalidParameterError(
+                "state= (incremental audits) needs file sources (paths), not in-memory frames"
+            )
+        st = state if isinstance(state, _State) else _State(state)
+        own_state = not isinstance(state, _State)
+    try:
+        if st is not None:
+            files = list_source_files(source_or_events)
+            todo_files, skipped = st.plan(files)
+            st.touch([f for f in skipped if f.hash is not None])
+            say(f"state: {len(todo_files)} new file(s), {len(skipped)} already audited")
+            if not todo_files:
+                raise NothingToAudit(
+                    f"{_describe(source_or_events)}: no new data since the last audit "
+                    f"({len(skipped)} file(s) already audited); nothing to do"
+                )
+            source = [f.path for f in todo_files]
+
+        # ------------------------------------------------------------ read
+        t0 = time.perf_counter()
+        lf, rejected, stats = _read(
+            source, format=format, engine=engine, since=since_dt, until=until_dt, column_map=column_map
+        )
+        timings["read"] = round(time.perf_counter() - t0, 4)
+        n_rows = int(stats.get("rows_in_window", stats.get("rows_valid", 0)))
+        say(
+            f"read: {stats.get('rows_in', 0):,} rows, {stats.get('rows_valid', 0):,} valid, "
+            f"{stats.get('rows_rejected', 0):,} rejected ({timings['read']:.1f}s)"
+        )
+
+        # ------------------------------------------------------------ reference logs
+        reference_tables: RunTables | None = None
+        ref_arg = reference
+        if reference is not None and not _is_range(reference):
+            t0 = time.perf_counter()
+            ref_lf, _, _ = _read(
+                reference, format=format, engine=engine, since=None, until=None, column_map=column_map
+            )
+            reference_tables = run_stage(ref_lf, policy=pol, n_examples=0)
+            ref_arg = None
+            timings["reference"] = round(time.perf_counter() - t0, 4)
+
+        # ------------------------------------------------------------ per-run stage
+        n_chunks = _chunk_count(n_rows, chunks, chunk_rows)
+        t0 = time.perf_counter()
+        parts: list[RunTables] = []
+        if n_chunks == 1:
+            parts.append(run_stage(lf, policy=pol))
+        else:
+            bucket = pl.col("run_id").hash(seed=0) % n_chunks
+            for i in range(n_chunks):
+                parts.append(run_stage(lf.filter(bucket == i), policy=pol))
+                say(f"per-run stage: chunk {i + 1}/{n_chunks}, {sum(p.n_runs for p in parts):,} runs")
+        tables = RunTables.concat(parts)
+        timings["per_run_stage"] = round(time.perf_counter() - t0, 4)
+        say(f"per-run stage: {tables.n_runs:,} runs, {tables.loops.height:,} loops ({timings['per_run_stage']:.1f}s)")
+        if tables.n_runs == 0:
+            raise NoInputError(
+                f"{_describe(source_or_events)}: no valid events to audit"
+                + (" in the --since/--until window" if since_dt or until_dt else "")
+                + f" ({stats.get('rows_in', 0)} rows read, {stats.get('rows_rejected', 0)} rejected); "
+                "check the window or rejected.parquet"
+            )
+
+        # ------------------------------------------------------------ history
+        fleet_tables = tables
+        score_ids: pl.Series | None = None
+        if st is not None:
+            t0 = time.perf_counter()
+            lo = tables.features["first_ts"].min()
+            since_hist = lo - timedelta(days=history_days) if isinstance(lo, datetime) else None
+            hist = st.history(exclude_run_ids=tables.features["run_id"], since=since_hist)
+            if hist:
+                hist_tables = RunTables(
+                    **{
+                        name: _align(hist.get(name, pl.DataFrame()), getattr(tables, name))
+                        for name in ("features", "action_counts", "bigram_counts", "loops", "loop_summary",
+                                     "violations", "run_changepoints")
+                    }
+                )
+                fleet_tables = RunTables.concat([hist_tables, tables])
+                score_ids = tables.features["run_id"]
+            timings["history"] = round(time.perf_counter() - t0, 4)
+            say(f"history: {fleet_tables.n_runs - tables.n_runs:,} earlier runs as context")
+
+        # ------------------------------------------------------------ fleet stage
+        t0 = time.perf_counter()
+        result = fleet_stage(
+            fleet_tables,
+            policy=pol,
+            reference=ref_arg,
+            reference_tables=reference_tables,
+            volume_per_day=volume_per_day,
+            every=every,
+            drift_every=drift_every,
+            load_every=load_every,
+            by=by,
+            score_run_ids=score_ids,
+            progress=say,
+        )
+        timings["fleet_stage"] = round(time.perf_counter() - t0, 4)
+        result.rejected = sort_frame(rejected, ("source_file",))
+        timings.update({f"fleet.{k}": v for k, v in result.timings.items()})
+
+        src_desc = _sources_fingerprint(source, skipped)
+        result.audit_id = _fingerprint(
+            [src_desc, since_dt, until_dt, _policy_fingerprint(pol), str(reference), volume_per_day, every, by]
+        )
+        stats.update(
+            {
+                "runs": result.runs.height,
+                "engine": engine,
+                "chunks": n_chunks,
+                "sources": _source_names(source),
+                "since": _iso(since_dt),
+                "until": _iso(until_dt),
+            }
+        )
+        if st is not None:
+            stats["incremental"] = True
+            stats["skipped_files"] = len(skipped)
+        result.stats = stats
+        timings["total"] = round(time.perf_counter() - t_start, 4)
+        result.timings = timings
+
+        # ------------------------------------------------------------ outputs
+        if out is not None:
+            t0 = time.perf_counter()
+            result.write(out)
+            say(f"write: {out} ({time.perf_counter() - t0:.1f}s)")
+        if st is not None:
+            _record(st, result, tables, todo_files)
+        return result
+    finally:
+        if own_state and st is not None:
+            st.close()
+
+
+def _align(hist: pl.DataFrame, like: pl.DataFrame) -> pl.DataFrame:
+    """Cast a history table to the dtypes of the current one (DuckDB round trips)."""
+    if hist.width == 0:
+        return like.head(0)
+    casts = {c: t for c, t in like.schema.items() if c in hist.columns and hist.schema[c] != t}
+    return hist.cast(casts, strict=False) if casts else hist
+
+
+def _record(st: AuditState, result: AuditResult, tables: RunTables, files: Sequence[SourceFile]) -> None:
+    first = tables.features["first_ts"].min()
+    last = tables.features["last_ts"].max()
+    lv = result.level_counts()
+    audit_row = {
+        "audit_id": result.audit_id,
+        "window_start": first,
+        "window_end": last,
+        "watermark": last,
+        "rows_in": int(result.stats.get("rows_in", 0)),
+        "rows_valid": int(result.stats.get("rows_valid", 0)),
+        "rows_rejected": int(result.stats.get("rows_rejected", 0)),
+        "runs": result.runs.height,
+        "ok": lv["ok"],
+        "review": lv["review"],
+        "escalate": lv["escalate"],
+        "files": len(files),
+    }
+    per_run = {
+        "runs": result.runs,
+        "loops": tables.loops,
+        "violations": result.violations,
+        "features": tables.features,
+        "action_counts": tables.action_counts,
+        "bigram_counts": tables.bigram_counts,
+        "loop_summary": tables.loop_summary,
+        "run_changepoints": tables.run_changepoints,
+    }
+    fleet = {
+        "changepoints": result.changepoints.with_columns(pl.lit(result.audit_id).alias("audit_id")),
+        "drift": result.drift.with_columns(pl.lit(result.audit_id).alias("audit_id")),
+    }
+    st.record(audit=audit_row, per_run=per_run, fleet=fleet, run_ids=tables.features["run_id"], files=files)
+
+
+def _is_range(reference: Any) -> bool:
+    if isinstance(reference, str):
+        return ".." in reference and not Path(reference).exists()
+    return isinstance(reference, tuple | list) and len(reference) == 2 and not all(
+        isinstance(x, str) and Path(x).exists() for x in reference
+    )
+
+
+def _describe(source: Any) -> str:
+    if isinstance(source, str | os.PathLike):
+        return str(source)
+    if isinstance(source, list | tuple) and source and all(isinstance(s, str | os.PathLike) for s in source):
+        return ", ".join(str(s) for s in source[:3]) + (" ..." if len(source) > 3 else "")
+    return "events"
+
+
+def _source_names(source: Any) -> list[str]:
+    if isinstance(source, str | os.PathLike):
+        return [str(source)]
+    if isinstance(source, list | tuple) and all(isinstance(s, str | os.PathLike) for s in source):
+        return [str(s) for s in source]
+    return ["<in-memory events>"]
+
+
+def _sources_fingerprint(source: Any, skipped: Sequence[SourceFile]) -> list[Any]:
+    """Stable description of the input: paths with size and mtime, or a content hash of frames."""
+    if isinstance(source, str | os.PathLike) or (
+        isinstance(source, list | tuple) and all(isinstance(s, str | os.PathLike) for s in source)
+    ):
+        files = list_source_files(source)
+        return [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
+    if isinstance(source, pl.DataFrame | pl.LazyFrame):
+        lf = as_lazy(source)
+        row = lf.select(
+            pl.len().alias("rows"),
+            pl.col("run_id").n_unique().alias("runs"),
+            pl.col("ts").min().alias("ts_min"),
+            pl.col("ts").max().alias("ts_max"),
+            pl.col("run_id").hash(seed=1).sum().alias("ids"),
+            pl.col("step").sum().alias("steps"),
+        ).collect().row(0)
+        return [row]
+    return [repr(type(source))]
+
+
+def list_source_files(source: Any) -> list[str]:
+    """Parquet files named by a path, folder (searched recursively), glob, or list of them, sorted.
+
+    Raises
+    ------
+    NoInputError
+        A path or glob that matches no Parquet file.
+    """
+    import glob
+
+    items = [source] if isinstance(source, str | os.PathLike) else list(source)
+    out: list[str] = []
+    for item in items:
+        text = os.fspath(item)
+        p = Path(text)
+        if p.is_dir():
+            found = sorted(str(f.absolute()) for f in p.rglob("*.parquet") if f.is_file() and not _hidden(f, p))
+        elif p.is_file():
+            found = [str(p.absolute())]
+        elif glob.has_magic(text):
+            found = sorted(str(Path(f).absolute()) for f in glob.glob(text, recursive=True) if Path(f).is_file())
+        else:
+            raise NoInputError(f"{text}: no such file or folder; check the path")
+        if not found:
+            raise NoInputError(f"{text}: no Parquet files found; expected *.parquet files (hive folders are searched)")
+        out.extend(found)
+    return sorted(dict.fromkeys(out))
+
+
+def _hidden(f: Path, root: Path) -> bool:
+    return any(part.startswith((".", "_")) for part in f.relative_to(root).parts)
+
+
+__all__ = [
+    "ALERT_KEYS",
+    "CONTRACT_FILES",
+    "EXTRA_FILES",
+    "AuditResult",
+    "NothingToAudit",
+    "RunTables",
+    "audit",
+    "fleet_stage",
+    "list_source_files",
+    "parse_reference",
+    "run_stage",
+    "sort_frame",
+]
+

@@ -1,0 +1,437 @@
+"""The ``driftwatch`` command.
+
+::
+
+    driftwatch audit SOURCE... --out DIR [--policy FILE] [--format F] [--engine polars|duckdb|spark]
+                     [--since T] [--until T] [--reference START..END|PATH] [--fail-on review|escalate]
+                     [--quiet] [--state DIR | --db FILE] [--volume-per-day N]
+    driftwatch validate SOURCE...          schema check and a summary of rejected rows
+    driftwatch loops SOURCE...             repeating action cycles
+    driftwatch drift SOURCE... --reference START..END|PATH
+    driftwatch generate OUT --days N --runs-per-day N --seed N
+    driftwatch report DIR                  rebuild DIR/report.html from the results files
+
+Exit codes: 0 done; 1 done and some run reached ``--fail-on``; 2 bad input or
+usage. Every error is one line on stderr (what, where, what to do), never a
+traceback (set ``DRIFTWATCH_DEBUG=1`` to see one for unexpected errors).
+Progress goes to stderr, only on a terminal and without ``--quiet``.
+
+Examples
+--------
+>>> from driftwatch.cli import main
+>>> main(["audit", "/no/such/folder", "--out", "/tmp/x", "--quiet"])
+2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+EXIT_OK = 0
+EXIT_FAIL_ON = 1
+EXIT_BAD_INPUT = 2
+
+FORMATS = ("auto", "canonical", "otel", "openinference")
+ENGINES = ("polars", "duckdb", "spark")
+
+
+class _UsageError(Exception):
+    """An argparse usage error, carried out of the parser as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line naming the command and pointing at --help."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+
+def _build_parser() -> _Parser:
+    p = _Parser(
+        prog="driftwatch",
+        description="Batch audits of LLM-agent logs: loops, change-points, drift, policy breaches, escalation scores.",
+    )
+    from driftwatch import __version__
+
+    p.add_argument("--version", action="version", version=f"driftwatch {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def sources(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("sources", nargs="+", metavar="SOURCE",
+                        help="Parquet file, folder (hive partitions too) or glob; several allowed")
+        sp.add_argument("--format", choices=FORMATS, default="auto", help="input format (default: auto-detect)")
+
+    a = sub.add_parser("audit", help="run every detector and write the results folder",
+                       description="Run every detector over the logs and write the results folder.")
+    sources(a)
+    a.add_argument("--out", required=True, metavar="DIR", help="results folder (replaced as a whole, atomically)")
+    a.add_argument("--policy", metavar="FILE", help="policy TOML (default: built-in policy)")
+    a.add_argument("--engine", choices=ENGINES, default="polars", help="reader/compute engine (default: polars)")
+    a.add_argument("--since", metavar="TIME", help="audit runs starting at or after this time (ISO-8601, UTC)")
+    a.add_argument("--until", metavar="TIME", help="audit runs starting before this time (ISO-8601, UTC)")
+    a.add_argument("--reference", metavar="START..END|PATH",
+                   help="drift reference: a time range or reference logs (default: the first week)")
+    a.add_argument("--fail-on", choices=("review", "escalate"),
+                   help="exit 1 when a run reaches this level (for CI and cron alerts)")
+    a.add_argument("--quiet", "-q", action="store_true", help="no progress and no closing summary")
+    g = a.add_mutually_exclusive_group()
+    g.add_argument("--state", metavar="DIR", help="incremental mode: state folder (holds audit.duckdb)")
+    g.add_argument("--db", metavar="FILE", help="incremental mode: DuckDB state/history file")
+    a.add_argument("--volume-per-day", type=_positive_float, metavar="N",
+                   help="runs per day for the cost projection (default: the observed volume)")
+    a.add_argument("--every", default="1d", metavar="DUR", help="change-point bucket (default: 1d)")
+    a.add_argument("--drift-every", default="7d", metavar="DUR", help="drift window (default: 7d)")
+    a.add_argument("--load-every", default="1m", metavar="DUR", help="load-curve bucket (default: 1m)")
+    a.add_argument("--by", default="agent", metavar="COLS", help="series columns, comma-separated (default: agent)")
+    a.add_argument("--chunks", default="auto", metavar="N|auto",
+                   help="hash partitions of run_id for the per-run stage (default: auto)")
+    a.add_argument("--history-days", type=_positive_float, default=90.0, metavar="DAYS",
+                   help="incremental mode: days of history the fleet stage sees (default: 90)")
+
+    v = sub.add_parser("validate", help="check the schema and summarise rejected rows",
+                       description="Read the logs, check the schema and summarise rejected rows.")
+    sources(v)
+    v.add_argument("--engine", choices=("polars", "duckdb"), default="polars")
+    v.add_argument("--strict", action="store_true", help="exit 1 when any row is rejected")
+
+    lo = sub.add_parser("loops", help="find repeating action cycles",
+                        description="Find repeating action cycles in every run.")
+    sources(lo)
+    lo.add_argument("--out", metavar="FILE", help="also write all loops to this Parquet file")
+    lo.add_argument("--max-period", type=int, default=8)
+    lo.add_argument("--min-repeats", type=int, default=3)
+    lo.add_argument("--no-fuzzy", action="store_true", help="exact matching of args/results only")
+    lo.add_argument("--top", type=int, default=20, help="rows to print (default: 20)")
+
+    d = sub.add_parser("drift", help="compare current windows with a reference period",
+                       description="Compare current windows with a reference period, per agent.")
+    sources(d)
+    d.add_argument("--reference", required=True, metavar="START..END|PATH|DURATION",
+                   help="a time range, reference logs, or a duration from the start such as 14d")
+    d.add_argument("--every", default="7d", metavar="DUR", help="window length (default: 7d)")
+    d.add_argument("--by", default="agent", metavar="COLS")
+    d.add_argument("--out", metavar="FILE", help="also write all rows to this Parquet file")
+    d.add_argument("--all", action="store_true", help="print every row, not only drifted ones")
+
+    ge = sub.add_parser("generate", help="write a synthetic fleet with ground truth",
+                        description="Write a seeded synthetic fleet (events + truth tables) as Parquet.")
+    ge.add_argument("out", metavar="OUT", help="folder to write (events/date=.../part-0.parquet, truth/)")
+    ge.add_argument("--days", type=_positive_int, default=30)
+    ge.add_argument("--runs-per-day", type=_positive_int, default=400)
+    ge.add_argument("--seed", type=int, default=0)
+    ge.add_argument("--start", default="2026-10-01", help="first day (default: 2026-10-01)")
+    ge.add_argument("--stable", action="store_true", help="inject nothing (a clean fleet)")
+
+    r = sub.add_parser("report", help="rebuild report.html from a results folder",
+                       description="Rebuild DIR/report.html from the results files in DIR.")
+    r.add_argument("dir", metavar="DIR")
+    return p
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+class _Progress:
+    """Progress lines on stderr with elapsed time (only on a terminal, never with --quiet)."""
+
+    def __init__(self, stream: TextIO, *, enabled: bool) -> None:
+        self.stream = stream
+        self.enabled = enabled
+        self.t0 = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        if self.enabled:
+            print(f"[{time.perf_counter() - self.t0:6.1f}s] {message}", file=self.stream, flush=True)
+
+
+def _by(text: str) -> tuple[str, ...]:
+    return tuple(c.strip() for c in text.split(",") if c.strip())
+
+
+def _chunks(text: str) -> int | str:
+    if text == "auto":
+        return "auto"
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        from driftwatch.errors import InvalidParameterError
+
+        raise InvalidParameterError(f"--chunks: expected 'auto' or a positive integer, got {text!r}")
+    return n
+
+
+def _one(sources: Sequence[str]) -> str | list[str]:
+    return sources[0] if len(sources) == 1 else list(sources)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _cmd_audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from driftwatch.audit import NothingToAudit, audit
+
+    progress = _Progress(err, enabled=err.isatty() and not args.quiet)
+    state: Any = None
+    if args.state or args.db:
+        from driftwatch.state import AuditState
+
+        state = AuditState.open(state_dir=args.state, db=args.db)
+    try:
+        result = audit(
+            _one(args.sources),
+            policy=args.policy,
+            reference=args.reference,
+            out=args.out,
+            engine=args.engine,
+            since=args.since,
+            until=args.until,
+            chunks=_chunks(args.chunks),
+            format=args.format,
+            volume_per_day=args.volume_per_day,
+            every=args.every,
+            drift_every=args.drift_every,
+            load_every=args.load_every,
+            by=_by(args.by),
+            state=state,
+            history_days=args.history_days,
+            progress=progress,
+        )
+    except NothingToAudit as exc:
+        if not args.quiet:
+            print(f"driftwatch: {exc}", file=out)
+        return EXIT_OK
+    finally:
+        if state is not None:
+            state.close()
+    lv = result.level_counts()
+    report = Path(args.out).absolute() / "report.html"
+    if not args.quiet:
+        s = result.summary()
+        print(
+            f"audited {s['runs']:,} runs ({s['rows_valid']:,} of {s['rows_in']:,} rows valid, "
+            f"{s['rows_rejected']:,} rejected): ok {lv['ok']:,}, review {lv['review']:,}, escalate {lv['escalate']:,}",
+            file=out,
+        )
+        print(
+            f"loops {s['loops']['total']:,} in {s['loops']['runs_with_loops']:,} runs · policy breaches "
+            f"{s['violations']['total']:,} · change-points {s['changepoints']:,} · drifted rows {s['drift']['drifted']:,} "
+            f"· load knees {s['load']['knees']:,}",
+            file=out,
+        )
+        print(f"results: {Path(args.out).absolute()}", file=out)
+        print(f"report: {report}", file=out)
+    if args.fail_on == "review" and (lv["review"] + lv["escalate"]) > 0:
+        return EXIT_FAIL_ON
+    if args.fail_on == "escalate" and lv["escalate"] > 0:
+        return EXIT_FAIL_ON
+    return EXIT_OK
+
+
+def _cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import polars as pl
+
+    from driftwatch.read import read_logs
+    from driftwatch.schema import validate_events
+
+    rr = read_logs(_one(args.sources), format=args.format, engine=args.engine)
+    events = rr.events
+    validate_events(events, where=", ".join(args.sources))
+    st = rr.stats
+    n_runs = (events.lazy() if isinstance(events, pl.DataFrame) else events).select(
+        pl.col("run_id").n_unique()
+    ).collect().item()
+    files = st.get("files")
+    n_files = len(files) if isinstance(files, list | tuple) else files
+    print(
+        f"{', '.join(args.sources)}: {st['rows_in']:,} rows in {n_files} file(s): {st['rows_valid']:,} valid "
+        f"({n_runs:,} runs), {st['rows_rejected']:,} rejected; schema OK",
+        file=out,
+    )
+    rej = rr.rejected if isinstance(rr.rejected, pl.DataFrame) else rr.rejected.collect()
+    if rej.height:
+        by = [c for c in ("reason", "source_file") if c in rej.columns]
+        summary = rej.group_by(by).agg(pl.len().alias("rows")).sort(["rows", *by], descending=[True] + [False] * len(by))
+        for r in summary.head(20).iter_rows(named=True):
+            where = f" in {r['source_file']}" if "source_file" in r else ""
+            print(f"  rejected {r['rows']:,} row(s): {r.get('reason')}{where}", file=out)
+        if args.strict:
+            return EXIT_FAIL_ON
+    return EXIT_OK
+
+
+def _cmd_loops(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import polars as pl
+
+    from driftwatch._io import atomic_write_parquet
+    from driftwatch.loops import detect_loops
+    from driftwatch.read import read_logs
+
+    rr = read_logs(_one(args.sources), format=args.format)
+    loops = detect_loops(
+        rr.events, max_period=args.max_period, min_repeats=args.min_repeats, fuzzy=not args.no_fuzzy
+    )
+    if args.out:
+        atomic_write_parquet(loops, args.out)
+    kinds = {k: n for k, n in loops["kind"].value_counts().sort("kind").iter_rows()} if loops.height else {}
+    print(
+        f"{loops.height:,} loops in {loops['run_id'].n_unique() if loops.height else 0:,} runs"
+        + (" (" + ", ".join(f"{k} {n:,}" for k, n in kinds.items()) + ")" if kinds else ""),
+        file=out,
+    )
+    if loops.height:
+        top = loops.sort(["wasted_cost_usd", "run_id"], descending=[True, False], nulls_last=True).head(args.top)
+        with pl.Config(tbl_rows=args.top, tbl_cols=10, fmt_str_lengths=40, tbl_width_chars=160):
+            print(top.select("run_id", "agent", "kind", "pattern", "repeats", "start_step", "end_step",
+                             "wasted_steps", "wasted_cost_usd"), file=out)
+    if args.out:
+        print(f"wrote {Path(args.out).absolute()}", file=out)
+    return EXIT_OK
+
+
+def _cmd_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import polars as pl
+
+    from driftwatch._io import atomic_write_parquet
+    from driftwatch.audit import parse_reference
+    from driftwatch.drift import detect_drift
+    from driftwatch.read import read_logs
+
+    rr = read_logs(_one(args.sources), format=args.format)
+    ref: Any = args.reference
+    if ".." in ref and not Path(ref).exists():
+        ref = parse_reference(ref)
+    elif Path(ref).exists():
+        ref = read_logs(ref, format=args.format).events
+    rows = detect_drift(rr.events, reference=ref, every=args.every, by=_by(args.by))
+    if args.out:
+        atomic_write_parquet(rows, args.out)
+    drifted = rows.filter(pl.col("drifted")) if rows.height else rows
+    print(f"{rows.height:,} tests, {drifted.height:,} drifted", file=out)
+    show = rows if args.all else drifted
+    for r in show.iter_rows(named=True):
+        mark = "DRIFT" if r.get("drifted") else "  ok "
+        print(
+            f"{mark} {r.get('series')} {str(r.get('window_start'))[:10]}..{str(r.get('window_end'))[:10]} "
+            f"{r.get('feature')}: {r.get('explain') or ''}",
+            file=out,
+        )
+    if args.out:
+        print(f"wrote {Path(args.out).absolute()}", file=out)
+    return EXIT_OK
+
+
+def _cmd_generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from driftwatch import synth
+
+    scenario = synth.Scenario.stable() if args.stable else None
+    counts = synth.write_fleet(
+        args.out, days=args.days, runs_per_day=args.runs_per_day, seed=args.seed, start=args.start,
+        scenario=scenario,
+    )
+    print(
+        f"wrote {counts['events']:,} events in {counts['runs']:,} runs over {counts['days']} days to "
+        f"{Path(args.out).absolute()}",
+        file=out,
+    )
+    return EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from driftwatch.report import rebuild
+
+    path = rebuild(args.dir)
+    print(f"report: {path.absolute()}", file=out)
+    return EXIT_OK
+
+
+_COMMANDS = {
+    "audit": _cmd_audit,
+    "validate": _cmd_validate,
+    "loops": _cmd_loops,
+    "drift": _cmd_drift,
+    "generate": _cmd_generate,
+    "report": _cmd_report,
+}
+
+
+def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    """Run the CLI; returns the exit code (0 done, 1 ``--fail-on`` reached, 2 bad input or usage).
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments without the program name (default: ``sys.argv[1:]``).
+    stdout, stderr : text streams, optional
+        Where results and errors go (default: the process's).
+    """
+    from driftwatch.errors import DriftwatchError
+
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except _UsageError as exc:
+        print(f"{exc}", file=err)
+        return EXIT_BAD_INPUT
+    except SystemExit as exc:  # --help / --version
+        return int(exc.code or 0)
+    if not args.command:
+        print("driftwatch: a command is required: audit, validate, loops, drift, generate or report "
+              "(see 'driftwatch --help')", file=err)
+        return EXIT_BAD_INPUT
+    try:
+        return _COMMANDS[args.command](args, out, err)
+    except DriftwatchError as exc:
+        print(f"driftwatch {args.command}: error: {_one_line(exc)}", file=err)
+        return EXIT_BAD_INPUT
+    except (OSError, MemoryError) as exc:
+        where = f" {exc.filename}:" if isinstance(exc, OSError) and exc.filename else ""
+        print(f"driftwatch {args.command}: error:{where} {_one_line(exc)}; check the path and permissions",
+              file=err)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"driftwatch {args.command}: interrupted; previous results are left as they were", file=err)
+        return 130
+    except Exception as exc:  # a bug: still one line, unless debugging
+        if os.environ.get("DRIFTWATCH_DEBUG"):
+            raise
+        print(
+            f"driftwatch {args.command}: unexpected error: {type(exc).__name__}: {_one_line(exc)} "
+            "(rerun with DRIFTWATCH_DEBUG=1 for the traceback and please report it)",
+            file=err,
+        )
+        return EXIT_BAD_INPUT
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc.strerror if isinstance(exc, OSError) and exc.strerror else exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+__all__ = ["EXIT_BAD_INPUT", "EXIT_FAIL_ON", "EXIT_OK", "main"]
