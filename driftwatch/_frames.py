@@ -9,8 +9,8 @@ from typing import Any
 
 import polars as pl
 
-from driftwatch.errors import InvalidParameterError, SchemaError
-from driftwatch.schema import CANONICAL_SCHEMA, DEFAULT_AGENT
+from driftwatch.errors import InvalidParameterError
+from driftwatch.schema import conform
 
 FrameLike = pl.DataFrame | pl.LazyFrame
 
@@ -46,47 +46,8 @@ def as_lazy(events: Any, *, name: str = "events") -> pl.LazyFrame:
             f"{name} must be a polars DataFrame or LazyFrame of canonical events, "
             f"got {type(events).__name__}"
         )
-    schema = lf.collect_schema()
-    missing = [c for c in ("run_id", "action") if c not in schema]
-    if "step" not in schema and "ts" not in schema:
-        missing.append("step (or ts)")
-    if missing:
-        raise SchemaError(
-            f"{name}: missing required column(s) {missing}; found {list(schema)}"
-        )
-    exprs: list[pl.Expr] = []
-    for col, dtype in CANONICAL_SCHEMA.items():
-        if col in schema:
-            if schema[col] == dtype:
-                exprs.append(pl.col(col))
-            elif col == "ts":
-                exprs.append(_ts_expr(schema[col]).alias("ts"))
-            else:
-                exprs.append(pl.col(col).cast(dtype, strict=False))
-        elif col == "agent":
-            exprs.append(pl.lit(DEFAULT_AGENT, dtype=pl.String).alias(col))
-        elif col == "step":
-            exprs.append(
-                pl.col("ts").rank("ordinal").over("run_id").cast(pl.Int64).alias("step")
-            )
-        else:
-            exprs.append(pl.lit(None, dtype=dtype).alias(col))
-    extra = [pl.col(c) for c in schema if c not in CANONICAL_SCHEMA]
-    return lf.select(exprs + extra)
-
-
-def _ts_expr(dtype: pl.DataType) -> pl.Expr:
-    col = pl.col("ts")
-    if isinstance(dtype, pl.Datetime):
-        col = col.dt.replace_time_zone("UTC") if dtype.time_zone is None else col.dt.convert_time_zone("UTC")
-        return col.dt.cast_time_unit("us")
-    if dtype == pl.String:
-        return col.str.to_datetime(time_unit="us", time_zone="UTC", strict=False)
-    if dtype.is_integer():
-        return pl.from_epoch(col, time_unit="ns").dt.replace_time_zone("UTC").dt.cast_time_unit("us")
-    if dtype == pl.Date:
-        return col.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
-    raise SchemaError(f"events: column 'ts' has type {dtype}; expected a datetime, ISO-8601 text or epoch ns")
+    # casting, typed nulls and step derivation live in driftwatch.schema.conform (shared with read_logs)
+    return conform(lf, where=name, keep_extra=True)
 
 
 def collect(lf: pl.LazyFrame | pl.DataFrame, *, streaming: bool = False) -> pl.DataFrame:

@@ -76,6 +76,7 @@ _FILE = f"{INTERNAL_PREFIX}file"
 _ROW = f"{INTERNAL_PREFIX}row"
 _ORDER = f"{INTERNAL_PREFIX}order"
 _FIRST = f"{INTERNAL_PREFIX}first"
+_HASH = f"{INTERNAL_PREFIX}hash"
 _ROW_BITS = 40  # order key = file index << 40 | row in file
 _ROW_MASK = (1 << _ROW_BITS) - 1
 
@@ -643,28 +644,56 @@ def _assign_formats(infos: list[_FileInfo], fmt: str, cmap: dict[str, str]) -> l
 
 
 def _group_frame(
-    group: _Group, engine: str, filters: _Filters, cmap: dict[str, str], file_index: dict[str, int]
+    gi: int, group: _Group, engine: str, filters: _Filters, cmap: dict[str, str], *, check: bool
 ) -> pl.LazyFrame:
+    """Scan, adapt and conform one group of files; ``_ORDER`` = group index << 40 | row in group."""
     schema = {**group.schema, **{k: pl.String() for k in group.hive}}
     push = pushdown_columns(group.format, schema, cmap)
-    raw = _scan_polars(group, filters, push) if engine == "polars" else _scan_duckdb(group, filters, push)
-    # order key: file index << 40 | row within the file (polars' row index runs across the group's files)
-    base: dict[str, int] = {}
-    offset = 0
-    for f in group.files:
-        base[f.path] = (file_index[f.path] << _ROW_BITS) - (offset if engine == "polars" else 0)
-        offset += f.rows
-    raw = raw.with_columns(
-        (pl.col(_FILE).replace_strict(base, return_dtype=pl.Int64) + pl.col(_ROW).cast(pl.Int64)).alias(_ORDER)
-    ).drop(_ROW, _FILE)
+    if engine == "polars":
+        raw = _scan_polars(group, filters, push)
+        order = pl.col(_ROW).cast(pl.Int64) + (gi << _ROW_BITS)
+    else:
+        raw = _scan_duckdb(group, filters, push)
+        offsets = dict(zip([f.path for f in group.files], _offsets(group), strict=True))
+        order = pl.col(_FILE).replace_strict(offsets, return_dtype=pl.Int64) + pl.col(_ROW) + (gi << _ROW_BITS)
+    raw = raw.with_columns(order.alias(_ORDER)).drop(_ROW, _FILE)
     raw_schema = {**schema, _ORDER: pl.Int64()}
     where = group.files[0].path if len(group.files) == 1 else (
         f"{len(group.files)} {group.format} files under {os.path.commonpath([f.path for f in group.files])}"
     )
     adapted = adapt(raw, raw_schema, group.format, column_map=cmap, where=where)
-    out = conform(adapted, where=where, check=True, order_by=(_ORDER,))
+    out = conform(adapted, where=where, check=check, normalize=True, order_by=(_ORDER,))
     post = _canonical_filter(filters)
     return out.filter(post) if post is not None else out
+
+
+def _offsets(group: _Group) -> list[int]:
+    """Row offset of each file of the group within the group's row numbering."""
+    out, acc = [], 0
+    for f in group.files:
+        out.append(acc)
+        acc += f.rows
+    return out
+
+
+def _locate(orders: pl.Series, groups: Sequence[_Group]) -> tuple[pl.Series, pl.Series]:
+    """Decode order keys into (source file path, row in that file); vectorised per group."""
+    import numpy as np
+
+    o = orders.to_numpy()
+    g = o >> _ROW_BITS
+    r = o & _ROW_MASK
+    paths = np.empty(len(o), dtype=object)
+    rows = np.zeros(len(o), dtype=np.int64)
+    for gi, group in enumerate(groups):
+        sel = g == gi
+        if not sel.any():
+            continue
+        offs = np.asarray(_offsets(group), dtype=np.int64)
+        idx = np.searchsorted(offs, r[sel], side="right") - 1
+        paths[sel] = np.asarray([f.path for f in group.files], dtype=object)[idx]
+        rows[sel] = r[sel] - offs[idx]
+    return pl.Series("source_file", paths, dtype=pl.String), pl.Series("source_row", rows, dtype=pl.Int64)
 
 
 def read_logs(
@@ -753,63 +782,76 @@ def read_logs(
         cols = sorted({c for i in infos for c in i.schema})
         raise SchemaError(f"column_map source column(s) {unused} are in none of the {len(paths)} file(s); found {cols}")
     infos = _assign_formats(infos, format, cmap)
-    file_index = {i.path: n for n, i in enumerate(infos)}
     groups = _group(infos)
 
-    frames = [_group_frame(g, engine, filters, cmap, file_index) for g in groups]
-    base = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
+    def frames(check: bool) -> pl.LazyFrame:
+        parts = [_group_frame(gi, g, engine, filters, cmap, check=check) for gi, g in enumerate(groups)]
+        return parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical")
 
+    base = frames(check=True)
     reason = pl.col(REASON_COL)
+    valid = base.filter(reason.is_null())
+    key_hash = pl.struct("run_id", "step").hash().alias(_HASH)
+    # one pass: rows per reason, and hashes of (run_id, step) seen twice (candidates for duplicates)
     q_counts = base.select(reason).group_by(REASON_COL).agg(pl.len().alias("n"))
-    q_dups = (
-        base.filter(reason.is_null())
-        .select("run_id", "step", _ORDER)
-        .group_by("run_id", "step")
-        .agg(pl.len().alias("n"), pl.col(_ORDER).min().alias(_FIRST))
-        .filter(pl.col("n") > 1)
-    )
-    counts, dups = _guard(lambda: pl.collect_all([q_counts, q_dups]), paths)
+    q_hashes = valid.select(key_hash).sort(_HASH).filter(pl.col(_HASH) == pl.col(_HASH).shift(1)).unique()
+    counts, hashes = _guard(lambda: pl.collect_all([q_counts, q_hashes]), paths)
 
     reasons = {r: int(n) for r, n in counts.iter_rows() if r is not None}
     rows_in = int(counts.get_column("n").sum())
-    n_dup = int((dups.get_column("n") - 1).sum()) if dups.height else 0
-    if n_dup:
-        reasons["duplicate_step"] = n_dup
-        kept_file = (pl.col(_FIRST) // (1 << _ROW_BITS)).replace_strict(
-            {n: p for p, n in file_index.items()}, return_dtype=pl.String)
-        marked = base.join(dups.lazy().select("run_id", "step", _FIRST), on=["run_id", "step"], how="left").with_columns(
-            pl.when(reason.is_null() & pl.col(_FIRST).is_not_null() & (pl.col(_ORDER) != pl.col(_FIRST)))
-            .then(pl.lit("duplicate_step")).otherwise(reason).alias(REASON_COL),
-            pl.when(reason.is_null() & pl.col(_FIRST).is_not_null() & (pl.col(_ORDER) != pl.col(_FIRST)))
-            .then(pl.concat_str([pl.lit("kept "), kept_file, pl.lit(" row "),
-                                 (pl.col(_FIRST) % (1 << _ROW_BITS)).cast(pl.String)]))
-            .otherwise(pl.col(DETAIL_COL)).alias(DETAIL_COL),
-        ).drop(_FIRST)
-    else:
-        marked = base
+    dup_rows: pl.LazyFrame | None = None
+    if hashes.height:
+        dups = _guard(
+            lambda: valid.filter(key_hash.is_in(hashes.get_column(_HASH).implode()))
+            .group_by("run_id", "step")
+            .agg(pl.len().alias("n"), pl.col(_ORDER).min().alias(_FIRST))
+            .filter(pl.col("n") > 1)
+            .collect(),
+            paths,
+        )
+        n_dup = int((dups.get_column("n") - 1).sum()) if dups.height else 0
+        if n_dup:
+            reasons["duplicate_step"] = n_dup
+            dup_rows = (
+                valid.join(dups.lazy().select("run_id", "step", _FIRST), on=["run_id", "step"], how="inner")
+                .filter(pl.col(_ORDER) != pl.col(_FIRST))
+                .with_columns(pl.lit("duplicate_step").alias(REASON_COL))
+            )
     rows_rejected = sum(reasons.values())
 
     if rows_rejected:
-        path_of = {n: p for p, n in file_index.items()}
-        rejected = _guard(
-            lambda: marked.filter(pl.col(REASON_COL).is_not_null()).select(
-                *[pl.col(c) for c in COLUMNS],
-                (pl.col(_ORDER) // (1 << _ROW_BITS)).replace_strict(path_of, return_dtype=pl.String).alias("source_file"),
-                (pl.col(_ORDER) % (1 << _ROW_BITS)).alias("source_row"),
-                pl.col(REASON_COL).alias("reason"),
-                pl.col(DETAIL_COL).alias("detail"),
-            ).sort("source_file", "source_row").collect(),
-            paths,
+        bad = base.filter(reason.is_not_null()).with_columns(pl.lit(None, dtype=pl.Int64).alias(_FIRST))
+        parts = [bad] if dup_rows is None else [bad, dup_rows.select(bad.collect_schema().names())]
+        got = _guard(lambda: pl.concat(parts).collect(), paths)
+        source_file, source_row = _locate(got.get_column(_ORDER), groups)
+        kept_file, kept_row = _locate(got.get_column(_FIRST).fill_null(0), groups)
+        is_dup = got.get_column(REASON_COL) == "duplicate_step"
+        detail = pl.select(
+            pl.when(pl.lit(is_dup))
+            .then(pl.format("kept {} row {}", pl.lit(kept_file), pl.lit(kept_row)))
+            .otherwise(pl.lit(got.get_column(DETAIL_COL)))
+        ).to_series()
+        rejected = (
+            got.select(COLUMNS)
+            .with_columns(source_file, source_row, got.get_column(REASON_COL).alias("reason"), detail.alias("detail"))
+            .sort("source_file", "source_row")
         )
     else:
         rejected = pl.DataFrame(schema=REJECTED_SCHEMA)
     if rejected.height != rows_rejected:  # pragma: no cover - internal consistency
         raise InputError(
             f"internal error: counted {rows_rejected} rejected rows but collected {rejected.height}; "
-            "the input changed while it was read?"
+            "did the input change while it was read?"
         )
 
-    events = marked.filter(pl.col(REASON_COL).is_null()).select([pl.col(c) for c in COLUMNS])
+    if not rows_rejected:
+        # nothing to drop: the events plan converts without evaluating the checks again
+        events = frames(check=False).select([pl.col(c) for c in COLUMNS])
+    else:
+        kept = valid
+        if dup_rows is not None:
+            kept = kept.join(dup_rows.select(_ORDER), on=_ORDER, how="anti")
+        events = kept.select([pl.col(c) for c in COLUMNS])
     stats = ReadStats(
         rows_in=rows_in,
         rows_valid=rows_in - rows_rejected,

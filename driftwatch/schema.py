@@ -28,8 +28,9 @@ Datetime(time_unit='us', time_zone='UTC')
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 
@@ -120,8 +121,8 @@ REJECT_REASONS: dict[str, str] = {
     "negative_cost": "cost_usd below zero",
     "negative_latency": "latency_ms below zero",
     "bad_confidence": "confidence outside [0, 1]",
-    "bad_status": f"status is not one of the recognised spellings of ok / error ({len(STATUS_ALIASES)} "
-    "are accepted, e.g. OK, success, ERROR, failed, timeout)",
+    "bad_status": "status is not a recognised spelling of ok / error (see STATUS_ALIASES; lower, UPPER "
+    "or Title case, e.g. OK, Success, ERROR, failed, timeout)",
     "duplicate_step": "a second row with the same (run_id, step); the first one read is kept",
 }
 
@@ -377,14 +378,29 @@ def to_ts(expr: pl.Expr, dtype: pl.DataType, *, where: str = "events", col: str 
     )
 
 
-def normalize_status(text: pl.Expr) -> pl.Expr:
-    """Map common spellings (``OK``, ``success``, ``ERROR``, ``failed``, ...) to ``ok`` / ``error``.
+#: Every accepted spelling (lower-case, UPPER-CASE, Title-case of :data:`STATUS_ALIASES`) -> ok / error.
+STATUS_SPELLINGS: dict[str, str] = {
+    spelled: value
+    for alias, value in STATUS_ALIASES.items()
+    for spelled in (alias, alias.upper(), alias.title(), alias.capitalize())
+}
 
-    Unrecognised values are kept as they are (lower-cased) so that a check can report them.
+
+def normalize_status(text: pl.Expr) -> pl.Expr:
+    """Map common spellings (``OK``, ``Success``, ``ERROR``, ``failed``, ...) to ``ok`` / ``error``.
+
+    One hash lookup per row in :data:`STATUS_SPELLINGS` (lower, UPPER or Title case; no
+    whitespace trimming). Empty text becomes null; unrecognised values are kept as they are, so
+    that the ``bad_status`` check can report them.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> pl.select(normalize_status(pl.lit(pl.Series(["OK", "Failed", "timeout", "", "weird"])))).to_series().to_list()
+    ['ok', 'error', 'error', None, 'weird']
     """
-    low = text.str.strip_chars().str.to_lowercase()
-    mapped = low.replace_strict(STATUS_ALIASES, default=None, return_dtype=pl.String)
-    return pl.when(low == "").then(None).otherwise(pl.coalesce(mapped, low))
+    mapped = text.replace_strict(STATUS_SPELLINGS, default=None, return_dtype=pl.String)
+    return pl.when(text == "").then(None).otherwise(pl.coalesce(mapped, text))
 
 
 _CONVERTERS = {
@@ -426,6 +442,7 @@ def conform(
     *,
     where: str = "events",
     check: bool = False,
+    normalize: bool | None = None,
     order_by: Sequence[str] = (),
     keep_extra: bool = False,
 ) -> pl.LazyFrame:
@@ -440,20 +457,24 @@ def conform(
     check : bool, default=False
         Also tag every row that cannot be used: adds :data:`REASON_COL` (the first failed check
         from :data:`REJECT_REASONS`, null for a valid row) and :data:`DETAIL_COL` (the offending
-        raw value as text). Rows are never dropped here; duplicates of ``(run_id, step)`` are a
-        global property and are tagged by :func:`driftwatch.read.read_logs`. An existing
-        ``REASON_COL`` / ``DETAIL_COL`` (set by an adapter) takes precedence. With ``check`` the
-        status spellings are normalised and blank ``run_id`` / ``action`` count as null.
+        raw value as text, computed only for tagged rows). Rows are never dropped here;
+        duplicates of ``(run_id, step)`` are a global property and are tagged by
+        :func:`driftwatch.read.read_logs`. A ``REASON_COL`` / ``DETAIL_COL`` already in the
+        frame (set by an adapter) takes precedence.
+    normalize : bool, optional
+        Map status spellings to ``ok`` / ``error`` (:func:`normalize_status`) and treat blank
+        ``run_id`` / ``action`` as null. Defaults to ``check``.
     order_by : sequence of str, default=()
-        Tie-breaking columns (after ``ts``) used when ``step`` is derived from ``ts`` order.
+        Tie-breaking columns (after ``ts``) used when ``step`` is derived from ``ts`` order; kept
+        in the output.
     keep_extra : bool, default=False
-        Keep the non-canonical columns after the canonical ones (``order_by`` columns and the
-        reason columns are always kept).
+        Keep every non-canonical column after the canonical ones.
 
     Returns
     -------
     polars.LazyFrame
-        Canonical columns in canonical order, then the kept extra columns.
+        Canonical columns in canonical order, then the kept extra columns (and the reason
+        columns with ``check``).
 
     Raises
     ------
@@ -478,6 +499,8 @@ def conform(
         raise InvalidParameterError(
             f"{where} must be a polars DataFrame or LazyFrame, got {type(frame).__name__}"
         )
+    if normalize is None:
+        normalize = check
     schema = lf.collect_schema()
     check_required(list(schema), where=where)
     order_by = tuple(order_by)
@@ -494,10 +517,10 @@ def conform(
         conv = convert_column(pl.col(col), col, schema[col], where=where)
         value = conv.value
         if col == "agent":
-            value = pl.coalesce(_blank_to_null(value), pl.lit(DEFAULT_AGENT))
-        elif check and col in ("run_id", "action"):
+            value = pl.coalesce(_blank_to_null(value) if normalize else value, pl.lit(DEFAULT_AGENT))
+        elif normalize and col in ("run_id", "action"):
             value = _blank_to_null(value)
-        elif check and col == "status":
+        elif normalize and col == "status":
             value = normalize_status(value)
         values[col] = value
         if conv.bad is not None:
@@ -505,64 +528,15 @@ def conform(
 
     lf = lf.with_columns([e.alias(_TMP + c) for c, e in values.items()])
     has_step = "step" in schema
-
-    def v(c: str) -> pl.Expr:
-        return pl.col(_TMP + c)
-
     if check:
-        checks: list[tuple[pl.Expr, str, pl.Expr | None]] = []
-        if REASON_COL in schema:
-            checks.append((pl.col(REASON_COL).is_not_null(), "", None))  # adapter's own reason first
-        checks += [
-            (v("run_id").is_null(), "null_run_id", None),
-            (v("action").is_null(), "null_action", None),
-        ]
-        if "ts" in bad:
-            checks.append((bad["ts"], "bad_ts", _raw_text(pl.col("ts"), schema["ts"])))
-        if has_step:
-            if "step" in bad:
-                checks.append((bad["step"], "bad_value:step", _raw_text(pl.col("step"), schema["step"])))
-            checks.append((v("step").is_null(), "null_step", None))
-        else:
-            checks.append((v("ts").is_null(), "null_ts", None))
-        for c in COLUMNS:
-            if c in bad and c not in ("ts", "step"):
-                checks.append((bad[c], f"bad_value:{c}", _raw_text(pl.col(c), schema[c])))
-        for c in _NUMERIC_TOKENS:
-            if c in schema:
-                checks.append((v(c) < 0, "negative_tokens", pl.format(f"{c}={{}}", v(c))))
-        if "cost_usd" in schema:
-            checks.append((v("cost_usd") < 0, "negative_cost", pl.format("cost_usd={}", v("cost_usd"))))
-        if "latency_ms" in schema:
-            checks.append((v("latency_ms") < 0, "negative_latency", pl.format("latency_ms={}", v("latency_ms"))))
-        if "confidence" in schema:
-            conf = v("confidence")
-            checks.append(((conf < 0) | (conf > 1), "bad_confidence", pl.format("confidence={}", conf)))
-        if "status" in schema:
-            checks.append((~v("status").is_in(STATUS_VALUES) & v("status").is_not_null(), "bad_status",
-                           _raw_text(pl.col("status"), schema["status"])))
-        reason: pl.Expr | None = None
-        detail: pl.Expr | None = None
-        for cond, name, det in checks:
-            r = pl.col(REASON_COL) if name == "" else pl.lit(name)
-            d = (pl.col(DETAIL_COL) if DETAIL_COL in schema else pl.lit(None, dtype=pl.String)) if name == "" else (
-                det if det is not None else pl.lit(None, dtype=pl.String))
-            cond = cond.fill_null(False)
-            reason = pl.when(cond).then(r) if reason is None else reason.when(cond).then(r)
-            detail = pl.when(cond).then(d) if detail is None else detail.when(cond).then(d)
-        assert reason is not None and detail is not None
-        lf = lf.with_columns(
-            reason.otherwise(pl.lit(None, dtype=pl.String)).cast(pl.String).alias(REASON_COL),
-            detail.otherwise(pl.lit(None, dtype=pl.String)).cast(pl.String).alias(DETAIL_COL),
-        )
-
+        lf = _add_reasons(lf, schema, bad, has_step)
     if not has_step:
-        key = pl.struct([v("ts"), *[pl.col(c) for c in order_by]]) if order_by else v("ts")
+        key = pl.struct([_v("ts"), *[pl.col(c) for c in order_by]]) if order_by else _v("ts")
         if check:
             key = pl.when(pl.col(REASON_COL).is_null()).then(key)
-        lf = lf.with_columns(key.rank("ordinal").over(v("run_id")).cast(pl.Int64).alias(_TMP + "step"))
+        lf = lf.with_columns(key.rank("ordinal").over(_v("run_id")).cast(pl.Int64).alias(_TMP + "step"))
 
-    out = [v(c).alias(c) for c in COLUMNS]
+    out = [_v(c).alias(c) for c in COLUMNS]
     keep: list[str] = []
     if keep_extra:
         keep = [c for c in schema if c not in CANONICAL_SCHEMA and c not in (REASON_COL, DETAIL_COL)]
@@ -572,6 +546,64 @@ def conform(
     if check:
         out += [pl.col(REASON_COL), pl.col(DETAIL_COL)]
     return lf.select(out)
+
+
+def _v(col: str) -> pl.Expr:
+    """The converted (temporary) value of canonical column ``col`` inside :func:`conform`."""
+    return pl.col(_TMP + col)
+
+
+def _add_reasons(
+    lf: pl.LazyFrame, schema: Mapping[str, pl.DataType], bad: dict[str, pl.Expr], has_step: bool
+) -> pl.LazyFrame:
+    """REASON_COL (first failed check) and DETAIL_COL (only computed where a reason is set)."""
+    checks: list[tuple[pl.Expr, str, pl.Expr | None]] = []
+    adapter = REASON_COL in schema
+    if adapter:
+        checks.append((pl.col(REASON_COL).is_not_null(), "", None))  # the adapter's own reason first
+    checks += [
+        (_v("run_id").is_null(), "null_run_id", None),
+        (_v("action").is_null(), "null_action", None),
+    ]
+    if "ts" in bad:
+        checks.append((bad["ts"], "bad_ts", _raw_text(pl.col("ts"), schema["ts"])))
+    if has_step:
+        if "step" in bad:
+            checks.append((bad["step"], "bad_value:step", _raw_text(pl.col("step"), schema["step"])))
+        checks.append((_v("step").is_null(), "null_step", None))
+    else:
+        checks.append((_v("ts").is_null(), "null_ts", None))
+    for c in COLUMNS:
+        if c in bad and c not in ("ts", "step"):
+            checks.append((bad[c], f"bad_value:{c}", _raw_text(pl.col(c), schema[c])))
+    for c in _NUMERIC_TOKENS:
+        if c in schema:
+            checks.append((_v(c) < 0, "negative_tokens", pl.format(f"{c}={{}}", _v(c))))
+    if "cost_usd" in schema:
+        checks.append((_v("cost_usd") < 0, "negative_cost", pl.format("cost_usd={}", _v("cost_usd"))))
+    if "latency_ms" in schema:
+        checks.append((_v("latency_ms") < 0, "negative_latency", pl.format("latency_ms={}", _v("latency_ms"))))
+    if "confidence" in schema:
+        conf = _v("confidence")
+        checks.append(((conf < 0) | (conf > 1), "bad_confidence", pl.format("confidence={}", conf)))
+    if "status" in schema:
+        checks.append((~_v("status").is_in(STATUS_VALUES) & _v("status").is_not_null(), "bad_status",
+                       _raw_text(pl.col("status"), schema["status"])))
+    none = pl.lit(None, dtype=pl.String)
+    reason: Any = pl
+    detail: Any = pl
+    for cond, name, det in checks:
+        cond = cond.fill_null(False)
+        reason = reason.when(cond).then(pl.col(REASON_COL) if name == "" else pl.lit(name))
+        if name == "":
+            detail = detail.when(cond).then(pl.col(DETAIL_COL) if DETAIL_COL in schema else none)
+        else:
+            detail = detail.when(cond).then(det if det is not None else none)
+    lf = lf.with_columns(reason.otherwise(none).cast(pl.String).alias(REASON_COL))
+    # a separate step, so that a filter on REASON_COL runs before the detail text is built
+    return lf.with_columns(
+        pl.when(pl.col(REASON_COL).is_not_null()).then(detail.otherwise(none)).cast(pl.String).alias(DETAIL_COL)
+    )
 
 
 def _raw_text(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
@@ -596,6 +628,7 @@ __all__ = [
     "REJECT_REASONS",
     "REQUIRED",
     "STATUS_ALIASES",
+    "STATUS_SPELLINGS",
     "STATUS_VALUES",
     "TS_DTYPE",
     "Conversion",
