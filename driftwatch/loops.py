@@ -105,7 +105,7 @@ import numpy as np
 import polars as pl
 
 from driftwatch._frames import as_lazy, collect
-from driftwatch._signatures import estimated_jaccard, minhash, normalize_expr, numbers_expr
+from driftwatch._signatures import near_duplicates
 from driftwatch.errors import InvalidParameterError, SchemaError
 from driftwatch.schema import HANDOFF_PREFIX, LLM_ACTION
 
@@ -292,8 +292,46 @@ def _result_expr() -> pl.Expr:
     return pl.when(pl.col("status") == "error").then(pl.lit(_ERROR_RESULT)).otherwise(pl.col("result"))
 
 
-def _load_steps(events: Any, *, streaming: bool) -> tuple[pl.DataFrame, pl.LazyFrame]:
-    """Pass 1: the per-step integers every stage needs, sorted by (run_id, step)."""
+class _TextSource:
+    """``args`` and ``result`` of chosen input rows (pass 2, candidates only).
+
+    An eager DataFrame is gathered from directly; a LazyFrame is read again
+    with a filter on the row index (only ``args``, ``result``, ``status``).
+    """
+
+    def __init__(self, events: Any, lf: pl.LazyFrame, *, streaming: bool) -> None:
+        frame = events
+        if hasattr(frame, "events") and not isinstance(frame, pl.DataFrame | pl.LazyFrame):
+            frame = frame.events
+        self._df = frame if isinstance(frame, pl.DataFrame) else None
+        self._lf = lf
+        self._streaming = streaming
+
+    def get(self, rows: pl.Series) -> pl.DataFrame:
+        if self._df is not None:
+            df = self._df
+            idx = rows.cast(pl.Int64)
+
+            def col(name: str) -> pl.Series:
+                if name in df.columns:
+                    return df[name].gather(idx).cast(pl.String, strict=False).alias(name)
+                return pl.Series(name, [None] * len(rows), dtype=pl.String)
+
+            return pl.DataFrame([col("args"), col("result"), col("status")]).select(
+                "args", _result_expr().alias("result")
+            )
+        want = rows.alias("_row").to_frame()
+        got = collect(
+            self._lf.select("_row", "args", _result_expr().alias("result")).filter(
+                pl.col("_row").is_in(want["_row"].implode())
+            ),
+            streaming=self._streaming,
+        )
+        return want.join(got, on="_row", how="left", maintain_order="left").select("args", "result")
+
+
+def _load_steps(events: Any, *, streaming: bool) -> tuple[pl.DataFrame, _TextSource]:
+    """Pass 1: the per-step numbers every stage needs, sorted by (run_id, step)."""
     lf = as_lazy(events).with_row_index("_row")
     act = pl.col("action").fill_null("<none>")
     steps = collect(
@@ -306,53 +344,32 @@ def _load_steps(events: Any, *, streaming: bool) -> tuple[pl.DataFrame, pl.LazyF
             act.hash(7).alias("_a"),
             (act == LLM_ACTION).alias("_llm"),
             (pl.col("status") == "error").fill_null(False).alias("_err"),
-            (pl.col("args").hash(11) ^ _result_expr().hash(13)).alias("_sig"),
             (pl.col("input_tokens").fill_null(0) + pl.col("output_tokens").fill_null(0)).alias("_tok"),
             pl.col("cost_usd").fill_null(0.0).alias("_cost"),
         ),
         streaming=streaming,
     )
     if steps.height > 1:
-        rid, st = pl.col("run_id"), pl.col("step")
-        ordered = steps.select(
-            ((rid > rid.shift()) | ((rid == rid.shift()) & (st.fill_null(-1) >= st.shift().fill_null(-1))))
-            .slice(1)
-            .all()
-        ).item()
+        ordered = steps["run_id"].is_sorted()
+        if ordered:
+            rb = _run_codes(steps["run_id"])
+            st = steps["step"].fill_null(np.iinfo(np.int64).min).to_numpy()
+            ordered = bool(np.all((rb[1:] != rb[:-1]) | (st[1:] >= st[:-1])))
         if not ordered:
             steps = steps.sort("run_id", "step", "_row", nulls_last=False)
-    return steps, lf
+    return steps, _TextSource(events, lf, streaming=streaming)
 
 
-def _texts(lf: pl.LazyFrame, rows: pl.Series, *, streaming: bool) -> pl.DataFrame:
-    """Pass 2: ``args`` and ``result`` of the given input rows, in the order of ``rows``."""
-    want = rows.alias("_row").to_frame()
-    got = collect(
-        lf.select("_row", "args", _result_expr().alias("result")).filter(pl.col("_row").is_in(want["_row"].implode())),
-        streaming=streaming,
-    )
-    return want.join(got, on="_row", how="left", maintain_order="left")
+def _run_codes(run_id: pl.Series) -> np.ndarray:
+    """Integer code of each row's run (rows of a run are contiguous)."""
+    return run_id.rle_id().to_numpy()
 
 
-def _near_duplicate(
-    norm: np.ndarray,
-    nums: np.ndarray,
-    texts: pl.Series,
-    i: np.ndarray,
-    j: np.ndarray,
-    *,
-    similarity: float,
-) -> np.ndarray:
-    """Do the texts at local indices ``i`` and ``j`` match (normalised or MinHash)?"""
-    same = norm[i] == norm[j]
-    maybe = ~same & (nums[i] == nums[j])
-    if maybe.any():
-        need = np.unique(np.concatenate([i[maybe], j[maybe]]))
-        sig = minhash(texts.gather(need))
-        loc = np.searchsorted(need, i[maybe]), np.searchsorted(need, j[maybe])
-        sim = estimated_jaccard(sig[loc[0]], sig[loc[1]])
-        same[np.flatnonzero(maybe)] = sim >= similarity
-    return same
+def _mask_of_segments(n: int, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Boolean mask of positions covered by any ``[start, end]`` segment."""
+    delta = np.bincount(start, minlength=n + 1)[: n + 1].astype(np.int64)
+    delta -= np.bincount(end + 1, minlength=n + 1)[: n + 1]
+    return np.cumsum(delta[:n]) > 0
 
 
 def _empty_loops() -> pl.DataFrame:
@@ -430,114 +447,112 @@ def detect_loops(
     if not isinstance(fuzzy, bool):
         raise InvalidParameterError(f"fuzzy must be True or False, got {fuzzy!r}")
 
-    steps, lf = _load_steps(events, streaming=streaming)
+    steps, source = _load_steps(events, streaming=streaming)
     n = steps.height
-    if n == 0:
+    if n < 2:
         return _empty_loops()
-
-    run = steps["run_id"].rle_id().to_numpy()
-    is_llm = steps["_llm"].to_numpy()
-    trows = np.flatnonzero(~is_llm)
-    if trows.size < 2:
+    run = _run_codes(steps["run_id"])
+    trows = np.flatnonzero(~steps["_llm"].to_numpy())
+    nt = trows.size
+    if nt < 2:
         return _empty_loops()
     t_run = run[trows]
     t_act = steps["_a"].to_numpy()[trows]
-    t_sig = steps["_sig"].to_numpy()[trows]
-    t_err = steps["_err"].to_numpy()[trows]
-    nt = trows.size
 
-    # ---- action level --------------------------------------------------------------------
-    a_s, a_e, a_p = [], [], []
+    # ---- action level: shifted comparisons of action codes ----------------------------------
+    periods = range(1, min(max_period, nt - 1) + 1)
     act_eq: dict[int, np.ndarray] = {}
-    for p in range(1, min(max_period, nt - 1) + 1):
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for p in periods:
         eq = (t_act[p:] == t_act[:-p]) & (t_run[p:] == t_run[:-p])
-        act_eq[p] = eq
         s, e = _segments_from_eq(eq, p, p * (min_repeats - 1))
-        a_s.append(s)
-        a_e.append(e)
-        a_p.append(np.full(s.size, p, np.int64))
-    a_s_all = np.concatenate(a_s)
-    a_e_all = np.concatenate(a_e)
-    a_p_all = np.concatenate(a_p)
-    if a_s_all.size == 0:
+        if s.size:
+            act_eq[p] = eq
+            found.append((s, e, np.full(s.size, p, np.int64)))
+    if not found:
         return _empty_loops()
-    # candidate mask: union of all action-level candidates (before collapsing)
-    cover = np.zeros(nt + 1, np.int32)
-    np.add.at(cover, a_s_all, 1)
-    np.add.at(cover, a_e_all + 1, -1)
-    cand = np.cumsum(cover[:-1]) > 0
+    a_s, a_e, a_p = (np.concatenate(x) for x in zip(*found, strict=True))
+    cand = _mask_of_segments(nt, a_s, a_e)  # union of action-level candidates
 
-    # ---- signature level -----------------------------------------------------------------
+    # ---- signature level: action + args + result, on the candidates only --------------------
     cand_pos = np.flatnonzero(cand)
     local = np.full(nt, -1, np.int64)
     local[cand_pos] = np.arange(cand_pos.size)
-    texts: pl.DataFrame | None = None
+    texts = source.get(steps["_row"].gather(trows[cand_pos]))
+    raw_a = texts["args"].hash(11).to_numpy()
+    raw_r = texts["result"].hash(13).to_numpy()
+    # every compared pair of every period: position k + p against k
+    ks = {p: np.flatnonzero(eq & cand[p:] & cand[:-p]) for p, eq in act_eq.items()}
+    pk = np.concatenate(list(ks.values()))
+    pp = np.concatenate([np.full(k.size, p, np.int64) for p, k in ks.items()])
+    i, j = local[pk + pp], local[pk]
+    ok_a = raw_a[i] == raw_a[j]
+    ok_r = raw_r[i] == raw_r[j]
+    identical = ok_a & ok_r
     if fuzzy:
-        texts = _texts(lf, steps["_row"].gather(trows[cand_pos]), streaming=streaming)
-        normed = texts.select(
-            normalize_expr(pl.col("args")).alias("na"),
-            normalize_expr(pl.col("result")).alias("nr"),
-        )
-        norm_a = normed["na"].hash(3).to_numpy()
-        norm_r = normed["nr"].hash(3).to_numpy()
-        nums_a = normed.select(numbers_expr(pl.col("na"))).to_series().hash(5).to_numpy()
-        nums_r = normed.select(numbers_expr(pl.col("nr"))).to_series().hash(5).to_numpy()
-    s_s, s_e, s_p = [], [], []
-    fuzzy_pos: dict[int, np.ndarray] = {}
+        # arguments first; results only for the pairs whose arguments match
+        todo = np.flatnonzero(~ok_a)
+        ok_a[todo] = near_duplicates(texts["args"], i[todo], j[todo], similarity=similarity)
+        todo = np.flatnonzero(ok_a & ~ok_r)
+        ok_r[todo] = near_duplicates(texts["result"], i[todo], j[todo], similarity=similarity)
+    ok = ok_a & ok_r
+    fuzzy_pos = {p: pk[(pp == p) & ok & ~identical] + p for p in ks} if fuzzy else {}
+    found = []
     for p, eq in act_eq.items():
-        m = eq & cand[p:] & cand[:-p]
-        sig_eq = m & (t_sig[p:] == t_sig[:-p])
-        if fuzzy and texts is not None:
-            k = np.flatnonzero(m & ~sig_eq)
-            if k.size:
-                i, j = local[k + p], local[k]
-                ok = _near_duplicate(norm_a, nums_a, normed["na"], i, j, similarity=similarity)
-                if ok.any():
-                    sub = np.flatnonzero(ok)
-                    ok[sub] &= _near_duplicate(
-                        norm_r, nums_r, normed["nr"], i[sub], j[sub], similarity=similarity
-                    )
-                sig_eq[k[ok]] = True
-                fuzzy_pos[p] = k[ok] + p
+        sel = (pp == p) & ok
+        sig_eq = np.zeros(eq.size, dtype=bool)
+        sig_eq[pk[sel]] = True
         s, e = _segments_from_eq(sig_eq, p, p * (min_repeats - 1))
-        s_s.append(s)
-        s_e.append(e)
-        s_p.append(np.full(s.size, p, np.int64))
-    s_s_all = np.concatenate(s_s) if s_s else np.zeros(0, np.int64)
-    s_e_all = np.concatenate(s_e) if s_e else np.zeros(0, np.int64)
-    s_p_all = np.concatenate(s_p) if s_p else np.zeros(0, np.int64)
+        if s.size:
+            found.append((s, e, np.full(s.size, p, np.int64)))
+    z = np.zeros(0, np.int64)
+    s_s, s_e, s_p = (np.concatenate(x) for x in zip(*found, strict=True)) if found else (z, z, z)
 
-    keep_s = _dedupe_segments(t_run[s_s_all], s_s_all, s_e_all, s_p_all)
-    s_s_all, s_e_all, s_p_all = s_s_all[keep_s], s_e_all[keep_s], s_p_all[keep_s]
-    keep_a = _dedupe_segments(t_run[a_s_all], a_s_all, a_e_all, a_p_all)
-    a_s_all, a_e_all, a_p_all = a_s_all[keep_a], a_e_all[keep_a], a_p_all[keep_a]
-
+    keep = _dedupe_segments(t_run[s_s], s_s, s_e, s_p)
+    s_s, s_e, s_p = s_s[keep], s_e[keep], s_p[keep]
+    keep = _dedupe_segments(t_run[a_s], a_s, a_e, a_p)
+    a_s, a_e, a_p = a_s[keep], a_e[keep], a_p[keep]
     # drop action-level loops that signature-level loops mostly explain
-    sig_cover = np.zeros(nt + 1, np.int32)
-    np.add.at(sig_cover, s_s_all, 1)
-    np.add.at(sig_cover, s_e_all + 1, -1)
-    covered_cum = np.concatenate(([0], np.cumsum(np.cumsum(sig_cover[:-1]) > 0)))
-    a_cov = (covered_cum[a_e_all + 1] - covered_cum[a_s_all]) / (a_e_all - a_s_all + 1)
-    a_keep = a_cov < 0.5
-    a_s_all, a_e_all, a_p_all = a_s_all[a_keep], a_e_all[a_keep], a_p_all[a_keep]
+    covered = np.concatenate(([0], np.cumsum(_mask_of_segments(nt, s_s, s_e))))
+    keep = (covered[a_e + 1] - covered[a_s]) / (a_e - a_s + 1) < 0.5
+    a_s, a_e, a_p = a_s[keep], a_e[keep], a_p[keep]
 
-    seg_s = np.concatenate([s_s_all, a_s_all])
-    seg_e = np.concatenate([s_e_all, a_e_all])
-    seg_p = np.concatenate([s_p_all, a_p_all])
-    is_sig = np.concatenate([np.ones(s_s_all.size, bool), np.zeros(a_s_all.size, bool)])
+    seg_s = np.concatenate([s_s, a_s])
+    seg_e = np.concatenate([s_e, a_e])
+    seg_p = np.concatenate([s_p, a_p])
+    is_sig = np.concatenate([np.ones(s_s.size, bool), np.zeros(a_s.size, bool)])
     if seg_s.size == 0:
         return _empty_loops()
+    return _assemble(steps, run, trows, seg_s, seg_e, seg_p, is_sig, fuzzy_pos,
+                     min_repeats=min_repeats, error_share=error_share)
 
-    # ---- measure every loop --------------------------------------------------------------
+
+def _assemble(
+    steps: pl.DataFrame,
+    run: np.ndarray,
+    trows: np.ndarray,
+    seg_s: np.ndarray,
+    seg_e: np.ndarray,
+    seg_p: np.ndarray,
+    is_sig: np.ndarray,
+    fuzzy_pos: dict[int, np.ndarray],
+    *,
+    min_repeats: int,
+    error_share: float,
+) -> pl.DataFrame:
+    """Measure every loop (tool positions ``[seg_s, seg_e]``) and build the output frame."""
+    n = steps.height
+    t_run = run[trows]
     # fuzzy-only matches inside signature loops -> match = near_duplicate
     n_fuzzy = np.zeros(seg_s.size, np.int64)
     for p, pos in fuzzy_pos.items():
         sel = is_sig & (seg_p == p)
-        if sel.any() and pos.size:
+        if sel.any():
             pos = np.sort(pos)
             n_fuzzy[sel] = np.searchsorted(pos, seg_e[sel], side="right") - np.searchsorted(
                 pos, seg_s[sel] + p, side="left"
             )
+    t_err = steps["_err"].to_numpy()[trows]
     err_cum = np.concatenate(([0], np.cumsum(t_err)))
     n_tool = seg_e - seg_s + 1
     n_err = err_cum[seg_e + 1] - err_cum[seg_s]
@@ -547,19 +562,19 @@ def detect_loops(
     run_start = np.flatnonzero(np.concatenate(([True], run[1:] != run[:-1])))
     run_end = np.concatenate((run_start[1:], [n])) - 1
     r = t_run[seg_s]
-    prev_same = (seg_s > 0) & (t_run[np.maximum(seg_s - 1, 0)] == r)
-    start_row = np.where(prev_same, trows[np.maximum(seg_s - 1, 0)] + 1, run_start[r])
+    prev = np.maximum(seg_s - 1, 0)
+    prev_same = (seg_s > 0) & (t_run[prev] == r)
+    start_row = np.where(prev_same, trows[prev] + 1, run_start[r])
     end_row = trows[seg_e]
     first_cycle_end = trows[seg_s + seg_p - 1]
     tok_cum = np.concatenate(([0], np.cumsum(steps["_tok"].to_numpy())))
     cost_cum = np.concatenate(([0.0], np.cumsum(steps["_cost"].to_numpy())))
 
     # pattern: the actions of the first cycle
-    offs = np.repeat(np.arange(seg_s.size), seg_p)
-    within = np.arange(offs.size) - np.repeat(np.cumsum(seg_p) - seg_p, seg_p)
-    pat_rows = trows[seg_s[offs] + within]
+    loop_of = np.repeat(np.arange(seg_s.size), seg_p)
+    within = np.arange(loop_of.size) - np.repeat(np.cumsum(seg_p) - seg_p, seg_p)
     pat = (
-        pl.DataFrame({"_loop": offs, "_action": steps["action"].gather(pat_rows)})
+        pl.DataFrame({"_loop": loop_of, "_action": steps["action"].gather(trows[seg_s[loop_of] + within])})
         .group_by("_loop", maintain_order=True)
         .agg(
             pl.col("_action").str.join(" > ").alias("pattern"),
@@ -567,17 +582,16 @@ def detect_loops(
         )
         .sort("_loop")
     )
-
     failing = (err_share >= error_share) & (n_err >= min_repeats)
     kind = np.where(failing, "error_retry", np.where(is_sig, "exact", "same_action"))
     match = np.where(is_sig, np.where(n_fuzzy > 0, "near_duplicate", "identical"), "action")
-    step_arr = steps["step"]
+    step_col = steps["step"]
     out = pl.DataFrame(
         {
             "run_id": steps["run_id"].gather(start_row),
             "agent": steps["agent"].gather(run_start[r]),
-            "start_step": step_arr.gather(start_row),
-            "end_step": step_arr.gather(end_row),
+            "start_step": step_col.gather(start_row),
+            "end_step": step_col.gather(end_row),
             "period": seg_p,
             "repeats": repeats,
             "pattern": pat["pattern"],
@@ -597,7 +611,6 @@ def detect_loops(
     )
     out = out.with_columns(severity_expr().alias("severity")).cast(LOOP_SCHEMA)  # type: ignore[arg-type]
     return out.select(list(LOOP_SCHEMA)).sort("run_id", "start_step", "period")
-
 
 # ---------------------------------------------------------------------------------------------
 # severity and per-run summary
