@@ -113,6 +113,14 @@ _ANOMALY_FEATURES: tuple[tuple[str, float, int], ...] = (
     ("min_confidence", 0.05, -1),
 )
 
+#: Trees of the anomaly forest, and of the cheaper forest screening large fleets.
+ANOMALY_TREES = 100
+SCREEN_TREES = 16
+#: Screening score from which a run is re-scored by the full forest.
+SCREEN_AT = 0.5
+#: Fleets up to this many runs are scored by the full forest directly.
+SCREEN_MIN_RUNS = 50_000
+
 #: Agents with fewer runs are compared with the whole fleet instead of themselves.
 MIN_AGENT_RUNS = 20
 
@@ -254,17 +262,32 @@ def _noisy_or(cols: Sequence[str]) -> pl.Expr:
 
 
 def _anomaly_scores(frame: pl.DataFrame, random_state: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """IsolationForest anomaly score in (0, 1) per run, and the index of each run's most unusual feature."""
+    """IsolationForest anomaly score in (0, 1) per run, and the index of each run's most unusual feature.
+
+    Scoring a forest costs one tree walk per run and tree, which dominates the fleet
+    stage on large fleets, so fleets above :data:`SCREEN_MIN_RUNS` runs are scored in
+    two passes: a forest of :data:`SCREEN_TREES` trees screens every run, and the full
+    forest of :data:`ANOMALY_TREES` trees re-scores the runs the screen puts at or
+    above :data:`SCREEN_AT` (well below 0.62, where the anomaly component starts). The
+    others keep their screening score.
+    """
     n = frame.height
-    X = frame.select(_oriented_z(c, o) for c, _, o in _ANOMALY_FEATURES).to_numpy()
+    X = frame.select(_oriented_z(c, o) for c, _, o in _ANOMALY_FEATURES).to_numpy().astype(np.float32)
     top = np.abs(X).argmax(axis=1) if n else np.zeros(0, dtype=np.int64)
     if n < MIN_AGENT_RUNS:
         return np.zeros(n), top
     from sklearn.ensemble import IsolationForest
 
-    forest = IsolationForest(n_estimators=100, max_samples=min(256, n), random_state=random_state)
-    forest.fit(X)
-    return -forest.score_samples(X), top
+    sub = min(256, n)
+    full = IsolationForest(n_estimators=ANOMALY_TREES, max_samples=sub, random_state=random_state).fit(X)
+    if n <= SCREEN_MIN_RUNS:
+        return -full.score_samples(X), top
+    screen = IsolationForest(n_estimators=SCREEN_TREES, max_samples=sub, random_state=random_state).fit(X)
+    a = -screen.score_samples(X)
+    cand = np.flatnonzero(a >= SCREEN_AT)
+    if cand.size:
+        a[cand] = -full.score_samples(X[cand])
+    return a, top
 
 
 # --------------------------------------------------------------------------- main
@@ -409,7 +432,8 @@ def score_runs_from_runs(
             pl.lit(None, dtype=pl.Datetime("us", "UTC")).alias("_drift_since"),
         )
 
-    f = f.with_columns(_components(pol))
+    score_exprs, text_exprs = _components(pol)
+    f = f.with_columns(score_exprs)
     s_cols = [f"score_{c}" for c in COMPONENTS]
     f = f.with_columns(_noisy_or(s_cols).alias("score_rules"))
     if esc_model is not None:
@@ -428,13 +452,16 @@ def score_runs_from_runs(
         .otherwise(pl.lit("ok"))
         .alias("level")
     )
-    f = f.with_columns(_reasons_expr(esc_model).alias("reasons"))
+    reasons = _reasons(f.filter(pl.col("level") != "ok"), text_exprs, esc_model)
+    f = f.join(reasons, on="run_id", how="left").with_columns(
+        pl.col("reasons").fill_null(pl.lit([], dtype=pl.List(pl.String)))
+    )
 
     front = ["run_id", "agent", "n_steps", "cost_usd", "score", "level", "reasons", "first_ts", "last_ts",
              "score_rules", *s_cols, "cost_z", "steps_z", "anomaly", "error_rate_tool", *_LOOP_SUMMARY_COLS,
              "n_unapproved", "n_unknown_tool", "delegation_depth"]
     rest = [c for c in feats.columns if c not in front]
-    return f.select(front + rest)
+    return f.select(front + rest).sort("run_id")
 
 
 def _join_violations(f: pl.DataFrame, viol: pl.DataFrame | None, pol: Policy) -> pl.DataFrame:
@@ -493,14 +520,18 @@ def _join_violations(f: pl.DataFrame, viol: pl.DataFrame | None, pol: Policy) ->
     )
 
 
-def _components(pol: Policy) -> list[pl.Expr]:
-    """``score_<component>`` (Float64 in [0, 1]) and ``_r_<component>`` (reason text or null)."""
+def _components(pol: Policy) -> tuple[list[pl.Expr], list[pl.Expr]]:
+    """Expressions for ``score_<component>`` (Float64 in [0, 1]) and ``_r_<component>`` (reason text).
+
+    The reason texts are only evaluated for the runs above ``ok``.
+    """
     out: list[pl.Expr] = []
+    texts: list[pl.Expr] = []
 
     def comp(name: str, s: pl.Expr, reason: pl.Expr) -> None:
         s = s.fill_null(0.0).cast(pl.Float64).clip(0.0, 1.0)
         out.append(s.alias(f"score_{name}"))
-        out.append(pl.when(s > 0).then(reason).otherwise(pl.lit(None, dtype=pl.String)).alias(f"_r_{name}"))
+        texts.append(reason.alias(f"_r_{name}"))
 
     times = pl.when(pl.col("_n_crit") > 1).then(
         pl.concat_str(pl.lit(" ("), pl.col("_n_crit").cast(pl.String), pl.lit(" calls)"))
@@ -640,31 +671,56 @@ def _components(pol: Policy) -> list[pl.Expr]:
         pl.concat_str(pl.lit("context: "), pl.col("agent"), pl.lit(" drifting in "), pl.col("_drift_what"),
                       pl.lit(" since "), pl.col("_drift_since").dt.strftime("%Y-%m-%d")),
     )
-    return out
+    return out, texts
 
 
-def _reasons_expr(model: EscalationModel | None) -> pl.Expr:
-    """Reasons of non-ok runs, strongest component first (components below 0.05 dropped unless top)."""
-    top = pl.max_horizontal([pl.col(f"score_{c}") for c in COMPONENTS])
-    items = [
-        pl.struct(
-            w=pl.col(f"score_{c}"),
-            t=pl.when((pl.col(f"score_{c}") >= 0.05) | ((pl.col(f"score_{c}") >= top) & (top > 0)))
-            .then(pl.col(f"_r_{c}"))
-            .otherwise(pl.lit(None, dtype=pl.String)),
-        )
-        for c in COMPONENTS
-    ]
-    e = pl.element()
-    reasons = pl.concat_list(items).list.eval(
-        e.sort_by(e.struct.field("w"), descending=True, nulls_last=True, maintain_order=True)
-        .struct.field("t")
-        .drop_nulls()
+def _reasons(flagged: pl.DataFrame, texts: list[pl.Expr], model: EscalationModel | None) -> pl.DataFrame:
+    """``run_id, reasons`` for the runs above ``ok``: component texts, strongest first.
+
+    Components below 0.05 are left out unless they are the run's strongest. Built in
+    long format (one row per run and component) on the flagged runs only.
+    """
+    score_cols = [f"score_{c}" for c in COMPONENTS]
+    base = flagged.select("run_id", *score_cols, *(["_p"] if model is not None else []),
+                          *[t for t in texts])
+    top = pl.max_horizontal(score_cols)
+    long = pl.concat(
+        [
+            base.select(
+                "run_id",
+                pl.lit(i, dtype=pl.Int32).alias("_i"),
+                pl.col(f"score_{c}").alias("_w"),
+                pl.when((pl.col(f"score_{c}") >= 0.05) | ((pl.col(f"score_{c}") >= top) & (top > 0)))
+                .then(pl.col(f"_r_{c}"))
+                .otherwise(pl.lit(None, dtype=pl.String))
+                .alias("_t"),
+            )
+            for i, c in enumerate(COMPONENTS)
+        ]
     )
+    reasons = (
+        long.filter(pl.col("_t").is_not_null())
+        .sort(["run_id", "_w", "_i"], descending=[False, True, False])
+        .group_by("run_id", maintain_order=True)
+        .agg(pl.col("_t").alias("reasons"))
+    )
+    out = base.select("run_id", *(["_p"] if model is not None else [])).join(reasons, on="run_id", how="left")
+    empty = pl.lit([], dtype=pl.List(pl.String))
     if model is not None:
-        model_reason = pl.concat_str(pl.lit("learned escalation model: p="), fmt_num(pl.col("_p"), 2))
-        reasons = pl.when(reasons.list.len() == 0).then(pl.concat_list(model_reason)).otherwise(reasons)
-    return pl.when(pl.col("level") == "ok").then(pl.lit([], dtype=pl.List(pl.String))).otherwise(reasons)
+        # a run the learned model flags without any rule signal still gets a sentence
+        model_reason = pl.concat_list(
+            pl.concat_str(pl.lit("learned escalation model: p="), fmt_num(pl.col("_p"), 2))
+        )
+        fill = model_reason
+    else:
+        fill = empty
+    return out.select(
+        "run_id",
+        pl.when(pl.col("reasons").is_null() | (pl.col("reasons").list.len() == 0))
+        .then(fill)
+        .otherwise(pl.col("reasons"))
+        .alias("reasons"),
+    )
 
 
 def score_runs(
