@@ -1,0 +1,708 @@
+"""Cost at volume: where the money goes per run, and what a day costs at scale.
+
+:func:`cost_profile` answers the production questions a demo never does: what a
+run costs at the median and in the tail, how much of the spend is burnt in
+loops, failed steps and retries, how much sits in runs over the policy's cost
+ceiling, what a successful outcome costs, and what a day costs at a given
+volume, with an interval, together with the expected cost of the worst run of
+such a day (the 1-in-N edge case).
+
+It runs in the fleet stage: :func:`cost_profile_from_runs` works on the
+per-run tables only (:func:`driftwatch.features.run_features` and, optionally,
+the loop table), so it also runs after a chunked or Spark per-run stage.
+
+Examples
+--------
+>>> import driftwatch as dw
+>>> fleet = dw.synth.generate(days=2, runs_per_day=300, seed=1)
+>>> prof = dw.cost_profile(fleet.events, volume_per_day=10_000)
+>>> prof["series"].to_list()
+['agent=billing', 'agent=planner', 'agent=research', 'agent=support', 'all']
+>>> row = prof.filter(series="all").row(0, named=True)
+>>> row["projected_daily_lo"] < row["projected_daily_usd"] < row["projected_daily_hi"]
+True
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from driftwatch._frames import FrameLike, as_lazy, normalize_by, series_expr
+from driftwatch.errors import InvalidParameterError, SchemaError
+
+#: Runs whose ``outcome`` is at least this count as successful.
+SUCCESS_OUTCOME = 0.5
+
+#: Largest number of random draws one bootstrap matrix may hold (memory bound).
+_DRAW_BUDGET = 20_000_000
+
+#: Minimum number of runs before the tail is extrapolated with a Pareto fit.
+_MIN_TAIL_RUNS = 200
+
+#: Largest generalised-Pareto shape accepted for extrapolation (0.5: infinite variance beyond).
+_MAX_TAIL_SHAPE = 0.5
+
+#: Columns of :func:`cost_profile`, in order.
+COST_COLUMNS: tuple[str, ...] = (
+    "series",
+    "runs",
+    "days",
+    "runs_per_day",
+    "total_cost_usd",
+    "cost_mean",
+    "cost_p50",
+    "cost_p90",
+    "cost_p99",
+    "cost_max",
+    "p99_over_p50",
+    "max_over_p50",
+    "loop_cost_usd",
+    "loop_share",
+    "error_cost_usd",
+    "error_share",
+    "retry_cost_usd",
+    "retry_share",
+    "cost_ceiling_usd",
+    "runs_over_ceiling",
+    "over_ceiling_cost_usd",
+    "over_ceiling_share",
+    "runs_with_outcome",
+    "successes",
+    "success_rate",
+    "cost_per_success",
+    "volume_per_day",
+    "projected_daily_usd",
+    "projected_daily_lo",
+    "projected_daily_hi",
+    "interval",
+    "worst_run_expected_usd",
+    "worst_run_1_in_n_usd",
+    "worst_run_method",
+    "tail_shape",
+)
+
+VolumeLike = float | int | Mapping[str, float] | None
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+
+
+def cost_profile(
+    events: Any,
+    *,
+    by: str | Sequence[str] | None = ("agent",),
+    volume_per_day: VolumeLike = None,
+    loops: pl.DataFrame | pl.LazyFrame | None = None,
+    policy: Any = None,
+    interval: float = 0.95,
+    n_boot: int = 1000,
+    random_state: int = 0,
+) -> pl.DataFrame:
+    """Cost per run, spend by cause and projected spend at volume, per series.
+
+    A thin wrapper: computes :func:`driftwatch.run_features` (and, when
+    ``loops`` is not given, :func:`driftwatch.detect_loops`) and calls
+    :func:`cost_profile_from_runs`.
+
+    Parameters
+    ----------
+    events : polars.DataFrame, polars.LazyFrame or ReadResult
+        Canonical events.
+    by : str or sequence of str, default=("agent",)
+        Columns of the run table that define a series (``agent``, ``version``).
+        The whole fleet is always added as series ``"all"``.
+    volume_per_day : float, int, mapping or None, default=None
+        Runs per day to project to. A number is the fleet's volume; each series
+        gets its observed share of it. A mapping gives the volume of named
+        series (``{"agent=billing": 50_000, "all": 200_000}``); unnamed series
+        get no projection. ``None`` projects at the observed runs per day.
+    loops : polars.DataFrame or LazyFrame, optional
+        :func:`driftwatch.detect_loops` or :func:`driftwatch.loop_summary`
+        output (``run_id, wasted_cost_usd``). Detected from ``events`` when
+        omitted.
+    policy : driftwatch.Policy, float or None, default=None
+        Where the per-run cost ceiling comes from: a ``Policy`` (its
+        ``max_cost_usd``), or a number in USD. ``None``: no ceiling columns.
+    interval : float, default=0.95
+        Coverage of the projection interval.
+    n_boot : int, default=1000
+        Bootstrap replicates for the projection interval.
+    random_state : int, default=0
+        Seed of the bootstrap.
+
+    Returns
+    -------
+    polars.DataFrame
+        One row per series (see :func:`cost_profile_from_runs`).
+
+    Examples
+    --------
+    >>> import polars as pl, driftwatch as dw
+    >>> ev = pl.DataFrame({"run_id": ["a", "a", "b", "c"], "step": [1, 2, 1, 1],
+    ...                    "action": ["llm", "search", "llm", "llm"],
+    ...                    "cost_usd": [0.1, 0.02, 0.1, 0.5]})
+    >>> out = dw.cost_profile(ev, by=(), loops=pl.DataFrame({"run_id": [], "wasted_cost_usd": []}))
+    >>> out.select("series", "runs", pl.col("cost_p50").round(4), "cost_max").to_dicts()
+    [{'series': 'all', 'runs': 3, 'cost_p50': 0.12, 'cost_max': 0.5}]
+    """
+    from driftwatch.features import run_features
+
+    lf = as_lazy(events)
+    features = run_features(lf)
+    if loops is None:
+        loops = _detect_loops(lf)
+    return cost_profile_from_runs(
+        features,
+        by=by,
+        volume_per_day=volume_per_day,
+        loops=loops,
+        policy=policy,
+        interval=interval,
+        n_boot=n_boot,
+        random_state=random_state,
+    )
+
+
+def cost_profile_from_runs(
+    features: FrameLike,
+    *,
+    by: str | Sequence[str] | None = ("agent",),
+    volume_per_day: VolumeLike = None,
+    loops: pl.DataFrame | pl.LazyFrame | None = None,
+    policy: Any = None,
+    interval: float = 0.95,
+    n_boot: int = 1000,
+    random_state: int = 0,
+) -> pl.DataFrame:
+    """:func:`cost_profile` on the per-run tables (the audit's fleet stage).
+
+    Parameters
+    ----------
+    features : polars.DataFrame or LazyFrame
+        :func:`driftwatch.run_features` output: at least ``run_id, cost_usd``;
+        ``first_ts`` (observed volume), ``error_cost_usd``, ``retry_cost_usd``
+        and ``outcome`` are used when present, plus the ``by`` columns.
+    by, volume_per_day, policy, interval, n_boot, random_state
+        As in :func:`cost_profile`.
+    loops : polars.DataFrame or LazyFrame, optional
+        Loop table with ``run_id, wasted_cost_usd`` (per loop or per run).
+        ``None``: the loop columns are null.
+
+    Returns
+    -------
+    polars.DataFrame
+        One row per series, sorted by series with ``"all"`` last:
+
+        - ``series`` (str), ``runs`` (int), ``days`` (distinct UTC dates with a
+          run start), ``runs_per_day`` (runs / days of the whole fleet).
+        - ``total_cost_usd``, ``cost_mean``, ``cost_p50``, ``cost_p90``,
+          ``cost_p99``, ``cost_max``: cost per run (linear-interpolated quantiles).
+        - ``p99_over_p50``, ``max_over_p50``: tail ratios (null when p50 is 0).
+        - ``loop_cost_usd``/``loop_share``, ``error_cost_usd``/``error_share``,
+          ``retry_cost_usd``/``retry_share``: spend wasted in loops, in failed
+          steps and in retries, and its share of ``total_cost_usd``. The causes
+          overlap (a failed retry inside a loop counts in all three), so the
+          shares do not add up.
+        - ``cost_ceiling_usd``, ``runs_over_ceiling``, ``over_ceiling_cost_usd``,
+          ``over_ceiling_share``: runs whose cost exceeds the policy ceiling.
+        - ``runs_with_outcome``, ``successes`` (``outcome >= 0.5``),
+          ``success_rate``, ``cost_per_success`` (spend of the runs with an
+          outcome / their successes).
+        - ``volume_per_day``, ``projected_daily_usd`` (volume x mean cost),
+          ``projected_daily_lo``/``projected_daily_hi`` (prediction interval of
+          one day's spend), ``interval`` (its coverage).
+        - ``worst_run_expected_usd``: expected cost of the most expensive run
+          of a day at that volume, E[max of N runs]; ``worst_run_1_in_n_usd``:
+          the cost exceeded by one run in N (quantile 1 - 1/N);
+          ``worst_run_method``: ``"empirical"``, ``"pareto_tail"`` or
+          ``"empirical_capped"``;
+          ``tail_shape``: the fitted generalised-Pareto shape (``pareto_tail``).
+
+    Notes
+    -----
+    **Projection.** A day at volume N costs S = sum of N run costs. The
+    interval combines two sources of uncertainty, each simulated with one
+    vectorised numpy draw: (1) the mean cost per run, by a nonparametric
+    bootstrap of the observed run costs (a matrix of ``n_boot`` resamples; when
+    ``n_boot x runs`` exceeds 2e7 draws the bootstrap distribution of the mean is
+    replaced by its normal limit, mean +- sd/sqrt(n)); (2) the day's own
+    randomness, the sum of N runs drawn from the observed costs (simulated
+    directly when ``n_boot x N`` fits the same budget, else its normal limit
+    N*mean +- sd*sqrt(N)). The interval is the central ``interval`` range of
+    ``N * mean_b + (S_b - N * mean)`` over the replicates. It assumes future
+    runs look like the observed ones (same mix, same behaviour).
+
+    **Worst run of a day.** When N <= runs / 2 the expected maximum of N draws
+    from the observed costs is computed exactly from the order statistics,
+    ``sum_i x_(i) [(i/n)^N - ((i-1)/n)^N]`` (method ``"empirical"``). Beyond
+    that the observed maximum would cap the answer, so the tail is
+    extrapolated by peaks over threshold: a generalised Pareto distribution is
+    fitted by maximum likelihood to the top 10% of runs (else 5%, else 2.5%;
+    30 to 1000 runs), and the first fit that passes a Kolmogorov-Smirnov check
+    (p >= 0.05) with a shape <= 0.5 is used. E[max] is then integrated over the
+    spliced quantile function (empirical below the threshold, Pareto above) and
+    the 1-in-N cost read from it (method ``"pareto_tail"``). When no fit
+    passes (typically a tail made of a separate cluster of rare, very expensive
+    runs, or fewer than 200 runs) the empirical formula is kept and the method
+    is ``"empirical_capped"``: the figures are then bounded by the largest
+    observed run and understate the worst case.
+
+    Examples
+    --------
+    >>> import polars as pl, driftwatch as dw
+    >>> from driftwatch.costs import cost_profile_from_runs
+    >>> runs = pl.DataFrame({"run_id": ["a", "b", "c", "d"], "agent": ["x"] * 4,
+    ...                      "cost_usd": [0.25, 0.25, 0.5, 1.0],
+    ...                      "error_cost_usd": [0.0, 0.0, 0.25, 0.5]})
+    >>> out = cost_profile_from_runs(runs, by=(), policy=0.5)
+    >>> out.select("runs", "cost_max", "error_share", "runs_over_ceiling").to_dicts()
+    [{'runs': 4, 'cost_max': 1.0, 'error_share': 0.375, 'runs_over_ceiling': 1}]
+    """
+    by_cols = normalize_by(by)
+    _check_options(interval=interval, n_boot=n_boot, volume_per_day=volume_per_day)
+    ceiling = cost_ceiling(policy)
+    runs = _prepare_runs(features, by_cols, loops)
+
+    long = runs.with_columns(series_expr(by_cols))
+    if by_cols:
+        long = pl.concat([long, runs.with_columns(pl.lit("all").alias("series"))], how="vertical")
+    fleet_days = runs.select(pl.col("_day").drop_nulls().n_unique()).item()
+
+    agg = (
+        long.group_by("series")
+        .agg(_summary_exprs(ceiling))
+        .with_columns(
+            pl.lit(fleet_days if fleet_days else None, dtype=pl.Int64).alias("_fleet_days"),
+        )
+        .sort(pl.col("series") == "all", "series")
+    )
+    costs_by_series = dict(long.group_by("series").agg(pl.col("cost_usd").sort()).iter_rows())
+    total_runs = runs.height
+
+    rows: list[dict[str, Any]] = []
+    rng = np.random.default_rng(random_state)
+    for rec in agg.iter_rows(named=True):
+        rows.append(
+            _series_row(
+                rec,
+                costs=np.asarray(costs_by_series[rec["series"]], dtype=np.float64),
+                ceiling=ceiling,
+                volume=_series_volume(volume_per_day, rec, total_runs),
+                interval=interval,
+                n_boot=n_boot,
+                rng=rng,
+                has_loops=loops is not None,
+            )
+        )
+    return pl.DataFrame(rows, schema=_output_schema(), orient="row")
+
+
+def cost_ceiling(policy: Any) -> float | None:
+    """The per-run cost ceiling (USD) of ``policy``, or ``None``.
+
+    Accepts a number, a :class:`driftwatch.Policy` (``max_cost_usd``), an object
+    with ``limits.max_cost_usd`` or a mapping with a ``max_cost_usd`` key.
+    """
+    if policy is None:
+        return None
+    if isinstance(policy, bool):
+        raise InvalidParameterError(f"policy must be a Policy or a cost ceiling in USD, got {policy!r}")
+    if isinstance(policy, int | float):
+        value: Any = policy
+    elif isinstance(policy, Mapping):
+        value = policy.get("max_cost_usd")
+    elif hasattr(policy, "max_cost_usd"):
+        value = policy.max_cost_usd
+    elif hasattr(policy, "limits") and hasattr(policy.limits, "max_cost_usd"):
+        value = policy.limits.max_cost_usd
+    else:
+        raise InvalidParameterError(
+            "policy must be a driftwatch.Policy, a mapping with 'max_cost_usd' or a number (USD); "
+            f"got {type(policy).__name__} without a max_cost_usd setting"
+        )
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise InvalidParameterError(f"policy max_cost_usd must be a non-negative number of USD, got {value!r}")
+    return float(value)
+
+
+def expected_max(costs: np.ndarray, n_draws: float) -> tuple[float | None, float, str, float | None]:
+    """Expected maximum of ``n_draws`` runs and the 1-in-N cost, from observed ``costs``.
+
+    Returns ``(expected_max, one_in_n, method, tail_shape)``; see the Notes of
+    :func:`cost_profile_from_runs` for the method.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from driftwatch.costs import expected_max
+    >>> e, q, method, _ = expected_max(np.array([1.0, 2.0, 3.0, 4.0]), 2)
+    >>> round(e, 4), method
+    (3.125, 'empirical')
+    """
+    x = np.sort(np.asarray(costs, dtype=np.float64))
+    n = x.size
+    if n == 0 or not n_draws or n_draws < 1:
+        return None, math.nan, "empirical", None
+    big_n = float(n_draws)
+    one_in_n_emp = float(np.quantile(x, 1.0 - 1.0 / big_n)) if big_n > 1 else float(x.mean())
+    if big_n <= n / 2:
+        return _emp_expected_max(x, big_n, n), one_in_n_emp, "empirical", None
+    fit = _fit_tail(x) if n >= _MIN_TAIL_RUNS else None
+    if fit is None:
+        return _emp_expected_max(x, big_n, n), one_in_n_emp, "empirical_capped", None
+    k, xi, sigma = fit
+    u = float(x[n - k - 1])
+    p_u = k / n  # P(X > u)
+
+    def tail_q(s: np.ndarray) -> np.ndarray:  # quantile at 1 - s, for s <= p_u
+        r = s / p_u
+        if abs(xi) < 1e-9:
+            return u - sigma * np.log(r)
+        return u + sigma / xi * (np.power(r, -xi) - 1.0)
+
+    one_in_n = float(tail_q(np.array([1.0 / big_n]))[0]) if 1.0 / big_n < p_u else one_in_n_emp
+    # body: empirical order statistics up to the threshold
+    body = _emp_expected_max(x[: n - k], big_n, n)
+    # tail: integral over s = 1 - q in (0, p_u] of Q(1 - s) * N (1 - s)^(N - 1) ds, on a log grid
+    s = np.geomspace(min(p_u, 1e-9 / big_n), p_u, 4000)
+    dens = big_n * np.exp((big_n - 1.0) * np.log1p(-s))
+    tail = float(np.trapezoid(tail_q(s) * dens * s, np.log(s)))
+    return body + tail, one_in_n, "pareto_tail", xi
+
+
+def _emp_expected_max(x_low: np.ndarray, big_n: float, n: int) -> float:
+    """sum_i x_(i) [(i/n)^N - ((i-1)/n)^N] over the first ``len(x_low)`` order statistics of n."""
+    i = np.arange(1, x_low.size + 1, dtype=np.float64)
+    prev = np.log((i - 1) / n, where=i > 1, out=np.full(i.size, -np.inf))
+    w = np.exp(big_n * np.log(i / n)) - np.exp(big_n * prev)
+    return float(w @ x_low)
+
+
+def _fit_tail(x: np.ndarray) -> tuple[int, float, float] | None:
+    """Peaks over threshold on sorted ``x``: the largest top-k (10%, 5%, 2.5% of runs; 30..1000)
+    whose generalised-Pareto fit passes a Kolmogorov-Smirnov check (p >= 0.05) with shape <= 0.5."""
+    from scipy import stats
+
+    n = x.size
+    for frac in (0.1, 0.05, 0.025):
+        k = int(min(max(round(frac * n), 30), 1000))
+        if k >= n - 1:
+            continue
+        exc = x[n - k :] - x[n - k - 1]
+        xi, sigma = _fit_gpd(exc)
+        if not (sigma > 0 and xi <= _MAX_TAIL_SHAPE):
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            p = stats.kstest(exc, stats.genpareto(xi, loc=0.0, scale=sigma).cdf).pvalue
+        if p >= 0.05:
+            return k, xi, sigma
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# internals
+
+
+def _detect_loops(lf: pl.LazyFrame) -> pl.DataFrame | None:
+    try:
+        from driftwatch.loops import detect_loops
+    except ImportError:  # the loop detector is optional for this module
+        return None
+    return detect_loops(lf)
+
+
+def _check_options(*, interval: float, n_boot: int, volume_per_day: VolumeLike) -> None:
+    if not isinstance(interval, int | float) or not 0.0 < float(interval) < 1.0:
+        raise InvalidParameterError(f"interval must be a coverage in (0, 1) such as 0.95, got {interval!r}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 50:
+        raise InvalidParameterError(f"n_boot must be an integer >= 50, got {n_boot!r}")
+    if volume_per_day is None:
+        return
+    values = volume_per_day.values() if isinstance(volume_per_day, Mapping) else [volume_per_day]
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
+            raise InvalidParameterError(
+                f"volume_per_day must be a positive number of runs per day (or a mapping of series to one), "
+                f"got {volume_per_day!r}"
+            )
+
+
+def _prepare_runs(
+    features: FrameLike, by_cols: tuple[str, ...], loops: pl.DataFrame | pl.LazyFrame | None
+) -> pl.DataFrame:
+    if not isinstance(features, pl.DataFrame | pl.LazyFrame):
+        raise InvalidParameterError(
+            f"features must be a polars DataFrame or LazyFrame from run_features(), got {type(features).__name__}"
+        )
+    lf = features.lazy()
+    schema = lf.collect_schema()
+    missing = [c for c in ("run_id", "cost_usd", *by_cols) if c not in schema]
+    if missing:
+        raise SchemaError(
+            f"features: missing column(s) {missing} (expected run_features() output); found {list(schema)}"
+        )
+    zero = pl.lit(0.0, dtype=pl.Float64)
+    cols = [
+        pl.col("run_id"),
+        *[pl.col(c) for c in by_cols if c != "run_id"],
+        pl.col("cost_usd").cast(pl.Float64).fill_null(0.0).alias("cost_usd"),
+        (pl.col("error_cost_usd").cast(pl.Float64).fill_null(0.0) if "error_cost_usd" in schema else zero).alias(
+            "error_cost_usd"
+        ),
+        (pl.col("retry_cost_usd").cast(pl.Float64).fill_null(0.0) if "retry_cost_usd" in schema else zero).alias(
+            "retry_cost_usd"
+        ),
+        (pl.col("outcome").cast(pl.Float64) if "outcome" in schema else pl.lit(None, pl.Float64)).alias("outcome"),
+        (pl.col("first_ts").dt.date() if "first_ts" in schema else pl.lit(None, pl.Date)).alias("_day"),
+    ]
+    lf = lf.select(cols)
+    if loops is not None:
+        lf = lf.join(_loop_cost(loops), on="run_id", how="left").with_columns(
+            pl.col("loop_cost_usd").fill_null(0.0)
+        )
+    else:
+        lf = lf.with_columns(pl.lit(None, dtype=pl.Float64).alias("loop_cost_usd"))
+    return lf.collect()
+
+
+def _loop_cost(loops: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
+    if not isinstance(loops, pl.DataFrame | pl.LazyFrame):
+        raise InvalidParameterError(
+            f"loops must be a detect_loops() or loop_summary() DataFrame, got {type(loops).__name__}"
+        )
+    lf = loops.lazy()
+    schema = lf.collect_schema()
+    missing = [c for c in ("run_id", "wasted_cost_usd") if c not in schema]
+    if missing:
+        raise SchemaError(
+            f"loops: missing column(s) {missing} (expected detect_loops() or loop_summary() output); "
+            f"found {list(schema)}"
+        )
+    return (
+        lf.select(pl.col("run_id").cast(pl.String), pl.col("wasted_cost_usd").cast(pl.Float64))
+        .group_by("run_id")
+        .agg(pl.col("wasted_cost_usd").fill_null(0.0).sum().alias("loop_cost_usd"))
+    )
+
+
+def _summary_exprs(ceiling: float | None) -> list[pl.Expr]:
+    cost = pl.col("cost_usd")
+    has_outcome = pl.col("outcome").is_not_null()
+    over = cost > ceiling if ceiling is not None else pl.lit(False)
+    return [
+        pl.len().cast(pl.Int64).alias("runs"),
+        pl.col("_day").drop_nulls().n_unique().cast(pl.Int64).alias("days"),
+        cost.sum().alias("total_cost_usd"),
+        cost.mean().alias("cost_mean"),
+        cost.quantile(0.5, "linear").alias("cost_p50"),
+        cost.quantile(0.9, "linear").alias("cost_p90"),
+        cost.quantile(0.99, "linear").alias("cost_p99"),
+        cost.max().alias("cost_max"),
+        pl.col("loop_cost_usd").sum().alias("loop_cost_usd"),
+        pl.col("error_cost_usd").sum().alias("error_cost_usd"),
+        pl.col("retry_cost_usd").sum().alias("retry_cost_usd"),
+        over.sum().cast(pl.Int64).alias("runs_over_ceiling"),
+        cost.filter(over).sum().alias("over_ceiling_cost_usd"),
+        has_outcome.sum().cast(pl.Int64).alias("runs_with_outcome"),
+        (pl.col("outcome") >= SUCCESS_OUTCOME).fill_null(False).sum().cast(pl.Int64).alias("successes"),
+        cost.filter(has_outcome).sum().alias("_outcome_cost"),
+    ]
+
+
+def _series_volume(volume: VolumeLike, rec: Mapping[str, Any], total_runs: int) -> float | None:
+    if isinstance(volume, Mapping):
+        v = volume.get(rec["series"])
+        return float(v) if v is not None else None
+    if volume is None:
+        days = rec["_fleet_days"]
+        return rec["runs"] / days if days else None
+    return float(volume) * rec["runs"] / total_runs if total_runs else None
+
+
+def _share(part: float | None, total: float) -> float | None:
+    if part is None or total <= 0:
+        return None
+    return part / total
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    if num is None or den is None or den <= 0:
+        return None
+    return num / den
+
+
+def _series_row(
+    rec: dict[str, Any],
+    *,
+    costs: np.ndarray,
+    ceiling: float | None,
+    volume: float | None,
+    interval: float,
+    n_boot: int,
+    rng: np.random.Generator,
+    has_loops: bool,
+) -> dict[str, Any]:
+    total = float(rec["total_cost_usd"] or 0.0)
+    p50 = rec["cost_p50"]
+    loop_cost = rec["loop_cost_usd"] if has_loops else None
+    outcomes = rec["runs_with_outcome"]
+    fleet_days = rec["_fleet_days"]
+    row: dict[str, Any] = {
+        "series": rec["series"],
+        "runs": rec["runs"],
+        "days": rec["days"],
+        "runs_per_day": rec["runs"] / fleet_days if fleet_days else None,
+        "total_cost_usd": total,
+        "cost_mean": rec["cost_mean"],
+        "cost_p50": p50,
+        "cost_p90": rec["cost_p90"],
+        "cost_p99": rec["cost_p99"],
+        "cost_max": rec["cost_max"],
+        "p99_over_p50": _ratio(rec["cost_p99"], p50),
+        "max_over_p50": _ratio(rec["cost_max"], p50),
+        "loop_cost_usd": loop_cost,
+        "loop_share": _share(loop_cost, total),
+        "error_cost_usd": rec["error_cost_usd"],
+        "error_share": _share(rec["error_cost_usd"], total),
+        "retry_cost_usd": rec["retry_cost_usd"],
+        "retry_share": _share(rec["retry_cost_usd"], total),
+        "cost_ceiling_usd": ceiling,
+        "runs_over_ceiling": rec["runs_over_ceiling"] if ceiling is not None else None,
+        "over_ceiling_cost_usd": rec["over_ceiling_cost_usd"] if ceiling is not None else None,
+        "over_ceiling_share": _share(rec["over_ceiling_cost_usd"], total) if ceiling is not None else None,
+        "runs_with_outcome": outcomes,
+        "successes": rec["successes"] if outcomes else None,
+        "success_rate": rec["successes"] / outcomes if outcomes else None,
+        "cost_per_success": _ratio(rec["_outcome_cost"], rec["successes"]) if outcomes else None,
+        "volume_per_day": volume,
+        "projected_daily_usd": None,
+        "projected_daily_lo": None,
+        "projected_daily_hi": None,
+        "interval": interval,
+        "worst_run_expected_usd": None,
+        "worst_run_1_in_n_usd": None,
+        "worst_run_method": None,
+        "tail_shape": None,
+    }
+    if volume is not None and costs.size:
+        point, lo, hi = project_daily_spend(costs, volume, interval=interval, n_boot=n_boot, rng=rng)
+        e_max, one_in_n, method, shape = expected_max(costs, volume)
+        row.update(
+            projected_daily_usd=point,
+            projected_daily_lo=lo,
+            projected_daily_hi=hi,
+            worst_run_expected_usd=e_max,
+            worst_run_1_in_n_usd=one_in_n if math.isfinite(one_in_n) else None,
+            worst_run_method=method,
+            tail_shape=shape,
+        )
+    return row
+
+
+def project_daily_spend(
+    costs: np.ndarray,
+    volume: float,
+    *,
+    interval: float = 0.95,
+    n_boot: int = 1000,
+    rng: np.random.Generator | int | None = 0,
+) -> tuple[float, float, float]:
+    """Point estimate and prediction interval of one day's spend at ``volume`` runs.
+
+    See the Notes of :func:`cost_profile_from_runs`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from driftwatch.costs import project_daily_spend
+    >>> point, lo, hi = project_daily_spend(np.full(100, 0.2), 1000)
+    >>> round(point, 6), round(lo, 6), round(hi, 6)
+    (200.0, 200.0, 200.0)
+    """
+    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    x = np.asarray(costs, dtype=np.float64)
+    n = x.size
+    mean = float(x.mean())
+    sd = float(x.std(ddof=1)) if n > 1 else 0.0
+    big_n = float(volume)
+    # (1) uncertainty of the mean cost per run
+    if n * n_boot <= _DRAW_BUDGET:
+        means = np.empty(n_boot)
+        chunk = max(1, _DRAW_BUDGET // (4 * n))
+        for start in range(0, n_boot, chunk):  # bounded memory; a handful of chunks
+            stop = min(n_boot, start + chunk)
+            means[start:stop] = x[gen.integers(0, n, size=(stop - start, n))].mean(axis=1)
+    else:
+        means = mean + sd / math.sqrt(n) * gen.standard_normal(n_boot)
+    # (2) the day's own randomness: the sum of N runs
+    n_int = max(1, round(big_n))
+    if n_int * n_boot <= _DRAW_BUDGET:
+        day = np.empty(n_boot)
+        chunk = max(1, _DRAW_BUDGET // (4 * n_int))
+        for start in range(0, n_boot, chunk):
+            stop = min(n_boot, start + chunk)
+            day[start:stop] = x[gen.integers(0, n, size=(stop - start, n_int))].sum(axis=1)
+        noise = day - n_int * mean
+    else:
+        noise = sd * math.sqrt(big_n) * gen.standard_normal(n_boot)
+    total = big_n * means + noise
+    alpha = (1.0 - interval) / 2.0
+    lo, hi = np.quantile(total, [alpha, 1.0 - alpha])
+    return big_n * mean, float(lo), float(hi)
+
+
+def _fit_gpd(exc: np.ndarray) -> tuple[float, float]:
+    """Generalised Pareto (shape, scale) of exceedances over a threshold (MLE, PWM fallback)."""
+    from scipy import stats
+
+    exc = exc[exc > 0]
+    if exc.size < 10 or float(exc.std()) == 0.0:
+        return 0.0, float(exc.mean()) if exc.size else 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            xi, _, sigma = stats.genpareto.fit(exc, floc=0.0)
+        except Exception:  # numerical failure of the optimiser: use moments instead
+            xi, sigma = math.nan, math.nan
+    if not (math.isfinite(xi) and math.isfinite(sigma) and sigma > 0):
+        xs = np.sort(exc)
+        p = (np.arange(1, xs.size + 1) - 0.35) / xs.size
+        a0 = float(xs.mean())
+        a1 = float(np.mean((1.0 - p) * xs))
+        xi = 2.0 - a0 / (a0 - 2.0 * a1)
+        sigma = 2.0 * a0 * a1 / (a0 - 2.0 * a1)
+    return float(xi), float(sigma)
+
+
+def _output_schema() -> dict[str, pl.DataType]:
+    ints = {"runs", "days", "runs_over_ceiling", "runs_with_outcome", "successes"}
+    out: dict[str, pl.DataType] = {}
+    for c in COST_COLUMNS:
+        if c in ("series", "worst_run_method"):
+            out[c] = pl.String()
+        elif c in ints:
+            out[c] = pl.Int64()
+        else:
+            out[c] = pl.Float64()
+    return out
+
+
+__all__ = [
+    "COST_COLUMNS",
+    "SUCCESS_OUTCOME",
+    "cost_ceiling",
+    "cost_profile",
+    "cost_profile_from_runs",
+    "expected_max",
+    "project_daily_spend",
+]

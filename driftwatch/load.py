@@ -1,0 +1,875 @@
+"""The load where it breaks: how run behaviour depends on load, and the knee.
+
+:func:`load_curve` cuts time into buckets (``every``, ``"1m"`` by default) and
+measures, per series and bucket, the **load** (runs started in the bucket, and
+runs in flight during it) and the behaviour of the runs started in it (error
+rate, retry rate, loop rate, p90 latency, steps and cost per run). For each
+metric it returns the relationship with load, binned by load quantiles, and
+the **knee**: the load above which the metric departs from its low-load level,
+with a permutation p-value so that a fleet whose behaviour does not depend on
+load reports none.
+
+It runs in the fleet stage: :func:`load_curve_from_runs` needs only the
+per-run tables (:func:`driftwatch.features.run_features` and, for the loop
+rate, the loop table).
+
+Method
+------
+For one series, metric and kind of load, every bucket ``j`` with at least one
+started run gives a load ``L_j``, a metric value ``y_j`` and a weight ``w_j``.
+Every metric is a **mean over the runs** started in the bucket (the error rate
+is the mean of the runs' failed-step shares, the latency the mean of the runs'
+p90 step latencies) and ``w_j`` is the number of those runs: a pooled ratio
+(errors / steps) would drift with the number of runs when long runs fail more,
+and a quantile over runs grows with their number, and either would fake a
+load effect. The knee model is a hinge (segmented regression with a flat
+low-load segment, Hudson 1966) with an optional plateau where the metric
+saturates::
+
+    y_j = alpha_stratum(j) + beta * (min(L_j, k2) - k)_+ + e_j
+
+fitted by weighted least squares. ``alpha_stratum`` are fixed effects of the
+time strata (``control``, one UTC day by default): the knee is estimated and
+tested **only from load differences inside the same day**, so a day-level
+trend (a deploy that raises errors in a busy week, weekly volume swings) is
+not mistaken for a load effect. ``control="1h"`` compares buckets only within
+the same hour (guards against time-of-day effects as well, at the cost of
+power and time); ``control=None`` switches the guard off.
+
+The search along the load axis is exhaustive (all candidate knees are scored
+from the same sufficient statistics, a change-point search with one
+breakpoint along the load-ordered data): ``k`` runs over a grid of loads that
+leave at least ``max(10, 2%)`` of the buckets on either side (a few busy
+buckets cannot make a knee) and, for the rates, at least 10 expected events
+on either side; the plateau ``k2`` runs over load quantiles (or none). A
+coarse pass is refined near its best knee, so the knee is continuous rather
+than an observed load. The test statistic is the largest share of the
+within-strata variance a hinge explains over the coarse knees (a sup-F
+statistic), and its null distribution comes from permuting the buckets'
+standardised residuals ``sqrt(w_j) * (y_j - alpha)`` within strata
+(studentised permutation, so that a bucket of many runs is not compared with
+the noise of a bucket of one), with Besag-Clifford sequential stopping: 99
+permutations first, more (up to ``n_boot``) only while the answer is in doubt.
+A knee is reported (``significant``) when the p-value, Bonferroni-corrected
+over the rows of its series (metrics x load kinds), is at most ``alpha`` and
+the metric above the knee departs from the level below it by at least
+``min_effect`` (relative).
+
+Examples
+--------
+>>> import driftwatch as dw
+>>> sc = dw.synth.Scenario.stable(load=(dw.synth.LoadSpec("planner", threshold=3.0, slope=1.0),))
+>>> fleet = dw.synth.generate(days=2, runs_per_day=6000, seed=0, scenario=sc)
+>>> out = dw.load_curve(fleet.events, metrics=["error_rate"], load="started")
+>>> row = out.filter(series="agent=planner").row(0, named=True)
+>>> row["significant"], 2.5 < row["knee"] < 3.5
+(True, True)
+>>> out.filter(series="agent=billing")["knee"].to_list()
+[None]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from driftwatch._frames import FrameLike, as_lazy, duration_seconds, normalize_by, series_expr
+from driftwatch.errors import InvalidParameterError, SchemaError
+
+#: Behaviour metrics measured per bucket (in output order).
+METRICS: tuple[str, ...] = (
+    "error_rate",
+    "retry_rate",
+    "loop_rate",
+    "latency_p90",
+    "steps_per_run",
+    "cost_per_run",
+)
+
+#: Kinds of load.
+LOAD_KINDS: tuple[str, ...] = ("started", "in_flight")
+
+#: Output columns of :func:`load_curve`, in order.
+LOAD_COLUMNS: tuple[str, ...] = (
+    "series",
+    "metric",
+    "load_kind",
+    "knee",
+    "below",
+    "above",
+    "ratio",
+    "p_value",
+    "p_adjusted",
+    "significant",
+    "candidate_knee",
+    "slope",
+    "n_buckets",
+    "n_runs",
+    "every",
+    "control",
+    "curve_load",
+    "curve_value",
+    "curve_buckets",
+)
+
+_COARSE_GRID = 40
+_FINE_GRID = 200
+_PLATEAU_GRID = 25
+_FIRST_DRAWS = 99
+_CHUNK = 100
+_STOP_EXCEEDANCES = 10
+_MIN_BUCKETS = 30
+_MIN_EVENTS = 10.0
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+
+
+def load_curve(
+    events: Any,
+    *,
+    every: str = "1m",
+    by: str | Sequence[str] | None = ("agent",),
+    metrics: Sequence[str] | None = None,
+    loops: pl.DataFrame | pl.LazyFrame | None = None,
+    load: str | Sequence[str] = LOAD_KINDS,
+    control: str | None = "1d",
+    n_bins: int = 10,
+    n_boot: int = 999,
+    alpha: float = 0.05,
+    min_effect: float = 0.2,
+    random_state: int = 0,
+) -> pl.DataFrame:
+    """How behaviour depends on load, per series and metric, with the knee.
+
+    A thin wrapper: computes :func:`driftwatch.run_features` (and, when the
+    loop rate is wanted and ``loops`` is not given, :func:`driftwatch.detect_loops`)
+    and calls :func:`load_curve_from_runs`.
+
+    Parameters
+    ----------
+    events : polars.DataFrame, polars.LazyFrame or ReadResult
+        Canonical events with ``ts``.
+    every : str, default="1m"
+        Bucket width, a Polars duration string (``"1m"`` is a minute).
+    by : str or sequence of str, default=("agent",)
+        Columns of the run table that define a series; the fleet is added as
+        series ``"all"``. Load is counted per series.
+    metrics : sequence of str, optional
+        Subset of :data:`METRICS`; default all (``loop_rate`` only with loops).
+    loops : polars.DataFrame or LazyFrame, optional
+        :func:`driftwatch.detect_loops` / :func:`driftwatch.loop_summary` output.
+    load : str or sequence of str, default=("started", "in_flight")
+        Which load to relate the metrics to: runs started per bucket, and/or
+        runs in flight during the bucket (from each run's first and last step).
+    control : str or None, default="1d"
+        Time strata (a duration string, at least twice ``every``) within which
+        buckets are compared; ``None`` for no time control.
+    n_bins : int, default=10
+        Load quantile bins of the returned curve.
+    n_boot : int, default=999
+        Largest number of within-strata permutations of the test.
+    alpha : float, default=0.05
+        Family-wise error rate per series.
+    min_effect : float, default=0.2
+        Smallest relative departure ``|above - below| / below`` reported as a knee.
+    random_state : int, default=0
+        Seed of the permutations.
+
+    Returns
+    -------
+    polars.DataFrame
+        One row per series, metric and load kind (see :func:`load_curve_from_runs`).
+    """
+    from driftwatch.features import run_features
+
+    lf = as_lazy(events)
+    features = run_features(lf)
+    wanted = _check_metrics(metrics, have_loops=True)
+    if loops is None and "loop_rate" in wanted:
+        loops = _detect_loops(lf)
+        if loops is None and metrics is None:
+            wanted = tuple(m for m in wanted if m != "loop_rate")
+    return load_curve_from_runs(
+        features,
+        loops=loops,
+        every=every,
+        by=by,
+        metrics=wanted,
+        load=load,
+        control=control,
+        n_bins=n_bins,
+        n_boot=n_boot,
+        alpha=alpha,
+        min_effect=min_effect,
+        random_state=random_state,
+    )
+
+
+def load_curve_from_runs(
+    features: FrameLike,
+    *,
+    loops: pl.DataFrame | pl.LazyFrame | None = None,
+    every: str = "1m",
+    by: str | Sequence[str] | None = ("agent",),
+    metrics: Sequence[str] | None = None,
+    load: str | Sequence[str] = LOAD_KINDS,
+    control: str | None = "1d",
+    n_bins: int = 10,
+    n_boot: int = 999,
+    alpha: float = 0.05,
+    min_effect: float = 0.2,
+    random_state: int = 0,
+) -> pl.DataFrame:
+    """:func:`load_curve` on the per-run tables (the audit's fleet stage).
+
+    Parameters
+    ----------
+    features : polars.DataFrame or LazyFrame
+        :func:`driftwatch.run_features` output (``run_id, first_ts, last_ts,
+        n_steps, n_tool, n_errors, n_retries, cost_usd, latency_ms_p90`` and
+        the ``by`` columns).
+    loops : polars.DataFrame or LazyFrame, optional
+        Loop table with ``run_id`` (per loop or per run); needed for ``loop_rate``.
+    every, by, metrics, load, control, n_bins, n_boot, alpha, min_effect, random_state
+        As in :func:`load_curve`.
+
+    Returns
+    -------
+    polars.DataFrame
+        One row per ``series, metric, load_kind``:
+
+        - ``knee`` (f64, load units per bucket): the load above which the
+          metric departs from its low-load level; null unless ``significant``.
+        - ``below``, ``above``: the metric pooled over buckets at or below /
+          above ``candidate_knee``; ``ratio = above / below``.
+        - ``p_value``: permutation p-value of "no load dependence";
+          ``p_adjusted`` its Bonferroni correction within the series;
+          ``significant``: ``p_adjusted <= alpha`` and the relative departure
+          is at least ``min_effect``.
+        - ``candidate_knee``: the best knee whether significant or not;
+          ``slope``: change of the metric per unit of load above it (within strata).
+        - ``n_buckets``, ``n_runs``, ``every``, ``control``.
+        - ``curve_load``, ``curve_value``, ``curve_buckets`` (lists): the
+          metric per load quantile bin (weighted mean load, pooled metric,
+          number of buckets) for plotting.
+
+    Examples
+    --------
+    >>> import driftwatch as dw
+    >>> from driftwatch.load import load_curve_from_runs
+    >>> fleet = dw.synth.generate(days=2, runs_per_day=2000, seed=3, scenario=dw.synth.Scenario.stable())
+    >>> runs = dw.run_features(fleet.events)
+    >>> out = load_curve_from_runs(runs, by=(), metrics=["error_rate", "steps_per_run"])
+    >>> out.select("metric", "load_kind", "significant").rows()
+    [('error_rate', 'started', False), ('error_rate', 'in_flight', False), ('steps_per_run', 'started', False), ('steps_per_run', 'in_flight', False)]
+    """
+    opts = _Options.build(
+        every=every,
+        metrics=metrics,
+        load=load,
+        control=control,
+        n_bins=n_bins,
+        n_boot=n_boot,
+        alpha=alpha,
+        min_effect=min_effect,
+        have_loops=loops is not None,
+    )
+    by_cols = normalize_by(by)
+    buckets = load_buckets_from_runs(features, loops=loops, every=every, by=by_cols, control=control)
+    rows: list[dict[str, Any]] = []
+    series_names = buckets.select(pl.col("series").unique(maintain_order=True)).to_series().to_list()
+    series_names.sort(key=lambda s: (s == "all", s))
+    for s_idx, name in enumerate(series_names):
+        part = buckets.filter(pl.col("series") == name).sort("_stratum", "bucket")
+        rows.extend(_analyse_series(name, part, opts, seed=(random_state, s_idx)))
+    if not rows:
+        return pl.DataFrame(schema=_output_schema())
+    return pl.DataFrame(rows, schema=_output_schema(), orient="row")
+
+
+def load_buckets_from_runs(
+    features: FrameLike,
+    *,
+    loops: pl.DataFrame | pl.LazyFrame | None = None,
+    every: str = "1m",
+    by: str | Sequence[str] | None = ("agent",),
+    control: str | None = "1d",
+) -> pl.DataFrame:
+    """Per-bucket load and behaviour: the data behind :func:`load_curve`.
+
+    Returns
+    -------
+    polars.DataFrame
+        One row per ``series`` and ``bucket`` (bucket start, UTC) with at least
+        one started run: ``started``, ``in_flight``, the metric columns of
+        :data:`METRICS` (``loop_rate`` null without loops) and their weights
+        (``n_steps``, ``n_tool``), plus ``_stratum`` (start of the control window).
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> from datetime import datetime, UTC
+    >>> from driftwatch.load import load_buckets_from_runs
+    >>> t = lambda m, s: datetime(2026, 1, 1, 0, m, s, tzinfo=UTC)
+    >>> runs = pl.DataFrame({"run_id": ["a", "b", "c"], "agent": ["x"] * 3,
+    ...     "first_ts": [t(0, 5), t(0, 50), t(1, 10)], "last_ts": [t(0, 20), t(1, 30), t(1, 20)],
+    ...     "n_steps": [3, 5, 3], "n_tool": [1, 2, 1], "n_errors": [0, 1, 0], "n_retries": [0, 0, 0],
+    ...     "cost_usd": [0.1, 0.2, 0.1], "latency_ms_p90": [100.0, 200.0, 100.0]})
+    >>> b = load_buckets_from_runs(runs, by=())
+    >>> b.select(pl.col("bucket").dt.minute(), "started", "in_flight", "error_rate").rows()
+    [(0, 2, 2, 0.1), (1, 1, 2, 0.0)]
+    """
+    every_s = duration_seconds(every, name="every")
+    if every_s <= 0:
+        raise InvalidParameterError(f"every must be a positive duration such as '1m', got {every!r}")
+    _check_control(control, every_s)
+    by_cols = normalize_by(by)
+    runs = _prepare_runs(features, by_cols, loops)
+    long = runs.with_columns(series_expr(by_cols))
+    if by_cols:
+        long = pl.concat([long, runs.with_columns(pl.lit("all").alias("series"))], how="vertical")
+    long = long.with_columns(
+        pl.col("first_ts").dt.truncate(every).alias("bucket"),
+        pl.col("last_ts").dt.truncate(every).alias("_last_bucket"),
+    )
+    step = pl.duration(microseconds=round(every_s * 1e6))
+    # every metric is a mean over the runs started in the bucket (a pooled ratio such as
+    # sum(errors) / sum(steps) would drift with the number of runs when long runs fail more, and a
+    # quantile over the runs would grow with their number: both would fake a load effect)
+    has_tools = pl.col("n_tool") > 0
+    per_bucket = long.group_by("series", "bucket").agg(
+        pl.len().cast(pl.Int64).alias("started"),
+        has_tools.sum().cast(pl.Int64).alias("runs_with_tools"),
+        pl.col("n_steps").sum().cast(pl.Float64).alias("n_steps"),
+        pl.col("n_tool").sum().cast(pl.Float64).alias("n_tool"),
+        pl.col("n_errors").sum().cast(pl.Float64).alias("n_errors"),
+        pl.col("n_retries").sum().cast(pl.Float64).alias("n_retries"),
+        pl.col("_looped").sum().cast(pl.Float64).alias("n_loops"),
+        pl.col("_looped").is_not_null().all().alias("_has_loops"),
+        (pl.col("n_errors") / pl.col("n_steps")).filter(pl.col("n_steps") > 0).mean().alias("error_rate"),
+        (pl.col("n_retries") / pl.col("n_tool")).filter(has_tools).mean().alias("retry_rate"),
+        pl.col("_looped").mean().alias("loop_rate"),
+        pl.col("latency_ms_p90").mean().alias("latency_p90"),
+        pl.col("n_steps").mean().alias("steps_per_run"),
+        pl.col("cost_usd").mean().alias("cost_per_run"),
+    )
+    # runs in flight: +1 at the first bucket of each run, -1 after its last, summed and accumulated
+    sweep = (
+        pl.concat(
+            [
+                long.select("series", pl.col("bucket").alias("t"), pl.lit(1, pl.Int64).alias("d")),
+                long.select("series", (pl.col("_last_bucket") + step).alias("t"), pl.lit(-1, pl.Int64).alias("d")),
+            ]
+        )
+        .group_by("series", "t")
+        .agg(pl.col("d").sum())
+        .sort("series", "t")
+        .with_columns(pl.col("d").cum_sum().over("series").alias("in_flight"))
+        .select("series", pl.col("t").alias("bucket"), "in_flight")
+    )
+    out = (
+        per_bucket.sort("series", "bucket")
+        .join(sweep, on=["series", "bucket"], how="left")
+        .with_columns(
+            pl.col("in_flight").cast(pl.Int64),
+            pl.when(pl.col("_has_loops")).then(pl.col("loop_rate")).alias("loop_rate"),
+            (pl.col("bucket").dt.truncate(control) if control else pl.lit(None, pl.Datetime("us", "UTC"))).alias(
+                "_stratum"
+            ),
+        )
+        .select(
+            "series",
+            "bucket",
+            "started",
+            "in_flight",
+            *METRICS,
+            "runs_with_tools",
+            "n_steps",
+            "n_tool",
+            "n_errors",
+            "n_retries",
+            "n_loops",
+            "_stratum",
+        )
+    )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# options and input
+
+
+@dataclass(frozen=True)
+class _Options:
+    every: str
+    metrics: tuple[str, ...]
+    kinds: tuple[str, ...]
+    control: str | None
+    n_bins: int
+    n_boot: int
+    alpha: float
+    min_effect: float
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        every: str,
+        metrics: Sequence[str] | None,
+        load: str | Sequence[str],
+        control: str | None,
+        n_bins: int,
+        n_boot: int,
+        alpha: float,
+        min_effect: float,
+        have_loops: bool,
+    ) -> _Options:
+        every_s = duration_seconds(every, name="every")
+        _check_control(control, every_s)
+        kinds = (load,) if isinstance(load, str) else tuple(load)
+        bad = [k for k in kinds if k not in LOAD_KINDS]
+        if bad or not kinds:
+            raise InvalidParameterError(f"load must be among {list(LOAD_KINDS)}, got {load!r}")
+        if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 2:
+            raise InvalidParameterError(f"n_bins must be an integer >= 2, got {n_bins!r}")
+        if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 99:
+            raise InvalidParameterError(f"n_boot must be an integer >= 99, got {n_boot!r}")
+        if not isinstance(alpha, int | float) or not 0.0 < alpha < 1.0:
+            raise InvalidParameterError(f"alpha must be in (0, 1), got {alpha!r}")
+        if not isinstance(min_effect, int | float) or min_effect < 0 or not math.isfinite(min_effect):
+            raise InvalidParameterError(f"min_effect must be a non-negative number, got {min_effect!r}")
+        return cls(
+            every=every,
+            metrics=_check_metrics(metrics, have_loops=have_loops),
+            kinds=tuple(dict.fromkeys(kinds)),
+            control=control,
+            n_bins=n_bins,
+            n_boot=n_boot,
+            alpha=float(alpha),
+            min_effect=float(min_effect),
+        )
+
+
+def _check_control(control: str | None, every_s: float) -> None:
+    if control is None:
+        return
+    control_s = duration_seconds(control, name="control")
+    if control_s < 2 * every_s:
+        raise InvalidParameterError(
+            f"control must be a duration at least twice every ({every_s:g} s) so each stratum holds "
+            f"several buckets, or None; got {control!r}"
+        )
+
+
+def _check_metrics(metrics: Sequence[str] | None, *, have_loops: bool) -> tuple[str, ...]:
+    if metrics is None:
+        return METRICS if have_loops else tuple(m for m in METRICS if m != "loop_rate")
+    chosen = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+    bad = [m for m in chosen if m not in METRICS]
+    if bad or not chosen:
+        raise InvalidParameterError(f"metrics must be among {list(METRICS)}, got {metrics!r}")
+    if "loop_rate" in chosen and not have_loops:
+        raise InvalidParameterError("metric 'loop_rate' needs the loop table: pass loops=detect_loops(events)")
+    return tuple(dict.fromkeys(chosen))
+
+
+def _detect_loops(lf: pl.LazyFrame) -> pl.DataFrame | None:
+    try:
+        from driftwatch.loops import detect_loops
+    except ImportError:  # the loop detector is optional for this module
+        return None
+    return detect_loops(lf)
+
+
+_RUN_COLUMNS: dict[str, pl.DataType] = {
+    "n_steps": pl.Float64(),
+    "n_tool": pl.Float64(),
+    "n_errors": pl.Float64(),
+    "n_retries": pl.Float64(),
+    "cost_usd": pl.Float64(),
+    "latency_ms_p90": pl.Float64(),
+}
+
+
+def _prepare_runs(
+    features: FrameLike, by_cols: tuple[str, ...], loops: pl.DataFrame | pl.LazyFrame | None
+) -> pl.DataFrame:
+    if not isinstance(features, pl.DataFrame | pl.LazyFrame):
+        raise InvalidParameterError(
+            f"features must be a polars DataFrame or LazyFrame from run_features(), got {type(features).__name__}"
+        )
+    lf = features.lazy()
+    schema = lf.collect_schema()
+    missing = [c for c in ("run_id", "first_ts", "last_ts", "n_steps", *by_cols) if c not in schema]
+    if missing:
+        raise SchemaError(
+            f"features: missing column(s) {missing} (expected run_features() output); found {list(schema)}"
+        )
+    for c in ("first_ts", "last_ts"):
+        if not isinstance(schema[c], pl.Datetime):
+            raise SchemaError(f"features: column {c!r} must be a datetime, found {schema[c]}")
+    cols: list[pl.Expr] = [pl.col("run_id"), *[pl.col(c) for c in by_cols if c != "run_id"]]
+    for c in ("first_ts", "last_ts"):
+        ts = pl.col(c)
+        tz = schema[c].time_zone  # type: ignore[union-attr]
+        ts = ts.dt.replace_time_zone("UTC") if tz is None else ts.dt.convert_time_zone("UTC")
+        cols.append(ts.dt.cast_time_unit("us").alias(c))
+    for c, dtype in _RUN_COLUMNS.items():
+        cols.append((pl.col(c).cast(dtype) if c in schema else pl.lit(None, dtype)).fill_null(0.0).alias(c))
+    lf = lf.select(cols).filter(pl.col("first_ts").is_not_null())
+    lf = lf.with_columns(pl.max_horizontal("first_ts", pl.col("last_ts").fill_null(pl.col("first_ts"))).alias("last_ts"))
+    if loops is not None:
+        if not isinstance(loops, pl.DataFrame | pl.LazyFrame):
+            raise InvalidParameterError(
+                f"loops must be a detect_loops() or loop_summary() DataFrame, got {type(loops).__name__}"
+            )
+        lschema = loops.lazy().collect_schema()
+        if "run_id" not in lschema:
+            raise SchemaError(f"loops: missing column 'run_id'; found {list(lschema)}")
+        looped = loops.lazy().select(pl.col("run_id").cast(pl.String)).unique().with_columns(
+            pl.lit(1.0).alias("_looped")
+        )
+        lf = lf.join(looped, on="run_id", how="left").with_columns(pl.col("_looped").fill_null(0.0))
+    else:
+        lf = lf.with_columns(pl.lit(None, dtype=pl.Float64).alias("_looped"))
+    return lf.collect()
+
+
+# --------------------------------------------------------------------------------------------
+# analysis
+
+
+def _weights(part: pl.DataFrame, metric: str) -> np.ndarray:
+    """Runs behind each bucket's value of ``metric`` (the retry rate counts runs with a tool call)."""
+    col = "runs_with_tools" if metric == "retry_rate" else "started"
+    return part[col].to_numpy().astype(np.float64)
+
+
+#: Event counts behind the rate metrics (for the minimum-events rule).
+_EVENT_COLUMNS = {"error_rate": "n_errors", "retry_rate": "n_retries", "loop_rate": "n_loops"}
+
+
+def _analyse_series(
+    name: str, part: pl.DataFrame, opts: _Options, *, seed: tuple[int, int]
+) -> list[dict[str, Any]]:
+    m_rows = len(opts.metrics) * len(opts.kinds)
+    strata_raw = part["_stratum"]
+    if strata_raw.null_count() == part.height:
+        strata = np.zeros(part.height, dtype=np.int64)
+    else:
+        strata = strata_raw.rank("dense").to_numpy().astype(np.int64) - 1
+    started = part["started"].to_numpy()
+    pools: dict[bytes, _PermutationPool] = {}
+    rows: list[dict[str, Any]] = []
+    for metric in opts.metrics:
+        y_all = part[metric].to_numpy().astype(np.float64)
+        w_all = _weights(part, metric)
+        keep = np.isfinite(y_all) & (w_all > 0)
+        ev_col = _EVENT_COLUMNS.get(metric)
+        events = part[ev_col].to_numpy().astype(np.float64)[keep] if ev_col else None
+        key = keep.tobytes()
+        if key not in pools:
+            pools[key] = _PermutationPool(strata[keep], np.random.default_rng([*seed, len(pools)]))
+        for kind in opts.kinds:
+            load_all = part[kind].to_numpy().astype(np.float64)
+            res = _knee_test(
+                load_all[keep],
+                y_all[keep],
+                w_all[keep],
+                strata[keep],
+                opts=opts,
+                pool=pools[key],
+                events=events,
+            )
+            p_adj = min(1.0, res.p_value * m_rows) if res.p_value is not None else None
+            effect = _relative(res.above, res.below)
+            significant = bool(
+                p_adj is not None and p_adj <= opts.alpha and effect is not None and effect >= opts.min_effect
+            )
+            curve = _curve(load_all[keep], y_all[keep], w_all[keep], opts.n_bins)
+            rows.append(
+                {
+                    "series": name,
+                    "metric": metric,
+                    "load_kind": kind,
+                    "knee": res.knee if significant else None,
+                    "below": res.below,
+                    "above": res.above,
+                    "ratio": _ratio(res.above, res.below),
+                    "p_value": res.p_value,
+                    "p_adjusted": p_adj,
+                    "significant": significant,
+                    "candidate_knee": res.knee,
+                    "slope": res.slope,
+                    "n_buckets": int(keep.sum()),
+                    "n_runs": int(started[keep].sum()),
+                    "every": opts.every,
+                    "control": opts.control,
+                    "curve_load": curve[0],
+                    "curve_value": curve[1],
+                    "curve_buckets": curve[2],
+                }
+            )
+    return rows
+
+
+def _relative(above: float | None, below: float | None) -> float | None:
+    if above is None or below is None:
+        return None
+    if below == 0:
+        return math.inf if above != 0 else 0.0
+    return abs(above - below) / abs(below)
+
+
+def _ratio(above: float | None, below: float | None) -> float | None:
+    if above is None or below is None or below == 0:
+        return None
+    return above / below
+
+
+@dataclass
+class _KneeResult:
+    knee: float | None = None
+    below: float | None = None
+    above: float | None = None
+    slope: float | None = None
+    p_value: float | None = None
+
+
+def _knee_test(
+    load: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray,
+    strata: np.ndarray,
+    *,
+    opts: _Options,
+    pool: _PermutationPool,
+    events: np.ndarray | None = None,
+) -> _KneeResult:
+    """Hinge fit with stratum fixed effects, on cell sufficient statistics, and its bootstrap test.
+
+    Buckets are ordered by (stratum, load) so that every (stratum, load) cell is a contiguous
+    block: the regressors are constant within a cell, so the fit needs only cell sums.
+    """
+    from scipy import sparse
+
+    n = load.size
+    if n < _MIN_BUCKETS:
+        return _KneeResult()
+    order = np.lexsort((load, strata))
+    load_s, strata_s, y_s, w_s = load[order], strata[order], y[order], w[order]
+    cell_starts = np.flatnonzero(
+        np.r_[True, (strata_s[1:] != strata_s[:-1]) | (load_s[1:] != load_s[:-1])]
+    )
+    n_cells = cell_starts.size
+    cell_load = load_s[cell_starts]
+    _, cell_stratum = np.unique(strata_s[cell_starts], return_inverse=True)
+    n_strata = int(cell_stratum.max()) + 1
+    cell_w = np.add.reduceat(w_s, cell_starts)
+    # cells -> strata as a sparse (C x S) matrix weighted by the cell weights
+    to_stratum = sparse.csr_array(
+        (cell_w, (np.arange(n_cells), cell_stratum)), shape=(n_cells, n_strata)
+    )
+    stratum_w = np.asarray(to_stratum.sum(axis=0)).ravel()
+    member = sparse.csr_array((np.ones(n_cells), (np.arange(n_cells), cell_stratum)), shape=(n_cells, n_strata))
+
+    def cell_resid(h: np.ndarray) -> np.ndarray:  # K x C regressors -> within-stratum weighted residuals
+        means = (to_stratum.T @ h.T).T / stratum_w  # K x S
+        return h - means[:, cell_stratum]
+
+    # null model (stratum means only): residuals per bucket
+    wy_s = w_s * y_s
+    stratum_mean = np.asarray(to_stratum.T @ (np.add.reduceat(wy_s, cell_starts) / cell_w)).ravel() / stratum_w
+    bucket_stratum = np.repeat(cell_stratum, np.diff(np.r_[cell_starts, n]))
+    resid = y_s - stratum_mean[bucket_stratum]
+    u = w_s * resid  # score contributions
+    cell_u = np.add.reduceat(u, cell_starts)
+    sse0 = float(np.sum(w_s * resid * resid))
+
+    # candidate knees leave at least max(10, 2%) of the buckets on either side
+    min_side = max(10, math.ceil(0.02 * n))
+    srt = np.sort(load)
+    values = np.unique(srt)
+    n_below = np.searchsorted(srt, values, side="right")
+    ok_side = (n_below >= min_side) & (n - n_below >= min_side)
+    if events is not None:
+        # rates of rare events: each side must expect at least _MIN_EVENTS events under the null
+        # (the events of a stratum spread over its buckets in proportion to their runs)
+        ev_s = events[order]
+        stratum_events = np.bincount(bucket_stratum, weights=ev_s, minlength=n_strata)
+        expected = w_s * (stratum_events / stratum_w)[bucket_stratum]
+        cum_expected = np.cumsum(expected[np.argsort(load_s, kind="stable")])
+        exp_below = cum_expected[n_below - 1]
+        ok_side &= (exp_below >= _MIN_EVENTS) & (cum_expected[-1] - exp_below >= _MIN_EVENTS)
+    feasible = np.flatnonzero(ok_side)
+    if feasible.size == 0:
+        return _KneeResult()
+    lo_k = float(values[feasible[0]])
+    hi_next = float(values[feasible[-1] + 1])  # knees in [lo_k, hi_next) keep the partition feasible
+
+    def fit(k1: np.ndarray, k2: float) -> tuple[np.ndarray, np.ndarray]:
+        """Reduction of the weighted SSE and slope for knees ``k1`` with a plateau from ``k2``."""
+        h = np.maximum(0.0, cell_load[None, :] - k1[:, None])
+        if math.isfinite(k2):
+            h = np.minimum(h, np.maximum(0.0, k2 - k1)[:, None])
+        rh = cell_resid(h)
+        hh = (rh * rh) @ cell_w
+        cross = rh @ cell_u
+        ok = (hh > 1e-12 * max(1.0, float(hh.max(initial=0.0)))) & (k1 < k2)
+        safe = np.where(ok, hh, 1.0)
+        return np.where(ok, cross**2 / safe, -1.0), np.where(ok, cross / safe, 0.0)
+
+    # the estimate: knees on a grid, each with an optional plateau from k2 on (saturation: the
+    # metric stops rising, e.g. an error rate near 100%); coarse pass, then a fine pass near the best
+    coarse = np.unique(np.r_[np.linspace(lo_k, hi_next, _COARSE_GRID + 1)[:-1], values[feasible]])
+    if coarse.size > 2 * _COARSE_GRID:
+        coarse = np.unique(np.quantile(coarse, np.linspace(0.0, 1.0, 2 * _COARSE_GRID)))
+    tops_all = values[values > lo_k]
+    tops = np.unique(np.quantile(tops_all, np.linspace(0.0, 1.0, _PLATEAU_GRID))) if tops_all.size else tops_all
+    best = (-1.0, lo_k, math.inf, 0.0)
+    for k2 in (math.inf, *tops.tolist()):
+        gain, beta = fit(coarse, k2)
+        i = int(np.argmax(gain))
+        if gain[i] > best[0] * (1.0 + 1e-9):
+            best = (float(gain[i]), float(coarse[i]), k2, float(beta[i]))
+    step = (hi_next - lo_k) / _COARSE_GRID
+    fine = np.linspace(max(lo_k, best[1] - step), min(hi_next, best[1] + step), _FINE_GRID)
+    fine = fine[fine < hi_next] if np.any(fine < hi_next) else fine
+    gain, beta = fit(fine, best[2])
+    i = int(np.argmax(gain))
+    if gain[i] > best[0]:
+        best = (float(gain[i]), float(fine[i]), best[2], float(beta[i]))
+    best_gain, knee, _, slope = best
+    below_m = load <= knee
+    below = float(np.sum(w[below_m] * y[below_m]) / np.sum(w[below_m])) if below_m.any() else None
+    above = float(np.sum(w[~below_m] * y[~below_m]) / np.sum(w[~below_m])) if (~below_m).any() else None
+    if sse0 <= 1e-15 * max(1.0, float(np.sum(w * y * y))) or best_gain <= 0:
+        return _KneeResult(knee=knee, below=below, above=above, slope=slope, p_value=1.0)
+
+    # the test: sup over the coarse knees of the share of within-strata variance the hinge
+    # explains; null distribution by permuting the buckets' standardised residuals within strata
+    # (studentised permutation: a bucket of w runs has variance sigma^2 / w under the null, so the
+    # residuals are scaled by sqrt(w) before they change places and rescaled after)
+    rh = cell_resid(np.maximum(0.0, cell_load[None, :] - coarse[:, None]))  # K x C
+    hh = (rh * rh) @ cell_w
+    ok = hh > 1e-12 * max(1.0, float(hh.max(initial=0.0)))
+    rh, hh = rh[ok], hh[ok]
+    if rh.shape[0] == 0:
+        return _KneeResult(knee=knee, below=below, above=above, slope=slope, p_value=1.0)
+    stat_obs = float(np.max((rh @ cell_u) ** 2 / hh)) / sse0
+    # in the caller's order (strata blocks), which is what the pool permutes
+    inv = np.empty(n, dtype=np.int64)
+    inv[order] = np.arange(n)
+    sqrt_w = np.sqrt(w)
+    z = (resid * np.sqrt(w_s))[inv]  # standardised residuals, caller's order
+    fitted = (y_s - resid)[inv]
+    exceed = 0
+    done = 0
+    chunk = 0
+    while done < opts.n_boot:
+        idx = pool.chunk(chunk)[: opts.n_boot - done]
+        chunk += 1
+        yp = (fitted[None, :] + z[idx] / sqrt_w[None, :])[:, order]  # P x n, (stratum, load) order
+        wyp = yp * w_s
+        cell_wy = np.add.reduceat(wyp, cell_starts, axis=1)
+        stratum_wy = cell_wy @ member  # P x S
+        sse0_p = np.sum(wyp * yp, axis=1) - np.sum(stratum_wy**2 / stratum_w, axis=1)
+        stat = np.max((cell_wy @ rh.T) ** 2 / hh, axis=1) / np.where(sse0_p > 0, sse0_p, np.inf)
+        exceed += int(np.sum(stat >= stat_obs * (1.0 - 1e-9)))
+        done += idx.shape[0]
+        if exceed >= _STOP_EXCEEDANCES:
+            break
+    p_value = (exceed + 1) / (done + 1)
+    return _KneeResult(knee=knee, below=below, above=above, slope=slope, p_value=float(p_value))
+
+
+class _PermutationPool:
+    """Within-strata permutations of bucket positions, drawn in chunks and shared by every
+    metric and load kind of a series that uses the same buckets."""
+
+    _MAX_CACHED_BYTES = 256 * 1024 * 1024
+
+    def __init__(self, strata: np.ndarray, rng: np.random.Generator) -> None:
+        self.offsets = strata.astype(np.float64)
+        self.rng = rng
+        self.chunks: list[np.ndarray] = []
+        self.cache_all = strata.size * 4 * 1000 <= self._MAX_CACHED_BYTES
+
+    def _draw(self, size: int) -> np.ndarray:
+        # uniform keys in [0, 0.5) plus the stratum code: sorting shuffles within strata only
+        keys = self.rng.random((size, self.offsets.size)) * 0.5 + self.offsets[None, :]
+        return np.argsort(keys, axis=1).astype(np.int32)
+
+    def chunk(self, i: int) -> np.ndarray:
+        """Chunk ``i`` (the first holds 99 permutations, the others 100)."""
+        if i < len(self.chunks):
+            return self.chunks[i]
+        if i == len(self.chunks) and (i == 0 or self.cache_all):
+            self.chunks.append(self._draw(_FIRST_DRAWS if i == 0 else _CHUNK))
+            return self.chunks[i]
+        return self._draw(_CHUNK)  # too many to keep: fresh permutations, not shared
+
+
+def _curve(
+    load: np.ndarray, y: np.ndarray, w: np.ndarray, n_bins: int
+) -> tuple[list[float], list[float], list[int]]:
+    if load.size == 0:
+        return [], [], []
+    edges = np.unique(np.quantile(load, np.linspace(0.0, 1.0, n_bins + 1)))
+    if edges.size == 1:
+        b = np.zeros(load.size, dtype=np.int64)
+        nb = 1
+    else:
+        b = np.searchsorted(edges[1:-1], load, side="left")
+        nb = edges.size - 1
+    ws = np.bincount(b, weights=w, minlength=nb)
+    wy = np.bincount(b, weights=w * y, minlength=nb)
+    wl = np.bincount(b, weights=w * load, minlength=nb)
+    cnt = np.bincount(b, minlength=nb)
+    ok = cnt > 0
+    return (
+        (wl[ok] / ws[ok]).tolist(),
+        (wy[ok] / ws[ok]).tolist(),
+        cnt[ok].astype(int).tolist(),
+    )
+
+
+def _output_schema() -> dict[str, pl.DataType]:
+    return {
+        "series": pl.String(),
+        "metric": pl.String(),
+        "load_kind": pl.String(),
+        "knee": pl.Float64(),
+        "below": pl.Float64(),
+        "above": pl.Float64(),
+        "ratio": pl.Float64(),
+        "p_value": pl.Float64(),
+        "p_adjusted": pl.Float64(),
+        "significant": pl.Boolean(),
+        "candidate_knee": pl.Float64(),
+        "slope": pl.Float64(),
+        "n_buckets": pl.Int64(),
+        "n_runs": pl.Int64(),
+        "every": pl.String(),
+        "control": pl.String(),
+        "curve_load": pl.List(pl.Float64()),
+        "curve_value": pl.List(pl.Float64()),
+        "curve_buckets": pl.List(pl.Int64()),
+    }
+
+
+__all__ = [
+    "LOAD_COLUMNS",
+    "LOAD_KINDS",
+    "METRICS",
+    "load_buckets_from_runs",
+    "load_curve",
+    "load_curve_from_runs",
+]
