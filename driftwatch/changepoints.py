@@ -66,6 +66,7 @@ BUCKET_METRICS: tuple[str, ...] = (
     "steps_mean",
     "steps_p90",
     "error_rate",
+    "error_run_rate",
     "loop_rate",
     "tokens_per_run",
     "cost_per_run",
@@ -81,6 +82,7 @@ DEFAULT_METRICS: tuple[str, ...] = (
     "steps_mean",
     "steps_p90",
     "error_rate",
+    "error_run_rate",
     "loop_rate",
     "tokens_per_run",
     "cost_per_run",
@@ -133,16 +135,17 @@ RUN_CHANGEPOINT_SCHEMA: dict[str, pl.DataType] = {
 }
 
 # Default calibration (see docs/readme/changepoints.md, "Method"): the penalty is
-# PENALTY_BETA * (d + 1) * log(T) in whitened units (BIC for a mean shift in d
-# dimensions), and a breakpoint survives only if some metric moved by at least
+# auto_penalty(d, T) = PENALTY_BETA * (d + 2 sqrt(d log T) + 2 log T) in whitened units, and a breakpoint survives only if some metric moved by at least
 # MIN_Z standard errors (heteroscedastic, run-weighted) and MIN_MAGNITUDE relatively.
 PENALTY_BETA = 1.5
-MIN_Z = 5.0
+MIN_Z = 4.0
 MIN_MAGNITUDE = 0.1
+_CLIP = 4.0  # bucket residuals beyond this many noise sd are clipped (outliers)
 _SHRINK = 0.2  # shrinkage of the noise correlation towards the identity before whitening
 _MEDIAN_WINDOW = 7  # buckets in the rolling median used by the volume weighting
 _POOL_DOF = 5.0  # pseudo-observations of the series-wide variance added to each segment's
 
+_CAP_MEDIANS = 5.0  # per-run tokens and cost are capped at this multiple of the series median
 _RUN_COLUMNS = ("run_id", "first_ts", "n_steps", "n_errors", "n_llm", "tokens", "cost_usd", "latency_ms")
 
 
@@ -202,8 +205,13 @@ def bucket_metrics_from_runs(
         ``bucket_index`` (Int64, buckets since the first bucket of the data),
         ``runs`` (Int64), ``coverage`` (Float64, share of the bucket inside the
         observed span), ``partial`` (Boolean), ``steps_mean``, ``steps_p90``,
-        ``error_rate`` (errors / steps), ``loop_rate`` (share of runs looping),
-        ``tokens_per_run``, ``cost_per_run``, ``latency_p90`` (p90 over runs of
+        ``error_rate`` (errors / steps, each run's errors capped at the
+        series' 99th percentile), ``error_run_rate`` (share of runs with
+        at least one error: unlike ``error_rate`` not dominated by the odd
+        retry storm), ``loop_rate`` (share of runs looping),
+        ``tokens_per_run``, ``cost_per_run`` (means with each run capped at 5
+        times the series' median run, so a few runaway runs do not look like a
+        new regime; cost_profile and scoring report them), ``latency_p90`` (p90 over runs of
         the run's total latency, ms), ``llm_ratio`` (LLM steps / steps), then
         ``top1_tool, top1_share, ..., top{k}_tool, top{k}_share`` (share of the
         bucket's tool calls; the tool names are constant within a series).
@@ -279,12 +287,25 @@ def bucket_metrics_from_runs(
     else:
         keyed = runs.with_columns(series_expr(())).select("series", "bucket", "run_id", "_looped", *_RUN_COLUMNS[2:])
 
+    # runaway runs (a context blow-up costing 100x) are outliers, not a new regime:
+    # tokens and cost are capped at _CAP_MEDIANS times the series' median before averaging
+    keyed = keyed.with_columns(
+        *[
+            pl.min_horizontal(pl.col(c), _CAP_MEDIANS * pl.col(c).median().over("series")).alias(c)
+            for c in ("tokens", "cost_usd")
+        ],
+        # likewise a retry storm in one run (loop_rate reports it) is not a new error regime
+        pl.min_horizontal(
+            pl.col("n_errors"), pl.max_horizontal(pl.col("n_errors").quantile(0.99, "higher").over("series"), 1.0)
+        ).alias("_errors_capped"),
+    )
     steps = pl.col("n_steps")
     agg = keyed.group_by("series", "bucket").agg(
         pl.len().cast(pl.Int64).alias("runs"),
         steps.mean().alias("steps_mean"),
         steps.quantile(0.9, "linear").alias("steps_p90"),
-        (pl.col("n_errors").sum() / steps.sum()).alias("error_rate"),
+        (pl.col("_errors_capped").sum() / steps.sum()).alias("error_rate"),
+        (pl.col("n_errors") > 0).mean().alias("error_run_rate"),
         pl.col("_looped").cast(pl.Float64).mean().alias("loop_rate")
         if has_loops
         else pl.lit(None, dtype=pl.Float64).alias("loop_rate"),
@@ -414,6 +435,7 @@ class _Options:
     min_z: float
     min_magnitude: float
     weight: bool
+    sparse: bool
 
 
 def changepoints_from_buckets(
@@ -428,6 +450,7 @@ def changepoints_from_buckets(
     min_z: float = MIN_Z,
     min_magnitude: float = MIN_MAGNITUDE,
     weight: Literal["volume"] | None = "volume",
+    sparse: bool = True,
 ) -> pl.DataFrame:
     """Change-points in per-bucket behaviour series (the fleet-stage detector).
 
@@ -443,9 +466,10 @@ def changepoints_from_buckets(
         :data:`DEFAULT_METRICS` (every behaviour metric; volume ``runs`` is not
         one). All-null or constant metrics are skipped per series.
     pen : float, optional
-        Penalty per breakpoint in whitened units. Default: chosen per series
-        from its noise, ``penalty_beta * (d + 1) * log(T)`` (BIC for a mean shift
-        in ``d`` whitened dimensions over ``T`` buckets).
+        Penalty per breakpoint in whitened units (the series is standardised by
+        its own noise). Default: :func:`auto_penalty`,
+        ``penalty_beta * (d + 2 sqrt(d log T) + 2 log T)`` for ``d`` metrics over
+        ``T`` buckets.
     n_bkps : int, optional
         Find exactly this many breakpoints per series (exact dynamic
         programming) instead of a penalty; the materiality filter still applies.
@@ -455,7 +479,7 @@ def changepoints_from_buckets(
         Minimum segment length in buckets (at least 2).
     min_runs : int, default 1
         Buckets with fewer runs are left out of the series.
-    min_z : float, default 5.0
+    min_z : float, default 4.0
         A metric moved materially when its shift is at least this many standard
         errors (segment means weighted by runs, heteroscedastic errors) ...
     min_magnitude : float, default 0.1
@@ -466,6 +490,11 @@ def changepoints_from_buckets(
         ``"volume"`` scales each bucket's deviation from a rolling median by
         ``sqrt(runs / median runs)`` so low-volume (weekend, night) buckets,
         whose means are noisier, do not trigger change-points.
+    sparse : bool, default True
+        After the multivariate search, scan each metric on its own (vectorised
+        binary segmentation, threshold :func:`sparse_penalty`) for changes in a
+        single metric that the multivariate penalty, paid for every metric,
+        would hide (an error rate that triples while nothing else moves).
 
     Returns
     -------
@@ -500,6 +529,7 @@ def changepoints_from_buckets(
         min_z=_check_float("min_z", min_z, lo=0.0),
         min_magnitude=_check_float("min_magnitude", min_magnitude, lo=0.0),
         weight=_check_weight(weight),
+        sparse=bool(sparse),
     )
     _check_int("min_runs", min_runs, lo=1)
     b = _as_frame(buckets, "buckets")
@@ -603,49 +633,51 @@ def _detect_series(x: np.ndarray, n: np.ndarray, opts: _Options) -> list[_Break]
     t_len = x.shape[0]
     if t_len < 2 * opts.min_size:
         return []
-    # metrics usable in this series: not all null, not constant
-    finite = np.isfinite(x)
-    usable = finite.sum(axis=0) >= 2 * opts.min_size
+    # metrics usable in this series: enough values, not constant
+    usable = np.isfinite(x).sum(axis=0) >= 2 * opts.min_size
     if not usable.any():
         return []
-    x = x[:, usable]
     cols = np.flatnonzero(usable)
-    x = _fill_gaps(x)
-    spread = np.nanmax(x, axis=0) - np.nanmin(x, axis=0)
-    live = spread > 1e-12 * np.maximum(1.0, np.abs(np.nanmax(x, axis=0)))
+    x = _fill_gaps(x[:, usable])
+    spread = x.max(axis=0) - x.min(axis=0)
+    live = spread > 1e-12 * np.maximum(1.0, np.abs(x).max(axis=0))
     if not live.any():
         return []
     x, cols = x[:, live], cols[live]
 
-    z, dim = _whiten(x, n, opts.weight)
-    pen = opts.pen if opts.pen is not None else opts.beta * (dim + 1) * math.log(t_len)
-    bkps = _search(z, pen, opts)
+    sig = _prepare(x, n, opts.weight)
+    pen = opts.pen if opts.pen is not None else auto_penalty(sig.dim, t_len, beta=opts.beta)
+    bkps = _search(sig.z, pen, opts)
+    sparse_pen = math.inf
+    if opts.n_bkps is None and opts.sparse:
+        sparse_pen = sparse_penalty(x.shape[1], t_len, beta=opts.beta)
+        if opts.pen is not None:  # keep the ratio of the two penalties
+            sparse_pen *= opts.pen / auto_penalty(sig.dim, t_len, beta=opts.beta)
+        bkps = _sparse_scan(sig.u, bkps, sparse_pen, opts.min_size)
     if not bkps:
         return []
 
     # materiality: drop the weakest immaterial breakpoint until all are material
-    prefix = _Prefix(x, n, z)
-    while bkps:
+    prefix = _Prefix(x, sig.x_test, n, sig.z, sig.u)
+    while True:
         stats = prefix.stats(bkps, opts.min_z, opts.min_magnitude)
         material = stats["material"]
         ok = material.any(axis=1)
         if ok.all():
             break
-        strength = np.where(material, np.abs(stats["z"]), 0.0).max(axis=1)
-        strength = np.where(ok, np.inf, np.abs(stats["z"]).max(axis=1) + strength)
-        bkps.pop(int(np.argmin(strength)))
-    if not bkps:
-        return []
-    gain = prefix.gain(bkps) / pen
+        weakest = np.where(ok, np.inf, np.abs(stats["z"]).max(axis=1))
+        bkps.pop(int(np.argmin(weakest)))
+        if not bkps:
+            return []
+    mv_gain, uni_gain = prefix.gain(bkps)
+    strength = np.maximum(mv_gain / pen, uni_gain / sparse_pen)
     out: list[_Break] = []
     for i, pos in enumerate(bkps):
-        mat = stats["material"][i]
         zi = stats["z"][i]
-        order = [int(cols[j]) for j in np.argsort(-np.abs(zi), kind="stable") if mat[j]]
-        full = np.full(usable.size, np.nan)
+        order = [int(cols[j]) for j in np.argsort(-np.abs(zi), kind="stable") if stats["material"][i][j]]
 
-        def spread_(v: np.ndarray, full: np.ndarray = full) -> np.ndarray:
-            f = full.copy()
+        def spread_(v: np.ndarray) -> np.ndarray:
+            f = np.full(usable.size, np.nan)
             f[cols] = v
             return f
 
@@ -657,7 +689,7 @@ def _detect_series(x: np.ndarray, n: np.ndarray, opts: _Options) -> list[_Break]
                 after=spread_(stats["after"][i]),
                 magnitude=spread_(stats["magnitude"][i]),
                 z=spread_(zi),
-                cp_score=float(gain[i]),
+                cp_score=float(strength[i]),
                 runs_before=float(stats["runs_before"][i]),
                 runs_after=float(stats["runs_after"][i]),
                 buckets_before=int(stats["buckets_before"][i]),
@@ -684,14 +716,14 @@ def _fill_gaps(x: np.ndarray) -> np.ndarray:
 
 
 def _rolling_median(x: np.ndarray, window: int) -> np.ndarray:
+    """Centred rolling median of each column; near the ends the window is shifted inwards
+    (not padded), so a burst in the last few buckets cannot become the local level."""
     t_len = x.shape[0]
     w = min(window, t_len if t_len % 2 else t_len - 1)
     if w < 3:
         return np.median(x, axis=0, keepdims=True).repeat(t_len, axis=0)
-    h = w // 2
-    padded = np.pad(x, ((h, h), (0, 0)), mode="edge")
-    view = np.lib.stride_tricks.sliding_window_view(padded, w, axis=0)  # (T, d, w)
-    return np.median(view, axis=-1)
+    med = np.median(np.lib.stride_tricks.sliding_window_view(x, w, axis=0), axis=-1)  # (T - w + 1, d)
+    return med[np.clip(np.arange(t_len) - w // 2, 0, t_len - w)]
 
 
 def _robust_scale(d: np.ndarray) -> np.ndarray:
@@ -709,30 +741,114 @@ def _robust_scale(d: np.ndarray) -> np.ndarray:
     return np.maximum(s, 1e-12)
 
 
-def _whiten(x: np.ndarray, n: np.ndarray, weight: bool) -> tuple[np.ndarray, int]:
-    """Volume-weight, standardise by the noise of first differences and decorrelate."""
+@dataclass(frozen=True, slots=True)
+class _Signal:
+    z: np.ndarray  # whitened (T, d): what KernelCPD segments
+    u: np.ndarray  # standardised, outlier-clipped metrics (T, d): the per-metric scan
+    x_test: np.ndarray  # outlier-clipped metric values, original units: the materiality test
+    dim: float  # effective dimension of z's noise
+
+
+def _prepare(x: np.ndarray, n: np.ndarray, weight: bool) -> _Signal:
+    """Volume-weight, clip outliers, standardise by the noise of first differences, decorrelate.
+
+    The effective dimension is the trace of the noise covariance after
+    whitening with shrinkage, so redundant metrics (``steps_mean`` and
+    ``steps_p90``) count less than one each in the penalty.
+    """
+    level = _rolling_median(x, _MEDIAN_WINDOW)  # edge-preserving local level
+    raw = x - level
     if weight:
-        ref = float(np.median(n))
-        level = _rolling_median(x, _MEDIAN_WINDOW)
-        f = np.clip(np.sqrt(n / max(ref, 1e-12)), 0.0, 2.0)[:, None]
-        x = level + (x - level) * f
-    d = np.diff(x, axis=0)
-    s = _robust_scale(d)  # noise sd of the differences = sqrt(2) * noise sd of the level
-    u = d / s
-    calm = np.abs(u).max(axis=1) <= 5.0
-    if calm.sum() >= max(3, u.shape[1] + 1):
-        u = u[calm]
+        f = np.clip(np.sqrt(n / max(float(np.median(n)), 1e-12)), 0.05, 2.0)[:, None]
+    else:
+        f = np.ones((len(n), 1))
+    resid = raw * f
+    s = _robust_scale(np.diff(level + resid, axis=0)) / math.sqrt(2.0)  # noise sd of one bucket
+    # single-bucket outliers (a burst of loops, a cost spike) are not regime changes
+    xc = level + np.clip(resid, -_CLIP * s, _CLIP * s)
+    x_test = level + np.clip(raw, -_CLIP * s / f, _CLIP * s / f)  # same clipping, unweighted units
+    u = (xc - np.median(xc, axis=0)) / s
     if x.shape[1] > 1:
-        c = np.cov(u, rowvar=False)
+        du = np.diff(u, axis=0)
+        calm = np.abs(du).max(axis=1) <= 5.0 * math.sqrt(2.0)
+        if calm.sum() >= max(3, du.shape[1] + 1):
+            du = du[calm]
+        c = np.cov(du, rowvar=False)
         sd = np.sqrt(np.clip(np.diag(c), 1e-12, None))
         c = c / sd[:, None] / sd[None, :]
-        c = (1 - _SHRINK) * c + _SHRINK * np.eye(c.shape[0])
-        vals, vecs = np.linalg.eigh(c)
+        vals, vecs = np.linalg.eigh((1 - _SHRINK) * c + _SHRINK * np.eye(c.shape[0]))
         w = vecs / np.sqrt(np.clip(vals, 1e-12, None))
+        dim = float(np.einsum("ji,jk,ki->", w, c, w))
     else:
         w = np.ones((1, 1))
-    z = ((x - np.median(x, axis=0)) / (s / math.sqrt(2.0))) @ w
-    return np.ascontiguousarray(z), x.shape[1]
+        dim = 1.0
+    z = np.ascontiguousarray(u @ w)
+    return _Signal(z=z, u=u, x_test=x_test, dim=max(dim, 1.0))
+
+
+def _sparse_scan(u: np.ndarray, bkps: list[int], pen: float, min_size: int) -> list[int]:
+    """Add single-metric changes the multivariate penalty hides (binary segmentation on ``u``).
+
+    Within each segment, the best split of every metric is scored by its
+    univariate l2 cost gain (the squared CUSUM statistic), all positions and
+    metrics at once; the best one above ``pen`` is added, until none is.
+    """
+    bkps = sorted(bkps)
+    t_len = u.shape[0]
+    while True:
+        edges = [0, *bkps, t_len]
+        best_gain, best_pos = pen, -1
+        for a, b in zip(edges[:-1], edges[1:], strict=True):
+            m = b - a
+            if m < 2 * min_size:
+                continue
+            cs = np.cumsum(u[a:b], axis=0)
+            k = np.arange(min_size, m - min_size + 1)
+            left = cs[k - 1]
+            diff = left / k[:, None] - (cs[-1] - left) / (m - k)[:, None]
+            gain = (k * (m - k) / m)[:, None] * diff * diff
+            i = int(np.argmax(gain.max(axis=1)))
+            g = float(gain[i].max())
+            if g > best_gain:
+                best_gain, best_pos = g, a + int(k[i])
+        if best_pos < 0:
+            return bkps
+        bkps = sorted([*bkps, best_pos])
+
+
+def auto_penalty(dim: float, n_buckets: int, *, beta: float = PENALTY_BETA) -> float:
+    """The default penalty per breakpoint for ``dim`` whitened metrics over ``n_buckets`` buckets.
+
+    ``beta * (d + 2 sqrt(d log T) + 2 log T)``: the Birgé-Massart / Lebarbier
+    form of a BIC-style penalty, which tracks the 99% quantile of the largest
+    cost gain on stationary Gaussian noise for d = 1..14 and T = 30..1000
+    (measured; see docs/readme/changepoints.md). ``beta`` absorbs what real
+    bucket series add (heavy tails, weekly swings), calibrated on synthetic
+    stationary fleets.
+
+    Examples
+    --------
+    >>> round(auto_penalty(10, 365, beta=1.0), 1)
+    37.2
+    """
+    lg = math.log(max(n_buckets, 2))
+    return beta * (dim + 2.0 * math.sqrt(dim * lg) + 2.0 * lg)
+
+
+def sparse_penalty(n_metrics: int, n_buckets: int, *, beta: float = PENALTY_BETA) -> float:
+    """The threshold of the per-metric scan: a univariate penalty, Bonferroni-corrected.
+
+    ``beta * (1 + 2 sqrt(log T) + 2 log T + 2 log m)`` for ``m`` metrics over
+    ``T`` buckets: :func:`auto_penalty` with ``d = 1`` plus ``2 log m``, which
+    divides the tail probability of the largest of ``m`` univariate gains by ``m``.
+
+    Examples
+    --------
+    >>> round(sparse_penalty(11, 60, beta=1.0), 1)
+    18.0
+    """
+    lg = math.log(max(n_buckets, 2))
+    return beta * (1.0 + 2.0 * math.sqrt(lg) + 2.0 * lg + 2.0 * math.log(max(n_metrics, 1)))
 
 
 def _search(z: np.ndarray, pen: float, opts: _Options) -> list[int]:
@@ -753,15 +869,18 @@ def _search(z: np.ndarray, pen: float, opts: _Options) -> list[int]:
 class _Prefix:
     """Prefix sums for O(1) segment statistics (weighted means, variances, l2 cost)."""
 
-    def __init__(self, x: np.ndarray, n: np.ndarray, z: np.ndarray) -> None:
+    def __init__(self, x: np.ndarray, x_test: np.ndarray, n: np.ndarray, z: np.ndarray, u: np.ndarray) -> None:
         w = n[:, None]
         zero = np.zeros((1, x.shape[1]))
         self.t_len = x.shape[0]
         self.n = np.r_[0.0, np.cumsum(n)]
-        self.s1 = np.vstack([zero, np.cumsum(w * x, axis=0)])
-        self.s2 = np.vstack([zero, np.cumsum(w * x * x, axis=0)])
+        self.r1 = np.vstack([zero, np.cumsum(w * x, axis=0)])
+        self.s1 = np.vstack([zero, np.cumsum(w * x_test, axis=0)])
+        self.s2 = np.vstack([zero, np.cumsum(w * x_test * x_test, axis=0)])
         self.z1 = np.vstack([np.zeros((1, z.shape[1])), np.cumsum(z, axis=0)])
-        self.z2 = np.r_[0.0, np.cumsum((z * z).sum(axis=1))]
+        self.z2 = np.vstack([np.zeros((1, z.shape[1])), np.cumsum(z * z, axis=0)])
+        self.u1 = np.vstack([zero, np.cumsum(u, axis=0)])
+        self.u2 = np.vstack([zero, np.cumsum(u * u, axis=0)])
 
     def _seg(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         nn = self.n[b] - self.n[a]
@@ -778,13 +897,15 @@ class _Prefix:
         pooled = seg_ss.sum(axis=0) / max(dof.sum(), 1.0)
         var = (seg_ss + _POOL_DOF * pooled) / (dof + _POOL_DOF)[:, None]
         se2 = var / seg_n[:, None]
-        before, after = seg_mean[:-1], seg_mean[1:]
-        diff = after - before
+        shift = seg_mean[1:] - seg_mean[:-1]  # on outlier-clipped values
         se = np.sqrt(se2[:-1] + se2[1:])
+        raw_mean = (self.r1[edges[1:]] - self.r1[edges[:-1]]) / seg_n[:, None]
+        before, after = raw_mean[:-1], raw_mean[1:]
+        diff = after - before
         with np.errstate(divide="ignore", invalid="ignore"):
-            z = np.where(se > 0, diff / se, np.where(diff != 0, np.inf * np.sign(diff), 0.0))
+            z = np.where(se > 0, shift / se, np.where(shift != 0, np.inf * np.sign(shift), 0.0))
             mag = np.where(before != 0, diff / np.abs(before), np.where(diff != 0, np.inf * np.sign(diff), 0.0))
-        material = (np.abs(z) >= min_z) & (np.abs(mag) >= min_mag) & (diff != 0)
+        material = (np.abs(z) >= min_z) & (np.abs(mag) >= min_mag) & (diff != 0) & (np.sign(diff) == np.sign(shift))
         return {
             "before": before,
             "after": after,
@@ -797,14 +918,19 @@ class _Prefix:
             "buckets_after": seg_len[1:],
         }
 
-    def _cost(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        s = self.z1[b] - self.z1[a]
-        return (self.z2[b] - self.z2[a]) - (s * s).sum(axis=1) / (b - a)
-
-    def gain(self, bkps: list[int]) -> np.ndarray:
+    def gain(self, bkps: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Cost gain of each breakpoint given its neighbours: multivariate (whitened) and best single metric."""
         edges = np.array([0, *bkps, self.t_len])
         left, mid, right = edges[:-2], edges[1:-1], edges[2:]
-        return self._cost(left, right) - self._cost(left, mid) - self._cost(mid, right)
+
+        def cost(s1: np.ndarray, s2: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            d1 = s1[b] - s1[a]
+            return (s2[b] - s2[a]) - d1 * d1 / (b - a)[:, None]
+
+        def split(s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
+            return cost(s1, s2, left, right) - cost(s1, s2, left, mid) - cost(s1, s2, mid, right)
+
+        return split(self.z1, self.z2).sum(axis=1), split(self.u1, self.u2).max(axis=1)
 
 
 def changepoints_from_runs(
@@ -823,6 +949,7 @@ def changepoints_from_runs(
     min_z: float = MIN_Z,
     min_magnitude: float = MIN_MAGNITUDE,
     weight: Literal["volume"] | None = "volume",
+    sparse: bool = True,
     include_fleet: bool = True,
     top_tools: int = 3,
     min_coverage: float = 0.5,
@@ -869,6 +996,7 @@ def changepoints_from_runs(
         min_z=min_z,
         min_magnitude=min_magnitude,
         weight=weight,
+        sparse=sparse,
     )
 
 
@@ -886,6 +1014,7 @@ def detect_changepoints(
     min_z: float = MIN_Z,
     min_magnitude: float = MIN_MAGNITUDE,
     weight: Literal["volume"] | None = "volume",
+    sparse: bool = True,
     include_fleet: bool = True,
     top_tools: int = 3,
     min_coverage: float = 0.5,
@@ -906,7 +1035,7 @@ def detect_changepoints(
         but ``agent`` / ``version``) are taken as each run's first non-null value.
     every : str, default "1d"
         Bucket width (Polars duration).
-    metrics, pen, n_bkps, penalty_beta, min_size, min_runs, min_z, min_magnitude, weight
+    metrics, pen, n_bkps, penalty_beta, min_size, min_runs, min_z, min_magnitude, weight, sparse
         See :func:`changepoints_from_buckets`.
     include_fleet, top_tools, min_coverage
         See :func:`bucket_metrics_from_runs`.
@@ -962,6 +1091,7 @@ def detect_changepoints(
         min_z=min_z,
         min_magnitude=min_magnitude,
         weight=weight,
+        sparse=sparse,
         include_fleet=include_fleet,
         top_tools=top_tools,
         min_coverage=min_coverage,
@@ -1202,6 +1332,8 @@ __all__ = [
     "RUN_CHANGEPOINT_SCHEMA",
     "RUN_METRICS",
     "TOOL_MIX",
+    "auto_penalty",
+    "sparse_penalty",
     "bucket_metrics_from_runs",
     "changepoints_from_buckets",
     "changepoints_from_runs",
