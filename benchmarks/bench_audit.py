@@ -1,0 +1,229 @@
+"""Full-audit benchmark: ``driftwatch audit`` vs a bare Polars scan of the same columns.
+
+Generates a fleet of about ``--events`` events with :func:`driftwatch.synth.write_fleet`
+(streamed day by day, row groups of 128k rows) into ``bench_data/audit_<N>/`` (cached:
+reused when the parameters match), then times, each in its own subprocess so peak RSS is
+measured per command (``os.wait4``):
+
+* ``bare scan (streaming)``: ``pl.scan_parquet(...).group_by("run_id").agg(...)`` over
+  every canonical column the audit reads, collected with the streaming engine;
+* ``bare scan (in-memory)``: the same with the default engine (only up to
+  ``--in-memory-max`` events: it holds every column in memory);
+* ``pandas read + groupby``: ``pandas.read_parquet`` + ``groupby("run_id").agg`` of the
+  same aggregations (only up to ``--pandas-max`` events);
+* ``driftwatch audit``: the full CLI audit (read, validate, per-run stage in chunks of
+  whole runs, fleet stage, all output files); ``--spark`` adds ``--engine spark``.
+
+Targets (2 cores / 24 GiB): audit of 10M events <= 4x the bare scan; 100M events with
+peak RSS <= 8 GiB.
+
+Usage::
+
+    python benchmarks/bench_audit.py --events 1_000_000          # quick
+    python benchmarks/bench_audit.py --events 10_000_000
+    nohup python benchmarks/bench_audit.py --events 100_000_000 > bench_data/bench_100m.log 2>&1 &
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT / "bench_data"
+DAYS = 30
+SEED = 7
+ROW_GROUP = 128_000
+
+BARE_SCAN = r"""
+import sys, polars as pl
+path, engine = sys.argv[1], sys.argv[2]
+s = pl.col
+aggs = [pl.len().alias("n"), s("step").max(), s("ts").min().alias("t0"), s("ts").max().alias("t1"),
+        *[s(c).max() for c in ("action", "agent", "args", "result", "status", "error_type",
+                               "parent_run_id", "version")],
+        *[s(c).sum() for c in ("input_tokens", "output_tokens", "cost_usd", "latency_ms")],
+        s("approved").sum(), s("confidence").min(), s("feedback").mean(), s("outcome").max()]
+lf = pl.scan_parquet(path, hive_partitioning=False).group_by("run_id").agg(aggs)
+out = lf.collect(engine="streaming") if engine == "streaming" else lf.collect()
+print(out.height)
+"""
+
+PANDAS_SCAN = r"""
+import sys, pandas as pd, pyarrow.dataset as ds
+path = sys.argv[1]
+df = ds.dataset(path, format="parquet").to_table().to_pandas()
+g = df.groupby("run_id", sort=False)
+out = g.agg(n=("step", "size"), step=("step", "max"), t0=("ts", "min"), t1=("ts", "max"),
+            action=("action", "max"), agent=("agent", "max"), args=("args", "max"), result=("result", "max"),
+            status=("status", "max"), input_tokens=("input_tokens", "sum"), output_tokens=("output_tokens", "sum"),
+            cost_usd=("cost_usd", "sum"), latency_ms=("latency_ms", "sum"), confidence=("confidence", "min"),
+            feedback=("feedback", "mean"), outcome=("outcome", "max"))
+print(len(out))
+"""
+
+
+def machine() -> str:
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = f", {int(line.split()[1]) / 2**20:.0f} GiB RAM"
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} x {cpu}{mem}, Python {platform.python_version()}"
+
+
+def calibrate(target: int) -> int:
+    """runs_per_day that gives about ``target`` events over DAYS days (generator is linear in it)."""
+    from driftwatch import synth
+
+    probe = 150
+    n = synth.generate(days=DAYS, runs_per_day=probe, seed=SEED).events.height
+    return max(1, round(probe * target / n))
+
+
+def ensure_data(target: int, data_dir: Path) -> tuple[Path, dict]:
+    from driftwatch import synth
+
+    folder = data_dir / f"audit_{target}"
+    meta_path = folder / "meta.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("target") == target and meta.get("seed") == SEED and meta.get("days") == DAYS:
+            return folder, meta
+    if folder.exists():
+        shutil.rmtree(folder)
+    rpd = calibrate(target)
+    print(f"generating ~{target:,} events: days={DAYS}, runs_per_day={rpd:,}, seed={SEED} -> {folder}", flush=True)
+    t0 = time.perf_counter()
+    counts = synth.write_fleet(folder, days=DAYS, runs_per_day=rpd, seed=SEED, row_group_size=ROW_GROUP)
+    meta = {"target": target, "seed": SEED, "days": DAYS, "runs_per_day": rpd, **counts,
+            "generate_s": round(time.perf_counter() - t0, 1),
+            "bytes": sum(f.stat().st_size for f in (folder / "events").rglob("*.parquet"))}
+    meta_path.write_text(json.dumps(meta, indent=1))
+    print(f"generated {counts['events']:,} events, {counts['runs']:,} runs in {meta['generate_s']}s", flush=True)
+    return folder, meta
+
+
+def timed(cmd: list[str], *, env: dict[str, str] | None = None) -> dict:
+    """Run ``cmd``; wall seconds, peak RSS of the process (GiB), exit code, output tail."""
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        out.seek(0)
+        tail = out.read().decode(errors="replace")[-2000:]
+    code = os.waitstatus_to_exitcode(status)
+    return {"wall_s": wall, "rss_gib": usage.ru_maxrss / 2**20, "code": code, "tail": tail}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--events", type=lambda s: int(s.replace("_", "")), default=1_000_000,
+                    help="approximate events to generate (default 1_000_000)")
+    ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--in-memory-max", type=int, default=20_000_000,
+                    help="largest size for the in-memory bare scan (default 20M)")
+    ap.add_argument("--pandas-max", type=int, default=10_000_000,
+                    help="largest size for the pandas baseline (default 10M)")
+    ap.add_argument("--spark", action="store_true", help="also run `driftwatch audit --engine spark` (local[*])")
+    ap.add_argument("--no-audit", action="store_true", help="baselines only")
+    args = ap.parse_args(argv)
+
+    folder, meta = ensure_data(args.events, args.data_dir)
+    n = int(meta["events"])
+    events_glob = str(folder / "events" / "**" / "*.parquet")
+    py = sys.executable
+    cli = str(Path(py).with_name("driftwatch"))
+    rows: list[tuple[str, dict]] = []
+
+    def run(name: str, cmd: list[str]) -> dict:
+        print(f"running {name} ...", flush=True)
+        r = timed(cmd)
+        if r["code"] not in (0, 1):
+            print(f"  FAILED (exit {r['code']}):\n{r['tail']}", flush=True)
+        else:
+            print(f"  {r['wall_s']:.1f}s, peak RSS {r['rss_gib']:.2f} GiB", flush=True)
+        rows.append((name, r))
+        return r
+
+    run("bare scan (streaming)", [py, "-c", BARE_SCAN, events_glob, "streaming"])
+    if n <= args.in_memory_max:
+        run("bare scan (in-memory)", [py, "-c", BARE_SCAN, events_glob, "in-memory"])
+    if n <= args.pandas_max:
+        run("pandas read + groupby", [py, "-c", PANDAS_SCAN, str(folder / "events")])
+    summaries: dict[str, dict] = {}
+    if not args.no_audit:
+        engines = ["polars"] + (["spark"] if args.spark else [])
+        for engine in engines:
+            out_dir = Path(tempfile.mkdtemp(prefix=f"dw-bench-{engine}-", dir=args.data_dir))
+            cmd = [cli, "audit", str(folder / "events"), "--out", str(out_dir), "--quiet"]
+            if engine != "polars":
+                cmd += ["--engine", engine]
+            r = run(f"driftwatch audit --engine {engine}", cmd)
+            summary = out_dir / "summary.json"
+            if summary.exists():
+                summaries[engine] = json.loads(summary.read_text())
+            shutil.rmtree(out_dir, ignore_errors=True)
+
+    ok = [r for _, r in rows if r["code"] in (0, 1)]
+    scans = [r["wall_s"] for name, r in rows if name.startswith("bare scan") and r["code"] == 0]
+    base = min(scans) if scans else float("nan")
+    print()
+    print(f"events: {n:,} ({meta['runs']:,} runs, {meta['bytes'] / 2**30:.2f} GiB Parquet, "
+          f"{DAYS} days, row groups {ROW_GROUP:,})")
+    print(f"machine: {machine()}")
+    print()
+    print(f"| {'command':<32} | {'wall s':>8} | {'events/s':>12} | {'peak RSS GiB':>12} | {'x bare scan':>11} |")
+    print(f"|{'-' * 34}|{'-' * 10}|{'-' * 14}|{'-' * 14}|{'-' * 13}|")
+    for name, r in rows:
+        if r["code"] not in (0, 1):
+            print(f"| {name:<32} | {'failed':>8} | {'':>12} | {r['rss_gib']:>12.2f} | {'':>11} |")
+            continue
+        print(f"| {name:<32} | {r['wall_s']:>8.1f} | {n / r['wall_s']:>12,.0f} | {r['rss_gib']:>12.2f} | "
+              f"{r['wall_s'] / base:>11.2f} |")
+    for engine, s in summaries.items():
+        timings = s.get("timings", {})
+        top = {k: v for k, v in timings.items() if not k.startswith("fleet.")}
+        print(f"\naudit ({engine}) stage timings (s): " + ", ".join(f"{k}={v:.1f}" for k, v in top.items()))
+        fleet = {k[6:]: v for k, v in timings.items() if k.startswith("fleet.")}
+        if fleet:
+            print("  fleet stage: " + ", ".join(f"{k}={v:.1f}" for k, v in fleet.items()))
+        print(f"  runs={s.get('runs')}, chunks={s.get('chunks')}, levels={s.get('levels')}")
+
+    audit_rows = [r for name, r in rows if name.startswith("driftwatch audit --engine polars")]
+    if audit_rows and audit_rows[0]["code"] in (0, 1) and scans:
+        ratio = audit_rows[0]["wall_s"] / base
+        print(f"\ntarget: audit <= 4x bare scan: {ratio:.2f}x -> {'met' if ratio <= 4 else 'MISSED'}")
+        rss = audit_rows[0]["rss_gib"]
+        print(f"target: peak RSS <= 8 GiB: {rss:.2f} GiB -> {'met' if rss <= 8 else 'MISSED'}")
+    record = {
+        "events": n, "runs": meta["runs"], "machine": machine(), "command": " ".join(sys.argv),
+        "results": {name: {k: v for k, v in r.items() if k != "tail"} for name, r in rows},
+        "audit_timings": {e: s.get("timings") for e, s in summaries.items()},
+    }
+    (args.data_dir / f"bench_audit_{args.events}.json").write_text(json.dumps(record, indent=1))
+    return 0 if len(ok) == len(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,915 @@
+"""The audit on Apache Spark: the per-event work runs distributed, the fleet stage on the driver.
+
+Install with ``pip install 'driftwatch[spark]'`` (PySpark 4 and a Java 17+ runtime).
+
+How it works
+------------
+1. The raw rows (canonical Parquet read by Spark, or a PySpark DataFrame) get an order key
+   (file, row: the reader's "first one read" order) and ``bucket = pmod(xxhash64(run_id),
+   n_buckets)``: every run lies whole inside one bucket, and each bucket holds many runs.
+2. ``groupBy("bucket").applyInArrow(fn, schema)`` hands each bucket to ``fn`` as a
+   ``pyarrow.Table``. ``fn`` converts it to Polars and runs exactly what the local engine
+   runs: the reader's conversion and row checks (:func:`driftwatch.formats.adapt`,
+   :func:`driftwatch.schema.conform`, duplicate ``(run_id, step)`` rows, which are
+   always within one run), the ``--since/--until`` window, then
+   :func:`driftwatch.audit.run_stage`. There is one implementation of each detector.
+3. ``applyInArrow`` returns one schema, but a bucket yields several tables
+   (:class:`~driftwatch.audit.RunTables`, its rejected rows and its row counts). Each
+   bucket therefore returns rows ``(bucket, table, part, data)`` where ``data`` is one
+   table (or a slice of at most :data:`PART_ROWS` rows) as an LZ4-compressed Arrow IPC
+   stream written by Polars. Every dtype survives exactly (lists, time zones), the stage
+   runs once per bucket, and only the small per-run results travel.
+4. The driver collects those rows (``DataFrame.toArrow``), decodes them,
+   :meth:`RunTables.concat` puts them in canonical order, and
+   :func:`driftwatch.audit.fleet_stage` computes change-points, drift, scores, costs and
+   load, exactly as the local engine does.
+
+What is distributed: reading, conversion, row checks, per-run features, action and
+bigram counts, loop detection, policy checks, within-run change-points. What is collected
+to the driver: the per-run tables (about one row per run, per loop, per violation), the
+rejected rows and the events of a few example runs; the fleet stage runs there.
+
+Examples
+--------
+>>> import driftwatch as dw                                        # doctest: +SKIP
+>>> from driftwatch.spark import audit_spark, get_session          # doctest: +SKIP
+>>> spark = get_session("local[2]")                                # doctest: +SKIP
+>>> ev = dw.synth.generate(days=3, runs_per_day=50, seed=1).events # doctest: +SKIP
+>>> result = audit_spark(spark.createDataFrame(ev.to_arrow()))     # doctest: +SKIP
+>>> result.runs.height == ev["run_id"].n_unique()                  # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Any
+from urllib.parse import unquote
+
+import polars as pl
+import pyarrow as pa
+from pyspark.sql import DataFrame as SparkDataFrame
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from driftwatch import audit as _audit
+from driftwatch.errors import (
+    CorruptFileError,
+    DriftwatchError,
+    InvalidParameterError,
+    NoInputError,
+    SchemaError,
+)
+from driftwatch.formats import adapt, check_column_map, detect_format
+from driftwatch.schema import COLUMNS, DETAIL_COL, REASON_COL, conform
+
+#: Target events per bucket when ``n_buckets`` is not given (one Python worker holds one
+#: bucket in memory while it audits the bucket's runs).
+DEFAULT_ROWS_PER_BUCKET = 1_000_000
+
+#: Most rows of one per-run table serialised into one output row of a bucket.
+PART_ROWS = 250_000
+
+#: The packed output schema of the per-bucket function.
+PACKED_SCHEMA = "bucket long, table string, part int, data binary"
+
+_ORDER = "__dw_order"  # file rank << _ROW_BITS | row in file: the reader's "first one read" order
+_FIRST = "__dw_first"  # order key of the row kept when a (run_id, step) is duplicated
+_ROW_BITS = 36
+_ROW_MASK = (1 << _ROW_BITS) - 1
+_META = "_meta"
+_REJECTED = "_rejected"
+_BUCKET = "__dw_bucket"
+
+Progress = Callable[[str], None]
+
+
+# --------------------------------------------------------------------------- session
+
+
+def _java_ok() -> bool:
+    home = os.environ.get("JAVA_HOME")
+    if home and os.path.exists(os.path.join(home, "bin", "java")):
+        return True
+    return shutil.which("java") is not None
+
+
+def get_session(
+    master: str | None = None,
+    *,
+    app_name: str = "driftwatch",
+    conf: Mapping[str, str] | None = None,
+) -> SparkSession:
+    """The active SparkSession, or a new one set up for driftwatch.
+
+    A new session runs the Python workers with this interpreter (``PYSPARK_PYTHON``
+    unless already set), keeps timestamps in UTC and enables Arrow.
+
+    Parameters
+    ----------
+    master : str, optional
+        Spark master of a new session. ``None``: the active session if there is one,
+        else the master given by ``spark-submit``, else ``local[*]``.
+    app_name : str, default="driftwatch"
+        Application name of a new session.
+    conf : mapping, optional
+        Extra Spark settings for a new session, e.g. ``{"spark.driver.memory": "8g"}``.
+
+    Returns
+    -------
+    pyspark.sql.SparkSession
+
+    Raises
+    ------
+    DriftwatchError
+        No Java runtime was found, or the JVM did not start.
+
+    Examples
+    --------
+    >>> from driftwatch.spark import get_session                               # doctest: +SKIP
+    >>> spark = get_session("local[2]", conf={"spark.ui.enabled": "false"})    # doctest: +SKIP
+    """
+    active = SparkSession.getActiveSession()
+    if active is not None and master is None:
+        return active
+    if not _java_ok():
+        raise DriftwatchError(
+            "engine 'spark' needs a Java runtime (17 or newer) and none was found on PATH or in JAVA_HOME; "
+            "install one (Debian/Ubuntu: apt-get install default-jre-headless) or use engine 'polars'"
+        )
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName(app_name)
+    submitted = "spark.master" in os.environ.get("PYSPARK_SUBMIT_ARGS", "") or "SPARK_ENV_LOADED" in os.environ
+    if master is not None:
+        builder = builder.master(master)
+    elif not submitted:
+        builder = builder.master("local[*]")
+    settings = {
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.driver.memory": "2g",
+    }
+    settings.update(conf or {})
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    try:
+        return builder.getOrCreate()
+    except Exception as exc:  # the JVM failed to start: say why in one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DriftwatchError(
+            f"could not start Spark ({first}); check the Java runtime (17+) and the PySpark installation, "
+            "or use engine 'polars'"
+        ) from None
+
+
+# --------------------------------------------------------------------------- input plans
+
+
+@dataclass
+class _Input:
+    """Raw rows to audit: the Spark frame (raw columns + order key), where they came from."""
+
+    sdf: SparkDataFrame
+    run_col: str
+    files: list[str] = field(default_factory=list)
+    rows: int | None = None
+    description: str = "<spark DataFrame>"
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path and not path.startswith("file:")
+
+
+def _spark_path(path: str) -> str:
+    """Normalise a path as Spark reports it (``file:/x``, ``file:///x``) to compare strings."""
+    if path.startswith("file:"):
+        return "/" + path[len("file:") :].lstrip("/")
+    return path
+
+
+def _needed_columns(schema_names: Sequence[str], cmap: Mapping[str, str]) -> list[str]:
+    keep = set(COLUMNS) | set(cmap)
+    return [c for c in schema_names if c in keep]
+
+
+def _run_column(schema_names: Sequence[str], cmap: Mapping[str, str]) -> str:
+    for src, dst in cmap.items():
+        if dst == "run_id" and src in schema_names:
+            return src
+    return "run_id"
+
+
+def _input_from_paths(
+    paths: Any, *, spark: SparkSession, column_map: Mapping[str, str] | None
+) -> _Input:
+    """Plan the read of canonical Parquet: local files are listed and checked by the local
+    reader's own code (same errors, same file order); URIs with a scheme go to Spark."""
+    from driftwatch import read as _read
+
+    cmap = check_column_map(column_map)
+    items = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+    if not items:
+        raise NoInputError("source is an empty list; expected at least one path, folder or glob")
+    texts = [os.fspath(p) for p in items]
+    local = [p for p in texts if not _is_uri(p)]
+    remote = [p for p in texts if _is_uri(p)]
+
+    planned: list[tuple[SparkDataFrame, tuple[str, ...]]] = []
+    files: list[str] = []
+    rows: int | None = 0
+    if local:
+        infos = _read._probe_all(_read.resolve_sources(local))
+        for info in infos:
+            fmt = detect_format(list(info.schema) + list(info.hive), column_map=cmap)
+            if fmt != "canonical":
+                raise InvalidParameterError(
+                    f"{info.path}: engine 'spark' reads canonical Parquet; this file looks like "
+                    f"{fmt or 'an unknown format'}. Convert it first (driftwatch.read_logs(...), then write "
+                    "the events) or use engine 'polars'"
+                )
+        # the local reader's order: group by group, files in order within a group
+        for group in _read._group(_read._assign_formats(infos, "canonical", cmap)):
+            group_files = [f.path for f in group.files]
+            planned.append((_read_parquet(spark, ["file://" + f for f in group_files]), group.hive))
+            files.extend(group_files)
+        rows = sum(i.rows for i in infos)
+    if remote:
+        sdf = _read_parquet(spark, remote)
+        planned.append((sdf, ()))
+        files.extend(sorted(unquote(_spark_path(f)) for f in sdf.inputFiles()))
+        rows = None
+    if rows == 0:
+        raise NoInputError(f"{_audit._describe(paths)}: no rows to read; expected at least one event, found 0 rows")
+    if len(files) >= 1 << (63 - _ROW_BITS):
+        raise InvalidParameterError(f"too many input files for engine 'spark' ({len(files):,})")
+    rank = {f: i for i, f in enumerate(files)}
+
+    frames: list[SparkDataFrame] = []
+    for sdf, hive in planned:
+        # Spark reports files as percent-encoded URIs; key the maps by Spark's own spelling
+        spelled = {_spark_path(f): unquote(_spark_path(f)) for f in sdf.inputFiles()}
+        path = F.regexp_replace(F.col("_metadata.file_path"), "^file:/+", "/")
+        order_map = F.create_map(*[x for k, f in spelled.items() for x in (F.lit(k), F.lit(rank[f]))])
+        order = F.element_at(order_map, path).cast("long") * F.lit(1 << _ROW_BITS) + F.col("_metadata.row_index")
+        cols = [F.col(c) for c in _needed_columns(sdf.columns, cmap)]
+        for key in hive:  # hive partitions (e.g. agent=...) fill a canonical column, as locally
+            if key in sdf.columns or (key not in COLUMNS and key not in cmap):
+                continue
+            values = {k: _hive_value(f, key) for k, f in spelled.items()}
+            hive_map = F.create_map(*[x for k, v in values.items() if v is not None for x in (F.lit(k), F.lit(v))])
+            cols.append(F.element_at(hive_map, path).alias(key))
+        frames.append(sdf.select(*cols, order.alias(_ORDER)))
+    merged = _union(frames)
+    names = [c for c in merged.columns if c != _ORDER]
+    _check_schema(merged, cmap, where=_audit._describe(paths))
+    return _Input(sdf=merged, run_col=_run_column(names, cmap), files=files, rows=rows,
+                  description=_audit._describe(paths))
+
+
+def _hive_value(path: str, key: str) -> str | None:
+    for part in os.path.normpath(os.path.dirname(path)).split(os.sep):
+        if part.startswith(key + "="):
+            return unquote(part.split("=", 1)[1])
+    return None
+
+
+def _read_parquet(spark: SparkSession, targets: list[str]) -> SparkDataFrame:
+    try:
+        return spark.read.option("mergeSchema", "true").parquet(*targets)
+    except Exception as exc:
+        raise _spark_error(exc) from None
+
+
+def _union(frames: list[SparkDataFrame]) -> SparkDataFrame:
+    """Union frames by name; a column whose type differs between them is read as text
+    (the row checks then convert it exactly as the local reader does)."""
+    if len(frames) == 1:
+        return frames[0]
+    types: dict[str, set[str]] = {}
+    for f in frames:
+        for fld in f.schema.fields:
+            types.setdefault(fld.name, set()).add(fld.dataType.simpleString())
+    clash = {c for c, t in types.items() if len(t) > 1}
+    out: SparkDataFrame | None = None
+    for f in frames:
+        f = f.select(*[F.col(c).cast("string").alias(c) if c in clash else F.col(c) for c in f.columns])
+        out = f if out is None else out.unionByName(f, allowMissingColumns=True)
+    assert out is not None
+    return out
+
+
+def _input_from_frame(df: SparkDataFrame, *, column_map: Mapping[str, str] | None) -> _Input:
+    cmap = check_column_map(column_map)
+    names = df.columns
+    _check_schema(df, cmap, where="events")
+    cols = [F.col(c) for c in _needed_columns(names, cmap)]
+    sdf = df.select(*cols, F.monotonically_increasing_id().alias(_ORDER))
+    return _Input(sdf=sdf, run_col=_run_column(names, cmap))
+
+
+def _check_schema(sdf: SparkDataFrame, cmap: Mapping[str, str], *, where: str) -> None:
+    """Fail on the driver, with the local reader's message, when columns are missing or unusable."""
+    keep = _needed_columns(sdf.columns, cmap)
+    try:
+        empty = pl.from_arrow(sdf.select(*keep).limit(0).toArrow())
+    except Exception as exc:
+        raise _spark_error(exc) from None
+    assert isinstance(empty, pl.DataFrame)
+    lf = adapt(empty.lazy(), empty.schema, "canonical", column_map=cmap, where=where)
+    conform(lf, where=where, check=True, normalize=True).collect()
+
+
+# --------------------------------------------------------------------------- per-bucket function
+
+
+def _pack(bucket: int, tables: Mapping[str, pl.DataFrame]) -> pa.Table:
+    """Serialise named Polars frames into rows ``(bucket, table, part, data)``."""
+    names: list[str] = []
+    parts: list[int] = []
+    blobs: list[bytes] = []
+    for name, frame in tables.items():
+        n_parts = max(1, math.ceil(frame.height / PART_ROWS))
+        for i in range(n_parts):
+            buf = io.BytesIO()
+            frame.slice(i * PART_ROWS, PART_ROWS).write_ipc_stream(buf, compression="lz4")
+            names.append(name)
+            parts.append(i)
+            blobs.append(buf.getvalue())
+    return pa.table(
+        {
+            "bucket": pa.array([bucket] * len(names), pa.int64()),
+            "table": pa.array(names, pa.string()),
+            "part": pa.array(parts, pa.int32()),
+            "data": pa.array(blobs, pa.binary()),
+        }
+    )
+
+
+def _unpack(packed: pa.Table) -> dict[int, dict[str, pl.DataFrame]]:
+    """Inverse of :func:`_pack` over the collected rows of every bucket."""
+    rows = pl.from_arrow(packed)
+    assert isinstance(rows, pl.DataFrame)
+    out: dict[int, dict[str, list[pl.DataFrame]]] = {}
+    for bucket, name, blob in rows.sort("bucket", "table", "part").select("bucket", "table", "data").iter_rows():
+        out.setdefault(bucket, {}).setdefault(name, []).append(pl.read_ipc_stream(io.BytesIO(blob)))
+    return {
+        b: {name: (fr[0] if len(fr) == 1 else pl.concat(fr)) for name, fr in tables.items()}
+        for b, tables in out.items()
+    }
+
+
+def check_rows(raw: pl.DataFrame, *, column_map: Mapping[str, str] | None = None, where: str = "events",
+               ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The local reader's row checks on raw rows of whole runs: ``(events, rejected)``.
+
+    ``raw`` holds raw columns and the order key ``__dw_order``. Rows are converted and
+    checked by :func:`driftwatch.schema.conform` (as :func:`driftwatch.read_logs` does); of
+    rows sharing a ``(run_id, step)`` the first in order is kept and the others are
+    rejected as ``duplicate_step``. ``rejected`` has the canonical columns, ``reason``,
+    ``detail`` and the order keys (the driver turns them into ``source_file`` /
+    ``source_row``).
+    """
+    lf = adapt(raw.lazy(), raw.schema, "canonical", column_map=column_map, where=where)
+    checked = conform(lf, where=where, check=True, normalize=True, order_by=(_ORDER,)).collect()
+    bad = checked.filter(pl.col(REASON_COL).is_not_null())
+    valid = checked.filter(pl.col(REASON_COL).is_null())
+    first = pl.col(_ORDER).min().over("run_id", "step")
+    valid = valid.with_columns(first.alias(_FIRST))
+    dup = pl.col(_ORDER) != pl.col(_FIRST)
+    dups = valid.filter(dup).with_columns(pl.lit("duplicate_step").alias(REASON_COL))
+    events = valid.filter(~dup).select(COLUMNS)
+    rejected = pl.concat(
+        [
+            bad.with_columns(pl.lit(None, dtype=pl.Int64).alias(_FIRST)).select(
+                *COLUMNS, _ORDER, _FIRST, REASON_COL, DETAIL_COL
+            ),
+            dups.select(*COLUMNS, _ORDER, _FIRST, REASON_COL, DETAIL_COL),
+        ]
+    )
+    return events, rejected
+
+
+def make_bucket_function(
+    *,
+    policy: Any,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    column_map: Mapping[str, str] | None = None,
+    n_examples: int | None = None,
+    stage_options: Mapping[str, Any] | None = None,
+    where: str = "events",
+) -> Callable[[tuple[Any, ...], pa.Table], pa.Table]:
+    """The function ``applyInArrow`` runs on each bucket of whole runs.
+
+    Arrow -> Polars, :func:`check_rows`, the ``[since, until)`` window on each run's first
+    step, :func:`driftwatch.audit.run_stage`; everything packed with :func:`_pack` (the
+    per-run tables, ``_rejected`` and ``_meta`` row counts). Exposed for tests and for
+    custom Spark pipelines.
+    """
+    options = dict(stage_options or {})
+    cmap = dict(column_map or {})
+    n_keep = _examples_default() if n_examples is None else n_examples
+
+    def run_bucket(key: tuple[Any, ...], table: pa.Table) -> pa.Table:
+        bucket = int(key[0].as_py())
+        raw = pl.from_arrow(table.drop_columns([_BUCKET]))
+        assert isinstance(raw, pl.DataFrame)
+        events, rejected = check_rows(raw, column_map=cmap, where=where)
+        n_valid = events.height
+        if since is not None or until is not None:
+            first = pl.col("ts").min().over("run_id")
+            events = events.filter(_audit._window_expr(first, since, until))
+        tables = _audit.run_stage(events, policy=policy, n_examples=n_keep, **options)
+        frames = tables.frames()
+        frames[_REJECTED] = rejected
+        frames[_META] = pl.DataFrame(
+            {"rows_in": [raw.height], "rows_valid": [n_valid], "rows_audited": [events.height]},
+            schema={"rows_in": pl.Int64, "rows_valid": pl.Int64, "rows_audited": pl.Int64},
+        )
+        return _pack(bucket, frames)
+
+    return run_bucket
+
+
+# --------------------------------------------------------------------------- the per-run stage on Spark
+
+
+def _auto_buckets(spark: SparkSession, n_rows: int, rows_per_bucket: int) -> int:
+    try:
+        par = int(spark.sparkContext.defaultParallelism)
+    except Exception:  # Spark Connect has no SparkContext
+        par = 2
+    return max(2 * par, math.ceil(n_rows / max(rows_per_bucket, 1)))
+
+
+@dataclass
+class SparkStage:
+    """What :func:`run_stage_spark` returns: the collected per-run tables and read results."""
+
+    tables: _audit.RunTables
+    rejected: pl.DataFrame
+    stats: dict[str, Any]
+
+
+def run_stage_spark(
+    source: Any,
+    *,
+    policy: Any = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    column_map: Mapping[str, str] | None = None,
+    n_buckets: int | None = None,
+    rows_per_bucket: int = DEFAULT_ROWS_PER_BUCKET,
+    n_examples: int | None = None,
+    stage_options: Mapping[str, Any] | None = None,
+    spark: SparkSession | None = None,
+    progress: Progress | None = None,
+) -> SparkStage:
+    """Read, check and run the per-run stage on Spark; collect the per-run tables.
+
+    This is what the local audit does before its fleet stage (``read_logs`` + chunked
+    :func:`driftwatch.audit.run_stage`), distributed.
+
+    Parameters
+    ----------
+    source : pyspark.sql.DataFrame, path(s) or Polars events
+        Canonical events (see :func:`audit_spark`).
+    policy : Policy, path or None, default=None
+        Policy for the per-run checks.
+    since, until : datetime, optional
+        Keep runs whose first step is in ``[since, until)``.
+    column_map : mapping, optional
+        Column renames, as for :func:`driftwatch.read_logs` (canonical input).
+    n_buckets : int, optional
+        Hash buckets of ``run_id``. ``None``: ``max(2 * defaultParallelism,
+        rows / rows_per_bucket)`` (rows come from Parquet footers; a Spark DataFrame
+        costs one ``count()``).
+    rows_per_bucket : int, default=1_000_000
+        Target bucket size for the automatic ``n_buckets``.
+    n_examples : int, optional
+        Runs whose events are kept for the report (``None``: ``run_stage``'s default). Each
+        bucket keeps its top runs; the driver keeps the global top ones, as one local chunk
+        would.
+    stage_options : mapping, optional
+        ``max_period``, ``min_repeats``, ``fuzzy`` for :func:`driftwatch.audit.run_stage`.
+    spark : SparkSession, optional
+        ``None``: the session of ``source``, the active one, or a new local one.
+    progress : callable, optional
+        Receives one line per step.
+
+    Returns
+    -------
+    SparkStage
+        ``tables`` (:class:`~driftwatch.audit.RunTables`), ``rejected`` (as
+        ``ReadResult.rejected``) and ``stats`` (``rows_in, rows_valid, rows_rejected,
+        files, reasons, formats, engine, buckets`` and ``rows_in_window`` with a window).
+    """
+    from driftwatch import policy as policy_mod
+
+    say = progress or (lambda _msg: None)
+    pol = policy_mod._as_policy(policy)
+    if n_buckets is not None and (not isinstance(n_buckets, int) or isinstance(n_buckets, bool) or n_buckets < 1):
+        raise InvalidParameterError(f"n_buckets must be a positive int or None, got {n_buckets!r}")
+    t0 = time.perf_counter()
+    inp = _as_input(source, spark=spark, column_map=column_map)
+    session = inp.sdf.sparkSession
+    n_rows = inp.rows
+    if n_buckets is None:
+        if n_rows is None:
+            n_rows = int(inp.sdf.count())
+        n_buckets = _auto_buckets(session, n_rows, rows_per_bucket)
+    say(f"spark: {n_buckets} buckets of whole runs" + (f", {n_rows:,} rows" if n_rows is not None else ""))
+
+    fn = make_bucket_function(
+        policy=pol, since=since, until=until, column_map=column_map, n_examples=n_examples,
+        stage_options=stage_options, where=inp.description,
+    )
+    packed = (
+        inp.sdf.withColumn(_BUCKET, F.pmod(F.xxhash64(F.col(inp.run_col)), F.lit(n_buckets)))
+        .groupBy(_BUCKET)
+        .applyInArrow(fn, PACKED_SCHEMA)
+    )
+    try:
+        collected = packed.toArrow()
+    except Exception as exc:
+        raise _spark_error(exc) from None
+    say(
+        f"spark: per-run stage done in {time.perf_counter() - t0:.1f}s "
+        f"({collected.nbytes / 1e6:.1f} MB collected from {n_buckets} buckets)"
+    )
+
+    by_bucket = _unpack(collected)
+    names = [f.name for f in fields(_audit.RunTables)]
+    parts: list[_audit.RunTables] = []
+    rejected_parts: list[pl.DataFrame] = []
+    meta = {"rows_in": 0, "rows_valid": 0, "rows_audited": 0}
+    for b in sorted(by_bucket):
+        tabs = by_bucket[b]
+        m = tabs.pop(_META)
+        for k in meta:
+            meta[k] += int(m[k].sum())
+        rejected_parts.append(tabs.pop(_REJECTED))
+        parts.append(_audit.RunTables(**{n: tabs[n] for n in names if n in tabs}))
+    if not parts:  # no rows at all: typed empty tables from the same code
+        from driftwatch.schema import empty_events
+
+        parts.append(_audit.run_stage(empty_events(), policy=pol, n_examples=0, **dict(stage_options or {})))
+    tables = _audit.RunTables.concat(parts)
+    tables.examples = _global_examples(tables, n_examples)
+    rejected = _rejected_frame(rejected_parts, inp)
+    if meta["rows_in"] == 0:
+        raise NoInputError(f"{inp.description}: no rows to read; expected at least one event, found 0 rows")
+
+    reasons: dict[str, int] = {}
+    if rejected.height:
+        reasons = {str(r): int(n) for r, n in rejected["reason"].value_counts().sort("reason").iter_rows()}
+    stats: dict[str, Any] = {
+        "rows_in": meta["rows_in"],
+        "rows_valid": meta["rows_valid"],
+        "rows_rejected": rejected.height,
+        "files": len(inp.files),
+        "reasons": reasons,
+        "formats": {"canonical": len(inp.files)} if inp.files else {},
+        "engine": "spark",
+        "buckets": n_buckets,
+    }
+    if since is not None or until is not None:
+        stats["rows_in_window"] = meta["rows_audited"]
+    if stats["rows_in"] != stats["rows_valid"] + stats["rows_rejected"]:  # pragma: no cover - consistency
+        raise DriftwatchError(
+            f"internal error: {stats['rows_in']} rows read but {stats['rows_valid']} valid + "
+            f"{stats['rows_rejected']} rejected"
+        )
+    return SparkStage(tables=tables, rejected=rejected, stats=stats)
+
+
+def _examples_default() -> int:
+    """The local engine's number of example runs per chunk (``run_stage``'s default)."""
+    import inspect
+
+    default = inspect.signature(_audit.run_stage).parameters["n_examples"].default
+    return int(default) if isinstance(default, int) else _audit.DEFAULT_EXAMPLES
+
+
+def _global_examples(tables: _audit.RunTables, n_examples: int | None) -> pl.DataFrame:
+    """Keep the example events of the global top runs, as one local chunk would.
+
+    Each bucket keeps its own top ``n_examples`` runs; the global top runs are among them
+    (the ranking is a total order), so ranking their union again gives exactly the runs the
+    local engine picks from all events at once.
+    """
+    ex = tables.examples
+    n_examples = _examples_default() if n_examples is None else n_examples
+    if ex.height == 0 or n_examples <= 0:
+        return ex
+    return _audit._pick_examples(ex, tables.loop_summary, tables.violations, n_examples)
+
+
+def _rejected_frame(parts: list[pl.DataFrame], inp: _Input) -> pl.DataFrame:
+    """The rejected rows as ``ReadResult.rejected``: canonical columns, ``source_file``,
+    ``source_row``, ``reason``, ``detail``; sorted by file and row."""
+    from driftwatch.read import REJECTED_SCHEMA
+
+    nonempty = [p for p in parts if p.height]
+    if not nonempty:
+        return pl.DataFrame(schema=REJECTED_SCHEMA)
+    got = pl.concat(nonempty)
+    order = got[_ORDER]
+    kept = got[_FIRST]
+    if inp.files:
+        paths = pl.Series(inp.files, dtype=pl.String)
+        source_file = paths.gather(order >> _ROW_BITS)
+        source_row = order & _ROW_MASK
+        kept_file = paths.gather(kept.fill_null(0) >> _ROW_BITS)
+        kept_row = kept.fill_null(0) & _ROW_MASK
+    else:  # a Spark DataFrame has no files
+        source_file = pl.Series([None] * got.height, dtype=pl.String)
+        source_row = pl.Series([None] * got.height, dtype=pl.Int64)
+        kept_file = source_file
+        kept_row = kept
+    is_dup = got[REASON_COL] == "duplicate_step"
+    detail = pl.select(
+        pl.when(pl.lit(is_dup))
+        .then(pl.format("kept {} row {}", pl.lit(kept_file), pl.lit(kept_row)))
+        .otherwise(pl.lit(got[DETAIL_COL]))
+    ).to_series()
+    out = got.select(COLUMNS).with_columns(
+        source_file.alias("source_file"),
+        source_row.cast(pl.Int64).alias("source_row"),
+        got[REASON_COL].alias("reason"),
+        detail.cast(pl.String).alias("detail"),
+    )
+    return out.sort("source_file", "source_row", nulls_last=True, maintain_order=True).select(list(REJECTED_SCHEMA))
+
+
+def _spark_error(exc: Exception) -> Exception:
+    """A Spark failure as a driftwatch error whose message is one line with the root cause."""
+    if isinstance(exc, DriftwatchError):
+        return exc
+    text = str(exc)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for marker, cls in (("SchemaError", SchemaError), ("InvalidParameterError", InvalidParameterError),
+                        ("CorruptFileError", CorruptFileError), ("DriftwatchError", DriftwatchError)):
+        hit = next((ln for ln in lines if f"driftwatch.errors.{marker}" in ln or ln.startswith(marker)), None)
+        if hit:
+            return cls(f"spark: {hit.split(':', 1)[-1].strip()}")
+    first = lines[0] if lines else type(exc).__name__
+    if "PATH_NOT_FOUND" in text:
+        return NoInputError(f"spark: {first}")
+    if "FAILED_READ_FILE" in text or "CANNOT_READ_FILE_FOOTER" in text:
+        return CorruptFileError(f"spark: a Parquet file could not be read ({first}); check the input files")
+    return DriftwatchError(f"spark: the distributed stage failed ({type(exc).__name__}: {first[:500]})")
+
+
+# --------------------------------------------------------------------------- the audit
+
+
+def _as_input(source: Any, *, spark: SparkSession | None, column_map: Mapping[str, str] | None) -> _Input:
+    if isinstance(source, SparkDataFrame):
+        return _input_from_frame(source, column_map=column_map)
+    if isinstance(source, str | os.PathLike) or (
+        isinstance(source, list | tuple) and source and all(isinstance(s, str | os.PathLike) for s in source)
+    ):
+        return _input_from_paths(source, spark=spark or get_session(), column_map=column_map)
+    if hasattr(source, "events") and hasattr(source, "stats") and not isinstance(source, pl.DataFrame):
+        source = source.events
+    if isinstance(source, pl.DataFrame | pl.LazyFrame):
+        frame = source.collect() if isinstance(source, pl.LazyFrame) else source
+        session = spark or get_session()
+        inp = _input_from_frame(session.createDataFrame(frame.to_arrow()), column_map=column_map)
+        inp.description = "<in-memory events>"
+        return inp
+    raise InvalidParameterError(
+        "engine 'spark' expects a PySpark DataFrame, Parquet path(s) or Polars events, "
+        f"got {type(source).__name__}"
+    )
+
+
+def audit_spark(
+    df: Any,
+    *,
+    policy: Any = None,
+    reference: Any = None,
+    n_buckets: int | None = None,
+    spark: SparkSession | None = None,
+    since: Any = None,
+    until: Any = None,
+    column_map: Mapping[str, str] | None = None,
+    rows_per_bucket: int = DEFAULT_ROWS_PER_BUCKET,
+    volume_per_day: float | None = None,
+    every: str = "1d",
+    drift_every: str = "7d",
+    load_every: str = "1m",
+    by: Sequence[str] = ("agent",),
+    out: str | os.PathLike[str] | None = None,
+    stage_options: Mapping[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> _audit.AuditResult:
+    """The full audit with the per-event work on Spark; results equal :func:`driftwatch.audit`'s.
+
+    Parameters
+    ----------
+    df : pyspark.sql.DataFrame, path(s), or Polars events
+        Canonical events: a Spark DataFrame (e.g. ``spark.read.parquet(...)`` or
+        ``spark.table(...)``); Parquet files/folders/globs, or URIs such as
+        ``s3a://bucket/logs/`` (read by Spark); or Polars events (sent to Spark).
+    policy : Policy, path or None, default=None
+        ``None``: ``dw.Policy()``.
+    reference : (start, end), "START..END", path(s) or events, optional
+        Drift reference, as for :func:`driftwatch.audit`; reference logs given as paths or
+        a Spark DataFrame go through Spark too.
+    n_buckets : int, optional
+        Hash buckets of ``run_id`` (``None``: automatic, see :func:`run_stage_spark`).
+    spark : SparkSession, optional
+        ``None``: the session of ``df``, the active one, or a new local one (:func:`get_session`).
+    since, until : datetime, date or ISO text, optional
+        Audit only runs whose first step is in ``[since, until)``.
+    column_map : mapping, optional
+        Column renames for canonical input, as for :func:`driftwatch.read_logs`.
+    rows_per_bucket : int, default=1_000_000
+        Target events per bucket for the automatic ``n_buckets``.
+    volume_per_day, every, drift_every, load_every, by
+        As for :func:`driftwatch.audit`.
+    out : path, optional
+        Write every output file there (on the driver's file system).
+    stage_options : mapping, optional
+        ``max_period``, ``min_repeats``, ``fuzzy`` for :func:`driftwatch.audit.run_stage`.
+    progress : callable, optional
+        Receives one line per stage.
+
+    Returns
+    -------
+    AuditResult
+        ``stats["engine"] == "spark"``; ``stats["chunks"]`` is the number of buckets.
+
+    Raises
+    ------
+    DriftwatchError
+        Bad input (missing files, corrupt Parquet, missing columns), bad options, or
+        no Java runtime.
+
+    Examples
+    --------
+    >>> from driftwatch.spark import audit_spark                                   # doctest: +SKIP
+    >>> result = audit_spark(spark.read.parquet("s3a://logs/agents/"), policy="policy.toml")  # doctest: +SKIP
+    >>> result.write("audit-out")                                                  # doctest: +SKIP
+    """
+    from driftwatch import policy as policy_mod
+
+    say = progress or (lambda _msg: None)
+    t_start = time.perf_counter()
+    pol = policy_mod._as_policy(policy)
+    since_dt = _audit._parse_time(since, name="since") if since is not None else None
+    until_dt = _audit._parse_time(until, name="until") if until is not None else None
+    if since_dt and until_dt and until_dt <= since_dt:
+        raise InvalidParameterError(f"until ({until_dt.isoformat()}) must be after since ({since_dt.isoformat()})")
+    timings: dict[str, float] = {}
+    common = {"n_buckets": n_buckets, "rows_per_bucket": rows_per_bucket, "stage_options": stage_options,
+              "spark": spark, "column_map": column_map}
+
+    # ---------------------------------------------------------------- reference logs
+    reference_tables: _audit.RunTables | None = None
+    ref_arg = reference
+    if reference is not None and not _audit._is_range(reference):
+        t0 = time.perf_counter()
+        reference_tables = run_stage_spark(reference, policy=pol, n_examples=0, **common).tables
+        ref_arg = None
+        timings["reference"] = round(time.perf_counter() - t0, 4)
+
+    # ---------------------------------------------------------------- read + per-run stage on Spark
+    t0 = time.perf_counter()
+    stage = run_stage_spark(df, policy=pol, since=since_dt, until=until_dt, progress=say, **common)
+    tables = stage.tables
+    timings["per_run_stage"] = round(time.perf_counter() - t0, 4)
+    say(f"per-run stage: {tables.n_runs:,} runs, {tables.loops.height:,} loops ({timings['per_run_stage']:.1f}s)")
+    if tables.n_runs == 0:
+        raise NoInputError(
+            f"{_audit._describe(df) if not isinstance(df, SparkDataFrame) else 'events'}: no valid events to audit"
+            + (" in the --since/--until window" if since_dt or until_dt else "")
+            + f" ({stage.stats['rows_in']} rows read, {stage.stats['rows_rejected']} rejected); "
+            "check the window or rejected.parquet"
+        )
+
+    # ---------------------------------------------------------------- fleet stage on the driver
+    t0 = time.perf_counter()
+    result = _audit.fleet_stage(
+        tables,
+        policy=pol,
+        reference=ref_arg,
+        reference_tables=reference_tables,
+        volume_per_day=volume_per_day,
+        every=every,
+        drift_every=drift_every,
+        load_every=load_every,
+        by=by,
+        progress=say,
+    )
+    timings["fleet_stage"] = round(time.perf_counter() - t0, 4)
+    result.rejected = stage.rejected
+    timings.update({f"fleet.{k}": v for k, v in result.timings.items()})
+
+    stats = {k: v for k, v in stage.stats.items() if k != "buckets"}
+    files = _source_files(df)
+    stats.update(
+        {
+            "runs": result.runs.height,
+            "engine": "spark",
+            "chunks": stage.stats["buckets"],
+            "sources": [str(s) for s in files] if files else ["<spark DataFrame>"],
+            "since": _audit._iso(since_dt),
+            "until": _audit._iso(until_dt),
+        }
+    )
+    result.stats = stats
+    if files and not any(_is_uri(os.fspath(f)) for f in files):
+        src_fp: list[Any] = _audit._sources_fingerprint(files, [])
+    else:
+        src_fp = [repr(df) if not isinstance(df, pl.DataFrame | pl.LazyFrame) else stats["rows_in"]]
+    result.audit_id = _audit._fingerprint(
+        [src_fp, since_dt, until_dt, _audit._policy_fingerprint(pol), str(reference), volume_per_day, every, by]
+    )
+    timings["total"] = round(time.perf_counter() - t_start, 4)
+    result.timings = timings
+    if out is not None:
+        t0 = time.perf_counter()
+        result.write(out)
+        say(f"write: {out} ({time.perf_counter() - t0:.1f}s)")
+    return result
+
+
+def _source_files(source: Any) -> list[str]:
+    if isinstance(source, str | os.PathLike):
+        return [os.fspath(source)]
+    if isinstance(source, list | tuple) and source and all(isinstance(s, str | os.PathLike) for s in source):
+        return [os.fspath(s) for s in source]
+    return []
+
+
+def audit_spark_paths(
+    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    spark: SparkSession | None = None,
+    **options: Any,
+) -> _audit.AuditResult:
+    """:func:`audit_spark` over canonical Parquet read by Spark (``driftwatch audit --engine spark``).
+
+    Parameters
+    ----------
+    paths : path, folder, glob, URI or a list of them
+        Local paths are expanded and checked like the local reader does (same file order,
+        same errors); URIs with a scheme (``s3a://``, ``hdfs://``, ``abfss://``, ``gs://``)
+        are handed to Spark.
+    spark : SparkSession, optional
+        ``None``: the active session or a new local one.
+    **options
+        Keyword options of :func:`audit_spark`.
+
+    Examples
+    --------
+    >>> from driftwatch.spark import audit_spark_paths                        # doctest: +SKIP
+    >>> audit_spark_paths("logs/events", out="audit-out").stats["engine"]     # doctest: +SKIP
+    'spark'
+    """
+    source = list(paths) if isinstance(paths, list | tuple) else paths
+    if not isinstance(source, str | os.PathLike | list):
+        raise InvalidParameterError(f"paths must be a path or a list of paths, got {type(paths).__name__}")
+    return audit_spark(source, spark=spark, **options)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point for ``spark-submit``: ``driftwatch audit --engine spark`` with the given arguments.
+
+    ``spark-submit [options] path/to/driftwatch/spark.py SOURCE... --out DIR [audit options]``
+    runs the audit inside the session ``spark-submit`` created.
+    """
+    from driftwatch import cli
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--engine" not in args:
+        args += ["--engine", "spark"]
+    return int(cli.main(["audit", *args]) or 0)
+
+
+__all__ = [
+    "DEFAULT_ROWS_PER_BUCKET",
+    "PACKED_SCHEMA",
+    "SparkStage",
+    "audit_spark",
+    "audit_spark_paths",
+    "check_rows",
+    "get_session",
+    "make_bucket_function",
+    "run_stage_spark",
+]
+
+
+if __name__ == "__main__":  # pragma: no cover - spark-submit entry point
+    sys.exit(main())
