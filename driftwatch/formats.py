@@ -491,7 +491,7 @@ def _parent_agent_context(lf: pl.LazyFrame) -> pl.LazyFrame:
             pl.col(anc + "2").alias(anc),
         )
     parents = nodes.select(pl.col(_T), pl.col(_S).alias(_P), pl.col(ctx).alias(_PCTX))
-    return lf.join(parents, on=[_T, _P], how="left", coalesce=True)
+    return lf.join(parents, on=[_T, _P], how="left", coalesce=True, maintain_order="left")
 
 
 def _adapt_spans(

@@ -218,10 +218,11 @@ def resolve_sources(source: Any) -> list[str]:
         raise InvalidParameterError(
             f"source must be a path, folder, glob or a list of them, got {type(source).__name__}"
         )
-    files: list[str] = []
     for item in items:
         if not isinstance(item, str | os.PathLike):
             raise InvalidParameterError(f"source items must be paths, got {type(item).__name__}: {item!r}")
+    files: list[str] = []
+    for item in items:
         s = os.path.expanduser(os.fspath(item))
         if any(ch in s for ch in _GLOB_CHARS) and not os.path.exists(s):
             matches = sorted(_glob.glob(s, recursive=True))
@@ -269,6 +270,12 @@ class _FileInfo:
     rows: int
     hive: tuple[str, ...]
     format: str = ""
+    has_step: bool = True  # a step column (or a column mapped to step): decides whether steps are derived
+
+    @property
+    def key(self) -> tuple[str, tuple[str, ...], bool]:
+        """Files can share a scan only with the same format, hive keys and step presence."""
+        return (self.format, self.hive, self.has_step)
 
 
 def _hive_keys(path: str) -> tuple[str, ...]:
@@ -366,14 +373,13 @@ def _merge_dtype(a: pl.DataType, b: pl.DataType) -> pl.DataType:
 
 @dataclass
 class _Group:
-    format: str
-    hive: tuple[str, ...]
+    key: tuple[str, tuple[str, ...], bool]
     files: list[_FileInfo]
     classes: dict[str, str]
     schema: dict[str, pl.DataType]
 
     def accepts(self, info: _FileInfo) -> bool:
-        if info.format != self.format or info.hive != self.hive:
+        if info.key != self.key:
             return False
         return all(self.classes.get(c, _dtype_class(d)) == _dtype_class(d) for c, d in info.schema.items())
 
@@ -382,6 +388,14 @@ class _Group:
         for c, d in info.schema.items():
             self.classes.setdefault(c, _dtype_class(d))
             self.schema[c] = _merge_dtype(self.schema[c], d) if c in self.schema else d
+
+    @property
+    def format(self) -> str:
+        return self.key[0]
+
+    @property
+    def hive(self) -> tuple[str, ...]:
+        return self.key[1]
 
     @property
     def uniform(self) -> bool:
@@ -396,7 +410,7 @@ def _group(infos: Sequence[_FileInfo]) -> list[_Group]:
                 g.add(info)
                 break
         else:
-            g = _Group(info.format, info.hive, [], {}, {})
+            g = _Group(info.key, [], {}, {})
             g.add(info)
             groups.append(g)
     return groups
@@ -639,7 +653,9 @@ def _assign_formats(infos: list[_FileInfo], fmt: str, cmap: dict[str, str]) -> l
         found = fmt if fmt != "auto" else detect_format(cols, column_map=cmap)
         if found is None:
             raise SchemaError(f"{info.path}: cannot tell the log format: {format_hint(cols)}")
-        out.append(_FileInfo(info.path, info.schema, info.rows, info.hive, found))
+        step_sources = ["step", *[src for src, dst in cmap.items() if dst == "step"]]
+        has_step = any(c in info.schema or c in info.hive for c in step_sources)
+        out.append(_FileInfo(info.path, info.schema, info.rows, info.hive, found, has_step))
     return out
 
 

@@ -1,0 +1,552 @@
+"""read_logs: sources, engines, filters, rejections, errors, and the rows_in invariant."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
+
+import driftwatch as dw
+from driftwatch import synth
+from driftwatch.errors import (
+    CorruptFileError,
+    DriftwatchError,
+    InvalidParameterError,
+    NoInputError,
+    SchemaError,
+)
+from driftwatch.read import REJECTED_SCHEMA, ReadResult, read_logs, resolve_sources
+from driftwatch.schema import CANONICAL_SCHEMA, COLUMNS, REJECT_REASONS
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "sample_logs"
+ENGINES = ("polars", "duckdb")
+
+
+def _sorted(frame: pl.DataFrame, *keys: str) -> pl.DataFrame:
+    return frame.sort(list(keys) or ["run_id", "step"], nulls_last=True)
+
+
+def _both(source: object, **kw: object) -> tuple[ReadResult, ReadResult]:
+    a = read_logs(source, engine="polars", **kw)  # type: ignore[arg-type]
+    b = read_logs(source, engine="duckdb", **kw)  # type: ignore[arg-type]
+    return a, b
+
+
+def _assert_same(a: ReadResult, b: ReadResult) -> pl.DataFrame:
+    ea, eb = a.events.collect(), b.events.collect()
+    assert ea.schema == pl.Schema(CANONICAL_SCHEMA)
+    assert_frame_equal(_sorted(ea), _sorted(eb))
+    assert_frame_equal(a.rejected, b.rejected)
+    sa, sb = a.stats.to_dict(), b.stats.to_dict()
+    for d in (sa, sb):
+        d.pop("engine"), d.pop("seconds")
+    assert sa == sb
+    return ea
+
+
+def _write(frame: pl.DataFrame, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.write_parquet(path)
+    return path
+
+
+def _canon(n: int = 4, run: str = "r", start: int = 1, **extra: object) -> pl.DataFrame:
+    base = datetime(2026, 11, 1, tzinfo=UTC)
+    data = {
+        "run_id": [run] * n,
+        "step": list(range(start, start + n)),
+        "ts": [base + timedelta(minutes=i) for i in range(n)],
+        "action": ["llm" if i % 2 == 0 else "search" for i in range(n)],
+    }
+    data.update(extra)  # type: ignore[arg-type]
+    return pl.DataFrame(data)
+
+
+# ---------------------------------------------------------------- generated fleet
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> tuple[synth.Fleet, Path]:
+    f = synth.generate(days=4, runs_per_day=80, seed=5)
+    root = tmp_path_factory.mktemp("fleet")
+    f.write(root)
+    return f, root / "events"
+
+
+def test_written_fleet_reads_back_exactly_with_both_engines(fleet: tuple[synth.Fleet, Path]) -> None:
+    f, events_dir = fleet
+    a, b = _both(events_dir)
+    got = _assert_same(a, b)
+    assert_frame_equal(_sorted(got), _sorted(f.events))
+    assert a.stats.rows_in == a.stats.rows_valid == f.events.height
+    assert a.stats.rows_rejected == 0 and a.rejected.height == 0
+    assert a.stats.files == 4 and a.stats.formats == {"canonical": 4}
+    assert a.rejected.schema == pl.Schema(REJECTED_SCHEMA)
+
+
+def test_streamed_fleet_reads_back(tmp_path: Path) -> None:
+    synth.write_fleet(tmp_path, days=2, runs_per_day=40, seed=2)
+    res = read_logs(tmp_path / "events")
+    ev = res.collect()
+    assert ev.height == res.stats.rows_in == res.stats.rows_valid > 0
+    assert ev.select(pl.struct("run_id", "step").is_duplicated().any()).item() is False
+
+
+def test_shipped_fleet_sample() -> None:
+    a, b = _both(SAMPLES / "fleet" / "events")
+    ev = _assert_same(a, b)
+    assert a.stats.rows_rejected == 0 and ev.height == a.stats.rows_in > 10_000
+    assert a.stats.files == 30
+
+
+# ---------------------------------------------------------------- adapters through read_logs
+
+
+@pytest.mark.parametrize("folder", ["otel", "openinference"])
+def test_span_samples_agree_across_engines(folder: str) -> None:
+    a, b = _both(SAMPLES / folder)
+    ev = _assert_same(a, b)
+    assert a.stats.formats == {folder: a.stats.files}
+    assert set(a.stats.reasons) == {"not_a_step"}
+    assert a.stats.rows_in == a.stats.rows_valid + a.stats.rows_rejected
+    assert ev.height > 100 and ev["agent"].n_unique() == 2
+    assert (a.rejected["reason"] == "not_a_step").all()
+    assert a.rejected["source_file"].str.contains(folder).all()
+
+
+def test_mixed_formats_in_one_read_are_adapted_per_file(tmp_path: Path) -> None:
+    canon = _write(_canon(3, run="canon-run"), tmp_path / "canon.parquet")
+    a, b = _both([SAMPLES / "otel" / "spans-0.parquet", canon])
+    ev = _assert_same(a, b)
+    assert a.stats.formats == {"otel": 1, "canonical": 1}
+    assert ev.filter(pl.col("run_id") == "canon-run").height == 3
+    assert ev["run_id"].n_unique() > 5
+
+
+def test_forcing_a_format_that_does_not_fit(tmp_path: Path) -> None:
+    p = _write(_canon(2), tmp_path / "c.parquet")
+    with pytest.raises(SchemaError, match=r"c\.parquet: OTel input is missing required column\(s\)"):
+        read_logs(p, format="otel")
+
+
+# ---------------------------------------------------------------- rejections
+
+
+@pytest.fixture(scope="module")
+def messy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("messy")
+    rows = {
+        "run_id": ["r1", None, " ", "r1", "r1", "r1", "r1", "r1", "r1", "r1", "r1", "r1", "r1", "r2", "r2"],
+        "step": [1, 2, 3, 4, 5, None, 7, 8, 9, 10, 11, 12, 1, 1, 2],
+        "ts": ["2026-11-01T00:00:00Z", "2026-11-01T00:00:01Z", "2026-11-01T00:00:02Z", "2026-11-01T00:00:03Z",
+               "not a time", "2026-11-01T00:00:05Z", "2026-11-01T00:00:06Z", "2026-11-01T00:00:07Z",
+               "2026-11-01T00:00:08Z", "2026-11-01T00:00:09Z", "2026-11-01T00:00:10Z", "2026-11-01T00:00:11Z",
+               "2026-11-01T00:00:12Z", "2026-11-01T00:00:13+01:00", None],
+        "action": ["llm", "x", "x", None, "x", "x", "x", "x", "x", "x", "x", "x", "x", "x", "x"],
+        "input_tokens": [10, 1, 1, 1, 1, 1, -4, 1, 1, 1, 1, 1, 1, 1, 1],
+        "cost_usd": [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, -1.0, 0.1, 0.1, 0.1, float("inf"), 0.1, 0.1, 0.1],
+        "latency_ms": [5.0] * 8 + [-1.0] + [5.0] * 6,
+        "confidence": [0.9] * 9 + [2.0] + [0.9] * 5,
+        "status": ["OK", "ok", "ok", "ok", "ok", "ok", "ok", "ok", "ok", "ok", "kaput", "ok", "ok", "failed", "ok"],
+    }
+    _write(pl.DataFrame(rows), root / "a.parquet")
+    # b.parquet repeats (r1, 1) and (r2, 1): the copies in the later file are the duplicates
+    dup = pl.DataFrame({k: [v[0], v[13]] for k, v in rows.items()})
+    _write(dup, root / "b.parquet")
+    return root
+
+
+EXPECTED_MESSY = {
+    ("a.parquet", 1): "null_run_id",
+    ("a.parquet", 2): "null_run_id",
+    ("a.parquet", 3): "null_action",
+    ("a.parquet", 4): "bad_ts",
+    ("a.parquet", 5): "null_step",
+    ("a.parquet", 6): "negative_tokens",
+    ("a.parquet", 7): "negative_cost",
+    ("a.parquet", 8): "negative_latency",
+    ("a.parquet", 9): "bad_confidence",
+    ("a.parquet", 10): "bad_status",
+    ("a.parquet", 11): "bad_value:cost_usd",
+    ("a.parquet", 12): "duplicate_step",  # (r1, 1) again, later in the same file
+    ("b.parquet", 0): "duplicate_step",
+    ("b.parquet", 1): "duplicate_step",
+}
+
+
+def test_every_rejection_reason_with_source_file_and_row(messy: Path) -> None:
+    a, b = _both(messy)
+    ev = _assert_same(a, b)
+    got = {(Path(f).name, r): reason for f, r, reason in a.rejected.select("source_file", "source_row", "reason").rows()}
+    assert got == EXPECTED_MESSY
+    assert a.stats.rows_in == 17 and a.stats.rows_rejected == len(EXPECTED_MESSY) and a.stats.rows_valid == 3
+    assert a.stats.reasons["duplicate_step"] == 3 and a.stats.reasons["null_run_id"] == 2
+    assert sum(a.stats.reasons.values()) == a.stats.rows_rejected
+    assert {r.split(":")[0] for r in a.stats.reasons} <= set(REJECT_REASONS)
+    assert ev.sort("run_id", "step").select("run_id", "step", "status").rows() == [
+        ("r1", 1, "ok"), ("r2", 1, "error"), ("r2", 2, "ok")]
+    assert ev.filter(pl.col("run_id") == "r2")["ts"].to_list() == [datetime(2026, 11, 1, 0, 0, 13) .replace(
+        tzinfo=UTC) - timedelta(hours=1), None]  # ts missing with a step is allowed
+
+
+def test_rejection_details(messy: Path) -> None:
+    rej = read_logs(messy).rejected
+    detail = {(Path(f).name, r): d for f, r, d in rej.select("source_file", "source_row", "detail").rows()}
+    assert detail[("a.parquet", 4)] == "not a time"
+    assert detail[("a.parquet", 6)] == "input_tokens=-4"
+    assert detail[("a.parquet", 10)] == "kaput"
+    assert detail[("a.parquet", 11)] == "inf"
+    assert detail[("b.parquet", 0)] == f"kept {messy / 'a.parquet'} row 0"
+    assert detail[("a.parquet", 12)] == f"kept {messy / 'a.parquet'} row 0"
+    assert rej.columns == [*COLUMNS, "source_file", "source_row", "reason", "detail"]
+    assert rej.filter(pl.col("reason") == "bad_ts")["ts"].item() is None
+
+
+# ---------------------------------------------------------------- sources
+
+
+def test_sources_files_globs_lists_and_dedupe(tmp_path: Path) -> None:
+    p1 = _write(_canon(2, run="a"), tmp_path / "x" / "one.parquet")
+    _write(_canon(2, run="b"), tmp_path / "x" / "sub" / "two.parquet")
+    (tmp_path / "x" / "_SUCCESS").write_text("")
+    (tmp_path / "x" / ".one.parquet.crc").write_text("crc")
+    (tmp_path / "x" / "notes.txt").write_text("hi")
+    assert [Path(p).name for p in resolve_sources(tmp_path / "x")] == ["one.parquet", "two.parquet"]
+    assert [Path(p).name for p in resolve_sources(str(tmp_path / "x" / "**" / "*.parquet"))] == ["one.parquet", "two.parquet"]
+    assert len(resolve_sources([p1, tmp_path / "x", str(p1)])) == 2
+    odd = tmp_path / "events.data"
+    shutil.copy(p1, odd)
+    assert read_logs(odd).stats.rows_in == 2  # an explicitly named file is read whatever its suffix
+    res = read_logs([tmp_path / "x" / "sub", p1])
+    assert res.stats.files == 2 and res.stats.rows_valid == 4
+    assert [Path(p).name for p in res.stats.paths] == ["two.parquet", "one.parquet"]
+
+
+def test_hive_partitions_fill_agent_and_prune(tmp_path: Path) -> None:
+    for agent in ("alpha", "beta"):
+        for day in ("2026-11-01", "2026-11-02"):
+            _write(_canon(3, run=f"{agent}-{day}"), tmp_path / f"agent={agent}" / f"date={day}" / "part-0.parquet")
+    a, b = _both(tmp_path)
+    ev = _assert_same(a, b)
+    assert ev.group_by("agent").len().sort("agent").rows() == [("alpha", 6), ("beta", 6)]
+    assert ev.columns == list(COLUMNS)  # the date partition is not a canonical column
+    fa, fb = _both(tmp_path, agents="beta")
+    ev = _assert_same(fa, fb)
+    assert set(ev["agent"]) == {"beta"} and fa.stats.rows_in == 6
+    plan = fa.events.explain()
+    assert "agent=beta" in plan and "agent=alpha" not in plan  # partitions pruned in the scan
+
+
+def test_since_until_agents_are_pushed_down_and_agree(fleet: tuple[synth.Fleet, Path]) -> None:
+    f, events_dir = fleet
+    since, until = datetime(2026, 10, 2, 6, tzinfo=UTC), date(2026, 10, 3)
+    a, b = _both(events_dir, since=since, until=until, agents=["planner", "billing"])
+    ev = _assert_same(a, b)
+    exp = f.events.filter(
+        (pl.col("ts") >= since) & (pl.col("ts") < datetime(2026, 10, 3, tzinfo=UTC))
+        & pl.col("agent").is_in(["planner", "billing"])
+    )
+    assert_frame_equal(_sorted(ev), _sorted(exp))
+    assert a.stats.rows_in == exp.height
+    plan = a.events.explain()
+    scan = plan[plan.index("Parquet SCAN"):]
+    assert "SELECTION" in scan and '"ts"' in scan and "is_in" in scan
+
+
+def test_since_until_on_otel_epoch_nanoseconds() -> None:
+    full = read_logs(SAMPLES / "otel").collect()
+    cut = full["ts"].sort()[full.height // 2]
+    a, b = _both(SAMPLES / "otel", since=cut.isoformat())
+    ev = _assert_same(a, b)
+    assert ev.height > 0 and ev["ts"].min() >= cut
+    assert "start_time_unix_nano" in a.events.explain()
+
+
+def test_time_filter_with_text_timestamps_and_naive_bounds(tmp_path: Path) -> None:
+    _write(pl.DataFrame({"run_id": ["r"] * 3, "step": [1, 2, 3], "action": ["a"] * 3,
+                         "ts": ["2026-11-01T10:00:00+02:00", "2026-11-01T09:00:00Z", "garbage"]}), tmp_path / "t.parquet")
+    a, b = _both(tmp_path, since=datetime(2026, 11, 1, 8, 30))  # naive -> UTC
+    ev = _assert_same(a, b)
+    assert ev["step"].to_list() == [2]
+    assert a.stats.rows_in == 1  # rows without a readable timestamp are outside any time window
+
+
+# ---------------------------------------------------------------- schema handling across files
+
+
+def test_schema_evolution_across_files(tmp_path: Path) -> None:
+    old = _canon(3, run="old").with_columns(pl.lit(5, dtype=pl.Int32).alias("input_tokens"))
+    new = _canon(3, run="new").with_columns(
+        pl.lit(7, dtype=pl.Int64).alias("input_tokens"), pl.lit(0.5).alias("confidence"), pl.lit("x").alias("extra"),
+        pl.col("ts").dt.cast_time_unit("ns"),
+    )
+    text_ts = _canon(2, run="text").with_columns(pl.col("ts").dt.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    for name, frame in (("1.parquet", old), ("2.parquet", new), ("3.parquet", text_ts)):
+        _write(frame, tmp_path / name)
+    a, b = _both(tmp_path)
+    ev = _assert_same(a, b)
+    assert ev.group_by("run_id").agg(pl.col("input_tokens").first(), pl.col("confidence").first()).sort("run_id").rows() == [
+        ("new", 7, 0.5), ("old", 5, None), ("text", None, None)]
+    assert ev["ts"].null_count() == 0
+
+
+def test_ts_absent_with_step_and_step_absent_with_ts(tmp_path: Path) -> None:
+    _write(_canon(3, run="no-ts").drop("ts"), tmp_path / "a.parquet")
+    _write(_canon(3, run="no-step").drop("step").reverse(), tmp_path / "b.parquet")
+    a, b = _both(tmp_path)
+    ev = _assert_same(a, b).sort("run_id", "step")
+    assert ev.filter(pl.col("run_id") == "no-ts")["ts"].null_count() == 3
+    no_step = ev.filter(pl.col("run_id") == "no-step")
+    assert no_step["step"].to_list() == [1, 2, 3] and no_step["ts"].is_sorted()
+
+
+def test_zero_row_file_next_to_others_is_fine(tmp_path: Path) -> None:
+    _write(_canon(0), tmp_path / "empty.parquet")
+    _write(_canon(2), tmp_path / "full.parquet")
+    a, b = _both(tmp_path)
+    _assert_same(a, b)
+    assert a.stats.files == 2 and a.stats.rows_in == 2
+
+
+def test_filters_that_select_nothing_give_empty_events(tmp_path: Path) -> None:
+    _write(_canon(2), tmp_path / "a.parquet")
+    res = read_logs(tmp_path, agents="nobody")
+    assert res.stats.rows_in == 0 and res.collect().height == 0
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_error_no_such_path(tmp_path: Path) -> None:
+    with pytest.raises(NoInputError, match=r"nope: no such file or folder"):
+        read_logs(tmp_path / "nope")
+
+
+def test_error_glob_matches_nothing_or_no_parquet(tmp_path: Path) -> None:
+    with pytest.raises(NoInputError, match=r"\*\.parquet: the pattern matches no file or folder"):
+        read_logs(str(tmp_path / "*.parquet"))
+    (tmp_path / "a.csv").write_text("run_id,step\n")
+    with pytest.raises(NoInputError, match=r"matches 1 entry but no Parquet file.*a\.csv"):
+        read_logs(str(tmp_path / "*.csv"))
+
+
+def test_error_empty_folder_and_folder_without_parquet(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NoInputError, match=r"empty: the folder holds no Parquet files.*found 0 entries"):
+        read_logs(tmp_path / "empty")
+    (tmp_path / "csvs").mkdir()
+    (tmp_path / "csvs" / "events.csv").write_text("run_id,step\n")
+    with pytest.raises(NoInputError, match=r"found 1 entry: \['events\.csv'\]"):
+        read_logs(tmp_path / "csvs")
+    with pytest.raises(NoInputError, match="empty list"):
+        read_logs([])
+
+
+def test_error_all_files_have_zero_rows(tmp_path: Path) -> None:
+    _write(_canon(0), tmp_path / "a.parquet")
+    _write(_canon(0), tmp_path / "b.parquet")
+    with pytest.raises(NoInputError, match=r"all 2 files under .*: no rows to read; expected at least one event, found 0 rows"):
+        read_logs(tmp_path)
+
+
+def test_error_csv_renamed_parquet(tmp_path: Path) -> None:
+    p = tmp_path / "events.parquet"
+    p.write_text("run_id,step,action\nr1,1,llm\n")
+    with pytest.raises(CorruptFileError, match=r"events\.parquet: not a Parquet file: expected the magic bytes b'PAR1'.*found b'run_'.*CSV"):
+        read_logs(p)
+
+
+def test_error_truncated_and_empty_files(tmp_path: Path) -> None:
+    good = _write(_canon(50), tmp_path / "good.parquet")
+    data = good.read_bytes()
+    (tmp_path / "cut.parquet").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptFileError, match=r"cut\.parquet: truncated or corrupt Parquet file"):
+        read_logs(tmp_path / "cut.parquet")
+    (tmp_path / "zero.parquet").write_bytes(b"")
+    with pytest.raises(CorruptFileError, match=r"zero\.parquet: the file is empty \(0 bytes\)"):
+        read_logs(tmp_path / "zero.parquet")
+    # one bad file in a folder fails the read and names that file
+    with pytest.raises(CorruptFileError, match=r"cut\.parquet"):
+        read_logs(tmp_path)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_error_corrupt_data_pages_are_wrapped(tmp_path: Path, engine: str) -> None:
+    p = tmp_path / "bad.parquet"
+    pl.DataFrame({"run_id": [f"r{i % 100}" for i in range(20_000)], "step": list(range(20_000)),
+                  "action": ["x"] * 20_000}).write_parquet(p, compression="zstd")
+    raw = bytearray(p.read_bytes())
+    for i in range(100, len(raw) // 2):
+        raw[i] = (raw[i] * 7 + 13) % 256
+    p.write_bytes(bytes(raw))
+    with pytest.raises(CorruptFileError, match=r"bad\.parquet: reading failed: .*(zstd|ZSTD)"):
+        read_logs(p, engine=engine)
+
+
+def test_error_missing_required_column_names_file_and_columns(tmp_path: Path) -> None:
+    p = _write(_canon(2).drop("action"), tmp_path / "noaction.parquet")
+    with pytest.raises(SchemaError, match=r"noaction\.parquet: missing required column\(s\) \['action'\].*found \['run_id', 'step', 'ts'\]"):
+        read_logs(p)
+
+
+def test_error_unknown_format_and_unconvertible_type(tmp_path: Path) -> None:
+    p = _write(pl.DataFrame({"session": ["s"], "tool": ["x"]}), tmp_path / "odd.parquet")
+    with pytest.raises(SchemaError, match=r"odd\.parquet: cannot tell the log format: expected canonical columns.*found \['session', 'tool'\]"):
+        read_logs(p)
+    q = _write(_canon(1).with_columns(pl.lit(True).alias("ts")), tmp_path / "boolts.parquet")
+    with pytest.raises(SchemaError, match=r"boolts\.parquet: column 'ts' has type Boolean; expected a datetime"):
+        read_logs(q)
+
+
+def test_error_column_map_source_in_no_file(tmp_path: Path) -> None:
+    p = _write(_canon(1), tmp_path / "a.parquet")
+    with pytest.raises(SchemaError, match=r"column_map source column\(s\) \['sessoin'\] are in none of the 1 file"):
+        read_logs(p, column_map={"sessoin": "run_id"})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"format": "csv"}, "format must be one of"),
+        ({"engine": "spark"}, "engine must be one of"),
+        ({"since": "last tuesday"}, "since must be a datetime, a date or ISO-8601 text"),
+        ({"since": 5}, "since must be a datetime"),
+        ({"since": "2026-11-02", "until": "2026-11-01"}, "until .* must be later than since"),
+        ({"agents": []}, "agents is empty"),
+        ({"agents": [1, 2]}, "agents must be an agent name or a list"),
+        ({"column_map": {"a": "nope"}}, "not a canonical column"),
+    ],
+)
+def test_error_invalid_parameters(tmp_path: Path, kwargs: dict, message: str) -> None:
+    p = _write(_canon(1), tmp_path / "a.parquet")
+    with pytest.raises(InvalidParameterError, match=message):
+        read_logs(p, **kwargs)
+
+
+def test_error_source_of_wrong_type() -> None:
+    with pytest.raises(InvalidParameterError, match="source must be a path"):
+        read_logs(42)
+    with pytest.raises(InvalidParameterError, match="source items must be paths"):
+        read_logs(["a.parquet", 3])
+
+
+def test_every_error_is_a_driftwatch_error() -> None:
+    for cls in (NoInputError, CorruptFileError, SchemaError, InvalidParameterError):
+        assert issubclass(cls, DriftwatchError)
+
+
+# ---------------------------------------------------------------- result objects
+
+
+def test_stats_are_dict_like_and_json_ready(messy: Path) -> None:
+    st_ = read_logs(messy).stats
+    d = dict(st_)
+    assert d["rows_in"] == st_["rows_in"] == st_.rows_in
+    json.dumps(st_.to_dict())
+    with pytest.raises(KeyError):
+        st_["nope"]
+    assert st_.engine == "polars" and st_.seconds >= 0
+
+
+def test_read_result_is_accepted_by_detectors(fleet: tuple[synth.Fleet, Path]) -> None:
+    res = read_logs(fleet[1])
+    feats = dw.run_features(res)
+    assert feats.height == fleet[0].events["run_id"].n_unique()
+
+
+# ---------------------------------------------------------------- property: nothing lost
+
+_GOOD_TS = {
+    "2026-11-01T00:00:00Z": datetime(2026, 11, 1, tzinfo=UTC),
+    "2026-11-01T03:00:01+02:00": datetime(2026, 11, 1, 1, 0, 1, tzinfo=UTC),
+    "2026-11-02": datetime(2026, 11, 2, tzinfo=UTC),
+}
+_OK_STATUS = {"ok", "OK", "Error", "failed", "Success", "TIMEOUT"}
+
+row_strategy = st.fixed_dictionaries(
+    {
+        "run_id": st.sampled_from(["r1", "r2", "r3", None, "", " "]),
+        "step": st.one_of(st.none(), st.integers(0, 4)),
+        "action": st.sampled_from(["llm", "search", "handoff:b", None, "", "  "]),
+        "ts": st.sampled_from([*_GOOD_TS, "yesterday", "2026-02-30", "", None]),
+        "input_tokens": st.one_of(st.none(), st.integers(-3, 40)),
+        "cost_usd": st.one_of(st.none(), st.floats(-1, 1), st.just(math.nan), st.just(math.inf), st.just(-math.inf)),
+        "confidence": st.one_of(st.none(), st.floats(-0.5, 1.5)),
+        "status": st.sampled_from([*_OK_STATUS, "weird", "", None]),
+    }
+)
+
+
+def _blank(x: str | None) -> bool:
+    return x is None or x.strip() == ""
+
+
+def _expected_reason(r: dict) -> str | None:
+    if _blank(r["run_id"]):
+        return "null_run_id"
+    if _blank(r["action"]):
+        return "null_action"
+    if r["ts"] not in (None, "") and r["ts"] not in _GOOD_TS:
+        return "bad_ts"
+    if r["step"] is None:
+        return "null_step"
+    if r["cost_usd"] is not None and math.isinf(r["cost_usd"]):
+        return "bad_value:cost_usd"
+    if r["input_tokens"] is not None and r["input_tokens"] < 0:
+        return "negative_tokens"
+    if r["cost_usd"] is not None and r["cost_usd"] < 0:
+        return "negative_cost"
+    if r["confidence"] is not None and not 0 <= r["confidence"] <= 1:
+        return "bad_confidence"
+    if r["status"] not in (None, "") and r["status"] not in _OK_STATUS:
+        return "bad_status"
+    return None
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.lists(row_strategy, min_size=1, max_size=25), split=st.integers(0, 25))
+def test_property_rows_in_equals_valid_plus_rejected(rows: list[dict], split: int) -> None:
+    schema = {"run_id": pl.String, "step": pl.Int64, "action": pl.String, "ts": pl.String,
+              "input_tokens": pl.Int64, "cost_usd": pl.Float64, "confidence": pl.Float64, "status": pl.String}
+    frame = pl.DataFrame(rows, schema=schema)
+    split = min(split, len(rows))
+    expected: dict[tuple[str, int], str] = {}
+    seen: set[tuple[str, int]] = set()
+    for i, r in enumerate(rows):
+        where = ("a.parquet", i) if i < split else ("b.parquet", i - split)
+        reason = _expected_reason(r)
+        if reason is None:
+            key = (r["run_id"], r["step"])
+            if key in seen:
+                reason = "duplicate_step"
+            seen.add(key)
+        if reason is not None:
+            expected[where] = reason
+    with tempfile.TemporaryDirectory() as tmp:
+        parts = [("a.parquet", frame.head(split)), ("b.parquet", frame.slice(split))]
+        for name, part in parts:
+            if part.height:
+                part.write_parquet(Path(tmp) / name)
+        a, b = _both(tmp)
+        ev = _assert_same(a, b)
+        for res in (a, b):
+            stats = res.stats
+            assert stats.rows_in == len(rows) == stats.rows_valid + stats.rows_rejected
+            assert stats.rows_rejected == res.rejected.height == sum(stats.reasons.values())
+            got = {(Path(f).name, n): reason for f, n, reason in res.rejected.select(
+                "source_file", "source_row", "reason").rows()}
+            assert got == expected
+        assert ev.height == len(rows) - len(expected)
+        assert ev.select(pl.sum_horizontal(pl.col("run_id", "action", "step").null_count())).item() == 0
+        assert not ev.select(pl.struct("run_id", "step").is_duplicated().any()).item()
+        assert set(ev["status"].drop_nulls()) <= {"ok", "error"}
