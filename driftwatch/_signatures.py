@@ -90,17 +90,18 @@ def minhash(
     n_hashes: int = 64,
     first: int = 0,
     seed: int = 0,
-    max_grams: int = 4_000_000,
+    max_bytes: int = 8_000_000,
 ) -> np.ndarray:
     """MinHash signatures of character 4-gram shingles, one row per text.
 
     Each text is padded with three sentinel bytes on both sides, so every
-    text (even an empty one) has at least one shingle. A shingle is the 4
-    bytes read as a ``uint32``, mixed with the splitmix64 finaliser (high 32 bits kept);
-    hash function ``j`` is the affine permutation ``(x * a_j + b_j) mod 2**32``
-    with odd ``a_j``.
-    Texts are processed in blocks of about ``max_grams`` shingles to bound
-    memory.
+    text (even an empty one) has at least one shingle. A shingle is 4
+    consecutive bytes read as a ``uint32`` and mixed with the (bijective)
+    murmur3 finaliser; hash function ``j`` is the affine permutation
+    ``(x * a_j + b_j) mod 2**32`` with odd ``a_j``. Shingles are read for
+    every byte of the concatenated buffer at once; the 3 that would straddle
+    two texts are replaced by their text's first shingle, which changes no set.
+    Texts are processed in blocks of about ``max_bytes`` bytes to bound memory.
 
     Parameters
     ----------
@@ -114,8 +115,8 @@ def minhash(
         concatenate to the 64-hash signature (used for early rejection).
     seed : int, default=0
         Seed of the hash family (equal seeds give comparable signatures).
-    max_grams : int, default=4_000_000
-        Shingles per processing block.
+    max_bytes : int, default=8_000_000
+        Bytes per processing block.
 
     Returns
     -------
@@ -139,35 +140,32 @@ def minhash(
         arr = arr.combine_chunks()
     offs = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=n + 1, offset=arr.offset * 8)
     data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)
-    lengths = np.diff(offs)
-    grams_per = lengths - (SHINGLE - 1)  # >= SHINGLE - 1 >= 1 thanks to the padding
     a, b = _affine_params(seed)
     a, b = a[first : first + n_hashes], b[first : first + n_hashes]
-    cum = np.concatenate([[0], np.cumsum(grams_per)])
-    # blocks of whole texts with about max_grams shingles each
-    bounds = np.searchsorted(cum, np.arange(0, cum[-1], max_grams), side="right") - 1
+    # blocks of whole texts with about max_bytes bytes each
+    bounds = np.searchsorted(offs, np.arange(offs[0], offs[-1], max_bytes), side="right") - 1
     bounds = np.unique(np.concatenate([bounds, [n]]))
     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-        g_counts = grams_per[lo:hi]
-        total = int(g_counts.sum())
-        seg_starts = cum[lo:hi] - cum[lo]
-        # byte position of every shingle start
-        pos = np.arange(total, dtype=np.int64) + np.repeat(offs[lo:hi] - seg_starts, g_counts)
-        x = data[pos].astype(np.uint64)
+        base = offs[lo]
+        blk = np.zeros(int(offs[hi] - base) + SHINGLE - 1, dtype=np.uint32)
+        blk[: blk.size - SHINGLE + 1] = data[base : offs[hi]]
+        m = blk.size - SHINGLE + 1
+        x = blk[:m].copy()
         for k in range(1, SHINGLE):
-            x |= data[pos + k].astype(np.uint64) << np.uint64(8 * k)
-        # splitmix64 finaliser so that similar shingles get unrelated hashes
-        x ^= x >> np.uint64(30)
-        x *= np.uint64(0xBF58476D1CE4E5B9)
-        x ^= x >> np.uint64(27)
-        x *= np.uint64(0x94D049BB133111EB)
-        x ^= x >> np.uint64(31)
-        x32 = (x >> np.uint64(32)).astype(np.uint32)
-        del x
-        starts = seg_starts.astype(np.int64)
-        h = np.empty_like(x32)
+            x |= blk[k : k + m] << np.uint32(8 * k)
+        starts = (offs[lo:hi] - base).astype(np.int64)
+        ends = (offs[lo + 1 : hi + 1] - base).astype(np.int64)
+        for k in range(1, SHINGLE):  # shingles straddling two texts -> the text's first shingle
+            x[ends - k] = x[starts]
+        # murmur3 fmix32
+        x ^= x >> np.uint32(16)
+        x *= np.uint32(0x85EBCA6B)
+        x ^= x >> np.uint32(13)
+        x *= np.uint32(0xC2B2AE35)
+        x ^= x >> np.uint32(16)
+        h = np.empty_like(x)
         for j in range(n_hashes):
-            np.multiply(x32, a[j], out=h)
+            np.multiply(x, a[j], out=h)
             h += b[j]
             out[lo:hi, j] = np.minimum.reduceat(h, starts)
     return out
@@ -181,8 +179,14 @@ STAGE1_REJECT = 2
 
 
 def _pair_index(i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    need = np.unique(np.concatenate([i, j]))
-    return need, np.searchsorted(need, i), np.searchsorted(need, j)
+    """The distinct positions used by pairs ``(i, j)`` and the pairs re-indexed into them."""
+    size = int(max(i.max(initial=-1), j.max(initial=-1))) + 1
+    used = np.zeros(size, dtype=bool)
+    used[i] = True
+    used[j] = True
+    need = np.flatnonzero(used)
+    where = np.cumsum(used) - 1
+    return need, where[i], where[j]
 
 
 def near_duplicates(texts: pl.Series, i: np.ndarray, j: np.ndarray, *, similarity: float = 0.8) -> np.ndarray:

@@ -105,7 +105,7 @@ import numpy as np
 import polars as pl
 
 from driftwatch._frames import as_lazy, collect
-from driftwatch._signatures import near_duplicates
+from driftwatch._signatures import _pair_index, near_duplicates
 from driftwatch.errors import InvalidParameterError, SchemaError
 from driftwatch.schema import HANDOFF_PREFIX, LLM_ACTION
 
@@ -169,6 +169,7 @@ KINDS: tuple[str, ...] = ("exact", "error_retry", "same_action")
 _SEVERE_KINDS = ("exact", "error_retry")
 _SAME_ACTION_WEIGHT = 0.3
 _ERROR_RESULT = "\x00<error>"
+_ERROR_HASH = 0x5EED_E770_0000_0001
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,10 +294,10 @@ def _result_expr() -> pl.Expr:
 
 
 class _TextSource:
-    """``args`` and ``result`` of chosen input rows (pass 2, candidates only).
+    """Raw ``args`` or ``result`` of chosen input rows (pass 2, fuzzy matching only).
 
     An eager DataFrame is gathered from directly; a LazyFrame is read again
-    with a filter on the row index (only ``args``, ``result``, ``status``).
+    with a filter on the row index (only the needed columns).
     """
 
     def __init__(self, events: Any, lf: pl.LazyFrame, *, streaming: bool) -> None:
@@ -307,33 +308,35 @@ class _TextSource:
         self._lf = lf
         self._streaming = streaming
 
-    def get(self, rows: pl.Series) -> pl.DataFrame:
+    def get(self, rows: pl.Series, field: str) -> pl.Series:
+        """``field`` ("args" or "result") of input rows ``rows``, in that order."""
+        expr = pl.col("args") if field == "args" else _result_expr()
         if self._df is not None:
             df = self._df
             idx = rows.cast(pl.Int64)
-
-            def col(name: str) -> pl.Series:
-                if name in df.columns:
-                    return df[name].gather(idx).cast(pl.String, strict=False).alias(name)
-                return pl.Series(name, [None] * len(rows), dtype=pl.String)
-
-            return pl.DataFrame([col("args"), col("result"), col("status")]).select(
-                "args", _result_expr().alias("result")
-            )
+            cols = [
+                df[c].gather(idx).cast(pl.String, strict=False)
+                if c in df.columns
+                else pl.Series(c, [None] * len(rows), dtype=pl.String)
+                for c in (("args",) if field == "args" else ("result", "status"))
+            ]
+            if field == "args":
+                return cols[0].alias("t")
+            return pl.DataFrame(cols).select(expr.alias("t")).to_series()
         want = rows.alias("_row").to_frame()
         got = collect(
-            self._lf.select("_row", "args", _result_expr().alias("result")).filter(
-                pl.col("_row").is_in(want["_row"].implode())
-            ),
+            self._lf.select("_row", expr.alias("t")).filter(pl.col("_row").is_in(want["_row"].implode())),
             streaming=self._streaming,
         )
-        return want.join(got, on="_row", how="left", maintain_order="left").select("args", "result")
+        return want.join(got, on="_row", how="left", maintain_order="left")["t"]
 
 
-def _load_steps(events: Any, *, streaming: bool) -> tuple[pl.DataFrame, _TextSource]:
-    """Pass 1: the per-step numbers every stage needs, sorted by (run_id, step)."""
+def _load_steps(events: Any, *, streaming: bool) -> tuple[pl.DataFrame, np.ndarray, _TextSource]:
+    """Pass 1: the per-step numbers every stage needs, sorted by (run_id, step),
+    and the integer run code of every row."""
     lf = as_lazy(events).with_row_index("_row")
     act = pl.col("action").fill_null("<none>")
+    failed = (pl.col("status") == "error").fill_null(False)
     steps = collect(
         lf.filter(pl.col("run_id").is_not_null()).select(
             pl.col("_row"),
@@ -343,21 +346,24 @@ def _load_steps(events: Any, *, streaming: bool) -> tuple[pl.DataFrame, _TextSou
             act.alias("action"),
             act.hash(7).alias("_a"),
             (act == LLM_ACTION).alias("_llm"),
-            (pl.col("status") == "error").fill_null(False).alias("_err"),
+            failed.alias("_err"),
+            pl.col("args").hash(11).alias("_ha"),
+            pl.when(failed).then(pl.lit(_ERROR_HASH, pl.UInt64)).otherwise(pl.col("result").hash(13)).alias("_hr"),
             (pl.col("input_tokens").fill_null(0) + pl.col("output_tokens").fill_null(0)).alias("_tok"),
             pl.col("cost_usd").fill_null(0.0).alias("_cost"),
         ),
         streaming=streaming,
     )
+    run = _run_codes(steps["run_id"])
     if steps.height > 1:
         ordered = steps["run_id"].is_sorted()
         if ordered:
-            rb = _run_codes(steps["run_id"])
             st = steps["step"].fill_null(np.iinfo(np.int64).min).to_numpy()
-            ordered = bool(np.all((rb[1:] != rb[:-1]) | (st[1:] >= st[:-1])))
+            ordered = bool(np.all((run[1:] != run[:-1]) | (st[1:] >= st[:-1])))
         if not ordered:
             steps = steps.sort("run_id", "step", "_row", nulls_last=False)
-    return steps, _TextSource(events, lf, streaming=streaming)
+            run = _run_codes(steps["run_id"])
+    return steps, run, _TextSource(events, lf, streaming=streaming)
 
 
 def _run_codes(run_id: pl.Series) -> np.ndarray:
@@ -365,11 +371,30 @@ def _run_codes(run_id: pl.Series) -> np.ndarray:
     return run_id.rle_id().to_numpy()
 
 
+def _cumsum0(values: np.ndarray) -> np.ndarray:
+    """Prefix sums with a leading 0: ``out[b] - out[a]`` sums ``values[a:b]``."""
+    out = np.zeros(values.size + 1, dtype=np.float64 if values.dtype.kind == "f" else np.int64)
+    np.cumsum(values, out=out[1:])
+    return out
+
+
 def _mask_of_segments(n: int, start: np.ndarray, end: np.ndarray) -> np.ndarray:
     """Boolean mask of positions covered by any ``[start, end]`` segment."""
     delta = np.bincount(start, minlength=n + 1)[: n + 1].astype(np.int64)
     delta -= np.bincount(end + 1, minlength=n + 1)[: n + 1]
     return np.cumsum(delta[:n]) > 0
+
+
+def _segments_from_positions(k: np.ndarray, p: int, min_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`_segments_from_eq`, from the sorted positions ``k`` where ``eq`` is true."""
+    if k.size == 0:
+        z = np.zeros(0, np.int64)
+        return z, z
+    brk = np.flatnonzero(np.diff(k) != 1)
+    lo = k[np.concatenate(([0], brk + 1))]
+    hi = k[np.concatenate((brk, [k.size - 1]))]  # inclusive
+    keep = (hi - lo + 1) >= min_len
+    return lo[keep], hi[keep] + p
 
 
 def _empty_loops() -> pl.DataFrame:
@@ -447,12 +472,8 @@ def detect_loops(
     if not isinstance(fuzzy, bool):
         raise InvalidParameterError(f"fuzzy must be True or False, got {fuzzy!r}")
 
-    steps, source = _load_steps(events, streaming=streaming)
-    n = steps.height
-    if n < 2:
-        return _empty_loops()
-    run = _run_codes(steps["run_id"])
-    trows = np.flatnonzero(~steps["_llm"].to_numpy())
+    steps, run, source = _load_steps(events, streaming=streaming)
+    trows = np.flatnonzero(~steps["_llm"].to_numpy()) if steps.height else np.zeros(0, np.int64)
     nt = trows.size
     if nt < 2:
         return _empty_loops()
@@ -460,10 +481,9 @@ def detect_loops(
     t_act = steps["_a"].to_numpy()[trows]
 
     # ---- action level: shifted comparisons of action codes ----------------------------------
-    periods = range(1, min(max_period, nt - 1) + 1)
     act_eq: dict[int, np.ndarray] = {}
     found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for p in periods:
+    for p in range(1, min(max_period, nt - 1) + 1):
         eq = (t_act[p:] == t_act[:-p]) & (t_run[p:] == t_run[:-p])
         s, e = _segments_from_eq(eq, p, p * (min_repeats - 1))
         if s.size:
@@ -474,35 +494,31 @@ def detect_loops(
     a_s, a_e, a_p = (np.concatenate(x) for x in zip(*found, strict=True))
     cand = _mask_of_segments(nt, a_s, a_e)  # union of action-level candidates
 
-    # ---- signature level: action + args + result, on the candidates only --------------------
-    cand_pos = np.flatnonzero(cand)
-    local = np.full(nt, -1, np.int64)
-    local[cand_pos] = np.arange(cand_pos.size)
-    texts = source.get(steps["_row"].gather(trows[cand_pos]))
-    raw_a = texts["args"].hash(11).to_numpy()
-    raw_r = texts["result"].hash(13).to_numpy()
-    # every compared pair of every period: position k + p against k
+    # ---- signature level: action + args + result, candidate pairs only ----------------------
+    # every compared pair of every period: position k + p against k, both in candidates
     ks = {p: np.flatnonzero(eq & cand[p:] & cand[:-p]) for p, eq in act_eq.items()}
     pk = np.concatenate(list(ks.values()))
     pp = np.concatenate([np.full(k.size, p, np.int64) for p, k in ks.items()])
-    i, j = local[pk + pp], local[pk]
-    ok_a = raw_a[i] == raw_a[j]
-    ok_r = raw_r[i] == raw_r[j]
+    ti, tj = trows[pk + pp], trows[pk]  # rows of the two sides
+    h_a, h_r = steps["_ha"].to_numpy(), steps["_hr"].to_numpy()
+    ok_a = h_a[ti] == h_a[tj]
+    ok_r = h_r[ti] == h_r[tj]
     identical = ok_a & ok_r
     if fuzzy:
+        rows = steps["_row"]
         # arguments first; results only for the pairs whose arguments match
-        todo = np.flatnonzero(~ok_a)
-        ok_a[todo] = near_duplicates(texts["args"], i[todo], j[todo], similarity=similarity)
-        todo = np.flatnonzero(ok_a & ~ok_r)
-        ok_r[todo] = near_duplicates(texts["result"], i[todo], j[todo], similarity=similarity)
+        for field, ok, todo in (("args", ok_a, np.flatnonzero(~ok_a)), ("result", ok_r, None)):
+            if todo is None:
+                todo = np.flatnonzero(ok_a & ~ok_r)
+            if todo.size:
+                need, li, lj = _pair_index(ti[todo], tj[todo])
+                texts = source.get(rows.gather(need), field)
+                ok[todo] = near_duplicates(texts, li, lj, similarity=similarity)
     ok = ok_a & ok_r
     fuzzy_pos = {p: pk[(pp == p) & ok & ~identical] + p for p in ks} if fuzzy else {}
     found = []
-    for p, eq in act_eq.items():
-        sel = (pp == p) & ok
-        sig_eq = np.zeros(eq.size, dtype=bool)
-        sig_eq[pk[sel]] = True
-        s, e = _segments_from_eq(sig_eq, p, p * (min_repeats - 1))
+    for p in ks:
+        s, e = _segments_from_positions(pk[(pp == p) & ok], p, p * (min_repeats - 1))
         if s.size:
             found.append((s, e, np.full(s.size, p, np.int64)))
     z = np.zeros(0, np.int64)
@@ -513,7 +529,7 @@ def detect_loops(
     keep = _dedupe_segments(t_run[a_s], a_s, a_e, a_p)
     a_s, a_e, a_p = a_s[keep], a_e[keep], a_p[keep]
     # drop action-level loops that signature-level loops mostly explain
-    covered = np.concatenate(([0], np.cumsum(_mask_of_segments(nt, s_s, s_e))))
+    covered = _cumsum0(_mask_of_segments(nt, s_s, s_e))
     keep = (covered[a_e + 1] - covered[a_s]) / (a_e - a_s + 1) < 0.5
     a_s, a_e, a_p = a_s[keep], a_e[keep], a_p[keep]
 
@@ -524,7 +540,7 @@ def detect_loops(
     if seg_s.size == 0:
         return _empty_loops()
     return _assemble(steps, run, trows, seg_s, seg_e, seg_p, is_sig, fuzzy_pos,
-                     min_repeats=min_repeats, error_share=error_share)
+                     min_repeats=min_repeats, error_share=error_share, max_period=max_period)
 
 
 def _assemble(
@@ -539,6 +555,7 @@ def _assemble(
     *,
     min_repeats: int,
     error_share: float,
+    max_period: int,
 ) -> pl.DataFrame:
     """Measure every loop (tool positions ``[seg_s, seg_e]``) and build the output frame."""
     n = steps.height
@@ -547,13 +564,11 @@ def _assemble(
     n_fuzzy = np.zeros(seg_s.size, np.int64)
     for p, pos in fuzzy_pos.items():
         sel = is_sig & (seg_p == p)
-        if sel.any():
-            pos = np.sort(pos)
+        if sel.any() and pos.size:
             n_fuzzy[sel] = np.searchsorted(pos, seg_e[sel], side="right") - np.searchsorted(
                 pos, seg_s[sel] + p, side="left"
             )
-    t_err = steps["_err"].to_numpy()[trows]
-    err_cum = np.concatenate(([0], np.cumsum(t_err)))
+    err_cum = _cumsum0(steps["_err"].to_numpy()[trows])
     n_tool = seg_e - seg_s + 1
     n_err = err_cum[seg_e + 1] - err_cum[seg_s]
     err_share = n_err / n_tool
@@ -567,20 +582,19 @@ def _assemble(
     start_row = np.where(prev_same, trows[prev] + 1, run_start[r])
     end_row = trows[seg_e]
     first_cycle_end = trows[seg_s + seg_p - 1]
-    tok_cum = np.concatenate(([0], np.cumsum(steps["_tok"].to_numpy())))
-    cost_cum = np.concatenate(([0.0], np.cumsum(steps["_cost"].to_numpy())))
+    tok_cum = _cumsum0(steps["_tok"].to_numpy())
+    cost_cum = _cumsum0(steps["_cost"].to_numpy())
 
-    # pattern: the actions of the first cycle
-    loop_of = np.repeat(np.arange(seg_s.size), seg_p)
-    within = np.arange(loop_of.size) - np.repeat(np.cumsum(seg_p) - seg_p, seg_p)
-    pat = (
-        pl.DataFrame({"_loop": loop_of, "_action": steps["action"].gather(trows[seg_s[loop_of] + within])})
-        .group_by("_loop", maintain_order=True)
-        .agg(
-            pl.col("_action").str.join(" > ").alias("pattern"),
-            pl.col("_action").str.starts_with(HANDOFF_PREFIX).all().alias("handoff"),
-        )
-        .sort("_loop")
+    # pattern: the actions of the first cycle, one column per position in the cycle
+    action = steps["action"]
+    parts = []
+    for k in range(int(seg_p.max())):
+        has = seg_p > k
+        rows_k = trows[np.minimum(seg_s + k, trows.size - 1)]
+        parts.append(pl.when(pl.lit(pl.Series(has))).then(action.gather(rows_k)).alias(f"_{k}"))
+    pat = pl.select(*parts).select(
+        pl.concat_str(pl.all(), separator=" > ", ignore_nulls=True).alias("pattern"),
+        pl.all_horizontal(pl.all().str.starts_with(HANDOFF_PREFIX).fill_null(True)).alias("handoff"),
     )
     failing = (err_share >= error_share) & (n_err >= min_repeats)
     kind = np.where(failing, "error_retry", np.where(is_sig, "exact", "same_action"))
@@ -607,10 +621,14 @@ def _assemble(
             "run_steps": run_end[r] - run_start[r] + 1,
             "run_tokens": tok_cum[run_end[r] + 1] - tok_cum[run_start[r]],
             "run_cost_usd": cost_cum[run_end[r] + 1] - cost_cum[run_start[r]],
-        }
+        },
+        schema_overrides={"kind": pl.String, "match": pl.String},
     )
-    out = out.with_columns(severity_expr().alias("severity")).cast(LOOP_SCHEMA)  # type: ignore[arg-type]
-    return out.select(list(LOOP_SCHEMA)).sort("run_id", "start_step", "period")
+    # rows are sorted by (run_id, step), so this orders loops by run_id, start_step, period
+    order = np.lexsort((seg_p, start_row))
+    out = out[order].with_columns(severity_expr().alias("severity")).cast(LOOP_SCHEMA)  # type: ignore[arg-type]
+    return out.select(list(LOOP_SCHEMA))
+
 
 # ---------------------------------------------------------------------------------------------
 # severity and per-run summary
