@@ -140,6 +140,7 @@ RUN_CHANGEPOINT_SCHEMA: dict[str, pl.DataType] = {
 PENALTY_BETA = 1.5
 MIN_Z = 4.0
 MIN_MAGNITUDE = 0.1
+_WINSOR_3SD = 0.9944  # E[min(Z^2, 9)] for a standard normal Z
 _CLIP = 4.0  # bucket residuals beyond this many noise sd are clipped (outliers)
 _SHRINK = 0.2  # shrinkage of the noise correlation towards the identity before whitening
 _MEDIAN_WINDOW = 7  # buckets in the rolling median used by the volume weighting
@@ -564,29 +565,39 @@ def changepoints_from_buckets(
             tool_pairs.append((f"top{i}_tool", f"top{i}_share"))
             i += 1
     value_cols = plain + [s for _, s in tool_pairs]
-    values = b.select([pl.col(c).cast(pl.Float64) for c in value_cols]).to_numpy() if value_cols else None
-    if values is None:
+    if not value_cols:
         return _empty_changepoints()
+    # too short to split: fewer than two minimum segments
+    b = b.filter(pl.len().over("series") >= 2 * opts.min_size)
+    if b.height == 0:
+        return _empty_changepoints()
+    # a bucket without a value (no tool calls that day) takes the series' previous (else next) value
+    filled = b.select(
+        *[
+            pl.col(c).cast(pl.Float64).fill_nan(None).forward_fill().backward_fill().over("series").alias(c)
+            for c in value_cols
+        ],
+        (pl.col("runs").cast(pl.Float64) / pl.col("runs").cast(pl.Float64).median().over("series")).alias("_rel"),
+    )
+    x = np.column_stack([filled[c].to_numpy() for c in value_cols])
     runs = b["runs"].cast(pl.Float64).to_numpy()
     index = b["bucket_index"].cast(pl.Int64).to_numpy()
     ts = b["bucket"]
     series = b["series"]
-    tool_names = (
-        b.select([pl.col(t) for t, _ in tool_pairs]).to_numpy() if tool_pairs else np.empty((b.height, 0))
-    )
-    bounds = np.flatnonzero(series.ne(series.shift(1)).fill_null(True).to_numpy())
-    bounds = np.r_[bounds, b.height]
+    starts = np.flatnonzero(series.ne(series.shift(1)).fill_null(True).to_numpy())
+    tool_names = [b[t].gather(starts).to_list() for t, _ in tool_pairs]  # constant within a series
+    stk = _stack(x, runs, filled["_rel"].to_numpy(), starts, opts)
+    algo = _kernel_cpd(opts.min_size)
 
     rows: list[dict[str, Any]] = []
-    for a, e in zip(bounds[:-1], bounds[1:], strict=True):
-        a, e = int(a), int(e)
+    for k, a in enumerate(starts):
+        a = int(a)
         labels = plain + [
-            f"tool_share:{tool_names[a, j]}" if tool_names[a, j] is not None else f"tool_share:#{j + 1}"
+            f"tool_share:{tool_names[j][k]}" if tool_names[j][k] is not None else f"tool_share:#{j + 1}"
             for j in range(len(tool_pairs))
         ]
-        found = _detect_series(values[a:e], runs[a:e], opts)
         name = series[a]
-        for bk in found:
+        for bk in _detect_series(stk, k, algo, opts):
             pos = a + bk.position
             for r, j in enumerate(bk.order, start=1):
                 rows.append(
@@ -600,7 +611,7 @@ def changepoints_from_buckets(
                         "score": float(abs(bk.z[j])),
                         "bucket_index": int(index[pos]),
                         "rank": r,
-                        "metrics_moved": [labels[k] for k in bk.order],
+                        "metrics_moved": [labels[i] for i in bk.order],
                         "cp_score": float(bk.cp_score),
                         "runs_before": int(bk.runs_before),
                         "runs_after": int(bk.runs_after),
@@ -628,67 +639,198 @@ class _Break:
     buckets_after: int
 
 
-def _detect_series(x: np.ndarray, n: np.ndarray, opts: _Options) -> list[_Break]:
-    """Breakpoints of one series: ``x`` (T, d) metric values, ``n`` (T,) runs per bucket."""
-    t_len = x.shape[0]
-    if t_len < 2 * opts.min_size:
-        return []
-    # metrics usable in this series: enough values, not constant
-    usable = np.isfinite(x).sum(axis=0) >= 2 * opts.min_size
-    if not usable.any():
-        return []
-    cols = np.flatnonzero(usable)
-    x = _fill_gaps(x[:, usable])
-    spread = x.max(axis=0) - x.min(axis=0)
-    live = spread > 1e-12 * np.maximum(1.0, np.abs(x).max(axis=0))
-    if not live.any():
-        return []
-    x, cols = x[:, live], cols[live]
+@dataclass(frozen=True, slots=True)
+class _Stacked:
+    """Every series stacked row-wise (sorted by series, bucket), prepared in one vectorised pass.
 
-    sig = _prepare(x, n, opts.weight)
-    pen = opts.pen if opts.pen is not None else auto_penalty(sig.dim, t_len, beta=opts.beta)
-    bkps = _search(sig.z, pen, opts)
+    ``u`` holds the standardised, volume-weighted, outlier-clipped metrics that
+    the searches see; the prefix sums give O(1) segment statistics for the
+    materiality test (run-weighted means of the raw and of the clipped values).
+    """
+
+    starts: np.ndarray  # first row of each series
+    ends: np.ndarray
+    usable: np.ndarray  # (S, d): metric has values and is not constant in the series
+    u: np.ndarray  # (N, d)
+    p_n: np.ndarray  # prefix sums (N + 1, ...): runs, runs * raw, runs * clipped, runs * clipped^2
+    p_raw: np.ndarray
+    p_t1: np.ndarray
+    p_t2: np.ndarray
+    p_u: np.ndarray  # prefix sums of u
+
+
+def _stack(x: np.ndarray, n: np.ndarray, rel: np.ndarray, starts: np.ndarray, opts: _Options) -> _Stacked:
+    """Vectorised preparation of all series (no per-series Python work).
+
+    1. level: centred rolling median (7 buckets; shifted inwards at the ends);
+    2. volume weighting: residuals from the level times ``sqrt(runs / median runs)``;
+    3. noise scale per series and metric from first differences (winsorised
+       second moment, so the jumps of real change-points barely count);
+    4. residuals clipped at ``_CLIP`` noise sd (single-bucket outliers), then standardised.
+    """
+    n_rows, _ = x.shape
+    ends = np.r_[starts[1:], n_rows]
+    lengths = ends - starts
+    seg = np.repeat(np.arange(len(starts)), lengths)
+    finite = np.isfinite(x)
+    x0 = np.where(finite, x, 0.0)
+    count = np.add.reduceat(finite, starts, axis=0)
+    hi = np.maximum.reduceat(np.where(finite, x, -np.inf), starts, axis=0)
+    lo = np.minimum.reduceat(np.where(finite, x, np.inf), starts, axis=0)
+    with np.errstate(invalid="ignore"):
+        live = (hi - lo) > 1e-12 * np.maximum(1.0, np.maximum(np.abs(hi), np.abs(lo)))
+    usable = (count == lengths[:, None]) & live
+
+    level = _rolling_median_stacked(x0, starts, ends)
+    raw = x0 - level
+    f = np.clip(np.sqrt(np.nan_to_num(rel, nan=1.0)), 0.05, 2.0)[:, None] if opts.weight else np.ones((n_rows, 1))
+    resid = raw * f
+    y = level + resid
+    dy = np.diff(y, axis=0)
+    dy[seg[1:] != seg[:-1]] = 0.0  # no differences across series
+    m = np.maximum(lengths - 1, 1)[:, None].astype(float)
+    sd0 = math.sqrt(math.pi / 2.0) * np.add.reduceat(np.abs(dy), starts, axis=0) / m  # from mean |d|
+    cap = (3.0 * sd0)[seg[:-1]] ** 2
+    sd = np.sqrt(np.add.reduceat(np.minimum(dy * dy, cap), starts, axis=0) / m / _WINSOR_3SD)
+    s = sd / math.sqrt(2.0)  # noise sd of one bucket
+    s = np.where(usable & (s > 0), s, 1.0)
+    s_row = s[seg]
+    xc = level + np.clip(resid, -_CLIP * s_row, _CLIP * s_row)
+    bound = _CLIP * s_row / f
+    x_test = level + np.clip(raw, -bound, bound)  # the same clipping, unweighted units
+    mean_c = (np.add.reduceat(xc, starts, axis=0) / lengths[:, None])[seg]
+    u = np.where(usable[seg], (xc - mean_c) / s_row, 0.0)
+    # centre the clipped values per series before the squared prefix sums (precision)
+    t = x_test - (np.add.reduceat(x_test, starts, axis=0) / lengths[:, None])[seg]
+    w = n[:, None]
+
+    def prefix(v: np.ndarray) -> np.ndarray:
+        out = np.zeros((v.shape[0] + 1, *v.shape[1:]))
+        np.cumsum(v, axis=0, out=out[1:])
+        return out
+
+    return _Stacked(
+        starts=starts,
+        ends=ends,
+        usable=usable,
+        u=u,
+        p_n=prefix(n),
+        p_raw=prefix(w * x0),
+        p_t1=prefix(w * t),
+        p_t2=prefix(w * t * t),
+        p_u=prefix(u),
+    )
+
+
+def _median7(x: np.ndarray) -> np.ndarray:
+    """Median of every 7 consecutive rows (a 13-exchange sorting network)."""
+    k = x.shape[0] - 6
+    p = [x[i : i + k].copy() for i in range(7)]
+    for i, j in ((0, 5), (0, 3), (1, 6), (2, 4), (0, 1), (3, 5), (2, 6), (2, 3), (3, 6), (4, 5), (1, 4), (1, 3), (3, 4)):
+        lo = np.minimum(p[i], p[j])
+        np.maximum(p[i], p[j], out=p[j])
+        p[i] = lo
+    return p[3]
+
+
+def _rolling_median_stacked(x: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Centred rolling median over ``_MEDIAN_WINDOW`` buckets within each series; near a
+    series' ends the window is shifted inwards (not padded), so a burst in the last few
+    buckets cannot become the local level."""
+    n_rows = x.shape[0]
+    h = _MEDIAN_WINDOW // 2
+    lengths = ends - starts
+    full = np.zeros_like(x)
+    if n_rows >= _MEDIAN_WINDOW:
+        full[h : n_rows - h] = _median7(x)
+    idx = np.clip(np.arange(n_rows), np.repeat(starts + h, lengths), np.repeat(ends - h - 1, lengths))
+    level = full[idx]
+    for a, e in zip(starts[lengths < _MEDIAN_WINDOW], ends[lengths < _MEDIAN_WINDOW], strict=True):
+        level[a:e] = _rolling_median(x[a:e], _MEDIAN_WINDOW)  # short series: a smaller window
+    return level
+
+
+def _rolling_median(x: np.ndarray, window: int) -> np.ndarray:
+    t_len = x.shape[0]
+    w = min(window, t_len if t_len % 2 else t_len - 1)
+    if w < 3:
+        return np.median(x, axis=0, keepdims=True).repeat(t_len, axis=0)
+    med = np.median(np.lib.stride_tricks.sliding_window_view(x, w, axis=0), axis=-1)
+    return med[np.clip(np.arange(t_len) - w // 2, 0, t_len - w)]
+
+
+def _whiten(u: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Decorrelate the metrics of one series by the correlation of their first differences.
+
+    Returns the whitened series, the whitening matrix and the effective dimension: the trace of the
+    noise covariance after whitening with shrinkage, so redundant metrics
+    (``steps_mean`` and ``steps_p90``) count less than one each in the penalty.
+    """
+    if u.shape[1] == 1:
+        return np.ascontiguousarray(u), np.ones((1, 1)), 1.0
+    du = np.diff(u, axis=0)
+    calm = np.abs(du).max(axis=1) <= 5.0 * math.sqrt(2.0)  # leave the jumps out
+    if calm.sum() >= max(3, du.shape[1] + 1):
+        du = du[calm]
+    c = du.T @ du
+    sd = np.sqrt(np.clip(np.diag(c), 1e-12, None))
+    c = c / sd[:, None] / sd[None, :]
+    vals, vecs = np.linalg.eigh((1 - _SHRINK) * c + _SHRINK * np.eye(c.shape[0]))
+    w = vecs / np.sqrt(np.clip(vals, 1e-12, None))
+    dim = float(np.einsum("ji,jk,ki->", w, c, w))
+    return np.ascontiguousarray(u @ w), w, max(dim, 1.0)
+
+
+def _detect_series(stk: _Stacked, k: int, algo: Any, opts: _Options) -> list[_Break]:
+    """Breakpoints of series ``k`` of the stack."""
+    cols = np.flatnonzero(stk.usable[k])
+    if cols.size == 0:
+        return []
+    a, e = int(stk.starts[k]), int(stk.ends[k])
+    t_len = e - a
+    z, w, dim = _whiten(stk.u[a:e][:, cols])
+    p_u = stk.p_u[a : e + 1][:, cols] - stk.p_u[a][cols]
+    pen = opts.pen if opts.pen is not None else auto_penalty(dim, t_len, beta=opts.beta)
+    bkps = _search(algo, z, pen, opts)
     sparse_pen = math.inf
     if opts.n_bkps is None and opts.sparse:
-        sparse_pen = sparse_penalty(x.shape[1], t_len, beta=opts.beta)
+        sparse_pen = sparse_penalty(cols.size, t_len, beta=opts.beta)
         if opts.pen is not None:  # keep the ratio of the two penalties
-            sparse_pen *= opts.pen / auto_penalty(sig.dim, t_len, beta=opts.beta)
-        bkps = _sparse_scan(sig.u, bkps, sparse_pen, opts.min_size)
+            sparse_pen *= opts.pen / auto_penalty(dim, t_len, beta=opts.beta)
+        bkps = _sparse_scan(p_u, bkps, sparse_pen, opts.min_size)
     if not bkps:
         return []
 
-    # materiality: drop the weakest immaterial breakpoint until all are material
-    prefix = _Prefix(x, sig.x_test, n, sig.z, sig.u)
-    while True:
-        stats = prefix.stats(bkps, opts.min_z, opts.min_magnitude)
-        material = stats["material"]
-        ok = material.any(axis=1)
+    seg = _Segments(stk, a, cols)
+    while True:  # materiality: drop the weakest immaterial breakpoint until all are material
+        stats = seg.stats(bkps, t_len, opts.min_z, opts.min_magnitude)
+        ok = stats["material"].any(axis=1)
         if ok.all():
             break
-        weakest = np.where(ok, np.inf, np.abs(stats["z"]).max(axis=1))
-        bkps.pop(int(np.argmin(weakest)))
+        bkps.pop(int(np.argmin(np.where(ok, np.inf, np.abs(stats["z"]).max(axis=1)))))
         if not bkps:
             return []
-    mv_gain, uni_gain = prefix.gain(bkps)
+    mv_gain, uni_gain = _gains(p_u, w, bkps)
     strength = np.maximum(mv_gain / pen, uni_gain / sparse_pen)
-    out: list[_Break] = []
+    width = stk.usable.shape[1]
+
+    def spread(v: np.ndarray) -> np.ndarray:
+        out = np.full(width, np.nan)
+        out[cols] = v
+        return out
+
+    found: list[_Break] = []
     for i, pos in enumerate(bkps):
         zi = stats["z"][i]
         order = [int(cols[j]) for j in np.argsort(-np.abs(zi), kind="stable") if stats["material"][i][j]]
-
-        def spread_(v: np.ndarray) -> np.ndarray:
-            f = np.full(usable.size, np.nan)
-            f[cols] = v
-            return f
-
-        out.append(
+        found.append(
             _Break(
                 position=int(pos),
                 order=order,
-                before=spread_(stats["before"][i]),
-                after=spread_(stats["after"][i]),
-                magnitude=spread_(stats["magnitude"][i]),
-                z=spread_(zi),
+                before=spread(stats["before"][i]),
+                after=spread(stats["after"][i]),
+                magnitude=spread(stats["magnitude"][i]),
+                z=spread(zi),
                 cp_score=float(strength[i]),
                 runs_before=float(stats["runs_before"][i]),
                 runs_after=float(stats["runs_after"][i]),
@@ -696,105 +838,19 @@ def _detect_series(x: np.ndarray, n: np.ndarray, opts: _Options) -> list[_Break]
                 buckets_after=int(stats["buckets_after"][i]),
             )
         )
-    return out
+    return found
 
 
-def _fill_gaps(x: np.ndarray) -> np.ndarray:
-    """Replace NaN by the previous (else next) finite value of the column."""
-    if np.isfinite(x).all():
-        return x
-    x = x.copy()
-    t_len = x.shape[0]
-    idx = np.where(np.isfinite(x), np.arange(t_len)[:, None], 0)
-    np.maximum.accumulate(idx, axis=0, out=idx)
-    filled = np.take_along_axis(x, idx, axis=0)
-    # leading gaps: take the first finite value
-    first = np.argmax(np.isfinite(x), axis=0)
-    lead = ~np.isfinite(filled)
-    filled[lead] = np.take_along_axis(x, first[None, :], axis=0).repeat(t_len, axis=0)[lead]
-    return filled
+def _sparse_scan(p_u: np.ndarray, bkps: list[int], pen: float, min_size: int) -> list[int]:
+    """Add single-metric changes the multivariate penalty hides (binary segmentation).
 
-
-def _rolling_median(x: np.ndarray, window: int) -> np.ndarray:
-    """Centred rolling median of each column; near the ends the window is shifted inwards
-    (not padded), so a burst in the last few buckets cannot become the local level."""
-    t_len = x.shape[0]
-    w = min(window, t_len if t_len % 2 else t_len - 1)
-    if w < 3:
-        return np.median(x, axis=0, keepdims=True).repeat(t_len, axis=0)
-    med = np.median(np.lib.stride_tricks.sliding_window_view(x, w, axis=0), axis=-1)  # (T - w + 1, d)
-    return med[np.clip(np.arange(t_len) - w // 2, 0, t_len - w)]
-
-
-def _robust_scale(d: np.ndarray) -> np.ndarray:
-    """Standard deviation of each column, ignoring its 10% largest absolute deviations.
-
-    Robust to the few jumps change-points put into first differences, and
-    unlike the MAD it does not collapse to 0 on discrete metrics (p90 of integers).
-    """
-    dev = np.abs(d - np.median(d, axis=0))
-    cut = np.quantile(dev, 0.9, axis=0, method="higher")
-    kept = np.where(dev <= cut, dev, np.nan)
-    s = np.sqrt(np.nanmean(kept**2, axis=0)) / 0.789  # sd of a normal truncated at its 90% central band
-    fallback = np.sqrt(np.mean(dev**2, axis=0))
-    s = np.where(s > 0, s, fallback)
-    return np.maximum(s, 1e-12)
-
-
-@dataclass(frozen=True, slots=True)
-class _Signal:
-    z: np.ndarray  # whitened (T, d): what KernelCPD segments
-    u: np.ndarray  # standardised, outlier-clipped metrics (T, d): the per-metric scan
-    x_test: np.ndarray  # outlier-clipped metric values, original units: the materiality test
-    dim: float  # effective dimension of z's noise
-
-
-def _prepare(x: np.ndarray, n: np.ndarray, weight: bool) -> _Signal:
-    """Volume-weight, clip outliers, standardise by the noise of first differences, decorrelate.
-
-    The effective dimension is the trace of the noise covariance after
-    whitening with shrinkage, so redundant metrics (``steps_mean`` and
-    ``steps_p90``) count less than one each in the penalty.
-    """
-    level = _rolling_median(x, _MEDIAN_WINDOW)  # edge-preserving local level
-    raw = x - level
-    if weight:
-        f = np.clip(np.sqrt(n / max(float(np.median(n)), 1e-12)), 0.05, 2.0)[:, None]
-    else:
-        f = np.ones((len(n), 1))
-    resid = raw * f
-    s = _robust_scale(np.diff(level + resid, axis=0)) / math.sqrt(2.0)  # noise sd of one bucket
-    # single-bucket outliers (a burst of loops, a cost spike) are not regime changes
-    xc = level + np.clip(resid, -_CLIP * s, _CLIP * s)
-    x_test = level + np.clip(raw, -_CLIP * s / f, _CLIP * s / f)  # same clipping, unweighted units
-    u = (xc - np.median(xc, axis=0)) / s
-    if x.shape[1] > 1:
-        du = np.diff(u, axis=0)
-        calm = np.abs(du).max(axis=1) <= 5.0 * math.sqrt(2.0)
-        if calm.sum() >= max(3, du.shape[1] + 1):
-            du = du[calm]
-        c = np.cov(du, rowvar=False)
-        sd = np.sqrt(np.clip(np.diag(c), 1e-12, None))
-        c = c / sd[:, None] / sd[None, :]
-        vals, vecs = np.linalg.eigh((1 - _SHRINK) * c + _SHRINK * np.eye(c.shape[0]))
-        w = vecs / np.sqrt(np.clip(vals, 1e-12, None))
-        dim = float(np.einsum("ji,jk,ki->", w, c, w))
-    else:
-        w = np.ones((1, 1))
-        dim = 1.0
-    z = np.ascontiguousarray(u @ w)
-    return _Signal(z=z, u=u, x_test=x_test, dim=max(dim, 1.0))
-
-
-def _sparse_scan(u: np.ndarray, bkps: list[int], pen: float, min_size: int) -> list[int]:
-    """Add single-metric changes the multivariate penalty hides (binary segmentation on ``u``).
-
-    Within each segment, the best split of every metric is scored by its
-    univariate l2 cost gain (the squared CUSUM statistic), all positions and
-    metrics at once; the best one above ``pen`` is added, until none is.
+    ``p_u`` holds the prefix sums (T + 1, d) of the standardised metrics of one
+    series. Within each segment the best split of every metric is scored by
+    its univariate l2 cost gain (the squared CUSUM statistic), all positions
+    and metrics at once; the best one above ``pen`` is added, until none is.
     """
     bkps = sorted(bkps)
-    t_len = u.shape[0]
+    t_len = p_u.shape[0] - 1
     while True:
         edges = [0, *bkps, t_len]
         best_gain, best_pos = pen, -1
@@ -802,15 +858,13 @@ def _sparse_scan(u: np.ndarray, bkps: list[int], pen: float, min_size: int) -> l
             m = b - a
             if m < 2 * min_size:
                 continue
-            cs = np.cumsum(u[a:b], axis=0)
             k = np.arange(min_size, m - min_size + 1)
-            left = cs[k - 1]
-            diff = left / k[:, None] - (cs[-1] - left) / (m - k)[:, None]
-            gain = (k * (m - k) / m)[:, None] * diff * diff
-            i = int(np.argmax(gain.max(axis=1)))
-            g = float(gain[i].max())
-            if g > best_gain:
-                best_gain, best_pos = g, a + int(k[i])
+            left = p_u[a + k] - p_u[a]
+            diff = left / k[:, None] - (p_u[b] - p_u[a] - left) / (m - k)[:, None]
+            gain = ((k * (m - k) / m)[:, None] * diff * diff).max(axis=1)
+            i = int(np.argmax(gain))
+            if gain[i] > best_gain:
+                best_gain, best_pos = float(gain[i]), a + int(k[i])
         if best_pos < 0:
             return bkps
         bkps = sorted([*bkps, best_pos])
@@ -851,10 +905,15 @@ def sparse_penalty(n_metrics: int, n_buckets: int, *, beta: float = PENALTY_BETA
     return beta * (1.0 + 2.0 * math.sqrt(lg) + 2.0 * lg + 2.0 * math.log(max(n_metrics, 1)))
 
 
-def _search(z: np.ndarray, pen: float, opts: _Options) -> list[int]:
+def _kernel_cpd(min_size: int) -> Any:
     import ruptures as rpt
 
-    algo = rpt.KernelCPD(kernel="linear", min_size=opts.min_size).fit(z)
+    return rpt.KernelCPD(kernel="linear", min_size=min_size)
+
+
+def _search(algo: Any, z: np.ndarray, pen: float, opts: _Options) -> list[int]:
+    """Exact penalised (PELT) or fixed-count (dynamic programming) search, ruptures' C code."""
+    algo.fit(z)
     t_len = z.shape[0]
     if opts.n_bkps is not None:
         k = min(opts.n_bkps, t_len // opts.min_size - 1)
@@ -866,40 +925,29 @@ def _search(z: np.ndarray, pen: float, opts: _Options) -> list[int]:
     return [int(v) for v in bk[:-1]]
 
 
-class _Prefix:
-    """Prefix sums for O(1) segment statistics (weighted means, variances, l2 cost)."""
+class _Segments:
+    """Run-weighted segment statistics of one series from the stack's prefix sums."""
 
-    def __init__(self, x: np.ndarray, x_test: np.ndarray, n: np.ndarray, z: np.ndarray, u: np.ndarray) -> None:
-        w = n[:, None]
-        zero = np.zeros((1, x.shape[1]))
-        self.t_len = x.shape[0]
-        self.n = np.r_[0.0, np.cumsum(n)]
-        self.r1 = np.vstack([zero, np.cumsum(w * x, axis=0)])
-        self.s1 = np.vstack([zero, np.cumsum(w * x_test, axis=0)])
-        self.s2 = np.vstack([zero, np.cumsum(w * x_test * x_test, axis=0)])
-        self.z1 = np.vstack([np.zeros((1, z.shape[1])), np.cumsum(z, axis=0)])
-        self.z2 = np.vstack([np.zeros((1, z.shape[1])), np.cumsum(z * z, axis=0)])
-        self.u1 = np.vstack([zero, np.cumsum(u, axis=0)])
-        self.u2 = np.vstack([zero, np.cumsum(u * u, axis=0)])
+    def __init__(self, stk: _Stacked, offset: int, cols: np.ndarray) -> None:
+        self.stk, self.offset, self.cols = stk, offset, cols
 
-    def _seg(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        nn = self.n[b] - self.n[a]
-        s1 = self.s1[b] - self.s1[a]
-        s2 = self.s2[b] - self.s2[a]
-        mean = s1 / nn[:, None]
-        ss = np.maximum(s2 - s1 * mean, 0.0)
-        return nn, mean, ss, (b - a).astype(float)
-
-    def stats(self, bkps: list[int], min_z: float, min_mag: float) -> dict[str, np.ndarray]:
-        edges = np.array([0, *bkps, self.t_len])
-        seg_n, seg_mean, seg_ss, seg_len = self._seg(edges[:-1], edges[1:])
+    def stats(self, bkps: list[int], t_len: int, min_z: float, min_mag: float) -> dict[str, np.ndarray]:
+        stk, c = self.stk, self.cols
+        edges = self.offset + np.array([0, *bkps, t_len])
+        lo, hi = edges[:-1], edges[1:]
+        seg_n = stk.p_n[hi] - stk.p_n[lo]
+        seg_len = (hi - lo).astype(float)
+        s1 = stk.p_t1[hi][:, c] - stk.p_t1[lo][:, c]
+        s2 = stk.p_t2[hi][:, c] - stk.p_t2[lo][:, c]
+        mean = s1 / seg_n[:, None]
+        seg_ss = np.maximum(s2 - s1 * mean, 0.0)  # runs * squared deviations: sum n (x - mean)^2
         dof = seg_len - 1.0
         pooled = seg_ss.sum(axis=0) / max(dof.sum(), 1.0)
-        var = (seg_ss + _POOL_DOF * pooled) / (dof + _POOL_DOF)[:, None]
+        var = (seg_ss + _POOL_DOF * pooled) / (dof + _POOL_DOF)[:, None]  # per-run variance, shrunk
         se2 = var / seg_n[:, None]
-        shift = seg_mean[1:] - seg_mean[:-1]  # on outlier-clipped values
+        shift = mean[1:] - mean[:-1]  # on outlier-clipped values
         se = np.sqrt(se2[:-1] + se2[1:])
-        raw_mean = (self.r1[edges[1:]] - self.r1[edges[:-1]]) / seg_n[:, None]
+        raw_mean = (stk.p_raw[hi][:, c] - stk.p_raw[lo][:, c]) / seg_n[:, None]
         before, after = raw_mean[:-1], raw_mean[1:]
         diff = after - before
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -918,19 +966,20 @@ class _Prefix:
             "buckets_after": seg_len[1:],
         }
 
-    def gain(self, bkps: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Cost gain of each breakpoint given its neighbours: multivariate (whitened) and best single metric."""
-        edges = np.array([0, *bkps, self.t_len])
-        left, mid, right = edges[:-2], edges[1:-1], edges[2:]
 
-        def cost(s1: np.ndarray, s2: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-            d1 = s1[b] - s1[a]
-            return (s2[b] - s2[a]) - d1 * d1 / (b - a)[:, None]
+def _gains(p_u: np.ndarray, w: np.ndarray, bkps: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Cost gain of each breakpoint given its neighbours: whitened multivariate, and best single metric.
 
-        def split(s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
-            return cost(s1, s2, left, right) - cost(s1, s2, left, mid) - cost(s1, s2, mid, right)
-
-        return split(self.z1, self.z2).sum(axis=1), split(self.u1, self.u2).max(axis=1)
+    For the l2 cost the gain of splitting ``[l, r)`` at ``m`` is
+    ``(m - l)(r - m)/(r - l) * ||mean_left - mean_right||^2``, so prefix sums of
+    the standardised metrics (``p_u``) and the whitening matrix ``w`` suffice.
+    """
+    edges = np.array([0, *bkps, p_u.shape[0] - 1])
+    left, mid, right = edges[:-2], edges[1:-1], edges[2:]
+    nl, nr = (mid - left)[:, None], (right - mid)[:, None]
+    diff = (p_u[mid] - p_u[left]) / nl - (p_u[right] - p_u[mid]) / nr
+    scale = nl * nr / (nl + nr)
+    return (scale[:, 0] * ((diff @ w) ** 2).sum(axis=1)), (scale * diff * diff).max(axis=1)
 
 
 def changepoints_from_runs(
