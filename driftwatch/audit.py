@@ -26,7 +26,9 @@ import json
 import math
 import os
 import platform
+import sys
 import time
+import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
@@ -92,8 +94,13 @@ LEVELS: tuple[str, ...] = ("ok", "review", "escalate")
 #: Default rows per chunk of whole runs for the per-run stage (bounded memory).
 DEFAULT_CHUNK_ROWS = 2_000_000
 
-#: Runs per chunk whose events are kept for the report's step timelines.
+#: Runs whose step timelines the report shows (the top escalated runs with kept events).
 DEFAULT_EXAMPLES = 12
+
+#: Per chunk, the events of runs with a critical breach or a severe loop are kept for the
+#: timelines, at most this many runs (a memory guard that binds only on huge chunks).
+MAX_EXAMPLES_PER_CHUNK = 200
+_EXAMPLE_MIN_PRESCORE = 0.5
 
 _MAX_EXAMPLE_STEPS = 400
 _MAX_EXAMPLE_TEXT = 160
@@ -124,6 +131,26 @@ def sort_frame(frame: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:
     rest = [c for c, t in frame.schema.items() if c not in first and _sortable(t)]
     by = first + rest
     return frame.sort(by, nulls_last=True, maintain_order=True) if by else frame
+
+
+#: Significant digits of every float written to Parquet (see :func:`canonical_floats`).
+FLOAT_DIGITS = 12
+
+
+def canonical_floats(frame: pl.DataFrame, *, digits: int = FLOAT_DIGITS) -> pl.DataFrame:
+    """Round every Float64/Float32 column (and lists of floats) to ``digits`` significant digits.
+
+    Parallel group-bys may add floats in a different order from one run to the next, which
+    changes the last bit or two of a sum; rounding far below any meaningful precision makes
+    two audits of the same input write byte-identical Parquet files.
+    """
+    exprs: list[pl.Expr] = []
+    for name, dtype in frame.schema.items():
+        if dtype in (pl.Float64, pl.Float32):
+            exprs.append(pl.col(name).round_sig_figs(digits))
+        elif isinstance(dtype, pl.List) and dtype.inner in (pl.Float64, pl.Float32):
+            exprs.append(pl.col(name).list.eval(pl.element().round_sig_figs(digits)))
+    return frame.with_columns(exprs) if exprs else frame
 
 
 def _concat(frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
@@ -215,7 +242,7 @@ def run_stage(
     max_period: int = 8,
     min_repeats: int = 3,
     fuzzy: bool = True,
-    n_examples: int = DEFAULT_EXAMPLES,
+    n_examples: int = MAX_EXAMPLES_PER_CHUNK,
 ) -> RunTables:
     """Per-run stage: everything that needs events, on a set of whole runs.
 
@@ -227,9 +254,9 @@ def run_stage(
         Policy for the checks (``None``: ``Policy()``).
     max_period, min_repeats, fuzzy : default=8, 3, True
         Passed to :func:`driftwatch.loops.detect_loops`.
-    n_examples : int, default=12
-        How many of the most suspicious runs (critical breaches, severe loops) keep
-        their events for the report.
+    n_examples : int, default=200
+        At most this many runs with a critical breach or a severe loop (loop severity
+        >= 0.5) keep their events (text truncated) for the report's timelines.
 
     Returns
     -------
@@ -294,7 +321,7 @@ def _pick_examples(
         pl.concat(parts)
         .group_by("run_id")
         .agg(pl.col("_pre").sum())
-        .filter(pl.col("_pre") > 0)
+        .filter(pl.col("_pre") >= _EXAMPLE_MIN_PRESCORE)
         .sort(["_pre", "run_id"], descending=[True, False])
         .head(n)
     )
@@ -357,7 +384,8 @@ def parse_reference(reference: Any) -> tuple[datetime, datetime] | None:
 
 
 def default_reference(features: pl.DataFrame, *, window: str = "7d") -> tuple[datetime, datetime] | None:
-    """The first ``window`` of the data, when the data spans at least two windows; else ``None``."""
+    """The first ``window`` of the data (from the first day's midnight UTC), when the data runs on for at
+    least half a window after it; else ``None``."""
     if features.height == 0:
         return None
     lo, hi = features["first_ts"].min(), features["first_ts"].max()
@@ -367,7 +395,7 @@ def default_reference(features: pl.DataFrame, *, window: str = "7d") -> tuple[da
 
     span = duration(window, name="reference window")
     start = datetime(lo.year, lo.month, lo.day, tzinfo=UTC)  # type: ignore[union-attr]
-    if hi - start < 2 * span:  # type: ignore[operator]
+    if hi - start < 1.5 * span:  # type: ignore[operator]
         return None
     return start, start + span
 
@@ -541,7 +569,7 @@ def _fleet_drift(
         if ref is None:
             ref = default_reference(feats, window=every)
             notes["drift_reference"] = (
-                f"skipped: the data spans less than two drift windows of {every}; give --reference"
+                f"skipped: the data spans less than 1.5 drift windows of {every}; give --reference"
                 if ref is None
                 else f"first {every} of the data (default)"
             )
@@ -759,7 +787,7 @@ class AuditResult:
         dest = Path(out_dir)
         with atomic_directory(dest, expected=CONTRACT_FILES + EXTRA_FILES) as tmp:
             for name, frame in self.output_frames().items():
-                atomic_write_parquet(frame, tmp / f"{name}.parquet")
+                atomic_write_parquet(canonical_floats(frame), tmp / f"{name}.parquet")
             alerts = self.alerts()
             atomic_write_text(
                 tmp / "alerts.jsonl", "".join(json.dumps(a, sort_keys=False) + "\n" for a in alerts)
@@ -919,7 +947,8 @@ def _read(
             rr = read_logs(source, format=format, engine=engine, column_map=column_map)
         lf = as_lazy(rr.events)
         rejected = rr.rejected if isinstance(rr.rejected, pl.DataFrame) else rr.rejected.collect()
-        stats = dict(rr.stats)
+        raw = rr.stats.to_dict() if hasattr(rr.stats, "to_dict") else dict(rr.stats)
+        stats = {k: v for k, v in raw.items() if k not in ("paths", "seconds")}
     if since is not None or until is not None:
         # a run belongs to the window of its first step: prefilter rows with a margin (pushed
         # into the scan), then keep the runs whose first step is inside the window
@@ -1086,6 +1115,11 @@ def audit(
         # ------------------------------------------------------------ reference logs
         reference_tables: RunTables | None = None
         ref_arg = reference
+        if isinstance(reference, str) and ".." not in reference and not Path(reference).exists():
+            raise InvalidParameterError(
+                f"reference: {reference!r} is neither START..END (e.g. 2026-10-01..2026-10-08) nor an existing "
+                "path to reference logs"
+            )
         if reference is not None and not _is_range(reference):
             t0 = time.perf_counter()
             ref_lf, _, _ = _read(
@@ -1184,7 +1218,9 @@ def audit(
             result.write(out)
             say(f"write: {out} ({time.perf_counter() - t0:.1f}s)")
         if st is not None:
-            _record(st, result, tables, todo_files)
+            lo = fleet_tables.features["first_ts"].min()
+            start = datetime(lo.year, lo.month, lo.day, tzinfo=UTC) if isinstance(lo, datetime) else None
+            _record(st, result, tables, todo_files, analysed_from=start)
         return result
     finally:
         if own_state and st is not None:
@@ -1199,7 +1235,14 @@ def _align(hist: pl.DataFrame, like: pl.DataFrame) -> pl.DataFrame:
     return hist.cast(casts, strict=False) if casts else hist
 
 
-def _record(st: AuditState, result: AuditResult, tables: RunTables, files: Sequence[SourceFile]) -> None:
+def _record(
+    st: AuditState,
+    result: AuditResult,
+    tables: RunTables,
+    files: Sequence[SourceFile],
+    *,
+    analysed_from: datetime | None,
+) -> None:
     first = tables.features["first_ts"].min()
     last = tables.features["last_ts"].max()
     lv = result.level_counts()
@@ -1231,7 +1274,14 @@ def _record(st: AuditState, result: AuditResult, tables: RunTables, files: Seque
         "changepoints": result.changepoints.with_columns(pl.lit(result.audit_id).alias("audit_id")),
         "drift": result.drift.with_columns(pl.lit(result.audit_id).alias("audit_id")),
     }
-    st.record(audit=audit_row, per_run=per_run, fleet=fleet, run_ids=tables.features["run_id"], files=files)
+    st.record(
+        audit=audit_row,
+        per_run=per_run,
+        fleet=fleet,
+        run_ids=tables.features["run_id"],
+        files=files,
+        fleet_since=analysed_from,
+    )
 
 
 def _is_range(reference: Any) -> bool:
@@ -1280,36 +1330,18 @@ def _sources_fingerprint(source: Any, skipped: Sequence[SourceFile]) -> list[Any
 
 
 def list_source_files(source: Any) -> list[str]:
-    """Parquet files named by a path, folder (searched recursively), glob, or list of them, sorted.
+    """Parquet files named by a path, folder (searched recursively), glob, or list of them.
+
+    The same expansion as :func:`driftwatch.read_logs` (:func:`driftwatch.read.resolve_sources`).
 
     Raises
     ------
     NoInputError
         A path or glob that matches no Parquet file.
     """
-    import glob
+    from driftwatch.read import resolve_sources
 
-    items = [source] if isinstance(source, str | os.PathLike) else list(source)
-    out: list[str] = []
-    for item in items:
-        text = os.fspath(item)
-        p = Path(text)
-        if p.is_dir():
-            found = sorted(str(f.absolute()) for f in p.rglob("*.parquet") if f.is_file() and not _hidden(f, p))
-        elif p.is_file():
-            found = [str(p.absolute())]
-        elif glob.has_magic(text):
-            found = sorted(str(Path(f).absolute()) for f in glob.glob(text, recursive=True) if Path(f).is_file())
-        else:
-            raise NoInputError(f"{text}: no such file or folder; check the path")
-        if not found:
-            raise NoInputError(f"{text}: no Parquet files found; expected *.parquet files (hive folders are searched)")
-        out.extend(found)
-    return sorted(dict.fromkeys(out))
-
-
-def _hidden(f: Path, root: Path) -> bool:
-    return any(part.startswith((".", "_")) for part in f.relative_to(root).parts)
+    return resolve_sources(source)
 
 
 __all__ = [
@@ -1320,6 +1352,7 @@ __all__ = [
     "NothingToAudit",
     "RunTables",
     "audit",
+    "canonical_floats",
     "fleet_stage",
     "list_source_files",
     "parse_reference",
@@ -1327,3 +1360,18 @@ __all__ = [
     "sort_frame",
 ]
 
+
+
+class _CallableModule(types.ModuleType):
+    """``driftwatch.audit`` is both this module and the function :func:`audit`.
+
+    Importing the submodule sets the package attribute ``driftwatch.audit`` to the module,
+    which would shadow the function of the same name (CONTRACT: ``dw.audit(...)``). Making
+    the module callable keeps ``dw.audit(source, ...)`` working however it was imported.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> AuditResult:
+        return audit(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -265,8 +265,7 @@ def _cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     n_runs = (events.lazy() if isinstance(events, pl.DataFrame) else events).select(
         pl.col("run_id").n_unique()
     ).collect().item()
-    files = st.get("files")
-    n_files = len(files) if isinstance(files, list | tuple) else files
+    n_files = st["files"]
     print(
         f"{', '.join(args.sources)}: {st['rows_in']:,} rows in {n_files} file(s): {st['rows_valid']:,} valid "
         f"({n_runs:,} runs), {st['rows_rejected']:,} rejected; schema OK",

@@ -6,7 +6,7 @@ reasons, file names) goes through :func:`html.escape`, so a tool named
 ``<script>...`` renders as text.
 
 Sections: summary by level; escalated runs with reasons and a step timeline
-that marks the loop segment; change-points on per-series metric charts; drift
+that marks the loop segment; loops by kind; change-points on per-series metric charts; drift
 with the feedback indicators; policy breaches by rule; cost (distribution with
 the tail marked, spend by cause, projection); load (each metric against load
 with the knee); rejected input.
@@ -561,6 +561,49 @@ def _get(result: Any, name: str) -> pl.DataFrame:
     return v if isinstance(v, pl.DataFrame) else pl.DataFrame()
 
 
+def _highlights(result: Any, summary: Mapping[str, Any]) -> list[str]:
+    """Short sentences (already escaped) on what to look at first."""
+    out: list[str] = []
+    levels = summary.get("levels", {})
+    if levels.get("escalate"):
+        out.append(f"<b>{levels['escalate']:,}</b> runs need a human now (escalate), {levels.get('review', 0):,} more "
+                   "should be reviewed.")
+    cps = _get(result, "changepoints")
+    if _col(cps, "metric"):
+        items = [
+            f"{e(r.get('series'))} {e(r.get('metric'))} {e(fmt(r.get('before')))} → {e(fmt(r.get('after')))} "
+            f"from {e(fmt(r.get('ts')))}"
+            for r in cps.sort("score", descending=True, nulls_last=True).head(4).iter_rows(named=True)
+        ]
+        out.append("Change-points: " + "; ".join(items) + ("; …" if cps.height > 4 else "."))
+    drift = _get(result, "drift")
+    if _col(drift, "drifted") and "feature" in drift.columns:
+        fb = drift.filter(pl.col("drifted") & pl.col("feature").is_in(list(FEEDBACK_FEATURES)))
+        if fb.height:
+            series = sorted(set(fb["series"].to_list()), key=str)
+            out.append("Feedback-driven drift in " + ", ".join(e(x) for x in series) + ": "
+                       + e(fb.row(0, named=True).get("explain") or "") + ".")
+    cost = summary.get("cost") or {}
+    if cost.get("projected_daily_usd") is not None:
+        out.append(
+            f"Spend projected at {e(money(cost.get('projected_daily_usd')))} a day for "
+            f"{e(fmt(cost.get('volume_per_day')))} runs/day (interval {e(money(cost.get('projected_daily_lo')))}–"
+            f"{e(money(cost.get('projected_daily_hi')))}); the worst run of such a day costs about "
+            f"{e(money(cost.get('worst_run_expected_usd')))}; p99/p50 {e(fmt(cost.get('p99_over_p50')))}×."
+        )
+    knees = (summary.get("load") or {}).get("items") or []
+    if knees:
+        items = [
+            f"{e(k.get('series'))} {e(k.get('metric'))} ×{e(fmt(k.get('ratio')))} above {e(fmt(k.get('knee')))} runs "
+            f"{e((k.get('load_kind') or '').replace('_', ' '))} per bucket"
+            for k in knees[:3]
+        ]
+        out.append("Load knees: " + "; ".join(items) + ("; …" if len(knees) > 3 else "."))
+    if summary.get("rows_rejected"):
+        out.append(f"{summary['rows_rejected']:,} input rows were rejected (see Rejected input).")
+    return out
+
+
 def _section_summary(result: Any, summary: Mapping[str, Any]) -> str:
     levels = summary.get("levels", {})
     cost = summary.get("cost", {}) or {}
@@ -574,18 +617,25 @@ def _section_summary(result: Any, summary: Mapping[str, Any]) -> str:
             ("loops", f"{(summary.get('loops') or {}).get('total', 0):,}", ""),
             ("policy breaches", f"{(summary.get('violations') or {}).get('total', 0):,}", ""),
             ("change-points", f"{summary.get('changepoints', 0):,}", ""),
-            ("drifted rows", f"{drift.get('drifted', 0):,}", ""),
+            ("drifted tests", f"{drift.get('drifted', 0):,}", ""),
             ("spend", money(cost.get("total_usd")), ""),
         ]
     )
+    window = summary.get("window") or {}
     rows = (
         f"<p class=\"note\">Input: {summary.get('rows_in', 0):,} rows read, {summary.get('rows_valid', 0):,} valid, "
-        f"{summary.get('rows_rejected', 0):,} rejected. "
-        f"Window: {e((summary.get('window') or {}).get('first_ts'))} to {e((summary.get('window') or {}).get('last_ts'))}.</p>"
+        f"{summary.get('rows_rejected', 0):,} rejected. Runs started from {e(_short_ts(window.get('first_ts')))} "
+        f"to {e(_short_ts(window.get('last_ts')))} (UTC).</p>"
     )
-    return (
-        '<section id="summary"><h2>Summary</h2>' + cards + _bar_levels(levels) + rows + "</section>"
-    )
+    hl = _highlights(result, summary)
+    hl_html = ("<ul>" + "".join(f"<li>{h}</li>" for h in hl) + "</ul>") if hl else ""
+    return '<section id="summary"><h2>Summary</h2>' + cards + _bar_levels(levels) + rows + hl_html + "</section>"
+
+
+def _short_ts(text: Any) -> str:
+    if not text:
+        return "–"
+    return str(text).replace("T", " ")[:19]
 
 
 def _section_escalated(result: Any) -> str:
@@ -633,6 +683,40 @@ def _section_escalated(result: Any) -> str:
     if timelines:
         table = f"<h3>All runs at review or escalate (top {MAX_ESCALATED_ROWS})</h3>" + table
     return head + note + "".join(timelines) + table + "</section>"
+
+
+def _section_loops(result: Any) -> str:
+    loops = _get(result, "loops")
+    head = '<section id="loops"><h2>Loops</h2>'
+    if not _col(loops, "kind"):
+        return head + '<p class="empty">No repeating cycle found.</p></section>'
+    note = (
+        '<p class="note"><b>exact</b>: the same call gets the same answer again and again (no progress); '
+        "<b>error_retry</b>: the cycle keeps failing; <b>same_action</b>: same tools with changing arguments or "
+        "results (often legitimate paging or polling, never escalated on its own).</p>"
+    )
+    by = [c for c in ("agent", "kind") if c in loops.columns]
+    agg = loops.group_by(by).agg(
+        pl.len().alias("loops"),
+        pl.col("run_id").n_unique().alias("runs"),
+        pl.col("wasted_steps").sum().alias("wasted_steps") if "wasted_steps" in loops.columns else pl.lit(None),
+        pl.col("wasted_cost_usd").sum().alias("wasted_cost_usd") if "wasted_cost_usd" in loops.columns else pl.lit(None),
+    ).sort(by)
+    severe = loops.with_columns((pl.col("kind") == "same_action").alias("_benign"))
+    order = ["_benign"] + [c for c in ("wasted_cost_usd", "repeats") if c in loops.columns] + ["run_id"]
+    top = severe.sort(order, descending=[False] + [True] * (len(order) - 2) + [False], nulls_last=True)
+    cols = ["run_id", "agent", "kind", "pattern", "repeats", "start_step", "end_step", "wasted_steps",
+            "wasted_cost_usd"]
+    delegation = _get(result, "delegation")
+    deleg = ""
+    if delegation.height:
+        deleg = "<h3>Delegation ping-pong across runs</h3>" + _table(
+            delegation, ["chain_id", "agents", "period", "repeats", "n_runs", "wasted_runs", "wasted_cost_usd"]
+        )
+    return (
+        head + note + _table(agg, [*by, "loops", "runs", "wasted_steps", "wasted_cost_usd"])
+        + "<h3>Worst loops</h3>" + _table(top, cols, limit=25) + deleg + "</section>"
+    )
 
 
 _METRIC_PRIORITY = (
@@ -1036,13 +1120,15 @@ def render_report(result: Any, *, summary: Mapping[str, Any] | None = None, titl
     nav = "".join(
         f'<a href="#{k}">{e(v)}</a>'
         for k, v in (
-            ("summary", "Summary"), ("escalated", "Escalations"), ("changepoints", "Change-points"), ("drift", "Drift"),
+            ("summary", "Summary"), ("escalated", "Escalations"), ("loops", "Loops"), ("changepoints", "Change-points"),
+            ("drift", "Drift"),
             ("policy", "Policy"), ("costs", "Cost"), ("load", "Load"), ("rejected", "Rejected"),
         )
     )
     sections = [
         _section_summary(result, summary),
         _section_escalated(result),
+        _section_loops(result),
         _section_changepoints(result),
         _section_drift(result),
         _section_policy(result),

@@ -18,7 +18,8 @@ keeps both in a DuckDB database (``<state dir>/audit.duckdb`` or ``--db FILE``):
 
 Writes are idempotent: per-run tables are replaced by ``run_id`` (delete then
 insert), fleet tables by their natural key (``changepoints``: series, metric, ts;
-``drift``: series, window, feature, method), ``audits`` by ``audit_id``, all in one
+``drift``: series, window, feature, method) and, from the start of the period
+the fleet stage re-analysed, as a whole, ``audits`` by ``audit_id``, all in one
 transaction. Auditing the same window twice leaves the same rows.
 
 All SQL is parameterised; table and key names come from the fixed allow-list
@@ -71,6 +72,9 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
     "audits": ("audit_id",),
     "files": ("path",),
 }
+
+#: Fleet tables: the time column that places a row inside the analysed window.
+FLEET_TIME_COLUMNS: dict[str, str] = {"changepoints": "ts", "drift": "window_start"}
 
 #: Per-run tables (keyed by ``run_id``) read back as history by the fleet stage.
 PER_RUN_TABLES: tuple[str, ...] = (
@@ -256,7 +260,14 @@ class AuditState:
                 self.con.execute(f"ALTER TABLE {quoted} ADD COLUMN {_quote(col)} {dtype}")
             self.con.execute("DROP TABLE _dw_types")
 
-    def _upsert_in_tx(self, name: str, frame: pl.DataFrame, *, delete_run_ids: pl.Series | None = None) -> None:
+    def _upsert_in_tx(
+        self,
+        name: str,
+        frame: pl.DataFrame,
+        *,
+        delete_run_ids: pl.Series | None = None,
+        since: datetime | None = None,
+    ) -> None:
         quoted = _table(name)
         keys = TABLE_KEYS[name]
         frame = _sanitize(frame)
@@ -265,6 +276,10 @@ class AuditState:
         self.con.register("_dw_new", frame.to_arrow())
         try:
             self._ensure_table(name, frame)
+            time_col = FLEET_TIME_COLUMNS.get(name)
+            if since is not None and time_col is not None and time_col in self._columns(name):
+                # the fleet stage re-analysed everything from ``since``: its rows replace the old ones
+                self.con.execute(f"DELETE FROM {quoted} WHERE {_quote(time_col)} >= ?", [since])
             if keys == ("run_id",) and delete_run_ids is not None:
                 ids = pl.DataFrame({"run_id": delete_run_ids.cast(pl.String)}).unique()
                 self.con.register("_dw_ids", ids.to_arrow())
@@ -310,10 +325,13 @@ class AuditState:
         with self.transaction():
             self._upsert(name, frame, run_ids=run_ids)
 
-    def _upsert(self, name: str, frame: pl.DataFrame, *, run_ids: pl.Series | None = None) -> None:
+    def _upsert(
+        self, name: str, frame: pl.DataFrame, *, run_ids: pl.Series | None = None, since: datetime | None = None
+    ) -> None:
+        _table(name)
         if TABLE_KEYS[name] == ("run_id",) and run_ids is None and "run_id" in frame.columns:
             run_ids = frame["run_id"]
-        self._upsert_in_tx(name, frame, delete_run_ids=run_ids)
+        self._upsert_in_tx(name, frame, delete_run_ids=run_ids, since=since)
 
     def record(
         self,
@@ -323,6 +341,7 @@ class AuditState:
         fleet: Mapping[str, pl.DataFrame],
         run_ids: pl.Series,
         files: Sequence[SourceFile] = (),
+        fleet_since: datetime | None = None,
     ) -> None:
         """Store one audit's results atomically (one transaction).
 
@@ -339,6 +358,10 @@ class AuditState:
             The runs this audit covered.
         files : sequence of SourceFile
             Source files to mark as audited (hashes are computed when missing).
+        fleet_since : datetime, optional
+            Start of the period the fleet stage analysed: stored change-points and drift
+            rows from then on are replaced by ``fleet`` (a later, better-informed estimate
+            of a change-point moves it instead of adding a second row).
         """
         hashed = [f.hashed() for f in files]
         audit_row = pl.DataFrame([dict(audit)])
@@ -346,7 +369,7 @@ class AuditState:
             for name, frame in per_run.items():
                 self._upsert(name, frame, run_ids=run_ids)
             for name, frame in fleet.items():
-                self._upsert(name, frame)
+                self._upsert(name, frame, since=fleet_since)
             self._upsert("audits", audit_row)
             if hashed:
                 files_df = pl.DataFrame(
@@ -484,4 +507,4 @@ class AuditState:
         }
 
 
-__all__ = ["DB_NAME", "PER_RUN_TABLES", "TABLE_KEYS", "AuditState", "SourceFile", "file_hash"]
+__all__ = ["DB_NAME", "FLEET_TIME_COLUMNS", "PER_RUN_TABLES", "TABLE_KEYS", "AuditState", "SourceFile", "file_hash"]

@@ -1,0 +1,283 @@
+"""dw.audit: the two stages, chunking, AuditResult outputs, determinism and crash-safe writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+import driftwatch as dw
+from driftwatch import synth
+from driftwatch.audit import (
+    ALERT_KEYS,
+    CONTRACT_FILES,
+    AuditResult,
+    RunTables,
+    audit,
+    fleet_stage,
+    parse_reference,
+    run_stage,
+)
+from driftwatch.errors import InvalidParameterError, NoInputError, SchemaError
+
+#: CONTRACT section 2/3 columns every output file must have.
+CONTRACT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "runs": ("run_id", "agent", "n_steps", "cost_usd", "score", "level", "reasons"),
+    "loops": ("run_id", "agent", "start_step", "end_step", "period", "repeats", "pattern", "kind",
+              "wasted_steps", "wasted_tokens", "wasted_cost_usd"),
+    "changepoints": ("series", "metric", "ts", "before", "after", "magnitude", "score"),
+    "drift": ("series", "window_start", "window_end", "feature", "method", "statistic", "p_value", "drifted"),
+    "violations": ("run_id", "step", "rule", "severity", "detail"),
+    "costs": ("series",),
+    "load": ("series", "metric", "knee", "below", "above", "ratio", "p_value"),
+}
+
+
+@pytest.fixture(scope="module")
+def fleet() -> synth.Fleet:
+    return synth.generate(days=14, runs_per_day=40, seed=11)
+
+
+@pytest.fixture(scope="module")
+def result(fleet: synth.Fleet) -> AuditResult:
+    return audit(fleet.events)
+
+
+def test_every_run_is_scored_once(fleet: synth.Fleet, result: AuditResult) -> None:
+    assert result.runs.height == fleet.events["run_id"].n_unique()
+    assert result.runs["run_id"].is_unique().all()
+    assert set(result.runs["level"].unique()) <= {"ok", "review", "escalate"}
+    for name, cols in CONTRACT_COLUMNS.items():
+        frame = getattr(result, name)
+        assert set(cols) <= set(frame.columns), (name, frame.columns)
+
+
+def test_summary_reconciles(result: AuditResult) -> None:
+    s = result.summary()
+    assert s["rows_in"] == s["rows_valid"] + s["rows_rejected"]
+    assert sum(s["levels"].values()) == s["runs"] == result.runs.height
+    assert s["loops"]["total"] == result.loops.height
+    assert s["violations"]["total"] == result.violations.height == sum(s["violations"]["by_rule"].values())
+    assert set(s["versions"]) == {"driftwatch", "polars", "duckdb", "python"}
+    assert s["cost"]["total_usd"] == pytest.approx(result.runs["cost_usd"].sum(), rel=1e-6)
+    assert {"per_run_stage", "fleet_stage", "total"} <= set(s["timings"])
+    json.dumps(s)  # JSON-ready
+
+
+def test_injected_findings_surface(fleet: synth.Fleet, result: AuditResult) -> None:
+    """End to end, the audit sees what was injected: unapproved deletes escalate, loops are found."""
+    truth = fleet.truth["runs"]
+    unapproved = truth.filter(pl.col("injected").list.contains("unapproved_destructive"))["run_id"]
+    assert unapproved.len() > 0
+    levels = result.runs.filter(pl.col("run_id").is_in(unapproved.implode()))["level"]
+    assert (levels == "escalate").all()
+    looped = fleet.truth["loops"].filter(pl.col("kind").is_in(["exact", "error_retry"]))["run_id"].unique()
+    found = result.loops.filter(pl.col("kind").is_in(["exact", "error_retry"]))["run_id"].unique()
+    assert looped.is_in(found.implode()).mean() >= 0.8
+
+
+def test_alerts_have_stable_keys(result: AuditResult) -> None:
+    alerts = result.alerts()
+    hot = result.runs.filter(pl.col("level") != "ok")
+    assert len(alerts) == hot.height > 0
+    for a in alerts:
+        assert tuple(a) == ALERT_KEYS
+        assert a["level"] in ("review", "escalate") and a["reasons"]
+        assert a["first_ts"].endswith("Z") and a["audit_id"] == result.audit_id
+    scores = [a["score"] for a in alerts]
+    assert scores == sorted(scores, reverse=True)
+    json.dumps(alerts)
+
+
+def test_chunks_give_the_same_results(fleet: synth.Fleet, result: AuditResult) -> None:
+    """Hash partitions of whole runs must not change any output (the per-run stage is chunk-safe)."""
+    chunked = audit(fleet.events.lazy(), chunks=3)
+    for name, frame in result.output_frames().items():
+        assert_frame_equal(frame, chunked.output_frames()[name], check_exact=False, rel_tol=1e-9), name
+    assert chunked.audit_id == result.audit_id
+
+
+def test_run_stage_tables_concatenate(fleet: synth.Fleet) -> None:
+    ev = fleet.events.filter(pl.col("ts") < datetime(2026, 10, 4, tzinfo=UTC))
+    whole = run_stage(ev)
+    ids = ev["run_id"].unique().sort()
+    half = ids.head(ids.len() // 2).implode()
+    parts = RunTables.concat([run_stage(ev.filter(pl.col("run_id").is_in(half))),
+                              run_stage(ev.filter(~pl.col("run_id").is_in(half)))])
+    for name in ("features", "action_counts", "bigram_counts", "loops", "loop_summary", "violations",
+                 "run_changepoints", "examples"):
+        assert_frame_equal(getattr(whole, name), getattr(parts, name)), name
+    with pytest.raises(InvalidParameterError):
+        RunTables.concat([])
+
+
+def test_fleet_stage_scores_only_requested_runs(fleet: synth.Fleet) -> None:
+    tables = run_stage(fleet.events)
+    keep = tables.features["run_id"].head(25)
+    res = fleet_stage(tables, score_run_ids=keep)
+    assert sorted(res.runs["run_id"].to_list()) == sorted(keep.to_list())
+    assert res.loops["run_id"].is_in(keep.implode()).all()
+    assert res.changepoints.height >= 0 and "drift" in res.timings
+
+
+def test_window_keeps_whole_runs_by_first_step(fleet: synth.Fleet) -> None:
+    res = audit(fleet.events, since="2026-10-05", until="2026-10-08")
+    first = fleet.events.group_by("run_id").agg(pl.col("ts").min().alias("t0"))
+    expected = first.filter(
+        (pl.col("t0") >= datetime(2026, 10, 5, tzinfo=UTC)) & (pl.col("t0") < datetime(2026, 10, 8, tzinfo=UTC))
+    )
+    assert sorted(res.runs["run_id"].to_list()) == sorted(expected["run_id"].to_list())
+    steps = fleet.events.filter(pl.col("run_id").is_in(expected["run_id"].implode())).height
+    assert res.runs["n_steps"].sum() == steps  # no run cut at the window edge
+    assert res.summary()["drift"]["rows"] == 0 and "skipped" in res.notes["drift_reference"]
+    with pytest.raises(NoInputError, match="window"):
+        audit(fleet.events, since="2030-01-01")
+    with pytest.raises(InvalidParameterError, match="after since"):
+        audit(fleet.events, since="2026-10-05", until="2026-10-01")
+
+
+def test_reference_range_and_errors(fleet: synth.Fleet) -> None:
+    res = audit(fleet.events, reference="2026-10-01..2026-10-06")
+    assert res.notes["drift_reference"] == "given" and res.drift.height > 0
+    assert res.drift["window_start"].min() >= datetime(2026, 10, 6, tzinfo=UTC)
+    assert parse_reference(("2026-10-01", "2026-10-02"))[1] == datetime(2026, 10, 2, tzinfo=UTC)
+    for bad in ("2026-10-01", "2026-10-05..2026-10-01", "yesterday..today"):
+        with pytest.raises(InvalidParameterError, match="reference"):
+            audit(fleet.events.head(50), reference=bad)
+
+
+def test_bad_options_and_input(fleet: synth.Fleet) -> None:
+    with pytest.raises(InvalidParameterError, match="engine"):
+        audit(fleet.events, engine="pandas")
+    with pytest.raises(InvalidParameterError, match="chunks"):
+        audit(fleet.events, chunks=0)
+    with pytest.raises(SchemaError, match="action"):
+        audit(fleet.events.drop("action"))
+    with pytest.raises(InvalidParameterError, match="file sources"):
+        audit(fleet.events, state="/tmp/never-used.duckdb")
+
+
+def test_write_outputs_and_determinism(result: AuditResult, fleet: synth.Fleet, tmp_path: Path) -> None:
+    out1, out2 = tmp_path / "a", tmp_path / "b"
+    result.write(out1)
+    audit(fleet.events, out=out2)  # a second, independent audit of the same input
+    for name in CONTRACT_FILES:
+        assert (out1 / name).is_file(), name
+    for name, cols in CONTRACT_COLUMNS.items():
+        assert set(cols) <= set(pl.read_parquet_schema(out1 / f"{name}.parquet")), name
+    assert set(pl.read_parquet_schema(out1 / "rejected.parquet")) >= set() and (out1 / "rejected.parquet").is_file()
+    for p in sorted(out1.glob("*.parquet")):
+        assert p.read_bytes() == (out2 / p.name).read_bytes(), f"{p.name} differs between two audits"
+    assert (out1 / "alerts.jsonl").read_bytes() == (out2 / "alerts.jsonl").read_bytes()
+    lines = (out1 / "alerts.jsonl").read_text().splitlines()
+    assert len(lines) == result.summary()["levels"]["review"] + result.summary()["levels"]["escalate"]
+    assert all(tuple(json.loads(x)) == ALERT_KEYS for x in lines)
+    summary = json.loads((out1 / "summary.json").read_text())
+    assert summary["runs"] == result.runs.height
+    # only the files we own, and no temp leftovers next to the folder
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_write_refuses_a_folder_of_other_files(result: AuditResult, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(InvalidParameterError, match="not driftwatch results"):
+        result.write(tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_failure_while_writing_keeps_previous_results(
+    result: AuditResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "report"
+    result.write(out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    import driftwatch._io as io_mod
+
+    calls = {"n": 0}
+    real = io_mod.atomic_write_parquet
+
+    def flaky(frame: pl.DataFrame, path: os.PathLike[str]) -> Path:
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise OSError(28, "No space left on device")
+        return real(frame, path)
+
+    monkeypatch.setattr(io_mod, "atomic_write_parquet", flaky)
+    with pytest.raises(OSError, match="No space"):
+        result.write(out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]  # the half-built folder is gone
+
+
+def test_killed_while_writing_keeps_previous_results(result: AuditResult, tmp_path: Path) -> None:
+    """SIGKILL in the middle of writing (a real kill, not an exception): the previous folder stays whole
+    and readable, and the next write cleans up what the dead process left."""
+    out = tmp_path / "report"
+    result.write(out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    ev_path = tmp_path / "events.parquet"
+    result.examples.head(0).write_parquet(ev_path)
+    script = textwrap.dedent(
+        f"""
+        import sys, time, polars as pl
+        import driftwatch._io as io_mod
+        from driftwatch.report import load_results
+        real = io_mod.atomic_write_parquet
+        n = 0
+        def slow(frame, path):
+            global n
+            n += 1
+            out = real(frame, path)
+            if n == 3:
+                print("writing", flush=True)
+                time.sleep(60)
+            return out
+        io_mod.atomic_write_parquet = slow
+        import driftwatch.audit as a
+        res = load_results({str(out)!r})
+        r = a.AuditResult(**{{k: getattr(res, k) for k in ("runs", "loops", "changepoints", "drift", "violations",
+                              "rejected", "costs", "load")}}, stats=res.stats)
+        r.write({str(out)!r})
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    for name in ("runs", "loops", "violations"):
+        pl.read_parquet(out / f"{name}.parquet")  # readable
+    leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".report.tmp-")]
+    assert leftovers, "the killed writer should have left its temp folder"
+    result.write(out)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".report.")]
+
+
+def test_repr_and_notebook_html(result: AuditResult) -> None:
+    text = repr(result)
+    assert text.startswith("<AuditResult runs=") and len(text) < 300
+    page = result._repr_html_()
+    lv = result.level_counts()
+    assert f"{lv['escalate']:,}" in page and "Top escalations" in page and "<svg" in page
+    assert "<script" not in page
+
+
+def test_dw_audit_is_callable_however_imported(fleet: synth.Fleet) -> None:
+    """``import driftwatch.audit`` makes ``dw.audit`` the submodule; calling it must still audit."""
+    import driftwatch.audit  # noqa: F401 - the import is the point
+
+    small = fleet.events.filter(pl.col("ts") < datetime(2026, 10, 2, tzinfo=UTC))
+    res = dw.audit(small)
+    assert isinstance(res, AuditResult) and res.runs.height == small["run_id"].n_unique()
+    assert dw.AuditResult is AuditResult

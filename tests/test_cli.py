@@ -1,0 +1,293 @@
+"""The driftwatch command: outputs, exit codes 0/1/2, one-line errors, incremental audits."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from driftwatch.audit import ALERT_KEYS, CONTRACT_FILES
+
+Cli = Callable[..., tuple[int, str, str]]
+
+CONTRACT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "runs": ("run_id", "agent", "n_steps", "cost_usd", "score", "level", "reasons"),
+    "loops": ("run_id", "agent", "start_step", "end_step", "period", "repeats", "pattern", "kind",
+              "wasted_steps", "wasted_tokens", "wasted_cost_usd"),
+    "changepoints": ("series", "metric", "ts", "before", "after", "magnitude", "score"),
+    "drift": ("series", "window_start", "window_end", "feature", "method", "statistic", "p_value", "drifted"),
+    "violations": ("run_id", "step", "rule", "severity", "detail"),
+    "rejected": ("source_file", "reason"),
+    "costs": ("series",),
+    "load": ("series", "metric", "knee", "below", "above", "ratio", "p_value"),
+}
+
+
+def one_line_error(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def fleet_events(small_fleet_dir: Path) -> Path:
+    return small_fleet_dir / "events"
+
+
+@pytest.fixture(scope="module")
+def messy_logs(small_fleet_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fleet's files plus one file with rows the reader rejects (null run_id, negative cost)."""
+    root = tmp_path_factory.mktemp("messy")
+    shutil.copytree(small_fleet_dir / "events", root / "events")
+    first = sorted((root / "events").rglob("*.parquet"))[0]
+    bad = pl.read_parquet(first).head(6).with_columns(
+        pl.Series("run_id", [None, None, "zz-1", "zz-1", "zz-2", "zz-2"], dtype=pl.String),
+        pl.Series("cost_usd", [0.1, 0.1, -5.0, 0.1, 0.1, 0.1]),
+    )
+    bad.write_parquet(root / "events" / "extra.parquet")
+    return root / "events"
+
+
+@pytest.fixture(scope="module")
+def audited(messy_logs: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, str, str]:
+    from io import StringIO
+
+    from driftwatch.cli import main
+
+    out = tmp_path_factory.mktemp("audit") / "report"
+    so, se = StringIO(), StringIO()
+    code = main(["audit", str(messy_logs), "--out", str(out), "--volume-per-day", "5000"], stdout=so, stderr=se)
+    return out, code, so.getvalue(), se.getvalue()
+
+
+def test_audit_writes_every_file_with_contract_columns(audited: tuple[Path, int, str, str]) -> None:
+    out, code, stdout, stderr = audited
+    assert code == 0, stderr
+    assert stderr == ""  # not a terminal: no progress
+    for name in CONTRACT_FILES:
+        assert (out / name).is_file(), name
+    for name, cols in CONTRACT_COLUMNS.items():
+        schema = pl.read_parquet_schema(out / f"{name}.parquet")
+        assert set(cols) <= set(schema), (name, list(schema))
+    assert stdout.strip().splitlines()[-1] == f"report: {out.absolute() / 'report.html'}"
+
+
+def test_summary_reconciles(audited: tuple[Path, int, str, str]) -> None:
+    out = audited[0]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["rows_in"] == s["rows_valid"] + s["rows_rejected"]
+    assert s["rows_rejected"] >= 3
+    assert pl.read_parquet(out / "rejected.parquet").height == s["rows_rejected"]
+    runs = pl.read_parquet(out / "runs.parquet")
+    assert s["runs"] == runs.height == sum(s["levels"].values())
+    for lvl, n in s["levels"].items():
+        assert runs.filter(pl.col("level") == lvl).height == n
+    assert s["cost"]["volume_per_day"] == 5000 and s["cost"]["projected_daily_usd"] > 0
+    assert set(s["versions"]) == {"driftwatch", "polars", "duckdb", "python"}
+    alerts = [json.loads(x) for x in (out / "alerts.jsonl").read_text().splitlines()]
+    assert len(alerts) == s["levels"]["review"] + s["levels"]["escalate"]
+    assert all(tuple(a) == ALERT_KEYS for a in alerts)
+
+
+def test_fail_on_exit_codes(fleet_events: Path, tmp_path: Path, run_cli: Cli) -> None:
+    code, out, err = run_cli("audit", fleet_events, "--out", tmp_path / "r", "--fail-on", "escalate", "--quiet")
+    assert code == 1 and out == "" and err == ""  # the demo fleet has unapproved deletes
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert s["levels"]["escalate"] > 0
+
+
+def test_fail_on_not_reached_is_zero(tmp_path: Path, run_cli: Cli) -> None:
+    from driftwatch import synth
+
+    quiet = synth.generate(days=2, runs_per_day=25, seed=5, scenario=synth.Scenario.stable())
+    quiet.events.filter(pl.col("action").str.contains("delete|refund|drop").not_()).write_parquet(tmp_path / "q.parquet")
+    code, _, err = run_cli("audit", tmp_path / "q.parquet", "--out", tmp_path / "r", "--quiet",
+                           "--policy", _policy(tmp_path, "[escalation]\nreview = 0.98\nescalate = 0.99\n"),
+                           "--fail-on", "escalate")
+    assert code == 0, err
+
+
+def _policy(tmp: Path, text: str) -> Path:
+    p = tmp / "policy.toml"
+    p.write_text(text)
+    return p
+
+
+def test_bad_input_exits_2_with_one_line(fleet_events: Path, tmp_path: Path, run_cli: Cli) -> None:
+    out = tmp_path / "out"
+    corrupt = tmp_path / "corrupt.parquet"
+    good = sorted(fleet_events.rglob("*.parquet"))[0]
+    corrupt.write_bytes(good.read_bytes()[: good.stat().st_size // 2])  # truncated
+    nocol = tmp_path / "nocol.parquet"
+    pl.read_parquet(good).drop("action").write_parquet(nocol)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = {
+        "corrupt": (["audit", corrupt, "--out", out], str(corrupt)),
+        "missing column": (["audit", nocol, "--out", out], "action"),
+        "empty folder": (["audit", empty, "--out", out], str(empty)),
+        "no such path": (["audit", tmp_path / "nope", "--out", out], "nope"),
+        "unreadable policy": (["audit", good, "--out", out, "--policy", tmp_path / "missing.toml"], "missing.toml"),
+        "bad policy": (["audit", good, "--out", out, "--policy", _policy(tmp_path, "[limits]\nmax_stepz = 3\n")],
+                       "max_stepz"),
+        "policy is a folder": (["audit", good, "--out", out, "--policy", empty], str(empty)),
+        "bad reference": (["audit", good, "--out", out, "--reference", "last week"], "reference"),
+        "bad since": (["audit", good, "--out", out, "--since", "soon"], "since"),
+        "out is a file": (["audit", good, "--out", good], "folder"),
+        "bad chunks": (["audit", good, "--out", out, "--chunks", "-1"], "chunks"),
+    }
+    for label, (argv, needle) in cases.items():
+        code, stdout, err = run_cli(*argv)
+        line = one_line_error(err)
+        assert code == 2, (label, code, err)
+        assert needle in line, (label, line)
+        assert line.startswith("driftwatch audit: error:"), (label, line)
+    assert not out.exists()  # nothing written by a failed audit
+
+
+def test_usage_errors_exit_2(run_cli: Cli) -> None:
+    for argv in ([], ["audit"], ["audit", "x"], ["audit", "x", "--out", "y", "--engine", "pandas"],
+                 ["frobnicate"], ["audit", "x", "--out", "y", "--state", "s", "--db", "d"],
+                 ["generate", "o", "--days", "0"]):
+        code, _, err = run_cli(*argv)
+        assert code == 2, argv
+        line = one_line_error(err)
+        assert "driftwatch" in line and ("--help" in line or "command is required" in line), line
+    code, out, _ = run_cli("--version")
+    assert code == 0
+
+
+def test_console_script_and_exit_code_in_a_subprocess(tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "driftwatch"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "import sys; from driftwatch.cli import main; sys.exit(main())"]
+    proc = subprocess.run([*cmd, "audit", str(tmp_path / "none"), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert one_line_error(proc.stderr).endswith("no such file or folder")
+
+
+def test_identical_outputs_on_rerun(fleet_events: Path, tmp_path: Path, run_cli: Cli) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run_cli("audit", fleet_events, "--out", a, "--quiet")[0] == 0
+    assert run_cli("audit", fleet_events, "--out", b, "--quiet")[0] == 0
+    for p in sorted(a.glob("*.parquet")):
+        assert p.read_bytes() == (b / p.name).read_bytes(), p.name
+    assert (a / "alerts.jsonl").read_text() == (b / "alerts.jsonl").read_text()
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    sa.pop("timings"), sb.pop("timings")
+    assert sa == sb
+
+
+def test_incremental_audit_appends_only_new_runs(small_fleet_dir: Path, tmp_path: Path, run_cli: Cli) -> None:
+    days = sorted((small_fleet_dir / "events").iterdir())
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for d in days[:10]:
+        shutil.copytree(d, logs / d.name)
+    db = tmp_path / "audit.duckdb"
+    code, out, err = run_cli("audit", logs, "--out", tmp_path / "r1", "--db", db, "--quiet")
+    assert code == 0, err
+    runs1 = pl.read_parquet(tmp_path / "r1" / "runs.parquet")
+
+    # the next night: one more day arrives
+    shutil.copytree(days[10], logs / days[10].name)
+    code, out, err = run_cli("audit", logs, "--out", tmp_path / "r2", "--db", db)
+    assert code == 0, err
+    runs2 = pl.read_parquet(tmp_path / "r2" / "runs.parquet")
+    new_ids = pl.read_parquet(days[10])["run_id"].unique()
+    assert sorted(runs2["run_id"].to_list()) == sorted(new_ids.to_list())  # only the new runs
+    assert not runs2["run_id"].is_in(runs1["run_id"].implode()).any()
+    summary2 = json.loads((tmp_path / "r2" / "summary.json").read_text())
+    assert summary2["incremental"] is True and summary2["skipped_files"] == 10
+
+    counts = history_counts(db)
+    assert counts["runs"] == counts["distinct_runs"] == runs1.height + runs2.height
+    assert counts["audits"] == 2 and counts["files"] == 11
+
+    # rerun with nothing new: exit 0, nothing appended, previous results untouched
+    before = (tmp_path / "r2" / "runs.parquet").read_bytes()
+    code, out, err = run_cli("audit", logs, "--out", tmp_path / "r2", "--db", db)
+    assert code == 0 and "no new data" in out, (out, err)
+    assert (tmp_path / "r2" / "runs.parquet").read_bytes() == before
+    # re-auditing the same data (a copy of the folder: new paths) into the same history is idempotent
+    shutil.copytree(logs, tmp_path / "logs2")
+    assert run_cli("audit", tmp_path / "logs2", "--out", tmp_path / "r3", "--db", db, "--quiet")[0] == 0
+    again = history_counts(db)
+    for table in ("runs", "distinct_runs", "loops", "violations", "features", "changepoints", "drift"):
+        assert again[table] == counts[table], table
+    assert again["audits"] == 3 and again["files"] == 22
+
+
+def history_counts(db: Path) -> dict[str, int]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        out = {t: con.execute(f"select count(*) from {t}").fetchone()[0]
+               for t in ("runs", "loops", "violations", "features", "changepoints", "drift", "audits", "files")}
+        out["distinct_runs"] = con.execute("select count(distinct run_id) from runs").fetchone()[0]
+    return out
+
+
+def test_incremental_history_reaches_change_points(tmp_path: Path, run_cli: Cli) -> None:
+    """A nightly audit of one day still finds a change-point that needs the previous weeks."""
+    from driftwatch import synth
+
+    sc = synth.Scenario.stable(changepoints=(synth.ChangeSpec("billing", 10, "steps_per_run", 2.0),))
+    synth.write_fleet(tmp_path / "fleet", days=14, runs_per_day=60, seed=3, scenario=sc)
+    days = sorted((tmp_path / "fleet" / "events").iterdir())
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    state = tmp_path / "state"
+    for i, d in enumerate(days):
+        shutil.copytree(d, logs / d.name)
+        if i >= 11:  # the first audit sees days 0..11, then one audit per night
+            code, _, err = run_cli("audit", logs, "--out", tmp_path / "r", "--state", state, "--quiet")
+            assert code == 0, err
+    cps = pl.read_parquet(tmp_path / "r" / "changepoints.parquet")
+    hit = cps.filter((pl.col("series") == "agent=billing") & pl.col("metric").str.starts_with("steps"))
+    assert hit.height >= 1, cps
+    assert abs((hit["ts"].min() - days_ts(10)).days) <= 2
+    runs = pl.read_parquet(tmp_path / "r" / "runs.parquet")
+    assert runs.height == pl.read_parquet(days[-1])["run_id"].n_unique()
+
+
+def days_ts(day: int):  # noqa: ANN201 - tiny helper
+    from datetime import UTC, datetime, timedelta
+
+    return datetime(2026, 10, 1, tzinfo=UTC) + timedelta(days=day)
+
+
+def test_validate_loops_drift_generate_report(fleet_events: Path, messy_logs: Path, tmp_path: Path,
+                                             audited: tuple[Path, int, str, str], run_cli: Cli) -> None:
+    code, out, err = run_cli("validate", messy_logs)
+    assert code == 0 and "schema OK" in out and "rejected" in out, err
+    assert run_cli("validate", messy_logs, "--strict")[0] == 1
+    assert run_cli("validate", fleet_events, "--strict")[0] == 0
+
+    code, out, err = run_cli("loops", fleet_events, "--out", tmp_path / "loops.parquet")
+    assert code == 0 and "loops in" in out, err
+    assert pl.read_parquet(tmp_path / "loops.parquet").height > 0
+
+    code, out, err = run_cli("drift", fleet_events, "--reference", "2026-10-01..2026-10-08",
+                             "--out", tmp_path / "drift.parquet")
+    assert code == 0 and "tests" in out, err
+    assert pl.read_parquet(tmp_path / "drift.parquet").height > 0
+    assert run_cli("drift", fleet_events, "--reference", "7d")[0] == 0
+
+    code, out, err = run_cli("generate", tmp_path / "gen", "--days", "2", "--runs-per-day", "10", "--seed", "1")
+    assert code == 0 and (tmp_path / "gen" / "events").is_dir(), err
+
+    report_dir = audited[0]
+    before = (report_dir / "report.html").read_text()
+    (report_dir / "report.html").unlink()
+    code, out, err = run_cli("report", report_dir)
+    assert code == 0 and out.strip() == f"report: {report_dir.absolute() / 'report.html'}"
+    assert (report_dir / "report.html").read_text() == before
+    code, _, err = run_cli("report", tmp_path)
+    assert code == 2 and "summary.json" in one_line_error(err)

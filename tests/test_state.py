@@ -1,0 +1,187 @@
+"""Audit history in DuckDB: idempotent upserts, file planning, history reads, safe SQL."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from driftwatch.errors import InputError, InvalidParameterError
+from driftwatch.state import DB_NAME, TABLE_KEYS, AuditState, SourceFile, file_hash
+
+T0 = datetime(2026, 10, 1, tzinfo=UTC)
+
+
+def features(ids: list[str], day: int = 0) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "run_id": ids,
+            "agent": ["a"] * len(ids),
+            "first_ts": [T0 + timedelta(days=day, minutes=i) for i in range(len(ids))],
+            "n_steps": list(range(1, len(ids) + 1)),
+        }
+    )
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> AuditState:
+    st = AuditState(tmp_path / "s" / DB_NAME)
+    yield st
+    st.close()
+
+
+def test_upsert_replaces_rows_of_the_same_runs(state: AuditState) -> None:
+    state.upsert("runs", pl.DataFrame({"run_id": ["a", "b"], "score": [0.1, 0.9]}))
+    state.upsert("runs", pl.DataFrame({"run_id": ["b", "c"], "score": [0.5, 0.2]}))
+    assert state.table("runs").sort("run_id").rows() == [("a", 0.1), ("b", 0.5), ("c", 0.2)]
+
+
+def test_per_run_table_loses_rows_a_run_no_longer_has(state: AuditState) -> None:
+    """A run re-audited with fewer loops must not keep its old loop rows."""
+    state.upsert("loops", pl.DataFrame({"run_id": ["a", "a", "b"], "start_step": [1, 9, 2]}))
+    state.upsert("loops", pl.DataFrame({"run_id": ["a"], "start_step": [1]}))
+    assert state.table("loops").sort("run_id", "start_step").rows() == [("a", 1), ("b", 2)]
+    # and a run that now has none: delete by the audited run ids, insert nothing
+    state.upsert("loops", pl.DataFrame(schema={"run_id": pl.String, "start_step": pl.Int64}),
+                 run_ids=pl.Series(["b"]))
+    assert state.table("loops").rows() == [("a", 1)]
+
+
+def test_fleet_tables_upsert_by_natural_key(state: AuditState) -> None:
+    cp = pl.DataFrame({"series": ["agent=x"], "metric": ["error_rate"], "ts": [T0], "after": [0.2]})
+    state.upsert("changepoints", cp)
+    state.upsert("changepoints", cp.with_columns(pl.lit(0.3).alias("after")))
+    state.upsert("changepoints", cp.with_columns(pl.lit("cost_per_run").alias("metric")))
+    got = state.table("changepoints").sort("metric")
+    assert got.select("metric", "after").rows() == [("cost_per_run", 0.2), ("error_rate", 0.3)]
+    assert got["ts"].dtype == pl.Datetime("us", "UTC")
+
+
+def test_record_twice_is_idempotent_and_atomic(state: AuditState, tmp_path: Path) -> None:
+    f = tmp_path / "part.parquet"
+    f.write_bytes(b"data")
+    feats = features(["r1", "r2", "r3"])
+    kw = dict(
+        audit={"audit_id": "A1", "watermark": T0 + timedelta(hours=1), "runs": 3},
+        per_run={"features": feats, "runs": feats.select("run_id", pl.lit(0.5).alias("score"))},
+        fleet={"drift": pl.DataFrame({"series": ["s"], "window_start": [T0], "window_end": [T0],
+                                      "feature": ["tool_mix"], "method": ["chi2"], "p_value": [0.5]})},
+        run_ids=feats["run_id"],
+        files=[SourceFile.stat(f)],
+    )
+    state.record(**kw)
+    first = state.counts()
+    state.record(**kw)
+    assert state.counts() == first == {"audits": 1, "drift": 1, "features": 3, "files": 1, "runs": 3}
+    assert state.watermark() == T0 + timedelta(hours=1)
+    assert state.audited_files()["hash"].to_list() == [file_hash(f)]
+
+    # a failure inside the transaction leaves nothing behind
+    bad = dict(kw, per_run={"features": features(["r9"]), "runs": pl.DataFrame({"run_id": ["r9"], "bad col": [1]})},
+               run_ids=pl.Series(["r9"]))
+    with pytest.raises(InvalidParameterError, match="bad col"):
+        state.record(**bad)
+    assert state.counts() == first
+    assert "r9" not in state.table("features")["run_id"].to_list()
+
+
+def test_new_columns_are_added(state: AuditState) -> None:
+    state.upsert("features", features(["a"]))
+    state.upsert("features", features(["b"]).with_columns(pl.lit(2.5).alias("extra")))
+    got = state.table("features").sort("run_id")
+    assert got["extra"].to_list() == [None, 2.5]
+
+
+def test_values_are_parameters_not_sql(state: AuditState) -> None:
+    evil = "x'); DROP TABLE runs; --"
+    state.upsert("runs", pl.DataFrame({"run_id": ["ok", evil], "score": [0.1, 0.2]}))
+    state.upsert("runs", pl.DataFrame({"run_id": [evil], "score": [0.3]}))
+    assert dict(state.table("runs").rows()) == {"ok": 0.1, evil: 0.3}
+    assert state.table("runs", where_run_ids=[evil]).rows() == [(evil, 0.3)]
+
+
+@pytest.mark.parametrize("name", ["runs; DROP TABLE x", "sqlite_master", "Runs"])
+def test_unknown_table_names_are_refused(state: AuditState, name: str) -> None:
+    with pytest.raises(InvalidParameterError, match="unknown history table"):
+        state.upsert(name, pl.DataFrame({"run_id": ["a"]}))
+
+
+def test_odd_column_names_are_refused(state: AuditState) -> None:
+    with pytest.raises(InvalidParameterError, match="cannot be stored"):
+        state.upsert("runs", pl.DataFrame({"run_id": ["a"], 'x" INT); --': [1]}))
+
+
+def test_plan_new_unchanged_touched_and_changed_files(state: AuditState, tmp_path: Path) -> None:
+    a, b, c = (tmp_path / n for n in ("a.parquet", "b.parquet", "c.parquet"))
+    a.write_bytes(b"aaaa")
+    b.write_bytes(b"bbbb")
+    todo, done = state.plan([a, b])
+    assert [Path(f.path).name for f in todo] == ["a.parquet", "b.parquet"] and done == []
+    state.record(audit={"audit_id": "1"}, per_run={}, fleet={}, run_ids=pl.Series([], dtype=pl.String), files=todo)
+
+    c.write_bytes(b"cccc")
+    os.utime(a, ns=(a.stat().st_atime_ns, a.stat().st_mtime_ns + 5_000_000_000))  # touched, same bytes
+    b.write_bytes(b"bbbB")  # same size, new content
+    os.utime(b, ns=(b.stat().st_atime_ns, b.stat().st_mtime_ns + 7_000_000_000))
+    todo, done = state.plan([a, b, c])
+    assert sorted(Path(f.path).name for f in todo) == ["b.parquet", "c.parquet"]
+    assert [Path(f.path).name for f in done] == ["a.parquet"]
+    state.touch(done)
+    todo2, done2 = state.plan([a])
+    assert todo2 == [] and done2[0].mtime_ns == a.stat().st_mtime_ns
+
+
+def test_history_excludes_current_runs_and_old_runs(state: AuditState) -> None:
+    feats = pl.concat([features(["old"], day=0), features(["mid"], day=10), features(["cur"], day=20)])
+    counts = pl.DataFrame({"run_id": ["old", "mid", "cur"], "action": ["x", "y", "z"], "n": [1, 2, 3]})
+    state.record(audit={"audit_id": "1"}, per_run={"features": feats, "action_counts": counts},
+                 fleet={}, run_ids=feats["run_id"])
+    hist = state.history(exclude_run_ids=pl.Series(["cur"]), since=T0 + timedelta(days=5))
+    assert hist["features"]["run_id"].to_list() == ["mid"]
+    assert hist["action_counts"]["run_id"].to_list() == ["mid"]
+    assert hist["features"]["first_ts"].dtype == pl.Datetime("us", "UTC")
+    assert AuditState(state.path.parent / "empty.duckdb").history() == {}
+
+
+def test_open_needs_exactly_one_location(tmp_path: Path) -> None:
+    with pytest.raises(InvalidParameterError):
+        AuditState.open()
+    with pytest.raises(InvalidParameterError):
+        AuditState.open(state_dir=tmp_path, db=tmp_path / "x.duckdb")
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(InvalidParameterError, match="must be a folder"):
+        AuditState.open(state_dir=f)
+    st = AuditState.open(state_dir=tmp_path / "state")
+    assert st.path == tmp_path / "state" / DB_NAME
+    st.close()
+
+
+def test_not_a_database_and_locked_database_are_input_errors(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.duckdb"
+    junk.write_text("this is not a duckdb file\n" * 100)
+    with pytest.raises(InputError, match="cannot open the audit state database"):
+        AuditState(junk)
+    # another process holds the database open for writing
+    db = tmp_path / "locked.duckdb"
+    code = (
+        "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); c.execute('create table t(x int)');"
+        "print('ready', flush=True); time.sleep(30)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(db)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        with pytest.raises(InputError, match="no other audit is running"):
+            AuditState(db)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_table_keys_cover_the_history_tables_of_the_issue() -> None:
+    assert {"runs", "loops", "changepoints", "drift", "violations", "audits"} <= set(TABLE_KEYS)
