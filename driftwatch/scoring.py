@@ -110,8 +110,22 @@ _ANOMALY_FEATURES: tuple[tuple[str, float, int], ...] = (
     ("llm_ratio", 0.02, 0),
     ("n_distinct_actions", 1.0, 0),
     ("n_retries", 1.0, 1),
-    ("min_confidence", 0.05, -1),
+    ("min_confidence_filled", 0.05, -1),
 )
+
+#: How the anomaly features are named in reasons.
+_FEATURE_LABELS: dict[str, str] = {
+    "log_steps": "steps",
+    "log_cost": "cost",
+    "log_tokens": "tokens",
+    "log_runtime": "runtime",
+    "log_latency_p90": "p90 latency",
+    "error_rate_tool": "tool error rate",
+    "llm_ratio": "LLM share of steps",
+    "n_distinct_actions": "distinct tools",
+    "n_retries": "retries",
+    "min_confidence_filled": "confidence",
+}
 
 #: Trees of the anomaly forest, and of the cheaper forest screening large fleets.
 ANOMALY_TREES = 100
@@ -230,17 +244,34 @@ def _drift_context(runs: pl.DataFrame, drift: pl.DataFrame | None) -> pl.DataFra
 # --------------------------------------------------------------------------- helpers
 
 
-def _robust_z(col: str, floor: float, *, by: str = "_zgroup") -> list[pl.Expr]:
-    """Median/MAD z-score of ``col`` within ``by``; MAD scaled by 1.4826 and floored."""
-    x = pl.col(col)
-    med = x.median().over(by)
-    return [
-        med.alias(f"_med_{col}"),
-        ((x - med) / pl.max_horizontal((x - med).abs().median().over(by) * 1.4826, pl.lit(floor)))
+def _add_robust_z(f: pl.DataFrame, specs: Sequence[tuple[str, float]]) -> pl.DataFrame:
+    """Add ``_z_<col>``: the median/MAD z-score of each column within ``_zgroup``.
+
+    The MAD is scaled by 1.4826 (a standard deviation under normality) and floored at
+    the column's floor, so near-constant features do not blow up. Also adds
+    ``_med_cost`` and ``_med_steps`` (the group's median cost and steps, for reasons).
+    Two small group-bys and joins over the per-run table (no window per column).
+    """
+    names = [n for n, _ in specs]
+    med = f.group_by("_zgroup").agg(
+        *[pl.col(n).median().alias(f"_med_{n}") for n in names],
+        pl.col("cost_usd").fill_null(0.0).median().alias("_med_cost"),
+        pl.col("n_steps").median().alias("_med_steps"),
+    )
+    f = f.join(med, on="_zgroup", how="left")
+    mad = (
+        f.select("_zgroup", *[(pl.col(n) - pl.col(f"_med_{n}")).abs().alias(n) for n in names])
+        .group_by("_zgroup")
+        .agg(*[(pl.col(n).median() * 1.4826).alias(f"_mad_{n}") for n in names])
+    )
+    f = f.join(mad, on="_zgroup", how="left")
+    return f.with_columns(
+        ((pl.col(n) - pl.col(f"_med_{n}")) / pl.max_horizontal(pl.col(f"_mad_{n}"), pl.lit(floor)))
         .clip(-50.0, 50.0)
         .fill_null(0.0)
-        .alias(f"_z_{col}"),
-    ]
+        .alias(f"_z_{n}")
+        for n, floor in specs
+    ).drop([f"_mad_{n}" for n in names])
 
 
 def _oriented_z(name: str, orientation: int) -> pl.Expr:
@@ -374,28 +405,26 @@ def score_runs_from_runs(
         (pl.col("tokens").fill_null(0).cast(pl.Float64) + 1.0).log().alias("log_tokens"),
         (pl.col("runtime_s").fill_null(0.0) + 1.0).log().alias("log_runtime"),
         (pl.col("latency_ms_p90").fill_null(0.0) + 1.0).log().alias("log_latency_p90"),
-        pl.col("min_confidence").fill_null(1.0).alias("_min_conf_filled"),
-        pl.when(pl.len().over("agent") >= MIN_AGENT_RUNS)
-        .then(pl.col("agent").fill_null(""))
-        .otherwise(pl.lit("\x00fleet"))
-        .alias("_zgroup"),
+        pl.col("min_confidence").fill_null(1.0).alias("min_confidence_filled"),
     )
-    zexprs: list[pl.Expr] = []
-    for name, floor, _ in _ANOMALY_FEATURES:
-        src = "_min_conf_filled" if name == "min_confidence" else name
-        if src != name:
-            f = f.with_columns(pl.col(src).alias(name))
-        zexprs.extend(_robust_z(name, floor))
-    f = f.with_columns(zexprs).with_columns(
+    # agents with few runs are compared with the whole fleet (a handful of agents: Python list is fine)
+    counts = f.group_by("agent").len()
+    small = counts.filter(pl.col("len") < MIN_AGENT_RUNS)["agent"].to_list()
+    f = f.with_columns(
+        pl.when(pl.col("agent").is_in(small) | pl.col("agent").is_null() if small else pl.col("agent").is_null())
+        .then(pl.lit("\x00fleet"))
+        .otherwise(pl.col("agent"))
+        .alias("_zgroup")
+    )
+    f = _add_robust_z(f, [(src, floor) for src, floor, _ in _ANOMALY_FEATURES]).with_columns(
         pl.col("_z_log_cost").alias("cost_z"),
         pl.col("_z_log_steps").alias("steps_z"),
-        pl.col("cost_usd").fill_null(0.0).median().over("_zgroup").alias("_med_cost"),
-        pl.col("n_steps").median().over("_zgroup").alias("_med_steps"),
     )
 
     # ---- anomaly (IsolationForest over per-agent robust z-scores) ----
     a, top = _anomaly_scores(f, random_state)
-    top_names = np.array([c for c, _, _ in _ANOMALY_FEATURES], dtype=object)[top] if n_runs else np.array([])
+    labels = [_FEATURE_LABELS.get(c, c) for c, _, _ in _ANOMALY_FEATURES]
+    top_names = np.array(labels, dtype=object)[top] if n_runs else np.array([])
     top_z = (
         f.select(pl.concat_list([pl.col(f"_z_{c}") for c, _, _ in _ANOMALY_FEATURES]))
         .to_series()
