@@ -76,6 +76,10 @@ def numbers_expr(normalized: pl.Expr) -> pl.Expr:
 
 MAX_HASHES = 256
 
+#: Byte map of ``words_only``: ASCII punctuation and whitespace become a space.
+_WORDS_LUT = np.arange(256, dtype=np.uint8)
+_WORDS_LUT[[c for c in range(33, 127) if not chr(c).isalnum()] + [9, 10, 11, 12, 13]] = 32
+
 
 def _affine_params(seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
@@ -90,6 +94,7 @@ def minhash(
     n_hashes: int = 64,
     first: int = 0,
     seed: int = 0,
+    words_only: bool = True,
     max_bytes: int = 8_000_000,
 ) -> np.ndarray:
     """MinHash signatures of character 4-gram shingles, one row per text.
@@ -115,6 +120,9 @@ def minhash(
         concatenate to the 64-hash signature (used for early rejection).
     seed : int, default=0
         Seed of the hash family (equal seeds give comparable signatures).
+    words_only : bool, default=True
+        Read ASCII punctuation as whitespace and collapse whitespace runs before
+        shingling, so that ``for: refund`` and ``for refund`` share their shingles.
     max_bytes : int, default=8_000_000
         Bytes per processing block.
 
@@ -140,6 +148,12 @@ def minhash(
         arr = arr.combine_chunks()
     offs = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=n + 1, offset=arr.offset * 8)
     data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)
+    if words_only:
+        data = _WORDS_LUT[data[offs[0] : offs[-1]]]
+        space = data == 32
+        keep = ~(space & np.concatenate(([False], space[:-1])))  # pads (\x02) separate the texts
+        data = data[keep]
+        offs = np.concatenate(([0], np.cumsum(keep)))[offs - offs[0]]
     a, b = _affine_params(seed)
     a, b = a[first : first + n_hashes], b[first : first + n_hashes]
     # blocks of whole texts with about max_bytes bytes each
@@ -195,7 +209,8 @@ def near_duplicates(texts: pl.Series, i: np.ndarray, j: np.ndarray, *, similarit
     Two texts are near-duplicates when their normalised forms
     (:func:`normalize_expr`) are equal, or when they have the same standalone
     numbers (:func:`numbers_expr`) and the MinHash estimate of the Jaccard
-    similarity of their 4-gram shingle sets is at least ``similarity``. Each
+    similarity of their 4-gram shingle sets (punctuation read as spaces) is at
+    least ``similarity``. Each
     check runs only on the pairs the previous one left open, and only the texts
     of those pairs are processed. MinHash runs in two stages: 8 hashes first,
     and pairs with at most 2 of 8 equal (probability 0.0012 when the true

@@ -378,6 +378,21 @@ def _cumsum0(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def _range_sums(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """``values[lo:hi].sum()`` for every range, each summed on its own values only (so that
+    float results do not depend on what else is in the frame, e.g. on chunking)."""
+    length = hi - lo
+    out = np.zeros(lo.size, dtype=values.dtype)
+    nz = np.flatnonzero(length > 0)
+    if nz.size == 0:
+        return out
+    ln = length[nz]
+    offsets = np.cumsum(ln) - ln
+    idx = np.arange(int(ln.sum()), dtype=np.int64) + np.repeat(lo[nz] - offsets, ln)
+    out[nz] = np.add.reduceat(values[idx], offsets)
+    return out
+
+
 def _mask_of_segments(n: int, start: np.ndarray, end: np.ndarray) -> np.ndarray:
     """Boolean mask of positions covered by any ``[start, end]`` segment."""
     delta = np.bincount(start, minlength=n + 1)[: n + 1].astype(np.int64)
@@ -582,8 +597,9 @@ def _assemble(
     start_row = np.where(prev_same, trows[prev] + 1, run_start[r])
     end_row = trows[seg_e]
     first_cycle_end = trows[seg_s + seg_p - 1]
-    tok_cum = _cumsum0(steps["_tok"].to_numpy())
-    cost_cum = _cumsum0(steps["_cost"].to_numpy())
+    tok_cum = _cumsum0(steps["_tok"].to_numpy())  # integers: prefix sums are exact
+    cost = steps["_cost"].to_numpy()
+    run_cost = np.add.reduceat(cost, run_start)
 
     # pattern: the actions of the first cycle, one column per position in the cycle
     action = steps["action"]
@@ -612,7 +628,7 @@ def _assemble(
             "kind": kind,
             "wasted_steps": end_row - first_cycle_end,
             "wasted_tokens": tok_cum[end_row + 1] - tok_cum[first_cycle_end + 1],
-            "wasted_cost_usd": cost_cum[end_row + 1] - cost_cum[first_cycle_end + 1],
+            "wasted_cost_usd": _range_sums(cost, first_cycle_end + 1, end_row + 1),
             "match": match,
             "error_share": err_share,
             "handoff": pat["handoff"],
@@ -620,7 +636,7 @@ def _assemble(
             "cycle_steps": first_cycle_end - start_row + 1,
             "run_steps": run_end[r] - run_start[r] + 1,
             "run_tokens": tok_cum[run_end[r] + 1] - tok_cum[run_start[r]],
-            "run_cost_usd": cost_cum[run_end[r] + 1] - cost_cum[run_start[r]],
+            "run_cost_usd": run_cost[r],
         },
         schema_overrides={"kind": pl.String, "match": pl.String},
     )

@@ -1,0 +1,491 @@
+"""Loop detection: hand-built cases, known-answer tests on generated fleets, a hypothesis property."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from driftwatch import synth
+from driftwatch._signatures import minhash, near_duplicates, normalize_expr
+from driftwatch.errors import InvalidParameterError, SchemaError
+from driftwatch.features import run_features
+from driftwatch.loops import (
+    DELEGATION_SCHEMA,
+    LOOP_SCHEMA,
+    SUMMARY_SCHEMA,
+    detect_delegation_cycles,
+    detect_loops,
+    loop_summary,
+    periodic_segments,
+)
+
+CONTRACT = ["run_id", "agent", "start_step", "end_step", "period", "repeats", "pattern", "kind",
+            "wasted_steps", "wasted_tokens", "wasted_cost_usd"]
+
+
+def events(*runs: tuple[str, list[tuple]], llm_between: bool = False) -> pl.DataFrame:
+    """Events from ``(run_id, [(action, args, result, status), ...])``; tuples may be shorter.
+
+    With ``llm_between`` an LLM step with a growing, never-repeating prompt precedes every tool step.
+    """
+    rows = []
+    for run_id, calls in runs:
+        step = 0
+        for n, call in enumerate(calls):
+            action, args, result, status = (*call, None, None, None)[:4]
+            if llm_between:
+                step += 1
+                rows.append({"run_id": run_id, "step": step, "action": "llm",
+                             "args": f"prompt turn {n}: " + "context " * n, "result": f"call {action}",
+                             "status": "ok", "input_tokens": 100 * (n + 1), "output_tokens": 10,
+                             "cost_usd": 0.01})
+            step += 1
+            rows.append({"run_id": run_id, "step": step, "action": action, "args": args, "result": result,
+                         "status": status or "ok", "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.001})
+    return pl.DataFrame(rows, schema={"run_id": pl.String, "step": pl.Int64, "action": pl.String,
+                                      "args": pl.String, "result": pl.String, "status": pl.String,
+                                      "input_tokens": pl.Int64, "output_tokens": pl.Int64,
+                                      "cost_usd": pl.Float64})
+
+
+def same(action: str, n: int, args: str = "q", result: str = "r") -> list[tuple]:
+    return [(action, args, result)] * n
+
+
+# ---------------------------------------------------------------------------------------------
+# hand-built cases
+# ---------------------------------------------------------------------------------------------
+
+
+def test_contract_columns_and_dtypes() -> None:
+    out = detect_loops(events(("r1", same("search", 3))))
+    assert out.columns[: len(CONTRACT)] == CONTRACT
+    assert out.schema == pl.Schema(LOOP_SCHEMA)
+    assert set(out["kind"]) <= {"exact", "same_action", "error_retry"}
+
+
+def test_a_a_a_is_an_exact_loop_of_period_1() -> None:
+    out = detect_loops(events(("r1", [("plan", "x", "y"), *same("search", 3), ("answer", "a", "b")])))
+    assert out.select("start_step", "end_step", "period", "repeats", "pattern", "kind", "match").to_dicts() == [
+        {"start_step": 2, "end_step": 4, "period": 1, "repeats": 3, "pattern": "search", "kind": "exact",
+         "match": "identical"}
+    ]
+
+
+def test_a_b_a_b_a_b_has_period_2_not_4_or_6() -> None:
+    cyc = [("search", "q", "r1"), ("read", "u", "r2")]
+    out = detect_loops(events(("r1", cyc * 4)))
+    assert out.height == 1
+    row = out.row(0, named=True)
+    assert (row["period"], row["repeats"], row["pattern"], row["kind"]) == (2, 4, "search > read", "exact")
+    assert (row["start_step"], row["end_step"]) == (1, 8)
+    assert row["wasted_steps"] == 6
+
+
+def test_long_self_loop_collapses_to_one_row_of_minimal_period() -> None:
+    out = detect_loops(events(("r1", same("poll", 12))), max_period=8)
+    assert out.select("period", "repeats").to_dicts() == [{"period": 1, "repeats": 12}]
+
+
+def test_llm_steps_between_tool_calls_do_not_hide_the_loop() -> None:
+    ev = events(("r1", [("plan", "p", "ok"), *same("search", 4, "weather paris", "no results")]), llm_between=True)
+    out = detect_loops(ev)
+    assert out.height == 1
+    row = out.row(0, named=True)
+    # steps: 1 llm, 2 plan, 3 llm, 4 search, 5 llm, 6 search, ... 10 search
+    assert (row["start_step"], row["end_step"], row["period"], row["repeats"]) == (3, 10, 1, 4)
+    assert row["kind"] == "exact" and row["pattern"] == "search"
+    assert row["cycle_steps"] == 2 and row["n_steps"] == 8
+    # waste: steps 5..10 (3 LLM + 3 search), LLM prompts of turns 2..4
+    assert row["wasted_steps"] == 6
+    assert row["wasted_tokens"] == (300 + 10) + (400 + 10) + (500 + 10)
+    assert row["wasted_cost_usd"] == pytest.approx(3 * 0.01 + 3 * 0.001)
+    assert row["run_steps"] == 10
+
+
+def test_handoff_ping_pong_is_a_loop_flagged_as_handoff() -> None:
+    cyc = [("handoff:billing", '{"task": "t1"}', None), ("handoff:triage", '{"task": "t1"}', None)]
+    out = detect_loops(events(("r1", cyc * 3), llm_between=True))
+    row = out.row(0, named=True)
+    assert row["pattern"] == "handoff:billing > handoff:triage"
+    assert row["handoff"] is True and row["kind"] == "exact" and row["repeats"] == 3
+
+
+def test_two_loops_in_one_run() -> None:
+    calls = [*same("search", 4, "q1", "none"), ("plan", "p", "ok"), *[("fetch", "u", "404", "error")] * 3]
+    out = detect_loops(events(("r1", calls)))
+    assert out.select("start_step", "end_step", "pattern", "kind").to_dicts() == [
+        {"start_step": 1, "end_step": 4, "pattern": "search", "kind": "exact"},
+        {"start_step": 6, "end_step": 8, "pattern": "fetch", "kind": "error_retry"},
+    ]
+
+
+def test_same_tool_with_new_arguments_then_stuck_gives_two_exact_loops() -> None:
+    out = detect_loops(events(("r1", same("search", 3, "q1", "a") + same("search", 3, "q2", "b"))))
+    assert out.select("start_step", "end_step", "kind").to_dicts() == [
+        {"start_step": 1, "end_step": 3, "kind": "exact"},
+        {"start_step": 4, "end_step": 6, "kind": "exact"},
+    ]
+
+
+def test_nested_short_loops_inside_a_longer_cycle_are_one_loop() -> None:
+    cyc = [*same("search", 3), ("read", "u", "text")]
+    out = detect_loops(events(("r1", cyc * 3)))
+    assert out.select("period", "repeats", "pattern").to_dicts() == [
+        {"period": 4, "repeats": 3, "pattern": "search > search > search > read"}
+    ]
+
+
+def test_below_min_repeats_is_not_a_loop() -> None:
+    ab = [("a", "1", "1"), ("b", "2", "2")]
+    assert detect_loops(events(("r1", ab * 2 + [ab[0]]))).height == 0
+    assert detect_loops(events(("r1", same("a", 2)))).height == 0
+    assert detect_loops(events(("r1", ab * 2)), min_repeats=2).height == 1
+
+
+def test_runs_do_not_bleed_into_each_other() -> None:
+    out = detect_loops(events(("r1", same("search", 2)), ("r2", same("search", 2))))
+    assert out.height == 0
+
+
+def test_pagination_and_polling_are_same_action_not_exact() -> None:
+    pages = [("list_items", f'{{"page": {p}, "page_size": 50}}', f'{{"items": ["it{p}a", "it{p}b"], "page": {p}}}')
+             for p in range(1, 7)]
+    polls = [("get_status", '{"job_id": "job-7f3a9c2b11"}', f'{{"status": "running", "progress": {p}}}')
+             for p in (10, 30, 50, 70, 90)] + [("get_status", '{"job_id": "job-7f3a9c2b11"}', '{"status": "done"}')]
+    out = detect_loops(events(("pag", pages), ("poll", polls)))
+    assert out.select("run_id", "kind", "match").to_dicts() == [
+        {"run_id": "pag", "kind": "same_action", "match": "action"},
+        {"run_id": "poll", "kind": "same_action", "match": "action"},
+    ]
+    assert (out["severity"] <= 0.3).all()
+
+
+def test_stalled_polling_is_a_no_progress_loop() -> None:
+    polls = [("get_status", '{"job_id": "j1"}', '{"status": "running", "progress": 40}')] * 4
+    assert detect_loops(events(("r", polls)))["kind"].to_list() == ["exact"]
+
+
+def test_near_duplicates_with_timestamps_ids_and_whitespace_are_exact() -> None:
+    calls = [
+        ("search",
+         f'{{"query": "refund   status",  "request_id": "{rid}", "sent_at": "2026-10-01T07:29:5{k}.{k}93Z"}}',
+         f'{{"data": "no refund found", "trace": "{uuid}", "at": "2026-10-01T07:30:0{k}Z"}}')
+        for k, (rid, uuid) in enumerate([
+            ("acac5affea3c-2020ec28", "123e4567-e89b-12d3-a456-426614174000"),
+            ("afee552382ae-28250ec8", "9b2f0c1e-1d2a-4e5f-8a9b-0c1d2e3f4a5b"),
+            ("c052c00f5202-5e8facc2", "00000000-1111-2222-3333-444455556666"),
+        ])
+    ]
+    fuzzy = detect_loops(events(("r1", calls)))
+    assert fuzzy.select("kind", "match").to_dicts() == [{"kind": "exact", "match": "near_duplicate"}]
+    strict = detect_loops(events(("r1", calls)), fuzzy=False)
+    assert strict["kind"].to_list() == ["same_action"]
+
+
+def test_reworded_requests_are_caught_by_minhash_only() -> None:
+    args = ["Search the knowledge base for: refund policy for damaged items, region europe",
+            "search the knowledge base for refund policy for damaged items (region: europe)",
+            "Search knowledge base for: refund policy for damaged items, region Europe."]
+    calls = [("search_kb", a, "No article matches the query.") for a in args]
+    out = detect_loops(events(("r1", calls)))
+    assert out.select("kind", "match").to_dicts() == [{"kind": "exact", "match": "near_duplicate"}]
+    # the same words about a different product are a new request
+    other = [("search_kb", f"search the knowledge base for: {w} policy", "No article matches the query.")
+             for w in ("refund", "shipping", "warranty")]
+    assert detect_loops(events(("r2", other)))["kind"].to_list() == ["same_action"]
+    # a stricter threshold rejects the rewording
+    assert detect_loops(events(("r1", calls)), similarity=1.0)["kind"].to_list() == ["same_action"]
+
+
+def test_error_retry_with_varying_messages_and_recovered_retry() -> None:
+    storm = [("charge_card", '{"amount": 10}', msg, "error")
+             for msg in ("TimeoutError", "RateLimitError: retry later", "HTTP 503", "TimeoutError")]
+    recovered = [("charge_card", '{"amount": 10}', "TimeoutError", "error")] * 2 + [
+        ("charge_card", '{"amount": 10}', "ok", "ok")]
+    out = detect_loops(events(("storm", storm), ("recovered", recovered)))
+    assert out.select("run_id", "kind", "repeats").to_dicts() == [
+        {"run_id": "recovered", "kind": "same_action", "repeats": 3},
+        {"run_id": "storm", "kind": "error_retry", "repeats": 4},
+    ]
+    assert out.filter(pl.col("run_id") == "storm")["error_share"].item() == 1.0
+
+
+def test_unsorted_and_lazy_input_give_the_same_answer() -> None:
+    ev = events(("b", same("x", 3) + same("y", 4, "1", "2")), ("a", [("z", "1", "1"), ("w", "2", "2")] * 3),
+                llm_between=True)
+    expected = detect_loops(ev)
+    shuffled = ev.sample(fraction=1.0, shuffle=True, seed=3)
+    assert detect_loops(shuffled).equals(expected)
+    assert detect_loops(shuffled.lazy()).equals(expected)
+    assert detect_loops(shuffled.lazy(), streaming=True).equals(expected)
+    assert expected["run_id"].to_list() == ["a", "b", "b"]
+
+
+def test_minimal_input_and_missing_optional_columns() -> None:
+    ev = pl.DataFrame({"run_id": ["r"] * 4, "step": [4, 3, 2, 1], "action": ["a"] * 4})
+    out = detect_loops(ev)
+    assert out.select("start_step", "end_step", "kind", "wasted_tokens", "wasted_cost_usd").to_dicts() == [
+        {"start_step": 1, "end_step": 4, "kind": "exact", "wasted_tokens": 0, "wasted_cost_usd": 0.0}
+    ]
+    assert out["agent"].to_list() == ["default"]
+    ts_only = pl.DataFrame({"run_id": ["r"] * 3, "action": ["a"] * 3,
+                            "ts": ["2026-01-01T00:00:00Z", "2026-01-01T00:00:01Z", "2026-01-01T00:00:02Z"]})
+    assert detect_loops(ts_only)["repeats"].to_list() == [3]
+
+
+def test_empty_and_loop_free_inputs() -> None:
+    empty = pl.DataFrame(schema={"run_id": pl.String, "step": pl.Int64, "action": pl.String})
+    assert detect_loops(empty).schema == pl.Schema(LOOP_SCHEMA)
+    assert detect_loops(events(("r", [("a",), ("b",), ("c",)]))).height == 0
+    only_llm = events(("r", []))
+    assert detect_loops(only_llm).height == 0
+    assert loop_summary(detect_loops(empty)).schema == pl.Schema(SUMMARY_SCHEMA)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"max_period": 0}, "max_period must be an integer in [1, 64], got 0"),
+        ({"min_repeats": 1}, "min_repeats must be an integer in [2, 1000], got 1"),
+        ({"similarity": 1.5}, "similarity must be a number in (0, 1], got 1.5"),
+        ({"error_share": "half"}, "error_share must be a number"),
+        ({"fuzzy": "yes"}, "fuzzy must be True or False"),
+        ({"max_period": True}, "max_period must be an integer"),
+    ],
+)
+def test_bad_options_raise_clear_errors(kwargs: dict, fragment: str) -> None:
+    with pytest.raises(InvalidParameterError) as err:
+        detect_loops(events(("r", same("a", 3))), **kwargs)
+    assert fragment in str(err.value)
+
+
+def test_bad_inputs_raise_clear_errors() -> None:
+    with pytest.raises(SchemaError, match="missing required column"):
+        detect_loops(pl.DataFrame({"run_id": ["r"], "step": [1]}))
+    with pytest.raises(InvalidParameterError, match="got list"):
+        detect_loops([1, 2, 3])
+    with pytest.raises(SchemaError, match="expected the output of detect_loops"):
+        loop_summary(pl.DataFrame({"run_id": ["r"]}))
+    with pytest.raises(InvalidParameterError, match="got dict"):
+        loop_summary({"run_id": ["r"]})  # type: ignore[arg-type]
+    with pytest.raises(SchemaError, match="parent_run_id"):
+        detect_delegation_cycles(pl.DataFrame({"run_id": ["r"], "agent": ["a"]}))
+    with pytest.raises(InvalidParameterError, match="max_period must be an integer in \\[2, 64\\]"):
+        detect_delegation_cycles(pl.DataFrame({"run_id": ["r"], "agent": ["a"], "parent_run_id": [None]}),
+                                 max_period=1)
+
+
+def test_loop_summary_worst_loop_waste_and_severity() -> None:
+    calls = [*same("list", 5, "p", "new"), ("plan", "p", "ok"), *same("search", 6, "q", "none")]
+    ev = events(("r1", calls), ("r2", [("list", f"page={p}", f"items {p}") for p in range(1, 8)]),
+                llm_between=True)
+    loops = detect_loops(ev)
+    summ = loop_summary(loops)
+    assert summ.schema == pl.Schema(SUMMARY_SCHEMA)
+    r1 = summ.filter(pl.col("run_id") == "r1").row(0, named=True)
+    assert r1["n_loops"] == 2
+    assert (r1["worst_kind"], r1["worst_pattern"], r1["worst_repeats"]) == ("exact", "search", 6)
+    assert r1["wasted_steps"] == loops.filter(pl.col("run_id") == "r1")["wasted_steps"].sum()
+    assert 0.5 <= r1["loop_severity"] <= 1.0
+    r2 = summ.filter(pl.col("run_id") == "r2").row(0, named=True)
+    assert r2["worst_kind"] == "same_action" and 0.0 < r2["loop_severity"] <= 0.3
+    # the contract columns alone are enough (severity from kind and repeats)
+    again = loop_summary(loops.select(CONTRACT))
+    assert again["n_loops"].to_list() == summ["n_loops"].to_list()
+    assert (again["loop_severity"] <= 1.0).all() and (again["loop_severity"] >= 0.0).all()
+
+
+def test_periodic_segments_kernel() -> None:
+    codes = np.array([9, 1, 1, 1, 1, 2, 3, 2, 3, 2, 3, 7, 7, 7])
+    group = np.array([0] * 11 + [1] * 3)
+    s, e, p = periodic_segments(codes, group, max_period=4, min_repeats=3)
+    assert list(zip(s.tolist(), e.tolist(), p.tolist(), strict=True)) == [(1, 4, 1), (5, 10, 2), (11, 13, 1)]
+
+
+def test_signature_helpers() -> None:
+    df = pl.DataFrame({"t": ["  A\tB  2026-10-01 07:29:54Z id=deadbeef42 ", None]})
+    assert df.select(normalize_expr(pl.col("t"))).to_series().to_list() == ["a b <ts> id=<id>", ""]
+    t = pl.Series(["abc", "abc", "xyz", ""])
+    sig = minhash(t, n_hashes=16)
+    assert sig.shape == (4, 16) and (sig[0] == sig[1]).all() and not (sig[0] == sig[2]).all()
+    ok = near_duplicates(pl.Series(['{"page": 1}', '{"page": 2}', "Hello  World", "hello world"]),
+                         np.array([0, 2]), np.array([1, 3]))
+    assert ok.tolist() == [False, True]
+
+
+# ---------------------------------------------------------------------------------------------
+# hypothesis: prefix + pattern * k + suffix
+# ---------------------------------------------------------------------------------------------
+
+
+def _minimal_period(seq: list[str]) -> int:
+    n = len(seq)
+    return next(p for p in range(1, n + 1) if n % p == 0 and seq == seq[:p] * (n // p))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    pattern=st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=6),
+    k=st.integers(3, 6),
+    prefix=st.lists(st.sampled_from(["x", "y"]), max_size=5),
+    suffix=st.lists(st.sampled_from(["x", "y"]), max_size=5),
+    llm=st.booleans(),
+)
+def test_property_prefix_pattern_k_suffix(pattern: list[str], k: int, prefix: list[str], suffix: list[str],
+                                          llm: bool) -> None:
+    calls = [(a, f"{a}-args", f"{a}-res") for a in prefix + pattern * k + suffix]
+    out = detect_loops(events(("r", calls), llm_between=llm))
+    p0 = _minimal_period(pattern)
+    step_of = (lambda i: 2 * i + 2) if llm else (lambda i: i + 1)  # step of the i-th tool call (0-based)
+    first = step_of(len(prefix)) - (1 if llm else 0)
+    last = step_of(len(prefix) + len(pattern) * k - 1)
+    hit = out.filter((pl.col("start_step") <= first) & (pl.col("end_step") >= last))
+    assert hit.height == 1, out
+    row = hit.row(0, named=True)
+    # prefix and suffix use other actions, so the extent is exactly the repeated block
+    assert (row["start_step"], row["end_step"]) == (first, last)
+    assert row["period"] == p0
+    assert row["repeats"] == k * len(pattern) // p0 >= k
+    assert row["kind"] == "exact"
+    # the tool calls of the loop repeat its pattern
+    assert row["pattern"].split(" > ") == (pattern * k)[:p0]
+
+
+# ---------------------------------------------------------------------------------------------
+# known answers on a generated fleet
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fleet() -> synth.Fleet:
+    scenario = synth.Scenario(loop_rate=0.08, delegation_chains_per_day=1.0)
+    return synth.generate(days=10, runs_per_day=300, seed=21, scenario=scenario)
+
+
+@pytest.fixture(scope="module")
+def loops(fleet: synth.Fleet) -> pl.DataFrame:
+    return detect_loops(fleet.events)
+
+
+def _truth_loops(fleet: synth.Fleet) -> pl.DataFrame:
+    return fleet.truth["loops"].with_columns(
+        pl.when(pl.col("kind") == "error_retry").then(pl.lit("error_retry")).otherwise(pl.lit("exact")).alias("want")
+    )
+
+
+@pytest.mark.parametrize("kind", ["exact", "error_retry"])
+def test_fleet_run_level_precision_and_recall(fleet: synth.Fleet, loops: pl.DataFrame, kind: str) -> None:
+    truth = set(_truth_loops(fleet).filter(pl.col("want") == kind)["run_id"])
+    pred = set(loops.filter(pl.col("kind") == kind)["run_id"])
+    assert len(truth) >= 30, "the fleet should hold enough injected loops to measure"
+    tp = len(truth & pred)
+    assert tp / len(pred) >= 0.95
+    assert tp / len(truth) >= 0.95
+
+
+def test_fleet_localisation_period_and_repeats(fleet: synth.Fleet, loops: pl.DataFrame) -> None:
+    truth = _truth_loops(fleet)
+    pairs = truth.join(
+        loops.select("run_id", pl.col("start_step").alias("s"), pl.col("end_step").alias("e"),
+                     pl.col("period").alias("p"), pl.col("repeats").alias("k")),
+        on="run_id", how="left",
+    ).with_columns(
+        ((pl.min_horizontal("end_step", "e") - pl.max_horizontal("start_step", "s") + 1).clip(0)
+         / (pl.max_horizontal("end_step", "e") - pl.min_horizontal("start_step", "s") + 1))
+        .fill_null(0.0).alias("iou")
+    )
+    best = pairs.sort("iou", descending=True).unique(["run_id", "start_step"], keep="first")
+    assert best.height == truth.height
+    assert (best["iou"] >= 0.8).mean() >= 0.95
+    assert best["iou"].mean() >= 0.9
+    assert (best["p"] == best["period"]).mean() >= 0.95
+    assert (best["k"] >= best["repeats"]).mean() >= 0.95
+
+
+def test_fleet_near_duplicates_need_fuzzy_matching(fleet: synth.Fleet, loops: pl.DataFrame) -> None:
+    near = set(fleet.truth["loops"].filter(pl.col("kind") == "near_duplicate")["run_id"])
+    assert near
+    found = loops.filter(pl.col("run_id").is_in(list(near)) & (pl.col("kind") == "exact"))
+    assert found["run_id"].n_unique() / len(near) >= 0.95
+    assert (found["match"] == "near_duplicate").all()
+    strict = detect_loops(fleet.events.filter(pl.col("run_id").is_in(list(near))), fuzzy=False)
+    assert strict.filter(pl.col("kind") == "exact").height == 0
+
+
+def test_fleet_handoff_loops_are_flagged(fleet: synth.Fleet, loops: pl.DataFrame) -> None:
+    hand = set(fleet.truth["loops"].filter(pl.col("kind") == "handoff")["run_id"])
+    assert hand
+    got = loops.filter(pl.col("handoff") & pl.col("run_id").is_in(list(hand)))
+    assert got["run_id"].n_unique() / len(hand) >= 0.95
+    assert got["pattern"].str.contains("handoff:").all()
+
+
+def test_fleet_benign_repetition_is_never_exact_or_error_retry(fleet: synth.Fleet, loops: pl.DataFrame) -> None:
+    benign = fleet.truth["benign"]
+    flagged = loops.join(benign.select("run_id"), on="run_id")
+    assert flagged.filter(pl.col("kind").is_in(["exact", "error_retry"])).height == 0
+    # ... but most of it is reported as same_action (runs of >= 3 calls)
+    assert flagged["run_id"].n_unique() / benign.height >= 0.6
+    summ = loop_summary(flagged)
+    assert (summ["loop_severity"] <= 0.3).all()
+
+
+def test_fleet_summary_one_row_per_looping_run(fleet: synth.Fleet, loops: pl.DataFrame) -> None:
+    summ = loop_summary(loops)
+    assert summ["run_id"].to_list() == sorted(set(loops["run_id"]))
+    severe = set(loops.filter(pl.col("kind").is_in(["exact", "error_retry"]))["run_id"])
+    high = set(summ.filter(pl.col("loop_severity") >= 0.5)["run_id"])
+    assert high == severe
+
+
+def test_fleet_chunks_of_whole_runs_concatenate(fleet: synth.Fleet, loops: pl.DataFrame) -> None:
+    ev = fleet.events.with_columns((pl.col("run_id").hash(1) % 3).alias("_chunk"))
+    parts = [detect_loops(ev.filter(pl.col("_chunk") == c).drop("_chunk")) for c in range(3)]
+    assert pl.concat(parts).sort("run_id", "start_step", "period").equals(loops)
+    assert pl.concat([loop_summary(p) for p in parts]).sort("run_id").equals(loop_summary(loops))
+
+
+def test_fleet_parquet_scan_with_streaming(fleet: synth.Fleet, loops: pl.DataFrame, tmp_path: Path) -> None:
+    path = tmp_path / "events.parquet"
+    fleet.events.sample(fraction=1.0, shuffle=True, seed=1).write_parquet(path, row_group_size=5000)
+    assert detect_loops(pl.scan_parquet(path), streaming=True).equals(loops)
+
+
+def test_fleet_delegation_cycles(fleet: synth.Fleet) -> None:
+    truth = fleet.truth["delegation"]
+    assert truth.height >= 12
+    cycles = detect_delegation_cycles(run_features(fleet.events))
+    assert cycles.schema == pl.Schema(DELEGATION_SCHEMA)
+    pred = set(cycles.explode("run_ids")["run_ids"])
+    tp = len(pred & set(truth["run_id"]))
+    assert tp / len(pred) >= 0.95 and tp / truth.height >= 0.95
+    # every injected chain is one cycle, its runs root first
+    chains = truth.sort("depth").group_by("chain_id", maintain_order=True).agg(pl.col("run_id"))
+    assert sorted(chains["run_id"].to_list()) == sorted(cycles["run_ids"].to_list())
+    assert (cycles["period"] == 2).all() and (cycles["kind"] == "delegation").all()
+    assert detect_delegation_cycles(fleet.events).equals(cycles)
+
+
+def test_delegation_hand_built() -> None:
+    runs = pl.DataFrame({
+        "run_id": ["a", "b", "c", "d", "e", "f", "s1", "s2", "s3", "s4", "o"],
+        "agent": ["x", "y", "x", "y", "x", "z", "p", "p", "p", "p", "q"],
+        "parent_run_id": [None, "a", "b", "c", "d", "e", None, "s1", "s2", "s3", "missing"],
+        "tokens": [10] * 11,
+        "cost_usd": [1.0] * 11,
+    })
+    out = detect_delegation_cycles(runs)
+    assert out.select("chain_id", "run_ids", "agents", "repeats", "start_depth", "end_depth",
+                      "wasted_runs", "wasted_cost_usd").to_dicts() == [
+        {"chain_id": "a", "run_ids": ["a", "b", "c", "d", "e"], "agents": "x > y", "repeats": 2,
+         "start_depth": 0, "end_depth": 4, "wasted_runs": 3, "wasted_cost_usd": 3.0}
+    ]
+    # a parent_run_id cycle in corrupt data is ignored, not an endless walk
+    corrupt = pl.DataFrame({"run_id": ["u", "v"], "agent": ["x", "y"], "parent_run_id": ["v", "u"]})
+    assert detect_delegation_cycles(corrupt).height == 0
