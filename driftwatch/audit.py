@@ -21,6 +21,7 @@ True
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import math
@@ -759,6 +760,8 @@ class AuditResult:
             "timings": dict(self.timings),
             "versions": _versions(),
         }
+        if stats.get("reasons"):
+            out["rejected_by_reason"] = dict(sorted(stats["reasons"].items()))
         for k in ("engine", "sources", "since", "until", "chunks", "incremental", "skipped_files"):
             if k in stats:
                 out[k] = stats[k]
@@ -959,7 +962,6 @@ def _read(
             pre = pre & (pl.col("ts") < until + _WINDOW_MARGIN)
         first = pl.col("ts").min().over("run_id")
         lf = lf.filter(pre).filter(_window_expr(first, since, until))
-        stats["rows_in_window"] = int(lf.select(pl.len()).collect().item())
     return lf, rejected, stats
 
 
@@ -1058,6 +1060,10 @@ def audit(
     timings: dict[str, float] = {}
 
     if engine == "spark":
+        if state is not None:
+            raise InvalidParameterError(
+                "incremental audits (state=, --state/--db) run on the polars or duckdb engine, not on spark"
+            )
         try:
             from driftwatch.spark import audit_spark
         except ImportError as exc:
@@ -1067,6 +1073,7 @@ def audit(
         result = audit_spark(
             source_or_events, policy=pol, reference=reference, since=since_dt, until=until_dt,
             volume_per_day=volume_per_day, every=every, drift_every=drift_every, load_every=load_every, by=by,
+            progress=progress,
         )
         if out is not None:
             result.write(out)
@@ -1106,7 +1113,7 @@ def audit(
             source, format=format, engine=engine, since=since_dt, until=until_dt, column_map=column_map
         )
         timings["read"] = round(time.perf_counter() - t0, 4)
-        n_rows = int(stats.get("rows_in_window", stats.get("rows_valid", 0)))
+        n_rows = int(stats.get("rows_valid", 0))  # an upper bound with --since/--until: more chunks, same result
         say(
             f"read: {stats.get('rows_in', 0):,} rows, {stats.get('rows_valid', 0):,} valid, "
             f"{stats.get('rows_rejected', 0):,} rejected ({timings['read']:.1f}s)"
@@ -1115,10 +1122,10 @@ def audit(
         # ------------------------------------------------------------ reference logs
         reference_tables: RunTables | None = None
         ref_arg = reference
-        if isinstance(reference, str) and ".." not in reference and not Path(reference).exists():
+        if isinstance(reference, str) and _is_range(reference) and ".." not in reference:
             raise InvalidParameterError(
                 f"reference: {reference!r} is neither START..END (e.g. 2026-10-01..2026-10-08) nor an existing "
-                "path to reference logs"
+                "path or glob of reference logs"
             )
         if reference is not None and not _is_range(reference):
             t0 = time.perf_counter()
@@ -1285,8 +1292,9 @@ def _record(
 
 
 def _is_range(reference: Any) -> bool:
+    """A time range (``"START..END"`` or a pair) rather than reference logs (path, glob, frame)."""
     if isinstance(reference, str):
-        return ".." in reference and not Path(reference).exists()
+        return not (Path(reference).exists() or glob.has_magic(reference))
     return isinstance(reference, tuple | list) and len(reference) == 2 and not all(
         isinstance(x, str) and Path(x).exists() for x in reference
     )

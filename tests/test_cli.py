@@ -291,3 +291,60 @@ def test_validate_loops_drift_generate_report(fleet_events: Path, messy_logs: Pa
     assert (report_dir / "report.html").read_text() == before
     code, _, err = run_cli("report", tmp_path)
     assert code == 2 and "summary.json" in one_line_error(err)
+
+
+class _Tty:
+    """A text stream that says it is a terminal."""
+
+    def __init__(self) -> None:
+        import io
+
+        self.buf = io.StringIO()
+
+    def write(self, text: str) -> int:
+        return self.buf.write(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_only_on_a_terminal_and_not_quiet(fleet_events: Path, tmp_path: Path) -> None:
+    import io
+
+    from driftwatch.cli import main
+
+    day = sorted(fleet_events.iterdir())[0]
+    err = _Tty()
+    assert main(["audit", str(day), "--out", str(tmp_path / "a")], stdout=io.StringIO(), stderr=err) == 0
+    lines = err.buf.getvalue().splitlines()
+    assert any("read:" in x and "rows" in x for x in lines) and any("per-run stage" in x for x in lines)
+    assert any("drift" in x for x in lines) and all(x.startswith("[") and "s]" in x for x in lines)
+    quiet = _Tty()
+    out = io.StringIO()
+    assert main(["audit", str(day), "--out", str(tmp_path / "b"), "--quiet"], stdout=out, stderr=quiet) == 0
+    assert quiet.buf.getvalue() == "" and out.getvalue() == ""
+
+
+def test_duckdb_engine_gives_the_same_results(fleet_events: Path, tmp_path: Path, run_cli: Cli) -> None:
+    days = sorted(fleet_events.iterdir())[:4]
+    args = [*days, "--quiet"]
+    assert run_cli("audit", *args, "--out", tmp_path / "p")[0] == 0
+    assert run_cli("audit", *args, "--out", tmp_path / "d", "--engine", "duckdb")[0] == 0
+    for name in ("runs", "loops", "violations", "changepoints", "costs"):
+        assert (tmp_path / "p" / f"{name}.parquet").read_bytes() == (tmp_path / "d" / f"{name}.parquet").read_bytes(), name
+    code, _, err = run_cli("audit", *args, "--out", tmp_path / "s", "--engine", "spark", "--db", tmp_path / "x.db")
+    assert code == 2 and "spark" in one_line_error(err)
+
+
+def test_reference_logs_by_glob(fleet_events: Path, tmp_path: Path, run_cli: Cli) -> None:
+    days = sorted(fleet_events.iterdir())
+    code, _, err = run_cli("audit", *days[7:], "--reference", str(fleet_events / "date=2026-10-0[1-7]"),
+                           "--out", tmp_path / "r", "--quiet")
+    assert code == 0, err
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert s["notes"]["drift_reference"] == "reference logs" and s["drift"]["rows"] > 0
+    runs = pl.read_parquet(tmp_path / "r" / "runs.parquet")
+    assert runs["first_ts"].min().day >= 8  # the reference runs are not audited
