@@ -904,7 +904,9 @@ def check_delegation(run_features: pl.DataFrame | pl.LazyFrame, policy: Policy |
         pl.col("run_id").cast(pl.String), agent.cast(pl.String).alias("agent"),
         pl.col("parent_run_id").cast(pl.String),
     ).unique("run_id", keep="first")
-    if runs["parent_run_id"].null_count() == runs.height:
+    # only linked runs matter: a chain stops at a run without a parent, in the table or not
+    runs = runs.filter(pl.col("parent_run_id").is_not_null())
+    if runs.height == 0:
         return empty_violations()
     cur = runs.select(
         "run_id",

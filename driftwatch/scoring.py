@@ -396,8 +396,14 @@ def score_runs_from_runs(
     drift_df = drift.collect() if isinstance(drift, pl.LazyFrame) else drift
     esc_model = _resolve_model(model, pol)
 
-    f = feats.unique("run_id", keep="first").sort("run_id")
+    f = feats.sort("run_id")
     n_runs = f.height
+    dup = f["run_id"].filter(f["run_id"] == f["run_id"].shift(1))
+    if dup.len():
+        raise InvalidParameterError(
+            f"features must have one row per run; run_id {dup[0]!r} appears more than once "
+            "(concatenate run_features of disjoint chunks of whole runs)"
+        )
     f = f.with_columns(
         (pl.col("n_errors") / pl.max_horizontal(pl.col("n_tool"), pl.lit(1))).alias("error_rate_tool"),
         pl.col("n_steps").cast(pl.Float64).log().alias("log_steps"),
@@ -424,18 +430,11 @@ def score_runs_from_runs(
     # ---- anomaly (IsolationForest over per-agent robust z-scores) ----
     a, top = _anomaly_scores(f, random_state)
     labels = [_FEATURE_LABELS.get(c, c) for c, _, _ in _ANOMALY_FEATURES]
-    top_names = np.array(labels, dtype=object)[top] if n_runs else np.array([])
-    top_z = (
-        f.select(pl.concat_list([pl.col(f"_z_{c}") for c, _, _ in _ANOMALY_FEATURES]))
-        .to_series()
-        .list.get(pl.Series(top, dtype=pl.Int64), null_on_oob=True)
-        if n_runs
-        else pl.Series([], dtype=pl.Float64)
-    )
+    z = f.select(pl.col(f"_z_{c}") for c, _, _ in _ANOMALY_FEATURES).to_numpy()
     f = f.with_columns(
         pl.Series("anomaly", a, dtype=pl.Float64),
-        pl.Series("_anom_feat", top_names.tolist(), dtype=pl.String),
-        top_z.alias("_anom_z"),
+        pl.Series("_anom_feat", np.array(labels, dtype=object)[top], dtype=pl.String),
+        pl.Series("_anom_z", z[np.arange(n_runs), top] if n_runs else np.zeros(0), dtype=pl.Float64),
     )
 
     # ---- violations needing events ----
