@@ -31,7 +31,7 @@ import sys
 import time
 import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -788,16 +788,18 @@ class AuditResult:
         )
 
         dest = Path(out_dir)
+        # the report is drawn from exactly the frames written, so `driftwatch report DIR` rebuilds it
+        canon = replace(self, **{name: canonical_floats(f) for name, f in self.output_frames().items()})
         with atomic_directory(dest, expected=CONTRACT_FILES + EXTRA_FILES) as tmp:
-            for name, frame in self.output_frames().items():
-                atomic_write_parquet(canonical_floats(frame), tmp / f"{name}.parquet")
+            for name, frame in canon.output_frames().items():
+                atomic_write_parquet(frame, tmp / f"{name}.parquet")
             alerts = self.alerts()
             atomic_write_text(
                 tmp / "alerts.jsonl", "".join(json.dumps(a, sort_keys=False) + "\n" for a in alerts)
             )
             summary = self.summary()
             atomic_write_json(tmp / "summary.json", summary)
-            atomic_write_text(tmp / "report.html", report.render_report(self, summary=summary))
+            atomic_write_text(tmp / "report.html", report.render_report(canon, summary=summary))
         return dest
 
     def output_frames(self) -> dict[str, pl.DataFrame]:

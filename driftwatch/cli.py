@@ -407,7 +407,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
     try:
         return _COMMANDS[args.command](args, out, err)
     except DriftwatchError as exc:
-        print(f"driftwatch {args.command}: error: {_one_line(exc)}", file=err)
+        print(f"driftwatch {args.command}: error: {_one_line(exc)}{_hint(exc)}", file=err)
         return EXIT_BAD_INPUT
     except (OSError, MemoryError) as exc:
         where = f" {exc.filename}:" if isinstance(exc, OSError) and exc.filename else ""
@@ -426,6 +426,18 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
             file=err,
         )
         return EXIT_BAD_INPUT
+
+
+def _hint(exc: BaseException) -> str:
+    """What to do, for errors whose message only says what is wrong."""
+    from driftwatch.errors import CorruptFileError, NoInputError
+
+    text = str(exc).lower()
+    if isinstance(exc, CorruptFileError) and "re-export" not in text and "rerun" not in text:
+        return "; re-export the file or leave it out of SOURCE"
+    if isinstance(exc, NoInputError) and not any(w in text for w in ("check", "nothing to do", "expected")):
+        return "; check the path or glob"
+    return ""
 
 
 def _one_line(exc: BaseException) -> str:

@@ -171,7 +171,7 @@ def test_console_script_and_exit_code_in_a_subprocess(tmp_path: Path) -> None:
     proc = subprocess.run([*cmd, "audit", str(tmp_path / "none"), "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert one_line_error(proc.stderr).endswith("no such file or folder")
+    assert "no such file or folder; check the path" in one_line_error(proc.stderr)
 
 
 def test_identical_outputs_on_rerun(fleet_events: Path, tmp_path: Path, run_cli: Cli) -> None:
