@@ -45,7 +45,8 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from scipy import sparse, stats
+from scipy import sparse, special, stats
+from threadpoolctl import threadpool_limits
 
 from driftwatch._frames import as_lazy, duration_seconds, normalize_by, series_expr
 from driftwatch.errors import InvalidParameterError, SchemaError
@@ -86,8 +87,8 @@ DEFAULT_MIN_EFFECT: dict[str, float] = {
 }
 
 _METHODS: dict[str, str] = {
-    "tool_mix": "chi2_rao_scott+jensen_shannon",
-    "action_bigrams": "chi2_rao_scott+jensen_shannon",
+    "tool_mix": "wald_clustered+jensen_shannon",
+    "action_bigrams": "wald_clustered+jensen_shannon",
     "steps_per_run": "ks+wasserstein",
     "tokens_per_run": "ks+wasserstein",
     "cost_per_run": "ks+wasserstein",
@@ -150,6 +151,11 @@ _OTHER = "(other)"
 _QUANTILE_GRID = 256
 _CLF_FOLDS = 2
 _CLF_SHARES = 8
+_RATIOS: dict[str, tuple[str, str]] = {
+    "cost_per_token": ("cost_usd", "tokens"),
+    "tokens_per_step": ("tokens", "n_steps"),
+    "latency_per_step": ("latency_ms", "n_steps"),
+}
 _EPS = 1e-12
 
 Tables = tuple[pl.DataFrame, pl.DataFrame | None, pl.DataFrame | None]
@@ -241,15 +247,17 @@ def detect_drift(
     and window (all at once, as array operations):
 
     * ``tool_mix`` / ``action_bigrams``: the distribution of tool calls (LLM
-      steps excluded) or of consecutive tool pairs. Test: chi-square of
-      homogeneity with a first-order Rao-Scott correction for the clustering
-      of steps within runs (design effects from per-run linearised variances,
-      never below 1). Effect: Jensen-Shannon distance (base 2). PSI is not
-      reported separately; the explanation names the category whose share
+      steps excluded) or of consecutive tool pairs (rare ones pooled into
+      ``"(other)"``). Test: a Wald chi-square test of equal shares whose
+      covariance is clustered by run (a run that pages through a list 8
+      times is one observation, not 8), estimated once per series from all
+      its runs. Effect: Jensen-Shannon distance (base 2), corrected for
+      sampling noise so that small windows do not look drifted. The
+      explanation also quotes the PSI and names the category whose share
       moved most.
     * ``steps_per_run``, ``tokens_per_run``, ``cost_per_run``, ``latency``
       (mean step latency of a run): two-sample Kolmogorov-Smirnov on runs
-      (asymptotic p-value). Effect: Wasserstein-1 distance (on a 256-point
+      (asymptotic p-value with Stephens' correction). Effect: Wasserstein-1 distance (on a 256-point
       quantile grid) divided by the reference standard deviation.
     * ``error_rate``: share of runs with at least one failed step (runs are
       independent, so error bursts inside one run count once); chi-square;
@@ -257,14 +265,19 @@ def detect_drift(
     * ``run_classifier``: a classifier two-sample test. One seeded
       ``HistGradientBoostingClassifier`` (the series is a categorical input)
       learns to tell reference runs from current runs on per-run features
-      (``NUMERIC_RUN_FEATURES`` and the shares of the series' 8 main tools)
+      (``NUMERIC_RUN_FEATURES``, cost per token, tokens and latency per step,
+      and the shares of the series' 8 main tools; each robustly standardised
+      against its series' reference runs)
       and scores every run out of fold (2 folds); the AUC of each window's
       runs against its series' reference runs is the statistic, with a
       one-sided Mann-Whitney p-value. Effect: ``2 * AUC - 1``. The
       explanation names the run features whose own AUC departs most from 0.5.
     * ``action_entropy``: Shannon entropy (bits) of the tool mix; one-sided z
-      test that it fell below the reference entropy (delta-method variance,
-      clustered by run). Effect: relative entropy drop.
+      test that it fell below the reference entropy (bias-corrected
+      entropies; first- and second-order variance from the clustered
+      covariance), combined with the tool-mix test as an intersection-union
+      test (the p-value is the larger of the two). Effect: relative entropy
+      drop.
     * ``self_similarity`` (windows after the first): the reference is split
       at random into halves A and B; the direction in which the previous
       window departed from A is projected onto the departure of this window
@@ -381,6 +394,13 @@ def drift_from_runs(
     data = _assemble(main, reference, current, opts)
     if data is None:
         return _empty(opts.by)
+    # the array work is many small operations: BLAS/OpenMP threads only add overhead (and stall on a
+    # busy machine)
+    with threadpool_limits(limits=1):
+        return _drift(data, opts)
+
+
+def _drift(data: _Data, opts: _Options) -> pl.DataFrame:
     parts: list[pl.DataFrame] = []
     want = set(opts.include)
     tool = None
@@ -417,7 +437,7 @@ def drift_from_runs(
     parts = [p for p in parts if p.height]
     if not parts:
         return _empty(opts.by)
-    return _finish(pl.concat(parts, how="vertical_relaxed"), data, opts)
+    return _finish(pl.concat(parts, how="diagonal_relaxed"), data, opts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -737,49 +757,49 @@ def _gsum(x: np.ndarray, gid: np.ndarray, n_groups: int) -> np.ndarray:
 
 @dataclass
 class _Cat:
-    """Per-run category counts and per-(series, slot) sums of one categorical feature."""
+    """Per-run category counts and per-(series, slot) sums of one categorical feature.
+
+    ``unit_cov`` is each series' clustered covariance of the category shares per
+    unit of count: ``Cov(p_g) ~ unit_cov[s] / N_g`` for any window ``g`` of
+    series ``s``. It is estimated once per series from all its runs (residuals
+    about each window's own shares), so it stays stable when a window holds only
+    a few runs that carry a rare, clustered category.
+    """
 
     C: np.ndarray  # runs x K counts
     m: np.ndarray  # runs: total count
     names: np.ndarray  # series x K category names
     S1: np.ndarray  # groups x K
-    S2: np.ndarray
-    S3: np.ndarray
     N: np.ndarray  # groups
-    M2: np.ndarray
-    R: np.ndarray  # runs with m > 0
-    n_runs: np.ndarray  # all runs
+    n_runs: np.ndarray  # groups: all runs
+    unit_cov: np.ndarray  # series x K x K
+    clustered: bool
 
     def p(self) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
             return self.S1 / self.N[:, None]
 
-    def var(self) -> np.ndarray:
-        """Clustered (per-run linearised) variance of each share."""
-        p = self.p()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ss = self.S2 - 2 * p * self.S3 + p**2 * self.M2[:, None]
-            v = self.R / (self.R - 1.0)
-            out = v[:, None] * np.maximum(ss, 0.0) / self.N[:, None] ** 2
-        out[self.R < 2] = np.nan
-        return out
 
-
-def _cat_from_matrix(data: _Data, C: np.ndarray, names: np.ndarray) -> _Cat:
-    gid, G = data.gid, data.groups
+def _cat_from_matrix(data: _Data, C: np.ndarray, names: np.ndarray, *, clustered: bool = True) -> _Cat:
+    gid, G, S = data.gid, data.groups, data.n_series
     m = C.sum(axis=1)
-    return _Cat(
-        C=C,
-        m=m,
-        names=names,
-        S1=_gsum(C, gid, G),
-        S2=_gsum(C**2, gid, G),
-        S3=_gsum(C * m[:, None], gid, G),
-        N=_gsum(m, gid, G),
-        M2=_gsum(m**2, gid, G),
-        R=_gsum((m > 0).astype(float), gid, G),
-        n_runs=np.bincount(gid, minlength=G).astype(float),
-    )
+    S1 = _gsum(C, gid, G)
+    N = _gsum(m, gid, G)
+    R = _gsum((m > 0).astype(float), gid, G)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pg = np.nan_to_num(S1 / N[:, None])
+        w = np.sqrt(np.where(R > 1, R / np.maximum(R - 1.0, 1.0), 1.0))  # small-sample factor per group
+    E = (C - pg[gid] * m[:, None]) * w[gid][:, None]
+    K = C.shape[1]
+    cov = np.zeros((S, K, K))
+    bounds = np.searchsorted(data.s, np.arange(S + 1))  # runs are sorted by series
+    NS = N.reshape(S, data.n_slots).sum(1)
+    for s in range(S):  # one K x K product per series
+        e = E[bounds[s] : bounds[s + 1]]
+        if NS[s] > 0:
+            cov[s] = e.T @ e / NS[s]
+    return _Cat(C=C, m=m, names=names, S1=S1, N=N, n_runs=np.bincount(gid, minlength=G).astype(float),
+                unit_cov=cov, clustered=clustered)
 
 
 def _category_block(data: _Data, kind: str, opts: _Options) -> _Cat | None:
@@ -787,32 +807,50 @@ def _category_block(data: _Data, kind: str, opts: _Options) -> _Cat | None:
     if cnt is None or cnt.height == 0:
         return None
     K = opts.max_categories
+    # a category keeps its own cell when it is among the K - 1 most frequent of its series and not rare:
+    # at least 10 occurrences, 0.5% of the series' count, and 5 expected occurrences in a median window
+    # (chi-square-type tests misbehave on sparse cells); the rest share "(other)"
+    slot = pl.Series("_slot", data.slot)
+    per_window = (
+        cnt.with_columns(slot.gather(cnt["_row"]).alias("_slot"))
+        .filter(pl.col("_slot") > 0)
+        .group_by("_s", "_slot")
+        .agg(pl.col("n").sum().alias("_nw"))
+        .group_by("_s")
+        .agg(pl.col("_nw").median().alias("_med"))
+    )
     tot = (
         cnt.group_by("_s", "category")
         .agg(pl.col("n").sum().alias("_tot"))
+        .join(per_window, on="_s", how="left")
         .with_columns(
             pl.struct(-pl.col("_tot"), pl.col("category")).rank("ordinal").over("_s").cast(pl.Int64).alias("_rk"),
-            pl.len().over("_s").alias("_ncat"),
+            pl.col("_tot").sum().over("_s").alias("_all"),
         )
         .with_columns(
-            pl.when((pl.col("_ncat") > K) & (pl.col("_rk") >= K))
-            .then(pl.lit(K - 1, dtype=pl.Int64))
-            .otherwise(pl.col("_rk") - 1)
-            .alias("_k")
+            (
+                (pl.col("_tot") >= 10)
+                & (pl.col("_tot") >= 0.005 * pl.col("_all"))
+                & (pl.col("_tot") / pl.col("_all") * pl.col("_med").fill_null(float("inf")) >= 5)
+            ).alias("_big"),
+        )
+        .with_columns((pl.col("_big") & (pl.col("_rk") < K)).alias("_own"))  # a prefix of the ranks
+        .with_columns(
+            pl.when(pl.col("_own"))
+            .then(pl.col("_rk") - 1)
+            .otherwise(pl.col("_own").sum().over("_s"))  # "(other)" comes after the own categories
+            .cast(pl.Int64)
+            .alias("_k"),
+            pl.when(pl.col("_own")).then(pl.col("category")).otherwise(pl.lit(_OTHER)).alias("_name"),
         )
     )
-    Keff = int(min(K, tot["_ncat"].max()))  # type: ignore[arg-type]
+    Keff = int(tot["_k"].max()) + 1  # type: ignore[arg-type]
     idx = cnt.join(tot.select("_s", "category", "_k"), on=["_s", "category"])
     R = data.runs.height
     flat = idx["_row"].to_numpy() * Keff + idx["_k"].to_numpy()
     C = np.bincount(flat, weights=idx["n"].to_numpy(), minlength=R * Keff).reshape(R, Keff)
     names = np.full((data.n_series, Keff), "", dtype=object)
-    nm = tot.with_columns(
-        pl.when((pl.col("_k") == K - 1) & (pl.col("_ncat") > K))
-        .then(pl.lit(_OTHER))
-        .otherwise(pl.col("category"))
-        .alias("_name")
-    ).unique(["_s", "_k"])
+    nm = tot.unique(["_s", "_k"])
     names[nm["_s"].to_numpy(), nm["_k"].to_numpy()] = nm["_name"].to_numpy()
     return _cat_from_matrix(data, C, names)
 
@@ -827,7 +865,7 @@ def _error_block(data: _Data) -> _Cat | None:
     failed = (err > 0).astype(float)
     C = np.stack([failed, 1.0 - failed], axis=1)
     names = np.tile(np.array(["failed", "ok"], dtype=object), (data.n_series, 1))
-    return _cat_from_matrix(data, C, names)
+    return _cat_from_matrix(data, C, names, clustered=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -869,44 +907,50 @@ def _testable(data: _Data, n_runs: np.ndarray, opts: _Options) -> tuple[np.ndarr
     return ok, n_ref, n_cur
 
 
-def _pair(
-    a: np.ndarray, va: np.ndarray, na: np.ndarray, b: np.ndarray, vb: np.ndarray, nb: np.ndarray
-) -> dict[str, np.ndarray]:
-    """Two-sample statistics of category counts ``a`` vs ``b`` (last axis: categories).
+def _pair(cat: _Cat, a: np.ndarray, na: np.ndarray, b: np.ndarray, nb: np.ndarray) -> dict[str, np.ndarray]:
+    """Two-sample statistics of category counts ``a`` vs ``b`` (series x windows x categories).
 
-    ``va``/``vb`` are the clustered variances of the shares and ``na``/``nb``
-    the totals (with a trailing axis of 1). Returns the shares, the Rao-Scott
-    corrected chi-square, its p-value and the Jensen-Shannon distance, raw and
-    corrected for sampling noise.
+    ``na``/``nb`` are the totals (series x windows). Clustered counts get a Wald
+    test with the series' clustered covariance; unclustered ones (one unit per
+    run) the Pearson chi-square. Also returns the shares and the Jensen-Shannon
+    distance, raw and corrected for sampling noise.
     """
     with np.errstate(invalid="ignore", divide="ignore"):
-        pa, pb = a / na, b / nb
-        pool = (a + b) / (na + nb)
-        live = pool > 0
-        ea, eb = na * pool, nb * pool
-        chi2 = np.where(live, (a - ea) ** 2 / np.where(live, ea, 1) + (b - eb) ** 2 / np.where(live, eb, 1), 0).sum(-1)
-        df = live.sum(-1) - 1
-        inner = live & (pool < 1)
-        noise = np.nan_to_num(va) + np.nan_to_num(vb)
-        srs = pool * (1 - pool) * (1 / na + 1 / nb)
-        dk = np.where(inner, noise / np.where(inner, srs, 1), 0.0)
-        deff = np.where(df > 0, ((1 - pool) * dk).sum(-1) / np.maximum(df, 1), 1.0)
-        deff = np.maximum(np.nan_to_num(deff, nan=1.0), 1.0)
-        stat = chi2 / deff
+        pa, pb = a / na[..., None], b / nb[..., None]
+        pa, pb = np.broadcast_arrays(pa, pb)
+        c = 1 / na + 1 / nb  # series x windows
+        if cat.clustered:
+            lam, U = np.linalg.eigh(cat.unit_cov)  # S x K, S x K x K
+            keep = lam > np.maximum(lam.max(-1, keepdims=True), 0) * 1e-9 + 1e-300
+            inv = np.where(keep, 1 / np.where(keep, lam, 1.0), 0.0)
+            proj = np.einsum("swk,skj->swj", np.nan_to_num(pa - pb), U)
+            stat = (proj**2 * inv[:, None, :]).sum(-1) / c
+            df = np.broadcast_to(keep.sum(-1)[:, None], stat.shape)
+            noise = np.diagonal(cat.unit_cov, axis1=1, axis2=2)[:, None, :] * c[..., None]
+        else:
+            A, B = np.broadcast_arrays(a, b)
+            NA, NB = np.broadcast_arrays(na[..., None], nb[..., None])
+            pool = (A + B) / (NA + NB)
+            live = pool > 0
+            ea, eb = NA * pool, NB * pool
+            stat = np.where(live, (A - ea) ** 2 / np.where(live, ea, 1) + (B - eb) ** 2 / np.where(live, eb, 1),
+                            0).sum(-1)
+            df = live.sum(-1) - 1
+            noise = pool * (1 - pool) * c[..., None]
         p = np.where(df > 0, stats.chi2.sf(stat, np.maximum(df, 1)), 1.0)
-        pa_b, pb_b = np.broadcast_arrays(pa, pb)
-        js = _js(pa_b, pb_b)
+        js = _js(pa, pb)
         # E[JS] under no change ~ sum_k Var(pa_k - pb_k) / (8 m_k) (second-order expansion), in bits
-        m = 0.5 * (pa_b + pb_b)
+        m = 0.5 * (pa + pb)
         bias = np.where(m > 0, noise / (8 * np.where(m > 0, m, 1)), 0.0).sum(-1) / np.log(2.0)
         js_c = np.sqrt(np.clip(js**2 - bias, 0.0, 1.0))
-    return {"pa": pa_b, "pb": pb_b, "stat": stat, "p": p, "js": js, "js_c": js_c}
+        qa, qb = np.nan_to_num(pa) + 1e-4, np.nan_to_num(pb) + 1e-4
+        psi = ((qb - qa) * np.log(qb / qa)).sum(-1)
+    return {"pa": pa, "pb": pb, "stat": stat, "p": p, "js": js, "js_c": js_c, "psi": psi}
 
 
 def _categorical_rows(data: _Data, cat: _Cat, feature: str, opts: _Options) -> pl.DataFrame:
-    S1, N, V = _shape(data, cat.S1), _shape(data, cat.N), _shape(data, cat.var())
-    na, nb = N[:, :1, None], N[:, 1:, None]
-    r = _pair(S1[:, :1], V[:, :1], na, S1[:, 1:], V[:, 1:], nb)
+    S1, N = _shape(data, cat.S1), _shape(data, cat.N)
+    r = _pair(cat, S1[:, :1], N[:, :1], S1[:, 1:], N[:, 1:])
     pa_b, pb, stat, p = r["pa"], r["pb"], r["stat"], r["p"]
     with np.errstate(invalid="ignore", divide="ignore"):
         if feature == "error_rate":
@@ -920,7 +964,7 @@ def _categorical_rows(data: _Data, cat: _Cat, feature: str, opts: _Options) -> p
             cur_v = np.take_along_axis(pb, k[..., None], -1)[..., 0]
             what = np.take_along_axis(np.broadcast_to(cat.names[:, None, :], pb.shape), k[..., None], -1)[..., 0]
     ok, n_ref, n_cur = _testable(data, cat.n_runs, opts)
-    ok &= (na[..., 0] > 0) & (nb[..., 0] > 0)
+    ok &= (N[:, :1] > 0) & (N[:, 1:] > 0)
     return _pair_frame(
         data,
         ok,
@@ -934,35 +978,48 @@ def _categorical_rows(data: _Data, cat: _Cat, feature: str, opts: _Options) -> p
             "n_ref": n_ref,
             "n_cur": n_cur,
             "_what": what.astype(str),
+            "_psi": r["psi"],
         },
     )
 
 
-def _entropy(data: _Data, cat: _Cat) -> tuple[np.ndarray, np.ndarray]:
-    """Entropy (nats) per group and its clustered delta-method variance."""
-    p = cat.p()
+def _series_shares(data: _Data, cat: _Cat) -> np.ndarray:
+    """Each series' shares over all its runs (series x K)."""
+    tot = _shape(data, cat.S1).sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        logp = np.where(p > 0, np.log(np.where(p > 0, p, 1.0)), 0.0)
-        H = -(np.nan_to_num(p) * logp).sum(-1)
-        gid = data.gid
-        u = (cat.C * logp[gid]).sum(1)
-        z = -(u + cat.m * H[gid]) / cat.N[gid]
-        var = cat.R / (cat.R - 1.0) * _gsum(np.nan_to_num(z) ** 2, gid, data.groups)
-    var[cat.R < 2] = np.nan
-    return H, var
+        return np.nan_to_num(tot / tot.sum(-1, keepdims=True))
 
 
 def _entropy_rows(data: _Data, cat: _Cat, opts: _Options) -> pl.DataFrame:
-    H, V = _entropy(data, cat)
-    H, V = _shape(data, H), _shape(data, V)
-    h0, v0 = H[:, :1], V[:, :1]
-    h1, v1 = H[:, 1:], V[:, 1:]
+    P, N = _shape(data, cat.p()), _shape(data, cat.N)
     with np.errstate(invalid="ignore", divide="ignore"):
-        z = (h1 - h0) / np.sqrt(v0 + v1)
-        p = stats.norm.cdf(z)
+        logp = np.where(P > 0, np.log(np.where(P > 0, P, 1.0)), 0.0)
+        H = -(np.nan_to_num(P) * logp).sum(-1)  # plug-in entropy (nats), series x slots
+        pbar = _series_shares(data, cat)
+        # the plug-in entropy is biased low by ~ sum_k Var(p_k) / (2 p_k) (more so in small windows than in
+        # the reference): correct it (a clustered Miller-Madow correction) before comparing
+        diag = np.diagonal(cat.unit_cov, axis1=1, axis2=2)
+        bias_unit = np.where(pbar > 0, diag / (2 * np.where(pbar > 0, pbar, 1.0)), 0.0).sum(-1)
+        Hc = H + bias_unit[:, None] / N
+        # variance under no change, from the series-wide clustered covariance (stable even when a small
+        # window happens to miss a rare, clustered tool): first order g' Sigma g c, plus the second-order
+        # term, which dominates near a uniform mix: H moves with the square of the share changes
+        g = np.where(pbar > 0, -np.log(np.where(pbar > 0, pbar, 1.0)), 0.0)
+        v1 = np.einsum("sk,skl,sl->s", g, cat.unit_cov, g)
+        dinv = np.where(pbar > 0, 1 / np.where(pbar > 0, pbar, 1.0), 0.0)
+        A = dinv[:, :, None] * cat.unit_cov  # D^-1 Sigma
+        v2 = 0.5 * np.einsum("skl,slk->s", A, A)
+        c = 1 / N[:, :1] + 1 / N[:, 1:]
+        h0, h1 = Hc[:, :1], Hc[:, 1:]
+        z = (h1 - h0) / np.sqrt(v1[:, None] * c + v2[:, None] * c**2)
+        # narrowing implies a changed mix: report the larger of the two p-values (an intersection-union
+        # test), since the normal tail of an entropy difference is too thin when a rare, clustered tool
+        # happens to be missing from a small window
+        S1 = _shape(data, cat.S1)
+        p = np.maximum(stats.norm.cdf(z), _pair(cat, S1[:, :1], N[:, :1], S1[:, 1:], N[:, 1:])["p"])
         effect = np.where(h0 > 0, (h0 - h1) / np.where(h0 > 0, h0, 1), 0.0)
+        h0, h1 = H[:, :1], H[:, 1:]  # report the plug-in values
     ok, n_ref, n_cur = _testable(data, cat.n_runs, opts)
-    N = _shape(data, cat.N)
     ok &= (N[:, :1] > 0) & (N[:, 1:] > 0) & np.isfinite(z)
     ln2 = np.log(2.0)
     return _pair_frame(
@@ -987,56 +1044,27 @@ def _self_similarity_rows(data: _Data, cat: _Cat, opts: _Options) -> pl.DataFram
     if W1 < 3:
         return pl.DataFrame()
     # split the reference runs into halves A / B at random (seeded)
-    is_ref = data.slot == 0
     rng = np.random.default_rng(opts.random_state)
-    half = rng.integers(0, 2, data.runs.height)
-    ref_rows = np.flatnonzero(is_ref)
-    gh = data.s[ref_rows] * 2 + half[ref_rows]
-    Cr, mr = cat.C[ref_rows], cat.m[ref_rows]
-    S1h = _gsum(Cr, gh, 2 * S).reshape(S, 2, K)
-    Nh = _gsum(mr, gh, 2 * S).reshape(S, 2)
-    Rh = _gsum((mr > 0).astype(float), gh, 2 * S).reshape(S, 2)
+    ref_rows = np.flatnonzero(data.slot == 0)
+    half = rng.integers(0, 2, ref_rows.size)
+    gh = data.s[ref_rows] * 2 + half
+    S1h = _gsum(cat.C[ref_rows], gh, 2 * S).reshape(S, 2, K)
+    Nh = _gsum(cat.m[ref_rows], gh, 2 * S).reshape(S, 2)
     nh = np.bincount(gh, minlength=2 * S).reshape(S, 2)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ph = S1h / Nh[..., None]  # S x 2 x K
-    pA, pB = ph[:, 0], ph[:, 1]
-    # clustered covariance of the half-B shares, per series (K x K)
-    covB = np.zeros((S, K, K))
-    bmask = half[ref_rows] == 1
-    rows_b = ref_rows[bmask]
-    sb = data.s[rows_b]
-    eb = cat.C[rows_b] - np.nan_to_num(pB[sb]) * cat.m[rows_b, None]
-    order = np.argsort(sb, kind="stable")
-    sb, eb = sb[order], eb[order]
-    bounds = np.searchsorted(sb, np.arange(S + 1))
-    for s in range(S):  # one K x K product per series
-        e = eb[bounds[s] : bounds[s + 1]]
-        if e.shape[0] >= 2 and Nh[s, 1] > 0:
-            covB[s] = e.T @ e * (Rh[s, 1] / (Rh[s, 1] - 1.0)) / Nh[s, 1] ** 2
+    S1, N = _shape(data, cat.S1), _shape(data, cat.N)
     P = _shape(data, cat.p())  # S x W1 x K
-    pref = P[:, 0]
     with np.errstate(invalid="ignore", divide="ignore"):
-        # direction: how the previous window departed from half A (chi-square metric)
-        b = (P[:, 1:-1] - pA[:, None]) / (np.nan_to_num(pref[:, None]) + 1e-3)  # S x (W1-2) x K, for slots 2..
-        b = np.nan_to_num(b)
-        L = (b * (P[:, 2:] - pB[:, None])).sum(-1)
-        # variance of b . p_w for the window (clustered), and of b . p_B
-        G = data.groups
-        bfull = np.zeros((S, W1, K))
-        bfull[:, 2:] = b
-        bflat = bfull.reshape(G, K)
-        gid = data.gid
-        pg = np.nan_to_num(cat.p())
-        bp = (bflat * pg).sum(-1)
-        x = ((cat.C * bflat[gid]).sum(1) - bp[gid] * cat.m) / cat.N[gid]
-        vw = cat.R / (cat.R - 1.0) * _gsum(np.nan_to_num(x) ** 2, gid, G)
-        vw = _shape(data, vw)[:, 2:]
-        vb = np.einsum("swk,skl,swl->sw", b, covB, b)
-        z = L / np.sqrt(vw + vb)
+        pA, pB = S1h[:, 0] / Nh[:, :1], S1h[:, 1] / Nh[:, 1:]
+        pref = np.nan_to_num(P[:, 0])
+        # direction in which the previous window departed from half A (chi-square metric) ...
+        b = np.nan_to_num((P[:, 1:-1] - pA[:, None]) / (pref[:, None] + 1e-3))  # S x (W1-2) x K, slots 2..
+        # ... projected on this window's departure from half B (independent of A and of the previous window)
+        L = (b * np.nan_to_num(P[:, 2:] - pB[:, None])).sum(-1)
+        unit = np.einsum("swk,skl,swl->sw", b, cat.unit_cov, b)
+        z = L / np.sqrt(unit * (1 / N[:, 2:] + 1 / Nh[:, 1:]))
         pval = stats.norm.sf(z)
-    S1, N, V = _shape(data, cat.S1), _shape(data, cat.N), _shape(data, cat.var())
-    d_ref = _pair(S1[:, :1], V[:, :1], N[:, :1, None], S1[:, 2:], V[:, 2:], N[:, 2:, None])["js_c"]
-    d_prev = _pair(S1[:, 1:-1], V[:, 1:-1], N[:, 1:-1, None], S1[:, 2:], V[:, 2:], N[:, 2:, None])["js_c"]
+    d_ref = _pair(cat, S1[:, :1], N[:, :1], S1[:, 2:], N[:, 2:])["js_c"]
+    d_prev = _pair(cat, S1[:, 1:-1], N[:, 1:-1], S1[:, 2:], N[:, 2:])["js_c"]
     ok, n_ref, n_cur = _testable(data, cat.n_runs, opts)
     n = _shape(data, cat.n_runs)
     ok2 = ok[:, 1:] & (n[:, 1:-1] >= opts.min_runs) & (nh.min(axis=1) >= max(2, opts.min_runs // 2))[:, None]
@@ -1044,9 +1072,9 @@ def _self_similarity_rows(data: _Data, cat: _Cat, opts: _Options) -> pl.DataFram
     full = np.zeros((S, W1 - 1), dtype=bool)
     full[:, 1:] = ok2
 
-    def pad(a: np.ndarray) -> np.ndarray:
+    def pad(x: np.ndarray) -> np.ndarray:
         o = np.full((S, W1 - 1), np.nan)
-        o[:, 1:] = a
+        o[:, 1:] = x
         return o
 
     return _pair_frame(
@@ -1131,8 +1159,10 @@ def _numeric_rows(data: _Data, name: str, opts: _Options) -> pl.DataFrame | None
     n_cur = nn[:, 1:]
     Dw = _shape(data, D)[:, 1:]
     with np.errstate(invalid="ignore", divide="ignore"):
-        en = np.round(n_ref * n_cur / np.maximum(n_ref + n_cur, 1))
-        p = stats.kstwo.sf(Dw, np.maximum(en, 1))
+        # asymptotic Kolmogorov distribution with Stephens' small-sample correction (within a few percent
+        # of scipy's exact two-sample p-value, and vectorised)
+        en = np.sqrt(n_ref * n_cur / np.maximum(n_ref + n_cur, 1))
+        p = special.kolmogorov((en + 0.12 + 0.11 / np.maximum(en, 1e-9)) * Dw)
     ok = (n_ref >= opts.min_runs) & (n_cur >= opts.min_runs)
     return _pair_frame(
         data,
@@ -1248,14 +1278,35 @@ def _grouped_auc(
     return auc.reshape(n_series, n_slots), cnt.reshape(n_series, n_slots)
 
 
+def _ref_scale(x: np.ndarray, s: np.ndarray, ref_rows: np.ndarray, S: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-series median and robust scale (IQR / 1.349, else std, else 1) of the reference values of ``x``."""
+    fr = pl.DataFrame({"s": s[ref_rows], "x": x[ref_rows]}).with_columns(pl.col("x").fill_nan(None))
+    q = fr.group_by("s").agg(
+        pl.col("x").quantile(0.5).alias("med"),
+        ((pl.col("x").quantile(0.75) - pl.col("x").quantile(0.25)) / 1.349).alias("iqr"),
+        pl.col("x").std().alias("sd"),
+    )
+    med, scale = np.zeros(S), np.ones(S)
+    idx = q["s"].to_numpy()
+    med[idx] = q["med"].fill_null(0.0).to_numpy()
+    iqr, sd = q["iqr"].fill_null(0.0).to_numpy(), q["sd"].fill_null(0.0).to_numpy()
+    scale[idx] = np.where(iqr > 0, iqr, np.where(sd > 0, sd, 1.0))
+    return med, scale
+
+
 def _classifier_rows(data: _Data, tool: _Cat | None, opts: _Options) -> pl.DataFrame | None:
     """Classifier two-sample test: one seeded model over all series (the series is a feature)."""
     from sklearn.ensemble import HistGradientBoostingClassifier
-    from threadpoolctl import threadpool_limits
 
     S, W1 = data.n_series, data.n_slots
-    cols = [c for c in NUMERIC_RUN_FEATURES if c in data.runs.columns]
-    X = data.runs.select([pl.col(c).cast(pl.Float64).fill_nan(None) for c in cols]).to_numpy().astype(float)
+    have = set(data.runs.columns)
+    exprs = {c: pl.col(c).cast(pl.Float64) for c in NUMERIC_RUN_FEATURES if c in have}
+    for name, (num, den) in _RATIOS.items():  # ratios trees find hard to build from their parts
+        if num in have and den in have:
+            exprs[name] = pl.col(num).cast(pl.Float64) / pl.col(den).cast(pl.Float64)
+    cols = list(exprs)
+    X = data.runs.select([e.fill_nan(None).alias(c) for c, e in exprs.items()]).to_numpy().astype(float)
+    X[~np.isfinite(X)] = np.nan
     fnames = np.array([np.array(cols, dtype=object)] * S).reshape(S, len(cols))
     if tool is not None:
         k = min(_CLF_SHARES, tool.C.shape[1])
@@ -1275,8 +1326,15 @@ def _classifier_rows(data: _Data, tool: _Cat | None, opts: _Options) -> pl.DataF
     use = (n_ref_s >= opts.min_runs) & (n_cur_s >= opts.min_runs)
     if not use.any():
         return None
+    # robust standardisation per series against its reference runs, so one model can learn shifts that
+    # look alike across series (a doubled cost per token is "+3 IQRs" whatever the agent's prices)
+    ref_rows = slot == 0
+    Xs = np.full_like(X, np.nan)
+    for j in range(X.shape[1]):  # a handful of features; each step is vectorised over runs
+        med, scale = _ref_scale(X[:, j], s, ref_rows, S)
+        Xs[:, j] = (X[:, j] - med[s]) / scale[s]
     cat_series = S <= 250
-    Xf = np.hstack([s[:, None].astype(float), X])
+    Xf = np.hstack([s[:, None].astype(float), Xs])
     rng = np.random.default_rng(opts.random_state)
     # folds stratified by (series, reference/current)
     strata = s * 2 + y
@@ -1303,10 +1361,8 @@ def _classifier_rows(data: _Data, tool: _Cat | None, opts: _Options) -> pl.DataF
             categorical_features=[0] if cat_series else None,
             random_state=opts.random_state,
         )
-        # one OpenMP thread: these fits gain little from threads and suffer badly on a busy machine
-        with threadpool_limits(limits=1, user_api="openmp"):
-            model.fit(Xf[tr], y[tr])
-            score[test] = model.predict_proba(Xf[test])[:, 1]
+        model.fit(Xf[tr], y[tr])  # single-threaded (see drift_from_runs): small fits gain little
+        score[test] = model.predict_proba(Xf[test])[:, 1]
     auc, cnt = _grouped_auc(s, slot, score, S, W1)
     n0 = n_ref_s[:, None].astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -1390,10 +1446,11 @@ def _detail() -> pl.Expr:
     ref, cur = pl.col("reference_value"), pl.col("current_value")
     return (
         pl.when(f == "tool_mix")
-        .then(pl.format("{} {} -> {} (JS distance {})", "_what", _pct(ref), _pct(cur), pl.col("effect_size").round(3)))
+        .then(pl.format("{} {} -> {} (JS distance {}, PSI {})", "_what", _pct(ref), _pct(cur),
+                        pl.col("effect_size").round(3), pl.col("_psi").round(2)))
         .when(f == "action_bigrams")
-        .then(pl.format("'{}' {} -> {} (JS distance {})", "_what", _pct(ref), _pct(cur),
-                        pl.col("effect_size").round(3)))
+        .then(pl.format("'{}' {} -> {} (JS distance {}, PSI {})", "_what", _pct(ref), _pct(cur),
+                        pl.col("effect_size").round(3), pl.col("_psi").round(2)))
         .when(f == "error_rate")
         .then(pl.format("runs with a failed step {} -> {}", _pct(ref), _pct(cur)))
         .when(f == "steps_per_run")
@@ -1419,6 +1476,9 @@ def _detail() -> pl.Expr:
 
 
 def _finish(rows: pl.DataFrame, data: _Data, opts: _Options) -> pl.DataFrame:
+    for col, dtype in (("_what", pl.String), ("_psi", pl.Float64)):
+        if col not in rows.columns:
+            rows = rows.with_columns(pl.lit(None, dtype=dtype).alias(col))
     p = rows["p_value"].cast(pl.Float64).fill_nan(None).to_numpy().astype(float)
     q = _bh(p)
     every = timedelta(microseconds=opts.every_us)

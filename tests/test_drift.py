@@ -1,0 +1,484 @@
+"""Drift: known answers on generated fleets, false alarms on stable fleets, exactness of the
+vectorised statistics against scipy, input forms and errors."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+from scipy import stats
+from scipy.spatial.distance import jensenshannon
+
+import driftwatch as dw
+from driftwatch import features as F
+from driftwatch import synth
+from driftwatch.drift import DEFAULT_MIN_EFFECT, FEATURES, detect_drift, drift_from_runs
+from driftwatch.errors import InvalidParameterError, SchemaError
+
+START = datetime(2026, 10, 1, tzinfo=UTC)
+REF = ("2026-10-01", "2026-10-15")  # two weeks of reference, then weekly windows
+FAST = [f for f in FEATURES if f != "run_classifier"]
+
+
+def tables(ev: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    return F.run_features(ev), F.run_action_counts(ev), F.run_bigram_counts(ev)
+
+
+# --------------------------------------------------------------------------------------------
+# fleets
+
+
+@pytest.fixture(scope="module")
+def weak_fleet() -> synth.Fleet:
+    """Stable fleet except billing: weak feedback-driven drift from day 24 (mid-window)."""
+    sc = synth.Scenario.stable(feedback_drift=(synth.DriftSpec("billing", 24, 0.1),))
+    return synth.generate(days=60, runs_per_day=80, seed=21, scenario=sc)
+
+
+@pytest.fixture(scope="module")
+def weak_drift(weak_fleet: synth.Fleet) -> pl.DataFrame:
+    return detect_drift(weak_fleet.events, reference=REF)
+
+
+@pytest.fixture(scope="module")
+def demo_fleet() -> synth.Fleet:
+    """The demo scenario: planner feedback drift (day 15) and three change-points."""
+    return synth.generate(days=42, runs_per_day=80, seed=5)
+
+
+@pytest.fixture(scope="module")
+def demo_tables(demo_fleet: synth.Fleet) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    return tables(demo_fleet.events)
+
+
+@pytest.fixture(scope="module")
+def demo_drift(demo_tables: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]) -> pl.DataFrame:
+    return drift_from_runs(*demo_tables, reference=REF)
+
+
+def window_of(ts: datetime, origin: datetime, every: timedelta = timedelta(weeks=1)) -> datetime:
+    return origin + every * ((ts - origin) // every)
+
+
+# --------------------------------------------------------------------------------------------
+# known answers
+
+
+def test_contract_columns_and_order(weak_drift: pl.DataFrame) -> None:
+    for c in ("series", "window_start", "window_end", "feature", "method", "statistic", "p_value", "drifted",
+              "effect_size", "threshold", "explain", "n_ref", "n_cur", "q_value", "agent"):
+        assert c in weak_drift.columns
+    assert set(weak_drift["feature"]) == set(FEATURES)
+    assert weak_drift.schema["window_start"] == pl.Datetime("us", "UTC")
+    assert (weak_drift["window_end"] - weak_drift["window_start"]).unique().to_list() == [timedelta(weeks=1)]
+    assert weak_drift["window_start"].min() == datetime(2026, 10, 15, tzinfo=UTC)
+    assert weak_drift.equals(weak_drift.sort("series", "window_start", maintain_order=True))
+    thr = weak_drift.select("feature", "threshold").unique()
+    assert dict(thr.iter_rows()) == {f: DEFAULT_MIN_EFFECT[f] for f in FEATURES}
+    # drifted <=> significant after BH and a large enough effect
+    expect = (weak_drift["q_value"] <= 0.01) & (weak_drift["effect_size"] >= weak_drift["threshold"])
+    assert (weak_drift["drifted"] == expect.fill_null(False)).all()
+
+
+def test_weak_feedback_drift_flagged_within_two_windows(weak_fleet: synth.Fleet, weak_drift: pl.DataFrame) -> None:
+    onset = weak_fleet.truth["drift"]["onset"][0]
+    origin = datetime(2026, 10, 15, tzinfo=UTC)
+    onset_window = window_of(onset, origin)
+    hits = weak_drift.filter(
+        pl.col("drifted"),
+        pl.col("series") == "agent=billing",
+        pl.col("feature").is_in(["action_entropy", "feedback_outcome_gap"]),
+    )
+    assert hits.height > 0
+    first = hits["window_start"].min()
+    assert onset_window <= first <= onset_window + timedelta(weeks=1)
+    # no drifted row of any kind for billing before the onset window
+    early = weak_drift.filter(pl.col("series") == "agent=billing", pl.col("window_start") < onset_window)
+    assert not early["drifted"].any()
+    # it keeps being flagged afterwards, and the tool mix narrows
+    late = weak_drift.filter(pl.col("series") == "agent=billing", pl.col("window_start") >= first + timedelta(weeks=2))
+    assert late.filter(pl.col("feature") == "feedback_outcome_gap")["drifted"].all()
+    assert late.filter(pl.col("feature") == "action_entropy")["drifted"].any()
+
+
+def test_stable_agents_have_no_drifted_row(weak_drift: pl.DataFrame) -> None:
+    others = weak_drift.filter(pl.col("series") != "agent=billing")
+    assert others["series"].n_unique() == 3
+    assert others.height > 3 * 6 * 10  # 60 days: 6-7 weekly windows x all features x 3 agents
+    assert not others["drifted"].any(), others.filter("drifted").select("series", "feature", "explain")
+
+
+def test_demo_scenario_localises_changes(demo_fleet: synth.Fleet, demo_drift: pl.DataFrame) -> None:
+    d = demo_drift.filter("drifted")
+    origin = datetime(2026, 10, 15, tzinfo=UTC)
+    cps = {r["agent"]: r for r in demo_fleet.truth["changepoints"].iter_rows(named=True)}
+    # billing runs get longer from day 12 (inside the reference: seen from the first window on)
+    billing = d.filter(pl.col("series") == "agent=billing", pl.col("feature") == "steps_per_run")
+    assert billing["window_start"].min() == origin
+    assert billing.height == demo_drift.filter(pl.col("series") == "agent=billing",
+                                               pl.col("feature") == "steps_per_run").height
+    # support's error rate x4 from day 18: flagged in the window holding that day or the next one
+    support = d.filter(pl.col("series") == "agent=support", pl.col("feature") == "error_rate")
+    w = window_of(cps["support"]["ts"], origin)
+    assert support.height > 0 and w <= support["window_start"].min() <= w + timedelta(weeks=1)
+    assert "runs with a failed step" in support["explain"][0]
+    # research cost x2 from day 9
+    research = d.filter(pl.col("series") == "agent=research", pl.col("feature") == "cost_per_run")
+    assert research["window_start"].min() == origin
+    # planner: feedback-driven drift from day 15 -> all three indicators by the end
+    planner = d.filter(pl.col("series") == "agent=planner")
+    assert {"action_entropy", "self_similarity", "feedback_outcome_gap", "tool_mix"} <= set(planner["feature"])
+    assert planner.filter(pl.col("feature") == "feedback_outcome_gap")["window_start"].min() == origin
+    # support's tool mix and outcome do not move
+    assert d.filter(pl.col("series") == "agent=support",
+                    pl.col("feature").is_in(["tool_mix", "action_entropy", "feedback_outcome_gap"])).height == 0
+
+
+def test_classifier_names_the_drifted_features(demo_drift: pl.DataFrame) -> None:
+    clf = demo_drift.filter(pl.col("feature") == "run_classifier", pl.col("drifted"))
+    assert {"agent=billing", "agent=research", "agent=planner"} <= set(clf["series"])
+    research = clf.filter(pl.col("series") == "agent=research")
+    assert (research["statistic"] > 0.75).all()
+    assert research["explain"].str.contains(r"most different: cost_(per_token|usd)").all()
+    billing = clf.filter(pl.col("series") == "agent=billing")
+    assert billing["explain"].str.contains(r"n_steps|n_tool|llm_ratio").all()
+    stable = demo_drift.filter(pl.col("feature") == "run_classifier", pl.col("series") == "agent=support",
+                               pl.col("window_start") < datetime(2026, 10, 15, tzinfo=UTC) + timedelta(days=3))
+    assert not stable["drifted"].any()
+
+
+def test_explain_reads_like_a_sentence(demo_drift: pl.DataFrame) -> None:
+    row = demo_drift.filter(pl.col("series") == "agent=planner", pl.col("feature") == "tool_mix",
+                            pl.col("drifted")).row(-1, named=True)
+    assert row["explain"].startswith("agent=planner: tool mix shifted, ")
+    assert "% -> " in row["explain"] and "JS distance" in row["explain"]
+    gap = demo_drift.filter(pl.col("series") == "agent=planner", pl.col("feature") == "feedback_outcome_gap").row(
+        -1, named=True)
+    assert gap["explain"].startswith("agent=planner: feedback holds while outcome falls, feedback 0.")
+    assert gap["reference_value"] > gap["current_value"] + 0.2  # outcome fell
+    steady = demo_drift.filter(pl.col("series") == "agent=support", pl.col("feature") == "tool_mix").row(
+        0, named=True)
+    assert steady["explain"].startswith("agent=support: tool mix steady, ")
+
+
+# --------------------------------------------------------------------------------------------
+# stable fleets: false alarms
+
+
+def lean_fleet(seed: int, *, days: int = 60, runs_per_day: int = 60) -> pl.DataFrame:
+    """A stable fleet simulated straight to events (no text columns), fast enough for 100 fleets.
+
+    Nuisances: per-run tool preferences (overdispersion), benign pagination runs,
+    weekend volume drop, diurnal traffic, token growth with run length, heavy-tailed latency.
+    """
+    rng = np.random.default_rng(seed)
+    n_agents, n_tools = 4, 6
+    base = np.random.default_rng(1234).dirichlet(np.full(n_tools, 2.0), n_agents)
+    mean_calls = np.array([4.0, 5.0, 6.0, 8.0])
+    day = np.arange(days)
+    weekend = ((day + 3) % 7) >= 5  # 2026-10-01 is a Thursday
+    per_day = rng.poisson(runs_per_day * np.where(weekend, 0.65, 1.0))
+    run_day = np.repeat(day, per_day)
+    R = run_day.size
+    agent = rng.choice(n_agents, R, p=[0.3, 0.25, 0.25, 0.2])
+    start_s = run_day * 86400.0 + np.clip(rng.normal(14 * 3600, 4 * 3600, R), 0, 86399)
+    pag = rng.random(R) < 0.08
+    k = 1 + rng.poisson(mean_calls[agent] - 1)
+    k = np.where(pag, k + rng.integers(3, 8, R), k)
+    # per-run tool preferences scattered around the agent's (Dirichlet via normalised gammas)
+    g = rng.gamma(20 * base[agent])
+    run_p = g / g.sum(1, keepdims=True)
+    slot_run = np.repeat(np.arange(R), k)
+    offs = np.concatenate([[0], np.cumsum(k)[:-1]])
+    slot_j = np.arange(slot_run.size) - np.repeat(offs, k)
+    cum = np.cumsum(run_p, axis=1)[slot_run]
+    tool = (rng.random(slot_run.size)[:, None] > cum).sum(1).clip(0, n_tools - 1)
+    tool = np.where(pag[slot_run] & (slot_j >= 1) & (slot_j < k[slot_run] - 1), n_tools, tool)  # list_items pages
+    err = rng.random(slot_run.size) < 0.02
+    names = [f"tool_{i}" for i in range(n_tools)] + ["list_items"]
+    # steps: llm before every tool call + a final llm step
+    n_steps = 2 * k + 1
+    step_run = np.repeat(np.arange(R), n_steps)
+    soffs = np.concatenate([[0], np.cumsum(n_steps)[:-1]])
+    step = np.arange(step_run.size) - np.repeat(soffs, n_steps) + 1
+    is_tool = step % 2 == 0
+    code = np.full(step_run.size, -1)
+    code[is_tool] = tool
+    failed = np.zeros(step_run.size, dtype=bool)
+    failed[np.flatnonzero(is_tool)[err]] = True
+    turn = (step - 1) // 2
+    in_tok = np.where(is_tool, 0, 700 + 380 * turn + rng.integers(0, 300, step.size))
+    out_tok = np.where(is_tool, 0, rng.integers(40, 260, step.size))
+    lat = np.where(is_tool, rng.lognormal(np.log(180), 0.5, step.size), rng.lognormal(np.log(700), 0.35, step.size))
+    last = step == n_steps[step_run]
+    fb = np.clip(rng.normal(0.7, 0.1, R), 0, 1)
+    oc = (rng.random(R) < 0.85).astype(float)
+    ts = (START.timestamp() + start_s[step_run]) * 1e6 + np.cumsum(lat) * 1e3 - np.repeat(
+        np.cumsum(lat)[soffs] * 1e3, n_steps)
+    return pl.DataFrame(
+        {
+            "_r": step_run,
+            "step": step.astype(np.int64),
+            "ts": pl.Series(ts.astype(np.int64)).cast(pl.Datetime("us")).dt.replace_time_zone("UTC"),
+            "_code": code,
+            "_agent": agent[step_run],
+            "_err": failed,
+            "input_tokens": in_tok.astype(np.int64),
+            "output_tokens": out_tok.astype(np.int64),
+            "cost_usd": in_tok * 1e-6 + out_tok * 4e-6,
+            "latency_ms": lat,
+            "feedback": np.where(last, fb[step_run], np.nan),
+            "outcome": np.where(last, oc[step_run], np.nan),
+        }
+    ).select(
+        pl.format("r{}", "_r").alias("run_id"),
+        "step",
+        "ts",
+        pl.col("_code").replace_strict(list(range(-1, n_tools + 1)), ["llm", *names], return_dtype=pl.String)
+        .alias("action"),
+        pl.col("_agent").replace_strict(list(range(4)), ["billing", "support", "planner", "research"],
+                                        return_dtype=pl.String).alias("agent"),
+        pl.when("_err").then(pl.lit("error")).otherwise(pl.lit("ok")).alias("status"),
+        "input_tokens", "output_tokens", "cost_usd", "latency_ms",
+        pl.col("feedback", "outcome").fill_nan(None),
+    )
+
+
+@pytest.mark.slow
+def test_false_alarm_rate_on_100_stable_fleets() -> None:
+    """<= 5% of 100 seeded stable fleets (4 agents, 60 days, ~24k events each) have any drifted row,
+    and the p-values are calibrated (not merely hidden by the effect-size floor)."""
+    alarms = 0
+    pvals: list[pl.DataFrame] = []
+    for seed in range(100):
+        ev = lean_fleet(seed)
+        d = drift_from_runs(*tables(ev), reference="14d", include=FAST if seed % 4 else None)
+        alarms += int(d["drifted"].any())
+        pvals.append(d.select("feature", "p_value"))
+    assert alarms <= 5, alarms
+    p = pl.concat(pvals).group_by("feature").agg(
+        (pl.col("p_value") < 0.05).mean().alias("rate"), (pl.col("p_value") < 0.01).mean().alias("rate01"),
+        pl.len())
+    assert p.height == len(FEATURES)
+    for row in p.iter_rows(named=True):
+        assert row["rate"] <= 0.08, row
+        assert row["rate01"] <= 0.025, row
+
+
+# --------------------------------------------------------------------------------------------
+# the vectorised statistics agree with scipy
+
+
+def two_windows(seed: int = 0) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Hand-built per-run tables: one agent, 300 reference runs, 200 runs in one current window."""
+    rng = np.random.default_rng(seed)
+    n0, n1 = 300, 200
+    ts = [START + timedelta(hours=float(h)) for h in rng.uniform(0, 24 * 7, n0)]
+    ts += [START + timedelta(days=7, hours=float(h)) for h in rng.uniform(0, 24 * 7, n1)]
+    n = n0 + n1
+    steps = np.concatenate([rng.poisson(8, n0), rng.poisson(9, n1)]) + 1
+    cost = np.concatenate([rng.lognormal(0, 1, n0), rng.lognormal(0.2, 1, n1)])
+    err = np.concatenate([rng.random(n0) < 0.1, rng.random(n1) < 0.2]).astype(np.int64)
+    feats = pl.DataFrame(
+        {
+            "run_id": [f"r{i:04d}" for i in range(n)],
+            "agent": ["a"] * n,
+            "first_ts": pl.Series(ts).dt.cast_time_unit("us"),
+            "n_steps": steps,
+            "n_errors": err,
+            "cost_usd": cost,
+        }
+    )
+    # one tool call per run (so counts are independent across calls) from two distributions
+    p0, p1 = [0.5, 0.3, 0.2], [0.4, 0.3, 0.3]
+    tool = np.concatenate([rng.choice(3, n0, p=p0), rng.choice(3, n1, p=p1)])
+    acts = pl.DataFrame({"run_id": feats["run_id"], "agent": "a", "action": [f"t{t}" for t in tool], "n": 1})
+    return feats, acts, acts.rename({"action": "bigram"})
+
+
+def test_numeric_tests_match_scipy() -> None:
+    feats, acts, big = two_windows()
+    d = drift_from_runs(feats, acts, big, reference=("2026-10-01", "2026-10-08"), include=["steps_per_run",
+                                                                                           "cost_per_run"])
+    assert d.height == 2
+    ref = feats.filter(pl.col("first_ts") < datetime(2026, 10, 8, tzinfo=UTC))
+    cur = feats.filter(pl.col("first_ts") >= datetime(2026, 10, 8, tzinfo=UTC))
+    for feature, col in (("steps_per_run", "n_steps"), ("cost_per_run", "cost_usd")):
+        row = d.filter(pl.col("feature") == feature).row(0, named=True)
+        a, b = ref[col].to_numpy().astype(float), cur[col].to_numpy().astype(float)
+        ks = stats.ks_2samp(a, b)  # exact p-value; ours is asymptotic with Stephens' correction
+        assert row["statistic"] == pytest.approx(ks.statistic, abs=1e-12)
+        assert row["p_value"] == pytest.approx(ks.pvalue, rel=0.15)
+        w = stats.wasserstein_distance(a, b) / a.std(ddof=1)
+        assert row["effect_size"] == pytest.approx(w, rel=0.03, abs=0.005)
+        assert (row["reference_value"], row["current_value"]) == pytest.approx((a.mean(), b.mean()))
+        assert (row["n_ref"], row["n_cur"]) == (300, 200)
+
+
+def test_categorical_tests_match_scipy() -> None:
+    feats, acts, big = two_windows(1)
+    d = drift_from_runs(feats, acts, big, reference=("2026-10-01", "2026-10-08"),
+                        include=["tool_mix", "error_rate", "action_entropy"])
+    is_ref = pl.col("first_ts") < datetime(2026, 10, 8, tzinfo=UTC)
+    j = acts.join(feats.select("run_id", is_ref.alias("ref")), on="run_id")
+    tab = j.group_by("ref", "action").len().pivot("action", index="ref", values="len").sort("ref", descending=True)
+    obs = tab.drop("ref").to_numpy()
+    chi2, p, _, _ = stats.chi2_contingency(obs, correction=False)
+    row = d.filter(pl.col("feature") == "tool_mix").row(0, named=True)
+    # one call per run: no clustering, so the clustered Wald test is close to Pearson's chi-square
+    assert row["statistic"] == pytest.approx(chi2, rel=0.1)
+    assert row["p_value"] == pytest.approx(p, rel=0.5)
+    assert "PSI" in row["explain"]
+    pa, pb = obs[0] / obs[0].sum(), obs[1] / obs[1].sum()
+    js = jensenshannon(pa, pb, base=2)
+    assert js * 0.7 <= row["effect_size"] <= js  # noise-corrected JS distance, below the raw one
+    h = d.filter(pl.col("feature") == "action_entropy").row(0, named=True)
+    assert h["reference_value"] == pytest.approx(stats.entropy(pa, base=2))
+    assert h["current_value"] == pytest.approx(stats.entropy(pb, base=2))
+    # error rate: runs with a failed step, plain 2x2 chi-square (no clustering by construction)
+    e = d.filter(pl.col("feature") == "error_rate").row(0, named=True)
+    fe = feats.with_columns(is_ref.alias("ref"), (pl.col("n_errors") > 0).alias("f"))
+    t2 = fe.group_by("ref", "f").len().pivot("f", index="ref", values="len").sort("ref").drop("ref").to_numpy()
+    c2, p2, _, _ = stats.chi2_contingency(t2, correction=False)
+    assert e["statistic"] == pytest.approx(c2, rel=1e-9)
+    assert e["p_value"] == pytest.approx(p2, rel=1e-6)
+
+
+def test_clustered_steps_are_not_over_counted() -> None:
+    """Runs that repeat one tool many times: the naive chi-square explodes, Rao-Scott does not."""
+    rng = np.random.default_rng(3)
+    n = 400
+    ts = [START + timedelta(hours=float(h)) for h in np.sort(rng.uniform(0, 24 * 14, n))]
+    feats = pl.DataFrame({"run_id": [f"r{i}" for i in range(n)], "agent": "a",
+                          "first_ts": pl.Series(ts).dt.cast_time_unit("us")})
+    # same distribution in both weeks, but each run calls its one tool 1-30 times
+    tool = rng.choice(3, n)
+    acts = pl.DataFrame({"run_id": feats["run_id"], "action": [f"t{t}" for t in tool],
+                         "n": rng.integers(1, 31, n)})
+    p = []
+    for seed in range(20):
+        tool = np.random.default_rng(seed).choice(3, n)
+        a = acts.with_columns(pl.Series("action", [f"t{t}" for t in tool]))
+        d = drift_from_runs(feats, a, None, reference=("2026-10-01", "2026-10-08"), include=["tool_mix"])
+        p.append(d["p_value"][0])
+    assert np.mean(np.array(p) < 0.05) <= 0.2  # a naive step-level chi-square rejects ~always here
+
+
+# --------------------------------------------------------------------------------------------
+# input forms, per-run stage, determinism
+
+
+def test_detect_drift_equals_drift_from_runs_and_chunks_concatenate(demo_fleet: synth.Fleet) -> None:
+    ev = demo_fleet.events.filter(pl.col("agent").is_in(["planner", "support"]))
+    kw = dict(reference=REF, include=FAST)
+    whole = detect_drift(ev, **kw)
+    # per-run stage on two chunks of whole runs, concatenated
+    h = pl.col("run_id").hash(7) % 2 == 0
+    parts = [tables(ev.filter(h)), tables(ev.filter(~h))]
+    cat = [pl.concat([p[i] for p in parts]) for i in range(3)]
+    chunked = drift_from_runs(*cat, **kw)
+    assert chunked.equals(whole)
+    assert dw.detect_drift is detect_drift
+
+
+def test_reference_and_current_forms(demo_fleet: synth.Fleet) -> None:
+    ev = demo_fleet.events.filter(pl.col("agent") == "planner")
+    kw = dict(include=["tool_mix", "steps_per_run", "feedback_outcome_gap"])
+    by_range = detect_drift(ev, reference=REF, current=("2026-10-15", "2026-10-29"), **kw)
+    assert by_range["window_start"].unique().sort().to_list() == [
+        datetime(2026, 10, 15, tzinfo=UTC), datetime(2026, 10, 22, tzinfo=UTC)]
+    ref_ev = ev.filter(pl.col("ts") < datetime(2026, 10, 15, tzinfo=UTC))
+    cur_ev = ev.filter(pl.col("ts") >= datetime(2026, 10, 15, tzinfo=UTC), pl.col("ts") < datetime(2026, 10, 29,
+                                                                                                   tzinfo=UTC))
+    runs_in_both = set(ref_ev["run_id"]) & set(cur_ev["run_id"])
+    ref_ev = ref_ev.filter(~pl.col("run_id").is_in(list(runs_in_both)))
+    cur_ev = cur_ev.filter(~pl.col("run_id").is_in(list(runs_in_both)))
+    by_frames = detect_drift(ev, reference=ref_ev, current=cur_ev.lazy(), **kw)
+    cols = ["feature", "window_start", "statistic", "p_value", "drifted"]
+    a = by_range.select(cols).sort("window_start", "feature")
+    b = by_frames.select(cols).sort("window_start", "feature")
+    assert a.height == b.height and (a["feature"] == b["feature"]).all()
+    assert np.allclose(a["statistic"].to_numpy(), b["statistic"].to_numpy(), rtol=0.05)
+    # reference as per-run tables, and as a duration
+    by_tables = drift_from_runs(*tables(ev), reference=tables(ref_ev), current=("2026-10-15", "2026-10-29"), **kw)
+    assert by_tables.select(cols).sort("window_start", "feature").equals(b)
+    by_dur = detect_drift(ev, reference="14d", current=("2026-10-15", "2026-10-29"), **kw)
+    assert by_dur.equals(by_range)
+
+
+def test_by_version_and_all(demo_fleet: synth.Fleet) -> None:
+    ev = demo_fleet.events.filter(pl.col("agent") == "billing")
+    d = detect_drift(ev, reference=("2026-10-01", "2026-10-10"), by=("agent", "version"), include=["steps_per_run"])
+    # billing deploys v2 on day 12: v2 has no reference runs, so only v1 is compared
+    assert d["series"].unique().to_list() == ["agent=billing,version=v1"]
+    assert {"agent", "version"} <= set(d.columns)
+    fleet_wide = detect_drift(demo_fleet.events, reference=REF, by=None, include=["tool_mix"])
+    assert fleet_wide["series"].unique().to_list() == ["all"]
+
+
+def test_deterministic(demo_tables: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame], demo_drift: pl.DataFrame) -> None:
+    again = drift_from_runs(*demo_tables, reference=REF)
+    assert again.equals(demo_drift)
+    other = drift_from_runs(*demo_tables, reference=REF, include=["run_classifier"], random_state=1)
+    base = demo_drift.filter(pl.col("feature") == "run_classifier")
+    assert other.height == base.height
+    assert not np.array_equal(other["statistic"].to_numpy(), base["statistic"].to_numpy())
+
+
+def test_missing_signals_skip_their_features(demo_fleet: synth.Fleet) -> None:
+    ev = demo_fleet.events.filter(pl.col("agent") == "support").drop("feedback", "cost_usd", "latency_ms")
+    d = detect_drift(ev, reference=REF, include=FAST)
+    assert {"feedback_outcome_gap", "cost_per_run", "latency"}.isdisjoint(set(d["feature"]))
+    assert {"tool_mix", "steps_per_run", "error_rate"} <= set(d["feature"])
+    # no action counts at all: numeric rows only
+    f, _, _ = tables(ev)
+    only = drift_from_runs(f, reference=REF, include=FAST)
+    assert set(only["feature"]) == {"steps_per_run", "tokens_per_run", "error_rate"}
+
+
+def test_min_effect_and_min_runs(demo_tables: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]) -> None:
+    strict = drift_from_runs(*demo_tables, reference=REF, include=["steps_per_run"],
+                             min_effect={"steps_per_run": 5.0})
+    assert not strict["drifted"].any() and (strict["threshold"] == 5.0).all()
+    few = drift_from_runs(*demo_tables, reference=REF, include=["steps_per_run"], min_runs=10_000)
+    assert few.height == 0 and "explain" in few.columns
+
+
+def test_empty_current_gives_empty_frame(demo_tables: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]) -> None:
+    d = drift_from_runs(*demo_tables, reference=REF, current=("2027-01-01", "2027-02-01"))
+    assert d.height == 0
+    assert d.columns[:2] == ["series", "agent"] and d.schema["drifted"] == pl.Boolean
+
+
+@pytest.mark.parametrize(
+    ("kw", "err", "match"),
+    [
+        (dict(reference=("2030-01-01", "2030-02-01")), InvalidParameterError, "reference holds no runs"),
+        (dict(reference=("2026-10-15", "2026-10-01")), InvalidParameterError, "start < end"),
+        (dict(reference=("yesterday", "2026-10-01")), InvalidParameterError, "ISO-8601"),
+        (dict(reference=42), InvalidParameterError, "reference must be"),
+        (dict(reference=REF, current=7), InvalidParameterError, "current must be"),
+        (dict(reference=REF, include=["tool_mixx"]), InvalidParameterError, "unknown feature"),
+        (dict(reference=REF, min_effect={"nope": 1.0}), InvalidParameterError, "unknown feature"),
+        (dict(reference=REF, min_effect=0.2), InvalidParameterError, "mapping"),
+        (dict(reference=REF, every="weekly"), InvalidParameterError, "duration"),
+        (dict(reference=REF, alpha=1.5), InvalidParameterError, r"alpha must be a number in \(0, 1\)"),
+        (dict(reference=REF, min_runs=1), InvalidParameterError, "min_runs"),
+        (dict(reference=REF, by="team"), SchemaError, "by column 'team'"),
+    ],
+)
+def test_errors(demo_tables: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame], kw: dict, err: type,
+                match: str) -> None:
+    with pytest.raises(err, match=match):
+        drift_from_runs(*demo_tables, **kw)
+
+
+def test_schema_errors() -> None:
+    with pytest.raises(SchemaError, match="first_ts"):
+        drift_from_runs(pl.DataFrame({"run_id": ["a"]}), reference=REF)
+    with pytest.raises(SchemaError, match="missing required column"):
+        detect_drift(pl.DataFrame({"x": [1]}), reference=REF)
+    with pytest.raises(InvalidParameterError, match="DataFrame or LazyFrame"):
+        drift_from_runs([1, 2], reference=REF)  # type: ignore[arg-type]
