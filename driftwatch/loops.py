@@ -344,6 +344,7 @@ def _load_steps(events: Any, *, streaming: bool) -> tuple[pl.DataFrame, np.ndarr
             pl.col("step"),
             pl.col("agent"),
             act.alias("action"),
+            pl.col("run_id").hash(17).alias("_r"),
             act.hash(7).alias("_a"),
             (act == LLM_ACTION).alias("_llm"),
             failed.alias("_err"),
@@ -354,7 +355,7 @@ def _load_steps(events: Any, *, streaming: bool) -> tuple[pl.DataFrame, np.ndarr
         ),
         streaming=streaming,
     )
-    run = _run_codes(steps["run_id"])
+    run = _run_codes(steps["_r"])
     if steps.height > 1:
         ordered = steps["run_id"].is_sorted()
         if ordered:
@@ -362,13 +363,18 @@ def _load_steps(events: Any, *, streaming: bool) -> tuple[pl.DataFrame, np.ndarr
             ordered = bool(np.all((run[1:] != run[:-1]) | (st[1:] >= st[:-1])))
         if not ordered:
             steps = steps.sort("run_id", "step", "_row", nulls_last=False)
-            run = _run_codes(steps["run_id"])
+            run = _run_codes(steps["_r"])
     return steps, run, _TextSource(events, lf, streaming=streaming)
 
 
-def _run_codes(run_id: pl.Series) -> np.ndarray:
-    """Integer code of each row's run (rows of a run are contiguous)."""
-    return run_id.rle_id().to_numpy()
+def _run_codes(run_hash: pl.Series) -> np.ndarray:
+    """Integer code of each row's run, from the hashed run ids of rows sorted by run
+    (a new run starts wherever the hash changes)."""
+    h = run_hash.to_numpy()
+    codes = np.zeros(h.size, dtype=np.int64)
+    if h.size > 1:
+        np.cumsum(h[1:] != h[:-1], out=codes[1:])
+    return codes
 
 
 def _cumsum0(values: np.ndarray) -> np.ndarray:
@@ -493,13 +499,15 @@ def detect_loops(
     if nt < 2:
         return _empty_loops()
     t_run = run[trows]
-    t_act = steps["_a"].to_numpy()[trows]
+    # one 64-bit key per tool step for (run, action): equal keys <=> same run and action
+    # (up to 64-bit hash collisions), so each period needs a single comparison
+    key = steps["_a"].to_numpy()[trows] ^ (t_run.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
 
     # ---- action level: shifted comparisons of action codes ----------------------------------
     act_eq: dict[int, np.ndarray] = {}
     found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for p in range(1, min(max_period, nt - 1) + 1):
-        eq = (t_act[p:] == t_act[:-p]) & (t_run[p:] == t_run[:-p])
+        eq = key[p:] == key[:-p]
         s, e = _segments_from_eq(eq, p, p * (min_repeats - 1))
         if s.size:
             act_eq[p] = eq
@@ -518,6 +526,7 @@ def detect_loops(
     h_a, h_r = steps["_ha"].to_numpy(), steps["_hr"].to_numpy()
     ok_a = h_a[ti] == h_a[tj]
     ok_r = h_r[ti] == h_r[tj]
+    del h_a, h_r
     identical = ok_a & ok_r
     if fuzzy:
         rows = steps["_row"]
@@ -583,9 +592,8 @@ def _assemble(
             n_fuzzy[sel] = np.searchsorted(pos, seg_e[sel], side="right") - np.searchsorted(
                 pos, seg_s[sel] + p, side="left"
             )
-    err_cum = _cumsum0(steps["_err"].to_numpy()[trows])
     n_tool = seg_e - seg_s + 1
-    n_err = err_cum[seg_e + 1] - err_cum[seg_s]
+    n_err = _range_sums(steps["_err"].to_numpy()[trows].view(np.uint8), seg_s, seg_e + 1)
     err_share = n_err / n_tool
     repeats = n_tool // seg_p
 
@@ -597,9 +605,8 @@ def _assemble(
     start_row = np.where(prev_same, trows[prev] + 1, run_start[r])
     end_row = trows[seg_e]
     first_cycle_end = trows[seg_s + seg_p - 1]
-    tok_cum = _cumsum0(steps["_tok"].to_numpy())  # integers: prefix sums are exact
+    tok = steps["_tok"].to_numpy()
     cost = steps["_cost"].to_numpy()
-    run_cost = np.add.reduceat(cost, run_start)
 
     # pattern: the actions of the first cycle, one column per position in the cycle
     action = steps["action"]
@@ -613,8 +620,12 @@ def _assemble(
         pl.all_horizontal(pl.all().str.starts_with(HANDOFF_PREFIX).fill_null(True)).alias("handoff"),
     )
     failing = (err_share >= error_share) & (n_err >= min_repeats)
-    kind = np.where(failing, "error_retry", np.where(is_sig, "exact", "same_action"))
-    match = np.where(is_sig, np.where(n_fuzzy > 0, "near_duplicate", "identical"), "action")
+    kind = pl.Series(["exact", "same_action", "error_retry"]).gather(np.where(failing, 2, np.where(is_sig, 0, 1)))
+    match = pl.Series(["identical", "near_duplicate", "action"]).gather(
+        np.where(is_sig, np.where(n_fuzzy > 0, 1, 0), 2)
+    )
+    waste_lo, waste_hi = first_cycle_end + 1, end_row + 1
+    run_tok, run_cost = np.add.reduceat(tok, run_start), np.add.reduceat(cost, run_start)
     step_col = steps["step"]
     out = pl.DataFrame(
         {
@@ -627,18 +638,17 @@ def _assemble(
             "pattern": pat["pattern"],
             "kind": kind,
             "wasted_steps": end_row - first_cycle_end,
-            "wasted_tokens": tok_cum[end_row + 1] - tok_cum[first_cycle_end + 1],
-            "wasted_cost_usd": _range_sums(cost, first_cycle_end + 1, end_row + 1),
+            "wasted_tokens": _range_sums(tok, waste_lo, waste_hi),
+            "wasted_cost_usd": _range_sums(cost, waste_lo, waste_hi),
             "match": match,
             "error_share": err_share,
             "handoff": pat["handoff"],
             "n_steps": end_row - start_row + 1,
             "cycle_steps": first_cycle_end - start_row + 1,
             "run_steps": run_end[r] - run_start[r] + 1,
-            "run_tokens": tok_cum[run_end[r] + 1] - tok_cum[run_start[r]],
+            "run_tokens": run_tok[r],
             "run_cost_usd": run_cost[r],
-        },
-        schema_overrides={"kind": pl.String, "match": pl.String},
+        }
     )
     # rows are sorted by (run_id, step), so this orders loops by run_id, start_step, period
     order = np.lexsort((seg_p, start_row))
