@@ -203,12 +203,18 @@ def _segments_from_eq(eq: np.ndarray, p: int, min_len: int) -> tuple[np.ndarray,
     """Maximal stretches of ``eq`` (``eq[k]`` compares position ``k + p`` with ``k``)
     at least ``min_len`` long, as periodic segments ``(start, end)`` (inclusive)."""
     if eq.size == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    d = np.diff(np.concatenate(([0], eq.view(np.int8), [0])))
-    lo = np.flatnonzero(d == 1)
-    hi = np.flatnonzero(d == -1)  # exclusive
+        z = np.zeros(0, np.int64)
+        return z, z
+    edges = np.flatnonzero(eq[1:] != eq[:-1]) + 1  # where a stretch starts or ends
+    parts = [edges]
+    if eq[0]:
+        parts.insert(0, np.zeros(1, np.int64))
+    if eq[-1]:
+        parts.append(np.full(1, eq.size, np.int64))
+    edges = np.concatenate(parts) if len(parts) > 1 else edges
+    lo, hi = edges[0::2], edges[1::2]  # eq[lo:hi] is a stretch of trues
     keep = (hi - lo) >= min_len
-    # eq[k] true for k in [lo, hi) -> positions lo + p .. hi - 1 + p match p earlier
+    # positions lo + p .. hi - 1 + p match p earlier -> the segment starts p before
     return lo[keep], hi[keep] - 1 + p
 
 
@@ -609,12 +615,15 @@ def _assemble(
     cost = steps["_cost"].to_numpy()
 
     # pattern: the actions of the first cycle, one column per position in the cycle
-    action = steps["action"]
+    cycle_start = np.cumsum(seg_p) - seg_p
+    within = np.arange(int(seg_p.sum())) - np.repeat(cycle_start, seg_p)
+    names = steps["action"].gather(trows[np.repeat(seg_s, seg_p) + within]).rechunk()
     parts = []
     for k in range(int(seg_p.max())):
         has = seg_p > k
-        rows_k = trows[np.minimum(seg_s + k, trows.size - 1)]
-        parts.append(pl.when(pl.lit(pl.Series(has))).then(action.gather(rows_k)).alias(f"_{k}"))
+        parts.append(
+            pl.when(pl.lit(pl.Series(has))).then(names.gather(np.where(has, cycle_start + k, 0))).alias(f"_{k}")
+        )
     pat = pl.select(*parts).select(
         pl.concat_str(pl.all(), separator=" > ", ignore_nulls=True).alias("pattern"),
         pl.all_horizontal(pl.all().str.starts_with(HANDOFF_PREFIX).fill_null(True)).alias("handoff"),
