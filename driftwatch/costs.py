@@ -126,7 +126,9 @@ def cost_profile(
     loops : polars.DataFrame or LazyFrame, optional
         :func:`driftwatch.detect_loops` or :func:`driftwatch.loop_summary`
         output (``run_id, wasted_cost_usd``). Detected from ``events`` when
-        omitted.
+        omitted. ``same_action`` loops (the same tools with changing arguments
+        or results, such as pagination) are progress, not waste, and are left
+        out (with a ``loop_summary`` table, runs whose worst loop is one).
     policy : driftwatch.Policy, float or None, default=None
         Where the per-run cost ceiling comes from: a ``Policy`` (its
         ``max_cost_usd``), or a number in USD. ``None``: no ceiling columns.
@@ -192,7 +194,8 @@ def cost_profile_from_runs(
     by, volume_per_day, policy, interval, n_boot, random_state
         As in :func:`cost_profile`.
     loops : polars.DataFrame or LazyFrame, optional
-        Loop table with ``run_id, wasted_cost_usd`` (per loop or per run).
+        Loop table with ``run_id, wasted_cost_usd`` (per loop or per run;
+        ``same_action`` loops are left out, see :func:`cost_profile`).
         ``None``: the loop columns are null.
 
     Returns
@@ -472,7 +475,7 @@ def _prepare_runs(
         )
     else:
         lf = lf.with_columns(pl.lit(None, dtype=pl.Float64).alias("loop_cost_usd"))
-    return lf.collect()
+    return lf.collect().sort("run_id")  # a fixed order: float sums do not depend on join order
 
 
 def _loop_cost(loops: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
@@ -489,10 +492,22 @@ def _loop_cost(loops: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
             f"found {list(schema)}"
         )
     return (
-        lf.select(pl.col("run_id").cast(pl.String), pl.col("wasted_cost_usd").cast(pl.Float64))
+        lf.filter(no_progress_loops(schema))
+        .select(pl.col("run_id").cast(pl.String), pl.col("wasted_cost_usd").cast(pl.Float64))
         .group_by("run_id")
         .agg(pl.col("wasted_cost_usd").fill_null(0.0).sum().alias("loop_cost_usd"))
     )
+
+
+def no_progress_loops(schema: Mapping[str, Any]) -> pl.Expr:
+    """Rows of a loop table that are waste: every kind but ``same_action`` (the same tools with
+    changing arguments or results, e.g. pagination, which is progress). With a
+    :func:`driftwatch.loop_summary` table the run's worst loop decides."""
+    if "kind" in schema:
+        return pl.col("kind").fill_null("") != "same_action"
+    if "worst_kind" in schema:
+        return pl.col("worst_kind").fill_null("") != "same_action"
+    return pl.lit(True)
 
 
 def _summary_exprs(ceiling: float | None) -> list[pl.Expr]:
@@ -704,5 +719,6 @@ __all__ = [
     "cost_profile",
     "cost_profile_from_runs",
     "expected_max",
+    "no_progress_loops",
     "project_daily_spend",
 ]

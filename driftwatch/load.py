@@ -79,6 +79,7 @@ import numpy as np
 import polars as pl
 
 from driftwatch._frames import FrameLike, as_lazy, duration_seconds, normalize_by, series_expr
+from driftwatch.costs import no_progress_loops
 from driftwatch.errors import InvalidParameterError, SchemaError
 
 #: Behaviour metrics measured per bucket (in output order).
@@ -120,7 +121,7 @@ LOAD_COLUMNS: tuple[str, ...] = (
 _COARSE_GRID = 40
 _FINE_GRID = 200
 _PLATEAU_GRID = 25
-_FIRST_DRAWS = 99
+_CHUNK_SIZES = (39, 60)  # then chunks of _CHUNK: 39, 99, 199, 299, ... permutations in all
 _CHUNK = 100
 _STOP_EXCEEDANCES = 10
 _MIN_BUCKETS = 30
@@ -236,7 +237,9 @@ def load_curve_from_runs(
         n_steps, n_tool, n_errors, n_retries, cost_usd, latency_ms_p90`` and
         the ``by`` columns).
     loops : polars.DataFrame or LazyFrame, optional
-        Loop table with ``run_id`` (per loop or per run); needed for ``loop_rate``.
+        Loop table with ``run_id`` (per loop or per run); needed for ``loop_rate``,
+        the share of runs with a loop that is not ``same_action`` (pagination and
+        polling are progress).
     every, by, metrics, load, control, n_bins, n_boot, alpha, min_effect, random_state
         As in :func:`load_curve`.
 
@@ -533,13 +536,13 @@ def _prepare_runs(
         lschema = loops.lazy().collect_schema()
         if "run_id" not in lschema:
             raise SchemaError(f"loops: missing column 'run_id'; found {list(lschema)}")
-        looped = loops.lazy().select(pl.col("run_id").cast(pl.String)).unique().with_columns(
+        looped = loops.lazy().filter(no_progress_loops(lschema)).select(pl.col("run_id").cast(pl.String)).unique().with_columns(
             pl.lit(1.0).alias("_looped")
         )
         lf = lf.join(looped, on="run_id", how="left").with_columns(pl.col("_looped").fill_null(0.0))
     else:
         lf = lf.with_columns(pl.lit(None, dtype=pl.Float64).alias("_looped"))
-    return lf.collect()
+    return lf.collect().sort("run_id")  # a fixed order: float sums do not depend on join order
 
 
 # --------------------------------------------------------------------------------------------
@@ -587,6 +590,7 @@ def _analyse_series(
                 opts=opts,
                 pool=pools[key],
                 events=events,
+                m_rows=m_rows,
             )
             p_adj = min(1.0, res.p_value * m_rows) if res.p_value is not None else None
             effect = _relative(res.above, res.below)
@@ -652,6 +656,7 @@ def _knee_test(
     opts: _Options,
     pool: _PermutationPool,
     events: np.ndarray | None = None,
+    m_rows: int = 1,
 ) -> _KneeResult:
     """Hinge fit with stratum fixed effects, on cell sufficient statistics, and its bootstrap test.
 
@@ -764,27 +769,31 @@ def _knee_test(
     if rh.shape[0] == 0:
         return _KneeResult(knee=knee, below=below, above=above, slope=slope, p_value=1.0)
     stat_obs = float(np.max((rh @ cell_u) ** 2 / hh)) / sse0
-    # in the caller's order (strata blocks), which is what the pool permutes
-    inv = np.empty(n, dtype=np.int64)
-    inv[order] = np.arange(n)
-    sqrt_w = np.sqrt(w)
-    z = (resid * np.sqrt(w_s))[inv]  # standardised residuals, caller's order
-    fitted = (y_s - resid)[inv]
+    # The pool permutes positions within strata blocks; sorting by (stratum, load) kept the blocks
+    # where they were, so its permutations apply to the sorted arrays directly. With
+    # y*_j = f_j + z_pi(j) / sqrt(w_j) (f the stratum mean, z = sqrt(w) * residual) only
+    # g_j = sqrt(w_j) z_pi(j) varies: the cell sums of w*y* are fixed + cell sums of g (the fixed
+    # part is orthogonal to the residualised regressors) and sse0* = sum z^2 - sum_s G_s^2 / W_s.
+    sqrt_w = np.sqrt(w_s)
+    z = resid * sqrt_w
+    z2 = float(np.sum(z * z))
+    z32, sqrt_w32 = z.astype(np.float32), sqrt_w.astype(np.float32)  # halves the memory traffic
+    threshold = opts.alpha / max(1, m_rows) / 2.0
     exceed = 0
     done = 0
     chunk = 0
     while done < opts.n_boot:
         idx = pool.chunk(chunk)[: opts.n_boot - done]
         chunk += 1
-        yp = (fitted[None, :] + z[idx] / sqrt_w[None, :])[:, order]  # P x n, (stratum, load) order
-        wyp = yp * w_s
-        cell_wy = np.add.reduceat(wyp, cell_starts, axis=1)
-        stratum_wy = cell_wy @ member  # P x S
-        sse0_p = np.sum(wyp * yp, axis=1) - np.sum(stratum_wy**2 / stratum_w, axis=1)
-        stat = np.max((cell_wy @ rh.T) ** 2 / hh, axis=1) / np.where(sse0_p > 0, sse0_p, np.inf)
+        cell_g = np.add.reduceat(z32[idx] * sqrt_w32, cell_starts, axis=1).astype(np.float64)  # P x C
+        big_g = cell_g @ member  # P x S
+        sse0_p = z2 - np.sum(big_g**2 / stratum_w, axis=1)
+        stat = np.max((cell_g @ rh.T) ** 2 / hh, axis=1) / np.where(sse0_p > 0, sse0_p, np.inf)
         exceed += int(np.sum(stat >= stat_obs * (1.0 - 1e-9)))
         done += idx.shape[0]
-        if exceed >= _STOP_EXCEEDANCES:
+        # stop once the decision is clear: plainly not significant, or significant at the
+        # Bonferroni level with room to spare
+        if exceed >= _STOP_EXCEEDANCES or (exceed + 1) / (done + 1) <= threshold:
             break
     p_value = (exceed + 1) / (done + 1)
     return _KneeResult(knee=knee, below=below, above=above, slope=slope, p_value=float(p_value))
@@ -797,24 +806,34 @@ class _PermutationPool:
     _MAX_CACHED_BYTES = 256 * 1024 * 1024
 
     def __init__(self, strata: np.ndarray, rng: np.random.Generator) -> None:
-        self.offsets = strata.astype(np.float64)
+        n = strata.size
+        self.starts = np.flatnonzero(np.r_[True, strata[1:] != strata[:-1]]) if n else np.zeros(0, np.int64)
+        self.ends = np.r_[self.starts[1:], n].astype(np.int64)
+        self.n = n
         self.rng = rng
         self.chunks: list[np.ndarray] = []
-        self.cache_all = strata.size * 4 * 1000 <= self._MAX_CACHED_BYTES
+        self.cache_all = n * 4 * 1000 <= self._MAX_CACHED_BYTES
+
+    @staticmethod
+    def size_of(i: int) -> int:
+        """Permutations in chunk ``i``: small first chunks, since most tests stop early."""
+        return _CHUNK_SIZES[i] if i < len(_CHUNK_SIZES) else _CHUNK
 
     def _draw(self, size: int) -> np.ndarray:
-        # uniform keys in [0, 0.5) plus the stratum code: sorting shuffles within strata only
-        keys = self.rng.random((size, self.offsets.size)) * 0.5 + self.offsets[None, :]
-        return np.argsort(keys, axis=1).astype(np.int32)
+        out = np.empty((size, self.n), dtype=np.int32)
+        for lo, hi in zip(self.starts.tolist(), self.ends.tolist(), strict=True):  # one block per stratum
+            block = np.broadcast_to(np.arange(lo, hi, dtype=np.int32), (size, hi - lo))
+            out[:, lo:hi] = self.rng.permuted(block, axis=1)
+        return out
 
     def chunk(self, i: int) -> np.ndarray:
-        """Chunk ``i`` (the first holds 99 permutations, the others 100)."""
+        """Chunk ``i`` of the permutations (``size_of(i)`` rows)."""
         if i < len(self.chunks):
             return self.chunks[i]
-        if i == len(self.chunks) and (i == 0 or self.cache_all):
-            self.chunks.append(self._draw(_FIRST_DRAWS if i == 0 else _CHUNK))
+        if i == len(self.chunks) and (i < len(_CHUNK_SIZES) or self.cache_all):
+            self.chunks.append(self._draw(self.size_of(i)))
             return self.chunks[i]
-        return self._draw(_CHUNK)  # too many to keep: fresh permutations, not shared
+        return self._draw(self.size_of(i))  # too many to keep: fresh permutations, not shared
 
 
 def _curve(

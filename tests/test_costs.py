@@ -1,0 +1,289 @@
+"""Cost profile: quantiles, tails and spend by cause against truth computed from the events,
+projection intervals against freshly simulated days, the worst-run estimate, errors."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import polars as pl
+import pytest
+
+import driftwatch as dw
+from driftwatch import synth
+from driftwatch.costs import COST_COLUMNS, cost_profile_from_runs, expected_max, project_daily_spend
+from driftwatch.errors import InvalidParameterError, SchemaError
+
+DAYS = 4
+RUNS_PER_DAY = 800
+
+
+@pytest.fixture(scope="module")
+def fleet() -> synth.Fleet:
+    # the demo scenario: loops of every kind, cost spikes, retries, outcomes; ~36k events
+    return synth.generate(days=DAYS, runs_per_day=RUNS_PER_DAY, seed=0)
+
+
+@pytest.fixture(scope="module")
+def runs(fleet: synth.Fleet) -> pl.DataFrame:
+    return dw.run_features(fleet.events)
+
+
+@pytest.fixture(scope="module")
+def truth_loops(fleet: synth.Fleet) -> pl.DataFrame:
+    """Wasted cost of each injected loop: every cycle after the first, from the truth table."""
+    loops = fleet.truth["loops"].select("run_id", "start_step", "end_step", "period_steps")
+    return (
+        fleet.events.join(loops, on="run_id")
+        .filter(
+            (pl.col("step") >= pl.col("start_step") + pl.col("period_steps"))
+            & (pl.col("step") <= pl.col("end_step"))
+        )
+        .group_by("run_id")
+        .agg(pl.col("cost_usd").sum().alias("wasted_cost_usd"))
+    )
+
+
+@pytest.fixture(scope="module")
+def profile(runs: pl.DataFrame, truth_loops: pl.DataFrame) -> pl.DataFrame:
+    return cost_profile_from_runs(
+        runs, loops=truth_loops, volume_per_day=RUNS_PER_DAY, policy=dw.Policy(max_cost_usd=0.5)
+    )
+
+
+def _run_truth(events: pl.DataFrame) -> dict[str, dict[str, float]]:
+    """Per-series truth computed straight from the events with plain Python over the rows."""
+    cost: dict[str, float] = {}
+    agent: dict[str, str] = {}
+    err: dict[str, float] = {}
+    retry: dict[str, float] = {}
+    outcome: dict[str, float] = {}
+    last_tool: dict[str, tuple[str, bool]] = {}
+    for r in events.sort("run_id", "step").iter_rows(named=True):
+        rid = r["run_id"]
+        c = r["cost_usd"] or 0.0
+        cost[rid] = cost.get(rid, 0.0) + c
+        agent[rid] = r["agent"]
+        if r["status"] == "error":
+            err[rid] = err.get(rid, 0.0) + c
+        if r["action"] != "llm":
+            prev = last_tool.get(rid)
+            if prev is not None and prev[0] == r["action"] and prev[1]:
+                retry[rid] = retry.get(rid, 0.0) + c
+            last_tool[rid] = (r["action"], r["status"] == "error")
+        if r["outcome"] is not None:
+            outcome[rid] = r["outcome"]
+    out: dict[str, dict[str, float]] = {}
+    for series in [*sorted(set(agent.values())), "all"]:
+        ids = [k for k in cost if series == "all" or agent[k] == series]
+        x = np.array([cost[k] for k in ids])
+        p50, p90, p99 = np.quantile(x, [0.5, 0.9, 0.99])
+        total = float(x.sum())
+        with_outcome = [k for k in ids if k in outcome]
+        wins = sum(outcome[k] >= 0.5 for k in with_outcome)
+        over = [cost[k] for k in ids if cost[k] > 0.5]
+        out["all" if series == "all" else f"agent={series}"] = {
+            "runs": len(ids),
+            "total_cost_usd": total,
+            "cost_p50": p50,
+            "cost_p90": p90,
+            "cost_p99": p99,
+            "cost_max": float(x.max()),
+            "p99_over_p50": p99 / p50,
+            "max_over_p50": float(x.max()) / p50,
+            "error_share": sum(err.get(k, 0.0) for k in ids) / total,
+            "retry_share": sum(retry.get(k, 0.0) for k in ids) / total,
+            "runs_over_ceiling": len(over),
+            "over_ceiling_share": sum(over) / total,
+            "cost_per_success": sum(cost[k] for k in with_outcome) / wins,
+        }
+    return out
+
+
+def test_columns_and_series(profile: pl.DataFrame) -> None:
+    assert tuple(profile.columns) == COST_COLUMNS
+    assert profile["series"].to_list() == [
+        "agent=billing",
+        "agent=planner",
+        "agent=research",
+        "agent=support",
+        "all",
+    ]
+
+
+def test_quantiles_tails_and_spend_by_cause_match_truth(fleet: synth.Fleet, profile: pl.DataFrame) -> None:
+    truth = _run_truth(fleet.events)
+    checked = 0
+    for row in profile.iter_rows(named=True):
+        t = truth[row["series"]]
+        for key, value in t.items():
+            assert row[key] == pytest.approx(value, rel=1e-9, abs=1e-12), (row["series"], key)
+            checked += 1
+    assert checked == 5 * 13
+    fleet_row = profile.filter(series="all").row(0, named=True)
+    # the demo fleet's cost spikes make a heavy tail; failures and retries cost little here
+    assert fleet_row["max_over_p50"] > 20
+    assert fleet_row["retry_share"] < fleet_row["error_share"] < 0.05
+
+
+def test_loop_share_matches_truth(fleet: synth.Fleet, profile: pl.DataFrame, truth_loops: pl.DataFrame) -> None:
+    agent_of = dict(fleet.truth["runs"].select("run_id", "agent").iter_rows())
+    totals = fleet.events.group_by("agent").agg(pl.col("cost_usd").sum())
+    for a, total in totals.iter_rows():
+        wasted = sum(w for rid, w in truth_loops.iter_rows() if agent_of[rid] == a)
+        row = profile.filter(series=f"agent={a}").row(0, named=True)
+        assert row["loop_cost_usd"] == pytest.approx(wasted, rel=1e-9)
+        assert row["loop_share"] == pytest.approx(wasted / total, rel=1e-9)
+    assert 0.05 < profile.filter(series="all")["loop_share"].item() < 0.6
+
+
+def test_detected_loops_agree_with_truth(fleet: synth.Fleet, profile: pl.DataFrame) -> None:
+    # the wrapper detects loops itself: its loop share lands near the injected waste
+    detected = dw.cost_profile(fleet.events, volume_per_day=RUNS_PER_DAY)
+    got = detected.filter(series="all")["loop_share"].item()
+    want = profile.filter(series="all")["loop_share"].item()
+    assert got == pytest.approx(want, rel=0.25)
+
+
+def test_wrapper_equals_fleet_stage(fleet: synth.Fleet, runs: pl.DataFrame, truth_loops: pl.DataFrame) -> None:
+    a = dw.cost_profile(fleet.events.lazy(), loops=truth_loops, volume_per_day=2000, policy=0.5)
+    b = cost_profile_from_runs(runs, loops=truth_loops, volume_per_day=2000, policy=0.5)
+    assert a.equals(b)
+    # per-run tables of chunks of whole runs concatenate to the same answer
+    chunks = [
+        dw.run_features(fleet.events.filter(pl.col("run_id").hash(7) % 3 == i)) for i in range(3)
+    ]
+    c = cost_profile_from_runs(pl.concat(chunks), loops=truth_loops, volume_per_day=2000, policy=0.5)
+    assert c.drop("projected_daily_lo", "projected_daily_hi").equals(
+        b.drop("projected_daily_lo", "projected_daily_hi")
+    )
+
+
+def test_projection_interval_covers_fresh_days(runs: pl.DataFrame) -> None:
+    """A fresh simulated day (same scenario, new seed) costs what the interval says, at its volume."""
+    covered = []
+    widths = []
+    daily_max = []
+    volumes = []
+    for seed in (101, 102, 103):
+        fresh = dw.run_features(synth.generate(days=DAYS, runs_per_day=RUNS_PER_DAY, seed=seed).events)
+        per_day = fresh.group_by(pl.col("first_ts").dt.date()).agg(
+            pl.len().alias("n"), pl.col("cost_usd").sum().alias("spend"), pl.col("cost_usd").max().alias("worst")
+        )
+        for n, spend, worst in per_day.select("n", "spend", "worst").iter_rows():
+            row = cost_profile_from_runs(runs, by=(), volume_per_day={"all": n}).row(0, named=True)
+            covered.append(row["projected_daily_lo"] <= spend <= row["projected_daily_hi"])
+            widths.append((row["projected_daily_hi"] - row["projected_daily_lo"]) / row["projected_daily_usd"])
+            daily_max.append(worst)
+            volumes.append(n)
+    assert len(covered) == 3 * DAYS
+    assert sum(covered) >= len(covered) - 1  # a 95% interval; at most one miss in twelve days
+    assert max(widths) < 0.6  # and not uselessly wide
+    # the expected worst run of a day at that volume vs the worst run of each fresh day
+    row = cost_profile_from_runs(runs, by=(), volume_per_day={"all": float(np.mean(volumes))}).row(0, named=True)
+    assert row["worst_run_method"] == "empirical"
+    assert row["worst_run_expected_usd"] == pytest.approx(float(np.mean(daily_max)), rel=0.25)
+
+
+def test_volume_split_by_share_and_mapping(runs: pl.DataFrame) -> None:
+    prof = cost_profile_from_runs(runs, volume_per_day=10_000)
+    agents = prof.filter(pl.col("series") != "all")
+    assert agents["volume_per_day"].sum() == pytest.approx(10_000)
+    assert agents["projected_daily_usd"].sum() == pytest.approx(prof.filter(series="all")["projected_daily_usd"].item())
+    mapped = cost_profile_from_runs(runs, volume_per_day={"agent=billing": 5000})
+    assert mapped.filter(series="agent=billing")["volume_per_day"].item() == 5000
+    assert mapped.filter(series="all")["projected_daily_usd"].is_null().all()
+    observed = cost_profile_from_runs(runs)  # None: the observed runs per day
+    assert observed.filter(series="all")["volume_per_day"].item() == pytest.approx(runs.height / DAYS)
+
+
+def test_bootstrap_and_normal_paths_agree() -> None:
+    rng = np.random.default_rng(5)
+    costs = rng.lognormal(np.log(0.05), 0.8, 4000)
+    exact = project_daily_spend(costs, 3000, n_boot=1000, rng=1)  # 4000 x 1000 draws: resampled
+    clt = project_daily_spend(np.tile(costs, 6), 3000 * 6, n_boot=1000, rng=1)  # too many: normal limits
+    assert exact[0] == pytest.approx(3000 * costs.mean())
+    width_exact = (exact[2] - exact[1]) / exact[0]
+    width_clt = (clt[2] - clt[1]) / clt[0]
+    # six times the runs and six times the volume: the relative width shrinks by about sqrt(6)
+    assert width_clt == pytest.approx(width_exact / math.sqrt(6), rel=0.2)
+    assert project_daily_spend(costs, 3000, rng=1) == project_daily_spend(costs, 3000, rng=1)
+
+
+def test_expected_max_exact_and_pareto_tail() -> None:
+    x = np.array([1.0, 2.0, 3.0, 4.0])
+    assert expected_max(x, 2)[0] == pytest.approx(50 / 16)
+    # beyond the data: exponential costs, whose expected maximum of N is known (harmonic number)
+    rng = np.random.default_rng(1)
+    costs = 0.1 + rng.exponential(0.05, 3000)
+    for n in (30_000, 1_000_000):
+        e_max, one_in_n, method, shape = expected_max(costs, n)
+        truth = 0.1 + 0.05 * float(np.sum(1.0 / np.arange(1, n + 1)))
+        assert method == "pareto_tail"
+        assert abs(shape) < 0.15
+        assert e_max == pytest.approx(truth, rel=0.12)
+        assert one_in_n == pytest.approx(0.1 + 0.05 * math.log(n), rel=0.12)
+        assert e_max > costs.max()  # extrapolated beyond the largest observed run
+    # a tail made of a separate cluster of huge runs does not fit: capped at the data, said so
+    spiky = np.r_[0.05 + rng.exponential(0.01, 2990), rng.uniform(5.0, 6.0, 10)]
+    e_max, _, method, _ = expected_max(spiky, 100_000)
+    assert method == "empirical_capped"
+    assert e_max <= spiky.max()
+
+
+def test_policy_sources_and_no_ceiling(runs: pl.DataFrame) -> None:
+    want = int((runs["cost_usd"] > 1.0).sum())
+    for policy in (
+        dw.Policy(max_cost_usd=1.0),
+        1.0,
+        {"max_cost_usd": 1.0},
+        SimpleNamespace(limits=SimpleNamespace(max_cost_usd=1.0)),
+    ):
+        prof = cost_profile_from_runs(runs, by=(), policy=policy)
+        assert prof["runs_over_ceiling"].item() == want
+        assert prof["cost_ceiling_usd"].item() == 1.0
+    none = cost_profile_from_runs(runs, by=())
+    assert none.select("cost_ceiling_usd", "runs_over_ceiling", "over_ceiling_share").row(0) == (None, None, None)
+    assert cost_profile_from_runs(runs, by=(), policy=dw.Policy(max_cost_usd=None))["runs_over_ceiling"].item() is None
+
+
+def test_missing_optional_columns() -> None:
+    ev = pl.DataFrame({"run_id": ["a", "a", "b"], "step": [1, 2, 1], "action": ["llm", "x", "llm"]})
+    prof = dw.cost_profile(ev, by=(), loops=pl.DataFrame({"run_id": [], "wasted_cost_usd": []}))
+    row = prof.row(0, named=True)
+    assert row["runs"] == 2 and row["total_cost_usd"] == 0.0
+    assert row["p99_over_p50"] is None and row["loop_share"] is None and row["cost_per_success"] is None
+    assert row["runs_with_outcome"] == 0 and row["volume_per_day"] is None  # no timestamps: no daily volume
+    no_loops = cost_profile_from_runs(dw.run_features(ev), by=())
+    assert no_loops["loop_cost_usd"].item() is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"interval": 1.5}, "interval must be a coverage in"),
+        ({"n_boot": 10}, "n_boot must be an integer >= 50"),
+        ({"volume_per_day": -5}, "volume_per_day must be a positive number"),
+        ({"volume_per_day": {"all": 0}}, "volume_per_day must be a positive number"),
+        ({"policy": "strict"}, "policy must be a driftwatch.Policy"),
+        ({"policy": -1.0}, "max_cost_usd must be a non-negative number"),
+        ({"loops": "loops.parquet"}, "loops must be a detect_loops"),
+    ],
+)
+def test_bad_options(runs: pl.DataFrame, kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(InvalidParameterError, match=match):
+        cost_profile_from_runs(runs, **kwargs)  # type: ignore[arg-type]
+
+
+def test_bad_tables(runs: pl.DataFrame) -> None:
+    with pytest.raises(SchemaError, match=r"features: missing column\(s\) \['cost_usd'\]"):
+        cost_profile_from_runs(runs.drop("cost_usd"))
+    with pytest.raises(SchemaError, match=r"missing column\(s\) \['version'\]"):
+        cost_profile_from_runs(runs.drop("version"), by=("version",))
+    with pytest.raises(SchemaError, match="loops: missing column"):
+        cost_profile_from_runs(runs, loops=pl.DataFrame({"run_id": ["a"]}))
+    with pytest.raises(InvalidParameterError, match="features must be a polars DataFrame"):
+        cost_profile_from_runs({"run_id": []})  # type: ignore[arg-type]
+    with pytest.raises(dw.DriftwatchError):
+        dw.cost_profile(pl.DataFrame({"x": [1]}))

@@ -1,0 +1,250 @@
+"""Load curve: the knee of an injected load-dependent failure, no knee without one, the guard
+against time trends, the per-bucket table against brute force, errors."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+
+import driftwatch as dw
+from driftwatch import synth
+from driftwatch.errors import InvalidParameterError, SchemaError
+from driftwatch.load import LOAD_COLUMNS, METRICS, load_buckets_from_runs, load_curve_from_runs
+
+AGENTS = {a.name: a for a in synth.default_agents()}
+THRESHOLD = 2.0
+
+
+def _load_fleet(seed: int, **overrides: object) -> synth.Fleet:
+    # planner fails more once more than THRESHOLD of its runs start in the same minute; support
+    # shares the traffic (diurnal, weekly swings, pagination, polling) without load dependence
+    sc = synth.Scenario.stable(
+        agents=(AGENTS["planner"], AGENTS["support"]),
+        load=(synth.LoadSpec("planner", THRESHOLD, slope=0.5),),
+        **overrides,
+    )
+    return synth.generate(days=2, runs_per_day=2500, seed=seed, scenario=sc)  # ~64k events
+
+
+@pytest.fixture(scope="module")
+def fleet() -> synth.Fleet:
+    return _load_fleet(0)
+
+
+@pytest.fixture(scope="module")
+def runs(fleet: synth.Fleet) -> pl.DataFrame:
+    return dw.run_features(fleet.events)
+
+
+@pytest.fixture(scope="module")
+def curve(runs: pl.DataFrame) -> pl.DataFrame:
+    return load_curve_from_runs(runs)
+
+
+def test_columns_rows_and_curve(curve: pl.DataFrame) -> None:
+    assert tuple(curve.columns) == LOAD_COLUMNS
+    # no loop table given: loop_rate is left out
+    metrics = [m for m in METRICS if m != "loop_rate"]
+    assert curve.height == 3 * len(metrics) * 2
+    assert curve.select("series", "metric", "load_kind").rows()[:2] == [
+        ("agent=planner", "error_rate", "started"),
+        ("agent=planner", "error_rate", "in_flight"),
+    ]
+    for row in curve.iter_rows(named=True):
+        assert len(row["curve_load"]) == len(row["curve_value"]) == len(row["curve_buckets"]) >= 2
+        assert sum(row["curve_buckets"]) == row["n_buckets"]
+        assert row["curve_load"] == sorted(row["curve_load"])
+        assert row["every"] == "1m" and row["control"] == "1d"
+        assert (row["knee"] is None) == (not row["significant"])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_knee_of_error_rate_within_15_percent(seed: int, fleet: synth.Fleet, curve: pl.DataFrame) -> None:
+    if seed == 0:
+        out, truth = curve, fleet.truth["load"]
+    else:
+        other = _load_fleet(seed)
+        out, truth = load_curve_from_runs(dw.run_features(other.events), metrics=["error_rate"]), other.truth["load"]
+    threshold = truth.filter(agent="planner")["threshold"].item()
+    row = out.filter(series="agent=planner", metric="error_rate", load_kind="started").row(0, named=True)
+    assert row["significant"]
+    assert abs(row["knee"] - threshold) <= 0.15 * threshold
+    assert row["above"] > 3 * row["below"] and row["ratio"] > 3
+    assert row["slope"] > 0
+    # the agent without load dependence shows no knee in the same fleet and the same minutes
+    assert not out.filter(series="agent=support", metric="error_rate")["significant"].any()
+    # the binned curve rises: the busiest load bin fails far more than the quietest
+    assert row["curve_value"][-1] > 3 * row["curve_value"][0]
+
+
+def test_only_load_driven_metrics_have_knees(curve: pl.DataFrame) -> None:
+    found = set(curve.filter("significant").select("series", "metric").rows())
+    # failures drive retries and the slow failing tool calls drive latency; run length and
+    # cost per run do not depend on load in this fleet
+    assert ("agent=planner", "error_rate") in found
+    assert all(m in {"error_rate", "retry_rate", "latency_p90"} for _, m in found)
+    assert not any(s == "agent=support" for s, _ in found)
+
+
+@pytest.mark.parametrize("seed", [10, 11, 12, 13])
+def test_no_knee_without_load_dependence(seed: int) -> None:
+    fleet = synth.generate(
+        days=2,
+        runs_per_day=2500,
+        seed=seed,
+        scenario=synth.Scenario.stable(agents=(AGENTS["planner"], AGENTS["support"])),
+    )
+    out = load_curve_from_runs(dw.run_features(fleet.events))
+    assert out.height == 30
+    assert not out["significant"].any(), out.filter("significant")
+    assert out["knee"].is_null().all()
+    assert out.filter(metric="error_rate")["p_value"].min() > 0.01
+
+
+def test_time_trend_is_not_a_load_effect() -> None:
+    """Errors quadruple on the day weekday traffic returns: busy days fail more, busy minutes do not."""
+    sc = synth.Scenario.stable(
+        agents=(AGENTS["planner"], AGENTS["support"]),
+        changepoints=(synth.ChangeSpec("planner", 2, "error_rate", 4.0),),
+        weekly_swing=0.6,
+    )
+    fleet = synth.generate(days=4, runs_per_day=1500, seed=0, start="2026-10-03", scenario=sc)  # Sat..Tue
+    runs = dw.run_features(fleet.events)
+    naive = load_curve_from_runs(runs, metrics=["error_rate"], control=None)
+    assert naive.filter(series="agent=planner")["significant"].all()  # what the guard prevents
+    guarded = load_curve_from_runs(runs, metrics=["error_rate"])  # within-day comparison (default)
+    assert not guarded["significant"].any()
+    hourly = load_curve_from_runs(runs, metrics=["error_rate"], control="1h")
+    assert not hourly["significant"].any()
+
+
+def test_saturating_failure_knee() -> None:
+    # a steep slope saturates the error probability at 95%: the plateau keeps the knee in place
+    sc = synth.Scenario.stable(agents=(AGENTS["planner"],), load=(synth.LoadSpec("planner", 3.0, slope=1.0),))
+    fleet = synth.generate(days=1, runs_per_day=3000, seed=4, scenario=sc)
+    row = load_curve_from_runs(dw.run_features(fleet.events), by=(), metrics=["error_rate"], load="started").row(
+        0, named=True
+    )
+    assert row["significant"] and abs(row["knee"] - 3.0) <= 0.45
+
+
+def test_bucket_table_against_brute_force() -> None:
+    rng = np.random.default_rng(3)
+    n = 300
+    t0 = datetime(2026, 10, 1, tzinfo=UTC)
+    start_s = np.sort(rng.uniform(0, 3 * 3600, n))
+    dur_s = rng.exponential(90, n)
+    runs = pl.DataFrame(
+        {
+            "run_id": [f"r{i}" for i in range(n)],
+            "agent": rng.choice(["a", "b"], n).tolist(),
+            "first_ts": [t0 + timedelta(seconds=float(s)) for s in start_s],
+            "last_ts": [t0 + timedelta(seconds=float(s + d)) for s, d in zip(start_s, dur_s, strict=True)],
+            "n_steps": rng.integers(1, 20, n),
+            "n_tool": rng.integers(0, 5, n),
+            "n_errors": rng.integers(0, 3, n),
+            "n_retries": rng.integers(0, 2, n),
+            "cost_usd": rng.uniform(0, 1, n),
+            "latency_ms_p90": rng.uniform(100, 900, n),
+        },
+        schema_overrides={"first_ts": pl.Datetime("us", "UTC"), "last_ts": pl.Datetime("us", "UTC")},
+    )
+    got = load_buckets_from_runs(runs, every="5m")
+    recs = runs.to_dicts()
+    minute = timedelta(minutes=5)
+
+    def floor(ts: datetime) -> datetime:
+        return t0 + minute * ((ts - t0) // minute)
+
+    for row in got.iter_rows(named=True):
+        agent = row["series"].removeprefix("agent=")
+        mine = [r for r in recs if agent == "all" or r["agent"] == agent]
+        started = [r for r in mine if floor(r["first_ts"]) == row["bucket"]]
+        in_flight = [r for r in mine if floor(r["first_ts"]) <= row["bucket"] <= floor(r["last_ts"])]
+        assert row["started"] == len(started)
+        assert row["in_flight"] == len(in_flight)
+        assert row["error_rate"] == pytest.approx(np.mean([r["n_errors"] / r["n_steps"] for r in started]))
+        assert row["cost_per_run"] == pytest.approx(np.mean([r["cost_usd"] for r in started]))
+        with_tools = [r["n_retries"] / r["n_tool"] for r in started if r["n_tool"] > 0]
+        assert (row["retry_rate"] is None) == (not with_tools)
+        if with_tools:
+            assert row["retry_rate"] == pytest.approx(np.mean(with_tools))
+    assert got.filter(series="all")["started"].sum() == n
+    assert got["loop_rate"].is_null().all()
+
+
+def test_loops_give_loop_rate_and_wrapper_matches(runs: pl.DataFrame, fleet: synth.Fleet) -> None:
+    loops = pl.DataFrame(
+        {
+            "run_id": runs["run_id"][:40].to_list() + runs["run_id"][40:80].to_list(),
+            "kind": ["exact"] * 40 + ["same_action"] * 40,  # same_action (pagination) is not a loop here
+        }
+    )
+    b = load_buckets_from_runs(runs, loops=loops, by=())
+    assert b["loop_rate"].drop_nulls().len() == b.height
+    assert (b["loop_rate"] * b["started"]).sum() == pytest.approx(40)
+    out = load_curve_from_runs(runs, loops=loops, metrics=["loop_rate", "error_rate"], load="started", by=())
+    assert out["metric"].to_list() == ["loop_rate", "error_rate"]
+    wrapped = dw.load_curve(fleet.events.lazy(), loops=loops, metrics=["loop_rate", "error_rate"], load="started", by=())
+    assert wrapped.equals(out)
+    # chunks of whole runs give the same per-run tables, so the same answer
+    parts = [dw.run_features(fleet.events.filter(pl.col("run_id").hash(3) % 2 == i)) for i in range(2)]
+    chunked = load_curve_from_runs(pl.concat(parts), loops=loops, metrics=["loop_rate", "error_rate"],
+                                   load="started", by=())
+    assert chunked.equals(out)
+
+
+def test_deterministic_and_seeded(runs: pl.DataFrame) -> None:
+    a = load_curve_from_runs(runs, metrics=["steps_per_run"], random_state=5)
+    b = load_curve_from_runs(runs, metrics=["steps_per_run"], random_state=5)
+    c = load_curve_from_runs(runs, metrics=["steps_per_run"], random_state=6)
+    assert a.equals(b)
+    assert a.drop("p_value", "p_adjusted").equals(c.drop("p_value", "p_adjusted"))
+
+
+def test_too_few_buckets_gives_no_answer() -> None:
+    t0 = datetime(2026, 10, 1, tzinfo=UTC)
+    runs = pl.DataFrame(
+        {
+            "run_id": ["a", "b", "c"],
+            "first_ts": [t0, t0 + timedelta(minutes=1), t0 + timedelta(minutes=2)],
+            "last_ts": [t0, t0 + timedelta(minutes=1), t0 + timedelta(minutes=2)],
+            "n_steps": [3, 3, 3],
+        }
+    )
+    out = load_curve_from_runs(runs, by=(), metrics=["steps_per_run"], load="started")
+    assert out.select("knee", "p_value", "significant", "n_buckets").row(0) == (None, None, False, 3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"every": "1 minute"}, "every must be a Polars duration string"),
+        ({"control": "1m"}, "control must be a duration at least twice every"),
+        ({"metrics": ["errors"]}, "metrics must be among"),
+        ({"metrics": ["loop_rate"]}, "metric 'loop_rate' needs the loop table"),
+        ({"load": "concurrency"}, "load must be among"),
+        ({"n_boot": 10}, "n_boot must be an integer >= 99"),
+        ({"alpha": 0.0}, "alpha must be in"),
+        ({"min_effect": -1}, "min_effect must be a non-negative number"),
+        ({"n_bins": 1}, "n_bins must be an integer >= 2"),
+        ({"loops": [1, 2]}, "loops must be a detect_loops"),
+    ],
+)
+def test_bad_options(runs: pl.DataFrame, kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(InvalidParameterError, match=match):
+        load_curve_from_runs(runs, **kwargs)  # type: ignore[arg-type]
+
+
+def test_bad_tables(runs: pl.DataFrame) -> None:
+    with pytest.raises(SchemaError, match=r"missing column\(s\) \['first_ts'\]"):
+        load_curve_from_runs(runs.drop("first_ts"))
+    with pytest.raises(SchemaError, match="'last_ts' must be a datetime"):
+        load_curve_from_runs(runs.with_columns(pl.col("last_ts").cast(pl.String)))
+    with pytest.raises(SchemaError, match="loops: missing column 'run_id'"):
+        load_curve_from_runs(runs, loops=pl.DataFrame({"x": [1]}))
+    with pytest.raises(dw.DriftwatchError):
+        dw.load_curve(pl.DataFrame({"x": [1]}))
