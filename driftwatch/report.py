@@ -28,6 +28,7 @@ import html
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -1168,11 +1169,33 @@ def render_notebook(result: Any, *, top: int = 10) -> str:
         if _col(runs, "level") else pl.DataFrame()
     )
     table = _table(hot, ["run_id", "agent", "level", "score", "reasons"], cells={"level": _pill, "reasons": _reasons})
-    cps = _section_changepoints(result).replace('<section id="changepoints">', "<div>").replace("</section>", "</div>")
+    charts = _changepoint_charts(_get(result, "metrics"), _get(result, "changepoints"), only_with_changes=True)
+    cps = (
+        f"<h3>Change-points</h3><div class=\"grid\">{''.join(charts[:9])}</div>"
+        + (f'<p class="note">{len(charts) - 9} more charts in report.html</p>' if len(charts) > 9 else "")
+        if charts else '<p class="note">No change-point found.</p>'
+    )
     return (
-        f'<div class="driftwatch-audit"><style>{CSS.replace("body{", ".driftwatch-audit{")}</style>'
+        f'<div class="driftwatch-audit"><style>{scoped_css(".driftwatch-audit")}</style>'
         f"<b>driftwatch audit</b>{cards}{_bar_levels(levels)}<h3>Top escalations</h3>{table}{cps}</div>"
     )
+
+
+def scoped_css(scope: str) -> str:
+    """:data:`CSS` with every rule limited to elements under ``scope`` (for notebook output cells,
+    whose styles would otherwise restyle the whole notebook)."""
+    rules = []
+    for m in re.finditer(r"([^{}]+)\{([^{}]*)\}", CSS):
+        selectors, body = m.group(1).strip(), m.group(2)
+        scoped = []
+        for sel in selectors.split(","):
+            sel = sel.strip()
+            if sel in (":root", "body", "*"):
+                scoped.append(scope if sel != "*" else f"{scope} *")
+            else:
+                scoped.append(f"{scope} {sel}")
+        rules.append(",".join(scoped) + "{" + body + "}")
+    return "\n".join(rules)
 
 
 # --------------------------------------------------------------------------- rebuild from a folder

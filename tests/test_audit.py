@@ -271,6 +271,8 @@ def test_repr_and_notebook_html(result: AuditResult) -> None:
     lv = result.level_counts()
     assert f"{lv['escalate']:,}" in page and "Top escalations" in page and "<svg" in page
     assert "<script" not in page
+    css = page[page.index("<style>") + 7 : page.index("</style>")]
+    assert all(rule.startswith(".driftwatch-audit") for rule in css.splitlines())  # no restyling of the notebook
 
 
 def test_dw_audit_is_callable_however_imported(fleet: synth.Fleet) -> None:
