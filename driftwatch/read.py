@@ -660,7 +660,7 @@ def _assign_formats(infos: list[_FileInfo], fmt: str, cmap: dict[str, str]) -> l
 
 
 def _group_frame(
-    gi: int, group: _Group, engine: str, filters: _Filters, cmap: dict[str, str], *, check: bool
+    gi: int, group: _Group, engine: str, filters: _Filters, cmap: dict[str, str], *, check: bool, normalize: bool
 ) -> pl.LazyFrame:
     """Scan, adapt and conform one group of files; ``_ORDER`` = group index << 40 | row in group."""
     schema = {**group.schema, **{k: pl.String() for k in group.hive}}
@@ -678,7 +678,7 @@ def _group_frame(
         f"{len(group.files)} {group.format} files under {os.path.commonpath([f.path for f in group.files])}"
     )
     adapted = adapt(raw, raw_schema, group.format, column_map=cmap, where=where)
-    out = conform(adapted, where=where, check=check, normalize=True, order_by=(_ORDER,))
+    out = conform(adapted, where=where, check=check, normalize=normalize, order_by=(_ORDER,))
     post = _canonical_filter(filters)
     return out.filter(post) if post is not None else out
 
@@ -800,50 +800,57 @@ def read_logs(
     infos = _assign_formats(infos, format, cmap)
     groups = _group(infos)
 
-    def frames(check: bool) -> pl.LazyFrame:
-        parts = [_group_frame(gi, g, engine, filters, cmap, check=check) for gi, g in enumerate(groups)]
+    def frames(check: bool, normalize: bool) -> pl.LazyFrame:
+        parts = [_group_frame(gi, g, engine, filters, cmap, check=check, normalize=normalize)
+                 for gi, g in enumerate(groups)]
         return parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical")
 
-    base = frames(check=True)
     reason = pl.col(REASON_COL)
+    key_hash = (pl.col("run_id").hash(1) ^ pl.col("step").hash(2)).alias(_HASH)
+    # Pass 1, over the columns the checks need (the queries share the scan): rows per reason,
+    # whether valid rows spell status other than ok/error (then values get normalised), and
+    # the (run_id, step) hashes that occur twice among valid rows (sorting 8-byte hashes).
+    base = frames(check=True, normalize=False)
     valid = base.filter(reason.is_null())
-    key_hash = pl.struct("run_id", "step").hash().alias(_HASH)
-    # one pass: rows per reason, and hashes of (run_id, step) seen twice (candidates for duplicates)
-    q_counts = base.select(reason).group_by(REASON_COL).agg(pl.len().alias("n"))
+    odd_status = (reason.is_null() & pl.col("status").is_not_null() & ~pl.col("status").is_in(["ok", "error"]))
+    q_counts = base.group_by(REASON_COL).agg(pl.len().alias("n"), odd_status.sum().alias("odd_status"))
     q_hashes = valid.select(key_hash).sort(_HASH).filter(pl.col(_HASH) == pl.col(_HASH).shift(1)).unique()
     counts, hashes = _guard(lambda: pl.collect_all([q_counts, q_hashes]), paths)
-
-    reasons = {r: int(n) for r, n in counts.iter_rows() if r is not None}
+    reasons = {r: int(n) for r, n in counts.select(REASON_COL, "n").iter_rows() if r is not None}
     rows_in = int(counts.get_column("n").sum())
-    dup_rows: pl.LazyFrame | None = None
-    if hashes.height:
-        dups = _guard(
-            lambda: valid.filter(key_hash.is_in(hashes.get_column(_HASH).implode()))
-            .group_by("run_id", "step")
-            .agg(pl.len().alias("n"), pl.col(_ORDER).min().alias(_FIRST))
-            .filter(pl.col("n") > 1)
-            .collect(),
+    normalize = bool(counts.get_column("odd_status").sum())
+
+    # Pass 2, only when something is rejected or may be duplicated: the rejected rows and the
+    # duplicate candidates with all their columns, streamed (memory holds these rows only).
+    base = frames(check=True, normalize=normalize)
+    valid = base.filter(reason.is_null())
+    dup_keys = pl.DataFrame(schema={_ORDER: pl.Int64, _FIRST: pl.Int64})
+    got = pl.DataFrame()
+    if reasons or hashes.height:
+        wanted = reason.is_not_null() | key_hash.is_in(hashes.get_column(_HASH).implode())
+        got = _guard(
+            lambda: base.filter(wanted).select(*COLUMNS, _ORDER, REASON_COL, DETAIL_COL).collect(engine="streaming"),
             paths,
         )
-        n_dup = int((dups.get_column("n") - 1).sum()) if dups.height else 0
-        if n_dup:
-            reasons["duplicate_step"] = n_dup
-            dup_rows = (
-                valid.join(dups.lazy().select("run_id", "step", _FIRST), on=["run_id", "step"], how="inner")
-                .filter(pl.col(_ORDER) != pl.col(_FIRST))
-                .with_columns(pl.lit("duplicate_step").alias(REASON_COL))
-            )
+        # exact duplicates among the candidates: keep the first row read, reject the others
+        dup_keys = (
+            got.filter(pl.col(REASON_COL).is_null())
+            .with_columns(pl.col(_ORDER).min().over("run_id", "step").alias(_FIRST))
+            .filter(pl.col(_ORDER) != pl.col(_FIRST))
+            .select(_ORDER, _FIRST)
+        )
+        got = got.join(dup_keys, on=_ORDER, how="left").with_columns(
+            pl.when(pl.col(_FIRST).is_not_null()).then(pl.lit("duplicate_step")).otherwise(reason).alias(REASON_COL)
+        ).filter(reason.is_not_null())
+        if dup_keys.height:
+            reasons["duplicate_step"] = dup_keys.height
     rows_rejected = sum(reasons.values())
 
     if rows_rejected:
-        bad = base.filter(reason.is_not_null()).with_columns(pl.lit(None, dtype=pl.Int64).alias(_FIRST))
-        parts = [bad] if dup_rows is None else [bad, dup_rows.select(bad.collect_schema().names())]
-        got = _guard(lambda: pl.concat(parts).collect(), paths)
         source_file, source_row = _locate(got.get_column(_ORDER), groups)
         kept_file, kept_row = _locate(got.get_column(_FIRST).fill_null(0), groups)
-        is_dup = got.get_column(REASON_COL) == "duplicate_step"
         detail = pl.select(
-            pl.when(pl.lit(is_dup))
+            pl.when(pl.lit(got.get_column(_FIRST)).is_not_null())
             .then(pl.format("kept {} row {}", pl.lit(kept_file), pl.lit(kept_row)))
             .otherwise(pl.lit(got.get_column(DETAIL_COL)))
         ).to_series()
@@ -862,11 +869,11 @@ def read_logs(
 
     if not rows_rejected:
         # nothing to drop: the events plan converts without evaluating the checks again
-        events = frames(check=False).select([pl.col(c) for c in COLUMNS])
+        events = frames(check=False, normalize=normalize).select([pl.col(c) for c in COLUMNS])
     else:
         kept = valid
-        if dup_rows is not None:
-            kept = kept.join(dup_rows.select(_ORDER), on=_ORDER, how="anti")
+        if dup_keys.height:
+            kept = kept.filter(~pl.col(_ORDER).is_in(dup_keys.get_column(_ORDER).implode()))
         events = kept.select([pl.col(c) for c in COLUMNS])
     stats = ReadStats(
         rows_in=rows_in,

@@ -433,8 +433,9 @@ def check_required(columns: Sequence[str], *, where: str = "events") -> None:
         )
 
 
-def _blank_to_null(e: pl.Expr) -> pl.Expr:
-    return pl.when(e.str.strip_chars() == "").then(None).otherwise(e)
+def is_blank(e: pl.Expr) -> pl.Expr:
+    """Null, empty or whitespace-only text."""
+    return e.is_null() | e.str.contains(r"^\s*$")
 
 
 def conform(
@@ -462,8 +463,9 @@ def conform(
         :func:`driftwatch.read.read_logs`. A ``REASON_COL`` / ``DETAIL_COL`` already in the
         frame (set by an adapter) takes precedence.
     normalize : bool, optional
-        Map status spellings to ``ok`` / ``error`` (:func:`normalize_status`) and treat blank
-        ``run_id`` / ``action`` as null. Defaults to ``check``.
+        Map status spellings to ``ok`` / ``error`` (:func:`normalize_status`) and an empty
+        ``agent`` to ``"default"``. Defaults to ``check``. (The checks themselves read the raw
+        status, so the reasons do not depend on it.)
     order_by : sequence of str, default=()
         Tie-breaking columns (after ``ts``) used when ``step`` is derived from ``ts`` order; kept
         in the output.
@@ -517,9 +519,9 @@ def conform(
         conv = convert_column(pl.col(col), col, schema[col], where=where)
         value = conv.value
         if col == "agent":
-            value = pl.coalesce(_blank_to_null(value) if normalize else value, pl.lit(DEFAULT_AGENT))
-        elif normalize and col in ("run_id", "action"):
-            value = _blank_to_null(value)
+            if normalize:
+                value = pl.when(value == "").then(None).otherwise(value)
+            value = value.fill_null(DEFAULT_AGENT)
         elif normalize and col == "status":
             value = normalize_status(value)
         values[col] = value
@@ -529,7 +531,10 @@ def conform(
     lf = lf.with_columns([e.alias(_TMP + c) for c, e in values.items()])
     has_step = "step" in schema
     if check:
-        lf = _add_reasons(lf, schema, bad, has_step)
+        raw_status = None
+        if "status" in schema:
+            raw_status = to_text(pl.col("status"), schema["status"], where=where, col="status").value
+        lf = _add_reasons(lf, schema, bad, has_step, raw_status)
     if not has_step:
         key = pl.struct([_v("ts"), *[pl.col(c) for c in order_by]]) if order_by else _v("ts")
         if check:
@@ -554,7 +559,11 @@ def _v(col: str) -> pl.Expr:
 
 
 def _add_reasons(
-    lf: pl.LazyFrame, schema: Mapping[str, pl.DataType], bad: dict[str, pl.Expr], has_step: bool
+    lf: pl.LazyFrame,
+    schema: Mapping[str, pl.DataType],
+    bad: dict[str, pl.Expr],
+    has_step: bool,
+    raw_status: pl.Expr | None,
 ) -> pl.LazyFrame:
     """REASON_COL (first failed check) and DETAIL_COL (only computed where a reason is set)."""
     checks: list[tuple[pl.Expr, str, pl.Expr | None]] = []
@@ -562,8 +571,8 @@ def _add_reasons(
     if adapter:
         checks.append((pl.col(REASON_COL).is_not_null(), "", None))  # the adapter's own reason first
     checks += [
-        (_v("run_id").is_null(), "null_run_id", None),
-        (_v("action").is_null(), "null_action", None),
+        (is_blank(_v("run_id")), "null_run_id", None),
+        (is_blank(_v("action")), "null_action", None),
     ]
     if "ts" in bad:
         checks.append((bad["ts"], "bad_ts", _raw_text(pl.col("ts"), schema["ts"])))
@@ -586,9 +595,10 @@ def _add_reasons(
     if "confidence" in schema:
         conf = _v("confidence")
         checks.append(((conf < 0) | (conf > 1), "bad_confidence", pl.format("confidence={}", conf)))
-    if "status" in schema:
-        checks.append((~_v("status").is_in(STATUS_VALUES) & _v("status").is_not_null(), "bad_status",
-                       _raw_text(pl.col("status"), schema["status"])))
+    if raw_status is not None:
+        # on the raw text (one hash lookup), so the check does not need the normalised value
+        known = raw_status.is_in(list(STATUS_SPELLINGS)) | raw_status.is_null() | (raw_status == "")
+        checks.append((~known, "bad_status", _raw_text(pl.col("status"), schema["status"])))
     none = pl.lit(None, dtype=pl.String)
     reason: Any = pl
     detail: Any = pl
@@ -637,6 +647,7 @@ __all__ = [
     "convert_column",
     "empty_events",
     "epoch_to_ts",
+    "is_blank",
     "json_text",
     "normalize_status",
     "to_bool",

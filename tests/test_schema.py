@@ -191,7 +191,7 @@ def test_status_booleans_and_blank() -> None:
 
 
 def test_agent_defaults_for_missing_null_and_blank() -> None:
-    raw = pl.DataFrame({"run_id": ["r"] * 3, "step": [1, 2, 3], "action": ["a"] * 3, "agent": ["planner", None, " "]})
+    raw = pl.DataFrame({"run_id": ["r"] * 3, "step": [1, 2, 3], "action": ["a"] * 3, "agent": ["planner", None, ""]})
     assert conformed(raw, check=True)["agent"].to_list() == ["planner", "default", "default"]
 
 
