@@ -14,8 +14,7 @@ component                     ``s``
 ============================  ===================================================================
 ``unapproved`` (delete tier)  1.0: an unapproved destructive call always escalates
 ``unapproved_write``          0.6 (only when the policy requires approval for writes)
-``max_steps/runtime/tokens/``  ``0.45 + 0.25 * (value / limit - 1)``, clipped to [0.45, 0.9]
-``cost/retries``
+``max_*``, ``retries``        ``0.45 + 0.25 * (value / limit - 1)``, clipped to [0.45, 0.9]
 ``unknown_tool``              0.5, +0.1 per further call, at most 0.7
 ``low_confidence``            ``0.45 + 0.5 * (1 - min_confidence / threshold)``
 ``delegation``                0.5, +0.1 per level beyond the limit, at most 0.8 (cycles 0.8)
