@@ -590,7 +590,15 @@ def _money(x: float) -> str:
 # --------------------------------------------------------------------------- checks
 
 
-def _as_policy(policy: Policy | str | Path | None) -> Policy:
+def as_policy(policy: Policy | str | Path | None) -> Policy:
+    """A :class:`Policy` from a Policy, a path to a policy TOML file, or ``None`` (defaults).
+
+    Examples
+    --------
+    >>> from driftwatch.policy import as_policy
+    >>> as_policy(None).max_steps
+    50
+    """
     if policy is None:
         return Policy()
     if isinstance(policy, Policy):
@@ -600,6 +608,9 @@ def _as_policy(policy: Policy | str | Path | None) -> Policy:
     raise InvalidParameterError(
         f"policy must be a driftwatch Policy, a path to a policy TOML file or None, got {type(policy).__name__}"
     )
+
+
+_as_policy = as_policy  # the name other modules used first
 
 
 def empty_violations() -> pl.DataFrame:
@@ -1037,6 +1048,7 @@ __all__ = [
     "UNKNOWN_TOOL_PATTERN",
     "VIOLATION_SCHEMA",
     "Policy",
+    "as_policy",
     "check_delegation",
     "check_policy",
     "empty_violations",
