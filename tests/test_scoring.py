@@ -165,6 +165,18 @@ def test_end_to_end_with_the_loop_detector(fleet) -> None:
     assert (clean["level"] != "ok").mean() < 0.03
 
 
+def test_stable_fleet_is_almost_all_ok() -> None:
+    """Nothing injected (paging, polling, weekly swings, diurnal traffic only): next to nothing to review."""
+    from driftwatch import synth
+
+    calm = synth.generate(days=6, runs_per_day=300, seed=4, scenario=synth.Scenario.stable())
+    out = score_runs(calm.events, loops=loops_from_truth(calm.truth))
+    assert (out["level"] != "ok").mean() < 0.01
+    # the only escalations a calm fleet can have are its rare natural low-confidence steps
+    esc = out.filter(pl.col("level") == "escalate")
+    assert esc["reasons"].list.first().str.starts_with("lowest confidence").all()
+
+
 # --------------------------------------------------------------------------- hand-built
 
 
