@@ -509,7 +509,7 @@ def _join_violations(f: pl.DataFrame, viol: pl.DataFrame | None, pol: Policy) ->
     if not has_deleg and pol.max_delegation_depth is not None:
         d = check_delegation(f.select("run_id", "agent", "parent_run_id"), pol)
         if d.height:
-            parts.append(d.select(parts[0].columns) if parts else d)
+            parts.append(d)
     if not parts:
         v = pl.DataFrame(schema={"run_id": pl.String, "rule": pl.String, "severity": pl.String,
                                  "detail": pl.String, "action": pl.String, "value": pl.Float64,
