@@ -446,6 +446,16 @@ def fleet_stage(
     -------
     AuditResult
         ``stats`` is empty; :func:`audit` fills it.
+
+    Examples
+    --------
+    >>> import driftwatch as dw, polars as pl
+    >>> from driftwatch.audit import RunTables, fleet_stage, run_stage
+    >>> ev = dw.synth.generate(days=2, runs_per_day=30, seed=5).events
+    >>> odd = pl.col("run_id").str.ends_with("1")
+    >>> tables = RunTables.concat([run_stage(ev.filter(odd)), run_stage(ev.filter(~odd))])  # e.g. from workers
+    >>> fleet_stage(tables).runs.height == ev["run_id"].n_unique()
+    True
     """
     from driftwatch import changepoints, costs, load, scoring
     from driftwatch import loops as loops_mod
