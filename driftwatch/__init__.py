@@ -70,7 +70,7 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'driftwatch' has no attribute {name!r}")
     mod = importlib.import_module(module)
-    value = mod if module.endswith("." + name) else getattr(mod, name)
+    value = mod if name == "synth" else getattr(mod, name)
     globals()[name] = value
     return value
 
