@@ -566,12 +566,12 @@ def _components(pol: Policy) -> tuple[list[pl.Expr], list[pl.Expr]]:
     comp(
         "unapproved",
         pl.when(pl.col("_n_crit") > 0).then(1.0).otherwise(0.0),
-        pl.concat_str(pl.col("_crit_action"), pl.lit(" without approval"), times),
+        pl.concat_str(pl.col("_crit_action").fill_null("a destructive action"), pl.lit(" without approval"), times),
     )
     comp(
         "unapproved_write",
         pl.when(pl.col("_n_warn") > 0).then(0.6).otherwise(0.0),
-        pl.concat_str(pl.col("_warn_action"), pl.lit(" without approval (write tier)")),
+        pl.concat_str(pl.col("_warn_action").fill_null("a write action"), pl.lit(" without approval (write tier)")),
     )
     lim_steps, lim_rt, lim_tok, lim_cost = pol.max_steps, pol.max_runtime_s, pol.max_tokens, pol.max_cost_usd
     if lim_steps is not None:
@@ -718,7 +718,11 @@ def _reasons(flagged: pl.DataFrame, texts: list[pl.Expr], model: EscalationModel
                 pl.lit(i, dtype=pl.Int32).alias("_i"),
                 pl.col(f"score_{c}").alias("_w"),
                 pl.when((pl.col(f"score_{c}") >= 0.05) | ((pl.col(f"score_{c}") >= top) & (top > 0)))
-                .then(pl.col(f"_r_{c}"))
+                # a text can only be missing when its inputs are (a hand-made violations frame,
+                # say): name the component rather than drop the reason
+                .then(pl.coalesce(pl.col(f"_r_{c}"),
+                                  pl.concat_str(pl.lit(f"{c.replace('_', ' ')} (component score "),
+                                                fmt_num(pl.col(f"score_{c}"), 2), pl.lit(")"))))
                 .otherwise(pl.lit(None, dtype=pl.String))
                 .alias("_t"),
             )

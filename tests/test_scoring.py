@@ -422,3 +422,14 @@ def test_fit_from_run_features_and_label_errors(fleet, scored: pl.DataFrame) -> 
         fit_escalation(scored, pl.Series([3] * scored.height))
     with pytest.raises(InvalidParameterError, match="cv must be"):
         fit_escalation(scored, labels, cv=1)
+
+
+def test_minimal_violation_frames_still_explain_every_flagged_run() -> None:
+    ev = pl.concat([
+        run("a", ["llm", "delete_x"]),
+        run("u", ["llm", "lookup"], status=["ok", "error"], result=[None, "no such tool 'lookup'"]),
+    ], how="diagonal_relaxed")
+    v = check_policy(ev).select("run_id", "rule", "severity").with_columns(detail=pl.lit(None, dtype=pl.String))
+    out = score_runs_from_runs(dw.run_features(ev), violations=v)
+    assert out["reasons"].to_list() == [["a destructive action without approval"],
+                                        ["unknown tool (component score 0.50)"]]
