@@ -317,13 +317,19 @@ class Policy:
         kwargs: dict[str, Any] = {}
         for section, table in doc.items():
             if section not in _SECTIONS:
-                line = _find_line(text, None, section, table_header=True)
+                tables = ["[" + s + "]" for s in _SECTIONS]
+                if isinstance(table, dict):
+                    line = _find_line(text, None, section, table_header=True)
+                    raise PolicyError(f"{where}, line {line}: unknown table [{section}]; expected one of {tables}")
+                line = _find_line(text, None, section)
                 raise PolicyError(
-                    f"{where}, line {line}: unknown table [{section}]; expected one of "
-                    f"{['[' + s + ']' for s in _SECTIONS]}"
+                    f"{where}, line {line}: unknown top-level key '{section}'; keys belong in one of the "
+                    f"tables {tables}"
                 )
             if not isinstance(table, dict):
                 line = _find_line(text, None, section)
+                if line == 1:
+                    line = _find_line(text, None, section, table_header=True)
                 raise PolicyError(f"{where}, line {line}: '{section}' must be a table like [{section}]")
             for key, value in table.items():
                 line = _find_line(text, section, key)

@@ -203,7 +203,8 @@ def test_false_disables_a_limit(tmp_path: Path) -> None:
         ("[escalation]\nmin_confidence = 2\n", 2, "min_confidence"),
         ("[tools]\nrequire_approval = [\"admin\"]\n", 2, "unknown tier"),
         ("[limits]\nmax_steps = 0\n", 2, "max_steps must be >= 1"),
-        ("top = 1\n", 1, "unknown table [top]"),
+        ("# c\ntop = 1\n", 2, "unknown top-level key 'top'"),
+        ("[limits]\nmax_steps = 3\n\n[[tools]]\nallowed = []\n", 4, "'tools' must be a table"),
     ],
 )
 def test_toml_errors_name_key_and_line(tmp_path: Path, text: str, line: int, needle: str) -> None:
