@@ -791,12 +791,28 @@ def _event_violations(lf: pl.LazyFrame, policy: Policy) -> list[pl.LazyFrame]:
     action = pl.col("action")
     is_tool = (action != LLM_ACTION) & ~action.str.starts_with(HANDOFF_PREFIX)
 
-    if policy.require_approval:
-        tier = policy.tier_expr()
+    # classify the (few) distinct actions once, then select events with a hash lookup:
+    # far cheaper than running the tier and allowed-list regexes over every event
+    allowed = globs_regex(policy.allowed)
+    need_tiers = list(policy.require_approval)
+    acts = pl.DataFrame({"action": []}, schema={"action": pl.String})
+    if need_tiers or allowed is not None:
+        acts = (
+            lf.select(pl.col("action").unique())
+            .collect()
+            .with_columns(
+                policy.tier_expr().alias("_tier"),
+                (is_tool & ~action.str.contains(allowed)).fill_null(False).alias("_outside")
+                if allowed is not None
+                else pl.lit(False).alias("_outside"),
+            )
+        )
+    tiered = acts.filter(pl.col("_tier").is_in(need_tiers)) if need_tiers else acts.head(0)
+    if tiered.height:
         unapproved = (
-            lf.filter(pl.col("approved").fill_null(False).not_())
-            .with_columns(tier.alias("_tier"))
-            .filter(pl.col("_tier").is_in(list(policy.require_approval)))
+            lf.filter(pl.col("action").is_in(tiered["action"].implode()))
+            .filter(pl.col("approved").fill_null(False).not_())
+            .join(tiered.lazy().select("action", "_tier"), on="action", how="left")
             .select(
                 "run_id",
                 "agent",
@@ -823,12 +839,16 @@ def _event_violations(lf: pl.LazyFrame, policy: Policy) -> list[pl.LazyFrame]:
         )
         out.append(unapproved)
 
-    allowed = globs_regex(policy.allowed)
-    err_text = pl.concat_str(
-        pl.col("error_type").fill_null(""), pl.lit(" | "), pl.col("result").fill_null("")
+    outside_actions = acts.filter(pl.col("_outside"))["action"] if acts.height else acts["action"]
+    is_err = (pl.col("status") == "error").fill_null(False)
+    cand = lf.filter(is_err | pl.col("action").is_in(outside_actions.implode()))
+    # the with_columns keeps the optimiser from fusing the regex into the cheap filter above
+    cand = cand.with_columns(
+        pl.when(is_err)
+        .then(pl.concat_str(pl.col("error_type").fill_null(""), pl.lit(" | "), pl.col("result").fill_null("")))
+        .alias("_err_text"),
+        pl.col("action").is_in(outside_actions.implode()).alias("_outside"),
     )
-    text_hit = (pl.col("status") == "error") & err_text.str.contains(UNKNOWN_TOOL_PATTERN)
-    outside = is_tool & ~action.str.contains(allowed) if allowed is not None else pl.lit(False)
     # quote the text that says the tool cannot run (the result, else the error type)
     msg = (
         pl.when(pl.col("result").str.contains(UNKNOWN_TOOL_PATTERN).fill_null(False))
@@ -837,14 +857,15 @@ def _event_violations(lf: pl.LazyFrame, policy: Policy) -> list[pl.LazyFrame]:
         .str.slice(0, 120)
     )
     out.append(
-        lf.filter(text_hit.fill_null(False) | outside.fill_null(False)).select(
+        cand.filter(pl.col("_outside") | pl.col("_err_text").str.contains(UNKNOWN_TOOL_PATTERN).fill_null(False))
+        .select(
             "run_id",
             "agent",
             "step",
             "action",
             pl.lit("unknown_tool").alias("rule"),
             pl.lit("warning").alias("severity"),
-            pl.when(outside)
+            pl.when(pl.col("_outside"))
             .then(pl.concat_str(pl.lit("unknown tool: "), action, pl.lit(" (not in allowed tools)")))
             .otherwise(pl.concat_str(pl.lit("tool cannot run: "), action, pl.lit(" failed: "), msg))
             .alias("detail"),
