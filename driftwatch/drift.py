@@ -173,6 +173,7 @@ def detect_drift(
     by: str | Sequence[str] | None = ("agent",),
     every: str = "1w",
     alpha: float = 0.01,
+    fdr: str = "series",
     min_effect: Mapping[str, float] | None = None,
     min_runs: int = 20,
     include: Sequence[str] | None = None,
@@ -191,7 +192,9 @@ def detect_drift(
         ``(start, end)`` (datetimes, dates or ISO-8601 strings; naive means
         UTC; ``end`` exclusive): the runs of ``events`` whose first step lies
         in the range. A duration string such as ``"14d"``: that long from
-        UTC midnight of the first run's day. A frame: reference events of their own.
+        UTC midnight of the first run's day. ``"auto"``: the same with a
+        quarter of the data's span, between one and four windows
+        (:func:`auto_reference_length`). A frame: reference events of their own.
     current : tuple of (start, end), frame or None, default=None
         ``None``: every run of ``events`` starting at or after the reference
         end. A range: the runs of ``events`` in that range. A frame: events of
@@ -203,8 +206,12 @@ def detect_drift(
     every : str, default="1w"
         Window length, a Polars duration string (``"1d"``, ``"1w"``).
     alpha : float, default=0.01
-        False-discovery rate for the Benjamini-Hochberg correction across all
-        rows (features, windows and series together).
+        False-discovery rate of the Benjamini-Hochberg correction.
+    fdr : {"series", "all"}, default="series"
+        The family of the correction: ``"series"`` corrects across the
+        features and windows of each series separately (one drifting agent
+        does not relax the bar for the others); ``"all"`` corrects across
+        every row at once.
     min_effect : mapping of str to float, optional
         Overrides of :data:`DEFAULT_MIN_EFFECT` per feature.
     min_runs : int, default=20
@@ -228,7 +235,7 @@ def detect_drift(
         ``series, window_start, feature``, with columns ``series``, the ``by``
         columns, ``window_start, window_end`` (UTC), ``feature``, ``method``,
         ``statistic`` (the test statistic), ``p_value``, ``q_value``
-        (Benjamini-Hochberg), ``drifted`` (``q_value <= alpha`` and
+        (Benjamini-Hochberg, see ``fdr``), ``drifted`` (``q_value <= alpha`` and
         ``effect_size >= threshold``), ``effect_size``, ``threshold``,
         ``reference_value``, ``current_value`` (means, shares or rates the
         explanation quotes), ``n_ref, n_cur`` (runs) and ``explain``, a
@@ -319,6 +326,7 @@ def detect_drift(
         by=by,
         every=every,
         alpha=alpha,
+        fdr=fdr,
         min_effect=min_effect,
         min_runs=min_runs,
         include=include,
@@ -338,6 +346,7 @@ def drift_from_runs(
     by: str | Sequence[str] | None = ("agent",),
     every: str = "1w",
     alpha: float = 0.01,
+    fdr: str = "series",
     min_effect: Mapping[str, float] | None = None,
     min_runs: int = 20,
     include: Sequence[str] | None = None,
@@ -362,7 +371,7 @@ def drift_from_runs(
         As in :func:`detect_drift`; frames are canonical events (their
         per-run tables are computed), or a tuple ``(features, action_counts,
         bigram_counts)`` of per-run tables.
-    by, every, alpha, min_effect, min_runs, include, max_categories, classifier_max_train, random_state
+    by, every, alpha, fdr, min_effect, min_runs, include, max_categories, classifier_max_train, random_state
         As in :func:`detect_drift`.
 
     Returns
@@ -383,6 +392,7 @@ def drift_from_runs(
         by=by,
         every=every,
         alpha=alpha,
+        fdr=fdr,
         min_effect=min_effect,
         min_runs=min_runs,
         include=include,
@@ -449,6 +459,7 @@ class _Options:
     by: tuple[str, ...]
     every_us: int
     alpha: float
+    fdr: str
     min_effect: dict[str, float]
     min_runs: int
     include: tuple[str, ...]
@@ -468,6 +479,8 @@ class _Options:
         alpha = kw["alpha"]
         if not isinstance(alpha, int | float) or not 0 < alpha < 1:
             raise InvalidParameterError(f"alpha must be a number in (0, 1), got {alpha!r}")
+        if kw["fdr"] not in ("series", "all"):
+            raise InvalidParameterError(f"fdr must be 'series' or 'all', got {kw['fdr']!r}")
         me = dict(DEFAULT_MIN_EFFECT)
         if kw["min_effect"] is not None:
             if not isinstance(kw["min_effect"], Mapping):
@@ -503,7 +516,7 @@ class _Options:
         rs = kw["random_state"]
         if not isinstance(rs, int) or isinstance(rs, bool) or rs < 0:
             raise InvalidParameterError(f"random_state must be a non-negative integer, got {rs!r}")
-        return cls(by, every_us, float(alpha), me, min_runs, include, mc, cmt, rs)
+        return cls(by, every_us, float(alpha), kw["fdr"], me, min_runs, include, mc, cmt, rs)
 
 
 def _is_frame(x: Any) -> bool:
@@ -616,11 +629,14 @@ def _assemble(main: Tables, reference: Any, current: Any, opts: _Options) -> _Da
     first = main[0]["first_ts"]
     # ---- reference
     if isinstance(reference, str):
-        dur = timedelta(seconds=duration_seconds(reference, name="reference"))
         if first.is_empty() or first.null_count() == first.len():
             raise InvalidParameterError("reference: the per-run table is empty, so a duration reference has no start")
         fmin: datetime = first.min()  # type: ignore[assignment]
         start = datetime(fmin.year, fmin.month, fmin.day, tzinfo=UTC)  # UTC midnight of the first run
+        if reference == "auto":
+            dur = auto_reference_length(first.max() - start, timedelta(microseconds=opts.every_us))  # type: ignore[operator]
+        else:
+            dur = timedelta(seconds=duration_seconds(reference, name="reference"))
         ref_tabs, ref_lo, ref_hi, src_ref = main, start, start + dur, 0
     elif _is_range(reference):
         lo, hi = _range(reference, "reference")
@@ -636,7 +652,7 @@ def _assemble(main: Tables, reference: Any, current: Any, opts: _Options) -> _Da
         src_ref = 1
     else:
         raise InvalidParameterError(
-            "reference must be a (start, end) range, a duration string like '14d', a frame of reference "
+            "reference must be a (start, end) range, a duration string like '14d', 'auto', a frame of reference "
             f"events or a tuple (features, action_counts, bigram_counts); got {type(reference).__name__}"
         )
     ref_runs = _window_frame(ref_tabs[0], ref_lo, ref_hi, None, 0, src_ref)
@@ -723,6 +739,26 @@ def _assemble(main: Tables, reference: Any, current: Any, opts: _Options) -> _Da
         s=runs["_s"].to_numpy(),
         slot=runs["_slot"].to_numpy(),
     )
+
+
+def auto_reference_length(span: timedelta, every: timedelta) -> timedelta:
+    """Length of the ``reference="auto"`` period for data spanning ``span``.
+
+    A quarter of the span, at least one window (``every``) and at most four,
+    rounded down to whole days (when ``every`` is at least a day).
+
+    Examples
+    --------
+    >>> from datetime import timedelta
+    >>> auto_reference_length(timedelta(days=60), timedelta(weeks=1)).days
+    15
+    >>> auto_reference_length(timedelta(days=365), timedelta(weeks=1)).days
+    28
+    """
+    length = min(max(span / 4, every), 4 * every)
+    if every >= timedelta(days=1):
+        length = timedelta(days=max(length.days, 1))
+    return length
 
 
 def _window_frame(
@@ -1361,8 +1397,11 @@ def _classifier_rows(data: _Data, tool: _Cat | None, opts: _Options) -> pl.DataF
             categorical_features=[0] if cat_series else None,
             random_state=opts.random_state,
         )
-        model.fit(Xf[tr], y[tr])  # single-threaded (see drift_from_runs): small fits gain little
-        score[test] = model.predict_proba(Xf[test])[:, 1]
+        # one OpenMP thread (set here: sklearn's OpenMP runtime may have been loaded just now, after the
+        # limits of drift_from_runs were applied): small fits gain little and stall on a busy machine
+        with threadpool_limits(limits=1, user_api="openmp"):
+            model.fit(Xf[tr], y[tr])
+            score[test] = model.predict_proba(Xf[test])[:, 1]
     auc, cnt = _grouped_auc(s, slot, score, S, W1)
     n0 = n_ref_s[:, None].astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -1406,21 +1445,21 @@ def _classifier_rows(data: _Data, tool: _Cat | None, opts: _Options) -> pl.DataF
 # output
 
 
-def _bh(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (NaN stays NaN)."""
-    q = np.full(p.shape, np.nan)
-    ok = np.isfinite(p)
-    m = int(ok.sum())
-    if m == 0:
-        return q
-    ps = p[ok]
-    order = np.argsort(ps, kind="stable")
-    ranked = ps[order] * m / np.arange(1, m + 1)
-    ranked = np.minimum.accumulate(ranked[::-1])[::-1]
-    qo = np.empty(m)
-    qo[order] = np.minimum(ranked, 1.0)
-    q[ok] = qo
-    return q
+def _bh(p: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values within each group (NaN stays NaN)."""
+    fr = pl.DataFrame({"i": np.arange(p.size), "g": groups, "p": p}).with_columns(pl.col("p").fill_nan(None))
+    q = (
+        fr.drop_nulls("p")
+        .sort("g", "p", "i")
+        .with_columns(
+            (pl.col("p") * pl.len().over("g") / (pl.int_range(pl.len()).over("g") + 1)).alias("raw")
+        )
+        .with_columns(pl.col("raw").cum_min(reverse=True).over("g").clip(upper_bound=1.0).alias("q"))
+        .select("i", "q")
+    )
+    out = np.full(p.size, np.nan)
+    out[q["i"].to_numpy()] = q["q"].to_numpy()
+    return out
 
 
 def _num(expr: pl.Expr) -> pl.Expr:
@@ -1480,7 +1519,7 @@ def _finish(rows: pl.DataFrame, data: _Data, opts: _Options) -> pl.DataFrame:
         if col not in rows.columns:
             rows = rows.with_columns(pl.lit(None, dtype=dtype).alias(col))
     p = rows["p_value"].cast(pl.Float64).fill_nan(None).to_numpy().astype(float)
-    q = _bh(p)
+    q = _bh(p, rows["_s"].to_numpy() if opts.fdr == "series" else np.zeros(rows.height, dtype=np.int64))
     every = timedelta(microseconds=opts.every_us)
     thr = pl.col("feature").replace_strict(opts.min_effect, return_dtype=pl.Float64)
     drifted_label = pl.col("feature").replace_strict({k: v[0] for k, v in _LABELS.items()}, return_dtype=pl.String)
@@ -1533,6 +1572,7 @@ __all__ = [
     "DEFAULT_MIN_EFFECT",
     "FEATURES",
     "FEEDBACK_FEATURES",
+    "auto_reference_length",
     "detect_drift",
     "drift_from_runs",
 ]

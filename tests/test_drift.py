@@ -77,7 +77,7 @@ def test_contract_columns_and_order(weak_drift: pl.DataFrame) -> None:
     assert weak_drift.equals(weak_drift.sort("series", "window_start", maintain_order=True))
     thr = weak_drift.select("feature", "threshold").unique()
     assert dict(thr.iter_rows()) == {f: DEFAULT_MIN_EFFECT[f] for f in FEATURES}
-    # drifted <=> significant after BH and a large enough effect
+    # drifted <=> significant after BH (per series) and a large enough effect
     expect = (weak_drift["q_value"] <= 0.01) & (weak_drift["effect_size"] >= weak_drift["threshold"])
     assert (weak_drift["drifted"] == expect.fill_null(False)).all()
 
@@ -408,6 +408,23 @@ def test_reference_and_current_forms(demo_fleet: synth.Fleet) -> None:
     assert by_dur.equals(by_range)
 
 
+def test_auto_reference(demo_tables: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]) -> None:
+    # 42 days of data: a quarter is 10 days (between one and four weekly windows)
+    d = drift_from_runs(*demo_tables, reference="auto", include=["tool_mix"])
+    assert d["window_start"].min() == datetime(2026, 10, 11, tzinfo=UTC)
+    assert dw.drift.auto_reference_length(timedelta(days=3), timedelta(weeks=1)) == timedelta(weeks=1)
+
+
+def test_fdr_family(demo_tables: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]) -> None:
+    per_series = drift_from_runs(*demo_tables, reference=REF, include=FAST)
+    pooled = drift_from_runs(*demo_tables, reference=REF, include=FAST, fdr="all")
+    assert per_series["p_value"].equals(pooled["p_value"])
+    for _, part in per_series.group_by("series"):
+        p = part["p_value"].to_numpy()
+        assert np.allclose(part["q_value"].to_numpy(), stats.false_discovery_control(p))
+    assert np.allclose(pooled["q_value"].to_numpy(), stats.false_discovery_control(pooled["p_value"].to_numpy()))
+
+
 def test_by_version_and_all(demo_fleet: synth.Fleet) -> None:
     ev = demo_fleet.events.filter(pl.col("agent") == "billing")
     d = detect_drift(ev, reference=("2026-10-01", "2026-10-10"), by=("agent", "version"), include=["steps_per_run"])
@@ -466,6 +483,7 @@ def test_empty_current_gives_empty_frame(demo_tables: tuple[pl.DataFrame, pl.Dat
         (dict(reference=REF, every="weekly"), InvalidParameterError, "duration"),
         (dict(reference=REF, alpha=1.5), InvalidParameterError, r"alpha must be a number in \(0, 1\)"),
         (dict(reference=REF, min_runs=1), InvalidParameterError, "min_runs"),
+        (dict(reference=REF, fdr="fleet"), InvalidParameterError, "fdr must be"),
         (dict(reference=REF, by="team"), SchemaError, "by column 'team'"),
     ],
 )
