@@ -550,3 +550,15 @@ def test_property_rows_in_equals_valid_plus_rejected(rows: list[dict], split: in
         assert ev.select(pl.sum_horizontal(pl.col("run_id", "action", "step").null_count())).item() == 0
         assert not ev.select(pl.struct("run_id", "step").is_duplicated().any()).item()
         assert set(ev["status"].drop_nulls()) <= {"ok", "error"}
+
+
+def test_hive_partitions_with_schema_evolution_and_time_filter(tmp_path: Path) -> None:
+    _write(_canon(3, run="x").with_columns(pl.lit(1, dtype=pl.Int32).alias("input_tokens")),
+           tmp_path / "date=2026-11-01" / "p.parquet")
+    _write(_canon(3, run="y").with_columns(pl.lit(2).alias("input_tokens"), pl.lit("v2").alias("version"),
+                                           pl.lit("p").alias("agent")),
+           tmp_path / "date=2026-11-02" / "agent=p" / "p.parquet")
+    a, b = _both(tmp_path, since="2026-11-01T00:01:00")
+    ev = _assert_same(a, b)
+    assert ev.sort("run_id", "step").select("run_id", "step", "input_tokens", "version", "agent").rows() == [
+        ("x", 2, 1, None, "default"), ("x", 3, 1, None, "default"), ("y", 2, 2, "v2", "p"), ("y", 3, 2, "v2", "p")]
