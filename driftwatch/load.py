@@ -247,13 +247,16 @@ def load_curve_from_runs(
     Returns
     -------
     polars.DataFrame
-        One row per ``series, metric, load_kind``:
+        One row per ``series, metric, load_kind`` (runs without ``first_ts``
+        are ignored; without timestamps the frame is empty):
 
         - ``knee`` (f64, load units per bucket): the load above which the
           metric departs from its low-load level; null unless ``significant``.
         - ``below``, ``above``: the metric pooled over buckets at or below /
           above ``candidate_knee``; ``ratio = above / below``.
-        - ``p_value``: permutation p-value of "no load dependence";
+        - ``p_value``: permutation p-value of "no load dependence"; null when
+          no split can be tested (fewer than 30 buckets, or no candidate knee
+          with enough buckets and, for rates, events on both sides);
           ``p_adjusted`` its Bonferroni correction within the series;
           ``significant``: ``p_adjusted <= alpha`` and the relative departure
           is at least ``min_effect``.
