@@ -24,7 +24,8 @@ are compared at two levels:
   (lowercase, whitespace collapsed, ISO timestamps, UUIDs and hex-like ids or
   numbers of 8+ characters masked), or having the same standalone numbers
   and an estimated Jaccard similarity of their character 4-gram shingle sets
-  (MinHash, 64 hashes) of at least ``similarity`` (default 0.8). Numbers are
+  (MinHash, 64 hashes, punctuation read as spaces; see
+  :mod:`driftwatch._signatures`) of at least ``similarity`` (default 0.8). Numbers are
   content: ``page=2`` vs ``page=3`` or ``progress 40`` vs ``progress 50``
   never match, so pagination and polling are not mistaken for no-progress
   loops. Both arguments *and* result must match: the same request answered
@@ -32,9 +33,11 @@ are compared at two levels:
 
 How cycles are found
 --------------------
-For every period ``p`` in ``1..max_period``, ``eq_p[i]`` says tool step ``i``
-matches tool step ``i - p`` of the same run (numpy, one shifted comparison
-per period). A maximal stretch of ``eq_p`` of length at least
+Every tool step gets a 64-bit key for (run, action) and 64-bit hashes of its
+arguments and result, computed by Polars in the one pass that reads the
+events. For every period ``p`` in ``1..max_period``, ``eq_p[i]`` says tool
+step ``i`` matches tool step ``i - p`` of the same run (numpy, one shifted
+comparison of the keys per period). A maximal stretch of ``eq_p`` of length at least
 ``p * (min_repeats - 1)`` is a periodic segment ``[i0 - p, i1]`` covering at
 least ``min_repeats`` cycles. Candidates with the same extent keep the
 smallest period (a loop of period ``p`` is also periodic with ``2p``, with
@@ -50,9 +53,9 @@ result is compared as "failed", whatever its error message says, so retries
 of the same call that fail with varying messages are one loop. Runs may have
 several loops.
 
-The work is linear in the number of events times ``max_period``; fuzzy
-matching only touches the tool steps inside action-level candidates whose
-raw texts differ.
+The work is linear in the number of events times ``max_period``. Signatures
+are compared only for pairs inside action-level candidates, and fuzzy
+matching only reads and normalises the texts of pairs whose hashes differ.
 
 Extent and waste
 ----------------
@@ -61,7 +64,9 @@ after the previous tool call of the run) and ends with its last tool call,
 so ``start_step`` is the first such step and ``end_step`` the last tool step
 of the loop. ``wasted_steps`` counts the steps (LLM steps included) after the
 first full cycle, and ``wasted_tokens`` / ``wasted_cost_usd`` sum
-``input_tokens + output_tokens`` and ``cost_usd`` over them.
+``input_tokens + output_tokens`` and ``cost_usd`` over them. Sums are taken
+over each range on its own (not as differences of global prefix sums), so
+results are bit-identical whatever else is in the frame.
 
 Severity
 --------
@@ -74,8 +79,9 @@ when the run has no cost): ``exact`` and ``error_retry`` loops score
 
 Scaling
 -------
-Every function is correct on any subset of whole runs, so the audit applies
-:func:`detect_loops` per chunk of runs and concatenates. Delegation cycles
+:func:`detect_loops` and :func:`loop_summary` are correct on any subset of
+whole runs, so the audit applies them per chunk of runs and concatenates.
+The sort is skipped when each run's rows are already contiguous and in step order. Delegation cycles
 span runs and are detected in the fleet stage from the per-run table
 (:func:`driftwatch.features.run_features`). A ``LazyFrame`` is collected once
 with only the needed columns reduced to integers (about 60 bytes per event),
@@ -363,14 +369,31 @@ def _load_steps(events: Any, *, streaming: bool) -> tuple[pl.DataFrame, np.ndarr
     )
     run = _run_codes(steps["_r"])
     if steps.height > 1:
-        ordered = steps["run_id"].is_sorted()
-        if ordered:
-            st = steps["step"].fill_null(np.iinfo(np.int64).min).to_numpy()
-            ordered = bool(np.all((run[1:] != run[:-1]) | (st[1:] >= st[:-1])))
-        if not ordered:
-            steps = steps.sort("run_id", "step", "_row", nulls_last=False)
-            run = _run_codes(steps["_r"])
+        steps, run = _group_runs(steps, run)
     return steps, run, _TextSource(events, lf, streaming=streaming)
+
+
+def _group_runs(steps: pl.DataFrame, run: np.ndarray) -> tuple[pl.DataFrame, np.ndarray]:
+    """Make every run's rows contiguous and in step order, moving as few rows as possible.
+
+    Logs are usually grouped already, except for a few runs (e.g. runs crossing midnight
+    in a day-partitioned log, or a shuffled frame). Only the rows of runs that are split
+    into several blocks or out of step order are sorted (by run_id, step) and appended.
+    """
+    st = steps["step"].fill_null(np.iinfo(np.int64).min).to_numpy()
+    starts = np.flatnonzero(np.concatenate(([True], run[1:] != run[:-1])))
+    bad_block = pl.Series(steps["_r"].to_numpy()[starts]).is_duplicated().to_numpy()
+    disorder = np.flatnonzero((run[1:] == run[:-1]) & (st[1:] < st[:-1])) + 1
+    bad_block[run[disorder]] = True
+    if not bad_block.any():
+        return steps, run
+    bad_rows = pl.Series(bad_block[run])
+    if bool(bad_block.all()):
+        steps = steps.sort("run_id", "step", "_row", nulls_last=False)
+    else:
+        moved = steps.filter(bad_rows).sort("run_id", "step", "_row", nulls_last=False)
+        steps = pl.concat([steps.filter(~bad_rows), moved])
+    return steps, _run_codes(steps["_r"])
 
 
 def _run_codes(run_hash: pl.Series) -> np.ndarray:
@@ -659,9 +682,12 @@ def _assemble(
             "run_cost_usd": run_cost[r],
         }
     )
-    # rows are sorted by (run_id, step), so this orders loops by run_id, start_step, period
+    # rows are grouped by run and sorted by step: this orders loops by start_step, period
+    # within runs, and runs by run_id whenever the rows are (the usual case)
     order = np.lexsort((seg_p, start_row))
     out = out[order].with_columns(severity_expr().alias("severity")).cast(LOOP_SCHEMA)  # type: ignore[arg-type]
+    if not out["run_id"].is_sorted():
+        out = out.sort("run_id", maintain_order=True)
     return out.select(list(LOOP_SCHEMA))
 
 

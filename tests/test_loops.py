@@ -225,6 +225,10 @@ def test_unsorted_and_lazy_input_give_the_same_answer() -> None:
     assert detect_loops(shuffled.lazy()).equals(expected)
     assert detect_loops(shuffled.lazy(), streaming=True).equals(expected)
     assert expected["run_id"].to_list() == ["a", "b", "b"]
+    # grouped except for one run split in two blocks (a run crossing midnight in daily files)
+    split = pl.concat([ev.filter(pl.col("run_id") == "b").head(5), ev.filter(pl.col("run_id") == "a"),
+                       ev.filter(pl.col("run_id") == "b").slice(5)])
+    assert detect_loops(split).equals(expected)
 
 
 def test_minimal_input_and_missing_optional_columns() -> None:
