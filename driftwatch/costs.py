@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -290,8 +291,9 @@ def cost_profile_from_runs(
     total_runs = runs.height
 
     rows: list[dict[str, Any]] = []
-    rng = np.random.default_rng(random_state)
     for rec in agg.iter_rows(named=True):
+        # one stream per series (seeded by its name): a series' interval does not depend on the others
+        rng = np.random.default_rng([random_state, zlib.crc32(rec["series"].encode())])
         rows.append(
             _series_row(
                 rec,
