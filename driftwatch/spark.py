@@ -42,6 +42,7 @@ True
 
 from __future__ import annotations
 
+import importlib
 import io
 import math
 import os
@@ -60,7 +61,6 @@ from pyspark.sql import DataFrame as SparkDataFrame
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from driftwatch import audit as _audit
 from driftwatch.errors import (
     CorruptFileError,
     DriftwatchError,
@@ -70,6 +70,9 @@ from driftwatch.errors import (
 )
 from driftwatch.formats import adapt, check_column_map, detect_format
 from driftwatch.schema import COLUMNS, DETAIL_COL, REASON_COL, conform
+
+# the module, not the function of the same name that ``driftwatch.audit`` may resolve to
+_audit = importlib.import_module("driftwatch.audit")
 
 #: Target events per bucket when ``n_buckets`` is not given (one Python worker holds one
 #: bucket in memory while it audits the bucket's runs).
@@ -84,7 +87,6 @@ PACKED_SCHEMA = "bucket long, table string, part int, data binary"
 _ORDER = "__dw_order"  # file rank << _ROW_BITS | row in file: the reader's "first one read" order
 _FIRST = "__dw_first"  # order key of the row kept when a (run_id, step) is duplicated
 _ROW_BITS = 36
-_ROW_MASK = (1 << _ROW_BITS) - 1
 _META = "_meta"
 _REJECTED = "_rejected"
 _BUCKET = "__dw_bucket"
@@ -238,7 +240,8 @@ def _input_from_paths(
         # the local reader's order: group by group, files in order within a group
         for group in _read._group(_read._assign_formats(infos, "canonical", cmap)):
             group_files = [f.path for f in group.files]
-            planned.append((_read_parquet(spark, ["file://" + f for f in group_files]), group.hive))
+            targets = ["file://" + f for f in group_files]
+            planned.append((_read_parquet(spark, targets, merge=not group.uniform), group.hive))
             files.extend(group_files)
         rows = sum(i.rows for i in infos)
     if remote:
@@ -281,9 +284,9 @@ def _hive_value(path: str, key: str) -> str | None:
     return None
 
 
-def _read_parquet(spark: SparkSession, targets: list[str]) -> SparkDataFrame:
+def _read_parquet(spark: SparkSession, targets: list[str], *, merge: bool = True) -> SparkDataFrame:
     try:
-        return spark.read.option("mergeSchema", "true").parquet(*targets)
+        return spark.read.option("mergeSchema", "true" if merge else "false").parquet(*targets)
     except Exception as exc:
         raise _spark_error(exc) from None
 
@@ -317,11 +320,14 @@ def _input_from_frame(df: SparkDataFrame, *, column_map: Mapping[str, str] | Non
 
 def _check_schema(sdf: SparkDataFrame, cmap: Mapping[str, str], *, where: str) -> None:
     """Fail on the driver, with the local reader's message, when columns are missing or unusable."""
+    from pyspark.sql.pandas.types import to_arrow_schema
+
     keep = _needed_columns(sdf.columns, cmap)
-    try:
-        empty = pl.from_arrow(sdf.select(*keep).limit(0).toArrow())
+    try:  # the Arrow schema the workers will see, without running a job
+        arrow = to_arrow_schema(sdf.select(*keep).schema, timezone="UTC")
     except Exception as exc:
-        raise _spark_error(exc) from None
+        raise SchemaError(f"{where}: a column has a type Arrow cannot carry ({exc})") from None
+    empty = pl.from_arrow(arrow.empty_table())
     assert isinstance(empty, pl.DataFrame)
     lf = adapt(empty.lazy(), empty.schema, "canonical", column_map=cmap, where=where)
     conform(lf, where=where, check=True, normalize=True).collect()
@@ -397,6 +403,41 @@ def check_rows(raw: pl.DataFrame, *, column_map: Mapping[str, str] | None = None
     return events, rejected
 
 
+@dataclass(frozen=True)
+class _BucketJob:
+    """Everything the per-bucket function needs (pickled once and shipped to the workers)."""
+
+    policy: Any
+    since: datetime | None
+    until: datetime | None
+    column_map: dict[str, str]
+    n_examples: int
+    options: dict[str, Any]
+    where: str
+
+
+def _run_bucket(job: _BucketJob, key: tuple[Any, ...], table: pa.Table) -> pa.Table:
+    """Audit the runs of one bucket (module level, so Spark pickles it by reference)."""
+    from driftwatch.audit import _window_expr, run_stage
+
+    bucket = int(key[0].as_py())
+    raw = pl.from_arrow(table.drop_columns([_BUCKET]))
+    assert isinstance(raw, pl.DataFrame)
+    events, rejected = check_rows(raw, column_map=job.column_map, where=job.where)
+    n_valid = events.height
+    if job.since is not None or job.until is not None:
+        first = pl.col("ts").min().over("run_id")
+        events = events.filter(_window_expr(first, job.since, job.until))
+    tables = run_stage(events, policy=job.policy, n_examples=job.n_examples, **job.options)
+    frames = tables.frames()
+    frames[_REJECTED] = rejected
+    frames[_META] = pl.DataFrame(
+        {"rows_in": [raw.height], "rows_valid": [n_valid], "rows_audited": [events.height]},
+        schema={"rows_in": pl.Int64, "rows_valid": pl.Int64, "rows_audited": pl.Int64},
+    )
+    return _pack(bucket, frames)
+
+
 def make_bucket_function(
     *,
     policy: Any,
@@ -414,27 +455,21 @@ def make_bucket_function(
     per-run tables, ``_rejected`` and ``_meta`` row counts). Exposed for tests and for
     custom Spark pipelines.
     """
-    options = dict(stage_options or {})
-    cmap = dict(column_map or {})
-    n_keep = _examples_default() if n_examples is None else n_examples
+    job = _BucketJob(
+        policy=policy,
+        since=since,
+        until=until,
+        column_map=dict(column_map or {}),
+        n_examples=_examples_default() if n_examples is None else n_examples,
+        options=dict(stage_options or {}),
+        where=where,
+    )
 
-    def run_bucket(key: tuple[Any, ...], table: pa.Table) -> pa.Table:
-        bucket = int(key[0].as_py())
-        raw = pl.from_arrow(table.drop_columns([_BUCKET]))
-        assert isinstance(raw, pl.DataFrame)
-        events, rejected = check_rows(raw, column_map=cmap, where=where)
-        n_valid = events.height
-        if since is not None or until is not None:
-            first = pl.col("ts").min().over("run_id")
-            events = events.filter(_audit._window_expr(first, since, until))
-        tables = _audit.run_stage(events, policy=policy, n_examples=n_keep, **options)
-        frames = tables.frames()
-        frames[_REJECTED] = rejected
-        frames[_META] = pl.DataFrame(
-            {"rows_in": [raw.height], "rows_valid": [n_valid], "rows_audited": [events.height]},
-            schema={"rows_in": pl.Int64, "rows_valid": pl.Int64, "rows_audited": pl.Int64},
-        )
-        return _pack(bucket, frames)
+    # No annotations here: applyInArrow infers the UDF kind from type hints and takes an
+    # un-annotated (key, table) function as the pyarrow.Table form. The closure holds only
+    # ``job`` and refers to the module-level ``_run_bucket``, so Spark pickles it cheaply.
+    def run_bucket(key, table):  # type: ignore[no-untyped-def]
+        return _run_bucket(job, key, table)
 
     return run_bucket
 
@@ -580,9 +615,8 @@ def run_stage_spark(
         "formats": {"canonical": len(inp.files)} if inp.files else {},
         "engine": "spark",
         "buckets": n_buckets,
+        "rows_audited": meta["rows_audited"],
     }
-    if since is not None or until is not None:
-        stats["rows_in_window"] = meta["rows_audited"]
     if stats["rows_in"] != stats["rows_valid"] + stats["rows_rejected"]:  # pragma: no cover - consistency
         raise DriftwatchError(
             f"internal error: {stats['rows_in']} rows read but {stats['rows_valid']} valid + "
@@ -626,10 +660,11 @@ def _rejected_frame(parts: list[pl.DataFrame], inp: _Input) -> pl.DataFrame:
     kept = got[_FIRST]
     if inp.files:
         paths = pl.Series(inp.files, dtype=pl.String)
-        source_file = paths.gather(order >> _ROW_BITS)
-        source_row = order & _ROW_MASK
-        kept_file = paths.gather(kept.fill_null(0) >> _ROW_BITS)
-        kept_row = kept.fill_null(0) & _ROW_MASK
+        unit = 1 << _ROW_BITS
+        source_file = paths.gather(order // unit)
+        source_row = order % unit
+        kept_file = paths.gather(kept.fill_null(0) // unit)
+        kept_row = kept.fill_null(0) % unit
     else:  # a Spark DataFrame has no files
         source_file = pl.Series([None] * got.height, dtype=pl.String)
         source_row = pl.Series([None] * got.height, dtype=pl.Int64)
@@ -813,10 +848,10 @@ def audit_spark(
         progress=say,
     )
     timings["fleet_stage"] = round(time.perf_counter() - t0, 4)
-    result.rejected = stage.rejected
+    result.rejected = _audit.sort_frame(stage.rejected, ("source_file",))
     timings.update({f"fleet.{k}": v for k, v in result.timings.items()})
 
-    stats = {k: v for k, v in stage.stats.items() if k != "buckets"}
+    stats = {k: v for k, v in stage.stats.items() if k not in ("buckets", "rows_audited")}
     files = _source_files(df)
     stats.update(
         {

@@ -1,0 +1,271 @@
+"""The Spark engine gives the local engine's results (Spark local mode, one session per module).
+
+Float columns are compared with ``rel_tol=1e-9``: Polars' group-by sums may add a run's
+values in a different order depending on how many rows/groups the frame holds (one bucket
+vs the whole fleet), which moves the last bit (~1e-16 relative). Everything else
+(strings, ints, levels, reasons, lists, timestamps, row counts) must be identical.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from driftwatch import synth
+from driftwatch.errors import CorruptFileError, InvalidParameterError, NoInputError, SchemaError
+
+pytestmark = [
+    pytest.mark.spark,
+    pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning"),
+]
+pyspark = pytest.importorskip("pyspark", reason="PySpark is not installed (pip install 'driftwatch[spark]')")
+
+ROOT = Path(__file__).resolve().parents[1]
+REL_TOL = 1e-9
+
+
+def _java() -> bool:
+    if shutil.which("java") or (os.environ.get("JAVA_HOME") and Path(os.environ["JAVA_HOME"], "bin", "java").exists()):
+        return True
+    script = ROOT / "scripts" / "ensure_java.sh"
+    if script.exists():  # same set-up as `make test`: install Debian's JRE when we can
+        subprocess.run(["bash", str(script)], check=False, capture_output=True, timeout=900)
+    return shutil.which("java") is not None
+
+
+@pytest.fixture(scope="module")
+def spark():
+    if not _java():
+        pytest.skip("no Java runtime (17+) found and scripts/ensure_java.sh could not install one")
+    from driftwatch.spark import get_session
+
+    session = get_session(
+        "local[2]",
+        conf={
+            "spark.ui.enabled": "false",
+            "spark.sql.shuffle.partitions": "4",
+            "spark.default.parallelism": "2",
+            "spark.driver.memory": "2g",
+            "spark.ui.showConsoleProgress": "false",
+        },
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="module")
+def fleet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A demo fleet of about 200k events over 21 days (loops, breaches, change-points, drift)."""
+    root = tmp_path_factory.mktemp("spark_fleet")
+    synth.write_fleet(root, days=21, runs_per_day=750, seed=11)
+    return root / "events"
+
+
+@pytest.fixture(scope="module")
+def both(spark, fleet_dir):
+    """The same Parquet fleet audited by the local engine and by Spark (7 buckets)."""
+    from driftwatch.audit import audit
+    from driftwatch.spark import audit_spark
+
+    local = audit(str(fleet_dir))
+    remote = audit_spark(str(fleet_dir), spark=spark, n_buckets=7)
+    return local, remote
+
+
+def _frames(result) -> dict[str, pl.DataFrame]:
+    return {**result.output_frames(), "loop_summary": result.loop_summary}
+
+
+def assert_same(left: pl.DataFrame, right: pl.DataFrame, name: str) -> None:
+    assert left.columns == right.columns, f"{name}: columns differ"
+    assert left.height == right.height, f"{name}: {left.height} rows vs {right.height}"
+    assert_frame_equal(left, right, check_exact=False, rel_tol=REL_TOL, abs_tol=1e-12)
+
+
+# --------------------------------------------------------------------------- equality with the local engine
+
+
+def test_fleet_is_a_few_hundred_thousand_events(both):
+    local, _ = both
+    assert 150_000 <= local.stats["rows_in"] <= 400_000
+
+
+def test_every_output_equals_the_local_engine(both):
+    local, remote = both
+    mine, theirs = _frames(remote), _frames(local)
+    assert set(mine) == set(theirs)
+    assert {"runs", "loops", "changepoints", "drift", "violations", "costs", "load", "rejected"} <= set(mine)
+    for name in sorted(theirs):
+        assert_same(mine[name], theirs[name], name)
+
+
+def test_the_fleet_has_findings_to_compare(both):
+    local, remote = both
+    # the equality above is only meaningful when the detectors fired
+    assert local.loops.height > 100
+    assert local.violations.height > 10
+    assert local.changepoints.height >= 1
+    assert local.drift.height > 0 and local.drift["drifted"].any()
+    assert (local.runs["level"] != "ok").sum() > 50
+    assert remote.runs["level"].to_list() == local.runs["level"].to_list()
+    assert remote.runs["reasons"].to_list() == local.runs["reasons"].to_list()
+
+
+def test_stats_and_summary_equal(both):
+    local, remote = both
+    for key in ("rows_in", "rows_valid", "rows_rejected", "files", "runs", "reasons", "formats", "sources"):
+        assert remote.stats[key] == local.stats[key], key
+    assert remote.stats["engine"] == "spark" and remote.stats["chunks"] == 7
+    assert remote.audit_id == local.audit_id
+    s_local, s_remote = local.summary(), remote.summary()
+    for key in ("rows_in", "runs", "levels", "loops", "violations", "changepoints", "drift"):
+        assert s_remote[key] == s_local[key], key
+    assert remote.alerts() == local.alerts()
+
+
+def test_write_gives_the_contract_files(both, tmp_path):
+    from driftwatch.audit import CONTRACT_FILES
+
+    _, remote = both
+    remote.write(tmp_path / "out")
+    for name in CONTRACT_FILES:
+        assert (tmp_path / "out" / name).exists(), name
+    assert pl.read_parquet(tmp_path / "out" / "runs.parquet").height == remote.runs.height
+
+
+# --------------------------------------------------------------------------- other inputs and options
+
+
+@pytest.fixture(scope="module")
+def small():
+    return synth.generate(days=4, runs_per_day=120, seed=3).events
+
+
+def test_spark_dataframe_input_and_bucket_count_do_not_matter(spark, small):
+    from driftwatch.audit import audit
+    from driftwatch.spark import audit_spark
+
+    local = audit(small)
+    sdf = spark.createDataFrame(small.sample(fraction=1.0, shuffle=True, seed=1).to_arrow())  # unsorted rows
+    one = audit_spark(sdf, n_buckets=1)
+    many = audit_spark(sdf, n_buckets=13)
+    for name in ("runs", "loops", "violations", "changepoints", "costs", "load", "examples"):
+        assert_same(_frames(one)[name], _frames(local)[name], name)
+        assert_same(_frames(many)[name], _frames(local)[name], name)
+    assert many.stats["rows_in"] == small.height and many.stats["chunks"] == 13
+    assert many.stats["sources"] == ["<spark DataFrame>"]
+
+
+def test_since_until_window_equals_local(spark, small):
+    from driftwatch.audit import audit
+    from driftwatch.spark import audit_spark
+
+    local = audit(small, since="2026-10-02", until="2026-10-04")
+    remote = audit_spark(small, spark=spark, since="2026-10-02", until="2026-10-04", n_buckets=3)
+    for name in ("runs", "loops", "violations"):
+        assert_same(_frames(remote)[name], _frames(local)[name], name)
+    assert remote.runs["first_ts"].min() >= local.runs["first_ts"].min()
+    assert remote.runs.height == local.runs.height < small["run_id"].n_unique()
+
+
+def _dirty(events: pl.DataFrame) -> pl.DataFrame:
+    """Valid events plus rows every reader check rejects (and a duplicated step)."""
+    first = events.head(6)
+    bad = pl.concat(
+        [
+            first.slice(0, 1).with_columns(pl.lit(None, pl.String).alias("run_id")),
+            first.slice(1, 1).with_columns(pl.lit("  ").alias("action")),
+            first.slice(2, 1).with_columns(pl.lit(-1.0).alias("cost_usd"), pl.lit(900, pl.Int64).alias("step")),
+            first.slice(3, 1).with_columns(pl.lit("maybe").alias("status"), pl.lit(901, pl.Int64).alias("step")),
+            first.slice(4, 1).with_columns(pl.lit(1.5).alias("confidence"), pl.lit(902, pl.Int64).alias("step")),
+            first.slice(5, 1),  # duplicate (run_id, step): the second copy is rejected
+        ]
+    )
+    return pl.concat([events, bad])
+
+
+def test_rejected_rows_equal_the_local_reader(spark, small, tmp_path):
+    from driftwatch.audit import audit
+    from driftwatch.spark import audit_spark_paths
+
+    folder = tmp_path / "dirty"
+    folder.mkdir()
+    dirty = _dirty(small)
+    dirty.slice(0, 2000).write_parquet(folder / "a.parquet", row_group_size=500)
+    dirty.slice(2000).write_parquet(folder / "b.parquet", row_group_size=500)
+    local = audit(str(folder))
+    remote = audit_spark_paths(str(folder), spark=spark, n_buckets=4)
+    assert local.stats["rows_rejected"] == 6
+    assert_same(remote.rejected, local.rejected, "rejected")
+    assert remote.stats["reasons"] == local.stats["reasons"]
+    assert set(remote.rejected["reason"]) >= {"null_run_id", "null_action", "negative_cost", "duplicate_step"}
+    assert remote.rejected["source_file"].str.ends_with("b.parquet").all()
+    for name in ("runs", "loops", "violations"):
+        assert_same(_frames(remote)[name], _frames(local)[name], name)
+
+
+def test_engine_spark_through_audit_and_cli(spark, small, tmp_path):
+    import driftwatch.audit as audit_mod
+    from driftwatch.cli import main
+
+    src = tmp_path / "logs"
+    src.mkdir()
+    small.write_parquet(src / "part-0.parquet")
+    result = audit_mod.audit(str(src), engine="spark")
+    assert result.stats["engine"] == "spark" and result.runs.height == small["run_id"].n_unique()
+    out = tmp_path / "out"
+    err = io.StringIO()
+    code = main(["audit", str(src), "--out", str(out), "--engine", "spark", "--quiet"], stdout=io.StringIO(), stderr=err)
+    assert code in (0, 1), err.getvalue()
+    assert pl.read_parquet(out / "runs.parquet").height == result.runs.height
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_clear_errors(spark, small, tmp_path):
+    from driftwatch.spark import audit_spark, audit_spark_paths
+
+    with pytest.raises(NoInputError, match="no such file"):
+        audit_spark_paths(str(tmp_path / "missing"), spark=spark)
+    bad = tmp_path / "bad.parquet"
+    bad.write_text("run_id,step\nr1,1\n")
+    with pytest.raises(CorruptFileError, match="not a Parquet file"):
+        audit_spark_paths(str(bad), spark=spark)
+    with pytest.raises(SchemaError, match="action"):
+        audit_spark(spark.createDataFrame(small.drop("action").head(10).to_arrow()))
+    with pytest.raises(InvalidParameterError, match="n_buckets"):
+        audit_spark(small.head(10), spark=spark, n_buckets=0)
+    with pytest.raises(InvalidParameterError, match="PySpark DataFrame"):
+        audit_spark(42, spark=spark)
+
+
+# --------------------------------------------------------------------------- packing (no Spark needed)
+
+
+def test_pack_roundtrip_keeps_dtypes_and_splits_large_tables(monkeypatch):
+    from driftwatch import spark as sp
+
+    monkeypatch.setattr(sp, "PART_ROWS", 3)
+    frame = pl.DataFrame(
+        {
+            "run_id": [f"r{i}" for i in range(8)],
+            "reasons": [["a", "b"], [], None, ["c"], ["d"], [], ["e"], ["f", "g"]],
+            "ts": pl.datetime_range(pl.datetime(2026, 1, 1), pl.datetime(2026, 1, 8), "1d", time_zone="UTC", eager=True),
+            "score": [0.1 * i for i in range(8)],
+        }
+    )
+    empty = frame.head(0)
+    packed = sp._pack(5, {"a": frame, "b": empty})
+    assert packed.num_rows == 3 + 1  # 8 rows in parts of 3, and the empty table keeps its schema
+    back = sp._unpack(packed)[5]
+    assert_frame_equal(back["a"], frame)
+    assert back["b"].schema == empty.schema and back["b"].height == 0
