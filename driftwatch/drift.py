@@ -178,7 +178,7 @@ def detect_drift(
     min_runs: int = 20,
     include: Sequence[str] | None = None,
     max_categories: int = 30,
-    classifier_max_train: int = 20_000,
+    classifier_max_train: int = 10_000,
     random_state: int = 0,
 ) -> pl.DataFrame:
     """Compare current windows with a reference period, per series and feature.
@@ -222,7 +222,7 @@ def detect_drift(
     max_categories : int, default=30
         Tools (or bigrams) per series kept as their own category; rarer ones
         are pooled into ``"(other)"``.
-    classifier_max_train : int, default=20_000
+    classifier_max_train : int, default=10_000
         Training runs per fold of the classifier two-sample test (a random
         subsample beyond that); every run is still scored out of fold.
     random_state : int, default=0
@@ -351,7 +351,7 @@ def drift_from_runs(
     min_runs: int = 20,
     include: Sequence[str] | None = None,
     max_categories: int = 30,
-    classifier_max_train: int = 20_000,
+    classifier_max_train: int = 10_000,
     random_state: int = 0,
 ) -> pl.DataFrame:
     """:func:`detect_drift` on per-run tables (the fleet stage of the audit).
@@ -995,7 +995,9 @@ def _categorical_rows(data: _Data, cat: _Cat, feature: str, opts: _Options) -> p
             what = np.full(ref_v.shape, "", dtype=object)
         else:
             effect = r["js_c"]
-            k = np.argmax(np.abs(np.nan_to_num(pb - pa_b)), axis=-1)
+            # name the category whose share moved most ("(other)" only if nothing else moved)
+            moved = np.abs(np.nan_to_num(pb - pa_b)) * np.where(cat.names == _OTHER, 1e-6, 1.0)[:, None, :]
+            k = np.argmax(moved, axis=-1)
             ref_v = np.take_along_axis(pa_b, k[..., None], -1)[..., 0]
             cur_v = np.take_along_axis(pb, k[..., None], -1)[..., 0]
             what = np.take_along_axis(np.broadcast_to(cat.names[:, None, :], pb.shape), k[..., None], -1)[..., 0]
@@ -1472,6 +1474,8 @@ def _num(expr: pl.Expr) -> pl.Expr:
         .then(expr.round(0).cast(pl.Int64).cast(pl.String))
         .when(a >= 1)
         .then(expr.round(2).cast(pl.String))
+        .when(a >= 0.1)
+        .then(expr.round(3).cast(pl.String))
         .otherwise(expr.round(4).cast(pl.String))
     )
 
