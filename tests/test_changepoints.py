@@ -526,3 +526,23 @@ def test_run_changepoints_options() -> None:
         detect_run_changepoints(ev, min_size=0)
     empty = detect_run_changepoints(ev.clear())
     assert empty.height == 0 and empty.schema == pl.Schema(RUN_CHANGEPOINT_SCHEMA)
+
+
+def test_loop_rate_change_from_detect_loops_output() -> None:
+    # loop storms start on day 15 in every agent: two fleets back to back, run ids kept apart
+    calm = synth.generate(days=15, runs_per_day=150, seed=21, scenario=synth.Scenario.stable(loop_rate=0.01))
+    stormy = synth.generate(
+        days=15, runs_per_day=150, seed=22, start="2026-10-16", scenario=synth.Scenario.stable(loop_rate=0.2)
+    )
+    ev = pl.concat([calm.events, stormy.events.with_columns(pl.concat_str(pl.lit("b"), pl.col("run_id")).alias("run_id"))])
+    loops = dw.detect_loops(ev)
+    cps = detect_changepoints(ev, loops=loops)
+    for agent in ("planner", "billing", "support", "research"):
+        rows = cps.filter(pl.col("series") == f"agent={agent}")
+        assert rows["bucket_index"].unique().to_list() == [15], agent
+        assert "loop_rate" in rows["metrics_moved"][0], agent
+    loop_row = cps.filter((pl.col("series") == "all") & (pl.col("metric") == "loop_rate")).row(0, named=True)
+    assert loop_row["before"] == pytest.approx(0.01, abs=0.006) and loop_row["after"] == pytest.approx(0.2, abs=0.04)
+    # a loop_summary table works the same, and without loops there is no loop_rate
+    assert_frame_equal(detect_changepoints(ev, loops=dw.loop_summary(loops)), cps)
+    assert "loop_rate" not in detect_changepoints(ev)["metric"].to_list()
