@@ -46,6 +46,7 @@ import importlib
 import io
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -697,6 +698,16 @@ def _spark_error(exc: Exception) -> Exception:
         if hit:
             return cls(f"spark: {hit.split(':', 1)[-1].strip()}")
     first = lines[0] if lines else type(exc).__name__
+    # a Python worker's traceback: its last "SomethingError: message" line is the cause
+    causes = [ln for ln in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception): ", ln)]
+    if causes and ("Python worker" in text or type(exc).__name__ == "PythonException"):
+        first = causes[-1]
+        if "No module named" in first:
+            return DriftwatchError(
+                f"spark: the Python workers cannot import driftwatch or a dependency ({first}); install "
+                "driftwatch on the executors or ship it (spark-submit --py-files driftwatch.zip, "
+                "--archives env.tar.gz#env); see the README section 'Scale'"
+            )
     if "PATH_NOT_FOUND" in text:
         return NoInputError(f"spark: {first}")
     if "FAILED_READ_FILE" in text or "CANNOT_READ_FILE_FOOTER" in text:

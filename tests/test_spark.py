@@ -269,3 +269,21 @@ def test_pack_roundtrip_keeps_dtypes_and_splits_large_tables(monkeypatch):
     back = sp._unpack(packed)[5]
     assert_frame_equal(back["a"], frame)
     assert back["b"].schema == empty.schema and back["b"].height == 0
+
+
+def test_worker_failures_become_one_clear_line():
+    from driftwatch.errors import DriftwatchError
+    from driftwatch.spark import _spark_error
+
+    class PythonException(Exception):
+        pass
+
+    trace = (
+        "An exception was thrown from the Python worker:\nTraceback (most recent call last):\n"
+        '  File "worker.py", line 1\nModuleNotFoundError: No module named \'driftwatch\'\n SQLSTATE: 38000)'
+    )
+    err = _spark_error(PythonException(trace))
+    assert isinstance(err, DriftwatchError) and "\n" not in str(err)
+    assert "No module named 'driftwatch'" in str(err) and "--py-files" in str(err)
+    err = _spark_error(PythonException("Python worker:\nTraceback:\npolars.exceptions.ComputeError: boom\n"))
+    assert "ComputeError: boom" in str(err)
