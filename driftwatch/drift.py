@@ -1316,18 +1316,26 @@ def _grouped_auc(
     return auc.reshape(n_series, n_slots), cnt.reshape(n_series, n_slots)
 
 
-def _ref_scale(x: np.ndarray, s: np.ndarray, ref_rows: np.ndarray, S: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-series median and robust scale (IQR / 1.349, else std, else 1) of the reference values of ``x``."""
-    fr = pl.DataFrame({"s": s[ref_rows], "x": x[ref_rows]}).with_columns(pl.col("x").fill_nan(None))
-    q = fr.group_by("s").agg(
-        pl.col("x").quantile(0.5).alias("med"),
-        ((pl.col("x").quantile(0.75) - pl.col("x").quantile(0.25)) / 1.349).alias("iqr"),
-        pl.col("x").std().alias("sd"),
+def _ref_scale(X: np.ndarray, s: np.ndarray, ref_rows: np.ndarray, S: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-series median and robust scale (IQR / 1.349, else std, else 1) of the reference rows of ``X``.
+
+    Returns two arrays of shape (series, columns).
+    """
+    cols = [f"x{j}" for j in range(X.shape[1])]
+    fr = pl.DataFrame({"s": s[ref_rows], **{c: X[ref_rows, j] for j, c in enumerate(cols)}}).with_columns(
+        pl.col(cols).fill_nan(None)
     )
-    med, scale = np.zeros(S), np.ones(S)
+    q = fr.group_by("s").agg(
+        *[pl.col(c).quantile(0.5).alias(f"m{c}") for c in cols],
+        *[((pl.col(c).quantile(0.75) - pl.col(c).quantile(0.25)) / 1.349).alias(f"i{c}") for c in cols],
+        *[pl.col(c).std().alias(f"d{c}") for c in cols],
+    )
+    med, scale = np.zeros((S, len(cols))), np.ones((S, len(cols)))
     idx = q["s"].to_numpy()
-    med[idx] = q["med"].fill_null(0.0).to_numpy()
-    iqr, sd = q["iqr"].fill_null(0.0).to_numpy(), q["sd"].fill_null(0.0).to_numpy()
+    m = q.select([f"m{c}" for c in cols]).fill_null(0.0).to_numpy()
+    iqr = q.select([f"i{c}" for c in cols]).fill_null(0.0).to_numpy()
+    sd = q.select([f"d{c}" for c in cols]).fill_null(0.0).to_numpy()
+    med[idx] = m
     scale[idx] = np.where(iqr > 0, iqr, np.where(sd > 0, sd, 1.0))
     return med, scale
 
@@ -1366,11 +1374,8 @@ def _classifier_rows(data: _Data, tool: _Cat | None, opts: _Options) -> pl.DataF
         return None
     # robust standardisation per series against its reference runs, so one model can learn shifts that
     # look alike across series (a doubled cost per token is "+3 IQRs" whatever the agent's prices)
-    ref_rows = slot == 0
-    Xs = np.full_like(X, np.nan)
-    for j in range(X.shape[1]):  # a handful of features; each step is vectorised over runs
-        med, scale = _ref_scale(X[:, j], s, ref_rows, S)
-        Xs[:, j] = (X[:, j] - med[s]) / scale[s]
+    med, scale = _ref_scale(X, s, slot == 0, S)
+    Xs = (X - med[s]) / scale[s]
     cat_series = S <= 250
     Xf = np.hstack([s[:, None].astype(float), Xs])
     rng = np.random.default_rng(opts.random_state)

@@ -14,7 +14,13 @@ from scipy.spatial.distance import jensenshannon
 import driftwatch as dw
 from driftwatch import features as F
 from driftwatch import synth
-from driftwatch.drift import DEFAULT_MIN_EFFECT, FEATURES, detect_drift, drift_from_runs
+from driftwatch.drift import (
+    DEFAULT_MIN_EFFECT,
+    FEATURES,
+    auto_reference_length,
+    detect_drift,
+    drift_from_runs,
+)
 from driftwatch.errors import InvalidParameterError, SchemaError
 
 START = datetime(2026, 10, 1, tzinfo=UTC)
@@ -248,7 +254,7 @@ def lean_fleet(seed: int, *, days: int = 60, runs_per_day: int = 60) -> pl.DataF
 
 @pytest.mark.slow
 def test_false_alarm_rate_on_100_stable_fleets() -> None:
-    """<= 5% of 100 seeded stable fleets (4 agents, 60 days, ~24k events each) have any drifted row,
+    """<= 5% of 100 seeded stable fleets (4 agents, 60 days, ~42k events each) have any drifted row,
     and the p-values are calibrated (not merely hidden by the effect-size floor)."""
     alarms = 0
     pvals: list[pl.DataFrame] = []
@@ -412,7 +418,7 @@ def test_auto_reference(demo_tables: tuple[pl.DataFrame, pl.DataFrame, pl.DataFr
     # 42 days of data: a quarter is 10 days (between one and four weekly windows)
     d = drift_from_runs(*demo_tables, reference="auto", include=["tool_mix"])
     assert d["window_start"].min() == datetime(2026, 10, 11, tzinfo=UTC)
-    assert dw.drift.auto_reference_length(timedelta(days=3), timedelta(weeks=1)) == timedelta(weeks=1)
+    assert auto_reference_length(timedelta(days=3), timedelta(weeks=1)) == timedelta(weeks=1)
 
 
 def test_fdr_family(demo_tables: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]) -> None:
