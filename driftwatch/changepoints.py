@@ -648,19 +648,17 @@ class _Stacked:
     """Every series stacked row-wise (sorted by series, bucket), prepared in one vectorised pass.
 
     ``u`` holds the standardised, volume-weighted, outlier-clipped metrics that
-    the searches see; the prefix sums give O(1) segment statistics for the
-    materiality test (run-weighted means of the raw and of the clipped values).
+    the searches see; ``raw`` and ``test`` feed the materiality test (prefix
+    sums per series, built only for series with candidate breakpoints).
     """
 
     starts: np.ndarray  # first row of each series
     ends: np.ndarray
     usable: np.ndarray  # (S, d): metric has values and is not constant in the series
-    u: np.ndarray  # (N, d)
-    p_n: np.ndarray  # prefix sums (N + 1, ...): runs, runs * raw, runs * clipped, runs * clipped^2
-    p_raw: np.ndarray
-    p_t1: np.ndarray
-    p_t2: np.ndarray
-    p_u: np.ndarray  # prefix sums of u
+    u: np.ndarray  # (N, d) standardised, weighted, clipped: what the searches see
+    n: np.ndarray  # (N,) runs
+    raw: np.ndarray  # (N, d) metric values (gaps filled)
+    test: np.ndarray  # (N, d) outlier-clipped values, centred per series: the materiality test
 
 
 def _stack(x: np.ndarray, n: np.ndarray, rel: np.ndarray, starts: np.ndarray, opts: _Options) -> _Stacked:
@@ -678,12 +676,8 @@ def _stack(x: np.ndarray, n: np.ndarray, rel: np.ndarray, starts: np.ndarray, op
     seg = np.repeat(np.arange(len(starts)), lengths)
     finite = np.isfinite(x)
     x0 = np.where(finite, x, 0.0)
-    count = np.add.reduceat(finite, starts, axis=0)
-    hi = np.maximum.reduceat(np.where(finite, x, -np.inf), starts, axis=0)
-    lo = np.minimum.reduceat(np.where(finite, x, np.inf), starts, axis=0)
-    with np.errstate(invalid="ignore"):
-        live = (hi - lo) > 1e-12 * np.maximum(1.0, np.maximum(np.abs(hi), np.abs(lo)))
-    usable = (count == lengths[:, None]) & live
+    # gaps are filled within each series, so a metric is either present in all of a series' rows or in none
+    present = finite[starts]
 
     level = _rolling_median_stacked(x0, starts, ends)
     raw = x0 - level
@@ -697,33 +691,25 @@ def _stack(x: np.ndarray, n: np.ndarray, rel: np.ndarray, starts: np.ndarray, op
     cap = (3.0 * sd0)[seg[:-1]] ** 2
     sd = np.sqrt(np.add.reduceat(np.minimum(dy * dy, cap), starts, axis=0) / m / _WINSOR_3SD)
     s = sd / math.sqrt(2.0)  # noise sd of one bucket
-    s = np.where(usable & (s > 0), s, 1.0)
+    scale = np.abs(np.add.reduceat(x0, starts, axis=0)) / lengths[:, None]
+    usable = present & (s > 1e-12 * np.maximum(scale, 1.0))  # constant metrics have no differences
+    s = np.where(usable, s, 1.0)
     s_row = s[seg]
     xc = level + np.clip(resid, -_CLIP * s_row, _CLIP * s_row)
     bound = _CLIP * s_row / f
     x_test = level + np.clip(raw, -bound, bound)  # the same clipping, unweighted units
     mean_c = (np.add.reduceat(xc, starts, axis=0) / lengths[:, None])[seg]
     u = np.where(usable[seg], (xc - mean_c) / s_row, 0.0)
-    # centre the clipped values per series before the squared prefix sums (precision)
-    t = x_test - (np.add.reduceat(x_test, starts, axis=0) / lengths[:, None])[seg]
-    w = n[:, None]
+    # centre the clipped values per series before squaring them in prefix sums (precision)
+    test = x_test - (np.add.reduceat(x_test, starts, axis=0) / lengths[:, None])[seg]
+    return _Stacked(starts=starts, ends=ends, usable=usable, u=u, n=n, raw=x0, test=test)
 
-    def prefix(v: np.ndarray) -> np.ndarray:
-        out = np.zeros((v.shape[0] + 1, *v.shape[1:]))
-        np.cumsum(v, axis=0, out=out[1:])
-        return out
 
-    return _Stacked(
-        starts=starts,
-        ends=ends,
-        usable=usable,
-        u=u,
-        p_n=prefix(n),
-        p_raw=prefix(w * x0),
-        p_t1=prefix(w * t),
-        p_t2=prefix(w * t * t),
-        p_u=prefix(u),
-    )
+def _prefix(v: np.ndarray) -> np.ndarray:
+    """Prefix sums with a leading zero row: ``out[b] - out[a]`` sums rows ``a..b-1``."""
+    out = np.zeros((v.shape[0] + 1, *v.shape[1:]))
+    np.cumsum(v, axis=0, out=out[1:])
+    return out
 
 
 def _median7(x: np.ndarray) -> np.ndarray:
@@ -792,8 +778,9 @@ def _detect_series(stk: _Stacked, k: int, algo: Any, opts: _Options) -> list[_Br
         return []
     a, e = int(stk.starts[k]), int(stk.ends[k])
     t_len = e - a
-    z, w, dim = _whiten(stk.u[a:e][:, cols])
-    p_u = stk.p_u[a : e + 1][:, cols] - stk.p_u[a][cols]
+    u = stk.u[a:e][:, cols]
+    z, w, dim = _whiten(u)
+    p_u = _prefix(u)
     pen = opts.pen if opts.pen is not None else auto_penalty(dim, t_len, beta=opts.beta)
     bkps = _search(algo, z, pen, opts)
     sparse_pen = math.inf
@@ -805,7 +792,7 @@ def _detect_series(stk: _Stacked, k: int, algo: Any, opts: _Options) -> list[_Br
     if not bkps:
         return []
 
-    seg = _Segments(stk, a, cols)
+    seg = _Segments(stk, a, e, cols)
     while True:  # materiality: drop the weakest immaterial breakpoint until all are material
         stats = seg.stats(bkps, t_len, opts.min_z, opts.min_magnitude)
         ok = stats["material"].any(axis=1)
@@ -932,17 +919,22 @@ def _search(algo: Any, z: np.ndarray, pen: float, opts: _Options) -> list[int]:
 class _Segments:
     """Run-weighted segment statistics of one series from the stack's prefix sums."""
 
-    def __init__(self, stk: _Stacked, offset: int, cols: np.ndarray) -> None:
-        self.stk, self.offset, self.cols = stk, offset, cols
+    def __init__(self, stk: _Stacked, start: int, end: int, cols: np.ndarray) -> None:
+        n = stk.n[start:end]
+        w = n[:, None]
+        t = stk.test[start:end][:, cols]
+        self.p_n = _prefix(n)
+        self.p_raw = _prefix(w * stk.raw[start:end][:, cols])
+        self.p_t1 = _prefix(w * t)
+        self.p_t2 = _prefix(w * t * t)
 
     def stats(self, bkps: list[int], t_len: int, min_z: float, min_mag: float) -> dict[str, np.ndarray]:
-        stk, c = self.stk, self.cols
-        edges = self.offset + np.array([0, *bkps, t_len])
+        edges = np.array([0, *bkps, t_len])
         lo, hi = edges[:-1], edges[1:]
-        seg_n = stk.p_n[hi] - stk.p_n[lo]
+        seg_n = self.p_n[hi] - self.p_n[lo]
         seg_len = (hi - lo).astype(float)
-        s1 = stk.p_t1[hi][:, c] - stk.p_t1[lo][:, c]
-        s2 = stk.p_t2[hi][:, c] - stk.p_t2[lo][:, c]
+        s1 = self.p_t1[hi] - self.p_t1[lo]
+        s2 = self.p_t2[hi] - self.p_t2[lo]
         mean = s1 / seg_n[:, None]
         seg_ss = np.maximum(s2 - s1 * mean, 0.0)  # runs * squared deviations: sum n (x - mean)^2
         dof = seg_len - 1.0
@@ -951,7 +943,7 @@ class _Segments:
         se2 = var / seg_n[:, None]
         shift = mean[1:] - mean[:-1]  # on outlier-clipped values
         se = np.sqrt(se2[:-1] + se2[1:])
-        raw_mean = (stk.p_raw[hi][:, c] - stk.p_raw[lo][:, c]) / seg_n[:, None]
+        raw_mean = (self.p_raw[hi] - self.p_raw[lo]) / seg_n[:, None]
         before, after = raw_mean[:-1], raw_mean[1:]
         diff = after - before
         with np.errstate(divide="ignore", invalid="ignore"):
