@@ -95,7 +95,7 @@ def minhash(
     first: int = 0,
     seed: int = 0,
     words_only: bool = True,
-    max_bytes: int = 8_000_000,
+    max_bytes: int = 1 << 19,
 ) -> np.ndarray:
     """MinHash signatures of character 4-gram shingles, one row per text.
 
@@ -116,14 +116,14 @@ def minhash(
         Signature length.
     first : int, default=0
         Index of the first hash function of the family to use: signatures
-        computed with ``first=0, n_hashes=8`` and ``first=8, n_hashes=56``
+        computed with ``first=0, n_hashes=16`` and ``first=16, n_hashes=48``
         concatenate to the 64-hash signature (used for early rejection).
     seed : int, default=0
         Seed of the hash family (equal seeds give comparable signatures).
     words_only : bool, default=True
         Read ASCII punctuation as whitespace and collapse whitespace runs before
         shingling, so that ``for: refund`` and ``for refund`` share their shingles.
-    max_bytes : int, default=8_000_000
+    max_bytes : int, default=524288
         Bytes per processing block.
 
     Returns
@@ -151,9 +151,9 @@ def minhash(
     if words_only:
         data = _WORDS_LUT[data[offs[0] : offs[-1]]]
         space = data == 32
-        keep = ~(space & np.concatenate(([False], space[:-1])))  # pads (\x02) separate the texts
-        data = data[keep]
-        offs = np.concatenate(([0], np.cumsum(keep)))[offs - offs[0]]
+        drop = np.flatnonzero(space[1:] & space[:-1]) + 1  # 2nd+ space of a run; pads (\x02) separate texts
+        data = np.delete(data, drop)
+        offs = (offs - offs[0]) - np.searchsorted(drop, offs - offs[0])
     a, b = _affine_params(seed)
     a, b = a[first : first + n_hashes], b[first : first + n_hashes]
     # blocks of whole texts with about max_bytes bytes each
@@ -188,8 +188,8 @@ def minhash(
 #: Hashes of the full MinHash signature, of its first (early-rejection) stage, and the
 #: most stage-1 agreements that still reject a pair.
 MINHASHES = 64
-STAGE1_HASHES = 8
-STAGE1_REJECT = 2
+STAGE1_HASHES = 16
+STAGE1_REJECT = 7
 
 
 def _pair_index(i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -212,9 +212,9 @@ def near_duplicates(texts: pl.Series, i: np.ndarray, j: np.ndarray, *, similarit
     similarity of their 4-gram shingle sets (punctuation read as spaces) is at
     least ``similarity``. Each
     check runs only on the pairs the previous one left open, and only the texts
-    of those pairs are processed. MinHash runs in two stages: 8 hashes first,
-    and pairs with at most 2 of 8 equal (probability 0.0012 when the true
-    similarity is 0.8) are rejected; the others get 56 more hashes and are
+    of those pairs are processed. MinHash runs in two stages: 16 hashes first,
+    and pairs with at most 7 of 16 equal (probability 0.0015 when the true
+    similarity is 0.8) are rejected; the others get 48 more hashes and are
     judged on all 64.
 
     Parameters

@@ -344,8 +344,8 @@ class _TextSource:
 
 
 def _load_steps(events: Any, *, streaming: bool) -> tuple[pl.DataFrame, np.ndarray, _TextSource]:
-    """Pass 1: the per-step numbers every stage needs, sorted by (run_id, step),
-    and the integer run code of every row."""
+    """Pass 1: the per-step numbers every stage needs, grouped by run and in step
+    order (see :func:`_group_runs`), and the integer run code of every row."""
     lf = as_lazy(events).with_row_index("_row")
     act = pl.col("action").fill_null("<none>")
     failed = (pl.col("status") == "error").fill_null(False)
