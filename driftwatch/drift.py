@@ -277,8 +277,9 @@ def detect_drift(
       against its series' reference runs)
       and scores every run out of fold (2 folds); the AUC of each window's
       runs against its series' reference runs is the statistic, with a
-      one-sided Mann-Whitney p-value. Effect: ``2 * AUC - 1``. The
-      explanation names the run features whose own AUC departs most from 0.5.
+      one-sided Mann-Whitney p-value. Effect: ``2 * AUC - 1``. For series
+      with a window significant before correction, the explanation names the
+      three run features whose own AUC departs most from 0.5.
     * ``action_entropy``: Shannon entropy (bits) of the tool mix; one-sided z
       test that it fell below the reference entropy (bias-corrected
       entropies; first- and second-order variance from the clustered
@@ -1395,7 +1396,8 @@ def _classifier_rows(data: _Data, tool: _Cat | None, opts: _Options) -> pl.DataF
         if np.unique(y[tr]).size < 2:
             continue
         model = HistGradientBoostingClassifier(
-            max_iter=60,
+            max_iter=40,
+            max_bins=64,
             learning_rate=0.1,
             max_leaf_nodes=15,
             min_samples_leaf=20,
@@ -1434,17 +1436,27 @@ def _classifier_rows(data: _Data, tool: _Cat | None, opts: _Options) -> pl.DataF
             "n_cur": cnt[si, wi].astype(np.int64),
         }
     )
-    # importances: each run feature's own AUC per window; the three furthest from 0.5 are named
-    imp = np.stack([_grouped_auc(s, slot, X[:, j], S, W1)[0] for j in range(X.shape[1])], axis=-1)
-    imp_c = imp[si, wi]  # rows x features
-    dist = np.nan_to_num(np.abs(imp_c - 0.5), nan=-1.0)
-    top = np.argsort(-dist, axis=1, kind="stable")[:, :3]
-    names = fnames[si[:, None], top].astype(str)
-    vals = np.take_along_axis(imp_c, top, 1)
-    text = np.char.add(np.char.add(np.char.add(names, " (AUC "), np.char.mod("%.2f", np.nan_to_num(vals))), ")")
-    what = text[:, 0]
-    for j in range(1, text.shape[1]):
-        what = np.char.add(np.char.add(what, ", "), text[:, j])
+    # importances: each run feature's own AUC per window; the three furthest from 0.5 are named. Only for
+    # the series with a window significant before correction (the others are explained by the AUC alone).
+    cand = np.zeros(S, dtype=bool)
+    cand[si[pval[si, wi] <= opts.alpha]] = True
+    rows_c = cand[s]
+    what = np.full(si.size, "", dtype=object)
+    if rows_c.any():
+        imp = np.stack(
+            [_grouped_auc(s[rows_c], slot[rows_c], X[rows_c, j], S, W1)[0] for j in range(X.shape[1])], axis=-1
+        )
+        sel = cand[si]
+        imp_c = imp[si[sel], wi[sel]]  # rows x features
+        dist = np.nan_to_num(np.abs(imp_c - 0.5), nan=-1.0)
+        top = np.argsort(-dist, axis=1, kind="stable")[:, :3]
+        names = fnames[si[sel][:, None], top].astype(str)
+        vals = np.take_along_axis(imp_c, top, 1)
+        text = np.char.add(np.char.add(np.char.add(names, " (AUC "), np.char.mod("%.2f", np.nan_to_num(vals))), ")")
+        joined = np.char.add("; most different: ", text[:, 0])
+        for j in range(1, text.shape[1]):
+            joined = np.char.add(np.char.add(joined, ", "), text[:, j])
+        what[sel] = joined
     return out.with_columns(pl.Series("_what", what.astype(str)))
 
 
@@ -1510,7 +1522,7 @@ def _detail() -> pl.Expr:
         .when(f == "latency")
         .then(pl.format("mean {} ms -> {} ms per step (KS {})", _num(ref), _num(cur), pl.col("statistic").round(3)))
         .when(f == "run_classifier")
-        .then(pl.format("AUC {}; most different: {}", pl.col("statistic").round(3), "_what"))
+        .then(pl.format("AUC {}{}", pl.col("statistic").round(3), pl.col("_what").fill_null("")))
         .when(f == "action_entropy")
         .then(pl.format("entropy {} -> {} bits ({}%)", ref.round(2), cur.round(2),
                         (-(pl.col("effect_size")) * 100).round(1)))
