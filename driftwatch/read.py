@@ -561,12 +561,20 @@ def _scan_polars(group: _Group, filters: _Filters, push: Pushdown) -> pl.LazyFra
     return lf
 
 
-def _scan_duckdb(group: _Group, filters: _Filters, push: Pushdown) -> pl.LazyFrame:
+def _scan_duckdb(
+    group: _Group, filters: _Filters, push: Pushdown, only: pl.DataFrame | None = None
+) -> pl.LazyFrame:
+    """DuckDB ``read_parquet`` of one group as a Polars LazyFrame (an IO source streaming Arrow batches).
+
+    ``only`` (columns ``__dw_file``, ``__dw_row``) keeps just those rows, with a semi-join inside
+    DuckDB, so only they are exported to Arrow.
+    """
     import duckdb
     from polars.io.plugins import register_io_source
 
     paths = [f.path for f in group.files]
     con = duckdb.connect()
+    # fixed SQL text: the file list is a bound parameter, filters are expression objects
     sql = (
         "SELECT * EXCLUDE (file_row_number), file_row_number AS __dw_row "
         "FROM read_parquet($files, union_by_name = true, hive_partitioning = $hive, "
@@ -574,11 +582,14 @@ def _scan_duckdb(group: _Group, filters: _Filters, push: Pushdown) -> pl.LazyFra
     )
     params = {"files": paths, "hive": bool(group.hive)}
     raw_filters = _duckdb_raw_filters(filters, push, group.schema)
+    wanted = None if only is None else only.select(_FILE, pl.col(_ROW).cast(pl.Int64)).to_arrow()
 
     def relation(cur: Any) -> Any:
         rel = cur.sql(sql, params=params)
         for f in raw_filters:
             rel = rel.filter(f)
+        if wanted is not None:
+            rel = rel.join(cur.from_arrow(wanted), [_FILE, _ROW], how="semi")
         return rel
 
     schema = _guard(lambda: pl.from_arrow(relation(con).limit(0).to_arrow_table()).schema, paths)
@@ -660,19 +671,42 @@ def _assign_formats(infos: list[_FileInfo], fmt: str, cmap: dict[str, str]) -> l
 
 
 def _group_frame(
-    gi: int, group: _Group, engine: str, filters: _Filters, cmap: dict[str, str], *, check: bool, normalize: bool
+    gi: int,
+    group: _Group,
+    engine: str,
+    filters: _Filters,
+    cmap: dict[str, str],
+    *,
+    check: bool,
+    normalize: bool,
+    only: pl.Series | None = None,
 ) -> pl.LazyFrame:
-    """Scan, adapt and conform one group of files; ``_ORDER`` = group index << 40 | row in group."""
+    """Scan, adapt and conform one group of files; ``_ORDER`` = group index << 40 | row in group.
+
+    ``only`` (order keys) keeps just those rows: filtered right after the scan (inside DuckDB
+    for the duckdb engine) when the rows can be converted one by one (canonical input with a
+    ``step`` column), else after conversion (derived steps and span hierarchies need every row).
+    """
     schema = {**group.schema, **{k: pl.String() for k in group.hive}}
     push = pushdown_columns(group.format, schema, cmap)
+    row_local = group.format == "canonical" and group.key[2]
+    early = only is not None and row_local
     if engine == "polars":
         raw = _scan_polars(group, filters, push)
         order = pl.col(_ROW).cast(pl.Int64) + (gi << _ROW_BITS)
     else:
-        raw = _scan_duckdb(group, filters, push)
+        pairs = None
+        if early:
+            assert only is not None
+            files, rows = _locate_in_group(only.to_numpy() & _ROW_MASK, group)
+            pairs = pl.DataFrame({_FILE: files, _ROW: rows})
+        raw = _scan_duckdb(group, filters, push, pairs)
         offsets = dict(zip([f.path for f in group.files], _offsets(group), strict=True))
         order = pl.col(_FILE).replace_strict(offsets, return_dtype=pl.Int64) + pl.col(_ROW) + (gi << _ROW_BITS)
     raw = raw.with_columns(order.alias(_ORDER)).drop(_ROW, _FILE)
+    if early and engine == "polars":
+        assert only is not None
+        raw = raw.filter(pl.col(_ORDER).is_in(only.implode()))
     raw_schema = {**schema, _ORDER: pl.Int64()}
     where = group.files[0].path if len(group.files) == 1 else (
         f"{len(group.files)} {group.format} files under {os.path.commonpath([f.path for f in group.files])}"
@@ -680,7 +714,11 @@ def _group_frame(
     adapted = adapt(raw, raw_schema, group.format, column_map=cmap, where=where)
     out = conform(adapted, where=where, check=check, normalize=normalize, order_by=(_ORDER,))
     post = _canonical_filter(filters)
-    return out.filter(post) if post is not None else out
+    if post is not None:
+        out = out.filter(post)
+    if only is not None and not early:
+        out = out.filter(pl.col(_ORDER).is_in(only.implode()))
+    return out
 
 
 def _offsets(group: _Group) -> list[int]:
@@ -690,6 +728,17 @@ def _offsets(group: _Group) -> list[int]:
         out.append(acc)
         acc += f.rows
     return out
+
+
+def _locate_in_group(rows_in_group: Any, group: _Group) -> tuple[pl.Series, pl.Series]:
+    """Row numbers within a group's scan -> (file path, row in that file)."""
+    import numpy as np
+
+    offs = np.asarray(_offsets(group), dtype=np.int64)
+    idx = np.searchsorted(offs, rows_in_group, side="right") - 1
+    paths = np.asarray([f.path for f in group.files], dtype=object)[idx]
+    return (pl.Series("source_file", paths, dtype=pl.String),
+            pl.Series("source_row", rows_in_group - offs[idx], dtype=pl.Int64))
 
 
 def _locate(orders: pl.Series, groups: Sequence[_Group]) -> tuple[pl.Series, pl.Series]:
@@ -703,12 +752,10 @@ def _locate(orders: pl.Series, groups: Sequence[_Group]) -> tuple[pl.Series, pl.
     rows = np.zeros(len(o), dtype=np.int64)
     for gi, group in enumerate(groups):
         sel = g == gi
-        if not sel.any():
-            continue
-        offs = np.asarray(_offsets(group), dtype=np.int64)
-        idx = np.searchsorted(offs, r[sel], side="right") - 1
-        paths[sel] = np.asarray([f.path for f in group.files], dtype=object)[idx]
-        rows[sel] = r[sel] - offs[idx]
+        if sel.any():
+            p, q = _locate_in_group(r[sel], group)
+            paths[sel] = p.to_numpy()
+            rows[sel] = q.to_numpy()
     return pl.Series("source_file", paths, dtype=pl.String), pl.Series("source_row", rows, dtype=pl.Int64)
 
 
@@ -808,29 +855,40 @@ def read_logs(
     reason = pl.col(REASON_COL)
     key_hash = (pl.col("run_id").hash(1) ^ pl.col("step").hash(2)).alias(_HASH)
     # Pass 1, over the columns the checks need (the queries share the scan): rows per reason,
-    # whether valid rows spell status other than ok/error (then values get normalised), and
-    # the (run_id, step) hashes that occur twice among valid rows (sorting 8-byte hashes).
+    # whether valid rows spell status other than ok/error (then values get normalised), the
+    # order keys of rejected rows, and the (run_id, step) hashes that occur twice among valid
+    # rows (found by sorting 8-byte hashes).
     base = frames(check=True, normalize=False)
     valid = base.filter(reason.is_null())
     odd_status = (reason.is_null() & pl.col("status").is_not_null() & ~pl.col("status").is_in(["ok", "error"]))
     q_counts = base.group_by(REASON_COL).agg(pl.len().alias("n"), odd_status.sum().alias("odd_status"))
+    q_bad = base.filter(reason.is_not_null()).select(_ORDER)
     q_hashes = valid.select(key_hash).sort(_HASH).filter(pl.col(_HASH) == pl.col(_HASH).shift(1)).unique()
-    counts, hashes = _guard(lambda: pl.collect_all([q_counts, q_hashes]), paths)
+    counts, bad_orders, hashes = _guard(lambda: pl.collect_all([q_counts, q_bad, q_hashes]), paths)
     reasons = {r: int(n) for r, n in counts.select(REASON_COL, "n").iter_rows() if r is not None}
     rows_in = int(counts.get_column("n").sum())
     normalize = bool(counts.get_column("odd_status").sum())
+    wanted = bad_orders.get_column(_ORDER)
+    if hashes.height:  # a narrow pass for the rows behind a repeated hash: the duplicate candidates
+        cands = _guard(
+            lambda: valid.filter(key_hash.is_in(hashes.get_column(_HASH).implode())).select(_ORDER).collect(), paths
+        )
+        wanted = pl.concat([wanted, cands.get_column(_ORDER)])
 
-    # Pass 2, only when something is rejected or may be duplicated: the rejected rows and the
-    # duplicate candidates with all their columns, streamed (memory holds these rows only).
-    base = frames(check=True, normalize=normalize)
-    valid = base.filter(reason.is_null())
+    # Pass 2, only when there are such rows: fetch them with all their columns (streamed; for
+    # row-by-row convertible input only those rows are converted, or even exported by DuckDB).
     dup_keys = pl.DataFrame(schema={_ORDER: pl.Int64, _FIRST: pl.Int64})
     got = pl.DataFrame()
-    if reasons or hashes.height:
-        wanted = reason.is_not_null() | key_hash.is_in(hashes.get_column(_HASH).implode())
+    if wanted.len():
+        wanted = wanted.unique().sort()
+        parts = []
+        for gi, g in enumerate(groups):
+            mine = wanted.filter((wanted // (1 << _ROW_BITS)) == gi)
+            if mine.len():
+                parts.append(_group_frame(gi, g, engine, filters, cmap, check=True, normalize=normalize, only=mine))
+        fetch = parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical")
         got = _guard(
-            lambda: base.filter(wanted).select(*COLUMNS, _ORDER, REASON_COL, DETAIL_COL).collect(engine="streaming"),
-            paths,
+            lambda: fetch.select(*COLUMNS, _ORDER, REASON_COL, DETAIL_COL).collect(engine="streaming"), paths
         )
         # exact duplicates among the candidates: keep the first row read, reject the others
         dup_keys = (
@@ -844,6 +902,8 @@ def read_logs(
         ).filter(reason.is_not_null())
         if dup_keys.height:
             reasons["duplicate_step"] = dup_keys.height
+    base = frames(check=True, normalize=normalize)
+    valid = base.filter(reason.is_null())
     rows_rejected = sum(reasons.values())
 
     if rows_rejected:
