@@ -58,15 +58,26 @@ def normalize_expr(expr: pl.Expr) -> pl.Expr:
 
     Nulls become the empty string, so "no arguments" equals "no arguments".
     """
-    return (
-        expr.fill_null("")
-        .str.to_lowercase()
-        .str.replace_all(TIMESTAMP_RE, "<ts>")
-        .str.replace_all(UUID_RE, "<id>")
-        .str.replace_all(HEX_ID_RE, "<id>")
-        .str.replace_all(_WS_RE, " ")
-        .str.strip_chars()
-    )
+    return _mask_volatile(expr.fill_null("").str.to_lowercase()).str.replace_all(_WS_RE, " ").str.strip_chars()
+
+
+def normalize(texts: pl.Series) -> pl.Series:
+    """:func:`normalize_expr` for a Series, faster: the masks run only on texts that
+    contain a digit (every masked token does) and the whitespace rewrite only on texts
+    that have a run of spaces or other whitespace. Same output."""
+    low = texts.fill_null("").str.to_lowercase()
+    for guard, rewrite in (
+        (low.str.contains("[0-9]"), _mask_volatile),
+        (low.str.contains(r"\s\s|[^\S ]"), lambda e: e.str.replace_all(_WS_RE, " ")),
+    ):
+        idx = guard.arg_true()
+        if idx.len():
+            low = low.scatter(idx, low.gather(idx).to_frame("t").select(rewrite(pl.col("t"))).to_series())
+    return low.str.strip_chars().alias(texts.name)
+
+
+def _mask_volatile(expr: pl.Expr) -> pl.Expr:
+    return expr.str.replace_all(TIMESTAMP_RE, "<ts>").str.replace_all(UUID_RE, "<id>").str.replace_all(HEX_ID_RE, "<id>")
 
 
 def numbers_expr(normalized: pl.Expr) -> pl.Expr:
@@ -242,7 +253,7 @@ def near_duplicates(texts: pl.Series, i: np.ndarray, j: np.ndarray, *, similarit
     if i.size == 0:
         return np.zeros(0, dtype=bool)
     need, li, lj = _pair_index(i, j)
-    norm = texts.gather(need).rename("t").to_frame().select(normalize_expr(pl.col("t"))).to_series()
+    norm = normalize(texts.gather(need))
     nh = norm.hash(3).to_numpy()
     same = nh[li] == nh[lj]
     rest = np.flatnonzero(~same)
@@ -286,6 +297,7 @@ __all__ = [
     "estimated_jaccard",
     "minhash",
     "near_duplicates",
+    "normalize",
     "normalize_expr",
     "numbers_expr",
 ]

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from driftwatch import synth
-from driftwatch._signatures import minhash, near_duplicates, normalize_expr
+from driftwatch._signatures import minhash, near_duplicates, normalize, normalize_expr
 from driftwatch.errors import InvalidParameterError, SchemaError
 from driftwatch.features import run_features
 from driftwatch.loops import (
@@ -313,8 +313,11 @@ def test_periodic_segments_kernel() -> None:
 
 
 def test_signature_helpers() -> None:
-    df = pl.DataFrame({"t": ["  A\tB  2026-10-01 07:29:54Z id=deadbeef42 ", None]})
-    assert df.select(normalize_expr(pl.col("t"))).to_series().to_list() == ["a b <ts> id=<id>", ""]
+    df = pl.DataFrame({"t": ["  A\tB  2026-10-01 07:29:54Z id=deadbeef42 ", None, "plain", "Two  Spaces",
+                             "uuid 123e4567-e89b-12d3-a456-426614174000", "nbsp\u00a0x"]})
+    expected = ["a b <ts> id=<id>", "", "plain", "two spaces", "uuid <id>", "nbsp x"]
+    assert df.select(normalize_expr(pl.col("t"))).to_series().to_list() == expected
+    assert normalize(df["t"]).to_list() == expected  # the guarded Series version agrees
     t = pl.Series(["abc", "abc", "xyz", ""])
     sig = minhash(t, n_hashes=16)
     assert sig.shape == (4, 16) and (sig[0] == sig[1]).all() and not (sig[0] == sig[2]).all()
