@@ -284,42 +284,10 @@ def bucket_metrics_from_runs(
         runs = runs.with_columns(pl.lit(None, dtype=pl.Boolean).alias("_looped"))
 
     runs = runs.with_columns(pl.col("first_ts").dt.truncate(every).alias("bucket"))
-    if by_cols:
-        parts = [runs.with_columns(series_expr(by_cols))]
-        if include_fleet:
-            parts.append(runs.with_columns(series_expr(())))
-        keyed = pl.concat([p.select("series", "bucket", "run_id", "_looped", *_RUN_COLUMNS[2:]) for p in parts])
-    else:
-        keyed = runs.with_columns(series_expr(())).select("series", "bucket", "run_id", "_looped", *_RUN_COLUMNS[2:])
-
-    # runaway runs (a context blow-up costing 100x) are outliers, not a new regime:
-    # tokens and cost are capped at _CAP_MEDIANS times the series' median before averaging
-    keyed = keyed.with_columns(
-        *[
-            pl.min_horizontal(pl.col(c), _CAP_MEDIANS * pl.col(c).median().over("series")).alias(c)
-            for c in ("tokens", "cost_usd")
-        ],
-        # likewise a retry storm in one run (loop_rate reports it) is not a new error regime
-        pl.min_horizontal(
-            pl.col("n_errors"), pl.max_horizontal(pl.col("n_errors").quantile(0.99, "higher").over("series"), 1.0)
-        ).alias("_errors_capped"),
-    )
-    steps = pl.col("n_steps")
-    agg = keyed.group_by("series", "bucket").agg(
-        pl.len().cast(pl.Int64).alias("runs"),
-        steps.mean().alias("steps_mean"),
-        steps.quantile(0.9, "linear").alias("steps_p90"),
-        (pl.col("_errors_capped").sum() / steps.sum()).alias("error_rate"),
-        (pl.col("n_errors") > 0).mean().alias("error_run_rate"),
-        pl.col("_looped").cast(pl.Float64).mean().alias("loop_rate")
-        if has_loops
-        else pl.lit(None, dtype=pl.Float64).alias("loop_rate"),
-        pl.col("tokens").mean().alias("tokens_per_run"),
-        pl.col("cost_usd").mean().alias("cost_per_run"),
-        pl.col("latency_ms").quantile(0.9, "linear").alias("latency_p90"),
-        (pl.col("n_llm").sum() / steps.sum()).alias("llm_ratio"),
-    )
-
+    # (group columns, series name): the series string is built after aggregating, and the
+    # fleet series is its own small group-by
+    levels = [by_cols] + ([()] if by_cols and include_fleet else [])
+    agg = pl.concat([_aggregate_buckets(runs, keys, has_loops) for keys in levels])
     t0 = _truncate_scalar(t_min, every)
     width = pl.duration(microseconds=int(round(every_s * 1e6)))
     lo = pl.lit(t_min, dtype=TS_DTYPE)
@@ -341,7 +309,8 @@ def bucket_metrics_from_runs(
     for i in range(1, top_tools + 1):
         tool_cols += [f"top{i}_tool", f"top{i}_share"]
     if action_counts is not None and top_tools > 0:
-        shares = _tool_shares(keyed, action_counts, top_tools)
+        keyed = [runs.with_columns(series_expr(keys)).select("series", "bucket", "run_id") for keys in levels]
+        shares = pl.concat([_tool_shares(part, action_counts, top_tools) for part in keyed])
         agg = agg.join(shares, on=["series", "bucket"], how="left")
     else:
         agg = agg.with_columns(
@@ -361,6 +330,41 @@ def bucket_metrics_from_runs(
         *tool_cols,
     ).sort("series", "bucket")
     return out.collect()
+
+
+def _aggregate_buckets(runs: pl.LazyFrame, keys: Sequence[str], has_loops: bool) -> pl.LazyFrame:
+    """The behaviour metrics of every (series, bucket) of ``runs`` (one row per run), series by ``keys``."""
+
+    def per_series(e: pl.Expr) -> pl.Expr:
+        return e.over(keys) if keys else e
+
+    # runaway runs (a context blow-up costing 100x) are outliers, not a new regime:
+    # tokens and cost are capped at _CAP_MEDIANS times the series' median before averaging
+    capped = runs.with_columns(
+        *[
+            pl.min_horizontal(pl.col(c), _CAP_MEDIANS * per_series(pl.col(c).median())).alias(c)
+            for c in ("tokens", "cost_usd")
+        ],
+        # likewise a retry storm in one run (loop_rate reports it) is not a new error regime
+        pl.min_horizontal(
+            pl.col("n_errors"), pl.max_horizontal(per_series(pl.col("n_errors").quantile(0.99, "higher")), 1.0)
+        ).alias("_errors_capped"),
+    )
+    steps = pl.col("n_steps")
+    return capped.group_by(*keys, "bucket").agg(
+        pl.len().cast(pl.Int64).alias("runs"),
+        steps.mean().alias("steps_mean"),
+        steps.quantile(0.9, "linear").alias("steps_p90"),
+        (pl.col("_errors_capped").sum() / steps.sum()).alias("error_rate"),
+        (pl.col("n_errors") > 0).mean().alias("error_run_rate"),
+        pl.col("_looped").cast(pl.Float64).mean().alias("loop_rate")
+        if has_loops
+        else pl.lit(None, dtype=pl.Float64).alias("loop_rate"),
+        pl.col("tokens").mean().alias("tokens_per_run"),
+        pl.col("cost_usd").mean().alias("cost_per_run"),
+        pl.col("latency_ms").quantile(0.9, "linear").alias("latency_p90"),
+        (pl.col("n_llm").sum() / steps.sum()).alias("llm_ratio"),
+    ).select(series_expr(keys), pl.all().exclude(keys))
 
 
 def _tool_shares(
