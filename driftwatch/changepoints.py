@@ -10,8 +10,14 @@ the detection on small per-run tables (see the architecture notes):
    ratio and the shares of each series' top tools.
 2. :func:`changepoints_from_buckets` finds change-points in those bucket series
    with ruptures' exact C-backed ``KernelCPD`` (linear kernel, penalised) on the
-   multivariate, volume-weighted, whitened series, then reports one row per
-   breakpoint and metric that moved materially.
+   multivariate, volume-weighted, whitened series, adds single-metric changes
+   from a vectorised per-metric scan, then reports one row per breakpoint and
+   metric that moved materially (run-weighted z-test and relative size).
+
+Multivariate detection maps to per-metric rows like this: a breakpoint is found
+once per series on all metrics together; every metric whose shift at that
+breakpoint is material gets a row, ranked by strength (``rank`` 1 first), and
+all rows of the breakpoint carry the same ``metrics_moved`` list.
 
 :func:`changepoints_from_runs` chains the two; :func:`detect_changepoints` (the
 contract function) computes the per-run tables from events and calls it.
@@ -1446,10 +1452,10 @@ __all__ = [
     "RUN_METRICS",
     "TOOL_MIX",
     "auto_penalty",
-    "sparse_penalty",
     "bucket_metrics_from_runs",
     "changepoints_from_buckets",
     "changepoints_from_runs",
     "detect_changepoints",
     "detect_run_changepoints",
+    "sparse_penalty",
 ]
