@@ -443,6 +443,14 @@ def test_fleet_benign_repetition_is_never_exact_or_error_retry(fleet: synth.Flee
     assert (summ["loop_severity"] <= 0.3).all()
 
 
+def test_stable_fleet_has_no_severe_loops() -> None:
+    calm = synth.generate(days=5, runs_per_day=300, seed=5, scenario=synth.Scenario.stable())
+    loops = detect_loops(calm.events)
+    assert loops.height > 0  # pagination, polling and ordinary repeats are still reported ...
+    assert set(loops["kind"]) == {"same_action"}  # ... but nothing to escalate
+    assert (loop_summary(loops)["loop_severity"] <= 0.3).all()
+
+
 def test_fleet_summary_one_row_per_looping_run(fleet: synth.Fleet, loops: pl.DataFrame) -> None:
     summ = loop_summary(loops)
     assert summ["run_id"].to_list() == sorted(set(loops["run_id"]))
