@@ -260,6 +260,12 @@ def _input_from_paths(
     for sdf, hive in planned:
         # Spark reports files as percent-encoded URIs; key the maps by Spark's own spelling
         spelled = {_spark_path(f): unquote(_spark_path(f)) for f in sdf.inputFiles()}
+        unknown = [f for f in spelled.values() if f not in rank]
+        if unknown:  # pragma: no cover - Spark names a file differently from the local listing
+            raise DriftwatchError(
+                f"spark: cannot match the file {unknown[0]!r} that Spark read to the input listing; "
+                "pass the files without symbolic links or unusual characters, or use engine 'polars'"
+            )
         path = F.regexp_replace(F.col("_metadata.file_path"), "^file:/+", "/")
         order_map = F.create_map(*[x for k, f in spelled.items() for x in (F.lit(k), F.lit(rank[f]))])
         order = F.element_at(order_map, path).cast("long") * F.lit(1 << _ROW_BITS) + F.col("_metadata.row_index")
