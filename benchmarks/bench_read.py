@@ -4,7 +4,8 @@ Generates a fleet of about ``--events`` canonical events with
 :func:`driftwatch.synth.write_fleet` into ``bench_data/read_<N>/`` (cached), plus a messy
 copy with ``--messy`` of the rows broken (duplicated steps, negative tokens, unknown
 statuses) so that the rejection path is timed too. Each measurement runs in its own
-subprocess so peak RSS is per command (``os.wait4``):
+subprocess so peak RSS is per command (``os.wait4``); times exclude interpreter start-up and
+imports and are the best of ``--repeat`` runs:
 
 * ``bare scan + collect`` / ``+ sink``: ``pl.scan_parquet(path).collect()`` of all 19 columns, or
   ``.sink_parquet(...)`` (the floors; ratios are against the first);
@@ -39,36 +40,46 @@ DAYS = 30
 SEED = 11
 EVENTS_PER_RUN = 14.5  # measured on the default scenario
 
+# Each snippet times its own work (imports excluded), best of REPEAT runs, and prints
+# "<seconds> <details>"; the parent process measures the peak RSS.
 BARE = r"""
-import sys, os, tempfile, polars as pl
-lf = pl.scan_parquet(sys.argv[1], hive_partitioning=True)
-if sys.argv[2] == "sink":
-    out = os.path.join(tempfile.mkdtemp(), "events.parquet")
-    lf.sink_parquet(out)
-    print(pl.scan_parquet(out).select(pl.len()).collect().item())
-else:
-    print(lf.collect().height)
+import sys, os, time, tempfile, polars as pl
+best = 1e9
+for _ in range(int(sys.argv[-1])):
+    t = time.perf_counter()
+    lf = pl.scan_parquet(sys.argv[1], hive_partitioning=True)
+    if sys.argv[2] == "sink":
+        lf.sink_parquet(os.path.join(tempfile.mkdtemp(), "events.parquet"))
+    else:
+        lf.collect()
+    best = min(best, time.perf_counter() - t)
+print(best)
 """
 
 READ = r"""
-import sys, tempfile, os, polars as pl, driftwatch as dw
+import sys, time, tempfile, os, polars as pl, driftwatch as dw
 path, engine, mode = sys.argv[1], sys.argv[2], sys.argv[3]
-res = dw.read_logs(path, engine=engine)
-if mode == "collect":
-    n = res.events.collect().height
-elif mode == "sink":
-    out = os.path.join(tempfile.mkdtemp(), "events.parquet")
-    res.events.sink_parquet(out)
-    n = pl.scan_parquet(out).select(pl.len()).collect().item()
-else:
-    n = res.stats.rows_valid
-assert n == res.stats.rows_valid, (n, res.stats)
-print(res.stats.rows_in, res.stats.rows_rejected)
+best = 1e9
+for _ in range(int(sys.argv[-1])):
+    t = time.perf_counter()
+    res = dw.read_logs(path, engine=engine)
+    if mode == "collect":
+        n = res.events.collect().height
+    elif mode == "sink":
+        out = os.path.join(tempfile.mkdtemp(), "events.parquet")
+        res.events.sink_parquet(out)
+        n = pl.scan_parquet(out).select(pl.len()).collect().item()
+    else:
+        n = res.stats.rows_valid
+    best = min(best, time.perf_counter() - t)
+    assert n == res.stats.rows_valid, (n, res.stats)
+print(best, res.stats.rows_in, res.stats.rows_rejected)
 """
 
 PANDAS = r"""
-import sys, glob, numpy as np, pandas as pd
+import sys, glob, time, numpy as np, pandas as pd
 from driftwatch.schema import STATUS_SPELLINGS
+t = time.perf_counter()
 files = sorted(glob.glob(sys.argv[1] + "/**/*.parquet", recursive=True))
 df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
 def blank(s):
@@ -81,24 +92,24 @@ dup = pd.Series(False, index=df.index)
 dup[~bad] = df.loc[~bad].duplicated(["run_id", "step"], keep="first")
 events = df[~bad & ~dup].assign(status=status[~bad & ~dup])
 rejected = df[bad | dup]
-print(len(df), len(rejected))
+print(time.perf_counter() - t, len(df), len(rejected))
 """
 
 
 def _run(code: str, *args: str) -> tuple[float, float, str]:
-    """Run ``code`` in a fresh interpreter; return (seconds, peak RSS MiB, stdout)."""
+    """Run ``code`` in a fresh interpreter; return (its seconds, peak RSS MiB, the rest of stdout)."""
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as fh:
         fh.write(code)
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, fh.name, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             cwd=ROOT, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - t0
     out, err = proc.stdout.read(), proc.stderr.read()  # type: ignore[union-attr]
     os.unlink(fh.name)
     if status != 0:
-        raise SystemExit(f"benchmark step failed: {args}\n{err}")
-    return seconds, usage.ru_maxrss / 1024, out.strip()
+        raise SystemExit(f"benchmark step failed after {time.perf_counter() - t0:.0f}s: {args}\n{err}")
+    seconds, _, rest = out.strip().partition(" ")
+    return float(seconds), usage.ru_maxrss / 1024, rest
 
 
 def _data(events: int, data: Path, messy: float) -> tuple[Path, Path]:
@@ -137,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--engines", nargs="+", default=["polars", "duckdb"], choices=["polars", "duckdb"])
     parser.add_argument("--messy", type=float, default=0.001, help="fraction of rows broken in the messy copy")
     parser.add_argument("--pandas-max", type=lambda s: int(s.replace("_", "")), default=5_000_000)
+    parser.add_argument("--repeat", type=int, default=2, help="best of N runs per command (default 2)")
     args = parser.parse_args(argv)
 
     clean, messy = _data(args.events, args.data, args.messy)
@@ -144,14 +156,15 @@ def main(argv: list[str] | None = None) -> None:
 
     n = pl.scan_parquet(clean).select(pl.len()).collect().item()
     rows: list[tuple[str, str, float, float, str]] = []
-    bare_s, bare_mb, _ = _run(BARE, str(clean), "collect")
+    rep = str(args.repeat)
+    bare_s, bare_mb, _ = _run(BARE, str(clean), "collect", rep)
     rows.append(("bare scan + collect", "clean", bare_s, bare_mb, ""))
-    s, mb, _ = _run(BARE, str(clean), "sink")
+    s, mb, _ = _run(BARE, str(clean), "sink", rep)
     rows.append(("bare scan + sink", "clean", s, mb, ""))
     for engine in args.engines:
         for label, path in (("clean", clean), ("messy", messy)):
             for mode in ("check", "collect", "sink"):
-                s, mb, out = _run(READ, str(path), engine, mode)
+                s, mb, out = _run(READ, str(path), engine, mode, rep)
                 rows.append((f"read_logs {engine} + {mode}" if mode != "check" else f"read_logs {engine} (check)",
                              label, s, mb, out))
     if n <= args.pandas_max:
