@@ -34,42 +34,53 @@ NUMERIC_RUN_FEATURES: tuple[str, ...] = (
 )
 
 
-def with_retry_flag(lf: pl.LazyFrame) -> pl.LazyFrame:
-    """Sort by ``(run_id, step)`` and add ``_retry``: a tool step that repeats the
-    action of the run's previous tool step, which failed (``status == "error"``).
+#: Columns :func:`run_features` reads (everything but the raw text).
+FEATURE_COLUMNS: tuple[str, ...] = (
+    "run_id", "step", "ts", "action", "agent", "version", "parent_run_id", "status",
+    "input_tokens", "output_tokens", "cost_usd", "latency_ms", "confidence", "feedback", "outcome",
+)
 
-    LLM steps between the two tool calls are skipped, so ``search(err) > llm >
-    search`` counts as one retry.
+
+def sorted_steps(events: pl.DataFrame | pl.LazyFrame, columns: tuple[str, ...] = FEATURE_COLUMNS) -> pl.DataFrame:
+    """The ``columns`` of ``events``, sorted by ``(run_id, step)``.
+
+    Only the named columns are materialised, and the sort is skipped when the
+    input is already in order (the usual case for logs written run by run),
+    which a single vectorised comparison with the previous row tells.
     """
-    is_tool = pl.col("action") != LLM_ACTION
-    tool_key = pl.when(is_tool).then(pl.col("action"))
-    tool_err = pl.when(is_tool).then(pl.col("status") == "error")
-    tool_run = pl.when(is_tool).then(pl.col("run_id"))
+    frame = as_lazy(events).select(columns).collect()
+    prev_run = pl.col("run_id").shift(1)
+    in_order = frame.select(
+        ((pl.col("run_id") > prev_run) | ((pl.col("run_id") == prev_run) & (pl.col("step") > pl.col("step").shift(1))))
+        .fill_null(True)
+        .all()
+    ).item()
+    return frame if in_order else frame.sort("run_id", "step")
+
+
+def _retry_table(steps: pl.DataFrame) -> pl.LazyFrame:
+    """Per run: tool steps repeating the run's previous tool action, which failed (LLM steps skipped)."""
+    tools = steps.lazy().filter(pl.col("action") != LLM_ACTION).select("run_id", "action", "status", "cost_usd")
+    retry = (
+        (pl.col("run_id") == pl.col("run_id").shift(1))
+        & (pl.col("action") == pl.col("action").shift(1))
+        & (pl.col("status").shift(1) == "error")
+    ).fill_null(False)
     return (
-        lf.sort("run_id", "step")
-        .with_columns(
-            tool_key.shift(1).forward_fill().alias("_prev_action"),
-            tool_err.shift(1).forward_fill().alias("_prev_err"),
-            tool_run.shift(1).forward_fill().alias("_prev_run"),
+        tools.with_columns(retry.alias("_retry"))
+        .group_by("run_id")
+        .agg(
+            pl.col("_retry").sum().cast(pl.Int64).alias("n_retries"),
+            pl.col("cost_usd").filter(pl.col("_retry")).sum().alias("retry_cost_usd"),
         )
-        .with_columns(
-            (
-                is_tool
-                & (pl.col("_prev_run") == pl.col("run_id"))
-                & (pl.col("_prev_action") == pl.col("action"))
-                & pl.col("_prev_err")
-            )
-            .fill_null(False)
-            .alias("_retry")
-        )
-        .drop("_prev_action", "_prev_err", "_prev_run")
     )
 
 
 def run_feature_exprs() -> list[pl.Expr]:
-    """The aggregations of :func:`run_features`, for reuse inside other group-bys.
+    """The order-free aggregations of :func:`run_features`, for reuse inside other group-bys.
 
-    They expect the ``_retry`` column added by :func:`with_retry_flag`.
+    ``outcome`` takes the last non-null value, so the frame must be sorted by
+    ``(run_id, step)`` (see :func:`sorted_steps`).
     """
     is_llm = pl.col("action") == LLM_ACTION
     is_err = pl.col("status") == "error"
@@ -82,7 +93,7 @@ def run_feature_exprs() -> list[pl.Expr]:
         pl.len().cast(pl.Int64).alias("n_steps"),
         is_llm.sum().cast(pl.Int64).alias("n_llm"),
         (~is_llm).sum().cast(pl.Int64).alias("n_tool"),
-        pl.col("action").filter(~is_llm).n_unique().cast(pl.Int64).alias("n_distinct_actions"),
+        pl.col("action").hash().filter(~is_llm).n_unique().cast(pl.Int64).alias("n_distinct_actions"),
         is_err.fill_null(False).sum().cast(pl.Int64).alias("n_errors"),
         pl.col("input_tokens").sum().alias("input_tokens"),
         pl.col("output_tokens").sum().alias("output_tokens"),
@@ -90,8 +101,6 @@ def run_feature_exprs() -> list[pl.Expr]:
         pl.col("latency_ms").sum().alias("latency_ms"),
         pl.col("latency_ms").quantile(0.9, "nearest").alias("latency_ms_p90"),
         pl.col("cost_usd").filter(is_err).sum().alias("error_cost_usd"),
-        pl.col("_retry").sum().cast(pl.Int64).alias("n_retries"),
-        pl.col("cost_usd").filter(pl.col("_retry")).sum().alias("retry_cost_usd"),
         pl.col("confidence").min().alias("min_confidence"),
         pl.col("feedback").mean().alias("feedback"),
         pl.col("outcome").drop_nulls().last().alias("outcome"),
@@ -104,7 +113,7 @@ def run_features(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     Parameters
     ----------
     events : polars.DataFrame or polars.LazyFrame
-        Canonical events.
+        Canonical events, in any order.
 
     Returns
     -------
@@ -112,21 +121,23 @@ def run_features(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         ``run_id, agent, version, parent_run_id, first_ts, last_ts, n_steps,
         n_llm, n_tool, n_distinct_actions, n_errors, input_tokens,
         output_tokens, cost_usd, latency_ms, latency_ms_p90, error_cost_usd,
-        n_retries, retry_cost_usd, min_confidence,
-        feedback, outcome, tokens, error_rate, llm_ratio, runtime_s``, sorted by
-        ``run_id``. Sums over missing columns are 0; means are null.
+        min_confidence, feedback, outcome, n_retries, retry_cost_usd, tokens,
+        error_rate, llm_ratio, runtime_s``, sorted by ``run_id``. Sums over
+        missing columns are 0; means are null. ``n_retries`` counts tool steps
+        that repeat the run's previous tool action, which failed (LLM steps in
+        between are skipped); ``retry_cost_usd`` is their cost.
     """
-    lf = with_retry_flag(as_lazy(events))
+    steps = sorted_steps(events)
+    base = steps.lazy().group_by("run_id").agg(run_feature_exprs())
     return (
-        lf.group_by("run_id")
-        .agg(run_feature_exprs())
+        base.join(_retry_table(steps), on="run_id", how="left")
         .with_columns(
+            pl.col("n_retries").fill_null(0),
+            pl.col("retry_cost_usd").fill_null(0.0),
             (pl.col("input_tokens") + pl.col("output_tokens")).alias("tokens"),
             (pl.col("n_errors") / pl.col("n_steps")).alias("error_rate"),
             (pl.col("n_llm") / pl.col("n_steps")).alias("llm_ratio"),
-            ((pl.col("last_ts") - pl.col("first_ts")).dt.total_microseconds() / 1e6).alias(
-                "runtime_s"
-            ),
+            ((pl.col("last_ts") - pl.col("first_ts")).dt.total_microseconds() / 1e6).alias("runtime_s"),
         )
         .sort("run_id")
         .collect()
@@ -150,7 +161,7 @@ def run_bigram_counts(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
 
     ``bigram`` is ``"a > b"``: tool ``b`` was the next tool called after ``a``.
     """
-    tools = as_lazy(events).filter(pl.col("action") != LLM_ACTION).sort("run_id", "step")
+    tools = sorted_steps(events, ("run_id", "step", "action", "agent")).lazy().filter(pl.col("action") != LLM_ACTION)
     return (
         tools.with_columns(
             pl.col("action").shift(1).alias("_prev"),
@@ -166,10 +177,11 @@ def run_bigram_counts(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
 
 
 __all__ = [
+    "FEATURE_COLUMNS",
     "NUMERIC_RUN_FEATURES",
     "run_action_counts",
     "run_bigram_counts",
     "run_feature_exprs",
     "run_features",
-    "with_retry_flag",
+    "sorted_steps",
 ]
