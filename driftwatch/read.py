@@ -459,10 +459,6 @@ class _Filters:
     until: datetime | None
     agents: tuple[str, ...] | None
 
-    @property
-    def any(self) -> bool:
-        return self.since is not None or self.until is not None or self.agents is not None
-
 
 def _epoch_ns(t: datetime) -> int:
     delta = t - datetime(1970, 1, 1, tzinfo=UTC)
