@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print()
     print(f"{n:,} events, {n_runs:,} runs; {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
-          f"polars {pl.__version__}, numpy {np.__version__}, pandas {pd.__version__}; best of {r}")
+          f"load average {os.getloadavg()[0]:.1f}; polars {pl.__version__}, numpy {np.__version__}, "
+          f"pandas {pd.__version__}; best of {r}")
     print()
     print("| method | seconds | M events/s | vs pandas | vs floor (same input) | note |")
     print("|---|---:|---:|---:|---:|---|")

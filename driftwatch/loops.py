@@ -84,9 +84,10 @@ whole runs, so the audit applies them per chunk of runs and concatenates.
 The sort is skipped when each run's rows are already contiguous and in step order. Delegation cycles
 span runs and are detected in the fleet stage from the per-run table
 (:func:`driftwatch.features.run_features`). A ``LazyFrame`` is collected once
-with only the needed columns reduced to integers (about 60 bytes per event),
-plus a second filtered read of ``args``/``result`` for the candidate steps
-when ``fuzzy=True``.
+with only the needed columns, text reduced to 64-bit hashes (about 90 bytes
+per event), plus a second filtered read of ``args``/``result`` for the
+candidate steps when ``fuzzy=True``. Measured peak RSS on a 10.3M-event lazy
+Parquet scan: about 1.9 GB exact, 3.1 GB fuzzy.
 
 Examples
 --------
