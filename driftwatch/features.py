@@ -55,7 +55,9 @@ def sorted_steps(events: pl.DataFrame | pl.LazyFrame, columns: tuple[str, ...] =
         .fill_null(True)
         .all()
     ).item()
-    return frame if in_order else frame.sort("run_id", "step")
+    # flag the order so group-bys slice contiguous runs: sums then add each run's
+    # steps in step order, whatever the frame's size (deterministic across chunks)
+    return frame.with_columns(pl.col("run_id").set_sorted()) if in_order else frame.sort("run_id", "step")
 
 
 def _retry_table(steps: pl.DataFrame) -> pl.LazyFrame:
@@ -129,11 +131,17 @@ def run_features(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     """
     steps = sorted_steps(events)
     base = steps.lazy().group_by("run_id").agg(run_feature_exprs())
+    # float sums depend (in the last bits) on how the group-by splits the frame; rounding to
+    # 12 significant digits makes per-run features identical however the runs were chunked
+    sums = ["cost_usd", "latency_ms", "error_cost_usd", "retry_cost_usd", "feedback"]
     return (
         base.join(_retry_table(steps), on="run_id", how="left")
         .with_columns(
             pl.col("n_retries").fill_null(0),
             pl.col("retry_cost_usd").fill_null(0.0),
+        )
+        .with_columns(pl.col(sums).round_sig_figs(12))
+        .with_columns(
             (pl.col("input_tokens") + pl.col("output_tokens")).alias("tokens"),
             (pl.col("n_errors") / pl.col("n_steps")).alias("error_rate"),
             (pl.col("n_llm") / pl.col("n_steps")).alias("llm_ratio"),
