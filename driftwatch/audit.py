@@ -27,10 +27,12 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
 import types
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -276,7 +278,7 @@ def run_stage(
     from driftwatch import policy as policy_mod
 
     pol = policy_mod._as_policy(policy)
-    ev = as_lazy(events_chunk).collect()
+    ev = _in_run_order(as_lazy(events_chunk).collect())
     feats = features.run_features(ev)
     actions = features.run_action_counts(ev)
     bigrams = features.run_bigram_counts(ev)
@@ -295,6 +297,28 @@ def run_stage(
         run_changepoints=run_cps,
         examples=examples,
     )
+
+
+def _in_run_order(ev: pl.DataFrame) -> pl.DataFrame:
+    """``ev`` sorted by ``(run_id, step)`` (skipped when already in order), with ``run_id``
+    flagged as sorted.
+
+    Sorting once here lets every detector of :func:`run_stage` skip its own sort
+    (:func:`driftwatch.features.sorted_steps` and the loop detector check the order
+    first), and the sorted flag turns their ``group_by("run_id")`` into slices of
+    consecutive rows instead of hashing every run id string again.
+    """
+    if ev.height < 2 or "run_id" not in ev.columns or "step" not in ev.columns:
+        return ev
+    prev = pl.col("run_id").shift(1)
+    in_order = ev.select(
+        ((pl.col("run_id") != prev) | (pl.col("step") > pl.col("step").shift(1))).fill_null(True).all()
+    ).item() and ev["run_id"].is_sorted()
+    if not in_order:
+        ev = ev.sort("run_id", "step", maintain_order=True)
+    if ev["run_id"].null_count() == 0:
+        ev = ev.with_columns(pl.col("run_id").set_sorted())
+    return ev
 
 
 def _pick_examples(
@@ -925,6 +949,64 @@ def _chunk_count(n_rows: int, chunks: int | str | None, chunk_rows: int) -> int:
     raise InvalidParameterError(f"chunks must be None, 'auto' or a positive int, got {chunks!r}")
 
 
+def _chunk_dir(out: str | os.PathLike[str] | None) -> str:
+    """A fresh temporary folder for the chunk files: next to the output folder when there is
+    one (usually the disk meant for large files), else in the system's temporary folder."""
+    if out is not None:
+        parent = Path(out).resolve().parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            return tempfile.mkdtemp(prefix=".driftwatch-chunks-", dir=parent)
+        except OSError:
+            pass
+    return tempfile.mkdtemp(prefix="driftwatch-chunks-")
+
+
+def _iter_chunks(
+    lf: pl.LazyFrame,
+    n_chunks: int,
+    *,
+    in_memory: bool,
+    out: str | os.PathLike[str] | None = None,
+    progress: Progress | None = None,
+) -> Iterator[pl.LazyFrame]:
+    """The events split into ``n_chunks`` sets of whole runs (``hash(run_id) % n_chunks``).
+
+    In-memory frames are filtered per chunk. Anything else (Parquet scans) is partitioned
+    ONCE: one streaming pass writes every row to the LZ4-compressed Parquet file of its
+    chunk in a temporary folder (removed afterwards), and each chunk then reads only its
+    own file. Filtering the scan per chunk instead would decode the whole log once per
+    chunk (chunks x rows: quadratic in the log size). Row order within a chunk is the
+    scan's order, so the chunks equal those of the filter.
+    """
+    bucket = pl.col("run_id").hash(seed=0) % n_chunks
+    if in_memory:
+        for i in range(n_chunks):
+            yield lf.filter(bucket == i)
+        return
+    schema = lf.collect_schema()
+    tmp = _chunk_dir(out)
+    try:
+        t0 = time.perf_counter()
+        lf.sink_parquet(
+            pl.PartitionBy(tmp, key={"_chunk": bucket}, include_key=False),
+            compression="lz4",
+            mkdir=True,
+        )
+        if progress is not None:
+            progress(f"per-run stage: partitioned into {n_chunks} chunks ({time.perf_counter() - t0:.1f}s)")
+        for i in range(n_chunks):
+            files = sorted(glob.glob(os.path.join(tmp, f"_chunk={i}", "*.parquet")))
+            if files:
+                chunk = pl.scan_parquet(files, hive_partitioning=False, schema=schema).collect()
+            else:  # no run hashed to this chunk
+                chunk = pl.DataFrame(schema=schema)
+            yield chunk.lazy()
+            del chunk
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _policy_fingerprint(pol: Any) -> str:
     try:
         return pol.to_toml()
@@ -1155,9 +1237,9 @@ def audit(
         if n_chunks == 1:
             parts.append(run_stage(lf, policy=pol))
         else:
-            bucket = pl.col("run_id").hash(seed=0) % n_chunks
-            for i in range(n_chunks):
-                parts.append(run_stage(lf.filter(bucket == i), policy=pol))
+            for i, chunk in enumerate(_iter_chunks(lf, n_chunks, in_memory=isinstance(source, pl.DataFrame), out=out,
+                                                   progress=say)):
+                parts.append(run_stage(chunk, policy=pol))
                 say(f"per-run stage: chunk {i + 1}/{n_chunks}, {sum(p.n_runs for p in parts):,} runs")
         tables = RunTables.concat(parts)
         timings["per_run_stage"] = round(time.perf_counter() - t0, 4)

@@ -106,6 +106,21 @@ def test_chunks_give_the_same_results(fleet: synth.Fleet, result: AuditResult) -
     assert chunked.audit_id == result.audit_id
 
 
+def test_chunked_files_are_partitioned_once_and_cleaned_up(fleet: synth.Fleet, tmp_path: Path) -> None:
+    """Parquet sources are split into chunk files in one pass (next to the output, removed
+    afterwards); the result equals the single-chunk audit and the in-memory chunked one."""
+    fleet.write(tmp_path / "logs")
+    whole = audit(tmp_path / "logs" / "events", chunks=1)
+    chunked = audit(tmp_path / "logs" / "events", chunks=4, out=tmp_path / "out")
+    in_memory = audit(fleet.events, chunks=4)
+    assert chunked.stats["chunks"] == 4
+    for name, frame in whole.output_frames().items():
+        assert_frame_equal(frame, chunked.output_frames()[name], check_exact=False, rel_tol=1e-9), name
+        if name != "rejected":
+            assert_frame_equal(frame, in_memory.output_frames()[name], check_exact=False, rel_tol=1e-9), name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs", "out"]
+
+
 def test_run_stage_tables_concatenate(fleet: synth.Fleet) -> None:
     ev = fleet.events.filter(pl.col("ts") < datetime(2026, 10, 4, tzinfo=UTC))
     whole = run_stage(ev)
