@@ -40,6 +40,7 @@ _LAZY: dict[str, str] = {
     "run_bigram_counts": "driftwatch.features",
     "detect_loops": "driftwatch.loops",
     "loop_summary": "driftwatch.loops",
+    "detect_delegation_cycles": "driftwatch.loops",
     "detect_changepoints": "driftwatch.changepoints",
     "changepoints_from_runs": "driftwatch.changepoints",
     "bucket_metrics_from_runs": "driftwatch.changepoints",
