@@ -9,7 +9,7 @@ from typing import Any
 
 import polars as pl
 
-from driftwatch.errors import InvalidParameterError
+from driftwatch.errors import InvalidParameterError, SchemaError
 from driftwatch.schema import conform
 
 FrameLike = pl.DataFrame | pl.LazyFrame
@@ -102,12 +102,43 @@ def duration(every: str, *, name: str = "every") -> timedelta:
     return timedelta(seconds=duration_seconds(every, name=name))
 
 
+def run_table(features: FrameLike, required: Sequence[str]) -> tuple[pl.LazyFrame, pl.Schema]:
+    """``features`` (a :func:`~driftwatch.run_features` frame) as a LazyFrame with its schema.
+
+    Raises :class:`InvalidParameterError` when ``features`` is not a Polars frame and
+    :class:`SchemaError` when a ``required`` column is missing.
+    """
+    if not isinstance(features, pl.DataFrame | pl.LazyFrame):
+        raise InvalidParameterError(
+            f"features must be a polars DataFrame or LazyFrame from run_features(), got {type(features).__name__}"
+        )
+    lf = features.lazy()
+    schema = lf.collect_schema()
+    missing = [c for c in required if c not in schema]
+    if missing:
+        raise SchemaError(
+            f"features: missing column(s) {missing} (expected run_features() output); found {list(schema)}"
+        )
+    return lf, schema
+
+
+def detect_loops_if_available(lf: pl.LazyFrame) -> pl.DataFrame | None:
+    """:func:`driftwatch.detect_loops` on ``lf``, or ``None`` when the loop detector is not installed."""
+    try:
+        from driftwatch.loops import detect_loops
+    except ImportError:  # the loop detector is optional for the fleet-stage modules
+        return None
+    return detect_loops(lf)
+
+
 __all__ = [
     "FrameLike",
     "as_lazy",
     "collect",
+    "detect_loops_if_available",
     "duration",
     "duration_seconds",
     "normalize_by",
+    "run_table",
     "series_expr",
 ]

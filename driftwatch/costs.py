@@ -34,7 +34,14 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from driftwatch._frames import FrameLike, as_lazy, normalize_by, series_expr
+from driftwatch._frames import (
+    FrameLike,
+    as_lazy,
+    detect_loops_if_available,
+    normalize_by,
+    run_table,
+    series_expr,
+)
 from driftwatch.errors import InvalidParameterError, SchemaError
 
 #: Runs whose ``outcome`` is at least this count as successful.
@@ -160,7 +167,7 @@ def cost_profile(
     lf = as_lazy(events)
     features = run_features(lf)
     if loops is None:
-        loops = _detect_loops(lf)
+        loops = detect_loops_if_available(lf)
     return cost_profile_from_runs(
         features,
         by=by,
@@ -418,14 +425,6 @@ def _fit_tail(x: np.ndarray) -> tuple[int, float, float] | None:
 # internals
 
 
-def _detect_loops(lf: pl.LazyFrame) -> pl.DataFrame | None:
-    try:
-        from driftwatch.loops import detect_loops
-    except ImportError:  # the loop detector is optional for this module
-        return None
-    return detect_loops(lf)
-
-
 def _check_options(*, interval: float, n_boot: int, volume_per_day: VolumeLike) -> None:
     if not isinstance(interval, int | float) or not 0.0 < float(interval) < 1.0:
         raise InvalidParameterError(f"interval must be a coverage in (0, 1) such as 0.95, got {interval!r}")
@@ -445,17 +444,7 @@ def _check_options(*, interval: float, n_boot: int, volume_per_day: VolumeLike) 
 def _prepare_runs(
     features: FrameLike, by_cols: tuple[str, ...], loops: pl.DataFrame | pl.LazyFrame | None
 ) -> pl.DataFrame:
-    if not isinstance(features, pl.DataFrame | pl.LazyFrame):
-        raise InvalidParameterError(
-            f"features must be a polars DataFrame or LazyFrame from run_features(), got {type(features).__name__}"
-        )
-    lf = features.lazy()
-    schema = lf.collect_schema()
-    missing = [c for c in ("run_id", "cost_usd", *by_cols) if c not in schema]
-    if missing:
-        raise SchemaError(
-            f"features: missing column(s) {missing} (expected run_features() output); found {list(schema)}"
-        )
+    lf, schema = run_table(features, ("run_id", "cost_usd", *by_cols))
     zero = pl.lit(0.0, dtype=pl.Float64)
     cols = [
         pl.col("run_id"),

@@ -79,7 +79,15 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from driftwatch._frames import FrameLike, as_lazy, duration_seconds, normalize_by, series_expr
+from driftwatch._frames import (
+    FrameLike,
+    as_lazy,
+    detect_loops_if_available,
+    duration_seconds,
+    normalize_by,
+    run_table,
+    series_expr,
+)
 from driftwatch.costs import no_progress_loops
 from driftwatch.errors import InvalidParameterError, SchemaError
 
@@ -195,7 +203,7 @@ def load_curve(
     features = run_features(lf)
     wanted = _check_metrics(metrics, have_loops=True)
     if loops is None and "loop_rate" in wanted:
-        loops = _detect_loops(lf)
+        loops = detect_loops_if_available(lf)
         if loops is None and metrics is None:
             wanted = tuple(m for m in wanted if m != "loop_rate")
     return load_curve_from_runs(
@@ -487,14 +495,6 @@ def _check_metrics(metrics: Sequence[str] | None, *, have_loops: bool) -> tuple[
     return tuple(dict.fromkeys(chosen))
 
 
-def _detect_loops(lf: pl.LazyFrame) -> pl.DataFrame | None:
-    try:
-        from driftwatch.loops import detect_loops
-    except ImportError:  # the loop detector is optional for this module
-        return None
-    return detect_loops(lf)
-
-
 _RUN_COLUMNS: dict[str, pl.DataType] = {
     "n_steps": pl.Float64(),
     "n_tool": pl.Float64(),
@@ -508,17 +508,7 @@ _RUN_COLUMNS: dict[str, pl.DataType] = {
 def _prepare_runs(
     features: FrameLike, by_cols: tuple[str, ...], loops: pl.DataFrame | pl.LazyFrame | None
 ) -> pl.DataFrame:
-    if not isinstance(features, pl.DataFrame | pl.LazyFrame):
-        raise InvalidParameterError(
-            f"features must be a polars DataFrame or LazyFrame from run_features(), got {type(features).__name__}"
-        )
-    lf = features.lazy()
-    schema = lf.collect_schema()
-    missing = [c for c in ("run_id", "first_ts", "last_ts", "n_steps", *by_cols) if c not in schema]
-    if missing:
-        raise SchemaError(
-            f"features: missing column(s) {missing} (expected run_features() output); found {list(schema)}"
-        )
+    lf, schema = run_table(features, ("run_id", "first_ts", "last_ts", "n_steps", *by_cols))
     for c in ("first_ts", "last_ts"):
         if not isinstance(schema[c], pl.Datetime):
             raise SchemaError(f"features: column {c!r} must be a datetime, found {schema[c]}")
