@@ -72,6 +72,24 @@ def _tmp_sibling(path: Path, tag: str) -> Path:
     return path.parent / f".{path.name}{tag}{os.getpid()}-{secrets.token_hex(4)}"
 
 
+@contextlib.contextmanager
+def _replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; once the body has written and synced it, move it onto ``path``.
+
+    On any error the temporary file is removed and ``path`` is left as it was.
+    """
+    dest = Path(path)
+    tmp = _tmp_sibling(dest, _TMP_TAG)
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(dest.parent)
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temp file in the same folder, then ``os.replace``).
 
@@ -87,20 +105,11 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     pathlib.Path
         ``path``.
     """
-    dest = Path(path)
-    tmp = _tmp_sibling(dest, _TMP_TAG)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(dest.parent)
-    return dest
+    with _replacing(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -119,19 +128,11 @@ def atomic_write_parquet(frame: pl.DataFrame, path: str | os.PathLike[str]) -> P
     The bytes depend only on the frame's content and schema (no timestamps are
     embedded), so the same frame always gives the same file.
     """
-    dest = Path(path)
-    tmp = _tmp_sibling(dest, _TMP_TAG)
-    try:
+    with _replacing(path) as tmp:
         frame.write_parquet(tmp, compression="zstd", statistics=True)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(dest.parent)
-    return dest
+    return Path(path)
 
 
 # --------------------------------------------------------------------------- folders
