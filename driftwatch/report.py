@@ -238,6 +238,25 @@ def _svg(width: float, height: float, body: str, *, label: str) -> str:
     )
 
 
+def _plot_area(left: float, top: float, pw: float, ph: float) -> str:
+    """The light background rectangle of a chart's plotting area."""
+    return f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fbfcfd" stroke="#e3e8ee"/>'
+
+
+def _linear_scales(
+    x0: float, x1: float, y0: float, y1: float, *, left: float, top: float, pw: float, ph: float
+) -> tuple[Callable[[float], float], Callable[[float], float]]:
+    """Data-to-pixel maps ``(sx, sy)`` for a plotting area at (left, top) of size pw x ph (y grows upwards)."""
+
+    def sx(v: float) -> float:
+        return left + (v - x0) / (x1 - x0) * pw
+
+    def sy(v: float) -> float:
+        return top + (1 - (v - y0) / (y1 - y0)) * ph
+
+    return sx, sy
+
+
 def _ticks(lo: float, hi: float, n: int = 4) -> list[float]:
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
         return [lo]
@@ -304,13 +323,8 @@ def _line_chart(
         x1 = x0 + 1
     pw, ph = width - left - right, height - top - bottom
 
-    def sx(v: float) -> float:
-        return left + (v - x0) / (x1 - x0) * pw
-
-    def sy(v: float) -> float:
-        return top + (1 - (v - y0) / (y1 - y0)) * ph
-
-    body = [f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fbfcfd" stroke="#e3e8ee"/>']
+    sx, sy = _linear_scales(x0, x1, y0, y1, left=left, top=top, pw=pw, ph=ph)
+    body = [_plot_area(left, top, pw, ph)]
     for t in _ticks(y0, y1, 3):
         y = sy(t)
         body.append(f'<line x1="{left}" x2="{left + pw}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eef1f4"/>')
@@ -372,13 +386,8 @@ def _scatter(
     x0, x1, y0, y1 = x0 - xpad, x1 + xpad, y0 - ypad, y1 + ypad
     pw, ph = width - left - right, height - top - bottom
 
-    def sx(v: float) -> float:
-        return left + (v - x0) / (x1 - x0) * pw
-
-    def sy(v: float) -> float:
-        return top + (1 - (v - y0) / (y1 - y0)) * ph
-
-    body = [f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fbfcfd" stroke="#e3e8ee"/>']
+    sx, sy = _linear_scales(x0, x1, y0, y1, left=left, top=top, pw=pw, ph=ph)
+    body = [_plot_area(left, top, pw, ph)]
     for t in _ticks(y0, y1, 3):
         body.append(f'<text x="{left - 4}" y="{sy(t) + 4:.1f}" font-size="10" text-anchor="end" fill="#5f6b7a">{e(fmt(t))}</text>')
     for t in _ticks(x0, x1, 4):
@@ -442,7 +451,7 @@ def _histogram(values: np.ndarray, *, marks: Sequence[tuple[float, str]], width:
         return left + (math.log10(min(max(v, lo), hi)) - llo) / (lhi - llo) * pw
 
     tail = max((x for x, t in marks if t.startswith("p99")), default=None)
-    body = [f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fbfcfd" stroke="#e3e8ee"/>']
+    body = [_plot_area(left, top, pw, ph)]
     bw = pw / len(counts)
     for i, c in enumerate(counts):
         if c == 0:
