@@ -478,6 +478,16 @@ def _raw_bounds(filters: _Filters, push: Pushdown, dtype: pl.DataType | None) ->
     return out
 
 
+def _conjunction(preds: list[pl.Expr]) -> pl.Expr | None:
+    """``preds[0] & preds[1] & ...``, or ``None`` when there is no predicate."""
+    if not preds:
+        return None
+    out = preds[0]
+    for p in preds[1:]:
+        out = out & p
+    return out
+
+
 def _polars_raw_filter(filters: _Filters, push: Pushdown, schema: Mapping[str, pl.DataType]) -> pl.Expr | None:
     preds: list[pl.Expr] = []
     if push.ts_column is not None:
@@ -488,12 +498,7 @@ def _polars_raw_filter(filters: _Filters, push: Pushdown, schema: Mapping[str, p
             preds.append(col >= lit if op == ">=" else col < lit)
     if filters.agents is not None and push.agent_column is not None and "default" not in filters.agents:
         preds.append(pl.col(push.agent_column).is_in(list(filters.agents)))
-    if not preds:
-        return None
-    out = preds[0]
-    for p in preds[1:]:
-        out = out & p
-    return out
+    return _conjunction(preds)
 
 
 def _duckdb_raw_filters(filters: _Filters, push: Pushdown, schema: Mapping[str, pl.DataType]) -> list[Any]:
@@ -519,12 +524,7 @@ def _canonical_filter(filters: _Filters) -> pl.Expr | None:
         preds.append(pl.col("ts") < pl.lit(filters.until, dtype=TS_DTYPE))
     if filters.agents is not None:
         preds.append(pl.col("agent").is_in(list(filters.agents)))
-    if not preds:
-        return None
-    out = preds[0]
-    for p in preds[1:]:
-        out = out & p
-    return out
+    return _conjunction(preds)
 
 
 # --------------------------------------------------------------------------------------------
