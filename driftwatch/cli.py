@@ -31,7 +31,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn, TextIO, TypeVar
 
 EXIT_OK = 0
 EXIT_FAIL_ON = 1
@@ -134,24 +134,25 @@ def _build_parser() -> _Parser:
     return p
 
 
-def _positive_float(text: str) -> float:
+_Num = TypeVar("_Num", int, float)
+
+
+def _positive(text: str, kind: type[_Num], what: str) -> _Num:
     try:
-        v = float(text)
+        v = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a positive {what}, got {text!r}") from None
     if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive {what}, got {text!r}")
     return v
+
+
+def _positive_float(text: str) -> float:
+    return _positive(text, float, "number")
 
 
 def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
+    return _positive(text, int, "integer")
 
 
 class _Progress:
