@@ -949,6 +949,10 @@ def _chunk_count(n_rows: int, chunks: int | str | None, chunk_rows: int) -> int:
     raise InvalidParameterError(f"chunks must be None, 'auto' or a positive int, got {chunks!r}")
 
 
+#: Rows per row group of the temporary chunk files (see :func:`_iter_chunks`).
+_CHUNK_ROW_GROUP = 65_536
+
+
 def _chunk_dir(out: str | os.PathLike[str] | None) -> str:
     """A fresh temporary folder for the chunk files: next to the output folder when there is
     one (usually the disk meant for large files), else in the system's temporary folder."""
@@ -991,6 +995,10 @@ def _iter_chunks(
         lf.sink_parquet(
             pl.PartitionBy(tmp, key={"_chunk": bucket}, include_key=False),
             compression="lz4",
+            # every chunk file buffers one row group while the pass runs: small row groups
+            # keep that bounded (measured at 10M events into 50 chunks: 1.9 GB peak RSS
+            # with 64k rows, 2.9 GB with the default)
+            row_group_size=_CHUNK_ROW_GROUP,
             mkdir=True,
         )
         if progress is not None:
@@ -1054,9 +1062,19 @@ def _read(
             pre = pre & (pl.col("ts") >= since - _WINDOW_MARGIN)
         if until is not None:
             pre = pre & (pl.col("ts") < until + _WINDOW_MARGIN)
-        first = pl.col("ts").min().over("run_id")
-        lf = lf.filter(pre).filter(_window_expr(first, since, until))
+        lf = lf.filter(pre)
     return lf, rejected, stats
+
+
+def _in_window(lf: pl.LazyFrame, since: datetime | None, until: datetime | None) -> pl.LazyFrame:
+    """The runs of (prefiltered) events whose first step is inside ``[since, until)``.
+
+    A per-run window: applied to each chunk of whole runs separately (the same result as
+    on the whole log, without a window function over every row of the log).
+    """
+    if since is None and until is None:
+        return lf
+    return lf.filter(_window_expr(pl.col("ts").min().over("run_id"), since, until))
 
 
 def _window_expr(first: pl.Expr, since: datetime | None, until: datetime | None) -> pl.Expr:
@@ -1235,11 +1253,11 @@ def audit(
         t0 = time.perf_counter()
         parts: list[RunTables] = []
         if n_chunks == 1:
-            parts.append(run_stage(lf, policy=pol))
+            parts.append(run_stage(_in_window(lf, since_dt, until_dt), policy=pol))
         else:
             for i, chunk in enumerate(_iter_chunks(lf, n_chunks, in_memory=isinstance(source, pl.DataFrame), out=out,
                                                    progress=say)):
-                parts.append(run_stage(chunk, policy=pol))
+                parts.append(run_stage(_in_window(chunk, since_dt, until_dt), policy=pol))
                 say(f"per-run stage: chunk {i + 1}/{n_chunks}, {sum(p.n_runs for p in parts):,} runs")
         tables = RunTables.concat(parts)
         timings["per_run_stage"] = round(time.perf_counter() - t0, 4)

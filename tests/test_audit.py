@@ -119,6 +119,13 @@ def test_chunked_files_are_partitioned_once_and_cleaned_up(fleet: synth.Fleet, t
         if name != "rejected":
             assert_frame_equal(frame, in_memory.output_frames()[name], check_exact=False, rel_tol=1e-9), name
     assert sorted(p.name for p in tmp_path.iterdir()) == ["logs", "out"]
+    # the --since/--until window (runs by their first step) is applied per chunk of whole runs
+    window = {"since": "2026-10-05", "until": "2026-10-08"}
+    whole = audit(tmp_path / "logs" / "events", chunks=1, **window)
+    chunked = audit(tmp_path / "logs" / "events", chunks=3, **window)
+    assert whole.runs.height == chunked.runs.height > 0
+    for name, frame in whole.output_frames().items():
+        assert_frame_equal(frame, chunked.output_frames()[name], check_exact=False, rel_tol=1e-9), name
 
 
 def test_run_stage_tables_concatenate(fleet: synth.Fleet) -> None:
