@@ -84,18 +84,7 @@ BUCKET_METRICS: tuple[str, ...] = (
 TOOL_MIX = "tool_mix"
 
 #: Metrics used when ``metrics=None``: every behaviour metric, volume excluded.
-DEFAULT_METRICS: tuple[str, ...] = (
-    "steps_mean",
-    "steps_p90",
-    "error_rate",
-    "error_run_rate",
-    "loop_rate",
-    "tokens_per_run",
-    "cost_per_run",
-    "latency_p90",
-    "llm_ratio",
-    TOOL_MIX,
-)
+DEFAULT_METRICS: tuple[str, ...] = (*(m for m in BUCKET_METRICS if m != "runs"), TOOL_MIX)
 
 #: Per-step metrics :func:`detect_run_changepoints` understands.
 RUN_METRICS: tuple[str, ...] = (
