@@ -1005,12 +1005,10 @@ def _iter_chunks(
             progress(f"per-run stage: partitioned into {n_chunks} chunks ({time.perf_counter() - t0:.1f}s)")
         for i in range(n_chunks):
             files = sorted(glob.glob(os.path.join(tmp, f"_chunk={i}", "*.parquet")))
-            if files:
-                chunk = pl.scan_parquet(files, hive_partitioning=False, schema=schema).collect()
+            if files:  # lazy: run_stage collects it once
+                yield pl.scan_parquet(files, hive_partitioning=False, schema=schema)
             else:  # no run hashed to this chunk
-                chunk = pl.DataFrame(schema=schema)
-            yield chunk.lazy()
-            del chunk
+                yield pl.LazyFrame(schema=schema)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
