@@ -42,27 +42,51 @@ FEATURE_COLUMNS: tuple[str, ...] = (
 
 
 def sorted_steps(events: pl.DataFrame | pl.LazyFrame, columns: tuple[str, ...] = FEATURE_COLUMNS) -> pl.DataFrame:
-    """The ``columns`` of ``events``, sorted by ``(run_id, step)``.
+    """The ``columns`` of ``events``, each run's steps together and in step order.
 
-    Only the named columns are materialised, and the sort is skipped when the
-    input is already in order (the usual case for logs written run by run),
-    which a single vectorised comparison with the previous row tells.
+    Only the named columns are materialised, and only the runs that need it are
+    sorted: logs are usually written run by run, so most runs already sit in
+    one contiguous block in step order (even when the run ids themselves are
+    not in order), and only runs split across files (a run crossing midnight)
+    or logged out of order are moved, to the end, sorted by ``(run_id, step)``.
     """
     frame = as_lazy(events).select(columns).collect()
-    prev_run = pl.col("run_id").shift(1)
-    in_order = frame.select(
-        ((pl.col("run_id") > prev_run) | ((pl.col("run_id") == prev_run) & (pl.col("step") > pl.col("step").shift(1))))
-        .fill_null(True)
-        .all()
-    ).item()
-    # flag the order so group-bys slice contiguous runs: sums then add each run's
-    # steps in step order, whatever the frame's size (deterministic across chunks)
-    return frame.with_columns(pl.col("run_id").set_sorted()) if in_order else frame.sort("run_id", "step")
+    starts = (pl.col("run_id") != pl.col("run_id").shift(1)).fill_null(True)
+    in_step = starts | (pl.col("step") > pl.col("step").shift(1))
+    check = frame.select(
+        in_step.all().alias("ordered"),
+        (starts.sum() == pl.col("run_id").n_unique()).alias("contiguous"),
+        pl.col("run_id").is_sorted().alias("sorted"),
+    ).row(0, named=True)
+    if check["ordered"] and check["contiguous"]:
+        return _with_run_key(frame)
+    misplaced = (
+        frame.lazy()
+        .with_columns(starts.cum_sum().alias("_block"), in_step.alias("_in_step"))
+        .group_by("run_id")
+        .agg(((pl.col("_block").n_unique() > 1) | ~pl.col("_in_step").all()).alias("_bad"))
+        .filter(pl.col("_bad"))
+        .select("run_id")
+        .collect()
+    )
+    if misplaced.height * 4 > frame.height:  # mostly unordered: one sort is cheaper
+        return _with_run_key(frame.sort("run_id", "step"))
+    bad = pl.col("run_id").is_in(misplaced["run_id"].implode())
+    return _with_run_key(pl.concat([frame.filter(~bad), frame.filter(bad).sort("run_id", "step")]))
+
+
+def _with_run_key(frame: pl.DataFrame) -> pl.DataFrame:
+    """Add ``_run``: the run's block number, an ascending integer key flagged as sorted.
+
+    Group-bys on it slice contiguous blocks instead of hashing run-id strings.
+    """
+    starts = (pl.col("run_id") != pl.col("run_id").shift(1)).fill_null(True)
+    return frame.with_columns(starts.cum_sum().cast(pl.Int64).set_sorted().alias("_run"))
 
 
 def _retry_table(steps: pl.DataFrame) -> pl.LazyFrame:
     """Per run: tool steps repeating the run's previous tool action, which failed (LLM steps skipped)."""
-    tools = steps.lazy().filter(pl.col("action") != LLM_ACTION).select("run_id", "action", "status", "cost_usd")
+    tools = steps.lazy().filter(pl.col("action") != LLM_ACTION).select("_run", "run_id", "action", "status", "cost_usd")
     retry = (
         (pl.col("run_id") == pl.col("run_id").shift(1))
         & (pl.col("action") == pl.col("action").shift(1))
@@ -70,7 +94,7 @@ def _retry_table(steps: pl.DataFrame) -> pl.LazyFrame:
     ).fill_null(False)
     return (
         tools.with_columns(retry.alias("_retry"))
-        .group_by("run_id")
+        .group_by("_run")
         .agg(
             pl.col("_retry").sum().cast(pl.Int64).alias("n_retries"),
             pl.col("cost_usd").filter(pl.col("_retry")).sum().alias("retry_cost_usd"),
@@ -130,12 +154,12 @@ def run_features(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         between are skipped); ``retry_cost_usd`` is their cost.
     """
     steps = sorted_steps(events)
-    base = steps.lazy().group_by("run_id").agg(run_feature_exprs())
+    base = steps.lazy().group_by("_run").agg(pl.col("run_id").first(), *run_feature_exprs())
     # float sums depend (in the last bits) on how the group-by splits the frame; rounding to
     # 12 significant digits makes per-run features identical however the runs were chunked
     sums = ["cost_usd", "latency_ms", "error_cost_usd", "retry_cost_usd", "feedback"]
     return (
-        base.join(_retry_table(steps), on="run_id", how="left")
+        base.join(_retry_table(steps), on="_run", how="left")
         .with_columns(
             pl.col("n_retries").fill_null(0),
             pl.col("retry_cost_usd").fill_null(0.0),
@@ -147,6 +171,7 @@ def run_features(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
             (pl.col("n_llm") / pl.col("n_steps")).alias("llm_ratio"),
             ((pl.col("last_ts") - pl.col("first_ts")).dt.total_microseconds() / 1e6).alias("runtime_s"),
         )
+        .drop("_run")
         .sort("run_id")
         .collect()
     )
