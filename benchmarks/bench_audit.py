@@ -15,6 +15,12 @@ measured per command (``os.wait4``):
 * ``driftwatch audit``: the full CLI audit (read, validate, per-run stage in chunks of
   whole runs, fleet stage, all output files); ``--spark`` adds ``--engine spark``.
 
+Peak RSS is reported twice: the command's own process (``os.wait4``) and its whole process
+tree sampled every 0.1 s (a Spark run's JVM and Python workers are separate processes). A
+command whose tree passes ``--max-rss-gib`` (default 16) is killed and reported as failed,
+so a run that would exhaust a shared machine's memory stops before the kernel's OOM killer
+picks a victim.
+
 Targets (2 cores / 24 GiB): audit of 10M events <= 4x the bare scan; 100M events with
 peak RSS <= 8 GiB.
 
@@ -28,6 +34,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -126,17 +133,64 @@ def ensure_data(target: int, data_dir: Path) -> tuple[Path, dict]:
     return folder, meta
 
 
-def timed(cmd: list[str], *, env: dict[str, str] | None = None) -> dict:
-    """Run ``cmd``; wall seconds, peak RSS of the process (GiB), exit code, output tail."""
+def _tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (Linux /proc)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as fh:
+                    todo.extend(int(c) for c in fh.read().split())
+        except OSError:
+            continue
+    return out
+
+
+def _rss_gib(pids: list[int]) -> float:
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            continue
+    return total / 2**20
+
+
+def timed(cmd: list[str], *, max_rss_gib: float | None = None) -> dict:
+    """Run ``cmd``: wall seconds, peak RSS (GiB) of the process (``wait4``) and of its whole
+    process tree (sampled every 0.1 s: includes a Spark JVM and its Python workers), exit code,
+    output tail. The command is killed when the tree's RSS passes ``max_rss_gib``."""
     t0 = time.perf_counter()
+    tree_peak = 0.0
+    killed = False
     with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            rss = _rss_gib(_tree(proc.pid))
+            tree_peak = max(tree_peak, rss)
+            if max_rss_gib is not None and rss > max_rss_gib and not killed:
+                killed = True
+                for p in reversed(_tree(proc.pid)):
+                    with contextlib.suppress(OSError):
+                        os.kill(p, 9)
+            time.sleep(0.1)
         wall = time.perf_counter() - t0
         out.seek(0)
         tail = out.read().decode(errors="replace")[-2000:]
     code = os.waitstatus_to_exitcode(status)
-    return {"wall_s": wall, "rss_gib": usage.ru_maxrss / 2**20, "code": code, "tail": tail}
+    if killed:
+        tail = f"killed by the benchmark: process tree RSS passed --max-rss-gib {max_rss_gib}\n" + tail
+    return {"wall_s": wall, "rss_gib": usage.ru_maxrss / 2**20, "tree_rss_gib": tree_peak, "code": code,
+            "killed_at_cap": killed, "tail": tail}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="largest size for the pandas baseline (default 10M)")
     ap.add_argument("--spark", action="store_true", help="also run `driftwatch audit --engine spark` (local[*])")
     ap.add_argument("--no-audit", action="store_true", help="baselines only")
+    ap.add_argument("--max-rss-gib", type=float, default=16.0,
+                    help="kill a command whose process tree passes this RSS (protects a shared machine; default 16)")
     args = ap.parse_args(argv)
 
     folder, meta = ensure_data(args.events, args.data_dir)
@@ -161,11 +217,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(name: str, cmd: list[str]) -> dict:
         print(f"running {name} ...", flush=True)
-        r = timed(cmd)
+        r = timed(cmd, max_rss_gib=args.max_rss_gib)
         if r["code"] not in (0, 1):
             print(f"  FAILED (exit {r['code']}):\n{r['tail']}", flush=True)
         else:
-            print(f"  {r['wall_s']:.1f}s, peak RSS {r['rss_gib']:.2f} GiB", flush=True)
+            print(f"  {r['wall_s']:.1f}s, peak RSS {r['rss_gib']:.2f} GiB (process tree {r['tree_rss_gib']:.2f})",
+                  flush=True)
         rows.append((name, r))
         return r
 
@@ -196,14 +253,17 @@ def main(argv: list[str] | None = None) -> int:
           f"{DAYS} days, row groups {ROW_GROUP:,})")
     print(f"machine: {machine()}")
     print()
-    print(f"| {'command':<32} | {'wall s':>8} | {'events/s':>12} | {'peak RSS GiB':>12} | {'x bare scan':>11} |")
-    print(f"|{'-' * 34}|{'-' * 10}|{'-' * 14}|{'-' * 14}|{'-' * 13}|")
+    print(f"| {'command':<32} | {'wall s':>8} | {'events/s':>12} | {'peak RSS GiB':>12} | {'tree RSS GiB':>12} "
+          f"| {'x bare scan':>11} |")
+    print(f"|{'-' * 34}|{'-' * 10}|{'-' * 14}|{'-' * 14}|{'-' * 14}|{'-' * 13}|")
     for name, r in rows:
         if r["code"] not in (0, 1):
-            print(f"| {name:<32} | {'failed':>8} | {'':>12} | {r['rss_gib']:>12.2f} | {'':>11} |")
+            why = "killed" if r.get("killed_at_cap") else f"exit {r['code']}"
+            print(f"| {name:<32} | {'failed':>8} | {why:>12} | {r['rss_gib']:>12.2f} | {r['tree_rss_gib']:>12.2f} "
+                  f"| {'':>11} |")
             continue
         print(f"| {name:<32} | {r['wall_s']:>8.1f} | {n / r['wall_s']:>12,.0f} | {r['rss_gib']:>12.2f} | "
-              f"{r['wall_s'] / base:>11.2f} |")
+              f"{r['tree_rss_gib']:>12.2f} | {r['wall_s'] / base:>11.2f} |")
     for engine, s in summaries.items():
         timings = s.get("timings", {})
         top = {k: v for k, v in timings.items() if not k.startswith("fleet.")}
