@@ -552,7 +552,8 @@ def run_stage_spark(
     SparkStage
         ``tables`` (:class:`~driftwatch.audit.RunTables`), ``rejected`` (as
         ``ReadResult.rejected``) and ``stats`` (``rows_in, rows_valid, rows_rejected,
-        files, reasons, formats, engine, buckets`` and ``rows_in_window`` with a window).
+        files, reasons, formats, engine, buckets, rows_audited``; the last counts the valid
+        rows of the runs inside ``[since, until)``).
     """
     from driftwatch import policy as policy_mod
 
@@ -589,12 +590,13 @@ def run_stage_spark(
     )
 
     by_bucket = _unpack(collected)
+    del collected  # the decoded tables replace the packed bytes on the driver
     names = [f.name for f in fields(_audit.RunTables)]
     parts: list[_audit.RunTables] = []
     rejected_parts: list[pl.DataFrame] = []
     meta = {"rows_in": 0, "rows_valid": 0, "rows_audited": 0}
     for b in sorted(by_bucket):
-        tabs = by_bucket[b]
+        tabs = by_bucket.pop(b)
         m = tabs.pop(_META)
         for k in meta:
             meta[k] += int(m[k].sum())
