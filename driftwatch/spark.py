@@ -389,6 +389,16 @@ def check_rows(raw: pl.DataFrame, *, column_map: Mapping[str, str] | None = None
     rejected as ``duplicate_step``. ``rejected`` has the canonical columns, ``reason``,
     ``detail`` and the order keys (the driver turns them into ``source_file`` /
     ``source_row``).
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> from driftwatch.spark import check_rows
+    >>> raw = pl.DataFrame({"run_id": ["a", "a", "a", None], "step": [1, 2, 2, 1],
+    ...                     "action": ["llm", "search", "search", "llm"], "__dw_order": [0, 1, 2, 3]})
+    >>> events, rejected = check_rows(raw)
+    >>> events.height, rejected.select("step", "__dw_reason").rows()
+    (2, [(1, 'null_run_id'), (2, 'duplicate_step')])
     """
     lf = adapt(raw.lazy(), raw.schema, "canonical", column_map=column_map, where=where)
     checked = conform(lf, where=where, check=True, normalize=True, order_by=(_ORDER,)).collect()
