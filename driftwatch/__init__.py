@@ -60,6 +60,7 @@ _LAZY: dict[str, str] = {
     "load_curve_from_runs": "driftwatch.load",
     "audit": "driftwatch.audit",
     "AuditResult": "driftwatch.audit",
+    "audit_spark": "driftwatch.spark",
     "synth": "driftwatch.synth",
 }
 
