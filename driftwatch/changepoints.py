@@ -130,7 +130,7 @@ RUN_CHANGEPOINT_SCHEMA: dict[str, pl.DataType] = {
     "score": pl.Float64(),
 }
 
-# Default calibration (see docs/readme/changepoints.md, "Method"): the penalty is
+# Default calibration (see the README, "Change-points", "Method and defaults"): the penalty is
 # auto_penalty(d, T) = PENALTY_BETA * (d + 2 sqrt(d log T) + 2 log T) in whitened units, and a breakpoint survives only if some metric moved by at least
 # MIN_Z standard errors (heteroscedastic, run-weighted) and MIN_MAGNITUDE relatively.
 PENALTY_BETA = 1.5
@@ -865,7 +865,7 @@ def auto_penalty(dim: float, n_buckets: int, *, beta: float = PENALTY_BETA) -> f
     ``beta * (d + 2 sqrt(d log T) + 2 log T)``: the Birgé-Massart / Lebarbier
     form of a BIC-style penalty, which tracks the 99% quantile of the largest
     cost gain on stationary Gaussian noise for d = 1..14 and T = 30..1000
-    (measured; see docs/readme/changepoints.md). ``beta`` absorbs what real
+    (measured; see the README, "Change-points"). ``beta`` absorbs what real
     bucket series add (heavy tails, weekly swings), calibrated on synthetic
     stationary fleets.
 
