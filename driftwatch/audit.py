@@ -279,9 +279,7 @@ def run_stage(
 
     pol = policy_mod._as_policy(policy)
     ev = _in_run_order(as_lazy(events_chunk).collect())
-    feats = features.run_features(ev)
-    actions = features.run_action_counts(ev)
-    bigrams = features.run_bigram_counts(ev)
+    feats, actions, bigrams = features.run_tables(ev)
     loop_rows = loops.detect_loops(ev, max_period=max_period, min_repeats=min_repeats, fuzzy=fuzzy)
     summary = loops.loop_summary(loop_rows)
     violations = policy_mod.check_policy(ev, pol, delegation=False)

@@ -153,7 +153,11 @@ def run_features(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         that repeat the run's previous tool action, which failed (LLM steps in
         between are skipped); ``retry_cost_usd`` is their cost.
     """
-    steps = sorted_steps(events)
+    return _features(sorted_steps(events))
+
+
+def _features(steps: pl.DataFrame) -> pl.DataFrame:
+    """:func:`run_features` of :func:`sorted_steps` output."""
     base = steps.lazy().group_by("_run").agg(pl.col("run_id").first(), *run_feature_exprs())
     # float sums depend (in the last bits) on how the group-by splits the frame; rounding to
     # 12 significant digits makes per-run features identical however the runs were chunked
@@ -177,16 +181,51 @@ def run_features(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     )
 
 
-def run_action_counts(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
-    """How often each run called each action: ``run_id, agent, action, n`` (LLM steps included)."""
+def _action_counts(steps: pl.DataFrame) -> pl.DataFrame:
+    """:func:`run_action_counts` of :func:`sorted_steps` output (grouped on the integer run key)."""
     return (
-        as_lazy(events)
-        .group_by("run_id", "action")
-        .agg(pl.col("agent").first(), pl.len().cast(pl.Int64).alias("n"))
+        steps.lazy()
+        .group_by("_run", "action")
+        .agg(pl.col("run_id").first(), pl.col("agent").first(), pl.len().cast(pl.Int64).alias("n"))
         .select("run_id", "agent", "action", "n")
         .sort("run_id", "action")
         .collect()
     )
+
+
+def _bigram_counts(steps: pl.DataFrame) -> pl.DataFrame:
+    """:func:`run_bigram_counts` of :func:`sorted_steps` output.
+
+    Pairs are counted on ``(run, previous action, action)`` and the ``"a > b"`` text is
+    built once per counted pair, not once per step.
+    """
+    tools = steps.lazy().filter(pl.col("action") != LLM_ACTION)
+    return (
+        tools.with_columns(
+            pl.col("action").shift(1).alias("_prev"),
+            (pl.col("_run").shift(1) == pl.col("_run")).alias("_same"),
+        )
+        .filter(pl.col("_same"))
+        .group_by("_run", "_prev", "action")
+        .agg(pl.col("run_id").first(), pl.col("agent").first(), pl.len().cast(pl.Int64).alias("n"))
+        .select(
+            "run_id",
+            "agent",
+            pl.concat_str(pl.col("_prev"), pl.lit(" > "), pl.col("action")).alias("bigram"),
+            "n",
+        )
+        .sort("run_id", "bigram")
+        .collect()
+    )
+
+
+def run_action_counts(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    """How often each run called each action: ``run_id, agent, action, n`` (LLM steps included).
+
+    ``agent`` is the agent of the run's first step with that action; rows are sorted by
+    ``run_id, action``.
+    """
+    return _action_counts(sorted_steps(events, ("run_id", "step", "action", "agent")))
 
 
 def run_bigram_counts(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
@@ -194,19 +233,26 @@ def run_bigram_counts(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
 
     ``bigram`` is ``"a > b"``: tool ``b`` was the next tool called after ``a``.
     """
-    tools = sorted_steps(events, ("run_id", "step", "action", "agent")).lazy().filter(pl.col("action") != LLM_ACTION)
-    return (
-        tools.with_columns(
-            pl.col("action").shift(1).alias("_prev"),
-            (pl.col("run_id").shift(1) == pl.col("run_id")).alias("_same"),
-        )
-        .filter(pl.col("_same"))
-        .group_by("run_id", pl.concat_str(pl.col("_prev"), pl.lit(" > "), pl.col("action")).alias("bigram"))
-        .agg(pl.col("agent").first(), pl.len().cast(pl.Int64).alias("n"))
-        .select("run_id", "agent", "bigram", "n")
-        .sort("run_id", "bigram")
-        .collect()
-    )
+    return _bigram_counts(sorted_steps(events, ("run_id", "step", "action", "agent")))
+
+
+def run_tables(events: pl.DataFrame | pl.LazyFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """:func:`run_features`, :func:`run_action_counts` and :func:`run_bigram_counts` at once.
+
+    The events are put in run and step order once (:func:`sorted_steps`) and every table
+    is grouped on the integer run key, which is cheaper than three separate calls.
+
+    Examples
+    --------
+    >>> import driftwatch as dw
+    >>> from driftwatch.features import run_tables
+    >>> ev = dw.synth.generate(days=1, runs_per_day=20, seed=1).events
+    >>> feats, actions, bigrams = run_tables(ev)
+    >>> feats.equals(dw.run_features(ev)) and actions.equals(dw.run_action_counts(ev))
+    True
+    """
+    steps = sorted_steps(events)
+    return _features(steps), _action_counts(steps), _bigram_counts(steps)
 
 
 __all__ = [
@@ -214,6 +260,7 @@ __all__ = [
     "NUMERIC_RUN_FEATURES",
     "run_action_counts",
     "run_bigram_counts",
+    "run_tables",
     "run_feature_exprs",
     "run_features",
     "sorted_steps",

@@ -1,0 +1,106 @@
+"""Per-run features (driftwatch/features.py): known answers, order invariance, the shared-sort path."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import polars as pl
+import pytest
+
+import driftwatch as dw
+from driftwatch import features as F
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def _events() -> pl.DataFrame:
+    rows = [
+        # run a: llm, search(error), search(retry, ok), llm, read
+        ("a", 1, "llm", "ok", 10, 5, 0.01),
+        ("a", 2, "search", "error", 0, 0, 0.002),
+        ("a", 3, "search", "ok", 0, 0, 0.002),
+        ("a", 4, "llm", "ok", 20, 5, 0.02),
+        ("a", 5, "read", "ok", 0, 0, 0.001),
+        # run b: read, read, llm
+        ("b", 1, "read", "ok", 0, 0, 0.001),
+        ("b", 2, "read", "ok", 0, 0, 0.001),
+        ("b", 3, "llm", "ok", 7, 3, 0.005),
+    ]
+    return pl.DataFrame(
+        rows,
+        schema=["run_id", "step", "action", "status", "input_tokens", "output_tokens", "cost_usd"],
+        orient="row",
+    ).with_columns(
+        pl.lit("agent-x").alias("agent"),
+        (pl.lit(T0) + pl.duration(seconds=pl.col("step"))).alias("ts"),
+    )
+
+
+def test_features_known_answers() -> None:
+    f = dw.run_features(_events())
+    a, b = f.row(0, named=True), f.row(1, named=True)
+    assert (a["run_id"], b["run_id"]) == ("a", "b")
+    assert (a["n_steps"], a["n_llm"], a["n_tool"], a["n_errors"]) == (5, 2, 3, 1)
+    assert a["n_distinct_actions"] == 2 and b["n_distinct_actions"] == 1
+    assert a["n_retries"] == 1 and a["retry_cost_usd"] == pytest.approx(0.002)
+    assert b["n_retries"] == 0
+    assert a["tokens"] == 40 and a["cost_usd"] == pytest.approx(0.035)
+    assert a["error_rate"] == pytest.approx(0.2) and b["llm_ratio"] == pytest.approx(1 / 3)
+    assert a["runtime_s"] == pytest.approx(4.0)
+
+
+def test_action_and_bigram_counts_known_answers() -> None:
+    ev = _events()
+    ac = dw.run_action_counts(ev)
+    assert ac.select("run_id", "action", "n").rows() == [
+        ("a", "llm", 2), ("a", "read", 1), ("a", "search", 2), ("b", "llm", 1), ("b", "read", 2),
+    ]
+    bg = dw.run_bigram_counts(ev)  # LLM steps skipped: a = search, search, read; b = read, read
+    assert bg.select("run_id", "bigram", "n").rows() == [
+        ("a", "search > read", 1), ("a", "search > search", 1), ("b", "read > read", 1),
+    ]
+
+
+@pytest.fixture(scope="module")
+def fleet_events() -> pl.DataFrame:
+    return dw.synth.generate(days=3, runs_per_day=60, seed=4).events
+
+
+def test_run_tables_equals_the_three_functions(fleet_events: pl.DataFrame) -> None:
+    feats, actions, bigrams = F.run_tables(fleet_events)
+    assert feats.equals(dw.run_features(fleet_events))
+    assert actions.equals(dw.run_action_counts(fleet_events))
+    assert bigrams.equals(dw.run_bigram_counts(fleet_events))
+    assert feats.height == fleet_events["run_id"].n_unique()
+    assert actions["n"].sum() == fleet_events.height
+
+
+@pytest.mark.parametrize("order", ["shuffled", "reversed", "split_runs"])
+def test_tables_do_not_depend_on_row_order(fleet_events: pl.DataFrame, order: str) -> None:
+    if order == "shuffled":
+        ev = fleet_events.sample(fraction=1.0, shuffle=True, seed=3)
+    elif order == "reversed":
+        ev = fleet_events.reverse()
+    else:  # every run split in two blocks far apart (a run crossing two day files)
+        half = pl.col("step") <= pl.col("step").max().over("run_id") // 2
+        ev = pl.concat([fleet_events.filter(half), fleet_events.filter(~half)])
+    for got, want in zip(F.run_tables(ev), F.run_tables(fleet_events), strict=True):
+        assert got.equals(want)
+
+
+def test_lazy_input_and_chunks_agree(fleet_events: pl.DataFrame) -> None:
+    whole = dw.run_features(fleet_events.lazy())
+    odd = pl.col("run_id").hash(seed=1) % 2 == 1
+    parts = pl.concat([dw.run_features(fleet_events.filter(odd)), dw.run_features(fleet_events.filter(~odd))])
+    assert parts.sort("run_id").equals(whole)
+
+
+def test_sorted_steps_moves_only_misplaced_runs() -> None:
+    ev = _events()
+    # run b's last step logged first: b is moved to the end, sorted by step; a stays in place
+    swapped = pl.concat([ev.filter((pl.col("run_id") == "b") & (pl.col("step") == 3)), ev.filter(
+        ~((pl.col("run_id") == "b") & (pl.col("step") == 3)))])
+    st = F.sorted_steps(swapped)
+    assert st.select("run_id", "step").rows() == [("a", i) for i in range(1, 6)] + [("b", i) for i in range(1, 4)]
+    assert st["_run"].to_list() == [1] * 5 + [2] * 3
+    assert (st["ts"].diff().drop_nulls() > timedelta(0)).sum() >= 6
