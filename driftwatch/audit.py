@@ -184,6 +184,24 @@ RUN_TABLE_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: Per-run tables whose sort keys identify a row (one row per run, or per run and action):
+#: sorting by the keys alone is already a total order.
+UNIQUE_KEY_TABLES = frozenset({"features", "action_counts", "bigram_counts", "loop_summary"})
+
+
+def canonical_order(name: str, frame: pl.DataFrame) -> pl.DataFrame:
+    """Per-run table ``name`` in its canonical row order (:data:`RUN_TABLE_KEYS`).
+
+    Tables with unique keys are sorted by the keys only (a narrow sort: at 100M events the
+    all-column sort of :func:`sort_frame` needed a second copy of every table); the others
+    by the keys, then every other column.
+    """
+    keys = RUN_TABLE_KEYS[name]
+    if name in UNIQUE_KEY_TABLES and frame.height > 1 and all(k in frame.columns for k in keys):
+        return frame.sort(list(keys), nulls_last=True, maintain_order=True)
+    return sort_frame(frame, keys)
+
+
 @dataclass
 class RunTables:
     """The per-run stage's output for some set of whole runs (small: no events, except examples).
@@ -223,10 +241,7 @@ class RunTables:
         parts = list(parts)
         if not parts:
             raise InvalidParameterError("RunTables.concat needs at least one RunTables")
-        out = {
-            f.name: sort_frame(_concat([getattr(p, f.name) for p in parts]), RUN_TABLE_KEYS[f.name])
-            for f in fields(cls)
-        }
+        out = {f.name: canonical_order(f.name, _concat([getattr(p, f.name) for p in parts])) for f in fields(cls)}
         return cls(**out)
 
     def frames(self) -> dict[str, pl.DataFrame]:
@@ -236,6 +251,60 @@ class RunTables:
     @property
     def n_runs(self) -> int:
         return self.features.height
+
+
+#: Chunk tables held in memory before they are spilled to temporary Parquet files.
+SPILL_BYTES = 512 * 2**20
+
+
+class _RunTableSink:
+    """Collects the per-run tables of many chunks with bounded memory.
+
+    Chunk tables are held until they add up to ``max_bytes``, then written to LZ4 Parquet
+    files in ``folder``. :meth:`tables` assembles one table at a time (read, concatenate,
+    put in canonical order), so the peak is the finished tables plus one table being
+    assembled, not every chunk's tables plus their concatenation.
+    """
+
+    def __init__(self, folder: str, *, max_bytes: int | None = None) -> None:
+        self._dir = folder
+        self._max = SPILL_BYTES if max_bytes is None else max_bytes
+        self._held: list[dict[str, pl.DataFrame]] = []
+        self._files: dict[str, list[str]] = {f.name: [] for f in fields(RunTables)}
+        self._bytes = 0
+        self._count = 0
+        self.n_runs = 0
+
+    def add(self, part: RunTables) -> None:
+        frames = part.frames()
+        self.n_runs += part.n_runs
+        self._held.append(frames)
+        self._bytes += sum(f.estimated_size() for f in frames.values())
+        if self._bytes > self._max:
+            self._spill()
+
+    def _spill(self) -> None:
+        for frames in self._held:
+            for name, frame in frames.items():
+                if frame.width == 0:  # a table without columns (nothing found in the chunk)
+                    continue
+                path = os.path.join(self._dir, f"{name}-{self._count:05d}.parquet")
+                self._count += 1
+                frame.write_parquet(path, compression="lz4", statistics=False)
+                self._files[name].append(path)
+        self._held.clear()
+        self._bytes = 0
+
+    def tables(self) -> RunTables:
+        out: dict[str, pl.DataFrame] = {}
+        for f in fields(RunTables):
+            parts = [pl.read_parquet(path) for path in self._files[f.name]]
+            parts += [held.pop(f.name) for held in self._held]
+            out[f.name] = canonical_order(f.name, _concat(parts))
+            del parts
+            for path in self._files[f.name]:
+                os.remove(path)
+        return RunTables(**out)
 
 
 def run_stage(
@@ -1248,15 +1317,20 @@ def audit(
         # ------------------------------------------------------------ per-run stage
         n_chunks = _chunk_count(n_rows, chunks, chunk_rows)
         t0 = time.perf_counter()
-        parts: list[RunTables] = []
         if n_chunks == 1:
-            parts.append(run_stage(_in_window(lf, since_dt, until_dt), policy=pol))
+            tables = RunTables.concat([run_stage(_in_window(lf, since_dt, until_dt), policy=pol)])
         else:
-            for i, chunk in enumerate(_iter_chunks(lf, n_chunks, in_memory=isinstance(source, pl.DataFrame), out=out,
-                                                   progress=say)):
-                parts.append(run_stage(_in_window(chunk, since_dt, until_dt), policy=pol))
-                say(f"per-run stage: chunk {i + 1}/{n_chunks}, {sum(p.n_runs for p in parts):,} runs")
-        tables = RunTables.concat(parts)
+            spill_dir = _chunk_dir(out)
+            try:
+                sink = _RunTableSink(spill_dir)
+                chunk_iter = _iter_chunks(lf, n_chunks, in_memory=isinstance(source, pl.DataFrame), out=out,
+                                          progress=say)
+                for i, chunk in enumerate(chunk_iter):
+                    sink.add(run_stage(_in_window(chunk, since_dt, until_dt), policy=pol))
+                    say(f"per-run stage: chunk {i + 1}/{n_chunks}, {sink.n_runs:,} runs")
+                tables = sink.tables()
+            finally:
+                shutil.rmtree(spill_dir, ignore_errors=True)
         timings["per_run_stage"] = round(time.perf_counter() - t0, 4)
         say(f"per-run stage: {tables.n_runs:,} runs, {tables.loops.height:,} loops ({timings['per_run_stage']:.1f}s)")
         if tables.n_runs == 0:

@@ -128,6 +128,45 @@ def test_chunked_files_are_partitioned_once_and_cleaned_up(fleet: synth.Fleet, t
         assert_frame_equal(frame, chunked.output_frames()[name], check_exact=False, rel_tol=1e-9), name
 
 
+def test_chunk_tables_spilled_to_disk_give_the_same_results(
+    fleet: synth.Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a zero spill budget every chunk's per-run tables go through temporary Parquet
+    files (the 100M-event path); the outputs are those of the single-chunk audit and the
+    temporary folders are removed."""
+    import importlib
+
+    audit_mod = importlib.import_module("driftwatch.audit")
+    fleet.write(tmp_path / "logs")
+    whole = audit(tmp_path / "logs" / "events", chunks=1)
+    spills: list[int] = []
+    real_spill = audit_mod._RunTableSink._spill
+
+    def counting_spill(self: object) -> None:
+        spills.append(1)
+        real_spill(self)
+
+    monkeypatch.setattr(audit_mod, "SPILL_BYTES", 0)
+    monkeypatch.setattr(audit_mod._RunTableSink, "_spill", counting_spill)
+    spilled = audit(tmp_path / "logs" / "events", chunks=5, out=tmp_path / "out")
+    assert len(spills) == 5
+    for name, frame in whole.output_frames().items():
+        assert_frame_equal(frame, spilled.output_frames()[name], check_exact=False, rel_tol=1e-9), name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs", "out"]
+
+
+def test_canonical_order_sorts_unique_key_tables_by_keys_only() -> None:
+    import importlib
+
+    audit_mod = importlib.import_module("driftwatch.audit")
+    ac = pl.DataFrame({"run_id": ["b", "a", "b", "a"], "agent": ["x", "y", "x", "y"], "action": ["s", "t", "r", "s"],
+                       "n": [1, 2, 3, 4]})
+    out = audit_mod.canonical_order("action_counts", ac)
+    assert out.select("run_id", "action").rows() == [("a", "s"), ("a", "t"), ("b", "r"), ("b", "s")]
+    # tables whose keys may repeat are ordered by every column after the keys
+    v = pl.DataFrame({"run_id": ["a", "a"], "step": [1, 1], "rule": ["r", "r"], "detail": ["z", "y"]})
+    assert audit_mod.canonical_order("violations", v)["detail"].to_list() == ["y", "z"]
+
 def test_run_stage_tables_concatenate(fleet: synth.Fleet) -> None:
     ev = fleet.events.filter(pl.col("ts") < datetime(2026, 10, 4, tzinfo=UTC))
     whole = run_stage(ev)
