@@ -623,7 +623,7 @@ def _assemble(
                 pos, seg_s[sel] + p, side="left"
             )
     n_tool = seg_e - seg_s + 1
-    n_err = _range_sums(steps["_err"].to_numpy()[trows].view(np.uint8), seg_s, seg_e + 1)
+    n_err = _range_sums(steps["_err"].to_numpy()[trows].astype(np.int64), seg_s, seg_e + 1)
     err_share = n_err / n_tool
     repeats = n_tool // seg_p
 

@@ -216,6 +216,13 @@ def test_error_retry_with_varying_messages_and_recovered_retry() -> None:
     assert out.filter(pl.col("run_id") == "storm")["error_share"].item() == 1.0
 
 
+def test_long_retry_storm_counts_every_failure() -> None:
+    # more than 255 failed calls: the error count must not wrap around (it was a uint8 sum)
+    out = detect_loops(events(("storm", [("charge_card", '{"amount": 10}', "TimeoutError", "error")] * 600)))
+    assert out.select("kind", "repeats", "error_share").to_dicts() == [
+        {"kind": "error_retry", "repeats": 600, "error_share": 1.0}]
+
+
 def test_unsorted_and_lazy_input_give_the_same_answer() -> None:
     ev = events(("b", same("x", 3) + same("y", 4, "1", "2")), ("a", [("z", "1", "1"), ("w", "2", "2")] * 3),
                 llm_between=True)
