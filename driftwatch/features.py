@@ -181,33 +181,69 @@ def _features(steps: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def _action_code() -> pl.Expr:
+    """A small integer code per action text (categorical codes: equal texts, equal codes)."""
+    return pl.col("action").cast(pl.Categorical).to_physical().cast(pl.UInt64)
+
+
+def _count_keys(frame: pl.LazyFrame, parts: list[pl.Expr]) -> pl.DataFrame:
+    """``_i`` (the first row) and ``n`` (the rows) of each distinct combination of ``parts``.
+
+    Integer parts are packed into one 64-bit key when they fit (a single-key group-by is
+    several times faster than one on several columns); otherwise they are grouped as is.
+    """
+    names = [f"_k{i}" for i in range(len(parts))]
+    keyed = frame.with_columns([e.cast(pl.UInt64).alias(n) for e, n in zip(parts, names, strict=True)])
+    top = keyed.select([pl.col(n).max() for n in names]).collect().row(0)
+    bits = [max(int(m or 0), 1).bit_length() for m in top]
+    if sum(bits) <= 64:
+        packed = pl.lit(0, pl.UInt64)
+        for n, b in zip(names, bits, strict=True):
+            packed = (packed * pl.lit(2**b, pl.UInt64)) + pl.col(n)
+        by: list[pl.Expr] = [packed.alias("_key")]
+    else:  # pragma: no cover - needs over 2**64 combinations of codes
+        by = [pl.col(n) for n in names]
+    return keyed.group_by(by).agg(pl.col("_i").first(), pl.len().cast(pl.Int64).alias("n")).select("_i", "n").collect()
+
+
 def _action_counts(steps: pl.DataFrame) -> pl.DataFrame:
-    """:func:`run_action_counts` of :func:`sorted_steps` output (grouped on the integer run key)."""
+    """:func:`run_action_counts` of :func:`sorted_steps` output (grouped on integer codes)."""
+    counts = _count_keys(steps.lazy().with_row_index("_i"), [pl.col("_run"), _action_code()])
+    idx = counts["_i"]
     return (
-        steps.lazy()
-        .group_by("_run", "action")
-        .agg(pl.col("run_id").first(), pl.col("agent").first(), pl.len().cast(pl.Int64).alias("n"))
-        .select("run_id", "agent", "action", "n")
+        pl.DataFrame([steps[c].gather(idx) for c in ("run_id", "agent", "action")])
+        .with_columns(counts["n"])
         .sort("run_id", "action")
-        .collect()
     )
 
 
 def _bigram_counts(steps: pl.DataFrame) -> pl.DataFrame:
     """:func:`run_bigram_counts` of :func:`sorted_steps` output.
 
-    Pairs are counted on ``(run, previous action, action)`` and the ``"a > b"`` text is
-    built once per counted pair, not once per step.
+    Pairs are counted on integer codes of ``(run, previous action, action)`` and the
+    ``"a > b"`` text is built once per counted pair, not once per step.
     """
-    tools = steps.lazy().filter(pl.col("action") != LLM_ACTION)
-    return (
-        tools.with_columns(
+    tools = (
+        steps.lazy()
+        .with_row_index("_i")
+        .filter(pl.col("action") != LLM_ACTION)
+        .select(
+            "_i",
+            "_run",
+            _action_code().alias("_a"),
             pl.col("action").shift(1).alias("_prev"),
             (pl.col("_run").shift(1) == pl.col("_run")).alias("_same"),
         )
+        .with_columns(pl.col("_a").shift(1).alias("_pa"))
         .filter(pl.col("_same"))
-        .group_by("_run", "_prev", "action")
-        .agg(pl.col("run_id").first(), pl.col("agent").first(), pl.len().cast(pl.Int64).alias("n"))
+        .collect()
+    )
+    counts = _count_keys(tools.lazy(), [pl.col("_run"), pl.col("_pa"), pl.col("_a")])
+    # each pair's first row is its second step; ``_prev`` is the tool action one row up
+    first = counts.join(tools.select("_i", "_prev"), on="_i", how="left")
+    return (
+        pl.DataFrame([steps[c].gather(first["_i"]) for c in ("run_id", "agent", "action")])
+        .with_columns(first["_prev"], first["n"])
         .select(
             "run_id",
             "agent",
@@ -215,7 +251,6 @@ def _bigram_counts(steps: pl.DataFrame) -> pl.DataFrame:
             "n",
         )
         .sort("run_id", "bigram")
-        .collect()
     )
 
 
