@@ -1008,6 +1008,23 @@ def _fingerprint(parts: Iterable[Any]) -> str:
     return h.hexdigest()
 
 
+#: Sources whose data is at most this big uncompressed (Parquet footers) are decoded into
+#: memory once and split into chunks there; larger ones are partitioned through temporary
+#: files. ``None``: 2 GiB or a tenth of the machine's memory, whichever is smaller.
+IN_MEMORY_BYTES: int | None = None
+
+
+def in_memory_budget() -> int:
+    """The size limit for reading a chunked source into memory (see :data:`IN_MEMORY_BYTES`)."""
+    if IN_MEMORY_BYTES is not None:
+        return IN_MEMORY_BYTES
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        total = 16 * 2**30
+    return min(2 * 2**30, total // 10)
+
+
 def _chunk_count(n_rows: int, chunks: int | str | None, chunk_rows: int) -> int:
     if chunks is None or chunks == "auto":
         return max(1, math.ceil(n_rows / max(chunk_rows, 1)))
@@ -1051,9 +1068,11 @@ def _iter_chunks(
     scan's order, so the chunks equal those of the filter.
     """
     bucket = pl.col("run_id").hash(seed=0) % n_chunks
-    if in_memory:
+    if in_memory:  # one pass computes every row's chunk; each chunk is then a filter of the frame
+        frame = lf.with_columns(bucket.alias("_chunk")).collect()
+        del lf
         for i in range(n_chunks):
-            yield lf.filter(bucket == i)
+            yield frame.filter(pl.col("_chunk") == i).drop("_chunk").lazy()
         return
     schema = lf.collect_schema()
     tmp = _chunk_dir(out)
@@ -1320,11 +1339,17 @@ def audit(
         if n_chunks == 1:
             tables = RunTables.concat([run_stage(_in_window(lf, since_dt, until_dt), policy=pol)])
         else:
+            in_memory = isinstance(source, pl.DataFrame)
+            size = int(stats.get("bytes_uncompressed") or 0)
+            if not in_memory and 0 < size <= in_memory_budget():
+                # small enough: decode once into memory instead of partitioning through files
+                lf = lf.collect().lazy()
+                in_memory = True
+                say(f"per-run stage: {size / 2**30:.2f} GiB read into memory")
             spill_dir = _chunk_dir(out)
             try:
                 sink = _RunTableSink(spill_dir)
-                chunk_iter = _iter_chunks(lf, n_chunks, in_memory=isinstance(source, pl.DataFrame), out=out,
-                                          progress=say)
+                chunk_iter = _iter_chunks(lf, n_chunks, in_memory=in_memory, out=out, progress=say)
                 for i, chunk in enumerate(chunk_iter):
                     sink.add(run_stage(_in_window(chunk, since_dt, until_dt), policy=pol))
                     say(f"per-run stage: chunk {i + 1}/{n_chunks}, {sink.n_runs:,} runs")

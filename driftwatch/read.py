@@ -119,6 +119,9 @@ class ReadStats:
         Wall time of the checking pass.
     paths : tuple of str
         The files read, in reading order.
+    bytes_uncompressed : int
+        Uncompressed size of the files' data (Parquet footers: the sum of the row groups'
+        ``total_byte_size``), close to the size of the columns in memory.
     """
 
     rows_in: int
@@ -130,6 +133,7 @@ class ReadStats:
     engine: str = "polars"
     seconds: float = 0.0
     paths: tuple[str, ...] = ()
+    bytes_uncompressed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of the stats (``paths`` as a list)."""
@@ -271,6 +275,7 @@ class _FileInfo:
     hive: tuple[str, ...]
     format: str = ""
     has_step: bool = True  # a step column (or a column mapped to step): decides whether steps are derived
+    nbytes: int = 0  # uncompressed size of the data (row groups' total_byte_size)
 
     @property
     def key(self) -> tuple[str, tuple[str, ...], bool]:
@@ -328,11 +333,13 @@ def _probe(path: str) -> _FileInfo:
     try:
         import pyarrow.parquet as pq
 
-        rows = pq.read_metadata(path).num_rows
+        meta = pq.read_metadata(path)
+        rows = meta.num_rows
+        nbytes = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
         schema = dict(pl.read_parquet_schema(path))
     except Exception as err:  # noqa: BLE001 - any reader failure means the footer is unusable
         raise CorruptFileError(f"{path}: corrupt Parquet footer: {_first_line(err)}") from None
-    return _FileInfo(path=path, schema=schema, rows=int(rows), hive=_hive_keys(path))
+    return _FileInfo(path=path, schema=schema, rows=int(rows), hive=_hive_keys(path), nbytes=int(nbytes))
 
 
 def _first_line(err: BaseException) -> str:
@@ -662,7 +669,7 @@ def _assign_formats(infos: list[_FileInfo], fmt: str, cmap: dict[str, str]) -> l
             raise SchemaError(f"{info.path}: cannot tell the log format: {format_hint(cols)}")
         step_sources = ["step", *[src for src, dst in cmap.items() if dst == "step"]]
         has_step = any(c in info.schema or c in info.hive for c in step_sources)
-        out.append(_FileInfo(info.path, info.schema, info.rows, info.hive, found, has_step))
+        out.append(_FileInfo(info.path, info.schema, info.rows, info.hive, found, has_step, info.nbytes))
     return out
 
 
@@ -941,6 +948,7 @@ def read_logs(
         engine=engine,
         seconds=round(time.perf_counter() - t0, 4),
         paths=tuple(paths),
+        bytes_uncompressed=sum(i.nbytes for i in infos),
     )
     return ReadResult(events=events, rejected=rejected, stats=stats)
 

@@ -106,11 +106,20 @@ def test_chunks_give_the_same_results(fleet: synth.Fleet, result: AuditResult) -
     assert chunked.audit_id == result.audit_id
 
 
-def test_chunked_files_are_partitioned_once_and_cleaned_up(fleet: synth.Fleet, tmp_path: Path) -> None:
-    """Parquet sources are split into chunk files in one pass (next to the output, removed
-    afterwards); the result equals the single-chunk audit and the in-memory chunked one."""
+def test_chunked_files_are_partitioned_once_and_cleaned_up(
+    fleet: synth.Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parquet sources larger than the in-memory budget are split into chunk files in one
+    pass (next to the output, removed afterwards); the result equals the single-chunk audit
+    and the in-memory chunked one."""
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("driftwatch.audit"), "IN_MEMORY_BYTES", 0)
     fleet.write(tmp_path / "logs")
     whole = audit(tmp_path / "logs" / "events", chunks=1)
+    said: list[str] = []
+    audit(tmp_path / "logs" / "events", chunks=2, progress=said.append)
+    assert any("partitioned into 2 chunks" in m for m in said) and not any("into memory" in m for m in said)
     chunked = audit(tmp_path / "logs" / "events", chunks=4, out=tmp_path / "out")
     in_memory = audit(fleet.events, chunks=4)
     assert chunked.stats["chunks"] == 4
@@ -127,6 +136,19 @@ def test_chunked_files_are_partitioned_once_and_cleaned_up(fleet: synth.Fleet, t
     for name, frame in whole.output_frames().items():
         assert_frame_equal(frame, chunked.output_frames()[name], check_exact=False, rel_tol=1e-9), name
 
+
+
+def test_small_chunked_sources_are_read_into_memory_once(fleet: synth.Fleet, tmp_path: Path) -> None:
+    """Under the in-memory budget a chunked Parquet source is decoded once and split in memory
+    (no partition files); the outputs equal the single-chunk audit's."""
+    fleet.write(tmp_path / "logs")
+    whole = audit(tmp_path / "logs" / "events", chunks=1)
+    said: list[str] = []
+    chunked = audit(tmp_path / "logs" / "events", chunks=3, progress=said.append)
+    assert any("read into memory" in m for m in said) and not any("partitioned" in m for m in said)
+    assert chunked.stats["bytes_uncompressed"] > 0
+    for name, frame in whole.output_frames().items():
+        assert_frame_equal(frame, chunked.output_frames()[name], check_exact=False, rel_tol=1e-9), name
 
 def test_chunk_tables_spilled_to_disk_give_the_same_results(
     fleet: synth.Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
