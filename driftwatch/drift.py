@@ -605,11 +605,21 @@ def _is_tables(x: Any) -> bool:
 
 
 @dataclass
-class _Data:
-    """All runs of the comparison, sorted by (series, slot); slot 0 is the reference."""
+class _Counts:
+    """One per-run count table mapped onto the runs: a row per (run, category) count."""
 
-    runs: pl.DataFrame  # _row, _src, run_id, _s, _slot, by columns, run features
-    counts: dict[str, pl.DataFrame]  # "actions"/"bigrams": _row, _s, category, n
+    row: np.ndarray  # _row of the run
+    code: np.ndarray  # index into names
+    n: np.ndarray  # the count (float)
+    names: np.ndarray  # category names (object), sorted
+
+
+@dataclass
+class _Data:
+    """All runs of the comparison, sorted by (series, slot, source, run_id); slot 0 is the reference."""
+
+    runs: pl.DataFrame  # the run columns the features need, in row order
+    counts: dict[str, _Counts]  # "actions" (LLM steps left out) / "bigrams"
     series: pl.DataFrame  # _s, series, by columns
     n_series: int
     n_slots: int
@@ -624,6 +634,21 @@ class _Data:
     @property
     def gid(self) -> np.ndarray:
         return self.s * self.n_slots + self.slot
+
+
+# run columns some feature reads (the rest of the per-run table is not carried along)
+_RUN_COLUMNS: tuple[str, ...] = tuple(
+    dict.fromkeys(
+        [
+            *NUMERIC_RUN_FEATURES,
+            *(c for need in _NUMERIC_NEEDS.values() for c in need),
+            *(c for pair in _RATIOS.values() for c in pair),
+            "n_errors",
+            "feedback",
+            "outcome",
+        ]
+    )
+)
 
 
 def _assemble(main: Tables, reference: Any, current: Any, opts: _Options) -> _Data | None:
@@ -656,7 +681,7 @@ def _assemble(main: Tables, reference: Any, current: Any, opts: _Options) -> _Da
             "reference must be a (start, end) range, a duration string like '14d', 'auto', a frame of reference "
             f"events or a tuple (features, action_counts, bigram_counts); got {type(reference).__name__}"
         )
-    ref_runs = _window_frame(ref_tabs[0], ref_lo, ref_hi, None, 0, src_ref)
+    ref_runs = _window_frame(ref_tabs[0], ref_lo, ref_hi, None, 0, src_ref, opts.by)
     if ref_runs.height == 0:
         span = (first.min(), first.max()) if first.len() else (None, None)
         raise InvalidParameterError(
@@ -686,50 +711,70 @@ def _assemble(main: Tables, reference: Any, current: Any, opts: _Options) -> _Da
             "current must be None, a (start, end) range, a frame of events or a tuple of per-run tables; "
             f"got {type(current).__name__}"
         )
-    cur_runs = _window_frame(cur_tabs[0], lo, hi, origin, opts.every_us, src_cur)
+    cur_runs = _window_frame(cur_tabs[0], lo, hi, origin, opts.every_us, src_cur, opts.by)
     if cur_runs.height == 0:
         return None
     for c in opts.by:
-        for label, fr in (("reference", ref_runs), ("current", cur_runs)):
+        for label, fr in (("reference", ref_tabs[0]), ("current", cur_tabs[0])):
             if c not in fr.columns:
                 raise SchemaError(f"{label}: by column {c!r} is not in the per-run features; found {fr.columns}")
-    runs = pl.concat([ref_runs, cur_runs], how="diagonal_relaxed").with_columns(series_expr(opts.by))
-    ref_series = runs.filter(pl.col("_slot") == 0)["series"].unique()
-    runs = runs.filter(pl.col("series").is_in(ref_series.implode()))
-    if runs.filter(pl.col("_slot") > 0).height == 0:
+    runs = pl.concat([ref_runs, cur_runs], how="diagonal_relaxed")
+    slot = runs["_slot"].to_numpy()
+    src = runs["_src"].to_numpy().astype(np.int64)
+    # ---- series: those with reference runs, numbered in name order
+    code, series = _series_codes(runs, opts.by)
+    has_ref = np.bincount(code[slot == 0], minlength=series.height) > 0
+    if not has_ref.all():
+        keep_series = np.flatnonzero(has_ref)
+        renum = np.full(series.height, -1, dtype=np.int64)
+        renum[keep_series] = np.arange(keep_series.size)
+        series = series[keep_series]
+        code = renum[code]
+    keep = code >= 0
+    if not (keep & (slot > 0)).any():
         return None
+    names_order = np.asarray(series.select(pl.col("series").arg_sort()).to_series().to_numpy(), dtype=np.int64)
+    s_of = np.empty(series.height, dtype=np.int64)
+    s_of[names_order] = np.arange(series.height)
     series = (
-        runs.select(["series", *opts.by]).unique("series").sort("series").with_row_index("_s").with_columns(
-            pl.col("_s").cast(pl.Int64)
-        )
+        series[names_order].with_row_index("_s").with_columns(pl.col("_s").cast(pl.Int64))
     )
-    runs = (
-        runs.join(series.select("series", "_s"), on="series")
-        .sort("_s", "_slot", "_src", "run_id")
-        .with_row_index("_row")
-        .with_columns(pl.col("_row").cast(pl.Int64))
-    )
-    n_slots = int(runs["_slot"].max()) + 1  # type: ignore[arg-type]
+    n_slots = int(slot[keep].max()) + 1
     if series.height * n_slots > 2_000_000:
         raise InvalidParameterError(
             f"every={timedelta(microseconds=opts.every_us)} gives {n_slots - 1} windows for {series.height} "
             "series; use a longer window"
         )
-    counts: dict[str, pl.DataFrame] = {}
-    keys = runs.select("_src", "run_id", "_row", "_s")
+    # ---- row order: (series, slot, source, run_id), as integer keys (a run_id's rank within its source table)
+    tabs_of = {src_ref: ref_tabs, src_cur: cur_tabs}
+    orig = runs["_orig"].to_numpy().astype(np.int64)
+    rank = np.empty(runs.height, dtype=np.int64)
+    for sv, t in tabs_of.items():
+        at = src == sv
+        rank[at] = _run_id_rank(t[0]["run_id"])[orig[at]]
+    m = int(max(t[0].height for t in tabs_of.values())) + 1
+    s = np.where(keep, s_of[np.maximum(code, 0)], 0)
+    key = ((s * n_slots + slot) * 3 + src) * m + rank
+    order = np.flatnonzero(keep)
+    order = order[np.argsort(key[order])]  # keys are unique: (source, rank) names one row
+    runs = runs[order]
+    s, slot, src, orig = s[order], slot[order], src[order], orig[order]
+    # ---- per-run counts, mapped onto rows
+    counts: dict[str, _Counts] = {}
     for i, kind in ((1, "actions"), (2, "bigrams")):
-        tabs = []
-        for src, t in ((src_ref, ref_tabs), (src_cur, cur_tabs)):
-            if t[i] is not None:
-                tabs.append(t[i].with_columns(pl.lit(src, dtype=pl.Int8).alias("_src")))  # type: ignore[union-attr]
-        if len(tabs) == 2 and src_ref == src_cur:
-            tabs = tabs[:1]
-        if len(tabs) < (1 if src_ref == src_cur else 2):
+        parts = []
+        for sv, t in tabs_of.items():
+            if t[i] is None:
+                continue
+            rowmap = np.full(t[0].height, -1, dtype=np.int64)
+            at = np.flatnonzero(src == sv)
+            rowmap[orig[at]] = at
+            parts.append((t[i], t[0]["run_id"], rowmap))
+        if len(parts) < len(tabs_of):
             continue
-        cnt = pl.concat(tabs).join(keys, on=["_src", "run_id"], how="inner")
-        if kind == "actions":
-            cnt = cnt.filter(pl.col("category") != LLM_ACTION)
-        counts[kind] = cnt.select("_row", "_s", "category", "n")
+        cnt = _map_counts(parts, drop=LLM_ACTION if kind == "actions" else None)
+        if cnt is not None:
+            counts[kind] = cnt
     return _Data(
         runs=runs,
         counts=counts,
@@ -737,9 +782,105 @@ def _assemble(main: Tables, reference: Any, current: Any, opts: _Options) -> _Da
         n_series=series.height,
         n_slots=n_slots,
         origin=origin,
-        s=runs["_s"].to_numpy(),
-        slot=runs["_slot"].to_numpy(),
+        s=s,
+        slot=slot,
     )
+
+
+def _series_codes(runs: pl.DataFrame, by: tuple[str, ...]) -> tuple[np.ndarray, pl.DataFrame]:
+    """Each run's series as an index into a frame of the distinct series (``series`` and the ``by`` columns)."""
+    h = runs.height
+    if not by:
+        return np.zeros(h, dtype=np.int64), pl.DataFrame({"series": ["all"]})
+    key = np.zeros(h, dtype=np.int64)
+    size = 1
+    for c in by:  # mixed-radix key of the by columns' value codes (null reads "null", as in the name)
+        v = runs[c].cast(pl.String).fill_null("null")
+        u = v.unique()
+        key += v.cast(pl.Enum(u)).to_physical().to_numpy().astype(np.int64) * size
+        size *= max(u.len(), 1)
+        if size > 2**40:  # too many combinations for a direct key: compress
+            uk, key = np.unique(key, return_inverse=True)
+            size = uk.size
+    if size <= 4 * h + 1024:
+        present = np.bincount(key, minlength=size) > 0
+        idx = np.cumsum(present) - 1
+        code = idx[key]
+        n = int(present.sum())
+    else:
+        _, code = np.unique(key, return_inverse=True)
+        n = int(code.max()) + 1
+    first = np.full(n, h, dtype=np.int64)
+    np.minimum.at(first, code, np.arange(h, dtype=np.int64))
+    series = runs[first].select(series_expr(by), *by)
+    return code.astype(np.int64), series
+
+
+def _run_id_rank(run_id: pl.Series) -> np.ndarray:
+    """Each row's position when the table is sorted by ``run_id`` (nulls first; fast when already sorted)."""
+    order = run_id.arg_sort().to_numpy()
+    rank = np.empty(order.size, dtype=np.int64)
+    rank[order] = np.arange(order.size)
+    return rank
+
+
+def _map_counts(parts: list[tuple[pl.DataFrame, pl.Series, np.ndarray]], drop: str | None) -> _Counts | None:
+    """Count tables (each with its source's run ids and source row -> ``_row`` map) as arrays."""
+    names = pl.concat([tab["category"].drop_nulls().unique() for tab, _, _ in parts]).unique().sort()
+    enum = pl.Enum(names)
+    lut = np.arange(names.len() + 1, dtype=np.int64)  # code -> kept code; the last entry is for null
+    lut[-1] = -1
+    if drop is not None and (names == drop).any():
+        d = int(np.flatnonzero((names == drop).to_numpy())[0])
+        lut[d] = -1
+        lut[d + 1 : -1] -= 1
+        names = names.filter(names != drop)
+    if names.len() == 0:
+        return None
+    rows, codes, ns = [], [], []
+    for tab, run_id, rowmap in parts:
+        h = tab.height
+        if h == 0:
+            continue
+        # count tables come grouped by run: match each stretch of one run_id once
+        rle = tab.select(pl.col("run_id").rle()).to_series().struct.unnest()
+        firsts, lens = rle["value"], rle["len"].to_numpy().astype(np.int64)
+        if firsts.len() == run_id.len() and bool((firsts == run_id).fill_null(False).all()):
+            g = f = np.arange(firsts.len())  # the usual case: the same runs in the same order
+        else:
+            j = pl.DataFrame({"run_id": firsts, "_g": np.arange(firsts.len())}).join(
+                pl.DataFrame({"run_id": run_id, "_f": np.arange(run_id.len(), dtype=np.int64)}),
+                on="run_id",
+                how="inner",  # null run ids match nothing
+            )
+            g, f = j["_g"].to_numpy(), j["_f"].to_numpy()
+        r = rowmap[f]
+        g, r = g[r >= 0], r[r >= 0]
+        if g.size and np.bincount(g).max() > 1:  # a run id on several runs: each of them gets the counts
+            grp = np.repeat(np.arange(lens.size), lens)
+            e = (
+                pl.DataFrame({"_g": grp, "_i": np.arange(h)})
+                .join(pl.DataFrame({"_g": g, "_r": r}), on="_g", how="inner")
+                .sort("_i", "_r")
+            )
+            idx, row = e["_i"].to_numpy(), e["_r"].to_numpy()
+        else:
+            row_of = np.full(lens.size, -1, dtype=np.int64)
+            row_of[g] = r
+            row = np.repeat(row_of, lens)
+            idx = np.flatnonzero(row >= 0)
+            row = row[idx]
+        code = tab["category"].cast(enum).to_physical().cast(pl.Int64).fill_null(-1).to_numpy()
+        code = lut[code[idx]]  # -1 (null) picks the last entry
+        ok = code >= 0
+        rows.append(row[ok])
+        codes.append(code[ok])
+        ns.append(tab["n"].to_numpy()[idx][ok].astype(float))
+    if not rows:
+        return None
+    return _Counts(row=np.concatenate(rows), code=np.concatenate(codes), n=np.concatenate(ns),
+                   names=names.to_numpy().astype(object))
+
 
 
 def auto_reference_length(span: timedelta, every: timedelta) -> timedelta:
@@ -763,9 +904,16 @@ def auto_reference_length(span: timedelta, every: timedelta) -> timedelta:
 
 
 def _window_frame(
-    feats: pl.DataFrame, lo: datetime | None, hi: datetime | None, origin: datetime | None, every_us: int, src: int
+    feats: pl.DataFrame,
+    lo: datetime | None,
+    hi: datetime | None,
+    origin: datetime | None,
+    every_us: int,
+    src: int,
+    by: tuple[str, ...],
 ) -> pl.DataFrame:
-    lf = feats.lazy()
+    """The runs of ``feats`` in a range, with their slot, source and row in ``feats`` (``_orig``)."""
+    lf = feats.lazy().with_row_index("_orig")
     if lo is not None:
         lf = lf.filter(pl.col("first_ts") >= lo)
     if hi is not None:
@@ -775,9 +923,17 @@ def _window_frame(
     else:
         slot = (pl.col("first_ts") - pl.lit(origin, dtype=TS_DTYPE)).dt.total_microseconds() // every_us + 1
         lf = lf.filter(pl.col("first_ts") >= origin)
-    return lf.filter(pl.col("first_ts").is_not_null()).with_columns(
-        slot.cast(pl.Int64).alias("_slot"), pl.lit(src, dtype=pl.Int8).alias("_src")
-    ).collect()
+    keep = [c for c in dict.fromkeys((*by, *_RUN_COLUMNS)) if c in feats.columns]
+    return (
+        lf.filter(pl.col("first_ts").is_not_null())
+        .select(
+            pl.col("_orig"),
+            slot.cast(pl.Int64).alias("_slot"),
+            pl.lit(src, dtype=pl.Int8).alias("_src"),
+            *keep,
+        )
+        .collect()
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -841,55 +997,50 @@ def _cat_from_matrix(data: _Data, C: np.ndarray, names: np.ndarray, *, clustered
 
 def _category_block(data: _Data, kind: str, opts: _Options) -> _Cat | None:
     cnt = data.counts.get(kind)
-    if cnt is None or cnt.height == 0:
+    if cnt is None or cnt.row.size == 0:
         return None
+    S, W1, U = data.n_series, data.n_slots, cnt.names.size
     K = opts.max_categories
     # a category keeps its own cell when it is among the K - 1 most frequent of its series and not rare:
     # at least 10 occurrences, 0.5% of the series' count, and 5 expected occurrences in a median window
     # (chi-square-type tests misbehave on sparse cells); the rest share "(other)"
-    slot = pl.Series("_slot", data.slot)
-    per_window = (
-        cnt.with_columns(slot.gather(cnt["_row"]).alias("_slot"))
-        .filter(pl.col("_slot") > 0)
-        .group_by("_s", "_slot")
-        .agg(pl.col("n").sum().alias("_nw"))
-        .group_by("_s")
-        .agg(pl.col("_nw").median().alias("_med"))
-    )
-    tot = (
-        cnt.group_by("_s", "category")
-        .agg(pl.col("n").sum().alias("_tot"))
-        .join(per_window, on="_s", how="left")
-        .with_columns(
-            pl.struct(-pl.col("_tot"), pl.col("category")).rank("ordinal").over("_s").cast(pl.Int64).alias("_rk"),
-            pl.col("_tot").sum().over("_s").alias("_all"),
-        )
-        .with_columns(
-            (
-                (pl.col("_tot") >= 10)
-                & (pl.col("_tot") >= 0.005 * pl.col("_all"))
-                & (pl.col("_tot") / pl.col("_all") * pl.col("_med").fill_null(float("inf")) >= 5)
-            ).alias("_big"),
-        )
-        .with_columns((pl.col("_big") & (pl.col("_rk") < K)).alias("_own"))  # a prefix of the ranks
-        .with_columns(
-            pl.when(pl.col("_own"))
-            .then(pl.col("_rk") - 1)
-            .otherwise(pl.col("_own").sum().over("_s"))  # "(other)" comes after the own categories
-            .cast(pl.Int64)
-            .alias("_k"),
-            pl.when(pl.col("_own")).then(pl.col("category")).otherwise(pl.lit(_OTHER)).alias("_name"),
-        )
-    )
-    Keff = int(tot["_k"].max()) + 1  # type: ignore[arg-type]
-    idx = cnt.join(tot.select("_s", "category", "_k"), on=["_s", "category"])
+    s = data.s[cnt.row]
+    g = s * W1 + data.slot[cnt.row]
+    per_window = np.bincount(g, weights=cnt.n, minlength=S * W1).reshape(S, W1)[:, 1:]
+    seen = (np.bincount(g, minlength=S * W1).reshape(S, W1) > 0)[:, 1:]  # windows with a count row
+    med = _row_median(per_window, seen)
+    sc = s * U + cnt.code
+    tot = np.bincount(sc, weights=cnt.n, minlength=S * U).reshape(S, U)
+    present = (np.bincount(sc, minlength=S * U) > 0).reshape(S, U)
+    allc = tot.sum(1, where=present, keepdims=True)
+    # rank within the series: most frequent first, ties by name (codes follow the sorted names)
+    order = np.lexsort((np.broadcast_to(np.arange(U), (S, U)), -tot, ~present), axis=1)
+    rk = np.empty((S, U), dtype=np.int64)
+    np.put_along_axis(rk, order, np.arange(1, U + 1)[None, :].repeat(S, 0), axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        big = present & (tot >= 10) & (tot >= 0.005 * allc) & (tot / allc * med[:, None] >= 5)
+    own = big & (rk < K)  # a prefix of the ranks
+    n_own = own.sum(1)
+    kmap = np.where(own, rk - 1, n_own[:, None])  # "(other)" comes after the own categories
+    Keff = int(kmap[present].max()) + 1
     R = data.runs.height
-    flat = idx["_row"].to_numpy() * Keff + idx["_k"].to_numpy()
-    C = np.bincount(flat, weights=idx["n"].to_numpy(), minlength=R * Keff).reshape(R, Keff)
-    names = np.full((data.n_series, Keff), "", dtype=object)
-    nm = tot.unique(["_s", "_k"])
-    names[nm["_s"].to_numpy(), nm["_k"].to_numpy()] = nm["_name"].to_numpy()
+    C = np.bincount(cnt.row * Keff + kmap[s, cnt.code], weights=cnt.n, minlength=R * Keff).reshape(R, Keff)
+    names = np.full((S, Keff), "", dtype=object)
+    si, ui = np.nonzero(present)
+    names[si, kmap[si, ui]] = np.where(own[si, ui], cnt.names[ui], _OTHER)
     return _cat_from_matrix(data, C, names)
+
+
+def _row_median(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Median of each row's valid entries (``inf`` for a row without any)."""
+    k = valid.sum(1)
+    v = np.sort(np.where(valid, x, np.inf), axis=1)
+    if v.shape[1] == 0:
+        return np.full(x.shape[0], np.inf)
+    lo = np.take_along_axis(v, np.maximum((k - 1) // 2, 0)[:, None], 1)[:, 0]
+    hi = np.take_along_axis(v, np.minimum(k // 2, v.shape[1] - 1)[:, None], 1)[:, 0]
+    with np.errstate(invalid="ignore"):
+        return np.where(k > 0, lo + (hi - lo) * 0.5, np.inf)
 
 
 def _error_block(data: _Data) -> _Cat | None:
