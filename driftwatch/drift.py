@@ -41,6 +41,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -179,6 +180,7 @@ def detect_drift(
     include: Sequence[str] | None = None,
     max_categories: int = 30,
     classifier_max_train: int = 10_000,
+    classifier_max_runs: int | None = 5_000,
     random_state: int = 0,
 ) -> pl.DataFrame:
     """Compare current windows with a reference period, per series and feature.
@@ -224,7 +226,17 @@ def detect_drift(
         are pooled into ``"(other)"``.
     classifier_max_train : int, default=10_000
         Training runs per fold of the classifier two-sample test (a random
-        subsample beyond that); every run is still scored out of fold.
+        subsample beyond that); every scored run is scored out of fold.
+    classifier_max_runs : int or None, default=5_000
+        Runs per (series, window) cell, the reference included, that the
+        classifier test scores: a larger cell is represented by a seeded
+        uniform sample of this many runs (never fewer than ``min_runs``), and
+        ``n_ref``/``n_cur`` of its rows count the sampled runs. ``None``
+        scores every run. With 5,000 runs a side the standard error of a
+        cell's AUC is about 0.006 when nothing changed
+        (``sqrt((2n + 1) / (12 n^2))``) and at most 0.007 in any case
+        (``sqrt(AUC (1 - AUC) / n)``), against the 0.1 shift of the AUC that
+        the default threshold (``2 * AUC - 1 >= 0.2``) asks for.
     random_state : int, default=0
         Seed of the classifier, its folds and the reference split.
 
@@ -275,9 +287,10 @@ def detect_drift(
       (``NUMERIC_RUN_FEATURES``, cost per token, tokens and latency per step,
       and the shares of the series' 8 main tools; each robustly standardised
       against its series' reference runs)
-      and scores every run out of fold (2 folds); the AUC of each window's
-      runs against its series' reference runs is the statistic, with a
-      one-sided Mann-Whitney p-value. Effect: ``2 * AUC - 1``. For series
+      and scores every run out of fold (2 folds; at most
+      ``classifier_max_runs`` runs per window and reference, a seeded sample
+      of a larger one); the AUC of each window's runs against its series'
+      reference runs is the statistic, with a one-sided Mann-Whitney p-value. Effect: ``2 * AUC - 1``. For series
       with a window significant before correction, the explanation names the
       three run features whose own AUC departs most from 0.5.
     * ``action_entropy``: Shannon entropy (bits) of the tool mix; one-sided z
@@ -333,6 +346,7 @@ def detect_drift(
         include=include,
         max_categories=max_categories,
         classifier_max_train=classifier_max_train,
+        classifier_max_runs=classifier_max_runs,
         random_state=random_state,
     )
 
@@ -353,6 +367,7 @@ def drift_from_runs(
     include: Sequence[str] | None = None,
     max_categories: int = 30,
     classifier_max_train: int = 10_000,
+    classifier_max_runs: int | None = 5_000,
     random_state: int = 0,
 ) -> pl.DataFrame:
     """:func:`detect_drift` on per-run tables (the fleet stage of the audit).
@@ -372,7 +387,9 @@ def drift_from_runs(
         As in :func:`detect_drift`; frames are canonical events (their
         per-run tables are computed), or a tuple ``(features, action_counts,
         bigram_counts)`` of per-run tables.
-    by, every, alpha, fdr, min_effect, min_runs, include, max_categories, classifier_max_train, random_state
+    by, every, alpha, fdr, min_effect, min_runs, include, max_categories
+        As in :func:`detect_drift`.
+    classifier_max_train, classifier_max_runs, random_state
         As in :func:`detect_drift`.
 
     Returns
@@ -399,6 +416,7 @@ def drift_from_runs(
         include=include,
         max_categories=max_categories,
         classifier_max_train=classifier_max_train,
+        classifier_max_runs=classifier_max_runs,
         random_state=random_state,
     )
     main = _check_tables((features, action_counts, bigram_counts), "features")
@@ -466,6 +484,7 @@ class _Options:
     include: tuple[str, ...]
     max_categories: int
     classifier_max_train: int
+    classifier_max_runs: int | None
     random_state: int
 
     @classmethod
@@ -514,10 +533,13 @@ class _Options:
         cmt = kw["classifier_max_train"]
         if not isinstance(cmt, int) or isinstance(cmt, bool) or cmt < 50:
             raise InvalidParameterError(f"classifier_max_train must be an integer >= 50, got {cmt!r}")
+        cmr = kw["classifier_max_runs"]
+        if cmr is not None and (not isinstance(cmr, int) or isinstance(cmr, bool) or cmr < 100):
+            raise InvalidParameterError(f"classifier_max_runs must be None or an integer >= 100, got {cmr!r}")
         rs = kw["random_state"]
         if not isinstance(rs, int) or isinstance(rs, bool) or rs < 0:
             raise InvalidParameterError(f"random_state must be a non-negative integer, got {rs!r}")
-        return cls(by, every_us, float(alpha), kw["fdr"], me, min_runs, include, mc, cmt, rs)
+        return cls(by, every_us, float(alpha), kw["fdr"], me, min_runs, include, mc, cmt, cmr, rs)
 
 
 def _is_frame(x: Any) -> bool:
@@ -631,7 +653,7 @@ class _Data:
     def groups(self) -> int:
         return self.n_series * self.n_slots
 
-    @property
+    @cached_property
     def gid(self) -> np.ndarray:
         return self.s * self.n_slots + self.slot
 
@@ -982,14 +1004,18 @@ def _cat_from_matrix(data: _Data, C: np.ndarray, names: np.ndarray, *, clustered
     with np.errstate(invalid="ignore", divide="ignore"):
         pg = np.nan_to_num(S1 / N[:, None])
         w = np.sqrt(np.where(R > 1, R / np.maximum(R - 1.0, 1.0), 1.0))  # small-sample factor per group
-    E = (C - pg[gid] * m[:, None]) * w[gid][:, None]
     K = C.shape[1]
     cov = np.zeros((S, K, K))
     bounds = np.searchsorted(data.s, np.arange(S + 1))  # runs are sorted by series
     NS = N.reshape(S, data.n_slots).sum(1)
     for s in range(S):  # one K x K product per series
-        e = E[bounds[s] : bounds[s + 1]]
+        a, b = bounds[s], bounds[s + 1]
         if NS[s] > 0:
+            g = gid[a:b]
+            e = pg[g]  # residuals (C - p_g m) * w_g, computed in place
+            e *= m[a:b, None]
+            np.subtract(C[a:b], e, out=e)
+            e *= w[g][:, None]
             cov[s] = e.T @ e / NS[s]
     return _Cat(C=C, m=m, names=names, S1=S1, N=N, n_runs=np.bincount(gid, minlength=G).astype(float),
                 unit_cov=cov, clustered=clustered)
@@ -1443,29 +1469,64 @@ def _grouped_auc(
 ) -> tuple[np.ndarray, np.ndarray]:
     """AUC of each (series, current slot)'s values against the series' slot-0 values (ties count half).
 
-    Returns ``(auc, n)``, both of shape (series, slots); NaN values are ignored.
+    ``group`` (the series) must be sorted. ``value`` holds one column of values per run, or several
+    (runs x columns, one AUC each). Returns ``(auc, n)`` of shape (series, slots), or (series, slots,
+    columns) for 2-D ``value``; NaN values are ignored.
     """
-    fin = np.isfinite(value)
-    group, slot, value = group[fin], slot[fin], value[fin]
-    uniq, r = np.unique(value, return_inverse=True)
-    U = np.int64(max(uniq.size, 1))
-    key = group.astype(np.int64) * U + r
-    is_ref = slot == 0
-    ref_keys = np.sort(key[is_ref])
-    n_ref = np.bincount(group[is_ref], minlength=n_series).astype(float)
-    base = np.searchsorted(ref_keys, np.arange(n_series, dtype=np.int64) * U)
-    cur = ~is_ref
-    kc, gc = key[cur], group[cur]
-    below = np.searchsorted(ref_keys, kc, "left") - base[gc]
-    upto = np.searchsorted(ref_keys, kc, "right") - base[gc]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        place = (below + upto) / (2.0 * n_ref[gc])
-    cell = gc * n_slots + slot[cur]
-    cnt = np.bincount(cell, minlength=n_series * n_slots).astype(float)
-    tot = np.bincount(cell, weights=place, minlength=n_series * n_slots)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auc = tot / cnt
-    return auc.reshape(n_series, n_slots), cnt.reshape(n_series, n_slots)
+    flat = value.ndim == 1
+    V = value[:, None] if flat else value
+    R, J = V.shape
+    G = n_series * n_slots
+    auc, cnt = np.full((J, G), np.nan), np.zeros((J, G))
+    if R == 0:
+        out = auc.T.reshape(n_series, n_slots, J)
+        return (out[..., 0], cnt.T.reshape(n_series, n_slots, J)[..., 0]) if flat else (
+            out, cnt.T.reshape(n_series, n_slots, J))
+    gdt = np.int16 if n_series < 2**15 else np.int64  # small ints sort by radix
+    grp = group.astype(gdt)
+    seg = np.concatenate([[0], np.cumsum(np.bincount(group, minlength=n_series))])  # rows of each series
+    cell = group.astype(np.int64) * n_slots + slot
+    is_ref0, is_cur0 = slot == 0, slot > 0
+    step = max(1, 4_000_000 // R)  # columns per block (bounded memory)
+    for j0 in range(0, J, step):
+        v = np.ascontiguousarray(V[:, j0 : j0 + step].T)  # columns x runs
+        B = v.shape[0]
+        fin = np.isfinite(v)
+        # each column in value order, then stably by series: every series' runs in value order
+        o = np.argsort(v, axis=1)
+        o = np.take_along_axis(o, np.argsort(grp[o], axis=1, kind="stable"), 1)
+        vs = np.take_along_axis(v, o, 1)
+        gs = group[o]
+        ref = is_ref0[o] & np.take_along_axis(fin, o, 1)
+        cz = np.zeros((B, R + 1), dtype=np.int64)
+        np.cumsum(ref, axis=1, out=cz[:, 1:])  # cz[:, p]: reference values before position p
+        # ties: a run of equal values within a series
+        new = np.ones((B, R), dtype=bool)
+        new[:, 1:] = (vs[:, 1:] != vs[:, :-1]) | (gs[:, 1:] != gs[:, :-1])
+        last = np.ones((B, R), dtype=bool)
+        last[:, :-1] = new[:, 1:]
+        pos = np.arange(R)
+        start = np.maximum.accumulate(np.where(new, pos, 0), axis=1)
+        end = np.minimum.accumulate(np.where(last, pos, R - 1)[:, ::-1], axis=1)[:, ::-1]
+        base = np.take_along_axis(cz, seg[gs], 1)
+        below = np.take_along_axis(cz, start, 1) - base
+        upto = np.take_along_axis(cz, end + 1, 1) - base
+        n_ref = (cz[:, seg[1:]] - cz[:, seg[:-1]]).astype(float)  # columns x series
+        with np.errstate(invalid="ignore", divide="ignore"):
+            place_s = (below + upto) / (2.0 * np.take_along_axis(n_ref, gs, 1))
+        place = np.empty((B, R))
+        np.put_along_axis(place, o, place_s, 1)  # back to row order: sums run in row order, as before
+        use = is_cur0[None, :] & fin
+        jj, rr = np.nonzero(use)  # row order within each column
+        key = jj * G + cell[rr]
+        c = np.bincount(key, minlength=B * G).astype(float)
+        tot = np.bincount(key, weights=place[jj, rr], minlength=B * G)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            auc[j0 : j0 + B] = (tot / c).reshape(B, G)
+        cnt[j0 : j0 + B] = c.reshape(B, G)
+    auc_o = auc.T.reshape(n_series, n_slots, J)
+    cnt_o = cnt.T.reshape(n_series, n_slots, J)
+    return (auc_o[..., 0], cnt_o[..., 0]) if flat else (auc_o, cnt_o)
 
 
 def _ref_scale(X: np.ndarray, s: np.ndarray, ref_rows: np.ndarray, S: int) -> tuple[np.ndarray, np.ndarray]:
@@ -1492,24 +1553,47 @@ def _ref_scale(X: np.ndarray, s: np.ndarray, ref_rows: np.ndarray, S: int) -> tu
     return med, scale
 
 
+def _cell_sample(gid: np.ndarray, n_groups: int, cap: int | None, seed: int) -> np.ndarray | None:
+    """Rows (sorted) of a seeded uniform sample of at most ``cap`` runs per (series, slot) cell.
+
+    ``None`` when no cell holds more than ``cap`` runs (every run is kept). ``gid`` must be sorted.
+    """
+    n = np.bincount(gid, minlength=n_groups)
+    if cap is None or gid.size == 0 or n.max() <= cap:
+        return None
+    # its own random stream, so that the classifier's folds and training draws do not depend on it
+    u = np.random.default_rng([seed, 1]).random(gid.size)
+    order = np.argsort(gid + 0.5 * u)  # cells stay contiguous (gid sorted, 0.5 * u < 1); random within
+    start = np.concatenate([[0], np.cumsum(n)[:-1]])
+    rank = np.empty(gid.size, dtype=np.int64)
+    rank[order] = np.arange(gid.size) - start[gid[order]]
+    return np.flatnonzero(rank < cap)
+
+
 def _classifier_rows(data: _Data, tool: _Cat | None, opts: _Options) -> pl.DataFrame | None:
     """Classifier two-sample test: one seeded model over all series (the series is a feature)."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     S, W1 = data.n_series, data.n_slots
-    have = set(data.runs.columns)
+    # a large cell is represented by a seeded uniform sample of its runs (see classifier_max_runs)
+    cap_runs = None if opts.classifier_max_runs is None else max(opts.classifier_max_runs, opts.min_runs)
+    take = _cell_sample(data.gid, data.groups, cap_runs, opts.random_state)
+    runs = data.runs if take is None else data.runs[take]
+    s, slot = (data.s, data.slot) if take is None else (data.s[take], data.slot[take])
+    have = set(runs.columns)
     exprs = {c: pl.col(c).cast(pl.Float64) for c in NUMERIC_RUN_FEATURES if c in have}
     for name, (num, den) in _RATIOS.items():  # ratios trees find hard to build from their parts
         if num in have and den in have:
             exprs[name] = pl.col(num).cast(pl.Float64) / pl.col(den).cast(pl.Float64)
     cols = list(exprs)
-    X = data.runs.select([e.fill_nan(None).alias(c) for c, e in exprs.items()]).to_numpy().astype(float)
+    X = runs.select([e.fill_nan(None).alias(c) for c, e in exprs.items()]).to_numpy().astype(float)
     X[~np.isfinite(X)] = np.nan
     fnames = np.array([np.array(cols, dtype=object)] * S).reshape(S, len(cols))
     if tool is not None:
         k = min(_CLF_SHARES, tool.C.shape[1])
+        C, m = (tool.C, tool.m) if take is None else (tool.C[take], tool.m[take])
         with np.errstate(invalid="ignore", divide="ignore"):
-            shares = tool.C[:, :k] / tool.m[:, None]  # share of the series' k-th most used tool
+            shares = C[:, :k] / m[:, None]  # share of the series' k-th most used tool
         X = np.hstack([X, shares])
         fnames = np.hstack([fnames, np.char.add("share:", tool.names[:, :k].astype(str)).astype(object)])
     with np.errstate(invalid="ignore"):
@@ -1517,7 +1601,6 @@ def _classifier_rows(data: _Data, tool: _Cat | None, opts: _Options) -> pl.DataF
     if not live.any():
         return None
     X, fnames = X[:, live], fnames[:, live]
-    s, slot = data.s, data.slot
     y = (slot > 0).astype(np.int64)
     n_ref_s = np.bincount(s[y == 0], minlength=S)
     n_cur_s = np.bincount(s[y == 1], minlength=S)
@@ -1587,16 +1670,31 @@ def _classifier_rows(data: _Data, tool: _Cat | None, opts: _Options) -> pl.DataF
             "n_cur": cnt[si, wi].astype(np.int64),
         }
     )
+    what = np.full(si.size, "", dtype=object)
+    if take is not None:  # say so when the AUC comes from a sample of the runs
+        n_all = np.bincount(data.gid, minlength=data.groups).reshape(S, W1)
+        sampled = (n_all[si, 0] > n_ref_s[si]) | (n_all[si, wi] > cnt[si, wi])
+        if sampled.any():
+            i = np.flatnonzero(sampled)
+            note = np.char.add(
+                np.char.add(
+                    np.char.add(np.char.add(" on a sample of ", n_ref_s[si[i]].astype(str)), " of "),
+                    n_all[si[i], 0].astype(str),
+                ),
+                np.char.add(
+                    np.char.add(np.char.add(" reference and ", cnt[si[i], wi[i]].astype(np.int64).astype(str)),
+                                " of "),
+                    np.char.add(n_all[si[i], wi[i]].astype(str), " current runs"),
+                ),
+            )
+            what[i] = note
     # importances: each run feature's own AUC per window; the three furthest from 0.5 are named. Only for
     # the series with a window significant before correction (the others are explained by the AUC alone).
     cand = np.zeros(S, dtype=bool)
     cand[si[pval[si, wi] <= opts.alpha]] = True
     rows_c = cand[s]
-    what = np.full(si.size, "", dtype=object)
     if rows_c.any():
-        imp = np.stack(
-            [_grouped_auc(s[rows_c], slot[rows_c], X[rows_c, j], S, W1)[0] for j in range(X.shape[1])], axis=-1
-        )
+        imp = _grouped_auc(s[rows_c], slot[rows_c], X[rows_c], S, W1)[0]  # all features at once
         sel = cand[si]
         imp_c = imp[si[sel], wi[sel]]  # rows x features
         dist = np.nan_to_num(np.abs(imp_c - 0.5), nan=-1.0)
@@ -1607,7 +1705,7 @@ def _classifier_rows(data: _Data, tool: _Cat | None, opts: _Options) -> pl.DataF
         joined = np.char.add("; most different: ", text[:, 0])
         for j in range(1, text.shape[1]):
             joined = np.char.add(np.char.add(joined, ", "), text[:, j])
-        what[sel] = joined
+        what[sel] = np.char.add(what[sel].astype(str), joined)
     return out.with_columns(pl.Series("_what", what.astype(str)))
 
 

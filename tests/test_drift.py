@@ -506,3 +506,76 @@ def test_schema_errors() -> None:
         detect_drift(pl.DataFrame({"x": [1]}), reference=REF)
     with pytest.raises(InvalidParameterError, match="DataFrame or LazyFrame"):
         drift_from_runs([1, 2], reference=REF)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------
+# classifier test on a sample of large cells (classifier_max_runs)
+
+
+def big_runs(n_per_week: int = 2500, seed: int = 0) -> pl.DataFrame:
+    """Per-run features of two agents over four weeks; agent a's cost per run x1.6 from the third week."""
+    rng = np.random.default_rng(seed)
+    n = 2 * 4 * n_per_week
+    agent = np.repeat(np.array(["a", "b"]), n // 2)
+    offset_us = (rng.random(n) * timedelta(weeks=4).total_seconds() * 1e6).astype(np.int64)
+    steps = rng.poisson(8, n) + 1
+    tokens = (steps * rng.gamma(5.0, 100.0, n)).astype(np.int64)
+    cost = tokens * 2e-6 * rng.lognormal(0.0, 0.2, n)
+    cost[(agent == "a") & (offset_us >= timedelta(weeks=2).total_seconds() * 1e6)] *= 1.6
+    return pl.DataFrame(
+        {"run_id": [f"r{i:06d}" for i in range(n)], "agent": agent, "n_steps": steps, "tokens": tokens,
+         "cost_usd": cost}
+    ).with_columns(first_ts=pl.lit(START) + pl.duration(microseconds=pl.Series(offset_us)))
+
+
+BIG_REF = ("2026-10-01", "2026-10-08")
+
+
+def test_classifier_samples_large_cells_and_still_detects() -> None:
+    runs = big_runs()
+    kw = dict(reference=BIG_REF, include=["run_classifier"])
+    sampled = drift_from_runs(runs, classifier_max_runs=500, **kw)
+    full = drift_from_runs(runs, classifier_max_runs=None, **kw)
+    assert sampled.height == full.height == 6  # 2 agents x 3 windows
+    assert (sampled["n_ref"] == 500).all() and (sampled["n_cur"] == 500).all()
+    assert (full["n_cur"] > 2000).all()
+    assert sampled["explain"].str.contains(r"on a sample of 500 of \d+ reference and 500 of \d+ current runs").all()
+    assert not full["explain"].str.contains("sample").any()
+
+    def hits(d: pl.DataFrame) -> set[tuple[str, datetime]]:
+        return set(d.filter("drifted").select("series", "window_start").iter_rows())
+
+    third = datetime(2026, 10, 15, tzinfo=UTC)
+    assert hits(sampled) == hits(full) == {("agent=a", third), ("agent=a", third + timedelta(weeks=1))}
+    # the sample's AUC is within a few standard errors (~0.02 with 500 runs a side) of the full one
+    assert np.abs(sampled["statistic"].to_numpy() - full["statistic"].to_numpy()).max() < 0.08
+    assert sampled.filter("drifted")["explain"].str.contains("most different: cost_").all()
+
+
+def test_classifier_sample_is_seeded() -> None:
+    runs = big_runs(n_per_week=1000)
+    kw = dict(reference=BIG_REF, include=["run_classifier"], classifier_max_runs=300)
+    a = drift_from_runs(runs, **kw)
+    assert a.equals(drift_from_runs(runs, **kw))
+    assert a.equals(drift_from_runs(runs.sample(fraction=1.0, shuffle=True, seed=3), **kw))  # input order
+    b = drift_from_runs(runs, random_state=1, **kw)
+    assert b.height == a.height
+    assert not np.array_equal(a["statistic"].to_numpy(), b["statistic"].to_numpy())
+
+
+def test_classifier_sample_changes_nothing_below_the_cap(
+    demo_tables: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame], demo_drift: pl.DataFrame
+) -> None:
+    # the demo's cells hold at most ~300 runs: any cap above that scores every run, as the default does
+    for cap in (None, 400):
+        assert drift_from_runs(*demo_tables, reference=REF, classifier_max_runs=cap).equals(demo_drift)
+    clf = demo_drift.filter(pl.col("feature") == "run_classifier")
+    assert not clf["explain"].str.contains("sample").any()
+
+
+@pytest.mark.parametrize("cap", [99, 0, 1.5, True, "5000"])
+def test_classifier_max_runs_is_validated(
+    demo_tables: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame], cap: object
+) -> None:
+    with pytest.raises(InvalidParameterError, match="classifier_max_runs"):
+        drift_from_runs(*demo_tables, reference=REF, classifier_max_runs=cap)  # type: ignore[arg-type]
