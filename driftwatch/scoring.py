@@ -126,13 +126,16 @@ _FEATURE_LABELS: dict[str, str] = {
     "min_confidence_filled": "confidence",
 }
 
-#: Trees of the anomaly forest, and of the cheaper forest screening large fleets.
+#: Trees of the anomaly forest, and how many of them screen every run of a large fleet.
 ANOMALY_TREES = 100
 SCREEN_TREES = 16
 #: Screening score from which a run is re-scored by the full forest.
 SCREEN_AT = 0.5
-#: Fleets up to this many runs are scored by the full forest directly.
+#: Fleets up to this many runs are fitted on all runs and scored by the full forest directly.
 SCREEN_MIN_RUNS = 50_000
+#: Runs the forests are fitted on in fleets above :data:`SCREEN_MIN_RUNS` (a seeded random
+#: sample; about as many runs as 100 trees of 256 runs can use).
+ANOMALY_FIT_RUNS = 25_600
 
 #: Agents with fewer runs are compared with the whole fleet instead of themselves.
 MIN_AGENT_RUNS = 20
@@ -195,7 +198,14 @@ def _detect_loop_summary(events: Any) -> pl.DataFrame | None:
 
 
 def _drift_context(runs: pl.DataFrame, drift: pl.DataFrame | None) -> pl.DataFrame | None:
-    """Per run: the drifted features of its series at the run's start, as text."""
+    """Per run, in the order of ``runs``: the drifted features of its series at the run's start, as text.
+
+    ``None`` when no run starts in a drifted window. Which drifted windows contain a run depends
+    only on the run's series columns and on where its start falls among the windows' bounds, so
+    the windows are matched to the distinct (series columns, segment between consecutive bounds)
+    combinations, a handful, and each run is joined to its combination once (no join of every
+    run with every drifted window of its series).
+    """
     if drift is None or drift.height == 0:
         return None
     need = ("series", "window_start", "window_end", "feature", "drifted")
@@ -218,29 +228,56 @@ def _drift_context(runs: pl.DataFrame, drift: pl.DataFrame | None) -> pl.DataFra
     for s in series_names:  # a handful of distinct series
         keys = () if s == "all" else tuple(part.split("=", 1)[0] for part in s.split(","))
         keysets[keys] = None
-    hits: list[pl.DataFrame] = []
-    for keys in keysets:
-        if any(k not in runs.columns for k in keys):
-            continue
-        r = runs.select("run_id", "first_ts", series_expr(keys))
-        hits.append(
-            r.join(d, on="series", how="inner").filter(
-                (pl.col("first_ts") >= pl.col("window_start")) & (pl.col("first_ts") < pl.col("window_end"))
-            )
-        )
-    if not hits:
+    usable = [keys for keys in keysets if all(k in runs.columns for k in keys)]
+    if not usable:
         return None
+    cols = list(dict.fromkeys(k for keys in usable for k in keys))
+    # a window [start, end) contains t exactly when it contains the last bound at or before t
+    bounds = (
+        pl.concat([d["window_start"], d["window_end"]]).drop_nulls().unique().sort().to_physical()
+    )
+    ts = runs["first_ts"].dt.cast_time_unit("us").to_physical()
+    seg = bounds.search_sorted(ts, side="right").cast(pl.Int64)  # 0: before every bound, or no start
+    keyed = runs.select("run_id", *cols).with_columns(seg.alias("_seg"))
+    combos = keyed.filter(pl.col("_seg") > 0).select(*cols, "_seg").unique()
+    if combos.height == 0:
+        return None
+    at = bounds.cast(pl.Datetime("us", "UTC")).gather(combos["_seg"] - 1)  # the segment's first instant
+    combos = combos.with_columns(at.alias("_at"))
+    hits = [
+        combos.with_columns(series_expr(keys))
+        .join(d, on="series", how="inner")
+        .filter((pl.col("_at") >= pl.col("window_start")) & (pl.col("_at") < pl.col("window_end")))
+        for keys in usable
+    ]
     h = pl.concat(hits)
     if h.height == 0:
         return None
-    return h.group_by("run_id").agg(
+    per_combo = h.group_by(*cols, "_seg").agg(
         pl.col("series").first(),
         pl.col("_what").unique().sort().str.join(", ").alias("_drift_what"),
         pl.col("window_start").min().alias("_drift_since"),
     )
+    return keyed.join(per_combo, on=[*cols, "_seg"], how="left", nulls_equal=True, maintain_order="left").select(
+        "run_id", "series", "_drift_what", "_drift_since"
+    )
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _with_lookup(rows: pl.DataFrame, table: pl.DataFrame, on: str) -> pl.DataFrame:
+    """``rows`` with the columns of ``table`` (one row per ``on`` value) added: a left join.
+
+    Only the key column is joined and the looked-up columns are stacked on, so the wide
+    per-run table is not copied. Columns ``rows`` already has keep their values (as after a
+    join, where the table's copy would be suffixed ``_right`` and go unused).
+    """
+    new = [c for c in table.columns if c != on and c not in rows.columns]
+    if not new:
+        return rows
+    found = rows.select(on).join(table.select(on, *new), on=on, how="left", maintain_order="left")
+    return rows.hstack(found.drop(on))
 
 
 def _add_robust_z(f: pl.DataFrame, specs: Sequence[tuple[str, float]]) -> pl.DataFrame:
@@ -249,7 +286,7 @@ def _add_robust_z(f: pl.DataFrame, specs: Sequence[tuple[str, float]]) -> pl.Dat
     The MAD is scaled by 1.4826 (a standard deviation under normality) and floored at
     the column's floor, so near-constant features do not blow up. Also adds
     ``_med_cost`` and ``_med_steps`` (the group's median cost and steps, for reasons).
-    Two small group-bys and joins over the per-run table (no window per column).
+    Two small group-bys and narrow lookups over the per-run table (no window per column).
     """
     names = [n for n, _ in specs]
     med = f.group_by("_zgroup").agg(
@@ -257,13 +294,13 @@ def _add_robust_z(f: pl.DataFrame, specs: Sequence[tuple[str, float]]) -> pl.Dat
         pl.col("cost_usd").fill_null(0.0).median().alias("_med_cost"),
         pl.col("n_steps").median().alias("_med_steps"),
     )
-    f = f.join(med, on="_zgroup", how="left")
+    f = _with_lookup(f, med, "_zgroup")
     mad = (
         f.select("_zgroup", *[(pl.col(n) - pl.col(f"_med_{n}")).abs().alias(n) for n in names])
         .group_by("_zgroup")
         .agg(*[(pl.col(n).median() * 1.4826).alias(f"_mad_{n}") for n in names])
     )
-    f = f.join(mad, on="_zgroup", how="left")
+    f = _with_lookup(f, mad, "_zgroup")
     return f.with_columns(
         ((pl.col(n) - pl.col(f"_med_{n}")) / pl.max_horizontal(pl.col(f"_mad_{n}"), pl.lit(floor)))
         .clip(-50.0, 50.0)
@@ -291,15 +328,58 @@ def _noisy_or(cols: Sequence[str]) -> pl.Expr:
     return (1.0 - prod).clip(0.0, 1.0)
 
 
+def _average_path_length(n: np.ndarray) -> np.ndarray:
+    """Expected path length of an unsuccessful search in a binary search tree of ``n`` points.
+
+    The normalisation of isolation-forest path lengths (Liu et al. 2008), computed as
+    scikit-learn's ``IsolationForest`` does.
+    """
+    n = np.asarray(n, dtype=np.float64)
+    out = np.zeros(n.shape)
+    out[n == 2] = 1.0
+    big = n > 2
+    out[big] = 2.0 * (np.log(n[big] - 1.0) + np.euler_gamma) - 2.0 * (n[big] - 1.0) / n[big]
+    return out
+
+
+def _tree_path_lengths(tree: Any) -> np.ndarray:
+    """Per node of a fitted isolation tree: its depth (edges from the root) plus the average
+    path length of the training runs that ended in it (the per-leaf term of the anomaly score)."""
+    t = tree.tree_
+    left, right = t.children_left, t.children_right
+    nodes = np.ones(t.node_count)  # nodes on the path from the root, as scikit-learn counts them
+    inner = np.flatnonzero(left >= 0)
+    for _ in range(t.max_depth):  # children are numbered after their parent: one pass per level
+        nodes[left[inner]] = nodes[inner] + 1.0
+        nodes[right[inner]] = nodes[inner] + 1.0
+    return nodes + _average_path_length(t.n_node_samples) - 1.0
+
+
+def _path_length_sums(trees: Sequence[Any], X: np.ndarray) -> np.ndarray:
+    """Sum over ``trees`` (in order) of each row's isolation path length."""
+    depths = np.zeros(X.shape[0])
+    for tree in trees:
+        depths += _tree_path_lengths(tree)[tree.tree_.apply(X)]
+    return depths
+
+
 def _anomaly_scores(frame: pl.DataFrame, random_state: int | None) -> tuple[np.ndarray, np.ndarray]:
     """IsolationForest anomaly score in (0, 1) per run, and the index of each run's most unusual feature.
 
-    Scoring a forest costs one tree walk per run and tree, which dominates the fleet
-    stage on large fleets, so fleets above :data:`SCREEN_MIN_RUNS` runs are scored in
-    two passes: a forest of :data:`SCREEN_TREES` trees screens every run, and the full
-    forest of :data:`ANOMALY_TREES` trees re-scores the runs the screen puts at or
-    above :data:`SCREEN_AT` (well below 0.62, where the anomaly component starts). The
-    others keep their screening score.
+    Fleets up to :data:`SCREEN_MIN_RUNS` runs: scikit-learn's ``IsolationForest`` of
+    :data:`ANOMALY_TREES` trees, fitted on all runs, scores every run.
+
+    Larger fleets: scoring costs one tree walk per run and tree, so a forest of
+    :data:`SCREEN_TREES` trees screens every run, and the full forest of
+    :data:`ANOMALY_TREES` trees re-scores the runs the screen puts at or above
+    :data:`SCREEN_AT` (well below 0.62, where the anomaly component starts). The others keep
+    their screening score. The two forests are grown together (one forest of
+    ``SCREEN_TREES + ANOMALY_TREES`` trees, split; the re-score does not reuse the screening
+    trees, so a lucky screen does not bias it). scikit-learn's fit walks every row it is given
+    (a tree grows on 256 runs; the others get weight 0), so the trees are fitted on a random
+    sample of :data:`ANOMALY_FIT_RUNS` runs, seeded by ``random_state`` (each tree still grows
+    on a random 256-run subsample of the fleet). Scores are computed from the fitted trees as
+    ``IsolationForest.score_samples`` computes them.
     """
     n = frame.height
     X = frame.select(_oriented_z(c, o) for c, _, o in _ANOMALY_FEATURES).to_numpy().astype(np.float32)
@@ -309,14 +389,20 @@ def _anomaly_scores(frame: pl.DataFrame, random_state: int | None) -> tuple[np.n
     from sklearn.ensemble import IsolationForest
 
     sub = min(256, n)
-    full = IsolationForest(n_estimators=ANOMALY_TREES, max_samples=sub, random_state=random_state).fit(X)
     if n <= SCREEN_MIN_RUNS:
+        full = IsolationForest(n_estimators=ANOMALY_TREES, max_samples=sub, random_state=random_state).fit(X)
         return -full.score_samples(X), top
-    screen = IsolationForest(n_estimators=SCREEN_TREES, max_samples=sub, random_state=random_state).fit(X)
-    a = -screen.score_samples(X)
+    rows = np.sort(np.random.default_rng(random_state).choice(n, size=ANOMALY_FIT_RUNS, replace=False))
+    X = np.ascontiguousarray(X)
+    forest = IsolationForest(
+        n_estimators=SCREEN_TREES + ANOMALY_TREES, max_samples=sub, random_state=random_state
+    ).fit(X[rows])
+    trees = forest.estimators_
+    norm = float(_average_path_length(np.array([forest.max_samples_]))[0])
+    a = 2.0 ** (-_path_length_sums(trees[:SCREEN_TREES], X) / (SCREEN_TREES * norm))
     cand = np.flatnonzero(a >= SCREEN_AT)
     if cand.size:
-        a[cand] = -full.score_samples(X[cand])
+        a[cand] = 2.0 ** (-_path_length_sums(trees[SCREEN_TREES:], X[cand]) / (ANOMALY_TREES * norm))
     return a, top
 
 
@@ -395,7 +481,7 @@ def score_runs_from_runs(
     drift_df = drift.collect() if isinstance(drift, pl.LazyFrame) else drift
     esc_model = _resolve_model(model, pol)
 
-    f = feats.sort("run_id")
+    f = feats if feats["run_id"].is_sorted() else feats.sort("run_id")
     n_runs = f.height
     dup = f["run_id"].filter(f["run_id"] == f["run_id"].shift(1))
     if dup.len():
@@ -442,7 +528,7 @@ def score_runs_from_runs(
     # ---- loops ----
     if summary is not None:
         keep = ["run_id"] + [c for c in _LOOP_SUMMARY_COLS if c in summary.columns]
-        f = f.join(summary.select(keep).unique("run_id"), on="run_id", how="left")
+        f = _with_lookup(f, summary.select(keep).unique("run_id", keep="first", maintain_order=True), "run_id")
     for c, dt in (("n_loops", pl.Int64), ("worst_kind", pl.String), ("worst_pattern", pl.String),
                   ("worst_repeats", pl.Int64), ("wasted_steps", pl.Int64), ("wasted_tokens", pl.Int64),
                   ("wasted_cost_usd", pl.Float64), ("loop_severity", pl.Float64)):
@@ -452,7 +538,7 @@ def score_runs_from_runs(
     # ---- drift ----
     ctx = _drift_context(f, drift_df)
     if ctx is not None:
-        f = f.join(ctx.select("run_id", "_drift_what", "_drift_since"), on="run_id", how="left")
+        f = f.with_columns(ctx["_drift_what"], ctx["_drift_since"])
     else:
         f = f.with_columns(
             pl.lit(None, dtype=pl.String).alias("_drift_what"),
@@ -479,8 +565,8 @@ def score_runs_from_runs(
         .otherwise(pl.lit("ok"))
         .alias("level")
     )
-    reasons = _reasons(f.filter(pl.col("level") != "ok"), text_exprs, esc_model)
-    f = f.join(reasons, on="run_id", how="left").with_columns(
+    reasons = _reasons(f.lazy().filter(pl.col("level") != "ok"), text_exprs, esc_model)
+    f = _with_lookup(f, reasons, "run_id").with_columns(
         pl.col("reasons").fill_null(pl.lit([], dtype=pl.List(pl.String)))
     )
 
@@ -488,7 +574,8 @@ def score_runs_from_runs(
              "score_rules", *s_cols, "cost_z", "steps_z", "anomaly", "error_rate_tool", *_LOOP_SUMMARY_COLS,
              "n_unapproved", "n_unknown_tool", "delegation_depth"]
     rest = [c for c in feats.columns if c not in front]
-    return f.select(front + rest).sort("run_id")
+    out = f.select(front + rest)
+    return out if out["run_id"].is_sorted() else out.sort("run_id")
 
 
 def _join_violations(f: pl.DataFrame, viol: pl.DataFrame | None, pol: Policy) -> pl.DataFrame:
@@ -537,7 +624,7 @@ def _join_violations(f: pl.DataFrame, viol: pl.DataFrame | None, pol: Policy) ->
         (dep & (pl.col("severity") == "critical")).any().alias("_dep_cycle"),
         pl.col("detail").filter(dep).first().alias("_dep_detail"),
     )
-    f = f.join(agg, on="run_id", how="left")
+    f = _with_lookup(f, agg, "run_id")
     return f.with_columns(
         pl.col("_n_crit").fill_null(0),
         pl.col("_n_warn").fill_null(0),
@@ -701,41 +788,38 @@ def _components(pol: Policy) -> tuple[list[pl.Expr], list[pl.Expr]]:
     return out, texts
 
 
-def _reasons(flagged: pl.DataFrame, texts: list[pl.Expr], model: EscalationModel | None) -> pl.DataFrame:
+def _reasons(flagged: pl.LazyFrame, texts: list[pl.Expr], model: EscalationModel | None) -> pl.DataFrame:
     """``run_id, reasons`` for the runs above ``ok``: component texts, strongest first.
 
     Components below 0.05 are left out unless they are the run's strongest. Built in
-    long format (one row per run and component) on the flagged runs only.
+    long format (one row per run and reported component): each component's text is
+    written only for the flagged runs it is reported for.
     """
     score_cols = [f"score_{c}" for c in COMPONENTS]
-    base = flagged.select("run_id", *score_cols, *(["_p"] if model is not None else []),
-                          *[t for t in texts])
-    top = pl.max_horizontal(score_cols)
-    long = pl.concat(
-        [
-            base.select(
+    top = pl.col("_top")
+    lf = flagged.with_columns(pl.max_horizontal(score_cols).alias("_top"))
+    parts = []
+    for i, (c, text) in enumerate(zip(COMPONENTS, texts, strict=True)):
+        s = pl.col(f"score_{c}")
+        parts.append(
+            lf.filter((s >= 0.05) | ((s >= top) & (top > 0))).select(
                 "run_id",
                 pl.lit(i, dtype=pl.Int32).alias("_i"),
-                pl.col(f"score_{c}").alias("_w"),
-                pl.when((pl.col(f"score_{c}") >= 0.05) | ((pl.col(f"score_{c}") >= top) & (top > 0)))
+                s.alias("_w"),
                 # a text can only be missing when its inputs are (a hand-made violations frame,
                 # say): name the component rather than drop the reason
-                .then(pl.coalesce(pl.col(f"_r_{c}"),
-                                  pl.concat_str(pl.lit(f"{c.replace('_', ' ')} (component score "),
-                                                fmt_num(pl.col(f"score_{c}"), 2), pl.lit(")"))))
-                .otherwise(pl.lit(None, dtype=pl.String))
-                .alias("_t"),
+                pl.coalesce(text, pl.concat_str(pl.lit(f"{c.replace('_', ' ')} (component score "),
+                                                fmt_num(s, 2), pl.lit(")"))).alias("_t"),
             )
-            for i, c in enumerate(COMPONENTS)
-        ]
-    )
+        )
     reasons = (
-        long.filter(pl.col("_t").is_not_null())
+        pl.concat(parts)
         .sort(["run_id", "_w", "_i"], descending=[False, True, False])
         .group_by("run_id", maintain_order=True)
         .agg(pl.col("_t").alias("reasons"))
     )
-    out = base.select("run_id", *(["_p"] if model is not None else [])).join(reasons, on="run_id", how="left")
+    base = flagged.select("run_id", *(["_p"] if model is not None else []))
+    out = base.join(reasons, on="run_id", how="left").collect()
     empty = pl.lit([], dtype=pl.List(pl.String))
     if model is not None:
         # a run the learned model flags without any rule signal still gets a sentence
