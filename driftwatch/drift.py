@@ -1320,6 +1320,23 @@ def _numeric_values(data: _Data, name: str) -> np.ndarray | None:
     return x
 
 
+def _small_ints(a: np.ndarray, bound: int) -> np.ndarray:
+    """``a`` (values below ``bound``) in the smallest integer type, so that a stable argsort is a radix sort."""
+    return a.astype(np.int16 if bound < 2**15 else np.int32 if bound < 2**31 else np.int64)
+
+
+def _tie_bounds(v: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First and last position of each element's stretch of equal ``(g, v)`` (both sorted by ``g``, then ``v``)."""
+    size = v.size
+    new = np.ones(size, dtype=bool)
+    new[1:] = (v[1:] != v[:-1]) | (g[1:] != g[:-1])
+    pos = np.arange(size)
+    first = np.maximum.accumulate(np.where(new, pos, 0))
+    last = np.ones(size, dtype=bool)
+    last[:-1] = new[1:]
+    return first, np.minimum.accumulate(np.where(last, pos, size - 1)[::-1])[::-1]
+
+
 def _numeric_rows(data: _Data, name: str, opts: _Options) -> pl.DataFrame | None:
     x = _numeric_values(data, name)
     if x is None:
@@ -1328,29 +1345,41 @@ def _numeric_rows(data: _Data, name: str, opts: _Options) -> pl.DataFrame | None
     fin = np.isfinite(x)
     gid = data.gid[fin]
     xv = x[fin]
-    uniq, r = np.unique(xv, return_inverse=True)
-    U = np.int64(uniq.size)
-    key = gid.astype(np.int64) * U + r
-    order = np.argsort(key, kind="stable")
-    ks, xs = key[order], xv[order]
-    starts = np.searchsorted(ks, np.arange(G + 1, dtype=np.int64) * U)
-    n = np.diff(starts).astype(float)
-    g_s = ks // U
-    r_s = ks % U
-    cur = (g_s % W1) != 0
-    gc, rc = g_s[cur], r_s[cur]
+    nz = np.bincount(gid, minlength=G)
+    starts = np.concatenate([[0], np.cumsum(nz)])
+    n = nz.astype(float)
+    # one sort by value, then stable (radix) sorts by series and by window: each series' values in order
+    # (for its reference's distribution function), and each window's values in order (for its own)
+    o = np.argsort(xv)
+    s_fin = data.s[fin]
+    os_ = o[np.argsort(_small_ints(s_fin[o], S), kind="stable")]
+    g_s = gid[os_]
+    x_s = xv[os_]
+    to_g = np.argsort(_small_ints(g_s, G), kind="stable")  # series order -> window order (gid sorted)
+    xs = x_s[to_g]
+    sstart = np.concatenate([[0], np.cumsum(np.bincount(s_fin, minlength=S))])
+    cz = np.zeros(xv.size + 1, dtype=np.int64)
+    np.cumsum((g_s % W1) == 0, out=cz[1:])  # reference values before each position
+    ss = g_s // W1
+    lo, hi = _tie_bounds(x_s, ss)
+    base = cz[sstart[ss]]
+    ref_lt = (cz[lo] - base)[to_g]  # reference values of the series below / up to each value
+    ref_le = (cz[hi + 1] - base)[to_g]
+    lo, hi = _tie_bounds(xs, gid)
+    cur = (gid % W1) != 0  # window order: runs of one window form one stretch
+    gc = gid[cur]
     g0 = (gc // W1) * W1
     with np.errstate(invalid="ignore", divide="ignore"):
-        fw_r = (np.searchsorted(ks, gc * U + rc, "right") - starts[gc]) / n[gc]
-        fw_l = (np.searchsorted(ks, gc * U + rc, "left") - starts[gc]) / n[gc]
+        fw_r = (hi[cur] + 1 - starts[gc]) / n[gc]  # values of the own window up to / below each value
+        fw_l = (lo[cur] - starts[gc]) / n[gc]
         n0 = np.maximum(n[g0], 1.0)
-        fr_r = (np.searchsorted(ks, g0 * U + rc, "right") - starts[g0]) / n0
-        fr_l = (np.searchsorted(ks, g0 * U + rc, "left") - starts[g0]) / n0
+        fr_r = ref_le[cur] / n0
+        fr_l = ref_lt[cur] / n0
     d = np.maximum(np.abs(fr_r - fw_r), np.abs(fr_l - fw_l))
     D = np.zeros(G)
     if gc.size:
-        ug, first = np.unique(gc, return_index=True)
-        D[ug] = np.maximum.reduceat(d, first)
+        first = np.flatnonzero(np.concatenate([[True], gc[1:] != gc[:-1]]))
+        D[gc[first]] = np.maximum.reduceat(d, first)
     # Wasserstein-1 on a quantile grid
     u = (np.arange(_QUANTILE_GRID) + 0.5) / _QUANTILE_GRID
     has = n > 0
