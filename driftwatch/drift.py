@@ -779,7 +779,7 @@ def _assemble(main: Tables, reference: Any, current: Any, opts: _Options) -> _Da
     key = ((s * n_slots + slot) * 3 + src) * m + rank
     order = np.flatnonzero(keep)
     order = order[np.argsort(key[order])]  # keys are unique: (source, rank) names one row
-    runs = runs[order]
+    runs = runs.select([c for c in runs.columns if c in _RUN_COLUMNS])[order]
     s, slot, src, orig = s[order], slot[order], src[order], orig[order]
     # ---- per-run counts, mapped onto rows
     counts: dict[str, _Counts] = {}
@@ -846,6 +846,27 @@ def _run_id_rank(run_id: pl.Series) -> np.ndarray:
     return rank
 
 
+def _merge_sorted_ids(a: pl.Series, b: pl.Series) -> tuple[np.ndarray, np.ndarray] | None:
+    """Positions ``(i, j)`` of the equal values of two sorted string columns, found by merging them.
+
+    ``None`` (use a join) unless both are sorted, free of nulls and of repeated values.
+    """
+    if a.null_count() or b.null_count() or not (a.is_sorted() and b.is_sorted()):
+        return None
+    tag = pl.Int64
+    m = pl.DataFrame({"k": a, "i": pl.int_range(a.len(), dtype=tag, eager=True)}).merge_sorted(
+        pl.DataFrame({"k": b, "i": -1 - pl.int_range(b.len(), dtype=tag, eager=True)}), key="k"
+    )
+    k, i = m["k"], m["i"].to_numpy()
+    if m.height < 2:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    eq = np.flatnonzero(k.slice(1).eq(k.slice(0, m.height - 1)).to_numpy())
+    x, y = i[eq], i[eq + 1]
+    if ((x >= 0) == (y >= 0)).any():  # a value repeated within one column
+        return None
+    return np.where(x >= 0, x, y), -1 - np.where(x >= 0, y, x)
+
+
 def _map_counts(parts: list[tuple[pl.DataFrame, pl.Series, np.ndarray]], drop: str | None) -> _Counts | None:
     """Count tables (each with its source's run ids and source row -> ``_row`` map) as arrays."""
     names = pl.concat([tab["category"].drop_nulls().unique() for tab, _, _ in parts]).unique().sort()
@@ -869,6 +890,8 @@ def _map_counts(parts: list[tuple[pl.DataFrame, pl.Series, np.ndarray]], drop: s
         firsts, lens = rle["value"], rle["len"].to_numpy().astype(np.int64)
         if firsts.len() == run_id.len() and bool((firsts == run_id).fill_null(False).all()):
             g = f = np.arange(firsts.len())  # the usual case: the same runs in the same order
+        elif (pairs := _merge_sorted_ids(firsts, run_id)) is not None:
+            g, f = pairs
         else:
             j = pl.DataFrame({"run_id": firsts, "_g": np.arange(firsts.len())}).join(
                 pl.DataFrame({"run_id": run_id, "_f": np.arange(run_id.len(), dtype=np.int64)}),

@@ -579,3 +579,17 @@ def test_classifier_max_runs_is_validated(
 ) -> None:
     with pytest.raises(InvalidParameterError, match="classifier_max_runs"):
         drift_from_runs(*demo_tables, reference=REF, classifier_max_runs=cap)  # type: ignore[arg-type]
+
+
+def test_row_order_of_the_run_tables_does_not_matter(
+    demo_tables: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame], demo_drift: pl.DataFrame
+) -> None:
+    shuffled = [t.sample(fraction=1.0, shuffle=True, seed=i) for i, t in enumerate(demo_tables)]
+    assert drift_from_runs(*shuffled, reference=REF).equals(demo_drift)
+    # count tables holding runs the features do not (and missing some)
+    f, a, b = demo_tables
+    extra = b.head(50).with_columns(pl.concat_str(pl.lit("x-"), "run_id").alias("run_id"))
+    d = drift_from_runs(f, a, pl.concat([b.filter(pl.col("run_id") != f["run_id"][0]), extra]), reference=REF,
+                        include=["action_bigrams"])
+    assert d.equals(drift_from_runs(f, a, b.filter(pl.col("run_id") != f["run_id"][0]), reference=REF,
+                                    include=["action_bigrams"]))
