@@ -306,37 +306,91 @@ def _result_expr() -> pl.Expr:
     return pl.when(pl.col("status") == "error").then(pl.lit(_ERROR_RESULT)).otherwise(pl.col("result"))
 
 
-class _TextSource:
-    """Raw ``args`` or ``result`` of chosen input rows (pass 2, fuzzy matching only).
+#: Hash of the LLM action as computed for ``_a`` (LLM steps are told apart by it, as actions are).
+_LLM_HASH = np.uint64(pl.Series([LLM_ACTION]).hash(7).item())
 
-    An eager DataFrame is gathered from directly; a LazyFrame is read again
-    with a filter on the row index (only the needed columns).
+
+def _failed_expr() -> pl.Expr:
+    return (pl.col("status") == "error").fill_null(False)
+
+
+def _hash_exprs() -> list[pl.Expr]:
+    """The compared values of a tool step: hashes of its arguments and of its result
+    (a failed step's result hashes to a fixed marker), and whether it failed."""
+    return [
+        pl.col("args").hash(11).alias("_ha"),
+        pl.when(_failed_expr()).then(pl.lit(_ERROR_HASH, pl.UInt64)).otherwise(pl.col("result").hash(13)).alias("_hr"),
+        _failed_expr().alias("_err"),
+    ]
+
+
+#: Up to this many rows are gathered directly (see :func:`_take_frame`).
+_DIRECT_GATHER = 1024
+
+
+def _take_frame(df: pl.DataFrame, idx: np.ndarray) -> pl.DataFrame:
+    """``df[idx]`` (any order, repeats allowed), fast on a large frame of many chunks, where
+    a gather locates the chunk of every index: the distinct rows are picked with a boolean
+    mask, then gathered from that small single-chunk frame."""
+    if idx.size < _DIRECT_GATHER or max(df.n_chunks("all"), default=1) == 1:
+        return df[idx]
+    if bool((idx[1:] > idx[:-1]).all()):
+        uniq, inv = idx, None
+    else:
+        uniq, inv = np.unique(idx, return_inverse=True)
+    mask = np.zeros(df.height, dtype=bool)
+    mask[uniq] = True
+    sub = df.filter(pl.Series(mask)).rechunk()
+    return sub if inv is None else sub[inv]
+
+
+def _take(s: pl.Series, idx: np.ndarray) -> pl.Series:
+    """``s.gather(idx)``, as :func:`_take_frame`."""
+    return _take_frame(s.to_frame(), idx).to_series()
+
+
+class _TextSource:
+    """Arguments and results of chosen steps: their hashes, and their raw text for fuzzy matching.
+
+    An eager input keeps its (canonical) ``args``, ``result`` and ``status`` columns in the
+    step frame (no copy), so both are computed from the chosen rows only. A LazyFrame's
+    hashes are computed for every row in pass 1 (reading the text columns twice would cost
+    more); its raw texts are read again with a filter on the row index (only the needed
+    columns).
     """
 
-    def __init__(self, events: Any, lf: pl.LazyFrame, *, streaming: bool) -> None:
-        frame = events
-        if hasattr(frame, "events") and not isinstance(frame, pl.DataFrame | pl.LazyFrame):
-            frame = frame.events
-        self._df = frame if isinstance(frame, pl.DataFrame) else None
+    def __init__(self, lf: pl.LazyFrame | None, *, streaming: bool) -> None:
         self._lf = lf
         self._streaming = streaming
 
-    def get(self, rows: pl.Series, field: str) -> pl.Series:
-        """``field`` ("args" or "result") of input rows ``rows``, in that order."""
+    @staticmethod
+    def has_text(frame: pl.DataFrame) -> bool:
+        return "args" in frame.columns
+
+    def failed(self, frame: pl.DataFrame, pos: np.ndarray) -> np.ndarray:
+        """Did the step frame's rows ``pos`` fail (``status == "error"``)?"""
+        if self.has_text(frame):
+            return (_take(frame["status"], pos) == "error").fill_null(False).to_numpy()
+        return _take(frame["_err"], pos).to_numpy()
+
+    def hashes(self, frame: pl.DataFrame, pos: np.ndarray, field: str) -> np.ndarray:
+        """Hashes of ``field`` ("args" or "result", see :func:`_hash_exprs`) of the step
+        frame's rows ``pos``."""
+        if not self.has_text(frame):
+            return _take(frame["_ha" if field == "args" else "_hr"], pos).to_numpy()
+        if field == "args":
+            return _take(frame["args"], pos).hash(11).to_numpy()
+        sub = _take_frame(frame[["result", "status"]], pos)
+        failed = (sub["status"] == "error").fill_null(False).to_numpy()
+        return np.where(failed, np.uint64(_ERROR_HASH), sub["result"].hash(13).to_numpy())
+
+    def get(self, frame: pl.DataFrame, pos: np.ndarray, field: str) -> pl.Series:
+        """``field`` ("args" or "result") of the step frame's rows ``pos``, in that order."""
         expr = pl.col("args") if field == "args" else _result_expr()
-        if self._df is not None:
-            df = self._df
-            idx = rows.cast(pl.Int64)
-            cols = [
-                df[c].gather(idx).cast(pl.String, strict=False)
-                if c in df.columns
-                else pl.Series(c, [None] * len(rows), dtype=pl.String)
-                for c in (("args",) if field == "args" else ("result", "status"))
-            ]
-            if field == "args":
-                return cols[0].alias("t")
-            return pl.DataFrame(cols).select(expr.alias("t")).to_series()
-        want = rows.alias("_row").to_frame()
+        if self.has_text(frame):
+            return _take_frame(frame[["args", "result", "status"]], pos).lazy().select(expr.alias("t")).collect()["t"]
+        assert self._lf is not None
+        want = _take(frame["_row"], pos).to_frame()
         got = collect(
             self._lf.select("_row", expr.alias("t")).filter(pl.col("_row").is_in(want["_row"].implode())),
             streaming=self._streaming,
@@ -344,67 +398,75 @@ class _TextSource:
         return want.join(got, on="_row", how="left", maintain_order="left")["t"]
 
 
-def _load_steps(events: Any, *, streaming: bool) -> tuple[pl.DataFrame, np.ndarray, _TextSource]:
-    """Pass 1: the per-step numbers every stage needs, grouped by run and in step
-    order (see :func:`_group_runs`), and the integer run code of every row."""
-    lf = as_lazy(events).with_row_index("_row")
+def _flags_expr(step: pl.Expr) -> pl.Expr:
+    """``_f``: 1 where a new block of rows with the same ``run_id`` starts, + 2 where the
+    step is smaller than the previous row's (``step`` has nulls filled with the minimum)."""
+    new_block = (pl.col("run_id") != pl.col("run_id").shift(1)).fill_null(True)
+    backwards = (step < step.shift(1)).fill_null(False)
+    return (new_block.cast(pl.UInt8) + 2 * backwards.cast(pl.UInt8)).alias("_f")
+
+
+def _load_steps(events: Any, *, streaming: bool) -> tuple[pl.DataFrame, _TextSource]:
+    """Pass 1: one row per event with a non-null run, in input order, with the columns every
+    stage needs (see :func:`_flags_expr` for ``_f``)."""
+    frame = events
+    if hasattr(frame, "events") and not isinstance(frame, pl.DataFrame | pl.LazyFrame):
+        frame = frame.events
+    eager = isinstance(frame, pl.DataFrame)
+    lf = as_lazy(events)
     act = pl.col("action").fill_null("<none>")
-    failed = (pl.col("status") == "error").fill_null(False)
-    steps = collect(
-        lf.filter(pl.col("run_id").is_not_null()).select(
-            pl.col("_row"),
-            pl.col("run_id"),
-            pl.col("step"),
-            pl.col("agent"),
-            act.alias("action"),
-            pl.col("run_id").hash(17).alias("_r"),
-            act.hash(7).alias("_a"),
-            (act == LLM_ACTION).alias("_llm"),
-            failed.alias("_err"),
-            pl.col("args").hash(11).alias("_ha"),
-            pl.when(failed).then(pl.lit(_ERROR_HASH, pl.UInt64)).otherwise(pl.col("result").hash(13)).alias("_hr"),
-            (pl.col("input_tokens").fill_null(0) + pl.col("output_tokens").fill_null(0)).alias("_tok"),
-            pl.col("cost_usd").fill_null(0.0).alias("_cost"),
-        ),
-        streaming=streaming,
-    )
-    run = _run_codes(steps["_r"])
-    if steps.height > 1:
-        steps, run = _group_runs(steps, run)
-    return steps, run, _TextSource(events, lf, streaming=streaming)
+    step = pl.col("step").fill_null(pl.lit(np.iinfo(np.int64).min, pl.Int64))
+    cols = [
+        pl.col("run_id"),
+        pl.col("step"),
+        pl.col("agent"),
+        pl.col("action"),
+        act.hash(7).alias("_a"),
+        _flags_expr(step),
+        (pl.col("input_tokens").fill_null(0) + pl.col("output_tokens").fill_null(0)).alias("_tok"),
+        pl.col("cost_usd").fill_null(0.0).alias("_cost"),
+    ]
+    if eager:
+        # the text columns pass through without a copy; hashed later for candidate steps only
+        cols += [pl.col("args"), pl.col("result"), pl.col("status")]
+        if frame["run_id"].null_count():
+            lf = lf.filter(pl.col("run_id").is_not_null())
+        return collect(lf.select(cols)), _TextSource(None, streaming=streaming)
+    lf = lf.with_row_index("_row")
+    cols += [pl.col("_row"), *_hash_exprs()]
+    steps = collect(lf.filter(pl.col("run_id").is_not_null()).select(cols), streaming=streaming)
+    return steps, _TextSource(lf, streaming=streaming)
 
 
-def _group_runs(steps: pl.DataFrame, run: np.ndarray) -> tuple[pl.DataFrame, np.ndarray]:
-    """Make every run's rows contiguous and in step order, moving as few rows as possible.
+def _run_blocks(steps: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Blocks of consecutive rows with the same ``run_id``: their first rows, and which
+    blocks are not a whole run in step order.
 
     Logs are usually grouped already, except for a few runs (e.g. runs crossing midnight
-    in a day-partitioned log, or a shuffled frame). Only the rows of runs that are split
-    into several blocks or out of step order are sorted (by run_id, step) and appended.
+    in a day-partitioned log, or a shuffled frame). A block is bad when its run has
+    other blocks, or when its steps go backwards (the step is smaller than the previous
+    row's, nulls first).
     """
-    st = steps["step"].fill_null(np.iinfo(np.int64).min).to_numpy()
-    starts = np.flatnonzero(np.concatenate(([True], run[1:] != run[:-1])))
-    bad_block = pl.Series(steps["_r"].to_numpy()[starts]).is_duplicated().to_numpy()
-    disorder = np.flatnonzero((run[1:] == run[:-1]) & (st[1:] < st[:-1])) + 1
-    bad_block[run[disorder]] = True
-    if not bad_block.any():
-        return steps, run
-    bad_rows = pl.Series(bad_block[run])
-    if bool(bad_block.all()):
-        steps = steps.sort("run_id", "step", "_row", nulls_last=False)
-    else:
-        moved = steps.filter(bad_rows).sort("run_id", "step", "_row", nulls_last=False)
-        steps = pl.concat([steps.filter(~bad_rows), moved])
-    return steps, _run_codes(steps["_r"])
+    flags = steps["_f"].to_numpy()
+    marked = np.flatnonzero(flags)
+    nb = (flags[marked] & 1).astype(bool)
+    starts = marked[nb]
+    bad = _take(steps["run_id"], starts).is_duplicated().to_numpy()
+    dis = marked[~nb]  # backwards inside a block
+    if dis.size:
+        bad[np.searchsorted(starts, dis, side="right") - 1] = True
+    return starts, bad
 
 
-def _run_codes(run_hash: pl.Series) -> np.ndarray:
-    """Integer code of each row's run, from the hashed run ids of rows sorted by run
-    (a new run starts wherever the hash changes)."""
-    h = run_hash.to_numpy()
-    codes = np.zeros(h.size, dtype=np.int64)
-    if h.size > 1:
-        np.cumsum(h[1:] != h[:-1], out=codes[1:])
-    return codes
+def _regroup(steps: pl.DataFrame, starts: np.ndarray, bad: np.ndarray) -> pl.DataFrame:
+    """The rows of the bad blocks, sorted by ``(run_id, step)`` (nulls first, ties in input
+    order), with ``_f`` recomputed."""
+    ends = np.append(starts[1:], steps.height)
+    lo, hi = starts[bad], ends[bad]
+    ln = hi - lo
+    rows = np.repeat(lo - (np.cumsum(ln) - ln), ln) + np.arange(int(ln.sum()))
+    moved = _take_frame(steps, rows).sort("run_id", "step", nulls_last=False, maintain_order=True)
+    return moved.with_columns(_flags_expr(pl.col("step").fill_null(pl.lit(np.iinfo(np.int64).min, pl.Int64))))
 
 
 def _cumsum0(values: np.ndarray) -> np.ndarray:
@@ -414,18 +476,20 @@ def _cumsum0(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def _range_sums(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """``values[lo:hi].sum()`` for every range, each summed on its own values only (so that
-    float results do not depend on what else is in the frame, e.g. on chunking)."""
+def _range_sums(values: list[np.ndarray], lo: np.ndarray, hi: np.ndarray) -> list[np.ndarray]:
+    """``v[lo:hi].sum()`` for every range and every array ``v`` of ``values``, each range
+    summed on its own values only (so that float results do not depend on what else is in
+    the frame, e.g. on chunking)."""
     length = hi - lo
-    out = np.zeros(lo.size, dtype=values.dtype)
+    out = [np.zeros(lo.size, dtype=v.dtype) for v in values]
     nz = np.flatnonzero(length > 0)
     if nz.size == 0:
         return out
     ln = length[nz]
     offsets = np.cumsum(ln) - ln
     idx = np.arange(int(ln.sum()), dtype=np.int64) + np.repeat(lo[nz] - offsets, ln)
-    out[nz] = np.add.reduceat(values[idx], offsets)
+    for o, v in zip(out, values, strict=True):
+        o[nz] = np.add.reduceat(v[idx], offsets)
     return out
 
 
@@ -434,6 +498,20 @@ def _mask_of_segments(n: int, start: np.ndarray, end: np.ndarray) -> np.ndarray:
     delta = np.bincount(start, minlength=n + 1)[: n + 1].astype(np.int64)
     delta -= np.bincount(end + 1, minlength=n + 1)[: n + 1]
     return np.cumsum(delta[:n]) > 0
+
+
+def _union_positions(start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Sorted positions covered by any ``[start, end]`` segment (linear in the output)."""
+    order = np.argsort(start, kind="stable")
+    s, e = start[order], end[order]
+    reach = np.maximum.accumulate(e)
+    new = np.ones(s.size, dtype=bool)
+    new[1:] = s[1:] > reach[:-1]
+    first = np.flatnonzero(new)
+    lo = s[first]
+    hi = reach[np.append(first[1:] - 1, s.size - 1)]  # inclusive
+    ln = hi - lo + 1
+    return np.repeat(lo - (np.cumsum(ln) - ln), ln) + np.arange(int(ln.sum()), dtype=np.int64)
 
 
 def _segments_from_positions(k: np.ndarray, p: int, min_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -523,51 +601,135 @@ def detect_loops(
     if not isinstance(fuzzy, bool):
         raise InvalidParameterError(f"fuzzy must be True or False, got {fuzzy!r}")
 
-    steps, run, source = _load_steps(events, streaming=streaming)
-    trows = np.flatnonzero(~steps["_llm"].to_numpy()) if steps.height else np.zeros(0, np.int64)
+    steps, source = _load_steps(events, streaming=streaming)
+    if steps.height == 0:
+        return _empty_loops()
+    opts = {"max_period": max_period, "min_repeats": min_repeats, "fuzzy": fuzzy, "similarity": similarity,
+            "error_share": error_share}
+    starts, bad = _run_blocks(steps)
+    # runs already whole and in step order are read in place; the others are sorted apart
+    # and come after them (as if the frame had been sorted)
+    parts = [_loops_in(steps, starts, bad, source, **opts)]
+    if bad.any():
+        moved = _regroup(steps, starts, bad)
+        parts.append(_loops_in(moved, *_run_blocks(moved), source, **opts))
+    found = [p for p in parts if p is not None]
+    if not found:
+        return _empty_loops()
+    out = pl.concat(found, rechunk=True) if len(found) > 1 else found[0]
+    # (severity on the whole frame at once: Polars' float kernels may round the last bit
+    # differently for a value depending on its position in the column)
+    out = out.with_columns(severity_expr().alias("severity")).cast(LOOP_SCHEMA).select(list(LOOP_SCHEMA))  # type: ignore[arg-type]
+    if out["run_id"].is_sorted():
+        return out
+    # each part lists its loops in row order; the parts have no run in common, so when each
+    # is sorted by run (the usual case) a merge equals a stable sort of the whole
+    main, rest = out.head(found[0].height), out.tail(out.height - found[0].height)
+    if rest.height and main["run_id"].is_sorted() and rest["run_id"].is_sorted():
+        return main.merge_sorted(rest, key="run_id")
+    return out.sort("run_id", maintain_order=True)
+
+
+def _period_scan(
+    codes: np.ndarray, boundaries: np.ndarray, p: int, min_len: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``eq_p`` (tool step ``k + p`` has the action of step ``k``, in the same run) and
+    its periodic segments (as :func:`_segments_from_eq`)."""
+    eq = codes[p:] == codes[:-p]
+    # pairs across a run boundary b: k in [b - p, b - 1]
+    cross = (boundaries[:, None] - np.arange(1, p + 1)).ravel()
+    eq[cross[(cross >= 0) & (cross < eq.size)]] = False
+    # full[k]: eq[k : k + min_len] all true (by doubling spans), so that only the stretches
+    # long enough to matter are located
+    full, span = eq, 1
+    while span * 2 <= min_len:
+        full = full[:-span] & full[span:]
+        span *= 2
+    if span < min_len:
+        full = full[: span - min_len] & full[min_len - span :]
+    lo, hi = _segments_from_eq(full, 0, 1)  # stretches [lo, hi] of full
+    return eq, lo, hi + min_len - 1 + p
+
+
+def _loops_in(
+    steps: pl.DataFrame,
+    starts: np.ndarray,
+    skip: np.ndarray,
+    source: _TextSource,
+    *,
+    max_period: int,
+    min_repeats: int,
+    fuzzy: bool,
+    similarity: float,
+    error_share: float,
+) -> pl.DataFrame | None:
+    """Loops of the runs of ``steps`` whose blocks (first rows ``starts``) are not ``skip``ped."""
+    ends = np.append(starts[1:], steps.height)
+    actions = steps["_a"].to_numpy()
+    trows = np.flatnonzero(actions != _LLM_HASH)  # tool steps, in row order
+    if skip.any():
+        lo = np.searchsorted(trows, starts[skip])
+        hi = np.searchsorted(trows, ends[skip])
+        drop = np.zeros(trows.size + 1, np.int64)
+        np.add.at(drop, lo, 1)
+        np.add.at(drop, hi, -1)
+        trows = trows[np.cumsum(drop[:-1]) == 0]
     nt = trows.size
     if nt < 2:
-        return _empty_loops()
-    t_run = run[trows]
-    # one 64-bit key per tool step for (run, action): equal keys <=> same run and action
-    # (up to 64-bit hash collisions), so each period needs a single comparison
-    key = steps["_a"].to_numpy()[trows] ^ (t_run.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+        return None
+    codes = actions[trows]  # action hash of every tool step
+    del actions
+    # first tool step of every run that has one: pairs across these positions never match
+    keep = ~skip
+    first = np.searchsorted(trows, starts[keep])
+    boundaries = first[(first < np.searchsorted(trows, ends[keep])) & (first > 0)]
 
-    # ---- action level: shifted comparisons of action codes ----------------------------------
+    # ---- action level: shifted comparisons of action hashes ---------------------------------
     act_eq: dict[int, np.ndarray] = {}
     found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for p in range(1, min(max_period, nt - 1) + 1):
-        eq = key[p:] == key[:-p]
-        s, e = _segments_from_eq(eq, p, p * (min_repeats - 1))
+        eq, s, e = _period_scan(codes, boundaries, p, p * (min_repeats - 1))
         if s.size:
             act_eq[p] = eq
             found.append((s, e, np.full(s.size, p, np.int64)))
     if not found:
-        return _empty_loops()
+        return None
     a_s, a_e, a_p = (np.concatenate(x) for x in zip(*found, strict=True))
-    cand = _mask_of_segments(nt, a_s, a_e)  # union of action-level candidates
+    # union of action-level candidates: positions cpos, and position -> index in cpos
+    cpos = _union_positions(a_s, a_e)
+    cand = np.zeros(nt, dtype=bool)
+    cand[cpos] = True
+    cidx = np.empty(nt, dtype=np.int64)
+    cidx[cpos] = np.arange(cpos.size)
 
     # ---- signature level: action + args + result, candidate pairs only ----------------------
     # every compared pair of every period: position k + p against k, both in candidates
-    ks = {p: np.flatnonzero(eq & cand[p:] & cand[:-p]) for p, eq in act_eq.items()}
+    ks = {}
+    for p, eq in act_eq.items():
+        k = cpos[: np.searchsorted(cpos, nt - p)]
+        ks[p] = k[cand[k + p] & eq[k]]
+    del act_eq, cand
     pk = np.concatenate(list(ks.values()))
     pp = np.concatenate([np.full(k.size, p, np.int64) for p, k in ks.items()])
-    ti, tj = trows[pk + pp], trows[pk]  # rows of the two sides
-    h_a, h_r = steps["_ha"].to_numpy(), steps["_hr"].to_numpy()
-    ok_a = h_a[ti] == h_a[tj]
-    ok_r = h_r[ti] == h_r[tj]
-    del h_a, h_r
-    identical = ok_a & ok_r
+    ci, cj = cidx[pk + pp], cidx[pk]  # candidate indices of the two sides
+    crow = trows[cpos]  # rows of the candidates
+    # arguments first (fuzzy: near-duplicates too); results only for the pairs whose arguments match
+    h_a = source.hashes(steps, crow, "args")
+    ok_a = h_a[ci] == h_a[cj]
+    del h_a
+    identical = ok_a.copy()
     if fuzzy:
-        rows = steps["_row"]
-        # arguments first; results only for the pairs whose arguments match
-        for field, ok, todo in (("args", ok_a, np.flatnonzero(~ok_a)), ("result", ok_r, None)):
-            if todo is None:
-                todo = np.flatnonzero(ok_a & ~ok_r)
-            if todo.size:
-                need, li, lj = _pair_index(ti[todo], tj[todo])
-                texts = source.get(rows.gather(need), field)
-                ok[todo] = near_duplicates(texts, li, lj, similarity=similarity)
+        _near(steps, source, ci, cj, ok_a, np.flatnonzero(~ok_a), crow, "args", similarity)
+    ok_r = np.zeros(ok_a.size, dtype=bool)
+    todo = np.flatnonzero(ok_a)
+    if todo.size:
+        need, ri, rj = _pair_index(ci[todo], cj[todo])
+        h_r = source.hashes(steps, crow[need], "result")
+        ok_r[todo] = h_r[ri] == h_r[rj]
+        del h_r
+    identical &= ok_r
+    if fuzzy:
+        _near(steps, source, ci, cj, ok_r, np.flatnonzero(ok_a & ~ok_r), crow, "result", similarity)
     ok = ok_a & ok_r
     fuzzy_pos = {p: pk[(pp == p) & ok & ~identical] + p for p in ks} if fuzzy else {}
     found = []
@@ -578,13 +740,17 @@ def detect_loops(
     z = np.zeros(0, np.int64)
     s_s, s_e, s_p = (np.concatenate(x) for x in zip(*found, strict=True)) if found else (z, z, z)
 
-    keep = _dedupe_segments(t_run[s_s], s_s, s_e, s_p)
+    def block(pos: np.ndarray) -> np.ndarray:
+        return np.searchsorted(starts, trows[pos], side="right") - 1
+
+    keep = _dedupe_segments(block(s_s), s_s, s_e, s_p)
     s_s, s_e, s_p = s_s[keep], s_e[keep], s_p[keep]
-    keep = _dedupe_segments(t_run[a_s], a_s, a_e, a_p)
+    keep = _dedupe_segments(block(a_s), a_s, a_e, a_p)
     a_s, a_e, a_p = a_s[keep], a_e[keep], a_p[keep]
-    # drop action-level loops that signature-level loops mostly explain
-    covered = _cumsum0(_mask_of_segments(nt, s_s, s_e))
-    keep = (covered[a_e + 1] - covered[a_s]) / (a_e - a_s + 1) < 0.5
+    # drop action-level loops that signature-level loops mostly explain (every segment lies
+    # inside the candidates, so coverage is counted over candidate indices)
+    covered = _cumsum0(_mask_of_segments(cpos.size, cidx[s_s], cidx[s_e]))
+    keep = (covered[cidx[a_e] + 1] - covered[cidx[a_s]]) / (a_e - a_s + 1) < 0.5
     a_s, a_e, a_p = a_s[keep], a_e[keep], a_p[keep]
 
     seg_s = np.concatenate([s_s, a_s])
@@ -592,28 +758,79 @@ def detect_loops(
     seg_p = np.concatenate([s_p, a_p])
     is_sig = np.concatenate([np.ones(s_s.size, bool), np.zeros(a_s.size, bool)])
     if seg_s.size == 0:
-        return _empty_loops()
-    return _assemble(steps, run, trows, seg_s, seg_e, seg_p, is_sig, fuzzy_pos,
-                     min_repeats=min_repeats, error_share=error_share, max_period=max_period)
+        return None
+    errs = _cumsum0(source.failed(steps, crow).astype(np.int64))
+    n_err = errs[cidx[seg_e] + 1] - errs[cidx[seg_s]]
+    return _assemble(steps, codes, starts, ends, trows, seg_s, seg_e, seg_p, is_sig, n_err, fuzzy_pos,
+                     min_repeats=min_repeats, error_share=error_share)
+
+
+def _near(
+    steps: pl.DataFrame,
+    source: _TextSource,
+    ci: np.ndarray,
+    cj: np.ndarray,
+    ok: np.ndarray,
+    todo: np.ndarray,
+    crow: np.ndarray,
+    field: str,
+    similarity: float,
+) -> None:
+    """Set ``ok[todo]`` where the texts of the pair's candidates are near-duplicates."""
+    if todo.size:
+        need, li, lj = _pair_index(ci[todo], cj[todo])
+        texts = source.get(steps, crow[need], field)
+        ok[todo] = near_duplicates(texts, li, lj, similarity=similarity)
+
+
+def _patterns(
+    steps: pl.DataFrame, codes: np.ndarray, trows: np.ndarray, seg_s: np.ndarray, seg_p: np.ndarray
+) -> pl.DataFrame:
+    """``pattern`` (the actions of the first cycle joined by " > ") and ``handoff`` (all
+    of them are hand-offs) of every segment. Names are read once per distinct action
+    (``codes``: action hashes of the tool steps), patterns are built per period."""
+    cycle = [(seg_s[seg_p == p][:, None] + np.arange(p)).ravel() for p in range(1, int(seg_p.max()) + 1)]
+    uniq, first, inv = np.unique(codes[np.concatenate(cycle)], return_index=True, return_inverse=True)
+    names = _take(steps["action"], trows[np.concatenate(cycle)[first]]).fill_null("<none>")
+    pieces, where, done = [], [], 0
+    for p, pos in enumerate(cycle, start=1):
+        if pos.size == 0:
+            continue
+        m = pos.size // p
+        got = names.gather(inv[done : done + pos.size])
+        done += pos.size
+        pieces.append(
+            pl.DataFrame(
+                {
+                    "pattern": got.reshape((m, p)).arr.join(" > "),
+                    "handoff": got.str.starts_with(HANDOFF_PREFIX).reshape((m, p)).arr.all(),
+                }
+            )
+        )
+        where.append(np.flatnonzero(seg_p == p))
+    if len(pieces) == 1:
+        return pieces[0]
+    return pl.concat(pieces)[np.argsort(np.concatenate(where))]
 
 
 def _assemble(
     steps: pl.DataFrame,
-    run: np.ndarray,
+    codes: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
     trows: np.ndarray,
     seg_s: np.ndarray,
     seg_e: np.ndarray,
     seg_p: np.ndarray,
     is_sig: np.ndarray,
+    n_err: np.ndarray,
     fuzzy_pos: dict[int, np.ndarray],
     *,
     min_repeats: int,
     error_share: float,
-    max_period: int,
 ) -> pl.DataFrame:
-    """Measure every loop (tool positions ``[seg_s, seg_e]``) and build the output frame."""
-    n = steps.height
-    t_run = run[trows]
+    """Measure every loop (tool positions ``[seg_s, seg_e]``) and build the output frame
+    (without ``severity``), loops in row order."""
     # fuzzy-only matches inside signature loops -> match = near_duplicate
     n_fuzzy = np.zeros(seg_s.size, np.int64)
     for p, pos in fuzzy_pos.items():
@@ -622,74 +839,66 @@ def _assemble(
             n_fuzzy[sel] = np.searchsorted(pos, seg_e[sel], side="right") - np.searchsorted(
                 pos, seg_s[sel] + p, side="left"
             )
+    r = np.searchsorted(starts, trows[seg_s], side="right") - 1  # block (run) of every loop
+    run_start, run_end = starts[r], ends[r] - 1
+    prev = np.maximum(seg_s - 1, 0)
+    prev_same = (seg_s > 0) & (trows[prev] >= run_start)
+    start_row = np.where(prev_same, trows[prev] + 1, run_start)
+    # rows are grouped by run and sorted by step: this orders loops by start_step, period
+    # within runs, and runs by run_id whenever the rows are (the usual case)
+    order = np.lexsort((seg_p, start_row))
+    seg_s, seg_e, seg_p, is_sig, n_err, n_fuzzy = (
+        a[order] for a in (seg_s, seg_e, seg_p, is_sig, n_err, n_fuzzy)
+    )
+    r, run_start, run_end, start_row = r[order], run_start[order], run_end[order], start_row[order]
+
     n_tool = seg_e - seg_s + 1
-    n_err = _range_sums(steps["_err"].to_numpy()[trows].astype(np.int64), seg_s, seg_e + 1)
     err_share = n_err / n_tool
     repeats = n_tool // seg_p
-
-    run_start = np.flatnonzero(np.concatenate(([True], run[1:] != run[:-1])))
-    run_end = np.concatenate((run_start[1:], [n])) - 1
-    r = t_run[seg_s]
-    prev = np.maximum(seg_s - 1, 0)
-    prev_same = (seg_s > 0) & (t_run[prev] == r)
-    start_row = np.where(prev_same, trows[prev] + 1, run_start[r])
     end_row = trows[seg_e]
     first_cycle_end = trows[seg_s + seg_p - 1]
     tok = steps["_tok"].to_numpy()
     cost = steps["_cost"].to_numpy()
-
-    # pattern: the actions of the first cycle, one column per position in the cycle
-    cycle_start = np.cumsum(seg_p) - seg_p
-    within = np.arange(int(seg_p.sum())) - np.repeat(cycle_start, seg_p)
-    names = steps["action"].gather(trows[np.repeat(seg_s, seg_p) + within]).rechunk()
-    parts = []
-    for k in range(int(seg_p.max())):
-        has = seg_p > k
-        parts.append(
-            pl.when(pl.lit(pl.Series(has))).then(names.gather(np.where(has, cycle_start + k, 0))).alias(f"_{k}")
-        )
-    pat = pl.select(*parts).select(
-        pl.concat_str(pl.all(), separator=" > ", ignore_nulls=True).alias("pattern"),
-        pl.all_horizontal(pl.all().str.starts_with(HANDOFF_PREFIX).fill_null(True)).alias("handoff"),
-    )
+    pat = _patterns(steps, codes, trows, seg_s, seg_p)
     failing = (err_share >= error_share) & (n_err >= min_repeats)
     kind = pl.Series(["exact", "same_action", "error_retry"]).gather(np.where(failing, 2, np.where(is_sig, 0, 1)))
     match = pl.Series(["identical", "near_duplicate", "action"]).gather(
         np.where(is_sig, np.where(n_fuzzy > 0, 1, 0), 2)
     )
-    waste_lo, waste_hi = first_cycle_end + 1, end_row + 1
-    run_tok, run_cost = np.add.reduceat(tok, run_start), np.add.reduceat(cost, run_start)
+    wasted_tokens, wasted_cost = _range_sums([tok, cost], first_cycle_end + 1, end_row + 1)
+    # run_id and agent are read once per run, steps with numpy unless some are null
+    runs, at = np.unique(r, return_inverse=True)
+    ids = _take_frame(steps[["run_id", "agent"]], starts[runs])[at]
     step_col = steps["step"]
+    if step_col.null_count() == 0:
+        st = step_col.to_numpy()
+        start_step, end_step = pl.Series(st[start_row]), pl.Series(st[end_row])
+    else:
+        start_step, end_step = _take(step_col, start_row), _take(step_col, end_row)
     out = pl.DataFrame(
         {
-            "run_id": steps["run_id"].gather(start_row),
-            "agent": steps["agent"].gather(run_start[r]),
-            "start_step": step_col.gather(start_row),
-            "end_step": step_col.gather(end_row),
+            "run_id": ids["run_id"],
+            "agent": ids["agent"],
+            "start_step": start_step,
+            "end_step": end_step,
             "period": seg_p,
             "repeats": repeats,
             "pattern": pat["pattern"],
             "kind": kind,
             "wasted_steps": end_row - first_cycle_end,
-            "wasted_tokens": _range_sums(tok, waste_lo, waste_hi),
-            "wasted_cost_usd": _range_sums(cost, waste_lo, waste_hi),
+            "wasted_tokens": wasted_tokens,
+            "wasted_cost_usd": wasted_cost,
             "match": match,
             "error_share": err_share,
             "handoff": pat["handoff"],
             "n_steps": end_row - start_row + 1,
             "cycle_steps": first_cycle_end - start_row + 1,
-            "run_steps": run_end[r] - run_start[r] + 1,
-            "run_tokens": run_tok[r],
-            "run_cost_usd": run_cost[r],
+            "run_steps": run_end - run_start + 1,
+            "run_tokens": np.add.reduceat(tok, starts)[r],
+            "run_cost_usd": np.add.reduceat(cost, starts)[r],
         }
     )
-    # rows are grouped by run and sorted by step: this orders loops by start_step, period
-    # within runs, and runs by run_id whenever the rows are (the usual case)
-    order = np.lexsort((seg_p, start_row))
-    out = out[order].with_columns(severity_expr().alias("severity")).cast(LOOP_SCHEMA)  # type: ignore[arg-type]
-    if not out["run_id"].is_sorted():
-        out = out.sort("run_id", maintain_order=True)
-    return out.select(list(LOOP_SCHEMA))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
