@@ -1541,9 +1541,10 @@ def _grouped_auc(
     is_ref0, is_cur0 = slot == 0, slot > 0
     step = max(1, 4_000_000 // R)  # columns per block (bounded memory)
     for j0 in range(0, J, step):
-        v = np.ascontiguousarray(V[:, j0 : j0 + step].T)  # columns x runs
+        v = np.array(V[:, j0 : j0 + step].T, order="C")  # columns x runs (a copy: modified below)
         B = v.shape[0]
         fin = np.isfinite(v)
+        v[np.isnan(v)] = np.inf  # left out below either way; NaNs would slow the sort down
         # each column in value order, then stably by series: every series' runs in value order
         o = np.argsort(v, axis=1)
         o = np.take_along_axis(o, np.argsort(grp[o], axis=1, kind="stable"), 1)
