@@ -886,8 +886,11 @@ def _map_counts(parts: list[tuple[pl.DataFrame, pl.Series, np.ndarray]], drop: s
         if h == 0:
             continue
         # count tables come grouped by run: match each stretch of one run_id once
-        rle = tab.select(pl.col("run_id").rle()).to_series().struct.unnest()
-        firsts, lens = rle["value"], rle["len"].to_numpy().astype(np.int64)
+        rid = tab["run_id"]
+        new = np.ones(h, dtype=bool)
+        new[1:] = rid.slice(1).ne_missing(rid.slice(0, h - 1)).to_numpy()
+        at = np.flatnonzero(new)
+        firsts, lens = rid.gather(at), np.diff(np.append(at, h))
         if firsts.len() == run_id.len() and bool((firsts == run_id).fill_null(False).all()):
             g = f = np.arange(firsts.len())  # the usual case: the same runs in the same order
         elif (pairs := _merge_sorted_ids(firsts, run_id)) is not None:
