@@ -640,7 +640,7 @@ class _Counts:
 class _Data:
     """All runs of the comparison, sorted by (series, slot, source, run_id); slot 0 is the reference."""
 
-    runs: pl.DataFrame  # the run columns the features need, in row order
+    runs: pl.DataFrame  # _orig (row in its source table) and the run columns the features read, in row order
     counts: dict[str, _Counts]  # "actions" (LLM steps left out) / "bigrams"
     series: pl.DataFrame  # _s, series, by columns
     n_series: int
@@ -779,7 +779,7 @@ def _assemble(main: Tables, reference: Any, current: Any, opts: _Options) -> _Da
     key = ((s * n_slots + slot) * 3 + src) * m + rank
     order = np.flatnonzero(keep)
     order = order[np.argsort(key[order])]  # keys are unique: (source, rank) names one row
-    runs = runs.select([c for c in runs.columns if c in _RUN_COLUMNS])[order]
+    runs = runs.select("_orig", *(c for c in runs.columns if c in _RUN_COLUMNS))[order]
     s, slot, src, orig = s[order], slot[order], src[order], orig[order]
     # ---- per-run counts, mapped onto rows
     counts: dict[str, _Counts] = {}
