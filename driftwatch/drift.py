@@ -1550,33 +1550,36 @@ def _grouped_auc(
         v[np.isnan(v)] = np.inf  # left out below either way; NaNs would slow the sort down
         # each column in value order, then stably by series: every series' runs in value order
         o = np.argsort(v, axis=1)
-        o = np.take_along_axis(o, np.argsort(grp[o], axis=1, kind="stable"), 1)
+        gs = grp[o]
+        by_series = np.argsort(gs, axis=1, kind="stable")
+        o = np.take_along_axis(o, by_series, 1)
+        gs = np.take_along_axis(gs, by_series, 1)
         vs = np.take_along_axis(v, o, 1)
-        gs = group[o]
-        ref = is_ref0[o] & np.take_along_axis(fin, o, 1)
-        cz = np.zeros((B, R + 1), dtype=np.int64)
+        ref = is_ref0[o] & np.isfinite(vs)
+        idt = np.int32 if R < 2**31 - 1 else np.int64
+        cz = np.zeros((B, R + 1), dtype=idt)
         np.cumsum(ref, axis=1, out=cz[:, 1:])  # cz[:, p]: reference values before position p
         # ties: a run of equal values within a series
         new = np.ones((B, R), dtype=bool)
         new[:, 1:] = (vs[:, 1:] != vs[:, :-1]) | (gs[:, 1:] != gs[:, :-1])
         last = np.ones((B, R), dtype=bool)
         last[:, :-1] = new[:, 1:]
-        pos = np.arange(R)
+        pos = np.arange(R, dtype=idt)
         start = np.maximum.accumulate(np.where(new, pos, 0), axis=1)
         end = np.minimum.accumulate(np.where(last, pos, R - 1)[:, ::-1], axis=1)[:, ::-1]
-        base = np.take_along_axis(cz, seg[gs], 1)
-        below = np.take_along_axis(cz, start, 1) - base
-        upto = np.take_along_axis(cz, end + 1, 1) - base
+        end += 1
+        # reference values of the series below the value, plus those up to it
+        twice = np.take_along_axis(cz, start, 1).astype(np.int64) + np.take_along_axis(cz, end, 1)
+        twice -= 2 * np.take_along_axis(cz, seg[gs].astype(idt), 1)
         n_ref = (cz[:, seg[1:]] - cz[:, seg[:-1]]).astype(float)  # columns x series
         with np.errstate(invalid="ignore", divide="ignore"):
-            place_s = (below + upto) / (2.0 * np.take_along_axis(n_ref, gs, 1))
+            place_s = twice / (2.0 * np.take_along_axis(n_ref, gs, 1))
         place = np.empty((B, R))
         np.put_along_axis(place, o, place_s, 1)  # back to row order: sums run in row order, as before
-        use = is_cur0[None, :] & fin
-        jj, rr = np.nonzero(use)  # row order within each column
-        key = jj * G + cell[rr]
-        c = np.bincount(key, minlength=B * G).astype(float)
-        tot = np.bincount(key, weights=place[jj, rr], minlength=B * G)
+        # per (column, cell) sums in row order; reference and NaN entries go to a spare last bin
+        key = np.where(is_cur0[None, :] & fin, np.arange(B)[:, None] * G + cell[None, :], B * G).ravel()
+        c = np.bincount(key, minlength=B * G + 1)[:-1].astype(float)
+        tot = np.bincount(key, weights=place.ravel(), minlength=B * G + 1)[:-1]
         with np.errstate(invalid="ignore", divide="ignore"):
             auc[j0 : j0 + B] = (tot / c).reshape(B, G)
         cnt[j0 : j0 + B] = c.reshape(B, G)
