@@ -652,13 +652,13 @@ def _knee_test(
     events: np.ndarray | None = None,
     m_rows: int = 1,
 ) -> _KneeResult:
-    """Hinge fit with stratum fixed effects, on cell sufficient statistics, and its bootstrap test.
+    """Hinge fit with stratum fixed effects, on cell sufficient statistics, and its permutation test.
 
     Buckets are ordered by (stratum, load) so that every (stratum, load) cell is a contiguous
-    block: the regressors are constant within a cell, so the fit needs only cell sums.
+    block and every stratum a contiguous run of cells: the regressors are constant within a
+    cell, so the fit needs only cell sums, and every candidate (knee, plateau) pair is scored
+    at once from prefix sums over the cells (:class:`_HingeSums`).
     """
-    from scipy import sparse
-
     n = load.size
     if n < _MIN_BUCKETS:
         return _KneeResult()
@@ -667,25 +667,16 @@ def _knee_test(
     cell_starts = np.flatnonzero(
         np.r_[True, (strata_s[1:] != strata_s[:-1]) | (load_s[1:] != load_s[:-1])]
     )
-    n_cells = cell_starts.size
     cell_load = load_s[cell_starts]
-    _, cell_stratum = np.unique(strata_s[cell_starts], return_inverse=True)
-    n_strata = int(cell_stratum.max()) + 1
+    new_stratum = np.r_[True, strata_s[cell_starts][1:] != strata_s[cell_starts][:-1]]
+    cell_stratum = np.cumsum(new_stratum) - 1
+    stratum_starts = np.flatnonzero(new_stratum)  # first cell of each stratum
     cell_w = np.add.reduceat(w_s, cell_starts)
-    # cells -> strata as a sparse (C x S) matrix weighted by the cell weights
-    to_stratum = sparse.csr_array(
-        (cell_w, (np.arange(n_cells), cell_stratum)), shape=(n_cells, n_strata)
-    )
-    stratum_w = np.asarray(to_stratum.sum(axis=0)).ravel()
-    member = sparse.csr_array((np.ones(n_cells), (np.arange(n_cells), cell_stratum)), shape=(n_cells, n_strata))
-
-    def cell_resid(h: np.ndarray) -> np.ndarray:  # K x C regressors -> within-stratum weighted residuals
-        means = (to_stratum.T @ h.T).T / stratum_w  # K x S
-        return h - means[:, cell_stratum]
+    stratum_w = np.add.reduceat(cell_w, stratum_starts)
 
     # null model (stratum means only): residuals per bucket
     wy_s = w_s * y_s
-    stratum_mean = np.asarray(to_stratum.T @ (np.add.reduceat(wy_s, cell_starts) / cell_w)).ravel() / stratum_w
+    stratum_mean = np.add.reduceat(np.add.reduceat(wy_s, cell_starts), stratum_starts) / stratum_w
     bucket_stratum = np.repeat(cell_stratum, np.diff(np.r_[cell_starts, n]))
     resid = y_s - stratum_mean[bucket_stratum]
     u = w_s * resid  # score contributions
@@ -702,7 +693,7 @@ def _knee_test(
         # rates of rare events: each side must expect at least _MIN_EVENTS events under the null
         # (the events of a stratum spread over its buckets in proportion to their runs)
         ev_s = events[order]
-        stratum_events = np.bincount(bucket_stratum, weights=ev_s, minlength=n_strata)
+        stratum_events = np.bincount(bucket_stratum, weights=ev_s, minlength=stratum_starts.size)
         expected = w_s * (stratum_events / stratum_w)[bucket_stratum]
         cum_expected = np.cumsum(expected[np.argsort(load_s, kind="stable")])
         exp_below = cum_expected[n_below - 1]
@@ -713,17 +704,7 @@ def _knee_test(
     lo_k = float(values[feasible[0]])
     hi_next = float(values[feasible[-1] + 1])  # knees in [lo_k, hi_next) keep the partition feasible
 
-    def fit(k1: np.ndarray, k2: float) -> tuple[np.ndarray, np.ndarray]:
-        """Reduction of the weighted SSE and slope for knees ``k1`` with a plateau from ``k2``."""
-        h = np.maximum(0.0, cell_load[None, :] - k1[:, None])
-        if math.isfinite(k2):
-            h = np.minimum(h, np.maximum(0.0, k2 - k1)[:, None])
-        rh = cell_resid(h)
-        hh = (rh * rh) @ cell_w
-        cross = rh @ cell_u
-        ok = (hh > 1e-12 * max(1.0, float(hh.max(initial=0.0)))) & (k1 < k2)
-        safe = np.where(ok, hh, 1.0)
-        return np.where(ok, cross**2 / safe, -1.0), np.where(ok, cross / safe, 0.0)
+    sums = _HingeSums(cell_load, cell_stratum, stratum_starts, cell_w, cell_u, values)
 
     # the estimate: knees on a grid, each with an optional plateau from k2 on (saturation: the
     # metric stops rising, e.g. an error rate near 100%); coarse pass, then a fine pass near the best
@@ -732,19 +713,20 @@ def _knee_test(
         coarse = np.unique(np.quantile(coarse, np.linspace(0.0, 1.0, 2 * _COARSE_GRID)))
     tops_all = values[values > lo_k]
     tops = np.unique(np.quantile(tops_all, np.linspace(0.0, 1.0, _PLATEAU_GRID))) if tops_all.size else tops_all
+    plateaus = np.r_[math.inf, tops]
+    gain, beta = sums.fit(coarse, plateaus)  # K x T
     best = (-1.0, lo_k, math.inf, 0.0)
-    for k2 in (math.inf, *tops.tolist()):
-        gain, beta = fit(coarse, k2)
-        i = int(np.argmax(gain))
-        if gain[i] > best[0] * (1.0 + 1e-9):
-            best = (float(gain[i]), float(coarse[i]), k2, float(beta[i]))
+    for j, k2 in enumerate(plateaus.tolist()):  # in order: ties go to the earlier plateau (none first)
+        i = _first_max(gain[:, j])
+        if gain[i, j] > best[0] * (1.0 + 1e-9):
+            best = (float(gain[i, j]), float(coarse[i]), k2, float(beta[i, j]))
     step = (hi_next - lo_k) / _COARSE_GRID
     fine = np.linspace(max(lo_k, best[1] - step), min(hi_next, best[1] + step), _FINE_GRID)
     fine = fine[fine < hi_next] if np.any(fine < hi_next) else fine
-    gain, beta = fit(fine, best[2])
-    i = int(np.argmax(gain))
-    if gain[i] > best[0]:
-        best = (float(gain[i]), float(fine[i]), best[2], float(beta[i]))
+    gain, beta = sums.fit(fine, np.array([best[2]]))
+    i = _first_max(gain[:, 0])
+    if gain[i, 0] > best[0] * (1.0 + _TIE):
+        best = (float(gain[i, 0]), float(fine[i]), best[2], float(beta[i, 0]))
     best_gain, knee, _, slope = best
     below_m = load <= knee
     below = float(np.sum(w[below_m] * y[below_m]) / np.sum(w[below_m])) if below_m.any() else None
@@ -756,7 +738,9 @@ def _knee_test(
     # explains; null distribution by permuting the buckets' standardised residuals within strata
     # (studentised permutation: a bucket of w runs has variance sigma^2 / w under the null, so the
     # residuals are scaled by sqrt(w) before they change places and rescaled after)
-    rh = cell_resid(np.maximum(0.0, cell_load[None, :] - coarse[:, None]))  # K x C
+    h = np.maximum(0.0, cell_load[None, :] - coarse[:, None])  # K x C
+    means = np.add.reduceat(h * cell_w, stratum_starts, axis=1) / stratum_w  # K x S
+    rh = h - means[:, cell_stratum]
     hh = (rh * rh) @ cell_w
     ok = hh > 1e-12 * max(1.0, float(hh.max(initial=0.0)))
     rh, hh = rh[ok], hh[ok]
@@ -773,6 +757,7 @@ def _knee_test(
     z2 = float(np.sum(z * z))
     z32, sqrt_w32 = z.astype(np.float32), sqrt_w.astype(np.float32)  # halves the memory traffic
     buf = pool.buffer()  # reused across chunks and tests: no fresh pages to fault in
+    rh_t = np.ascontiguousarray(rh.T)
     threshold = opts.alpha / max(1, m_rows)
     exceed = 0
     done = 0
@@ -784,9 +769,9 @@ def _knee_test(
         np.take(z32, idx, out=g)
         np.multiply(g, sqrt_w32, out=g)
         cell_g = np.add.reduceat(g, cell_starts, axis=1).astype(np.float64)  # P x C
-        big_g = cell_g @ member  # P x S
+        big_g = np.add.reduceat(cell_g, stratum_starts, axis=1)  # P x S
         sse0_p = z2 - np.sum(big_g**2 / stratum_w, axis=1)
-        stat = np.max((cell_g @ rh.T) ** 2 / hh, axis=1) / np.where(sse0_p > 0, sse0_p, np.inf)
+        stat = np.max((cell_g @ rh_t) ** 2 / hh, axis=1) / np.where(sse0_p > 0, sse0_p, np.inf)
         exceed += int(np.sum(stat >= stat_obs * (1.0 - 1e-9)))
         done += idx.shape[0]
         # stop once the decision is clear: plainly not significant, or significant at the
@@ -795,6 +780,102 @@ def _knee_test(
             break
     p_value = (exceed + 1) / (done + 1)
     return _KneeResult(knee=knee, below=below, above=above, slope=slope, p_value=float(p_value))
+
+
+#: Relative difference below which two fits count as equally good (rounding of the fit's sums).
+_TIE = 1e-12
+
+
+def _first_max(gain: np.ndarray) -> int:
+    """Index of the first entry within :data:`_TIE` of the largest: among equally good knees (a
+    knee anywhere between two observed loads followed by a plateau at the upper one is the
+    same step), the lowest."""
+    top = float(gain.max())
+    return int(np.argmax(gain >= top - _TIE * abs(top)))
+
+
+class _HingeSums:
+    """Weighted least-squares fits of the hinge ``(min(L, k2) - k1)_+`` for many (k1, k2) at once.
+
+    With stratum fixed effects, the reduction of the weighted SSE by a regressor ``h`` is
+    ``(h'u)^2 / h'M h`` (``u`` the weighted null residuals, ``M`` the within-strata projection),
+    and ``h'M h = sum_c w_c h_c^2 - sum_s (sum_{c in s} w_c h_c)^2 / W_s``. Within a stratum the
+    cells are in load order and the hinge is ``(L - k1)_+`` up to ``k2`` and ``k2 - k1`` above,
+    so each of these sums is a prefix sum of ``w h1, w h1^2, u h1`` (``h1 = (L - k1)_+``, one
+    row per knee) up to where ``k2`` falls in the stratum, plus ``k2 - k1`` times the weight or
+    residual sum above it: O(strata) per (k1, k2) pair instead of O(cells). The prefix sums run
+    within each stratum over non-negative terms, so no large sums cancel.
+    """
+
+    def __init__(
+        self,
+        cell_load: np.ndarray,
+        cell_stratum: np.ndarray,
+        stratum_starts: np.ndarray,
+        cell_w: np.ndarray,
+        cell_u: np.ndarray,
+        values: np.ndarray,
+    ) -> None:
+        n_strata = stratum_starts.size
+        self.n_cells = np.diff(np.r_[stratum_starts, cell_load.size])  # cells per stratum
+        self.local = np.arange(cell_load.size) - stratum_starts[cell_stratum]  # position in stratum
+        width = int(self.n_cells.max()) + 1
+        self.cell_load, self.cell_stratum, self.cell_w, self.cell_u = cell_load, cell_stratum, cell_w, cell_u
+        self.shape = (n_strata, width)  # strata x (leading 0 + cells): prefix sums, padded
+        self.cum_w = self._prefix(cell_w[None, :])[0]
+        self.cum_u = self._prefix(cell_u[None, :])[0]
+        self.stratum_w = self.cum_w[np.arange(n_strata), self.n_cells]
+        self.values = values
+        # (stratum, rank of load) keys, increasing along the cells
+        self.keys = cell_stratum.astype(np.int64) * (values.size + 1) + np.searchsorted(values, cell_load)
+        self.starts = stratum_starts
+
+    def _prefix(self, v: np.ndarray) -> np.ndarray:
+        """R x C cell values -> R x S x (1 + max cells) prefix sums within each stratum."""
+        out = np.zeros((v.shape[0], *self.shape))
+        out[:, self.cell_stratum, self.local + 1] = v
+        return np.cumsum(out, axis=2, out=out)
+
+    def _split(self, t: np.ndarray) -> np.ndarray:
+        """S x T: cells of each stratum with load at or below each ``t``."""
+        q = np.searchsorted(self.values, t, side="right")  # loads at or below t: ranks < q
+        s = np.arange(self.shape[0], dtype=np.int64)[:, None]
+        first_above = np.searchsorted(self.keys, s * (self.values.size + 1) + q[None, :], side="left")
+        return first_above - self.starts[:, None]
+
+    def fit(self, k1: np.ndarray, k2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Reduction of the weighted SSE and the slope for knees ``k1`` (K) and plateaus ``k2`` (T).
+
+        Returns two K x T arrays; pairs that cannot be fitted (``k1 >= k2``, or a hinge without
+        variation within strata) have gain -1 and slope 0.
+        """
+        n_strata = self.shape[0]
+        h1 = np.maximum(0.0, self.cell_load[None, :] - k1[:, None])  # K x C
+        p_wh = self._prefix(h1 * self.cell_w)  # K x S x (1 + cells)
+        p_wh2 = self._prefix(h1 * h1 * self.cell_w)
+        p_uh = self._prefix(h1 * self.cell_u)
+        finite = np.isfinite(k2)
+        q = np.broadcast_to(self.n_cells[:, None], (n_strata, k2.size)).copy()  # S x T
+        if finite.any():
+            q[:, finite] = self._split(k2[finite])
+        s_idx = np.arange(n_strata)[:, None]
+        w_top = self.stratum_w[:, None] - self.cum_w[s_idx, q]  # S x T: weight above k2
+        u_top = self.cum_u[s_idx, self.n_cells[:, None]] - self.cum_u[s_idx, q]
+        width = np.where(finite[None, :], k2[None, :] - k1[:, None], 0.0)  # K x T
+        wd = width[:, :, None]  # K x T x 1, against S x T -> transposed below
+
+        def at(p: np.ndarray) -> np.ndarray:  # K x S x (1 + cells) at q -> K x T x S
+            return p[:, s_idx, q].transpose(0, 2, 1)
+
+        b = at(p_wh) + wd * w_top.T[None]  # sum of w h per stratum
+        sum_wh2 = (at(p_wh2) + wd * wd * w_top.T[None]).sum(axis=2)
+        cross = (at(p_uh) + wd * u_top.T[None]).sum(axis=2)
+        hh = sum_wh2 - (b * b / self.stratum_w[None, None, :]).sum(axis=2)
+        # no variation within strata leaves only rounding (~1e-16 of sum(w h^2))
+        ok = (hh > 1e-12 * sum_wh2) & (k1[:, None] < k2[None, :])
+        ok &= hh > 1e-12 * np.maximum(1.0, np.where(ok, hh, 0.0).max(axis=0, initial=0.0))[None, :]
+        safe = np.where(ok, hh, 1.0)
+        return np.where(ok, cross**2 / safe, -1.0), np.where(ok, cross / safe, 0.0)
 
 
 class _PermutationPool:
