@@ -871,7 +871,8 @@ def _map_counts(parts: list[tuple[pl.DataFrame, pl.Series, np.ndarray]], drop: s
     """Count tables (each with its source's run ids and source row -> ``_row`` map) as arrays."""
     names = pl.concat([tab["category"].drop_nulls().unique() for tab, _, _ in parts]).unique().sort()
     enum = pl.Enum(names)
-    lut = np.arange(names.len() + 1, dtype=np.int64)  # code -> kept code; the last entry is for null
+    names_all = names.len()
+    lut = np.arange(names_all + 1, dtype=np.int64)  # code -> kept code; the last entry is for null
     lut[-1] = -1
     if drop is not None and (names == drop).any():
         d = int(np.flatnonzero((names == drop).to_numpy())[0])
@@ -916,14 +917,18 @@ def _map_counts(parts: list[tuple[pl.DataFrame, pl.Series, np.ndarray]], drop: s
             row_of = np.full(lens.size, -1, dtype=np.int64)
             row_of[g] = r
             row = np.repeat(row_of, lens)
-            idx = np.flatnonzero(row >= 0)
-            row = row[idx]
-        code = tab["category"].cast(enum).to_physical().cast(pl.Int64).fill_null(-1).to_numpy()
-        code = lut[code[idx]]  # -1 (null) picks the last entry
-        ok = code >= 0
-        rows.append(row[ok])
-        codes.append(code[ok])
-        ns.append(tab["n"].to_numpy()[idx][ok].astype(float))
+            idx = None
+        # category codes of the kept names (the dropped name and nulls: -1, via the last entry of lut)
+        code = lut[tab["category"].cast(enum).to_physical().fill_null(names_all).to_numpy()]
+        n = np.asarray(tab["n"].to_numpy(), dtype=float)
+        if idx is not None:
+            code, n = code[idx], n[idx]
+        keep = (row >= 0) & (code >= 0)
+        if not keep.all():
+            row, code, n = row[keep], code[keep], n[keep]
+        rows.append(row)
+        codes.append(code)
+        ns.append(n)
     if not rows:
         return None
     return _Counts(row=np.concatenate(rows), code=np.concatenate(codes), n=np.concatenate(ns),
