@@ -158,6 +158,11 @@ _RATIOS: dict[str, tuple[str, str]] = {
     "latency_per_step": ("latency_ms", "n_steps"),
 }
 _EPS = 1e-12
+# the features that read each per-run count table
+_COUNT_FEATURES: dict[str, set[str]] = {
+    "actions": {"tool_mix", "action_entropy", "self_similarity", "run_classifier"},
+    "bigrams": {"action_bigrams"},
+}
 
 Tables = tuple[pl.DataFrame, pl.DataFrame | None, pl.DataFrame | None]
 
@@ -433,7 +438,7 @@ def _drift(data: _Data, opts: _Options) -> pl.DataFrame:
     parts: list[pl.DataFrame] = []
     want = set(opts.include)
     tool = None
-    if want & {"tool_mix", "action_entropy", "self_similarity", "run_classifier"}:
+    if want & _COUNT_FEATURES["actions"]:
         tool = _category_block(data, "actions", opts)
         if tool is not None:
             if "tool_mix" in want:
@@ -784,6 +789,8 @@ def _assemble(main: Tables, reference: Any, current: Any, opts: _Options) -> _Da
     # ---- per-run counts, mapped onto rows
     counts: dict[str, _Counts] = {}
     for i, kind in ((1, "actions"), (2, "bigrams")):
+        if not set(opts.include) & _COUNT_FEATURES[kind]:
+            continue  # no feature asked for reads this table
         parts = []
         for sv, t in tabs_of.items():
             if t[i] is None:
