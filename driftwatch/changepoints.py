@@ -372,8 +372,10 @@ def _tool_shares(
             f"action_counts: missing column(s) {missing}; expected run_action_counts() output "
             f"(run_id, agent, action, n), found {list(ac_schema)}"
         )
+    # the action stays as given (String, or Categorical in the audit's compact per-run tables:
+    # both sort lexically) and becomes text only in the few aggregated rows
     tools = ac.filter(pl.col("action") != LLM_ACTION).select(
-        pl.col("run_id").cast(pl.String), pl.col("action").cast(pl.String), pl.col("n").cast(pl.Float64)
+        pl.col("run_id").cast(pl.String), pl.col("action"), pl.col("n").cast(pl.Float64)
     )
     per = (
         keyed.select("series", "bucket", "run_id")
@@ -399,7 +401,7 @@ def _tool_shares(
     for i in range(top_tools):
         sel = pl.col("_rank") == i
         aggs += [
-            pl.col("action").filter(sel).first().alias(f"top{i + 1}_tool"),
+            pl.col("action").filter(sel).first().cast(pl.String).alias(f"top{i + 1}_tool"),
             pl.col("_share").filter(sel).first().alias(f"top{i + 1}_share"),
         ]
     return grid.group_by("series", "bucket").agg(aggs)
