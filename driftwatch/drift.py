@@ -1068,8 +1068,8 @@ def _category_block(data: _Data, kind: str, opts: _Options) -> _Cat | None:
     # a category keeps its own cell when it is among the K - 1 most frequent of its series and not rare:
     # at least 10 occurrences, 0.5% of the series' count, and 5 expected occurrences in a median window
     # (chi-square-type tests misbehave on sparse cells); the rest share "(other)"
-    s = data.s[cnt.row]
-    g = s * W1 + data.slot[cnt.row]
+    g = data.gid[cnt.row]
+    s = g // W1
     per_window = np.bincount(g, weights=cnt.n, minlength=S * W1).reshape(S, W1)[:, 1:]
     seen = (np.bincount(g, minlength=S * W1).reshape(S, W1) > 0)[:, 1:]  # windows with a count row
     med = _row_median(per_window, seen)
@@ -1088,7 +1088,7 @@ def _category_block(data: _Data, kind: str, opts: _Options) -> _Cat | None:
     kmap = np.where(own, rk - 1, n_own[:, None])  # "(other)" comes after the own categories
     Keff = int(kmap[present].max()) + 1
     R = data.runs.height
-    C = np.bincount(cnt.row * Keff + kmap[s, cnt.code], weights=cnt.n, minlength=R * Keff).reshape(R, Keff)
+    C = np.bincount(cnt.row * Keff + kmap.ravel()[sc], weights=cnt.n, minlength=R * Keff).reshape(R, Keff)
     names = np.full((S, Keff), "", dtype=object)
     si, ui = np.nonzero(present)
     names[si, kmap[si, ui]] = np.where(own[si, ui], cnt.names[ui], _OTHER)
