@@ -106,6 +106,8 @@ Examples
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -324,6 +326,9 @@ def _hash_exprs() -> list[pl.Expr]:
     ]
 
 
+#: Worker threads of :func:`detect_loops`.
+_THREADS = 2
+
 #: Up to this many rows are gathered directly (see :func:`_take_frame`).
 _DIRECT_GATHER = 1024
 
@@ -334,8 +339,10 @@ def _take_frame(df: pl.DataFrame, idx: np.ndarray) -> pl.DataFrame:
     mask, then gathered from that small single-chunk frame."""
     if idx.size < _DIRECT_GATHER or max(df.n_chunks("all"), default=1) == 1:
         return df[idx]
-    if bool((idx[1:] > idx[:-1]).all()):
-        uniq, inv = idx, None
+    if bool((idx[1:] >= idx[:-1]).all()):  # sorted: distinct rows without a sort
+        new = np.ones(idx.size, dtype=bool)
+        new[1:] = idx[1:] != idx[:-1]
+        uniq, inv = (idx, None) if new.all() else (idx[new], np.cumsum(new) - 1)
     else:
         uniq, inv = np.unique(idx, return_inverse=True)
     mask = np.zeros(df.height, dtype=bool)
@@ -367,19 +374,18 @@ class _TextSource:
     def has_text(frame: pl.DataFrame) -> bool:
         return "args" in frame.columns
 
-    def failed(self, frame: pl.DataFrame, pos: np.ndarray) -> np.ndarray:
-        """Did the step frame's rows ``pos`` fail (``status == "error"``)?"""
-        if self.has_text(frame):
-            return (_take(frame["status"], pos) == "error").fill_null(False).to_numpy()
-        return _take(frame["_err"], pos).to_numpy()
-
-    def hashes(self, frame: pl.DataFrame, pos: np.ndarray, field: str) -> np.ndarray:
-        """Hashes of ``field`` ("args" or "result", see :func:`_hash_exprs`) of the step
-        frame's rows ``pos``."""
+    def args(self, frame: pl.DataFrame, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Hashes of the arguments of the step frame's rows ``pos``, and whether they failed."""
         if not self.has_text(frame):
-            return _take(frame["_ha" if field == "args" else "_hr"], pos).to_numpy()
-        if field == "args":
-            return _take(frame["args"], pos).hash(11).to_numpy()
+            sub = _take_frame(frame[["_ha", "_err"]], pos)
+        else:
+            sub = _take_frame(frame[["args", "status"]], pos).lazy().select(_hash_exprs()[0::2]).collect()
+        return sub["_ha"].to_numpy(), sub["_err"].to_numpy()
+
+    def results(self, frame: pl.DataFrame, pos: np.ndarray) -> np.ndarray:
+        """Hashes of the results of the step frame's rows ``pos`` (see :func:`_hash_exprs`)."""
+        if not self.has_text(frame):
+            return _take(frame["_hr"], pos).to_numpy()
         sub = _take_frame(frame[["result", "status"]], pos)
         failed = (sub["status"] == "error").fill_null(False).to_numpy()
         return np.where(failed, np.uint64(_ERROR_HASH), sub["result"].hash(13).to_numpy())
@@ -438,9 +444,17 @@ def _load_steps(events: Any, *, streaming: bool) -> tuple[pl.DataFrame, _TextSou
     return steps, _TextSource(lf, streaming=streaming)
 
 
-def _run_blocks(steps: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Blocks of consecutive rows with the same ``run_id``: their first rows, and which
-    blocks are not a whole run in step order.
+@dataclass
+class _Blocks:
+    """Blocks of consecutive rows of the step frame with the same ``run_id``."""
+
+    starts: np.ndarray  #: first row of every block
+    bad: np.ndarray  #: the block is not a whole run in step order
+    heads: pl.DataFrame  #: ``run_id`` and ``agent`` of every block's first row
+
+
+def _run_blocks(steps: pl.DataFrame) -> _Blocks:
+    """The blocks of ``steps`` and which of them are not a whole run in step order.
 
     Logs are usually grouped already, except for a few runs (e.g. runs crossing midnight
     in a day-partitioned log, or a shuffled frame). A block is bad when its run has
@@ -451,18 +465,19 @@ def _run_blocks(steps: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     marked = np.flatnonzero(flags)
     nb = (flags[marked] & 1).astype(bool)
     starts = marked[nb]
-    bad = _take(steps["run_id"], starts).is_duplicated().to_numpy()
+    heads = _take_frame(steps[["run_id", "agent"]], starts)
+    bad = heads["run_id"].is_duplicated().to_numpy()
     dis = marked[~nb]  # backwards inside a block
     if dis.size:
         bad[np.searchsorted(starts, dis, side="right") - 1] = True
-    return starts, bad
+    return _Blocks(starts, bad, heads)
 
 
-def _regroup(steps: pl.DataFrame, starts: np.ndarray, bad: np.ndarray) -> pl.DataFrame:
+def _regroup(steps: pl.DataFrame, blocks: _Blocks) -> pl.DataFrame:
     """The rows of the bad blocks, sorted by ``(run_id, step)`` (nulls first, ties in input
     order), with ``_f`` recomputed."""
-    ends = np.append(starts[1:], steps.height)
-    lo, hi = starts[bad], ends[bad]
+    bad = blocks.bad
+    lo, hi = blocks.starts[bad], np.append(blocks.starts[1:], steps.height)[bad]
     ln = hi - lo
     rows = np.repeat(lo - (np.cumsum(ln) - ln), ln) + np.arange(int(ln.sum()))
     moved = _take_frame(steps, rows).sort("run_id", "step", nulls_last=False, maintain_order=True)
@@ -606,17 +621,20 @@ def detect_loops(
         return _empty_loops()
     opts = {"max_period": max_period, "min_repeats": min_repeats, "fuzzy": fuzzy, "similarity": similarity,
             "error_share": error_share}
-    starts, bad = _run_blocks(steps)
+    blocks = _run_blocks(steps)
     # runs already whole and in step order are read in place; the others are sorted apart
     # and come after them (as if the frame had been sorted)
-    parts = [_loops_in(steps, starts, bad, source, **opts)]
-    if bad.any():
-        moved = _regroup(steps, starts, bad)
-        parts.append(_loops_in(moved, *_run_blocks(moved), source, **opts))
+    with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+        parts = [_loops_in(steps, blocks, source, pool, **opts)]
+        if blocks.bad.any():
+            moved = _regroup(steps, blocks)
+            parts.append(_loops_in(moved, _run_blocks(moved), source, pool, **opts))
     found = [p for p in parts if p is not None]
     if not found:
         return _empty_loops()
-    out = pl.concat(found, rechunk=True) if len(found) > 1 else found[0]
+    out = pl.DataFrame(found[0]) if len(found) == 1 else pl.DataFrame(
+        {c: pl.concat([pl.Series(f[c]) for f in found], rechunk=True) for c in found[0]}
+    )
     # (severity on the whole frame at once: Polars' float kernels may round the last bit
     # differently for a value depending on its position in the column)
     out = out.with_columns(severity_expr().alias("severity")).cast(LOOP_SCHEMA).select(list(LOOP_SCHEMA))  # type: ignore[arg-type]
@@ -624,7 +642,8 @@ def detect_loops(
         return out
     # each part lists its loops in row order; the parts have no run in common, so when each
     # is sorted by run (the usual case) a merge equals a stable sort of the whole
-    main, rest = out.head(found[0].height), out.tail(out.height - found[0].height)
+    n_main = len(found[0]["period"])
+    main, rest = out.head(n_main), out.tail(out.height - n_main)
     if rest.height and main["run_id"].is_sorted() and rest["run_id"].is_sorted():
         return main.merge_sorted(rest, key="run_id")
     return out.sort("run_id", maintain_order=True)
@@ -651,48 +670,60 @@ def _period_scan(
     return eq, lo, hi + min_len - 1 + p
 
 
+def _money(steps: pl.DataFrame, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Tokens and cost of every row, and their sums per block."""
+    tok = steps["_tok"].to_numpy()
+    cost = steps["_cost"].to_numpy()
+    return tok, cost, np.add.reduceat(tok, starts), np.add.reduceat(cost, starts)
+
+
 def _loops_in(
     steps: pl.DataFrame,
-    starts: np.ndarray,
-    skip: np.ndarray,
+    blocks: _Blocks,
     source: _TextSource,
+    pool: ThreadPoolExecutor,
     *,
     max_period: int,
     min_repeats: int,
     fuzzy: bool,
     similarity: float,
     error_share: float,
-) -> pl.DataFrame | None:
-    """Loops of the runs of ``steps`` whose blocks (first rows ``starts``) are not ``skip``ped."""
-    ends = np.append(starts[1:], steps.height)
+) -> dict[str, Any] | None:
+    """Loops of the runs of ``steps`` whose blocks are not bad (see :func:`_run_blocks`).
+
+    Work that does not depend on each other runs on ``pool``'s threads (numpy and Polars
+    release the GIL): the money columns while the periods are scanned, periods two at a time.
+    """
+    starts, skip = blocks.starts, blocks.bad
+    money = pool.submit(_money, steps, starts)
     actions = steps["_a"].to_numpy()
     trows = np.flatnonzero(actions != _LLM_HASH)  # tool steps, in row order
+    # tool steps of block b: positions first[b] .. first[b + 1] - 1
+    first = np.searchsorted(trows, np.append(starts, steps.height))
     if skip.any():
-        lo = np.searchsorted(trows, starts[skip])
-        hi = np.searchsorted(trows, ends[skip])
-        drop = np.zeros(trows.size + 1, np.int64)
-        np.add.at(drop, lo, 1)
-        np.add.at(drop, hi, -1)
-        trows = trows[np.cumsum(drop[:-1]) == 0]
+        lo, hi = first[:-1][skip], first[1:][skip]
+        ln = hi - lo
+        trows = np.delete(trows, np.repeat(lo - (np.cumsum(ln) - ln), ln) + np.arange(int(ln.sum())))
+        first[1:] -= np.cumsum(np.where(skip, first[1:] - first[:-1], 0))
     nt = trows.size
     if nt < 2:
         return None
     codes = actions[trows]  # action hash of every tool step
     del actions
-    # first tool step of every run that has one: pairs across these positions never match
-    keep = ~skip
-    first = np.searchsorted(trows, starts[keep])
-    boundaries = first[(first < np.searchsorted(trows, ends[keep])) & (first > 0)]
+    # pairs across the first tool step of a run never match
+    boundaries = first[:-1][(first[1:] > first[:-1]) & (first[:-1] > 0)]
 
     # ---- action level: shifted comparisons of action hashes ---------------------------------
     act_eq: dict[int, np.ndarray] = {}
     found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for p in range(1, min(max_period, nt - 1) + 1):
-        eq, s, e = _period_scan(codes, boundaries, p, p * (min_repeats - 1))
+    periods = range(1, min(max_period, nt - 1) + 1)
+    scans = pool.map(lambda p: _period_scan(codes, boundaries, p, p * (min_repeats - 1)), periods)
+    for p, (eq, s, e) in zip(periods, scans, strict=True):
         if s.size:
             act_eq[p] = eq
             found.append((s, e, np.full(s.size, p, np.int64)))
     if not found:
+        money.cancel()
         return None
     a_s, a_e, a_p = (np.concatenate(x) for x in zip(*found, strict=True))
     # union of action-level candidates: positions cpos, and position -> index in cpos
@@ -704,17 +735,21 @@ def _loops_in(
 
     # ---- signature level: action + args + result, candidate pairs only ----------------------
     # every compared pair of every period: position k + p against k, both in candidates
-    ks = {}
+    # (cj: the index of k in cpos)
+    js = []
+    periods = []
     for p, eq in act_eq.items():
         k = cpos[: np.searchsorted(cpos, nt - p)]
-        ks[p] = k[cand[k + p] & eq[k]]
+        js.append(np.flatnonzero(cand[k + p] & eq[k]))
+        periods.append(p)
     del act_eq, cand
-    pk = np.concatenate(list(ks.values()))
-    pp = np.concatenate([np.full(k.size, p, np.int64) for p, k in ks.items()])
-    ci, cj = cidx[pk + pp], cidx[pk]  # candidate indices of the two sides
+    cj = np.concatenate(js)
+    pp = np.repeat(np.array(periods, np.int64), [j.size for j in js])
+    pk = cpos[cj]
+    ci = cidx[pk + pp]
     crow = trows[cpos]  # rows of the candidates
     # arguments first (fuzzy: near-duplicates too); results only for the pairs whose arguments match
-    h_a = source.hashes(steps, crow, "args")
+    h_a, failed = source.args(steps, crow)
     ok_a = h_a[ci] == h_a[cj]
     del h_a
     identical = ok_a.copy()
@@ -724,16 +759,16 @@ def _loops_in(
     todo = np.flatnonzero(ok_a)
     if todo.size:
         need, ri, rj = _pair_index(ci[todo], cj[todo])
-        h_r = source.hashes(steps, crow[need], "result")
+        h_r = source.results(steps, crow[need])
         ok_r[todo] = h_r[ri] == h_r[rj]
         del h_r
     identical &= ok_r
     if fuzzy:
         _near(steps, source, ci, cj, ok_r, np.flatnonzero(ok_a & ~ok_r), crow, "result", similarity)
     ok = ok_a & ok_r
-    fuzzy_pos = {p: pk[(pp == p) & ok & ~identical] + p for p in ks} if fuzzy else {}
+    fuzzy_pos = {p: pk[(pp == p) & ok & ~identical] + p for p in periods} if fuzzy else {}
     found = []
-    for p in ks:
+    for p in periods:
         s, e = _segments_from_positions(pk[(pp == p) & ok], p, p * (min_repeats - 1))
         if s.size:
             found.append((s, e, np.full(s.size, p, np.int64)))
@@ -759,10 +794,10 @@ def _loops_in(
     is_sig = np.concatenate([np.ones(s_s.size, bool), np.zeros(a_s.size, bool)])
     if seg_s.size == 0:
         return None
-    errs = _cumsum0(source.failed(steps, crow).astype(np.int64))
+    errs = _cumsum0(failed.astype(np.int64))
     n_err = errs[cidx[seg_e] + 1] - errs[cidx[seg_s]]
-    return _assemble(steps, codes, starts, ends, trows, seg_s, seg_e, seg_p, is_sig, n_err, fuzzy_pos,
-                     min_repeats=min_repeats, error_share=error_share)
+    return _assemble(steps, blocks, money.result(), codes, trows, seg_s, seg_e, seg_p, is_sig, n_err,
+                     fuzzy_pos, min_repeats=min_repeats, error_share=error_share)
 
 
 def _near(
@@ -785,39 +820,38 @@ def _near(
 
 def _patterns(
     steps: pl.DataFrame, codes: np.ndarray, trows: np.ndarray, seg_s: np.ndarray, seg_p: np.ndarray
-) -> pl.DataFrame:
+) -> tuple[pl.Series, np.ndarray]:
     """``pattern`` (the actions of the first cycle joined by " > ") and ``handoff`` (all
     of them are hand-offs) of every segment. Names are read once per distinct action
-    (``codes``: action hashes of the tool steps), patterns are built per period."""
-    cycle = [(seg_s[seg_p == p][:, None] + np.arange(p)).ravel() for p in range(1, int(seg_p.max()) + 1)]
-    uniq, first, inv = np.unique(codes[np.concatenate(cycle)], return_index=True, return_inverse=True)
-    names = _take(steps["action"], trows[np.concatenate(cycle)[first]]).fill_null("<none>")
-    pieces, where, done = [], [], 0
-    for p, pos in enumerate(cycle, start=1):
-        if pos.size == 0:
-            continue
-        m = pos.size // p
-        got = names.gather(inv[done : done + pos.size])
-        done += pos.size
-        pieces.append(
-            pl.DataFrame(
-                {
-                    "pattern": got.reshape((m, p)).arr.join(" > "),
-                    "handoff": got.str.starts_with(HANDOFF_PREFIX).reshape((m, p)).arr.all(),
-                }
-            )
-        )
-        where.append(np.flatnonzero(seg_p == p))
-    if len(pieces) == 1:
-        return pieces[0]
-    return pl.concat(pieces)[np.argsort(np.concatenate(where))]
+    (``codes``: action hashes of the tool steps), pattern strings once per distinct cycle."""
+    offs = np.cumsum(seg_p) - seg_p  # where each segment's cycle starts in ``pos``
+    pos = np.repeat(seg_s - offs, seg_p) + np.arange(int(seg_p.sum()))
+    _, first, ids = np.unique(codes[pos], return_index=True, return_inverse=True)
+    names = _take(steps["action"], trows[pos[first]]).fill_null("<none>")
+    is_handoff = names.str.starts_with(HANDOFF_PREFIX).to_numpy()
+    # a segment is a hand-off when none of its cycle's actions is not one
+    handoff = np.add.reduceat((~is_handoff[ids]).astype(np.int64), offs) == 0
+    n_names = len(names)
+    table, pid, base = [], np.zeros(seg_s.size, np.int64), 0
+    for p in np.unique(seg_p).tolist():  # one pass per period: cycles of p names
+        sel = np.flatnonzero(seg_p == p)
+        cyc = ids[offs[sel][:, None] + np.arange(p)]  # (segments, p) name indices
+        if p * np.log2(max(n_names, 2)) < 62:  # one integer key per cycle
+            key = cyc @ (n_names ** np.arange(p, dtype=np.int64))
+            _, one, inv = np.unique(key, return_index=True, return_inverse=True)
+        else:
+            one, inv = np.arange(sel.size), np.arange(sel.size)
+        table.append(names.gather(cyc[one].ravel()).reshape((one.size, p)).arr.join(" > "))
+        pid[sel] = base + inv
+        base += one.size
+    return pl.concat(table, rechunk=True).gather(pid), handoff
 
 
 def _assemble(
     steps: pl.DataFrame,
+    blocks: _Blocks,
+    money: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     codes: np.ndarray,
-    starts: np.ndarray,
-    ends: np.ndarray,
     trows: np.ndarray,
     seg_s: np.ndarray,
     seg_e: np.ndarray,
@@ -828,9 +862,9 @@ def _assemble(
     *,
     min_repeats: int,
     error_share: float,
-) -> pl.DataFrame:
-    """Measure every loop (tool positions ``[seg_s, seg_e]``) and build the output frame
-    (without ``severity``), loops in row order."""
+) -> dict[str, Any]:
+    """Measure every loop (tool positions ``[seg_s, seg_e]``): the output columns (but
+    ``severity``), loops in row order."""
     # fuzzy-only matches inside signature loops -> match = near_duplicate
     n_fuzzy = np.zeros(seg_s.size, np.int64)
     for p, pos in fuzzy_pos.items():
@@ -839,6 +873,8 @@ def _assemble(
             n_fuzzy[sel] = np.searchsorted(pos, seg_e[sel], side="right") - np.searchsorted(
                 pos, seg_s[sel] + p, side="left"
             )
+    starts = blocks.starts
+    ends = np.append(starts[1:], steps.height)
     r = np.searchsorted(starts, trows[seg_s], side="right") - 1  # block (run) of every loop
     run_start, run_end = starts[r], ends[r] - 1
     prev = np.maximum(seg_s - 1, 0)
@@ -857,48 +893,36 @@ def _assemble(
     repeats = n_tool // seg_p
     end_row = trows[seg_e]
     first_cycle_end = trows[seg_s + seg_p - 1]
-    tok = steps["_tok"].to_numpy()
-    cost = steps["_cost"].to_numpy()
-    pat = _patterns(steps, codes, trows, seg_s, seg_p)
+    tok, cost, block_tok, block_cost = money
+    pattern, handoff = _patterns(steps, codes, trows, seg_s, seg_p)
     failing = (err_share >= error_share) & (n_err >= min_repeats)
     kind = pl.Series(["exact", "same_action", "error_retry"]).gather(np.where(failing, 2, np.where(is_sig, 0, 1)))
     match = pl.Series(["identical", "near_duplicate", "action"]).gather(
         np.where(is_sig, np.where(n_fuzzy > 0, 1, 0), 2)
     )
     wasted_tokens, wasted_cost = _range_sums([tok, cost], first_cycle_end + 1, end_row + 1)
-    # run_id and agent are read once per run, steps with numpy unless some are null
-    runs, at = np.unique(r, return_inverse=True)
-    ids = _take_frame(steps[["run_id", "agent"]], starts[runs])[at]
-    step_col = steps["step"]
-    if step_col.null_count() == 0:
-        st = step_col.to_numpy()
-        start_step, end_step = pl.Series(st[start_row]), pl.Series(st[end_row])
-    else:
-        start_step, end_step = _take(step_col, start_row), _take(step_col, end_row)
-    out = pl.DataFrame(
-        {
+    ids = blocks.heads[r]  # the run's first row
+    return {
             "run_id": ids["run_id"],
             "agent": ids["agent"],
-            "start_step": start_step,
-            "end_step": end_step,
+            "start_step": _take(steps["step"], start_row),
+            "end_step": _take(steps["step"], end_row),
             "period": seg_p,
             "repeats": repeats,
-            "pattern": pat["pattern"],
+            "pattern": pattern,
             "kind": kind,
             "wasted_steps": end_row - first_cycle_end,
             "wasted_tokens": wasted_tokens,
             "wasted_cost_usd": wasted_cost,
             "match": match,
             "error_share": err_share,
-            "handoff": pat["handoff"],
+            "handoff": handoff,
             "n_steps": end_row - start_row + 1,
             "cycle_steps": first_cycle_end - start_row + 1,
             "run_steps": run_end - run_start + 1,
-            "run_tokens": np.add.reduceat(tok, starts)[r],
-            "run_cost_usd": np.add.reduceat(cost, starts)[r],
+            "run_tokens": block_tok[r],
+            "run_cost_usd": block_cost[r],
         }
-    )
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
