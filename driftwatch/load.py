@@ -43,14 +43,20 @@ leave at least ``max(10, 2%)`` of the buckets on either side (a few busy
 buckets cannot make a knee) and, for the rates, at least 10 expected events
 on either side; the plateau ``k2`` runs over load quantiles (or none). A
 coarse pass is refined near its best knee, so the knee is continuous rather
-than an observed load. The test statistic is the largest share of the
-within-strata variance a hinge explains over the coarse knees (a sup-F
-statistic), and its null distribution comes from permuting the buckets'
+than an observed load (where a step fits best, i.e. a knee followed directly by
+a plateau at the next observed load, every knee between the two loads fits
+equally well and the lowest is reported). The test statistic is the largest
+share of the within-strata variance a hinge explains over the coarse knees (a
+sup-F statistic), and its null distribution comes from permuting the buckets'
 standardised residuals ``sqrt(w_j) * (y_j - alpha)`` within strata
 (studentised permutation, so that a bucket of many runs is not compared with
 the noise of a bucket of one), with sequential stopping (Besag-Clifford): 39
 permutations first, more (up to ``n_boot``) only while the answer is in doubt, i.e. until 10
 permutations beat the observed statistic or the p-value is below the Bonferroni level.
+The permutations are random rotations of a random cyclic order of each
+stratum's buckets (a group of within-strata permutations, so the test stays
+exact, and a draw costs one random number per stratum; uniform shuffles when
+the strata are too small for enough distinct rotations).
 A knee is reported (``significant``) when the p-value, Bonferroni-corrected
 over the rows of its series (metrics x load kinds), is at most ``alpha`` and
 the metric above the knee departs from the level below it by at least
@@ -573,7 +579,7 @@ def _analyse_series(
         events = part[ev_col].to_numpy().astype(np.float64)[keep] if ev_col else None
         key = keep.tobytes()
         if key not in pools:
-            pools[key] = _PermutationPool(strata[keep], np.random.default_rng([*seed, len(pools)]))
+            pools[key] = _PermutationPool(strata[keep], (*seed, len(pools)), opts.n_boot)
         for kind in opts.kinds:
             load_all = part[kind].to_numpy().astype(np.float64)
             res = _knee_test(
@@ -766,7 +772,7 @@ def _knee_test(
         idx = pool.chunk(chunk)[: opts.n_boot - done]
         chunk += 1
         g = buf[: idx.shape[0]]
-        np.take(z32, idx, out=g)
+        np.take(z32, idx, out=g, mode="clip")  # positions are in range: no bounds checks
         np.multiply(g, sqrt_w32, out=g)
         cell_g = np.add.reduceat(g, cell_starts, axis=1).astype(np.float64)  # P x C
         big_g = np.add.reduceat(cell_g, stratum_starts, axis=1)  # P x S
@@ -879,20 +885,50 @@ class _HingeSums:
 
 
 class _PermutationPool:
-    """Within-strata permutations of bucket positions, drawn in chunks and shared by every
-    metric and load kind of a series that uses the same buckets."""
+    """Within-strata permutations of bucket positions, in chunks, shared by every metric and load
+    kind of a series that uses the same buckets.
 
-    _MAX_CACHED_BYTES = 256 * 1024 * 1024
+    Each permutation is an independent uniform draw from the rotations of a random cyclic order
+    of each stratum's buckets: the cyclic order is drawn once per pool, and a permutation moves
+    every bucket of stratum ``s`` ``r_s`` places along it (``r_s`` uniform). These permutations
+    form a group of within-strata permutations, so under the null (buckets exchangeable within
+    strata) the Monte Carlo test is exact, as with uniform permutations (Hemerik & Goeman 2018,
+    "Exact testing with random permutations"); a draw costs one random number per stratum
+    instead of a shuffle of every bucket. When the group is small (fewer than
+    ``10 * (n_boot + 1)`` rotations in all, which would floor the p-value), or with
+    ``shuffle=True``, the permutations are uniform shuffles within strata instead.
 
-    def __init__(self, strata: np.ndarray, rng: np.random.Generator) -> None:
+    Chunk ``i`` depends only on the pool's seed and ``i``, so every test that uses the pool sees
+    the same permutations whether the chunk was kept or is drawn again.
+    """
+
+    _MAX_CACHED_BYTES = 64 * 1024 * 1024
+
+    def __init__(self, strata: np.ndarray, seed: Sequence[int], n_boot: int, *, shuffle: bool = False) -> None:
         n = strata.size
-        self.starts = np.flatnonzero(np.r_[True, strata[1:] != strata[:-1]]) if n else np.zeros(0, np.int64)
-        self.ends = np.r_[self.starts[1:], n].astype(np.int64)
         self.n = n
-        self.rng = rng
+        self.seed = [int(x) for x in seed]
+        starts = np.flatnonzero(np.r_[True, strata[1:] != strata[:-1]]) if n else np.zeros(0, np.int64)
+        self.sizes = np.diff(np.r_[starts, n]).astype(np.int64)
+        self.starts = starts
         self.chunks: list[np.ndarray] = []
-        self.cache_all = n * 4 * 1000 <= self._MAX_CACHED_BYTES
+        self.cached_bytes = 0
         self._buffer: np.ndarray | None = None
+        big = bool(n) and float(np.sum(np.log(self.sizes))) >= math.log(10.0 * (n_boot + 1))
+        self.rotations = big and not shuffle
+        if self.rotations:
+            rng = np.random.default_rng([*self.seed, 1])
+            stratum_start = np.repeat(starts, self.sizes)
+            cycle = np.lexsort((rng.random(n), np.repeat(np.arange(starts.size), self.sizes)))
+            local = np.empty(n, dtype=np.intp)  # each bucket's place on its stratum's cycle
+            local[cycle] = np.arange(n) - stratum_start
+            # the cycle written out twice per stratum, so that a rotation needs no modulo
+            doubled = np.empty(2 * n, dtype=np.intp)
+            at = 2 * stratum_start + np.arange(n) - stratum_start
+            doubled[at] = cycle
+            doubled[at + np.repeat(self.sizes, self.sizes)] = cycle
+            self.doubled = doubled
+            self.base = 2 * stratum_start + local
 
     @staticmethod
     def size_of(i: int) -> int:
@@ -905,21 +941,26 @@ class _PermutationPool:
             self._buffer = np.empty((max(*_CHUNK_SIZES, _CHUNK), self.n), dtype=np.float32)
         return self._buffer
 
-    def _draw(self, size: int) -> np.ndarray:
-        out = np.empty((size, self.n), dtype=np.int32)
-        for lo, hi in zip(self.starts.tolist(), self.ends.tolist(), strict=True):  # one block per stratum
-            block = np.broadcast_to(np.arange(lo, hi, dtype=np.int32), (size, hi - lo))
-            out[:, lo:hi] = self.rng.permuted(block, axis=1)
+    def _draw(self, i: int) -> np.ndarray:
+        size = self.size_of(i)
+        rng = np.random.default_rng([*self.seed, 0, i])
+        if self.rotations:
+            shift = rng.integers(0, self.sizes, size=(size, self.sizes.size))  # one per stratum
+            return self.doubled[self.base + np.repeat(shift, self.sizes, axis=1)]
+        out = np.empty((size, self.n), dtype=np.intp)
+        for lo, m in zip(self.starts.tolist(), self.sizes.tolist(), strict=True):  # one block per stratum
+            out[:, lo : lo + m] = rng.permuted(np.broadcast_to(np.arange(lo, lo + m), (size, m)), axis=1)
         return out
 
     def chunk(self, i: int) -> np.ndarray:
-        """Chunk ``i`` of the permutations (``size_of(i)`` rows)."""
+        """Chunk ``i`` of the permutations (``size_of(i)`` rows of bucket positions)."""
         if i < len(self.chunks):
             return self.chunks[i]
-        if i == len(self.chunks) and (i < len(_CHUNK_SIZES) or self.cache_all):
-            self.chunks.append(self._draw(self.size_of(i)))
-            return self.chunks[i]
-        return self._draw(self.size_of(i))  # too many to keep: fresh permutations, not shared
+        out = self._draw(i)
+        if i == len(self.chunks) and self.cached_bytes + out.nbytes <= self._MAX_CACHED_BYTES:
+            self.chunks.append(out)
+            self.cached_bytes += out.nbytes
+        return out
 
 
 def _curve(

@@ -248,3 +248,88 @@ def test_bad_tables(runs: pl.DataFrame) -> None:
         load_curve_from_runs(runs, loops=pl.DataFrame({"x": [1]}))
     with pytest.raises(dw.DriftwatchError):
         dw.load_curve(pl.DataFrame({"x": [1]}))
+
+
+# --------------------------------------------------------------------------------------------
+# the permutation test's machinery
+
+
+def test_permutations_are_within_strata_and_reproducible() -> None:
+    from driftwatch.load import _PermutationPool
+
+    sizes = [700, 650, 720]
+    strata = np.repeat(np.arange(3), sizes)
+    bounds = np.r_[0, np.cumsum(sizes)]
+    pool = _PermutationPool(strata, (0, 1, 0), 999)
+    assert pool.rotations  # about 3e8 rotations: plenty
+    first = pool.chunk(0)
+    for chunk in (first, pool.chunk(2)):
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+            block = np.sort(chunk[:, lo:hi], axis=1)
+            assert (block == np.arange(lo, hi)).all()  # each row permutes each stratum's buckets
+    # a rotation of the cycle: every row moves a stratum's buckets by one shift along the cycle
+    cycle_pos = np.argsort(pool.doubled[: sizes[0]])
+    moved = (cycle_pos[first[:, : sizes[0]]] - cycle_pos[None, : sizes[0]]) % sizes[0]
+    assert (moved == moved[:, :1]).all()
+    # chunks depend on the seed and their index only, not on which were drawn before
+    again = _PermutationPool(strata, (0, 1, 0), 999)
+    assert np.array_equal(again.chunk(2), pool.chunk(2)) and np.array_equal(again.chunk(0), first)
+    assert not np.array_equal(_PermutationPool(strata, (0, 1, 1), 999).chunk(0), first)
+    # too few distinct rotations (one stratum of 500 buckets, 999 permutations): uniform shuffles
+    small = _PermutationPool(np.zeros(500, dtype=np.int64), (0, 0, 0), 999)
+    assert not small.rotations
+    assert (np.sort(small.chunk(0), axis=1) == np.arange(500)).all()
+
+
+def _knee_p_values(effect: float, *, shuffle: bool, reps: int) -> np.ndarray:
+    """p-values of the knee test on generated buckets (three strata of 600 one-minute buckets)."""
+    from driftwatch.load import _knee_test, _Options, _PermutationPool
+
+    opts = _Options.build(every="1m", metrics=["error_rate"], load="started", control="1d", n_bins=10,
+                          n_boot=999, alpha=0.05, min_effect=0.2, have_loops=False)
+    rng = np.random.default_rng(11)
+    strata = np.repeat(np.arange(3), 600)
+    out = []
+    for r in range(reps):
+        load = rng.poisson(3.0 + 2.0 * np.sin(np.linspace(0, 6 * np.pi, strata.size))) + 1.0
+        y = 0.1 * strata + rng.standard_normal(strata.size) / np.sqrt(load) + effect * np.maximum(0.0, load - 5.0)
+        pool = _PermutationPool(strata, (r,), opts.n_boot, shuffle=shuffle)
+        out.append(_knee_test(load, y, load.copy(), strata, opts=opts, pool=pool).p_value)
+    return np.array(out)
+
+
+def test_rotations_test_like_uniform_shuffles() -> None:
+    """The rotations keep the test's level and power: same rejection rates as uniform shuffles."""
+    reps = 150
+    for effect, lo, hi in ((0.0, 0.0, 0.05 + 3 * (0.05 * 0.95 / reps) ** 0.5), (0.025, 0.6, 1.0)):
+        rot = _knee_p_values(effect, shuffle=False, reps=reps)
+        shuf = _knee_p_values(effect, shuffle=True, reps=reps)
+        for p in (rot, shuf):
+            assert lo <= np.mean(p <= 0.05) <= hi, (effect, np.mean(p <= 0.05))
+        assert abs(np.mean(rot <= 0.05) - np.mean(shuf <= 0.05)) <= 0.08
+        assert np.corrcoef(rot, shuf)[0, 1] > 0.9  # the same answers up to Monte Carlo error
+
+
+def test_step_knee_is_the_lowest_of_equally_good_knees() -> None:
+    """A step between two observed loads: every knee between them fits alike; the lowest is reported."""
+    rng = np.random.default_rng(5)
+    t0 = datetime(2026, 10, 1, tzinfo=UTC)
+    n = 6000
+    start_s = np.sort(rng.uniform(0, 2 * 86400, n))
+    runs = pl.DataFrame(
+        {
+            "run_id": [f"r{i:05d}" for i in range(n)],
+            "first_ts": [t0 + timedelta(seconds=float(s)) for s in start_s],
+            "n_steps": np.full(n, 10),
+        },
+        schema_overrides={"first_ts": pl.Datetime("us", "UTC")},
+    ).with_columns(pl.col("first_ts").alias("last_ts"))
+    minute = runs["first_ts"].dt.truncate("1m")
+    per_minute = minute.value_counts().rename({"count": "_c"})
+    busy = runs.select(minute.alias("m")).join(per_minute.rename({"first_ts": "m"}), on="m", how="left")["_c"]
+    # errors jump from 10% to 60% of steps once 4 or more runs start in the same minute
+    runs = runs.with_columns(n_errors=pl.Series(np.where(busy.to_numpy() >= 4, 6, 1)))
+    row = load_curve_from_runs(runs, by=(), metrics=["error_rate"], load="started").row(0, named=True)
+    assert row["significant"]
+    assert row["candidate_knee"] == row["knee"] == 3.0  # the last load below the step
+    assert row["below"] == pytest.approx(0.1) and row["above"] == pytest.approx(0.6)
