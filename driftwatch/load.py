@@ -353,19 +353,17 @@ def load_buckets_from_runs(
     _check_control(control, every_s)
     by_cols = normalize_by(by)
     runs = _prepare_runs(features, by_cols, loops)
-    long = runs.with_columns(series_expr(by_cols))
-    if by_cols:
-        long = pl.concat([long, runs.with_columns(pl.lit("all").alias("series"))], how="vertical")
-    long = long.with_columns(
-        pl.col("first_ts").dt.truncate(every).alias("bucket"),
-        pl.col("last_ts").dt.truncate(every).alias("_last_bucket"),
-    )
     step = pl.duration(microseconds=round(every_s * 1e6))
+    lf = runs.select(
+        *dict.fromkeys([*by_cols, *_RUN_COLUMNS, "_looped"]),
+        pl.col("first_ts").dt.truncate(every).alias("bucket"),
+        (pl.col("last_ts").dt.truncate(every) + step).alias("_end"),  # first bucket after the run
+    ).rechunk()  # one chunk, in run_id order: the float sums of each group run in that order
     # every metric is a mean over the runs started in the bucket (a pooled ratio such as
     # sum(errors) / sum(steps) would drift with the number of runs when long runs fail more, and a
     # quantile over the runs would grow with their number: both would fake a load effect)
     has_tools = pl.col("n_tool") > 0
-    per_bucket = long.group_by("series", "bucket").agg(
+    aggs = [
         pl.len().cast(pl.Int64).alias("started"),
         has_tools.sum().cast(pl.Int64).alias("runs_with_tools"),
         pl.col("n_steps").sum().cast(pl.Float64).alias("n_steps"),
@@ -380,24 +378,35 @@ def load_buckets_from_runs(
         pl.col("latency_ms_p90").mean().alias("latency_p90"),
         pl.col("n_steps").mean().alias("steps_per_run"),
         pl.col("cost_usd").mean().alias("cost_per_run"),
-    )
-    # runs in flight: +1 at the first bucket of each run, -1 after its last, summed and accumulated
-    sweep = (
-        pl.concat(
+    ]
+    parts: list[pl.DataFrame] = []
+    # each series grouping (the by columns, and the whole fleet) straight from the runs: the series
+    # name is written per bucket, not per run
+    for keys in (by_cols, ()) if by_cols else ((),):
+        per_bucket = lf.group_by(*keys, "bucket").agg(aggs)
+        # runs in flight: +1 at the first bucket of each run, -1 after its last, summed and accumulated
+        moves = pl.concat(
             [
-                long.select("series", pl.col("bucket").alias("t"), pl.lit(1, pl.Int64).alias("d")),
-                long.select("series", (pl.col("_last_bucket") + step).alias("t"), pl.lit(-1, pl.Int64).alias("d")),
+                lf.lazy().select(*keys, pl.col("bucket").alias("_t"), pl.lit(1, pl.Int64).alias("_d")),
+                lf.lazy().select(*keys, pl.col("_end").alias("_t"), pl.lit(-1, pl.Int64).alias("_d")),
             ]
         )
-        .group_by("series", "t")
-        .agg(pl.col("d").sum())
-        .sort("series", "t")
-        .with_columns(pl.col("d").cum_sum().over("series").alias("in_flight"))
-        .select("series", pl.col("t").alias("bucket"), "in_flight")
-    )
+        in_flight = pl.col("_d").cum_sum()
+        sweep = (
+            moves.group_by(*keys, "_t")
+            .agg(pl.col("_d").sum())
+            .sort(*keys, "_t")
+            .select(*keys, pl.col("_t").alias("bucket"), (in_flight.over(keys) if keys else in_flight).alias("in_flight"))
+            .collect()
+        )
+        parts.append(
+            per_bucket.join(sweep, on=[*keys, "bucket"], how="left", nulls_equal=True).select(
+                series_expr(keys), "bucket", "started", "in_flight", *METRICS, "_has_loops", *_COUNT_COLUMNS
+            )
+        )
     out = (
-        per_bucket.sort("series", "bucket")
-        .join(sweep, on=["series", "bucket"], how="left")
+        pl.concat(parts)
+        .sort("series", "bucket")
         .with_columns(
             pl.col("in_flight").cast(pl.Int64),
             pl.when(pl.col("_has_loops")).then(pl.col("loop_rate")).alias("loop_rate"),
@@ -411,16 +420,15 @@ def load_buckets_from_runs(
             "started",
             "in_flight",
             *METRICS,
-            "runs_with_tools",
-            "n_steps",
-            "n_tool",
-            "n_errors",
-            "n_retries",
-            "n_loops",
+            *_COUNT_COLUMNS,
             "_stratum",
         )
     )
     return out
+
+
+#: Counts behind the metrics in :func:`load_buckets_from_runs` (after the metrics, in order).
+_COUNT_COLUMNS = ("runs_with_tools", "n_steps", "n_tool", "n_errors", "n_retries", "n_loops")
 
 
 # --------------------------------------------------------------------------------------------
@@ -539,10 +547,15 @@ def _prepare_runs(
         looped = loops.lazy().filter(no_progress_loops(lschema)).select(pl.col("run_id").cast(pl.String)).unique().with_columns(
             pl.lit(1.0).alias("_looped")
         )
-        lf = lf.join(looped, on="run_id", how="left").with_columns(pl.col("_looped").fill_null(0.0))
+        lf = lf.join(looped, on="run_id", how="left", maintain_order="left").with_columns(
+            pl.col("_looped").fill_null(0.0)
+        )
     else:
         lf = lf.with_columns(pl.lit(None, dtype=pl.Float64).alias("_looped"))
-    return lf.collect().sort("run_id")  # a fixed order: float sums do not depend on join order
+    runs = lf.collect()
+    # a fixed order (run_id), so float sums do not depend on the input's order; the run stage's
+    # tables usually come sorted
+    return runs if runs["run_id"].is_sorted() else runs.sort("run_id")
 
 
 # --------------------------------------------------------------------------------------------
