@@ -938,12 +938,18 @@ def check_delegation(run_features: pl.DataFrame | pl.LazyFrame, policy: Policy |
             f"check_delegation needs per-run rows with columns run_id, parent_run_id; missing {missing}"
         )
     agent = pl.col("agent") if "agent" in df.columns else pl.lit(None, dtype=pl.String)
-    runs = df.select(
-        pl.col("run_id").cast(pl.String), agent.cast(pl.String).alias("agent"),
-        pl.col("parent_run_id").cast(pl.String),
-    ).unique("run_id", keep="first")
     # only linked runs matter: a chain stops at a run without a parent, in the table or not
-    runs = runs.filter(pl.col("parent_run_id").is_not_null())
+    # (filtered first: usually a few percent of the runs)
+    runs = (
+        df.lazy()
+        .filter(pl.col("parent_run_id").is_not_null())
+        .select(
+            pl.col("run_id").cast(pl.String), agent.cast(pl.String).alias("agent"),
+            pl.col("parent_run_id").cast(pl.String),
+        )
+        .unique("run_id", keep="first", maintain_order=True)
+        .collect()
+    )
     if runs.height == 0:
         return empty_violations()
     cur = runs.select(
