@@ -774,9 +774,10 @@ def _knee_test(
     sqrt_w = np.sqrt(w_s)
     z = resid * sqrt_w
     z2 = float(np.sum(z * z))
-    z32, sqrt_w32 = z.astype(np.float32), sqrt_w.astype(np.float32)  # halves the memory traffic
+    z32, sqrt_w32 = pool.source(z.astype(np.float32)), sqrt_w.astype(np.float32)  # halves the memory traffic
     buf = pool.buffer()  # reused across chunks and tests: no fresh pages to fault in
-    rh_t = np.ascontiguousarray(rh.T)
+    # float32 like the permuted sums themselves (their rounding is far below the test's resolution)
+    rh_t = np.ascontiguousarray(rh.T, dtype=np.float32)
     threshold = opts.alpha / max(1, m_rows)
     exceed = 0
     done = 0
@@ -787,10 +788,11 @@ def _knee_test(
         g = buf[: idx.shape[0]]
         np.take(z32, idx, out=g, mode="clip")  # positions are in range: no bounds checks
         np.multiply(g, sqrt_w32, out=g)
-        cell_g = np.add.reduceat(g, cell_starts, axis=1).astype(np.float64)  # P x C
-        big_g = np.add.reduceat(cell_g, stratum_starts, axis=1)  # P x S
+        cell_g = np.add.reduceat(g, cell_starts, axis=1)  # P x C
+        big_g = np.add.reduceat(cell_g, stratum_starts, axis=1, dtype=np.float64)  # P x S
         sse0_p = z2 - np.sum(big_g**2 / stratum_w, axis=1)
-        stat = np.max((cell_g @ rh_t) ** 2 / hh, axis=1) / np.where(sse0_p > 0, sse0_p, np.inf)
+        cross = (cell_g @ rh_t).astype(np.float64)
+        stat = np.max(cross**2 / hh, axis=1) / np.where(sse0_p > 0, sse0_p, np.inf)
         exceed += int(np.sum(stat >= stat_obs * (1.0 - 1e-9)))
         done += idx.shape[0]
         # stop once the decision is clear: plainly not significant, or significant at the
@@ -915,7 +917,7 @@ class _PermutationPool:
     the same permutations whether the chunk was kept or is drawn again.
     """
 
-    _MAX_CACHED_BYTES = 64 * 1024 * 1024
+    _MAX_CACHED_BYTES = 128 * 1024 * 1024
 
     def __init__(self, strata: np.ndarray, seed: Sequence[int], n_boot: int, *, shuffle: bool = False) -> None:
         n = strata.size
@@ -941,7 +943,7 @@ class _PermutationPool:
             doubled[at] = cycle
             doubled[at + np.repeat(self.sizes, self.sizes)] = cycle
             self.doubled = doubled
-            self.base = 2 * stratum_start + local
+            self.base = 2 * stratum_start + local  # each bucket's place in the doubled cycle
 
     @staticmethod
     def size_of(i: int) -> int:
@@ -954,19 +956,26 @@ class _PermutationPool:
             self._buffer = np.empty((max(*_CHUNK_SIZES, _CHUNK), self.n), dtype=np.float32)
         return self._buffer
 
+    def source(self, values: np.ndarray) -> np.ndarray:
+        """What the chunks index: ``values`` laid along the doubled cycles (rotations), or as is."""
+        return values[self.doubled] if self.rotations else values
+
     def _draw(self, i: int) -> np.ndarray:
         size = self.size_of(i)
         rng = np.random.default_rng([*self.seed, 0, i])
         if self.rotations:
             shift = rng.integers(0, self.sizes, size=(size, self.sizes.size))  # one per stratum
-            return self.doubled[self.base + np.repeat(shift, self.sizes, axis=1)]
+            idx = np.repeat(shift, self.sizes, axis=1)
+            idx += self.base  # bucket j takes the value shift places further along its cycle
+            return idx
         out = np.empty((size, self.n), dtype=np.intp)
         for lo, m in zip(self.starts.tolist(), self.sizes.tolist(), strict=True):  # one block per stratum
             out[:, lo : lo + m] = rng.permuted(np.broadcast_to(np.arange(lo, lo + m), (size, m)), axis=1)
         return out
 
     def chunk(self, i: int) -> np.ndarray:
-        """Chunk ``i`` of the permutations (``size_of(i)`` rows of bucket positions)."""
+        """Chunk ``i`` of the permutations: ``size_of(i)`` rows, for each bucket the position in
+        :meth:`source` of the value it takes."""
         if i < len(self.chunks):
             return self.chunks[i]
         out = self._draw(i)
