@@ -303,9 +303,8 @@ def bucket_metrics_from_runs(
     for i in range(1, top_tools + 1):
         tool_cols += [f"top{i}_tool", f"top{i}_share"]
     if action_counts is not None and top_tools > 0:
-        keyed = [runs.with_columns(series_expr(keys)).select("series", "bucket", "run_id") for keys in levels]
-        shares = pl.concat([_tool_shares(part, action_counts, top_tools) for part in keyed])
-        agg = agg.join(shares, on=["series", "bucket"], how="left")
+        shares = _tool_shares(runs, by_cols, levels, action_counts, top_tools)
+        agg = agg.join(shares.lazy(), on=["series", "bucket"], how="left")
     else:
         agg = agg.with_columns(
             *[
@@ -362,8 +361,17 @@ def _aggregate_buckets(runs: pl.LazyFrame, keys: Sequence[str], has_loops: bool)
 
 
 def _tool_shares(
-    keyed: pl.LazyFrame, action_counts: pl.DataFrame | pl.LazyFrame, top_tools: int
-) -> pl.LazyFrame:
+    runs: pl.LazyFrame,
+    by_cols: Sequence[str],
+    levels: Sequence[Sequence[str]],
+    action_counts: pl.DataFrame | pl.LazyFrame,
+    top_tools: int,
+) -> pl.DataFrame:
+    """``top{i}_tool`` / ``top{i}_share`` of every (series, bucket) of every level in ``levels``.
+
+    The per-run counts are joined to the runs once, at the finest level (``by_cols``);
+    coarser levels (the fleet) sum those per-bucket counts (whole numbers: exact).
+    """
     ac = _as_frame(action_counts, "action_counts").lazy()
     ac_schema = ac.collect_schema()
     missing = [c for c in ("run_id", "action", "n") if c not in ac_schema]
@@ -377,34 +385,40 @@ def _tool_shares(
     tools = ac.filter(pl.col("action") != LLM_ACTION).select(
         pl.col("run_id").cast(pl.String), pl.col("action"), pl.col("n").cast(pl.Float64)
     )
-    per = (
-        keyed.select("series", "bucket", "run_id")
+    fine = (
+        runs.select(*by_cols, "bucket", "run_id")
         .join(tools, on="run_id", how="inner")
-        .group_by("series", "bucket", "action")
+        .group_by(*by_cols, "bucket", "action")
         .agg(pl.col("n").sum())
+        .collect()
     )
-    totals = per.group_by("series", "bucket").agg(pl.col("n").sum().alias("_tot"))
-    top = (
-        per.group_by("series", "action")
-        .agg(pl.col("n").sum().alias("_all"))
-        .sort(["series", "_all", "action"], descending=[False, True, False])
-        .with_columns(pl.int_range(pl.len()).over("series").alias("_rank"))
-        .filter(pl.col("_rank") < top_tools)
-        .select("series", "action", "_rank")
-    )
-    grid = (
-        totals.join(top, on="series", how="inner")
-        .join(per, on=["series", "bucket", "action"], how="left")
-        .with_columns((pl.col("n").fill_null(0.0) / pl.col("_tot")).alias("_share"))
-    )
-    aggs: list[pl.Expr] = []
-    for i in range(top_tools):
-        sel = pl.col("_rank") == i
-        aggs += [
-            pl.col("action").filter(sel).first().cast(pl.String).alias(f"top{i + 1}_tool"),
-            pl.col("_share").filter(sel).first().alias(f"top{i + 1}_share"),
-        ]
-    return grid.group_by("series", "bucket").agg(aggs)
+    out: list[pl.DataFrame] = []
+    for keys in levels:
+        lvl = fine if list(keys) == list(by_cols) else fine.group_by(*keys, "bucket", "action").agg(pl.col("n").sum())
+        per = lvl.lazy().select(series_expr(keys), "bucket", "action", "n")
+        totals = per.group_by("series", "bucket").agg(pl.col("n").sum().alias("_tot"))
+        top = (
+            per.group_by("series", "action")
+            .agg(pl.col("n").sum().alias("_all"))
+            .sort(["series", "_all", "action"], descending=[False, True, False])
+            .with_columns(pl.int_range(pl.len()).over("series").alias("_rank"))
+            .filter(pl.col("_rank") < top_tools)
+            .select("series", "action", "_rank")
+        )
+        grid = (
+            totals.join(top, on="series", how="inner")
+            .join(per, on=["series", "bucket", "action"], how="left")
+            .with_columns((pl.col("n").fill_null(0.0) / pl.col("_tot")).alias("_share"))
+        )
+        aggs: list[pl.Expr] = []
+        for i in range(top_tools):
+            sel = pl.col("_rank") == i
+            aggs += [
+                pl.col("action").filter(sel).first().cast(pl.String).alias(f"top{i + 1}_tool"),
+                pl.col("_share").filter(sel).first().alias(f"top{i + 1}_share"),
+            ]
+        out.append(grid.group_by("series", "bucket").agg(aggs).collect())
+    return pl.concat(out)
 
 
 def _empty_buckets(top_tools: int) -> pl.DataFrame:
