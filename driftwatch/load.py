@@ -872,9 +872,6 @@ class _HingeSums:
         """
         n_strata = self.shape[0]
         h1 = np.maximum(0.0, self.cell_load[None, :] - k1[:, None])  # K x C
-        p_wh = self._prefix(h1 * self.cell_w)  # K x S x (1 + cells)
-        p_wh2 = self._prefix(h1 * h1 * self.cell_w)
-        p_uh = self._prefix(h1 * self.cell_u)
         finite = np.isfinite(k2)
         q = np.broadcast_to(self.n_cells[:, None], (n_strata, k2.size)).copy()  # S x T
         if finite.any():
@@ -885,12 +882,22 @@ class _HingeSums:
         width = np.where(finite[None, :], k2[None, :] - k1[:, None], 0.0)  # K x T
         wd = width[:, :, None]  # K x T x 1, against S x T -> transposed below
 
-        def at(p: np.ndarray) -> np.ndarray:  # K x S x (1 + cells) at q -> K x T x S
-            return p[:, s_idx, q].transpose(0, 2, 1)
+        if k2.size == 1:  # one plateau (the fine pass): sums over each stratum's cells up to it
+            h1 *= self.local < q[self.cell_stratum, 0]
 
-        b = at(p_wh) + wd * w_top.T[None]  # sum of w h per stratum
-        sum_wh2 = (at(p_wh2) + wd * wd * w_top.T[None]).sum(axis=2)
-        cross = (at(p_uh) + wd * u_top.T[None]).sum(axis=2)
+            def below(v: np.ndarray) -> np.ndarray:  # K x C -> K x 1 x S
+                return np.add.reduceat(v, self.starts, axis=1)[:, None, :]
+
+            wh, wh2, uh = below(h1 * self.cell_w), below(h1 * h1 * self.cell_w), below(h1 * self.cell_u)
+        else:  # prefix sums within each stratum, read where each plateau falls
+
+            def below(v: np.ndarray) -> np.ndarray:  # K x C -> K x T x S
+                return self._prefix(v)[:, s_idx, q].transpose(0, 2, 1)
+
+            wh, wh2, uh = below(h1 * self.cell_w), below(h1 * h1 * self.cell_w), below(h1 * self.cell_u)
+        b = wh + wd * w_top.T[None]  # sum of w h per stratum
+        sum_wh2 = (wh2 + wd * wd * w_top.T[None]).sum(axis=2)
+        cross = (uh + wd * u_top.T[None]).sum(axis=2)
         hh = sum_wh2 - (b * b / self.stratum_w[None, None, :]).sum(axis=2)
         # no variation within strata leaves only rounding (~1e-16 of sum(w h^2))
         ok = (hh > 1e-12 * sum_wh2) & (k1[:, None] < k2[None, :])
