@@ -281,30 +281,34 @@ def cost_profile_from_runs(
     ceiling = cost_ceiling(policy)
     runs = _prepare_runs(features, by_cols, loops)
 
-    long = runs.with_columns(series_expr(by_cols))
-    if by_cols:
-        long = pl.concat([long, runs.with_columns(pl.lit("all").alias("series"))], how="vertical")
     fleet_days = runs.select(pl.col("_day").drop_nulls().n_unique()).item()
-
+    # each level aggregated on its own (the series name is built per group, not per run): the
+    # by-columns, then the whole fleet as "all"
+    sorted_costs = pl.col("cost_usd").sort().alias("_costs")
+    parts = []
+    for keys in [by_cols] + ([()] if by_cols else []):
+        if keys:
+            part = runs.lazy().group_by(*keys).agg(*_summary_exprs(ceiling), sorted_costs)
+        else:
+            part = runs.lazy().select(*_summary_exprs(ceiling), sorted_costs.implode())
+        parts.append(part.with_columns(series_expr(keys)).select("series", pl.all().exclude("series", *keys)))
     agg = (
-        long.group_by("series")
-        .agg(_summary_exprs(ceiling))
-        .with_columns(
-            pl.lit(fleet_days if fleet_days else None, dtype=pl.Int64).alias("_fleet_days"),
-        )
+        pl.concat(pl.collect_all(parts))
+        .with_columns(pl.lit(fleet_days if fleet_days else None, dtype=pl.Int64).alias("_fleet_days"))
         .sort(pl.col("series") == "all", "series")
     )
-    costs_by_series = dict(long.group_by("series").agg(pl.col("cost_usd").sort()).iter_rows())
+    costs_by_series = agg.get_column("_costs")  # numpy per series below: no Python floats
+    agg = agg.drop("_costs")
     total_runs = runs.height
 
     rows: list[dict[str, Any]] = []
-    for rec in agg.iter_rows(named=True):
+    for i, rec in enumerate(agg.iter_rows(named=True)):
         # one stream per series (seeded by its name): a series' interval does not depend on the others
         rng = np.random.default_rng([random_state, zlib.crc32(rec["series"].encode())])
         rows.append(
             _series_row(
                 rec,
-                costs=np.asarray(costs_by_series[rec["series"]], dtype=np.float64),
+                costs=costs_by_series[i].to_numpy().astype(np.float64, copy=False),
                 ceiling=ceiling,
                 volume=_series_volume(volume_per_day, rec, total_runs),
                 interval=interval,
@@ -461,12 +465,15 @@ def _prepare_runs(
     ]
     lf = lf.select(cols)
     if loops is not None:
-        lf = lf.join(_loop_cost(loops), on="run_id", how="left").with_columns(
+        lf = lf.join(_loop_cost(loops), on="run_id", how="left", maintain_order="left").with_columns(
             pl.col("loop_cost_usd").fill_null(0.0)
         )
     else:
         lf = lf.with_columns(pl.lit(None, dtype=pl.Float64).alias("loop_cost_usd"))
-    return lf.collect().sort("run_id")  # a fixed order: float sums do not depend on join order
+    runs = lf.collect()
+    # a fixed order (float sums do not depend on the input's order); per-run tables from the
+    # audit are in run_id order already, which one pass checks
+    return runs if runs["run_id"].is_sorted(nulls_last=True) else runs.sort("run_id", nulls_last=True)
 
 
 def _loop_cost(loops: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
