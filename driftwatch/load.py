@@ -84,6 +84,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from threadpoolctl import threadpool_limits
 
 from driftwatch._frames import (
     FrameLike,
@@ -307,9 +308,12 @@ def load_curve_from_runs(
     rows: list[dict[str, Any]] = []
     series_names = buckets.select(pl.col("series").unique(maintain_order=True)).to_series().to_list()
     series_names.sort(key=lambda s: (s == "all", s))
-    for s_idx, name in enumerate(series_names):
-        part = buckets.filter(pl.col("series") == name).sort("_stratum", "bucket")
-        rows.extend(_analyse_series(name, part, opts, seed=(random_state, s_idx)))
+    # the tests are many small array operations: BLAS threads only add overhead (and stall on a
+    # busy machine)
+    with threadpool_limits(limits=1):
+        for s_idx, name in enumerate(series_names):
+            part = buckets.filter(pl.col("series") == name).sort("_stratum", "bucket")
+            rows.extend(_analyse_series(name, part, opts, seed=(random_state, s_idx)))
     if not rows:
         return pl.DataFrame(schema=_output_schema())
     return pl.DataFrame(rows, schema=_output_schema(), orient="row")
