@@ -387,26 +387,31 @@ def load_buckets_from_runs(
     # each series grouping (the by columns, and the whole fleet) straight from the runs: the series
     # name is written per bucket, not per run
     for keys in (by_cols, ()) if by_cols else ((),):
-        per_bucket = lf.group_by(*keys, "bucket").agg(aggs)
-        # runs in flight: +1 at the first bucket of each run, -1 after its last, summed and accumulated
-        moves = pl.concat(
-            [
-                lf.lazy().select(*keys, pl.col("bucket").alias("_t"), pl.lit(1, pl.Int64).alias("_d")),
-                lf.lazy().select(*keys, pl.col("_end").alias("_t"), pl.lit(-1, pl.Int64).alias("_d")),
-            ]
+        per_bucket = (
+            lf.group_by(*keys, "bucket")
+            .agg(aggs)
+            .with_columns(series_expr(keys))
+            .drop(*keys)
+            .sort("bucket")
+            .with_columns(pl.col("started").cum_sum().over("series").alias("_began"))
         )
-        in_flight = pl.col("_d").cum_sum()
-        sweep = (
-            moves.group_by(*keys, "_t")
-            .agg(pl.col("_d").sum())
-            .sort(*keys, "_t")
-            .select(*keys, pl.col("_t").alias("bucket"), (in_flight.over(keys) if keys else in_flight).alias("in_flight"))
+        # runs in flight during a bucket: those started by its end, less those whose last bucket
+        # came before it (the number of run ends at or before it, from the last end time)
+        ended = (
+            lf.lazy()
+            .group_by(*keys, "_end")
+            .agg(pl.len().cast(pl.Int64).alias("_n"))
+            .with_columns(series_expr(keys))
+            .sort("_end")
+            .select("series", "_end", pl.col("_n").cum_sum().over("series").alias("_ended"))
             .collect()
         )
         parts.append(
-            per_bucket.join(sweep, on=[*keys, "bucket"], how="left", nulls_equal=True).select(
-                series_expr(keys), "bucket", "started", "in_flight", *METRICS, "_has_loops", *_COUNT_COLUMNS
+            per_bucket.join_asof(  # both sorted by time above
+                ended, left_on="bucket", right_on="_end", by="series", strategy="backward", check_sortedness=False
             )
+            .with_columns((pl.col("_began") - pl.col("_ended").fill_null(0)).alias("in_flight"))
+            .select("series", "bucket", "started", "in_flight", *METRICS, "_has_loops", *_COUNT_COLUMNS)
         )
     out = (
         pl.concat(parts)
