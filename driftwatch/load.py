@@ -592,6 +592,7 @@ def _analyse_series(
         strata = strata_raw.rank("dense").to_numpy().astype(np.int64) - 1
     started = part["started"].to_numpy()
     pools: dict[bytes, _PermutationPool] = {}
+    bins: dict[tuple[str, bytes], tuple[np.ndarray, int, np.ndarray]] = {}
     rows: list[dict[str, Any]] = []
     for metric in opts.metrics:
         y_all = part[metric].to_numpy().astype(np.float64)
@@ -619,7 +620,10 @@ def _analyse_series(
             significant = bool(
                 p_adj is not None and p_adj <= opts.alpha and effect is not None and effect >= opts.min_effect
             )
-            curve = _curve(load_all[keep], y_all[keep], w_all[keep], opts.n_bins)
+            bins_key = (kind, key)  # the bins depend on the loads only: shared by the metrics
+            if bins_key not in bins and keep.any():
+                bins[bins_key] = _curve_bins(load_all[keep], opts.n_bins)
+            curve = _curve(load_all[keep], y_all[keep], w_all[keep], opts.n_bins, bins.get(bins_key))
             rows.append(
                 {
                     "series": name,
@@ -1001,11 +1005,8 @@ class _PermutationPool:
         return out
 
 
-def _curve(
-    load: np.ndarray, y: np.ndarray, w: np.ndarray, n_bins: int
-) -> tuple[list[float], list[float], list[int]]:
-    if load.size == 0:
-        return [], [], []
+def _curve_bins(load: np.ndarray, n_bins: int) -> tuple[np.ndarray, int, np.ndarray]:
+    """Load quantile bin of each bucket, the number of bins and the buckets per bin."""
     edges = np.unique(np.quantile(load, np.linspace(0.0, 1.0, n_bins + 1)))
     if edges.size == 1:
         b = np.zeros(load.size, dtype=np.int64)
@@ -1013,10 +1014,22 @@ def _curve(
     else:
         b = np.searchsorted(edges[1:-1], load, side="left")
         nb = edges.size - 1
+    return b, nb, np.bincount(b, minlength=nb)
+
+
+def _curve(
+    load: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray,
+    n_bins: int,
+    bins: tuple[np.ndarray, int, np.ndarray] | None = None,
+) -> tuple[list[float], list[float], list[int]]:
+    if load.size == 0:
+        return [], [], []
+    b, nb, cnt = bins if bins is not None else _curve_bins(load, n_bins)
     ws = np.bincount(b, weights=w, minlength=nb)
     wy = np.bincount(b, weights=w * y, minlength=nb)
     wl = np.bincount(b, weights=w * load, minlength=nb)
-    cnt = np.bincount(b, minlength=nb)
     ok = cnt > 0
     return (
         (wl[ok] / ws[ok]).tolist(),
