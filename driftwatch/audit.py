@@ -659,7 +659,7 @@ def fleet_stage(
         run_cps = run_cps.join(keep, on="run_id", how="semi") if run_cps.height else run_cps
         examples = examples.join(keep, on="run_id", how="semi") if examples.height else examples
 
-    runs = sort_frame(runs, ("run_id",))
+    runs = _gather_sorted(runs, ["run_id"]) if runs.height > 1 else runs  # one row per run
     # keep the timelines of the top escalated runs only
     if examples.height and runs.height:
         top = (
@@ -673,7 +673,7 @@ def fleet_stage(
 
     return AuditResult(
         runs=runs,
-        loops=sort_frame(loops_out, RUN_TABLE_KEYS["loops"]),
+        loops=loops_out if score_run_ids is None else sort_frame(loops_out, RUN_TABLE_KEYS["loops"]),
         changepoints=sort_frame(cps, ("series", "metric", "ts")),
         drift=sort_frame(drift_rows, ("series", "window_start", "feature", "method")),
         violations=violations,
@@ -681,7 +681,7 @@ def fleet_stage(
         stats={},
         costs=sort_frame(cost_rows, ("series",)),
         load=sort_frame(load_rows, ("series", "metric", "load_kind")),
-        run_changepoints=sort_frame(run_cps, RUN_TABLE_KEYS["run_changepoints"]),
+        run_changepoints=run_cps if score_run_ids is None else sort_frame(run_cps, RUN_TABLE_KEYS["run_changepoints"]),
         timings=timings,
         examples=sort_frame(examples, RUN_TABLE_KEYS["examples"]),
         metrics=sort_frame(metrics, ("series", "bucket")),
