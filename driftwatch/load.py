@@ -593,6 +593,7 @@ def _analyse_series(
     started = part["started"].to_numpy()
     pools: dict[bytes, _PermutationPool] = {}
     bins: dict[tuple[str, bytes], tuple[np.ndarray, int, np.ndarray]] = {}
+    cells: dict[tuple[str, bytes], _Cells] = {}
     rows: list[dict[str, Any]] = []
     for metric in opts.metrics:
         y_all = part[metric].to_numpy().astype(np.float64)
@@ -605,6 +606,9 @@ def _analyse_series(
             pools[key] = _PermutationPool(strata[keep], (*seed, len(pools)), opts.n_boot)
         for kind in opts.kinds:
             load_all = part[kind].to_numpy().astype(np.float64)
+            shared = (kind, key)  # cells and curve bins depend on the loads only: shared by the metrics
+            if shared not in cells and keep.sum() >= _MIN_BUCKETS:
+                cells[shared] = _Cells(load_all[keep], strata[keep])
             res = _knee_test(
                 load_all[keep],
                 y_all[keep],
@@ -614,16 +618,16 @@ def _analyse_series(
                 pool=pools[key],
                 events=events,
                 m_rows=m_rows,
+                cells=cells.get(shared),
             )
             p_adj = min(1.0, res.p_value * m_rows) if res.p_value is not None else None
             effect = _relative(res.above, res.below)
             significant = bool(
                 p_adj is not None and p_adj <= opts.alpha and effect is not None and effect >= opts.min_effect
             )
-            bins_key = (kind, key)  # the bins depend on the loads only: shared by the metrics
-            if bins_key not in bins and keep.any():
-                bins[bins_key] = _curve_bins(load_all[keep], opts.n_bins)
-            curve = _curve(load_all[keep], y_all[keep], w_all[keep], opts.n_bins, bins.get(bins_key))
+            if shared not in bins and keep.any():
+                bins[shared] = _curve_bins(load_all[keep], opts.n_bins)
+            curve = _curve(load_all[keep], y_all[keep], w_all[keep], opts.n_bins, bins.get(shared))
             rows.append(
                 {
                     "series": name,
@@ -683,33 +687,29 @@ def _knee_test(
     pool: _PermutationPool,
     events: np.ndarray | None = None,
     m_rows: int = 1,
+    cells: _Cells | None = None,
 ) -> _KneeResult:
     """Hinge fit with stratum fixed effects, on cell sufficient statistics, and its permutation test.
 
     Buckets are ordered by (stratum, load) so that every (stratum, load) cell is a contiguous
-    block and every stratum a contiguous run of cells: the regressors are constant within a
-    cell, so the fit needs only cell sums, and every candidate (knee, plateau) pair is scored
-    at once from prefix sums over the cells (:class:`_HingeSums`).
+    block and every stratum a contiguous run of cells (:class:`_Cells`, built from ``load`` and
+    ``strata`` unless given): the regressors are constant within a cell, so the fit needs only
+    cell sums, and every candidate (knee, plateau) pair is scored at once from prefix sums over
+    the cells (:class:`_HingeSums`).
     """
     n = load.size
     if n < _MIN_BUCKETS:
         return _KneeResult()
-    order = np.lexsort((load, strata))
-    load_s, strata_s, y_s, w_s = load[order], strata[order], y[order], w[order]
-    cell_starts = np.flatnonzero(
-        np.r_[True, (strata_s[1:] != strata_s[:-1]) | (load_s[1:] != load_s[:-1])]
-    )
-    cell_load = load_s[cell_starts]
-    new_stratum = np.r_[True, strata_s[cell_starts][1:] != strata_s[cell_starts][:-1]]
-    cell_stratum = np.cumsum(new_stratum) - 1
-    stratum_starts = np.flatnonzero(new_stratum)  # first cell of each stratum
+    c = cells if cells is not None else _Cells(load, strata)
+    order, cell_starts, cell_load = c.order, c.cell_starts, c.cell_load
+    cell_stratum, stratum_starts, bucket_stratum = c.cell_stratum, c.stratum_starts, c.bucket_stratum
+    y_s, w_s = y[order], w[order]
     cell_w = np.add.reduceat(w_s, cell_starts)
     stratum_w = np.add.reduceat(cell_w, stratum_starts)
 
     # null model (stratum means only): residuals per bucket
     wy_s = w_s * y_s
     stratum_mean = np.add.reduceat(np.add.reduceat(wy_s, cell_starts), stratum_starts) / stratum_w
-    bucket_stratum = np.repeat(cell_stratum, np.diff(np.r_[cell_starts, n]))
     resid = y_s - stratum_mean[bucket_stratum]
     u = w_s * resid  # score contributions
     cell_u = np.add.reduceat(u, cell_starts)
@@ -717,9 +717,7 @@ def _knee_test(
 
     # candidate knees leave at least max(10, 2%) of the buckets on either side
     min_side = max(10, math.ceil(0.02 * n))
-    srt = np.sort(load)
-    values = np.unique(srt)
-    n_below = np.searchsorted(srt, values, side="right")
+    values, n_below = c.values, c.n_below
     ok_side = (n_below >= min_side) & (n - n_below >= min_side)
     if events is not None:
         # rates of rare events: each side must expect at least _MIN_EVENTS events under the null
@@ -727,7 +725,7 @@ def _knee_test(
         ev_s = events[order]
         stratum_events = np.bincount(bucket_stratum, weights=ev_s, minlength=stratum_starts.size)
         expected = w_s * (stratum_events / stratum_w)[bucket_stratum]
-        cum_expected = np.cumsum(expected[np.argsort(load_s, kind="stable")])
+        cum_expected = np.cumsum(expected[c.by_load])
         exp_below = cum_expected[n_below - 1]
         ok_side &= (exp_below >= _MIN_EVENTS) & (cum_expected[-1] - exp_below >= _MIN_EVENTS)
     feasible = np.flatnonzero(ok_side)
@@ -917,6 +915,33 @@ class _HingeSums:
         ok &= hh > 1e-12 * np.maximum(1.0, np.where(ok, hh, 0.0).max(axis=0, initial=0.0))[None, :]
         safe = np.where(ok, hh, 1.0)
         return np.where(ok, cross**2 / safe, -1.0), np.where(ok, cross / safe, 0.0)
+
+
+class _Cells:
+    """The (stratum, load) cells of a set of buckets, shared by the metrics tested on the same loads.
+
+    ``order`` sorts the buckets by (stratum, load); ``cell_starts`` are the first sorted bucket
+    of each cell, ``stratum_starts`` the first cell of each stratum; ``values`` are the distinct
+    loads and ``n_below`` the buckets at or below each; ``by_load`` sorts the sorted buckets by
+    load alone (stable).
+    """
+
+    def __init__(self, load: np.ndarray, strata: np.ndarray) -> None:
+        n = load.size
+        self.order = np.lexsort((load, strata))
+        load_s, strata_s = load[self.order], strata[self.order]
+        self.cell_starts = np.flatnonzero(
+            np.r_[True, (strata_s[1:] != strata_s[:-1]) | (load_s[1:] != load_s[:-1])]
+        )
+        self.cell_load = load_s[self.cell_starts]
+        new_stratum = np.r_[True, strata_s[self.cell_starts][1:] != strata_s[self.cell_starts][:-1]]
+        self.cell_stratum = np.cumsum(new_stratum) - 1
+        self.stratum_starts = np.flatnonzero(new_stratum)  # first cell of each stratum
+        self.bucket_stratum = np.repeat(self.cell_stratum, np.diff(np.r_[self.cell_starts, n]))
+        self.by_load = np.argsort(load_s, kind="stable")
+        srt = load_s[self.by_load]
+        self.values = np.unique(srt)
+        self.n_below = np.searchsorted(srt, self.values, side="right")
 
 
 class _PermutationPool:
