@@ -39,6 +39,7 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
@@ -440,13 +441,21 @@ def _drift(data: _Data, opts: _Options) -> pl.DataFrame:
     tool = None
     if want & _COUNT_FEATURES["actions"]:
         tool = _category_block(data, "actions", opts)
-        if tool is not None:
-            if "tool_mix" in want:
-                parts.append(_categorical_rows(data, tool, "tool_mix", opts))
-            if "action_entropy" in want:
-                parts.append(_entropy_rows(data, tool, opts))
-            if "self_similarity" in want:
-                parts.append(_self_similarity_rows(data, tool, opts))
+    # the classifier (model fits and scoring, which release the GIL) runs on a second core while the other
+    # features are computed here; it reads the shared arrays only, and its rows go last as before
+    clf = None
+    if "run_classifier" in want and len(want) > 1:
+        data.gid  # noqa: B018 (computed once, before the second thread reads it)
+        pool = ThreadPoolExecutor(max_workers=1)
+        clf = pool.submit(_classifier_rows, data, tool, opts)
+        pool.shutdown(wait=False)
+    if tool is not None:
+        if "tool_mix" in want:
+            parts.append(_categorical_rows(data, tool, "tool_mix", opts))
+        if "action_entropy" in want:
+            parts.append(_entropy_rows(data, tool, opts))
+        if "self_similarity" in want:
+            parts.append(_self_similarity_rows(data, tool, opts))
     if "action_bigrams" in want:
         big = _category_block(data, "bigrams", opts)
         if big is not None:
@@ -465,7 +474,7 @@ def _drift(data: _Data, opts: _Options) -> pl.DataFrame:
         if part is not None:
             parts.append(part)
     if "run_classifier" in want:
-        part = _classifier_rows(data, tool, opts)
+        part = _classifier_rows(data, tool, opts) if clf is None else clf.result()
         if part is not None:
             parts.append(part)
     parts = [p for p in parts if p.height]
