@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
 from typing import Any
@@ -655,13 +655,23 @@ class _Data:
     """All runs of the comparison, sorted by (series, slot, source, run_id); slot 0 is the reference."""
 
     runs: pl.DataFrame  # _orig (row in its source table) and the run columns the features read, in row order
-    counts: dict[str, _Counts]  # "actions" (LLM steps left out) / "bigrams"
+    # "actions" / "bigrams": per source, (count table, the source's run ids, source row -> _row or -1)
+    count_parts: dict[str, list[tuple[pl.DataFrame, pl.Series, np.ndarray]]]
     series: pl.DataFrame  # _s, series, by columns
     n_series: int
     n_slots: int
     origin: datetime
     s: np.ndarray  # per run (row order)
     slot: np.ndarray
+    _counts: dict[str, _Counts | None] = field(default_factory=dict)
+
+    def counts(self, kind: str) -> _Counts | None:
+        """The count table ``kind`` mapped onto the runs (LLM steps left out of "actions"), once, when first asked."""
+        if kind not in self._counts:
+            parts = self.count_parts.get(kind)
+            drop = LLM_ACTION if kind == "actions" else None
+            self._counts[kind] = None if parts is None else _map_counts(parts, drop=drop)
+        return self._counts[kind]
 
     @property
     def groups(self) -> int:
@@ -795,8 +805,8 @@ def _assemble(main: Tables, reference: Any, current: Any, opts: _Options) -> _Da
     order = order[np.argsort(key[order])]  # keys are unique: (source, rank) names one row
     runs = runs.select("_orig", *(c for c in runs.columns if c in _RUN_COLUMNS))[order]
     s, slot, src, orig = s[order], slot[order], src[order], orig[order]
-    # ---- per-run counts, mapped onto rows
-    counts: dict[str, _Counts] = {}
+    # ---- per-run counts (mapped onto rows when a feature first asks for them)
+    count_parts: dict[str, list[tuple[pl.DataFrame, pl.Series, np.ndarray]]] = {}
     for i, kind in ((1, "actions"), (2, "bigrams")):
         if not set(opts.include) & _COUNT_FEATURES[kind]:
             continue  # no feature asked for reads this table
@@ -808,14 +818,11 @@ def _assemble(main: Tables, reference: Any, current: Any, opts: _Options) -> _Da
             at = np.flatnonzero(src == sv)
             rowmap[orig[at]] = at
             parts.append((t[i], t[0]["run_id"], rowmap))
-        if len(parts) < len(tabs_of):
-            continue
-        cnt = _map_counts(parts, drop=LLM_ACTION if kind == "actions" else None)
-        if cnt is not None:
-            counts[kind] = cnt
+        if len(parts) == len(tabs_of):
+            count_parts[kind] = parts
     return _Data(
         runs=runs,
-        counts=counts,
+        count_parts=count_parts,
         series=series,
         n_series=series.height,
         n_slots=n_slots,
@@ -1069,7 +1076,7 @@ def _cat_from_matrix(data: _Data, C: np.ndarray, names: np.ndarray, *, clustered
 
 
 def _category_block(data: _Data, kind: str, opts: _Options) -> _Cat | None:
-    cnt = data.counts.get(kind)
+    cnt = data.counts(kind)
     if cnt is None or cnt.row.size == 0:
         return None
     S, W1, U = data.n_series, data.n_slots, cnt.names.size
