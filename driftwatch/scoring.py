@@ -48,6 +48,7 @@ Examples
 
 from __future__ import annotations
 
+import os
 import pickle
 import warnings
 from collections.abc import Sequence
@@ -136,6 +137,9 @@ SCREEN_MIN_RUNS = 50_000
 #: Runs the forests are fitted on in fleets above :data:`SCREEN_MIN_RUNS` (a seeded random
 #: sample; about as many runs as 100 trees of 256 runs can use).
 ANOMALY_FIT_RUNS = 25_600
+
+#: Threads walking the isolation trees over a large fleet's runs (blocks of at least 50,000 runs).
+_WALK_THREADS = min(4, os.cpu_count() or 1)
 
 #: Agents with fewer runs are compared with the whole fleet instead of themselves.
 MIN_AGENT_RUNS = 20
@@ -269,13 +273,24 @@ def _drift_context(runs: pl.DataFrame, drift: pl.DataFrame | None) -> pl.DataFra
 def _with_lookup(rows: pl.DataFrame, table: pl.DataFrame, on: str) -> pl.DataFrame:
     """``rows`` with the columns of ``table`` (one row per ``on`` value) added: a left join.
 
-    Only the key column is joined and the looked-up columns are stacked on, so the wide
-    per-run table is not copied. Columns ``rows`` already has keep their values (as after a
-    join, where the table's copy would be suffixed ``_right`` and go unused).
+    The looked-up columns are stacked on, so the wide per-run table is not copied. When the
+    keys of ``rows`` are flagged sorted and have no nulls (the per-run table's ``run_id``),
+    the table's keys are found by binary search and its columns gathered into place (no hash
+    join of every run); otherwise the key column alone is joined. Columns ``rows`` already has
+    keep their values (as after a join, where the table's copy would be suffixed ``_right``).
     """
     new = [c for c in table.columns if c != on and c not in rows.columns]
     if not new:
         return rows
+    keys, wanted = rows[on], table[on]
+    n = rows.height
+    sorted_keys = keys.flags["SORTED_ASC"]  # flagged, not checked: a check would cost a pass
+    if n and sorted_keys and keys.dtype == wanted.dtype and not keys.has_nulls() and not wanted.has_nulls():
+        pos = keys.search_sorted(wanted, side="left")
+        hit = (pos < n) & (keys.gather(pos.clip(0, n - 1)) == wanted)
+        where = pl.Series("_row", [None], dtype=pl.UInt32).extend_constant(None, n - 1)
+        where = where.scatter(pos.filter(hit), pl.Series(np.flatnonzero(hit.to_numpy()), dtype=pl.UInt32))
+        return rows.hstack(table.select(pl.col(new).gather(where)))
     found = rows.select(on).join(table.select(on, *new), on=on, how="left", maintain_order="left")
     return rows.hstack(found.drop(on))
 
@@ -356,11 +371,31 @@ def _tree_path_lengths(tree: Any) -> np.ndarray:
 
 
 def _path_length_sums(trees: Sequence[Any], X: np.ndarray) -> np.ndarray:
-    """Sum over ``trees`` (in order) of each row's isolation path length."""
-    depths = np.zeros(X.shape[0])
-    for tree in trees:
-        depths += _tree_path_lengths(tree)[tree.tree_.apply(X)]
-    return depths
+    """Sum over ``trees`` (in order) of each row's isolation path length.
+
+    Large inputs are cut into blocks of rows walked on separate threads (scikit-learn's tree
+    walk releases the GIL); every row's sum still runs over the trees in order, so the result
+    does not depend on the number of threads.
+    """
+    lengths = [_tree_path_lengths(tree) for tree in trees]
+
+    def walk(rows: slice) -> np.ndarray:
+        part = X[rows]
+        depths = np.zeros(part.shape[0])
+        for tree, length in zip(trees, lengths, strict=True):
+            depths += length[tree.tree_.apply(part)]
+        return depths
+
+    n = X.shape[0]
+    workers = min(_WALK_THREADS, max(1, n // 50_000))
+    if workers == 1:
+        return walk(slice(0, n))
+    from concurrent.futures import ThreadPoolExecutor
+
+    cuts = np.linspace(0, n, workers + 1).astype(int)
+    with ThreadPoolExecutor(max_workers=workers) as ex:
+        parts = list(ex.map(walk, [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]))
+    return np.concatenate(parts)
 
 
 def _anomaly_scores(frame: pl.DataFrame, random_state: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -482,6 +517,7 @@ def score_runs_from_runs(
     esc_model = _resolve_model(model, pol)
 
     f = feats if feats["run_id"].is_sorted() else feats.sort("run_id")
+    f = f.with_columns(pl.col("run_id").set_sorted())  # checked or sorted just above
     n_runs = f.height
     dup = f["run_id"].filter(f["run_id"] == f["run_id"].shift(1))
     if dup.len():
