@@ -1049,10 +1049,21 @@ class _Cat:
             return self.S1 / self.N[:, None]
 
 
-def _cat_from_matrix(data: _Data, C: np.ndarray, names: np.ndarray, *, clustered: bool = True) -> _Cat:
+def _cat_from_matrix(
+    data: _Data,
+    C: np.ndarray,
+    names: np.ndarray,
+    *,
+    clustered: bool = True,
+    m: np.ndarray | None = None,
+    S1: np.ndarray | None = None,
+) -> _Cat:
+    """The :class:`_Cat` of a per-run count matrix ``C`` (``m``, ``S1``: its row sums and group sums, if known)."""
     gid, G, S = data.gid, data.groups, data.n_series
-    m = C.sum(axis=1)
-    S1 = _gsum(C, gid, G)
+    if m is None:
+        m = C.sum(axis=1)
+    if S1 is None:
+        S1 = _gsum(C, gid, G)
     N = _gsum(m, gid, G)
     R = _gsum((m > 0).astype(float), gid, G)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -1104,11 +1115,15 @@ def _category_block(data: _Data, kind: str, opts: _Options) -> _Cat | None:
     kmap = np.where(own, rk - 1, n_own[:, None])  # "(other)" comes after the own categories
     Keff = int(kmap[present].max()) + 1
     R = data.runs.height
-    C = np.bincount(cnt.row * Keff + kmap.ravel()[sc], weights=cnt.n, minlength=R * Keff).reshape(R, Keff)
+    k = kmap.ravel()[sc]
+    C = np.bincount(cnt.row * Keff + k, weights=cnt.n, minlength=R * Keff).reshape(R, Keff)
+    # row and (series, window) sums straight from the counts (the sums of C, added in another order)
+    m = np.bincount(cnt.row, weights=cnt.n, minlength=R)
+    S1 = np.bincount(g * Keff + k, weights=cnt.n, minlength=S * W1 * Keff).reshape(S * W1, Keff)
     names = np.full((S, Keff), "", dtype=object)
     si, ui = np.nonzero(present)
     names[si, kmap[si, ui]] = np.where(own[si, ui], cnt.names[ui], _OTHER)
-    return _cat_from_matrix(data, C, names)
+    return _cat_from_matrix(data, C, names, m=m, S1=S1)
 
 
 def _row_median(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
