@@ -33,6 +33,8 @@ True
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -90,6 +92,9 @@ MAX_HASHES = 256
 #: Byte map of ``words_only``: ASCII punctuation and whitespace become a space.
 _WORDS_LUT = np.arange(256, dtype=np.uint8)
 _WORDS_LUT[[c for c in range(33, 127) if not chr(c).isalnum()] + [9, 10, 11, 12, 13]] = 32
+_WORDS_TABLE = _WORDS_LUT.tobytes()
+#: Worker threads of :func:`minhash`.
+_THREADS = 2
 
 
 def _affine_params(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -160,40 +165,70 @@ def minhash(
     offs = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=n + 1, offset=arr.offset * 8)
     data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)
     if words_only:
-        data = _WORDS_LUT[data[offs[0] : offs[-1]]]
+        data = np.frombuffer(data[offs[0] : offs[-1]].tobytes().translate(_WORDS_TABLE), dtype=np.uint8)
         space = data == 32
         drop = np.flatnonzero(space[1:] & space[:-1]) + 1  # 2nd+ space of a run; pads (\x02) separate texts
         data = np.delete(data, drop)
         offs = (offs - offs[0]) - np.searchsorted(drop, offs - offs[0])
     a, b = _affine_params(seed)
     a, b = a[first : first + n_hashes], b[first : first + n_hashes]
-    # blocks of whole texts with about max_bytes bytes each
+    # blocks of whole texts with about max_bytes bytes each, two at a time (numpy releases the GIL)
     bounds = np.searchsorted(offs, np.arange(offs[0], offs[-1], max_bytes), side="right") - 1
     bounds = np.unique(np.concatenate([bounds, [n]]))
-    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-        base = offs[lo]
-        blk = np.zeros(int(offs[hi] - base) + SHINGLE - 1, dtype=np.uint32)
-        blk[: blk.size - SHINGLE + 1] = data[base : offs[hi]]
-        m = blk.size - SHINGLE + 1
-        x = blk[:m].copy()
-        for k in range(1, SHINGLE):
-            x |= blk[k : k + m] << np.uint32(8 * k)
-        starts = (offs[lo:hi] - base).astype(np.int64)
-        ends = (offs[lo + 1 : hi + 1] - base).astype(np.int64)
-        for k in range(1, SHINGLE):  # shingles straddling two texts -> the text's first shingle
-            x[ends - k] = x[starts]
-        # murmur3 fmix32
-        x ^= x >> np.uint32(16)
-        x *= np.uint32(0x85EBCA6B)
-        x ^= x >> np.uint32(13)
-        x *= np.uint32(0xC2B2AE35)
-        x ^= x >> np.uint32(16)
-        h = np.empty_like(x)
-        for j in range(n_hashes):
-            np.multiply(x, a[j], out=h)
-            h += b[j]
-            out[lo:hi, j] = np.minimum.reduceat(h, starts)
+    blocks = list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
+
+    def run(block: tuple[int, int]) -> None:
+        lo, hi = block
+        _block_minhash(data[offs[lo] : offs[hi]], offs[lo : hi + 1] - offs[lo], a, b, out[lo:hi])
+
+    if len(blocks) > 1:
+        with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+            list(pool.map(run, blocks))
+    else:
+        run(blocks[0])
     return out
+
+
+def _block_minhash(data: np.ndarray, offs: np.ndarray, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """MinHash signatures (``out``) of the texts ``data[offs[t]:offs[t + 1]]`` (padded)."""
+    m = data.size
+    buf = np.zeros(m + SHINGLE - 1 + (-(m + SHINGLE - 1)) % 4, dtype=np.uint8)
+    buf[:m] = data
+    # x[p]: bytes p..p+3 read as a little-endian uint32
+    x = np.empty(m, dtype=np.uint32)
+    for r in range(SHINGLE):
+        view = buf[r : r + 4 * ((m - r + 3) // 4)].view("<u4")
+        x[r::4] = view[: x[r::4].size]
+    # murmur3 fmix32
+    x ^= x >> np.uint32(16)
+    x *= np.uint32(0x85EBCA6B)
+    x ^= x >> np.uint32(13)
+    x *= np.uint32(0xC2B2AE35)
+    x ^= x >> np.uint32(16)
+    _min_hashes(x, offs[:-1].astype(np.int64), np.diff(offs), a, b, out)
+
+
+def _min_hashes(x: np.ndarray, starts: np.ndarray, lengths: np.ndarray, a: np.ndarray, b: np.ndarray,
+                out: np.ndarray) -> None:
+    """``out[t, j] = min((x[s:s + n] * a[j] + b[j]) mod 2**32)`` over the shingles of every
+    text ``t`` (``s = starts[t]``, ``n = lengths[t] - 3``: the last 3 positions straddle
+    the next text). Texts of similar length are laid out as the columns of a matrix (short
+    ones padded with their last shingle, which changes no minimum), so that every hash is
+    one multiply, add and column minimum over contiguous memory."""
+    count = lengths - (SHINGLE - 1)
+    width = np.ceil(np.log(count) / np.log(1.25)).astype(np.int64)  # length classes, <= 25% padding
+    order = np.argsort(width, kind="stable")
+    cls = width[order]
+    cuts = np.flatnonzero(np.diff(cls)) + 1
+    for rows in np.split(order, cuts):  # one matrix per length class (a handful per block)
+        w = int(count[rows].max())
+        # (position in text, text), the last shingle repeated: minima run along contiguous memory
+        mat = x[np.minimum(np.arange(w)[:, None], count[rows] - 1) + starts[rows]]
+        tmp = np.empty_like(mat)
+        for j in range(a.size):
+            np.multiply(mat, a[j], out=tmp)
+            tmp += b[j]
+            out[rows, j] = tmp.min(axis=0)
 
 
 #: Hashes of the full MinHash signature, of its first (early-rejection) stage, and the

@@ -329,6 +329,14 @@ def _hash_exprs() -> list[pl.Expr]:
 #: Worker threads of :func:`detect_loops`.
 _THREADS = 2
 
+def _numpy(s: pl.Series) -> np.ndarray:
+    """``s.to_numpy()`` of a numeric column without nulls, joined by numpy when it has several
+    chunks (Polars would first copy it into fresh memory of its own: twice the page faults)."""
+    if s.n_chunks() == 1 or s.has_nulls():
+        return s.to_numpy()
+    return np.concatenate([c.to_numpy() for c in s.get_chunks()])
+
+
 #: Up to this many rows are gathered directly (see :func:`_take_frame`).
 _DIRECT_GATHER = 1024
 
@@ -461,7 +469,7 @@ def _run_blocks(steps: pl.DataFrame) -> _Blocks:
     other blocks, or when its steps go backwards (the step is smaller than the previous
     row's, nulls first).
     """
-    flags = steps["_f"].to_numpy()
+    flags = _numpy(steps["_f"])
     marked = np.flatnonzero(flags)
     nb = (flags[marked] & 1).astype(bool)
     starts = marked[nb]
@@ -672,8 +680,8 @@ def _period_scan(
 
 def _money(steps: pl.DataFrame, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Tokens and cost of every row, and their sums per block."""
-    tok = steps["_tok"].to_numpy()
-    cost = steps["_cost"].to_numpy()
+    tok = _numpy(steps["_tok"])
+    cost = _numpy(steps["_cost"])
     return tok, cost, np.add.reduceat(tok, starts), np.add.reduceat(cost, starts)
 
 
@@ -696,7 +704,7 @@ def _loops_in(
     """
     starts, skip = blocks.starts, blocks.bad
     money = pool.submit(_money, steps, starts)
-    actions = steps["_a"].to_numpy()
+    actions = _numpy(steps["_a"])
     trows = np.flatnonzero(actions != _LLM_HASH)  # tool steps, in row order
     # tool steps of block b: positions first[b] .. first[b + 1] - 1
     first = np.searchsorted(trows, np.append(starts, steps.height))
