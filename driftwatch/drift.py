@@ -426,29 +426,37 @@ def drift_from_runs(
         random_state=random_state,
     )
     main = _check_tables((features, action_counts, bigram_counts), "features")
-    data = _assemble(main, reference, current, opts)
-    if data is None:
-        return _empty(opts.by)
-    # the array work is many small operations: BLAS/OpenMP threads only add overhead (and stall on a
-    # busy machine)
-    with threadpool_limits(limits=1):
-        return _drift(data, opts)
+    # the classifier test (model fits and scoring, which release the GIL) runs on a second thread while the
+    # other features are computed; scikit-learn is imported there meanwhile
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        side = pool if "run_classifier" in opts.include and len(opts.include) > 1 else None
+        if side is not None:
+            side.submit(_import_classifier)
+        data = _assemble(main, reference, current, opts)
+        if data is None:
+            return _empty(opts.by)
+        # the array work is many small operations: BLAS/OpenMP threads only add overhead (and stall on a
+        # busy machine)
+        with threadpool_limits(limits=1):
+            return _drift(data, opts, side)
 
 
-def _drift(data: _Data, opts: _Options) -> pl.DataFrame:
+def _import_classifier() -> None:
+    from sklearn.ensemble import HistGradientBoostingClassifier  # noqa: F401
+
+
+def _drift(data: _Data, opts: _Options, side: ThreadPoolExecutor | None = None) -> pl.DataFrame:
     parts: list[pl.DataFrame] = []
     want = set(opts.include)
     tool = None
     if want & _COUNT_FEATURES["actions"]:
         tool = _category_block(data, "actions", opts)
-    # the classifier (model fits and scoring, which release the GIL) runs on a second core while the other
-    # features are computed here; it reads the shared arrays only, and its rows go last as before
+    # with a second thread, the classifier runs there; it only reads the shared arrays, and its rows go
+    # last as before
     clf = None
-    if "run_classifier" in want and len(want) > 1:
+    if side is not None and "run_classifier" in want:
         data.gid  # noqa: B018 (computed once, before the second thread reads it)
-        pool = ThreadPoolExecutor(max_workers=1)
-        clf = pool.submit(_classifier_rows, data, tool, opts)
-        pool.shutdown(wait=False)
+        clf = side.submit(_classifier_rows, data, tool, opts)
     if tool is not None:
         if "tool_mix" in want:
             parts.append(_categorical_rows(data, tool, "tool_mix", opts))
