@@ -1151,6 +1151,9 @@ def detect_delegation_cycles(
     empty = pl.DataFrame(schema=DELEGATION_SCHEMA)
     if rt.height == 0:
         return empty
+    # only runs that delegate or are delegated to can lie on a chain (usually a few percent)
+    parents = rt["parent_run_id"].drop_nulls().unique()
+    rt = rt.filter(pl.col("parent_run_id").is_not_null() | pl.col("run_id").is_in(parents.implode()))
     known = rt["run_id"]
     rt = rt.with_columns(
         pl.when(pl.col("parent_run_id").is_in(known.implode()) & (pl.col("parent_run_id") != pl.col("run_id")))
