@@ -301,7 +301,8 @@ def _add_robust_z(f: pl.DataFrame, specs: Sequence[tuple[str, float]]) -> pl.Dat
     The MAD is scaled by 1.4826 (a standard deviation under normality) and floored at
     the column's floor, so near-constant features do not blow up. Also adds
     ``_med_cost`` and ``_med_steps`` (the group's median cost and steps, for reasons).
-    Two small group-bys and narrow lookups over the per-run table (no window per column).
+    Two small group-bys; the group's medians and MADs are read by group index inside the
+    expressions (no join, no per-run copy of every median).
     """
     names = [n for n, _ in specs]
     med = f.group_by("_zgroup").agg(
@@ -309,20 +310,32 @@ def _add_robust_z(f: pl.DataFrame, specs: Sequence[tuple[str, float]]) -> pl.Dat
         pl.col("cost_usd").fill_null(0.0).median().alias("_med_cost"),
         pl.col("n_steps").median().alias("_med_steps"),
     )
-    f = _with_lookup(f, med, "_zgroup")
-    mad = (
-        f.select("_zgroup", *[(pl.col(n) - pl.col(f"_med_{n}")).abs().alias(n) for n in names])
-        .group_by("_zgroup")
-        .agg(*[(pl.col(n).median() * 1.4826).alias(f"_mad_{n}") for n in names])
+    gid = f["_zgroup"].replace_strict(
+        med["_zgroup"], pl.int_range(med.height, dtype=pl.UInt32, eager=True), return_dtype=pl.UInt32
     )
-    f = _with_lookup(f, mad, "_zgroup")
+
+    def of_group(table: pl.DataFrame, col: str) -> pl.Expr:  # the run's group's value
+        return pl.lit(table[col]).gather(pl.col("_gid"))
+
+    f = f.with_columns(gid.alias("_gid"))
+    dev = {n: pl.col(n) - of_group(med, f"_med_{n}") for n in names}
+    mad = (
+        f.select("_gid", *[dev[n].abs().alias(n) for n in names])
+        .group_by("_gid")
+        .agg(*[(pl.col(n).median() * 1.4826).alias(f"_mad_{n}") for n in names])
+        .sort("_gid")
+    )
     return f.with_columns(
-        ((pl.col(n) - pl.col(f"_med_{n}")) / pl.max_horizontal(pl.col(f"_mad_{n}"), pl.lit(floor)))
-        .clip(-50.0, 50.0)
-        .fill_null(0.0)
-        .alias(f"_z_{n}")
-        for n, floor in specs
-    ).drop([f"_mad_{n}" for n in names])
+        *[
+            (dev[n] / pl.max_horizontal(of_group(mad, f"_mad_{n}"), pl.lit(floor)))
+            .clip(-50.0, 50.0)
+            .fill_null(0.0)
+            .alias(f"_z_{n}")
+            for n, floor in specs
+        ],
+        of_group(med, "_med_cost").alias("_med_cost"),
+        of_group(med, "_med_steps").alias("_med_steps"),
+    ).drop("_gid")
 
 
 def _oriented_z(name: str, orientation: int) -> pl.Expr:
