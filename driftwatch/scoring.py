@@ -138,8 +138,9 @@ SCREEN_MIN_RUNS = 50_000
 #: sample; about as many runs as 100 trees of 256 runs can use).
 ANOMALY_FIT_RUNS = 25_600
 
-#: Threads walking the isolation trees over a large fleet's runs (blocks of at least 50,000 runs).
+#: Threads walking the isolation trees over a large fleet's runs, in blocks of at least _WALK_BLOCK runs.
 _WALK_THREADS = min(4, os.cpu_count() or 1)
+_WALK_BLOCK = 50_000
 
 #: Agents with fewer runs are compared with the whole fleet instead of themselves.
 MIN_AGENT_RUNS = 20
@@ -400,7 +401,7 @@ def _path_length_sums(trees: Sequence[Any], X: np.ndarray) -> np.ndarray:
         return depths
 
     n = X.shape[0]
-    workers = min(_WALK_THREADS, max(1, n // 50_000))
+    workers = min(_WALK_THREADS, max(1, n // _WALK_BLOCK))
     if workers == 1:
         return walk(slice(0, n))
     from concurrent.futures import ThreadPoolExecutor

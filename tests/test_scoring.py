@@ -433,3 +433,114 @@ def test_minimal_violation_frames_still_explain_every_flagged_run() -> None:
     out = score_runs_from_runs(dw.run_features(ev), violations=v)
     assert out["reasons"].to_list() == [["a destructive action without approval"],
                                         ["unknown tool (component score 0.50)"]]
+
+
+# --------------------------------------------------------------------------- large-fleet paths
+
+
+def _z_frame(n: int, seed: int) -> pl.DataFrame:
+    """Robust z-scores as _anomaly_scores reads them, with a few unusual runs."""
+    from driftwatch.scoring import _ANOMALY_FEATURES
+
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n, len(_ANOMALY_FEATURES)))
+    z[: n // 50] *= 6.0
+    return pl.DataFrame({f"_z_{name}": z[:, j] for j, (name, _, _) in enumerate(_ANOMALY_FEATURES)})
+
+
+def test_isolation_path_lengths_match_scikit_learn(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sklearn.ensemble import IsolationForest
+
+    from driftwatch import scoring
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((3000, 10)).astype(np.float32)
+    X[:30] *= 6
+    forest = IsolationForest(n_estimators=20, max_samples=256, random_state=0).fit(X)
+    norm = float(scoring._average_path_length(np.array([forest.max_samples_]))[0])
+    sums = scoring._path_length_sums(forest.estimators_, X)
+    assert np.array_equal(2.0 ** (-sums / (20 * norm)), -forest.score_samples(X))  # bit for bit
+    monkeypatch.setattr(scoring, "_WALK_BLOCK", 500)  # blocks of rows on threads: the same sums
+    monkeypatch.setattr(scoring, "_WALK_THREADS", 3)
+    assert np.array_equal(scoring._path_length_sums(forest.estimators_, X), sums)
+
+
+def test_large_fleet_anomaly_screen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fleets above SCREEN_MIN_RUNS (shrunk here): the re-scored runs are exactly those the screen
+    puts at SCREEN_AT or above, they get the full forest's score, the others keep the screen's; the
+    seeded fit sample makes the scores reproducible."""
+    from driftwatch import scoring
+
+    monkeypatch.setattr(scoring, "SCREEN_MIN_RUNS", 2000)
+    monkeypatch.setattr(scoring, "ANOMALY_FIT_RUNS", 3000)
+    frame = _z_frame(8000, 1)
+    default, top = scoring._anomaly_scores(frame, 0)
+    monkeypatch.setattr(scoring, "SCREEN_AT", 0.0)
+    full, _ = scoring._anomaly_scores(frame, 0)  # every run re-scored
+    monkeypatch.setattr(scoring, "SCREEN_AT", 1.01)
+    screen, _ = scoring._anomaly_scores(frame, 0)  # none re-scored
+    rescored = screen >= 0.5
+    assert 0 < rescored.sum() < frame.height
+    assert np.array_equal(default[rescored], full[rescored])
+    assert np.array_equal(default[~rescored], screen[~rescored])
+    assert (full[: 8000 // 50] > np.median(full)).mean() > 0.9  # the unusual runs stand out
+    monkeypatch.setattr(scoring, "SCREEN_AT", 0.5)
+    again, top2 = scoring._anomaly_scores(frame, 0)
+    assert np.array_equal(again, default) and np.array_equal(top2, top)
+    assert not np.array_equal(scoring._anomaly_scores(frame, 1)[0], default)
+
+
+def test_drift_context_against_a_join_of_every_run() -> None:
+    """The segment matching gives what joining every run with every drifted window gives:
+    overlapping windows, several features, the fleet series, runs without an agent, windows of
+    other series and undrifted rows."""
+    from driftwatch.scoring import _drift_context
+
+    rng = np.random.default_rng(4)
+    n = 3000
+    runs = pl.DataFrame({
+        "run_id": [f"r{i:04d}" for i in range(n)],
+        "agent": rng.choice(["a", "b", "c", None], n).tolist(),
+        "first_ts": [T0 + timedelta(hours=float(h)) for h in rng.uniform(-24, 24 * 9, n)],
+    }).with_columns(pl.col("first_ts").cast(pl.Datetime("us", "UTC")))
+    day = timedelta(days=1)
+    rows = [
+        ("agent=a", 0, 3, "error_rate", "chi2", True), ("agent=a", 1, 5, "latency", None, True),
+        ("agent=b", 2, 4, "cost", "ks", True), ("agent=b", 0, 8, "cost", "ks", False),
+        ("all", 2, 4, "action_mix", "js", True), ("all", 6.2, 6.4, "cost", "ks", True),
+        ("agent=null", 0, 9, "steps", "ks", True), ("agent=zzz", 0, 9, "steps", "ks", True),
+    ]
+    drift = pl.DataFrame(
+        [{"series": s, "window_start": T0 + a * day, "window_end": T0 + b * day, "feature": f, "method": m,
+          "drifted": d} for s, a, b, f, m, d in rows],
+        schema_overrides={"window_start": pl.Datetime("us", "UTC"), "window_end": pl.Datetime("us", "UTC")},
+    )
+    got = _drift_context(runs, drift)
+    assert got is not None and got["run_id"].equals(runs["run_id"])  # aligned with the runs
+    d = drift.filter("drifted").with_columns(
+        pl.concat_str("feature", pl.lit(" ("), pl.col("method").fill_null("test"), pl.lit(")")).alias("_what"))
+    series = [pl.lit("all"), pl.concat_str(pl.lit("agent="), pl.col("agent").fill_null("null"))]
+    brute = (
+        pl.concat([runs.with_columns(s.alias("series")).join(d, on="series") for s in series])
+        .filter((pl.col("first_ts") >= pl.col("window_start")) & (pl.col("first_ts") < pl.col("window_end")))
+        .group_by("run_id")
+        .agg(pl.col("_what").unique().sort().str.join(", ").alias("_drift_what"),
+             pl.col("window_start").min().alias("_drift_since"))
+    )
+    want = runs.select("run_id").join(brute, on="run_id", how="left", maintain_order="left")
+    assert_frame_equal(got.select("run_id", "_drift_what", "_drift_since"), want)
+    assert want["_drift_what"].null_count() < n  # some runs match, some do not
+    assert want["_drift_what"].null_count() > 0
+
+
+def test_lookups_by_binary_search_match_joins() -> None:
+    from driftwatch.scoring import _with_lookup
+
+    rows = pl.DataFrame({"run_id": [f"r{i:03d}" for i in range(200)], "x": range(200)})
+    table = pl.DataFrame({"run_id": ["r150", "r007", "zzz", "r000", "r199"], "v": [1.5, None, 9.0, 0.5, 2.0],
+                          "t": ["a", "b", "c", None, "e"], "x": [0, 0, 0, 0, 0]})
+    joined = rows.join(table.drop("x"), on="run_id", how="left", maintain_order="left")
+    fast = _with_lookup(rows.with_columns(pl.col("run_id").set_sorted()), table, "run_id")
+    slow = _with_lookup(rows.sample(fraction=1.0, shuffle=True, seed=1), table, "run_id").sort("run_id")
+    assert_frame_equal(fast, joined)  # the existing x keeps its values
+    assert_frame_equal(slow, joined)
