@@ -33,6 +33,7 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -190,45 +191,28 @@ def minhash(
 
 
 def _block_minhash(data: np.ndarray, offs: np.ndarray, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
-    """MinHash signatures (``out``) of the texts ``data[offs[t]:offs[t + 1]]`` (padded)."""
+    """MinHash signatures (``out``) of the padded texts ``data[offs[t]:offs[t + 1]]``."""
     m = data.size
     buf = np.zeros(m + SHINGLE - 1 + (-(m + SHINGLE - 1)) % 4, dtype=np.uint8)
     buf[:m] = data
     # x[p]: bytes p..p+3 read as a little-endian uint32
     x = np.empty(m, dtype=np.uint32)
     for r in range(SHINGLE):
-        view = buf[r : r + 4 * ((m - r + 3) // 4)].view("<u4")
-        x[r::4] = view[: x[r::4].size]
+        x[r::4] = buf[r : r + 4 * ((m - r + 3) // 4)].view("<u4")[: (m - r + 3) // 4]
+    starts = offs[:-1].astype(np.int64)
+    for k in range(1, SHINGLE):  # shingles straddling two texts -> the text's first shingle
+        x[offs[1:] - k] = x[starts]
     # murmur3 fmix32
     x ^= x >> np.uint32(16)
     x *= np.uint32(0x85EBCA6B)
     x ^= x >> np.uint32(13)
     x *= np.uint32(0xC2B2AE35)
     x ^= x >> np.uint32(16)
-    _min_hashes(x, offs[:-1].astype(np.int64), np.diff(offs), a, b, out)
-
-
-def _min_hashes(x: np.ndarray, starts: np.ndarray, lengths: np.ndarray, a: np.ndarray, b: np.ndarray,
-                out: np.ndarray) -> None:
-    """``out[t, j] = min((x[s:s + n] * a[j] + b[j]) mod 2**32)`` over the shingles of every
-    text ``t`` (``s = starts[t]``, ``n = lengths[t] - 3``: the last 3 positions straddle
-    the next text). Texts of similar length are laid out as the columns of a matrix (short
-    ones padded with their last shingle, which changes no minimum), so that every hash is
-    one multiply, add and column minimum over contiguous memory."""
-    count = lengths - (SHINGLE - 1)
-    width = np.ceil(np.log(count) / np.log(1.25)).astype(np.int64)  # length classes, <= 25% padding
-    order = np.argsort(width, kind="stable")
-    cls = width[order]
-    cuts = np.flatnonzero(np.diff(cls)) + 1
-    for rows in np.split(order, cuts):  # one matrix per length class (a handful per block)
-        w = int(count[rows].max())
-        # (position in text, text), the last shingle repeated: minima run along contiguous memory
-        mat = x[np.minimum(np.arange(w)[:, None], count[rows] - 1) + starts[rows]]
-        tmp = np.empty_like(mat)
-        for j in range(a.size):
-            np.multiply(mat, a[j], out=tmp)
-            tmp += b[j]
-            out[rows, j] = tmp.min(axis=0)
+    h = np.empty_like(x)
+    for j in range(a.size):
+        np.multiply(x, a[j], out=h)
+        h += b[j]
+        out[:, j] = np.minimum.reduceat(h, starts)
 
 
 #: Hashes of the full MinHash signature, of its first (early-rejection) stage, and the
@@ -247,6 +231,20 @@ def _pair_index(i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     need = np.flatnonzero(used)
     where = np.cumsum(used) - 1
     return need, where[i], where[j]
+
+
+def _numbers_hash(texts: pl.Series) -> pl.Series:
+    return texts.to_frame("t").select(numbers_expr(pl.col("t"))).to_series().hash(5)
+
+
+def _in_halves(fn: Callable[[pl.Series], pl.Series], texts: pl.Series) -> pl.Series:
+    """``fn(texts)`` for a row-wise ``fn``, on two threads for many texts (Polars releases the GIL)."""
+    half = len(texts) // 2
+    if _THREADS < 2 or half < 20_000:
+        return fn(texts)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        parts = list(pool.map(fn, [texts.head(half), texts.tail(len(texts) - half)]))
+    return pl.concat(parts, rechunk=True)
 
 
 def near_duplicates(texts: pl.Series, i: np.ndarray, j: np.ndarray, *, similarity: float = 0.8) -> np.ndarray:
@@ -288,7 +286,7 @@ def near_duplicates(texts: pl.Series, i: np.ndarray, j: np.ndarray, *, similarit
     if i.size == 0:
         return np.zeros(0, dtype=bool)
     need, li, lj = _pair_index(i, j)
-    norm = normalize(texts.gather(need))
+    norm = _in_halves(normalize, texts.gather(need))
     nh = norm.hash(3).to_numpy()
     same = nh[li] == nh[lj]
     rest = np.flatnonzero(~same)
@@ -296,7 +294,7 @@ def near_duplicates(texts: pl.Series, i: np.ndarray, j: np.ndarray, *, similarit
         return same
     need, ri, rj = _pair_index(li[rest], lj[rest])
     sub = norm.gather(need)
-    nums = sub.to_frame("t").select(numbers_expr(pl.col("t"))).to_series().hash(5).to_numpy()
+    nums = _in_halves(_numbers_hash, sub).to_numpy()
     keep = nums[ri] == nums[rj]
     rest, ri, rj = rest[keep], ri[keep], rj[keep]
     if rest.size == 0:

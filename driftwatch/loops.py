@@ -308,10 +308,6 @@ def _result_expr() -> pl.Expr:
     return pl.when(pl.col("status") == "error").then(pl.lit(_ERROR_RESULT)).otherwise(pl.col("result"))
 
 
-#: Hash of the LLM action as computed for ``_a`` (LLM steps are told apart by it, as actions are).
-_LLM_HASH = np.uint64(pl.Series([LLM_ACTION]).hash(7).item())
-
-
 def _failed_expr() -> pl.Expr:
     return (pl.col("status") == "error").fill_null(False)
 
@@ -328,6 +324,11 @@ def _hash_exprs() -> list[pl.Expr]:
 
 #: Worker threads of :func:`detect_loops`.
 _THREADS = 2
+
+def _positions(flags: pl.Series) -> np.ndarray:
+    """Rows where a boolean column is true."""
+    return flags.arg_true().to_numpy().astype(np.int64)
+
 
 def _numpy(s: pl.Series) -> np.ndarray:
     """``s.to_numpy()`` of a numeric column without nulls, joined by numpy when it has several
@@ -412,31 +413,33 @@ class _TextSource:
         return want.join(got, on="_row", how="left", maintain_order="left")["t"]
 
 
-def _flags_expr(step: pl.Expr) -> pl.Expr:
-    """``_f``: 1 where a new block of rows with the same ``run_id`` starts, + 2 where the
-    step is smaller than the previous row's (``step`` has nulls filled with the minimum)."""
-    new_block = (pl.col("run_id") != pl.col("run_id").shift(1)).fill_null(True)
-    backwards = (step < step.shift(1)).fill_null(False)
-    return (new_block.cast(pl.UInt8) + 2 * backwards.cast(pl.UInt8)).alias("_f")
+def _order_exprs() -> list[pl.Expr]:
+    """``_nb``: a new block of rows with the same ``run_id`` starts here; ``_dis``: the step
+    is smaller than the previous row's (nulls first)."""
+    step = pl.col("step").fill_null(pl.lit(np.iinfo(np.int64).min, pl.Int64))
+    return [
+        (pl.col("run_id") != pl.col("run_id").shift(1)).fill_null(True).alias("_nb"),
+        (step < step.shift(1)).fill_null(False).alias("_dis"),
+    ]
 
 
 def _load_steps(events: Any, *, streaming: bool) -> tuple[pl.DataFrame, _TextSource]:
     """Pass 1: one row per event with a non-null run, in input order, with the columns every
-    stage needs (see :func:`_flags_expr` for ``_f``)."""
+    stage needs (``_tool``: not an LLM step; ``_nb``, ``_dis``: see :func:`_order_exprs`)."""
     frame = events
     if hasattr(frame, "events") and not isinstance(frame, pl.DataFrame | pl.LazyFrame):
         frame = frame.events
     eager = isinstance(frame, pl.DataFrame)
     lf = as_lazy(events)
     act = pl.col("action").fill_null("<none>")
-    step = pl.col("step").fill_null(pl.lit(np.iinfo(np.int64).min, pl.Int64))
     cols = [
         pl.col("run_id"),
         pl.col("step"),
         pl.col("agent"),
         pl.col("action"),
         act.hash(7).alias("_a"),
-        _flags_expr(step),
+        (act != LLM_ACTION).alias("_tool"),
+        *_order_exprs(),
         (pl.col("input_tokens").fill_null(0) + pl.col("output_tokens").fill_null(0)).alias("_tok"),
         pl.col("cost_usd").fill_null(0.0).alias("_cost"),
     ]
@@ -469,27 +472,24 @@ def _run_blocks(steps: pl.DataFrame) -> _Blocks:
     other blocks, or when its steps go backwards (the step is smaller than the previous
     row's, nulls first).
     """
-    flags = _numpy(steps["_f"])
-    marked = np.flatnonzero(flags)
-    nb = (flags[marked] & 1).astype(bool)
-    starts = marked[nb]
+    starts = _positions(steps["_nb"])
     heads = _take_frame(steps[["run_id", "agent"]], starts)
     bad = heads["run_id"].is_duplicated().to_numpy()
-    dis = marked[~nb]  # backwards inside a block
-    if dis.size:
-        bad[np.searchsorted(starts, dis, side="right") - 1] = True
+    dis = _positions(steps["_dis"])
+    block = np.searchsorted(starts, dis, side="right") - 1
+    bad[block[starts[block] != dis]] = True  # backwards inside a block
     return _Blocks(starts, bad, heads)
 
 
 def _regroup(steps: pl.DataFrame, blocks: _Blocks) -> pl.DataFrame:
     """The rows of the bad blocks, sorted by ``(run_id, step)`` (nulls first, ties in input
-    order), with ``_f`` recomputed."""
+    order), with ``_nb`` and ``_dis`` recomputed."""
     bad = blocks.bad
     lo, hi = blocks.starts[bad], np.append(blocks.starts[1:], steps.height)[bad]
     ln = hi - lo
     rows = np.repeat(lo - (np.cumsum(ln) - ln), ln) + np.arange(int(ln.sum()))
     moved = _take_frame(steps, rows).sort("run_id", "step", nulls_last=False, maintain_order=True)
-    return moved.with_columns(_flags_expr(pl.col("step").fill_null(pl.lit(np.iinfo(np.int64).min, pl.Int64))))
+    return moved.with_columns(_order_exprs())
 
 
 def _cumsum0(values: np.ndarray) -> np.ndarray:
@@ -704,21 +704,14 @@ def _loops_in(
     """
     starts, skip = blocks.starts, blocks.bad
     money = pool.submit(_money, steps, starts)
-    actions = _numpy(steps["_a"])
-    trows = np.flatnonzero(actions != _LLM_HASH)  # tool steps, in row order
-    # tool steps of block b: positions first[b] .. first[b + 1] - 1
-    first = np.searchsorted(trows, np.append(starts, steps.height))
-    if skip.any():
-        lo, hi = first[:-1][skip], first[1:][skip]
-        ln = hi - lo
-        trows = np.delete(trows, np.repeat(lo - (np.cumsum(ln) - ln), ln) + np.arange(int(ln.sum())))
-        first[1:] -= np.cumsum(np.where(skip, first[1:] - first[:-1], 0))
+    trows = _positions(steps["_tool"])  # tool steps, in row order
+    codes = _numpy(steps["_a"].filter(steps["_tool"]))  # action hash of every tool step
     nt = trows.size
     if nt < 2:
         return None
-    codes = actions[trows]  # action hash of every tool step
-    del actions
-    # pairs across the first tool step of a run never match
+    # tool steps of block b: positions first[b] .. first[b + 1] - 1; pairs across the first
+    # tool step of a block never match
+    first = np.searchsorted(trows, np.append(starts, steps.height))
     boundaries = first[:-1][(first[1:] > first[:-1]) & (first[:-1] > 0)]
 
     # ---- action level: shifted comparisons of action hashes ---------------------------------
@@ -730,10 +723,16 @@ def _loops_in(
         if s.size:
             act_eq[p] = eq
             found.append((s, e, np.full(s.size, p, np.int64)))
-    if not found:
+    z = np.zeros(0, np.int64)
+    a_s, a_e, a_p = (np.concatenate(x) for x in zip(*found, strict=True)) if found else (z, z, z)
+    if skip.any():  # the bad blocks are read apart
+        keep = ~skip[np.searchsorted(first, a_s, side="right") - 1]
+        a_s, a_e, a_p = a_s[keep], a_e[keep], a_p[keep]
+        kept = set(a_p.tolist())
+        act_eq = {p: eq for p, eq in act_eq.items() if p in kept}
+    if a_s.size == 0:
         money.cancel()
         return None
-    a_s, a_e, a_p = (np.concatenate(x) for x in zip(*found, strict=True))
     # union of action-level candidates: positions cpos, and position -> index in cpos
     cpos = _union_positions(a_s, a_e)
     cand = np.zeros(nt, dtype=bool)
@@ -780,7 +779,6 @@ def _loops_in(
         s, e = _segments_from_positions(pk[(pp == p) & ok], p, p * (min_repeats - 1))
         if s.size:
             found.append((s, e, np.full(s.size, p, np.int64)))
-    z = np.zeros(0, np.int64)
     s_s, s_e, s_p = (np.concatenate(x) for x in zip(*found, strict=True)) if found else (z, z, z)
 
     def block(pos: np.ndarray) -> np.ndarray:
