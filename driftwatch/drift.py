@@ -236,7 +236,9 @@ def detect_drift(
     classifier_max_runs : int or None, default=5_000
         Runs per (series, window) cell, the reference included, that the
         classifier test scores: a larger cell is represented by a seeded
-        uniform sample of this many runs (never fewer than ``min_runs``), and
+        uniform sample of this many runs (never fewer than ``min_runs``),
+        weighted in training by the cell's runs per sampled run (so the
+        model sees series and windows in their real proportions), and
         ``n_ref``/``n_cur`` of its rows count the sampled runs. ``None``
         scores every run. With 5,000 runs a side the standard error of a
         cell's AUC is about 0.006 when nothing changed
@@ -1723,6 +1725,13 @@ def _classifier_rows(data: _Data, tool: _Cat | None, opts: _Options) -> pl.DataF
     Xs = (X - med[s]) / scale[s]
     cat_series = S <= 250
     Xf = np.hstack([s[:, None].astype(float), Xs])
+    # a sampled run stands for n_cell / n_sampled runs of its cell: trained with that weight, the model sees the
+    # fleet as it is (series and windows in their real proportions), not the equal-sized cells of the sample
+    weight = None
+    n_all = np.bincount(data.gid, minlength=data.groups)  # runs per (series, slot) cell
+    if take is not None:
+        g_take = data.gid[take]
+        weight = n_all[g_take] / np.bincount(g_take, minlength=data.groups)[g_take]
     rng = np.random.default_rng(opts.random_state)
     # folds stratified by (series, reference/current)
     strata = s * 2 + y
@@ -1753,7 +1762,7 @@ def _classifier_rows(data: _Data, tool: _Cat | None, opts: _Options) -> pl.DataF
         # one OpenMP thread (set here: sklearn's OpenMP runtime may have been loaded just now, after the
         # limits of drift_from_runs were applied): small fits gain little and stall on a busy machine
         with threadpool_limits(limits=1, user_api="openmp"):
-            model.fit(Xf[tr], y[tr])
+            model.fit(Xf[tr], y[tr], sample_weight=None if weight is None else weight[tr] / weight[tr].mean())
             score[test] = model.predict_proba(Xf[test])[:, 1]
     auc, cnt = _grouped_auc(s, slot, score, S, W1)
     n0 = n_ref_s[:, None].astype(float)
@@ -1782,7 +1791,7 @@ def _classifier_rows(data: _Data, tool: _Cat | None, opts: _Options) -> pl.DataF
     )
     what = np.full(si.size, "", dtype=object)
     if take is not None:  # say so when the AUC comes from a sample of the runs
-        n_all = np.bincount(data.gid, minlength=data.groups).reshape(S, W1)
+        n_all = n_all.reshape(S, W1)
         sampled = (n_all[si, 0] > n_ref_s[si]) | (n_all[si, wi] > cnt[si, wi])
         if sampled.any():
             i = np.flatnonzero(sampled)
