@@ -298,9 +298,10 @@ def detect_drift(
       and scores every run out of fold (2 folds; at most
       ``classifier_max_runs`` runs per window and reference, a seeded sample
       of a larger one); the AUC of each window's runs against its series'
-      reference runs is the statistic, with a one-sided Mann-Whitney p-value. Effect: ``2 * AUC - 1``. For series
-      with a window significant before correction, the explanation names the
-      three run features whose own AUC departs most from 0.5.
+      reference runs is the statistic, with a one-sided Mann-Whitney
+      p-value. Effect: ``2 * AUC - 1``. For series with a window significant
+      before correction, the explanation names the three run features whose
+      own AUC departs most from 0.5.
     * ``action_entropy``: Shannon entropy (bits) of the tool mix; one-sided z
       test that it fell below the reference entropy (bias-corrected
       entropies; first- and second-order variance from the clustered
@@ -444,6 +445,7 @@ def drift_from_runs(
 
 
 def _import_classifier() -> None:
+    """Import scikit-learn's model (on the classifier's thread, while the main thread assembles the runs)."""
     from sklearn.ensemble import HistGradientBoostingClassifier  # noqa: F401
 
 
@@ -966,7 +968,6 @@ def _map_counts(parts: list[tuple[pl.DataFrame, pl.Series, np.ndarray]], drop: s
         return None
     return _Counts(row=np.concatenate(rows), code=np.concatenate(codes), n=np.concatenate(ns),
                    names=names.to_numpy().astype(object))
-
 
 
 def auto_reference_length(span: timedelta, every: timedelta) -> timedelta:
