@@ -346,6 +346,17 @@ def _oriented_z(name: str, orientation: int) -> pl.Expr:
     return (z * orientation).clip(-3.0, 10.0).alias(name)
 
 
+def _most_unusual(*, z: bool = False) -> pl.Expr:
+    """The run's most unusual anomaly feature (largest oriented z-score, as the forest saw it, in
+    float32), by name, or with ``z=True`` its robust z-score."""
+    seen = pl.concat_list([_oriented_z(c, o).cast(pl.Float32).abs() for c, _, o in _ANOMALY_FEATURES])
+    top = seen.list.arg_max()
+    if z:
+        return pl.concat_list([pl.col(f"_z_{c}") for c, _, _ in _ANOMALY_FEATURES]).list.get(top)
+    labels = [_FEATURE_LABELS.get(c, c) for c, _, _ in _ANOMALY_FEATURES]
+    return top.replace_strict(list(range(len(labels))), labels, return_dtype=pl.String)
+
+
 def _limit_s(ratio: pl.Expr) -> pl.Expr:
     return (0.45 + 0.25 * (ratio - 1.0)).clip(0.45, 0.9)
 
@@ -412,8 +423,8 @@ def _path_length_sums(trees: Sequence[Any], X: np.ndarray) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def _anomaly_scores(frame: pl.DataFrame, random_state: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """IsolationForest anomaly score in (0, 1) per run, and the index of each run's most unusual feature.
+def _anomaly_scores(frame: pl.DataFrame, random_state: int | None) -> np.ndarray:
+    """IsolationForest anomaly score in (0, 1) per run.
 
     Fleets up to :data:`SCREEN_MIN_RUNS` runs: scikit-learn's ``IsolationForest`` of
     :data:`ANOMALY_TREES` trees, fitted on all runs, scores every run.
@@ -432,15 +443,14 @@ def _anomaly_scores(frame: pl.DataFrame, random_state: int | None) -> tuple[np.n
     """
     n = frame.height
     X = frame.select(_oriented_z(c, o) for c, _, o in _ANOMALY_FEATURES).to_numpy().astype(np.float32)
-    top = np.abs(X).argmax(axis=1) if n else np.zeros(0, dtype=np.int64)
     if n < MIN_AGENT_RUNS:
-        return np.zeros(n), top
+        return np.zeros(n)
     from sklearn.ensemble import IsolationForest
 
     sub = min(256, n)
     if n <= SCREEN_MIN_RUNS:
         full = IsolationForest(n_estimators=ANOMALY_TREES, max_samples=sub, random_state=random_state).fit(X)
-        return -full.score_samples(X), top
+        return -full.score_samples(X)
     rows = np.sort(np.random.default_rng(random_state).choice(n, size=ANOMALY_FIT_RUNS, replace=False))
     X = np.ascontiguousarray(X)
     forest = IsolationForest(
@@ -452,7 +462,7 @@ def _anomaly_scores(frame: pl.DataFrame, random_state: int | None) -> tuple[np.n
     cand = np.flatnonzero(a >= SCREEN_AT)
     if cand.size:
         a[cand] = 2.0 ** (-_path_length_sums(trees[SCREEN_TREES:], X[cand]) / (ANOMALY_TREES * norm))
-    return a, top
+    return a
 
 
 # --------------------------------------------------------------------------- main
@@ -532,7 +542,6 @@ def score_runs_from_runs(
 
     f = feats if feats["run_id"].is_sorted() else feats.sort("run_id")
     f = f.with_columns(pl.col("run_id").set_sorted())  # checked or sorted just above
-    n_runs = f.height
     dup = f["run_id"].filter(f["run_id"] == f["run_id"].shift(1))
     if dup.len():
         raise InvalidParameterError(
@@ -563,14 +572,8 @@ def score_runs_from_runs(
     )
 
     # ---- anomaly (IsolationForest over per-agent robust z-scores) ----
-    a, top = _anomaly_scores(f, random_state)
-    labels = [_FEATURE_LABELS.get(c, c) for c, _, _ in _ANOMALY_FEATURES]
-    z = f.select(pl.col(f"_z_{c}") for c, _, _ in _ANOMALY_FEATURES).to_numpy()
-    f = f.with_columns(
-        pl.Series("anomaly", a, dtype=pl.Float64),
-        pl.Series("_anom_feat", np.array(labels, dtype=object)[top], dtype=pl.String),
-        pl.Series("_anom_z", z[np.arange(n_runs), top] if n_runs else np.zeros(0), dtype=pl.Float64),
-    )
+    # (the most unusual feature, for the reason, is found for the flagged runs only: _components)
+    f = f.with_columns(pl.Series("anomaly", _anomaly_scores(f, random_state), dtype=pl.Float64))
 
     # ---- violations needing events ----
     f = _join_violations(f, viol, pol)
@@ -827,7 +830,7 @@ def _components(pol: Policy) -> tuple[list[pl.Expr], list[pl.Expr]]:
         0.5 * ((pl.col("anomaly") - 0.62) / 0.18).clip(0.0, 1.0),
         pl.concat_str(pl.lit("unusual run for "), who, pl.lit(" (isolation-forest anomaly "),
                       fmt_num(pl.col("anomaly"), 2), pl.lit("; most unusual: "),
-                      pl.col("_anom_feat"), pl.lit(" z "), fmt_num(pl.col("_anom_z"), 1), pl.lit(")")),
+                      _most_unusual(), pl.lit(" z "), fmt_num(_most_unusual(z=True), 1), pl.lit(")")),
     )
     comp(
         "drift",

@@ -474,20 +474,19 @@ def test_large_fleet_anomaly_screen(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(scoring, "SCREEN_MIN_RUNS", 2000)
     monkeypatch.setattr(scoring, "ANOMALY_FIT_RUNS", 3000)
     frame = _z_frame(8000, 1)
-    default, top = scoring._anomaly_scores(frame, 0)
+    default = scoring._anomaly_scores(frame, 0)
     monkeypatch.setattr(scoring, "SCREEN_AT", 0.0)
-    full, _ = scoring._anomaly_scores(frame, 0)  # every run re-scored
+    full = scoring._anomaly_scores(frame, 0)  # every run re-scored
     monkeypatch.setattr(scoring, "SCREEN_AT", 1.01)
-    screen, _ = scoring._anomaly_scores(frame, 0)  # none re-scored
+    screen = scoring._anomaly_scores(frame, 0)  # none re-scored
     rescored = screen >= 0.5
     assert 0 < rescored.sum() < frame.height
     assert np.array_equal(default[rescored], full[rescored])
     assert np.array_equal(default[~rescored], screen[~rescored])
     assert (full[: 8000 // 50] > np.median(full)).mean() > 0.9  # the unusual runs stand out
     monkeypatch.setattr(scoring, "SCREEN_AT", 0.5)
-    again, top2 = scoring._anomaly_scores(frame, 0)
-    assert np.array_equal(again, default) and np.array_equal(top2, top)
-    assert not np.array_equal(scoring._anomaly_scores(frame, 1)[0], default)
+    assert np.array_equal(scoring._anomaly_scores(frame, 0), default)
+    assert not np.array_equal(scoring._anomaly_scores(frame, 1), default)
 
 
 def test_drift_context_against_a_join_of_every_run() -> None:
