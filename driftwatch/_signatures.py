@@ -94,8 +94,9 @@ MAX_HASHES = 256
 _WORDS_LUT = np.arange(256, dtype=np.uint8)
 _WORDS_LUT[[c for c in range(33, 127) if not chr(c).isalnum()] + [9, 10, 11, 12, 13]] = 32
 _WORDS_TABLE = _WORDS_LUT.tobytes()
-#: Worker threads of :func:`minhash`.
+#: Threads of :func:`minhash` and :func:`near_duplicates` (1 or 2), and the fewest texts per thread.
 _THREADS = 2
+_MIN_HALF = 20_000
 
 
 def _affine_params(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -152,8 +153,30 @@ def minhash(
         raise ValueError(f"hash functions [{first}, {first + n_hashes}) outside the family of {MAX_HASHES}")
     n = len(texts)
     out = np.empty((n, n_hashes), dtype=np.uint32)
-    if n == 0:
-        return out
+    a, b = _affine_params(seed)
+    a, b = a[first : first + n_hashes], b[first : first + n_hashes]
+    # two halves on two threads (every step but the Python glue releases the GIL)
+    half = n // 2 if _THREADS > 1 and n >= 2 * _MIN_HALF else n
+    parts = [(0, half), (half, n)] if half < n else [(0, n)]
+
+    def run(part: tuple[int, int]) -> None:
+        lo, hi = part
+        if hi > lo:
+            _minhash_into(texts.slice(lo, hi - lo), a, b, words_only, max_bytes, out[lo:hi])
+
+    if len(parts) > 1:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            list(pool.map(run, parts))
+    else:
+        run(parts[0])
+    return out
+
+
+def _minhash_into(
+    texts: pl.Series, a: np.ndarray, b: np.ndarray, words_only: bool, max_bytes: int, out: np.ndarray
+) -> None:
+    """:func:`minhash` of ``texts`` with hash functions ``a, b``, written into ``out``."""
+    n = len(texts)
     pad = "\x02" * (SHINGLE - 1)
     padded = (
         pl.DataFrame({"t": texts.cast(pl.String)})
@@ -171,23 +194,11 @@ def minhash(
         drop = np.flatnonzero(space[1:] & space[:-1]) + 1  # 2nd+ space of a run; pads (\x02) separate texts
         data = np.delete(data, drop)
         offs = (offs - offs[0]) - np.searchsorted(drop, offs - offs[0])
-    a, b = _affine_params(seed)
-    a, b = a[first : first + n_hashes], b[first : first + n_hashes]
-    # blocks of whole texts with about max_bytes bytes each, two at a time (numpy releases the GIL)
+    # blocks of whole texts with about max_bytes bytes each
     bounds = np.searchsorted(offs, np.arange(offs[0], offs[-1], max_bytes), side="right") - 1
     bounds = np.unique(np.concatenate([bounds, [n]]))
-    blocks = list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
-
-    def run(block: tuple[int, int]) -> None:
-        lo, hi = block
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
         _block_minhash(data[offs[lo] : offs[hi]], offs[lo : hi + 1] - offs[lo], a, b, out[lo:hi])
-
-    if len(blocks) > 1:
-        with ThreadPoolExecutor(max_workers=_THREADS) as pool:
-            list(pool.map(run, blocks))
-    else:
-        run(blocks[0])
-    return out
 
 
 def _block_minhash(data: np.ndarray, offs: np.ndarray, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
@@ -240,7 +251,7 @@ def _numbers_hash(texts: pl.Series) -> pl.Series:
 def _in_halves(fn: Callable[[pl.Series], pl.Series], texts: pl.Series) -> pl.Series:
     """``fn(texts)`` for a row-wise ``fn``, on two threads for many texts (Polars releases the GIL)."""
     half = len(texts) // 2
-    if _THREADS < 2 or half < 20_000:
+    if _THREADS < 2 or half < _MIN_HALF:
         return fn(texts)
     with ThreadPoolExecutor(max_workers=2) as pool:
         parts = list(pool.map(fn, [texts.head(half), texts.tail(len(texts) - half)]))

@@ -371,13 +371,16 @@ class _TextSource:
     An eager input keeps its (canonical) ``args``, ``result`` and ``status`` columns in the
     step frame (no copy), so both are computed from the chosen rows only. A LazyFrame's
     hashes are computed for every row in pass 1 (reading the text columns twice would cost
-    more); its raw texts are read again with a filter on the row index (only the needed
-    columns).
+    more); the raw texts of the candidate steps are read again, once, with a filter on the
+    row index (only the needed columns).
     """
 
     def __init__(self, lf: pl.LazyFrame | None, *, streaming: bool) -> None:
         self._lf = lf
         self._streaming = streaming
+        self._cache = pl.DataFrame()
+        #: more rows (``_row``) to read with the first :meth:`prefetch` (those of runs read apart)
+        self.extra: pl.Series | None = None
 
     @staticmethod
     def has_text(frame: pl.DataFrame) -> bool:
@@ -399,18 +402,33 @@ class _TextSource:
         failed = (sub["status"] == "error").fill_null(False).to_numpy()
         return np.where(failed, np.uint64(_ERROR_HASH), sub["result"].hash(13).to_numpy())
 
-    def get(self, frame: pl.DataFrame, pos: np.ndarray, field: str) -> pl.Series:
-        """``field`` ("args" or "result") of the step frame's rows ``pos``, in that order."""
-        expr = pl.col("args") if field == "args" else _result_expr()
+    def prefetch(self, frame: pl.DataFrame, pos: np.ndarray) -> None:
+        """Read the texts of the step frame's rows ``pos`` in one pass over a LazyFrame
+        (later :meth:`get` calls take theirs from them). Nothing to do for an eager frame."""
         if self.has_text(frame):
-            return _take_frame(frame[["args", "result", "status"]], pos).lazy().select(expr.alias("t")).collect()["t"]
+            return
         assert self._lf is not None
-        want = _take(frame["_row"], pos).to_frame()
-        got = collect(
-            self._lf.select("_row", expr.alias("t")).filter(pl.col("_row").is_in(want["_row"].implode())),
+        rows = _take(frame["_row"], pos)
+        if self._cache.height and bool(rows.is_in(self._cache["_row"].implode()).all()):
+            return
+        if self.extra is not None:
+            rows = pl.concat([rows, self.extra])
+        self._cache = collect(
+            self._lf.select("_row", pl.col("args"), _result_expr().alias("result"))
+            .filter(pl.col("_row").is_in(rows.implode())),
             streaming=self._streaming,
         )
-        return want.join(got, on="_row", how="left", maintain_order="left")["t"]
+
+    def get(self, frame: pl.DataFrame, pos: np.ndarray, field: str) -> pl.Series:
+        """``field`` ("args" or "result") of the step frame's rows ``pos``, in that order."""
+        if self.has_text(frame):
+            if field == "args":
+                return _take(frame["args"], pos).alias("t")
+            sub = _take_frame(frame[["result", "status"]], pos)
+            return sub.lazy().select(_result_expr().alias("t")).collect()["t"]
+        want = _take(frame["_row"], pos).to_frame()
+        return want.join(self._cache.select("_row", pl.col(field).alias("t")), on="_row", how="left",
+                         maintain_order="left")["t"]
 
 
 def _order_exprs() -> list[pl.Expr]:
@@ -632,10 +650,12 @@ def detect_loops(
     blocks = _run_blocks(steps)
     # runs already whole and in step order are read in place; the others are sorted apart
     # and come after them (as if the frame had been sorted)
+    moved = _regroup(steps, blocks) if blocks.bad.any() else None
+    if moved is not None and fuzzy and not source.has_text(steps):
+        source.extra = moved["_row"]  # texts of both parts in one pass over the LazyFrame
     with ThreadPoolExecutor(max_workers=_THREADS) as pool:
         parts = [_loops_in(steps, blocks, source, pool, **opts)]
-        if blocks.bad.any():
-            moved = _regroup(steps, blocks)
+        if moved is not None:
             parts.append(_loops_in(moved, _run_blocks(moved), source, pool, **opts))
     found = [p for p in parts if p is not None]
     if not found:
@@ -761,6 +781,7 @@ def _loops_in(
     del h_a
     identical = ok_a.copy()
     if fuzzy:
+        source.prefetch(steps, crow)
         _near(steps, source, ci, cj, ok_a, np.flatnonzero(~ok_a), crow, "args", similarity)
     ok_r = np.zeros(ok_a.size, dtype=bool)
     todo = np.flatnonzero(ok_a)
