@@ -9,9 +9,10 @@ import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
 
 from driftwatch import synth
-from driftwatch._signatures import minhash, near_duplicates, normalize, normalize_expr
+from driftwatch._signatures import _affine_params, minhash, near_duplicates, normalize, normalize_expr
 from driftwatch.errors import InvalidParameterError, SchemaError
 from driftwatch.features import run_features
 from driftwatch.loops import (
@@ -333,6 +334,46 @@ def test_signature_helpers() -> None:
     assert ok.tolist() == [False, True]
 
 
+
+def _minhash_reference(text: str | None, n_hashes: int, first: int = 0, words_only: bool = True) -> list[int]:
+    """MinHash as documented, one text at a time in plain Python (the reference for the
+    vectorised kernel)."""
+    data = (text or "").encode()
+    if words_only:
+        data = bytes(32 if (33 <= c < 127 and not chr(c).isalnum()) or c in (9, 10, 11, 12, 13) else c
+                     for c in data)
+        while b"  " in data:
+            data = data.replace(b"  ", b" ")
+    data = b"\x02" * 3 + data + b"\x02" * 3
+
+    def fmix(x: int) -> int:
+        x ^= x >> 16
+        x = (x * 0x85EBCA6B) & 0xFFFFFFFF
+        x ^= x >> 13
+        x = (x * 0xC2B2AE35) & 0xFFFFFFFF
+        return x ^ (x >> 16)
+
+    shingles = {fmix(int.from_bytes(data[i : i + 4], "little")) for i in range(len(data) - 3)}
+    a, b = _affine_params(0)
+    return [min((x * int(a[j]) + int(b[j])) & 0xFFFFFFFF for x in shingles) for j in range(first, first + n_hashes)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_minhash_matches_a_plain_python_reference(threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    import driftwatch._signatures as sig
+
+    monkeypatch.setattr(sig, "_THREADS", threads)
+    monkeypatch.setattr(sig, "_MIN_HALF", 5)  # the two-thread split even for a few texts
+    rng = np.random.default_rng(3)
+    alphabet = list("ab xyz{}:,.-_\t\n\"0123456789") + ["\u00e9", "\u4e2d"]
+    texts = [None, "", "a", "abc", '{"q":  "x"}', "  --  ", *("".join(rng.choice(alphabet, int(rng.integers(0, 80))))
+                                                            for _ in range(40))]
+    series = pl.Series(texts, dtype=pl.String)
+    for kw in ({"n_hashes": 16}, {"n_hashes": 7, "first": 9}, {"n_hashes": 5, "words_only": False}):
+        want = [_minhash_reference(t, kw["n_hashes"], kw.get("first", 0), kw.get("words_only", True)) for t in texts]
+        for max_bytes in (1 << 19, 64):  # one block, many blocks
+            assert minhash(series, max_bytes=max_bytes, **kw).tolist() == want
+
 # ---------------------------------------------------------------------------------------------
 # hypothesis: prefix + pattern * k + suffix
 # ---------------------------------------------------------------------------------------------
@@ -477,6 +518,46 @@ def test_fleet_parquet_scan_with_streaming(fleet: synth.Fleet, loops: pl.DataFra
     path = tmp_path / "events.parquet"
     fleet.events.sample(fraction=1.0, shuffle=True, seed=1).write_parquet(path, row_group_size=5000)
     assert detect_loops(pl.scan_parquet(path), streaming=True).equals(loops)
+
+
+def _messy(events: pl.DataFrame) -> pl.DataFrame:
+    """The events as a day-partitioned log reads them: the second half of every 5th run at the end
+    (runs crossing midnight), one run out of step order, rows without a run, many small chunks."""
+    ev = events.with_row_index("_i").with_columns(pl.col("step").rank("ordinal").over("run_id").alias("_k"),
+                                                   pl.len().over("run_id").alias("_n"))
+    late = (pl.col("run_id").hash(5) % 5 == 0) & (pl.col("_k") > pl.col("_n") // 2)
+    swapped = ev.filter(pl.col("run_id") == ev["run_id"][0]).reverse()
+    rest = ev.filter(pl.col("run_id") != ev["run_id"][0])
+    messy = pl.concat([swapped, rest.filter(~late), rest.filter(late)]).drop("_i", "_k", "_n")
+    orphans = messy.head(50).with_columns(pl.lit(None, pl.String).alias("run_id"))
+    messy = pl.concat([messy.head(1000), orphans, messy.slice(1000)])
+    return pl.concat([messy.slice(i, 257) for i in range(0, messy.height, 257)], rechunk=False)
+
+
+@pytest.mark.parametrize("fuzzy", [True, False])
+def test_fleet_messy_input_eager_lazy_and_threads_agree(fleet: synth.Fleet, fuzzy: bool,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Split runs are read apart and merged back, many chunks are gathered from by mask,
+    eager input hashes the texts of candidate steps only and lazy input every step: same
+    answer, and the same as on the sorted log (floats to rounding: ``severity`` is computed on
+    the whole output and Polars may round its last bit differently by row position)."""
+    import driftwatch._signatures as sig
+    import driftwatch.loops as loops_mod
+
+    messy = _messy(fleet.events)
+    assert messy.n_chunks() > 100
+    monkeypatch.setattr(sig, "_MIN_HALF", 100)  # texts and MinHash in two halves on two threads
+    got = detect_loops(messy, fuzzy=fuzzy)
+    assert detect_loops(messy.lazy(), fuzzy=fuzzy).equals(got)
+    assert detect_loops(messy.lazy(), fuzzy=fuzzy, streaming=True).equals(got)
+    monkeypatch.setattr(loops_mod, "_THREADS", 1)
+    monkeypatch.setattr(loops_mod, "_DIRECT_GATHER", 10**9)
+    monkeypatch.setattr(sig, "_THREADS", 1)
+    assert detect_loops(messy.rechunk(), fuzzy=fuzzy).equals(got)
+    want = detect_loops(fleet.events.sort("run_id", "step"), fuzzy=fuzzy)
+    assert got.height > 100 and (got["kind"] != "same_action").sum() > 30
+    assert_frame_equal(got, want, check_exact=False, rel_tol=1e-12)
+    assert got.drop("severity").equals(want.drop("severity"))
 
 
 def test_fleet_delegation_cycles(fleet: synth.Fleet) -> None:
