@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import math
 import os
 import platform
@@ -91,6 +90,12 @@ ALERT_KEYS: tuple[str, ...] = (
 )
 
 ALERT_SCHEMA = "driftwatch.alert/1"
+_ALERT_DTYPES: dict[str, pl.DataType] = {
+    "schema": pl.String(), "audit_id": pl.String(), "run_id": pl.String(), "agent": pl.String(),
+    "version": pl.String(), "level": pl.String(), "score": pl.Float64(), "reasons": pl.List(pl.String()),
+    "first_ts": pl.String(), "last_ts": pl.String(), "n_steps": pl.Int64(), "cost_usd": pl.Float64(),
+    "loop_pattern": pl.String(), "wasted_cost_usd": pl.Float64(), "rules": pl.List(pl.String()),
+}
 
 LEVELS: tuple[str, ...] = ("ok", "review", "escalate")
 
@@ -824,48 +829,76 @@ class AuditResult:
 
     def alerts(self) -> list[dict[str, Any]]:
         """One dict per run at ``review`` or above, highest score first, keys :data:`ALERT_KEYS`."""
+        return self.alert_frame().to_dicts()
+
+    def alert_frame(self) -> pl.DataFrame:
+        """:meth:`alerts` as a DataFrame (columns :data:`ALERT_KEYS`), built with column expressions.
+
+        Numbers are rounded (scores to 4 digits, money to 6; NaN and infinity become null)
+        and times are ISO-8601 UTC text ending in ``Z`` (microseconds only when not zero,
+        as Python's ``isoformat``).
+        """
         runs = self.runs
+        empty = pl.DataFrame(schema=_ALERT_DTYPES)
         if runs.height == 0 or "level" not in runs.columns:
-            return []
+            return empty
         hot = runs.filter(pl.col("level") != "ok").sort(["score", "run_id"], descending=[True, False])
         if hot.height == 0:
-            return []
+            return empty
         ls = self.loop_summary
         if ls.height and {"worst_pattern", "wasted_cost_usd"} <= set(ls.columns):
             hot = hot.join(
                 ls.select("run_id", pl.col("worst_pattern").alias("_lp"), pl.col("wasted_cost_usd").alias("_lw")),
                 on="run_id",
                 how="left",
+                maintain_order="left",
             )
         else:
             hot = hot.with_columns(pl.lit(None, pl.String).alias("_lp"), pl.lit(None, pl.Float64).alias("_lw"))
         if self.violations.height:
             rules = self.violations.group_by("run_id").agg(pl.col("rule").unique().sort().alias("_rules"))
-            hot = hot.join(rules, on="run_id", how="left")
+            hot = hot.join(rules, on="run_id", how="left", maintain_order="left")
         else:
             hot = hot.with_columns(pl.lit(None, pl.List(pl.String)).alias("_rules"))
-        out = []
-        for r in hot.iter_rows(named=True):
-            out.append(
-                {
-                    "schema": ALERT_SCHEMA,
-                    "audit_id": self.audit_id or None,
-                    "run_id": r["run_id"],
-                    "agent": r.get("agent"),
-                    "version": r.get("version"),
-                    "level": r["level"],
-                    "score": _num(r.get("score"), 4),
-                    "reasons": list(r.get("reasons") or []),
-                    "first_ts": _iso(r.get("first_ts")),
-                    "last_ts": _iso(r.get("last_ts")),
-                    "n_steps": _num(r.get("n_steps")),
-                    "cost_usd": _num(r.get("cost_usd")),
-                    "loop_pattern": r.get("_lp"),
-                    "wasted_cost_usd": _num(r.get("_lw")),
-                    "rules": list(r.get("_rules") or []),
-                }
-            )
-        return out
+
+        def col(name: str, dtype: pl.DataType) -> pl.Expr:
+            return pl.col(name).cast(dtype) if name in hot.columns else pl.lit(None, dtype)
+
+        def num(name: str, digits: int = 6) -> pl.Expr:
+            if name not in hot.columns:
+                return pl.lit(None, pl.Float64)
+            if hot.schema[name].is_integer():
+                return pl.col(name).cast(pl.Int64)
+            x = pl.col(name).cast(pl.Float64)
+            return pl.when(x.is_finite()).then(x.round(digits))
+
+        def iso(name: str) -> pl.Expr:
+            if name not in hot.columns or not isinstance(hot.schema[name], pl.Datetime):
+                return col(name, pl.String)
+            t = pl.col(name)
+            t = t.dt.replace_time_zone("UTC") if hot.schema[name].time_zone is None else t.dt.convert_time_zone("UTC")  # type: ignore[union-attr]
+            t = t.dt.cast_time_unit("us")
+            whole = t.dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+            frac = t.dt.strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+            return pl.when(t.dt.microsecond() == 0).then(whole).otherwise(frac)
+
+        return hot.select(
+            pl.lit(ALERT_SCHEMA).alias("schema"),
+            pl.lit(self.audit_id or None, pl.String).alias("audit_id"),
+            col("run_id", pl.String).alias("run_id"),
+            col("agent", pl.String).alias("agent"),
+            col("version", pl.String).alias("version"),
+            col("level", pl.String).alias("level"),
+            num("score", 4).alias("score"),
+            col("reasons", pl.List(pl.String)).fill_null([]).alias("reasons"),
+            iso("first_ts").alias("first_ts"),
+            iso("last_ts").alias("last_ts"),
+            num("n_steps").alias("n_steps"),
+            num("cost_usd").alias("cost_usd"),
+            pl.col("_lp").cast(pl.String).alias("loop_pattern"),
+            num("_lw").alias("wasted_cost_usd"),
+            pl.col("_rules").fill_null([]).alias("rules"),
+        )
 
     def summary(self) -> dict[str, Any]:
         """The content of summary.json: counts, levels, headline figures, timings, versions."""
@@ -936,10 +969,8 @@ class AuditResult:
         with atomic_directory(dest, expected=CONTRACT_FILES + EXTRA_FILES) as tmp:
             for name, frame in canon.output_frames().items():
                 atomic_write_parquet(frame, tmp / f"{name}.parquet")
-            alerts = self.alerts()
-            atomic_write_text(
-                tmp / "alerts.jsonl", "".join(json.dumps(a, sort_keys=False) + "\n" for a in alerts)
-            )
+            lines = self.alert_frame().select(pl.struct(pl.all()).struct.json_encode().alias("j"))["j"]
+            atomic_write_text(tmp / "alerts.jsonl", lines.str.join("\n").item() + "\n" if lines.len() else "")
             summary = self.summary()
             atomic_write_json(tmp / "summary.json", summary)
             atomic_write_text(tmp / "report.html", report.render_report(canon, summary=summary))

@@ -366,3 +366,21 @@ def test_dw_audit_is_callable_however_imported(fleet: synth.Fleet) -> None:
     res = dw.audit(small)
     assert isinstance(res, AuditResult) and res.runs.height == small["run_id"].n_unique()
     assert dw.AuditResult is AuditResult
+
+
+def test_alert_frame_encodes_like_the_alert_dicts(result: AuditResult) -> None:
+    """alerts.jsonl lines are encoded from columns: each parses to the matching alerts() dict;
+    times are ISO-8601 UTC with a fraction only when there is one; NaN becomes null."""
+    lines = result.alert_frame().select(pl.struct(pl.all()).struct.json_encode().alias("j"))["j"].to_list()
+    assert [json.loads(x) for x in lines] == result.alerts()
+    one = result.runs.filter(pl.col("level") != "ok").head(2).with_columns(
+        pl.Series("first_ts", [datetime(2026, 11, 1, 8, 30, tzinfo=UTC), datetime(2026, 11, 1, 8, 30, 0, 1500, tzinfo=UTC)]),
+        pl.Series("cost_usd", [float("nan"), 0.1234567]),
+        pl.Series("score", [0.9, 0.8]),
+    )
+    from dataclasses import replace
+
+    got = replace(result, runs=one).alert_frame()
+    assert got["first_ts"].to_list() == ["2026-11-01T08:30:00Z", "2026-11-01T08:30:00.001500Z"]
+    assert got["cost_usd"].to_list() == [None, 0.123457]
+    assert tuple(got.columns) == ALERT_KEYS
