@@ -67,16 +67,26 @@ def normalize_expr(expr: pl.Expr) -> pl.Expr:
 def normalize(texts: pl.Series) -> pl.Series:
     """:func:`normalize_expr` for a Series, faster: the masks run only on texts that
     contain a digit (every masked token does) and the whitespace rewrite only on texts
-    that have a run of spaces or other whitespace. Same output."""
+    that may have a run of spaces or other whitespace. Same output."""
     low = texts.fill_null("").str.to_lowercase()
     for guard, rewrite in (
-        (low.str.contains("[0-9]"), _mask_volatile),
-        (low.str.contains(r"\s\s|[^\S ]"), lambda e: e.str.replace_all(_WS_RE, " ")),
+        (lambda t: t.str.contains("[0-9]"), _mask_volatile),
+        (_may_have_whitespace_run, lambda e: e.str.replace_all(_WS_RE, " ")),
     ):
-        idx = guard.arg_true()
+        idx = guard(low).arg_true()
         if idx.len():
             low = low.scatter(idx, low.gather(idx).to_frame("t").select(rewrite(pl.col("t"))).to_series())
     return low.str.strip_chars().alias(texts.name)
+
+
+def _may_have_whitespace_run(texts: pl.Series) -> pl.Series:
+    r"""A superset of ``texts.str.contains(r"\s\s|[^\S ]")`` that is cheaper to compute: two
+    spaces, another ASCII whitespace character, or any non-ASCII character."""
+    return (
+        texts.str.contains("  ", literal=True)
+        | texts.str.contains("[\t\n\x0b\x0c\r]")
+        | (texts.str.len_bytes() != texts.str.len_chars())
+    )
 
 
 def _mask_volatile(expr: pl.Expr) -> pl.Expr:
@@ -245,7 +255,15 @@ def _pair_index(i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
 
 
 def _numbers_hash(texts: pl.Series) -> pl.Series:
-    return texts.to_frame("t").select(numbers_expr(pl.col("t"))).to_series().hash(5)
+    """Hash of the standalone numbers of every (normalised, non-null) text; texts without a
+    digit have none, so only the others are searched."""
+    def found(t: pl.Series) -> pl.Series:
+        return t.to_frame("t").select(numbers_expr(pl.col("t"))).to_series().hash(5)
+
+    idx = texts.str.contains("[0-9]").arg_true()
+    none = found(pl.Series([""])).item()
+    out = pl.Series(np.full(len(texts), none, dtype=np.uint64))
+    return out.scatter(idx, found(texts.gather(idx))) if idx.len() else out
 
 
 def _in_halves(fn: Callable[[pl.Series], pl.Series], texts: pl.Series) -> pl.Series:
