@@ -724,8 +724,9 @@ def _loops_in(
     """
     starts, skip = blocks.starts, blocks.bad
     money = pool.submit(_money, steps, starts)
+    tool_codes = pool.submit(lambda: _numpy(steps["_a"].filter(steps["_tool"])))
     trows = _positions(steps["_tool"])  # tool steps, in row order
-    codes = _numpy(steps["_a"].filter(steps["_tool"]))  # action hash of every tool step
+    codes = tool_codes.result()  # action hash of every tool step
     nt = trows.size
     if nt < 2:
         return None
@@ -761,6 +762,10 @@ def _loops_in(
     cidx[cpos] = np.arange(cpos.size)
 
     # ---- signature level: action + args + result, candidate pairs only ----------------------
+    crow = trows[cpos]  # rows of the candidates
+    # arguments first (fuzzy: near-duplicates too); results only for the pairs whose arguments
+    # match. The argument hashes are read while the pairs are listed.
+    args = pool.submit(source.args, steps, crow)
     # every compared pair of every period: position k + p against k, both in candidates
     # (cj: the index of k in cpos)
     js = []
@@ -774,9 +779,7 @@ def _loops_in(
     pp = np.repeat(np.array(periods, np.int64), [j.size for j in js])
     pk = cpos[cj]
     ci = cidx[pk + pp]
-    crow = trows[cpos]  # rows of the candidates
-    # arguments first (fuzzy: near-duplicates too); results only for the pairs whose arguments match
-    h_a, failed = source.args(steps, crow)
+    h_a, failed = args.result()
     ok_a = h_a[ci] == h_a[cj]
     del h_a
     identical = ok_a.copy()
@@ -824,7 +827,7 @@ def _loops_in(
     errs = _cumsum0(failed.astype(np.int64))
     n_err = errs[cidx[seg_e] + 1] - errs[cidx[seg_s]]
     return _assemble(steps, blocks, money.result(), codes, trows, seg_s, seg_e, seg_p, is_sig, n_err,
-                     fuzzy_pos, min_repeats=min_repeats, error_share=error_share)
+                     fuzzy_pos, pool, min_repeats=min_repeats, error_share=error_share)
 
 
 def _near(
@@ -886,6 +889,7 @@ def _assemble(
     is_sig: np.ndarray,
     n_err: np.ndarray,
     fuzzy_pos: dict[int, np.ndarray],
+    pool: ThreadPoolExecutor,
     *,
     min_repeats: int,
     error_share: float,
@@ -921,7 +925,7 @@ def _assemble(
     end_row = trows[seg_e]
     first_cycle_end = trows[seg_s + seg_p - 1]
     tok, cost, block_tok, block_cost = money
-    pattern, handoff = _patterns(steps, codes, trows, seg_s, seg_p)
+    patterns = pool.submit(_patterns, steps, codes, trows, seg_s, seg_p)
     failing = (err_share >= error_share) & (n_err >= min_repeats)
     kind = pl.Series(["exact", "same_action", "error_retry"]).gather(np.where(failing, 2, np.where(is_sig, 0, 1)))
     match = pl.Series(["identical", "near_duplicate", "action"]).gather(
@@ -929,6 +933,7 @@ def _assemble(
     )
     wasted_tokens, wasted_cost = _range_sums([tok, cost], first_cycle_end + 1, end_row + 1)
     ids = blocks.heads[r]  # the run's first row
+    pattern, handoff = patterns.result()
     return {
             "run_id": ids["run_id"],
             "agent": ids["agent"],
