@@ -236,9 +236,8 @@ def detect_drift(
     classifier_max_runs : int or None, default=5_000
         Runs per (series, window) cell, the reference included, that the
         classifier test scores: a larger cell is represented by a seeded
-        uniform sample of this many runs (never fewer than ``min_runs``),
-        weighted in training by the cell's runs per sampled run (so the
-        model sees series and windows in their real proportions), and
+        uniform sample of this many runs (never fewer than ``min_runs``;
+        the models still train on runs drawn from all runs), and
         ``n_ref``/``n_cur`` of its rows count the sampled runs. ``None``
         scores every run. With 5,000 runs a side the standard error of a
         cell's AUC is about 0.006 when nothing changed
@@ -1691,23 +1690,29 @@ def _classifier_rows(data: _Data, tool: _Cat | None, opts: _Options) -> pl.DataF
     # a large cell is represented by a seeded uniform sample of its runs (see classifier_max_runs)
     cap_runs = None if opts.classifier_max_runs is None else max(opts.classifier_max_runs, opts.min_runs)
     take = _cell_sample(data.gid, data.groups, cap_runs, opts.random_state)
-    runs = data.runs if take is None else data.runs[take]
     s, slot = (data.s, data.slot) if take is None else (data.s[take], data.slot[take])
-    have = set(runs.columns)
+    have = set(data.runs.columns)
     exprs = {c: pl.col(c).cast(pl.Float64) for c in NUMERIC_RUN_FEATURES if c in have}
     for name, (num, den) in _RATIOS.items():  # ratios trees find hard to build from their parts
         if num in have and den in have:
             exprs[name] = pl.col(num).cast(pl.Float64) / pl.col(den).cast(pl.Float64)
     cols = list(exprs)
-    X = runs.select([e.fill_nan(None).alias(c) for c, e in exprs.items()]).to_numpy().astype(float)
-    X[~np.isfinite(X)] = np.nan
+    k = 0 if tool is None else min(_CLF_SHARES, tool.C.shape[1])
+
+    def inputs(rows: np.ndarray | None) -> np.ndarray:
+        """Run features (and tool shares) of ``rows`` (every run for ``None``)."""
+        runs = data.runs if rows is None else data.runs[rows]
+        x = runs.select([e.fill_nan(None).alias(c) for c, e in exprs.items()]).to_numpy().astype(float)
+        x[~np.isfinite(x)] = np.nan
+        if tool is not None:
+            C, m = (tool.C, tool.m) if rows is None else (tool.C[rows], tool.m[rows])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                x = np.hstack([x, C[:, :k] / m[:, None]])  # share of the series' k-th most used tool
+        return x
+
+    X = inputs(take)
     fnames = np.array([np.array(cols, dtype=object)] * S).reshape(S, len(cols))
     if tool is not None:
-        k = min(_CLF_SHARES, tool.C.shape[1])
-        C, m = (tool.C, tool.m) if take is None else (tool.C[take], tool.m[take])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            shares = C[:, :k] / m[:, None]  # share of the series' k-th most used tool
-        X = np.hstack([X, shares])
         fnames = np.hstack([fnames, np.char.add("share:", tool.names[:, :k].astype(str)).astype(object)])
     with np.errstate(invalid="ignore"):
         live = np.isfinite(X).any(0) & (np.nanstd(np.where(np.isfinite(X), X, np.nan), axis=0) > 0)
@@ -1723,32 +1728,32 @@ def _classifier_rows(data: _Data, tool: _Cat | None, opts: _Options) -> pl.DataF
     # robust standardisation per series against its reference runs, so one model can learn shifts that
     # look alike across series (a doubled cost per token is "+3 IQRs" whatever the agent's prices)
     med, scale = _ref_scale(X, s, slot == 0, S)
-    Xs = (X - med[s]) / scale[s]
     cat_series = S <= 250
-    Xf = np.hstack([s[:, None].astype(float), Xs])
-    # a sampled run stands for n_cell / n_sampled runs of its cell: trained with that weight, the model sees the
-    # fleet as it is (series and windows in their real proportions), not the equal-sized cells of the sample
-    weight = None
-    n_all = np.bincount(data.gid, minlength=data.groups)  # runs per (series, slot) cell
-    if take is not None:
-        g_take = data.gid[take]
-        weight = n_all[g_take] / np.bincount(g_take, minlength=data.groups)[g_take]
+
+    def model_inputs(x: np.ndarray, series: np.ndarray) -> np.ndarray:
+        return np.hstack([series[:, None].astype(float), (x - med[series]) / scale[series]])
+
+    Xf = model_inputs(X, s)
     rng = np.random.default_rng(opts.random_state)
-    # folds stratified by (series, reference/current)
-    strata = s * 2 + y
-    order = np.lexsort((rng.random(y.size), strata))
-    rank = np.empty(y.size, dtype=np.int64)
-    rank[order] = np.arange(y.size) - np.searchsorted(strata[order], strata[order], "left")
-    fold = rank % _CLF_FOLDS
+    # folds of all runs, stratified by (series, reference/current); the models train on runs of the other
+    # fold drawn from all runs (so a sample of large cells trains no differently) and score the sample
+    s_all, y_all = data.s, (data.slot > 0).astype(np.int64)
+    strata = s_all * 2 + y_all
+    order = np.lexsort((rng.random(y_all.size), strata))
+    rank = np.empty(y_all.size, dtype=np.int64)
+    rank[order] = np.arange(y_all.size) - np.searchsorted(strata[order], strata[order], "left")
+    fold_all = rank % _CLF_FOLDS
+    fold = fold_all if take is None else fold_all[take]
     score = np.full(y.size, np.nan)
     cap = opts.classifier_max_train
     for f in range(_CLF_FOLDS):  # a couple of fits
         test = fold == f
-        tr = np.flatnonzero(~test & use[s])
+        tr = np.flatnonzero((fold_all != f) & use[s_all])
         if tr.size > cap:
             tr = np.sort(rng.choice(tr, cap, replace=False))
-        if np.unique(y[tr]).size < 2:
+        if np.unique(y_all[tr]).size < 2:
             continue
+        X_tr = Xf[tr] if take is None else model_inputs(inputs(tr)[:, live], s_all[tr])
         model = HistGradientBoostingClassifier(
             max_iter=40,
             max_bins=64,
@@ -1763,7 +1768,7 @@ def _classifier_rows(data: _Data, tool: _Cat | None, opts: _Options) -> pl.DataF
         # one OpenMP thread (set here: sklearn's OpenMP runtime may have been loaded just now, after the
         # limits of drift_from_runs were applied): small fits gain little and stall on a busy machine
         with threadpool_limits(limits=1, user_api="openmp"):
-            model.fit(Xf[tr], y[tr], sample_weight=None if weight is None else weight[tr] / weight[tr].mean())
+            model.fit(X_tr, y_all[tr])
             score[test] = model.predict_proba(Xf[test])[:, 1]
     auc, cnt = _grouped_auc(s, slot, score, S, W1)
     n0 = n_ref_s[:, None].astype(float)
@@ -1792,7 +1797,7 @@ def _classifier_rows(data: _Data, tool: _Cat | None, opts: _Options) -> pl.DataF
     )
     what = np.full(si.size, "", dtype=object)
     if take is not None:  # say so when the AUC comes from a sample of the runs
-        n_all = n_all.reshape(S, W1)
+        n_all = np.bincount(data.gid, minlength=data.groups).reshape(S, W1)
         sampled = (n_all[si, 0] > n_ref_s[si]) | (n_all[si, wi] > cnt[si, wi])
         if sampled.any():
             i = np.flatnonzero(sampled)
