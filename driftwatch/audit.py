@@ -554,6 +554,7 @@ def fleet_stage(
     by: Sequence[str] = ("agent",),
     score_run_ids: pl.Series | None = None,
     progress: Progress | None = None,
+    release_counts: bool = False,
 ) -> AuditResult:
     """Fleet stage: change-points, drift, delegation, scores, costs and load from per-run tables.
 
@@ -581,6 +582,10 @@ def fleet_stage(
         the others serve as context. ``None``: all runs.
     progress : callable, optional
         Receives one line per stage.
+    release_counts : bool, default=False
+        Empty ``tables.action_counts`` and ``tables.bigram_counts`` once drift has used
+        them (the audit does, when it does not record history: at 100M events they are
+        over 1 GiB that no later stage reads).
 
     Returns
     -------
@@ -632,6 +637,9 @@ def fleet_stage(
 
     done = step("drift")
     drift_rows, drift_notes = _fleet_drift(tables, reference, reference_tables, by=by, every=drift_every)
+    if release_counts:
+        tables.action_counts = tables.action_counts.clear()
+        tables.bigram_counts = tables.bigram_counts.clear()
     notes.update(drift_notes)
     done()
 
@@ -1476,6 +1484,7 @@ def audit(
             by=by,
             score_run_ids=score_ids,
             progress=say,
+            release_counts=st is None,
         )
         timings["fleet_stage"] = round(time.perf_counter() - t0, 4)
         result.rejected = sort_frame(rejected, ("source_file",))

@@ -384,3 +384,13 @@ def test_alert_frame_encodes_like_the_alert_dicts(result: AuditResult) -> None:
     assert got["first_ts"].to_list() == ["2026-11-01T08:30:00Z", "2026-11-01T08:30:00.001500Z"]
     assert got["cost_usd"].to_list() == [None, 0.123457]
     assert tuple(got.columns) == ALERT_KEYS
+
+
+def test_fleet_stage_can_release_the_count_tables(fleet: synth.Fleet) -> None:
+    """release_counts empties the count tables after drift without changing any output."""
+    tables = run_stage(fleet.events)
+    kept = fleet_stage(tables)
+    released = fleet_stage(tables, release_counts=True)
+    assert tables.action_counts.height == 0 and tables.bigram_counts.height == 0
+    for name, frame in kept.output_frames().items():
+        assert_frame_equal(frame, released.output_frames()[name]), name
