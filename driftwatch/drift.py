@@ -1738,10 +1738,12 @@ def _classifier_rows(data: _Data, tool: _Cat | None, opts: _Options) -> pl.DataF
     # folds of all runs, stratified by (series, reference/current); the models train on runs of the other
     # fold drawn from all runs (so a sample of large cells trains no differently) and score the sample
     s_all, y_all = data.s, (data.slot > 0).astype(np.int64)
-    strata = s_all * 2 + y_all
-    order = np.lexsort((rng.random(y_all.size), strata))
+    strata = s_all * 2 + y_all  # sorted: runs are in (series, slot) order
+    order = np.argsort(rng.random(y_all.size))  # random order, then (radix) by stratum
+    order = order[np.argsort(_small_ints(strata[order], 2 * S), kind="stable")]
+    start = np.concatenate([[0], np.cumsum(np.bincount(strata, minlength=2 * S))])
     rank = np.empty(y_all.size, dtype=np.int64)
-    rank[order] = np.arange(y_all.size) - np.searchsorted(strata[order], strata[order], "left")
+    rank[order] = np.arange(y_all.size) - start[strata[order]]
     fold_all = rank % _CLF_FOLDS
     fold = fold_all if take is None else fold_all[take]
     score = np.full(y.size, np.nan)
