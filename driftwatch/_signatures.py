@@ -134,7 +134,8 @@ def minhash(
     ``(x * a_j + b_j) mod 2**32`` with odd ``a_j``. Shingles are read for
     every byte of the concatenated buffer at once; the 3 that would straddle
     two texts are replaced by their text's first shingle, which changes no set.
-    Texts are processed in blocks of about ``max_bytes`` bytes to bound memory.
+    Texts are processed in blocks of about ``max_bytes`` bytes to bound memory,
+    and many texts in two halves on two threads (numpy and Polars release the GIL).
 
     Parameters
     ----------

@@ -9,7 +9,7 @@ between agents through ``parent_run_id``.
 
 How steps are compared
 ----------------------
-Events are sorted once by ``(run_id, step)``. **LLM steps** (``action ==
+Events are read as if sorted by ``(run_id, step)`` (see Scaling). **LLM steps** (``action ==
 "llm"``) are taken out of the sequence: their prompts grow every turn and
 never repeat, so ``llm > search(q) > llm > search(q) > ...`` is the loop
 ``search`` of period 1. Positions are mapped back to the original ``step``
@@ -33,10 +33,12 @@ are compared at two levels:
 
 How cycles are found
 --------------------
-Every tool step gets a 64-bit key for (run, action) and 64-bit hashes of its
-arguments and result, computed by Polars in the one pass that reads the
-events. For every period ``p`` in ``1..max_period``, ``eq_p[i]`` says tool
-step ``i`` matches tool step ``i - p`` of the same run (numpy, one shifted
+Every step gets a 64-bit hash of its action (Polars, in the one pass that reads
+the events). For every period ``p`` in ``1..max_period``, ``eq_p[i]`` says tool
+step ``i`` has the action of tool step ``i - p`` of the same run (numpy, one
+shifted comparison of the hashes per period, pairs across a run boundary masked
+out), and only the stretches of ``eq_p`` long enough to matter are located
+(an AND of shifted copies, by doubling spans). A maximal stretch of ``eq_p`` of length at least
 comparison of the keys per period). A maximal stretch of ``eq_p`` of length at least
 ``p * (min_repeats - 1)`` is a periodic segment ``[i0 - p, i1]`` covering at
 least ``min_repeats`` cycles. Candidates with the same extent keep the
@@ -54,8 +56,13 @@ of the same call that fail with varying messages are one loop. Runs may have
 several loops.
 
 The work is linear in the number of events times ``max_period``. Signatures
-are compared only for pairs inside action-level candidates, and fuzzy
-matching only reads and normalises the texts of pairs whose hashes differ.
+are compared only for pairs inside action-level candidates: arguments are
+hashed only for the candidate steps of an eager frame (every step of a
+``LazyFrame``, in its one pass), results only for the pairs whose arguments
+match, and fuzzy matching only reads and normalises the texts of pairs whose
+hashes differ. Independent parts run on two threads (numpy and Polars release
+the GIL): the money columns while the periods are scanned, periods two at a
+time, argument hashes while the pairs are listed, MinHash in two halves.
 
 Extent and waste
 ----------------
@@ -81,13 +88,17 @@ Scaling
 -------
 :func:`detect_loops` and :func:`loop_summary` are correct on any subset of
 whole runs, so the audit applies them per chunk of runs and concatenates.
-The sort is skipped when each run's rows are already contiguous and in step order. Delegation cycles
+Nothing is sorted when each run's rows are contiguous and in step order: runs
+are read in place, and only the rows of runs that are split into several
+blocks or out of step order (runs crossing midnight in day-partitioned files,
+a shuffled frame) are sorted apart and read after them; the output is the same
+as for the sorted log. Delegation cycles
 span runs and are detected in the fleet stage from the per-run table
 (:func:`driftwatch.features.run_features`). A ``LazyFrame`` is collected once
 with only the needed columns, text reduced to 64-bit hashes (about 90 bytes
-per event), plus a second filtered read of ``args``/``result`` for the
-candidate steps when ``fuzzy=True``. Measured peak RSS on a 10.3M-event lazy
-Parquet scan: about 1.9 GB exact, 3.1 GB fuzzy.
+per event), plus one second filtered read of ``args``/``result`` for the
+candidate steps when ``fuzzy=True``. See the README for measured speed and
+peak memory.
 
 Examples
 --------
@@ -458,17 +469,16 @@ def _load_steps(events: Any, *, streaming: bool) -> tuple[pl.DataFrame, _TextSou
         act.hash(7).alias("_a"),
         (act != LLM_ACTION).alias("_tool"),
         *_order_exprs(),
-        (pl.col("input_tokens").fill_null(0) + pl.col("output_tokens").fill_null(0)).alias("_tok"),
-        pl.col("cost_usd").fill_null(0.0).alias("_cost"),
     ]
     if eager:
-        # the text columns pass through without a copy; hashed later for candidate steps only
-        cols += [pl.col("args"), pl.col("result"), pl.col("status")]
+        # the text and money columns pass through without a copy: the texts are hashed later for
+        # candidate steps only, tokens and cost summed on a worker thread (see :func:`_money`)
+        cols += [pl.col(c) for c in ("args", "result", "status", *_MONEY)]
         if frame["run_id"].null_count():
             lf = lf.filter(pl.col("run_id").is_not_null())
         return collect(lf.select(cols)), _TextSource(None, streaming=streaming)
     lf = lf.with_row_index("_row")
-    cols += [pl.col("_row"), *_hash_exprs()]
+    cols += [pl.col("_row"), *_hash_exprs(), *_money_exprs()]
     steps = collect(lf.filter(pl.col("run_id").is_not_null()).select(cols), streaming=streaming)
     return steps, _TextSource(lf, streaming=streaming)
 
@@ -698,8 +708,21 @@ def _period_scan(
     return eq, lo, hi + min_len - 1 + p
 
 
+_MONEY = ("input_tokens", "output_tokens", "cost_usd")
+
+
+def _money_exprs() -> list[pl.Expr]:
+    return [
+        (pl.col("input_tokens").fill_null(0) + pl.col("output_tokens").fill_null(0)).alias("_tok"),
+        pl.col("cost_usd").fill_null(0.0).alias("_cost"),
+    ]
+
+
 def _money(steps: pl.DataFrame, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Tokens and cost of every row, and their sums per block."""
+    """Tokens and cost of every row (``_tok``, ``_cost``, computed here from the raw columns
+    when pass 1 left them raw), and their sums per block."""
+    if "_tok" not in steps.columns:
+        steps = steps.lazy().select(_money_exprs()).collect()
     tok = _numpy(steps["_tok"])
     cost = _numpy(steps["_cost"])
     return tok, cost, np.add.reduceat(tok, starts), np.add.reduceat(cost, starts)
