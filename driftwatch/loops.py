@@ -323,14 +323,19 @@ def _failed_expr() -> pl.Expr:
     return (pl.col("status") == "error").fill_null(False)
 
 
+def _args_hash_expr() -> pl.Expr:
+    return pl.col("args").hash(11).alias("_ha")
+
+
+def _result_hash_expr() -> pl.Expr:
+    """A failed step's result hashes to a fixed marker, whatever its error message."""
+    return pl.when(_failed_expr()).then(pl.lit(_ERROR_HASH, pl.UInt64)).otherwise(pl.col("result").hash(13)).alias("_hr")
+
+
 def _hash_exprs() -> list[pl.Expr]:
-    """The compared values of a tool step: hashes of its arguments and of its result
-    (a failed step's result hashes to a fixed marker), and whether it failed."""
-    return [
-        pl.col("args").hash(11).alias("_ha"),
-        pl.when(_failed_expr()).then(pl.lit(_ERROR_HASH, pl.UInt64)).otherwise(pl.col("result").hash(13)).alias("_hr"),
-        _failed_expr().alias("_err"),
-    ]
+    """The compared values of a tool step: hashes of its arguments and of its result,
+    and whether it failed."""
+    return [_args_hash_expr(), _result_hash_expr(), _failed_expr().alias("_err")]
 
 
 #: Worker threads of :func:`detect_loops`.
@@ -402,7 +407,9 @@ class _TextSource:
         if not self.has_text(frame):
             sub = _take_frame(frame[["_ha", "_err"]], pos)
         else:
-            sub = _take_frame(frame[["args", "status"]], pos).lazy().select(_hash_exprs()[0::2]).collect()
+            sub = _take_frame(frame[["args", "status"]], pos).lazy().select(
+                _args_hash_expr(), _failed_expr().alias("_err")
+            ).collect()
         return sub["_ha"].to_numpy(), sub["_err"].to_numpy()
 
     def results(self, frame: pl.DataFrame, pos: np.ndarray) -> np.ndarray:
@@ -410,8 +417,7 @@ class _TextSource:
         if not self.has_text(frame):
             return _take(frame["_hr"], pos).to_numpy()
         sub = _take_frame(frame[["result", "status"]], pos)
-        failed = (sub["status"] == "error").fill_null(False).to_numpy()
-        return np.where(failed, np.uint64(_ERROR_HASH), sub["result"].hash(13).to_numpy())
+        return sub.lazy().select(_result_hash_expr()).collect()["_hr"].to_numpy()
 
     def prefetch(self, frame: pl.DataFrame, pos: np.ndarray) -> None:
         """Read the texts of the step frame's rows ``pos`` in one pass over a LazyFrame
