@@ -467,14 +467,20 @@ def _drift(data: _Data, opts: _Options, side: ThreadPoolExecutor | None = None) 
             parts.append(_entropy_rows(data, tool, opts))
         if "self_similarity" in want:
             parts.append(_self_similarity_rows(data, tool, opts))
+    # each block's per-run arrays are released once its rows are made (7M runs at 100M events:
+    # the mapped count rows and per-run category matrices are about 1 GiB per kind)
+    data._counts.pop("actions", None)
     if "action_bigrams" in want:
         big = _category_block(data, "bigrams", opts)
+        data._counts.pop("bigrams", None)
         if big is not None:
             parts.append(_categorical_rows(data, big, "action_bigrams", opts))
+        del big
     if "error_rate" in want:
         err = _error_block(data)
         if err is not None:
             parts.append(_categorical_rows(data, err, "error_rate", opts))
+        del err
     for name in _NUMERIC:
         if name in want:
             part = _numeric_rows(data, name, opts)
@@ -617,7 +623,8 @@ def _check_tables(t: Sequence[Any], name: str) -> Tables:
         need = [c for c in ("run_id", col, "n") if c not in tab.columns]
         if need:
             raise SchemaError(f"{label}: need column(s) {need}; found {tab.columns}")
-        out.append(tab.select("run_id", pl.col(col).cast(pl.String).alias("category"), pl.col("n").cast(pl.Float64)))
+        cat = pl.col(col) if isinstance(tab.schema[col], pl.Categorical | pl.Enum) else pl.col(col).cast(pl.String)
+        out.append(tab.select("run_id", cat.alias("category"), pl.col("n").cast(pl.Float64)))
     return out[0], out[1], out[2]  # type: ignore[return-value]
 
 
@@ -901,22 +908,31 @@ def _merge_sorted_ids(a: pl.Series, b: pl.Series) -> tuple[np.ndarray, np.ndarra
     return np.where(x >= 0, x, y), -1 - np.where(x >= 0, y, x)
 
 
+def _category_codes(col: pl.Series) -> tuple[np.ndarray, list[str]]:
+    """Codes of a string or categorical column (-1 for null) and the names they stand for."""
+    if isinstance(col.dtype, pl.Categorical | pl.Enum):  # the physical codes are codes already
+        phys = col.to_physical()
+        first = phys.arg_unique()  # the first row of each code
+        used = phys.gather(first)
+        ok = used.is_not_null()
+        used = used.filter(ok).to_numpy().astype(np.int64)
+        lut = np.full(int(used.max()) + 2 if used.size else 1, -1, dtype=np.int64)
+        lut[used] = np.arange(used.size)
+        return lut[phys.fill_null(lut.size - 1).to_numpy()], col.gather(first).filter(ok).cast(pl.String).to_list()
+    names = col.drop_nulls().unique()
+    code = col.cast(pl.Enum(names)).to_physical().cast(pl.Int64).fill_null(-1).to_numpy()
+    return code, names.to_list()
+
+
 def _map_counts(parts: list[tuple[pl.DataFrame, pl.Series, np.ndarray]], drop: str | None) -> _Counts | None:
     """Count tables (each with its source's run ids and source row -> ``_row`` map) as arrays."""
-    names = pl.concat([tab["category"].drop_nulls().unique() for tab, _, _ in parts]).unique().sort()
-    enum = pl.Enum(names)
-    names_all = names.len()
-    lut = np.arange(names_all + 1, dtype=np.int64)  # code -> kept code; the last entry is for null
-    lut[-1] = -1
-    if drop is not None and (names == drop).any():
-        d = int(np.flatnonzero((names == drop).to_numpy())[0])
-        lut[d] = -1
-        lut[d + 1 : -1] -= 1
-        names = names.filter(names != drop)
+    coded = [_category_codes(tab["category"]) for tab, _, _ in parts]
+    names = pl.Series(sorted({x for _, nm in coded for x in nm} - {drop}), dtype=pl.String).sort()
     if names.len() == 0:
         return None
+    index = {x: i for i, x in enumerate(names.to_list())}
     rows, codes, ns = [], [], []
-    for tab, run_id, rowmap in parts:
+    for (tab, run_id, rowmap), (part_code, part_names) in zip(parts, coded, strict=True):
         h = tab.height
         if h == 0:
             continue
@@ -952,8 +968,9 @@ def _map_counts(parts: list[tuple[pl.DataFrame, pl.Series, np.ndarray]], drop: s
             row_of[g] = r
             row = np.repeat(row_of, lens)
             idx = None
-        # category codes of the kept names (the dropped name and nulls: -1, via the last entry of lut)
-        code = lut[tab["category"].cast(enum).to_physical().fill_null(names_all).to_numpy()]
+        # codes into the names of all parts (the dropped name and nulls: -1, via the last entry of lut)
+        lut = np.array([index.get(x, -1) for x in part_names] + [-1], dtype=np.int64)
+        code = lut[part_code]
         n = np.asarray(tab["n"].to_numpy(), dtype=float)
         if idx is not None:
             code, n = code[idx], n[idx]

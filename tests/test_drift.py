@@ -593,3 +593,17 @@ def test_row_order_of_the_run_tables_does_not_matter(
                         include=["action_bigrams"])
     assert d.equals(drift_from_runs(f, a, b.filter(pl.col("run_id") != f["run_id"][0]), reference=REF,
                                     include=["action_bigrams"]))
+
+
+def test_categorical_count_tables_as_the_audit_holds_them(
+    demo_tables: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame], demo_drift: pl.DataFrame
+) -> None:
+    f, a, b = demo_tables
+
+    def compact(t: pl.DataFrame, col: str) -> pl.DataFrame:
+        return t.select("run_id", pl.col(col).cast(pl.Categorical), pl.col("n").cast(pl.UInt32))
+
+    assert drift_from_runs(f, compact(a, "action"), compact(b, "bigram"), reference=REF).equals(demo_drift)
+    enum = pl.Enum(sorted(set(a["action"])))
+    a_enum = a.with_columns(pl.col("action").cast(enum))
+    assert drift_from_runs(f, a_enum, b, reference=REF).equals(demo_drift)
