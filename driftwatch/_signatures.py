@@ -316,7 +316,7 @@ def near_duplicates(texts: pl.Series, i: np.ndarray, j: np.ndarray, *, similarit
     if i.size == 0:
         return np.zeros(0, dtype=bool)
     need, li, lj = _pair_index(i, j)
-    norm = _in_halves(normalize, texts.gather(need))
+    norm = _in_halves(normalize, texts if need.size == len(texts) else texts.gather(need))
     nh = norm.hash(3).to_numpy()
     same = nh[li] == nh[lj]
     rest = np.flatnonzero(~same)
