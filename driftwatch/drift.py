@@ -1100,7 +1100,7 @@ def _cat_from_matrix(
     cov = np.zeros((S, K, K))
     bounds = np.searchsorted(data.s, np.arange(S + 1))  # runs are sorted by series
     NS = N.reshape(S, data.n_slots).sum(1)
-    for s in range(S):  # one K x K product per series
+    for s in range(S if clustered else 0):  # one K x K product per series (unclustered tests do not use it)
         a, b = bounds[s], bounds[s + 1]
         if NS[s] > 0:
             g = gid[a:b]
@@ -1175,7 +1175,8 @@ def _error_block(data: _Data) -> _Cat | None:
     failed = (err > 0).astype(float)
     C = np.stack([failed, 1.0 - failed], axis=1)
     names = np.tile(np.array(["failed", "ok"], dtype=object), (data.n_series, 1))
-    return _cat_from_matrix(data, C, names, clustered=False)
+    S1 = np.stack([np.bincount(data.gid, weights=C[:, j], minlength=data.groups) for j in range(2)], axis=1)
+    return _cat_from_matrix(data, C, names, clustered=False, m=np.ones(C.shape[0]), S1=S1)
 
 
 # --------------------------------------------------------------------------------------------
