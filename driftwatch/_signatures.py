@@ -242,6 +242,8 @@ def _block_minhash(data: np.ndarray, offs: np.ndarray, a: np.ndarray, b: np.ndar
 MINHASHES = 64
 STAGE1_HASHES = 16
 STAGE1_REJECT = 7
+#: Hashes of the first stage computed only for pairs still open after the others.
+_STAGE1_LATE = 4
 
 
 def _pair_index(i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -330,8 +332,17 @@ def near_duplicates(texts: pl.Series, i: np.ndarray, j: np.ndarray, *, similarit
     if rest.size == 0:
         return same
     need, si, sj = _pair_index(ri, rj)
-    sig = minhash(sub.gather(need), n_hashes=STAGE1_HASHES)
+    stage = sub.gather(need)
+    # stage 1 in two steps: a pair with at most STAGE1_REJECT - k agreements on the first
+    # STAGE1_HASHES - k hashes cannot pass, so the last k hashes are computed only for the others
+    first = STAGE1_HASHES - _STAGE1_LATE
+    sig = minhash(stage, n_hashes=first)
     hits = (sig[si] == sig[sj]).sum(axis=1)
+    open_ = np.flatnonzero(hits > STAGE1_REJECT - _STAGE1_LATE)
+    if open_.size:
+        late, oi, oj = _pair_index(si[open_], sj[open_])
+        sig = minhash(stage.gather(late), n_hashes=_STAGE1_LATE, first=first)
+        hits[open_] += (sig[oi] == sig[oj]).sum(axis=1)
     alive = hits > STAGE1_REJECT
     rest, si, sj, hits = rest[alive], si[alive], sj[alive], hits[alive]
     if rest.size == 0:
