@@ -14,7 +14,7 @@ before each), then times in one process:
 
 It prints a table with events/s and ratios (and the CPU seconds of the timed runs, all threads:
 steadier than wall time on a shared machine), and (``--memory``) the peak RSS of
-``detect_loops`` on the lazy scan, measured in a fresh subprocess.
+``detect_loops`` (exact and fuzzy) on the lazy scan, each measured in a fresh subprocess.
 
 Usage::
 
@@ -71,6 +71,21 @@ def make_data(n_events: int, *, tool_calls: float, seed: int) -> Path:
 
 
 CPU: dict[float, float] = {}  # best wall time -> CPU seconds of that run (all threads)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process. Linux's ``ru_maxrss`` carries over the parent's
+    peak into a child it spawns (``execve`` keeps the old high-water mark), so the child of
+    ``--memory`` reads its own ``VmHWM`` instead."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def best_of(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
@@ -131,15 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="best of N timings (default 3)")
     ap.add_argument("--memory", action="store_true", help="also measure peak RSS in a subprocess")
     ap.add_argument("--_rss", help=argparse.SUPPRESS)
+    ap.add_argument("--exact", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--no-streaming", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args._rss:  # child process of --memory
-        import resource
-
         lf = pl.scan_parquet(Path(args._rss) / "**" / "*.parquet", hive_partitioning=True).select(COLUMNS)
-        out = detect_loops(lf, streaming=True)
-        print(json.dumps({"loops": out.height,
-                          "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+        out = detect_loops(lf, streaming=not args.no_streaming, fuzzy=not args.exact)
+        print(json.dumps({"loops": out.height, "max_rss_mb": peak_rss_mb()}))
         return 0
 
     events_dir = make_data(args.events, tool_calls=args.tool_calls, seed=args.seed)
@@ -214,11 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pandas check on the subsample: {len(pd_found):,} signature loops vs detect_loops {n_ours:,}")
 
     if args.memory:
-        child = subprocess.run([sys.executable, __file__, "--_rss", str(events_dir)], capture_output=True,
-                               text=True, check=True)
-        info = json.loads(child.stdout.strip().splitlines()[-1])
-        print(f"peak RSS of detect_loops on the lazy scan (streaming, fresh process): "
-              f"{info['max_rss_mb']:,.0f} MB for {n:,} events ({info['loops']:,} loops)")
+        for mode in ("exact", "fuzzy"):
+            cmd = [sys.executable, __file__, "--_rss", str(events_dir)] + (["--exact"] if mode == "exact" else [])
+            child = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            info = json.loads(child.stdout.strip().splitlines()[-1])
+            print(f"peak RSS of detect_loops {mode} on the lazy scan (streaming, fresh process): "
+                  f"{info['max_rss_mb']:,.0f} MB for {n:,} events ({info['loops']:,} loops)")
     return 0
 
 
