@@ -395,6 +395,7 @@ class _TextSource:
         self._lf = lf
         self._streaming = streaming
         self._cache = pl.DataFrame()
+        self._args: tuple[pl.DataFrame, np.ndarray, pl.Series] | None = None
         #: more rows (``_row``) to read with the first :meth:`prefetch` (those of runs read apart)
         self.extra: pl.Series | None = None
 
@@ -407,9 +408,9 @@ class _TextSource:
         if not self.has_text(frame):
             sub = _take_frame(frame[["_ha", "_err"]], pos)
         else:
-            sub = _take_frame(frame[["args", "status"]], pos).lazy().select(
-                _args_hash_expr(), _failed_expr().alias("_err")
-            ).collect()
+            texts = _take_frame(frame[["args", "status"]], pos)
+            self._args = (frame, pos, texts["args"])  # kept for :meth:`get`
+            sub = texts.lazy().select(_args_hash_expr(), _failed_expr().alias("_err")).collect()
         return sub["_ha"].to_numpy(), sub["_err"].to_numpy()
 
     def results(self, frame: pl.DataFrame, pos: np.ndarray) -> np.ndarray:
@@ -440,6 +441,11 @@ class _TextSource:
         """``field`` ("args" or "result") of the step frame's rows ``pos``, in that order."""
         if self.has_text(frame):
             if field == "args":
+                if self._args is not None and self._args[0] is frame:  # a subset of the rows hashed last
+                    done, texts = self._args[1], self._args[2]
+                    idx = np.searchsorted(done, pos)
+                    if bool((done[np.minimum(idx, done.size - 1)] == pos).all()):
+                        return texts.gather(idx).alias("t")
                 return _take(frame["args"], pos).alias("t")
             sub = _take_frame(frame[["result", "status"]], pos)
             return sub.lazy().select(_result_expr().alias("t")).collect()["t"]
