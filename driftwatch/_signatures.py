@@ -124,6 +124,7 @@ def minhash(
     seed: int = 0,
     words_only: bool = True,
     max_bytes: int = 1 << 19,
+    threads: int | None = None,
 ) -> np.ndarray:
     """MinHash signatures of character 4-gram shingles, one row per text.
 
@@ -154,6 +155,8 @@ def minhash(
         shingling, so that ``for: refund`` and ``for refund`` share their shingles.
     max_bytes : int, default=524288
         Bytes per processing block.
+    threads : int, optional
+        1 for one thread; by default many texts are processed in two halves on two threads.
 
     Returns
     -------
@@ -167,7 +170,7 @@ def minhash(
     a, b = _affine_params(seed)
     a, b = a[first : first + n_hashes], b[first : first + n_hashes]
     # two halves on two threads (every step but the Python glue releases the GIL)
-    half = n // 2 if _THREADS > 1 and n >= 2 * _MIN_HALF else n
+    half = n // 2 if _threads(threads) > 1 and n >= 2 * _MIN_HALF else n
     parts = [(0, half), (half, n)] if half < n else [(0, n)]
 
     def run(part: tuple[int, int]) -> None:
@@ -269,17 +272,23 @@ def _numbers_hash(texts: pl.Series) -> pl.Series:
     return out.scatter(idx, found(texts.gather(idx))) if idx.len() else out
 
 
-def _in_halves(fn: Callable[[pl.Series], pl.Series], texts: pl.Series) -> pl.Series:
+def _threads(threads: int | None) -> int:
+    return _THREADS if threads is None else threads
+
+
+def _in_halves(fn: Callable[[pl.Series], pl.Series], texts: pl.Series, threads: int | None = None) -> pl.Series:
     """``fn(texts)`` for a row-wise ``fn``, on two threads for many texts (Polars releases the GIL)."""
     half = len(texts) // 2
-    if _THREADS < 2 or half < _MIN_HALF:
+    if _threads(threads) < 2 or half < _MIN_HALF:
         return fn(texts)
     with ThreadPoolExecutor(max_workers=2) as pool:
         parts = list(pool.map(fn, [texts.head(half), texts.tail(len(texts) - half)]))
     return pl.concat(parts, rechunk=True)
 
 
-def near_duplicates(texts: pl.Series, i: np.ndarray, j: np.ndarray, *, similarity: float = 0.8) -> np.ndarray:
+def near_duplicates(
+    texts: pl.Series, i: np.ndarray, j: np.ndarray, *, similarity: float = 0.8, threads: int | None = None
+) -> np.ndarray:
     """Are ``texts[i]`` and ``texts[j]`` near-duplicates, pair by pair?
 
     Two texts are near-duplicates when their normalised forms
@@ -301,6 +310,9 @@ def near_duplicates(texts: pl.Series, i: np.ndarray, j: np.ndarray, *, similarit
         Integer positions in ``texts`` of the two sides of every pair.
     similarity : float, default=0.8
         Jaccard threshold.
+    threads : int, optional
+        1 for one thread; by default many pairs are judged in two halves (by the position
+        of their first text) on two threads, every pair on its own as with one.
 
     Returns
     -------
@@ -317,8 +329,24 @@ def near_duplicates(texts: pl.Series, i: np.ndarray, j: np.ndarray, *, similarit
     """
     if i.size == 0:
         return np.zeros(0, dtype=bool)
+    if _threads(threads) > 1 and i.size >= 4 * _MIN_HALF:
+        # two halves of the pairs, each with its own (mostly distinct) texts, end to end on
+        # two threads: the Python glue between the stages overlaps too
+        low = np.minimum(i, j) < len(texts) // 2
+        halves = [np.flatnonzero(low), np.flatnonzero(~low)]
+
+        def half(sel: np.ndarray) -> np.ndarray:
+            need, a, b = _pair_index(i[sel], j[sel])
+            return near_duplicates(texts.gather(need), a, b, similarity=similarity, threads=1)
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            parts = list(pool.map(half, halves))
+        out = np.empty(i.size, dtype=bool)
+        for sel, part in zip(halves, parts, strict=True):
+            out[sel] = part
+        return out
     need, li, lj = _pair_index(i, j)
-    norm = _in_halves(normalize, texts if need.size == len(texts) else texts.gather(need))
+    norm = _in_halves(normalize, texts if need.size == len(texts) else texts.gather(need), threads)
     nh = norm.hash(3).to_numpy()
     same = nh[li] == nh[lj]
     rest = np.flatnonzero(~same)
@@ -326,7 +354,7 @@ def near_duplicates(texts: pl.Series, i: np.ndarray, j: np.ndarray, *, similarit
         return same
     need, ri, rj = _pair_index(li[rest], lj[rest])
     sub = norm.gather(need)
-    nums = _in_halves(_numbers_hash, sub).to_numpy()
+    nums = _in_halves(_numbers_hash, sub, threads).to_numpy()
     keep = nums[ri] == nums[rj]
     rest, ri, rj = rest[keep], ri[keep], rj[keep]
     if rest.size == 0:
@@ -336,19 +364,20 @@ def near_duplicates(texts: pl.Series, i: np.ndarray, j: np.ndarray, *, similarit
     # stage 1 in two steps: a pair with at most STAGE1_REJECT - k agreements on the first
     # STAGE1_HASHES - k hashes cannot pass, so the last k hashes are computed only for the others
     first = STAGE1_HASHES - _STAGE1_LATE
-    sig = minhash(stage, n_hashes=first)
+    sig = minhash(stage, n_hashes=first, threads=threads)
     hits = (sig[si] == sig[sj]).sum(axis=1)
     open_ = np.flatnonzero(hits > STAGE1_REJECT - _STAGE1_LATE)
     if open_.size:
         late, oi, oj = _pair_index(si[open_], sj[open_])
-        sig = minhash(stage.gather(late), n_hashes=_STAGE1_LATE, first=first)
+        sig = minhash(stage.gather(late), n_hashes=_STAGE1_LATE, first=first, threads=threads)
         hits[open_] += (sig[oi] == sig[oj]).sum(axis=1)
     alive = hits > STAGE1_REJECT
     rest, si, sj, hits = rest[alive], si[alive], sj[alive], hits[alive]
     if rest.size == 0:
         return same
     need2, ti, tj = _pair_index(si, sj)
-    sig = minhash(sub.gather(need).gather(need2), n_hashes=MINHASHES - STAGE1_HASHES, first=STAGE1_HASHES)
+    sig = minhash(sub.gather(need).gather(need2), n_hashes=MINHASHES - STAGE1_HASHES, first=STAGE1_HASHES,
+                  threads=threads)
     hits = hits + (sig[ti] == sig[tj]).sum(axis=1)
     same[rest] = hits / MINHASHES >= similarity
     return same
