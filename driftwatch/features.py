@@ -182,8 +182,8 @@ def _features(steps: pl.DataFrame) -> pl.DataFrame:
 
 
 def _action_code() -> pl.Expr:
-    """A small integer code per action text (categorical codes: equal texts, equal codes)."""
-    return pl.col("action").cast(pl.Categorical).to_physical().cast(pl.UInt64)
+    """A small integer code per action text (categorical codes + 1: equal texts, equal codes; null is 0)."""
+    return (pl.col("action").cast(pl.Categorical).to_physical().cast(pl.UInt64) + 1).fill_null(0)
 
 
 def _count_keys(frame: pl.LazyFrame, parts: list[pl.Expr]) -> pl.DataFrame:

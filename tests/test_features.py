@@ -104,3 +104,15 @@ def test_sorted_steps_moves_only_misplaced_runs() -> None:
     assert st.select("run_id", "step").rows() == [("a", i) for i in range(1, 6)] + [("b", i) for i in range(1, 4)]
     assert st["_run"].to_list() == [1] * 5 + [2] * 3
     assert (st["ts"].diff().drop_nulls() > timedelta(0)).sum() >= 6
+
+
+def test_counts_keep_null_actions_per_run() -> None:
+    """A null action (possible in frames not read by read_logs) is its own category in each run."""
+    ev = pl.DataFrame({"run_id": ["a", "a", "a", "b", "b"], "step": [1, 2, 3, 1, 2],
+                       "action": [None, "x", None, None, "x"], "agent": ["g"] * 5})
+    ac = dw.run_action_counts(ev)
+    assert ac.select("run_id", "action", "n").sort("run_id", "action", nulls_last=True).rows() == [
+        ("a", "x", 1), ("a", None, 2), ("b", "x", 1), ("b", None, 1),
+    ]
+    # a null action is not a tool call: the tool sequences are "x" and "x", without pairs
+    assert dw.run_bigram_counts(ev).height == 0
