@@ -123,7 +123,7 @@ def minhash(
     first: int = 0,
     seed: int = 0,
     words_only: bool = True,
-    max_bytes: int = 1 << 19,
+    max_bytes: int = 1 << 16,
     threads: int | None = None,
 ) -> np.ndarray:
     """MinHash signatures of character 4-gram shingles, one row per text.
@@ -153,8 +153,8 @@ def minhash(
     words_only : bool, default=True
         Read ASCII punctuation as whitespace and collapse whitespace runs before
         shingling, so that ``for: refund`` and ``for refund`` share their shingles.
-    max_bytes : int, default=524288
-        Bytes per processing block.
+    max_bytes : int, default=65536
+        Bytes per processing block (small enough for the working arrays to stay in cache).
     threads : int, optional
         1 for one thread; by default many texts are processed in two halves on two threads.
 
