@@ -1143,17 +1143,17 @@ def _iter_chunks(
 ) -> Iterator[pl.LazyFrame]:
     """The events split into ``n_chunks`` sets of whole runs (``hash(run_id) % n_chunks``).
 
-    In-memory frames are filtered per chunk. Anything else (Parquet scans) is partitioned
-    ONCE: one streaming pass writes every row to the LZ4-compressed Parquet file of its
+    With ``in_memory`` (frames, or scans small enough to hold) the events are collected once
+    with their chunk number and each chunk is a filter of that frame. Otherwise the scan is
+    partitioned ONCE: one streaming pass writes every row to the LZ4-compressed Parquet file of its
     chunk in a temporary folder (removed afterwards), and each chunk then reads only its
     own file. Filtering the scan per chunk instead would decode the whole log once per
     chunk (chunks x rows: quadratic in the log size). Row order within a chunk is the
     scan's order, so the chunks equal those of the filter.
     """
     bucket = pl.col("run_id").hash(seed=0) % n_chunks
-    if in_memory:  # one pass computes every row's chunk; each chunk is then a filter of the frame
+    if in_memory:  # one pass (reading a scan, if any) computes every row's chunk; each chunk is then a filter
         frame = lf.with_columns(bucket.alias("_chunk")).collect()
-        del lf
         for i in range(n_chunks):
             yield frame.filter(pl.col("_chunk") == i).drop("_chunk").lazy()
         return
@@ -1425,8 +1425,8 @@ def audit(
             in_memory = isinstance(source, pl.DataFrame)
             size = int(stats.get("bytes_uncompressed") or 0)
             if not in_memory and 0 < size <= in_memory_budget():
-                # small enough: decode once into memory instead of partitioning through files
-                lf = lf.collect().lazy()
+                # small enough: _iter_chunks decodes it once into memory instead of
+                # partitioning it through files
                 in_memory = True
                 say(f"per-run stage: {size / 2**30:.2f} GiB read into memory")
             spill_dir = _chunk_dir(out)
