@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -163,33 +164,74 @@ def minhash(
     numpy.ndarray
         ``uint32`` array of shape ``(len(texts), n_hashes)``.
     """
+    _check_hashes(first, n_hashes)
+    sh = _Shingles(texts, words_only=words_only, max_bytes=max_bytes, threads=threads)
+    return sh.signatures(first, n_hashes, seed=seed)
+
+
+def _check_hashes(first: int, n_hashes: int) -> None:
     if first < 0 or n_hashes < 1 or first + n_hashes > MAX_HASHES:
         raise ValueError(f"hash functions [{first}, {first + n_hashes}) outside the family of {MAX_HASHES}")
-    n = len(texts)
-    out = np.empty((n, n_hashes), dtype=np.uint32)
-    a, b = _affine_params(seed)
-    a, b = a[first : first + n_hashes], b[first : first + n_hashes]
-    # two halves on two threads (every step but the Python glue releases the GIL)
-    half = n // 2 if _threads(threads) > 1 and n >= 2 * _MIN_HALF else n
-    parts = [(0, half), (half, n)] if half < n else [(0, n)]
-
-    def run(part: tuple[int, int]) -> None:
-        lo, hi = part
-        if hi > lo:
-            _minhash_into(texts.slice(lo, hi - lo), a, b, words_only, max_bytes, out[lo:hi])
-
-    if len(parts) > 1:
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            list(pool.map(run, parts))
-    else:
-        run(parts[0])
-    return out
 
 
-def _minhash_into(
-    texts: pl.Series, a: np.ndarray, b: np.ndarray, words_only: bool, max_bytes: int, out: np.ndarray
-) -> None:
-    """:func:`minhash` of ``texts`` with hash functions ``a, b``, written into ``out``."""
+class _Shingles:
+    """The mixed 4-gram shingle values of many texts, computed once, for MinHash signatures
+    in stages (each stage on fewer texts, from the same shingles).
+
+    ``x[offs[t]:offs[t + 1]]`` are the shingle values of text ``t`` (3 of them repeat its
+    first one, see :func:`minhash`). With two threads the texts are kept in two halves,
+    each prepared and hashed on its own thread.
+    """
+
+    def __init__(self, texts: pl.Series, *, words_only: bool = True, max_bytes: int = 1 << 16,
+                 threads: int | None = None) -> None:
+        n = len(texts)
+        self.n = n
+        self.max_bytes = max_bytes
+        half = n // 2 if _threads(threads) > 1 and n >= 2 * _MIN_HALF else n
+        self.cuts = [0, half, n] if half < n else [0, n]
+
+        def prep(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+            return _shingle_values(texts.slice(lo, hi - lo), words_only, max_bytes)
+
+        self.parts = self._map(prep, list(zip(self.cuts[:-1], self.cuts[1:], strict=True)))
+
+    def _map(self, fn: Callable[..., Any], args: list[tuple[Any, ...]]) -> list[Any]:
+        if len(args) > 1:
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                return list(pool.map(lambda a: fn(*a), args))
+        return [fn(*a) for a in args]
+
+    def signatures(self, first: int, n_hashes: int, idx: np.ndarray | None = None, *, seed: int = 0) -> np.ndarray:
+        """MinHash signatures with hash functions ``[first, first + n_hashes)`` of the texts
+        ``idx`` (sorted positions; all texts by default), one row per text."""
+        _check_hashes(first, n_hashes)
+        a, b = _affine_params(seed)
+        a, b = a[first : first + n_hashes], b[first : first + n_hashes]
+        if idx is None:
+            sel = [None] * len(self.parts)
+            out = np.empty((self.n, n_hashes), dtype=np.uint32)
+            rows = [(lo, hi) for lo, hi in zip(self.cuts[:-1], self.cuts[1:], strict=True)]
+        else:
+            at = np.searchsorted(idx, self.cuts)
+            sel = [idx[at[k] : at[k + 1]] - self.cuts[k] for k in range(len(self.parts))]
+            out = np.empty((idx.size, n_hashes), dtype=np.uint32)
+            rows = list(zip(at[:-1].tolist(), at[1:].tolist(), strict=True))
+
+        def run(k: int) -> None:
+            lo, hi = rows[k]
+            if hi > lo:
+                x, offs = self.parts[k]
+                if sel[k] is not None:
+                    x, offs = _gather_texts(x, offs, sel[k])
+                _hash_blocks(x, offs, a, b, self.max_bytes, out[lo:hi])
+
+        self._map(run, [(k,) for k in range(len(self.parts))])
+        return out
+
+
+def _shingle_values(texts: pl.Series, words_only: bool, max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mixed shingle values (``x``) of padded ``texts`` and each text's start in them (``offs``)."""
     n = len(texts)
     pad = "\x02" * (SHINGLE - 1)
     padded = (
@@ -201,30 +243,39 @@ def _minhash_into(
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     offs = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=n + 1, offset=arr.offset * 8)
-    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)
+    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offs[0] : offs[-1]]
+    offs = offs - offs[0]
     if words_only:
-        data = np.frombuffer(data[offs[0] : offs[-1]].tobytes().translate(_WORDS_TABLE), dtype=np.uint8)
+        data = np.frombuffer(data.tobytes().translate(_WORDS_TABLE), dtype=np.uint8)
         space = data == 32
         drop = np.flatnonzero(space[1:] & space[:-1]) + 1  # 2nd+ space of a run; pads (\x02) separate texts
-        data = np.delete(data, drop)
-        offs = (offs - offs[0]) - np.searchsorted(drop, offs - offs[0])
-    # blocks of whole texts with about max_bytes bytes each
+        keep = np.ones(data.size, dtype=bool)
+        keep[drop] = False
+        data = data[keep]
+        offs = offs - np.searchsorted(drop, offs)
+    x = np.empty(data.size, dtype=np.uint32)
+    # blocks of whole texts with about max_bytes bytes each (the working arrays stay in cache)
+    for lo, hi in _blocks(offs, max_bytes):
+        _block_shingles(data[offs[lo] : offs[hi]], offs[lo : hi + 1] - offs[lo], x[offs[lo] : offs[hi]])
+    return x, offs
+
+
+def _blocks(offs: np.ndarray, max_bytes: int) -> list[tuple[int, int]]:
+    """Ranges of whole texts with about ``max_bytes`` bytes each."""
+    n = offs.size - 1
     bounds = np.searchsorted(offs, np.arange(offs[0], offs[-1], max_bytes), side="right") - 1
     bounds = np.unique(np.concatenate([bounds, [n]]))
-    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-        _block_minhash(data[offs[lo] : offs[hi]], offs[lo : hi + 1] - offs[lo], a, b, out[lo:hi])
+    return list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
 
 
-def _block_minhash(data: np.ndarray, offs: np.ndarray, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
-    """MinHash signatures (``out``) of the padded texts ``data[offs[t]:offs[t + 1]]``."""
+def _block_shingles(data: np.ndarray, offs: np.ndarray, x: np.ndarray) -> None:
+    """The mixed shingle values (``x``) of the padded texts ``data[offs[t]:offs[t + 1]]``."""
     m = data.size
-    buf = np.zeros(m + SHINGLE - 1 + (-(m + SHINGLE - 1)) % 4, dtype=np.uint8)
+    buf = np.zeros(m + SHINGLE - 1, dtype=np.uint8)
     buf[:m] = data
-    # x[p]: bytes p..p+3 read as a little-endian uint32
-    x = np.empty(m, dtype=np.uint32)
-    for r in range(SHINGLE):
-        x[r::4] = buf[r : r + 4 * ((m - r + 3) // 4)].view("<u4")[: (m - r + 3) // 4]
-    starts = offs[:-1].astype(np.int64)
+    # x[p]: bytes p..p+3 read as a little-endian uint32 (an unaligned view with a 1-byte stride)
+    x[:] = np.ndarray(shape=(m,), dtype="<u4", buffer=buf, strides=(1,))
+    starts = offs[:-1]
     for k in range(1, SHINGLE):  # shingles straddling two texts -> the text's first shingle
         x[offs[1:] - k] = x[starts]
     # murmur3 fmix32
@@ -233,20 +284,37 @@ def _block_minhash(data: np.ndarray, offs: np.ndarray, a: np.ndarray, b: np.ndar
     x ^= x >> np.uint32(13)
     x *= np.uint32(0xC2B2AE35)
     x ^= x >> np.uint32(16)
-    h = np.empty_like(x)
-    for j in range(a.size):
-        np.multiply(x, a[j], out=h)
-        h += b[j]
-        out[:, j] = np.minimum.reduceat(h, starts)
 
 
-#: Hashes of the full MinHash signature, of its first (early-rejection) stage, and the
-#: most stage-1 agreements that still reject a pair.
+def _gather_texts(x: np.ndarray, offs: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The shingle values of texts ``idx`` only, end to end, and their starts."""
+    wanted = np.zeros(offs.size - 1, dtype=bool)
+    wanted[idx] = True
+    new = np.zeros(idx.size + 1, dtype=np.int64)
+    np.cumsum(offs[idx + 1] - offs[idx], out=new[1:])
+    return x[np.repeat(wanted, np.diff(offs))], new
+
+
+def _hash_blocks(x: np.ndarray, offs: np.ndarray, a: np.ndarray, b: np.ndarray, max_bytes: int,
+                 out: np.ndarray) -> None:
+    """MinHash (``out``) of the texts ``x[offs[t]:offs[t + 1]]`` with hash functions ``a, b``."""
+    for lo, hi in _blocks(offs, max_bytes):
+        xb = x[offs[lo] : offs[hi]]
+        starts = offs[lo:hi] - offs[lo]
+        h = np.empty_like(xb)
+        for j in range(a.size):
+            np.multiply(xb, a[j], out=h)
+            h += b[j]
+            out[lo:hi, j] = np.minimum.reduceat(h, starts)
+
+
+#: MinHash in three stages, each on the pairs the one before left open: the first
+#: ``STAGE_A_HASHES`` hashes (a pair with none equal is rejected), then up to
+#: ``STAGE1_HASHES`` (at most ``STAGE1_REJECT`` equal: rejected), then all ``MINHASHES``.
 MINHASHES = 64
+STAGE_A_HASHES = 4
 STAGE1_HASHES = 16
 STAGE1_REJECT = 7
-#: Hashes of the first stage computed only for pairs still open after the others.
-_STAGE1_LATE = 4
 
 
 def _pair_index(i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -297,9 +365,11 @@ def near_duplicates(
     similarity of their 4-gram shingle sets (punctuation read as spaces) is at
     least ``similarity``. Each
     check runs only on the pairs the previous one left open, and only the texts
-    of those pairs are processed. MinHash runs in two stages: 16 hashes first,
-    and pairs with at most 7 of 16 equal (probability 0.0015 when the true
-    similarity is 0.8) are rejected; the others get 48 more hashes and are
+    of those pairs are processed. The texts are shingled once and MinHash runs
+    in three stages, each hashing only the texts of the pairs still open: 4
+    hashes first, and pairs with none equal are rejected (probability 0.0016
+    when the true similarity is 0.8); then 12 more, and pairs with at most 7 of
+    16 equal are rejected (0.0015); the others get 48 more hashes and are
     judged on all 64.
 
     Parameters
@@ -360,25 +430,19 @@ def near_duplicates(
     if rest.size == 0:
         return same
     need, si, sj = _pair_index(ri, rj)
-    stage = sub.gather(need)
-    # stage 1 in two steps: a pair with at most STAGE1_REJECT - k agreements on the first
-    # STAGE1_HASHES - k hashes cannot pass, so the last k hashes are computed only for the others
-    first = STAGE1_HASHES - _STAGE1_LATE
-    sig = minhash(stage, n_hashes=first, threads=threads)
+    sh = _Shingles(sub.gather(need), threads=threads)  # shingled once, hashed in stages
+    sig = sh.signatures(0, STAGE_A_HASHES)
     hits = (sig[si] == sig[sj]).sum(axis=1)
-    open_ = np.flatnonzero(hits > STAGE1_REJECT - _STAGE1_LATE)
-    if open_.size:
-        late, oi, oj = _pair_index(si[open_], sj[open_])
-        sig = minhash(stage.gather(late), n_hashes=_STAGE1_LATE, first=first, threads=threads)
-        hits[open_] += (sig[oi] == sig[oj]).sum(axis=1)
-    alive = hits > STAGE1_REJECT
-    rest, si, sj, hits = rest[alive], si[alive], sj[alive], hits[alive]
-    if rest.size == 0:
-        return same
-    need2, ti, tj = _pair_index(si, sj)
-    sig = minhash(sub.gather(need).gather(need2), n_hashes=MINHASHES - STAGE1_HASHES, first=STAGE1_HASHES,
-                  threads=threads)
-    hits = hits + (sig[ti] == sig[tj]).sum(axis=1)
+    texts_of = np.arange(need.size)  # pair index space -> text of ``sh``
+    for lo, hi, reject in ((STAGE_A_HASHES, STAGE1_HASHES, 0), (STAGE1_HASHES, MINHASHES, STAGE1_REJECT)):
+        alive = hits > reject
+        rest, si, sj, hits = rest[alive], si[alive], sj[alive], hits[alive]
+        if rest.size == 0:
+            return same
+        used, si, sj = _pair_index(si, sj)  # only the texts of the open pairs are hashed
+        texts_of = texts_of[used]
+        sig = sh.signatures(lo, hi - lo, texts_of)
+        hits = hits + (sig[si] == sig[sj]).sum(axis=1)
     same[rest] = hits / MINHASHES >= similarity
     return same
 

@@ -817,21 +817,21 @@ def _loops_in(
     h_a, failed = args.result()
     ok_a = h_a[ci] == h_a[cj]
     del h_a
-    identical = ok_a.copy()
+    ok_r = np.zeros(ok_a.size, dtype=bool)
+    _results_equal(steps, source, ci, cj, crow, ok_r, np.flatnonzero(ok_a))
+    identical = ok_a & ok_r
+    ok = identical.copy()
     if fuzzy:
         source.prefetch(steps, crow)
-        _near(steps, source, ci, cj, ok_a, np.flatnonzero(~ok_a), crow, "args", similarity)
-    ok_r = np.zeros(ok_a.size, dtype=bool)
-    todo = np.flatnonzero(ok_a)
-    if todo.size:
-        need, ri, rj = _pair_index(ci[todo], cj[todo])
-        h_r = source.results(steps, crow[need])
-        ok_r[todo] = h_r[ri] == h_r[rj]
-        del h_r
-    identical &= ok_r
-    if fuzzy:
-        _near(steps, source, ci, cj, ok_r, np.flatnonzero(ok_a & ~ok_r), crow, "result", similarity)
-    ok = ok_a & ok_r
+        span = pp * (min_repeats - 1)
+        # a signature-level loop needs span consecutive matching pairs of its period, and any
+        # span consecutive positions hold exactly one multiple of span: near-duplicates are
+        # judged first at those anchors, then only within span of an anchor that matches
+        anchor = pk % span == 0
+        hashed = ok_a.copy()  # pairs whose results were compared
+        _near_pairs(steps, source, ci, cj, crow, ok_a, ok_r, hashed, ok, anchor & ~identical, similarity)
+        close = _near_anchor(pk, pp, span, anchor & ok, nt)
+        _near_pairs(steps, source, ci, cj, crow, ok_a, ok_r, hashed, ok, close & ~anchor & ~identical, similarity)
     fuzzy_pos = {p: pk[(pp == p) & ok & ~identical] + p for p in periods} if fuzzy else {}
     found = []
     for p in periods:
@@ -881,6 +881,61 @@ def _near(
         need, li, lj = _pair_index(ci[todo], cj[todo])
         texts = source.get(steps, crow[need], field)
         ok[todo] = near_duplicates(texts, li, lj, similarity=similarity)
+
+
+def _results_equal(
+    steps: pl.DataFrame,
+    source: _TextSource,
+    ci: np.ndarray,
+    cj: np.ndarray,
+    crow: np.ndarray,
+    ok_r: np.ndarray,
+    todo: np.ndarray,
+) -> None:
+    """Set ``ok_r[todo]`` where the results of the pair's candidates hash equal."""
+    if todo.size:
+        need, ri, rj = _pair_index(ci[todo], cj[todo])
+        h_r = source.results(steps, crow[need])
+        ok_r[todo] = h_r[ri] == h_r[rj]
+
+
+def _near_pairs(
+    steps: pl.DataFrame,
+    source: _TextSource,
+    ci: np.ndarray,
+    cj: np.ndarray,
+    crow: np.ndarray,
+    ok_a: np.ndarray,
+    ok_r: np.ndarray,
+    hashed: np.ndarray,
+    ok: np.ndarray,
+    todo: np.ndarray,
+    similarity: float,
+) -> None:
+    """Judge the pairs ``todo`` (a mask) fuzzily and set ``ok`` for them: arguments equal or
+    near-duplicates (``ok_a``), then results equal (compared once: ``hashed``) or
+    near-duplicates (``ok_r``)."""
+    _near(steps, source, ci, cj, ok_a, np.flatnonzero(todo & ~ok_a), crow, "args", similarity)
+    fresh = todo & ok_a & ~hashed
+    _results_equal(steps, source, ci, cj, crow, ok_r, np.flatnonzero(fresh))
+    hashed |= fresh
+    _near(steps, source, ci, cj, ok_r, np.flatnonzero(todo & ok_a & ~ok_r), crow, "result", similarity)
+    ok[todo] = ok_a[todo] & ok_r[todo]
+
+
+def _near_anchor(pk: np.ndarray, pp: np.ndarray, span: np.ndarray, live: np.ndarray, nt: int) -> np.ndarray:
+    """Pairs (position ``pk``, period ``pp``) less than ``span`` positions from a ``live`` pair
+    of the same period."""
+    # one sorted key per (period, position); periods are more than any span apart
+    stride = nt + int(span.max(initial=0)) + 1
+    key = pp * stride + pk
+    lk = np.sort(key[live])
+    if lk.size == 0:
+        return np.zeros(pk.size, dtype=bool)
+    i = np.searchsorted(lk, key)
+    after = lk[np.minimum(i, lk.size - 1)] - key  # >= 0 unless every live key is smaller
+    before = key - lk[np.maximum(i - 1, 0)]  # >= 0 unless every live key is larger
+    return ((after >= 0) & (after < span)) | ((before >= 0) & (before < span))
 
 
 def _patterns(

@@ -534,6 +534,33 @@ def _messy(events: pl.DataFrame) -> pl.DataFrame:
     return pl.concat([messy.slice(i, 257) for i in range(0, messy.height, 257)], rechunk=False)
 
 
+@pytest.mark.parametrize("min_repeats", [2, 3, 5])
+def test_fleet_fuzzy_pairs_judged_from_anchors_as_if_all_were(fleet: synth.Fleet, min_repeats: int,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Near-duplicates are judged at anchor positions first and then only near matching
+    anchors: the loops are those found by judging every pair."""
+    import driftwatch.loops as loops_mod
+
+    got = detect_loops(fleet.events, min_repeats=min_repeats)
+    monkeypatch.setattr(loops_mod, "_near_anchor", lambda pk, *args: np.ones(pk.size, dtype=bool))
+    want = detect_loops(fleet.events, min_repeats=min_repeats)
+    assert got.equals(want)
+    assert (got["match"] == "near_duplicate").sum() > 5
+
+
+def test_near_anchor_window() -> None:
+    from driftwatch.loops import _near_anchor
+
+    # period 1 (span 2) at positions 0..9 with a live anchor at 4; period 2 (span 4) with one at 8
+    pk = np.array([*range(10), *range(12)])
+    pp = np.array([1] * 10 + [2] * 12)
+    live = ((pp == 1) & (pk == 4)) | ((pp == 2) & (pk == 8))
+    near = _near_anchor(pk, pp, pp * 2, live, 12)
+    assert pk[near & (pp == 1)].tolist() == [3, 4, 5]
+    assert pk[near & (pp == 2)].tolist() == [5, 6, 7, 8, 9, 10, 11]
+    assert not _near_anchor(pk, pp, pp * 2, np.zeros(pk.size, bool), 12).any()
+
+
 @pytest.mark.parametrize("fuzzy", [True, False])
 def test_fleet_messy_input_eager_lazy_and_threads_agree(fleet: synth.Fleet, fuzzy: bool,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
