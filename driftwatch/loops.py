@@ -39,7 +39,6 @@ step ``i`` has the action of tool step ``i - p`` of the same run (numpy, one
 shifted comparison of the hashes per period, pairs across a run boundary masked
 out), and only the stretches of ``eq_p`` long enough to matter are located
 (an AND of shifted copies, by doubling spans). A maximal stretch of ``eq_p`` of length at least
-comparison of the keys per period). A maximal stretch of ``eq_p`` of length at least
 ``p * (min_repeats - 1)`` is a periodic segment ``[i0 - p, i1]`` covering at
 least ``min_repeats`` cycles. Candidates with the same extent keep the
 smallest period (a loop of period ``p`` is also periodic with ``2p``, with
@@ -60,7 +59,13 @@ are compared only for pairs inside action-level candidates: arguments are
 hashed only for the candidate steps of an eager frame (every step of a
 ``LazyFrame``, in its one pass), results only for the pairs whose arguments
 match, and fuzzy matching only reads and normalises the texts of pairs whose
-hashes differ. Independent parts run on two threads (numpy and Polars release
+hashes differ. A signature-level loop of period ``p`` needs ``span = p *
+(min_repeats - 1)`` consecutive matching pairs, and any ``span`` consecutive
+positions hold exactly one multiple of ``span``; so near-duplicates are judged
+first for the pairs at those anchor positions, and then only for pairs less
+than ``span`` positions from an anchor that matches. Pairs never judged cannot
+be part of a loop (the loops are those found by judging every pair, tested).
+Independent parts run on two threads (numpy and Polars release
 the GIL): the money columns while the periods are scanned, periods two at a
 time, argument hashes while the pairs are listed, MinHash in two halves.
 
