@@ -467,8 +467,7 @@ def _drift(data: _Data, opts: _Options, side: ThreadPoolExecutor | None = None) 
             parts.append(_entropy_rows(data, tool, opts))
         if "self_similarity" in want:
             parts.append(_self_similarity_rows(data, tool, opts))
-    # each block's per-run arrays are released once its rows are made (7M runs at 100M events:
-    # the mapped count rows and per-run category matrices are about 1 GiB per kind)
+    # each block's mapped count rows are released once its sparse runs x categories counts are built
     data._counts.pop("actions", None)
     if "action_bigrams" in want:
         big = _category_block(data, "bigrams", opts)
@@ -624,7 +623,11 @@ def _check_tables(t: Sequence[Any], name: str) -> Tables:
         if need:
             raise SchemaError(f"{label}: need column(s) {need}; found {tab.columns}")
         cat = pl.col(col) if isinstance(tab.schema[col], pl.Categorical | pl.Enum) else pl.col(col).cast(pl.String)
-        out.append(tab.select("run_id", cat.alias("category"), pl.col("n").cast(pl.Float64)))
+        # integer or float counts stay as they are (a Float64 copy of 30M counts is 250 MB): _map_counts reads
+        # them into numpy
+        dt = tab.schema["n"]
+        n = pl.col("n") if dt.is_integer() or dt.is_float() else pl.col("n").cast(pl.Float64)
+        out.append(tab.select("run_id", cat.alias("category"), n))
     return out[0], out[1], out[2]  # type: ignore[return-value]
 
 
@@ -662,10 +665,11 @@ def _is_tables(x: Any) -> bool:
 class _Counts:
     """One per-run count table mapped onto the runs: a row per (run, category) count."""
 
-    row: np.ndarray  # _row of the run
-    code: np.ndarray  # index into names
-    n: np.ndarray  # the count (float)
+    row: np.ndarray  # _row of the run (int32 unless there are 2**31 runs)
+    code: np.ndarray  # index into names (int32)
+    n: np.ndarray  # the count (float32 for whole counts below 2**24, else float64)
     names: np.ndarray  # category names (object), sorted
+    whole: bool = True  # every count a whole number: sums of counts are exact in any order
 
 
 @dataclass
@@ -909,30 +913,55 @@ def _merge_sorted_ids(a: pl.Series, b: pl.Series) -> tuple[np.ndarray, np.ndarra
 
 
 def _category_codes(col: pl.Series) -> tuple[np.ndarray, list[str]]:
-    """Codes of a string or categorical column (-1 for null) and the names they stand for."""
+    """Codes of a string or categorical column and the names they stand for.
+
+    Nulls get code ``-1`` or ``len(names)`` (both pick the last entry of a lookup table with one entry
+    past the names). The codes are 32-bit: at 30M count rows an int64 copy is 250 MB.
+    """
     if isinstance(col.dtype, pl.Categorical | pl.Enum):  # the physical codes are codes already
         phys = col.to_physical()
         first = phys.arg_unique()  # the first row of each code
         used = phys.gather(first)
         ok = used.is_not_null()
         used = used.filter(ok).to_numpy().astype(np.int64)
-        lut = np.full(int(used.max()) + 2 if used.size else 1, -1, dtype=np.int64)
+        lut = np.full(int(used.max()) + 2 if used.size else 1, -1, dtype=np.int32)
         lut[used] = np.arange(used.size)
         return lut[phys.fill_null(lut.size - 1).to_numpy()], col.gather(first).filter(ok).cast(pl.String).to_list()
     names = col.drop_nulls().unique()
-    code = col.cast(pl.Enum(names)).to_physical().cast(pl.Int64).fill_null(-1).to_numpy()
+    code = col.cast(pl.Enum(names)).to_physical().fill_null(names.len()).to_numpy()
     return code, names.to_list()
+
+
+def _count_values(col: pl.Series) -> tuple[np.ndarray, bool]:
+    """A count column as floats, and whether every count is a whole number.
+
+    Whole numbers below ``2**24`` come as float32 (exact; half the memory), anything else as float64.
+    Sums of whole counts are exact, so they do not depend on the order of the additions.
+    """
+    if col.dtype.is_integer() and col.null_count() == 0:
+        small = col.len() == 0 or (col.min() > -(2**24) and col.max() < 2**24)  # type: ignore[operator]
+        return col.to_numpy().astype(np.float32 if small else np.float64), True
+    n = np.asarray(col.to_numpy(), dtype=np.float64)
+    whole = bool(np.all(np.trunc(n) == n)) and (n.size == 0 or float(np.abs(n).max()) < 2**53)
+    if whole and (n.size == 0 or float(np.abs(n).max()) < 2**24):
+        return n.astype(np.float32), True
+    return n, whole
 
 
 def _map_counts(parts: list[tuple[pl.DataFrame, pl.Series, np.ndarray]], drop: str | None) -> _Counts | None:
     """Count tables (each with its source's run ids and source row -> ``_row`` map) as arrays."""
-    coded = [_category_codes(tab["category"]) for tab, _, _ in parts]
-    names = pl.Series(sorted({x for _, nm in coded for x in nm} - {drop}), dtype=pl.String).sort()
+    coded: list[tuple[np.ndarray, list[str]] | None] = [_category_codes(tab["category"]) for tab, _, _ in parts]
+    names = pl.Series(sorted({x for c in coded if c is not None for x in c[1]} - {drop}), dtype=pl.String).sort()
     if names.len() == 0:
         return None
     index = {x: i for i, x in enumerate(names.to_list())}
+    n_rows = max((int(rowmap.max()) + 1 if rowmap.size else 0) for _, _, rowmap in parts)
+    idt = np.int32 if n_rows < 2**31 else np.int64  # row numbers (30M count rows: 120 MB instead of 240 MB)
     rows, codes, ns = [], [], []
-    for (tab, run_id, rowmap), (part_code, part_names) in zip(parts, coded, strict=True):
+    whole = True
+    for i, (tab, run_id, rowmap) in enumerate(parts):
+        part_code, part_names = coded[i]  # type: ignore[misc]
+        coded[i] = None  # released once mapped
         h = tab.height
         if h == 0:
             continue
@@ -962,16 +991,18 @@ def _map_counts(parts: list[tuple[pl.DataFrame, pl.Series, np.ndarray]], drop: s
                 .join(pl.DataFrame({"_g": g, "_r": r}), on="_g", how="inner")
                 .sort("_i", "_r")
             )
-            idx, row = e["_i"].to_numpy(), e["_r"].to_numpy()
+            idx, row = e["_i"].to_numpy(), e["_r"].to_numpy().astype(idt)
         else:
-            row_of = np.full(lens.size, -1, dtype=np.int64)
+            row_of = np.full(lens.size, -1, dtype=idt)
             row_of[g] = r
             row = np.repeat(row_of, lens)
             idx = None
         # codes into the names of all parts (the dropped name and nulls: -1, via the last entry of lut)
-        lut = np.array([index.get(x, -1) for x in part_names] + [-1], dtype=np.int64)
+        lut = np.array([index.get(x, -1) for x in part_names] + [-1], dtype=np.int32)
         code = lut[part_code]
-        n = np.asarray(tab["n"].to_numpy(), dtype=float)
+        del part_code
+        n, part_whole = _count_values(tab["n"])
+        whole &= part_whole
         if idx is not None:
             code, n = code[idx], n[idx]
         keep = (row >= 0) & (code >= 0)
@@ -982,8 +1013,10 @@ def _map_counts(parts: list[tuple[pl.DataFrame, pl.Series, np.ndarray]], drop: s
         ns.append(n)
     if not rows:
         return None
+    if len(rows) == 1:  # one table: no concatenated copies
+        return _Counts(row=rows[0], code=codes[0], n=ns[0], names=names.to_numpy().astype(object), whole=whole)
     return _Counts(row=np.concatenate(rows), code=np.concatenate(codes), n=np.concatenate(ns),
-                   names=names.to_numpy().astype(object))
+                   names=names.to_numpy().astype(object), whole=whole)
 
 
 def auto_reference_length(span: timedelta, every: timedelta) -> timedelta:
@@ -1043,11 +1076,13 @@ def _window_frame(
 # group sums
 
 
-def _gsum(x: np.ndarray, gid: np.ndarray, n_groups: int) -> np.ndarray:
-    """Sum rows of ``x`` (1-D or 2-D) per group id."""
+def _gsum(x: np.ndarray | sparse.csr_matrix, gid: np.ndarray, n_groups: int) -> np.ndarray:
+    """Sum rows of ``x`` (1-D, 2-D or a sparse matrix) per group id."""
     if x.ndim == 1:
         return np.bincount(gid, weights=x, minlength=n_groups)
     onehot = sparse.csr_matrix((np.ones(gid.size), (gid, np.arange(gid.size))), shape=(n_groups, gid.size))
+    if sparse.issparse(x):
+        return (onehot @ x).toarray()
     return np.asarray(onehot @ x)
 
 
@@ -1062,7 +1097,7 @@ class _Cat:
     a few runs that carry a rare, clustered category.
     """
 
-    C: np.ndarray  # runs x K counts
+    C: sparse.csr_matrix | None  # runs x K counts (sparse; None where no test reads per-run counts)
     m: np.ndarray  # runs: total count
     names: np.ndarray  # series x K category names
     S1: np.ndarray  # groups x K
@@ -1071,65 +1106,109 @@ class _Cat:
     unit_cov: np.ndarray  # series x K x K
     clustered: bool
 
+    @property
+    def K(self) -> int:
+        """Number of categories (columns)."""
+        return int(self.S1.shape[1])
+
     def p(self) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
             return self.S1 / self.N[:, None]
 
 
+# rows of a series per step while its clustered residuals are filled in
+_COV_STEP = 1 << 16
+# count rows per step of the category sums (bounded temporaries: 30M count rows make 250 MB per int64 array)
+_COUNT_STEP = 1 << 22
+
+
 def _cat_from_matrix(
     data: _Data,
-    C: np.ndarray,
+    C: sparse.csr_matrix | None,
     names: np.ndarray,
     *,
     clustered: bool = True,
-    m: np.ndarray | None = None,
-    S1: np.ndarray | None = None,
+    m: np.ndarray,
+    S1: np.ndarray,
 ) -> _Cat:
-    """The :class:`_Cat` of a per-run count matrix ``C`` (``m``, ``S1``: its row sums and group sums, if known)."""
+    """The :class:`_Cat` of per-run counts ``C`` (runs x K, sparse), their row sums ``m`` and group sums ``S1``.
+
+    ``C`` is only read for the clustered covariance (``clustered``); unclustered counts may pass ``None``.
+    """
     gid, G, S = data.gid, data.groups, data.n_series
-    if m is None:
-        m = C.sum(axis=1)
-    if S1 is None:
-        S1 = _gsum(C, gid, G)
     N = _gsum(m, gid, G)
     R = _gsum((m > 0).astype(float), gid, G)
     with np.errstate(invalid="ignore", divide="ignore"):
         pg = np.nan_to_num(S1 / N[:, None])
         w = np.sqrt(np.where(R > 1, R / np.maximum(R - 1.0, 1.0), 1.0))  # small-sample factor per group
-    K = C.shape[1]
+    K = S1.shape[1]
     cov = np.zeros((S, K, K))
     bounds = np.searchsorted(data.s, np.arange(S + 1))  # runs are sorted by series
     NS = N.reshape(S, data.n_slots).sum(1)
     for s in range(S if clustered else 0):  # one K x K product per series (unclustered tests do not use it)
         a, b = bounds[s], bounds[s + 1]
         if NS[s] > 0:
-            g = gid[a:b]
-            e = pg[g]  # residuals (C - p_g m) * w_g, computed in place
-            e *= m[a:b, None]
-            np.subtract(C[a:b], e, out=e)
-            e *= w[g][:, None]
-            cov[s] = e.T @ e / NS[s]
+            cov[s] = _residual_gram(C, pg, m, w, gid, a, b) / NS[s]  # type: ignore[arg-type]
     return _Cat(C=C, m=m, names=names, S1=S1, N=N, n_runs=np.bincount(gid, minlength=G).astype(float),
                 unit_cov=cov, clustered=clustered)
 
 
+def _residual_gram(
+    C: sparse.csr_matrix, pg: np.ndarray, m: np.ndarray, w: np.ndarray, gid: np.ndarray, a: int, b: int
+) -> np.ndarray:
+    """``E.T @ E`` of the residuals ``E = (C - p_g m) * w_g`` of runs ``a:b`` (one series).
+
+    ``E`` is filled in steps of rows straight from the sparse counts (no dense count block): where a run
+    has no count, ``0 - p_g m`` is what ``C - p_g m`` gives, and where it has one, ``(0 - p_g m) + c`` is
+    the same number as ``c - p_g m`` (IEEE subtraction adds the negation). The product is one matrix
+    product over all of the series' runs, as in a dense computation, so the sum runs in the same order.
+    """
+    E = np.empty((b - a, pg.shape[1]))
+    for lo in range(a, b, _COV_STEP):
+        hi = min(lo + _COV_STEP, b)
+        g = gid[lo:hi]
+        blk = E[lo - a : hi - a]
+        np.take(pg, g, axis=0, out=blk, mode="clip")  # g is in range
+        blk *= m[lo:hi, None]
+        np.subtract(0.0, blk, out=blk)
+        part = C[lo:hi]  # canonical: one entry per (run, category)
+        blk[np.repeat(np.arange(hi - lo), np.diff(part.indptr)), part.indices] += part.data
+        blk *= w[g][:, None]
+    return E.T @ E
+
+
 def _category_block(data: _Data, kind: str, opts: _Options) -> _Cat | None:
     cnt = data.counts(kind)
+    data._counts.pop(kind, None)  # read once: released when this block is built
     if cnt is None or cnt.row.size == 0:
         return None
     S, W1, U = data.n_series, data.n_slots, cnt.names.size
     K = opts.max_categories
+    G, R, nnz = S * W1, data.runs.height, cnt.row.size
+    # the sums over count rows go in steps (bounded temporaries); sums of whole counts are exact in any
+    # order, other counts are summed in one step, in row order as ever
+    step = _COUNT_STEP if cnt.whole else nnz
+    steps = [(lo, min(lo + step, nnz)) for lo in range(0, nnz, step)]
+
     # a category keeps its own cell when it is among the K - 1 most frequent of its series and not rare:
     # at least 10 occurrences, 0.5% of the series' count, and 5 expected occurrences in a median window
     # (chi-square-type tests misbehave on sparse cells); the rest share "(other)"
-    g = data.gid[cnt.row]
-    s = g // W1
-    per_window = np.bincount(g, weights=cnt.n, minlength=S * W1).reshape(S, W1)[:, 1:]
-    seen = (np.bincount(g, minlength=S * W1).reshape(S, W1) > 0)[:, 1:]  # windows with a count row
+    per_window, rows_g = np.zeros(G), np.zeros(G, dtype=np.int64)
+    tot, rows_sc = np.zeros(S * U), np.zeros(S * U, dtype=np.int64)
+    for lo, hi in steps:
+        g = data.gid[cnt.row[lo:hi]]
+        n = cnt.n[lo:hi]
+        per_window += np.bincount(g, weights=n, minlength=G)
+        rows_g += np.bincount(g, minlength=G)
+        sc = g // W1 * U + cnt.code[lo:hi]
+        tot += np.bincount(sc, weights=n, minlength=S * U)
+        rows_sc += np.bincount(sc, minlength=S * U)
+        del g, sc
+    per_window = per_window.reshape(S, W1)[:, 1:]
+    seen = (rows_g.reshape(S, W1) > 0)[:, 1:]  # windows with a count row
     med = _row_median(per_window, seen)
-    sc = s * U + cnt.code
-    tot = np.bincount(sc, weights=cnt.n, minlength=S * U).reshape(S, U)
-    present = (np.bincount(sc, minlength=S * U) > 0).reshape(S, U)
+    tot = tot.reshape(S, U)
+    present = (rows_sc > 0).reshape(S, U)
     allc = tot.sum(1, where=present, keepdims=True)
     # rank within the series: most frequent first, ties by name (codes follow the sorted names)
     order = np.lexsort((np.broadcast_to(np.arange(U), (S, U)), -tot, ~present), axis=1)
@@ -1141,15 +1220,28 @@ def _category_block(data: _Data, kind: str, opts: _Options) -> _Cat | None:
     n_own = own.sum(1)
     kmap = np.where(own, rk - 1, n_own[:, None])  # "(other)" comes after the own categories
     Keff = int(kmap[present].max()) + 1
-    R = data.runs.height
-    k = kmap.ravel()[sc]
-    C = np.bincount(cnt.row * Keff + k, weights=cnt.n, minlength=R * Keff).reshape(R, Keff)
-    # row and (series, window) sums straight from the counts (the sums of C, added in another order)
-    m = np.bincount(cnt.row, weights=cnt.n, minlength=R)
-    S1 = np.bincount(g * Keff + k, weights=cnt.n, minlength=S * W1 * Keff).reshape(S * W1, Keff)
+    kflat = kmap.ravel().astype(np.int32)
+    # each count row's cell; row and (series, window) sums straight from the counts
+    col = np.empty(nnz, dtype=np.int32)
+    m, S1 = np.zeros(R), np.zeros(G * Keff)
+    for lo, hi in steps:
+        g = data.gid[cnt.row[lo:hi]]
+        k = kflat[g // W1 * U + cnt.code[lo:hi]]
+        col[lo:hi] = k
+        n = cnt.n[lo:hi]
+        S1 += np.bincount(g * Keff + k, weights=n, minlength=G * Keff)
+        m += np.bincount(cnt.row[lo:hi], weights=n, minlength=R)
+        del g, k
+    S1 = S1.reshape(G, Keff)
+    # the runs x categories counts, sparse (a dense float64 block is R x Keff x 8 bytes: 1.7 GB at 7M runs
+    # and 30 categories); duplicates (categories pooled into "(other)") are summed
+    row, n = cnt.row, cnt.n
     names = np.full((S, Keff), "", dtype=object)
     si, ui = np.nonzero(present)
     names[si, kmap[si, ui]] = np.where(own[si, ui], cnt.names[ui], _OTHER)
+    del cnt
+    C = sparse.csr_matrix((n, (row, col)), shape=(R, Keff))
+    del row, col, n
     return _cat_from_matrix(data, C, names, m=m, S1=S1)
 
 
@@ -1173,10 +1265,10 @@ def _error_block(data: _Data) -> _Cat | None:
     if err.sum() == 0:
         return None  # status not logged (or a fleet without a single error): nothing to test
     failed = (err > 0).astype(float)
-    C = np.stack([failed, 1.0 - failed], axis=1)
+    del err
     names = np.tile(np.array(["failed", "ok"], dtype=object), (data.n_series, 1))
-    S1 = np.stack([np.bincount(data.gid, weights=C[:, j], minlength=data.groups) for j in range(2)], axis=1)
-    return _cat_from_matrix(data, C, names, clustered=False, m=np.ones(C.shape[0]), S1=S1)
+    S1 = np.stack([np.bincount(data.gid, weights=c, minlength=data.groups) for c in (failed, 1.0 - failed)], axis=1)
+    return _cat_from_matrix(data, None, names, clustered=False, m=np.ones(failed.size), S1=S1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1353,7 +1445,7 @@ def _entropy_rows(data: _Data, cat: _Cat, opts: _Options) -> pl.DataFrame:
 
 
 def _self_similarity_rows(data: _Data, cat: _Cat, opts: _Options) -> pl.DataFrame:
-    S, W1, K = data.n_series, data.n_slots, cat.C.shape[1]
+    S, W1, K = data.n_series, data.n_slots, cat.K
     if W1 < 3:
         return pl.DataFrame()
     # split the reference runs into halves A / B at random (seeded)
@@ -1715,7 +1807,7 @@ def _classifier_rows(data: _Data, tool: _Cat | None, opts: _Options) -> pl.DataF
         if num in have and den in have:
             exprs[name] = pl.col(num).cast(pl.Float64) / pl.col(den).cast(pl.Float64)
     cols = list(exprs)
-    k = 0 if tool is None else min(_CLF_SHARES, tool.C.shape[1])
+    k = 0 if tool is None else min(_CLF_SHARES, tool.K)
 
     def inputs(rows: np.ndarray | None) -> np.ndarray:
         """Run features (and tool shares) of ``rows`` (every run for ``None``)."""
@@ -1723,9 +1815,10 @@ def _classifier_rows(data: _Data, tool: _Cat | None, opts: _Options) -> pl.DataF
         x = runs.select([e.fill_nan(None).alias(c) for c, e in exprs.items()]).to_numpy().astype(float)
         x[~np.isfinite(x)] = np.nan
         if tool is not None:
-            C, m = (tool.C, tool.m) if rows is None else (tool.C[rows], tool.m[rows])
+            C = tool.C if rows is None else tool.C[rows]  # type: ignore[index]
+            m = tool.m if rows is None else tool.m[rows]
             with np.errstate(invalid="ignore", divide="ignore"):
-                x = np.hstack([x, C[:, :k] / m[:, None]])  # share of the series' k-th most used tool
+                x = np.hstack([x, C[:, :k].toarray() / m[:, None]])  # share of the series' k-th most used tool
         return x
 
     X = inputs(take)

@@ -607,3 +607,46 @@ def test_categorical_count_tables_as_the_audit_holds_them(
     enum = pl.Enum(sorted(set(a["action"])))
     a_enum = a.with_columns(pl.col("action").cast(enum))
     assert drift_from_runs(f, a_enum, b, reference=REF).equals(demo_drift)
+
+
+def test_category_counts_in_steps_and_sparse_match_a_dense_build(
+    demo_tables: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame], demo_drift: pl.DataFrame,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Count sums in steps, sparse per-run counts and the clustered covariance filled in per series a few
+    rows at a time give exactly what one dense runs x categories matrix gives."""
+    from driftwatch import drift as D
+
+    f, a, b = demo_tables
+    opts = D._Options.make(by=("agent",), every="1w", alpha=0.01, fdr="series", min_effect=None, min_runs=20,
+                           include=None, max_categories=30, classifier_max_train=10_000,
+                           classifier_max_runs=5_000, random_state=0)
+    data = D._assemble(D._check_tables((f, a, b), "features"), REF, None, opts)
+    default = {kind: D._category_block(data, kind, opts) for kind in ("actions", "bigrams")}
+    monkeypatch.setattr(D, "_COUNT_STEP", 997)
+    monkeypatch.setattr(D, "_COV_STEP", 61)
+    data._counts.clear()
+    for kind, cat in default.items():
+        small = D._category_block(data, kind, opts)
+        assert cat is not None and small is not None
+        for x, y in ((cat.S1, small.S1), (cat.m, small.m), (cat.unit_cov, small.unit_cov)):
+            assert np.array_equal(x, y)
+        # the dense computation: group and row sums of the matrix, residuals of all of a series' runs at once
+        C = small.C.toarray().astype(float)
+        assert np.array_equal(D._gsum(C, data.gid, data.groups), small.S1)
+        assert np.array_equal(C.sum(1), small.m)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pg = np.nan_to_num(small.S1 / small.N[:, None])
+        R = D._gsum((small.m > 0).astype(float), data.gid, data.groups)
+        w = np.sqrt(np.where(R > 1, R / np.maximum(R - 1.0, 1.0), 1.0))
+        NS = small.N.reshape(data.n_series, data.n_slots).sum(1)
+        bounds = np.searchsorted(data.s, np.arange(data.n_series + 1))
+        for s in range(data.n_series):
+            lo, hi = bounds[s], bounds[s + 1]
+            g = data.gid[lo:hi]
+            e = pg[g]
+            e *= small.m[lo:hi, None]
+            np.subtract(C[lo:hi], e, out=e)
+            e *= w[g][:, None]
+            assert np.array_equal(e.T @ e / NS[s], small.unit_cov[s])
+    assert drift_from_runs(*demo_tables, reference=REF).equals(demo_drift)
