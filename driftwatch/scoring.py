@@ -203,7 +203,8 @@ def _detect_loop_summary(events: Any) -> pl.DataFrame | None:
 
 
 def _drift_context(runs: pl.DataFrame, drift: pl.DataFrame | None) -> pl.DataFrame | None:
-    """Per run, in the order of ``runs``: the drifted features of its series at the run's start, as text.
+    """Per run, in the order of ``runs``: ``run_id``, the drifted features of its series at the run's
+    start (``_drift_what``, categorical text) and the earliest start of those windows (``_drift_since``).
 
     ``None`` when no run starts in a drifted window. Which drifted windows contain a run depends
     only on the run's series columns and on where its start falls among the windows' bounds, so
@@ -260,12 +261,14 @@ def _drift_context(runs: pl.DataFrame, drift: pl.DataFrame | None) -> pl.DataFra
         return None
     per_combo = h.group_by(*cols, "_seg").agg(
         pl.col("series").first(),
-        pl.col("_what").unique().sort().str.join(", ").alias("_drift_what"),
+        # a handful of distinct texts, one per run: categorical (4 bytes a run, not a string)
+        pl.col("_what").unique().sort().str.join(", ").cast(pl.Categorical).alias("_drift_what"),
         pl.col("window_start").min().alias("_drift_since"),
     )
-    return keyed.join(per_combo, on=[*cols, "_seg"], how="left", nulls_equal=True, maintain_order="left").select(
-        "run_id", "series", "_drift_what", "_drift_since"
+    found = keyed.select(*cols, "_seg").join(
+        per_combo.drop("series"), on=[*cols, "_seg"], how="left", nulls_equal=True, maintain_order="left"
     )
+    return runs.select("run_id").hstack(found.select("_drift_what", "_drift_since"))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -296,47 +299,91 @@ def _with_lookup(rows: pl.DataFrame, table: pl.DataFrame, on: str) -> pl.DataFra
     return rows.hstack(found.drop(on))
 
 
-def _add_robust_z(f: pl.DataFrame, specs: Sequence[tuple[str, float]]) -> pl.DataFrame:
-    """Add ``_z_<col>``: the median/MAD z-score of each column within ``_zgroup``.
+#: How each anomaly feature is computed from the per-run table.
+_FEATURE_EXPRS: dict[str, pl.Expr] = {
+    "log_steps": pl.col("n_steps").cast(pl.Float64).log(),
+    "log_cost": (pl.col("cost_usd").fill_null(0.0) + 1e-3).log(),
+    "log_tokens": (pl.col("tokens").fill_null(0).cast(pl.Float64) + 1.0).log(),
+    "log_runtime": (pl.col("runtime_s").fill_null(0.0) + 1.0).log(),
+    "log_latency_p90": (pl.col("latency_ms_p90").fill_null(0.0) + 1.0).log(),
+    "min_confidence_filled": pl.col("min_confidence").fill_null(1.0),
+}
+
+
+def _feature(name: str) -> pl.Expr:
+    return _FEATURE_EXPRS.get(name, pl.col(name)).alias(name)
+
+
+@dataclass(frozen=True)
+class _RobustZ:
+    """Median/MAD z-scores of features within groups of runs (agents; small agents pooled as
+    the fleet), as group tables plus expressions that read the run's group from ``_gid``.
+
+    Nothing per run is stored but ``gid``: the z-scores are expressions, evaluated for all
+    runs where every run needs them (the anomaly model, ``cost_z``, ``steps_z``) and for the
+    flagged runs only where only they do (reasons).
+    """
+
+    gid: pl.Series  # per run: its group's row in ``med`` / ``mad`` (UInt32)
+    med: pl.DataFrame  # per group: "_zgroup", "_med_<feature>", "_med_cost", "_med_steps"
+    mad: pl.DataFrame  # per group (in gid order): "_mad_<feature>"
+    specs: tuple[tuple[str, float], ...]
+
+    @staticmethod
+    def _of_group(table: pl.DataFrame, col: str) -> pl.Expr:  # the run's group's value
+        return pl.lit(table[col]).gather(pl.col("_gid"))
+
+    def z(self, name: str) -> pl.Expr:
+        """Robust z-score of feature ``name`` (named ``_z_<name>``)."""
+        floor = dict(self.specs)[name]
+        dev = _feature(name) - self._of_group(self.med, f"_med_{name}")
+        return (
+            (dev / pl.max_horizontal(self._of_group(self.mad, f"_mad_{name}"), pl.lit(floor)))
+            .clip(-50.0, 50.0)
+            .fill_null(0.0)
+            .alias(f"_z_{name}")
+        )
+
+    def context(self) -> list[pl.Expr]:
+        """``_z_<feature>`` of every feature, and the group's ``_zgroup``, ``_med_cost`` and
+        ``_med_steps`` (what the reasons quote)."""
+        return [
+            *[self.z(n) for n, _ in self.specs],
+            self._of_group(self.med, "_zgroup").alias("_zgroup"),
+            self._of_group(self.med, "_med_cost").alias("_med_cost"),
+            self._of_group(self.med, "_med_steps").alias("_med_steps"),
+        ]
+
+
+def _robust_z(f: pl.DataFrame, group: pl.Expr, specs: Sequence[tuple[str, float]]) -> _RobustZ:
+    """The median/MAD z-scores of each feature of ``specs`` within the groups ``group``.
 
     The MAD is scaled by 1.4826 (a standard deviation under normality) and floored at
-    the column's floor, so near-constant features do not blow up. Also adds
-    ``_med_cost`` and ``_med_steps`` (the group's median cost and steps, for reasons).
-    Two small group-bys; the group's medians and MADs are read by group index inside the
-    expressions (no join, no per-run copy of every median).
+    the feature's floor, so near-constant features do not blow up. Two small group-bys over
+    a narrow frame of the features; the group's medians and MADs are read by group index
+    inside the expressions (no join, no per-run copy of every median).
     """
     names = [n for n, _ in specs]
-    med = f.group_by("_zgroup").agg(
+    narrow = f.select(
+        group.alias("_zgroup"), *[_feature(n) for n in names], pl.col("cost_usd"), pl.col("n_steps")
+    )
+    med = narrow.group_by("_zgroup").agg(
         *[pl.col(n).median().alias(f"_med_{n}") for n in names],
         pl.col("cost_usd").fill_null(0.0).median().alias("_med_cost"),
         pl.col("n_steps").median().alias("_med_steps"),
     )
-    gid = f["_zgroup"].replace_strict(
+    gid = narrow["_zgroup"].replace_strict(
         med["_zgroup"], pl.int_range(med.height, dtype=pl.UInt32, eager=True), return_dtype=pl.UInt32
     )
-
-    def of_group(table: pl.DataFrame, col: str) -> pl.Expr:  # the run's group's value
-        return pl.lit(table[col]).gather(pl.col("_gid"))
-
-    f = f.with_columns(gid.alias("_gid"))
-    dev = {n: pl.col(n) - of_group(med, f"_med_{n}") for n in names}
+    narrow = narrow.select(*names).with_columns(gid.alias("_gid"))
+    of_group = _RobustZ._of_group
     mad = (
-        f.select("_gid", *[dev[n].abs().alias(n) for n in names])
+        narrow.select("_gid", *[(pl.col(n) - of_group(med, f"_med_{n}")).abs().alias(n) for n in names])
         .group_by("_gid")
         .agg(*[(pl.col(n).median() * 1.4826).alias(f"_mad_{n}") for n in names])
         .sort("_gid")
     )
-    return f.with_columns(
-        *[
-            (dev[n] / pl.max_horizontal(of_group(mad, f"_mad_{n}"), pl.lit(floor)))
-            .clip(-50.0, 50.0)
-            .fill_null(0.0)
-            .alias(f"_z_{n}")
-            for n, floor in specs
-        ],
-        of_group(med, "_med_cost").alias("_med_cost"),
-        of_group(med, "_med_steps").alias("_med_steps"),
-    ).drop("_gid")
+    return _RobustZ(gid=gid.alias("_gid"), med=med, mad=mad, specs=tuple(specs))
 
 
 def _oriented_z(name: str, orientation: int) -> pl.Expr:
@@ -550,33 +597,28 @@ def score_runs_from_runs(
         )
     f = f.with_columns(
         (pl.col("n_errors") / pl.max_horizontal(pl.col("n_tool"), pl.lit(1))).alias("error_rate_tool"),
-        pl.col("n_steps").cast(pl.Float64).log().alias("log_steps"),
-        (pl.col("cost_usd").fill_null(0.0) + 1e-3).log().alias("log_cost"),
-        (pl.col("tokens").fill_null(0).cast(pl.Float64) + 1.0).log().alias("log_tokens"),
-        (pl.col("runtime_s").fill_null(0.0) + 1.0).log().alias("log_runtime"),
-        (pl.col("latency_ms_p90").fill_null(0.0) + 1.0).log().alias("log_latency_p90"),
-        pl.col("min_confidence").fill_null(1.0).alias("min_confidence_filled"),
     )
     # agents with few runs are compared with the whole fleet (a handful of agents: Python list is fine)
     counts = f.group_by("agent").len()
     small = counts.filter(pl.col("len") < MIN_AGENT_RUNS)["agent"].to_list()
-    f = f.with_columns(
+    group = (
         pl.when(pl.col("agent").is_in(small) | pl.col("agent").is_null() if small else pl.col("agent").is_null())
         .then(pl.lit("\x00fleet"))
         .otherwise(pl.col("agent"))
-        .alias("_zgroup")
     )
-    f = _add_robust_z(f, [(src, floor) for src, floor, _ in _ANOMALY_FEATURES]).with_columns(
-        pl.col("_z_log_cost").alias("cost_z"),
-        pl.col("_z_log_steps").alias("steps_z"),
-    )
+    rz = _robust_z(f, group, [(src, floor) for src, floor, _ in _ANOMALY_FEATURES])
+    f = f.with_columns(rz.gid)
+    f = f.with_columns(rz.z("log_cost").alias("cost_z"), rz.z("log_steps").alias("steps_z"))
 
     # ---- anomaly (IsolationForest over per-agent robust z-scores) ----
-    # (the most unusual feature, for the reason, is found for the flagged runs only: _components)
-    f = f.with_columns(pl.Series("anomaly", _anomaly_scores(f, random_state), dtype=pl.Float64))
+    # (the z-scores are a transient frame; the most unusual feature, for the reason, is found
+    # for the flagged runs only: _components)
+    anomaly = _anomaly_scores(f.select(rz.z(n) for n, _, _ in _ANOMALY_FEATURES), random_state)
+    f = f.with_columns(pl.Series("anomaly", anomaly, dtype=pl.Float64))
+    del anomaly
 
     # ---- violations needing events ----
-    f = _join_violations(f, viol, pol)
+    f, viol_texts = _join_violations(f, viol, pol)
 
     # ---- loops ----
     if summary is not None:
@@ -594,7 +636,7 @@ def score_runs_from_runs(
         f = f.with_columns(ctx["_drift_what"], ctx["_drift_since"])
     else:
         f = f.with_columns(
-            pl.lit(None, dtype=pl.String).alias("_drift_what"),
+            pl.lit(None, dtype=pl.Categorical).alias("_drift_what"),
             pl.lit(None, dtype=pl.Datetime("us", "UTC")).alias("_drift_since"),
         )
 
@@ -618,7 +660,10 @@ def score_runs_from_runs(
         .otherwise(pl.lit("ok"))
         .alias("level")
     )
-    reasons = _reasons(f.lazy().filter(pl.col("level") != "ok"), text_exprs, esc_model)
+    # what only the reasons quote is added for the flagged runs only
+    flagged = f.filter(pl.col("level") != "ok").with_columns(rz.context())
+    reasons = _reasons(_with_lookup(flagged, viol_texts, "run_id").lazy(), text_exprs, esc_model)
+    del flagged
     f = _with_lookup(f, reasons, "run_id").with_columns(
         pl.col("reasons").fill_null(pl.lit([], dtype=pl.List(pl.String)))
     )
@@ -631,8 +676,14 @@ def score_runs_from_runs(
     return out if out["run_id"].is_sorted() else out.sort("run_id")
 
 
-def _join_violations(f: pl.DataFrame, viol: pl.DataFrame | None, pol: Policy) -> pl.DataFrame:
-    """Per-run aggregates of the event-level rules (one small group-by over the violations)."""
+#: Texts of the violations that only the reasons quote (looked up for the flagged runs only).
+_VIOLATION_TEXTS = ("_crit_action", "_warn_action", "_unk_detail", "_ret_detail", "_dep_detail")
+
+
+def _join_violations(f: pl.DataFrame, viol: pl.DataFrame | None, pol: Policy) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Per-run aggregates of the event-level rules (one small group-by over the violations):
+    ``f`` with the counts and values added, and the texts the reasons quote (``run_id`` and
+    :data:`_VIOLATION_TEXTS`, one row per run with a violation)."""
     parts: list[pl.DataFrame] = []
     if viol is not None and viol.height:
         missing = [c for c in ("run_id", "rule", "severity", "detail") if c not in viol.columns]
@@ -677,14 +728,15 @@ def _join_violations(f: pl.DataFrame, viol: pl.DataFrame | None, pol: Policy) ->
         (dep & (pl.col("severity") == "critical")).any().alias("_dep_cycle"),
         pl.col("detail").filter(dep).first().alias("_dep_detail"),
     )
-    f = _with_lookup(f, agg, "run_id")
-    return f.with_columns(
+    f = _with_lookup(f, agg.drop(_VIOLATION_TEXTS), "run_id")
+    f = f.with_columns(
         pl.col("_n_crit").fill_null(0),
         pl.col("_n_warn").fill_null(0),
         pl.col("n_unknown_tool").fill_null(0),
         (pl.col("_n_crit").fill_null(0) + pl.col("_n_warn").fill_null(0)).alias("n_unapproved"),
         pl.col("_dep_cycle").fill_null(False),
     )
+    return f, agg.select("run_id", *_VIOLATION_TEXTS)
 
 
 def _components(pol: Policy) -> tuple[list[pl.Expr], list[pl.Expr]]:
@@ -835,7 +887,7 @@ def _components(pol: Policy) -> tuple[list[pl.Expr], list[pl.Expr]]:
     comp(
         "drift",
         pl.when(pl.col("_drift_what").is_not_null()).then(0.1),
-        pl.concat_str(pl.lit("context: "), pl.col("agent"), pl.lit(" drifting in "), pl.col("_drift_what"),
+        pl.concat_str(pl.lit("context: "), pl.col("agent"), pl.lit(" drifting in "), pl.col("_drift_what").cast(pl.String),
                       pl.lit(" since "), pl.col("_drift_since").dt.strftime("%Y-%m-%d")),
     )
     return out, texts

@@ -527,7 +527,8 @@ def test_drift_context_against_a_join_of_every_run() -> None:
              pl.col("window_start").min().alias("_drift_since"))
     )
     want = runs.select("run_id").join(brute, on="run_id", how="left", maintain_order="left")
-    assert_frame_equal(got.select("run_id", "_drift_what", "_drift_since"), want)
+    assert got["_drift_what"].dtype == pl.Categorical  # a handful of texts: 4 bytes a run
+    assert_frame_equal(got.with_columns(pl.col("_drift_what").cast(pl.String)), want)
     assert want["_drift_what"].null_count() < n  # some runs match, some do not
     assert want["_drift_what"].null_count() > 0
 
