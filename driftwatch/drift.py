@@ -672,11 +672,61 @@ class _Counts:
     whole: bool = True  # every count a whole number: sums of counts are exact in any order
 
 
+class _Runs:
+    """The run columns the features read, in row order, gathered from their source tables when asked for.
+
+    A sorted copy of all of them would live through the whole computation (0.7 GB at 7M runs); each test
+    reads a column or two (the classifier a sample of the rows).
+
+    Parameters
+    ----------
+    sources : list of polars.DataFrame
+        The per-run tables the runs come from (one, or the reference and the current tables).
+    src : numpy.ndarray
+        Per run (row order): the index of its source.
+    orig : numpy.ndarray
+        Per run (row order): its row in its source.
+    """
+
+    def __init__(self, sources: list[pl.DataFrame], src: np.ndarray, orig: np.ndarray) -> None:
+        self.sources = [t.select([c for c in t.columns if c in _RUN_COLUMNS]) for t in sources]  # no copies
+        self.src = src
+        self.orig = orig
+        self.height = int(orig.size)
+        self.columns = list(dict.fromkeys(c for t in self.sources for c in t.columns))
+
+    def frame(self, columns: Sequence[str], rows: np.ndarray | None = None) -> pl.DataFrame:
+        """The ``columns`` (those there are) of the runs ``rows`` (all by default), in that order.
+
+        With two sources, a column only one of them has is null for the other's runs, and a column of two
+        types gets their common supertype (as a diagonal concatenation of the sources makes it).
+        """
+        cols = [c for c in dict.fromkeys(columns) if c in self.columns]
+        orig = self.orig if rows is None else self.orig[rows]
+        if len(self.sources) == 1:
+            return self.sources[0].select(cols)[orig]
+        src = self.src if rows is None else self.src[rows]
+        parts = []
+        for i, t in enumerate(self.sources):
+            at = orig[src == i]
+            have = [c for c in cols if c in t.columns]
+            part = t.select(have)[at] if have else pl.select(pl.repeat(None, at.size).alias(cols[0]))
+            parts.append(part.with_columns([pl.lit(None).alias(c) for c in cols if c not in part.columns]))
+        both = pl.concat(parts, how="diagonal_relaxed")  # the runs of source 0, then those of source 1
+        back = np.empty(src.size, dtype=np.int64)
+        back[np.argsort(src, kind="stable")] = np.arange(src.size)
+        return both[back].select(cols)
+
+    def column(self, name: str) -> pl.Series:
+        """One column of all runs, in row order."""
+        return self.frame([name]).to_series()
+
+
 @dataclass
 class _Data:
     """All runs of the comparison, sorted by (series, slot, source, run_id); slot 0 is the reference."""
 
-    runs: pl.DataFrame  # _orig (row in its source table) and the run columns the features read, in row order
+    runs: _Runs  # the run columns the features read, in row order
     # "actions" / "bigrams": per source, (count table, the source's run ids, source row -> _row or -1)
     count_parts: dict[str, list[tuple[pl.DataFrame, pl.Series, np.ndarray]]]
     series: pl.DataFrame  # _s, series, by columns
@@ -817,6 +867,7 @@ def _assemble(main: Tables, reference: Any, current: Any, opts: _Options) -> _Da
     tabs_of = {src_ref: ref_tabs, src_cur: cur_tabs}
     orig = runs["_orig"].to_numpy().astype(np.int64)
     rank = np.empty(runs.height, dtype=np.int64)
+    del runs
     for sv, t in tabs_of.items():
         at = src == sv
         rank[at] = _run_id_rank(t[0]["run_id"])[orig[at]]
@@ -825,8 +876,9 @@ def _assemble(main: Tables, reference: Any, current: Any, opts: _Options) -> _Da
     key = ((s * n_slots + slot) * 3 + src) * m + rank
     order = np.flatnonzero(keep)
     order = order[np.argsort(key[order])]  # keys are unique: (source, rank) names one row
-    runs = runs.select("_orig", *(c for c in runs.columns if c in _RUN_COLUMNS))[order]
+    del key, rank
     s, slot, src, orig = s[order], slot[order], src[order], orig[order]
+    idt = np.int32 if orig.size < 2**31 else np.int64
     # ---- per-run counts (mapped onto rows when a feature first asks for them)
     count_parts: dict[str, list[tuple[pl.DataFrame, pl.Series, np.ndarray]]] = {}
     for i, kind in ((1, "actions"), (2, "bigrams")):
@@ -836,12 +888,14 @@ def _assemble(main: Tables, reference: Any, current: Any, opts: _Options) -> _Da
         for sv, t in tabs_of.items():
             if t[i] is None:
                 continue
-            rowmap = np.full(t[0].height, -1, dtype=np.int64)
+            rowmap = np.full(t[0].height, -1, dtype=idt)
             at = np.flatnonzero(src == sv)
             rowmap[orig[at]] = at
             parts.append((t[i], t[0]["run_id"], rowmap))
         if len(parts) == len(tabs_of):
             count_parts[kind] = parts
+    srcs = sorted(tabs_of)
+    runs = _Runs([tabs_of[v][0] for v in srcs], np.searchsorted(srcs, src).astype(np.int8), orig)
     return _Data(
         runs=runs,
         count_parts=count_parts,
@@ -1048,7 +1102,7 @@ def _window_frame(
     src: int,
     by: tuple[str, ...],
 ) -> pl.DataFrame:
-    """The runs of ``feats`` in a range, with their slot, source and row in ``feats`` (``_orig``)."""
+    """The runs of ``feats`` in a range: their row in ``feats`` (``_orig``), slot, source and ``by`` columns."""
     lf = feats.lazy().with_row_index("_orig")
     if lo is not None:
         lf = lf.filter(pl.col("first_ts") >= lo)
@@ -1059,7 +1113,7 @@ def _window_frame(
     else:
         slot = (pl.col("first_ts") - pl.lit(origin, dtype=TS_DTYPE)).dt.total_microseconds() // every_us + 1
         lf = lf.filter(pl.col("first_ts") >= origin)
-    keep = [c for c in dict.fromkeys((*by, *_RUN_COLUMNS)) if c in feats.columns]
+    keep = [c for c in by if c in feats.columns]
     return (
         lf.filter(pl.col("first_ts").is_not_null())
         .select(
@@ -1261,7 +1315,7 @@ def _error_block(data: _Data) -> _Cat | None:
     """Runs with at least one failed step vs runs without (one unit per run, so no clustering)."""
     if "n_errors" not in data.runs.columns:
         return None
-    err = data.runs["n_errors"].fill_null(0).to_numpy().astype(float)
+    err = data.runs.column("n_errors").fill_null(0).to_numpy().astype(float)
     if err.sum() == 0:
         return None  # status not logged (or a fleet without a single error): nothing to test
     failed = (err > 0).astype(float)
@@ -1502,7 +1556,8 @@ def _self_similarity_rows(data: _Data, cat: _Cat, opts: _Options) -> pl.DataFram
 def _numeric_values(data: _Data, name: str) -> np.ndarray | None:
     if any(c not in data.runs.columns for c in _NUMERIC_NEEDS[name]):
         return None
-    x = data.runs.select(_NUMERIC[name].alias("x"))["x"].fill_nan(None).to_numpy().astype(float)
+    x = data.runs.frame(_NUMERIC_NEEDS[name]).select(_NUMERIC[name].alias("x"))["x"].fill_nan(None).to_numpy()
+    x = x.astype(float)
     fin = np.isfinite(x)
     if not fin.any() or np.all(x[fin] == 0):
         return None  # not logged
@@ -1619,8 +1674,8 @@ def _gap_rows(data: _Data, opts: _Options) -> pl.DataFrame | None:
     cols = data.runs.columns
     if "feedback" not in cols or "outcome" not in cols:
         return None
-    f = data.runs["feedback"].cast(pl.Float64).fill_nan(None).to_numpy().astype(float)
-    o = data.runs["outcome"].cast(pl.Float64).fill_nan(None).to_numpy().astype(float)
+    f = data.runs.column("feedback").cast(pl.Float64).fill_nan(None).to_numpy().astype(float)
+    o = data.runs.column("outcome").cast(pl.Float64).fill_nan(None).to_numpy().astype(float)
     ok_run = np.isfinite(f) & np.isfinite(o)
     if ok_run.sum() < 2 * opts.min_runs:
         return None
@@ -1807,11 +1862,12 @@ def _classifier_rows(data: _Data, tool: _Cat | None, opts: _Options) -> pl.DataF
         if num in have and den in have:
             exprs[name] = pl.col(num).cast(pl.Float64) / pl.col(den).cast(pl.Float64)
     cols = list(exprs)
+    read = [c for c in (*NUMERIC_RUN_FEATURES, *(c for pair in _RATIOS.values() for c in pair)) if c in have]
     k = 0 if tool is None else min(_CLF_SHARES, tool.K)
 
     def inputs(rows: np.ndarray | None) -> np.ndarray:
         """Run features (and tool shares) of ``rows`` (every run for ``None``)."""
-        runs = data.runs if rows is None else data.runs[rows]
+        runs = data.runs.frame(read, rows)
         x = runs.select([e.fill_nan(None).alias(c) for c, e in exprs.items()]).to_numpy().astype(float)
         x[~np.isfinite(x)] = np.nan
         if tool is not None:
