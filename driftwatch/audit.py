@@ -974,11 +974,17 @@ class AuditResult:
         )
 
         dest = Path(out_dir)
-        # the report is drawn from exactly the frames written, so `driftwatch report DIR` rebuilds it
-        canon = replace(self, **{name: canonical_floats(f) for name, f in self.output_frames().items()})
+        # the report is drawn from exactly the frames written, so `driftwatch report DIR` rebuilds it;
+        # of the (wide) runs table it keeps only the columns the report reads, and each rounded
+        # frame is written before the next one is made
+        seen: dict[str, pl.DataFrame] = {}
         with atomic_directory(dest, expected=CONTRACT_FILES + EXTRA_FILES) as tmp:
-            for name, frame in canon.output_frames().items():
-                atomic_write_parquet(frame, tmp / f"{name}.parquet")
+            for name, frame in self.output_frames().items():
+                atomic_write_parquet(canonical_floats(frame), tmp / f"{name}.parquet")
+                if name == "runs":
+                    frame = frame.select(c for c in report.RUN_COLUMNS if c in frame.columns)
+                seen[name] = canonical_floats(frame)
+            canon = replace(self, **seen)
             lines = self.alert_frame().select(pl.struct(pl.all()).struct.json_encode().alias("j"))["j"]
             atomic_write_text(tmp / "alerts.jsonl", lines.str.join("\n").item() + "\n" if lines.len() else "")
             summary = self.summary()

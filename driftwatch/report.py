@@ -648,6 +648,10 @@ def _short_ts(text: Any) -> str:
     return str(text).replace("T", " ")[:19]
 
 
+#: The columns of the runs table the report reads (the rest is in runs.parquet).
+RUN_COLUMNS: tuple[str, ...] = ("run_id", "agent", "level", "score", "reasons", "n_steps", "cost_usd", "first_ts")
+
+
 def _section_escalated(result: Any) -> str:
     runs = _get(result, "runs")
     head = '<section id="escalated"><h2>Runs that need a human</h2>'
@@ -660,8 +664,7 @@ def _section_escalated(result: Any) -> str:
         f'<p class="note">{hot.height:,} runs at review or escalate, highest score first '
         f"(all of them are in alerts.jsonl and runs.parquet).</p>"
     )
-    cols = ["run_id", "agent", "level", "score", "reasons", "n_steps", "cost_usd", "first_ts"]
-    table = _table(hot, cols, limit=MAX_ESCALATED_ROWS, cells={"level": _pill, "reasons": _reasons},
+    table = _table(hot, list(RUN_COLUMNS), limit=MAX_ESCALATED_ROWS, cells={"level": _pill, "reasons": _reasons},
                    headers={"n_steps": "steps", "cost_usd": "cost $", "first_ts": "started"})
     # timelines of the top runs we kept events for
     examples = _get(result, "examples")
@@ -957,6 +960,7 @@ def _section_costs(result: Any, summary: Mapping[str, Any]) -> str:
     out = '<section id="costs"><h2>Cost at volume</h2>'
     drawn = False
     if _col(runs, "cost_usd"):
+        runs = runs.select("cost_usd", *(["agent"] if "agent" in runs.columns else []))  # not every column per agent
         charts = []
         groups = sorted(runs["agent"].unique().to_list(), key=str) if "agent" in runs.columns else []
         for agent in [None, *groups]:
