@@ -112,6 +112,23 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     return Path(path)
 
 
+def trim_heap() -> bool:
+    """Give the C heap's free memory back to the operating system (glibc's ``malloc_trim``).
+
+    numpy's arrays live on the C heap; after a large stage frees them, glibc keeps the pages
+    (in one arena per thread that allocated) for reuse, and the process's RSS stays high.
+    The audit calls this between stages of a large fleet. Returns False where it is not
+    available (another C library, another OS); it never fails.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write UTF-8 ``text`` to ``path`` atomically."""
     return atomic_write_bytes(path, text.encode("utf-8"))

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from driftwatch._frames import as_lazy
+from driftwatch._io import trim_heap
 from driftwatch.errors import InvalidParameterError, NoInputError
 from driftwatch.schema import CANONICAL_SCHEMA
 
@@ -615,6 +616,7 @@ def fleet_stage(
         t0 = time.perf_counter()
 
         def done() -> None:
+            trim_heap()  # each step's numpy work freed: give its pages back before the next
             timings[name] = round(time.perf_counter() - t0, 4)
             if progress is not None:
                 progress(f"{name}: {timings[name]:.1f}s")
@@ -1445,6 +1447,7 @@ def audit(
                 tables = sink.tables()
             finally:
                 shutil.rmtree(spill_dir, ignore_errors=True)
+        trim_heap()
         timings["per_run_stage"] = round(time.perf_counter() - t0, 4)
         say(f"per-run stage: {tables.n_runs:,} runs, {tables.loops.height:,} loops ({timings['per_run_stage']:.1f}s)")
         if tables.n_runs == 0:
