@@ -945,25 +945,41 @@ def _run_id_rank(run_id: pl.Series) -> np.ndarray:
     return rank
 
 
+# values of the first column per step of the sorted merge (a merge of two columns of 7M run ids at once makes
+# about 0.5 GB of temporaries)
+_MERGE_STEP = 1 << 20
+
+
 def _merge_sorted_ids(a: pl.Series, b: pl.Series) -> tuple[np.ndarray, np.ndarray] | None:
     """Positions ``(i, j)`` of the equal values of two sorted string columns, found by merging them.
 
-    ``None`` (use a join) unless both are sorted, free of nulls and of repeated values.
+    ``None`` (use a join) unless both are sorted, free of nulls and of repeated values. The merge goes
+    in steps of ``a``, each with the stretch of ``b`` between the step's first and last value.
     """
     if a.null_count() or b.null_count() or not (a.is_sorted() and b.is_sorted()):
         return None
+    for col in (a, b):  # a value repeated within one column (next to each other: the column is sorted)
+        if col.len() > 1 and col.slice(1).eq(col.slice(0, col.len() - 1)).any():
+            return None
     tag = pl.Int64
-    m = pl.DataFrame({"k": a, "i": pl.int_range(a.len(), dtype=tag, eager=True)}).merge_sorted(
-        pl.DataFrame({"k": b, "i": -1 - pl.int_range(b.len(), dtype=tag, eager=True)}), key="k"
-    )
-    k, i = m["k"], m["i"].to_numpy()
-    if m.height < 2:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    eq = np.flatnonzero(k.slice(1).eq(k.slice(0, m.height - 1)).to_numpy())
-    x, y = i[eq], i[eq + 1]
-    if ((x >= 0) == (y >= 0)).any():  # a value repeated within one column
-        return None
-    return np.where(x >= 0, x, y), -1 - np.where(x >= 0, y, x)
+    gs, fs = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+    for lo in range(0, a.len(), _MERGE_STEP):
+        part = a.slice(lo, _MERGE_STEP)
+        b_lo = b.search_sorted(part[0], side="left")
+        b_hi = b.search_sorted(part[-1], side="right")
+        if b_hi <= b_lo:  # no value of b in the step's range
+            continue
+        m = pl.DataFrame({"k": part, "i": pl.int_range(lo, lo + part.len(), dtype=tag, eager=True)}).merge_sorted(
+            pl.DataFrame({"k": b.slice(b_lo, b_hi - b_lo), "i": -1 - pl.int_range(b_lo, b_hi, dtype=tag, eager=True)}),
+            key="k",
+        )
+        k, i = m["k"], m["i"].to_numpy()
+        eq = np.flatnonzero(k.slice(1).eq(k.slice(0, m.height - 1)).to_numpy())
+        x, y = i[eq], i[eq + 1]
+        gs.append(np.where(x >= 0, x, y))
+        fs.append(-1 - np.where(x >= 0, y, x))
+        del m, k, i
+    return np.concatenate(gs), np.concatenate(fs)
 
 
 def _category_codes(col: pl.Series) -> tuple[np.ndarray, list[str]]:
@@ -994,12 +1010,35 @@ def _count_values(col: pl.Series) -> tuple[np.ndarray, bool]:
     """
     if col.dtype.is_integer() and col.null_count() == 0:
         small = col.len() == 0 or (col.min() > -(2**24) and col.max() < 2**24)  # type: ignore[operator]
-        return col.to_numpy().astype(np.float32 if small else np.float64), True
+        out = np.empty(col.len(), dtype=np.float32 if small else np.float64)
+        lo = 0
+        for chunk in col.get_chunks():  # chunk by chunk (no contiguous int64 copy of a chunked column)
+            out[lo : lo + chunk.len()] = chunk.to_numpy()
+            lo += chunk.len()
+        return out, True
     n = np.asarray(col.to_numpy(), dtype=np.float64)
     whole = bool(np.all(np.trunc(n) == n)) and (n.size == 0 or float(np.abs(n).max()) < 2**53)
     if whole and (n.size == 0 or float(np.abs(n).max()) < 2**24):
         return n.astype(np.float32), True
     return n, whole
+
+
+# rows per step when a column is compared with itself shifted by one row
+_SHIFT_STEP = 1 << 22
+
+
+def _run_starts(rid: pl.Series) -> np.ndarray:
+    """Where a new value starts (``True`` at row 0 and wherever a row differs from the one before, nulls alike).
+
+    In steps: comparing a column of many chunks with itself shifted by a row at once realigns (copies)
+    both sides (0.5 GB for 30M run ids).
+    """
+    h = rid.len()
+    new = np.ones(h, dtype=bool)
+    for lo in range(0, h - 1, _SHIFT_STEP):
+        part = rid.slice(lo, _SHIFT_STEP + 1)
+        new[lo + 1 : lo + part.len()] = part.slice(1).ne_missing(part.slice(0, part.len() - 1)).to_numpy()
+    return new
 
 
 def _map_counts(parts: list[tuple[pl.DataFrame, pl.Series, np.ndarray]], drop: str | None) -> _Counts | None:
@@ -1021,10 +1060,11 @@ def _map_counts(parts: list[tuple[pl.DataFrame, pl.Series, np.ndarray]], drop: s
             continue
         # count tables come grouped by run: match each stretch of one run_id once
         rid = tab["run_id"]
-        new = np.ones(h, dtype=bool)
-        new[1:] = rid.slice(1).ne_missing(rid.slice(0, h - 1)).to_numpy()
+        new = _run_starts(rid)
         at = np.flatnonzero(new)
+        del new
         firsts, lens = rid.gather(at), np.diff(np.append(at, h))
+        del at
         if firsts.len() == run_id.len() and bool((firsts == run_id).fill_null(False).all()):
             g = f = np.arange(firsts.len())  # the usual case: the same runs in the same order
         elif (pairs := _merge_sorted_ids(firsts, run_id)) is not None:
@@ -1036,7 +1076,10 @@ def _map_counts(parts: list[tuple[pl.DataFrame, pl.Series, np.ndarray]], drop: s
                 how="inner",  # null run ids match nothing
             )
             g, f = j["_g"].to_numpy(), j["_f"].to_numpy()
+            del j
+        del firsts
         r = rowmap[f]
+        del f
         g, r = g[r >= 0], r[r >= 0]
         if g.size and np.bincount(g).max() > 1:  # a run id on several runs: each of them gets the counts
             grp = np.repeat(np.arange(lens.size), lens)
@@ -1051,17 +1094,26 @@ def _map_counts(parts: list[tuple[pl.DataFrame, pl.Series, np.ndarray]], drop: s
             row_of[g] = r
             row = np.repeat(row_of, lens)
             idx = None
+            del row_of
+        del g, r, lens
         # codes into the names of all parts (the dropped name and nulls: -1, via the last entry of lut)
         lut = np.array([index.get(x, -1) for x in part_names] + [-1], dtype=np.int32)
         code = lut[part_code]
         del part_code
+        if idx is not None:
+            code = code[idx]
+        keep = (row >= 0) & (code >= 0)
+        some = not keep.all()
+        if some:  # one array at a time (each is 120 MB at 30M count rows)
+            row = row[keep]
+            code = code[keep]
         n, part_whole = _count_values(tab["n"])
         whole &= part_whole
         if idx is not None:
-            code, n = code[idx], n[idx]
-        keep = (row >= 0) & (code >= 0)
-        if not keep.all():
-            row, code, n = row[keep], code[keep], n[keep]
+            n = n[idx]
+        if some:
+            n = n[keep]
+        del keep, idx
         rows.append(row)
         codes.append(code)
         ns.append(n)
@@ -1234,6 +1286,7 @@ def _residual_gram(
 def _category_block(data: _Data, kind: str, opts: _Options) -> _Cat | None:
     cnt = data.counts(kind)
     data._counts.pop(kind, None)  # read once: released when this block is built
+    data.count_parts.pop(kind, None)
     if cnt is None or cnt.row.size == 0:
         return None
     S, W1, U = data.n_series, data.n_slots, cnt.names.size
@@ -1581,49 +1634,86 @@ def _tie_bounds(v: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first, np.minimum.accumulate(np.where(last, pos, size - 1)[::-1])[::-1]
 
 
-def _numeric_rows(data: _Data, name: str, opts: _Options) -> pl.DataFrame | None:
-    x = _numeric_values(data, name)
-    if x is None:
-        return None
-    S, W1, G = data.n_series, data.n_slots, data.groups
+# runs per batch of consecutive series in the numeric tests (their sorts and scans are per series, so a
+# batch needs memory for its own runs only)
+_NUMERIC_BATCH = 1 << 20
+
+
+def _series_batches(bounds: np.ndarray, cap: int) -> list[tuple[int, int]]:
+    """Ranges ``[lo, hi)`` of consecutive series (row bounds ``bounds``) of at most ``cap`` rows, or one series."""
+    out, lo, S = [], 0, bounds.size - 1
+    while lo < S:
+        hi = lo + 1
+        while hi < S and bounds[hi + 1] - bounds[lo] <= cap:
+            hi += 1
+        out.append((lo, hi))
+        lo = hi
+    return out
+
+
+def _numeric_parts(
+    x: np.ndarray, gid: np.ndarray, s: np.ndarray, S: int, W1: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """KS statistic, quantile grid, sum, sum of squares and count of the finite ``x`` per (series, slot).
+
+    ``gid`` and ``s`` (sorted) number the groups and series of the runs from 0; returns arrays over the
+    ``S * W1`` groups (the grid: groups x ``_QUANTILE_GRID``).
+    """
+    G = S * W1
     fin = np.isfinite(x)
-    gid = data.gid[fin]
+    gid = gid[fin]
     xv = x[fin]
+    s_fin = s[fin]
+    del fin
     nz = np.bincount(gid, minlength=G)
     starts = np.concatenate([[0], np.cumsum(nz)])
     n = nz.astype(float)
     # one sort by value, then stable (radix) sorts by series and by window: each series' values in order
     # (for its reference's distribution function), and each window's values in order (for its own)
     o = np.argsort(xv)
-    s_fin = data.s[fin]
     os_ = o[np.argsort(_small_ints(s_fin[o], S), kind="stable")]
+    del o
     g_s = gid[os_]
     x_s = xv[os_]
+    del os_
     to_g = np.argsort(_small_ints(g_s, G), kind="stable")  # series order -> window order (gid sorted)
     xs = x_s[to_g]
     sstart = np.concatenate([[0], np.cumsum(np.bincount(s_fin, minlength=S))])
+    del s_fin
     cz = np.zeros(xv.size + 1, dtype=np.int64)
     np.cumsum((g_s % W1) == 0, out=cz[1:])  # reference values before each position
     ss = g_s // W1
+    del g_s
     lo, hi = _tie_bounds(x_s, ss)
+    del x_s
     base = cz[sstart[ss]]
+    del ss
     ref_lt = (cz[lo] - base)[to_g]  # reference values of the series below / up to each value
+    del lo
     ref_le = (cz[hi + 1] - base)[to_g]
+    del hi, base, cz, to_g
     lo, hi = _tie_bounds(xs, gid)
     cur = (gid % W1) != 0  # window order: runs of one window form one stretch
     gc = gid[cur]
     g0 = (gc // W1) * W1
     with np.errstate(invalid="ignore", divide="ignore"):
         fw_r = (hi[cur] + 1 - starts[gc]) / n[gc]  # values of the own window up to / below each value
+        del hi
         fw_l = (lo[cur] - starts[gc]) / n[gc]
+        del lo
         n0 = np.maximum(n[g0], 1.0)
+        del g0
         fr_r = ref_le[cur] / n0
+        del ref_le
         fr_l = ref_lt[cur] / n0
+        del ref_lt, n0, cur
     d = np.maximum(np.abs(fr_r - fw_r), np.abs(fr_l - fw_l))
+    del fr_r, fw_r, fr_l, fw_l
     D = np.zeros(G)
     if gc.size:
         first = np.flatnonzero(np.concatenate([[True], gc[1:] != gc[:-1]]))
         D[gc[first]] = np.maximum.reduceat(d, first)
+    del d, gc
     # Wasserstein-1 on a quantile grid
     u = (np.arange(_QUANTILE_GRID) + 0.5) / _QUANTILE_GRID
     has = n > 0
@@ -1632,10 +1722,25 @@ def _numeric_rows(data: _Data, name: str, opts: _Options) -> pl.DataFrame | None
     Q = np.where(has[:, None], xs[np.clip(qi, 0, max(xs.size - 1, 0))], np.nan) if xs.size else np.full(
         (G, _QUANTILE_GRID), np.nan
     )
+    return D, Q, _gsum(xv, gid, G), _gsum(xv**2, gid, G), n
+
+
+def _numeric_rows(data: _Data, name: str, opts: _Options) -> pl.DataFrame | None:
+    x = _numeric_values(data, name)
+    if x is None:
+        return None
+    S, W1, G = data.n_series, data.n_slots, data.groups
+    D, Q, s1, s2, n = np.zeros(G), np.full((G, _QUANTILE_GRID), np.nan), np.zeros(G), np.zeros(G), np.zeros(G)
+    bounds = np.searchsorted(data.s, np.arange(S + 1))  # runs are sorted by series
+    for lo, hi in _series_batches(bounds, _NUMERIC_BATCH):
+        a, b = bounds[lo], bounds[hi]
+        at = slice(lo * W1, hi * W1)
+        D[at], Q[at], s1[at], s2[at], n[at] = _numeric_parts(
+            x[a:b], data.gid[a:b] - lo * W1, data.s[a:b] - lo, hi - lo, W1
+        )
+    del x
     Q = _shape(data, Q)
     w1 = np.abs(Q[:, 1:] - Q[:, :1]).mean(-1)
-    s1 = _gsum(xv, gid, G)
-    s2 = _gsum(xv**2, gid, G)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = _shape(data, s1 / n)
         var = _shape(data, (s2 - s1**2 / n) / np.maximum(n - 1, 1))
@@ -1839,11 +1944,17 @@ def _cell_sample(gid: np.ndarray, n_groups: int, cap: int | None, seed: int) -> 
     if cap is None or gid.size == 0 or n.max() <= cap:
         return None
     # its own random stream, so that the classifier's folds and training draws do not depend on it
-    u = np.random.default_rng([seed, 1]).random(gid.size)
-    order = np.argsort(gid + 0.5 * u)  # cells stay contiguous (gid sorted, 0.5 * u < 1); random within
+    key = np.random.default_rng([seed, 1]).random(gid.size)
+    key *= 0.5
+    key += gid  # gid + 0.5 * u: cells stay contiguous (gid sorted, 0.5 * u < 1); random within
+    order = np.argsort(key)
+    del key
     start = np.concatenate([[0], np.cumsum(n)[:-1]])
+    within = np.arange(gid.size)
+    within -= start[gid[order]]
     rank = np.empty(gid.size, dtype=np.int64)
-    rank[order] = np.arange(gid.size) - start[gid[order]]
+    rank[order] = within
+    del order, within
     return np.flatnonzero(rank < cap)
 
 
@@ -1904,14 +2015,19 @@ def _classifier_rows(data: _Data, tool: _Cat | None, opts: _Options) -> pl.DataF
     rng = np.random.default_rng(opts.random_state)
     # folds of all runs, stratified by (series, reference/current); the models train on runs of the other
     # fold drawn from all runs (so a sample of large cells trains no differently) and score the sample
-    s_all, y_all = data.s, (data.slot > 0).astype(np.int64)
+    s_all, y_all = data.s, data.slot > 0  # (labels as int64 where the models read them)
     strata = s_all * 2 + y_all  # sorted: runs are in (series, slot) order
     order = np.argsort(rng.random(y_all.size))  # random order, then (radix) by stratum
     order = order[np.argsort(_small_ints(strata[order], 2 * S), kind="stable")]
     start = np.concatenate([[0], np.cumsum(np.bincount(strata, minlength=2 * S))])
+    within = np.arange(y_all.size)
+    within -= start[strata[order]]
+    del strata
     rank = np.empty(y_all.size, dtype=np.int64)
-    rank[order] = np.arange(y_all.size) - start[strata[order]]
-    fold_all = rank % _CLF_FOLDS
+    rank[order] = within
+    del order, within
+    fold_all = (rank % _CLF_FOLDS).astype(np.int8)
+    del rank
     fold = fold_all if take is None else fold_all[take]
     score = np.full(y.size, np.nan)
     cap = opts.classifier_max_train
@@ -1920,7 +2036,8 @@ def _classifier_rows(data: _Data, tool: _Cat | None, opts: _Options) -> pl.DataF
         tr = np.flatnonzero((fold_all != f) & use[s_all])
         if tr.size > cap:
             tr = np.sort(rng.choice(tr, cap, replace=False))
-        if np.unique(y_all[tr]).size < 2:
+        y_tr = y_all[tr].astype(np.int64)
+        if np.unique(y_tr).size < 2:
             continue
         X_tr = Xf[tr] if take is None else model_inputs(inputs(tr)[:, live], s_all[tr])
         model = HistGradientBoostingClassifier(
@@ -1937,7 +2054,7 @@ def _classifier_rows(data: _Data, tool: _Cat | None, opts: _Options) -> pl.DataF
         # one OpenMP thread (set here: sklearn's OpenMP runtime may have been loaded just now, after the
         # limits of drift_from_runs were applied): small fits gain little and stall on a busy machine
         with threadpool_limits(limits=1, user_api="openmp"):
-            model.fit(X_tr, y_all[tr])
+            model.fit(X_tr, y_tr)
             score[test] = model.predict_proba(Xf[test])[:, 1]
     auc, cnt = _grouped_auc(s, slot, score, S, W1)
     n0 = n_ref_s[:, None].astype(float)

@@ -614,7 +614,8 @@ def test_category_counts_in_steps_and_sparse_match_a_dense_build(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Count sums in steps, sparse per-run counts and the clustered covariance filled in per series a few
-    rows at a time give exactly what one dense runs x categories matrix gives."""
+    rows at a time give exactly what one dense runs x categories matrix gives; numeric tests run per batch
+    of series with the same results."""
     from driftwatch import drift as D
 
     f, a, b = demo_tables
@@ -649,4 +650,6 @@ def test_category_counts_in_steps_and_sparse_match_a_dense_build(
             np.subtract(C[lo:hi], e, out=e)
             e *= w[g][:, None]
             assert np.array_equal(e.T @ e / NS[s], small.unit_cov[s])
+    # and the numeric tests, one series at a time
+    monkeypatch.setattr(D, "_NUMERIC_BATCH", 100)
     assert drift_from_runs(*demo_tables, reference=REF).equals(demo_drift)
