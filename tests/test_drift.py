@@ -626,7 +626,9 @@ def test_category_counts_in_steps_and_sparse_match_a_dense_build(
     default = {kind: D._category_block(data, kind, opts) for kind in ("actions", "bigrams")}
     monkeypatch.setattr(D, "_COUNT_STEP", 997)
     monkeypatch.setattr(D, "_COV_STEP", 61)
-    data._counts.clear()
+    monkeypatch.setattr(D, "_MERGE_STEP", 50)
+    monkeypatch.setattr(D, "_SHIFT_STEP", 333)
+    data = D._assemble(D._check_tables((f, a, b), "features"), REF, None, opts)  # (a block reads its counts once)
     for kind, cat in default.items():
         small = D._category_block(data, kind, opts)
         assert cat is not None and small is not None
@@ -653,3 +655,20 @@ def test_category_counts_in_steps_and_sparse_match_a_dense_build(
     # and the numeric tests, one series at a time
     monkeypatch.setattr(D, "_NUMERIC_BATCH", 100)
     assert drift_from_runs(*demo_tables, reference=REF).equals(demo_drift)
+
+
+def test_run_ids_matched_in_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sorted run ids are matched by merging in steps; repeated ids leave it to a join (None)."""
+    from driftwatch import drift as D
+
+    monkeypatch.setattr(D, "_MERGE_STEP", 3)
+    a = pl.Series([f"r{i:02d}" for i in (1, 2, 4, 5, 7, 8, 9, 12)])
+    b = pl.Series([f"r{i:02d}" for i in (0, 2, 3, 4, 8, 9, 10, 12, 13)])
+    pairs = D._merge_sorted_ids(a, b)
+    assert pairs is not None
+    assert pairs[0].tolist() == [1, 2, 5, 6, 7] and pairs[1].tolist() == [1, 3, 4, 5, 7]
+    assert D._merge_sorted_ids(pl.Series(["r02", "r02", "r04"]), b) is None
+    assert D._merge_sorted_ids(a, pl.Series(["r01", "r01"])) is None
+    monkeypatch.setattr(D, "_SHIFT_STEP", 2)
+    rid = pl.concat([pl.Series(["a", "a", "b"]), pl.Series(["b", None, None, "c"])], rechunk=False)
+    assert D._run_starts(rid).tolist() == [True, False, True, False, True, False, True]
