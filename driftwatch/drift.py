@@ -733,7 +733,7 @@ class _Data:
     n_series: int
     n_slots: int
     origin: datetime
-    s: np.ndarray  # per run (row order)
+    s: np.ndarray  # per run (row order; int32 unless there are 2**31 runs or groups)
     slot: np.ndarray
     _counts: dict[str, _Counts | None] = field(default_factory=dict)
 
@@ -751,7 +751,7 @@ class _Data:
 
     @cached_property
     def gid(self) -> np.ndarray:
-        return self.s * self.n_slots + self.slot
+        return self.s.astype(np.int64) * self.n_slots + self.slot
 
 
 # run columns some feature reads (the rest of the per-run table is not carried along)
@@ -895,7 +895,10 @@ def _assemble(main: Tables, reference: Any, current: Any, opts: _Options) -> _Da
         if len(parts) == len(tabs_of):
             count_parts[kind] = parts
     srcs = sorted(tabs_of)
-    runs = _Runs([tabs_of[v][0] for v in srcs], np.searchsorted(srcs, src).astype(np.int8), orig)
+    # per-run numbers in 32 bits (they live through the whole computation); group ids are computed in 64
+    small = np.int32 if max(series.height * n_slots, int(orig.max(initial=0)) + 1) < 2**31 else np.int64
+    runs = _Runs([tabs_of[v][0] for v in srcs], np.searchsorted(srcs, src).astype(np.int8), orig.astype(small))
+    s, slot = s.astype(small), slot.astype(small)
     return _Data(
         runs=runs,
         count_parts=count_parts,
@@ -1203,7 +1206,7 @@ class _Cat:
     a few runs that carry a rare, clustered category.
     """
 
-    C: sparse.csr_matrix | None  # runs x K counts (sparse; None where no test reads per-run counts)
+    C: sparse.csr_matrix | None  # runs x K counts (sparse, uint16 or float32; None where no test reads them)
     m: np.ndarray  # runs: total count
     names: np.ndarray  # series x K category names
     S1: np.ndarray  # groups x K
@@ -1346,6 +1349,8 @@ def _category_block(data: _Data, kind: str, opts: _Options) -> _Cat | None:
     names = np.full((S, Keff), "", dtype=object)
     si, ui = np.nonzero(present)
     names[si, kmap[si, ui]] = np.where(own[si, ui], cnt.names[ui], _OTHER)
+    if cnt.whole and nnz and n.min() >= 0 and m.max() < 2**16:
+        n = n.astype(np.uint16)  # exact, and so are the sums of a run's pooled categories (at most its total)
     del cnt
     C = sparse.csr_matrix((n, (row, col)), shape=(R, Keff))
     del row, col, n
