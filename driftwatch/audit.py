@@ -398,7 +398,7 @@ def run_stage(
 
     pol = policy_mod._as_policy(policy)
     ev = _in_run_order(as_lazy(events_chunk).collect())
-    feats, actions, bigrams = features.run_tables(ev)
+    feats, actions, bigrams = features.run_tables(ev, compact=True)  # counts as RunTables holds them
     loop_rows = loops.detect_loops(ev, max_period=max_period, min_repeats=min_repeats, fuzzy=fuzzy)
     summary = loops.loop_summary(loop_rows)
     violations = policy_mod.check_policy(ev, pol, delegation=False)

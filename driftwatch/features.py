@@ -15,6 +15,7 @@ Examples
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 from driftwatch._frames import as_lazy
@@ -254,6 +255,92 @@ def _bigram_counts(steps: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def _run_rank(steps: pl.DataFrame) -> np.ndarray:
+    """Per run key ``_run`` (1..R, index ``_run``): the run's rank by ``run_id`` (runs moved
+    to the end by :func:`sorted_steps` break the block order; nulls rank last)."""
+    first = steps.select(pl.col("run_id").filter((pl.col("_run") != pl.col("_run").shift(1)).fill_null(True)))
+    ids = first.to_series()
+    rank = np.zeros(ids.len() + 1, dtype=np.int64)
+    if ids.is_sorted(nulls_last=True):
+        rank[1:] = np.arange(ids.len())
+    else:
+        rank[1 + ids.arg_sort(nulls_last=True).to_numpy()] = np.arange(ids.len())
+    return rank
+
+
+def _lexical(labels: pl.Series) -> tuple[np.ndarray, pl.Series]:
+    """For a few distinct label texts: each one's lexical rank (nulls last) and the labels as
+    a Categorical in rank order."""
+    order = labels.arg_sort(nulls_last=True).to_numpy()
+    rank = np.empty(order.size, dtype=np.int64)
+    rank[order] = np.arange(order.size)
+    return rank, labels.gather(order).cast(pl.Categorical)
+
+
+def _compact_table(
+    steps: pl.DataFrame, rows: np.ndarray, n: pl.Series, run: np.ndarray, label: np.ndarray,
+    labels: pl.Series, name: str,
+) -> pl.DataFrame:
+    """``run_id, <name>, n`` for counted rows (``rows``: a row of ``steps`` in the run, ``run``:
+    its ``_run``, ``label``: index into the distinct ``labels``), in ``run_id, <name>`` order
+    (nulls last), sorted on integer keys."""
+    lab_rank, lab_cat = _lexical(labels)
+    key = _run_rank(steps)[run] * (labels.len() + 1) + lab_rank[label]
+    order = np.argsort(key, kind="stable")
+    return pl.DataFrame({
+        "run_id": steps["run_id"].gather(rows[order]),
+        name: lab_cat.gather(lab_rank[label[order]]),
+        "n": n.gather(order).cast(pl.UInt32),
+    })
+
+
+def _action_counts_compact(steps: pl.DataFrame) -> pl.DataFrame:
+    """:func:`_action_counts` as the audit holds it (``run_id``, ``action`` Categorical,
+    ``n`` UInt32, no ``agent``), without gathering or sorting strings per counted row."""
+    coded = steps.lazy().select("_run", _action_code().alias("_c")).with_row_index("_i").collect()
+    counts = _count_keys(coded.lazy(), [pl.col("_run"), pl.col("_c")])
+    rows = counts["_i"].to_numpy().astype(np.int64)
+    # the distinct actions (a handful): their codes in order and a row of each
+    distinct = coded.group_by("_c").agg(pl.col("_i").first()).sort("_c")
+    code = coded["_c"].to_numpy()
+    labels = steps["action"].gather(distinct["_i"])
+    label = np.searchsorted(distinct["_c"].to_numpy(), code[rows])
+    return _compact_table(steps, rows, counts["n"], coded["_run"].to_numpy()[rows], label, labels, "action")
+
+
+def _bigram_counts_compact(steps: pl.DataFrame) -> pl.DataFrame:
+    """:func:`_bigram_counts` as the audit holds it (``run_id``, ``bigram`` Categorical,
+    ``n`` UInt32, no ``agent``); the ``"a > b"`` texts are built once per distinct pair."""
+    tools = (
+        steps.lazy()
+        .with_row_index("_i")
+        .filter(pl.col("action") != LLM_ACTION)
+        .select(
+            "_i",
+            "_run",
+            _action_code().alias("_a"),
+            pl.col("action").shift(1).alias("_prev"),
+            (pl.col("_run").shift(1) == pl.col("_run")).alias("_same"),
+        )
+        .with_columns(pl.col("_a").shift(1).alias("_pa"))
+        .filter(pl.col("_same"))
+        .collect()
+    )
+    counts = _count_keys(tools.lazy(), [pl.col("_run"), pl.col("_pa"), pl.col("_a")])
+    # each pair's first row is its second step; ``_prev`` is the tool action one row up
+    at = np.searchsorted(tools["_i"].to_numpy(), counts["_i"].to_numpy())
+    a = tools["_a"].to_numpy()
+    pair = tools["_pa"].to_numpy()[at] * (a.max(initial=0) + np.uint64(1)) + a[at]
+    distinct, first, label = np.unique(pair, return_index=True, return_inverse=True)
+    ends = tools.select("_prev", "_i").gather(at[first])
+    labels = ends.select(
+        pl.concat_str(pl.col("_prev"), pl.lit(" > "), steps["action"].gather(ends["_i"]))
+    ).to_series()
+    rows = counts["_i"].to_numpy().astype(np.int64)
+    return _compact_table(steps, rows, counts["n"], steps["_run"].to_numpy()[rows], label.ravel(), labels,
+                          "bigram")
+
+
 def run_action_counts(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     """How often each run called each action: ``run_id, agent, action, n`` (LLM steps included).
 
@@ -271,11 +358,17 @@ def run_bigram_counts(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     return _bigram_counts(sorted_steps(events, ("run_id", "step", "action", "agent")))
 
 
-def run_tables(events: pl.DataFrame | pl.LazyFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+def run_tables(
+    events: pl.DataFrame | pl.LazyFrame, *, compact: bool = False
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """:func:`run_features`, :func:`run_action_counts` and :func:`run_bigram_counts` at once.
 
     The events are put in run and step order once (:func:`sorted_steps`) and every table
     is grouped on the integer run key, which is cheaper than three separate calls.
+    With ``compact=True`` the count tables come as the audit holds them
+    (:func:`driftwatch.audit.compact_counts`: ``run_id``, ``action``/``bigram`` Categorical,
+    ``n`` UInt32, no ``agent``; sorted by ``run_id`` and label, nulls last), built and
+    sorted on integer codes (no string is gathered or compared per counted row).
 
     Examples
     --------
@@ -287,6 +380,8 @@ def run_tables(events: pl.DataFrame | pl.LazyFrame) -> tuple[pl.DataFrame, pl.Da
     True
     """
     steps = sorted_steps(events)
+    if compact:
+        return _features(steps), _action_counts_compact(steps), _bigram_counts_compact(steps)
     return _features(steps), _action_counts(steps), _bigram_counts(steps)
 
 

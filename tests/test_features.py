@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 import driftwatch as dw
 from driftwatch import features as F
@@ -116,3 +117,23 @@ def test_counts_keep_null_actions_per_run() -> None:
     ]
     # a null action is not a tool call: the tool sequences are "x" and "x", without pairs
     assert dw.run_bigram_counts(ev).height == 0
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_compact_count_tables_equal_the_audits_form(fleet_events: pl.DataFrame, shuffle: bool) -> None:
+    """``run_tables(compact=True)`` builds the count tables straight in the audit's compact form
+    (Categorical labels, UInt32 counts, no agent, canonical order): the same as converting
+    the documented tables, also when runs are out of order and actions are missing."""
+    from driftwatch.audit import canonical_order, compact_counts
+
+    ev = fleet_events.with_columns(
+        pl.when(pl.int_range(pl.len()) % 97 == 5).then(None).otherwise(pl.col("action")).alias("action")
+    )
+    if shuffle:
+        ev = ev.sample(fraction=1.0, seed=4)
+    feats, actions, bigrams = F.run_tables(ev, compact=True)
+    want = F.run_tables(ev)
+    assert feats.equals(want[0])
+    assert actions["action"].null_count() > 0
+    assert_frame_equal(actions, canonical_order("action_counts", compact_counts(want[1], "action")))
+    assert_frame_equal(bigrams, canonical_order("bigram_counts", compact_counts(want[2], "bigram")))
