@@ -31,7 +31,9 @@ import sys
 import tempfile
 import time
 import types
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -303,6 +305,12 @@ class RunTables:
 
 #: Chunk tables held in memory before they are spilled to temporary Parquet files.
 SPILL_BYTES = 512 * 2**20
+
+#: Chunks of runs analysed at once by the per-run stage, each on its own thread. Much of a
+#: chunk's work keeps one core busy (numpy, and Polars' single-threaded steps), so two in
+#: flight fill the second core (measured at 10M events: 8.6 s -> 6.7 s for six chunks); the
+#: chunk tables are added in chunk order, so the result does not depend on it.
+CHUNK_WORKERS = 2
 
 
 class _RunTableSink:
@@ -1441,9 +1449,22 @@ def audit(
             try:
                 sink = _RunTableSink(spill_dir)
                 chunk_iter = _iter_chunks(lf, n_chunks, in_memory=in_memory, out=out, progress=say)
-                for i, chunk in enumerate(chunk_iter):
-                    sink.add(run_stage(_in_window(chunk, since_dt, until_dt), policy=pol))
-                    say(f"per-run stage: chunk {i + 1}/{n_chunks}, {sink.n_runs:,} runs")
+                with ThreadPoolExecutor(max_workers=max(1, CHUNK_WORKERS)) as pool:
+                    pending: deque[Future[RunTables]] = deque()
+                    done = 0
+
+                    def collect_one() -> None:
+                        nonlocal done
+                        sink.add(pending.popleft().result())  # in chunk order
+                        done += 1
+                        say(f"per-run stage: chunk {done}/{n_chunks}, {sink.n_runs:,} runs")
+
+                    for chunk in chunk_iter:  # the iterator is advanced on this thread only
+                        pending.append(pool.submit(run_stage, _in_window(chunk, since_dt, until_dt), policy=pol))
+                        if len(pending) >= max(1, CHUNK_WORKERS):
+                            collect_one()
+                    while pending:
+                        collect_one()
                 tables = sink.tables()
             finally:
                 shutil.rmtree(spill_dir, ignore_errors=True)
