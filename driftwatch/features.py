@@ -218,12 +218,11 @@ def _action_counts(steps: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _bigram_counts(steps: pl.DataFrame) -> pl.DataFrame:
-    """:func:`run_bigram_counts` of :func:`sorted_steps` output.
-
-    Pairs are counted on integer codes of ``(run, previous action, action)`` and the
-    ``"a > b"`` text is built once per counted pair, not once per step.
-    """
+def _tool_pairs(steps: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Consecutive tool steps of a run (LLM steps skipped) of :func:`sorted_steps` output:
+    per second step its row ``_i``, ``_run``, action code ``_a``, previous action ``_prev``
+    and its code ``_pa``; and the count of each ``(run, previous action, action)``
+    (:func:`_count_keys`: ``_i`` of its first pair, ``n``)."""
     tools = (
         steps.lazy()
         .with_row_index("_i")
@@ -239,7 +238,16 @@ def _bigram_counts(steps: pl.DataFrame) -> pl.DataFrame:
         .filter(pl.col("_same"))
         .collect()
     )
-    counts = _count_keys(tools.lazy(), [pl.col("_run"), pl.col("_pa"), pl.col("_a")])
+    return tools, _count_keys(tools.lazy(), [pl.col("_run"), pl.col("_pa"), pl.col("_a")])
+
+
+def _bigram_counts(steps: pl.DataFrame) -> pl.DataFrame:
+    """:func:`run_bigram_counts` of :func:`sorted_steps` output.
+
+    Pairs are counted on integer codes of ``(run, previous action, action)`` and the
+    ``"a > b"`` text is built once per counted pair, not once per step.
+    """
+    tools, counts = _tool_pairs(steps)
     # each pair's first row is its second step; ``_prev`` is the tool action one row up
     first = counts.join(tools.select("_i", "_prev"), on="_i", how="left")
     return (
@@ -311,22 +319,7 @@ def _action_counts_compact(steps: pl.DataFrame) -> pl.DataFrame:
 def _bigram_counts_compact(steps: pl.DataFrame) -> pl.DataFrame:
     """:func:`_bigram_counts` as the audit holds it (``run_id``, ``bigram`` Categorical,
     ``n`` UInt32, no ``agent``); the ``"a > b"`` texts are built once per distinct pair."""
-    tools = (
-        steps.lazy()
-        .with_row_index("_i")
-        .filter(pl.col("action") != LLM_ACTION)
-        .select(
-            "_i",
-            "_run",
-            _action_code().alias("_a"),
-            pl.col("action").shift(1).alias("_prev"),
-            (pl.col("_run").shift(1) == pl.col("_run")).alias("_same"),
-        )
-        .with_columns(pl.col("_a").shift(1).alias("_pa"))
-        .filter(pl.col("_same"))
-        .collect()
-    )
-    counts = _count_keys(tools.lazy(), [pl.col("_run"), pl.col("_pa"), pl.col("_a")])
+    tools, counts = _tool_pairs(steps)
     # each pair's first row is its second step; ``_prev`` is the tool action one row up
     at = np.searchsorted(tools["_i"].to_numpy(), counts["_i"].to_numpy())
     a = tools["_a"].to_numpy()
