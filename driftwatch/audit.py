@@ -1449,22 +1449,29 @@ def audit(
             try:
                 sink = _RunTableSink(spill_dir)
                 chunk_iter = _iter_chunks(lf, n_chunks, in_memory=in_memory, out=out, progress=say)
-                with ThreadPoolExecutor(max_workers=max(1, CHUNK_WORKERS)) as pool:
-                    pending: deque[Future[RunTables]] = deque()
-                    done = 0
+                try:
+                    with ThreadPoolExecutor(max_workers=max(1, CHUNK_WORKERS)) as pool:
+                        pending: deque[Future[RunTables]] = deque()
+                        done = 0
 
-                    def collect_one() -> None:
-                        nonlocal done
-                        sink.add(pending.popleft().result())  # in chunk order
-                        done += 1
-                        say(f"per-run stage: chunk {done}/{n_chunks}, {sink.n_runs:,} runs")
+                        def collect_one() -> None:
+                            nonlocal done
+                            sink.add(pending.popleft().result())  # in chunk order
+                            done += 1
+                            say(f"per-run stage: chunk {done}/{n_chunks}, {sink.n_runs:,} runs")
 
-                    for chunk in chunk_iter:  # the iterator is advanced on this thread only
-                        pending.append(pool.submit(run_stage, _in_window(chunk, since_dt, until_dt), policy=pol))
-                        if len(pending) >= max(1, CHUNK_WORKERS):
+                        # the iterator yields exactly n_chunks (lazy) chunks and is advanced on
+                        # this thread only; it is not run to its end here, because its end
+                        # removes the chunk files that chunks still in flight read
+                        for _ in range(n_chunks):
+                            chunk = _in_window(next(chunk_iter), since_dt, until_dt)
+                            pending.append(pool.submit(run_stage, chunk, policy=pol))
+                            if len(pending) >= max(1, CHUNK_WORKERS):
+                                collect_one()
+                        while pending:
                             collect_one()
-                    while pending:
-                        collect_one()
+                finally:
+                    chunk_iter.close()  # every chunk has been read (the pool waited): files removed
                 tables = sink.tables()
             finally:
                 shutil.rmtree(spill_dir, ignore_errors=True)

@@ -125,6 +125,30 @@ def test_chunks_in_flight_do_not_change_results(fleet: synth.Fleet, monkeypatch:
         assert_frame_equal(frame, two.output_frames()[name], check_exact=False, rel_tol=1e-12), name
 
 
+def test_chunk_files_outlive_the_chunks_in_flight(
+    fleet: synth.Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With chunks read from partition files two at a time, the files of the last chunks
+    must still be there when their (slow) analysis reads them, and be gone afterwards."""
+    import importlib
+    import time as time_mod
+
+    mod = importlib.import_module("driftwatch.audit")
+    monkeypatch.setattr(mod, "IN_MEMORY_BYTES", 0)
+    fleet.write(tmp_path / "logs")
+    whole = audit(tmp_path / "logs" / "events", chunks=1)
+    original = mod.run_stage
+
+    def slow(events: object, **kwargs: object) -> object:
+        time_mod.sleep(0.3)  # the main thread has moved on to the next chunk by now
+        return original(events, **kwargs)
+
+    monkeypatch.setattr(mod, "run_stage", slow)
+    chunked = audit(tmp_path / "logs" / "events", chunks=3, out=tmp_path / "out")
+    assert_frame_equal(whole.runs, chunked.runs, check_exact=False, rel_tol=1e-9)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs", "out"]
+
+
 def test_chunked_files_are_partitioned_once_and_cleaned_up(
     fleet: synth.Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
