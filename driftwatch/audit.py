@@ -990,10 +990,11 @@ class AuditResult:
         seen: dict[str, pl.DataFrame] = {}
         with atomic_directory(dest, expected=CONTRACT_FILES + EXTRA_FILES) as tmp:
             for name, frame in self.output_frames().items():
-                atomic_write_parquet(canonical_floats(frame), tmp / f"{name}.parquet")
+                rounded = canonical_floats(frame)
+                atomic_write_parquet(rounded, tmp / f"{name}.parquet")
                 if name == "runs":
-                    frame = frame.select(c for c in report.RUN_COLUMNS if c in frame.columns)
-                seen[name] = canonical_floats(frame)
+                    rounded = rounded.select(c for c in report.RUN_COLUMNS if c in rounded.columns)
+                seen[name] = rounded
             canon = replace(self, **seen)
             lines = self.alert_frame().select(pl.struct(pl.all()).struct.json_encode().alias("j"))["j"]
             atomic_write_text(tmp / "alerts.jsonl", lines.str.join("\n").item() + "\n" if lines.len() else "")
