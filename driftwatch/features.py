@@ -304,7 +304,7 @@ def _compact_table(
 
 def _action_counts_compact(steps: pl.DataFrame) -> pl.DataFrame:
     """:func:`_action_counts` as the audit holds it (``run_id``, ``action`` Categorical,
-    ``n`` UInt32, no ``agent``), without gathering or sorting strings per counted row."""
+    ``n`` UInt32, no ``agent``), sorted on integer codes (see :func:`_compact_table`)."""
     coded = steps.lazy().select("_run", _action_code().alias("_c")).with_row_index("_i").collect()
     counts = _count_keys(coded.lazy(), [pl.col("_run"), pl.col("_c")])
     rows = counts["_i"].to_numpy().astype(np.int64)
@@ -361,7 +361,8 @@ def run_tables(
     With ``compact=True`` the count tables come as the audit holds them
     (:func:`driftwatch.audit.compact_counts`: ``run_id``, ``action``/``bigram`` Categorical,
     ``n`` UInt32, no ``agent``; sorted by ``run_id`` and label, nulls last), built and
-    sorted on integer codes (no string is gathered or compared per counted row).
+    sorted on integer codes (labels are made once per distinct value, ``run_id`` is gathered
+    once, and no string is compared per counted row).
 
     Examples
     --------
