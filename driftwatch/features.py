@@ -263,75 +263,101 @@ def _bigram_counts(steps: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _run_rank(steps: pl.DataFrame) -> np.ndarray:
-    """Per run key ``_run`` (1..R, index ``_run``): the run's rank by ``run_id`` (runs moved
-    to the end by :func:`sorted_steps` break the block order; nulls rank last)."""
+def _run_order(steps: pl.DataFrame) -> tuple[np.ndarray, pl.Series]:
+    """Per run key ``_run`` (1..R, index ``_run``) of :func:`sorted_steps` output: the run's rank
+    by ``run_id`` (nulls last; runs moved to the end break the block order), and the run ids
+    in rank order."""
     first = steps.select(pl.col("run_id").filter((pl.col("_run") != pl.col("_run").shift(1)).fill_null(True)))
     ids = first.to_series()
     rank = np.zeros(ids.len() + 1, dtype=np.int64)
     if ids.is_sorted(nulls_last=True):
         rank[1:] = np.arange(ids.len())
+        return rank, ids
+    order = ids.arg_sort(nulls_last=True)
+    rank[1 + order.to_numpy()] = np.arange(ids.len())
+    return rank, ids.gather(order)
+
+
+def _lexical_codes(values: pl.Series) -> tuple[np.ndarray, pl.Series]:
+    """Each value's rank among the distinct values in lexical order (null: the number of
+    distinct values, after them all), and the distinct values in that order."""
+    labels = values.drop_nulls().unique().sort()
+    code = values.cast(pl.Enum(labels)).to_physical().fill_null(labels.len()).to_numpy()
+    return code.astype(np.int64, copy=False), labels
+
+
+def _pair_counts(run: np.ndarray, label: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct ``(run, label)`` pairs of two integer arrays (labels in ``[0, width)``) and
+    how often each occurs, sorted by run, then label: one ``bincount`` when the grid of runs x
+    labels is small next to the rows (the usual case: a few dozen actions), else a sort."""
+    n_runs = int(run.max(initial=-1)) + 1
+    key = run * width + label
+    if n_runs * width <= max(4 * key.size, 1 << 20):
+        counts = np.bincount(key, minlength=n_runs * width)
+        at = np.flatnonzero(counts)
+        n = counts[at]
     else:
-        rank[1 + ids.arg_sort(nulls_last=True).to_numpy()] = np.arange(ids.len())
-    return rank
+        at, n = np.unique(key, return_counts=True)
+    return at // width, at % width, n
 
 
-def _lexical(labels: pl.Series) -> tuple[np.ndarray, pl.Series]:
-    """For a few distinct label texts: each one's lexical rank (nulls last) and the labels as
-    a Categorical in rank order."""
-    order = labels.arg_sort(nulls_last=True).to_numpy()
-    rank = np.empty(order.size, dtype=np.int64)
-    rank[order] = np.arange(order.size)
-    return rank, labels.gather(order).cast(pl.Categorical)
-
-
-def _compact_table(
-    steps: pl.DataFrame, rows: np.ndarray, n: pl.Series, run: np.ndarray, label: np.ndarray,
-    labels: pl.Series, name: str,
-) -> pl.DataFrame:
-    """``run_id, <name>, n`` for counted rows (``rows``: a row of ``steps`` in the run, ``run``:
-    its ``_run``, ``label``: index into the distinct ``labels``), in ``run_id, <name>`` order
-    (nulls last), sorted on integer keys."""
-    lab_rank, lab_cat = _lexical(labels)
-    key = _run_rank(steps)[run] * (labels.len() + 1) + lab_rank[label]
-    order = np.argsort(key, kind="stable")
+def _count_frame(ids: pl.Series, run: np.ndarray, labels: pl.Series, label: np.ndarray, n: np.ndarray,
+                 name: str) -> pl.DataFrame:
     return pl.DataFrame({
-        "run_id": steps["run_id"].gather(rows[order]),
-        name: lab_cat.gather(lab_rank[label[order]]),
-        "n": n.gather(order).cast(pl.UInt32),
+        "run_id": ids.gather(run),
+        name: labels.cast(pl.Categorical).gather(label),
+        "n": pl.Series(n, dtype=pl.UInt32),
     })
 
 
-def _action_counts_compact(steps: pl.DataFrame) -> pl.DataFrame:
-    """:func:`_action_counts` as the audit holds it (``run_id``, ``action`` Categorical,
-    ``n`` UInt32, no ``agent``), sorted on integer codes (see :func:`_compact_table`)."""
-    coded = steps.lazy().select("_run", _action_code().alias("_c")).with_row_index("_i").collect()
-    counts = _count_keys(coded.lazy(), [pl.col("_run"), pl.col("_c")])
-    rows = counts["_i"].to_numpy().astype(np.int64)
-    # the distinct actions (a handful): their codes in order and a row of each
-    distinct = coded.group_by("_c").agg(pl.col("_i").first()).sort("_c")
-    code = coded["_c"].to_numpy()
-    labels = steps["action"].gather(distinct["_i"])
-    label = np.searchsorted(distinct["_c"].to_numpy(), code[rows])
-    return _compact_table(steps, rows, counts["n"], coded["_run"].to_numpy()[rows], label, labels, "action")
+def _count_tables_compact(steps: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """:func:`_action_counts` and :func:`_bigram_counts` as the audit holds them (``run_id``,
+    ``action``/``bigram`` Categorical, ``n`` UInt32, no ``agent``; sorted by ``run_id``, then
+    the label, nulls last).
 
+    Runs and actions become their lexical ranks (once for both tables), so every distinct
+    pair and its count comes out of one ``bincount``, already in order
+    (:func:`_pair_counts`); ``run_id`` is gathered once per counted row and each label text
+    is made once. Bigrams pair consecutive tool steps of a run (LLM steps and null actions
+    skipped) on action codes; their ``"a > b"`` texts are made once per distinct pair and
+    ranked lexically.
+    """
+    rank, ids = _run_order(steps)
+    code, labels = _lexical_codes(steps["action"])
+    width = labels.len()
+    run_key = steps["_run"].to_numpy()
+    run, label, n = _pair_counts(rank[run_key], code, width + 1)  # code width: the null action, last
+    actions = _count_frame(ids, run, labels.extend_constant(None, 1), label, n, "action")
 
-def _bigram_counts_compact(steps: pl.DataFrame) -> pl.DataFrame:
-    """:func:`_bigram_counts` as the audit holds it (``run_id``, ``bigram`` Categorical,
-    ``n`` UInt32, no ``agent``); the ``"a > b"`` texts are built once per distinct pair."""
-    tools, counts = _tool_pairs(steps)
-    # each pair's first row is its second step; ``_prev`` is the tool action one row up
-    at = np.searchsorted(tools["_i"].to_numpy(), counts["_i"].to_numpy())
-    a = tools["_a"].to_numpy()
-    pair = tools["_pa"].to_numpy()[at] * (a.max(initial=0) + np.uint64(1)) + a[at]
-    distinct, first, label = np.unique(pair, return_index=True, return_inverse=True)
-    ends = tools.select("_prev", "_i").gather(at[first])
-    labels = ends.select(
-        pl.concat_str(pl.col("_prev"), pl.lit(" > "), steps["action"].gather(ends["_i"]))
+    llm = labels.index_of(LLM_ACTION)
+    tool = code != width  # not null
+    if llm is not None:
+        tool &= code != llm
+    at = np.flatnonzero(tool)
+    run_of = run_key[at]
+    same = run_of[1:] == run_of[:-1]
+    pair = code[at[:-1]][same] * width + code[at[1:]][same]
+    run = rank[run_of[1:][same]]
+    if width * width <= max(4 * pair.size, 1 << 20):
+        distinct = np.flatnonzero(np.bincount(pair, minlength=width * width))
+        lookup: np.ndarray | None = np.zeros(width * width, dtype=np.int64)
+    else:
+        distinct, lookup = np.unique(pair), None
+    texts = pl.select(
+        pl.concat_str(
+            pl.lit(labels.gather(distinct // width)), pl.lit(" > "), pl.lit(labels.gather(distinct % width))
+        )
     ).to_series()
-    rows = counts["_i"].to_numpy().astype(np.int64)
-    return _compact_table(steps, rows, counts["n"], steps["_run"].to_numpy()[rows], label.ravel(), labels,
-                          "bigram")
+    order = texts.arg_sort().to_numpy()
+    pair_rank = np.empty(order.size, dtype=np.int64)
+    pair_rank[order] = np.arange(order.size)
+    if lookup is not None:
+        lookup[distinct] = pair_rank
+        label = lookup[pair]
+    else:
+        label = pair_rank[np.searchsorted(distinct, pair)]
+    run, label, n = _pair_counts(run, label, max(texts.len(), 1))
+    return actions, _count_frame(ids, run, texts.gather(order), label, n, "bigram")
 
 
 def run_action_counts(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
@@ -360,9 +386,9 @@ def run_tables(
     is grouped on the integer run key, which is cheaper than three separate calls.
     With ``compact=True`` the count tables come as the audit holds them
     (:func:`driftwatch.audit.compact_counts`: ``run_id``, ``action``/``bigram`` Categorical,
-    ``n`` UInt32, no ``agent``; sorted by ``run_id`` and label, nulls last), built and
-    sorted on integer codes (labels are made once per distinct value, ``run_id`` is gathered
-    once, and no string is compared per counted row).
+    ``n`` UInt32, no ``agent``; sorted by ``run_id`` and label, nulls last), counted on
+    lexical ranks of runs and actions, so they come out in order without a sort (labels are
+    made once per distinct value, ``run_id`` is gathered once per counted row).
 
     Examples
     --------
@@ -375,7 +401,7 @@ def run_tables(
     """
     steps = sorted_steps(events)
     if compact:
-        return _features(steps), _action_counts_compact(steps), _bigram_counts_compact(steps)
+        return _features(steps), *_count_tables_compact(steps)
     return _features(steps), _action_counts(steps), _bigram_counts(steps)
 
 
