@@ -149,6 +149,27 @@ def test_chunk_files_outlive_the_chunks_in_flight(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["logs", "out"]
 
 
+def test_auto_chunks_keep_a_log_that_fits_in_memory_whole(
+    fleet: synth.Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``chunks="auto"`` analyses a log within the in-memory budget as one chunk, however many
+    rows it has; over the budget it takes ``ceil(rows / chunk_rows)`` chunks."""
+    import importlib
+
+    mod = importlib.import_module("driftwatch.audit")
+    fleet.write(tmp_path / "logs")
+    rows = fleet.events.height
+    monkeypatch.setattr(mod, "IN_MEMORY_BYTES", 2**40)
+    assert audit(tmp_path / "logs" / "events", chunk_rows=rows // 3).stats["chunks"] == 1
+    assert audit(fleet.events, chunks="auto", chunk_rows=rows // 3).stats["chunks"] == 1
+    monkeypatch.setattr(mod, "IN_MEMORY_BYTES", 1)
+    want = -(-rows // (rows // 3))  # ceil
+    assert want >= 3
+    assert audit(tmp_path / "logs" / "events", chunk_rows=rows // 3).stats["chunks"] == want
+    assert audit(fleet.events, chunk_rows=rows // 3).stats["chunks"] == want
+    assert audit(fleet.events, chunks=2).stats["chunks"] == 2
+
+
 def test_chunked_files_are_partitioned_once_and_cleaned_up(
     fleet: synth.Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
