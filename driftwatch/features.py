@@ -52,27 +52,25 @@ def sorted_steps(events: pl.DataFrame | pl.LazyFrame, columns: tuple[str, ...] =
     or logged out of order are moved, to the end, sorted by ``(run_id, step)``.
     """
     frame = as_lazy(events).select(columns).collect()
-    starts = (pl.col("run_id") != pl.col("run_id").shift(1)).fill_null(True)
-    in_step = starts | (pl.col("step") > pl.col("step").shift(1))
-    check = frame.select(
-        in_step.all().alias("ordered"),
-        (starts.sum() == pl.col("run_id").n_unique()).alias("contiguous"),
-        pl.col("run_id").is_sorted().alias("sorted"),
-    ).row(0, named=True)
-    if check["ordered"] and check["contiguous"]:
+    if frame.height == 0:
         return _with_run_key(frame)
-    misplaced = (
-        frame.lazy()
-        .with_columns(starts.cum_sum().alias("_block"), in_step.alias("_in_step"))
-        .group_by("run_id")
-        .agg(((pl.col("_block").n_unique() > 1) | ~pl.col("_in_step").all()).alias("_bad"))
-        .filter(pl.col("_bad"))
-        .select("run_id")
-        .collect()
+    # blocks of consecutive rows with one run id; a block is misplaced when its run has
+    # other blocks (its head's id repeats) or its steps go backwards (nulls are not checked)
+    starts = (pl.col("run_id") != pl.col("run_id").shift(1)).fill_null(True)
+    marks = frame.select(
+        starts.alias("start"), (starts | (pl.col("step") > pl.col("step").shift(1))).fill_null(True).alias("ok")
     )
-    if misplaced.height * 4 > frame.height:  # mostly unordered: one sort is cheaper
+    start = marks["start"].to_numpy()
+    heads = frame["run_id"].gather(np.flatnonzero(start))
+    bad_block = heads.is_duplicated().to_numpy()
+    back = np.flatnonzero(~marks["ok"].to_numpy())
+    block = np.cumsum(start) - 1
+    bad_block[block[back]] = True
+    if not bad_block.any():
+        return _with_run_key(frame)
+    if heads.filter(pl.Series(bad_block)).n_unique() * 4 > frame.height:  # mostly unordered: one sort is cheaper
         return _with_run_key(frame.sort("run_id", "step"))
-    bad = pl.col("run_id").is_in(misplaced["run_id"].implode())
+    bad = pl.Series(bad_block[block])
     return _with_run_key(pl.concat([frame.filter(~bad), frame.filter(bad).sort("run_id", "step")]))
 
 
