@@ -406,11 +406,14 @@ def run_stage(
 
     pol = policy_mod._as_policy(policy)
     ev = _in_run_order(as_lazy(events_chunk).collect())
-    feats, actions, bigrams = features.run_tables(ev, compact=True)  # counts as RunTables holds them
-    loop_rows = loops.detect_loops(ev, max_period=max_period, min_repeats=min_repeats, fuzzy=fuzzy)
+    # the loop detector (much of it single-threaded numpy) runs beside the other detectors
+    with ThreadPoolExecutor(max_workers=1) as side:
+        loops_f = side.submit(loops.detect_loops, ev, max_period=max_period, min_repeats=min_repeats, fuzzy=fuzzy)
+        feats, actions, bigrams = features.run_tables(ev, compact=True)  # counts as RunTables holds them
+        violations = policy_mod.check_policy(ev, pol, delegation=False)
+        run_cps = changepoints.detect_run_changepoints(ev)
+        loop_rows = loops_f.result()
     summary = loops.loop_summary(loop_rows)
-    violations = policy_mod.check_policy(ev, pol, delegation=False)
-    run_cps = changepoints.detect_run_changepoints(ev)
     examples = _pick_examples(ev, summary, violations, n_examples)
     return RunTables(
         features=feats,
