@@ -991,19 +991,30 @@ class AuditResult:
         # of the (wide) runs table it keeps only the columns the report reads, and each rounded
         # frame is written before the next one is made
         seen: dict[str, pl.DataFrame] = {}
-        with atomic_directory(dest, expected=CONTRACT_FILES + EXTRA_FILES) as tmp:
-            for name, frame in self.output_frames().items():
-                rounded = canonical_floats(frame)
-                atomic_write_parquet(rounded, tmp / f"{name}.parquet")
+        with atomic_directory(dest, expected=CONTRACT_FILES + EXTRA_FILES) as tmp, \
+                ThreadPoolExecutor(max_workers=1) as writer:
+            # the Parquet files are written on a side thread, one at a time, the runs table (the
+            # largest) last: its write overlaps the report, and no more than two rounded frames
+            # (one being written, one being made) are held at once
+            frames = self.output_frames()
+            pending: Future[Path] | None = None
+            for name in sorted(frames, key=lambda n: n == "runs"):
+                rounded = canonical_floats(frames[name])
+                if pending is not None:
+                    pending.result()
+                pending = writer.submit(atomic_write_parquet, rounded, tmp / f"{name}.parquet")
                 if name == "runs":
                     rounded = rounded.select(c for c in report.RUN_COLUMNS if c in rounded.columns)
                 seen[name] = rounded
+            del frames
             canon = replace(self, **seen)
             lines = self.alert_frame().select(pl.struct(pl.all()).struct.json_encode().alias("j"))["j"]
             atomic_write_text(tmp / "alerts.jsonl", lines.str.join("\n").item() + "\n" if lines.len() else "")
             summary = self.summary()
             atomic_write_json(tmp / "summary.json", summary)
             atomic_write_text(tmp / "report.html", report.render_report(canon, summary=summary))
+            if pending is not None:
+                pending.result()  # a failed write raises here, inside the folder swap: nothing is swapped in
         return dest
 
     def output_frames(self) -> dict[str, pl.DataFrame]:
