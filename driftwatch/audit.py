@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -373,6 +374,7 @@ def run_stage(
     min_repeats: int = 3,
     fuzzy: bool = True,
     n_examples: int = MAX_EXAMPLES_PER_CHUNK,
+    side_thread: bool = False,
 ) -> RunTables:
     """Per-run stage: everything that needs events, on a set of whole runs.
 
@@ -387,6 +389,10 @@ def run_stage(
     n_examples : int, default=200
         At most this many runs with a critical breach or a severe loop (loop severity
         >= 0.5) keep their events (text truncated) for the report's timelines.
+    side_thread : bool, default=False
+        Run the loop detector on a second thread beside the other detectors (the audit does
+        when it analyses the log as one chunk; chunks analysed two at a time, or Spark tasks,
+        already keep the cores busy). The tables are the same either way.
 
     Returns
     -------
@@ -406,13 +412,14 @@ def run_stage(
 
     pol = policy_mod._as_policy(policy)
     ev = _in_run_order(as_lazy(events_chunk).collect())
-    # the loop detector (much of it single-threaded numpy) runs beside the other detectors
+    # the loop detector (much of it single-threaded numpy) may run beside the other detectors
     with ThreadPoolExecutor(max_workers=1) as side:
-        loops_f = side.submit(loops.detect_loops, ev, max_period=max_period, min_repeats=min_repeats, fuzzy=fuzzy)
+        find_loops = partial(loops.detect_loops, ev, max_period=max_period, min_repeats=min_repeats, fuzzy=fuzzy)
+        loops_f = side.submit(find_loops) if side_thread else None
         feats, actions, bigrams = features.run_tables(ev, compact=True)  # counts as RunTables holds them
         violations = policy_mod.check_policy(ev, pol, delegation=False)
         run_cps = changepoints.detect_run_changepoints(ev)
-        loop_rows = loops_f.result()
+        loop_rows = loops_f.result() if loops_f is not None else find_loops()
     summary = loops.loop_summary(loop_rows)
     examples = _pick_examples(ev, summary, violations, n_examples)
     return RunTables(
@@ -994,9 +1001,11 @@ class AuditResult:
         with atomic_directory(dest, expected=CONTRACT_FILES + EXTRA_FILES) as tmp, \
                 ThreadPoolExecutor(max_workers=1) as writer:
             # the Parquet files are written on a side thread, one at a time, the runs table (the
-            # largest) last: its write overlaps the report, and no more than two rounded frames
+            # largest) last: its write overlaps the alerts and the report (unless the table is
+            # huge: then its rounded copy is let go first), and no more than two rounded frames
             # (one being written, one being made) are held at once
             frames = self.output_frames()
+            overlap = self.runs.height <= WRITE_OVERLAP_MAX_RUNS
             pending: Future[Path] | None = None
             for name in sorted(frames, key=lambda n: n == "runs"):
                 rounded = canonical_floats(frames[name])
@@ -1007,6 +1016,8 @@ class AuditResult:
                     rounded = rounded.select(c for c in report.RUN_COLUMNS if c in rounded.columns)
                 seen[name] = rounded
             del frames
+            if pending is not None and not overlap:
+                pending.result()
             canon = replace(self, **seen)
             lines = self.alert_frame().select(pl.struct(pl.all()).struct.json_encode().alias("j"))["j"]
             atomic_write_text(tmp / "alerts.jsonl", lines.str.join("\n").item() + "\n" if lines.len() else "")
@@ -1146,6 +1157,11 @@ def _chunk_count(n_rows: int, chunks: int | str | None, chunk_rows: int) -> int:
     if isinstance(chunks, int) and not isinstance(chunks, bool) and chunks >= 1:
         return chunks
     raise InvalidParameterError(f"chunks must be None, 'auto' or a positive int, got {chunks!r}")
+
+
+#: :meth:`AuditResult.write` writes the runs table while it draws the report for up to this
+#: many runs; above, one after the other (at 7M runs the overlap added 0.5 GiB to the peak).
+WRITE_OVERLAP_MAX_RUNS = 2_000_000
 
 
 #: Rows per row group of the temporary chunk files (see :func:`_iter_chunks`).
@@ -1445,7 +1461,7 @@ def audit(
             ref_lf, _, _ = _read(
                 reference, format=format, engine=engine, since=None, until=None, column_map=column_map
             )
-            reference_tables = run_stage(ref_lf, policy=pol, n_examples=0)
+            reference_tables = run_stage(ref_lf, policy=pol, n_examples=0, side_thread=True)
             ref_arg = None
             timings["reference"] = round(time.perf_counter() - t0, 4)
 
@@ -1460,7 +1476,7 @@ def audit(
             n_chunks = _chunk_count(n_rows, chunks, chunk_rows)
         t0 = time.perf_counter()
         if n_chunks == 1:
-            tables = RunTables.concat([run_stage(_in_window(lf, since_dt, until_dt), policy=pol)])
+            tables = RunTables.concat([run_stage(_in_window(lf, since_dt, until_dt), policy=pol, side_thread=True)])
         else:
             if not in_memory and 0 < size <= in_memory_budget():
                 # small enough: _iter_chunks decodes it once into memory instead of

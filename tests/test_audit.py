@@ -106,6 +106,17 @@ def test_chunks_give_the_same_results(fleet: synth.Fleet, result: AuditResult) -
     assert chunked.audit_id == result.audit_id
 
 
+def test_run_stage_side_thread_gives_the_same_tables(fleet: synth.Fleet) -> None:
+    """The loop detector on a side thread (the one-chunk audit) changes nothing in the tables."""
+    from driftwatch.audit import run_stage
+
+    one = run_stage(fleet.events, side_thread=False)
+    two = run_stage(fleet.events, side_thread=True)
+    assert one.loops.height > 0
+    for name, frame in one.frames().items():
+        assert_frame_equal(frame, two.frames()[name]), name
+
+
 def test_chunks_in_flight_do_not_change_results(fleet: synth.Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunks analysed two at a time on threads (the default) give what one at a time gives,
     and the progress reports every chunk in order."""
@@ -331,6 +342,41 @@ def test_write_outputs_and_determinism(result: AuditResult, fleet: synth.Fleet, 
     summary = json.loads((out1 / "summary.json").read_text())
     assert summary["runs"] == result.runs.height
     # only the files we own, and no temp leftovers next to the folder
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_write_gives_the_same_files_with_or_without_overlap(
+    result: AuditResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runs table written during the report (small audits) or before it (huge ones): same files."""
+    import importlib
+
+    result.write(tmp_path / "a")
+    monkeypatch.setattr(importlib.import_module("driftwatch.audit"), "WRITE_OVERLAP_MAX_RUNS", 0)
+    result.write(tmp_path / "b")
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "b").iterdir()) and "runs.parquet" in names
+    for name in names:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_a_failed_parquet_write_leaves_no_folder(
+    result: AuditResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails on the side thread fails the whole write: nothing is swapped in."""
+    from driftwatch import _io
+
+    real = _io.atomic_write_parquet
+
+    def failing(frame: pl.DataFrame, path: Path) -> Path:
+        if Path(path).name == "runs.parquet":
+            raise OSError("disk full")
+        return real(frame, path)
+
+    monkeypatch.setattr(_io, "atomic_write_parquet", failing)
+    with pytest.raises(OSError, match="disk full"):
+        result.write(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
