@@ -397,6 +397,8 @@ def run_stage(
     Returns
     -------
     RunTables
+        Each table in its canonical order (:func:`canonical_order`), as
+        :meth:`RunTables.concat` would put it.
 
     Examples
     --------
@@ -1477,7 +1479,8 @@ def audit(
             n_chunks = _chunk_count(n_rows, chunks, chunk_rows)
         t0 = time.perf_counter()
         if n_chunks == 1:
-            tables = RunTables.concat([run_stage(_in_window(lf, since_dt, until_dt), policy=pol, side_thread=True)])
+            # (run_stage's tables are in canonical order already: no concat, no re-sort)
+            tables = run_stage(_in_window(lf, since_dt, until_dt), policy=pol, side_thread=True)
         else:
             if not in_memory and 0 < size <= in_memory_budget():
                 # small enough: _iter_chunks decodes it once into memory instead of

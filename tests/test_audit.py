@@ -106,6 +106,20 @@ def test_chunks_give_the_same_results(fleet: synth.Fleet, result: AuditResult) -
     assert chunked.audit_id == result.audit_id
 
 
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_run_stage_tables_are_in_canonical_order(fleet: synth.Fleet, shuffle: bool) -> None:
+    """The one-chunk audit uses run_stage's tables as they come: they must already be in the
+    order RunTables.concat gives (sorted by RUN_TABLE_KEYS, then every column)."""
+    from driftwatch.audit import RunTables, run_stage
+
+    ev = fleet.events.sample(fraction=1.0, seed=2) if shuffle else fleet.events
+    tables = run_stage(ev)
+    again = RunTables.concat([tables])
+    assert tables.loops.height and tables.violations.height and tables.examples.height
+    for name, frame in tables.frames().items():
+        assert_frame_equal(frame, again.frames()[name]), name
+
+
 def test_run_stage_side_thread_gives_the_same_tables(fleet: synth.Fleet) -> None:
     """The loop detector on a side thread (the one-chunk audit) changes nothing in the tables."""
     from driftwatch.audit import run_stage
