@@ -419,7 +419,7 @@ def run_stage(
         find_loops = partial(loops.detect_loops, ev, max_period=max_period, min_repeats=min_repeats, fuzzy=fuzzy)
         loops_f = side.submit(find_loops) if side_thread else None
         feats, actions, bigrams = features.run_tables(ev, compact=True)  # counts as RunTables holds them
-        violations = policy_mod.check_policy(ev, pol, delegation=False)
+        violations = policy_mod.check_policy(ev, pol, delegation=False, features=feats)
         run_cps = changepoints.detect_run_changepoints(ev)
         loop_rows = loops_f.result() if loops_f is not None else find_loops()
     summary = loops.loop_summary(loop_rows)

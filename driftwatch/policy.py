@@ -628,11 +628,13 @@ def _severity_by_ratio(value: pl.Expr, limit: float) -> pl.Expr:
     return pl.when(value >= 2 * limit).then(pl.lit("critical")).otherwise(pl.lit("warning"))
 
 
-def _run_limit_violations(lf: pl.LazyFrame, policy: Policy) -> list[pl.LazyFrame]:
+def _run_limit_violations(
+    lf: pl.LazyFrame, policy: Policy, features: pl.DataFrame | None = None
+) -> list[pl.LazyFrame]:
     """Run-level stop conditions: one row per run and rule, at the step the limit was crossed.
 
-    Totals are computed for every run in one group-by; only the (few) runs over a
-    limit are sorted to find the crossing step.
+    Totals are computed for every run in one group-by (or taken from ``features``); only the
+    (few) runs over a limit are sorted to find the crossing step.
     """
     tokens = pl.col("input_tokens").fill_null(0) + pl.col("output_tokens").fill_null(0)
     conds: list[pl.Expr] = []
@@ -644,13 +646,27 @@ def _run_limit_violations(lf: pl.LazyFrame, policy: Policy) -> list[pl.LazyFrame
     }
     if all(v is None for v in limits.values()) and policy.max_consecutive_retries is None:
         return []
-    totals = lf.group_by("run_id").agg(
-        pl.len().alias("_n"),
-        ((pl.col("ts").max() - pl.col("ts").min()).dt.total_microseconds() / 1e6).alias("_runtime"),
-        tokens.sum().alias("_tokens"),
-        pl.col("cost_usd").sum().alias("_cost"),
-        (pl.col("status") == "error").sum().alias("_errors"),
-    )
+    slack = 1.0
+    if features is not None:
+        # the same totals, from run_features (its cost is rounded to 12 significant digits:
+        # the cost test lets a hair more runs through, and the exact running sums below decide)
+        totals = features.lazy().select(
+            "run_id",
+            pl.col("n_steps").alias("_n"),
+            pl.col("runtime_s").alias("_runtime"),
+            pl.col("tokens").alias("_tokens"),
+            pl.col("cost_usd").alias("_cost"),
+            pl.col("n_errors").alias("_errors"),
+        )
+        slack = 1.0 - 1e-9
+    else:
+        totals = lf.group_by("run_id").agg(
+            pl.len().alias("_n"),
+            ((pl.col("ts").max() - pl.col("ts").min()).dt.total_microseconds() / 1e6).alias("_runtime"),
+            tokens.sum().alias("_tokens"),
+            pl.col("cost_usd").sum().alias("_cost"),
+            (pl.col("status") == "error").sum().alias("_errors"),
+        )
     if policy.max_steps is not None:
         conds.append(pl.col("_n") > policy.max_steps)
     if policy.max_runtime_s is not None:
@@ -658,7 +674,7 @@ def _run_limit_violations(lf: pl.LazyFrame, policy: Policy) -> list[pl.LazyFrame
     if policy.max_tokens is not None:
         conds.append(pl.col("_tokens") > policy.max_tokens)
     if policy.max_cost_usd is not None:
-        conds.append(pl.col("_cost") > policy.max_cost_usd)
+        conds.append(pl.col("_cost") > policy.max_cost_usd * slack)
     if policy.max_consecutive_retries is not None:
         # a streak of k+1 retries needs at least k+1 failed calls
         conds.append(pl.col("_errors") > policy.max_consecutive_retries)
@@ -1016,6 +1032,7 @@ def check_policy(
     policy: Policy | str | Path | None = None,
     *,
     delegation: bool = True,
+    features: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """Find every policy breach in the events.
 
@@ -1029,6 +1046,10 @@ def check_policy(
         Include the fleet-level ``delegation_depth`` check (:func:`check_delegation`).
         The chunked audit passes ``False`` per chunk and runs :func:`check_delegation`
         once over all runs.
+    features : polars.DataFrame, optional
+        :func:`~driftwatch.features.run_features` of the same events, when the caller has
+        it: the run totals of the ``max_*`` rules are read from it instead of computed again.
+        The breaches are the same.
 
     Returns
     -------
@@ -1055,7 +1076,7 @@ def check_policy(
         "run_id", "agent", "step", "ts", "action", "status", "error_type", "result",
         "input_tokens", "output_tokens", "cost_usd", "approved", "confidence", "parent_run_id",
     )
-    parts = _run_limit_violations(lf, policy) + _event_violations(lf, policy)
+    parts = _run_limit_violations(lf, policy, features) + _event_violations(lf, policy)
     cols = list(VIOLATION_SCHEMA)
     frames = pl.collect_all([p.select(cols).cast(VIOLATION_SCHEMA) for p in parts]) if parts else []
     if delegation and policy.max_delegation_depth is not None:

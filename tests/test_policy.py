@@ -484,3 +484,26 @@ def test_chunks_of_whole_runs_concatenate(fleet, violations: pl.DataFrame) -> No
 def test_unsorted_input_gives_the_same_result(fleet, violations: pl.DataFrame) -> None:
     shuffled = fleet.events.sample(fraction=1.0, shuffle=True, seed=5)
     assert check_policy(shuffled.lazy()).equals(violations)
+
+
+def test_run_totals_from_features_give_the_same_breaches(fleet, violations: pl.DataFrame) -> None:
+    """``features=`` (the audit passes its run features) replaces the totals group-by; every
+    run-limit rule fires, and the breaches are the same."""
+    tight = Policy(max_steps=12, max_runtime_s=60, max_tokens=4000, max_cost_usd=0.05, max_consecutive_retries=1)
+    feats = dw.run_features(fleet.events)
+    given = check_policy(fleet.events, tight, features=feats)
+    assert given.equals(check_policy(fleet.events, tight))
+    assert {"max_steps", "max_runtime", "max_tokens", "max_cost", "max_consecutive_retries"} <= set(given["rule"])
+    assert check_policy(fleet.events, features=feats).equals(violations)
+
+
+def test_cost_exactly_at_the_ceiling_from_features() -> None:
+    """A run whose rounded feature cost equals the ceiling but whose exact sum passes it is still
+    found (the totals are only a prefilter; the running sums decide)."""
+    costs = [0.1, 0.2]  # sums to 0.30000000000000004 in floating point
+    ev = run("r", ["llm"] * 2, cost_usd=costs)
+    feats = dw.run_features(ev)
+    assert feats["cost_usd"][0] == 0.3 and sum(costs) > 0.3
+    pol = Policy(max_cost_usd=0.3)
+    assert check_policy(ev, pol, features=feats).equals(check_policy(ev, pol))
+    assert rules(check_policy(ev, pol, features=feats)) == [("r", 2, "max_cost")]
