@@ -997,8 +997,7 @@ class AuditResult:
 
         dest = Path(out_dir)
         # the report is drawn from exactly the frames written, so `driftwatch report DIR` rebuilds it;
-        # of the (wide) runs table it keeps only the columns the report reads, and each rounded
-        # frame is written before the next one is made
+        # of the (wide) runs table it keeps only the columns the report reads
         seen: dict[str, pl.DataFrame] = {}
         with atomic_directory(dest, expected=CONTRACT_FILES + EXTRA_FILES) as tmp, \
                 ThreadPoolExecutor(max_workers=1) as writer:
@@ -1464,7 +1463,7 @@ def audit(
             ref_lf, _, _ = _read(
                 reference, format=format, engine=engine, since=None, until=None, column_map=column_map
             )
-            reference_tables = run_stage(ref_lf, policy=pol, n_examples=0, side_thread=True)
+            reference_tables = run_stage(ref_lf, policy=pol, n_examples=0)
             ref_arg = None
             timings["reference"] = round(time.perf_counter() - t0, 4)
 
