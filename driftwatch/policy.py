@@ -1072,6 +1072,14 @@ def check_policy(
     [(2, 'unapproved_action', 'refund_order (write tier) without approval (approval not recorded)'), (3, 'max_cost', 'cost $0.70 > ceiling $0.50')]
     """
     policy = _as_policy(policy)
+    if features is not None:
+        need = ("run_id", "n_steps", "runtime_s", "tokens", "cost_usd", "n_errors")
+        missing = [c for c in need if c not in getattr(features, "columns", ())]
+        if not isinstance(features, pl.DataFrame) or missing:
+            raise InvalidParameterError(
+                f"features: expected run_features output (a DataFrame with {', '.join(need)}), "
+                f"got {type(features).__name__}" + (f" without {', '.join(missing)}" if missing else "")
+            )
     lf = as_lazy(events).select(
         "run_id", "agent", "step", "ts", "action", "status", "error_type", "result",
         "input_tokens", "output_tokens", "cost_usd", "approved", "confidence", "parent_run_id",

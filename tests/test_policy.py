@@ -507,3 +507,11 @@ def test_cost_exactly_at_the_ceiling_from_features() -> None:
     pol = Policy(max_cost_usd=0.3)
     assert check_policy(ev, pol, features=feats).equals(check_policy(ev, pol))
     assert rules(check_policy(ev, pol, features=feats)) == [("r", 2, "max_cost")]
+
+
+def test_features_must_be_run_features() -> None:
+    ev = run("r", ["llm", "search"])
+    with pytest.raises(InvalidParameterError, match="features: expected run_features output.*without n_steps"):
+        check_policy(ev, features=pl.DataFrame({"run_id": ["r"]}))
+    with pytest.raises(InvalidParameterError, match="got dict"):
+        check_policy(ev, features={"run_id": ["r"]})  # type: ignore[arg-type]
