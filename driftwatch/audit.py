@@ -307,6 +307,12 @@ class RunTables:
 #: Chunk tables held in memory before they are spilled to temporary Parquet files.
 SPILL_BYTES = 512 * 2**20
 
+#: The fleet stage runs its steps two at a time on threads for up to this many runs (their
+#: numpy and scikit-learn parts are partly single-threaded); above, one after the other, so
+#: that each step's working memory comes alone (at 7M runs drift adds about 0.5 GiB and
+#: scoring over 1 GiB).
+FLEET_CONCURRENT_MAX_RUNS = 2_000_000
+
 #: Chunks of runs analysed at once by the per-run stage, each on its own thread. Much of a
 #: chunk's work keeps one core busy (numpy, and Polars' single-threaded steps), so two in
 #: flight fill the second core (measured at 10M events: 8.6 s -> 6.7 s for six chunks); the
@@ -644,46 +650,83 @@ def fleet_stage(
         return done
 
     feats = tables.features
-    done = step("delegation")
-    depth = policy_mod.check_delegation(feats, pol)
-    violations = sort_frame(_concat([tables.violations, depth]), RUN_TABLE_KEYS["violations"])
-    delegation = loops_mod.detect_delegation_cycles(feats)
-    done()
+    # The steps share nothing but read-only tables, so each one's output is the same whether
+    # they run one after another (in this order) or two at a time on threads (fleets up to
+    # FLEET_CONCURRENT_MAX_RUNS runs), which overlaps their single-threaded parts (numpy,
+    # scikit-learn). Scoring waits for drift and the delegation breaches; the count tables
+    # are released once drift and change-points have read them.
+    pool = ThreadPoolExecutor(max_workers=2) if feats.height <= FLEET_CONCURRENT_MAX_RUNS else None
 
-    done = step("changepoints")
-    metrics = changepoints.bucket_metrics_from_runs(
-        feats, tables.action_counts, tables.loop_summary, by=by, every=every
-    )
-    cps = changepoints.changepoints_from_buckets(metrics)
-    done()
+    def lane(fn: Callable[[], Any]) -> Future[Any]:
+        if pool is not None:
+            return pool.submit(fn)
+        out: Future[Any] = Future()
+        out.set_result(fn())
+        return out
 
-    done = step("drift")
-    drift_rows, drift_notes = _fleet_drift(tables, reference, reference_tables, by=by, every=drift_every)
-    if release_counts:
-        tables.action_counts = tables.action_counts.clear()
-        tables.bigram_counts = tables.bigram_counts.clear()
-    notes.update(drift_notes)
-    done()
+    def delegation_step() -> tuple[pl.DataFrame, pl.DataFrame]:
+        done = step("delegation")
+        depth = policy_mod.check_delegation(feats, pol)
+        found = sort_frame(_concat([tables.violations, depth]), RUN_TABLE_KEYS["violations"])
+        cycles = loops_mod.detect_delegation_cycles(feats)
+        done()
+        return found, cycles
 
-    done = step("scoring")
-    runs = scoring.score_runs_from_runs(
-        feats,
-        policy=pol,
-        loops=tables.loop_summary,
-        violations=violations,
-        drift=drift_rows,
-    )
-    done()
+    def changepoint_step() -> tuple[pl.DataFrame, pl.DataFrame]:
+        done = step("changepoints")
+        buckets = changepoints.bucket_metrics_from_runs(
+            feats, tables.action_counts, tables.loop_summary, by=by, every=every
+        )
+        found = changepoints.changepoints_from_buckets(buckets)
+        done()
+        return buckets, found
 
-    done = step("costs")
-    cost_rows = costs.cost_profile_from_runs(
-        feats, by=by, volume_per_day=volume_per_day, loops=tables.loop_summary, policy=pol
-    )
-    done()
+    def drift_step() -> pl.DataFrame:
+        done = step("drift")
+        rows, drift_notes = _fleet_drift(tables, reference, reference_tables, by=by, every=drift_every)
+        notes.update(drift_notes)
+        done()
+        return rows
 
-    done = step("load")
-    load_rows = load.load_curve_from_runs(feats, loops=tables.loop_summary, every=load_every, by=by)
-    done()
+    def scoring_step(violations: pl.DataFrame, drift_rows: pl.DataFrame) -> pl.DataFrame:
+        done = step("scoring")
+        scored = scoring.score_runs_from_runs(
+            feats, policy=pol, loops=tables.loop_summary, violations=violations, drift=drift_rows
+        )
+        done()
+        return scored
+
+    def cost_step() -> pl.DataFrame:
+        done = step("costs")
+        rows = costs.cost_profile_from_runs(
+            feats, by=by, volume_per_day=volume_per_day, loops=tables.loop_summary, policy=pol
+        )
+        done()
+        return rows
+
+    def load_step() -> pl.DataFrame:
+        done = step("load")
+        rows = load.load_curve_from_runs(feats, loops=tables.loop_summary, every=load_every, by=by)
+        done()
+        return rows
+
+    try:
+        delegation_f = lane(delegation_step)
+        changepoint_f = lane(changepoint_step)
+        drift_f = lane(drift_step)
+        violations, delegation = delegation_f.result()
+        metrics, cps = changepoint_f.result()
+        drift_rows = drift_f.result()
+        if release_counts:  # drift and change-points have read them
+            tables.action_counts = tables.action_counts.clear()
+            tables.bigram_counts = tables.bigram_counts.clear()
+        scoring_f = lane(partial(scoring_step, violations, drift_rows))
+        cost_f = lane(cost_step)
+        load_f = lane(load_step)
+        runs, cost_rows, load_rows = scoring_f.result(), cost_f.result(), load_f.result()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     loops_out = tables.loops
     run_cps = tables.run_changepoints

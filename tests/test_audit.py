@@ -120,6 +120,21 @@ def test_run_stage_tables_are_in_canonical_order(fleet: synth.Fleet, shuffle: bo
         assert_frame_equal(frame, again.frames()[name]), name
 
 
+def test_fleet_steps_on_threads_give_the_same_results(
+    fleet: synth.Fleet, result: AuditResult, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fleet-stage steps two at a time (up to FLEET_CONCURRENT_MAX_RUNS runs) or one after
+    another: the same outputs and the same notes."""
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("driftwatch.audit"), "FLEET_CONCURRENT_MAX_RUNS", 0)
+    one_by_one = audit(fleet.events)
+    assert set(one_by_one.timings) == set(result.timings)
+    assert one_by_one.notes == result.notes
+    for name, frame in result.output_frames().items():
+        assert_frame_equal(frame, one_by_one.output_frames()[name], check_exact=False, rel_tol=1e-12), name
+
+
 def test_run_stage_side_thread_gives_the_same_tables(fleet: synth.Fleet) -> None:
     """The loop detector on a side thread (the one-chunk audit) changes nothing in the tables."""
     from driftwatch.audit import run_stage
