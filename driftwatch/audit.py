@@ -396,7 +396,8 @@ def run_stage(
         At most this many runs with a critical breach or a severe loop (loop severity
         >= 0.5) keep their events (text truncated) for the report's timelines.
     side_thread : bool, default=False
-        Run the loop detector on a second thread beside the other detectors (the audit does
+        Run the loop detector, then the within-run change-points, on a second thread beside
+        the features, counts and policy checks (the audit does
         when it analyses the log as one chunk; chunks analysed two at a time, or Spark tasks,
         already keep the cores busy). The tables are the same either way.
 
@@ -420,13 +421,15 @@ def run_stage(
 
     pol = policy_mod._as_policy(policy)
     ev = _in_run_order(as_lazy(events_chunk).collect())
-    # the loop detector (much of it single-threaded numpy) may run beside the other detectors
+    # the loop detector (much of it single-threaded numpy) and the within-run change-points may
+    # run on a second thread, beside the features, counts and policy checks
     with ThreadPoolExecutor(max_workers=1) as side:
         find_loops = partial(loops.detect_loops, ev, max_period=max_period, min_repeats=min_repeats, fuzzy=fuzzy)
         loops_f = side.submit(find_loops) if side_thread else None
+        cps_f = side.submit(changepoints.detect_run_changepoints, ev) if side_thread else None
         feats, actions, bigrams = features.run_tables(ev, compact=True)  # counts as RunTables holds them
         violations = policy_mod.check_policy(ev, pol, delegation=False, features=feats)
-        run_cps = changepoints.detect_run_changepoints(ev)
+        run_cps = cps_f.result() if cps_f is not None else changepoints.detect_run_changepoints(ev)
         loop_rows = loops_f.result() if loops_f is not None else find_loops()
     summary = loops.loop_summary(loop_rows)
     examples = _pick_examples(ev, summary, violations, n_examples)
