@@ -423,14 +423,17 @@ def run_stage(
     ev = _in_run_order(as_lazy(events_chunk).collect())
     # the loop detector (much of it single-threaded numpy) and the within-run change-points may
     # run on a second thread, beside the features, counts and policy checks
-    with ThreadPoolExecutor(max_workers=1) as side:
-        find_loops = partial(loops.detect_loops, ev, max_period=max_period, min_repeats=min_repeats, fuzzy=fuzzy)
-        loops_f = side.submit(find_loops) if side_thread else None
-        cps_f = side.submit(changepoints.detect_run_changepoints, ev) if side_thread else None
+    side = ThreadPoolExecutor(max_workers=1) if side_thread else None
+    try:
+        loops_f = _start(side, partial(loops.detect_loops, ev, max_period=max_period, min_repeats=min_repeats,
+                                       fuzzy=fuzzy))
+        cps_f = _start(side, partial(changepoints.detect_run_changepoints, ev))
         feats, actions, bigrams = features.run_tables(ev, compact=True)  # counts as RunTables holds them
         violations = policy_mod.check_policy(ev, pol, delegation=False, features=feats)
-        run_cps = cps_f.result() if cps_f is not None else changepoints.detect_run_changepoints(ev)
-        loop_rows = loops_f.result() if loops_f is not None else find_loops()
+        run_cps, loop_rows = cps_f.result(), loops_f.result()
+    finally:
+        if side is not None:
+            side.shutdown(wait=True, cancel_futures=True)
     summary = loops.loop_summary(loop_rows)
     examples = _pick_examples(ev, summary, violations, n_examples)
     return RunTables(
@@ -443,6 +446,15 @@ def run_stage(
         run_changepoints=run_cps,
         examples=examples,
     )
+
+
+def _start(pool: ThreadPoolExecutor | None, fn: Callable[[], Any]) -> Future[Any]:
+    """``fn`` submitted to ``pool``; without a pool, run here and now (the future is done)."""
+    if pool is not None:
+        return pool.submit(fn)
+    out: Future[Any] = Future()
+    out.set_result(fn())
+    return out
 
 
 def _in_run_order(ev: pl.DataFrame) -> pl.DataFrame:
@@ -659,13 +671,7 @@ def fleet_stage(
     # scikit-learn). Scoring waits for drift and the delegation breaches; the count tables
     # are released once drift and change-points have read them.
     pool = ThreadPoolExecutor(max_workers=2) if feats.height <= FLEET_CONCURRENT_MAX_RUNS else None
-
-    def lane(fn: Callable[[], Any]) -> Future[Any]:
-        if pool is not None:
-            return pool.submit(fn)
-        out: Future[Any] = Future()
-        out.set_result(fn())
-        return out
+    lane = partial(_start, pool)
 
     def delegation_step() -> tuple[pl.DataFrame, pl.DataFrame]:
         done = step("delegation")
