@@ -379,7 +379,7 @@ def run_stage(
     max_period: int = 8,
     min_repeats: int = 3,
     fuzzy: bool = True,
-    n_examples: int = MAX_EXAMPLES_PER_CHUNK,
+    n_examples: int | None = None,
     side_thread: bool = False,
 ) -> RunTables:
     """Per-run stage: everything that needs events, on a set of whole runs.
@@ -392,9 +392,10 @@ def run_stage(
         Policy for the checks (``None``: ``Policy()``).
     max_period, min_repeats, fuzzy : default=8, 3, True
         Passed to :func:`driftwatch.loops.detect_loops`.
-    n_examples : int, default=200
+    n_examples : int, optional
         At most this many runs with a critical breach or a severe loop (loop severity
-        >= 0.5) keep their events (text truncated) for the report's timelines.
+        >= 0.5) keep their events (text truncated) for the report's timelines
+        (``None``: :data:`MAX_EXAMPLES_PER_CHUNK`, 200).
     side_thread : bool, default=False
         Run the loop detector, then the within-run change-points, on a second thread beside
         the features, counts and policy checks (the audit does
@@ -435,7 +436,8 @@ def run_stage(
         if side is not None:
             side.shutdown(wait=True, cancel_futures=True)
     summary = loops.loop_summary(loop_rows)
-    examples = _pick_examples(ev, summary, violations, n_examples)
+    n_keep = MAX_EXAMPLES_PER_CHUNK if n_examples is None else n_examples
+    examples = _pick_examples(ev, summary, violations, n_keep)
     return RunTables(
         features=feats,
         action_counts=actions,
@@ -516,6 +518,21 @@ def _pick_examples(
         .with_columns(pl.col(c).str.slice(0, _MAX_EXAMPLE_TEXT) for c in text)
         .select(list(CANONICAL_SCHEMA))
     )
+
+
+def _global_examples(tables: RunTables, n_examples: int | None = None) -> pl.DataFrame:
+    """The example events of the global top ``n_examples`` runs among chunks' examples.
+
+    Each chunk (or Spark bucket) keeps the events of its own top ``n_examples`` runs
+    (:func:`_pick_examples`); the global top runs are among them, since the ranking is a total
+    order, so ranking their union again gives exactly the runs one chunk of all events picks:
+    the report's timelines do not depend on the chunking. ``None``: ``run_stage``'s default.
+    """
+    ex = tables.examples
+    n = MAX_EXAMPLES_PER_CHUNK if n_examples is None else n_examples
+    if ex.height == 0 or n <= 0:
+        return ex
+    return _pick_examples(ex, tables.loop_summary, tables.violations, n)
 
 
 # --------------------------------------------------------------------------- fleet stage
@@ -1566,6 +1583,7 @@ def audit(
                 finally:
                     chunk_iter.close()  # every chunk has been read (the pool waited): files removed
                 tables = sink.tables()
+                tables.examples = _global_examples(tables)  # as one chunk of all events would pick
             finally:
                 shutil.rmtree(spill_dir, ignore_errors=True)
         trim_heap()

@@ -477,7 +477,7 @@ def make_bucket_function(
         since=since,
         until=until,
         column_map=dict(column_map or {}),
-        n_examples=_examples_default() if n_examples is None else n_examples,
+        n_examples=_audit.MAX_EXAMPLES_PER_CHUNK if n_examples is None else n_examples,
         options=dict(stage_options or {}),
         where=where,
     )
@@ -617,7 +617,7 @@ def run_stage_spark(
 
         parts.append(_audit.run_stage(empty_events(), policy=pol, n_examples=0, **dict(stage_options or {})))
     tables = _audit.RunTables.concat(parts)
-    tables.examples = _global_examples(tables, n_examples)
+    tables.examples = _audit._global_examples(tables, n_examples)
     rejected = _rejected_frame(rejected_parts, inp)
     if meta["rows_in"] == 0:
         raise NoInputError(f"{inp.description}: no rows to read; expected at least one event, found 0 rows")
@@ -642,28 +642,6 @@ def run_stage_spark(
             f"{stats['rows_rejected']} rejected"
         )
     return SparkStage(tables=tables, rejected=rejected, stats=stats)
-
-
-def _examples_default() -> int:
-    """The local engine's number of example runs per chunk (``run_stage``'s default)."""
-    import inspect
-
-    default = inspect.signature(_audit.run_stage).parameters["n_examples"].default
-    return int(default) if isinstance(default, int) else _audit.DEFAULT_EXAMPLES
-
-
-def _global_examples(tables: _audit.RunTables, n_examples: int | None) -> pl.DataFrame:
-    """Keep the example events of the global top runs, as one local chunk would.
-
-    Each bucket keeps its own top ``n_examples`` runs; the global top runs are among them
-    (the ranking is a total order), so ranking their union again gives exactly the runs the
-    local engine picks from all events at once.
-    """
-    ex = tables.examples
-    n_examples = _examples_default() if n_examples is None else n_examples
-    if ex.height == 0 or n_examples <= 0:
-        return ex
-    return _audit._pick_examples(ex, tables.loop_summary, tables.violations, n_examples)
 
 
 def _rejected_frame(parts: list[pl.DataFrame], inp: _Input) -> pl.DataFrame:

@@ -106,6 +106,30 @@ def test_chunks_give_the_same_results(fleet: synth.Fleet, result: AuditResult) -
     assert chunked.audit_id == result.audit_id
 
 
+def test_example_timelines_do_not_depend_on_the_chunking(
+    fleet: synth.Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each chunk keeps the events of at most MAX_EXAMPLES_PER_CHUNK candidate runs; with the
+    limit binding, the chunked audit still shows the timelines one chunk of all events shows
+    (the chunk count follows the machine's memory, and the output must not)."""
+    import importlib
+
+    from driftwatch.audit import RunTables, _global_examples, run_stage
+
+    mod = importlib.import_module("driftwatch.audit")
+    monkeypatch.setattr(mod, "MAX_EXAMPLES_PER_CHUNK", 3)
+    whole = audit(fleet.events, chunks=1)
+    assert whole.examples["run_id"].n_unique() > 0
+    assert whole.runs.filter(pl.col("level") == "escalate").height > 3  # the limit binds
+    for n in (2, 5):
+        assert_frame_equal(audit(fleet.events, chunks=n).examples, whole.examples)
+    # without the global re-ranking, the chunks' own top runs would be shown
+    odd = pl.col("run_id").str.ends_with("1")
+    parts = RunTables.concat([run_stage(fleet.events.filter(odd)), run_stage(fleet.events.filter(~odd))])
+    assert parts.examples["run_id"].n_unique() == 6
+    assert_frame_equal(_global_examples(parts), run_stage(fleet.events).examples)
+
+
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_run_stage_tables_are_in_canonical_order(fleet: synth.Fleet, shuffle: bool) -> None:
     """The one-chunk audit uses run_stage's tables as they come: they must already be in the
