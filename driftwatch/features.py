@@ -120,6 +120,7 @@ def run_feature_exprs() -> list[pl.Expr]:
         (~is_llm).sum().cast(pl.Int64).alias("n_tool"),
         pl.col("action").hash().filter(~is_llm).n_unique().cast(pl.Int64).alias("n_distinct_actions"),
         is_err.fill_null(False).sum().cast(pl.Int64).alias("n_errors"),
+        (is_err.fill_null(False) & ~is_llm).sum().cast(pl.Int64).alias("n_tool_errors"),
         pl.col("input_tokens").sum().alias("input_tokens"),
         pl.col("output_tokens").sum().alias("output_tokens"),
         pl.col("cost_usd").sum().alias("cost_usd"),
@@ -144,11 +145,14 @@ def run_features(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     -------
     polars.DataFrame
         ``run_id, agent, version, parent_run_id, first_ts, last_ts, n_steps,
-        n_llm, n_tool, n_distinct_actions, n_errors, input_tokens,
+        n_llm, n_tool, n_distinct_actions, n_errors, n_tool_errors, input_tokens,
         output_tokens, cost_usd, latency_ms, latency_ms_p90, error_cost_usd,
         min_confidence, feedback, outcome, n_retries, retry_cost_usd, tokens,
         error_rate, llm_ratio, runtime_s``, sorted by ``run_id``. Sums over
-        missing columns are 0; means are null. ``n_retries`` counts tool steps
+        missing columns are 0; means are null. ``n_errors`` counts the failed
+        steps (``status == "error"``), ``n_tool_errors`` those that are not LLM
+        calls (``n_errors - n_tool_errors`` LLM calls failed: rate limits,
+        unparseable output). ``n_retries`` counts tool steps
         that repeat the run's previous tool action, which failed (LLM steps in
         between are skipped); ``retry_cost_usd`` is their cost.
     """

@@ -20,7 +20,8 @@ component                     ``s``
 ``delegation``                0.5, +0.1 per level beyond the limit, at most 0.8 (cycles 0.8)
 ``loop``                      the loop summary's ``loop_severity``; ``same_action`` loops (paging,
                               polling) are capped below ``escalate``, so they never escalate alone
-``errors`` (error storm)      ``0.6 * min(1, rate / 0.6) * min(1, (n_errors - 1) / 5)``, >= 3 errors
+``errors`` (error storm)      ``0.6 * min(1, rate / 0.6) * min(1, (failed - 1) / 5)``, >= 3 failed
+                              calls; tool calls and LLM calls apart, the worse of the two
 ``cost`` / ``length``         ``0.75 * clip((z - 4) / 8, 0, 1)`` of the robust z-score (median/MAD
                               of log cost / log steps, per agent) so a long agent is not flagged
 ``anomaly``                   IsolationForest over per-agent robust z-scores of the run features,
@@ -595,8 +596,15 @@ def score_runs_from_runs(
             f"features must have one row per run; run_id {dup[0]!r} appears more than once "
             "(concatenate run_features of disjoint chunks of whole runs)"
         )
+    # failed tool calls and failed LLM calls apart (features without n_tool_errors, from before it
+    # existed, count every failure as a tool call's, as then)
+    tool_err = (
+        pl.coalesce(pl.col("n_tool_errors"), pl.col("n_errors")) if "n_tool_errors" in f.columns else pl.col("n_errors")
+    )
     f = f.with_columns(
-        (pl.col("n_errors") / pl.max_horizontal(pl.col("n_tool"), pl.lit(1))).alias("error_rate_tool"),
+        (tool_err / pl.max_horizontal(pl.col("n_tool"), pl.lit(1))).alias("error_rate_tool"),
+        tool_err.alias("_tool_err"),
+        (pl.col("n_errors") - tool_err).clip(lower_bound=0).alias("_llm_err"),
     )
     # agents with few runs are compared with the whole fleet (a handful of agents: Python list is fine)
     counts = f.group_by("agent").len()
@@ -852,15 +860,22 @@ def _components(pol: Policy) -> tuple[list[pl.Expr], list[pl.Expr]]:
             more,
         ),
     )
-    ne = pl.col("n_errors")
-    rate = pl.col("error_rate_tool")
+    def storm(failed: pl.Expr, calls: pl.Expr) -> pl.Expr:
+        rate = failed / pl.max_horizontal(calls, pl.lit(1))
+        return pl.when(failed >= 3).then(
+            0.6 * pl.min_horizontal(rate / 0.6, pl.lit(1.0)) * pl.min_horizontal((failed - 1) / 5.0, pl.lit(1.0))
+        ).otherwise(0.0)
+
+    # failed tool calls, or failed LLM calls (a model retried into a cost explosion), whichever is worse
+    tool_s, llm_s = storm(pl.col("_tool_err"), pl.col("n_tool")), storm(pl.col("_llm_err"), pl.col("n_llm"))
     comp(
         "errors",
-        pl.when(ne >= 3).then(
-            0.6 * pl.min_horizontal(rate / 0.6, pl.lit(1.0)) * pl.min_horizontal((ne - 1) / 5.0, pl.lit(1.0))
-        ),
-        pl.concat_str(pl.lit("error storm: "), ne.cast(pl.String), pl.lit(" of "),
-                      pl.col("n_tool").cast(pl.String), pl.lit(" tool calls failed")),
+        pl.max_horizontal(tool_s, llm_s),
+        pl.when(llm_s > tool_s)
+        .then(pl.concat_str(pl.lit("error storm: "), pl.col("_llm_err").cast(pl.String), pl.lit(" of "),
+                            pl.col("n_llm").cast(pl.String), pl.lit(" LLM calls failed")))
+        .otherwise(pl.concat_str(pl.lit("error storm: "), pl.col("_tool_err").cast(pl.String), pl.lit(" of "),
+                                 pl.col("n_tool").cast(pl.String), pl.lit(" tool calls failed"))),
     )
     who = pl.when(pl.col("_zgroup") == "\x00fleet").then(pl.lit("fleet")).otherwise(pl.col("agent"))
     comp(

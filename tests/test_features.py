@@ -42,12 +42,21 @@ def test_features_known_answers() -> None:
     a, b = f.row(0, named=True), f.row(1, named=True)
     assert (a["run_id"], b["run_id"]) == ("a", "b")
     assert (a["n_steps"], a["n_llm"], a["n_tool"], a["n_errors"]) == (5, 2, 3, 1)
+    assert a["n_tool_errors"] == 1 and b["n_tool_errors"] == 0
     assert a["n_distinct_actions"] == 2 and b["n_distinct_actions"] == 1
     assert a["n_retries"] == 1 and a["retry_cost_usd"] == pytest.approx(0.002)
     assert b["n_retries"] == 0
     assert a["tokens"] == 40 and a["cost_usd"] == pytest.approx(0.035)
     assert a["error_rate"] == pytest.approx(0.2) and b["llm_ratio"] == pytest.approx(1 / 3)
     assert a["runtime_s"] == pytest.approx(4.0)
+
+
+def test_failed_llm_calls_are_not_tool_errors() -> None:
+    ev = _events().with_columns(
+        pl.when(pl.col("action") == "llm").then(pl.lit("error")).otherwise(pl.col("status")).alias("status")
+    )
+    f = dw.run_features(ev)
+    assert f.select("n_errors", "n_tool_errors").rows() == [(3, 1), (1, 0)]
 
 
 def test_action_and_bigram_counts_known_answers() -> None:

@@ -293,6 +293,40 @@ def test_error_storm() -> None:
     assert "error storm: 5 of 5 tool calls failed" in out["reasons"][0].to_list()
 
 
+def test_llm_error_storm_is_told_apart_from_tool_errors() -> None:
+    """Failed LLM calls (rate limits, unparseable output, retried) are an error storm of their
+    own: counted against the LLM calls, not against the run's (here: zero) tool calls."""
+    acts = ["llm"] * 12
+    status = ["error"] * 11 + ["ok"]
+    base = baseline("billing", 30, 10)
+    ev = pl.concat([base, run("llm-storm", acts, status=status)], how="diagonal_relaxed")
+    out = score(ev).filter(pl.col("run_id") == "llm-storm")
+    assert out["n_tool_errors"][0] == 0 and out["n_errors"][0] == 11
+    assert out["error_rate_tool"][0] == 0.0  # no tool call failed (it read 11 / 1 before)
+    assert out["score_errors"][0] == pytest.approx(0.6)
+    assert "error storm: 11 of 12 LLM calls failed" in out["reasons"][0].to_list()
+    # mixed: the worse of the two is told; tool failures alone score as before
+    mixed = ["llm", "get_a", "llm", "get_b", "llm", "get_c", "llm", "get_d"]
+    ev = pl.concat([base, run("mixed", mixed, status=["error", "error", "ok", "error", "ok", "error", "ok", "ok"])],
+                   how="diagonal_relaxed")
+    out = score(ev).filter(pl.col("run_id") == "mixed")
+    assert (out["n_tool_errors"][0], out["n_errors"][0]) == (3, 4)
+    assert out["score_errors"][0] == pytest.approx(0.6 * 0.4)  # 3 of 4 tool calls: rate 0.75, (3 - 1) / 5
+    assert "error storm: 3 of 4 tool calls failed" in out["reasons"][0].to_list()
+
+
+def test_features_without_tool_error_counts_score_as_before() -> None:
+    """Per-run features from before ``n_tool_errors`` (e.g. an audit history) count every failure
+    as a tool call's, as then."""
+    acts = ["llm", "get_a", "llm", "get_b", "llm", "get_c", "llm", "get_d", "llm", "get_e", "llm"]
+    ev = pl.concat([baseline("billing", 30, 10), run("storm", acts, status=["ok", "error"] * 5 + ["ok"])],
+                   how="diagonal_relaxed")
+    feats = dw.run_features(ev)
+    new = score_runs_from_runs(feats, loops=dw.detect_loops(ev), violations=dw.check_policy(ev))
+    old = score_runs_from_runs(feats.drop("n_tool_errors"), loops=dw.detect_loops(ev), violations=dw.check_policy(ev))
+    assert_frame_equal(new.drop("n_tool_errors"), old)
+
+
 def test_retries_breach_and_unknown_tool() -> None:
     acts = ["llm", "search_kb", "llm", "search_kb", "llm", "search_kb", "llm", "search_kb", "llm", "search_kb"]
     status = ["ok", "error"] * 5
