@@ -189,8 +189,11 @@ def timed(cmd: list[str], *, max_rss_gib: float | None = None) -> dict:
     code = os.waitstatus_to_exitcode(status)
     if killed:
         tail = f"killed by the benchmark: process tree RSS passed --max-rss-gib {max_rss_gib}\n" + tail
-    return {"wall_s": wall, "rss_gib": usage.ru_maxrss / 2**20, "tree_rss_gib": tree_peak, "code": code,
-            "killed_at_cap": killed, "tail": tail}
+    # CPU seconds of the command's own process (a Spark JVM's are not in them), and the machine's
+    # 1-minute load average as it ended (the command's own load included)
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "sys_s": usage.ru_stime,
+            "load_avg": os.getloadavg()[0], "rss_gib": usage.ru_maxrss / 2**20, "tree_rss_gib": tree_peak,
+            "code": code, "killed_at_cap": killed, "tail": tail}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         if r["code"] not in (0, 1):
             print(f"  FAILED (exit {r['code']}):\n{r['tail']}", flush=True)
         else:
-            print(f"  {r['wall_s']:.1f}s, peak RSS {r['rss_gib']:.2f} GiB (process tree {r['tree_rss_gib']:.2f})",
+            print(f"  {r['wall_s']:.1f}s ({r['cpu_s']:.1f} CPU-s, {r['sys_s']:.1f} of them system), peak RSS "
+                  f"{r['rss_gib']:.2f} GiB (process tree {r['tree_rss_gib']:.2f}), load average {r['load_avg']:.1f}",
                   flush=True)
         rows.append((name, r))
         return r
@@ -253,17 +257,18 @@ def main(argv: list[str] | None = None) -> int:
           f"{DAYS} days, row groups {ROW_GROUP:,})")
     print(f"machine: {machine()}")
     print()
-    print(f"| {'command':<32} | {'wall s':>8} | {'events/s':>12} | {'peak RSS GiB':>12} | {'tree RSS GiB':>12} "
-          f"| {'x bare scan':>11} |")
-    print(f"|{'-' * 34}|{'-' * 10}|{'-' * 14}|{'-' * 14}|{'-' * 14}|{'-' * 13}|")
+    print(f"| {'command':<32} | {'wall s':>8} | {'CPU s':>7} | {'events/s':>12} | {'peak RSS GiB':>12} "
+          f"| {'tree RSS GiB':>12} | {'x bare scan':>11} | {'load':>5} |")
+    print(f"|{'-' * 34}|{'-' * 10}|{'-' * 9}|{'-' * 14}|{'-' * 14}|{'-' * 14}|{'-' * 13}|{'-' * 7}|")
     for name, r in rows:
         if r["code"] not in (0, 1):
             why = "killed" if r.get("killed_at_cap") else f"exit {r['code']}"
-            print(f"| {name:<32} | {'failed':>8} | {why:>12} | {r['rss_gib']:>12.2f} | {r['tree_rss_gib']:>12.2f} "
-                  f"| {'':>11} |")
+            print(f"| {name:<32} | {'failed':>8} | {'':>7} | {why:>12} | {r['rss_gib']:>12.2f} "
+                  f"| {r['tree_rss_gib']:>12.2f} | {'':>11} | {r['load_avg']:>5.1f} |")
             continue
-        print(f"| {name:<32} | {r['wall_s']:>8.1f} | {n / r['wall_s']:>12,.0f} | {r['rss_gib']:>12.2f} | "
-              f"{r['tree_rss_gib']:>12.2f} | {r['wall_s'] / base:>11.2f} |")
+        print(f"| {name:<32} | {r['wall_s']:>8.1f} | {r['cpu_s']:>7.1f} | {n / r['wall_s']:>12,.0f} "
+              f"| {r['rss_gib']:>12.2f} | {r['tree_rss_gib']:>12.2f} | {r['wall_s'] / base:>11.2f} "
+              f"| {r['load_avg']:>5.1f} |")
     for engine, s in summaries.items():
         timings = s.get("timings", {})
         top = {k: v for k, v in timings.items() if not k.startswith("fleet.")}
