@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
+import functools
 import glob
 import json
 import os
@@ -120,13 +120,27 @@ def trim_heap() -> bool:
     The audit calls this between stages of a large fleet. Returns False where it is not
     available (another C library, another OS); it never fails.
     """
-    if not sys.platform.startswith("linux"):
-        return False
+    libc = _libc()
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
-        return bool(libc.malloc_trim(0))
-    except (OSError, AttributeError):
+        return bool(libc.malloc_trim(0)) if libc is not None else False
+    except AttributeError:  # a C library without it (musl)
         return False
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """The C library's functions (Linux), loaded once; ``None`` elsewhere.
+
+    ``ctypes.CDLL(None)`` is the process's own symbol table, which holds the C library's:
+    ``ctypes.util.find_library("c")`` would run ``ldconfig`` in a child process, a fork of the
+    whole audit (gigabytes at 100M events) at every call.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -160,12 +174,12 @@ _AT_FDCWD = -100
 
 def _renameat2_exchange(a: Path, b: Path) -> bool:
     """Atomically exchange two paths (Linux ``renameat2``). False when unsupported."""
-    if not sys.platform.startswith("linux"):
-        return False
+    libc = _libc()
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
+        fn = libc.renameat2 if libc is not None else None
+    except AttributeError:  # glibc before 2.28
+        return False
+    if fn is None:
         return False
     fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     fn.restype = ctypes.c_int

@@ -574,4 +574,37 @@ def test_trim_heap_never_fails(monkeypatch: pytest.MonkeyPatch) -> None:
         raise OSError("no C library here")
 
     monkeypatch.setattr(ctypes, "CDLL", no_libc)
-    assert _io.trim_heap() is False
+    _io._libc.cache_clear()
+    try:
+        assert _io.trim_heap() is False
+    finally:
+        _io._libc.cache_clear()
+
+
+def test_c_library_calls_start_no_process(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """trim_heap runs between stages and the folder swap at the end: neither may start a child
+    process (ctypes.util.find_library runs ldconfig: a fork of the whole audit process)."""
+    import subprocess
+    import sys
+
+    from driftwatch import _io
+
+    started: list[object] = []
+
+    def record(*args: object, **kwargs: object) -> None:
+        started.append(args)
+        raise OSError("no child processes in this test")
+
+    monkeypatch.setattr(subprocess, "Popen", record)
+    _io._libc.cache_clear()
+    try:
+        assert isinstance(_io.trim_heap(), bool) and isinstance(_io.trim_heap(), bool)
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        (tmp_path / "a" / "mark").touch()
+        swapped = _io._renameat2_exchange(tmp_path / "a", tmp_path / "b")
+        if sys.platform.startswith("linux"):  # glibc >= 2.28 everywhere this project runs
+            assert swapped and (tmp_path / "b" / "mark").exists()
+    finally:
+        _io._libc.cache_clear()
+    assert started == []
