@@ -17,7 +17,9 @@ table:
 * destructive tools called without approval, cost spikes, low-confidence
   steps, calls to tools that do not exist, deep delegation chains;
 * load-dependent failure: error rates that rise once the number of runs
-  started per bucket passes a threshold.
+  started per bucket passes a threshold;
+* optionally (``Scenario(llm_failure_rate=...)``, off in the demo fleet), runs
+  whose model calls keep failing (rate limits, timeouts) until the final answer.
 
 Everything is vectorised with numpy and Polars; each day is drawn from its own
 random stream (``seed``, day), so a fleet is identical whether it is generated
@@ -211,6 +213,10 @@ class Scenario:
     cost_spike_rate: float = 0.004
     low_confidence_rate: float = 0.005
     unknown_tool_rate: float = 0.003
+    #: runs whose model calls keep failing (rate limits, timeouts): every LLM call but the final
+    #: answer fails, in runs of at least 5 tool calls (drawn from a stream of their own, so a
+    #: fleet with them is the same fleet otherwise)
+    llm_failure_rate: float = 0.0
     delegation_rate: float = 0.05
     delegation_chains_per_day: float = 0.1
     delegation_chain_depth: int = 6
@@ -694,6 +700,10 @@ def _generate_day(
 
     tool_name = pl.Series(vocab_arr, dtype=pl.String)
     ev = frame.join(run_info, on="_r", how="left")
+    is_llm_fail = (np.random.default_rng([seed, d, 1]).random(n_runs) < sc.llm_failure_rate) & (k >= 5)
+    if is_llm_fail.any():  # every LLM call but the final answer fails
+        failing = pl.lit(pl.Series(is_llm_fail)).gather(pl.col("_r"))
+        ev = ev.with_columns((pl.col("_err") | (pl.col("_llm") & (pl.col("_turn") < pl.col("_k")) & failing)).alias("_err"))
     tool_str = pl.col("_tool").replace_strict(
         list(range(len(vocab_arr))) + [-1],
         tool_name.to_list() + ["final"],
@@ -753,7 +763,8 @@ def _generate_day(
         pl.when(pl.col("_llm")).then(pl.lit(LLM_ACTION)).otherwise(tool_str).alias("action"),
         pl.col("agent"),
         pl.when(pl.col("_llm")).then(llm_args).otherwise(tool_args).alias("args"),
-        pl.when(pl.col("_llm")).then(llm_result).otherwise(tool_result).alias("result"),
+        pl.when(pl.col("_llm") & pl.col("_err")).then(pl.concat_str(pl.lit("error: "), err_txt, pl.lit(" from the model API")))
+        .when(pl.col("_llm")).then(llm_result).otherwise(tool_result).alias("result"),
         pl.when(pl.col("_err")).then(pl.lit("error")).otherwise(pl.lit("ok")).alias("status"),
         pl.when(pl.col("_unknown")).then(pl.lit("ToolNotFoundError")).when(pl.col("_err")).then(err_txt)
         .alias("error_type"),
@@ -794,9 +805,11 @@ def _generate_day(
             "cost_spike": is_spike,
             "low_confidence": is_lowconf,
             "unknown_tool": is_unknown,
+            "llm_failures": is_llm_fail,
         }
     )
-    flags = ["unapproved_destructive", "cost_spike", "low_confidence", "unknown_tool", "pagination", "polling"]
+    flags = ["unapproved_destructive", "cost_spike", "low_confidence", "unknown_tool", "llm_failures",
+             "pagination", "polling"]
     runs_truth = inj.select(
         "run_id",
         "agent",
@@ -811,6 +824,7 @@ def _generate_day(
             | pl.col("cost_spike")
             | pl.col("low_confidence")
             | pl.col("unknown_tool")
+            | pl.col("llm_failures")
         ).alias("needs_human"),
     )
     if chains is not None:

@@ -315,6 +315,22 @@ def test_llm_error_storm_is_told_apart_from_tool_errors() -> None:
     assert "error storm: 3 of 4 tool calls failed" in out["reasons"][0].to_list()
 
 
+@pytest.mark.parametrize("seed", [3, 4])
+def test_llm_failure_storms_on_a_generated_fleet(seed: int) -> None:
+    """Known answers: runs whose model calls keep failing are flagged with the LLM error storm
+    (recall 1), and no other run is told its LLM calls failed (precision 1)."""
+    fleet = dw.synth.generate(days=4, runs_per_day=150, seed=seed,
+                              scenario=dw.synth.Scenario.stable(llm_failure_rate=0.05))
+    storm = fleet.truth["runs"].filter(pl.col("injected").list.contains("llm_failures"))["run_id"]
+    assert storm.len() >= 8
+    runs = dw.audit(fleet.events).runs.with_columns(
+        pl.col("reasons").list.eval(pl.element().str.contains("LLM calls failed")).list.any().alias("_told")
+    )
+    hit = pl.col("run_id").is_in(storm.implode())
+    assert runs.filter(hit)["_told"].all() and (runs.filter(hit)["level"] != "ok").all()
+    assert not runs.filter(~hit)["_told"].any()
+
+
 def test_features_without_tool_error_counts_score_as_before() -> None:
     """Per-run features from before ``n_tool_errors`` (e.g. an audit history) count every failure
     as a tool call's, as then."""

@@ -173,6 +173,25 @@ def test_truth_runs_flags(fleet: synth.Fleet) -> None:
     assert spike_cost.min() > 5 * np.median(rf["cost_usd"].to_numpy())
 
 
+def test_llm_failures_fail_every_model_call_but_the_answer() -> None:
+    """Runs with failing model calls: every LLM step but the last fails; the rest of the fleet is
+    the fleet without them (the failures are drawn from a stream of their own)."""
+    base = synth.generate(days=2, runs_per_day=120, seed=8, scenario=synth.Scenario.stable())
+    f = synth.generate(days=2, runs_per_day=120, seed=8, scenario=synth.Scenario.stable(llm_failure_rate=0.1))
+    hit = f.truth["runs"].filter(pl.col("injected").list.contains("llm_failures"))
+    assert hit.height > 5 and hit["needs_human"].all()
+    llm = f.events.filter(pl.col("run_id").is_in(hit["run_id"].implode()) & (pl.col("action") == "llm"))
+    per_run = llm.sort("step").group_by("run_id").agg(pl.col("status"), pl.col("error_type").last())
+    for status in per_run["status"].to_list():
+        assert len(status) >= 6 and status[:-1] == ["error"] * (len(status) - 1) and status[-1] == "ok"
+    assert per_run["error_type"].is_null().all()  # the final answer did not fail
+    changed = ["status", "error_type", "result"]
+    assert base.events.drop(changed).equals(f.events.drop(changed))
+    others = ~pl.col("run_id").is_in(hit["run_id"].implode())
+    assert base.events.filter(others).equals(f.events.filter(others))
+    assert base.truth["runs"].drop("injected", "needs_human").equals(f.truth["runs"].drop("injected", "needs_human"))
+
+
 def test_stable_injects_nothing() -> None:
     f = synth.generate(days=3, runs_per_day=100, seed=0, scenario=synth.Scenario.stable())
     inj = set(f.truth["runs"].explode("injected")["injected"].drop_nulls())
