@@ -672,16 +672,19 @@ def fleet_stage(
     timings: dict[str, float] = {}
     notes: dict[str, Any] = {}
 
-    def step(name: str) -> Callable[[], None]:
-        t0 = time.perf_counter()
+    def step(name: str, fn: Callable[[], Any]) -> Callable[[], Any]:
+        """``fn`` timed as fleet step ``name`` (and the pages its numpy work freed given back)."""
 
-        def done() -> None:
-            trim_heap()  # each step's numpy work freed: give its pages back before the next
+        def run() -> Any:
+            t0 = time.perf_counter()
+            out = fn()
+            trim_heap()
             timings[name] = round(time.perf_counter() - t0, 4)
             if progress is not None:
                 progress(f"{name}: {timings[name]:.1f}s")
+            return out
 
-        return done
+        return run
 
     feats = tables.features
     # The steps share nothing but read-only tables, so each one's output is the same whether
@@ -690,52 +693,24 @@ def fleet_stage(
     # scikit-learn). Scoring waits for drift and the delegation breaches; the count tables
     # are released once drift and change-points have read them.
     pool = ThreadPoolExecutor(max_workers=2) if feats.height <= FLEET_CONCURRENT_MAX_RUNS else None
-    lane = partial(_start, pool)
 
-    def delegation_step() -> tuple[pl.DataFrame, pl.DataFrame]:
-        done = step("delegation")
+    def lane(name: str, fn: Callable[[], Any]) -> Future[Any]:
+        return _start(pool, step(name, fn))
+
+    def delegation() -> tuple[pl.DataFrame, pl.DataFrame]:
         depth = policy_mod.check_delegation(feats, pol)
         found = sort_frame(_concat([tables.violations, depth]), RUN_TABLE_KEYS["violations"])
-        cycles = loops_mod.detect_delegation_cycles(feats)
-        done()
-        return found, cycles
+        return found, loops_mod.detect_delegation_cycles(feats)
 
-    def changepoint_step() -> tuple[pl.DataFrame, pl.DataFrame]:
-        done = step("changepoints")
+    def changepoint() -> tuple[pl.DataFrame, pl.DataFrame]:
         buckets = changepoints.bucket_metrics_from_runs(
             feats, tables.action_counts, tables.loop_summary, by=by, every=every
         )
-        found = changepoints.changepoints_from_buckets(buckets)
-        done()
-        return buckets, found
+        return buckets, changepoints.changepoints_from_buckets(buckets)
 
-    def drift_step() -> pl.DataFrame:
-        done = step("drift")
+    def drift_rows_and_notes() -> pl.DataFrame:
         rows, drift_notes = _fleet_drift(tables, reference, reference_tables, by=by, every=drift_every)
         notes.update(drift_notes)
-        done()
-        return rows
-
-    def scoring_step(violations: pl.DataFrame, drift_rows: pl.DataFrame) -> pl.DataFrame:
-        done = step("scoring")
-        scored = scoring.score_runs_from_runs(
-            feats, policy=pol, loops=tables.loop_summary, violations=violations, drift=drift_rows
-        )
-        done()
-        return scored
-
-    def cost_step() -> pl.DataFrame:
-        done = step("costs")
-        rows = costs.cost_profile_from_runs(
-            feats, by=by, volume_per_day=volume_per_day, loops=tables.loop_summary, policy=pol
-        )
-        done()
-        return rows
-
-    def load_step() -> pl.DataFrame:
-        done = step("load")
-        rows = load.load_curve_from_runs(feats, loops=tables.loop_summary, every=load_every, by=by)
-        done()
         return rows
 
     # one BLAS thread: the steps' matrix products are small next to the cost of BLAS threads
@@ -743,18 +718,25 @@ def fleet_stage(
     # CPU-seconds less); set after the imports above, which load scipy's own BLAS
     blas = threadpool_limits(limits=1, user_api="blas")
     try:
-        delegation_f = lane(delegation_step)
-        changepoint_f = lane(changepoint_step)
-        drift_f = lane(drift_step)
-        violations, delegation = delegation_f.result()
+        delegation_f = lane("delegation", delegation)
+        changepoint_f = lane("changepoints", changepoint)
+        drift_f = lane("drift", drift_rows_and_notes)
+        violations, delegation_rows = delegation_f.result()
         metrics, cps = changepoint_f.result()
         drift_rows = drift_f.result()
         if release_counts:  # drift and change-points have read them
             tables.action_counts = tables.action_counts.clear()
             tables.bigram_counts = tables.bigram_counts.clear()
-        scoring_f = lane(partial(scoring_step, violations, drift_rows))
-        cost_f = lane(cost_step)
-        load_f = lane(load_step)
+        scoring_f = lane("scoring", partial(
+            scoring.score_runs_from_runs, feats, policy=pol, loops=tables.loop_summary, violations=violations,
+            drift=drift_rows,
+        ))
+        cost_f = lane("costs", partial(
+            costs.cost_profile_from_runs, feats, by=by, volume_per_day=volume_per_day, loops=tables.loop_summary,
+            policy=pol,
+        ))
+        load_f = lane("load", partial(load.load_curve_from_runs, feats, loops=tables.loop_summary, every=load_every,
+                                      by=by))
         runs, cost_rows, load_rows = scoring_f.result(), cost_f.result(), load_f.result()
     finally:
         if pool is not None:
@@ -798,7 +780,7 @@ def fleet_stage(
         timings=timings,
         examples=sort_frame(examples, RUN_TABLE_KEYS["examples"]),
         metrics=sort_frame(metrics, ("series", "bucket")),
-        delegation=sort_frame(delegation, ("chain_id", "start_depth")),
+        delegation=sort_frame(delegation_rows, ("chain_id", "start_depth")),
         loop_summary=tables.loop_summary,
         policy=pol,
         notes=notes,
