@@ -49,6 +49,7 @@ from driftwatch.schema import CANONICAL_SCHEMA
 
 if TYPE_CHECKING:
     from driftwatch.policy import Policy
+    from driftwatch.read import RowSlicer
     from driftwatch.state import AuditState, SourceFile
 
 #: Files :meth:`AuditResult.write` creates (CONTRACT section 3).
@@ -1312,8 +1313,13 @@ def _read(
     since: datetime | None,
     until: datetime | None,
     column_map: Mapping[str, str] | None,
-) -> tuple[pl.LazyFrame, pl.DataFrame, dict[str, Any]]:
-    """(events, rejected, stats) from paths, frames or a ReadResult."""
+) -> tuple[pl.LazyFrame, pl.DataFrame, dict[str, Any], RowSlicer | None]:
+    """(events, rejected, stats, slicer) from paths, frames or a ReadResult.
+
+    ``slicer`` reads the same events by ranges of rows (:attr:`driftwatch.read.ReadResult.slicer`),
+    ``None`` for frames; a window is applied to the events and to every slice alike.
+    """
+    slicer: RowSlicer | None = None
     if isinstance(source, pl.DataFrame | pl.LazyFrame):
         lf = as_lazy(source)
         rejected = pl.DataFrame()
@@ -1327,19 +1333,108 @@ def _read(
 
             rr = read_logs(source, format=format, engine=engine, column_map=column_map)
         lf = as_lazy(rr.events)
+        slicer = getattr(rr, "slicer", None)
         rejected = rr.rejected if isinstance(rr.rejected, pl.DataFrame) else rr.rejected.collect()
         raw = rr.stats.to_dict() if hasattr(rr.stats, "to_dict") else dict(rr.stats)
         stats = {k: v for k, v in raw.items() if k not in ("paths", "seconds")}
     if since is not None or until is not None:
-        # a run belongs to the window of its first step: prefilter rows with a margin (pushed
-        # into the scan), then keep the runs whose first step is inside the window
-        pre = pl.lit(True)
-        if since is not None:
-            pre = pre & (pl.col("ts") >= since - _WINDOW_MARGIN)
-        if until is not None:
-            pre = pre & (pl.col("ts") < until + _WINDOW_MARGIN)
-        lf = lf.filter(pre)
-    return lf, rejected, stats
+        lf = _prefilter(lf, since, until)
+        if slicer is not None:
+            slicer = _WindowedSlicer(slicer, since, until)
+    return lf, rejected, stats, slicer
+
+
+def _prefilter(lf: pl.LazyFrame, since: datetime | None, until: datetime | None) -> pl.LazyFrame:
+    """A run belongs to the window of its first step: keep rows within a margin of the window
+    (pushed into the scan); :func:`_in_window` then keeps the runs whose first step is inside."""
+    pre = pl.lit(True)
+    if since is not None:
+        pre = pre & (pl.col("ts") >= since - _WINDOW_MARGIN)
+    if until is not None:
+        pre = pre & (pl.col("ts") < until + _WINDOW_MARGIN)
+    return lf.filter(pre)
+
+
+@dataclass(frozen=True)
+class _WindowedSlicer:
+    """A :class:`~driftwatch.read.RowSlicer` whose slices carry the audit window's prefilter."""
+
+    inner: RowSlicer
+    since: datetime | None
+    until: datetime | None
+
+    @property
+    def n_rows(self) -> int:
+        return self.inner.n_rows
+
+    def events(self, lo: int, n: int) -> pl.LazyFrame:
+        return _prefilter(self.inner.events(lo, n), self.since, self.until)
+
+    def run_ranges(self, rows_per_range: int) -> pl.LazyFrame:
+        return self.inner.run_ranges(rows_per_range)
+
+    def guard(self, fn: Callable[[], Any]) -> Any:
+        return self.inner.guard(fn)
+
+
+#: A chunked audit of Parquet files reads each chunk's rows straight from the files (see
+#: :func:`_range_chunks`) when the runs that have rows in more than one range hold at most this
+#: share of the rows; otherwise (rows of runs scattered over the whole log) the log is
+#: partitioned by a hash of ``run_id`` (:func:`_iter_chunks`).
+RANGE_SCATTER_MAX = 0.25
+
+
+def _range_chunks(
+    slicer: RowSlicer | _WindowedSlicer,
+    n_chunks: int,
+    *,
+    progress: Progress | None = None,
+) -> list[pl.LazyFrame] | None:
+    """Chunks of whole runs cut from consecutive ranges of the files' rows, with no copy.
+
+    The rows are cut into ``n_chunks`` consecutive ranges. One narrow pass over ``run_id``
+    finds the runs with rows in more than one range (a run crossing midnight in a
+    day-partitioned log, a run logged again later): each range's chunk is its rows minus
+    those runs, which are read together in chunks of their own (a filtered pass over the
+    files, split by a hash of ``run_id`` to about the ranges' size). Every run lands whole in
+    exactly one chunk, as with :func:`_iter_chunks`, without writing and reading every row
+    again. Returns ``None`` when such runs hold more than :data:`RANGE_SCATTER_MAX` of the rows
+    (a log ordered by something else than runs): the hash partition is then cheaper.
+    """
+    total = slicer.n_rows
+    per = max(1, math.ceil(total / max(n_chunks, 1)))
+    t0 = time.perf_counter()
+    spread = slicer.guard(
+        lambda: slicer.run_ranges(per)
+        .filter((pl.col("first") != pl.col("last")) & pl.col("run_id").is_not_null())
+        .select("run_id", "n")
+        .collect(engine="streaming")
+    )
+    spread_rows = int(spread.get_column("n").sum()) if spread.height else 0
+    if spread_rows > RANGE_SCATTER_MAX * total:
+        if progress is not None:
+            progress(
+                f"per-run stage: {spread.height:,} runs spread over the log ({spread_rows:,} rows): "
+                "partitioning by run"
+            )
+        return None
+    plans = []
+    ids = spread.get_column("run_id").sort()
+    for i in range(math.ceil(total / per)):
+        lf = slicer.events(i * per, per)
+        if ids.len():
+            lf = lf.filter(~pl.col("run_id").is_in(ids.implode()))
+        plans.append(lf)
+    n_spread = math.ceil(spread_rows / per)
+    for j in range(n_spread):
+        mine = ids.filter(ids.hash(seed=0) % n_spread == j) if n_spread > 1 else ids
+        plans.append(slicer.events(0, total).filter(pl.col("run_id").is_in(mine.implode())))
+    if progress is not None:
+        progress(
+            f"per-run stage: {len(plans) - n_spread} ranges of {per:,} rows, {spread.height:,} runs across ranges "
+            f"in {n_spread} chunk(s) of their own ({time.perf_counter() - t0:.1f}s)"
+        )
+    return plans
 
 
 def _in_window(lf: pl.LazyFrame, since: datetime | None, until: datetime | None) -> pl.LazyFrame:
@@ -1498,7 +1593,7 @@ def audit(
 
         # ------------------------------------------------------------ read
         t0 = time.perf_counter()
-        lf, rejected, stats = _read(
+        lf, rejected, stats, slicer = _read(
             source, format=format, engine=engine, since=since_dt, until=until_dt, column_map=column_map
         )
         timings["read"] = round(time.perf_counter() - t0, 4)
@@ -1518,7 +1613,7 @@ def audit(
             )
         if reference is not None and not _is_range(reference):
             t0 = time.perf_counter()
-            ref_lf, _, _ = _read(
+            ref_lf, _, _, _ = _read(
                 reference, format=format, engine=engine, since=None, until=None, column_map=column_map
             )
             reference_tables = run_stage(ref_lf, policy=pol, n_examples=0)
@@ -1539,7 +1634,10 @@ def audit(
             # (run_stage's tables are in canonical order already: no concat, no re-sort)
             tables = run_stage(_in_window(lf, since_dt, until_dt), policy=pol, side_thread=True)
         else:
-            if not in_memory and 0 < size <= in_memory_budget():
+            # files whose rows can be cut into ranges are read range by range, straight from
+            # the files; otherwise the rows are partitioned by a hash of run_id
+            ranged = None if slicer is None else _range_chunks(slicer, n_chunks, progress=say)
+            if ranged is None and not in_memory and 0 < size <= in_memory_budget():
                 # small enough: _iter_chunks decodes it once into memory instead of
                 # partitioning it through files
                 in_memory = True
@@ -1547,7 +1645,11 @@ def audit(
             spill_dir = _chunk_dir(out)
             try:
                 sink = _RunTableSink(spill_dir)
-                chunk_iter = _iter_chunks(lf, n_chunks, in_memory=in_memory, out=out, progress=say)
+                if ranged is not None:
+                    chunk_iter: Iterator[pl.LazyFrame] = (c for c in ranged)
+                    n_chunks = len(ranged)
+                else:
+                    chunk_iter = _iter_chunks(lf, n_chunks, in_memory=in_memory, out=out, progress=say)
                 try:
                     with ThreadPoolExecutor(max_workers=max(1, CHUNK_WORKERS)) as pool:
                         pending: deque[Future[RunTables]] = deque()

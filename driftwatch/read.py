@@ -166,11 +166,15 @@ class ReadResult:
         (the offending raw value).
     stats : ReadStats
         Counts; ``rows_in == rows_valid + rows_rejected``.
+    slicer : RowSlicer or None
+        The same events by ranges of raw rows (used by chunked audits), when the input's rows
+        convert one by one; ``None`` otherwise.
     """
 
     events: pl.LazyFrame
     rejected: pl.DataFrame
     stats: ReadStats
+    slicer: RowSlicer | None = field(default=None, repr=False, compare=False)
 
     def collect(self, *, streaming: bool = False) -> pl.DataFrame:
         """Collect ``events``, turning read failures into :class:`~driftwatch.errors.InputError`."""
@@ -539,7 +543,11 @@ def _canonical_filter(filters: _Filters) -> pl.Expr | None:
 # --------------------------------------------------------------------------------------------
 
 
-def _scan_polars(group: _Group, filters: _Filters, push: Pushdown) -> pl.LazyFrame:
+def _scan_polars(
+    group: _Group, filters: _Filters, push: Pushdown, rows: tuple[int, int] | None = None
+) -> pl.LazyFrame:
+    """One group's scan, with row numbers; ``rows`` = (first row, row count) of the group's
+    raw rows to read (the slice is pushed into the scan: other row groups are not decoded)."""
     paths = [f.path for f in group.files]
     lf = pl.scan_parquet(
         paths,
@@ -558,6 +566,8 @@ def _scan_polars(group: _Group, filters: _Filters, push: Pushdown) -> pl.LazyFra
             categorical_to_string="allow",
         ),
     )
+    if rows is not None:  # before the filters: row numbers are positions in the files
+        lf = lf.slice(rows[0], rows[1])
     pred = _polars_raw_filter(filters, push, group.schema)
     if pred is not None:
         lf = lf.filter(pred)
@@ -683,19 +693,24 @@ def _group_frame(
     check: bool,
     normalize: bool,
     only: pl.Series | None = None,
+    rows: tuple[int, int] | None = None,
 ) -> pl.LazyFrame:
     """Scan, adapt and conform one group of files; ``_ORDER`` = group index << 40 | row in group.
 
     ``only`` (order keys) keeps just those rows: filtered right after the scan (inside DuckDB
     for the duckdb engine) when the rows can be converted one by one (canonical input with a
     ``step`` column), else after conversion (derived steps and span hierarchies need every row).
+    ``rows`` (first row, row count; polars engine, row-by-row convertible groups only) reads
+    just that range of the group's rows.
     """
     schema = {**group.schema, **{k: pl.String() for k in group.hive}}
     push = pushdown_columns(group.format, schema, cmap)
     row_local = group.format == "canonical" and group.key[2]
     early = only is not None and row_local
+    if rows is not None and not (row_local and engine == "polars"):  # pragma: no cover - RowSlicer guards
+        raise InvalidParameterError("internal: row ranges need canonical input with a step column, polars engine")
     if engine == "polars":
-        raw = _scan_polars(group, filters, push)
+        raw = _scan_polars(group, filters, push, rows)
         order = pl.col(_ROW).cast(pl.Int64) + (gi << _ROW_BITS)
     else:
         pairs = None
@@ -760,6 +775,106 @@ def _locate(orders: pl.Series, groups: Sequence[_Group]) -> tuple[pl.Series, pl.
             paths[sel] = p.to_numpy()
             rows[sel] = q.to_numpy()
     return pl.Series("source_file", paths, dtype=pl.String), pl.Series("source_row", rows, dtype=pl.Int64)
+
+
+def _events_plan(
+    groups: Sequence[_Group],
+    engine: str,
+    filters: _Filters,
+    cmap: dict[str, str],
+    *,
+    normalize: bool,
+    checked: bool,
+    dup_orders: pl.Series | None,
+    ranges: Mapping[int, tuple[int, int]] | None = None,
+) -> pl.LazyFrame:
+    """The valid events of every group (or of ``ranges``: group index -> (first row, row count)).
+
+    ``checked``: some rows are rejected, so the checks run again and only rows without a reason
+    pass, minus the duplicate steps (``dup_orders``, order keys); without rejected rows the
+    conversion runs alone.
+    """
+    parts = [
+        _group_frame(gi, g, engine, filters, cmap, check=checked, normalize=normalize,
+                     rows=None if ranges is None else ranges[gi])
+        for gi, g in enumerate(groups)
+        if ranges is None or gi in ranges
+    ]
+    lf = parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical")
+    if checked:
+        lf = lf.filter(pl.col(REASON_COL).is_null())
+        if dup_orders is not None and dup_orders.len():
+            lf = lf.filter(~pl.col(_ORDER).is_in(dup_orders.implode()))
+    return lf.select([pl.col(c) for c in COLUMNS])
+
+
+@dataclass(frozen=True)
+class RowSlicer:
+    """The events of a :class:`ReadResult` by ranges of raw rows, for audits in chunks.
+
+    Rows are numbered across the files in reading order (the order of ``stats.paths`` within
+    each group of files that share a format and columns). Only input whose rows convert one by
+    one (canonical columns with ``step``, the polars engine) can be cut into ranges: derived
+    steps and span hierarchies need a whole run at once. :attr:`ReadResult.slicer` is ``None``
+    otherwise.
+    """
+
+    groups: tuple[_Group, ...]
+    engine: str
+    filters: _Filters
+    cmap: dict[str, str]
+    normalize: bool
+    checked: bool
+    dup_orders: pl.Series | None
+    paths: tuple[str, ...]
+
+    @property
+    def n_rows(self) -> int:
+        """Raw rows in all files (before any row is filtered or rejected)."""
+        return sum(f.rows for g in self.groups for f in g.files)
+
+    def _ranges(self, lo: int, n: int) -> dict[int, tuple[int, int]]:
+        out: dict[int, tuple[int, int]] = {}
+        start = 0
+        for gi, g in enumerate(self.groups):
+            size = sum(f.rows for f in g.files)
+            a, b = max(lo, start), min(lo + n, start + size)
+            if a < b:
+                out[gi] = (a - start, b - a)
+            start += size
+        return out
+
+    def events(self, lo: int, n: int) -> pl.LazyFrame:
+        """The valid events among raw rows ``[lo, lo + n)``, as :attr:`ReadResult.events` has them."""
+        ranges = self._ranges(lo, n)
+        if not ranges:
+            return pl.LazyFrame(schema=CANONICAL_SCHEMA)
+        return _events_plan(self.groups, self.engine, self.filters, self.cmap, normalize=self.normalize,
+                            checked=self.checked, dup_orders=self.dup_orders, ranges=ranges)
+
+    def run_ranges(self, rows_per_range: int) -> pl.LazyFrame:
+        """Per ``run_id``: the first and last range of ``rows_per_range`` raw rows it has rows in
+        (``first``, ``last``, UInt32) and its row count ``n``.
+
+        Lazy; reads only the run ids. Counts every row that passed the read's filters, rejected
+        ones included, so a run is never placed in fewer ranges than its valid rows span.
+        """
+        parts = []
+        start = 0
+        for gi, g in enumerate(self.groups):
+            conv = _group_frame(gi, g, self.engine, self.filters, self.cmap, check=False, normalize=False)
+            piece = ((pl.col(_ORDER) & _ROW_MASK) + start) // max(int(rows_per_range), 1)
+            parts.append(conv.select(pl.col("run_id"), piece.cast(pl.UInt32).alias("_piece")))
+            start += sum(f.rows for f in g.files)
+        lf = parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical")
+        return lf.group_by("run_id").agg(
+            pl.col("_piece").min().alias("first"), pl.col("_piece").max().alias("last"),
+            pl.len().cast(pl.Int64).alias("n"),
+        )
+
+    def guard(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` (a collect), turning read failures into :class:`~driftwatch.errors.InputError`."""
+        return _guard(fn, self.paths)
 
 
 def read_logs(
@@ -905,8 +1020,6 @@ def read_logs(
         ).filter(reason.is_not_null())
         if dup_keys.height:
             reasons["duplicate_step"] = dup_keys.height
-    base = frames(check=True, normalize=normalize)
-    valid = base.filter(reason.is_null())
     rows_rejected = sum(reasons.values())
 
     if rows_rejected:
@@ -930,14 +1043,14 @@ def read_logs(
             "did the input change while it was read?"
         )
 
-    if not rows_rejected:
-        # nothing to drop: the events plan converts without evaluating the checks again
-        events = frames(check=False, normalize=normalize).select([pl.col(c) for c in COLUMNS])
-    else:
-        kept = valid
-        if dup_keys.height:
-            kept = kept.filter(~pl.col(_ORDER).is_in(dup_keys.get_column(_ORDER).implode()))
-        events = kept.select([pl.col(c) for c in COLUMNS])
+    # without rejected rows the events plan converts without evaluating the checks again
+    dup_orders = dup_keys.get_column(_ORDER) if dup_keys.height else None
+    events = _events_plan(groups, engine, filters, cmap, normalize=normalize, checked=bool(rows_rejected),
+                          dup_orders=dup_orders)
+    slicer = None
+    if engine == "polars" and all(g.format == "canonical" and g.key[2] for g in groups):
+        slicer = RowSlicer(tuple(groups), engine, filters, cmap, normalize, bool(rows_rejected), dup_orders,
+                           tuple(paths))
     stats = ReadStats(
         rows_in=rows_in,
         rows_valid=rows_in - rows_rejected,
@@ -950,7 +1063,7 @@ def read_logs(
         paths=tuple(paths),
         bytes_uncompressed=sum(i.nbytes for i in infos),
     )
-    return ReadResult(events=events, rejected=rejected, stats=stats)
+    return ReadResult(events=events, rejected=rejected, stats=stats, slicer=slicer)
 
 
 __all__ = [
@@ -959,6 +1072,7 @@ __all__ = [
     "REJECTED_SCHEMA",
     "ReadResult",
     "ReadStats",
+    "RowSlicer",
     "read_logs",
     "resolve_sources",
 ]

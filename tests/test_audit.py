@@ -229,54 +229,124 @@ def test_auto_chunks_keep_a_log_that_fits_in_memory_whole(
     monkeypatch.setattr(mod, "IN_MEMORY_BYTES", 1)
     want = -(-rows // (rows // 3))  # ceil
     assert want >= 3
-    assert audit(tmp_path / "logs" / "events", chunk_rows=rows // 3).stats["chunks"] == want
+    # (files are cut into `want` ranges of rows, plus a chunk for the runs across ranges)
+    assert want <= audit(tmp_path / "logs" / "events", chunk_rows=rows // 3).stats["chunks"] <= want + 1
     assert audit(fleet.events, chunk_rows=rows // 3).stats["chunks"] == want
     assert audit(fleet.events, chunks=2).stats["chunks"] == 2
 
 
-def test_chunked_files_are_partitioned_once_and_cleaned_up(
+def _assert_same_outputs(a: AuditResult, b: AuditResult, *, rejected: bool = True) -> None:
+    for name, frame in a.output_frames().items():
+        if name != "rejected" or rejected:
+            assert_frame_equal(frame, b.output_frames()[name], check_exact=False, rel_tol=1e-9), name
+
+
+def test_chunked_files_are_cut_into_row_ranges_without_copies(
     fleet: synth.Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Parquet sources larger than the in-memory budget are split into chunk files in one
-    pass (next to the output, removed afterwards); the result equals the single-chunk audit
-    and the in-memory chunked one."""
+    """Parquet sources larger than the in-memory budget are cut into consecutive ranges of
+    rows, read straight from the files (no chunk files); the runs crossing a range boundary
+    (here, runs crossing midnight between day files) get a chunk of their own. The result
+    equals the single-chunk audit and the in-memory chunked one, with or without a window."""
     import importlib
 
     monkeypatch.setattr(importlib.import_module("driftwatch.audit"), "IN_MEMORY_BYTES", 0)
     fleet.write(tmp_path / "logs")
     whole = audit(tmp_path / "logs" / "events", chunks=1)
     said: list[str] = []
-    audit(tmp_path / "logs" / "events", chunks=2, progress=said.append)
-    assert any("partitioned into 2 chunks" in m for m in said) and not any("into memory" in m for m in said)
-    chunked = audit(tmp_path / "logs" / "events", chunks=4, out=tmp_path / "out")
+    chunked = audit(tmp_path / "logs" / "events", chunks=4, out=tmp_path / "out", progress=said.append)
+    line = next(m for m in said if "ranges of" in m)
+    assert "4 ranges" in line and "partitioned" not in " ".join(said), said
+    assert chunked.stats["chunks"] == 5  # the runs across ranges in a chunk of their own
     in_memory = audit(fleet.events, chunks=4)
-    assert chunked.stats["chunks"] == 4
-    for name, frame in whole.output_frames().items():
-        assert_frame_equal(frame, chunked.output_frames()[name], check_exact=False, rel_tol=1e-9), name
-        if name != "rejected":
-            assert_frame_equal(frame, in_memory.output_frames()[name], check_exact=False, rel_tol=1e-9), name
+    _assert_same_outputs(whole, chunked)
+    _assert_same_outputs(whole, in_memory, rejected=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["logs", "out"]
     # the --since/--until window (runs by their first step) is applied per chunk of whole runs
     window = {"since": "2026-10-05", "until": "2026-10-08"}
     whole = audit(tmp_path / "logs" / "events", chunks=1, **window)
     chunked = audit(tmp_path / "logs" / "events", chunks=3, **window)
     assert whole.runs.height == chunked.runs.height > 0
-    for name, frame in whole.output_frames().items():
-        assert_frame_equal(frame, chunked.output_frames()[name], check_exact=False, rel_tol=1e-9), name
+    _assert_same_outputs(whole, chunked)
 
+
+def test_row_ranges_with_scattered_runs_duplicates_and_rejected_rows(
+    fleet: synth.Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Known answer for the range cut: a run whose steps sit at both ends of the log, steps
+    logged twice far apart (the later copy rejected), rejected rows and a run crossing files
+    all land whole in one chunk; every output equals the single-chunk audit's."""
+    import importlib
+
+    mod = importlib.import_module("driftwatch.audit")
+    monkeypatch.setattr(mod, "IN_MEMORY_BYTES", 0)
+    ev = fleet.events.sort("run_id", "step")
+    ids = ev["run_id"].unique(maintain_order=True)
+    split, dup = ids[3], ids[10]
+    head = ev.filter((pl.col("run_id") == split) & (pl.col("step") <= 2))
+    rest = ev.filter(~((pl.col("run_id") == split) & (pl.col("step") <= 2)))
+    copies = ev.filter(pl.col("run_id") == dup).head(3)
+    log = pl.concat([rest, head, copies])  # `split` starts at the very end; `dup` repeats there
+    log = log.with_columns(  # one rejected row in the middle
+        pl.when(pl.int_range(pl.len()) == log.height // 2).then(None).otherwise(pl.col("action")).alias("action")
+    )
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    third = log.height // 3 + 1
+    for i in range(3):
+        log.slice(i * third, third).write_parquet(folder / f"part-{i}.parquet")
+    whole = audit(folder, chunks=1)
+    said: list[str] = []
+    chunked = audit(folder, chunks=4, progress=said.append)
+    line = next(m for m in said if "ranges of" in m)
+    assert "4 ranges" in line, said
+    assert whole.stats["rows_rejected"] == chunked.stats["rows_rejected"] == 4  # 3 copies + null action
+    _assert_same_outputs(whole, chunked)
+    assert chunked.runs.filter(pl.col("run_id") == split)["n_steps"].item() == ev.filter(
+        pl.col("run_id") == split).height
+
+
+def test_logs_not_ordered_by_run_are_partitioned_by_hash(
+    fleet: synth.Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When most runs have rows all over the log (rows shuffled) or the input's rows cannot be
+    cut (span formats), the chunks are partitioned by a hash of ``run_id`` in one pass into
+    chunk files, removed afterwards; the result is the same."""
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("driftwatch.audit"), "IN_MEMORY_BYTES", 0)
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    fleet.events.sample(fraction=1.0, shuffle=True, seed=3).write_parquet(folder / "all.parquet")
+    whole = audit(folder, chunks=1)
+    said: list[str] = []
+    chunked = audit(folder, chunks=2, out=tmp_path / "out", progress=said.append)
+    assert any("spread over the log" in m for m in said), said
+    assert any("partitioned into 2 chunks" in m for m in said) and not any("into memory" in m for m in said)
+    assert chunked.stats["chunks"] == 2
+    _assert_same_outputs(whole, chunked)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs", "out"]
+    otel = Path(__file__).resolve().parents[1] / "sample_logs" / "otel"
+    said.clear()
+    whole, chunked = audit(otel, chunks=1), audit(otel, chunks=3, progress=said.append)
+    assert any("partitioned into 3 chunks" in m for m in said), said
+    _assert_same_outputs(whole, chunked)
 
 
 def test_small_chunked_sources_are_read_into_memory_once(fleet: synth.Fleet, tmp_path: Path) -> None:
-    """Under the in-memory budget a chunked Parquet source is decoded once and split in memory
-    (no partition files); the outputs equal the single-chunk audit's."""
-    fleet.write(tmp_path / "logs")
-    whole = audit(tmp_path / "logs" / "events", chunks=1)
+    """Under the in-memory budget a chunked Parquet source whose rows cannot be cut into ranges
+    (here, shuffled: every run spread over the log) is decoded once and split in memory (no
+    partition files); the outputs equal the single-chunk audit's."""
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    fleet.events.sample(fraction=1.0, shuffle=True, seed=4).write_parquet(folder / "all.parquet")
+    whole = audit(folder, chunks=1)
     said: list[str] = []
-    chunked = audit(tmp_path / "logs" / "events", chunks=3, progress=said.append)
+    chunked = audit(folder, chunks=3, progress=said.append)
     assert any("read into memory" in m for m in said) and not any("partitioned" in m for m in said)
     assert chunked.stats["bytes_uncompressed"] > 0
-    for name, frame in whole.output_frames().items():
-        assert_frame_equal(frame, chunked.output_frames()[name], check_exact=False, rel_tol=1e-9), name
+    _assert_same_outputs(whole, chunked)
+
 
 def test_chunk_tables_spilled_to_disk_give_the_same_results(
     fleet: synth.Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -299,7 +369,7 @@ def test_chunk_tables_spilled_to_disk_give_the_same_results(
     monkeypatch.setattr(audit_mod, "SPILL_BYTES", 0)
     monkeypatch.setattr(audit_mod._RunTableSink, "_spill", counting_spill)
     spilled = audit(tmp_path / "logs" / "events", chunks=5, out=tmp_path / "out")
-    assert len(spills) == 5
+    assert len(spills) == spilled.stats["chunks"] >= 5
     for name, frame in whole.output_frames().items():
         assert_frame_equal(frame, spilled.output_frames()[name], check_exact=False, rel_tol=1e-9), name
     assert sorted(p.name for p in tmp_path.iterdir()) == ["logs", "out"]
