@@ -460,26 +460,70 @@ def _start(pool: ThreadPoolExecutor | None, fn: Callable[[], Any]) -> Future[Any
     return out
 
 
+#: :func:`_in_run_order` sorts a chunk whole when its runs are split into more than this many
+#: blocks of consecutive rows per run (a log written in time order, where concurrent runs
+#: interleave); below, the detectors' own narrow sorts of the few misplaced runs are cheaper.
+SORT_BLOCKS_PER_RUN = 1.25
+
+
 def _in_run_order(ev: pl.DataFrame) -> pl.DataFrame:
-    """``ev`` with ``run_id`` flagged as sorted when the rows are already in ``(run_id, step)``
-    order (checked with one vectorised pass); otherwise ``ev`` unchanged.
+    """``ev`` with ``run_id`` flagged as sorted when the rows are in ``(run_id, step)`` order.
 
     The flag turns the detectors' ``group_by("run_id")`` into slices of consecutive rows
-    instead of hashing every run id string again. Out-of-order chunks are not sorted here:
-    sorting every column (with the ``args``/``result`` text) cost more time and memory
-    (measured at 10M events: +0.2 GB retained per chunk) than the detectors' own narrow
-    sorts (:func:`driftwatch.features.sorted_steps`; the loop detector only regroups runs
-    that are out of order).
+    instead of hashing every run id string again. Rows already in order are checked with one
+    vectorised pass and not copied. Rows whose runs interleave (more than
+    :data:`SORT_BLOCKS_PER_RUN` blocks of consecutive rows per run: a log in time order) are
+    sorted once, column by column, so that every detector takes the in-order path. A log
+    written run by run with a few runs out of place (a run crossing midnight) is left as it
+    is: sorting every column (with the ``args``/``result`` text) cost more time and memory
+    there than the detectors' own narrow sorts (:func:`driftwatch.features.sorted_steps`;
+    the loop detector only regroups runs that are out of order).
     """
     if ev.height < 2 or "run_id" not in ev.columns or "step" not in ev.columns:
         return ev
-    if ev["run_id"].null_count() or not ev["run_id"].is_sorted():
+    run_id = ev.get_column("run_id")
+    if run_id.null_count() == 0 and run_id.is_sorted():
+        prev = pl.col("run_id").shift(1)
+        in_order = ev.select(
+            ((pl.col("run_id") != prev) | (pl.col("step") > pl.col("step").shift(1))).fill_null(True).all()
+        ).item()
+        return ev.with_columns(pl.col("run_id").set_sorted()) if in_order else ev
+    heads = run_id.filter((run_id != run_id.shift(1)).fill_null(True))
+    if heads.len() <= SORT_BLOCKS_PER_RUN * heads.n_unique():
         return ev
-    prev = pl.col("run_id").shift(1)
-    in_order = ev.select(
-        ((pl.col("run_id") != prev) | (pl.col("step") > pl.col("step").shift(1))).fill_null(True).all()
-    ).item()
-    return ev.with_columns(pl.col("run_id").set_sorted()) if in_order else ev
+    idx = _run_step_order(run_id, ev.get_column("step"))
+    del run_id, heads
+    cols = ev.get_columns()
+    del ev  # each unsorted column is released once gathered: the peak is the chunk plus a column or two
+
+    def gather(i: int) -> pl.Series:
+        out = cols[i].gather(idx)
+        cols[i] = None  # type: ignore[call-overload]
+        return out
+
+    with ThreadPoolExecutor(max_workers=2) as pool:  # gathers are memory-bound; two overlap well
+        ev = pl.DataFrame(list(pool.map(gather, range(len(cols)))))
+    return ev.with_columns(pl.col("run_id").set_sorted()) if ev.get_column("run_id").null_count() == 0 else ev
+
+
+def _run_step_order(run_id: pl.Series, step: pl.Series) -> pl.Series:
+    """The permutation that sorts rows by ``(run_id, step)`` (stable, nulls last).
+
+    Run ids become their lexical ranks (an ``Enum`` of the sorted distinct ids), so the sort
+    compares integers, not strings; with steps in ``[0, 2**32)`` both keys pack into one
+    ``uint64`` (measured at 10M interleaved events: 1.5 s for the permutation, against 2.7 s
+    for a two-key sort on the strings).
+    """
+    if run_id.null_count() or step.null_count():
+        frame = pl.DataFrame([run_id, step])
+        return frame.select(pl.arg_sort_by(frame.columns, nulls_last=True, maintain_order=True)).to_series()
+    ranks = run_id.cast(pl.Enum(run_id.unique().sort())).to_physical()
+    lo, hi = step.min(), step.max()
+    if isinstance(lo, int) and isinstance(hi, int) and lo >= 0 and hi < 2**32:
+        frame = pl.DataFrame({"k": (ranks.cast(pl.UInt64) * 2**32) + step.cast(pl.UInt64)})
+        return frame.select(pl.arg_sort_by("k", maintain_order=True)).to_series()
+    frame = pl.DataFrame({"r": ranks, "s": step})
+    return frame.select(pl.arg_sort_by(["r", "s"], maintain_order=True)).to_series()
 
 
 def _pick_examples(
@@ -1195,7 +1239,8 @@ def _fingerprint(parts: Iterable[Any]) -> str:
 
 #: Sources whose data is at most this big uncompressed (Parquet footers; a DataFrame's
 #: estimated size) are decoded into memory once and analysed as one chunk (or split into
-#: the chunks asked for there); larger ones are partitioned through temporary files.
+#: the chunks asked for there); larger ones are read in chunks (:func:`_range_chunks`, or
+#: partitioned through temporary files by :func:`_iter_chunks`).
 #: ``None``: 2 GiB or a tenth of the machine's memory, whichever is smaller.
 IN_MEMORY_BYTES: int | None = None
 
@@ -1497,9 +1542,11 @@ def audit(
     since, until : datetime, date or ISO text, optional
         Audit only runs whose first step is in ``[since, until)``.
     chunks : int, "auto" or None, default=None
-        Number of hash partitions of ``run_id`` for the per-run stage; ``None``/``"auto"``
-        analyses a log that fits the in-memory budget (:func:`in_memory_budget`, by its
-        uncompressed size) as one chunk, and a larger one in ``ceil(rows / chunk_rows)``.
+        Number of chunks of whole runs for the per-run stage; ``None``/``"auto"`` analyses a
+        log that fits the in-memory budget (:func:`in_memory_budget`, by its uncompressed size)
+        as one chunk, and a larger one in ``ceil(rows / chunk_rows)``. Canonical Parquet with
+        ``step`` is cut into that many consecutive ranges of rows (plus a chunk for the runs
+        with rows in several ranges); other input is split by a hash of ``run_id``.
     chunk_rows : int, default=2_000_000
         Target events per chunk for ``"auto"`` on logs over the in-memory budget.
     format : str, default="auto"

@@ -144,6 +144,47 @@ def test_run_stage_tables_are_in_canonical_order(fleet: synth.Fleet, shuffle: bo
         assert_frame_equal(frame, again.frames()[name]), name
 
 
+def test_interleaved_runs_are_sorted_once_and_give_the_same_tables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log in time order (concurrent runs interleaved) is sorted once by (run_id, step) and
+    flagged, so every detector takes its in-order path; a log written run by run is not
+    copied. The tables equal those of the run-ordered log, and those of the detectors' own
+    narrow sorts (the sort turned off)."""
+    import importlib
+
+    from driftwatch.audit import _in_run_order
+
+    mod = importlib.import_module("driftwatch.audit")
+    busy = synth.generate(days=1, runs_per_day=3000, seed=11).events  # about 3.5 concurrent runs
+    by_run = busy.sort("run_id", "step")
+    runs_reversed = busy.sort("run_id", "step", descending=[True, False])  # contiguous runs
+    by_time = busy.sort("ts", "run_id")
+    assert _in_run_order(runs_reversed) is runs_reversed  # run by run: left alone
+    got = _in_run_order(by_time)
+    assert got["run_id"].flags["SORTED_ASC"]
+    assert_frame_equal(got, by_run)
+    want = run_stage(by_run)
+    sorted_once = run_stage(by_time)
+    monkeypatch.setattr(mod, "SORT_BLOCKS_PER_RUN", float("inf"))
+    narrow = run_stage(by_time)
+    for name, frame in want.frames().items():
+        assert_frame_equal(frame, sorted_once.frames()[name]), name
+        assert_frame_equal(frame, narrow.frames()[name]), name
+
+
+@pytest.mark.parametrize("case", ["big_steps", "null_steps", "duplicates"])
+def test_run_step_order_edge_cases(case: str) -> None:
+    """The permutation is the stable (run_id, step) sort, nulls last, also when steps do not
+    fit the packed 64-bit key or repeat."""
+    from driftwatch.audit import _run_step_order
+
+    steps = {"big_steps": [2**40, -3, 5, 2**33, 1, 0], "null_steps": [3, None, 1, 2, None, 0],
+             "duplicates": [1, 1, 1, 2, 1, 1]}[case]
+    frame = pl.DataFrame({"run_id": ["b", "a", "b", "a", "b", "a"], "step": steps, "i": range(6)})
+    idx = _run_step_order(frame["run_id"], frame["step"])
+    want = frame.sort("run_id", "step", nulls_last=True, maintain_order=True)
+    assert_frame_equal(frame[idx], want)
+
+
 def test_fleet_steps_on_threads_give_the_same_results(
     fleet: synth.Fleet, result: AuditResult, monkeypatch: pytest.MonkeyPatch
 ) -> None:
