@@ -90,7 +90,8 @@ def _build_parser() -> _Parser:
     a.add_argument("--load-every", default="1m", metavar="DUR", help="load-curve bucket (default: 1m)")
     a.add_argument("--by", default="agent", metavar="COLS", help="series columns, comma-separated (default: agent)")
     a.add_argument("--chunks", default="auto", metavar="N|auto",
-                   help="hash partitions of run_id for the per-run stage (default: auto)")
+                   help="chunks of whole runs for the per-run stage (default: auto: one if the log "
+                        "fits in memory, else 2M rows each)")
     a.add_argument("--history-days", type=_positive_float, default=90.0, metavar="DAYS",
                    help="incremental mode: days of history the fleet stage sees (default: 90)")
 
