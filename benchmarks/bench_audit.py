@@ -15,6 +15,9 @@ measured per command (``os.wait4``):
 * ``driftwatch audit``: the full CLI audit (read, validate, per-run stage in chunks of
   whole runs, fleet stage, all output files); ``--spark`` adds ``--engine spark``.
 
+``--order time`` audits the same fleet rewritten in time order, as a logger writes it (each
+day file sorted by ``ts``: concurrent runs interleave), cached beside it.
+
 Peak RSS is reported twice: the command's own process (``os.wait4``) and its whole process
 tree sampled every 0.1 s (a Spark run's JVM and Python workers are separate processes). A
 command whose tree passes ``--max-rss-gib`` (default 16) is killed and reported as failed,
@@ -28,6 +31,7 @@ Usage::
 
     python benchmarks/bench_audit.py --events 1_000_000          # quick
     python benchmarks/bench_audit.py --events 10_000_000
+    python benchmarks/bench_audit.py --events 10_000_000 --order time
     nohup python benchmarks/bench_audit.py --events 100_000_000 > bench_data/bench_100m.log 2>&1 &
 """
 
@@ -196,6 +200,27 @@ def timed(cmd: list[str], *, max_rss_gib: float | None = None) -> dict:
             "code": code, "killed_at_cap": killed, "tail": tail}
 
 
+def time_ordered(folder: Path, meta: dict) -> Path:
+    """The fleet in ``folder`` with each day file sorted by ``ts`` (cached in ``<folder>_time``)."""
+    import polars as pl
+
+    out = folder.with_name(folder.name + "_time")
+    meta_path = out / "meta.json"
+    if meta_path.exists() and json.loads(meta_path.read_text()) == meta:
+        return out
+    if out.exists():
+        shutil.rmtree(out)
+    print(f"rewriting {folder.name} in time order -> {out}", flush=True)
+    for src in sorted((folder / "events").rglob("*.parquet")):
+        dst = out / "events" / src.relative_to(folder / "events")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        # one day at a time (bounded memory); ties in ts keep the generator's order
+        pl.read_parquet(src, hive_partitioning=False).sort("ts", maintain_order=True).write_parquet(
+            dst, row_group_size=ROW_GROUP)
+    meta_path.write_text(json.dumps(meta, indent=1))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=lambda s: int(s.replace("_", "")), default=1_000_000,
@@ -207,11 +232,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="largest size for the pandas baseline (default 10M)")
     ap.add_argument("--spark", action="store_true", help="also run `driftwatch audit --engine spark` (local[*])")
     ap.add_argument("--no-audit", action="store_true", help="baselines only")
+    ap.add_argument("--order", choices=("run", "time"), default="run",
+                    help="rows as generated, run by run (default), or each day file in time order")
     ap.add_argument("--max-rss-gib", type=float, default=16.0,
                     help="kill a command whose process tree passes this RSS (protects a shared machine; default 16)")
     args = ap.parse_args(argv)
 
     folder, meta = ensure_data(args.events, args.data_dir)
+    if args.order == "time":
+        folder = time_ordered(folder, meta)
     n = int(meta["events"])
     events_glob = str(folder / "events" / "**" / "*.parquet")
     py = sys.executable
@@ -253,8 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     scans = [r["wall_s"] for name, r in rows if name.startswith("bare scan") and r["code"] == 0]
     base = min(scans) if scans else float("nan")
     print()
-    print(f"events: {n:,} ({meta['runs']:,} runs, {meta['bytes'] / 2**30:.2f} GiB Parquet, "
-          f"{DAYS} days, row groups {ROW_GROUP:,})")
+    size = sum(f.stat().st_size for f in (folder / "events").rglob("*.parquet"))
+    print(f"events: {n:,} ({meta['runs']:,} runs, {size / 2**30:.2f} GiB Parquet, "
+          f"{DAYS} days, row groups {ROW_GROUP:,}, {args.order} order)")
     print(f"machine: {machine()}")
     print()
     print(f"| {'command':<32} | {'wall s':>8} | {'CPU s':>7} | {'events/s':>12} | {'peak RSS GiB':>12} "
@@ -285,11 +315,12 @@ def main(argv: list[str] | None = None) -> int:
         rss = audit_rows[0]["rss_gib"]
         print(f"target: peak RSS <= 8 GiB: {rss:.2f} GiB -> {'met' if rss <= 8 else 'MISSED'}")
     record = {
-        "events": n, "runs": meta["runs"], "machine": machine(), "command": " ".join(sys.argv),
+        "events": n, "runs": meta["runs"], "order": args.order, "machine": machine(), "command": " ".join(sys.argv),
         "results": {name: {k: v for k, v in r.items() if k != "tail"} for name, r in rows},
         "audit_timings": {e: s.get("timings") for e, s in summaries.items()},
     }
-    (args.data_dir / f"bench_audit_{args.events}.json").write_text(json.dumps(record, indent=1))
+    suffix = "" if args.order == "run" else f"_{args.order}"
+    (args.data_dir / f"bench_audit_{args.events}{suffix}.json").write_text(json.dumps(record, indent=1))
     return 0 if len(ok) == len(rows) else 1
 
 
