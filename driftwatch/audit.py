@@ -556,13 +556,26 @@ def _pick_examples(
         .head(n)
     )
     text = [c for c in ("args", "result", "error_type", "action") if c in ev.columns]
-    return (
+    picked = (
         ev.join(pre.select("run_id"), on="run_id", how="semi")
         .sort("run_id", "step")
         .filter(pl.int_range(pl.len()).over("run_id") < _MAX_EXAMPLE_STEPS)
         .with_columns(pl.col(c).str.slice(0, _MAX_EXAMPLE_TEXT) for c in text)
         .select(list(CANONICAL_SCHEMA))
     )
+    return _owning_copy(picked)
+
+
+def _owning_copy(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with its text in buffers of its own.
+
+    Polars' text columns are views into shared buffers, and filters, gathers and slices keep
+    the source's buffers alive. The examples are kept for the whole audit, and without this
+    the few rows picked from each chunk kept that chunk's whole ``args``/``result`` text
+    (measured on 10M events in time order, five chunks: 1.3 GB kept into the fleet stage).
+    Going through Arrow's plain string layout rewrites the text into new, compact buffers.
+    """
+    return pl.from_arrow(frame.to_arrow(compat_level=pl.CompatLevel.oldest()))  # type: ignore[return-value]
 
 
 def _global_examples(tables: RunTables, n_examples: int | None = None) -> pl.DataFrame:
