@@ -594,6 +594,24 @@ def test_slicer_on_a_generated_fleet_with_filters(fleet: tuple[synth.Fleet, Path
     assert_frame_equal(got, res.events.collect())
 
 
+def test_slicer_ranges_across_groups_of_files(tmp_path: Path) -> None:
+    """Files with different columns or types are scanned as separate groups; ranges of rows
+    run across them in reading order, and a run split over two groups is found in both."""
+    _write(_canon(3, run="a").with_columns(pl.lit(5, dtype=pl.Int32).alias("input_tokens")), tmp_path / "1.parquet")
+    _write(_canon(4, run="b").with_columns(pl.col("ts").dt.strftime("%Y-%m-%dT%H:%M:%S%z")), tmp_path / "2.parquet")
+    _write(_canon(2, run="a", start=4).with_columns(pl.lit(0.5).alias("confidence")), tmp_path / "3.parquet")
+    res = read_logs(tmp_path)
+    sl = res.slicer
+    # 1 and 3 share a group (integer tokens, datetime ts): rows are numbered 1, 3, then 2
+    assert sl is not None and len(sl.groups) == 2 and sl.n_rows == 9
+    for size in (1, 2, 4, 9):
+        got = pl.concat([sl.events(lo, size).collect() for lo in range(0, 9, size)])
+        assert_frame_equal(got, res.events.collect())
+    spans = dict((r, (a, b, n)) for r, a, b, n in sl.run_ranges(4).collect().rows())
+    assert spans == {"a": (0, 1, 5), "b": (1, 2, 4)}
+    assert sl.events(9, 5).collect().height == 0
+
+
 def test_slicer_only_for_row_by_row_input(tmp_path: Path) -> None:
     """Derived steps (no step column), span formats and the duckdb engine have no slicer:
     their rows are not converted one by one."""
