@@ -44,7 +44,7 @@ import polars as pl
 
 from driftwatch._frames import as_lazy
 from driftwatch._io import trim_heap
-from driftwatch.errors import InvalidParameterError, NoInputError
+from driftwatch.errors import CorruptFileError, InvalidParameterError, NoInputError
 from driftwatch.schema import CANONICAL_SCHEMA
 
 if TYPE_CHECKING:
@@ -422,7 +422,7 @@ def run_stage(
     from driftwatch import policy as policy_mod
 
     pol = policy_mod._as_policy(policy)
-    ev = _in_run_order(as_lazy(events_chunk).collect())
+    ev = _in_run_order(_reading(lambda: as_lazy(events_chunk).collect()))
     # the loop detector (much of it single-threaded numpy) and the within-run change-points may
     # run on a second thread, beside the features, counts and policy checks
     side = ThreadPoolExecutor(max_workers=1) if side_thread else None
@@ -449,6 +449,20 @@ def run_stage(
         run_changepoints=run_cps,
         examples=examples,
     )
+
+
+def _reading(fn: Callable[[], Any]) -> Any:
+    """Run ``fn``, a pass that decodes the events, turning Polars' read failures into
+    :class:`~driftwatch.errors.CorruptFileError` (:func:`audit` adds the source's name).
+
+    The checking pass of :func:`driftwatch.read_logs` decodes only the columns it checks, so
+    a damaged page in another column (``args``, say) shows first when the events are read.
+    """
+    try:
+        return fn()
+    except pl.exceptions.PolarsError as err:
+        text = str(err).strip()
+        raise CorruptFileError(f"reading the events failed: {text.splitlines()[0] if text else type(err).__name__}") from None
 
 
 def _start(pool: ThreadPoolExecutor | None, fn: Callable[[], Any]) -> Future[Any]:
@@ -1320,7 +1334,7 @@ def _iter_chunks(
     """
     bucket = pl.col("run_id").hash(seed=0) % n_chunks
     if in_memory:  # one pass (reading a scan, if any) computes every row's chunk; each chunk is then a filter
-        frame = lf.with_columns(bucket.alias("_chunk")).collect()
+        frame = _reading(lf.with_columns(bucket.alias("_chunk")).collect)
         for i in range(n_chunks):
             yield frame.filter(pl.col("_chunk") == i).drop("_chunk").lazy()
         return
@@ -1328,7 +1342,7 @@ def _iter_chunks(
     tmp = _chunk_dir(out)
     try:
         t0 = time.perf_counter()
-        lf.sink_parquet(
+        _reading(lambda: lf.sink_parquet(
             pl.PartitionBy(tmp, key={"_chunk": bucket}, include_key=False),
             compression="lz4",
             # every chunk file buffers one row group while the pass runs: small row groups
@@ -1337,7 +1351,7 @@ def _iter_chunks(
             # pass peaked at 6.6 GB (6.2 GB with 16k rows): most of that is not these buffers
             row_group_size=_CHUNK_ROW_GROUP,
             mkdir=True,
-        )
+        ))
         if progress is not None:
             progress(f"per-run stage: partitioned into {n_chunks} chunks ({time.perf_counter() - t0:.1f}s)")
         for i in range(n_chunks):
@@ -1493,6 +1507,69 @@ def _range_chunks(
             f"in {n_spread} chunk(s) of their own ({time.perf_counter() - t0:.1f}s)"
         )
     return plans
+
+
+def _per_run_stage(
+    lf: pl.LazyFrame,
+    slicer: RowSlicer | _WindowedSlicer | None,
+    pol: Policy,
+    *,
+    n_chunks: int,
+    in_memory: bool,
+    size: int,
+    since: datetime | None,
+    until: datetime | None,
+    out: str | os.PathLike[str] | None,
+    say: Progress,
+) -> tuple[RunTables, int]:
+    """The per-run stage of :func:`audit`: the tables and the number of chunks analysed."""
+    if n_chunks == 1:
+        # (run_stage's tables are in canonical order already: no concat, no re-sort)
+        return run_stage(_in_window(lf, since, until), policy=pol, side_thread=True), 1
+    # files whose rows can be cut into ranges are read range by range, straight from
+    # the files; otherwise the rows are partitioned by a hash of run_id
+    ranged = None if slicer is None else _range_chunks(slicer, n_chunks, progress=say)
+    if ranged is None and not in_memory and 0 < size <= in_memory_budget():
+        # small enough: _iter_chunks decodes it once into memory instead of
+        # partitioning it through files
+        in_memory = True
+        say(f"per-run stage: {size / 2**30:.2f} GiB read into memory")
+    spill_dir = _chunk_dir(out)
+    try:
+        sink = _RunTableSink(spill_dir)
+        if ranged is not None:
+            chunk_iter: Iterator[pl.LazyFrame] = (c for c in ranged)
+            n_chunks = len(ranged)
+        else:
+            chunk_iter = _iter_chunks(lf, n_chunks, in_memory=in_memory, out=out, progress=say)
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, CHUNK_WORKERS)) as pool:
+                pending: deque[Future[RunTables]] = deque()
+                done = 0
+
+                def collect_one() -> None:
+                    nonlocal done
+                    sink.add(pending.popleft().result())  # in chunk order
+                    done += 1
+                    say(f"per-run stage: chunk {done}/{n_chunks}, {sink.n_runs:,} runs")
+
+                # the iterator yields exactly n_chunks (lazy) chunks and is advanced on
+                # this thread only; it is not run to its end here, because its end
+                # removes the chunk files that chunks still in flight read
+                for _ in range(n_chunks):
+                    chunk = _in_window(next(chunk_iter), since, until)
+                    pending.append(pool.submit(run_stage, chunk, policy=pol))
+                    if len(pending) >= max(1, CHUNK_WORKERS):
+                        collect_one()
+                while pending:
+                    collect_one()
+        finally:
+            chunk_iter.close()  # every chunk has been read (the pool waited): files removed
+        tables = sink.tables()
+        tables.examples = _global_examples(tables)  # as one chunk of all events would pick
+    finally:
+        shutil.rmtree(spill_dir, ignore_errors=True)
+    return tables, n_chunks
 
 
 def _in_window(lf: pl.LazyFrame, since: datetime | None, until: datetime | None) -> pl.LazyFrame:
@@ -1690,53 +1767,13 @@ def audit(
         else:
             n_chunks = _chunk_count(n_rows, chunks, chunk_rows)
         t0 = time.perf_counter()
-        if n_chunks == 1:
-            # (run_stage's tables are in canonical order already: no concat, no re-sort)
-            tables = run_stage(_in_window(lf, since_dt, until_dt), policy=pol, side_thread=True)
-        else:
-            # files whose rows can be cut into ranges are read range by range, straight from
-            # the files; otherwise the rows are partitioned by a hash of run_id
-            ranged = None if slicer is None else _range_chunks(slicer, n_chunks, progress=say)
-            if ranged is None and not in_memory and 0 < size <= in_memory_budget():
-                # small enough: _iter_chunks decodes it once into memory instead of
-                # partitioning it through files
-                in_memory = True
-                say(f"per-run stage: {size / 2**30:.2f} GiB read into memory")
-            spill_dir = _chunk_dir(out)
-            try:
-                sink = _RunTableSink(spill_dir)
-                if ranged is not None:
-                    chunk_iter: Iterator[pl.LazyFrame] = (c for c in ranged)
-                    n_chunks = len(ranged)
-                else:
-                    chunk_iter = _iter_chunks(lf, n_chunks, in_memory=in_memory, out=out, progress=say)
-                try:
-                    with ThreadPoolExecutor(max_workers=max(1, CHUNK_WORKERS)) as pool:
-                        pending: deque[Future[RunTables]] = deque()
-                        done = 0
-
-                        def collect_one() -> None:
-                            nonlocal done
-                            sink.add(pending.popleft().result())  # in chunk order
-                            done += 1
-                            say(f"per-run stage: chunk {done}/{n_chunks}, {sink.n_runs:,} runs")
-
-                        # the iterator yields exactly n_chunks (lazy) chunks and is advanced on
-                        # this thread only; it is not run to its end here, because its end
-                        # removes the chunk files that chunks still in flight read
-                        for _ in range(n_chunks):
-                            chunk = _in_window(next(chunk_iter), since_dt, until_dt)
-                            pending.append(pool.submit(run_stage, chunk, policy=pol))
-                            if len(pending) >= max(1, CHUNK_WORKERS):
-                                collect_one()
-                        while pending:
-                            collect_one()
-                finally:
-                    chunk_iter.close()  # every chunk has been read (the pool waited): files removed
-                tables = sink.tables()
-                tables.examples = _global_examples(tables)  # as one chunk of all events would pick
-            finally:
-                shutil.rmtree(spill_dir, ignore_errors=True)
+        try:
+            tables, n_chunks = _per_run_stage(
+                lf, slicer, pol, n_chunks=n_chunks, in_memory=in_memory, size=size, since=since_dt,
+                until=until_dt, out=out, say=say,
+            )
+        except CorruptFileError as exc:
+            raise CorruptFileError(f"{_describe(source_or_events)}: {exc}") from None
         trim_heap()
         timings["per_run_stage"] = round(time.perf_counter() - t0, 4)
         say(f"per-run stage: {tables.n_runs:,} runs, {tables.loops.height:,} loops ({timings['per_run_stage']:.1f}s)")

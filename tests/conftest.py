@@ -33,3 +33,25 @@ def run_cli() -> Callable[..., tuple[int, str, str]]:
         return code, out.getvalue(), err.getvalue()
 
     return run
+
+
+@pytest.fixture
+def damaged_args_log(tmp_path: Path) -> Path:
+    """A log whose ``args`` pages are damaged: the checking pass of ``read_logs`` (which does
+    not decode ``args``) passes, reading the events for the audit fails."""
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    n = 20_000
+    path = tmp_path / "damaged" / "bad.parquet"
+    path.parent.mkdir()
+    pl.DataFrame({"run_id": [f"r{i // 10:05d}" for i in range(n)], "step": [i % 10 + 1 for i in range(n)],
+                  "action": ["search"] * n, "args": [f"query {i} with some text" for i in range(n)]}
+                 ).write_parquet(path, compression="zstd")
+    chunk = pq.ParquetFile(path).metadata.row_group(0).column(3)  # args
+    start, size = chunk.data_page_offset, chunk.total_compressed_size
+    raw = bytearray(path.read_bytes())
+    for i in range(start + 20, start + size - 10):
+        raw[i] = (raw[i] * 7 + 13) % 256
+    path.write_bytes(bytes(raw))
+    return path

@@ -783,3 +783,30 @@ def test_incremental_audit_in_row_ranges(fleet: synth.Fleet, tmp_path: Path, mon
             assert any("3 ranges" in m for m in said), said
     assert results["one"].runs.height > 0
     _assert_same_outputs(results["one"], results["ranges"])
+
+
+
+@pytest.mark.parametrize("how", ["one chunk", "row ranges", "partitioned"])
+def test_damaged_pages_outside_the_checked_columns_name_the_file(
+    damaged_args_log: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A damaged ``args`` page gets through the checking pass; reading the events then fails
+    with a CorruptFileError that names the source, on every path (one chunk, row ranges, the
+    partition pass), not with Polars' own error."""
+    import importlib
+
+    from driftwatch.errors import CorruptFileError
+
+    mod = importlib.import_module("driftwatch.audit")
+    path = damaged_args_log
+    assert dw.read_logs(path).stats.rows_valid == 20_000
+    kw: dict[str, object] = {}
+    if how != "one chunk":
+        monkeypatch.setattr(mod, "IN_MEMORY_BYTES", 0)
+        kw["chunks"] = 2
+    if how == "partitioned":
+        monkeypatch.setattr(mod, "RANGE_SCATTER_MAX", -1.0)
+    with pytest.raises(CorruptFileError, match=r"bad\.parquet: reading the events failed: "):
+        audit(path, out=tmp_path / "out", **kw)
+    assert not (tmp_path / "out").exists()
+    assert not any(p.name.startswith(".driftwatch-chunks") for p in tmp_path.iterdir())  # no chunk files left

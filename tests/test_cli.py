@@ -121,7 +121,9 @@ def _policy(tmp: Path, text: str) -> Path:
     return p
 
 
-def test_bad_input_exits_2_with_one_line(fleet_events: Path, tmp_path: Path, run_cli: Cli) -> None:
+def test_bad_input_exits_2_with_one_line(
+    fleet_events: Path, damaged_args_log: Path, tmp_path: Path, run_cli: Cli
+) -> None:
     out = tmp_path / "out"
     corrupt = tmp_path / "corrupt.parquet"
     good = sorted(fleet_events.rglob("*.parquet"))[0]
@@ -132,6 +134,8 @@ def test_bad_input_exits_2_with_one_line(fleet_events: Path, tmp_path: Path, run
     empty.mkdir()
     cases = {
         "corrupt": (["audit", corrupt, "--out", out], str(corrupt)),
+        "damaged args pages": (["audit", damaged_args_log, "--out", out],
+                               f"{damaged_args_log}: reading the events failed"),
         "missing column": (["audit", nocol, "--out", out], "action"),
         "empty folder": (["audit", empty, "--out", out], str(empty)),
         "no such path": (["audit", tmp_path / "nope", "--out", out], "nope"),
