@@ -672,6 +672,24 @@ def default_reference(features: pl.DataFrame, *, window: str = "7d") -> tuple[da
     return start, start + span
 
 
+def _flag_run_order(tables: RunTables) -> None:
+    """Flag ``run_id`` as sorted in the per-run tables that are (checked, one pass each).
+
+    The tables come in canonical order, by ``run_id`` first, but the flag is lost on the
+    way (gathers, Parquet). With it, joins and group-bys on ``run_id`` can use Polars'
+    sorted-key paths instead of hashing strings. Measured on the 100M audit's tables (7M runs,
+    fleet steps one after another): delegation 1.9 s -> 0.5 s, the other steps within noise,
+    every output byte-identical.
+    """
+    for f in fields(tables):
+        frame = getattr(tables, f.name)
+        if not isinstance(frame, pl.DataFrame) or frame.height < 2 or "run_id" not in frame.columns:
+            continue
+        col = frame.get_column("run_id")
+        if col.dtype == pl.String and col.null_count() == 0 and col.is_sorted():
+            setattr(tables, f.name, frame.with_columns(col.set_sorted()))
+
+
 def fleet_stage(
     tables: RunTables,
     *,
@@ -743,6 +761,7 @@ def fleet_stage(
     by = tuple(by)
     timings: dict[str, float] = {}
     notes: dict[str, Any] = {}
+    _flag_run_order(tables)
 
     def step(name: str, fn: Callable[[], Any]) -> Callable[[], Any]:
         """``fn`` timed as fleet step ``name`` (and the pages its numpy work freed given back)."""

@@ -810,3 +810,31 @@ def test_damaged_pages_outside_the_checked_columns_name_the_file(
         audit(path, out=tmp_path / "out", **kw)
     assert not (tmp_path / "out").exists()
     assert not any(p.name.startswith(".driftwatch-chunks") for p in tmp_path.iterdir())  # no chunk files left
+
+
+def test_fleet_stage_flags_sorted_run_ids_only_where_true(fleet: synth.Fleet) -> None:
+    """The per-run tables' run_id gets Polars' sorted flag when (and only when) it is sorted;
+    the fleet stage's outputs do not change with it."""
+    from driftwatch.audit import _flag_run_order
+
+    tables = run_stage(fleet.events)
+    tables.loops = tables.loops.reverse()  # no longer in run order
+    for name, frame in tables.frames().items():
+        setattr(tables, name, pl.from_arrow(frame.to_arrow()))  # no flags
+    assert not tables.features["run_id"].flags["SORTED_ASC"]
+    _flag_run_order(tables)
+    assert tables.features["run_id"].flags["SORTED_ASC"]
+    assert tables.action_counts["run_id"].flags["SORTED_ASC"]
+    assert not tables.loops["run_id"].flags["SORTED_ASC"]
+    plain = run_stage(fleet.events)
+    import importlib
+
+    mod = importlib.import_module("driftwatch.audit")
+    flagged = fleet_stage(run_stage(fleet.events))
+    original = mod._flag_run_order
+    try:
+        mod._flag_run_order = lambda t: None
+        unflagged = fleet_stage(plain)
+    finally:
+        mod._flag_run_order = original
+    _assert_same_outputs(flagged, unflagged)
