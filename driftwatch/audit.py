@@ -462,7 +462,10 @@ def _reading(fn: Callable[[], Any]) -> Any:
         return fn()
     except pl.exceptions.PolarsError as err:
         text = str(err).strip()
-        raise CorruptFileError(f"reading the events failed: {text.splitlines()[0] if text else type(err).__name__}") from None
+        raise CorruptFileError(f"{_READ_FAILED}: {text.splitlines()[0] if text else type(err).__name__}") from None
+
+
+_READ_FAILED = "reading the events failed"
 
 
 def _start(pool: ThreadPoolExecutor | None, fn: Callable[[], Any]) -> Future[Any]:
@@ -1792,6 +1795,8 @@ def audit(
                 until=until_dt, out=out, say=say,
             )
         except CorruptFileError as exc:
+            if not str(exc).startswith(_READ_FAILED):  # the reader's own errors name the file already
+                raise
             raise CorruptFileError(f"{_describe(source_or_events)}: {exc}") from None
         trim_heap()
         timings["per_run_stage"] = round(time.perf_counter() - t0, 4)
