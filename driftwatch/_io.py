@@ -153,14 +153,19 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+#: Rows per row group of the Parquet files the audit writes.
+ROW_GROUP_ROWS = 128 * 1024
+
+
 def atomic_write_parquet(frame: pl.DataFrame, path: str | os.PathLike[str]) -> Path:
-    """Write ``frame`` as Parquet (zstd, statistics) atomically.
+    """Write ``frame`` as Parquet (zstd, statistics, row groups of :data:`ROW_GROUP_ROWS`) atomically.
 
     The bytes depend only on the frame's content and schema (no timestamps are
-    embedded), so the same frame always gives the same file.
+    embedded, and the row groups do not follow the frame's chunks in memory), so the
+    same frame always gives the same file.
     """
     with _replacing(path) as tmp:
-        frame.write_parquet(tmp, compression="zstd", statistics=True)
+        frame.write_parquet(tmp, compression="zstd", statistics=True, row_group_size=ROW_GROUP_ROWS)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
     return Path(path)

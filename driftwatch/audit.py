@@ -232,6 +232,79 @@ def _gather_sorted(frame: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
     return pl.DataFrame(out)
 
 
+#: Chains of parts (see :func:`_assemble_ordered`) merged by a streaming merge; above, sorted.
+MERGE_MAX_CHAINS = 4
+
+
+def _contiguous(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with every column in one chunk, one column at a time (the peak is the frame plus one
+    column). The fleet stage reads whole columns: numpy views of one chunk, not copies of many."""
+    if frame.n_chunks("all") == [1] * frame.width:
+        return frame
+    out: list[pl.Series] = []
+    for name in frame.columns:
+        out.append(frame.get_column(name).rechunk())
+        frame = frame.drop(name)
+    return pl.DataFrame(out)
+
+
+def _assemble_ordered(name: str, parts: list[pl.DataFrame]) -> pl.DataFrame:
+    """Per-run table ``name`` of the union of ``parts`` in canonical order (:func:`canonical_order`).
+
+    ``parts`` is emptied (the frames are released as the result is built).
+
+    Each part must be in canonical order itself and the parts must hold disjoint sets of
+    whole runs (the per-run stage's chunks). Every table's first sort key is ``run_id``, so
+    the canonical order of the union is the parts' rows ordered by ``run_id`` alone, each
+    run's rows as its part has them. Parts are put in chains whose ``run_id`` ranges follow
+    one another: a chain is concatenated, and a few chains are merged by a streaming merge
+    (chunks cut from a log in run order are one chain, and the runs that crossed their
+    ranges a second one); the result is then copied column by column into one chunk. Parts whose ranges all overlap (run ids in random
+    order, the hash partition) are sorted once by ``run_id`` (stable) and gathered column
+    by column. At 100M events this took the seven tables from 18.6 s to under 2 s.
+    Anything else (differing schemas, null or unsorted run ids) falls back to
+    :func:`canonical_order` of the concatenation.
+    """
+    nonempty = [p for p in parts if p.width and p.height]
+    ok = bool(nonempty) and "run_id" in nonempty[0].columns
+    if ok:
+        schema = nonempty[0].schema
+        ok = schema["run_id"] == pl.String and all(p.schema == schema for p in nonempty)
+        ok = ok and all(p.get_column("run_id").null_count() == 0 for p in nonempty)
+        ok = ok and all(p.get_column("run_id").is_sorted() for p in nonempty)
+    if not ok:
+        del nonempty
+        frame = _concat(parts)
+        parts.clear()
+        return canonical_order(name, frame)
+    parts.clear()
+    if len(nonempty) == 1:
+        return nonempty[0]
+    # chains of parts, each part after the last run id of the first chain it can follow
+    bounds = sorted(((p.get_column("run_id")[0], p.get_column("run_id")[-1], i) for i, p in enumerate(nonempty)))
+    chains: list[list[int]] = []
+    ends: list[str] = []
+    for first, last, i in bounds:  # (str order is the byte order Polars sorts by: UTF-8 keeps code point order)
+        at = next((k for k, end in enumerate(ends) if end < first), None)
+        if at is None:
+            chains.append([i])
+            ends.append(last)
+        else:
+            chains[at].append(i)
+            ends[at] = last
+    if len(chains) <= MERGE_MAX_CHAINS:
+        frames = [pl.concat([nonempty[i] for i in chain], rechunk=False).lazy().set_sorted("run_id") for chain in chains]
+        while len(frames) > 1:  # a balanced tree of pairwise merges
+            frames = [
+                frames[k].merge_sorted(frames[k + 1], key="run_id") if k + 1 < len(frames) else frames[k]
+                for k in range(0, len(frames), 2)
+            ]
+        return _contiguous(frames[0].collect())
+    frame = pl.concat(nonempty, rechunk=False)
+    del nonempty
+    return _gather_sorted(frame, ["run_id"])
+
+
 def compact_counts(counts: pl.DataFrame, column: str) -> pl.DataFrame:
     """A per-run count table as the audit holds it: ``run_id``, ``column`` (Categorical), ``n`` (UInt32).
 
@@ -364,10 +437,7 @@ class _RunTableSink:
         for f in fields(RunTables):
             parts = [pl.read_parquet(path) for path in self._files[f.name]]
             parts += [held.pop(f.name) for held in self._held]
-            frame = _concat(parts)
-            del parts
-            out[f.name] = canonical_order(f.name, frame)
-            del frame
+            out[f.name] = _assemble_ordered(f.name, parts)  # each chunk's table is in canonical order
             for path in self._files[f.name]:
                 os.remove(path)
         return RunTables(**out)
@@ -607,7 +677,14 @@ def _global_examples(tables: RunTables, n_examples: int | None = None) -> pl.Dat
     n = MAX_EXAMPLES_PER_CHUNK if n_examples is None else n_examples
     if ex.height == 0 or n <= 0:
         return ex
-    return _pick_examples(ex, tables.loop_summary, tables.violations, n)
+    # the global top runs are among the example runs, so those are the only ones to rank
+    # (at 7M runs, ranking every run with a loop or a breach took 0.9 s)
+    mine = ex.get_column("run_id").unique().implode()
+    loop_summary, violations = (
+        t.filter(pl.col("run_id").is_in(mine)) if "run_id" in t.columns else t
+        for t in (tables.loop_summary, tables.violations)
+    )
+    return _pick_examples(ex, loop_summary, violations, n)
 
 
 # --------------------------------------------------------------------------- fleet stage

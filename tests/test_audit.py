@@ -469,6 +469,70 @@ def test_canonical_order_sorts_unique_key_tables_by_keys_only() -> None:
     v = pl.DataFrame({"run_id": ["a", "a"], "step": [1, 1], "rule": ["r", "r"], "detail": ["z", "y"]})
     assert audit_mod.canonical_order("violations", v)["detail"].to_list() == ["y", "z"]
 
+@pytest.mark.parametrize("layout", ["ranges", "ranges+scattered", "three chains", "hash", "one part", "with empty"])
+def test_chunk_tables_are_assembled_in_canonical_order(
+    fleet: synth.Fleet, layout: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunk tables (disjoint runs, each in canonical order) put together by chains, merges or one
+    sort equal the canonical order of their concatenation, whatever the run ids' layout."""
+    import importlib
+
+    audit_mod = importlib.import_module("driftwatch.audit")
+    ev = fleet.events.filter(pl.col("ts") < datetime(2026, 10, 5, tzinfo=UTC))
+    whole = run_stage(ev)
+    ids = whole.features["run_id"].to_list()
+    n = len(ids)
+    if layout == "ranges":
+        groups = [ids[i : i + 7] for i in range(0, n, 7)]
+    elif layout == "ranges+scattered":
+        scattered = ids[3::17]
+        rest = [r for r in ids if r not in set(scattered)]
+        groups = [rest[i : i + 9] for i in range(0, len(rest), 9)] + [scattered]
+    elif layout == "three chains":
+        groups = [ids[k::3][i : i + 5] for k in range(3) for i in range(0, len(ids[k::3]), 5)]
+    elif layout == "hash":
+        groups = [ids[k::6] for k in range(6)]
+    elif layout == "one part":
+        groups = [ids]
+    else:
+        groups = [ids[: n // 2], [], ids[n // 2 :]]
+    parts = [run_stage(ev.filter(pl.col("run_id").is_in(g))) if g else run_stage(ev.head(0)) for g in groups]
+    order = list(range(len(parts)))[::-1]  # chunk order does not matter
+    for name in ("features", "action_counts", "bigram_counts", "loops", "loop_summary", "violations",
+                 "run_changepoints", "examples"):
+        frames = [getattr(parts[i], name) for i in order]
+        expected = getattr(whole, name) if name != "examples" else audit_mod.canonical_order(
+            name, pl.concat([f for f in frames if f.width], how="diagonal_relaxed"))
+        got = audit_mod._assemble_ordered(name, list(frames))
+        assert_frame_equal(got, expected, check_dtypes=name != "examples"), (layout, name)
+    # the branches taken: chains concatenated, merged, or sorted once
+    merges: list[int] = []
+    real = pl.LazyFrame.merge_sorted
+    monkeypatch.setattr(pl.LazyFrame, "merge_sorted", lambda self, *a, **k: merges.append(1) or real(self, *a, **k))
+    sorts: list[int] = []
+    real_gather = audit_mod._gather_sorted
+    monkeypatch.setattr(audit_mod, "_gather_sorted", lambda *a: sorts.append(1) or real_gather(*a))
+    audit_mod._assemble_ordered("features", [p.features for p in parts])
+    n_merges, n_sorts = {"ranges": (0, 0), "ranges+scattered": (1, 0), "three chains": (2, 0),
+                         "hash": (0, 1), "one part": (0, 0), "with empty": (0, 0)}[layout]
+    assert (len(merges), len(sorts)) == (n_merges, n_sorts)
+
+
+def test_chunk_tables_out_of_order_fall_back_to_a_full_sort() -> None:
+    import importlib
+
+    audit_mod = importlib.import_module("driftwatch.audit")
+    a = pl.DataFrame({"run_id": ["b", "a"], "step": [1, 2], "rule": ["r", "r"], "detail": ["x", "y"]})
+    b = pl.DataFrame({"run_id": ["c", None], "step": [1, 1], "rule": ["r", "r"], "detail": ["z", "w"]})
+    parts = [a, b]
+    out = audit_mod._assemble_ordered("violations", parts)
+    assert out["run_id"].to_list() == ["a", "b", "c", None]
+    assert parts == []  # consumed
+    # differing schemas: concatenated diagonally, then sorted
+    out = audit_mod._assemble_ordered("violations", [a.drop("detail"), b])
+    assert out["detail"].to_list() == [None, None, "z", "w"]
+
+
 def test_run_stage_tables_concatenate(fleet: synth.Fleet) -> None:
     ev = fleet.events.filter(pl.col("ts") < datetime(2026, 10, 4, tzinfo=UTC))
     whole = run_stage(ev)
@@ -709,6 +773,23 @@ def test_fleet_stage_can_release_the_count_tables(fleet: synth.Fleet) -> None:
     assert tables.action_counts.height == 0 and tables.bigram_counts.height == 0
     for name, frame in kept.output_frames().items():
         assert_frame_equal(frame, released.output_frames()[name]), name
+
+
+def test_parquet_bytes_do_not_depend_on_the_frames_chunks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Assembled tables arrive in as many chunks as the audit had; the files must not show it."""
+    import pyarrow.parquet as pq
+
+    from driftwatch import _io
+
+    monkeypatch.setattr(_io, "ROW_GROUP_ROWS", 1000)
+    frame = pl.DataFrame({"run_id": [f"r{i:05d}" for i in range(4500)], "x": [i * 0.5 for i in range(4500)]})
+    pieces = pl.concat([frame.slice(0, 7), frame.slice(7, 2500), frame.slice(2507, 3), frame.slice(2510)], rechunk=False)
+    assert pieces.n_chunks() == 4
+    a = _io.atomic_write_parquet(frame, tmp_path / "a.parquet")
+    b = _io.atomic_write_parquet(pieces, tmp_path / "b.parquet")
+    assert a.read_bytes() == b.read_bytes()
+    meta = pq.ParquetFile(a).metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [1000, 1000, 1000, 1000, 500]
 
 
 def test_trim_heap_never_fails(monkeypatch: pytest.MonkeyPatch) -> None:
