@@ -172,9 +172,11 @@ def _table(
     limit: int = MAX_TABLE_ROWS,
     cells: Mapping[str, Callable[[Any, dict[str, Any]], str]] | None = None,
     headers: Mapping[str, str] | None = None,
+    total: int | None = None,
 ) -> str:
     """An HTML table of ``columns`` (those present). ``cells`` maps a column to a function
-    returning already-escaped HTML; every other cell is escaped here."""
+    returning already-escaped HTML; every other cell is escaped here. ``total``: the rows
+    of the whole table when ``frame`` holds only its first rows (the note says how many)."""
     cols = [c for c in columns if c in frame.columns]
     if frame.height == 0 or not cols:
         return '<p class="empty">none</p>'
@@ -197,11 +199,8 @@ def _table(
             else:
                 tds.append(f"<td>{e(fmt(v))}</td>")
         rows.append("<tr>" + "".join(tds) + "</tr>")
-    more = (
-        f'<p class="note">showing {limit:,} of {frame.height:,} rows; all rows are in the Parquet file</p>'
-        if frame.height > limit
-        else ""
-    )
+    n = frame.height if total is None else total
+    more = f'<p class="note">showing {limit:,} of {n:,} rows; all rows are in the Parquet file</p>' if n > limit else ""
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{more}"
 
 
@@ -652,27 +651,35 @@ def _short_ts(text: Any) -> str:
 RUN_COLUMNS: tuple[str, ...] = ("run_id", "agent", "level", "score", "reasons", "n_steps", "cost_usd", "first_ts")
 
 
+def _top(runs: pl.LazyFrame, k: int) -> pl.DataFrame:
+    """The ``k`` runs of highest score (ties by ``run_id``), in that order: a top-k selection
+    (sort then head of a LazyFrame), not a sort of every run."""
+    return runs.sort(["score", "run_id"], descending=[True, False]).head(k).collect()
+
+
 def _section_escalated(result: Any) -> str:
     runs = _get(result, "runs")
     head = '<section id="escalated"><h2>Runs that need a human</h2>'
     if not _col(runs, "level"):
         return head + '<p class="empty">no runs</p></section>'
-    hot = runs.filter(pl.col("level") != "ok").sort(["score", "run_id"], descending=[True, False])
-    if hot.height == 0:
+    flagged = runs.lazy().filter(pl.col("level") != "ok")
+    n_hot = runs.select((pl.col("level") != "ok").sum()).item()
+    if not n_hot:
         return head + '<p class="empty">No run reached review.</p></section>'
     note = (
-        f'<p class="note">{hot.height:,} runs at review or escalate, highest score first '
+        f'<p class="note">{n_hot:,} runs at review or escalate, highest score first '
         f"(all of them are in alerts.jsonl and runs.parquet).</p>"
     )
+    hot = _top(flagged, MAX_ESCALATED_ROWS)
     table = _table(hot, list(RUN_COLUMNS), limit=MAX_ESCALATED_ROWS, cells={"level": _pill, "reasons": _reasons},
-                   headers={"n_steps": "steps", "cost_usd": "cost $", "first_ts": "started"})
+                   headers={"n_steps": "steps", "cost_usd": "cost $", "first_ts": "started"}, total=n_hot)
     # timelines of the top runs we kept events for
     examples = _get(result, "examples")
     loops = _get(result, "loops")
     timelines = []
     if examples.height:
-        have = set(examples["run_id"].unique().to_list())
-        top = [r for r in hot.iter_rows(named=True) if r["run_id"] in have][:MAX_TIMELINES]
+        have = examples["run_id"].unique().implode()
+        top = list(_top(flagged.filter(pl.col("run_id").is_in(have)), MAX_TIMELINES).iter_rows(named=True))
         actions: dict[str, int] = {}
         for r in top:
             steps = examples.filter(pl.col("run_id") == r["run_id"])
@@ -717,7 +724,9 @@ def _section_loops(result: Any) -> str:
     ).sort(by)
     severe = loops.with_columns((pl.col("kind") == "same_action").alias("_benign"))
     order = ["_benign"] + [c for c in ("wasted_cost_usd", "repeats") if c in loops.columns] + ["run_id"]
-    top = severe.sort(order, descending=[False] + [True] * (len(order) - 2) + [False], nulls_last=True)
+    # (sort then head of a LazyFrame: a top-k selection, not a sort of every loop)
+    top = severe.lazy().sort(order, descending=[False] + [True] * (len(order) - 2) + [False], nulls_last=True)
+    top = top.head(25).collect()
     cols = ["run_id", "agent", "kind", "pattern", "repeats", "start_step", "end_step", "wasted_steps",
             "wasted_cost_usd"]
     delegation = _get(result, "delegation")
@@ -728,7 +737,7 @@ def _section_loops(result: Any) -> str:
         )
     return (
         head + note + _table(agg, [*by, "loops", "runs", "wasted_steps", "wasted_cost_usd"])
-        + "<h3>Worst loops</h3>" + _table(top, cols, limit=25) + deleg + "</section>"
+        + "<h3>Worst loops</h3>" + _table(top, cols, limit=25, total=loops.height) + deleg + "</section>"
     )
 
 
@@ -1177,10 +1186,7 @@ def render_notebook(result: Any, *, top: int = 10) -> str:
         ]
     )
     runs = result.runs
-    hot = (
-        runs.filter(pl.col("level") != "ok").sort(["score", "run_id"], descending=[True, False]).head(top)
-        if _col(runs, "level") else pl.DataFrame()
-    )
+    hot = _top(runs.lazy().filter(pl.col("level") != "ok"), top) if _col(runs, "level") else pl.DataFrame()
     table = _table(hot, ["run_id", "agent", "level", "score", "reasons"], cells={"level": _pill, "reasons": _reasons})
     charts = _changepoint_charts(_get(result, "metrics"), _get(result, "changepoints"), only_with_changes=True)
     cps = (

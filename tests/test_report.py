@@ -141,3 +141,30 @@ def test_empty_sections_render(tmp_path: Path) -> None:
         assert f'<section id="{sec}">' in html
     assert "skipped" in html  # the drift reference note
     assert "rows rejected" in html
+
+
+def test_top_tables_pick_the_first_rows_of_the_full_order(xss_result: AuditResult, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The escalated and worst-loop tables select their top rows without sorting every row; the rows,
+    their order and the "showing k of n" note are those of the full sort."""
+    from driftwatch import report
+
+    monkeypatch.setattr(report, "MAX_ESCALATED_ROWS", 5)
+    html = render_report(xss_result)
+    runs = xss_result.runs
+    hot = runs.filter(pl.col("level") != "ok").sort(["score", "run_id"], descending=[True, False])
+    assert hot.height > 5
+    section = html.split('<section id="escalated">')[1].split("</section>")[0]
+    table = section.split("<table>")[-1]
+    shown = re.findall(r'<td class="mono id">([^<]*)</td>', table)
+    assert shown == [report.e(r) for r in hot["run_id"].head(5).to_list()]
+    assert f"showing 5 of {hot.height:,} rows" in section
+    loops = xss_result.loops
+    worst = loops.with_columns((pl.col("kind") == "same_action").alias("_b")).sort(
+        ["_b", "wasted_cost_usd", "repeats", "run_id"], descending=[False, True, True, False], nulls_last=True
+    )
+    section = html.split('<section id="loops">')[1].split("</section>")[0]
+    table = section.split("<h3>Worst loops</h3>")[1]
+    shown = re.findall(r'<td class="mono id">([^<]*)</td>', table)
+    assert shown[: min(25, loops.height)] == [report.e(r) for r in worst["run_id"].head(25).to_list()]
+    if loops.height > 25:
+        assert f"showing 25 of {loops.height:,} rows" in table
