@@ -272,8 +272,9 @@ def bucket_metrics_from_runs(
             if "loop_severity" in ls_schema
             else pl.lit(True)
         )
-        looped = ls.group_by(pl.col("run_id").cast(pl.String)).agg(flag.any().alias("_looped"))
-        runs = runs.join(looped, on="run_id", how="left").with_columns(pl.col("_looped").fill_null(False))
+        # a run loops when any of its summary rows is flagged (a set lookup: no join, the runs keep their order)
+        looped = ls.filter(flag).select(pl.col("run_id").cast(pl.String)).collect().to_series()
+        runs = runs.with_columns(pl.col("run_id").is_in(looped.implode()).fill_null(False).alias("_looped"))
     else:
         runs = runs.with_columns(pl.lit(None, dtype=pl.Boolean).alias("_looped"))
 

@@ -275,6 +275,17 @@ def _drift_context(runs: pl.DataFrame, drift: pl.DataFrame | None) -> pl.DataFra
 # --------------------------------------------------------------------------- helpers
 
 
+def _first_per_run(table: pl.DataFrame) -> pl.DataFrame:
+    """The first row of each ``run_id`` of ``table``, in the table's order. A table sorted by
+    ``run_id`` with one row per run (a loop summary as the audit makes it) is checked in one
+    pass and returned as is (hashing 2M run ids for nothing took 0.7 s at 100M events)."""
+    rid = table.get_column("run_id")
+    one_each = rid.len() < 2 or not rid.slice(1).eq(rid.slice(0, rid.len() - 1)).any()
+    if rid.null_count() == 0 and rid.is_sorted() and one_each:
+        return table.with_columns(rid.set_sorted())
+    return table.unique("run_id", keep="first", maintain_order=True)
+
+
 def _with_lookup(rows: pl.DataFrame, table: pl.DataFrame, on: str) -> pl.DataFrame:
     """``rows`` with the columns of ``table`` (one row per ``on`` value) added: a left join.
 
@@ -490,7 +501,8 @@ def _anomaly_scores(frame: pl.DataFrame, random_state: int | None) -> np.ndarray
     ``IsolationForest.score_samples`` computes them.
     """
     n = frame.height
-    X = frame.select(_oriented_z(c, o) for c, _, o in _ANOMALY_FEATURES).to_numpy().astype(np.float32)
+    # float32 rows, as the forest reads them (one C-ordered copy; Polars' cast rounds as numpy's)
+    X = frame.select(_oriented_z(c, o).cast(pl.Float32) for c, _, o in _ANOMALY_FEATURES).to_numpy(order="c")
     if n < MIN_AGENT_RUNS:
         return np.zeros(n)
     from sklearn.ensemble import IsolationForest
@@ -631,7 +643,7 @@ def score_runs_from_runs(
     # ---- loops ----
     if summary is not None:
         keep = ["run_id"] + [c for c in _LOOP_SUMMARY_COLS if c in summary.columns]
-        f = _with_lookup(f, summary.select(keep).unique("run_id", keep="first", maintain_order=True), "run_id")
+        f = _with_lookup(f, _first_per_run(summary.select(keep)), "run_id")
     for c, dt in (("n_loops", pl.Int64), ("worst_kind", pl.String), ("worst_pattern", pl.String),
                   ("worst_repeats", pl.Int64), ("wasted_steps", pl.Int64), ("wasted_tokens", pl.Int64),
                   ("wasted_cost_usd", pl.Float64), ("loop_severity", pl.Float64)):

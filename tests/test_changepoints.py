@@ -228,6 +228,10 @@ def test_bucket_metrics_values() -> None:
     assert bot["error_rate"].to_list() == pytest.approx([3 / 10, 2 / 10])  # errors / steps
     assert bot["error_run_rate"].to_list() == [0.5, 1.0]
     assert bot["loop_rate"].to_list() == [0.5, 0.0]  # only run b reaches severity 0.5
+    # a run with several rows loops when any of them does (detect_loops output has a row per loop)
+    twice = pl.DataFrame({"run_id": ["c", "zz", "c"], "loop_severity": [0.1, 0.9, 0.7]})
+    again = bucket_metrics_from_runs(_runs_table(), counts, twice, min_coverage=0.0)
+    assert again.filter(pl.col("series") == "agent=bot")["loop_rate"].to_list() == [0.0, 1.0]
     assert bot["llm_ratio"].to_list() == [0.5, 0.5]
     assert bot["cost_per_run"].to_list() == pytest.approx([0.15, 0.3])
     # tool mix: bot's tools overall are write (7) > search (3); day 0 has search 3, write 2

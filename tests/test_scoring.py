@@ -594,3 +594,19 @@ def test_lookups_by_binary_search_match_joins() -> None:
     slow = _with_lookup(rows.sample(fraction=1.0, shuffle=True, seed=1), table, "run_id").sort("run_id")
     assert_frame_equal(fast, joined)  # the existing x keeps its values
     assert_frame_equal(slow, joined)
+
+
+def test_first_row_per_run_of_a_loop_summary() -> None:
+    """One row per run, sorted (as the audit makes it): kept as is; otherwise the first row of each run."""
+    from driftwatch.scoring import _first_per_run
+
+    ok = pl.DataFrame({"run_id": ["a", "b", "d"], "loop_severity": [0.1, 0.9, 0.5]})
+    assert _first_per_run(ok) is not ok and _first_per_run(ok).equals(ok)
+    assert _first_per_run(ok)["run_id"].flags["SORTED_ASC"]
+    for messy in (
+        pl.DataFrame({"run_id": ["a", "b", "b", "d"], "loop_severity": [0.1, 0.9, 0.2, 0.5]}),  # a run twice
+        pl.DataFrame({"run_id": ["b", "a", "d", "b"], "loop_severity": [0.9, 0.1, 0.5, 0.2]}),  # unsorted
+        pl.DataFrame({"run_id": ["a", None, "b"], "loop_severity": [0.1, 0.3, 0.9]}),  # a null run id
+    ):
+        expected = messy.unique("run_id", keep="first", maintain_order=True)
+        assert_frame_equal(_first_per_run(messy), expected)
