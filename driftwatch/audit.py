@@ -584,9 +584,14 @@ def _in_run_order(ev: pl.DataFrame) -> pl.DataFrame:
     del ev  # each unsorted column is released once gathered: the peak is the chunk plus a column or two
 
     def gather(i: int) -> pl.Series:
-        out = cols[i].gather(idx)
+        # one chunk first: a gather from a column of many chunks (one per row group) looks up
+        # each row's chunk, and took twice as long as the copy plus a gather from one chunk
+        # (10M events: 4.5 s -> 2.1 s over all columns, 0.9 s -> 0.3 s for the args text)
+        col = cols[i]
         cols[i] = None  # type: ignore[call-overload]
-        return out
+        if col.n_chunks() > 1:
+            col = col.rechunk()
+        return col.gather(idx)
 
     with ThreadPoolExecutor(max_workers=2) as pool:  # gathers are memory-bound; two overlap well
         ev = pl.DataFrame(list(pool.map(gather, range(len(cols)))))
