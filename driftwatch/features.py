@@ -61,7 +61,7 @@ def sorted_steps(events: pl.DataFrame | pl.LazyFrame, columns: tuple[str, ...] =
         starts.alias("start"), (starts | (pl.col("step") > pl.col("step").shift(1))).fill_null(True).alias("ok")
     )
     start = marks["start"].to_numpy()
-    heads = frame["run_id"].gather(np.flatnonzero(start))
+    heads = frame["run_id"].filter(marks["start"])  # (a gather from the events' many chunks took 6x longer)
     bad_block = heads.is_duplicated().to_numpy()
     back = np.flatnonzero(~marks["ok"].to_numpy())
     block = np.cumsum(start) - 1
