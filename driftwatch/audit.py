@@ -309,7 +309,9 @@ def _assemble_ordered(name: str, parts: list[pl.DataFrame]) -> pl.DataFrame:
                 frames[k].merge_sorted(frames[k + 1], key="run_id") if k + 1 < len(frames) else frames[k]
                 for k in range(0, len(frames), 2)
             ]
-        return _contiguous(frames[0].collect())
+        merged = frames[0].collect()
+        del frames, nonempty  # the parts go as their columns are copied (the merge may slice them)
+        return _contiguous(merged)
     frame = pl.concat(nonempty, rechunk=False)
     del nonempty
     return _gather_sorted(frame, ["run_id"])
