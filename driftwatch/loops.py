@@ -1,8 +1,9 @@
 """Loop detection: repeating action cycles inside runs, and delegation cycles across runs.
 
 An agent that repeats a task without progress burns tokens until something
-stops it. :func:`detect_loops` finds every repeating cycle of tool calls in
-every run of a log, says what kind of repetition it is and what it cost;
+stops it. :func:`detect_loops` finds every repeating cycle of tool calls, and
+every prompt sent to the model again and again, in every run of a log, says
+what kind of repetition it is and what it cost;
 :func:`loop_summary` reduces that to one row per run for escalation scoring;
 :func:`detect_delegation_cycles` finds runs that delegate back and forth
 between agents through ``parent_run_id``.
@@ -13,7 +14,9 @@ Events are read as if sorted by ``(run_id, step)`` (see Scaling). **LLM steps** 
 "llm"``) are taken out of the sequence: their prompts grow every turn and
 never repeat, so ``llm > search(q) > llm > search(q) > ...`` is the loop
 ``search`` of period 1. Positions are mapped back to the original ``step``
-values, and the LLM steps inside a loop count towards its waste. Every other
+values, and the LLM steps inside a loop count towards its waste. (LLM steps
+in a row with one prompt are searched on their own: see *Repeated LLM
+calls*.) Every other
 action is a tool step, hand-offs (``handoff:<agent>``) included. Tool steps
 are compared at two levels:
 
@@ -69,6 +72,25 @@ Independent parts run on two threads (numpy and Polars release
 the GIL): the money columns while the periods are scanned, periods two at a
 time, argument hashes while the pairs are listed, MinHash in two halves.
 
+Repeated LLM calls
+------------------
+An agent that retries a model call (a rate limit, a reply it cannot parse) sends
+the same prompt again with no tool call between: at least ``min_repeats`` LLM
+steps in a row with the same prompt (``args``) are a loop of period 1 and
+pattern ``llm``. Prompts are compared byte for byte, or with ``fuzzy=True`` also
+after normalisation (timestamps, UUIDs and long ids masked, case and whitespace),
+but never by MinHash: a conversation that grows by one turn stays similar to the
+last one, and is progress. A prompt that was not recorded (null or empty)
+matches nothing. The replies then say what kind of loop it is, as results do for
+tools: the same reply each time (a model at temperature 0 that keeps answering
+what the agent cannot use) is ``exact``, failures are ``error_retry``, and
+different replies to one prompt (sampling several answers, ``match ==
+"prompt"``) are ``same_action``: reported, never escalated on their own. A
+stretch of LLM steps that lies in the waste of a tool loop matched on signatures
+is part of that loop and is not reported again. Only runs of consecutive LLM
+steps at least ``min_repeats`` long are read: an agent that alternates LLM and
+tool steps costs one bitmap pass.
+
 Extent and waste
 ----------------
 A cycle starts with the LLM steps that led to its first tool call (the steps
@@ -122,7 +144,7 @@ Examples
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,7 +152,7 @@ import numpy as np
 import polars as pl
 
 from driftwatch._frames import as_lazy, collect
-from driftwatch._signatures import _pair_index, near_duplicates
+from driftwatch._signatures import _pair_index, near_duplicates, normalize
 from driftwatch.errors import InvalidParameterError, SchemaError
 from driftwatch.schema import HANDOFF_PREFIX, LLM_ACTION
 
@@ -469,9 +491,16 @@ def _order_exprs() -> list[pl.Expr]:
     ]
 
 
+def _llm_pair_expr() -> pl.Expr:
+    """``_ll``: this row and the previous one are LLM steps of one block (from ``_tool`` and
+    ``_nb``: bitmap operations, no second string comparison)."""
+    return (~pl.col("_tool") & ~pl.col("_tool").shift(1).fill_null(True) & ~pl.col("_nb")).alias("_ll")
+
+
 def _load_steps(events: Any, *, streaming: bool) -> tuple[pl.DataFrame, _TextSource]:
     """Pass 1: one row per event with a non-null run, in input order, with the columns every
-    stage needs (``_tool``: not an LLM step; ``_nb``, ``_dis``: see :func:`_order_exprs`)."""
+    stage needs (``_tool``: not an LLM step; ``_nb``, ``_dis``: see :func:`_order_exprs`; ``_ll``:
+    see :func:`_llm_pair_expr`)."""
     frame = events
     if hasattr(frame, "events") and not isinstance(frame, pl.DataFrame | pl.LazyFrame):
         frame = frame.events
@@ -493,10 +522,11 @@ def _load_steps(events: Any, *, streaming: bool) -> tuple[pl.DataFrame, _TextSou
         cols += [pl.col(c) for c in ("args", "result", "status", *_MONEY)]
         if frame["run_id"].null_count():
             lf = lf.filter(pl.col("run_id").is_not_null())
-        return collect(lf.select(cols)), _TextSource(None, streaming=streaming)
+        return collect(lf.select(cols).with_columns(_llm_pair_expr())), _TextSource(None, streaming=streaming)
     lf = lf.with_row_index("_row")
     cols += [pl.col("_row"), *_hash_exprs(), *_money_exprs()]
-    steps = collect(lf.filter(pl.col("run_id").is_not_null()).select(cols), streaming=streaming)
+    steps = collect(lf.filter(pl.col("run_id").is_not_null()).select(cols).with_columns(_llm_pair_expr()),
+                    streaming=streaming)
     return steps, _TextSource(lf, streaming=streaming)
 
 
@@ -534,7 +564,7 @@ def _regroup(steps: pl.DataFrame, blocks: _Blocks) -> pl.DataFrame:
     ln = hi - lo
     rows = np.repeat(lo - (np.cumsum(ln) - ln), ln) + np.arange(int(ln.sum()))
     moved = _take_frame(steps, rows).sort("run_id", "step", nulls_last=False, maintain_order=True)
-    return moved.with_columns(_order_exprs())
+    return moved.with_columns(_order_exprs()).with_columns(_llm_pair_expr())
 
 
 def _cumsum0(values: np.ndarray) -> np.ndarray:
@@ -608,7 +638,7 @@ def detect_loops(
     error_share: float = 0.5,
     streaming: bool = False,
 ) -> pl.DataFrame:
-    """Find repeating cycles of tool calls in every run.
+    """Find repeating cycles of tool calls, and repeated LLM calls, in every run.
 
     Parameters
     ----------
@@ -638,7 +668,8 @@ def detect_loops(
         :data:`LOOP_SCHEMA`: ``run_id, agent, start_step, end_step, period,
         repeats, pattern, kind, wasted_steps, wasted_tokens, wasted_cost_usd``
         (CONTRACT) and ``match`` (``identical`` | ``near_duplicate`` for exact
-        and error loops matched on signatures, ``action`` for action-level loops),
+        and error loops matched on signatures, ``action`` for action-level loops,
+        ``prompt`` for LLM calls with one prompt and different replies),
         ``error_share``, ``handoff`` (every action of the cycle is a hand-off),
         ``n_steps`` (steps in the extent), ``cycle_steps`` (steps of the first
         cycle, LLM steps included), ``run_steps``, ``run_tokens``,
@@ -756,14 +787,39 @@ def _loops_in(
     fuzzy: bool,
     similarity: float,
     error_share: float,
-) -> dict[str, Any] | None:
-    """Loops of the runs of ``steps`` whose blocks are not bad (see :func:`_run_blocks`).
+) -> dict[str, Any] | pl.DataFrame | None:
+    """Loops of the runs of ``steps`` whose blocks are not bad (see :func:`_run_blocks`), in row
+    order: cycles of tool calls (:func:`_tool_loops`) and repeated LLM calls (:func:`_llm_loops`).
 
     Work that does not depend on each other runs on ``pool``'s threads (numpy and Polars
     release the GIL): the money columns while the periods are scanned, periods two at a time.
     """
+    money = pool.submit(_money, steps, blocks.starts)
+    tools = _tool_loops(steps, blocks, source, pool, money, max_period=max_period, min_repeats=min_repeats,
+                        fuzzy=fuzzy, similarity=similarity, error_share=error_share)
+    llm = _llm_loops(steps, blocks, source, money, min_repeats=min_repeats, fuzzy=fuzzy, similarity=similarity,
+                     error_share=error_share)
+    if tools is None and llm is None:
+        money.cancel()
+        return None
+    return _merge_loops(tools, llm)
+
+
+def _tool_loops(
+    steps: pl.DataFrame,
+    blocks: _Blocks,
+    source: _TextSource,
+    pool: ThreadPoolExecutor,
+    money: Future[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+    *,
+    max_period: int,
+    min_repeats: int,
+    fuzzy: bool,
+    similarity: float,
+    error_share: float,
+) -> dict[str, Any] | None:
+    """Cycles of tool calls (the module's *How cycles are found*), in row order."""
     starts, skip = blocks.starts, blocks.bad
-    money = pool.submit(_money, steps, starts)
     tool_codes = pool.submit(lambda: _numpy(steps["_a"].filter(steps["_tool"])))
     trows = _positions(steps["_tool"])  # tool steps, in row order
     codes = tool_codes.result()  # action hash of every tool step
@@ -792,7 +848,6 @@ def _loops_in(
         kept = set(a_p.tolist())
         act_eq = {p: eq for p, eq in act_eq.items() if p in kept}
     if a_s.size == 0:
-        money.cancel()
         return None
     # union of action-level candidates: positions cpos, and position -> index in cpos
     cpos = _union_positions(a_s, a_e)
@@ -943,6 +998,155 @@ def _near_anchor(pk: np.ndarray, pp: np.ndarray, span: np.ndarray, live: np.ndar
     return ((after >= 0) & (after < span)) | ((before >= 0) & (before < span))
 
 
+#: Prompt hashes (:func:`_args_hash_expr`) of a missing prompt: null and the empty string.
+_NO_PROMPT = pl.Series([None, ""], dtype=pl.String).hash(11).to_numpy()
+
+
+def _llm_loops(
+    steps: pl.DataFrame,
+    blocks: _Blocks,
+    source: _TextSource,
+    money: Future[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+    *,
+    min_repeats: int,
+    fuzzy: bool,
+    similarity: float,
+    error_share: float,
+) -> dict[str, Any] | None:
+    """Repeated LLM calls: at least ``min_repeats`` LLM steps in a row (no other step between)
+    sending the same prompt, in row order (the module's *Repeated LLM calls*).
+
+    Only stretches of consecutive LLM steps long enough to matter are read: their prompts
+    are hashed (the rows of an agent that alternates LLM and tool steps are never touched),
+    and their results only where the prompts match.
+    """
+    nxt = _positions(steps["_ll"])  # rows i + 1 where rows i and i + 1 are LLM steps of one block
+    if nxt.size < min_repeats - 1:
+        return None
+    starts = blocks.starts
+    nxt = nxt[~blocks.bad[np.searchsorted(starts, nxt, side="right") - 1]]  # runs read in place
+    lo, hi = _segments_from_positions(nxt - 1, 1, min_repeats - 1)  # stretches of rows [lo, hi]
+    if lo.size == 0:
+        return None
+    ln = hi - lo + 1
+    crow = np.repeat(lo - (np.cumsum(ln) - ln), ln) + np.arange(int(ln.sum()), dtype=np.int64)
+    inner = np.ones(crow.size - 1, dtype=bool)  # pair q: candidates q and q + 1, in one stretch
+    inner[np.cumsum(ln)[:-1] - 1] = False
+
+    h_a, failed = source.args(steps, crow)
+    given = ~np.isin(h_a, _NO_PROMPT)  # a prompt that was not recorded matches nothing
+    inner &= given[1:] & given[:-1]
+    same_prompt = inner & (h_a[1:] == h_a[:-1])
+    identical = same_prompt.copy()
+
+    def texts(rows: np.ndarray, field: str) -> pl.Series:
+        source.prefetch(steps, crow)  # (a LazyFrame's candidate texts: read once)
+        return source.get(steps, rows, field)
+
+    if fuzzy:  # equal after normalisation (no MinHash: a prompt that grows stays similar)
+        todo = np.flatnonzero(inner & ~same_prompt)
+        if todo.size:
+            need, li, lj = _pair_index(todo, todo + 1)
+            norm = normalize(texts(crow[need], "args"))
+            nh = norm.hash(3).to_numpy()
+            same_prompt[todo] = (nh[li] == nh[lj]) & (norm.str.len_bytes().to_numpy()[li] > 0)
+    q = np.flatnonzero(same_prompt)
+    same_result = np.zeros(same_prompt.size, dtype=bool)
+    if q.size:
+        need, ri, rj = _pair_index(q, q + 1)
+        h_r = source.results(steps, crow[need])
+        same_result[q] = h_r[ri] == h_r[rj]
+        identical &= same_result
+        rest = q[~same_result[q]]
+        if fuzzy and rest.size:
+            need, li, lj = _pair_index(rest, rest + 1)
+            same_result[rest] = near_duplicates(texts(crow[need], "result"), li, lj, similarity=similarity)
+    sig = same_prompt & same_result
+    s_lo, s_hi = _segments_from_eq(sig, 1, min_repeats - 1)
+    p_lo, p_hi = _segments_from_eq(same_prompt, 1, min_repeats - 1)
+    # prompt-only stretches are kept unless signature-level ones cover at least half of them
+    covered = _cumsum0(_mask_of_segments(crow.size, s_lo, s_hi))
+    keep = (covered[p_hi + 1] - covered[p_lo]) / (p_hi - p_lo + 1) < 0.5
+    seg_lo = np.concatenate([s_lo, p_lo[keep]])
+    seg_hi = np.concatenate([s_hi, p_hi[keep]])
+    if seg_lo.size == 0:
+        return None
+    is_sig = np.arange(seg_lo.size) < s_lo.size
+    order = np.argsort(seg_lo, kind="stable")
+    seg_lo, seg_hi, is_sig = seg_lo[order], seg_hi[order], is_sig[order]
+
+    n = seg_hi - seg_lo + 1
+    n_err = (c := _cumsum0(failed.astype(np.int64)))[seg_hi + 1] - c[seg_lo]
+    n_fuzzy = (c := _cumsum0((sig & ~identical).astype(np.int64)))[seg_hi] - c[seg_lo]
+    err_share = n_err / n
+    failing = (err_share >= error_share) & (n_err >= min_repeats)
+    start_row, end_row = crow[seg_lo], crow[seg_hi]
+    r = np.searchsorted(starts, start_row, side="right") - 1
+    run_start = starts[r]
+    run_end = np.append(starts[1:], steps.height)[r] - 1
+    tok, cost, block_tok, block_cost = money.result()
+    wasted_tokens, wasted_cost = _range_sums([tok, cost], start_row + 1, end_row + 1)
+    ids = blocks.heads[r]
+    return {
+        "run_id": ids["run_id"],
+        "agent": ids["agent"],
+        "start_step": _take(steps["step"], start_row),
+        "end_step": _take(steps["step"], end_row),
+        "period": np.ones(n.size, np.int64),
+        "repeats": n,
+        "pattern": _take(steps["action"], start_row),
+        "kind": pl.Series(["exact", "same_action", "error_retry"]).gather(
+            np.where(failing, 2, np.where(is_sig, 0, 1))
+        ),
+        "wasted_steps": n - 1,
+        "wasted_tokens": wasted_tokens,
+        "wasted_cost_usd": wasted_cost,
+        "match": pl.Series(["identical", "near_duplicate", "prompt"]).gather(
+            np.where(is_sig, np.where(n_fuzzy > 0, 1, 0), 2)
+        ),
+        "error_share": err_share,
+        "handoff": np.zeros(n.size, dtype=bool),
+        "n_steps": n,
+        "cycle_steps": np.ones(n.size, np.int64),
+        "run_steps": run_end - run_start + 1,
+        "run_tokens": block_tok[r],
+        "run_cost_usd": block_cost[r],
+        "_start_row": start_row,
+        "_waste_row": start_row + 1,
+        "_end_row": end_row,
+    }
+
+
+#: Private columns of the loops of :func:`_tool_loops` and :func:`_llm_loops`.
+_ROW_EXTENTS = ("_start_row", "_waste_row", "_end_row")
+
+
+def _merge_loops(tools: dict[str, Any] | None, llm: dict[str, Any] | None) -> dict[str, Any] | pl.DataFrame:
+    """Tool and LLM loops of one step frame, in row order (start row, then period). An LLM loop
+    whose steps all lie in the waste of a tool loop matched on signatures (after its first
+    cycle) is part of that loop, and is dropped: its waste is counted there. (Inside an
+    action-level loop it is kept: it is the stronger finding.)"""
+    if tools is not None and llm is not None:
+        sig = (tools["match"] != "action").to_numpy()
+        waste_from = tools["_waste_row"][sig]
+        by_from = np.argsort(waste_from, kind="stable")
+        reach = np.maximum.accumulate(tools["_end_row"][sig][by_from]) if sig.any() else np.zeros(0, np.int64)
+        i = np.searchsorted(waste_from[by_from], llm["_start_row"], side="right") - 1
+        inside = (i >= 0) & (reach[np.maximum(i, 0)] >= llm["_end_row"]) if sig.any() else np.zeros(i.size, bool)
+        if inside.all():
+            llm = None
+        elif inside.any():
+            llm = {c: v.filter(pl.Series(~inside)) if isinstance(v, pl.Series) else v[~inside]
+                   for c, v in llm.items()}
+    parts = [x for x in (tools, llm) if x is not None]
+    if len(parts) == 1:
+        return {c: v for c, v in parts[0].items() if c not in _ROW_EXTENTS}
+    order = np.lexsort((np.concatenate([x["period"] for x in parts]),
+                        np.concatenate([x["_start_row"] for x in parts])))
+    frames = [pl.DataFrame({c: v for c, v in x.items() if c not in _ROW_EXTENTS}) for x in parts]
+    return pl.concat(frames, how="vertical_relaxed")[order]
+
+
 def _patterns(
     steps: pl.DataFrame, codes: np.ndarray, trows: np.ndarray, seg_s: np.ndarray, seg_p: np.ndarray
 ) -> tuple[pl.Series, np.ndarray]:
@@ -1049,6 +1253,10 @@ def _assemble(
             "run_steps": run_end - run_start + 1,
             "run_tokens": block_tok[r],
             "run_cost_usd": block_cost[r],
+            # (private: row extents, for :func:`_merge_loops`)
+            "_start_row": start_row,
+            "_waste_row": first_cycle_end + 1,
+            "_end_row": end_row,
         }
 
 

@@ -619,3 +619,137 @@ def test_delegation_hand_built() -> None:
     # a parent_run_id cycle in corrupt data is ignored, not an endless walk
     corrupt = pl.DataFrame({"run_id": ["u", "v"], "agent": ["x", "y"], "parent_run_id": ["v", "u"]})
     assert detect_delegation_cycles(corrupt).height == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# repeated LLM calls (the same prompt, one LLM step after another)
+# ---------------------------------------------------------------------------------------------
+
+_LLM_COLS = ["start_step", "end_step", "period", "repeats", "pattern", "kind", "match", "wasted_steps",
+             "wasted_tokens"]
+
+
+def _calls(actions: list[str], args: list[str | None], results: list[str], status: list[str] | None = None,
+           run: str = "r") -> pl.DataFrame:
+    n = len(actions)
+    return pl.DataFrame({"run_id": [run] * n, "step": list(range(1, n + 1)), "action": actions, "args": args,
+                         "result": results, "status": status or ["ok"] * n, "cost_usd": [0.01] * n,
+                         "input_tokens": [100] * n, "output_tokens": [10] * n})
+
+
+def test_llm_retries_with_the_same_reply_are_an_exact_loop() -> None:
+    ev = _calls(["llm", "search", "llm", "llm", "llm", "llm", "search", "llm"],
+                ["p0", "q", "p1", "p1", "p1", "p1", "q2", "p2"],
+                ["call search", "r", "bad", "bad", "bad", "call search", "r2", "final"])
+    assert detect_loops(ev).select(_LLM_COLS).to_dicts() == [
+        {"start_step": 3, "end_step": 5, "period": 1, "repeats": 3, "pattern": "llm", "kind": "exact",
+         "match": "identical", "wasted_steps": 2, "wasted_tokens": 220}
+    ]
+
+
+def test_failing_llm_calls_with_one_prompt_are_an_error_retry() -> None:
+    ev = _calls(["llm"] * 6 + ["search"], ["p"] * 6 + ["q"], ["rate limit", "timeout", "rate limit", "503",
+                                                               "timeout", "call search", "x"],
+                ["error"] * 5 + ["ok", "ok"])
+    out = detect_loops(ev)
+    assert out.select(_LLM_COLS + ["error_share"]).to_dicts() == [
+        {"start_step": 1, "end_step": 5, "period": 1, "repeats": 5, "pattern": "llm", "kind": "error_retry",
+         "match": "identical", "wasted_steps": 4, "wasted_tokens": 440, "error_share": 1.0}
+    ]
+    assert loop_summary(out)["loop_severity"][0] >= 0.5
+
+
+def test_sampling_one_prompt_is_only_same_action() -> None:
+    ev = _calls(["llm"] * 4 + ["search"], ["p"] * 4 + ["q"], ["alpha one", "beta two", "gamma three", "delta", "x"])
+    out = detect_loops(ev)
+    assert out.select("kind", "match", "repeats").to_dicts() == [{"kind": "same_action", "match": "prompt", "repeats": 4}]
+    assert loop_summary(out)["loop_severity"][0] <= 0.3
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [f"system prompt. {'turn ' * i}" for i in range(6)],  # the conversation grows
+        [None] * 6,  # prompts not recorded
+        [""] * 6,
+    ],
+)
+def test_llm_steps_in_a_row_without_one_prompt_are_no_loop(args: list[str | None]) -> None:
+    assert detect_loops(_calls(["llm"] * 6, args, ["same"] * 6)).is_empty()
+
+
+def test_llm_prompts_are_compared_after_normalisation_when_fuzzy() -> None:
+    ev = _calls(["llm"] * 4, [f"now 2026-10-01T10:00:0{i}Z, do  it" for i in range(4)], ["same"] * 4)
+    assert detect_loops(ev).select("kind", "match", "repeats").to_dicts() == [
+        {"kind": "exact", "match": "near_duplicate", "repeats": 4}
+    ]
+    assert detect_loops(ev, fuzzy=False).is_empty()
+
+
+def test_llm_repeats_need_min_repeats_calls_in_a_row() -> None:
+    two = _calls(["llm", "llm", "search", "llm", "llm"], ["p", "p", "q", "p", "p"], ["a", "a", "r", "a", "a"])
+    assert detect_loops(two).is_empty()
+    assert detect_loops(two, min_repeats=2).height == 2
+
+
+def test_llm_loop_inside_a_tool_loop() -> None:
+    # inside the waste of an exact tool loop: part of it
+    seq = ["llm", "search", "llm", "search", "llm", "llm", "llm", "search", "llm", "search"]
+    args = ["a", "q", "b", "q", "c", "c", "c", "q", "d", "q"]
+    res = ["s", "r", "s", "r", "x", "x", "x", "r", "s", "r"]
+    out = detect_loops(_calls(seq, args, res))
+    assert out.select("pattern", "kind").to_dicts() == [{"pattern": "search", "kind": "exact"}]
+    # inside an action-level loop (the arguments change): both are reported
+    args2 = ["a", "q1", "b", "q2", "c", "c", "c", "q3", "d", "q4"]
+    out = detect_loops(_calls(seq, args2, res))
+    assert out.select("pattern", "kind").to_dicts() == [
+        {"pattern": "search", "kind": "same_action"}, {"pattern": "llm", "kind": "exact"}
+    ]
+
+
+def test_llm_loops_do_not_depend_on_input_order_or_laziness() -> None:
+    ev = pl.concat([
+        _calls(["llm"] * 4, [f"now 2026-10-01T10:00:0{i}Z do it" for i in range(4)], ["same"] * 4, run="a"),
+        _calls(["llm", "search", "llm", "llm", "llm", "llm", "search", "llm"],
+               ["p0", "q", "p1", "p1", "p1", "p1", "q2", "p2"],
+               ["call search", "r", "bad", "bad", "bad", "call search", "r2", "final"], run="b"),
+        _calls(["llm"] * 5 + ["x"], ["p"] * 5 + ["y"], ["e"] * 5 + ["z"], ["error"] * 5 + ["ok"], run="c"),
+    ])
+    want = detect_loops(ev)
+    assert want.height == 3
+    assert detect_loops(ev.lazy()).equals(want)
+    assert detect_loops(ev.sample(fraction=1.0, shuffle=True, seed=3)).equals(want)
+    # a run split in two blocks (read apart, as a run crossing midnight)
+    split = pl.concat([ev.filter(pl.col("step") > 2), ev.filter(pl.col("step") <= 2)])
+    assert detect_loops(split).equals(want)
+
+
+@pytest.fixture(scope="module")
+def llm_fleet() -> synth.Fleet:
+    scenario = synth.Scenario(llm_retry_rate=0.04, llm_sampling_rate=0.04)
+    return synth.generate(days=6, runs_per_day=300, seed=17, scenario=scenario)
+
+
+def test_fleet_llm_retries_precision_recall_and_localisation(llm_fleet: synth.Fleet) -> None:
+    truth = llm_fleet.truth["loops"].filter(pl.col("pattern") == "llm").with_columns(
+        pl.col("kind").str.strip_prefix("llm_").alias("want")
+    )
+    assert truth.height >= 40 and set(truth["want"]) == {"exact", "error_retry"}
+    found = detect_loops(llm_fleet.events).filter((pl.col("pattern") == "llm") & (pl.col("kind") != "same_action"))
+    got = truth.join(found, on="run_id", how="full", suffix="_d")
+    tp = got.filter(pl.col("want") == pl.col("kind_d"))
+    assert tp.height / found.height >= 0.95  # precision
+    assert tp.height / truth.height >= 0.95  # recall
+    exact = tp.filter((pl.col("start_step") == pl.col("start_step_d")) & (pl.col("end_step") == pl.col("end_step_d"))
+                      & (pl.col("repeats") == pl.col("repeats_d")))
+    assert exact.height / tp.height >= 0.95
+
+
+def test_fleet_llm_sampling_is_never_severe(llm_fleet: synth.Fleet) -> None:
+    benign = llm_fleet.truth["benign"].filter(pl.col("kind") == "llm_sampling")
+    assert benign.height >= 40
+    llm = detect_loops(llm_fleet.events).filter(pl.col("pattern") == "llm")
+    loops = llm.join(benign.select("run_id", "start_step", "end_step"), on=["run_id", "start_step", "end_step"])
+    assert set(loops["kind"]) == {"same_action"} and set(loops["match"]) == {"prompt"}
+    assert set(llm.filter(pl.col("kind") == "same_action")["run_id"]) <= set(benign["run_id"])
+    assert loops.height / benign.height >= 0.95  # reported, with their extent
