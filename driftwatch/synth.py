@@ -19,7 +19,12 @@ table:
 * load-dependent failure: error rates that rise once the number of runs
   started per bucket passes a threshold;
 * optionally (``Scenario(llm_failure_rate=...)``, off in the demo fleet), runs
-  whose model calls keep failing (rate limits, timeouts) until the final answer.
+  whose model calls keep failing (rate limits, timeouts) until the final answer;
+* optionally (``Scenario(llm_retry_rate=...)``, off in the demo fleet), runs that
+  send one prompt to the model again and again: ``llm_exact`` (the same
+  unusable reply each time) and ``llm_error_retry`` (the call keeps failing),
+  and, as benign repetition (``llm_sampling_rate``), runs that sample several
+  answers to one prompt.
 
 Everything is vectorised with numpy and Polars; each day is drawn from its own
 random stream (``seed``, day), so a fleet is identical whether it is generated
@@ -217,6 +222,14 @@ class Scenario:
     #: answer fails, in runs of at least 5 tool calls (drawn from a stream of their own, so a
     #: fleet with them is the same fleet otherwise)
     llm_failure_rate: float = 0.0
+    #: runs that send one prompt (before one of their tool calls) 4-10 times in a row, LLM
+    #: steps only, then go on: the model gives the same unusable reply (``exact``) or the
+    #: call fails (``error_retry``) every time but the last. Like ``llm_sampling_rate``, drawn
+    #: from a stream of their own among the runs with nothing else injected.
+    llm_retry_rate: float = 0.0
+    llm_retry_kinds: dict[str, float] = field(default_factory=lambda: {"exact": 0.5, "error_retry": 0.5})
+    #: benign: runs that sample 3-5 answers to one prompt (same prompt, different answers)
+    llm_sampling_rate: float = 0.0
     delegation_rate: float = 0.05
     delegation_chains_per_day: float = 0.1
     delegation_chain_depth: int = 6
@@ -357,6 +370,23 @@ def _check(
     for spec in (*sc.changepoints, *sc.feedback_drift, *sc.load):
         if spec.agent not in names:
             raise InvalidParameterError(f"{type(spec).__name__} names agent {spec.agent!r}; agents are {names}")
+    for name in ("llm_failure_rate", "llm_retry_rate", "llm_sampling_rate"):
+        rate = getattr(sc, name)
+        if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0.0 <= rate <= 1.0:
+            raise InvalidParameterError(f"scenario.{name} must be a fraction of runs in [0, 1], got {rate!r}")
+    if sc.llm_retry_rate + sc.llm_sampling_rate > 1.0:
+        raise InvalidParameterError(
+            f"scenario.llm_retry_rate + llm_sampling_rate must be at most 1, got {sc.llm_retry_rate + sc.llm_sampling_rate}"
+        )
+    kinds = sc.llm_retry_kinds
+    if sc.llm_retry_rate > 0 and (
+        not kinds or not set(kinds) <= {"exact", "error_retry"} or any(not w >= 0 for w in kinds.values())
+        or sum(kinds.values()) <= 0
+    ):
+        raise InvalidParameterError(
+            "scenario.llm_retry_kinds must weigh 'exact' and/or 'error_retry' (weights >= 0, not all 0), "
+            f"got {kinds!r}"
+        )
     if isinstance(start, str):
         t0 = datetime.fromisoformat(start)
     elif isinstance(start, datetime):
@@ -781,6 +811,10 @@ def _generate_day(
         pl.when(is_last_llm).then(pl.col("outcome")).alias("outcome"),
     ).cast(CANONICAL_SCHEMA)  # type: ignore[arg-type]
 
+    # ---- the same prompt again and again (own stream: the fleet is the same otherwise) ------
+    plain = ~(is_loop | is_pag | is_poll | is_unapproved | is_spike | is_lowconf | is_unknown | is_llm_fail)
+    ev, llm_rep = _repeat_llm_calls(ev, np.random.default_rng([seed, d, 2]), d, plain, k, sc)
+
     # ---- delegation ping-pong chains (extra runs that name the previous one as parent) ----
     chains = _delegation_chains(rng, d, day0, sc, names)
     if chains is not None:
@@ -806,6 +840,7 @@ def _generate_day(
             "low_confidence": is_lowconf,
             "unknown_tool": is_unknown,
             "llm_failures": is_llm_fail,
+            "_llm_rep": pl.Series(llm_rep.label.tolist(), dtype=pl.String),
         }
     )
     flags = ["unapproved_destructive", "cost_spike", "low_confidence", "unknown_tool", "llm_failures",
@@ -817,6 +852,7 @@ def _generate_day(
         pl.concat_list(
             [pl.when(pl.col("_loop").is_not_null()).then(pl.concat_str(pl.lit("loop:"), pl.col("_loop")))]
             + [pl.when(pl.col(f)).then(pl.lit(f)) for f in flags]
+            + [pl.col("_llm_rep")]
         ).list.drop_nulls().alias("injected"),
         (
             pl.col("_loop").is_not_null()
@@ -825,6 +861,7 @@ def _generate_day(
             | pl.col("low_confidence")
             | pl.col("unknown_tool")
             | pl.col("llm_failures")
+            | pl.col("_llm_rep").str.starts_with("loop:").fill_null(False)
         ).alias("needs_human"),
     )
     if chains is not None:
@@ -861,9 +898,120 @@ def _generate_day(
         schema={"run_id": pl.String, "agent": pl.String, "kind": pl.String, "action": pl.String,
                 "start_step": pl.Int64, "end_step": pl.Int64},
     )
+    if llm_rep.loops.height:
+        loops_truth = pl.concat([loops_truth, llm_rep.loops]).sort("run_id", maintain_order=True)
+    if llm_rep.benign.height:
+        benign_truth = pl.concat([benign_truth, llm_rep.benign]).sort("run_id", maintain_order=True)
     truth = {"runs": runs_truth, "loops": loops_truth, "benign": benign_truth}
     truth["delegation"] = chains[2] if chains is not None else _empty_delegation()
     return ev, truth
+
+
+@dataclass
+class _LlmRepeats:
+    label: np.ndarray  #: per run: "loop:llm_exact", "loop:llm_error_retry", "llm_sampling" or None
+    loops: pl.DataFrame  #: truth rows of the retries (the loops table's columns)
+    benign: pl.DataFrame  #: truth rows of the sampling (the benign table's columns)
+
+
+def _repeat_llm_calls(
+    ev: pl.DataFrame, rr: np.random.Generator, d: int, plain: np.ndarray, k: np.ndarray, sc: Scenario
+) -> tuple[pl.DataFrame, _LlmRepeats]:
+    """Runs that send the LLM step before one of their tool calls (turn ``j``, step ``2j + 1``)
+    ``c + 1`` times in a row: ``c`` copies first, then the original step (which goes on to the
+    tool call); the run's later steps move ``c`` steps and the copies' time later."""
+    n_runs = plain.size
+    u = rr.random(n_runs)
+    retry = plain & (u < sc.llm_retry_rate)
+    sampling = plain & ~retry & (u < sc.llm_retry_rate + sc.llm_sampling_rate)
+    names = list(sc.llm_retry_kinds)
+    kp = np.array([sc.llm_retry_kinds[x] for x in names], dtype=float)
+    kind = np.array(names, dtype=object)[rr.choice(len(names), size=n_runs, p=kp / kp.sum())] if names else None
+    turn = np.floor(rr.random(n_runs) * k).astype(np.int64)  # an LLM step followed by a tool call
+    copies = np.where(sampling, rr.integers(2, 5, n_runs), rr.integers(3, 10, n_runs))
+    tok = rr.integers(1, 2**62, (n_runs, 9))
+    errtype = rr.integers(0, len(_ERROR_TYPES), (n_runs, 9))
+    lat = rr.uniform(1500, 5000, (n_runs, 9))
+    label = np.full(n_runs, None, dtype=object)
+    sel = np.flatnonzero(retry | sampling)
+    empty_loops = pl.DataFrame(schema={"run_id": pl.String, "agent": pl.String, "kind": pl.String,
+                                       "pattern": pl.String, "period": pl.Int64, "period_steps": pl.Int64,
+                                       "repeats": pl.Int64, "start_step": pl.Int64, "end_step": pl.Int64})
+    empty_benign = pl.DataFrame(schema={"run_id": pl.String, "agent": pl.String, "kind": pl.String,
+                                        "action": pl.String, "start_step": pl.Int64, "end_step": pl.Int64})
+    if sel.size == 0 or kind is None:
+        return ev, _LlmRepeats(label, empty_loops, empty_benign)
+    mode = np.where(sampling[sel], "sampling", kind[sel].astype(str))  # exact | error_retry | sampling
+    label[sel] = np.where(mode == "sampling", "llm_sampling", np.char.add("loop:llm_", mode.astype(str)))
+    c = copies[sel]
+    info = pl.DataFrame({
+        "run_id": [f"r{d:04d}-{r:06d}" for r in sel.tolist()],
+        "_s": 2 * turn[sel] + 1,
+        "_c": c,
+        "_mode": mode.tolist(),
+    })
+    # the copies: the original step repeated, i = 0..c-1, each with its own draws
+    base = ev.join(info, on="run_id", how="inner").filter(pl.col("step") == pl.col("_s")).sort("run_id")
+    at = np.repeat(np.arange(base.height), base["_c"].to_numpy())
+    i = np.arange(at.size) - np.repeat(np.cumsum(base["_c"].to_numpy()) - base["_c"].to_numpy(), base["_c"].to_numpy())
+    row = np.searchsorted(sel, np.array([int(r[-6:]) for r in base["run_id"].to_list()]))[at]
+    err = pl.col("_mode") == "error_retry"
+    et = pl.lit(list(_ERROR_TYPES), dtype=pl.List(pl.String)).list.get(pl.col("_et"))
+    cp = base[at].with_columns(
+        pl.Series("_i", i), pl.Series("_tok", tok[sel][row, i]), pl.Series("_et", errtype[sel][row, i]),
+        pl.Series("_lat", lat[sel][row, i]),
+    ).with_columns(
+        (pl.col("_s") + pl.col("_i")).alias("step"),
+        pl.when(err).then(pl.concat_str(pl.lit("error: "), et, pl.lit(" from the model API")))
+        .when(pl.col("_mode") == "exact")
+        .then(pl.concat_str(pl.lit('could not parse the reply: {"tool": "'), pl.col("result").str.strip_prefix("call ")))
+        .otherwise(pl.concat_str(pl.lit("candidate answer: "), _words(pl.col("_tok"), 6))).alias("result"),
+        pl.when(err).then(pl.lit("error")).otherwise(pl.col("status")).alias("status"),
+        pl.when(err).then(et).otherwise(pl.col("error_type")).alias("error_type"),
+        pl.when(err).then(None).otherwise(pl.col("output_tokens")).alias("output_tokens"),
+        pl.when(err).then(0.0).otherwise(pl.col("cost_usd")).alias("cost_usd"),
+        pl.when(err).then(pl.col("_lat")).otherwise(pl.col("latency_ms")).alias("latency_ms"),
+    )
+    gap = ((pl.col("latency_ms") + 25.0) * 1000).round().cast(pl.Int64)
+    cp = cp.with_columns(gap.cum_sum().over("run_id").alias("_done"))
+    cp = cp.with_columns((pl.col("ts") + pl.duration(microseconds=pl.col("_done") - gap)).alias("ts"))
+    shift = cp.group_by("run_id").agg(pl.col("_done").max().alias("_shift_us"))
+    moved = (pl.col("_s").is_not_null() & (pl.col("step") >= pl.col("_s"))).fill_null(False)
+    out = (
+        ev.join(info, on="run_id", how="left").join(shift, on="run_id", how="left")
+        .with_columns(
+            pl.when(moved).then(pl.col("step") + pl.col("_c")).otherwise(pl.col("step")).alias("step"),
+            pl.when(moved).then(pl.col("ts") + pl.duration(microseconds=pl.col("_shift_us")))
+            .otherwise(pl.col("ts")).alias("ts"),
+        )
+        .select(ev.columns)
+    )
+    out = pl.concat([out, cp.select(ev.columns)]).sort("run_id", "step")
+    agent = base["agent"]
+    start = base["_s"].to_numpy()
+    n_copies = base["_c"].to_numpy()
+    modes = base["_mode"].to_numpy()
+    is_retry = modes != "sampling"
+    loops = pl.DataFrame({
+        "run_id": base["run_id"].filter(pl.Series(is_retry)),
+        "agent": agent.filter(pl.Series(is_retry)),
+        "kind": np.char.add("llm_", modes[is_retry].astype(str)).tolist(),
+        "pattern": [LLM_ACTION] * int(is_retry.sum()),
+        "period": np.ones(int(is_retry.sum()), np.int64),
+        "period_steps": np.ones(int(is_retry.sum()), np.int64),
+        "repeats": n_copies[is_retry],
+        "start_step": start[is_retry],
+        "end_step": start[is_retry] + n_copies[is_retry] - 1,  # the copies; the original reply differs
+    }, schema=empty_loops.schema)
+    benign = pl.DataFrame({
+        "run_id": base["run_id"].filter(pl.Series(~is_retry)),
+        "agent": agent.filter(pl.Series(~is_retry)),
+        "kind": ["llm_sampling"] * int((~is_retry).sum()),
+        "action": [LLM_ACTION] * int((~is_retry).sum()),
+        "start_step": start[~is_retry],
+        "end_step": start[~is_retry] + n_copies[~is_retry],  # copies and original: one prompt
+    }, schema=empty_benign.schema)
+    return out.cast(CANONICAL_SCHEMA), _LlmRepeats(label, loops, benign)  # type: ignore[arg-type]
 
 
 def _feedback(

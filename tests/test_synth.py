@@ -192,6 +192,58 @@ def test_llm_failures_fail_every_model_call_but_the_answer() -> None:
     assert base.truth["runs"].drop("injected", "needs_human").equals(f.truth["runs"].drop("injected", "needs_human"))
 
 
+def test_llm_retries_and_sampling_repeat_one_prompt() -> None:
+    """Runs that send one prompt several times in a row: retries (the same unusable reply, or a
+    failure, every time but the last) are loops in the truth, sampling is benign; steps stay
+    contiguous and in time order, and the rest of the fleet is the fleet without them."""
+    base = synth.generate(days=3, runs_per_day=150, seed=4)
+    sc = synth.Scenario(llm_retry_rate=0.05, llm_sampling_rate=0.05)
+    f = synth.generate(days=3, runs_per_day=150, seed=4, scenario=sc)
+    loops = f.truth["loops"].filter(pl.col("pattern") == "llm")
+    sampling = f.truth["benign"].filter(pl.col("kind") == "llm_sampling")
+    assert set(loops["kind"]) == {"llm_exact", "llm_error_retry"} and sampling.height > 5
+    assert (loops["end_step"] - loops["start_step"] + 1 == loops["repeats"]).all()
+    assert loops["repeats"].min() >= 3 and loops["repeats"].max() <= 9
+    labels = f.truth["runs"].explode("injected").filter(pl.col("injected").str.contains("llm_"))
+    assert labels.filter(pl.col("injected").str.starts_with("loop:"))["needs_human"].all()
+    assert not labels.filter(pl.col("injected") == "llm_sampling")["needs_human"].any()
+
+    ev = f.events.sort("run_id", "step")
+    for row in [*loops.iter_rows(named=True), *sampling.iter_rows(named=True)]:
+        run = ev.filter(pl.col("run_id") == row["run_id"])
+        last = row["end_step"] + (row["kind"] != "llm_sampling")  # and the original call after the retries
+        calls = run.filter(pl.col("step").is_between(row["start_step"], last))
+        assert (calls["action"] == "llm").all() and calls["args"].n_unique() == 1  # one prompt, in a row
+        head = calls.head(calls.height - 1)  # the last call is the original one, and goes on
+        if row["kind"] == "llm_exact":
+            assert head["result"].n_unique() == 1 and (head["status"] == "ok").all()
+        elif row["kind"] == "llm_error_retry":
+            assert (head["status"] == "error").all() and calls["status"][-1] == "ok"
+        else:
+            assert calls["result"].n_unique() == calls.height
+        assert calls["result"][-1].startswith("call ")
+    steps = ev.group_by("run_id").agg(
+        (pl.col("step").diff().drop_nulls() == 1).all().alias("contiguous"),
+        (pl.col("ts").diff().drop_nulls() >= pl.duration(microseconds=0)).all().alias("in_time"),
+    )
+    assert steps["contiguous"].all() and steps["in_time"].all()
+    touched = pl.concat([loops["run_id"], sampling["run_id"]]).implode()
+    assert ev.filter(~pl.col("run_id").is_in(touched)).equals(
+        base.events.sort("run_id", "step").filter(~pl.col("run_id").is_in(touched))
+    )
+    # the copies: every retry, and every sampled answer but the original one
+    added = loops["repeats"].sum() + (sampling["end_step"] - sampling["start_step"]).sum()
+    assert f.events.height == base.events.height + added
+
+
+def test_llm_repeat_options_are_checked() -> None:
+    for bad in (synth.Scenario(llm_retry_rate=1.5), synth.Scenario(llm_sampling_rate=-0.1),
+                synth.Scenario(llm_retry_rate=0.6, llm_sampling_rate=0.6),
+                synth.Scenario(llm_retry_rate=0.1, llm_retry_kinds={"exact": 1.0, "loop": 1.0})):
+        with pytest.raises(InvalidParameterError, match="llm_"):
+            synth.generate(days=1, runs_per_day=10, scenario=bad)
+
+
 def test_stable_injects_nothing() -> None:
     f = synth.generate(days=3, runs_per_day=100, seed=0, scenario=synth.Scenario.stable())
     inj = set(f.truth["runs"].explode("injected")["injected"].drop_nulls())
