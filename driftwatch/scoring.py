@@ -72,6 +72,7 @@ from driftwatch.policy import (
     fmt_money,
     fmt_num,
 )
+from driftwatch.schema import LLM_ACTION
 
 LEVELS: tuple[str, ...] = ("ok", "review", "escalate")
 
@@ -867,7 +868,9 @@ def _components(pol: Policy) -> tuple[list[pl.Expr], list[pl.Expr]]:
         "loop",
         loop_s,
         pl.concat_str(
-            pl.lit("loop: "), pl.col("worst_pattern").fill_null("?"), pl.lit(" repeated "),
+            pl.lit("loop: "),
+            pl.when(pl.col("worst_pattern") == LLM_ACTION).then(pl.lit("the same prompt sent to the LLM "))
+            .otherwise(pl.concat_str(pl.col("worst_pattern").fill_null("?"), pl.lit(" repeated "))),
             pl.col("worst_repeats").fill_null(0).cast(pl.String), pl.lit("x"), kind_note, wasted, wasted_cost,
             more,
         ),

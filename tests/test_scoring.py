@@ -331,6 +331,26 @@ def test_llm_failure_storms_on_a_generated_fleet(seed: int) -> None:
     assert not runs.filter(~hit)["_told"].any()
 
 
+@pytest.mark.parametrize("seed", [5, 6])
+def test_llm_retries_on_a_generated_fleet(seed: int) -> None:
+    """Known answers: runs that send one prompt to the model again and again are flagged with
+    the loop reason (recall 1); runs that sample answers to one prompt are not told so."""
+    sc = dw.synth.Scenario.stable(llm_retry_rate=0.05, llm_sampling_rate=0.05)
+    fleet = dw.synth.generate(days=4, runs_per_day=150, seed=seed, scenario=sc)
+    injected = fleet.truth["runs"].explode("injected")
+    retries = injected.filter(pl.col("injected").str.starts_with("loop:llm_"))["run_id"]
+    sampling = injected.filter(pl.col("injected") == "llm_sampling")["run_id"]
+    assert retries.len() >= 8 and sampling.len() >= 8
+    runs = dw.audit(fleet.events).runs.with_columns(
+        pl.col("reasons").list.eval(pl.element().str.starts_with("loop: the same prompt sent to the LLM"))
+        .list.any().alias("_told")
+    )
+    hit = runs.filter(pl.col("run_id").is_in(retries.implode()))
+    assert hit.height == retries.len() and hit["_told"].all() and (hit["level"] != "ok").all()
+    benign = runs.filter(pl.col("run_id").is_in(sampling.implode()))
+    assert not benign["_told"].any() and (benign["level"] == "ok").all()
+
+
 def test_features_without_tool_error_counts_score_as_before() -> None:
     """Per-run features from before ``n_tool_errors`` (e.g. an audit history) count every failure
     as a tool call's, as then."""
