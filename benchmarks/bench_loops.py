@@ -105,10 +105,23 @@ def pandas_scan(df: pd.DataFrame, *, max_period: int = 8, min_repeats: int = 3) 
 
     Exact signatures only: a tool step matches the one ``p`` earlier when action, args and
     result are equal (a failed call's result counts as "failed"). Returns (run_id, start, end) in tool-call positions, one per extent,
-    without the loops nested inside longer ones.
+    without the loops nested inside longer ones; then the repeated LLM calls: (run_id, "llm",
+    start, end) in step positions for every stretch of at least ``min_repeats`` LLM steps in a
+    row with one (recorded) prompt.
     """
     found: list[tuple] = []
     df = df.sort_values(["run_id", "step"])
+    for run_id, g in df.groupby("run_id", sort=False):
+        acts, prompts = g["action"].tolist(), g["args"].tolist()
+        i = 0
+        while i < len(acts):
+            j = i + 1
+            if acts[i] == "llm" and prompts[i]:
+                while j < len(acts) and acts[j] == "llm" and prompts[j] == prompts[i]:
+                    j += 1
+                if j - i >= min_repeats:
+                    found.append((run_id, "llm", i, j - 1))
+            i = j
     tools = df[df["action"] != "llm"]
     for run_id, g in tools.groupby("run_id", sort=False):
         # a failed call's result is "failed", whatever the message (as in detect_loops)
@@ -194,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     pdf = sub.to_pandas()
     t_pd_sub, pd_found = best_of(lambda: pandas_scan(pdf), 1)
     t_pd = t_pd_sub * n / sub.height
-    # sanity check: the same exact loops on the subsample (kind exact/error_retry, matched on signatures)
+    # sanity check: the same exact loops on the subsample (kind exact/error_retry matched on
+    # signatures, and repeated LLM calls)
     ours = detect_loops(sub, fuzzy=False)
     n_ours = ours.filter(pl.col("match") != "action").height
 
@@ -225,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{t_fuzzy_scan / t_exact_scan:.2f}x from Parquet")
     print(f"loops found: exact mode {loops_exact.height:,}, fuzzy mode {loops_fuzzy.height:,} "
           f"({loops_fuzzy.filter(pl.col('kind') != 'same_action').height:,} exact/error_retry)")
-    print(f"pandas check on the subsample: {len(pd_found):,} signature loops vs detect_loops {n_ours:,}")
+    print(f"pandas check on the subsample: {len(pd_found):,} signature loops and repeated LLM calls vs "
+          f"detect_loops {n_ours:,}")
 
     if args.memory:
         for mode in ("exact", "fuzzy"):
