@@ -616,7 +616,8 @@ def run_stage_spark(
         from driftwatch.schema import empty_events
 
         parts.append(_audit.run_stage(empty_events(), policy=pol, n_examples=0, **dict(stage_options or {})))
-    tables = _audit.RunTables.concat(parts)
+    tables = _audit.RunTables.concat(parts, ordered=True)  # each bucket's tables come from run_stage
+    del parts
     tables.examples = _audit._global_examples(tables, n_examples)
     rejected = _rejected_frame(rejected_parts, inp)
     if meta["rows_in"] == 0:

@@ -547,6 +547,20 @@ def test_run_stage_tables_concatenate(fleet: synth.Fleet) -> None:
         RunTables.concat([])
 
 
+def test_run_stage_tables_concatenate_in_order(fleet: synth.Fleet) -> None:
+    """``ordered=True`` (parts from run_stage, as Spark's buckets) gives what the full sort gives,
+    for buckets of a hash of run_id (every range overlaps) and for ranges."""
+    ev = fleet.events.filter(pl.col("ts") < datetime(2026, 10, 4, tzinfo=UTC))
+    ranges = (pl.col("run_id").rank("dense") - 1) * 4 // pl.col("run_id").n_unique()
+    for bucket in (pl.col("run_id").hash(5) % 4, ranges):
+        keyed = ev.with_columns(bucket.alias("_b"))
+        parts = [run_stage(keyed.filter(pl.col("_b") == b).drop("_b")) for b in range(4)][::-1]
+        assert all(p.n_runs for p in parts)
+        want, got = RunTables.concat(parts), RunTables.concat(parts, ordered=True)
+        for name, frame in want.frames().items():
+            assert_frame_equal(got.frames()[name], frame), name
+
+
 def test_fleet_stage_scores_only_requested_runs(fleet: synth.Fleet) -> None:
     tables = run_stage(fleet.events)
     keep = tables.features["run_id"].head(25)
