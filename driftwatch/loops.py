@@ -77,7 +77,9 @@ Repeated LLM calls
 An agent that retries a model call (a rate limit, a reply it cannot parse) sends
 the same prompt again with no tool call between: at least ``min_repeats`` LLM
 steps in a row with the same prompt (``args``) are a loop of period 1 and
-pattern ``llm``. Prompts are compared byte for byte, or with ``fuzzy=True`` also
+pattern ``llm``. Only prompts of the same length in bytes are compared (a retry
+re-renders its template, with timestamps and ids of the same format; a
+conversation that moved on is longer): byte for byte, or with ``fuzzy=True`` also
 after normalisation (timestamps, UUIDs and long ids masked, case and whitespace),
 but never by MinHash: a conversation that grows by one turn stays similar to the
 last one, and is progress. A prompt that was not recorded (null or empty)
@@ -88,8 +90,10 @@ different replies to one prompt (sampling several answers, ``match ==
 "prompt"``) are ``same_action``: reported, never escalated on their own. A
 stretch of LLM steps that lies in the waste of a tool loop matched on signatures
 is part of that loop and is not reported again. Only runs of consecutive LLM
-steps at least ``min_repeats`` long are read: an agent that alternates LLM and
-tool steps costs one bitmap pass.
+steps at least ``min_repeats`` long are read, and of them only the prompts of
+neighbours of equal length: an agent that alternates LLM and tool steps costs one
+bitmap pass, a chat log (LLM steps only, the prompt growing) one length
+comparison per step.
 
 Extent and waste
 ----------------
@@ -440,6 +444,12 @@ class _TextSource:
             sub = texts.lazy().select(_args_hash_expr(), _failed_expr().alias("_err")).collect()
         return sub["_ha"].to_numpy(), sub["_err"].to_numpy()
 
+    def arg_lengths(self, frame: pl.DataFrame, pos: np.ndarray) -> np.ndarray:
+        """Byte lengths of the arguments of the step frame's rows ``pos`` (null: 0)."""
+        if self.has_text(frame):
+            return _take(frame["args"], pos).str.len_bytes().fill_null(0).to_numpy()
+        return _take(frame["_la"], pos).fill_null(0).to_numpy()  # (measured in pass 1)
+
     def results(self, frame: pl.DataFrame, pos: np.ndarray) -> np.ndarray:
         """Hashes of the results of the step frame's rows ``pos`` (see :func:`_hash_exprs`)."""
         if not self.has_text(frame):
@@ -524,7 +534,7 @@ def _load_steps(events: Any, *, streaming: bool) -> tuple[pl.DataFrame, _TextSou
             lf = lf.filter(pl.col("run_id").is_not_null())
         return collect(lf.select(cols).with_columns(_llm_pair_expr())), _TextSource(None, streaming=streaming)
     lf = lf.with_row_index("_row")
-    cols += [pl.col("_row"), *_hash_exprs(), *_money_exprs()]
+    cols += [pl.col("_row"), *_hash_exprs(), pl.col("args").str.len_bytes().alias("_la"), *_money_exprs()]
     steps = collect(lf.filter(pl.col("run_id").is_not_null()).select(cols).with_columns(_llm_pair_expr()),
                     streaming=streaming)
     return steps, _TextSource(lf, streaming=streaming)
@@ -998,10 +1008,6 @@ def _near_anchor(pk: np.ndarray, pp: np.ndarray, span: np.ndarray, live: np.ndar
     return ((after >= 0) & (after < span)) | ((before >= 0) & (before < span))
 
 
-#: Prompt hashes (:func:`_args_hash_expr`) of a missing prompt: null and the empty string.
-_NO_PROMPT = pl.Series([None, ""], dtype=pl.String).hash(11).to_numpy()
-
-
 def _llm_loops(
     steps: pl.DataFrame,
     blocks: _Blocks,
@@ -1016,9 +1022,12 @@ def _llm_loops(
     """Repeated LLM calls: at least ``min_repeats`` LLM steps in a row (no other step between)
     sending the same prompt, in row order (the module's *Repeated LLM calls*).
 
-    Only stretches of consecutive LLM steps long enough to matter are read: their prompts
-    are hashed (the rows of an agent that alternates LLM and tool steps are never touched),
-    and their results only where the prompts match.
+    Only stretches of consecutive LLM steps long enough to matter are read (the rows of an
+    agent that alternates LLM and tool steps are never touched), and of them only the
+    prompts of pairs of equal length in bytes are hashed: a retry re-renders its template,
+    while a conversation that moved on is longer (so a chat log, all LLM steps, costs one
+    length comparison per step, not a pass over its prompts). Results are read only where
+    the prompts match.
     """
     nxt = _positions(steps["_ll"])  # rows i + 1 where rows i and i + 1 are LLM steps of one block
     if nxt.size < min_repeats - 1:
@@ -1033,18 +1042,24 @@ def _llm_loops(
     inner = np.ones(crow.size - 1, dtype=bool)  # pair q: candidates q and q + 1, in one stretch
     inner[np.cumsum(ln)[:-1] - 1] = False
 
-    h_a, failed = source.args(steps, crow)
-    given = ~np.isin(h_a, _NO_PROMPT)  # a prompt that was not recorded matches nothing
-    inner &= given[1:] & given[:-1]
-    same_prompt = inner & (h_a[1:] == h_a[:-1])
+    size = source.arg_lengths(steps, crow)  # 0: no prompt recorded (null or empty), matches nothing
+    pairs = np.flatnonzero(inner & (size[1:] > 0) & (size[1:] == size[:-1]))
+    if pairs.size == 0:
+        return None
+    used, pi, pj = _pair_index(pairs, pairs + 1)
+    h_a, f = source.args(steps, crow[used])
+    failed = np.zeros(crow.size, dtype=bool)
+    failed[used] = f
+    same_prompt = np.zeros(inner.size, dtype=bool)
+    same_prompt[pairs] = h_a[pi] == h_a[pj]
     identical = same_prompt.copy()
 
     def texts(rows: np.ndarray, field: str) -> pl.Series:
-        source.prefetch(steps, crow)  # (a LazyFrame's candidate texts: read once)
+        source.prefetch(steps, crow[used])  # (a LazyFrame's texts of these rows: read once)
         return source.get(steps, rows, field)
 
     if fuzzy:  # equal after normalisation (no MinHash: a prompt that grows stays similar)
-        todo = np.flatnonzero(inner & ~same_prompt)
+        todo = pairs[~same_prompt[pairs]]
         if todo.size:
             need, li, lj = _pair_index(todo, todo + 1)
             norm = normalize(texts(crow[need], "args"))

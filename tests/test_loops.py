@@ -684,6 +684,24 @@ def test_llm_prompts_are_compared_after_normalisation_when_fuzzy() -> None:
         {"kind": "exact", "match": "near_duplicate", "repeats": 4}
     ]
     assert detect_loops(ev, fuzzy=False).is_empty()
+    # only prompts of one length are compared (a retry re-renders its template)
+    ragged = _calls(["llm"] * 4, [f"now 2026-10-01T10:00:0{i}{'.5' * (i % 2)}Z" for i in range(4)], ["same"] * 4)
+    assert detect_loops(ragged).is_empty()
+
+
+def test_a_chat_log_reads_no_prompt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LLM steps only, the conversation growing every turn (a chat bot's log): no loop, and no
+    prompt is hashed or normalised (their lengths differ), eager or lazy."""
+    import driftwatch.loops as loops_mod
+
+    turns = [f"system: be brief.{' user: more' * i}" for i in range(40)]
+    ev = pl.concat([_calls(["llm"] * 40, turns, [f"reply {i}" for i in range(40)], run=f"c{r}") for r in range(50)])
+    read: list[int] = []
+    real = loops_mod._TextSource.args
+    monkeypatch.setattr(loops_mod._TextSource, "args", lambda self, f, pos: read.append(pos.size) or real(self, f, pos))
+    monkeypatch.setattr(loops_mod, "normalize", lambda t: pytest.fail("normalised a prompt"))
+    assert detect_loops(ev).is_empty() and detect_loops(ev.lazy()).is_empty()
+    assert read == []
 
 
 def test_llm_repeats_need_min_repeats_calls_in_a_row() -> None:
