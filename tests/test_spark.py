@@ -63,9 +63,11 @@ def spark():
 
 @pytest.fixture(scope="module")
 def fleet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A demo fleet of about 200k events over 21 days (loops, breaches, change-points, drift)."""
+    """A demo fleet of about 200k events over 21 days (loops, breaches, change-points, drift),
+    with a few repeated LLM calls (retries and sampling)."""
     root = tmp_path_factory.mktemp("spark_fleet")
-    synth.write_fleet(root, days=21, runs_per_day=750, seed=11)
+    scenario = synth.Scenario(llm_retry_rate=0.01, llm_sampling_rate=0.01)
+    synth.write_fleet(root, days=21, runs_per_day=750, seed=11, scenario=scenario)
     return root / "events"
 
 
@@ -111,6 +113,7 @@ def test_the_fleet_has_findings_to_compare(both):
     local, remote = both
     # the equality above is only meaningful when the detectors fired
     assert local.loops.height > 100
+    assert local.loops.filter(pl.col("pattern") == "llm")["kind"].n_unique() == 3  # repeated LLM calls, each kind
     assert local.violations.height > 10
     assert local.changepoints.height >= 1
     assert local.drift.height > 0 and local.drift["drifted"].any()
