@@ -380,6 +380,37 @@ _COMMANDS = {
 }
 
 
+class _PipeSafe:
+    """A text stream that stops writing, quietly, once its reader has gone away (``driftwatch
+    loops ... | head``): the command's work is done and its files written, so its exit code
+    stands, and no "Broken pipe" error blames the input."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self.broken = False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                self._stream.write(text)
+            except BrokenPipeError:
+                self.broken = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self.broken = True
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """Run the CLI; returns the exit code (0 done, 1 ``--fail-on`` reached, 2 bad input or usage).
 
@@ -388,12 +419,24 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
     argv : sequence of str, optional
         Arguments without the program name (default: ``sys.argv[1:]``).
     stdout, stderr : text streams, optional
-        Where results and errors go (default: the process's).
+        Where results and errors go (default: the process's). A reader of ``stdout`` that goes
+        away early (``| head``) stops the printing, quietly; the exit code is the command's.
     """
+    out = _PipeSafe(stdout or sys.stdout)
+    try:
+        return _main(argv, out, stderr or sys.stderr)  # type: ignore[arg-type]
+    finally:
+        out.flush()
+        if out.broken and stdout is None:
+            # the interpreter flushes sys.stdout again at exit: point it at /dev/null first
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+
+
+def _main(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
     from driftwatch.errors import DriftwatchError
 
-    out = stdout or sys.stdout
-    err = stderr or sys.stderr
     parser = _build_parser()
     try:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))

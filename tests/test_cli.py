@@ -178,6 +178,51 @@ def test_console_script_and_exit_code_in_a_subprocess(tmp_path: Path) -> None:
     assert "no such file or folder; check the path" in one_line_error(proc.stderr)
 
 
+class _ClosedAfter:
+    """A stdout whose reader goes away after ``n`` writes (``| head``)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.lines = n, []
+
+    def write(self, text: str) -> int:
+        if len(self.lines) >= self.n:
+            raise BrokenPipeError(32, "Broken pipe")
+        self.lines.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if len(self.lines) >= self.n:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    def isatty(self) -> bool:
+        return False
+
+
+def test_a_reader_that_goes_away_keeps_the_exit_code(fleet_events: Path, tmp_path: Path) -> None:
+    """``driftwatch audit ... | head -1``: printing stops quietly, the results are written and the
+    exit code is the audit's (here 1: --fail-on reached), not 2 with a misleading error."""
+    import io
+
+    from driftwatch.cli import main
+
+    err = io.StringIO()
+    code = main(["audit", str(fleet_events), "--out", str(tmp_path / "r"), "--fail-on", "escalate"],
+                stdout=_ClosedAfter(1), stderr=err)  # type: ignore[arg-type]
+    assert code == 1 and err.getvalue() == ""
+    assert (tmp_path / "r" / "summary.json").exists()
+
+
+def test_a_closed_stdout_in_a_subprocess(fleet_events: Path, tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "driftwatch"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "import sys; from driftwatch.cli import main; sys.exit(main())"]
+    proc = subprocess.Popen([*cmd, "loops", str(fleet_events)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # nobody reads: every write of the child fails with EPIPE
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 0
+    assert stderr == ""
+
+
 def test_identical_outputs_on_rerun(fleet_events: Path, tmp_path: Path, run_cli: Cli) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     assert run_cli("audit", fleet_events, "--out", a, "--quiet")[0] == 0
