@@ -6,9 +6,10 @@ the agent, the same call: timestamps, request ids, whitespace, case. This
 module turns text into things that can be compared in bulk:
 
 * :func:`normalize_expr` -- a Polars expression that lowercases, masks ISO
-  timestamps (``<ts>``), UUIDs and hex-like ids of 8+ characters (which
+  timestamps (``<ts>``), UUIDs, hex-like ids of 8+ characters (which
   includes plain numbers of 8+ digits, e.g. epoch times and numeric request
-  ids) as ``<id>``, and collapses whitespace.
+  ids) and generated ids of 16+ letters and digits (base36/base62, such as
+  ``req_8kx2pqz1abcd9mnq``) as ``<id>``, and collapses whitespace.
 * :func:`numbers_expr` -- the standalone numbers left after normalisation
   (``"page": 2``, ``"progress": 40``). Numbers are *content*: two texts whose
   numbers differ are never near-duplicates, so pagination and polling with
@@ -49,6 +50,10 @@ TIMESTAMP_RE = (
 UUID_RE = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 #: Hex-like ids and long numbers: a word made of 8 or more hex characters.
 HEX_ID_RE = r"(?-u:\b)[0-9a-f]{8,}(?-u:\b)"
+#: Generated ids in other alphabets (base36/base62: ``req_8kx2pqz1abcd9mnq``, ``chatcmpl-8f9d2kq0zz81mm``):
+#: a run of 16 or more letters and digits with a digit among its first 16 characters (a long
+#: word is not an id; the run's first character is kept as the boundary, group 1).
+ALNUM_ID_RE = "(^|[^a-z0-9])(?:" + "|".join(f"[a-z]{{{i}}}[0-9][a-z0-9]{{{15 - i},}}" for i in range(16)) + ")"
 #: Standalone numbers (not part of a word such as ``v2`` or ``it3a``).
 NUMBER_RE = r"(?-u:\b)[0-9]+(?:\.[0-9]+)?(?-u:\b)"
 #: Runs of whitespace worth rewriting (single spaces are left alone: far fewer matches).
@@ -91,7 +96,12 @@ def _may_have_whitespace_run(texts: pl.Series) -> pl.Series:
 
 
 def _mask_volatile(expr: pl.Expr) -> pl.Expr:
-    return expr.str.replace_all(TIMESTAMP_RE, "<ts>").str.replace_all(UUID_RE, "<id>").str.replace_all(HEX_ID_RE, "<id>")
+    return (
+        expr.str.replace_all(TIMESTAMP_RE, "<ts>")
+        .str.replace_all(UUID_RE, "<id>")
+        .str.replace_all(HEX_ID_RE, "<id>")
+        .str.replace_all(ALNUM_ID_RE, "${1}<id>")
+    )
 
 
 def numbers_expr(normalized: pl.Expr) -> pl.Expr:
@@ -457,6 +467,7 @@ def estimated_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
 
 
 __all__ = [
+    "ALNUM_ID_RE",
     "HEX_ID_RE",
     "NUMBER_RE",
     "TIMESTAMP_RE",

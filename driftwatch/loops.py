@@ -24,8 +24,9 @@ are compared at two levels:
 * **signature level**: action, arguments and result. With ``fuzzy=False``
   the texts must be byte-identical. With ``fuzzy=True`` (default) two texts
   also match when they are *near-duplicates*: equal after normalisation
-  (lowercase, whitespace collapsed, ISO timestamps, UUIDs and hex-like ids or
-  numbers of 8+ characters masked), or having the same standalone numbers
+  (lowercase, whitespace collapsed, ISO timestamps, UUIDs, hex-like ids or
+  numbers of 8+ characters and generated ids of 16+ letters and digits
+  masked), or having the same standalone numbers
   and an estimated Jaccard similarity of their character 4-gram shingle sets
   (MinHash, 64 hashes, punctuation read as spaces; see
   :mod:`driftwatch._signatures`) of at least ``similarity`` (default 0.8). Numbers are

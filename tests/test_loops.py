@@ -189,6 +189,26 @@ def test_near_duplicates_with_timestamps_ids_and_whitespace_are_exact() -> None:
     assert strict["kind"].to_list() == ["same_action"]
 
 
+def test_generated_alphanumeric_ids_are_masked() -> None:
+    """Base36/base62 request ids (16+ letters and digits) are volatile like hex ids: a retry
+    with a fresh id each time is a near-duplicate loop; short codes and long words are content."""
+    df = pl.DataFrame({"t": ['{"q": "refund", "request_id": "req_8Kx2PqZ1abCD9mnQ"}', "chatcmpl-8f9d2KQ0zz81MMxa",
+                             "x-ab1cd2ef3gh4ij5kl6-y", "sku12345ab", "internationalization2026",
+                             "vin 1HGCM82633A004352 ok"]})
+    expected = ['{"q": "refund", "request_id": "req_<id>"}', "chatcmpl-<id>", "x-<id>-y", "sku12345ab",
+                "internationalization2026", "vin <id> ok"]
+    assert df.select(normalize_expr(pl.col("t"))).to_series().to_list() == expected
+    assert normalize(df["t"]).to_list() == expected
+    rids = ["req_8Kx2PqZ1abCD9mnQ", "req_Zz81MmXa0b2c3D4e", "req_q0W9e8R7t6Y5u4I3"]
+    calls = [("create_refund", f'{{"order": "A1", "idempotency_key": "{r}"}}', "error: upstream timeout") for r in rids]
+    out = detect_loops(events(("r1", calls)))
+    assert out.select("kind", "match").to_dicts() == [{"kind": "exact", "match": "near_duplicate"}]
+    assert detect_loops(events(("r1", calls)), fuzzy=False)["kind"].to_list() == ["same_action"]
+    # short ids are content: three different orders are three requests
+    orders = [("get_order", f'{{"order": "{o}"}}', "not found") for o in ("sku12345ab", "sku12345ac", "sku12345ad")]
+    assert detect_loops(events(("r2", orders)))["kind"].to_list() == ["same_action"]
+
+
 def test_reworded_requests_are_caught_by_minhash_only() -> None:
     args = ["Search the knowledge base for: refund policy for damaged items, region europe",
             "search the knowledge base for refund policy for damaged items (region: europe)",
