@@ -398,6 +398,10 @@ class RunTables:
         return self.features.height
 
 
+#: Incremental mode: the most history runs the fleet stage loads (see ``audit(history_max_runs=)``).
+#: The 100M-event audit's fleet stage handled 7M runs within 7 GiB.
+HISTORY_MAX_RUNS = 5_000_000
+
 #: Chunk tables held in memory before they are spilled to temporary Parquet files.
 SPILL_BYTES = 512 * 2**20
 
@@ -1219,7 +1223,7 @@ class AuditResult:
         }
         if stats.get("reasons"):
             out["rejected_by_reason"] = dict(sorted(stats["reasons"].items()))
-        for k in ("engine", "sources", "since", "until", "chunks", "incremental", "skipped_files"):
+        for k in ("engine", "sources", "since", "until", "chunks", "incremental", "skipped_files", "history_since"):
             if k in stats:
                 out[k] = stats[k]
         return out
@@ -1731,6 +1735,7 @@ def audit(
     by: Sequence[str] = ("agent",),
     state: AuditState | str | os.PathLike[str] | None = None,
     history_days: float = 90.0,
+    history_max_runs: int | None = HISTORY_MAX_RUNS,
     progress: Progress | None = None,
 ) -> AuditResult:
     """Run every detector over a log and score every run.
@@ -1774,6 +1779,11 @@ def audit(
         history tables; change-points and drift see the last ``history_days`` of history.
     history_days : float, default=90
         How much history the fleet stage loads in incremental mode.
+    history_max_runs : int or None, default=5_000_000
+        The most history runs the fleet stage loads in incremental mode: when the last
+        ``history_days`` hold more, only the most recent whole days that fit are loaded
+        (``stats["history_since"]`` says from when), so memory stays bounded on a busy fleet
+        (500,000 runs a day would be 45M runs in 90 days). ``None``: no limit.
     progress : callable, optional
         Receives a short line per stage (the CLI prints them on a terminal).
 
@@ -1792,6 +1802,10 @@ def audit(
     until_dt = _parse_time(until, name="until") if until is not None else None
     if since_dt and until_dt and until_dt <= since_dt:
         raise InvalidParameterError(f"until ({until_dt.isoformat()}) must be after since ({since_dt.isoformat()})")
+    if history_max_runs is not None and (
+        isinstance(history_max_runs, bool) or not isinstance(history_max_runs, int) or history_max_runs < 1
+    ):
+        raise InvalidParameterError(f"history_max_runs must be a positive integer or None, got {history_max_runs!r}")
     from driftwatch import policy as policy_mod
 
     pol = policy_mod._as_policy(policy)
@@ -1913,6 +1927,12 @@ def audit(
             t0 = time.perf_counter()
             lo = tables.features["first_ts"].min()
             since_hist = lo - timedelta(days=history_days) if isinstance(lo, datetime) else None
+            since_hist, n_hist = st.history_window(exclude_run_ids=tables.features["run_id"], since=since_hist,
+                                                   max_runs=history_max_runs)
+            if since_hist is not None and isinstance(lo, datetime) and since_hist > lo - timedelta(days=history_days):
+                say(f"history: the last {history_days:g} days hold more than {history_max_runs:,} runs; "
+                    f"loading the {n_hist:,} since {since_hist.isoformat()}")
+            stats["history_since"] = _iso(since_hist)
             hist = st.history(exclude_run_ids=tables.features["run_id"], since=since_hist)
             if hist:
                 hist_tables = RunTables(

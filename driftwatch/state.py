@@ -46,7 +46,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -464,6 +464,74 @@ class AuditState:
         existing = set(self.tables())
         if "features" not in existing:
             return {}
+        with self._history_filter(exclude_run_ids, since) as (where, params):
+            self.con.execute(
+                f"CREATE OR REPLACE TEMP TABLE _dw_keep AS SELECT f.run_id FROM features f{where}", params
+            )
+            out: dict[str, pl.DataFrame] = {}
+            for name in PER_RUN_TABLES:
+                if name in existing:
+                    out[name] = self._query(
+                        f"SELECT t.* FROM {_table(name)} t SEMI JOIN _dw_keep USING (run_id) ORDER BY t.run_id"
+                    )
+            self.con.execute("DROP TABLE _dw_keep")
+        return out
+
+    def history_window(
+        self, *, exclude_run_ids: pl.Series | None = None, since: datetime | None = None,
+        max_runs: int | None = None,
+    ) -> tuple[datetime | None, int]:
+        """Where the history the fleet stage loads starts, and how many runs it holds.
+
+        ``since``, unless more than ``max_runs`` stored runs started since then: the history
+        is then the most recent whole days (UTC) that hold at most ``max_runs`` runs (or, when
+        the latest day alone holds more, the ``max_runs`` most recent runs), so that the fleet
+        stage's memory stays bounded however long the history and however busy the fleet.
+
+        Parameters
+        ----------
+        exclude_run_ids : polars.Series, optional
+            Runs the current audit recomputes (not counted).
+        since : datetime, optional
+            The earliest start wanted (``--history-days`` before the new runs).
+        max_runs : int, optional
+            The most runs to load (``None``: no limit).
+
+        Returns
+        -------
+        tuple
+            ``(start, n_runs)``: pass ``start`` as :meth:`history`'s ``since``.
+        """
+        if "features" not in set(self.tables()):
+            return since, 0
+        with self._history_filter(exclude_run_ids, since) as (where, params):
+            n = int(self.con.execute(f"SELECT count(*) FROM features f{where}", params).fetchall()[0][0])
+            if max_runs is None or n <= max_runs:
+                return since, n
+            # the (max_runs + 1)-th most recent start; history begins the next day (whole days)
+            last_out = self._query(  # (through Arrow: a TIMESTAMPTZ fetched as Python needs pytz)
+                f"SELECT f.first_ts FROM features f{where} ORDER BY f.first_ts DESC LIMIT 1 OFFSET ?",
+                [*params, max_runs],
+            ).item()
+            last_out = last_out.replace(tzinfo=UTC) if last_out.tzinfo is None else last_out.astimezone(UTC)
+            day = datetime(last_out.year, last_out.month, last_out.day, tzinfo=UTC)
+            start = day + timedelta(days=1)
+            n = self._count_since(where, params, start)
+            if n == 0:  # the latest day alone holds more than max_runs runs
+                start = last_out + timedelta(microseconds=1)
+                n = self._count_since(where, params, start)
+            return start, n
+
+    def _count_since(self, where: str, params: list[Any], start: datetime) -> int:
+        cond = (where + " AND " if where else " WHERE ") + "f.first_ts >= ?"
+        return int(self.con.execute(f"SELECT count(*) FROM features f{cond}", [*params, start]).fetchall()[0][0])
+
+    @contextlib.contextmanager
+    def _history_filter(
+        self, exclude_run_ids: pl.Series | None, since: datetime | None
+    ) -> Iterator[tuple[str, list[Any]]]:
+        """The ``WHERE`` clause (over ``features f``) and its parameters for the history's runs;
+        the excluded run ids are registered for the duration."""
         conds: list[str] = []
         params: list[Any] = []
         if since is not None:
@@ -475,22 +543,11 @@ class AuditState:
             self.con.register("_dw_excl", ids.to_arrow())
             registered = True
             conds.append("f.run_id NOT IN (SELECT run_id FROM _dw_excl)")
-        where = (" WHERE " + " AND ".join(conds)) if conds else ""
         try:
-            self.con.execute(
-                f"CREATE OR REPLACE TEMP TABLE _dw_keep AS SELECT f.run_id FROM features f{where}", params
-            )
-            out: dict[str, pl.DataFrame] = {}
-            for name in PER_RUN_TABLES:
-                if name in existing:
-                    out[name] = self._query(
-                        f"SELECT t.* FROM {_table(name)} t SEMI JOIN _dw_keep USING (run_id) ORDER BY t.run_id"
-                    )
-            self.con.execute("DROP TABLE _dw_keep")
+            yield (" WHERE " + " AND ".join(conds)) if conds else "", params
         finally:
             if registered:
                 self.con.unregister("_dw_excl")
-        return out
 
     def watermark(self) -> datetime | None:
         """The latest event time audited so far (``None`` before the first audit)."""

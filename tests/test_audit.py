@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -879,6 +879,34 @@ def test_incremental_audit_in_row_ranges(fleet: synth.Fleet, tmp_path: Path, mon
     assert results["one"].runs.height > 0
     _assert_same_outputs(results["one"], results["ranges"])
 
+
+
+def test_incremental_history_is_capped_by_runs(fleet: synth.Fleet, tmp_path: Path) -> None:
+    """On a busy fleet the history the fleet stage loads is the most recent whole days that fit
+    in ``history_max_runs``, said in the progress and in ``stats["history_since"]``; within
+    the cap it is the last ``history_days``."""
+    import re
+
+    fleet.write(tmp_path / "logs")
+    events = tmp_path / "logs" / "events"
+    days = sorted(p for p in events.iterdir() if p.is_dir())
+    for name in ("capped", "whole"):
+        audit([str(p) for p in days[:-1]], state=tmp_path / f"{name}.duckdb")
+    said: list[str] = []
+    capped = audit(str(events), state=tmp_path / "capped.duckdb", history_max_runs=100, progress=said.append)
+    whole = audit(str(events), state=tmp_path / "whole.duckdb", history_max_runs=None)
+    first_new = capped.runs["first_ts"].min()
+    assert datetime.fromisoformat(whole.stats["history_since"]) == first_new - timedelta(days=90)
+    since = datetime.fromisoformat(capped.stats["history_since"])
+    assert since == datetime(since.year, since.month, since.day, tzinfo=UTC)  # whole days
+    assert first_new - timedelta(days=3) < since <= first_new  # about 40 runs a day: two days fit
+    loading = [m for m in said if "hold more than 100 runs" in m]
+    assert len(loading) == 1, said
+    n = int(re.search(r"loading the ([0-9,]+) since", loading[0]).group(1).replace(",", ""))
+    assert 0 < n <= 100 and any(f"history: {n:,} earlier runs" in m for m in said)
+    assert capped.runs.height == whole.runs.height  # this night's runs only, as without the cap
+    with pytest.raises(InvalidParameterError, match="history_max_runs"):
+        audit(str(events), state=tmp_path / "capped.duckdb", history_max_runs=0)
 
 
 @pytest.mark.parametrize("how", ["one chunk", "row ranges", "partitioned"])

@@ -160,7 +160,7 @@ def test_bad_input_exits_2_with_one_line(
 def test_usage_errors_exit_2(run_cli: Cli) -> None:
     for argv in ([], ["audit"], ["audit", "x"], ["audit", "x", "--out", "y", "--engine", "pandas"],
                  ["frobnicate"], ["audit", "x", "--out", "y", "--state", "s", "--db", "d"],
-                 ["generate", "o", "--days", "0"]):
+                 ["generate", "o", "--days", "0"], ["audit", "x", "--out", "y", "--history-max-runs", "0"]):
         code, _, err = run_cli(*argv)
         assert code == 2, argv
         line = one_line_error(err)
@@ -299,6 +299,9 @@ def test_incremental_history_reaches_change_points(tmp_path: Path, run_cli: Cli)
             code, _, err = run_cli("audit", logs, "--out", tmp_path / "r", "--state", state, "--quiet")
             assert code == 0, err
     cps = pl.read_parquet(tmp_path / "r" / "changepoints.parquet")
+    # the history starts 90 days before the night's first run (the fleet is far below the run cap)
+    since = json.loads((tmp_path / "r" / "summary.json").read_text())["history_since"]
+    assert since.startswith(days_ts(13 - 90).date().isoformat() + "T"), since
     hit = cps.filter((pl.col("series") == "agent=billing") & pl.col("metric").str.starts_with("steps"))
     assert hit.height >= 1, cps
     assert abs((hit["ts"].min() - days_ts(10)).days) <= 2

@@ -183,5 +183,30 @@ def test_not_a_database_and_locked_database_are_input_errors(tmp_path: Path) -> 
         proc.wait()
 
 
+def test_history_window_keeps_the_most_recent_whole_days_that_fit(state: AuditState) -> None:
+    # days 0..4 with 3, 4, 5, 6, 7 runs (25 runs), and the current audit's run
+    feats = pl.concat([features([f"d{d}-{i}" for i in range(3 + d)], day=d) for d in range(5)]
+                      + [features(["cur"], day=4)])
+    state.record(audit={"audit_id": "1"}, per_run={"features": feats}, fleet={}, run_ids=feats["run_id"])
+    cur = pl.Series(["cur"])
+    assert state.history_window(exclude_run_ids=cur, since=T0) == (T0, 25)
+    assert state.history_window(exclude_run_ids=cur, since=T0, max_runs=25) == (T0, 25)
+    assert state.history_window(exclude_run_ids=cur, since=T0, max_runs=None) == (T0, 25)
+    # 20 runs at most: days 2..4 (5 + 6 + 7 = 18); day 1 would make 22
+    start, n = state.history_window(exclude_run_ids=cur, since=T0, max_runs=20)
+    assert (start, n) == (T0 + timedelta(days=2), 18)
+    hist = state.history(exclude_run_ids=cur, since=start)
+    assert hist["features"].height == 18 and hist["features"]["first_ts"].min() == T0 + timedelta(days=2)
+    # a later `since` is kept when it fits already
+    assert state.history_window(exclude_run_ids=cur, since=T0 + timedelta(days=3), max_runs=20) == (
+        T0 + timedelta(days=3), 13)
+    # the latest day alone holds more than max_runs: its most recent runs
+    start, n = state.history_window(exclude_run_ids=cur, since=T0, max_runs=4)
+    assert n == 4 and start == T0 + timedelta(days=4, minutes=2, microseconds=1)
+    assert state.history(exclude_run_ids=cur, since=start)["features"]["run_id"].to_list() == [
+        f"d4-{i}" for i in range(3, 7)]
+    assert AuditState(state.path.parent / "empty.duckdb").history_window(since=T0, max_runs=1) == (T0, 0)
+
+
 def test_table_keys_cover_the_history_tables_of_the_issue() -> None:
     assert {"runs", "loops", "changepoints", "drift", "violations", "audits"} <= set(TABLE_KEYS)
