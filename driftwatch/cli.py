@@ -94,9 +94,9 @@ def _build_parser() -> _Parser:
                         "fits in memory, else 2M rows each)")
     a.add_argument("--history-days", type=_positive_float, default=90.0, metavar="DAYS",
                    help="incremental mode: days of history the fleet stage sees (default: 90)")
-    a.add_argument("--history-max-runs", type=_positive_int, default=5_000_000, metavar="N",
+    a.add_argument("--history-max-runs", type=_positive_int, default=3_000_000, metavar="N",
                    help="incremental mode: the most history runs loaded; on a busier fleet only the most "
-                        "recent whole days that fit (default: 5000000)")
+                        "recent whole days that fit (default: 3000000)")
 
     v = sub.add_parser("validate", help="check the schema and summarise rejected rows",
                        description="Read the logs, check the schema and summarise rejected rows.")

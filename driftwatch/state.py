@@ -461,21 +461,29 @@ class AuditState:
         dict of str to polars.DataFrame
             Missing tables are absent from the dict.
         """
+        return dict(self.iter_history(exclude_run_ids=exclude_run_ids, since=since))
+
+    def iter_history(
+        self, *, exclude_run_ids: pl.Series | None = None, since: datetime | None = None
+    ) -> Iterator[tuple[str, pl.DataFrame]]:
+        """:meth:`history` one ``(name, table)`` at a time, each read when the one before has
+        been taken: a caller that merges and releases each table holds one raw history table
+        at a time, not all of them (the audit's fleet stage on a long history)."""
         existing = set(self.tables())
         if "features" not in existing:
-            return {}
+            return
         with self._history_filter(exclude_run_ids, since) as (where, params):
             self.con.execute(
                 f"CREATE OR REPLACE TEMP TABLE _dw_keep AS SELECT f.run_id FROM features f{where}", params
             )
-            out: dict[str, pl.DataFrame] = {}
-            for name in PER_RUN_TABLES:
-                if name in existing:
-                    out[name] = self._query(
-                        f"SELECT t.* FROM {_table(name)} t SEMI JOIN _dw_keep USING (run_id) ORDER BY t.run_id"
-                    )
-            self.con.execute("DROP TABLE _dw_keep")
-        return out
+            try:
+                for name in PER_RUN_TABLES:
+                    if name in existing:
+                        yield name, self._query(
+                            f"SELECT t.* FROM {_table(name)} t SEMI JOIN _dw_keep USING (run_id) ORDER BY t.run_id"
+                        )
+            finally:
+                self.con.execute("DROP TABLE IF EXISTS _dw_keep")
 
     def history_window(
         self, *, exclude_run_ids: pl.Series | None = None, since: datetime | None = None,

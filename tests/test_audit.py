@@ -881,6 +881,25 @@ def test_incremental_audit_in_row_ranges(fleet: synth.Fleet, tmp_path: Path, mon
 
 
 
+def test_history_merged_table_by_table_equals_the_concat(fleet: synth.Fleet) -> None:
+    """The incremental audit merges each history table with this audit's as it is read; the
+    result is RunTables.concat's, counts kept compact (the history comes with String labels and
+    an ``agent`` column, as from DuckDB)."""
+    import importlib
+
+    mod = importlib.import_module("driftwatch.audit")
+    ev = fleet.events.filter(pl.col("ts") < datetime(2026, 10, 5, tzinfo=UTC))
+    old_runs = pl.col("ts").min().over("run_id") < datetime(2026, 10, 3, tzinfo=UTC)
+    hist, new = run_stage(ev.filter(old_runs)), run_stage(ev.filter(~old_runs))
+    hist.examples = pl.DataFrame()  # the history keeps no example events
+    want = RunTables.concat([hist, new])
+    raw = {n: f for n, f in hist.frames().items() if n != "examples"}
+    raw["action_counts"] = raw["action_counts"].with_columns(pl.col("action").cast(pl.String), pl.lit("a").alias("agent"))
+    merged = {n: mod._merge_history(n, raw.get(n), new) for n in mod.RUN_TABLE_KEYS}
+    for name, frame in want.frames().items():
+        assert_frame_equal(merged[name], frame), name
+
+
 def test_incremental_history_is_capped_by_runs(fleet: synth.Fleet, tmp_path: Path) -> None:
     """On a busy fleet the history the fleet stage loads is the most recent whole days that fit
     in ``history_max_runs``, said in the progress and in ``stats["history_since"]``; within
