@@ -194,9 +194,20 @@ def _is_parquet_name(name: str) -> bool:
 
 
 def _walk(folder: str) -> list[str]:
+    """Parquet files under ``folder``, in sorted order. Symbolic links to folders are followed
+    (partitions linked in from elsewhere), each real folder once, so a link cycle ends."""
     out: list[str] = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
+    seen = {os.path.realpath(folder)}
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        keep = []
+        for d in sorted(dirs):
+            if d.startswith((".", "_")):
+                continue
+            real = os.path.realpath(os.path.join(root, d))
+            if real not in seen:
+                seen.add(real)
+                keep.append(d)
+        dirs[:] = keep
         out.extend(os.path.join(root, f) for f in sorted(files) if _is_parquet_name(f))
     return out
 
@@ -205,9 +216,10 @@ def resolve_sources(source: Any) -> list[str]:
     """Expand ``source`` (path, folder, glob or a list of them) into absolute Parquet file paths.
 
     Folders are searched recursively for ``*.parquet`` (``.parq``, ``.pq``), skipping hidden
-    and ``_``-prefixed entries (``_SUCCESS``, ``.crc``); files named explicitly are taken
-    whatever their suffix. Order: each item in turn, sorted within a folder or glob;
-    duplicates are read once.
+    and ``_``-prefixed entries (``_SUCCESS``, ``.crc``) and following symbolic links to
+    folders (each real folder once, under its first name in sorted order: a link cycle
+    ends); files named explicitly are taken whatever their
+    suffix. Order: each item in turn, sorted within a folder or glob; duplicates are read once.
 
     Raises
     ------

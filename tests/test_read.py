@@ -232,6 +232,24 @@ def test_sources_files_globs_lists_and_dedupe(tmp_path: Path) -> None:
     assert [Path(p).name for p in res.stats.paths] == ["two.parquet", "one.parquet"]
 
 
+def test_symlinked_partition_folders_are_read_once(tmp_path: Path) -> None:
+    """Partitions linked in from elsewhere are followed; a link back up (a cycle) and two links to
+    one folder do not repeat anything."""
+    store = tmp_path / "store"
+    _write(_canon(2, run="a"), store / "date=2026-11-01" / "part-0.parquet")
+    _write(_canon(3, run="b"), store / "date=2026-11-02" / "part-0.parquet")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "date=2026-11-01").symlink_to(store / "date=2026-11-01", target_is_directory=True)
+    (logs / "date=2026-11-02").symlink_to(store / "date=2026-11-02", target_is_directory=True)
+    (logs / "again").symlink_to(store / "date=2026-11-02", target_is_directory=True)
+    (logs / "date=2026-11-01" / "loop").symlink_to(logs, target_is_directory=True)
+    found = resolve_sources(logs)  # each real folder under its first name in sorted order
+    assert [Path(p).parent.name for p in found] == ["again", "date=2026-11-01"]
+    res = read_logs(logs)
+    assert res.stats.files == 2 and res.stats.rows_valid == 5
+
+
 def test_hive_partitions_fill_agent_and_prune(tmp_path: Path) -> None:
     for agent in ("alpha", "beta"):
         for day in ("2026-11-01", "2026-11-02"):
