@@ -208,5 +208,21 @@ def test_history_window_keeps_the_most_recent_whole_days_that_fit(state: AuditSt
     assert AuditState(state.path.parent / "empty.duckdb").history_window(since=T0, max_runs=1) == (T0, 0)
 
 
+def test_the_state_connection_has_a_memory_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DuckDB's own default is 80% of RAM, and it keeps the pages an audit writes."""
+    import driftwatch.state as state_mod
+
+    def limit(st: AuditState) -> str:
+        return st.con.sql("SELECT current_setting('memory_limit')").fetchall()[0][0]
+
+    st = AuditState(tmp_path / "a.duckdb")
+    assert limit(st) == "976.5 MiB"  # 1024 MB
+    st.close()
+    monkeypatch.setattr(state_mod, "STATE_MEMORY_LIMIT_MB", 512)
+    st = AuditState(tmp_path / "a.duckdb")
+    assert limit(st) == "488.2 MiB"
+    st.close()
+
+
 def test_table_keys_cover_the_history_tables_of_the_issue() -> None:
     assert {"runs", "loops", "changepoints", "drift", "violations", "audits"} <= set(TABLE_KEYS)
