@@ -1142,13 +1142,15 @@ def _merge_loops(tools: dict[str, Any] | None, llm: dict[str, Any] | None) -> di
     whose steps all lie in the waste of a tool loop matched on signatures (after its first
     cycle) is part of that loop, and is dropped: its waste is counted there. (Inside an
     action-level loop it is kept: it is the stronger finding.)"""
-    if tools is not None and llm is not None:
-        sig = (tools["match"] != "action").to_numpy()
-        waste_from = tools["_waste_row"][sig]
+    sig = (tools["match"] != "action").to_numpy() if tools is not None else np.zeros(0, bool)
+    if llm is not None and sig.any():
+        # the signature-level tool loops' waste [first row after the first cycle, end row],
+        # sorted by its start, with the furthest end reached so far
+        waste_from = tools["_waste_row"][sig]  # type: ignore[index]
         by_from = np.argsort(waste_from, kind="stable")
-        reach = np.maximum.accumulate(tools["_end_row"][sig][by_from]) if sig.any() else np.zeros(0, np.int64)
+        reach = np.maximum.accumulate(tools["_end_row"][sig][by_from])  # type: ignore[index]
         i = np.searchsorted(waste_from[by_from], llm["_start_row"], side="right") - 1
-        inside = (i >= 0) & (reach[np.maximum(i, 0)] >= llm["_end_row"]) if sig.any() else np.zeros(i.size, bool)
+        inside = (i >= 0) & (reach[np.maximum(i, 0)] >= llm["_end_row"])
         if inside.all():
             llm = None
         elif inside.any():
