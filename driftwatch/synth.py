@@ -945,7 +945,8 @@ def _repeat_llm_calls(
     label[sel] = np.where(mode == "sampling", "llm_sampling", np.char.add("loop:llm_", mode.astype(str)))
     c = copies[sel]
     info = pl.DataFrame({
-        "run_id": [f"r{d:04d}-{r:06d}" for r in sel.tolist()],
+        "run_id": pl.select(pl.format("r{}-{}", pl.lit(f"{d:04d}"), pl.lit(pl.Series(sel)).cast(pl.String)
+                                      .str.zfill(6))).to_series(),
         "_s": 2 * turn[sel] + 1,
         "_c": c,
         "_mode": mode.tolist(),
@@ -954,7 +955,7 @@ def _repeat_llm_calls(
     base = ev.join(info, on="run_id", how="inner").filter(pl.col("step") == pl.col("_s")).sort("run_id")
     at = np.repeat(np.arange(base.height), base["_c"].to_numpy())
     i = np.arange(at.size) - np.repeat(np.cumsum(base["_c"].to_numpy()) - base["_c"].to_numpy(), base["_c"].to_numpy())
-    row = np.searchsorted(sel, np.array([int(r[-6:]) for r in base["run_id"].to_list()]))[at]
+    row = np.searchsorted(sel, base["run_id"].str.slice(-6).cast(pl.Int64).to_numpy())[at]
     err = pl.col("_mode") == "error_retry"
     et = pl.lit(list(_ERROR_TYPES), dtype=pl.List(pl.String)).list.get(pl.col("_et"))
     cp = base[at].with_columns(
