@@ -62,6 +62,15 @@ from driftwatch.schema import CANONICAL_SCHEMA, LLM_ACTION
 LoopKind = Literal["exact", "near_duplicate", "error_retry", "handoff"]
 _LOOP_KINDS: tuple[str, ...] = ("exact", "near_duplicate", "error_retry", "handoff")
 _ERROR_TYPES = ("TimeoutError", "RateLimitError", "UpstreamHTTP500")
+#: Columns of the ``loops`` and ``benign`` truth tables.
+_LOOPS_TRUTH_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.String(), "agent": pl.String(), "kind": pl.String(), "pattern": pl.String(), "period": pl.Int64(),
+    "period_steps": pl.Int64(), "repeats": pl.Int64(), "start_step": pl.Int64(), "end_step": pl.Int64(),
+}
+_BENIGN_TRUTH_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.String(), "agent": pl.String(), "kind": pl.String(), "action": pl.String(),
+    "start_step": pl.Int64(), "end_step": pl.Int64(),
+}
 
 
 @dataclass(frozen=True)
@@ -881,9 +890,7 @@ def _generate_day(
             "start_step": 2 * pre[lp] + 1,
             "end_step": 2 * (pre[lp] + period[lp] * repeats[lp]),
         },
-        schema={"run_id": pl.String, "agent": pl.String, "kind": pl.String, "pattern": pl.String,
-                "period": pl.Int64, "period_steps": pl.Int64, "repeats": pl.Int64, "start_step": pl.Int64,
-                "end_step": pl.Int64},
+        schema=_LOOPS_TRUTH_SCHEMA,
     )
     bn = np.flatnonzero(is_pag | is_poll)
     benign_truth = pl.DataFrame(
@@ -895,8 +902,7 @@ def _generate_day(
             "start_step": 2 * pre[bn] + 1,
             "end_step": 2 * (pre[bn] + ben_len[bn]),
         },
-        schema={"run_id": pl.String, "agent": pl.String, "kind": pl.String, "action": pl.String,
-                "start_step": pl.Int64, "end_step": pl.Int64},
+        schema=_BENIGN_TRUTH_SCHEMA,
     )
     if llm_rep.loops.height:
         loops_truth = pl.concat([loops_truth, llm_rep.loops]).sort("run_id", maintain_order=True)
@@ -934,13 +940,9 @@ def _repeat_llm_calls(
     lat = rr.uniform(1500, 5000, (n_runs, 9))
     label = np.full(n_runs, None, dtype=object)
     sel = np.flatnonzero(retry | sampling)
-    empty_loops = pl.DataFrame(schema={"run_id": pl.String, "agent": pl.String, "kind": pl.String,
-                                       "pattern": pl.String, "period": pl.Int64, "period_steps": pl.Int64,
-                                       "repeats": pl.Int64, "start_step": pl.Int64, "end_step": pl.Int64})
-    empty_benign = pl.DataFrame(schema={"run_id": pl.String, "agent": pl.String, "kind": pl.String,
-                                        "action": pl.String, "start_step": pl.Int64, "end_step": pl.Int64})
     if sel.size == 0 or kind is None:
-        return ev, _LlmRepeats(label, empty_loops, empty_benign)
+        return ev, _LlmRepeats(label, pl.DataFrame(schema=_LOOPS_TRUTH_SCHEMA),
+                               pl.DataFrame(schema=_BENIGN_TRUTH_SCHEMA))
     mode = np.where(sampling[sel], "sampling", kind[sel].astype(str))  # exact | error_retry | sampling
     label[sel] = np.where(mode == "sampling", "llm_sampling", np.char.add("loop:llm_", mode.astype(str)))
     c = copies[sel]
@@ -952,13 +954,13 @@ def _repeat_llm_calls(
         "_mode": mode.tolist(),
     })
     # the copies: the original step repeated, i = 0..c-1, each with its own draws
+    # (one row per selected run; run ids sort as the run numbers do, so row b is run sel[b])
     base = ev.join(info, on="run_id", how="inner").filter(pl.col("step") == pl.col("_s")).sort("run_id")
-    at = np.repeat(np.arange(base.height), base["_c"].to_numpy())
-    i = np.arange(at.size) - np.repeat(np.cumsum(base["_c"].to_numpy()) - base["_c"].to_numpy(), base["_c"].to_numpy())
-    row = np.searchsorted(sel, base["run_id"].str.slice(-6).cast(pl.Int64).to_numpy())[at]
+    row = np.repeat(np.arange(base.height), c)  # the run of every copy
+    i = np.arange(row.size) - np.repeat(np.cumsum(c) - c, c)  # the copy's number within its run
     err = pl.col("_mode") == "error_retry"
     et = pl.lit(list(_ERROR_TYPES), dtype=pl.List(pl.String)).list.get(pl.col("_et"))
-    cp = base[at].with_columns(
+    cp = base[row].with_columns(
         pl.Series("_i", i), pl.Series("_tok", tok[sel][row, i]), pl.Series("_et", errtype[sel][row, i]),
         pl.Series("_lat", lat[sel][row, i]),
     ).with_columns(
@@ -1003,7 +1005,7 @@ def _repeat_llm_calls(
         "repeats": n_copies[is_retry],
         "start_step": start[is_retry],
         "end_step": start[is_retry] + n_copies[is_retry] - 1,  # the copies; the original reply differs
-    }, schema=empty_loops.schema)
+    }, schema=_LOOPS_TRUTH_SCHEMA)
     benign = pl.DataFrame({
         "run_id": base["run_id"].filter(pl.Series(~is_retry)),
         "agent": agent.filter(pl.Series(~is_retry)),
@@ -1011,7 +1013,7 @@ def _repeat_llm_calls(
         "action": [LLM_ACTION] * int((~is_retry).sum()),
         "start_step": start[~is_retry],
         "end_step": start[~is_retry] + n_copies[~is_retry],  # copies and original: one prompt
-    }, schema=empty_benign.schema)
+    }, schema=_BENIGN_TRUTH_SCHEMA)
     return out.cast(CANONICAL_SCHEMA), _LlmRepeats(label, loops, benign)  # type: ignore[arg-type]
 
 
