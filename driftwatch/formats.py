@@ -308,8 +308,12 @@ def _text(schema: Mapping[str, pl.DataType], col: str | None, where: str) -> pl.
 
 
 def _id(schema: Mapping[str, pl.DataType], col: str | None, where: str) -> pl.Expr:
-    """A span / trace id as text; empty strings and all-zero ids (OTLP 'no parent') are null."""
-    e = _text(schema, col, where).str.strip_chars()
+    """A span / trace id as text; empty strings and all-zero ids (OTLP 'no parent') are null.
+    Binary ids are always hex (never read as text, even when their bytes happen to be)."""
+    if col is not None and schema[col] == pl.Binary:
+        e = pl.col(col).bin.encode("hex")
+    else:
+        e = _text(schema, col, where).str.strip_chars()
     return pl.when((e == "") | e.str.contains(r"^0+$")).then(None).otherwise(e)
 
 

@@ -202,13 +202,50 @@ def json_text(expr: pl.Expr) -> pl.Expr:
     return pl.when(expr.is_null()).then(None).otherwise(text)
 
 
+_CONT = "[89ab][0-9a-f]"  # a UTF-8 continuation byte (80-BF), in hex
+#: A whole hex-encoded value that is valid UTF-8 (the byte ranges of RFC 3629, section 4:
+#: no overlong forms, no surrogates, nothing above U+10FFFF), one character at a time, with
+#: no ASCII control character but tab, line feed and carriage return (so that random id
+#: bytes, 16 of them printable by chance about once in 10 million ids, keep their hex form).
+UTF8_AS_HEX_RE = (
+    "^(?:0[9ad]|[2-6][0-9a-f]|7[0-9a-e]"
+    f"|(?:c[2-9a-f]|d[0-9a-f]){_CONT}"
+    f"|e0[ab][0-9a-f]{_CONT}|(?:e[1-9a-c]|e[ef]){_CONT}{_CONT}|ed[89][0-9a-f]{_CONT}"
+    f"|f0(?:9[0-9a-f]|[ab][0-9a-f]){_CONT}{_CONT}|f[1-3]{_CONT}{_CONT}{_CONT}|f48[0-9a-f]{_CONT}{_CONT}"
+    ")*$"
+)
+
+
+def binary_text(expr: pl.Expr) -> pl.Expr:
+    """Binary values as text: decoded where valid UTF-8 text, hex-encoded where not.
+
+    Writers that leave out Parquet's UTF-8 annotation (Impala, some Hive and Go
+    writers) store text as plain binary: a status ``b"ok"`` must read ``ok``, not
+    ``6f6b``. Raw ids and hashes (control bytes, invalid UTF-8) keep their hex form.
+    Polars cannot decode invalid UTF-8 leniently, so validity is checked on the hex
+    text, and only the valid values are decoded (from it).
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> s = pl.Series("x", [b"ok", b"caf\xc3\xa9", b"\xff\x01", None])
+    >>> s.to_frame().select(binary_text(pl.col("x")))["x"].to_list()
+    ['ok', 'café', 'ff01', None]
+    """
+    hexed = expr.bin.encode("hex")
+    valid = hexed.str.contains(UTF8_AS_HEX_RE)
+    decoded = pl.when(valid).then(hexed).str.decode("hex").cast(pl.String)
+    return pl.when(valid).then(decoded).otherwise(hexed)
+
+
 def to_text(expr: pl.Expr, dtype: pl.DataType, *, where: str = "events", col: str = "column",
             nested_ok: bool = True) -> Conversion:
     """Convert ``expr`` of ``dtype`` to ``Utf8``.
 
     Text passes through, categoricals and numbers are cast, binary values are
-    hex-encoded (Parquet columns without a UTF-8 annotation), and lists/structs
-    become compact JSON when ``nested_ok``.
+    decoded where they are valid UTF-8 (text written without Parquet's UTF-8
+    annotation) and hex-encoded where not (raw ids, hashes; see :func:`binary_text`),
+    and lists/structs become compact JSON when ``nested_ok``.
     """
     if dtype == pl.String:
         return Conversion(expr)
@@ -219,7 +256,7 @@ def to_text(expr: pl.Expr, dtype: pl.DataType, *, where: str = "events", col: st
     if dtype.is_temporal():
         return Conversion(expr.cast(pl.String))
     if dtype == pl.Binary:
-        return Conversion(expr.bin.encode("hex"))
+        return Conversion(binary_text(expr))
     if _is_nested(dtype) and nested_ok:
         return Conversion(json_text(expr))
     raise _type_error(where, col, dtype, "text (Utf8)")

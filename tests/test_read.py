@@ -638,3 +638,25 @@ def test_slicer_only_for_row_by_row_input(tmp_path: Path) -> None:
     assert read_logs(SAMPLES / "fleet" / "events").slicer is not None
     no_step = _write(_canon().drop("step"), tmp_path / "a.parquet")
     assert read_logs(no_step).slicer is None
+
+
+@pytest.mark.parametrize("engine", ["polars", "duckdb"])
+def test_text_written_as_plain_binary_reads_as_text(tmp_path: Path, engine: str) -> None:
+    """Writers that leave out Parquet's UTF-8 annotation (Impala, some Go and Hive writers)
+    store every text column as plain binary: it must read as the text it is, or the status is
+    rejected and a destructive call evades the policy."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    text = {"run_id": ["run-1"] * 3, "step": [1, 2, 3], "action": ["search", "delete_invoice", "llm"],
+            "status": ["ok", "error", "ok"], "args": ['{"q": "café"}', None, "line\nbreak"]}
+    binary = {k: pa.array([None if v is None else v.encode() for v in vals], pa.binary()) if k != "step" else vals
+              for k, vals in text.items()}
+    pq.write_table(pa.table(binary), tmp_path / "binary.parquet")
+    assert pq.read_schema(tmp_path / "binary.parquet").field("action").type == pa.binary()
+    got = read_logs(tmp_path / "binary.parquet", engine=engine)
+    assert got.stats["rows_rejected"] == 0
+    events = got.events.collect()
+    for col, vals in text.items():
+        assert events[col].to_list() == vals, col
+    assert dw.check_policy(events, dw.Policy())["rule"].to_list() == ["unapproved_action"]  # delete tier
