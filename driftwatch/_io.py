@@ -239,10 +239,10 @@ def _alive(pid: int) -> bool:
 def check_replaceable(path: str | os.PathLike[str], *, expected: Collection[str] = ()) -> None:
     """Raise :class:`InvalidParameterError` unless ``path`` may be replaced as a whole.
 
-    A folder may be replaced when it does not exist, is empty, carries the
-    :data:`MARKER` of an earlier driftwatch write, or holds only names in
-    ``expected``. Anything else (``--out .``, a folder of the user's own files)
-    is refused rather than deleted.
+    A folder may be replaced when it does not exist or holds nothing but names in
+    ``expected`` and the :data:`MARKER` of an earlier driftwatch write. Anything else
+    (``--out .``, a folder of the user's own files, an earlier results folder the user
+    added notes to) is refused rather than deleted.
     """
     dest = Path(path)
     if not dest.exists():
@@ -253,11 +253,17 @@ def check_replaceable(path: str | os.PathLike[str], *, expected: Collection[str]
             "(choose a new or an earlier results folder)"
         )
     names = {p.name for p in dest.iterdir()}
-    if not names or MARKER in names or names <= set(expected):
+    foreign = sorted(names - set(expected) - {MARKER})
+    if not foreign:
         return
-    foreign = sorted(names - set(expected))[:5]
+    shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+    if MARKER in names:  # an earlier results folder, with the user's own files added since
+        raise InvalidParameterError(
+            f"{dest}: earlier results folder now also holds files driftwatch did not write ({shown}); "
+            "the results folder is replaced as a whole, so move them out or choose another folder for --out"
+        )
     raise InvalidParameterError(
-        f"{dest}: folder holds files that are not driftwatch results ({', '.join(foreign)}); "
+        f"{dest}: folder holds files that are not driftwatch results ({shown}); "
         "the results folder is replaced as a whole, so choose a new or empty folder for --out"
     )
 

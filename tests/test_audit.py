@@ -670,6 +670,21 @@ def test_write_refuses_a_folder_of_other_files(result: AuditResult, tmp_path: Pa
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+def test_write_refuses_an_earlier_results_folder_with_the_users_own_files(result: AuditResult, tmp_path: Path) -> None:
+    """The marker says the folder was driftwatch's, not that everything in it still is."""
+    out = tmp_path / "report"
+    result.write(out)
+    (out / "notes.txt").write_text("mine")
+    (out / "mine").mkdir()
+    with pytest.raises(InvalidParameterError, match=r"also holds files driftwatch did not write \(mine, notes.txt\)"):
+        result.write(out)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "mine").is_dir()
+    (out / "notes.txt").unlink()
+    (out / "mine").rmdir()
+    result.write(out)  # an earlier results folder alone is replaced
+    assert (out / "runs.parquet").exists()
+
+
 def test_failure_while_writing_keeps_previous_results(
     result: AuditResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
