@@ -275,6 +275,20 @@ def test_incremental_audit_appends_only_new_runs(small_fleet_dir: Path, tmp_path
     assert again["audits"] == 3 and again["files"] == 22
 
 
+def test_incremental_audit_refuses_a_time_window(small_fleet_dir: Path, tmp_path: Path, run_cli: Cli) -> None:
+    """The state records whole files as audited: with --since/--until the rows of those files
+    outside the window would never be audited by a later run."""
+    db = tmp_path / "audit.duckdb"
+    for window in (["--since", "2026-10-03"], ["--until", "2026-10-04"]):
+        code, out, err = run_cli("audit", small_fleet_dir / "events", "--out", tmp_path / "r", "--db", db, *window)
+        assert code == 2 and "cannot be combined with an incremental audit" in err, (out, err)
+        assert "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+    if db.exists():  # nothing recorded
+        with duckdb.connect(str(db), read_only=True) as con:
+            assert "files" not in {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
+
+
 def history_counts(db: Path) -> dict[str, int]:
     with duckdb.connect(str(db), read_only=True) as con:
         out = {t: con.execute(f"select count(*) from {t}").fetchone()[0]
