@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import polars as pl
@@ -112,7 +113,8 @@ REJECT_REASONS: dict[str, str] = {
     "wrapper, or a span without a GenAI operation (OTel / OpenInference input only)",
     "null_run_id": "run_id is null or blank",
     "null_action": "action is null or blank",
-    "bad_ts": "ts is present but is not a timestamp (unparseable text, out-of-range number)",
+    "bad_ts": "ts is present but is not a timestamp (unparseable text, out-of-range number) or lies "
+    "outside 1970-01-01..9999-12-31",
     "null_step": "the input has a step column but this row's step is null",
     "null_ts": "the input has no step column and this row has no timestamp to order it by",
     "bad_value": "a value that cannot be converted to its canonical type (reported as bad_value:<column>), "
@@ -382,7 +384,25 @@ def _text_to_ts(expr: pl.Expr) -> pl.Expr:
     return pl.coalesce(aware, naive)
 
 
+#: The timestamps an agent's log can hold: from the Unix epoch to the end of year 9999 (the
+#: last a Python ``datetime`` holds). Others are rejected as ``bad_ts``: one event dated in
+#: year 12026 failed the whole audit when its summary was written, and one dated in year 1
+#: made every time series of the fleet span two thousand years.
+TS_MIN = datetime(1970, 1, 1, tzinfo=UTC)
+TS_MAX = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+
+
 def to_ts(expr: pl.Expr, dtype: pl.DataType, *, where: str = "events", col: str = "ts") -> Conversion:
+    """:func:`_any_ts`, with timestamps outside ``[TS_MIN, TS_MAX]`` flagged (value null)."""
+    conv = _any_ts(expr, dtype, where=where, col=col)
+    if dtype == pl.Null:
+        return conv
+    inside = conv.value.is_between(pl.lit(TS_MIN, dtype=TS_DTYPE), pl.lit(TS_MAX, dtype=TS_DTYPE))
+    outside = conv.value.is_not_null() & ~inside
+    return Conversion(pl.when(inside).then(conv.value), outside if conv.bad is None else conv.bad | outside)
+
+
+def _any_ts(expr: pl.Expr, dtype: pl.DataType, *, where: str = "events", col: str = "ts") -> Conversion:
     """Convert a timestamp column of any common shape to ``Datetime(us, UTC)``.
 
     * ``Datetime`` in any unit; a time zone is converted to UTC, a naive value is taken as UTC;

@@ -129,6 +129,22 @@ def test_unparseable_and_out_of_range_timestamps_are_rejected_with_the_raw_value
     assert conformed(inf, check=True)[s.REASON_COL].item() == "bad_ts"
 
 
+def test_timestamps_outside_1970_to_9999_are_rejected() -> None:
+    """Year 12026 failed a whole audit (Python's datetime ends in 9999); year 1 stretched every
+    time series of the fleet over two thousand years."""
+    text = ["+12026-10-01T00:00:00Z", "0001-01-01T00:00:00Z", "1969-12-31T23:59:59Z",
+            "1970-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "2026-10-01T00:00:00Z"]
+    raw = pl.DataFrame({"run_id": ["r"] * 6, "step": range(1, 7), "action": ["a"] * 6, "ts": text})
+    out = conformed(raw, check=True)
+    assert out[s.REASON_COL].to_list() == ["bad_ts", "bad_ts", "bad_ts", None, None, None]
+    assert out["ts"].to_list()[3:] == [_ts(1970, 1, 1), datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC),
+                                        _ts(2026, 10, 1)]
+    native = raw.with_columns(pl.col("ts").str.to_datetime(strict=False, time_zone="UTC"))
+    native = native.with_columns(pl.when(pl.col("step") == 1).then(pl.datetime(12026, 10, 1, time_zone="UTC"))
+                                 .otherwise(pl.col("ts")).alias("ts"))
+    assert conformed(native, check=True)[s.REASON_COL].to_list() == ["bad_ts", "bad_ts", "bad_ts", None, None, None]
+
+
 def test_every_reason_in_priority_order() -> None:
     raw = pl.DataFrame(
         {
