@@ -20,6 +20,7 @@ from typing import Any
 from driftwatch.errors import (
     CorruptFileError,
     DriftwatchError,
+    EmptyInputError,
     InputError,
     InvalidParameterError,
     NoInputError,
@@ -67,6 +68,7 @@ _LAZY: dict[str, str] = {
 __all__ = [
     "CorruptFileError",
     "DriftwatchError",
+    "EmptyInputError",
     "InputError",
     "InvalidParameterError",
     "NoInputError",

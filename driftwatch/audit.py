@@ -44,7 +44,7 @@ import polars as pl
 
 from driftwatch._frames import as_lazy
 from driftwatch._io import trim_heap
-from driftwatch.errors import CorruptFileError, InvalidParameterError, NoInputError
+from driftwatch.errors import CorruptFileError, EmptyInputError, InvalidParameterError, NoInputError
 from driftwatch.schema import CANONICAL_SCHEMA
 
 if TYPE_CHECKING:
@@ -1872,9 +1872,20 @@ def audit(
 
         # ------------------------------------------------------------ read
         t0 = time.perf_counter()
-        lf, rejected, stats, slicer = _read(
-            source, format=format, engine=engine, since=since_dt, until=until_dt, column_map=column_map
-        )
+        try:
+            lf, rejected, stats, slicer = _read(
+                source, format=format, engine=engine, since=since_dt, until=until_dt, column_map=column_map
+            )
+        except EmptyInputError:
+            if st is None:
+                raise
+            # the new files hold no rows (a quiet day's empty partition): nothing to audit, and
+            # nothing to read again tomorrow
+            st.mark_audited(todo_files, audit_id=_fingerprint([[f.path for f in todo_files], "no rows"]))
+            raise NothingToAudit(
+                f"{_describe(source_or_events)}: the {len(todo_files)} new file(s) hold no rows "
+                f"({len(skipped)} file(s) audited before); nothing to do"
+            ) from None
         timings["read"] = round(time.perf_counter() - t0, 4)
         n_rows = int(stats.get("rows_valid", 0))  # an upper bound with --since/--until: more chunks, same result
         say(

@@ -29,6 +29,10 @@ class NoInputError(InputError):
     """A path or glob matched no file, or the input holds no rows."""
 
 
+class EmptyInputError(NoInputError):
+    """Every file of the input holds zero rows (an incremental audit skips such files)."""
+
+
 class CorruptFileError(InputError):
     """A file is not readable Parquet (truncated, corrupt, or another format)."""
 

@@ -41,6 +41,7 @@ import polars as pl
 from driftwatch.errors import (
     CorruptFileError,
     DriftwatchError,
+    EmptyInputError,
     InputError,
     InvalidParameterError,
     NoInputError,
@@ -969,7 +970,7 @@ def read_logs(
     total = sum(i.rows for i in infos)
     if total == 0:
         where = paths[0] if len(paths) == 1 else f"all {len(paths)} files under {os.path.commonpath(paths)}"
-        raise NoInputError(f"{where}: no rows to read; expected at least one event, found 0 rows")
+        raise EmptyInputError(f"{where}: no rows to read; expected at least one event, found 0 rows")
     unused = [src for src in cmap if not any(src in i.schema or src in i.hive for i in infos)]
     if unused:
         cols = sorted({c for i in infos for c in i.schema})

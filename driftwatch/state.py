@@ -146,6 +146,20 @@ def _arrow(frame: pl.DataFrame) -> Any:
     return frame.to_arrow(compat_level=pl.CompatLevel.newest())
 
 
+def _files_frame(files: Sequence[SourceFile], audit_id: str) -> pl.DataFrame:
+    """The ``files`` table's rows for hashed source files."""
+    return pl.DataFrame(
+        {
+            "path": [f.path for f in files],
+            "size": [f.size for f in files],
+            "mtime_ns": [f.mtime_ns for f in files],
+            "hash": [f.hash for f in files],
+            "audit_id": [audit_id] * len(files),
+        },
+        schema={"path": pl.String, "size": pl.Int64, "mtime_ns": pl.Int64, "hash": pl.String, "audit_id": pl.String},
+    )
+
+
 def _sanitize(frame: pl.DataFrame) -> pl.DataFrame:
     """Make a frame storable: all-null columns become text, nested nulls too."""
     casts = {c: pl.String for c, t in frame.schema.items() if t == pl.Null}
@@ -406,23 +420,14 @@ class AuditState:
                 self._upsert(name, frame, since=fleet_since)
             self._upsert("audits", audit_row)
             if hashed:
-                files_df = pl.DataFrame(
-                    {
-                        "path": [f.path for f in hashed],
-                        "size": [f.size for f in hashed],
-                        "mtime_ns": [f.mtime_ns for f in hashed],
-                        "hash": [f.hash for f in hashed],
-                        "audit_id": [str(audit["audit_id"])] * len(hashed),
-                    },
-                    schema={
-                        "path": pl.String,
-                        "size": pl.Int64,
-                        "mtime_ns": pl.Int64,
-                        "hash": pl.String,
-                        "audit_id": pl.String,
-                    },
-                )
-                self._upsert("files", files_df)
+                self._upsert("files", _files_frame(hashed, str(audit["audit_id"])))
+
+    def mark_audited(self, files: Sequence[SourceFile], *, audit_id: str) -> None:
+        """Remember ``files`` as audited without results (files that hold no rows: a quiet
+        day's empty partition is not read again every night)."""
+        hashed = [f.hashed() for f in files]
+        if hashed:
+            self.upsert("files", _files_frame(hashed, audit_id))
 
     # ------------------------------------------------------------------ reads
     def audited_files(self) -> pl.DataFrame:

@@ -275,6 +275,26 @@ def test_incremental_audit_appends_only_new_runs(small_fleet_dir: Path, tmp_path
     assert again["audits"] == 3 and again["files"] == 22
 
 
+def test_incremental_audit_of_only_empty_new_files_is_nothing_to_do(small_fleet_dir: Path, tmp_path: Path,
+                                                                   run_cli: Cli) -> None:
+    """A quiet day's zero-row partition is not an error at night: exit 0, and it is not read again."""
+    days = sorted((small_fleet_dir / "events").iterdir())
+    logs = tmp_path / "logs"
+    shutil.copytree(days[0], logs / days[0].name)
+    db = tmp_path / "audit.duckdb"
+    assert run_cli("audit", logs, "--out", tmp_path / "r", "--db", db, "--quiet")[0] == 0
+    (logs / "date=2099-01-01").mkdir()
+    pl.read_parquet(next(days[0].glob("*.parquet"))).head(0).write_parquet(logs / "date=2099-01-01" / "part-0.parquet")
+    code, out, err = run_cli("audit", logs, "--out", tmp_path / "r", "--db", db)
+    assert code == 0 and "1 new file(s) hold no rows" in out, (out, err)
+    code, out, err = run_cli("audit", logs, "--out", tmp_path / "r", "--db", db)
+    assert code == 0 and "no new data since the last audit (2 file(s) already audited)" in out, (out, err)
+    assert history_counts(db)["audits"] == 1
+    # without the state an empty input stays an error
+    code, out, err = run_cli("audit", logs / "date=2099-01-01", "--out", tmp_path / "r2")
+    assert code == 2 and "no rows to read" in err
+
+
 def test_incremental_audit_refuses_a_time_window(small_fleet_dir: Path, tmp_path: Path, run_cli: Cli) -> None:
     """The state records whole files as audited: with --since/--until the rows of those files
     outside the window would never be audited by a later run."""
