@@ -146,17 +146,23 @@ def _arrow(frame: pl.DataFrame) -> Any:
     return frame.to_arrow(compat_level=pl.CompatLevel.newest())
 
 
-def _files_frame(files: Sequence[SourceFile], audit_id: str) -> pl.DataFrame:
-    """The ``files`` table's rows for hashed source files."""
+#: The ``files`` table: the source files audited so far (also the sign of a state database).
+FILES_COLUMNS: dict[str, pl.DataType] = {
+    "path": pl.String(), "size": pl.Int64(), "mtime_ns": pl.Int64(), "hash": pl.String(), "audit_id": pl.String(),
+}
+
+
+def _files_frame(files: Sequence[SourceFile], audit_id: str | Sequence[str | None]) -> pl.DataFrame:
+    """The ``files`` table's rows for hashed source files (one audit id, or one per file)."""
     return pl.DataFrame(
         {
             "path": [f.path for f in files],
             "size": [f.size for f in files],
             "mtime_ns": [f.mtime_ns for f in files],
             "hash": [f.hash for f in files],
-            "audit_id": [audit_id] * len(files),
+            "audit_id": [audit_id] * len(files) if isinstance(audit_id, str) else list(audit_id),
         },
-        schema={"path": pl.String, "size": pl.Int64, "mtime_ns": pl.Int64, "hash": pl.String, "audit_id": pl.String},
+        schema=FILES_COLUMNS,
     )
 
 
@@ -195,12 +201,28 @@ class AuditState:
                 "check that no other audit is running and that the file is a driftwatch state DB"
             ) from None
         self.con.execute("SET TimeZone = 'UTC'")
+        self._check_is_state()
         # DuckDB's buffer pool may grow to 80% of RAM, and keeps the pages an audit writes:
         # recording the first audit of 70M events took the process from 5.8 to 8.5 GiB
         self.con.execute(f"SET memory_limit = '{int(STATE_MEMORY_LIMIT_MB)}MB'")
         # (DuckDB's preserve_insertion_order stays on: without it the runs of a 70M-event
         # backlog went in 12 s faster, but the nightly audit after it, reading that history in
         # run order, peaked 0.2-0.3 GiB higher and its recording took longer)
+
+    def _check_is_state(self) -> None:
+        """Refuse a database that holds tables but is not a driftwatch state (its ``files``
+        table is the sign): an audit would add columns and rows to someone else's tables."""
+        tables = self.tables()
+        if not tables:
+            return
+        if "files" in tables and set(FILES_COLUMNS) <= set(self._columns("files")):
+            return
+        self.con.close()
+        shown = ", ".join(tables[:5]) + (f" and {len(tables) - 5} more" if len(tables) > 5 else "")
+        raise InputError(
+            f"{self.path}: not a driftwatch state database (it holds other tables: {shown}); "
+            "choose a new file for --db (or a new folder for --state)"
+        )
 
     @classmethod
     def open(
@@ -434,10 +456,7 @@ class AuditState:
         """``path, size, mtime_ns, hash, audit_id`` of every file audited so far."""
         df = self.table("files")
         if df.width == 0:
-            return pl.DataFrame(
-                schema={"path": pl.String, "size": pl.Int64, "mtime_ns": pl.Int64, "hash": pl.String,
-                        "audit_id": pl.String}
-            )
+            return pl.DataFrame(schema=FILES_COLUMNS)
         return df
 
     def plan(self, files: Sequence[str | os.PathLike[str]]) -> tuple[list[SourceFile], list[SourceFile]]:
@@ -469,18 +488,7 @@ class AuditState:
             return
         known = self.audited_files()
         prev = dict(zip(known["path"].to_list(), known["audit_id"].to_list(), strict=True))
-        df = pl.DataFrame(
-            {
-                "path": [f.path for f in changed],
-                "size": [f.size for f in changed],
-                "mtime_ns": [f.mtime_ns for f in changed],
-                "hash": [f.hash for f in changed],
-                "audit_id": [prev.get(f.path, audit_id) for f in changed],
-            },
-            schema={"path": pl.String, "size": pl.Int64, "mtime_ns": pl.Int64, "hash": pl.String,
-                    "audit_id": pl.String},
-        )
-        self.upsert("files", df)
+        self.upsert("files", _files_frame(changed, [prev.get(f.path, audit_id) for f in changed]))
 
     def history(
         self, *, exclude_run_ids: pl.Series | None = None, since: datetime | None = None

@@ -290,3 +290,23 @@ def test_text_round_trips_through_the_state(state: AuditState) -> None:
     assert got["reasons"].to_list() == frame["reasons"].to_list()
     assert got["level"].cast(pl.String).to_list() == ["ok", "review", "ok", "escalate"]
     assert got["kind"].cast(pl.String).to_list() == ["ok", None, "ok", "escalate"]
+
+
+def test_a_database_of_other_tables_is_refused(tmp_path: Path) -> None:
+    """--db pointed at someone else's DuckDB file must not add columns and rows to their tables."""
+    import duckdb
+
+    db = tmp_path / "theirs.duckdb"
+    with duckdb.connect(str(db)) as con:
+        con.execute("CREATE TABLE runs (x INTEGER)")
+        con.execute("INSERT INTO runs VALUES (42)")
+    with pytest.raises(InputError, match=r"not a driftwatch state database \(it holds other tables: runs\)"):
+        AuditState(db)
+    with duckdb.connect(str(db)) as con:  # untouched, and not left locked
+        assert con.execute("SELECT * FROM runs").fetchall() == [(42,)]
+    # a state, or a state the user added tables to, opens
+    st = AuditState(tmp_path / "ours.duckdb")
+    st.mark_audited([SourceFile.stat(db)], audit_id="A")
+    st.con.execute("CREATE TABLE my_notes (x INTEGER)")
+    st.close()
+    AuditState(tmp_path / "ours.duckdb").close()
