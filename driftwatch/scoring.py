@@ -387,7 +387,7 @@ def _robust_z(f: pl.DataFrame, group: pl.Expr, specs: Sequence[tuple[str, float]
     )
     gid = narrow["_zgroup"].replace_strict(
         med["_zgroup"], pl.int_range(med.height, dtype=pl.UInt32, eager=True), return_dtype=pl.UInt32
-    )
+    ).cast(pl.UInt32)  # (an empty column keeps its own dtype through replace_strict)
     narrow = narrow.select(*names).with_columns(gid.alias("_gid"))
     of_group = _RobustZ._of_group
     mad = (

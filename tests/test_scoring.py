@@ -630,3 +630,11 @@ def test_first_row_per_run_of_a_loop_summary() -> None:
     ):
         expected = messy.unique("run_id", keep="first", maintain_order=True)
         assert_frame_equal(_first_per_run(messy), expected)
+
+
+def test_no_events_score_no_runs(fleet) -> None:
+    """An empty frame (a filter that kept nothing) gives an empty table of the usual columns,
+    as the detectors do, not a Polars error from inside the z-scores."""
+    out = dw.score_runs(fleet.events.head(0))
+    assert out.height == 0
+    assert out.schema == dw.score_runs(fleet.events.head(200)).schema
