@@ -14,7 +14,8 @@ from driftwatch.schema import conform
 
 FrameLike = pl.DataFrame | pl.LazyFrame
 
-_DURATION_RE = re.compile(r"^(\d+)(ns|us|ms|s|m|h|d|w)$")
+_DURATION_PART = r"(\d+)(ns|us|ms|s|m|h|d|w)"
+_DURATION_RE = re.compile(rf"^(?:{_DURATION_PART})+$")
 _UNIT_SECONDS = {
     "ns": 1e-9,
     "us": 1e-6,
@@ -59,13 +60,24 @@ def collect(lf: pl.LazyFrame | pl.DataFrame, *, streaming: bool = False) -> pl.D
     return lf.collect()
 
 
+#: Names ``by`` cannot take: one series per run is no series, and the others name the
+#: columns the series tables are built of.
+_RESERVED_BY = ("run_id", "series", "bucket")
+
+
 def normalize_by(by: str | Sequence[str] | None) -> tuple[str, ...]:
-    """``by`` as a tuple of column names (a bare string is one column)."""
+    """``by`` as a tuple of distinct column names (a bare string is one column)."""
     if by is None:
         return ()
-    if isinstance(by, str):
-        return (by,)
-    return tuple(by)
+    cols = (by,) if isinstance(by, str) else tuple(by)
+    for c in cols:
+        if not isinstance(c, str) or not c:
+            raise InvalidParameterError(f"by (--by) must name columns (non-empty strings), got {by!r}")
+        if c in _RESERVED_BY:
+            raise InvalidParameterError(
+                f"by (--by) cannot group by {c!r}; expected columns such as 'agent' or 'agent,version'"
+            )
+    return tuple(dict.fromkeys(cols))  # (--by agent,agent is agent)
 
 
 def series_expr(by: Sequence[str]) -> pl.Expr:
@@ -88,13 +100,16 @@ def duration_seconds(every: str, *, name: str = "every") -> float:
     """Seconds in a Polars duration string such as ``"1m"``, ``"6h"``, ``"1d"``, ``"1w"``."""
     if not isinstance(every, str):
         raise InvalidParameterError(f"{name} must be a Polars duration string like '1h', got {every!r}")
-    m = _DURATION_RE.match(every.strip())
-    if not m:
+    text = every.strip()
+    if not _DURATION_RE.match(text):
         raise InvalidParameterError(
-            f"{name} must be a Polars duration string such as '1m' (minute), '1h', '1d' or '1w'; "
+            f"{name} must be a Polars duration string such as '1m' (minute), '1h', '1d', '1w' or '1d12h'; "
             f"got {every!r}"
         )
-    return int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    seconds = sum(int(n) * _UNIT_SECONDS[unit] for n, unit in re.findall(_DURATION_PART, text))
+    if seconds <= 0:
+        raise InvalidParameterError(f"{name} must be a positive duration such as '1m' or '1d', got {every!r}")
+    return seconds
 
 
 def duration(every: str, *, name: str = "every") -> timedelta:

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from driftwatch._frames import as_lazy
+from driftwatch._frames import as_lazy, duration_seconds, normalize_by
 from driftwatch._io import trim_heap
 from driftwatch.errors import CorruptFileError, EmptyInputError, InvalidParameterError, NoInputError
 from driftwatch.schema import CANONICAL_SCHEMA
@@ -1810,6 +1810,9 @@ def audit(
     from driftwatch import policy as policy_mod
 
     pol = policy_mod._as_policy(policy)
+    by = normalize_by(by)
+    for name, value in (("every", every), ("drift_every", drift_every), ("load_every", load_every)):
+        duration_seconds(value, name=f"{name} (--{name.replace('_', '-')})")
     say = progress or (lambda _msg: None)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}

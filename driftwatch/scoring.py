@@ -1131,7 +1131,8 @@ class EscalationModel:
                 payload = pickle.load(fh)  # noqa: S301 - documented trust boundary
         except FileNotFoundError as exc:
             raise InputError(f"escalation model {p}: file not found") from exc
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError, TypeError,
+                KeyError, IndexError, MemoryError, RecursionError) as exc:  # (what garbage makes pickle raise)
             raise InputError(f"escalation model {p}: not a readable driftwatch model ({exc})") from exc
         if not isinstance(payload, dict) or payload.get("magic") != _MAGIC or not isinstance(
             payload.get("model"), EscalationModel

@@ -397,7 +397,12 @@ def _check(
             f"got {kinds!r}"
         )
     if isinstance(start, str):
-        t0 = datetime.fromisoformat(start)
+        try:
+            t0 = datetime.fromisoformat(start)
+        except ValueError:
+            raise InvalidParameterError(
+                f"start (--start) must be an ISO-8601 date or time such as 2026-10-01, got {start!r}"
+            ) from None
     elif isinstance(start, datetime):
         t0 = start
     else:

@@ -309,6 +309,28 @@ def test_incremental_audit_refuses_a_time_window(small_fleet_dir: Path, tmp_path
             assert "files" not in {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--every", "0m"], "every (--every) must be a positive duration"),
+        (["--drift-every", "0d"], "drift_every (--drift-every) must be a positive duration"),
+        (["--load-every", "1x"], "load_every (--load-every) must be a Polars duration string"),
+        (["--by", "run_id"], "by (--by) cannot group by 'run_id'"),
+        (["--by", "agent,series"], "by (--by) cannot group by 'series'"),
+    ],
+)
+def test_audit_options_are_checked_with_their_names(small_fleet_dir: Path, tmp_path: Path, run_cli: Cli,
+                                                    args: list[str], message: str) -> None:
+    code, out, err = run_cli("audit", small_fleet_dir / "events", "--out", tmp_path / "r", *args)
+    assert code == 2 and message in err and "unexpected error" not in err, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_generate_checks_its_start(tmp_path: Path, run_cli: Cli) -> None:
+    code, out, err = run_cli("generate", tmp_path / "g", "--start", "notadate")
+    assert code == 2 and "start (--start) must be an ISO-8601 date" in err and "unexpected" not in err, err
+
+
 def history_counts(db: Path) -> dict[str, int]:
     with duckdb.connect(str(db), read_only=True) as con:
         out = {t: con.execute(f"select count(*) from {t}").fetchone()[0]

@@ -467,9 +467,10 @@ def test_model_save_load_and_policy_reference(tmp_path: Path, fleet, model: Esca
 def test_model_load_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="file not found"):
         EscalationModel.load(tmp_path / "missing.pkl")
-    (tmp_path / "junk.pkl").write_bytes(b"not a pickle")
-    with pytest.raises(InputError, match="not a readable driftwatch model"):
-        EscalationModel.load(tmp_path / "junk.pkl")
+    for junk in (b"not a pickle", b"garbage\n", b"\x80\x05K", b"(lp0\nI1\naI2\na."[:-2]):
+        (tmp_path / "junk.pkl").write_bytes(junk)  # pickle raises all sorts of errors on these
+        with pytest.raises(InputError, match="not a readable driftwatch model"):
+            EscalationModel.load(tmp_path / "junk.pkl")
     import pickle
 
     (tmp_path / "other.pkl").write_bytes(pickle.dumps({"a": 1}))
