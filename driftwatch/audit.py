@@ -1205,6 +1205,7 @@ class AuditResult:
             "rows_in": int(stats.get("rows_in", 0)),
             "rows_valid": int(stats.get("rows_valid", 0)),
             "rows_rejected": int(stats.get("rows_rejected", 0)),
+            "rows_analysed": int(stats.get("rows_analysed", stats.get("rows_valid", 0))),
             "files": stats.get("files", 0),
             "runs": int(self.runs.height),
             "levels": levels,
@@ -1933,6 +1934,8 @@ def audit(
                 raise
             raise CorruptFileError(f"{_describe(source_or_events)}: {exc}") from None
         trim_heap()
+        # the rows of the audited runs: rows_valid, less what --since/--until left out
+        stats["rows_analysed"] = int(tables.features["n_steps"].sum() or 0)
         timings["per_run_stage"] = round(time.perf_counter() - t0, 4)
         say(f"per-run stage: {tables.n_runs:,} runs, {tables.loops.height:,} loops ({timings['per_run_stage']:.1f}s)")
         if tables.n_runs == 0:

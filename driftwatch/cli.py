@@ -238,9 +238,14 @@ def _cmd_audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     report = Path(args.out).absolute() / "report.html"
     if not args.quiet:
         s = result.summary()
+        window = (
+            f"{s['rows_analysed']:,} rows in the --since/--until window; "
+            if s.get("since") or s.get("until") else ""
+        )
         print(
-            f"audited {s['runs']:,} runs ({s['rows_valid']:,} of {s['rows_in']:,} rows valid, "
-            f"{s['rows_rejected']:,} rejected): ok {lv['ok']:,}, review {lv['review']:,}, escalate {lv['escalate']:,}",
+            f"audited {s['runs']:,} runs ({window}{s['rows_valid']:,} of {s['rows_in']:,} rows "
+            f"{'read ' if window else ''}valid, {s['rows_rejected']:,} rejected): "
+            f"ok {lv['ok']:,}, review {lv['review']:,}, escalate {lv['escalate']:,}",
             file=out,
         )
         print(

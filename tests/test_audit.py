@@ -580,6 +580,10 @@ def test_window_keeps_whole_runs_by_first_step(fleet: synth.Fleet) -> None:
     steps = fleet.events.filter(pl.col("run_id").is_in(expected["run_id"].implode())).height
     assert res.runs["n_steps"].sum() == steps  # no run cut at the window edge
     assert res.summary()["drift"]["rows"] == 0 and "skipped" in res.notes["drift_reference"]
+    # the counts say how much of what was read the window kept
+    s = res.summary()
+    assert s["rows_analysed"] == steps < s["rows_valid"] == fleet.events.height == s["rows_in"] - s["rows_rejected"]
+    assert audit(fleet.events).summary()["rows_analysed"] == fleet.events.height
     with pytest.raises(NoInputError, match="window"):
         audit(fleet.events, since="2030-01-01")
     with pytest.raises(InvalidParameterError, match="after since"):
