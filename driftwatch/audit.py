@@ -563,6 +563,31 @@ def _reading(fn: Callable[[], Any]) -> Any:
 _READ_FAILED = "reading the events failed"
 
 
+def _locate_read_failure(source: Any) -> str | None:
+    """``"<file>, column '<name>'"`` of the first column of a source file that cannot be
+    decoded (invalid UTF-8 in a text column, a damaged page), or ``None``. Called only after
+    a read failed: it decodes the files column by column until one fails."""
+    if _is_frame(source) or hasattr(source, "events"):
+        return None
+    from driftwatch.read import resolve_sources
+
+    try:
+        paths = resolve_sources(source)
+    except Exception:  # noqa: BLE001 - a diagnosis only: the original error is raised anyway
+        return None
+    for path in paths:
+        try:
+            names = pl.scan_parquet(path).collect_schema().names()
+        except pl.exceptions.PolarsError:
+            return path
+        for name in names:
+            try:
+                pl.scan_parquet(path).select(name).collect()
+            except pl.exceptions.PolarsError:
+                return f"{path}, column {name!r}"
+    return None
+
+
 def _start(pool: ThreadPoolExecutor | None, fn: Callable[[], Any]) -> Future[Any]:
     """``fn`` submitted to ``pool``; without a pool, run here and now (the future is done)."""
     if pool is not None:
@@ -1932,7 +1957,8 @@ def audit(
         except CorruptFileError as exc:
             if not str(exc).startswith(_READ_FAILED):  # the reader's own errors name the file already
                 raise
-            raise CorruptFileError(f"{_describe(source_or_events)}: {exc}") from None
+            where = _locate_read_failure(source) or _describe(source_or_events)
+            raise CorruptFileError(f"{where}: {exc}") from None
         trim_heap()
         # the rows of the audited runs: rows_valid, less what --since/--until left out
         stats["rows_analysed"] = int(tables.features["n_steps"].sum() or 0)

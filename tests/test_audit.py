@@ -967,10 +967,29 @@ def test_damaged_pages_outside_the_checked_columns_name_the_file(
         kw["chunks"] = 2
     if how == "partitioned":
         monkeypatch.setattr(mod, "RANGE_SCATTER_MAX", -1.0)
-    with pytest.raises(CorruptFileError, match=r"bad\.parquet: reading the events failed: "):
+    with pytest.raises(CorruptFileError, match=r"bad\.parquet, column 'args': reading the events failed: "):
         audit(path, out=tmp_path / "out", **kw)
     assert not (tmp_path / "out").exists()
     assert not any(p.name.startswith(".driftwatch-chunks") for p in tmp_path.iterdir())  # no chunk files left
+
+
+def test_invalid_utf8_in_a_text_column_names_the_file_and_the_column(tmp_path: Path) -> None:
+    """A writer that stored invalid UTF-8 in a column annotated as text: Polars refuses the whole
+    read, so the error at least says which file and which column to re-export."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from driftwatch.errors import CorruptFileError
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    good = {"run_id": ["r1"] * 10, "step": list(range(1, 11)), "action": ["search"] * 10,
+            "agent": pa.array([b"billing"] * 10, pa.binary()).view(pa.string())}
+    pq.write_table(pa.table(good), logs / "a.parquet")
+    bad = dict(good, run_id=["r2"] * 10, agent=pa.array([b"billing"] * 9 + [b"\xff\xfe"], pa.binary()).view(pa.string()))
+    pq.write_table(pa.table(bad), logs / "b.parquet")
+    with pytest.raises(CorruptFileError, match=r"b\.parquet, column 'agent': reading the events failed: .*UTF-8"):
+        audit(logs)
 
 
 def test_fleet_stage_flags_sorted_run_ids_only_where_true(fleet: synth.Fleet) -> None:

@@ -135,7 +135,7 @@ def test_bad_input_exits_2_with_one_line(
     cases = {
         "corrupt": (["audit", corrupt, "--out", out], str(corrupt)),
         "damaged args pages": (["audit", damaged_args_log, "--out", out],
-                               f"{damaged_args_log}: reading the events failed"),
+                               f"{damaged_args_log}, column 'args': reading the events failed"),
         "missing column": (["audit", nocol, "--out", out], "action"),
         "empty folder": (["audit", empty, "--out", out], str(empty)),
         "no such path": (["audit", tmp_path / "nope", "--out", out], "nope"),
