@@ -1969,7 +1969,7 @@ def audit(
                 f"{_describe(source_or_events)}: no valid events to audit"
                 + (" in the --since/--until window" if since_dt or until_dt else "")
                 + f" ({stats.get('rows_in', 0)} rows read, {stats.get('rows_rejected', 0)} rejected); "
-                "check the window or rejected.parquet"
+                "check the window, or run driftwatch validate on the source to see why rows were rejected"
             )
 
         # ------------------------------------------------------------ history

@@ -66,6 +66,8 @@ def _build_parser() -> _Parser:
         sp.add_argument("sources", nargs="+", metavar="SOURCE",
                         help="Parquet file, folder (hive partitions too) or glob; several allowed")
         sp.add_argument("--format", choices=FORMATS, default="auto", help="input format (default: auto-detect)")
+        sp.add_argument("--map", action="append", default=[], metavar="SRC=COLUMN",
+                        help="read the input's column SRC as canonical COLUMN (e.g. --map Action=action); repeatable")
 
     a = sub.add_parser("audit", help="run every detector and write the results folder",
                        description="Run every detector over the logs and write the results folder.")
@@ -172,6 +174,19 @@ class _Progress:
             print(f"[{time.perf_counter() - self.t0:6.1f}s] {message}", file=self.stream, flush=True)
 
 
+def _column_map(pairs: list[str]) -> dict[str, str] | None:
+    """``--map SRC=COLUMN`` options as a column map (``None`` when there are none)."""
+    from driftwatch.errors import InvalidParameterError
+
+    out: dict[str, str] = {}
+    for pair in pairs:
+        src, sep, dst = pair.partition("=")
+        if not sep or not src.strip() or not dst.strip():
+            raise InvalidParameterError(f"--map expects SRC=COLUMN (e.g. --map Action=action), got {pair!r}")
+        out[src.strip()] = dst.strip()
+    return out or None
+
+
 def _by(text: str) -> tuple[str, ...]:
     return tuple(c.strip() for c in text.split(",") if c.strip())
 
@@ -217,6 +232,7 @@ def _cmd_audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             until=args.until,
             chunks=_chunks(args.chunks),
             format=args.format,
+            column_map=_column_map(args.map),
             volume_per_day=args.volume_per_day,
             every=args.every,
             drift_every=args.drift_every,
@@ -269,7 +285,7 @@ def _cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from driftwatch.read import read_logs
     from driftwatch.schema import validate_events
 
-    rr = read_logs(_one(args.sources), format=args.format, engine=args.engine)
+    rr = read_logs(_one(args.sources), format=args.format, engine=args.engine, column_map=_column_map(args.map))
     events = rr.events
     validate_events(events, where=", ".join(args.sources))
     st = rr.stats
@@ -301,7 +317,7 @@ def _cmd_loops(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from driftwatch.loops import detect_loops
     from driftwatch.read import read_logs
 
-    rr = read_logs(_one(args.sources), format=args.format)
+    rr = read_logs(_one(args.sources), format=args.format, column_map=_column_map(args.map))
     loops = detect_loops(
         rr.events, max_period=args.max_period, min_repeats=args.min_repeats, fuzzy=not args.no_fuzzy
     )
@@ -331,12 +347,13 @@ def _cmd_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from driftwatch.drift import detect_drift
     from driftwatch.read import read_logs
 
-    rr = read_logs(_one(args.sources), format=args.format)
+    cmap = _column_map(args.map)
+    rr = read_logs(_one(args.sources), format=args.format, column_map=cmap)
     ref: Any = args.reference
     if ".." in ref and not Path(ref).exists():
         ref = parse_reference(ref)
     elif Path(ref).exists():
-        ref = read_logs(ref, format=args.format).events
+        ref = read_logs(ref, format=args.format, column_map=cmap).events
     rows = detect_drift(rr.events, reference=ref, every=args.every, by=_by(args.by))
     if args.out:
         atomic_write_parquet(rows, args.out)

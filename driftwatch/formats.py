@@ -270,7 +270,8 @@ def _adapt_canonical(
     for src, dst in cmap.items():
         if src in schema:  # a source missing from this file leaves the canonical column (if any) in place
             sources[dst] = src
-    check_required(list(sources), where=where + _mapped_hint(schema, cmap))
+    check_required(list(sources), where=where + _mapped_hint(schema, cmap),
+                   found=[c for c in schema if not c.startswith(INTERNAL_PREFIX)])
     exprs = [pl.col(src).alias(dst) for dst, src in sources.items()]
     return lf.select(exprs + _internal(schema))
 

@@ -38,6 +38,7 @@ from zoneinfo import ZoneInfo
 
 import polars as pl
 
+from driftwatch._io import MARKER as RESULTS_MARKER
 from driftwatch.errors import (
     CorruptFileError,
     DriftwatchError,
@@ -209,6 +210,9 @@ def _walk(folder: str) -> list[str]:
                 seen.add(real)
                 keep.append(d)
         dirs[:] = keep
+        if root != folder and RESULTS_MARKER in files:
+            dirs[:] = []  # an audit's results folder inside the logs (--out logs/report): not logs
+            continue
         out.extend(os.path.join(root, f) for f in sorted(files) if _is_parquet_name(f))
     return out
 
@@ -217,7 +221,8 @@ def resolve_sources(source: Any) -> list[str]:
     """Expand ``source`` (path, folder, glob or a list of them) into absolute Parquet file paths.
 
     Folders are searched recursively for ``*.parquet`` (``.parq``, ``.pq``), skipping hidden
-    and ``_``-prefixed entries (``_SUCCESS``, ``.crc``) and following symbolic links to
+    and ``_``-prefixed entries (``_SUCCESS``, ``.crc``) and driftwatch results folders inside
+    them (marked by a ``.driftwatch`` file: ``--out logs/report``), and following symbolic links to
     folders (each real folder once, under its first name in sorted order: a link cycle
     ends); files named explicitly are taken whatever their
     suffix. Order: each item in turn, sorted within a folder or glob; duplicates are read once.

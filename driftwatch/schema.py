@@ -478,15 +478,27 @@ def convert_column(expr: pl.Expr, col: str, dtype: pl.DataType, *, where: str = 
     return _CONVERTERS[type(target)](expr, dtype, where=where, col=col)
 
 
-def check_required(columns: Sequence[str], *, where: str = "events") -> None:
-    """Raise :class:`SchemaError` unless ``run_id``, ``action`` and ``step`` or ``ts`` are present."""
+def check_required(columns: Sequence[str], *, where: str = "events", found: Sequence[str] | None = None) -> None:
+    """Raise :class:`SchemaError` unless ``run_id``, ``action`` and ``step`` or ``ts`` are present.
+
+    ``found``: the input's own column names, when ``columns`` are what was made of them (the
+    message lists them, and points at names that differ from a required one only in case).
+    """
     missing = [c for c in ALWAYS_REQUIRED if c not in columns]
     if "step" not in columns and "ts" not in columns:
         missing.append("step (or ts)")
     if missing:
+        found = list(columns if found is None else found)
+        wanted = [*ALWAYS_REQUIRED, "step", "ts"]
+        near = {c: w for c in found for w in wanted if c != w and c.strip().lower() == w and w not in columns}
+        hint = ""
+        if near:
+            pairs = ", ".join(f"{c!r}: {w!r}" for c, w in near.items())
+            flags = " ".join(f"--map {c}={w}" for c, w in near.items())
+            hint = f" (column names are case-sensitive: rename, or read with column_map={{{pairs}}}; CLI: {flags})"
         raise SchemaError(
             f"{where}: missing required column(s) {missing}; expected at least "
-            f"{list(ALWAYS_REQUIRED)} and step or ts; found {list(columns)}"
+            f"{list(ALWAYS_REQUIRED)} and step or ts; found {found}{hint}"
         )
 
 

@@ -838,7 +838,7 @@ def audit_spark(
             f"{_audit._describe(df) if not isinstance(df, SparkDataFrame) else 'events'}: no valid events to audit"
             + (" in the --since/--until window" if since_dt or until_dt else "")
             + f" ({stage.stats['rows_in']} rows read, {stage.stats['rows_rejected']} rejected); "
-            "check the window or rejected.parquet"
+            "check the window, or run driftwatch validate on the source to see why rows were rejected"
         )
 
     # ---------------------------------------------------------------- fleet stage on the driver

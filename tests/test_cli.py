@@ -326,6 +326,22 @@ def test_audit_options_are_checked_with_their_names(small_fleet_dir: Path, tmp_p
     assert not (tmp_path / "r").exists()
 
 
+def test_map_reads_columns_under_other_names(small_fleet_dir: Path, tmp_path: Path, run_cli: Cli) -> None:
+    """A log whose columns are named in another case: the error says how to map them, --map does."""
+    src = sorted((small_fleet_dir / "events").rglob("*.parquet"))[0]
+    renamed = tmp_path / "Renamed.parquet"
+    pl.read_parquet(src).rename({"action": "Action", "step": "Step"}).write_parquet(renamed)
+    code, out, err = run_cli("validate", renamed)
+    assert code == 2 and "CLI: --map Step=step --map Action=action" in err, err
+    code, out, err = run_cli("audit", renamed, "--out", tmp_path / "r", "--map", "Step=step", "--map", "Action=action",
+                             "--quiet")
+    assert code in (0, 1), err
+    code, direct, err = run_cli("validate", src)
+    code2, mapped, err2 = run_cli("validate", renamed, "--map", "Action=action", "--map", "Step=step")
+    assert code == code2 == 0 and direct.split(":", 1)[1] == mapped.split(":", 1)[1]
+    assert run_cli("validate", renamed, "--map", "Action")[0] == 2
+
+
 def test_generate_checks_its_start(tmp_path: Path, run_cli: Cli) -> None:
     code, out, err = run_cli("generate", tmp_path / "g", "--start", "notadate")
     assert code == 2 and "start (--start) must be an ISO-8601 date" in err and "unexpected" not in err, err

@@ -660,3 +660,18 @@ def test_text_written_as_plain_binary_reads_as_text(tmp_path: Path, engine: str)
     for col, vals in text.items():
         assert events[col].to_list() == vals, col
     assert dw.check_policy(events, dw.Policy())["rule"].to_list() == ["unapproved_action"]  # delete tier
+
+
+def test_a_results_folder_inside_the_logs_is_not_read_as_logs(tmp_path: Path) -> None:
+    """`driftwatch audit logs --out logs/report` twice: the second run must not read the first
+    run's results (runs.parquet, loops.parquet, ...) as logs."""
+    logs = tmp_path / "logs"
+    (logs / "day=1").mkdir(parents=True)
+    pl.DataFrame({"run_id": ["r"], "step": [1], "action": ["a"]}).write_parquet(logs / "day=1" / "part-0.parquet")
+    report = logs / "report"
+    report.mkdir()
+    pl.DataFrame({"run_id": ["r"], "score": [0.5]}).write_parquet(report / "runs.parquet")
+    assert resolve_sources(logs) == [str(logs / "day=1" / "part-0.parquet"), str(report / "runs.parquet")]
+    (report / ".driftwatch").write_text("driftwatch results folder\n")
+    assert resolve_sources(logs) == [str(logs / "day=1" / "part-0.parquet")]
+    assert resolve_sources(report) == [str(report / "runs.parquet")]  # named itself, it is read

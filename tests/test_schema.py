@@ -329,3 +329,10 @@ def test_conform_rejects_non_frames() -> None:
 
     with pytest.raises(InvalidParameterError, match="got dict"):
         s.conform({"run_id": [1]})  # type: ignore[arg-type]
+
+
+def test_a_required_column_in_another_case_is_pointed_at() -> None:
+    with pytest.raises(SchemaError, match=r"found \['run_id', 'Step', 'Action'\] \(column names are case-sensitive: "
+                       r"rename, or read with column_map=\{'Step': 'step', 'Action': 'action'\}; "
+                       r"CLI: --map Step=step --map Action=action\)"):
+        s.check_required(["run_id"], where="f.parquet", found=["run_id", "Step", "Action"])
