@@ -278,10 +278,30 @@ class Fleet:
 
     def write(self, path: str | os.PathLike[str], *, row_group_size: int = 128_000) -> Path:
         """Write ``events/date=YYYY-MM-DD/part-0.parquet`` and ``truth/<name>.parquet`` under ``path``."""
-        root = Path(path)
+        root = _fresh_fleet_dir(path)
         _write_events_by_day(self.events, root / "events", row_group_size=row_group_size)
         _write_truth(self.truth, root / "truth")
         return root
+
+
+def _fresh_fleet_dir(path: str | os.PathLike[str]) -> Path:
+    """``path`` ready for a fleet: new, empty, or an earlier fleet (``events/`` and ``truth/``
+    only), whose files are removed so that no day or truth table of it survives into the
+    new one. Any other content is refused, never deleted."""
+    root = Path(path)
+    if root.exists() and not root.is_dir():
+        raise InvalidParameterError(f"{root}: exists and is not a folder; a fleet is written into a folder")
+    if root.is_dir():
+        names = {p.name for p in root.iterdir()}
+        foreign = sorted(names - {"events", "truth"})
+        if foreign:
+            raise InvalidParameterError(
+                f"{root}: folder holds files that are not a generated fleet ({', '.join(foreign[:5])}); "
+                "a fleet replaces events/ and truth/, so choose a new or empty folder"
+            )
+        for name in names:
+            shutil.rmtree(root / name)
+    return root
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,7 +360,7 @@ def write_fleet(
     ``generate(...).write(path)``.
     """
     sc, t0 = _check(days, runs_per_day, scenario, start)
-    root = Path(path)
+    root = _fresh_fleet_dir(path)
     truths: list[dict[str, pl.DataFrame]] = []
     n_events = 0
     n_runs = 0

@@ -256,3 +256,22 @@ def test_bad_parameters() -> None:
         synth.generate(days=0)
     with pytest.raises(InvalidParameterError, match="nobody"):
         synth.generate(days=2, scenario=synth.Scenario.stable(changepoints=(synth.ChangeSpec("nobody", 1, "error_rate", 2),)))
+
+
+def test_a_fleet_replaces_an_earlier_fleet_and_refuses_other_folders(tmp_path) -> None:
+    """Generating 2 days into a folder that held a 4-day fleet used to leave days 3-4 beside the
+    new truth tables: a mixed fleet whose truth is wrong."""
+    from driftwatch.errors import InvalidParameterError
+
+    root = tmp_path / "fleet"
+    synth.write_fleet(root, days=4, runs_per_day=5, seed=1)
+    synth.write_fleet(root, days=2, runs_per_day=5, seed=2)
+    assert sorted(p.name for p in (root / "events").iterdir()) == ["date=2026-10-01", "date=2026-10-02"]
+    synth.generate(days=1, runs_per_day=5, seed=3).write(root)
+    assert sorted(p.name for p in (root / "events").iterdir()) == ["date=2026-10-01"]
+    (root / "notes.txt").write_text("mine")
+    with pytest.raises(InvalidParameterError, match=r"not a generated fleet \(notes.txt\)"):
+        synth.write_fleet(root, days=1, runs_per_day=5)
+    assert (root / "notes.txt").read_text() == "mine" and (root / "events").is_dir()
+    with pytest.raises(InvalidParameterError, match="is not a folder"):
+        synth.write_fleet(root / "notes.txt", days=1, runs_per_day=5)
