@@ -53,9 +53,18 @@ MAX_TABLE_ROWS = 200
 # --------------------------------------------------------------------------- formatting
 
 
+#: Characters of one logged value the page shows (a 200,000-character action name repeated
+#: over 40 rows made a 12 MB page); the rest is counted, not shown.
+MAX_TEXT_CHARS = 500
+
+
 def e(value: Any) -> str:
-    """HTML-escape anything (quotes too, so it is safe in attributes)."""
-    return html.escape("" if value is None else str(value), quote=True)
+    """HTML-escape anything (quotes too, so it is safe in attributes), cut to
+    :data:`MAX_TEXT_CHARS` characters."""
+    text = "" if value is None else str(value)
+    if len(text) > MAX_TEXT_CHARS:
+        text = f"{text[:MAX_TEXT_CHARS]}… ({len(text) - MAX_TEXT_CHARS:,} more characters)"
+    return html.escape(text, quote=True)
 
 
 def fmt(value: Any, *, digits: int = 3) -> str:

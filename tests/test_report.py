@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -168,3 +169,20 @@ def test_top_tables_pick_the_first_rows_of_the_full_order(xss_result: AuditResul
     assert shown[: min(25, loops.height)] == [report.e(r) for r in worst["run_id"].head(25).to_list()]
     if loops.height > 25:
         assert f"showing 25 of {loops.height:,} rows" in table
+
+
+def test_long_logged_text_is_cut_on_the_page(xss_result: AuditResult, tmp_path: Path) -> None:
+    """A 200,000-character action name in 40 rows made a 12 MB page: each logged value shows
+    its first MAX_TEXT_CHARS characters and how many more there are."""
+    from driftwatch.report import MAX_TEXT_CHARS, e
+
+    huge = "<" + "x" * 199_999
+    cut = e(huge)
+    assert cut.startswith("&lt;" + "x" * (MAX_TEXT_CHARS - 1)) and cut.endswith("… (199,500 more characters)")
+    assert e("short <b>") == "short &lt;b&gt;"
+    loops = xss_result.loops.with_columns(pl.lit(huge).alias("pattern"))
+    long_result = dataclasses.replace(xss_result, loops=loops)
+    long_result.write(tmp_path / "out")
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "199,500 more characters" in page
+    assert len(page) < len(huge)
