@@ -79,6 +79,10 @@ def _replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
     On any error the temporary file is removed and ``path`` is left as it was.
     """
     dest = Path(path)
+    if not str(path).strip():
+        raise InvalidParameterError("the output path is empty; expected a file name such as loops.parquet")
+    if dest.is_dir():
+        raise InvalidParameterError(f"{dest}: is a folder; expected a file name for the output (e.g. {dest / 'out.parquet'})")
     tmp = _tmp_sibling(dest, _TMP_TAG)
     try:
         yield tmp

@@ -1275,6 +1275,8 @@ class AuditResult:
             atomic_write_text,
         )
 
+        if not str(out_dir).strip():  # Path("") is the current folder
+            raise InvalidParameterError("out (--out) is empty; expected a folder for the results such as report/")
         dest = Path(out_dir)
         # the report is drawn from exactly the frames written, so `driftwatch report DIR` rebuilds it;
         # of the (wide) runs table it keeps only the columns the report reads
@@ -1837,6 +1839,8 @@ def audit(
 
     pol = policy_mod._as_policy(policy)
     by = normalize_by(by)
+    if out is not None and not str(out).strip():  # checked before the work, not after it
+        raise InvalidParameterError("out (--out) is empty; expected a folder for the results such as report/")
     for name, value in (("every", every), ("drift_every", drift_every), ("load_every", load_every)):
         duration_seconds(value, name=f"{name} (--{name.replace('_', '-')})")
     say = progress or (lambda _msg: None)

@@ -352,7 +352,7 @@ def _cmd_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     ref: Any = args.reference
     if ".." in ref and not Path(ref).exists():
         ref = parse_reference(ref)
-    elif Path(ref).exists():
+    elif Path(ref).exists() or any(ch in ref for ch in "*?["):  # reference logs: a path or a glob
         ref = read_logs(ref, format=args.format, column_map=cmap).events
     rows = detect_drift(rr.events, reference=ref, every=args.every, by=_by(args.by))
     if args.out:

@@ -472,3 +472,17 @@ def test_reference_logs_by_glob(fleet_events: Path, tmp_path: Path, run_cli: Cli
     assert s["notes"]["drift_reference"] == "reference logs" and s["drift"]["rows"] > 0
     runs = pl.read_parquet(tmp_path / "r" / "runs.parquet")
     assert runs["first_ts"].min().day >= 8  # the reference runs are not audited
+
+
+def test_outputs_named_badly_and_reference_globs(small_fleet_dir: Path, tmp_path: Path, run_cli: Cli) -> None:
+    events = small_fleet_dir / "events"
+    code, out, err = run_cli("loops", events, "--out", tmp_path)  # a folder where a file is expected
+    assert code == 2 and "is a folder; expected a file name" in err, err
+    code, out, err = run_cli("audit", events, "--out", "")
+    assert code == 2 and "out (--out) is empty" in err, err
+    days = sorted(p.name for p in events.iterdir())
+    glob = str(events / f"{days[0][:-1]}*" / "*.parquet")  # the first days' files, as reference logs
+    code, out, err = run_cli("drift", events, "--reference", glob)
+    assert code == 0 and "tests" in out, err
+    code, out, err = run_cli("drift", events, "--reference", str(tmp_path / "nothing-*.parquet"))
+    assert code == 2 and "nothing-*.parquet" in err and "duration" not in err, err
