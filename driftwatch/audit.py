@@ -1839,6 +1839,8 @@ def audit(
 
     pol = policy_mod._as_policy(policy)
     by = normalize_by(by)
+    if progress is not None and not callable(progress):
+        raise InvalidParameterError(f"progress must be a callable taking one str (e.g. print), got {progress!r}")
     if out is not None and not str(out).strip():  # checked before the work, not after it
         raise InvalidParameterError("out (--out) is empty; expected a folder for the results such as report/")
     for name, value in (("every", every), ("drift_every", drift_every), ("load_every", load_every)):

@@ -590,6 +590,15 @@ def test_window_keeps_whole_runs_by_first_step(fleet: synth.Fleet) -> None:
         audit(fleet.events, since="2026-10-05", until="2026-10-01")
 
 
+def test_options_are_checked_before_any_work(fleet: synth.Fleet) -> None:
+    with pytest.raises(InvalidParameterError, match="progress must be a callable"):
+        audit(fleet.events, progress=1)  # type: ignore[arg-type]
+    with pytest.raises(InvalidParameterError, match=r"out \(--out\) is empty"):
+        audit(fleet.events, out="")
+    with pytest.raises(InvalidParameterError, match=r"load_every \(--load-every\) must be a positive duration"):
+        audit(fleet.events, load_every="0s")
+
+
 def test_reference_range_and_errors(fleet: synth.Fleet) -> None:
     res = audit(fleet.events, reference="2026-10-01..2026-10-06")
     assert res.notes["drift_reference"] == "given" and res.drift.height > 0
