@@ -1545,10 +1545,15 @@ def _read(
     """
     slicer: RowSlicer | None = None
     if isinstance(source, pl.DataFrame | pl.LazyFrame):
-        lf = as_lazy(source)
-        rejected = pl.DataFrame()
-        n = int(lf.select(pl.len()).collect().item())
-        stats: dict[str, Any] = {"rows_in": n, "rows_valid": n, "rows_rejected": 0, "files": 0}
+        # the reader's checks, for events already in memory: a frame of raw rows (a duplicated
+        # step, a null id, a negative cost) must not be audited differently from the same rows
+        # in a file
+        from driftwatch.read import check_frame
+
+        rr = check_frame(source, where="events")
+        lf = rr.events
+        rejected = rr.rejected
+        stats: dict[str, Any] = {k: v for k, v in rr.stats.to_dict().items() if k not in ("paths", "seconds")}
     else:
         if hasattr(source, "events") and hasattr(source, "stats"):
             rr = source

@@ -1084,6 +1084,59 @@ def read_logs(
     return ReadResult(events=events, rejected=rejected, stats=stats, slicer=slicer)
 
 
+def check_frame(frame: pl.DataFrame | pl.LazyFrame, *, where: str = "events") -> ReadResult:
+    """The checks of :func:`read_logs` for events already in memory.
+
+    The same conversions and reasons as for files: the rows that cannot be used (null ids,
+    bad timestamps or values, a repeated ``(run_id, step)`` after its first row, ...) go to
+    ``rejected`` with ``source_file`` = ``where`` and ``source_row`` = the row's position, and
+    ``rows_in == rows_valid + rows_rejected``. :func:`driftwatch.audit` applies it to frames.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> raw = pl.DataFrame({"run_id": ["a", "a", None], "step": [1, 1, 2], "action": ["x", "y", "z"]})
+    >>> rr = check_frame(raw)
+    >>> rr.stats.rows_valid, rr.rejected.select("source_row", "reason").rows()
+    (1, [(1, 'duplicate_step'), (2, 'null_run_id')])
+    """
+    t0 = time.perf_counter()
+    lf = frame.lazy() if isinstance(frame, pl.DataFrame) else frame
+    checked = conform(lf.with_row_index(_ORDER), where=where, check=True, keep_extra=True).collect()
+    checked = checked.select(*COLUMNS, pl.col(_ORDER).cast(pl.Int64), REASON_COL, DETAIL_COL)
+    reason = pl.col(REASON_COL)
+    first = pl.when(reason.is_null()).then(pl.col(_ORDER)).min().over("run_id", "step")  # first valid row
+    dup = reason.is_null() & (pl.col(_ORDER) != first)  # a repeated (run_id, step): the first row is kept
+    checked = checked.with_columns(
+        pl.when(dup).then(pl.format("kept {} row {}", pl.lit(where), first)).otherwise(pl.col(DETAIL_COL))
+        .alias(DETAIL_COL),
+        pl.when(dup).then(pl.lit("duplicate_step")).otherwise(reason).alias(REASON_COL),
+    )
+    bad = checked.filter(reason.is_not_null())
+    rejected = bad.select(
+        *COLUMNS,
+        pl.lit(where, dtype=pl.String).alias("source_file"),
+        pl.col(_ORDER).alias("source_row"),
+        reason.alias("reason"),
+        pl.col(DETAIL_COL).alias("detail"),
+    ).cast(REJECTED_SCHEMA)
+    events = checked.filter(reason.is_null()).select(COLUMNS)
+    reasons = {str(r): int(n) for r, n in bad.group_by(REASON_COL).len().iter_rows()}
+    stats = ReadStats(
+        rows_in=checked.height,
+        rows_valid=events.height,
+        rows_rejected=rejected.height,
+        files=0,
+        reasons=dict(sorted(reasons.items())),
+        formats={},
+        engine="polars",
+        seconds=round(time.perf_counter() - t0, 4),
+        paths=(),
+        bytes_uncompressed=0,
+    )
+    return ReadResult(events=events.lazy(), rejected=rejected, stats=stats, slicer=None)
+
+
 __all__ = [
     "ENGINES",
     "PARQUET_SUFFIXES",
@@ -1091,6 +1144,7 @@ __all__ = [
     "ReadResult",
     "ReadStats",
     "RowSlicer",
+    "check_frame",
     "read_logs",
     "resolve_sources",
 ]

@@ -590,6 +590,23 @@ def test_window_keeps_whole_runs_by_first_step(fleet: synth.Fleet) -> None:
         audit(fleet.events, since="2026-10-05", until="2026-10-01")
 
 
+def test_a_frame_is_audited_as_the_same_rows_in_a_file(tmp_path: Path) -> None:
+    """A duplicated step, a null id and an odd status spelling: dw.audit(frame) used to skip the
+    reader's checks, count a null-id run and miss the retry breach."""
+    t0 = datetime(2026, 10, 1, 12, tzinfo=UTC)
+    raw = pl.DataFrame({"run_id": ["r1"] * 6 + [None], "step": [1, 2, 3, 4, 5, 5, 9],
+                        "ts": [t0 + timedelta(seconds=s) for s in range(7)], "action": ["search"] * 7,
+                        "args": ["q"] * 7, "result": ["boom"] * 7, "status": ["ERROR"] * 7})
+    raw.write_parquet(tmp_path / "raw.parquet")
+    a, b = audit(raw), audit(tmp_path / "raw.parquet")
+    for key in ("rows_in", "rows_valid", "rows_rejected"):
+        assert a.stats[key] == b.stats[key], key
+    assert a.runs.select("run_id", "n_steps").rows() == b.runs.select("run_id", "n_steps").rows() == [("r1", 5)]
+    assert a.violations["rule"].to_list() == b.violations["rule"].to_list() == ["max_consecutive_retries"]
+    assert a.rejected["reason"].to_list() == b.rejected["reason"].to_list() == ["duplicate_step", "null_run_id"]
+    assert a.rejected.columns == b.rejected.columns
+
+
 def test_options_are_checked_before_any_work(fleet: synth.Fleet) -> None:
     with pytest.raises(InvalidParameterError, match="progress must be a callable"):
         audit(fleet.events, progress=1)  # type: ignore[arg-type]

@@ -675,3 +675,34 @@ def test_a_results_folder_inside_the_logs_is_not_read_as_logs(tmp_path: Path) ->
     (report / ".driftwatch").write_text("driftwatch results folder\n")
     assert resolve_sources(logs) == [str(logs / "day=1" / "part-0.parquet")]
     assert resolve_sources(report) == [str(report / "runs.parquet")]  # named itself, it is read
+
+
+def test_frames_get_the_checks_files_get(tmp_path: Path) -> None:
+    """The same raw rows audited from a DataFrame and from a Parquet file: same valid rows,
+    same rejected rows and reasons (a frame used to skip every check)."""
+    from driftwatch.read import check_frame
+
+    t0 = datetime(2026, 10, 1, 12, tzinfo=UTC)
+    raw = pl.DataFrame({
+        "run_id": ["r1"] * 6 + [None, "r2"],
+        "step": [1, 2, 3, 4, 5, 5, 9, 1],
+        "ts": [t0 + timedelta(seconds=s) for s in range(8)],
+        "action": ["search"] * 8,
+        "status": ["ERROR"] * 7 + ["ok"],
+        "cost_usd": [0.1, -1.0, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1],
+    })
+    raw.write_parquet(tmp_path / "raw.parquet")
+    from_file = read_logs(tmp_path / "raw.parquet")
+    from_frame = check_frame(raw)
+    for key in ("rows_in", "rows_valid", "rows_rejected", "reasons"):
+        assert from_frame.stats[key] == from_file.stats[key], key
+    assert from_frame.stats.reasons == {"duplicate_step": 1, "negative_cost": 1, "null_run_id": 1}
+    cols = ["source_row", "reason", "detail"]
+    assert from_frame.rejected.select(cols).rows() == [(1, "negative_cost", "cost_usd=-1.0"),
+                                                       (5, "duplicate_step", "kept events row 4"),
+                                                       (6, "null_run_id", None)]
+    assert from_file.rejected.select(cols[:2]).rows() == from_frame.rejected.select(cols[:2]).rows()
+    assert from_frame.rejected.schema == pl.Schema(REJECTED_SCHEMA)
+    assert_frame_equal(from_frame.collect().sort("run_id", "step"), from_file.collect().sort("run_id", "step"))
+    lazy = check_frame(raw.lazy())
+    assert (lazy.stats.rows_valid, lazy.stats.reasons) == (from_frame.stats.rows_valid, from_frame.stats.reasons)
