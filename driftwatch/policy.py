@@ -507,30 +507,66 @@ def _find_line(text: str, section: str | None, key: str, *, table_header: bool =
 # --------------------------------------------------------------------------- regex helpers
 
 
+def _class_chars(text: str) -> str:
+    """Characters of a glob class as literal members of a Rust regex class (every character
+    that could mean something there, ``[``, ``&&``, ``--``, ``~~`` included, escaped)."""
+    return "".join("\\" + ch if ch in "\\-[]&~|^" else ch for ch in text)
+
+
 def glob_to_regex(glob: str) -> str:
-    """An anchored Rust/Python regex for a shell glob (``*``, ``?``, ``[abc]``, ``[!abc]``)."""
+    """An unanchored Rust/Python regex for a shell glob, with :func:`fnmatch.fnmatchcase`'s
+    meaning: ``*``, ``?``, classes ``[abc]``, ``[a-z]``, ``[!abc]``, a ``]`` first in a class
+    (``[]]``) is a member, ``[[]`` matches ``[``, and an ``[`` without its ``]`` is literal.
+    Inside a class everything is a literal character or a range (Rust's nested classes and set
+    operations never apply)."""
     out: list[str] = []
-    i = 0
-    while i < len(glob):
+    i, n = 0, len(glob)
+    while i < n:
         c = glob[i]
+        i += 1
         if c == "*":
             out.append(".*")
         elif c == "?":
             out.append(".")
         elif c == "[":
-            j = glob.find("]", i + 2 if i + 1 < len(glob) and glob[i + 1] in "!^" else i + 1)
-            if j == -1:
+            j = i
+            if j < n and glob[j] == "!":
+                j += 1
+            if j < n and glob[j] == "]":
+                j += 1
+            while j < n and glob[j] != "]":
+                j += 1
+            if j >= n:
                 out.append(re.escape(c))
+                continue
+            body = glob[i:j]
+            i = j + 1
+            neg = body.startswith("!")
+            body = body[1:] if neg else body
+            # split at range dashes as fnmatch does (a dash first or last is a member)
+            chunks: list[str] = []
+            k = 1 if body else 0
+            lo = 0
+            while True:
+                k = body.find("-", k)
+                if k < 0 or k == len(body) - 1:
+                    break
+                chunks.append(body[lo:k])
+                lo = k + 1
+                k = k + 2
+            chunks.append(body[lo:])
+            # drop empty ranges (a > b), as fnmatch does
+            for m in range(len(chunks) - 1, 0, -1):
+                if chunks[m - 1] and chunks[m] and chunks[m - 1][-1] > chunks[m][0]:
+                    chunks[m - 1] = chunks[m - 1][:-1] + chunks[m][1:]
+                    del chunks[m]
+            members = "-".join(_class_chars(ch) for ch in chunks)
+            if not members:
+                out.append("(?:.)" if neg else "[^\\s\\S]")  # [!] is any character; [] none
             else:
-                body = glob[i + 1 : j]
-                neg = body[:1] in ("!", "^")
-                body = body[1:] if neg else body
-                body = body.replace("\\", "\\\\").replace("]", "\\]")
-                out.append("[" + ("^" if neg else "") + body + "]")
-                i = j
+                out.append("[" + ("^" if neg else "") + members + "]")
         else:
             out.append(re.escape(c))
-        i += 1
     return "".join(out)
 
 

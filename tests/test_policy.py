@@ -125,6 +125,28 @@ def test_glob_to_regex(glob: str, yes: list[str], no: list[str]) -> None:
     assert not any(rx.match(s) for s in no)
 
 
+def test_globs_mean_what_fnmatch_means_in_polars_and_python() -> None:
+    """Classes with a literal bracket (``tool[[]v2]``, ``x[]]y``) made Rust's regex parser fail
+    inside check_policy, and ``&&`` / ``--`` in a class were Rust set operations. 2,000 random
+    globs over the awkward characters, against fnmatch.fnmatchcase."""
+    import fnmatch
+    import random
+    import re
+
+    rng = random.Random(5)
+    names = ["".join(rng.choice("ab[]!-^&~\\") for _ in range(rng.randint(0, 4))) for _ in range(300)]
+    names += ["tool[v2]", "x]y", "tool_a", "tool_&", "tool_b"]
+    globs = ["".join(rng.choice("ab[]!-^&~\\*?") for _ in range(rng.randint(1, 6))) for _ in range(2000)]
+    globs += ["tool[[]v2]", "x[]]y", "x[!]]y", "tool_[a&&b]", "tool_[a--b]", "[[:alpha:]]*"]
+    for g in globs:
+        rx = "^(?:" + glob_to_regex(g) + ")$"
+        expected = [fnmatch.fnmatchcase(x, g) for x in names]
+        assert pl.Series(names).str.contains(rx).to_list() == expected, g
+        assert [re.match(rx, x) is not None for x in names] == expected, g
+    ev = pl.DataFrame({"run_id": ["r", "r"], "step": [1, 2], "action": ["tool[v2]", "x]y"]})
+    assert check_policy(ev, Policy(allowed=("tool[[]v2]", "x[]]y"))).is_empty()
+
+
 FULL_TOML = """\
 # example policy
 [limits]            # stop conditions
