@@ -51,6 +51,7 @@ Examples
 from __future__ import annotations
 
 import math
+import os
 import re
 import tomllib
 from collections.abc import Iterable, Sequence
@@ -370,6 +371,10 @@ class Policy:
                     if key in _INT_LIMITS or key in _FLOAT_LIMITS:
                         lines.append(f"{key} = false")
                     continue  # tiers left to the built-in words, no model
+                if key == "model" and self.source is not None and not Path(value).is_absolute():
+                    # relative to this policy's file: written relative to the new file (or absolute)
+                    where = self.model_path().absolute()  # type: ignore[union-attr]
+                    value = os.path.relpath(where, Path(path).absolute().parent) if path is not None else str(where)
                 lines.append(f"{key} = {_toml_value(value)}")
             lines.append("")
         text = "\n".join(lines)

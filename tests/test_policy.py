@@ -537,3 +537,19 @@ def test_features_must_be_run_features() -> None:
         check_policy(ev, features=pl.DataFrame({"run_id": ["r"]}))
     with pytest.raises(InvalidParameterError, match="got dict"):
         check_policy(ev, features={"run_id": ["r"]})  # type: ignore[arg-type]
+
+
+def test_to_toml_keeps_the_model_reachable_from_the_new_file(tmp_path: Path) -> None:
+    """A policy read from m/p.toml with model = "esc.pkl", written to other/p.toml, used to say
+    model = "esc.pkl" there too: a model next to the new file, which does not exist."""
+    (tmp_path / "m").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "m" / "esc.pkl").write_bytes(b"model")
+    (tmp_path / "m" / "p.toml").write_text('[escalation]\nmodel = "esc.pkl"\n')
+    p = Policy.from_toml(tmp_path / "m" / "p.toml")
+    p.to_toml(tmp_path / "other" / "p.toml")
+    q = Policy.from_toml(tmp_path / "other" / "p.toml")
+    assert q.model == "../m/esc.pkl" and q.model_path().resolve() == (tmp_path / "m" / "esc.pkl").resolve()
+    text_only = Policy.from_toml_text(p.to_toml())  # no file to be relative to: absolute
+    assert Path(text_only.model) == (tmp_path / "m" / "esc.pkl").absolute()
+    assert Policy(model="esc.pkl").to_toml().count('model = "esc.pkl"') == 1  # no source: as given
