@@ -315,7 +315,7 @@ def _with_lookup(rows: pl.DataFrame, table: pl.DataFrame, on: str) -> pl.DataFra
 #: How each anomaly feature is computed from the per-run table.
 _FEATURE_EXPRS: dict[str, pl.Expr] = {
     "log_steps": pl.col("n_steps").cast(pl.Float64).log(),
-    "log_cost": (pl.col("cost_usd").fill_null(0.0) + 1e-3).log(),
+    "log_cost": (pl.col("cost_usd").fill_null(0.0).clip(lower_bound=0.0) + 1e-3).log(),  # (a refund: no cost)
     "log_tokens": (pl.col("tokens").fill_null(0).cast(pl.Float64) + 1.0).log(),
     "log_runtime": (pl.col("runtime_s").fill_null(0.0) + 1.0).log(),
     "log_latency_p90": (pl.col("latency_ms_p90").fill_null(0.0) + 1.0).log(),

@@ -639,3 +639,15 @@ def test_no_events_score_no_runs(fleet) -> None:
     out = dw.score_runs(fleet.events.head(0))
     assert out.height == 0
     assert out.schema == dw.score_runs(fleet.events.head(200)).schema
+
+
+def test_a_refund_row_scores_as_no_cost(fleet) -> None:
+    """score_runs on a frame with one negative cost (a refund or credit line) crashed on the
+    log of a negative number (the reader rejects such rows; the detector API takes frames as
+    they are)."""
+    ev = fleet.events.head(3000)
+    first = ev["run_id"][0]
+    refund = ev.with_columns(pl.when((pl.col("run_id") == first) & (pl.col("step") == 1)).then(-0.01)
+                             .otherwise(pl.col("cost_usd")).alias("cost_usd"))
+    out = dw.score_runs(refund)
+    assert out.height == dw.score_runs(ev).height and out["score"].is_finite().all()
