@@ -129,8 +129,10 @@ def cost_profile(
     volume_per_day : float, int, mapping or None, default=None
         Runs per day to project to. A number is the fleet's volume; each series
         gets its observed share of it. A mapping gives the volume of named
-        series (``{"agent=billing": 50_000, "all": 200_000}``); unnamed series
-        get no projection. ``None`` projects at the observed runs per day.
+        series (``{"agent=billing": 50_000, "all": 200_000}``, or ``{"billing": 50_000}``
+        when ``by`` is one column); unnamed series get no projection, ``"all"`` is the sum
+        when every series is named, and a name that is no series is an error.
+        ``None`` projects at the observed runs per day.
     loops : polars.DataFrame or LazyFrame, optional
         :func:`driftwatch.detect_loops` or :func:`driftwatch.loop_summary`
         output (``run_id, wasted_cost_usd``). Detected from ``events`` when
@@ -300,6 +302,8 @@ def cost_profile_from_runs(
     costs_by_series = agg.get_column("_costs")  # numpy per series below: no Python floats
     agg = agg.drop("_costs")
     total_runs = runs.height
+    if isinstance(volume_per_day, Mapping):
+        volume_per_day = _volumes_by_series(volume_per_day, agg.get_column("series").to_list(), by_cols)
 
     rows: list[dict[str, Any]] = []
     for i, rec in enumerate(agg.iter_rows(named=True)):
@@ -530,6 +534,32 @@ def _summary_exprs(ceiling: float | None) -> list[pl.Expr]:
         (pl.col("outcome") >= SUCCESS_OUTCOME).fill_null(False).sum().cast(pl.Int64).alias("successes"),
         cost.filter(has_outcome).sum().alias("_outcome_cost"),
     ]
+
+
+def _volumes_by_series(volume: Mapping[str, Any], series: list[str], by_cols: Sequence[str]) -> dict[str, float]:
+    """``volume_per_day`` by series label: ``"agent=billing"``, or ``"billing"`` alone when the
+    series are one column's values; a name that is no series is an error (it used to leave every
+    projection empty without a word). ``"all"``, when not given, is the sum of the others when
+    every series has one."""
+    labels = set(series)
+    out: dict[str, float] = {}
+    unknown = []
+    for key, value in volume.items():
+        label = str(key)
+        if label not in labels and len(by_cols) == 1 and f"{by_cols[0]}={label}" in labels:
+            label = f"{by_cols[0]}={label}"
+        if label not in labels:
+            unknown.append(key)
+        out[label] = float(value)
+    if unknown:
+        raise InvalidParameterError(
+            f"volume_per_day names no series {unknown}; the series are {sorted(labels)}"
+            + (f" (or the {by_cols[0]} alone)" if len(by_cols) == 1 else "")
+        )
+    others = [s for s in series if s != "all"]
+    if "all" in labels and "all" not in out and others and all(s in out for s in others):
+        out["all"] = sum(out[s] for s in others)
+    return out
 
 
 def _series_volume(volume: VolumeLike, rec: Mapping[str, Any], total_runs: int) -> float | None:

@@ -287,3 +287,22 @@ def test_bad_tables(runs: pl.DataFrame) -> None:
         cost_profile_from_runs({"run_id": []})  # type: ignore[arg-type]
     with pytest.raises(dw.DriftwatchError):
         dw.cost_profile(pl.DataFrame({"x": [1]}))
+
+
+def test_volumes_by_series_take_agent_names_and_refuse_unknown_ones(runs: pl.DataFrame) -> None:
+    """{"billing": 1000} used to project nothing, without a word; so did a typo."""
+    from driftwatch.errors import InvalidParameterError
+
+    def projected(volume: dict[str, float]) -> dict[str, float | None]:
+        prof = cost_profile_from_runs(runs, volume_per_day=volume)
+        return dict(prof.select("series", "volume_per_day").iter_rows())
+
+    by_label = projected({"agent=billing": 1000})
+    assert projected({"billing": 1000}) == by_label
+    assert by_label["agent=billing"] == 1000 and by_label["agent=planner"] is None and by_label["all"] is None
+    every = {a.split("=", 1)[1]: 100.0 * (i + 1) for i, a in enumerate(sorted(k for k in by_label if k != "all"))}
+    got = projected(every)
+    assert got["all"] == sum(every.values())  # "all" is the sum when every series has a volume
+    assert projected({**every, "all": 5.0})["all"] == 5.0
+    with pytest.raises(InvalidParameterError, match=r"volume_per_day names no series \['bilingg'\]"):
+        projected({"bilingg": 1000})
