@@ -622,6 +622,12 @@ def fmt_money(expr: pl.Expr) -> pl.Expr:
     )
 
 
+def fmt_past(shown: pl.Expr, limit_text: str, exact: pl.Expr) -> pl.Expr:
+    """``shown`` (a value formatted as its limit is), or ``exact`` where ``shown`` reads as
+    the limit itself: a breach must not read ``cost $0.50 > ceiling $0.50``."""
+    return pl.when(shown == pl.lit(limit_text)).then(exact).otherwise(shown)
+
+
 def fmt_int(expr: pl.Expr) -> pl.Expr:
     """An integer with thousands separators (``250000`` -> ``"250,000"``)."""
     s = expr.round(0).cast(pl.Int64).cast(pl.String)
@@ -770,7 +776,8 @@ def _run_limit_violations(
             pl.col("_elapsed").max(),
             lim_f,
             pl.concat_str(
-                pl.lit("runtime "), fmt_num(pl.col("value"), 0), pl.lit(f"s > limit {lim_f:g}s")
+                pl.lit("runtime "), fmt_past(fmt_num(pl.col("value"), 0), f"{lim_f:g}", fmt_num(pl.col("value"), 6)),
+                pl.lit(f"s > limit {lim_f:g}s"),
             ),
         )
     if policy.max_tokens is not None:
@@ -789,7 +796,11 @@ def _run_limit_violations(
             pl.col("_cum_cost") > lim_f,
             pl.col("_cum_cost").max(),
             lim_f,
-            pl.concat_str(pl.lit("cost "), fmt_money(pl.col("value")), pl.lit(f" > ceiling {_money(lim_f)}")),
+            pl.concat_str(
+                pl.lit("cost "),
+                fmt_past(fmt_money(pl.col("value")), _money(lim_f), pl.concat_str(pl.lit("$"), fmt_num(pl.col("value"), 6))),
+                pl.lit(f" > ceiling {_money(lim_f)}"),
+            ),
         )
     if policy.max_consecutive_retries is not None:
         out.append(_retry_streaks(ev, policy.max_consecutive_retries))
@@ -942,7 +953,9 @@ def _event_violations(lf: pl.LazyFrame, policy: Policy) -> list[pl.LazyFrame]:
                 pl.lit("low_confidence").alias("rule"),
                 pl.lit("warning").alias("severity"),
                 pl.concat_str(
-                    pl.lit("confidence "), fmt_num(pl.col("confidence"), 2), pl.lit(f" < {mc:.2f} at "),
+                    pl.lit("confidence "),
+                    fmt_past(fmt_num(pl.col("confidence"), 2), f"{mc:.2f}", fmt_num(pl.col("confidence"), 6)),
+                    pl.lit(f" < {mc:.2f} at "),
                     action,
                 ).alias("detail"),
                 pl.col("confidence").alias("value"),

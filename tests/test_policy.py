@@ -553,3 +553,19 @@ def test_to_toml_keeps_the_model_reachable_from_the_new_file(tmp_path: Path) -> 
     text_only = Policy.from_toml_text(p.to_toml())  # no file to be relative to: absolute
     assert Path(text_only.model) == (tmp_path / "m" / "esc.pkl").absolute()
     assert Policy(model="esc.pkl").to_toml().count('model = "esc.pkl"') == 1  # no source: as given
+
+
+def test_a_breach_just_past_its_limit_does_not_read_as_the_limit() -> None:
+    """``confidence 0.30 < 0.30``, ``cost $0.50 > ceiling $0.50`` and ``runtime 300s > limit 300s``
+    read as no breach at all; the value gets six decimals where the usual ones hide it."""
+    from datetime import UTC, datetime, timedelta
+
+    t = datetime(2026, 10, 1, tzinfo=UTC)
+    ev = pl.DataFrame({"run_id": ["a", "a", "b", "b"], "step": [1, 2, 1, 2],
+                       "ts": [t, t + timedelta(seconds=300.0004), t, t + timedelta(seconds=301)],
+                       "action": ["search"] * 4, "confidence": [0.2999, 0.9, 0.25, 0.9],
+                       "cost_usd": [0.25, 0.250001, 0.3, 0.3]})
+    got = sorted(check_policy(ev, Policy(max_cost_usd=0.5, max_runtime_s=300))["detail"].to_list())
+    assert got == sorted(["confidence 0.299900 < 0.30 at search", "cost $0.500001 > ceiling $0.50",
+                          "runtime 300.000400s > limit 300s", "confidence 0.25 < 0.30 at search",
+                          "cost $0.60 > ceiling $0.50", "runtime 301s > limit 300s"])
