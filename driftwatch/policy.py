@@ -177,7 +177,7 @@ class Policy:
         Globs of the tools agents may call; when non-empty, any other tool call
         (LLM calls and ``handoff:`` steps excluded) is an ``unknown_tool``.
     review, escalate : float, default=0.4, 0.7
-        Score thresholds of the ``review`` and ``escalate`` levels, ``0 <= review < escalate <= 1``.
+        Score thresholds of the ``review`` and ``escalate`` levels, ``0 < review < escalate <= 1``.
     min_confidence : float, default=0.3
         Steps with a lower ``confidence`` are ``low_confidence`` breaches.
     model : str or None, default=None
@@ -262,9 +262,10 @@ class Policy:
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
                 raise InvalidParameterError(f"Policy.{name} must be a number in [0, 1], got {value!r}")
             object.__setattr__(self, name, float(value))
-        if not self.review < self.escalate:
+        if not 0 < self.review < self.escalate:
+            # (review = 0 put every run, the cleanest included, at review without a reason)
             raise InvalidParameterError(
-                f"Policy thresholds must satisfy review < escalate, got review={self.review}, "
+                f"Policy thresholds must satisfy 0 < review < escalate, got review={self.review}, "
                 f"escalate={self.escalate}"
             )
         if self.model is not None and (not isinstance(self.model, str) or not self.model):

@@ -222,6 +222,7 @@ def test_false_disables_a_limit(tmp_path: Path) -> None:
         ("limits.max_steps = \"x\"\n", 1, "max_steps must be an integer"),
         ("limits = { max_steps = 1, max_tokens = \"x\" }\n", 1, "max_tokens must be an integer"),
         ("[escalation]\nescalate = 0.5\n\nreview = 0.6\n", 2, "review < escalate"),
+        ("[escalation]\nreview = 0\n", 2, "0 < review < escalate"),
         ("[escalation]\nmin_confidence = 2\n", 2, "min_confidence"),
         ("[tools]\nrequire_approval = [\"admin\"]\n", 2, "unknown tier"),
         ("[limits]\nmax_steps = 0\n", 2, "max_steps must be >= 1"),
