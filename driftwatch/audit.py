@@ -2041,7 +2041,7 @@ def audit(
         stats.update(
             {
                 "runs": result.runs.height,
-                "engine": engine,
+                "engine": stats.get("engine") or engine,  # (a ReadResult's own reader)
                 "chunks": n_chunks,
                 "sources": _source_names(source),
                 "since": _iso(since_dt),
@@ -2159,6 +2159,9 @@ def _source_names(source: Any) -> list[str]:
         return [str(source)]
     if isinstance(source, list | tuple) and all(isinstance(s, str | os.PathLike) for s in source):
         return [str(s) for s in source]
+    paths = getattr(getattr(source, "stats", None), "paths", None)  # a ReadResult: the files it read
+    if paths:
+        return [str(p) for p in paths]
     return ["<in-memory events>"]
 
 

@@ -607,6 +607,12 @@ def test_a_frame_is_audited_as_the_same_rows_in_a_file(tmp_path: Path) -> None:
     assert a.rejected.columns == b.rejected.columns
 
 
+def test_a_read_result_keeps_its_engine_and_files(tmp_path: Path) -> None:
+    pl.DataFrame({"run_id": ["a", "b"], "step": [1, 1], "action": ["s", "s"]}).write_parquet(tmp_path / "a.parquet")
+    s = audit(dw.read_logs(tmp_path, engine="duckdb")).summary()
+    assert s["engine"] == "duckdb" and s["sources"] == [str(tmp_path / "a.parquet")]
+
+
 def test_options_are_checked_before_any_work(fleet: synth.Fleet) -> None:
     with pytest.raises(InvalidParameterError, match="progress must be a callable"):
         audit(fleet.events, progress=1)  # type: ignore[arg-type]
