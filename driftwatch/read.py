@@ -241,8 +241,12 @@ def resolve_sources(source: Any) -> list[str]:
         if not items:
             raise NoInputError("source is an empty list; expected at least one path, folder or glob")
     else:
+        hint = ""
+        if type(source).__module__.split(".")[0] in ("pandas", "pyarrow"):
+            hint = "; convert it with polars.from_pandas(df) or polars.from_arrow(table) and pass the polars frame"
         raise InvalidParameterError(
-            f"source must be a path, folder, glob or a list of them, got {type(source).__name__}"
+            f"source must be a path, folder, glob or a list of them (or, for dw.audit, a polars frame), "
+            f"got {type(source).__module__.split('.')[0]}.{type(source).__name__}{hint}"
         )
     for item in items:
         if not isinstance(item, str | os.PathLike):

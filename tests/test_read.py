@@ -456,6 +456,10 @@ def test_error_source_of_wrong_type() -> None:
         read_logs(42)
     with pytest.raises(InvalidParameterError, match="source items must be paths"):
         read_logs(["a.parquet", 3])
+    import pandas as pd
+
+    with pytest.raises(InvalidParameterError, match=r"got pandas.DataFrame; convert it with polars.from_pandas"):
+        dw.audit(pd.DataFrame({"run_id": ["a"], "step": [1], "action": ["x"]}))
 
 
 def test_every_error_is_a_driftwatch_error() -> None:
