@@ -1250,7 +1250,8 @@ class AuditResult:
         }
         if stats.get("reasons"):
             out["rejected_by_reason"] = dict(sorted(stats["reasons"].items()))
-        for k in ("engine", "sources", "since", "until", "chunks", "incremental", "skipped_files", "history_since"):
+        for k in ("engine", "sources", "since", "until", "chunks", "incremental", "skipped_files", "history_since",
+                  "history_replaced_runs"):
             if k in stats:
                 out[k] = stats[k]
         return out
@@ -1996,6 +1997,12 @@ def audit(
                 say(f"history: the last {history_days:g} days hold more than {history_max_runs:,} runs; "
                     f"loading the {n_hist:,} since {since_hist.isoformat()}")
             stats["history_since"] = _iso(since_hist)
+            # runs of this audit that the history holds already: their stored rows are replaced
+            # (a run split over two nights, or another source reusing run ids)
+            stats["history_replaced_runs"] = st.known_runs(tables.features["run_id"])
+            if stats["history_replaced_runs"]:
+                say(f"history: {stats['history_replaced_runs']:,} run(s) of this audit were audited before; "
+                    "their stored results are replaced")
             # as RunTables.concat([history, tables]), one table at a time: each history table is
             # read, merged and released before the next is read (at 4.9M history runs, holding the
             # whole history and its merged copy made a nightly audit peak at 11.9 GiB)

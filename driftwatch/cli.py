@@ -264,6 +264,12 @@ def _cmd_audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             f"ok {lv['ok']:,}, review {lv['review']:,}, escalate {lv['escalate']:,}",
             file=out,
         )
+        if s.get("history_replaced_runs"):
+            print(
+                f"note: {s['history_replaced_runs']:,} of these runs were audited before; their stored results "
+                "were replaced (a run split over files audited on different nights, or run ids reused by another source)",
+                file=out,
+            )
         print(
             f"loops {s['loops']['total']:,} in {s['loops']['runs_with_loops']:,} runs · policy breaches "
             f"{s['violations']['total']:,} · change-points {s['changepoints']:,} · drifted rows {s['drift']['drifted']:,} "

@@ -598,6 +598,13 @@ class AuditState:
                 conds.append(f"f.run_id NOT IN (SELECT run_id FROM {ids})")
             yield (" WHERE " + " AND ".join(conds)) if conds else "", params
 
+    def known_runs(self, run_ids: pl.Series) -> int:
+        """How many of ``run_ids`` (distinct) the history already holds."""
+        if "features" not in self.tables() or not run_ids.len():
+            return 0
+        with self._registered_ids(run_ids) as ids:
+            return int(self.con.execute(f"SELECT count(*) FROM features SEMI JOIN {ids} USING (run_id)").fetchall()[0][0])
+
     def watermark(self) -> datetime | None:
         """The latest event time audited so far (``None`` before the first audit)."""
         if "audits" not in self.tables() or "watermark" not in self._columns("audits"):

@@ -295,6 +295,23 @@ def test_incremental_audit_of_only_empty_new_files_is_nothing_to_do(small_fleet_
     assert code == 2 and "no rows to read" in err
 
 
+def test_incremental_audit_says_when_it_replaces_audited_runs(small_fleet_dir: Path, tmp_path: Path,
+                                                             run_cli: Cli) -> None:
+    """Another source reusing run ids (or a run split over nights) replaces stored runs: said, not silent."""
+    days = sorted((small_fleet_dir / "events").iterdir())
+    logs = tmp_path / "logs"
+    shutil.copytree(days[0], logs / days[0].name)
+    db = tmp_path / "audit.duckdb"
+    assert run_cli("audit", logs, "--out", tmp_path / "r", "--db", db, "--quiet")[0] == 0
+    first = pl.read_parquet(next(days[0].glob("*.parquet")))
+    reused = first.filter(pl.col("run_id") == first["run_id"][0]).with_columns(pl.col("ts").dt.offset_by("1d"))
+    (logs / "team-b").mkdir()
+    reused.write_parquet(logs / "team-b" / "part-0.parquet")
+    code, out, err = run_cli("audit", logs, "--out", tmp_path / "r", "--db", db)
+    assert code in (0, 1) and "note: 1 of these runs were audited before" in out, (out, err)
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["history_replaced_runs"] == 1
+
+
 def test_incremental_audit_refuses_a_time_window(small_fleet_dir: Path, tmp_path: Path, run_cli: Cli) -> None:
     """The state records whole files as audited: with --since/--until the rows of those files
     outside the window would never be audited by a later run."""
