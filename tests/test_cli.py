@@ -275,14 +275,20 @@ def test_incremental_audit_appends_only_new_runs(small_fleet_dir: Path, tmp_path
     assert again["audits"] == 3 and again["files"] == 22
 
 
-def test_incremental_audit_of_only_empty_new_files_is_nothing_to_do(small_fleet_dir: Path, tmp_path: Path,
-                                                                   run_cli: Cli) -> None:
-    """A quiet day's zero-row partition is not an error at night: exit 0, and it is not read again."""
-    days = sorted((small_fleet_dir / "events").iterdir())
+def _first_day_audited(fleet_dir: Path, tmp_path: Path, run_cli: Cli) -> tuple[list[Path], Path, Path]:
+    """(the fleet's day folders, a logs folder holding the first day, a state that audited it)."""
+    days = sorted((fleet_dir / "events").iterdir())
     logs = tmp_path / "logs"
     shutil.copytree(days[0], logs / days[0].name)
     db = tmp_path / "audit.duckdb"
     assert run_cli("audit", logs, "--out", tmp_path / "r", "--db", db, "--quiet")[0] == 0
+    return days, logs, db
+
+
+def test_incremental_audit_of_only_empty_new_files_is_nothing_to_do(small_fleet_dir: Path, tmp_path: Path,
+                                                                   run_cli: Cli) -> None:
+    """A quiet day's zero-row partition is not an error at night: exit 0, and it is not read again."""
+    days, logs, db = _first_day_audited(small_fleet_dir, tmp_path, run_cli)
     (logs / "date=2099-01-01").mkdir()
     pl.read_parquet(next(days[0].glob("*.parquet"))).head(0).write_parquet(logs / "date=2099-01-01" / "part-0.parquet")
     code, out, err = run_cli("audit", logs, "--out", tmp_path / "r", "--db", db)
@@ -298,11 +304,7 @@ def test_incremental_audit_of_only_empty_new_files_is_nothing_to_do(small_fleet_
 def test_incremental_audit_says_when_it_replaces_audited_runs(small_fleet_dir: Path, tmp_path: Path,
                                                              run_cli: Cli) -> None:
     """Another source reusing run ids (or a run split over nights) replaces stored runs: said, not silent."""
-    days = sorted((small_fleet_dir / "events").iterdir())
-    logs = tmp_path / "logs"
-    shutil.copytree(days[0], logs / days[0].name)
-    db = tmp_path / "audit.duckdb"
-    assert run_cli("audit", logs, "--out", tmp_path / "r", "--db", db, "--quiet")[0] == 0
+    days, logs, db = _first_day_audited(small_fleet_dir, tmp_path, run_cli)
     first = pl.read_parquet(next(days[0].glob("*.parquet")))
     reused = first.filter(pl.col("run_id") == first["run_id"][0]).with_columns(pl.col("ts").dt.offset_by("1d"))
     (logs / "team-b").mkdir()
