@@ -1095,6 +1095,8 @@ def check_frame(frame: pl.DataFrame | pl.LazyFrame, *, where: str = "events") ->
     bad timestamps or values, a repeated ``(run_id, step)`` after its first row, ...) go to
     ``rejected`` with ``source_file`` = ``where`` and ``source_row`` = the row's position, and
     ``rows_in == rows_valid + rows_rejected``. :func:`driftwatch.audit` applies it to frames.
+    The frame is collected (a LazyFrame too): logs larger than memory are read from their
+    paths, by :func:`read_logs`, in bounded passes.
 
     Examples
     --------
