@@ -521,7 +521,7 @@ def _class_chars(text: str) -> str:
 
 def glob_to_regex(glob: str) -> str:
     """An unanchored Rust/Python regex for a shell glob, with :func:`fnmatch.fnmatchcase`'s
-    meaning: ``*``, ``?``, classes ``[abc]``, ``[a-z]``, ``[!abc]``, a ``]`` first in a class
+    meaning: ``*``, ``?``, classes ``[abc]``, ``[a-z]``, ``[!abc]`` (or bash's ``[^abc]``), a ``]`` first in a class
     (``[]]``) is a member, ``[[]`` matches ``[``, and an ``[`` without its ``]`` is literal.
     Inside a class everything is a literal character or a range (Rust's nested classes and set
     operations never apply)."""
@@ -536,7 +536,7 @@ def glob_to_regex(glob: str) -> str:
             out.append(".")
         elif c == "[":
             j = i
-            if j < n and glob[j] == "!":
+            if j < n and glob[j] in "!^":  # (a leading ^ negates too, as in bash and before)
                 j += 1
             if j < n and glob[j] == "]":
                 j += 1
@@ -547,7 +547,7 @@ def glob_to_regex(glob: str) -> str:
                 continue
             body = glob[i:j]
             i = j + 1
-            neg = body.startswith("!")
+            neg = body[:1] in ("!", "^")
             body = body[1:] if neg else body
             # split at range dashes as fnmatch does (a dash first or last is a member)
             chunks: list[str] = []
