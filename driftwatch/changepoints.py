@@ -185,7 +185,8 @@ def bucket_metrics_from_runs(
     every : str, default "1d"
         Bucket width as a Polars duration (``"1h"``, ``"1d"``, ``"1w"``).
     include_fleet : bool, default True
-        Also emit the whole fleet as series ``all``.
+        Also emit the whole fleet as series ``all`` (when ``by`` names more than one series:
+        with one, ``all`` would repeat it, and every change-point would be reported twice).
     top_tools : int, default 3
         How many of each series' most-used tools (over the whole period, LLM
         steps excluded) get a share column.
@@ -281,7 +282,8 @@ def bucket_metrics_from_runs(
     runs = runs.with_columns(pl.col("first_ts").dt.truncate(every).alias("bucket"))
     # (group columns, series name): the series string is built after aggregating, and the
     # fleet series is its own small group-by
-    levels = [by_cols] + ([()] if by_cols and include_fleet else [])
+    fleet = bool(by_cols) and include_fleet and runs.lazy().select(pl.struct(*by_cols).n_unique()).collect().item() > 1
+    levels = [by_cols] + ([()] if fleet else [])
     agg = pl.concat([_aggregate_buckets(runs, keys, has_loops) for keys in levels])
     t0 = _truncate_scalar(t_min, every)
     width = pl.duration(microseconds=int(round(every_s * 1e6)))

@@ -550,3 +550,15 @@ def test_loop_rate_change_from_detect_loops_output() -> None:
     # a loop_summary table works the same, and without loops there is no loop_rate
     assert_frame_equal(detect_changepoints(ev, loops=dw.loop_summary(loops)), cps)
     assert "loop_rate" not in detect_changepoints(ev)["metric"].to_list()
+
+
+def test_one_series_is_not_repeated_as_the_fleet() -> None:
+    """A fleet of one agent reported every change-point twice: once for the agent and once for
+    ``all``, the same runs."""
+    runs = run_features(synth.generate(days=6, runs_per_day=40, seed=2).events)
+    one = runs.filter(pl.col("agent") == runs["agent"].min())
+    assert bucket_metrics_from_runs(one, min_coverage=0.0)["series"].unique().to_list() == [
+        f"agent={runs['agent'].min()}"]
+    both = bucket_metrics_from_runs(runs, min_coverage=0.0)["series"].unique().sort().to_list()
+    assert "all" in both and len(both) == runs["agent"].n_unique() + 1
+    assert bucket_metrics_from_runs(one, by=(), min_coverage=0.0)["series"].unique().to_list() == ["all"]
