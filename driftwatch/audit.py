@@ -1845,6 +1845,7 @@ def audit(
 
     pol = policy_mod._as_policy(policy)
     by = normalize_by(by)
+    _check_by_columns(by)
     if progress is not None and not callable(progress):
         raise InvalidParameterError(f"progress must be a callable taking one str (e.g. print), got {progress!r}")
     if out is not None and not str(out).strip():  # checked before the work, not after it
@@ -2075,6 +2076,19 @@ def audit(
     finally:
         if own_state and st is not None:
             st.close()
+
+
+def _check_by_columns(by: Sequence[str]) -> None:
+    """``by`` names columns of the run table (checked before the per-run stage, not after it)."""
+    from driftwatch.features import run_features
+
+    columns = run_features(pl.DataFrame(schema=CANONICAL_SCHEMA)).columns
+    missing = [c for c in by if c not in columns]
+    if missing:
+        raise InvalidParameterError(
+            f"by (--by): {missing} not column(s) of the run table; series are named by run-level columns "
+            "such as agent or version (agent,version for both)"
+        )
 
 
 def _merge_history(name: str, old: pl.DataFrame | None, tables: RunTables) -> pl.DataFrame:
