@@ -330,18 +330,17 @@ class AuditState:
             replace = name in self.tables() and not self._is_empty(name)
             self._ensure_table(name, frame)
             time_col = FLEET_TIME_COLUMNS.get(name)
-            if replace and since is not None and time_col is not None and time_col in self._columns(name):
-                # the fleet stage re-analysed everything from ``since``: its rows replace the old ones
-                self.con.execute(f"DELETE FROM {quoted} WHERE {_quote(time_col)} >= ?", [since])
-            if not replace:
-                pass
-            elif keys == ("run_id",) and delete_ids is not None:
-                self.con.execute(f"DELETE FROM {quoted} WHERE run_id IN (SELECT run_id FROM {delete_ids})")
-            elif all(k in frame.columns for k in keys) and frame.height:
-                cond = " AND ".join(f"t.{_quote(k)} IS NOT DISTINCT FROM n.{_quote(k)}" for k in keys)
-                self.con.execute(
-                    f"DELETE FROM {quoted} t WHERE EXISTS (SELECT 1 FROM _dw_new n WHERE {cond})"
-                )
+            if replace:
+                if since is not None and time_col is not None and time_col in self._columns(name):
+                    # the fleet stage re-analysed everything from ``since``: its rows replace the old ones
+                    self.con.execute(f"DELETE FROM {quoted} WHERE {_quote(time_col)} >= ?", [since])
+                if keys == ("run_id",) and delete_ids is not None:
+                    self.con.execute(f"DELETE FROM {quoted} WHERE run_id IN (SELECT run_id FROM {delete_ids})")
+                elif all(k in frame.columns for k in keys) and frame.height:
+                    cond = " AND ".join(f"t.{_quote(k)} IS NOT DISTINCT FROM n.{_quote(k)}" for k in keys)
+                    self.con.execute(
+                        f"DELETE FROM {quoted} t WHERE EXISTS (SELECT 1 FROM _dw_new n WHERE {cond})"
+                    )
             if frame.height:
                 self.con.execute(f"INSERT INTO {quoted} BY NAME SELECT * FROM _dw_new")
         finally:
