@@ -122,6 +122,8 @@ def _build_parser() -> _Parser:
                    help="a time range, reference logs, or a duration from the start such as 14d")
     d.add_argument("--every", default="7d", metavar="DUR", help="window length (default: 7d)")
     d.add_argument("--by", default="agent", metavar="COLS")
+    d.add_argument("--min-runs", type=_positive_int, default=20, metavar="N",
+                   help="runs a series needs in the reference and in a window to be tested (default: 20)")
     d.add_argument("--out", metavar="FILE", help="also write all rows to this Parquet file")
     d.add_argument("--all", action="store_true", help="print every row, not only drifted ones")
 
@@ -360,11 +362,17 @@ def _cmd_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         ref = parse_reference(ref)
     elif Path(ref).exists() or any(ch in ref for ch in "*?["):  # reference logs: a path or a glob
         ref = read_logs(ref, format=args.format, column_map=cmap).events
-    rows = detect_drift(rr.events, reference=ref, every=args.every, by=_by(args.by))
+    rows = detect_drift(rr.events, reference=ref, every=args.every, by=_by(args.by), min_runs=args.min_runs)
     if args.out:
         atomic_write_parquet(rows, args.out)
     drifted = rows.filter(pl.col("drifted")) if rows.height else rows
     print(f"{rows.height:,} tests, {drifted.height:,} drifted", file=out)
+    if not rows.height:
+        print(
+            f"note: no window could be tested: a series needs at least {args.min_runs} runs in the reference"
+            f" and {args.min_runs} in a window after it (--min-runs; windows are --every {args.every} long)",
+            file=out,
+        )
     show = rows if args.all else drifted
     for r in show.iter_rows(named=True):
         mark = "DRIFT" if r.get("drifted") else "  ok "

@@ -423,6 +423,12 @@ def test_validate_loops_drift_generate_report(fleet_events: Path, messy_logs: Pa
     assert code == 0 and "tests" in out, err
     assert pl.read_parquet(tmp_path / "drift.parquet").height > 0
     assert run_cli("drift", fleet_events, "--reference", "7d")[0] == 0
+    # nothing testable: the command says why instead of a bare "0 tests"
+    code, out, err = run_cli("drift", fleet_events, "--reference", "7d", "--min-runs", "100000")
+    assert code == 0 and out.startswith("0 tests") and "at least 100000 runs" in out and "--min-runs" in out, err
+    loose, strict = (run_cli("drift", fleet_events, "--reference", "7d", "--every", "1d", "--min-runs", n)[1]
+                     for n in ("2", "5"))
+    assert int(loose.split()[0].replace(",", "")) > int(strict.split()[0].replace(",", "")) > 0
 
     code, out, err = run_cli("generate", tmp_path / "gen", "--days", "2", "--runs-per-day", "10", "--seed", "1")
     assert code == 0 and (tmp_path / "gen" / "events").is_dir(), err
