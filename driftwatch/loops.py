@@ -33,7 +33,8 @@ are compared at two levels:
   content: ``page=2`` vs ``page=3`` or ``progress 40`` vs ``progress 50``
   never match, so pagination and polling are not mistaken for no-progress
   loops. Both arguments *and* result must match: the same request answered
-  with new results is progress.
+  with new results is progress. Arguments that were not recorded (null or
+  empty) match nothing, so repeats of such calls stay action-level.
 
 How cycles are found
 --------------------
@@ -435,15 +436,18 @@ class _TextSource:
     def has_text(frame: pl.DataFrame) -> bool:
         return "args" in frame.columns
 
-    def args(self, frame: pl.DataFrame, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Hashes of the arguments of the step frame's rows ``pos``, and whether they failed."""
+    def args(self, frame: pl.DataFrame, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Hashes of the arguments of the step frame's rows ``pos``, whether they failed, and
+        whether arguments were recorded (not null, not empty)."""
         if not self.has_text(frame):
-            sub = _take_frame(frame[["_ha", "_err"]], pos)
+            sub = _take_frame(frame[["_ha", "_err", "_la"]], pos)
         else:
             texts = _take_frame(frame[["args", "status"]], pos)
             self._args = (frame, pos, texts["args"])  # kept for :meth:`get`
-            sub = texts.lazy().select(_args_hash_expr(), _failed_expr().alias("_err")).collect()
-        return sub["_ha"].to_numpy(), sub["_err"].to_numpy()
+            sub = texts.lazy().select(
+                _args_hash_expr(), _failed_expr().alias("_err"), pl.col("args").str.len_bytes().alias("_la")
+            ).collect()
+        return sub["_ha"].to_numpy(), sub["_err"].to_numpy(), sub["_la"].fill_null(0).to_numpy() > 0
 
     def arg_lengths(self, frame: pl.DataFrame, pos: np.ndarray) -> np.ndarray:
         """Byte lengths of the arguments of the step frame's rows ``pos`` (null: 0)."""
@@ -885,8 +889,12 @@ def _tool_loops(
     pp = np.repeat(np.array(periods, np.int64), [j.size for j in js])
     pk = cpos[cj]
     ci = cidx[pk + pp]
-    h_a, failed = args.result()
-    ok_a = h_a[ci] == h_a[cj]
+    h_a, failed, recorded = args.result()
+    # arguments that were not recorded (null or empty) match nothing: without them "the same
+    # call again" cannot be told from paging or polling, so such repeats stay action-level
+    known = recorded[ci] & recorded[cj]
+    del recorded
+    ok_a = (h_a[ci] == h_a[cj]) & known
     del h_a
     ok_r = np.zeros(ok_a.size, dtype=bool)
     _results_equal(steps, source, ci, cj, crow, ok_r, np.flatnonzero(ok_a))
@@ -900,9 +908,10 @@ def _tool_loops(
         # judged first at those anchors, then only within span of an anchor that matches
         anchor = pk % span == 0
         hashed = ok_a.copy()  # pairs whose results were compared
-        _near_pairs(steps, source, ci, cj, crow, ok_a, ok_r, hashed, ok, anchor & ~identical, similarity)
+        todo = known & ~identical
+        _near_pairs(steps, source, ci, cj, crow, ok_a, ok_r, hashed, ok, anchor & todo, similarity)
         close = _near_anchor(pk, pp, span, anchor & ok, nt)
-        _near_pairs(steps, source, ci, cj, crow, ok_a, ok_r, hashed, ok, close & ~anchor & ~identical, similarity)
+        _near_pairs(steps, source, ci, cj, crow, ok_a, ok_r, hashed, ok, close & ~anchor & todo, similarity)
     fuzzy_pos = {p: pk[(pp == p) & ok & ~identical] + p for p in periods} if fuzzy else {}
     found = []
     for p in periods:
@@ -1048,7 +1057,7 @@ def _llm_loops(
     if pairs.size == 0:
         return None
     used, pi, pj = _pair_index(pairs, pairs + 1)
-    h_a, f = source.args(steps, crow[used])
+    h_a, f, _ = source.args(steps, crow[used])  # (every prompt read here was recorded: size > 0)
     failed = np.zeros(crow.size, dtype=bool)
     failed[used] = f
     same_prompt = np.zeros(inner.size, dtype=bool)

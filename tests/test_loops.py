@@ -263,12 +263,37 @@ def test_minimal_input_and_missing_optional_columns() -> None:
     ev = pl.DataFrame({"run_id": ["r"] * 4, "step": [4, 3, 2, 1], "action": ["a"] * 4})
     out = detect_loops(ev)
     assert out.select("start_step", "end_step", "kind", "wasted_tokens", "wasted_cost_usd").to_dicts() == [
-        {"start_step": 1, "end_step": 4, "kind": "exact", "wasted_tokens": 0, "wasted_cost_usd": 0.0}
-    ]
+        {"start_step": 1, "end_step": 4, "kind": "same_action", "wasted_tokens": 0, "wasted_cost_usd": 0.0}
+    ]  # no arguments recorded: "the same call" cannot be told from paging or polling
     assert out["agent"].to_list() == ["default"]
     ts_only = pl.DataFrame({"run_id": ["r"] * 3, "action": ["a"] * 3,
                             "ts": ["2026-01-01T00:00:00Z", "2026-01-01T00:00:01Z", "2026-01-01T00:00:02Z"]})
     assert detect_loops(ts_only)["repeats"].to_list() == [3]
+
+
+def test_unrecorded_arguments_match_nothing() -> None:
+    """Null or empty arguments are "not recorded": repeats of such calls stay action-level
+    (never escalated on their own), unless they fail; recorded ones on the same rows are exact."""
+    acts = ["plan"] + ["list_items"] * 5 + ["final"]
+    base = pl.DataFrame({"run_id": "r", "step": range(1, 8), "action": acts})
+    for args in (None, ""):
+        ev = base.with_columns(args=pl.lit(args, pl.String), result=pl.lit("3 items"))
+        for fuzzy in (True, False):
+            assert detect_loops(ev, fuzzy=fuzzy).select("kind", "match").rows() == [("same_action", "action")]
+    recorded = base.with_columns(args=pl.lit('{"page": 1}'), result=pl.lit("3 items"))
+    assert detect_loops(recorded)["kind"].to_list() == ["exact"]
+    # a log without args/result columns at all
+    assert detect_loops(base)["kind"].to_list() == ["same_action"]
+    assert detect_loops(base.lazy())["kind"].to_list() == ["same_action"]
+    # failures still say what the loop is
+    failing = base.with_columns(status=pl.when(pl.col("action") == "list_items").then(pl.lit("error"))
+                                .otherwise(pl.lit("ok")))
+    assert detect_loops(failing)["kind"].to_list() == ["error_retry"]
+    # half recorded: the recorded stretch is exact where it repeats, the rest action-level
+    half = base.with_columns(args=pl.when(pl.col("step") <= 4).then(pl.lit("q")).otherwise(None),
+                             result=pl.lit("3 items"))
+    out = detect_loops(half, min_repeats=2)
+    assert ("exact", 2, 4) in out.select("kind", "start_step", "end_step").rows()
 
 
 def test_empty_and_loop_free_inputs() -> None:
