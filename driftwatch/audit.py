@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from driftwatch._frames import as_lazy, duration_seconds, normalize_by
+from driftwatch._frames import as_lazy, duration_seconds, mark_checked, normalize_by
 from driftwatch._io import trim_heap
 from driftwatch.errors import CorruptFileError, EmptyInputError, InvalidParameterError, NoInputError
 from driftwatch.schema import CANONICAL_SCHEMA
@@ -483,7 +483,9 @@ def run_stage(
     Parameters
     ----------
     events_chunk : DataFrame, LazyFrame or ReadResult
-        Canonical events; every run present must be complete.
+        Canonical events that went through the reader's checks (:func:`~driftwatch.read_logs`,
+        :func:`driftwatch.read.check_frame`, or a filter of either): their values are not
+        checked again. Every run present must be complete.
     policy : Policy, path or None, default=None
         Policy for the checks (``None``: ``Policy()``).
     max_period, min_repeats, fuzzy : default=8, 3, True
@@ -517,7 +519,9 @@ def run_stage(
     from driftwatch import policy as policy_mod
 
     pol = policy_mod._as_policy(policy)
-    ev = _in_run_order(_reading(lambda: as_lazy(events_chunk).collect()))
+    # the reader's checks were made (read_logs, check_frame, a chunk of either): the detectors
+    # need not look at the values again
+    ev = mark_checked(_in_run_order(_reading(lambda: as_lazy(events_chunk, checked=True).collect())))
     # the loop detector (much of it single-threaded numpy) and the within-run change-points may
     # run on a second thread, beside the features, counts and policy checks
     side = ThreadPoolExecutor(max_workers=1) if side_thread else None
@@ -1562,7 +1566,7 @@ def _read(
             from driftwatch.read import read_logs
 
             rr = read_logs(source, format=format, engine=engine, column_map=column_map)
-        lf = as_lazy(rr.events)
+        lf = as_lazy(rr.events, checked=True)
         slicer = getattr(rr, "slicer", None)
         rejected = rr.rejected if isinstance(rr.rejected, pl.DataFrame) else rr.rejected.collect()
         raw = rr.stats.to_dict() if hasattr(rr.stats, "to_dict") else dict(rr.stats)
@@ -2194,7 +2198,7 @@ def _sources_fingerprint(source: Any, skipped: Sequence[SourceFile]) -> list[Any
         files = list_source_files(source)
         return [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
     if isinstance(source, pl.DataFrame | pl.LazyFrame):
-        lf = as_lazy(source)
+        lf = as_lazy(source, checked=True)  # (a fingerprint: the checks come after it)
         row = lf.select(
             pl.len().alias("rows"),
             pl.col("run_id").n_unique().alias("runs"),

@@ -34,3 +34,60 @@ def test_series_keys_are_distinct_column_names() -> None:
     for bad in (["run_id"], ["agent", "bucket"], "series", [1], [""]):
         with pytest.raises(InvalidParameterError, match=r"by \(--by\)"):
             normalize_by(bad)  # type: ignore[arg-type]
+
+
+def test_status_spellings_mean_the_same_to_every_detector() -> None:
+    """A boolean, ``failed`` or ``ERROR`` status made the detectors see no error at all while
+    ``dw.audit`` on the same frame (the reader's mapping) found the retry storm."""
+    import polars as pl
+
+    import driftwatch as dw
+    from driftwatch._frames import as_lazy
+
+    acts = ["plan"] + ["search"] * 6 + ["final"]
+
+    def frame(good: object, bad: object) -> pl.DataFrame:
+        return pl.DataFrame({"run_id": "r1", "step": range(1, 9), "action": acts, "args": "q",
+                             "status": [good] + [bad] * 6 + [good], "result": "boom"})
+
+    expected = None
+    for good, bad in (("ok", "error"), (True, False), ("success", "failed"), ("OK", "ERROR")):
+        ev = frame(good, bad)
+        for given in (ev, ev.lazy()):
+            assert as_lazy(given).collect()["status"].to_list() == ["ok"] + ["error"] * 6 + ["ok"]
+        got = (dw.detect_loops(ev).select("kind", "error_share").rows(),
+               dw.check_policy(ev, dw.Policy())["rule"].to_list(),
+               dw.score_runs(ev).select("level", "n_errors").rows())
+        assert got[0] == [("error_retry", 1.0)] and got[2] == [("escalate", 6)]
+        expected = expected or got
+        assert got == expected
+    # already canonical: passed through (the audit's own frames are never re-mapped)
+    canonical = frame("ok", "error").with_columns(pl.col("status").cast(pl.String))
+    assert as_lazy(canonical).collect().equals(as_lazy(canonical.lazy()).collect())
+
+
+@pytest.mark.parametrize(("column", "values", "shown"), [
+    ("step", ["1", "2", "abc"], "'abc'"),
+    ("step", [1.0, 2.5, 3.0], "'2.5'"),
+    ("cost_usd", ["0.1", "x", "0.2"], "'x'"),
+    ("cost_usd", [0.1, float("inf"), 0.2], "'inf'"),
+    ("ts", ["2026-10-01T00:00:00Z", "yesterday", "2026-10-01T00:00:02Z"], "'yesterday'"),
+    ("approved", ["yes", "maybe", "no"], "'maybe'"),
+])
+def test_values_that_cannot_be_converted_are_an_error(column: str, values: list[object], shown: str) -> None:
+    """Unconvertible values used to become nulls silently (a run with text steps had no
+    ``max_steps`` check at all); the detectors now say which column and what was found."""
+    import polars as pl
+
+    import driftwatch as dw
+    from driftwatch.errors import SchemaError
+
+    ev = pl.DataFrame({"run_id": "r", "step": [1, 2, 3], "action": "a"}).with_columns(pl.Series(column, values))
+    for call in (dw.detect_loops, lambda e: dw.check_policy(e, dw.Policy()), dw.score_runs):
+        for given in (ev, ev.lazy()):
+            with pytest.raises(SchemaError, match=rf"column '{column}': 1 value\(s\) cannot be read as .*{shown}.*"
+                                                  r"dw.audit / dw.validate"):
+                call(given)
+    # NaN is a missing value, not a bad one
+    nan = pl.DataFrame({"run_id": "r", "step": [1, 2, 3], "action": "a", "cost_usd": [0.1, float("nan"), 0.2]})
+    assert dw.check_policy(nan, dw.Policy()).height == 0
