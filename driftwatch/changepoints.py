@@ -1236,7 +1236,9 @@ def detect_run_changepoints(
         Remove a per-run linear trend first. Default: True for ``tokens`` and
         ``input_tokens`` (context growth), False otherwise.
     log : bool, optional
-        Detect on ``log1p(value)`` (multiplicative changes, heavy tails).
+        Detect on ``log(value + offset)`` (multiplicative changes, heavy tails): offset 1
+        for token counts, a hundredth of the run's median positive value for ``cost_usd``
+        and ``latency_ms`` (so the result does not depend on their unit).
         Default: True for ``output_tokens``, ``cost_usd`` and ``latency_ms``
         when not detrending.
     threshold : float, default 6.0
@@ -1296,7 +1298,15 @@ def detect_run_changepoints(
         lf = lf.filter(pl.col("action") != LLM_ACTION)
 
     run = "run_id"
-    y = pl.col("_v").clip(lower_bound=0.0).log1p() if use_log else pl.col("_v")
+    # the log scale: log(value + offset). Token counts take offset 1 (log1p); money and times
+    # are small numbers in their units (a $0.01 call), where log1p is nearly linear and a
+    # +80% jump read as +0.8%, so their offset is a hundredth of the run's median positive
+    # value: the result does not depend on the unit
+    if metric in ("cost_usd", "latency_ms"):
+        offset = (pl.col("_v").filter(pl.col("_v") > 0).median().over("run_id") * 0.01).fill_null(1.0)
+    else:
+        offset = pl.lit(1.0)
+    y = (pl.col("_v").clip(lower_bound=0.0) + offset).log() if use_log else pl.col("_v")
     c = pl.col
     base = (
         lf.select("run_id", "step", "agent", value.cast(pl.Float64).alias("_v"))

@@ -502,6 +502,28 @@ def test_run_changepoints_latency_on_log_scale() -> None:
     assert found["magnitude"].median() == pytest.approx(0.6, abs=0.1)
 
 
+def test_run_changepoints_cost_does_not_depend_on_its_unit() -> None:
+    """Cost per call in dollars (about $0.01) went through log1p, nearly linear there: a +60%
+    jump read as +0.5% and was dropped by min_magnitude, while the same costs in cents were
+    found. The offset now scales with the run, so dollars, cents and micro-dollars agree."""
+    ev, truth = _long_runs(200, 5, change=True, lmin=200, lmax=400)
+    dollars = ev.with_columns(cost_usd=pl.col("latency_ms") * 1.5e-5)  # ~$0.01 per call, +60% jump
+    found = {}
+    for scale in (1.0, 100.0, 1e6):
+        out = detect_run_changepoints(dollars.with_columns(pl.col("cost_usd") * scale), metric="cost_usd")
+        found[scale] = out.join(truth, on="run_id")
+    assert found[1.0].height >= 190
+    assert ((found[1.0]["position"] - found[1.0]["cut"]).abs() <= 10).mean() >= 0.95
+    assert found[1.0]["magnitude"].median() == pytest.approx(0.6, abs=0.1)
+    for scale in (100.0, 1e6):
+        assert found[scale]["position"].to_list() == found[1.0]["position"].to_list()
+        assert found[scale]["magnitude"].to_numpy() == pytest.approx(found[1.0]["magnitude"].to_numpy(), rel=1e-6)
+        assert found[scale]["jump"].to_numpy() == pytest.approx(found[1.0]["jump"].to_numpy() * scale, rel=1e-6)
+    quiet, _ = _long_runs(1500, 6, change=False, lmin=20, lmax=400)
+    quiet = quiet.with_columns(cost_usd=pl.col("latency_ms") * 1.5e-5)
+    assert detect_run_changepoints(quiet, metric="cost_usd").height <= 3  # <= 0.2% of runs
+
+
 def test_run_changepoints_on_synth_fleet_and_chunks() -> None:
     fleet = synth.generate(days=4, runs_per_day=300, seed=4)  # loops give long runs with growing context
     ev = fleet.events
