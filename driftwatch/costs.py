@@ -249,8 +249,11 @@ def cost_profile_from_runs(
     randomness, the sum of N runs drawn from the observed costs (simulated
     directly when ``n_boot x N`` fits the same budget, else its normal limit
     N*mean +- sd*sqrt(N)). The interval is the central ``interval`` range of
-    ``N * mean_b + (S_b - N * mean)`` over the replicates. It assumes future
-    runs look like the observed ones (same mix, same behaviour).
+    ``N * mean_b + (S_b - N * mean)`` over the replicates. When both fit the
+    budget together, the two are simulated at once (a double bootstrap: each
+    replicate draws the day's N runs from its own resample of the observed
+    runs). The interval never leaves ``N * [min, max]`` of the observed costs.
+    It assumes future runs look like the observed ones (same mix, same behaviour).
 
     **Worst run of a day.** When N <= runs / 2 the expected maximum of N draws
     from the observed costs is computed exactly from the order statistics,
@@ -678,6 +681,21 @@ def project_daily_spend(
     mean = float(x.mean())
     sd = float(x.std(ddof=1)) if n > 1 else 0.0
     big_n = float(volume)
+    n_int = max(1, round(big_n))
+    lowest, highest = big_n * float(x.min()), big_n * float(x.max())
+    alpha = (1.0 - interval) / 2.0
+    if (n + n_int) * n_boot <= _DRAW_BUDGET:
+        # both at once (a double bootstrap): each replicate resamples the observed runs, then
+        # draws the day's N runs from its resample, so the day stays inside N * [min, max]
+        day = np.empty(n_boot)
+        chunk = max(1, _DRAW_BUDGET // (4 * (n + n_int)))
+        for start in range(0, n_boot, chunk):
+            stop = min(n_boot, start + chunk)
+            res = gen.integers(0, n, size=(stop - start, n))
+            pick = np.take_along_axis(res, gen.integers(0, n, size=(stop - start, n_int)), axis=1)
+            day[start:stop] = x[pick].sum(axis=1)
+        lo, hi = np.quantile(day * (big_n / n_int), [alpha, 1.0 - alpha])
+        return big_n * mean, float(np.clip(lo, lowest, highest)), float(np.clip(hi, lowest, highest))
     # (1) uncertainty of the mean cost per run
     if n * n_boot <= _DRAW_BUDGET:
         means = np.empty(n_boot)
@@ -688,7 +706,6 @@ def project_daily_spend(
     else:
         means = mean + sd / math.sqrt(n) * gen.standard_normal(n_boot)
     # (2) the day's own randomness: the sum of N runs
-    n_int = max(1, round(big_n))
     if n_int * n_boot <= _DRAW_BUDGET:
         day = np.empty(n_boot)
         chunk = max(1, _DRAW_BUDGET // (4 * n_int))
@@ -699,9 +716,9 @@ def project_daily_spend(
     else:
         noise = sd * math.sqrt(big_n) * gen.standard_normal(n_boot)
     total = big_n * means + noise
-    alpha = (1.0 - interval) / 2.0
     lo, hi = np.quantile(total, [alpha, 1.0 - alpha])
-    return big_n * mean, float(lo), float(hi)
+    # the normal limits can reach past what N runs can cost
+    return big_n * mean, float(np.clip(lo, lowest, highest)), float(np.clip(hi, lowest, highest))
 
 
 def _fit_gpd(exc: np.ndarray) -> tuple[float, float]:

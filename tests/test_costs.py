@@ -186,6 +186,22 @@ def test_projection_interval_covers_fresh_days(runs: pl.DataFrame) -> None:
     assert row["worst_run_expected_usd"] == pytest.approx(float(np.mean(daily_max)), rel=0.25)
 
 
+@pytest.mark.parametrize(("costs", "volume"), [([0.01] * 30 + [5.0] * 2, 10), ([0, 0, 0, 10], 1), ([1, 2, 3, 4], 1),
+                                              ([0.01] * 30 + [5.0] * 2, 3_000_000)])
+def test_projection_interval_stays_within_what_n_runs_can_cost(costs: list[float], volume: float) -> None:
+    """A rare series at a small volume got a negative lower bound ($-3.02 for ten runs that
+    cost at least $0.01 each): the mean's and the day's uncertainty were added as if normal.
+    Small cases are now simulated together, and no interval leaves N * [min, max]."""
+    from driftwatch.costs import project_daily_spend
+
+    x = np.asarray(costs, dtype=float)
+    point, lo, hi = project_daily_spend(x, volume)
+    assert volume * x.min() <= lo <= hi <= volume * x.max()
+    assert lo <= point * (1 + 1e-12) and point <= hi * (1 + 1e-12)
+    if volume == 1:  # one run costs one of the observed costs: the central 95% of them
+        assert (lo, hi) == (x.min(), x.max())
+
+
 def test_volume_split_by_share_and_mapping(runs: pl.DataFrame) -> None:
     prof = cost_profile_from_runs(runs, volume_per_day=10_000)
     agents = prof.filter(pl.col("series") != "all")
