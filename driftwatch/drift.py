@@ -1997,8 +1997,12 @@ def _classifier_rows(data: _Data, tool: _Cat | None, opts: _Options) -> pl.DataF
     fnames = np.array([np.array(cols, dtype=object)] * S).reshape(S, len(cols))
     if tool is not None:
         fnames = np.hstack([fnames, np.char.add("share:", tool.names[:, :k].astype(str)).astype(object)])
-    with np.errstate(invalid="ignore"):
-        live = np.isfinite(X).any(0) & (np.nanstd(np.where(np.isfinite(X), X, np.nan), axis=0) > 0)
+    # inputs with at least two different finite values (an absent optional column is all NaN:
+    # no np.nanstd, which warns on it)
+    fin = np.isfinite(X)
+    cnt = fin.sum(0)
+    mean = np.where(fin, X, 0.0).sum(0) / np.maximum(cnt, 1)
+    live = (cnt > 0) & ((np.where(fin, X - mean, 0.0) ** 2).sum(0) > 0)
     if not live.any():
         return None
     X, fnames = X[:, live], fnames[:, live]

@@ -672,3 +672,17 @@ def test_run_ids_matched_in_steps(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(D, "_SHIFT_STEP", 2)
     rid = pl.concat([pl.Series(["a", "a", "b"]), pl.Series(["b", None, None, "c"])], rechunk=False)
     assert D._run_starts(rid).tolist() == [True, False, True, False, True, False, True]
+
+
+@pytest.mark.parametrize("absent", [["latency_ms"], ["input_tokens", "output_tokens"], ["confidence"]])
+def test_absent_optional_columns_leak_no_warning(absent: list[str]) -> None:
+    """An absent optional column is all NaN among the classifier's inputs; np.nanstd warned
+    "Degrees of freedom <= 0" on it (an error under -W error, and from dw.audit too)."""
+    import warnings
+
+    ev = synth.generate(days=14, runs_per_day=40, seed=3).events.drop(absent)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rows = dw.detect_drift(ev, reference="7d")
+        assert rows.height > 0
+        assert dw.audit(ev).runs.height == ev["run_id"].n_unique()
