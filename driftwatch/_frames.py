@@ -139,10 +139,18 @@ def collect(lf: pl.LazyFrame | pl.DataFrame, *, streaming: bool = False) -> pl.D
 _RESERVED_BY = ("run_id", "series", "bucket")
 
 
+#: Canonical columns that are measured per step, not labels of a run: a series per value of
+#: them means nothing, and they are columns of the tables the series are built from.
+_MEASURED = ("step", "ts", "action", "args", "result", "status", "error_type", "input_tokens", "output_tokens",
+             "cost_usd", "latency_ms", "approved", "confidence", "feedback", "outcome")
+
+
 def normalize_by(by: str | Sequence[str] | None) -> tuple[str, ...]:
     """``by`` as a tuple of distinct column names (a bare string is one column)."""
     if by is None:
         return ()
+    if not isinstance(by, str) and not (isinstance(by, Sequence) or hasattr(by, "__iter__")):
+        raise InvalidParameterError(f"by (--by) must be a column name or a list of them, got {by!r}")
     cols = (by,) if isinstance(by, str) else tuple(by)
     for c in cols:
         if not isinstance(c, str) or not c:
@@ -150,6 +158,11 @@ def normalize_by(by: str | Sequence[str] | None) -> tuple[str, ...]:
         if c in _RESERVED_BY:
             raise InvalidParameterError(
                 f"by (--by) cannot group by {c!r}; expected columns such as 'agent' or 'agent,version'"
+            )
+        if c in _MEASURED:
+            raise InvalidParameterError(
+                f"by (--by) cannot group by {c!r}: it is measured at every step, not a label of a run; "
+                "expected label columns such as 'agent', 'version' or one of your own (e.g. 'tenant')"
             )
     return tuple(dict.fromkeys(cols))  # (--by agent,agent is agent)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import polars as pl
 import pytest
 
 from driftwatch._frames import duration_seconds, normalize_by
@@ -31,9 +32,25 @@ def test_series_keys_are_distinct_column_names() -> None:
     assert normalize_by(None) == ()
     assert normalize_by("agent") == ("agent",)
     assert normalize_by(["agent", "version", "agent"]) == ("agent", "version")  # --by agent,version,agent
-    for bad in (["run_id"], ["agent", "bucket"], "series", [1], [""]):
+    for bad in (["run_id"], ["agent", "bucket"], "series", [1], [""], 5):
         with pytest.raises(InvalidParameterError, match=r"by \(--by\)"):
             normalize_by(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("column", ["action", "cost_usd", "latency_ms", "outcome", "status"])
+def test_measured_columns_are_not_series_labels(column: str) -> None:
+    """by="cost_usd" (or action, latency_ms, outcome) crashed with Polars' DuplicateError: they
+    are columns of the tables the series are built from. Now one clear message, everywhere."""
+    import driftwatch as dw
+    from driftwatch import synth
+
+    ev = synth.generate(days=3, runs_per_day=20, seed=2).events
+    for call in (dw.detect_changepoints, dw.cost_profile, dw.load_curve, dw.audit,
+                 lambda e, by: dw.detect_drift(e, reference="1d", by=by)):
+        with pytest.raises(InvalidParameterError, match=f"cannot group by '{column}': it is measured at every step"):
+            call(ev, by=column)
+    assert dw.detect_changepoints(ev.with_columns(tenant=pl.lit("t1")), by="tenant")["series"].unique().to_list() in (
+        [], ["tenant=t1"])
 
 
 def test_status_spellings_mean_the_same_to_every_detector() -> None:
