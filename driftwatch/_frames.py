@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import numbers
 import re
 import weakref
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from driftwatch.errors import InvalidParameterError, SchemaError
@@ -125,6 +127,26 @@ _EXPECTED = {
 }
 
 
+def check_seed(value: Any, *, name: str = "random_state", allow_none: bool = False) -> int | None:
+    """``value`` as a seed for numpy and scikit-learn: an integer in ``[0, 2**32)`` (numpy
+    integers too), or ``None`` where ``allow_none``; anything else is an
+    :class:`InvalidParameterError` naming ``name``."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and 0 <= int(value) < 2**32:
+        return int(value)
+    expected = "an integer in [0, 2**32)" + (" or None" if allow_none else "")
+    raise InvalidParameterError(f"{name} must be {expected} (the random seed), got {value!r}")
+
+
+def check_flag(value: Any, *, name: str) -> bool:
+    """``value`` as a boolean option: ``True``/``False`` (numpy booleans too), else an
+    :class:`InvalidParameterError` naming ``name`` (``"no"`` is truthy in Python)."""
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    raise InvalidParameterError(f"{name} must be True or False, got {value!r}")
+
+
 def collect(lf: pl.LazyFrame | pl.DataFrame, *, streaming: bool = False) -> pl.DataFrame:
     """Collect a LazyFrame (eager frames pass through)."""
     if isinstance(lf, pl.DataFrame):
@@ -236,6 +258,8 @@ def detect_loops_if_available(lf: pl.LazyFrame) -> pl.DataFrame | None:
 __all__ = [
     "FrameLike",
     "as_lazy",
+    "check_flag",
+    "check_seed",
     "collect",
     "mark_checked",
     "detect_loops_if_available",

@@ -59,6 +59,7 @@ import polars as pl
 
 from driftwatch._frames import (
     as_lazy,
+    check_flag,
     duration_seconds,
     normalize_by,
     series_expr,
@@ -551,7 +552,7 @@ def changepoints_from_buckets(
         min_z=_check_float("min_z", min_z, lo=0.0),
         min_magnitude=_check_float("min_magnitude", min_magnitude, lo=0.0),
         weight=_check_weight(weight),
-        sparse=bool(sparse),
+        sparse=check_flag(sparse, name="sparse"),
     )
     _check_int("min_runs", min_runs, lo=1)
     b = _as_frame(buckets, "buckets")
@@ -1278,8 +1279,9 @@ def detect_run_changepoints(
         raise InvalidParameterError(f"steps must be 'auto', 'llm', 'tool' or 'all', got {steps!r}")
     _check_float("threshold", threshold, lo=0.0)
     _check_float("min_magnitude", min_magnitude, lo=0.0)
-    use_trend = (metric in ("tokens", "input_tokens")) if detrend is None else bool(detrend)
-    use_log = (metric in ("output_tokens", "cost_usd", "latency_ms") and not use_trend) if log is None else bool(log)
+    use_trend = (metric in ("tokens", "input_tokens")) if detrend is None else check_flag(detrend, name="detrend")
+    use_log = ((metric in ("output_tokens", "cost_usd", "latency_ms") and not use_trend) if log is None
+               else check_flag(log, name="log"))
 
     lf = as_lazy(events)
     if metric == "tokens":

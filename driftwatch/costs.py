@@ -37,6 +37,7 @@ import polars as pl
 from driftwatch._frames import (
     FrameLike,
     as_lazy,
+    check_seed,
     detect_loops_if_available,
     normalize_by,
     run_table,
@@ -283,6 +284,7 @@ def cost_profile_from_runs(
     """
     by_cols = normalize_by(by)
     _check_options(interval=interval, n_boot=n_boot, volume_per_day=volume_per_day)
+    random_state = check_seed(random_state)
     ceiling = cost_ceiling(policy)
     runs = _prepare_runs(features, by_cols, loops)
 

@@ -50,7 +50,7 @@ import polars as pl
 from scipy import sparse, special, stats
 from threadpoolctl import threadpool_limits
 
-from driftwatch._frames import as_lazy, duration_seconds, normalize_by, series_expr
+from driftwatch._frames import as_lazy, check_seed, duration_seconds, normalize_by, series_expr
 from driftwatch.errors import InvalidParameterError, SchemaError
 from driftwatch.features import NUMERIC_RUN_FEATURES, run_action_counts, run_bigram_counts, run_features
 from driftwatch.schema import LLM_ACTION, TS_DTYPE
@@ -566,9 +566,7 @@ class _Options:
         cmr = kw["classifier_max_runs"]
         if cmr is not None and (not isinstance(cmr, int) or isinstance(cmr, bool) or cmr < 100):
             raise InvalidParameterError(f"classifier_max_runs must be None or an integer >= 100, got {cmr!r}")
-        rs = kw["random_state"]
-        if not isinstance(rs, int) or isinstance(rs, bool) or rs < 0:
-            raise InvalidParameterError(f"random_state must be a non-negative integer, got {rs!r}")
+        rs = check_seed(kw["random_state"])
         return cls(by, every_us, float(alpha), kw["fdr"], me, min_runs, include, mc, cmt, cmr, rs)
 
 

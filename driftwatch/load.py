@@ -89,6 +89,7 @@ from threadpoolctl import threadpool_limits
 from driftwatch._frames import (
     FrameLike,
     as_lazy,
+    check_seed,
     detect_loops_if_available,
     duration_seconds,
     normalize_by,
@@ -303,6 +304,7 @@ def load_curve_from_runs(
         min_effect=min_effect,
         have_loops=loops is not None,
     )
+    random_state = check_seed(random_state)
     by_cols = normalize_by(by)
     buckets = load_buckets_from_runs(features, loops=loops, every=every, by=by_cols, control=control)
     rows: list[dict[str, Any]] = []

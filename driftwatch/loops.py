@@ -157,7 +157,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from driftwatch._frames import as_lazy, collect
+from driftwatch._frames import as_lazy, check_flag, collect
 from driftwatch._signatures import _pair_index, near_duplicates, normalize
 from driftwatch.errors import InvalidParameterError, SchemaError
 from driftwatch.schema import HANDOFF_PREFIX, LLM_ACTION
@@ -712,8 +712,8 @@ def detect_loops(
     min_repeats = _check_int("min_repeats", min_repeats, 2, 1000)
     similarity = _check_fraction("similarity", similarity)
     error_share = _check_fraction("error_share", error_share)
-    if not isinstance(fuzzy, bool):
-        raise InvalidParameterError(f"fuzzy must be True or False, got {fuzzy!r}")
+    fuzzy = check_flag(fuzzy, name="fuzzy")
+    streaming = check_flag(streaming, name="streaming")
 
     steps, source = _load_steps(events, streaming=streaming)
     if steps.height == 0:

@@ -61,7 +61,7 @@ from typing import Any
 
 import polars as pl
 
-from driftwatch._frames import as_lazy
+from driftwatch._frames import as_lazy, check_flag
 from driftwatch.errors import InvalidParameterError, PolicyError
 from driftwatch.schema import HANDOFF_PREFIX, LLM_ACTION
 
@@ -1127,6 +1127,7 @@ def check_policy(
     [(2, 'unapproved_action', 'refund_order (write tier) without approval (approval not recorded)'), (3, 'max_cost', 'cost $0.70 > ceiling $0.50')]
     """
     policy = _as_policy(policy)
+    delegation = check_flag(delegation, name="delegation")
     if features is not None:
         need = ("run_id", "n_steps", "runtime_s", "tokens", "cost_usd", "n_errors")
         missing = [c for c in need if c not in getattr(features, "columns", ())]

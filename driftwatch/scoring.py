@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from driftwatch._frames import as_lazy, series_expr
+from driftwatch._frames import as_lazy, check_seed, series_expr
 from driftwatch.errors import InputError, InvalidParameterError
 from driftwatch.features import run_features
 from driftwatch.policy import (
@@ -585,6 +585,7 @@ def score_runs_from_runs(
     (0.5, 'review', ['cost $0.60 > ceiling $0.50'])
     """
     pol = _as_policy(policy)
+    random_state = check_seed(random_state, allow_none=True)
     feats = features.collect() if isinstance(features, pl.LazyFrame) else features
     if not isinstance(feats, pl.DataFrame):
         raise InvalidParameterError(f"features must be a run_features DataFrame, got {type(features).__name__}")
@@ -1025,6 +1026,7 @@ def score_runs(
     ('escalate', ['lowest confidence 0.10 < 0.30'])
     """
     pol = _as_policy(policy)
+    random_state = check_seed(random_state, allow_none=True)
     lf = as_lazy(events)
     feats = run_features(lf)
     summary = _detect_loop_summary(lf) if loops is None else loops
@@ -1262,6 +1264,7 @@ def fit_escalation(
 
     if isinstance(cv, bool) or not isinstance(cv, int) or cv < 2:
         raise InvalidParameterError(f"cv must be an integer >= 2, got {cv!r}")
+    random_state = check_seed(random_state)
     data = runs_or_features.collect() if isinstance(runs_or_features, pl.LazyFrame) else runs_or_features
     if hasattr(data, "events") and not isinstance(data, pl.DataFrame):
         data = data.events

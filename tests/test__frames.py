@@ -108,3 +108,43 @@ def test_values_that_cannot_be_converted_are_an_error(column: str, values: list[
     # NaN is a missing value, not a bad one
     nan = pl.DataFrame({"run_id": "r", "step": [1, 2, 3], "action": "a", "cost_usd": [0.1, float("nan"), 0.2]})
     assert dw.check_policy(nan, dw.Policy()).height == 0
+
+
+def test_seeds_and_flags_are_checked_at_every_boundary() -> None:
+    """random_state=-1 leaked numpy's or scikit-learn's own errors (1.5 was accepted by
+    load_curve); streaming="no" or delegation="no" were read as True."""
+    import numpy as np
+
+    import driftwatch as dw
+    from driftwatch import synth
+    from driftwatch._frames import check_flag, check_seed
+
+    assert check_seed(np.int64(7)) == 7 and check_seed(None, allow_none=True) is None
+    for bad in (-1, 2**32, 1.5, True, "1", None):
+        with pytest.raises(InvalidParameterError, match="random_state must be an integer in"):
+            check_seed(bad)
+    assert check_flag(np.bool_(True), name="x") is True
+    ev = synth.generate(days=14, runs_per_day=40, seed=3).events
+    calls = {
+        "score_runs": lambda rs: dw.score_runs(ev, random_state=rs),
+        "cost_profile": lambda rs: dw.cost_profile(ev, random_state=rs),
+        "load_curve": lambda rs: dw.load_curve(ev, random_state=rs, every="1h"),
+        "detect_drift": lambda rs: dw.detect_drift(ev, reference="7d", random_state=rs),
+        "fit_escalation": lambda rs: dw.fit_escalation(dw.score_runs(ev), pl.Series([True, False] * 280),
+                                                       random_state=rs),
+    }
+    for name, call in calls.items():
+        for bad in (-1, 2**32, 1.5):
+            with pytest.raises(InvalidParameterError, match="random_state must be"):
+                call(bad)
+    flags = {
+        "streaming": lambda v: dw.detect_loops(ev, streaming=v),
+        "fuzzy": lambda v: dw.detect_loops(ev, fuzzy=v),
+        "delegation": lambda v: dw.check_policy(ev, dw.Policy(), delegation=v),
+        "sparse": lambda v: dw.detect_changepoints(ev, sparse=v),
+        "log": lambda v: dw.detect_run_changepoints(ev, log=v),
+        "detrend": lambda v: dw.detect_run_changepoints(ev, detrend=v),
+    }
+    for name, call in flags.items():
+        with pytest.raises(InvalidParameterError, match=f"{name} must be True or False, got 'no'"):
+            call("no")
