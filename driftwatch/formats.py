@@ -48,6 +48,8 @@ from driftwatch.schema import (
     LLM_ACTION,
     REASON_COL,
     check_required,
+    epoch_to_ts,
+    json_text,
     to_text,
     to_ts,
 )
@@ -119,6 +121,123 @@ def _find(columns: Sequence[str] | Mapping[str, object], names: Sequence[str]) -
 
 def _attr(columns: Sequence[str] | Mapping[str, object], key: str) -> str | None:
     return _find(columns, (f"attributes.{key}", key))
+
+
+# --- nested attribute columns ----------------------------------------------------------------
+
+#: Attribute names the span adapters read; looked up in map, key/value-list and JSON-text
+#: attribute columns (whose keys are not in the schema). Struct attributes give every field.
+SPAN_ATTRIBUTE_KEYS: tuple[str, ...] = (
+    "gen_ai.operation.name", "gen_ai.tool.name", "gen_ai.agent.name", "gen_ai.agent.version", "error.type",
+    "gen_ai.input.messages", "gen_ai.output.messages", "gen_ai.tool.call.arguments", "gen_ai.tool.call.result",
+    "gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens", "gen_ai.usage.prompt_tokens",
+    "gen_ai.usage.completion_tokens", "gen_ai.usage.cost", "gen_ai.response.model", "gen_ai.request.model",
+    "openinference.span.kind", "agent.name", "agent.version", "tool.name", "exception.type", "input.value",
+    "output.value", "llm.token_count.prompt", "llm.token_count.completion", "llm.cost.total", "llm.cost.prompt",
+    "llm.cost.completion", "llm.model_name", "session.id",
+)
+#: Columns whose nested fields are read as dotted columns (``attributes`` -> ``attributes.<name>``,
+#: ``status`` {code, message} -> ``status.code``, ``context`` -> ``context.trace_id``).
+_NESTED_BASES = ("attributes", "status", "context")
+#: Scalar fields of an OTLP ``AnyValue`` (key/value lists), in both JSON and proto spellings.
+_ANY_VALUE_SCALARS = ("stringValue", "string_value", "intValue", "int_value", "doubleValue", "double_value",
+                      "boolValue", "bool_value")
+
+
+def _is_kv_list(dtype: pl.DataType) -> bool:
+    if not isinstance(dtype, pl.List) or not isinstance(dtype.inner, pl.Struct):
+        return False
+    names = {f.name for f in dtype.inner.fields}
+    return {"key", "value"} <= names
+
+
+def _leaf(expr: pl.Expr, dtype: pl.DataType) -> tuple[pl.Expr, pl.DataType]:
+    """A nested attribute value: scalars as they are, nested values as JSON text."""
+    if isinstance(dtype, pl.List | pl.Array | pl.Struct | pl.Map):
+        return json_text(expr), pl.String()
+    return expr, dtype
+
+
+def _struct_leaves(expr: pl.Expr, dtype: pl.Struct, prefix: str) -> list[tuple[str, pl.Expr, pl.DataType]]:
+    out: list[tuple[str, pl.Expr, pl.DataType]] = []
+    for fld in dtype.fields:
+        e = expr.struct.field(fld.name)
+        name = f"{prefix}.{fld.name}"
+        if isinstance(fld.dtype, pl.Struct):
+            out += _struct_leaves(e, fld.dtype, name)
+        else:
+            out.append((name, *_leaf(e, fld.dtype)))
+    return out
+
+
+def _kv_value(value: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """An OTLP ``AnyValue`` struct (or a plain value) as text: the scalar that is set, else JSON."""
+    if not isinstance(dtype, pl.Struct):
+        return _leaf(value, dtype)[0].cast(pl.String)
+    fields = {f.name: f.dtype for f in dtype.fields}
+    scalars = [value.struct.field(n).cast(pl.String) for n in _ANY_VALUE_SCALARS if n in fields
+               and not isinstance(fields[n], pl.List | pl.Array | pl.Struct | pl.Map)]
+    return pl.coalesce([*scalars, json_text(value)])
+
+
+def nested_columns(
+    schema: Mapping[str, pl.DataType], column_map: Mapping[str, str] | None = None, *, where: str = "input"
+) -> dict[str, tuple[pl.Expr, pl.DataType]]:
+    """Dotted columns read out of nested span columns: name -> (expression, dtype).
+
+    ``attributes`` / ``status`` / ``context`` structs (dotted field names or nested structs) give
+    one column per leaf field; an ``attributes`` map<string, ...>, OTLP key/value list
+    (``[{key, value: {stringValue | intValue | ...}}]``) or JSON text gives the attributes the
+    adapters read (:data:`SPAN_ATTRIBUTE_KEYS`) and the ``attributes.*`` sources of
+    ``column_map``. Columns already in ``schema`` (flattened ones) win. An ``attributes`` column
+    of another shape is a :class:`~driftwatch.errors.SchemaError` rather than silently ignored.
+    """
+    out: dict[str, tuple[pl.Expr, pl.DataType]] = {}
+    for base in _NESTED_BASES:
+        dtype = schema.get(base)
+        if dtype is None or dtype == pl.Null:
+            continue
+        if isinstance(dtype, pl.Struct):
+            for name, e, d in _struct_leaves(pl.col(base), dtype, base):
+                out.setdefault(name, (e, d))
+            continue
+        if base != "attributes":
+            continue
+        keys = list(dict.fromkeys([*SPAN_ATTRIBUTE_KEYS, *[src[len(base) + 1:] for src in (column_map or {})
+                                                            if src.startswith(base + ".")]]))
+        if isinstance(dtype, pl.Map) and dtype.key == pl.String:
+            for k in keys:
+                out[f"{base}.{k}"] = _leaf(pl.col(base).map.get(k), dtype.value)
+        elif _is_kv_list(dtype):
+            assert isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct)
+            vdtype = {f.name: f.dtype for f in dtype.inner.fields}["value"]
+            el = pl.element()
+            for k in keys:
+                hit = el.filter(el.struct.field("key") == k).struct.field("value")
+                out[f"{base}.{k}"] = (pl.col(base).list.eval(_kv_value(hit, vdtype)).list.first(), pl.String())
+        elif dtype == pl.String:
+            for k in keys:
+                out[f"{base}.{k}"] = (pl.col(base).str.json_path_match(f'$["{k}"]'), pl.String())
+        else:
+            raise SchemaError(
+                f"{where}: column 'attributes' has type {dtype}; span attributes are read flattened to columns "
+                "(attributes.<name>), or from a struct, a map<string, ...>, an OTLP key/value list or JSON text. "
+                "Flatten the attributes to columns (e.g. polars: df.unnest('attributes') with the fields renamed "
+                "to 'attributes.<name>')"
+            )
+    return {name: v for name, v in out.items() if name not in schema}
+
+
+def expand_nested(
+    lf: pl.LazyFrame, schema: Mapping[str, pl.DataType], column_map: Mapping[str, str] | None = None,
+    *, where: str = "input",
+) -> tuple[pl.LazyFrame, dict[str, pl.DataType]]:
+    """``lf`` with the :func:`nested_columns` added, and its schema."""
+    extra = nested_columns(schema, column_map, where=where)
+    if not extra:
+        return lf, dict(schema)
+    lf = lf.with_columns([e.alias(name) for name, (e, _) in extra.items()])
+    return lf, {**schema, **{name: d for name, (_, d) in extra.items()}}
 
 
 def check_column_map(column_map: Mapping[str, str] | None) -> dict[str, str]:
@@ -216,6 +335,7 @@ def adapt(
     *,
     column_map: Mapping[str, str] | None = None,
     where: str = "input",
+    tree: pl.LazyFrame | None = None,
 ) -> pl.LazyFrame:
     """Rename / derive canonical columns from a raw frame of format ``fmt``.
 
@@ -231,6 +351,9 @@ def adapt(
         Source column -> canonical column; overrides the adapter.
     where : str, default="input"
         How to name the input in error messages.
+    tree : polars.LazyFrame, optional
+        Span formats: the spans of every file of the read (:func:`span_tree` of each, concatenated),
+        so that a span whose parent is in another file still finds its agent. Default: ``lf``'s own.
 
     Returns
     -------
@@ -249,11 +372,31 @@ def adapt(
     cmap = check_column_map(column_map)
     if fmt == "canonical":
         return _adapt_canonical(lf, schema, cmap, where)
-    if fmt == "otel":
-        return _adapt_spans(lf, schema, cmap, where, _otel_fields(schema, where))
-    if fmt == "openinference":
-        return _adapt_spans(lf, schema, cmap, where, _oi_fields(schema, where))
+    if fmt in ("otel", "openinference"):
+        lf, full = expand_nested(lf, schema, cmap, where=where)
+        return _adapt_spans(lf, full, cmap, where, _span_fields(full, fmt, where), tree)
     raise InvalidParameterError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
+
+
+def _span_fields(schema: Mapping[str, pl.DataType], fmt: str, where: str) -> _SpanFields:
+    return _otel_fields(schema, where) if fmt == "otel" else _oi_fields(schema, where)
+
+
+def span_tree(
+    lf: pl.LazyFrame,
+    schema: Mapping[str, pl.DataType],
+    fmt: str,
+    *,
+    column_map: Mapping[str, str] | None = None,
+    where: str = "input",
+) -> pl.LazyFrame:
+    """The span hierarchy of a raw span frame: trace, span, parent and the agent each span names
+    (internal ``__dw_*`` text columns). Concatenate it over files and pass it to :func:`adapt` as
+    ``tree`` to build hierarchies across files."""
+    cmap = check_column_map(column_map)
+    lf, full = expand_nested(lf, schema, cmap, where=where)
+    f = _span_fields(full, fmt, where)
+    return lf.select(f.trace.alias(_T), f.span.alias(_S), f.parent.alias(_P), f.own_agent.alias(_OWN))
 
 
 def _internal(schema: Mapping[str, pl.DataType]) -> list[pl.Expr]:
@@ -277,8 +420,18 @@ def _adapt_canonical(
 
 
 def _mapped_hint(schema: Mapping[str, pl.DataType], cmap: dict[str, str]) -> str:
+    hints = []
     missing = [src for src in cmap if src not in schema]
-    return f" (column_map source(s) {missing} not in this file)" if missing else ""
+    if missing:
+        hints.append(f"column_map source(s) {missing} not in this file")
+    mapped_to = set(cmap.values())
+    moved = [src for src, dst in cmap.items() if src in schema and src in ("run_id", "action", "step", "ts") and dst != src
+             and src not in mapped_to]
+    if moved:  # {"run_id": "parent_run_id"} takes the column away from run_id
+        pairs = ", ".join(f"{src!r} is read as {cmap[src]!r}" for src in moved)
+        hints.append(f"column_map moves canonical column(s) away: {pairs}, so no column is read as "
+                     f"{moved[0]!r}; map another column to it")
+    return "".join(f" ({h})" for h in hints)
 
 
 # --------------------------------------------------------------------------------------------
@@ -300,6 +453,7 @@ class _SpanFields:
     handoff_target: pl.Expr
     kind_text: pl.Expr  # for the not_a_step detail
     columns: dict[str, pl.Expr]  # canonical columns other than run_id / action / agent
+    start_ns: pl.Expr  # start time in integer ns (full-precision order), null when unknown
 
 
 def _text(schema: Mapping[str, pl.DataType], col: str | None, where: str) -> pl.Expr:
@@ -313,8 +467,10 @@ def _id(schema: Mapping[str, pl.DataType], col: str | None, where: str) -> pl.Ex
     Binary ids are always hex (never read as text, even when their bytes happen to be)."""
     if col is not None and schema[col] == pl.Binary:
         e = pl.col(col).bin.encode("hex")
-    else:
-        e = _text(schema, col, where).str.strip_chars()
+    elif col is None:
+        e = pl.lit(None, dtype=pl.String)
+    else:  # a list or struct id is an error (as a canonical run_id of that type), not JSON text
+        e = to_text(pl.col(col), schema[col], where=where, col=col, nested_ok=False).value.str.strip_chars()
     return pl.when((e == "") | e.str.contains(r"^0+$")).then(None).otherwise(e)
 
 
@@ -330,11 +486,69 @@ def _coalesce(schema: Mapping[str, pl.DataType], cols: Sequence[str | None]) -> 
     return pl.coalesce([pl.col(c).cast(pl.String) for c in present])
 
 
+def _is_unix_nano(col: str) -> bool:
+    return "unixnano" in col.lower().replace("_", "")
+
+
+def _epoch_int(schema: Mapping[str, pl.DataType], col: str | None) -> pl.Expr | None:
+    """An epoch column as Int64 (its own unit): integers, and numeric text in ``*UnixNano``
+    columns (OTLP JSON writes fixed64 as decimal strings); ``None`` for other columns."""
+    if col is None:
+        return None
+    dtype = schema[col]
+    if dtype.is_integer():
+        return pl.col(col).cast(pl.Int64, strict=False)
+    if (dtype == pl.String or isinstance(dtype, pl.Categorical | pl.Enum)) and _is_unix_nano(col):
+        text = pl.col(col).cast(pl.String).str.strip_chars()
+        return pl.when(text.str.contains(r"^-?\d{1,19}$")).then(text.cast(pl.Int64, strict=False))
+    return None
+
+
+def _diff_ms(epoch: pl.Expr, diff: pl.Expr) -> pl.Expr:
+    """An integer difference of epochs in milliseconds; the epochs' unit is told by the
+    magnitude of ``epoch``, as :func:`driftwatch.schema.epoch_to_ts` does for ``ts``."""
+    a = epoch.abs()
+    d = diff.cast(pl.Float64)
+    return pl.when(a < 1e11).then(d * 1e3).when(a < 1e14).then(d).when(a < 1e17).then(d / 1e3).otherwise(d / 1e6)
+
+
+def _start_ns(schema: Mapping[str, pl.DataType], start: str) -> pl.Expr:
+    """The start time in integer nanoseconds (null when the column is text): orders spans at
+    full precision, where ``ts`` keeps microseconds."""
+    dtype = schema[start]
+    if isinstance(dtype, pl.Datetime):
+        return pl.col(start).dt.epoch("ns")
+    i = _epoch_int(schema, start)
+    if i is None:
+        return pl.lit(None, dtype=pl.Int64)
+    a = i.abs()
+    return (
+        pl.when(a < 10**11).then(i * 1_000_000_000)
+        .when(a < 10**14).then(i * 1_000_000)
+        .when(a < 10**17).then(i * 1_000)
+        .otherwise(i)
+    )
+
+
+def _start_ts(schema: Mapping[str, pl.DataType], start: str) -> pl.Expr:
+    """The raw start column for ``ts``; numeric text epochs become ISO text (the epoch's UTC time),
+    other text stays as it is (so that garbage is reported as ``bad_ts`` with its value)."""
+    dtype = schema[start]
+    i = _epoch_int(schema, start)
+    if i is None or dtype.is_integer():
+        return pl.col(start)
+    iso = epoch_to_ts(i, pl.Int64()).dt.replace_time_zone(None).dt.to_string("%Y-%m-%dT%H:%M:%S%.6f")
+    return pl.coalesce(iso, pl.col(start).cast(pl.String))
+
+
 def _latency_ms(schema: Mapping[str, pl.DataType], start: str | None, end: str | None, where: str) -> pl.Expr | None:
     if start is None or end is None:
         return None
-    if schema[start].is_integer() and schema[end].is_integer() and "nano" in start.lower():
-        return (pl.col(end).cast(pl.Float64) - pl.col(start).cast(pl.Float64)) / 1e6
+    si, ei = _epoch_int(schema, start), _epoch_int(schema, end)
+    if si is not None and ei is not None:  # exact: subtract integers, then scale from their unit
+        return _diff_ms(si, ei - si)
+    if isinstance(schema[start], pl.Datetime) and isinstance(schema[end], pl.Datetime):
+        return (pl.col(end).dt.epoch("ns") - pl.col(start).dt.epoch("ns")).cast(pl.Float64) / 1e6
     s = to_ts(pl.col(start), schema[start], where=where, col=start).value
     e = to_ts(pl.col(end), schema[end], where=where, col=end).value
     return (e - s).dt.total_microseconds().cast(pl.Float64) / 1e3
@@ -344,8 +558,13 @@ def _require(schema: Mapping[str, pl.DataType], fmt: str, what: dict[str, str | 
     missing = [name for name, col in what.items() if col is None]
     if missing:
         raise SchemaError(
-            f"{where}: {fmt} input is missing required column(s) {missing}; found {list(schema)}"
+            f"{where}: {fmt} input is missing required column(s) {missing}; found {_found(schema)}"
         )
+
+
+def _found(schema: Mapping[str, pl.DataType]) -> list[str]:
+    """The input's own columns, for messages (not driftwatch's internal ones)."""
+    return [c for c in schema if not c.startswith(INTERNAL_PREFIX)]
 
 
 def _otel_fields(schema: Mapping[str, pl.DataType], where: str) -> _SpanFields:
@@ -356,7 +575,7 @@ def _otel_fields(schema: Mapping[str, pl.DataType], where: str) -> _SpanFields:
     if op_c is None and name_c is None:
         raise SchemaError(
             f"{where}: OTel input needs attributes.gen_ai.operation.name or a span name to tell LLM calls "
-            f"from tool calls; found {list(schema)}"
+            f"from tool calls; found {_found(schema)}"
         )
     name = _text(schema, name_c, where)
     name_op = name.str.extract(r"^\s*([A-Za-z_]+)", 1).str.to_lowercase()
@@ -391,7 +610,7 @@ def _otel_fields(schema: Mapping[str, pl.DataType], where: str) -> _SpanFields:
     status = pl.when(err_type.is_not_null()).then(pl.lit("error")).otherwise(status)
     status_msg = _text(schema, _find(schema, _OTEL_STATUS_MSG), where)
     is_error = status.str.to_lowercase().str.contains("error")
-    cols: dict[str, pl.Expr] = {"ts": pl.col(start_c), "status": status,
+    cols: dict[str, pl.Expr] = {"ts": _start_ts(schema, start_c), "status": status,
                                 "error_type": pl.coalesce(err_type, pl.when(is_error).then(status_msg))}
     llm_in = _text(schema, _attr(schema, "gen_ai.input.messages"), where)
     llm_out = _text(schema, _attr(schema, "gen_ai.output.messages"), where)
@@ -415,6 +634,7 @@ def _otel_fields(schema: Mapping[str, pl.DataType], where: str) -> _SpanFields:
         trace=_id(schema, trace_c, where), span=_id(schema, span_c, where), parent=_id(schema, parent_c, where),
         name=name, kind=kind, tool_name=tool_name, own_agent=own, handoff_target=handoff,
         kind_text=pl.coalesce(op, pl.lit("no gen_ai.operation.name")), columns=cols,
+        start_ns=_start_ns(schema, start_c),
     )
 
 
@@ -465,23 +685,27 @@ def _oi_fields(schema: Mapping[str, pl.DataType], where: str) -> _SpanFields:
         trace=_id(schema, trace_c, where), span=_id(schema, span_c, where), parent=_id(schema, parent_c, where),
         name=name, kind=kind, tool_name=pl.coalesce(_text(schema, _attr(schema, "tool.name"), where), name),
         own_agent=own, handoff_target=pl.coalesce(agent_attr, name), kind_text=pl.coalesce(k, pl.lit("no span_kind")),
-        columns=cols,
+        columns=cols, start_ns=_start_ns(schema, start_c),
     )
 
 
 _T, _S, _P, _OWN, _KIND, _NAME = (f"{INTERNAL_PREFIX}{n}" for n in ("trace", "span", "parent", "own", "kind", "name"))
 _PCTX, _HANDOFF, _TOOL = (f"{INTERNAL_PREFIX}{n}" for n in ("pctx", "handoff", "tool"))
+#: Internal columns the span adapters add to their output: trace id, span id (a span delivered
+#: twice has the same pair) and the start time in integer nanoseconds (orders steps at full precision).
+SPAN_TRACE, SPAN_ID, SPAN_START_NS = _T, _S, f"{INTERNAL_PREFIX}start_ns"
 
 
-def _parent_agent_context(lf: pl.LazyFrame) -> pl.LazyFrame:
+def _parent_agent_context(lf: pl.LazyFrame, tree: pl.LazyFrame | None = None) -> pl.LazyFrame:
     """Add ``_PCTX``: the agent of the nearest ancestor span that names one (pointer doubling).
 
-    Each step joins the narrow (trace, span, ancestor, agent) table with itself, doubling the
-    ancestry depth covered; ``_AGENT_DOUBLING_STEPS`` steps cover 2**steps levels.
+    Each step joins the narrow (trace, span, ancestor, agent) table (of ``tree``, else of ``lf``)
+    with itself, doubling the ancestry depth covered; ``_AGENT_DOUBLING_STEPS`` steps cover
+    2**steps levels.
     """
     anc, ctx = f"{INTERNAL_PREFIX}anc", f"{INTERNAL_PREFIX}ctx"
     nodes = (
-        lf.select(pl.col(_T), pl.col(_S), pl.col(_P).alias(anc), pl.col(_OWN).alias(ctx))
+        (lf if tree is None else tree).select(pl.col(_T), pl.col(_S), pl.col(_P).alias(anc), pl.col(_OWN).alias(ctx))
         .filter(pl.col(_T).is_not_null() & pl.col(_S).is_not_null())
         .group_by(_T, _S)
         .agg(pl.col(anc).min(), pl.col(ctx).min())
@@ -505,14 +729,15 @@ def _adapt_spans(
     cmap: dict[str, str],
     where: str,
     f: _SpanFields,
+    tree: pl.LazyFrame | None = None,
 ) -> pl.LazyFrame:
     internal = [c for c in schema if c.startswith(INTERNAL_PREFIX)]
     staged = lf.with_columns(
         f.trace.alias(_T), f.span.alias(_S), f.parent.alias(_P), f.own_agent.alias(_OWN),
         f.kind.alias(_KIND), f.name.alias(_NAME), f.handoff_target.alias(_HANDOFF), f.tool_name.alias(_TOOL),
-        f.kind_text.alias(f"{INTERNAL_PREFIX}kindtext"),
+        f.kind_text.alias(f"{INTERNAL_PREFIX}kindtext"), f.start_ns.cast(pl.Int64).alias(SPAN_START_NS),
     )
-    staged = _parent_agent_context(staged)
+    staged = _parent_agent_context(staged, tree)
     kind, pctx = pl.col(_KIND), pl.col(_PCTX)
     nested_agent = (kind == "agent") & pctx.is_not_null()
     not_step = (kind == "wrapper") | ((kind == "agent") & pctx.is_null())
@@ -534,6 +759,7 @@ def _adapt_spans(
     )
     exprs = [e.alias(k) for k, e in out.items()]
     exprs += [reason.cast(pl.String).alias(REASON_COL), detail.cast(pl.String).alias(DETAIL_COL)]
+    exprs += [pl.col(c) for c in (_T, _S, SPAN_START_NS) if c not in internal]
     return staged.select(exprs + [pl.col(c) for c in internal])
 
 
@@ -543,10 +769,17 @@ __all__ = [
     "OI_WRAPPER_KINDS",
     "OTEL_LLM_OPS",
     "OTEL_WRAPPER_OPS",
+    "SPAN_ATTRIBUTE_KEYS",
+    "SPAN_ID",
+    "SPAN_START_NS",
+    "SPAN_TRACE",
     "Pushdown",
     "adapt",
     "check_column_map",
     "detect_format",
+    "expand_nested",
     "format_hint",
+    "nested_columns",
     "pushdown_columns",
+    "span_tree",
 ]

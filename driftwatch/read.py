@@ -51,12 +51,17 @@ from driftwatch.errors import (
 from driftwatch.formats import (
     FORMATS,
     INTERNAL_PREFIX,
+    SPAN_ID,
+    SPAN_START_NS,
+    SPAN_TRACE,
     Pushdown,
     adapt,
     check_column_map,
     detect_format,
     format_hint,
+    nested_columns,
     pushdown_columns,
+    span_tree,
 )
 from driftwatch.schema import (
     CANONICAL_SCHEMA,
@@ -79,6 +84,7 @@ _ROW = f"{INTERNAL_PREFIX}row"
 _ORDER = f"{INTERNAL_PREFIX}order"
 _FIRST = f"{INTERNAL_PREFIX}first"
 _HASH = f"{INTERNAL_PREFIX}hash"
+_SEQ = f"{INTERNAL_PREFIX}seq"  # file index in the read << 40 | row in file: the order read
 _ROW_BITS = 40  # order key = file index << 40 | row in file
 _ROW_MASK = (1 << _ROW_BITS) - 1
 
@@ -302,6 +308,7 @@ class _FileInfo:
     format: str = ""
     has_step: bool = True  # a step column (or a column mapped to step): decides whether steps are derived
     nbytes: int = 0  # uncompressed size of the data (row groups' total_byte_size)
+    index: int = 0  # position in the read (stats.paths)
 
     @property
     def key(self) -> tuple[str, tuple[str, ...], bool]:
@@ -620,6 +627,9 @@ def _scan_duckdb(
     wanted = None if only is None else only.select(_FILE, pl.col(_ROW).cast(pl.Int64)).to_arrow()
 
     def relation(cur: Any) -> Any:
+        # time zones come out as Polars reads them ('UTC', not the machine's zone, e.g. 'Etc/UTC');
+        # a setting of the connection, and every cursor is one
+        cur.execute("SET TimeZone = 'UTC'")
         rel = cur.sql(sql, params=params)
         for f in raw_filters:
             rel = rel.filter(f)
@@ -692,17 +702,84 @@ def _probe_all(paths: Sequence[str]) -> list[_FileInfo]:
         return list(pool.map(_probe, paths))
 
 
+def _columns(info: _FileInfo, cmap: Mapping[str, str], *, lookups: bool = True) -> list[str]:
+    """A file's columns, hive keys and the dotted columns of its nested span columns (struct
+    fields; with ``lookups`` also the keys looked up in map / key-value / JSON attributes)."""
+    try:
+        nested = list(nested_columns(info.schema, cmap, where=info.path))
+    except SchemaError:
+        nested = []  # an attributes column of an unreadable shape: the span adapter says so
+    if not lookups:
+        nested = [c for c in nested if isinstance(info.schema.get(c.split(".", 1)[0]), pl.Struct)]
+    return [*info.schema, *info.hive, *nested]
+
+
 def _assign_formats(infos: list[_FileInfo], fmt: str, cmap: dict[str, str]) -> list[_FileInfo]:
     out = []
-    for info in infos:
-        cols = list(info.schema) + list(info.hive)
+    for index, info in enumerate(infos):
+        cols = _columns(info, cmap, lookups=False)
         found = fmt if fmt != "auto" else detect_format(cols, column_map=cmap)
         if found is None:
             raise SchemaError(f"{info.path}: cannot tell the log format: {format_hint(cols)}")
         step_sources = ["step", *[src for src, dst in cmap.items() if dst == "step"]]
         has_step = any(c in info.schema or c in info.hive for c in step_sources)
-        out.append(_FileInfo(info.path, info.schema, info.rows, info.hive, found, has_step, info.nbytes))
+        out.append(_FileInfo(info.path, info.schema, info.rows, info.hive, found, has_step, info.nbytes, index))
     return out
+
+
+def _row_local(group: _Group) -> bool:
+    """Rows convert one by one: canonical input with a step column. Otherwise steps are derived
+    from ``ts`` or span hierarchies are built, which needs whole runs (all files at once)."""
+    return group.format == "canonical" and group.key[2]
+
+
+def _raw_frame(
+    gi: int,
+    group: _Group,
+    engine: str,
+    filters: _Filters,
+    cmap: dict[str, str],
+    *,
+    only: pl.Series | None = None,
+    rows: tuple[int, int] | None = None,
+) -> tuple[pl.LazyFrame, dict[str, pl.DataType], str, bool]:
+    """One group's scan with ``_ORDER`` (and ``_SEQ`` for groups converted by whole runs): the raw
+    frame, its schema, how to name it in messages, and whether ``only`` was applied to it."""
+    schema = {**group.schema, **{k: pl.String() for k in group.hive}}
+    row_local = _row_local(group)
+    # span hierarchies need every span of a trace: filters apply after the tree is built
+    push = pushdown_columns(group.format, schema, cmap) if group.format == "canonical" else Pushdown()
+    early = only is not None and row_local
+    if rows is not None and not (row_local and engine == "polars"):  # pragma: no cover - RowSlicer guards
+        raise InvalidParameterError("internal: row ranges need canonical input with a step column, polars engine")
+    extra: list[pl.Expr] = []
+    if engine == "polars":
+        raw = _scan_polars(group, filters, push, rows)
+        order = pl.col(_ROW).cast(pl.Int64) + (gi << _ROW_BITS)
+        if not row_local:  # _ROW counts across the group's files
+            seq_base = {f.path: (f.index << _ROW_BITS) - off for f, off in zip(group.files, _offsets(group), strict=True)}
+            extra.append(pl.col(_FILE).replace_strict(seq_base, return_dtype=pl.Int64) + pl.col(_ROW).cast(pl.Int64))
+    else:
+        pairs = None
+        if early:
+            assert only is not None
+            files, rows_in = _locate_in_group(only.to_numpy() & _ROW_MASK, group)
+            pairs = pl.DataFrame({_FILE: files, _ROW: rows_in})
+        raw = _scan_duckdb(group, filters, push, pairs)
+        offsets = dict(zip([f.path for f in group.files], _offsets(group), strict=True))
+        order = pl.col(_FILE).replace_strict(offsets, return_dtype=pl.Int64) + pl.col(_ROW) + (gi << _ROW_BITS)
+        if not row_local:  # _ROW is the row in its file
+            seq_base = {f.path: f.index << _ROW_BITS for f in group.files}
+            extra.append(pl.col(_FILE).replace_strict(seq_base, return_dtype=pl.Int64) + pl.col(_ROW).cast(pl.Int64))
+    raw = raw.with_columns(order.alias(_ORDER), *[e.alias(_SEQ) for e in extra]).drop(_ROW, _FILE)
+    if early and engine == "polars":
+        assert only is not None
+        raw = raw.filter(pl.col(_ORDER).is_in(only.implode()))
+    raw_schema = {**schema, _ORDER: pl.Int64(), **({_SEQ: pl.Int64()} if extra else {})}
+    where = group.files[0].path if len(group.files) == 1 else (
+        f"{len(group.files)} {group.format} files under {os.path.commonpath([f.path for f in group.files])}"
+    )
+    return raw, raw_schema, where, early
 
 
 def _group_frame(
@@ -716,49 +793,114 @@ def _group_frame(
     normalize: bool,
     only: pl.Series | None = None,
     rows: tuple[int, int] | None = None,
+    tree: pl.LazyFrame | None = None,
 ) -> pl.LazyFrame:
     """Scan, adapt and conform one group of files; ``_ORDER`` = group index << 40 | row in group.
 
     ``only`` (order keys) keeps just those rows: filtered right after the scan (inside DuckDB
     for the duckdb engine) when the rows can be converted one by one (canonical input with a
-    ``step`` column), else after conversion (derived steps and span hierarchies need every row).
-    ``rows`` (first row, row count; polars engine, row-by-row convertible groups only) reads
-    just that range of the group's rows.
+    ``step`` column), else after conversion. ``rows`` (first row, row count; polars engine,
+    row-by-row convertible groups only) reads just that range of the group's rows.
+
+    Groups converted by whole runs (see :func:`_whole_frame`, which derives their steps over all
+    such groups) keep ``_SEQ`` and, for span formats, the span keys, and are not filtered by
+    time or agent here when they are spans (the hierarchy comes first).
     """
-    schema = {**group.schema, **{k: pl.String() for k in group.hive}}
-    push = pushdown_columns(group.format, schema, cmap)
-    row_local = group.format == "canonical" and group.key[2]
-    early = only is not None and row_local
-    if rows is not None and not (row_local and engine == "polars"):  # pragma: no cover - RowSlicer guards
-        raise InvalidParameterError("internal: row ranges need canonical input with a step column, polars engine")
-    if engine == "polars":
-        raw = _scan_polars(group, filters, push, rows)
-        order = pl.col(_ROW).cast(pl.Int64) + (gi << _ROW_BITS)
-    else:
-        pairs = None
-        if early:
-            assert only is not None
-            files, rows = _locate_in_group(only.to_numpy() & _ROW_MASK, group)
-            pairs = pl.DataFrame({_FILE: files, _ROW: rows})
-        raw = _scan_duckdb(group, filters, push, pairs)
-        offsets = dict(zip([f.path for f in group.files], _offsets(group), strict=True))
-        order = pl.col(_FILE).replace_strict(offsets, return_dtype=pl.Int64) + pl.col(_ROW) + (gi << _ROW_BITS)
-    raw = raw.with_columns(order.alias(_ORDER)).drop(_ROW, _FILE)
-    if early and engine == "polars":
-        assert only is not None
-        raw = raw.filter(pl.col(_ORDER).is_in(only.implode()))
-    raw_schema = {**schema, _ORDER: pl.Int64()}
-    where = group.files[0].path if len(group.files) == 1 else (
-        f"{len(group.files)} {group.format} files under {os.path.commonpath([f.path for f in group.files])}"
-    )
-    adapted = adapt(raw, raw_schema, group.format, column_map=cmap, where=where)
-    out = conform(adapted, where=where, check=check, normalize=normalize, order_by=(_ORDER,))
+    raw, raw_schema, where, early = _raw_frame(gi, group, engine, filters, cmap, only=only, rows=rows)
+    adapted = adapt(raw, raw_schema, group.format, column_map=cmap, where=where, tree=tree)
+    order_by: tuple[str, ...] = (_ORDER,)
+    if not _row_local(group):
+        order_by += (_SEQ,) if group.format == "canonical" else (_SEQ, SPAN_START_NS, SPAN_TRACE, SPAN_ID)
+    out = conform(adapted, where=where, check=check, normalize=normalize, order_by=order_by)
     post = _canonical_filter(filters)
-    if post is not None:
+    if post is not None and group.format == "canonical":
         out = out.filter(post)
     if only is not None and not early:
         out = out.filter(pl.col(_ORDER).is_in(only.implode()))
     return out
+
+
+def _whole_frame(
+    members: Sequence[tuple[int, _Group]],
+    engine: str,
+    filters: _Filters,
+    cmap: dict[str, str],
+    *,
+    normalize: bool,
+) -> pl.LazyFrame:
+    """Groups whose conversion needs whole runs, converted to canonical dtypes group by group,
+    then concatenated: span hierarchies are built over all of them (a span's parent may be in
+    another file), a span read again (same trace and span id: OTLP delivers at least once) is a
+    ``duplicate_step`` of the first copy read, and steps are derived over all of them: the order
+    of ``ts`` within the run (spans: the full-precision start time), ties in the order read.
+    Checked (``REASON_COL``) always, so that steps number the valid rows only."""
+    spans = members[0][1].format != "canonical"
+    tree = None
+    if spans:
+        trees = []
+        for gi, g in members:
+            raw, raw_schema, where, _ = _raw_frame(gi, g, engine, filters, cmap)
+            trees.append(span_tree(raw, raw_schema, g.format, column_map=cmap, where=where))
+        tree = trees[0] if len(trees) == 1 else pl.concat(trees, how="vertical")
+    parts = [_group_frame(gi, g, engine, filters, cmap, check=True, normalize=normalize, tree=tree)
+             for gi, g in members]
+    lf = parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical")
+    reason, seq = pl.col(REASON_COL), pl.col(_SEQ)
+    key: list[pl.Expr] = [pl.col("ts"), seq]
+    if spans:
+        ok = reason.is_null() & pl.col(SPAN_TRACE).is_not_null() & pl.col(SPAN_ID).is_not_null()
+        first = pl.when(ok).then(seq).min().over(SPAN_TRACE, SPAN_ID)
+        dup = ok & (seq != first)
+        paths = {f.index: f.path for _, g in members for f in g.files}
+        kept = pl.format("kept {} row {}", (first // (1 << _ROW_BITS)).replace_strict(paths, return_dtype=pl.String),
+                         first % (1 << _ROW_BITS))
+        lf = lf.with_columns(
+            pl.when(dup).then(kept).otherwise(pl.col(DETAIL_COL)).alias(DETAIL_COL),
+            pl.when(dup).then(pl.lit("duplicate_step")).otherwise(reason).alias(REASON_COL),
+        )
+        key = [pl.col("ts"), pl.col(SPAN_START_NS), seq]
+    step = pl.when(reason.is_null()).then(pl.struct(key)).rank("ordinal").over("run_id").cast(pl.Int64)
+    lf = lf.with_columns(step.alias("step"))
+    post = _canonical_filter(filters)
+    if spans and post is not None:
+        lf = lf.filter(post)
+    return lf
+
+
+def _frames(
+    groups: Sequence[_Group],
+    engine: str,
+    filters: _Filters,
+    cmap: dict[str, str],
+    *,
+    check: bool,
+    normalize: bool,
+    only: pl.Series | None = None,
+) -> pl.LazyFrame:
+    """The converted rows of every group: canonical columns, ``_ORDER`` (and the reason columns
+    with ``check``). ``only`` (sorted order keys) keeps just those rows."""
+    cols = [*COLUMNS, _ORDER, *((REASON_COL, DETAIL_COL) if check else ())]
+    parts: list[pl.LazyFrame] = []
+    whole: dict[bool, list[tuple[int, _Group]]] = {}
+    for gi, g in enumerate(groups):
+        if not _row_local(g):
+            whole.setdefault(g.format != "canonical", []).append((gi, g))
+            continue
+        mine = None
+        if only is not None:
+            mine = only.filter((only // (1 << _ROW_BITS)) == gi)
+            if not mine.len():
+                continue
+        parts.append(_group_frame(gi, g, engine, filters, cmap, check=check, normalize=normalize, only=mine))
+    for members in whole.values():
+        lf = _whole_frame(members, engine, filters, cmap, normalize=normalize)
+        if only is not None:
+            lf = lf.filter(pl.col(_ORDER).is_in(only.implode()))
+        parts.append(lf.select(cols))
+    if not parts:
+        return pl.LazyFrame(schema={**CANONICAL_SCHEMA, _ORDER: pl.Int64(), REASON_COL: pl.String(),
+                                    DETAIL_COL: pl.String()}).select(cols)
+    return parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical")
 
 
 def _offsets(group: _Group) -> list[int]:
@@ -816,13 +958,15 @@ def _events_plan(
     pass, minus the duplicate steps (``dup_orders``, order keys); without rejected rows the
     conversion runs alone.
     """
-    parts = [
-        _group_frame(gi, g, engine, filters, cmap, check=checked, normalize=normalize,
-                     rows=None if ranges is None else ranges[gi])
-        for gi, g in enumerate(groups)
-        if ranges is None or gi in ranges
-    ]
-    lf = parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical")
+    if ranges is None:
+        lf = _frames(groups, engine, filters, cmap, check=checked, normalize=normalize)
+    else:
+        parts = [
+            _group_frame(gi, g, engine, filters, cmap, check=checked, normalize=normalize, rows=ranges[gi])
+            for gi, g in enumerate(groups)
+            if gi in ranges
+        ]
+        lf = parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical")
     if checked:
         lf = lf.filter(pl.col(REASON_COL).is_null())
         if dup_orders is not None and dup_orders.len():
@@ -980,17 +1124,12 @@ def read_logs(
     if total == 0:
         where = paths[0] if len(paths) == 1 else f"all {len(paths)} files under {os.path.commonpath(paths)}"
         raise EmptyInputError(f"{where}: no rows to read; expected at least one event, found 0 rows")
-    unused = [src for src in cmap if not any(src in i.schema or src in i.hive for i in infos)]
+    unused = [src for src in cmap if not any(src in _columns(i, cmap) for i in infos)]
     if unused:
         cols = sorted({c for i in infos for c in i.schema})
         raise SchemaError(f"column_map source column(s) {unused} are in none of the {len(paths)} file(s); found {cols}")
     infos = _assign_formats(infos, format, cmap)
     groups = _group(infos)
-
-    def frames(check: bool, normalize: bool) -> pl.LazyFrame:
-        parts = [_group_frame(gi, g, engine, filters, cmap, check=check, normalize=normalize)
-                 for gi, g in enumerate(groups)]
-        return parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical")
 
     reason = pl.col(REASON_COL)
     key_hash = (pl.col("run_id").hash(1) ^ pl.col("step").hash(2)).alias(_HASH)
@@ -998,7 +1137,7 @@ def read_logs(
     # whether valid rows spell status other than ok/error (then values get normalised), the
     # order keys of rejected rows, and the (run_id, step) hashes that occur twice among valid
     # rows (found by sorting 8-byte hashes).
-    base = frames(check=True, normalize=False)
+    base = _frames(groups, engine, filters, cmap, check=True, normalize=False)
     valid = base.filter(reason.is_null())
     odd_status = (reason.is_null() & pl.col("status").is_not_null() & ~pl.col("status").is_in(["ok", "error"]))
     q_counts = base.group_by(REASON_COL).agg(pl.len().alias("n"), odd_status.sum().alias("odd_status"))
@@ -1021,12 +1160,7 @@ def read_logs(
     got = pl.DataFrame()
     if wanted.len():
         wanted = wanted.unique().sort()
-        parts = []
-        for gi, g in enumerate(groups):
-            mine = wanted.filter((wanted // (1 << _ROW_BITS)) == gi)
-            if mine.len():
-                parts.append(_group_frame(gi, g, engine, filters, cmap, check=True, normalize=normalize, only=mine))
-        fetch = parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical")
+        fetch = _frames(groups, engine, filters, cmap, check=True, normalize=normalize, only=wanted)
         got = _guard(
             lambda: fetch.select(*COLUMNS, _ORDER, REASON_COL, DETAIL_COL).collect(engine="streaming"), paths
         )
@@ -1040,8 +1174,8 @@ def read_logs(
         got = got.join(dup_keys, on=_ORDER, how="left").with_columns(
             pl.when(pl.col(_FIRST).is_not_null()).then(pl.lit("duplicate_step")).otherwise(reason).alias(REASON_COL)
         ).filter(reason.is_not_null())
-        if dup_keys.height:
-            reasons["duplicate_step"] = dup_keys.height
+        if dup_keys.height:  # (spans read twice are counted already)
+            reasons["duplicate_step"] = reasons.get("duplicate_step", 0) + dup_keys.height
     rows_rejected = sum(reasons.values())
 
     if rows_rejected:

@@ -638,7 +638,10 @@ def _add_reasons(
     checks: list[tuple[pl.Expr, str, pl.Expr | None]] = []
     adapter = REASON_COL in schema
     if adapter:
-        checks.append((pl.col(REASON_COL).is_not_null(), "", None))  # the adapter's own reason first
+        # the adapter's own reason first; read from a copy, because the detail is built after
+        # REASON_COL has been replaced by the final reason
+        lf = lf.with_columns(pl.col(REASON_COL).alias(_TMP + "adapter_reason"))
+        checks.append((pl.col(_TMP + "adapter_reason").is_not_null(), "", None))
     checks += [
         (is_blank(_v("run_id")), "null_run_id", None),
         (is_blank(_v("action")), "null_action", None),

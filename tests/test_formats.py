@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -293,3 +294,133 @@ def test_pushdown_columns() -> None:
 def test_adapt_rejects_unknown_format() -> None:
     with pytest.raises(InvalidParameterError, match="format must be one of"):
         f.adapt(pl.LazyFrame({"a": [1]}), {"a": pl.Int64()}, "jsonl")
+
+
+# ---------------------------------------------------------------- nested attributes, epochs, details
+
+_T0 = 1_793_000_000_000_000_000  # ns
+
+
+def _nested_variants() -> dict[str, dict]:
+    import pyarrow as pa
+
+    attrs = [{"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "p"},
+             {"gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": "7", "gen_ai.usage.cost": "0.5"},
+             {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "s", "error.type": "Timeout",
+              "gen_ai.tool.call.arguments": '{"q":1}'}]
+    base = {"trace_id": ["t1"] * 3, "span_id": ["r", "a", "b"], "parent_span_id": [None, "r", "r"],
+            "name": ["invoke_agent p", "chat m1", "execute_tool s"],
+            "start_time_unix_nano": pa.array([_T0, _T0 + 10**6, _T0 + 2 * 10**6], pa.int64()),
+            "end_time_unix_nano": pa.array([_T0 + 10**9, _T0 + 2 * 10**6, _T0 + 3 * 10**6], pa.int64())}
+    keys = sorted({k for a in attrs for k in a})
+    tree_rows = []  # {"gen_ai": {"operation": {"name": ...}}}
+    for a in attrs:
+        row: dict = {}
+        for k in keys:
+            node = row
+            parts = k.split(".")
+            for p in parts[:-1]:
+                node = node.setdefault(p, {})
+            node[parts[-1]] = a.get(k)
+        tree_rows.append(row)
+    return {
+        "flat": {**base, **{"attributes." + k: [a.get(k) for a in attrs] for k in keys}},
+        "map": {**base, "attributes": pa.array([list(a.items()) for a in attrs], pa.map_(pa.string(), pa.string()))},
+        "struct_dotted": {**base, "attributes": pa.array([{k: a.get(k) for k in keys} for a in attrs])},
+        "struct_nested": {**base, "attributes": pa.array(tree_rows)},
+        "otlp_kv_list": {**base, "attributes": pa.array(
+            [[{"key": k, "value": {"stringValue": v}} for k, v in a.items()] for a in attrs])},
+        "json_text": {**base, "attributes": [json.dumps(a) for a in attrs]},
+        "status_struct": {**base, **{"attributes." + k: [a.get(k) for a in attrs] for k in keys if k != "error.type"},
+                          "status": pa.array([{"code": 0, "message": ""}, {"code": 1, "message": ""},
+                                              {"code": 2, "message": "Timeout"}])},
+    }
+
+
+@pytest.mark.parametrize("variant", ["flat", "map", "struct_dotted", "struct_nested", "otlp_kv_list", "json_text",
+                                     "status_struct"])
+@pytest.mark.parametrize("engine", ["polars", "duckdb"])
+def test_otel_attributes_as_struct_map_or_key_value_list(tmp_path: Path, variant: str, engine: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / f"{variant}.parquet"
+    pq.write_table(pa.table(_nested_variants()[variant]), path)
+    res = read_logs(path, engine=engine)
+    assert res.stats.formats == {"otel": 1}
+    rows = res.collect().sort("step").select("action", "agent", "status", "error_type", "input_tokens", "cost_usd",
+                                             "args").rows()
+    assert rows == [("llm", "p", "ok", None, 7, 0.5, None), ("s", "p", "error", "Timeout", None, None, '{"q":1}')]
+
+
+def test_openinference_attributes_struct_and_unreadable_attributes() -> None:
+    t = datetime(2026, 10, 1, tzinfo=UTC)
+    at = [{"llm": {"token_count": {"prompt": 7}}, "tool": {"name": None}, "exception": {"type": None}},
+          {"llm": {"token_count": {"prompt": None}}, "tool": {"name": "search_kb"}, "exception": {"type": "Timeout"}}]
+    raw = pl.DataFrame({"context.trace_id": ["T", "T"], "context.span_id": ["a", "b"], "parent_id": [None, "a"],
+                        "name": ["ChatOpenAI", "search"], "span_kind": ["LLM", "TOOL"], "status_code": ["OK", "ERROR"],
+                        "start_time": [t, t], "attributes": at})
+    out = adapted(raw, "openinference")
+    assert out.select("action", "status", "error_type", "input_tokens").rows() == [
+        ("llm", "ok", None, 7), ("search_kb", "error", "Timeout", None)]
+    bad = raw.with_columns(pl.lit(3).alias("attributes"))
+    with pytest.raises(SchemaError, match="column 'attributes' has type Int32.*Flatten"):
+        adapted(bad, "openinference")
+
+
+def test_otel_text_epochs_exact_latency_and_full_precision_order(tmp_path: Path) -> None:
+    raw = pl.DataFrame({
+        "traceId": ["t"] * 4, "spanId": ["c", "a", "b", "d"], "parentSpanId": [""] * 4,
+        "name": ["execute_tool c", "execute_tool a", "execute_tool b", "execute_tool d"],
+        "startTimeUnixNano": [str(_T0 + 300), str(_T0 + 100), f" {_T0 + 200} ", "yesterday"],
+        "endTimeUnixNano": [str(_T0 + 250 * 10**6 + 300), str(_T0 + 100), str(_T0 + 200), "yesterday"],
+        "attributes.gen_ai.operation.name": ["execute_tool"] * 4,
+    })
+    out = adapted(raw, "otel")
+    assert out[s.REASON_COL].to_list() == [None, None, None, "bad_ts"]
+    assert out[s.DETAIL_COL].to_list()[3] == "yesterday"
+    assert out["ts"].to_list()[0] == datetime(2026, 10, 26, 7, 33, 20, tzinfo=UTC)
+    assert out["latency_ms"].to_list()[:3] == [250.0, 0.0, 0.0]
+    # steps follow the start time in nanoseconds, which ts (microseconds) does not hold
+    raw.write_parquet(tmp_path / "x.parquet")
+    for engine in ("polars", "duckdb"):
+        ev = read_logs(tmp_path, engine=engine).collect().sort("step")
+        assert ev.select("step", "action").rows() == [(1, "a"), (2, "b"), (3, "c")]
+
+
+@pytest.mark.parametrize("unit", [1, 10**3, 10**6])
+@pytest.mark.parametrize("names", [("start_time_unix_nano", "end_time_unix_nano"), ("start_time", "end_time")])
+def test_otel_latency_from_integer_epochs_is_exact_in_their_unit(unit: int, names: tuple[str, str]) -> None:
+    raw = pl.DataFrame({"trace_id": ["T"], "span_id": ["a"], "name": ["chat m"],
+                        "attributes.gen_ai.operation.name": ["chat"],
+                        names[0]: [_T0 // unit], names[1]: [(_T0 + 250 * 10**6) // unit]})
+    out = adapted(raw, "otel")
+    assert out["latency_ms"].to_list() == [250.0]
+    assert out["ts"].to_list() == [datetime(2026, 10, 26, 7, 33, 20, tzinfo=UTC)]
+
+
+def test_span_rejections_carry_the_raw_value() -> None:
+    raw = pl.DataFrame({"trace_id": ["T"] * 4, "span_id": list("abcd"), "parent_span_id": [None] * 4,
+                        "name": ["chat m"] * 4, "start_time_unix_nano": [_T0 + i * 10**6 for i in range(4)],
+                        "end_time_unix_nano": [_T0 + 10**6, _T0 + 2 * 10**6, _T0 + 3 * 10**6, _T0],
+                        "status_code": [None, None, "WHATEVER", None], "attributes.gen_ai.operation.name": ["chat"] * 4,
+                        "attributes.gen_ai.usage.input_tokens": ["abc", "-5", None, None]})
+    out = adapted(raw, "otel")
+    assert out.select(s.REASON_COL, s.DETAIL_COL).rows() == [
+        ("bad_value:input_tokens", "abc"), ("negative_tokens", "input_tokens=-5"), ("bad_status", "WHATEVER"),
+        ("negative_latency", "latency_ms=-3.0")]
+
+
+def test_nested_trace_ids_are_a_schema_error_as_for_canonical_run_ids() -> None:
+    raw = pl.DataFrame({"trace_id": [["x"], ["x"]], "span_id": ["a", "b"], "parent_span_id": [None, "a"],
+                        "name": ["invoke_agent p", "chat m"], "start_time_unix_nano": [_T0, _T0 + 1000],
+                        "attributes.gen_ai.operation.name": ["invoke_agent", "chat"]})
+    with pytest.raises(SchemaError, match=r"column 'trace_id' has type List\(String\); expected text"):
+        adapted(raw, "otel")
+
+
+def test_span_messages_do_not_list_internal_columns() -> None:
+    raw = pl.DataFrame({"run_id": ["r"], "step": [1], "action": ["a"], "__dw_order": [0]})
+    with pytest.raises(SchemaError) as err:
+        f.adapt(raw.lazy(), raw.schema, "otel", where="x.parquet")
+    assert "__dw_order" not in str(err.value) and "found ['run_id', 'step', 'action']" in str(err.value)

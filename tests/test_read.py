@@ -710,3 +710,136 @@ def test_frames_get_the_checks_files_get(tmp_path: Path) -> None:
     assert_frame_equal(from_frame.collect().sort("run_id", "step"), from_file.collect().sort("run_id", "step"))
     lazy = check_frame(raw.lazy())
     assert (lazy.stats.rows_valid, lazy.stats.reasons) == (from_frame.stats.rows_valid, from_frame.stats.reasons)
+
+
+# ---------------------------------------------------------------- whole runs across groups of files
+
+_T0 = 1_793_000_000_000_000_000  # ns, 2026-10-26
+
+
+def _span(sid: str, parent: str | None, name: str, op: str, k: int, trace: str = "T", **attrs: object) -> dict:
+    row: dict[str, object] = {
+        "trace_id": trace, "span_id": sid, "parent_span_id": parent, "name": name,
+        "start_time_unix_nano": _T0 + k * 10**9, "end_time_unix_nano": _T0 + k * 10**9 + 10**8,
+        "attributes.gen_ai.operation.name": op, "attributes.gen_ai.agent.name": None,
+        "attributes.gen_ai.tool.name": None, "attributes.gen_ai.usage.input_tokens": None,
+    }
+    row.update({"attributes." + key.replace("__", "."): v for key, v in attrs.items()})
+    return row
+
+
+def _handoff_trace() -> pl.DataFrame:
+    return pl.DataFrame([
+        _span("r", None, "invoke_agent planner", "invoke_agent", 0, gen_ai__agent__name="planner"),
+        _span("s1", "r", "chat m", "chat", 1, gen_ai__usage__input_tokens=10),
+        _span("s2", "r", "execute_tool x", "execute_tool", 2, gen_ai__tool__name="x"),
+        _span("h", "r", "invoke_agent billing", "invoke_agent", 3, gen_ai__agent__name="billing"),
+        _span("h1", "h", "chat m", "chat", 4, gen_ai__usage__input_tokens=5),
+        _span("h2", "h", "execute_tool refund", "execute_tool", 5, gen_ai__tool__name="refund"),
+    ], schema_overrides={"attributes.gen_ai.usage.input_tokens": pl.Int64})
+
+
+_HANDOFF_STEPS = [(1, "llm", "planner"), (2, "x", "planner"), (3, "handoff:billing", "planner"),
+                  (4, "llm", "billing"), (5, "refund", "billing")]
+
+
+def test_steps_are_derived_over_files_scanned_separately(tmp_path: Path) -> None:
+    t = datetime(2026, 10, 1, tzinfo=UTC)
+
+    def run(first: int, n: int) -> pl.DataFrame:
+        return pl.DataFrame({"run_id": ["r1"] * n, "ts": [t + timedelta(seconds=first + i) for i in range(n)],
+                             "action": [f"a{first + i}" for i in range(n)]})
+
+    cases = {  # each pair differs in a way that puts the files in separate scans
+        "float_tokens": (run(0, 3).with_columns(pl.lit(1).alias("input_tokens")),
+                         run(10, 3).with_columns(pl.lit(1.0).alias("input_tokens"))),
+        "null_typed": (run(0, 3).with_columns(pl.Series("error_type", ["Timeout", None, None])),
+                       run(10, 3).with_columns(pl.lit(None).alias("error_type"))),
+        "naive_ts": (run(0, 3), run(10, 3).with_columns(pl.col("ts").dt.replace_time_zone(None))),
+        "epoch_ts": (run(0, 3), run(10, 3).with_columns(pl.col("ts").dt.epoch("ms"))),
+    }
+    for name, (a, b) in cases.items():
+        # the later file first in path order: steps follow ts, not the order of the scans
+        _write(b, tmp_path / name / "part-0.parquet")
+        _write(a, tmp_path / name / "part-1.parquet")
+        ra, rb = _both(tmp_path / name)
+        ev = _assert_same(ra, rb).sort("step")
+        assert ra.stats.rows_rejected == 0, (name, ra.stats.reasons)
+        assert ev["action"].to_list() == ["a0", "a1", "a2", "a10", "a11", "a12"], name
+        assert ev["step"].to_list() == [1, 2, 3, 4, 5, 6], name
+    # a hive layout change (daily -> hourly partitions) within one run
+    e = run(0, 4)
+    _write(e[:2], tmp_path / "hive" / "date=2026-10-01" / "hour=23" / "p.parquet")
+    _write(e[2:], tmp_path / "hive" / "date=2026-10-02" / "p.parquet")
+    ra, rb = _both(tmp_path / "hive")
+    assert _assert_same(ra, rb).sort("step")["action"].to_list() == ["a0", "a1", "a2", "a3"]
+    # ties in ts: the order read (files in path order, rows in file order), across scans
+    _write(run(0, 2).with_columns(pl.lit(t).alias("ts"), pl.lit(1).alias("input_tokens")), tmp_path / "tie" / "0.parquet")
+    _write(run(5, 2).with_columns(pl.lit(t).alias("ts"), pl.lit(1.0).alias("input_tokens")), tmp_path / "tie" / "1.parquet")
+    ra, rb = _both(tmp_path / "tie")
+    assert _assert_same(ra, rb).sort("step")["action"].to_list() == ["a0", "a1", "a5", "a6"]
+
+
+def test_span_hierarchy_is_built_across_files_scanned_separately(tmp_path: Path) -> None:
+    full = _handoff_trace()
+    _write(full[:3], tmp_path / "batch-0.parquet")
+    _write(full[3:].with_columns(pl.col("attributes.gen_ai.usage.input_tokens").cast(pl.Float64)),
+           tmp_path / "batch-1.parquet")
+    a, b = _both(tmp_path)
+    ev = _assert_same(a, b)
+    assert a.stats.reasons == {"not_a_step": 1}
+    assert ev.sort("step").select("step", "action", "agent").rows() == _HANDOFF_STEPS
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_span_delivered_twice_is_a_duplicate_step(tmp_path: Path, engine: str) -> None:
+    batch = _handoff_trace()
+    _write(pl.concat([batch, batch[1:3]]), tmp_path / "export-0.parquet")  # the collector retried a batch
+    _write(batch[4:5], tmp_path / "export-1.parquet")
+    res = read_logs(tmp_path, engine=engine)
+    assert res.stats.reasons == {"duplicate_step": 3, "not_a_step": 1}
+    assert res.collect().sort("step").select("step", "action", "agent").rows() == _HANDOFF_STEPS
+    dups = res.rejected.filter(pl.col("reason") == "duplicate_step")
+    first = str(tmp_path / "export-0.parquet")
+    assert dups.select("source_file", "source_row", "detail").rows() == [
+        (first, 6, f"kept {first} row 1"), (first, 7, f"kept {first} row 2"),
+        (str(tmp_path / "export-1.parquet"), 0, f"kept {first} row 4"),
+    ]
+    assert res.stats.rows_in == res.stats.rows_valid + res.stats.rows_rejected == 9
+
+
+def test_span_filters_apply_after_the_hierarchy_is_built(tmp_path: Path) -> None:
+    _write(_handoff_trace(), tmp_path / "spans.parquet")
+    start = datetime.fromtimestamp(_T0 / 1e9, UTC)
+    a, b = _both(tmp_path, since=start + timedelta(milliseconds=500))
+    ev = _assert_same(a, b)
+    assert ev.sort("step").select("step", "action", "agent").rows() == _HANDOFF_STEPS
+    assert a.stats.rows_rejected == 0  # the root span is outside the window
+    a, b = _both(tmp_path, agents=["billing"])
+    assert _assert_same(a, b).sort("step").select("step", "action").rows() == [(4, "llm"), (5, "refund")]
+    oi = read_logs(SAMPLES / "openinference")
+    want = oi.events.filter(pl.col("agent") == "billing").collect().sort("run_id", "step")
+    got = read_logs(SAMPLES / "openinference", agents=["billing"]).collect().sort("run_id", "step")
+    assert_frame_equal(got, want)
+
+
+def test_duckdb_reads_utc_span_times_like_polars(tmp_path: Path) -> None:
+    t = datetime(2026, 10, 1, tzinfo=UTC)
+    _write(pl.DataFrame({
+        "context.trace_id": ["T", "T"], "context.span_id": ["a", "b"], "parent_id": [None, "a"],
+        "name": ["ChatOpenAI", "search"], "span_kind": ["LLM", "TOOL"],
+        "start_time": [t, t + timedelta(seconds=1)], "end_time": [t + timedelta(seconds=0.5), t + timedelta(seconds=2)],
+        "status_code": ["OK", "OK"],
+    }), tmp_path / "spans.parquet")
+    a, b = _both(tmp_path)
+    ev = _assert_same(a, b)
+    assert ev.sort("step")["latency_ms"].to_list() == [500.0, 1000.0]
+
+
+def test_column_map_that_moves_a_required_column_away_says_so(tmp_path: Path) -> None:
+    p = _write(_canon(2), tmp_path / "x.parquet")
+    with pytest.raises(SchemaError, match=r"'run_id' is read as 'parent_run_id'.*missing required column\(s\) \['run_id'\]"):
+        read_logs(p, column_map={"run_id": "parent_run_id"})
+    with pytest.raises(SchemaError) as err:
+        read_logs(p, format="otel")
+    assert "__dw_" not in str(err.value) and "found ['run_id', 'step', 'ts', 'action']" in str(err.value)
