@@ -26,6 +26,7 @@ True
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 import zlib
 from collections.abc import Mapping, Sequence
@@ -447,7 +448,7 @@ def _check_options(*, interval: float, n_boot: int, volume_per_day: VolumeLike) 
         return
     values = volume_per_day.values() if isinstance(volume_per_day, Mapping) else [volume_per_day]
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
+        if isinstance(v, bool | np.bool_) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v <= 0:
             raise InvalidParameterError(
                 f"volume_per_day must be a positive number of runs per day (or a mapping of series to one), "
                 f"got {volume_per_day!r}"

@@ -51,6 +51,7 @@ Examples
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
 import tomllib
@@ -59,6 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from driftwatch._frames import as_lazy, check_flag
@@ -243,16 +245,17 @@ class Policy:
             value = getattr(self, name)
             if value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
                 raise InvalidParameterError(f"Policy.{name} must be an integer or None, got {value!r}")
             low = 0 if name == "max_delegation_depth" else 1
             if value < low:
                 raise InvalidParameterError(f"Policy.{name} must be >= {low}, got {value}")
+            object.__setattr__(self, name, int(value))  # (a numpy integer from a notebook)
         for name in _FLOAT_LIMITS:
             value = getattr(self, name)
             if value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise InvalidParameterError(f"Policy.{name} must be a number or None, got {value!r}")
             if value <= 0:
                 raise InvalidParameterError(f"Policy.{name} must be > 0, got {value}")
@@ -313,7 +316,7 @@ class Policy:
         """Parse policy TOML given as a string (see :meth:`from_toml`)."""
         where = f"policy file {source}" if source else "policy"
         try:
-            doc = tomllib.loads(text)
+            doc = tomllib.loads(text.removeprefix("\ufeff"))  # (a byte-order mark: Windows editors)
         except tomllib.TOMLDecodeError as exc:
             raise PolicyError(f"{where}: invalid TOML: {exc}") from exc
         kwargs: dict[str, Any] = {}
@@ -459,8 +462,15 @@ def _toml_value(value: Any) -> str:
     return "[" + ", ".join(_toml_str(v) for v in value) + "]"
 
 
+#: TOML basic-string escapes; every other control character is written as \uXXXX.
+_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
 def _toml_str(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """``s`` as a TOML basic string (control characters escaped, so the file reads back)."""
+    return '"' + "".join(
+        _TOML_ESCAPES.get(ch) or (f"\\u{ord(ch):04x}" if ord(ch) < 0x20 or ord(ch) == 0x7F else ch) for ch in s
+    ) + '"'
 
 
 _HEADER_RE = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")

@@ -58,13 +58,17 @@ MAX_TABLE_ROWS = 200
 MAX_TEXT_CHARS = 500
 
 
+#: Control characters HTML does not allow in text (NUL, form feed, ...): shown as U+FFFD.
+_CONTROLS = {c: "\ufffd" for c in [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F]}
+
+
 def e(value: Any) -> str:
     """HTML-escape anything (quotes too, so it is safe in attributes), cut to
-    :data:`MAX_TEXT_CHARS` characters."""
+    :data:`MAX_TEXT_CHARS` characters; control characters become U+FFFD."""
     text = "" if value is None else str(value)
     if len(text) > MAX_TEXT_CHARS:
         text = f"{text[:MAX_TEXT_CHARS]}… ({len(text) - MAX_TEXT_CHARS:,} more characters)"
-    return html.escape(text, quote=True)
+    return html.escape(text.translate(_CONTROLS), quote=True)
 
 
 def fmt(value: Any, *, digits: int = 3) -> str:

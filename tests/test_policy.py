@@ -576,3 +576,30 @@ def test_a_breach_just_past_its_limit_does_not_read_as_the_limit() -> None:
     assert got == sorted(["confidence 0.299900 < 0.30 at search", "cost $0.500001 > ceiling $0.50",
                           "runtime 300.000400s > limit 300s", "confidence 0.25 < 0.30 at search",
                           "cost $0.60 > ceiling $0.50", "runtime 301s > limit 300s"])
+
+
+@pytest.mark.parametrize("glob", ["tab\there", "multi\nline", "ctrl\x01", "cr\r", "nul\x00", "del\x7f", 'q"uo\\te'])
+def test_to_toml_escapes_control_characters(tmp_path: Path, glob: str) -> None:
+    """A glob with a newline or a control character was written raw, and the file could not
+    be read back ("Illegal character")."""
+    p = Policy(read=[glob], write=["send_*"])
+    p.to_toml(tmp_path / "p.toml")
+    assert Policy.from_toml(tmp_path / "p.toml") == p
+
+
+def test_notebook_values_and_windows_files_are_accepted(tmp_path: Path) -> None:
+    """numpy integers (what a notebook computes) were refused as limits; a policy saved with a
+    UTF-8 byte-order mark (Windows Notepad) failed at line 1, column 1."""
+    import numpy as np
+
+    p = Policy(max_steps=np.int64(10), max_cost_usd=np.float64(1.5), max_delegation_depth=np.int32(2))
+    assert (p.max_steps, p.max_delegation_depth) == (10, 2) and type(p.max_steps) is int
+    with pytest.raises(InvalidParameterError, match="max_steps must be an integer"):
+        Policy(max_steps=np.float64(10.0))
+    with pytest.raises(InvalidParameterError, match="max_steps must be an integer"):
+        Policy(max_steps=np.bool_(True))
+    (tmp_path / "bom.toml").write_text("[limits]\nmax_steps = 10\n", encoding="utf-8-sig")
+    assert Policy.from_toml(tmp_path / "bom.toml").max_steps == 10
+    ev = pl.DataFrame({"run_id": "r", "step": [1, 2], "action": "a", "cost_usd": 0.1,
+                       "ts": [datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 1, 0, 1, tzinfo=UTC)]})
+    assert dw.cost_profile(ev, volume_per_day=np.int64(1000))["volume_per_day"].max() == 1000

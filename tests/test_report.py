@@ -186,3 +186,18 @@ def test_long_logged_text_is_cut_on_the_page(xss_result: AuditResult, tmp_path: 
     page = (tmp_path / "out" / "report.html").read_text()
     assert "199,500 more characters" in page
     assert len(page) < len(huge)
+
+
+def test_control_characters_never_reach_the_page(tmp_path: Path) -> None:
+    """A NUL byte in an action name was copied raw into report.html and the notebook view
+    (NUL is not allowed in HTML text); control characters now show as U+FFFD."""
+    from driftwatch.report import e
+
+    assert e("a\x00b\x0cc\x7fd\te\nf<") == "a\ufffdb\ufffdc\ufffdd\te\nf&lt;"
+    ev = pl.DataFrame({"run_id": "r", "step": [1, 2, 3, 4, 5], "action": ["plan"] + ["nul\x00tool"] * 4,
+                       "args": "q", "result": "same"})
+    res = audit(ev)
+    assert res.loops["pattern"].to_list() == ["nul\x00tool"]  # the data keep the byte
+    res.write(tmp_path / "r")
+    for html in ((tmp_path / "r" / "report.html").read_text(), res._repr_html_()):
+        assert "\x00" not in html and "nul\ufffdtool" in html
