@@ -59,7 +59,7 @@ MAX_TEXT_CHARS = 500
 
 
 #: Control characters HTML does not allow in text (NUL, form feed, ...): shown as U+FFFD.
-_CONTROLS = {c: "\ufffd" for c in [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F]}
+_CONTROLS = {c: "\ufffd" for c in [*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F]}
 
 
 def e(value: Any) -> str:
