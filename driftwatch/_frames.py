@@ -147,6 +147,17 @@ def check_flag(value: Any, *, name: str) -> bool:
     raise InvalidParameterError(f"{name} must be True or False, got {value!r}")
 
 
+def require_timestamps(lf: pl.LazyFrame, what: str, *, name: str = "events") -> None:
+    """Raise :class:`SchemaError` when ``lf`` (canonical events) has rows but no timestamp:
+    ``what`` (e.g. "change-points") cannot be computed without ``ts``."""
+    has_ts, rows = lf.select(pl.col("ts").is_not_null().any(), pl.len()).collect().row(0)
+    if rows and not has_ts:
+        raise SchemaError(
+            f"{name}: {what} need timestamps, but column 'ts' is missing or all null "
+            "(steps order the events within a run; time-based analyses need ts)"
+        )
+
+
 def collect(lf: pl.LazyFrame | pl.DataFrame, *, streaming: bool = False) -> pl.DataFrame:
     """Collect a LazyFrame (eager frames pass through)."""
     if isinstance(lf, pl.DataFrame):
@@ -266,6 +277,7 @@ __all__ = [
     "duration",
     "duration_seconds",
     "normalize_by",
+    "require_timestamps",
     "run_table",
     "series_expr",
 ]

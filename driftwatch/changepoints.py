@@ -62,6 +62,7 @@ from driftwatch._frames import (
     check_flag,
     duration_seconds,
     normalize_by,
+    require_timestamps,
     series_expr,
 )
 from driftwatch.errors import InvalidParameterError, SchemaError
@@ -1128,9 +1129,7 @@ def detect_changepoints(
     unknown = [c for c in by_cols if c not in schema]
     if unknown:
         raise SchemaError(f"by: column(s) {unknown} not in events; found {list(schema)}")
-    has_ts = lf.select(pl.col("ts").is_not_null().any()).collect().item()
-    if not has_ts and lf.select(pl.len()).collect().item() > 0:
-        raise SchemaError("events: change-points need timestamps, but column 'ts' is missing or all null")
+    require_timestamps(lf, "change-points")
     feats = run_features(lf)
     extra = [c for c in by_cols if c not in feats.columns]
     if extra:

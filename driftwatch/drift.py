@@ -50,7 +50,14 @@ import polars as pl
 from scipy import sparse, special, stats
 from threadpoolctl import threadpool_limits
 
-from driftwatch._frames import as_lazy, check_seed, duration_seconds, normalize_by, series_expr
+from driftwatch._frames import (
+    as_lazy,
+    check_seed,
+    duration_seconds,
+    normalize_by,
+    require_timestamps,
+    series_expr,
+)
 from driftwatch.errors import InvalidParameterError, SchemaError
 from driftwatch.features import NUMERIC_RUN_FEATURES, run_action_counts, run_bigram_counts, run_features
 from driftwatch.schema import LLM_ACTION, TS_DTYPE
@@ -338,6 +345,7 @@ def detect_drift(
     ['agent=planner']
     """
     lf = as_lazy(events)
+    require_timestamps(lf, "drift windows")
     main = _tables_from_events(lf)
     ref = _frame_to_tables(reference, "reference")
     cur = _frame_to_tables(current, "current")
@@ -583,7 +591,9 @@ def _tables_from_events(lf: pl.LazyFrame) -> Tables:
 def _frame_to_tables(x: Any, name: str) -> Tables | None:
     """Events frame -> its per-run tables; anything else -> None (handled later)."""
     if _is_frame(x):
-        return _tables_from_events(as_lazy(x, name=name))
+        lf = as_lazy(x, name=name)
+        require_timestamps(lf, "drift windows", name=name)
+        return _tables_from_events(lf)
     return None
 
 

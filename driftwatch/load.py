@@ -93,6 +93,7 @@ from driftwatch._frames import (
     detect_loops_if_available,
     duration_seconds,
     normalize_by,
+    require_timestamps,
     run_table,
     series_expr,
 )
@@ -208,6 +209,7 @@ def load_curve(
     from driftwatch.features import run_features
 
     lf = as_lazy(events)
+    require_timestamps(lf, "load buckets")
     features = run_features(lf)
     wanted = _check_metrics(metrics, have_loops=True)
     if loops is None and "loop_rate" in wanted:

@@ -133,7 +133,7 @@ def test_seeds_and_flags_are_checked_at_every_boundary() -> None:
         "fit_escalation": lambda rs: dw.fit_escalation(dw.score_runs(ev), pl.Series([True, False] * 280),
                                                        random_state=rs),
     }
-    for name, call in calls.items():
+    for call in calls.values():
         for bad in (-1, 2**32, 1.5):
             with pytest.raises(InvalidParameterError, match="random_state must be"):
                 call(bad)
@@ -148,3 +148,21 @@ def test_seeds_and_flags_are_checked_at_every_boundary() -> None:
     for name, call in flags.items():
         with pytest.raises(InvalidParameterError, match=f"{name} must be True or False, got 'no'"):
             call("no")
+
+
+def test_time_based_analyses_say_they_need_timestamps() -> None:
+    """Without ts, detect_drift said "the per-run table is empty" and load_curve returned an
+    empty frame without a word; every time-based analysis now names the missing column."""
+    import driftwatch as dw
+    from driftwatch import synth
+    from driftwatch.errors import SchemaError
+
+    ev = synth.generate(days=14, runs_per_day=40, seed=3).events
+    for frame in (ev.drop("ts"), ev.with_columns(ts=None)):
+        for what, call in (("change-points", dw.detect_changepoints), ("load buckets", dw.load_curve),
+                           ("drift windows", lambda e: dw.detect_drift(e, reference="7d"))):
+            with pytest.raises(SchemaError, match=f"{what} need timestamps, but column 'ts' is missing or all null"):
+                call(frame)
+        with pytest.raises(SchemaError, match="reference: drift windows need timestamps"):
+            dw.detect_drift(ev, reference=frame)
+    assert dw.loop_summary(dw.detect_loops(ev.drop("ts"))).height > 0  # step order is enough there
