@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import warnings
 import zlib
 from collections.abc import Mapping, Sequence
@@ -333,14 +334,19 @@ def cost_profile_from_runs(
 def cost_ceiling(policy: Any) -> float | None:
     """The per-run cost ceiling (USD) of ``policy``, or ``None``.
 
-    Accepts a number, a :class:`driftwatch.Policy` (``max_cost_usd``), an object
-    with ``limits.max_cost_usd`` or a mapping with a ``max_cost_usd`` key.
+    Accepts a number, a :class:`driftwatch.Policy` (``max_cost_usd``), the path of a
+    policy TOML file (as every other function does), an object with
+    ``limits.max_cost_usd`` or a mapping with a ``max_cost_usd`` key.
     """
     if policy is None:
         return None
-    if isinstance(policy, bool):
+    if isinstance(policy, bool | np.bool_):
         raise InvalidParameterError(f"policy must be a Policy or a cost ceiling in USD, got {policy!r}")
-    if isinstance(policy, int | float):
+    if isinstance(policy, str | os.PathLike):
+        from driftwatch.policy import Policy
+
+        policy = Policy.from_toml(policy)
+    if isinstance(policy, numbers.Real):
         value: Any = policy
     elif isinstance(policy, Mapping):
         value = policy.get("max_cost_usd")
@@ -350,12 +356,12 @@ def cost_ceiling(policy: Any) -> float | None:
         value = policy.limits.max_cost_usd
     else:
         raise InvalidParameterError(
-            "policy must be a driftwatch.Policy, a mapping with 'max_cost_usd' or a number (USD); "
-            f"got {type(policy).__name__} without a max_cost_usd setting"
+            "policy must be a driftwatch.Policy, a policy file path, a mapping with 'max_cost_usd' or a "
+            f"number (USD); got {type(policy).__name__}"
         )
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
         raise InvalidParameterError(f"policy max_cost_usd must be a non-negative number of USD, got {value!r}")
     return float(value)
 

@@ -322,3 +322,15 @@ def test_volumes_by_series_take_agent_names_and_refuse_unknown_ones(runs: pl.Dat
     assert projected({**every, "all": 5.0})["all"] == 5.0
     with pytest.raises(InvalidParameterError, match=r"volume_per_day names no series \['bilingg'\]"):
         projected({"bilingg": 1000})
+
+
+def test_policy_may_be_a_file_path(runs: pl.DataFrame, tmp_path) -> None:  # noqa: ANN001
+    """check_policy, score_runs and audit take a policy file path; cost_profile refused it
+    with "a str without a max_cost_usd setting"."""
+    dw.Policy(max_cost_usd=0.2).to_toml(tmp_path / "p.toml")
+    by_path = cost_profile_from_runs(runs, policy=str(tmp_path / "p.toml"))
+    assert by_path.equals(cost_profile_from_runs(runs, policy=dw.Policy(max_cost_usd=0.2)))
+    assert by_path.equals(cost_profile_from_runs(runs, policy=tmp_path / "p.toml"))
+    assert by_path["cost_ceiling_usd"].unique().to_list() == [0.2]
+    with pytest.raises(dw.PolicyError, match="cannot be read"):
+        cost_profile_from_runs(runs, policy=str(tmp_path / "missing.toml"))
