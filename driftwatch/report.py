@@ -997,7 +997,7 @@ def _section_costs(result: Any, summary: Mapping[str, Any]) -> str:
                 f'<div class="chart"><div class="t">{e("all runs" if agent is None else agent)}</div>'
                 f'<div class="s">{vals.size:,} runs · p50 {e(money(p50))} · p90 {e(money(p90))} · p99 {e(money(p99))} · '
                 f"max/p50 {e(tail)}</div>"
-                f"{_histogram(vals, marks=marks, label=f'cost per run {agent}')}</div>"
+                f"{_histogram(vals, marks=marks, label='cost per run, ' + ('all runs' if agent is None else f'agent {agent}'))}</div>"
             )
         if charts:
             drawn = True

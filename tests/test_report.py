@@ -107,6 +107,7 @@ def test_page_is_self_contained_and_escaped(page: Path, xss_result: AuditResult)
     # the probe really reached the page's data (a loop on the markup-named tool is shown)
     assert xss_result.loops["pattern"].str.contains("<script>", literal=True).any()
     assert "Content-Security-Policy" in html
+    assert 'aria-label="cost per run, all runs"' in html and "cost per run None" not in html
     for sec in SECTIONS:
         assert f'<section id="{sec}">' in html, sec
 
