@@ -562,6 +562,11 @@ def _volumes_by_series(volume: Mapping[str, Any], series: list[str], by_cols: Se
             label = f"{by_cols[0]}={label}"
         if label not in labels:
             unknown.append(key)
+        if label in out and float(value) != out[label]:
+            raise InvalidParameterError(
+                f"volume_per_day gives series {label!r} twice ({out[label]:g} and {float(value):g}, as {key!r}); "
+                "give each series once"
+            )
         out[label] = float(value)
     if unknown:
         raise InvalidParameterError(

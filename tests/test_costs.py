@@ -207,6 +207,9 @@ def test_volume_split_by_share_and_mapping(runs: pl.DataFrame) -> None:
     agents = prof.filter(pl.col("series") != "all")
     assert agents["volume_per_day"].sum() == pytest.approx(10_000)
     assert agents["projected_daily_usd"].sum() == pytest.approx(prof.filter(series="all")["projected_daily_usd"].item())
+    with pytest.raises(InvalidParameterError, match="gives series 'agent=billing' twice"):
+        cost_profile_from_runs(runs, volume_per_day={"agent=billing": 5000, "billing": 50})
+    assert cost_profile_from_runs(runs, volume_per_day={"agent=billing": 5000, "billing": 5000}).height
     mapped = cost_profile_from_runs(runs, volume_per_day={"agent=billing": 5000})
     assert mapped.filter(series="agent=billing")["volume_per_day"].item() == 5000
     assert mapped.filter(series="all")["projected_daily_usd"].is_null().all()
