@@ -44,7 +44,13 @@ import polars as pl
 
 from driftwatch._frames import as_lazy, duration_seconds, mark_checked, normalize_by
 from driftwatch._io import trim_heap
-from driftwatch.errors import CorruptFileError, EmptyInputError, InvalidParameterError, NoInputError
+from driftwatch.errors import (
+    CorruptFileError,
+    EmptyInputError,
+    InvalidParameterError,
+    NoInputError,
+    SchemaError,
+)
 from driftwatch.schema import CANONICAL_SCHEMA
 
 if TYPE_CHECKING:
@@ -1555,7 +1561,7 @@ def _read(
         # in a file
         from driftwatch.read import check_frame
 
-        rr = check_frame(source, where="events")
+        rr = check_frame(source, where="events")  # (column_map and format: applied by audit, _map_frame)
         lf = rr.events
         rejected = rr.rejected
         stats: dict[str, Any] = {k: v for k, v in rr.stats.to_dict().items() if k not in ("paths", "seconds")}
@@ -1576,6 +1582,28 @@ def _read(
         if slicer is not None:
             slicer = _WindowedSlicer(slicer, since, until)
     return lf, rejected, stats, slicer
+
+
+def _map_frame(frame: pl.DataFrame | pl.LazyFrame, *, format: str, column_map: Mapping[str, str] | None) -> Any:
+    """A frame given to :func:`audit` with ``column_map`` (renamed as :func:`~driftwatch.read_logs`
+    renames: the mapped column replaces a canonical column of the same name) and ``format``
+    (a frame holds canonical events; span formats are read from files)."""
+    from driftwatch.formats import check_column_map
+
+    if format not in ("auto", "canonical"):
+        raise InvalidParameterError(
+            f"format={format!r} applies to files: a frame passed to audit must hold canonical events "
+            "(column_map renames its columns); write the spans to Parquet and audit the path"
+        )
+    cmap = check_column_map(column_map)
+    if not cmap:
+        return frame
+    names = frame.collect_schema().names()
+    missing = [src for src in cmap if src not in names]
+    if missing:
+        raise SchemaError(f"events: column_map names column(s) {missing} that the frame does not have; found {names}")
+    replaced = [dst for dst in cmap.values() if dst in names and dst not in cmap]
+    return frame.drop(replaced).rename(cmap)
 
 
 def _prefilter(lf: pl.LazyFrame, since: datetime | None, until: datetime | None) -> pl.LazyFrame:
@@ -1850,6 +1878,11 @@ def audit(
     pol = policy_mod._as_policy(policy)
     by = normalize_by(by)
     _check_by_columns(by)
+    # frames get column_map (and a check of format) here, once: paths get them from read_logs
+    if isinstance(source_or_events, pl.DataFrame | pl.LazyFrame):
+        source_or_events = _map_frame(source_or_events, format=format, column_map=column_map)
+    if isinstance(reference, pl.DataFrame | pl.LazyFrame):
+        reference = _map_frame(reference, format=format, column_map=column_map)
     if progress is not None and not callable(progress):
         raise InvalidParameterError(f"progress must be a callable taking one str (e.g. print), got {progress!r}")
     if out is not None and not str(out).strip():  # checked before the work, not after it

@@ -185,7 +185,11 @@ def _column_map(pairs: list[str]) -> dict[str, str] | None:
         src, sep, dst = pair.partition("=")
         if not sep or not src.strip() or not dst.strip():
             raise InvalidParameterError(f"--map expects SRC=COLUMN (e.g. --map Action=action), got {pair!r}")
-        out[src.strip()] = dst.strip()
+        src, dst = src.strip(), dst.strip()
+        if out.get(src, dst) != dst:
+            raise InvalidParameterError(f"--map gives column {src!r} twice ({src}={out[src]} and {src}={dst}); "
+                                        "a column maps to one canonical column")
+        out[src] = dst
     return out or None
 
 

@@ -1050,3 +1050,21 @@ def test_fleet_stage_flags_sorted_run_ids_only_where_true(fleet: synth.Fleet) ->
     finally:
         mod._flag_run_order = original
     _assert_same_outputs(flagged, unflagged)
+
+
+def test_audit_of_a_frame_takes_column_map_and_checks_format(tmp_path: Path) -> None:
+    """dw.audit(frame, column_map=...) ignored the map (and said to pass it); format= was
+    ignored too. The map renames the frame's columns as read_logs renames a file's."""
+    import driftwatch as dw
+    from driftwatch.errors import InvalidParameterError, SchemaError
+
+    raw = pl.DataFrame({"session": ["s", "s", "t"], "Step": [1, 2, 1], "tool": ["a", "b", "c"], "run_id": "x"})
+    res = dw.audit(raw, column_map={"session": "run_id", "Step": "step", "tool": "action"})
+    assert sorted(res.runs["run_id"].to_list()) == ["s", "t"]  # the mapped column replaced run_id
+    same = dw.audit(raw.lazy(), column_map={"session": "run_id", "Step": "step", "tool": "action"})
+    assert same.runs.equals(res.runs) and same.audit_id == res.audit_id
+    with pytest.raises(SchemaError, match=r"column_map names column\(s\) \['nope'\]"):
+        dw.audit(raw, column_map={"nope": "run_id"})
+    with pytest.raises(InvalidParameterError, match="format='otel' applies to files"):
+        dw.audit(raw, format="otel")
+

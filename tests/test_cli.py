@@ -360,6 +360,10 @@ def test_map_reads_columns_under_other_names(small_fleet_dir: Path, tmp_path: Pa
     code2, mapped, err2 = run_cli("validate", renamed, "--map", "Action=action", "--map", "Step=step")
     assert code == code2 == 0 and direct.split(":", 1)[1] == mapped.split(":", 1)[1]
     assert run_cli("validate", renamed, "--map", "Action")[0] == 2
+    # the same column given twice: said so (the first mapping used to be dropped silently)
+    code, out, err = run_cli("validate", renamed, "--map", "Action=action", "--map", "Action=agent")
+    assert code == 2 and "--map gives column 'Action' twice" in err, err
+    assert run_cli("validate", renamed, "--map", "Action=action", "--map", "Action=action", "--map", "Step=step")[0] == 0
 
 
 def test_generate_checks_its_start(tmp_path: Path, run_cli: Cli) -> None:
