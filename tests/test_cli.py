@@ -336,7 +336,8 @@ def test_incremental_audit_refuses_a_time_window(small_fleet_dir: Path, tmp_path
         (["--load-every", "1x"], "load_every (--load-every) must be a Polars duration string"),
         (["--by", "run_id"], "by (--by) cannot group by 'run_id'"),
         (["--by", "agent,series"], "by (--by) cannot group by 'series'"),
-        (["--by", "agent,status"], "by (--by): ['status'] not column(s) of the run table"),
+        (["--by", "agent,status"], "by (--by) cannot group by 'status': it is measured at every step"),
+        (["--by", "agent,tenant"], "by (--by): ['tenant'] not column(s) of the run table"),
     ],
 )
 def test_audit_options_are_checked_with_their_names(small_fleet_dir: Path, tmp_path: Path, run_cli: Cli,
