@@ -704,13 +704,15 @@ def _probe_all(paths: Sequence[str]) -> list[_FileInfo]:
 
 def _columns(info: _FileInfo, cmap: Mapping[str, str], *, lookups: bool = True) -> list[str]:
     """A file's columns, hive keys and the dotted columns of its nested span columns (struct
-    fields; with ``lookups`` also the keys looked up in map / key-value / JSON attributes)."""
+    fields; the keys looked up in map / key-value / JSON attributes: with ``lookups``, all of
+    them, else only the ``gen_ai.*`` ones, which tell OTel apart without naming another format)."""
     try:
         nested = list(nested_columns(info.schema, cmap, where=info.path))
     except SchemaError:
         nested = []  # an attributes column of an unreadable shape: the span adapter says so
     if not lookups:
-        nested = [c for c in nested if isinstance(info.schema.get(c.split(".", 1)[0]), pl.Struct)]
+        nested = [c for c in nested
+                  if isinstance(info.schema.get(c.split(".", 1)[0]), pl.Struct) or c.startswith("attributes.gen_ai.")]
     return [*info.schema, *info.hive, *nested]
 
 

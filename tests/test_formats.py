@@ -424,3 +424,19 @@ def test_span_messages_do_not_list_internal_columns() -> None:
     with pytest.raises(SchemaError) as err:
         f.adapt(raw.lazy(), raw.schema, "otel", where="x.parquet")
     assert "__dw_order" not in str(err.value) and "found ['run_id', 'step', 'action']" in str(err.value)
+
+
+def test_otel_with_map_attributes_and_datetime_start_is_detected(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t = datetime(2026, 10, 1, tzinfo=UTC)
+    attrs = [[("gen_ai.operation.name", "chat")], [("gen_ai.operation.name", "execute_tool"), ("gen_ai.tool.name", "s")]]
+    pq.write_table(pa.table({
+        "trace_id": ["T", "T"], "span_id": ["a", "b"], "name": ["chat m", "execute_tool s"],
+        "start_time": pa.array([t, t.replace(second=1)], pa.timestamp("us", tz="UTC")),
+        "attributes": pa.array(attrs, pa.map_(pa.string(), pa.string())),
+    }), tmp_path / "m.parquet")
+    res = read_logs(tmp_path)
+    assert res.stats.formats == {"otel": 1}
+    assert res.collect().sort("step").select("step", "action").rows() == [(1, "llm"), (2, "s")]
