@@ -285,7 +285,7 @@ def test_missing_optional_columns() -> None:
         ({"n_boot": 10}, "n_boot must be an integer >= 50"),
         ({"volume_per_day": -5}, "volume_per_day must be a positive number"),
         ({"volume_per_day": {"all": 0}}, "volume_per_day must be a positive number"),
-        ({"policy": "strict"}, "policy must be a driftwatch.Policy"),
+        ({"policy": object()}, "policy must be a driftwatch.Policy, a policy file path"),
         ({"policy": -1.0}, "max_cost_usd must be a non-negative number"),
         ({"loops": "loops.parquet"}, "loops must be a detect_loops"),
     ],
