@@ -218,6 +218,25 @@ def _one(sources: Sequence[str]) -> str | list[str]:
 # --------------------------------------------------------------------------- commands
 
 
+def _check_state_args(args: argparse.Namespace) -> None:
+    """Options that cannot go with --state/--db, refused before the database file is made."""
+    from driftwatch.errors import InvalidParameterError
+
+    if args.since or args.until:
+        raise InvalidParameterError(
+            "since/until (--since/--until) cannot be combined with an incremental audit (--state/--db): "
+            "the state records whole files as audited, so the rows outside the window would never be audited; "
+            "run the windowed audit without the state, or let the state pick the new files"
+        )
+    db = Path(args.db if args.db else Path(args.state) / "audit.duckdb").absolute()
+    results = Path(args.out).absolute()
+    if db == results or results in db.parents:
+        raise InvalidParameterError(
+            f"the state database ({db}) cannot be inside the results folder --out {results}: each audit "
+            "replaces that folder; keep the state next to it (e.g. --state state/ --out report/)"
+        )
+
+
 def _cmd_audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from driftwatch.audit import NothingToAudit, audit
 
@@ -226,6 +245,7 @@ def _cmd_audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.state or args.db:
         from driftwatch.state import AuditState
 
+        _check_state_args(args)  # before the state database is created
         state = AuditState.open(state_dir=args.state, db=args.db)
     try:
         result = audit(

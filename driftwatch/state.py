@@ -166,6 +166,23 @@ def _files_frame(files: Sequence[SourceFile], audit_id: str | Sequence[str | Non
     )
 
 
+def _check_is_duckdb_file(path: Path) -> None:
+    """Refuse an existing file that is not a DuckDB database: DuckDB opens a Parquet file as
+    an in-memory database, so an audit with ``--db logs.parquet`` kept no state at all."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+    except FileNotFoundError:
+        return  # a new state
+    except OSError as exc:
+        raise InputError(f"{path}: cannot open the audit state database ({exc.strerror})") from None
+    if head and head[8:12] != b"DUCK":
+        kind = " (it is a Parquet file)" if head[:4] == b"PAR1" else ""
+        raise InputError(
+            f"{path}: not a DuckDB database{kind}; --db needs a driftwatch state database, or a new file name"
+        )
+
+
 def _sanitize(frame: pl.DataFrame) -> pl.DataFrame:
     """Make a frame storable: all-null columns become text, nested nulls too."""
     casts = {c: pl.String for c, t in frame.schema.items() if t == pl.Null}
@@ -192,6 +209,7 @@ class AuditState:
 
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _check_is_duckdb_file(self.path)
         try:
             self.con = duckdb.connect(str(self.path))
         except duckdb.Error as exc:  # locked by another process, not a DuckDB file, ...
@@ -211,8 +229,13 @@ class AuditState:
 
     def _check_is_state(self) -> None:
         """Refuse a database that holds tables but is not a driftwatch state (its ``files``
-        table is the sign): an audit would add columns and rows to someone else's tables."""
-        tables = self.tables()
+        table is the sign): an audit would add tables, columns and rows to someone else's
+        database."""
+        rows = self.con.execute(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_catalog = current_database() ORDER BY 1"
+        ).fetchall()
+        tables = [r[0] for r in rows]  # every table, not only the history's
         if not tables:
             return
         if "files" in tables and set(FILES_COLUMNS) <= set(self._columns("files")):
@@ -472,7 +495,10 @@ class AuditState:
             sf = SourceFile.stat(f)
             prev = known.get(sf.path)
             if prev is None:
-                todo.append(sf)
+                # hashed now, before it is read: a file rewritten while the audit runs is then
+                # recorded with the bytes before, and read again next time (hashed after the
+                # audit, the new bytes were recorded as audited, and never were)
+                todo.append(sf.hashed())
             elif prev["size"] == sf.size and prev["mtime_ns"] == sf.mtime_ns:
                 done.append(SourceFile(sf.path, sf.size, sf.mtime_ns, prev["hash"]))
             else:

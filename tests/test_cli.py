@@ -323,9 +323,14 @@ def test_incremental_audit_refuses_a_time_window(small_fleet_dir: Path, tmp_path
         assert code == 2 and "cannot be combined with an incremental audit" in err, (out, err)
         assert "Traceback" not in err
     assert not (tmp_path / "r").exists()
-    if db.exists():  # nothing recorded
-        with duckdb.connect(str(db), read_only=True) as con:
-            assert "files" not in {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
+    assert not db.exists()  # refused before the state database was made
+    # the state inside the results folder: refused up front (it made X/audit.duckdb, then
+    # refused X for holding a file driftwatch did not write)
+    code, out, err = run_cli("audit", small_fleet_dir / "events", "--out", tmp_path / "x", "--state", tmp_path / "x")
+    assert code == 2 and "cannot be inside the results folder" in err and not (tmp_path / "x").exists(), err
+    code, out, err = run_cli("audit", small_fleet_dir / "events", "--out", tmp_path / "y",
+                             "--db", tmp_path / "y" / "s.duckdb")
+    assert code == 2 and "cannot be inside the results folder" in err and not (tmp_path / "y").exists(), err
 
 
 @pytest.mark.parametrize(

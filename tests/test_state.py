@@ -136,6 +136,19 @@ def test_plan_new_unchanged_touched_and_changed_files(state: AuditState, tmp_pat
     assert todo2 == [] and done2[0].mtime_ns == a.stat().st_mtime_ns
 
 
+def test_a_file_rewritten_during_the_audit_is_read_again(state: AuditState, tmp_path: Path) -> None:
+    """New files are hashed when planned, before they are read: a file rewritten while the
+    audit ran was recorded with its new bytes (hashed at the end) and never audited."""
+    a = tmp_path / "a.parquet"
+    a.write_bytes(b"old bytes")
+    todo, _ = state.plan([a])
+    assert todo[0].hash is not None  # hashed at plan time
+    a.write_bytes(b"new bytes, written while the audit read the old ones")
+    state.record(audit={"audit_id": "1"}, per_run={}, fleet={}, run_ids=pl.Series([], dtype=pl.String), files=todo)
+    todo2, done2 = state.plan([a])
+    assert [Path(f.path).name for f in todo2] == ["a.parquet"] and done2 == []
+
+
 def test_history_excludes_current_runs_and_old_runs(state: AuditState) -> None:
     feats = pl.concat([features(["old"], day=0), features(["mid"], day=10), features(["cur"], day=20)])
     counts = pl.DataFrame({"run_id": ["old", "mid", "cur"], "action": ["x", "y", "z"], "n": [1, 2, 3]})
@@ -165,8 +178,15 @@ def test_open_needs_exactly_one_location(tmp_path: Path) -> None:
 def test_not_a_database_and_locked_database_are_input_errors(tmp_path: Path) -> None:
     junk = tmp_path / "junk.duckdb"
     junk.write_text("this is not a duckdb file\n" * 100)
-    with pytest.raises(InputError, match="cannot open the audit state database"):
+    with pytest.raises(InputError, match="junk.duckdb: not a DuckDB database; --db needs"):
         AuditState(junk)
+    # DuckDB opens a Parquet file as an in-memory database: an audit kept no state at all
+    logs = tmp_path / "state.parquet"
+    pl.DataFrame({"run_id": ["a"]}).write_parquet(logs)
+    before = logs.read_bytes()
+    with pytest.raises(InputError, match=r"not a DuckDB database \(it is a Parquet file\)"):
+        AuditState(logs)
+    assert logs.read_bytes() == before
     # another process holds the database open for writing
     db = tmp_path / "locked.duckdb"
     code = (
@@ -302,6 +322,14 @@ def test_a_database_of_other_tables_is_refused(tmp_path: Path) -> None:
         con.execute("INSERT INTO runs VALUES (42)")
     with pytest.raises(InputError, match=r"not a driftwatch state database \(it holds other tables: runs\)"):
         AuditState(db)
+    # tables of other names too (only driftwatch's own names were looked at: 11 tables were added)
+    sales = tmp_path / "analytics.duckdb"
+    with duckdb.connect(str(sales)) as con:
+        con.execute("CREATE TABLE sales (id INTEGER, amount DOUBLE)")
+    before = sales.read_bytes()
+    with pytest.raises(InputError, match=r"it holds other tables: sales"):
+        AuditState(sales)
+    assert sales.read_bytes() == before
     with duckdb.connect(str(db)) as con:  # untouched, and not left locked
         assert con.execute("SELECT * FROM runs").fetchall() == [(42,)]
     # a state, or a state the user added tables to, opens
