@@ -36,6 +36,7 @@ import functools
 import glob
 import json
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -257,7 +258,11 @@ def check_replaceable(path: str | os.PathLike[str], *, expected: Collection[str]
             "(choose a new or an earlier results folder)"
         )
     names = {p.name for p in dest.iterdir()}
-    foreign = sorted(names - set(expected) - {MARKER})
+    # (a temporary file of a driftwatch write that was killed, e.g. .report.html.tmp-<pid>-<hex>
+    # of a `driftwatch report`, goes with the folder)
+    tmp_of = "|".join(map(re.escape, expected))
+    ours = re.compile(rf"^\.(?:{tmp_of}){re.escape(_TMP_TAG)}\d+-[0-9a-f]+$") if expected else None
+    foreign = sorted(n for n in names - set(expected) - {MARKER} if ours is None or not ours.match(n))
     if not foreign:
         return
     shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
@@ -292,6 +297,8 @@ def atomic_directory(path: str | os.PathLike[str], *, expected: Collection[str] 
         an exception it is deleted and ``path`` is left untouched.
     """
     dest = Path(path).absolute()
+    if dest.is_symlink():  # a link to the results (``latest -> 2026-11-24/``): replace what it points to
+        dest = dest.resolve()
     dest.parent.mkdir(parents=True, exist_ok=True)
     recover_directory(dest)
     check_replaceable(dest, expected=expected)

@@ -58,13 +58,19 @@ MAX_TABLE_ROWS = 200
 MAX_TEXT_CHARS = 500
 
 
-#: Control characters HTML does not allow in text (NUL, form feed, ...): shown as U+FFFD.
-_CONTROLS = {c: "\ufffd" for c in [*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F]}
+#: Control characters HTML does not allow in text (NUL, form feed, ...): shown as U+FFFD. Bidi
+#: controls (a right-to-left override in an agent name reversed the figures after it on the
+#: same line) are shown by name, e.g. ``[U+202E]``, so log text cannot rearrange the page.
+_CONTROLS = {
+    **{c: "\ufffd" for c in [*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F]},
+    **{c: f"[U+{c:04X}]" for c in [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]},
+}
 
 
 def e(value: Any) -> str:
     """HTML-escape anything (quotes too, so it is safe in attributes), cut to
-    :data:`MAX_TEXT_CHARS` characters; control characters become U+FFFD."""
+    :data:`MAX_TEXT_CHARS` characters; control characters become U+FFFD, bidi controls
+    ``[U+202E]``."""
     text = "" if value is None else str(value)
     if len(text) > MAX_TEXT_CHARS:
         text = f"{text[:MAX_TEXT_CHARS]}… ({len(text) - MAX_TEXT_CHARS:,} more characters)"
@@ -1268,6 +1274,8 @@ def load_results(folder: str | os.PathLike[str]) -> Any:
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CorruptFileError(f"{summary_path}: cannot read the audit summary ({exc}); rerun the audit") from None
+    if not isinstance(summary, dict) or not isinstance(summary.get("levels", {}), dict):
+        raise CorruptFileError(f"{summary_path}: not an audit summary (a JSON object with levels); rerun the audit")
     res = _Loaded(d, summary)
     from driftwatch.audit import CONTRACT_FILES, EXTRA_FILES
 
@@ -1276,6 +1284,7 @@ def load_results(folder: str | os.PathLike[str]) -> Any:
             continue
         p = d / fname
         frame = pl.DataFrame()
+        need = _NEEDED_COLUMNS.get(fname)
         if p.is_file():
             try:
                 frame = pl.read_parquet(p)
@@ -1283,17 +1292,45 @@ def load_results(folder: str | os.PathLike[str]) -> Any:
                 raise CorruptFileError(
                     f"{p}: not readable Parquet ({type(exc).__name__}); rerun the audit to rewrite it"
                 ) from None
+            missing = [c for c in need or () if c not in frame.columns]
+            if missing:
+                raise CorruptFileError(f"{p}: lacks column(s) {missing} of an audit's {fname}; rerun the audit")
+        elif need is not None:
+            # a page that says "no policy breach" beside a summary of 49 would be wrong, not empty
+            raise CorruptFileError(f"{p}: missing from the results folder; rerun the audit to rewrite it")
         setattr(res, fname.removesuffix(".parquet"), frame)
     return res
 
 
+#: Results files every audit writes (a folder without one is incomplete) and the columns the
+#: page reads from them; the others are optional (folders of older versions lack them).
+_NEEDED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "runs.parquet": ("run_id", "agent", "score", "level", "reasons"),
+    "loops.parquet": ("run_id", "kind", "pattern", "repeats", "wasted_steps", "wasted_cost_usd"),
+    "violations.parquet": ("run_id", "rule", "severity", "detail"),
+    "changepoints.parquet": ("series", "metric", "ts"),
+    "drift.parquet": ("series", "feature", "drifted"),
+    "rejected.parquet": ("reason",),
+}
+
+
 def rebuild(folder: str | os.PathLike[str]) -> Path:
     """Re-render ``folder/report.html`` from the results files in ``folder`` (atomic replace)."""
-    from driftwatch._io import atomic_write_text
+    from driftwatch._io import atomic_write_text, recover_directory
+    from driftwatch.errors import CorruptFileError
 
     res = load_results(folder)
     path = Path(folder) / "report.html"
-    atomic_write_text(path, render_report(res, summary=res.summary()))
+    recover_directory(path)  # temporary files of a killed rebuild
+    try:
+        page = render_report(res, summary=res.summary())
+    except Exception as exc:  # results edited or written by something else: one clear line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CorruptFileError(
+            f"{folder}: the results files are not as an audit wrote them ({type(exc).__name__}: {first[:200]}); "
+            "rerun the audit to rewrite them"
+        ) from None
+    atomic_write_text(path, page)
     return path
 
 

@@ -195,6 +195,8 @@ def test_control_characters_never_reach_the_page(tmp_path: Path) -> None:
     from driftwatch.report import e
 
     assert e("a\x00b\x0cc\x7fd\te\nf<") == "a\ufffdb\ufffdc\ufffdd\te\nf&lt;"
+    # a right-to-left override reversed the figures after it on the same line of the page
+    assert e("research\u202e cost 0.148 \u2066x\u2069") == "research[U+202E] cost 0.148 [U+2066]x[U+2069]"
     ev = pl.DataFrame({"run_id": "r", "step": [1, 2, 3, 4, 5], "action": ["plan"] + ["nul\x00tool"] * 4,
                        "args": "q", "result": "same"})
     res = audit(ev)
@@ -202,3 +204,46 @@ def test_control_characters_never_reach_the_page(tmp_path: Path) -> None:
     res.write(tmp_path / "r")
     for html in ((tmp_path / "r" / "report.html").read_text(), res._repr_html_()):
         assert "\x00" not in html and "nul\ufffdtool" in html
+
+
+def test_rebuild_refuses_incomplete_or_foreign_results(tmp_path: Path) -> None:
+    """A rebuild without violations.parquet said "No policy breach." beside a summary of 49;
+    edited files gave "unexpected error ... please report it". Both are one clear error now;
+    a killed rebuild's temporary file is cleared by the next."""
+    import json
+
+    from driftwatch.errors import CorruptFileError
+    from driftwatch.report import rebuild
+
+    fleet = synth.generate(days=3, runs_per_day=40, seed=2)
+    good = tmp_path / "good"
+    audit(fleet.events).write(good)
+    page = (good / "report.html").read_text()
+
+    def damaged(name: str, damage) -> Path:  # noqa: ANN001
+        d = tmp_path / name
+        shutil.copytree(good, d)
+        damage(d)
+        return d
+
+    cases = {
+        "no_violations": (lambda d: (d / "violations.parquet").unlink(), r"violations.parquet: missing from"),
+        "no_runs": (lambda d: (d / "runs.parquet").unlink(), r"runs.parquet: missing from"),
+        "summary_list": (lambda d: (d / "summary.json").write_text("[]"), "not an audit summary"),
+        "levels_null": (lambda d: (d / "summary.json").write_text(json.dumps({"levels": None})), "not an audit summary"),
+        "runs_cut": (lambda d: pl.read_parquet(d / "runs.parquet").select("run_id", "level")
+                     .write_parquet(d / "runs.parquet"), r"lacks column\(s\) \['agent', 'score', 'reasons'\]"),
+        "loops_text": (lambda d: pl.read_parquet(d / "loops.parquet").with_columns(pl.col("wasted_steps").cast(pl.String))
+                       .write_parquet(d / "loops.parquet"), "not as an audit wrote them"),
+    }
+    for name, (damage, message) in cases.items():
+        d = damaged(name, damage)
+        with pytest.raises(CorruptFileError, match=message):
+            rebuild(d)
+    # older folders without the extra files still rebuild
+    old = damaged("old", lambda d: [(d / f).unlink() for f in ("examples.parquet", "metrics.parquet")])
+    assert rebuild(old).is_file()
+    # a killed rebuild's temporary file is cleared, and the page is the audit's own
+    (good / ".report.html.tmp-999999-00ff00ff").write_text("half")
+    rebuild(good)
+    assert not list(good.glob(".report.html.tmp-*")) and (good / "report.html").read_text() == page

@@ -1,0 +1,51 @@
+"""Atomic results folders: what a killed write leaves behind, and links to results folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from driftwatch._io import MARKER, atomic_directory, check_replaceable
+from driftwatch.errors import InvalidParameterError
+
+EXPECTED = ("report.html", "runs.parquet")
+
+
+def _results(folder: Path, text: str) -> None:
+    with atomic_directory(folder, expected=EXPECTED) as tmp:
+        (tmp / "report.html").write_text(text)
+        (tmp / "runs.parquet").write_text(text)
+
+
+def test_a_killed_write_of_one_file_does_not_block_the_next_audit(tmp_path: Path) -> None:
+    """A `driftwatch report` killed mid-write left .report.html.tmp-<pid>-<hex>; every later
+    audit into the folder then refused it as holding files driftwatch did not write."""
+    out = tmp_path / "report"
+    _results(out, "night 1")
+    (out / ".report.html.tmp-999999-1a2b3c4d").write_text("half a page")
+    _results(out, "night 2")
+    assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, *EXPECTED])
+    assert (out / "report.html").read_text() == "night 2"
+    # the user's own files are still refused, hidden or not, and so is a temp name of another file
+    for name in ("notes.txt", ".notes.tmp-1-ab", ".report.html.tmp-x"):
+        (out / name).write_text("mine")
+        with pytest.raises(InvalidParameterError, match="holds files driftwatch did not write"):
+            check_replaceable(out, expected=EXPECTED)
+        (out / name).unlink()
+
+
+def test_a_link_to_a_results_folder_is_followed(tmp_path: Path) -> None:
+    """--out latest, a link to an earlier results folder: the link was replaced by a folder and
+    the folder it pointed to kept stale results, with a dangling temporary link left beside."""
+    target = tmp_path / "srv" / "2026-11-24"
+    _results(target, "old")
+    latest = tmp_path / "latest"
+    latest.symlink_to(target)
+    _results(latest, "new")
+    _results(latest, "newer")
+    assert latest.is_symlink() and os.readlink(latest) == str(target)
+    assert (target / "report.html").read_text() == "newer"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "srv"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["2026-11-24"]
