@@ -1916,6 +1916,8 @@ def audit(
             source_or_events, policy=pol, reference=reference, since=since_dt, until=until_dt,
             volume_per_day=volume_per_day, every=every, drift_every=drift_every, load_every=load_every, by=by,
             progress=progress,
+            # (a frame's columns were mapped above; paths are mapped as Spark reads them)
+            column_map=None if _is_frame(source_or_events) else column_map,
         )
         if out is not None:
             result.write(out)

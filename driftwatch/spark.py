@@ -87,6 +87,8 @@ PACKED_SCHEMA = "bucket long, table string, part int, data binary"
 
 _ORDER = "__dw_order"  # file rank << _ROW_BITS | row in file: the reader's "first one read" order
 _FIRST = "__dw_first"  # order key of the row kept when a (run_id, step) is duplicated
+_POSITION = "__dw_position"  # a Polars frame's row index, carried into Spark
+_NANOS_AS_LONG = "spark.sql.legacy.parquet.nanosAsLong"
 _ROW_BITS = 36
 _META = "_meta"
 _REJECTED = "_rejected"
@@ -159,6 +161,9 @@ def get_session(
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.driver.memory": "2g",
+        # Parquet timestamps in nanoseconds (what pandas writes) as their epoch numbers, which
+        # the row checks convert as the local reader does; Spark refuses them otherwise
+        _NANOS_AS_LONG: "true",
     }
     settings.update(conf or {})
     for key, value in settings.items():
@@ -238,12 +243,18 @@ def _input_from_paths(
                     f"{fmt or 'an unknown format'}. Convert it first (driftwatch.read_logs(...), then write "
                     "the events) or use engine 'polars'"
                 )
-        # the local reader's order: group by group, files in order within a group
+        _check_nanos(spark, infos)
+        # the local reader's order: group by group, files in order within a group. Spark's
+        # schema merge fails where Polars' does not (Int32 beside Int64 tokens, Float32 beside
+        # Float64 cost): the files of a group are read per exact schema and put together by
+        # _union, which reads a clashing column as text that the row checks convert
         for group in _read._group(_read._assign_formats(infos, "canonical", cmap)):
-            group_files = [f.path for f in group.files]
-            targets = ["file://" + f for f in group_files]
-            planned.append((_read_parquet(spark, targets, merge=not group.uniform), group.hive))
-            files.extend(group_files)
+            by_schema: dict[tuple[Any, ...], list[str]] = {}
+            for f in group.files:
+                by_schema.setdefault(tuple((c, str(t)) for c, t in f.schema.items()), []).append(f.path)
+            for same in by_schema.values():
+                planned.append((_read_parquet(spark, ["file://" + f for f in same], merge=False), group.hive))
+            files.extend(f.path for f in group.files)
         rows = sum(i.rows for i in infos)
     if remote:
         sdf = _read_parquet(spark, remote)
@@ -269,10 +280,12 @@ def _input_from_paths(
         path = F.regexp_replace(F.col("_metadata.file_path"), "^file:/+", "/")
         order_map = F.create_map(*[x for k, f in spelled.items() for x in (F.lit(k), F.lit(rank[f]))])
         order = F.element_at(order_map, path).cast("long") * F.lit(1 << _ROW_BITS) + F.col("_metadata.row_index")
-        cols = [F.col(c) for c in _needed_columns(sdf.columns, cmap)]
-        for key in hive:  # hive partitions (e.g. agent=...) fill a canonical column, as locally
-            if key in sdf.columns or (key not in COLUMNS and key not in cmap):
-                continue
+        # hive partitions (e.g. agent=...) fill a canonical column, as locally: the partition's
+        # value wins over a column of the same name in the files (Spark's merged schema may hold
+        # it from some files only)
+        filled = [key for key in hive if key in COLUMNS or key in cmap]
+        cols = [F.col(c) for c in _needed_columns(sdf.columns, cmap) if c not in filled]
+        for key in filled:
             values = {k: _hive_value(f, key) for k, f in spelled.items()}
             hive_map = F.create_map(*[x for k, v in values.items() if v is not None for x in (F.lit(k), F.lit(v))])
             cols.append(F.element_at(hive_map, path).alias(key))
@@ -282,6 +295,21 @@ def _input_from_paths(
     _check_schema(merged, cmap, where=_audit._describe(paths))
     return _Input(sdf=merged, run_col=_run_column(names, cmap), files=files, rows=rows,
                   description=_audit._describe(paths))
+
+
+def _check_nanos(spark: SparkSession, infos: Sequence[Any]) -> None:
+    """Spark reads Parquet timestamps in nanoseconds only as numbers (``nanosAsLong``, set by
+    :func:`get_session`); in another session, say how to read them instead of Spark's
+    "Illegal Parquet type"."""
+    nanos = next(((i.path, c) for i in infos for c, t in i.schema.items()
+                  if isinstance(t, pl.Datetime) and t.time_unit == "ns"), None)
+    if nanos is None or str(spark.conf.get(_NANOS_AS_LONG, "false")).lower() == "true":
+        return
+    raise InvalidParameterError(
+        f"{nanos[0]}: column {nanos[1]!r} holds timestamps in nanoseconds, which this Spark session does not "
+        f"read; set spark.conf.set({_NANOS_AS_LONG!r}, 'true') (driftwatch.spark.get_session does), or use "
+        "engine 'polars'"
+    )
 
 
 def _hive_value(path: str, key: str) -> str | None:
@@ -308,20 +336,42 @@ def _union(frames: list[SparkDataFrame]) -> SparkDataFrame:
         for fld in f.schema.fields:
             types.setdefault(fld.name, set()).add(fld.dataType.simpleString())
     clash = {c for c, t in types.items() if len(t) > 1}
+    # numbers of different widths (Int32 beside Int64 tokens, Float32 beside Float64 cost) are
+    # widened, as Polars widens them; other clashes are read as text
+    ints, floats = {"tinyint", "smallint", "int", "bigint"}, {"float", "double"}
+    wide = {c: "bigint" if types[c] <= ints else "double" for c in clash if types[c] <= ints | floats}
     out: SparkDataFrame | None = None
     for f in frames:
-        f = f.select(*[F.col(c).cast("string").alias(c) if c in clash else F.col(c) for c in f.columns])
+        f = f.select(*[F.col(c).cast(wide[c]).alias(c) if c in wide
+                       else _as_text(F.col(c), f.schema[c].dataType.simpleString()).alias(c) if c in clash
+                       else F.col(c) for c in f.columns])
         out = f if out is None else out.unionByName(f, allowMissingColumns=True)
     assert out is not None
     return out
 
 
-def _input_from_frame(df: SparkDataFrame, *, column_map: Mapping[str, str] | None) -> _Input:
+def _as_text(col: Any, spark_type: str) -> Any:
+    """A column as the local reader's text: timestamps as ISO-8601 with their offset (a plain
+    cast writes them in the session's time zone without one, which the local parser then
+    reads as UTC: a session in New York shifted them by four hours)."""
+    if spark_type == "timestamp":
+        return F.date_format(col, "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX")
+    if spark_type == "timestamp_ntz":
+        return F.date_format(col, "yyyy-MM-dd'T'HH:mm:ss.SSSSSS")
+    return col.cast("string")
+
+
+def _input_from_frame(
+    df: SparkDataFrame, *, column_map: Mapping[str, str] | None, order: str | None = None
+) -> _Input:
+    """``df`` to audit; ``order``: a column holding each row's position (a Polars frame's row
+    index), else Spark's own row ids."""
     cmap = check_column_map(column_map)
-    names = df.columns
-    _check_schema(df, cmap, where="events")
+    names = [c for c in df.columns if c != order]
+    _check_schema(df.select(*names), cmap, where="events")
     cols = [F.col(c) for c in _needed_columns(names, cmap)]
-    sdf = df.select(*cols, F.monotonically_increasing_id().alias(_ORDER))
+    key = F.col(order).cast("long") if order is not None else F.monotonically_increasing_id()
+    sdf = df.select(*cols, key.alias(_ORDER))
     return _Input(sdf=sdf, run_col=_run_column(names, cmap))
 
 
@@ -727,7 +777,11 @@ def _as_input(source: Any, *, spark: SparkSession | None, column_map: Mapping[st
     if isinstance(source, pl.DataFrame | pl.LazyFrame):
         frame = source.collect() if isinstance(source, pl.LazyFrame) else source
         session = spark or get_session()
-        inp = _input_from_frame(session.createDataFrame(frame.to_arrow()), column_map=column_map)
+        # each row's position rides along, so rejected rows name it as the local reader does
+        # (source_file "events", source_row the position)
+        with_pos = frame.with_row_index(_POSITION).with_columns(pl.col(_POSITION).cast(pl.Int64))
+        inp = _input_from_frame(session.createDataFrame(with_pos.to_arrow()), column_map=column_map, order=_POSITION)
+        inp.files = ["events"]
         inp.description = "<in-memory events>"
         return inp
     raise InvalidParameterError(
@@ -860,22 +914,24 @@ def audit_spark(
     timings.update({f"fleet.{k}": v for k, v in result.timings.items()})
 
     stats = {k: v for k, v in stage.stats.items() if k not in ("buckets", "rows_audited")}
+    stats["rows_analysed"] = stage.stats["rows_audited"]  # the rows of the runs in the window
     files = _source_files(df)
+    is_polars = isinstance(df, pl.DataFrame | pl.LazyFrame)
     stats.update(
         {
             "runs": result.runs.height,
             "engine": "spark",
             "chunks": stage.stats["buckets"],
-            "sources": [str(s) for s in files] if files else ["<spark DataFrame>"],
+            "sources": [str(s) for s in files] if files else ["<in-memory events>" if is_polars else "<spark DataFrame>"],
             "since": _audit._iso(since_dt),
             "until": _audit._iso(until_dt),
         }
     )
     result.stats = stats
-    if files and not any(_is_uri(os.fspath(f)) for f in files):
-        src_fp: list[Any] = _audit._sources_fingerprint(files, [])
+    if (files and not any(_is_uri(os.fspath(f)) for f in files)) or is_polars:
+        src_fp: list[Any] = _audit._sources_fingerprint(files or df, [])  # as the local engine's
     else:
-        src_fp = [repr(df) if not isinstance(df, pl.DataFrame | pl.LazyFrame) else stats["rows_in"]]
+        src_fp = [_spark_fingerprint(df, column_map)]
     result.audit_id = _audit._fingerprint(
         [src_fp, since_dt, until_dt, _audit._policy_fingerprint(pol), str(reference), volume_per_day, every, by]
     )
@@ -886,6 +942,21 @@ def audit_spark(
         result.write(out)
         say(f"write: {out} ({time.perf_counter() - t0:.1f}s)")
     return result
+
+
+def _spark_fingerprint(df: Any, column_map: Mapping[str, str] | None) -> Any:
+    """A content fingerprint of a Spark DataFrame (one aggregate job): its row count and a sum of
+    row hashes over the columns the audit reads, in name order (``repr(df)``, the schema only,
+    gave every canonical frame the same audit_id). URIs are fingerprinted by their listing."""
+    if not isinstance(df, SparkDataFrame):
+        return repr(df)
+    names = sorted(_needed_columns(df.columns, check_column_map(column_map)))
+    row_hash = F.xxhash64(*[F.col(c) for c in names]) % F.lit(1_000_000_007)  # (no overflow in ANSI mode)
+    try:
+        row = df.select(F.count(F.lit(1)), F.sum(row_hash.cast("long"))).first()
+    except Exception as exc:
+        raise _spark_error(exc) from None
+    return [names, int(row[0]), None if row[1] is None else int(row[1])]
 
 
 def _source_files(source: Any) -> list[str]:
