@@ -1827,7 +1827,8 @@ def audit(
         log that fits the in-memory budget (:func:`in_memory_budget`, by its uncompressed size)
         as one chunk, and a larger one in ``ceil(rows / chunk_rows)``. Canonical Parquet with
         ``step`` is cut into that many consecutive ranges of rows (plus a chunk for the runs
-        with rows in several ranges); other input is split by a hash of ``run_id``.
+        with rows in several ranges); other input is split by a hash of ``run_id``. With
+        ``engine="spark"`` a number is the number of buckets of runs.
     chunk_rows : int, default=2_000_000
         Target events per chunk for ``"auto"`` on logs over the in-memory budget.
     format : str, default="auto"
@@ -1918,6 +1919,7 @@ def audit(
             progress=progress,
             # (a frame's columns were mapped above; paths are mapped as Spark reads them)
             column_map=None if _is_frame(source_or_events) else column_map,
+            n_buckets=chunks if isinstance(chunks, int) and not isinstance(chunks, bool) else None,  # (--chunks N)
         )
         if out is not None:
             result.write(out)

@@ -224,6 +224,7 @@ def test_engine_spark_through_audit_and_cli(spark, small, tmp_path):
     small.write_parquet(src / "part-0.parquet")
     result = audit_mod.audit(str(src), engine="spark")
     assert result.stats["engine"] == "spark" and result.runs.height == small["run_id"].n_unique()
+    assert audit_mod.audit(str(src), engine="spark", chunks=3).stats["chunks"] == 3  # --chunks N: the buckets
     out = tmp_path / "out"
     err = io.StringIO()
     code = main(["audit", str(src), "--out", str(out), "--engine", "spark", "--quiet"], stdout=io.StringIO(), stderr=err)
