@@ -164,18 +164,23 @@ def get_session(
         # Parquet timestamps in nanoseconds (what pandas writes) as their epoch numbers, which
         # the row checks convert as the local reader does; Spark refuses them otherwise
         _NANOS_AS_LONG: "true",
+        # no console progress bar: it overwrote stderr with \r, so the one-line error of a
+        # failed audit was glued to a "[Stage 0: ...]" line (driftwatch prints its own progress)
+        "spark.ui.showConsoleProgress": "false",
     }
     settings.update(conf or {})
     for key, value in settings.items():
         builder = builder.config(key, value)
     try:
-        return builder.getOrCreate()
+        session = builder.getOrCreate()
     except Exception as exc:  # the JVM failed to start: say why in one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DriftwatchError(
             f"could not start Spark ({first}); check the Java runtime (17+) and the PySpark installation, "
             "or use engine 'polars'"
         ) from None
+    session.sparkContext.setLogLevel("ERROR")  # warnings of a session driftwatch started are not the user's
+    return session
 
 
 # --------------------------------------------------------------------------- input plans
