@@ -284,23 +284,32 @@ class Fleet:
         return root
 
 
+#: Written into every fleet folder first: only a folder holding it (and ``events/``, ``truth/``)
+#: is an earlier fleet that a new one may replace. A user's own ``events/`` and ``truth/``
+#: folders (production logs, reviewers' labels) look the same and were deleted.
+FLEET_MARKER = ".driftwatch-fleet"
+
+
 def _fresh_fleet_dir(path: str | os.PathLike[str]) -> Path:
-    """``path`` ready for a fleet: new, empty, or an earlier fleet (``events/`` and ``truth/``
-    only), whose files are removed so that no day or truth table of it survives into the
-    new one. Any other content is refused, never deleted."""
+    """``path`` ready for a fleet: new, empty, or an earlier fleet (its marker, ``events/`` and
+    ``truth/`` only), whose files are removed so that no day or truth table of it survives
+    into the new one. Any other content is refused, never deleted."""
     root = Path(path)
     if root.exists() and not root.is_dir():
         raise InvalidParameterError(f"{root}: exists and is not a folder; a fleet is written into a folder")
     if root.is_dir():
         names = {p.name for p in root.iterdir()}
-        foreign = sorted(names - {"events", "truth"})
-        if foreign:
+        foreign = sorted(names - {"events", "truth", FLEET_MARKER})
+        if foreign or (names and FLEET_MARKER not in names):
+            shown = ", ".join((foreign or sorted(names))[:5])
             raise InvalidParameterError(
-                f"{root}: folder holds files that are not a generated fleet ({', '.join(foreign[:5])}); "
+                f"{root}: folder holds files that are not a fleet written by driftwatch ({shown}); "
                 "a fleet replaces events/ and truth/, so choose a new or empty folder"
             )
-        for name in names:
+        for name in names - {FLEET_MARKER}:
             shutil.rmtree(root / name)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / FLEET_MARKER).write_text("a synthetic fleet written by driftwatch; generate may replace this folder\n")
     return root
 
 
@@ -1222,9 +1231,14 @@ def _atomic_parquet(frame: pl.DataFrame, target: Path, *, row_group_size: int) -
 
 
 def clear(path: str | os.PathLike[str]) -> None:
-    """Remove a fleet folder written by :func:`write_fleet` (events and truth)."""
+    """Remove a fleet folder written by :func:`write_fleet` (events and truth); a folder
+    without the fleet's marker is refused (see :data:`FLEET_MARKER`)."""
+    root = Path(path)
+    if not (root / FLEET_MARKER).is_file():
+        raise InvalidParameterError(f"{root}: not a fleet written by driftwatch (no {FLEET_MARKER}); nothing removed")
     for sub in ("events", "truth"):
-        shutil.rmtree(Path(path) / sub, ignore_errors=True)
+        shutil.rmtree(root / sub, ignore_errors=True)
+    (root / FLEET_MARKER).unlink()
 
 
 __all__ = [

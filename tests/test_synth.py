@@ -270,8 +270,23 @@ def test_a_fleet_replaces_an_earlier_fleet_and_refuses_other_folders(tmp_path) -
     synth.generate(days=1, runs_per_day=5, seed=3).write(root)
     assert sorted(p.name for p in (root / "events").iterdir()) == ["date=2026-10-01"]
     (root / "notes.txt").write_text("mine")
-    with pytest.raises(InvalidParameterError, match=r"not a generated fleet \(notes.txt\)"):
+    with pytest.raises(InvalidParameterError, match=r"not a fleet written by driftwatch \(notes.txt\)"):
         synth.write_fleet(root, days=1, runs_per_day=5)
     assert (root / "notes.txt").read_text() == "mine" and (root / "events").is_dir()
     with pytest.raises(InvalidParameterError, match="is not a folder"):
         synth.write_fleet(root / "notes.txt", days=1, runs_per_day=5)
+    # a user's own events/ and truth/ (production logs, reviewers' labels) look like a fleet:
+    # they were deleted; without the fleet's marker they are refused
+    mine = tmp_path / "mine"
+    (mine / "events" / "date=2025-01-01").mkdir(parents=True)
+    (mine / "truth").mkdir()
+    (mine / "events" / "date=2025-01-01" / "part-0.parquet").write_bytes(b"production")
+    (mine / "truth" / "labels_from_reviewers.csv").write_text("run_id,needed_human\n")
+    with pytest.raises(InvalidParameterError, match=r"not a fleet written by driftwatch \(events, truth\)"):
+        synth.write_fleet(mine, days=1, runs_per_day=5)
+    with pytest.raises(InvalidParameterError, match="not a fleet written by driftwatch"):
+        synth.clear(mine)
+    assert (mine / "events" / "date=2025-01-01" / "part-0.parquet").read_bytes() == b"production"
+    assert (mine / "truth" / "labels_from_reviewers.csv").is_file()
+    synth.clear(root)  # a fleet's own folder
+    assert list(root.iterdir()) == [root / "notes.txt"]
