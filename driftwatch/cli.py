@@ -349,6 +349,7 @@ def _cmd_loops(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from driftwatch.loops import detect_loops
     from driftwatch.read import read_logs
 
+    _check_out_file(args.out, args.sources)
     rr = read_logs(_one(args.sources), format=args.format, column_map=_column_map(args.map))
     loops = detect_loops(
         rr.events, max_period=args.max_period, min_repeats=args.min_repeats, fuzzy=not args.no_fuzzy
@@ -371,6 +372,23 @@ def _cmd_loops(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+def _check_out_file(path: str | None, sources: Sequence[str]) -> None:
+    """Refuse an --out file that is one of the logs being read, or inside a logs folder (the
+    file was replaced by the results; inside a folder it becomes a log of the next read)."""
+    if not path:
+        return
+    from driftwatch.errors import InvalidParameterError
+    from driftwatch.read import resolve_sources
+
+    target = Path(path).resolve()
+    folders = [Path(s).resolve() for s in sources if Path(s).is_dir()]
+    files = {Path(f).resolve() for f in resolve_sources(list(sources))}
+    if target in files or any(d == target or d in target.parents for d in folders):
+        raise InvalidParameterError(
+            f"--out {path}: is one of the logs being read, or inside their folder; write the results elsewhere"
+        )
+
+
 def _cmd_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import polars as pl
 
@@ -380,6 +398,7 @@ def _cmd_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from driftwatch.read import read_logs
 
     cmap = _column_map(args.map)
+    _check_out_file(args.out, args.sources)
     rr = read_logs(_one(args.sources), format=args.format, column_map=cmap)
     ref: Any = args.reference
     if ".." in ref and not Path(ref).exists():

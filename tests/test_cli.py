@@ -426,6 +426,14 @@ def test_validate_loops_drift_generate_report(fleet_events: Path, messy_logs: Pa
 
     code, out, err = run_cli("loops", fleet_events, "--out", tmp_path / "loops.parquet")
     assert code == 0 and "loops in" in out, err
+    # --out naming a log being read (it was replaced by the loops), or a file inside its folder
+    day = sorted(fleet_events.rglob("*.parquet"))[0]
+    before = day.read_bytes()
+    for cmd in (["loops"], ["drift", "--reference", "7d"]):
+        for target in (day, fleet_events / "results.parquet"):
+            code, out, err = run_cli(*cmd, fleet_events, "--out", target)
+            assert code == 2 and "is one of the logs being read, or inside their folder" in err, err
+    assert day.read_bytes() == before and not (fleet_events / "results.parquet").exists()
     assert pl.read_parquet(tmp_path / "loops.parquet").height > 0
 
     code, out, err = run_cli("drift", fleet_events, "--reference", "2026-10-01..2026-10-08",
