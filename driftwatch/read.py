@@ -317,8 +317,14 @@ class _FileInfo:
 
 
 def _hive_keys(path: str) -> tuple[str, ...]:
-    parts = os.path.normpath(os.path.dirname(path)).split(os.sep)
-    return tuple(p.split("=", 1)[0] for p in parts if "=" in p and not p.startswith("="))
+    parts = [p for p in os.path.normpath(os.path.dirname(path)).split(os.sep) if "=" in p and not p.startswith("=")]
+    odd = next((p for p in parts if "=" in p.split("=", 1)[1]), None)
+    if odd is not None:  # Polars and DuckDB fail on it with a query-plan dump
+        raise SchemaError(
+            f"{path}: folder {odd!r} is a hive partition whose value holds '='; the readers cannot parse it: "
+            "rename the folder (write '=' in a value as %3D)"
+        )
+    return tuple(p.split("=", 1)[0] for p in parts)
 
 
 def _looks_like(head: bytes) -> str:

@@ -843,3 +843,16 @@ def test_column_map_that_moves_a_required_column_away_says_so(tmp_path: Path) ->
     with pytest.raises(SchemaError) as err:
         read_logs(p, format="otel")
     assert "__dw_" not in str(err.value) and "found ['run_id', 'step', 'ts', 'action']" in str(err.value)
+
+
+@pytest.mark.parametrize("engine", ["polars", "duckdb"])
+def test_a_hive_value_holding_an_equals_sign_is_one_clear_error(tmp_path: Path, engine: str) -> None:
+    """agent=a=b/ crashed both readers with a query-plan dump (Polars' ColumnNotFoundError,
+    DuckDB's "Hive partition mismatch" read as a corrupt file)."""
+    from driftwatch.errors import SchemaError
+
+    (tmp_path / "agent=a=b").mkdir()
+    pl.DataFrame({"run_id": ["a", "a"], "step": [1, 2], "action": ["x", "y"]}).write_parquet(
+        tmp_path / "agent=a=b" / "p.parquet")
+    with pytest.raises(SchemaError, match=r"p.parquet: folder 'agent=a=b' is a hive partition whose value holds '='"):
+        read_logs(tmp_path, engine=engine)
