@@ -725,6 +725,12 @@ def _columns(info: _FileInfo, cmap: Mapping[str, str], *, lookups: bool = True) 
 def _assign_formats(infos: list[_FileInfo], fmt: str, cmap: dict[str, str]) -> list[_FileInfo]:
     out = []
     for index, info in enumerate(infos):
+        reserved = [c for c in (*info.schema, *info.hive) if c.startswith(INTERNAL_PREFIX)]
+        if reserved:  # (a column __dw_reason was read as the reader's own rejection reason)
+            raise SchemaError(
+                f"{info.path}: column(s) {reserved} use the prefix {INTERNAL_PREFIX!r} that driftwatch reserves "
+                "for its own columns; rename them"
+            )
         cols = _columns(info, cmap, lookups=False)
         found = fmt if fmt != "auto" else detect_format(cols, column_map=cmap)
         if found is None:
@@ -768,6 +774,12 @@ def _raw_frame(
             seq_base = {f.path: (f.index << _ROW_BITS) - off for f, off in zip(group.files, _offsets(group), strict=True)}
             extra.append(pl.col(_FILE).replace_strict(seq_base, return_dtype=pl.Int64) + pl.col(_ROW).cast(pl.Int64))
     else:
+        if "file_row_number" in group.schema:
+            raise SchemaError(
+                f"{group.files[0].path if len(group.files) == 1 else os.path.commonpath([f.path for f in group.files])}"
+                ": a column named 'file_row_number' clashes with the row numbers the duckdb engine reads; "
+                "read with engine 'polars' (the default), or rename the column"
+            )
         pairs = None
         if early:
             assert only is not None
@@ -1250,6 +1262,12 @@ def check_frame(frame: pl.DataFrame | pl.LazyFrame, *, where: str = "events") ->
     """
     t0 = time.perf_counter()
     lf = frame.lazy() if isinstance(frame, pl.DataFrame) else frame
+    reserved = [c for c in lf.collect_schema() if c.startswith(INTERNAL_PREFIX)]
+    if reserved:
+        raise SchemaError(
+            f"{where}: column(s) {reserved} use the prefix {INTERNAL_PREFIX!r} that driftwatch reserves for its "
+            "own columns; rename them"
+        )
     checked = conform(lf.with_row_index(_ORDER), where=where, check=True, keep_extra=True).collect()
     checked = checked.select(*COLUMNS, pl.col(_ORDER).cast(pl.Int64), REASON_COL, DETAIL_COL)
     reason = pl.col(REASON_COL)

@@ -856,3 +856,29 @@ def test_a_hive_value_holding_an_equals_sign_is_one_clear_error(tmp_path: Path, 
         tmp_path / "agent=a=b" / "p.parquet")
     with pytest.raises(SchemaError, match=r"p.parquet: folder 'agent=a=b' is a hive partition whose value holds '='"):
         read_logs(tmp_path, engine=engine)
+
+
+def test_reserved_and_engine_column_names_are_clear_errors(tmp_path: Path) -> None:
+    """A column __dw_reason was read as the reader's own rejection reason (its runs vanished);
+    __dw_file / __dw_row crashed Polars; file_row_number broke the duckdb engine with a
+    "corrupt file" message."""
+    import driftwatch as dw
+    from driftwatch.errors import SchemaError
+    from driftwatch.read import check_frame
+
+    base = pl.DataFrame({"run_id": ["a", "a"], "step": [1, 2], "action": ["llm", "search"]})
+    for col in ("__dw_reason", "__dw_file", "__dw_row"):
+        p = tmp_path / f"{col}.parquet"
+        base.with_columns(pl.lit("nothing to see").alias(col)).write_parquet(p)
+        for engine in ("polars", "duckdb"):
+            with pytest.raises(SchemaError, match=rf"\['{col}'\] use the prefix '__dw_' that driftwatch reserves"):
+                read_logs(p, engine=engine)
+        with pytest.raises(SchemaError, match="reserves"):
+            check_frame(base.with_columns(pl.lit("x").alias(col)))
+        with pytest.raises(SchemaError, match="reserves"):
+            dw.audit(base.with_columns(pl.lit("x").alias(col)))
+    p = tmp_path / "frn.parquet"
+    base.with_columns(file_row_number=pl.Series([0, 1])).write_parquet(p)
+    assert read_logs(p).stats.rows_valid == 2
+    with pytest.raises(SchemaError, match="'file_row_number' clashes with the row numbers the duckdb engine reads"):
+        read_logs(p, engine="duckdb").events.collect()
