@@ -1188,9 +1188,14 @@ def _labels_for(runs: pl.DataFrame, labels: Any) -> np.ndarray:
             raise InvalidParameterError(
                 f"labels: expected run_id and one label column (or one named 'label'), found {labels.columns}"
             )
-        j = runs.select("run_id").join(
-            labels.select("run_id", pl.col(cand[0]).alias("_y")).unique("run_id"), on="run_id", how="left"
-        )
+        lab = labels.select(pl.col("run_id").cast(pl.String), pl.col(cand[0]).alias("_y")).unique()
+        clash = lab.filter(pl.col("run_id").is_duplicated())["run_id"]
+        if clash.len():  # one kept at random made the model depend on the labels' row order
+            raise InvalidParameterError(
+                f"labels: run {clash[0]!r} (and {clash.n_unique() - 1} more) has contradictory labels; "
+                "give each run one label"
+            )
+        j = runs.select("run_id").join(lab, on="run_id", how="left")
         n_missing = j["_y"].null_count()
         if n_missing:
             raise InvalidParameterError(
@@ -1290,10 +1295,14 @@ def fit_escalation(
     y = _labels_for(scored, labels)
     n_pos = int(y.sum())
     n_neg = int(len(y) - n_pos)
-    if min(n_pos, n_neg) < cv:
+    # the calibration cross-validates inside each training fold: a training fold (cv-1)/cv of
+    # each class must still hold cv runs of it (with fewer, scikit-learn's fits failed or the
+    # cross-validated AUROC came out NaN)
+    need = cv * cv // (cv - 1) + 1
+    if min(n_pos, n_neg) < need:
         raise InvalidParameterError(
-            f"labels: need at least cv={cv} runs of each class to fit and cross-validate; "
-            f"found {n_pos} needing a human and {n_neg} not"
+            f"labels: need at least {need} runs of each class to fit and cross-validate with cv={cv}; "
+            f"found {n_pos} needing a human and {n_neg} not (lower cv, or label more runs)"
         )
     X = scored.select(pl.col(c).cast(pl.Float64).fill_null(0.0) for c in names).to_numpy()
     base = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced"))

@@ -651,3 +651,31 @@ def test_a_refund_row_scores_as_no_cost(fleet) -> None:
                              .otherwise(pl.col("cost_usd")).alias("cost_usd"))
     out = dw.score_runs(refund)
     assert out.height == dw.score_runs(ev).height and out["score"].is_finite().all()
+
+
+def test_fit_escalation_needs_enough_of_each_class_and_one_label_per_run() -> None:
+    """With exactly cv positives the fit failed inside scikit-learn (pages of tracebacks) or gave
+    a NaN AUROC; contradictory labels for one run were resolved at random (the model depended on
+    the labels' row order); integer run ids in the labels were a raw Polars join error."""
+    import math
+
+    fleet = dw.synth.generate(days=3, runs_per_day=150, seed=7)
+    runs = dw.score_runs(fleet.events)
+    lab = fleet.truth["runs"].select("run_id", "needs_human")
+    pos = lab.filter(pl.col("needs_human"))["run_id"].sort().to_list()
+
+    def keep(k: int) -> pl.DataFrame:
+        return lab.with_columns((pl.col("needs_human") & pl.col("run_id").is_in(pos[:k])).alias("needs_human"))
+
+    for k, cv in ((5, 5), (6, 5), (2, 2), (4, 2)):
+        with pytest.raises(InvalidParameterError, match=f"need at least {cv * cv // (cv - 1) + 1} runs of each class"):
+            dw.fit_escalation(runs, keep(k), cv=cv)
+    for k, cv in ((7, 5), (5, 2)):
+        assert math.isfinite(dw.fit_escalation(runs, keep(k), cv=cv).cv_auroc_)
+    twice = pl.concat([lab, lab.head(3).with_columns(~pl.col("needs_human"))])
+    with pytest.raises(InvalidParameterError, match="contradictory labels"):
+        dw.fit_escalation(runs, twice)
+    assert dw.fit_escalation(runs, pl.concat([lab, lab.head(3)])).n_train_ == runs.height  # a repeated label is fine
+    numeric = pl.DataFrame({"run_id": [1, 2], "label": [True, False]})
+    with pytest.raises(InvalidParameterError, match="have no label"):
+        dw.fit_escalation(runs, numeric)
