@@ -487,7 +487,7 @@ def test_fit_from_run_features_and_label_errors(fleet, scored: pl.DataFrame) -> 
         fit_escalation(scored, [True, False])
     with pytest.raises(InvalidParameterError, match="have no label"):
         fit_escalation(scored, labels.head(10))
-    with pytest.raises(InvalidParameterError, match="at least cv=5 runs of each class"):
+    with pytest.raises(InvalidParameterError, match="at least 7 runs of each class"):
         fit_escalation(scored, pl.Series([False] * (scored.height - 2) + [True, True]))
     with pytest.raises(InvalidParameterError, match="booleans or 0/1"):
         fit_escalation(scored, pl.Series([3] * scored.height))
