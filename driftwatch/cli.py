@@ -369,7 +369,16 @@ def _cmd_loops(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                              "wasted_steps", "wasted_cost_usd"), file=out)
     if args.out:
         print(f"wrote {Path(args.out).absolute()}", file=out)
+    _say_rejected(rr, out)
     return EXIT_OK
+
+
+def _say_rejected(rr: Any, out: TextIO) -> None:
+    """One line when the reader rejected rows: they are not in the numbers above."""
+    n = int(getattr(rr.stats, "rows_rejected", 0) or 0)
+    if n:
+        print(f"note: {n:,} of {int(rr.stats.rows_in):,} rows were rejected and are not analysed; "
+              "driftwatch validate SOURCE lists the reasons", file=out)
 
 
 def _check_out_file(path: str | None, sources: Sequence[str]) -> None:
@@ -410,6 +419,7 @@ def _cmd_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         atomic_write_parquet(rows, args.out)
     drifted = rows.filter(pl.col("drifted")) if rows.height else rows
     print(f"{rows.height:,} tests, {drifted.height:,} drifted", file=out)
+    _say_rejected(rr, out)
     if not rows.height:
         print(
             f"note: no window could be tested: a series needs at least {args.min_runs} runs in the reference"

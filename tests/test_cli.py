@@ -425,7 +425,10 @@ def test_validate_loops_drift_generate_report(fleet_events: Path, messy_logs: Pa
     assert run_cli("validate", fleet_events, "--strict")[0] == 0
 
     code, out, err = run_cli("loops", fleet_events, "--out", tmp_path / "loops.parquet")
-    assert code == 0 and "loops in" in out, err
+    assert code == 0 and "loops in" in out and "rejected" not in out, err
+    for cmd in (["loops"], ["drift", "--reference", "7d"]):  # rows left out are said (they were silent)
+        code, out, err = run_cli(*cmd, messy_logs)
+        assert code == 0 and "rows were rejected and are not analysed; driftwatch validate" in out, (cmd, out, err)
     # --out naming a log being read (it was replaced by the loops), or a file inside its folder
     day = sorted(fleet_events.rglob("*.parquet"))[0]
     before = day.read_bytes()
