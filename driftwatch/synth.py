@@ -55,7 +55,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from driftwatch._frames import duration_seconds
+from driftwatch._frames import check_seed, duration_seconds
 from driftwatch.errors import InvalidParameterError
 from driftwatch.schema import CANONICAL_SCHEMA, LLM_ACTION
 
@@ -346,6 +346,7 @@ def generate(
         ``events`` sorted by ``run_id, step`` and the truth tables.
     """
     sc, t0 = _check(days, runs_per_day, scenario, start)
+    check_seed(seed, name="seed (--seed)")
     parts = [_generate_day(d, runs_per_day=runs_per_day, seed=seed, t0=t0, sc=sc) for d in range(days)]
     events = pl.concat([p[0] for p in parts]).sort("run_id", "step")
     truth = _merge_truth([p[1] for p in parts], sc, t0, days)
@@ -369,6 +370,7 @@ def write_fleet(
     ``generate(...).write(path)``.
     """
     sc, t0 = _check(days, runs_per_day, scenario, start)
+    check_seed(seed, name="seed (--seed)")
     root = _fresh_fleet_dir(path)
     truths: list[dict[str, pl.DataFrame]] = []
     n_events = 0
@@ -408,7 +410,25 @@ def _check(
     for spec in (*sc.changepoints, *sc.feedback_drift, *sc.load):
         if spec.agent not in names:
             raise InvalidParameterError(f"{type(spec).__name__} names agent {spec.agent!r}; agents are {names}")
-    for name in ("llm_failure_rate", "llm_retry_rate", "llm_sampling_rate"):
+    for spec in sc.changepoints:
+        if spec.metric not in ("steps_per_run", "error_rate", "cost_per_run"):
+            raise InvalidParameterError(
+                f"ChangeSpec.metric must be 'steps_per_run', 'error_rate' or 'cost_per_run', got {spec.metric!r}"
+            )
+        if not isinstance(spec.factor, int | float) or isinstance(spec.factor, bool) or not spec.factor > 0:
+            raise InvalidParameterError(f"ChangeSpec.factor must be a positive number, got {spec.factor!r}")
+    kinds_ok = set(_LOOP_KINDS)
+    if not sc.loop_kinds or not set(sc.loop_kinds) <= kinds_ok or any(
+        not isinstance(w, int | float) or not w >= 0 for w in sc.loop_kinds.values()
+    ) or sum(sc.loop_kinds.values()) <= 0:
+        raise InvalidParameterError(
+            f"scenario.loop_kinds must weigh some of {sorted(kinds_ok)} (weights >= 0, not all 0), got {sc.loop_kinds!r}"
+        )
+    if not isinstance(sc.weekly_swing, int | float) or not 0.0 <= sc.weekly_swing < 1.0:
+        raise InvalidParameterError(f"scenario.weekly_swing must be in [0, 1), got {sc.weekly_swing!r}")
+    for name in ("loop_rate", "pagination_rate", "polling_rate", "unapproved_rate", "cost_spike_rate",
+                 "low_confidence_rate", "unknown_tool_rate", "delegation_rate", "llm_failure_rate",
+                 "llm_retry_rate", "llm_sampling_rate"):
         rate = getattr(sc, name)
         if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0.0 <= rate <= 1.0:
             raise InvalidParameterError(f"scenario.{name} must be a fraction of runs in [0, 1], got {rate!r}")
@@ -438,6 +458,8 @@ def _check(
         t0 = datetime(start.year, start.month, start.day)
     t0 = t0.replace(tzinfo=UTC) if t0.tzinfo is None else t0.astimezone(UTC)
     t0 = t0.replace(hour=0, minute=0, second=0, microsecond=0)
+    if t0.year < 1970:  # the readers reject timestamps before 1970 (bad_ts)
+        raise InvalidParameterError(f"start (--start) must be in 1970 or later, got {t0.date().isoformat()}")
     return sc, t0
 
 

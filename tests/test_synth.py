@@ -290,3 +290,24 @@ def test_a_fleet_replaces_an_earlier_fleet_and_refuses_other_folders(tmp_path) -
     assert (mine / "truth" / "labels_from_reviewers.csv").is_file()
     synth.clear(root)  # a fleet's own folder
     assert list(root.iterdir()) == [root / "notes.txt"]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"seed": -1}, r"seed \(--seed\) must be an integer in \[0, 2\*\*32\)"),
+    ({"scenario": synth.Scenario(weekly_swing=1.5)}, r"weekly_swing must be in \[0, 1\)"),
+    ({"scenario": synth.Scenario(loop_kinds={})}, "loop_kinds must weigh some of"),
+    ({"scenario": synth.Scenario(loop_kinds={"bogus": 1.0})}, "loop_kinds must weigh some of"),
+    ({"scenario": synth.Scenario(loop_rate=1.5)}, r"loop_rate must be a fraction of runs in \[0, 1\]"),
+    ({"scenario": synth.Scenario(changepoints=(synth.ChangeSpec("billing", 3, "bogus", 2.0),))},  # type: ignore[arg-type]
+     "ChangeSpec.metric must be"),
+    ({"scenario": synth.Scenario(changepoints=(synth.ChangeSpec("billing", 3, "cost_per_run", -1.0),))},
+     "ChangeSpec.factor must be a positive number"),
+    ({"start": "1969-12-31"}, "must be in 1970 or later"),
+])
+def test_bad_parameters_are_refused_by_name(kwargs: dict, message: str) -> None:  # type: ignore[type-arg]
+    """They raised numpy's ValueError, or wrote a fleet with NaN truth, negative costs or
+    timestamps every reader rejects."""
+    from driftwatch.errors import InvalidParameterError
+
+    with pytest.raises(InvalidParameterError, match=message):
+        synth.generate(days=2, runs_per_day=5, **kwargs)
