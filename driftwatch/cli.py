@@ -113,7 +113,7 @@ def _build_parser() -> _Parser:
     lo.add_argument("--max-period", type=int, default=8)
     lo.add_argument("--min-repeats", type=int, default=3)
     lo.add_argument("--no-fuzzy", action="store_true", help="exact matching of args/results only")
-    lo.add_argument("--top", type=int, default=20, help="rows to print (default: 20)")
+    lo.add_argument("--top", type=_nonneg_int, default=20, help="rows to print (default: 20)")
 
     d = sub.add_parser("drift", help="compare current windows with a reference period",
                        description="Compare current windows with a reference period, per agent.")
@@ -163,6 +163,17 @@ def _positive_int(text: str) -> int:
     return _positive(text, int, "integer")
 
 
+def _nonneg_int(text: str) -> int:
+    """An integer >= 0 (``--top 0`` prints no rows; ``-1`` printed all but the last)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return v
+
+
 class _Progress:
     """Progress lines on stderr with elapsed time (only on a terminal, never with --quiet)."""
 
@@ -182,7 +193,7 @@ def _column_map(pairs: list[str]) -> dict[str, str] | None:
 
     out: dict[str, str] = {}
     for pair in pairs:
-        src, sep, dst = pair.partition("=")
+        src, sep, dst = pair.rpartition("=")  # (the last "=": canonical names hold none)
         if not sep or not src.strip() or not dst.strip():
             raise InvalidParameterError(f"--map expects SRC=COLUMN (e.g. --map Action=action), got {pair!r}")
         src, dst = src.strip(), dst.strip()

@@ -296,7 +296,7 @@ def format_hint(columns: Sequence[str]) -> str:
         "expected canonical columns (run_id, action, and step or ts), OTel GenAI span columns "
         "(trace_id, span_id, start_time_unix_nano, attributes.gen_ai.*) or OpenInference columns "
         f"(context.trace_id, context.span_id, span_kind); found {list(columns)}. "
-        "Pass format=... or column_map={'your column': 'run_id', ...}"
+        "Pass format=... or column_map={'your column': 'run_id', ...} (CLI: --format, --map SRC=COLUMN)"
     )
 
 

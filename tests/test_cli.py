@@ -366,6 +366,11 @@ def test_map_reads_columns_under_other_names(small_fleet_dir: Path, tmp_path: Pa
     code2, mapped, err2 = run_cli("validate", renamed, "--map", "Action=action", "--map", "Step=step")
     assert code == code2 == 0 and direct.split(":", 1)[1] == mapped.split(":", 1)[1]
     assert run_cli("validate", renamed, "--map", "Action")[0] == 2
+    # a source column whose name holds "=" (split at the last "=": canonical names hold none)
+    odd = tmp_path / "odd.parquet"
+    pl.read_parquet(src).rename({"action": "tool=name"}).write_parquet(odd)
+    assert run_cli("validate", odd, "--map", "tool=name=action")[0] == 0
+    assert run_cli("loops", src, "--top", "-1")[0] == 2  # printed every row but the last
     # the same column given twice: said so (the first mapping used to be dropped silently)
     code, out, err = run_cli("validate", renamed, "--map", "Action=action", "--map", "Action=agent")
     assert code == 2 and "--map gives column 'Action' twice" in err, err
