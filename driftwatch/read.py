@@ -776,9 +776,8 @@ def _raw_frame(
     else:
         if "file_row_number" in group.schema:
             raise SchemaError(
-                f"{group.files[0].path if len(group.files) == 1 else os.path.commonpath([f.path for f in group.files])}"
-                ": a column named 'file_row_number' clashes with the row numbers the duckdb engine reads; "
-                "read with engine 'polars' (the default), or rename the column"
+                f"{_group_where(group)}: a column named 'file_row_number' clashes with the row numbers the duckdb "
+                "engine reads; read with engine 'polars' (the default), or rename the column"
             )
         pairs = None
         if early:
@@ -796,10 +795,14 @@ def _raw_frame(
         assert only is not None
         raw = raw.filter(pl.col(_ORDER).is_in(only.implode()))
     raw_schema = {**schema, _ORDER: pl.Int64(), **({_SEQ: pl.Int64()} if extra else {})}
-    where = group.files[0].path if len(group.files) == 1 else (
-        f"{len(group.files)} {group.format} files under {os.path.commonpath([f.path for f in group.files])}"
-    )
-    return raw, raw_schema, where, early
+    return raw, raw_schema, _group_where(group), early
+
+
+def _group_where(group: _Group) -> str:
+    """How to name a group of files in messages: its file, or its files' common folder."""
+    if len(group.files) == 1:
+        return group.files[0].path
+    return f"{len(group.files)} {group.format} files under {os.path.commonpath([f.path for f in group.files])}"
 
 
 def _group_frame(
