@@ -80,15 +80,25 @@ def as_lazy(events: Any, *, name: str = "events", checked: bool = False) -> pl.L
 
 
 def _needs_status_mapping(events: pl.DataFrame | pl.LazyFrame, schema: pl.Schema) -> bool:
-    """Whether ``status`` holds anything but ``ok``, ``error`` and nulls (then it is mapped as
-    the reader maps it). An eager frame is looked at (one comparison pass, about 40 ms at 10M
-    rows, where mapping costs ten times that); a lazy one is always mapped."""
-    if "status" not in schema:
+    """Whether ``status`` holds anything but ``ok``, ``error`` and nulls, or ``agent`` an empty
+    name (then they are mapped as the reader maps them). An eager frame is looked at (one
+    comparison pass, about 40 ms at 10M rows, where mapping costs ten times that); a lazy one
+    is always mapped."""
+    checks = []
+    if "status" in schema:
+        if schema["status"] != pl.String:
+            return True
+        s = pl.col("status")
+        checks.append(~((s == "ok") | (s == "error") | s.is_null()).all())
+    if "agent" in schema:
+        if schema["agent"] != pl.String:
+            return True
+        checks.append((pl.col("agent") == "").any())
+    if not checks:
         return False
-    if schema["status"] != pl.String or isinstance(events, pl.LazyFrame):
+    if isinstance(events, pl.LazyFrame):
         return True
-    s = pl.col("status")
-    return not events.select(((s == "ok") | (s == "error") | s.is_null()).all()).item()
+    return any(events.select(checks).row(0))
 
 
 def _check_convertible(lf: pl.LazyFrame, schema: pl.Schema, name: str) -> None:

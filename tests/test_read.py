@@ -882,3 +882,18 @@ def test_reserved_and_engine_column_names_are_clear_errors(tmp_path: Path) -> No
     assert read_logs(p).stats.rows_valid == 2
     with pytest.raises(SchemaError, match="'file_row_number' clashes with the row numbers the duckdb engine reads"):
         read_logs(p, engine="duckdb").events.collect()
+
+
+@pytest.mark.parametrize("engine", ["polars", "duckdb"])
+def test_an_empty_agent_is_the_default_agent(tmp_path: Path, engine: str) -> None:
+    """The README: agent "null or empty -> 'default'"; an empty name stayed "" (the reader maps
+    values only when its checking pass sees something to map, and did not look at agent)."""
+    import driftwatch as dw
+
+    p = tmp_path / "a.parquet"
+    pl.DataFrame({"run_id": ["a", "b", "c"], "step": [1, 1, 1], "action": ["x", "y", "z"],
+                  "agent": ["", None, "planner"]}).write_parquet(p)
+    assert read_logs(p, engine=engine).events.collect().sort("run_id")["agent"].to_list() == [
+        "default", "default", "planner"]
+    frame = pl.read_parquet(p)
+    assert dw.run_features(frame).sort("run_id")["agent"].to_list() == ["default", "default", "planner"]
