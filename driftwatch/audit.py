@@ -574,28 +574,16 @@ _READ_FAILED = "reading the events failed"
 
 
 def _locate_read_failure(source: Any) -> str | None:
-    """``"<file>, column '<name>'"`` of the first column of a source file that cannot be
-    decoded (invalid UTF-8 in a text column, a damaged page), or ``None``. Called only after
-    a read failed: it decodes the files column by column until one fails."""
+    """:func:`driftwatch.read.locate_read_failure` of a path source (``None`` for frames)."""
     if _is_frame(source) or hasattr(source, "events"):
         return None
-    from driftwatch.read import resolve_sources
+    from driftwatch.read import locate_read_failure, resolve_sources
 
     try:
         paths = resolve_sources(source)
     except Exception:  # noqa: BLE001 - a diagnosis only: the original error is raised anyway
         return None
-    for path in paths:
-        try:
-            names = pl.scan_parquet(path).collect_schema().names()
-        except pl.exceptions.PolarsError:
-            return path
-        for name in names:
-            try:
-                pl.scan_parquet(path).select(name).collect()
-            except pl.exceptions.PolarsError:
-                return f"{path}, column {name!r}"
-    return None
+    return locate_read_failure(paths)
 
 
 def _start(pool: ThreadPoolExecutor | None, fn: Callable[[], Any]) -> Future[Any]:

@@ -677,6 +677,23 @@ def _scan_duckdb(
     return register_io_source(source, schema=schema, is_pure=True)
 
 
+def locate_read_failure(paths: Sequence[str]) -> str | None:
+    """``"<file>, column '<name>'"`` of the first column of ``paths`` that cannot be decoded
+    (invalid UTF-8 in a text column, a damaged page), or ``None``. Called only after a read
+    failed: it decodes the files column by column until one fails."""
+    for path in paths:
+        try:
+            names = pl.scan_parquet(path).collect_schema().names()
+        except pl.exceptions.PolarsError:
+            return path
+        for name in names:
+            try:
+                pl.scan_parquet(path).select(name).collect()
+            except pl.exceptions.PolarsError:
+                return f"{path}, column {name!r}"
+    return None
+
+
 def _guard(fn: Callable[[], Any], paths: Sequence[str]) -> Any:
     """Run ``fn``, turning Polars / DuckDB / OS read failures into driftwatch errors."""
     try:
@@ -692,6 +709,8 @@ def _guard(fn: Callable[[], Any], paths: Sequence[str]) -> Any:
         if isinstance(err, pl.exceptions.SchemaError | pl.exceptions.ColumnNotFoundError | pl.exceptions.SchemaFieldNotFoundError):
             raise SchemaError(f"{where}: incompatible columns across files: {msg}") from None
         if isinstance(err, pl.exceptions.PolarsError | duckdb.Error | OSError):
+            if isinstance(err, pl.exceptions.ComputeError):  # a page that cannot be decoded: which file, column
+                where = locate_read_failure(paths) or where
             raise CorruptFileError(f"{where}: reading failed: {msg}") from None
         raise
 

@@ -1020,7 +1020,8 @@ def test_invalid_utf8_in_a_text_column_names_the_file_and_the_column(tmp_path: P
     pq.write_table(pa.table(good), logs / "a.parquet")
     bad = dict(good, run_id=["r2"] * 10, agent=pa.array([b"billing"] * 9 + [b"\xff\xfe"], pa.binary()).view(pa.string()))
     pq.write_table(pa.table(bad), logs / "b.parquet")
-    with pytest.raises(CorruptFileError, match=r"b\.parquet, column 'agent': reading the events failed: .*UTF-8"):
+    # (the reader's checking pass decodes agent too, for empty names: it fails there, and says the same)
+    with pytest.raises(CorruptFileError, match=r"b\.parquet, column 'agent': reading (the events )?failed: .*UTF-8"):
         audit(logs)
 
 
