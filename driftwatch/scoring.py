@@ -26,7 +26,8 @@ component                     ``s``
                               of log cost / log steps, per agent) so a long agent is not flagged
 ``anomaly``                   IsolationForest over per-agent robust z-scores of the run features,
                               ``0.5 * clip((a - 0.62) / 0.18, 0, 1)`` of its anomaly score ``a``
-``drift``                     0.1 when the run's agent is in a drifted window (context only)
+``drift``                     0.1 when the run's agent is in a drifted window (context: never a
+                              level alone, but it lifts a run just below a threshold)
 ============================  ===================================================================
 
 and ``score = 1 - prod(1 - s)`` (a noisy-OR: one strong signal is enough, two
