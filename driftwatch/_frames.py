@@ -58,10 +58,11 @@ def as_lazy(events: Any, *, name: str = "events", checked: bool = False) -> pl.L
     are given, while :func:`driftwatch.audit` and :func:`driftwatch.validate` reject
     such rows with a reason. Rows are not checked further (null ids, duplicated steps):
     that is the reader's job. ``checked=True`` (events from the reader, or a frame passed to
-    :func:`mark_checked`) skips the value checks and the status mapping.
+    :func:`mark_checked`) skips the value checks and the status mapping; a ``ReadResult`` is
+    the reader's output, so it is checked already.
     """
     if hasattr(events, "events") and not isinstance(events, FrameLike):
-        events = events.events
+        events, checked = events.events, True
     if isinstance(events, pl.DataFrame):
         lf = events.lazy()
     elif isinstance(events, pl.LazyFrame):
@@ -76,10 +77,10 @@ def as_lazy(events: Any, *, name: str = "events", checked: bool = False) -> pl.L
     schema = lf.collect_schema()
     _check_convertible(lf, schema, name)
     # casting, typed nulls and step derivation live in driftwatch.schema.conform (shared with read_logs)
-    return conform(lf, where=name, keep_extra=True, normalize=_needs_status_mapping(events, schema))
+    return conform(lf, where=name, keep_extra=True, normalize=_needs_mapping(events, schema))
 
 
-def _needs_status_mapping(events: pl.DataFrame | pl.LazyFrame, schema: pl.Schema) -> bool:
+def _needs_mapping(events: pl.DataFrame | pl.LazyFrame, schema: pl.Schema) -> bool:
     """Whether ``status`` holds anything but ``ok``, ``error`` and nulls, or ``agent`` an empty
     name (then they are mapped as the reader maps them). An eager frame is looked at (one
     comparison pass, about 40 ms at 10M rows, where mapping costs ten times that); a lazy one
@@ -282,10 +283,10 @@ __all__ = [
     "check_flag",
     "check_seed",
     "collect",
-    "mark_checked",
     "detect_loops_if_available",
     "duration",
     "duration_seconds",
+    "mark_checked",
     "normalize_by",
     "require_timestamps",
     "run_table",

@@ -362,8 +362,8 @@ def _cmd_loops(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     _check_out_file(args.out, args.sources)
     rr = read_logs(_one(args.sources), format=args.format, column_map=_column_map(args.map))
-    loops = detect_loops(
-        rr.events, max_period=args.max_period, min_repeats=args.min_repeats, fuzzy=not args.no_fuzzy
+    loops = detect_loops(  # (the ReadResult: its events were checked by the reader, not again)
+        rr, max_period=args.max_period, min_repeats=args.min_repeats, fuzzy=not args.no_fuzzy
     )
     if args.out:
         atomic_write_parquet(loops, args.out)
@@ -424,8 +424,8 @@ def _cmd_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if ".." in ref and not Path(ref).exists():
         ref = parse_reference(ref)
     elif Path(ref).exists() or any(ch in ref for ch in "*?["):  # reference logs: a path or a glob
-        ref = read_logs(ref, format=args.format, column_map=cmap).events
-    rows = detect_drift(rr.events, reference=ref, every=args.every, by=_by(args.by), min_runs=args.min_runs)
+        ref = read_logs(ref, format=args.format, column_map=cmap)
+    rows = detect_drift(rr, reference=ref, every=args.every, by=_by(args.by), min_runs=args.min_runs)
     if args.out:
         atomic_write_parquet(rows, args.out)
     drifted = rows.filter(pl.col("drifted")) if rows.height else rows
