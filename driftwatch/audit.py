@@ -1572,6 +1572,15 @@ def _read(
     return lf, rejected, stats, slicer
 
 
+#: Why --since/--until and an incremental state are refused together (said by audit and, before
+#: the state database is made, by the CLI).
+WINDOW_WITH_STATE = (
+    "since/until (--since/--until) cannot be combined with an incremental audit (state=, --state/--db): "
+    "the state records whole files as audited, so the rows outside the window would never be audited; "
+    "run the windowed audit without the state, or let the state pick the new files"
+)
+
+
 def _map_frame(frame: pl.DataFrame | pl.LazyFrame, *, format: str, column_map: Mapping[str, str] | None) -> Any:
     """A frame given to :func:`audit` with ``column_map`` (renamed as :func:`~driftwatch.read_logs`
     renames: the mapped column replaces a canonical column of the same name) and ``format``
@@ -1885,11 +1894,7 @@ def audit(
     if state is not None and (since_dt is not None or until_dt is not None):
         # the state marks whole files as audited: the rows of a file outside the window would
         # never be audited by a later run
-        raise InvalidParameterError(
-            "since/until (--since/--until) cannot be combined with an incremental audit (state=, --state/--db): "
-            "the state records whole files as audited, so the rows outside the window would never be audited; "
-            "run the windowed audit without the state, or let the state pick the new files"
-        )
+        raise InvalidParameterError(WINDOW_WITH_STATE)
     if engine == "spark":
         if state is not None:
             raise InvalidParameterError(

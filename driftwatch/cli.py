@@ -231,14 +231,11 @@ def _one(sources: Sequence[str]) -> str | list[str]:
 
 def _check_state_args(args: argparse.Namespace) -> None:
     """Options that cannot go with --state/--db, refused before the database file is made."""
+    from driftwatch.audit import WINDOW_WITH_STATE
     from driftwatch.errors import InvalidParameterError
 
     if args.since or args.until:
-        raise InvalidParameterError(
-            "since/until (--since/--until) cannot be combined with an incremental audit (--state/--db): "
-            "the state records whole files as audited, so the rows outside the window would never be audited; "
-            "run the windowed audit without the state, or let the state pick the new files"
-        )
+        raise InvalidParameterError(WINDOW_WITH_STATE)
     db = Path(args.db if args.db else Path(args.state) / "audit.duckdb").absolute()
     results = Path(args.out).absolute()
     if db == results or results in db.parents:
