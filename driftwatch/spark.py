@@ -252,7 +252,7 @@ def _input_from_paths(
         # the local reader's order: group by group, files in order within a group. Spark's
         # schema merge fails where Polars' does not (Int32 beside Int64 tokens, Float32 beside
         # Float64 cost): the files of a group are read per exact schema and put together by
-        # _union, which reads a clashing column as text that the row checks convert
+        # _union, which widens numbers and reads other clashing columns as text
         for group in _read._group(_read._assign_formats(infos, "canonical", cmap)):
             by_schema: dict[tuple[Any, ...], list[str]] = {}
             for f in group.files:
@@ -332,8 +332,9 @@ def _read_parquet(spark: SparkSession, targets: list[str], *, merge: bool = True
 
 
 def _union(frames: list[SparkDataFrame]) -> SparkDataFrame:
-    """Union frames by name; a column whose type differs between them is read as text
-    (the row checks then convert it exactly as the local reader does)."""
+    """Union frames by name; a column whose type differs between them is widened when it is
+    a number of another width, else read as text (the row checks then convert it exactly as
+    the local reader does)."""
     if len(frames) == 1:
         return frames[0]
     types: dict[str, set[str]] = {}
@@ -952,7 +953,7 @@ def audit_spark(
 def _spark_fingerprint(df: Any, column_map: Mapping[str, str] | None) -> Any:
     """A content fingerprint of a Spark DataFrame (one aggregate job): its row count and a sum of
     row hashes over the columns the audit reads, in name order (``repr(df)``, the schema only,
-    gave every canonical frame the same audit_id). URIs are fingerprinted by their listing."""
+    gave every canonical frame the same audit_id); anything else (a list of URIs) by its repr."""
     if not isinstance(df, SparkDataFrame):
         return repr(df)
     names = sorted(_needed_columns(df.columns, check_column_map(column_map)))
