@@ -211,6 +211,13 @@ def normalize_by(by: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(cols))  # (--by agent,agent is agent)
 
 
+def known_sum(name: str) -> pl.Expr:
+    """The sum of column ``name`` over the group, null when no row has a value (a run whose
+    log recorded no cost has an unknown cost, not a cost of 0)."""
+    col = pl.col(name)
+    return pl.when(col.count() > 0).then(col.sum()).alias(name)
+
+
 def series_expr(by: Sequence[str]) -> pl.Expr:
     """An expression naming each group, e.g. ``agent=planner`` or ``agent=a,version=v2``.
 

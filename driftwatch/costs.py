@@ -65,6 +65,7 @@ COST_COLUMNS: tuple[str, ...] = (
     "runs",
     "days",
     "runs_per_day",
+    "runs_with_cost",
     "total_cost_usd",
     "cost_mean",
     "cost_p50",
@@ -217,7 +218,9 @@ def cost_profile_from_runs(
         One row per series, sorted by series with ``"all"`` last:
 
         - ``series`` (str), ``runs`` (int), ``days`` (distinct UTC dates with a
-          run start), ``runs_per_day`` (runs / days of the whole fleet).
+          run start), ``runs_per_day`` (runs / days of the whole fleet),
+          ``runs_with_cost`` (runs with a recorded cost: every figure below is
+          over these; all null when there are none, e.g. a log without costs).
         - ``total_cost_usd``, ``cost_mean``, ``cost_p50``, ``cost_p90``,
           ``cost_p99``, ``cost_max``: cost per run (linear-interpolated quantiles).
         - ``p99_over_p50``, ``max_over_p50``: tail ratios (null when p50 is 0).
@@ -230,7 +233,7 @@ def cost_profile_from_runs(
           ``over_ceiling_share``: runs whose cost exceeds the policy ceiling.
         - ``runs_with_outcome``, ``successes`` (``outcome >= 0.5``),
           ``success_rate``, ``cost_per_success`` (spend of the runs with an
-          outcome / their successes).
+          outcome and a cost / their successes).
         - ``volume_per_day``, ``projected_daily_usd`` (volume x mean cost),
           ``projected_daily_lo``/``projected_daily_hi`` (prediction interval of
           one day's spend), ``interval`` (its coverage).
@@ -293,7 +296,7 @@ def cost_profile_from_runs(
     fleet_days = runs.select(pl.col("_day").drop_nulls().n_unique()).item()
     # each level aggregated on its own (the series name is built per group, not per run): the
     # by-columns, then the whole fleet as "all"
-    sorted_costs = pl.col("cost_usd").sort().alias("_costs")
+    sorted_costs = pl.col("cost_usd").drop_nulls().sort().alias("_costs")
     parts = []
     for keys in [by_cols] + ([()] if by_cols else []):
         if keys:
@@ -465,24 +468,25 @@ def _prepare_runs(
     features: FrameLike, by_cols: tuple[str, ...], loops: pl.DataFrame | pl.LazyFrame | None
 ) -> pl.DataFrame:
     lf, schema = run_table(features, ("run_id", "cost_usd", *by_cols))
-    zero = pl.lit(0.0, dtype=pl.Float64)
+    known = pl.col("cost_usd").is_not_null()  # a run's cost is unknown when none of its steps recorded one
+
+    def part(name: str) -> pl.Expr:  # a share of the run's cost: 0 when absent, unknown with the cost
+        value = pl.col(name).cast(pl.Float64).fill_null(0.0) if name in schema else pl.lit(0.0, dtype=pl.Float64)
+        return pl.when(known).then(value).alias(name)
+
     cols = [
         pl.col("run_id"),
         *[pl.col(c) for c in by_cols if c != "run_id"],
-        pl.col("cost_usd").cast(pl.Float64).fill_null(0.0).alias("cost_usd"),
-        (pl.col("error_cost_usd").cast(pl.Float64).fill_null(0.0) if "error_cost_usd" in schema else zero).alias(
-            "error_cost_usd"
-        ),
-        (pl.col("retry_cost_usd").cast(pl.Float64).fill_null(0.0) if "retry_cost_usd" in schema else zero).alias(
-            "retry_cost_usd"
-        ),
+        pl.col("cost_usd").cast(pl.Float64).alias("cost_usd"),
+        part("error_cost_usd"),
+        part("retry_cost_usd"),
         (pl.col("outcome").cast(pl.Float64) if "outcome" in schema else pl.lit(None, pl.Float64)).alias("outcome"),
         (pl.col("first_ts").dt.date() if "first_ts" in schema else pl.lit(None, pl.Date)).alias("_day"),
     ]
     lf = lf.select(cols)
     if loops is not None:
         lf = lf.join(_loop_cost(loops), on="run_id", how="left", maintain_order="left").with_columns(
-            pl.col("loop_cost_usd").fill_null(0.0)
+            pl.when(pl.col("cost_usd").is_not_null()).then(pl.col("loop_cost_usd").fill_null(0.0))
         )
     else:
         lf = lf.with_columns(pl.lit(None, dtype=pl.Float64).alias("loop_cost_usd"))
@@ -527,10 +531,12 @@ def no_progress_loops(schema: Mapping[str, Any]) -> pl.Expr:
 def _summary_exprs(ceiling: float | None) -> list[pl.Expr]:
     cost = pl.col("cost_usd")
     has_outcome = pl.col("outcome").is_not_null()
+    costed_outcome = has_outcome & cost.is_not_null()
     over = cost > ceiling if ceiling is not None else pl.lit(False)
     return [
         pl.len().cast(pl.Int64).alias("runs"),
         pl.col("_day").drop_nulls().n_unique().cast(pl.Int64).alias("days"),
+        cost.count().cast(pl.Int64).alias("runs_with_cost"),
         cost.sum().alias("total_cost_usd"),
         cost.mean().alias("cost_mean"),
         cost.quantile(0.5, "linear").alias("cost_p50"),
@@ -544,7 +550,8 @@ def _summary_exprs(ceiling: float | None) -> list[pl.Expr]:
         cost.filter(over).sum().alias("over_ceiling_cost_usd"),
         has_outcome.sum().cast(pl.Int64).alias("runs_with_outcome"),
         (pl.col("outcome") >= SUCCESS_OUTCOME).fill_null(False).sum().cast(pl.Int64).alias("successes"),
-        cost.filter(has_outcome).sum().alias("_outcome_cost"),
+        cost.filter(costed_outcome).sum().alias("_outcome_cost"),
+        (pl.col("outcome") >= SUCCESS_OUTCOME).filter(costed_outcome).sum().cast(pl.Int64).alias("_costed_successes"),
     ]
 
 
@@ -612,6 +619,11 @@ def _series_row(
     rng: np.random.Generator,
     has_loops: bool,
 ) -> dict[str, Any]:
+    costed = rec["runs_with_cost"] > 0
+    if not costed:  # no run recorded a cost: every cost figure is unknown, none is 0
+        for key in ("total_cost_usd", "loop_cost_usd", "error_cost_usd", "retry_cost_usd", "over_ceiling_cost_usd",
+                    "runs_over_ceiling", "_outcome_cost"):
+            rec[key] = None
     total = float(rec["total_cost_usd"] or 0.0)
     p50 = rec["cost_p50"]
     loop_cost = rec["loop_cost_usd"] if has_loops else None
@@ -622,7 +634,8 @@ def _series_row(
         "runs": rec["runs"],
         "days": rec["days"],
         "runs_per_day": rec["runs"] / fleet_days if fleet_days else None,
-        "total_cost_usd": total,
+        "runs_with_cost": rec["runs_with_cost"],
+        "total_cost_usd": total if costed else None,
         "cost_mean": rec["cost_mean"],
         "cost_p50": p50,
         "cost_p90": rec["cost_p90"],
@@ -643,7 +656,7 @@ def _series_row(
         "runs_with_outcome": outcomes,
         "successes": rec["successes"] if outcomes else None,
         "success_rate": rec["successes"] / outcomes if outcomes else None,
-        "cost_per_success": _ratio(rec["_outcome_cost"], rec["successes"]) if outcomes else None,
+        "cost_per_success": _ratio(rec["_outcome_cost"], rec["_costed_successes"]) if outcomes else None,
         "volume_per_day": volume,
         "projected_daily_usd": None,
         "projected_daily_lo": None,
@@ -759,7 +772,7 @@ def _fit_gpd(exc: np.ndarray) -> tuple[float, float]:
 
 
 def _output_schema() -> dict[str, pl.DataType]:
-    ints = {"runs", "days", "runs_over_ceiling", "runs_with_outcome", "successes"}
+    ints = {"runs", "days", "runs_with_cost", "runs_over_ceiling", "runs_with_outcome", "successes"}
     out: dict[str, pl.DataType] = {}
     for c in COST_COLUMNS:
         if c in ("series", "worst_run_method"):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from driftwatch._frames import as_lazy
+from driftwatch._frames import as_lazy, known_sum
 from driftwatch.schema import LLM_ACTION
 
 #: Numeric per-run features used by statistical models (drift, anomaly score).
@@ -121,12 +121,12 @@ def run_feature_exprs() -> list[pl.Expr]:
         pl.col("action").hash().filter(~is_llm).n_unique().cast(pl.Int64).alias("n_distinct_actions"),
         is_err.fill_null(False).sum().cast(pl.Int64).alias("n_errors"),
         (is_err.fill_null(False) & ~is_llm).sum().cast(pl.Int64).alias("n_tool_errors"),
-        pl.col("input_tokens").sum().alias("input_tokens"),
-        pl.col("output_tokens").sum().alias("output_tokens"),
-        pl.col("cost_usd").sum().alias("cost_usd"),
-        pl.col("latency_ms").sum().alias("latency_ms"),
+        known_sum("input_tokens"),
+        known_sum("output_tokens"),
+        known_sum("cost_usd"),
+        known_sum("latency_ms"),
         pl.col("latency_ms").quantile(0.9, "nearest").alias("latency_ms_p90"),
-        pl.col("cost_usd").filter(is_err).sum().alias("error_cost_usd"),
+        pl.when(pl.col("cost_usd").count() > 0).then(pl.col("cost_usd").filter(is_err).sum()).alias("error_cost_usd"),
         pl.col("confidence").min().alias("min_confidence"),
         pl.col("feedback").mean().alias("feedback"),
         pl.col("outcome").drop_nulls().last().alias("outcome"),
@@ -148,8 +148,11 @@ def run_features(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         n_llm, n_tool, n_distinct_actions, n_errors, n_tool_errors, input_tokens,
         output_tokens, cost_usd, latency_ms, latency_ms_p90, error_cost_usd,
         min_confidence, feedback, outcome, n_retries, retry_cost_usd, tokens,
-        error_rate, llm_ratio, runtime_s``, sorted by ``run_id``. Sums over
-        missing columns are 0; means are null. ``n_errors`` counts the failed
+        error_rate, llm_ratio, runtime_s``, sorted by ``run_id``. Sums (tokens,
+        cost, latency) are null for a run none of whose steps recorded the
+        column (unknown, not 0; ``tokens`` is known when either token count
+        is, and so are ``error_cost_usd`` and ``retry_cost_usd`` when the
+        cost is); means are null likewise. ``n_errors`` counts the failed
         steps (``status == "error"``), ``n_tool_errors`` those that are not LLM
         calls (``n_errors - n_tool_errors`` LLM calls failed: rate limits,
         unparseable output). ``n_retries`` counts tool steps
@@ -169,11 +172,13 @@ def _features(steps: pl.DataFrame) -> pl.DataFrame:
         base.join(_retry_table(steps), on="_run", how="left")
         .with_columns(
             pl.col("n_retries").fill_null(0),
-            pl.col("retry_cost_usd").fill_null(0.0),
+            pl.when(pl.col("cost_usd").is_not_null()).then(pl.col("retry_cost_usd").fill_null(0.0)),
         )
         .with_columns(pl.col(sums).round_sig_figs(12))
         .with_columns(
-            (pl.col("input_tokens") + pl.col("output_tokens")).alias("tokens"),
+            pl.when(pl.col("input_tokens").is_not_null() | pl.col("output_tokens").is_not_null())
+            .then(pl.sum_horizontal("input_tokens", "output_tokens"))
+            .alias("tokens"),
             (pl.col("n_errors") / pl.col("n_steps")).alias("error_rate"),
             (pl.col("n_llm") / pl.col("n_steps")).alias("llm_ratio"),
             ((pl.col("last_ts") - pl.col("first_ts")).dt.total_microseconds() / 1e6).alias("runtime_s"),

@@ -338,8 +338,11 @@ def load_buckets_from_runs(
     polars.DataFrame
         One row per ``series`` and ``bucket`` (bucket start, UTC) with at least
         one started run: ``started``, ``in_flight``, the metric columns of
-        :data:`METRICS` (``loop_rate`` null without loops) and their weights
-        (``n_steps``, ``n_tool``), plus ``_stratum`` (start of the control window).
+        :data:`METRICS` (``loop_rate`` null without loops; ``cost_per_run`` and
+        ``latency_p90`` are means over the runs that recorded them, null when none
+        did), the counts behind them (``runs_with_tools``, ``runs_with_cost``,
+        ``runs_with_latency``, ``n_steps``, ``n_tool``, ``n_errors``, ``n_retries``,
+        ``n_loops``), plus ``_stratum`` (start of the control window).
 
     Examples
     --------
@@ -374,6 +377,8 @@ def load_buckets_from_runs(
     aggs = [
         pl.len().cast(pl.Int64).alias("started"),
         has_tools.sum().cast(pl.Int64).alias("runs_with_tools"),
+        pl.col("cost_usd").count().cast(pl.Int64).alias("runs_with_cost"),
+        pl.col("latency_ms_p90").count().cast(pl.Int64).alias("runs_with_latency"),
         pl.col("n_steps").sum().cast(pl.Float64).alias("n_steps"),
         pl.col("n_tool").sum().cast(pl.Float64).alias("n_tool"),
         pl.col("n_errors").sum().cast(pl.Float64).alias("n_errors"),
@@ -441,7 +446,9 @@ def load_buckets_from_runs(
 
 
 #: Counts behind the metrics in :func:`load_buckets_from_runs` (after the metrics, in order).
-_COUNT_COLUMNS = ("runs_with_tools", "n_steps", "n_tool", "n_errors", "n_retries", "n_loops")
+_COUNT_COLUMNS = (
+    "runs_with_tools", "runs_with_cost", "runs_with_latency", "n_steps", "n_tool", "n_errors", "n_retries", "n_loops"
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -532,6 +539,10 @@ _RUN_COLUMNS: dict[str, pl.DataType] = {
 }
 
 
+#: Run columns whose null means "not recorded": a metric's mean is over the runs that have them.
+_UNKNOWN_WHEN_NULL = frozenset({"cost_usd", "latency_ms_p90"})
+
+
 def _prepare_runs(
     features: FrameLike, by_cols: tuple[str, ...], loops: pl.DataFrame | pl.LazyFrame | None
 ) -> pl.DataFrame:
@@ -546,7 +557,9 @@ def _prepare_runs(
         ts = ts.dt.replace_time_zone("UTC") if tz is None else ts.dt.convert_time_zone("UTC")
         cols.append(ts.dt.cast_time_unit("us").alias(c))
     for c, dtype in _RUN_COLUMNS.items():
-        cols.append((pl.col(c).cast(dtype) if c in schema else pl.lit(None, dtype)).fill_null(0.0).alias(c))
+        col = pl.col(c).cast(dtype) if c in schema else pl.lit(None, dtype)
+        # counts are 0 when absent; a cost or latency nobody recorded stays unknown (null)
+        cols.append((col if c in _UNKNOWN_WHEN_NULL else col.fill_null(0.0)).alias(c))
     lf = lf.select(cols).filter(pl.col("first_ts").is_not_null())
     lf = lf.with_columns(pl.max_horizontal("first_ts", pl.col("last_ts").fill_null(pl.col("first_ts"))).alias("last_ts"))
     if loops is not None:
@@ -576,10 +589,15 @@ def _prepare_runs(
 
 
 def _weights(part: pl.DataFrame, metric: str) -> np.ndarray:
-    """Runs behind each bucket's value of ``metric`` (the retry rate counts runs with a tool call)."""
-    col = "runs_with_tools" if metric == "retry_rate" else "started"
+    """Runs behind each bucket's value of ``metric`` (the retry rate counts runs with a tool call,
+    cost and latency the runs that recorded them)."""
+    col = _WEIGHT_COLUMNS.get(metric, "started")
     return part[col].to_numpy().astype(np.float64)
 
+
+_WEIGHT_COLUMNS = {
+    "retry_rate": "runs_with_tools", "cost_per_run": "runs_with_cost", "latency_p90": "runs_with_latency"
+}
 
 #: Event counts behind the rate metrics (for the minimum-events rule).
 _EVENT_COLUMNS = {"error_rate": "n_errors", "retry_rate": "n_retries", "loop_rate": "n_loops"}
@@ -603,6 +621,8 @@ def _analyse_series(
         y_all = part[metric].to_numpy().astype(np.float64)
         w_all = _weights(part, metric)
         keep = np.isfinite(y_all) & (w_all > 0)
+        if not keep.any():  # not recorded in this series (e.g. a log without costs): no row
+            continue
         ev_col = _EVENT_COLUMNS.get(metric)
         events = part[ev_col].to_numpy().astype(np.float64)[keep] if ev_col else None
         key = keep.tobytes()

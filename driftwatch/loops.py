@@ -157,7 +157,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from driftwatch._frames import as_lazy, check_flag, collect
+from driftwatch._frames import as_lazy, check_flag, collect, known_sum
 from driftwatch._signatures import _pair_index, near_duplicates, normalize
 from driftwatch.errors import InvalidParameterError, SchemaError
 from driftwatch.schema import HANDOFF_PREFIX, LLM_ACTION
@@ -778,17 +778,54 @@ def _money_exprs() -> list[pl.Expr]:
     return [
         (pl.col("input_tokens").fill_null(0) + pl.col("output_tokens").fill_null(0)).alias("_tok"),
         pl.col("cost_usd").fill_null(0.0).alias("_cost"),
+        (pl.col("input_tokens").is_not_null() | pl.col("output_tokens").is_not_null()).alias("_tok_known"),
+        pl.col("cost_usd").is_not_null().alias("_cost_known"),
     ]
 
 
-def _money(steps: pl.DataFrame, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class _Money:
+    """Tokens and cost of every row, their sums per block (run), and whether the block
+    recorded any (a run without a recorded cost has an unknown waste, not a waste of $0)."""
+
+    tok: np.ndarray
+    cost: np.ndarray
+    block_tok: np.ndarray
+    block_cost: np.ndarray
+    block_tok_known: np.ndarray
+    block_cost_known: np.ndarray
+
+    def columns(self, r: np.ndarray, wasted_tokens: np.ndarray, wasted_cost: np.ndarray) -> dict[str, Any]:
+        """The money columns of loops in blocks ``r`` (null where the block recorded none)."""
+        tok_known, cost_known = self.block_tok_known[r], self.block_cost_known[r]
+        return {
+            "wasted_tokens": _null_where_unknown(wasted_tokens, tok_known),
+            "wasted_cost_usd": _null_where_unknown(wasted_cost, cost_known),
+            "run_tokens": _null_where_unknown(self.block_tok[r], tok_known),
+            "run_cost_usd": _null_where_unknown(self.block_cost[r], cost_known),
+        }
+
+
+def _null_where_unknown(values: np.ndarray, known: np.ndarray) -> np.ndarray | pl.Series:
+    """``values``, null where ``known`` is False."""
+    if known.all():
+        return values
+    return pl.DataFrame({"v": values, "k": known}).select(pl.when(pl.col("k")).then(pl.col("v"))).to_series()
+
+
+def _money(steps: pl.DataFrame, starts: np.ndarray) -> _Money:
     """Tokens and cost of every row (``_tok``, ``_cost``, computed here from the raw columns
     when pass 1 left them raw), and their sums per block."""
     if "_tok" not in steps.columns:
         steps = steps.lazy().select(_money_exprs()).collect()
     tok = _numpy(steps["_tok"])
     cost = _numpy(steps["_cost"])
-    return tok, cost, np.add.reduceat(tok, starts), np.add.reduceat(cost, starts)
+    tok_known = _numpy(steps["_tok_known"]).astype(np.int64)
+    cost_known = _numpy(steps["_cost_known"]).astype(np.int64)
+    return _Money(
+        tok, cost, np.add.reduceat(tok, starts), np.add.reduceat(cost, starts),
+        np.add.reduceat(tok_known, starts) > 0, np.add.reduceat(cost_known, starts) > 0,
+    )
 
 
 def _loops_in(
@@ -825,7 +862,7 @@ def _tool_loops(
     blocks: _Blocks,
     source: _TextSource,
     pool: ThreadPoolExecutor,
-    money: Future[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+    money: Future[_Money],
     *,
     max_period: int,
     min_repeats: int,
@@ -1022,7 +1059,7 @@ def _llm_loops(
     steps: pl.DataFrame,
     blocks: _Blocks,
     source: _TextSource,
-    money: Future[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+    money: Future[_Money],
     *,
     min_repeats: int,
     fuzzy: bool,
@@ -1109,8 +1146,8 @@ def _llm_loops(
     r = np.searchsorted(starts, start_row, side="right") - 1
     run_start = starts[r]
     run_end = np.append(starts[1:], steps.height)[r] - 1
-    tok, cost, block_tok, block_cost = money.result()
-    wasted_tokens, wasted_cost = _range_sums([tok, cost], start_row + 1, end_row + 1)
+    money_ = money.result()
+    wasted_tokens, wasted_cost = _range_sums([money_.tok, money_.cost], start_row + 1, end_row + 1)
     ids = blocks.heads[r]
     return {
         "run_id": ids["run_id"],
@@ -1124,8 +1161,7 @@ def _llm_loops(
             np.where(failing, 2, np.where(is_sig, 0, 1))
         ),
         "wasted_steps": n - 1,
-        "wasted_tokens": wasted_tokens,
-        "wasted_cost_usd": wasted_cost,
+        **money_.columns(r, wasted_tokens, wasted_cost),
         "match": pl.Series(["identical", "near_duplicate", "prompt"]).gather(
             np.where(is_sig, np.where(n_fuzzy > 0, 1, 0), 2)
         ),
@@ -1134,8 +1170,6 @@ def _llm_loops(
         "n_steps": n,
         "cycle_steps": np.ones(n.size, np.int64),
         "run_steps": run_end - run_start + 1,
-        "run_tokens": block_tok[r],
-        "run_cost_usd": block_cost[r],
         "_start_row": start_row,
         "_waste_row": start_row + 1,
         "_end_row": end_row,
@@ -1206,7 +1240,7 @@ def _patterns(
 def _assemble(
     steps: pl.DataFrame,
     blocks: _Blocks,
-    money: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    money: _Money,
     codes: np.ndarray,
     trows: np.ndarray,
     seg_s: np.ndarray,
@@ -1250,14 +1284,13 @@ def _assemble(
     repeats = n_tool // seg_p
     end_row = trows[seg_e]
     first_cycle_end = trows[seg_s + seg_p - 1]
-    tok, cost, block_tok, block_cost = money
     patterns = pool.submit(_patterns, steps, codes, trows, seg_s, seg_p)
     failing = (err_share >= error_share) & (n_err >= min_repeats)
     kind = pl.Series(["exact", "same_action", "error_retry"]).gather(np.where(failing, 2, np.where(is_sig, 0, 1)))
     match = pl.Series(["identical", "near_duplicate", "action"]).gather(
         np.where(is_sig, np.where(n_fuzzy > 0, 1, 0), 2)
     )
-    wasted_tokens, wasted_cost = _range_sums([tok, cost], first_cycle_end + 1, end_row + 1)
+    wasted_tokens, wasted_cost = _range_sums([money.tok, money.cost], first_cycle_end + 1, end_row + 1)
     ids = blocks.heads[r]  # the run's first row
     pattern, handoff = patterns.result()
     return {
@@ -1270,16 +1303,13 @@ def _assemble(
             "pattern": pattern,
             "kind": kind,
             "wasted_steps": end_row - first_cycle_end,
-            "wasted_tokens": wasted_tokens,
-            "wasted_cost_usd": wasted_cost,
+            **money.columns(r, wasted_tokens, wasted_cost),
             "match": match,
             "error_share": err_share,
             "handoff": handoff,
             "n_steps": end_row - start_row + 1,
             "cycle_steps": first_cycle_end - start_row + 1,
             "run_steps": run_end - run_start + 1,
-            "run_tokens": block_tok[r],
-            "run_cost_usd": block_cost[r],
             # (private: row extents, for :func:`_merge_loops`)
             "_start_row": start_row,
             "_waste_row": first_cycle_end + 1,
@@ -1389,8 +1419,8 @@ def loop_summary(loops: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
             worst("pattern").alias("worst_pattern"),
             worst("repeats").alias("worst_repeats"),
             pl.col("wasted_steps").sum(),
-            pl.col("wasted_tokens").sum(),
-            pl.col("wasted_cost_usd").sum(),
+            known_sum("wasted_tokens"),
+            known_sum("wasted_cost_usd"),
             pl.col("severity").max().clip(0.0, 1.0).alias("loop_severity"),
         )
         .sort("run_id")

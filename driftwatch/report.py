@@ -1008,8 +1008,15 @@ def _section_costs(result: Any, summary: Mapping[str, Any]) -> str:
         if charts:
             drawn = True
             out += "<h3>Cost per run</h3><p class=\"note\">Runs per cost bin (log-scaled cost, square-root bar heights); red bars are the tail above p99.</p>" + f'<div class="grid">{"".join(charts)}</div>'
+    costed = costs["runs_with_cost"] if costs.height and "runs_with_cost" in costs.columns else None
+    if costed is not None and not (costed > 0).any():
+        return out + ('<p class="empty">no cost recorded: no run in these logs has a <code>cost_usd</code> value, '
+                      "so spend, cost per run and the projection are unknown (not $0)</p></section>")
     if costs.height and "series" in costs.columns:
         drawn = True
+        if costed is not None and (costed < costs["runs"]).any():
+            out += ('<p class="note">Some runs recorded no cost (<code>runs_with_cost</code> &lt; <code>runs</code>): '
+                    "their cost is unknown, and every figure below is over the runs that recorded one.</p>")
         items = []
         for r in costs.iter_rows(named=True):
             parts = []
@@ -1026,7 +1033,8 @@ def _section_costs(result: Any, summary: Mapping[str, Any]) -> str:
         )
         out += "<h3>Profile</h3>" + _table(
             costs,
-            ["series", "runs", "runs_per_day", "total_cost_usd", "cost_p50", "cost_p90", "cost_p99", "cost_max",
+            ["series", "runs", "runs_per_day", *(["runs_with_cost"] if costed is not None and (costed < costs["runs"]).any()
+                                                 else []), "total_cost_usd", "cost_p50", "cost_p90", "cost_p99", "cost_max",
              "p99_over_p50", "max_over_p50", "runs_over_ceiling", "success_rate", "cost_per_success"],
             headers={"total_cost_usd": "spend $", "p99_over_p50": "p99/p50", "max_over_p50": "max/p50"},
         )

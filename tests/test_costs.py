@@ -271,7 +271,9 @@ def test_missing_optional_columns() -> None:
     ev = pl.DataFrame({"run_id": ["a", "a", "b"], "step": [1, 2, 1], "action": ["llm", "x", "llm"]})
     prof = dw.cost_profile(ev, by=(), loops=pl.DataFrame({"run_id": [], "wasted_cost_usd": []}))
     row = prof.row(0, named=True)
-    assert row["runs"] == 2 and row["total_cost_usd"] == 0.0
+    # no cost column: every cost figure is unknown (null), not $0
+    assert row["runs"] == 2 and row["runs_with_cost"] == 0 and row["total_cost_usd"] is None
+    assert row["cost_p50"] is None and row["cost_max"] is None and row["error_cost_usd"] is None
     assert row["p99_over_p50"] is None and row["loop_share"] is None and row["cost_per_success"] is None
     assert row["runs_with_outcome"] == 0 and row["volume_per_day"] is None  # no timestamps: no daily volume
     no_loops = cost_profile_from_runs(dw.run_features(ev), by=())
@@ -337,3 +339,32 @@ def test_policy_may_be_a_file_path(runs: pl.DataFrame, tmp_path) -> None:  # noq
     assert by_path["cost_ceiling_usd"].unique().to_list() == [0.2]
     with pytest.raises(dw.PolicyError, match="cannot be read"):
         cost_profile_from_runs(runs, policy=str(tmp_path / "missing.toml"))
+
+
+def test_runs_without_a_recorded_cost_are_unknown_not_free() -> None:
+    """A series none of whose runs recorded a cost has null figures; in a series where some
+    did, the figures are over those runs only (a run with no cost is not a $0 run)."""
+    ev = dw.synth.generate(days=4, runs_per_day=40, seed=3).events
+    no_cost = pl.col("agent") == "billing"
+    partial = no_cost | ((pl.col("agent") == "planner") & pl.col("run_id").str.ends_with("1"))
+    masked = ev.with_columns(pl.when(partial).then(None).otherwise(pl.col("cost_usd")).alias("cost_usd"))
+    prof = dw.cost_profile(masked, volume_per_day=1000).sort("series")
+    billing = prof.filter(pl.col("series") == "agent=billing").row(0, named=True)
+    assert billing["runs"] > 0 and billing["runs_with_cost"] == 0
+    for col in ("total_cost_usd", "cost_mean", "cost_p50", "cost_max", "loop_cost_usd", "error_cost_usd",
+                "projected_daily_usd", "worst_run_expected_usd", "cost_per_success"):
+        assert billing[col] is None, col
+    # planner: the figures equal those of the runs with a cost alone
+    planner = prof.filter(pl.col("series") == "agent=planner").row(0, named=True)
+    costed = masked.filter(pl.col("agent") == "planner", ~partial)
+    alone = dw.cost_profile(costed, by=(), volume_per_day=1000, loops=dw.detect_loops(costed)).row(0, named=True)
+    assert planner["runs_with_cost"] == alone["runs"] < planner["runs"]
+    for col in ("total_cost_usd", "cost_p50", "cost_p99", "cost_max", "loop_cost_usd", "error_cost_usd"):
+        assert planner[col] == pytest.approx(alone[col], rel=1e-12), col
+    # the fleet row: the spend of the costed runs, and the other agents as before
+    full = dw.cost_profile(ev, volume_per_day=1000).sort("series")
+    fleet = prof.filter(pl.col("series") == "all").row(0, named=True)
+    assert fleet["runs_with_cost"] == dw.run_features(masked)["cost_usd"].is_not_null().sum() < fleet["runs"]
+    assert fleet["total_cost_usd"] == pytest.approx(masked["cost_usd"].sum(), rel=1e-9)
+    for agent in ("agent=research", "agent=support"):
+        assert prof.filter(pl.col("series") == agent).equals(full.filter(pl.col("series") == agent))

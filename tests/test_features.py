@@ -51,6 +51,26 @@ def test_features_known_answers() -> None:
     assert a["runtime_s"] == pytest.approx(4.0)
 
 
+def test_sums_nobody_recorded_are_null_not_zero() -> None:
+    """A run none of whose steps recorded a cost (tokens, latency) has an unknown cost, not $0;
+    one recorded value makes it known (the other steps add nothing)."""
+    ev = _events().with_columns(
+        pl.when(pl.col("run_id") == "b").then(None).otherwise(pl.col("cost_usd")).alias("cost_usd"),
+        pl.when(pl.col("run_id") == "b").then(None).otherwise(pl.col("input_tokens")).alias("input_tokens"),
+        pl.when((pl.col("run_id") == "a") & (pl.col("step") != 4)).then(None).otherwise(pl.col("output_tokens"))
+        .alias("output_tokens"),
+    )
+    a, b = dw.run_features(ev).rows(named=True)
+    assert a["cost_usd"] == pytest.approx(0.035) and a["error_cost_usd"] == pytest.approx(0.002)
+    assert a["retry_cost_usd"] == pytest.approx(0.002)
+    assert (a["input_tokens"], a["output_tokens"], a["tokens"]) == (30, 5, 35)
+    assert b["cost_usd"] is None and b["error_cost_usd"] is None and b["retry_cost_usd"] is None
+    assert (b["input_tokens"], b["output_tokens"], b["tokens"]) == (None, 3, 3)  # one count known: tokens known
+    bare = dw.run_features(pl.DataFrame({"run_id": ["r", "r"], "step": [1, 2], "action": ["llm", "x"]}))
+    assert bare.select("cost_usd", "tokens", "latency_ms", "error_cost_usd", "retry_cost_usd").row(0) == (None,) * 5
+    assert bare["n_retries"].item() == 0  # counts are never unknown
+
+
 def test_failed_llm_calls_are_not_tool_errors() -> None:
     ev = _events().with_columns(
         pl.when(pl.col("action") == "llm").then(pl.lit("error")).otherwise(pl.col("status")).alias("status")

@@ -147,11 +147,11 @@ def test_bucket_table_against_brute_force() -> None:
             "n_tool": rng.integers(0, 5, n),
             "n_errors": rng.integers(0, 3, n),
             "n_retries": rng.integers(0, 2, n),
-            "cost_usd": rng.uniform(0, 1, n),
+            "cost_usd": np.where(rng.uniform(size=n) < 0.3, np.nan, rng.uniform(0, 1, n)),  # 30% not recorded
             "latency_ms_p90": rng.uniform(100, 900, n),
         },
         schema_overrides={"first_ts": pl.Datetime("us", "UTC"), "last_ts": pl.Datetime("us", "UTC")},
-    )
+    ).with_columns(pl.col("cost_usd").fill_nan(None))
     got = load_buckets_from_runs(runs, every="5m")
     recs = runs.to_dicts()
     minute = timedelta(minutes=5)
@@ -167,13 +167,27 @@ def test_bucket_table_against_brute_force() -> None:
         assert row["started"] == len(started)
         assert row["in_flight"] == len(in_flight)
         assert row["error_rate"] == pytest.approx(np.mean([r["n_errors"] / r["n_steps"] for r in started]))
-        assert row["cost_per_run"] == pytest.approx(np.mean([r["cost_usd"] for r in started]))
+        costed = [r["cost_usd"] for r in started if r["cost_usd"] is not None]  # the mean of the known costs
+        assert row["runs_with_cost"] == len(costed) and row["runs_with_latency"] == len(started)
+        assert (row["cost_per_run"] is None) == (not costed)
+        if costed:
+            assert row["cost_per_run"] == pytest.approx(np.mean(costed))
         with_tools = [r["n_retries"] / r["n_tool"] for r in started if r["n_tool"] > 0]
         assert (row["retry_rate"] is None) == (not with_tools)
         if with_tools:
             assert row["retry_rate"] == pytest.approx(np.mean(with_tools))
     assert got.filter(series="all")["started"].sum() == n
     assert got["loop_rate"].is_null().all()
+
+
+def test_metrics_nobody_recorded_have_no_rows(runs: pl.DataFrame) -> None:
+    """A log without costs or latencies has no cost/latency curve (not a flat curve at 0), and
+    the other metrics are unchanged."""
+    bare = runs.with_columns(pl.lit(None, pl.Float64).alias("cost_usd"), pl.lit(None, pl.Float64).alias("latency_ms_p90"))
+    got, full = load_curve_from_runs(bare), load_curve_from_runs(runs)
+    gone = pl.col("metric").is_in(["cost_per_run", "latency_p90"])
+    assert full.filter(gone).height == 12 and got.filter(gone).height == 0
+    assert got.equals(full.filter(~gone))
 
 
 def test_loops_give_loop_rate_and_wrapper_matches(runs: pl.DataFrame, fleet: synth.Fleet) -> None:

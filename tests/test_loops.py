@@ -263,12 +263,35 @@ def test_minimal_input_and_missing_optional_columns() -> None:
     ev = pl.DataFrame({"run_id": ["r"] * 4, "step": [4, 3, 2, 1], "action": ["a"] * 4})
     out = detect_loops(ev)
     assert out.select("start_step", "end_step", "kind", "wasted_tokens", "wasted_cost_usd").to_dicts() == [
-        {"start_step": 1, "end_step": 4, "kind": "same_action", "wasted_tokens": 0, "wasted_cost_usd": 0.0}
-    ]  # no arguments recorded: "the same call" cannot be told from paging or polling
+        {"start_step": 1, "end_step": 4, "kind": "same_action", "wasted_tokens": None, "wasted_cost_usd": None}
+    ]  # no arguments recorded: "the same call" cannot be told from paging or polling; no cost: waste unknown
     assert out["agent"].to_list() == ["default"]
     ts_only = pl.DataFrame({"run_id": ["r"] * 3, "action": ["a"] * 3,
                             "ts": ["2026-01-01T00:00:00Z", "2026-01-01T00:00:01Z", "2026-01-01T00:00:02Z"]})
     assert detect_loops(ts_only)["repeats"].to_list() == [3]
+
+
+def test_waste_of_runs_without_a_recorded_cost_is_unknown() -> None:
+    """Run ``paid`` recorded costs on its LLM steps only: its waste sums them (tool steps add 0);
+    run ``free`` recorded none: its waste is null, and its loop is found and rated the same."""
+    rows = []
+    for run in ("paid", "free"):
+        for i in range(12):
+            llm = i % 2 == 0
+            rows.append((run, i + 1, "llm" if llm else "search", None if llm else "q=1", "none",
+                         0.01 if llm and run == "paid" else None, 100 if run == "paid" else None))
+    ev = pl.DataFrame(rows, schema=["run_id", "step", "action", "args", "result", "cost_usd", "input_tokens"],
+                      orient="row")
+    out = detect_loops(ev).sort("run_id")
+    free, paid = out.rows(named=True)
+    assert (free["kind"], paid["kind"]) == ("exact", "exact") and free["repeats"] == paid["repeats"]
+    assert paid["wasted_cost_usd"] == pytest.approx(0.01 * paid["wasted_steps"] / 2)
+    assert paid["wasted_tokens"] == 100 * paid["wasted_steps"]  # tokens on every step
+    assert free["wasted_cost_usd"] is None and free["wasted_tokens"] is None
+    assert free["severity"] == pytest.approx(paid["severity"])  # the steps' share stands in for the cost's
+    summary = loop_summary(out).sort("run_id")
+    assert summary["wasted_cost_usd"].to_list() == [None, paid["wasted_cost_usd"]]
+    assert summary["wasted_tokens"].to_list() == [None, paid["wasted_tokens"]]
 
 
 def test_unrecorded_arguments_match_nothing() -> None:
