@@ -832,6 +832,7 @@ def fleet_stage(
     score_run_ids: pl.Series | None = None,
     progress: Progress | None = None,
     release_counts: bool = False,
+    rejected: pl.DataFrame | None = None,
 ) -> AuditResult:
     """Fleet stage: change-points, drift, delegation, scores, costs and load from per-run tables.
 
@@ -859,6 +860,11 @@ def fleet_stage(
         the others serve as context. ``None``: all runs.
     progress : callable, optional
         Receives one line per stage.
+    rejected : polars.DataFrame, optional
+        The reader's rejected rows: runs with rejected steps are scored as incomplete
+        (at least ``review``), and rejected calls needing approval are breaches
+        (:func:`driftwatch.policy.check_rejected`). The result's ``rejected`` is left for
+        the caller to set.
     release_counts : bool, default=False
         Empty ``tables.action_counts`` and ``tables.bigram_counts`` once drift has used
         them (the audit does, when it does not record history: at 100M events they are
@@ -918,7 +924,8 @@ def fleet_stage(
 
     def delegation() -> tuple[pl.DataFrame, pl.DataFrame]:
         depth = policy_mod.check_delegation(feats, pol)
-        found = sort_frame(_concat([tables.violations, depth]), RUN_TABLE_KEYS["violations"])
+        unread = policy_mod.check_rejected(rejected, pol).join(feats.select("run_id"), on="run_id", how="semi")
+        found = sort_frame(_concat([tables.violations, depth, unread]), RUN_TABLE_KEYS["violations"])
         return found, loops_mod.detect_delegation_cycles(feats)
 
     def changepoint() -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -948,7 +955,7 @@ def fleet_stage(
             tables.bigram_counts = tables.bigram_counts.clear()
         scoring_f = lane("scoring", partial(
             scoring.score_runs_from_runs, feats, policy=pol, loops=tables.loop_summary, violations=violations,
-            drift=drift_rows,
+            drift=drift_rows, rejected=rejected,
         ))
         cost_f = lane("costs", partial(
             costs.cost_profile_from_runs, feats, by=by, volume_per_day=volume_per_day, loops=tables.loop_summary,
@@ -1301,7 +1308,14 @@ class AuditResult:
                 seen[name] = rounded
             del frames
             canon = replace(self, **seen)
-            lines = self.alert_frame().select(pl.struct(pl.all()).struct.json_encode().alias("j"))["j"]
+            # U+2028/U+2029 are valid raw in JSON, but str.splitlines() and JavaScript split
+            # lines on them: escaped, every alert is one line for any reader
+            lines = self.alert_frame().select(
+                pl.struct(pl.all()).struct.json_encode()
+                .str.replace_all("\u2028", "\\u2028", literal=True)
+                .str.replace_all("\u2029", "\\u2029", literal=True)
+                .alias("j")
+            )["j"]
             atomic_write_text(tmp / "alerts.jsonl", lines.str.join("\n").item() + "\n" if lines.len() else "")
             summary = self.summary()
             atomic_write_json(tmp / "summary.json", summary)
@@ -1372,7 +1386,9 @@ def _cost_headline(runs: pl.DataFrame, costs: pl.DataFrame) -> dict[str, Any]:
     """Fleet-wide cost figures for summary.json (the ``all`` row of the cost profile)."""
     out: dict[str, Any] = {}
     if runs.height and "cost_usd" in runs.columns:
-        out["total_usd"] = _num(runs["cost_usd"].sum())
+        known = runs["cost_usd"].drop_nulls()  # null: no run recorded a cost (unknown, not $0)
+        out["total_usd"] = _num(known.sum()) if known.len() else None
+        out["runs_with_cost"] = known.len()
     if costs.height and "series" in costs.columns:
         fleet = costs.filter(pl.col("series") == "all")
         if fleet.height == 0 and costs.height == 1:
@@ -2071,6 +2087,7 @@ def audit(
             score_run_ids=score_ids,
             progress=say,
             release_counts=st is None,
+            rejected=rejected,
         )
         timings["fleet_stage"] = round(time.perf_counter() - t0, 4)
         result.rejected = sort_frame(rejected, ("source_file",))

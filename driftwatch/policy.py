@@ -116,7 +116,13 @@ DEFAULT_TIER_WORDS: dict[str, tuple[str, ...]] = {
 UNKNOWN_TOOL_PATTERN = (
     r"(?i)(unknown|unrecognized|unsupported|undefined|invalid) (tool|function|action)"
     r"|no such (tool|function|action)"
-    r"|(tool|function|action)\b[^.;]{0,60}\b(not found|does not exist|not exist|is not available|not registered)"
+    r"|not a valid (tool|function|action)"
+    # a tool named right before the verdict ("tool lookup not found"); a quoted name also for
+    # actions and "not available" ("Action 'x' is not available"). Anything between the noun and
+    # the verdict is another subject: "tool call failed: customer 42 not found" is a business error
+    r"|(tool|function) ([\w.:/-]+ )?(was |is )?(not found|does not exist|not exist|not registered|not defined)"
+    r"|(tool|function|action) ['\"`][^'\"`]{1,80}['\"`] (was |is )?"
+    r"(not found|does not exist|not exist|not registered|not defined|not available)"
     r"|invalid (tool |function )?arguments?"
     r"|(unexpected|unknown) (keyword )?(argument|parameter)"
     r"|missing (\d+ )?required (positional )?(argument|parameter)"
@@ -168,8 +174,8 @@ class Policy:
         Longest allowed ``parent_run_id`` chain above a run (a run started by a run that
         was itself started by another has depth 2).
     read, write, delete : tuple of str or None, default=None
-        Glob patterns (``*``, ``?``, ``[abc]``) over action names for each tier. ``None``
-        uses the built-in name words (:data:`DEFAULT_TIER_WORDS`): ``delete_record``,
+        Glob patterns (``*``, ``?``, ``[abc]``) over action names for each tier, ignoring
+        case. ``None`` (or no globs) uses the built-in name words (:data:`DEFAULT_TIER_WORDS`): ``delete_record``,
         ``purgeCache`` -> delete; ``send_email``, ``update_ticket`` -> write. A tool
         matching several tiers gets the most dangerous one.
     require_approval : tuple of str, default=("delete",)
@@ -418,9 +424,10 @@ class Policy:
 
     def _tier_regex(self, tier: str) -> str | None:
         globs = getattr(self, tier)
-        if globs is None:
+        if not globs:  # none given (or an empty list): the built-in words
             return _words_regex(DEFAULT_TIER_WORDS[tier])
-        return globs_regex(globs)
+        # tier globs ignore case, as the words do: "delete_*" must not miss DELETE_INVOICE
+        return "(?i)" + str(globs_regex(globs))
 
 
 def _convert(key: str, value: Any, where: str) -> Any:
@@ -722,7 +729,7 @@ def _run_limit_violations(
             pl.len().alias("_n"),
             ((pl.col("ts").max() - pl.col("ts").min()).dt.total_microseconds() / 1e6).alias("_runtime"),
             tokens.sum().alias("_tokens"),
-            pl.col("cost_usd").sum().alias("_cost"),
+            pl.col("cost_usd").sum().round_sig_figs(12).alias("_cost"),  # as run_features (and below)
             (pl.col("status") == "error").sum().alias("_errors"),
         )
     if policy.max_steps is not None:
@@ -746,7 +753,9 @@ def _run_limit_violations(
                 "_elapsed"
             ),
             tokens.cum_sum().over("run_id").alias("_cum_tokens"),
-            pl.col("cost_usd").fill_null(0.0).cum_sum().over("run_id").alias("_cum_cost"),
+            # rounded to 12 significant digits, as run_features' cost: whether $0.10 + $0.20 +
+            # $0.15 + $0.05 passes a $0.50 ceiling must not depend on the order of the additions
+            pl.col("cost_usd").fill_null(0.0).cum_sum().over("run_id").round_sig_figs(12).alias("_cum_cost"),
         )
     )
     out: list[pl.LazyFrame] = []
@@ -976,6 +985,87 @@ def _event_violations(lf: pl.LazyFrame, policy: Policy) -> list[pl.LazyFrame]:
     return out
 
 
+#: Rejection reasons that do not make a run incomplete: spans wrapping the steps (not steps),
+#: re-delivered copies of a step that was read, and rows without a run.
+NOT_MISSING_REASONS = ("not_a_step", "duplicate_step", "null_run_id")
+
+
+def rejected_steps(rejected: pl.DataFrame | None) -> pl.DataFrame:
+    """The rejected rows that were steps of a run: what an audit of the run is missing.
+
+    Parameters
+    ----------
+    rejected : polars.DataFrame or None
+        ``ReadResult.rejected`` (canonical columns, ``reason``, ...).
+
+    Returns
+    -------
+    polars.DataFrame
+        Those rows (``run_id``, ``action``, ``approved``, ``step``, ``agent``, ``reason``)
+        whose reason is not in :data:`NOT_MISSING_REASONS`.
+    """
+    cols = {"run_id": pl.String, "agent": pl.String, "step": pl.Int64, "action": pl.String,
+            "approved": pl.Boolean, "reason": pl.String}
+    if rejected is None or rejected.height == 0 or "reason" not in rejected.columns:
+        return pl.DataFrame(schema=cols)
+    present = [pl.col(c).cast(t) if c in rejected.columns else pl.lit(None, dtype=t).alias(c) for c, t in cols.items()]
+    return rejected.lazy().select(present).filter(
+        pl.col("run_id").is_not_null() & ~pl.col("reason").is_in(NOT_MISSING_REASONS)
+    ).collect()
+
+
+def check_rejected(rejected: pl.DataFrame | None, policy: Policy | None = None) -> pl.DataFrame:
+    """``unapproved_action`` breaches among the steps the reader rejected.
+
+    A call in a ``require_approval`` tier whose row could not be read (an unreadable
+    ``approved`` flag, a status spelling the reader does not know, ...) is not checked by
+    :func:`check_policy`, which sees valid rows only. Unless its ``approved`` was read as
+    ``true`` it is a breach like an unapproved call, with the rejection reason in ``detail``.
+
+    Parameters
+    ----------
+    rejected : polars.DataFrame or None
+        ``ReadResult.rejected``.
+    policy : Policy, optional
+
+    Returns
+    -------
+    polars.DataFrame
+        :data:`VIOLATION_SCHEMA` rows.
+
+    Examples
+    --------
+    >>> import polars as pl, driftwatch as dw
+    >>> from driftwatch.policy import check_rejected
+    >>> bad = pl.DataFrame({"run_id": ["r"], "step": [2], "action": ["delete_invoice"],
+    ...                     "approved": [None], "reason": ["bad_value:approved"]})
+    >>> check_rejected(bad)["detail"].to_list()
+    ['delete_invoice (delete tier) without approval (step rejected: bad_value:approved)']
+    """
+    policy = _as_policy(policy)
+    steps = rejected_steps(rejected)
+    need = tuple(policy.require_approval)
+    if steps.height == 0 or not need:
+        return empty_violations()
+    tiered = steps.filter(pl.col("action").is_not_null()).with_columns(policy.tier_expr().alias("_tier")).filter(
+        pl.col("_tier").is_in(need) & ~pl.col("approved").fill_null(False)
+    )
+    return tiered.select(
+        "run_id",
+        pl.col("agent").fill_null("default"),
+        "step",
+        "action",
+        pl.lit("unapproved_action").alias("rule"),
+        pl.when(pl.col("_tier") == "delete").then(pl.lit("critical")).otherwise(pl.lit("warning")).alias("severity"),
+        pl.concat_str(
+            pl.col("action"), pl.lit(" ("), pl.col("_tier"), pl.lit(" tier) without approval (step rejected: "),
+            pl.col("reason"), pl.lit(")"),
+        ).alias("detail"),
+        pl.lit(None, dtype=pl.Float64).alias("value"),
+        pl.lit(None, dtype=pl.Float64).alias("limit"),
+    ).cast(VIOLATION_SCHEMA)  # type: ignore[arg-type]
+
+
 def check_delegation(run_features: pl.DataFrame | pl.LazyFrame, policy: Policy | None = None) -> pl.DataFrame:
     """Delegation chains deeper than ``policy.max_delegation_depth`` (a fleet-level check).
 
@@ -1177,8 +1267,11 @@ __all__ = [
     "VIOLATION_SCHEMA",
     "Policy",
     "as_policy",
+    "NOT_MISSING_REASONS",
     "check_delegation",
     "check_policy",
+    "check_rejected",
+    "rejected_steps",
     "empty_violations",
     "glob_to_regex",
     "globs_regex",

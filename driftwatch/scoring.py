@@ -67,11 +67,14 @@ from driftwatch.features import run_features
 from driftwatch.policy import (
     Policy,
     _as_policy,
+    _money,
     check_delegation,
     check_policy,
     fmt_int,
     fmt_money,
     fmt_num,
+    fmt_past,
+    rejected_steps,
 )
 from driftwatch.schema import LLM_ACTION
 
@@ -87,6 +90,7 @@ COMPONENTS: tuple[str, ...] = (
     "max_cost",
     "retries",
     "unknown_tool",
+    "rejected_steps",
     "low_confidence",
     "delegation",
     "loop",
@@ -313,13 +317,14 @@ def _with_lookup(rows: pl.DataFrame, table: pl.DataFrame, on: str) -> pl.DataFra
     return rows.hstack(found.drop(on))
 
 
-#: How each anomaly feature is computed from the per-run table.
+#: How each anomaly feature is computed from the per-run table. A cost, token count or latency
+#: the run did not record stays null: the medians skip it and its z-score is 0 (nothing unusual).
 _FEATURE_EXPRS: dict[str, pl.Expr] = {
     "log_steps": pl.col("n_steps").cast(pl.Float64).log(),
-    "log_cost": (pl.col("cost_usd").fill_null(0.0).clip(lower_bound=0.0) + 1e-3).log(),  # (a refund: no cost)
-    "log_tokens": (pl.col("tokens").fill_null(0).cast(pl.Float64) + 1.0).log(),
+    "log_cost": (pl.col("cost_usd").clip(lower_bound=0.0) + 1e-3).log(),  # (a refund: no cost)
+    "log_tokens": (pl.col("tokens").cast(pl.Float64) + 1.0).log(),
     "log_runtime": (pl.col("runtime_s").fill_null(0.0) + 1.0).log(),
-    "log_latency_p90": (pl.col("latency_ms_p90").fill_null(0.0) + 1.0).log(),
+    "log_latency_p90": (pl.col("latency_ms_p90") + 1.0).log(),
     "min_confidence_filled": pl.col("min_confidence").fill_null(1.0),
 }
 
@@ -383,7 +388,7 @@ def _robust_z(f: pl.DataFrame, group: pl.Expr, specs: Sequence[tuple[str, float]
     )
     med = narrow.group_by("_zgroup").agg(
         *[pl.col(n).median().alias(f"_med_{n}") for n in names],
-        pl.col("cost_usd").fill_null(0.0).median().alias("_med_cost"),
+        pl.col("cost_usd").median().alias("_med_cost"),
         pl.col("n_steps").median().alias("_med_steps"),
     )
     gid = narrow["_zgroup"].replace_strict(
@@ -539,6 +544,7 @@ def score_runs_from_runs(
     drift: pl.DataFrame | pl.LazyFrame | None = None,
     model: EscalationModel | str | Path | None = None,
     random_state: int | None = 0,
+    rejected: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """Score runs from per-run tables only (the fleet stage of the audit; no events).
 
@@ -565,6 +571,12 @@ def score_runs_from_runs(
         ``policy.model`` when the policy names one, else the rule score.
     random_state : int or None, default=0
         Seed of the IsolationForest.
+    rejected : polars.DataFrame, optional
+        ``ReadResult.rejected``: a run some of whose steps the reader rejected (see
+        :func:`driftwatch.policy.rejected_steps`) was audited without them, so it is at
+        least ``review``, with a reason naming the rejection reasons, and the output gains
+        ``n_rejected``. Destructive calls among those steps are breaches when
+        ``violations`` holds :func:`driftwatch.policy.check_rejected` rows.
 
     Returns
     -------
@@ -642,6 +654,7 @@ def score_runs_from_runs(
 
     # ---- violations needing events ----
     f, viol_texts = _join_violations(f, viol, pol)
+    f, viol_texts = _join_rejected(f, viol_texts, rejected)
 
     # ---- loops ----
     if summary is not None:
@@ -675,10 +688,11 @@ def score_runs_from_runs(
         score = pl.col("score_rules")
     f = f.with_columns(score.clip(0.0, 1.0).alias("score"))
     forced = pl.col("score_unapproved") >= 1.0
+    incomplete = pl.col("score_rejected_steps") > 0  # whatever the thresholds or a model say
     f = f.with_columns(
         pl.when(forced | (pl.col("score") >= pol.escalate))
         .then(pl.lit("escalate"))
-        .when(pl.col("score") >= pol.review)
+        .when((pl.col("score") >= pol.review) | incomplete)
         .then(pl.lit("review"))
         .otherwise(pl.lit("ok"))
         .alias("level")
@@ -693,14 +707,47 @@ def score_runs_from_runs(
 
     front = ["run_id", "agent", "n_steps", "cost_usd", "score", "level", "reasons", "first_ts", "last_ts",
              "score_rules", *s_cols, "cost_z", "steps_z", "anomaly", "error_rate_tool", *_LOOP_SUMMARY_COLS,
-             "n_unapproved", "n_unknown_tool", "delegation_depth"]
+             "n_unapproved", "n_unknown_tool", "delegation_depth", *(["n_rejected"] if rejected is not None else [])]
     rest = [c for c in feats.columns if c not in front]
     out = f.select(front + rest)
     return out if out["run_id"].is_sorted() else out.sort("run_id")
 
 
 #: Texts of the violations that only the reasons quote (looked up for the flagged runs only).
-_VIOLATION_TEXTS = ("_crit_action", "_warn_action", "_unk_detail", "_ret_detail", "_dep_detail")
+_VIOLATION_TEXTS = (
+    "_crit_action", "_crit_refused", "_warn_action", "_warn_refused", "_warn_tier", "_unk_detail", "_ret_detail",
+    "_dep_detail",
+)
+
+
+def _distinct_actions(rows: pl.Expr, most: int = 3) -> pl.Expr:
+    """The distinct actions of a run's violation ``rows``, in step order, the first ``most``
+    named (an aggregation)."""
+    acts = pl.col("action").filter(rows).drop_nulls().unique(maintain_order=True)
+    return pl.when(acts.len() > 0).then(
+        pl.concat_str(acts.head(most).str.join(", "), pl.when(acts.len() > most).then(pl.lit(", …")).otherwise(
+            pl.lit("")
+        ))
+    )
+
+
+def _unapproved_reason(actions: str, n: str, refused: str, what: str, tier: pl.Expr | None = None) -> pl.Expr:
+    """``"delete_invoice, drop_table without approval (2 calls, 1 refused)"``: the actions,
+    then (when they say something) the tier, the number of calls and how many ran although a
+    person had refused them (``approved = false``)."""
+    n_, refused_ = pl.col(n), pl.col(refused)
+    parts = [
+        tier,
+        pl.when(n_ > 1).then(pl.format("{} calls", n_)),
+        pl.when(refused_ > 0).then(
+            pl.when(n_ > 1).then(pl.format("{} refused", refused_)).otherwise(pl.lit("approval refused"))
+        ),
+    ]
+    inner = pl.concat_str([p for p in parts if p is not None], separator=", ", ignore_nulls=True)
+    return pl.concat_str(
+        pl.col(actions).fill_null(what), pl.lit(" without approval"),
+        pl.when(inner != "").then(pl.concat_str(pl.lit(" ("), inner, pl.lit(")"))).otherwise(pl.lit("")),
+    )
 
 
 def _join_violations(f: pl.DataFrame, viol: pl.DataFrame | None, pol: Policy) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -736,12 +783,18 @@ def _join_violations(f: pl.DataFrame, viol: pl.DataFrame | None, pol: Policy) ->
     unk = pl.col("rule") == "unknown_tool"
     ret = pl.col("rule") == "max_consecutive_retries"
     dep = pl.col("rule") == "delegation_depth"
-    agg = v.group_by("run_id").agg(
+    # check_policy writes "<action> (<tier> tier) without approval (approved=false)" when a
+    # person refused the call (read from the end: the action is logged text)
+    refused = pl.col("detail").str.ends_with(" without approval (approved=false)")
+    tier = pl.col("detail").str.extract(r"\((\w+) tier\) without approval \([^()]*\)$", 1)
+    agg = v.group_by("run_id", maintain_order=True).agg(
         crit.sum().cast(pl.Int64).alias("_n_crit"),
-        pl.col("action").filter(crit).first().alias("_crit_action"),
-        pl.col("action").filter(crit).n_unique().cast(pl.Int64).alias("_crit_kinds"),
+        _distinct_actions(crit).alias("_crit_action"),
+        (crit & refused).sum().cast(pl.Int64).alias("_crit_refused"),
         warn.sum().cast(pl.Int64).alias("_n_warn"),
-        pl.col("action").filter(warn).first().alias("_warn_action"),
+        _distinct_actions(warn).alias("_warn_action"),
+        (warn & refused).sum().cast(pl.Int64).alias("_warn_refused"),
+        tier.filter(warn).drop_nulls().unique(maintain_order=True).str.join("/").alias("_warn_tier"),
         unk.sum().cast(pl.Int64).alias("n_unknown_tool"),
         pl.col("detail").filter(unk).first().alias("_unk_detail"),
         (pl.col("value") / pl.col("limit")).filter(ret).max().alias("_ret_ratio"),
@@ -762,6 +815,35 @@ def _join_violations(f: pl.DataFrame, viol: pl.DataFrame | None, pol: Policy) ->
     return f, agg.select("run_id", *_VIOLATION_TEXTS)
 
 
+def _join_rejected(
+    f: pl.DataFrame, texts: pl.DataFrame, rejected: pl.DataFrame | None
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``n_rejected`` per run (0 without a rejected table) added to ``f``, and the reason
+    text ``_rej_detail`` ("2 steps rejected (bad_status, bad_value:approved)") to ``texts``."""
+    steps = rejected_steps(rejected)
+    if steps.height == 0:
+        return f.with_columns(pl.lit(0, dtype=pl.Int64).alias("n_rejected")), texts.with_columns(
+            pl.lit(None, dtype=pl.String).alias("_rej_detail")
+        )
+    per_run = steps.group_by("run_id").agg(
+        pl.len().cast(pl.Int64).alias("n_rejected"),
+        pl.col("reason").unique().sort().str.join(", ").alias("_rej_reasons"),
+    )
+    f = _with_lookup(f, per_run.select("run_id", "n_rejected"), "run_id").with_columns(pl.col("n_rejected").fill_null(0))
+    detail = per_run.select(
+        "run_id",
+        pl.format(
+            "{} {} rejected by the reader ({}): audited without {}; see rejected.parquet",
+            pl.col("n_rejected"),
+            pl.when(pl.col("n_rejected") == 1).then(pl.lit("step")).otherwise(pl.lit("steps")),
+            pl.col("_rej_reasons"),
+            pl.when(pl.col("n_rejected") == 1).then(pl.lit("it")).otherwise(pl.lit("them")),
+        ).alias("_rej_detail"),
+    )
+    texts = texts.join(detail, on="run_id", how="full", coalesce=True)
+    return f, texts
+
+
 def _components(pol: Policy) -> tuple[list[pl.Expr], list[pl.Expr]]:
     """Expressions for ``score_<component>`` (Float64 in [0, 1]) and ``_r_<component>`` (reason text).
 
@@ -775,18 +857,16 @@ def _components(pol: Policy) -> tuple[list[pl.Expr], list[pl.Expr]]:
         out.append(s.alias(f"score_{name}"))
         texts.append(reason.alias(f"_r_{name}"))
 
-    times = pl.when(pl.col("_n_crit") > 1).then(
-        pl.concat_str(pl.lit(" ("), pl.col("_n_crit").cast(pl.String), pl.lit(" calls)"))
-    ).otherwise(pl.lit(""))
     comp(
         "unapproved",
         pl.when(pl.col("_n_crit") > 0).then(1.0).otherwise(0.0),
-        pl.concat_str(pl.col("_crit_action").fill_null("a destructive action"), pl.lit(" without approval"), times),
+        _unapproved_reason("_crit_action", "_n_crit", "_crit_refused", "a destructive action"),
     )
+    warn_tier = pl.concat_str(pl.col("_warn_tier").replace("", None).fill_null("write"), pl.lit(" tier"))
     comp(
         "unapproved_write",
         pl.when(pl.col("_n_warn") > 0).then(0.6).otherwise(0.0),
-        pl.concat_str(pl.col("_warn_action").fill_null("a write action"), pl.lit(" without approval (write tier)")),
+        _unapproved_reason("_warn_action", "_n_warn", "_warn_refused", "a write action", warn_tier),
     )
     lim_steps, lim_rt, lim_tok, lim_cost = pol.max_steps, pol.max_runtime_s, pol.max_tokens, pol.max_cost_usd
     if lim_steps is not None:
@@ -798,7 +878,8 @@ def _components(pol: Policy) -> tuple[list[pl.Expr], list[pl.Expr]]:
     if lim_rt is not None:
         v = pl.col("runtime_s")
         comp("max_runtime", pl.when(v > lim_rt).then(_limit_s(v / lim_rt)),
-             pl.concat_str(pl.lit("runtime "), fmt_num(v, 0), pl.lit(f"s > limit {lim_rt:g}s")))
+             pl.concat_str(pl.lit("runtime "), fmt_past(fmt_num(v, 0), f"{lim_rt:g}", fmt_num(v, 6)),
+                           pl.lit(f"s > limit {lim_rt:g}s")))
     else:
         comp("max_runtime", pl.lit(0.0), pl.lit(None, dtype=pl.String))
     if lim_tok is not None:
@@ -809,12 +890,11 @@ def _components(pol: Policy) -> tuple[list[pl.Expr], list[pl.Expr]]:
         comp("max_tokens", pl.lit(0.0), pl.lit(None, dtype=pl.String))
     if lim_cost is not None:
         v = pl.col("cost_usd")
-        ceiling = f"${lim_cost:.4f}" if lim_cost < 0.01 else f"${lim_cost:,.2f}"
+        ceiling = _money(lim_cost)
         comp("max_cost", pl.when(v > lim_cost).then(_limit_s(v / lim_cost)),
              pl.concat_str(pl.lit("cost "),
                            # just over the ceiling: enough decimals to show the difference
-                           pl.when(v - lim_cost < 0.005).then(pl.concat_str(pl.lit("$"), fmt_num(v, 4)))
-                           .otherwise(fmt_money(v)),
+                           fmt_past(fmt_money(v), ceiling, pl.concat_str(pl.lit("$"), fmt_num(v, 6))),
                            pl.lit(f" > ceiling {ceiling}")))
     else:
         comp("max_cost", pl.lit(0.0), pl.lit(None, dtype=pl.String))
@@ -826,13 +906,15 @@ def _components(pol: Policy) -> tuple[list[pl.Expr], list[pl.Expr]]:
         ),
         pl.col("_unk_detail"),
     )
+    comp("rejected_steps", pl.when(pl.col("n_rejected") > 0).then(0.45), pl.col("_rej_detail"))
     thr = pol.min_confidence
     mc = pl.col("min_confidence")
     if thr > 0:
         comp(
             "low_confidence",
             pl.when(mc < thr).then(0.45 + 0.5 * (1.0 - mc / thr)),
-            pl.concat_str(pl.lit("lowest confidence "), fmt_num(mc, 2), pl.lit(f" < {thr:.2f}")),
+            pl.concat_str(pl.lit("lowest confidence "), fmt_past(fmt_num(mc, 2), f"{thr:.2f}", fmt_num(mc, 6)),
+                          pl.lit(f" < {thr:.2f}")),
         )
     else:
         comp("low_confidence", pl.lit(0.0), pl.lit(None, dtype=pl.String))

@@ -914,6 +914,7 @@ def audit_spark(
         load_every=load_every,
         by=by,
         progress=say,
+        rejected=stage.rejected,
     )
     timings["fleet_stage"] = round(time.perf_counter() - t0, 4)
     result.rejected = _audit.sort_frame(stage.rejected, ("source_file",))

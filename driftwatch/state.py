@@ -133,6 +133,11 @@ class SourceFile:
         return SourceFile(self.path, self.size, self.mtime_ns, file_hash(self.path))
 
 
+def _hive_parts(path: str) -> tuple[str, ...]:
+    """The ``key=value`` folders of a path: the values a hive layout gives its rows."""
+    return tuple(part for part in Path(path).parts[:-1] if "=" in part)
+
+
 def file_hash(path: str | os.PathLike[str]) -> str:
     """BLAKE2b-256 hex digest of a file's bytes (streamed, constant memory)."""
     with open(path, "rb") as fh:
@@ -485,10 +490,15 @@ class AuditState:
         """Split source files into (to audit, already audited).
 
         A file is already audited when its path is known with the same size and
-        mtime, or with the same content hash (touched but unchanged; its new
-        mtime is remembered at the next :meth:`record`).
+        mtime (as rsync decides: the bytes are not read again), or with the same
+        content hash (touched but unchanged; its new mtime is remembered at the
+        next :meth:`record`). A new path is already audited when its bytes are
+        those of an audited file in the same hive partition (``key=value``
+        folders): a file delivered twice under two names, or a log folder moved
+        or mounted elsewhere, is not audited (and alerted on) again.
         """
         known = {r["path"]: r for r in self.audited_files().iter_rows(named=True)}
+        copies = {(r["hash"], _hive_parts(r["path"])) for r in known.values() if r["hash"] is not None}
         todo: list[SourceFile] = []
         done: list[SourceFile] = []
         for f in files:
@@ -498,7 +508,8 @@ class AuditState:
                 # hashed now, before it is read: a file rewritten while the audit runs is then
                 # recorded with the bytes before, and read again next time (hashed after the
                 # audit, the new bytes were recorded as audited, and never were)
-                todo.append(sf.hashed())
+                h = sf.hashed()
+                (done if (h.hash, _hive_parts(h.path)) in copies else todo).append(h)
             elif prev["size"] == sf.size and prev["mtime_ns"] == sf.mtime_ns:
                 done.append(SourceFile(sf.path, sf.size, sf.mtime_ns, prev["hash"]))
             else:
@@ -513,7 +524,10 @@ class AuditState:
             return
         known = self.audited_files()
         prev = dict(zip(known["path"].to_list(), known["audit_id"].to_list(), strict=True))
-        self.upsert("files", _files_frame(changed, [prev.get(f.path, audit_id) for f in changed]))
+        # a copy under a new path: the audit that read the original
+        by_hash = dict(zip(known["hash"].to_list(), known["audit_id"].to_list(), strict=True))
+        ids = [prev.get(f.path, by_hash.get(f.hash, audit_id)) for f in changed]
+        self.upsert("files", _files_frame(changed, ids))
 
     def history(
         self, *, exclude_run_ids: pl.Series | None = None, since: datetime | None = None

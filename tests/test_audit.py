@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -1069,3 +1070,86 @@ def test_audit_of_a_frame_takes_column_map_and_checks_format(tmp_path: Path) -> 
     with pytest.raises(InvalidParameterError, match="format='otel' applies to files"):
         dw.audit(raw, format="otel")
 
+
+
+def test_a_log_without_costs_reports_unknown_spend_not_zero(
+    fleet: synth.Fleet, result: AuditResult, tmp_path: Path
+) -> None:
+    """No cost column (nor tokens or latency): per-run costs, the cost profile, the summary,
+    alerts and the page say "unknown", never $0; the levels are those of the full log minus the
+    cost rules, and nothing warns."""
+    bare = fleet.events.drop("cost_usd", "input_tokens", "output_tokens", "latency_ms")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = audit(bare)
+    assert res.runs["cost_usd"].is_null().all() and res.runs["tokens"].is_null().all()
+    assert res.loops.height and res.loops["wasted_cost_usd"].is_null().all()
+    assert res.costs.height and (res.costs["runs_with_cost"] == 0).all() and res.costs["total_cost_usd"].is_null().all()
+    assert not res.load.filter(pl.col("metric").is_in(["cost_per_run", "latency_p90"])).height
+    cost = res.summary()["cost"]
+    assert cost["total_usd"] is None and cost["runs_with_cost"] == 0 and cost["projected_daily_usd"] is None
+    assert all(a["cost_usd"] is None for a in res.alerts())
+    assert not any("$" in r for a in res.alerts() for r in a["reasons"])
+    res.write(tmp_path / "out")
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "no cost recorded" in page and "$0.000" not in page
+    # the runs that escalate without costs are those that escalate with them for other reasons
+    hot = res.runs.filter(pl.col("level") == "escalate")["run_id"]
+    assert hot.len() and hot.is_in(result.runs.filter(pl.col("level") != "ok")["run_id"].implode()).all()
+
+
+def test_runs_missing_rejected_steps_are_reviewed_and_their_destructive_calls_checked(tmp_path: Path) -> None:
+    """A step the reader rejects (an unreadable approval flag, an unknown status, a confidence
+    out of range) is not analysed: its run is at least review with a reason naming why, and a
+    destructive call among those steps is an unapproved_action breach (a probe found such runs
+    rated ok with the deletion unseen). Spans that wrap steps and re-delivered copies do not count."""
+    t0 = datetime(2026, 10, 1, tzinfo=UTC)
+    ev = pl.DataFrame({
+        "run_id": ["r1"] * 3 + ["r2"] * 3 + ["r3"] * 3 + ["ok"] * 3,
+        "step": [1, 2, 3] * 4,
+        "ts": [t0 + timedelta(seconds=i) for i in range(12)],
+        "action": ["llm", "delete_invoice", "llm"] * 3 + ["llm", "search", "llm"],
+        "approved": [None, "pending", None] + [None] * 3 + [None] * 3 + [None] * 3,
+        "status": ["ok"] * 3 + ["ok", "in_progress", "ok"] + ["ok"] * 3 + ["ok", "weird", "ok"],
+        "confidence": [None] * 7 + [1.2, None] + [None] * 3,
+    })
+    # a re-delivered copy of a valid row: rejected as duplicate_step, but nothing is missing
+    ev = pl.concat([ev, ev.filter(pl.col("run_id") == "r1", pl.col("step") == 1)])
+    ev.write_parquet(tmp_path / "ev.parquet")
+    res = audit(tmp_path / "ev.parquet")
+    assert res.rejected.height == 5
+    runs = {r["run_id"]: r for r in res.runs.iter_rows(named=True)}
+    assert {k: (r["n_steps"], r["n_rejected"], r["level"]) for k, r in runs.items()} == {
+        "r1": (2, 1, "escalate"), "r2": (2, 1, "escalate"), "r3": (2, 1, "escalate"), "ok": (2, 1, "review"),
+    }
+    assert runs["r1"]["reasons"] == [
+        "delete_invoice without approval",
+        "1 step rejected by the reader (bad_value:approved): audited without it; see rejected.parquet",
+    ]
+    assert runs["ok"]["reasons"] == [
+        "1 step rejected by the reader (bad_status): audited without it; see rejected.parquet"
+    ]
+    v = res.violations.filter(pl.col("rule") == "unapproved_action")
+    assert v.select("run_id", "step", "severity").rows() == [("r1", 2, "critical"), ("r2", 2, "critical"),
+                                                             ("r3", 2, "critical")]
+    assert v["detail"][1] == "delete_invoice (delete tier) without approval (step rejected: bad_status)"
+    # a frame gives the same (the reader checks it the same way)
+    assert audit(ev).runs.select("run_id", "n_rejected", "level").equals(res.runs.select("run_id", "n_rejected", "level"))
+    # strict thresholds cannot hide an incomplete run
+    strict = dw.Policy(review=0.9, escalate=0.95)
+    assert dict(audit(tmp_path / "ev.parquet", policy=strict).runs.select("run_id", "level").rows())["ok"] == "review"
+
+
+def test_alerts_jsonl_is_one_line_per_alert_for_any_reader(result: AuditResult, tmp_path: Path) -> None:
+    """U+2028/U+2029 in logged text are escaped: str.splitlines() (and JavaScript) would split
+    an alert in two on them (a probe found 10 alerts read as 18 lines)."""
+    from dataclasses import replace
+
+    odd = result.runs.with_columns(pl.lit("bill\u2028ing\u2029x").alias("agent"))
+    res = replace(result, runs=odd)
+    res.write(tmp_path / "out")
+    text = (tmp_path / "out" / "alerts.jsonl").read_text()
+    assert "\u2028" not in text and "\u2029" not in text
+    lines = text.splitlines()
+    assert len(lines) == len(res.alerts()) > 0
+    assert [json.loads(x)["agent"] for x in lines] == ["bill\u2028ing\u2029x"] * len(lines)

@@ -366,6 +366,16 @@ def test_unknown_tool_outside_allowed() -> None:
         ("FileNotFoundError", "file report.pdf does not exist", False),
         ("TimeoutError", "error: TimeoutError calling upstream service", False),
         ("HTTPError", "404 page not found", False),
+        ("ToolError", "Tool lookup_order does not exist", True),
+        ("NameError", "Function 'foo' is not defined", True),
+        (None, "'bar' is not a valid tool, try one of [search, read_page]", True),
+        (None, "Action 'format_disk' is not available", True),
+        # business errors of tools that exist (a probe found these flagged as unknown tools)
+        ("HTTPError", "Tool call failed: customer 42 not found", False),
+        ("HTTPError", "function get_user: record does not exist", False),
+        ("HTTPError", "The action is not available right now (rate limited)", False),
+        ("HTTPError", "the function returned no results; the action was not found in cache", False),
+        ("HTTPError", "tool is not available right now, retry later", False),
     ],
 )
 def test_unknown_tool_from_error_text(error_type: str | None, result: str | None, hit: bool) -> None:
@@ -527,15 +537,18 @@ def test_run_totals_from_features_give_the_same_breaches(fleet, violations: pl.D
 
 
 def test_cost_exactly_at_the_ceiling_from_features() -> None:
-    """A run whose rounded feature cost equals the ceiling but whose exact sum passes it is still
-    found (the totals are only a prefilter; the running sums decide)."""
-    costs = [0.1, 0.2]  # sums to 0.30000000000000004 in floating point
+    """$0.10 + $0.20 is 0.30000000000000004 in floating point, and $0.30 on the bill: at a $0.30
+    ceiling it is no breach, with or without features, and the score agrees; a cent over is one."""
+    costs = [0.1, 0.2]
     ev = run("r", ["llm"] * 2, cost_usd=costs)
     feats = dw.run_features(ev)
     assert feats["cost_usd"][0] == 0.3 and sum(costs) > 0.3
     pol = Policy(max_cost_usd=0.3)
     assert check_policy(ev, pol, features=feats).equals(check_policy(ev, pol))
-    assert rules(check_policy(ev, pol, features=feats)) == [("r", 2, "max_cost")]
+    assert check_policy(ev, pol).height == 0
+    assert dw.score_runs(ev, policy=pol)["score_max_cost"][0] == 0.0
+    over = run("r", ["llm"] * 2, cost_usd=[0.1, 0.21])
+    assert rules(check_policy(over, pol, features=dw.run_features(over))) == [("r", 2, "max_cost")]
 
 
 def test_features_must_be_run_features() -> None:
@@ -603,3 +616,31 @@ def test_notebook_values_and_windows_files_are_accepted(tmp_path: Path) -> None:
     ev = pl.DataFrame({"run_id": "r", "step": [1, 2], "action": "a", "cost_usd": 0.1,
                        "ts": [datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 1, 0, 1, tzinfo=UTC)]})
     assert dw.cost_profile(ev, volume_per_day=np.int64(1000))["volume_per_day"].max() == 1000
+
+
+def test_a_cost_exactly_at_the_ceiling_is_no_breach_in_any_order() -> None:
+    """$0.10 + $0.20 + $0.15 + $0.05 is $0.50 on paper and 0.5000000000000001 in one order of
+    float additions: the ceiling of $0.50 must not depend on the order (a probe found it did)."""
+    costs = [0.10, 0.20, 0.15, 0.05]
+    ev = pl.concat([run("x", ["llm"] * 4, cost_usd=costs), run("y", ["llm"] * 4, cost_usd=costs[::-1])])
+    for frame in (ev, ev.reverse(), ev.sample(fraction=1.0, shuffle=True, seed=3)):
+        assert check_policy(frame).height == 0
+        assert check_policy(frame, features=dw.run_features(frame)).height == 0
+    over = pl.concat([ev, run("z", ["llm"] * 2, cost_usd=[0.25, 0.25004])])
+    v = check_policy(over)
+    assert rules(v) == [("z", 2, "max_cost")] and v["detail"][0] == "cost $0.500040 > ceiling $0.50"
+
+
+def test_tier_globs_ignore_case_and_an_empty_list_means_the_built_in_words() -> None:
+    p = Policy.from_toml_text('[tools]\ndelete = ["delete_*"]\nwrite = []\n')
+    assert [p.tier_of(a) for a in ("delete_invoice", "Delete_Invoice", "DELETE_INVOICE", "purge_cache")] == [
+        "delete", "delete", "delete", None,  # globs given: only they count (case ignored)
+    ]
+    assert p.tier_of("send_email") == "write"  # no globs: the built-in words
+    empty = Policy.from_toml_text('[tools]\ndelete = []\nrequire_approval = ["delete"]\n')
+    ev = run("r", ["llm", "delete_invoice"], approved=[None, None])
+    assert rules(check_policy(ev, empty)) == [("r", 2, "unapproved_action")]
+    assert Policy.from_toml_text(empty.to_toml()) == empty
+    # allowed globs stay exact: a tool spelled differently is not the allowed one
+    strict = Policy(allowed=("search",))
+    assert rules(check_policy(run("r", ["Search"]), strict)) == [("r", 1, "unknown_tool")]

@@ -95,7 +95,8 @@ def test_every_unapproved_destructive_run_escalated(scored: pl.DataFrame) -> Non
     unap = scored.filter(pl.col("injected").list.contains("unapproved_destructive"))
     assert unap.height >= 5
     assert (unap["level"] == "escalate").all()
-    assert unap["reasons"].list.first().str.ends_with("without approval").all()
+    # "delete_ticket without approval", "... (approval refused)" when a person said no
+    assert unap["reasons"].list.first().str.contains(r"^delete_\w+ without approval( \(approval refused\))?$").all()
 
 
 def test_few_clean_runs_above_ok(scored: pl.DataFrame) -> None:
@@ -256,7 +257,7 @@ def test_unapproved_destructive_escalates_even_with_lenient_thresholds() -> None
                    how="diagonal_relaxed")
     out = score(ev, policy=Policy(review=0.98, escalate=0.99)).filter(pl.col("run_id") == "bad")
     assert out["level"][0] == "escalate" and out["score"][0] == 1.0
-    assert out["reasons"][0][0] == "delete_invoice without approval"
+    assert out["reasons"][0][0] == "delete_invoice without approval (approval refused)"
 
 
 def test_cost_ceiling_reason_and_order() -> None:
@@ -679,3 +680,43 @@ def test_fit_escalation_needs_enough_of_each_class_and_one_label_per_run() -> No
     numeric = pl.DataFrame({"run_id": [1, 2], "label": [True, False]})
     with pytest.raises(InvalidParameterError, match="have no label"):
         dw.fit_escalation(runs, numeric)
+
+
+def test_reasons_never_read_as_the_limit_they_exceed() -> None:
+    """Just over a limit, the reason shows enough decimals (as check_policy does): never
+    'lowest confidence 0.30 < 0.30', 'runtime 300s > limit 300s' or 'cost $0.50 > ceiling $0.50'."""
+    t0 = datetime(2026, 10, 1, tzinfo=UTC)
+    ev = pl.DataFrame({
+        "run_id": ["conf", "conf", "rt", "rt", "cost", "cost"], "step": [1, 2, 1, 2, 1, 2],
+        "ts": [t0, t0 + timedelta(seconds=1), t0, t0 + timedelta(seconds=300.4), t0, t0 + timedelta(seconds=1)],
+        "action": ["llm"] * 6, "confidence": [0.299, 0.9, None, None, None, None],
+        "cost_usd": [None, None, None, None, 0.25, 0.25004],
+    })
+    reasons = dict(score_runs(ev).select("run_id", pl.col("reasons").list.first()).rows())
+    assert reasons == {
+        "conf": "lowest confidence 0.299000 < 0.30",
+        "rt": "runtime 300.400000s > limit 300s",
+        "cost": "cost $0.500040 > ceiling $0.50",
+    }
+    details = dict(check_policy(ev).select("run_id", "detail").rows())
+    assert details["cost"] == reasons["cost"] and details["rt"] == reasons["rt"]
+
+
+def test_unapproved_reasons_name_every_tool_its_tier_and_refusals() -> None:
+    """Two destructive tools in one run are both named, a call a person refused says so, and a
+    read-tier breach says 'read tier' (a probe found one tool named, no refusal, 'write tier')."""
+    ev = pl.DataFrame({
+        "run_id": ["del"] * 3 + ["rd"] * 2 + ["one"] * 2 + ["many"] * 4,
+        "step": [1, 2, 3, 1, 2, 1, 2, 1, 2, 3, 4],
+        "action": ["delete_invoice", "drop_table", "llm", "llm", "get_customer", "llm", "delete_x",
+                   "delete_a", "delete_b", "delete_c", "delete_d"],
+        "approved": [None, False, None, None, None, None, False, None, None, None, None],
+    })
+    pol = Policy(require_approval=("delete", "read"))
+    reasons = dict(score_runs(ev, policy=pol).select("run_id", pl.col("reasons").list.first()).rows())
+    assert reasons == {
+        "del": "delete_invoice, drop_table without approval (2 calls, 1 refused)",
+        "rd": "get_customer without approval (read tier)",
+        "one": "delete_x without approval (approval refused)",
+        "many": "delete_a, delete_b, delete_c, … without approval (4 calls)",
+    }

@@ -149,6 +149,33 @@ def test_a_file_rewritten_during_the_audit_is_read_again(state: AuditState, tmp_
     assert [Path(f.path).name for f in todo2] == ["a.parquet"] and done2 == []
 
 
+def test_copies_of_audited_files_under_new_paths_are_not_audited_again(state: AuditState, tmp_path: Path) -> None:
+    """A file re-delivered under another name, or a log folder moved elsewhere, holds bytes
+    that were audited: not audited (and alerted on) again. The same bytes in another hive
+    partition are other rows (the partition value is a column) and are audited."""
+    day = tmp_path / "logs" / "date=2026-10-01"
+    day.mkdir(parents=True)
+    (day / "part-0.parquet").write_bytes(b"day one")
+    todo, _ = state.plan([day / "part-0.parquet"])
+    state.record(audit={"audit_id": "night1"}, per_run={}, fleet={}, run_ids=pl.Series([], dtype=pl.String),
+                 files=todo)
+    (day / "part-0-resend.parquet").write_bytes(b"day one")
+    moved = tmp_path / "mnt" / "date=2026-10-01"
+    moved.mkdir(parents=True)
+    (moved / "part-0.parquet").write_bytes(b"day one")
+    other = tmp_path / "logs" / "date=2026-10-02"
+    other.mkdir()
+    (other / "part-0.parquet").write_bytes(b"day one")  # same bytes, another partition
+    todo, done = state.plan([day / "part-0-resend.parquet", moved / "part-0.parquet", other / "part-0.parquet"])
+    assert [f.path for f in todo] == [str(other / "part-0.parquet")]
+    assert sorted(f.path for f in done) == sorted([str(day / "part-0-resend.parquet"), str(moved / "part-0.parquet")])
+    state.touch(done)  # remembered under the new paths, as read by the audit of the original
+    files = state.audited_files()
+    assert dict(zip(files["path"], files["audit_id"], strict=True))[str(moved / "part-0.parquet")] == "night1"
+    todo2, done2 = state.plan([moved / "part-0.parquet"])
+    assert todo2 == [] and len(done2) == 1
+
+
 def test_history_excludes_current_runs_and_old_runs(state: AuditState) -> None:
     feats = pl.concat([features(["old"], day=0), features(["mid"], day=10), features(["cur"], day=20)])
     counts = pl.DataFrame({"run_id": ["old", "mid", "cur"], "action": ["x", "y", "z"], "n": [1, 2, 3]})
