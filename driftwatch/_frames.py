@@ -110,20 +110,32 @@ def _check_convertible(lf: pl.LazyFrame, schema: pl.Schema, name: str) -> None:
     for col in CANONICAL_SCHEMA:
         if col in schema:
             conv = convert_column(pl.col(col), col, schema[col], where=name)
-            if conv.bad is not None:
-                bad[col] = conv.bad.fill_null(False)
+            out = _RANGES[col][0](conv.value) if col in _RANGES else None
+            if conv.bad is not None or out is not None:
+                bad[col] = pl.any_horizontal(*(e.fill_null(False) for e in (conv.bad, out) if e is not None))
     if not bad:
         return
     counts = lf.select([e.sum().alias(c) for c, e in bad.items()]).collect().row(0, named=True)
     for col, n in counts.items():
         if n:
             example = lf.filter(bad[col]).select(pl.col(col).cast(pl.String, strict=False)).head(1).collect().item()
+            expected = _RANGES[col][1] if col in _RANGES else _EXPECTED.get(col, "a finite number")
             raise SchemaError(
-                f"{name}: column {col!r}: {n:,} value(s) cannot be read as {_EXPECTED.get(col, 'a finite number')} "
+                f"{name}: column {col!r}: {n:,} value(s) cannot be read as {expected} "
                 f"(for example {example!r}); fix them, or pass the frame to dw.audit / dw.validate, "
                 f"which reject such rows with a reason instead"
             )
 
+
+#: Values the reader rejects although they convert (``negative_*``, ``bad_confidence``): the
+#: test on the converted value, and what the column must hold.
+_RANGES: dict[str, tuple[Any, str]] = {
+    "input_tokens": (lambda v: v < 0, "a whole number >= 0"),
+    "output_tokens": (lambda v: v < 0, "a whole number >= 0"),
+    "cost_usd": (lambda v: v < 0, "a finite number >= 0"),
+    "latency_ms": (lambda v: v < 0, "a finite number >= 0"),
+    "confidence": (lambda v: (v < 0) | (v > 1), "a number in [0, 1]"),
+}
 
 #: What :func:`_check_convertible` says a canonical column must hold.
 _EXPECTED = {

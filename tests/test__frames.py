@@ -90,6 +90,13 @@ def test_status_spellings_mean_the_same_to_every_detector() -> None:
     ("cost_usd", [0.1, float("inf"), 0.2], "'inf'"),
     ("ts", ["2026-10-01T00:00:00Z", "yesterday", "2026-10-01T00:00:02Z"], "'yesterday'"),
     ("approved", ["yes", "maybe", "no"], "'maybe'"),
+    # values the reader rejects although they convert (a probe found -0.5 confidence escalated
+    # at score 1.0 and 87.0, a percent scale, read as confident)
+    ("confidence", [0.5, -0.5, 0.9], "in \\[0, 1\\].*'-0.5'"),
+    ("confidence", [0.5, 87.0, 0.9], "in \\[0, 1\\].*'87.0'"),
+    ("cost_usd", [0.1, -0.2, 0.3], ">= 0.*'-0.2'"),
+    ("input_tokens", [10, -1, 3], ">= 0.*'-1'"),
+    ("latency_ms", [10.0, -1.0, 3.0], ">= 0.*'-1.0'"),
 ])
 def test_values_that_cannot_be_converted_are_an_error(column: str, values: list[object], shown: str) -> None:
     """Unconvertible values used to become nulls silently (a run with text steps had no

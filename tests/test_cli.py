@@ -266,8 +266,18 @@ def test_incremental_audit_appends_only_new_runs(small_fleet_dir: Path, tmp_path
     code, out, err = run_cli("audit", logs, "--out", tmp_path / "r2", "--db", db)
     assert code == 0 and "no new data" in out, (out, err)
     assert (tmp_path / "r2" / "runs.parquet").read_bytes() == before
-    # re-auditing the same data (a copy of the folder: new paths) into the same history is idempotent
+    # the same data under new paths (a copy of the folder, or the folder moved): recognised by
+    # its bytes, not audited (and alerted on) again; the new paths are remembered
     shutil.copytree(logs, tmp_path / "logs2")
+    code, out, err = run_cli("audit", tmp_path / "logs2", "--out", tmp_path / "r3", "--db", db)
+    assert code == 0 and "no new data" in out and "11 file(s) already audited" in out, (out, err)
+    again = history_counts(db)
+    for table in ("runs", "distinct_runs", "loops", "violations", "features", "changepoints", "drift"):
+        assert again[table] == counts[table], table
+    assert again["audits"] == 2 and again["files"] == 22
+    # re-auditing the same runs from other bytes (a re-export) replaces them: still idempotent
+    for f in sorted((tmp_path / "logs2").rglob("*.parquet")):
+        pl.read_parquet(f).write_parquet(f, compression="lz4")
     assert run_cli("audit", tmp_path / "logs2", "--out", tmp_path / "r3", "--db", db, "--quiet")[0] == 0
     again = history_counts(db)
     for table in ("runs", "distinct_runs", "loops", "violations", "features", "changepoints", "drift"):
