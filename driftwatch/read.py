@@ -309,11 +309,14 @@ class _FileInfo:
     has_step: bool = True  # a step column (or a column mapped to step): decides whether steps are derived
     nbytes: int = 0  # uncompressed size of the data (row groups' total_byte_size)
     index: int = 0  # position in the read (stats.paths)
+    mapped: tuple[str, ...] = ()  # the column_map sources this file has
 
     @property
-    def key(self) -> tuple[str, tuple[str, ...], bool]:
-        """Files can share a scan only with the same format, hive keys and step presence."""
-        return (self.format, self.hive, self.has_step)
+    def key(self) -> tuple[str, tuple[str, ...], bool, tuple[str, ...]]:
+        """Files can share a scan only with the same format, hive keys, step presence and
+        column_map sources: in a merged scan a source column missing from a file reads as null
+        there, and would replace that file's own target column."""
+        return (self.format, self.hive, self.has_step, self.mapped)
 
 
 def _hive_keys(path: str) -> tuple[str, ...]:
@@ -419,7 +422,7 @@ def _merge_dtype(a: pl.DataType, b: pl.DataType) -> pl.DataType:
 
 @dataclass
 class _Group:
-    key: tuple[str, tuple[str, ...], bool]
+    key: tuple[str, tuple[str, ...], bool, tuple[str, ...]]
     files: list[_FileInfo]
     classes: dict[str, str]
     schema: dict[str, pl.DataType]
@@ -756,7 +759,10 @@ def _assign_formats(infos: list[_FileInfo], fmt: str, cmap: dict[str, str]) -> l
             raise SchemaError(f"{info.path}: cannot tell the log format: {format_hint(cols)}")
         step_sources = ["step", *[src for src, dst in cmap.items() if dst == "step"]]
         has_step = any(c in info.schema or c in info.hive for c in step_sources)
-        out.append(_FileInfo(info.path, info.schema, info.rows, info.hive, found, has_step, info.nbytes, index))
+        present = set(_columns(info, cmap)) if cmap else set()
+        mapped = tuple(src for src in cmap if src in present)  # per file: a missing source leaves the file as it is
+        out.append(_FileInfo(info.path, info.schema, info.rows, info.hive, found, has_step, info.nbytes, index,
+                             mapped))
     return out
 
 
@@ -1109,7 +1115,9 @@ def read_logs(
         Which engine scans the Parquet files (both give identical frames).
     column_map : dict, optional
         ``{"source column": "canonical column"}``: renames for canonical input, overrides for
-        span formats (e.g. ``{"attributes.session.id": "run_id"}``).
+        span formats (e.g. ``{"attributes.session.id": "run_id"}``). Applied per file: a file
+        with the source column reads it as the canonical column (even when it also has that
+        column), a file without it keeps its own canonical column (or the adapter's choice).
     since, until : datetime, date or ISO-8601 str, optional
         Keep steps with ``since <= ts < until`` (naive values are UTC). Pushed down to the scan
         where the raw time column allows (Parquet timestamps, OTel epoch nanoseconds); rows

@@ -6,6 +6,7 @@ import json
 import math
 import shutil
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -843,6 +844,61 @@ def test_column_map_that_moves_a_required_column_away_says_so(tmp_path: Path) ->
     with pytest.raises(SchemaError) as err:
         read_logs(p, format="otel")
     assert "__dw_" not in str(err.value) and "found ['run_id', 'step', 'ts', 'action']" in str(err.value)
+
+
+def test_column_map_source_missing_from_some_files_leaves_them_as_they_are(
+    tmp_path: Path, run_cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    """A file without the mapped source keeps its own target column: the files' union scan read the
+    source as null there and nulled the target (cost_usd of old files, run_id: null_run_id)."""
+    t = datetime(2026, 10, 1, tzinfo=UTC)
+
+    def frame(run_col: str, run: str, **extra: object) -> pl.DataFrame:
+        return pl.DataFrame({run_col: [run] * 2, "step": [1, 2], "ts": [t] * 2, "action": ["llm", "search"], **extra})
+
+    _write(frame("run_id", "old", cost_usd=[0.9, 0.9]), tmp_path / "a_old.parquet")
+    _write(frame("run_id", "new", cost=[0.2, 0.2]), tmp_path / "b_new.parquet")
+    a, b = _both(tmp_path, column_map={"cost": "cost_usd"})
+    ev = _assert_same(a, b)
+    assert ev.sort("run_id", "step").select("run_id", "cost_usd").rows() == [
+        ("new", 0.2), ("new", 0.2), ("old", 0.9), ("old", 0.9)]
+    _write(frame("session", "s"), tmp_path / "c_sess.parquet")
+    cmap = {"session": "run_id", "cost": "cost_usd"}
+    a, b = _both(tmp_path, column_map=cmap)
+    ev = _assert_same(a, b)
+    assert (a.stats.rows_in, a.stats.rows_valid, a.stats.reasons) == (6, 6, {})
+    assert ev.sort("run_id", "step").select("run_id", "cost_usd").rows() == [
+        ("new", 0.2), ("new", 0.2), ("old", 0.9), ("old", 0.9), ("s", None), ("s", None)]
+    # a file with both the source and the target: the map wins (its own cost_usd is not read)
+    _write(frame("session", "both", cost=[0.5, None], cost_usd=[7.0, 7.0]), tmp_path / "d_both.parquet")
+    a, b = _both(tmp_path, column_map=cmap)
+    ev = _assert_same(a, b)
+    assert ev.filter(pl.col("run_id") == "both").sort("step")["cost_usd"].to_list() == [0.5, None]
+    assert ev.filter(pl.col("run_id") == "old")["cost_usd"].to_list() == [0.9, 0.9]
+    # the CLI's --map is the same column_map
+    code, out, err = run_cli("validate", tmp_path, "--strict", "--map", "session=run_id", "--map", "cost=cost_usd")
+    assert code == 0, (out, err)
+
+
+def test_column_map_source_missing_from_some_span_files(tmp_path: Path) -> None:
+    """An adapter override applies to the files that have the source; the others keep the adapter's choice."""
+    t = datetime(2026, 10, 1, tzinfo=UTC)
+
+    def spans(trace: str, **extra: object) -> pl.DataFrame:
+        return pl.DataFrame({
+            "context.trace_id": [trace] * 2, "context.span_id": [trace + "a", trace + "b"], "parent_id": [None, None],
+            "name": ["ChatOpenAI", "search"], "span_kind": ["LLM", "TOOL"],
+            "start_time": [t, t + timedelta(seconds=1)], "end_time": [t + timedelta(seconds=1), t + timedelta(seconds=2)],
+            "status_code": ["OK", "OK"], **extra,
+        })
+
+    _write(spans("T1", **{"attributes.session.id": ["S", "S"]}), tmp_path / "a.parquet")
+    _write(spans("T2"), tmp_path / "b.parquet")
+    a, b = _both(tmp_path, column_map={"attributes.session.id": "run_id"})
+    ev = _assert_same(a, b)
+    assert a.stats.reasons == {}
+    assert ev.sort("run_id", "step").select("run_id", "step", "action").rows() == [
+        ("S", 1, "llm"), ("S", 2, "search"), ("T2", 1, "llm"), ("T2", 2, "search")]
 
 
 @pytest.mark.parametrize("engine", ["polars", "duckdb"])
