@@ -24,6 +24,7 @@ from driftwatch.errors import (
     InputError,
     InvalidParameterError,
     NoInputError,
+    NothingToAudit,
     PolicyError,
     SchemaError,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "InputError",
     "InvalidParameterError",
     "NoInputError",
+    "NothingToAudit",
     "PolicyError",
     "SchemaError",
     "__version__",

@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 
 from driftwatch.errors import InvalidParameterError, SchemaError
-from driftwatch.schema import CANONICAL_SCHEMA, conform, convert_column
+from driftwatch.schema import CANONICAL_SCHEMA, STATUS_SPELLINGS, conform, convert_column
 
 FrameLike = pl.DataFrame | pl.LazyFrame
 
@@ -55,7 +55,7 @@ def as_lazy(events: Any, *, name: str = "events", checked: bool = False) -> pl.L
     ``ok`` / ``error`` as the reader maps them. Missing required columns raise
     :class:`SchemaError`, and so do values that cannot be converted (``step`` ``"abc"``
     or ``1.5``, ``cost_usd`` ``"x"`` or infinite): the detectors analyse the rows they
-    are given, while :func:`driftwatch.audit` and :func:`driftwatch.validate` reject
+    are given, while :func:`driftwatch.audit` (and :func:`driftwatch.read_logs` on files) reject
     such rows with a reason. Rows are not checked further (null ids, duplicated steps):
     that is the reader's job. ``checked=True`` (events from the reader, or a frame passed to
     :func:`mark_checked`) skips the value checks and the status mapping; a ``ReadResult`` is
@@ -113,6 +113,11 @@ def _check_convertible(lf: pl.LazyFrame, schema: pl.Schema, name: str) -> None:
             out = _RANGES[col][0](conv.value) if col in _RANGES else None
             if conv.bad is not None or out is not None:
                 bad[col] = pl.any_horizontal(*(e.fill_null(False) for e in (conv.bad, out) if e is not None))
+    if "status" in schema and (schema["status"] == pl.String or isinstance(schema["status"], pl.Categorical | pl.Enum)):
+        # a spelling the reader does not know ("error ", "weird") is its bad_status: here it
+        # would read as success (a retry storm of failures seen as exact repeats)
+        raw = pl.col("status").cast(pl.String)
+        bad["status"] = ~(raw.is_in(list(STATUS_SPELLINGS)) | raw.is_null() | (raw == "")).fill_null(True)
     if not bad:
         return
     counts = lf.select([e.sum().alias(c) for c, e in bad.items()]).collect().row(0, named=True)
@@ -122,8 +127,8 @@ def _check_convertible(lf: pl.LazyFrame, schema: pl.Schema, name: str) -> None:
             expected = _RANGES[col][1] if col in _RANGES else _EXPECTED.get(col, "a finite number")
             raise SchemaError(
                 f"{name}: column {col!r}: {n:,} value(s) cannot be read as {expected} "
-                f"(for example {example!r}); fix them, or pass the frame to dw.audit / dw.validate, "
-                f"which reject such rows with a reason instead"
+                f"(for example {example!r}); fix them, or pass the frame to dw.audit, "
+                f"which rejects such rows with a reason instead"
             )
 
 
@@ -147,6 +152,7 @@ _EXPECTED = {
     "latency_ms": "a finite number",
     "confidence": "a finite number",
     "approved": "a boolean (true/false, yes/no, 0/1)",
+    "status": "ok or error (a spelling the reader knows: ok, success, failed, ERROR, ...; no padding)",
 }
 
 

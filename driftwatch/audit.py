@@ -24,6 +24,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import math
+import numbers
 import os
 import platform
 import shutil
@@ -49,6 +50,7 @@ from driftwatch.errors import (
     EmptyInputError,
     InvalidParameterError,
     NoInputError,
+    NothingToAudit,
     SchemaError,
 )
 from driftwatch.schema import CANONICAL_SCHEMA
@@ -128,10 +130,6 @@ _MAX_EXAMPLE_TEXT = 160
 _WINDOW_MARGIN = timedelta(days=1)
 
 Progress = Callable[[str], None]
-
-
-class NothingToAudit(NoInputError):
-    """Incremental mode: every source file was audited before (the CLI exits 0)."""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -1595,6 +1593,7 @@ WINDOW_WITH_STATE = (
     "the state records whole files as audited, so the rows outside the window would never be audited; "
     "run the windowed audit without the state, or let the state pick the new files"
 )
+SPARK_WITH_STATE = "incremental audits (state=, --state/--db) run on the polars or duckdb engine, not on spark"
 
 
 def _map_frame(frame: pl.DataFrame | pl.LazyFrame, *, format: str, column_map: Mapping[str, str] | None) -> Any:
@@ -1855,9 +1854,12 @@ def audit(
     by : sequence of str, default=("agent",)
         Series columns for change-points, drift, costs and load.
     state : AuditState, path or None, default=None
-        Incremental mode: a DuckDB state file (or open :class:`~driftwatch.state.AuditState`).
+        Incremental mode: a DuckDB state file, a folder holding ``audit.duckdb`` (the
+        CLI's ``--state DIR``), or an open :class:`~driftwatch.state.AuditState`.
         Only source files not audited before are read; results are appended to the
         history tables; change-points and drift see the last ``history_days`` of history.
+        When nothing is new, :class:`driftwatch.NothingToAudit` is raised (a
+        :class:`~driftwatch.NoInputError`; the CLI prints ``no new data`` and exits 0).
     history_days : float, default=90
         How much history the fleet stage loads in incremental mode.
     history_max_runs : int or None, default=3_000_000
@@ -1887,6 +1889,10 @@ def audit(
         isinstance(history_max_runs, bool) or not isinstance(history_max_runs, int) or history_max_runs < 1
     ):
         raise InvalidParameterError(f"history_max_runs must be a positive integer or None, got {history_max_runs!r}")
+    if isinstance(history_days, bool) or not isinstance(history_days, numbers.Real) or not (
+        math.isfinite(history_days) and history_days > 0
+    ):
+        raise InvalidParameterError(f"history_days must be a positive number of days, got {history_days!r}")
     from driftwatch import policy as policy_mod
 
     pol = policy_mod._as_policy(policy)
@@ -1913,9 +1919,7 @@ def audit(
         raise InvalidParameterError(WINDOW_WITH_STATE)
     if engine == "spark":
         if state is not None:
-            raise InvalidParameterError(
-                "incremental audits (state=, --state/--db) run on the polars or duckdb engine, not on spark"
-            )
+            raise InvalidParameterError(SPARK_WITH_STATE)
         try:
             from driftwatch.spark import audit_spark
         except ImportError as exc:
@@ -1941,13 +1945,17 @@ def audit(
     skipped: list[SourceFile] = []
     source = source_or_events
     if state is not None:
+        from driftwatch.state import DB_NAME
         from driftwatch.state import AuditState as _State
 
         if _is_frame(source_or_events):
             raise InvalidParameterError(
                 "state= (incremental audits) needs file sources (paths), not in-memory frames"
             )
-        st = state if isinstance(state, _State) else _State(state)
+        if isinstance(state, _State):
+            st = state
+        else:  # a state folder (as the CLI's --state DIR) holds the database file
+            st = _State(Path(state) / DB_NAME if Path(state).is_dir() else state)
         own_state = not isinstance(state, _State)
     try:
         if st is not None:

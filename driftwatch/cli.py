@@ -77,8 +77,9 @@ def _build_parser() -> _Parser:
     a.add_argument("--engine", choices=ENGINES, default="polars", help="reader/compute engine (default: polars)")
     a.add_argument("--since", metavar="TIME", help="audit runs starting at or after this time (ISO-8601, UTC)")
     a.add_argument("--until", metavar="TIME", help="audit runs starting before this time (ISO-8601, UTC)")
-    a.add_argument("--reference", metavar="START..END|PATH",
-                   help="drift reference: a time range or reference logs (default: the first week)")
+    a.add_argument("--reference", metavar="START..END|PATH|GLOB",
+                   help="drift reference: a time range or reference logs "
+                        "(default: the first --drift-every of the data)")
     a.add_argument("--fail-on", choices=("review", "escalate"),
                    help="exit 1 when a run reaches this level (for CI and cron alerts)")
     a.add_argument("--quiet", "-q", action="store_true", help="no progress and no closing summary")
@@ -231,11 +232,13 @@ def _one(sources: Sequence[str]) -> str | list[str]:
 
 def _check_state_args(args: argparse.Namespace) -> None:
     """Options that cannot go with --state/--db, refused before the database file is made."""
-    from driftwatch.audit import WINDOW_WITH_STATE
+    from driftwatch.audit import SPARK_WITH_STATE, WINDOW_WITH_STATE
     from driftwatch.errors import InvalidParameterError
 
     if args.since or args.until:
         raise InvalidParameterError(WINDOW_WITH_STATE)
+    if args.engine == "spark":
+        raise InvalidParameterError(SPARK_WITH_STATE)
     db = Path(args.db if args.db else Path(args.state) / "audit.duckdb").absolute()
     results = Path(args.out).absolute()
     if db == results or results in db.parents:

@@ -6,6 +6,7 @@ subclass of :class:`DriftwatchError`, so callers and the CLI catch one root::
     DriftwatchError
     ├── InputError            input cannot be read at all (path, file, format)
     │   ├── NoInputError      a path or glob that matches nothing / an empty input
+    │   │   └── NothingToAudit  incremental mode: every source file was audited before
     │   └── CorruptFileError  a file that is not readable Parquet
     ├── SchemaError           a required column is missing or has an unusable type
     ├── PolicyError           a policy file with unknown keys or wrong types
@@ -33,6 +34,11 @@ class EmptyInputError(NoInputError):
     """Every file of the input holds zero rows (an incremental audit skips such files)."""
 
 
+class NothingToAudit(NoInputError):
+    """Incremental mode: every source file was audited before, or the new ones hold no rows
+    (the CLI prints ``no new data since the last audit`` and exits 0)."""
+
+
 class CorruptFileError(InputError):
     """A file is not readable Parquet (truncated, corrupt, or another format)."""
 
@@ -55,6 +61,7 @@ __all__ = [
     "InputError",
     "InvalidParameterError",
     "NoInputError",
+    "NothingToAudit",
     "PolicyError",
     "SchemaError",
 ]

@@ -97,6 +97,9 @@ def test_status_spellings_mean_the_same_to_every_detector() -> None:
     ("cost_usd", [0.1, -0.2, 0.3], ">= 0.*'-0.2'"),
     ("input_tokens", [10, -1, 3], ">= 0.*'-1'"),
     ("latency_ms", [10.0, -1.0, 3.0], ">= 0.*'-1.0'"),
+    # a status spelling the reader rejects (bad_status) read as success before
+    ("status", ["error", "error ", "ok"], "ok or error.*'error '"),
+    ("status", ["ok", "weird", "failed"], "ok or error.*'weird'"),
 ])
 def test_values_that_cannot_be_converted_are_an_error(column: str, values: list[object], shown: str) -> None:
     """Unconvertible values used to become nulls silently (a run with text steps had no
@@ -110,7 +113,7 @@ def test_values_that_cannot_be_converted_are_an_error(column: str, values: list[
     for call in (dw.detect_loops, lambda e: dw.check_policy(e, dw.Policy()), dw.score_runs):
         for given in (ev, ev.lazy()):
             with pytest.raises(SchemaError, match=rf"column '{column}': 1 value\(s\) cannot be read as .*{shown}.*"
-                                                  r"dw.audit / dw.validate"):
+                                                  r"dw.audit, which rejects"):
                 call(given)
     # NaN is a missing value, not a bad one
     nan = pl.DataFrame({"run_id": "r", "step": [1, 2, 3], "action": "a", "cost_usd": [0.1, float("nan"), 0.2]})

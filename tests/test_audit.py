@@ -1153,3 +1153,20 @@ def test_alerts_jsonl_is_one_line_per_alert_for_any_reader(result: AuditResult, 
     lines = text.splitlines()
     assert len(lines) == len(res.alerts()) > 0
     assert [json.loads(x)["agent"] for x in lines] == ["bill\u2028ing\u2029x"] * len(lines)
+
+
+def test_incremental_audit_in_python_takes_the_clis_state_folder(tmp_path: Path) -> None:
+    """state= takes the CLI's --state folder as well as a file; nothing new raises the exported
+    dw.NothingToAudit (a NoInputError); history_days is checked like every option."""
+    synth.write_fleet(tmp_path / "f", days=2, runs_per_day=20, seed=1)
+    folder = tmp_path / "state"
+    folder.mkdir()
+    assert audit(tmp_path / "f" / "events", state=folder).runs.height > 0
+    assert (folder / "audit.duckdb").is_file()
+    with pytest.raises(dw.NothingToAudit, match="no new data since the last audit"):
+        audit(tmp_path / "f" / "events", state=folder / "audit.duckdb")
+    assert issubclass(dw.NothingToAudit, NoInputError)
+    for bad in (float("nan"), "x", -1, 0, True):
+        with pytest.raises(InvalidParameterError, match="history_days must be a positive number of days"):
+            audit(tmp_path / "f" / "events", state=tmp_path / "other.duckdb", history_days=bad)
+    assert not (tmp_path / "other.duckdb").exists()  # checked before the state was made

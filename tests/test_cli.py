@@ -338,6 +338,11 @@ def test_incremental_audit_refuses_a_time_window(small_fleet_dir: Path, tmp_path
     # refused X for holding a file driftwatch did not write)
     code, out, err = run_cli("audit", small_fleet_dir / "events", "--out", tmp_path / "x", "--state", tmp_path / "x")
     assert code == 2 and "cannot be inside the results folder" in err and not (tmp_path / "x").exists(), err
+    # the spark engine keeps no state: refused before the state database was made (a probe found
+    # st/audit.duckdb created, then the refusal)
+    code, out, err = run_cli("audit", small_fleet_dir / "events", "--out", tmp_path / "r", "--state", tmp_path / "st",
+                             "--engine", "spark")
+    assert code == 2 and "not on spark" in err and not (tmp_path / "st").exists(), err
     code, out, err = run_cli("audit", small_fleet_dir / "events", "--out", tmp_path / "y",
                              "--db", tmp_path / "y" / "s.duckdb")
     assert code == 2 and "cannot be inside the results folder" in err and not (tmp_path / "y").exists(), err
