@@ -1303,15 +1303,19 @@ def load_results(folder: str | os.PathLike[str]) -> Any:
             missing = [c for c in need or () if c not in frame.columns]
             if missing:
                 raise CorruptFileError(f"{p}: lacks column(s) {missing} of an audit's {fname}; rerun the audit")
-        elif need is not None:
+        elif fname not in _OPTIONAL_FILES:
             # a page that says "no policy breach" beside a summary of 49 would be wrong, not empty
             raise CorruptFileError(f"{p}: missing from the results folder; rerun the audit to rewrite it")
         setattr(res, fname.removesuffix(".parquet"), frame)
     return res
 
 
-#: Results files every audit writes (a folder without one is incomplete) and the columns the
-#: page reads from them; the others are optional (folders of older versions lack them).
+#: Results files a folder may lack (folders of earlier versions): they add the example
+#: timelines and the change-point charts, and the page says nothing about findings without them.
+#: Without any other file a section would read "nothing found": the folder is incomplete.
+_OPTIONAL_FILES = frozenset({"examples.parquet", "metrics.parquet"})
+
+#: Columns the page reads from each results file.
 _NEEDED_COLUMNS: dict[str, tuple[str, ...]] = {
     "runs.parquet": ("run_id", "agent", "score", "level", "reasons"),
     "loops.parquet": ("run_id", "kind", "pattern", "repeats", "wasted_steps", "wasted_cost_usd"),
@@ -1319,6 +1323,8 @@ _NEEDED_COLUMNS: dict[str, tuple[str, ...]] = {
     "changepoints.parquet": ("series", "metric", "ts"),
     "drift.parquet": ("series", "feature", "drifted"),
     "rejected.parquet": ("reason",),
+    "costs.parquet": ("series",),
+    "load.parquet": ("series", "metric", "knee"),
 }
 
 

@@ -229,6 +229,10 @@ def test_rebuild_refuses_incomplete_or_foreign_results(tmp_path: Path) -> None:
     cases = {
         "no_violations": (lambda d: (d / "violations.parquet").unlink(), r"violations.parquet: missing from"),
         "no_runs": (lambda d: (d / "runs.parquet").unlink(), r"runs.parquet: missing from"),
+        # every file an audit writes (a probe found "no load rows" drawn without load.parquet)
+        "no_load": (lambda d: (d / "load.parquet").unlink(), r"load.parquet: missing from"),
+        "no_delegation": (lambda d: (d / "delegation.parquet").unlink(), r"delegation.parquet: missing from"),
+        "no_costs": (lambda d: (d / "costs.parquet").unlink(), r"costs.parquet: missing from"),
         "summary_list": (lambda d: (d / "summary.json").write_text("[]"), "not an audit summary"),
         "levels_null": (lambda d: (d / "summary.json").write_text(json.dumps({"levels": None})), "not an audit summary"),
         "runs_cut": (lambda d: pl.read_parquet(d / "runs.parquet").select("run_id", "level")
