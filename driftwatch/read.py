@@ -25,7 +25,7 @@ True
 
 from __future__ import annotations
 
-import glob as _glob
+import fnmatch as _fnmatch
 import os
 import time
 from collections import Counter
@@ -201,26 +201,90 @@ def _is_parquet_name(name: str) -> bool:
     return name.lower().endswith(PARQUET_SUFFIXES) and not name.startswith((".", "_"))
 
 
-def _walk(folder: str) -> list[str]:
-    """Parquet files under ``folder``, in sorted order. Symbolic links to folders are followed
-    (partitions linked in from elsewhere), each real folder once, so a link cycle ends."""
-    out: list[str] = []
+def _real_dirs(folder: str, skip: Callable[[str], bool]) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk(folder)`` (top-down, sorted) following symbolic links to folders, each real
+    folder once, under its first name in sorted order, so a link cycle ends. Folders whose name
+    ``skip`` accepts are not entered; the caller may empty ``dirs`` to prune, as with os.walk."""
     seen = {os.path.realpath(folder)}
     for root, dirs, files in os.walk(folder, followlinks=True):
         keep = []
         for d in sorted(dirs):
-            if d.startswith((".", "_")):
+            if skip(d):
                 continue
             real = os.path.realpath(os.path.join(root, d))
             if real not in seen:
                 seen.add(real)
                 keep.append(d)
         dirs[:] = keep
+        yield root, dirs, files
+
+
+def _walk(folder: str) -> list[str]:
+    """Parquet files under ``folder``, in sorted order. Symbolic links to folders are followed
+    (partitions linked in from elsewhere), each real folder once, so a link cycle ends."""
+    out: list[str] = []
+    for root, dirs, files in _real_dirs(folder, lambda d: d.startswith((".", "_"))):
         if root != folder and RESULTS_MARKER in files:
             dirs[:] = []  # an audit's results folder inside the logs (--out logs/report): not logs
             continue
         out.extend(os.path.join(root, f) for f in sorted(files) if _is_parquet_name(f))
     return out
+
+
+def _has_magic(part: str) -> bool:
+    return any(ch in part for ch in _GLOB_CHARS)
+
+
+def _glob(pattern: str) -> list[str]:
+    """``glob.glob(pattern, recursive=True)``, sorted, but ``**`` visits each real folder once
+    (:func:`_real_dirs`): Python's glob follows symbolic links to folders without remembering
+    them, so a link cycle repeats the files below it under ever longer names, or never ends.
+    As in glob, wildcards do not match names starting with ``.`` unless the pattern part does."""
+    parts = pattern.split(os.sep)
+    first = next(i for i, part in enumerate(parts) if _has_magic(part))
+    base = os.sep.join(parts[:first]) or (os.sep if pattern.startswith(os.sep) else "")
+    out: list[str] = []
+
+    def join(path: str, name: str) -> str:
+        return os.path.join(path, name) if path else name
+
+    def names(path: str, part: str) -> list[str]:
+        try:
+            entries = os.listdir(path or os.curdir)
+        except OSError:
+            return []
+        hidden = part.startswith(".")
+        return [n for n in entries if (hidden or not n.startswith(".")) and _fnmatch.fnmatch(n, part)]
+
+    def expand(path: str, rest: list[str]) -> None:
+        if not rest:
+            out.append(path)
+            return
+        part, tail = rest[0], rest[1:]
+        if part == "**":  # this folder and every folder below it, each real folder once
+            start = path or os.curdir
+            for root, _dirs, files in _real_dirs(start, lambda d: d.startswith(".")):
+                here = root if path else root[len(os.curdir) + 1:]  # (glob names "sub/x", not "./sub/x")
+                if tail:
+                    expand(here, tail)
+                    continue
+                # a last ``**`` matches folders and files; glob names the start folder "logs/"
+                if root != start or path:
+                    out.append(here if root != start else join(path, ""))
+                out.extend(join(here, f) for f in files if not f.startswith("."))
+        elif _has_magic(part):
+            for name in names(path, part):
+                if not tail or os.path.isdir(join(path, name)):
+                    expand(join(path, name), tail)
+        elif tail:
+            if os.path.isdir(join(path, part)):
+                expand(join(path, part), tail)
+        elif os.path.lexists(join(path, part)) or (not part and os.path.isdir(path)):
+            out.append(join(path, part))
+
+    if not base or os.path.isdir(base):
+        expand(base, parts[first:])
+    return sorted(dict.fromkeys(out))
 
 
 def resolve_sources(source: Any) -> list[str]:
@@ -231,7 +295,9 @@ def resolve_sources(source: Any) -> list[str]:
     them (marked by a ``.driftwatch`` file: ``--out logs/report``), and following symbolic links to
     folders (each real folder once, under its first name in sorted order: a link cycle
     ends); files named explicitly are taken whatever their
-    suffix. Order: each item in turn, sorted within a folder or glob; duplicates are read once.
+    suffix. Globs are expanded as by :func:`glob.glob` (``recursive=True``), except that ``**``
+    also visits each real folder once. Order: each item in turn, sorted within a folder or glob;
+    duplicates (the same real file under several names: links) are read once, under the first name.
 
     Raises
     ------
@@ -261,7 +327,7 @@ def resolve_sources(source: Any) -> list[str]:
     for item in items:
         s = os.path.expanduser(os.fspath(item))
         if any(ch in s for ch in _GLOB_CHARS) and not os.path.exists(s):
-            matches = sorted(_glob.glob(s, recursive=True))
+            matches = _glob(s)
             if not matches:
                 raise NoInputError(f"{s}: the pattern matches no file or folder")
             found: list[str] = []
@@ -291,11 +357,11 @@ def resolve_sources(source: Any) -> list[str]:
             raise NoInputError(f"{s}: no such file or folder")
     seen: set[str] = set()
     out: list[str] = []
-    for f in files:
-        a = os.path.abspath(f)
-        if a not in seen:
-            seen.add(a)
-            out.append(a)
+    for f in files:  # one real file is read once, under the first name it is listed by
+        real = os.path.realpath(f)
+        if real not in seen:
+            seen.add(real)
+            out.append(os.path.abspath(f))
     return out
 
 

@@ -251,6 +251,71 @@ def test_symlinked_partition_folders_are_read_once(tmp_path: Path) -> None:
     assert res.stats.files == 2 and res.stats.rows_valid == 5
 
 
+def test_a_glob_through_a_link_cycle_reads_each_file_once(tmp_path: Path) -> None:
+    """glob.glob follows links to folders without remembering them: one link back up read the file
+    41 times under ever longer names (80 duplicate_step rejections)."""
+    logs = tmp_path / "logs"
+    _write(_canon(2), logs / "sub" / "one.parquet")
+    (logs / "sub" / "loop").symlink_to("..", target_is_directory=True)
+    for source in (logs, str(logs / "**" / "*.parquet"), str(logs / "**"), str(logs / "*" / "*" / "*" / "*.parquet")):
+        res = read_logs(source)
+        assert (res.stats.files, res.stats.rows_in, res.stats.rows_valid, res.stats.reasons) == (1, 2, 2, {}), source
+    assert resolve_sources(str(logs / "**" / "*.parquet")) == [str(logs / "sub" / "one.parquet")]
+
+
+def test_a_glob_through_two_link_cycles_ends(tmp_path: Path) -> None:
+    """Two links that lead into each other's cycles made glob.glob's ** run until memory ran out."""
+    import subprocess
+    import sys
+
+    _write(_canon(2), tmp_path / "h" / "a" / "one.parquet")
+    (tmp_path / "h" / "a" / "up").symlink_to("..", target_is_directory=True)
+    (tmp_path / "h" / "b").mkdir()
+    (tmp_path / "h" / "b" / "to_a").symlink_to("../a", target_is_directory=True)
+    code = ("import sys, driftwatch as dw; s = dw.read_logs(sys.argv[1]).stats; "
+            "print(s.files, s.rows_in, s.rows_valid, s.reasons)")
+    try:
+        done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "h" / "**" / "*.parquet")],
+                              capture_output=True, text=True, timeout=60, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        pytest.fail("read_logs of a glob through two link cycles did not end within 60 s")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[0] == "1 2 2 {}"
+
+
+def test_one_real_file_under_two_names_is_read_once(tmp_path: Path) -> None:
+    """Duplicates are real files: a file listed again through a linked folder or a file link is
+    read once, under the first name it is listed by."""
+    real = _write(_canon(2), tmp_path / "logs" / "one.parquet")
+    (tmp_path / "alias.parquet").symlink_to(real)
+    (tmp_path / "linked").symlink_to(tmp_path / "logs", target_is_directory=True)
+    for source, first in (([real, tmp_path / "alias.parquet"], real),
+                          ([tmp_path / "linked" / "one.parquet", tmp_path / "logs"], tmp_path / "linked" / "one.parquet"),
+                          (str(tmp_path / "*" / "one.parquet"), tmp_path / "linked" / "one.parquet"),
+                          (str(tmp_path / "*.parquet"), tmp_path / "alias.parquet")):
+        res = read_logs(source)
+        assert res.stats.paths == (str(first),), source
+        assert (res.stats.rows_in, res.stats.reasons) == (2, {}), source
+
+
+def test_glob_expansion_matches_python_glob_without_links(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without links the expansion is glob.glob(recursive=True): hidden names need a pattern part
+    starting with '.', a last ** gives folders and files, relative patterns stay relative."""
+    import glob
+
+    from driftwatch.read import _glob
+
+    for f in ("logs/sub/one.parquet", "logs/sub/deep/two.parquet", "logs/.hid/h.parquet", "logs/_tmp/u.parquet",
+              "logs/top.parquet", "logs/.x.parquet", "other/o.parquet"):
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).touch()
+    monkeypatch.chdir(tmp_path)
+    for pattern in ("**", "**/*.parquet", "*", "*/*.parquet", "logs/**", "logs/**/*.parquet", "logs/*/", "logs/**/",
+                    "l?gs/s*/one.parquet", "logs/[s]ub/*", "**/sub/**/*.parquet", str(tmp_path / "**" / "*.parquet"),
+                    "logs/.h*/*", "logs/**/.h*", "logs/*/*", "nope/*"):
+        assert _glob(pattern) == sorted(glob.glob(pattern, recursive=True)), pattern
+
+
 def test_hive_partitions_fill_agent_and_prune(tmp_path: Path) -> None:
     for agent in ("alpha", "beta"):
         for day in ("2026-11-01", "2026-11-02"):
