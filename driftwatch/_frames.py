@@ -133,11 +133,11 @@ def _check_convertible(lf: pl.LazyFrame, schema: pl.Schema, name: str) -> None:
 
 
 #: Values the reader rejects although they convert (``negative_*``, ``bad_confidence``): the
-#: test on the converted value, and what the column must hold.
+#: test on the converted value, and what the column must hold. A negative cost is not among
+#: them: given a frame, the detectors read a refund or credit line as no cost.
 _RANGES: dict[str, tuple[Any, str]] = {
     "input_tokens": (lambda v: v < 0, "a whole number >= 0"),
     "output_tokens": (lambda v: v < 0, "a whole number >= 0"),
-    "cost_usd": (lambda v: v < 0, "a finite number >= 0"),
     "latency_ms": (lambda v: v < 0, "a finite number >= 0"),
     "confidence": (lambda v: (v < 0) | (v > 1), "a number in [0, 1]"),
 }

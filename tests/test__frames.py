@@ -94,7 +94,6 @@ def test_status_spellings_mean_the_same_to_every_detector() -> None:
     # at score 1.0 and 87.0, a percent scale, read as confident)
     ("confidence", [0.5, -0.5, 0.9], "in \\[0, 1\\].*'-0.5'"),
     ("confidence", [0.5, 87.0, 0.9], "in \\[0, 1\\].*'87.0'"),
-    ("cost_usd", [0.1, -0.2, 0.3], ">= 0.*'-0.2'"),
     ("input_tokens", [10, -1, 3], ">= 0.*'-1'"),
     ("latency_ms", [10.0, -1.0, 3.0], ">= 0.*'-1.0'"),
     # a status spelling the reader rejects (bad_status) read as success before
