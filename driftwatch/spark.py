@@ -364,6 +364,16 @@ def _as_text(col: Any, spark_type: str) -> Any:
         return F.date_format(col, "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX")
     if spark_type == "timestamp_ntz":
         return F.date_format(col, "yyyy-MM-dd'T'HH:mm:ss.SSSSSS")
+    if spark_type in ("float", "double"):
+        # widened first, as Polars widens a Float32 (a float 0.05 is 0.05000000074505806 there,
+        # and "0.05" as text here: ten of them passed a $0.50 ceiling on one engine only); and
+        # infinities spelled as Polars spells them, for the rejected rows' detail
+        d = col.cast("double")
+        return (
+            F.when(d == F.lit(float("inf")), F.lit("inf"))
+            .when(d == F.lit(float("-inf")), F.lit("-inf"))
+            .otherwise(d.cast("string"))
+        )
     return col.cast("string")
 
 

@@ -264,6 +264,17 @@ def test_reader_edge_cases_equal_the_local_engine(spark, small, tmp_path):
     a.write_parquet(text / "a.parquet")
     b.with_columns(pl.col("ts").dt.to_string("%Y-%m-%dT%H:%M:%S%.6fZ")).write_parquet(text / "b.parquet")
     cases["text_ts"] = text
+    # a Float32 cost beside a text cost (read as text: the float's exact value, not its
+    # shortest decimal), and an infinite latency beside text latencies (rejected, detail 'inf')
+    f32 = tmp_path / "f32_text"
+    f32.mkdir()
+    first = a["run_id"][0]
+    a.with_columns(pl.col("cost_usd").cast(pl.Float32),
+                   pl.when((pl.col("run_id") == first) & (pl.col("step") == 1)).then(float("inf"))
+                   .otherwise(pl.col("latency_ms")).alias("latency_ms")).write_parquet(f32 / "a.parquet")
+    b.with_columns(pl.col("cost_usd").cast(pl.String), pl.col("latency_ms").cast(pl.String)).write_parquet(
+        f32 / "b.parquet")
+    cases["f32_text"] = f32
     old_tz = spark.conf.get("spark.sql.session.timeZone")
     spark.conf.set("spark.sql.session.timeZone", "America/New_York")  # a notebook's session
     try:
@@ -271,7 +282,9 @@ def test_reader_edge_cases_equal_the_local_engine(spark, small, tmp_path):
             local, remote = audit(str(folder)), audit_spark_paths(str(folder), spark=spark, n_buckets=3)
             for table in ("runs", "loops", "violations", "costs"):
                 assert_same(_frames(remote)[table], _frames(local)[table], f"{name}: {table}")
-            assert remote.stats["rows_valid"] == local.stats["rows_valid"] == small.height, name
+            assert remote.stats["rows_valid"] == local.stats["rows_valid"] == small.height - (name == "f32_text"), name
+            if name == "f32_text":
+                assert remote.rejected["detail"].to_list() == local.rejected["detail"].to_list() == ["inf"]
             if name == "hive":  # the partition's value wins, as locally (Spark kept 'from_file'/'default')
                 assert sorted(set(remote.runs["agent"])) == ["alpha", "beta"]
     finally:
