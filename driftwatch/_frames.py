@@ -113,7 +113,7 @@ def _check_convertible(lf: pl.LazyFrame, schema: pl.Schema, name: str) -> None:
             out = _RANGES[col][0](conv.value) if col in _RANGES else None
             if conv.bad is not None or out is not None:
                 bad[col] = pl.any_horizontal(*(e.fill_null(False) for e in (conv.bad, out) if e is not None))
-    if "status" in schema and (schema["status"] == pl.String or isinstance(schema["status"], pl.Categorical | pl.Enum)):
+    if "status" in schema and schema["status"] not in (pl.Boolean, pl.Null):  # (booleans map to ok/error)
         # a spelling the reader does not know ("error ", "weird") is its bad_status: here it
         # would read as success (a retry storm of failures seen as exact repeats)
         raw = pl.col("status").cast(pl.String)
@@ -134,7 +134,7 @@ def _check_convertible(lf: pl.LazyFrame, schema: pl.Schema, name: str) -> None:
 
 #: Values the reader rejects although they convert (``negative_*``, ``bad_confidence``): the
 #: test on the converted value, and what the column must hold. A negative cost is not among
-#: them: given a frame, the detectors read a refund or credit line as no cost.
+#: them: given a frame, the detectors keep a refund or credit line as it is.
 _RANGES: dict[str, tuple[Any, str]] = {
     "input_tokens": (lambda v: v < 0, "a whole number >= 0"),
     "output_tokens": (lambda v: v < 0, "a whole number >= 0"),

@@ -816,6 +816,43 @@ def _flag_run_order(tables: RunTables) -> None:
             setattr(tables, f.name, frame.with_columns(col.set_sorted()))
 
 
+def _unread_run_features(rejected: pl.DataFrame | None, feats: pl.DataFrame) -> pl.DataFrame | None:
+    """``run_features`` rows of the runs every step of which the reader rejected (from what of
+    their rows could be read; ``None`` when there are none). They are scored, never analysed:
+    the rejected-steps reason and their breaches make them at least ``review``."""
+    from driftwatch.features import run_features
+    from driftwatch.policy import NOT_MISSING_REASONS, distinct_steps
+
+    if rejected is None or rejected.height == 0 or "reason" not in rejected.columns:
+        return None
+    rows = rejected.filter(pl.col("run_id").is_not_null() & ~pl.col("reason").is_in(NOT_MISSING_REASONS)).join(
+        feats.select("run_id"), on="run_id", how="anti"
+    )
+    if rows.height == 0:
+        return None
+    canon = [c for c in CANONICAL_SCHEMA if c in rows.columns]
+    rows = distinct_steps(rows.select(canon)).with_columns(  # an unreadable step number: the row's place in the run
+        pl.coalesce(pl.col("step"), pl.int_range(1, pl.len() + 1).over("run_id")).alias("step"),
+        pl.col("action").fill_null("(unreadable)"),
+    )
+    out = run_features(rows)
+    return out.select(feats.columns).cast(feats.schema) if set(feats.columns) <= set(out.columns) else None
+
+
+def rejected_in_window(
+    rejected: pl.DataFrame, run_ids: pl.Series, since: datetime | None, until: datetime | None
+) -> pl.DataFrame:
+    """The rejected rows a windowed audit scores with: those of its runs, and those of runs
+    it does not hold (every step rejected) that started in ``[since, until)`` or have no time."""
+    if (since is None and until is None) or rejected.height == 0 or "ts" not in rejected.columns:
+        return rejected
+    ts = pl.col("ts")
+    inside = ts.is_null() | ((ts >= since) if since is not None else pl.lit(True)) & (
+        (ts < until) if until is not None else pl.lit(True)
+    )
+    return rejected.filter(pl.col("run_id").is_in(run_ids.implode()) | inside)
+
+
 def fleet_stage(
     tables: RunTables,
     *,
@@ -910,6 +947,10 @@ def fleet_stage(
         return run
 
     feats = tables.features
+    # runs every step of which the reader rejected: no per-run table holds them, but their
+    # breaches (an unreadable approval on a delete) must reach the runs table and the alerts
+    unread_runs = _unread_run_features(rejected, feats)
+    scored = feats if unread_runs is None else feats.vstack(unread_runs).sort("run_id")
     # The steps share nothing but read-only tables, so each one's output is the same whether
     # they run one after another (in this order) or two at a time on threads (fleets up to
     # FLEET_CONCURRENT_MAX_RUNS runs), which overlaps their single-threaded parts (numpy,
@@ -922,7 +963,7 @@ def fleet_stage(
 
     def delegation() -> tuple[pl.DataFrame, pl.DataFrame]:
         depth = policy_mod.check_delegation(feats, pol)
-        unread = policy_mod.check_rejected(rejected, pol).join(feats.select("run_id"), on="run_id", how="semi")
+        unread = policy_mod.check_rejected(rejected, pol).join(scored.select("run_id"), on="run_id", how="semi")
         found = sort_frame(_concat([tables.violations, depth, unread]), RUN_TABLE_KEYS["violations"])
         return found, loops_mod.detect_delegation_cycles(feats)
 
@@ -952,7 +993,7 @@ def fleet_stage(
             tables.action_counts = tables.action_counts.clear()
             tables.bigram_counts = tables.bigram_counts.clear()
         scoring_f = lane("scoring", partial(
-            scoring.score_runs_from_runs, feats, policy=pol, loops=tables.loop_summary, violations=violations,
+            scoring.score_runs_from_runs, scored, policy=pol, loops=tables.loop_summary, violations=violations,
             drift=drift_rows, rejected=rejected,
         ))
         cost_f = lane("costs", partial(
@@ -971,7 +1012,10 @@ def fleet_stage(
     run_cps = tables.run_changepoints
     examples = tables.examples
     if score_run_ids is not None:
-        keep = pl.DataFrame({"run_id": score_run_ids.cast(pl.String)}).unique()
+        ids = score_run_ids.cast(pl.String)
+        if unread_runs is not None:  # (this audit's input, too)
+            ids = ids.append(unread_runs["run_id"])
+        keep = pl.DataFrame({"run_id": ids}).unique()
         runs = runs.join(keep, on="run_id", how="semi")
         loops_out = loops_out.join(keep, on="run_id", how="semi") if loops_out.height else loops_out
         violations = violations.join(keep, on="run_id", how="semi") if violations.height else violations
@@ -1960,7 +2004,9 @@ def audit(
     try:
         if st is not None:
             files = list_source_files(source_or_events)
-            todo_files, skipped = st.plan(files)
+            # the hive keys the reader keeps as columns: the same bytes under date=10-01 and
+            # date=10-02 are the same rows (that key is dropped), under agent=a and agent=b not
+            todo_files, skipped = st.plan(files, hive_keys=set(CANONICAL_SCHEMA) | set(column_map or {}))
             st.touch([f for f in skipped if f.hash is not None])
             say(f"state: {len(todo_files)} new file(s), {len(skipped)} already audited")
             if not todo_files:
@@ -2095,7 +2141,7 @@ def audit(
             score_run_ids=score_ids,
             progress=say,
             release_counts=st is None,
-            rejected=rejected,
+            rejected=rejected_in_window(rejected, tables.features["run_id"], since_dt, until_dt),
         )
         timings["fleet_stage"] = round(time.perf_counter() - t0, 4)
         result.rejected = sort_frame(rejected, ("source_file",))
@@ -2291,6 +2337,7 @@ __all__ = [
     "audit",
     "canonical_floats",
     "fleet_stage",
+    "rejected_in_window",
     "list_source_files",
     "parse_reference",
     "run_stage",

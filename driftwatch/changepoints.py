@@ -340,7 +340,10 @@ def _aggregate_buckets(runs: pl.LazyFrame, keys: Sequence[str], has_loops: bool)
     # tokens and cost are capped at _CAP_MEDIANS times the series' median before averaging
     capped = runs.with_columns(
         *[
-            pl.min_horizontal(pl.col(c), _CAP_MEDIANS * per_series(pl.col(c).median())).alias(c)
+            # (min_horizontal skips nulls: an unknown cost would become the cap)
+            pl.when(pl.col(c).is_not_null())
+            .then(pl.min_horizontal(pl.col(c), _CAP_MEDIANS * per_series(pl.col(c).median())))
+            .alias(c)
             for c in ("tokens", "cost_usd")
         ],
         # likewise a retry storm in one run (loop_rate reports it) is not a new error regime

@@ -1971,6 +1971,29 @@ def _cell_sample(gid: np.ndarray, n_groups: int, cap: int | None, seed: int) -> 
     return np.flatnonzero(rank < cap)
 
 
+#: A run feature recorded for this much larger a share of one window's runs than of the
+#: other's (cost logging switched on, a tokens field added) measures the logging, not the
+#: behaviour: the run classifier leaves it out for that series.
+_LOGGING_CHANGE = 0.2
+
+
+def _drop_logging_changes(X: np.ndarray, s: np.ndarray, current: np.ndarray, S: int) -> None:
+    """Blank (NaN, in place) the features of a series whose share of recorded values differs
+    by more than :data:`_LOGGING_CHANGE` between its reference and current runs: a classifier
+    would tell the windows apart by what was logged (AUC 1.0 when costs start being logged)."""
+    if X.size == 0:
+        return
+    known = np.isfinite(X).astype(float)
+    share = np.zeros((2, S, X.shape[1]))
+    for side, rows in enumerate((~current, current)):
+        n = np.bincount(s[rows], minlength=S).astype(float)
+        for j in range(X.shape[1]):  # a handful of features
+            share[side, :, j] = np.bincount(s[rows], weights=known[rows, j], minlength=S) / np.maximum(n, 1.0)
+    changed = np.abs(share[0] - share[1]) > _LOGGING_CHANGE  # series x feature
+    if changed.any():
+        X[changed[s]] = np.nan
+
+
 def _classifier_rows(data: _Data, tool: _Cat | None, opts: _Options) -> pl.DataFrame | None:
     """Classifier two-sample test: one seeded model over all series (the series is a feature)."""
     from sklearn.ensemble import HistGradientBoostingClassifier
@@ -2002,6 +2025,7 @@ def _classifier_rows(data: _Data, tool: _Cat | None, opts: _Options) -> pl.DataF
         return x
 
     X = inputs(take)
+    _drop_logging_changes(X, s, slot > 0, S)
     fnames = np.array([np.array(cols, dtype=object)] * S).reshape(S, len(cols))
     if tool is not None:
         fnames = np.hstack([fnames, np.char.add("share:", tool.names[:, :k].astype(str)).astype(object)])

@@ -120,7 +120,8 @@ UNKNOWN_TOOL_PATTERN = (
     # a tool named right before the verdict ("tool lookup not found"); a quoted name also for
     # actions and "not available" ("Action 'x' is not available"). Anything between the noun and
     # the verdict is another subject: "tool call failed: customer 42 not found" is a business error
-    r"|(tool|function) ([\w.:/-]+ )?(was |is )?(not found|does not exist|not exist|not registered|not defined)"
+    r"|(tool|function) (with (the )?name )?([\w.:/-]*[\w./-] )?(was |is )?"
+    r"(not found|does not exist|not exist|not registered|not defined)"
     r"|(tool|function|action) ['\"`][^'\"`]{1,80}['\"`] (was |is )?"
     r"(not found|does not exist|not exist|not registered|not defined|not available)"
     r"|invalid (tool |function )?arguments?"
@@ -640,6 +641,20 @@ def fmt_money(expr: pl.Expr) -> pl.Expr:
     )
 
 
+def fmt_vs_limit(value: pl.Expr, limit: float, *, money: bool = False) -> tuple[pl.Expr, str]:
+    """``(value's text, limit's text)`` for "value > limit" sentences: the limit with as many
+    decimals as it has (``0.305``, ``$0.505``), the value with as many as the limit shows, and
+    exact where it would still read as the limit (``$0.50004``, ``0.2999999``)."""
+    text = _money(limit) if money else limit_text(limit, 2)
+    decimals = len(text.rsplit(".", 1)[1]) if "." in text else 0
+    prefix = "$" if money else ""
+    default = 4 if money and abs(limit) < 0.01 else 2
+    shown = fmt_money(value) if money and decimals <= default else pl.concat_str(
+        pl.lit(prefix), fmt_num(value, max(decimals, 2))
+    )
+    return fmt_past(shown, text, pl.concat_str(pl.lit(prefix), value.cast(pl.String))), text
+
+
 def fmt_past(shown: pl.Expr, limit_text: str, exact: pl.Expr) -> pl.Expr:
     """``shown`` (a value formatted as its limit is), or ``exact`` where ``shown`` reads as
     the limit itself: a breach must not read ``cost $0.50 > ceiling $0.50``."""
@@ -655,7 +670,33 @@ def fmt_int(expr: pl.Expr) -> pl.Expr:
 
 
 def _money(x: float) -> str:
-    return f"${x:.4f}" if abs(x) < 0.01 else f"${x:,.2f}"
+    """A limit in USD: cents (a tenth of a cent below one cent), more digits when they round it."""
+    return "$" + limit_text(x, 4 if abs(x) < 0.01 else 2, thousands=True)
+
+
+def limit_text(x: float, decimals: int, *, thousands: bool = False) -> str:
+    """``x`` with ``decimals`` decimals, or as many as it needs when those round it: a limit of
+    0.305 must not read "0.30" (then "0.302 < 0.30" would read as false)."""
+    text = f"{x:,.{decimals}f}" if thousands else f"{x:.{decimals}f}"
+    if float(text.replace(",", "")) == x:
+        return text
+    exact = f"{x:,.10f}" if thousands else f"{x:.10f}"
+    return exact.rstrip("0")
+
+
+#: Significant digits a run total or a confidence is compared with its limit at: a sum of
+#: Float32 costs of $0.05 each (0.05000000074505806) is $0.50, not over a $0.50 ceiling.
+LIMIT_DIGITS = 7
+
+
+def exceeds(value: pl.Expr, limit: float) -> pl.Expr:
+    """``value > limit`` at :data:`LIMIT_DIGITS` significant digits."""
+    return value.round_sig_figs(LIMIT_DIGITS) > limit
+
+
+def below(value: pl.Expr, limit: float) -> pl.Expr:
+    """``value < limit`` at :data:`LIMIT_DIGITS` significant digits."""
+    return value.round_sig_figs(LIMIT_DIGITS) < limit
 
 
 # --------------------------------------------------------------------------- checks
@@ -796,7 +837,7 @@ def _run_limit_violations(
             pl.col("_elapsed").max(),
             lim_f,
             pl.concat_str(
-                pl.lit("runtime "), fmt_past(fmt_num(pl.col("value"), 0), f"{lim_f:g}", fmt_num(pl.col("value"), 6)),
+                pl.lit("runtime "), fmt_past(fmt_num(pl.col("value"), 0), f"{lim_f:g}", pl.col("value").cast(pl.String)),
                 pl.lit(f"s > limit {lim_f:g}s"),
             ),
         )
@@ -813,12 +854,12 @@ def _run_limit_violations(
         lim_f = policy.max_cost_usd
         first_cross(
             "max_cost",
-            pl.col("_cum_cost") > lim_f,
+            exceeds(pl.col("_cum_cost"), lim_f),
             pl.col("_cum_cost").max(),
             lim_f,
             pl.concat_str(
                 pl.lit("cost "),
-                fmt_past(fmt_money(pl.col("value")), _money(lim_f), pl.concat_str(pl.lit("$"), fmt_num(pl.col("value"), 6))),
+                fmt_vs_limit(pl.col("value"), lim_f, money=True)[0],
                 pl.lit(f" > ceiling {_money(lim_f)}"),
             ),
         )
@@ -965,7 +1006,7 @@ def _event_violations(lf: pl.LazyFrame, policy: Policy) -> list[pl.LazyFrame]:
     mc = policy.min_confidence
     if mc > 0:
         out.append(
-            lf.filter(pl.col("confidence") < mc).select(
+            lf.filter(below(pl.col("confidence"), mc)).select(
                 "run_id",
                 "agent",
                 "step",
@@ -974,8 +1015,8 @@ def _event_violations(lf: pl.LazyFrame, policy: Policy) -> list[pl.LazyFrame]:
                 pl.lit("warning").alias("severity"),
                 pl.concat_str(
                     pl.lit("confidence "),
-                    fmt_past(fmt_num(pl.col("confidence"), 2), f"{mc:.2f}", fmt_num(pl.col("confidence"), 6)),
-                    pl.lit(f" < {mc:.2f} at "),
+                    fmt_vs_limit(pl.col("confidence"), mc)[0],
+                    pl.lit(f" < {limit_text(mc, 2)} at "),
                     action,
                 ).alias("detail"),
                 pl.col("confidence").alias("value"),
@@ -1002,16 +1043,28 @@ def rejected_steps(rejected: pl.DataFrame | None) -> pl.DataFrame:
     -------
     polars.DataFrame
         Those rows (``run_id``, ``action``, ``approved``, ``step``, ``agent``, ``reason``)
-        whose reason is not in :data:`NOT_MISSING_REASONS`.
+        whose reason is not in :data:`NOT_MISSING_REASONS`, one per step (a step delivered
+        twice and rejected twice is one missing step).
     """
     cols = {"run_id": pl.String, "agent": pl.String, "step": pl.Int64, "action": pl.String,
             "approved": pl.Boolean, "reason": pl.String}
     if rejected is None or rejected.height == 0 or "reason" not in rejected.columns:
         return pl.DataFrame(schema=cols)
     present = [pl.col(c).cast(t) if c in rejected.columns else pl.lit(None, dtype=t).alias(c) for c, t in cols.items()]
-    return rejected.lazy().select(present).filter(
+    return distinct_steps(rejected.lazy().select(present).filter(
         pl.col("run_id").is_not_null() & ~pl.col("reason").is_in(NOT_MISSING_REASONS)
-    ).collect()
+    ).collect())
+
+
+def distinct_steps(rows: pl.DataFrame) -> pl.DataFrame:
+    """``rows`` with one row per ``(run_id, step)`` (the first; rows without a step all kept)."""
+    numbered = pl.col("step").is_not_null()
+    if rows.height == 0 or not rows.filter(numbered).select(pl.struct("run_id", "step").is_duplicated().any()).item():
+        return rows
+    return pl.concat([
+        rows.filter(numbered).unique(subset=["run_id", "step"], keep="first", maintain_order=True),
+        rows.filter(~numbered),
+    ])
 
 
 def check_rejected(rejected: pl.DataFrame | None, policy: Policy | None = None) -> pl.DataFrame:

@@ -617,7 +617,10 @@ def _highlights(result: Any, summary: Mapping[str, Any]) -> list[str]:
             f"Spend projected at {e(money(cost.get('projected_daily_usd')))} a day for "
             f"{e(fmt(cost.get('volume_per_day')))} runs/day (interval {e(money(cost.get('projected_daily_lo')))}–"
             f"{e(money(cost.get('projected_daily_hi')))}); the worst run of such a day costs about "
-            f"{e(money(cost.get('worst_run_expected_usd')))}; p99/p50 {e(fmt(cost.get('p99_over_p50')))}×."
+            f"{e(money(cost.get('worst_run_expected_usd')))}; p99/p50 {e(fmt(cost.get('p99_over_p50')))}×"
+            + (f" (from the {costed:,} of {summary.get('runs', 0):,} runs that recorded a cost)."
+               if isinstance(costed := cost.get("runs_with_cost"), int) and costed < (summary.get("runs") or 0)
+               else ".")
         )
     knees = (summary.get("load") or {}).get("items") or []
     if knees:

@@ -68,12 +68,16 @@ from driftwatch.policy import (
     Policy,
     _as_policy,
     _money,
+    below,
     check_delegation,
     check_policy,
+    exceeds,
     fmt_int,
     fmt_money,
     fmt_num,
     fmt_past,
+    fmt_vs_limit,
+    limit_text,
     rejected_steps,
 )
 from driftwatch.schema import LLM_ACTION
@@ -878,7 +882,7 @@ def _components(pol: Policy) -> tuple[list[pl.Expr], list[pl.Expr]]:
     if lim_rt is not None:
         v = pl.col("runtime_s")
         comp("max_runtime", pl.when(v > lim_rt).then(_limit_s(v / lim_rt)),
-             pl.concat_str(pl.lit("runtime "), fmt_past(fmt_num(v, 0), f"{lim_rt:g}", fmt_num(v, 6)),
+             pl.concat_str(pl.lit("runtime "), fmt_past(fmt_num(v, 0), f"{lim_rt:g}", v.cast(pl.String)),
                            pl.lit(f"s > limit {lim_rt:g}s")))
     else:
         comp("max_runtime", pl.lit(0.0), pl.lit(None, dtype=pl.String))
@@ -891,10 +895,10 @@ def _components(pol: Policy) -> tuple[list[pl.Expr], list[pl.Expr]]:
     if lim_cost is not None:
         v = pl.col("cost_usd")
         ceiling = _money(lim_cost)
-        comp("max_cost", pl.when(v > lim_cost).then(_limit_s(v / lim_cost)),
+        comp("max_cost", pl.when(exceeds(v, lim_cost)).then(_limit_s(v / lim_cost)),
              pl.concat_str(pl.lit("cost "),
                            # just over the ceiling: enough decimals to show the difference
-                           fmt_past(fmt_money(v), ceiling, pl.concat_str(pl.lit("$"), fmt_num(v, 6))),
+                           fmt_vs_limit(v, lim_cost, money=True)[0],
                            pl.lit(f" > ceiling {ceiling}")))
     else:
         comp("max_cost", pl.lit(0.0), pl.lit(None, dtype=pl.String))
@@ -912,9 +916,8 @@ def _components(pol: Policy) -> tuple[list[pl.Expr], list[pl.Expr]]:
     if thr > 0:
         comp(
             "low_confidence",
-            pl.when(mc < thr).then(0.45 + 0.5 * (1.0 - mc / thr)),
-            pl.concat_str(pl.lit("lowest confidence "), fmt_past(fmt_num(mc, 2), f"{thr:.2f}", fmt_num(mc, 6)),
-                          pl.lit(f" < {thr:.2f}")),
+            pl.when(below(mc, thr)).then(0.45 + 0.5 * (1.0 - mc / thr)),
+            pl.concat_str(pl.lit("lowest confidence "), fmt_vs_limit(mc, thr)[0], pl.lit(f" < {limit_text(thr, 2)}")),
         )
     else:
         comp("low_confidence", pl.lit(0.0), pl.lit(None, dtype=pl.String))

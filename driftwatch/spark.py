@@ -924,7 +924,7 @@ def audit_spark(
         load_every=load_every,
         by=by,
         progress=say,
-        rejected=stage.rejected,
+        rejected=_audit.rejected_in_window(stage.rejected, tables.features["run_id"], since_dt, until_dt),
     )
     timings["fleet_stage"] = round(time.perf_counter() - t0, 4)
     result.rejected = _audit.sort_frame(stage.rejected, ("source_file",))

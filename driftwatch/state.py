@@ -44,7 +44,7 @@ import contextlib
 import hashlib
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -133,9 +133,13 @@ class SourceFile:
         return SourceFile(self.path, self.size, self.mtime_ns, file_hash(self.path))
 
 
-def _hive_parts(path: str) -> tuple[str, ...]:
-    """The ``key=value`` folders of a path: the values a hive layout gives its rows."""
-    return tuple(part for part in Path(path).parts[:-1] if "=" in part)
+def _hive_parts(path: str, keys: Collection[str] | None = None) -> tuple[str, ...]:
+    """The ``key=value`` folders of a path (of ``keys`` only, when given): the values a hive
+    layout gives its rows."""
+    return tuple(
+        part for part in Path(path).parts[:-1]
+        if "=" in part and (keys is None or part.split("=", 1)[0] in keys)
+    )
 
 
 def file_hash(path: str | os.PathLike[str]) -> str:
@@ -486,7 +490,9 @@ class AuditState:
             return pl.DataFrame(schema=FILES_COLUMNS)
         return df
 
-    def plan(self, files: Sequence[str | os.PathLike[str]]) -> tuple[list[SourceFile], list[SourceFile]]:
+    def plan(
+        self, files: Sequence[str | os.PathLike[str]], *, hive_keys: Collection[str] | None = None
+    ) -> tuple[list[SourceFile], list[SourceFile]]:
         """Split source files into (to audit, already audited).
 
         A file is already audited when its path is known with the same size and
@@ -495,10 +501,12 @@ class AuditState:
         next :meth:`record`). A new path is already audited when its bytes are
         those of an audited file in the same hive partition (``key=value``
         folders): a file delivered twice under two names, or a log folder moved
-        or mounted elsewhere, is not audited (and alerted on) again.
+        or mounted elsewhere, is not audited (and alerted on) again. ``hive_keys``:
+        the keys whose values the reader keeps as columns (the others, e.g.
+        ``date=``, do not make the rows differ); ``None``: every key.
         """
         known = {r["path"]: r for r in self.audited_files().iter_rows(named=True)}
-        copies = {(r["hash"], _hive_parts(r["path"])) for r in known.values() if r["hash"] is not None}
+        copies = {(r["hash"], _hive_parts(r["path"], hive_keys)) for r in known.values() if r["hash"] is not None}
         todo: list[SourceFile] = []
         done: list[SourceFile] = []
         for f in files:
@@ -509,7 +517,7 @@ class AuditState:
                 # recorded with the bytes before, and read again next time (hashed after the
                 # audit, the new bytes were recorded as audited, and never were)
                 h = sf.hashed()
-                (done if (h.hash, _hive_parts(h.path)) in copies else todo).append(h)
+                (done if (h.hash, _hive_parts(h.path, hive_keys)) in copies else todo).append(h)
             elif prev["size"] == sf.size and prev["mtime_ns"] == sf.mtime_ns:
                 done.append(SourceFile(sf.path, sf.size, sf.mtime_ns, prev["hash"]))
             else:

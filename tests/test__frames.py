@@ -175,3 +175,16 @@ def test_time_based_analyses_say_they_need_timestamps() -> None:
         with pytest.raises(SchemaError, match="reference: drift windows need timestamps"):
             dw.detect_drift(ev, reference=frame)
     assert dw.loop_summary(dw.detect_loops(ev.drop("ts"))).height > 0  # step order is enough there
+
+
+def test_a_numeric_status_is_refused_by_every_detector() -> None:
+    """0/1 status: the reader rejects the rows (bad_status); run_features and detect_loops read
+    them as success while score_runs refused them (a probe found the split)."""
+    import driftwatch as dw
+    from driftwatch.errors import SchemaError
+
+    ev = pl.DataFrame({"run_id": ["r"] * 3, "step": [1, 2, 3], "action": ["llm", "search", "search"],
+                       "status": [0, 1, 1]})
+    for call in (dw.run_features, dw.detect_loops, dw.check_policy, dw.score_runs, dw.cost_profile):
+        with pytest.raises(SchemaError, match=r"column 'status': 3 value\(s\) cannot be read as ok or error"):
+            call(ev)

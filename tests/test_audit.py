@@ -1096,6 +1096,16 @@ def test_a_log_without_costs_reports_unknown_spend_not_zero(
     # the runs that escalate without costs are those that escalate with them for other reasons
     hot = res.runs.filter(pl.col("level") == "escalate")["run_id"]
     assert hot.len() and hot.is_in(result.runs.filter(pl.col("level") != "ok")["run_id"].implode()).all()
+    # costs for some agents only: the projection says what it stands on
+    some = fleet.events.with_columns(
+        pl.when(pl.col("agent") == "billing").then(None).otherwise(pl.col("cost_usd")).alias("cost_usd")
+    )
+    part = audit(some)
+    part.write(tmp_path / "part")
+    costed = part.summary()["cost"]["runs_with_cost"]
+    assert 0 < costed < part.runs.height
+    assert f"(from the {costed:,} of {part.runs.height:,} runs that recorded a cost)" in (
+        tmp_path / "part" / "report.html").read_text()
 
 
 def test_runs_missing_rejected_steps_are_reviewed_and_their_destructive_calls_checked(tmp_path: Path) -> None:
@@ -1170,3 +1180,26 @@ def test_incremental_audit_in_python_takes_the_clis_state_folder(tmp_path: Path)
         with pytest.raises(InvalidParameterError, match="history_days must be a positive number of days"):
             audit(tmp_path / "f" / "events", state=tmp_path / "other.duckdb", history_days=bad)
     assert not (tmp_path / "other.duckdb").exists()  # checked before the state was made
+
+
+def test_a_run_whose_every_step_was_rejected_still_reaches_the_runs_and_alerts() -> None:
+    """Its only step a delete with an unreadable approval: the run was missing from runs,
+    alerts and levels, and its breach from the violations (a probe found it); now it escalates.
+    With a window, such runs count only when they started inside it."""
+    t = datetime(2026, 10, 1, tzinfo=UTC)
+    ev = pl.DataFrame({
+        "run_id": ["good", "good", "bad", "late"],
+        "step": [1, 2, 1, 1],
+        "ts": [t, t + timedelta(seconds=1), t, t + timedelta(days=3)],
+        "action": ["llm", "get_invoice", "delete_invoice", "delete_invoice"],
+        "approved": [None, None, "pending", "pending"],
+    })
+    res = audit(ev)
+    runs = {r["run_id"]: r for r in res.runs.iter_rows(named=True)}
+    assert (runs["bad"]["level"], runs["bad"]["n_rejected"]) == ("escalate", 1)
+    assert runs["bad"]["reasons"][0] == "delete_invoice without approval"
+    assert res.violations.filter(pl.col("rule") == "unapproved_action")["run_id"].to_list() == ["bad", "late"]
+    assert [a["run_id"] for a in res.alerts()] == ["bad", "late"]
+    assert res.stats["rows_analysed"] == 2  # their rows are not analysed, only scored
+    windowed = audit(ev, until=t + timedelta(days=1))
+    assert sorted(windowed.runs["run_id"]) == ["bad", "good"]

@@ -598,3 +598,30 @@ def test_weekly_buckets_of_stable_fleets_have_few_false_alarms() -> None:
         flagged += cps.filter(pl.col("series") != "all")["series"].n_unique()
         series += 4
     assert flagged <= 1, f"{flagged} of {series} stable series"
+
+
+def test_cost_logging_that_starts_midway_is_no_change_point() -> None:
+    """Runs without a recorded cost or token count are unknown, not 0 and not capped: a fleet
+    that starts logging costs on day 10 has no cost or token change-point (a probe found every
+    unknown cost read as the 5x-median cap, and a false 'before \\$0.20' change)."""
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    rng = random.Random(1)
+    rows = []
+    t0 = datetime(2026, 10, 1, tzinfo=UTC)
+    for day in range(20):
+        for r in range(10):
+            start = t0 + timedelta(days=day, hours=r)
+            for s in range(1, 5):
+                rows.append({"run_id": f"d{day:02d}-r{r}", "step": s, "ts": start + timedelta(seconds=s),
+                             "agent": "a", "action": "llm" if s % 2 else "search",
+                             "cost_usd": None if day < 10 else rng.uniform(0.005, 0.015),
+                             "input_tokens": None if day < 10 else rng.randint(100, 200)})
+    ev = pl.DataFrame(rows, infer_schema_length=None)
+    assert dw.detect_changepoints(ev, by=("agent",), every="1d").height == 0
+    buckets = bucket_metrics_from_runs(dw.run_features(ev), by=("agent",), every="1d")
+    early = buckets.filter(pl.col("bucket") < datetime(2026, 10, 11, tzinfo=UTC))
+    late = buckets.filter(pl.col("bucket") >= datetime(2026, 10, 11, tzinfo=UTC))
+    assert early.height == 10 and early["cost_per_run"].is_null().all() and early["tokens_per_run"].is_null().all()
+    assert late["cost_per_run"].is_not_null().all() and late["cost_per_run"].max() < 0.07

@@ -686,3 +686,27 @@ def test_absent_optional_columns_leak_no_warning(absent: list[str]) -> None:
         rows = dw.detect_drift(ev, reference="7d")
         assert rows.height > 0
         assert dw.audit(ev).runs.height == ev["run_id"].n_unique()
+
+
+def test_cost_logging_that_starts_is_no_drift() -> None:
+    """A fleet that starts logging costs (and tokens) midway behaves the same throughout: the
+    run classifier must not tell the windows apart by what was logged (a probe found AUC 1.0)."""
+    import random
+
+    rng = random.Random(0)
+    rows = []
+    t0 = datetime(2026, 10, 1, tzinfo=UTC)
+    for day in range(21):
+        for r in range(30):
+            start = t0 + timedelta(days=day, minutes=40 * r)
+            for s in range(1, rng.randint(3, 8) + 1):
+                llm = s % 2 == 1
+                rows.append({"run_id": f"d{day:02d}-r{r}", "step": s, "ts": start + timedelta(seconds=s), "agent": "a",
+                             "action": "llm" if llm else rng.choice(["search", "read"]),
+                             "input_tokens": (rng.randint(100, 900) if llm else None) if day >= 10 else None,
+                             "cost_usd": (rng.uniform(0.001, 0.01) if llm else None) if day >= 14 else None})
+    ev = pl.DataFrame(rows, infer_schema_length=None)
+    d = dw.detect_drift(ev, reference=("2026-10-01", "2026-10-08"), every="7d")
+    clf = d.filter(pl.col("feature") == "run_classifier")
+    assert clf.height == 2 and not clf["drifted"].any() and (clf["effect_size"] < 0.2).all()
+    assert not d["drifted"].any()

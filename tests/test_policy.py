@@ -376,6 +376,11 @@ def test_unknown_tool_outside_allowed() -> None:
         ("HTTPError", "The action is not available right now (rate limited)", False),
         ("HTTPError", "the function returned no results; the action was not found in cache", False),
         ("HTTPError", "tool is not available right now, retry later", False),
+        (None, "Tool with name lookup_order not found", True),
+        (None, "The requested tool with name lookup_order does not exist", True),
+        ("HTTPError", "Tool output: not found", False),
+        ("HTTPError", "tool response: not found", False),
+        ("HTTPError", "Function result: not found", False),
     ],
 )
 def test_unknown_tool_from_error_text(error_type: str | None, result: str | None, hit: bool) -> None:
@@ -577,7 +582,7 @@ def test_to_toml_keeps_the_model_reachable_from_the_new_file(tmp_path: Path) -> 
 
 def test_a_breach_just_past_its_limit_does_not_read_as_the_limit() -> None:
     """``confidence 0.30 < 0.30``, ``cost $0.50 > ceiling $0.50`` and ``runtime 300s > limit 300s``
-    read as no breach at all; the value gets six decimals where the usual ones hide it."""
+    read as no breach at all; the value is shown exactly where the usual decimals hide it."""
     from datetime import UTC, datetime, timedelta
 
     t = datetime(2026, 10, 1, tzinfo=UTC)
@@ -586,8 +591,8 @@ def test_a_breach_just_past_its_limit_does_not_read_as_the_limit() -> None:
                        "action": ["search"] * 4, "confidence": [0.2999, 0.9, 0.25, 0.9],
                        "cost_usd": [0.25, 0.250001, 0.3, 0.3]})
     got = sorted(check_policy(ev, Policy(max_cost_usd=0.5, max_runtime_s=300))["detail"].to_list())
-    assert got == sorted(["confidence 0.299900 < 0.30 at search", "cost $0.500001 > ceiling $0.50",
-                          "runtime 300.000400s > limit 300s", "confidence 0.25 < 0.30 at search",
+    assert got == sorted(["confidence 0.2999 < 0.30 at search", "cost $0.500001 > ceiling $0.50",
+                          "runtime 300.0004s > limit 300s", "confidence 0.25 < 0.30 at search",
                           "cost $0.60 > ceiling $0.50", "runtime 301s > limit 300s"])
 
 
@@ -628,7 +633,7 @@ def test_a_cost_exactly_at_the_ceiling_is_no_breach_in_any_order() -> None:
         assert check_policy(frame, features=dw.run_features(frame)).height == 0
     over = pl.concat([ev, run("z", ["llm"] * 2, cost_usd=[0.25, 0.25004])])
     v = check_policy(over)
-    assert rules(v) == [("z", 2, "max_cost")] and v["detail"][0] == "cost $0.500040 > ceiling $0.50"
+    assert rules(v) == [("z", 2, "max_cost")] and v["detail"][0] == "cost $0.50004 > ceiling $0.50"
 
 
 def test_tier_globs_ignore_case_and_an_empty_list_means_the_built_in_words() -> None:

@@ -694,12 +694,34 @@ def test_reasons_never_read_as_the_limit_they_exceed() -> None:
     })
     reasons = dict(score_runs(ev).select("run_id", pl.col("reasons").list.first()).rows())
     assert reasons == {
-        "conf": "lowest confidence 0.299000 < 0.30",
-        "rt": "runtime 300.400000s > limit 300s",
-        "cost": "cost $0.500040 > ceiling $0.50",
+        "conf": "lowest confidence 0.299 < 0.30",
+        "rt": "runtime 300.4s > limit 300s",
+        "cost": "cost $0.50004 > ceiling $0.50",
     }
     details = dict(check_policy(ev).select("run_id", "detail").rows())
     assert details["cost"] == reasons["cost"] and details["rt"] == reasons["rt"]
+    # a limit with more decimals than usual is shown with them, and so is the value; a value
+    # that still reads as the limit is shown exactly
+    two = pl.DataFrame({"run_id": ["c", "c", "m", "m", "e", "e"], "step": [1, 2] * 3, "action": ["llm"] * 6,
+                        "confidence": [0.9, 0.302, None, None, 0.9, 0.2999999],
+                        "cost_usd": [None, None, 0.3, 0.208, None, None]})
+    got = dict(score_runs(two, policy=Policy(min_confidence=0.305, max_cost_usd=0.505))
+               .select("run_id", pl.col("reasons").list.first()).rows())
+    assert got["c"] == "lowest confidence 0.302 < 0.305" and got["m"] == "cost $0.508 > ceiling $0.505"
+    assert got["e"] == "lowest confidence 0.300 < 0.305"
+    assert dict(score_runs(two).select("run_id", pl.col("reasons").list.first()).rows())["e"] == (
+        "lowest confidence 0.2999999 < 0.30"
+    )
+
+
+def test_float32_costs_at_the_ceiling_are_no_breach(tmp_path: Path) -> None:
+    """Four Float32 costs that make $0.50 on paper sum to 0.50000000745 once widened: not over
+    a $0.50 ceiling (totals are compared at 7 significant digits)."""
+    ev = pl.DataFrame({"run_id": ["r"] * 4, "step": [1, 2, 3, 4], "action": ["llm"] * 4,
+                       "cost_usd": pl.Series([0.10, 0.20, 0.15, 0.05], dtype=pl.Float32)})
+    ev.write_parquet(tmp_path / "f32.parquet")
+    res = dw.audit(tmp_path / "f32.parquet", policy=Policy(max_cost_usd=0.5))
+    assert res.runs["cost_usd"][0] > 0.5 and res.runs["reasons"][0].to_list() == [] and res.violations.height == 0
 
 
 def test_unapproved_reasons_name_every_tool_its_tier_and_refusals() -> None:

@@ -169,6 +169,12 @@ def test_copies_of_audited_files_under_new_paths_are_not_audited_again(state: Au
     todo, done = state.plan([day / "part-0-resend.parquet", moved / "part-0.parquet", other / "part-0.parquet"])
     assert [f.path for f in todo] == [str(other / "part-0.parquet")]
     assert sorted(f.path for f in done) == sorted([str(day / "part-0-resend.parquet"), str(moved / "part-0.parquet")])
+    # a key the reader drops (date=) does not make the rows differ; one it keeps (agent=) does
+    assert state.plan([other / "part-0.parquet"], hive_keys={"agent"})[0] == []
+    agent = tmp_path / "logs" / "agent=b" / "date=2026-10-01"
+    agent.mkdir(parents=True)
+    (agent / "part-0.parquet").write_bytes(b"day one")
+    assert len(state.plan([agent / "part-0.parquet"], hive_keys={"agent"})[0]) == 1
     state.touch(done)  # remembered under the new paths, as read by the audit of the original
     files = state.audited_files()
     assert dict(zip(files["path"], files["audit_id"], strict=True))[str(moved / "part-0.parquet")] == "night1"
