@@ -847,10 +847,9 @@ def rejected_in_window(
     if (since is None and until is None) or rejected.height == 0 or "ts" not in rejected.columns:
         return rejected
     ts = pl.col("ts")
-    inside = ts.is_null() | ((ts >= since) if since is not None else pl.lit(True)) & (
-        (ts < until) if until is not None else pl.lit(True)
-    )
-    return rejected.filter(pl.col("run_id").is_in(run_ids.implode()) | inside)
+    after = (ts >= since) if since is not None else pl.lit(True)
+    before = (ts < until) if until is not None else pl.lit(True)
+    return rejected.filter(pl.col("run_id").is_in(run_ids.implode()) | ts.is_null() | (after & before))
 
 
 def fleet_stage(

@@ -46,6 +46,7 @@ from driftwatch._frames import (
     series_expr,
 )
 from driftwatch.errors import InvalidParameterError, SchemaError
+from driftwatch.policy import exceeds
 
 #: Runs whose ``outcome`` is at least this count as successful.
 SUCCESS_OUTCOME = 0.5
@@ -532,7 +533,7 @@ def _summary_exprs(ceiling: float | None) -> list[pl.Expr]:
     cost = pl.col("cost_usd")
     has_outcome = pl.col("outcome").is_not_null()
     costed_outcome = has_outcome & cost.is_not_null()
-    over = cost > ceiling if ceiling is not None else pl.lit(False)
+    over = exceeds(cost, ceiling) if ceiling is not None else pl.lit(False)  # as the max_cost rule decides
     return [
         pl.len().cast(pl.Int64).alias("runs"),
         pl.col("_day").drop_nulls().n_unique().cast(pl.Int64).alias("days"),
