@@ -830,8 +830,11 @@ def _unread_run_features(rejected: pl.DataFrame | None, feats: pl.DataFrame) -> 
     )
     if rows.height == 0:
         return None
-    canon = [c for c in CANONICAL_SCHEMA if c in rows.columns]
-    rows = distinct_steps(rows.select(canon)).with_columns(  # an unreadable step number: the row's place in the run
+    # only what places the steps (ids, order, time, action, agent): the measured columns of a
+    # rejected row may hold the very values it was rejected for (a status 'weird', confidence
+    # 1.2), and a run with nothing valid has no cost, tokens or confidence to judge
+    keep = [c for c in ("run_id", "step", "ts", "action", "agent") if c in rows.columns]
+    rows = distinct_steps(rows.select(keep)).with_columns(  # an unreadable step number: the row's place
         pl.coalesce(pl.col("step"), pl.int_range(1, pl.len() + 1).over("run_id")).alias("step"),
         pl.col("action").fill_null("(unreadable)"),
     )
@@ -842,14 +845,12 @@ def _unread_run_features(rejected: pl.DataFrame | None, feats: pl.DataFrame) -> 
 def rejected_in_window(
     rejected: pl.DataFrame, run_ids: pl.Series, since: datetime | None, until: datetime | None
 ) -> pl.DataFrame:
-    """The rejected rows a windowed audit scores with: those of its runs, and those of runs
-    it does not hold (every step rejected) that started in ``[since, until)`` or have no time."""
-    if (since is None and until is None) or rejected.height == 0 or "ts" not in rejected.columns:
+    """The rejected rows a windowed audit scores with: those of its runs only. A run every
+    step of which was rejected cannot be placed against the window (its valid first step may
+    lie before it, in the rows the window left out), so a windowed audit leaves such runs out."""
+    if (since is None and until is None) or rejected.height == 0:
         return rejected
-    ts = pl.col("ts")
-    after = (ts >= since) if since is not None else pl.lit(True)
-    before = (ts < until) if until is not None else pl.lit(True)
-    return rejected.filter(pl.col("run_id").is_in(run_ids.implode()) | ts.is_null() | (after & before))
+    return rejected.filter(pl.col("run_id").is_in(run_ids.implode()))
 
 
 def fleet_stage(
@@ -949,7 +950,7 @@ def fleet_stage(
     # runs every step of which the reader rejected: no per-run table holds them, but their
     # breaches (an unreadable approval on a delete) must reach the runs table and the alerts
     unread_runs = _unread_run_features(rejected, feats)
-    scored = feats if unread_runs is None else feats.vstack(unread_runs).sort("run_id")
+    scored = feats if unread_runs is None else pl.concat([feats.select("run_id"), unread_runs.select("run_id")])
     # The steps share nothing but read-only tables, so each one's output is the same whether
     # they run one after another (in this order) or two at a time on threads (fleets up to
     # FLEET_CONCURRENT_MAX_RUNS runs), which overlaps their single-threaded parts (numpy,
@@ -992,7 +993,7 @@ def fleet_stage(
             tables.action_counts = tables.action_counts.clear()
             tables.bigram_counts = tables.bigram_counts.clear()
         scoring_f = lane("scoring", partial(
-            scoring.score_runs_from_runs, scored, policy=pol, loops=tables.loop_summary, violations=violations,
+            scoring.score_runs_from_runs, feats, policy=pol, loops=tables.loop_summary, violations=violations,
             drift=drift_rows, rejected=rejected,
         ))
         cost_f = lane("costs", partial(
@@ -1002,6 +1003,13 @@ def fleet_stage(
         load_f = lane("load", partial(load.load_curve_from_runs, feats, loops=tables.loop_summary, every=load_every,
                                       by=by))
         runs, cost_rows, load_rows = scoring_f.result(), cost_f.result(), load_f.result()
+        if unread_runs is not None:
+            # scored on their own: they are not part of the fleet the anomaly model learns from
+            unread_scored = scoring.score_runs_from_runs(
+                unread_runs, policy=pol, violations=violations.join(unread_runs.select("run_id"), on="run_id",
+                                                                    how="semi"), rejected=rejected,
+            )
+            runs = pl.concat([runs, unread_scored], how="diagonal_relaxed").sort("run_id")
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -1977,19 +1977,22 @@ def _cell_sample(gid: np.ndarray, n_groups: int, cap: int | None, seed: int) -> 
 _LOGGING_CHANGE = 0.2
 
 
-def _drop_logging_changes(X: np.ndarray, s: np.ndarray, current: np.ndarray, S: int) -> None:
+def _drop_logging_changes(X: np.ndarray, s: np.ndarray, slot: np.ndarray, S: int) -> None:
     """Blank (NaN, in place) the features of a series whose share of recorded values differs
-    by more than :data:`_LOGGING_CHANGE` between its reference and current runs: a classifier
-    would tell the windows apart by what was logged (AUC 1.0 when costs start being logged)."""
+    by more than :data:`_LOGGING_CHANGE` between its reference (slot 0) and any of its current
+    windows with at least 10 runs: a classifier would tell the windows apart by what was logged
+    (AUC 1.0 when costs start being logged)."""
     if X.size == 0:
         return
-    known = np.isfinite(X).astype(float)
-    share = np.zeros((2, S, X.shape[1]))
-    for side, rows in enumerate((~current, current)):
-        n = np.bincount(s[rows], minlength=S).astype(float)
-        for j in range(X.shape[1]):  # a handful of features
-            share[side, :, j] = np.bincount(s[rows], weights=known[rows, j], minlength=S) / np.maximum(n, 1.0)
-    changed = np.abs(share[0] - share[1]) > _LOGGING_CHANGE  # series x feature
+    W = int(slot.max()) + 1 if slot.size else 1
+    cell = s * W + slot  # (series, window)
+    n = np.bincount(cell, minlength=S * W).astype(float).reshape(S, W)
+    known = np.isfinite(X)
+    changed = np.zeros((S, X.shape[1]), dtype=bool)
+    for j in range(X.shape[1]):  # a handful of features
+        share = (np.bincount(cell, weights=known[:, j], minlength=S * W).reshape(S, W) / np.maximum(n, 1.0))
+        gap = np.abs(share[:, 1:] - share[:, :1]) > _LOGGING_CHANGE
+        changed[:, j] = (gap & (n[:, 1:] >= 10) & (n[:, :1] >= 10)).any(axis=1)
     if changed.any():
         X[changed[s]] = np.nan
 
@@ -2025,7 +2028,7 @@ def _classifier_rows(data: _Data, tool: _Cat | None, opts: _Options) -> pl.DataF
         return x
 
     X = inputs(take)
-    _drop_logging_changes(X, s, slot > 0, S)
+    _drop_logging_changes(X, s, slot, S)
     fnames = np.array([np.array(cols, dtype=object)] * S).reshape(S, len(cols))
     if tool is not None:
         fnames = np.hstack([fnames, np.char.add("share:", tool.names[:, :k].astype(str)).astype(object)])

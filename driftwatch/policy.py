@@ -646,13 +646,16 @@ def fmt_vs_limit(value: pl.Expr, limit: float, *, money: bool = False) -> tuple[
     decimals as it has (``0.305``, ``$0.505``), the value with as many as the limit shows, and
     exact where it would still read as the limit (``$0.50004``, ``0.2999999``)."""
     text = _money(limit) if money else limit_text(limit, 2)
-    decimals = len(text.rsplit(".", 1)[1]) if "." in text else 0
     prefix = "$" if money else ""
+    exact = pl.concat_str(pl.lit(prefix), value.cast(pl.String))
+    if "e" in text:  # a limit too small (or large) for decimals: the value as it is
+        return exact, text
+    decimals = len(text.rsplit(".", 1)[1]) if "." in text else 0
     default = 4 if money and abs(limit) < 0.01 else 2
     shown = fmt_money(value) if money and decimals <= default else pl.concat_str(
         pl.lit(prefix), fmt_num(value, max(decimals, 2))
     )
-    return fmt_past(shown, text, pl.concat_str(pl.lit(prefix), value.cast(pl.String))), text
+    return fmt_past(shown, text, exact), text
 
 
 def fmt_past(shown: pl.Expr, limit_text: str, exact: pl.Expr) -> pl.Expr:
@@ -670,18 +673,18 @@ def fmt_int(expr: pl.Expr) -> pl.Expr:
 
 
 def _money(x: float) -> str:
-    """A limit in USD: cents (a tenth of a cent below one cent), more digits when they round it."""
-    return "$" + limit_text(x, 4 if abs(x) < 0.01 else 2, thousands=True)
+    """A limit in USD: cents (four decimals below one cent), more digits when they round it."""
+    return "$" + limit_text(x, 4 if abs(x) < 0.01 else 2)
 
 
-def limit_text(x: float, decimals: int, *, thousands: bool = False) -> str:
-    """``x`` with ``decimals`` decimals, or as many as it needs when those round it: a limit of
-    0.305 must not read "0.30" (then "0.302 < 0.30" would read as false)."""
-    text = f"{x:,.{decimals}f}" if thousands else f"{x:.{decimals}f}"
-    if float(text.replace(",", "")) == x:
+def limit_text(x: float, decimals: int) -> str:
+    """``x`` with ``decimals`` decimals, or with the :data:`LIMIT_DIGITS` significant digits it
+    is compared at when those round it: a limit of 0.305 must not read "0.30" (then
+    "0.302 < 0.30" would read as false)."""
+    text = f"{x:.{decimals}f}"
+    if float(text) == _at_limit_digits(x):
         return text
-    exact = f"{x:,.10f}" if thousands else f"{x:.10f}"
-    return exact.rstrip("0")
+    return f"{_at_limit_digits(x):.{LIMIT_DIGITS}g}"
 
 
 #: Significant digits a run total or a confidence is compared with its limit at: a sum of
@@ -689,14 +692,18 @@ def limit_text(x: float, decimals: int, *, thousands: bool = False) -> str:
 LIMIT_DIGITS = 7
 
 
+def _at_limit_digits(x: float) -> float:
+    return float(f"{x:.{LIMIT_DIGITS}g}")
+
+
 def exceeds(value: pl.Expr, limit: float) -> pl.Expr:
-    """``value > limit`` at :data:`LIMIT_DIGITS` significant digits."""
-    return value.round_sig_figs(LIMIT_DIGITS) > limit
+    """``value > limit``, both at :data:`LIMIT_DIGITS` significant digits."""
+    return value.round_sig_figs(LIMIT_DIGITS) > _at_limit_digits(limit)
 
 
 def below(value: pl.Expr, limit: float) -> pl.Expr:
-    """``value < limit`` at :data:`LIMIT_DIGITS` significant digits."""
-    return value.round_sig_figs(LIMIT_DIGITS) < limit
+    """``value < limit``, both at :data:`LIMIT_DIGITS` significant digits."""
+    return value.round_sig_figs(LIMIT_DIGITS) < _at_limit_digits(limit)
 
 
 # --------------------------------------------------------------------------- checks
@@ -801,7 +808,10 @@ def _run_limit_violations(
     )
     out: list[pl.LazyFrame] = []
 
-    def first_cross(rule: str, cond: pl.Expr, value: pl.Expr, limit: float, detail: pl.Expr) -> None:
+    def first_cross(
+        rule: str, cond: pl.Expr, value: pl.Expr, limit: float, detail: pl.Expr, over: pl.Expr | None = None
+    ) -> None:
+        """One row per run where ``cond`` first holds (and ``over``, on the run's ``value``, when given)."""
         rows = (
             ev.group_by("run_id")
             .agg(
@@ -810,7 +820,7 @@ def _run_limit_violations(
                 pl.col("action").filter(cond).first().alias("action"),
                 value.alias("value"),
             )
-            .filter(pl.col("step").is_not_null())
+            .filter(pl.col("step").is_not_null() & (over if over is not None else pl.lit(True)))
             .with_columns(
                 pl.lit(rule).alias("rule"),
                 _severity_by_ratio(pl.col("value"), limit).alias("severity"),
@@ -855,13 +865,14 @@ def _run_limit_violations(
         first_cross(
             "max_cost",
             exceeds(pl.col("_cum_cost"), lim_f),
-            pl.col("_cum_cost").max(),
+            pl.col("_cum_cost").last(),  # the run's cost (refunds included), as the score reads it
             lim_f,
             pl.concat_str(
                 pl.lit("cost "),
                 fmt_vs_limit(pl.col("value"), lim_f, money=True)[0],
                 pl.lit(f" > ceiling {_money(lim_f)}"),
             ),
+            over=exceeds(pl.col("value"), lim_f),  # a run brought back under by a refund is not over
         )
     if policy.max_consecutive_retries is not None:
         out.append(_retry_streaks(ev, policy.max_consecutive_retries))

@@ -1184,8 +1184,11 @@ def test_incremental_audit_in_python_takes_the_clis_state_folder(tmp_path: Path)
 
 def test_a_run_whose_every_step_was_rejected_still_reaches_the_runs_and_alerts() -> None:
     """Its only step a delete with an unreadable approval: the run was missing from runs,
-    alerts and levels, and its breach from the violations (a probe found it); now it escalates.
-    With a window, such runs count only when they started inside it."""
+    alerts and levels, and its breach from the violations (a probe found it); now it escalates,
+    scored on its own from the rows' ids, order, time and action (a status 'weird' or a
+    confidence 1.2 in them crashed the audit; their cost and confidence are not judged), and
+    it does not move the anomaly model of the valid runs. A windowed audit leaves such runs
+    out: their start cannot be placed against the window."""
     t = datetime(2026, 10, 1, tzinfo=UTC)
     ev = pl.DataFrame({
         "run_id": ["good", "good", "bad", "late"],
@@ -1202,4 +1205,26 @@ def test_a_run_whose_every_step_was_rejected_still_reaches_the_runs_and_alerts()
     assert [a["run_id"] for a in res.alerts()] == ["bad", "late"]
     assert res.stats["rows_analysed"] == 2  # their rows are not analysed, only scored
     windowed = audit(ev, until=t + timedelta(days=1))
-    assert sorted(windowed.runs["run_id"]) == ["bad", "good"]
+    assert sorted(windowed.runs["run_id"]) == ["good"] and windowed.violations.height == 0
+    # raw bad values in the rejected rows, and a cost and confidence there: no crash, no cost
+    # reason without a violation behind it
+    odd = pl.DataFrame({"run_id": ["good", "good", "bad", "bad"], "step": [1, 2, 1, 2],
+                        "ts": [t, t + timedelta(seconds=1)] * 2, "action": ["llm", "search", "delete_x", "llm"],
+                        "status": ["ok", "ok", "weird", "ok"], "confidence": [0.9, 0.9, 0.9, 1.2],
+                        "cost_usd": [0.01, 0.01, 0.6, 0.4]})
+    res = audit(odd)
+    bad = res.runs.filter(pl.col("run_id") == "bad").row(0, named=True)
+    assert bad["level"] == "escalate" and bad["cost_usd"] is None and bad["n_rejected"] == 2
+    assert bad["reasons"] == ["delete_x without approval",
+                              "2 steps rejected by the reader (bad_confidence, bad_status): audited without them; "
+                              "see rejected.parquet"]
+    assert res.summary()["cost"]["total_usd"] == pytest.approx(0.02)
+    # many unreadable runs beside a few valid ones: the valid runs are scored as without them
+    good = pl.DataFrame({"run_id": [f"g{i // 4}" for i in range(400)], "step": [i % 4 + 1 for i in range(400)],
+                         "ts": [t + timedelta(seconds=i) for i in range(400)], "action": ["llm", "search"] * 200})
+    junk = pl.DataFrame({"run_id": [f"b{i // 5}" for i in range(20_000)], "step": [i % 5 + 1 for i in range(20_000)],
+                         "ts": [t + timedelta(seconds=i) for i in range(20_000)], "action": ["llm"] * 20_000,
+                         "status": ["weird"] * 20_000})
+    alone = audit(good).runs.select("run_id", "score", "level")
+    mixed = audit(pl.concat([good.with_columns(status=pl.lit("ok")), junk])).runs
+    assert mixed.filter(pl.col("run_id").str.starts_with("g")).select("run_id", "score", "level").equals(alone)

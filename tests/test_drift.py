@@ -710,3 +710,14 @@ def test_cost_logging_that_starts_is_no_drift() -> None:
     clf = d.filter(pl.col("feature") == "run_classifier")
     assert clf.height == 2 and not clf["drifted"].any() and (clf["effect_size"] < 0.2).all()
     assert not d["drifted"].any()
+    # logging that starts in the last of six windows (pooled over the windows, the share of runs
+    # with a cost moved by only 1/6)
+    late = ev.filter(pl.col("ts") < datetime(2026, 10, 15, tzinfo=UTC)).with_columns(pl.lit(None, pl.Float64).alias("cost_usd"))
+    weeks = [late.with_columns(pl.col("ts") + timedelta(days=7 * k), (pl.col("run_id") + f"-w{k}").alias("run_id"))
+             for k in range(3)]
+    last = ev.filter(pl.col("ts") >= datetime(2026, 10, 15, tzinfo=UTC)).with_columns(
+        pl.col("ts") + timedelta(days=28), (pl.col("run_id") + "-last").alias("run_id"))
+    long = pl.concat([*weeks, last.select(late.columns)])
+    d = dw.detect_drift(long, reference=("2026-10-01", "2026-10-08"), every="7d")
+    clf = d.filter(pl.col("feature") == "run_classifier")
+    assert clf.height >= 4 and not clf["drifted"].any() and (clf["effect_size"] < 0.2).all()

@@ -649,3 +649,24 @@ def test_tier_globs_ignore_case_and_an_empty_list_means_the_built_in_words() -> 
     # allowed globs stay exact: a tool spelled differently is not the allowed one
     strict = Policy(allowed=("search",))
     assert rules(check_policy(run("r", ["Search"]), strict)) == [("r", 1, "unknown_tool")]
+
+
+def test_limits_are_compared_at_seven_significant_digits_both_sides() -> None:
+    """A value equal to a limit with more digits than 7 is no breach (1/3 confidence at a 1/3
+    floor was flagged once only the value was rounded); a refund that brings a run back under
+    the ceiling is no breach, with or without features, and the reported cost is the run's own
+    (as score_runs reads it); tiny limits read in the same notation as the value."""
+    ev = pl.DataFrame({"run_id": ["c1", "m1"], "step": [1, 1], "action": ["llm"] * 2,
+                       "confidence": [1 / 3, 0.9], "cost_usd": [0.1, 2 / 3]})
+    pol = Policy(min_confidence=1 / 3, max_cost_usd=2 / 3)
+    assert check_policy(ev, pol).height == 0
+    assert dw.score_runs(ev, policy=pol).select(pl.col("score_low_confidence").max(), pl.col("score_max_cost").max()).row(0) == (0.0, 0.0)
+    refund = run("r", ["llm", "refund_line"], cost_usd=[0.6, -0.1])
+    cut = Policy(max_cost_usd=0.5)
+    assert check_policy(refund, cut).height == 0 == check_policy(refund, cut, features=dw.run_features(refund)).height
+    still = run("r", ["llm", "refund_line"], cost_usd=[0.7, -0.15])
+    detail = "cost $0.55 > ceiling $0.50"
+    assert check_policy(still, cut)["detail"].to_list() == [detail] == dw.score_runs(still, policy=cut)["reasons"][0].to_list()
+    assert check_policy(still, cut)["step"].to_list() == [1]  # where the running cost first passed the ceiling
+    tiny = run("t", ["llm"], cost_usd=[2e-11])
+    assert check_policy(tiny, Policy(max_cost_usd=1e-11))["detail"].to_list() == ["cost $2e-11 > ceiling $1e-11"]
