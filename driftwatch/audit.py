@@ -2264,7 +2264,8 @@ def _record(
         audit=audit_row,
         per_run=per_run,
         fleet=fleet,
-        run_ids=tables.features["run_id"],
+        # (with the runs every step of which was rejected: no per-run table of the history holds them)
+        run_ids=pl.concat([tables.features["run_id"], result.runs["run_id"]]).unique(),
         files=files,
         fleet_since=analysed_from,
     )

@@ -1228,3 +1228,28 @@ def test_a_run_whose_every_step_was_rejected_still_reaches_the_runs_and_alerts()
     alone = audit(good).runs.select("run_id", "score", "level")
     mixed = audit(pl.concat([good.with_columns(status=pl.lit("ok")), junk])).runs
     assert mixed.filter(pl.col("run_id").str.starts_with("g")).select("run_id", "score", "level").equals(alone)
+
+
+
+def test_incremental_runs_every_step_of_which_was_rejected_are_stored_once(tmp_path: Path) -> None:
+    """Incremental: a run whose only step was rejected is stored with its breach, and stored once
+    when its step is delivered again in another file (its rows were added, never replaced)."""
+    import duckdb
+
+    t = datetime(2026, 10, 1, tzinfo=UTC)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for night in (1, 2):  # each night a new valid run, and B's one step again, rejected again
+        pl.DataFrame({"run_id": [f"S{night}", f"S{night}", "B"], "step": [1, 2, 1],
+                      "ts": [t, t + timedelta(seconds=1), t], "action": ["llm", "search", "delete_invoice"],
+                      "approved": [None, None, "pending"]},
+                     schema_overrides={"approved": pl.String}).write_parquet(logs / f"night{night}.parquet")
+        res = audit(logs, state=tmp_path / "st.duckdb")
+        assert dict(res.runs.select("run_id", "level").rows())["B"] == "escalate", night
+    con = duckdb.connect(str(tmp_path / "st.duckdb"), read_only=True)
+    try:
+        rows = con.execute("select level from runs where run_id = 'B'").fetchall()
+        breaches = con.execute("select count(*) from violations where run_id = 'B'").fetchall()
+    finally:
+        con.close()
+    assert rows == [("escalate",)] and breaches == [(1,)]
