@@ -1019,10 +1019,11 @@ def fleet_stage(
     run_cps = tables.run_changepoints
     examples = tables.examples
     if score_run_ids is not None:
-        ids = score_run_ids.cast(pl.String)
-        if unread_runs is not None:  # (this audit's input, too)
-            ids = ids.append(unread_runs["run_id"])
-        keep = pl.DataFrame({"run_id": ids}).unique()
+        # this audit's input, too: runs every step of which was rejected, and runs of the history
+        # whose later steps arrived rejected (a delete with an unreadable approval a night after
+        # the run's other steps is a breach of that run: re-scored, and stored with it)
+        ids = pl.concat([score_run_ids.cast(pl.String), policy_mod.rejected_steps(rejected)["run_id"]])
+        keep = pl.DataFrame({"run_id": ids}).unique().join(scored.select("run_id"), on="run_id", how="semi")
         runs = runs.join(keep, on="run_id", how="semi")
         loops_out = loops_out.join(keep, on="run_id", how="semi") if loops_out.height else loops_out
         violations = violations.join(keep, on="run_id", how="semi") if violations.height else violations
@@ -2264,10 +2265,11 @@ def _record(
         audit=audit_row,
         per_run=per_run,
         fleet=fleet,
-        # (with the runs every step of which was rejected: no per-run table of the history holds them)
-        run_ids=pl.concat([tables.features["run_id"], result.runs["run_id"]]).unique(),
+        run_ids=tables.features["run_id"],
         files=files,
         fleet_since=analysed_from,
+        # (runs every step of which was rejected, and history runs whose later steps were)
+        rescored_ids=result.runs["run_id"],
     )
 
 

@@ -443,6 +443,7 @@ class AuditState:
         run_ids: pl.Series,
         files: Sequence[SourceFile] = (),
         fleet_since: datetime | None = None,
+        rescored_ids: pl.Series | None = None,
     ) -> None:
         """Store one audit's results atomically (one transaction).
 
@@ -463,12 +464,19 @@ class AuditState:
             Start of the period the fleet stage analysed: stored change-points and drift
             rows from then on are replaced by ``fleet`` (a later, better-informed estimate
             of a change-point moves it instead of adding a second row).
+        rescored_ids : polars.Series, optional
+            Runs outside ``run_ids`` whose scores (``runs``) and breaches (``violations``)
+            this audit replaces, their other tables kept: runs of the history whose later
+            steps arrived rejected, and runs every step of which was rejected.
         """
         hashed = [f.hashed() for f in files]
         audit_row = pl.DataFrame([dict(audit)])
-        with self.transaction(), self._registered_ids(run_ids) as ids:
+        scored = run_ids if rescored_ids is None else pl.concat([run_ids.cast(pl.String), rescored_ids.cast(pl.String)])
+        with self.transaction(), self._registered_ids(run_ids) as ids, \
+                self._registered_ids(scored, alias="_dw_scored") as scored_ids:
             for name, frame in per_run.items():
-                self._upsert_in_tx(name, frame, delete_ids=ids)  # the ids registered once for all
+                # (the ids registered once for all)
+                self._upsert_in_tx(name, frame, delete_ids=scored_ids if name in ("runs", "violations") else ids)
             for name, frame in fleet.items():
                 self._upsert(name, frame, since=fleet_since)
             self._upsert("audits", audit_row)

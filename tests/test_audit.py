@@ -1253,3 +1253,36 @@ def test_incremental_runs_every_step_of_which_was_rejected_are_stored_once(tmp_p
     finally:
         con.close()
     assert rows == [("escalate",)] and breaches == [(1,)]
+
+
+def test_a_rejected_delete_arriving_a_night_after_its_run_is_a_breach_of_that_run(tmp_path: Path) -> None:
+    """Incremental: run R's valid steps were audited on night 1; on night 2 its delete arrives
+    with an unreadable approval. The breach was dropped (R was not among night 2's runs); now R
+    is re-scored with its history, alerted and stored with the breach, its other tables kept."""
+    import duckdb
+
+    t = datetime(2026, 10, 1, tzinfo=UTC)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    pl.DataFrame({"run_id": ["R", "R", "S", "S"], "step": [1, 2, 1, 2],
+                  "ts": [t, t + timedelta(seconds=1), t, t + timedelta(seconds=2)],
+                  "action": ["llm", "get_invoice", "llm", "search"]}).write_parquet(logs / "night1.parquet")
+    state = tmp_path / "state.duckdb"
+    assert dict(audit(logs, state=state).runs.select("run_id", "level").rows())["R"] == "ok"
+    t2 = t + timedelta(days=1)
+    pl.DataFrame({"run_id": ["R", "T", "T"], "step": [3, 1, 2], "ts": [t + timedelta(seconds=5), t2, t2],
+                  "action": ["delete_invoice", "llm", "search"], "approved": ["pending", None, None]},
+                 schema_overrides={"approved": pl.String}).write_parquet(logs / "night2.parquet")
+    second = audit(logs, state=state)
+    r = second.runs.filter(pl.col("run_id") == "R").row(0, named=True)
+    assert r["level"] == "escalate" and r["reasons"][0] == "delete_invoice without approval"
+    assert r["n_steps"] == 2 and r["n_rejected"] == 1  # scored from its history steps
+    assert "R" in [a["run_id"] for a in second.alerts()] and "S" not in second.runs["run_id"].to_list()
+    con = duckdb.connect(str(state), read_only=True)
+    try:
+        stored = con.execute("select level from runs where run_id = 'R'").fetchall()
+        breaches = con.execute("select rule from violations where run_id = 'R'").fetchall()
+        features = con.execute("select n_steps from features where run_id = 'R'").fetchall()
+    finally:
+        con.close()
+    assert stored == [("escalate",)] and breaches == [("unapproved_action",)] and features == [(2,)]
