@@ -204,9 +204,15 @@ def test_rejected_rows_equal_the_local_reader(spark, small, tmp_path):
     dirty = _dirty(small)
     dirty.slice(0, 2000).write_parquet(folder / "a.parquet", row_group_size=500)
     dirty.slice(2000).write_parquet(folder / "b.parquet", row_group_size=500)
+    # a run every step of which is rejected: a delete whose approval reads "pending" (text beside
+    # the other files' booleans); it is scored on its own and escalates on both engines
+    t0 = small["ts"].min()
+    pl.DataFrame({"run_id": ["orphan"], "step": [1], "ts": [t0], "action": ["delete_invoice"], "agent": ["billing"],
+                  "approved": ["pending"]}).write_parquet(folder / "orphan_b.parquet")
     local = audit(str(folder))
     remote = audit_spark_paths(str(folder), spark=spark, n_buckets=4)
-    assert local.stats["rows_rejected"] == 6
+    assert local.stats["rows_rejected"] == 7
+    assert dict(local.runs.select("run_id", "level").rows())["orphan"] == "escalate"
     assert_same(remote.rejected, local.rejected, "rejected")
     assert remote.stats["reasons"] == local.stats["reasons"]
     assert set(remote.rejected["reason"]) >= {"null_run_id", "null_action", "negative_cost", "duplicate_step"}
