@@ -964,7 +964,10 @@ def fleet_stage(
     def delegation() -> tuple[pl.DataFrame, pl.DataFrame]:
         depth = policy_mod.check_delegation(feats, pol)
         unread = policy_mod.check_rejected(rejected, pol).join(scored.select("run_id"), on="run_id", how="semi")
-        found = sort_frame(_concat([tables.violations, depth, unread]), RUN_TABLE_KEYS["violations"])
+        found = _concat([tables.violations, depth, unread])
+        if unread.height:  # the same rejected row delivered again: its breach is in the history already
+            found = found.unique(subset=["run_id", "step", "rule", "detail"], keep="first", maintain_order=True)
+        found = sort_frame(found, RUN_TABLE_KEYS["violations"])
         return found, loops_mod.detect_delegation_cycles(feats)
 
     def changepoint() -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -2135,6 +2138,17 @@ def audit(
             say(f"history: {fleet_tables.n_runs - tables.n_runs:,} earlier runs as context")
 
         # ------------------------------------------------------------ fleet stage
+        scored_rejected = rejected_in_window(rejected, tables.features["run_id"], since_dt, until_dt)
+        if st is not None and scored_rejected.height:
+            # rejected rows of runs the history holds but did not load (older than the window of
+            # history): without the run's steps they cannot be scored, and scoring them as runs
+            # with every step rejected would overwrite the stored run
+            loaded = fleet_tables.features["run_id"]
+            unloaded = scored_rejected.filter(~pl.col("run_id").is_in(loaded.implode()))["run_id"].drop_nulls().unique()
+            if unloaded.len():
+                held = st.stored_runs(unloaded)
+                if held.len():
+                    scored_rejected = scored_rejected.filter(~pl.col("run_id").is_in(held.implode()))
         t0 = time.perf_counter()
         result = fleet_stage(
             fleet_tables,
@@ -2149,7 +2163,7 @@ def audit(
             score_run_ids=score_ids,
             progress=say,
             release_counts=st is None,
-            rejected=rejected_in_window(rejected, tables.features["run_id"], since_dt, until_dt),
+            rejected=scored_rejected,
         )
         timings["fleet_stage"] = round(time.perf_counter() - t0, 4)
         result.rejected = sort_frame(rejected, ("source_file",))

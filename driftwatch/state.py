@@ -660,6 +660,16 @@ class AuditState:
         with self._registered_ids(run_ids) as ids:
             return int(self.con.execute(f"SELECT count(*) FROM features SEMI JOIN {ids} USING (run_id)").fetchall()[0][0])
 
+    def stored_runs(self, run_ids: pl.Series) -> pl.Series:
+        """Those of ``run_ids`` (distinct) the history holds a ``runs`` or ``features`` row of."""
+        names = [n for n in ("runs", "features") if n in self.tables()]
+        if not names or not run_ids.len():
+            return pl.Series("run_id", [], dtype=pl.String)
+        with self._registered_ids(run_ids) as ids:
+            union = " UNION ".join(f"SELECT run_id FROM {_table(n)} SEMI JOIN {ids} USING (run_id)" for n in names)
+            rows = self.con.execute(union).fetchall()
+        return pl.Series("run_id", [r[0] for r in rows], dtype=pl.String)
+
     def watermark(self) -> datetime | None:
         """The latest event time audited so far (``None`` before the first audit)."""
         if "audits" not in self.tables() or "watermark" not in self._columns("audits"):

@@ -1233,7 +1233,8 @@ def test_a_run_whose_every_step_was_rejected_still_reaches_the_runs_and_alerts()
 
 def test_incremental_runs_every_step_of_which_was_rejected_are_stored_once(tmp_path: Path) -> None:
     """Incremental: a run whose only step was rejected is stored with its breach, and stored once
-    when its step is delivered again in another file (its rows were added, never replaced)."""
+    when its step is delivered again in another file (its rows were added, never replaced); the
+    second delivery finds nothing new, so it is not scored or alerted again."""
     import duckdb
 
     t = datetime(2026, 10, 1, tzinfo=UTC)
@@ -1245,7 +1246,7 @@ def test_incremental_runs_every_step_of_which_was_rejected_are_stored_once(tmp_p
                       "approved": [None, None, "pending"]},
                      schema_overrides={"approved": pl.String}).write_parquet(logs / f"night{night}.parquet")
         res = audit(logs, state=tmp_path / "st.duckdb")
-        assert dict(res.runs.select("run_id", "level").rows())["B"] == "escalate", night
+        assert dict(res.runs.select("run_id", "level").rows()).get("B") == ("escalate" if night == 1 else None)
     con = duckdb.connect(str(tmp_path / "st.duckdb"), read_only=True)
     try:
         rows = con.execute("select level from runs where run_id = 'B'").fetchall()
@@ -1286,3 +1287,39 @@ def test_a_rejected_delete_arriving_a_night_after_its_run_is_a_breach_of_that_ru
     finally:
         con.close()
     assert stored == [("escalate",)] and breaches == [("unapproved_action",)] and features == [(2,)]
+
+
+def test_incremental_rejected_breaches_are_neither_doubled_nor_overwrite_unloaded_history(tmp_path: Path) -> None:
+    """The same rejected delete delivered on two nights is one breach (it was stored twice); a
+    rejected row of a history run older than the loaded history leaves that run as stored (it was
+    scored as a run with every step rejected and overwrote the run: n_steps 1, breaches gone)."""
+    import duckdb
+
+    t = datetime(2026, 10, 1, tzinfo=UTC)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    text = {"approved": pl.String}
+    pol = dw.Policy(max_steps=5)
+    pl.DataFrame({"run_id": ["R"] * 2 + ["Q"] * 8, "step": [1, 2, *range(1, 9)],
+                  "ts": [t, t + timedelta(seconds=1), *[t + timedelta(seconds=i) for i in range(8)]],
+                  "action": ["llm", "get_invoice", *["search", "get_invoice"] * 4]}).write_parquet(logs / "n1.parquet")
+    audit(logs, state=tmp_path / "st.duckdb", policy=pol)
+    for night in (2, 3):  # R's delete with an unreadable approval, delivered twice
+        pl.DataFrame({"run_id": ["R", f"T{night}"], "step": [3, 1], "ts": [t + timedelta(seconds=5), t + timedelta(days=night)],
+                      "action": ["delete_invoice", "llm"], "approved": ["pending", None]},
+                     schema_overrides=text).write_parquet(logs / f"n{night}.parquet")
+        audit(logs, state=tmp_path / "st.duckdb", policy=pol)
+    # ten days on, with two days of history: Q is not loaded when its rejected delete arrives
+    pl.DataFrame({"run_id": ["Q", "U"], "step": [9, 1], "ts": [t + timedelta(seconds=20), t + timedelta(days=10)],
+                  "action": ["delete_invoice", "llm"], "approved": ["pending", None]},
+                 schema_overrides=text).write_parquet(logs / "n4.parquet")
+    audit(logs, state=tmp_path / "st.duckdb", policy=pol, history_days=2)
+    con = duckdb.connect(str(tmp_path / "st.duckdb"), read_only=True)
+    try:
+        r_breaches = con.execute("select step, rule from violations where run_id = 'R' order by all").fetchall()
+        q_run = con.execute("select n_steps, level from runs where run_id = 'Q'").fetchall()
+        q_breaches = con.execute("select rule from violations where run_id = 'Q'").fetchall()
+    finally:
+        con.close()
+    assert r_breaches == [(3, "unapproved_action")]
+    assert q_run == [(8, "review")] and q_breaches == [("max_steps",)]
