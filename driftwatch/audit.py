@@ -950,7 +950,9 @@ def fleet_stage(
     # runs every step of which the reader rejected: no per-run table holds them, but their
     # breaches (an unreadable approval on a delete) must reach the runs table and the alerts
     unread_runs = _unread_run_features(rejected, feats)
-    scored = feats if unread_runs is None else pl.concat([feats.select("run_id"), unread_runs.select("run_id")])
+    scored_ids = feats.select("run_id") if unread_runs is None else pl.concat(
+        [feats.select("run_id"), unread_runs.select("run_id")]
+    )
     # The steps share nothing but read-only tables, so each one's output is the same whether
     # they run one after another (in this order) or two at a time on threads (fleets up to
     # FLEET_CONCURRENT_MAX_RUNS runs), which overlaps their single-threaded parts (numpy,
@@ -963,7 +965,7 @@ def fleet_stage(
 
     def delegation() -> tuple[pl.DataFrame, pl.DataFrame]:
         depth = policy_mod.check_delegation(feats, pol)
-        unread = policy_mod.check_rejected(rejected, pol).join(scored.select("run_id"), on="run_id", how="semi")
+        unread = policy_mod.check_rejected(rejected, pol).join(scored_ids, on="run_id", how="semi")
         found = _concat([tables.violations, depth, unread])
         if unread.height:  # the same rejected row delivered again: its breach is in the history already
             found = found.unique(subset=["run_id", "step", "rule", "detail"], keep="first", maintain_order=True)
@@ -1026,7 +1028,7 @@ def fleet_stage(
         # whose later steps arrived rejected (a delete with an unreadable approval a night after
         # the run's other steps is a breach of that run: re-scored, and stored with it)
         ids = pl.concat([score_run_ids.cast(pl.String), policy_mod.rejected_steps(rejected)["run_id"]])
-        keep = pl.DataFrame({"run_id": ids}).unique().join(scored.select("run_id"), on="run_id", how="semi")
+        keep = pl.DataFrame({"run_id": ids}).unique().join(scored_ids, on="run_id", how="semi")
         runs = runs.join(keep, on="run_id", how="semi")
         loops_out = loops_out.join(keep, on="run_id", how="semi") if loops_out.height else loops_out
         violations = violations.join(keep, on="run_id", how="semi") if violations.height else violations

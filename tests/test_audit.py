@@ -1231,11 +1231,21 @@ def test_a_run_whose_every_step_was_rejected_still_reaches_the_runs_and_alerts()
 
 
 
+def _state_rows(db: Path, *queries: str) -> list[list[tuple]]:
+    """The rows of each SQL query on the state database (opened read-only, closed again)."""
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return [con.execute(q).fetchall() for q in queries]
+    finally:
+        con.close()
+
+
 def test_incremental_runs_every_step_of_which_was_rejected_are_stored_once(tmp_path: Path) -> None:
     """Incremental: a run whose only step was rejected is stored with its breach, and stored once
     when its step is delivered again in another file (its rows were added, never replaced); the
     second delivery finds nothing new, so it is not scored or alerted again."""
-    import duckdb
 
     t = datetime(2026, 10, 1, tzinfo=UTC)
     logs = tmp_path / "logs"
@@ -1247,12 +1257,8 @@ def test_incremental_runs_every_step_of_which_was_rejected_are_stored_once(tmp_p
                      schema_overrides={"approved": pl.String}).write_parquet(logs / f"night{night}.parquet")
         res = audit(logs, state=tmp_path / "st.duckdb")
         assert dict(res.runs.select("run_id", "level").rows()).get("B") == ("escalate" if night == 1 else None)
-    con = duckdb.connect(str(tmp_path / "st.duckdb"), read_only=True)
-    try:
-        rows = con.execute("select level from runs where run_id = 'B'").fetchall()
-        breaches = con.execute("select count(*) from violations where run_id = 'B'").fetchall()
-    finally:
-        con.close()
+    rows, breaches = _state_rows(tmp_path / "st.duckdb", "select level from runs where run_id = 'B'",
+                                 "select count(*) from violations where run_id = 'B'")
     assert rows == [("escalate",)] and breaches == [(1,)]
 
 
@@ -1260,7 +1266,6 @@ def test_a_rejected_delete_arriving_a_night_after_its_run_is_a_breach_of_that_ru
     """Incremental: run R's valid steps were audited on night 1; on night 2 its delete arrives
     with an unreadable approval. The breach was dropped (R was not among night 2's runs); now R
     is re-scored with its history, alerted and stored with the breach, its other tables kept."""
-    import duckdb
 
     t = datetime(2026, 10, 1, tzinfo=UTC)
     logs = tmp_path / "logs"
@@ -1279,13 +1284,10 @@ def test_a_rejected_delete_arriving_a_night_after_its_run_is_a_breach_of_that_ru
     assert r["level"] == "escalate" and r["reasons"][0] == "delete_invoice without approval"
     assert r["n_steps"] == 2 and r["n_rejected"] == 1  # scored from its history steps
     assert "R" in [a["run_id"] for a in second.alerts()] and "S" not in second.runs["run_id"].to_list()
-    con = duckdb.connect(str(state), read_only=True)
-    try:
-        stored = con.execute("select level from runs where run_id = 'R'").fetchall()
-        breaches = con.execute("select rule from violations where run_id = 'R'").fetchall()
-        features = con.execute("select n_steps from features where run_id = 'R'").fetchall()
-    finally:
-        con.close()
+    stored, breaches, features = _state_rows(
+        state, "select level from runs where run_id = 'R'", "select rule from violations where run_id = 'R'",
+        "select n_steps from features where run_id = 'R'",
+    )
     assert stored == [("escalate",)] and breaches == [("unapproved_action",)] and features == [(2,)]
 
 
@@ -1293,7 +1295,6 @@ def test_incremental_rejected_breaches_are_neither_doubled_nor_overwrite_unloade
     """The same rejected delete delivered on two nights is one breach (it was stored twice); a
     rejected row of a history run older than the loaded history leaves that run as stored (it was
     scored as a run with every step rejected and overwrote the run: n_steps 1, breaches gone)."""
-    import duckdb
 
     t = datetime(2026, 10, 1, tzinfo=UTC)
     logs = tmp_path / "logs"
@@ -1314,12 +1315,9 @@ def test_incremental_rejected_breaches_are_neither_doubled_nor_overwrite_unloade
                   "action": ["delete_invoice", "llm"], "approved": ["pending", None]},
                  schema_overrides=text).write_parquet(logs / "n4.parquet")
     audit(logs, state=tmp_path / "st.duckdb", policy=pol, history_days=2)
-    con = duckdb.connect(str(tmp_path / "st.duckdb"), read_only=True)
-    try:
-        r_breaches = con.execute("select step, rule from violations where run_id = 'R' order by all").fetchall()
-        q_run = con.execute("select n_steps, level from runs where run_id = 'Q'").fetchall()
-        q_breaches = con.execute("select rule from violations where run_id = 'Q'").fetchall()
-    finally:
-        con.close()
+    r_breaches, q_run, q_breaches = _state_rows(
+        tmp_path / "st.duckdb", "select step, rule from violations where run_id = 'R' order by all",
+        "select n_steps, level from runs where run_id = 'Q'", "select rule from violations where run_id = 'Q'",
+    )
     assert r_breaches == [(3, "unapproved_action")]
     assert q_run == [(8, "review")] and q_breaches == [("max_steps",)]
