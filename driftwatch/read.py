@@ -239,7 +239,10 @@ def _glob(pattern: str) -> list[str]:
     """``glob.glob(pattern, recursive=True)``, sorted, but ``**`` visits each real folder once
     (:func:`_real_dirs`): Python's glob follows symbolic links to folders without remembering
     them, so a link cycle repeats the files below it under ever longer names, or never ends.
-    As in glob, wildcards do not match names starting with ``.`` unless the pattern part does."""
+    As in glob, wildcards do not match names starting with ``.`` unless the pattern part does;
+    nor, as in a folder (:func:`_walk`), names starting with ``_`` (a Spark job's
+    ``_temporary/``, ``_SUCCESS``, a Delta table's ``_delta_log/``), nor does any wildcard enter
+    a driftwatch results folder (``logs/**/*.parquet`` with ``--out logs/report``)."""
     parts = pattern.split(os.sep)
     first = next(i for i, part in enumerate(parts) if _has_magic(part))
     base = os.sep.join(parts[:first]) or (os.sep if pattern.startswith(os.sep) else "")
@@ -253,8 +256,13 @@ def _glob(pattern: str) -> list[str]:
             entries = os.listdir(path or os.curdir)
         except OSError:
             return []
-        hidden = part.startswith(".")
-        return [n for n in entries if (hidden or not n.startswith(".")) and _fnmatch.fnmatch(n, part)]
+        hidden, private = part.startswith("."), part.startswith("_")
+        return [n for n in entries
+                if (hidden or not n.startswith(".")) and (private or not n.startswith("_"))
+                and _fnmatch.fnmatch(n, part)]
+
+    def results(folder: str) -> bool:
+        return os.path.isfile(os.path.join(folder or os.curdir, RESULTS_MARKER))
 
     def expand(path: str, rest: list[str]) -> None:
         if not rest:
@@ -263,7 +271,10 @@ def _glob(pattern: str) -> list[str]:
         part, tail = rest[0], rest[1:]
         if part == "**":  # this folder and every folder below it, each real folder once
             start = path or os.curdir
-            for root, _dirs, files in _real_dirs(start, lambda d: d.startswith(".")):
+            for root, dirs, files in _real_dirs(start, lambda d: d.startswith((".", "_"))):
+                if root != start and RESULTS_MARKER in files:
+                    dirs[:] = []
+                    continue
                 here = root if path else root[len(os.curdir) + 1:]  # (glob names "sub/x", not "./sub/x")
                 if tail:
                     expand(here, tail)
@@ -271,10 +282,10 @@ def _glob(pattern: str) -> list[str]:
                 # a last ``**`` matches folders and files; glob names the start folder "logs/"
                 if root != start or path:
                     out.append(here if root != start else join(path, ""))
-                out.extend(join(here, f) for f in files if not f.startswith("."))
+                out.extend(join(here, f) for f in files if not f.startswith((".", "_")))
         elif _has_magic(part):
             for name in names(path, part):
-                if not tail or os.path.isdir(join(path, name)):
+                if not tail or (os.path.isdir(join(path, name)) and not results(join(path, name))):
                     expand(join(path, name), tail)
         elif tail:
             if os.path.isdir(join(path, part)):
@@ -296,7 +307,9 @@ def resolve_sources(source: Any) -> list[str]:
     folders (each real folder once, under its first name in sorted order: a link cycle
     ends); files named explicitly are taken whatever their
     suffix. Globs are expanded as by :func:`glob.glob` (``recursive=True``), except that ``**``
-    also visits each real folder once. Order: each item in turn, sorted within a folder or glob;
+    also visits each real folder once, and that wildcards skip what a folder skips: names
+    starting with ``_`` (``_temporary/`` of an unfinished Spark job, ``_delta_log/``) unless
+    the pattern's part does, and driftwatch results folders. Order: each item in turn, sorted within a folder or glob;
     duplicates (the same real file under several names: links) are read once, under the first name.
 
     Raises

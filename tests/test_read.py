@@ -300,7 +300,9 @@ def test_one_real_file_under_two_names_is_read_once(tmp_path: Path) -> None:
 
 def test_glob_expansion_matches_python_glob_without_links(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without links the expansion is glob.glob(recursive=True): hidden names need a pattern part
-    starting with '.', a last ** gives folders and files, relative patterns stay relative."""
+    starting with '.', a last ** gives folders and files, relative patterns stay relative. The
+    one difference: wildcards skip names starting with '_', as a folder does, unless the pattern
+    part starts with '_' too."""
     import glob
 
     from driftwatch.read import _glob
@@ -313,7 +315,29 @@ def test_glob_expansion_matches_python_glob_without_links(tmp_path: Path, monkey
     for pattern in ("**", "**/*.parquet", "*", "*/*.parquet", "logs/**", "logs/**/*.parquet", "logs/*/", "logs/**/",
                     "l?gs/s*/one.parquet", "logs/[s]ub/*", "**/sub/**/*.parquet", str(tmp_path / "**" / "*.parquet"),
                     "logs/.h*/*", "logs/**/.h*", "logs/*/*", "nope/*"):
-        assert _glob(pattern) == sorted(glob.glob(pattern, recursive=True)), pattern
+        want = [p for p in glob.glob(pattern, recursive=True) if "_tmp" not in p]
+        assert _glob(pattern) == sorted(want), pattern
+    for pattern in ("logs/_*/*", "logs/_tmp/*.parquet", "logs/_t?p/u.parquet"):
+        assert _glob(pattern) == sorted(glob.glob(pattern, recursive=True)) == ["logs/_tmp/u.parquet"], pattern
+
+
+def test_globs_skip_unfinished_spark_output_delta_logs_and_results_folders(tmp_path: Path) -> None:
+    """`logs/**/*.parquet` read a Spark job's _temporary/ attempt files (the same rows again,
+    rejected as duplicated steps), a Delta table's _delta_log/ checkpoints and, with
+    `--out logs/report`, the audit's own runs.parquet (every row rejected: no action column)."""
+    logs = tmp_path / "logs"
+    _write(_canon(3, run="a"), logs / "date=2026-11-01" / "part-0.parquet")
+    _write(_canon(3, run="a"), logs / "date=2026-11-01" / "_temporary" / "0" / "part-0.parquet")
+    _write(_canon(2, run="z"), logs / "_delta_log" / "00000000000000000010.checkpoint.parquet")
+    (logs / "date=2026-11-01" / "_SUCCESS").write_text("")
+    dw.audit(logs, out=logs / "report")
+    assert (logs / "report" / "runs.parquet").exists()
+    for source in (logs, str(logs / "**" / "*.parquet"), str(logs / "*" / "*.parquet"), str(logs / "**")):
+        res = read_logs(source)
+        assert [Path(p).relative_to(logs).as_posix() for p in res.stats.paths] == ["date=2026-11-01/part-0.parquet"], source
+        assert (res.stats.rows_in, res.stats.rows_rejected) == (3, 0), source
+    named = read_logs(str(logs / "date=*" / "_temporary" / "*" / "*.parquet"))  # a pattern naming it reads it
+    assert named.stats.files == 1 and named.stats.rows_valid == 3
 
 
 def test_hive_partitions_fill_agent_and_prune(tmp_path: Path) -> None:
