@@ -18,7 +18,7 @@ from driftwatch.schema import CANONICAL_SCHEMA, STATUS_SPELLINGS, conform, conve
 FrameLike = pl.DataFrame | pl.LazyFrame
 
 _DURATION_PART = r"(\d+)(ns|us|ms|s|m|h|d|w)"
-_DURATION_RE = re.compile(rf"^(?:{_DURATION_PART})+$")
+_DURATION_RE = re.compile(rf"(?:{_DURATION_PART})+")
 _UNIT_SECONDS = {
     "ns": 1e-9,
     "us": 1e-6,
@@ -256,8 +256,8 @@ def duration_seconds(every: str, *, name: str = "every") -> float:
     """Seconds in a Polars duration string such as ``"1m"``, ``"6h"``, ``"1d"``, ``"1w"``."""
     if not isinstance(every, str):
         raise InvalidParameterError(f"{name} must be a Polars duration string like '1h', got {every!r}")
-    text = every.strip()
-    if not _DURATION_RE.match(text):
+    text = every  # (no spaces: Polars reads "1d " as no duration)
+    if not _DURATION_RE.fullmatch(text):
         raise InvalidParameterError(
             f"{name} must be a Polars duration string such as '1m' (minute), '1h', '1d', '1w' or '1d12h'; "
             f"got {every!r}"

@@ -60,6 +60,7 @@ import polars as pl
 from driftwatch._frames import (
     as_lazy,
     check_flag,
+    detect_loops_if_available,
     duration_seconds,
     normalize_by,
     require_timestamps,
@@ -355,7 +356,6 @@ def _aggregate_buckets(runs: pl.LazyFrame, keys: Sequence[str], has_loops: bool)
     return capped.group_by(*keys, "bucket").agg(
         pl.len().cast(pl.Int64).alias("runs"),
         steps.mean().alias("steps_mean"),
-        steps.quantile(0.9, "linear").alias("steps_p90"),
         (pl.col("_errors_capped").sum() / steps.sum()).alias("error_rate"),
         (pl.col("n_errors") > 0).mean().alias("error_run_rate"),
         pl.col("_looped").cast(pl.Float64).mean().alias("loop_rate")
@@ -365,7 +365,42 @@ def _aggregate_buckets(runs: pl.LazyFrame, keys: Sequence[str], has_loops: bool)
         pl.col("cost_usd").mean().alias("cost_per_run"),
         pl.col("latency_ms").quantile(0.9, "linear").alias("latency_p90"),
         (pl.col("n_llm").sum() / steps.sum()).alias("llm_ratio"),
+    ).join(
+        _mid_quantile(runs, [*keys, "bucket"], "n_steps", 0.9, "steps_p90"), on=[*keys, "bucket"], how="left",
+        nulls_equal=True,
     ).select(series_expr(keys), pl.all().exclude(keys))
+
+
+def _mid_quantile(runs: pl.LazyFrame, group: Sequence[str], col: str, p: float, name: str) -> pl.LazyFrame:
+    """The ``p`` mid-quantile of the whole numbers ``col`` per ``group``: the inverse of the
+    mid-distribution function ``F(k-) + P(k) / 2``, interpolated linearly between the values.
+
+    A plain quantile of counts is a step function of the distribution: the 90th percentile of
+    steps per run sits on 9 for days, then on 10 for a few days by chance, and a series with no
+    spread inside its segments makes a one-step flicker look like a shift of eight standard
+    errors. The mid-quantile moves with the distribution continuously (Ma, Genton and Parzen,
+    2011) and equals the value itself when every run has it.
+
+    Examples
+    --------
+    >>> lf = pl.LazyFrame({"g": [1] * 10 + [2] * 3, "n": [5] * 8 + [9, 10] + [4] * 3})
+    >>> _mid_quantile(lf, ["g"], "n", 0.9, "q").sort("g").collect()["q"].to_list()  # mid-ranks .4, .85, .95
+    [9.5, 4.0]
+    """
+    k = pl.col(col).cast(pl.Float64)
+    counts = runs.filter(pl.col(col).is_not_null()).group_by(*group, col).agg(pl.len().cast(pl.Float64).alias("_c"))
+    counts = counts.sort(*group, col, nulls_last=True).with_columns(
+        ((pl.col("_c").cum_sum() - pl.col("_c") / 2) / pl.col("_c").sum()).over(group).alias("_mid")
+    )
+    below = pl.col("_mid") <= p
+    k_lo, m_lo = k.filter(below).max(), pl.col("_mid").filter(below).max()
+    k_hi, m_hi = k.filter(~below).min(), pl.col("_mid").filter(~below).min()
+    q = (
+        pl.when(k_lo.is_null()).then(k_hi)
+        .when(k_hi.is_null()).then(k_lo)
+        .otherwise(k_lo + (p - m_lo) / (m_hi - m_lo) * (k_hi - k_lo))
+    )
+    return counts.group_by(group).agg(q.alias(name))
 
 
 def _tool_shares(
@@ -597,7 +632,10 @@ def changepoints_from_buckets(
     b = b.filter(pl.len().over("series") >= 2 * opts.min_size)
     if b.height == 0:
         return _empty_changepoints()
-    # a bucket without a value (no tool calls that day) takes the series' previous (else next) value
+    # a bucket without a value (no tool calls that day, no cost recorded yet) takes the series'
+    # previous (else next) value for the search, which needs a value in every bucket; the
+    # materiality test weighs it 0 (a value copied over ten days is not ten observations)
+    known = np.column_stack([b[c].cast(pl.Float64).fill_nan(None).is_not_null().to_numpy() for c in value_cols])
     filled = b.select(
         *[
             pl.col(c).cast(pl.Float64).fill_nan(None).forward_fill().backward_fill().over("series").alias(c)
@@ -612,7 +650,8 @@ def changepoints_from_buckets(
     series = b["series"]
     starts = np.flatnonzero(series.ne(series.shift(1)).fill_null(True).to_numpy())
     tool_names = [b[t].gather(starts).to_list() for t, _ in tool_pairs]  # constant within a series
-    stk = _stack(x, runs, filled["_rel"].to_numpy(), starts, opts)
+    stk = _stack(x, runs, filled["_rel"].to_numpy(), starts, opts, known)
+    stk.volume[:] = [c == "runs" for c in value_cols]  # the volume itself: a bucket is one observation
     algo = _kernel_cpd(opts.min_size)
 
     rows: list[dict[str, Any]] = []
@@ -679,11 +718,15 @@ class _Stacked:
     usable: np.ndarray  # (S, d): metric has values and is not constant in the series
     u: np.ndarray  # (N, d) standardised, weighted, clipped: what the searches see
     n: np.ndarray  # (N,) runs
+    known: np.ndarray  # (N, d) the bucket has a value of its own (not a filled gap)
+    volume: np.ndarray  # (d,) the metric is the volume (runs): its buckets are not weighted by runs
     raw: np.ndarray  # (N, d) metric values (gaps filled)
     test: np.ndarray  # (N, d) outlier-clipped values, centred per series: the materiality test
 
 
-def _stack(x: np.ndarray, n: np.ndarray, rel: np.ndarray, starts: np.ndarray, opts: _Options) -> _Stacked:
+def _stack(
+    x: np.ndarray, n: np.ndarray, rel: np.ndarray, starts: np.ndarray, opts: _Options, known: np.ndarray | None = None
+) -> _Stacked:
     """Vectorised preparation of all series (no per-series Python work).
 
     1. level: centred rolling median (7 buckets; shifted inwards at the ends);
@@ -724,7 +767,9 @@ def _stack(x: np.ndarray, n: np.ndarray, rel: np.ndarray, starts: np.ndarray, op
     u = np.where(usable[seg], (xc - mean_c) / s_row, 0.0)
     # centre the clipped values per series before squaring them in prefix sums (precision)
     test = x_test - (np.add.reduceat(x_test, starts, axis=0) / lengths[:, None])[seg]
-    return _Stacked(starts=starts, ends=ends, usable=usable, u=u, n=n, raw=x0, test=test)
+    known = finite if known is None else known & finite
+    return _Stacked(starts=starts, ends=ends, usable=usable, u=u, n=n, known=known,
+                    volume=np.zeros(x.shape[1], dtype=bool), raw=x0, test=test)
 
 
 def _prefix(v: np.ndarray) -> np.ndarray:
@@ -943,9 +988,14 @@ class _Segments:
 
     def __init__(self, stk: _Stacked, start: int, end: int, cols: np.ndarray) -> None:
         n = stk.n[start:end]
-        w = n[:, None]
+        known = stk.known[start:end][:, cols]
+        # a filled gap weighs nothing; the volume's mean is per bucket (weighted by itself, a
+        # doubling read 37 -> 75 runs a day where the days held 31 -> 63)
+        w = np.where(stk.volume[cols], 1.0, n[:, None]) * known
         t = stk.test[start:end][:, cols]
         self.p_n = _prefix(n)
+        self.p_w = _prefix(w)
+        self.p_k = _prefix(known.astype(float))
         self.p_raw = _prefix(w * stk.raw[start:end][:, cols])
         self.p_t1 = _prefix(w * t)
         self.p_t2 = _prefix(w * t * t)
@@ -955,31 +1005,38 @@ class _Segments:
         lo, hi = edges[:-1], edges[1:]
         seg_n = self.p_n[hi] - self.p_n[lo]
         seg_len = (hi - lo).astype(float)
+        seg_w = self.p_w[hi] - self.p_w[lo]  # (segments, metrics): runs of the buckets with a value
+        seg_k = self.p_k[hi] - self.p_k[lo]  # buckets with a value
         s1 = self.p_t1[hi] - self.p_t1[lo]
         s2 = self.p_t2[hi] - self.p_t2[lo]
-        mean = s1 / seg_n[:, None]
-        seg_ss = np.maximum(s2 - s1 * mean, 0.0)  # runs * squared deviations: sum n (x - mean)^2
-        dof = seg_len - 1.0
-        pooled = seg_ss.sum(axis=0) / max(dof.sum(), 1.0)
-        var = (seg_ss + _POOL_DOF * pooled) / (dof + _POOL_DOF)[:, None]  # per-run variance, shrunk
-        se2 = var / seg_n[:, None]
-        shift = mean[1:] - mean[:-1]  # on outlier-clipped values
-        se = np.sqrt(se2[:-1] + se2[1:])
-        raw_mean = (self.p_raw[hi] - self.p_raw[lo]) / seg_n[:, None]
-        before, after = raw_mean[:-1], raw_mean[1:]
-        diff = after - before
         with np.errstate(divide="ignore", invalid="ignore"):
+            mean = s1 / seg_w
+            seg_ss = np.where(seg_w > 0, np.maximum(s2 - s1 * mean, 0.0), 0.0)  # sum n (x - mean)^2
+            dof = np.maximum(seg_k - 1.0, 0.0)
+            pooled = seg_ss.sum(axis=0) / np.maximum(dof.sum(axis=0), 1.0)
+            var = (seg_ss + _POOL_DOF * pooled) / (dof + _POOL_DOF)  # per-run variance, shrunk
+            se2 = var / seg_w
+            shift = mean[1:] - mean[:-1]  # on outlier-clipped values
+            se = np.sqrt(se2[:-1] + se2[1:])
+            raw_mean = (self.p_raw[hi] - self.p_raw[lo]) / seg_w
+            before, after = raw_mean[:-1], raw_mean[1:]
+            diff = after - before
             t_stat = np.where(se > 0, shift / se, np.where(shift != 0, np.inf * np.sign(shift), 0.0))
             mag = np.where(before != 0, diff / np.abs(before), np.where(diff != 0, np.inf * np.sign(diff), 0.0))
+        # a side with fewer than two buckets of its own values (a metric recorded from the day
+        # before the breakpoint on) has no segment to compare
+        seen = (seg_k[:-1] >= 2) & (seg_k[1:] >= 2)
         # the per-run variance comes from the spread of bucket means (T - segments degrees of
         # freedom across the series, plus the pooled pseudo-observations), so the ratio is a t
         # statistic; it is reported and tested as the normal z of the same tail probability (at
         # weekly buckets, T = 9 for 60 days, a t of 4 passed min_z as if normal: 5% of stable
         # series had a change-point). The segment's own degrees of freedom would be stricter,
         # and lost a doubled step count four days before a nightly audit.
-        df = np.full(dof.shape, float(max(dof.sum(), 1.0)) + _POOL_DOF)
-        z = _t_as_z(t_stat, np.minimum(df[:-1], df[1:])[:, None])
-        material = (np.abs(z) >= min_z) & (np.abs(mag) >= min_mag) & (diff != 0) & (np.sign(diff) == np.sign(shift))
+        df = np.maximum(dof.sum(axis=0), 1.0) + _POOL_DOF  # per metric
+        z = np.where(seen, _t_as_z(np.where(seen, t_stat, 0.0), np.broadcast_to(df, t_stat.shape)), 0.0)
+        material = (
+            seen & (np.abs(z) >= min_z) & (np.abs(mag) >= min_mag) & (diff != 0) & (np.sign(diff) == np.sign(shift))
+        )
         return {
             "before": before,
             "after": after,
@@ -1152,13 +1209,14 @@ def detect_changepoints(
     if unknown:
         raise SchemaError(f"by: column(s) {unknown} not in events; found {list(schema)}")
     require_timestamps(lf, "change-points")
-    feats = run_features(lf)
-    extra = [c for c in by_cols if c not in feats.columns]
-    if extra:
-        carried = lf.group_by("run_id").agg([pl.col(c).drop_nulls().first() for c in extra]).collect()
-        feats = feats.join(carried, on="run_id", how="left")
+    feats = run_features(lf, by=by_cols)
     names = _resolve_metrics(metrics, None)
     counts = run_action_counts(lf) if TOOL_MIX in names and top_tools > 0 else None
+    if loops is None and metrics is not None and "loop_rate" in names:
+        loops = detect_loops_if_available(lf)  # asked for by name: found, not silently left out
+        if loops is None:
+            raise InvalidParameterError("metrics: 'loop_rate' needs loops=detect_loops(events) output "
+                                        "(driftwatch.loops is not available to compute it)")
     summary = _loop_summary(loops) if loops is not None else None
     return changepoints_from_runs(
         feats,

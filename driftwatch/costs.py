@@ -172,7 +172,7 @@ def cost_profile(
     from driftwatch.features import run_features
 
     lf = as_lazy(events)
-    features = run_features(lf)
+    features = run_features(lf, by=normalize_by(by))
     if loops is None:
         loops = detect_loops_if_available(lf)
     return cost_profile_from_runs(

@@ -346,9 +346,10 @@ def detect_drift(
     """
     lf = as_lazy(events)
     require_timestamps(lf, "drift windows")
-    main = _tables_from_events(lf)
-    ref = _frame_to_tables(reference, "reference")
-    cur = _frame_to_tables(current, "current")
+    by_cols = normalize_by(by)
+    main = _tables_from_events(lf, by_cols)
+    ref = _frame_to_tables(reference, "reference", by_cols)
+    cur = _frame_to_tables(current, "current", by_cols)
     return drift_from_runs(
         *main,
         reference=reference if ref is None else ref,
@@ -584,16 +585,17 @@ def _is_frame(x: Any) -> bool:
     )
 
 
-def _tables_from_events(lf: pl.LazyFrame) -> Tables:
-    return run_features(lf), run_action_counts(lf), run_bigram_counts(lf)
+def _tables_from_events(lf: pl.LazyFrame, by: Sequence[str] = ()) -> Tables:
+    """The per-run tables of events; ``by`` columns that are not features are carried."""
+    return run_features(lf, by=by), run_action_counts(lf), run_bigram_counts(lf)
 
 
-def _frame_to_tables(x: Any, name: str) -> Tables | None:
+def _frame_to_tables(x: Any, name: str, by: Sequence[str] = ()) -> Tables | None:
     """Events frame -> its per-run tables; anything else -> None (handled later)."""
     if _is_frame(x):
         lf = as_lazy(x, name=name)
         require_timestamps(lf, "drift windows", name=name)
-        return _tables_from_events(lf)
+        return _tables_from_events(lf, by)
     return None
 
 
@@ -798,7 +800,7 @@ def _assemble(main: Tables, reference: Any, current: Any, opts: _Options) -> _Da
         ref_lo = ref_hi = None
         src_ref = 1
     elif _is_frame(reference):
-        ref_tabs = _tables_from_events(as_lazy(reference, name="reference"))
+        ref_tabs = _tables_from_events(as_lazy(reference, name="reference"), opts.by)
         ref_tabs = _check_tables(ref_tabs, "reference")
         ref_lo = ref_hi = None
         src_ref = 1
@@ -824,7 +826,7 @@ def _assemble(main: Tables, reference: Any, current: Any, opts: _Options) -> _Da
         cur_tabs, origin, src_cur = main, lo, 0
     elif _is_tables(current) or _is_frame(current):
         cur_tabs = _check_tables(current, "current") if _is_tables(current) else _check_tables(
-            _tables_from_events(as_lazy(current, name="current")), "current"
+            _tables_from_events(as_lazy(current, name="current"), opts.by), "current"
         )
         lo = hi = None
         fmin = cur_tabs[0]["first_ts"].min()

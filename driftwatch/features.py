@@ -15,10 +15,13 @@ Examples
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import polars as pl
 
-from driftwatch._frames import as_lazy, known_sum
+from driftwatch._frames import as_lazy, known_sum, normalize_by
+from driftwatch.errors import SchemaError
 from driftwatch.schema import LLM_ACTION
 
 #: Numeric per-run features used by statistical models (drift, anomaly score).
@@ -133,13 +136,17 @@ def run_feature_exprs() -> list[pl.Expr]:
     ]
 
 
-def run_features(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+def run_features(events: pl.DataFrame | pl.LazyFrame, *, by: str | Sequence[str] | None = None) -> pl.DataFrame:
     """One row per run with the features every detector shares.
 
     Parameters
     ----------
     events : polars.DataFrame or polars.LazyFrame
         Canonical events, in any order.
+    by : str or sequence of str, optional
+        Columns that name a series (``"tenant"``): those that are not features
+        are added, each run's first non-null value (steps in order). Every one
+        must be a column of ``events``.
 
     Returns
     -------
@@ -158,8 +165,31 @@ def run_features(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         unparseable output). ``n_retries`` counts tool steps
         that repeat the run's previous tool action, which failed (LLM steps in
         between are skipped); ``retry_cost_usd`` is their cost.
+
+    Examples
+    --------
+    >>> import polars as pl, driftwatch as dw
+    >>> ev = pl.DataFrame({"run_id": ["a", "a", "b"], "step": [1, 2, 1], "action": ["llm", "search", "llm"],
+    ...                    "tenant": [None, "acme", "zeta"]})
+    >>> dw.run_features(ev, by="tenant").select("run_id", "n_steps", "tenant").rows()
+    [('a', 2, 'acme'), ('b', 1, 'zeta')]
     """
-    return _features(sorted_steps(events))
+    steps = sorted_steps(events)
+    feats = _features(steps)
+    by_cols = normalize_by(by)
+    extra = [c for c in by_cols if c not in feats.columns]
+    if not extra:
+        return feats
+    have = events.collect_schema().names() if isinstance(events, pl.LazyFrame) else events.columns
+    unknown = [c for c in extra if c not in have]
+    if unknown:
+        raise SchemaError(f"by: column(s) {unknown} not in events; found {have}")
+    firsts = (
+        as_lazy(events).filter(pl.col("run_id").is_not_null())
+        .group_by("run_id").agg([pl.col(c).sort_by("step").drop_nulls().first() for c in extra])
+        .collect()
+    )
+    return feats.join(firsts.with_columns(pl.col("run_id").cast(feats.schema["run_id"])), on="run_id", how="left")
 
 
 def _features(steps: pl.DataFrame) -> pl.DataFrame:

@@ -178,8 +178,9 @@ def load_curve(
     every : str, default="1m"
         Bucket width, a Polars duration string (``"1m"`` is a minute).
     by : str or sequence of str, default=("agent",)
-        Columns of the run table that define a series; the fleet is added as
-        series ``"all"``. Load is counted per series.
+        Columns that define a series (any event column: each run's first
+        non-null value); the fleet is added as series ``"all"``. Load is
+        counted per series.
     metrics : sequence of str, optional
         Subset of :data:`METRICS`; default all (``loop_rate`` only with loops).
     loops : polars.DataFrame or LazyFrame, optional
@@ -210,7 +211,7 @@ def load_curve(
 
     lf = as_lazy(events)
     require_timestamps(lf, "load buckets")
-    features = run_features(lf)
+    features = run_features(lf, by=normalize_by(by))
     wanted = _check_metrics(metrics, have_loops=True)
     if loops is None and "loop_rate" in wanted:
         loops = detect_loops_if_available(lf)

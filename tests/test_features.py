@@ -166,3 +166,16 @@ def test_compact_count_tables_equal_the_audits_form(fleet_events: pl.DataFrame, 
     assert actions["action"].null_count() > 0
     assert_frame_equal(actions, canonical_order("action_counts", compact_counts(want[1], "action")))
     assert_frame_equal(bigrams, canonical_order("bigram_counts", compact_counts(want[2], "bigram")))
+
+
+def test_run_features_carry_series_columns_that_are_not_features() -> None:
+    """by= columns of the events (a tenant) come with the run: its first non-null value in step
+    order. dw.load_curve / dw.cost_profile / dw.detect_drift(by="tenant") refused such a column
+    (only detect_changepoints carried it)."""
+    ev = pl.DataFrame({"run_id": ["a", "a", "a", "b"], "step": [3, 1, 2, 1], "action": ["x", "y", "z", "x"],
+                       "tenant": ["late", None, "early", None], "region": ["eu", "eu", "eu", "us"]})
+    got = dw.run_features(ev, by=("agent", "tenant", "region"))
+    assert got.select("run_id", "tenant", "region").rows() == [("a", "early", "eu"), ("b", None, "us")]
+    assert dw.run_features(ev, by="agent").columns == dw.run_features(ev).columns
+    with pytest.raises(dw.SchemaError, match=r"by: column\(s\) \['nope'\] not in events"):
+        dw.run_features(ev.lazy(), by="nope")

@@ -348,3 +348,18 @@ def test_step_knee_is_the_lowest_of_equally_good_knees() -> None:
     assert row["significant"]
     assert row["candidate_knee"] == row["knee"] == 3.0  # the last load below the step
     assert row["below"] == pytest.approx(0.1) and row["above"] == pytest.approx(0.6)
+
+
+def test_series_by_an_event_column_that_is_not_a_feature() -> None:
+    ev = synth.generate(days=4, runs_per_day=80, seed=3).events
+    ev = ev.with_columns(pl.when(pl.col("agent") == "billing").then(pl.lit("t1")).otherwise(pl.lit("t2")).alias("tenant"))
+    curve = dw.load_curve(ev, by="tenant", n_boot=99, metrics=["error_rate"])
+    assert set(curve["series"]) == {"tenant=t1", "tenant=t2", "all"}
+    costs = dw.cost_profile(ev, by="tenant")
+    assert costs.sort("series")["series"].to_list() == ["all", "tenant=t1", "tenant=t2"]
+    assert costs.filter(pl.col("series") == "tenant=t1")["runs"].item() == ev.filter(
+        pl.col("agent") == "billing")["run_id"].n_unique()
+    drift = dw.detect_drift(ev, reference="2d", by="tenant", every="1d", min_runs=5)
+    assert set(drift["series"]) == {"tenant=t1", "tenant=t2"}
+    with pytest.raises(SchemaError, match="nope"):
+        dw.load_curve(ev, by="nope")
