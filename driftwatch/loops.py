@@ -538,7 +538,7 @@ def _load_steps(events: Any, *, streaming: bool) -> tuple[pl.DataFrame, _TextSou
         if frame["run_id"].null_count():
             lf = lf.filter(pl.col("run_id").is_not_null())
         return collect(lf.select(cols).with_columns(_llm_pair_expr())), _TextSource(None, streaming=streaming)
-    lf = lf.with_row_index("_row")
+    lf = lf.drop("_row", strict=False).with_row_index("_row")  # (a column of the user's of that name is not ours)
     cols += [pl.col("_row"), *_hash_exprs(), pl.col("args").str.len_bytes().alias("_la"), *_money_exprs()]
     steps = collect(lf.filter(pl.col("run_id").is_not_null()).select(cols).with_columns(_llm_pair_expr()),
                     streaming=streaming)
@@ -733,9 +733,9 @@ def detect_loops(
     found = [p for p in parts if p is not None]
     if not found:
         return _empty_loops()
-    out = pl.DataFrame(found[0]) if len(found) == 1 else pl.DataFrame(
-        {c: pl.concat([pl.Series(f[c]) for f in found], rechunk=True) for c in found[0]}
-    )
+    # (a part is a dict of columns, or a frame when it holds tool and LLM loops both)
+    frames = [f if isinstance(f, pl.DataFrame) else pl.DataFrame(f) for f in found]
+    out = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical_relaxed", rechunk=True)
     # (severity on the whole frame at once: Polars' float kernels may round the last bit
     # differently for a value depending on its position in the column)
     out = out.with_columns(severity_expr().alias("severity")).cast(LOOP_SCHEMA).select(list(LOOP_SCHEMA))  # type: ignore[arg-type]
@@ -743,7 +743,7 @@ def detect_loops(
         return out
     # each part lists its loops in row order; the parts have no run in common, so when each
     # is sorted by run (the usual case) a merge equals a stable sort of the whole
-    n_main = len(found[0]["period"])
+    n_main = frames[0].height
     main, rest = out.head(n_main), out.tail(out.height - n_main)
     if rest.height and main["run_id"].is_sorted() and rest["run_id"].is_sorted():
         return main.merge_sorted(rest, key="run_id")
@@ -1370,7 +1370,8 @@ def loop_summary(loops: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         ``run_id``. The worst loop has the highest severity (ties: more wasted
         cost, then earlier start); ``loop_severity`` is its severity, in
         [0, 1]; runs whose loops are all ``same_action`` stay at or below 0.3.
-        Waste is summed over the run's loops.
+        Waste is summed over the run's loops, each wasted step once (loops can
+        overlap: an exact loop inside the action-level loop around it).
 
     Examples
     --------
@@ -1410,6 +1411,10 @@ def loop_summary(loops: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
             .first()
         )
 
+    waste = ("wasted_steps", "wasted_tokens", "wasted_cost_usd")
+    if "end_step" in schema:
+        lf = _waste_once(lf)
+        waste = ("_dw_steps", "_dw_tokens", "_dw_cost")
     out = (
         lf.group_by("run_id")
         .agg(
@@ -1418,15 +1423,35 @@ def loop_summary(loops: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
             worst("kind").alias("worst_kind"),
             worst("pattern").alias("worst_pattern"),
             worst("repeats").alias("worst_repeats"),
-            pl.col("wasted_steps").sum(),
-            known_sum("wasted_tokens"),
-            known_sum("wasted_cost_usd"),
+            pl.col(waste[0]).sum().alias("wasted_steps"),
+            known_sum(waste[1]).alias("wasted_tokens"),
+            known_sum(waste[2]).alias("wasted_cost_usd"),
             pl.col("severity").max().clip(0.0, 1.0).alias("loop_severity"),
         )
         .sort("run_id")
         .collect()
     )
     return out.cast(SUMMARY_SCHEMA).select(list(SUMMARY_SCHEMA))  # type: ignore[arg-type]
+
+
+def _waste_once(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """The loops' waste with the steps another loop of the run wasted already left out.
+
+    A loop's waste is its steps after the first cycle, ``end_step - wasted_steps + 1`` to
+    ``end_step``. A run can hold overlapping loops (an exact loop inside the action-level loop
+    around it, an LLM retry inside a paging loop): summed as they are, a run of 11 steps
+    wasted 12. Taken in order of where their waste starts, each loop keeps the part of its
+    waste past the furthest step the earlier ones reached; its tokens and cost pro rata.
+    """
+    lo = pl.col("end_step") - pl.col("wasted_steps") + 1
+    reach = pl.col("end_step").cum_max().shift(1).over("run_id", order_by=[lo, pl.col("end_step")])
+    kept = (pl.col("end_step") - pl.max_horizontal(lo, reach.fill_null(lo - 1) + 1) + 1).clip(0, pl.col("wasted_steps"))
+    share = pl.when(pl.col("wasted_steps") > 0).then(kept / pl.col("wasted_steps")).otherwise(0.0)
+    return lf.with_columns(
+        kept.cast(pl.Int64).alias("_dw_steps"),
+        (pl.col("wasted_tokens") * share).round(0).cast(pl.Int64).alias("_dw_tokens"),
+        (pl.col("wasted_cost_usd") * share).alias("_dw_cost"),
+    )
 
 
 # ---------------------------------------------------------------------------------------------

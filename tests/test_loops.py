@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
+import driftwatch as dw
 from driftwatch import synth
 from driftwatch._signatures import _affine_params, minhash, near_duplicates, normalize, normalize_expr
 from driftwatch.errors import InvalidParameterError, SchemaError
@@ -839,3 +840,47 @@ def test_fleet_llm_sampling_is_never_severe(llm_fleet: synth.Fleet) -> None:
     assert set(loops["kind"]) == {"same_action"} and set(loops["match"]) == {"prompt"}
     assert set(llm.filter(pl.col("kind") == "same_action")["run_id"]) <= set(benign["run_id"])
     assert loops.height / benign.height >= 0.95  # reported, with their extent
+
+
+def test_a_run_with_tool_and_llm_loops_beside_a_run_out_of_order() -> None:
+    """The part of the frame read in place returned a frame (tool and LLM loops both) where the
+    concatenation with the re-sorted part expected columns: ColumnNotFoundError "r1" not found,
+    in detect_loops, `driftwatch loops` and the audit alike (a run crossing midnight suffices)."""
+    r1 = pl.DataFrame({"run_id": ["r1"] * 6, "step": [1, 2, 3, 4, 5, 6],
+                       "action": ["search"] * 3 + ["llm"] * 3, "args": ["q"] * 3 + ["p"] * 3,
+                       "result": ["x"] * 3 + ["y"] * 3})
+    r2 = pl.DataFrame({"run_id": ["r2"] * 3, "step": [3, 1, 2], "action": ["get"] * 3, "args": ["a"] * 3,
+                       "result": ["z"] * 3})
+    for ev in (pl.concat([r1, r2]), pl.concat([r1, r2]).lazy()):
+        got = dw.detect_loops(ev).select("run_id", "pattern", "kind", "start_step", "end_step").rows()
+        assert got == [("r1", "search", "exact", 1, 3), ("r1", "llm", "exact", 4, 6), ("r2", "get", "exact", 1, 3)]
+
+
+def test_loop_summary_counts_each_wasted_step_once() -> None:
+    """An exact loop inside the action-level loop around it: summed, a run of 11 steps, 1,100
+    tokens and $0.11 'wasted' 12 steps, 1,200 tokens and $0.12, and its reason said so."""
+    ev = pl.DataFrame({"run_id": ["r"] * 11, "step": list(range(1, 12)), "action": ["search"] * 11,
+                       "args": ["q"] * 3 + [f"q {i}" for i in range(1, 9)],
+                       "result": ["same"] * 3 + [f"res {i}" for i in range(1, 9)],
+                       "input_tokens": [100] * 11, "output_tokens": [0] * 11, "cost_usd": [0.01] * 11})
+    loops = dw.detect_loops(ev)
+    assert loops.select("kind", "start_step", "end_step", "wasted_steps").rows() == [
+        ("exact", 1, 3, 2), ("same_action", 1, 11, 10)]
+    s = dw.loop_summary(loops).row(0, named=True)
+    assert (s["n_loops"], s["wasted_steps"], s["wasted_tokens"]) == (2, 10, 1000)
+    assert s["wasted_cost_usd"] == pytest.approx(0.10)
+    assert "10 wasted steps, $0.10" in dw.score_runs(ev, loops=loops)["reasons"][0][0]
+    # loops that overlap in part: the later one keeps its steps past the earlier one's end
+    part = pl.DataFrame({"run_id": ["r", "r"], "agent": "a", "kind": "exact", "pattern": ["x", "y"], "repeats": 3,
+                         "start_step": [1, 5], "end_step": [9, 14], "wasted_steps": [6, 6],
+                         "wasted_tokens": [60, 60], "wasted_cost_usd": [0.6, 0.6]})
+    s = dw.loop_summary(part).row(0, named=True)  # waste 4..9 and 9..14: 9 is counted once
+    assert (s["wasted_steps"], s["wasted_tokens"]) == (11, 110) and s["wasted_cost_usd"] == pytest.approx(1.1)
+    # without end_step (a hand-made table) the waste is summed as given
+    assert dw.loop_summary(part.drop("end_step"))["wasted_steps"].item() == 12
+
+
+def test_a_user_column_named_like_an_internal_one_is_not_ours() -> None:
+    ev = pl.DataFrame({"run_id": ["r"] * 6, "step": [1, 2, 3, 4, 5, 6], "action": ["a", "b"] * 3,
+                       "args": ["x"] * 6, "result": ["y"] * 6}).with_row_index("_row")
+    assert dw.detect_loops(ev.lazy()).select("pattern", "kind").rows() == [("a > b", "exact")]
