@@ -244,10 +244,11 @@ def _alive(pid: int) -> bool:
 def check_replaceable(path: str | os.PathLike[str], *, expected: Collection[str] = ()) -> None:
     """Raise :class:`InvalidParameterError` unless ``path`` may be replaced as a whole.
 
-    A folder may be replaced when it does not exist or holds nothing but names in
-    ``expected`` and the :data:`MARKER` of an earlier driftwatch write. Anything else
-    (``--out .``, a folder of the user's own files, an earlier results folder the user
-    added notes to) is refused rather than deleted.
+    A folder may be replaced when it does not exist, is empty, or carries the :data:`MARKER`
+    of an earlier driftwatch write and holds nothing else but names in ``expected``. Anything
+    else (``--out .``, a folder of the user's own files, even ones named ``report.html`` or
+    ``summary.json`` when no marker says driftwatch wrote them, an earlier results folder the
+    user added notes to) is refused rather than deleted.
     """
     dest = Path(path)
     if not dest.exists():
@@ -258,6 +259,15 @@ def check_replaceable(path: str | os.PathLike[str], *, expected: Collection[str]
             "(choose a new or an earlier results folder)"
         )
     names = {p.name for p in dest.iterdir()}
+    if names and MARKER not in names:
+        # every results folder driftwatch has ever written carries the marker: without it the
+        # files are the user's, even when named report.html or summary.json
+        shown = ", ".join(sorted(names)[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise InvalidParameterError(
+            f"{dest}: folder holds files that are not driftwatch results ({shown}; no {MARKER} file marks it "
+            "as a results folder); the results folder is replaced as a whole, so choose a new or empty "
+            "folder for --out"
+        )
     # (a temporary file of a driftwatch write that was killed, e.g. .report.html.tmp-<pid>-<hex>
     # of a `driftwatch report`, goes with the folder)
     tmp_of = "|".join(map(re.escape, expected))
@@ -266,14 +276,10 @@ def check_replaceable(path: str | os.PathLike[str], *, expected: Collection[str]
     if not foreign:
         return
     shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-    if MARKER in names:  # an earlier results folder, with the user's own files added since
-        raise InvalidParameterError(
-            f"{dest}: earlier results folder now also holds files driftwatch did not write ({shown}); "
-            "the results folder is replaced as a whole, so move them out or choose another folder for --out"
-        )
+    # an earlier results folder, with the user's own files added since
     raise InvalidParameterError(
-        f"{dest}: folder holds files that are not driftwatch results ({shown}); "
-        "the results folder is replaced as a whole, so choose a new or empty folder for --out"
+        f"{dest}: earlier results folder now also holds files driftwatch did not write ({shown}); "
+        "the results folder is replaced as a whole, so move them out or choose another folder for --out"
     )
 
 
@@ -286,8 +292,8 @@ def atomic_directory(path: str | os.PathLike[str], *, expected: Collection[str] 
     path : str or path-like
         The folder to (re)place. Its parent is created if needed.
     expected : collection of str, default=()
-        File names a results folder may hold without a marker (see
-        :func:`check_replaceable`).
+        File names an earlier results folder (one with the :data:`MARKER`) may hold and
+        still be replaced (see :func:`check_replaceable`).
 
     Yields
     ------

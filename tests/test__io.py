@@ -49,3 +49,21 @@ def test_a_link_to_a_results_folder_is_followed(tmp_path: Path) -> None:
     assert (target / "report.html").read_text() == "newer"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "srv"]
     assert sorted(p.name for p in target.parent.iterdir()) == ["2026-11-24"]
+
+
+def test_an_unmarked_folder_holding_results_names_is_refused(tmp_path: Path) -> None:
+    """A folder without the marker holding the user's own report.html and summary.json was
+    replaced as if driftwatch had written it (the user's page and dashboard config were lost)."""
+    site = tmp_path / "mysite"
+    site.mkdir()
+    (site / "report.html").write_text("<h1>my page</h1>")
+    with pytest.raises(InvalidParameterError, match=r"not driftwatch results \(report.html; no \.driftwatch file"):
+        _results(site, "audit")
+    assert (site / "report.html").read_text() == "<h1>my page</h1>"
+    assert sorted(p.name for p in site.iterdir()) == ["report.html"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mysite"]  # no temporary folder left
+    # an empty folder and a marked one are still replaced
+    (site / "report.html").unlink()
+    _results(site, "night 1")
+    _results(site, "night 2")
+    assert (site / "report.html").read_text() == "night 2"
