@@ -822,10 +822,11 @@ def _money(steps: pl.DataFrame, starts: np.ndarray) -> _Money:
     cost = _numpy(steps["_cost"])
     tok_known = _numpy(steps["_tok_known"]).astype(np.int64)
     cost_known = _numpy(steps["_cost_known"]).astype(np.int64)
-    return _Money(
-        tok, cost, np.add.reduceat(tok, starts), np.add.reduceat(cost, starts),
-        np.add.reduceat(tok_known, starts) > 0, np.add.reduceat(cost_known, starts) > 0,
-    )
+    with np.errstate(over="ignore", invalid="ignore"):  # (costs summing past float range: inf, as Polars)
+        return _Money(
+            tok, cost, np.add.reduceat(tok, starts), np.add.reduceat(cost, starts),
+            np.add.reduceat(tok_known, starts) > 0, np.add.reduceat(cost_known, starts) > 0,
+        )
 
 
 def _loops_in(

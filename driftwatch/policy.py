@@ -624,13 +624,17 @@ def _words_regex(words: Sequence[str]) -> str:
 def fmt_num(expr: pl.Expr, decimals: int) -> pl.Expr:
     """Format a float expression with a fixed number of decimals (``1.3`` -> ``"1.30"``)."""
     scale = 10**decimals
-    scaled = (expr.abs() * scale).round(0).cast(pl.Int64)
+    # (a value past Int64 once scaled, 1e17 or an infinite sum, is written as it is: a
+    # strict cast failed the whole audit)
+    scaled = (expr.abs() * scale).round(0).cast(pl.Int64, strict=False)
     whole = (scaled // scale).cast(pl.String)
     sign = pl.when(expr < 0).then(pl.lit("-")).otherwise(pl.lit(""))
     if decimals == 0:
-        return pl.concat_str(sign, whole)
-    frac = (scaled % scale).cast(pl.String).str.zfill(decimals)
-    return pl.concat_str(sign, whole, pl.lit("."), frac)
+        text = pl.concat_str(sign, whole)
+    else:
+        frac = (scaled % scale).cast(pl.String).str.zfill(decimals)
+        text = pl.concat_str(sign, whole, pl.lit("."), frac)
+    return pl.when(scaled.is_null() & expr.is_not_null()).then(expr.cast(pl.String)).otherwise(text)
 
 
 def fmt_money(expr: pl.Expr) -> pl.Expr:
@@ -666,10 +670,12 @@ def fmt_past(shown: pl.Expr, limit_text: str, exact: pl.Expr) -> pl.Expr:
 
 def fmt_int(expr: pl.Expr) -> pl.Expr:
     """An integer with thousands separators (``250000`` -> ``"250,000"``)."""
-    s = expr.round(0).cast(pl.Int64).cast(pl.String)
-    return s.str.reverse().str.replace_all(r"(\d{3})", "$1,").str.reverse().str.strip_prefix(",").str.replace(
+    n = expr.round(0).cast(pl.Int64, strict=False)
+    s = n.cast(pl.String)
+    grouped = s.str.reverse().str.replace_all(r"(\d{3})", "$1,").str.reverse().str.strip_prefix(",").str.replace(
         r"^-,", "-"
     )
+    return pl.when(n.is_null() & expr.is_not_null()).then(expr.cast(pl.String)).otherwise(grouped)
 
 
 def _money(x: float) -> str:

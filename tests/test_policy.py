@@ -670,3 +670,18 @@ def test_limits_are_compared_at_seven_significant_digits_both_sides() -> None:
     assert check_policy(still, cut)["step"].to_list() == [1]  # where the running cost first passed the ceiling
     tiny = run("t", ["llm"], cost_usd=[2e-11])
     assert check_policy(tiny, Policy(max_cost_usd=1e-11))["detail"].to_list() == ["cost $2e-11 > ceiling $1e-11"]
+
+
+def test_amounts_past_int64_are_written_not_crashed_on() -> None:
+    """A run costing $1e17 (finite, accepted by the reader) or summing to inf failed the whole
+    audit: the detail text scaled the cost to cents with a strict Int64 cast."""
+    ev = pl.DataFrame({"run_id": ["a", "a", "b"], "step": [1, 2, 1], "action": ["llm", "llm", "llm"],
+                       "cost_usd": [1e17, 1.0, 1e308], "input_tokens": [10, 10, 10]})
+    ev = pl.concat([ev, pl.DataFrame({"run_id": ["b"], "step": [2], "action": ["llm"], "cost_usd": [1e308],
+                                      "input_tokens": [10]})])
+    got = dw.check_policy(ev, dw.Policy()).filter(pl.col("rule") == "max_cost")
+    assert dict(got.select("run_id", "detail").rows()) == {"a": "cost $1e+17 > ceiling $0.50",
+                                                           "b": "cost $inf > ceiling $0.50"}
+    from driftwatch.policy import fmt_int, fmt_money
+    out = pl.select(fmt_money(pl.lit(1e19)).alias("m"), fmt_int(pl.lit(-1e19)).alias("i"))
+    assert out.row(0) == ("$1e+19", "-1e+19")
