@@ -203,8 +203,7 @@ def nested_columns(
             continue
         if base != "attributes":
             continue
-        keys = list(dict.fromkeys([*SPAN_ATTRIBUTE_KEYS, *[src[len(base) + 1:] for src in (column_map or {})
-                                                            if src.startswith(base + ".")]]))
+        keys = _attr_keys(column_map)
         if isinstance(dtype, pl.Map) and dtype.key == pl.String:
             for k in keys:
                 out[f"{base}.{k}"] = _leaf(pl.col(base).map.get(k), dtype.value)
@@ -226,6 +225,48 @@ def nested_columns(
                 "to 'attributes.<name>')"
             )
     return {name: v for name, v in out.items() if name not in schema}
+
+
+def _attr_keys(column_map: Mapping[str, str] | None) -> list[str]:
+    """The attribute names the span adapters look up, with the ``attributes.*`` sources of ``column_map``."""
+    return list(dict.fromkeys([*SPAN_ATTRIBUTE_KEYS, *[src[len("attributes."):] for src in (column_map or {})
+                                                       if src.startswith("attributes.")]]))
+
+
+def span_sources(
+    schema: Mapping[str, pl.DataType], fmt: str, column_map: Mapping[str, str] | None = None, *, where: str = "input"
+) -> dict[str, tuple[str, bool]]:
+    """Which column each input of a span adapter reads in a file of this ``schema``: role ->
+    (column, whether it is a column of the file rather than a field of a nested column).
+
+    Files can share one (union-by-name) scan only when no role reads different columns in them:
+    a merged scan reads the first spelling present in any file (``trace_id`` over ``traceId``) and
+    a flattened column over a struct field of the same name, so the other file's values would be
+    null. Roles a file does not have (``None``) do not conflict. Canonical input: ``{}``.
+    """
+    if fmt not in ("otel", "openinference"):
+        return {}
+    try:
+        nested = nested_columns(schema, column_map, where=where)
+    except SchemaError:  # an attributes column of an unreadable shape: the adapter says so
+        nested = {}
+    cols = {**schema, **nested}
+    if fmt == "otel":
+        roles: dict[str, Sequence[str]] = {
+            "trace": _OTEL_TRACE, "span": _OTEL_SPAN, "parent": _OTEL_PARENT, "name": _OTEL_NAME,
+            "start": _OTEL_START, "end": _OTEL_END, "status": _OTEL_STATUS, "status_message": _OTEL_STATUS_MSG}
+    else:
+        roles = {"trace": _OI_TRACE, "span": _OI_SPAN, "parent": _OI_PARENT, "kind": _OI_KIND, "name": ("name",),
+                 "start": ("start_time",), "end": ("end_time",), "status": ("status_code",),
+                 "status_message": ("status_message",)}
+    roles = {**roles, **{f"attributes.{k}": (f"attributes.{k}", k) for k in _attr_keys(column_map)},
+             **{f"map:{src}": (src,) for src in (column_map or {})}}
+    out: dict[str, tuple[str, bool]] = {}
+    for role, names in roles.items():
+        col = _find(cols, names)
+        if col is not None:
+            out[role] = (col, col in schema)
+    return out
 
 
 def expand_nested(
@@ -781,5 +822,6 @@ __all__ = [
     "format_hint",
     "nested_columns",
     "pushdown_columns",
+    "span_sources",
     "span_tree",
 ]

@@ -61,6 +61,7 @@ from driftwatch.formats import (
     format_hint,
     nested_columns,
     pushdown_columns,
+    span_sources,
     span_tree,
 )
 from driftwatch.schema import (
@@ -389,6 +390,8 @@ class _FileInfo:
     nbytes: int = 0  # uncompressed size of the data (row groups' total_byte_size)
     index: int = 0  # position in the read (stats.paths)
     mapped: tuple[str, ...] = ()  # the column_map sources this file has
+    #: span formats: the column each adapter input reads in this file (see formats.span_sources)
+    sources: dict[str, tuple[str, bool]] = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[str, tuple[str, ...], bool, tuple[str, ...]]:
@@ -505,14 +508,23 @@ class _Group:
     files: list[_FileInfo]
     classes: dict[str, str]
     schema: dict[str, pl.DataType]
+    sources: dict[str, tuple[str, bool]] = field(default_factory=dict)
 
     def accepts(self, info: _FileInfo) -> bool:
+        """Same key, no column of conflicting types and, for spans, no adapter input read from
+        different columns (``trace_id`` in one file, ``traceId`` in the other; a flattened
+        ``attributes.*`` column in one, an ``attributes`` struct in the other): a merged scan
+        would read one of them, null in the other file."""
         if info.key != self.key:
+            return False
+        if any(self.sources.get(role, src) != src for role, src in info.sources.items()):
             return False
         return all(self.classes.get(c, _dtype_class(d)) == _dtype_class(d) for c, d in info.schema.items())
 
     def add(self, info: _FileInfo) -> None:
         self.files.append(info)
+        for role, src in info.sources.items():
+            self.sources.setdefault(role, src)
         for c, d in info.schema.items():
             self.classes.setdefault(c, _dtype_class(d))
             self.schema[c] = _merge_dtype(self.schema[c], d) if c in self.schema else d
@@ -840,8 +852,9 @@ def _assign_formats(infos: list[_FileInfo], fmt: str, cmap: dict[str, str]) -> l
         has_step = any(c in info.schema or c in info.hive for c in step_sources)
         present = set(_columns(info, cmap)) if cmap else set()
         mapped = tuple(src for src in cmap if src in present)  # per file: a missing source leaves the file as it is
+        sources = span_sources({**info.schema, **{k: pl.String() for k in info.hive}}, found, cmap, where=info.path)
         out.append(_FileInfo(info.path, info.schema, info.rows, info.hive, found, has_step, info.nbytes, index,
-                             mapped))
+                             mapped, sources))
     return out
 
 

@@ -440,3 +440,21 @@ def test_otel_with_map_attributes_and_datetime_start_is_detected(tmp_path: Path)
     res = read_logs(tmp_path)
     assert res.stats.formats == {"otel": 1}
     assert res.collect().sort("step").select("step", "action").rows() == [(1, "llm"), (2, "s")]
+
+
+def test_span_sources_name_the_column_each_input_reads() -> None:
+    from driftwatch.formats import span_sources
+
+    flat = {"trace_id": pl.String(), "traceId": pl.String(), "start_time_unix_nano": pl.Int64(),
+            "attributes.gen_ai.tool.name": pl.String()}
+    src = span_sources(flat, "otel")
+    assert src["trace"] == ("trace_id", True) and src["start"] == ("start_time_unix_nano", True)
+    assert src["attributes.gen_ai.tool.name"] == ("attributes.gen_ai.tool.name", True)
+    assert "attributes.gen_ai.agent.name" not in src  # absent: no conflict with a file that has it
+    nested = {"traceId": pl.String(), "attributes": pl.Struct({"gen_ai.tool.name": pl.String()})}
+    src = span_sources(nested, "otel")
+    assert src["trace"] == ("traceId", True)
+    assert src["attributes.gen_ai.tool.name"] == ("attributes.gen_ai.tool.name", False)
+    ctx = span_sources({"context": pl.Struct({"trace_id": pl.String(), "span_id": pl.String()})}, "openinference")
+    assert ctx["trace"] == ("context.trace_id", False)
+    assert span_sources({"run_id": pl.String()}, "canonical") == {}

@@ -881,6 +881,48 @@ def test_span_hierarchy_is_built_across_files_scanned_separately(tmp_path: Path)
     assert ev.sort("step").select("step", "action", "agent").rows() == _HANDOFF_STEPS
 
 
+def _relayout(frame: pl.DataFrame, layout: str) -> pl.DataFrame:
+    """The same spans as another exporter writes them."""
+    attrs = [c for c in frame.columns if c.startswith("attributes.")]
+    if layout == "otlp_json":
+        return frame.rename({"trace_id": "traceId", "span_id": "spanId", "parent_span_id": "parentSpanId",
+                             "start_time_unix_nano": "startTimeUnixNano", "end_time_unix_nano": "endTimeUnixNano"})
+    if layout == "bare_attributes":
+        return frame.rename({c: c.removeprefix("attributes.") for c in attrs})
+    assert layout == "attributes_struct"
+    return frame.select(pl.exclude(attrs), pl.struct(pl.col(c).alias(c.removeprefix("attributes.")) for c in attrs)
+                        .alias("attributes"))
+
+
+@pytest.mark.parametrize("layout", ["otlp_json", "bare_attributes", "attributes_struct"])
+def test_span_files_of_different_layouts_are_read_each_by_its_own_columns(tmp_path: Path, layout: str) -> None:
+    """A merged scan reads one spelling per input (trace_id over traceId, a flattened
+    attributes.* column over a struct field): files whose columns differ so are scanned apart."""
+    full = _handoff_trace()
+    _write(full[:3], tmp_path / "batch-0.parquet")
+    _write(_relayout(full[3:], layout), tmp_path / "batch-1.parquet")
+    a, b = _both(tmp_path)
+    ev = _assert_same(a, b).sort("step")
+    assert (a.stats.rows_in, a.stats.rows_valid, a.stats.reasons) == (6, 5, {"not_a_step": 1})
+    assert ev.select("step", "action", "agent").rows() == _HANDOFF_STEPS
+    assert ev["input_tokens"].to_list() == [10, None, None, 5, None]
+    assert ev["latency_ms"].to_list() == [100.0] * 5
+
+
+def test_openinference_files_with_flat_and_struct_context_are_both_read(tmp_path: Path) -> None:
+    t = datetime(2026, 11, 2, 9, tzinfo=UTC)
+    common = {"name": ["ChatOpenAI", "lookup"], "span_kind": ["LLM", "TOOL"], "parent_id": [None, None],
+              "start_time": [t, t + timedelta(seconds=1)], "end_time": [t + timedelta(seconds=1), t + timedelta(seconds=2)]}
+    _write(pl.DataFrame({**common, "context.trace_id": ["aa"] * 2, "context.span_id": ["1", "2"]}), tmp_path / "a.parquet")
+    _write(pl.DataFrame({**common, "context": [{"trace_id": "bb", "span_id": "1"}, {"trace_id": "bb", "span_id": "2"}]}),
+           tmp_path / "b.parquet")
+    a, b = _both(tmp_path)
+    ev = _assert_same(a, b)
+    assert (a.stats.rows_in, a.stats.rows_valid, a.stats.rows_rejected) == (4, 4, 0)
+    assert sorted(ev.select("run_id", "step", "action").rows()) == [
+        ("aa", 1, "llm"), ("aa", 2, "lookup"), ("bb", 1, "llm"), ("bb", 2, "lookup")]
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_span_delivered_twice_is_a_duplicate_step(tmp_path: Path, engine: str) -> None:
     batch = _handoff_trace()
