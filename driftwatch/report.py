@@ -233,7 +233,7 @@ def _bool_pill(value: Any, _row: Any = None) -> str:
 
 
 def _reasons(value: Any, _row: Any = None) -> str:
-    items = list(value or [])
+    items = [value] if isinstance(value, str) else list(value or [])  # (text is one reason, not one per character)
     if not items:
         return '<span class="empty">–</span>'
     return '<ul class="reasons">' + "".join(f"<li>{e(x)}</li>" for x in items) + "</ul>"
@@ -1277,6 +1277,11 @@ def load_results(folder: str | os.PathLike[str]) -> Any:
 
     d = Path(folder)
     summary_path = d / "summary.json"
+    if not d.is_dir():
+        raise NoInputError(
+            f"{d}: {'not a folder' if d.exists() else 'no such folder'}; expected a results folder "
+            "written by 'driftwatch audit --out DIR'"
+        )
     if not summary_path.is_file():
         raise NoInputError(
             f"{d}: no summary.json here; expected a folder written by 'driftwatch audit --out {d}'"
@@ -1287,6 +1292,7 @@ def load_results(folder: str | os.PathLike[str]) -> Any:
         raise CorruptFileError(f"{summary_path}: cannot read the audit summary ({exc}); rerun the audit") from None
     if not isinstance(summary, dict) or not isinstance(summary.get("levels", {}), dict):
         raise CorruptFileError(f"{summary_path}: not an audit summary (a JSON object with levels); rerun the audit")
+    _check_summary(summary, summary_path)
     res = _Loaded(d, summary)
     from driftwatch.audit import CONTRACT_FILES, EXTRA_FILES
 
@@ -1306,11 +1312,127 @@ def load_results(folder: str | os.PathLike[str]) -> Any:
             missing = [c for c in need or () if c not in frame.columns]
             if missing:
                 raise CorruptFileError(f"{p}: lacks column(s) {missing} of an audit's {fname}; rerun the audit")
+            _check_dtypes(frame, p, fname)
         elif fname not in _OPTIONAL_FILES:
             # a page that says "no policy breach" beside a summary of 49 would be wrong, not empty
             raise CorruptFileError(f"{p}: missing from the results folder; rerun the audit to rewrite it")
         setattr(res, fname.removesuffix(".parquet"), frame)
+    _check_counts(res, summary, d)
     return res
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _check_summary(summary: Mapping[str, Any], path: Path) -> None:
+    """Refuse a summary.json without the keys and types every audit writes (``{}`` drew a page of
+    "0 runs" above "34 runs at review or escalate")."""
+    from driftwatch.audit import LEVELS
+    from driftwatch.errors import CorruptFileError
+
+    problems: list[str] = []
+    for key in _SUMMARY_COUNTS:
+        if not _is_int(summary.get(key)):
+            problems.append(f"{key} is {_shown(summary.get(key))}, expected a count")
+    for key in _SUMMARY_OBJECTS:
+        if not isinstance(summary.get(key), dict):
+            problems.append(f"{key} is {_shown(summary.get(key))}, expected an object")
+    levels = summary.get("levels")
+    if isinstance(levels, dict):
+        bad = [lv for lv in LEVELS if not _is_int(levels.get(lv))]
+        if bad:
+            problems.append(f"levels lacks counts for {', '.join(bad)}")
+        elif _is_int(summary.get("runs")) and sum(levels[lv] for lv in LEVELS) != summary["runs"]:
+            problems.append(f"levels sum to {sum(levels[lv] for lv in LEVELS):,}, not to runs ({summary['runs']:,})")
+    for key, sub in (("loops", "total"), ("violations", "total"), ("drift", "drifted")):
+        if isinstance(summary.get(key), dict) and not _is_int(summary[key].get(sub)):
+            problems.append(f"{key}.{sub} is {_shown(summary[key].get(sub))}, expected a count")
+    if not problems and summary["rows_in"] != summary["rows_valid"] + summary["rows_rejected"]:
+        problems.append("rows_in is not rows_valid + rows_rejected")
+    if problems:
+        raise CorruptFileError(
+            f"{path}: not an audit summary as an audit wrote it ({'; '.join(problems[:3])}"
+            f"{f' and {len(problems) - 3} more' if len(problems) > 3 else ''}); rerun the audit"
+        )
+
+
+def _shown(v: Any) -> str:
+    """A value of a results file in a message: JSON, ASCII only (no control character of the file
+    reaches the terminal), cut to 40 characters."""
+    if v is None:
+        return "missing"
+    text = json.dumps(v, ensure_ascii=True, default=str)
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
+def _check_dtypes(frame: pl.DataFrame, path: Path, fname: str) -> None:
+    """Refuse a results file whose columns have another type than an audit writes (``reasons`` as
+    text was drawn as one list item per character)."""
+    from driftwatch.errors import CorruptFileError
+
+    wrong = [
+        f"{c} is {frame.schema[c]}, expected {kind}"
+        for c, kind in _NEEDED_DTYPES.get(fname, {}).items()
+        if c in frame.columns and not _DTYPE_KINDS[kind](frame.schema[c])
+    ]
+    if wrong:
+        raise CorruptFileError(
+            f"{path}: columns not as an audit wrote them ({'; '.join(wrong)}); rerun the audit to rewrite it"
+        )
+
+
+def _check_counts(res: Any, summary: Mapping[str, Any], folder: Path) -> None:
+    """The summary's counts must be those of the files beside it, and alerts.jsonl must be there
+    with one line per run at review or above."""
+    from driftwatch.audit import LEVELS
+    from driftwatch.errors import CorruptFileError
+
+    runs = res.runs
+    summary_path = folder / "summary.json"
+    if runs.height != summary["runs"]:
+        raise CorruptFileError(
+            f"{summary_path}: says {summary['runs']:,} runs but runs.parquet holds {runs.height:,}; "
+            "the results files are not from one audit, rerun the audit"
+        )
+    counts = dict.fromkeys(LEVELS, 0)
+    for lvl, n in runs["level"].value_counts().iter_rows():
+        if lvl not in counts:
+            raise CorruptFileError(
+                f"{folder / 'runs.parquet'}: level {_shown(lvl)} is not one of {', '.join(LEVELS)}; rerun the audit"
+            )
+        counts[lvl] = int(n)
+    if counts != {lv: summary["levels"][lv] for lv in LEVELS}:
+        raise CorruptFileError(
+            f"{summary_path}: levels {_shown(summary['levels'])} are not those of runs.parquet {_shown(counts)}; "
+            "the results files are not from one audit, rerun the audit"
+        )
+    for fname, frame, said in (
+        ("loops.parquet", res.loops, summary["loops"]["total"]),
+        ("violations.parquet", res.violations, summary["violations"]["total"]),
+        ("changepoints.parquet", res.changepoints, summary["changepoints"]),
+    ):
+        if frame.height != said:
+            raise CorruptFileError(
+                f"{summary_path}: says {said:,} rows of {fname} but the file holds {frame.height:,}; "
+                "the results files are not from one audit, rerun the audit"
+            )
+    alerts = folder / "alerts.jsonl"
+    if not alerts.is_file():
+        raise CorruptFileError(f"{alerts}: missing from the results folder; rerun the audit to rewrite it")
+    lines = 0
+    try:
+        with open(alerts, "rb") as fh:
+            while block := fh.read(1 << 20):
+                lines += block.count(b"\n")
+    except OSError as exc:
+        raise CorruptFileError(f"{alerts}: cannot be read ({exc.strerror or exc}); rerun the audit") from None
+    hot = counts["review"] + counts["escalate"]
+    if lines != hot:
+        raise CorruptFileError(
+            f"{alerts}: holds {lines:,} lines for {hot:,} runs at review or escalate; "
+            "the results files are not from one audit, rerun the audit"
+        )
 
 
 #: Results files a folder may lack (folders of earlier versions): they add the example
@@ -1328,6 +1450,40 @@ _NEEDED_COLUMNS: dict[str, tuple[str, ...]] = {
     "rejected.parquet": ("reason",),
     "costs.parquet": ("series",),
     "load.parquet": ("series", "metric", "knee"),
+}
+
+
+#: summary.json keys every audit writes: counts, and objects.
+_SUMMARY_COUNTS = ("runs", "rows_in", "rows_valid", "rows_rejected", "changepoints")
+_SUMMARY_OBJECTS = ("levels", "window", "loops", "violations", "drift", "cost", "load")
+
+
+def _text(t: Any) -> bool:
+    return isinstance(t, pl.String | pl.Categorical | pl.Enum | pl.Null)
+
+
+#: What each kind of column may be.
+_DTYPE_KINDS: dict[str, Callable[[Any], bool]] = {
+    "text": _text,
+    "a number": lambda t: t.is_numeric() or isinstance(t, pl.Null),
+    "an integer": lambda t: t.is_integer() or isinstance(t, pl.Null),
+    "a boolean": lambda t: isinstance(t, pl.Boolean | pl.Null),
+    "a time": lambda t: isinstance(t, pl.Datetime | pl.Date | pl.Null),
+    "a list of text": lambda t: isinstance(t, pl.Null) or (isinstance(t, pl.List) and _text(t.inner)),
+}
+
+#: Types of the columns the page reads (:data:`_NEEDED_COLUMNS`).
+_NEEDED_DTYPES: dict[str, dict[str, str]] = {
+    "runs.parquet": {"run_id": "text", "agent": "text", "score": "a number", "level": "text",
+                     "reasons": "a list of text"},
+    "loops.parquet": {"run_id": "text", "kind": "text", "pattern": "text", "repeats": "an integer",
+                      "wasted_steps": "an integer", "wasted_cost_usd": "a number"},
+    "violations.parquet": {"run_id": "text", "rule": "text", "severity": "text", "detail": "text"},
+    "changepoints.parquet": {"series": "text", "metric": "text", "ts": "a time"},
+    "drift.parquet": {"series": "text", "feature": "text", "drifted": "a boolean"},
+    "rejected.parquet": {"reason": "text"},
+    "costs.parquet": {"series": "text"},
+    "load.parquet": {"series": "text", "metric": "text", "knee": "a number"},
 }
 
 

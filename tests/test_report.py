@@ -212,7 +212,7 @@ def test_rebuild_refuses_incomplete_or_foreign_results(tmp_path: Path) -> None:
     a killed rebuild's temporary file is cleared by the next."""
     import json
 
-    from driftwatch.errors import CorruptFileError
+    from driftwatch.errors import CorruptFileError, NoInputError
     from driftwatch.report import rebuild
 
     fleet = synth.generate(days=3, runs_per_day=40, seed=2)
@@ -239,11 +239,28 @@ def test_rebuild_refuses_incomplete_or_foreign_results(tmp_path: Path) -> None:
                      .write_parquet(d / "runs.parquet"), r"lacks column\(s\) \['agent', 'score', 'reasons'\]"),
         "loops_text": (lambda d: pl.read_parquet(d / "loops.parquet").with_columns(pl.col("wasted_steps").cast(pl.String))
                        .write_parquet(d / "loops.parquet"), "not as an audit wrote them"),
+        # '{}' drew "0 runs" above "34 runs at review or escalate", exit 0
+        "summary_empty": (lambda d: (d / "summary.json").write_text("{}"),
+                          r"summary.json: not an audit summary as an audit wrote it \(runs is missing"),
+        "summary_text_count": (lambda d: _edit_summary(d, runs="559"), r"runs is \"559\", expected a count"),
+        "summary_levels_moved": (lambda d: _edit_summary(d, levels=_moved(d)), r"levels .* are not those of runs.parquet"),
+        "summary_runs_off": (lambda d: _edit_summary(d, runs=_summary(d)["runs"] + 1), "levels sum to"),
+        "summary_loops_off": (lambda d: _edit_summary(d, loops={**_summary(d)["loops"], "total": 0}),
+                              r"says 0 rows of loops.parquet but the file holds"),
+        "no_alerts": (lambda d: (d / "alerts.jsonl").unlink(), r"alerts.jsonl: missing from"),
+        "alerts_cut": (lambda d: (d / "alerts.jsonl").write_text(
+            "".join((d / "alerts.jsonl").read_text().splitlines(keepends=True)[1:])), r"alerts.jsonl: holds \d+ lines for"),
+        # reasons as text was drawn as one <li> per character
+        "reasons_text": (lambda d: pl.read_parquet(d / "runs.parquet").with_columns(pl.col("reasons").list.join("; "))
+                         .write_parquet(d / "runs.parquet"), r"runs.parquet: columns not as an audit wrote them "
+                                                             r"\(reasons is String, expected a list of text\)"),
     }
     for name, (damage, message) in cases.items():
         d = damaged(name, damage)
         with pytest.raises(CorruptFileError, match=message):
             rebuild(d)
+    with pytest.raises(NoInputError, match="nope: no such folder"):
+        rebuild(tmp_path / "nope")
     # older folders without the extra files still rebuild
     old = damaged("old", lambda d: [(d / f).unlink() for f in ("examples.parquet", "metrics.parquet")])
     assert rebuild(old).is_file()
@@ -251,3 +268,23 @@ def test_rebuild_refuses_incomplete_or_foreign_results(tmp_path: Path) -> None:
     (good / ".report.html.tmp-999999-00ff00ff").write_text("half")
     rebuild(good)
     assert not list(good.glob(".report.html.tmp-*")) and (good / "report.html").read_text() == page
+
+
+def _summary(d: Path) -> dict:
+    import json
+
+    return json.loads((d / "summary.json").read_text())
+
+
+def _edit_summary(d: Path, **changes: object) -> None:
+    import json
+
+    (d / "summary.json").write_text(json.dumps({**_summary(d), **changes}))
+
+
+def _moved(d: Path) -> dict:
+    """The summary's levels with one run moved from ok to escalate (the sum still matches)."""
+    levels = dict(_summary(d)["levels"])
+    levels["ok"] -= 1
+    levels["escalate"] += 1
+    return levels
