@@ -205,8 +205,10 @@ def nested_columns(
             continue
         keys = _attr_keys(column_map)
         if isinstance(dtype, pl.Map) and dtype.key == pl.String:
-            for k in keys:
-                out[f"{base}.{k}"] = _leaf(pl.col(base).map.get(k), dtype.value)
+            for k in keys:  # a struct value is an OTLP AnyValue, read as in key/value lists
+                got = pl.col(base).map.get(k)
+                out[f"{base}.{k}"] = ((_kv_value(got, dtype.value), pl.String()) if isinstance(dtype.value, pl.Struct)
+                                      else _leaf(got, dtype.value))
         elif _is_kv_list(dtype):
             assert isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct)
             vdtype = {f.name: f.dtype for f in dtype.inner.fields}["value"]

@@ -301,6 +301,15 @@ def test_adapt_rejects_unknown_format() -> None:
 _T0 = 1_793_000_000_000_000_000  # ns
 
 
+def _any_value(v: str) -> dict:
+    """An OTLP AnyValue: numbers typed as numbers."""
+    if v.isdigit():
+        return {"stringValue": None, "intValue": int(v), "doubleValue": None}
+    if v.replace(".", "", 1).isdigit():
+        return {"stringValue": None, "intValue": None, "doubleValue": float(v)}
+    return {"stringValue": v, "intValue": None, "doubleValue": None}
+
+
 def _nested_variants() -> dict[str, dict]:
     import pyarrow as pa
 
@@ -328,6 +337,10 @@ def _nested_variants() -> dict[str, dict]:
         "map": {**base, "attributes": pa.array([list(a.items()) for a in attrs], pa.map_(pa.string(), pa.string()))},
         "struct_dotted": {**base, "attributes": pa.array([{k: a.get(k) for k in keys} for a in attrs])},
         "struct_nested": {**base, "attributes": pa.array(tree_rows)},
+        "map_any_value": {**base, "attributes": pa.array(
+            [[(k, _any_value(v)) for k, v in a.items()] for a in attrs],
+            pa.map_(pa.string(), pa.struct([("stringValue", pa.string()), ("intValue", pa.int64()),
+                                            ("doubleValue", pa.float64())])))},
         "otlp_kv_list": {**base, "attributes": pa.array(
             [[{"key": k, "value": {"stringValue": v}} for k, v in a.items()] for a in attrs])},
         "json_text": {**base, "attributes": [json.dumps(a) for a in attrs]},
@@ -337,7 +350,7 @@ def _nested_variants() -> dict[str, dict]:
     }
 
 
-@pytest.mark.parametrize("variant", ["flat", "map", "struct_dotted", "struct_nested", "otlp_kv_list", "json_text",
+@pytest.mark.parametrize("variant", ["flat", "map", "map_any_value", "struct_dotted", "struct_nested", "otlp_kv_list", "json_text",
                                      "status_struct"])
 @pytest.mark.parametrize("engine", ["polars", "duckdb"])
 def test_otel_attributes_as_struct_map_or_key_value_list(tmp_path: Path, variant: str, engine: str) -> None:
