@@ -1363,12 +1363,13 @@ class AuditResult:
                 seen[name] = rounded
             del frames
             canon = replace(self, **seen)
-            # U+2028/U+2029 are valid raw in JSON, but str.splitlines() and JavaScript split
-            # lines on them: escaped, every alert is one line for any reader
+            # U+2028/U+2029 and the C1 controls (U+0085 NEL) are valid raw in JSON, but
+            # str.splitlines() and JavaScript split lines on them, and a terminal obeys C1
+            # controls (and DEL): written as \uXXXX, every alert is one line of inert text
+            raw = [chr(c) for c in (0x7F, *range(0x80, 0xA0), 0x2028, 0x2029)]
             lines = self.alert_frame().select(
                 pl.struct(pl.all()).struct.json_encode()
-                .str.replace_all("\u2028", "\\u2028", literal=True)
-                .str.replace_all("\u2029", "\\u2029", literal=True)
+                .str.replace_many(raw, [f"\\u{ord(c):04x}" for c in raw])
                 .alias("j")
             )["j"]
             atomic_write_text(tmp / "alerts.jsonl", lines.str.join("\n").item() + "\n" if lines.len() else "")

@@ -58,11 +58,12 @@ MAX_TABLE_ROWS = 200
 MAX_TEXT_CHARS = 500
 
 
-#: Control characters HTML does not allow in text (NUL, form feed, ...): shown as U+FFFD. Bidi
+#: Control characters HTML does not allow in text (NUL, form feed, DEL, the C1 controls such as
+#: U+0085 NEL, ...): shown as U+FFFD. Bidi
 #: controls (a right-to-left override in an agent name reversed the figures after it on the
 #: same line) are shown by name, e.g. ``[U+202E]``, so log text cannot rearrange the page.
 _CONTROLS = {
-    **{c: "\ufffd" for c in [*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F]},
+    **{c: "\ufffd" for c in [*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0x7F, 0xA0)]},
     **{c: f"[U+{c:04X}]" for c in [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]},
 }
 

@@ -288,3 +288,26 @@ def _moved(d: Path) -> dict:
     levels["ok"] -= 1
     levels["escalate"] += 1
     return levels
+
+
+def test_c1_controls_never_reach_the_page_or_split_an_alert(tmp_path: Path) -> None:
+    """U+0085 (NEL) and the other C1 controls passed raw into alerts.jsonl (str.splitlines() split
+    one alert in two unparseable lines) and into report.html (README: control characters show as
+    U+FFFD)."""
+    import json
+
+    from driftwatch.report import e
+
+    assert e("a\x85b\x9bc\x80d\x9fe\xa0f") == "a\ufffdb\ufffdc\ufffdd\ufffde\xa0f"  # (NBSP is text)
+    ev = synth.generate(days=2, runs_per_day=40, seed=3).events
+    ev = ev.with_columns((pl.lit("ag\u0085ent\u009b\u2028\x7f") + pl.col("agent")).alias("agent"))
+    res = audit(ev)
+    res.write(tmp_path / "r")
+    text = (tmp_path / "r" / "alerts.jsonl").read_text(encoding="utf-8")
+    assert text and text.count("\n") == len(text.splitlines())
+    alerts = [json.loads(line) for line in text.splitlines()]
+    assert alerts[0]["agent"].startswith("ag\u0085ent\u009b\u2028\x7f")  # the value is kept, escaped
+    assert "\\u0085" in text and "\\u009b" in text and "\\u2028" in text and "\\u007f" in text
+    for html in ((tmp_path / "r" / "report.html").read_text(encoding="utf-8"), res._repr_html_()):
+        assert not {c for c in html if 0x7F <= ord(c) <= 0x9F}
+        assert "ag\ufffdent\ufffd" in html
