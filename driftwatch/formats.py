@@ -505,6 +505,11 @@ def _text(schema: Mapping[str, pl.DataType], col: str | None, where: str) -> pl.
     return to_text(pl.col(col), schema[col], where=where, col=col).value
 
 
+def _present(text: pl.Expr) -> pl.Expr:
+    """Text, null when empty or blank."""
+    return pl.when(text.str.strip_chars() != "").then(text)
+
+
 def _id(schema: Mapping[str, pl.DataType], col: str | None, where: str) -> pl.Expr:
     """A span / trace id as text; empty strings and all-zero ids (OTLP 'no parent') are null.
     Binary ids are always hex (never read as text, even when their bytes happen to be)."""
@@ -626,8 +631,10 @@ def _otel_fields(schema: Mapping[str, pl.DataType], where: str) -> _SpanFields:
     op = _text(schema, op_c, where).str.strip_chars().str.to_lowercase()
     op = pl.coalesce(pl.when(op != "").then(op), name_op)
     after_op = name.str.replace(r"^\s*[A-Za-z_]+\s+", "")
-    tool_name = pl.coalesce(_text(schema, _attr(schema, "gen_ai.tool.name"), where),
-                            pl.when(name_op == "execute_tool").then(after_op))
+    # a tool span without gen_ai.tool.name: the span name, without the operation in front of it
+    # ('execute_tool search_kb', or 'search_kb'); a span named just 'execute_tool' names no tool
+    from_name = name.str.strip_chars().str.replace(r"(?i)^execute_tool(\s+|$)", "")
+    tool_name = pl.coalesce(_present(_text(schema, _attr(schema, "gen_ai.tool.name"), where)), _present(from_name))
     agent_attr = _text(schema, _attr(schema, "gen_ai.agent.name"), where)
     own = pl.coalesce(agent_attr, pl.when(name_op == "invoke_agent").then(after_op))
     kind = (
@@ -726,7 +733,8 @@ def _oi_fields(schema: Mapping[str, pl.DataType], where: str) -> _SpanFields:
             cols[key] = e
     return _SpanFields(
         trace=_id(schema, trace_c, where), span=_id(schema, span_c, where), parent=_id(schema, parent_c, where),
-        name=name, kind=kind, tool_name=pl.coalesce(_text(schema, _attr(schema, "tool.name"), where), name),
+        name=name, kind=kind, tool_name=pl.coalesce(_present(_text(schema, _attr(schema, "tool.name"), where)),
+                                                   _present(name)),
         own_agent=own, handoff_target=pl.coalesce(agent_attr, name), kind_text=pl.coalesce(k, pl.lit("no span_kind")),
         columns=cols, start_ns=_start_ns(schema, start_c),
     )
@@ -795,11 +803,16 @@ def _adapt_spans(
     for src, dst in cmap.items():
         if src in schema:
             out[dst] = pl.col(src)
+    # a tool span that names no tool (no tool name attribute, no span name beyond the operation):
+    # null_action, said here so the detail can name the span (a null trace id comes first)
+    span_text = pl.concat_str([pl.lit("span '"), pl.coalesce(pl.col(_NAME), pl.lit("")), pl.lit("' ("),
+                               pl.col(f"{INTERNAL_PREFIX}kindtext"), pl.lit(")")])
     reason = pl.when(not_step).then(pl.lit("not_a_step"))
-    detail = pl.when(not_step).then(
-        pl.concat_str([pl.lit("span '"), pl.coalesce(pl.col(_NAME), pl.lit("")), pl.lit("' ("),
-                       pl.col(f"{INTERNAL_PREFIX}kindtext"), pl.lit(")")])
-    )
+    detail = pl.when(not_step).then(span_text)
+    if not {"run_id", "action"} & {dst for src, dst in cmap.items() if src in schema}:
+        no_tool = (kind == "tool") & pl.col(_TOOL).is_null() & pl.col(_T).is_not_null()
+        reason = reason.when(no_tool).then(pl.lit("null_action"))
+        detail = detail.when(no_tool).then(span_text + pl.lit(" names no tool"))
     exprs = [e.alias(k) for k, e in out.items()]
     exprs += [reason.cast(pl.String).alias(REASON_COL), detail.cast(pl.String).alias(DETAIL_COL)]
     exprs += [pl.col(c) for c in (_T, _S, SPAN_START_NS) if c not in internal]

@@ -180,6 +180,30 @@ def test_otel_operation_from_span_name_and_binary_ids_and_datetime_start() -> No
     assert out["latency_ms"].to_list()[2] == pytest.approx(500.0)
 
 
+def test_otel_tool_spans_without_a_tool_name_fall_back_to_the_span_name() -> None:
+    names = ["search_kb", "execute_tool lookup", "Execute_Tool  refund ", "execute_tool", "  ", "execute_tool x"]
+    n = len(names)
+    raw = pl.DataFrame({
+        "trace_id": ["t"] * n, "span_id": [str(i) for i in range(n)], "name": names,
+        "start_time_unix_nano": [1_793_527_200_000_000_000 + i for i in range(n)],
+        "attributes.gen_ai.operation.name": ["execute_tool"] * n,
+        "attributes.gen_ai.tool.name": [None, None, None, None, None, " "],  # blank: as if absent
+    })
+    out = adapted(raw, "otel")
+    assert out["action"].to_list() == ["search_kb", "lookup", "refund", None, None, "x"]
+    assert out.select(s.REASON_COL, s.DETAIL_COL).rows()[3:5] == [
+        ("null_action", "span 'execute_tool' (execute_tool) names no tool"),
+        ("null_action", "span '  ' (execute_tool) names no tool")]
+    # a null trace id is reported first, as for any span
+    out = adapted(raw[3:4].with_columns(pl.lit(None, pl.String).alias("trace_id")), "otel")
+    assert out[s.REASON_COL].to_list() == ["null_run_id"]
+    # an OpenInference TOOL span with neither a tool name nor a span name is said so too
+    oi = pl.DataFrame({"context.trace_id": ["t"], "context.span_id": ["a"], "span_kind": ["TOOL"], "name": [""],
+                       "start_time": [datetime(2026, 11, 2, tzinfo=UTC)], "attributes.tool.name": [""]})
+    assert adapted(oi, "openinference").select(s.REASON_COL, s.DETAIL_COL).rows() == [
+        ("null_action", "span '' (TOOL) names no tool")]
+
+
 def test_otel_nested_agents_inherit_through_deep_ancestry() -> None:
     # planner -> (8 wrapper levels) -> invoke_agent coder -> chat ; agent found through 9 ancestors
     n = 10
