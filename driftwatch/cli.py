@@ -41,6 +41,50 @@ FORMATS = ("auto", "canonical", "otel", "openinference")
 ENGINES = ("polars", "duckdb", "spark")
 
 
+def _escape(c: int) -> str:
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+#: Characters a terminal obeys rather than shows (ESC starts colour, title and clear-screen
+#: sequences; CR overwrites a line; bidi controls reorder it): printed as ``\\x1b`` /
+#: ``\\u202e``, so a log or a file name cannot drive the terminal. Newline is left to the
+#: stream (the CLI's own line breaks); :func:`_field` escapes it in text from the data.
+_TERMINAL = {
+    c: _escape(c)
+    for c in (*range(0x0A), *range(0x0B, 0x20), *range(0x7F, 0xA0), 0x061C, 0x200E, 0x200F,
+              *range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x2028, 0x2029)
+}
+_FIELD = {**_TERMINAL, 0x0A: "\\n"}
+
+
+def _field(value: Any) -> str:
+    """Text from a log or a path, for one line of the terminal: every control character escaped."""
+    return str(value).translate(_FIELD)
+
+
+def _field_expr(name: str) -> Any:
+    """:func:`_field` as a Polars expression on a text column (for tables printed by Polars)."""
+    import polars as pl
+
+    raw = [chr(c) for c in _FIELD]
+    return pl.col(name).cast(pl.String).str.replace_many(raw, list(_FIELD.values()))
+
+
+class _Escaped:
+    """A text stream that escapes the control characters of everything written to it
+    (:data:`_TERMINAL`): file names in error lines, log text in tables."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(text.translate(_TERMINAL))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 class _UsageError(Exception):
     """An argparse usage error, carried out of the parser as one line."""
 
@@ -282,7 +326,7 @@ def _cmd_audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         )
     except NothingToAudit as exc:
         if not args.quiet:
-            print(f"driftwatch: {exc}", file=out)
+            print(f"driftwatch: {_field(exc)}", file=out)
         return EXIT_OK
     finally:
         if state is not None:
@@ -313,8 +357,8 @@ def _cmd_audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             f"· load knees {s['load']['knees']:,}",
             file=out,
         )
-        print(f"results: {Path(args.out).absolute()}", file=out)
-        print(f"report: {report}", file=out)
+        print(f"results: {_field(Path(args.out).absolute())}", file=out)
+        print(f"report: {_field(report)}", file=out)
     if args.fail_on == "review" and (lv["review"] + lv["escalate"]) > 0:
         return EXIT_FAIL_ON
     if args.fail_on == "escalate" and lv["escalate"] > 0:
@@ -337,7 +381,7 @@ def _cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     ).collect().item()
     n_files = st["files"]
     print(
-        f"{', '.join(args.sources)}: {st['rows_in']:,} rows in {n_files} file(s): {st['rows_valid']:,} valid "
+        f"{_field(', '.join(args.sources))}: {st['rows_in']:,} rows in {n_files} file(s): {st['rows_valid']:,} valid "
         f"({n_runs:,} runs), {st['rows_rejected']:,} rejected; schema OK",
         file=out,
     )
@@ -346,8 +390,8 @@ def _cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         by = [c for c in ("reason", "source_file") if c in rej.columns]
         summary = rej.group_by(by).agg(pl.len().alias("rows")).sort(["rows", *by], descending=[True] + [False] * len(by))
         for r in summary.head(20).iter_rows(named=True):
-            where = f" in {r['source_file']}" if "source_file" in r else ""
-            print(f"  rejected {r['rows']:,} row(s): {r.get('reason')}{where}", file=out)
+            where = f" in {_field(r['source_file'])}" if "source_file" in r else ""
+            print(f"  rejected {r['rows']:,} row(s): {_field(r.get('reason'))}{where}", file=out)
         if args.strict:
             return EXIT_FAIL_ON
     return EXIT_OK
@@ -375,11 +419,14 @@ def _cmd_loops(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     )
     if loops.height:
         top = loops.sort(["wasted_cost_usd", "run_id"], descending=[True, False], nulls_last=True).head(args.top)
+        top = top.select("run_id", "agent", "kind", "pattern", "repeats", "start_step", "end_step",
+                         "wasted_steps", "wasted_cost_usd")
+        # log text escaped before Polars lays out the table (a newline in an action split a row)
+        top = top.with_columns(_field_expr(c) for c, t in top.schema.items() if t in (pl.String, pl.Categorical))
         with pl.Config(tbl_rows=args.top, tbl_cols=10, fmt_str_lengths=40, tbl_width_chars=160):
-            print(top.select("run_id", "agent", "kind", "pattern", "repeats", "start_step", "end_step",
-                             "wasted_steps", "wasted_cost_usd"), file=out)
+            print(top, file=out)
     if args.out:
-        print(f"wrote {Path(args.out).absolute()}", file=out)
+        print(f"wrote {_field(Path(args.out).absolute())}", file=out)
     _say_rejected(rr, out)
     return EXIT_OK
 
@@ -441,12 +488,12 @@ def _cmd_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     for r in show.iter_rows(named=True):
         mark = "DRIFT" if r.get("drifted") else "  ok "
         print(
-            f"{mark} {r.get('series')} {str(r.get('window_start'))[:10]}..{str(r.get('window_end'))[:10]} "
-            f"{r.get('feature')}: {r.get('explain') or ''}",
+            f"{mark} {_field(r.get('series'))} {str(r.get('window_start'))[:10]}..{str(r.get('window_end'))[:10]} "
+            f"{_field(r.get('feature'))}: {_field(r.get('explain') or '')}",
             file=out,
         )
     if args.out:
-        print(f"wrote {Path(args.out).absolute()}", file=out)
+        print(f"wrote {_field(Path(args.out).absolute())}", file=out)
     return EXIT_OK
 
 
@@ -460,7 +507,7 @@ def _cmd_generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     )
     print(
         f"wrote {counts['events']:,} events in {counts['runs']:,} runs over {counts['days']} days to "
-        f"{Path(args.out).absolute()}",
+        f"{_field(Path(args.out).absolute())}",
         file=out,
     )
     return EXIT_OK
@@ -470,7 +517,7 @@ def _cmd_report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from driftwatch.report import rebuild
 
     path = rebuild(args.dir)
-    print(f"report: {path.absolute()}", file=out)
+    print(f"report: {_field(path.absolute())}", file=out)
     return EXIT_OK
 
 
@@ -528,7 +575,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
     """
     out = _PipeSafe(stdout or sys.stdout)
     try:
-        return _main(argv, out, stderr or sys.stderr)  # type: ignore[arg-type]
+        return _main(argv, _Escaped(out), _Escaped(stderr or sys.stderr))  # type: ignore[arg-type]
     finally:
         out.flush()
         if out.broken and stdout is None:
@@ -545,7 +592,7 @@ def _main(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
     try:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     except _UsageError as exc:
-        print(f"{exc}", file=err)
+        print(_field(exc), file=err)
         return EXIT_BAD_INPUT
     except SystemExit as exc:  # --help / --version
         return int(exc.code or 0)

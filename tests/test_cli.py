@@ -553,3 +553,31 @@ def test_outputs_named_badly_and_reference_globs(small_fleet_dir: Path, tmp_path
     assert code == 0 and "tests" in out, err
     code, out, err = run_cli("drift", events, "--reference", str(tmp_path / "nothing-*.parquet"))
     assert code == 2 and "nothing-*.parquet" in err and "duration" not in err, err
+
+
+def test_log_text_and_file_names_cannot_drive_the_terminal(tmp_path: Path, run_cli: Cli) -> None:
+    """`loops --top` printed action names raw (an OSC set-title and a colour reached the
+    terminal), and error lines echoed file names with ESC sequences raw on stderr."""
+    from driftwatch import synth
+
+    ev = synth.generate(days=2, runs_per_day=60, seed=3).events
+    ev = ev.with_columns((pl.lit("\x1b]0;pwned\x07\x1b[31m\u202e\x85") + pl.col("action")).alias("action"))
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    ev.write_parquet(logs / "a.parquet")
+    code, out, err = run_cli("loops", logs, "--top", "3")
+    assert code == 0 and "loops in" in out, err
+    assert r"\x1b]0;pwned\x07\x1b[31m\u202e\x85" in out  # shown, not obeyed
+    assert not {c for c in out if (ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) <= 0x9F or c == "\u202e"}
+    # a newline in log text does not split a table row
+    ev.with_columns((pl.lit("two\nlines") + pl.col("action")).alias("action")).write_parquet(logs / "a.parquet")
+    code, out, err = run_cli("loops", logs, "--top", "3")
+    assert code == 0 and r"two\nlines" in out, err
+    # file names in error lines
+    bad = tmp_path / "x\x1b[31mRED\x1b]0;pwned\x07.parquet"
+    bad.write_text("garbage")
+    code, out, err = run_cli("loops", bad)
+    assert code == 2 and r"x\x1b[31mRED\x1b]0;pwned\x07.parquet: " in one_line_error(err)
+    assert "\x1b" not in err and "\x07" not in err
+    code, out, err = run_cli("audit", tmp_path / "no\x1b[2Jpe", "--out", tmp_path / "r")
+    assert code == 2 and r"no\x1b[2Jpe" in one_line_error(err) and "\x1b" not in err
