@@ -561,12 +561,19 @@ def _diff_ms(epoch: pl.Expr, diff: pl.Expr) -> pl.Expr:
 
 
 def _start_ns(schema: Mapping[str, pl.DataType], start: str) -> pl.Expr:
-    """The start time in integer nanoseconds (null when the column is text): orders spans at
-    full precision, where ``ts`` keeps microseconds."""
+    """The start time in integer nanoseconds: orders spans at full precision, where ``ts`` keeps
+    microseconds. ISO text: the time ``ts`` reads plus the fraction's digits past the microsecond
+    (``...00.000000002Z``); null for other columns (dates, float epochs: ``ts`` orders them)."""
     dtype = schema[start]
     if isinstance(dtype, pl.Datetime):
         return pl.col(start).dt.epoch("ns")
     i = _epoch_int(schema, start)
+    if i is None and (dtype == pl.String or isinstance(dtype, pl.Categorical | pl.Enum)):
+        text = pl.col(start).cast(pl.String)
+        us = to_ts(text, pl.String(), col=start).value.dt.epoch("us")
+        fraction = text.str.extract(r"\d{2}:\d{2}:\d{2}\.(\d+)", 1)
+        below_us = fraction.str.pad_end(9, "0").str.slice(6, 3).cast(pl.Int64, strict=False).fill_null(0)
+        return us * 1000 + below_us
     if i is None:
         return pl.lit(None, dtype=pl.Int64)
     a = i.abs()

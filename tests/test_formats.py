@@ -425,6 +425,22 @@ def test_otel_text_epochs_exact_latency_and_full_precision_order(tmp_path: Path)
         assert ev.select("step", "action").rows() == [(1, "a"), (2, "b"), (3, "c")]
 
 
+@pytest.mark.parametrize("fmt", ["otel", "openinference"])
+def test_iso_text_start_times_order_steps_at_nanoseconds(tmp_path: Path, fmt: str) -> None:
+    starts = ["2026-11-02T09:00:00.000000003Z", "2026-11-02 11:00:00.000000001+02:00",  # 09:00:00.000000001 UTC
+              "2026-11-02T09:00:00.0000000029Z", "2026-11-02T09:00:00.000000002", "2026-11-02T08:59:59Z"]
+    n = len(starts)
+    ids = {"trace_id": ["t"] * n, "span_id": list("edcba")} if fmt == "otel" else {
+        "context.trace_id": ["t"] * n, "context.span_id": list("edcba"), "span_kind": ["TOOL"] * n}
+    op = {"attributes.gen_ai.operation.name": ["execute_tool"] * n} if fmt == "otel" else {}
+    pl.DataFrame({**ids, "name": ["s3", "s1", "s2a", "s2b", "s0"], "start_time": starts, **op}).write_parquet(
+        tmp_path / "x.parquet")
+    for engine in ("polars", "duckdb"):
+        ev = read_logs(tmp_path, engine=engine).collect().sort("step")
+        # 2.9 ns and 2 ns share the nanosecond: the order read breaks the tie
+        assert ev["action"].to_list() == ["s0", "s1", "s2a", "s2b", "s3"], engine
+
+
 @pytest.mark.parametrize("unit", [1, 10**3, 10**6])
 @pytest.mark.parametrize("names", [("start_time_unix_nano", "end_time_unix_nano"), ("start_time", "end_time")])
 def test_otel_latency_from_integer_epochs_is_exact_in_their_unit(unit: int, names: tuple[str, str]) -> None:
