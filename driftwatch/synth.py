@@ -575,6 +575,12 @@ def _generate_day(
     post = rng.integers(0, 3, n_runs)
     ben_len = rng.integers(3, 9, n_runs)
 
+    # a looping run that also calls a destructive tool unapproved (its last call) or a missing
+    # tool (its first) has a call after (before) the loop: the injected call would otherwise
+    # replace one of the loop's, and the truth table would describe a loop the events lack
+    post = np.where(is_loop & is_unapproved, np.maximum(post, 1), post)
+    pre = np.where(is_loop & is_unknown, np.maximum(pre, 1), pre)
+
     # tool calls per run
     k = 1 + rng.poisson(np.maximum(mean_calls[agent_idx] - 1.0, 0.1))
     k = np.where(is_loop, pre + period * repeats + post, k)
@@ -609,7 +615,9 @@ def _generate_day(
         for ds in sc.feedback_drift:
             if ds.agent == a.name and d >= ds.onset_day:
                 # habit reinforcement: sharpen towards the agent's own favourite choices
-                p = p ** (1.0 + ds.strength * (d - ds.onset_day + 1))
+                # (in logs: p ** 300 after years of drift underflowed to 0 / 0)
+                logp = np.log(p) * (1.0 + ds.strength * (d - ds.onset_day + 1))
+                p = np.exp(logp - logp.max())
                 p = p / p.sum()
         codes_a = np.array([code_of[t] for t in names_a])
         tool[mine] = codes_a[rng.choice(len(names_a), size=int(mine.sum()), p=p)]

@@ -10,7 +10,7 @@ from driftwatch.errors import InvalidParameterError
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("1m", 60), ("1d", 86_400), ("1d12h", 129_600), ("2w", 1_209_600),
-                                               ("500ms", 0.5), (" 1h30m ", 5_400)])
+                                               ("500ms", 0.5), ("1h30m", 5_400)])
 def test_durations_single_and_compound(text: str, seconds: float) -> None:
     assert duration_seconds(text) == pytest.approx(seconds)
 
@@ -22,7 +22,9 @@ def test_zero_durations_are_refused(text: str) -> None:
         duration_seconds(text, name="drift_every")
 
 
-@pytest.mark.parametrize("text", ["1x", "d1", "1.5h", "", "-1d", 3600])
+# (" 1h30m " was read here and then passed as it is to Polars, which failed on the space:
+# the detectors' callers give the string to dt.truncate, so spaces are refused here)
+@pytest.mark.parametrize("text", ["1x", "d1", "1.5h", "", "-1d", 3600, " 1h30m ", "1d\n"])
 def test_malformed_durations_are_refused(text: object) -> None:
     with pytest.raises(InvalidParameterError, match="every must be a Polars duration string"):
         duration_seconds(text)  # type: ignore[arg-type]

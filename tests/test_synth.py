@@ -311,3 +311,30 @@ def test_bad_parameters_are_refused_by_name(kwargs: dict, message: str) -> None:
 
     with pytest.raises(InvalidParameterError, match=message):
         synth.generate(days=2, runs_per_day=5, **kwargs)
+
+
+def test_injected_calls_never_replace_a_loops_call() -> None:
+    """An unapproved destructive call replaces a run's last tool call and a missing tool its
+    first: in a looping run with no call after (before) the loop, the truth table described a
+    loop one call longer than the events held (a probe's seed 1, run r0002-000060)."""
+    sc = synth.Scenario(loop_rate=0.4, unapproved_rate=0.3, unknown_tool_rate=0.3)
+    for seed in (1, 2):
+        f = synth.generate(days=2, runs_per_day=200, seed=seed, scenario=sc)
+        loops = f.truth["loops"]
+        flagged = f.truth["runs"].filter(
+            pl.col("injected").list.contains("unapproved_destructive") | pl.col("injected").list.contains("unknown_tool"))
+        assert loops.join(flagged, on="run_id").height > 20  # the case is exercised
+        calls = f.events.filter(pl.col("action") != "llm").join(loops, on="run_id").filter(
+            pl.col("step").is_between(pl.col("start_step"), pl.col("end_step")))
+        # every call inside a loop's extent is one of its pattern's actions
+        inside = calls.with_columns(pl.col("pattern").str.split(" > ").list.contains(pl.col("action")).alias("ok"))
+        assert inside["ok"].all(), inside.filter(~pl.col("ok")).select("run_id", "step", "action", "pattern").head()
+
+
+def test_strong_or_long_feedback_drift_keeps_valid_probabilities() -> None:
+    """Habit reinforcement p ** (1 + strength * days) underflowed to 0 / 0 after a few thousand
+    days (generate --days 3000) or a strong drift: 'Probabilities contain NaN'."""
+    sc = synth.Scenario.stable(feedback_drift=(synth.DriftSpec("planner", 0, 400.0),))
+    f = synth.generate(days=3, runs_per_day=40, seed=1, scenario=sc)
+    tools = f.events.filter((pl.col("agent") == "planner") & (pl.col("action") != "llm") & (pl.col("ts").dt.day() >= 2))
+    assert tools["action"].n_unique() <= 2  # (the favourite, and rare destructive calls)
