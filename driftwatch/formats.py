@@ -656,13 +656,15 @@ def _otel_fields(schema: Mapping[str, pl.DataType], where: str) -> _SpanFields:
     err_c = _attr(schema, "error.type")
     if status_c is None:
         status = pl.lit("ok")
-    elif schema[status_c].is_integer():
-        code = pl.col(status_c)
-        status = pl.when(code == 2).then(pl.lit("error")).when(code.is_in([0, 1]) | code.is_null()).then(
-            pl.lit("ok")).otherwise(code.cast(pl.String))
-    else:
+    elif schema[status_c].is_numeric():
+        code = pl.col(status_c).cast(pl.Float64)
+        status = pl.when(code == 2).then(pl.lit("error")).when(code.is_in([0.0, 1.0]) | code.is_null()).then(
+            pl.lit("ok")).otherwise(pl.col(status_c).cast(pl.String))
+    else:  # names (STATUS_CODE_ERROR, ERROR, ...) or the codes as text digits (after a CSV / JSON hop)
         raw = _text(schema, status_c, where)
-        status = pl.coalesce(raw, pl.lit("ok"))
+        digits = raw.str.strip_chars()
+        status = (pl.when(digits == "2").then(pl.lit("error")).when(digits.is_in(["0", "1"])).then(pl.lit("ok"))
+                  .otherwise(pl.coalesce(raw, pl.lit("ok"))))
     err_type = _text(schema, err_c, where)
     status = pl.when(err_type.is_not_null()).then(pl.lit("error")).otherwise(status)
     status_msg = _text(schema, _find(schema, _OTEL_STATUS_MSG), where)

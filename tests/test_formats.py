@@ -168,6 +168,20 @@ def test_otel_integer_status_codes_and_zero_parent_ids() -> None:
     assert out["latency_ms"].to_list()[1] == pytest.approx(500.0)
 
 
+@pytest.mark.parametrize("codes", [
+    ["0", " 1 ", "2", "1"], ["STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR", "OK"], [0.0, 1.0, 2.0, None],
+])
+def test_otel_status_codes_as_text_digits_names_or_floats(codes: list[object]) -> None:
+    ops = {"attributes.gen_ai.operation.name": ["chat", "chat", "execute_tool", "execute_tool"],
+           "attributes.gen_ai.tool.name": [None, None, "search", "search"]}
+    out = adapted(_otel_trace(status_code=codes, **ops), "otel")
+    assert out[s.REASON_COL].to_list() == [None] * 4
+    assert out["status"].to_list() == ["ok", "ok", "error", "ok"]
+    # other digits are not OTLP codes: reported with their value
+    out = adapted(_otel_trace(status_code=["3", "0", "2.5", "0"], **ops), "otel")
+    assert out.select(s.REASON_COL, s.DETAIL_COL).rows()[::2] == [("bad_status", "3"), ("bad_status", "2.5")]
+
+
 def test_otel_operation_from_span_name_and_binary_ids_and_datetime_start() -> None:
     raw = _otel_trace().drop("attributes.gen_ai.operation.name", "attributes.gen_ai.tool.name").with_columns(
         pl.col("trace_id").cast(pl.Binary),
