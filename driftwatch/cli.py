@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TextIO, TypeVar
 
@@ -297,6 +299,8 @@ def _cmd_audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     progress = _Progress(err, enabled=err.isatty() and not args.quiet)
     state: Any = None
+    if args.reference:
+        _reference_kind(args.reference, durations=False)  # a missing reference path is said as such, before any work
     if args.state or args.db:
         from driftwatch.state import AuditState
 
@@ -466,11 +470,12 @@ def _cmd_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     cmap = _column_map(args.map)
     _check_out_file(args.out, args.sources)
+    kind = _reference_kind(args.reference)
     rr = read_logs(_one(args.sources), format=args.format, column_map=cmap)
     ref: Any = args.reference
-    if ".." in ref and not Path(ref).exists():
+    if kind == "range":
         ref = parse_reference(ref)
-    elif Path(ref).exists() or any(ch in ref for ch in "*?["):  # reference logs: a path or a glob
+    elif kind == "logs":
         ref = read_logs(ref, format=args.format, column_map=cmap)
     rows = detect_drift(rr, reference=ref, every=args.every, by=_by(args.by), min_runs=args.min_runs)
     if args.out:
@@ -479,11 +484,7 @@ def _cmd_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     print(f"{rows.height:,} tests, {drifted.height:,} drifted", file=out)
     _say_rejected(rr, out)
     if not rows.height:
-        print(
-            f"note: no window could be tested: a series needs at least {args.min_runs} runs in the reference"
-            f" and {args.min_runs} in a window after it (--min-runs; windows are --every {args.every} long)",
-            file=out,
-        )
+        print(_why_no_window(rr, ref, kind, args), file=out)
     show = rows if args.all else drifted
     for r in show.iter_rows(named=True):
         mark = "DRIFT" if r.get("drifted") else "  ok "
@@ -495,6 +496,60 @@ def _cmd_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.out:
         print(f"wrote {_field(Path(args.out).absolute())}", file=out)
     return EXIT_OK
+
+
+def _looks_like_path(text: str) -> bool:
+    """A --reference value that names a file or folder (``../cli/ref.parquet``, ``refs/``), not
+    a time range or a duration (ISO times hold no slash)."""
+    seps = {"/", os.sep, *(os.altsep or "")}
+    return any(c in text for c in seps) or bool(re.search(r"\.(parquet|pq|jsonl?)$", text, re.IGNORECASE))
+
+
+def _reference_kind(ref: str, *, durations: bool = True) -> str:
+    """What a --reference value is: ``"logs"`` (an existing path or a glob, ``..`` in it or not),
+    ``"range"`` (``START..END``) or ``"duration"`` (``14d``). A path that does not exist is refused
+    as such (it was read as a range with an empty start, or a bad duration)."""
+    import glob
+
+    from driftwatch.errors import NoInputError
+
+    if Path(ref).exists() or glob.has_magic(ref):
+        return "logs"
+    if _looks_like_path(ref):
+        raise NoInputError(
+            f"--reference {ref}: no such file or folder; check the path, or give a time range START..END"
+            + (" or a duration such as 14d" if durations else "")
+        )
+    return "range" if ".." in ref else "duration"
+
+
+def _why_no_window(rr: Any, ref: Any, kind: str, args: argparse.Namespace) -> str:
+    """The note when drift tested nothing: no run after the reference, or too few runs."""
+    import polars as pl
+
+    from driftwatch._frames import duration
+
+    few = (f"note: no window could be tested: a series needs at least {args.min_runs} runs in the reference"
+           f" and {args.min_runs} in a window after it (--min-runs; windows are --every {args.every} long)")
+    if kind == "logs":
+        return few
+    events = rr.events.lazy() if isinstance(rr.events, pl.DataFrame) else rr.events
+    starts = events.group_by("run_id").agg(pl.col("ts").min().alias("t")).select(
+        pl.col("t").min().alias("lo"), pl.col("t").max().alias("hi")).collect()
+    lo, hi = starts["lo"].item(), starts["hi"].item()
+    if lo is None or hi is None:
+        return few
+    if kind == "range":
+        end = ref[1]
+    else:
+        end = datetime(lo.year, lo.month, lo.day, tzinfo=UTC) + duration(ref, name="reference")
+    if hi.tzinfo is None:
+        hi = hi.replace(tzinfo=UTC)
+    if hi < end:
+        return (f"note: no window could be tested: no run starts after the reference (it ends "
+                f"{end.isoformat(sep=' ')}, the last run starts {hi.isoformat(sep=' ', timespec='seconds')}); "
+                "give a shorter or earlier --reference")
+    return few
 
 
 def _cmd_generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -581,3 +581,37 @@ def test_log_text_and_file_names_cannot_drive_the_terminal(tmp_path: Path, run_c
     assert "\x1b" not in err and "\x07" not in err
     code, out, err = run_cli("audit", tmp_path / "no\x1b[2Jpe", "--out", tmp_path / "r")
     assert code == 2 and r"no\x1b[2Jpe" in one_line_error(err) and "\x1b" not in err
+
+
+def test_reference_paths_with_dots_and_missing_references(fleet_events: Path, tmp_path: Path, run_cli: Cli,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--reference '../logs/date=*/*.parquet'` (a glob with '..') was read as START..END ("reference
+    start: expected an ISO-8601 date ... got ''"); a mistyped reference file was blamed on the
+    duration syntax; a reference covering all the data got a note blaming --min-runs."""
+    here = tmp_path / "work"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    up = Path("..") / "logs"
+    shutil.copytree(fleet_events, tmp_path / "logs")
+    days = sorted(p.name for p in (tmp_path / "logs").iterdir())
+    code, out, err = run_cli("drift", up, "--reference", str(up / f"{days[0][:-1]}*" / "*.parquet"))
+    assert code == 0 and "tests" in out and "ISO-8601" not in err, err
+    for cmd in (["drift", up], ["audit", up, "--out", tmp_path / "r"]):
+        for missing in ("refs/ref.parquet", "../logs/nope", "ref.parquet"):
+            code, out, err = run_cli(*cmd, "--reference", missing)
+            line = one_line_error(err)
+            assert code == 2 and f"--reference {missing}: no such file or folder" in line, (cmd, line)
+            assert "duration string" not in line and "ISO-8601" not in line
+    assert not (tmp_path / "r").exists()
+    # a range and a duration are still read as such
+    code, out, err = run_cli("drift", up, "--reference", "2026-10-01..2026-10-08")
+    assert code == 0 and "tests" in out, err
+    code, out, err = run_cli("drift", up, "--reference", "14days")
+    assert code == 2 and "duration" in one_line_error(err)
+    # nothing after the reference: the note says so, not --min-runs
+    for ref in ("100d", "2026-10-01..2027-01-01"):
+        code, out, err = run_cli("drift", up, "--reference", ref)
+        assert code == 0 and out.startswith("0 tests") and "no run starts after the reference" in out, (ref, out)
+        assert "--min-runs" not in out
+    code, out, err = run_cli("drift", up, "--reference", "7d", "--min-runs", "100000")
+    assert "at least 100000 runs" in out and "no run starts after" not in out
