@@ -599,14 +599,16 @@ def _start_ts(schema: Mapping[str, pl.DataType], start: str) -> pl.Expr:
 def _latency_ms(schema: Mapping[str, pl.DataType], start: str | None, end: str | None, where: str) -> pl.Expr | None:
     if start is None or end is None:
         return None
+    # an end time of 0 (the epoch) is an unset one, as OTLP writes it: no latency (not -56 years)
     si, ei = _epoch_int(schema, start), _epoch_int(schema, end)
     if si is not None and ei is not None:  # exact: subtract integers, then scale from their unit
-        return _diff_ms(si, ei - si)
+        return pl.when(ei != 0).then(_diff_ms(si, ei - si))
     if isinstance(schema[start], pl.Datetime) and isinstance(schema[end], pl.Datetime):
-        return (pl.col(end).dt.epoch("ns") - pl.col(start).dt.epoch("ns")).cast(pl.Float64) / 1e6
+        e_ns = pl.col(end).dt.epoch("ns")
+        return pl.when(e_ns != 0).then((e_ns - pl.col(start).dt.epoch("ns")).cast(pl.Float64) / 1e6)
     s = to_ts(pl.col(start), schema[start], where=where, col=start).value
     e = to_ts(pl.col(end), schema[end], where=where, col=end).value
-    return (e - s).dt.total_microseconds().cast(pl.Float64) / 1e3
+    return pl.when(e.dt.epoch("us") != 0).then((e - s).dt.total_microseconds().cast(pl.Float64) / 1e3)
 
 
 def _require(schema: Mapping[str, pl.DataType], fmt: str, what: dict[str, str | None], where: str) -> None:

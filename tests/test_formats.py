@@ -249,6 +249,23 @@ def test_otel_missing_required_columns() -> None:
         f.adapt(raw.lazy(), raw.schema, "otel")
 
 
+def test_an_unset_end_time_gives_no_latency_rather_than_a_negative_one() -> None:
+    t0 = 1_793_527_200_000_000_000
+    ends = {"int": [0, t0 + 3 * 10**6], "text": ["0", str(t0 + 3 * 10**6)]}
+    for kind, end in ends.items():
+        raw = pl.DataFrame({"traceId": ["t", "t"], "spanId": ["a", "b"], "name": ["chat m", "chat m"],
+                            "startTimeUnixNano": [t0, t0 + 10**6], "endTimeUnixNano": end})
+        out = adapted(raw, "otel")
+        assert out[s.REASON_COL].to_list() == [None, None], kind
+        assert out["latency_ms"].to_list() == [None, 2.0], kind
+    start = datetime(2026, 11, 2, tzinfo=UTC)
+    for end in ([datetime(1970, 1, 1, tzinfo=UTC)], ["1970-01-01T00:00:00Z"]):
+        oi = pl.DataFrame({"context.trace_id": ["t"], "context.span_id": ["a"], "span_kind": ["LLM"],
+                           "start_time": [start], "end_time": end})
+        out = adapted(oi, "openinference")
+        assert (out[s.REASON_COL][0], out["latency_ms"][0]) == (None, None)
+
+
 # ---------------------------------------------------------------- OpenInference on the shipped sample
 
 
