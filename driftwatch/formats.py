@@ -585,10 +585,12 @@ def _start_ns(schema: Mapping[str, pl.DataType], start: str) -> pl.Expr:
     )
 
 
-def _start_ts(schema: Mapping[str, pl.DataType], start: str) -> pl.Expr:
+def _start_ts(schema: Mapping[str, pl.DataType], start: str, where: str) -> pl.Expr:
     """The raw start column for ``ts``; numeric text epochs become ISO text (the epoch's UTC time),
-    other text stays as it is (so that garbage is reported as ``bad_ts`` with its value)."""
+    other text stays as it is (so that garbage is reported as ``bad_ts`` with its value). A column
+    of a type no time is read from is a :class:`SchemaError` naming it (not ``ts``)."""
     dtype = schema[start]
+    to_ts(pl.col(start), dtype, where=where, col=start)
     i = _epoch_int(schema, start)
     if i is None or dtype.is_integer():
         return pl.col(start)
@@ -671,7 +673,7 @@ def _otel_fields(schema: Mapping[str, pl.DataType], where: str) -> _SpanFields:
     status = pl.when(err_type.is_not_null()).then(pl.lit("error")).otherwise(status)
     status_msg = _text(schema, _find(schema, _OTEL_STATUS_MSG), where)
     is_error = status.str.to_lowercase().str.contains("error")
-    cols: dict[str, pl.Expr] = {"ts": _start_ts(schema, start_c), "status": status,
+    cols: dict[str, pl.Expr] = {"ts": _start_ts(schema, start_c, where), "status": status,
                                 "error_type": pl.coalesce(err_type, pl.when(is_error).then(status_msg))}
     llm_in = _text(schema, _attr(schema, "gen_ai.input.messages"), where)
     llm_out = _text(schema, _attr(schema, "gen_ai.output.messages"), where)
@@ -721,7 +723,7 @@ def _oi_fields(schema: Mapping[str, pl.DataType], where: str) -> _SpanFields:
     status_msg = _text(schema, _find(schema, ("status_message",)), where)
     is_error = status.str.to_lowercase().str.contains("error")
     cols: dict[str, pl.Expr] = {
-        "ts": pl.col(start_c),
+        "ts": _start_ts(schema, start_c, where),
         "status": status,
         "error_type": pl.when(is_error).then(pl.coalesce(
             _text(schema, _attr(schema, "exception.type"), where), pl.when(status_msg != "").then(status_msg))),

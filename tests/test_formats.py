@@ -249,6 +249,15 @@ def test_otel_missing_required_columns() -> None:
         f.adapt(raw.lazy(), raw.schema, "otel")
 
 
+def test_a_start_time_of_another_type_is_an_error_naming_the_users_column() -> None:
+    raw = _otel_trace().drop("start_time_unix_nano").with_columns(pl.lit(True).alias("start_time"))
+    with pytest.raises(SchemaError, match=r"t\.parquet: column 'start_time' has type Boolean"):
+        f.adapt(raw.lazy(), raw.schema, "otel", where="t.parquet")
+    oi = pl.DataFrame({"context.trace_id": ["t"], "context.span_id": ["a"], "span_kind": ["LLM"], "start_time": [True]})
+    with pytest.raises(SchemaError, match=r"t\.parquet: column 'start_time' has type Boolean"):
+        f.adapt(oi.lazy(), oi.schema, "openinference", where="t.parquet")
+
+
 def test_an_unset_end_time_gives_no_latency_rather_than_a_negative_one() -> None:
     t0 = 1_793_527_200_000_000_000
     ends = {"int": [0, t0 + 3 * 10**6], "text": ["0", str(t0 + 3 * 10**6)]}
