@@ -114,7 +114,10 @@ _NUMERIC: dict[str, pl.Expr] = {
     "steps_per_run": pl.col("n_steps").cast(pl.Float64),
     "tokens_per_run": pl.col("tokens").cast(pl.Float64),
     "cost_per_run": pl.col("cost_usd").cast(pl.Float64),
-    "latency": pl.col("latency_ms").cast(pl.Float64) / pl.col("n_steps").cast(pl.Float64),
+    # per step that recorded a latency (tool steps only, in many logs: per step of any kind, a
+    # change in the mix of LLM and tool steps read as a change of latency)
+    "latency": pl.col("latency_ms").cast(pl.Float64)
+    / pl.coalesce(pl.col("n_latency"), pl.col("n_steps")).cast(pl.Float64),
 }
 _NUMERIC_NEEDS: dict[str, tuple[str, ...]] = {
     "steps_per_run": ("n_steps",),
@@ -771,6 +774,7 @@ _RUN_COLUMNS: tuple[str, ...] = tuple(
             *NUMERIC_RUN_FEATURES,
             *(c for need in _NUMERIC_NEEDS.values() for c in need),
             *(c for pair in _RATIOS.values() for c in pair),
+            "n_latency",
             "n_errors",
             "feedback",
             "outcome",
@@ -1621,10 +1625,17 @@ def _self_similarity_rows(data: _Data, cat: _Cat, opts: _Options) -> pl.DataFram
     )
 
 
+def _with_latency_count(runs: pl.DataFrame) -> pl.DataFrame:
+    """``n_latency`` (steps that recorded a latency) is null where a per-run table lacks it (one
+    stored by an earlier version): the latency per step is then per step, as it was."""
+    return runs if "n_latency" in runs.columns else runs.with_columns(pl.lit(None, pl.Int64).alias("n_latency"))
+
+
 def _numeric_values(data: _Data, name: str) -> np.ndarray | None:
     if any(c not in data.runs.columns for c in _NUMERIC_NEEDS[name]):
         return None
-    x = data.runs.frame(_NUMERIC_NEEDS[name]).select(_NUMERIC[name].alias("x"))["x"].fill_nan(None).to_numpy()
+    runs = _with_latency_count(data.runs.frame([*_NUMERIC_NEEDS[name], "n_latency"]))
+    x = runs.select(_NUMERIC[name].alias("x"))["x"].fill_nan(None).to_numpy()
     x = x.astype(float)
     fin = np.isfinite(x)
     if not fin.any() or np.all(x[fin] == 0):
@@ -2013,13 +2024,16 @@ def _classifier_rows(data: _Data, tool: _Cat | None, opts: _Options) -> pl.DataF
     for name, (num, den) in _RATIOS.items():  # ratios trees find hard to build from their parts
         if num in have and den in have:
             exprs[name] = pl.col(num).cast(pl.Float64) / pl.col(den).cast(pl.Float64)
+    if "latency_per_step" in exprs:
+        exprs["latency_per_step"] = _NUMERIC["latency"]
     cols = list(exprs)
-    read = [c for c in (*NUMERIC_RUN_FEATURES, *(c for pair in _RATIOS.values() for c in pair)) if c in have]
+    read = [c for c in (*NUMERIC_RUN_FEATURES, *(c for pair in _RATIOS.values() for c in pair), "n_latency")
+            if c in have]
     k = 0 if tool is None else min(_CLF_SHARES, tool.K)
 
     def inputs(rows: np.ndarray | None) -> np.ndarray:
         """Run features (and tool shares) of ``rows`` (every run for ``None``)."""
-        runs = data.runs.frame(read, rows)
+        runs = _with_latency_count(data.runs.frame(read, rows))
         x = runs.select([e.fill_nan(None).alias(c) for c, e in exprs.items()]).to_numpy().astype(float)
         x[~np.isfinite(x)] = np.nan
         if tool is not None:

@@ -129,6 +129,7 @@ def run_feature_exprs() -> list[pl.Expr]:
         known_sum("cost_usd"),
         known_sum("latency_ms"),
         pl.col("latency_ms").quantile(0.9, "nearest").alias("latency_ms_p90"),
+        pl.col("latency_ms").count().cast(pl.Int64).alias("n_latency"),
         pl.when(pl.col("cost_usd").count() > 0).then(pl.col("cost_usd").filter(is_err).sum()).alias("error_cost_usd"),
         pl.col("confidence").min().alias("min_confidence"),
         pl.col("feedback").mean().alias("feedback"),
@@ -153,7 +154,7 @@ def run_features(events: pl.DataFrame | pl.LazyFrame, *, by: str | Sequence[str]
     polars.DataFrame
         ``run_id, agent, version, parent_run_id, first_ts, last_ts, n_steps,
         n_llm, n_tool, n_distinct_actions, n_errors, n_tool_errors, input_tokens,
-        output_tokens, cost_usd, latency_ms, latency_ms_p90, error_cost_usd,
+        output_tokens, cost_usd, latency_ms, latency_ms_p90, n_latency, error_cost_usd,
         min_confidence, feedback, outcome, n_retries, retry_cost_usd, tokens,
         error_rate, llm_ratio, runtime_s``, sorted by ``run_id``. Sums (tokens,
         cost, latency) are null for a run none of whose steps recorded the

@@ -721,3 +721,31 @@ def test_cost_logging_that_starts_is_no_drift() -> None:
     d = dw.detect_drift(long, reference=("2026-10-01", "2026-10-08"), every="7d")
     clf = d.filter(pl.col("feature") == "run_classifier")
     assert clf.height >= 4 and not clf["drifted"].any() and (clf["effect_size"] < 0.2).all()
+
+
+def test_step_latency_is_per_step_that_recorded_one() -> None:
+    """Only tool steps log a latency (100 ms each); from day 14 the agent makes two LLM calls per
+    tool call instead of one. Averaged over every step, the latency 'changed' from 50 to 33 ms
+    (KS 1.0); per step that recorded it, it held at 100 ms."""
+    t0 = datetime(2026, 1, 5, tzinfo=UTC)
+    rows = []
+    for day in range(21):
+        for r in range(30):
+            start, step = t0 + timedelta(days=day, minutes=30 * r), 0
+            for k in range(3):
+                for _ in range(1 if day < 14 else 2):
+                    step += 1
+                    rows.append((f"d{day:02d}r{r:02d}", step, start + timedelta(seconds=step), "llm", None))
+                step += 1
+                rows.append((f"d{day:02d}r{r:02d}", step, start + timedelta(seconds=step), f"tool{(r + k) % 3}",
+                             100.0 + (r % 5)))
+    ev = pl.DataFrame(rows, schema={"run_id": pl.String, "step": pl.Int64, "ts": pl.Datetime("us", "UTC"),
+                                    "action": pl.String, "latency_ms": pl.Float64}, orient="row")
+    d = dw.detect_drift(ev, reference="14d", include=["latency", "run_classifier"])
+    lat = d.filter(pl.col("feature") == "latency")
+    assert lat.height and not lat["drifted"].any(), lat.select("explain").rows()
+    assert "102 ms -> 102 ms per step" in lat["explain"][0]
+    # a per-run table stored before n_latency existed: latency per step, as before
+    old = dw.drift_from_runs(dw.run_features(ev).drop("n_latency"), reference="14d", include=["latency"])
+    assert old.filter(pl.col("feature") == "latency")["drifted"].all()
+    assert "51.0 ms -> 34.0 ms per step" in old.filter(pl.col("feature") == "latency")["explain"][0]
