@@ -84,15 +84,53 @@ def _replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise InvalidParameterError("the output path is empty; expected a file name such as loops.parquet")
     if dest.is_dir():
         raise InvalidParameterError(f"{dest}: is a folder; expected a file name for the output (e.g. {dest / 'out.parquet'})")
+    _check_ancestors(dest, create=False)
     tmp = _tmp_sibling(dest, _TMP_TAG)
     try:
         yield tmp
         os.replace(tmp, dest)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise _naming(exc, tmp, dest) from None
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
     _fsync_dir(dest.parent)
+
+
+def _check_ancestors(dest: Path, *, create: bool) -> None:
+    """Refuse an output path under a regular file (``afile/sub``: said "afile: File exists") or,
+    unless the folders are to be created, under a folder that does not exist."""
+    parent = dest.absolute().parent
+    for anc in (parent, *parent.parents):
+        if anc.is_dir():
+            break
+        if anc.exists() or anc.is_symlink():
+            what = "a file, not a folder" if anc.is_file() else "not a folder"
+            raise InvalidParameterError(f"{dest}: {anc} is {what}; choose an output path in a folder")
+    if not create and not parent.is_dir():
+        raise InvalidParameterError(
+            f"{dest}: the folder {dest.parent} does not exist; create it or choose an output path in a folder"
+        )
+
+
+def _naming(exc: OSError, tmp: Path, dest: Path) -> OSError:
+    """``exc`` (raised on the temporary ``tmp``) naming the user's ``dest`` instead: the hidden
+    ``.x.tmp-<pid>-<hex>`` means nothing to the user."""
+    if exc.filename not in (str(tmp), tmp) and str(tmp) not in str(exc):
+        return exc
+    if exc.strerror:
+        return type(exc)(exc.errno, exc.strerror, str(dest))
+    code = re.search(r"\(os error (\d+)\)", str(exc))  # Polars: "No such file ... (os error 2): <tmp>"
+    if code:
+        return type(exc)(int(code[1]), os.strerror(int(code[1])), str(dest))
+    text = str(exc).replace(str(tmp), str(dest))
+    try:
+        return type(exc)(text)
+    except TypeError:  # pragma: no cover - an OSError subclass with another constructor
+        return OSError(text)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -305,11 +343,15 @@ def atomic_directory(path: str | os.PathLike[str], *, expected: Collection[str] 
     dest = Path(path).absolute()
     if dest.is_symlink():  # a link to the results (``latest -> 2026-11-24/``): replace what it points to
         dest = dest.resolve()
+    _check_ancestors(dest, create=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
     recover_directory(dest)
     check_replaceable(dest, expected=expected)
     tmp = _tmp_sibling(dest, _TMP_TAG)
-    tmp.mkdir()
+    try:
+        tmp.mkdir()
+    except OSError as exc:  # (a folder the user may not write in: said as the user's path)
+        raise _naming(exc, tmp, dest) from None
     try:
         yield tmp
         (tmp / MARKER).write_text("driftwatch results folder; replaced as a whole by each audit\n")

@@ -178,7 +178,8 @@ def _build_parser() -> _Parser:
                         description="Write a seeded synthetic fleet (events + truth tables) as Parquet.")
     ge.add_argument("out", metavar="OUT", help="folder to write (events/date=.../part-0.parquet, truth/)")
     ge.add_argument("--days", type=_positive_int, default=30)
-    ge.add_argument("--runs-per-day", type=_positive_int, default=400)
+    ge.add_argument("--runs-per-day", type=_runs_per_day, default=400,
+                    help=f"runs per day, at most {MAX_RUNS_PER_DAY:,} (default: 400)")
     ge.add_argument("--seed", type=int, default=0)
     ge.add_argument("--start", default="2026-10-01", help="first day (default: 2026-10-01)")
     ge.add_argument("--stable", action="store_true", help="inject nothing (a clean fleet)")
@@ -208,6 +209,21 @@ def _positive_float(text: str) -> float:
 
 def _positive_int(text: str) -> int:
     return _positive(text, int, "integer")
+
+
+#: The most runs per day ``driftwatch generate`` accepts: a day is generated in memory, about
+#: 17 KB per run (1M runs/day is about 17 GB at peak); a typo'd 100000000 was killed by the OS.
+MAX_RUNS_PER_DAY = 1_000_000
+
+
+def _runs_per_day(text: str) -> int:
+    v = _positive_int(text)
+    if v > MAX_RUNS_PER_DAY:
+        raise argparse.ArgumentTypeError(
+            f"at most {MAX_RUNS_PER_DAY:,} (each day is generated in memory, about 17 KB per run), got {text!r}; "
+            "spread the runs over more --days"
+        )
+    return v
 
 
 def _nonneg_int(text: str) -> int:
@@ -660,8 +676,14 @@ def _main(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
     except DriftwatchError as exc:
         print(f"driftwatch {args.command}: error: {_one_line(exc)}{_hint(exc)}", file=err)
         return EXIT_BAD_INPUT
-    except (OSError, MemoryError) as exc:
-        where = f" {exc.filename}:" if isinstance(exc, OSError) and exc.filename else ""
+    except MemoryError:
+        less = {"generate": "fewer --runs-per-day (more --days)",
+                "audit": "--chunks N, a narrower --since/--until"}.get(args.command, "fewer or smaller SOURCE files")
+        print(f"driftwatch {args.command}: error: out of memory; give it less to hold at once ({less}) "
+              "or run it on a machine with more memory", file=err)
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        where = f" {exc.filename}:" if exc.filename else ""
         print(f"driftwatch {args.command}: error:{where} {_one_line(exc)}; check the path and permissions",
               file=err)
         return EXIT_BAD_INPUT

@@ -67,3 +67,25 @@ def test_an_unmarked_folder_holding_results_names_is_refused(tmp_path: Path) -> 
     _results(site, "night 1")
     _results(site, "night 2")
     assert (site / "report.html").read_text() == "night 2"
+
+
+def test_output_paths_under_a_file_or_a_missing_folder_are_named(tmp_path: Path) -> None:
+    """--out afile/sub said "afile: File exists"; loops --out /missing/dir/x.parquet and --out
+    /proc/x named the hidden temporary file or folder instead of the user's path."""
+    from driftwatch._io import atomic_write_text
+
+    afile = tmp_path / "afile"
+    afile.write_text("hi")
+    for out in (afile / "sub", afile / "a" / "b"):
+        with pytest.raises(InvalidParameterError, match=rf"{afile} is a file, not a folder"):
+            _results(out, "x")
+        with pytest.raises(InvalidParameterError, match=rf"{afile} is a file, not a folder"):
+            atomic_write_text(out / "x.parquet", "x")
+    with pytest.raises(InvalidParameterError, match=r"x.parquet: the folder .*missing.*dir does not exist"):
+        atomic_write_text(tmp_path / "missing" / "dir" / "x.parquet", "x")
+    assert afile.read_text() == "hi" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+    if Path("/proc/self").is_dir():  # a folder nobody may create files in, root included
+        for write in (lambda: _results(Path("/proc/x"), "x"), lambda: atomic_write_text("/proc/x.parquet", "x")):
+            with pytest.raises(OSError) as info:
+                write()
+            assert info.value.filename in ("/proc/x", "/proc/x.parquet") and ".tmp-" not in str(info.value)

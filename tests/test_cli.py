@@ -615,3 +615,34 @@ def test_reference_paths_with_dots_and_missing_references(fleet_events: Path, tm
         assert "--min-runs" not in out
     code, out, err = run_cli("drift", up, "--reference", "7d", "--min-runs", "100000")
     assert "at least 100000 runs" in out and "no run starts after" not in out
+
+
+def test_messages_name_the_users_path_and_the_cause(tmp_path: Path, run_cli: Cli,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """--out afile/sub said "afile: File exists"; report /nonexistent said "no summary.json here";
+    generate --runs-per-day 100000000 ran out of memory and was told "check the path and permissions"."""
+    from driftwatch import synth
+
+    afile = tmp_path / "afile"
+    afile.write_text("hi")
+    log = tmp_path / "log.parquet"
+    synth.generate(days=1, runs_per_day=10, seed=1).events.write_parquet(log)
+    code, out, err = run_cli("audit", log, "--out", afile / "sub", "--quiet")
+    assert code == 2 and f"{afile} is a file, not a folder" in one_line_error(err), err
+    code, out, err = run_cli("loops", log, "--out", tmp_path / "missing" / "x.parquet")
+    line = one_line_error(err)
+    assert code == 2 and f"the folder {tmp_path / 'missing'} does not exist" in line and ".tmp-" not in line, line
+    code, out, err = run_cli("report", tmp_path / "nope")
+    assert code == 2 and "nope: no such folder" in one_line_error(err), err
+    code, out, err = run_cli("report", afile)
+    assert code == 2 and "afile: not a folder" in one_line_error(err), err
+    code, out, err = run_cli("generate", tmp_path / "g", "--runs-per-day", "100000000")
+    assert code == 2 and "at most 1,000,000" in one_line_error(err) and not (tmp_path / "g").exists(), err
+
+    def oom(*args: object, **kwargs: object) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(synth, "write_fleet", oom)
+    code, out, err = run_cli("generate", tmp_path / "g", "--runs-per-day", "1000")
+    line = one_line_error(err)
+    assert code == 2 and "out of memory" in line and "--runs-per-day" in line and "permissions" not in line, line
