@@ -497,9 +497,14 @@ def _cmd_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.out:
         atomic_write_parquet(rows, args.out)
     drifted = rows.filter(pl.col("drifted")) if rows.height else rows
-    print(f"{rows.height:,} tests, {drifted.height:,} drifted", file=out)
+    new = rows.filter(pl.col("feature") == "no_reference") if rows.height else rows
+    tests = rows.height - new.height
+    print(f"{tests:,} tests, {drifted.height:,} drifted", file=out)
+    if new.height:
+        print(f"not compared (no reference runs): {', '.join(_field(s) for s in new['series'].unique(maintain_order=True))}",
+              file=out)
     _say_rejected(rr, out)
-    if not rows.height:
+    if not tests:
         print(_why_no_window(rr, ref, kind, args), file=out)
     show = rows if args.all else drifted
     for r in show.iter_rows(named=True):

@@ -446,13 +446,18 @@ def drift_from_runs(
         side = pool if "run_classifier" in opts.include and len(opts.include) > 1 else None
         if side is not None:
             side.submit(_import_classifier)
-        data = _assemble(main, reference, current, opts)
+        data, unreferenced = _assemble(main, reference, current, opts)
         if data is None:
-            return _empty(opts.by)
-        # the array work is many small operations: BLAS/OpenMP threads only add overhead (and stall on a
-        # busy machine)
-        with threadpool_limits(limits=1):
-            return _drift(data, opts, side)
+            out = _empty(opts.by)
+        else:
+            # the array work is many small operations: BLAS/OpenMP threads only add overhead (and stall on
+            # a busy machine)
+            with threadpool_limits(limits=1):
+                out = _drift(data, opts, side)
+    if unreferenced is None or unreferenced.height == 0:
+        return out
+    return pl.concat([out, unreferenced.select(out.columns).cast(out.schema)]).sort(  # type: ignore[arg-type]
+        "series", "window_start", maintain_order=True)
 
 
 def _import_classifier() -> None:
@@ -783,7 +788,9 @@ _RUN_COLUMNS: tuple[str, ...] = tuple(
 )
 
 
-def _assemble(main: Tables, reference: Any, current: Any, opts: _Options) -> _Data | None:
+def _assemble(main: Tables, reference: Any, current: Any, opts: _Options) -> tuple[_Data | None, pl.DataFrame | None]:
+    """The runs of the comparison, and the ``no_reference`` rows of the series that have
+    current runs but no reference runs (a new agent or version: nothing to compare them with)."""
     first = main[0]["first_ts"]
     # ---- reference
     if isinstance(reference, str):
@@ -845,7 +852,7 @@ def _assemble(main: Tables, reference: Any, current: Any, opts: _Options) -> _Da
         )
     cur_runs = _window_frame(cur_tabs[0], lo, hi, origin, opts.every_us, src_cur, opts.by)
     if cur_runs.height == 0:
-        return None
+        return None, None
     for c in opts.by:
         for label, fr in (("reference", ref_tabs[0]), ("current", cur_tabs[0])):
             if c not in fr.columns:
@@ -856,7 +863,9 @@ def _assemble(main: Tables, reference: Any, current: Any, opts: _Options) -> _Da
     # ---- series: those with reference runs, numbered in name order
     code, series = _series_codes(runs, opts.by)
     has_ref = np.bincount(code[slot == 0], minlength=series.height) > 0
+    unreferenced = None
     if not has_ref.all():
+        unreferenced = _unreferenced_rows(code, slot, series, has_ref, origin, opts)
         keep_series = np.flatnonzero(has_ref)
         renum = np.full(series.height, -1, dtype=np.int64)
         renum[keep_series] = np.arange(keep_series.size)
@@ -864,7 +873,7 @@ def _assemble(main: Tables, reference: Any, current: Any, opts: _Options) -> _Da
         code = renum[code]
     keep = code >= 0
     if not (keep & (slot > 0)).any():
-        return None
+        return None, unreferenced
     names_order = np.asarray(series.select(pl.col("series").arg_sort()).to_series().to_numpy(), dtype=np.int64)
     s_of = np.empty(series.height, dtype=np.int64)
     s_of[names_order] = np.arange(series.height)
@@ -922,6 +931,35 @@ def _assemble(main: Tables, reference: Any, current: Any, opts: _Options) -> _Da
         origin=origin,
         s=s,
         slot=slot,
+    ), unreferenced
+
+
+def _unreferenced_rows(
+    code: np.ndarray, slot: np.ndarray, series: pl.DataFrame, has_ref: np.ndarray, origin: datetime, opts: _Options
+) -> pl.DataFrame:
+    """One ``no_reference`` row per window of a series without reference runs: it is not compared
+    (``drifted`` false, no statistic), but it is there, so a new agent or a version deployed after
+    the reference does not vanish from the result."""
+    new = ~has_ref[code] & (slot > 0)
+    cells = pl.DataFrame({"_c": code[new], "_slot": slot[new]}).group_by("_c", "_slot").len("n_cur")
+    names = series.with_row_index("_c").with_columns(pl.col("_c").cast(pl.Int64))
+    start = pl.lit(origin, dtype=TS_DTYPE) + pl.duration(microseconds=(pl.col("_slot").cast(pl.Int64) - 1) * opts.every_us)
+    return (
+        cells.with_columns(pl.col("_c").cast(pl.Int64))
+        .join(names, on="_c", how="left")
+        .with_columns(
+            start.alias("window_start"),
+            (start + pl.duration(microseconds=opts.every_us)).alias("window_end"),
+            pl.lit("no_reference").alias("feature"),
+            pl.lit("none").alias("method"),
+            pl.lit(False).alias("drifted"),
+            pl.lit(0, dtype=pl.Int64).alias("n_ref"),
+            pl.format("{}: no reference runs (a new agent, version or other series value), not compared; "
+                      "{} runs in this window", "series", "n_cur").alias("explain"),
+            *[pl.lit(None, dtype=pl.Float64).alias(c) for c in ("statistic", "p_value", "q_value", "effect_size",
+                                                               "threshold", "reference_value", "current_value")],
+        )
+        .sort("series", "window_start")
     )
 
 

@@ -885,7 +885,8 @@ def _drift_grid(drift: pl.DataFrame) -> str:
     agg = drift.group_by("series", "feature").agg(
         pl.len().alias("n"),
         pl.col("drifted").sum().alias("k"),
-        pl.col("explain").filter(pl.col("drifted")).alias("why") if "explain" in drift.columns
+        pl.col("explain").filter(pl.col("drifted") | (pl.col("feature") == "no_reference")).alias("why")
+        if "explain" in drift.columns
         else pl.lit(None, pl.List(pl.String)).alias("why"),
     )
     cells_by = {(r["series"], r["feature"]): r for r in agg.iter_rows(named=True)}
@@ -898,6 +899,9 @@ def _drift_grid(drift: pl.DataFrame) -> str:
                 cells.append('<td class="cell na">–</td>')
                 continue
             k, n = int(r["k"] or 0), int(r["n"])
+            if f == "no_reference":  # a series new since the reference: nothing to compare with
+                cells.append(f'<td class="cell na" title="{e(" | ".join(r["why"] or [])[:2000])}">new</td>')
+                continue
             title = " | ".join(r["why"] or []) or f"{f}: no drift in {n} window(s)"
             cls = "cell hit" if k else "cell"
             cells.append(f'<td class="{cls}" title="{e(title)}">{k}/{n}</td>')

@@ -646,3 +646,25 @@ def test_messages_name_the_users_path_and_the_cause(tmp_path: Path, run_cli: Cli
     code, out, err = run_cli("generate", tmp_path / "g", "--runs-per-day", "1000")
     line = one_line_error(err)
     assert code == 2 and "out of memory" in line and "--runs-per-day" in line and "permissions" not in line, line
+
+
+def test_drift_names_series_it_could_not_compare_and_the_report_marks_them(tmp_path: Path, run_cli) -> None:
+    import driftwatch as dw
+    from driftwatch import synth
+    from driftwatch.report import render_report
+
+    ev = synth.generate(days=28, runs_per_day=60, seed=4, scenario=synth.Scenario.stable()).events
+    late = pl.col("ts") >= pl.datetime(2026, 10, 15, time_zone="UTC")
+    ev = ev.with_columns(pl.when(late & (pl.col("agent") == "support")).then(pl.lit("triage\x1b[2J"))
+                         .otherwise(pl.col("agent")).alias("agent"))
+    (tmp_path / "logs").mkdir()
+    ev.write_parquet(tmp_path / "logs" / "a.parquet")
+    code, out, _ = run_cli("drift", tmp_path / "logs", "--reference", "14d")
+    assert code == 0
+    assert "not compared (no reference runs): agent=triage\\x1b[2J" in out
+    tests = int(out.split(" tests,")[0].replace(",", ""))
+    rows = dw.detect_drift(ev, reference="14d")
+    assert tests == rows.filter(pl.col("feature") != "no_reference").height > 0
+    res = dw.audit(ev, reference="2026-10-01..2026-10-15")
+    page = render_report(res)
+    assert '<td class="cell na" title="agent=triage' in page and ">new</td>" in page

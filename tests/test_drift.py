@@ -434,8 +434,10 @@ def test_fdr_family(demo_tables: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]
 def test_by_version_and_all(demo_fleet: synth.Fleet) -> None:
     ev = demo_fleet.events.filter(pl.col("agent") == "billing")
     d = detect_drift(ev, reference=("2026-10-01", "2026-10-10"), by=("agent", "version"), include=["steps_per_run"])
-    # billing deploys v2 on day 12: v2 has no reference runs, so only v1 is compared
-    assert d["series"].unique().to_list() == ["agent=billing,version=v1"]
+    # billing deploys v2 on day 12: v2 has no reference runs, so only v1 is compared (v2 is named)
+    compared = d.filter(pl.col("feature") != "no_reference")
+    assert compared["series"].unique().to_list() == ["agent=billing,version=v1"]
+    assert d.filter(pl.col("feature") == "no_reference")["series"].unique().to_list() == ["agent=billing,version=v2"]
     assert {"agent", "version"} <= set(d.columns)
     fleet_wide = detect_drift(demo_fleet.events, reference=REF, by=None, include=["tool_mix"])
     assert fleet_wide["series"].unique().to_list() == ["all"]
@@ -622,13 +624,13 @@ def test_category_counts_in_steps_and_sparse_match_a_dense_build(
     opts = D._Options.make(by=("agent",), every="1w", alpha=0.01, fdr="series", min_effect=None, min_runs=20,
                            include=None, max_categories=30, classifier_max_train=10_000,
                            classifier_max_runs=5_000, random_state=0)
-    data = D._assemble(D._check_tables((f, a, b), "features"), REF, None, opts)
+    data, _ = D._assemble(D._check_tables((f, a, b), "features"), REF, None, opts)
     default = {kind: D._category_block(data, kind, opts) for kind in ("actions", "bigrams")}
     monkeypatch.setattr(D, "_COUNT_STEP", 997)
     monkeypatch.setattr(D, "_COV_STEP", 61)
     monkeypatch.setattr(D, "_MERGE_STEP", 50)
     monkeypatch.setattr(D, "_SHIFT_STEP", 333)
-    data = D._assemble(D._check_tables((f, a, b), "features"), REF, None, opts)  # (a block reads its counts once)
+    data, _ = D._assemble(D._check_tables((f, a, b), "features"), REF, None, opts)  # (a block reads its counts once)
     for kind, cat in default.items():
         small = D._category_block(data, kind, opts)
         assert cat is not None and small is not None
@@ -749,3 +751,28 @@ def test_step_latency_is_per_step_that_recorded_one() -> None:
     old = dw.drift_from_runs(dw.run_features(ev).drop("n_latency"), reference="14d", include=["latency"])
     assert old.filter(pl.col("feature") == "latency")["drifted"].all()
     assert "51.0 ms -> 34.0 ms per step" in old.filter(pl.col("feature") == "latency")["explain"][0]
+
+
+def test_series_without_reference_runs_are_reported_not_dropped() -> None:
+    """by=("agent", "version"): a version deployed after the reference, or an agent that first
+    appears then, had no row at all: the deploy vanished from the result. Each such series now
+    has a no_reference row per window (not compared: drifted false, no statistic)."""
+    ev = synth.generate(days=28, runs_per_day=80, seed=4, scenario=synth.Scenario.stable()).events
+    late = pl.col("ts") >= datetime(2026, 10, 15, tzinfo=UTC)
+    ev = ev.with_columns(
+        pl.when(late & (pl.col("agent") == "billing")).then(pl.lit("v2")).otherwise(pl.lit("v1")).alias("version"),
+        pl.when(late & (pl.col("agent") == "support")).then(pl.lit("triage")).otherwise(pl.col("agent")).alias("agent"),
+    )
+    d = dw.detect_drift(ev, reference="14d", by=("agent", "version"), include=["tokens_per_run"])
+    new = d.filter(pl.col("feature") == "no_reference")
+    assert sorted(set(new["series"])) == ["agent=billing,version=v2", "agent=triage,version=v1"]
+    assert (~new["drifted"]).all() and new["p_value"].is_null().all() and (new["n_ref"] == 0).all()
+    assert new.filter(pl.col("series") == "agent=billing,version=v2")["n_cur"].sum() == ev.filter(
+        late & (pl.col("agent") == "billing")).select(pl.col("run_id").n_unique()).item()
+    assert "no reference runs" in new["explain"][0]
+    tested = d.filter(pl.col("feature") != "no_reference")
+    assert set(tested["series"]) == {"agent=planner,version=v1", "agent=research,version=v1"}
+    # a fleet where no series has reference runs in the windows: only these rows
+    only = dw.detect_drift(ev.filter(pl.col("agent") == "triage"), reference=ev.filter(pl.col("agent") == "planner"),
+                           by="agent", include=["tokens_per_run"])
+    assert only["feature"].unique().to_list() == ["no_reference"]
