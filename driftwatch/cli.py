@@ -30,6 +30,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -651,7 +652,12 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
     """
     out = _PipeSafe(stdout or sys.stdout)
     try:
-        return _main(argv, _Escaped(out), _Escaped(stderr or sys.stderr))  # type: ignore[arg-type]
+        with warnings.catch_warnings():
+            # numpy's floating-point notes (an infinite cost sum, NaN in a statistic) are not
+            # errors of the audit, whose results say what they are; stderr is for what is wrong
+            warnings.filterwarnings("ignore", category=RuntimeWarning,
+                                    message=r"(overflow|invalid value|divide by zero) encountered")
+            return _main(argv, _Escaped(out), _Escaped(stderr or sys.stderr))  # type: ignore[arg-type]
     finally:
         out.flush()
         if out.broken and stdout is None:

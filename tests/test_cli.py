@@ -668,3 +668,22 @@ def test_drift_names_series_it_could_not_compare_and_the_report_marks_them(tmp_p
     res = dw.audit(ev, reference="2026-10-01..2026-10-15")
     page = render_report(res)
     assert '<td class="cell na" title="agent=triage' in page and ">new</td>" in page
+
+
+def test_numpy_floating_point_notes_do_not_reach_stderr(tmp_path: Path) -> None:
+    """Two steps of $1e308 sum to inf: the audit completes and flags the run, and numpy's
+    'overflow encountered' / 'invalid value encountered' warnings no longer add lines to stderr."""
+    from driftwatch import synth
+
+    ev = synth.generate(days=2, runs_per_day=60, seed=3).events
+    first = ev["run_id"][0]
+    ev = ev.with_columns(pl.when((pl.col("run_id") == first) & (pl.col("step") <= 2)).then(1e308)
+                         .otherwise(pl.col("cost_usd")).alias("cost_usd"))
+    (tmp_path / "logs").mkdir()
+    ev.write_parquet(tmp_path / "logs" / "a.parquet")
+    done = subprocess.run([sys.executable, "-c", "import sys; from driftwatch.cli import main; sys.exit(main())",
+                           "audit", str(tmp_path / "logs"), "--out", str(tmp_path / "out"), "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode in (0, 1) and done.stderr == "", done.stderr
+    run = pl.read_parquet(tmp_path / "out" / "runs.parquet").filter(pl.col("run_id") == first).row(0, named=True)
+    assert run["level"] == "escalate" and "cost $inf > ceiling $0.50" in run["reasons"]
