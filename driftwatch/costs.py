@@ -242,7 +242,8 @@ def cost_profile_from_runs(
           of a day at that volume, E[max of N runs]; ``worst_run_1_in_n_usd``:
           the cost exceeded by one run in N (quantile 1 - 1/N);
           ``worst_run_method``: ``"empirical"``, ``"pareto_tail"`` or
-          ``"empirical_capped"``;
+          ``"empirical_capped"`` (all three null at a volume under one run a
+          day);
           ``tail_shape``: the fitted generalised-Pareto shape (``pareto_tail``).
 
     Notes
@@ -370,7 +371,7 @@ def cost_ceiling(policy: Any) -> float | None:
     return float(value)
 
 
-def expected_max(costs: np.ndarray, n_draws: float) -> tuple[float | None, float, str, float | None]:
+def expected_max(costs: np.ndarray, n_draws: float) -> tuple[float | None, float, str | None, float | None]:
     """Expected maximum of ``n_draws`` runs and the 1-in-N cost, from observed ``costs``.
 
     Returns ``(expected_max, one_in_n, method, tail_shape)``; see the Notes of
@@ -386,8 +387,8 @@ def expected_max(costs: np.ndarray, n_draws: float) -> tuple[float | None, float
     """
     x = np.sort(np.asarray(costs, dtype=np.float64))
     n = x.size
-    if n == 0 or not n_draws or n_draws < 1:
-        return None, math.nan, "empirical", None
+    if n == 0 or not n_draws or n_draws < 1:  # (under one run a day has no worst run of a day)
+        return None, math.nan, None, None
     big_n = float(n_draws)
     one_in_n_emp = float(np.quantile(x, 1.0 - 1.0 / big_n)) if big_n > 1 else float(x.mean())
     if big_n <= n / 2:

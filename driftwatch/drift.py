@@ -38,6 +38,7 @@ Examples
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -562,8 +563,9 @@ class _Options:
                     raise InvalidParameterError(f"min_effect[{k!r}] must be a finite number, got {v!r}")
                 me[k] = float(v)
         min_runs = kw["min_runs"]
-        if not isinstance(min_runs, int) or isinstance(min_runs, bool) or min_runs < 2:
+        if not isinstance(min_runs, numbers.Integral) or isinstance(min_runs, bool | np.bool_) or min_runs < 2:
             raise InvalidParameterError(f"min_runs must be an integer >= 2, got {min_runs!r}")
+        min_runs = int(min_runs)
         inc = kw["include"]
         if inc is None:
             include = FEATURES
@@ -753,6 +755,7 @@ class _Data:
     origin: datetime
     s: np.ndarray  # per run (row order; int32 unless there are 2**31 runs or groups)
     slot: np.ndarray
+    end: datetime | None = None  # the end of a current range: the last window ends there
     _counts: dict[str, _Counts | None] = field(default_factory=dict)
 
     def counts(self, kind: str) -> _Counts | None:
@@ -834,6 +837,11 @@ def _assemble(main: Tables, reference: Any, current: Any, opts: _Options) -> tup
         cur_tabs, lo, hi, origin, src_cur = main, ref_hi, None, ref_hi, 0
     elif _is_range(current):
         lo, hi = _range(current, "current")
+        if src_ref == 0 and ref_lo is not None and lo < ref_hi and hi > ref_lo:
+            raise InvalidParameterError(
+                f"current ({lo} .. {hi}) overlaps the reference ({ref_lo} .. {ref_hi}): its runs would be in both "
+                "samples; start the current range at or after the reference's end"
+            )
         cur_tabs, origin, src_cur = main, lo, 0
     elif _is_tables(current) or _is_frame(current):
         cur_tabs = _check_tables(current, "current") if _is_tables(current) else _check_tables(
@@ -865,7 +873,7 @@ def _assemble(main: Tables, reference: Any, current: Any, opts: _Options) -> tup
     has_ref = np.bincount(code[slot == 0], minlength=series.height) > 0
     unreferenced = None
     if not has_ref.all():
-        unreferenced = _unreferenced_rows(code, slot, series, has_ref, origin, opts)
+        unreferenced = _unreferenced_rows(code, slot, series, has_ref, origin, opts, hi)
         keep_series = np.flatnonzero(has_ref)
         renum = np.full(series.height, -1, dtype=np.int64)
         renum[keep_series] = np.arange(keep_series.size)
@@ -931,11 +939,19 @@ def _assemble(main: Tables, reference: Any, current: Any, opts: _Options) -> tup
         origin=origin,
         s=s,
         slot=slot,
+        end=hi,
     ), unreferenced
 
 
+def _window_end(start: pl.Expr, every_us: int, end: datetime | None) -> pl.Expr:
+    """A window's end: ``every`` after its start, or the end of the current range if that is sooner."""
+    full = start + pl.duration(microseconds=every_us)
+    return full if end is None else pl.min_horizontal(full, pl.lit(end, dtype=TS_DTYPE))
+
+
 def _unreferenced_rows(
-    code: np.ndarray, slot: np.ndarray, series: pl.DataFrame, has_ref: np.ndarray, origin: datetime, opts: _Options
+    code: np.ndarray, slot: np.ndarray, series: pl.DataFrame, has_ref: np.ndarray, origin: datetime, opts: _Options,
+    end: datetime | None = None,
 ) -> pl.DataFrame:
     """One ``no_reference`` row per window of a series without reference runs: it is not compared
     (``drifted`` false, no statistic), but it is there, so a new agent or a version deployed after
@@ -949,7 +965,7 @@ def _unreferenced_rows(
         .join(names, on="_c", how="left")
         .with_columns(
             start.alias("window_start"),
-            (start + pl.duration(microseconds=opts.every_us)).alias("window_end"),
+            _window_end(start, opts.every_us, end).alias("window_end"),
             pl.lit("no_reference").alias("feature"),
             pl.lit("none").alias("method"),
             pl.lit(False).alias("drifted"),
@@ -2299,7 +2315,6 @@ def _finish(rows: pl.DataFrame, data: _Data, opts: _Options) -> pl.DataFrame:
             rows = rows.with_columns(pl.lit(None, dtype=dtype).alias(col))
     p = rows["p_value"].cast(pl.Float64).fill_nan(None).to_numpy().astype(float)
     q = _bh(p, rows["_s"].to_numpy() if opts.fdr == "series" else np.zeros(rows.height, dtype=np.int64))
-    every = timedelta(microseconds=opts.every_us)
     thr = pl.col("feature").replace_strict(opts.min_effect, return_dtype=pl.Float64)
     drifted_label = pl.col("feature").replace_strict({k: v[0] for k, v in _LABELS.items()}, return_dtype=pl.String)
     steady_label = pl.col("feature").replace_strict({k: v[1] for k, v in _LABELS.items()}, return_dtype=pl.String)
@@ -2318,7 +2333,7 @@ def _finish(rows: pl.DataFrame, data: _Data, opts: _Options) -> pl.DataFrame:
             ).alias("drifted"),
             (origin + pl.duration(microseconds=(pl.col("_slot") - 1) * opts.every_us)).alias("window_start"),
         )
-        .with_columns((pl.col("window_start") + pl.lit(every)).alias("window_end"))
+        .with_columns(_window_end(pl.col("window_start"), opts.every_us, data.end).alias("window_end"))
         .join(data.series, on="_s", how="left")
         .with_columns(
             pl.format(

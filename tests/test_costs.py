@@ -368,3 +368,11 @@ def test_runs_without_a_recorded_cost_are_unknown_not_free() -> None:
     assert fleet["total_cost_usd"] == pytest.approx(masked["cost_usd"].sum(), rel=1e-9)
     for agent in ("agent=research", "agent=support"):
         assert prof.filter(pl.col("series") == agent).equals(full.filter(pl.col("series") == agent))
+
+
+def test_no_worst_run_of_a_day_under_one_run_a_day() -> None:
+    ev = synth.generate(days=3, runs_per_day=40, seed=2).events
+    p = dw.cost_profile(ev, volume_per_day=0.9)  # (split over four agents: 0.2 runs a day each)
+    agents = p.filter(pl.col("series") != "all")
+    assert agents["worst_run_expected_usd"].is_null().all() and agents["worst_run_method"].is_null().all()
+    assert agents["projected_daily_usd"].is_not_null().all()

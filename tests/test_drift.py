@@ -776,3 +776,17 @@ def test_series_without_reference_runs_are_reported_not_dropped() -> None:
     only = dw.detect_drift(ev.filter(pl.col("agent") == "triage"), reference=ev.filter(pl.col("agent") == "planner"),
                            by="agent", include=["tokens_per_run"])
     assert only["feature"].unique().to_list() == ["no_reference"]
+
+
+def test_current_range_overlapping_the_reference_is_refused_and_windows_end_with_it() -> None:
+    ev = synth.generate(days=28, runs_per_day=60, seed=5, scenario=synth.Scenario.stable()).events
+    ref = ("2026-10-01", "2026-10-15")
+    with pytest.raises(InvalidParameterError, match="overlaps the reference"):
+        detect_drift(ev, reference=ref, current=("2026-10-10", "2026-10-22"), include=["tokens_per_run"])
+    d = detect_drift(ev, reference=ref, current=("2026-10-15", "2026-10-27"), include=["tokens_per_run"])
+    assert d["window_end"].max() == datetime(2026, 10, 27, tzinfo=UTC)  # not 10-29, past the range
+    assert d["window_start"].max() == datetime(2026, 10, 22, tzinfo=UTC)
+    # numpy integers are integers
+    again = detect_drift(ev, reference=ref, current=("2026-10-15", "2026-10-27"), include=["tokens_per_run"],
+                         min_runs=np.int64(20))
+    assert again.equals(d)
