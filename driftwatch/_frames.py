@@ -68,9 +68,13 @@ def as_lazy(events: Any, *, name: str = "events", checked: bool = False) -> pl.L
     elif isinstance(events, pl.LazyFrame):
         lf = events
     else:
+        module = type(events).__module__.split(".")[0]
+        kind = type(events).__name__ if module == "builtins" else f"{module}.{type(events).__name__}"
+        hint = ""
+        if kind.split(".")[0] in ("pandas", "pyarrow"):
+            hint = "; convert it with polars.from_pandas(df) or polars.from_arrow(table)"
         raise InvalidParameterError(
-            f"{name} must be a polars DataFrame or LazyFrame of canonical events, "
-            f"got {type(events).__name__}"
+            f"{name} must be a polars DataFrame or LazyFrame of canonical events, got {kind}{hint}"
         )
     if checked or (isinstance(events, pl.DataFrame) and _CHECKED.get(id(events)) is events):
         return conform(lf, where=name, keep_extra=True)

@@ -351,6 +351,10 @@ def test_bad_inputs_raise_clear_errors() -> None:
         detect_loops(pl.DataFrame({"run_id": ["r"], "step": [1]}))
     with pytest.raises(InvalidParameterError, match="got list"):
         detect_loops([1, 2, 3])
+    import pandas as pd
+
+    with pytest.raises(InvalidParameterError, match=r"got pandas.DataFrame; convert it with polars.from_pandas"):
+        detect_loops(pd.DataFrame({"run_id": ["r"], "step": [1], "action": ["a"]}))
     with pytest.raises(SchemaError, match="expected the output of detect_loops"):
         loop_summary(pl.DataFrame({"run_id": ["r"]}))
     with pytest.raises(InvalidParameterError, match="got dict"):
