@@ -687,3 +687,17 @@ def test_numpy_floating_point_notes_do_not_reach_stderr(tmp_path: Path) -> None:
     assert done.returncode in (0, 1) and done.stderr == "", done.stderr
     run = pl.read_parquet(tmp_path / "out" / "runs.parquet").filter(pl.col("run_id") == first).row(0, named=True)
     assert run["level"] == "escalate" and "cost $inf > ceiling $0.50" in run["reasons"]
+
+
+def test_validate_strict_passes_span_exports_whose_only_rejections_are_non_steps(run_cli, tmp_path: Path) -> None:
+    """Every OTel / OpenInference export has root agent spans (not_a_step): --strict failed on
+    every one of them, the shipped samples included, which made it useless in CI for spans."""
+    root = Path(__file__).resolve().parents[1] / "sample_logs"
+    for fmt in ("otel", "openinference"):
+        code, out, _ = run_cli("validate", root / fmt, "--strict")
+        assert "not_a_step" in out and code == 0, (fmt, out)
+    spans = pl.read_parquet(next((root / "otel").rglob("*.parquet")))
+    bad = spans.with_columns(pl.lit("not a time").alias(next(c for c in spans.columns if "start" in c)))
+    bad.head(5).write_parquet(tmp_path / "bad.parquet")
+    code, out, _ = run_cli("validate", tmp_path / "bad.parquet", "--strict")
+    assert code == 1, out
