@@ -26,6 +26,7 @@ True
 from __future__ import annotations
 
 import fnmatch as _fnmatch
+import glob as _glob_module
 import os
 import time
 from collections import Counter
@@ -286,8 +287,11 @@ def _glob(pattern: str) -> list[str]:
                 out.extend(join(here, f) for f in files if not f.startswith((".", "_")))
         elif _has_magic(part):
             for name in names(path, part):
-                if not tail or (os.path.isdir(join(path, name)) and not results(join(path, name))):
-                    expand(join(path, name), tail)
+                here = join(path, name)
+                if os.path.isdir(here) and results(here):
+                    continue  # (a last part too: `logs/*` would walk into it)
+                if not tail or os.path.isdir(here):
+                    expand(here, tail)
         elif tail:
             if os.path.isdir(join(path, part)):
                 expand(join(path, part), tail)
@@ -343,13 +347,21 @@ def resolve_sources(source: Any) -> list[str]:
         if any(ch in s for ch in _GLOB_CHARS) and not os.path.exists(s):
             matches = _glob(s)
             if not matches:
-                raise NoInputError(f"{s}: the pattern matches no file or folder")
+                skipped = "**" not in s and bool(_glob_module.glob(s))  # (** may loop through links)
+                raise NoInputError(
+                    f"{s}: the pattern matches no file or folder"
+                    + (" it reads: what it matches is skipped (names starting with '_' or '.', or driftwatch "
+                       "results folders); name them in the pattern, e.g. 'logs/_tmp/*.parquet'" if skipped else "")
+                )
             found: list[str] = []
+            last = os.path.basename(s)
             for m in matches:
+                name = os.path.basename(m)
                 if os.path.isdir(m):
                     found.extend(_walk(m))
-                elif _is_parquet_name(os.path.basename(m)):
-                    found.append(m)
+                elif _is_parquet_name(name) or (last.startswith("_") and name.startswith("_")
+                                                and _is_parquet_name(name[1:])):
+                    found.append(m)  # (a pattern `_*.parquet` names `_`-prefixed files on purpose)
             if not found:
                 raise NoInputError(
                     f"{s}: the pattern matches {len(matches)} entr{'y' if len(matches) == 1 else 'ies'} but no "

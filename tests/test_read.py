@@ -338,6 +338,14 @@ def test_globs_skip_unfinished_spark_output_delta_logs_and_results_folders(tmp_p
         assert (res.stats.rows_in, res.stats.rows_rejected) == (3, 0), source
     named = read_logs(str(logs / "date=*" / "_temporary" / "*" / "*.parquet"))  # a pattern naming it reads it
     assert named.stats.files == 1 and named.stats.rows_valid == 3
+    # a last wildcard that matches the results folder does not walk into it (`logs/*`)
+    assert [Path(p).relative_to(logs).as_posix() for p in resolve_sources(str(logs / "*"))] == [
+        "date=2026-11-01/part-0.parquet"]
+    # `_`-prefixed files named by the pattern's last part are read
+    _write(_canon(2, run="u"), logs / "date=2026-11-02" / "_part-x.parquet")
+    assert [Path(p).name for p in resolve_sources(str(logs / "**" / "_*.parquet"))] == ["_part-x.parquet"]
+    with pytest.raises(dw.NoInputError, match="what it matches is skipped"):
+        resolve_sources(str(logs / "rep*" / "*.parquet"))
 
 
 def test_hive_partitions_fill_agent_and_prune(tmp_path: Path) -> None:
