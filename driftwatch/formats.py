@@ -661,7 +661,7 @@ def _otel_fields(schema: Mapping[str, pl.DataType], where: str) -> _SpanFields:
     if status_c is None:
         status = pl.lit("ok")
     elif schema[status_c].is_numeric():
-        code = pl.col(status_c).cast(pl.Float64)
+        code = pl.col(status_c).cast(pl.Float64).fill_nan(None)  # (NaN: pandas' missing code, unset)
         status = pl.when(code == 2).then(pl.lit("error")).when(code.is_in([0.0, 1.0]) | code.is_null()).then(
             pl.lit("ok")).otherwise(pl.col(status_c).cast(pl.String))
     else:  # names (STATUS_CODE_ERROR, ERROR, ...) or the codes as text digits (after a CSV / JSON hop)

@@ -170,6 +170,7 @@ def test_otel_integer_status_codes_and_zero_parent_ids() -> None:
 
 @pytest.mark.parametrize("codes", [
     ["0", " 1 ", "2", "1"], ["STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR", "OK"], [0.0, 1.0, 2.0, None],
+    [float("nan"), 1.0, 2.0, float("nan")],  # pandas writes a missing code as NaN: unset
 ])
 def test_otel_status_codes_as_text_digits_names_or_floats(codes: list[object]) -> None:
     ops = {"attributes.gen_ai.operation.name": ["chat", "chat", "execute_tool", "execute_tool"],
