@@ -513,7 +513,7 @@ def _cmd_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(_why_no_window(rr, ref, kind, args), file=out)
     show = rows if args.all else drifted
     for r in show.iter_rows(named=True):
-        mark = "DRIFT" if r.get("drifted") else "  ok "
+        mark = "DRIFT" if r.get("drifted") else "  new" if r.get("feature") == "no_reference" else "  ok "
         print(
             f"{mark} {_field(r.get('series'))} {str(r.get('window_start'))[:10]}..{str(r.get('window_end'))[:10]} "
             f"{_field(r.get('feature'))}: {_field(r.get('explain') or '')}",

@@ -116,9 +116,8 @@ _NUMERIC: dict[str, pl.Expr] = {
     "tokens_per_run": pl.col("tokens").cast(pl.Float64),
     "cost_per_run": pl.col("cost_usd").cast(pl.Float64),
     # per step that recorded a latency (tool steps only, in many logs: per step of any kind, a
-    # change in the mix of LLM and tool steps read as a change of latency)
-    "latency": pl.col("latency_ms").cast(pl.Float64)
-    / pl.coalesce(pl.col("n_latency"), pl.col("n_steps")).cast(pl.Float64),
+    # change in the mix of LLM and tool steps read as a change of latency); see _latency_expr
+    "latency": pl.col("latency_ms").cast(pl.Float64) / pl.col("n_latency").cast(pl.Float64),
 }
 _NUMERIC_NEEDS: dict[str, tuple[str, ...]] = {
     "steps_per_run": ("n_steps",),
@@ -1679,17 +1678,24 @@ def _self_similarity_rows(data: _Data, cat: _Cat, opts: _Options) -> pl.DataFram
     )
 
 
-def _with_latency_count(runs: pl.DataFrame) -> pl.DataFrame:
-    """``n_latency`` (steps that recorded a latency) is null where a per-run table lacks it (one
-    stored by an earlier version): the latency per step is then per step, as it was."""
-    return runs if "n_latency" in runs.columns else runs.with_columns(pl.lit(None, pl.Int64).alias("n_latency"))
+def _latency_expr(data: _Data) -> pl.Expr:
+    """Latency per step that recorded one, when every run of the comparison counts those steps
+    (``n_latency``); else, for all of them alike, per step: a per-run table stored by an
+    earlier version lacks the count, and mixing the two readings (history against tonight)
+    would be a change of units read as drift."""
+    runs = data.runs.frame(["latency_ms", "n_latency"])
+    counted = "n_latency" in runs.columns and not runs.select(
+        (pl.col("latency_ms").is_not_null() & pl.col("n_latency").is_null()).any()).item()
+    den = pl.col("n_latency") if counted else pl.col("n_steps")
+    return pl.col("latency_ms").cast(pl.Float64) / den.cast(pl.Float64)
 
 
 def _numeric_values(data: _Data, name: str) -> np.ndarray | None:
     if any(c not in data.runs.columns for c in _NUMERIC_NEEDS[name]):
         return None
-    runs = _with_latency_count(data.runs.frame([*_NUMERIC_NEEDS[name], "n_latency"]))
-    x = runs.select(_NUMERIC[name].alias("x"))["x"].fill_nan(None).to_numpy()
+    expr = _latency_expr(data) if name == "latency" else _NUMERIC[name]
+    runs = data.runs.frame([*_NUMERIC_NEEDS[name], "n_latency"])
+    x = runs.select(expr.alias("x"))["x"].fill_nan(None).to_numpy()
     x = x.astype(float)
     fin = np.isfinite(x)
     if not fin.any() or np.all(x[fin] == 0):
@@ -2079,7 +2085,7 @@ def _classifier_rows(data: _Data, tool: _Cat | None, opts: _Options) -> pl.DataF
         if num in have and den in have:
             exprs[name] = pl.col(num).cast(pl.Float64) / pl.col(den).cast(pl.Float64)
     if "latency_per_step" in exprs:
-        exprs["latency_per_step"] = _NUMERIC["latency"]
+        exprs["latency_per_step"] = _latency_expr(data)
     cols = list(exprs)
     read = [c for c in (*NUMERIC_RUN_FEATURES, *(c for pair in _RATIOS.values() for c in pair), "n_latency")
             if c in have]
@@ -2087,7 +2093,7 @@ def _classifier_rows(data: _Data, tool: _Cat | None, opts: _Options) -> pl.DataF
 
     def inputs(rows: np.ndarray | None) -> np.ndarray:
         """Run features (and tool shares) of ``rows`` (every run for ``None``)."""
-        runs = _with_latency_count(data.runs.frame(read, rows))
+        runs = data.runs.frame(read, rows)
         x = runs.select([e.fill_nan(None).alias(c) for c, e in exprs.items()]).to_numpy().astype(float)
         x[~np.isfinite(x)] = np.nan
         if tool is not None:

@@ -175,6 +175,7 @@ LOOP_SCHEMA: dict[str, pl.DataType] = {
     "wasted_steps": pl.Int64(),
     "wasted_tokens": pl.Int64(),
     "wasted_cost_usd": pl.Float64(),
+    "waste_start_step": pl.Int64(),
     "match": pl.String(),
     "error_share": pl.Float64(),
     "handoff": pl.Boolean(),
@@ -1162,6 +1163,7 @@ def _llm_loops(
             np.where(failing, 2, np.where(is_sig, 0, 1))
         ),
         "wasted_steps": n - 1,
+        "waste_start_step": _take(steps["step"], start_row + 1),
         **money_.columns(r, wasted_tokens, wasted_cost),
         "match": pl.Series(["identical", "near_duplicate", "prompt"]).gather(
             np.where(is_sig, np.where(n_fuzzy > 0, 1, 0), 2)
@@ -1304,6 +1306,7 @@ def _assemble(
             "pattern": pattern,
             "kind": kind,
             "wasted_steps": end_row - first_cycle_end,
+            "waste_start_step": _take(steps["step"], first_cycle_end + 1),
             **money.columns(r, wasted_tokens, wasted_cost),
             "match": match,
             "error_share": err_share,
@@ -1438,16 +1441,23 @@ def loop_summary(loops: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
 def _waste_once(lf: pl.LazyFrame) -> pl.LazyFrame:
     """The loops' waste with the steps another loop of the run wasted already left out.
 
-    A loop's waste is its steps after the first cycle, ``end_step - wasted_steps + 1`` to
-    ``end_step``. A run can hold overlapping loops (an exact loop inside the action-level loop
-    around it, an LLM retry inside a paging loop): summed as they are, a run of 11 steps
-    wasted 12. Taken in order of where their waste starts, each loop keeps the part of its
-    waste past the furthest step the earlier ones reached; its tokens and cost pro rata.
+    A loop's waste is its steps after the first cycle, ``waste_start_step`` to ``end_step``
+    (``end_step - wasted_steps + 1`` to ``end_step`` in a table without that column: steps
+    numbered one by one). A run can hold overlapping loops (an exact loop inside the
+    action-level loop around it, an LLM retry inside a paging loop): summed as they are, a
+    run of 11 steps wasted 12. Taken in order of where their waste starts, each loop keeps
+    the part of its waste past the furthest step the earlier ones reached (none when they
+    reached its end, all when they ended before it began; in between, its steps, tokens and
+    cost pro rata to the step numbers left).
     """
-    lo = pl.col("end_step") - pl.col("wasted_steps") + 1
-    reach = pl.col("end_step").cum_max().shift(1).over("run_id", order_by=[lo, pl.col("end_step")])
-    kept = (pl.col("end_step") - pl.max_horizontal(lo, reach.fill_null(lo - 1) + 1) + 1).clip(0, pl.col("wasted_steps"))
-    share = pl.when(pl.col("wasted_steps") > 0).then(kept / pl.col("wasted_steps")).otherwise(0.0)
+    schema = lf.collect_schema()
+    end = pl.col("end_step")
+    lo = pl.col("waste_start_step") if "waste_start_step" in schema else end - pl.col("wasted_steps") + 1
+    reach = end.cum_max().shift(1).over("run_id", order_by=[lo, -end])  # (the outer of two nested first)
+    span = (end - lo + 1).cast(pl.Float64)
+    left = (end - pl.max_horizontal(lo, reach.fill_null(lo - 1) + 1) + 1).clip(0, None).cast(pl.Float64)
+    share = pl.when((pl.col("wasted_steps") > 0) & (span > 0)).then((left / span).clip(0.0, 1.0)).otherwise(0.0)
+    kept = (pl.col("wasted_steps") * share).round(0)
     return lf.with_columns(
         kept.cast(pl.Int64).alias("_dw_steps"),
         (pl.col("wasted_tokens") * share).round(0).cast(pl.Int64).alias("_dw_tokens"),

@@ -935,7 +935,8 @@ def _section_drift(result: Any) -> str:
         )
     drifted = drift.filter(pl.col("drifted")) if "drifted" in drift.columns else drift.head(0)
     feedback = drift.filter(pl.col("feature").is_in(list(FEEDBACK_FEATURES))) if "feature" in drift.columns else drift.head(0)
-    out += f"<h3>Drifted ({drifted.height:,} of {drift.height:,} tests)</h3>" + _table(
+    tests = drift.filter(pl.col("feature") != "no_reference").height if "feature" in drift.columns else drift.height
+    out += f"<h3>Drifted ({drifted.height:,} of {tests:,} tests)</h3>" + _table(
         drifted, cols, cells={"drifted": _bool_pill}
     )
     if feedback.height:

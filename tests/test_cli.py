@@ -668,6 +668,10 @@ def test_drift_names_series_it_could_not_compare_and_the_report_marks_them(tmp_p
     res = dw.audit(ev, reference="2026-10-01..2026-10-15")
     page = render_report(res)
     assert '<td class="cell na" title="agent=triage' in page and ">new</td>" in page
+    tested = res.drift.filter(pl.col("feature") != "no_reference").height
+    assert tested < res.drift.height and f"of {tested:,} tests)</h3>" in page
+    code, out, _ = run_cli("drift", tmp_path / "logs", "--reference", "14d", "--all")
+    assert "  new agent=triage" in out and "  ok  agent=triage" not in out
 
 
 def test_numpy_floating_point_notes_do_not_reach_stderr(tmp_path: Path) -> None:

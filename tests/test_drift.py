@@ -790,3 +790,27 @@ def test_current_range_overlapping_the_reference_is_refused_and_windows_end_with
     again = detect_drift(ev, reference=ref, current=("2026-10-15", "2026-10-27"), include=["tokens_per_run"],
                          min_runs=np.int64(20))
     assert again.equals(d)
+
+
+def test_latency_history_without_step_counts_is_read_alike() -> None:
+    """After an upgrade the incremental history's runs lack n_latency: dividing them by every
+    step and tonight's by the timed steps made every agent's latency 'drift' 120 -> 230 ms."""
+    t0 = datetime(2026, 1, 5, tzinfo=UTC)
+    rows = []
+    for day in range(21):
+        for r in range(30):
+            start, step = t0 + timedelta(days=day, minutes=30 * r), 0
+            for k in range(3):
+                step += 1
+                rows.append((f"d{day:02d}r{r:02d}", step, start + timedelta(seconds=step), "llm", None))
+                step += 1
+                rows.append((f"d{day:02d}r{r:02d}", step, start + timedelta(seconds=step), f"tool{(r + k) % 3}",
+                             100.0 + (r % 7)))
+    ev = pl.DataFrame(rows, schema={"run_id": pl.String, "step": pl.Int64, "ts": pl.Datetime("us", "UTC"),
+                                    "action": pl.String, "latency_ms": pl.Float64}, orient="row")
+    feats = dw.run_features(ev)
+    stored = feats.with_columns(pl.when(pl.col("first_ts") < datetime(2026, 1, 19, tzinfo=UTC))
+                                .then(None).otherwise(pl.col("n_latency")).alias("n_latency"))
+    for tables in (feats, stored):
+        d = dw.drift_from_runs(tables, reference="14d", include=["latency", "run_classifier"])
+        assert not d["drifted"].any(), d.select("feature", "explain").rows()

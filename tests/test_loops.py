@@ -882,6 +882,13 @@ def test_loop_summary_counts_each_wasted_step_once() -> None:
     assert (s["wasted_steps"], s["wasted_tokens"]) == (11, 110) and s["wasted_cost_usd"] == pytest.approx(1.1)
     # without end_step (a hand-made table) the waste is summed as given
     assert dw.loop_summary(part.drop("end_step"))["wasted_steps"].item() == 12
+    # steps numbered in tens, or with a gap (a rejected step): the waste starts where the loop says
+    for steps in ([10 * i for i in range(1, 12)], [1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12]):
+        numbered = ev.with_columns(pl.Series("step", steps))
+        loops = dw.detect_loops(numbered)
+        assert loops["waste_start_step"].to_list() == [steps[1], steps[1]]
+        s = dw.loop_summary(loops).row(0, named=True)
+        assert (s["wasted_steps"], s["wasted_tokens"]) == (10, 1000), steps
 
 
 def test_a_user_column_named_like_an_internal_one_is_not_ours() -> None:
