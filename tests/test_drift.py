@@ -725,24 +725,30 @@ def test_cost_logging_that_starts_is_no_drift() -> None:
     assert clf.height >= 4 and not clf["drifted"].any() and (clf["effect_size"] < 0.2).all()
 
 
-def test_step_latency_is_per_step_that_recorded_one() -> None:
-    """Only tool steps log a latency (100 ms each); from day 14 the agent makes two LLM calls per
-    tool call instead of one. Averaged over every step, the latency 'changed' from 50 to 33 ms
-    (KS 1.0); per step that recorded it, it held at 100 ms."""
+def _tool_timed_log(*, llm_per_tool_late: int, jitter: int) -> pl.DataFrame:
+    """21 days of 30 runs: three tool calls, each after one LLM call (``llm_per_tool_late`` from
+    day 14 on); only the tool calls record a latency, 100 ms plus up to ``jitter``."""
     t0 = datetime(2026, 1, 5, tzinfo=UTC)
     rows = []
     for day in range(21):
         for r in range(30):
             start, step = t0 + timedelta(days=day, minutes=30 * r), 0
             for k in range(3):
-                for _ in range(1 if day < 14 else 2):
+                for _ in range(1 if day < 14 else llm_per_tool_late):
                     step += 1
                     rows.append((f"d{day:02d}r{r:02d}", step, start + timedelta(seconds=step), "llm", None))
                 step += 1
                 rows.append((f"d{day:02d}r{r:02d}", step, start + timedelta(seconds=step), f"tool{(r + k) % 3}",
-                             100.0 + (r % 5)))
-    ev = pl.DataFrame(rows, schema={"run_id": pl.String, "step": pl.Int64, "ts": pl.Datetime("us", "UTC"),
-                                    "action": pl.String, "latency_ms": pl.Float64}, orient="row")
+                             100.0 + (r % jitter)))
+    return pl.DataFrame(rows, schema={"run_id": pl.String, "step": pl.Int64, "ts": pl.Datetime("us", "UTC"),
+                                      "action": pl.String, "latency_ms": pl.Float64}, orient="row")
+
+
+def test_step_latency_is_per_step_that_recorded_one() -> None:
+    """Only tool steps log a latency (100 ms each); from day 14 the agent makes two LLM calls per
+    tool call instead of one. Averaged over every step, the latency 'changed' from 50 to 33 ms
+    (KS 1.0); per step that recorded it, it held at 100 ms."""
+    ev = _tool_timed_log(llm_per_tool_late=2, jitter=5)
     d = dw.detect_drift(ev, reference="14d", include=["latency", "run_classifier"])
     lat = d.filter(pl.col("feature") == "latency")
     assert lat.height and not lat["drifted"].any(), lat.select("explain").rows()
@@ -795,19 +801,7 @@ def test_current_range_overlapping_the_reference_is_refused_and_windows_end_with
 def test_latency_history_without_step_counts_is_read_alike() -> None:
     """After an upgrade the incremental history's runs lack n_latency: dividing them by every
     step and tonight's by the timed steps made every agent's latency 'drift' 120 -> 230 ms."""
-    t0 = datetime(2026, 1, 5, tzinfo=UTC)
-    rows = []
-    for day in range(21):
-        for r in range(30):
-            start, step = t0 + timedelta(days=day, minutes=30 * r), 0
-            for k in range(3):
-                step += 1
-                rows.append((f"d{day:02d}r{r:02d}", step, start + timedelta(seconds=step), "llm", None))
-                step += 1
-                rows.append((f"d{day:02d}r{r:02d}", step, start + timedelta(seconds=step), f"tool{(r + k) % 3}",
-                             100.0 + (r % 7)))
-    ev = pl.DataFrame(rows, schema={"run_id": pl.String, "step": pl.Int64, "ts": pl.Datetime("us", "UTC"),
-                                    "action": pl.String, "latency_ms": pl.Float64}, orient="row")
+    ev = _tool_timed_log(llm_per_tool_late=1, jitter=7)
     feats = dw.run_features(ev)
     stored = feats.with_columns(pl.when(pl.col("first_ts") < datetime(2026, 1, 19, tzinfo=UTC))
                                 .then(None).otherwise(pl.col("n_latency")).alias("n_latency"))
