@@ -271,15 +271,16 @@ def _drift_context(runs: pl.DataFrame, drift: pl.DataFrame | None) -> pl.DataFra
     if h.height == 0:
         return None
     per_combo = h.group_by(*cols, "_seg").agg(
-        pl.col("series").first(),
+        # the series that drifted (the run's agent, its version, the fleet: what the drift table grouped by)
+        pl.col("series").unique().sort().str.join(", ").cast(pl.Categorical).alias("_drift_series"),
         # a handful of distinct texts, one per run: categorical (4 bytes a run, not a string)
         pl.col("_what").unique().sort().str.join(", ").cast(pl.Categorical).alias("_drift_what"),
         pl.col("window_start").min().alias("_drift_since"),
     )
     found = keyed.select(*cols, "_seg").join(
-        per_combo.drop("series"), on=[*cols, "_seg"], how="left", nulls_equal=True, maintain_order="left"
+        per_combo, on=[*cols, "_seg"], how="left", nulls_equal=True, maintain_order="left"
     )
-    return runs.select("run_id").hstack(found.select("_drift_what", "_drift_since"))
+    return runs.select("run_id").hstack(found.select("_drift_what", "_drift_since", "_drift_series"))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -673,11 +674,12 @@ def score_runs_from_runs(
     # ---- drift ----
     ctx = _drift_context(f, drift_df)
     if ctx is not None:
-        f = f.with_columns(ctx["_drift_what"], ctx["_drift_since"])
+        f = f.with_columns(ctx["_drift_what"], ctx["_drift_since"], ctx["_drift_series"])
     else:
         f = f.with_columns(
             pl.lit(None, dtype=pl.Categorical).alias("_drift_what"),
             pl.lit(None, dtype=pl.Datetime("us", "UTC")).alias("_drift_since"),
+            pl.lit(None, dtype=pl.Categorical).alias("_drift_series"),
         )
 
     score_exprs, text_exprs = _components(pol)
@@ -936,6 +938,8 @@ def _components(pol: Policy) -> tuple[list[pl.Expr], list[pl.Expr]]:
     kind_note = (
         pl.when(pl.col("worst_kind") == "error_retry")
         .then(pl.lit(" (failing each time)"))
+        .when(same & (pl.col("worst_pattern") == LLM_ACTION))
+        .then(pl.lit(" (different answers)"))  # (sampling: one prompt, several replies)
         .when(same)
         .then(pl.lit(" (same tools, changing arguments)"))
         .when(pl.col("worst_kind") == "handoff")
@@ -1004,7 +1008,11 @@ def _components(pol: Policy) -> tuple[list[pl.Expr], list[pl.Expr]]:
     comp(
         "drift",
         pl.when(pl.col("_drift_what").is_not_null()).then(0.1),
-        pl.concat_str(pl.lit("context: "), pl.col("agent"), pl.lit(" drifting in "), pl.col("_drift_what").cast(pl.String),
+        # (the series that drifted, by its name: "planner" for agent=planner, "version=v1", "the fleet")
+        pl.concat_str(pl.lit("context: "),
+                      pl.col("_drift_series").cast(pl.String).str.replace(r"^agent=([^,]*)$", "$1")
+                      .str.replace(r"^all$", "the fleet"),
+                      pl.lit(" drifting in "), pl.col("_drift_what").cast(pl.String),
                       pl.lit(" since "), pl.col("_drift_since").dt.strftime("%Y-%m-%d")),
     )
     return out, texts

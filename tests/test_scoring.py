@@ -396,6 +396,12 @@ def test_drift_context_adds_a_reason_only_to_flagged_runs() -> None:
     assert p["reasons"][0][-1] == "context: billing drifting in action_mix (js) since 2026-10-01"
     assert (out.filter(pl.col("run_id") != "pricey")["level"] == "ok").all()
     assert (out["score_drift"] == 0.1).all()
+    # the reason names the series that drifted, not the run's agent (drift by version, or of the fleet)
+    for series, said in (("version=v1", "version=v1"), ("all", "the fleet")):
+        other = score(ev.with_columns(pl.lit("v1").alias("version")),
+                      drift=drift.with_columns(pl.lit(series).alias("series")))
+        why = other.filter(pl.col("run_id") == "pricey")["reasons"][0][-1]
+        assert why == f"context: {said} drifting in action_mix (js) since 2026-10-01", why
 
 
 def test_small_fleets_skip_the_anomaly_model() -> None:
@@ -596,11 +602,12 @@ def test_drift_context_against_a_join_of_every_run() -> None:
         .filter((pl.col("first_ts") >= pl.col("window_start")) & (pl.col("first_ts") < pl.col("window_end")))
         .group_by("run_id")
         .agg(pl.col("_what").unique().sort().str.join(", ").alias("_drift_what"),
-             pl.col("window_start").min().alias("_drift_since"))
+             pl.col("window_start").min().alias("_drift_since"),
+             pl.col("series").unique().sort().str.join(", ").alias("_drift_series"))
     )
     want = runs.select("run_id").join(brute, on="run_id", how="left", maintain_order="left")
     assert got["_drift_what"].dtype == pl.Categorical  # a handful of texts: 4 bytes a run
-    assert_frame_equal(got.with_columns(pl.col("_drift_what").cast(pl.String)), want)
+    assert_frame_equal(got.with_columns(pl.col("_drift_what", "_drift_series").cast(pl.String)), want)
     assert want["_drift_what"].null_count() < n  # some runs match, some do not
     assert want["_drift_what"].null_count() > 0
 
@@ -742,3 +749,14 @@ def test_unapproved_reasons_name_every_tool_its_tier_and_refusals() -> None:
         "one": "delete_x without approval (approval refused)",
         "many": "delete_a, delete_b, delete_c, … without approval (4 calls)",
     }
+
+
+def test_a_sampled_prompt_is_not_described_as_changing_tool_arguments() -> None:
+    ev = pl.DataFrame({"run_id": ["r"] * 7, "step": list(range(1, 8)),
+                       "action": ["search", "llm", "llm", "llm", "llm", "llm", "answer"],
+                       "args": ["q", "p", "p", "p", "p", "p", "x"],
+                       "result": ["r", "a1", "a2", "a3", "a4", "a5", "y"]})
+    loops = dw.detect_loops(ev)
+    assert loops.select("pattern", "kind", "match").rows() == [("llm", "same_action", "prompt")]
+    why = dw.score_runs(ev, loops=loops, policy=dw.Policy(review=0.1))["reasons"][0]
+    assert "loop: the same prompt sent to the LLM 5x (different answers), 4 wasted steps" in why, why
