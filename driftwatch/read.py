@@ -349,9 +349,9 @@ def resolve_sources(source: Any) -> list[str]:
             if not matches:
                 skipped = "**" not in s and bool(_glob_module.glob(s))  # (** may loop through links)
                 raise NoInputError(
-                    f"{s}: the pattern matches no file or folder"
-                    + (" it reads: what it matches is skipped (names starting with '_' or '.', or driftwatch "
-                       "results folders); name them in the pattern, e.g. 'logs/_tmp/*.parquet'" if skipped else "")
+                    f"{s}: the pattern matches only what is skipped (names starting with '_' or '.', driftwatch "
+                    "results folders); name such parts in the pattern, e.g. 'logs/_tmp/*.parquet'" if skipped
+                    else f"{s}: the pattern matches no file or folder"
                 )
             found: list[str] = []
             last = os.path.basename(s)

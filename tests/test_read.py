@@ -344,7 +344,7 @@ def test_globs_skip_unfinished_spark_output_delta_logs_and_results_folders(tmp_p
     # `_`-prefixed files named by the pattern's last part are read
     _write(_canon(2, run="u"), logs / "date=2026-11-02" / "_part-x.parquet")
     assert [Path(p).name for p in resolve_sources(str(logs / "**" / "_*.parquet"))] == ["_part-x.parquet"]
-    with pytest.raises(dw.NoInputError, match="what it matches is skipped"):
+    with pytest.raises(dw.NoInputError, match="the pattern matches only what is skipped"):
         resolve_sources(str(logs / "rep*" / "*.parquet"))
 
 
