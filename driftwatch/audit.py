@@ -1300,6 +1300,9 @@ class AuditResult:
             "changepoints": int(self.changepoints.height),
             "drift": {
                 "rows": int(self.drift.height),
+                # (rows of series without reference runs are not tests: feature no_reference)
+                "tests": int(self.drift.filter(pl.col("feature") != "no_reference").height)
+                if self.drift.height and "feature" in self.drift.columns else int(self.drift.height),
                 "drifted": int(self.drift["drifted"].sum()) if self.drift.height and "drifted" in self.drift.columns else 0,
             },
             "cost": _cost_headline(self.runs, self.costs),

@@ -670,6 +670,7 @@ def test_drift_names_series_it_could_not_compare_and_the_report_marks_them(tmp_p
     assert '<td class="cell na" title="agent=triage' in page and ">new</td>" in page
     tested = res.drift.filter(pl.col("feature") != "no_reference").height
     assert tested < res.drift.height and f"of {tested:,} tests)</h3>" in page
+    assert res.summary()["drift"]["tests"] == tested and res.summary()["drift"]["rows"] == res.drift.height
     code, out, _ = run_cli("drift", tmp_path / "logs", "--reference", "14d", "--all")
     assert "  new agent=triage" in out and "  ok  agent=triage" not in out
 
