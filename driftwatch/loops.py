@@ -1417,7 +1417,7 @@ def loop_summary(loops: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
 
     waste = ("wasted_steps", "wasted_tokens", "wasted_cost_usd")
     if "end_step" in schema:
-        lf = _waste_once(lf)
+        lf = _waste_once(lf, schema)
         waste = ("_dw_steps", "_dw_tokens", "_dw_cost")
     out = (
         lf.group_by("run_id")
@@ -1438,7 +1438,7 @@ def loop_summary(loops: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     return out.cast(SUMMARY_SCHEMA).select(list(SUMMARY_SCHEMA))  # type: ignore[arg-type]
 
 
-def _waste_once(lf: pl.LazyFrame) -> pl.LazyFrame:
+def _waste_once(lf: pl.LazyFrame, schema: pl.Schema) -> pl.LazyFrame:
     """The loops' waste with the steps another loop of the run wasted already left out.
 
     A loop's waste is its steps after the first cycle, ``waste_start_step`` to ``end_step``
@@ -1450,7 +1450,6 @@ def _waste_once(lf: pl.LazyFrame) -> pl.LazyFrame:
     reached its end, all when they ended before it began; in between, its steps, tokens and
     cost pro rata to the step numbers left).
     """
-    schema = lf.collect_schema()
     end = pl.col("end_step")
     lo = pl.col("waste_start_step") if "waste_start_step" in schema else end - pl.col("wasted_steps") + 1
     reach = end.cum_max().shift(1).over("run_id", order_by=[lo, -end])  # (the outer of two nested first)
