@@ -103,6 +103,11 @@ ALERT_KEYS: tuple[str, ...] = (
 )
 
 ALERT_SCHEMA = "driftwatch.alert/1"
+
+#: Longest text an alert carries in ``agent``, ``version``, ``loop_pattern`` and each of its
+#: ``reasons`` and ``rules`` (``run_id``, the key back to runs.parquet, is never cut): logged
+#: names come from agents, and a webhook or log shipper refuses or splits a 100 kB line.
+ALERT_TEXT_MAX = 1_000
 _ALERT_DTYPES: dict[str, pl.DataType] = {
     "schema": pl.String(), "audit_id": pl.String(), "run_id": pl.String(), "agent": pl.String(),
     "version": pl.String(), "level": pl.String(), "score": pl.Float64(), "reasons": pl.List(pl.String()),
@@ -1207,7 +1212,8 @@ class AuditResult:
 
         Numbers are rounded (scores to 4 digits, money to 6; NaN and infinity become null)
         and times are ISO-8601 UTC text ending in ``Z`` (microseconds only when not zero,
-        as Python's ``isoformat``).
+        as Python's ``isoformat``). Text longer than :data:`ALERT_TEXT_MAX` characters is cut
+        and says how much was left out.
         """
         runs = self.runs
         empty = pl.DataFrame(schema=_ALERT_DTYPES)
@@ -1243,6 +1249,11 @@ class AuditResult:
             x = pl.col(name).cast(pl.Float64)
             return pl.when(x.is_finite()).then(x.round(digits))
 
+        def cut(x: pl.Expr) -> pl.Expr:
+            over = x.str.len_chars().cast(pl.Int64) - ALERT_TEXT_MAX
+            note = pl.format("… ({} more characters)", over)
+            return pl.when(over > 0).then(pl.concat_str(x.str.slice(0, ALERT_TEXT_MAX), note)).otherwise(x)
+
         def iso(name: str) -> pl.Expr:
             if name not in hot.columns or not isinstance(hot.schema[name], pl.Datetime):
                 return col(name, pl.String)
@@ -1257,18 +1268,18 @@ class AuditResult:
             pl.lit(ALERT_SCHEMA).alias("schema"),
             pl.lit(self.audit_id or None, pl.String).alias("audit_id"),
             col("run_id", pl.String).alias("run_id"),
-            col("agent", pl.String).alias("agent"),
-            col("version", pl.String).alias("version"),
+            cut(col("agent", pl.String)).alias("agent"),
+            cut(col("version", pl.String)).alias("version"),
             col("level", pl.String).alias("level"),
             num("score", 4).alias("score"),
-            col("reasons", pl.List(pl.String)).fill_null([]).alias("reasons"),
+            col("reasons", pl.List(pl.String)).list.eval(cut(pl.element())).fill_null([]).alias("reasons"),
             iso("first_ts").alias("first_ts"),
             iso("last_ts").alias("last_ts"),
             num("n_steps").alias("n_steps"),
             num("cost_usd").alias("cost_usd"),
-            pl.col("_lp").cast(pl.String).alias("loop_pattern"),
+            cut(pl.col("_lp").cast(pl.String)).alias("loop_pattern"),
             num("_lw").alias("wasted_cost_usd"),
-            pl.col("_rules").fill_null([]).alias("rules"),
+            pl.col("_rules").list.eval(cut(pl.element())).fill_null([]).alias("rules"),
         )
 
     def summary(self) -> dict[str, Any]:

@@ -1321,3 +1321,32 @@ def test_incremental_rejected_breaches_are_neither_doubled_nor_overwrite_unloade
     )
     assert r_breaches == [(3, "unapproved_action")]
     assert q_run == [(8, "review")] and q_breaches == [("max_steps",)]
+
+
+def test_alert_text_is_cut_but_the_run_id_is_whole(result: AuditResult, tmp_path: Path) -> None:
+    """A 100 kB agent name (logged text comes from agents) would make a 100 kB alert line that
+    webhooks refuse: alerts cut their text at ALERT_TEXT_MAX characters and say so."""
+    from dataclasses import replace
+
+    from driftwatch.audit import ALERT_TEXT_MAX
+
+    long = "a" * 100_000
+    hot = pl.col("level") != "ok"
+    odd = result.runs.with_columns(
+        pl.when(hot).then(pl.lit(long)).otherwise(pl.col("agent")).alias("agent"),
+        pl.when(hot).then(pl.concat_list(pl.lit("b" * 5_000), pl.lit("short"))).otherwise(pl.col("reasons")).alias("reasons"),
+        pl.when(hot).then(pl.lit("r" * 2_000)).otherwise(pl.col("run_id")).alias("run_id"),
+    )
+    res = replace(result, runs=odd)
+    alerts = res.alerts()
+    assert alerts
+    a = alerts[0]
+    assert a["agent"] == "a" * ALERT_TEXT_MAX + f"… ({100_000 - ALERT_TEXT_MAX} more characters)"
+    assert a["reasons"] == ["b" * ALERT_TEXT_MAX + f"… ({5_000 - ALERT_TEXT_MAX} more characters)", "short"]
+    assert a["run_id"] == "r" * 2_000
+    res.write(tmp_path / "out")
+    lines = (tmp_path / "out" / "alerts.jsonl").read_text().splitlines()
+    assert max(map(len, lines)) < 10_000
+    # short text is untouched
+    assert [x["agent"] for x in result.alerts()] == result.runs.filter(hot).sort(
+        ["score", "run_id"], descending=[True, False])["agent"].to_list()
