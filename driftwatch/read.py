@@ -72,6 +72,7 @@ from driftwatch.schema import (
     REASON_COL,
     TS_DTYPE,
     conform,
+    repeat_reason,
     to_ts,
 )
 
@@ -85,6 +86,7 @@ _FILE = f"{INTERNAL_PREFIX}file"
 _ROW = f"{INTERNAL_PREFIX}row"
 _ORDER = f"{INTERNAL_PREFIX}order"
 _FIRST = f"{INTERNAL_PREFIX}first"
+_REPEAT = f"{INTERNAL_PREFIX}repeat"
 _HASH = f"{INTERNAL_PREFIX}hash"
 _SEQ = f"{INTERNAL_PREFIX}seq"  # file index in the read << 40 | row in file: the order read
 _ROW_BITS = 40  # order key = file index << 40 | row in file
@@ -1001,15 +1003,14 @@ def _whole_frame(
     key: list[pl.Expr] = [pl.col("ts"), seq]
     if spans:
         ok = reason.is_null() & pl.col(SPAN_TRACE).is_not_null() & pl.col(SPAN_ID).is_not_null()
-        first = pl.when(ok).then(seq).min().over(SPAN_TRACE, SPAN_ID)
-        dup = ok & (seq != first)
+        first, repeat = repeat_reason(seq, ok, SPAN_TRACE, SPAN_ID)
         paths = {f.index: f.path for _, g in members for f in g.files}
         kept = pl.format("kept {} row {}", (first // (1 << _ROW_BITS)).replace_strict(paths, return_dtype=pl.String),
                          first % (1 << _ROW_BITS))
-        lf = lf.with_columns(
-            pl.when(dup).then(kept).otherwise(pl.col(DETAIL_COL)).alias(DETAIL_COL),
-            pl.when(dup).then(pl.lit("duplicate_step")).otherwise(reason).alias(REASON_COL),
-        )
+        lf = lf.with_columns(repeat.alias(_REPEAT)).with_columns(
+            pl.when(pl.col(_REPEAT).is_not_null()).then(kept).otherwise(pl.col(DETAIL_COL)).alias(DETAIL_COL),
+            pl.coalesce(_REPEAT, reason).alias(REASON_COL),
+        ).drop(_REPEAT)
         key = [pl.col("ts"), pl.col(SPAN_START_NS), seq]
     step = pl.when(reason.is_null()).then(pl.struct(key)).rank("ordinal").over("run_id").cast(pl.Int64)
     lf = lf.with_columns(step.alias("step"))
@@ -1320,17 +1321,19 @@ def read_logs(
             lambda: fetch.select(*COLUMNS, _ORDER, REASON_COL, DETAIL_COL).collect(engine="streaming"), paths
         )
         # exact duplicates among the candidates: keep the first row read, reject the others
+        # (copies as duplicate_step, other actions or arguments as conflicting_step)
+        first, repeat = repeat_reason(pl.col(_ORDER), pl.lit(True), "run_id", "step")
         dup_keys = (
             got.filter(pl.col(REASON_COL).is_null())
-            .with_columns(pl.col(_ORDER).min().over("run_id", "step").alias(_FIRST))
-            .filter(pl.col(_ORDER) != pl.col(_FIRST))
-            .select(_ORDER, _FIRST)
+            .with_columns(first.alias(_FIRST), repeat.alias(_REPEAT))
+            .filter(pl.col(_REPEAT).is_not_null())
+            .select(_ORDER, _FIRST, _REPEAT)
         )
         got = got.join(dup_keys, on=_ORDER, how="left").with_columns(
-            pl.when(pl.col(_FIRST).is_not_null()).then(pl.lit("duplicate_step")).otherwise(reason).alias(REASON_COL)
+            pl.coalesce(_REPEAT, reason).alias(REASON_COL)
         ).filter(reason.is_not_null())
-        if dup_keys.height:  # (spans read twice are counted already)
-            reasons["duplicate_step"] = reasons.get("duplicate_step", 0) + dup_keys.height
+        for r, n in dup_keys.group_by(_REPEAT).len().iter_rows():  # (spans read twice are counted already)
+            reasons[r] = reasons.get(r, 0) + n
     rows_rejected = sum(reasons.values())
 
     if rows_rejected:
@@ -1406,12 +1409,12 @@ def check_frame(frame: pl.DataFrame | pl.LazyFrame, *, where: str = "events") ->
     checked = conform(lf.with_row_index(_ORDER), where=where, check=True, keep_extra=True).collect()
     checked = checked.select(*COLUMNS, pl.col(_ORDER).cast(pl.Int64), REASON_COL, DETAIL_COL)
     reason = pl.col(REASON_COL)
-    first = pl.when(reason.is_null()).then(pl.col(_ORDER)).min().over("run_id", "step")  # first valid row
-    dup = reason.is_null() & (pl.col(_ORDER) != first)  # a repeated (run_id, step): the first row is kept
-    checked = checked.with_columns(
-        pl.when(dup).then(pl.format("kept {} row {}", pl.lit(where), first)).otherwise(pl.col(DETAIL_COL))
-        .alias(DETAIL_COL),
-        pl.when(dup).then(pl.lit("duplicate_step")).otherwise(reason).alias(REASON_COL),
+    # a repeated (run_id, step): the first valid row is kept
+    first, repeat = repeat_reason(pl.col(_ORDER), reason.is_null(), "run_id", "step")
+    checked = checked.with_columns(first.alias(_FIRST), repeat.alias(_REPEAT)).with_columns(
+        pl.when(pl.col(_REPEAT).is_not_null()).then(pl.format("kept {} row {}", pl.lit(where), _FIRST))
+        .otherwise(pl.col(DETAIL_COL)).alias(DETAIL_COL),
+        pl.coalesce(_REPEAT, reason).alias(REASON_COL),
     )
     bad = checked.filter(reason.is_not_null())
     rejected = bad.select(

@@ -125,7 +125,10 @@ REJECT_REASONS: dict[str, str] = {
     "bad_confidence": "confidence outside [0, 1]",
     "bad_status": "status is not a recognised spelling of ok / error (see STATUS_ALIASES; lower, UPPER "
     "or Title case, e.g. OK, Success, ERROR, failed, timeout)",
-    "duplicate_step": "a second row with the same (run_id, step); the first one read is kept",
+    "duplicate_step": "a second row with the same (run_id, step) that repeats the action and arguments of the "
+    "first one read (a re-delivered copy); the first one is kept",
+    "conflicting_step": "a second row with the same (run_id, step) that records another action or other "
+    "arguments than the first one read; the first one is kept, and the run is audited without this one",
 }
 
 #: Internal column holding the rejection reason (null for a valid row).
@@ -138,6 +141,29 @@ _TMP = "__dw_v_"
 _NUMERIC_TOKENS = ("input_tokens", "output_tokens")
 #: Canonical text columns that may arrive as nested values (lists/structs) and are JSON-encoded.
 _JSON_OK = ("args", "result", "error_type")
+
+
+def repeat_reason(order: pl.Expr, valid: pl.Expr, *keys: str | pl.Expr) -> tuple[pl.Expr, pl.Expr]:
+    """How a row repeating a step is rejected: ``(first, reason)`` over the rows sharing ``keys``.
+
+    ``first`` is the smallest ``order`` among the ``valid`` rows of the key (the row kept);
+    ``reason`` is null for a row that is not valid or is the first, ``duplicate_step`` for a
+    re-delivered copy (the kept row's ``action`` and ``args``, nulls equal) and
+    ``conflicting_step`` for a row recording something else at the same step: two calls logged
+    under one turn number are two calls, and the one not kept is missing from the audit (its
+    run counts it in ``n_rejected``; a destructive call among them is still checked).
+    """
+    rank = pl.when(valid).then(order)
+    first = rank.min().over(*keys)
+
+    def kept(c: str) -> pl.Expr:
+        return pl.col(c).sort_by(rank, nulls_last=True).first().over(*keys)
+
+    same = pl.col("action").eq_missing(kept("action")) & pl.col("args").eq_missing(kept("args"))
+    reason = pl.when(valid & (order != first)).then(
+        pl.when(same).then(pl.lit("duplicate_step")).otherwise(pl.lit("conflicting_step"))
+    )
+    return first, reason
 
 
 def empty_events() -> pl.DataFrame:
@@ -715,6 +741,7 @@ __all__ = [
     "TS_DTYPE",
     "Conversion",
     "check_required",
+    "repeat_reason",
     "conform",
     "convert_column",
     "empty_events",

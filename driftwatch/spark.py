@@ -70,7 +70,7 @@ from driftwatch.errors import (
     SchemaError,
 )
 from driftwatch.formats import adapt, check_column_map, detect_format
-from driftwatch.schema import COLUMNS, DETAIL_COL, REASON_COL, conform
+from driftwatch.schema import COLUMNS, DETAIL_COL, REASON_COL, conform, repeat_reason
 
 # the module, not the function of the same name that ``driftwatch.audit`` may resolve to
 _audit = importlib.import_module("driftwatch.audit")
@@ -452,7 +452,8 @@ def check_rows(raw: pl.DataFrame, *, column_map: Mapping[str, str] | None = None
     ``raw`` holds raw columns and the order key ``__dw_order``. Rows are converted and
     checked by :func:`driftwatch.schema.conform` (as :func:`driftwatch.read_logs` does); of
     rows sharing a ``(run_id, step)`` the first in order is kept and the others are
-    rejected as ``duplicate_step``. ``rejected`` has the canonical columns, ``reason``,
+    rejected as ``duplicate_step`` (copies) or ``conflicting_step`` (another action or
+    other arguments). ``rejected`` has the canonical columns, ``reason``,
     ``detail`` and the order keys (the driver turns them into ``source_file`` /
     ``source_row``).
 
@@ -470,10 +471,10 @@ def check_rows(raw: pl.DataFrame, *, column_map: Mapping[str, str] | None = None
     checked = conform(lf, where=where, check=True, normalize=True, order_by=(_ORDER,)).collect()
     bad = checked.filter(pl.col(REASON_COL).is_not_null())
     valid = checked.filter(pl.col(REASON_COL).is_null())
-    first = pl.col(_ORDER).min().over("run_id", "step")
-    valid = valid.with_columns(first.alias(_FIRST))
-    dup = pl.col(_ORDER) != pl.col(_FIRST)
-    dups = valid.filter(dup).with_columns(pl.lit("duplicate_step").alias(REASON_COL))
+    first, repeat = repeat_reason(pl.col(_ORDER), pl.lit(True), "run_id", "step")
+    valid = valid.with_columns(first.alias(_FIRST), repeat.alias(REASON_COL))
+    dup = pl.col(REASON_COL).is_not_null()
+    dups = valid.filter(dup)
     events = valid.filter(~dup).select(COLUMNS)
     rejected = pl.concat(
         [
@@ -734,7 +735,7 @@ def _rejected_frame(parts: list[pl.DataFrame], inp: _Input) -> pl.DataFrame:
         source_row = pl.Series([None] * got.height, dtype=pl.Int64)
         kept_file = source_file
         kept_row = kept
-    is_dup = got[REASON_COL] == "duplicate_step"
+    is_dup = got[REASON_COL].is_in(["duplicate_step", "conflicting_step"])
     detail = pl.select(
         pl.when(pl.lit(is_dup))
         .then(pl.format("kept {} row {}", pl.lit(kept_file), pl.lit(kept_row)))

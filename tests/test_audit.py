@@ -1350,3 +1350,33 @@ def test_alert_text_is_cut_but_the_run_id_is_whole(result: AuditResult, tmp_path
     # short text is untouched
     assert [x["agent"] for x in result.alerts()] == result.runs.filter(hot).sort(
         ["score", "run_id"], descending=[True, False])["agent"].to_list()
+
+
+@pytest.mark.parametrize("order", ["copy first", "delete first"])
+def test_a_second_call_logged_at_the_same_step_is_not_a_copy(tmp_path: Path, order: str) -> None:
+    """Parallel tool calls logged under one turn number: the reader keeps the first row read,
+    and the other, recording another action, is a conflicting_step, missing from the audit,
+    not a harmless re-delivered copy. A probe found an unapproved delete logged second at the
+    same step dropped (run ok, no breach) or caught, by the order of the rows alone."""
+    t0 = datetime(2026, 10, 1, tzinfo=UTC)
+    calls = [("search", None), ("delete_all_customers", None)]
+    if order == "delete first":
+        calls.reverse()
+    ev = pl.DataFrame({
+        "run_id": ["r"] * 4 + ["c"] * 3,
+        "step": [1, 2, 2, 3, 1, 2, 2],
+        "ts": [t0 + timedelta(seconds=i) for i in range(7)],
+        "action": ["llm", calls[0][0], calls[1][0], "llm", "llm", "search", "search"],
+        "args": [None, None, None, None, None, '{"q": 1}', '{"q": 1}'],
+    })
+    ev.write_parquet(tmp_path / "ev.parquet")
+    res = audit(tmp_path / "ev.parquet")
+    got = sorted(res.rejected.select("run_id", "step", "action", "reason").rows())
+    assert got == [("c", 2, "search", "duplicate_step"), ("r", 2, calls[1][0], "conflicting_step")]
+    runs = {r["run_id"]: r for r in res.runs.iter_rows(named=True)}
+    assert runs["r"]["level"] == "escalate" and runs["r"]["n_rejected"] == 1
+    assert "delete_all_customers without approval" in runs["r"]["reasons"]
+    assert runs["c"]["level"] == "ok" and runs["c"]["n_rejected"] == 0  # a re-delivered copy is not missing
+    assert res.violations.filter(pl.col("run_id") == "r")["rule"].to_list() == ["unapproved_action"]
+    # a frame is checked the same way
+    assert sorted(audit(ev).rejected.select("run_id", "step", "action", "reason").rows()) == got

@@ -179,7 +179,7 @@ EXPECTED_MESSY = {
     ("a.parquet", 9): "bad_confidence",
     ("a.parquet", 10): "bad_status",
     ("a.parquet", 11): "bad_value:cost_usd",
-    ("a.parquet", 12): "duplicate_step",  # (r1, 1) again, later in the same file
+    ("a.parquet", 12): "conflicting_step",  # (r1, 1) again, later in the same file, with another action
     ("b.parquet", 0): "duplicate_step",
     ("b.parquet", 1): "duplicate_step",
 }
@@ -191,7 +191,8 @@ def test_every_rejection_reason_with_source_file_and_row(messy: Path) -> None:
     got = {(Path(f).name, r): reason for f, r, reason in a.rejected.select("source_file", "source_row", "reason").rows()}
     assert got == EXPECTED_MESSY
     assert a.stats.rows_in == 17 and a.stats.rows_rejected == len(EXPECTED_MESSY) and a.stats.rows_valid == 3
-    assert a.stats.reasons["duplicate_step"] == 3 and a.stats.reasons["null_run_id"] == 2
+    assert a.stats.reasons["duplicate_step"] == 2 and a.stats.reasons["conflicting_step"] == 1
+    assert a.stats.reasons["null_run_id"] == 2
     assert sum(a.stats.reasons.values()) == a.stats.rows_rejected
     assert {r.split(":")[0] for r in a.stats.reasons} <= set(REJECT_REASONS)
     assert ev.sort("run_id", "step").select("run_id", "step", "status").rows() == [

@@ -383,3 +383,17 @@ def test_worker_failures_become_one_clear_line():
     assert "No module named 'driftwatch'" in str(err) and "--py-files" in str(err)
     err = _spark_error(PythonException("Python worker:\nTraceback:\npolars.exceptions.ComputeError: boom\n"))
     assert "ComputeError: boom" in str(err)
+
+
+def test_check_rows_tells_copies_from_conflicting_steps() -> None:
+    """The buckets' row check (no Spark needed) rejects a repeated (run_id, step) as the local
+    reader does: a copy as duplicate_step, another action or other arguments as conflicting_step."""
+    from driftwatch.spark import check_rows
+
+    raw = pl.DataFrame({"run_id": ["a"] * 5, "step": [1, 2, 2, 2, 2],
+                        "action": ["llm", "search", "search", "delete", "search"],
+                        "args": [None, "q", "q", "q", "other"], "__dw_order": [0, 1, 2, 3, 4]})
+    events, rejected = check_rows(raw)
+    assert events.select("step", "action").rows() == [(1, "llm"), (2, "search")]
+    assert rejected.select("__dw_order", "__dw_reason").sort("__dw_order").rows() == [
+        (2, "duplicate_step"), (3, "conflicting_step"), (4, "conflicting_step")]
