@@ -122,8 +122,12 @@ UNKNOWN_TOOL_PATTERN = (
     # the verdict is another subject: "tool call failed: customer 42 not found" is a business error
     r"|(tool|function) (with (the )?name )?([\w.:/-]*[\w./-] )?(was |is )?"
     r"(not found|does not exist|not exist|not registered|not defined)"
-    r"|(tool|function|action) ['\"`][^'\"`]{1,80}['\"`] (was |is )?"
+    r"|(tool|function) ['\"`][^'\"`]{1,80}['\"`] (was |is )?"
     r"(not found|does not exist|not exist|not registered|not defined|not available)"
+    # an action only as the sentence's end: "Action 'refund' is not available for orders in
+    # state shipped" is a business rule about an action that exists
+    r"|action ['\"`][^'\"`]{1,80}['\"`] (was |is )?"
+    r"(not found|does not exist|not exist|not registered|not defined|not available)([.!;:,)]|\s*$)"
     r"|invalid (tool |function )?arguments?"
     r"|(unexpected|unknown) (keyword )?(argument|parameter)"
     r"|missing (\d+ )?required (positional )?(argument|parameter)"
@@ -407,16 +411,18 @@ class Policy:
     def tier_expr(self, action: pl.Expr | None = None) -> pl.Expr:
         """A Polars expression giving each action's tier (``delete``, ``write``, ``read`` or null).
 
-        LLM calls and ``handoff:`` steps have no tier.
+        LLM calls and ``handoff:`` steps have no tier. Whitespace around a name is ignored, as
+        case is: ``" delete_invoice"`` must not slip past ``delete = ["delete_*"]``.
         """
         action = pl.col("action") if action is None else action
         is_tool = (action != LLM_ACTION) & ~action.str.starts_with(HANDOFF_PREFIX)
+        name = action.str.strip_chars()
         expr: pl.Expr = pl.lit(None, dtype=pl.String)
         for tier in ("read", "write", "delete"):  # later tiers win
             regex = self._tier_regex(tier)
             if regex is None:
                 continue
-            expr = pl.when(action.str.contains(regex)).then(pl.lit(tier)).otherwise(expr)
+            expr = pl.when(name.str.contains(regex)).then(pl.lit(tier)).otherwise(expr)
         return pl.when(is_tool).then(expr).otherwise(pl.lit(None, dtype=pl.String))
 
     def tier_of(self, action: str) -> str | None:
@@ -512,6 +518,9 @@ def _find_line(text: str, section: str | None, key: str, *, table_header: bool =
                 return i
             if section is not None and current == section and header_line is None:
                 header_line = i
+            parts = [p.strip().strip("\"'") for p in current.split(".")]
+            if section is not None and parts == [section, key]:  # a sub-table [section.key]
+                return i
             continue
         if section is None:
             if current is None and assign.match(raw):
@@ -660,6 +669,17 @@ def fmt_vs_limit(value: pl.Expr, limit: float, *, money: bool = False) -> tuple[
         pl.lit(prefix), fmt_num(value, max(decimals, 2))
     )
     return fmt_past(shown, text, exact), text
+
+
+def fmt_seconds_vs_limit(value: pl.Expr, limit: float) -> tuple[pl.Expr, str]:
+    """``(value's text, limit's text)`` for "runtime 412s > limit 300s": the value with as
+    many decimals as the limit shows (``300.4s > limit 300.3s``), exact where it would still
+    read as the limit (``300.34s > limit 300.3s``)."""
+    text = f"{limit:g}"
+    if "e" in text:
+        return value.cast(pl.String), text
+    decimals = len(text.rsplit(".", 1)[1]) if "." in text else 0
+    return fmt_past(fmt_num(value, decimals), text, value.cast(pl.String)), text
 
 
 def fmt_past(shown: pl.Expr, limit_text: str, exact: pl.Expr) -> pl.Expr:
@@ -853,8 +873,7 @@ def _run_limit_violations(
             pl.col("_elapsed").max(),
             lim_f,
             pl.concat_str(
-                pl.lit("runtime "), fmt_past(fmt_num(pl.col("value"), 0), f"{lim_f:g}", pl.col("value").cast(pl.String)),
-                pl.lit(f"s > limit {lim_f:g}s"),
+                pl.lit("runtime "), fmt_seconds_vs_limit(pl.col("value"), lim_f)[0], pl.lit(f"s > limit {lim_f:g}s"),
             ),
         )
     if policy.max_tokens is not None:
@@ -986,7 +1005,9 @@ def _event_violations(lf: pl.LazyFrame, policy: Policy) -> list[pl.LazyFrame]:
         out.append(unapproved)
 
     outside_actions = acts.filter(pl.col("_outside"))["action"] if acts.height else acts["action"]
-    is_err = (pl.col("status") == "error").fill_null(False)
+    # a failed tool call only: an LLM step's "invalid argument: max_tokens" or a failed
+    # hand-off is not a tool that cannot run
+    is_err = ((pl.col("status") == "error") & is_tool).fill_null(False)
     cand = lf.filter(is_err | pl.col("action").is_in(outside_actions.implode()))
     # the with_columns keeps the optimiser from fusing the regex into the cheap filter above
     cand = cand.with_columns(

@@ -75,7 +75,7 @@ from driftwatch.policy import (
     fmt_int,
     fmt_money,
     fmt_num,
-    fmt_past,
+    fmt_seconds_vs_limit,
     fmt_vs_limit,
     limit_text,
     rejected_steps,
@@ -884,8 +884,7 @@ def _components(pol: Policy) -> tuple[list[pl.Expr], list[pl.Expr]]:
     if lim_rt is not None:
         v = pl.col("runtime_s")
         comp("max_runtime", pl.when(v > lim_rt).then(_limit_s(v / lim_rt)),
-             pl.concat_str(pl.lit("runtime "), fmt_past(fmt_num(v, 0), f"{lim_rt:g}", v.cast(pl.String)),
-                           pl.lit(f"s > limit {lim_rt:g}s")))
+             pl.concat_str(pl.lit("runtime "), fmt_seconds_vs_limit(v, lim_rt)[0], pl.lit(f"s > limit {lim_rt:g}s")))
     else:
         comp("max_runtime", pl.lit(0.0), pl.lit(None, dtype=pl.String))
     if lim_tok is not None:

@@ -234,6 +234,7 @@ def test_false_disables_a_limit(tmp_path: Path) -> None:
         ("[limits]\nmax_steps = 0\n", 2, "max_steps must be >= 1"),
         ("# c\ntop = 1\n", 2, "unknown top-level key 'top'"),
         ("[limits]\nmax_steps = 3\n\n[[tools]]\nallowed = []\n", 4, "'tools' must be a table"),
+        ("[escalation]\nreview = 0.4\n\n\n[escalation.per_agent]\nbilling = 0.5\n", 5, "unknown key 'per_agent'"),
     ],
 )
 def test_toml_errors_name_key_and_line(tmp_path: Path, text: str, line: int, needle: str) -> None:
@@ -381,6 +382,9 @@ def test_unknown_tool_outside_allowed() -> None:
         ("HTTPError", "Tool output: not found", False),
         ("HTTPError", "tool response: not found", False),
         ("HTTPError", "Function result: not found", False),
+        # a business rule about an action that exists (the verdict is not the sentence's end)
+        ("HTTPError", "Action 'refund' is not available for orders in state shipped", False),
+        (None, "Action 'format_disk' was not found.", True),
     ],
 )
 def test_unknown_tool_from_error_text(error_type: str | None, result: str | None, hit: bool) -> None:
@@ -389,6 +393,15 @@ def test_unknown_tool_from_error_text(error_type: str | None, result: str | None
     assert (v["rule"].to_list() == ["unknown_tool"]) is hit
     if hit:
         assert v["detail"][0].startswith("tool cannot run: lookup failed: ")
+
+
+def test_failed_llm_and_handoff_steps_are_not_tools_that_cannot_run() -> None:
+    """An LLM call refused for its own arguments, or a failed hand-off, is not an unknown tool
+    (a probe found both flagged, the run at review)."""
+    ev = run("r", ["llm", "handoff:billing", "lookup"], status=["error", "error", "error"],
+             result=["Invalid argument: max_tokens must be <= 4096", "unknown function transfer_to_billing",
+                     "unknown tool 'lookup'"])
+    assert rules(check_policy(ev)) == [("r", 3, "unknown_tool")]
 
 
 def test_error_text_on_a_successful_step_is_not_a_breach() -> None:
@@ -594,6 +607,15 @@ def test_a_breach_just_past_its_limit_does_not_read_as_the_limit() -> None:
     assert got == sorted(["confidence 0.2999 < 0.30 at search", "cost $0.500001 > ceiling $0.50",
                           "runtime 300.0004s > limit 300s", "confidence 0.25 < 0.30 at search",
                           "cost $0.60 > ceiling $0.50", "runtime 301s > limit 300s"])
+    # a limit with decimals shows them in the value too (not "runtime 300s > limit 300.3s")
+    for limit, b, text in ((300.3, 300.4, "runtime 300.4s > limit 300.3s"),
+                           (4.5, 4.9, "runtime 4.9s > limit 4.5s"),
+                           (300.3, 300.34, "runtime 300.34s > limit 300.3s")):
+        ev = pl.DataFrame({"run_id": ["a", "a"], "step": [1, 2], "ts": [t, t + timedelta(seconds=b)],
+                           "action": ["search"] * 2})
+        pol = Policy(max_runtime_s=limit)
+        assert check_policy(ev, pol)["detail"].to_list() == [text]
+        assert dw.score_runs(ev, policy=pol)["reasons"].to_list() == [[text]]
 
 
 @pytest.mark.parametrize("glob", ["tab\there", "multi\nline", "ctrl\x01", "cr\r", "nul\x00", "del\x7f", 'q"uo\\te'])
@@ -646,6 +668,10 @@ def test_tier_globs_ignore_case_and_an_empty_list_means_the_built_in_words() -> 
     ev = run("r", ["llm", "delete_invoice"], approved=[None, None])
     assert rules(check_policy(ev, empty)) == [("r", 2, "unapproved_action")]
     assert Policy.from_toml_text(empty.to_toml()) == empty
+    # whitespace around a name is ignored as case is: it must not slip past the approval check
+    assert [p.tier_of(a) for a in (" delete_invoice", "delete_invoice\n", "\tDELETE_X ")] == ["delete"] * 3
+    ev = run("r", ["llm", " delete_invoice"], approved=[None, None])
+    assert rules(check_policy(ev, Policy(delete=("delete_*",)))) == [("r", 2, "unapproved_action")]
     # allowed globs stay exact: a tool spelled differently is not the allowed one
     strict = Policy(allowed=("search",))
     assert rules(check_policy(run("r", ["Search"]), strict)) == [("r", 1, "unknown_tool")]
