@@ -77,13 +77,21 @@ def _tmp_sibling(path: Path, tag: str) -> Path:
 def _replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; once the body has written and synced it, move it onto ``path``.
 
-    On any error the temporary file is removed and ``path`` is left as it was.
+    On any error the temporary file is removed and ``path`` is left as it was. A symbolic link
+    is written through (its target is replaced); a path that is not a regular file (a FIFO, a
+    device such as ``/dev/stdout``) is refused, never replaced.
     """
     dest = Path(path)
     if not str(path).strip():
         raise InvalidParameterError("the output path is empty; expected a file name such as loops.parquet")
     if dest.is_dir():
         raise InvalidParameterError(f"{dest}: is a folder; expected a file name for the output (e.g. {dest / 'out.parquet'})")
+    if dest.is_symlink():  # write through the link (the target is replaced, the link stays)
+        dest = Path(os.path.realpath(dest))
+    if dest.exists() and not dest.is_file():  # a FIFO, a device (/dev/stdout), a socket
+        raise InvalidParameterError(
+            f"{path}: is not a regular file; expected a file name for the output (it is replaced as a whole)"
+        )
     _check_ancestors(dest, create=False)
     tmp = _tmp_sibling(dest, _TMP_TAG)
     try:

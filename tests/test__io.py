@@ -89,3 +89,35 @@ def test_output_paths_under_a_file_or_a_missing_folder_are_named(tmp_path: Path)
             with pytest.raises(OSError) as info:
                 write()
             assert info.value.filename in ("/proc/x", "/proc/x.parquet") and ".tmp-" not in str(info.value)
+
+
+def test_a_single_output_file_writes_through_a_link_and_refuses_what_is_not_a_file(tmp_path: Path) -> None:
+    """`loops --out link.parquet` replaced the link by a regular file (the target kept its old
+    content), and `--out` a FIFO or a device (/dev/stdout, as root) replaced the node itself."""
+    from driftwatch._io import atomic_write_text
+
+    target = tmp_path / "real" / "loops.parquet"
+    target.parent.mkdir()
+    target.write_text("old")
+    link = tmp_path / "link.parquet"
+    link.symlink_to(Path("real") / "loops.parquet")
+    atomic_write_text(link, "new")
+    assert link.is_symlink() and target.read_text() == "new"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["loops.parquet"]  # no temp left
+    dangling = tmp_path / "dangling.parquet"
+    dangling.symlink_to(Path("real") / "later.parquet")
+    atomic_write_text(dangling, "x")
+    assert (target.parent / "later.parquet").read_text() == "x" and dangling.is_symlink()
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(InvalidParameterError, match="is not a regular file"):
+        atomic_write_text(fifo, "x")
+    assert fifo.is_fifo()
+    import socket
+
+    sock_path = tmp_path / "sock"
+    with socket.socket(socket.AF_UNIX) as sock:  # (never a real device: a failing test would replace it)
+        sock.bind(str(sock_path))
+        with pytest.raises(InvalidParameterError, match="is not a regular file"):
+            atomic_write_text(sock_path, "x")
+        assert sock_path.is_socket()
