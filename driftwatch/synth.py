@@ -580,6 +580,19 @@ def _generate_day(
     # replace one of the loop's, and the truth table would describe a loop the events lack
     post = np.where(is_loop & is_unapproved, np.maximum(post, 1), post)
     pre = np.where(is_loop & is_unknown, np.maximum(pre, 1), pre)
+    # the same for a paginating or polling run (the last poll, "done", would never happen): the
+    # injected call takes a call from the other side of the segment if it has one to spare, else
+    # the segment's own last (first) page or poll while 3 remain, so the run keeps its length
+    # (and the day its random stream); only a run with neither grows by one call
+    ben = is_pag | is_poll
+    need = ben & is_unapproved & (post == 0)
+    spare = need & (pre > is_unknown)
+    shrink = need & ~spare & (ben_len > 3)
+    pre, ben_len, post = pre - spare, ben_len - shrink, np.where(need, 1, post)
+    need = ben & is_unknown & (pre == 0)
+    spare = need & (post > is_unapproved)
+    shrink = need & ~spare & (ben_len > 3)
+    post, ben_len, pre = post - spare, ben_len - shrink, np.where(need, 1, pre)
 
     # tool calls per run
     k = 1 + rng.poisson(np.maximum(mean_calls[agent_idx] - 1.0, 0.1))

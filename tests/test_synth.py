@@ -338,3 +338,32 @@ def test_strong_or_long_feedback_drift_keeps_valid_probabilities() -> None:
     f = synth.generate(days=3, runs_per_day=40, seed=1, scenario=sc)
     tools = f.events.filter((pl.col("agent") == "planner") & (pl.col("action") != "llm") & (pl.col("ts").dt.day() >= 2))
     assert tools["action"].n_unique() <= 2  # (the favourite, and rare destructive calls)
+
+
+def test_injected_calls_never_replace_a_page_or_poll() -> None:
+    """An unapproved destructive call replaces a run's last tool call and a missing tool its
+    first: in a paginating or polling run with no call after (before) the segment, the benign
+    truth described pages or polls the events lacked (the last poll, "done", never happened;
+    a probe's seed 0, run r0000-000041)."""
+    sc = synth.Scenario(loop_rate=0.0, pagination_rate=0.45, polling_rate=0.45, unapproved_rate=0.3,
+                        unknown_tool_rate=0.3)
+    for seed in (1, 2):
+        f = synth.generate(days=2, runs_per_day=200, seed=seed, scenario=sc)
+        benign = f.truth["benign"]
+        flagged = f.truth["runs"].filter(
+            pl.col("injected").list.contains("unapproved_destructive") | pl.col("injected").list.contains("unknown_tool"))
+        assert benign.join(flagged, on="run_id").height > 50  # the case is exercised
+        calls = f.events.filter(pl.col("action") != "llm").join(benign, on="run_id", suffix="_t").filter(
+            pl.col("step").is_between(pl.col("start_step"), pl.col("end_step")))
+        # every step of a segment is there and calls the stated action
+        per = calls.group_by("run_id").agg(pl.len().alias("n"), (pl.col("action") == pl.col("action_t")).all().alias("ok"),
+                                           pl.col("start_step").first(), pl.col("end_step").first(),
+                                           pl.col("result").sort_by("step").last(), pl.col("kind").first())
+        assert per.height == benign.height
+        assert (per["ok"] & (per["n"] == (per["end_step"] - per["start_step"] + 1) // 2)).all()
+        assert per.filter(pl.col("kind") == "polling")["result"].str.contains('"done"').all()  # the job finished
+        assert (per["end_step"] - per["start_step"] + 1 >= 6).all()  # 3 pages or polls at least
+        # and the injected calls are still there: the first call fails, the last deletes
+        unk = f.truth["runs"].filter(pl.col("injected").list.contains("unknown_tool"))["run_id"]
+        first = f.events.filter(pl.col("run_id").is_in(unk.implode()) & (pl.col("step") == 2))
+        assert (first["action"] == "lookup_order_history").all() and first.height == unk.len()
