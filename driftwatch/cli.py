@@ -320,7 +320,15 @@ def _cmd_audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     state: Any = None
     if args.reference:
         _reference_kind(args.reference, durations=False)  # a missing reference path is said as such, before any work
-    if args.state or args.db:
+    for flag, value in (("--state", args.state), ("--db", args.db)):
+        if value is not None and not value.strip():  # an unset variable in a cron line
+            from driftwatch.errors import InvalidParameterError
+
+            raise InvalidParameterError(
+                f"{flag} is empty; expected a {'folder' if flag == '--state' else 'DuckDB file'} for the audit "
+                "history (without it the audit is not incremental and every night audits everything again)"
+            )
+    if args.state is not None or args.db is not None:
         from driftwatch.state import AuditState
 
         _check_state_args(args)  # before the state database is created
@@ -710,6 +718,15 @@ def _main(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
             raise
         print(
             f"driftwatch {args.command}: unexpected error: {type(exc).__name__}: {_one_line(exc)} "
+            "(rerun with DRIFTWATCH_DEBUG=1 for the traceback and please report it)",
+            file=err,
+        )
+        return EXIT_BAD_INPUT
+    except BaseException as exc:  # a panic inside Polars (pyo3's PanicException is no Exception)
+        if type(exc).__name__ != "PanicException" or os.environ.get("DRIFTWATCH_DEBUG"):
+            raise
+        print(
+            f"driftwatch {args.command}: internal error: the engine panicked: {_one_line(exc)} "
             "(rerun with DRIFTWATCH_DEBUG=1 for the traceback and please report it)",
             file=err,
         )

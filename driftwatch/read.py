@@ -406,6 +406,8 @@ class _FileInfo:
     mapped: tuple[str, ...] = ()  # the column_map sources this file has
     #: span formats: the column each adapter input reads in this file (see formats.span_sources)
     sources: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    #: a millisecond timestamp DuckDB cannot read (see _duckdb_overflows): Polars scans the file
+    duck_ms: bool = False
 
     @property
     def key(self) -> tuple[str, tuple[str, ...], bool, tuple[str, ...]]:
@@ -475,9 +477,37 @@ def _probe(path: str) -> _FileInfo:
         rows = meta.num_rows
         nbytes = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
         schema = dict(pl.read_parquet_schema(path))
+        duck_ms = _duckdb_overflows(meta, schema)
     except Exception as err:  # noqa: BLE001 - any reader failure means the footer is unusable
         raise CorruptFileError(f"{path}: corrupt Parquet footer: {_first_line(err)}") from None
-    return _FileInfo(path=path, schema=schema, rows=int(rows), hive=_hive_keys(path), nbytes=int(nbytes))
+    return _FileInfo(path=path, schema=schema, rows=int(rows), hive=_hive_keys(path), nbytes=int(nbytes),
+                     duck_ms=duck_ms)
+
+
+#: DuckDB reads millisecond timestamps as microseconds and fails on a value beyond this.
+_DUCKDB_MAX_MS = (2**63 - 1) // 1_000
+
+
+def _duckdb_overflows(meta: Any, schema: Mapping[str, pl.DataType]) -> bool:
+    """Whether a millisecond timestamp column may hold a value DuckDB cannot convert to
+    microseconds (beyond year ~294,000: an epoch in ns written as ms), by the footer's
+    statistics; a column chunk without them may."""
+    ms = {c for c, d in schema.items() if isinstance(d, pl.Datetime) and d.time_unit == "ms"}
+    if not ms:
+        return False
+    for i in range(meta.num_row_groups):
+        rg = meta.row_group(i)
+        for j in range(rg.num_columns):
+            col = rg.column(j)
+            if col.path_in_schema not in ms:
+                continue
+            st = col.statistics
+            if st is None or not st.has_min_max:
+                if st is None or st.null_count != col.num_values:  # (not all null)
+                    return True
+            elif max(abs(int(st.min_raw)), abs(int(st.max_raw))) > _DUCKDB_MAX_MS:
+                return True
+    return False
 
 
 def _first_line(err: BaseException) -> str:
@@ -497,8 +527,8 @@ def _dtype_class(dtype: pl.DataType) -> str:
         return "int"
     if dtype.is_float():
         return "float"
-    if isinstance(dtype, pl.Datetime):
-        return f"datetime[{dtype.time_zone}]"
+    if isinstance(dtype, pl.Datetime):  # (milliseconds apart: an upcast in the scan can overflow)
+        return f"datetime[{dtype.time_zone}{', ms' if dtype.time_unit == 'ms' else ''}]"
     if dtype == pl.String or isinstance(dtype, pl.Categorical | pl.Enum):
         return "str"
     return str(dtype)
@@ -868,7 +898,7 @@ def _assign_formats(infos: list[_FileInfo], fmt: str, cmap: dict[str, str]) -> l
         mapped = tuple(src for src in cmap if src in present)  # per file: a missing source leaves the file as it is
         sources = span_sources({**info.schema, **{k: pl.String() for k in info.hive}}, found, cmap, where=info.path)
         out.append(_FileInfo(info.path, info.schema, info.rows, info.hive, found, has_step, info.nbytes, index,
-                             mapped, sources))
+                             mapped, sources, info.duck_ms))
     return out
 
 
@@ -897,6 +927,8 @@ def _raw_frame(
     early = only is not None and row_local
     if rows is not None and not (row_local and engine == "polars"):  # pragma: no cover - RowSlicer guards
         raise InvalidParameterError("internal: row ranges need canonical input with a step column, polars engine")
+    if any(f.duck_ms for f in group.files):  # DuckDB cannot read them; Polars' reader gives the same rows
+        engine = "polars"
     extra: list[pl.Expr] = []
     if engine == "polars":
         raw = _scan_polars(group, filters, push, rows)

@@ -418,6 +418,26 @@ TS_MIN = datetime(1970, 1, 1, tzinfo=UTC)
 TS_MAX = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 
 
+_UNIT_PER_US = {"ms": (1, 1_000), "us": (1, 1), "ns": (1_000, 1)}  # (multiplier, divisor) from us
+_US_PER_DAY = 86_400_000_000
+_I64_MAX = 2**63 - 1
+
+
+def _epoch_us(t: datetime) -> int:
+    delta = t - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _epoch_range(dtype: pl.DataType) -> tuple[int, int]:
+    """``[TS_MIN, TS_MAX]`` as raw integers of a ``Datetime`` (in its unit) or ``Date`` (days)."""
+    lo, hi = _epoch_us(TS_MIN), _epoch_us(TS_MAX)
+    if dtype == pl.Date:
+        return lo // _US_PER_DAY, hi // _US_PER_DAY
+    assert isinstance(dtype, pl.Datetime)
+    mul, div = _UNIT_PER_US[dtype.time_unit or "us"]
+    return lo * mul // div, min(hi * mul // div, _I64_MAX)
+
+
 def to_ts(expr: pl.Expr, dtype: pl.DataType, *, where: str = "events", col: str = "ts") -> Conversion:
     """:func:`_any_ts`, with timestamps outside ``[TS_MIN, TS_MAX]`` flagged (value null)."""
     conv = _any_ts(expr, dtype, where=where, col=col)
@@ -442,11 +462,18 @@ def _any_ts(expr: pl.Expr, dtype: pl.DataType, *, where: str = "events", col: st
         return Conversion(expr)
     if dtype == pl.Null:
         return Conversion(expr.cast(TS_DTYPE))
-    if isinstance(dtype, pl.Datetime):
-        e = expr.dt.replace_time_zone("UTC") if dtype.time_zone is None else expr.dt.convert_time_zone("UTC")
-        return Conversion(e.dt.cast_time_unit("us"))
-    if dtype == pl.Date:
-        return Conversion(expr.cast(pl.Datetime("us")).dt.replace_time_zone("UTC"))
+    if isinstance(dtype, pl.Datetime | pl.Date):
+        # the range is checked on the raw integers in the source unit: a value outside it can
+        # overflow the conversion to microseconds (Polars panics on it)
+        raw = expr.to_physical()
+        inside = raw.is_between(*_epoch_range(dtype))
+        kept = pl.when(inside).then(expr)
+        if dtype == pl.Date:
+            value = kept.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+        else:
+            utc = kept.dt.replace_time_zone("UTC") if dtype.time_zone is None else kept.dt.convert_time_zone("UTC")
+            value = utc.dt.cast_time_unit("us")
+        return Conversion(value, raw.is_not_null() & ~inside)
     if dtype == pl.String or isinstance(dtype, pl.Categorical | pl.Enum):
         text = expr.cast(pl.String)
         value = _text_to_ts(text)
@@ -714,8 +741,31 @@ def _add_reasons(
     )
 
 
+#: Raw values that Polars can format as a date (within about year +-260,000), in us and days.
+_FORMAT_US = 8_000_000_000_000_000_000
+_FORMAT_DAYS = _FORMAT_US // _US_PER_DAY
+
+
+def _temporal_text(expr: pl.Expr, dtype: pl.Datetime | pl.Date) -> pl.Expr:
+    """A date or time as text; a value too far out to be a date (Polars panics formatting it)
+    as its raw number."""
+    raw = expr.to_physical()
+    if dtype == pl.Date:
+        ok = raw.abs() <= _FORMAT_DAYS
+        text = pl.when(ok).then(expr).cast(pl.String)
+        return pl.when(ok).then(text).otherwise(pl.format("{} days since 1970-01-01", raw))
+    assert isinstance(dtype, pl.Datetime)
+    unit = dtype.time_unit or "us"
+    mul, div = _UNIT_PER_US[unit]
+    ok = raw.abs() <= _FORMAT_US * mul // div
+    text = pl.when(ok).then(expr).cast(pl.String)
+    return pl.when(ok).then(text).otherwise(pl.format(f"{{}} {unit} since 1970-01-01", raw))
+
+
 def _raw_text(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
     """The raw value as short text for the rejection detail."""
+    if isinstance(dtype, pl.Datetime | pl.Date):
+        return _temporal_text(expr, dtype)
     try:
         text = to_text(expr, dtype, nested_ok=True).value
     except SchemaError:  # pragma: no cover - every convertible dtype has a text form

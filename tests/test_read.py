@@ -1093,3 +1093,46 @@ def test_an_empty_agent_is_the_default_agent(tmp_path: Path, engine: str) -> Non
         "default", "default", "planner"]
     frame = pl.read_parquet(p)
     assert dw.run_features(frame).sort("run_id")["agent"].to_list() == ["default", "default", "planner"]
+
+
+def test_timestamps_too_far_out_for_their_unit_are_bad_ts_on_both_engines(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ns = 1_790_000_000_000_000_000  # an epoch in nanoseconds, written as ms / us / days
+    columns = {
+        "ms": pa.array([1_790_000_000_000, ns], pa.timestamp("ms")),
+        "ms_utc": pa.array([1_790_000_000_000, ns], pa.timestamp("ms", tz="UTC")),
+        "us": pa.array([1_790_000_000_000_000, ns], pa.timestamp("us")),
+        "date": pa.array([20_000, 10**8], pa.date32()),
+    }
+    for name, ts in columns.items():
+        pq.write_table(pa.table({"run_id": ["r", "r"], "step": [0, 1], "ts": ts, "action": ["a", "a"]}),
+                       tmp_path / f"{name}.parquet")
+        a, b = _both(tmp_path / f"{name}.parquet")
+        _assert_same(a, b)
+        assert a.stats.reasons == {"bad_ts": 1}, name
+        assert a.rejected.get_column("source_row").to_list() == [1]
+        assert a.rejected.get_column("detail").item()  # the raw value, as text
+    # a millisecond file next to a microsecond one (one merged scan would upcast, and overflow)
+    a, b = _both([tmp_path / "ms.parquet", tmp_path / "us.parquet"])
+    _assert_same(a, b)
+    assert a.stats.reasons["bad_ts"] == 2
+
+
+def test_cli_turns_an_engine_panic_into_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from polars.exceptions import PanicException
+
+    import driftwatch.read
+    from driftwatch.cli import main
+
+    def panic(*args: object, **kwargs: object) -> None:
+        raise PanicException("invalid or out-of-range datetime")
+
+    monkeypatch.setattr(driftwatch.read, "read_logs", panic)
+    monkeypatch.delenv("DRIFTWATCH_DEBUG", raising=False)
+    assert main(["validate", str(_write(_canon(), tmp_path / "a.parquet"))]) == 2
+    err = capsys.readouterr().err
+    assert "internal error" in err and "out-of-range datetime" in err and "Traceback" not in err
