@@ -67,6 +67,9 @@ _LOOPS_TRUTH_SCHEMA: dict[str, pl.DataType] = {
     "run_id": pl.String(), "agent": pl.String(), "kind": pl.String(), "pattern": pl.String(), "period": pl.Int64(),
     "period_steps": pl.Int64(), "repeats": pl.Int64(), "start_step": pl.Int64(), "end_step": pl.Int64(),
 }
+#: The lowest confidence of an LLM step that is not an injected ``low_confidence`` one (those are
+#: drawn in [0.05, 0.25)); above the default policy's ``min_confidence`` of 0.30 with a margin.
+_MIN_BACKGROUND_CONFIDENCE = 0.35
 _BENIGN_TRUTH_SCHEMA: dict[str, pl.DataType] = {
     "run_id": pl.String(), "agent": pl.String(), "kind": pl.String(), "action": pl.String(),
     "start_step": pl.Int64(), "end_step": pl.Int64(),
@@ -733,7 +736,10 @@ def _generate_day(
     p_out = np.array([a.price_out for a in agents])[llm_agent] * price_factor[llm_agent]
     llm_cost = in_tok * p_in + out_tok * p_out
     llm_lat = rng.lognormal(np.log(700.0), 0.35, n_llm) * (1 + in_tok / 8000.0) ** 0.3
-    conf = rng.beta(9.0, 2.0, n_llm)
+    # clipped well above the default policy's min_confidence (0.30): the only low-confidence
+    # steps are the injected ones, recorded in the truth (unbounded, about 1 LLM step in 7,000
+    # fell below 0.30; clipping keeps the random stream)
+    conf = np.maximum(rng.beta(9.0, 2.0, n_llm), _MIN_BACKGROUND_CONFIDENCE)
     low_llm = np.zeros(n_llm, dtype=bool)
     low_llm[n_slots + np.flatnonzero(is_lowconf)] = True
     conf = np.where(low_llm, rng.uniform(0.05, 0.25, n_llm), conf)

@@ -367,3 +367,20 @@ def test_injected_calls_never_replace_a_page_or_poll() -> None:
         unk = f.truth["runs"].filter(pl.col("injected").list.contains("unknown_tool"))["run_id"]
         first = f.events.filter(pl.col("run_id").is_in(unk.implode()) & (pl.col("step") == 2))
         assert (first["action"] == "lookup_order_history").all() and first.height == unk.len()
+
+
+def test_the_only_low_confidence_steps_are_the_injected_ones() -> None:
+    """Background confidence was Beta(9, 2), unbounded: about 1 LLM step in 7,000 fell below the
+    default policy's 0.30, so Scenario.stable() ("nothing to find") put runs at review and the
+    demo fleet held low-confidence runs its truth did not record."""
+    for scenario in (synth.Scenario.stable(), synth.Scenario(low_confidence_rate=0.01)):
+        f = synth.generate(days=4, runs_per_day=2500, seed=2, scenario=scenario)
+        low = f.truth["runs"].filter(pl.col("injected").list.contains("low_confidence"))["run_id"]
+        conf = f.events.filter(pl.col("confidence").is_not_null()).group_by("run_id").agg(
+            pl.col("confidence").min(), pl.len().alias("n"))
+        assert conf["n"].sum() > 50_000
+        injected = conf.filter(pl.col("run_id").is_in(low.implode()))
+        assert injected.height == low.len() and (injected["confidence"] < 0.3).all()
+        assert conf.filter(~pl.col("run_id").is_in(low.implode()))["confidence"].min() >= 0.35
+        breaches = dw.check_policy(f.events, dw.Policy()).filter(pl.col("rule") == "low_confidence")
+        assert set(breaches["run_id"]) == set(low)
