@@ -1035,10 +1035,12 @@ def _repeat_llm_calls(
         "_s": 2 * turn[sel] + 1,
         "_c": c,
         "_mode": mode.tolist(),
+        "_b": np.arange(sel.size),
     })
     # the copies: the original step repeated, i = 0..c-1, each with its own draws
-    # (one row per selected run; run ids sort as the run numbers do, so row b is run sel[b])
-    base = ev.join(info, on="run_id", how="inner").filter(pl.col("step") == pl.col("_s")).sort("run_id")
+    # (one row per selected run, in the order of sel: row b is run sel[b]; not sorted by run id,
+    # which with more than 999,999 runs a day does not sort as the run numbers do)
+    base = ev.join(info, on="run_id", how="inner").filter(pl.col("step") == pl.col("_s")).sort("_b")
     row = np.repeat(np.arange(base.height), c)  # the run of every copy
     i = np.arange(row.size) - np.repeat(np.cumsum(c) - c, c)  # the copy's number within its run
     err = pl.col("_mode") == "error_retry"

@@ -384,3 +384,37 @@ def test_the_only_low_confidence_steps_are_the_injected_ones() -> None:
         assert conf.filter(~pl.col("run_id").is_in(low.implode()))["confidence"].min() >= 0.35
         breaches = dw.check_policy(f.events, dw.Policy()).filter(pl.col("rule") == "low_confidence")
         assert set(breaches["run_id"]) == set(low)
+
+
+def test_llm_repeats_with_over_a_million_runs_in_a_day() -> None:
+    """Run ids are zero-padded to 6 digits: with more than 999,999 runs in a day they do not sort
+    as the run numbers do ("r0000-1000000" < "r0000-999999"), and the LLM retry / sampling copies
+    went to the wrong runs: duplicate steps, step gaps and a truth that disagreed with the events."""
+    from datetime import UTC, datetime
+
+    n = 1_000_060
+    plain = np.zeros(n, dtype=bool)
+    plain[n - 120:] = True  # runs 999,940 .. 1,000,059: both sides of the 7th digit
+    k = np.ones(n, dtype=np.int64)
+    mine = np.arange(n - 120, n)
+    rid = pl.select(pl.format("r0000-{}", pl.lit(pl.Series(mine)).cast(pl.String).str.zfill(6))).to_series()
+    ev = pl.DataFrame({"run_id": rid.gather(np.repeat(np.arange(mine.size), 3)), "step": np.tile([1, 2, 3], mine.size)})
+    ev = ev.with_columns(
+        (pl.lit(datetime(2026, 10, 1, tzinfo=UTC)) + pl.duration(seconds=pl.col("step"))).alias("ts"),
+        pl.when(pl.col("step") == 2).then(pl.lit("search")).otherwise(pl.lit("llm")).alias("action"),
+        pl.lit("a").alias("agent"), pl.format("prompt {} {}", pl.col("run_id"), pl.col("step")).alias("args"),
+        pl.lit("call search").alias("result"), pl.lit("ok").alias("status"), pl.lit(500.0).alias("latency_ms"),
+        pl.lit(0.01).alias("cost_usd"), pl.lit(10).alias("output_tokens"),
+    )
+    ev = ev.with_columns([pl.lit(None, dtype=t).alias(c) for c, t in CANONICAL_SCHEMA.items() if c not in ev.columns])
+    ev = ev.select(list(CANONICAL_SCHEMA)).cast(CANONICAL_SCHEMA)  # type: ignore[arg-type]
+    sc = synth.Scenario(llm_retry_rate=0.5, llm_sampling_rate=0.5)
+    out, rep = synth._repeat_llm_calls(ev, np.random.default_rng([0, 0, 2]), 0, plain, k, sc)
+    truth = pl.concat([rep.loops.select("run_id", (pl.col("repeats") + 3).alias("expect")),
+                       rep.benign.select("run_id", (pl.col("end_step") - pl.col("start_step") + 3).alias("expect"))])
+    assert truth.height == 120 and truth["run_id"].str.len_chars().n_unique() == 2
+    per = out.group_by("run_id").agg(pl.len().alias("n"), pl.col("step").n_unique().alias("u"),
+                                     pl.col("step").max().alias("mx")).join(truth, on="run_id")
+    assert per.height == 120
+    bad = per.filter((pl.col("n") != pl.col("expect")) | (pl.col("u") != pl.col("n")) | (pl.col("mx") != pl.col("n")))
+    assert bad.is_empty(), bad
