@@ -747,8 +747,9 @@ _FORMAT_DAYS = _FORMAT_US // _US_PER_DAY
 
 
 def _temporal_text(expr: pl.Expr, dtype: pl.Datetime | pl.Date) -> pl.Expr:
-    """A date or time as text; a value too far out to be a date (Polars panics formatting it)
-    as its raw number."""
+    """A date or time as text, the same whichever engine read it: milliseconds as microseconds
+    (DuckDB reads them so), time zones as UTC (DuckDB does not keep the name), and a value too
+    far out to be a date (Polars panics formatting it) as its raw number."""
     raw = expr.to_physical()
     if dtype == pl.Date:
         ok = raw.abs() <= _FORMAT_DAYS
@@ -758,7 +759,10 @@ def _temporal_text(expr: pl.Expr, dtype: pl.Datetime | pl.Date) -> pl.Expr:
     unit = dtype.time_unit or "us"
     mul, div = _UNIT_PER_US[unit]
     ok = raw.abs() <= _FORMAT_US * mul // div
-    text = pl.when(ok).then(expr).cast(pl.String)
+    kept = pl.when(ok).then(expr)
+    if dtype.time_zone is not None:
+        kept = kept.dt.convert_time_zone("UTC")
+    text = (kept.dt.cast_time_unit("us") if unit == "ms" else kept).cast(pl.String)
     return pl.when(ok).then(text).otherwise(pl.format(f"{{}} {unit} since 1970-01-01", raw))
 
 

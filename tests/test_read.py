@@ -1136,3 +1136,21 @@ def test_cli_turns_an_engine_panic_into_one_line_and_exit_2(
     assert main(["validate", str(_write(_canon(), tmp_path / "a.parquet"))]) == 2
     err = capsys.readouterr().err
     assert "internal error" in err and "out-of-range datetime" in err and "Traceback" not in err
+
+
+def test_bad_ts_detail_is_the_same_text_on_both_engines(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    year_10000 = 253_402_300_800_000  # ms
+    for name, ts in {
+        "ms_utc": pa.array([1_790_000_000_000, year_10000], pa.timestamp("ms", tz="UTC")),
+        "ms_paris": pa.array([1_790_000_000_000, year_10000], pa.timestamp("ms", tz="Europe/Paris")),
+        "ms_naive": pa.array([1_790_000_000_000, -86_400_000], pa.timestamp("ms")),
+    }.items():
+        pq.write_table(pa.table({"run_id": ["r", "r"], "step": [0, 1], "action": ["a", "a"], "ts": ts}),
+                       tmp_path / f"{name}.parquet")
+        a, b = _both(tmp_path / f"{name}.parquet")
+        _assert_same(a, b)
+        detail = a.rejected.get_column("detail").item()
+        assert detail == ("1969-12-31 00:00:00.000000" if name == "ms_naive" else "+10000-01-01 00:00:00.000000+00:00")
