@@ -121,6 +121,10 @@ class ChangeSpec:
 
     ``metric`` is one of ``"steps_per_run"``, ``"error_rate"``, ``"cost_per_run"``.
     The agent's ``version`` changes from ``v1`` to ``v2`` that day (a deploy).
+    ``steps_per_run`` multiplies the mean number of tool calls ``k`` (a run has ``2k + 1``
+    steps), ``error_rate`` the probability that a tool call fails (at most 1). The truth's
+    ``before`` and ``after`` are the metric's expected value in the agent's runs with nothing
+    injected (changes of one agent and metric compound; ``cost_per_run``: NaN, not stated).
     """
 
     agent: str
@@ -1203,15 +1207,24 @@ def _merge_truth(
     ts_of = [t0 + timedelta(days=cp.day) for cp in sc.changepoints if cp.day < days]
     cps = [cp for cp in sc.changepoints if cp.day < days]
     base = {a.name: a for a in sc.agents}
-    before = []
-    for cp in cps:
+
+    def expected(cp: ChangeSpec, upto: int) -> float:
+        """The metric's expected value in ``cp.agent``'s runs with nothing injected, with the
+        changes of that agent and metric up to day ``upto`` applied (as ``_generate_day`` does)."""
         a = base[cp.agent]
+        factor = 1.0
+        for other in sc.changepoints:
+            if other.agent == cp.agent and other.metric == cp.metric and other.day <= upto:
+                factor *= other.factor
         if cp.metric == "steps_per_run":
-            before.append(2 * a.mean_tool_calls + 1)
-        elif cp.metric == "error_rate":
-            before.append(a.error_rate)
-        else:
-            before.append(float("nan"))
+            # k = 1 + Poisson(max(mean - 1, 0.1)) tool calls, an LLM step before each, a final answer
+            return 2.0 * max(a.mean_tool_calls * factor, 1.1) + 1.0
+        if cp.metric == "error_rate":
+            return min(a.error_rate * factor, 1.0)
+        return float("nan")  # cost per run: not stated
+
+    before = [expected(cp, cp.day - 1) for cp in cps]
+    after = [expected(cp, cp.day) for cp in cps]
     truth["changepoints"] = pl.DataFrame(
         {
             "agent": [cp.agent for cp in cps],
@@ -1220,7 +1233,7 @@ def _merge_truth(
             "day": [cp.day for cp in cps],
             "factor": [float(cp.factor) for cp in cps],
             "before": before,
-            "after": [b * cp.factor for b, cp in zip(before, cps, strict=True)],
+            "after": after,
         },
         schema={"agent": pl.String, "metric": pl.String, "ts": pl.Datetime("us", "UTC"), "day": pl.Int64,
                 "factor": pl.Float64, "before": pl.Float64, "after": pl.Float64},

@@ -418,3 +418,34 @@ def test_llm_repeats_with_over_a_million_runs_in_a_day() -> None:
     assert per.height == 120
     bad = per.filter((pl.col("n") != pl.col("expect")) | (pl.col("u") != pl.col("n")) | (pl.col("mx") != pl.col("n")))
     assert bad.is_empty(), bad
+
+
+def test_changepoint_truth_is_the_expected_value_of_the_events() -> None:
+    """The factor multiplies the mean number of tool calls k (1 + Poisson(k - 1)), not the
+    2k + 1 steps: with factor 3 the truth said 9 -> 27 steps where the events had 9 -> 25. An
+    error rate multiplied past 1 is 1, and a second change of the same metric starts from the
+    first one's after."""
+    sc = synth.Scenario.stable(pagination_rate=0.0, polling_rate=0.0, delegation_rate=0.0, changepoints=(
+        synth.ChangeSpec("billing", 3, "steps_per_run", 3.0), synth.ChangeSpec("billing", 6, "steps_per_run", 0.05),
+        synth.ChangeSpec("support", 4, "error_rate", 60.0)))
+    f = synth.generate(days=9, runs_per_day=1200, seed=3, scenario=sc)
+    truth = f.truth["changepoints"].sort("agent", "day")
+    assert truth.select("before", "after").rows() == [
+        (pytest.approx(9.0), pytest.approx(25.0)), (pytest.approx(25.0), pytest.approx(3.2)),
+        (pytest.approx(0.02), pytest.approx(1.0))]
+    runs = f.events.group_by("run_id").agg(
+        pl.col("agent").first(), pl.col("ts").min().dt.day().alias("day"), pl.len().alias("steps"),
+        (pl.col("status") == "error").filter(pl.col("action") != "llm").mean().alias("err"))
+    day0 = f.events["ts"].min().day
+    for row in truth.iter_rows(named=True):
+        col = "steps" if row["metric"] == "steps_per_run" else "err"
+        mine = runs.filter(pl.col("agent") == row["agent"])
+        same = truth.filter((pl.col("agent") == row["agent"]) & (pl.col("metric") == row["metric"]))
+        days = [0, *same["day"], 99]
+        i = days.index(row["day"])  # the days of this agent's changes: before is since the previous one
+        before = mine.filter(pl.col("day").is_between(day0 + days[i - 1], day0 + row["day"] - 1))[col].mean()
+        after = mine.filter(pl.col("day").is_between(day0 + row["day"], day0 + days[i + 1] - 1))[col].mean()
+        if col == "steps":
+            assert before == pytest.approx(row["before"], rel=0.04) and after == pytest.approx(row["after"], rel=0.04)
+        else:
+            assert before == pytest.approx(row["before"], abs=0.006) and after == row["after"]
