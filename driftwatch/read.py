@@ -28,6 +28,7 @@ from __future__ import annotations
 import fnmatch as _fnmatch
 import glob as _glob_module
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -476,7 +477,7 @@ def _probe(path: str) -> _FileInfo:
         meta = pq.read_metadata(path)
         rows = meta.num_rows
         nbytes = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
-        schema = dict(pl.read_parquet_schema(path))
+        schema = dict(pl.scan_parquet(path, glob=False).collect_schema())  # (a name with [1] is no pattern)
         duck_ms = _duckdb_overflows(meta, schema)
     except Exception as err:  # noqa: BLE001 - any reader failure means the footer is unusable
         raise CorruptFileError(f"{path}: corrupt Parquet footer: {_first_line(err)}") from None
@@ -747,6 +748,13 @@ def _scan_polars(
     return lf
 
 
+def _duckdb_literal(path: str) -> str:
+    """``path`` as a DuckDB file pattern that matches just that file: DuckDB expands wildcards
+    in every path it reads (``batch[1]/part-0.parquet`` would read ``batch1/...``), so each
+    wildcard character is bracketed (``[[]``), which matches it literally."""
+    return re.sub(r"([*?\[])", r"[\1]", path)
+
+
 def _scan_duckdb(
     group: _Group, filters: _Filters, push: Pushdown, only: pl.DataFrame | None = None
 ) -> pl.LazyFrame:
@@ -766,7 +774,7 @@ def _scan_duckdb(
         "FROM read_parquet($files, union_by_name = true, hive_partitioning = $hive, "
         "hive_types_autocast = false, filename = '__dw_file', file_row_number = true)"
     )
-    params = {"files": paths, "hive": bool(group.hive)}
+    params = {"files": [_duckdb_literal(p) for p in paths], "hive": bool(group.hive)}
     raw_filters = _duckdb_raw_filters(filters, push, group.schema)
     wanted = None if only is None else only.select(_FILE, pl.col(_ROW).cast(pl.Int64)).to_arrow()
 
@@ -821,12 +829,12 @@ def locate_read_failure(paths: Sequence[str]) -> str | None:
     failed: it decodes the files column by column until one fails."""
     for path in paths:
         try:
-            names = pl.scan_parquet(path).collect_schema().names()
+            names = pl.scan_parquet(path, glob=False).collect_schema().names()
         except pl.exceptions.PolarsError:
             return path
         for name in names:
             try:
-                pl.scan_parquet(path).select(name).collect()
+                pl.scan_parquet(path, glob=False).select(name).collect()
             except pl.exceptions.PolarsError:
                 return f"{path}, column {name!r}"
     return None

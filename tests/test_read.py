@@ -1154,3 +1154,20 @@ def test_bad_ts_detail_is_the_same_text_on_both_engines(tmp_path: Path) -> None:
         _assert_same(a, b)
         detail = a.rejected.get_column("detail").item()
         assert detail == ("1969-12-31 00:00:00.000000" if name == "ms_naive" else "+10000-01-01 00:00:00.000000+00:00")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_paths_holding_wildcard_characters_are_read_as_named(tmp_path: Path, engine: str) -> None:
+    names = ["batch[1]/part-0.parquet", "star*/part-0.parquet", "what?/part-0.parquet", "esc\x1b[31m.parquet"]
+    for i, name in enumerate(names):
+        _write(_canon(2, run=f"r{i}"), tmp_path / "logs" / name)
+    # decoys a wildcard would match instead: batch1/, starX/, whatX/
+    for decoy in ("batch1", "starX", "whatX"):
+        _write(_canon(3, run=decoy), tmp_path / "decoys" / decoy / "part-0.parquet")
+        shutil.copytree(tmp_path / "decoys" / decoy, tmp_path / "logs" / decoy)
+    named = [str(tmp_path / "logs" / n) for n in names]
+    res = read_logs(named, engine=engine)
+    assert res.stats.rows_in == 8 and res.stats.paths == tuple(named)
+    assert sorted(res.events.collect().get_column("run_id").unique()) == ["r0", "r1", "r2", "r3"]
+    walked = read_logs(tmp_path / "logs", engine=engine)
+    assert walked.stats.rows_in == 8 + 9
