@@ -44,9 +44,11 @@ True
 
 from __future__ import annotations
 
+import numbers
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -55,7 +57,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from driftwatch._frames import check_seed, duration_seconds
+from driftwatch._frames import check_flag, check_seed, duration_seconds
 from driftwatch.errors import InvalidParameterError
 from driftwatch.schema import CANONICAL_SCHEMA, LLM_ACTION
 
@@ -352,7 +354,7 @@ def generate(
     Fleet
         ``events`` sorted by ``run_id, step`` and the truth tables.
     """
-    sc, t0 = _check(days, runs_per_day, scenario, start)
+    sc, t0, days, runs_per_day = _check(days, runs_per_day, scenario, start)
     check_seed(seed, name="seed (--seed)")
     parts = [_generate_day(d, runs_per_day=runs_per_day, seed=seed, t0=t0, sc=sc) for d in range(days)]
     events = pl.concat([p[0] for p in parts]).sort("run_id", "step")
@@ -376,7 +378,7 @@ def write_fleet(
     (``events``, ``runs``, ``days``). Output is identical to
     ``generate(...).write(path)``.
     """
-    sc, t0 = _check(days, runs_per_day, scenario, start)
+    sc, t0, days, runs_per_day = _check(days, runs_per_day, scenario, start)
     check_seed(seed, name="seed (--seed)")
     root = _fresh_fleet_dir(path)
     truths: list[dict[str, pl.DataFrame]] = []
@@ -403,55 +405,69 @@ def read_truth(path: str | os.PathLike[str]) -> dict[str, pl.DataFrame]:
 # internals
 
 
-def _check(
-    days: int, runs_per_day: int, scenario: Scenario | None, start: str | date | datetime
-) -> tuple[Scenario, datetime]:
-    if not isinstance(days, int) or days < 1:
-        raise InvalidParameterError(f"days must be a positive integer, got {days!r}")
-    if not isinstance(runs_per_day, int) or runs_per_day < 1:
-        raise InvalidParameterError(f"runs_per_day must be a positive integer, got {runs_per_day!r}")
-    sc = Scenario() if scenario is None else scenario
-    names = [a.name for a in sc.agents]
-    if not names or len(set(names)) != len(names):
-        raise InvalidParameterError(f"scenario.agents must have distinct names, got {names}")
-    for spec in (*sc.changepoints, *sc.feedback_drift, *sc.load):
-        if spec.agent not in names:
-            raise InvalidParameterError(f"{type(spec).__name__} names agent {spec.agent!r}; agents are {names}")
-    for spec in sc.changepoints:
-        if spec.metric not in ("steps_per_run", "error_rate", "cost_per_run"):
-            raise InvalidParameterError(
-                f"ChangeSpec.metric must be 'steps_per_run', 'error_rate' or 'cost_per_run', got {spec.metric!r}"
-            )
-        if not isinstance(spec.factor, int | float) or isinstance(spec.factor, bool) or not spec.factor > 0:
-            raise InvalidParameterError(f"ChangeSpec.factor must be a positive number, got {spec.factor!r}")
-    kinds_ok = set(_LOOP_KINDS)
-    if not sc.loop_kinds or not set(sc.loop_kinds) <= kinds_ok or any(
-        not isinstance(w, int | float) or not w >= 0 for w in sc.loop_kinds.values()
-    ) or sum(sc.loop_kinds.values()) <= 0:
+def _integer(value: object, name: str, *, least: int) -> int:
+    """``value`` as an int (numpy integers too, not bools) of at least ``least``."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_) and int(value) >= least:
+        return int(value)
+    what = "a positive integer" if least == 1 else f"an integer >= {least}"
+    raise InvalidParameterError(f"{name} must be {what}, got {value!r}")
+
+
+def _number(value: object, name: str, *, least: float = 0.0, most: float = float("inf"),
+            positive: bool = False) -> float:
+    """``value`` as a finite float (numpy numbers too, not bools) in ``[least, most]`` (``> least``
+    where ``positive``)."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_):
+        v = float(value)
+        if np.isfinite(v) and (v > least if positive else v >= least) and v <= most:
+            return v
+    if positive and least == 0.0 and most == float("inf"):
+        what = "a positive number"
+    elif most == float("inf"):
+        what = f"a number {'>' if positive else '>='} {least:g}"
+    else:
+        what = f"a number in {'(' if positive else '['}{least:g}, {most:g}]"
+    raise InvalidParameterError(f"{name} must be {what}, got {value!r}")
+
+
+def _name(value: object, name: str) -> str:
+    if isinstance(value, str) and value.strip():
+        return value
+    raise InvalidParameterError(f"{name} must be a non-empty string, got {value!r}")
+
+
+#: The most tool calls a run may have on average (after steps_per_run change-points): a day is
+#: built in memory.
+_MAX_MEAN_TOOL_CALLS = 10_000.0
+
+
+def _check_agent(i: int, a: object) -> None:
+    if not isinstance(a, AgentSpec):
+        raise InvalidParameterError(f"scenario.agents[{i}] must be an AgentSpec, got {type(a).__name__}")
+    name = _name(a.name, f"scenario.agents[{i}].name")
+    where = f"AgentSpec {name!r}:"
+    if not isinstance(a.tools, Mapping) or not all(isinstance(t, str) and t.strip() for t in a.tools):
+        raise InvalidParameterError(f"{where} tools must be a dict of tool name to weight, got {a.tools!r}")
+    for t, w in a.tools.items():
+        _number(w, f"{where} the weight of tool {t!r}")
+    if not isinstance(a.destructive, tuple | list) or not all(isinstance(t, str) and t.strip() for t in a.destructive):
+        raise InvalidParameterError(f"{where} destructive must be a tuple of tool names, got {a.destructive!r}")
+    if not sum(w for t, w in a.tools.items() if t not in a.destructive) > 0:
         raise InvalidParameterError(
-            f"scenario.loop_kinds must weigh some of {sorted(kinds_ok)} (weights >= 0, not all 0), got {sc.loop_kinds!r}"
+            f"{where} tools must give a positive weight to at least one tool that is not destructive "
+            f"(the agent's choices), got {a.tools!r} with destructive {tuple(a.destructive)!r}"
         )
-    if not isinstance(sc.weekly_swing, int | float) or not 0.0 <= sc.weekly_swing < 1.0:
-        raise InvalidParameterError(f"scenario.weekly_swing must be in [0, 1), got {sc.weekly_swing!r}")
-    for name in ("loop_rate", "pagination_rate", "polling_rate", "unapproved_rate", "cost_spike_rate",
-                 "low_confidence_rate", "unknown_tool_rate", "delegation_rate", "llm_failure_rate",
-                 "llm_retry_rate", "llm_sampling_rate"):
-        rate = getattr(sc, name)
-        if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0.0 <= rate <= 1.0:
-            raise InvalidParameterError(f"scenario.{name} must be a fraction of runs in [0, 1], got {rate!r}")
-    if sc.llm_retry_rate + sc.llm_sampling_rate > 1.0:
-        raise InvalidParameterError(
-            f"scenario.llm_retry_rate + llm_sampling_rate must be at most 1, got {sc.llm_retry_rate + sc.llm_sampling_rate}"
-        )
-    kinds = sc.llm_retry_kinds
-    if sc.llm_retry_rate > 0 and (
-        not kinds or not set(kinds) <= {"exact", "error_retry"} or any(not w >= 0 for w in kinds.values())
-        or sum(kinds.values()) <= 0
-    ):
-        raise InvalidParameterError(
-            "scenario.llm_retry_kinds must weigh 'exact' and/or 'error_retry' (weights >= 0, not all 0), "
-            f"got {kinds!r}"
-        )
+    _number(a.mean_tool_calls, f"{where} mean_tool_calls", most=_MAX_MEAN_TOOL_CALLS, positive=True)
+    _number(a.weight, f"{where} weight (a share of the traffic)")
+    _number(a.price_in, f"{where} price_in (USD per token)")
+    _number(a.price_out, f"{where} price_out (USD per token)")
+    _number(a.error_rate, f"{where} error_rate", most=1.0)
+    for attr in ("pagination_tool", "polling_tool", "handoff_to"):
+        _name(getattr(a, attr), f"{where} {attr}")
+
+
+def _check_start(start: object) -> datetime:
+    """The fleet's first day, UTC midnight."""
     if isinstance(start, str):
         try:
             t0 = datetime.fromisoformat(start)
@@ -461,13 +477,114 @@ def _check(
             ) from None
     elif isinstance(start, datetime):
         t0 = start
-    else:
+    elif isinstance(start, date):
         t0 = datetime(start.year, start.month, start.day)
-    t0 = t0.replace(tzinfo=UTC) if t0.tzinfo is None else t0.astimezone(UTC)
+    else:
+        raise InvalidParameterError(
+            f"start (--start) must be a date: an ISO-8601 string such as '2026-10-01', a datetime.date or a "
+            f"datetime.datetime, got {start!r}"
+        )
+    try:
+        t0 = t0.replace(tzinfo=UTC) if t0.tzinfo is None else t0.astimezone(UTC)
+    except OverflowError:
+        raise InvalidParameterError(
+            f"start (--start) must be a day from 1970-01-01 to 9999-12-30 in UTC, got {start!r}"
+        ) from None
     t0 = t0.replace(hour=0, minute=0, second=0, microsecond=0)
     if t0.year < 1970:  # the readers reject timestamps before 1970 (bad_ts)
         raise InvalidParameterError(f"start (--start) must be in 1970 or later, got {t0.date().isoformat()}")
-    return sc, t0
+    return t0
+
+
+def _check(
+    days: object, runs_per_day: object, scenario: Scenario | None, start: object
+) -> tuple[Scenario, datetime, int, int]:
+    days = _integer(days, "days", least=1)
+    runs_per_day = _integer(runs_per_day, "runs_per_day", least=1)
+    sc = Scenario() if scenario is None else scenario
+    if not isinstance(sc, Scenario):
+        raise InvalidParameterError(f"scenario must be a synth.Scenario or None, got {type(sc).__name__}")
+    if not isinstance(sc.agents, tuple | list) or not sc.agents:
+        raise InvalidParameterError(f"scenario.agents must be a non-empty tuple of AgentSpec, got {sc.agents!r}")
+    for i, a in enumerate(sc.agents):
+        _check_agent(i, a)
+    names = [a.name for a in sc.agents]
+    if len(set(names)) != len(names):
+        raise InvalidParameterError(f"scenario.agents must have distinct names, got {names}")
+    if not sum(a.weight for a in sc.agents) > 0:
+        raise InvalidParameterError(
+            f"scenario.agents: some agent must have a positive weight (share of the traffic), got "
+            f"{[a.weight for a in sc.agents]}"
+        )
+    for field_name, kind in (("changepoints", ChangeSpec), ("feedback_drift", DriftSpec), ("load", LoadSpec)):
+        specs = getattr(sc, field_name)
+        if not isinstance(specs, tuple | list) or not all(isinstance(s, kind) for s in specs):
+            raise InvalidParameterError(f"scenario.{field_name} must be a tuple of {kind.__name__}, got {specs!r}")
+    for spec in (*sc.changepoints, *sc.feedback_drift, *sc.load):
+        if spec.agent not in names:
+            raise InvalidParameterError(f"{type(spec).__name__} names agent {spec.agent!r}; agents are {names}")
+    for spec in sc.changepoints:
+        if spec.metric not in ("steps_per_run", "error_rate", "cost_per_run"):
+            raise InvalidParameterError(
+                f"ChangeSpec.metric must be 'steps_per_run', 'error_rate' or 'cost_per_run', got {spec.metric!r}"
+            )
+        _number(spec.factor, "ChangeSpec.factor", positive=True)
+        _integer(spec.day, "ChangeSpec.day (days after start)", least=0)
+    for a in sc.agents:
+        mean = a.mean_tool_calls
+        for spec in sc.changepoints:
+            if spec.agent == a.name and spec.metric == "steps_per_run":
+                mean *= spec.factor
+                if mean > _MAX_MEAN_TOOL_CALLS:
+                    raise InvalidParameterError(
+                        f"ChangeSpec.factor: the steps_per_run changes of {a.name!r} make its mean_tool_calls "
+                        f"{mean:g}; at most {_MAX_MEAN_TOOL_CALLS:g} (a day is built in memory)"
+                    )
+    for ds in sc.feedback_drift:
+        _integer(ds.onset_day, "DriftSpec.onset_day (days after start)", least=0)
+        _number(ds.strength, "DriftSpec.strength")
+    for ls in sc.load:
+        if ls.metric != "error_rate":
+            raise InvalidParameterError(f"LoadSpec.metric must be 'error_rate', got {ls.metric!r}")
+        _number(ls.threshold, "LoadSpec.threshold (runs started per bucket)", positive=True)
+        _number(ls.slope, "LoadSpec.slope")
+        duration_seconds(ls.every, name="LoadSpec.every")
+    kinds_ok = set(_LOOP_KINDS)
+    if not isinstance(sc.loop_kinds, Mapping) or not sc.loop_kinds or not set(sc.loop_kinds) <= kinds_ok or any(
+        not isinstance(w, numbers.Real) or isinstance(w, bool) or not 0 <= w < float("inf")
+        for w in sc.loop_kinds.values()
+    ) or sum(sc.loop_kinds.values()) <= 0:
+        raise InvalidParameterError(
+            f"scenario.loop_kinds must weigh some of {sorted(kinds_ok)} (weights >= 0, not all 0), got {sc.loop_kinds!r}"
+        )
+    if not isinstance(sc.weekly_swing, numbers.Real) or not 0.0 <= sc.weekly_swing < 1.0:
+        raise InvalidParameterError(f"scenario.weekly_swing must be in [0, 1), got {sc.weekly_swing!r}")
+    for name in ("loop_rate", "pagination_rate", "polling_rate", "unapproved_rate", "cost_spike_rate",
+                 "low_confidence_rate", "unknown_tool_rate", "delegation_rate", "llm_failure_rate",
+                 "llm_retry_rate", "llm_sampling_rate"):
+        rate = getattr(sc, name)
+        if not isinstance(rate, numbers.Real) or isinstance(rate, bool) or not 0.0 <= rate <= 1.0:
+            raise InvalidParameterError(f"scenario.{name} must be a fraction of runs in [0, 1], got {rate!r}")
+    if sc.llm_retry_rate + sc.llm_sampling_rate > 1.0:
+        raise InvalidParameterError(
+            f"scenario.llm_retry_rate + llm_sampling_rate must be at most 1, got {sc.llm_retry_rate + sc.llm_sampling_rate}"
+        )
+    kinds = sc.llm_retry_kinds
+    if sc.llm_retry_rate > 0 and (
+        not isinstance(kinds, Mapping) or not kinds or not set(kinds) <= {"exact", "error_retry"}
+        or any(not isinstance(w, numbers.Real) or isinstance(w, bool) or not 0 <= w < float("inf")
+               for w in kinds.values())
+        or sum(kinds.values()) <= 0
+    ):
+        raise InvalidParameterError(
+            "scenario.llm_retry_kinds must weigh 'exact' and/or 'error_retry' (weights >= 0, not all 0), "
+            f"got {kinds!r}"
+        )
+    _number(sc.delegation_chains_per_day, "scenario.delegation_chains_per_day")
+    _integer(sc.delegation_chain_depth, "scenario.delegation_chain_depth (runs per chain)", least=1)
+    check_flag(sc.diurnal, name="scenario.diurnal")
+    t0 = _check_start(start)
+    return sc, t0, days, runs_per_day
 
 
 def _diurnal_pdf(diurnal: bool) -> np.ndarray:
@@ -1204,7 +1321,7 @@ def _merge_truth(
     parts: list[dict[str, pl.DataFrame]], sc: Scenario, t0: datetime, days: int
 ) -> dict[str, pl.DataFrame]:
     truth = {name: pl.concat([p[name] for p in parts]).sort("run_id") for name in parts[0]}
-    ts_of = [t0 + timedelta(days=cp.day) for cp in sc.changepoints if cp.day < days]
+    ts_of = [t0 + timedelta(days=int(cp.day)) for cp in sc.changepoints if cp.day < days]
     cps = [cp for cp in sc.changepoints if cp.day < days]
     base = {a.name: a for a in sc.agents}
 
@@ -1230,7 +1347,7 @@ def _merge_truth(
             "agent": [cp.agent for cp in cps],
             "metric": [cp.metric for cp in cps],
             "ts": ts_of,
-            "day": [cp.day for cp in cps],
+            "day": [int(cp.day) for cp in cps],
             "factor": [float(cp.factor) for cp in cps],
             "before": before,
             "after": after,
@@ -1242,8 +1359,8 @@ def _merge_truth(
     truth["drift"] = pl.DataFrame(
         {
             "agent": [ds.agent for ds in drifts],
-            "onset": [t0 + timedelta(days=ds.onset_day) for ds in drifts],
-            "onset_day": [ds.onset_day for ds in drifts],
+            "onset": [t0 + timedelta(days=int(ds.onset_day)) for ds in drifts],
+            "onset_day": [int(ds.onset_day) for ds in drifts],
             "strength": [float(ds.strength) for ds in drifts],
             "kind": ["feedback"] * len(drifts),
         },

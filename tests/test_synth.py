@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date, datetime, timedelta, timezone
+
 import numpy as np
 import polars as pl
 import pytest
@@ -449,3 +451,60 @@ def test_changepoint_truth_is_the_expected_value_of_the_events() -> None:
             assert before == pytest.approx(row["before"], rel=0.04) and after == pytest.approx(row["after"], rel=0.04)
         else:
             assert before == pytest.approx(row["before"], abs=0.006) and after == row["after"]
+
+
+_A = synth.AgentSpec
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"start": None}, r"start \(--start\) must be a date: an ISO-8601 string .* got None"),
+    ({"start": 5}, r"start \(--start\) must be a date: .* got 5"),
+    ({"start": datetime(1, 1, 1, 1, tzinfo=timezone(timedelta(hours=5)))}, r"start \(--start\) must be a day from 1970"),
+    ({"days": True}, r"days must be a positive integer, got True"),
+    ({"days": 2.0}, r"days must be a positive integer, got 2.0"),
+    ({"runs_per_day": np.bool_(True)}, r"runs_per_day must be a positive integer"),
+    ({"scenario": synth.Scenario.stable(agents=(_A("a", {"t": 1}), _A("b", {"t": 1}, weight=-1)))},
+     r"AgentSpec 'b': weight \(a share of the traffic\) must be a number >= 0, got -1"),
+    ({"scenario": synth.Scenario.stable(agents=(_A("a", {"t": 1}, weight=0),))}, "some agent must have a positive weight"),
+    ({"scenario": synth.Scenario.stable(agents=(_A("a", {}),))}, r"AgentSpec 'a': tools must give a positive weight"),
+    ({"scenario": synth.Scenario.stable(agents=(_A("a", {"t": 0}),))}, r"AgentSpec 'a': tools must give a positive weight"),
+    ({"scenario": synth.Scenario.stable(agents=(_A("a", {"rm": 1}, destructive=("rm",)),))},
+     "at least one tool that is not destructive"),
+    ({"scenario": synth.Scenario.stable(agents=(_A("a", {"t": -1.0, "u": 2}),))}, r"the weight of tool 't' must be a number >= 0"),
+    ({"scenario": synth.Scenario.stable(agents=(_A("a", {"t": 1}, mean_tool_calls=float("nan")),))},
+     r"AgentSpec 'a': mean_tool_calls must be a number in \(0, 10000\], got nan"),
+    ({"scenario": synth.Scenario.stable(agents=(_A("a", {"t": 1}, error_rate=2.0),))}, r"error_rate must be a number in \[0, 1\]"),
+    ({"scenario": synth.Scenario.stable(agents=(_A("a", {"t": 1}, price_in=float("inf")),))}, "price_in"),
+    ({"scenario": synth.Scenario.stable(agents=("planner",))}, r"scenario.agents\[0\] must be an AgentSpec"),  # type: ignore[arg-type]
+    ({"scenario": synth.Scenario(delegation_chains_per_day=5, delegation_chain_depth=-1)},
+     r"delegation_chain_depth \(runs per chain\) must be a positive integer, got -1"),
+    ({"scenario": synth.Scenario(delegation_chains_per_day=float("inf"))}, "delegation_chains_per_day must be a number >= 0"),
+    ({"scenario": synth.Scenario(changepoints=(synth.ChangeSpec("billing", 1.5, "error_rate", 2.0),))},  # type: ignore[arg-type]
+     r"ChangeSpec.day \(days after start\) must be an integer >= 0, got 1.5"),
+    ({"scenario": synth.Scenario(changepoints=(synth.ChangeSpec("billing", 1, "error_rate", float("inf")),))},
+     "ChangeSpec.factor must be a positive number, got inf"),
+    ({"scenario": synth.Scenario(changepoints=(synth.ChangeSpec("billing", 1, "steps_per_run", 1e30),))},
+     "steps_per_run changes of 'billing' make its mean_tool_calls"),
+    ({"scenario": synth.Scenario(feedback_drift=(synth.DriftSpec("planner", -2),))}, "DriftSpec.onset_day"),
+    ({"scenario": synth.Scenario(load=(synth.LoadSpec("billing", 0),))}, r"LoadSpec.threshold .* must be a positive number"),
+    ({"scenario": synth.Scenario(load=(synth.LoadSpec("billing", 3, every="soon"),))}, "LoadSpec.every"),
+    ({"scenario": synth.Scenario(diurnal="no")}, "scenario.diurnal must be True or False"),  # type: ignore[arg-type]
+])
+def test_bad_values_are_refused_by_name_up_front(tmp_path, kwargs: dict, message: str) -> None:  # type: ignore[type-arg]
+    """They raised AttributeError ('NoneType' object has no attribute 'year'), numpy's
+    ValueError ('Probabilities contain NaN', 'lam value too large', 'negative dimensions are not
+    allowed') or OverflowError, or were taken (days=True as 1 day, a change-point on day 1.5);
+    a bad LoadSpec.every was found only when its first day was written."""
+    with pytest.raises(InvalidParameterError, match=message):
+        synth.generate(**{"days": 2, "runs_per_day": 5, **kwargs})
+    with pytest.raises(InvalidParameterError, match=message):
+        synth.write_fleet(tmp_path / "f", **{"days": 2, "runs_per_day": 5, **kwargs})
+    assert not (tmp_path / "f").exists()
+
+
+def test_numpy_integers_are_integers() -> None:
+    """days=np.int64(2) was refused as not an integer while seed=np.int64(...) was taken."""
+    f = synth.generate(days=np.int64(2), runs_per_day=np.int32(20), seed=np.int64(1), start=date(2026, 10, 1))
+    assert f.events.equals(synth.generate(days=2, runs_per_day=20, seed=1).events)
+    sc = synth.Scenario(changepoints=(synth.ChangeSpec("billing", np.int64(1), "steps_per_run", np.float32(2.0)),))
+    assert synth.generate(days=2, runs_per_day=20, seed=1, scenario=sc).truth["changepoints"]["day"].to_list() == [1]
