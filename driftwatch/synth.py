@@ -466,8 +466,9 @@ def _check_agent(i: int, a: object) -> None:
         _name(getattr(a, attr), f"{where} {attr}")
 
 
-def _check_start(start: object) -> datetime:
-    """The fleet's first day, UTC midnight."""
+def _check_start(start: object, days: int) -> datetime:
+    """The fleet's first day, UTC midnight; its last day (``days - 1`` later) must leave the next
+    day, where runs that cross midnight end, within 9999-12-31 (later dates overflow)."""
     if isinstance(start, str):
         try:
             t0 = datetime.fromisoformat(start)
@@ -493,6 +494,14 @@ def _check_start(start: object) -> datetime:
     t0 = t0.replace(hour=0, minute=0, second=0, microsecond=0)
     if t0.year < 1970:  # the readers reject timestamps before 1970 (bad_ts)
         raise InvalidParameterError(f"start (--start) must be in 1970 or later, got {t0.date().isoformat()}")
+    last_ok = date.max - timedelta(days=1)  # runs of the last day may end the next day
+    room = last_ok.toordinal() - t0.date().toordinal() + 1  # days that fit from start on
+    if days > room:
+        raise InvalidParameterError(
+            f"start (--start) {t0.date().isoformat()} and days (--days) {days}: the last day must be "
+            f"{last_ok.isoformat()} or earlier (its runs may end the next day, and dates stop at 9999-12-31), "
+            f"so at most {max(room, 0)} day(s) from that start; give an earlier start or fewer days"
+        )
     return t0
 
 
@@ -583,7 +592,7 @@ def _check(
     _number(sc.delegation_chains_per_day, "scenario.delegation_chains_per_day")
     _integer(sc.delegation_chain_depth, "scenario.delegation_chain_depth (runs per chain)", least=1)
     check_flag(sc.diurnal, name="scenario.diurnal")
-    t0 = _check_start(start)
+    t0 = _check_start(start, days)
     return sc, t0, days, runs_per_day
 
 

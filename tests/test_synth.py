@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
@@ -508,3 +509,24 @@ def test_numpy_integers_are_integers() -> None:
     assert f.events.equals(synth.generate(days=2, runs_per_day=20, seed=1).events)
     sc = synth.Scenario(changepoints=(synth.ChangeSpec("billing", np.int64(1), "steps_per_run", np.float32(2.0)),))
     assert synth.generate(days=2, runs_per_day=20, seed=1, scenario=sc).truth["changepoints"]["day"].to_list() == [1]
+
+
+def test_a_fleet_must_end_before_year_10000(tmp_path) -> None:
+    """generate --start 9999-12-28 --days 10 failed with 'unexpected error: OverflowError' after
+    writing some days, leaving a fleet without truth tables."""
+    from driftwatch.cli import main
+
+    for start, days in (("9999-12-28", 10), ("9999-12-30", 3), ("9999-12-31", 1), ("2026-10-01", 10**12)):
+        with pytest.raises(InvalidParameterError, match=r"start \(--start\) .* and days \(--days\) .*: the last day"):
+            synth.generate(days=days, runs_per_day=5, start=start)
+        with pytest.raises(InvalidParameterError, match="the last day must be 9999-12-30 or earlier"):
+            synth.write_fleet(tmp_path / "f", days=days, runs_per_day=5, start=start)
+        assert not (tmp_path / "f").exists()
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["generate", str(tmp_path / "late"), "--start", "9999-12-28", "--days", "10", "--runs-per-day", "5"],
+                stdout=out, stderr=err)
+    assert code == 2 and "at most 3 day(s) from that start" in err.getvalue() and "OverflowError" not in err.getvalue()
+    assert not (tmp_path / "late").exists()
+    # the last day that fits: its runs end on 9999-12-31 at the latest
+    f = synth.generate(days=3, runs_per_day=40, start="9999-12-28", seed=1)
+    assert f.events["ts"].max().year == 9999 and f.truth["runs"].height > 60
