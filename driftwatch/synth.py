@@ -1038,7 +1038,7 @@ def _generate_day(
     ev, llm_rep = _repeat_llm_calls(ev, np.random.default_rng([seed, d, 2]), d, plain, k, sc)
 
     # ---- delegation ping-pong chains (extra runs that name the previous one as parent) ----
-    chains = _delegation_chains(rng, d, day0, sc, names)
+    chains = _delegation_chains(rng, d, day0, sc, names, version)
     if chains is not None:
         ev = pl.concat([ev, chains[0]])
 
@@ -1260,8 +1260,9 @@ def _empty_delegation() -> pl.DataFrame:
 
 
 def _delegation_chains(
-    rng: np.random.Generator, d: int, day0: datetime, sc: Scenario, names: list[str]
+    rng: np.random.Generator, d: int, day0: datetime, sc: Scenario, names: list[str], version: np.ndarray
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame] | None:
+    """Chains of runs handing off to one another (``version``: each agent's version that day)."""
     n_chains = int(rng.poisson(sc.delegation_chains_per_day)) if sc.delegation_chains_per_day > 0 else 0
     if n_chains == 0 or len(names) < 2:
         return None
@@ -1271,6 +1272,7 @@ def _delegation_chains(
     pair = rng.choice(len(names), size=(n_chains, 2), replace=True)
     pair[:, 1] = np.where(pair[:, 1] == pair[:, 0], (pair[:, 0] + 1) % len(names), pair[:, 1])
     agent = np.array(names, dtype=object)[pair[c, lvl % 2]]
+    run_version = version[pair[c, lvl % 2]]  # v2 from the agent's change-point on, as its other runs
     start = rng.uniform(8 * 3600, 18 * 3600, n_chains)[c] + lvl * 20.0
     run_id = np.array([f"d{d:04d}-{ci:03d}-{li}" for ci, li in zip(c, lvl, strict=True)], dtype=object)
     parent = np.where(lvl > 0, np.array([f"d{d:04d}-{ci:03d}-{li - 1}" for ci, li in zip(c, lvl, strict=True)],
@@ -1289,6 +1291,7 @@ def _delegation_chains(
                                        np.full(n, LLM_ACTION, dtype=object)]).ravel().tolist(),
             "agent": np.repeat(agent, 3).tolist(),
             "parent_run_id": pl.Series(np.repeat(parent, 3).tolist(), dtype=pl.String),
+            "version": pl.Series(np.repeat(run_version, 3).tolist(), dtype=pl.String),
         }
     ).with_columns(
         pl.from_epoch("ts", time_unit="us").dt.replace_time_zone("UTC"),
@@ -1303,7 +1306,6 @@ def _delegation_chains(
         pl.when(pl.col("action") == LLM_ACTION).then(pl.lit(0.004)).otherwise(0.0).alias("cost_usd"),
         pl.lit(600.0).alias("latency_ms"),
         pl.when(pl.col("action") == LLM_ACTION).then(pl.lit(0.8)).alias("confidence"),
-        pl.lit("v1").alias("version"),
     )
     steps = steps.with_columns(
         [pl.lit(None, dtype=dt).alias(col) for col, dt in CANONICAL_SCHEMA.items() if col not in steps.columns]

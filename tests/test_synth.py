@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import numpy as np
 import polars as pl
@@ -393,8 +393,6 @@ def test_llm_repeats_with_over_a_million_runs_in_a_day() -> None:
     """Run ids are zero-padded to 6 digits: with more than 999,999 runs in a day they do not sort
     as the run numbers do ("r0000-1000000" < "r0000-999999"), and the LLM retry / sampling copies
     went to the wrong runs: duplicate steps, step gaps and a truth that disagreed with the events."""
-    from datetime import UTC, datetime
-
     n = 1_000_060
     plain = np.zeros(n, dtype=bool)
     plain[n - 120:] = True  # runs 999,940 .. 1,000,059: both sides of the 7th digit
@@ -530,3 +528,18 @@ def test_a_fleet_must_end_before_year_10000(tmp_path) -> None:
     # the last day that fits: its runs end on 9999-12-31 at the latest
     f = synth.generate(days=3, runs_per_day=40, start="9999-12-28", seed=1)
     assert f.events["ts"].max().year == 9999 and f.truth["runs"].height > 60
+
+
+def test_delegation_chains_take_their_agents_version() -> None:
+    """Delegation-chain runs kept version v1 after their agent's change-point moved it to v2."""
+    sc = synth.Scenario.stable(delegation_chains_per_day=4.0, changepoints=(
+        synth.ChangeSpec("billing", 2, "error_rate", 2.0), synth.ChangeSpec("support", 2, "steps_per_run", 1.2)))
+    f = synth.generate(days=4, runs_per_day=40, seed=5, scenario=sc)
+    runs = f.events.group_by("run_id").agg(pl.col("agent").first(), pl.col("ts").min(), pl.col("version").unique())
+    runs = runs.with_columns(
+        pl.when(pl.col("agent").is_in(["billing", "support"]) & (pl.col("ts") >= datetime(2026, 10, 3, tzinfo=UTC)))
+        .then(pl.lit("v2")).otherwise(pl.lit("v1")).alias("expect"))
+    chains = runs.filter(pl.col("run_id").is_in(f.truth["delegation"]["run_id"].implode()))
+    assert chains.height > 20 and set(chains["expect"]) == {"v1", "v2"}
+    assert (runs["version"].list.len() == 1).all()
+    assert (runs["version"].list.first() == runs["expect"]).all()
