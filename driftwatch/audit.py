@@ -48,6 +48,7 @@ from driftwatch._io import trim_heap
 from driftwatch.errors import (
     CorruptFileError,
     EmptyInputError,
+    InputError,
     InvalidParameterError,
     NoInputError,
     NothingToAudit,
@@ -873,6 +874,7 @@ def fleet_stage(
     progress: Progress | None = None,
     release_counts: bool = False,
     rejected: pl.DataFrame | None = None,
+    series_since: datetime | None = None,
 ) -> AuditResult:
     """Fleet stage: change-points, drift, delegation, scores, costs and load from per-run tables.
 
@@ -905,6 +907,11 @@ def fleet_stage(
         (at least ``review``), and rejected calls needing approval are breaches
         (:func:`driftwatch.policy.check_rejected`). The result's ``rejected`` is left for
         the caller to set.
+    series_since : datetime, optional
+        Change-points, drift, the cost profile and the load curve see only the runs that
+        started from then on; every run is still scored (an incremental audit whose history
+        was capped after late-delivered runs: the days between them were not loaded, and a
+        time series with a gap of unloaded days would invent changes).
     release_counts : bool, default=False
         Empty ``tables.action_counts`` and ``tables.bigram_counts`` once drift has used
         them (the audit does, when it does not record history: at 100M events they are
@@ -952,6 +959,13 @@ def fleet_stage(
         return run
 
     feats = tables.features
+    series = tables  # what the time series see
+    if series_since is not None and feats.height and feats["first_ts"].min() < series_since:
+        keep = feats.filter(pl.col("first_ts") >= series_since).select("run_id")
+        series = replace(tables, **{
+            f.name: getattr(tables, f.name).join(keep, on="run_id", how="semi")
+            for f in fields(RunTables) if "run_id" in getattr(tables, f.name).columns
+        })
     # runs every step of which the reader rejected: no per-run table holds them, but their
     # breaches (an unreadable approval on a delete) must reach the runs table and the alerts
     unread_runs = _unread_run_features(rejected, feats)
@@ -979,12 +993,12 @@ def fleet_stage(
 
     def changepoint() -> tuple[pl.DataFrame, pl.DataFrame]:
         buckets = changepoints.bucket_metrics_from_runs(
-            feats, tables.action_counts, tables.loop_summary, by=by, every=every
+            series.features, series.action_counts, series.loop_summary, by=by, every=every
         )
         return buckets, changepoints.changepoints_from_buckets(buckets)
 
     def drift_rows_and_notes() -> pl.DataFrame:
-        rows, drift_notes = _fleet_drift(tables, reference, reference_tables, by=by, every=drift_every)
+        rows, drift_notes = _fleet_drift(series, reference, reference_tables, by=by, every=drift_every)
         notes.update(drift_notes)
         return rows
 
@@ -1002,16 +1016,18 @@ def fleet_stage(
         if release_counts:  # drift and change-points have read them
             tables.action_counts = tables.action_counts.clear()
             tables.bigram_counts = tables.bigram_counts.clear()
+            series.action_counts = series.action_counts.clear()
+            series.bigram_counts = series.bigram_counts.clear()
         scoring_f = lane("scoring", partial(
             scoring.score_runs_from_runs, feats, policy=pol, loops=tables.loop_summary, violations=violations,
             drift=drift_rows, rejected=rejected,
         ))
         cost_f = lane("costs", partial(
-            costs.cost_profile_from_runs, feats, by=by, volume_per_day=volume_per_day, loops=tables.loop_summary,
-            policy=pol,
+            costs.cost_profile_from_runs, series.features, by=by, volume_per_day=volume_per_day,
+            loops=series.loop_summary, policy=pol,
         ))
-        load_f = lane("load", partial(load.load_curve_from_runs, feats, loops=tables.loop_summary, every=load_every,
-                                      by=by))
+        load_f = lane("load", partial(load.load_curve_from_runs, series.features, loops=series.loop_summary,
+                                      every=load_every, by=by))
         runs, cost_rows, load_rows = scoring_f.result(), cost_f.result(), load_f.result()
         if unread_runs is not None:
             # scored on their own: they are not part of the fleet the anomaly model learns from
@@ -1465,6 +1481,10 @@ def _cost_headline(runs: pl.DataFrame, costs: pl.DataFrame) -> dict[str, Any]:
             fleet = costs
         if fleet.height:
             row = fleet.row(0, named=True)
+            # the runs the profile describes: this audit's, or in an incremental audit the
+            # loaded history's with them (as change-points and drift), where total_usd and
+            # runs_with_cost count this audit's runs only
+            out["profile_runs"] = _num(row.get("runs"))
             out.update({k: _num(row.get(k)) for k in _COST_HEADLINE if k in row})
     return out
 
@@ -2017,7 +2037,6 @@ def audit(
     skipped: list[SourceFile] = []
     source = source_or_events
     if state is not None:
-        from driftwatch.state import DB_NAME
         from driftwatch.state import AuditState as _State
 
         if _is_frame(source_or_events):
@@ -2026,16 +2045,21 @@ def audit(
             )
         if isinstance(state, _State):
             st = state
-        else:  # a state folder (as the CLI's --state DIR) holds the database file
-            st = _State(Path(state) / DB_NAME if Path(state).is_dir() else state)
+        elif not str(state).strip():
+            raise InvalidParameterError("state is empty; expected a folder (as --state DIR) or a DuckDB file")
+        elif _names_folder(state):  # a state folder (as the CLI's --state DIR) holds the database file
+            st = _State.open(state_dir=state)
+        else:
+            st = _State(state)
         own_state = not isinstance(state, _State)
     try:
         if st is not None:
             files = list_source_files(source_or_events)
             # the hive keys the reader keeps as columns: the same bytes under date=10-01 and
             # date=10-02 are the same rows (that key is dropped), under agent=a and agent=b not
-            todo_files, skipped = st.plan(files, hive_keys=set(CANONICAL_SCHEMA) | set(column_map or {}))
-            st.touch([f for f in skipped if f.hash is not None])
+            with st.errors("listing the files audited before"):
+                todo_files, skipped = st.plan(files, hive_keys=set(CANONICAL_SCHEMA) | set(column_map or {}))
+                st.touch([f for f in skipped if f.hash is not None])
             say(f"state: {len(todo_files)} new file(s), {len(skipped)} already audited")
             if not todo_files:
                 raise NothingToAudit(
@@ -2120,37 +2144,39 @@ def audit(
         # ------------------------------------------------------------ history
         fleet_tables = tables
         score_ids: pl.Series | None = None
+        since_hist: datetime | None = None
         if st is not None:
             t0 = time.perf_counter()
             lo = tables.features["first_ts"].min()
-            since_hist = lo - timedelta(days=history_days) if isinstance(lo, datetime) else None
-            since_hist, n_hist = st.history_window(exclude_run_ids=tables.features["run_id"], since=since_hist,
-                                                   max_runs=history_max_runs)
-            if since_hist is not None and isinstance(lo, datetime) and since_hist > lo - timedelta(days=history_days):
-                say(f"history: the last {history_days:g} days hold more than {history_max_runs:,} runs; "
-                    f"loading the {n_hist:,} since {since_hist.isoformat()}")
-            stats["history_since"] = _iso(since_hist)
-            # runs of this audit that the history holds already: their stored rows are replaced
-            # (a run split over two nights, or another source reusing run ids)
-            stats["history_replaced_runs"] = st.known_runs(tables.features["run_id"])
-            if stats["history_replaced_runs"]:
-                say(f"history: {stats['history_replaced_runs']:,} run(s) of this audit were audited before; "
-                    "their stored results are replaced")
-            # as RunTables.concat([history, tables]), one table at a time: each history table is
-            # read, merged and released before the next is read (at 4.9M history runs, holding the
-            # whole history and its merged copy made a nightly audit peak at 11.9 GiB)
-            merged: dict[str, pl.DataFrame] = {}
-            for name, old in st.iter_history(exclude_run_ids=tables.features["run_id"], since=since_hist):
-                merged[name] = _merge_history(name, old, tables)
-                del old
-            if merged:
-                for name in RUN_TABLE_KEYS:
-                    if name not in merged:
-                        merged[name] = _merge_history(name, None, tables)
-                fleet_tables = RunTables(**merged)
-                del merged
-                trim_heap()
-                score_ids = tables.features["run_id"]
+            since_hist = _days_before(lo, history_days) if isinstance(lo, datetime) else None
+            with st.errors("reading the history"):
+                since_hist, n_hist = st.history_window(exclude_run_ids=tables.features["run_id"], since=since_hist,
+                                                       max_runs=history_max_runs)
+                if since_hist is not None and isinstance(lo, datetime) and since_hist > _days_before(lo, history_days):
+                    say(f"history: the last {history_days:g} days hold more than {history_max_runs:,} runs; "
+                        f"loading the {n_hist:,} since {since_hist.isoformat()}")
+                stats["history_since"] = _iso(since_hist)
+                # runs of this audit that the history holds already: their stored rows are replaced
+                # (a run split over two nights, or another source reusing run ids)
+                stats["history_replaced_runs"] = st.known_runs(tables.features["run_id"])
+                if stats["history_replaced_runs"]:
+                    say(f"history: {stats['history_replaced_runs']:,} run(s) of this audit were audited before; "
+                        "their stored results are replaced")
+                # as RunTables.concat([history, tables]), one table at a time: each history table is
+                # read, merged and released before the next is read (at 4.9M history runs, holding the
+                # whole history and its merged copy made a nightly audit peak at 11.9 GiB)
+                merged: dict[str, pl.DataFrame] = {}
+                for name, old in st.iter_history(exclude_run_ids=tables.features["run_id"], since=since_hist):
+                    merged[name] = _merge_history(name, old, tables)
+                    del old
+                if merged:
+                    for name in RUN_TABLE_KEYS:
+                        if name not in merged:
+                            merged[name] = _merge_history(name, None, tables)
+                    fleet_tables = RunTables(**merged)
+                    del merged
+                    trim_heap()
+                    score_ids = tables.features["run_id"]
             timings["history"] = round(time.perf_counter() - t0, 4)
             say(f"history: {fleet_tables.n_runs - tables.n_runs:,} earlier runs as context")
 
@@ -2163,7 +2189,8 @@ def audit(
             loaded = fleet_tables.features["run_id"]
             unloaded = scored_rejected.filter(~pl.col("run_id").is_in(loaded.implode()))["run_id"].drop_nulls().unique()
             if unloaded.len():
-                held = st.stored_runs(unloaded)
+                with st.errors("reading the history"):
+                    held = st.stored_runs(unloaded)
                 if held.len():
                     scored_rejected = scored_rejected.filter(~pl.col("run_id").is_in(held.implode()))
         t0 = time.perf_counter()
@@ -2181,6 +2208,7 @@ def audit(
             progress=say,
             release_counts=st is None,
             rejected=scored_rejected,
+            series_since=since_hist,
         )
         timings["fleet_stage"] = round(time.perf_counter() - t0, 4)
         result.rejected = sort_frame(rejected, ("source_file",))
@@ -2208,18 +2236,54 @@ def audit(
         result.timings = timings
 
         # ------------------------------------------------------------ outputs
-        if out is not None:
+        # (incremental: the results folder is written inside the state's transaction, once
+        # the history is stored, so a state that cannot be written leaves --out as it was, and
+        # a results folder that cannot be written leaves the state as it was)
+        failed: list[BaseException] = []
+
+        def write_out() -> None:
+            if out is None:
+                return
             t0 = time.perf_counter()
-            result.write(out)
+            try:
+                result.write(out)
+            except BaseException as exc:
+                failed.append(exc)
+                raise
             say(f"write: {out} ({time.perf_counter() - t0:.1f}s)")
-        if st is not None:
+
+        if st is None:
+            write_out()
+        else:
+            # the fleet stage re-analysed every day from its earliest run, unless the history
+            # was capped (--history-max-runs) after runs of this audit that started earlier
+            # (late-delivered logs): the days between them were not loaded, so only the
+            # stored change-points and drift from the loaded history's start on are replaced
             lo = fleet_tables.features["first_ts"].min()
+            if isinstance(lo, datetime) and since_hist is not None and since_hist > lo:
+                lo = since_hist
             start = datetime(lo.year, lo.month, lo.day, tzinfo=UTC) if isinstance(lo, datetime) else None
-            _record(st, result, tables, todo_files, analysed_from=start)
+            try:
+                with st.errors("recording this audit"):
+                    _record(st, result, tables, todo_files, analysed_from=start, before_commit=write_out)
+            except InputError:
+                if failed:  # the results folder's own error, not the state's
+                    raise failed[0] from None
+                raise
         return result
     finally:
         if own_state and st is not None:
             st.close()
+
+
+def _names_folder(state: str | os.PathLike[str]) -> bool:
+    """``state=`` names a folder (as the CLI's ``--state DIR``) rather than a DuckDB file: an
+    existing folder, or a new path that ends in a separator or has no file suffix
+    (``audit_state/``, ``audit_state``; ``state.duckdb`` is a file)."""
+    path = Path(state)
+    if path.exists():
+        return path.is_dir()
+    return str(state).endswith((os.sep, "/")) or not path.suffix
 
 
 def _check_by_columns(by: Sequence[str]) -> None:
@@ -2233,6 +2297,15 @@ def _check_by_columns(by: Sequence[str]) -> None:
             f"by (--by): {missing} not column(s) of the run table; series are named by run-level columns "
             "such as agent or version (agent,version for both)"
         )
+
+
+def _days_before(t: datetime, days: float) -> datetime:
+    """``t`` less ``days`` days, or the earliest time Python holds when that is before it (a
+    ``history_days`` of a million days means all the history)."""
+    floor = datetime(1, 1, 2, tzinfo=UTC)
+    if days >= (t - floor).total_seconds() / 86_400:
+        return floor
+    return t - timedelta(days=days)
 
 
 def _merge_history(name: str, old: pl.DataFrame | None, tables: RunTables) -> pl.DataFrame:
@@ -2260,6 +2333,7 @@ def _record(
     files: Sequence[SourceFile],
     *,
     analysed_from: datetime | None,
+    before_commit: Callable[[], Any] | None = None,
 ) -> None:
     first = tables.features["first_ts"].min()
     last = tables.features["last_ts"].max()
@@ -2301,6 +2375,7 @@ def _record(
         fleet_since=analysed_from,
         # (runs every step of which was rejected, and history runs whose later steps were)
         rescored_ids=result.runs["run_id"],
+        before_commit=before_commit,
     )
 
 

@@ -44,7 +44,7 @@ import contextlib
 import hashlib
 import os
 import re
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -236,6 +236,26 @@ class AuditState:
         # backlog went in 12 s faster, but the nightly audit after it, reading that history in
         # run order, peaked 0.2-0.3 GiB higher and its recording took longer)
 
+    @contextlib.contextmanager
+    def errors(self, doing: str) -> Iterator[None]:
+        """Turn a failure of the database inside the block into one line naming the file.
+
+        A state written by hand or by another program (a table without a column driftwatch
+        stores, a column of another type) or damaged on disk fails deep inside DuckDB; the
+        user needs the file and what to do, not DuckDB's trace.
+        """
+        import duckdb
+
+        try:
+            yield
+        except (duckdb.Error, pl.exceptions.PolarsError, TypeError, KeyError) as exc:
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise InputError(
+                f"{self.path}: the audit state database failed while {doing} ({type(exc).__name__}: {first}); "
+                "it is damaged or was changed by hand: restore a backup, or start a new state "
+                "(a new --state folder or --db file)"
+            ) from None
+
     def _check_is_state(self) -> None:
         """Refuse a database that holds tables but is not a driftwatch state (its ``files``
         table is the sign): an audit would add tables, columns and rows to someone else's
@@ -356,12 +376,16 @@ class AuditState:
         frame = _sanitize(frame)
         if frame.width == 0:
             return
+        time_col = FLEET_TIME_COLUMNS.get(name)
+        if since is not None and time_col is not None and time_col in frame.columns:
+            # rows before ``since`` come from days the fleet stage did not re-analyse whole
+            # (late runs ahead of a capped history): the stored rows of those days stay
+            frame = frame.filter(pl.col(time_col) >= since)
         self.con.register("_dw_new", _arrow(frame))
         try:
             # nothing stored yet (the first audit of a backlog): no join of its run ids to delete
             replace = name in self.tables() and not self._is_empty(name)
             self._ensure_table(name, frame)
-            time_col = FLEET_TIME_COLUMNS.get(name)
             if replace:
                 if since is not None and time_col is not None and time_col in self._columns(name):
                     # the fleet stage re-analysed everything from ``since``: its rows replace the old ones
@@ -376,7 +400,8 @@ class AuditState:
             if frame.height:
                 self.con.execute(f"INSERT INTO {quoted} BY NAME SELECT * FROM _dw_new")
         finally:
-            self.con.unregister("_dw_new")
+            with contextlib.suppress(Exception):  # (in an aborted transaction: keep the real error)
+                self.con.unregister("_dw_new")
 
     def _is_empty(self, name: str) -> bool:
         rows = self.con.execute(f"SELECT 1 FROM {_table(name)} LIMIT 1").fetchall()
@@ -393,7 +418,8 @@ class AuditState:
         try:
             yield alias
         finally:
-            self.con.unregister(alias)
+            with contextlib.suppress(Exception):  # (in an aborted transaction: keep the real error)
+                self.con.unregister(alias)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[AuditState]:
@@ -444,6 +470,7 @@ class AuditState:
         files: Sequence[SourceFile] = (),
         fleet_since: datetime | None = None,
         rescored_ids: pl.Series | None = None,
+        before_commit: Callable[[], Any] | None = None,
     ) -> None:
         """Store one audit's results atomically (one transaction).
 
@@ -468,6 +495,10 @@ class AuditState:
             Runs outside ``run_ids`` whose scores (``runs``) and breaches (``violations``)
             this audit replaces, their other tables kept: runs of the history whose later
             steps arrived rejected, and runs every step of which was rejected.
+        before_commit : callable, optional
+            Called once everything is stored, before the transaction commits (the audit
+            writes its results folder there): if it fails, nothing is stored; if storing
+            fails, it is not called.
         """
         hashed = [f.hashed() for f in files]
         audit_row = pl.DataFrame([dict(audit)])
@@ -482,6 +513,8 @@ class AuditState:
             self._upsert("audits", audit_row)
             if hashed:
                 self._upsert("files", _files_frame(hashed, str(audit["audit_id"])))
+            if before_commit is not None:  # (what fails here rolls the state back)
+                before_commit()
 
     def mark_audited(self, files: Sequence[SourceFile], *, audit_id: str) -> None:
         """Remember ``files`` as audited without results (files that hold no rows: a quiet

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from driftwatch.audit import (
     parse_reference,
     run_stage,
 )
-from driftwatch.errors import InvalidParameterError, NoInputError, SchemaError
+from driftwatch.errors import InputError, InvalidParameterError, NoInputError, SchemaError
 
 #: CONTRACT section 2/3 columns every output file must have.
 CONTRACT_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -1380,3 +1381,103 @@ def test_a_second_call_logged_at_the_same_step_is_not_a_copy(tmp_path: Path, ord
     assert res.violations.filter(pl.col("run_id") == "r")["rule"].to_list() == ["unapproved_action"]
     # a frame is checked the same way
     assert sorted(audit(ev).rejected.select("run_id", "step", "action", "reason").rows()) == got
+
+
+def test_late_runs_ahead_of_a_capped_history_keep_the_stored_fleet_results(tmp_path: Path) -> None:
+    """A night's file holding a few runs that started ten days earlier, with the history capped
+    (--history-max-runs): the stored change-points and drift of the days the fleet stage did not
+    load were deleted and nothing recomputed them (a probe saw 4 change-points become 0)."""
+    import duckdb
+
+    fleet = synth.write_fleet(tmp_path / "f", days=20, runs_per_day=150, seed=3)
+    assert fleet is not None
+    events = tmp_path / "f" / "events"
+    days = sorted(p for p in events.iterdir() if p.is_dir())
+    db = tmp_path / "st.duckdb"
+    audit([str(p) for p in days[:-1]], state=db, history_max_runs=300)
+
+    def stored() -> tuple[list[tuple], list[tuple]]:
+        with duckdb.connect(str(db), read_only=True) as con:
+            cps = con.execute("SELECT series, metric, ts FROM changepoints ORDER BY ALL").fetchall()
+            drift = con.execute("SELECT series, feature, window_start FROM drift ORDER BY ALL").fetchall()
+        return cps, drift
+
+    cps, drift = stored()
+    assert cps and drift
+    night = pl.read_parquet(days[-1] / "*.parquet")
+    old = pl.read_parquet(days[-11] / "*.parquet")
+    ids = old["run_id"].unique().sort().head(3).implode()
+    late = old.filter(pl.col("run_id").is_in(ids)).with_columns(("late-" + pl.col("run_id")).alias("run_id"))
+    (tmp_path / "night").mkdir()
+    pl.concat([night, late]).write_parquet(tmp_path / "night" / "part-0.parquet")
+    (tmp_path / "plain").mkdir()
+    night.write_parquet(tmp_path / "plain" / "part-0.parquet")
+    shutil.copy(db, tmp_path / "copy.duckdb")
+    plain = audit(str(tmp_path / "plain"), state=tmp_path / "copy.duckdb", history_max_runs=300)
+    res = audit(str(tmp_path / "night"), state=db, history_max_runs=300)
+    since = datetime.fromisoformat(res.stats["history_since"])
+    assert since > late["ts"].max()  # the history was capped after the late runs
+    cps2, drift2 = stored()
+    # what lies before the loaded history is kept as it was; nothing is stored twice
+    assert [c for c in cps2 if c[2] < since] == [c for c in cps if c[2] < since]
+    assert [d for d in drift2 if d[2] < since] == [d for d in drift if d[2] < since]
+    assert len(set(cps2)) == len(cps2) and len(set(drift2)) == len(drift2)
+    # the late runs are scored, but the time series do not see them (nor the unloaded days)
+    assert res.runs.height == plain.runs.height + 3
+    assert res.runs.filter(pl.col("run_id").str.starts_with("late-")).height == 3
+    assert res.changepoints.equals(plain.changepoints) and res.drift.equals(plain.drift)
+    assert res.summary()["cost"]["profile_runs"] == plain.summary()["cost"]["profile_runs"]
+
+
+def test_incremental_cost_headline_says_what_it_covers(small_fleet_dir: Path, tmp_path: Path) -> None:
+    """summary.json's cost block in an incremental audit: total_usd and runs_with_cost are the
+    night's runs, the profile's figures the loaded history's with them (profile_runs)."""
+    events = small_fleet_dir / "events"
+    days = sorted(p for p in events.iterdir() if p.is_dir())
+    db = tmp_path / "st.duckdb"
+    audit([str(p) for p in days[:-1]], state=db)
+    res = audit(str(events), state=db, out=tmp_path / "out")
+    cost = json.loads((tmp_path / "out" / "summary.json").read_text())["cost"]
+    assert cost["runs_with_cost"] == res.runs["cost_usd"].drop_nulls().len() < cost["profile_runs"]
+    whole = audit(str(events))
+    assert cost["profile_runs"] == whole.summary()["cost"]["profile_runs"] == whole.runs.height
+
+
+def test_state_paths_and_values_of_the_python_api(small_fleet_dir: Path, tmp_path: Path) -> None:
+    """state="audit_state/" (a folder that does not exist yet) is a folder, as the CLI's --state;
+    an empty state is refused; a huge history_days means all the history."""
+    events = small_fleet_dir / "events"
+    days = sorted(p for p in events.iterdir() if p.is_dir())
+    for name in ("audit_state/", "plain_name"):
+        audit(str(days[0]), state=tmp_path / name if not name.endswith("/") else f"{tmp_path}/{name}")
+        assert (tmp_path / name.rstrip("/") / "audit.duckdb").is_file()
+    audit(str(days[0]), state=tmp_path / "file.duckdb")
+    assert (tmp_path / "file.duckdb").is_file()
+    with pytest.raises(InvalidParameterError, match="state is empty"):
+        audit(str(days[0]), state="")
+    res = audit([str(p) for p in days[:2]], state=tmp_path / "plain_name", history_days=1_000_000)
+    assert res.stats["history_since"].startswith("0001-01-02")
+
+
+def test_a_state_written_by_hand_is_named_and_leaves_out_alone(small_fleet_dir: Path, tmp_path: Path) -> None:
+    """A state DB whose tables have other columns or types failed deep in DuckDB ("unexpected
+    error", the real error hidden by an aborted transaction) after the results folder had been
+    replaced. Now: one InputError naming the file, and --out as it was."""
+    import duckdb
+
+    events = small_fleet_dir / "events"
+    files = "create table files(path varchar, size bigint, mtime_ns bigint, hash varchar, audit_id varchar);"
+    cases = {
+        "features": files + "create table features(run_id varchar, n_steps int); insert into features values ('x', 3);",
+        "types": files + "create table runs(run_id varchar, score varchar, level int); insert into runs values ('z','h',5);",
+        "files": "create table files(path int, size varchar, mtime_ns varchar, hash int, audit_id int);"
+                 "insert into files values (1,'a','b',2,3);",
+    }
+    for name, sql in cases.items():
+        db = tmp_path / f"{name}.duckdb"
+        with duckdb.connect(str(db)) as con:
+            con.execute(sql)
+        out = tmp_path / f"out_{name}"
+        with pytest.raises(InputError, match=rf"{name}\.duckdb: the audit state database failed while"):
+            audit(str(events), state=db, out=out)
+        assert not out.exists(), name

@@ -706,3 +706,13 @@ def test_validate_strict_passes_span_exports_whose_only_rejections_are_non_steps
     bad.head(5).write_parquet(tmp_path / "bad.parquet")
     code, out, _ = run_cli("validate", tmp_path / "bad.parquet", "--strict")
     assert code == 1, out
+
+
+@pytest.mark.parametrize("flag", ["--state", "--db"])
+def test_an_empty_state_option_is_refused(fleet_events: Path, tmp_path: Path, run_cli: Cli, flag: str) -> None:
+    """`--state "$STATE"` with the variable unset ran a plain audit, exit 0, every night
+    re-alerting everything."""
+    code, out, err = run_cli("audit", fleet_events, "--out", tmp_path / "out", flag, "", "--quiet")
+    assert code == 2, err
+    assert f"{flag} is empty" in one_line_error(err)
+    assert not (tmp_path / "out").exists()
