@@ -87,6 +87,9 @@ PACKED_SCHEMA = "bucket long, table string, part int, data binary"
 
 _ORDER = "__dw_order"  # file rank << _ROW_BITS | row in file: the reader's "first one read" order
 _FIRST = "__dw_first"  # order key of the row kept when a (run_id, step) is duplicated
+# set on the rows of a file without a step column (their steps are derived, as the local reader
+# derives them): file index in the sorted listing << _ROW_BITS | row in file, the order read
+_SEQ = "__dw_seq"
 _POSITION = "__dw_position"  # a Polars frame's row index, carried into Spark
 _NANOS_AS_LONG = "spark.sql.legacy.parquet.nanosAsLong"
 _ROW_BITS = 36
@@ -235,8 +238,9 @@ def _input_from_paths(
     local = [p for p in texts if not _is_uri(p)]
     remote = [p for p in texts if _is_uri(p)]
 
-    planned: list[tuple[SparkDataFrame, tuple[str, ...]]] = []
+    planned: list[tuple[SparkDataFrame, tuple[str, ...], bool]] = []
     files: list[str] = []
+    seq: dict[str, int] = {}  # file -> its index in the sorted listing (the local reader's _SEQ)
     rows: int | None = 0
     if local:
         infos = _read._probe_all(_read.resolve_sources(local))
@@ -258,12 +262,14 @@ def _input_from_paths(
             for f in group.files:
                 by_schema.setdefault(tuple((c, str(t)) for c, t in f.schema.items()), []).append(f.path)
             for same in by_schema.values():
-                planned.append((_read_parquet(spark, ["file://" + f for f in same], merge=False), group.hive))
+                planned.append((_read_parquet(spark, ["file://" + f for f in same], merge=False), group.hive,
+                                _read._row_local(group)))
             files.extend(f.path for f in group.files)
+            seq.update({f.path: f.index for f in group.files})
         rows = sum(i.rows for i in infos)
     if remote:
         sdf = _read_parquet(spark, remote)
-        planned.append((sdf, ()))
+        planned.append((sdf, (), True))
         files.extend(sorted(unquote(_spark_path(f)) for f in sdf.inputFiles()))
         rows = None
     if rows == 0:
@@ -273,7 +279,7 @@ def _input_from_paths(
     rank = {f: i for i, f in enumerate(files)}
 
     frames: list[SparkDataFrame] = []
-    for sdf, hive in planned:
+    for sdf, hive, numbered in planned:
         # Spark reports files as percent-encoded URIs; key the maps by Spark's own spelling
         spelled = {_spark_path(f): unquote(_spark_path(f)) for f in sdf.inputFiles()}
         unknown = [f for f in spelled.values() if f not in rank]
@@ -294,6 +300,13 @@ def _input_from_paths(
             values = {k: _hive_value(f, key) for k, f in spelled.items()}
             hive_map = F.create_map(*[x for k, v in values.items() if v is not None for x in (F.lit(k), F.lit(v))])
             cols.append(F.element_at(hive_map, path).alias(key))
+        if not numbered:
+            # a file without a step column: its rows' steps are derived in the bucket, over the
+            # run's rows from such files, by ts, ties in the order read (the local reader's
+            # _whole_frame); once united with files that have a step, their step is just null
+            seq_map = F.create_map(*[x for k, f in spelled.items() for x in (F.lit(k), F.lit(seq[f]))])
+            cols.append((F.element_at(seq_map, path).cast("long") * F.lit(1 << _ROW_BITS)
+                         + F.col("_metadata.row_index")).alias(_SEQ))
         frames.append(sdf.select(*cols, order.alias(_ORDER)))
     merged = _union(frames)
     names = [c for c in merged.columns if c != _ORDER]
@@ -467,8 +480,7 @@ def check_rows(raw: pl.DataFrame, *, column_map: Mapping[str, str] | None = None
     >>> events.height, rejected.select("step", "__dw_reason").rows()
     (2, [(1, 'null_run_id'), (2, 'duplicate_step')])
     """
-    lf = adapt(raw.lazy(), raw.schema, "canonical", column_map=column_map, where=where)
-    checked = conform(lf, where=where, check=True, normalize=True, order_by=(_ORDER,)).collect()
+    checked = _conform_rows(raw, column_map=column_map, where=where)
     bad = checked.filter(pl.col(REASON_COL).is_not_null())
     valid = checked.filter(pl.col(REASON_COL).is_null())
     first, repeat = repeat_reason(pl.col(_ORDER), pl.lit(True), "run_id", "step")
@@ -485,6 +497,26 @@ def check_rows(raw: pl.DataFrame, *, column_map: Mapping[str, str] | None = None
         ]
     )
     return events, rejected
+
+
+def _conform_rows(raw: pl.DataFrame, *, column_map: Mapping[str, str] | None, where: str) -> pl.DataFrame:
+    """Raw rows converted and tagged as the local reader converts them. Rows of files without a
+    step column (``__dw_seq`` set) are converted without it: their steps are derived within
+    the run from ``ts``, ties in the order read, over the valid rows of such files."""
+    numbered, derived = raw, None
+    if _SEQ in raw.columns:
+        mark = pl.col(_SEQ).is_not_null()
+        sources = ["step", *[s for s, d in (column_map or {}).items() if d == "step"]]
+        derived = raw.filter(mark).drop([c for c in sources if c in raw.columns])
+        numbered = raw.filter(~mark).drop(_SEQ)
+    parts: list[pl.DataFrame] = []
+    for frame, order_by in ((numbered, (_ORDER,)), (derived, (_SEQ, _ORDER))):
+        if frame is None or (not frame.height and parts):
+            continue
+        lf = adapt(frame.lazy(), frame.schema, "canonical", column_map=column_map, where=where)
+        out = conform(lf, where=where, check=True, normalize=True, order_by=order_by).collect()
+        parts.append(out.drop(_SEQ, strict=False))
+    return parts[0] if len(parts) == 1 else pl.concat(parts)
 
 
 @dataclass(frozen=True)

@@ -397,3 +397,39 @@ def test_check_rows_tells_copies_from_conflicting_steps() -> None:
     assert events.select("step", "action").rows() == [(1, "llm"), (2, "search")]
     assert rejected.select("__dw_order", "__dw_reason").sort("__dw_order").rows() == [
         (2, "duplicate_step"), (3, "conflicting_step"), (4, "conflicting_step")]
+
+
+# --------------------------------------------------------------------------- found by a black-box probe
+
+
+def _compare_audits(local, remote, tables=("runs", "loops", "violations", "rejected")) -> None:
+    for name in tables:
+        assert_same(_frames(remote)[name], _frames(local)[name], name)
+    for key in ("rows_in", "rows_valid", "rows_rejected", "reasons", "files", "formats", "sources"):
+        assert remote.stats[key] == local.stats[key], key
+
+
+def test_files_without_a_step_column_beside_files_with_one(spark, small, tmp_path):
+    """Rows of a file without a step column had a null step once united with files that have
+    one: Spark rejected them all as null_step; the local reader derives their steps from ts."""
+    from driftwatch.audit import audit
+    from driftwatch.spark import audit_spark_paths
+
+    ids = small["run_id"].unique().sort()
+    part = small.filter(pl.col("run_id").is_in(ids[:150].implode()))
+    a = part.filter(pl.col("run_id").is_in(ids[:70].implode()))
+    b = part.filter(pl.col("run_id").is_in(ids[70:].implode()))
+    folder = tmp_path / "nostep"
+    (folder / "agent=x").mkdir(parents=True)
+    a.write_parquet(folder / "a.parquet")
+    spread = ids[71]  # a run in two step-less files (another group: a hive folder), with tied timestamps
+    b.filter(pl.col("run_id") != spread).drop("step").with_columns(
+        pl.when(pl.int_range(pl.len()) == 5).then(None).otherwise(pl.col("ts")).alias("ts")  # null_ts
+    ).write_parquet(folder / "b.parquet")
+    run = b.filter(pl.col("run_id") == spread).drop("step").with_columns(pl.col("ts").min())
+    run.head(2).write_parquet(folder / "agent=x" / "c.parquet")
+    run.tail(run.height - 2).write_parquet(folder / "b2.parquet")
+    local = audit(str(folder))
+    remote = audit_spark_paths(str(folder), spark=spark, n_buckets=3)
+    assert local.stats["rows_valid"] == part.height - 1 and local.stats["reasons"] == {"null_ts": 1}
+    _compare_audits(local, remote)
