@@ -446,9 +446,11 @@ def _internal(schema: Mapping[str, pl.DataType]) -> list[pl.Expr]:
     return [pl.col(c) for c in schema if c.startswith(INTERNAL_PREFIX)]
 
 
-def _adapt_canonical(
-    lf: pl.LazyFrame, schema: Mapping[str, pl.DataType], cmap: dict[str, str], where: str
-) -> pl.LazyFrame:
+def check_canonical(schema: Mapping[str, pl.DataType], cmap: Mapping[str, str], where: str) -> dict[str, str]:
+    """Canonical column -> the column of ``schema`` read as it (after ``cmap``); raises
+    :class:`SchemaError` naming ``where`` unless ``run_id``, ``action`` and ``step`` or ``ts``
+    are among them. Applied to each file (a file without ``run_id`` next to one with it is
+    still an error) and to each merged scan."""
     sources: dict[str, str] = {}
     for col in CANONICAL_SCHEMA:
         if col in schema and col not in cmap:
@@ -458,6 +460,13 @@ def _adapt_canonical(
             sources[dst] = src
     check_required(list(sources), where=where + _mapped_hint(schema, cmap),
                    found=[c for c in schema if not c.startswith(INTERNAL_PREFIX)])
+    return sources
+
+
+def _adapt_canonical(
+    lf: pl.LazyFrame, schema: Mapping[str, pl.DataType], cmap: dict[str, str], where: str
+) -> pl.LazyFrame:
+    sources = check_canonical(schema, cmap, where)
     exprs = [pl.col(src).alias(dst) for dst, src in sources.items()]
     return lf.select(exprs + _internal(schema))
 
@@ -844,6 +853,7 @@ __all__ = [
     "SPAN_TRACE",
     "Pushdown",
     "adapt",
+    "check_canonical",
     "check_column_map",
     "detect_format",
     "expand_nested",

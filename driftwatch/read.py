@@ -58,6 +58,7 @@ from driftwatch.formats import (
     SPAN_TRACE,
     Pushdown,
     adapt,
+    check_canonical,
     check_column_map,
     detect_format,
     format_hint,
@@ -900,6 +901,8 @@ def _assign_formats(infos: list[_FileInfo], fmt: str, cmap: dict[str, str]) -> l
         found = fmt if fmt != "auto" else detect_format(cols, column_map=cmap)
         if found is None:
             raise SchemaError(f"{info.path}: cannot tell the log format: {format_hint(cols)}")
+        if found == "canonical" and info.rows:  # per file: in a merged scan a missing column reads as nulls
+            check_canonical({**info.schema, **{k: pl.String() for k in info.hive}}, cmap, info.path)
         step_sources = ["step", *[src for src, dst in cmap.items() if dst == "step"]]
         has_step = any(c in info.schema or c in info.hive for c in step_sources)
         present = set(_columns(info, cmap)) if cmap else set()

@@ -1171,3 +1171,18 @@ def test_paths_holding_wildcard_characters_are_read_as_named(tmp_path: Path, eng
     assert sorted(res.events.collect().get_column("run_id").unique()) == ["r0", "r1", "r2", "r3"]
     walked = read_logs(tmp_path / "logs", engine=engine)
     assert walked.stats.rows_in == 8 + 9
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("missing", ["run_id", "action"])
+def test_a_file_missing_a_required_column_is_an_error_next_to_good_files(
+    tmp_path: Path, engine: str, missing: str
+) -> None:
+    _write(_canon(2), tmp_path / "a.parquet")
+    _write(_canon(2, run="r9").rename({missing: "other"}), tmp_path / "b.parquet")
+    with pytest.raises(SchemaError, match=rf"b\.parquet: missing required column\(s\) \['{missing}'\]"):
+        read_logs(tmp_path, engine=engine)
+    # a file without step but with ts is still fine: its steps are derived from ts
+    (tmp_path / "b.parquet").unlink()
+    _write(_canon(2, run="r9").drop("step"), tmp_path / "b.parquet")
+    assert read_logs(tmp_path, engine=engine).stats.rows_valid == 4
