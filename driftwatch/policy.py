@@ -135,6 +135,16 @@ UNKNOWN_TOOL_PATTERN = (
     r"|(tool|function)_?not_?found|unknown_?(tool|function)|no_?such_?(tool|function)|invalid_?arguments?"
 )
 
+#: Error text of a database a tool ran a query on: "unknown function 'datediff'" or "Scalar
+#: Function with name datediff does not exist" there is about the query the tool ran, not
+#: about the tool (DuckDB, PostgreSQL, SQLite, MySQL, Spark SQL and BigQuery spellings).
+SQL_ERROR_PATTERN = (
+    r"(?i)\b(binder|catalog|parser|conversion) error\b"
+    r"|\b(scalar|aggregate|table|window|macro) function\b"
+    r"|\bsql(state|ite3?)?\b|\bsyntax error\b|\bundefined_function\b|\bUNRESOLVED_ROUTINE\b"
+    r"|\bfunction [\w.]+\([^)]*\) does not exist"
+)
+
 # --------------------------------------------------------------------------- Policy
 
 _SECTIONS: dict[str, tuple[str, ...]] = {
@@ -1024,7 +1034,10 @@ def _event_violations(lf: pl.LazyFrame, policy: Policy) -> list[pl.LazyFrame]:
         .str.slice(0, 120)
     )
     out.append(
-        cand.filter(pl.col("_outside") | pl.col("_err_text").str.contains(UNKNOWN_TOOL_PATTERN).fill_null(False))
+        cand.filter(pl.col("_outside") | (
+            pl.col("_err_text").str.contains(UNKNOWN_TOOL_PATTERN)
+            & ~pl.col("_err_text").str.contains(SQL_ERROR_PATTERN)
+        ).fill_null(False))
         .select(
             "run_id",
             "agent",
@@ -1354,6 +1367,7 @@ __all__ = [
     "RULES",
     "SEVERITIES",
     "TIERS",
+    "SQL_ERROR_PATTERN",
     "UNKNOWN_TOOL_PATTERN",
     "VIOLATION_SCHEMA",
     "Policy",

@@ -385,6 +385,13 @@ def test_unknown_tool_outside_allowed() -> None:
         # a business rule about an action that exists (the verdict is not the sentence's end)
         ("HTTPError", "Action 'refund' is not available for orders in state shipped", False),
         (None, "Action 'format_disk' was not found.", True),
+        # a database's error about the query a tool ran, not about the tool
+        ("BinderException", "Binder Error: unknown function 'datediff'", False),
+        (None, "Catalog Error: Scalar Function with name datediff does not exist!", False),
+        ("OperationalError", "sqlite3.OperationalError: no such function: datediff", False),
+        (None, "ERROR: function date_part(unknown, text) does not exist", False),
+        (None, "[UNRESOLVED_ROUTINE] Cannot resolve function `datediff`", False),
+        (None, "unknown function 'get_weather'", True),
     ],
 )
 def test_unknown_tool_from_error_text(error_type: str | None, result: str | None, hit: bool) -> None:
