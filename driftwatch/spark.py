@@ -198,6 +198,9 @@ class _Input:
     files: list[str] = field(default_factory=list)
     rows: int | None = None
     description: str = "<spark DataFrame>"
+    #: a ReadResult's own rejected rows and stats (its events are what Spark audits)
+    read_rejected: pl.DataFrame | None = None
+    read_stats: dict[str, Any] | None = None
 
 
 def _is_uri(path: str) -> bool:
@@ -736,6 +739,14 @@ def run_stage_spark(
         "buckets": n_buckets,
         "rows_audited": meta["rows_audited"],
     }
+    if inp.read_stats is not None and inp.read_rejected is not None:  # a ReadResult: its reader's rows too
+        rejected = pl.concat([inp.read_rejected.select(list(rejected.columns)).cast(rejected.schema), rejected])
+        for r, n in inp.read_stats.get("reasons", {}).items():
+            reasons[r] = reasons.get(r, 0) + int(n)
+        stats.update({k: v for k, v in inp.read_stats.items() if k not in stats})
+        stats.update(rows_in=stats["rows_in"] + inp.read_rejected.height, rows_rejected=rejected.height,
+                     reasons=dict(sorted(reasons.items())), files=inp.read_stats.get("files", 0),
+                     formats=dict(inp.read_stats.get("formats", {})))
     if stats["rows_in"] != stats["rows_valid"] + stats["rows_rejected"]:  # pragma: no cover - consistency
         raise DriftwatchError(
             f"internal error: {stats['rows_in']} rows read but {stats['rows_valid']} valid + "
@@ -821,8 +832,15 @@ def _as_input(source: Any, *, spark: SparkSession | None, column_map: Mapping[st
         isinstance(source, list | tuple) and source and all(isinstance(s, str | os.PathLike) for s in source)
     ):
         return _input_from_paths(source, spark=spark or get_session(), column_map=column_map)
-    if hasattr(source, "events") and hasattr(source, "stats") and not isinstance(source, pl.DataFrame):
-        source = source.events
+    if _is_read_result(source):
+        # its events go to Spark; the rows its reader rejected, and its counts, are kept as the
+        # local engine keeps them (they are reported and scored: a run with rejected steps)
+        inp = _as_input(source.events, spark=spark, column_map=None)
+        rejected = source.rejected
+        inp.read_rejected = rejected if isinstance(rejected, pl.DataFrame) else rejected.collect()
+        stats = source.stats.to_dict() if hasattr(source.stats, "to_dict") else dict(source.stats)
+        inp.read_stats = {k: v for k, v in stats.items() if k not in ("paths", "seconds", "engine")}
+        return inp
     if isinstance(source, pl.DataFrame | pl.LazyFrame):
         frame = source.collect() if isinstance(source, pl.LazyFrame) else source
         session = spark or get_session()
@@ -837,6 +855,10 @@ def _as_input(source: Any, *, spark: SparkSession | None, column_map: Mapping[st
         "engine 'spark' expects a PySpark DataFrame, Parquet path(s) or Polars events, "
         f"got {type(source).__name__}"
     )
+
+
+def _is_read_result(source: Any) -> bool:
+    return hasattr(source, "events") and hasattr(source, "stats") and not isinstance(source, pl.DataFrame)
 
 
 def audit_spark(
@@ -967,18 +989,24 @@ def audit_spark(
     stats["rows_analysed"] = stage.stats["rows_audited"]  # the rows of the runs in the window
     files = _source_files(df)
     is_polars = isinstance(df, pl.DataFrame | pl.LazyFrame)
+    if files:
+        sources = [str(s) for s in files]
+    elif _is_read_result(df):
+        sources = _audit._source_names(df)  # the files its reader read, as the local engine names them
+    else:
+        sources = ["<in-memory events>" if is_polars else "<spark DataFrame>"]
     stats.update(
         {
             "runs": result.runs.height,
             "engine": "spark",
             "chunks": stage.stats["buckets"],
-            "sources": [str(s) for s in files] if files else ["<in-memory events>" if is_polars else "<spark DataFrame>"],
+            "sources": sources,
             "since": _audit._iso(since_dt),
             "until": _audit._iso(until_dt),
         }
     )
     result.stats = stats
-    if (files and not any(_is_uri(os.fspath(f)) for f in files)) or is_polars:
+    if (files and not any(_is_uri(os.fspath(f)) for f in files)) or is_polars or _is_read_result(df):
         src_fp: list[Any] = _audit._sources_fingerprint(files or df, [])  # as the local engine's
     else:
         src_fp = [_spark_fingerprint(df, column_map)]

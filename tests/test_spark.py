@@ -433,3 +433,18 @@ def test_files_without_a_step_column_beside_files_with_one(spark, small, tmp_pat
     remote = audit_spark_paths(str(folder), spark=spark, n_buckets=3)
     assert local.stats["rows_valid"] == part.height - 1 and local.stats["reasons"] == {"null_ts": 1}
     _compare_audits(local, remote)
+
+
+def test_a_read_result_keeps_its_rejected_rows(spark, small, tmp_path):
+    """A ReadResult audited on Spark lost the rows its reader rejected (rows_in, the rejected
+    table, the runs' n_rejected and levels, and its sources); they count as locally."""
+    import driftwatch as dw
+
+    folder = tmp_path / "rr"
+    folder.mkdir()
+    _dirty(small.head(2500)).write_parquet(folder / "a.parquet")
+    rr = dw.read_logs(str(folder))
+    local, remote = dw.audit(rr), dw.audit(rr, engine="spark", chunks=2)
+    assert local.stats["rows_rejected"] == 6 and local.runs.filter(pl.col("n_rejected") > 0).height > 0
+    _compare_audits(local, remote)
+    assert remote.audit_id == local.audit_id and remote.level_counts() == local.level_counts()
