@@ -70,6 +70,7 @@ from driftwatch.formats import (
 from driftwatch.schema import (
     CANONICAL_SCHEMA,
     COLUMNS,
+    DEFAULT_AGENT,
     DETAIL_COL,
     REASON_COL,
     TS_DTYPE,
@@ -709,7 +710,9 @@ def _canonical_filter(filters: _Filters) -> pl.Expr | None:
     if filters.until is not None:
         preds.append(pl.col("ts") < pl.lit(filters.until, dtype=TS_DTYPE))
     if filters.agents is not None:
-        preds.append(pl.col("agent").is_in(list(filters.agents)))
+        # the agent the events get: conform leaves an empty one as it is unless it normalises
+        agent = pl.when(pl.col("agent") == "").then(pl.lit(DEFAULT_AGENT)).otherwise(pl.col("agent"))
+        preds.append(agent.is_in(list(filters.agents)))
     return _conjunction(preds)
 
 

@@ -1186,3 +1186,14 @@ def test_a_file_missing_a_required_column_is_an_error_next_to_good_files(
     (tmp_path / "b.parquet").unlink()
     _write(_canon(2, run="r9").drop("step"), tmp_path / "b.parquet")
     assert read_logs(tmp_path, engine=engine).stats.rows_valid == 4
+
+
+def test_agents_default_keeps_rows_whose_agent_is_empty(tmp_path: Path) -> None:
+    _write(pl.DataFrame({"run_id": ["r1", "r2", "r3", "r4"], "step": [1, 1, 1, None], "action": ["a"] * 4,
+                         "agent": ["x", "", None, ""]}), tmp_path / "a.parquet")
+    a, b = _both(tmp_path, agents=["default"])
+    _assert_same(a, b)
+    assert a.stats.rows_in == 3 and a.stats.reasons == {"null_step": 1}  # r4 is counted, and rejected
+    assert _sorted(a.events.collect()).select("run_id", "agent").rows() == [("r2", "default"), ("r3", "default")]
+    x = read_logs(tmp_path, agents="x")
+    assert x.stats.rows_in == 1 and x.events.collect().get_column("run_id").to_list() == ["r1"]
