@@ -127,7 +127,7 @@ class ReadStats:
     reasons : dict of str to int
         Rejected rows per reason (see :data:`driftwatch.schema.REJECT_REASONS`).
     formats : dict of str to int
-        Files per detected format.
+        Files per detected format (a file without rows whose format cannot be told is in none).
     engine : str
         ``polars`` or ``duckdb``.
     seconds : float
@@ -590,8 +590,11 @@ class _Group:
 
 
 def _group(infos: Sequence[_FileInfo]) -> list[_Group]:
+    """Files that can share a scan; files without rows are in none (they have nothing to read)."""
     groups: list[_Group] = []
     for info in infos:
+        if not info.rows:
+            continue
         for g in groups:
             if g.accepts(info):
                 g.add(info)
@@ -902,9 +905,12 @@ def _assign_formats(infos: list[_FileInfo], fmt: str, cmap: dict[str, str]) -> l
             )
         cols = _columns(info, cmap, lookups=False)
         found = fmt if fmt != "auto" else detect_format(cols, column_map=cmap)
+        if not info.rows:  # a quiet day's partition, maybe without columns: nothing to read (_group skips it)
+            out.append(_FileInfo(info.path, info.schema, 0, info.hive, found or "", True, info.nbytes, index))
+            continue
         if found is None:
             raise SchemaError(f"{info.path}: cannot tell the log format: {format_hint(cols)}")
-        if found == "canonical" and info.rows:  # per file: in a merged scan a missing column reads as nulls
+        if found == "canonical":  # per file: in a merged scan a missing column reads as nulls
             check_canonical({**info.schema, **{k: pl.String() for k in info.hive}}, cmap, info.path)
         step_sources = ["step", *[src for src, dst in cmap.items() if dst == "step"]]
         has_step = any(c in info.schema or c in info.hive for c in step_sources)
@@ -1417,7 +1423,7 @@ def read_logs(
         rows_rejected=rows_rejected,
         files=len(paths),
         reasons=dict(sorted(reasons.items())),
-        formats=dict(Counter(i.format for i in infos)),
+        formats=dict(Counter(i.format for i in infos if i.format)),
         engine=engine,
         seconds=round(time.perf_counter() - t0, 4),
         paths=tuple(paths),

@@ -1197,3 +1197,18 @@ def test_agents_default_keeps_rows_whose_agent_is_empty(tmp_path: Path) -> None:
     assert _sorted(a.events.collect()).select("run_id", "agent").rows() == [("r2", "default"), ("r3", "default")]
     x = read_logs(tmp_path, agents="x")
     assert x.stats.rows_in == 1 and x.events.collect().get_column("run_id").to_list() == ["r1"]
+
+
+def test_zero_row_files_without_columns_or_required_columns_next_to_others(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _write(_canon(2), tmp_path / "day1.parquet")
+    pq.write_table(pa.table({}), tmp_path / "day2.parquet")  # pd.DataFrame([]).to_parquet(...)
+    _write(_canon(0).drop("action"), tmp_path / "day3.parquet")
+    a, b = _both(tmp_path)
+    _assert_same(a, b)
+    assert a.stats.files == 3 and a.stats.rows_in == 2 and a.stats.formats == {"canonical": 2}
+    # only files without rows: still the clear error
+    with pytest.raises(NoInputError, match="no rows to read"):
+        read_logs([tmp_path / "day2.parquet", tmp_path / "day3.parquet"])
