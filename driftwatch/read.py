@@ -1013,17 +1013,37 @@ def _group_frame(
     time or agent here when they are spans (the hierarchy comes first).
     """
     raw, raw_schema, where, early = _raw_frame(gi, group, engine, filters, cmap, only=only, rows=rows)
-    adapted = adapt(raw, raw_schema, group.format, column_map=cmap, where=where, tree=tree)
     order_by: tuple[str, ...] = (_ORDER,)
     if not _row_local(group):
         order_by += (_SEQ,) if group.format == "canonical" else (_SEQ, SPAN_START_NS, SPAN_TRACE, SPAN_ID)
-    out = conform(adapted, where=where, check=check, normalize=normalize, order_by=order_by)
+    try:
+        adapted = adapt(raw, raw_schema, group.format, column_map=cmap, where=where, tree=tree)
+        out = conform(adapted, where=where, check=check, normalize=normalize, order_by=order_by)
+    except SchemaError:
+        if len(group.files) > 1:
+            _blame_file(group, raw_schema, cmap)
+        raise
     post = _canonical_filter(filters)
     if post is not None and group.format == "canonical":
         out = out.filter(post)
     if only is not None and not early:
         out = out.filter(pl.col(_ORDER).is_in(only.implode()))
     return out
+
+
+def _blame_file(group: _Group, raw_schema: Mapping[str, pl.DataType], cmap: dict[str, str]) -> None:
+    """Raise the :class:`SchemaError` of the first file of ``group`` that fails conversion on its
+    own (so that a message names that file, not the group's folder); return if none does."""
+    own = {c: d for c, d in raw_schema.items() if c.startswith(INTERNAL_PREFIX) or c in group.hive}
+    for f in group.files:
+        schema = {**f.schema, **own}
+        lf = pl.LazyFrame(schema=schema)
+        try:  # (plans only: nothing is read)
+            conform(adapt(lf, schema, group.format, column_map=cmap, where=f.path), where=f.path, check=True)
+        except SchemaError:
+            raise
+        except Exception:  # noqa: BLE001 - another failure says nothing about this file's types
+            continue
 
 
 def _whole_frame(

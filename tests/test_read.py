@@ -1212,3 +1212,12 @@ def test_zero_row_files_without_columns_or_required_columns_next_to_others(tmp_p
     # only files without rows: still the clear error
     with pytest.raises(NoInputError, match="no rows to read"):
         read_logs([tmp_path / "day2.parquet", tmp_path / "day3.parquet"])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_type_error_in_a_merged_scan_names_the_file(tmp_path: Path, engine: str) -> None:
+    _write(_canon(2).drop("ts"), tmp_path / "a.parquet")
+    _write(_canon(1, run="r2").with_columns(ts=pl.lit(True)), tmp_path / "b.parquet")
+    _write(_canon(2, run="r3").drop("ts"), tmp_path / "c.parquet")
+    with pytest.raises(SchemaError, match=r"b\.parquet: column 'ts' has type Boolean"):
+        read_logs(tmp_path, engine=engine)
