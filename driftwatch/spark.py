@@ -402,9 +402,58 @@ def _input_from_frame(
     names = [c for c in df.columns if c != order]
     _check_schema(df.select(*names), cmap, where="events")
     cols = [F.col(c) for c in _needed_columns(names, cmap)]
-    key = F.col(order).cast("long") if order is not None else F.monotonically_increasing_id()
+    files: list[str] = []
+    if order is not None:
+        key = F.col(order).cast("long")
+    elif (meta := _file_metadata(df)) is not None:
+        # read from Parquet files (spark.read.parquet(...)): the local reader's order, files in
+        # its order and rows in file order (Spark orders its splits by size, not by name), so
+        # the same row of a repeated step is kept, and rejected rows name their file and row
+        spelled = {_spark_path(f): unquote(_spark_path(f)) for f in df.inputFiles()}
+        files = _read_order(sorted(set(spelled.values())), cmap)
+        if len(files) >= 1 << (63 - _ROW_BITS):
+            raise InvalidParameterError(f"too many input files for engine 'spark' ({len(files):,})")
+        rank = {f: i for i, f in enumerate(files)}
+        order_map = F.create_map(*[x for k, f in spelled.items() for x in (F.lit(k), F.lit(rank[f]))])
+        path = F.regexp_replace(meta.getField("file_path"), "^file:/+", "/")
+        key = F.element_at(order_map, path).cast("long") * F.lit(1 << _ROW_BITS) + meta.getField("row_index")
+    else:  # rows not read from files: the order read is Spark's
+        key = F.monotonically_increasing_id()
     sdf = df.select(*cols, key.alias(_ORDER))
-    return _Input(sdf=sdf, run_col=_run_column(names, cmap))
+    return _Input(sdf=sdf, run_col=_run_column(names, cmap), files=files)
+
+
+def _file_metadata(df: SparkDataFrame) -> Any:
+    """The hidden ``_metadata`` column of a DataFrame read from Parquet files (with each row's
+    ``file_path`` and ``row_index`` in its file), or ``None`` (rows made in memory, a union of
+    reads, a format without row indexes)."""
+    try:
+        meta = df.metadataColumn("_metadata")
+        fields = df.select(meta.alias("m")).schema["m"].dataType.fieldNames()
+    except Exception:  # no such column: not read from files (or a Spark without it)
+        return None
+    if "file_path" not in fields or "row_index" not in fields or not df.inputFiles():
+        return None
+    return meta
+
+
+def _read_order(paths: list[str], cmap: Mapping[str, str]) -> list[str]:
+    """Files in the local reader's order: sorted, then group by group (files that differ in
+    hive keys, a step column or mapped columns are read as separate groups). Files that are
+    not local (URIs) keep the sorted order."""
+    from driftwatch import read as _read
+
+    if not paths or any(_is_uri(p) or not os.path.isfile(p) for p in paths):
+        return paths
+    try:
+        infos = _read._probe_all(paths)
+        groups = _read._group(_read._assign_formats(infos, "canonical", dict(cmap)))
+    except DriftwatchError:  # (the audit reports such a file's problem itself)
+        return paths
+    ordered = [f.path for g in groups for f in g.files]
+    seen = set(ordered)
+    ordered += [p for p in paths if p not in seen]  # (files without rows are in no group)
+    return ordered if sorted(ordered) == paths else paths
 
 
 def _check_schema(sdf: SparkDataFrame, cmap: Mapping[str, str], *, where: str) -> None:

@@ -448,3 +448,26 @@ def test_a_read_result_keeps_its_rejected_rows(spark, small, tmp_path):
     assert local.stats["rows_rejected"] == 6 and local.runs.filter(pl.col("n_rejected") > 0).height > 0
     _compare_audits(local, remote)
     assert remote.audit_id == local.audit_id and remote.level_counts() == local.level_counts()
+
+
+def test_a_dataframe_read_from_files_keeps_the_first_row_read(spark, small, tmp_path):
+    """audit_spark(spark.read.parquet(dir)) ordered rows by Spark's row ids (Spark reads the
+    larger file first): it kept other copies of a repeated step than the local reader, and its
+    rejected rows named no file. The hidden _metadata column gives the local reader's order."""
+    from driftwatch.audit import audit
+    from driftwatch.spark import audit_spark
+
+    events = small.head(3000)
+    folder = tmp_path / "dups"
+    folder.mkdir()
+    ids = events["run_id"].unique().sort()[:5]
+    # a.parquet (first by name, the smaller file) re-delivers five runs with another cost
+    events.filter(pl.col("run_id").is_in(ids.implode())).with_columns(pl.lit(9.0).alias("cost_usd")).write_parquet(
+        folder / "a.parquet")
+    events.write_parquet(folder / "b.parquet")
+    local = audit(str(folder))
+    remote = audit_spark(spark.read.parquet(str(folder)), spark=spark, n_buckets=2)
+    assert local.rejected.height > 0 and local.rejected["source_file"].str.ends_with("b.parquet").all()
+    for name in ("runs", "rejected", "costs"):
+        assert_same(_frames(remote)[name], _frames(local)[name], name)
+    assert remote.stats["rows_rejected"] == local.stats["rows_rejected"]
