@@ -62,6 +62,7 @@ from pyspark.sql import DataFrame as SparkDataFrame
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from driftwatch._frames import duration_seconds, normalize_by
 from driftwatch.errors import (
     CorruptFileError,
     DriftwatchError,
@@ -988,6 +989,17 @@ def audit_spark(
     until_dt = _audit._parse_time(until, name="until") if until is not None else None
     if since_dt and until_dt and until_dt <= since_dt:
         raise InvalidParameterError(f"until ({until_dt.isoformat()}) must be after since ({since_dt.isoformat()})")
+    # the options dw.audit checks before its work, checked before the Spark stage (not after it)
+    by = normalize_by(by)
+    _audit._check_by_columns(by)
+    if progress is not None and not callable(progress):
+        raise InvalidParameterError(f"progress must be a callable taking one str (e.g. print), got {progress!r}")
+    if out is not None and not str(out).strip():
+        raise InvalidParameterError("out (--out) is empty; expected a folder for the results such as report/")
+    for name, value in (("every", every), ("drift_every", drift_every), ("load_every", load_every)):
+        duration_seconds(value, name=f"{name} (--{name.replace('_', '-')})")
+    if reference is not None and _audit._is_range(reference):
+        _audit.parse_reference(reference)
     timings: dict[str, float] = {}
     common = {"n_buckets": n_buckets, "rows_per_bucket": rows_per_bucket, "stage_options": stage_options,
               "spark": spark, "column_map": column_map}

@@ -471,3 +471,25 @@ def test_a_dataframe_read_from_files_keeps_the_first_row_read(spark, small, tmp_
     for name in ("runs", "rejected", "costs"):
         assert_same(_frames(remote)[name], _frames(local)[name], name)
     assert remote.stats["rows_rejected"] == local.stats["rows_rejected"]
+
+
+def test_options_are_checked_before_the_spark_stage(small, monkeypatch):
+    """audit_spark(by=("agnet",)) ran the whole Spark stage before failing with a SchemaError
+    about the run table; the options dw.audit checks up front are checked up front here too."""
+    from driftwatch import spark as sp
+
+    def no_stage(*_args, **_kwargs):
+        raise AssertionError("the Spark stage ran before the options were checked")
+
+    monkeypatch.setattr(sp, "run_stage_spark", no_stage)
+    events = small.head(50)
+    with pytest.raises(InvalidParameterError, match=r"by \(--by\).*agnet"):
+        sp.audit_spark(events, by=("agnet",))
+    with pytest.raises(InvalidParameterError, match="by"):
+        sp.audit_spark(events, by=("cost_usd",))
+    with pytest.raises(InvalidParameterError, match="every"):
+        sp.audit_spark(events, every="often")
+    with pytest.raises(InvalidParameterError, match="progress"):
+        sp.audit_spark(events, progress="print")
+    with pytest.raises(InvalidParameterError, match="reference"):
+        sp.audit_spark(events, reference=("2026-10-05", "2026-10-01"))
