@@ -70,7 +70,7 @@ from driftwatch.errors import (
     NoInputError,
     SchemaError,
 )
-from driftwatch.formats import adapt, check_column_map, detect_format
+from driftwatch.formats import adapt, check_canonical, check_column_map, detect_format
 from driftwatch.schema import COLUMNS, DETAIL_COL, REASON_COL, conform, repeat_reason
 
 # the module, not the function of the same name that ``driftwatch.audit`` may resolve to
@@ -314,7 +314,10 @@ def _input_from_paths(
         frames.append(sdf.select(*cols, order.alias(_ORDER)))
     merged = _union(frames)
     names = [c for c in merged.columns if c != _ORDER]
-    _check_schema(merged, cmap, where=_audit._describe(paths))
+    # (local files were checked one by one by _assign_formats, naming the file; URIs are checked
+    # on Spark's merged schema, every column of which the message lists)
+    found = list(dict.fromkeys(c for sdf, _, _ in planned for c in sdf.columns))
+    _check_schema(merged, cmap, where=_audit._describe(paths), found=found)
     return _Input(sdf=merged, run_col=_run_column(names, cmap), files=files, rows=rows,
                   description=_audit._describe(paths))
 
@@ -401,7 +404,7 @@ def _input_from_frame(
     index), else Spark's own row ids."""
     cmap = check_column_map(column_map)
     names = [c for c in df.columns if c != order]
-    _check_schema(df.select(*names), cmap, where="events")
+    _check_schema(df.select(*names), cmap, where="events", found=names)
     cols = [F.col(c) for c in _needed_columns(names, cmap)]
     files: list[str] = []
     if order is not None:
@@ -457,10 +460,13 @@ def _read_order(paths: list[str], cmap: Mapping[str, str]) -> list[str]:
     return ordered if sorted(ordered) == paths else paths
 
 
-def _check_schema(sdf: SparkDataFrame, cmap: Mapping[str, str], *, where: str) -> None:
-    """Fail on the driver, with the local reader's message, when columns are missing or unusable."""
+def _check_schema(sdf: SparkDataFrame, cmap: Mapping[str, str], *, where: str, found: Sequence[str]) -> None:
+    """Fail on the driver, with the local reader's message, when columns are missing or unusable.
+    ``found``: every column of the input (the message lists them and points at a column that
+    differs from a required one only in case: ``--map Action=action``)."""
     from pyspark.sql.pandas.types import to_arrow_schema
 
+    check_canonical({c: pl.String() for c in found}, cmap, where)
     keep = _needed_columns(sdf.columns, cmap)
     try:  # the Arrow schema the workers will see, without running a job
         arrow = to_arrow_schema(sdf.select(*keep).schema, timezone="UTC")

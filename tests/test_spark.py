@@ -493,3 +493,19 @@ def test_options_are_checked_before_the_spark_stage(small, monkeypatch):
         sp.audit_spark(events, progress="print")
     with pytest.raises(InvalidParameterError, match="reference"):
         sp.audit_spark(events, reference=("2026-10-05", "2026-10-01"))
+
+
+def test_missing_columns_are_reported_with_the_columns_found(spark, small):
+    """A Spark DataFrame without run_id and action (traceId and Action instead) was reported
+    with a list of found columns that left them out, and without the --map hint."""
+    import driftwatch as dw
+    from driftwatch.spark import audit_spark
+
+    renamed = small.head(20).rename({"action": "Action", "run_id": "traceId"})
+    with pytest.raises(SchemaError) as local:
+        dw.audit(renamed)
+    with pytest.raises(SchemaError) as remote:
+        audit_spark(spark.createDataFrame(renamed.to_arrow()))
+    # (the local message lists the row index column check_frame adds, __dw_order: not the user's)
+    assert str(remote.value) == str(local.value).replace("'__dw_order', ", "")
+    assert "'traceId'" in str(remote.value) and "--map Action=action" in str(remote.value)
