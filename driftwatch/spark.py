@@ -199,6 +199,8 @@ class _Input:
     files: list[str] = field(default_factory=list)
     rows: int | None = None
     description: str = "<spark DataFrame>"
+    #: rows from memory (a Polars frame): ``files`` only names them ("events"), 0 files are read
+    in_memory: bool = False
     #: a ReadResult's own rejected rows and stats (its events are what Spark audits)
     read_rejected: pl.DataFrame | None = None
     read_stats: dict[str, Any] | None = None
@@ -788,9 +790,9 @@ def run_stage_spark(
         "rows_in": meta["rows_in"],
         "rows_valid": meta["rows_valid"],
         "rows_rejected": rejected.height,
-        "files": len(inp.files),
+        "files": 0 if inp.in_memory else len(inp.files),
         "reasons": reasons,
-        "formats": {"canonical": len(inp.files)} if inp.files else {},
+        "formats": {"canonical": len(inp.files)} if inp.files and not inp.in_memory else {},
         "engine": "spark",
         "buckets": n_buckets,
         "rows_audited": meta["rows_audited"],
@@ -904,7 +906,8 @@ def _as_input(source: Any, *, spark: SparkSession | None, column_map: Mapping[st
         # (source_file "events", source_row the position)
         with_pos = frame.with_row_index(_POSITION).with_columns(pl.col(_POSITION).cast(pl.Int64))
         inp = _input_from_frame(session.createDataFrame(with_pos.to_arrow()), column_map=column_map, order=_POSITION)
-        inp.files = ["events"]
+        inp.files = ["events"]  # (how the rejected rows name them; no file is read: stats say 0 files)
+        inp.in_memory = True
         inp.description = "<in-memory events>"
         return inp
     raise InvalidParameterError(

@@ -509,3 +509,15 @@ def test_missing_columns_are_reported_with_the_columns_found(spark, small):
     # (the local message lists the row index column check_frame adds, __dw_order: not the user's)
     assert str(remote.value) == str(local.value).replace("'__dw_order', ", "")
     assert "'traceId'" in str(remote.value) and "--map Action=action" in str(remote.value)
+
+
+def test_a_polars_frame_reads_no_files(spark, small):
+    """A Polars frame audited on Spark reported 1 file and formats {'canonical': 1} in its
+    stats and summary.json; the local engine reports 0 files and no formats."""
+    import driftwatch as dw
+
+    events = _dirty(small.head(300))
+    local, remote = dw.audit(events), dw.audit(events, engine="spark", chunks=2)
+    _compare_audits(local, remote)
+    assert remote.stats["files"] == 0 and remote.stats["formats"] == {}
+    assert remote.summary()["files"] == local.summary()["files"] == 0
