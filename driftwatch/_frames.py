@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 
 from driftwatch.errors import InvalidParameterError, SchemaError
-from driftwatch.schema import CANONICAL_SCHEMA, STATUS_SPELLINGS, conform, convert_column
+from driftwatch.schema import CANONICAL_SCHEMA, MAX_STEP_TOKENS, STATUS_SPELLINGS, conform, convert_column
 
 FrameLike = pl.DataFrame | pl.LazyFrame
 
@@ -140,8 +140,8 @@ def _check_convertible(lf: pl.LazyFrame, schema: pl.Schema, name: str) -> None:
 #: test on the converted value, and what the column must hold. A negative cost is not among
 #: them: given a frame, the detectors keep a refund or credit line as it is.
 _RANGES: dict[str, tuple[Any, str]] = {
-    "input_tokens": (lambda v: v < 0, "a whole number >= 0"),
-    "output_tokens": (lambda v: v < 0, "a whole number >= 0"),
+    "input_tokens": (lambda v: (v < 0) | (v > MAX_STEP_TOKENS), "a whole number in [0, 1e12]"),
+    "output_tokens": (lambda v: (v < 0) | (v > MAX_STEP_TOKENS), "a whole number in [0, 1e12]"),
     "latency_ms": (lambda v: v < 0, "a finite number >= 0"),
     "confidence": (lambda v: (v < 0) | (v > 1), "a number in [0, 1]"),
 }

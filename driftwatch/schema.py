@@ -118,7 +118,8 @@ REJECT_REASONS: dict[str, str] = {
     "null_step": "the input has a step column but this row's step is null",
     "null_ts": "the input has no step column and this row has no timestamp to order it by",
     "bad_value": "a value that cannot be converted to its canonical type (reported as bad_value:<column>), "
-    "e.g. 'abc' or 2.5 as tokens, inf as cost, 'maybe' as approved",
+    "e.g. 'abc' or 2.5 as tokens, inf as cost, 'maybe' as approved, or a token count above a trillion "
+    "(MAX_STEP_TOKENS)",
     "negative_tokens": "input_tokens or output_tokens below zero",
     "negative_cost": "cost_usd below zero",
     "negative_latency": "latency_ms below zero",
@@ -133,6 +134,11 @@ REJECT_REASONS: dict[str, str] = {
 
 #: Internal column holding the rejection reason (null for a valid row).
 REASON_COL = "__dw_reason"
+
+#: The most tokens one step may count in ``input_tokens`` or ``output_tokens`` (a trillion):
+#: above, the row is rejected as ``bad_value:<column>``. Sums of up to 9 million such steps
+#: still fit a 64-bit integer.
+MAX_STEP_TOKENS = 10**12
 #: Internal column holding a short description of the offending value.
 DETAIL_COL = "__dw_detail"
 
@@ -713,6 +719,9 @@ def _add_reasons(
     for c in _NUMERIC_TOKENS:
         if c in schema:
             checks.append((_v(c) < 0, "negative_tokens", pl.format(f"{c}={{}}", _v(c))))
+            # more than any model reads or writes in one step: a unit or logging bug, and a run's
+            # sum of such counts would wrap around in 64-bit integers (a huge run read as negative)
+            checks.append((_v(c) > MAX_STEP_TOKENS, f"bad_value:{c}", pl.format(f"{c}={{}}", _v(c))))
     if "cost_usd" in schema:
         checks.append((_v("cost_usd") < 0, "negative_cost", pl.format("cost_usd={}", _v("cost_usd"))))
     if "latency_ms" in schema:
@@ -786,6 +795,7 @@ __all__ = [
     "HANDOFF_PREFIX",
     "LLM_ACTION",
     "OPTIONAL",
+    "MAX_STEP_TOKENS",
     "REASON_COL",
     "REJECT_REASONS",
     "REQUIRED",

@@ -336,3 +336,20 @@ def test_a_required_column_in_another_case_is_pointed_at() -> None:
                        r"rename, or read with column_map=\{'Step': 'step', 'Action': 'action'\}; "
                        r"CLI: --map Step=step --map Action=action\)"):
         s.check_required(["run_id"], where="f.parquet", found=["run_id", "Step", "Action"])
+
+
+def test_token_counts_past_a_trillion_are_rejected_before_they_wrap_a_sum() -> None:
+    """Two steps of 2**62 input tokens each were read, and the run's sum wrapped around to
+    -9.2e18 tokens: no max_tokens breach, the run ok. Counts above MAX_STEP_TOKENS are rejected
+    by the reader (bad_value:<column>) and refused by the detectors given a frame."""
+    import driftwatch as dw
+    from driftwatch.errors import SchemaError
+
+    raw = pl.DataFrame({"run_id": ["a", "a", "b"], "step": [1, 2, 1], "action": ["llm"] * 3,
+                        "input_tokens": [2**62, s.MAX_STEP_TOKENS, 5], "output_tokens": [1, 2, 2**40]})
+    out = s.conform(raw, check=True).collect()
+    assert out.select(s.REASON_COL, s.DETAIL_COL).rows() == [
+        ("bad_value:input_tokens", f"input_tokens={2**62}"), (None, None), ("bad_value:output_tokens", f"output_tokens={2**40}"),
+    ]
+    with pytest.raises(SchemaError, match=r"'input_tokens'.*a whole number in \[0, 1e12\]"):
+        dw.check_policy(raw)
