@@ -521,7 +521,7 @@ def test_fleet_unknown_tools_and_low_confidence_found(fleet, violations: pl.Data
     low = set(violations.filter(pl.col("rule") == "low_confidence")["run_id"])
     truth = injected(fleet, "low_confidence")
     assert truth <= low
-    assert len(low - truth) <= 0.005 * fleet.truth["runs"].height  # natural low-confidence steps are rare
+    assert low == truth  # the generator's background confidence stays above the threshold
 
 
 def test_fleet_delegation_matches_truth(fleet, violations: pl.DataFrame) -> None:
