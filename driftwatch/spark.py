@@ -50,6 +50,7 @@ import re
 import shutil
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -199,6 +200,10 @@ class _Input:
     files: list[str] = field(default_factory=list)
     rows: int | None = None
     description: str = "<spark DataFrame>"
+    #: files listed, with those without rows (which no group reads); None: ``len(files)``
+    listed: int | None = None
+    #: files per format, as the local reader counts them; None: every file in ``files`` is canonical
+    formats: dict[str, int] | None = None
     #: rows from memory (a Polars frame): ``files`` only names them ("events"), 0 files are read
     in_memory: bool = False
     #: a ReadResult's own rejected rows and stats (its events are what Spark audits)
@@ -248,10 +253,18 @@ def _input_from_paths(
     files: list[str] = []
     seq: dict[str, int] = {}  # file -> its index in the sorted listing (the local reader's _SEQ)
     rows: int | None = 0
+    listed = 0
+    formats: Counter[str] = Counter()
     if local:
         infos = _read._probe_all(_read.resolve_sources(local))
+        listed += len(infos)  # (the local reader counts a file without rows among the files read)
         for info in infos:
+            if not info.rows:  # a quiet day's empty partition, maybe without columns: nothing to read
+                found = detect_format(_read._columns(info, cmap, lookups=False), column_map=cmap)
+                formats[found or ""] += 1  # (counted as the local reader counts it)
+                continue
             fmt = detect_format(list(info.schema) + list(info.hive), column_map=cmap)
+            formats["canonical"] += 1
             if fmt != "canonical":
                 raise InvalidParameterError(
                     f"{info.path}: engine 'spark' reads canonical Parquet; this file looks like "
@@ -277,6 +290,8 @@ def _input_from_paths(
         sdf = _read_parquet(spark, remote)
         planned.append((sdf, (), True))
         files.extend(sorted(unquote(_spark_path(f)) for f in sdf.inputFiles()))
+        listed += len(sdf.inputFiles())
+        formats["canonical"] += len(sdf.inputFiles())
         rows = None
     if rows == 0:
         raise NoInputError(f"{_audit._describe(paths)}: no rows to read; expected at least one event, found 0 rows")
@@ -321,7 +336,8 @@ def _input_from_paths(
     found = list(dict.fromkeys(c for sdf, _, _ in planned for c in sdf.columns))
     _check_schema(merged, cmap, where=_audit._describe(paths), found=found)
     return _Input(sdf=merged, run_col=_run_column(names, cmap), files=files, rows=rows,
-                  description=_audit._describe(paths))
+                  description=_audit._describe(paths), listed=listed,
+                  formats={k: v for k, v in formats.items() if k})
 
 
 def _check_nanos(spark: SparkSession, infos: Sequence[Any]) -> None:
@@ -790,9 +806,10 @@ def run_stage_spark(
         "rows_in": meta["rows_in"],
         "rows_valid": meta["rows_valid"],
         "rows_rejected": rejected.height,
-        "files": 0 if inp.in_memory else len(inp.files),
+        "files": 0 if inp.in_memory else len(inp.files) if inp.listed is None else inp.listed,
         "reasons": reasons,
-        "formats": {"canonical": len(inp.files)} if inp.files and not inp.in_memory else {},
+        "formats": ({} if inp.in_memory or not inp.files else
+                    dict(inp.formats) if inp.formats is not None else {"canonical": len(inp.files)}),
         "engine": "spark",
         "buckets": n_buckets,
         "rows_audited": meta["rows_audited"],
