@@ -547,7 +547,8 @@ def check_required(columns: Sequence[str], *, where: str = "events", found: Sequ
     if "step" not in columns and "ts" not in columns:
         missing.append("step (or ts)")
     if missing:
-        found = list(columns if found is None else found)
+        # (driftwatch's own working columns, "__dw_order" and the like, are not the input's)
+        found = [c for c in (columns if found is None else found) if not c.startswith("__dw_")]
         wanted = [*ALWAYS_REQUIRED, "step", "ts"]
         near = {c: w for c in found for w in wanted if c != w and c.strip().lower() == w and w not in columns}
         hint = ""

@@ -353,3 +353,12 @@ def test_token_counts_past_a_trillion_are_rejected_before_they_wrap_a_sum() -> N
     ]
     with pytest.raises(SchemaError, match=r"'input_tokens'.*a whole number in \[0, 1e12\]"):
         dw.check_policy(raw)
+
+
+def test_a_frame_missing_a_column_lists_only_its_own_columns() -> None:
+    """The frame check numbers rows in a working column; the message listed it as found."""
+    import driftwatch as dw
+    from driftwatch.errors import SchemaError
+
+    with pytest.raises(SchemaError, match=r"found \['run_id', 'step', 'Action'\] \(column names"):
+        dw.audit(pl.DataFrame({"run_id": ["a"], "step": [1], "Action": ["x"]}))
