@@ -468,6 +468,11 @@ def _any_ts(expr: pl.Expr, dtype: pl.DataType, *, where: str = "events", col: st
         return Conversion(expr)
     if dtype == pl.Null:
         return Conversion(expr.cast(TS_DTYPE))
+    if isinstance(dtype, pl.Datetime) and dtype.time_unit in ("us", "ns") and dtype.time_zone in (None, "UTC"):
+        # (the usual column: to microseconds in UTC without arithmetic that could overflow,
+        # and to_ts flags the values outside the range; no per-event mask needed)
+        e = expr.dt.replace_time_zone("UTC") if dtype.time_zone is None else expr
+        return Conversion(e.dt.cast_time_unit("us"))
     if isinstance(dtype, pl.Datetime | pl.Date):
         # the range is checked on the raw integers in the source unit: a value outside it can
         # overflow the conversion to microseconds (Polars panics on it)
