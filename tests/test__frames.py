@@ -96,7 +96,8 @@ def test_status_spellings_mean_the_same_to_every_detector() -> None:
     # at score 1.0 and 87.0, a percent scale, read as confident)
     ("confidence", [0.5, -0.5, 0.9], "in \\[0, 1\\].*'-0.5'"),
     ("confidence", [0.5, 87.0, 0.9], "in \\[0, 1\\].*'87.0'"),
-    ("input_tokens", [10, -1, 3], ">= 0.*'-1'"),
+    ("input_tokens", [10, -1, 3], r"in \[0, 1e12\].*'-1'"),
+    ("output_tokens", [10, 10**13, 3], r"in \[0, 1e12\].*'10000000000000'"),
     ("latency_ms", [10.0, -1.0, 3.0], ">= 0.*'-1.0'"),
     # a status spelling the reader rejects (bad_status) read as success before
     ("status", ["error", "error ", "ok"], "ok or error.*'error '"),
