@@ -137,13 +137,18 @@ UNKNOWN_TOOL_PATTERN = (
 
 #: Error text of a database a tool ran a query on: "unknown function 'datediff'" or "Scalar
 #: Function with name datediff does not exist" there is about the query the tool ran, not
-#: about the tool (DuckDB, PostgreSQL, SQLite, MySQL, Spark SQL and BigQuery spellings).
+#: about the tool (DuckDB, PostgreSQL, SQLite, Spark SQL spellings). Only the database's own
+#: markers count, and never in a text that speaks of a tool or its arguments
+#: (:data:`TOOL_WORDS`): "unknown tool 'sql'" is a missing tool.
 SQL_ERROR_PATTERN = (
-    r"(?i)\b(binder|catalog|parser|conversion) error\b"
+    r"(?i)\b(binder|catalog|parser) error\b"
     r"|\b(scalar|aggregate|table|window|macro) function\b"
-    r"|\bsql(state|ite3?)?\b|\bsyntax error\b|\bundefined_function\b|\bUNRESOLVED_ROUTINE\b"
-    r"|\bfunction [\w.]+\([^)]*\) does not exist"
+    r"|\bsqlstate\b|\bsqlite3?\.|\bundefined_function\b|\bUNRESOLVED_ROUTINE\b"
+    r"|\bno such function\b|\bfunction [\w.]+\([^)]*\) does not exist"
 )
+
+#: Words that make an error text about a tool or its arguments (see :data:`SQL_ERROR_PATTERN`).
+TOOL_WORDS = r"(?i)tool|argument|parameter"
 
 # --------------------------------------------------------------------------- Policy
 
@@ -1036,7 +1041,7 @@ def _event_violations(lf: pl.LazyFrame, policy: Policy) -> list[pl.LazyFrame]:
     out.append(
         cand.filter(pl.col("_outside") | (
             pl.col("_err_text").str.contains(UNKNOWN_TOOL_PATTERN)
-            & ~pl.col("_err_text").str.contains(SQL_ERROR_PATTERN)
+            & ~(pl.col("_err_text").str.contains(SQL_ERROR_PATTERN) & ~pl.col("_err_text").str.contains(TOOL_WORDS))
         ).fill_null(False))
         .select(
             "run_id",
@@ -1368,6 +1373,7 @@ __all__ = [
     "SEVERITIES",
     "TIERS",
     "SQL_ERROR_PATTERN",
+    "TOOL_WORDS",
     "UNKNOWN_TOOL_PATTERN",
     "VIOLATION_SCHEMA",
     "Policy",

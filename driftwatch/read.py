@@ -73,9 +73,11 @@ from driftwatch.schema import (
     DEFAULT_AGENT,
     DETAIL_COL,
     REASON_COL,
+    STEP_COLUMNS,
     TS_DTYPE,
     conform,
     repeat_reason,
+    repeated_rows,
     to_ts,
 )
 
@@ -1394,7 +1396,7 @@ def read_logs(
         )
         # exact duplicates among the candidates: keep the first row read, reject the others
         # (copies as duplicate_step, other actions or arguments as conflicting_step)
-        first, repeat = repeat_reason(pl.col(_ORDER), pl.lit(True), "run_id", "step")
+        first, repeat = repeat_reason(pl.col(_ORDER), pl.lit(True), "run_id", "step", compare=STEP_COLUMNS)
         dup_keys = (
             got.filter(pl.col(REASON_COL).is_null())
             .with_columns(first.alias(_FIRST), repeat.alias(_REPEAT))
@@ -1482,12 +1484,15 @@ def check_frame(frame: pl.DataFrame | pl.LazyFrame, *, where: str = "events") ->
     checked = checked.select(*COLUMNS, pl.col(_ORDER).cast(pl.Int64), REASON_COL, DETAIL_COL)
     reason = pl.col(REASON_COL)
     # a repeated (run_id, step): the first valid row is kept
-    first, repeat = repeat_reason(pl.col(_ORDER), reason.is_null(), "run_id", "step")
-    checked = checked.with_columns(first.alias(_FIRST), repeat.alias(_REPEAT)).with_columns(
-        pl.when(pl.col(_REPEAT).is_not_null()).then(pl.format("kept {} row {}", pl.lit(where), _FIRST))
-        .otherwise(pl.col(DETAIL_COL)).alias(DETAIL_COL),
-        pl.coalesce(_REPEAT, reason).alias(REASON_COL),
-    )
+    rep = repeated_rows(checked, _ORDER, reason.is_null(), ("run_id", "step"), STEP_COLUMNS)
+    if rep.height:
+        checked = checked.join(
+            rep.rename({"first": _FIRST, "reason": _REPEAT}), on=_ORDER, how="left", maintain_order="left"
+        ).with_columns(
+            pl.when(pl.col(_REPEAT).is_not_null()).then(pl.format("kept {} row {}", pl.lit(where), _FIRST))
+            .otherwise(pl.col(DETAIL_COL)).alias(DETAIL_COL),
+            pl.coalesce(_REPEAT, reason).alias(REASON_COL),
+        )
     bad = checked.filter(reason.is_not_null())
     rejected = bad.select(
         *COLUMNS,

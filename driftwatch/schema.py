@@ -149,27 +149,43 @@ _NUMERIC_TOKENS = ("input_tokens", "output_tokens")
 _JSON_OK = ("args", "result", "error_type")
 
 
-def repeat_reason(order: pl.Expr, valid: pl.Expr, *keys: str | pl.Expr) -> tuple[pl.Expr, pl.Expr]:
+def repeat_reason(
+    order: pl.Expr, valid: pl.Expr, *keys: str | pl.Expr, compare: Sequence[str] = ("action", "args")
+) -> tuple[pl.Expr, pl.Expr]:
     """How a row repeating a step is rejected: ``(first, reason)`` over the rows sharing ``keys``.
 
     ``first`` is the smallest ``order`` among the ``valid`` rows of the key (the row kept);
     ``reason`` is null for a row that is not valid or is the first, ``duplicate_step`` for a
-    re-delivered copy (the kept row's ``action`` and ``args``, nulls equal) and
+    re-delivered copy (the kept row's values in every column of ``compare``, nulls equal) and
     ``conflicting_step`` for a row recording something else at the same step: two calls logged
-    under one turn number are two calls, and the one not kept is missing from the audit (its
-    run counts it in ``n_rejected``; a destructive call among them is still checked).
+    under one turn number, or a failed call and its later success, are two calls, and the one
+    not kept is missing from the audit (its run counts it in ``n_rejected``; a destructive
+    call among them is still checked). Compare rows with :data:`STEP_COLUMNS` (a canonical row
+    is one step) and spans with ``("action", "args")`` (the same span id is the same span).
     """
     rank = pl.when(valid).then(order)
     first = rank.min().over(*keys)
-
-    def kept(c: str) -> pl.Expr:
-        return pl.col(c).sort_by(rank, nulls_last=True).first().over(*keys)
-
-    same = pl.col("action").eq_missing(kept("action")) & pl.col("args").eq_missing(kept("args"))
+    row = pl.struct(list(compare)).hash(seed=0)  # (one window for all the columns)
+    same = row == row.sort_by(rank, nulls_last=True).first().over(*keys)
     reason = pl.when(valid & (order != first)).then(
         pl.when(same).then(pl.lit("duplicate_step")).otherwise(pl.lit("conflicting_step"))
     )
     return first, reason
+
+
+def repeated_rows(
+    frame: pl.DataFrame, order: str, valid: pl.Expr, keys: Sequence[str], compare: Sequence[str]
+) -> pl.DataFrame:
+    """``order``, ``first`` and ``reason`` (see :func:`repeat_reason`) of the rows of ``frame``
+    that repeat a step, worked out on the rows of repeated keys only (a log without repeats,
+    the usual case, costs one hash of the keys)."""
+    cand = frame.filter(pl.struct(list(keys)).is_duplicated())
+    first, reason = repeat_reason(pl.col(order), valid, *keys, compare=[c for c in compare if c in frame.columns])
+    return cand.select(pl.col(order), first.alias("first"), reason.alias("reason")).filter(pl.col("reason").is_not_null())
+
+
+#: The columns a repeated ``(run_id, step)`` must match to be a re-delivered copy.
+STEP_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c not in ("run_id", "step"))
 
 
 def empty_events() -> pl.DataFrame:
@@ -810,8 +826,10 @@ __all__ = [
     "STATUS_VALUES",
     "TS_DTYPE",
     "Conversion",
+    "STEP_COLUMNS",
     "check_required",
     "repeat_reason",
+    "repeated_rows",
     "conform",
     "convert_column",
     "empty_events",

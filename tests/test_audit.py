@@ -605,7 +605,7 @@ def test_a_frame_is_audited_as_the_same_rows_in_a_file(tmp_path: Path) -> None:
     reader's checks, count a null-id run and miss the retry breach."""
     t0 = datetime(2026, 10, 1, 12, tzinfo=UTC)
     raw = pl.DataFrame({"run_id": ["r1"] * 6 + [None], "step": [1, 2, 3, 4, 5, 5, 9],
-                        "ts": [t0 + timedelta(seconds=s) for s in range(7)], "action": ["search"] * 7,
+                        "ts": [t0 + timedelta(seconds=s) for s in (0, 1, 2, 3, 4, 4, 6)], "action": ["search"] * 7,
                         "args": ["q"] * 7, "result": ["boom"] * 7, "status": ["ERROR"] * 7})
     raw.write_parquet(tmp_path / "raw.parquet")
     a, b = audit(raw), audit(tmp_path / "raw.parquet")
@@ -1372,16 +1372,23 @@ def test_a_second_call_logged_at_the_same_step_is_not_a_copy(tmp_path: Path, ord
     if order == "delete first":
         calls.reverse()
     ev = pl.DataFrame({
-        "run_id": ["r"] * 4 + ["c"] * 3,
-        "step": [1, 2, 2, 3, 1, 2, 2],
-        "ts": [t0 + timedelta(seconds=i) for i in range(7)],
-        "action": ["llm", calls[0][0], calls[1][0], "llm", "llm", "search", "search"],
-        "args": [None, None, None, None, None, '{"q": 1}', '{"q": 1}'],
+        "run_id": ["r"] * 4 + ["c"] * 3 + ["b"] * 2,
+        "step": [1, 2, 2, 3, 1, 2, 2, 1, 1],
+        "ts": [t0 + timedelta(seconds=i) for i in range(7)] * 1 + [t0, t0 + timedelta(minutes=10)],
+        "action": ["llm", calls[0][0], calls[1][0], "llm", "llm", "search", "search", "charge_card", "charge_card"],
+        "args": [None, None, None, None, None, '{"q": 1}', '{"q": 1}', '{"c": 5}', '{"c": 5}'],
+        # a failed call logged again at the same step when it succeeded later: not a copy
+        "status": ["ok"] * 7 + ["error", "ok"],
+        "cost_usd": [0.01] * 7 + [0.0, 4.0],
     })
+    # a copy is the same row: c's second search repeats every column
+    ev = ev.with_columns(pl.when((pl.col("run_id") == "c") & (pl.col("step") == 2)).then(
+        pl.lit(t0 + timedelta(seconds=5))).otherwise(pl.col("ts")).alias("ts"))
     ev.write_parquet(tmp_path / "ev.parquet")
     res = audit(tmp_path / "ev.parquet")
     got = sorted(res.rejected.select("run_id", "step", "action", "reason").rows())
-    assert got == [("c", 2, "search", "duplicate_step"), ("r", 2, calls[1][0], "conflicting_step")]
+    assert got == [("b", 1, "charge_card", "conflicting_step"), ("c", 2, "search", "duplicate_step"),
+                   ("r", 2, calls[1][0], "conflicting_step")]
     runs = {r["run_id"]: r for r in res.runs.iter_rows(named=True)}
     assert runs["r"]["level"] == "escalate" and runs["r"]["n_rejected"] == 1
     assert "delete_all_customers without approval" in runs["r"]["reasons"]

@@ -392,6 +392,12 @@ def test_unknown_tool_outside_allowed() -> None:
         (None, "ERROR: function date_part(unknown, text) does not exist", False),
         (None, "[UNRESOLVED_ROUTINE] Cannot resolve function `datediff`", False),
         (None, "unknown function 'get_weather'", True),
+        # ... but a missing tool whose name or context speaks of SQL is still a missing tool
+        ("ToolNotFoundError", "unknown tool 'sql'", True),
+        (None, "Tool 'text-to-sql' not found", True),
+        (None, "no such tool 'lookup_order'; available tools: search, sql, send_email", True),
+        ("ValidationError", "invalid arguments: syntax error in JSON arguments", True),
+        (None, "tool query_db not found (see SQL tools)", True),
     ],
 )
 def test_unknown_tool_from_error_text(error_type: str | None, result: str | None, hit: bool) -> None:

@@ -25,7 +25,7 @@ from driftwatch.errors import (
     NoInputError,
     SchemaError,
 )
-from driftwatch.read import REJECTED_SCHEMA, ReadResult, read_logs, resolve_sources
+from driftwatch.read import REJECTED_SCHEMA, ReadResult, check_frame, read_logs, resolve_sources
 from driftwatch.schema import CANONICAL_SCHEMA, COLUMNS, REJECT_REASONS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -789,7 +789,7 @@ def test_frames_get_the_checks_files_get(tmp_path: Path) -> None:
     raw = pl.DataFrame({
         "run_id": ["r1"] * 6 + [None, "r2"],
         "step": [1, 2, 3, 4, 5, 5, 9, 1],
-        "ts": [t0 + timedelta(seconds=s) for s in range(8)],
+        "ts": [t0 + timedelta(seconds=s) for s in (0, 1, 2, 3, 4, 4, 6, 7)],  # (row 5: a copy of row 4)
         "action": ["search"] * 8,
         "status": ["ERROR"] * 7 + ["ok"],
         "cost_usd": [0.1, -1.0, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1],
@@ -1221,3 +1221,25 @@ def test_a_type_error_in_a_merged_scan_names_the_file(tmp_path: Path, engine: st
     _write(_canon(2, run="r3").drop("ts"), tmp_path / "c.parquet")
     with pytest.raises(SchemaError, match=r"b\.parquet: column 'ts' has type Boolean"):
         read_logs(tmp_path, engine=engine)
+
+
+def test_a_repeated_step_is_a_copy_only_when_every_column_is_the_same(tmp_path: Path) -> None:
+    """A row repeating (run_id, step) with the same action and args but another status, cost,
+    result or time (a failed call and its later success) was a harmless duplicate_step, its
+    cost lost; only a row equal in every column is a re-delivered copy. Both engines agree."""
+    base = _canon(2, run="r").with_columns(pl.lit("search").alias("action"), pl.lit("{}").alias("args"),
+                                          pl.lit("ok").alias("status"), pl.lit(0.5).alias("cost_usd"))
+    again = pl.concat([
+        base.head(1),                                                    # the same row: a copy
+        base.head(1).with_columns(pl.lit(4.0).alias("cost_usd")),        # another cost
+        base.head(1).with_columns(pl.lit("error").alias("status")),      # another status
+        base.head(1).with_columns(pl.lit("done").alias("result")),       # another result
+    ], how="diagonal_relaxed")
+    _write(base, tmp_path / "a.parquet")
+    _write(again, tmp_path / "b.parquet")
+    a, b = _both(tmp_path)
+    _assert_same(a, b)
+    assert a.rejected.sort("source_row")["reason"].to_list() == [
+        "duplicate_step", "conflicting_step", "conflicting_step", "conflicting_step"]
+    framed = check_frame(pl.concat([base, again], how="diagonal_relaxed"))
+    assert framed.rejected["reason"].to_list() == a.rejected.sort("source_row")["reason"].to_list()
