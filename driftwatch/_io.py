@@ -73,6 +73,15 @@ def _tmp_sibling(path: Path, tag: str) -> Path:
     return path.parent / f".{path.name}{tag}{os.getpid()}-{secrets.token_hex(4)}"
 
 
+def resolved(path: str | os.PathLike[str]) -> Path:
+    """``path`` absolute, with symbolic links followed; a link loop (``a -> b -> a``) is an
+    :class:`InvalidParameterError` naming the path, not Python's ``RuntimeError``."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as exc:
+        raise InvalidParameterError(f"{path}: cannot be followed ({exc}); choose another output path") from None
+
+
 @contextlib.contextmanager
 def _replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; once the body has written and synced it, move it onto ``path``.
@@ -87,7 +96,7 @@ def _replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
     if dest.is_dir():
         raise InvalidParameterError(f"{dest}: is a folder; expected a file name for the output (e.g. {dest / 'out.parquet'})")
     if dest.is_symlink():  # write through the link (the target is replaced, the link stays)
-        dest = Path(os.path.realpath(dest))
+        dest = resolved(dest)
     if dest.exists() and not dest.is_file():  # a FIFO, a device (/dev/stdout), a socket
         raise InvalidParameterError(
             f"{path}: is not a regular file; expected a file name for the output (it is replaced as a whole)"
@@ -350,7 +359,7 @@ def atomic_directory(path: str | os.PathLike[str], *, expected: Collection[str] 
     """
     dest = Path(path).absolute()
     if dest.is_symlink():  # a link to the results (``latest -> 2026-11-24/``): replace what it points to
-        dest = dest.resolve()
+        dest = resolved(dest)
     _check_ancestors(dest, create=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
     recover_directory(dest)

@@ -1562,7 +1562,9 @@ def _chunk_dir(out: str | os.PathLike[str] | None) -> str:
     """A fresh temporary folder for the chunk files: next to the output folder when there is
     one (usually the disk meant for large files), else in the system's temporary folder."""
     if out is not None:
-        parent = Path(out).resolve().parent
+        from driftwatch._io import resolved
+
+        parent = resolved(out).parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
             return tempfile.mkdtemp(prefix=".driftwatch-chunks-", dir=parent)
@@ -1999,6 +2001,10 @@ def audit(
         raise InvalidParameterError(f"progress must be a callable taking one str (e.g. print), got {progress!r}")
     if out is not None and not str(out).strip():  # checked before the work, not after it
         raise InvalidParameterError("out (--out) is empty; expected a folder for the results such as report/")
+    if out is not None:
+        from driftwatch._io import resolved
+
+        resolved(out)  # (a link loop is said before the work, not after it)
     for name, value in (("every", every), ("drift_every", drift_every), ("load_every", load_every)):
         duration_seconds(value, name=f"{name} (--{name.replace('_', '-')})")
     say = progress or (lambda _msg: None)

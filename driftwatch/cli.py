@@ -477,10 +477,11 @@ def _check_out_file(path: str | None, sources: Sequence[str]) -> None:
     file was replaced by the results; inside a folder it becomes a log of the next read)."""
     if not path:
         return
+    from driftwatch._io import resolved
     from driftwatch.errors import InvalidParameterError
     from driftwatch.read import resolve_sources
 
-    target = Path(path).resolve()
+    target = resolved(path)
     folders = [Path(s).resolve() for s in sources if Path(s).is_dir()]
     files = {Path(f).resolve() for f in resolve_sources(list(sources))}
     if target in files or any(d == target or d in target.parents for d in folders):

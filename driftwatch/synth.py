@@ -439,6 +439,9 @@ def _name(value: object, name: str) -> str:
 #: The most tool calls a run may have on average (after steps_per_run change-points): a day is
 #: built in memory.
 _MAX_MEAN_TOOL_CALLS = 10_000.0
+#: Bounds of the delegation chains (a day's chains are built in memory).
+_MAX_CHAINS_PER_DAY = 10_000.0
+_MAX_CHAIN_DEPTH = 1_000
 
 
 def _check_agent(i: int, a: object) -> None:
@@ -589,8 +592,13 @@ def _check(
             "scenario.llm_retry_kinds must weigh 'exact' and/or 'error_retry' (weights >= 0, not all 0), "
             f"got {kinds!r}"
         )
-    _number(sc.delegation_chains_per_day, "scenario.delegation_chains_per_day")
-    _integer(sc.delegation_chain_depth, "scenario.delegation_chain_depth (runs per chain)", least=1)
+    # (a day's chains are built in memory: chains x depth runs)
+    _number(sc.delegation_chains_per_day, "scenario.delegation_chains_per_day", most=_MAX_CHAINS_PER_DAY)
+    depth = _integer(sc.delegation_chain_depth, "scenario.delegation_chain_depth (runs per chain)", least=1)
+    if depth > _MAX_CHAIN_DEPTH:
+        raise InvalidParameterError(
+            f"scenario.delegation_chain_depth (runs per chain) must be at most {_MAX_CHAIN_DEPTH:,}, got {depth!r}"
+        )
     check_flag(sc.diurnal, name="scenario.diurnal")
     t0 = _check_start(start, days)
     return sc, t0, days, runs_per_day

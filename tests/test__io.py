@@ -121,3 +121,19 @@ def test_a_single_output_file_writes_through_a_link_and_refuses_what_is_not_a_fi
         with pytest.raises(InvalidParameterError, match="is not a regular file"):
             atomic_write_text(sock_path, "x")
         assert sock_path.is_socket()
+
+
+def test_an_output_path_that_is_a_link_loop_is_named(tmp_path: Path) -> None:
+    """`--out loopA` with loopA -> selfloop1 -> loopA ended in "unexpected error: RuntimeError:
+    Symlink loop", after the whole audit had run."""
+    import driftwatch as dw
+    from driftwatch._io import atomic_write_text
+
+    (tmp_path / "loopA").symlink_to("selfloop1")
+    (tmp_path / "selfloop1").symlink_to("loopA")
+    with pytest.raises(InvalidParameterError, match="loopA: cannot be followed"):
+        atomic_write_text(tmp_path / "loopA", "x")
+    with pytest.raises(InvalidParameterError, match="loopA: cannot be followed"):
+        _results(tmp_path / "loopA", "x")
+    with pytest.raises(InvalidParameterError, match="loopA: cannot be followed"):
+        dw.audit("/nonexistent-logs", out=tmp_path / "loopA")  # (said before the logs are read)

@@ -477,7 +477,12 @@ _A = synth.AgentSpec
     ({"scenario": synth.Scenario.stable(agents=("planner",))}, r"scenario.agents\[0\] must be an AgentSpec"),  # type: ignore[arg-type]
     ({"scenario": synth.Scenario(delegation_chains_per_day=5, delegation_chain_depth=-1)},
      r"delegation_chain_depth \(runs per chain\) must be a positive integer, got -1"),
-    ({"scenario": synth.Scenario(delegation_chains_per_day=float("inf"))}, "delegation_chains_per_day must be a number >= 0"),
+    ({"scenario": synth.Scenario(delegation_chains_per_day=float("inf"))},
+     r"delegation_chains_per_day must be a number in \[0, 10000\]"),
+    # (a day's chains are built in memory: 1e9 chains a day ended in a MemoryError)
+    ({"scenario": synth.Scenario(delegation_chains_per_day=1e9)}, r"delegation_chains_per_day must be a number in"),
+    ({"scenario": synth.Scenario(delegation_chains_per_day=1, delegation_chain_depth=10**7)},
+     r"delegation_chain_depth \(runs per chain\) must be at most 1,000, got 10000000"),
     ({"scenario": synth.Scenario(changepoints=(synth.ChangeSpec("billing", 1.5, "error_rate", 2.0),))},  # type: ignore[arg-type]
      r"ChangeSpec.day \(days after start\) must be an integer >= 0, got 1.5"),
     ({"scenario": synth.Scenario(changepoints=(synth.ChangeSpec("billing", 1, "error_rate", float("inf")),))},
