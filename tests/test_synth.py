@@ -316,6 +316,12 @@ def test_bad_parameters_are_refused_by_name(kwargs: dict, message: str) -> None:
         synth.generate(days=2, runs_per_day=5, **kwargs)
 
 
+def _destructive_or_missing_tool_runs(f: synth.Fleet) -> pl.DataFrame:
+    """Truth rows of the runs given an unapproved destructive call or a missing tool."""
+    injected = pl.col("injected").list
+    return f.truth["runs"].filter(injected.contains("unapproved_destructive") | injected.contains("unknown_tool"))
+
+
 def test_injected_calls_never_replace_a_loops_call() -> None:
     """An unapproved destructive call replaces a run's last tool call and a missing tool its
     first: in a looping run with no call after (before) the loop, the truth table described a
@@ -324,8 +330,7 @@ def test_injected_calls_never_replace_a_loops_call() -> None:
     for seed in (1, 2):
         f = synth.generate(days=2, runs_per_day=200, seed=seed, scenario=sc)
         loops = f.truth["loops"]
-        flagged = f.truth["runs"].filter(
-            pl.col("injected").list.contains("unapproved_destructive") | pl.col("injected").list.contains("unknown_tool"))
+        flagged = _destructive_or_missing_tool_runs(f)
         assert loops.join(flagged, on="run_id").height > 20  # the case is exercised
         calls = f.events.filter(pl.col("action") != "llm").join(loops, on="run_id").filter(
             pl.col("step").is_between(pl.col("start_step"), pl.col("end_step")))
@@ -353,8 +358,7 @@ def test_injected_calls_never_replace_a_page_or_poll() -> None:
     for seed in (1, 2):
         f = synth.generate(days=2, runs_per_day=200, seed=seed, scenario=sc)
         benign = f.truth["benign"]
-        flagged = f.truth["runs"].filter(
-            pl.col("injected").list.contains("unapproved_destructive") | pl.col("injected").list.contains("unknown_tool"))
+        flagged = _destructive_or_missing_tool_runs(f)
         assert benign.join(flagged, on="run_id").height > 50  # the case is exercised
         calls = f.events.filter(pl.col("action") != "llm").join(benign, on="run_id", suffix="_t").filter(
             pl.col("step").is_between(pl.col("start_step"), pl.col("end_step")))
