@@ -72,7 +72,7 @@ from driftwatch.errors import (
     SchemaError,
 )
 from driftwatch.formats import adapt, check_canonical, check_column_map, detect_format
-from driftwatch.schema import COLUMNS, DETAIL_COL, REASON_COL, STEP_COLUMNS, conform, repeat_reason
+from driftwatch.schema import COLUMNS, DETAIL_COL, REASON_COL, STEP_COLUMNS, conform, repeated_rows
 
 # the module, not the function of the same name that ``driftwatch.audit`` may resolve to
 _audit = importlib.import_module("driftwatch.audit")
@@ -560,8 +560,11 @@ def check_rows(raw: pl.DataFrame, *, column_map: Mapping[str, str] | None = None
     checked = _conform_rows(raw, column_map=column_map, where=where)
     bad = checked.filter(pl.col(REASON_COL).is_not_null())
     valid = checked.filter(pl.col(REASON_COL).is_null())
-    first, repeat = repeat_reason(pl.col(_ORDER), pl.lit(True), "run_id", "step", compare=STEP_COLUMNS)
-    valid = valid.with_columns(first.alias(_FIRST), repeat.alias(REASON_COL))
+    # (worked out on the repeated keys only: a bucket without repeats costs one hash of the keys)
+    rep = repeated_rows(valid, _ORDER, pl.lit(True), ("run_id", "step"), STEP_COLUMNS)
+    valid = valid.drop(REASON_COL).join(
+        rep.rename({"first": _FIRST, "reason": REASON_COL}), on=_ORDER, how="left", maintain_order="left"
+    )
     dup = pl.col(REASON_COL).is_not_null()
     dups = valid.filter(dup)
     events = valid.filter(~dup).select(COLUMNS)
