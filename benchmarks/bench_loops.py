@@ -1,6 +1,6 @@
 """Benchmark loop detection: driftwatch vs a pandas per-run Python scan vs a bare Polars scan.
 
-Generates (once, cached under ``bench_data/``) a fleet with ``driftwatch.synth.write_fleet``:
+Generates (once, cached under ``--data-dir``, default ``bench_data/``) a fleet with ``driftwatch.synth.write_fleet``:
 by default 10M events in about 100k runs (agents make ~50 tool calls per run, an LLM step
 before each), then times in one process:
 
@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -52,19 +53,31 @@ COLUMNS = ["run_id", "step", "action", "args", "result", "status", "input_tokens
 RUNS_PER_DAY = 4000
 
 
-def make_data(n_events: int, *, tool_calls: float, seed: int) -> Path:
-    """Write (once) a fleet of about ``n_events`` events and return its events directory."""
+def make_data(n_events: int, *, tool_calls: float, seed: int, data_dir: Path) -> Path:
+    """Write (once) a fleet of about ``n_events`` events and return its events directory.
+
+    Fleets of a week or more: ``RUNS_PER_DAY`` runs per weekday over as many days as it takes.
+    Smaller ones (under about 2.2M events at 50 tool calls): fewer days, and fewer runs per day
+    so that the fleet still holds about ``n_events`` events (a one-day fleet is a weekday).
+    """
     base = synth.Scenario()
     agents = tuple(dataclasses.replace(a, mean_tool_calls=tool_calls) for a in base.agents)
     scenario = dataclasses.replace(base, agents=agents)
-    # measured: ~1.94 events per mean tool call per run, ~89% of RUNS_PER_DAY on average (weekends)
-    per_day = 1.94 * tool_calls * 0.89 * RUNS_PER_DAY
-    days = max(1, round(n_events / per_day))
-    root = ROOT / "bench_data" / f"loops_{n_events}_{tool_calls:g}_{seed}"
+    # measured over weeks: ~1.94 events per mean tool call per run, ~89% of RUNS_PER_DAY on average (weekends)
+    days = max(1, round(n_events / (1.94 * tool_calls * 0.89 * RUNS_PER_DAY)))
+    runs_per_day = RUNS_PER_DAY
+    if days < 7:
+        # measured on single days: ~1.79 events per mean tool call per run, runs_per_day runs on a weekday and
+        # (1 - weekly_swing) of that on a weekend day
+        start = date(2026, 10, 1)  # write_fleet's default start (a Thursday)
+        weekdays = sum(1.0 - scenario.weekly_swing if (start + timedelta(days=d)).weekday() >= 5 else 1.0
+                       for d in range(days))
+        runs_per_day = max(1, round(n_events / (1.79 * tool_calls * weekdays)))
+    root = data_dir / f"loops_{n_events}_{tool_calls:g}_{seed}"
     done = root / "counts.json"
     if not done.exists():
         t = time.perf_counter()
-        counts = synth.write_fleet(root, days=days, runs_per_day=RUNS_PER_DAY, seed=seed, scenario=scenario)
+        counts = synth.write_fleet(root, days=days, runs_per_day=runs_per_day, seed=seed, scenario=scenario)
         done.write_text(json.dumps(counts))
         print(f"generated {counts} in {time.perf_counter() - t:.1f}s -> {root}", file=sys.stderr)
     return root / "events"
@@ -158,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="events in the whole-run subsample timed for the pandas baseline")
     ap.add_argument("--repeat", type=int, default=3, help="best of N timings (default 3)")
     ap.add_argument("--memory", action="store_true", help="also measure peak RSS in a subprocess")
+    ap.add_argument("--data-dir", default=str(ROOT / "bench_data"),
+                    help="where the generated fleet is cached (default: bench_data/ in the repository)")
     ap.add_argument("--_rss", help=argparse.SUPPRESS)
     ap.add_argument("--exact", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--no-streaming", action="store_true", help=argparse.SUPPRESS)
@@ -169,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"loops": out.height, "max_rss_mb": peak_rss_mb()}))
         return 0
 
-    events_dir = make_data(args.events, tool_calls=args.tool_calls, seed=args.seed)
+    events_dir = make_data(args.events, tool_calls=args.tool_calls, seed=args.seed, data_dir=Path(args.data_dir))
     glob = str(events_dir / "**" / "*.parquet")
 
     def scan() -> pl.LazyFrame:
