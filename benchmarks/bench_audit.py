@@ -10,10 +10,19 @@ measured per command (``os.wait4``):
   sums, min/max, and the byte length of every string), collected with the streaming engine;
 * ``bare scan (in-memory)``: the same with the default engine (only up to
   ``--in-memory-max`` events: it holds every column in memory);
-* ``pandas read + groupby``: ``pandas.read_parquet`` + ``groupby("run_id").agg`` of the
-  same aggregations (only up to ``--pandas-max`` events);
+* ``pandas read + groupby``: the Parquet files read into pandas (``pyarrow.dataset``) +
+  ``groupby("run_id").agg`` of the same aggregations (the UTF-8 byte lengths of the same eight
+  string columns, the approved count, the same sums, min/max and mean; only up to
+  ``--pandas-max`` events);
 * ``driftwatch audit``: the full CLI audit (read, validate, per-run stage in chunks of
-  whole runs, fleet stage, all output files); ``--spark`` adds ``--engine spark``.
+  whole runs, fleet stage, all output files); ``--spark`` adds ``--engine spark``. It runs
+  the ``driftwatch`` console script next to the Python running the benchmark, or, where there
+  is none, ``python -c "from driftwatch.cli import main; ..."`` with the repository first on
+  the path.
+
+Each baseline prints its number of runs and the totals of its aggregated columns over all runs;
+the benchmark checks that the baselines agree (exactly for counts and lengths, to a relative
+1e-9 for float sums added in another order) and prints the verdict.
 
 ``--order time`` audits the same fleet rewritten in time order, as a logger writes it (each
 day file sorted by ``ts``: concurrent runs interleave), cached beside it.
@@ -55,34 +64,75 @@ DAYS = 30
 SEED = 7
 ROW_GROUP = 128_000
 
+# the aggregations both baselines compute per run; each prints the number of runs, then one JSON line of
+# the column totals over all runs (nulls skipped), which main() compares between the two
 BARE_SCAN = r"""
-import sys, polars as pl
+import json, sys, polars as pl
 path, engine = sys.argv[1], sys.argv[2]
 s = pl.col
+strings = ("action", "agent", "args", "result", "status", "error_type", "parent_run_id", "version")
 aggs = [pl.len().alias("n"), s("step").max(), s("ts").min().alias("t0"), s("ts").max().alias("t1"),
-        *[s(c).str.len_bytes().sum().alias(c) for c in ("action", "agent", "args", "result", "status",
-                                                        "error_type", "parent_run_id", "version")],
+        *[s(c).str.len_bytes().sum().alias(c) for c in strings],
         *[s(c).sum() for c in ("input_tokens", "output_tokens", "cost_usd", "latency_ms")],
         s("approved").sum(), s("confidence").min(), s("feedback").mean(), s("outcome").max()]
 lf = pl.scan_parquet(path, hive_partitioning=False).group_by("run_id").agg(aggs)
 out = lf.collect(engine="streaming") if engine == "streaming" else lf.collect()
 print(out.height)
+out = out.with_columns(pl.col("t0", "t1").dt.epoch("us"))
+print(json.dumps({c: float(out[c].cast(pl.Float64).sum()) for c in out.columns if c != "run_id"}))
 """
 
 PANDAS_SCAN = r"""
-import sys, pandas as pd, pyarrow.dataset as ds
+import json, sys, pandas as pd, pyarrow.dataset as ds
 path = sys.argv[1]
 df = ds.dataset(path, format="parquet").to_table().to_pandas()
-for c in ("action", "agent", "args", "result", "status"):
-    df[c + "_len"] = df[c].str.len()
+strings = ("action", "agent", "args", "result", "status", "error_type", "parent_run_id", "version")
+for c in strings:  # UTF-8 byte lengths, as the Polars scan's str.len_bytes()
+    df[c + "_len"] = df[c].str.encode("utf-8").str.len()
+df["approved_n"] = df["approved"].eq(True)  # a boolean's sum counts the true values; nulls count none
 g = df.groupby("run_id", sort=False)
 out = g.agg(n=("step", "size"), step=("step", "max"), t0=("ts", "min"), t1=("ts", "max"),
-            action=("action_len", "sum"), agent=("agent_len", "sum"), args=("args_len", "sum"),
-            result=("result_len", "sum"), status=("status_len", "sum"), input_tokens=("input_tokens", "sum"), output_tokens=("output_tokens", "sum"),
-            cost_usd=("cost_usd", "sum"), latency_ms=("latency_ms", "sum"), confidence=("confidence", "min"),
-            feedback=("feedback", "mean"), outcome=("outcome", "max"))
+            **{c: (c + "_len", "sum") for c in strings},
+            input_tokens=("input_tokens", "sum"), output_tokens=("output_tokens", "sum"),
+            cost_usd=("cost_usd", "sum"), latency_ms=("latency_ms", "sum"), approved=("approved_n", "sum"),
+            confidence=("confidence", "min"), feedback=("feedback", "mean"), outcome=("outcome", "max"))
 print(len(out))
+for c in ("t0", "t1"):
+    out[c] = out[c].dt.as_unit("us").astype("int64")
+print(json.dumps({c: float(out[c].astype("float64").sum()) for c in out.columns}))
 """
+
+
+def totals(tail: str) -> dict[str, float] | None:
+    """The column totals a baseline printed (its last line), or None."""
+    for line in reversed(tail.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                return None
+    return None
+
+
+def compare_totals(a: dict[str, float], b: dict[str, float], rel: float = 1e-9) -> list[str]:
+    """The columns whose totals differ (beyond ``rel``, relative: float sums in another order)."""
+    bad = [c for c in sorted(set(a) | set(b)) if c not in a or c not in b]
+    for c in sorted(set(a) & set(b)):
+        x, y = a[c], b[c]
+        if abs(x - y) > rel * max(abs(x), abs(y), 1.0):
+            bad.append(f"{c}: {x!r} vs {y!r}")
+    return bad
+
+
+def driftwatch_cli(py: str) -> tuple[list[str], str]:
+    """The command that runs the driftwatch CLI: the console script installed next to ``py``, or else
+    ``py -c`` calling ``driftwatch.cli.main`` (driftwatch has no ``__main__``; the repository's copy
+    is put first on the path)."""
+    script = Path(py).with_name("driftwatch")
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)], str(script)
+    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from driftwatch.cli import main; sys.exit(main())"
+    return [py, "-c", code], f"{py} -c 'from driftwatch.cli import main' (no console script next to {py})"
 
 
 def machine() -> str:
@@ -174,7 +224,11 @@ def timed(cmd: list[str], *, max_rss_gib: float | None = None) -> dict:
     tree_peak = 0.0
     killed = False
     with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        except OSError as e:  # the command cannot start (not found, not executable): a failed row, not a crash
+            return {"wall_s": 0.0, "cpu_s": 0.0, "sys_s": 0.0, "load_avg": os.getloadavg()[0], "rss_gib": 0.0,
+                    "tree_rss_gib": 0.0, "code": 127, "killed_at_cap": False, "tail": f"cannot run {cmd[0]}: {e}"}
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
@@ -244,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     n = int(meta["events"])
     events_glob = str(folder / "events" / "**" / "*.parquet")
     py = sys.executable
-    cli = str(Path(py).with_name("driftwatch"))
+    cli, cli_name = driftwatch_cli(py)
     rows: list[tuple[str, dict]] = []
 
     def run(name: str, cmd: list[str]) -> dict:
@@ -269,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         engines = ["polars"] + (["spark"] if args.spark else [])
         for engine in engines:
             out_dir = Path(tempfile.mkdtemp(prefix=f"dw-bench-{engine}-", dir=args.data_dir))
-            cmd = [cli, "audit", str(folder / "events"), "--out", str(out_dir), "--quiet"]
+            cmd = [*cli, "audit", str(folder / "events"), "--out", str(out_dir), "--quiet"]
             if engine != "polars":
                 cmd += ["--engine", engine]
             r = run(f"driftwatch audit --engine {engine}", cmd)
@@ -299,6 +353,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name:<32} | {r['wall_s']:>8.1f} | {r['cpu_s']:>7.1f} | {n / r['wall_s']:>12,.0f} "
               f"| {r['rss_gib']:>12.2f} | {r['tree_rss_gib']:>12.2f} | {r['wall_s'] / base:>11.2f} "
               f"| {r['load_avg']:>5.1f} |")
+    # the two baselines must compute the same thing: the same runs and the same column totals
+    got = {name: totals(r["tail"]) for name, r in rows
+           if name.startswith(("bare scan", "pandas")) and r["code"] == 0}
+    got = {k: v for k, v in got.items() if v is not None}
+    if len(got) > 1:
+        names = list(got)
+        print()
+        for other in names[1:]:
+            bad = compare_totals(got[names[0]], got[other])
+            verdict = "agree" if not bad else "DIFFER: " + "; ".join(bad)
+            print(f"{other} vs {names[0]}: per-run aggregations ({len(got[other])} columns, totals over the "
+                  f"runs) {verdict}")
+    print(f"driftwatch CLI: {cli_name}")
     for engine, s in summaries.items():
         timings = s.get("timings", {})
         top = {k: v for k, v in timings.items() if not k.startswith("fleet.")}
