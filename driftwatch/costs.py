@@ -46,6 +46,7 @@ from driftwatch._frames import (
     series_expr,
 )
 from driftwatch.errors import InvalidParameterError, SchemaError
+from driftwatch.loops import _waste_once
 from driftwatch.policy import exceeds
 
 #: Runs whose ``outcome`` is at least this count as successful.
@@ -66,6 +67,7 @@ COST_COLUMNS: tuple[str, ...] = (
     "runs",
     "days",
     "runs_per_day",
+    "observed_days",
     "runs_with_cost",
     "total_cost_usd",
     "cost_mean",
@@ -143,7 +145,8 @@ def cost_profile(
         output (``run_id, wasted_cost_usd``). Detected from ``events`` when
         omitted. ``same_action`` loops (the same tools with changing arguments
         or results, such as pagination) are progress, not waste, and are left
-        out (with a ``loop_summary`` table, runs whose worst loop is one).
+        out; a step wasted by two overlapping loops counts once (a
+        ``loop_summary`` table gives this as ``no_progress_cost_usd``).
     policy : driftwatch.Policy, float or None, default=None
         Where the per-run cost ceiling comes from: a ``Policy`` (its
         ``max_cost_usd``), or a number in USD. ``None``: no ceiling columns.
@@ -219,7 +222,9 @@ def cost_profile_from_runs(
         One row per series, sorted by series with ``"all"`` last:
 
         - ``series`` (str), ``runs`` (int), ``days`` (distinct UTC dates with a
-          run start), ``runs_per_day`` (runs / days of the whole fleet),
+          run start), ``runs_per_day`` (runs / ``observed_days``),
+          ``observed_days`` (the time the whole fleet's run starts cover, in days:
+          see :func:`observed_days`),
           ``runs_with_cost`` (runs with a recorded cost: every figure below is
           over these; all null when there are none, e.g. a log without costs).
         - ``total_cost_usd``, ``cost_mean``, ``cost_p50``, ``cost_p90``,
@@ -295,7 +300,7 @@ def cost_profile_from_runs(
     ceiling = cost_ceiling(policy)
     runs = _prepare_runs(features, by_cols, loops)
 
-    fleet_days = runs.select(pl.col("_day").drop_nulls().n_unique()).item()
+    fleet_days = observed_days(runs["_start"])
     # each level aggregated on its own (the series name is built per group, not per run): the
     # by-columns, then the whole fleet as "all"
     sorted_costs = pl.col("cost_usd").drop_nulls().sort().alias("_costs")
@@ -308,32 +313,67 @@ def cost_profile_from_runs(
         parts.append(part.with_columns(series_expr(keys)).select("series", pl.all().exclude("series", *keys)))
     agg = (
         pl.concat(pl.collect_all(parts))
-        .with_columns(pl.lit(fleet_days if fleet_days else None, dtype=pl.Int64).alias("_fleet_days"))
+        .with_columns(pl.lit(fleet_days, dtype=pl.Float64).alias("_fleet_days"))
         .sort(pl.col("series") == "all", "series")
     )
     costs_by_series = agg.get_column("_costs")  # numpy per series below: no Python floats
     agg = agg.drop("_costs")
     total_runs = runs.height
+    mixed = False  # "all" is a mix of series volumes given one by one
     if isinstance(volume_per_day, Mapping):
+        mixed = "all" not in {str(k) for k in volume_per_day}
         volume_per_day = _volumes_by_series(volume_per_day, agg.get_column("series").to_list(), by_cols)
+        mixed = mixed and "all" in volume_per_day
 
     rows: list[dict[str, Any]] = []
+    days: dict[str, np.ndarray] = {}
+    parts: list[tuple[np.ndarray, float, np.ndarray]] = []
     for i, rec in enumerate(agg.iter_rows(named=True)):
         # one stream per series (seeded by its name): a series' interval does not depend on the others
         rng = np.random.default_rng([random_state, zlib.crc32(rec["series"].encode())])
-        rows.append(
-            _series_row(
-                rec,
-                costs=costs_by_series[i].to_numpy().astype(np.float64, copy=False),
-                ceiling=ceiling,
-                volume=_series_volume(volume_per_day, rec, total_runs),
-                interval=interval,
-                n_boot=n_boot,
-                rng=rng,
-                has_loops=loops is not None,
-            )
-        )
+        costs = costs_by_series[i].to_numpy().astype(np.float64, copy=False)
+        volume = _series_volume(volume_per_day, rec, total_runs)
+        row = _series_row(rec, costs=costs, ceiling=ceiling, volume=volume, interval=interval, n_boot=n_boot,
+                          rng=rng, has_loops=loops is not None, days=days if mixed else None)
+        if mixed and rec["series"] != "all":
+            parts.append((costs, volume, days.get(rec["series"])))  # type: ignore[arg-type]
+        elif mixed:  # the mix the volumes give, not the fleet's observed one
+            unknown = [v for c, v, d in parts if d is None and v]
+            row.update(dict.fromkeys(_PROJECTION_COLUMNS))
+            if not unknown and parts:
+                row.update(_mixed_projection([p for p in parts if p[2] is not None], interval))
+        rows.append(row)
     return pl.DataFrame(rows, schema=_output_schema(), orient="row")
+
+
+#: The columns a volume projects (null without one).
+_PROJECTION_COLUMNS = ("projected_daily_usd", "projected_daily_lo", "projected_daily_hi", "worst_run_expected_usd",
+                       "worst_run_1_in_n_usd", "worst_run_method", "tail_shape")
+
+
+def observed_days(starts: pl.Series) -> float | None:
+    """The time the runs' starts cover, in days: the gaps between consecutive starts, each at
+    most a day (a longer gap is a day the log misses, or a quiet one), times n / (n - 1) for
+    the time after the last start. It does not depend on where UTC midnight falls: runs from
+    Monday noon to Tuesday noon cover one day, not two dates. ``None`` without starts; one
+    day when they all fall on one instant.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> from datetime import datetime, timedelta
+    >>> from driftwatch.costs import observed_days
+    >>> starts = pl.Series([datetime(2026, 1, 5, 12) + timedelta(hours=h) for h in range(24)])
+    >>> observed_days(starts)
+    1.0
+    """
+    t = starts.drop_nulls().sort()
+    if t.len() == 0:
+        return None
+    span = (t.diff().drop_nulls().dt.total_microseconds().clip(upper_bound=86_400_000_000).sum()) / 86_400e6
+    if span <= 0:
+        return 1.0
+    return float(span) * t.len() / (t.len() - 1)
 
 
 def cost_ceiling(policy: Any) -> float | None:
@@ -484,6 +524,7 @@ def _prepare_runs(
         part("retry_cost_usd"),
         (pl.col("outcome").cast(pl.Float64) if "outcome" in schema else pl.lit(None, pl.Float64)).alias("outcome"),
         (pl.col("first_ts").dt.date() if "first_ts" in schema else pl.lit(None, pl.Date)).alias("_day"),
+        (pl.col("first_ts") if "first_ts" in schema else pl.lit(None, pl.Datetime("us", "UTC"))).alias("_start"),
     ]
     lf = lf.select(cols)
     if loops is not None:
@@ -511,22 +552,39 @@ def _loop_cost(loops: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
             f"loops: missing column(s) {missing} (expected detect_loops() or loop_summary() output); "
             f"found {list(schema)}"
         )
+    waste = pl.col("wasted_cost_usd").cast(pl.Float64)
+    if "no_progress_cost_usd" in schema:  # a loop_summary table: its runs' no-progress waste
+        # (history stored before the column: the run's worst loop decides)
+        old = pl.when(_worst_not_same_action()).then(waste).otherwise(0.0) if "worst_kind" in schema else waste
+        known = pl.col("no_progress_loops").is_not_null() if "no_progress_loops" in schema else pl.lit(True)
+        waste = pl.when(known).then(pl.col("no_progress_cost_usd")).otherwise(old)
+    else:
+        lf = lf.filter(no_progress_loops(schema))
+        if {"end_step", "wasted_steps"} <= set(schema):  # a detect_loops table: each wasted step once
+            lf = _waste_once(lf, schema, prefix="_dw_")
+            waste = pl.col("_dw_cost")
     return (
-        lf.filter(no_progress_loops(schema))
-        .select(pl.col("run_id").cast(pl.String), pl.col("wasted_cost_usd").cast(pl.Float64))
+        lf.select(pl.col("run_id").cast(pl.String), waste.cast(pl.Float64).alias("loop_cost_usd"))
         .group_by("run_id")
-        .agg(pl.col("wasted_cost_usd").fill_null(0.0).sum().alias("loop_cost_usd"))
+        .agg(pl.col("loop_cost_usd").fill_null(0.0).sum())
     )
 
 
+def _worst_not_same_action() -> pl.Expr:
+    return pl.col("worst_kind").fill_null("") != "same_action"
+
+
 def no_progress_loops(schema: Mapping[str, Any]) -> pl.Expr:
-    """Rows of a loop table that are waste: every kind but ``same_action`` (the same tools with
+    """Rows of a loop table with waste: every kind but ``same_action`` (the same tools with
     changing arguments or results, e.g. pagination, which is progress). With a
-    :func:`driftwatch.loop_summary` table the run's worst loop decides."""
+    :func:`driftwatch.loop_summary` table, the runs with such a loop (``no_progress_loops``; in
+    history stored before that column, the run's worst loop decides)."""
     if "kind" in schema:
         return pl.col("kind").fill_null("") != "same_action"
+    if "no_progress_loops" in schema:
+        return pl.coalesce(pl.col("no_progress_loops") > 0, _worst_not_same_action())
     if "worst_kind" in schema:
-        return pl.col("worst_kind").fill_null("") != "same_action"
+        return _worst_not_same_action()
     return pl.lit(True)
 
 
@@ -620,6 +678,7 @@ def _series_row(
     n_boot: int,
     rng: np.random.Generator,
     has_loops: bool,
+    days: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     costed = rec["runs_with_cost"] > 0
     if not costed:  # no run recorded a cost: every cost figure is unknown, none is 0
@@ -636,6 +695,7 @@ def _series_row(
         "runs": rec["runs"],
         "days": rec["days"],
         "runs_per_day": rec["runs"] / fleet_days if fleet_days else None,
+        "observed_days": fleet_days,
         "runs_with_cost": rec["runs_with_cost"],
         "total_cost_usd": total if costed else None,
         "cost_mean": rec["cost_mean"],
@@ -670,10 +730,13 @@ def _series_row(
         "tail_shape": None,
     }
     if volume is not None and costs.size:
-        point, lo, hi = project_daily_spend(costs, volume, interval=interval, n_boot=n_boot, rng=rng)
+        day = _day_replicates(costs, volume, n_boot=n_boot, gen=rng)
+        if days is not None:
+            days[rec["series"]] = day
+        lo, hi = _day_interval(day, volume * float(costs.min()), volume * float(costs.max()), interval)
         e_max, one_in_n, method, shape = expected_max(costs, volume)
         row.update(
-            projected_daily_usd=point,
+            projected_daily_usd=volume * float(costs.mean()),
             projected_daily_lo=lo,
             projected_daily_hi=hi,
             worst_run_expected_usd=e_max,
@@ -682,6 +745,53 @@ def _series_row(
             tail_shape=shape,
         )
     return row
+
+
+def _day_interval(day: np.ndarray, lowest: float, highest: float, interval: float) -> tuple[float, float]:
+    """The central ``interval`` range of simulated days, inside what the day's runs can cost (the
+    normal limits can reach past it)."""
+    alpha = (1.0 - interval) / 2.0
+    lo, hi = np.quantile(day, [alpha, 1.0 - alpha])
+    return float(np.clip(lo, lowest, highest)), float(np.clip(hi, lowest, highest))
+
+
+def _mixed_projection(
+    parts: Sequence[tuple[np.ndarray, float, np.ndarray]], interval: float
+) -> dict[str, Any]:
+    """The projection of a day made of ``volume`` runs of each series, from each series'
+    ``(costs, volume, simulated days)``: the day is the sum of the series' days (independent
+    draws), and its worst run the largest of all of them, P(max <= x) = prod F_s(x)^N_s over
+    the series' observed costs (method ``"empirical"``, or ``"empirical_capped"`` when a series'
+    volume exceeds half its runs). The 1-in-N cost is the quantile 1 - 1/N of the mix."""
+    point = sum(v * float(c.mean()) for c, v, _ in parts)
+    day = np.sum([d for _, _, d in parts], axis=0)
+    lowest = sum(v * float(c.min()) for c, v, _ in parts)
+    highest = sum(v * float(c.max()) for c, v, _ in parts)
+    lo, hi = _day_interval(day, lowest, highest, interval)
+    sorted_costs = [np.sort(c) for c, _, _ in parts]
+    volumes = np.array([v for _, v, _ in parts], dtype=np.float64)
+    support = np.unique(np.concatenate(sorted_costs))
+    cdf = np.array([np.searchsorted(c, support, side="right") / c.size for c in sorted_costs])
+    with np.errstate(divide="ignore"):
+        log_g = (volumes[:, None] * np.log(cdf)).sum(axis=0)
+    g = np.exp(log_g)
+    big_n = float(volumes.sum())
+    e_max = float(np.diff(g, prepend=0.0) @ support) if big_n >= 1 else None
+    mix = (volumes / big_n) @ cdf
+    if big_n > 1:
+        one_in_n = float(support[min(int(np.searchsorted(mix, 1.0 - 1.0 / big_n, side="left")), support.size - 1)])
+    else:
+        one_in_n = point / big_n
+    capped = any(v > c.size / 2 for c, v, _ in parts)
+    return {
+        "projected_daily_usd": point,
+        "projected_daily_lo": lo,
+        "projected_daily_hi": hi,
+        "worst_run_expected_usd": e_max,
+        "worst_run_1_in_n_usd": one_in_n if e_max is not None else None,
+        "worst_run_method": ("empirical_capped" if capped else "empirical") if e_max is not None else None,
+        "tail_shape": None,
+    }
 
 
 def project_daily_spend(
@@ -706,13 +816,19 @@ def project_daily_spend(
     """
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     x = np.asarray(costs, dtype=np.float64)
+    big_n = float(volume)
+    day = _day_replicates(x, big_n, n_boot=n_boot, gen=gen)
+    lo, hi = _day_interval(day, big_n * float(x.min()), big_n * float(x.max()), interval)
+    return big_n * float(x.mean()), lo, hi
+
+
+def _day_replicates(x: np.ndarray, big_n: float, *, n_boot: int, gen: np.random.Generator) -> np.ndarray:
+    """``n_boot`` simulated spends of one day at ``big_n`` runs (see :func:`project_daily_spend`),
+    not yet clipped to what N runs can cost."""
     n = x.size
     mean = float(x.mean())
     sd = float(x.std(ddof=1)) if n > 1 else 0.0
-    big_n = float(volume)
     n_int = max(1, round(big_n))
-    lowest, highest = big_n * float(x.min()), big_n * float(x.max())
-    alpha = (1.0 - interval) / 2.0
     if (n + n_int) * n_boot <= _DRAW_BUDGET:
         # both at once (a double bootstrap): each replicate resamples the observed runs, then
         # draws the day's N runs from its resample, so the day stays inside N * [min, max]
@@ -723,8 +839,7 @@ def project_daily_spend(
             res = gen.integers(0, n, size=(stop - start, n))
             pick = np.take_along_axis(res, gen.integers(0, n, size=(stop - start, n_int)), axis=1)
             day[start:stop] = x[pick].sum(axis=1)
-        lo, hi = np.quantile(day * (big_n / n_int), [alpha, 1.0 - alpha])
-        return big_n * mean, float(np.clip(lo, lowest, highest)), float(np.clip(hi, lowest, highest))
+        return day * (big_n / n_int)
     # (1) uncertainty of the mean cost per run
     if n * n_boot <= _DRAW_BUDGET:
         means = np.empty(n_boot)
@@ -744,10 +859,7 @@ def project_daily_spend(
         noise = day - n_int * mean
     else:
         noise = sd * math.sqrt(big_n) * gen.standard_normal(n_boot)
-    total = big_n * means + noise
-    lo, hi = np.quantile(total, [alpha, 1.0 - alpha])
-    # the normal limits can reach past what N runs can cost
-    return big_n * mean, float(np.clip(lo, lowest, highest)), float(np.clip(hi, lowest, highest))
+    return big_n * means + noise
 
 
 def _fit_gpd(exc: np.ndarray) -> tuple[float, float]:
@@ -794,5 +906,6 @@ __all__ = [
     "cost_profile_from_runs",
     "expected_max",
     "no_progress_loops",
+    "observed_days",
     "project_daily_spend",
 ]

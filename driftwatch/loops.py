@@ -150,6 +150,7 @@ Examples
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -199,6 +200,8 @@ SUMMARY_SCHEMA: dict[str, pl.DataType] = {
     "wasted_tokens": pl.Int64(),
     "wasted_cost_usd": pl.Float64(),
     "loop_severity": pl.Float64(),
+    "no_progress_loops": pl.Int64(),
+    "no_progress_cost_usd": pl.Float64(),
 }
 
 #: Columns of :func:`detect_delegation_cycles` output.
@@ -1370,12 +1373,17 @@ def loop_summary(loops: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     -------
     polars.DataFrame
         ``run_id, agent, n_loops, worst_kind, worst_pattern, worst_repeats,
-        wasted_steps, wasted_tokens, wasted_cost_usd, loop_severity`` sorted by
-        ``run_id``. The worst loop has the highest severity (ties: more wasted
-        cost, then earlier start); ``loop_severity`` is its severity, in
-        [0, 1]; runs whose loops are all ``same_action`` stay at or below 0.3.
-        Waste is summed over the run's loops, each wasted step once (loops can
-        overlap: an exact loop inside the action-level loop around it).
+        wasted_steps, wasted_tokens, wasted_cost_usd, loop_severity,
+        no_progress_loops, no_progress_cost_usd`` sorted by ``run_id``. The
+        worst loop has the highest severity (ties: more wasted cost, then earlier
+        start); ``loop_severity`` is its severity, in [0, 1]; runs whose loops
+        are all ``same_action`` stay at or below 0.3. Waste is summed over the
+        run's loops, each wasted step once (loops can overlap: an exact loop
+        inside the action-level loop around it).
+        ``no_progress_loops`` counts the loops other than ``same_action`` (the same
+        tools with changing arguments or results, such as pagination: progress) and
+        ``no_progress_cost_usd`` is their waste, each step once (0 without such
+        loops; null when they recorded no cost): the cost profile's loop spend.
 
     Examples
     --------
@@ -1416,9 +1424,16 @@ def loop_summary(loops: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         )
 
     waste = ("wasted_steps", "wasted_tokens", "wasted_cost_usd")
+    no_progress = pl.col("kind").fill_null("") != "same_action"
+    np_cost = "wasted_cost_usd"
     if "end_step" in schema:
         lf = _waste_once(lf, schema)
         waste = ("_dw_steps", "_dw_tokens", "_dw_cost")
+        # the waste of the loops that make no progress, each step once among them
+        lf = _waste_once(lf.with_columns(no_progress.alias("_dw_np")), schema, within=("run_id", "_dw_np"),
+                         prefix="_dw_np_")
+        np_cost = "_dw_np_cost"
+    np_waste = pl.col(np_cost).filter(no_progress)
     out = (
         lf.group_by("run_id")
         .agg(
@@ -1431,6 +1446,10 @@ def loop_summary(loops: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
             known_sum(waste[1]).alias("wasted_tokens"),
             known_sum(waste[2]).alias("wasted_cost_usd"),
             pl.col("severity").max().clip(0.0, 1.0).alias("loop_severity"),
+            no_progress.sum().cast(pl.Int64).alias("no_progress_loops"),
+            # 0 without such loops; unknown when they recorded no cost
+            pl.when(no_progress.sum() == 0).then(0.0).when(np_waste.count() > 0).then(np_waste.sum())
+            .alias("no_progress_cost_usd"),
         )
         .sort("run_id")
         .collect()
@@ -1438,7 +1457,9 @@ def loop_summary(loops: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     return out.cast(SUMMARY_SCHEMA).select(list(SUMMARY_SCHEMA))  # type: ignore[arg-type]
 
 
-def _waste_once(lf: pl.LazyFrame, schema: pl.Schema) -> pl.LazyFrame:
+def _waste_once(
+    lf: pl.LazyFrame, schema: Mapping[str, Any], *, within: Sequence[str] = ("run_id",), prefix: str = "_dw_"
+) -> pl.LazyFrame:
     """The loops' waste with the steps another loop of the run wasted already left out.
 
     A loop's waste is its steps after the first cycle, ``waste_start_step`` to ``end_step``
@@ -1449,18 +1470,23 @@ def _waste_once(lf: pl.LazyFrame, schema: pl.Schema) -> pl.LazyFrame:
     the part of its waste past the furthest step the earlier ones reached (none when they
     reached its end, all when they ended before it began; in between, its steps, tokens and
     cost pro rata to the step numbers left).
+
+    The loops are compared within groups of the ``within`` columns (the run, or the run and a
+    class of loop); the results are ``{prefix}steps``, ``{prefix}tokens`` (when the table has
+    ``wasted_tokens``) and ``{prefix}cost``.
     """
     end = pl.col("end_step")
     lo = pl.col("waste_start_step") if "waste_start_step" in schema else end - pl.col("wasted_steps") + 1
-    reach = end.cum_max().shift(1).over("run_id", order_by=[lo, -end])  # (the outer of two nested first)
+    reach = end.cum_max().shift(1).over(list(within), order_by=[lo, -end])  # (the outer of two nested first)
     span = (end - lo + 1).cast(pl.Float64)
     left = (end - pl.max_horizontal(lo, reach.fill_null(lo - 1) + 1) + 1).clip(0, None).cast(pl.Float64)
     share = pl.when((pl.col("wasted_steps") > 0) & (span > 0)).then((left / span).clip(0.0, 1.0)).otherwise(0.0)
     kept = (pl.col("wasted_steps") * share).round(0)
+    tokens = [(pl.col("wasted_tokens") * share).round(0).cast(pl.Int64).alias(f"{prefix}tokens")]
     return lf.with_columns(
-        kept.cast(pl.Int64).alias("_dw_steps"),
-        (pl.col("wasted_tokens") * share).round(0).cast(pl.Int64).alias("_dw_tokens"),
-        (pl.col("wasted_cost_usd") * share).alias("_dw_cost"),
+        kept.cast(pl.Int64).alias(f"{prefix}steps"),
+        *(tokens if "wasted_tokens" in schema else []),
+        (pl.col("wasted_cost_usd") * share).alias(f"{prefix}cost"),
     )
 
 

@@ -4,6 +4,7 @@ projection intervals against freshly simulated days, the worst-run estimate, err
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import numpy as np
@@ -214,7 +215,71 @@ def test_volume_split_by_share_and_mapping(runs: pl.DataFrame) -> None:
     assert mapped.filter(series="agent=billing")["volume_per_day"].item() == 5000
     assert mapped.filter(series="all")["projected_daily_usd"].is_null().all()
     observed = cost_profile_from_runs(runs)  # None: the observed runs per day
-    assert observed.filter(series="all")["volume_per_day"].item() == pytest.approx(runs.height / DAYS)
+    fleet = observed.filter(series="all").row(0, named=True)
+    assert fleet["volume_per_day"] == pytest.approx(runs.height / fleet["observed_days"])
+    assert fleet["observed_days"] == pytest.approx(DAYS, rel=0.01)
+
+
+def _day_runs(starts: list[datetime], cost: float = 1.0, agent: str = "a") -> pl.DataFrame:
+    return pl.DataFrame({"run_id": [f"{agent}{i}" for i in range(len(starts))], "agent": agent,
+                         "cost_usd": cost, "first_ts": starts},
+                        schema_overrides={"first_ts": pl.Datetime("us", "UTC")})
+
+
+def test_observed_volume_does_not_depend_on_where_midnight_falls() -> None:
+    from driftwatch.costs import observed_days
+
+    noon = datetime(2026, 1, 5, 12, tzinfo=UTC)
+    hourly = [noon + timedelta(hours=h) for h in range(24)]  # Monday noon to Tuesday 11:00: two dates
+    midnight = [t - timedelta(hours=12) for t in hourly]  # the same log on one date
+    for starts in (hourly, midnight):
+        row = cost_profile_from_runs(_day_runs(starts), by=()).row(0, named=True)
+        assert row["observed_days"] == pytest.approx(1.0)
+        assert row["runs_per_day"] == pytest.approx(24.0)
+        assert row["projected_daily_usd"] == pytest.approx(24.0)
+    assert cost_profile_from_runs(_day_runs(hourly), by=())["days"].item() == 2  # dates touched, as documented
+    # three hours of runs, one a minute: the rate of that window, not "180 runs on one date a day"
+    window = [noon + timedelta(minutes=m) for m in range(180)]
+    assert observed_days(pl.Series(window)) == pytest.approx(3 / 24)
+    assert cost_profile_from_runs(_day_runs(window), by=())["runs_per_day"].item() == pytest.approx(1440)
+    # a week the log misses counts one day, not seven; one instant counts one day; none is unknown
+    gap = [noon + timedelta(hours=h) for h in range(24)] + [noon + timedelta(days=8, hours=h) for h in range(24)]
+    assert observed_days(pl.Series(gap)) == pytest.approx((23 + 24 + 23) / 24 * 48 / 47)
+    assert observed_days(pl.Series([noon, noon])) == 1.0
+    assert observed_days(pl.Series([], dtype=pl.Datetime("us", "UTC"))) is None
+
+
+def test_all_row_follows_the_mix_of_series_volumes() -> None:
+    """Volumes given series by series: the fleet's day is their mix, not the observed one."""
+    noon = datetime(2026, 1, 5, 12, tzinfo=UTC)
+    rng = np.random.default_rng(0)
+    cheap, dear = rng.lognormal(-4, 0.5, 400), rng.lognormal(-1, 1.0, 300)
+    runs = pl.concat([
+        _day_runs([noon] * 400, agent="a").with_columns(pl.Series("cost_usd", cheap)),
+        _day_runs([noon] * 300, agent="b").with_columns(pl.Series("cost_usd", dear)),
+    ])
+    prof = cost_profile_from_runs(runs, volume_per_day={"a": 150, "b": 40})
+    series, fleet = prof.filter(pl.col("series") != "all"), prof.filter(series="all").row(0, named=True)
+    assert fleet["volume_per_day"] == 190
+    assert fleet["projected_daily_usd"] == pytest.approx(series["projected_daily_usd"].sum())
+    assert fleet["projected_daily_usd"] == pytest.approx(150 * cheap.mean() + 40 * dear.mean())
+    # the day's spend and its worst run, by simulation of 150 + 40 runs drawn from each series
+    sim = np.random.default_rng(1)
+    a, b = cheap[sim.integers(0, 400, (100_000, 150))], dear[sim.integers(0, 300, (100_000, 40))]
+    worst = np.maximum(a.max(1), b.max(1))
+    assert fleet["worst_run_expected_usd"] == pytest.approx(worst.mean(), rel=0.01)
+    assert fleet["worst_run_method"] == "empirical"
+    day_lo, day_hi = np.quantile(a.sum(1) + b.sum(1), [0.025, 0.975])
+    # (the interval adds the uncertainty of each series' mean: a little wider than the day's own)
+    assert fleet["projected_daily_lo"] < day_lo < day_hi < fleet["projected_daily_hi"]
+    assert fleet["projected_daily_hi"] - fleet["projected_daily_lo"] < 1.5 * (day_hi - day_lo)
+    # "all" given too: the fleet's observed costs at that volume, as before
+    given = cost_profile_from_runs(runs, volume_per_day={"a": 150, "b": 40, "all": 190}).filter(series="all")
+    assert given["projected_daily_usd"].item() == pytest.approx(190 * np.concatenate([cheap, dear]).mean())
+    # a named series without a recorded cost: the mix's spend is unknown
+    unknown = runs.with_columns(pl.when(pl.col("agent") == "b").then(None).otherwise("cost_usd").alias("cost_usd"))
+    out = cost_profile_from_runs(unknown, volume_per_day={"a": 150, "b": 40}).filter(series="all")
+    assert out["projected_daily_usd"].is_null().all() and out["worst_run_method"].is_null().all()
 
 
 def test_bootstrap_and_normal_paths_agree() -> None:
@@ -376,3 +441,44 @@ def test_no_worst_run_of_a_day_under_one_run_a_day() -> None:
     agents = p.filter(pl.col("series") != "all")
     assert agents["worst_run_expected_usd"].is_null().all() and agents["worst_run_method"].is_null().all()
     assert agents["projected_daily_usd"].is_not_null().all()
+
+
+def test_loop_spend_leaves_out_progress_and_counts_each_step_once() -> None:
+    """A run with a paging loop (same_action: progress) and a retry loop: the loop spend is the
+    retry loop's waste, from the loop table, from its summary and in the audit's costs table
+    alike; loops that overlap count each wasted step once."""
+    def run(rid: str, actions: list[tuple[str, str, str, str]]) -> pl.DataFrame:
+        return pl.DataFrame({"run_id": rid, "step": range(1, len(actions) + 1), "action": [a[0] for a in actions],
+                             "args": [a[1] for a in actions], "result": [a[2] for a in actions],
+                             "status": [a[3] for a in actions], "cost_usd": 0.01}).with_columns(
+            pl.col("step").cast(pl.Int64))
+    pages = [("list", f"page={i}", f"items {i}", "ok") for i in range(6)]
+    retry = [("pay", "id=1", "timeout", "error")] * 5
+    ev = run("mixed", [*pages, *retry])
+    loops = dw.detect_loops(ev)
+    assert sorted(loops["kind"]) == ["error_retry", "same_action"]
+    want = loops.filter(kind="error_retry")["wasted_cost_usd"].item()
+    summary = dw.loop_summary(loops)
+    assert summary.select("no_progress_loops", "no_progress_cost_usd").row(0) == (1, pytest.approx(want))
+    assert summary["wasted_cost_usd"].item() > want  # (all of the run's loops)
+    assert dw.cost_profile(ev, by=(), loops=loops)["loop_cost_usd"].item() == pytest.approx(want)
+    assert dw.cost_profile(ev, by=(), loops=summary)["loop_cost_usd"].item() == pytest.approx(want)
+    assert dw.cost_profile(ev, by=())["loop_cost_usd"].item() == pytest.approx(want)
+    assert dw.audit(ev).costs.filter(series="all")["loop_cost_usd"].item() == pytest.approx(want)
+    # history stored before the summary had the columns: the run's worst loop decides, as it did
+    old = summary.drop("no_progress_loops", "no_progress_cost_usd")
+    assert dw.cost_profile(ev, by=(), loops=old)["loop_cost_usd"].item() == pytest.approx(
+        summary["wasted_cost_usd"].item())
+    # an exact loop (waste: steps 4-9) inside an error_retry loop (waste: steps 3-12) around it, and
+    # a paging loop over steps 8-15: the no-progress waste is steps 3-12, $0.10, counted once
+    table = pl.DataFrame({
+        "run_id": "r", "agent": "a", "kind": ["error_retry", "exact", "same_action"],
+        "pattern": ["pay > llm", "pay", "list"], "repeats": [5, 4, 4], "start_step": [1, 3, 6],
+        "waste_start_step": [3, 4, 8], "end_step": [12, 9, 15], "wasted_steps": [10, 6, 8],
+        "wasted_tokens": [100, 60, 80], "wasted_cost_usd": [0.10, 0.06, 0.08],
+    })
+    assert dw.loop_summary(table).select("no_progress_loops", "no_progress_cost_usd").row(0) == (
+        2, pytest.approx(0.10))
+    runs = pl.DataFrame({"run_id": ["r"], "cost_usd": [1.0]})
+    for loop_table in (table, dw.loop_summary(table)):
+        assert cost_profile_from_runs(runs, by=(), loops=loop_table)["loop_cost_usd"].item() == pytest.approx(0.10)
