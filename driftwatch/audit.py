@@ -1486,6 +1486,7 @@ def _cost_headline(runs: pl.DataFrame, costs: pl.DataFrame) -> dict[str, Any]:
             # runs_with_cost count this audit's runs only
             out["profile_runs"] = _num(row.get("runs"))
             out.update({k: _num(row.get(k)) for k in _COST_HEADLINE if k in row})
+    "observed_days",
     return out
 
 

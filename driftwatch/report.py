@@ -120,7 +120,9 @@ def money(value: Any) -> str:
         return f"${v:,.0f}"
     if abs(v) >= 1:
         return f"${v:,.2f}"
-    return f"${v:.3f}"
+    if v == 0 or abs(v) >= 0.01:
+        return f"${v:.3f}"
+    return f"${v:.2g}" if abs(v) >= 1e-4 else f"${v:.1e}"  # a tenth of a cent still reads as one
 
 
 def _color_of(name: str) -> str:
@@ -493,33 +495,60 @@ def _histogram(values: np.ndarray, *, marks: Sequence[tuple[float, str]], width:
     return _svg(width, height, "".join(body), label=label)
 
 
+def _short_label(name: str, limit: int = 28) -> str:
+    """A label that fits the chart's margin: long ones keep their start and their end (series
+    such as ``agent=research,version=gpt-4o-2024-08-06`` differ at the end)."""
+    if len(name) <= limit:
+        return name
+    head = (limit - 1) // 2 - 2
+    return name[:head] + "…" + name[-(limit - 1 - head):]
+
+
 def _hbars(items: Sequence[tuple[str, Sequence[tuple[str, float, str]]]], *, width: int = 560,
-           label: str = "bars", value_fmt: Callable[[float], str] = lambda v: f"{v:,.0f}") -> str:
-    """Horizontal stacked bars: (row label, [(part name, value, color)])."""
+           label: str = "bars", value_fmt: Callable[[float], str] = lambda v: f"{v:,.0f}",
+           stacked: bool = True) -> str:
+    """Horizontal bars: (row label, [(part name, value, color)]). ``stacked``: a row's parts
+    end to end with their total after them; otherwise each part its own thin bar under the
+    row's label, with its value (parts that overlap, which do not add up)."""
     if not items:
         return ""
     label_w = 170
     row_h = 20
-    total_max = max((sum(v for _, v, _ in parts) for _, parts in items), default=0) or 1
+    sub_h = 10
+    if stacked:
+        total_max = max((sum(v for _, v, _ in parts) for _, parts in items), default=0) or 1
+    else:
+        total_max = max((v for _, parts in items for _, v, _ in parts), default=0) or 1
     body = []
-    for i, (name, parts) in enumerate(items):
-        y = i * row_h
-        body.append(f'<text x="{label_w - 6}" y="{y + 14}" font-size="11.5" text-anchor="end" fill="#1d2733">{e(name[:28])}</text>')
+    y = 0
+    for name, parts in items:
+        body.append(f'<text x="{label_w - 6}" y="{y + 14}" font-size="11.5" text-anchor="end" fill="#1d2733">'
+                    f"<title>{e(name)}</title>{e(_short_label(name))}</text>")
         x = float(label_w)
-        for part, v, color in parts:
+        for k, (part, v, color) in enumerate(parts):
             w = (width - label_w - 70) * v / total_max
-            if w <= 0:
-                continue
+            top = y + 3 if stacked else y + 3 + k * sub_h
+            if not stacked:
+                x = float(label_w)
+            if w > 0:
+                body.append(
+                    f'<rect x="{x:.1f}" y="{top}" width="{w:.1f}" height="{row_h - 6 if stacked else sub_h - 2}" '
+                    f'fill="{color}"><title>{e(name)} · {e(part)}: {e(value_fmt(v))}</title></rect>'
+                )
+            if not stacked:
+                body.append(f'<text x="{x + max(w, 0) + 4:.1f}" y="{top + sub_h - 2}" font-size="9.5" '
+                            f'fill="#5f6b7a">{e(value_fmt(v))}</text>')
+            elif w > 0:
+                x += w
+        if stacked:
             body.append(
-                f'<rect x="{x:.1f}" y="{y + 3}" width="{w:.1f}" height="{row_h - 6}" fill="{color}">'
-                f"<title>{e(name)} · {e(part)}: {e(value_fmt(v))}</title></rect>"
+                f'<text x="{x + 4:.1f}" y="{y + 14}" font-size="11" fill="#5f6b7a">'
+                f"{e(value_fmt(sum(v for _, v, _ in parts)))}</text>"
             )
-            x += w
-        body.append(
-            f'<text x="{x + 4:.1f}" y="{y + 14}" font-size="11" fill="#5f6b7a">'
-            f"{e(value_fmt(sum(v for _, v, _ in parts)))}</text>"
-        )
-    return _svg(width, row_h * len(items) + 2, "".join(body), label=label)
+            y += row_h
+        else:
+            y += max(row_h, sub_h * len(parts) + 6)
+    return _svg(width, y + 2, "".join(body), label=label)
 
 
 def _timeline(steps: pl.DataFrame, loops: pl.DataFrame, *, width: int = 900) -> str:
@@ -610,13 +639,17 @@ def _highlights(result: Any, summary: Mapping[str, Any]) -> list[str]:
         fb = drift.filter(pl.col("drifted") & pl.col("feature").is_in(list(FEEDBACK_FEATURES)))
         if fb.height:
             series = sorted(set(fb["series"].to_list()), key=str)
-            out.append("Feedback-driven drift in " + ", ".join(e(x) for x in series) + ": "
-                       + e(fb.row(0, named=True).get("explain") or "") + ".")
+            # the strongest evidence explains (the smallest p-value; its text names its series)
+            order = [c for c in ("p_value", "series", "window_start") if c in fb.columns]
+            top = fb.sort(order, nulls_last=True).row(0, named=True)
+            explain = str(top.get("explain") or "").rstrip(".")
+            out.append("Feedback-driven drift in " + ", ".join(e(x) for x in series)
+                       + (f". Strongest: {e(explain)}." if explain else "."))
     cost = summary.get("cost") or {}
     if cost.get("projected_daily_usd") is not None:
         out.append(
             f"Spend projected at {e(money(cost.get('projected_daily_usd')))} a day for "
-            f"{e(fmt(cost.get('volume_per_day')))} runs/day (interval {e(money(cost.get('projected_daily_lo')))}–"
+            f"{e(fmt(cost.get('volume_per_day')))} runs/day{_observed_rate(cost)} (interval {e(money(cost.get('projected_daily_lo')))}–"
             f"{e(money(cost.get('projected_daily_hi')))}); the worst run of such a day costs about "
             f"{e(money(cost.get('worst_run_expected_usd')))}; p99/p50 {e(fmt(cost.get('p99_over_p50')))}×"
             + (f" (from the {costed:,} of {summary.get('runs', 0):,} runs that recorded a cost)."
@@ -634,6 +667,18 @@ def _highlights(result: Any, summary: Mapping[str, Any]) -> list[str]:
     if summary.get("rows_rejected"):
         out.append(f"{summary['rows_rejected']:,} input rows were rejected (see Rejected input).")
     return out
+
+
+def _observed_rate(cost: Mapping[str, Any]) -> str:
+    """`` (the rate over the 3.3 hours the runs cover)`` when the projection's volume is the
+    observed one (not a volume given to the audit)."""
+    days, vol, rate = cost.get("observed_days"), cost.get("volume_per_day"), cost.get("runs_per_day")
+    if not isinstance(days, int | float) or not isinstance(vol, int | float) or not isinstance(rate, int | float):
+        return ""
+    if not math.isclose(vol, rate, rel_tol=1e-9):
+        return ""
+    span = f"{days * 24:.1f} hours" if days < 2 else f"{days:.1f} days"
+    return f" (the rate over the {span} the runs cover)"
 
 
 def _section_summary(result: Any, summary: Mapping[str, Any]) -> str:
@@ -654,10 +699,22 @@ def _section_summary(result: Any, summary: Mapping[str, Any]) -> str:
         ]
     )
     window = summary.get("window") or {}
+    asked = ""
+    if summary.get("since") or summary.get("until"):
+        bounds = " and ".join(
+            part for part in (
+                f"at or after {e(_short_ts(summary.get('since')))}" if summary.get("since") else "",
+                f"before {e(_short_ts(summary.get('until')))}" if summary.get("until") else "",
+            ) if part
+        )
+        analysed = summary.get("rows_analysed")
+        asked = (f" Audited: the runs starting {bounds} (UTC)"
+                 + (f", {analysed:,} rows." if isinstance(analysed, int) else "."))
     rows = (
         f"<p class=\"note\">Input: {summary.get('rows_in', 0):,} rows read, {summary.get('rows_valid', 0):,} valid, "
-        f"{summary.get('rows_rejected', 0):,} rejected. Runs started from {e(_short_ts(window.get('first_ts')))} "
-        f"to {e(_short_ts(window.get('last_ts')))} (UTC).</p>"
+        f"{summary.get('rows_rejected', 0):,} rejected.{asked} The runs span from their first start, "
+        f"{e(_short_ts(window.get('first_ts')))}, to their last event, {e(_short_ts(window.get('last_ts')))} "
+        "(UTC).</p>"
     )
     hl = _highlights(result, summary)
     hl_html = ("<ul>" + "".join(f"<li>{h}</li>" for h in hl) + "</ul>") if hl else ""
@@ -710,9 +767,16 @@ def _section_escalated(result: Any) -> str:
                 actions[a] = actions.get(a, 0) + 1
             run_loops = loops.filter(pl.col("run_id") == r["run_id"]) if _col(loops, "run_id") else pl.DataFrame()
             reasons = "; ".join(r.get("reasons") or [])
+            n_steps = r.get("n_steps")
+            shown = f"{steps.height:,} steps"
+            if isinstance(n_steps, int) and n_steps > steps.height:  # the audit keeps the first steps only
+                last = steps["step"].max()
+                beyond = run_loops.filter(pl.col("start_step") > last).height if _col(run_loops, "start_step") else 0
+                shown = f"the first {steps.height:,} of {n_steps:,} steps" + (
+                    f" ({beyond:,} loop{'s' if beyond != 1 else ''} after step {last:,} not drawn)" if beyond else "")
             timelines.append(
                 f'<div class="timeline"><div class="mono"><b>{e(r["run_id"])}</b> · {e(r.get("agent"))} · '
-                f"{_pill(r['level'])} score {e(fmt(r.get('score')))} · {steps.height} steps</div>"
+                f"{_pill(r['level'])} score {e(fmt(r.get('score')))} · {e(shown)}</div>"
                 f'<div class="legend">{e(reasons)}</div>'
                 f"{_timeline(steps, run_loops)}</div>"
             )
@@ -1036,9 +1100,11 @@ def _section_costs(result: Any, summary: Mapping[str, Any]) -> str:
             items.append((str(r["series"]), parts))
         legend = "".join(f'<span class="sw" style="background:{c}"></span>{e(n)}' for _, n, c in _CAUSES)
         out += (
-            "<h3>Spend by cause</h3><p class=\"note\">Share of each series' spend; the causes overlap "
-            "(a failed retry inside a loop counts in all three), so bars do not add up to a total.</p>"
-            f'<div class="legend">{legend}</div>' + _hbars(items, label="spend by cause", value_fmt=lambda v: f"{v:.1f}%")
+            "<h3>Spend by cause</h3><p class=\"note\">Share of each series' spend, one bar per cause; the "
+            "causes overlap (a failed retry inside a loop counts in all three), so they do not add up to a "
+            "total.</p>"
+            f'<div class="legend">{legend}</div>'
+            + _hbars(items, label="spend by cause", value_fmt=lambda v: f"{v:.1f}%", stacked=False)
         )
         out += "<h3>Profile</h3>" + _table(
             costs,

@@ -311,3 +311,69 @@ def test_c1_controls_never_reach_the_page_or_split_an_alert(tmp_path: Path) -> N
     for html in ((tmp_path / "r" / "report.html").read_text(encoding="utf-8"), res._repr_html_()):
         assert not {c for c in html if 0x7F <= ord(c) <= 0x9F}
         assert "ag\ufffdent\ufffd" in html
+
+
+def test_small_amounts_and_long_series_names_stay_readable() -> None:
+    from driftwatch.report import _hbars, money
+
+    assert money(0.00043) == "$0.00043" and money(0.0049) == "$0.0049" and money(0.012) == "$0.012"
+    assert money(0.0) == "$0.000" and money(4.3e-7) == "$4.3e-07" and money(12.5) == "$12.50"
+    names = ["agent=research,version=gpt-4o-2024-08-06", "agent=research,version=gpt-4o-2024-11-20"]
+    svg = _hbars([(n, [("loops", 1.0, "#000")]) for n in names])
+    labels = re.findall(r"</title>([^<]*)</text>", svg)
+    assert len(labels) == 2 and len(set(labels)) == 2 and all(len(x) <= 28 for x in labels)
+    assert all(f"<title>{n}</title>" in svg for n in names)  # the whole name on hover
+
+
+def test_spend_by_cause_draws_each_cause_without_a_sum(tmp_path: Path) -> None:
+    """The causes overlap: one bar per cause and its own share, never their sum."""
+    from driftwatch.report import _hbars
+
+    parts = [("loops", 20.0, "#111"), ("errors", 10.0, "#222"), ("retries", 5.0, "#333")]
+    side = _hbars([("all", parts)], value_fmt=lambda v: f"{v:.1f}%", stacked=False)
+    assert re.findall(r">(\d+\.\d%)</text>", side) == ["20.0%", "10.0%", "5.0%"]
+    assert "35.0%" not in side
+    stacked = _hbars([("all", parts)], value_fmt=lambda v: f"{v:.1f}%")
+    assert "35.0%" in stacked  # (counts that do add up keep their total)
+    ev = synth.generate(days=2, runs_per_day=60, seed=3).events
+    html = render_report(audit(ev))
+    costs = html[html.index('<section id="costs">'):]
+    costs = costs[:costs.index("</section>")]
+    chart = costs[costs.index("Spend by cause"):]
+    assert "one bar per cause" in chart
+    assert re.search(r"runs/day \(the rate over the 4\d\.\d hours the runs cover\)", html)
+
+
+def test_truncated_timeline_says_so_and_window_text_is_exact(tmp_path: Path) -> None:
+    """A run longer than the steps kept for its timeline says how many it has; the window
+    sentence gives the first start and the last event, and the --since/--until window."""
+    from datetime import UTC, datetime, timedelta
+
+    t0 = datetime(2026, 3, 2, 9, tzinfo=UTC)
+    n = 1000
+    long_run = pl.DataFrame({
+        "run_id": "long", "step": range(1, n + 1), "ts": [t0 + timedelta(seconds=i) for i in range(n)],
+        "action": ["search"] * n, "args": ["q"] * n, "result": ["none"] * n, "cost_usd": 0.01,
+    }).with_columns(pl.col("step").cast(pl.Int64))
+    short = pl.DataFrame({"run_id": "short", "step": [1, 2], "ts": [t0, t0 + timedelta(seconds=5)],
+                          "action": ["llm", "search"], "args": ["a", "b"], "result": ["x", "y"], "cost_usd": 0.01})
+    ev = pl.concat([long_run, short], how="diagonal_relaxed")
+    html = render_report(audit(ev))
+    assert "the first 400 of 1,000 steps" in html
+    assert "first start, 2026-03-02 09:00:00, to their last event, 2026-03-02 09:16:39" in html
+    windowed = render_report(audit(ev, since="2026-03-02T09:00:00", until="2026-03-03"))
+    assert "Audited: the runs starting at or after 2026-03-02 09:00:00 and before 2026-03-03" in windowed
+
+
+def test_feedback_highlight_explains_the_strongest_row_once() -> None:
+    from driftwatch.report import _highlights
+
+    drift = pl.DataFrame({
+        "series": ["agent=planner", "agent=planner"], "feature": ["feedback_outcome_gap"] * 2,
+        "window_start": [1, 2], "p_value": [1e-5, 1e-90], "statistic": [3.0, 40.0], "drifted": [True, True],
+        "explain": ["agent=planner: feedback holds while outcome falls, feedback 0.69 -> 0.75",
+                    "agent=planner: feedback holds while outcome falls, feedback 0.69 -> 1.00"],
+    })
+    result = dataclasses.make_dataclass("R", [("drift", pl.DataFrame)])(drift)
+    (text,) = _highlights(result, {})
+    assert text.count("agent=planner") == 2 and "0.69 -&gt; 1.00" in text and "0.75" not in text
