@@ -80,6 +80,18 @@ def test_knee_of_error_rate_within_15_percent(seed: int, fleet: synth.Fleet, cur
     assert row["curve_value"][-1] > 3 * row["curve_value"][0]
 
 
+def test_a_significant_answer_takes_every_permutation(curve: pl.DataFrame) -> None:
+    """Stopping at the first look whose running p-value is under the level tests at every look
+    (6.4% of null series rejected at alpha 0.05): only the answers that cannot be significant
+    stop early, so a significant p-value counts all n_boot = 999 permutations."""
+    sig = curve.filter("significant")
+    assert sig.height
+    counts = sig["p_value"] * 1000  # (exceedances + 1) / (999 + 1)
+    assert ((counts - counts.round(0)).abs() < 1e-6).all(), counts.to_list()
+    # the injected knee: no permutation of 999 beats it (it stopped at 1/200 before)
+    assert curve.filter(series="agent=planner", metric="error_rate")["p_value"].to_list() == [0.001, 0.001]
+
+
 def test_only_load_driven_metrics_have_knees(curve: pl.DataFrame) -> None:
     found = set(curve.filter("significant").select("series", "metric").rows())
     # failures drive retries and the slow failing tool calls drive latency; run length and
@@ -237,7 +249,7 @@ def test_too_few_buckets_gives_no_answer() -> None:
     ("kwargs", "match"),
     [
         ({"every": "1 minute"}, "every must be a Polars duration string"),
-        ({"control": "1m"}, "control must be a duration at least twice every"),
+        ({"control": "1m"}, r"every \(1m\) must be at most half of control \(.1m.,"),
         ({"metrics": ["errors"]}, "metrics must be among"),
         ({"metrics": ["loop_rate"]}, "metric 'loop_rate' needs the loop table"),
         ({"load": "concurrency"}, "load must be among"),
