@@ -12,11 +12,19 @@ times, in one process:
 * ``dw.cost_profile(scan)`` and ``dw.load_curve(scan)``: the public wrappers end to end
   (each scans, builds the per-run tables and detects loops itself);
 * ``pandas cost`` / ``pandas load``: a plain pandas implementation of the same outputs
-  (``read_parquet``, ``groupby``, a Python loop of bootstrap means; per-bucket groupbys, the
-  hinge search and within-day permutations as loops over candidates and permutations), on
-  at most ``--pandas-max`` events.
+  (``read_parquet``, ``groupby``, Python loops of bootstrap resamples as cost_profile draws
+  them; per-bucket groupbys, the hinge search and within-day permutations as loops over
+  candidates and permutations), on at most ``--pandas-max`` events.
 
-Prints a table of seconds, events/s and the ratio to the bare scan.
+Prints a table of seconds, events/s and the ratio to the bare scan, then checks the pandas
+outputs against driftwatch's on the same events and prints the verdicts: the cost profile's run
+counts, cost quantiles (p50, p90, p99, max), error and retry shares and projected daily spend
+exactly (floats to a relative 1e-9), the interval ends of the projection within 15% of the
+interval's width (bootstrap noise: they are simulated with other random draws); the per-bucket
+load data (runs started, mean error rate, steps and cost per run per 1-minute bucket and series)
+against ``load_buckets_from_runs`` exactly. The knee search of the pandas version is simpler
+(no plateau, no refinement, fixed 99 permutations, no Bonferroni): its knees and p-values are
+printed beside ``load_curve``'s, not checked.
 
 Usage::
 
@@ -45,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 import driftwatch as dw  # noqa: E402
 from driftwatch import synth  # noqa: E402
 from driftwatch.costs import cost_profile_from_runs  # noqa: E402
-from driftwatch.load import load_curve_from_runs  # noqa: E402
+from driftwatch.load import load_buckets_from_runs, load_curve_from_runs  # noqa: E402
 
 DAYS = 30
 SEED = 11
@@ -117,19 +125,42 @@ def pandas_runs(path: Path, limit: int) -> Any:
     return pd.DataFrame(runs).reset_index()
 
 
-def pandas_cost(runs: Any, volume: float) -> Any:
+def pandas_cost(runs: Any, volume: float, n_boot: int = 1000, interval: float = 0.95) -> Any:
+    """Per agent and for the fleet: run counts, cost quantiles (linear), cost shares of failed steps
+    and retries, the projected daily spend at ``volume`` runs a day (split by the series' share of the
+    runs) and its interval, simulated as cost_profile does: a double bootstrap when the resamples fit
+    its budget of 2e7 draws, else bootstrap means of the run costs plus the day's own randomness
+    (resampled sums of N runs, or their normal limit), clipped to N x [min, max]."""
     import pandas as pd
 
+    budget = 20_000_000
     rng = np.random.default_rng(0)
     out = []
     for agent, sub in [*runs.groupby("agent"), ("all", runs)]:
-        c = sub["cost_usd"]
+        c = sub["cost_usd"].dropna()
         total = c.sum()
-        boot = [c.sample(len(c), replace=True, random_state=int(rng.integers(1 << 31))).mean() for _ in range(1000)]
-        n = volume * len(sub) / len(runs)
+        n, big_n = len(c), volume * len(sub) / len(runs)
+        n_int = max(1, round(big_n))
+
+        def draw(k: int, x: pd.Series = c) -> pd.Series:
+            return x.sample(k, replace=True, random_state=int(rng.integers(1 << 31)))
+
+        if (n + n_int) * n_boot <= budget:  # each replicate: a resample of the runs, then a day drawn from it
+            day = np.array([draw(n_int, draw(n)).sum() for _ in range(n_boot)]) * (big_n / n_int)
+        else:
+            if n * n_boot <= budget:
+                means = np.array([draw(n).mean() for _ in range(n_boot)])
+            else:
+                means = c.mean() + c.std() / np.sqrt(n) * rng.standard_normal(n_boot)
+            if n_int * n_boot <= budget:
+                noise = np.array([draw(n_int).sum() for _ in range(n_boot)]) - n_int * c.mean()
+            else:
+                noise = c.std() * np.sqrt(big_n) * rng.standard_normal(n_boot)
+            day = big_n * means + noise
+        lo, hi = np.clip(np.quantile(day, [(1 - interval) / 2, (1 + interval) / 2]), big_n * c.min(), big_n * c.max())
         out.append(
             {
-                "series": agent,
+                "series": agent if agent == "all" else f"agent={agent}",
                 "runs": len(sub),
                 "p50": c.quantile(0.5),
                 "p90": c.quantile(0.9),
@@ -137,12 +168,79 @@ def pandas_cost(runs: Any, volume: float) -> Any:
                 "max": c.max(),
                 "error_share": sub["error_cost_usd"].sum() / total,
                 "retry_share": sub["retry_cost_usd"].sum() / total,
-                "projected": n * c.mean(),
-                "lo": n * np.quantile(boot, 0.025),
-                "hi": n * np.quantile(boot, 0.975),
+                "projected": big_n * c.mean(),
+                "lo": lo,
+                "hi": hi,
             }
         )
     return pd.DataFrame(out)
+
+
+#: pandas_cost column -> cost_profile column, compared exactly (floats to a relative 1e-9: sums in
+#: another order)
+COST_EXACT = {"runs": "runs", "p50": "cost_p50", "p90": "cost_p90", "p99": "cost_p99", "max": "cost_max",
+              "error_share": "error_share", "retry_share": "retry_share", "projected": "projected_daily_usd"}
+#: the interval ends: bootstrap noise, compared to within this share of driftwatch's interval width
+#: (the 2.5% quantile of 1000 replicates moves by about 2% of the width from seed to seed)
+INTERVAL_TOL = 0.15
+
+
+def compare_cost(dw_cost: pl.DataFrame, pd_cost: Any) -> tuple[bool, list[str]]:
+    d = {r["series"]: r for r in dw_cost.iter_rows(named=True)}
+    notes = []
+    for r in pd_cost.to_dict("records"):
+        row = d.get(r["series"])
+        if row is None:
+            notes.append(f"{r['series']}: not in cost_profile")
+            continue
+        for pc, dc in COST_EXACT.items():
+            if not np.isclose(r[pc], row[dc], rtol=1e-9, atol=1e-12):
+                notes.append(f"{r['series']} {dc}: {row[dc]!r} vs pandas {r[pc]!r}")
+        width = row["projected_daily_hi"] - row["projected_daily_lo"]
+        for pc, dc in (("lo", "projected_daily_lo"), ("hi", "projected_daily_hi")):
+            if abs(r[pc] - row[dc]) > INTERVAL_TOL * width:
+                notes.append(f"{r['series']} {dc}: {row[dc]:.2f} vs pandas {r[pc]:.2f} (width {width:.2f})")
+    if len(d) != len(pd_cost):
+        notes.append(f"series: cost_profile {sorted(d)} vs pandas {sorted(pd_cost['series'])}")
+    return not notes, notes
+
+
+def pandas_buckets(runs: Any) -> Any:
+    """Per agent (and the fleet) and 1-minute bucket of run starts: runs started and the mean error rate,
+    steps and cost of those runs (load_curve's per-bucket data, as load_buckets_from_runs gives it)."""
+    import pandas as pd
+
+    runs = runs.copy()
+    runs["bucket"] = runs["first_ts"].dt.floor("1min")
+    runs["error_rate"] = runs["n_errors"] / runs["n_steps"]
+    parts = []
+    for agent, sub in [*runs.groupby("agent"), ("all", runs)]:
+        b = sub.groupby("bucket").agg(
+            started=("run_id", "size"),
+            error_rate=("error_rate", "mean"),
+            steps_per_run=("n_steps", "mean"),
+            cost_per_run=("cost_usd", "mean"),
+        )
+        b["series"] = agent if agent == "all" else f"agent={agent}"
+        parts.append(b.reset_index())
+    return pd.concat(parts, ignore_index=True)
+
+
+def compare_buckets(dw_buckets: pl.DataFrame, pd_buckets: Any) -> tuple[bool, str]:
+    cols = ["started", "error_rate", "steps_per_run", "cost_per_run"]
+    a = dw_buckets.select("series", "bucket", *cols)
+    b = pl.from_pandas(pd_buckets[["series", "bucket", *cols]]).with_columns(
+        pl.col("bucket").dt.cast_time_unit("us"), pl.col("started").cast(pl.Int64))
+    j = a.join(b, on=["series", "bucket"], how="full", suffix="_pd", coalesce=True)
+    missing = j.filter(pl.col("started").is_null() | pl.col("started_pd").is_null()).height
+    bad = {}
+    for c in cols:
+        x, y = j[c].cast(pl.Float64).to_numpy(), j[f"{c}_pd"].cast(pl.Float64).to_numpy()
+        ok = np.isclose(x, y, rtol=1e-9, atol=1e-12) | (np.isnan(x) & np.isnan(y))
+        if not ok.all():
+            bad[c] = int((~ok).sum())
+    agree = missing == 0 and not bad
+    return agree, f"{j.height:,} (series, bucket) rows, {missing} in one table only, differing values: {bad or 'none'}"
 
 
 def pandas_load(runs: Any, n_perm: int = 99) -> Any:
@@ -181,7 +279,7 @@ def pandas_load(runs: Any, n_perm: int = 99) -> Any:
                 best(y.groupby(b["day"]).transform(lambda s: s.sample(frac=1.0, random_state=int(rng.integers(1 << 31))).values))[0]
                 for _ in range(n_perm)
             ]
-            out.append({"series": agent, "metric": metric, "knee": knee, "p_value": (1 + sum(g >= gain for g in null)) / (1 + n_perm)})
+            out.append({"series": agent if agent == "all" else f"agent={agent}", "metric": metric, "knee": knee, "p_value": (1 + sum(g >= gain for g in null)) / (1 + n_perm)})
     return pd.DataFrame(out)
 
 
@@ -222,8 +320,13 @@ def main() -> None:
     n_pd = min(n_events, args.pandas_max)
     prow: list[tuple[str, float]] = []
     pruns = timed(f"pandas per-run table ({n_pd:,} events)", lambda: pandas_runs(path, n_pd), prow)
-    timed("pandas cost profile", lambda: pandas_cost(pruns, args.volume), prow)
-    timed("pandas load curve (3 metrics, started, 99 perms)", lambda: pandas_load(pruns), prow)
+    pcost = timed("pandas cost profile", lambda: pandas_cost(pruns, args.volume), prow)
+    pload = timed("pandas load curve (3 metrics, started, 99 perms)", lambda: pandas_load(pruns), prow)
+    # the pandas outputs checked against driftwatch's on the same events (the first n_pd of the scan)
+    sub_feats = feats if n_pd == n_events else dw.run_features(scan.head(n_pd))
+    cost_ok, cost_notes = compare_cost(cost_profile_from_runs(sub_feats, volume_per_day=args.volume), pcost)
+    buckets_ok, buckets_note = compare_buckets(load_buckets_from_runs(sub_feats), pandas_buckets(pruns))
+    sub_load = load if n_pd == n_events else load_curve_from_runs(sub_feats, loops=None)
 
     scan_s = rows[0][1]
     print("\n| step | events | seconds | events/s | x bare scan |\n|---|---:|---:|---:|---:|")
@@ -238,6 +341,23 @@ def main() -> None:
         "projected_daily_lo", "projected_daily_hi", "worst_run_expected_usd", "worst_run_method"))
     print("\nsignificant knees:")
     print(load.filter("significant").select("series", "metric", "load_kind", "knee", "below", "above", "p_value"))
+
+    print(f"\npandas cost profile vs cost_profile_from_runs on the same {n_pd:,} events (runs, p50/p90/p99/max, "
+          f"error and retry shares, projection exactly; interval ends within {INTERVAL_TOL:.0%} of the interval "
+          f"width): {'agree' if cost_ok else 'DISAGREE'}")
+    for note in cost_notes:
+        print(f"  {note}")
+    print(f"pandas per-bucket load data vs load_buckets_from_runs (started, mean error rate, steps and cost per "
+          f"run per 1-minute bucket, exactly): {'agree' if buckets_ok else 'DISAGREE'} ({buckets_note})")
+    # the knee itself: the pandas hinge search is simpler (no plateau, no refinement, 99 uniform within-day
+    # permutations, no Bonferroni), so its knees and p-values are shown beside driftwatch's, not checked
+    side = sub_load.filter(pl.col("load_kind") == "started", pl.col("metric").is_in(["error_rate", "steps_per_run",
+                                                                                    "cost_per_run"]))
+    side = side.select("series", "metric", "candidate_knee", "p_value", "significant").join(
+        pl.from_pandas(pload).rename({"knee": "pandas_knee", "p_value": "pandas_p"}), on=["series", "metric"],
+        how="left")
+    print("knees (started load; not checked, the pandas search is a simpler method):")
+    print(side.filter(pl.col("significant") | (pl.col("pandas_p") <= 0.05)))
 
 
 if __name__ == "__main__":
