@@ -14,7 +14,11 @@ Three parts, each printed as a table:
    truth, and the "predict nothing" baseline.
 2. **Bucket aggregation** (``bucket_metrics_from_runs``) on a per-run Parquet table of
    ``--runs`` runs, against a bare Polars scan of the same columns and a plain pandas
-   implementation (``read_parquet`` + ``groupby``).
+   implementation (``read_parquet`` + ``groupby``) of the same metrics (the same caps of
+   runaway runs, the mid-quantile p90 of steps; no coverage flags, bucket index or tool mix),
+   whose buckets are then checked against driftwatch's (the same (series, bucket) rows; runs,
+   steps mean and p90, error rate, error-run rate, tokens and cost per run, p90 latency and
+   LLM share to a relative 1e-9), with the verdict printed.
 3. **Within-run CUSUM** (``detect_run_changepoints``) on ``--events`` LLM steps of long runs,
    against a bare Polars scan of the columns and a plain pandas/numpy loop over runs (the
    same statistic, one run at a time), and ruptures ``Binseg`` called once per run (on at
@@ -228,7 +232,10 @@ def runs_parquet(n_runs: int, seed: int, data: Path) -> Path:
 
 
 def pandas_buckets(path: Path) -> Any:
-    """The same aggregation in plain pandas (no capping, no coverage flags, no tool mix)."""
+    """The same aggregation in plain pandas: per agent (and for the fleet) and day, the runs, mean
+    and p90 (mid-quantile) steps, error rate (each run's errors capped at its series' 99th percentile,
+    at least 1), share of runs with an error, tokens and cost per run (each run capped at 5 times its
+    series' median), p90 latency and LLM share of steps. No coverage flags, bucket index or tool mix."""
     import pandas as pd
 
     df = pd.read_parquet(path, columns=[c for c in cp._RUN_COLUMNS if c != "run_id"] + ["agent"])
@@ -237,23 +244,65 @@ def pandas_buckets(path: Path) -> Any:
     df["errored"] = df["n_errors"] > 0
     out = []
     for keys in (["series", "bucket"], ["bucket"]):
-        g = df.groupby(keys, sort=True)
+        per_series = df.groupby(keys[:-1]) if len(keys) > 1 else None
+        d = df.copy()
+        for c in ("tokens", "cost_usd"):  # runaway runs capped at 5x the series' median
+            med = per_series[c].transform("median") if per_series is not None else d[c].median()
+            d[c] = np.minimum(d[c], cp._CAP_MEDIANS * med).where(d[c].notna())
+        q99 = (per_series["n_errors"].transform(lambda x: x.quantile(0.99, interpolation="higher"))
+               if per_series is not None else d["n_errors"].quantile(0.99, interpolation="higher"))
+        d["errors_capped"] = np.minimum(d["n_errors"], np.maximum(q99, 1.0))
+        g = d.groupby(keys, sort=True)
         agg = g.agg(
             runs=("n_steps", "size"),
             steps_mean=("n_steps", "mean"),
             steps=("n_steps", "sum"),
-            errors=("n_errors", "sum"),
+            errors=("errors_capped", "sum"),
             llm=("n_llm", "sum"),
             error_run_rate=("errored", "mean"),
             tokens_per_run=("tokens", "mean"),
             cost_per_run=("cost_usd", "mean"),
         )
-        agg["steps_p90"] = g["n_steps"].quantile(0.9)  # cythonised, unlike agg(lambda)
-        agg["latency_p90"] = g["latency_ms"].quantile(0.9)
+        agg["latency_p90"] = g["latency_ms"].quantile(0.9)  # cythonised, unlike agg(lambda)
         agg["error_rate"] = agg["errors"] / agg["steps"]
         agg["llm_ratio"] = agg["llm"] / agg["steps"]
+        # p90 of steps as a mid-quantile: the value where F(k-) + P(k) / 2 reaches 0.9, interpolated
+        cnt = d.groupby([*keys, "n_steps"]).size().rename("c").reset_index()
+        cnt["mid"] = (cnt.groupby(keys)["c"].cumsum() - cnt["c"] / 2) / cnt.groupby(keys)["c"].transform("sum")
+        below = cnt["mid"] <= 0.9
+        lo = cnt[below].groupby(keys)[["n_steps", "mid"]].last()
+        hi = cnt[~below].groupby(keys)[["n_steps", "mid"]].first()
+        q = lo.add_suffix("_lo").join(hi.add_suffix("_hi"), how="outer")
+        interp = q["n_steps_lo"] + (0.9 - q["mid_lo"]) / (q["mid_hi"] - q["mid_lo"]) * (q["n_steps_hi"] - q["n_steps_lo"])
+        agg["steps_p90"] = interp.where(q["n_steps_lo"].notna() & q["n_steps_hi"].notna(),
+                                        q["n_steps_lo"].fillna(q["n_steps_hi"]))
+        if len(keys) == 1:
+            agg = agg.assign(series="all").set_index("series", append=True).swaplevel()
         out.append(agg)
     return out
+
+
+#: bucket_metrics_from_runs columns the pandas version computes (compared to a relative 1e-9)
+BUCKET_COMPARED = ("runs", "steps_mean", "steps_p90", "error_rate", "error_run_rate", "tokens_per_run",
+                   "cost_per_run", "latency_p90", "llm_ratio")
+
+
+def compare_buckets(dw_out: pl.DataFrame, pd_out: Any) -> tuple[bool, str]:
+    import pandas as pd
+
+    b = pl.from_pandas(pd.concat(pd_out).reset_index()[["series", "bucket", *BUCKET_COMPARED]]).with_columns(
+        pl.col("bucket").dt.cast_time_unit("us").dt.convert_time_zone("UTC"), pl.col("runs").cast(pl.Int64))
+    a = dw_out.select("series", "bucket", *BUCKET_COMPARED)
+    j = a.join(b, on=["series", "bucket"], how="full", suffix="_pd", coalesce=True)
+    missing = j.filter(pl.col("runs").is_null() | pl.col("runs_pd").is_null()).height
+    bad = {}
+    for c in BUCKET_COMPARED:
+        x, y = j[c].cast(pl.Float64).to_numpy(), j[f"{c}_pd"].cast(pl.Float64).to_numpy()
+        ok = np.isclose(x, y, rtol=1e-9, atol=1e-12) | (np.isnan(x) & np.isnan(y))
+        if not ok.all():
+            bad[c] = int((~ok).sum())
+    return missing == 0 and not bad, (f"{j.height:,} (series, bucket) rows, {missing} in one table only, "
+                                      f"differing values: {bad or 'none'}")
 
 
 def part_buckets(args: argparse.Namespace, data: Path) -> None:
@@ -265,9 +314,12 @@ def part_buckets(args: argparse.Namespace, data: Path) -> None:
     rows.append(("bare polars scan (same columns)", w, c, args.runs, ""))
     w, c, out = timed(lambda: cp.bucket_metrics_from_runs(pl.scan_parquet(path)), args.repeat)
     rows.append(("bucket_metrics_from_runs (scan)", w, c, args.runs, f"{out.height:,} buckets"))
-    w, c, _ = timed(lambda: pandas_buckets(path), max(1, args.repeat // 2))
-    rows.append(("pandas read_parquet + groupby", w, c, args.runs, "fewer outputs"))
+    w, c, pd_out = timed(lambda: pandas_buckets(path), max(1, args.repeat // 2))
+    rows.append(("pandas read_parquet + groupby", w, c, args.runs, "no coverage, index or tool mix"))
     table("bucket aggregation", "runs", rows, "bare polars scan (same columns)")
+    ok, note = compare_buckets(out, pd_out)
+    print(f"pandas vs bucket_metrics_from_runs ({', '.join(BUCKET_COMPARED)}; floats to a relative 1e-9): "
+          f"{'agree' if ok else 'DISAGREE'} ({note})")
 
 
 # --------------------------------------------------------------------------- 3. within runs
