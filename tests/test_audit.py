@@ -1496,3 +1496,49 @@ def test_a_state_written_by_hand_is_named_and_leaves_out_alone(small_fleet_dir: 
         with pytest.raises(InputError, match=rf"{name}\.duckdb: the audit state database failed while"):
             audit(str(events), state=db, out=out)
         assert not out.exists(), name
+
+
+def test_audit_id_follows_the_content_of_frames_and_read_results(tmp_path: Path) -> None:
+    """alerts.jsonl consumers send alerts when audit_id changes: a frame with one run's actions and
+    costs changed, or a ReadResult of other files, must not keep the id (every ReadResult had
+    one id, and frames were hashed on run ids, steps and times only)."""
+    ev = synth.generate(days=1, runs_per_day=40, seed=2).events
+    first = ev["run_id"][0]
+    changed = ev.with_columns(
+        pl.when(pl.col("run_id") == first).then(pl.lit("delete_invoice")).otherwise("action").alias("action"))
+    swapped = ev.with_columns(pl.col("cost_usd").shuffle(seed=3))  # the same values, on other rows
+    base = dw.audit(ev).audit_id
+    assert dw.audit(ev.reverse()).audit_id == base  # the rows' order does not count
+    assert dw.audit(ev.lazy()).audit_id == base
+    assert len({base, dw.audit(changed).audit_id, dw.audit(swapped).audit_id}) == 3
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    ev.filter(pl.col("agent") == "planner").write_parquet(a / "part.parquet")
+    ev.filter(pl.col("agent") != "planner").write_parquet(b / "part.parquet")
+    ids = {dw.audit(dw.read_logs(d)).audit_id for d in (a, b)}
+    assert len(ids) == 2
+    assert dw.audit(dw.read_logs(a)).audit_id in ids  # the same read, the same id
+    # a read of the same files with a narrower window is another input
+    since = ev["ts"].sort()[ev.height // 2]
+    assert dw.audit(dw.read_logs(b, since=since)).audit_id not in ids
+
+
+def test_default_reference_of_a_window_shorter_than_a_day_holds_the_first_runs() -> None:
+    """--drift-every 6h on data that starts at 09:08: the reference was midnight to 06:00, which
+    held no run, and the audit stopped with 'reference holds no runs'."""
+    from driftwatch.audit import default_reference
+
+    t0 = datetime(2026, 10, 5, 9, 8, tzinfo=UTC)
+    feats = pl.DataFrame({"first_ts": [t0 + timedelta(minutes=10 * i) for i in range(200)]})
+    assert default_reference(feats, window="6h") == (datetime(2026, 10, 5, 6, tzinfo=UTC),
+                                                     datetime(2026, 10, 5, 12, tzinfo=UTC))
+    assert default_reference(feats, window="1d")[0] == datetime(2026, 10, 5, tzinfo=UTC)  # (days: midnight)
+    assert default_reference(feats, window="5h")[0] == datetime(2026, 10, 5, 5, tzinfo=UTC)
+    ev = synth.generate(days=2, runs_per_day=200, seed=1).events
+    nine = ev["ts"].min().replace(hour=9, minute=0, second=0, microsecond=0)
+    late = ev.filter(pl.col("ts").min().over("run_id") >= nine)
+    start = late["ts"].min()
+    assert start >= nine
+    res = dw.audit(late, drift_every="6h")
+    lo, hi = (datetime.fromisoformat(x) for x in res.notes["drift_reference_range"])
+    assert lo <= start < hi and hi - lo == timedelta(hours=6)
