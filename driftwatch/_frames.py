@@ -13,7 +13,15 @@ import numpy as np
 import polars as pl
 
 from driftwatch.errors import InvalidParameterError, SchemaError
-from driftwatch.schema import CANONICAL_SCHEMA, MAX_STEP_TOKENS, STATUS_SPELLINGS, conform, convert_column
+from driftwatch.schema import (
+    CANONICAL_SCHEMA,
+    MAX_STEP_COST_USD,
+    MAX_STEP_LATENCY_MS,
+    MAX_STEP_TOKENS,
+    STATUS_SPELLINGS,
+    conform,
+    convert_column,
+)
 
 FrameLike = pl.DataFrame | pl.LazyFrame
 
@@ -142,7 +150,8 @@ def _check_convertible(lf: pl.LazyFrame, schema: pl.Schema, name: str) -> None:
 _RANGES: dict[str, tuple[Any, str]] = {
     "input_tokens": (lambda v: (v < 0) | (v > MAX_STEP_TOKENS), "a whole number in [0, 1e12]"),
     "output_tokens": (lambda v: (v < 0) | (v > MAX_STEP_TOKENS), "a whole number in [0, 1e12]"),
-    "latency_ms": (lambda v: v < 0, "a finite number >= 0"),
+    "latency_ms": (lambda v: (v < 0) | (v > MAX_STEP_LATENCY_MS), "a finite number in [0, 1e12]"),
+    "cost_usd": (lambda v: v > MAX_STEP_COST_USD, "a finite number up to 1e9 (USD per step)"),
     "confidence": (lambda v: (v < 0) | (v > 1), "a number in [0, 1]"),
 }
 

@@ -118,8 +118,9 @@ REJECT_REASONS: dict[str, str] = {
     "null_step": "the input has a step column but this row's step is null",
     "null_ts": "the input has no step column and this row has no timestamp to order it by",
     "bad_value": "a value that cannot be converted to its canonical type (reported as bad_value:<column>), "
-    "e.g. 'abc' or 2.5 as tokens, inf as cost, 'maybe' as approved, or a token count above a trillion "
-    "(MAX_STEP_TOKENS)",
+    "e.g. 'abc' or 2.5 as tokens, inf as cost, 'maybe' as approved, a token count above a trillion "
+    "(MAX_STEP_TOKENS), a step cost above a billion dollars (MAX_STEP_COST_USD) or a latency above a "
+    "trillion milliseconds (MAX_STEP_LATENCY_MS)",
     "negative_tokens": "input_tokens or output_tokens below zero",
     "negative_cost": "cost_usd below zero",
     "negative_latency": "latency_ms below zero",
@@ -139,6 +140,11 @@ REASON_COL = "__dw_reason"
 #: above, the row is rejected as ``bad_value:<column>``. Sums of up to 9 million such steps
 #: still fit a 64-bit integer.
 MAX_STEP_TOKENS = 10**12
+#: The most one step may cost in ``cost_usd`` (a billion dollars) and last in ``latency_ms`` (a
+#: trillion milliseconds, 31 years): above, the row is rejected as ``bad_value:<column>`` (a
+#: value such as 1e308 is finite, but a run's or a fleet's sum of it is not).
+MAX_STEP_COST_USD = 1e9
+MAX_STEP_LATENCY_MS = 1e12
 #: Internal column holding a short description of the offending value.
 DETAIL_COL = "__dw_detail"
 
@@ -746,8 +752,13 @@ def _add_reasons(
             checks.append((_v(c) > MAX_STEP_TOKENS, f"bad_value:{c}", pl.format(f"{c}={{}}", _v(c))))
     if "cost_usd" in schema:
         checks.append((_v("cost_usd") < 0, "negative_cost", pl.format("cost_usd={}", _v("cost_usd"))))
+        # a billion dollars a step is a unit or logging bug, and sums of such values reach inf
+        checks.append((_v("cost_usd") > MAX_STEP_COST_USD, "bad_value:cost_usd",
+                       pl.format("cost_usd={}", _v("cost_usd"))))
     if "latency_ms" in schema:
         checks.append((_v("latency_ms") < 0, "negative_latency", pl.format("latency_ms={}", _v("latency_ms"))))
+        checks.append((_v("latency_ms") > MAX_STEP_LATENCY_MS, "bad_value:latency_ms",
+                       pl.format("latency_ms={}", _v("latency_ms"))))
     if "confidence" in schema:
         conf = _v("confidence")
         checks.append(((conf < 0) | (conf > 1), "bad_confidence", pl.format("confidence={}", conf)))
@@ -817,6 +828,8 @@ __all__ = [
     "HANDOFF_PREFIX",
     "LLM_ACTION",
     "OPTIONAL",
+    "MAX_STEP_COST_USD",
+    "MAX_STEP_LATENCY_MS",
     "MAX_STEP_TOKENS",
     "REASON_COL",
     "REJECT_REASONS",

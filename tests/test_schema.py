@@ -355,6 +355,22 @@ def test_token_counts_past_a_trillion_are_rejected_before_they_wrap_a_sum() -> N
         dw.check_policy(raw)
 
 
+def test_step_costs_and_latencies_whose_sums_overflow_are_rejected() -> None:
+    """A step cost of 1e308 is finite, but its run's sum is inf: the run read 'cost $inf > ceiling'
+    and the fleet's spend as unknown. Costs above MAX_STEP_COST_USD and latencies above
+    MAX_STEP_LATENCY_MS are bad values, on every engine (they share these checks)."""
+    import driftwatch as dw
+
+    raw = pl.DataFrame({"run_id": ["a", "a", "b", "b"], "step": [1, 2, 1, 2], "action": ["llm"] * 4,
+                        "cost_usd": [1e308, 1e308, s.MAX_STEP_COST_USD, 0.5],
+                        "latency_ms": [1.0, 2.0, 3.0, 1e300]})
+    out = s.conform(raw, check=True).collect()
+    assert out[s.REASON_COL].to_list() == ["bad_value:cost_usd", "bad_value:cost_usd", None, "bad_value:latency_ms"]
+    assert out[s.DETAIL_COL][0] == "cost_usd=1e+308"
+    res = dw.audit(raw)
+    assert res.stats["rows_rejected"] == 3 and res.summary()["cost"]["total_usd"] == s.MAX_STEP_COST_USD
+
+
 def test_a_frame_missing_a_column_lists_only_its_own_columns() -> None:
     """The frame check numbers rows in a working column; the message listed it as found."""
     import driftwatch as dw
