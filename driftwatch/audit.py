@@ -35,6 +35,7 @@ import types
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
@@ -567,14 +568,21 @@ def _reading(fn: Callable[[], Any]) -> Any:
     The checking pass of :func:`driftwatch.read_logs` decodes only the columns it checks, so
     a damaged page in another column (``args``, say) shows first when the events are read.
     """
+    import duckdb  # (the duckdb engine's scans raise its errors through Polars)
+
     try:
         return fn()
-    except pl.exceptions.PolarsError as err:
-        text = str(err).strip()
-        raise CorruptFileError(f"{_READ_FAILED}: {text.splitlines()[0] if text else type(err).__name__}") from None
+    except (pl.exceptions.PolarsError, duckdb.Error) as err:
+        raise CorruptFileError(_read_failed(err)) from None
 
 
 _READ_FAILED = "reading the events failed"
+
+
+def _read_failed(err: BaseException) -> str:
+    """``"reading the events failed: <the first line of err>"``."""
+    text = str(err).strip()
+    return f"{_READ_FAILED}: {text.splitlines()[0] if text else type(err).__name__}"
 
 
 def _locate_read_failure(source: Any) -> str | None:
@@ -588,6 +596,38 @@ def _locate_read_failure(source: Any) -> str | None:
     except Exception:  # noqa: BLE001 - a diagnosis only: the original error is raised anyway
         return None
     return locate_read_failure(paths)
+
+
+@contextmanager
+def naming_read_failures(source: Any, *, otherwise: str | None = None) -> Iterator[None]:
+    """Read failures inside the block raised as :class:`~driftwatch.errors.CorruptFileError`
+    naming the file and column that cannot be decoded (:func:`_locate_read_failure` of the
+    path ``source``).
+
+    The checking pass of :func:`driftwatch.read_logs` decodes only the columns it checks: a
+    damaged page in ``args`` or ``version`` fails first where the events are read, by
+    :func:`audit` or by a command (``driftwatch loops``, ``drift``, ``validate``).
+
+    * A failure of a pass that only reads (:func:`_reading`'s) names the file and column, or
+      ``otherwise`` when no column of the files fails alone (without it, it is raised as is).
+    * A Polars ``ComputeError`` elsewhere (a detector decoding a column as it goes; a damaged
+      page is one) is a read failure only when a column of the files cannot be decoded; else
+      it, like any other error, is raised as it came (a bug).
+    """
+    try:
+        yield
+    except CorruptFileError as exc:
+        if not str(exc).startswith(_READ_FAILED):  # the reader's own errors name the file already
+            raise
+        where = _locate_read_failure(source) or otherwise
+        if where is None:
+            raise
+        raise CorruptFileError(f"{where}: {exc}") from None
+    except pl.exceptions.ComputeError as err:
+        where = _locate_read_failure(source)
+        if where is None:
+            raise
+        raise CorruptFileError(f"{where}: {_read_failed(err)}") from None
 
 
 def _start(pool: ThreadPoolExecutor | None, fn: Callable[[], Any]) -> Future[Any]:
@@ -2129,16 +2169,11 @@ def audit(
         else:
             n_chunks = _chunk_count(n_rows, chunks, chunk_rows)
         t0 = time.perf_counter()
-        try:
+        with naming_read_failures(source, otherwise=_describe(source_or_events)):
             tables, n_chunks = _per_run_stage(
                 lf, slicer, pol, n_chunks=n_chunks, in_memory=in_memory, size=size, since=since_dt,
                 until=until_dt, out=out, say=say,
             )
-        except CorruptFileError as exc:
-            if not str(exc).startswith(_READ_FAILED):  # the reader's own errors name the file already
-                raise
-            where = _locate_read_failure(source) or _describe(source_or_events)
-            raise CorruptFileError(f"{where}: {exc}") from None
         trim_heap()
         # the rows of the audited runs: rows_valid, less what --since/--until left out
         stats["rows_analysed"] = int(tables.features["n_steps"].sum() or 0)

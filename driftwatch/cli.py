@@ -400,19 +400,26 @@ def _cmd_audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def _cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import polars as pl
 
+    from driftwatch.audit import _reading, naming_read_failures
     from driftwatch.read import read_logs
     from driftwatch.schema import validate_events
 
     rr = read_logs(_one(args.sources), format=args.format, engine=args.engine, column_map=_column_map(args.map))
     events = rr.events
-    validate_events(events, where=", ".join(args.sources))
+    where = ", ".join(args.sources)
+    validate_events(events, where=where)
     st = rr.stats
-    n_runs = (events.lazy() if isinstance(events, pl.DataFrame) else events).select(
-        pl.col("run_id").n_unique()
-    ).collect().item()
+    lf = events.lazy() if isinstance(events, pl.DataFrame) else events
+    # every column the detectors are given is decoded once (the reader's checking pass skips
+    # args, result, version, ...: a damaged page there passed validate and failed the audit)
+    decoded = [pl.col(c).str.len_bytes().sum() if t == pl.String else pl.col(c).max()
+               for c, t in lf.collect_schema().items() if c != "run_id"]
+    with naming_read_failures(args.sources, otherwise=where):
+        counts = _reading(lambda: lf.select(pl.col("run_id").n_unique(), *decoded).collect(engine="streaming"))
+    n_runs = counts.item(0, 0)
     n_files = st["files"]
     print(
-        f"{_field(', '.join(args.sources))}: {st['rows_in']:,} rows in {n_files} file(s): {st['rows_valid']:,} valid "
+        f"{_field(where)}: {st['rows_in']:,} rows in {n_files} file(s): {st['rows_valid']:,} valid "
         f"({n_runs:,} runs), {st['rows_rejected']:,} rejected; schema OK",
         file=out,
     )
@@ -434,14 +441,16 @@ def _cmd_loops(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import polars as pl
 
     from driftwatch._io import atomic_write_parquet
+    from driftwatch.audit import naming_read_failures
     from driftwatch.loops import detect_loops
     from driftwatch.read import read_logs
 
     _check_out_file(args.out, args.sources)
     rr = read_logs(_one(args.sources), format=args.format, column_map=_column_map(args.map))
-    loops = detect_loops(  # (the ReadResult: its events were checked by the reader, not again)
-        rr, max_period=args.max_period, min_repeats=args.min_repeats, fuzzy=not args.no_fuzzy
-    )
+    with naming_read_failures(args.sources):  # a damaged page in a column the reader does not check
+        loops = detect_loops(  # (the ReadResult: its events were checked by the reader, not again)
+            rr, max_period=args.max_period, min_repeats=args.min_repeats, fuzzy=not args.no_fuzzy
+        )
     if args.out:
         atomic_write_parquet(loops, args.out)
     kinds = {k: n for k, n in loops["kind"].value_counts().sort("kind").iter_rows()} if loops.height else {}
@@ -494,7 +503,7 @@ def _cmd_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import polars as pl
 
     from driftwatch._io import atomic_write_parquet
-    from driftwatch.audit import parse_reference
+    from driftwatch.audit import naming_read_failures, parse_reference
     from driftwatch.drift import detect_drift
     from driftwatch.read import read_logs
 
@@ -507,7 +516,9 @@ def _cmd_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         ref = parse_reference(ref)
     elif kind == "logs":
         ref = read_logs(ref, format=args.format, column_map=cmap)
-    rows = detect_drift(rr, reference=ref, every=args.every, by=_by(args.by), min_runs=args.min_runs)
+    # a damaged page in a column the reader does not check, in the logs or the reference logs
+    with naming_read_failures([*args.sources, args.reference] if kind == "logs" else args.sources):
+        rows = detect_drift(rr, reference=ref, every=args.every, by=_by(args.by), min_runs=args.min_runs)
     if args.out:
         atomic_write_parquet(rows, args.out)
     drifted = rows.filter(pl.col("drifted")) if rows.height else rows

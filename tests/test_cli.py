@@ -716,3 +716,45 @@ def test_an_empty_state_option_is_refused(fleet_events: Path, tmp_path: Path, ru
     assert code == 2, err
     assert f"{flag} is empty" in one_line_error(err)
     assert not (tmp_path / "out").exists()
+
+
+def _damaged(path: Path, column: str | None) -> Path:
+    """A log whose ``column`` pages are garbled (the footer intact), as a bad disk leaves it."""
+    from datetime import UTC, datetime, timedelta
+
+    import pyarrow.parquet as pq
+
+    n = 20_000
+    t0 = datetime(2026, 10, 1, tzinfo=UTC)
+    pl.DataFrame({"run_id": [f"r{i // 10:05d}" for i in range(n)], "step": [i % 10 + 1 for i in range(n)],
+                  "ts": [t0 + timedelta(seconds=9 * i) for i in range(n)], "action": ["search"] * n,
+                  "version": [f"v{i % 7}" for i in range(n)]}).write_parquet(path, compression="zstd")
+    if column is None:
+        return path
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    chunk = next(meta.column(i) for i in range(meta.num_columns) if meta.column(i).path_in_schema == column)
+    start, size = chunk.data_page_offset, chunk.total_compressed_size
+    raw = bytearray(path.read_bytes())
+    for i in range(start + 20, start + size - 10):
+        raw[i] = (raw[i] * 7 + 13) % 256
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def test_a_damaged_page_in_an_unchecked_column_is_named_by_validate_loops_and_drift(
+    damaged_args_log: Path, tmp_path: Path, run_cli: Cli
+) -> None:
+    """The reader's checking pass skips args, version, ...: validate said "schema OK" on a file
+    the audit cannot read, and loops / drift failed with "unexpected error: ComputeError"
+    naming no file. All three now name the file and the column, exit 2."""
+    for cmd in (["validate"], ["validate", "--engine", "duckdb"], ["loops"]):
+        code, out, err = run_cli(*cmd, damaged_args_log)
+        line = one_line_error(err)
+        assert code == 2 and "schema OK" not in out, (cmd, out, err)
+        assert line.startswith(f"driftwatch {cmd[0]}: error: {damaged_args_log}, column 'args': reading the events "
+                               "failed: "), (cmd, line)
+    version = _damaged(tmp_path / "version.parquet", "version")
+    for ref in ("1d", version):  # the damaged file as the logs, then as the reference logs
+        logs = version if ref == "1d" else _damaged(tmp_path / "ok.parquet", None)
+        code, out, err = run_cli("drift", logs, "--reference", ref)
+        assert code == 2 and f"{version}, column 'version': reading the events failed: " in one_line_error(err), err
