@@ -425,16 +425,48 @@ def _cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     )
     rej = rr.rejected if isinstance(rr.rejected, pl.DataFrame) else rr.rejected.collect()
     if rej.height:
-        by = [c for c in ("reason", "source_file") if c in rej.columns]
-        summary = rej.group_by(by).agg(pl.len().alias("rows")).sort(["rows", *by], descending=[True] + [False] * len(by))
-        for r in summary.head(20).iter_rows(named=True):
-            where = f" in {_field(r['source_file'])}" if "source_file" in r else ""
-            print(f"  rejected {r['rows']:,} row(s): {_field(r.get('reason'))}{where}", file=out)
+        _say_rejected_by_reason(rej, out)
         # spans that are not steps by design (a trace's root agent span, chains) are how span
         # exports look, not bad rows: --strict fails on the others
         if args.strict and (rej["reason"] != "not_a_step").any():
             return EXIT_FAIL_ON
     return EXIT_OK
+
+
+#: Files listed per rejection reason by ``driftwatch validate`` (the rest are counted).
+FILES_PER_REASON = 10
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def _say_rejected_by_reason(rej: Any, out: TextIO) -> None:
+    """Every reason of the rejected rows with its total, most rows first, and the files it is
+    in: one line for a reason in one file, else at most :data:`FILES_PER_REASON` files (most
+    rows first) and ``… and N more files (M rows)``."""
+    import polars as pl
+
+    if "source_file" not in rej.columns:
+        rej = rej.with_columns(pl.lit(None, dtype=pl.String).alias("source_file"))
+    per_file = rej.group_by("reason", "source_file").agg(pl.len().alias("rows"))
+    per_reason = per_file.group_by("reason").agg(pl.col("rows").sum(), pl.len().alias("files")).sort(
+        ["rows", "reason"], descending=[True, False], nulls_last=True)
+    for reason, rows, n_files in per_reason.iter_rows():
+        files = per_file.filter(pl.col("reason").eq_missing(reason)).sort(
+            ["rows", "source_file"], descending=[True, False], nulls_last=True)
+        head = f"  rejected {rows:,} row(s): {_field(reason)}"
+        if n_files == 1:
+            file = files.item(0, "source_file")
+            print(head + (f" in {_field(file)}" if file is not None else ""), file=out)
+            continue
+        print(f"{head} in {n_files:,} files", file=out)
+        for file, n in files.head(FILES_PER_REASON).select("source_file", "rows").iter_rows():
+            print(f"    {n:,} row(s) in {_field(file)}", file=out)
+        if n_files > FILES_PER_REASON:
+            more = files.slice(FILES_PER_REASON)
+            print(f"    … and {_plural(more.height, 'more file')} ({_plural(int(more['rows'].sum()), 'row')})",
+                  file=out)
 
 
 def _cmd_loops(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -758,3 +758,25 @@ def test_a_damaged_page_in_an_unchecked_column_is_named_by_validate_loops_and_dr
         logs = version if ref == "1d" else _damaged(tmp_path / "ok.parquet", None)
         code, out, err = run_cli("drift", logs, "--reference", ref)
         assert code == 2 and f"{version}, column 'version': reading the events failed: " in one_line_error(err), err
+
+
+def test_validate_lists_every_reason_and_counts_the_files_it_leaves_out(tmp_path: Path, run_cli: Cli) -> None:
+    """validate printed the first 20 (reason, file) lines: with 22 files of bad_status rows the
+    one negative_tokens row was never mentioned, and nothing said lines were left out."""
+    from driftwatch.cli import FILES_PER_REASON
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for i in range(22):
+        pl.DataFrame({"run_id": [f"r{i}"] * 2, "step": [1, 2], "action": ["llm", "search"],
+                      "status": ["ok", "??"]}).write_parquet(logs / f"a{i:02d}.parquet")
+    pl.DataFrame({"run_id": ["z", "z"], "step": [1, 2], "action": ["llm", "search"],
+                  "input_tokens": [10, -5]}).write_parquet(logs / "z.parquet")
+    code, out, err = run_cli("validate", logs)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert "23 rejected; schema OK" in lines[0]
+    assert lines[1] == "  rejected 22 row(s): bad_status in 22 files"
+    assert sum(" row(s) in " in x for x in lines) == FILES_PER_REASON
+    assert f"    … and {22 - FILES_PER_REASON} more files ({22 - FILES_PER_REASON} rows)" in lines
+    assert lines[-1] == f"  rejected 1 row(s): negative_tokens in {logs / 'z.parquet'}"
