@@ -670,13 +670,13 @@ class _PipeSafe:
     stands, and no "Broken pipe" error blames the input."""
 
     def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
+        self.stream = stream
         self.broken = False
 
     def write(self, text: str) -> int:
         if not self.broken:
             try:
-                self._stream.write(text)
+                self.stream.write(text)
             except BrokenPipeError:
                 self.broken = True
         return len(text)
@@ -684,15 +684,15 @@ class _PipeSafe:
     def flush(self) -> None:
         if not self.broken:
             try:
-                self._stream.flush()
+                self.stream.flush()
             except BrokenPipeError:
                 self.broken = True
 
     def isatty(self) -> bool:
-        return self._stream.isatty()
+        return self.stream.isatty()
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
+        return getattr(self.stream, name)
 
 
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
@@ -703,24 +703,38 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
     argv : sequence of str, optional
         Arguments without the program name (default: ``sys.argv[1:]``).
     stdout, stderr : text streams, optional
-        Where results and errors go (default: the process's). A reader of ``stdout`` that goes
-        away early (``| head``) stops the printing, quietly; the exit code is the command's.
+        Where results and errors go (default: the process's). A reader of ``stdout`` or
+        ``stderr`` that goes away early (``| head``) stops the printing to it, quietly; the exit
+        code is the command's.
     """
     out = _PipeSafe(stdout or sys.stdout)
+    err = _PipeSafe(stderr or sys.stderr)  # (an error line to a closed stderr must not change the exit code)
     try:
         with warnings.catch_warnings():
             # numpy's floating-point notes (an infinite cost sum, NaN in a statistic) are not
             # errors of the audit, whose results say what they are; stderr is for what is wrong
             warnings.filterwarnings("ignore", category=RuntimeWarning,
                                     message=r"(overflow|invalid value|divide by zero) encountered")
-            return _main(argv, _Escaped(out), _Escaped(stderr or sys.stderr))  # type: ignore[arg-type]
+            return _main(argv, _Escaped(out), _Escaped(err))  # type: ignore[arg-type]
     finally:
-        out.flush()
-        if out.broken and stdout is None:
-            # the interpreter flushes sys.stdout again at exit: point it at /dev/null first
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
+        for stream, own in ((out, stdout is None), (err, stderr is None)):
+            stream.flush()  # (also what went to sys.stdout directly: --help, --version)
+            if stream.broken and own:
+                _point_at_devnull(stream.stream)
+
+
+def _point_at_devnull(stream: TextIO) -> None:
+    """Send the process's ``stream`` (whose reader has gone away) to /dev/null: the interpreter
+    flushes sys.stdout and sys.stderr again at exit, and a failure there exits 120."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):  # not a file (replaced by a test's capture): nothing flushes it at exit
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 def _main(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:

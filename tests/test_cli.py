@@ -780,3 +780,29 @@ def test_validate_lists_every_reason_and_counts_the_files_it_leaves_out(tmp_path
     assert sum(" row(s) in " in x for x in lines) == FILES_PER_REASON
     assert f"    … and {22 - FILES_PER_REASON} more files ({22 - FILES_PER_REASON} rows)" in lines
     assert lines[-1] == f"  rejected 1 row(s): negative_tokens in {logs / 'z.parquet'}"
+
+
+def test_a_closed_stderr_keeps_the_exit_code(tmp_path: Path) -> None:
+    """`driftwatch validate /nonexistent 2>&1 | true` exited 1: the error line to the closed
+    stderr raised BrokenPipeError. Every exit path keeps its code (0, 1, 2)."""
+    import io
+    import os
+
+    from driftwatch.cli import main
+
+    bad = tmp_path / "bad.parquet"
+    pl.DataFrame({"run_id": ["a", "a"], "step": [1, 2], "action": ["x", "y"], "status": ["ok", "??"]}).write_parquet(bad)
+    for argv, expected in ((["validate", str(tmp_path / "nope")], 2), (["frobnicate"], 2),
+                           (["validate", str(bad), "--strict"], 1), (["validate", str(bad)], 0)):
+        assert main(argv, stdout=io.StringIO(), stderr=_ClosedAfter(0)) == expected, argv  # type: ignore[arg-type]
+        assert main(argv, stdout=_ClosedAfter(0), stderr=_ClosedAfter(0)) == expected, argv  # type: ignore[arg-type]
+    exe = Path(sys.executable).parent / "driftwatch"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "import sys; from driftwatch.cli import main; sys.exit(main())"]
+    for argv, expected in ((["validate", str(tmp_path / "nope")], 2), (["--help"], 0), (["validate", str(bad), "--strict"], 1)):
+        read, write = os.pipe()
+        os.close(read)  # the reader is gone before the first line: every write fails with EPIPE
+        try:
+            proc = subprocess.run([*cmd, *argv], stdout=write, stderr=write, timeout=120)
+        finally:
+            os.close(write)
+        assert proc.returncode == expected, argv
