@@ -49,14 +49,15 @@ def _escape(c: int) -> str:
 
 
 #: Characters a terminal obeys rather than shows (ESC starts colour, title and clear-screen
-#: sequences; CR overwrites a line; bidi controls reorder it): printed as ``\\x1b`` /
-#: ``\\u202e``, so a log or a file name cannot drive the terminal. Newline is left to the
-#: stream (the CLI's own line breaks); :func:`_field` escapes it in text from the data.
+#: sequences; CR overwrites a line; a tab moves to a column; bidi controls reorder it):
+#: printed as ``\\x1b`` / ``\\r`` / ``\\t`` / ``\\u202e``, so a log or a file name cannot drive
+#: the terminal and shows as it is. Newline is left to the stream (the CLI's own line
+#: breaks); :func:`_field` escapes it in text from the data.
 _TERMINAL = {
     c: _escape(c)
     for c in (*range(0x0A), *range(0x0B, 0x20), *range(0x7F, 0xA0), 0x061C, 0x200E, 0x200F,
               *range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x2028, 0x2029)
-}
+} | {0x09: "\\t", 0x0D: "\\r"}
 _FIELD = {**_TERMINAL, 0x0A: "\\n"}
 
 
@@ -764,7 +765,7 @@ def _main(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
               "or run it on a machine with more memory", file=err)
         return EXIT_BAD_INPUT
     except OSError as exc:
-        where = f" {exc.filename}:" if exc.filename else ""
+        where = f" {_field(exc.filename)}:" if exc.filename else ""
         print(f"driftwatch {args.command}: error:{where} {_one_line(exc)}; check the path and permissions",
               file=err)
         return EXIT_BAD_INPUT
@@ -804,8 +805,11 @@ def _hint(exc: BaseException) -> str:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc.strerror if isinstance(exc, OSError) and exc.strerror else exc) or type(exc).__name__
-    return " ".join(text.split())
+    """An error's message on one line, as it is: spaces kept (file names are exact), line
+    breaks, tabs and other control characters escaped (``\\n``, ``\\t``, ``\\x1b``)."""
+    text = str(exc.strerror if isinstance(exc, OSError) and exc.strerror else exc)
+    text = text.rstrip().lstrip("\r\n")  # (not leading spaces: the message may start with a file name)
+    return _field(text or type(exc).__name__)
 
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_FAIL_ON", "EXIT_OK", "main"]

@@ -806,3 +806,14 @@ def test_a_closed_stderr_keeps_the_exit_code(tmp_path: Path) -> None:
         finally:
             os.close(write)
         assert proc.returncode == expected, argv
+
+
+def test_file_names_are_shown_exactly_in_error_lines(tmp_path: Path, run_cli: Cli) -> None:
+    """Whitespace in file names was collapsed ('part  1.parquet' shown as 'part 1.parquet', a tab
+    or a newline as a space): the line stays one line, the name stays exact."""
+    for name, shown in (("part  1.parquet", "part  1.parquet"), ("b\tc.parquet", r"b\tc.parquet"),
+                        ("d\ne.parquet", r"d\ne.parquet")):
+        path = tmp_path / name
+        path.write_text("garbage")
+        code, _, err = run_cli("validate", path)
+        assert code == 2 and f"{tmp_path}/{shown}: not a Parquet file" in one_line_error(err), err
