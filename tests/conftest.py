@@ -35,12 +35,25 @@ def run_cli() -> Callable[..., tuple[int, str, str]]:
     return run
 
 
+def garble_pages(path: Path, column: str) -> None:
+    """Garble the pages of ``column`` in the first row group of the Parquet file ``path``, its
+    footer intact, as a bad disk leaves a file."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    chunk = next(meta.column(i) for i in range(meta.num_columns) if meta.column(i).path_in_schema == column)
+    start, size = chunk.data_page_offset, chunk.total_compressed_size
+    raw = bytearray(path.read_bytes())
+    for i in range(start + 20, start + size - 10):
+        raw[i] = (raw[i] * 7 + 13) % 256
+    path.write_bytes(bytes(raw))
+
+
 @pytest.fixture
 def damaged_args_log(tmp_path: Path) -> Path:
     """A log whose ``args`` pages are damaged: the checking pass of ``read_logs`` (which does
     not decode ``args``) passes, reading the events for the audit fails."""
     import polars as pl
-    import pyarrow.parquet as pq
 
     n = 20_000
     path = tmp_path / "damaged" / "bad.parquet"
@@ -48,10 +61,5 @@ def damaged_args_log(tmp_path: Path) -> Path:
     pl.DataFrame({"run_id": [f"r{i // 10:05d}" for i in range(n)], "step": [i % 10 + 1 for i in range(n)],
                   "action": ["search"] * n, "args": [f"query {i} with some text" for i in range(n)]}
                  ).write_parquet(path, compression="zstd")
-    chunk = pq.ParquetFile(path).metadata.row_group(0).column(3)  # args
-    start, size = chunk.data_page_offset, chunk.total_compressed_size
-    raw = bytearray(path.read_bytes())
-    for i in range(start + 20, start + size - 10):
-        raw[i] = (raw[i] * 7 + 13) % 256
-    path.write_bytes(bytes(raw))
+    garble_pages(path, "args")
     return path
