@@ -570,9 +570,13 @@ def _reading(fn: Callable[[], Any]) -> Any:
     """
     import duckdb  # (the duckdb engine's scans raise its errors through Polars)
 
+    from driftwatch.read import is_panic
+
     try:
         return fn()
-    except (pl.exceptions.PolarsError, duckdb.Error) as err:
+    except BaseException as err:  # noqa: BLE001 - read failures, and the decoder's panics on damaged pages
+        if not (isinstance(err, pl.exceptions.PolarsError | duckdb.Error) or is_panic(err)):
+            raise
         raise CorruptFileError(_read_failed(err)) from None
 
 

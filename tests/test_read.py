@@ -1243,3 +1243,29 @@ def test_a_repeated_step_is_a_copy_only_when_every_column_is_the_same(tmp_path: 
         "duplicate_step", "conflicting_step", "conflicting_step", "conflicting_step"]
     framed = check_frame(pl.concat([base, again], how="diagonal_relaxed"))
     assert framed.rejected["reason"].to_list() == a.rejected.sort("source_row")["reason"].to_list()
+
+
+def test_a_page_the_decoder_panics_on_is_a_corrupt_file_naming_its_column(tmp_path: Path, run_cli) -> None:
+    """Some damaged pages make Polars' Parquet decoder panic (a pyo3 PanicException, which is not
+    an Exception) instead of failing: every command said 'internal error: the engine panicked'
+    and named no file. It is a CorruptFileError naming the file and the column now."""
+    import pyarrow.parquet as pq
+
+    import driftwatch as dw
+    from driftwatch.errors import CorruptFileError
+
+    ev = dw.synth.generate(days=1, runs_per_day=40, seed=1).events
+    base, bad = tmp_path / "base.parquet", tmp_path / "logs" / "f.parquet"
+    bad.parent.mkdir()
+    ev.write_parquet(base, compression="zstd", row_group_size=100)
+    col = next(c for c in (pq.ParquetFile(base).metadata.row_group(0).column(i) for i in range(ev.width))
+               if c.path_in_schema == "feedback")
+    raw = bytearray(base.read_bytes())
+    mid = col.data_page_offset + col.total_compressed_size // 2
+    raw[mid:mid + 16] = bytes(b ^ 0xFF for b in raw[mid:mid + 16])
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(CorruptFileError, match=rf"{bad}, column 'feedback': reading failed"):
+        dw.read_logs(bad.parent)
+    for cmd in (["validate"], ["loops"], ["audit", "--out", str(tmp_path / "out")]):
+        code, _, err = run_cli(cmd[0], bad.parent, *cmd[1:])
+        assert code == 2 and f"{bad}, column 'feedback': reading failed" in err.strip().splitlines()[-1], err
