@@ -98,6 +98,8 @@ _ROW_BITS = 36
 _META = "_meta"
 _REJECTED = "_rejected"
 _BUCKET = "__dw_bucket"
+_VARIANT = "__dw_variant"  # the read (files of one schema) a row comes from, when there are several
+_TYPED = "__dw_typed"  # prefix of the columns holding one type of a column whose type varies by read
 
 Progress = Callable[[str], None]
 
@@ -167,7 +169,8 @@ def get_session(
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.driver.memory": "2g",
         # Parquet timestamps in nanoseconds (what pandas writes) as their epoch numbers, which
-        # the row checks convert as the local reader does; Spark refuses them otherwise
+        # each bucket turns back into the nanosecond timestamps the local reader reads; Spark
+        # refuses them otherwise
         _NANOS_AS_LONG: "true",
         # no console progress bar: it overwrote stderr with \r, so the one-line error of a
         # failed audit was glued to a "[Stage 0: ...]" line (driftwatch prints its own progress)
@@ -209,6 +212,37 @@ class _Input:
     #: a ReadResult's own rejected rows and stats (its events are what Spark audits)
     read_rejected: pl.DataFrame | None = None
     read_stats: dict[str, Any] | None = None
+    #: how each read's rows come back to the local reader's columns and dtypes in a bucket
+    #: (``__dw_variant`` names the read of a row when there are several); None: as Spark gives them
+    variants: tuple[_Variant, ...] | None = None
+    #: the columns of ``sdf`` that hold the run id (several: it has other types in other files)
+    run_cols: tuple[str, ...] = ()
+
+    def run_key(self) -> Any:
+        """The column whose hash buckets the rows: the run id (as text where its type varies)."""
+        cols = self.run_cols or (self.run_col,)
+        if len(cols) == 1:
+            return F.col(cols[0])
+        return F.coalesce(*[F.col(c).cast("string") for c in cols])
+
+
+@dataclass(frozen=True)
+class _Column:
+    """One raw column as the local reader reads it, rebuilt in a bucket from what Spark carried."""
+
+    #: the column's name in the files (before ``column_map``)
+    name: str
+    #: the column of the Spark frame holding it; None: the files of this read lack it (nulls)
+    source: str | None
+    #: Spark carried the 64-bit physical values of this dtype (a timestamp read as its number,
+    #: a UInt64 as its bits); None: Spark's own type
+    bits: pl.DataType | None = None
+    #: the dtype the local reader reads it as (the schema of the files' group); None: Spark's
+    dtype: pl.DataType | None = None
+
+
+#: The raw columns of one read (the files of one schema, or a frame), in a bucket.
+_Variant = tuple[_Column, ...]
 
 
 def _is_uri(path: str) -> bool:
@@ -249,7 +283,8 @@ def _input_from_paths(
     local = [p for p in texts if not _is_uri(p)]
     remote = [p for p in texts if _is_uri(p)]
 
-    planned: list[tuple[SparkDataFrame, tuple[str, ...], bool]] = []
+    # (frame, hive keys, numbered, how its rows come back to the local reader's columns)
+    planned: list[tuple[SparkDataFrame, tuple[str, ...], bool, _Variant | None]] = []
     files: list[str] = []
     seq: dict[str, int] = {}  # file -> its index in the sorted listing (the local reader's _SEQ)
     rows: int | None = 0
@@ -266,29 +301,28 @@ def _input_from_paths(
             fmt = detect_format(list(info.schema) + list(info.hive), column_map=cmap)
             formats["canonical"] += 1
             if fmt != "canonical":
-                raise InvalidParameterError(
-                    f"{info.path}: engine 'spark' reads canonical Parquet; this file looks like "
-                    f"{fmt or 'an unknown format'}. Convert it first (driftwatch.read_logs(...), then write "
-                    "the events) or use engine 'polars'"
-                )
+                raise _not_canonical(info.path, fmt)
         _check_nanos(spark, infos)
-        # the local reader's order: group by group, files in order within a group. Spark's
-        # schema merge fails where Polars' does not (Int32 beside Int64 tokens, Float32 beside
-        # Float64 cost): the files of a group are read per exact schema and put together by
-        # _union, which widens numbers and reads other clashing columns as text
+        # the local reader's order: group by group, files in order within a group. The files of
+        # a group are read per exact schema (Spark's schema merge fails where Polars' does not:
+        # Int32 beside Int64 tokens), millisecond timestamps as their numbers (Spark turns them
+        # into microseconds and fails on a value that overflows); each bucket rebuilds the
+        # columns the local reader reads from the group (_restore), and converts them as it does
         for group in _read._group(_read._assign_formats(infos, "canonical", cmap)):
-            by_schema: dict[tuple[Any, ...], list[str]] = {}
+            by_schema: dict[tuple[Any, ...], list[Any]] = {}
             for f in group.files:
-                by_schema.setdefault(tuple((c, str(t)) for c, t in f.schema.items()), []).append(f.path)
-            for same in by_schema.values():
-                planned.append((_read_parquet(spark, ["file://" + f for f in same], merge=False), group.hive,
-                                _read._row_local(group)))
+                key = (tuple((c, str(t)) for c, t in f.schema.items()), _millis(f, cmap))
+                by_schema.setdefault(key, []).append(f)
+            for (_, millis), same in by_schema.items():
+                sdf, bits = _read_exact(spark, same, millis, cmap)
+                planned.append((sdf, group.hive, _read._row_local(group),
+                                _group_variant(group.schema, same[0].schema, bits, group.hive, cmap)))
             files.extend(f.path for f in group.files)
             seq.update({f.path: f.index for f in group.files})
         rows = sum(i.rows for i in infos)
     if remote:
         sdf = _read_parquet(spark, remote)
-        planned.append((sdf, (), True))
+        planned.append((sdf, (), True, None))
         files.extend(sorted(unquote(_spark_path(f)) for f in sdf.inputFiles()))
         listed += len(sdf.inputFiles())
         formats["canonical"] += len(sdf.inputFiles())
@@ -300,7 +334,7 @@ def _input_from_paths(
     rank = {f: i for i, f in enumerate(files)}
 
     frames: list[SparkDataFrame] = []
-    for sdf, hive, numbered in planned:
+    for sdf, hive, numbered, _ in planned:
         # Spark reports files as percent-encoded URIs; key the maps by Spark's own spelling
         spelled = {_spark_path(f): unquote(_spark_path(f)) for f in sdf.inputFiles()}
         unknown = [f for f in spelled.values() if f not in rank]
@@ -315,7 +349,7 @@ def _input_from_paths(
         # hive partitions (e.g. agent=...) fill a canonical column, as locally: the partition's
         # value wins over a column of the same name in the files (Spark's merged schema may hold
         # it from some files only)
-        filled = [key for key in hive if key in COLUMNS or key in cmap]
+        filled = _filled_keys(hive, cmap)
         cols = [F.col(c) for c in _needed_columns(sdf.columns, cmap) if c not in filled]
         for key in filled:
             values = {k: _hive_value(f, key) for k, f in spelled.items()}
@@ -329,15 +363,103 @@ def _input_from_paths(
             cols.append((F.element_at(seq_map, path).cast("long") * F.lit(1 << _ROW_BITS)
                          + F.col("_metadata.row_index")).alias(_SEQ))
         frames.append(sdf.select(*cols, order.alias(_ORDER)))
-    merged = _union(frames)
-    names = [c for c in merged.columns if c != _ORDER]
+    where = _audit._describe(paths)
     # (local files were checked one by one by _assign_formats, naming the file; URIs are checked
     # on Spark's merged schema, every column of which the message lists)
-    found = list(dict.fromkeys(c for sdf, _, _ in planned for c in sdf.columns))
-    _check_schema(merged, cmap, where=_audit._describe(paths), found=found)
-    return _Input(sdf=merged, run_col=_run_column(names, cmap), files=files, rows=rows,
-                  description=_audit._describe(paths), listed=listed,
-                  formats={k: v for k, v in formats.items() if k})
+    found = list(dict.fromkeys(c for sdf, _, _, _ in planned for c in sdf.columns))
+    merged, renames = _union(frames)
+    variants: list[_Variant] = []
+    for frame, (_, _, _, variant), renamed in zip(frames, planned, renames, strict=True):
+        if variant is None:  # (URIs: their columns as Spark reads them)
+            names = _needed_columns(frame.columns, cmap)
+            variant = tuple(_Column(c, c) for c in names)
+        variants.append(tuple(_Column(c.name, None if c.source is None else renamed.get(c.source, c.source),
+                                      c.bits, c.dtype) for c in variant))
+    _check_schema(merged, cmap, where=where, found=found, variants=variants)
+    names = list(dict.fromkeys(c.name for v in variants for c in v))
+    run_col = _run_column(names, cmap)
+    run_cols = tuple(dict.fromkeys(c.source for v in variants for c in v if c.name == run_col and c.source))
+    return _Input(sdf=merged, run_col=run_col, files=files, rows=rows, description=where, listed=listed,
+                  formats={k: v for k, v in formats.items() if k}, variants=tuple(variants),
+                  run_cols=run_cols)
+
+
+def _not_canonical(where: str, fmt: str | None) -> InvalidParameterError:
+    return InvalidParameterError(
+        f"{where}: engine 'spark' reads canonical Parquet; this file looks like "
+        f"{fmt or 'an unknown format'}. Convert it first (driftwatch.read_logs(...), then write "
+        "the events) or use engine 'polars'"
+    )
+
+
+def _filled_keys(hive: Sequence[str], cmap: Mapping[str, str]) -> list[str]:
+    """The hive partition keys that fill a column the audit reads."""
+    return [key for key in hive if key in COLUMNS or key in cmap]
+
+
+def _millis(info: Any, cmap: Mapping[str, str]) -> tuple[str, ...]:
+    """The millisecond timestamp columns the audit reads from a file that Spark can read as the
+    numbers stored: 64-bit values (its footer says; an INT96 timestamp that the stored Arrow schema
+    reads as milliseconds has none)."""
+    cols = [c for c in _needed_columns(list(info.schema), cmap)
+            if isinstance(info.schema[c], pl.Datetime) and info.schema[c].time_unit == "ms"]
+    if not cols:
+        return ()
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.read_metadata(info.path).schema
+        physical = {parquet.column(i).path: parquet.column(i).physical_type for i in range(len(parquet))}
+    except Exception:  # noqa: BLE001 - (the footer was read by the probe: Spark says what is wrong)
+        return ()
+    return tuple(c for c in cols if physical.get(c) == "INT64")
+
+
+def _read_exact(
+    spark: SparkSession, same: Sequence[Any], millis: Sequence[str], cmap: Mapping[str, str]
+) -> tuple[SparkDataFrame, dict[str, pl.DataType]]:
+    """Files of one schema read by Spark, and the columns Spark carries as the numbers stored
+    (``bits``, by column: the dtype they are numbers of). Timestamps in nanoseconds come as
+    numbers (``nanosAsLong``); the ``millis`` columns are read as numbers too: Spark turns a
+    millisecond timestamp into microseconds and fails the whole read on a value that overflows
+    (an epoch in ns written as ms), which the local reader rejects as ``bad_ts``."""
+    from pyspark.sql.types import LongType, StructField, StructType
+
+    targets = ["file://" + f.path for f in same]
+    sdf = _read_parquet(spark, targets, merge=False)
+    schema = same[0].schema
+    needed = set(_needed_columns(list(schema), cmap))
+    bits: dict[str, pl.DataType] = {}
+    for fld in sdf.schema.fields:
+        dt = schema.get(fld.name)
+        if fld.name in needed and isinstance(dt, pl.Datetime) and (
+            fld.dataType.typeName() == "long" or fld.name in millis
+        ):
+            bits[fld.name] = dt
+    if not any(fld.dataType.typeName() != "long" for fld in sdf.schema.fields if fld.name in bits):
+        return sdf, bits
+    read_as = StructType([StructField(f.name, LongType(), True) if f.name in bits else f
+                          for f in sdf.schema.fields])
+    try:
+        return spark.read.schema(read_as).option("mergeSchema", "false").parquet(*targets), bits
+    except Exception as exc:
+        raise _spark_error(exc) from None
+
+
+def _group_variant(
+    group_schema: Mapping[str, pl.DataType],
+    file_schema: Mapping[str, pl.DataType],
+    bits: Mapping[str, pl.DataType],
+    hive: Sequence[str],
+    cmap: Mapping[str, str],
+) -> _Variant:
+    """The columns the local reader reads from the files of one schema: every column of their
+    group (nulls where these files lack it) in the group's dtype."""
+    filled = _filled_keys(hive, cmap)
+    cols = [_Column(c, c if c in file_schema else None, bits.get(c), group_schema[c])
+            for c in _needed_columns(list(group_schema), cmap) if c not in filled]
+    cols += [_Column(key, key) for key in filled]  # (text, from the folder names)
+    return tuple(cols)
 
 
 def _check_nanos(spark: SparkSession, infos: Sequence[Any]) -> None:
@@ -369,60 +491,130 @@ def _read_parquet(spark: SparkSession, targets: list[str], *, merge: bool = True
         raise _spark_error(exc) from None
 
 
-def _union(frames: list[SparkDataFrame]) -> SparkDataFrame:
-    """Union frames by name; a column whose type differs between them is widened when it is
-    a number of another width, else read as text (the row checks then convert it exactly as
-    the local reader does)."""
+def _union(frames: list[SparkDataFrame]) -> tuple[SparkDataFrame, list[dict[str, str]]]:
+    """Union frames by name, each row tagged with the index of its frame (``__dw_variant``) when
+    there are several; and, per frame, the columns renamed. A column whose type differs between
+    frames is kept in one column per type (``__dw_typed<k>_<name>``), from which each bucket takes
+    the rows of each frame back (:func:`_restore`): the local reader converts each group of files
+    on its own (text beside typed timestamps, epoch numbers beside timestamps), and a common type
+    (text, say) would convert otherwise."""
     if len(frames) == 1:
-        return frames[0]
-    types: dict[str, set[str]] = {}
+        return frames[0], [{}]
+    types: dict[str, list[str]] = {}
     for f in frames:
         for fld in f.schema.fields:
-            types.setdefault(fld.name, set()).add(fld.dataType.simpleString())
-    clash = {c for c, t in types.items() if len(t) > 1}
-    # numbers of different widths (Int32 beside Int64 tokens, Float32 beside Float64 cost) are
-    # widened, as Polars widens them; other clashes are read as text
-    ints, floats = {"tinyint", "smallint", "int", "bigint"}, {"float", "double"}
-    wide = {c: "bigint" if types[c] <= ints else "double" for c in clash if types[c] <= ints | floats}
+            seen = types.setdefault(fld.name, [])
+            if fld.dataType.simpleString() not in seen:
+                seen.append(fld.dataType.simpleString())
     out: SparkDataFrame | None = None
-    for f in frames:
-        f = f.select(*[F.col(c).cast(wide[c]).alias(c) if c in wide
-                       else _as_text(F.col(c), f.schema[c].dataType.simpleString()).alias(c) if c in clash
-                       else F.col(c) for c in f.columns])
-        out = f if out is None else out.unionByName(f, allowMissingColumns=True)
+    renames: list[dict[str, str]] = []
+    for i, f in enumerate(frames):
+        renamed = {fld.name: f"{_TYPED}{types[fld.name].index(fld.dataType.simpleString())}_{fld.name}"
+                   for fld in f.schema.fields if len(types[fld.name]) > 1}
+        part = f.select(*[F.col(c).alias(renamed.get(c, c)) for c in f.columns], F.lit(i).alias(_VARIANT))
+        out = part if out is None else out.unionByName(part, allowMissingColumns=True)
+        renames.append(renamed)
     assert out is not None
-    return out
+    return out, renames
 
 
-def _as_text(col: Any, spark_type: str) -> Any:
-    """A column as the local reader's text: timestamps as ISO-8601 with their offset (a plain
-    cast writes them in the session's time zone without one, which the local parser then
-    reads as UTC: a session in New York shifted them by four hours)."""
-    if spark_type == "timestamp":
-        return F.date_format(col, "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX")
-    if spark_type == "timestamp_ntz":
-        return F.date_format(col, "yyyy-MM-dd'T'HH:mm:ss.SSSSSS")
-    if spark_type in ("float", "double"):
-        # widened first, as Polars widens a Float32 (a float 0.05 is 0.05000000074505806 there,
-        # and "0.05" as text here: ten of them passed a $0.50 ceiling on one engine only); and
-        # infinities spelled as Polars spells them, for the rejected rows' detail
-        d = col.cast("double")
-        return (
-            F.when(d == F.lit(float("inf")), F.lit("inf"))
-            .when(d == F.lit(float("-inf")), F.lit("-inf"))
-            .otherwise(d.cast("string"))
-        )
-    return col.cast("string")
+def _from_bits(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """64-bit physical values back to ``dtype``: a timestamp's number in its unit (UTC), a
+    UInt64's bits."""
+    value = expr.cast(pl.Int64)
+    if dtype == pl.UInt64:
+        return value.reinterpret(signed=False)
+    return value.cast(dtype)
+
+
+def _cast_as_read(expr: pl.Expr, have: pl.DataType, want: pl.DataType) -> pl.Expr:
+    """A column Spark carried in another dtype than the local reader reads it in, cast as its
+    scan casts the files of a group: numbers to the group's type (Int32 to Int64, Spark's
+    Decimal(20, 0) or Int64 of unsigned columns back to UInt64/UInt32), timestamps to the
+    group's unit and time zone (an INT96 timestamp arrives in the session's zone)."""
+    if have == want:
+        return expr
+    if isinstance(have, pl.Datetime) and isinstance(want, pl.Datetime):
+        value = expr
+        if have.time_zone != want.time_zone:
+            if have.time_zone is None:
+                value = value.dt.replace_time_zone("UTC")
+            value = value.dt.convert_time_zone(want.time_zone or "UTC")
+            if want.time_zone is None:
+                value = value.dt.replace_time_zone(None)
+        return value.dt.cast_time_unit(want.time_unit or "us") if have.time_unit != want.time_unit else value
+    if have.is_numeric() and want.is_numeric():
+        return expr.cast(want)
+    return expr  # (text beside a categorical, and the like: converted alike)
+
+
+def _restore(frame: pl.DataFrame, variant: _Variant) -> pl.DataFrame:
+    """The rows of one read with the raw columns the local reader reads: their names, their
+    dtypes, nulls for a column of the group these files lack; and the order keys."""
+    schema = frame.schema
+    exprs: list[pl.Expr] = []
+    for col in variant:
+        if col.source is None:
+            exprs.append(pl.lit(None, dtype=col.dtype or pl.String()).alias(col.name))
+            continue
+        have = schema[col.source]
+        value = pl.col(col.source)
+        if col.bits is not None:
+            value, have = _from_bits(value, col.bits), col.bits
+        if col.dtype is not None:
+            value = _cast_as_read(value, have, col.dtype)
+        exprs.append(value.alias(col.name))
+    return frame.select(*exprs, *[c for c in (_ORDER, _SEQ) if c in schema])
+
+
+def _sendable(frame: pl.DataFrame, cmap: Mapping[str, str]) -> tuple[pl.DataFrame, _Variant | None]:
+    """A Polars frame in dtypes Spark takes from Arrow, and how a bucket gets its columns back
+    (None: nothing to change). Unsigned integers (Spark has none) travel as Int64, a UInt64 as
+    its bits (the local reader rejects a value beyond Int64's range); timestamps in
+    milliseconds or nanoseconds as their numbers (Spark makes microseconds of them, and a
+    far-off value overflows); nested columns holding unsigned integers as the JSON text the
+    local reader makes of them."""
+    from driftwatch.schema import to_text
+
+    def unsigned(dt: pl.DataType) -> bool:
+        if dt.is_unsigned_integer():
+            return True
+        inner = getattr(dt, "inner", None)
+        if isinstance(inner, pl.DataType) and unsigned(inner):
+            return True
+        return any(unsigned(f.dtype) for f in getattr(dt, "fields", None) or [])
+
+    cols: list[_Column] = []
+    exprs: list[pl.Expr] = []
+    for c in _needed_columns(frame.columns, cmap):
+        dt = frame.schema[c]
+        if dt == pl.UInt64 or (isinstance(dt, pl.Datetime) and dt.time_unit != "us"):
+            exprs.append(pl.col(c).to_physical().reinterpret(signed=True).alias(c))
+            cols.append(_Column(c, c, bits=dt))
+        elif dt.is_unsigned_integer():
+            exprs.append(pl.col(c).cast(pl.Int64))
+            cols.append(_Column(c, c, dtype=dt))
+        elif unsigned(dt):
+            exprs.append(to_text(pl.col(c), dt, col=c).value.alias(c))
+            cols.append(_Column(c, c))
+        else:
+            cols.append(_Column(c, c))
+    if not exprs:
+        return frame, None
+    return frame.with_columns(exprs), tuple(cols)
 
 
 def _input_from_frame(
-    df: SparkDataFrame, *, column_map: Mapping[str, str] | None, order: str | None = None
+    df: SparkDataFrame, *, column_map: Mapping[str, str] | None, order: str | None = None,
+    variant: _Variant | None = None,
 ) -> _Input:
     """``df`` to audit; ``order``: a column holding each row's position (a Polars frame's row
-    index), else Spark's own row ids."""
+    index), else Spark's own row ids; ``variant``: how a bucket gets the columns back (a Polars
+    frame's dtypes that Spark does not carry)."""
     cmap = check_column_map(column_map)
     names = [c for c in df.columns if c != order]
-    _check_schema(df.select(*names), cmap, where="events", found=names)
+    variants = None if variant is None else (variant,)
+    _check_schema(df.select(*names), cmap, where="events", found=names, variants=variants)
     cols = [F.col(c) for c in _needed_columns(names, cmap)]
     files: list[str] = []
     if order is not None:
@@ -442,7 +634,7 @@ def _input_from_frame(
     else:  # rows not read from files: the order read is Spark's
         key = F.monotonically_increasing_id()
     sdf = df.select(*cols, key.alias(_ORDER))
-    return _Input(sdf=sdf, run_col=_run_column(names, cmap), files=files)
+    return _Input(sdf=sdf, run_col=_run_column(names, cmap), files=files, variants=variants)
 
 
 def _file_metadata(df: SparkDataFrame) -> Any:
@@ -478,22 +670,31 @@ def _read_order(paths: list[str], cmap: Mapping[str, str]) -> list[str]:
     return ordered if sorted(ordered) == paths else paths
 
 
-def _check_schema(sdf: SparkDataFrame, cmap: Mapping[str, str], *, where: str, found: Sequence[str]) -> None:
+def _check_schema(
+    sdf: SparkDataFrame, cmap: Mapping[str, str], *, where: str, found: Sequence[str],
+    variants: Sequence[_Variant] | None = None,
+) -> None:
     """Fail on the driver, with the local reader's message, when columns are missing or unusable.
     ``found``: every column of the input (the message lists them and points at a column that
-    differs from a required one only in case: ``--map Action=action``)."""
+    differs from a required one only in case: ``--map Action=action``). ``variants``: the
+    columns each read gives a bucket (:func:`_restore`), each checked as the bucket converts it;
+    None: the columns of ``sdf``."""
     from pyspark.sql.pandas.types import to_arrow_schema
 
     check_canonical({c: pl.String() for c in found}, cmap, where)
-    keep = _needed_columns(sdf.columns, cmap)
+    if variants is None:
+        variants = (tuple(_Column(c, c) for c in _needed_columns(sdf.columns, cmap)),)
+    keep = list(dict.fromkeys(c.source for v in variants for c in v if c.source is not None))
     try:  # the Arrow schema the workers will see, without running a job
         arrow = to_arrow_schema(sdf.select(*keep).schema, timezone="UTC")
     except Exception as exc:
         raise SchemaError(f"{where}: a column has a type Arrow cannot carry ({exc})") from None
     empty = pl.from_arrow(arrow.empty_table())
     assert isinstance(empty, pl.DataFrame)
-    lf = adapt(empty.lazy(), empty.schema, "canonical", column_map=cmap, where=where)
-    conform(lf, where=where, check=True, normalize=True).collect()
+    for variant in variants:
+        raw = _restore(empty, variant)
+        lf = adapt(raw.lazy(), raw.schema, "canonical", column_map=cmap, where=where)
+        conform(lf, where=where, check=True, normalize=True).collect()
 
 
 # --------------------------------------------------------------------------- per-bucket function
@@ -536,7 +737,7 @@ def _unpack(packed: pa.Table) -> dict[int, dict[str, pl.DataFrame]]:
 
 
 def check_rows(raw: pl.DataFrame, *, column_map: Mapping[str, str] | None = None, where: str = "events",
-               ) -> tuple[pl.DataFrame, pl.DataFrame]:
+               variants: Sequence[_Variant] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The local reader's row checks on raw rows of whole runs: ``(events, rejected)``.
 
     ``raw`` holds raw columns and the order key ``__dw_order``. Rows are converted and
@@ -545,7 +746,8 @@ def check_rows(raw: pl.DataFrame, *, column_map: Mapping[str, str] | None = None
     rejected as ``duplicate_step`` (copies) or ``conflicting_step`` (another action or
     other arguments). ``rejected`` has the canonical columns, ``reason``,
     ``detail`` and the order keys (the driver turns them into ``source_file`` /
-    ``source_row``).
+    ``source_row``). ``variants`` (internal): how the rows of each read (``__dw_variant``) get
+    the columns and dtypes the local reader reads back.
 
     Examples
     --------
@@ -557,7 +759,7 @@ def check_rows(raw: pl.DataFrame, *, column_map: Mapping[str, str] | None = None
     >>> events.height, rejected.select("step", "__dw_reason").rows()
     (2, [(1, 'null_run_id'), (2, 'duplicate_step')])
     """
-    checked = _conform_rows(raw, column_map=column_map, where=where)
+    checked = _conform_rows(raw, column_map=column_map, where=where, variants=variants)
     bad = checked.filter(pl.col(REASON_COL).is_not_null())
     valid = checked.filter(pl.col(REASON_COL).is_null())
     # (worked out on the repeated keys only: a bucket without repeats costs one hash of the keys)
@@ -579,24 +781,46 @@ def check_rows(raw: pl.DataFrame, *, column_map: Mapping[str, str] | None = None
     return events, rejected
 
 
-def _conform_rows(raw: pl.DataFrame, *, column_map: Mapping[str, str] | None, where: str) -> pl.DataFrame:
-    """Raw rows converted and tagged as the local reader converts them. Rows of files without a
+def _conform_rows(raw: pl.DataFrame, *, column_map: Mapping[str, str] | None, where: str,
+                  variants: Sequence[_Variant] | None = None) -> pl.DataFrame:
+    """Raw rows converted and tagged as the local reader converts them: the rows of each read
+    (the files of one schema) on their own, with the columns and dtypes the local reader reads
+    (:func:`_restore`), as it converts each group of files on its own. Rows of files without a
     step column (``__dw_seq`` set) are converted without it: their steps are derived within
-    the run from ``ts``, ties in the order read, over the valid rows of such files."""
-    numbered, derived = raw, None
-    if _SEQ in raw.columns:
+    the run from ``ts``, ties in the order read, over the valid rows of all such files."""
+    if variants is None:
+        reads = [raw]
+    elif _VARIANT in raw.columns:
+        parts = raw.partition_by(_VARIANT, as_dict=True, include_key=False, maintain_order=True)
+        reads = [_restore(part, variants[int(key[0])]) for key, part in parts.items()]
+    else:
+        reads = [_restore(raw, variants[0])]
+    numbered: list[pl.DataFrame] = []
+    derived: list[pl.DataFrame] = []
+    for frame in reads:
+        if _SEQ not in frame.columns:
+            numbered.append(frame)
+            continue
         mark = pl.col(_SEQ).is_not_null()
         sources = ["step", *[s for s, d in (column_map or {}).items() if d == "step"]]
-        derived = raw.filter(mark).drop([c for c in sources if c in raw.columns])
-        numbered = raw.filter(~mark).drop(_SEQ)
-    parts: list[pl.DataFrame] = []
-    for frame, order_by in ((numbered, (_ORDER,)), (derived, (_SEQ, _ORDER))):
-        if frame is None or (not frame.height and parts):
-            continue
+        numbered.append(frame.filter(~mark).drop(_SEQ))
+        derived.append(frame.filter(mark).drop([c for c in sources if c in frame.columns]))
+
+    def convert(frame: pl.DataFrame, order_by: tuple[str, ...]) -> pl.DataFrame:
         lf = adapt(frame.lazy(), frame.schema, "canonical", column_map=column_map, where=where)
-        out = conform(lf, where=where, check=True, normalize=True, order_by=order_by).collect()
-        parts.append(out.drop(_SEQ, strict=False))
-    return parts[0] if len(parts) == 1 else pl.concat(parts)
+        return conform(lf, where=where, check=True, normalize=True, order_by=order_by).collect()
+
+    out = [convert(f, (_ORDER,)) for f in numbered if f.height]
+    steps = [convert(f, (_SEQ, _ORDER)) for f in derived if f.height]
+    if len(steps) > 1:  # steps derived over the rows of every read, as conform derives them
+        both = pl.concat(steps)
+        key = pl.when(pl.col(REASON_COL).is_null()).then(pl.struct("ts", _SEQ, _ORDER))
+        steps = [both.with_columns(key.rank("ordinal").over("run_id").cast(pl.Int64).alias("step"))]
+    out += [f.drop(_SEQ) for f in steps]
+    if not out:  # no rows: typed empty columns from the same code
+        out = [convert(numbered[0], (_ORDER,)) if numbered
+               else convert(derived[0], (_SEQ, _ORDER)).drop(_SEQ)]
+    return out[0] if len(out) == 1 else pl.concat(out)
 
 
 @dataclass(frozen=True)
@@ -610,6 +834,7 @@ class _BucketJob:
     n_examples: int
     options: dict[str, Any]
     where: str
+    variants: tuple[_Variant, ...] | None = None
 
 
 def _run_bucket(job: _BucketJob, key: tuple[Any, ...], table: pa.Table) -> pa.Table:
@@ -619,7 +844,7 @@ def _run_bucket(job: _BucketJob, key: tuple[Any, ...], table: pa.Table) -> pa.Ta
     bucket = int(key[0].as_py())
     raw = pl.from_arrow(table.drop_columns([_BUCKET]))
     assert isinstance(raw, pl.DataFrame)
-    events, rejected = check_rows(raw, column_map=job.column_map, where=job.where)
+    events, rejected = check_rows(raw, column_map=job.column_map, where=job.where, variants=job.variants)
     n_valid = events.height
     if job.since is not None or job.until is not None:
         first = pl.col("ts").min().over("run_id")
@@ -643,13 +868,14 @@ def make_bucket_function(
     n_examples: int | None = None,
     stage_options: Mapping[str, Any] | None = None,
     where: str = "events",
+    variants: Sequence[_Variant] | None = None,
 ) -> Callable[[tuple[Any, ...], pa.Table], pa.Table]:
     """The function ``applyInArrow`` runs on each bucket of whole runs.
 
     Arrow -> Polars, :func:`check_rows`, the ``[since, until)`` window on each run's first
     step, :func:`driftwatch.audit.run_stage`; everything packed with :func:`_pack` (the
     per-run tables, ``_rejected`` and ``_meta`` row counts). Exposed for tests and for
-    custom Spark pipelines.
+    custom Spark pipelines. ``variants`` (internal): see :func:`check_rows`.
     """
     job = _BucketJob(
         policy=policy,
@@ -659,6 +885,7 @@ def make_bucket_function(
         n_examples=_audit.MAX_EXAMPLES_PER_CHUNK if n_examples is None else n_examples,
         options=dict(stage_options or {}),
         where=where,
+        variants=None if variants is None else tuple(variants),
     )
 
     # No annotations here: applyInArrow infers the UDF kind from type hints and takes an
@@ -762,10 +989,10 @@ def run_stage_spark(
 
     fn = make_bucket_function(
         policy=pol, since=since, until=until, column_map=column_map, n_examples=n_examples,
-        stage_options=stage_options, where=inp.description,
+        stage_options=stage_options, where=inp.description, variants=inp.variants,
     )
     packed = (
-        inp.sdf.withColumn(_BUCKET, F.pmod(F.xxhash64(F.col(inp.run_col)), F.lit(n_buckets)))
+        inp.sdf.withColumn(_BUCKET, F.pmod(F.xxhash64(inp.run_key()), F.lit(n_buckets)))
         .groupBy(_BUCKET)
         .applyInArrow(fn, PACKED_SCHEMA)
     )
@@ -896,8 +1123,40 @@ def _spark_error(exc: Exception) -> Exception:
     if "PATH_NOT_FOUND" in text:
         return NoInputError(f"spark: {first}")
     if "FAILED_READ_FILE" in text or "CANNOT_READ_FILE_FOOTER" in text:
-        return CorruptFileError(f"spark: a Parquet file could not be read ({first}); check the input files")
+        return CorruptFileError(_read_failure(text, first))
     return DriftwatchError(f"spark: the distributed stage failed ({type(exc).__name__}: {first[:500]})")
+
+
+def _read_failure(text: str, first: str) -> str:
+    """The message of a file Spark could not read: the file, the column when Spark names it (or
+    the millisecond timestamp column of a local file whose value overflowed), and the cause (the
+    last Java "Caused by", else Spark's own words); not the Py4J wrapper's "An error occurred
+    while calling o189.getResult"."""
+    found = re.search(r"(?:reading|read) file (\S+?)\.?(?:\s|$)", text)
+    path = unquote(_spark_path(found.group(1))) if found else None
+    column = re.search(r"Parquet column [\[`'\"]*([^\]`'\"\s]+?)[\]`'\"]*[.,\s]", text)
+    causes = re.findall(r"Caused by: (?:[\w$]+\.)*([\w$]+(?:Exception|Error)(?:: [^\n]*)?)", text)
+    spark_text = re.search(
+        r"\[(?:FAILED_READ_FILE[.\w]*|CANNOT_READ_FILE_FOOTER)\] ([^\n]*?)\s*(?:SQLSTATE|$)", text, re.MULTILINE)
+    own = spark_text.group(1).strip() if spark_text else first
+    own = re.sub(r"^(?:Encountered error|Error) while reading file \S+?\.(?:\s+|$)", "", own).strip()
+    cause = causes[-1].strip() if causes else (own or first)
+    col = column.group(1) if column else None
+    hint = ""
+    if col is None and path is not None and "overflow" in cause and os.path.isfile(path):
+        try:  # a millisecond timestamp beyond Spark's range (microseconds in 64 bits)
+            ms = [c for c, t in pl.read_parquet_schema(path).items()
+                  if isinstance(t, pl.Datetime) and t.time_unit == "ms"]
+        except Exception:  # noqa: BLE001 - the hint is optional
+            ms = []
+        if ms:
+            col = ms[0]
+            hint = ("; a millisecond timestamp there is too large for Spark's microseconds: pass the files "
+                    "by path (driftwatch reads them and rejects such rows as bad_ts), or use engine 'polars'")
+    where = path or "a Parquet file"
+    what = f"column {col!r}: " if col else ""
+    return (f"spark: {where}: the Parquet file could not be read ({what}{cause[:300]})"
+            f"{hint or '; check the file'}")
 
 
 # --------------------------------------------------------------------------- the audit
@@ -924,8 +1183,10 @@ def _as_input(source: Any, *, spark: SparkSession | None, column_map: Mapping[st
         session = spark or get_session()
         # each row's position rides along, so rejected rows name it as the local reader does
         # (source_file "events", source_row the position)
-        with_pos = frame.with_row_index(_POSITION).with_columns(pl.col(_POSITION).cast(pl.Int64))
-        inp = _input_from_frame(session.createDataFrame(with_pos.to_arrow()), column_map=column_map, order=_POSITION)
+        sendable, variant = _sendable(frame, check_column_map(column_map))
+        with_pos = sendable.with_row_index(_POSITION).with_columns(pl.col(_POSITION).cast(pl.Int64))
+        inp = _input_from_frame(session.createDataFrame(with_pos.to_arrow()), column_map=column_map,
+                                order=_POSITION, variant=variant)
         inp.files = ["events"]  # (how the rejected rows name them; no file is read: stats say 0 files)
         inp.in_memory = True
         inp.description = "<in-memory events>"

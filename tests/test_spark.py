@@ -526,3 +526,77 @@ def test_a_polars_frame_reads_no_files(spark, small):
     _compare_audits(local, remote)
     assert remote.stats["files"] == 0 and remote.stats["formats"] == {}
     assert remote.summary()["files"] == local.summary()["files"] == 0
+
+
+def _runs(events: pl.DataFrame, lo: int, hi: int) -> pl.DataFrame:
+    """The events of the runs ``lo..hi`` (by sorted run id)."""
+    ids = events["run_id"].unique().sort()
+    return events.filter(pl.col("run_id").is_in(ids[lo:hi].implode()))
+
+
+def test_timestamps_in_other_units_beside_microseconds_are_read_as_locally(spark, small, tmp_path):
+    """Nanosecond timestamps (pandas' default) or epoch-millisecond integers in one file beside
+    microsecond timestamps in another were read as text in one Spark column: every row of the
+    other file was rejected as bad_ts (detail 1791181421213030000). The local reader converts
+    each group of files on its own: the same valid rows, rejected rows and levels here."""
+    from driftwatch.audit import audit
+    from driftwatch.spark import audit_spark_paths
+
+    folder = tmp_path / "units"
+    folder.mkdir()
+    _runs(small, 0, 20).write_parquet(folder / "a.parquet")  # Datetime(us, UTC)
+    ns = _runs(small, 20, 40).with_columns(pl.col("ts").dt.cast_time_unit("ns").dt.replace_time_zone(None))
+    # (one event before 1970, a bad_ts locally, with the detail the local reader writes)
+    ns.with_columns(pl.when(pl.int_range(pl.len()) == 0).then(pl.lit(-3_600_000_000_000).cast(pl.Datetime("ns")))
+                    .otherwise(pl.col("ts")).alias("ts")).write_parquet(folder / "b.parquet")
+    _runs(small, 40, 60).with_columns(pl.col("ts").dt.epoch("ms")).write_parquet(folder / "c.parquet")
+    # a run whose steps come from two files without a step column, one with epoch seconds:
+    # its steps are derived over both, by ts, as locally
+    split = _runs(small, 60, 61).drop("step")
+    split.head(3).write_parquet(folder / "d.parquet")
+    split.tail(split.height - 3).with_columns(pl.col("ts").dt.epoch("s")).write_parquet(folder / "e.parquet")
+    local = audit(str(folder))
+    remote = audit_spark_paths(str(folder), spark=spark, n_buckets=3)
+    assert local.stats["rows_rejected"] == 1 and local.rejected["reason"].to_list() == ["bad_ts"]
+    _compare_audits(local, remote)
+    assert remote.runs["level"].to_list() == local.runs["level"].to_list()
+
+
+def test_an_out_of_range_millisecond_timestamp_is_one_rejected_row(spark, small, tmp_path):
+    """A millisecond ts column holding one nanosecond epoch aborted the Spark audit (Spark turns
+    milliseconds into microseconds: "long overflow"), with a message naming no file; the local
+    reader rejects that row as bad_ts. A Spark DataFrame Spark itself cannot read is reported
+    with the file and the column, not with the Py4J wrapper's "An error occurred while calling"."""
+    from driftwatch.audit import audit
+    from driftwatch.spark import audit_spark, audit_spark_paths
+
+    folder = tmp_path / "ms"
+    folder.mkdir()
+    _runs(small, 0, 15).with_columns(pl.col("ts").dt.cast_time_unit("ms")).with_columns(
+        pl.when(pl.int_range(pl.len()) == 0).then(pl.lit(1_790_000_000_000_000_000).cast(pl.Datetime("ms", "UTC")))
+        .otherwise(pl.col("ts")).alias("ts")).write_parquet(folder / "part.parquet")
+    local = audit(str(folder))
+    remote = audit_spark_paths(str(folder), spark=spark, n_buckets=2)
+    assert local.rejected.select("reason", "detail").rows() == [("bad_ts", "1790000000000000000 ms since 1970-01-01")]
+    _compare_audits(local, remote)
+    with pytest.raises(CorruptFileError) as err:
+        audit_spark(spark.read.parquet(str(folder)), spark=spark, n_buckets=2)
+    message = str(err.value)
+    assert str(folder / "part.parquet") in message and "column 'ts'" in message and "overflow" in message
+    assert "An error occurred while calling" not in message and "\n" not in message
+
+
+def test_unsigned_integer_columns_of_a_polars_frame(spark, small):
+    """A Polars frame with UInt32 tokens and a UInt64 step failed on Spark with a raw
+    PySparkTypeError (Arrow has no conversion for them); the local engine reads them, and
+    rejects a UInt64 step beyond Int64's range as bad_value:step."""
+    import driftwatch as dw
+
+    events = _runs(small, 0, 25).with_columns(pl.col("input_tokens").cast(pl.UInt32), pl.col("step").cast(pl.UInt64))
+    events = events.with_columns(
+        pl.when(pl.int_range(pl.len()) == 3).then(pl.lit(2**64 - 1, pl.UInt64)).otherwise(pl.col("step")).alias("step"))
+    local, remote = dw.audit(events), dw.audit(events, engine="spark", chunks=2)
+    assert local.rejected.select("reason", "detail").rows() == [("bad_value:step", str(2**64 - 1))]
+    _compare_audits(local, remote)
+    assert remote.runs["level"].to_list() == local.runs["level"].to_list()
+
