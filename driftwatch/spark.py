@@ -71,7 +71,7 @@ from driftwatch.errors import (
     NoInputError,
     SchemaError,
 )
-from driftwatch.formats import adapt, check_canonical, check_column_map, detect_format
+from driftwatch.formats import FORMATS, adapt, check_canonical, check_column_map, detect_format, span_tree
 from driftwatch.schema import COLUMNS, DETAIL_COL, REASON_COL, STEP_COLUMNS, conform, repeated_rows
 
 # the module, not the function of the same name that ``driftwatch.audit`` may resolve to
@@ -269,7 +269,7 @@ def _run_column(schema_names: Sequence[str], cmap: Mapping[str, str]) -> str:
 
 
 def _input_from_paths(
-    paths: Any, *, spark: SparkSession, column_map: Mapping[str, str] | None
+    paths: Any, *, spark: SparkSession, column_map: Mapping[str, str] | None, format: str = "auto"
 ) -> _Input:
     """Plan the read of canonical Parquet: local files are listed and checked by the local
     reader's own code (same errors, same file order); URIs with a scheme go to Spark."""
@@ -293,15 +293,26 @@ def _input_from_paths(
     if local:
         infos = _read._probe_all(_read.resolve_sources(local))
         listed += len(infos)  # (the local reader counts a file without rows among the files read)
+        if format in SPAN_FORMATS and any(i.rows for i in infos):  # (no rows: said as such below)
+            # the local reader's checks first (canonical files lack the span columns: the same
+            # error, naming the same group of files); spans themselves are converted by the
+            # local reader only
+            for group in _read._group(_read._assign_formats(infos, format, cmap)):
+                schema = {**group.schema, **{k: pl.String() for k in group.hive}}
+                span_tree(pl.LazyFrame(schema=schema), schema, group.format, column_map=cmap,
+                          where=_read._group_where(group))  # (a plan: nothing is read)
+            raise _not_canonical(next(i.path for i in infos if i.rows), format)
         for info in infos:
             if not info.rows:  # a quiet day's empty partition, maybe without columns: nothing to read
-                found = detect_format(_read._columns(info, cmap, lookups=False), column_map=cmap)
+                found = format if format != "auto" else detect_format(
+                    _read._columns(info, cmap, lookups=False), column_map=cmap)
                 formats[found or ""] += 1  # (counted as the local reader counts it)
                 continue
-            fmt = detect_format(list(info.schema) + list(info.hive), column_map=cmap)
             formats["canonical"] += 1
-            if fmt != "canonical":
-                raise _not_canonical(info.path, fmt)
+            if format == "auto":  # (format="canonical": the local reader's check of each file, below)
+                fmt = detect_format(list(info.schema) + list(info.hive), column_map=cmap)
+                if fmt != "canonical":
+                    raise _not_canonical(info.path, fmt)
         _check_nanos(spark, infos)
         # the local reader's order: group by group, files in order within a group. The files of
         # a group are read per exact schema (Spark's schema merge fails where Polars' does not:
@@ -321,6 +332,8 @@ def _input_from_paths(
             seq.update({f.path: f.index for f in group.files})
         rows = sum(i.rows for i in infos)
     if remote:
+        if format in SPAN_FORMATS:
+            raise _not_canonical(remote[0], format)
         sdf = _read_parquet(spark, remote)
         planned.append((sdf, (), True, None))
         files.extend(sorted(unquote(_spark_path(f)) for f in sdf.inputFiles()))
@@ -384,12 +397,27 @@ def _input_from_paths(
                   run_cols=run_cols)
 
 
+#: The span formats, which the Spark engine does not convert (the local reader does).
+SPAN_FORMATS = ("otel", "openinference")
+
+
 def _not_canonical(where: str, fmt: str | None) -> InvalidParameterError:
     return InvalidParameterError(
         f"{where}: engine 'spark' reads canonical Parquet; this file looks like "
         f"{fmt or 'an unknown format'}. Convert it first (driftwatch.read_logs(...), then write "
         "the events) or use engine 'polars'"
     )
+
+
+def _check_format(format: str, source: Any) -> None:
+    """``format`` as ``dw.audit`` checks it: one of FORMATS; a span format applies to files only."""
+    if format not in FORMATS:
+        raise InvalidParameterError(f"format must be one of {list(FORMATS)}, got {format!r}")
+    if format in SPAN_FORMATS and isinstance(source, SparkDataFrame | pl.DataFrame | pl.LazyFrame):
+        raise InvalidParameterError(
+            f"format={format!r} applies to files: a frame passed to audit must hold canonical events "
+            "(column_map renames its columns); write the spans to Parquet and audit the path"
+        )
 
 
 def _filled_keys(hive: Sequence[str], cmap: Mapping[str, str]) -> list[str]:
@@ -930,6 +958,7 @@ def run_stage_spark(
     stage_options: Mapping[str, Any] | None = None,
     spark: SparkSession | None = None,
     progress: Progress | None = None,
+    format: str = "auto",
 ) -> SparkStage:
     """Read, check and run the per-run stage on Spark; collect the per-run tables.
 
@@ -962,6 +991,9 @@ def run_stage_spark(
         ``None``: the session of ``source``, the active one, or a new local one.
     progress : callable, optional
         Receives one line per step.
+    format : {"auto", "canonical", "otel", "openinference"}, default="auto"
+        As for :func:`driftwatch.read_logs`; the span formats are checked as the local
+        reader checks them, then refused (Spark reads canonical Parquet).
 
     Returns
     -------
@@ -977,8 +1009,9 @@ def run_stage_spark(
     pol = policy_mod._as_policy(policy)
     if n_buckets is not None and (not isinstance(n_buckets, int) or isinstance(n_buckets, bool) or n_buckets < 1):
         raise InvalidParameterError(f"n_buckets must be a positive int or None, got {n_buckets!r}")
+    _check_format(format, source)
     t0 = time.perf_counter()
-    inp = _as_input(source, spark=spark, column_map=column_map)
+    inp = _as_input(source, spark=spark, column_map=column_map, format=format)
     session = inp.sdf.sparkSession
     n_rows = inp.rows
     if n_buckets is None:
@@ -1162,13 +1195,15 @@ def _read_failure(text: str, first: str) -> str:
 # --------------------------------------------------------------------------- the audit
 
 
-def _as_input(source: Any, *, spark: SparkSession | None, column_map: Mapping[str, str] | None) -> _Input:
+def _as_input(
+    source: Any, *, spark: SparkSession | None, column_map: Mapping[str, str] | None, format: str = "auto"
+) -> _Input:
     if isinstance(source, SparkDataFrame):
         return _input_from_frame(source, column_map=column_map)
     if isinstance(source, str | os.PathLike) or (
         isinstance(source, list | tuple) and source and all(isinstance(s, str | os.PathLike) for s in source)
     ):
-        return _input_from_paths(source, spark=spark or get_session(), column_map=column_map)
+        return _input_from_paths(source, spark=spark or get_session(), column_map=column_map, format=format)
     if _is_read_result(source):
         # its events go to Spark; the rows its reader rejected, and its counts, are kept as the
         # local engine keeps them (they are reported and scored: a run with rejected steps)
@@ -1220,6 +1255,7 @@ def audit_spark(
     out: str | os.PathLike[str] | None = None,
     stage_options: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
+    format: str = "auto",
 ) -> _audit.AuditResult:
     """The full audit with the per-event work on Spark; results equal :func:`driftwatch.audit`'s.
 
@@ -1252,6 +1288,10 @@ def audit_spark(
         ``max_period``, ``min_repeats``, ``fuzzy`` for :func:`driftwatch.audit.run_stage`.
     progress : callable, optional
         Receives one line per stage.
+    format : {"auto", "canonical", "otel", "openinference"}, default="auto"
+        The log format, as for :func:`driftwatch.audit`: files given with a span format get the
+        local reader's checks (canonical files lack the span columns), then are refused: convert
+        spans first (``driftwatch.read_logs``). A frame must hold canonical events.
 
     Returns
     -------
@@ -1290,9 +1330,12 @@ def audit_spark(
         duration_seconds(value, name=f"{name} (--{name.replace('_', '-')})")
     if reference is not None and _audit._is_range(reference):
         _audit.parse_reference(reference)
+    _check_format(format, df)
+    if reference is not None and not _audit._is_range(reference):
+        _check_format(format, reference)
     timings: dict[str, float] = {}
     common = {"n_buckets": n_buckets, "rows_per_bucket": rows_per_bucket, "stage_options": stage_options,
-              "spark": spark, "column_map": column_map}
+              "spark": spark, "column_map": column_map, "format": format}
 
     # ---------------------------------------------------------------- reference logs
     reference_tables: _audit.RunTables | None = None

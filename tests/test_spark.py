@@ -600,3 +600,37 @@ def test_unsigned_integer_columns_of_a_polars_frame(spark, small):
     _compare_audits(local, remote)
     assert remote.runs["level"].to_list() == local.runs["level"].to_list()
 
+
+def test_format_is_checked_as_the_local_reader_checks_it(spark, small, tmp_path):
+    """format='otel' on canonical files was ignored on Spark (audited as canonical); the local
+    reader says what the OTel input lacks. Spans themselves are refused: Spark reads canonical
+    Parquet."""
+    import driftwatch as dw
+    from driftwatch.spark import audit_spark, audit_spark_paths
+
+    folder = tmp_path / "canonical"
+    folder.mkdir()
+    _runs(small, 0, 10).write_parquet(folder / "a.parquet")
+    for fmt in ("otel", "openinference"):
+        with pytest.raises(SchemaError) as local:
+            dw.audit(str(folder), format=fmt)
+        with pytest.raises(SchemaError) as remote:
+            audit_spark_paths(str(folder), spark=spark, format=fmt)
+        assert str(remote.value) == str(local.value) and "missing required column" in str(local.value)
+    spans = tmp_path / "spans"
+    spans.mkdir()
+    pl.DataFrame({"trace_id": ["t1", "t1"], "span_id": ["a", "b"], "parent_span_id": ["", "a"],
+                  "name": ["chat gpt", "execute_tool search"],
+                  "start_time_unix_nano": [1_793_527_200_000_000_000, 1_793_527_201_000_000_000],
+                  "end_time_unix_nano": [1_793_527_200_500_000_000, 1_793_527_201_500_000_000],
+                  "attributes.gen_ai.operation.name": ["chat", "execute_tool"],
+                  "attributes.gen_ai.tool.name": [None, "search"]}).write_parquet(spans / "s.parquet")
+    assert dw.audit(str(spans), format="otel").stats["rows_valid"] == 2
+    with pytest.raises(InvalidParameterError, match="engine 'spark' reads canonical Parquet"):
+        audit_spark_paths(str(spans), spark=spark, format="otel")
+    with pytest.raises(InvalidParameterError, match="format must be one of"):
+        audit_spark_paths(str(folder), spark=spark, format="csv")
+    with pytest.raises(InvalidParameterError, match="applies to files"):
+        audit_spark(small.head(20), spark=spark, format="otel")
+    canonical = audit_spark_paths(str(folder), spark=spark, format="canonical", n_buckets=2)
+    _compare_audits(dw.audit(str(folder), format="canonical"), canonical)
