@@ -2077,6 +2077,7 @@ def audit(
             source_or_events, policy=pol, reference=reference, since=since_dt, until=until_dt,
             volume_per_day=volume_per_day, every=every, drift_every=drift_every, load_every=load_every, by=by,
             progress=progress,
+            format=format,
             # (a frame's columns were mapped above; paths are mapped as Spark reads them)
             column_map=None if _is_frame(source_or_events) else column_map,
             n_buckets=chunks if isinstance(chunks, int) and not isinstance(chunks, bool) else None,  # (--chunks N)

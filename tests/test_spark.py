@@ -617,6 +617,9 @@ def test_format_is_checked_as_the_local_reader_checks_it(spark, small, tmp_path)
         with pytest.raises(SchemaError) as remote:
             audit_spark_paths(str(folder), spark=spark, format=fmt)
         assert str(remote.value) == str(local.value) and "missing required column" in str(local.value)
+        with pytest.raises(SchemaError) as via_audit:  # dw.audit / the CLI pass format on
+            dw.audit(str(folder), format=fmt, engine="spark")
+        assert str(via_audit.value) == str(local.value)
     spans = tmp_path / "spans"
     spans.mkdir()
     pl.DataFrame({"trace_id": ["t1", "t1"], "span_id": ["a", "b"], "parent_span_id": ["", "a"],
