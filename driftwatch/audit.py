@@ -48,6 +48,7 @@ from driftwatch._frames import as_lazy, duration_seconds, mark_checked, normaliz
 from driftwatch._io import trim_heap
 from driftwatch.errors import (
     CorruptFileError,
+    DriftwatchError,
     EmptyInputError,
     InputError,
     InvalidParameterError,
@@ -2266,8 +2267,10 @@ def audit(
         timings.update({f"fleet.{k}": v for k, v in result.timings.items()})
 
         src_desc = _sources_fingerprint(source, skipped)
-        result.audit_id = _fingerprint(
-            [src_desc, since_dt, until_dt, _policy_fingerprint(pol), str(reference), volume_per_day, every, by]
+        result.audit_id = audit_fingerprint(
+            src_desc, since=since_dt, until=until_dt, policy=pol, reference=reference, volume_per_day=volume_per_day,
+            every=every, drift_every=drift_every, load_every=load_every, by=by,
+            column_map=None if _is_frame(source_or_events) else column_map, format=format,
         )
         stats.update(
             {
@@ -2470,6 +2473,47 @@ def _row_hash(columns: Sequence[str]) -> pl.Expr:
     return h
 
 
+def audit_fingerprint(
+    sources: Any,
+    *,
+    since: datetime | None,
+    until: datetime | None,
+    policy: Any,
+    reference: Any,
+    volume_per_day: Any,
+    every: str,
+    drift_every: str,
+    load_every: str,
+    by: Any,
+    column_map: Mapping[str, str] | None,
+    format: str,
+) -> str:
+    """The audit's ``audit_id``: a hash of the inputs (``sources``, see
+    :func:`_sources_fingerprint`), the window, the policy, the drift reference (its content when
+    it is logs or a frame) and every option that changes the results. The engine and the chunks
+    do not: they give the same results."""
+    return _fingerprint([
+        sources, since, until, _policy_fingerprint(policy), _reference_fingerprint(reference), volume_per_day,
+        every, drift_every, load_every, by, sorted((column_map or {}).items()), format,
+    ])
+
+
+def _reference_fingerprint(reference: Any) -> Any:
+    """A drift reference as the id sees it: a range or a duration as given; logs (paths, a frame,
+    a ``ReadResult``) by their content, as the audited sources are (a frame's repr is cut, and a
+    ``ReadResult``'s names its memory address)."""
+    if reference is None or isinstance(reference, tuple):
+        return repr(reference)
+    if _is_frame(reference) or (hasattr(reference, "events") and hasattr(reference, "stats")):
+        return _sources_fingerprint(reference, [])
+    if isinstance(reference, str | os.PathLike | list):
+        try:
+            return ["logs", _sources_fingerprint(reference, [])]
+        except (DriftwatchError, OSError):  # a range or a duration, not files
+            return repr(reference)
+    return repr(reference)
+
+
 def _sources_fingerprint(source: Any, skipped: Sequence[SourceFile]) -> list[Any]:
     """Stable description of the input: paths with size and mtime, or a content hash of frames."""
     if isinstance(source, str | os.PathLike) or (
@@ -2483,12 +2527,13 @@ def _sources_fingerprint(source: Any, skipped: Sequence[SourceFile]) -> list[Any
         schema = lf.collect_schema()
         if not len(schema):
             return [[]]
+        names = sorted(schema)  # (the columns' order does not count either)
         try:
-            row = lf.select(pl.len().alias("__dw_rows"), _row_hash(list(schema)).sum().alias("__dw_hash")).collect().row(0)
+            row = lf.select(pl.len().alias("__dw_rows"), _row_hash(names).sum().alias("__dw_hash")).collect().row(0)
         except pl.exceptions.PolarsError:  # a column Polars cannot hash (an Object column): its keys
             row = lf.select(pl.len().alias("__dw_rows"), pl.col("run_id").hash(seed=1).sum().alias("__dw_ids"),
                             pl.col("ts").min().alias("__dw_lo"), pl.col("ts").max().alias("__dw_hi")).collect().row(0)
-        return [[(k, str(v)) for k, v in schema.items()], *row]
+        return [[(k, str(schema[k])) for k in names], *row]
     if hasattr(source, "events") and hasattr(source, "stats"):  # a ReadResult
         # the files read (size and mtime) and what the read kept of them: its filters show in the
         # counts and in the runs and times of its events

@@ -355,8 +355,8 @@ def observed_days(starts: pl.Series) -> float | None:
     """The time the runs' starts cover, in days: the gaps between consecutive starts, each at
     most a day (a longer gap is a day the log misses, or a quiet one), times n / (n - 1) for
     the time after the last start. It does not depend on where UTC midnight falls: runs from
-    Monday noon to Tuesday noon cover one day, not two dates. ``None`` without starts; one
-    day when they all fall on one instant.
+    Monday noon to Tuesday noon cover one day, not two dates. ``None`` without two distinct
+    starts (one instant shows no rate).
 
     Examples
     --------
@@ -368,11 +368,11 @@ def observed_days(starts: pl.Series) -> float | None:
     1.0
     """
     t = starts.drop_nulls().sort()
-    if t.len() == 0:
+    if t.len() < 2:
         return None
     span = (t.diff().drop_nulls().dt.total_microseconds().clip(upper_bound=86_400_000_000).sum()) / 86_400e6
     if span <= 0:
-        return 1.0
+        return None
     return float(span) * t.len() / (t.len() - 1)
 
 
@@ -763,6 +763,14 @@ def _mixed_projection(
     draws), and its worst run the largest of all of them, P(max <= x) = prod F_s(x)^N_s over
     the series' observed costs (method ``"empirical"``, or ``"empirical_capped"`` when a series'
     volume exceeds half its runs). The 1-in-N cost is the quantile 1 - 1/N of the mix."""
+    if len(parts) == 1:  # one series named: its own projection, as its row gives it
+        costs, volume, day = parts[0]
+        lo, hi = _day_interval(day, volume * float(costs.min()), volume * float(costs.max()), interval)
+        e_max, one_in_n, method, shape = expected_max(costs, volume)
+        return {"projected_daily_usd": volume * float(costs.mean()), "projected_daily_lo": lo,
+                "projected_daily_hi": hi, "worst_run_expected_usd": e_max,
+                "worst_run_1_in_n_usd": one_in_n if math.isfinite(one_in_n) else None,
+                "worst_run_method": method, "tail_shape": shape}
     point = sum(v * float(c.mean()) for c, v, _ in parts)
     day = np.sum([d for _, _, d in parts], axis=0)
     lowest = sum(v * float(c.min()) for c, v, _ in parts)

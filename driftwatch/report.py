@@ -677,7 +677,15 @@ def _observed_rate(cost: Mapping[str, Any]) -> str:
         return ""
     if not math.isclose(vol, rate, rel_tol=1e-9):
         return ""
-    span = f"{days * 24:.1f} hours" if days < 2 else f"{days:.1f} days"
+    seconds = days * 86_400
+    if seconds < 120:
+        span = f"{seconds:.0f} seconds"
+    elif seconds < 7_200:
+        span = f"{seconds / 60:.0f} minutes"
+    elif days < 2:
+        span = f"{days * 24:.1f} hours"
+    else:
+        span = f"{days:.1f} days"
     return f" (the rate over the {span} the runs cover)"
 
 

@@ -1404,8 +1404,9 @@ def audit_spark(
         src_fp: list[Any] = _audit._sources_fingerprint(files or df, [])  # as the local engine's
     else:
         src_fp = [_spark_fingerprint(df, column_map)]
-    result.audit_id = _audit._fingerprint(
-        [src_fp, since_dt, until_dt, _audit._policy_fingerprint(pol), str(reference), volume_per_day, every, by]
+    result.audit_id = _audit.audit_fingerprint(
+        src_fp, since=since_dt, until=until_dt, policy=pol, reference=reference, volume_per_day=volume_per_day,
+        every=every, drift_every=drift_every, load_every=load_every, by=by, column_map=column_map, format=format,
     )
     timings["total"] = round(time.perf_counter() - t_start, 4)
     result.timings = timings

@@ -1542,3 +1542,28 @@ def test_default_reference_of_a_window_shorter_than_a_day_holds_the_first_runs()
     res = dw.audit(late, drift_every="6h")
     lo, hi = (datetime.fromisoformat(x) for x in res.notes["drift_reference_range"])
     assert lo <= start < hi and hi - lo == timedelta(hours=6)
+
+
+def test_audit_id_follows_the_reference_and_every_option_but_not_column_order() -> None:
+    """The id ignored a reference frame's content (repr cut short), changed from process to
+    process with a ReadResult reference (its repr names an address), ignored drift_every and
+    load_every, and changed with the order of a frame's columns."""
+    ev = synth.generate(days=16, runs_per_day=30, seed=2).events
+    cut = ev["ts"].min() + timedelta(days=7)
+    ref, cur = ev.filter(pl.col("ts") < cut), ev.filter(pl.col("ts") >= cut)
+    base = dw.audit(cur, reference=ref).audit_id
+    assert dw.audit(cur, reference=ref.reverse()).audit_id == base
+    assert dw.audit(cur, reference=ref.with_columns(pl.col("cost_usd") * 10)).audit_id != base
+    assert dw.audit(cur[::-1].select(reversed(cur.columns)), reference=ref).audit_id == base
+    ids = {dw.audit(cur, reference=ref, drift_every=d, load_every=le).audit_id
+           for d, le in (("7d", "1m"), ("3d", "1m"), ("7d", "5m"))}
+    assert len(ids) == 3 and base in ids
+    code = ("import driftwatch as dw, polars as pl, sys; ev = pl.read_parquet(sys.argv[1]); "
+            "print(dw.audit(ev, reference=dw.read_logs(sys.argv[2])).audit_id)")
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        cur.write_parquet(f"{tmp}/cur.parquet")
+        ref.write_parquet(f"{tmp}/ref.parquet")
+        runs = [subprocess.run([sys.executable, "-c", code, f"{tmp}/cur.parquet", f"{tmp}/ref.parquet"],
+                               capture_output=True, text=True, check=True).stdout for _ in range(2)]
+    assert runs[0] == runs[1] and runs[0].strip()

@@ -245,7 +245,9 @@ def test_observed_volume_does_not_depend_on_where_midnight_falls() -> None:
     # a week the log misses counts one day, not seven; one instant counts one day; none is unknown
     gap = [noon + timedelta(hours=h) for h in range(24)] + [noon + timedelta(days=8, hours=h) for h in range(24)]
     assert observed_days(pl.Series(gap)) == pytest.approx((23 + 24 + 23) / 24 * 48 / 47)
-    assert observed_days(pl.Series([noon, noon])) == 1.0
+    assert observed_days(pl.Series([noon, noon])) is None and observed_days(pl.Series([noon])) is None
+    one_instant = cost_profile_from_runs(_day_runs([noon] * 5), by=()).row(0, named=True)
+    assert one_instant["runs_per_day"] is None and one_instant["projected_daily_usd"] is None
     assert observed_days(pl.Series([], dtype=pl.Datetime("us", "UTC"))) is None
 
 
@@ -273,6 +275,11 @@ def test_all_row_follows_the_mix_of_series_volumes() -> None:
     # (the interval adds the uncertainty of each series' mean: a little wider than the day's own)
     assert fleet["projected_daily_lo"] < day_lo < day_hi < fleet["projected_daily_hi"]
     assert fleet["projected_daily_hi"] - fleet["projected_daily_lo"] < 1.5 * (day_hi - day_lo)
+    # one series named in the mix: "all" is that series' own projection, figure for figure
+    one = cost_profile_from_runs(runs.filter(agent="a"), volume_per_day={"a": 150})
+    cols = ["projected_daily_usd", "projected_daily_lo", "projected_daily_hi", "worst_run_expected_usd",
+            "worst_run_1_in_n_usd", "worst_run_method"]
+    assert one.filter(series="all").select(cols).row(0) == one.filter(series="agent=a").select(cols).row(0)
     # "all" given too: the fleet's observed costs at that volume, as before
     given = cost_profile_from_runs(runs, volume_per_day={"a": 150, "b": 40, "all": 190}).filter(series="all")
     assert given["projected_daily_usd"].item() == pytest.approx(190 * np.concatenate([cheap, dear]).mean())

@@ -377,3 +377,19 @@ def test_feedback_highlight_explains_the_strongest_row_once() -> None:
     result = dataclasses.make_dataclass("R", [("drift", pl.DataFrame)])(drift)
     (text,) = _highlights(result, {})
     assert text.count("agent=planner") == 2 and "0.69 -&gt; 1.00" in text and "0.75" not in text
+
+
+def test_observed_rate_names_its_period_at_its_scale() -> None:
+    """80 seconds of runs read 'the rate over the 0.0 hours the runs cover'."""
+    from driftwatch.report import _observed_rate
+
+    def said(days: float, given: float | None = None) -> str:
+        rate = 20 / days
+        return _observed_rate({"observed_days": days, "runs_per_day": rate, "volume_per_day": given or rate})
+
+    assert said(80 / 86_400) == " (the rate over the 80 seconds the runs cover)"
+    assert said(45 * 60 / 86_400) == " (the rate over the 45 minutes the runs cover)"
+    assert said(0.5) == " (the rate over the 12.0 hours the runs cover)"
+    assert said(14.0) == " (the rate over the 14.0 days the runs cover)"
+    assert said(14.0, given=5000) == ""  # a volume given to the audit: not an observed rate
+    assert _observed_rate({"observed_days": None, "runs_per_day": None, "volume_per_day": 5.0}) == ""
