@@ -708,6 +708,11 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         ``stderr`` that goes away early (``| head``) stops the printing to it, quietly; the exit
         code is the command's.
     """
+    # a descriptor closed before the start (`>&-`, `2>&-`): Python sets the stream to None
+    if sys.stdout is None:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the process's stream, for its life
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - (as above)
     out = _PipeSafe(stdout or sys.stdout)
     err = _PipeSafe(stderr or sys.stderr)  # (an error line to a closed stderr must not change the exit code)
     try:

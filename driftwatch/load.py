@@ -497,10 +497,20 @@ class _Options:
             raise InvalidParameterError(f"alpha must be in (0, 1), got {alpha!r}")
         if not isinstance(min_effect, int | float) or min_effect < 0 or not math.isfinite(min_effect):
             raise InvalidParameterError(f"min_effect must be a non-negative number, got {min_effect!r}")
+        chosen = _check_metrics(metrics, have_loops=have_loops)
+        kinds = tuple(dict.fromkeys(kinds))
+        rows = len(chosen) * len(kinds)
+        least = math.ceil(rows / float(alpha) - 1e-9) - 1
+        if n_boot < least:  # the smallest p-value, 1 / (n_boot + 1), must reach the Bonferroni level
+            raise InvalidParameterError(
+                f"n_boot={n_boot} cannot find a knee: its smallest p-value, 1/{n_boot + 1}, is above the level "
+                f"alpha / rows = {float(alpha):g} / {rows} of a series with {rows} rows (metrics x load kinds); "
+                f"use n_boot >= {least}, or fewer metrics or load kinds"
+            )
         return cls(
             every=every,
-            metrics=_check_metrics(metrics, have_loops=have_loops),
-            kinds=tuple(dict.fromkeys(kinds)),
+            metrics=chosen,
+            kinds=kinds,
             control=control,
             n_bins=n_bins,
             n_boot=n_boot,

@@ -886,8 +886,8 @@ def _guard(fn: Callable[[], Any], paths: Sequence[str]) -> Any:
         if isinstance(err, pl.exceptions.SchemaError | pl.exceptions.ColumnNotFoundError | pl.exceptions.SchemaFieldNotFoundError):
             raise SchemaError(f"{where}: incompatible columns across files: {msg}") from None
         if isinstance(err, pl.exceptions.PolarsError | duckdb.Error | OSError):
-            if isinstance(err, pl.exceptions.ComputeError):  # a page that cannot be decoded: which file, column
-                where = locate_read_failure(paths) or where
+            if isinstance(err, pl.exceptions.ComputeError | duckdb.Error):  # a page that cannot be decoded:
+                where = locate_read_failure(paths) or where                  # which file, column
             raise CorruptFileError(f"{where}: reading failed: {msg}") from None
         raise
 

@@ -802,6 +802,15 @@ def test_a_closed_stderr_keeps_the_exit_code(tmp_path: Path) -> None:
         finally:
             os.close(write)
         assert proc.returncode == expected, argv
+    # descriptors closed before the start (`>&-`, `2>&-`): Python's sys.stdout / sys.stderr are None
+    # (a traceback from flushing None, and exit 1, before)
+    import shlex
+    line = " ".join(shlex.quote(c) for c in cmd)
+    for argv, redirect, expected in ((["validate", str(bad)], ">&-", 0), (["validate", str(tmp_path / "nope")], "2>&-", 2),
+                                     (["--help"], ">&- 2>&-", 0), (["validate", str(bad), "--strict"], ">&- 2>&-", 1)):
+        proc = subprocess.run(["bash", "-c", f"{line} {' '.join(map(shlex.quote, argv))} {redirect}"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == expected and "Traceback" not in proc.stderr + proc.stdout, (argv, redirect, proc)
 
 
 def test_file_names_are_shown_exactly_in_error_lines(tmp_path: Path, run_cli: Cli) -> None:

@@ -254,6 +254,9 @@ def test_too_few_buckets_gives_no_answer() -> None:
         ({"metrics": ["loop_rate"]}, "metric 'loop_rate' needs the loop table"),
         ({"load": "concurrency"}, "load must be among"),
         ({"n_boot": 10}, "n_boot must be an integer >= 99"),
+        # 1/100 can never reach 0.05 / 10 rows: the knee of any series would be lost without a word
+        ({"n_boot": 99}, r"n_boot=99 cannot find a knee: .* 0.05 / 10 .* use n_boot >= 199"),
+        ({"n_boot": 99, "metrics": ["error_rate"], "load": "started", "alpha": 0.005}, r"0.005 / 1 .* >= 199"),
         ({"alpha": 0.0}, "alpha must be in"),
         ({"min_effect": -1}, "min_effect must be a non-negative number"),
         ({"n_bins": 1}, "n_bins must be an integer >= 2"),
