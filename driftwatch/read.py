@@ -850,6 +850,29 @@ def locate_read_failure(paths: Sequence[str]) -> str | None:
                 if not is_read_failure(err):
                     raise
                 return f"{path}, column {name!r}"
+        # Polars decoded every column alone: DuckDB's decoder may still fail on one (a damaged
+        # page each reads its own way; the decoder's panic on it is not always repeated)
+        found = _locate_with_duckdb(path, names)
+        if found is not None:
+            return found
+    return None
+
+
+def _locate_with_duckdb(path: str, names: Sequence[str]) -> str | None:
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        rel = con.read_parquet(path)
+        for name in names:
+            try:  # (a column expression, not SQL text: the names come from the file)
+                rel.select(duckdb.ColumnExpression(name)).to_arrow_table()
+            except duckdb.Error:
+                return f"{path}, column {name!r}"
+    except duckdb.Error:
+        return path
+    finally:
+        con.close()
     return None
 
 
