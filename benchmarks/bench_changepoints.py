@@ -55,6 +55,9 @@ sys.path.insert(0, str(ROOT))
 
 from driftwatch import changepoints as cp  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _checks import compare_tables  # noqa: E402
+
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 METRICS = {  # name: (level, per-run sd)
     "steps_mean": (10.0, 5.0),
@@ -292,17 +295,7 @@ def compare_buckets(dw_out: pl.DataFrame, pd_out: Any) -> tuple[bool, str]:
 
     b = pl.from_pandas(pd.concat(pd_out).reset_index()[["series", "bucket", *BUCKET_COMPARED]]).with_columns(
         pl.col("bucket").dt.cast_time_unit("us").dt.convert_time_zone("UTC"), pl.col("runs").cast(pl.Int64))
-    a = dw_out.select("series", "bucket", *BUCKET_COMPARED)
-    j = a.join(b, on=["series", "bucket"], how="full", suffix="_pd", coalesce=True)
-    missing = j.filter(pl.col("runs").is_null() | pl.col("runs_pd").is_null()).height
-    bad = {}
-    for c in BUCKET_COMPARED:
-        x, y = j[c].cast(pl.Float64).to_numpy(), j[f"{c}_pd"].cast(pl.Float64).to_numpy()
-        ok = np.isclose(x, y, rtol=1e-9, atol=1e-12) | (np.isnan(x) & np.isnan(y))
-        if not ok.all():
-            bad[c] = int((~ok).sum())
-    return missing == 0 and not bad, (f"{j.height:,} (series, bucket) rows, {missing} in one table only, "
-                                      f"differing values: {bad or 'none'}")
+    return compare_tables(dw_out, b, keys=("series", "bucket"), columns=BUCKET_COMPARED, count="runs")
 
 
 def part_buckets(args: argparse.Namespace, data: Path) -> None:

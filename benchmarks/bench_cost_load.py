@@ -55,6 +55,9 @@ from driftwatch import synth  # noqa: E402
 from driftwatch.costs import cost_profile_from_runs  # noqa: E402
 from driftwatch.load import load_buckets_from_runs, load_curve_from_runs  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _checks import compare_tables  # noqa: E402
+
 DAYS = 30
 SEED = 11
 EVENTS_PER_RUN = 13.2  # demo fleet, measured
@@ -228,36 +231,18 @@ def pandas_buckets(runs: Any) -> Any:
 
 def compare_buckets(dw_buckets: pl.DataFrame, pd_buckets: Any) -> tuple[bool, str]:
     cols = ["started", "error_rate", "steps_per_run", "cost_per_run"]
-    a = dw_buckets.select("series", "bucket", *cols)
     b = pl.from_pandas(pd_buckets[["series", "bucket", *cols]]).with_columns(
         pl.col("bucket").dt.cast_time_unit("us"), pl.col("started").cast(pl.Int64))
-    j = a.join(b, on=["series", "bucket"], how="full", suffix="_pd", coalesce=True)
-    missing = j.filter(pl.col("started").is_null() | pl.col("started_pd").is_null()).height
-    bad = {}
-    for c in cols:
-        x, y = j[c].cast(pl.Float64).to_numpy(), j[f"{c}_pd"].cast(pl.Float64).to_numpy()
-        ok = np.isclose(x, y, rtol=1e-9, atol=1e-12) | (np.isnan(x) & np.isnan(y))
-        if not ok.all():
-            bad[c] = int((~ok).sum())
-    agree = missing == 0 and not bad
-    return agree, f"{j.height:,} (series, bucket) rows, {missing} in one table only, differing values: {bad or 'none'}"
+    return compare_tables(dw_buckets, b, keys=("series", "bucket"), columns=cols, count="started")
 
 
 def pandas_load(runs: Any, n_perm: int = 99) -> Any:
     import pandas as pd
 
     rng = np.random.default_rng(0)
-    runs = runs.copy()
-    runs["bucket"] = runs["first_ts"].dt.floor("1min")
-    runs["error_rate"] = runs["n_errors"] / runs["n_steps"]
     out = []
-    for agent, sub in [*runs.groupby("agent"), ("all", runs)]:
-        b = sub.groupby("bucket").agg(
-            started=("run_id", "size"),
-            error_rate=("error_rate", "mean"),
-            steps_per_run=("n_steps", "mean"),
-            cost_per_run=("cost_usd", "mean"),
-        )
+    for series, b in pandas_buckets(runs).groupby("series", sort=False):
+        b = b.set_index("bucket")
         b["day"] = b.index.floor("1D")
         for metric in ("error_rate", "steps_per_run", "cost_per_run"):
             y = b[metric] - b.groupby("day")[metric].transform("mean")
@@ -279,7 +264,7 @@ def pandas_load(runs: Any, n_perm: int = 99) -> Any:
                 best(y.groupby(b["day"]).transform(lambda s: s.sample(frac=1.0, random_state=int(rng.integers(1 << 31))).values))[0]
                 for _ in range(n_perm)
             ]
-            out.append({"series": agent if agent == "all" else f"agent={agent}", "metric": metric, "knee": knee, "p_value": (1 + sum(g >= gain for g in null)) / (1 + n_perm)})
+            out.append({"series": series, "metric": metric, "knee": knee, "p_value": (1 + sum(g >= gain for g in null)) / (1 + n_perm)})
     return pd.DataFrame(out)
 
 
