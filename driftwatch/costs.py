@@ -733,18 +733,23 @@ def _series_row(
         day = _day_replicates(costs, volume, n_boot=n_boot, gen=rng)
         if days is not None:
             days[rec["series"]] = day
-        lo, hi = _day_interval(day, volume * float(costs.min()), volume * float(costs.max()), interval)
-        e_max, one_in_n, method, shape = expected_max(costs, volume)
-        row.update(
-            projected_daily_usd=volume * float(costs.mean()),
-            projected_daily_lo=lo,
-            projected_daily_hi=hi,
-            worst_run_expected_usd=e_max,
-            worst_run_1_in_n_usd=one_in_n if math.isfinite(one_in_n) else None,
-            worst_run_method=method,
-            tail_shape=shape,
-        )
+        row.update(_projection(costs, volume, day, interval))
     return row
+
+
+def _projection(costs: np.ndarray, volume: float, day: np.ndarray, interval: float) -> dict[str, Any]:
+    """One series' projection columns at ``volume`` runs a day, from its simulated days."""
+    lo, hi = _day_interval(day, volume * float(costs.min()), volume * float(costs.max()), interval)
+    e_max, one_in_n, method, shape = expected_max(costs, volume)
+    return {
+        "projected_daily_usd": volume * float(costs.mean()),
+        "projected_daily_lo": lo,
+        "projected_daily_hi": hi,
+        "worst_run_expected_usd": e_max,
+        "worst_run_1_in_n_usd": one_in_n if math.isfinite(one_in_n) else None,
+        "worst_run_method": method,
+        "tail_shape": shape,
+    }
 
 
 def _day_interval(day: np.ndarray, lowest: float, highest: float, interval: float) -> tuple[float, float]:
@@ -764,28 +769,23 @@ def _mixed_projection(
     the series' observed costs (method ``"empirical"``, or ``"empirical_capped"`` when a series'
     volume exceeds half its runs). The 1-in-N cost is the quantile 1 - 1/N of the mix."""
     if len(parts) == 1:  # one series named: its own projection, as its row gives it
-        costs, volume, day = parts[0]
-        lo, hi = _day_interval(day, volume * float(costs.min()), volume * float(costs.max()), interval)
-        e_max, one_in_n, method, shape = expected_max(costs, volume)
-        return {"projected_daily_usd": volume * float(costs.mean()), "projected_daily_lo": lo,
-                "projected_daily_hi": hi, "worst_run_expected_usd": e_max,
-                "worst_run_1_in_n_usd": one_in_n if math.isfinite(one_in_n) else None,
-                "worst_run_method": method, "tail_shape": shape}
+        return _projection(*parts[0], interval)
     point = sum(v * float(c.mean()) for c, v, _ in parts)
     day = np.sum([d for _, _, d in parts], axis=0)
     lowest = sum(v * float(c.min()) for c, v, _ in parts)
     highest = sum(v * float(c.max()) for c, v, _ in parts)
     lo, hi = _day_interval(day, lowest, highest, interval)
-    sorted_costs = [np.sort(c) for c, _, _ in parts]
-    volumes = np.array([v for _, v, _ in parts], dtype=np.float64)
-    support = np.unique(np.concatenate(sorted_costs))
-    cdf = np.array([np.searchsorted(c, support, side="right") / c.size for c in sorted_costs])
-    with np.errstate(divide="ignore"):
-        log_g = (volumes[:, None] * np.log(cdf)).sum(axis=0)
+    support = np.unique(np.concatenate([c for c, _, _ in parts]))
+    big_n = float(sum(v for _, v, _ in parts))
+    log_g = np.zeros(support.size)  # log P(the day's worst run <= x), summed series by series
+    mix = np.zeros(support.size)  # the CDF of the mix (one series' CDF at a time: bounded memory)
+    for c, v, _ in parts:
+        cdf = np.searchsorted(np.sort(c), support, side="right") / c.size
+        with np.errstate(divide="ignore"):
+            log_g += v * np.log(cdf)
+        mix += (v / big_n) * cdf
     g = np.exp(log_g)
-    big_n = float(volumes.sum())
     e_max = float(np.diff(g, prepend=0.0) @ support) if big_n >= 1 else None
-    mix = (volumes / big_n) @ cdf
     if big_n > 1:
         one_in_n = float(support[min(int(np.searchsorted(mix, 1.0 - 1.0 / big_n, side="left")), support.size - 1)])
     else:
