@@ -1674,10 +1674,16 @@ def _iter_chunks(
 
 
 def _policy_fingerprint(pol: Any) -> str:
+    """The policy as the id sees it: its TOML, and its escalation model file's content (the
+    TOML names the file only: a refitted model, which changes every score, kept the id)."""
     try:
-        return pol.to_toml()
+        text = pol.to_toml()
     except Exception:  # pragma: no cover - any Policy has to_toml
         return repr(pol)
+    path = pol.model_path() if getattr(pol, "model", None) else None
+    if path is not None and path.is_file():
+        text += "\n# model sha256 " + hashlib.sha256(path.read_bytes()).hexdigest()
+    return text
 
 
 def _is_frame(x: Any) -> bool:
@@ -2528,8 +2534,12 @@ def _sources_fingerprint(source: Any, skipped: Sequence[SourceFile]) -> list[Any
         if not len(schema):
             return [[]]
         names = sorted(schema)  # (the columns' order does not count either)
+        # Polars hashes an Object column with Python's hash(), which changes from process to
+        # process: such columns (never canonical ones) count by their name and type only
+        hashed = [c for c in names if schema[c] != pl.Object]
         try:
-            row = lf.select(pl.len().alias("__dw_rows"), _row_hash(names).sum().alias("__dw_hash")).collect().row(0)
+            row = lf.select(pl.len().alias("__dw_rows"), _row_hash(hashed).sum().alias("__dw_hash")).collect().row(0) \
+                if hashed else lf.select(pl.len()).collect().row(0)
         except pl.exceptions.PolarsError:  # a column Polars cannot hash (an Object column): its keys
             row = lf.select(pl.len().alias("__dw_rows"), pl.col("run_id").hash(seed=1).sum().alias("__dw_ids"),
                             pl.col("ts").min().alias("__dw_lo"), pl.col("ts").max().alias("__dw_hi")).collect().row(0)

@@ -1567,3 +1567,26 @@ def test_audit_id_follows_the_reference_and_every_option_but_not_column_order() 
         runs = [subprocess.run([sys.executable, "-c", code, f"{tmp}/cur.parquet", f"{tmp}/ref.parquet"],
                                capture_output=True, text=True, check=True).stdout for _ in range(2)]
     assert runs[0] == runs[1] and runs[0].strip()
+
+
+def test_audit_id_follows_the_escalation_model_file_and_ignores_object_columns(tmp_path: Path) -> None:
+    """A refitted model file (the policy names the file only) changed every score and kept the
+    id; an Object column was hashed with Python's per-process hash(), so the id of the same frame
+    changed from process to process."""
+    fleet = synth.generate(days=2, runs_per_day=60, seed=1)
+    ev = fleet.events
+    labels = fleet.truth["runs"].select("run_id", "needs_human")
+    scored = dw.score_runs(ev)
+    (tmp_path / "policy.toml").write_text(dw.Policy(model="escalation.pkl").to_toml())
+    dw.fit_escalation(scored, labels).save(tmp_path / "escalation.pkl")
+    first = dw.audit(ev, policy=tmp_path / "policy.toml")
+    dw.fit_escalation(scored, labels.with_columns(~pl.col("needs_human"))).save(tmp_path / "escalation.pkl")
+    second = dw.audit(ev, policy=tmp_path / "policy.toml")
+    assert not first.runs["score"].equals(second.runs["score"]) and first.audit_id != second.audit_id
+    path = tmp_path / "ev.parquet"
+    ev.write_parquet(path)
+    code = ("import polars as pl, driftwatch as dw, sys; ev = pl.read_parquet(sys.argv[1]); "
+            "print(dw.audit(ev.with_columns(pl.Series('note', [object()] * ev.height, dtype=pl.Object))).audit_id)")
+    ids = {subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
+    assert len(ids) == 1
