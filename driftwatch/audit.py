@@ -2508,16 +2508,18 @@ def _reference_fingerprint(reference: Any) -> Any:
     """A drift reference as the id sees it: a range or a duration as given; logs (paths, a frame,
     a ``ReadResult``) by their content, as the audited sources are (a frame's repr is cut, and a
     ``ReadResult``'s names its memory address)."""
-    if reference is None or isinstance(reference, tuple):
-        return repr(reference)
     if _is_frame(reference) or (hasattr(reference, "events") and hasattr(reference, "stats")):
         return _sources_fingerprint(reference, [])
-    if isinstance(reference, str | os.PathLike | list):
+    paths = isinstance(reference, list) and all(isinstance(x, str | os.PathLike) for x in reference)
+    if isinstance(reference, str | os.PathLike) or paths:
         try:
             return ["logs", _sources_fingerprint(reference, [])]
         except (DriftwatchError, OSError):  # a range or a duration, not files
-            return repr(reference)
-    return repr(reference)
+            pass
+    try:  # a range however it was spelled: ("2026-10-01", "2026-10-08") or "2026-10-01..2026-10-08"
+        return repr(parse_reference(reference))
+    except DriftwatchError:
+        return repr(reference)
 
 
 def _sources_fingerprint(source: Any, skipped: Sequence[SourceFile]) -> list[Any]:

@@ -1558,6 +1558,9 @@ def test_audit_id_follows_the_reference_and_every_option_but_not_column_order() 
     ids = {dw.audit(cur, reference=ref, drift_every=d, load_every=le).audit_id
            for d, le in (("7d", "1m"), ("3d", "1m"), ("7d", "5m"))}
     assert len(ids) == 3 and base in ids
+    lo, hi = ev["ts"].min().date(), cut.date()  # a range, however it is spelled
+    spelled = {dw.audit(ev, reference=r).audit_id for r in ((lo, hi), (str(lo), str(hi)), f"{lo}..{hi}")}
+    assert len(spelled) == 1
     code = ("import driftwatch as dw, polars as pl, sys; ev = pl.read_parquet(sys.argv[1]); "
             "print(dw.audit(ev, reference=dw.read_logs(sys.argv[2])).audit_id)")
     import tempfile
