@@ -2276,7 +2276,9 @@ def audit(
         result.audit_id = audit_fingerprint(
             src_desc, since=since_dt, until=until_dt, policy=pol, reference=reference, volume_per_day=volume_per_day,
             every=every, drift_every=drift_every, load_every=load_every, by=by,
-            column_map=None if _is_frame(source_or_events) else column_map, format=format,
+            # (a frame is canonical events whatever format says: "auto" and "canonical" agree)
+            column_map=None if _is_frame(source_or_events) else column_map,
+            format="canonical" if _is_frame(source_or_events) else format,
         )
         stats.update(
             {

@@ -1406,7 +1406,8 @@ def audit_spark(
         src_fp = [_spark_fingerprint(df, column_map)]
     result.audit_id = _audit.audit_fingerprint(
         src_fp, since=since_dt, until=until_dt, policy=pol, reference=reference, volume_per_day=volume_per_day,
-        every=every, drift_every=drift_every, load_every=load_every, by=by, column_map=column_map, format=format,
+        every=every, drift_every=drift_every, load_every=load_every, by=by, column_map=column_map,
+        format="canonical" if _audit._is_frame(df) else format,  # (as the local engine's)
     )
     timings["total"] = round(time.perf_counter() - t_start, 4)
     result.timings = timings

@@ -1561,6 +1561,7 @@ def test_audit_id_follows_the_reference_and_every_option_but_not_column_order() 
     lo, hi = ev["ts"].min().date(), cut.date()  # a range, however it is spelled
     spelled = {dw.audit(ev, reference=r).audit_id for r in ((lo, hi), (str(lo), str(hi)), f"{lo}..{hi}")}
     assert len(spelled) == 1
+    assert dw.audit(cur, reference=ref, format="canonical").audit_id == base  # a frame's format is canonical
     code = ("import driftwatch as dw, polars as pl, sys; ev = pl.read_parquet(sys.argv[1]); "
             "print(dw.audit(ev, reference=dw.read_logs(sys.argv[2])).audit_id)")
     import tempfile
