@@ -252,7 +252,10 @@ def known_sum(name: str) -> pl.Expr:
 def series_expr(by: Sequence[str]) -> pl.Expr:
     """An expression naming each group, e.g. ``agent=planner`` or ``agent=a,version=v2``.
 
-    With an empty ``by`` the whole fleet is one series named ``all``.
+    With an empty ``by`` the whole fleet is one series named ``all``. A missing value reads
+    ``null``; a value that would be mistaken for one, or for the separator (the text ``null``,
+    or one holding ``,``, ``"`` or ``\\``), is written in double quotes with ``"`` and
+    ``\\`` escaped, so two groups never share a name (:func:`series_keys` reads the names back).
     """
     if not by:
         return pl.lit("all").alias("series")
@@ -261,8 +264,45 @@ def series_expr(by: Sequence[str]) -> pl.Expr:
         if i:
             parts.append(pl.lit(","))
         parts.append(pl.lit(f"{col}="))
-        parts.append(pl.col(col).cast(pl.String).fill_null("null"))
+        parts.append(_series_value(pl.col(col).cast(pl.String)))
     return pl.concat_str(parts).alias("series")
+
+
+def _series_value(value: pl.Expr) -> pl.Expr:
+    quoted = pl.concat_str(
+        pl.lit('"'),
+        value.str.replace_all("\\", "\\\\", literal=True).str.replace_all('"', '\\"', literal=True),
+        pl.lit('"'),
+    )
+    odd = (value == "null") | value.str.contains(r'[,"\\]')
+    return pl.when(value.is_null()).then(pl.lit("null")).when(odd).then(quoted).otherwise(value)
+
+
+_SERIES_PART = re.compile(r'([^=,]*)=(?:"(?:[^"\\]|\\.)*"|[^,"]*)(?:,|$)')
+
+
+def series_label(column: str, value: Any) -> str:
+    """The :func:`series_expr` name of one column's value, in Python (``agent=planner``)."""
+    if value is None:
+        return f"{column}=null"
+    text = str(value)
+    if text == "null" or any(c in text for c in ',"\\'):
+        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{column}={text}"
+
+
+def series_keys(name: str) -> tuple[str, ...]:
+    """The columns a :func:`series_expr` name was made of: ``("agent", "version")`` for
+    ``agent=a,version="v,2"``; ``()`` for ``all`` or a name no :func:`series_expr` made."""
+    keys: list[str] = []
+    pos = 0
+    while pos < len(name):
+        m = _SERIES_PART.match(name, pos)
+        if m is None or m.end() == pos:
+            return ()
+        keys.append(m.group(1))
+        pos = m.end()
+    return tuple(keys)
 
 
 def duration_seconds(every: str, *, name: str = "every") -> float:
@@ -329,4 +369,6 @@ __all__ = [
     "require_timestamps",
     "run_table",
     "series_expr",
+    "series_keys",
+    "series_label",
 ]

@@ -44,6 +44,7 @@ from driftwatch._frames import (
     normalize_by,
     run_table,
     series_expr,
+    series_label,
 )
 from driftwatch.errors import InvalidParameterError, SchemaError
 from driftwatch.loops import _waste_once
@@ -625,8 +626,8 @@ def _volumes_by_series(volume: Mapping[str, Any], series: list[str], by_cols: Se
     unknown = []
     for key, value in volume.items():
         label = str(key)
-        if label not in labels and len(by_cols) == 1 and f"{by_cols[0]}={label}" in labels:
-            label = f"{by_cols[0]}={label}"
+        if label not in labels and len(by_cols) == 1 and series_label(by_cols[0], label) in labels:
+            label = series_label(by_cols[0], label)
         if label not in labels:
             unknown.append(key)
         if label in out and float(value) != out[label]:

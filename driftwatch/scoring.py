@@ -61,7 +61,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from driftwatch._frames import as_lazy, check_seed, series_expr
+from driftwatch._frames import as_lazy, check_seed, series_expr, series_keys
 from driftwatch.errors import InputError, InvalidParameterError
 from driftwatch.features import run_features
 from driftwatch.policy import (
@@ -243,7 +243,7 @@ def _drift_context(runs: pl.DataFrame, drift: pl.DataFrame | None) -> pl.DataFra
     series_names = d["series"].unique().to_list()
     keysets: dict[tuple[str, ...], None] = {}
     for s in series_names:  # a handful of distinct series
-        keys = () if s == "all" else tuple(part.split("=", 1)[0] for part in s.split(","))
+        keys = series_keys(s)  # () for "all"
         keysets[keys] = None
     usable = [keys for keys in keysets if all(k in runs.columns for k in keys)]
     if not usable:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from driftwatch._frames import duration_seconds, normalize_by
+from driftwatch._frames import duration_seconds, normalize_by, series_expr, series_keys, series_label
 from driftwatch.errors import InvalidParameterError
 
 
@@ -194,3 +194,21 @@ def test_a_numeric_status_is_refused_by_every_detector() -> None:
     for call in (dw.run_features, dw.detect_loops, dw.check_policy, dw.score_runs, dw.cost_profile):
         with pytest.raises(SchemaError, match=r"column 'status': 3 value\(s\) cannot be read as ok or error"):
             call(ev)
+
+
+def test_series_names_never_collide_and_read_back() -> None:
+    """A missing agent and an agent named "null" shared the series ``agent=null``, and an agent
+    named ``a,version=v2`` by itself looked like the series of agent a, version v2."""
+    values = [None, "null", "a", "a,version=v2", 'say "hi"', "back\\slash", "", "k=v", "null "]
+    frame = pl.DataFrame({"agent": values, "version": ["v2"] * len(values)}, schema={"agent": pl.String, "version": pl.String})
+    one = frame.select(series_expr(["agent"]))["series"].to_list()
+    two = frame.select(series_expr(["agent", "version"]))["series"].to_list()
+    assert len(set(one)) == len(values) and len(set(two)) == len(values)
+    assert set(one).isdisjoint(two)
+    assert one[0] == "agent=null" and one[1] == 'agent="null"' and one[2] == "agent=a" and one[7] == "agent=k=v"
+    assert one[3] == 'agent="a,version=v2"' and one[4] == 'agent="say \\"hi\\""'
+    assert one == [series_label("agent", v) for v in values]
+    assert all(series_keys(s) == ("agent",) for s in one)
+    assert all(series_keys(s) == ("agent", "version") for s in two)
+    assert series_keys("all") == () and series_keys('agent="open') == ()
+    assert frame.select(series_expr([]))["series"].unique().to_list() == ["all"]

@@ -404,6 +404,20 @@ def test_drift_context_adds_a_reason_only_to_flagged_runs() -> None:
         assert why == f"context: {said} drifting in action_mix (js) since 2026-10-01", why
 
 
+def test_drift_context_reads_series_whose_values_hold_commas() -> None:
+    """The series ``agent="billing,eu"`` was read as the columns ``agent`` and ``eu"``: no run
+    matched it and the drift context was silently dropped."""
+    ev = pl.concat([baseline("billing", 30, 10),
+                    run("pricey", ["llm", "llm"], start=5, cost_usd=[0.35, 0.35])], how="diagonal_relaxed")
+    ev = ev.with_columns(pl.lit("billing,eu").alias("agent"))
+    drift = pl.DataFrame({
+        "series": ['agent="billing,eu"'], "window_start": [T0], "window_end": [T0 + timedelta(days=1)],
+        "feature": ["action_mix"], "method": ["js"], "statistic": [0.3], "p_value": [0.001], "drifted": [True],
+    })
+    why = score(ev, drift=drift).filter(pl.col("run_id") == "pricey")["reasons"][0][-1]
+    assert why == 'context: agent="billing,eu" drifting in action_mix (js) since 2026-10-01', why
+
+
 def test_small_fleets_skip_the_anomaly_model() -> None:
     out = score(run("r", ["llm", "get_x", "llm"]))
     assert out["anomaly"][0] == 0.0 and out["level"][0] == "ok"
