@@ -20,7 +20,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash scripts/ensure_java.sh || true
 	$(PY) -m ruff check driftwatch tests benchmarks
-	$(PY) -m pytest -n 2 --dist loadfile tests
+	$(PY) -m pytest -n 2 --dist loadfile tests driftwatch
 
 lint: $(STAMP)
 	$(PY) -m ruff check driftwatch tests benchmarks

@@ -6,7 +6,7 @@ escalation with reasons a person can act on.
 
 >>> import driftwatch as dw
 >>> sorted(n for n in dw.__all__ if n.startswith("detect_"))
-['detect_changepoints', 'detect_drift', 'detect_loops']
+['detect_changepoints', 'detect_delegation_cycles', 'detect_drift', 'detect_loops', 'detect_run_changepoints']
 
 The public names are imported lazily, so ``import driftwatch`` stays fast and
 optional dependencies (PySpark) load only when used.

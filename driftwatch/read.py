@@ -1512,10 +1512,10 @@ def check_frame(frame: pl.DataFrame | pl.LazyFrame, *, where: str = "events") ->
     Examples
     --------
     >>> import polars as pl
-    >>> raw = pl.DataFrame({"run_id": ["a", "a", None], "step": [1, 1, 2], "action": ["x", "y", "z"]})
-    >>> rr = check_frame(raw)
+    >>> raw = pl.DataFrame({"run_id": ["a", "a", "a", None], "step": [1, 1, 1, 2], "action": ["x", "x", "y", "z"]})
+    >>> rr = check_frame(raw)  # row 1 repeats row 0; row 2 gives step 1 another action
     >>> rr.stats.rows_valid, rr.rejected.select("source_row", "reason").rows()
-    (1, [(1, 'duplicate_step'), (2, 'null_run_id')])
+    (1, [(1, 'duplicate_step'), (2, 'conflicting_step'), (3, 'null_run_id')])
     """
     t0 = time.perf_counter()
     lf = frame.lazy() if isinstance(frame, pl.DataFrame) else frame

@@ -273,7 +273,7 @@ UTF8_AS_HEX_RE = (
 
 
 def binary_text(expr: pl.Expr) -> pl.Expr:
-    """Binary values as text: decoded where valid UTF-8 text, hex-encoded where not.
+    r"""Binary values as text: decoded where valid UTF-8 text, hex-encoded where not.
 
     Writers that leave out Parquet's UTF-8 annotation (Impala, some Hive and Go
     writers) store text as plain binary: a status ``b"ok"`` must read ``ok``, not

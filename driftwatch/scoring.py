@@ -45,7 +45,7 @@ Examples
 ...                    "approved": [None, False, None, None]})
 >>> out = dw.score_runs(ev, loops=pl.DataFrame())
 >>> out.select("run_id", "level", "reasons").rows()
-[('a', 'escalate', ['delete_invoice without approval']), ('b', 'ok', [])]
+[('a', 'escalate', ['delete_invoice without approval (approval refused)']), ('b', 'ok', [])]
 """
 
 from __future__ import annotations
