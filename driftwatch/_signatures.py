@@ -13,7 +13,11 @@ module turns text into things that can be compared in bulk:
 * :func:`numbers_expr` -- the standalone numbers left after normalisation
   (``"page": 2``, ``"progress": 40``). Numbers are *content*: two texts whose
   numbers differ are never near-duplicates, so pagination and polling with
-  changing progress are not mistaken for no-progress loops.
+  changing progress are not mistaken for no-progress loops. So are positions:
+  the value after a paging or polling key (``cursor``, ``page_token``,
+  ``next_cursor``, ``offset``, ``after``, ``since``, ...) is kept unmasked at
+  the end of the normalised text, so a cursor that is a UUID, an ``OFFSET
+  12000000`` or an epoch-ms ``since`` still tells page from page.
 * :func:`minhash` -- MinHash signatures over hashed character 4-gram shingles,
   computed with numpy over the Arrow byte buffer (no Python loop over rows).
   The fraction of equal signature components estimates the Jaccard
@@ -56,6 +60,15 @@ HEX_ID_RE = r"(?-u:\b)[0-9a-f]{8,}(?-u:\b)"
 ALNUM_ID_RE = "(^|[^a-z0-9])(?:" + "|".join(f"[a-z]{{{i}}}[0-9][a-z0-9]{{{15 - i},}}" for i in range(16)) + ")"
 #: Standalone numbers (not part of a word such as ``v2`` or ``it3a``).
 NUMBER_RE = r"(?-u:\b)[0-9]+(?:\.[0-9]+)?(?-u:\b)"
+#: A paging or polling key and its value (``"cursor": "3f2a..."``, ``offset=12000000``, ``SINCE
+#: 1764000000000``), in lowercased text: the value is a position, content however id-like it is.
+POSITION_RE = (
+    r"(?:^|[^a-z0-9_])(?:(?:next|prev|previous|start|end|page)_?cursor|cursor|(?:next_?|prev_?|page_?)+token"
+    r"|continuation(?:_?token)?|page(?:_?(?:number|num|index|no))?|offset|skip|(?:start(?:ing)?_?)?after"
+    r"|(?:end(?:ing)?_?)?before|since|until|marker)[\"']?(?:\s*[:=]\s*|\s+)[\"']?[^\"'\s,&;}\])]+"
+)
+#: Separates the normalised text from the positions appended to it (see :func:`normalize_expr`).
+POSITION_SEP = "\x1f"
 #: Runs of whitespace worth rewriting (single spaces are left alone: far fewer matches).
 _WS_RE = r"\s{2,}|[^\S ]"
 
@@ -65,16 +78,29 @@ SHINGLE = 4
 def normalize_expr(expr: pl.Expr) -> pl.Expr:
     """Normalise text for comparison: lowercase, mask volatile tokens, collapse whitespace.
 
-    Nulls become the empty string, so "no arguments" equals "no arguments".
+    Nulls become the empty string, so "no arguments" equals "no arguments". The paging and
+    polling positions of the text (:data:`POSITION_RE`) follow, unmasked, each after
+    :data:`POSITION_SEP`.
     """
-    return _mask_volatile(expr.fill_null("").str.to_lowercase()).str.replace_all(_WS_RE, " ").str.strip_chars()
+    low = expr.fill_null("").str.to_lowercase()
+    text = _mask_volatile(low).str.replace_all(_WS_RE, " ").str.strip_chars()
+    return _with_positions(text, low)
+
+
+def _with_positions(text: pl.Expr, low: pl.Expr) -> pl.Expr:
+    found = low.str.extract_all(POSITION_RE)
+    # key and value only: ``offset=12``, ``"offset": 12`` and ``OFFSET 12`` read ``offset12``
+    bare = pl.element().str.replace_all(r"[\s\"':=]", "").str.replace(r"^[^a-z0-9_]", "")
+    joined = found.list.eval(pl.concat_str(pl.lit(POSITION_SEP), bare)).list.join("")
+    return pl.when(found.list.len() > 0).then(pl.concat_str(text, joined)).otherwise(text)
 
 
 def normalize(texts: pl.Series) -> pl.Series:
     """:func:`normalize_expr` for a Series, faster: the masks run only on texts that
     contain a digit (every masked token does) and the whitespace rewrite only on texts
     that may have a run of spaces or other whitespace. Same output."""
-    low = texts.fill_null("").str.to_lowercase()
+    raw = texts.fill_null("").str.to_lowercase()
+    low = raw.clone()  # (scatter writes in place)
     for guard, rewrite in (
         (lambda t: t.str.contains("[0-9]"), _mask_volatile),
         (_may_have_whitespace_run, lambda e: e.str.replace_all(_WS_RE, " ")),
@@ -82,7 +108,12 @@ def normalize(texts: pl.Series) -> pl.Series:
         idx = guard(low).arg_true()
         if idx.len():
             low = low.scatter(idx, low.gather(idx).to_frame("t").select(rewrite(pl.col("t"))).to_series())
-    return low.str.strip_chars().alias(texts.name)
+    low = low.str.strip_chars()
+    idx = raw.str.contains(POSITION_RE).arg_true()
+    if idx.len():
+        pos = pl.DataFrame({"t": low.gather(idx), "r": raw.gather(idx)}).select(_with_positions(pl.col("t"), pl.col("r")))
+        low = low.scatter(idx, pos.to_series())
+    return low.alias(texts.name)
 
 
 def _may_have_whitespace_run(texts: pl.Series) -> pl.Series:
@@ -105,8 +136,9 @@ def _mask_volatile(expr: pl.Expr) -> pl.Expr:
 
 
 def numbers_expr(normalized: pl.Expr) -> pl.Expr:
-    """The standalone numbers of an already normalised text, as a list of strings."""
-    return normalized.str.extract_all(NUMBER_RE)
+    """The standalone numbers of an already normalised text, and its positions (see
+    :func:`normalize_expr`), as a list of strings: what two near-duplicates must share."""
+    return normalized.str.extract_all(f"{NUMBER_RE}|{POSITION_SEP}[^{POSITION_SEP}]*")
 
 
 MAX_HASHES = 256
@@ -339,12 +371,12 @@ def _pair_index(i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
 
 
 def _numbers_hash(texts: pl.Series) -> pl.Series:
-    """Hash of the standalone numbers of every (normalised, non-null) text; texts without a
-    digit have none, so only the others are searched."""
+    """Hash of the standalone numbers and positions of every (normalised, non-null) text;
+    texts without a digit or a position have none, so only the others are searched."""
     def found(t: pl.Series) -> pl.Series:
         return t.to_frame("t").select(numbers_expr(pl.col("t"))).to_series().hash(5)
 
-    idx = texts.str.contains("[0-9]").arg_true()
+    idx = texts.str.contains(f"[0-9{POSITION_SEP}]").arg_true()
     none = found(pl.Series([""])).item()
     out = pl.Series(np.full(len(texts), none, dtype=np.uint64))
     return out.scatter(idx, found(texts.gather(idx))) if idx.len() else out

@@ -33,8 +33,10 @@ are compared at two levels:
   content: ``page=2`` vs ``page=3`` or ``progress 40`` vs ``progress 50``
   never match, so pagination and polling are not mistaken for no-progress
   loops. Both arguments *and* result must match: the same request answered
-  with new results is progress. Arguments that were not recorded (null or
-  empty) match nothing, so repeats of such calls stay action-level.
+  with new results is progress. Arguments or results that were not recorded
+  (null or empty; a failure is its own result) match nothing, so repeats of
+  such calls stay action-level, except at hand-offs, whose target agent is
+  their content (OpenTelemetry records no arguments for them).
 
 How cycles are found
 --------------------
@@ -84,8 +86,8 @@ re-renders its template, with timestamps and ids of the same format; a
 conversation that moved on is longer): byte for byte, or with ``fuzzy=True`` also
 after normalisation (timestamps, UUIDs and long ids masked, case and whitespace),
 but never by MinHash: a conversation that grows by one turn stays similar to the
-last one, and is progress. A prompt that was not recorded (null or empty)
-matches nothing. The replies then say what kind of loop it is, as results do for
+last one, and is progress. A prompt or a reply that was not recorded (null or
+empty) matches nothing. The replies then say what kind of loop it is, as results do for
 tools: the same reply each time (a model at temperature 0 that keeps answering
 what the agent cannot use) is ``exact``, failures are ``error_retry``, and
 different replies to one prompt (sampling several answers, ``match ==
@@ -227,6 +229,9 @@ _SEVERE_KINDS = ("exact", "error_retry")
 _SAME_ACTION_WEIGHT = 0.3
 _ERROR_RESULT = "\x00<error>"
 _ERROR_HASH = 0x5EED_E770_0000_0001
+#: The result hash of a step that recorded no result (null or empty) and did not fail: it
+#: matches nothing (but at a hand-off, whose target is its content).
+_UNRECORDED_HASH = 0x5EED_E770_0000_0002
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,8 +370,14 @@ def _args_hash_expr() -> pl.Expr:
 
 
 def _result_hash_expr() -> pl.Expr:
-    """A failed step's result hashes to a fixed marker, whatever its error message."""
-    return pl.when(_failed_expr()).then(pl.lit(_ERROR_HASH, pl.UInt64)).otherwise(pl.col("result").hash(13)).alias("_hr")
+    """A failed step's result hashes to a fixed marker, whatever its error message; one that
+    recorded no result (null or empty) to another, :data:`_UNRECORDED_HASH`."""
+    return (
+        pl.when(_failed_expr()).then(pl.lit(_ERROR_HASH, pl.UInt64))
+        .when(pl.col("result").str.len_bytes().fill_null(0) == 0).then(pl.lit(_UNRECORDED_HASH, pl.UInt64))
+        .otherwise(pl.col("result").hash(13))
+        .alias("_hr")
+    )
 
 
 def _hash_exprs() -> list[pl.Expr]:
@@ -932,14 +943,20 @@ def _tool_loops(
     pk = cpos[cj]
     ci = cidx[pk + pp]
     h_a, failed, recorded = args.result()
+    # a hand-off's target agent is its content: its arguments and result need not be recorded
+    # (OpenTelemetry's agent spans have none), so ping-pong between agents is a loop
+    _, one, inv = np.unique(codes[cpos], return_index=True, return_inverse=True)
+    free = _take(steps["action"], crow[one]).str.starts_with(HANDOFF_PREFIX).fill_null(False).to_numpy()[inv]
     # arguments that were not recorded (null or empty) match nothing: without them "the same
     # call again" cannot be told from paging or polling, so such repeats stay action-level
+    recorded |= free
     known = recorded[ci] & recorded[cj]
     del recorded
     ok_a = (h_a[ci] == h_a[cj]) & known
     del h_a
     ok_r = np.zeros(ok_a.size, dtype=bool)
-    _results_equal(steps, source, ci, cj, crow, ok_r, np.flatnonzero(ok_a))
+    dead_r = np.zeros(ok_a.size, dtype=bool)  # results unrecorded: no match, not even a fuzzy one
+    _results_equal(steps, source, ci, cj, crow, ok_r, np.flatnonzero(ok_a), free, dead_r)
     identical = ok_a & ok_r
     ok = identical.copy()
     if fuzzy:
@@ -951,9 +968,10 @@ def _tool_loops(
         anchor = pk % span == 0
         hashed = ok_a.copy()  # pairs whose results were compared
         todo = known & ~identical
-        _near_pairs(steps, source, ci, cj, crow, ok_a, ok_r, hashed, ok, anchor & todo, similarity)
+        _near_pairs(steps, source, ci, cj, crow, ok_a, ok_r, hashed, ok, anchor & todo, similarity, free, dead_r)
         close = _near_anchor(pk, pp, span, anchor & ok, nt)
-        _near_pairs(steps, source, ci, cj, crow, ok_a, ok_r, hashed, ok, close & ~anchor & todo, similarity)
+        _near_pairs(steps, source, ci, cj, crow, ok_a, ok_r, hashed, ok, close & ~anchor & todo, similarity, free,
+                    dead_r)
     fuzzy_pos = {p: pk[(pp == p) & ok & ~identical] + p for p in periods} if fuzzy else {}
     found = []
     for p in periods:
@@ -1013,12 +1031,18 @@ def _results_equal(
     crow: np.ndarray,
     ok_r: np.ndarray,
     todo: np.ndarray,
+    free: np.ndarray,
+    dead: np.ndarray,
 ) -> None:
-    """Set ``ok_r[todo]`` where the results of the pair's candidates hash equal."""
+    """Set ``ok_r[todo]`` where the results of the pair's candidates hash equal, and
+    ``dead[todo]`` where either recorded none (and is no hand-off, ``free``): those match
+    nothing, so a log without results does not make every poll a no-progress loop."""
     if todo.size:
         need, ri, rj = _pair_index(ci[todo], cj[todo])
         h_r = source.results(steps, crow[need])
-        ok_r[todo] = h_r[ri] == h_r[rj]
+        unrecorded = ((h_r[ri] == _UNRECORDED_HASH) & ~free[ci[todo]]) | ((h_r[rj] == _UNRECORDED_HASH) & ~free[cj[todo]])
+        ok_r[todo] = (h_r[ri] == h_r[rj]) & ~unrecorded
+        dead[todo] = unrecorded
 
 
 def _near_pairs(
@@ -1033,15 +1057,17 @@ def _near_pairs(
     ok: np.ndarray,
     todo: np.ndarray,
     similarity: float,
+    free: np.ndarray,
+    dead_r: np.ndarray,
 ) -> None:
     """Judge the pairs ``todo`` (a mask) fuzzily and set ``ok`` for them: arguments equal or
     near-duplicates (``ok_a``), then results equal (compared once: ``hashed``) or
-    near-duplicates (``ok_r``)."""
+    near-duplicates (``ok_r``; never where a result was not recorded: ``dead_r``)."""
     _near(steps, source, ci, cj, ok_a, np.flatnonzero(todo & ~ok_a), crow, "args", similarity)
     fresh = todo & ok_a & ~hashed
-    _results_equal(steps, source, ci, cj, crow, ok_r, np.flatnonzero(fresh))
+    _results_equal(steps, source, ci, cj, crow, ok_r, np.flatnonzero(fresh), free, dead_r)
     hashed |= fresh
-    _near(steps, source, ci, cj, ok_r, np.flatnonzero(todo & ok_a & ~ok_r), crow, "result", similarity)
+    _near(steps, source, ci, cj, ok_r, np.flatnonzero(todo & ok_a & ~ok_r & ~dead_r), crow, "result", similarity)
     ok[todo] = ok_a[todo] & ok_r[todo]
 
 
@@ -1122,9 +1148,12 @@ def _llm_loops(
     if q.size:
         need, ri, rj = _pair_index(q, q + 1)
         h_r = source.results(steps, crow[need])
-        same_result[q] = h_r[ri] == h_r[rj]
+        # a reply that was not recorded matches nothing: unrecorded replies cannot tell sampling
+        # (new answers) from a stuck retry
+        recorded = (h_r[ri] != _UNRECORDED_HASH) & (h_r[rj] != _UNRECORDED_HASH)
+        same_result[q] = (h_r[ri] == h_r[rj]) & recorded
         identical &= same_result
-        rest = q[~same_result[q]]
+        rest = q[~same_result[q] & recorded]
         if fuzzy and rest.size:
             need, li, lj = _pair_index(rest, rest + 1)
             same_result[rest] = near_duplicates(texts(crow[need], "result"), li, lj, similarity=similarity)

@@ -80,7 +80,7 @@ from driftwatch.policy import (
     limit_text,
     rejected_steps,
 )
-from driftwatch.schema import LLM_ACTION
+from driftwatch.schema import HANDOFF_PREFIX, LLM_ACTION
 
 LEVELS: tuple[str, ...] = ("ok", "review", "escalate")
 
@@ -941,7 +941,7 @@ def _components(pol: Policy) -> tuple[list[pl.Expr], list[pl.Expr]]:
         .then(pl.lit(" (different answers)"))  # (sampling: one prompt, several replies)
         .when(same)
         .then(pl.lit(" (same tools, changing arguments)"))
-        .when(pl.col("worst_kind") == "handoff")
+        .when(pl.col("worst_pattern").str.split(" > ").list.eval(pl.element().str.starts_with(HANDOFF_PREFIX)).list.all())
         .then(pl.lit(" (hand-off ping-pong)"))
         .otherwise(pl.lit(""))
     )

@@ -320,6 +320,72 @@ def test_unrecorded_arguments_match_nothing() -> None:
     assert ("exact", 2, 4) in out.select("kind", "start_step", "end_step").rows()
 
 
+def test_unrecorded_results_match_nothing() -> None:
+    """A log without tool results made every poll (same request, new answer) an ``exact``
+    loop, and every sampled LLM prompt (one prompt, new replies) too: escalated. Results that
+    were not recorded now match nothing, as arguments; failures still say what a loop is."""
+    acts = ["plan"] + ["get_job_status"] * 5 + ["final"]
+    base = pl.DataFrame({"run_id": "r", "step": range(1, 8), "action": acts, "args": '{"job": "j1"}'})
+    for result in (None, ""):
+        ev = base.with_columns(result=pl.lit(result, pl.String))
+        for fuzzy in (True, False):
+            assert detect_loops(ev, fuzzy=fuzzy).select("kind", "match").rows() == [("same_action", "action")]
+            assert detect_loops(ev.lazy(), fuzzy=fuzzy)["kind"].to_list() == ["same_action"]
+    assert detect_loops(base)["kind"].to_list() == ["same_action"]  # no result column at all
+    assert detect_loops(base.with_columns(result=pl.lit("running")))["kind"].to_list() == ["exact"]
+    failing = base.with_columns(result=pl.lit(None, pl.String),
+                                status=pl.when(pl.col("action") == "get_job_status").then(pl.lit("error")))
+    assert detect_loops(failing)["kind"].to_list() == ["error_retry"]
+    # LLM: one prompt, replies not recorded: sampling or a stuck retry cannot be told apart
+    llm = _calls(["llm"] * 4 + ["search"], ["p"] * 4 + ["q"], [None] * 4 + ["x"])  # type: ignore[list-item]
+    assert detect_loops(llm).select("kind", "match").rows() == [("same_action", "prompt")]
+    assert detect_loops(llm.lazy())["kind"].to_list() == ["same_action"]
+
+
+def test_positions_are_content_however_id_like() -> None:
+    """Cursor pagination with UUID cursors, OFFSET 12000000 paging and polling with an epoch-ms
+    ``since`` were masked into ``exact`` near-duplicate loops and escalated: the value after a
+    paging or polling key is content. A request id (no position key) stays masked."""
+    import uuid
+
+    ids = [str(uuid.UUID(int=i * 7_919 + 1)) for i in range(20)]
+    run = {
+        "cursor": [(f'{{"cursor": "{ids[i]}", "limit": 2}}', f'{{"items": ["{ids[i + 10]}"], "next_cursor": "{ids[i + 1]}"}}')
+                   for i in range(6)],
+        "offset": [(f"SELECT id FROM events OFFSET {12_000_000 + 100 * i} LIMIT 100", "100 rows") for i in range(6)],
+        "since": [(f'{{"job": "j1", "since": {1_761_955_200_000 + 5_000 * i}}}', '{"state": "running"}')
+                  for i in range(6)],
+        "token": [(f'{{"pageToken": "tok{i}a8kx2pqz1abcd9mnq"}}', '{"items": []}') for i in range(6)],
+        "stuck": [(f'{{"q": "refund status", "request_id": "{ids[i]}"}}', f'{{"error": "none", "trace": "{ids[i + 1]}"}}')
+                  for i in range(6)],
+    }
+    ev = events(*((name, [("list_things", a, r) for a, r in calls]) for name, calls in run.items()))
+    out = detect_loops(ev).select("run_id", "kind", "match").sort("run_id")
+    assert out.rows() == [("cursor", "same_action", "action"), ("offset", "same_action", "action"),
+                          ("since", "same_action", "action"), ("stuck", "exact", "near_duplicate"),
+                          ("token", "same_action", "action")]
+    # the same page twice is still the same page, spelled either way
+    assert near_duplicates(pl.Series([f'{{"cursor": "{ids[0]}"}}', f'{{"Cursor":"{ids[0].upper()}"}}',
+                                      "offset=12000000", "OFFSET 12000000"]),
+                           np.array([0, 2]), np.array([1, 3])).tolist() == [True, True]
+
+
+def test_handoff_ping_pong_without_arguments_is_a_loop() -> None:
+    """OpenTelemetry's agent spans record no arguments or results: a hand-off's target agent is
+    its content, so ping-pong between agents read from OTel is an ``exact`` loop (it was
+    ``same_action`` and never escalated), and its reason says so."""
+    acts = ["plan"] + ["handoff:research", "handoff:billing"] * 5
+    ev = pl.DataFrame({"run_id": "t1", "step": range(1, 12), "action": acts}).with_columns(
+        args=pl.lit(None, pl.String), result=pl.lit(None, pl.String))
+    out = detect_loops(ev)
+    assert out.select("kind", "handoff", "period", "repeats").rows() == [("exact", True, 2, 5)]
+    reasons = dw.score_runs(ev, loops=out)["reasons"][0].to_list()
+    assert reasons[0].startswith("loop: handoff:research > handoff:billing repeated 5x (hand-off ping-pong)"), reasons
+    # a tool without arguments repeated the same way is still only action-level
+    tools = ev.with_columns(pl.col("action").str.replace("handoff:", "ask_"))
+    assert detect_loops(tools)["kind"].to_list() == ["same_action"]
+
+
 def test_empty_and_loop_free_inputs() -> None:
     empty = pl.DataFrame(schema={"run_id": pl.String, "step": pl.Int64, "action": pl.String})
     assert detect_loops(empty).schema == pl.Schema(LOOP_SCHEMA)
