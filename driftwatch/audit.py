@@ -897,6 +897,15 @@ def _unread_run_features(rejected: pl.DataFrame | None, feats: pl.DataFrame) -> 
     return out.select(feats.columns).cast(feats.schema) if set(feats.columns) <= set(out.columns) else None
 
 
+def _has_unread_runs(rejected: pl.DataFrame | None) -> bool:
+    """Whether rejected rows name runs that :func:`_unread_run_features` would score."""
+    from driftwatch.policy import NOT_MISSING_REASONS
+
+    if rejected is None or rejected.height == 0 or "reason" not in rejected.columns:
+        return False
+    return bool(rejected.select((pl.col("run_id").is_not_null() & ~pl.col("reason").is_in(NOT_MISSING_REASONS)).any()).item())
+
+
 def rejected_in_window(
     rejected: pl.DataFrame, run_ids: pl.Series, since: datetime | None, until: datetime | None
 ) -> pl.DataFrame:
@@ -2191,7 +2200,10 @@ def audit(
         stats["rows_analysed"] = int(tables.features["n_steps"].sum() or 0)
         timings["per_run_stage"] = round(time.perf_counter() - t0, 4)
         say(f"per-run stage: {tables.n_runs:,} runs, {tables.loops.height:,} loops ({timings['per_run_stage']:.1f}s)")
-        if tables.n_runs == 0:
+        if tables.n_runs == 0 and not _has_unread_runs(rejected_in_window(rejected, tables.features["run_id"],
+                                                                         since_dt, until_dt)):
+            # (a run every step of which was rejected is still scored and alerted on: a late
+            # unapproved delete of a run audited last night, a file whose one run is unreadable)
             raise NoInputError(
                 f"{_describe(source_or_events)}: no valid events to audit"
                 + (" in the --since/--until window" if since_dt or until_dt else "")

@@ -1352,7 +1352,8 @@ def audit_spark(
     tables = stage.tables
     timings["per_run_stage"] = round(time.perf_counter() - t0, 4)
     say(f"per-run stage: {tables.n_runs:,} runs, {tables.loops.height:,} loops ({timings['per_run_stage']:.1f}s)")
-    if tables.n_runs == 0:
+    scored_rejected = _audit.rejected_in_window(stage.rejected, tables.features["run_id"], since_dt, until_dt)
+    if tables.n_runs == 0 and not _audit._has_unread_runs(scored_rejected):  # (as the local engine)
         raise NoInputError(
             f"{_audit._describe(df) if not isinstance(df, SparkDataFrame) else 'events'}: no valid events to audit"
             + (" in the --since/--until window" if since_dt or until_dt else "")
@@ -1373,7 +1374,7 @@ def audit_spark(
         load_every=load_every,
         by=by,
         progress=say,
-        rejected=_audit.rejected_in_window(stage.rejected, tables.features["run_id"], since_dt, until_dt),
+        rejected=scored_rejected,
     )
     timings["fleet_stage"] = round(time.perf_counter() - t0, 4)
     result.rejected = _audit.sort_frame(stage.rejected, ("source_file",))

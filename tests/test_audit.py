@@ -1300,6 +1300,37 @@ def test_a_rejected_delete_arriving_a_night_after_its_run_is_a_breach_of_that_ru
     assert stored == [("escalate",)] and breaches == [("unapproved_action",)] and features == [(2,)]
 
 
+def test_a_night_of_only_rejected_rows_still_scores_their_runs(tmp_path: Path, run_cli) -> None:
+    """Night 2's only file held R's late delete with an unreadable approval: the audit exited 2
+    ("no valid events to audit") with no alert. Likewise a file whose one run has every step
+    rejected. Both are scored now; only sources with nothing to score are refused."""
+    t = datetime(2026, 10, 1, tzinfo=UTC)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    pl.DataFrame({"run_id": ["R", "R", "S", "S"], "step": [1, 2, 1, 2],
+                  "ts": [t, t + timedelta(seconds=1), t, t + timedelta(seconds=2)],
+                  "action": ["llm", "get_invoice", "llm", "search"]}).write_parquet(logs / "night1.parquet")
+    state = tmp_path / "state"
+    assert run_cli("audit", str(logs), "--out", str(tmp_path / "out1"), "--state", str(state), "-q")[0] == 0
+    late = pl.DataFrame({"run_id": ["R"], "step": [3], "ts": [t + timedelta(seconds=5)],
+                         "action": ["delete_invoice"], "approved": ["pending"]})
+    late.write_parquet(logs / "night2.parquet")
+    code, _, err = run_cli("audit", str(logs), "--out", str(tmp_path / "out2"), "--state", str(state), "-q",
+                           "--fail-on", "escalate")
+    assert code == 1, err
+    alerts = [json.loads(line) for line in (tmp_path / "out2" / "alerts.jsonl").read_text().splitlines()]
+    assert [(a["run_id"], a["level"], a["rules"]) for a in alerts] == [("R", "escalate", ["unapproved_action"])]
+    # a plain audit of the late file alone: its one run, every step rejected, is listed and escalated
+    alone = audit(logs / "night2.parquet")
+    assert alone.runs.select("run_id", "level", "n_rejected").rows() == [("R", "escalate", 1)]
+    # nothing to score: every row without a run id, or a window (such runs cannot be placed in it)
+    pl.DataFrame({"run_id": [None], "step": [1], "action": ["x"]}, schema_overrides={"run_id": pl.String}) \
+        .write_parquet(tmp_path / "anon.parquet")
+    with pytest.raises(NoInputError, match="no valid events to audit"):
+        audit(tmp_path / "anon.parquet")
+    with pytest.raises(NoInputError, match="no valid events to audit in the --since/--until window"):
+        audit(logs / "night2.parquet", since="2026-09-01")
+
 def test_incremental_rejected_breaches_are_neither_doubled_nor_overwrite_unloaded_history(tmp_path: Path) -> None:
     """The same rejected delete delivered on two nights is one breach (it was stored twice); a
     rejected row of a history run older than the loaded history leaves that run as stored (it was

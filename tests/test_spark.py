@@ -637,3 +637,19 @@ def test_format_is_checked_as_the_local_reader_checks_it(spark, small, tmp_path)
         audit_spark(small.head(20), spark=spark, format="otel")
     canonical = audit_spark_paths(str(folder), spark=spark, format="canonical", n_buckets=2)
     _compare_audits(dw.audit(str(folder), format="canonical"), canonical)
+
+
+def test_a_source_of_only_rejected_rows_is_scored_as_locally(spark, small, tmp_path):
+    """A file whose one run has every step rejected was "no valid events to audit" (exit 2) on
+    both engines; its run is scored and escalated now, the same on both."""
+    from driftwatch.audit import audit
+    from driftwatch.spark import audit_spark_paths
+
+    path = tmp_path / "late.parquet"
+    pl.DataFrame({"run_id": ["R"], "step": [3], "ts": [small["ts"].min()], "action": ["delete_invoice"],
+                  "agent": ["billing"], "approved": ["pending"]}).write_parquet(path)
+    local = audit(str(path))
+    remote = audit_spark_paths(str(path), spark=spark, n_buckets=2)
+    assert local.runs.select("run_id", "level", "n_rejected").rows() == [("R", "escalate", 1)]
+    for name in ("runs", "violations", "rejected"):
+        assert_same(_frames(remote)[name], _frames(local)[name], name)
