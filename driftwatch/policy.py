@@ -117,12 +117,13 @@ UNKNOWN_TOOL_PATTERN = (
     r"(?i)(unknown|unrecognized|unsupported|undefined|invalid) (tool|function|action)"
     r"|no such (tool|function|action)"
     r"|not a valid (tool|function|action)"
-    # a tool named right before the verdict ("tool lookup not found"); a quoted name also for
-    # actions and "not available" ("Action 'x' is not available"). Anything between the noun and
-    # the verdict is another subject: "tool call failed: customer 42 not found" is a business error
+    # a tool named right before the verdict ("tool lookup not found", "Tool with name 'lookup' does
+    # not exist", quoted or not); a quoted name also for actions and "not available" ("Action 'x'
+    # is not available"). Anything between the noun (or its name) and the verdict is another
+    # subject: "tool call failed: customer 42 not found" is a business error
     r"|(tool|function) (with (the )?name )?([\w.:/-]*[\w./-] )?(was |is )?"
     r"(not found|does not exist|not exist|not registered|not defined)"
-    r"|(tool|function) ['\"`][^'\"`]{1,80}['\"`] (was |is )?"
+    r"|(tool|function) (with (the )?name )?['\"`][^'\"`]{1,80}['\"`] (was |is )?"
     r"(not found|does not exist|not exist|not registered|not defined|not available)"
     # an action only as the sentence's end: "Action 'refund' is not available for orders in
     # state shipped" is a business rule about an action that exists
@@ -167,6 +168,70 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
 _INT_LIMITS = ("max_steps", "max_consecutive_retries", "max_tokens", "max_delegation_depth")
 _FLOAT_LIMITS = ("max_runtime_s", "max_cost_usd")
 _GLOB_LISTS = ("read", "write", "delete", "allowed")
+_UNIT_FIELDS = ("review", "escalate", "min_confidence")
+#: Fields checked one by one, in this order (then the thresholds rule, then ``model``).
+_CHECKED_FIELDS = (*_GLOB_LISTS, "require_approval", *_INT_LIMITS, *_FLOAT_LIMITS, *_UNIT_FIELDS)
+
+
+def _checked(name: str, value: Any) -> Any:
+    """``value`` checked as the :class:`Policy` field ``name`` and converted to the field's type.
+
+    Raises :class:`InvalidParameterError` (``"Policy.<name> ..."``). One field at a time, so a
+    policy file's error names the key that is wrong (:meth:`Policy.from_toml_text`).
+    """
+    if name in _GLOB_LISTS:
+        if value is None:
+            return None
+        if isinstance(value, str) or not isinstance(value, Iterable):
+            raise InvalidParameterError(f"Policy.{name} must be a list of glob patterns, got {value!r}")
+        value = tuple(value)
+        bad = [v for v in value if not isinstance(v, str) or not v]
+        if bad:
+            raise InvalidParameterError(f"Policy.{name} must hold non-empty glob strings, found {bad!r}")
+        return value
+    if name == "require_approval":
+        if isinstance(value, str) or not isinstance(value, Iterable):
+            raise InvalidParameterError(
+                f"Policy.require_approval must be a list of tiers from {list(TIERS)}, got {value!r}"
+            )
+        value = tuple(value)
+        unknown = [t for t in value if t not in TIERS]
+        if unknown:
+            raise InvalidParameterError(
+                f"Policy.require_approval: unknown tier(s) {unknown}; expected some of {list(TIERS)}"
+            )
+        return value
+    if name in _INT_LIMITS:
+        if value is None:
+            return None
+        if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
+            raise InvalidParameterError(f"Policy.{name} must be an integer or None, got {value!r}")
+        low = 0 if name == "max_delegation_depth" else 1
+        if value < low:
+            raise InvalidParameterError(f"Policy.{name} must be >= {low}, got {value}")
+        return int(value)  # (a numpy integer from a notebook)
+    if name in _FLOAT_LIMITS:
+        if value is None:
+            return None
+        if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise InvalidParameterError(f"Policy.{name} must be a number or None, got {value!r}")
+        if value <= 0:
+            raise InvalidParameterError(f"Policy.{name} must be > 0, got {value}")
+        return float(value)
+    if name in _UNIT_FIELDS:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+            raise InvalidParameterError(f"Policy.{name} must be a number in [0, 1], got {value!r}")
+        return float(value)
+    return value  # (model: checked in __post_init__)
+
+
+def _check_thresholds(review: float, escalate: float) -> None:
+    """The rule across two fields; its message names them as ``review=`` and ``escalate=``."""
+    if not 0 < review < escalate:
+        # (review = 0 put every run, the cleanest included, at review without a reason)
+        raise InvalidParameterError(
+            f"Policy thresholds must satisfy 0 < review < escalate, got review={review}, escalate={escalate}"
+        )
 
 
 @dataclass(frozen=True)
@@ -240,63 +305,9 @@ class Policy:
     source: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        for name in _GLOB_LISTS:
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if isinstance(value, str) or not isinstance(value, Iterable):
-                raise InvalidParameterError(
-                    f"Policy.{name} must be a list of glob patterns, got {value!r}"
-                )
-            value = tuple(value)
-            bad = [v for v in value if not isinstance(v, str) or not v]
-            if bad:
-                raise InvalidParameterError(
-                    f"Policy.{name} must hold non-empty glob strings, found {bad!r}"
-                )
-            object.__setattr__(self, name, value)
-        ra = self.require_approval
-        if isinstance(ra, str) or not isinstance(ra, Iterable):
-            raise InvalidParameterError(
-                f"Policy.require_approval must be a list of tiers from {list(TIERS)}, got {ra!r}"
-            )
-        ra = tuple(ra)
-        unknown = [t for t in ra if t not in TIERS]
-        if unknown:
-            raise InvalidParameterError(
-                f"Policy.require_approval: unknown tier(s) {unknown}; expected some of {list(TIERS)}"
-            )
-        object.__setattr__(self, "require_approval", ra)
-        for name in _INT_LIMITS:
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
-                raise InvalidParameterError(f"Policy.{name} must be an integer or None, got {value!r}")
-            low = 0 if name == "max_delegation_depth" else 1
-            if value < low:
-                raise InvalidParameterError(f"Policy.{name} must be >= {low}, got {value}")
-            object.__setattr__(self, name, int(value))  # (a numpy integer from a notebook)
-        for name in _FLOAT_LIMITS:
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-                raise InvalidParameterError(f"Policy.{name} must be a number or None, got {value!r}")
-            if value <= 0:
-                raise InvalidParameterError(f"Policy.{name} must be > 0, got {value}")
-            object.__setattr__(self, name, float(value))
-        for name in ("review", "escalate", "min_confidence"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-                raise InvalidParameterError(f"Policy.{name} must be a number in [0, 1], got {value!r}")
-            object.__setattr__(self, name, float(value))
-        if not 0 < self.review < self.escalate:
-            # (review = 0 put every run, the cleanest included, at review without a reason)
-            raise InvalidParameterError(
-                f"Policy thresholds must satisfy 0 < review < escalate, got review={self.review}, "
-                f"escalate={self.escalate}"
-            )
+        for name in _CHECKED_FIELDS:
+            object.__setattr__(self, name, _checked(name, getattr(self, name)))
+        _check_thresholds(self.review, self.escalate)
         if self.model is not None and (not isinstance(self.model, str) or not self.model):
             raise InvalidParameterError(f"Policy.model must be a file path or None, got {self.model!r}")
 
@@ -346,6 +357,7 @@ class Policy:
         except tomllib.TOMLDecodeError as exc:
             raise PolicyError(f"{where}: invalid TOML: {exc}") from exc
         kwargs: dict[str, Any] = {}
+        located: dict[str, tuple[str, int]] = {}  # key -> (table, line)
         for section, table in doc.items():
             if section not in _SECTIONS:
                 tables = ["[" + s + "]" for s in _SECTIONS]
@@ -370,15 +382,23 @@ class Policy:
                         f"{list(_SECTIONS[section])}"
                     )
                 kwargs[key] = _convert(key, value, f"{where}, line {line}: [{section}] {key}")
+                try:  # checked key by key (in file order): a wrong value is reported at its own key
+                    kwargs[key] = _checked(key, kwargs[key])
+                except InvalidParameterError as exc:
+                    raise PolicyError(f"{where}, line {line}: [{section}] {key}: {exc}") from exc
+                located[key] = (section, line)
         try:
             return cls(**kwargs, source=source)
         except InvalidParameterError as exc:
-            # a cross-field or range rule: point at the first offending key present
+            # a rule across keys (0 < review < escalate): point at the first key in the file that the
+            # message is about, by its "Policy.<key>" prefix or its "<key>=" values (not any word
+            # of the message: a list of expected values names other keys)
             msg = str(exc)
-            key = next((k for k in kwargs if re.search(rf"\b{k}\b", msg)), None)
+            named = re.findall(r"^Policy\.(\w+)|\b(\w+)=", msg)
+            about = {a or b for a, b in named}
+            key = next((k for k in located if k in about), None)
             if key is not None:
-                section = next(s for s, keys in _SECTIONS.items() if key in keys)
-                line = _find_line(text, section, key)
+                section, line = located[key]
                 raise PolicyError(f"{where}, line {line}: [{section}] {key}: {msg}") from exc
             raise PolicyError(f"{where}: {msg}") from exc
 
@@ -434,22 +454,20 @@ class Policy:
         name = action.str.strip_chars()
         expr: pl.Expr = pl.lit(None, dtype=pl.String)
         for tier in ("read", "write", "delete"):  # later tiers win
-            regex = self._tier_regex(tier)
-            if regex is None:
-                continue
-            expr = pl.when(name.str.contains(regex)).then(pl.lit(tier)).otherwise(expr)
+            expr = pl.when(self._tier_match(tier, name)).then(pl.lit(tier)).otherwise(expr)
         return pl.when(is_tool).then(expr).otherwise(pl.lit(None, dtype=pl.String))
 
     def tier_of(self, action: str) -> str | None:
         """The tier of one action name (see :meth:`tier_expr`)."""
         return pl.select(self.tier_expr(pl.lit(action, dtype=pl.String))).item()
 
-    def _tier_regex(self, tier: str) -> str | None:
+    def _tier_match(self, tier: str, name: pl.Expr) -> pl.Expr:
+        """Whether ``name`` (stripped) is in ``tier``: its globs, else the built-in words."""
         globs = getattr(self, tier)
         if not globs:  # none given (or an empty list): the built-in words
-            return _words_regex(DEFAULT_TIER_WORDS[tier])
+            return name.str.contains(_words_regex(DEFAULT_TIER_WORDS[tier]))
         # tier globs ignore case, as the words do: "delete_*" must not miss DELETE_INVOICE
-        return "(?i)" + str(globs_regex(globs))
+        return globs_expr(name, globs, ignore_case=True)  # type: ignore[return-value]
 
 
 def _convert(key: str, value: Any, where: str) -> Any:
@@ -566,16 +584,17 @@ def glob_to_regex(glob: str) -> str:
     meaning: ``*``, ``?``, classes ``[abc]``, ``[a-z]``, ``[!abc]`` (or bash's ``[^abc]``), a ``]`` first in a class
     (``[]]``) is a member, ``[[]`` matches ``[``, and an ``[`` without its ``]`` is literal.
     Inside a class everything is a literal character or a range (Rust's nested classes and set
-    operations never apply)."""
+    operations never apply). ``*`` and ``?`` match any character, a line break included
+    (``delete_*`` matches ``"delete_\\ninvoice"``, as fnmatch does), whatever flags surround the regex."""
     out: list[str] = []
     i, n = 0, len(glob)
     while i < n:
         c = glob[i]
         i += 1
         if c == "*":
-            out.append(".*")
+            out.append("(?s:.*)")
         elif c == "?":
-            out.append(".")
+            out.append("(?s:.)")
         elif c == "[":
             j = i
             if j < n and glob[j] in "!^":  # (a leading ^ negates too, as in bash and before)
@@ -610,7 +629,7 @@ def glob_to_regex(glob: str) -> str:
                     del chunks[m]
             members = "-".join(_class_chars(ch) for ch in chunks)
             if not members:
-                out.append("(?:.)" if neg else "[^\\s\\S]")  # [!] is any character; [] none
+                out.append("(?s:.)" if neg else "[^\\s\\S]")  # [!] is any character; [] none
             else:
                 out.append("[" + ("^" if neg else "") + members + "]")
         else:
@@ -619,10 +638,87 @@ def glob_to_regex(glob: str) -> str:
 
 
 def globs_regex(globs: Sequence[str]) -> str | None:
-    """One anchored alternation matching any of ``globs`` (``None`` when empty)."""
+    """One anchored alternation matching any of ``globs`` (``None`` when empty).
+
+    Fine for a few hundred globs; a long list compiles past Polars' regex size limit (10 MB):
+    match with :func:`globs_expr`, which splits it (and matches plain names by hash lookup).
+    """
     if not globs:
         return None
     return "^(?:" + "|".join(glob_to_regex(g) for g in globs) + ")$"
+
+
+#: Glob characters with a meaning: a glob without any of them matches only itself (fnmatchcase).
+GLOB_META = "*?["
+
+#: Longest pattern (in characters) of one regex :func:`globs_regexes` builds. Polars refuses a regex
+#: compiled past 10 MB: one alternation of ~7,600 plain names (~190,000 characters) or ~3,900
+#: ``*`` globs under ``(?i)`` (~80,000). The costliest globs measured (``?``, ``*``, ``[!k]`` under
+#: ``(?i)``) still compile at 32,000 characters, eight times this.
+REGEX_CHUNK_CHARS = 4_000
+
+
+def is_plain_name(glob: str) -> bool:
+    """Whether ``glob`` has no glob characters (``*``, ``?``, ``[``): it matches that name only."""
+    return not any(c in glob for c in GLOB_META)
+
+
+def globs_regexes(globs: Sequence[str], *, max_chars: int = REGEX_CHUNK_CHARS) -> list[str]:
+    """Anchored alternations that together match what ``globs`` match, each at most ``max_chars``
+    long (a glob longer than that alone in its own); ``[]`` when there are no globs."""
+    out: list[str] = []
+    part: list[str] = []
+    size = 0
+    for g in globs:
+        rx = glob_to_regex(g)
+        if part and size + len(rx) > max_chars:
+            out.append("^(?:" + "|".join(part) + ")$")
+            part, size = [], 0
+        part.append(rx)
+        size += len(rx) + 1
+    if part:
+        out.append("^(?:" + "|".join(part) + ")$")
+    return out
+
+
+def fold_case(name: pl.Expr) -> pl.Expr:
+    """``name`` lower-cased the way a ``(?i)`` regex compares an ASCII name: ``DELETE``, and the
+    Kelvin sign and the long s (``\\u212a``, ``\\u017f``, which case-fold to ``k`` and ``s``), as
+    ``(?i)delete`` and ``(?i)kill`` would match them."""
+    return name.str.to_lowercase().str.replace_all("\u017f", "s", literal=True)
+
+
+def globs_expr(name: pl.Expr, globs: Sequence[str], *, ignore_case: bool = False) -> pl.Expr | None:
+    """Whether ``name`` matches any of ``globs`` (:func:`fnmatch.fnmatchcase`), as a Polars expression
+    (``None`` when there are no globs), for lists of any length.
+
+    Plain names (no ``*``, ``?``, ``[``) are looked up in a hash set, the other globs are split into
+    regexes of bounded size (:func:`globs_regexes`). ``ignore_case``: as a ``(?i)`` regex would (plain
+    ASCII names are compared lower-cased with :func:`fold_case`, other plain names go to the regexes).
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> from driftwatch.policy import globs_expr
+    >>> s = pl.Series(["get_user", "GET_USER", "get_\\nuser", "search", "put"])
+    >>> s.to_frame("a").select(globs_expr(pl.col("a"), ["get_*", "search"]))["a"].to_list()
+    [True, False, True, True, False]
+    """
+    if not globs:
+        return None
+    if ignore_case:
+        plain = sorted({g.lower() for g in globs if is_plain_name(g) and g.isascii()})
+        rest = [g for g in globs if not (is_plain_name(g) and g.isascii())]
+    else:
+        plain = sorted({g for g in globs if is_plain_name(g)})
+        rest = [g for g in globs if not is_plain_name(g)]
+    hits: list[pl.Expr] = []
+    if plain:
+        key = fold_case(name) if ignore_case else name
+        hits.append(key.is_in(pl.Series(plain, dtype=pl.String).implode()))
+    prefix = "(?i)" if ignore_case else ""
+    hits += [name.str.contains(prefix + rx) for rx in globs_regexes(rest)]
+    return hits[0] if len(hits) == 1 else pl.any_horizontal(hits)
 
 
 def _words_regex(words: Sequence[str]) -> str:
@@ -973,7 +1069,7 @@ def _event_violations(lf: pl.LazyFrame, policy: Policy) -> list[pl.LazyFrame]:
 
     # classify the (few) distinct actions once, then select events with a hash lookup:
     # far cheaper than running the tier and allowed-list regexes over every event
-    allowed = globs_regex(policy.allowed)
+    allowed = globs_expr(action, policy.allowed)  # exact names and globs (case and spaces count)
     need_tiers = list(policy.require_approval)
     acts = pl.DataFrame({"action": []}, schema={"action": pl.String})
     if need_tiers or allowed is not None:
@@ -982,7 +1078,7 @@ def _event_violations(lf: pl.LazyFrame, policy: Policy) -> list[pl.LazyFrame]:
             .collect()
             .with_columns(
                 policy.tier_expr().alias("_tier"),
-                (is_tool & ~action.str.contains(allowed)).fill_null(False).alias("_outside")
+                (is_tool & ~allowed).fill_null(False).alias("_outside")
                 if allowed is not None
                 else pl.lit(False).alias("_outside"),
             )
@@ -1384,6 +1480,10 @@ __all__ = [
     "check_rejected",
     "rejected_steps",
     "empty_violations",
+    "fold_case",
     "glob_to_regex",
+    "globs_expr",
     "globs_regex",
+    "globs_regexes",
+    "is_plain_name",
 ]

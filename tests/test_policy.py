@@ -727,3 +727,129 @@ def test_amounts_past_int64_are_written_not_crashed_on() -> None:
     from driftwatch.policy import fmt_int, fmt_money
     out = pl.select(fmt_money(pl.lit(1e19)).alias("m"), fmt_int(pl.lit(-1e19)).alias("i"))
     assert out.row(0) == ("$1e+19", "-1e+19")
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "needle"),
+    [
+        # the message lists the tiers, which are keys of [tools] too: the error is the key it is about
+        ('[tools]\nread = ["get_*"]\nwrite = ["send_*"]\nrequire_approval = ["destroy"]\n', 4,
+         "[tools] require_approval: Policy.require_approval: unknown tier(s) ['destroy']"),
+        ('[tools]\ndelete = ["drop_*"]\nrequire_approval = ["delete", "bogus"]\n', 3,
+         "[tools] require_approval: Policy.require_approval: unknown tier(s) ['bogus']"),
+        ('[tools]\nwrite = ["send_*"]\n\nrequire_approval = ["write", "reed"]\n', 4, "[tools] require_approval:"),
+        # the rule across keys is reported at the first of its keys in the file
+        ('[tools]\nrequire_approval = ["read"]\n[escalation]\nreview = 0.9\n', 4, "[escalation] review:"),
+        ('[escalation]\nmin_confidence = 0.2\nescalate = 0.3\nreview = 0.5\n', 3, "[escalation] escalate:"),
+    ],
+)
+def test_toml_value_errors_name_the_key_they_are_about(tmp_path: Path, text: str, line: int, needle: str) -> None:
+    """A probe found ``require_approval = ["destroy"]`` on line 4 reported at line 2, ``[tools] read``:
+    the key was the first one named anywhere in the message, and the message lists the tiers."""
+    path = write(tmp_path, text)
+    with pytest.raises(PolicyError) as info:
+        Policy.from_toml(path)
+    msg = str(info.value)
+    assert f"{path}, line {line}: " in msg, msg
+    assert needle in msg, msg
+
+
+def test_glob_stars_and_question_marks_match_line_breaks_as_fnmatch_does() -> None:
+    """``delete = ["delete_*"]`` missed a tool named ``"delete_\\ninvoice"``: ``*`` (and ``?``) did
+    not match a line break, so an unapproved destructive call came out ok."""
+    import fnmatch
+    import re
+
+    p = Policy(delete=("delete_*", "wipe?all"), write=("send_[!a]*",), allowed=("get_*", "a?c", "x[!y]z", "delete_*"))
+    names = ["delete_\ninvoice", "DELETE_\r\nALL", "wipe\nall", "send_\nmail", "get_\n", "a\nc", "x\nz", "get_x"]
+    assert [p.tier_of(a) for a in names[:4]] == ["delete", "delete", "delete", "write"]
+    ev = run("r", ["llm", "delete_\ninvoice", "get_\nrecord", "a\nc", "x\nz"], approved=[None] * 5)
+    v = check_policy(ev, p)
+    assert rules(v) == [("r", 2, "unapproved_action")] and v["severity"].to_list() == ["critical"]
+    rej = pl.DataFrame({"run_id": ["r"], "step": [3], "action": ["delete_\nrow"], "approved": [None],
+                        "reason": ["bad_value:approved"]})
+    assert dw.policy.check_rejected(rej, p)["rule"].to_list() == ["unapproved_action"]
+    runs = dw.score_runs(ev, policy=p)
+    assert runs["level"].to_list() == ["escalate"]
+    for g in ("delete_*", "a?c", "x[!y]z", "*", "?", "[!a]", "get_*\n", "a*b?c"):
+        rx = glob_to_regex(g)
+        expected = [fnmatch.fnmatchcase(a, g) for a in names + ["ab\nxc", "\n", "get_*\n"]]
+        assert [re.fullmatch(rx, a) is not None for a in names + ["ab\nxc", "\n", "get_*\n"]] == expected, g
+        assert pl.Series(names + ["ab\nxc", "\n", "get_*\n"]).str.contains(f"^(?:{rx})$").to_list() == expected, g
+
+
+def test_long_allowed_and_tier_lists_work() -> None:
+    """8,000 allowed names or 4,500 tier globs crashed the audit ("ComputeError: regex error: Compiled
+    regex exceeds size limit"): plain names are looked up in a hash set now, and globs go into several
+    regexes of bounded size. Matching stays fnmatch's: tiers ignore case and spaces around the name,
+    ``allowed`` is exact."""
+    import fnmatch
+    import time
+
+    allowed = tuple(f"get_customer_record_{i}" for i in range(8_000)) + ("search_*", "tool[0-9]")
+    delete = tuple(f"svc{i}_[a-z]*_[a-z]*" for i in range(4_500)) + tuple(f"purge_cache_{i}" for i in range(3_000))
+    p = Policy(allowed=allowed, delete=delete)
+    actions = ["get_customer_record_7999", "Get_customer_record_7", "get_customer_record_8000", "search_kb",
+               "tool7", " search_kb", "svc4499_purge_cache", "SVC12_x_y", "svc7_\nx_y", "svc4500_a_b",
+               "PURGE_CACHE_2999", " purge_cache_0\n", "purge_cache_3000", "llm"]
+    started = time.perf_counter()
+    ev = run("r", actions, approved=[None] * len(actions))
+    got = check_policy(ev, p)
+    assert time.perf_counter() - started < 20
+    outside = [a for a in actions[:-1] if not any(fnmatch.fnmatchcase(a, g) for g in allowed)]
+    deleted = [a for a in actions[:-1] if any(fnmatch.fnmatchcase(a.strip().lower(), g.lower()) for g in delete)]
+    assert deleted == ["svc4499_purge_cache", "SVC12_x_y", "PURGE_CACHE_2999", " purge_cache_0\n"]
+    assert got.filter(pl.col("rule") == "unknown_tool")["action"].to_list() == outside
+    assert got.filter(pl.col("rule") == "unapproved_action")["action"].to_list() == deleted
+    assert len(dw.policy.globs_regexes(delete)) > 1
+
+
+def test_plain_names_and_globs_match_alike() -> None:
+    """A plain name (looked up in a hash set) means what the same name spelled as a glob (a regex)
+    means: in tiers case is ignored as a ``(?i)`` regex ignores it (the Kelvin sign is a ``K``, the
+    long s an ``s``), ``allowed`` is exact."""
+    import fnmatch
+    import random
+
+    names = ["kill", "KILL", "\u212aill", "search", "\u017fearch", "SEARCH", "s\u0131ze", "size", "SIZE", "\u0130d",
+             "id", "ID", "caf\u00e9", "CAF\u00c9", "cafe", " size ", "size\n", "si ze", "", "ki", "\u00df", "SS"]
+    plain = ("kill", "search", "size", "id", "caf\u00e9", "\u00df")
+    globbed = ("kil[l]", "searc[h]", "siz[e]", "i[d]", "caf[\u00e9]", "[\u00df]")
+    assert [Policy(delete=plain).tier_of(a) for a in names] == [Policy(delete=globbed).tier_of(a) for a in names]
+    assert Policy(delete=plain).tier_of("\u212aILL") == "delete"
+    frame = pl.DataFrame({"a": names})
+    from driftwatch.policy import globs_expr, globs_regexes
+
+    assert frame.select(globs_expr(pl.col("a"), plain))["a"].to_list() == [a in plain for a in names]
+    rng = random.Random(7)
+    globs = ["".join(rng.choice("ab*?[]!-") for _ in range(rng.randint(1, 5))) for _ in range(300)]
+    sample = ["".join(rng.choice("ab[]!-\n") for _ in range(rng.randint(0, 4))) for _ in range(300)]
+    parts = globs_regexes(globs, max_chars=60)
+    assert len(parts) > 10
+    got = pl.DataFrame({"a": sample}).select(pl.any_horizontal(pl.col("a").str.contains(r) for r in parts))["a"]
+    assert got.to_list() == [any(fnmatch.fnmatchcase(a, g) for g in globs) for a in sample]
+    got = pl.DataFrame({"a": sample}).select(globs_expr(pl.col("a"), globs))["a"]
+    assert got.to_list() == [any(fnmatch.fnmatchcase(a, g) for g in globs) for a in sample]
+
+
+@pytest.mark.parametrize(
+    ("result", "hit"),
+    [
+        ("Tool with name 'lookup_order' does not exist", True),
+        ('Tool with name "lookup_order" does not exist', True),
+        ("Tool with name `lookup_order` is not registered", True),
+        ("Tool with name lookup_order does not exist", True),
+        ("Tool with the name 'lookup_order' was not found", True),
+        ("Function with the name \"lookup_order\" is not defined", True),
+        ("Tool 'lookup_order' does not exist", True),
+        # near misses: the verdict is about something else than the named tool
+        ("Tool with name 'lookup_order' failed: customer 'C42' does not exist", False),
+        ("Tool with name lookup_order: customer 42 does not exist", False),
+        ("Catalog Error: Scalar Function with name 'datediff' does not exist!", False),
+    ],
+)
+def test_unknown_tool_named_with_name(result: str, hit: bool) -> None:
+    """``Tool with name 'x' does not exist`` (a quoted name after "with name") was not flagged, though
+    the unquoted form and ``Tool 'x' does not exist`` were."""
+    ev = run("r", ["llm", "lookup_order"], status=["ok", "error"], result=["x", result])
+    assert (check_policy(ev)["rule"].to_list() == ["unknown_tool"]) is hit
