@@ -133,6 +133,10 @@ class SourceFile:
         return SourceFile(self.path, self.size, self.mtime_ns, file_hash(self.path))
 
 
+#: What the operating system says when the state's file or folder cannot be written.
+_DENIED = ("Permission denied", "Operation not permitted", "Read-only file system")
+
+
 def _hive_parts(path: str, keys: Collection[str] | None = None) -> tuple[str, ...]:
     """The ``key=value`` folders of a path (of ``keys`` only, when given): the values a hive
     layout gives its rows."""
@@ -250,6 +254,12 @@ class AuditState:
             yield
         except (duckdb.Error, pl.exceptions.PolarsError, TypeError, KeyError) as exc:
             first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            if any(s in first for s in _DENIED):
+                raise InputError(
+                    f"{self.path}: the audit state cannot be written while {doing} ({type(exc).__name__}: {first}); "
+                    "an incremental audit records what it audited: give it write access to the state's folder, "
+                    "or choose a --state folder or --db file it can write"
+                ) from None
             raise InputError(
                 f"{self.path}: the audit state database failed while {doing} ({type(exc).__name__}: {first}); "
                 "it is damaged or was changed by hand: restore a backup, or start a new state "
@@ -567,11 +577,15 @@ class AuditState:
         return todo, done
 
     def touch(self, files: Sequence[SourceFile], *, audit_id: str | None = None) -> None:
-        """Remember new size/mtime of files whose content did not change."""
-        changed = [f for f in files if f.hash is not None]
+        """Remember new size/mtime of files whose content did not change (and new paths of
+        copies); files recorded as they are now are not written again (a night with nothing
+        new writes nothing)."""
+        known = self.audited_files()
+        now = {(p, s, m) for p, s, m in zip(known["path"].to_list(), known["size"].to_list(),
+                                             known["mtime_ns"].to_list(), strict=True)}
+        changed = [f for f in files if f.hash is not None and (f.path, f.size, f.mtime_ns) not in now]
         if not changed:
             return
-        known = self.audited_files()
         prev = dict(zip(known["path"].to_list(), known["audit_id"].to_list(), strict=True))
         # a copy under a new path: the audit that read the original
         by_hash = dict(zip(known["hash"].to_list(), known["audit_id"].to_list(), strict=True))
@@ -614,11 +628,24 @@ class AuditState:
             try:
                 for name in PER_RUN_TABLES:
                     if name in existing:
-                        yield name, self._query(
+                        table = self._query(
                             f"SELECT t.* FROM {_table(name)} t SEMI JOIN _dw_keep USING (run_id) ORDER BY t.run_id"
                         )
+                        if name == "features" and "run_id" in table.columns:
+                            self._check_one_row_per_run(table)
+                        yield name, table
             finally:
                 self.con.execute("DROP TABLE IF EXISTS _dw_keep")
+
+    def _check_one_row_per_run(self, features: pl.DataFrame) -> None:
+        """The stored ``features`` hold one row per run, as driftwatch writes them."""
+        twice = features.filter(pl.col("run_id").is_duplicated())["run_id"]
+        if twice.len():
+            raise InputError(
+                f"{self.path}: the audit state's features table holds run {twice[0]!r} more than once "
+                f"({twice.n_unique():,} run(s) repeated); it is damaged or was changed by hand: restore a "
+                "backup, or start a new state (a new --state folder or --db file)"
+            )
 
     def history_window(
         self, *, exclude_run_ids: pl.Series | None = None, since: datetime | None = None,

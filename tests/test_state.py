@@ -136,6 +136,38 @@ def test_plan_new_unchanged_touched_and_changed_files(state: AuditState, tmp_pat
     assert todo2 == [] and done2[0].mtime_ns == a.stat().st_mtime_ns
 
 
+def test_a_night_with_nothing_new_writes_nothing(state: AuditState, tmp_path: Path, monkeypatch) -> None:
+    """Every audit rewrote the whole ``files`` table (plan() gives unchanged files their stored
+    hash, and touch() upserted them all): a state folder that is read-only failed even on a
+    night with nothing new, and the database changed on every run."""
+    a = tmp_path / "a.parquet"
+    a.write_bytes(b"aaaa")
+    todo, _ = state.plan([a])
+    state.record(audit={"audit_id": "1"}, per_run={}, fleet={}, run_ids=pl.Series([], dtype=pl.String), files=todo)
+    _, done = state.plan([a])
+    assert done[0].hash is not None
+    monkeypatch.setattr(state, "upsert", lambda *a, **k: pytest.fail("wrote an unchanged file's row"))
+    state.touch(done)  # nothing to write
+    os.utime(a, ns=(a.stat().st_atime_ns, a.stat().st_mtime_ns + 5_000_000_000))  # touched: its new time is kept
+    _, done = state.plan([a])
+    monkeypatch.undo()
+    state.touch(done)
+    assert state.audited_files()["mtime_ns"].to_list() == [a.stat().st_mtime_ns]
+
+
+def test_a_state_that_cannot_be_written_is_not_called_damaged(state: AuditState) -> None:
+    """A read-only state folder was reported as "damaged or changed by hand: start a new state",
+    advice that throws the history away."""
+    import duckdb
+
+    with pytest.raises(InputError, match="cannot be written while recording this audit") as err:
+        with state.errors("recording this audit"):
+            raise duckdb.IOException('Cannot open file "s/audit.duckdb.wal": Permission denied')
+    assert "damaged" not in str(err.value) and "write access" in str(err.value)
+    with pytest.raises(InputError, match="damaged or was changed by hand"):
+        with state.errors("reading the history"):
+            raise duckdb.CatalogException("Table with name runs does not exist")
+
 def test_a_file_rewritten_during_the_audit_is_read_again(state: AuditState, tmp_path: Path) -> None:
     """New files are hashed when planned, before they are read: a file rewritten while the
     audit ran was recorded with its new bytes (hashed at the end) and never audited."""
@@ -193,6 +225,16 @@ def test_history_excludes_current_runs_and_old_runs(state: AuditState) -> None:
     assert hist["features"]["first_ts"].dtype == pl.Datetime("us", "UTC")
     assert AuditState(state.path.parent / "empty.duckdb").history() == {}
 
+
+def test_features_stored_twice_name_the_state(state: AuditState) -> None:
+    """A features table with a run's row inserted twice by hand failed in the fleet stage with
+    "features must have one row per run", naming no state file."""
+    feats = features(["a", "b"])
+    state.record(audit={"audit_id": "1"}, per_run={"features": feats}, fleet={}, run_ids=feats["run_id"])
+    state.con.execute("INSERT INTO features SELECT * FROM features WHERE run_id = 'b'")
+    with pytest.raises(InputError, match=r"features table holds run 'b' more than once") as err:
+        state.history()
+    assert str(state.path) in str(err.value)
 
 def test_open_needs_exactly_one_location(tmp_path: Path) -> None:
     with pytest.raises(InvalidParameterError):
