@@ -2104,6 +2104,7 @@ def audit(
 
     # ---------------------------------------------------------------- incremental plan
     st: AuditState | None = None
+    state_desc: list[Any] = []  # (incremental: the history the audit sees, see below)
     own_state = False
     todo_files: list[SourceFile] = []
     skipped: list[SourceFile] = []
@@ -2131,6 +2132,12 @@ def audit(
             # date=10-02 are the same rows (that key is dropped), under agent=a and agent=b not
             with st.errors("listing the files audited before"):
                 todo_files, skipped = st.plan(files, hive_keys=set(CANONICAL_SCHEMA) | set(column_map or {}))
+                # what else makes the results: the history (the files audited before, by content)
+                # and how much of it is loaded; the new files by content too (a same-size rewrite
+                # with the old mtime, re-read once its row in `files` is deleted, is new data)
+                before = st.audited_files().select("path", "hash").sort("path")
+                state_desc = ["incremental", history_days, history_max_runs, _fingerprint(before.rows()),
+                              sorted((f.path, f.hash) for f in todo_files)]
                 st.touch([f for f in skipped if f.hash is not None])
             say(f"state: {len(todo_files)} new file(s), {len(skipped)} already audited")
             if not todo_files:
@@ -2285,6 +2292,8 @@ def audit(
         timings.update({f"fleet.{k}": v for k, v in result.timings.items()})
 
         src_desc = _sources_fingerprint(source, skipped)
+        if st is not None:
+            src_desc = [src_desc, state_desc]
         result.audit_id = audit_fingerprint(
             src_desc, since=since_dt, until=until_dt, policy=pol, reference=reference, volume_per_day=volume_per_day,
             every=every, drift_every=drift_every, load_every=load_every, by=by,
