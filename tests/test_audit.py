@@ -1604,6 +1604,41 @@ def test_audit_id_follows_the_reference_and_every_option_but_not_column_order() 
     assert runs[0] == runs[1] and runs[0].strip()
 
 
+def test_incremental_audit_id_follows_the_history_and_its_options(tmp_path: Path, monkeypatch) -> None:
+    """The same new file on the same backlog with --history-days 90 or 2 (other change-points and
+    drift), and a plain audit of it, had one audit_id; so had a re-read of a same-size rewrite
+    (the README's way: delete its row from `files`). A shipper keyed on the id dropped alerts."""
+    ev = synth.generate(days=6, runs_per_day=40, seed=2).events
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    last = ev["ts"].max().date()
+    ev.filter(pl.col("ts").dt.date() < last).write_parquet(logs / "backlog.parquet")
+    ev.filter(pl.col("ts").dt.date() == last).write_parquet(logs / "last.parquet")
+
+    def night(state: Path, **kw: object) -> dw.AuditResult:
+        dw.audit(logs / "backlog.parquet", state=state, **kw)
+        return dw.audit([logs / "backlog.parquet", logs / "last.parquet"], state=state, **kw)
+
+    ids = {night(tmp_path / "a").audit_id, night(tmp_path / "b", history_days=2).audit_id,
+           night(tmp_path / "c", history_max_runs=50).audit_id, dw.audit(logs / "last.parquet").audit_id}
+    assert len(ids) == 4
+    assert night(tmp_path / "d").audit_id in ids  # the same history and options: the same id
+    # a same-size rewrite keeping the old mtime, re-read once its row in `files` is deleted: the
+    # path, size and mtime are those of the first read, the content (its hash) is not
+    import duckdb
+
+    import driftwatch.state as state_mod
+
+    path = logs / "last.parquet"
+    with duckdb.connect(str(tmp_path / "a" / "audit.duckdb")) as con:
+        first_id = con.execute("select audit_id from files where path = ?", [str(path.absolute())]).fetchone()[0]
+        con.execute("delete from files where path = ?", [str(path.absolute())])
+    real = state_mod.file_hash
+    monkeypatch.setattr(state_mod, "file_hash", lambda p: "rewritten" if Path(p) == path.absolute() else real(p))
+    again = dw.audit([logs / "backlog.parquet", path], state=tmp_path / "a")
+    assert again.audit_id != first_id
+
+
 def test_audit_id_follows_the_escalation_model_file_and_ignores_object_columns(tmp_path: Path) -> None:
     """A refitted model file (the policy names the file only) changed every score and kept the
     id; an Object column was hashed with Python's per-process hash(), so the id of the same frame

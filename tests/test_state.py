@@ -160,13 +160,12 @@ def test_a_state_that_cannot_be_written_is_not_called_damaged(state: AuditState)
     advice that throws the history away."""
     import duckdb
 
-    with pytest.raises(InputError, match="cannot be written while recording this audit") as err:
-        with state.errors("recording this audit"):
-            raise duckdb.IOException('Cannot open file "s/audit.duckdb.wal": Permission denied')
+    with pytest.raises(InputError, match="cannot be written while recording this audit") as err, \
+            state.errors("recording this audit"):
+        raise duckdb.IOException('Cannot open file "s/audit.duckdb.wal": Permission denied')
     assert "damaged" not in str(err.value) and "write access" in str(err.value)
-    with pytest.raises(InputError, match="damaged or was changed by hand"):
-        with state.errors("reading the history"):
-            raise duckdb.CatalogException("Table with name runs does not exist")
+    with pytest.raises(InputError, match="damaged or was changed by hand"), state.errors("reading the history"):
+        raise duckdb.CatalogException("Table with name runs does not exist")
 
 def test_a_file_rewritten_during_the_audit_is_read_again(state: AuditState, tmp_path: Path) -> None:
     """New files are hashed when planned, before they are read: a file rewritten while the
