@@ -1177,9 +1177,12 @@ def _fleet_drift(
         if ref is None:
             return drift._empty(by), notes
         notes["drift_reference_range"] = [_iso(ref[0]), _iso(ref[1])]
-    rows = drift.drift_from_runs(
-        feats, tables.action_counts, tables.bigram_counts, reference=ref, by=by, every=every
-    )
+    with drift._collecting_notes() as why:  # why nothing was compared (every run is in the reference logs, ...)
+        rows = drift.drift_from_runs(
+            feats, tables.action_counts, tables.bigram_counts, reference=ref, by=by, every=every
+        )
+    if why:  # said where summary.json and the report's drift section show the reference
+        notes["drift_reference"] = f"{notes['drift_reference']}; nothing compared: {'; '.join(why)}"
     return rows, notes
 
 

@@ -537,7 +537,7 @@ def _cmd_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     from driftwatch._io import atomic_write_parquet
     from driftwatch.audit import naming_read_failures, parse_reference
-    from driftwatch.drift import detect_drift
+    from driftwatch.drift import _collecting_notes, detect_drift
     from driftwatch.read import read_logs
 
     cmap = _column_map(args.map)
@@ -550,7 +550,8 @@ def _cmd_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     elif kind == "logs":
         ref = read_logs(ref, format=args.format, column_map=cmap)
     # a damaged page in a column the reader does not check, in the logs or the reference logs
-    with naming_read_failures([*args.sources, args.reference] if kind == "logs" else args.sources):
+    with naming_read_failures([*args.sources, args.reference] if kind == "logs" else args.sources), \
+            _collecting_notes() as why:  # why nothing was compared, when so (said below, not warned)
         rows = detect_drift(rr, reference=ref, every=args.every, by=_by(args.by), min_runs=args.min_runs)
     if args.out:
         atomic_write_parquet(rows, args.out)
@@ -563,12 +564,12 @@ def _cmd_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
               file=out)
     _say_rejected(rr, out)
     if not tests:
-        print(_why_no_window(rr, ref, kind, args), file=out)
+        print(_why_no_window(rr, ref, kind, args, why), file=out)
     show = rows if args.all else drifted
     for r in show.iter_rows(named=True):
         mark = "DRIFT" if r.get("drifted") else "  new" if r.get("feature") == "no_reference" else "  ok "
         print(
-            f"{mark} {_field(r.get('series'))} {str(r.get('window_start'))[:10]}..{str(r.get('window_end'))[:10]} "
+            f"{mark} {_field(r.get('series'))} {_window_text(r.get('window_start'), r.get('window_end'))} "
             f"{_field(r.get('feature'))}: {_field(r.get('explain') or '')}",
             file=out,
         )
@@ -602,16 +603,38 @@ def _reference_kind(ref: str, *, durations: bool = True) -> str:
     return "range" if ".." in ref else "duration"
 
 
-def _why_no_window(rr: Any, ref: Any, kind: str, args: argparse.Namespace) -> str:
-    """The note when drift tested nothing: no run after the reference, or too few runs."""
+def _window_text(start: Any, end: Any) -> str:
+    """A drift window as printed: its UTC dates when it starts and ends on UTC midnight
+    (``2026-10-01..2026-10-08``), else its UTC times (``2026-10-08T12:00Z..2026-10-09T00:00Z``)."""
+    if not (isinstance(start, datetime) and isinstance(end, datetime)):
+        return f"{str(start)[:10]}..{str(end)[:10]}"
+    start, end = (t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC) for t in (start, end))
+    if all(t.hour == t.minute == t.second == t.microsecond == 0 for t in (start, end)):
+        return f"{start.date()}..{end.date()}"
+
+    def iso(t: datetime) -> str:
+        spec = "microseconds" if t.microsecond else "seconds" if t.second else "minutes"
+        return t.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+
+    return f"{iso(start)}..{iso(end)}"
+
+
+def _why_no_window(rr: Any, ref: Any, kind: str, args: argparse.Namespace, why: Sequence[str] = ()) -> str:
+    """The note when drift tested nothing: no run left to compare (``why``, from the drift
+    functions: with reference logs, every run of the logs is also in them), no run after the
+    reference, or too few runs."""
     import polars as pl
 
     from driftwatch._frames import duration
 
+    if kind == "logs":
+        if why:
+            return f"note: no window could be tested: {why[0]}"
+        return (f"note: no window could be tested: a series needs at least {args.min_runs} runs in the reference"
+                f" logs and {args.min_runs} in a window of the runs they do not hold (--min-runs; windows are"
+                f" --every {args.every} long)")
     few = (f"note: no window could be tested: a series needs at least {args.min_runs} runs in the reference"
            f" and {args.min_runs} in a window after it (--min-runs; windows are --every {args.every} long)")
-    if kind == "logs":
-        return few
     events = rr.events.lazy() if isinstance(rr.events, pl.DataFrame) else rr.events
     starts = events.group_by("run_id").agg(pl.col("ts").min().alias("t")).select(
         pl.col("t").min().alias("lo"), pl.col("t").max().alias("hi")).collect()

@@ -1,8 +1,9 @@
 """Drift of agent behaviour between a reference period and current windows.
 
 :func:`detect_drift` compares a *reference* (a time range or a frame of
-reference events) with *current* windows (by default: everything after the
-reference, in windows of ``every``) for every series (``by``), and reports one
+reference events) with *current* windows (by default: everything after a
+reference range, or every run a reference frame does not hold, in windows of
+``every``) for every series (``by``), and reports one
 row per (series, window, feature). Besides ordinary behaviour drift (tool mix,
 action sequences, run length, tokens, cost, errors, latency and a multivariate
 classifier test) it reports three **feedback-driven drift** indicators, for an
@@ -39,8 +40,11 @@ Examples
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
@@ -214,11 +218,18 @@ def detect_drift(
         quarter of the data's span, between one and four windows
         (:func:`auto_reference_length`). A frame: reference events of their own.
     current : tuple of (start, end), frame or None, default=None
-        ``None``: every run of ``events`` starting at or after the reference
-        end. A range: the runs of ``events`` in that range. A frame: events of
+        ``None``: with a time-range or duration reference, every run of
+        ``events`` starting at or after the reference end; with a reference
+        frame, every run of ``events`` the reference does not hold (by
+        ``run_id``), whenever it starts, so reference logs from the same
+        period (a baseline cohort beside a canary) compare, and the same logs
+        given as both, or events that also hold the reference's, never put a
+        run in both samples. A range: the runs of ``events`` in that range
+        (with a reference frame, those it does not hold). A frame: events of
         their own. In every case split into consecutive windows of ``every``
-        (the first starting at the reference end, the range start, or the
-        first day of the frame).
+        (the first starting at the reference end, the range start, or UTC
+        midnight of the first current run's day when the reference or the
+        current runs are a frame).
     by : str or sequence of str, default=("agent",)
         Run-level columns (``agent``, ``version``) naming the series.
     every : str, default="1w"
@@ -276,6 +287,14 @@ def detect_drift(
         Bad options, or a reference that holds no runs.
     SchemaError
         Events without the required columns.
+
+    Warns
+    -----
+    UserWarning
+        When no current run is left to compare, saying why (every run of
+        ``events`` is also in the reference frame, no run starts after the
+        reference or in the ``current`` range, an empty ``current``); the
+        result is then empty.
 
     Notes
     -----
@@ -353,10 +372,7 @@ def detect_drift(
     main = _tables_from_events(lf, by_cols)
     ref = _frame_to_tables(reference, "reference", by_cols)
     cur = _frame_to_tables(current, "current", by_cols)
-    return drift_from_runs(
-        *main,
-        reference=reference if ref is None else ref,
-        current=current if cur is None else cur,
+    opts = _Options.make(
         by=by,
         every=every,
         alpha=alpha,
@@ -369,6 +385,11 @@ def detect_drift(
         classifier_max_runs=classifier_max_runs,
         random_state=random_state,
     )
+    rows, notes = _drift_of_tables(
+        main, reference if ref is None else ref, current if cur is None else cur, opts
+    )
+    _tell(notes)
+    return rows
 
 
 def drift_from_runs(
@@ -439,14 +460,50 @@ def drift_from_runs(
         classifier_max_runs=classifier_max_runs,
         random_state=random_state,
     )
-    main = _check_tables((features, action_counts, bigram_counts), "features")
+    rows, notes = _drift_of_tables((features, action_counts, bigram_counts), reference, current, opts)
+    _tell(notes)
+    return rows
+
+
+# why a comparison holds no current run (every run of the data is in the reference logs, none
+# starts after the reference, ...): :func:`detect_drift` and :func:`drift_from_runs` warn with it
+# (UserWarning), or, inside :func:`_collecting_notes`, add it to that list instead (the audit's
+# notes, the CLI's message)
+_NOTES: ContextVar[list[str] | None] = ContextVar("driftwatch_drift_notes", default=None)
+
+
+@contextmanager
+def _collecting_notes() -> Iterator[list[str]]:
+    """The notes of the drift calls made inside the block (in this thread), instead of warnings."""
+    notes: list[str] = []
+    token = _NOTES.set(notes)
+    try:
+        yield notes
+    finally:
+        _NOTES.reset(token)
+
+
+def _tell(notes: list[str]) -> None:
+    """Hand ``notes`` to the collecting block, or warn with them (at the public function's caller)."""
+    sink = _NOTES.get()
+    if sink is not None:
+        sink.extend(notes)
+        return
+    for note in notes:
+        warnings.warn(f"drift: nothing to compare: {note}", UserWarning, stacklevel=3)
+
+
+def _drift_of_tables(main: Any, reference: Any, current: Any, opts: _Options) -> tuple[pl.DataFrame, list[str]]:
+    """The drift rows of the per-run tables ``main`` (and why nothing was compared, when so)."""
+    main = _check_tables(main, "features")
+    notes: list[str] = []
     # the classifier test (model fits and scoring, which release the GIL) runs on a second thread while the
     # other features are computed; scikit-learn is imported there meanwhile
     with ThreadPoolExecutor(max_workers=1) as pool:
         side = pool if "run_classifier" in opts.include and len(opts.include) > 1 else None
         if side is not None:
             side.submit(_import_classifier)
-        data, unreferenced = _assemble(main, reference, current, opts)
+        data, unreferenced = _assemble(main, reference, current, opts, notes)
         if data is None:
             out = _empty(opts.by)
         else:
@@ -455,9 +512,9 @@ def drift_from_runs(
             with threadpool_limits(limits=1):
                 out = _drift(data, opts, side)
     if unreferenced is None or unreferenced.height == 0:
-        return out
+        return out, notes
     return pl.concat([out, unreferenced.select(out.columns).cast(out.schema)]).sort(  # type: ignore[arg-type]
-        "series", "window_start", maintain_order=True)
+        "series", "window_start", maintain_order=True), notes
 
 
 def _import_classifier() -> None:
@@ -558,9 +615,15 @@ class _Options:
             for k, v in kw["min_effect"].items():
                 if k not in me:
                     raise InvalidParameterError(f"min_effect has unknown feature {k!r}; features are {list(FEATURES)}")
-                if not isinstance(v, int | float) or not np.isfinite(v):
-                    raise InvalidParameterError(f"min_effect[{k!r}] must be a finite number, got {v!r}")
-                me[k] = float(v)
+                # a negative floor (effects of some features can be negative) or NaN would turn it off
+                if not isinstance(v, numbers.Real) or isinstance(v, bool | np.bool_) or not (
+                    np.isfinite(v) and v >= 0
+                ):
+                    raise InvalidParameterError(
+                        f"min_effect[{k!r}] must be a finite number >= 0 (the minimum effect size for "
+                        f"'drifted'), got {v!r}"
+                    )
+                me[k] = float(v) + 0.0  # (-0.0 reads 0.0)
         min_runs = kw["min_runs"]
         if not isinstance(min_runs, numbers.Integral) or isinstance(min_runs, bool | np.bool_) or min_runs < 2:
             raise InvalidParameterError(f"min_runs must be an integer >= 2, got {min_runs!r}")
@@ -790,9 +853,15 @@ _RUN_COLUMNS: tuple[str, ...] = tuple(
 )
 
 
-def _assemble(main: Tables, reference: Any, current: Any, opts: _Options) -> tuple[_Data | None, pl.DataFrame | None]:
+def _assemble(
+    main: Tables, reference: Any, current: Any, opts: _Options, notes: list[str] | None = None
+) -> tuple[_Data | None, pl.DataFrame | None]:
     """The runs of the comparison, and the ``no_reference`` rows of the series that have
-    current runs but no reference runs (a new agent or version: nothing to compare them with)."""
+    current runs but no reference runs (a new agent or version: nothing to compare them with).
+
+    When there is no current run, ``(None, None)``, and why is added to ``notes``.
+    """
+    notes = [] if notes is None else notes
     first = main[0]["first_ts"]
     # ---- reference
     if isinstance(reference, str):
@@ -828,12 +897,30 @@ def _assemble(main: Tables, reference: Any, current: Any, opts: _Options) -> tup
         raise InvalidParameterError(
             f"reference holds no runs (range {ref_lo} .. {ref_hi}); the runs start between {span[0]} and {span[1]}"
         )
-    if ref_hi is None:
-        last = ref_tabs[0]["last_ts"] if "last_ts" in ref_tabs[0].columns else ref_tabs[0]["first_ts"]
-        ref_hi = last.max() + timedelta(microseconds=1)  # type: ignore[operator]
     # ---- current
-    if current is None:
+    # With reference logs (src_ref 1) the current runs of the data are those the reference logs do not hold
+    # (by run_id), wherever they lie in time: the same logs given as both, or data that holds the reference
+    # files, never put a run in both samples, and a late step in the reference logs cuts nothing.
+    logs = src_ref == 1
+    keep = None  # with reference logs, the runs of the data they do not hold
+    if logs and (current is None or _is_range(current)):
+        keep = _outside(main[0], ref_tabs[0]["run_id"])
+    n_runs = int(first.len() - first.null_count())
+    if current is None and not logs:
         cur_tabs, lo, hi, origin, src_cur = main, ref_hi, None, ref_hi, 0
+        why = (f"no run of the data starts at or after the reference's end ({_when(ref_hi)}); the last run "
+               f"starts {_when(first.max())}" if n_runs else "the data holds no runs")
+    elif current is None:
+        cur_tabs, lo, hi, src_cur = main, None, None, 0
+        fmin = first.filter(keep).min()  # type: ignore[arg-type]
+        if fmin is None:
+            notes.append("the data holds no runs" if n_runs == 0 else (
+                f"every run of the data ({n_runs:,}) is also in the reference (the same run_id), so no run is left "
+                "to compare with it; give data with runs of its own (not the reference logs, nor logs that hold "
+                "them)"))
+            return None, None
+        origin = datetime(fmin.year, fmin.month, fmin.day, tzinfo=UTC)  # type: ignore[attr-defined]
+        why = ""  # (there are current runs)
     elif _is_range(current):
         lo, hi = _range(current, "current")
         if src_ref == 0 and ref_lo is not None and lo < ref_hi and hi > ref_lo:
@@ -842,6 +929,8 @@ def _assemble(main: Tables, reference: Any, current: Any, opts: _Options) -> tup
                 "samples; start the current range at or after the reference's end"
             )
         cur_tabs, origin, src_cur = main, lo, 0
+        why = f"no run of the data starts in current ({_when(lo)} .. {_when(hi)})" + (
+            " outside the reference" if logs else "")
     elif _is_tables(current) or _is_frame(current):
         cur_tabs = _check_tables(current, "current") if _is_tables(current) else _check_tables(
             _tables_from_events(as_lazy(current, name="current"), opts.by), "current"
@@ -849,16 +938,19 @@ def _assemble(main: Tables, reference: Any, current: Any, opts: _Options) -> tup
         lo = hi = None
         fmin = cur_tabs[0]["first_ts"].min()
         if fmin is None:
-            return None
+            notes.append("current holds no runs")
+            return None, None
         origin = datetime(fmin.year, fmin.month, fmin.day, tzinfo=UTC)  # type: ignore[union-attr]
         src_cur = 2
+        why = "current holds no runs"
     else:
         raise InvalidParameterError(
             "current must be None, a (start, end) range, a frame of events or a tuple of per-run tables; "
             f"got {type(current).__name__}"
         )
-    cur_runs = _window_frame(cur_tabs[0], lo, hi, origin, opts.every_us, src_cur, opts.by)
+    cur_runs = _window_frame(cur_tabs[0], lo, hi, origin, opts.every_us, src_cur, opts.by, keep)
     if cur_runs.height == 0:
+        notes.append(why)
         return None, None
     for c in opts.by:
         for label, fr in (("reference", ref_tabs[0]), ("current", cur_tabs[0])):
@@ -1215,6 +1307,25 @@ def auto_reference_length(span: timedelta, every: timedelta) -> timedelta:
     return length
 
 
+def _when(t: Any) -> str:
+    """A time in a note: ``2026-10-15 00:00:00+00:00``."""
+    return t.isoformat(sep=" ") if isinstance(t, datetime) else str(t)
+
+
+def _outside(feats: pl.DataFrame, ids: pl.Series) -> pl.Series:
+    """Per run of ``feats``: its ``run_id`` is not one of ``ids`` (compared as text; a null run_id is in
+    no table). By merging the two columns when both are sorted without repeats (the usual case), else by
+    a hash lookup."""
+    a, b = feats["run_id"].cast(pl.String), ids.cast(pl.String)
+    pairs = _merge_sorted_ids(a, b)
+    if pairs is not None:
+        keep = np.ones(a.len(), dtype=bool)
+        keep[pairs[0]] = False
+        return pl.Series("_keep", keep)
+    b = b.drop_nulls().unique()
+    return pl.select((~a.is_in(b.implode()).fill_null(False)).alias("_keep")).to_series()
+
+
 def _window_frame(
     feats: pl.DataFrame,
     lo: datetime | None,
@@ -1223,9 +1334,15 @@ def _window_frame(
     every_us: int,
     src: int,
     by: tuple[str, ...],
+    keep: pl.Series | None = None,
 ) -> pl.DataFrame:
-    """The runs of ``feats`` in a range: their row in ``feats`` (``_orig``), slot, source and ``by`` columns."""
+    """The runs of ``feats`` in a range: their row in ``feats`` (``_orig``), slot, source and ``by`` columns.
+
+    With ``keep`` (a boolean per row of ``feats``), only the runs it marks.
+    """
     lf = feats.lazy().with_row_index("_orig")
+    if keep is not None:
+        lf = lf.filter(pl.lit(keep))
     if lo is not None:
         lf = lf.filter(pl.col("first_ts") >= lo)
     if hi is not None:

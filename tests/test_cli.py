@@ -822,3 +822,44 @@ def test_file_names_are_shown_exactly_in_error_lines(tmp_path: Path, run_cli: Cl
         path.write_text("garbage")
         code, _, err = run_cli("validate", path)
         assert code == 2 and f"{tmp_path}/{shown}: not a Parquet file" in one_line_error(err), err
+
+
+def test_drift_with_reference_logs_of_the_same_period(fleet_events: Path, tmp_path: Path, run_cli: Cli) -> None:
+    """`drift canary --reference baseline/` with both cohorts over the same days printed '0 tests'
+    and blamed --min-runs (the canary's runs were cut at the baseline's last timestamp); the same
+    logs given as both, or logs that hold the reference files, were not told apart from too few runs,
+    and audit wrote an empty drift table with no note."""
+    events = pl.read_parquet(fleet_events / "**" / "*.parquet", hive_partitioning=False)
+    canary = events.with_columns(
+        ("c-" + pl.col("run_id")).alias("run_id"),
+        pl.when(pl.col("parent_run_id").is_not_null()).then("c-" + pl.col("parent_run_id")).alias("parent_run_id"),
+    )
+    canary.write_parquet(tmp_path / "canary.parquet")
+    code, out, err = run_cli("drift", tmp_path / "canary.parquet", "--reference", fleet_events, "--all")
+    assert code == 0 and not out.startswith("0 tests") and "note:" not in out, (out, err)
+    assert " 2026-10-01..2026-10-08 " in out  # windows from UTC midnight of the first canary run
+    # every run also in the reference logs: said, not blamed on --min-runs
+    code, out, err = run_cli("drift", fleet_events, "--reference", fleet_events)
+    assert code == 0 and out.startswith("0 tests"), (out, err)
+    assert "is also in the reference" in out and "--min-runs" not in out
+    code, out, err = run_cli("audit", fleet_events, "--reference", fleet_events, "--out", tmp_path / "r", "--quiet")
+    assert code == 0, err
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert s["drift"]["rows"] == 0 and s["notes"]["drift_reference"].startswith("reference logs; nothing compared: ")
+    assert "is also in the reference" in s["notes"]["drift_reference"]
+    assert "nothing compared: every run" in (tmp_path / "r" / "report.html").read_text()
+
+
+def test_drift_prints_window_times_when_not_on_midnight(fleet_events: Path, run_cli: Cli) -> None:
+    """Windows were printed as dates only: --every 12h gave '2026-10-08..2026-10-08'."""
+    import re
+
+    code, out, err = run_cli("drift", fleet_events, "--reference", "7d", "--every", "12h", "--min-runs", "3", "--all")
+    assert code == 0 and not out.startswith("0 tests"), (out, err)
+    windows = {line.split()[2] for line in out.splitlines()[1:] if line[:5] in ("DRIFT", "  ok ", "  new")}
+    assert windows and all(re.fullmatch(r"2026-10-\d\dT(00|12):00Z\.\.2026-10-\d\dT(00|12):00Z", w) for w in windows)
+    assert "2026-10-08T00:00Z..2026-10-08T12:00Z" in windows and "2026-10-08T12:00Z..2026-10-09T00:00Z" in windows
+    code, out, err = run_cli("drift", fleet_events, "--reference", "7d", "--every", "1d", "--min-runs", "3", "--all")
+    windows = {line.split()[2] for line in out.splitlines()[1:] if line[:5] in ("DRIFT", "  ok ", "  new")}
+    assert code == 0 and "2026-10-08..2026-10-09" in windows, (out, err)
+    assert all(re.fullmatch(r"2026-10-\d\d\.\.2026-10-\d\d", w) for w in windows)

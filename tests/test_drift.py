@@ -472,7 +472,8 @@ def test_min_effect_and_min_runs(demo_tables: tuple[pl.DataFrame, pl.DataFrame, 
 
 
 def test_empty_current_gives_empty_frame(demo_tables: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]) -> None:
-    d = drift_from_runs(*demo_tables, reference=REF, current=("2027-01-01", "2027-02-01"))
+    with pytest.warns(UserWarning, match="no run of the data starts in current"):
+        d = drift_from_runs(*demo_tables, reference=REF, current=("2027-01-01", "2027-02-01"))
     assert d.height == 0
     assert d.columns[:2] == ["series", "agent"] and d.schema["drifted"] == pl.Boolean
 
@@ -808,3 +809,89 @@ def test_latency_history_without_step_counts_is_read_alike() -> None:
     for tables in (feats, stored):
         d = dw.drift_from_runs(tables, reference="14d", include=["latency", "run_classifier"])
         assert not d["drifted"].any(), d.select("feature", "explain").rows()
+
+
+def _cohort(seed: int, prefix: str, scenario: synth.Scenario, days: int = 21) -> pl.DataFrame:
+    """A fleet over 2026-10-01 .. + days, its run ids prefixed (two cohorts' runs are distinct runs)."""
+    ev = synth.generate(days=days, runs_per_day=60, seed=seed, scenario=scenario).events
+    return ev.with_columns(
+        (prefix + pl.col("run_id")).alias("run_id"),
+        pl.when(pl.col("parent_run_id").is_not_null()).then(prefix + pl.col("parent_run_id")).alias("parent_run_id"),
+    )
+
+
+def test_reference_logs_of_the_same_period_compare_every_run_they_do_not_hold() -> None:
+    """Reference logs were taken as a period: the current runs were cut at the reference logs'
+    last timestamp, so a baseline cohort beside a canary over the same days tested nothing (0 rows,
+    silently), and one late step in otherwise earlier reference logs dropped most current runs.
+    The current runs are now the runs the reference does not hold (by run_id), windows from UTC
+    midnight of the first of them."""
+    base = _cohort(31, "b-", synth.Scenario.stable())
+    canary = _cohort(32, "c-", synth.Scenario.stable(changepoints=(synth.ChangeSpec("support", 0, "error_rate", 4.0),)))
+    kw = dict(include=["error_rate", "tokens_per_run"])
+    d = detect_drift(canary, reference=base, **kw)
+    assert d.height > 0 and d["window_start"].min() == START  # midnight of the first canary run's day
+    assert (d["window_start"].dt.time() == datetime.min.time()).all()
+    runs = canary.group_by("agent").agg(pl.col("run_id").n_unique().alias("n")).sort("agent")
+    n_cur = d.filter(pl.col("feature") == "error_rate").group_by("agent").agg(pl.col("n_cur").sum().alias("n"))
+    assert n_cur.sort("agent").equals(runs)  # every canary run in a window (21 days: 3 full weeks)
+    hit = d.filter("drifted")
+    assert set(zip(hit["agent"], hit["feature"], strict=True)) == {("support", "error_rate")}
+    assert hit.height == 3
+    # per-run tables alike; and data that also holds the reference logs compares the same runs
+    assert drift_from_runs(*tables(canary), reference=tables(base), **kw).equals(d)
+    shuffled = [t.sample(fraction=1.0, shuffle=True, seed=0) for t in tables(pl.concat([base, canary]))]
+    assert drift_from_runs(*shuffled, reference=tables(base), **kw).equals(d)  # (run ids matched unsorted)
+    assert detect_drift(pl.concat([base, canary]), reference=base, **kw).equals(d)
+    # reference logs of an earlier month, one run resumed with a step on 2026-10-18: no current run is lost
+    sept = _cohort(21, "s-", synth.Scenario.stable(), days=14).with_columns(
+        pl.col("ts").dt.offset_by("-30d"))
+    last = sept.filter(pl.col("run_id") == sept["run_id"][0]).sort("step").tail(1)
+    late = last.with_columns(pl.col("step") + 1, pl.lit(datetime(2026, 10, 18, 12, tzinfo=UTC)).alias("ts"))
+    clean = detect_drift(canary, reference=sept, **kw)
+    assert clean["n_cur"].sum() == d["n_cur"].sum() and clean["window_start"].min() == START
+    cells = ["series", "window_start", "window_end", "feature", "n_cur"]
+    assert detect_drift(canary, reference=pl.concat([sept, late]), **kw).select(cells).equals(clean.select(cells))
+
+
+def test_nothing_left_to_compare_says_why() -> None:
+    """The same logs given as the reference and as the data tested nothing without a word; an
+    empty current frame raised TypeError (cannot unpack None)."""
+    import warnings
+
+    ev = _cohort(7, "x-", synth.Scenario.stable(), days=14)
+    kw = dict(include=["tokens_per_run"])
+    with pytest.warns(UserWarning, match=r"every run of the data \(\d[\d,]*\) is also in the reference"):
+        assert detect_drift(ev, reference=ev, **kw).height == 0
+    with pytest.warns(UserWarning, match="current holds no runs"):
+        d = detect_drift(ev, reference=("2026-10-01", "2026-10-08"), current=ev.head(0), **kw)
+    assert d.height == 0 and d.columns[:2] == ["series", "agent"]
+    with pytest.warns(UserWarning, match="no run of the data starts at or after the reference's end"):
+        assert drift_from_runs(*tables(ev), reference=("2026-10-01", "2026-11-01"), **kw).height == 0
+    with pytest.warns(UserWarning, match=r"no run of the data starts in current .* outside the reference"):
+        assert detect_drift(ev, reference=ev, current=("2026-10-02", "2026-10-09"), **kw).height == 0
+    # collected instead of warned (the audit's notes, the CLI's message); none when runs are compared
+    from driftwatch.drift import _collecting_notes
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with _collecting_notes() as why:
+            assert detect_drift(ev, reference=ev, **kw).height == 0
+        assert len(why) == 1 and "is also in the reference" in why[0]
+        with _collecting_notes() as why:
+            assert detect_drift(ev, reference="7d", **kw).height > 0
+        assert why == []
+
+
+@pytest.mark.parametrize("value", [-1.0, -1e-9, float("nan"), float("inf"), -np.inf, np.float32(-0.5), True])
+def test_min_effect_must_be_a_finite_non_negative_number(
+    demo_tables: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame], value: object
+) -> None:
+    """min_effect={"tool_mix": -1.0} was accepted and turned the minimum-effect floor off."""
+    with pytest.raises(InvalidParameterError, match=r"min_effect\['tool_mix'\] must be a finite number >= 0.*got"):
+        drift_from_runs(*demo_tables, reference=REF, include=["tool_mix"], min_effect={"tool_mix": value})
+    with pytest.raises(InvalidParameterError, match=r"min_effect\['latency'\]"):
+        detect_drift(pl.DataFrame({"run_id": ["a"], "ts": [START], "step": [0], "agent": ["x"], "action": ["y"]}),
+                     reference="1d", min_effect={"latency": value})
+    zero = drift_from_runs(*demo_tables, reference=REF, include=["tool_mix"], min_effect={"tool_mix": 0})
+    assert (zero["threshold"] == 0.0).all()
