@@ -372,7 +372,7 @@ def _cmd_audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             if s.get("since") or s.get("until") else ""
         )
         print(
-            f"audited {s['runs']:,} runs ({window}{s['rows_valid']:,} of {s['rows_in']:,} rows "
+            f"audited {s['runs']:,} run{'' if s['runs'] == 1 else 's'} ({window}{s['rows_valid']:,} of {s['rows_in']:,} rows "
             f"{'read ' if window else ''}valid, {s['rows_rejected']:,} rejected): "
             f"ok {lv['ok']:,}, review {lv['review']:,}, escalate {lv['escalate']:,}",
             file=out,

@@ -1323,6 +1323,8 @@ def test_a_night_of_only_rejected_rows_still_scores_their_runs(tmp_path: Path, r
     # a plain audit of the late file alone: its one run, every step rejected, is listed and escalated
     alone = audit(logs / "night2.parquet")
     assert alone.runs.select("run_id", "level", "n_rejected").rows() == [("R", "escalate", 1)]
+    code, out, _ = run_cli("audit", str(logs / "night2.parquet"), "--out", str(tmp_path / "alone"))
+    assert code == 0 and out.startswith("audited 1 run (0 of 1 rows valid, 1 rejected): ok 0, review 0, escalate 1")
     # nothing to score: every row without a run id, or a window (such runs cannot be placed in it)
     pl.DataFrame({"run_id": [None], "step": [1], "action": ["x"]}, schema_overrides={"run_id": pl.String}) \
         .write_parquet(tmp_path / "anon.parquet")
