@@ -34,6 +34,7 @@ import contextlib
 import ctypes
 import functools
 import glob
+import hashlib
 import json
 import os
 import re
@@ -70,7 +71,26 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _tmp_sibling(path: Path, tag: str) -> Path:
-    return path.parent / f".{path.name}{tag}{os.getpid()}-{secrets.token_hex(4)}"
+    return path.parent / f"{_sibling_stem(path.name)}{tag}{os.getpid()}-{secrets.token_hex(4)}"
+
+
+#: The longest file name most file systems take, in bytes.
+_NAME_MAX = 255
+#: Bytes a sibling's name adds after its stem: the tag, the process id and the random part.
+_SIBLING_TAIL = 32
+
+
+def _sibling_stem(name: str) -> str:
+    """``.<name>``, the start of the temporary siblings' names of ``name``; for a name so long
+    that a sibling's would pass the file system's limit (a 250-byte ``--out`` is legal), a cut
+    of it and a hash of the whole: the sibling failed with "File name too long" once the whole
+    audit was done."""
+    raw = os.fsencode(name)
+    if len(raw) + 1 + _SIBLING_TAIL <= _NAME_MAX:
+        return f".{name}"
+    digest = hashlib.blake2b(raw, digest_size=4).hexdigest()
+    keep = raw[: _NAME_MAX - _SIBLING_TAIL - 1 - 1 - len(digest)]
+    return f".{os.fsdecode(keep).encode('utf-8', 'surrogateescape').decode('utf-8', 'ignore')}~{digest}"
 
 
 def resolved(path: str | os.PathLike[str]) -> Path:
@@ -262,7 +282,7 @@ def recover_directory(path: str | os.PathLike[str]) -> None:
     parent = dest.parent
     if not parent.is_dir():
         return
-    stem = glob.escape(f".{dest.name}")
+    stem = glob.escape(_sibling_stem(dest.name))
     olds = sorted(parent.glob(f"{stem}{_OLD_TAG}*"), key=lambda p: p.stat().st_mtime)
     if not dest.exists() and olds:
         os.rename(olds[-1], dest)

@@ -1399,8 +1399,8 @@ class AuditResult:
             "timings": dict(self.timings),
             "versions": _versions(),
         }
-        if stats.get("reasons"):
-            out["rejected_by_reason"] = dict(sorted(stats["reasons"].items()))
+        # (always there, {} when nothing was rejected: a dashboard reads it without a KeyError)
+        out["rejected_by_reason"] = dict(sorted((stats.get("reasons") or {}).items()))
         for k in ("engine", "sources", "since", "until", "chunks", "incremental", "skipped_files", "history_since",
                   "history_replaced_runs"):
             if k in stats:

@@ -341,6 +341,8 @@ class Policy:
         >>> dw.Policy.from_toml(f).max_cost_usd
         1.5
         """
+        if not str(path).strip():  # (an unset variable: Path("") is the current folder)
+            raise PolicyError("policy file path is empty; expected a TOML file such as policy.toml")
         p = Path(path)
         try:
             text = p.read_text(encoding="utf-8")

@@ -137,3 +137,23 @@ def test_an_output_path_that_is_a_link_loop_is_named(tmp_path: Path) -> None:
         _results(tmp_path / "loopA", "x")
     with pytest.raises(InvalidParameterError, match="loopA: cannot be followed"):
         dw.audit("/nonexistent-logs", out=tmp_path / "loopA")  # (said before the logs are read)
+
+
+@pytest.mark.parametrize("name", ["r" * 250, "é" * 120 + "x"])
+def test_a_long_legal_folder_name_is_written_and_recovered(tmp_path: Path, name: str) -> None:
+    """A 250-byte --out name is legal (the limit is 255), but the temporary sibling
+    ``.<name>.tmp-<pid>-<hex>`` was not: the audit failed with "File name too long" at the end."""
+    from driftwatch._io import _tmp_sibling, recover_directory
+
+    dest = tmp_path / name
+    for _ in range(2):  # written, then replaced
+        with atomic_directory(dest, expected=["summary.json"]) as tmp:
+            (tmp / "summary.json").write_text("{}")
+    assert sorted(p.name for p in dest.iterdir()) == [MARKER, "summary.json"]
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # nothing left beside it
+    leftover = _tmp_sibling(dest, ".tmp-").with_name(_tmp_sibling(dest, ".tmp-").name.replace(
+        f"-{os.getpid()}-", "-999999999-"))  # a killed audit's (no such process)
+    assert len(os.fsencode(leftover.name)) <= 255
+    leftover.mkdir()
+    recover_directory(dest)
+    assert not leftover.exists()

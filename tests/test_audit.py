@@ -72,6 +72,8 @@ def test_summary_reconciles(result: AuditResult) -> None:
     assert set(s["versions"]) == {"driftwatch", "polars", "duckdb", "python"}
     assert s["cost"]["total_usd"] == pytest.approx(result.runs["cost_usd"].sum(), rel=1e-6)
     assert {"per_run_stage", "fleet_stage", "total"} <= set(s["timings"])
+    # (always there: it was left out when nothing was rejected, a KeyError for a dashboard)
+    assert s["rows_rejected"] == 0 and s["rejected_by_reason"] == {}
     json.dumps(s)  # JSON-ready
 
 

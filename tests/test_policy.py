@@ -257,6 +257,10 @@ def test_missing_file_is_a_policy_error(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="cannot be read"):
         Policy.from_toml(tmp_path / "nope.toml")
     assert issubclass(PolicyError, dw.DriftwatchError)
+    # an empty path (--policy "$UNSET") was read as the current folder: "cannot be read (Is a directory: '.')"
+    for empty in ("", " "):
+        with pytest.raises(PolicyError, match="policy file path is empty; expected a TOML file"):
+            Policy.from_toml(empty)
 
 
 def test_model_path_resolves_next_to_the_policy(tmp_path: Path) -> None:
