@@ -2294,7 +2294,7 @@ def audit(
         result.rejected = sort_frame(rejected, ("source_file",))
         timings.update({f"fleet.{k}": v for k, v in result.timings.items()})
 
-        src_desc = _sources_fingerprint(source, skipped)
+        src_desc = [*_sources_fingerprint(source, skipped), *_kept_copies_fingerprint(source_or_events, rejected)]
         if st is not None:
             src_desc = [src_desc, state_desc]
         result.audit_id = audit_fingerprint(
@@ -2577,6 +2577,11 @@ def _sources_fingerprint(source: Any, skipped: Sequence[SourceFile]) -> list[Any
         # counts and in the runs and times of its events
         st = source.stats
         files = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) if os.path.exists(f) else (f,) for f in st.paths]
+        # how it was read (a column_map, the format, a window): the plan of its events says
+        try:
+            plan = hashlib.blake2b(source.events.explain(optimized=False).encode(), digest_size=8).hexdigest()
+        except pl.exceptions.PolarsError:
+            plan = None
         kept = source.events.select(
             pl.len().alias("rows"),
             pl.col("run_id").hash(seed=1).sum().alias("ids"),
@@ -2584,8 +2589,18 @@ def _sources_fingerprint(source: Any, skipped: Sequence[SourceFile]) -> list[Any
             pl.col("ts").max().alias("ts_max"),
             pl.col("step").sum().alias("steps"),
         ).collect().row(0)
-        return [files, st.rows_in, st.rows_valid, st.rows_rejected, sorted(st.reasons.items()), kept]
+        return [files, st.rows_in, st.rows_valid, st.rows_rejected, sorted(st.reasons.items()), kept, plan]
     return [repr(type(source))]
+
+
+def _kept_copies_fingerprint(source: Any, rejected: pl.DataFrame) -> list[Any]:
+    """For a frame, which copies of its repeated steps were rejected (their content): a frame
+    counts in any row order, but the first of two conflicting copies is the one kept, so the
+    same rows in another order can give other results. Nothing for other sources."""
+    if not isinstance(source, pl.DataFrame | pl.LazyFrame) or rejected.height == 0:
+        return []
+    placed = [c for c in ("source_file", "source_row", "detail") if c in rejected.columns]
+    return ["rejected", _sources_fingerprint(rejected.drop(placed), [])]
 
 
 def list_source_files(source: Any) -> list[str]:

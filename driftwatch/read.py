@@ -93,6 +93,7 @@ _ORDER = f"{INTERNAL_PREFIX}order"
 _FIRST = f"{INTERNAL_PREFIX}first"
 _REPEAT = f"{INTERNAL_PREFIX}repeat"
 _HASH = f"{INTERNAL_PREFIX}hash"
+_READ = f"{INTERNAL_PREFIX}read"  # file index in the read (sorted path order) << 40 | row in file
 _SEQ = f"{INTERNAL_PREFIX}seq"  # file index in the read << 40 | row in file: the order read
 _ROW_BITS = 40  # order key = file index << 40 | row in file
 _ROW_MASK = (1 << _ROW_BITS) - 1
@@ -237,7 +238,9 @@ def _walk(folder: str) -> list[str]:
             dirs[:] = []  # an audit's results folder inside the logs (--out logs/report): not logs
             continue
         out.extend(os.path.join(root, f) for f in sorted(files) if _is_parquet_name(f))
-    return out
+    # sorted as paths, as a glob's are (os.walk gives a folder's files before its subfolders':
+    # logs/b.parquet before logs/a/x.parquet), so the first copy of a step is the same either way
+    return sorted(out)
 
 
 def _has_magic(part: str) -> bool:
@@ -1195,6 +1198,25 @@ def _locate_in_group(rows_in_group: Any, group: _Group) -> tuple[pl.Series, pl.S
             pl.Series("source_row", rows_in_group - offs[idx], dtype=pl.Int64))
 
 
+def _read_order(orders: pl.Series, groups: Sequence[_Group]) -> pl.Series:
+    """Order keys (group << 40 | row in the group's scan) as keys of the read's order: the
+    file's index in the read (sorted path order) << 40 | row in the file."""
+    import numpy as np
+
+    o = orders.to_numpy()
+    g = o >> _ROW_BITS
+    r = o & _ROW_MASK
+    out = np.zeros(len(o), dtype=np.int64)
+    for gi, group in enumerate(groups):  # (a handful of groups)
+        sel = g == gi
+        if sel.any():
+            offs = np.asarray(_offsets(group), dtype=np.int64)
+            idx = np.searchsorted(offs, r[sel], side="right") - 1
+            index = np.asarray([f.index for f in group.files], dtype=np.int64)[idx]
+            out[sel] = (index << _ROW_BITS) + r[sel] - offs[idx]
+    return pl.Series(_READ, out, dtype=pl.Int64)
+
+
 def _locate(orders: pl.Series, groups: Sequence[_Group]) -> tuple[pl.Series, pl.Series]:
     """Decode order keys into (source file path, row in that file); vectorised per group."""
     import numpy as np
@@ -1441,11 +1463,16 @@ def read_logs(
         )
         # exact duplicates among the candidates: keep the first row read, reject the others
         # (copies as duplicate_step, other actions or arguments as conflicting_step)
-        first, repeat = repeat_reason(pl.col(_ORDER), pl.lit(True), "run_id", "step", compare=STEP_COLUMNS)
+        # "first" in the order of the read (files in sorted path order, rows in file order), not of
+        # the scans: files of one schema share a scan, so a later file could come first
+        got = got.with_columns(_read_order(got.get_column(_ORDER), groups).alias(_READ))
+        first, repeat = repeat_reason(pl.col(_READ), pl.lit(True), "run_id", "step", compare=STEP_COLUMNS)
         dup_keys = (
             got.filter(pl.col(REASON_COL).is_null())
-            .with_columns(first.alias(_FIRST), repeat.alias(_REPEAT))
+            .with_columns(first.alias(_READ + "_first"), repeat.alias(_REPEAT))
             .filter(pl.col(_REPEAT).is_not_null())
+            .join(got.select(pl.col(_READ).alias(_READ + "_first"), pl.col(_ORDER).alias(_FIRST)),
+                  on=_READ + "_first", how="left")
             .select(_ORDER, _FIRST, _REPEAT)
         )
         got = got.join(dup_keys, on=_ORDER, how="left").with_columns(

@@ -1402,7 +1402,8 @@ def audit_spark(
     )
     result.stats = stats
     if (files and not any(_is_uri(os.fspath(f)) for f in files)) or is_polars or _is_read_result(df):
-        src_fp: list[Any] = _audit._sources_fingerprint(files or df, [])  # as the local engine's
+        src_fp: list[Any] = [*_audit._sources_fingerprint(files or df, []),  # as the local engine's
+                             *_audit._kept_copies_fingerprint(df, stage.rejected)]
     else:
         src_fp = [_spark_fingerprint(df, column_map)]
     result.audit_id = _audit.audit_fingerprint(

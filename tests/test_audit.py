@@ -1608,6 +1608,26 @@ def test_audit_id_follows_the_reference_and_every_option_but_not_column_order() 
     assert runs[0] == runs[1] and runs[0].strip()
 
 
+def test_audit_id_follows_which_copy_is_kept_and_how_logs_were_read(tmp_path: Path) -> None:
+    """Two frames of the same rows in another order, where a step has two conflicting copies
+    (the first is kept: other costs, other levels), shared an id; so did two ReadResults of one
+    folder read with and without a column_map."""
+    t = datetime(2026, 10, 1, tzinfo=UTC)
+    rows = pl.DataFrame({"run_id": ["r1"] * 4, "step": [1, 2, 2, 3], "ts": [t + timedelta(seconds=i) for i in range(4)],
+                         "action": ["llm", "search", "search", "llm"], "cost_usd": [0.01, 0.01, 5.0, 0.01]})
+    one, other = dw.audit(rows), dw.audit(rows.reverse())
+    assert one.runs["cost_usd"].to_list() != other.runs["cost_usd"].to_list()
+    assert one.audit_id != other.audit_id
+    clean = rows.filter(pl.int_range(pl.len()) != 2)  # no copies: the row order does not count
+    assert dw.audit(clean).audit_id == dw.audit(clean.reverse()).audit_id
+    rows.filter(pl.int_range(pl.len()) != 2).rename({"cost_usd": "tool_cost"}).write_parquet(tmp_path / "e.parquet")
+    plain = dw.audit(dw.read_logs(tmp_path))
+    mapped = dw.audit(dw.read_logs(tmp_path, column_map={"tool_cost": "cost_usd"}))
+    assert plain.runs["cost_usd"].to_list() != mapped.runs["cost_usd"].to_list()
+    assert plain.audit_id != mapped.audit_id
+    assert mapped.audit_id == dw.audit(dw.read_logs(tmp_path, column_map={"tool_cost": "cost_usd"})).audit_id
+
+
 def test_incremental_audit_id_follows_the_history_and_its_options(tmp_path: Path, monkeypatch) -> None:
     """The same new file on the same backlog with --history-days 90 or 2 (other change-points and
     drift), and a plain audit of it, had one audit_id; so had a re-read of a same-size rewrite

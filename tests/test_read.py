@@ -1273,3 +1273,35 @@ def test_a_page_the_decoder_panics_on_is_a_corrupt_file_naming_its_column(tmp_pa
     for cmd in (["validate"], ["loops"], ["audit", "--out", str(tmp_path / "out")]):
         code, _, err = run_cli(cmd[0], bad.parent, *cmd[1:])
         assert code == 2 and f"{bad}, column 'feedback': reading failed" in err.strip().splitlines()[-1], err
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_first_copy_kept_is_the_first_in_sorted_path_order(tmp_path: Path, engine: str) -> None:
+    """Files of one schema share a scan, and the first copy of a repeated step was the first of
+    the scans: c.parquet (the scan of a and c) won over b.parquet (its text ts: a scan of its
+    own), though b sorts first; a path and a frame of the same rows kept other copies. And a
+    folder listed its own files before its subfolders' (b.parquet before a/x.parquet) where a
+    glob sorts the paths: auditing the folder or the glob kept other copies."""
+    t = datetime(2026, 10, 1, tzinfo=UTC)
+    run = pl.DataFrame({"run_id": ["r1"] * 3, "step": [1, 2, 3], "ts": [t + timedelta(seconds=i) for i in range(3)],
+                        "action": ["llm", "search", "llm"], "cost_usd": [0.01] * 3})
+    run.with_columns(run_id=pl.lit("r0")).write_parquet(tmp_path / "a.parquet")
+    run.slice(1, 1).with_columns(cost_usd=pl.lit(5.0), ts=pl.col("ts").dt.strftime("%Y-%m-%dT%H:%M:%S%.6fZ")) \
+        .write_parquet(tmp_path / "b.parquet")
+    run.write_parquet(tmp_path / "c.parquet")
+    res = read_logs(tmp_path, engine=engine)
+    assert res.rejected.select(pl.col("source_file").str.ends_with("c.parquet"), "reason", "detail").rows() == [
+        (True, "conflicting_step", f"kept {tmp_path / 'b.parquet'} row 0")]
+    frame = pl.concat([pl.read_parquet(tmp_path / f"{x}.parquet").with_columns(pl.col("ts").cast(pl.String))
+                       for x in "abc"])
+    for source in (tmp_path, frame):
+        assert dw.audit(source, engine=engine).runs.filter(pl.col("run_id") == "r1")["cost_usd"].to_list() == [5.02]
+
+    nested = tmp_path / "nested"
+    (nested / "a").mkdir(parents=True)
+    run.write_parquet(nested / "a" / "x.parquet")
+    run.slice(1, 1).with_columns(cost_usd=pl.lit(5.0)).write_parquet(nested / "b.parquet")
+    for source in (nested, str(nested / "**" / "*.parquet")):
+        got = read_logs(source, engine=engine)
+        assert [Path(p).relative_to(nested).as_posix() for p in got.stats.paths] == ["a/x.parquet", "b.parquet"]
+        assert got.rejected["source_file"].to_list() == [str(nested / "b.parquet")]
