@@ -60,12 +60,29 @@ HEX_ID_RE = r"(?-u:\b)[0-9a-f]{8,}(?-u:\b)"
 ALNUM_ID_RE = "(^|[^a-z0-9])(?:" + "|".join(f"[a-z]{{{i}}}[0-9][a-z0-9]{{{15 - i},}}" for i in range(16)) + ")"
 #: Standalone numbers (not part of a word such as ``v2`` or ``it3a``).
 NUMBER_RE = r"(?-u:\b)[0-9]+(?:\.[0-9]+)?(?-u:\b)"
-#: A paging or polling key and its value (``"cursor": "3f2a..."``, ``offset=12000000``, ``SINCE
-#: 1764000000000``), in lowercased text: the value is a position, content however id-like it is.
+#: Paging and polling keys (lowercased; ``_`` may be ``-`` or nothing, so ``nextPageToken``,
+#: ``next-page-token`` and ``next_page_token`` are one key): their values are positions.
+POSITION_KEYS = (
+    "cursor", "next_cursor", "prev_cursor", "previous_cursor", "start_cursor", "end_cursor", "page_cursor",
+    "next_page_cursor", "cursor_id", "page", "page_number", "page_num", "page_index", "page_no", "page_token",
+    "next_page_token", "prev_page_token", "next_token", "continuation", "continuation_token",
+    "next_continuation_token", "pagination_token", "$skiptoken", "skiptoken", "skip_token", "sync_token",
+    "resume_token", "marker", "next_marker", "offset", "skip", "start_index", "after", "before", "starting_after",
+    "ending_before", "start_after", "search_after", "since", "until", "since_id", "max_id", "min_id",
+    "updated_since", "modified_since", "updated_after", "created_after", "exclusive_start_key",
+    "last_evaluated_key", "scroll_id", "after_id",
+)
+_KEY_ALTERNATIVES = "|".join(
+    sorted((k.replace("$", r"\$").replace("_", "[_-]?") for k in POSITION_KEYS), key=len, reverse=True)
+)
+#: A paging or polling key and its value, in lowercased text: ``"cursor": "3f2a..."``,
+#: ``offset=12000000``, ``"since": 1764000000000``, ``"after": "2026-10-01 10:00:00"``, and
+#: DynamoDB's ``"ExclusiveStartKey": {"pk": {"S": "order#7c9e..."}}`` (an object or a list: up
+#: to its first closing bracket), SQL's ``OFFSET 12000000``. A key needs ``:`` or ``=`` after it (SQL's ``offset``/``skip`` a
+#: space): prose ("try again after <time>", "tickets since <time>") is no position.
 POSITION_RE = (
-    r"(?:^|[^a-z0-9_])(?:(?:next|prev|previous|start|end|page)_?cursor|cursor|(?:next_?|prev_?|page_?)+token"
-    r"|continuation(?:_?token)?|page(?:_?(?:number|num|index|no))?|offset|skip|(?:start(?:ing)?_?)?after"
-    r"|(?:end(?:ing)?_?)?before|since|until|marker)[\"']?(?:\s*[:=]\s*|\s+)[\"']?[^\"'\s,&;}\])]+"
+    rf"(?:^|[^a-z0-9_$-])(?:(?:{_KEY_ALTERNATIVES})[\"']?\s*[:=]|(?:offset|skip)\s)\s*[\"']?"
+    rf"(?:{TIMESTAMP_RE}|\{{[^}}]*|\[[^\]]*|[^\"'\s,&;}}\])]+)"  # (an object or list: up to its first end)
 )
 #: Separates the normalised text from the positions appended to it (see :func:`normalize_expr`).
 POSITION_SEP = "\x1f"
@@ -75,16 +92,17 @@ _WS_RE = r"\s{2,}|[^\S ]"
 SHINGLE = 4
 
 
-def normalize_expr(expr: pl.Expr) -> pl.Expr:
+def normalize_expr(expr: pl.Expr, *, positions: bool = True) -> pl.Expr:
     """Normalise text for comparison: lowercase, mask volatile tokens, collapse whitespace.
 
     Nulls become the empty string, so "no arguments" equals "no arguments". The paging and
     polling positions of the text (:data:`POSITION_RE`) follow, unmasked, each after
-    :data:`POSITION_SEP`.
+    :data:`POSITION_SEP` (which the text's own ``\x1f`` characters become spaces to make room
+    for); ``positions=False`` leaves them out (an LLM prompt pages nothing).
     """
-    low = expr.fill_null("").str.to_lowercase()
+    low = expr.fill_null("").str.to_lowercase().str.replace_all(POSITION_SEP, " ", literal=True)
     text = _mask_volatile(low).str.replace_all(_WS_RE, " ").str.strip_chars()
-    return _with_positions(text, low)
+    return _with_positions(text, low) if positions else text
 
 
 def _with_positions(text: pl.Expr, low: pl.Expr) -> pl.Expr:
@@ -95,11 +113,11 @@ def _with_positions(text: pl.Expr, low: pl.Expr) -> pl.Expr:
     return pl.when(found.list.len() > 0).then(pl.concat_str(text, joined)).otherwise(text)
 
 
-def normalize(texts: pl.Series) -> pl.Series:
+def normalize(texts: pl.Series, *, positions: bool = True) -> pl.Series:
     """:func:`normalize_expr` for a Series, faster: the masks run only on texts that
     contain a digit (every masked token does) and the whitespace rewrite only on texts
     that may have a run of spaces or other whitespace. Same output."""
-    raw = texts.fill_null("").str.to_lowercase()
+    raw = texts.fill_null("").str.to_lowercase().str.replace_all(POSITION_SEP, " ", literal=True)
     low = raw.clone()  # (scatter writes in place)
     for guard, rewrite in (
         (lambda t: t.str.contains("[0-9]"), _mask_volatile),
@@ -109,7 +127,7 @@ def normalize(texts: pl.Series) -> pl.Series:
         if idx.len():
             low = low.scatter(idx, low.gather(idx).to_frame("t").select(rewrite(pl.col("t"))).to_series())
     low = low.str.strip_chars()
-    idx = raw.str.contains(POSITION_RE).arg_true()
+    idx = raw.str.contains(POSITION_RE).arg_true() if positions else pl.Series(dtype=pl.UInt32)
     if idx.len():
         pos = pl.DataFrame({"t": low.gather(idx), "r": raw.gather(idx)}).select(_with_positions(pl.col("t"), pl.col("r")))
         low = low.scatter(idx, pos.to_series())

@@ -35,8 +35,11 @@ are compared at two levels:
   loops. Both arguments *and* result must match: the same request answered
   with new results is progress. Arguments or results that were not recorded
   (null or empty; a failure is its own result) match nothing, so repeats of
-  such calls stay action-level, except at hand-offs, whose target agent is
-  their content (OpenTelemetry records no arguments for them).
+  such calls stay action-level, hand-offs included (OpenTelemetry records no
+  arguments for them: ping-pong read from it is ``same_action`` with
+  ``handoff`` set, reported, not escalated on its own); a hand-off's result
+  (seldom logged) need not be recorded: the same task handed over again is
+  ping-pong.
 
 How cycles are found
 --------------------
@@ -943,15 +946,16 @@ def _tool_loops(
     pk = cpos[cj]
     ci = cidx[pk + pp]
     h_a, failed, recorded = args.result()
-    # a hand-off's target agent is its content: its arguments and result need not be recorded
-    # (OpenTelemetry's agent spans have none), so ping-pong between agents is a loop
-    _, one, inv = np.unique(codes[cpos], return_index=True, return_inverse=True)
-    free = _take(steps["action"], crow[one]).str.starts_with(HANDOFF_PREFIX).fill_null(False).to_numpy()[inv]
     # arguments that were not recorded (null or empty) match nothing: without them "the same
-    # call again" cannot be told from paging or polling, so such repeats stay action-level
-    recorded |= free
+    # call again" cannot be told from paging or polling, so such repeats stay action-level (a
+    # hand-off too: OpenTelemetry's agent spans record no arguments, and handing three tasks to
+    # one agent, or research then writing for three sections, is no ping-pong)
     known = recorded[ci] & recorded[cj]
     del recorded
+    # a hand-off's result (what the agent handed to returned) is seldom logged: the same task
+    # handed over again is ping-pong without it
+    _, one, inv = np.unique(codes[cpos], return_index=True, return_inverse=True)
+    free = _take(steps["action"], crow[one]).str.starts_with(HANDOFF_PREFIX).fill_null(False).to_numpy()[inv]
     ok_a = (h_a[ci] == h_a[cj]) & known
     del h_a
     ok_r = np.zeros(ok_a.size, dtype=bool)
@@ -1140,7 +1144,7 @@ def _llm_loops(
         todo = pairs[~same_prompt[pairs]]
         if todo.size:
             need, li, lj = _pair_index(todo, todo + 1)
-            norm = normalize(texts(crow[need], "args"))
+            norm = normalize(texts(crow[need], "args"), positions=False)  # (a prompt pages nothing)
             nh = norm.hash(3).to_numpy()
             same_prompt[todo] = (nh[li] == nh[lj]) & (norm.str.len_bytes().to_numpy()[li] > 0)
     q = np.flatnonzero(same_prompt)

@@ -123,7 +123,10 @@ UNKNOWN_TOOL_PATTERN = (
     # subject: "tool call failed: customer 42 not found" is a business error
     r"|(tool|function) (with (the )?name )?([\w.:/-]*[\w./-] )?(was |is )?"
     r"(not found|does not exist|not exist|not registered|not defined)"
-    r"|(tool|function) (with (the )?name )?['\"`][^'\"`]{1,80}['\"`] (was |is )?"
+    # ("with name" before a quoted name for tools only: "Function with name 'thumbnailer' does not
+    # exist in project acme" is a serverless function the tool called, "function with name
+    # "my_udf" does not exist" a database's)
+    r"|(tool (with (the )?name )?|function )['\"`][^'\"`]{1,80}['\"`] (was |is )?"
     r"(not found|does not exist|not exist|not registered|not defined|not available)"
     # an action only as the sentence's end: "Action 'refund' is not available for orders in
     # state shipped" is a business rule about an action that exists

@@ -941,7 +941,7 @@ def _components(pol: Policy) -> tuple[list[pl.Expr], list[pl.Expr]]:
         .then(pl.lit(" (different answers)"))  # (sampling: one prompt, several replies)
         .when(same)
         .then(pl.lit(" (same tools, changing arguments)"))
-        .when(pl.col("worst_pattern").str.split(" > ").list.eval(pl.element().str.starts_with(HANDOFF_PREFIX)).list.all())
+        .when(_ping_pong(pl.col("worst_pattern")))
         .then(pl.lit(" (hand-off ping-pong)"))
         .otherwise(pl.lit(""))
     )
@@ -1009,12 +1009,19 @@ def _components(pol: Policy) -> tuple[list[pl.Expr], list[pl.Expr]]:
         pl.when(pl.col("_drift_what").is_not_null()).then(0.1),
         # (the series that drifted, by its name: "planner" for agent=planner, "version=v1", "the fleet")
         pl.concat_str(pl.lit("context: "),
-                      pl.col("_drift_series").cast(pl.String).str.replace(r"^agent=([^,]*)$", "$1")
-                      .str.replace(r"^all$", "the fleet"),
+                      # (the fleet first: an agent named "all" is agent=all, not the fleet)
+                      pl.col("_drift_series").cast(pl.String).str.replace(r"^all$", "the fleet")
+                      .str.replace(r"^agent=([^,]*)$", "$1"),
                       pl.lit(" drifting in "), pl.col("_drift_what").cast(pl.String),
                       pl.lit(" since "), pl.col("_drift_since").dt.strftime("%Y-%m-%d")),
     )
     return out, texts
+
+
+def _ping_pong(pattern: pl.Expr) -> pl.Expr:
+    """A loop pattern of hand-offs only, between two agents or more (``handoff:a > handoff:b``)."""
+    parts = pattern.str.split(" > ")
+    return parts.list.eval(pl.element().str.starts_with(HANDOFF_PREFIX)).list.all() & (parts.list.n_unique() >= 2)
 
 
 def _reasons(flagged: pl.LazyFrame, texts: list[pl.Expr], model: EscalationModel | None) -> pl.DataFrame:

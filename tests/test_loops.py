@@ -370,20 +370,54 @@ def test_positions_are_content_however_id_like() -> None:
                            np.array([0, 2]), np.array([1, 3])).tolist() == [True, True]
 
 
-def test_handoff_ping_pong_without_arguments_is_a_loop() -> None:
-    """OpenTelemetry's agent spans record no arguments or results: a hand-off's target agent is
-    its content, so ping-pong between agents read from OTel is an ``exact`` loop (it was
-    ``same_action`` and never escalated), and its reason says so."""
+def test_positions_need_a_key_and_cover_common_paging_apis() -> None:
+    """The first version read prose as positions ("try again after <time>", a prompt's "tickets
+    since <time>") and missed stuck loops; it knew too few paging keys (search_after,
+    $skiptoken, DynamoDB's ExclusiveStartKey), cut a timestamp cursor at its space, and took a
+    text's own \\x1f for the start of its positions."""
+    stamps = [f"2026-10-01T09:00:0{i}Z" for i in range(6)]
+    stuck = events(("after", [("get_report", '{"id": 7}', f"not ready yet, please try again after {t}") for t in stamps]))
+    assert detect_loops(stuck).select("kind", "match").rows() == [("exact", "near_duplicate")]
+    prompt = _calls(["llm"] * 6 + ["search"], [f"Summarize the tickets opened since {t}" for t in stamps] + ["q"],
+                    ["cannot parse"] * 6 + ["x"])
+    assert detect_loops(prompt).select("kind", "repeats").rows() == [("exact", 6)]
+    paging = {
+        "search_after": [f'{{"query": "x", "search_after": [17640000{i:05d}, "doc#{i}"]}}' for i in range(6)],
+        "skiptoken": [f'{{"$skiptoken": "X{i}a8kx2pqz1abcd9mnqr7"}}' for i in range(6)],
+        "dynamodb": [f'{{"ExclusiveStartKey": {{"pk": {{"S": "order#7c9e6679-7425-40de-944b-e07fc1f90a{i:02d}"}}}}}}'
+                     for i in range(6)],
+        "spaced_ts": [f'{{"after": "2026-10-01 10:00:0{i}"}}' for i in range(6)],
+        "nextPageToken": [f'{{"nextPageToken": "CiAKGjBp{i}bC1hN2RjY2M4YzAxZjM0NzE2OTdkMmI"}}' for i in range(6)],
+    }
+    ev = events(*((name, [("list_things", a, '{"items": []}') for a in args]) for name, args in paging.items()))
+    out = detect_loops(ev).select("run_id", "kind").sort("run_id")
+    assert out["kind"].to_list() == ["same_action"] * len(paging), out
+    base = "customer record: name alice smith, city paris, plan gold, notes: prefers email contact, status "
+    texts = pl.Series([f"HDR\x1f{base}active", f"HDR\x1f{base}actives"])
+    assert near_duplicates(texts, np.array([0]), np.array([1])).tolist() == [True]
+    assert normalize(texts).to_list() == texts.to_frame("t").select(normalize_expr(pl.col("t")))["t"].to_list()
+
+
+def test_handoffs_without_arguments_are_action_level_and_ping_pong_is_named() -> None:
+    """OpenTelemetry's agent spans record no arguments: hand-offs read from it cannot tell
+    ping-pong from handing several tasks to agents, so their repeats stay ``same_action``
+    (``handoff`` set). With arguments, ping-pong between two agents is ``exact`` and its reason
+    says "(hand-off ping-pong)" (the note could never appear: it looked for a kind "handoff");
+    one agent handed the same task again is an ordinary loop."""
     acts = ["plan"] + ["handoff:research", "handoff:billing"] * 5
     ev = pl.DataFrame({"run_id": "t1", "step": range(1, 12), "action": acts}).with_columns(
         args=pl.lit(None, pl.String), result=pl.lit(None, pl.String))
-    out = detect_loops(ev)
+    assert detect_loops(ev).select("kind", "handoff", "period", "repeats").rows() == [("same_action", True, 2, 5)]
+    assert dw.score_runs(ev)["level"].to_list() == ["ok"]
+    recorded = ev.with_columns(args=pl.concat_str(pl.lit('{"to": "'), pl.col("action"), pl.lit('"}')))
+    out = detect_loops(recorded)
     assert out.select("kind", "handoff", "period", "repeats").rows() == [("exact", True, 2, 5)]
-    reasons = dw.score_runs(ev, loops=out)["reasons"][0].to_list()
+    reasons = dw.score_runs(recorded, loops=out)["reasons"][0].to_list()
     assert reasons[0].startswith("loop: handoff:research > handoff:billing repeated 5x (hand-off ping-pong)"), reasons
-    # a tool without arguments repeated the same way is still only action-level
-    tools = ev.with_columns(pl.col("action").str.replace("handoff:", "ask_"))
-    assert detect_loops(tools)["kind"].to_list() == ["same_action"]
+    one = recorded.with_columns(pl.col("action").str.replace("billing", "research"),
+                                pl.col("args").str.replace("billing", "research"))
+    reasons = dw.score_runs(one)["reasons"][0].to_list()
+    assert reasons[0].startswith("loop: handoff:research repeated 10x,") and "ping-pong" not in reasons[0], reasons
 
 
 def test_empty_and_loop_free_inputs() -> None:

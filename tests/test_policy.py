@@ -844,7 +844,11 @@ def test_plain_names_and_globs_match_alike() -> None:
         ("Tool with name `lookup_order` is not registered", True),
         ("Tool with name lookup_order does not exist", True),
         ("Tool with the name 'lookup_order' was not found", True),
-        ("Function with the name \"lookup_order\" is not defined", True),
+        # a function "with name" is most often one the tool called: a serverless or a database function
+        ("Function with the name \"lookup_order\" is not defined", False),
+        ("Function with name 'thumbnailer' does not exist in project acme", False),
+        ('ERROR: function with name "my_udf" does not exist', False),
+        ("Function 'lookup_order' is not defined", True),
         ("Tool 'lookup_order' does not exist", True),
         # near misses: the verdict is about something else than the named tool
         ("Tool with name 'lookup_order' failed: customer 'C42' does not exist", False),

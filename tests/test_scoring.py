@@ -416,6 +416,10 @@ def test_drift_context_reads_series_whose_values_hold_commas() -> None:
     })
     why = score(ev, drift=drift).filter(pl.col("run_id") == "pricey")["reasons"][0][-1]
     assert why == 'context: agent="billing,eu" drifting in action_mix (js) since 2026-10-01', why
+    # an agent named "all" is that agent, not the fleet
+    named_all = score(ev.with_columns(pl.lit("all").alias("agent")), drift=drift.with_columns(series=pl.lit("agent=all")))
+    why = named_all.filter(pl.col("run_id") == "pricey")["reasons"][0][-1]
+    assert why == "context: all drifting in action_mix (js) since 2026-10-01", why
 
 
 def test_small_fleets_skip_the_anomaly_model() -> None:
