@@ -1160,6 +1160,9 @@ def _fleet_drift(
 
     notes: dict[str, Any] = {}
     feats = tables.features
+    if feats.height == 0:  # (every run of the audit was read from rejected rows only: scored, never analysed)
+        notes["drift_reference"] = "skipped: no run was analysed (every step of every run was rejected)"
+        return drift._empty(by), notes
     if reference_tables is not None:
         notes["drift_reference"] = "reference logs"
         ref: Any = (reference_tables.features, reference_tables.action_counts, reference_tables.bigram_counts)
@@ -1183,6 +1186,11 @@ def _fleet_drift(
         )
     if why:  # said where summary.json and the report's drift section show the reference
         notes["drift_reference"] = f"{notes['drift_reference']}; nothing compared: {'; '.join(why)}"
+    elif rows.filter(pl.col("method") != "none").height == 0:  # (runs to compare, but too few anywhere)
+        notes["drift_reference"] = (
+            f"{notes['drift_reference']}; nothing compared: no series had 20 runs in the reference and 20 in a "
+            f"window (windows are {every} long; dw.detect_drift's min_runs)"
+        )
     return rows, notes
 
 
@@ -2139,7 +2147,8 @@ def audit(
                 # and how much of it is loaded; the new files by content too (a same-size rewrite
                 # with the old mtime, re-read once its row in `files` is deleted, is new data)
                 before = st.audited_files().select("path", "hash").sort("path")
-                state_desc = ["incremental", history_days, history_max_runs, _fingerprint(before.rows()),
+                state_desc = ["incremental", float(history_days),  # (90, 90.0 and numpy's 90 alike)
+                              None if history_max_runs is None else int(history_max_runs), _fingerprint(before.rows()),
                               sorted((f.path, f.hash) for f in todo_files)]
                 st.touch([f for f in skipped if f.hash is not None])
             say(f"state: {len(todo_files)} new file(s), {len(skipped)} already audited")
@@ -2573,23 +2582,13 @@ def _sources_fingerprint(source: Any, skipped: Sequence[SourceFile]) -> list[Any
                             pl.col("ts").min().alias("__dw_lo"), pl.col("ts").max().alias("__dw_hi")).collect().row(0)
         return [[(k, str(schema[k])) for k in names], *row]
     if hasattr(source, "events") and hasattr(source, "stats"):  # a ReadResult
-        # the files read (size and mtime) and what the read kept of them: its filters show in the
-        # counts and in the runs and times of its events
+        # the files read (size and mtime) and what the read kept of them, every value of every row
+        # (as for a frame): how it was read (a column_map, the format, a window) shows there, and
+        # not the engine, which reads the same rows (a plan's text named it)
         st = source.stats
         files = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) if os.path.exists(f) else (f,) for f in st.paths]
-        # how it was read (a column_map, the format, a window): the plan of its events says
-        try:
-            plan = hashlib.blake2b(source.events.explain(optimized=False).encode(), digest_size=8).hexdigest()
-        except pl.exceptions.PolarsError:
-            plan = None
-        kept = source.events.select(
-            pl.len().alias("rows"),
-            pl.col("run_id").hash(seed=1).sum().alias("ids"),
-            pl.col("ts").min().alias("ts_min"),
-            pl.col("ts").max().alias("ts_max"),
-            pl.col("step").sum().alias("steps"),
-        ).collect().row(0)
-        return [files, st.rows_in, st.rows_valid, st.rows_rejected, sorted(st.reasons.items()), kept, plan]
+        kept = _sources_fingerprint(source.events, [])
+        return [files, st.rows_in, st.rows_valid, st.rows_rejected, sorted(st.reasons.items()), kept]
     return [repr(type(source))]
 
 

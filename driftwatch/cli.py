@@ -61,6 +61,11 @@ _TERMINAL = {
 _FIELD = {**_TERMINAL, 0x0A: "\\n"}
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 run``, ``2 runs``, ``1,234 runs``."""
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
 def _field(value: Any) -> str:
     """Text from a log or a path, for one line of the terminal: every control character escaped."""
     return str(value).translate(_FIELD)
@@ -372,7 +377,7 @@ def _cmd_audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             if s.get("since") or s.get("until") else ""
         )
         print(
-            f"audited {s['runs']:,} run{'' if s['runs'] == 1 else 's'} ({window}{s['rows_valid']:,} of {s['rows_in']:,} rows "
+            f"audited {_count(s['runs'], 'run')} ({window}{s['rows_valid']:,} of {s['rows_in']:,} rows "
             f"{'read ' if window else ''}valid, {s['rows_rejected']:,} rejected): "
             f"ok {lv['ok']:,}, review {lv['review']:,}, escalate {lv['escalate']:,}",
             file=out,
@@ -384,7 +389,7 @@ def _cmd_audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 file=out,
             )
         print(
-            f"loops {s['loops']['total']:,} in {s['loops']['runs_with_loops']:,} runs · policy breaches "
+            f"loops {s['loops']['total']:,} in {_count(s['loops']['runs_with_loops'], 'run')} · policy breaches "
             f"{s['violations']['total']:,} · change-points {s['changepoints']:,} · drifted rows {s['drift']['drifted']:,} "
             f"· load knees {s['load']['knees']:,}",
             file=out,
@@ -421,7 +426,7 @@ def _cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     n_files = st["files"]
     print(
         f"{_field(where)}: {st['rows_in']:,} rows in {n_files} file(s): {st['rows_valid']:,} valid "
-        f"({n_runs:,} runs), {st['rows_rejected']:,} rejected; schema OK",
+        f"({_count(n_runs, 'run')}), {st['rows_rejected']:,} rejected; schema OK",
         file=out,
     )
     rej = rr.rejected if isinstance(rr.rejected, pl.DataFrame) else rr.rejected.collect()
@@ -488,7 +493,7 @@ def _cmd_loops(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         atomic_write_parquet(loops, args.out)
     kinds = {k: n for k, n in loops["kind"].value_counts().sort("kind").iter_rows()} if loops.height else {}
     print(
-        f"{loops.height:,} loops in {loops['run_id'].n_unique() if loops.height else 0:,} runs"
+        f"{_count(loops.height, 'loop')} in {_count(loops['run_id'].n_unique() if loops.height else 0, 'run')}"
         + (" (" + ", ".join(f"{k} {n:,}" for k, n in kinds.items()) + ")" if kinds else ""),
         file=out,
     )

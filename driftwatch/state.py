@@ -227,6 +227,12 @@ class AuditState:
             self.con = duckdb.connect(str(self.path))
         except duckdb.Error as exc:  # locked by another process, not a DuckDB file, ...
             first = str(exc).splitlines()[0]
+            if any(s in first for s in _DENIED):
+                raise InputError(
+                    f"{self.path}: the audit state cannot be opened for writing ({first}); an incremental audit "
+                    "records what it audited: give it write access to the state's file and folder, or choose a "
+                    "--state folder or --db file it can write"
+                ) from None
             raise InputError(
                 f"{self.path}: cannot open the audit state database ({first}); "
                 "check that no other audit is running and that the file is a driftwatch state DB"

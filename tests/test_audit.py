@@ -1327,6 +1327,10 @@ def test_a_night_of_only_rejected_rows_still_scores_their_runs(tmp_path: Path, r
     assert alone.runs.select("run_id", "level", "n_rejected").rows() == [("R", "escalate", 1)]
     code, out, _ = run_cli("audit", str(logs / "night2.parquet"), "--out", str(tmp_path / "alone"))
     assert code == 0 and out.startswith("audited 1 run (0 of 1 rows valid, 1 rejected): ok 0, review 0, escalate 1")
+    # a drift reference range: drift is skipped with a note (it stopped the audit: "reference holds no runs")
+    ranged = audit(logs / "night2.parquet", reference=("2026-09-25", "2026-10-02"))
+    assert ranged.runs["level"].to_list() == ["escalate"]
+    assert ranged.notes["drift_reference"].startswith("skipped: no run was analysed")
     # nothing to score: every row without a run id, or a window (such runs cannot be placed in it)
     pl.DataFrame({"run_id": [None], "step": [1], "action": ["x"]}, schema_overrides={"run_id": pl.String}) \
         .write_parquet(tmp_path / "anon.parquet")
@@ -1647,6 +1651,7 @@ def test_incremental_audit_id_follows_the_history_and_its_options(tmp_path: Path
            night(tmp_path / "c", history_max_runs=50).audit_id, dw.audit(logs / "last.parquet").audit_id}
     assert len(ids) == 4
     assert night(tmp_path / "d").audit_id in ids  # the same history and options: the same id
+    assert night(tmp_path / "e", history_days=90.0).audit_id in ids  # (90 and 90.0 are one option)
     # a same-size rewrite keeping the old mtime, re-read once its row in `files` is deleted: the
     # path, size and mtime are those of the first read, the content (its hash) is not
     import duckdb
@@ -1684,3 +1689,11 @@ def test_audit_id_follows_the_escalation_model_file_and_ignores_object_columns(t
     ids = {subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True,
                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
     assert len(ids) == 1
+
+
+def test_drift_that_tested_nothing_says_why_in_the_notes() -> None:
+    """Windows too short to hold 20 runs of a series: summary.json's note said only "given"."""
+    ev = synth.generate(days=3, runs_per_day=40, seed=4).events
+    res = audit(ev, reference=("2026-10-01", "2026-10-02"), drift_every="1h")
+    assert res.drift.filter(pl.col("method") != "none").height == 0
+    assert res.notes["drift_reference"].startswith("given; nothing compared: no series had 20 runs in the reference")

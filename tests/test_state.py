@@ -412,3 +412,18 @@ def test_a_database_of_other_tables_is_refused(tmp_path: Path) -> None:
     st.con.execute("CREATE TABLE my_notes (x INTEGER)")
     st.close()
     AuditState(tmp_path / "ours.duckdb").close()
+
+
+def test_a_state_file_that_cannot_be_opened_for_writing_says_so(tmp_path: Path, monkeypatch) -> None:
+    """A read-only audit.duckdb got "check that no other audit is running and that the file is a
+    driftwatch state DB", advice that points the wrong way."""
+    import duckdb
+
+    AuditState(tmp_path / "s.duckdb").close()
+
+    def denied(*args: object, **kwargs: object) -> None:
+        raise duckdb.IOException(f'IO Error: Cannot open file "{tmp_path}/s.duckdb": Permission denied')
+
+    monkeypatch.setattr(duckdb, "connect", denied)
+    with pytest.raises(InputError, match="cannot be opened for writing .*Permission denied.*give it write access"):
+        AuditState(tmp_path / "s.duckdb")
