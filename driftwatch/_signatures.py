@@ -77,12 +77,16 @@ _KEY_ALTERNATIVES = "|".join(
 )
 #: A paging or polling key and its value, in lowercased text: ``"cursor": "3f2a..."``,
 #: ``offset=12000000``, ``"since": 1764000000000``, ``"after": "2026-10-01 10:00:00"``, and
-#: DynamoDB's ``"ExclusiveStartKey": {"pk": {"S": "order#7c9e..."}}`` (an object or a list: up
-#: to its first closing bracket), SQL's ``OFFSET 12000000``. A key needs ``:`` or ``=`` after it (SQL's ``offset``/``skip`` a
+#: DynamoDB's ``"ExclusiveStartKey": {"pk": {"S": "order#7c9e..."}}`` (an object with what it
+#: nests; a list up to its first closing bracket), ``--cursor=...``, OData's ``$skip=...``, SQL's ``OFFSET 12000000``. A key needs ``:`` or ``=`` after it (SQL's ``offset``/``skip`` a
 #: space): prose ("try again after <time>", "tickets since <time>") is no position.
 POSITION_RE = (
-    rf"(?:^|[^a-z0-9_$-])(?:(?:{_KEY_ALTERNATIVES})[\"']?\s*[:=]|(?:offset|skip)\s)\s*[\"']?"
-    rf"(?:{TIMESTAMP_RE}|\{{[^}}]*|\[[^\]]*|[^\"'\s,&;}}\])]+)"  # (an object or list: up to its first end)
+    # (after a word's end or OData's "$", not "retry-after", a header's time; a command line's
+    # "--cursor=x" or "--cursor x"; SQL's "offset n")
+    rf"(?:(?:^|[^a-z0-9_$-]|\$)(?:(?:{_KEY_ALTERNATIVES})[\"']?\s*[:=]|(?:offset|skip)\s)"
+    rf"|--(?:{_KEY_ALTERNATIVES})[=\s])\s*[\"']?"
+    # (an object: its nested objects too, three deep; a list: up to its first end)
+    rf"(?:{TIMESTAMP_RE}|\{{(?:[^{{}}]|\{{(?:[^{{}}]|\{{[^{{}}]*\}})*\}})*\}}?|\[[^\]]*|[^\"'\s,&;}}\])]+)"
 )
 #: Separates the normalised text from the positions appended to it (see :func:`normalize_expr`).
 POSITION_SEP = "\x1f"

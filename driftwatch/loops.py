@@ -946,16 +946,15 @@ def _tool_loops(
     pk = cpos[cj]
     ci = cidx[pk + pp]
     h_a, failed, recorded = args.result()
-    # arguments that were not recorded (null or empty) match nothing: without them "the same
-    # call again" cannot be told from paging or polling, so such repeats stay action-level (a
-    # hand-off too: OpenTelemetry's agent spans record no arguments, and handing three tasks to
-    # one agent, or research then writing for three sections, is no ping-pong)
-    known = recorded[ci] & recorded[cj]
-    del recorded
-    # a hand-off's result (what the agent handed to returned) is seldom logged: the same task
-    # handed over again is ping-pong without it
+    # hand-offs: their target agent is their content, and their result (what the agent handed to
+    # returned) is seldom logged, nor are their arguments by OpenTelemetry's agent spans
     _, one, inv = np.unique(codes[cpos], return_index=True, return_inverse=True)
     free = _take(steps["action"], crow[one]).str.starts_with(HANDOFF_PREFIX).fill_null(False).to_numpy()[inv]
+    # arguments that were not recorded (null or empty) match nothing: without them "the same
+    # call again" cannot be told from paging or polling, so such repeats stay action-level; a
+    # hand-off's match as hand-offs (a stuck lookup > handoff:billing > refund is a loop), but a
+    # cycle of hand-offs only needs their arguments (below)
+    known = (recorded[ci] & recorded[cj]) | (free[ci] & free[cj])
     ok_a = (h_a[ci] == h_a[cj]) & known
     del h_a
     ok_r = np.zeros(ok_a.size, dtype=bool)
@@ -983,6 +982,15 @@ def _tool_loops(
         if s.size:
             found.append((s, e, np.full(s.size, p, np.int64)))
     s_s, s_e, s_p = (np.concatenate(x) for x in zip(*found, strict=True)) if found else (z, z, z)
+    if s_s.size:
+        # a cycle of hand-offs only, some without arguments: handing three tasks to one agent, or
+        # research then writing for three sections, repeats them too; it stays action-level
+        other = _cumsum0((~free).astype(np.int64))
+        unrecorded = _cumsum0((~recorded).astype(np.int64))
+        a, b = cidx[s_s], cidx[s_e] + 1
+        keep = ~(((other[b] - other[a]) == 0) & ((unrecorded[b] - unrecorded[a]) > 0))
+        s_s, s_e, s_p = s_s[keep], s_e[keep], s_p[keep]
+    del recorded
 
     def block(pos: np.ndarray) -> np.ndarray:
         return np.searchsorted(starts, trows[pos], side="right") - 1

@@ -388,6 +388,12 @@ def test_positions_need_a_key_and_cover_common_paging_apis() -> None:
                      for i in range(6)],
         "spaced_ts": [f'{{"after": "2026-10-01 10:00:0{i}"}}' for i in range(6)],
         "nextPageToken": [f'{{"nextPageToken": "CiAKGjBp{i}bC1hN2RjY2M4YzAxZjM0NzE2OTdkMmI"}}' for i in range(6)],
+        # a command line's --cursor=x and --cursor x, OData's $skip, a query inside one partition
+        "flag_eq": [f'{{"cmd": "inv list --cursor=7c9e6679-7425-40de-944b-e07fc1f90a{i:02d}"}}' for i in range(6)],
+        "flag_space": [f'{{"cmd": "inv list --cursor 7c9e6679-7425-40de-944b-e07fc1f90a{i:02d}"}}' for i in range(6)],
+        "odata": [f'{{"url": "/items?$skip={12_000_000 + 100 * i}&$top=100"}}' for i in range(6)],
+        "ddb_query": ['{"ExclusiveStartKey": {"pk": {"S": "CUST#42"}, "sk": {"S": "ORDER#7c9e6679-7425-40de-944b-'
+                      f'e07fc1f90a{i:02d}"}}}}}}' for i in range(6)],
     }
     ev = events(*((name, [("list_things", a, '{"items": []}') for a in args]) for name, args in paging.items()))
     out = detect_loops(ev).select("run_id", "kind").sort("run_id")
@@ -414,6 +420,12 @@ def test_handoffs_without_arguments_are_action_level_and_ping_pong_is_named() ->
     assert out.select("kind", "handoff", "period", "repeats").rows() == [("exact", True, 2, 5)]
     reasons = dw.score_runs(recorded, loops=out)["reasons"][0].to_list()
     assert reasons[0].startswith("loop: handoff:research > handoff:billing repeated 5x (hand-off ping-pong)"), reasons
+    # a hand-off without arguments inside a cycle of recorded calls: a stuck loop all the same
+    mixed = pl.DataFrame({"run_id": "m", "step": range(1, 16),
+                          "action": ["lookup", "handoff:billing", "refund"] * 5}).with_columns(
+        args=pl.when(pl.col("action").str.starts_with("handoff:")).then(None).otherwise(pl.lit('{"order": 42}')),
+        result=pl.when(pl.col("action").str.starts_with("handoff:")).then(None).otherwise(pl.lit("done")))
+    assert detect_loops(mixed).select("kind", "handoff", "period").rows() == [("exact", False, 3)]
     one = recorded.with_columns(pl.col("action").str.replace("billing", "research"),
                                 pl.col("args").str.replace("billing", "research"))
     reasons = dw.score_runs(one)["reasons"][0].to_list()
