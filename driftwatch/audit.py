@@ -876,13 +876,12 @@ def _unread_run_features(rejected: pl.DataFrame | None, feats: pl.DataFrame) -> 
     their rows could be read; ``None`` when there are none). They are scored, never analysed:
     the rejected-steps reason and their breaches make them at least ``review``."""
     from driftwatch.features import run_features
-    from driftwatch.policy import NOT_MISSING_REASONS, distinct_steps
+    from driftwatch.policy import distinct_steps
 
-    if rejected is None or rejected.height == 0 or "reason" not in rejected.columns:
+    rows = _missing_steps(rejected)
+    if rows is None:
         return None
-    rows = rejected.filter(pl.col("run_id").is_not_null() & ~pl.col("reason").is_in(NOT_MISSING_REASONS)).join(
-        feats.select("run_id"), on="run_id", how="anti"
-    )
+    rows = rows.join(feats.select("run_id"), on="run_id", how="anti")
     if rows.height == 0:
         return None
     # only what places the steps (ids, order, time, action, agent): the measured columns of a
@@ -897,13 +896,21 @@ def _unread_run_features(rejected: pl.DataFrame | None, feats: pl.DataFrame) -> 
     return out.select(feats.columns).cast(feats.schema) if set(feats.columns) <= set(out.columns) else None
 
 
-def _has_unread_runs(rejected: pl.DataFrame | None) -> bool:
-    """Whether rejected rows name runs that :func:`_unread_run_features` would score."""
+def _missing_steps(rejected: pl.DataFrame | None) -> pl.DataFrame | None:
+    """The rejected rows that are steps missing from their run (a run id, and a reason other
+    than a copy or a row that is no step); ``None`` without a rejected table."""
     from driftwatch.policy import NOT_MISSING_REASONS
 
     if rejected is None or rejected.height == 0 or "reason" not in rejected.columns:
-        return False
-    return bool(rejected.select((pl.col("run_id").is_not_null() & ~pl.col("reason").is_in(NOT_MISSING_REASONS)).any()).item())
+        return None
+    return rejected.filter(pl.col("run_id").is_not_null() & ~pl.col("reason").is_in(NOT_MISSING_REASONS))
+
+
+def _has_unread_runs(rejected: pl.DataFrame | None) -> bool:
+    """Whether rejected rows name runs that :func:`_unread_run_features` would score (when no
+    run was read whole)."""
+    rows = _missing_steps(rejected)
+    return rows is not None and rows.height > 0
 
 
 def rejected_in_window(
