@@ -1273,17 +1273,23 @@ def test_incremental_runs_every_step_of_which_was_rejected_are_stored_once(tmp_p
     assert rows == [("escalate",)] and breaches == [(1,)]
 
 
-def test_a_rejected_delete_arriving_a_night_after_its_run_is_a_breach_of_that_run(tmp_path: Path) -> None:
-    """Incremental: run R's valid steps were audited on night 1; on night 2 its delete arrives
-    with an unreadable approval. The breach was dropped (R was not among night 2's runs); now R
-    is re-scored with its history, alerted and stored with the breach, its other tables kept."""
-
+def _night_one(tmp_path: Path) -> tuple[datetime, Path]:
+    """A logs folder with night 1: runs R (llm, get_invoice) and S (llm, search)."""
     t = datetime(2026, 10, 1, tzinfo=UTC)
     logs = tmp_path / "logs"
     logs.mkdir()
     pl.DataFrame({"run_id": ["R", "R", "S", "S"], "step": [1, 2, 1, 2],
                   "ts": [t, t + timedelta(seconds=1), t, t + timedelta(seconds=2)],
                   "action": ["llm", "get_invoice", "llm", "search"]}).write_parquet(logs / "night1.parquet")
+    return t, logs
+
+
+def test_a_rejected_delete_arriving_a_night_after_its_run_is_a_breach_of_that_run(tmp_path: Path) -> None:
+    """Incremental: run R's valid steps were audited on night 1; on night 2 its delete arrives
+    with an unreadable approval. The breach was dropped (R was not among night 2's runs); now R
+    is re-scored with its history, alerted and stored with the breach, its other tables kept."""
+
+    t, logs = _night_one(tmp_path)
     state = tmp_path / "state.duckdb"
     assert dict(audit(logs, state=state).runs.select("run_id", "level").rows())["R"] == "ok"
     t2 = t + timedelta(days=1)
@@ -1306,12 +1312,7 @@ def test_a_night_of_only_rejected_rows_still_scores_their_runs(tmp_path: Path, r
     """Night 2's only file held R's late delete with an unreadable approval: the audit exited 2
     ("no valid events to audit") with no alert. Likewise a file whose one run has every step
     rejected. Both are scored now; only sources with nothing to score are refused."""
-    t = datetime(2026, 10, 1, tzinfo=UTC)
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    pl.DataFrame({"run_id": ["R", "R", "S", "S"], "step": [1, 2, 1, 2],
-                  "ts": [t, t + timedelta(seconds=1), t, t + timedelta(seconds=2)],
-                  "action": ["llm", "get_invoice", "llm", "search"]}).write_parquet(logs / "night1.parquet")
+    t, logs = _night_one(tmp_path)
     state = tmp_path / "state"
     assert run_cli("audit", str(logs), "--out", str(tmp_path / "out1"), "--state", str(state), "-q")[0] == 0
     late = pl.DataFrame({"run_id": ["R"], "step": [3], "ts": [t + timedelta(seconds=5)],

@@ -213,6 +213,14 @@ def test_false_disables_a_limit(tmp_path: Path) -> None:
     assert check_policy(ev, p).height == 0
 
 
+def _toml_error(tmp_path: Path, text: str) -> tuple[Path, str]:
+    """The policy file holding ``text``, and the PolicyError its reading raises."""
+    path = write(tmp_path, text)
+    with pytest.raises(PolicyError) as info:
+        Policy.from_toml(path)
+    return path, str(info.value)
+
+
 @pytest.mark.parametrize(
     ("text", "line", "needle"),
     [
@@ -238,10 +246,7 @@ def test_false_disables_a_limit(tmp_path: Path) -> None:
     ],
 )
 def test_toml_errors_name_key_and_line(tmp_path: Path, text: str, line: int, needle: str) -> None:
-    path = write(tmp_path, text)
-    with pytest.raises(PolicyError) as info:
-        Policy.from_toml(path)
-    msg = str(info.value)
+    path, msg = _toml_error(tmp_path, text)
     assert f"line {line}:" in msg, msg
     assert needle in msg, msg
     assert str(path) in msg
@@ -750,10 +755,7 @@ def test_amounts_past_int64_are_written_not_crashed_on() -> None:
 def test_toml_value_errors_name_the_key_they_are_about(tmp_path: Path, text: str, line: int, needle: str) -> None:
     """A probe found ``require_approval = ["destroy"]`` on line 4 reported at line 2, ``[tools] read``:
     the key was the first one named anywhere in the message, and the message lists the tiers."""
-    path = write(tmp_path, text)
-    with pytest.raises(PolicyError) as info:
-        Policy.from_toml(path)
-    msg = str(info.value)
+    path, msg = _toml_error(tmp_path, text)
     assert f"{path}, line {line}: " in msg, msg
     assert needle in msg, msg
 
