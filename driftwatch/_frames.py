@@ -282,13 +282,9 @@ _SERIES_PART = re.compile(r'([^=,]*)=(?:"(?:[^"\\]|\\.)*"|[^,"]*)(?:,|$)')
 
 
 def series_label(column: str, value: Any) -> str:
-    """The :func:`series_expr` name of one column's value, in Python (``agent=planner``)."""
-    if value is None:
-        return f"{column}=null"
-    text = str(value)
-    if text == "null" or any(c in text for c in ',"\\'):
-        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return f"{column}={text}"
+    """The :func:`series_expr` name of one column's value (``agent=planner``)."""
+    one = pl.DataFrame({column: [None if value is None else str(value)]}, schema={column: pl.String})
+    return one.select(series_expr([column])).item()
 
 
 def series_keys(name: str) -> tuple[str, ...]:

@@ -78,8 +78,9 @@ _KEY_ALTERNATIVES = "|".join(
 #: A paging or polling key and its value, in lowercased text: ``"cursor": "3f2a..."``,
 #: ``offset=12000000``, ``"since": 1764000000000``, ``"after": "2026-10-01 10:00:00"``, and
 #: DynamoDB's ``"ExclusiveStartKey": {"pk": {"S": "order#7c9e..."}}`` (an object with what it
-#: nests; a list up to its first closing bracket), ``--cursor=...``, OData's ``$skip=...``, SQL's ``OFFSET 12000000``. A key needs ``:`` or ``=`` after it (SQL's ``offset``/``skip`` a
-#: space): prose ("try again after <time>", "tickets since <time>") is no position.
+#: nests; a list up to its first closing bracket), ``--cursor=...``, OData's ``$skip=...`` and
+#: SQL's ``OFFSET 12000000``. A key needs ``:`` or ``=`` after it (a command line's ``--key``,
+#: SQL's ``offset``/``skip`` a space): prose ("try again after <time>") is no position.
 POSITION_RE = (
     # (after a word's end or OData's "$", not "retry-after", a header's time; a command line's
     # "--cursor=x" or "--cursor x"; SQL's "offset n")
