@@ -121,11 +121,12 @@ UNKNOWN_TOOL_PATTERN = (
     # not exist", quoted or not); a quoted name also for actions and "not available" ("Action 'x'
     # is not available"). Anything between the noun (or its name) and the verdict is another
     # subject: "tool call failed: customer 42 not found" is a business error
-    r"|(tool|function) (with (the )?name )?([\w.:/-]*[\w./-] )?(was |is )?"
+    r"|(tool (with (the )?name )?|function )([\w.:/-]*[\w./-] )?(was |is )?"
     r"(not found|does not exist|not exist|not registered|not defined)"
-    # ("with name" before a quoted name for tools only: "Function with name 'thumbnailer' does not
-    # exist in project acme" is a serverless function the tool called, "function with name
-    # "my_udf" does not exist" a database's)
+    # ("with name" before a name, quoted or not, for tools only: "Function with name 'thumbnailer'
+    # does not exist in project acme" is a serverless function the tool called, "function with
+    # name "my_udf" does not exist" a database's, "function with name XLOOKUP not found" a
+    # spreadsheet's)
     r"|(tool (with (the )?name )?|function )['\"`][^'\"`]{1,80}['\"`] (was |is )?"
     r"(not found|does not exist|not exist|not registered|not defined|not available)"
     # an action only as the sentence's end: "Action 'refund' is not available for orders in
@@ -149,6 +150,15 @@ SQL_ERROR_PATTERN = (
     r"|\b(scalar|aggregate|table|window|macro) function\b"
     r"|\bsqlstate\b|\bsqlite3?\.|\bundefined_function\b|\bUNRESOLVED_ROUTINE\b"
     r"|\bno such function\b|\bfunction [\w.]+\([^)]*\) does not exist"
+)
+
+#: Error text of a cloud service a tool called: AWS Lambda's "ResourceNotFoundException: Function
+#: not found: arn:aws:lambda:..." is about the function the tool invoked, not about the tool. Only
+#: the service's markers count (an ARN, the exception's name, a Google Cloud function's resource
+#: name), and never in a text that speaks of a tool or its arguments (:data:`TOOL_WORDS`).
+CLOUD_ERROR_PATTERN = (
+    r"\barn:aws[\w-]*:|\bResourceNotFoundException\b"
+    r"|\bprojects/[^/\s]+/locations/[^/\s]+/functions/"
 )
 
 #: Words that make an error text about a tool or its arguments (see :data:`SQL_ERROR_PATTERN`).
@@ -1142,7 +1152,10 @@ def _event_violations(lf: pl.LazyFrame, policy: Policy) -> list[pl.LazyFrame]:
     out.append(
         cand.filter(pl.col("_outside") | (
             pl.col("_err_text").str.contains(UNKNOWN_TOOL_PATTERN)
-            & ~(pl.col("_err_text").str.contains(SQL_ERROR_PATTERN) & ~pl.col("_err_text").str.contains(TOOL_WORDS))
+            & ~(
+                (pl.col("_err_text").str.contains(SQL_ERROR_PATTERN) | pl.col("_err_text").str.contains(CLOUD_ERROR_PATTERN))
+                & ~pl.col("_err_text").str.contains(TOOL_WORDS)
+            )
         ).fill_null(False))
         .select(
             "run_id",
@@ -1474,6 +1487,7 @@ __all__ = [
     "SEVERITIES",
     "TIERS",
     "SQL_ERROR_PATTERN",
+    "CLOUD_ERROR_PATTERN",
     "TOOL_WORDS",
     "UNKNOWN_TOOL_PATTERN",
     "VIOLATION_SCHEMA",

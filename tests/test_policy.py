@@ -850,6 +850,15 @@ def test_plain_names_and_globs_match_alike() -> None:
         ("Function with the name \"lookup_order\" is not defined", False),
         ("Function with name 'thumbnailer' does not exist in project acme", False),
         ('ERROR: function with name "my_udf" does not exist', False),
+        ("#NAME? function with name XLOOKUP not found", False),
+        ("Tool with name lookup_order not found", True),
+        ("function lookup_order not found", True),
+        # a cloud function the tool invoked, unless the text speaks of the tool
+        ("ResourceNotFoundException: Function not found: arn:aws:lambda:us-east-1:123456789012:function:thumb", False),
+        ("Function not found: arn:aws:lambda:eu-west-1:1:function:resize", False),
+        ("function projects/acme/locations/europe-west1/functions/resize does not exist", False),
+        ("Function not found", True),
+        ("unknown tool 'invoke_lambda' (arn:aws:lambda:us-east-1:1:function:x)", True),
         ("Function 'lookup_order' is not defined", True),
         ("Tool 'lookup_order' does not exist", True),
         # near misses: the verdict is about something else than the named tool
