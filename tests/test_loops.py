@@ -378,6 +378,15 @@ def test_positions_need_a_key_and_cover_common_paging_apis() -> None:
     stamps = [f"2026-10-01T09:00:0{i}Z" for i in range(6)]
     stuck = events(("after", [("get_report", '{"id": 7}', f"not ready yet, please try again after {t}") for t in stamps]))
     assert detect_loops(stuck).select("kind", "match").rows() == [("exact", "near_duplicate")]
+    # a colon after a word and a space is prose too; after punctuation or a line's start, a key
+    colon = events(
+        ("retry", [("get_report", '{"id": 7}', f"Report not ready. Retry after: {t}") for t in stamps]),
+        ("since", [("get_report", '{"id": 7}', f"No new rows since: {t}") for t in stamps]),
+        ("yaml", [("get_report", f"id: 7\nafter: {t}", "rows: []") for t in stamps]),
+        ("object", [("get_report", f"{{id: 7, after: {t}}}", "rows: []") for t in stamps]),
+    )
+    assert detect_loops(colon).select("run_id", "kind").sort("run_id").rows() == [
+        ("object", "same_action"), ("retry", "exact"), ("since", "exact"), ("yaml", "same_action")]
     prompt = _calls(["llm"] * 6 + ["search"], [f"Summarize the tickets opened since {t}" for t in stamps] + ["q"],
                     ["cannot parse"] * 6 + ["x"])
     assert detect_loops(prompt).select("kind", "repeats").rows() == [("exact", 6)]
