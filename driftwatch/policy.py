@@ -201,6 +201,8 @@ def _checked(name: str, value: Any) -> Any:
         bad = [v for v in value if not isinstance(v, str) or not v]
         if bad:
             raise InvalidParameterError(f"Policy.{name} must hold non-empty glob strings, found {bad!r}")
+        for g in value:
+            _check_compiles(name, g)
         return value
     if name == "require_approval":
         if isinstance(value, str) or not isinstance(value, Iterable):
@@ -236,6 +238,25 @@ def _checked(name: str, value: Any) -> Any:
             raise InvalidParameterError(f"Policy.{name} must be a number in [0, 1], got {value!r}")
         return float(value)
     return value  # (model: checked in __post_init__)
+
+
+def _check_compiles(name: str, glob: str) -> None:
+    """Raise :class:`InvalidParameterError` when ``glob`` compiles past Polars' regex size limit.
+
+    Only a glob whose regex is longer than :data:`REGEX_CHUNK_CHARS` can (shorter ones always
+    compile), so the check costs nothing for ordinary lists. Tiers match ignoring case, the
+    costlier form, which is the one tried.
+    """
+    if is_plain_name(glob) or len(rx := glob_to_regex(glob)) <= REGEX_CHUNK_CHARS:
+        return
+    try:
+        pl.Series([""]).str.contains(f"(?i)^(?:{rx})$")
+    except pl.exceptions.PolarsError:
+        shown = glob if len(glob) <= 60 else f"{glob[:60]}..."
+        raise InvalidParameterError(
+            f"Policy.{name}: the glob {shown!r} ({len(glob):,} characters) is too complex to match "
+            "(past the regex size limit); split it into shorter globs"
+        ) from None
 
 
 def _check_thresholds(review: float, escalate: float) -> None:

@@ -872,3 +872,16 @@ def test_unknown_tool_named_with_name(result: str, hit: bool) -> None:
     the unquoted form and ``Tool 'x' does not exist`` were."""
     ev = run("r", ["llm", "lookup_order"], status=["ok", "error"], result=["x", result])
     assert (check_policy(ev)["rule"].to_list() == ["unknown_tool"]) is hit
+
+
+def test_a_glob_past_the_regex_size_limit_is_named_at_the_boundary(tmp_path: Path) -> None:
+    """A single glob of some 100,000 characters failed in check_policy with Polars' raw error and a
+    dump of the whole expression; it is refused where the policy is made, naming the key (and the
+    file's line), while a long glob that compiles is kept and matches."""
+    huge = "[ab]*?" * 20_000
+    with pytest.raises(InvalidParameterError, match=r"Policy\.delete: the glob '\[ab\]\*\?.*120,000 characters"):
+        Policy(delete=[huge])
+    path, msg = _toml_error(tmp_path, f'[tools]\nread = ["get_*"]\ndelete = ["{huge}"]\n')
+    assert f"{path}, line 3: [tools] delete:" in msg and "split it into shorter globs" in msg
+    long = "a*" * 2_000  # 10,000 regex characters: past the chunk size, still compiles
+    assert Policy(delete=[long]).tier_of("a" * 2_000) == "delete"
