@@ -217,8 +217,13 @@ def nested_columns(
                 hit = el.filter(el.struct.field("key") == k).struct.field("value")
                 out[f"{base}.{k}"] = (pl.col(base).list.eval(_kv_value(hit, vdtype)).list.first(), pl.String())
         elif dtype == pl.String:
+            # a dotted key ('{"gen_ai.usage.input_tokens": 100}') or the same nested
+            # ('{"gen_ai": {"usage": {"input_tokens": 100}}}', as Phoenix stores them)
             for k in keys:
-                out[f"{base}.{k}"] = (pl.col(base).str.json_path_match(f'$["{k}"]'), pl.String())
+                nested = "$" + "".join(f'["{part}"]' for part in k.split("."))
+                text = pl.col(base)
+                out[f"{base}.{k}"] = (pl.coalesce(text.str.json_path_match(f'$["{k}"]'),
+                                                  text.str.json_path_match(nested)), pl.String())
         else:
             raise SchemaError(
                 f"{where}: column 'attributes' has type {dtype}; span attributes are read flattened to columns "
@@ -311,23 +316,26 @@ def check_column_map(column_map: Mapping[str, str] | None) -> dict[str, str]:
 def detect_format(columns: Sequence[str], *, column_map: Mapping[str, str] | None = None) -> str | None:
     """Guess the format of a file from its column names (``None`` when nothing fits).
 
-    Canonical wins when ``run_id`` and ``action`` are present (after ``column_map``), then
-    OpenInference (``context.trace_id`` / ``context.span_id``), then OTel (a trace id column and
-    ``gen_ai.*`` attributes or ``start_time_unix_nano``); a file with some canonical columns
-    but not all is reported as canonical so the error names what is missing.
+    Canonical wins when ``run_id`` and ``action`` are present (after ``column_map``) with
+    ``step`` or ``ts``, or in a file that is no span export; then OpenInference
+    (``context.trace_id`` / ``context.span_id``), then OTel (a trace id column and ``gen_ai.*``
+    attributes or ``start_time_unix_nano``). A span export whose ``column_map`` names its run and
+    action columns keeps its adapter (which orders steps by start time). A file with some
+    canonical columns but not all is reported as canonical so the error names what is missing.
     """
     cols = set(columns)
     mapped = cols | set((column_map or {}).values())
-    if {"run_id", "action"} <= mapped:
-        return "canonical"
-    if set(_OI_TRACE) & cols and set(_OI_SPAN) & cols:
-        return "openinference"
-    if "attributes.openinference.span.kind" in cols:
-        return "openinference"
-    if set(_OTEL_TRACE) & cols and (
+    span: str | None = None
+    if (set(_OI_TRACE) & cols and set(_OI_SPAN) & cols) or "attributes.openinference.span.kind" in cols:
+        span = "openinference"
+    elif set(_OTEL_TRACE) & cols and (
         any("gen_ai." in c for c in cols) or {"start_time_unix_nano", "startTimeUnixNano"} & cols
     ):
-        return "otel"
+        span = "otel"
+    if {"run_id", "action"} <= mapped and (span is None or {"step", "ts"} & mapped):
+        return "canonical"
+    if span is not None:
+        return span
     if mapped & {"run_id", "action", "step"}:
         return "canonical"
     return None
@@ -471,6 +479,17 @@ def _adapt_canonical(
     return lf.select(exprs + _internal(schema))
 
 
+def name_mapped_sources(exc: SchemaError, schema: Mapping[str, pl.DataType], cmap: Mapping[str, str]) -> SchemaError:
+    """``exc`` with each canonical column that ``cmap`` reads from another column of ``schema``
+    named by that column: "column 'tags' (read as 'run_id') has type List(String)", since the
+    file has no (usable) column of the canonical name. ``exc`` itself when nothing is renamed."""
+    msg = str(exc)
+    for src, dst in cmap.items():
+        if src in schema and src != dst:
+            msg = msg.replace(f"column {dst!r} has type", f"column {src!r} (read as {dst!r}) has type")
+    return exc if msg == str(exc) else SchemaError(msg)
+
+
 def _mapped_hint(schema: Mapping[str, pl.DataType], cmap: dict[str, str]) -> str:
     hints = []
     missing = [src for src in cmap if src not in schema]
@@ -575,7 +594,8 @@ def _start_ns(schema: Mapping[str, pl.DataType], start: str) -> pl.Expr:
     (``...00.000000002Z``); null for other columns (dates, float epochs: ``ts`` orders them)."""
     dtype = schema[start]
     if isinstance(dtype, pl.Datetime):
-        return pl.col(start).dt.epoch("ns")
+        ns = pl.col(start).dt.epoch("ns")
+        return pl.when(ns != 0).then(ns)
     i = _epoch_int(schema, start)
     if i is None and (dtype == pl.String or isinstance(dtype, pl.Categorical | pl.Enum)):
         text = pl.col(start).cast(pl.String)
@@ -587,7 +607,8 @@ def _start_ns(schema: Mapping[str, pl.DataType], start: str) -> pl.Expr:
         return pl.lit(None, dtype=pl.Int64)
     a = i.abs()
     return (
-        pl.when(a < 10**11).then(i * 1_000_000_000)
+        pl.when(i == 0).then(None)  # (unset)
+        .when(a < 10**11).then(i * 1_000_000_000)
         .when(a < 10**14).then(i * 1_000_000)
         .when(a < 10**17).then(i * 1_000)
         .otherwise(i)
@@ -597,29 +618,36 @@ def _start_ns(schema: Mapping[str, pl.DataType], start: str) -> pl.Expr:
 def _start_ts(schema: Mapping[str, pl.DataType], start: str, where: str) -> pl.Expr:
     """The raw start column for ``ts``; numeric text epochs become ISO text (the epoch's UTC time),
     other text stays as it is (so that garbage is reported as ``bad_ts`` with its value). A column
-    of a type no time is read from is a :class:`SchemaError` naming it (not ``ts``)."""
+    of a type no time is read from is a :class:`SchemaError` naming it (not ``ts``). A start of 0
+    (the epoch), OTLP's unset time, is null: the span is rejected as ``null_ts``, not a 1970 step."""
     dtype = schema[start]
     to_ts(pl.col(start), dtype, where=where, col=start)
     i = _epoch_int(schema, start)
-    if i is None or dtype.is_integer():
+    if isinstance(dtype, pl.Datetime):
+        return pl.when(pl.col(start).dt.epoch("ns") != 0).then(pl.col(start))
+    if i is None:
         return pl.col(start)
+    if dtype.is_integer():
+        return pl.when(i == 0).then(None).otherwise(pl.col(start))
     iso = epoch_to_ts(i, pl.Int64()).dt.replace_time_zone(None).dt.to_string("%Y-%m-%dT%H:%M:%S%.6f")
-    return pl.coalesce(iso, pl.col(start).cast(pl.String))
+    return pl.when(i == 0).then(None).otherwise(pl.coalesce(iso, pl.col(start).cast(pl.String)))
 
 
 def _latency_ms(schema: Mapping[str, pl.DataType], start: str | None, end: str | None, where: str) -> pl.Expr | None:
     if start is None or end is None:
         return None
-    # an end time of 0 (the epoch) is an unset one, as OTLP writes it: no latency (not -56 years)
+    # a start or end time of 0 (the epoch) is an unset one, as OTLP writes it: no latency (not
+    # -56 years, and not 56 years read in the wrong unit)
     si, ei = _epoch_int(schema, start), _epoch_int(schema, end)
     if si is not None and ei is not None:  # exact: subtract integers, then scale from their unit
-        return pl.when(ei != 0).then(_diff_ms(si, ei - si))
+        return pl.when((ei != 0) & (si != 0)).then(_diff_ms(si, ei - si))
     if isinstance(schema[start], pl.Datetime) and isinstance(schema[end], pl.Datetime):
-        e_ns = pl.col(end).dt.epoch("ns")
-        return pl.when(e_ns != 0).then((e_ns - pl.col(start).dt.epoch("ns")).cast(pl.Float64) / 1e6)
+        s_ns, e_ns = pl.col(start).dt.epoch("ns"), pl.col(end).dt.epoch("ns")
+        return pl.when((e_ns != 0) & (s_ns != 0)).then((e_ns - s_ns).cast(pl.Float64) / 1e6)
     s = to_ts(pl.col(start), schema[start], where=where, col=start).value
     e = to_ts(pl.col(end), schema[end], where=where, col=end).value
-    return pl.when(e.dt.epoch("us") != 0).then((e - s).dt.total_microseconds().cast(pl.Float64) / 1e3)
+    return pl.when((e.dt.epoch("us") != 0) & (s.dt.epoch("us") != 0)).then(
+        (e - s).dt.total_microseconds().cast(pl.Float64) / 1e3)
 
 
 def _require(schema: Mapping[str, pl.DataType], fmt: str, what: dict[str, str | None], where: str) -> None:
@@ -650,7 +678,10 @@ def _otel_fields(schema: Mapping[str, pl.DataType], where: str) -> _SpanFields:
     name_op = pl.when(name_op.is_in(OTEL_KNOWN_OPS)).then(name_op)
     op = _text(schema, op_c, where).str.strip_chars().str.to_lowercase()
     op = pl.coalesce(pl.when(op != "").then(op), name_op)
-    after_op = name.str.replace(r"^\s*[A-Za-z_]+\s+", "")
+    # the name after a known operation ('invoke_agent billing' -> 'billing'; null for a span named
+    # just 'invoke_agent', which names no agent), else the whole name
+    after_op = pl.when(name_op.is_not_null()).then(
+        _present(name.str.replace(r"^\s*[A-Za-z_]+", "").str.strip_chars())).otherwise(name)
     # a tool span without gen_ai.tool.name: the span name, without the operation in front of it
     # ('execute_tool search_kb', or 'search_kb'); a span named just 'execute_tool' names no tool
     from_name = name.str.strip_chars().str.replace(r"(?i)^execute_tool(\s+|$)", "")
@@ -744,8 +775,10 @@ def _oi_fields(schema: Mapping[str, pl.DataType], where: str) -> _SpanFields:
     cost_total = _attr(schema, "llm.cost.total")
     cost_parts = [_attr(schema, "llm.cost.prompt"), _attr(schema, "llm.cost.completion")]
     cost: pl.Expr | None = pl.col(cost_total) if cost_total else None
-    if all(cost_parts):
-        parts = pl.col(cost_parts[0]).cast(pl.Float64, strict=False) + pl.col(cost_parts[1]).cast(pl.Float64, strict=False)
+    part_values = [pl.col(c).cast(pl.Float64, strict=False) for c in cost_parts if c]
+    if part_values:  # prompt + completion cost; one recorded without the other is the cost known
+        parts = pl.when(pl.any_horizontal(v.is_not_null() for v in part_values)).then(
+            pl.sum_horizontal(part_values))
         cost = parts if cost is None else pl.coalesce(cost.cast(pl.Float64, strict=False), parts)
     latency = _latency_ms(schema, start_c, _find(schema, ("end_time",)), where)
     version = _coalesce(schema, [_attr(schema, "agent.version"), _attr(schema, "llm.model_name")])
@@ -835,6 +868,11 @@ def _adapt_spans(
         no_tool = (kind == "tool") & pl.col(_TOOL).is_null() & pl.col(_T).is_not_null()
         reason = reason.when(no_tool).then(pl.lit("null_action"))
         detail = detail.when(no_tool).then(span_text + pl.lit(" names no tool"))
+        # a hand-off to an agent the span does not name (an 'invoke_agent' span without
+        # gen_ai.agent.name): the steps below it keep the agent above it
+        no_agent = nested_agent & pl.col(_HANDOFF).is_null() & pl.col(_T).is_not_null()
+        reason = reason.when(no_agent).then(pl.lit("null_action"))
+        detail = detail.when(no_agent).then(span_text + pl.lit(" names no agent"))
     exprs = [e.alias(k) for k, e in out.items()]
     exprs += [reason.cast(pl.String).alias(REASON_COL), detail.cast(pl.String).alias(DETAIL_COL)]
     exprs += [pl.col(c) for c in (_T, _S, SPAN_START_NS) if c not in internal]
@@ -858,6 +896,7 @@ __all__ = [
     "detect_format",
     "expand_nested",
     "format_hint",
+    "name_mapped_sources",
     "nested_columns",
     "pushdown_columns",
     "span_sources",

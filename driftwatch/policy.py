@@ -1318,7 +1318,8 @@ def check_delegation(run_features: pl.DataFrame | pl.LazyFrame, policy: Policy |
     doubling: each round joins the small ``run -> ancestor`` table with itself, so a
     chain of length ``d`` needs ``log2(d) + 1`` joins, never a loop over runs. Runs
     whose chain never reaches a root (``parent_run_id`` cycles) are reported as
-    ``critical``.
+    ``critical``. A run whose ``parent_run_id`` is its own ``run_id`` has no parent (a span
+    export read with trace ids as run ids names the trace's root there), not a cycle.
 
     Parameters
     ----------
@@ -1354,10 +1355,12 @@ def check_delegation(run_features: pl.DataFrame | pl.LazyFrame, policy: Policy |
         )
     agent = pl.col("agent") if "agent" in df.columns else pl.lit(None, dtype=pl.String)
     # only linked runs matter: a chain stops at a run without a parent, in the table or not
-    # (filtered first: usually a few percent of the runs)
+    # (filtered first: usually a few percent of the runs). A run named as its own parent has
+    # none: span exports read with trace ids as run ids name the trace's root there
     runs = (
         df.lazy()
-        .filter(pl.col("parent_run_id").is_not_null())
+        .filter(pl.col("parent_run_id").is_not_null()
+                & (pl.col("parent_run_id").cast(pl.String) != pl.col("run_id").cast(pl.String)))
         .select(
             pl.col("run_id").cast(pl.String), agent.cast(pl.String).alias("agent"),
             pl.col("parent_run_id").cast(pl.String),

@@ -62,6 +62,7 @@ from driftwatch.formats import (
     check_column_map,
     detect_format,
     format_hint,
+    name_mapped_sources,
     nested_columns,
     pushdown_columns,
     span_sources,
@@ -1069,10 +1070,10 @@ def _group_frame(
     try:
         adapted = adapt(raw, raw_schema, group.format, column_map=cmap, where=where, tree=tree)
         out = conform(adapted, where=where, check=check, normalize=normalize, order_by=order_by)
-    except SchemaError:
+    except SchemaError as exc:
         if len(group.files) > 1:
             _blame_file(group, raw_schema, cmap)
-        raise
+        raise name_mapped_sources(exc, raw_schema, cmap) from None
     post = _canonical_filter(filters)
     if post is not None and group.format == "canonical":
         out = out.filter(post)
@@ -1090,8 +1091,8 @@ def _blame_file(group: _Group, raw_schema: Mapping[str, pl.DataType], cmap: dict
         lf = pl.LazyFrame(schema=schema)
         try:  # (plans only: nothing is read)
             conform(adapt(lf, schema, group.format, column_map=cmap, where=f.path), where=f.path, check=True)
-        except SchemaError:
-            raise
+        except SchemaError as exc:
+            raise name_mapped_sources(exc, schema, cmap) from None
         except Exception:  # noqa: BLE001 - another failure says nothing about this file's types
             continue
 

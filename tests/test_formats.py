@@ -47,6 +47,28 @@ def test_detect_format(columns: list[str], expected: str | None) -> None:
 
 def test_detect_format_uses_column_map() -> None:
     assert f.detect_format(["session", "when", "tool"], column_map={"session": "run_id", "tool": "action"}) == "canonical"
+    # a span export whose run and action columns are named keeps its adapter (it switched to
+    # canonical and failed on a missing step); with a step or ts column named too, it is canonical
+    oi = ["context.trace_id", "context.span_id", "span_kind", "name", "start_time", "attributes.session.id"]
+    both = {"attributes.session.id": "run_id", "name": "action"}
+    assert f.detect_format(oi, column_map=both) == "openinference"
+    assert f.detect_format(oi, column_map={**both, "start_time": "ts"}) == "canonical"
+    otel = ["trace_id", "span_id", "name", "start_time_unix_nano", "attributes.session.id"]
+    assert f.detect_format(otel, column_map=both) == "otel"
+
+
+def test_a_mapped_column_of_a_wrong_type_is_named_as_the_users_column(tmp_path: Path) -> None:
+    """``column_map={"tags": "run_id"}`` with a list column ``tags`` said "column 'run_id' has type
+    List(String)", though the file's own ``run_id`` was text."""
+    path = tmp_path / "a.parquet"
+    pl.DataFrame({"run_id": ["r1"], "step": [1], "action": ["a"], "tags": [["x", "y"]]}).write_parquet(path)
+    for engine in ("polars", "duckdb"):
+        with pytest.raises(SchemaError, match=r"a\.parquet: column 'tags' \(read as 'input_tokens'\) has type List"):
+            read_logs(path, column_map={"tags": "input_tokens"}, engine=engine)
+    other = tmp_path / "b.parquet"  # two files of one schema: the first that fails is named
+    pl.DataFrame({"run_id": ["r2"], "step": [1], "action": ["a"], "tags": [["z"]]}).write_parquet(other)
+    with pytest.raises(SchemaError, match=r"a\.parquet: column 'tags' \(read as 'run_id'\) has type List"):
+        read_logs([path, other], column_map={"tags": "run_id"})
 
 
 def test_check_column_map_errors() -> None:
@@ -276,6 +298,45 @@ def test_an_unset_end_time_gives_no_latency_rather_than_a_negative_one() -> None
         assert (out[s.REASON_COL][0], out["latency_ms"][0]) == (None, None)
 
 
+def test_an_unset_start_time_is_no_step_in_1970() -> None:
+    """A span with start time 0 (OTLP's unset time) became a 1970 step whose run escalated for a
+    runtime of 56 years; with a real end, its latency was read in the wrong unit and rejected."""
+    t0 = 1_793_527_200_000_000_000
+    for starts, ends in (([t0, 0, 0], [t0 + 10**6, 0, t0 + 3 * 10**9]),
+                         ([str(t0), "0", "0"], [str(t0 + 10**6), "0", str(t0 + 3 * 10**9)])):
+        raw = pl.DataFrame({"traceId": ["t"] * 3, "spanId": ["a", "b", "c"], "name": ["chat m"] * 3,
+                            "startTimeUnixNano": starts, "endTimeUnixNano": ends})
+        out = adapted(raw, "otel")
+        assert out.select(s.REASON_COL, "step", "latency_ms").rows() == [
+            (None, 1, 1.0), ("null_ts", None, None), ("null_ts", None, None)]
+    start = [datetime(2026, 11, 2, tzinfo=UTC), datetime(1970, 1, 1, tzinfo=UTC)]
+    oi = pl.DataFrame({"context.trace_id": ["t", "t"], "context.span_id": ["a", "b"], "span_kind": ["LLM", "LLM"],
+                       "start_time": start, "end_time": [datetime(2026, 11, 2, 0, 0, 1, tzinfo=UTC)] * 2})
+    out = adapted(oi, "openinference")
+    assert out.select(s.REASON_COL, "latency_ms").rows() == [(None, 1000.0), ("null_ts", None)]
+
+
+def test_an_invoke_agent_span_without_a_name_names_no_agent() -> None:
+    """Spans named just ``invoke_agent`` (the agent's name is optional in the conventions) named
+    their agent "invoke_agent", and a nested one handed off to ``handoff:invoke_agent``."""
+    raw = pl.DataFrame({
+        "trace_id": ["t"] * 5, "span_id": ["r", "a", "n", "b", "x"], "parent_span_id": [None, "r", "r", "n", "r"],
+        "name": ["invoke_agent supervisor", "chat m", "invoke_agent", "chat m", "invoke_agent  billing "],
+        "start_time_unix_nano": [_T0 + i * 10**6 for i in range(5)],
+        "attributes.gen_ai.operation.name": ["invoke_agent", "chat", "invoke_agent", "chat", "invoke_agent"],
+    })
+    out = adapted(raw, "otel")
+    assert out.select("action", "agent", s.REASON_COL, s.DETAIL_COL).rows() == [
+        (None, "default", "not_a_step", "span 'invoke_agent supervisor' (invoke_agent)"),
+        ("llm", "supervisor", None, None),
+        (None, "supervisor", "null_action", "span 'invoke_agent' (invoke_agent) names no agent"),
+        ("llm", "supervisor", None, None),
+        ("handoff:billing", "supervisor", None, None),
+    ]
+    root = adapted(raw.with_columns(name=pl.lit("invoke_agent")), "otel")
+    assert set(root.filter(pl.col(s.REASON_COL).is_null())["agent"]) == {"default"}
+
+
 # ---------------------------------------------------------------- OpenInference on the shipped sample
 
 
@@ -319,6 +380,10 @@ def test_openinference_cost_from_parts_and_missing_columns() -> None:
     })
     out = adapted(raw, "openinference")
     assert out.filter(pl.col(s.REASON_COL).is_null()).select("action", "agent", "cost_usd").row(0) == ("llm", "bot", 0.75)
+    # one part without the other is the cost known (was null), and so is a file with one part only
+    half = adapted(raw.with_columns(pl.Series("attributes.llm.cost.completion", [None, None], pl.Float64)), "openinference")
+    assert half["cost_usd"].to_list() == [None, 0.25]
+    assert adapted(raw.drop("attributes.llm.cost.completion"), "openinference")["cost_usd"].to_list() == [None, 0.25]
     with pytest.raises(SchemaError, match=r"OpenInference input is missing required column\(s\) \['span_kind'\]"):
         f.adapt(raw.drop("span_kind").lazy(), raw.drop("span_kind").schema, "openinference")
 
@@ -409,6 +474,8 @@ def _nested_variants() -> dict[str, dict]:
         "otlp_kv_list": {**base, "attributes": pa.array(
             [[{"key": k, "value": {"stringValue": v}} for k, v in a.items()] for a in attrs])},
         "json_text": {**base, "attributes": [json.dumps(a) for a in attrs]},
+        # the same nested, as Phoenix stores span attributes (was read as nulls)
+        "json_nested": {**base, "attributes": [json.dumps(r) for r in tree_rows]},
         "status_struct": {**base, **{"attributes." + k: [a.get(k) for a in attrs] for k in keys if k != "error.type"},
                           "status": pa.array([{"code": 0, "message": ""}, {"code": 1, "message": ""},
                                               {"code": 2, "message": "Timeout"}])},
@@ -416,7 +483,7 @@ def _nested_variants() -> dict[str, dict]:
 
 
 @pytest.mark.parametrize("variant", ["flat", "map", "map_any_value", "struct_dotted", "struct_nested", "otlp_kv_list", "json_text",
-                                     "status_struct"])
+                                     "json_nested", "status_struct"])
 @pytest.mark.parametrize("engine", ["polars", "duckdb"])
 def test_otel_attributes_as_struct_map_or_key_value_list(tmp_path: Path, variant: str, engine: str) -> None:
     import pyarrow as pa

@@ -481,6 +481,21 @@ def test_delegation_cycle_is_critical() -> None:
     assert v["value"].null_count() == 3
 
 
+def test_a_run_named_as_its_own_parent_has_none() -> None:
+    """A span export read with trace ids as run ids (LangSmith's ``parent_run_id`` is the trace's
+    root there) escalated every run as a delegation cycle; a self-link is no parent, while a run
+    below it still counts its depth and a real cycle stays critical."""
+    from driftwatch.policy import check_delegation
+
+    runs = pl.DataFrame({"run_id": ["t1", "t2", "c1", "c2", "x", "y"],
+                         "parent_run_id": ["t1", "t2", "t1", "c1", "y", "x"]})
+    got = check_delegation(runs, dw.Policy(max_delegation_depth=1)).sort("run_id")
+    assert got.select("run_id", "severity", "value").rows() == [
+        ("c2", "warning", 2.0), ("x", "critical", None), ("y", "critical", None)]
+    ev = run("t1", ["search", "llm"]).with_columns(parent_run_id=pl.lit("t1"))
+    assert check_policy(ev).height == 0
+
+
 def test_check_delegation_rejects_frames_without_links() -> None:
     with pytest.raises(InvalidParameterError, match="parent_run_id"):
         check_delegation(pl.DataFrame({"run_id": ["a"]}))
