@@ -30,7 +30,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 
@@ -649,7 +649,7 @@ def _highlights(result: Any, summary: Mapping[str, Any]) -> list[str]:
     if cost.get("projected_daily_usd") is not None:
         out.append(
             f"Spend projected at {e(money(cost.get('projected_daily_usd')))} a day for "
-            f"{e(fmt(cost.get('volume_per_day')))} runs/day{_observed_rate(cost)} (interval {e(money(cost.get('projected_daily_lo')))}–"
+            f"{e(fmt(cost.get('volume_per_day')))} runs/day{_observed_rate(cost, history=bool(summary.get('incremental')))} (interval {e(money(cost.get('projected_daily_lo')))}–"
             f"{e(money(cost.get('projected_daily_hi')))}); the worst run of such a day costs about "
             f"{e(money(cost.get('worst_run_expected_usd')))}; p99/p50 {e(fmt(cost.get('p99_over_p50')))}×"
             + (f" (from the {costed:,} of {summary.get('runs', 0):,} runs that recorded a cost)."
@@ -669,9 +669,10 @@ def _highlights(result: Any, summary: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def _observed_rate(cost: Mapping[str, Any]) -> str:
+def _observed_rate(cost: Mapping[str, Any], *, history: bool = False) -> str:
     """`` (the rate over the 3.3 hours the runs cover)`` when the projection's volume is the
-    observed one (not a volume given to the audit)."""
+    observed one (not a volume given to the audit); ``history``: an incremental audit's profile,
+    over this audit's runs and the history's."""
     days, vol, rate = cost.get("observed_days"), cost.get("volume_per_day"), cost.get("runs_per_day")
     if not isinstance(days, int | float) or not isinstance(vol, int | float) or not isinstance(rate, int | float):
         return ""
@@ -686,7 +687,8 @@ def _observed_rate(cost: Mapping[str, Any]) -> str:
         span = f"{days * 24:.1f} hours"
     else:
         span = f"{days:.1f} days"
-    return f" (the rate over the {span} the runs cover)"
+    runs = "this audit's runs and the history's" if history else "the runs"
+    return f" (the rate over the {span} {runs} cover)"
 
 
 def _section_summary(result: Any, summary: Mapping[str, Any]) -> str:
@@ -726,7 +728,24 @@ def _section_summary(result: Any, summary: Mapping[str, Any]) -> str:
     )
     hl = _highlights(result, summary)
     hl_html = ("<ul>" + "".join(f"<li>{h}</li>" for h in hl) + "</ul>") if hl else ""
-    return '<section id="summary"><h2>Summary</h2>' + cards + _bar_levels(levels) + rows + hl_html + "</section>"
+    return ('<section id="summary"><h2>Summary</h2>' + cards + _bar_levels(levels) + rows + _incremental_note(summary)
+            + hl_html + "</section>")
+
+
+def _incremental_note(summary: Mapping[str, Any]) -> str:
+    """What an incremental audit's figures cover: this audit's runs, or those with the history."""
+    if not summary.get("incremental"):
+        return ""
+    cost = summary.get("cost") or {}
+    since = summary.get("history_since")
+    history = f"the history since {e(_short_ts(since))} (UTC)" if since else "the history kept in the state"
+    runs = cost.get("profile_runs")
+    return (
+        f'<p class="note">Incremental audit: the cards, levels, loops, policy breaches, run tables and cost '
+        f"histograms cover this audit's {summary.get('runs', 0):,} runs; change-points, drift, the cost profile "
+        f"and projection, and load cover them with {history}"
+        + (f", {runs:,} runs." if isinstance(runs, int) else ".") + "</p>"
+    )
 
 
 def _short_ts(text: Any) -> str:
@@ -815,7 +834,9 @@ def _section_loops(result: Any) -> str:
         pl.len().alias("loops"),
         pl.col("run_id").n_unique().alias("runs"),
         pl.col("wasted_steps").sum().alias("wasted_steps") if "wasted_steps" in loops.columns else pl.lit(None),
-        pl.col("wasted_cost_usd").sum().alias("wasted_cost_usd") if "wasted_cost_usd" in loops.columns else pl.lit(None),
+        # (null, shown "–", when no loop of the group has a known cost: unknown, not $0)
+        pl.when(pl.col("wasted_cost_usd").count() > 0).then(pl.col("wasted_cost_usd").sum()).alias("wasted_cost_usd")
+        if "wasted_cost_usd" in loops.columns else pl.lit(None),
     ).sort(by)
     severe = loops.with_columns((pl.col("kind") == "same_action").alias("_benign"))
     order = ["_benign"] + [c for c in ("wasted_cost_usd", "repeats") if c in loops.columns] + ["run_id"]
@@ -1001,10 +1022,7 @@ def _section_drift(result: Any) -> str:
     out = head + note + _drift_grid(drift)
     cols = ["series", "window", "feature", "drifted", "explain", "effect_size", "q_value", "method"]
     if {"window_start", "window_end"} <= set(drift.columns):
-        drift = drift.with_columns(
-            pl.concat_str(pl.col("window_start").dt.strftime("%Y-%m-%d"), pl.lit(" – "),
-                          pl.col("window_end").dt.strftime("%Y-%m-%d")).alias("window")
-        )
+        drift = drift.with_columns(_window_text(drift).alias("window"))
     drifted = drift.filter(pl.col("drifted")) if "drifted" in drift.columns else drift.head(0)
     feedback = drift.filter(pl.col("feature").is_in(list(FEEDBACK_FEATURES))) if "feature" in drift.columns else drift.head(0)
     tests = drift.filter(pl.col("feature") != "no_reference").height if "feature" in drift.columns else drift.height
@@ -1114,6 +1132,9 @@ def _section_costs(result: Any, summary: Mapping[str, Any]) -> str:
             f'<div class="legend">{legend}</div>'
             + _hbars(items, label="spend by cause", value_fmt=lambda v: f"{v:.1f}%", stacked=False)
         )
+        if summary.get("incremental"):
+            out += ('<p class="note">Incremental audit: the histograms above are this audit\'s runs; the profile '
+                    "and projection below are over these runs and the history (see the summary).</p>")
         out += "<h3>Profile</h3>" + _table(
             costs,
             ["series", "runs", "runs_per_day", *(["runs_with_cost"] if costed is not None and (costed < costs["runs"]).any()
@@ -1174,6 +1195,28 @@ def _load_grid(load: pl.DataFrame) -> str:
     return "".join(out)
 
 
+def _window_text(drift: pl.DataFrame) -> pl.Expr:
+    """Drift windows as shown: UTC dates when every window starts and ends on UTC midnight
+    (``2026-10-01 – 2026-10-08``), else UTC times (``2026-10-08 12:00Z – 2026-10-09 00:00Z``),
+    so that half-day windows do not read as whole days or empty ranges."""
+    def utc(col: str) -> pl.Expr:
+        dtype = drift.schema[col]
+        tz = getattr(dtype, "time_zone", None)
+        return pl.col(col).dt.convert_time_zone("UTC") if tz else pl.col(col)
+
+    start, end = utc("window_start"), utc("window_end")
+    bounds = drift.select(start.alias("s"), end.alias("e"))
+    midnight = all(
+        (bounds[c].drop_nulls().dt.time() == time(0)).all() for c in ("s", "e")
+    )
+    if midnight:
+        spec = "%Y-%m-%d"
+    else:
+        seconds = any((bounds[c].drop_nulls().dt.second() != 0).any() for c in ("s", "e"))
+        spec = "%Y-%m-%d %H:%M:%SZ" if seconds else "%Y-%m-%d %H:%MZ"
+    return pl.concat_str(start.dt.strftime(spec), pl.lit(" – "), end.dt.strftime(spec))
+
+
 def _section_load(result: Any) -> str:
     load = _get(result, "load")
     head = '<section id="load"><h2>Behaviour under load</h2>'
@@ -1199,8 +1242,10 @@ def _section_load(result: Any) -> str:
             f'<div class="s">knee {e(fmt(r.get("knee")))} · below {e(fmt(r.get("below")))} · above '
             f'{e(fmt(r.get("above")))} · ratio {e(fmt(r.get("ratio")))} · p {e(fmt(r.get("p_value")))}</div>{chart}</div>'
         )
+    shown = (f'<p class="note">showing the first {len(charts):,} of {sig.height:,} knees; every knee is in the '
+             "grid below and in load.parquet</p>") if sig.height > len(charts) else ""
     body = (
-        f'<div class="grid">{"".join(charts)}</div>' if charts
+        f'{shown}<div class="grid">{"".join(charts)}</div>' if charts
         else '<p class="note">No load knee found: no metric departs from its low-load level as load grows.</p>'
     )
     return head + note + body + _load_grid(load) + "</section>"

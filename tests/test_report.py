@@ -393,3 +393,67 @@ def test_observed_rate_names_its_period_at_its_scale() -> None:
     assert said(14.0) == " (the rate over the 14.0 days the runs cover)"
     assert said(14.0, given=5000) == ""  # a volume given to the audit: not an observed rate
     assert _observed_rate({"observed_days": None, "runs_per_day": None, "volume_per_day": 5.0}) == ""
+
+
+def test_loop_groups_without_a_known_cost_show_no_dollar_zero() -> None:
+    """Logs without cost: the loops-by-kind table said $0 wasted where loops.parquet (and every
+    other figure on the page) said unknown."""
+    from driftwatch.report import _section_loops
+
+    loops = pl.DataFrame({"run_id": ["a", "b", "c"], "agent": ["x", "x", "y"], "kind": ["exact"] * 3,
+                          "pattern": ["s"] * 3, "repeats": [3, 4, 3], "wasted_steps": [2, 3, 2],
+                          "wasted_cost_usd": pl.Series([None, None, 0.5], dtype=pl.Float64)})
+    result = dataclasses.make_dataclass("R", [("loops", pl.DataFrame)])(loops)
+    html = _section_loops(result)
+    table = html[:html.index("<h3>Worst loops</h3>")]
+    rows = [re.findall(r"<td[^>]*>([^<]*)</td>", r) for r in re.findall(r"<tr>(.*?)</tr>", table)]
+    assert [r for r in rows if r] == [["x", "exact", "2", "2", "5", "–"], ["y", "exact", "1", "1", "2", "0.5"]]
+
+
+def test_drift_windows_shorter_than_a_day_show_their_times() -> None:
+    """12h drift windows read as dates only ("2026-10-02 – 2026-10-02"): alternating whole days
+    and empty ranges, with no way to tell which half-day drifted."""
+    from datetime import UTC, datetime
+
+    from driftwatch.report import _section_drift
+
+    def page(starts: list[datetime], ends: list[datetime]) -> str:
+        drift = pl.DataFrame({"series": ["agent=a"] * len(starts), "window_start": starts, "window_end": ends,
+                              "feature": ["action_entropy"] * len(starts), "drifted": [True] * len(starts),
+                              "explain": ["x"] * len(starts), "method": ["ks"] * len(starts)})
+        return _section_drift(dataclasses.make_dataclass("R", [("drift", pl.DataFrame)])(drift))
+
+    d = [datetime(2026, 10, 1, h, tzinfo=UTC) for h in (0, 12)] + [datetime(2026, 10, 2, tzinfo=UTC)]
+    assert "2026-10-01 12:00Z – 2026-10-02 00:00Z" in page(d[1:2], d[2:3])
+    assert "2026-10-01 00:00Z – 2026-10-01 12:00Z" in page(d[:2], d[1:])
+    assert "2026-10-01 – 2026-10-02" in page(d[:1], d[2:]) and "00:00Z" not in page(d[:1], d[2:])
+
+
+def test_load_section_says_when_it_draws_only_some_knees() -> None:
+    from driftwatch.report import _section_load
+
+    n = 14
+    load = pl.DataFrame({
+        "series": ["all"] * n, "metric": [f"m{i}" for i in range(n)], "load_kind": ["started"] * n,
+        "knee": [4.0] * n, "below": [0.1] * n, "above": [0.3] * n, "ratio": [3.0] * n, "p_value": [0.001] * n,
+        "curve_load": [[1.0, 2.0, 6.0]] * n, "curve_value": [[0.1, 0.1, 0.3]] * n, "curve_buckets": [[5, 5, 5]] * n,
+    })
+    html = _section_load(dataclasses.make_dataclass("R", [("load", pl.DataFrame)])(load))
+    assert "showing the first 12 of 14 knees" in html
+    assert "showing the first" not in _section_load(dataclasses.make_dataclass("R", [("load", pl.DataFrame)])(
+        load.head(12)))
+
+
+def test_an_incremental_audit_says_what_its_figures_cover() -> None:
+    """An incremental audit's page gave this night's runs and window next to the history's profile
+    and its days ("the rate over the 29.9 days the runs cover") without a word on which is which."""
+    from driftwatch.report import _incremental_note, _observed_rate
+
+    summary = {"incremental": True, "runs": 748, "history_since": "2026-07-23T01:19:27+00:00",
+               "cost": {"profile_runs": 2214}}
+    note = _incremental_note(summary)
+    assert "this audit&#x27;s 748 runs" in note or "this audit's 748 runs" in note
+    assert "history since 2026-07-23 01:19:27 (UTC), 2,214 runs" in note
+    assert _incremental_note({"runs": 5}) == ""
+    cost = {"observed_days": 29.9, "runs_per_day": 74.1, "volume_per_day": 74.1}
+    assert _observed_rate(cost, history=True) == " (the rate over the 29.9 days this audit's runs and the history's cover)"
