@@ -1227,10 +1227,14 @@ def _iso(value: Any) -> str | None:
     return str(value)
 
 
-def _num(value: Any, digits: int = 6) -> float | int | None:
+def _num(value: Any, digits: int = FLOAT_DIGITS) -> float | int | None:
+    """A figure for summary.json: integers as they are; a float rounded to ``digits``
+    significant digits exactly as :func:`canonical_floats` rounds the Parquet tables (so a
+    figure equals its column there, and a $0.0000005 run keeps its digits); ``None`` for
+    missing, NaN or infinite values."""
     if value is None:
         return None
-    if isinstance(value, int | bool):
+    if isinstance(value, numbers.Integral):
         return int(value)
     try:
         f = float(value)
@@ -1238,7 +1242,7 @@ def _num(value: Any, digits: int = 6) -> float | int | None:
         return None
     if math.isnan(f) or math.isinf(f):
         return None
-    return round(f, digits)
+    return pl.Series([f], dtype=pl.Float64).round_sig_figs(digits).item()
 
 
 @dataclass
@@ -1550,7 +1554,8 @@ def _cost_headline(runs: pl.DataFrame, costs: pl.DataFrame) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if runs.height and "cost_usd" in runs.columns:
         known = runs["cost_usd"].drop_nulls()  # null: no run recorded a cost (unknown, not $0)
-        out["total_usd"] = _num(known.sum()) if known.len() else None
+        # an exactly rounded sum: the same whatever the order of the runs
+        out["total_usd"] = _num(math.fsum(known.to_numpy())) if known.len() else None
         out["runs_with_cost"] = known.len()
     if costs.height and "series" in costs.columns:
         fleet = costs.filter(pl.col("series") == "all")
@@ -1563,6 +1568,11 @@ def _cost_headline(runs: pl.DataFrame, costs: pl.DataFrame) -> dict[str, Any]:
             # runs_with_cost count this audit's runs only
             out["profile_runs"] = _num(row.get("runs"))
             out.update({k: _num(row.get(k)) for k in _COST_HEADLINE if k in row})
+            same_runs = row.get("runs") == runs.height and row.get("runs_with_cost") == out.get("runs_with_cost")
+            if same_runs and out.get("total_cost_usd") is not None:
+                # the same runs: one spend (the profile's, as costs.parquet has it), not two sums
+                # in different orders that may differ in the last digit
+                out["total_usd"] = out["total_cost_usd"]
     return out
 
 
@@ -2090,6 +2100,12 @@ def audit(
         resolved(out)  # (a link loop is said before the work, not after it)
     for name, value in (("every", every), ("drift_every", drift_every), ("load_every", load_every)):
         duration_seconds(value, name=f"{name} (--{name.replace('_', '-')})")
+    # the fleet stage's own checks, made before the work rather than after it
+    from driftwatch import costs as costs_mod
+    from driftwatch import load as load_mod
+
+    load_mod.check_every(load_every, name="load_every (--load-every)", fix="")
+    costs_mod.check_volume(volume_per_day, name="volume_per_day (--volume-per-day)")
     say = progress or (lambda _msg: None)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}

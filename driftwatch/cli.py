@@ -26,6 +26,7 @@ Examples
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -207,13 +208,14 @@ def _positive(text: str, kind: type[_Num], what: str) -> _Num:
         v = kind(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive {what}, got {text!r}") from None
-    if not v > 0:
+    if not v > 0 or (isinstance(v, float) and not math.isfinite(v)):  # (float() reads "inf" and "nan")
         raise argparse.ArgumentTypeError(f"expected a positive {what}, got {text!r}")
     return v
 
 
 def _positive_float(text: str) -> float:
-    return _positive(text, float, "number")
+    """A positive finite number: ``inf`` and ``nan`` are refused."""
+    return _positive(text, float, "finite number")
 
 
 def _positive_int(text: str) -> int:

@@ -496,14 +496,22 @@ def _check_options(*, interval: float, n_boot: int, volume_per_day: VolumeLike) 
         raise InvalidParameterError(f"interval must be a coverage in (0, 1) such as 0.95, got {interval!r}")
     if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 50:
         raise InvalidParameterError(f"n_boot must be an integer >= 50, got {n_boot!r}")
+    check_volume(volume_per_day)
+
+
+def check_volume(volume_per_day: VolumeLike, *, name: str = "volume_per_day") -> None:
+    """Refuse a ``volume_per_day`` the cost profile cannot project: anything but ``None``, a
+    positive finite number, or a mapping of series to one. ``name`` is how the message names
+    it (:func:`driftwatch.audit` says ``volume_per_day (--volume-per-day)``)."""
     if volume_per_day is None:
         return
     values = volume_per_day.values() if isinstance(volume_per_day, Mapping) else [volume_per_day]
     for v in values:
         if isinstance(v, bool | np.bool_) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v <= 0:
+            number = isinstance(v, numbers.Real) and not isinstance(v, bool | np.bool_)
             raise InvalidParameterError(
-                f"volume_per_day must be a positive number of runs per day (or a mapping of series to one), "
-                f"got {volume_per_day!r}"
+                f"{name} must be a positive finite number of runs per day (or a mapping of series to one), "
+                f"got {volume_per_day!r}" + ("" if number else f" (a {type(v).__name__})")
             )
 
 
@@ -517,6 +525,10 @@ def _prepare_runs(
         value = pl.col(name).cast(pl.Float64).fill_null(0.0) if name in schema else pl.lit(0.0, dtype=pl.Float64)
         return pl.when(known).then(value).alias(name)
 
+    start = pl.col("first_ts") if "first_ts" in schema else pl.lit(None, pl.Datetime("us", "UTC"))
+    start_type = schema.get("first_ts")
+    if isinstance(start_type, pl.Datetime) and start_type.time_zone is not None:
+        start = start.dt.convert_time_zone("UTC")  # (a naive first_ts is UTC already)
     cols = [
         pl.col("run_id"),
         *[pl.col(c) for c in by_cols if c != "run_id"],
@@ -524,8 +536,8 @@ def _prepare_runs(
         part("error_cost_usd"),
         part("retry_cost_usd"),
         (pl.col("outcome").cast(pl.Float64) if "outcome" in schema else pl.lit(None, pl.Float64)).alias("outcome"),
-        (pl.col("first_ts").dt.date() if "first_ts" in schema else pl.lit(None, pl.Date)).alias("_day"),
-        (pl.col("first_ts") if "first_ts" in schema else pl.lit(None, pl.Datetime("us", "UTC"))).alias("_start"),
+        start.dt.date().alias("_day"),  # the UTC date, whatever the table's time zone
+        start.alias("_start"),
     ]
     lf = lf.select(cols)
     if loops is not None:
@@ -910,6 +922,7 @@ def _output_schema() -> dict[str, pl.DataType]:
 __all__ = [
     "COST_COLUMNS",
     "SUCCESS_OUTCOME",
+    "check_volume",
     "cost_ceiling",
     "cost_profile",
     "cost_profile_from_runs",

@@ -80,6 +80,7 @@ Examples
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -89,6 +90,8 @@ import polars as pl
 from threadpoolctl import threadpool_limits
 
 from driftwatch._frames import (
+    _DURATION_PART,
+    _UNIT_SECONDS,
     FrameLike,
     as_lazy,
     check_seed,
@@ -178,7 +181,8 @@ def load_curve(
     events : polars.DataFrame, polars.LazyFrame or ReadResult
         Canonical events with ``ts``.
     every : str, default="1m"
-        Bucket width, a Polars duration string (``"1m"`` is a minute).
+        Bucket width, a Polars duration string (``"1m"`` is a minute) of whole
+        microseconds, at least ``"1us"`` (timestamps are kept to the microsecond).
     by : str or sequence of str, default=("agent",)
         Columns that define a series (any event column: each run's first
         non-null value); the fleet is added as series ``"all"``. Load is
@@ -191,7 +195,7 @@ def load_curve(
         Which load to relate the metrics to: runs started per bucket, and/or
         runs in flight during the bucket (from each run's first and last step).
     control : str or None, default="1d"
-        Time strata (a duration string, at least twice ``every``) within which
+        Time strata (a duration string, at least twice ``every``: see :func:`check_every`) within which
         buckets are compared; ``None`` for no time control.
     n_bins : int, default=10
         Load quantile bins of the returned curve.
@@ -211,6 +215,7 @@ def load_curve(
     """
     from driftwatch.features import run_features
 
+    check_every(every, control)  # (before the run features are computed)
     lf = as_lazy(events)
     require_timestamps(lf, "load buckets")
     features = run_features(lf, by=normalize_by(by))
@@ -361,13 +366,10 @@ def load_buckets_from_runs(
     >>> b.select(pl.col("bucket").dt.minute(), "started", "in_flight", "error_rate").rows()
     [(0, 2, 2, 0.1), (1, 1, 2, 0.0)]
     """
-    every_s = duration_seconds(every, name="every")
-    if every_s <= 0:
-        raise InvalidParameterError(f"every must be a positive duration such as '1m', got {every!r}")
-    _check_control(control, every_s)
+    every_us = check_every(every, control)
     by_cols = normalize_by(by)
     runs = _prepare_runs(features, by_cols, loops)
-    step = pl.duration(microseconds=round(every_s * 1e6))
+    step = pl.duration(microseconds=every_us)
     lf = runs.select(
         *dict.fromkeys([*by_cols, *_RUN_COLUMNS, "_looped"]),
         pl.col("first_ts").dt.truncate(every).alias("bucket"),
@@ -483,8 +485,7 @@ class _Options:
         min_effect: float,
         have_loops: bool,
     ) -> _Options:
-        every_s = duration_seconds(every, name="every")
-        _check_control(control, every_s)
+        check_every(every, control)
         kinds = (load,) if isinstance(load, str) else tuple(load)
         bad = [k for k in kinds if k not in LOAD_KINDS]
         if bad or not kinds:
@@ -519,26 +520,69 @@ class _Options:
         )
 
 
-def _fmt_duration(seconds: float) -> str:
-    """A Polars duration string for a whole number of seconds ("12h", "90m", "45s")."""
-    secs = int(seconds)
-    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
-        if secs and secs % size == 0:
-            return f"{secs // size}{unit}"
-    return f"{secs}s"
+def _fmt_duration(microseconds: int) -> str:
+    """A Polars duration string for a whole number of microseconds ("12h", "90m", "45s", "500ms")."""
+    for unit, size in (("d", 86_400_000_000), ("h", 3_600_000_000), ("m", 60_000_000), ("s", 1_000_000),
+                       ("ms", 1_000)):
+        if microseconds and microseconds % size == 0:
+            return f"{microseconds // size}{unit}"
+    return f"{microseconds}us"
 
 
-def _check_control(control: str | None, every_s: float) -> None:
-    if control is None:
-        return
-    control_s = duration_seconds(control, name="control")
-    if control_s < 2 * every_s:
+#: Nanoseconds per unit of a Polars duration string (as :func:`duration_seconds` reads them).
+_UNIT_NS = {unit: round(seconds * 1e9) for unit, seconds in _UNIT_SECONDS.items()}
+
+
+def _microseconds(value: str, name: str) -> int:
+    """A load duration (``every`` or ``control``) in whole microseconds, the timestamps' unit.
+
+    Shorter durations, or ones that are not whole microseconds, are refused: buckets are cut on
+    microsecond timestamps, and a step rounded to another number of microseconds (0 for "1ns")
+    would count runs as ended before they were.
+    """
+    duration_seconds(value, name=name)  # the format, and a positive duration
+    ns = sum(int(n) * _UNIT_NS[unit] for n, unit in re.findall(_DURATION_PART, value))
+    if ns < 1_000:
         raise InvalidParameterError(
-            f"every ({_fmt_duration(every_s)}) must be at most half of control ({control!r}, the strata the test "
-            f"compares buckets within), so each stratum holds several buckets: use a shorter every "
-            f"(at most {_fmt_duration(control_s / 2)}; `driftwatch audit --load-every`), or a longer "
-            "control, or control=None"
+            f"{name} must be at least 1 microsecond ('1us'; timestamps are kept to the microsecond), got {value!r}"
         )
+    if ns % 1_000:
+        raise InvalidParameterError(
+            f"{name} must be a whole number of microseconds (timestamps are kept to the microsecond), got {value!r}"
+        )
+    return ns // 1_000
+
+
+def check_every(
+    every: str,
+    control: str | None = "1d",
+    *,
+    name: str = "every",
+    fix: str = ", a longer control, or control=None",
+) -> int:
+    """``every``, a load bucket, in microseconds, checked as the load curve checks it.
+
+    ``every`` and ``control`` must be durations of whole microseconds (at least ``"1us"``), and
+    ``every`` at most half of ``control`` so that each stratum holds several buckets.
+    ``name`` is how the message names ``every`` (:func:`driftwatch.audit` says
+    ``load_every (--load-every)``), ``fix`` what it suggests besides a shorter ``every``.
+
+    Raises
+    ------
+    InvalidParameterError
+        Saying what was expected and what was given.
+    """
+    every_us = _microseconds(every, name)
+    if control is None:
+        return every_us
+    control_us = _microseconds(control, "control")
+    if control_us < 2 * every_us:
+        raise InvalidParameterError(
+            f"{name} must be at most half of control ({control!r}, the strata the load test compares buckets "
+            f"within, so each holds several buckets); got {every!r}: use at most {_fmt_duration(control_us // 2)}"
+            f"{fix}"
+        )
+    return every_us
 
 
 def _check_metrics(metrics: Sequence[str] | None, *, have_loops: bool) -> tuple[str, ...]:
@@ -1141,6 +1185,7 @@ __all__ = [
     "LOAD_COLUMNS",
     "LOAD_KINDS",
     "METRICS",
+    "check_every",
     "load_buckets_from_runs",
     "load_curve",
     "load_curve_from_runs",

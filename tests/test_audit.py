@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -632,6 +633,30 @@ def test_options_are_checked_before_any_work(fleet: synth.Fleet) -> None:
         audit(fleet.events, out="")
     with pytest.raises(InvalidParameterError, match=r"load_every \(--load-every\) must be a positive duration"):
         audit(fleet.events, load_every="0s")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        # the load test compares buckets within UTC days: a bucket must be at most half a day
+        ({"load_every": "1d"}, r"load_every \(--load-every\) must be at most half of control \('1d'.*got '1d': use at "
+                               r"most 12h$"),
+        ({"load_every": "13h"}, r"load_every \(--load-every\) must be at most half .*got '13h'"),
+        ({"load_every": "1ns"}, r"load_every \(--load-every\) must be at least 1 microsecond .*got '1ns'"),
+        ({"volume_per_day": math.inf}, r"volume_per_day \(--volume-per-day\) must be a positive finite number .*got inf"),
+        ({"volume_per_day": "1000"}, r"volume_per_day \(--volume-per-day\) must be .*got '1000' \(a str\)"),
+        ({"volume_per_day": -5}, r"volume_per_day \(--volume-per-day\) must be .*got -5"),
+    ],
+)
+def test_fleet_stage_options_are_checked_before_any_work(
+    fleet: synth.Fleet, kwargs: dict[str, object], match: str
+) -> None:
+    """A load bucket the load test refuses, or a volume the cost profile refuses, was said only
+    after the whole audit had run (its stages reported, then thrown away)."""
+    stages: list[str] = []
+    with pytest.raises(InvalidParameterError, match=match):
+        audit(fleet.events, progress=stages.append, **kwargs)  # type: ignore[arg-type]
+    assert stages == []
 
 
 def test_reference_range_and_errors(fleet: synth.Fleet) -> None:
@@ -1482,6 +1507,64 @@ def test_late_runs_ahead_of_a_capped_history_keep_the_stored_fleet_results(tmp_p
     assert res.runs.filter(pl.col("run_id").str.starts_with("late-")).height == 3
     assert res.changepoints.equals(plain.changepoints) and res.drift.equals(plain.drift)
     assert res.summary()["cost"]["profile_runs"] == plain.summary()["cost"]["profile_runs"]
+
+
+def test_summary_figures_keep_significant_digits(tmp_path: Path) -> None:
+    """summary.json rounds floats as the Parquet tables do (12 significant digits), not to six
+    decimals: a fleet of $0.0000001-$0.000001 runs kept p50 $0.000001 (true $0.00000055),
+    the same figure as its p99 next to p99_over_p50 1.82. Integers stay integers."""
+    t0 = datetime(2026, 1, 5, tzinfo=UTC)
+    n = 300
+    ev = pl.DataFrame({"run_id": [f"r{i:04d}" for i in range(n)], "step": 1,
+                       "ts": [t0 + timedelta(minutes=5 * i) for i in range(n)], "action": "llm", "agent": "embedder",
+                       "status": "ok", "outcome": [1.0 if i % 3 else 0.0 for i in range(n)],
+                       "cost_usd": [(1 + i % 10) * 1e-7 for i in range(n)]})
+    audit(ev, out=tmp_path / "r", policy=dw.Policy(max_cost_usd=5e-7))
+    cost = json.loads((tmp_path / "r" / "summary.json").read_text())["cost"]
+    row = pl.read_parquet(tmp_path / "r" / "costs.parquet").filter(series="all").row(0, named=True)
+    assert cost["cost_p50"] == pytest.approx(5.5e-7, rel=1e-9) and cost["cost_p99"] == pytest.approx(1e-6, rel=1e-9)
+    assert cost["p99_over_p50"] == pytest.approx(1e-6 / 5.5e-7, rel=1e-11)
+    for key in ("total_cost_usd", "cost_p50", "cost_p99", "cost_max", "p99_over_p50", "cost_per_success",
+                "projected_daily_usd", "projected_daily_lo", "projected_daily_hi", "worst_run_expected_usd",
+                "runs_per_day", "observed_days", "over_ceiling_share"):
+        assert cost[key] == row[key], key  # the same figure in both files
+    for key in ("runs_with_cost", "profile_runs", "runs_over_ceiling"):
+        assert type(cost[key]) is int, key
+    assert (cost["profile_runs"], cost["runs_over_ceiling"]) == (n, 150)
+    assert cost["total_usd"] == cost["total_cost_usd"] == pytest.approx(n * 5.5e-7, rel=1e-9)
+
+
+def test_summary_number_rounding() -> None:
+    import numpy as np
+
+    from driftwatch.audit import _num
+
+    assert _num(5.5e-7) == 5.5e-7 and _num(1 / 3) == 0.333333333333 and _num(123456.7890123456) == 123456.789012
+    assert _num(2.0 / 3 * 1e-9) == 6.66666666667e-10 and _num(0.0) == 0.0
+    for whole in (3, np.int64(3), True):
+        assert type(_num(whole)) is int
+    assert _num(None) is None and _num(math.nan) is None and _num(math.inf) is None and _num("x") is None
+    # exactly as the Parquet tables round
+    values = np.random.default_rng(0).random(200) * 10.0 ** np.arange(-10, 10).repeat(10)
+    assert [_num(v) for v in values] == pl.Series(values).round_sig_figs(12).to_list()
+
+
+def test_summary_spend_is_one_figure_for_the_same_runs() -> None:
+    """total_usd and the profile's total_cost_usd were two sums in different orders (116.852456
+    next to 116.852455 on a plain audit); over the same runs they are one figure, and over other
+    runs (an incremental audit) total_usd is exact whatever the order of the runs."""
+    from driftwatch.audit import _cost_headline
+
+    below, above = 116.8524555 - 1e-12, 116.8524555 + 1e-12  # one sum each side of a 6-decimal tie
+    runs = pl.DataFrame({"run_id": ["a", "b"], "cost_usd": [below - 100.0, 100.0]})
+    costs = pl.DataFrame({"series": ["all"], "runs": [2], "runs_with_cost": [2], "total_cost_usd": [above]})
+    head = _cost_headline(runs, costs)
+    assert head["total_usd"] == head["total_cost_usd"] == pytest.approx(above, rel=1e-12)
+    # a profile over more runs (history): this audit's own spend, exactly summed in any order
+    history = costs.with_columns(runs=10, runs_with_cost=10)
+    for order in ([1e16, 1.0, -1e16], [1.0, 1e16, -1e16], [-1e16, 1e16, 1.0]):
+        head = _cost_headline(pl.DataFrame({"run_id": ["a", "b", "c"], "cost_usd": order}), history)
+        assert head["total_usd"] == 1.0 and head["total_cost_usd"] == pytest.approx(above), order
 
 
 def test_incremental_cost_headline_says_what_it_covers(small_fleet_dir: Path, tmp_path: Path) -> None:

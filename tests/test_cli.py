@@ -355,6 +355,13 @@ def test_incremental_audit_refuses_a_time_window(small_fleet_dir: Path, tmp_path
         (["--every", "0m"], "every (--every) must be a positive duration"),
         (["--drift-every", "0d"], "drift_every (--drift-every) must be a positive duration"),
         (["--load-every", "1x"], "load_every (--load-every) must be a Polars duration string"),
+        # said before the audit, not after it ran (the load test compares buckets within UTC days)
+        (["--load-every", "13h"], "load_every (--load-every) must be at most half of control ('1d', "),
+        (["--load-every", "1ns"], "load_every (--load-every) must be at least 1 microsecond"),
+        (["--volume-per-day", "inf"], "argument --volume-per-day: expected a positive finite number, got 'inf'"),
+        (["--volume-per-day", "nan"], "argument --volume-per-day: expected a positive finite number, got 'nan'"),
+        (["--volume-per-day", "-5"], "argument --volume-per-day: expected a positive finite number, got '-5'"),
+        (["--history-days", "inf"], "argument --history-days: expected a positive finite number, got 'inf'"),
         (["--by", "run_id"], "by (--by) cannot group by 'run_id'"),
         (["--by", "agent,series"], "by (--by) cannot group by 'series'"),
         (["--by", "agent,status"], "by (--by) cannot group by 'status': it is measured at every step"),

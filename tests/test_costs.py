@@ -251,6 +251,17 @@ def test_observed_volume_does_not_depend_on_where_midnight_falls() -> None:
     assert observed_days(pl.Series([], dtype=pl.Datetime("us", "UTC"))) is None
 
 
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Tokyo", "America/Los_Angeles", None])
+def test_days_are_utc_dates_whatever_the_tables_time_zone(zone: str | None) -> None:
+    """``days`` counts UTC dates, as load_buckets_from_runs buckets them: 14:00 and 16:00 UTC
+    are one date, not Monday 23:00 and Tuesday 01:00 in Tokyo (two)."""
+    starts = _day_runs([datetime(2026, 1, 5, 14, tzinfo=UTC), datetime(2026, 1, 5, 16, tzinfo=UTC)])
+    ts = pl.col("first_ts")
+    runs = starts.with_columns(ts.dt.convert_time_zone(zone) if zone else ts.dt.replace_time_zone(None))
+    row = cost_profile_from_runs(runs, by=()).row(0, named=True)
+    assert (row["days"], row["observed_days"]) == (1, pytest.approx(2 / 24 * 2)), zone
+
+
 def test_all_row_follows_the_mix_of_series_volumes() -> None:
     """Volumes given series by series: the fleet's day is their mix, not the observed one."""
     noon = datetime(2026, 1, 5, 12, tzinfo=UTC)
@@ -357,8 +368,12 @@ def test_missing_optional_columns() -> None:
     [
         ({"interval": 1.5}, "interval must be a coverage in"),
         ({"n_boot": 10}, "n_boot must be an integer >= 50"),
-        ({"volume_per_day": -5}, "volume_per_day must be a positive number"),
-        ({"volume_per_day": {"all": 0}}, "volume_per_day must be a positive number"),
+        ({"volume_per_day": -5}, "volume_per_day must be a positive finite number of runs per day .* got -5$"),
+        ({"volume_per_day": math.inf}, "volume_per_day must be a positive finite number .* got inf$"),
+        ({"volume_per_day": math.nan}, "volume_per_day must be a positive finite number .* got nan$"),
+        ({"volume_per_day": "1000"}, r"volume_per_day must be a positive finite number .* got '1000' \(a str\)$"),
+        ({"volume_per_day": True}, r"got True \(a bool\)$"),
+        ({"volume_per_day": {"all": 0}}, "volume_per_day must be a positive finite number"),
         ({"policy": object()}, "policy must be a driftwatch.Policy, a policy file path"),
         ({"policy": -1.0}, "max_cost_usd must be a non-negative number"),
         ({"loops": "loops.parquet"}, "loops must be a detect_loops"),

@@ -249,7 +249,13 @@ def test_too_few_buckets_gives_no_answer() -> None:
     ("kwargs", "match"),
     [
         ({"every": "1 minute"}, "every must be a Polars duration string"),
-        ({"control": "1m"}, r"every \(1m\) must be at most half of control \(.1m.,"),
+        ({"control": "1m"}, r"every must be at most half of control \(.1m., .*\); got .1m.: use at most 30s"),
+        ({"every": "13h"}, r"every must be at most half of control \(.1d., .*\); got .13h.: use at most 12h, a longer"),
+        # timestamps are microseconds: a shorter bucket stepped 0 us (in_flight too low)
+        ({"every": "1ns", "control": None}, r"every must be at least 1 microsecond \('1us'.*got '1ns'"),
+        ({"every": "999ns"}, r"every must be at least 1 microsecond .*got '999ns'"),
+        ({"every": "1500ns", "control": None}, r"every must be a whole number of microseconds .*got '1500ns'"),
+        ({"every": "1us", "control": "500ns"}, r"control must be at least 1 microsecond .*got '500ns'"),
         ({"metrics": ["errors"]}, "metrics must be among"),
         ({"metrics": ["loop_rate"]}, "metric 'loop_rate' needs the loop table"),
         ({"load": "concurrency"}, "load must be among"),
@@ -266,6 +272,26 @@ def test_too_few_buckets_gives_no_answer() -> None:
 def test_bad_options(runs: pl.DataFrame, kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(InvalidParameterError, match=match):
         load_curve_from_runs(runs, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("every", "control"), [("1ns", None), ("999ns", "1d"), ("2500ns", None), ("1us", "1ns")])
+def test_buckets_under_a_microsecond_are_refused(runs: pl.DataFrame, every: str, control: str | None) -> None:
+    """Timestamps are microseconds: a bucket of "1ns" was accepted with a step rounded to 0 us,
+    which counted every run as ended in its own last bucket (in_flight too low)."""
+    with pytest.raises(InvalidParameterError, match="microsecond"):
+        load_buckets_from_runs(runs, every=every, control=control)
+    with pytest.raises(InvalidParameterError, match="microsecond"):
+        dw.load_curve(pl.DataFrame({"run_id": ["a"], "step": [1], "ts": [datetime(2026, 1, 1, tzinfo=UTC)]}),
+                      every=every, control=control)
+
+
+def test_in_flight_with_microsecond_buckets() -> None:
+    t0 = datetime(2026, 1, 5, tzinfo=UTC)
+    runs = pl.DataFrame({"run_id": ["a", "b"], "first_ts": [t0, t0 + timedelta(seconds=1)],
+                         "last_ts": [t0 + timedelta(seconds=2), t0 + timedelta(seconds=1)], "n_steps": [3, 1]})
+    for every in ("1s", "1us", "1000ns"):
+        b = load_buckets_from_runs(runs, every=every, by=(), control=None)
+        assert b.select("started", "in_flight").rows() == [(1, 1), (1, 2)], every
 
 
 def test_bad_tables(runs: pl.DataFrame) -> None:
