@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import functools
 import glob
 import hashlib
@@ -40,8 +41,10 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import sys
-from collections.abc import Collection, Iterator
+import tempfile
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +125,7 @@ def _replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
             f"{path}: is not a regular file; expected a file name for the output (it is replaced as a whole)"
         )
     _check_ancestors(dest, create=False)
+    _remove_dead(dest.parent, f"{glob.escape(_sibling_stem(dest.name))}{_TMP_TAG}*")  # of a killed write
     tmp = _tmp_sibling(dest, _TMP_TAG)
     try:
         yield tmp
@@ -155,7 +159,10 @@ def _check_ancestors(dest: Path, *, create: bool) -> None:
 
 def _naming(exc: OSError, tmp: Path, dest: Path) -> OSError:
     """``exc`` (raised on the temporary ``tmp``) naming the user's ``dest`` instead: the hidden
-    ``.x.tmp-<pid>-<hex>`` means nothing to the user."""
+    ``.x.tmp-<pid>-<hex>`` means nothing to the user. An error without a file name (a write
+    that found the disk full: "No space left on device") names ``dest`` too."""
+    if exc.filename is None and exc.errno is not None and exc.strerror and str(tmp) not in str(exc):
+        return type(exc)(exc.errno, exc.strerror, str(dest))
     if exc.filename not in (str(tmp), tmp) and str(tmp) not in str(exc):
         return exc
     if exc.strerror:
@@ -245,10 +252,26 @@ def atomic_write_parquet(frame: pl.DataFrame, path: str | os.PathLike[str]) -> P
     same frame always gives the same file.
     """
     with _replacing(path) as tmp:
-        frame.write_parquet(tmp, compression="zstd", statistics=True, row_group_size=ROW_GROUP_ROWS)
+        try:
+            frame.write_parquet(tmp, compression="zstd", statistics=True, row_group_size=ROW_GROUP_ROWS)
+        except pl.exceptions.PolarsError:
+            # Polars says a full disk as a broken file ("File out of specification: Invalid
+            # thrift: transport error"): say what it is when the disk has no room left
+            if _disk_full(tmp.parent):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp)) from None
+            raise
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
     return Path(path)
+
+
+def _disk_full(folder: Path) -> bool:
+    """Whether the file system of ``folder`` has (almost) no room left for this user."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # (no statvfs on Windows)
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 20
 
 
 # --------------------------------------------------------------------------- folders
@@ -287,7 +310,13 @@ def recover_directory(path: str | os.PathLike[str]) -> None:
     if not dest.exists() and olds:
         os.rename(olds[-1], dest)
         olds = olds[:-1]
-    for leftover in [*parent.glob(f"{stem}{_TMP_TAG}*"), *olds]:
+    _remove_dead(parent, f"{stem}{_TMP_TAG}*", also=olds)
+
+
+def _remove_dead(folder: Path, pattern: str, *, also: Iterable[Path] = ()) -> None:
+    """Delete the files and folders of ``folder`` matching ``pattern`` (and ``also``) that a dead
+    process left (their names end in ``-<pid>-<random>``); those of a live process stay."""
+    for leftover in [*folder.glob(pattern), *also]:
         pid = _pid_of(leftover)
         if pid is not None and pid != os.getpid() and _alive(pid):
             continue  # another audit is writing right now
@@ -296,6 +325,23 @@ def recover_directory(path: str | os.PathLike[str]) -> None:
         else:
             with contextlib.suppress(OSError):
                 leftover.unlink()
+
+
+#: Start of the name of a temporary folder for an audit's chunk and spill files.
+CHUNK_DIR_PREFIX = "driftwatch-chunks-"
+
+
+def chunk_dir(parent: Path | None) -> str:
+    """A fresh temporary folder for an audit's chunk and spill files, in ``parent`` (hidden there)
+    or in the system's temporary folder. Its name carries the process id, so that the next
+    audit removes the folders of audits that were killed (a cron or Airflow timeout) rather than
+    leaving their spilled tables on the disk."""
+    if parent is not None:
+        prefix = f".{CHUNK_DIR_PREFIX}"
+        _remove_dead(parent, f"{prefix}*")
+        return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
+    _remove_dead(Path(tempfile.gettempdir()), f"{CHUNK_DIR_PREFIX}*")
+    return tempfile.mkdtemp(prefix=f"{CHUNK_DIR_PREFIX}{os.getpid()}-")
 
 
 def _pid_of(p: Path) -> int | None:
@@ -332,6 +378,11 @@ def check_replaceable(path: str | os.PathLike[str], *, expected: Collection[str]
         raise InvalidParameterError(
             f"{dest}: exists and is not a folder; --out needs a folder for the results "
             "(choose a new or an earlier results folder)"
+        )
+    if os.path.ismount(dest):  # (a container's volume mounted at --out: it cannot be swapped)
+        raise InvalidParameterError(
+            f"{dest}: is a mount point; the results folder is replaced as a whole, which a mount point "
+            f"cannot be: give a folder inside it, e.g. --out {dest / 'report'}"
         )
     names = {p.name for p in dest.iterdir()}
     if names and MARKER not in names:
@@ -389,14 +440,36 @@ def atomic_directory(path: str | os.PathLike[str], *, expected: Collection[str] 
         tmp.mkdir()
     except OSError as exc:  # (a folder the user may not write in: said as the user's path)
         raise _naming(exc, tmp, dest) from None
+    mode = _keep_mode_and_group(dest, tmp)
     try:
         yield tmp
         (tmp / MARKER).write_text("driftwatch results folder; replaced as a whole by each audit\n")
+        if mode is not None:
+            with contextlib.suppress(OSError):
+                os.chmod(tmp, mode)
         _fsync_dir(tmp)
         _swap_in(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _keep_mode_and_group(dest: Path, tmp: Path) -> int | None:
+    """Give ``tmp`` the group of the folder it replaces, and while it is written that folder's
+    mode with write access for its owner; return the mode to set once it is written (``None``
+    for a new folder). A results folder kept to its group (``0770``, setgid) was replaced by a
+    world-readable one owned by the default group."""
+    try:
+        st = dest.stat()
+    except OSError:
+        return None
+    mode = stat.S_IMODE(st.st_mode)
+    with contextlib.suppress(OSError):
+        if st.st_gid != tmp.stat().st_gid:
+            os.chown(tmp, -1, st.st_gid)
+    with contextlib.suppress(OSError):
+        os.chmod(tmp, mode | stat.S_IRWXU)  # (setgid too: the files inherit the group)
+    return mode
 
 
 def _swap_in(tmp: Path, dest: Path) -> None:
@@ -407,13 +480,20 @@ def _swap_in(tmp: Path, dest: Path) -> None:
     if _renameat2_exchange(tmp, dest):
         # ``tmp`` now holds the previous results
         _fsync_dir(dest.parent)
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_old(tmp)
         return
     old = _tmp_sibling(dest, _OLD_TAG)
     os.rename(dest, old)
     os.rename(tmp, dest)
     _fsync_dir(dest.parent)
-    shutil.rmtree(old, ignore_errors=True)
+    _remove_old(old)
+
+
+def _remove_old(folder: Path) -> None:
+    """Delete the previous results (a folder its owner had made read-only too)."""
+    with contextlib.suppress(OSError):
+        os.chmod(folder, stat.S_IMODE(folder.stat().st_mode) | stat.S_IRWXU)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 __all__ = [
@@ -424,5 +504,6 @@ __all__ = [
     "atomic_write_parquet",
     "atomic_write_text",
     "check_replaceable",
+    "chunk_dir",
     "recover_directory",
 ]

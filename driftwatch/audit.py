@@ -29,7 +29,6 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 import types
 from collections import deque
@@ -1648,16 +1647,16 @@ _CHUNK_ROW_GROUP = 65_536
 def _chunk_dir(out: str | os.PathLike[str] | None) -> str:
     """A fresh temporary folder for the chunk files: next to the output folder when there is
     one (usually the disk meant for large files), else in the system's temporary folder."""
-    if out is not None:
-        from driftwatch._io import resolved
+    from driftwatch._io import chunk_dir, resolved
 
+    if out is not None:
         parent = resolved(out).parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
-            return tempfile.mkdtemp(prefix=".driftwatch-chunks-", dir=parent)
+            return chunk_dir(parent)
         except OSError:
             pass
-    return tempfile.mkdtemp(prefix="driftwatch-chunks-")
+    return chunk_dir(None)
 
 
 def _iter_chunks(
@@ -2095,9 +2094,10 @@ def audit(
     if out is not None and not str(out).strip():  # checked before the work, not after it
         raise InvalidParameterError("out (--out) is empty; expected a folder for the results such as report/")
     if out is not None:
-        from driftwatch._io import resolved
+        from driftwatch._io import check_replaceable, resolved
 
-        resolved(out)  # (a link loop is said before the work, not after it)
+        # (a link loop, a mount point, a folder of the user's files: said before the work, not after it)
+        check_replaceable(resolved(out), expected=CONTRACT_FILES + EXTRA_FILES)
     for name, value in (("every", every), ("drift_every", drift_every), ("load_every", load_every)):
         duration_seconds(value, name=f"{name} (--{name.replace('_', '-')})")
     # the fleet stage's own checks, made before the work rather than after it

@@ -319,6 +319,14 @@ def _check_state_args(args: argparse.Namespace) -> None:
             f"the state database ({db}) cannot be inside the results folder --out {results}: each audit "
             "replaces that folder; keep the state next to it (e.g. --state state/ --out report/)"
         )
+    from driftwatch._io import MARKER
+
+    inside = next((p for p in db.parents if (p / MARKER).is_file()), None)
+    if inside is not None:  # another audit's results folder: the database would block its next audit
+        raise InvalidParameterError(
+            f"the state database ({db}) cannot be inside a results folder ({inside}, marked by its {MARKER} "
+            "file): each audit replaces that folder; keep the state next to it (e.g. --state state/ --out report/)"
+        )
 
 
 def _cmd_audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

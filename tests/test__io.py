@@ -157,3 +157,92 @@ def test_a_long_legal_folder_name_is_written_and_recovered(tmp_path: Path, name:
     leftover.mkdir()
     recover_directory(dest)
     assert not leftover.exists()
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_mount_point_is_refused_with_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A volume mounted at --out (Docker, Kubernetes) failed every night with "Device or resource
+    busy; check the path and permissions": a mount point cannot be swapped."""
+    out = tmp_path / "mnt"
+    out.mkdir()
+    real = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda p: Path(p) == out or real(p))
+    with pytest.raises(InvalidParameterError, match=r"mnt: is a mount point.*give a folder inside it, e.g. --out .*mnt/report"):
+        _results(out, "x")
+    _results(out / "report", "inside")
+    assert (out / "report" / "report.html").read_text() == "inside"
+
+
+def test_a_replaced_results_folder_keeps_its_mode_and_group(tmp_path: Path) -> None:
+    """A folder kept to its group (0770, setgid) became world-readable with the default group."""
+    import stat
+
+    out = tmp_path / "report"
+    _results(out, "night 1")
+    os.chmod(out, 0o2750)
+    gid = 65534 if os.geteuid() == 0 else out.stat().st_gid
+    if os.geteuid() == 0:
+        os.chown(out, -1, gid)
+    _results(out, "night 2")
+    st = out.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o2750, gid)
+    assert (out / "report.html").read_text() == "night 2"
+    if os.geteuid() == 0:
+        assert (out / "runs.parquet").stat().st_gid == gid  # (setgid: the files inherit the group)
+    os.chmod(out, 0o555)  # a folder its owner may not write in is still replaced, and stays so
+    _results(out, "night 3")
+    assert stat.S_IMODE(out.stat().st_mode) == 0o555 and (out / "report.html").read_text() == "night 3"
+    os.chmod(out, 0o755)
+
+
+def test_killed_audits_leave_no_chunk_folders_or_half_files(tmp_path: Path) -> None:
+    """A killed audit's .driftwatch-chunks-* folder (spilled per-run tables) and a killed
+    `loops --out`'s .loops.parquet.tmp-* file stayed on the disk for ever."""
+    import polars as pl
+
+    from driftwatch._io import atomic_write_parquet, chunk_dir
+
+    dead, live = _dead_pid(), os.getppid()
+    (tmp_path / f".driftwatch-chunks-{dead}-abc12345").mkdir()
+    (tmp_path / f".driftwatch-chunks-{dead}-abc12345" / "loops-0.parquet").write_text("spilled")
+    (tmp_path / f".driftwatch-chunks-{live}-def67890").mkdir()
+    made = Path(chunk_dir(tmp_path))
+    assert made.name.startswith(f".driftwatch-chunks-{os.getpid()}-")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f".driftwatch-chunks-{live}-def67890", made.name])
+    (tmp_path / f".loops.parquet.tmp-{dead}-1a2b3c4d").write_text("half a file")
+    atomic_write_parquet(pl.DataFrame({"a": [1]}), tmp_path / "loops.parquet")
+    assert not list(tmp_path.glob(".loops.parquet.tmp-*"))
+
+
+def test_a_full_disk_is_said_with_the_output_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk gave "No space left on device" with no path, or, from Polars, "File out of
+    specification: Invalid thrift: transport error" as an unexpected error."""
+    import errno
+
+    import polars as pl
+
+    from driftwatch import _io
+
+    dest = tmp_path / "runs.parquet"
+    named = _io._naming(OSError(errno.ENOSPC, "No space left on device"), tmp_path / ".runs.parquet.tmp-1-ab", dest)
+    assert (named.errno, named.filename) == (errno.ENOSPC, str(dest))
+
+    def broken(self: pl.DataFrame, *args: object, **kwargs: object) -> None:
+        raise pl.exceptions.ComputeError("parquet: File out of specification: Invalid thrift: transport error")
+
+    monkeypatch.setattr(pl.DataFrame, "write_parquet", broken)
+    monkeypatch.setattr(_io, "_disk_full", lambda folder: True)
+    with pytest.raises(OSError, match="No space left on device") as info:
+        _io.atomic_write_parquet(pl.DataFrame({"a": [1]}), dest)
+    assert info.value.filename == str(dest) and not list(tmp_path.iterdir())
+    monkeypatch.setattr(_io, "_disk_full", lambda folder: False)  # another failure stays what it is
+    with pytest.raises(pl.exceptions.ComputeError):
+        _io.atomic_write_parquet(pl.DataFrame({"a": [1]}), dest)

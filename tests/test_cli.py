@@ -347,6 +347,14 @@ def test_incremental_audit_refuses_a_time_window(small_fleet_dir: Path, tmp_path
     code, out, err = run_cli("audit", small_fleet_dir / "events", "--out", tmp_path / "y",
                              "--db", tmp_path / "y" / "s.duckdb")
     assert code == 2 and "cannot be inside the results folder" in err and not (tmp_path / "y").exists(), err
+    # nor inside another audit's results folder: its next audit refused the folder for holding
+    # a file "driftwatch did not write"
+    (tmp_path / "latest").mkdir()
+    (tmp_path / "latest" / ".driftwatch").write_text("results")
+    code, out, err = run_cli("audit", small_fleet_dir / "events", "--out", tmp_path / "other",
+                             "--state", tmp_path / "latest" / "st")
+    assert code == 2 and "cannot be inside a results folder" in err, err
+    assert not (tmp_path / "latest" / "st").exists() and not (tmp_path / "other").exists()
 
 
 @pytest.mark.parametrize(
