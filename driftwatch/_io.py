@@ -38,6 +38,7 @@ import glob
 import hashlib
 import json
 import os
+import platform
 import re
 import secrets
 import shutil
@@ -313,11 +314,15 @@ def recover_directory(path: str | os.PathLike[str]) -> None:
     _remove_dead(parent, f"{stem}{_TMP_TAG}*", also=olds)
 
 
-def _remove_dead(folder: Path, pattern: str, *, also: Iterable[Path] = ()) -> None:
+def _remove_dead(folder: Path, pattern: str, *, also: Iterable[Path] = (), host: str | None = None) -> None:
     """Delete the files and folders of ``folder`` matching ``pattern`` (and ``also``) that a dead
-    process left (their names end in ``-<pid>-<random>``); those of a live process stay."""
+    process left (their names end in ``-<pid>-<random>``); those of a live process stay. With
+    ``host``, only names that carry it before the pid (``-<host>-<pid>-<random>``) and a pid: a
+    process of another machine or container sharing the folder cannot be told dead from here."""
     for leftover in [*folder.glob(pattern), *also]:
         pid = _pid_of(leftover)
+        if host is not None and (pid is None or leftover.name.rsplit("-", 3)[-3:-2] != [host]):
+            continue
         if pid is not None and pid != os.getpid() and _alive(pid):
             continue  # another audit is writing right now
         if leftover.is_dir():
@@ -336,12 +341,22 @@ def chunk_dir(parent: Path | None) -> str:
     or in the system's temporary folder. Its name carries the process id, so that the next
     audit removes the folders of audits that were killed (a cron or Airflow timeout) rather than
     leaving their spilled tables on the disk."""
-    if parent is not None:
-        prefix = f".{CHUNK_DIR_PREFIX}"
-        _remove_dead(parent, f"{prefix}*")
-        return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
-    _remove_dead(Path(tempfile.gettempdir()), f"{CHUNK_DIR_PREFIX}*")
-    return tempfile.mkdtemp(prefix=f"{CHUNK_DIR_PREFIX}{os.getpid()}-")
+    host = _host_tag()
+    prefix = f".{CHUNK_DIR_PREFIX}" if parent is not None else CHUNK_DIR_PREFIX
+    folder = parent if parent is not None else Path(tempfile.gettempdir())
+    _remove_dead(folder, f"{prefix}*", host=host)
+    return tempfile.mkdtemp(prefix=f"{prefix}{host}-{os.getpid()}-", dir=folder)
+
+
+@functools.cache
+def _host_tag() -> str:
+    """A short tag of this machine and process-id namespace (a container has its own): process
+    ids are only comparable between processes with the same tag."""
+    try:
+        ns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        ns = 0
+    return hashlib.blake2b(f"{platform.node()}/{ns}".encode(), digest_size=4).hexdigest()
 
 
 def _pid_of(p: Path) -> int | None:
@@ -449,9 +464,36 @@ def atomic_directory(path: str | os.PathLike[str], *, expected: Collection[str] 
                 os.chmod(tmp, mode)
         _fsync_dir(tmp)
         _swap_in(tmp, dest)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        name = str(exc.filename or "")
+        if exc.errno is not None and exc.strerror and name.startswith(str(tmp)):
+            # (a file of the folder being built: named as the user's, not the hidden .x.tmp-<pid>-<hex>/f)
+            raise type(exc)(exc.errno, exc.strerror, str(dest) + name[len(str(tmp)):]) from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_state_outside_results(db: Path, out: Path | None) -> None:
+    """Raise :class:`InvalidParameterError` when the state database ``db`` would sit inside the
+    results folder ``out`` or inside any results folder (one with the :data:`MARKER`): each
+    audit replaces that folder, and the database would then block it."""
+    db = db.absolute()
+    if out is not None:
+        results = out.absolute()
+        if db == results or results in db.parents:
+            raise InvalidParameterError(
+                f"the state database ({db}) cannot be inside the results folder --out {results}: each audit "
+                "replaces that folder; keep the state next to it (e.g. --state state/ --out report/)"
+            )
+    inside = next((p for p in db.parents if (p / MARKER).is_file()), None)
+    if inside is not None:
+        raise InvalidParameterError(
+            f"the state database ({db}) cannot be inside a results folder ({inside}, marked by its {MARKER} "
+            "file): each audit replaces that folder; keep the state next to it (e.g. --state state/ --out report/)"
+        )
 
 
 def _keep_mode_and_group(dest: Path, tmp: Path) -> int | None:
@@ -504,6 +546,7 @@ __all__ = [
     "atomic_write_parquet",
     "atomic_write_text",
     "check_replaceable",
+    "check_state_outside_results",
     "chunk_dir",
     "recover_directory",
 ]

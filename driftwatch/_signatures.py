@@ -82,13 +82,14 @@ _KEY_ALTERNATIVES = "|".join(
 #: SQL's ``OFFSET 12000000``. A key needs ``:`` or ``=`` after it (a command line's ``--key``,
 #: SQL's ``offset``/``skip`` a space): prose ("try again after <time>") is no position. A key
 #: before ``:`` must also not follow a word and a space on its line: "Retry after: <time>" is
-#: prose, ``{after: 5}``, ``"after": 5`` and a YAML line ``after: 5`` are keys.
+#: prose, ``{after: 5}``, ``"after": 5``, a YAML line ``after: 5`` and list item ``- after: 5``
+#: are keys.
 POSITION_RE = (
     # (after a word's end or OData's "$", not "retry-after", a header's time; before ":" after
     # the line's start or punctuation and spaces only; a command line's "--cursor=x" or
     # "--cursor x"; SQL's "offset n")
     rf"(?:(?:^|[^a-z0-9_$-]|\$)(?:(?:{_KEY_ALTERNATIVES})[\"']?\s*=|(?:offset|skip)\s)"
-    rf"|(?:^[ \t]*|[^a-z0-9_$ \t-][ \t]*|\$)(?:{_KEY_ALTERNATIVES})[\"']?\s*:"
+    rf"|(?:^[ \t]*|[^a-z0-9_$ \t-][ \t]*|-[ \t]+|\$)(?:{_KEY_ALTERNATIVES})[\"']?\s*:"
     rf"|--(?:{_KEY_ALTERNATIVES})[=\s])\s*[\"']?"
     # (an object: its nested objects too, three deep; a list: up to its first end)
     rf"(?:{TIMESTAMP_RE}|\{{(?:[^{{}}]|\{{(?:[^{{}}]|\{{[^{{}}]*\}})*\}})*\}}?|\[[^\]]*|[^\"'\s,&;}}\])]+)"

@@ -2154,10 +2154,13 @@ def audit(
             st = state
         elif not str(state).strip():
             raise InvalidParameterError("state is empty; expected a folder (as --state DIR) or a DuckDB file")
-        elif _names_folder(state):  # a state folder (as the CLI's --state DIR) holds the database file
-            st = _State.open(state_dir=state)
         else:
-            st = _State(state)
+            from driftwatch._io import check_state_outside_results
+
+            folder = _names_folder(state)  # a state folder (as the CLI's --state DIR) holds the database file
+            check_state_outside_results(Path(state) / "audit.duckdb" if folder else Path(state),
+                                        None if out is None else Path(out))
+            st = _State.open(state_dir=state) if folder else _State(state)
         own_state = not isinstance(state, _State)
     try:
         if st is not None:

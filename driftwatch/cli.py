@@ -26,6 +26,7 @@ Examples
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 import re
@@ -312,21 +313,9 @@ def _check_state_args(args: argparse.Namespace) -> None:
         raise InvalidParameterError(WINDOW_WITH_STATE)
     if args.engine == "spark":
         raise InvalidParameterError(SPARK_WITH_STATE)
-    db = Path(args.db if args.db else Path(args.state) / "audit.duckdb").absolute()
-    results = Path(args.out).absolute()
-    if db == results or results in db.parents:
-        raise InvalidParameterError(
-            f"the state database ({db}) cannot be inside the results folder --out {results}: each audit "
-            "replaces that folder; keep the state next to it (e.g. --state state/ --out report/)"
-        )
-    from driftwatch._io import MARKER
+    from driftwatch._io import check_state_outside_results
 
-    inside = next((p for p in db.parents if (p / MARKER).is_file()), None)
-    if inside is not None:  # another audit's results folder: the database would block its next audit
-        raise InvalidParameterError(
-            f"the state database ({db}) cannot be inside a results folder ({inside}, marked by its {MARKER} "
-            "file): each audit replaces that folder; keep the state next to it (e.g. --state state/ --out report/)"
-        )
+    check_state_outside_results(Path(args.db if args.db else Path(args.state) / "audit.duckdb"), Path(args.out))
 
 
 def _cmd_audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -809,8 +798,9 @@ def _main(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
         return EXIT_BAD_INPUT
     except OSError as exc:
         where = f" {_field(exc.filename)}:" if exc.filename else ""
-        print(f"driftwatch {args.command}: error:{where} {_one_line(exc)}; check the path and permissions",
-              file=err)
+        full = exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+        hint = "the disk is full: free some space or write elsewhere" if full else "check the path and permissions"
+        print(f"driftwatch {args.command}: error:{where} {_one_line(exc)}; {hint}", file=err)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"driftwatch {args.command}: interrupted; previous results are left as they were", file=err)

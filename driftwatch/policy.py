@@ -160,6 +160,9 @@ CLOUD_ERROR_PATTERN = (
     r"\barn:aws[\w-]*:|\bResourceNotFoundException\b"
     r"|\bprojects/[^/\s]+/locations/[^/\s]+/functions/"
 )
+#: A cloud resource's name inside an error text (an ARN, a Google Cloud resource path): left out
+#: when looking for :data:`TOOL_WORDS`, which a function named ``agent-tools-resize`` holds.
+CLOUD_RESOURCE_PATTERN = r"\barn:aws[\w-]*:\S*|\bprojects/\S*"
 
 #: Words that make an error text about a tool or its arguments (see :data:`SQL_ERROR_PATTERN`).
 TOOL_WORDS = r"(?i)tool|argument|parameter"
@@ -1174,8 +1177,12 @@ def _event_violations(lf: pl.LazyFrame, policy: Policy) -> list[pl.LazyFrame]:
         cand.filter(pl.col("_outside") | (
             pl.col("_err_text").str.contains(UNKNOWN_TOOL_PATTERN)
             & ~(
-                (pl.col("_err_text").str.contains(SQL_ERROR_PATTERN) | pl.col("_err_text").str.contains(CLOUD_ERROR_PATTERN))
+                pl.col("_err_text").str.contains(SQL_ERROR_PATTERN)
                 & ~pl.col("_err_text").str.contains(TOOL_WORDS)
+            )
+            & ~(
+                pl.col("_err_text").str.contains(CLOUD_ERROR_PATTERN)
+                & ~pl.col("_err_text").str.replace_all(CLOUD_RESOURCE_PATTERN, "").str.contains(TOOL_WORDS)
             )
         ).fill_null(False))
         .select(

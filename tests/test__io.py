@@ -208,15 +208,19 @@ def test_killed_audits_leave_no_chunk_folders_or_half_files(tmp_path: Path) -> N
     `loops --out`'s .loops.parquet.tmp-* file stayed on the disk for ever."""
     import polars as pl
 
-    from driftwatch._io import atomic_write_parquet, chunk_dir
+    from driftwatch._io import _host_tag, atomic_write_parquet, chunk_dir
 
-    dead, live = _dead_pid(), os.getppid()
-    (tmp_path / f".driftwatch-chunks-{dead}-abc12345").mkdir()
-    (tmp_path / f".driftwatch-chunks-{dead}-abc12345" / "loops-0.parquet").write_text("spilled")
-    (tmp_path / f".driftwatch-chunks-{live}-def67890").mkdir()
+    dead, live, host = _dead_pid(), os.getppid(), _host_tag()
+    (tmp_path / f".driftwatch-chunks-{host}-{dead}-abc12345").mkdir()
+    (tmp_path / f".driftwatch-chunks-{host}-{dead}-abc12345" / "loops-0.parquet").write_text("spilled")
+    kept = [f".driftwatch-chunks-{host}-{live}-def67890",
+            # another container's (its pids mean nothing here), an older version's (no pid)
+            f".driftwatch-chunks-0badc0de-{dead}-ghi12345", ".driftwatch-chunks-jkl67890"]
+    for name in kept:
+        (tmp_path / name).mkdir()
     made = Path(chunk_dir(tmp_path))
-    assert made.name.startswith(f".driftwatch-chunks-{os.getpid()}-")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f".driftwatch-chunks-{live}-def67890", made.name])
+    assert made.name.startswith(f".driftwatch-chunks-{host}-{os.getpid()}-")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, made.name])
     (tmp_path / f".loops.parquet.tmp-{dead}-1a2b3c4d").write_text("half a file")
     atomic_write_parquet(pl.DataFrame({"a": [1]}), tmp_path / "loops.parquet")
     assert not list(tmp_path.glob(".loops.parquet.tmp-*"))
@@ -246,3 +250,30 @@ def test_a_full_disk_is_said_with_the_output_path(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(_io, "_disk_full", lambda folder: False)  # another failure stays what it is
     with pytest.raises(pl.exceptions.ComputeError):
         _io.atomic_write_parquet(pl.DataFrame({"a": [1]}), dest)
+
+
+def test_a_file_of_the_results_being_built_is_named_under_the_output_folder(tmp_path: Path) -> None:
+    """A full disk while writing the results said ".R.tmp-476-92d965f3/report.html"."""
+    import errno
+
+    out = tmp_path / "R"
+    with pytest.raises(OSError, match="No space left") as info, atomic_directory(out) as tmp:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp / "report.html"))
+    assert info.value.filename == str(out.absolute() / "report.html")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_state_inside_any_results_folder_is_refused_by_the_library_too(tmp_path: Path) -> None:
+    import polars as pl
+
+    import driftwatch as dw
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    pl.DataFrame({"run_id": ["r"], "step": [1], "action": ["search"]}).write_parquet(logs / "a.parquet")
+    dw.audit(logs, out=tmp_path / "R2")
+    with pytest.raises(InvalidParameterError, match="cannot be inside a results folder"):
+        dw.audit(logs, out=tmp_path / "R1", state=tmp_path / "R2" / "state")
+    with pytest.raises(InvalidParameterError, match="cannot be inside the results folder --out"):
+        dw.audit(logs, out=tmp_path / "R4", state=tmp_path / "R4" / "st")
+    assert not (tmp_path / "R2" / "state").exists() and not (tmp_path / "R4").exists()

@@ -878,3 +878,18 @@ def test_drift_prints_window_times_when_not_on_midnight(fleet_events: Path, run_
     windows = {line.split()[2] for line in out.splitlines()[1:] if line[:5] in ("DRIFT", "  ok ", "  new")}
     assert code == 0 and "2026-10-08..2026-10-09" in windows, (out, err)
     assert all(re.fullmatch(r"2026-10-\d\d\.\.2026-10-\d\d", w) for w in windows)
+
+
+def test_a_full_disk_is_said_as_such(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, run_cli: Cli) -> None:
+    """A full disk was reported with "check the path and permissions"."""
+    import errno
+
+    from driftwatch import cli
+
+    def full(args: object, out: object, err: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "R" / "report.html"))
+
+    monkeypatch.setitem(cli._COMMANDS, "validate", full)
+    code, _, err = run_cli("validate", tmp_path)
+    assert code == 2 and f"{tmp_path / 'R' / 'report.html'}: No space left on device; the disk is full" in err, err
+    assert "permissions" not in err

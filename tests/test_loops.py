@@ -384,9 +384,11 @@ def test_positions_need_a_key_and_cover_common_paging_apis() -> None:
         ("since", [("get_report", '{"id": 7}', f"No new rows since: {t}") for t in stamps]),
         ("yaml", [("get_report", f"id: 7\nafter: {t}", "rows: []") for t in stamps]),
         ("object", [("get_report", f"{{id: 7, after: {t}}}", "rows: []") for t in stamps]),
+        ("yaml_list", [("get_report", f"filters:\n  - after: {t}", "next:\n  - after: x") for t in stamps]),
     )
     assert detect_loops(colon).select("run_id", "kind").sort("run_id").rows() == [
-        ("object", "same_action"), ("retry", "exact"), ("since", "exact"), ("yaml", "same_action")]
+        ("object", "same_action"), ("retry", "exact"), ("since", "exact"), ("yaml", "same_action"),
+        ("yaml_list", "same_action")]
     prompt = _calls(["llm"] * 6 + ["search"], [f"Summarize the tickets opened since {t}" for t in stamps] + ["q"],
                     ["cannot parse"] * 6 + ["x"])
     assert detect_loops(prompt).select("kind", "repeats").rows() == [("exact", 6)]

@@ -874,6 +874,9 @@ def test_plain_names_and_globs_match_alike() -> None:
         ("function projects/acme/locations/europe-west1/functions/resize does not exist", False),
         ("Function not found", True),
         ("unknown tool 'invoke_lambda' (arn:aws:lambda:us-east-1:1:function:x)", True),
+        # "tool" inside the function's own name is no word about the tool
+        ("Function not found: arn:aws:lambda:us-east-1:1:function:agent-tools-resize", False),
+        ("function projects/acme/locations/eu/functions/pdf-toolkit does not exist", False),
         ("Function 'lookup_order' is not defined", True),
         ("Tool 'lookup_order' does not exist", True),
         # near misses: the verdict is about something else than the named tool
