@@ -1082,6 +1082,12 @@ def _group_frame(
     return out
 
 
+def no_rows_error(paths: Sequence[str]) -> EmptyInputError:
+    """The error for files that hold no rows, naming the file, or all of them."""
+    where = paths[0] if len(paths) == 1 else f"all {len(paths)} files under {os.path.commonpath(paths)}"
+    return EmptyInputError(f"{where}: no rows to read; expected at least one event, found 0 rows")
+
+
 def _blame_file(group: _Group, raw_schema: Mapping[str, pl.DataType], cmap: dict[str, str]) -> None:
     """Raise the :class:`SchemaError` of the first file of ``group`` that fails conversion on its
     own (so that a message names that file, not the group's folder); return if none does."""
@@ -1419,8 +1425,7 @@ def read_logs(
     infos = _probe_all(paths)
     total = sum(i.rows for i in infos)
     if total == 0:
-        where = paths[0] if len(paths) == 1 else f"all {len(paths)} files under {os.path.commonpath(paths)}"
-        raise EmptyInputError(f"{where}: no rows to read; expected at least one event, found 0 rows")
+        raise no_rows_error(paths)
     unused = [src for src in cmap if not any(src in _columns(i, cmap) for i in infos)]
     if unused:
         cols = sorted({c for i in infos for c in i.schema})

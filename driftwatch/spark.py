@@ -42,6 +42,7 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import math
@@ -50,8 +51,9 @@ import re
 import shutil
 import sys
 import time
+import weakref
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
@@ -179,6 +181,9 @@ def get_session(
     settings.update(conf or {})
     for key, value in settings.items():
         builder = builder.config(key, value)
+    from pyspark import SparkContext
+
+    fresh = SparkContext._active_spark_context is None  # (else getOrCreate returns a session that runs)
     try:
         session = builder.getOrCreate()
     except Exception as exc:  # the JVM failed to start: say why in one line
@@ -187,8 +192,62 @@ def get_session(
             f"could not start Spark ({first}); check the Java runtime (17+) and the PySpark installation, "
             "or use engine 'polars'"
         ) from None
-    session.sparkContext.setLogLevel("ERROR")  # warnings of a session driftwatch started are not the user's
+    if fresh:  # warnings of a session driftwatch started are not the user's (a running one keeps its level)
+        session.sparkContext.setLogLevel("ERROR")
     return session
+
+
+#: The SparkContext of the session driftwatch started for an audit given none (the CLI's): its
+#: log output is silenced while driftwatch's jobs run (:func:`_quiet`). A session the user made
+#: or passed in keeps its log level.
+_owned_context: weakref.ref[Any] | None = None
+
+
+def _own_session() -> SparkSession:
+    """The session of an audit given none: the active one (the user's), else a new one that
+    driftwatch owns (:func:`get_session`)."""
+    global _owned_context
+    from pyspark import SparkContext
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    fresh = SparkContext._active_spark_context is None
+    session = get_session()
+    if fresh:
+        _owned_context = weakref.ref(session.sparkContext)
+    return session
+
+
+@contextlib.contextmanager
+def _quiet(session: SparkSession) -> Iterator[None]:
+    """Spark's own log output off while the block runs, in a session driftwatch started
+    (:func:`_own_session`): a failed read otherwise prints the executor's ERROR log and its Java
+    stack trace (~70 lines) on stderr before driftwatch's one-line message, even with --quiet.
+    Any other session is left as it is."""
+    try:
+        sc = session.sparkContext
+    except Exception:  # noqa: BLE001 - Spark Connect has no SparkContext (and is never driftwatch's)
+        sc = None
+    if sc is None or _owned_context is None or _owned_context() is not sc:
+        yield
+        return
+    before = _log_level(sc)
+    sc.setLogLevel("OFF")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):  # (a JVM that died says so through the error raised)
+            sc.setLogLevel(before)
+
+
+def _log_level(sc: Any) -> str:
+    """The root log level of the JVM (what ``setLogLevel`` set); ``ERROR``, what
+    :func:`get_session` sets, when it cannot be read."""
+    try:
+        return str(sc._jvm.org.apache.logging.log4j.LogManager.getRootLogger().getLevel().toString())
+    except Exception:  # noqa: BLE001 - (another logging back end)
+        return "ERROR"
 
 
 # --------------------------------------------------------------------------- input plans
@@ -285,6 +344,7 @@ def _input_from_paths(
 
     # (frame, hive keys, numbered, how its rows come back to the local reader's columns)
     planned: list[tuple[SparkDataFrame, tuple[str, ...], bool, _Variant | None]] = []
+    groups: list[Any] = []  # the local files' groups, as the local reader groups them
     files: list[str] = []
     seq: dict[str, int] = {}  # file -> its index in the sorted listing (the local reader's _SEQ)
     rows: int | None = 0
@@ -319,7 +379,8 @@ def _input_from_paths(
         # Int32 beside Int64 tokens), millisecond timestamps as their numbers (Spark turns them
         # into microseconds and fails on a value that overflows); each bucket rebuilds the
         # columns the local reader reads from the group (_restore), and converts them as it does
-        for group in _read._group(_read._assign_formats(infos, "canonical", cmap)):
+        groups = _read._group(_read._assign_formats(infos, "canonical", cmap))
+        for group in groups:
             by_schema: dict[tuple[Any, ...], list[Any]] = {}
             for f in group.files:
                 key = (tuple((c, str(t)) for c, t in f.schema.items()), _millis(f, cmap))
@@ -340,8 +401,8 @@ def _input_from_paths(
         listed += len(sdf.inputFiles())
         formats["canonical"] += len(sdf.inputFiles())
         rows = None
-    if rows == 0:
-        raise NoInputError(f"{_audit._describe(paths)}: no rows to read; expected at least one event, found 0 rows")
+    if rows == 0:  # (every file listed is local: a URI's rows are not counted)
+        raise _read.no_rows_error([i.path for i in infos])
     if len(files) >= 1 << (63 - _ROW_BITS):
         raise InvalidParameterError(f"too many input files for engine 'spark' ({len(files):,})")
     rank = {f: i for i, f in enumerate(files)}
@@ -365,9 +426,12 @@ def _input_from_paths(
         filled = _filled_keys(hive, cmap)
         cols = [F.col(c) for c in _needed_columns(sdf.columns, cmap) if c not in filled]
         for key in filled:
-            values = {k: _hive_value(f, key) for k, f in spelled.items()}
-            hive_map = F.create_map(*[x for k, v in values.items() if v is not None for x in (F.lit(k), F.lit(v))])
-            cols.append(F.element_at(hive_map, path).alias(key))
+            values = {k: v for k, f in spelled.items() if (v := _hive_value(f, key)) is not None}
+            if values:  # (a file of a null partition, __HIVE_DEFAULT_PARTITION__, is in no map: null)
+                hive_map = F.create_map(*[x for k, v in values.items() for x in (F.lit(k), F.lit(v))])
+                cols.append(F.element_at(hive_map, path).alias(key))
+            else:  # (every file's partition is null: an empty map has no type)
+                cols.append(F.lit(None).cast("string").alias(key))
         if not numbered:
             # a file without a step column: its rows' steps are derived in the bucket, over the
             # run's rows from such files, by ts, ties in the order read (the local reader's
@@ -388,7 +452,14 @@ def _input_from_paths(
             variant = tuple(_Column(c, c) for c in names)
         variants.append(tuple(_Column(c.name, None if c.source is None else renamed.get(c.source, c.source),
                                       c.bits, c.dtype) for c in variant))
-    _check_schema(merged, cmap, where=where, found=found, variants=variants)
+    try:
+        _check_schema(merged, cmap, where=where, found=found, variants=variants)
+    except SchemaError:
+        # the local reader names the file whose columns fail (checked on its own, footer only),
+        # not the folder: the first such file in its order
+        for group in groups:
+            _read._blame_file(group, {k: pl.String() for k in group.hive}, cmap)
+        raise
     names = list(dict.fromkeys(c.name for v in variants for c in v))
     run_col = _run_column(names, cmap)
     run_cols = tuple(dict.fromkeys(c.source for v in variants for c in v if c.name == run_col and c.source))
@@ -505,10 +576,18 @@ def _check_nanos(spark: SparkSession, infos: Sequence[Any]) -> None:
     )
 
 
+#: The folder name Hive and Spark write for a null partition value (``agent=__HIVE_DEFAULT_PARTITION__``).
+_HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+
+
 def _hive_value(path: str, key: str) -> str | None:
+    """The value of partition ``key`` in ``path``'s folders, decoded as Polars' hive parsing
+    (the local reader) decodes it: percent-escapes undone, :data:`_HIVE_NULL` read as null (as
+    ``spark.read.parquet`` reads it too), not as that text; None: no such folder."""
     for part in os.path.normpath(os.path.dirname(path)).split(os.sep):
         if part.startswith(key + "="):
-            return unquote(part.split("=", 1)[1])
+            value = unquote(part.split("=", 1)[1])
+            return None if value == _HIVE_NULL else value
     return None
 
 
@@ -1014,25 +1093,29 @@ def run_stage_spark(
     inp = _as_input(source, spark=spark, column_map=column_map, format=format)
     session = inp.sdf.sparkSession
     n_rows = inp.rows
-    if n_buckets is None:
-        if n_rows is None:
-            n_rows = int(inp.sdf.count())
-        n_buckets = _auto_buckets(session, n_rows, rows_per_bucket)
-    say(f"spark: {n_buckets} buckets of whole runs" + (f", {n_rows:,} rows" if n_rows is not None else ""))
+    with _quiet(session):  # (a session driftwatch started prints no Java log of a failed read)
+        if n_buckets is None:
+            if n_rows is None:
+                try:
+                    n_rows = int(inp.sdf.count())
+                except Exception as exc:
+                    raise _spark_error(exc) from None
+            n_buckets = _auto_buckets(session, n_rows, rows_per_bucket)
+        say(f"spark: {n_buckets} buckets of whole runs" + (f", {n_rows:,} rows" if n_rows is not None else ""))
 
-    fn = make_bucket_function(
-        policy=pol, since=since, until=until, column_map=column_map, n_examples=n_examples,
-        stage_options=stage_options, where=inp.description, variants=inp.variants,
-    )
-    packed = (
-        inp.sdf.withColumn(_BUCKET, F.pmod(F.xxhash64(inp.run_key()), F.lit(n_buckets)))
-        .groupBy(_BUCKET)
-        .applyInArrow(fn, PACKED_SCHEMA)
-    )
-    try:
-        collected = packed.toArrow()
-    except Exception as exc:
-        raise _spark_error(exc) from None
+        fn = make_bucket_function(
+            policy=pol, since=since, until=until, column_map=column_map, n_examples=n_examples,
+            stage_options=stage_options, where=inp.description, variants=inp.variants,
+        )
+        packed = (
+            inp.sdf.withColumn(_BUCKET, F.pmod(F.xxhash64(inp.run_key()), F.lit(n_buckets)))
+            .groupBy(_BUCKET)
+            .applyInArrow(fn, PACKED_SCHEMA)
+        )
+        try:
+            collected = packed.toArrow()
+        except Exception as exc:
+            raise _spark_error(exc) from None
     say(
         f"spark: per-run stage done in {time.perf_counter() - t0:.1f}s "
         f"({collected.nbytes / 1e6:.1f} MB collected from {n_buckets} buckets)"
@@ -1156,6 +1239,8 @@ def _spark_error(exc: Exception) -> Exception:
     if "PATH_NOT_FOUND" in text:
         return NoInputError(f"spark: {first}")
     if "FAILED_READ_FILE" in text or "CANNOT_READ_FILE_FOOTER" in text:
+        if _OTHER_SCHEMA in text:  # a sound file read with another file's types (spark.read.parquet)
+            return SchemaError(_read_failure(text, first))
         return CorruptFileError(_read_failure(text, first))
     return DriftwatchError(f"spark: the distributed stage failed ({type(exc).__name__}: {first[:500]})")
 
@@ -1187,9 +1272,43 @@ def _read_failure(text: str, first: str) -> str:
             hint = ("; a millisecond timestamp there is too large for Spark's microseconds: pass the files "
                     "by path (driftwatch reads them and rejects such rows as bad_ts), or use engine 'polars'")
     where = path or "a Parquet file"
+    if _OTHER_SCHEMA in text:
+        # spark.read.parquet took one schema from one of the files, and reads every file with it
+        mismatch = re.search(r"(Expected Spark type [^,]+, actual Parquet type [^.\s]+)", text)
+        found_text = mismatch.group(1) if mismatch else cause[:300]
+        what = f"column {col!r}" if col else "a column"
+        return (f"spark: {where}: {what} has another type in this file than in the schema Spark read the files "
+                f"with ({found_text}): Spark read all the files with one schema, taken from another file, so "
+                "this file could not be read, though it is sound. Pass the paths instead (audit_spark(paths), or "
+                "driftwatch audit --engine spark PATH): driftwatch then reads each file by its own schema, as "
+                "the local engine does")
+    if col is None and path is not None and os.path.isfile(path):
+        # Spark's cause names no column (a damaged page): find it as the local engine does,
+        # decoding the failed file column by column (it failed already: this costs one read)
+        located = _locate_column(path)
+        if located is not None:
+            where = located
     what = f"column {col!r}: " if col else ""
     return (f"spark: {where}: the Parquet file could not be read ({what}{cause[:300]})"
             f"{hint or '; check the file'}")
+
+
+#: What Spark raises for a file whose column has another type than the schema it reads with.
+_OTHER_SCHEMA = "SchemaColumnConvertNotSupportedException"
+
+
+def _locate_column(path: str) -> str | None:
+    """``"<file>, column '<name>'"`` of the first column of the file that cannot be decoded (the
+    local reader's :func:`driftwatch.read.locate_read_failure`), or None: not found, or the
+    search failed itself."""
+    from driftwatch import read as _read
+
+    try:
+        return _read.locate_read_failure([path])
+    except BaseException as exc:  # noqa: BLE001 - the column is only a hint: the message stands without it
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        return None
 
 
 # --------------------------------------------------------------------------- the audit
@@ -1203,7 +1322,9 @@ def _as_input(
     if isinstance(source, str | os.PathLike) or (
         isinstance(source, list | tuple) and source and all(isinstance(s, str | os.PathLike) for s in source)
     ):
-        return _input_from_paths(source, spark=spark or get_session(), column_map=column_map, format=format)
+        session = spark or _own_session()
+        with _quiet(session):
+            return _input_from_paths(source, spark=session, column_map=column_map, format=format)
     if _is_read_result(source):
         # its events go to Spark; the rows its reader rejected, and its counts, are kept as the
         # local engine keeps them (they are reported and scored: a run with rejected steps)
@@ -1215,7 +1336,7 @@ def _as_input(
         return inp
     if isinstance(source, pl.DataFrame | pl.LazyFrame):
         frame = source.collect() if isinstance(source, pl.LazyFrame) else source
-        session = spark or get_session()
+        session = spark or _own_session()
         # each row's position rides along, so rejected rows name it as the local reader does
         # (source_file "events", source_row the position)
         sendable, variant = _sendable(frame, check_column_map(column_map))

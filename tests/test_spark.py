@@ -653,3 +653,154 @@ def test_a_source_of_only_rejected_rows_is_scored_as_locally(spark, small, tmp_p
     assert local.runs.select("run_id", "level", "n_rejected").rows() == [("R", "escalate", 1)]
     for name in ("runs", "violations", "rejected"):
         assert_same(_frames(remote)[name], _frames(local)[name], name)
+
+
+# --------------------------------------------------------------------------- probe round 16
+
+
+def test_a_null_hive_partition_is_null_as_locally(spark, small, tmp_path):
+    """Hive and Spark write a null partition value as the folder ``agent=__HIVE_DEFAULT_PARTITION__``;
+    the local reader (Polars' hive parsing) and spark.read.parquet read null, the Spark engine read
+    the text: agent '__HIVE_DEFAULT_PARTITION__' instead of 'default', and every row of an
+    approved=__HIVE_DEFAULT_PARTITION__ folder rejected as bad_value:approved."""
+    from driftwatch.audit import audit
+    from driftwatch.spark import audit_spark_paths
+
+    ids = small["run_id"].unique().sort()
+    root = tmp_path / "hive_null"
+    for i, part in enumerate(["agent=alpha/approved=__HIVE_DEFAULT_PARTITION__",
+                              "agent=__HIVE_DEFAULT_PARTITION__/approved=__HIVE_DEFAULT_PARTITION__"]):
+        (root / part).mkdir(parents=True)
+        runs = ids[i * 40:(i + 1) * 40].implode()
+        small.filter(pl.col("run_id").is_in(runs)).drop("agent", "approved").write_parquet(root / part / "p.parquet")
+    local, remote = audit(str(root)), audit_spark_paths(str(root), spark=spark, n_buckets=2)
+    assert sorted(set(local.runs["agent"])) == ["alpha", "default"]
+    assert sorted(set(remote.runs["agent"])) == ["alpha", "default"], "expected the null partition read as null"
+    assert remote.rejected.height == local.rejected.height == 0
+    for name in ("runs", "violations", "rejected"):
+        assert_same(_frames(remote)[name], _frames(local)[name], name)
+
+
+def _damage_pages(path: Path, frame: pl.DataFrame) -> None:
+    """A Parquet file whose footer is sound and whose first data pages are not."""
+    frame.write_parquet(path, compression="uncompressed")
+    raw = bytearray(path.read_bytes())
+    raw[200:2000] = b"\xff" * 1800
+    path.write_bytes(bytes(raw))
+
+
+def test_a_damaged_page_names_its_file_and_column_as_locally(spark, small, tmp_path):
+    """Spark's cause of a damaged page names no column; the message names the one the local
+    engine names (the file decoded column by column, after the failure)."""
+    from driftwatch.audit import audit
+    from driftwatch.spark import audit_spark_paths
+
+    path = tmp_path / "x.parquet"
+    _damage_pages(path, small.head(200))
+    with pytest.raises(CorruptFileError) as local:
+        audit(str(path))
+    where = str(local.value).split(": reading failed")[0]
+    assert where.startswith(f"{path}, column '")
+    def level() -> str:
+        return str(spark.sparkContext._jvm.org.apache.logging.log4j.LogManager.getRootLogger().getLevel())
+
+    spark.sparkContext.setLogLevel("WARN")  # a user's session: driftwatch leaves its log level alone
+    try:
+        with pytest.raises(CorruptFileError) as remote:
+            audit_spark_paths(str(path), spark=spark, n_buckets=2)
+        assert level() == "WARN"
+    finally:
+        spark.sparkContext.setLogLevel("ERROR")
+    assert str(remote.value).startswith(f"spark: {where}: the Parquet file could not be read ("), str(remote.value)
+
+
+def test_the_cli_prints_one_line_for_a_damaged_page_not_a_java_stack_trace(small, tmp_path):
+    """The session the CLI starts logged the executor's ERROR and ~70 lines of Java stack trace on
+    stderr before driftwatch's message, even with --quiet. (A new JVM: a session driftwatch starts.)"""
+    import sys
+
+    import driftwatch
+
+    src = tmp_path / "logs"
+    src.mkdir()
+    _damage_pages(src / "x.parquet", small.head(200))
+    env = {**os.environ, "PYSPARK_SUBMIT_ARGS": "--master local[1] --conf spark.ui.enabled=false pyspark-shell",
+           "PYTHONPATH": os.pathsep.join([str(Path(driftwatch.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    code = "import sys; from driftwatch.cli import main; sys.exit(main())"
+    proc = subprocess.run([sys.executable, "-c", code, "audit", str(src), "--out", str(tmp_path / "out"),
+                           "--engine", "spark", "--quiet"], capture_output=True, text=True, env=env, timeout=600)
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    # (the JVM's start-up banner is not the failure's: its log lines are WARN ones)
+    java = [ln for ln in lines[:-1] if " ERROR " in ln or ln.lstrip().startswith("at ") or "Exception" in ln]
+    assert java == [], "expected no Java log of the failed read on stderr, found:\n" + "\n".join(java[:5])
+    assert lines[-1].startswith(f"driftwatch audit: error: spark: {src / 'x.parquet'}, column '"), lines[-1]
+
+
+def test_a_bad_file_in_a_folder_is_named_as_locally(spark, small, tmp_path):
+    """A column of an unusable type in one file of a folder (the files, or --reference): the
+    message named the folder; it names the first such file, as the local engine's does."""
+    from driftwatch.audit import audit
+    from driftwatch.spark import audit_spark_paths
+
+    ids = small["run_id"].unique().sort()
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    for i in range(3):
+        small.filter(pl.col("run_id").is_in(ids[i * 30:(i + 1) * 30].implode())).write_parquet(folder / f"day-{i}.parquet")
+    part = small.filter(pl.col("run_id").is_in(ids[100:130].implode()))
+    part.with_columns(pl.struct("cost_usd").alias("cost_usd")).write_parquet(folder / "day-1b.parquet")
+    part.with_columns(pl.col("ts").is_not_null().alias("ts")).write_parquet(folder / "day-2b.parquet")
+    with pytest.raises(SchemaError) as local:
+        audit(str(folder))
+    assert str(local.value).startswith(f"{folder / 'day-1b.parquet'}: column 'cost_usd'")
+    with pytest.raises(SchemaError) as remote:
+        audit_spark_paths(str(folder), spark=spark, n_buckets=2)
+    assert str(remote.value) == str(local.value)
+    good = tmp_path / "good.parquet"
+    small.write_parquet(good)
+    with pytest.raises(SchemaError) as remote_ref:
+        audit_spark_paths(str(good), reference=str(folder), spark=spark, n_buckets=2)
+    assert str(remote_ref.value) == str(local.value)
+
+
+def test_a_folder_of_files_without_rows_is_named_as_locally(spark, small, tmp_path):
+    """Files that all hold no rows: the message named the source given; it names the files, as
+    the local engine's does, with its error type."""
+    from driftwatch.audit import audit
+    from driftwatch.spark import audit_spark_paths
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for name in ("a.parquet", "b.parquet"):
+        small.head(0).write_parquet(empty / name)
+    with pytest.raises(NoInputError) as local_empty:
+        audit(str(empty))
+    with pytest.raises(NoInputError) as remote_empty:
+        audit_spark_paths(str(empty), spark=spark)
+    assert str(local_empty.value).startswith(f"all 2 files under {empty}: no rows to read")
+    assert str(remote_empty.value) == str(local_empty.value)
+    assert type(remote_empty.value) is type(local_empty.value)
+
+
+def test_spark_read_parquet_of_files_of_other_types_says_to_pass_the_paths(spark, small, tmp_path):
+    """spark.read.parquet(folder) reads every file with the schema of one of them: a file whose
+    ts is text beside timestamps fails to read though it is sound. The message said "check the
+    file"; it says why, and that passing the paths reads each file by its own schema."""
+    from driftwatch.audit import audit
+    from driftwatch.spark import audit_spark
+
+    ids = small["run_id"].unique().sort()
+    folder = tmp_path / "mixed_ts"
+    folder.mkdir()
+    small.filter(pl.col("run_id").is_in(ids[:30].implode())).write_parquet(folder / "a.parquet")
+    small.filter(pl.col("run_id").is_in(ids[30:60].implode())).with_columns(
+        pl.col("ts").dt.to_string("%Y-%m-%dT%H:%M:%S%.6fZ")).write_parquet(folder / "d.parquet")
+    with pytest.raises(SchemaError) as err:
+        audit_spark(spark.read.parquet(str(folder)), n_buckets=2)
+    text = str(err.value)
+    assert "\n" not in text and "check the file" not in text, text
+    assert f"{folder}/" in text and "column 'ts' has another type in this file" in text, text
+    assert "audit_spark(paths)" in text and "--engine spark PATH" in text, text
+    paths = audit_spark(str(folder), spark=spark, n_buckets=2)
+    assert_same(paths.runs, audit(str(folder)).runs, "runs")
