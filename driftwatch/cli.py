@@ -788,7 +788,8 @@ def _main(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
     try:
         return _COMMANDS[args.command](args, out, err)
     except DriftwatchError as exc:
-        print(f"driftwatch {args.command}: error: {_one_line(exc)}{_hint(exc)}", file=err)
+        print(f"driftwatch {args.command}: error: {_named_flag(_one_line(exc), parser, args.command)}{_hint(exc)}",
+              file=err)
         return EXIT_BAD_INPUT
     except MemoryError:
         less = {"generate": "fewer --runs-per-day (more --days)",
@@ -823,6 +824,19 @@ def _main(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
             file=err,
         )
         return EXIT_BAD_INPUT
+
+
+def _named_flag(text: str, parser: argparse.ArgumentParser, command: str) -> str:
+    """``text`` with the option named as typed when it starts with the keyword of a flag of
+    ``command`` (``max_period must be ...`` -> ``max_period (--max-period) must be ...``)."""
+    m = re.match(r"([a-z][a-z0-9_]*)(?=[ :])", text)
+    if not m or text[m.end():].lstrip().startswith("(--"):
+        return text
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    sub = subs[0].choices.get(command) if subs else None
+    flags = [o for a in (sub._actions if sub else ()) if a.dest == m.group(1)
+             for o in a.option_strings if o.startswith("--")]
+    return f"{m.group(1)} ({flags[0]}){text[m.end():]}" if flags else text
 
 
 def _hint(exc: BaseException) -> str:

@@ -207,6 +207,7 @@ SUMMARY_SCHEMA: dict[str, pl.DataType] = {
     "loop_severity": pl.Float64(),
     "no_progress_loops": pl.Int64(),
     "no_progress_cost_usd": pl.Float64(),
+    "worst_error_share": pl.Float64(),
 }
 
 #: Columns of :func:`detect_delegation_cycles` output.
@@ -983,6 +984,9 @@ def _tool_loops(
             found.append((s, e, np.full(s.size, p, np.int64)))
     s_s, s_e, s_p = (np.concatenate(x) for x in zip(*found, strict=True)) if found else (z, z, z)
     if s_s.size:
+        keep = ~_answered_later(s_e, s_p, pk, pp, ci, cj, nt, ok_a, ok, dead_r, failed)
+        s_s, s_e, s_p = s_s[keep], s_e[keep], s_p[keep]
+    if s_s.size:
         # a cycle of hand-offs only, some without arguments: handing three tasks to one agent, or
         # research then writing for three sections, repeats them too; it stays action-level
         other = _cumsum0((~free).astype(np.int64))
@@ -1015,6 +1019,35 @@ def _tool_loops(
     n_err = errs[cidx[seg_e] + 1] - errs[cidx[seg_s]]
     return _assemble(steps, blocks, money.result(), codes, trows, seg_s, seg_e, seg_p, is_sig, n_err,
                      fuzzy_pos, pool, min_repeats=min_repeats, error_share=error_share)
+
+
+def _answered_later(
+    end: np.ndarray,
+    period: np.ndarray,
+    pk: np.ndarray,
+    pp: np.ndarray,
+    ci: np.ndarray,
+    cj: np.ndarray,
+    nt: int,
+    ok_a: np.ndarray,
+    ok: np.ndarray,
+    dead_r: np.ndarray,
+    failed: np.ndarray,
+) -> np.ndarray:
+    """Which signature-level loops (tool positions ending at ``end``, of ``period``) are polls
+    that got their answer: the call after the loop repeats the loop's request (same action and
+    arguments) and gets a new, successful result (``running`` x4, then ``done``). Such a loop was
+    waiting, not stuck; it stays an action-level (``same_action``) loop.
+
+    ``pk``/``pp`` list the compared pairs (position ``pk`` against ``pk + pp``), sorted by period
+    then position; ``ci``/``cj`` are the candidate indices of the later and earlier call of each."""
+    if pk.size == 0:
+        return np.zeros(end.size, dtype=bool)
+    key = pp * (nt + 1) + pk  # sorted: periods ascending, positions ascending within each
+    want = period * (nt + 1) + (end + 1 - period)  # the pair that ended the loop
+    i = np.minimum(np.searchsorted(key, want), key.size - 1)
+    listed = key[i] == want  # the next call has the loop's action at that place
+    return listed & ok_a[i] & ~ok[i] & ~dead_r[i] & ~failed[ci[i]] & ~failed[cj[i]]
 
 
 def _near(
@@ -1425,6 +1458,8 @@ def loop_summary(loops: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         tools with changing arguments or results, such as pagination: progress) and
         ``no_progress_cost_usd`` is their waste, each step once (0 without such
         loops; null when they recorded no cost): the cost profile's loop spend.
+        ``worst_error_share`` is the worst loop's ``error_share`` (null when
+        ``loops`` has no such column).
 
     Examples
     --------
@@ -1491,6 +1526,8 @@ def loop_summary(loops: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
             # 0 without such loops; unknown when they recorded no cost
             pl.when(no_progress.sum() == 0).then(0.0).when(np_waste.count() > 0).then(np_waste.sum())
             .alias("no_progress_cost_usd"),
+            (worst("error_share") if "error_share" in schema else pl.lit(None, pl.Float64))
+            .alias("worst_error_share"),
         )
         .sort("run_id")
         .collect()

@@ -165,6 +165,7 @@ _LOOP_SUMMARY_COLS = (
     "wasted_tokens",
     "wasted_cost_usd",
     "loop_severity",
+    "worst_error_share",
 )
 
 
@@ -667,7 +668,7 @@ def score_runs_from_runs(
         f = _with_lookup(f, _first_per_run(summary.select(keep)), "run_id")
     for c, dt in (("n_loops", pl.Int64), ("worst_kind", pl.String), ("worst_pattern", pl.String),
                   ("worst_repeats", pl.Int64), ("wasted_steps", pl.Int64), ("wasted_tokens", pl.Int64),
-                  ("wasted_cost_usd", pl.Float64), ("loop_severity", pl.Float64)):
+                  ("wasted_cost_usd", pl.Float64), ("loop_severity", pl.Float64), ("worst_error_share", pl.Float64)):
         if c not in f.columns:
             f = f.with_columns(pl.lit(None, dtype=dt).alias(c))
 
@@ -934,9 +935,13 @@ def _components(pol: Policy) -> tuple[list[pl.Expr], list[pl.Expr]]:
     sev = pl.col("loop_severity").fill_null(0.0)
     same = pl.col("worst_kind") == "same_action"
     loop_s = pl.when(same).then(pl.min_horizontal(sev, pl.lit(max(pol.escalate - 0.05, 0.0)))).otherwise(sev)
+    share = pl.col("worst_error_share")
     kind_note = (
-        pl.when(pl.col("worst_kind") == "error_retry")
+        pl.when((pl.col("worst_kind") == "error_retry") & (share.is_null() | (share >= 1.0)))
         .then(pl.lit(" (failing each time)"))
+        .when(pl.col("worst_kind") == "error_retry")  # at least error_share of the calls, not all
+        .then(pl.concat_str(pl.lit(" ("), (share * 100).floor().clip(1, 99).cast(pl.Int64).cast(pl.String),
+                            pl.lit("% of the calls failing)")))
         .when(same & (pl.col("worst_pattern") == LLM_ACTION))
         .then(pl.lit(" (different answers)"))  # (sampling: one prompt, several replies)
         .when(same)

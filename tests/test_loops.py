@@ -173,6 +173,39 @@ def test_stalled_polling_is_a_no_progress_loop() -> None:
     assert detect_loops(events(("r", polls)))["kind"].to_list() == ["exact"]
 
 
+def test_a_poll_that_gets_its_answer_is_same_action() -> None:
+    """The same status until the job is done: the request repeated after the loop got a new
+    answer, so the loop was waiting, not stuck. A poll still stuck when the run ends, or one
+    ended by a failure or by another call, stays exact."""
+    running = [("get_job_status", '{"job_id": "j-17"}', '{"status": "running"}')] * 4
+    done = ("get_job_status", '{"job_id": "j-17"}', '{"status": "done"}')
+    failed = ("get_job_status", '{"job_id": "j-17"}', "rate limited", "error")
+    other_job = ("get_job_status", '{"job_id": "j-18"}', '{"status": "done"}')
+    cycle = [("check", '{"id": 1}', "pending"), ("sleep", "5", "slept")] * 3
+    runs = [
+        ("answered", [("submit_job", "{}", '{"job_id": "j-17"}'), *running, done, ("download", "j-17", "csv")]),
+        ("answered_llm", running + [done]),
+        ("stuck", [("submit_job", "{}", '{"job_id": "j-17"}'), *running]),
+        ("ended_by_failure", [*running, failed]),
+        ("ended_by_other_call", [*running, ("download", "j-17", "csv")]),
+        ("other_request", [*running, other_job]),
+        ("period_2_answered", [*cycle, ("check", '{"id": 1}', "ready"), ("fetch", "1", "data")]),
+    ]
+    out = detect_loops(events(*runs[:1], runs[2], *runs[3:])).sort("run_id")
+    llm = detect_loops(events(runs[1], llm_between=True))
+    got = {r["run_id"]: (r["kind"], r["match"], r["end_step"]) for r in out.iter_rows(named=True)}
+    assert got == {
+        "answered": ("same_action", "action", 6),  # the answer is part of the waiting
+        "stuck": ("exact", "identical", 5),
+        "ended_by_failure": ("exact", "identical", 4),
+        "ended_by_other_call": ("exact", "identical", 4),
+        "other_request": ("exact", "identical", 4),
+        "period_2_answered": ("same_action", "action", 7),
+    }
+    assert llm.select("kind", "match", "end_step").row(0) == ("same_action", "action", 10)
+    assert (out.filter(pl.col("kind") == "same_action")["severity"] <= 0.3).all()
+
+
 def test_near_duplicates_with_timestamps_ids_and_whitespace_are_exact() -> None:
     calls = [
         ("search",
@@ -501,11 +534,13 @@ def test_loop_summary_worst_loop_waste_and_severity() -> None:
     assert (r1["worst_kind"], r1["worst_pattern"], r1["worst_repeats"]) == ("exact", "search", 6)
     assert r1["wasted_steps"] == loops.filter(pl.col("run_id") == "r1")["wasted_steps"].sum()
     assert 0.5 <= r1["loop_severity"] <= 1.0
+    assert r1["worst_error_share"] == 0.0
     r2 = summ.filter(pl.col("run_id") == "r2").row(0, named=True)
     assert r2["worst_kind"] == "same_action" and 0.0 < r2["loop_severity"] <= 0.3
     # the contract columns alone are enough (severity from kind and repeats)
     again = loop_summary(loops.select(CONTRACT))
     assert again["n_loops"].to_list() == summ["n_loops"].to_list()
+    assert again["worst_error_share"].null_count() == again.height
     assert (again["loop_severity"] <= 1.0).all() and (again["loop_severity"] >= 0.0).all()
 
 

@@ -230,6 +230,31 @@ def test_loop_reason_format() -> None:
     assert out["level"][0] == "escalate"
 
 
+@pytest.mark.parametrize(("share", "note"), [(None, " (failing each time)"), (1.0, " (failing each time)"),
+                                             (0.5, " (50% of the calls failing)"),
+                                             (0.999, " (99% of the calls failing)")])
+def test_retry_reason_says_how_many_calls_failed(share: float | None, note: str) -> None:
+    """An error_retry loop needs only error_share of its calls to fail: its reason does not say
+    "each time" when some succeeded."""
+    ev = baseline("billing", 30, 10)
+    loops = summary_row("billing-004", "error_retry", "api", 6, 5, 0.05, 0.9).with_columns(
+        pl.lit(share, pl.Float64).alias("worst_error_share"))
+    out = score(ev, loops=loops).filter(pl.col("run_id") == "billing-004")
+    assert out["reasons"][0][0] == f"loop: api repeated 6x{note}, 5 wasted steps, $0.05"
+
+
+def test_retry_reason_from_detect_loops() -> None:
+    calls = [("api", f"a{i}", "boom" if s == "error" else "ok", s)
+             for i, s in enumerate(["error", "error", "ok", "error", "ok", "ok"])]
+    rows = [{"run_id": "r", "step": i + 1, "action": a, "args": x, "result": r, "status": s, "cost_usd": 0.01}
+            for i, (a, x, r, s) in enumerate(calls)]
+    ev = pl.concat([baseline("billing", 30, 10), pl.DataFrame(rows)], how="diagonal_relaxed")
+    loops = dw.detect_loops(ev)
+    assert loops.filter(pl.col("run_id") == "r")["kind"].to_list() == ["error_retry"]
+    reasons = score(ev, loops=loops).filter(pl.col("run_id") == "r")["reasons"][0].to_list()
+    assert any("(50% of the calls failing)" in r for r in reasons), reasons
+
+
 def test_same_action_loop_alone_never_escalates() -> None:
     ev = baseline("billing", 30, 10)
     loops = summary_row("billing-004", "same_action", "list_invoices", 30, 40, 0.5, 1.0)
