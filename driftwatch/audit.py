@@ -1244,7 +1244,7 @@ def _num(value: Any, digits: int = FLOAT_DIGITS) -> float | int | None:
     return pl.Series([f], dtype=pl.Float64).round_sig_figs(digits).item()
 
 
-@dataclass
+@dataclass(eq=False)  # frames have no truth value: == is identity
 class AuditResult:
     """Everything one audit found.
 
@@ -1404,6 +1404,9 @@ class AuditResult:
             "loops": {"total": int(self.loops.height), "runs_with_loops": _n_unique(self.loops), "by_kind": loops_kind},
             "violations": {"total": int(self.violations.height), "by_severity": sev, "by_rule": by_rule},
             "changepoints": int(self.changepoints.height),
+            # one change moves several metrics, a row each; rank 1 is its strongest
+            "changepoint_changes": int((self.changepoints["rank"] == 1).sum())
+            if "rank" in self.changepoints.columns else int(self.changepoints.height),
             "drift": {
                 "rows": int(self.drift.height),
                 # (rows of series without reference runs are not tests: feature no_reference)
@@ -1445,6 +1448,9 @@ class AuditResult:
             atomic_write_text,
         )
 
+        if not isinstance(out_dir, str | os.PathLike):
+            raise InvalidParameterError(
+                f"out (--out) must be a folder path (str or pathlib.Path), got {type(out_dir).__name__}")
         if not str(out_dir).strip():  # Path("") is the current folder
             raise InvalidParameterError("out (--out) is empty; expected a folder for the results such as report/")
         dest = Path(out_dir)

@@ -212,7 +212,9 @@ def _features(steps: pl.DataFrame) -> pl.DataFrame:
             .alias("tokens"),
             (pl.col("n_errors") / pl.col("n_steps")).alias("error_rate"),
             (pl.col("n_llm") / pl.col("n_steps")).alias("llm_ratio"),
-            ((pl.col("last_ts") - pl.col("first_ts")).dt.total_microseconds() / 1e6).alias("runtime_s"),
+            # (the division's last bit depends on how Polars splits the column: rounded as the sums)
+            ((pl.col("last_ts") - pl.col("first_ts")).dt.total_microseconds() / 1e6).round_sig_figs(12)
+            .alias("runtime_s"),
         )
         .drop("_run")
         .sort("run_id")

@@ -151,7 +151,7 @@ class ReadStats:
     formats: dict[str, int] = field(default_factory=dict)
     engine: str = "polars"
     seconds: float = 0.0
-    paths: tuple[str, ...] = ()
+    paths: tuple[str, ...] = field(default=(), repr=False)  # (thousands of files: see .paths)
     bytes_uncompressed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -170,7 +170,7 @@ class ReadStats:
         return list(self.__dataclass_fields__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # frames have no truth value: == is identity
 class ReadResult:
     """What :func:`read_logs` returns.
 

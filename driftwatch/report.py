@@ -242,6 +242,12 @@ def _reasons(value: Any, _row: Any = None) -> str:
     return '<ul class="reasons">' + "".join(f"<li>{e(x)}</li>" for x in items) + "</ul>"
 
 
+def _n_changes(summary: Mapping[str, Any]) -> int:
+    """Changes found (a change moves several metrics, a row each); a summary written before
+    ``changepoint_changes`` existed counts rows."""
+    return int(summary.get("changepoint_changes", summary.get("changepoints", 0)) or 0)
+
+
 def _cards(items: Iterable[tuple[str, str, str]]) -> str:
     return '<div class="cards">' + "".join(
         f'<div class="card {e(cls)}"><div class="v">{e(v)}</div><div class="k">{e(k)}</div></div>'
@@ -628,12 +634,17 @@ def _highlights(result: Any, summary: Mapping[str, Any]) -> list[str]:
                    "should be reviewed.")
     cps = _get(result, "changepoints")
     if _col(cps, "metric"):
+        # one item per change: its strongest metric (rank 1), and how many more moved with it
+        top = cps.filter(pl.col("rank") == 1) if "rank" in cps.columns else cps
         items = [
             f"{e(r.get('series'))} {e(r.get('metric'))} {e(fmt(r.get('before')))} → {e(fmt(r.get('after')))} "
-            f"from {e(fmt(r.get('ts')))}"
-            for r in cps.sort("score", descending=True, nulls_last=True).head(4).iter_rows(named=True)
+            f"from {e(fmt(r.get('ts')))}" + (f" (+{len(moved) - 1} more metrics)"
+                                             if isinstance(moved := r.get("metrics_moved"), list) and len(moved) > 1
+                                             else "")
+            for r in top.sort("score", descending=True, nulls_last=True).head(4).iter_rows(named=True)
         ]
-        out.append("Change-points: " + "; ".join(items) + ("; …" if cps.height > 4 else "."))
+        if items:
+            out.append("Change-points: " + "; ".join(items) + ("; …" if top.height > 4 else "."))
     drift = _get(result, "drift")
     if _col(drift, "drifted") and "feature" in drift.columns:
         fb = drift.filter(pl.col("drifted") & pl.col("feature").is_in(list(FEEDBACK_FEATURES)))
@@ -703,7 +714,7 @@ def _section_summary(result: Any, summary: Mapping[str, Any]) -> str:
             ("escalate", f"{levels.get('escalate', 0):,}", "escalate"),
             ("loops", f"{(summary.get('loops') or {}).get('total', 0):,}", ""),
             ("policy breaches", f"{(summary.get('violations') or {}).get('total', 0):,}", ""),
-            ("change-points", f"{summary.get('changepoints', 0):,}", ""),
+            ("change-points", f"{_n_changes(summary):,}", ""),
             ("drifted tests", f"{drift.get('drifted', 0):,}", ""),
             ("spend", money(cost.get("total_usd")), ""),
         ]
@@ -897,19 +908,33 @@ def _metric_column(metric: str, buckets: pl.DataFrame) -> str | None:
 
 
 def _changepoint_charts(metrics: pl.DataFrame, cps: pl.DataFrame, *, max_per_series: int = 3,
-                        only_with_changes: bool = False) -> list[str]:
+                        only_with_changes: bool = False, strongest_first: bool = False) -> list[str]:
+    """Line charts of the bucket metrics, series by series in name order, the metrics with a
+    change first. ``strongest_first``: only the metrics that changed, the strongest change
+    (``score``) first, for views that show only a few charts."""
     charts: list[str] = []
     if not (_col(metrics, "series") and "bucket" in metrics.columns):
         return charts
-    for series in sorted(metrics["series"].unique().to_list(), key=str):
+    order = sorted(metrics["series"].unique().to_list(), key=str)
+    strength: dict[tuple[Any, Any], float] = {}
+    if strongest_first and _col(cps, "series") and "metric" in cps.columns and "score" in cps.columns:
+        top = cps.group_by("series", "metric").agg(pl.col("score").cast(pl.Float64).fill_nan(None).max())
+        strength = {(r[0], r[1]): r[2] if r[2] is not None else 0.0 for r in top.iter_rows()}
+    if strongest_first:
+        best = {s: max((v for (ser, _), v in strength.items() if ser == s), default=-1.0) for s in order}
+        order = sorted(order, key=lambda s: -best[s])  # stable: names break ties
+    for series in order:
         sub = metrics.filter(pl.col("series") == series).sort("bucket")
         cp_series = cps.filter(pl.col("series") == series) if _col(cps, "series") else pl.DataFrame()
         cp_metrics = sorted(set(cp_series["metric"].to_list())) if cp_series.height else []
         if only_with_changes and not cp_metrics:
             continue
         chosen = [m for m in cp_metrics if _metric_column(m, sub) is not None]
-        chosen += [m for m in _METRIC_PRIORITY if m in sub.columns and m not in chosen]
-        chosen = chosen[: max(max_per_series, len(cp_metrics))]
+        if strongest_first:
+            chosen = sorted(chosen, key=lambda m: -strength.get((series, m), 0.0))
+        else:
+            chosen += [m for m in _METRIC_PRIORITY if m in sub.columns and m not in chosen]
+            chosen = chosen[: max(max_per_series, len(cp_metrics))]
         xs = [_ts_float(x) for x in sub["bucket"].to_list()]
         for m in chosen:
             col = _metric_column(m, sub) or m
@@ -1335,7 +1360,7 @@ def render_notebook(result: Any, *, top: int = 10) -> str:
         + [(lvl, f"{levels.get(lvl, 0):,}", lvl) for lvl in ("ok", "review", "escalate")]
         + [
             ("loops", f"{(summary.get('loops') or {}).get('total', 0):,}", ""),
-            ("change-points", f"{summary.get('changepoints', 0):,}", ""),
+            ("change-points", f"{_n_changes(summary):,}", ""),
             ("drifted", f"{(summary.get('drift') or {}).get('drifted', 0):,}", ""),
             ("rejected rows", f"{summary.get('rows_rejected', 0):,}", ""),
         ]
@@ -1343,10 +1368,12 @@ def render_notebook(result: Any, *, top: int = 10) -> str:
     runs = result.runs
     hot = _top(runs.lazy().filter(pl.col("level") != "ok"), top) if _col(runs, "level") else pl.DataFrame()
     table = _table(hot, ["run_id", "agent", "level", "score", "reasons"], cells={"level": _pill, "reasons": _reasons})
-    charts = _changepoint_charts(_get(result, "metrics"), _get(result, "changepoints"), only_with_changes=True)
+    charts = _changepoint_charts(_get(result, "metrics"), _get(result, "changepoints"), only_with_changes=True,
+                                 strongest_first=True)
     cps = (
         f"<h3>Change-points</h3><div class=\"grid\">{''.join(charts[:9])}</div>"
-        + (f'<p class="note">{len(charts) - 9} more charts in report.html</p>' if len(charts) > 9 else "")
+        + (f'<p class="note">The 9 strongest of {len(charts)} changed metrics; all are in <code>.changepoints</code>, '
+           "and <code>.write(DIR)</code> writes a report.html that charts every one.</p>" if len(charts) > 9 else "")
         if charts else '<p class="note">No change-point found.</p>'
     )
     return (

@@ -278,7 +278,7 @@ class Scenario:
         return replace(base, **overrides)  # type: ignore[arg-type]
 
 
-@dataclass
+@dataclass(eq=False)  # frames have no truth value: == is identity
 class Fleet:
     """A generated fleet: canonical ``events`` and ``truth`` tables."""
 

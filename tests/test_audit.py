@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -70,6 +71,8 @@ def test_summary_reconciles(result: AuditResult) -> None:
     assert sum(s["levels"].values()) == s["runs"] == result.runs.height
     assert s["loops"]["total"] == result.loops.height
     assert s["violations"]["total"] == result.violations.height == sum(s["violations"]["by_rule"].values())
+    assert s["changepoints"] == result.changepoints.height
+    assert s["changepoint_changes"] == result.changepoints.select("series", "ts").n_unique() > 0
     assert set(s["versions"]) == {"driftwatch", "polars", "duckdb", "python"}
     assert s["cost"]["total_usd"] == pytest.approx(result.runs["cost_usd"].sum(), rel=1e-6)
     assert {"per_run_stage", "fleet_stage", "total"} <= set(s["timings"])
@@ -741,6 +744,22 @@ def test_write_refuses_a_folder_of_other_files(result: AuditResult, tmp_path: Pa
     with pytest.raises(InvalidParameterError, match="not driftwatch results"):
         result.write(tmp_path)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_write_needs_a_path_and_results_compare_by_identity(result: AuditResult, fleet: synth.Fleet,
+                                                             tmp_path: Path) -> None:
+    for bad in (5, None, ["report"]):
+        with pytest.raises(InvalidParameterError, match="must be a folder path"):
+            result.write(bad)  # type: ignore[arg-type]
+    # frames have no truth value: == on results, fleets and reads is identity, never an error
+    assert (result == result) is True and (result == copy.copy(result)) is False
+    assert (fleet == copy.copy(fleet)) is False
+    for i in range(3):
+        fleet.events.head(10).write_parquet(tmp_path / f"part-{i}.parquet")
+    rr = dw.read_logs(tmp_path)
+    assert (rr == rr) is True and (rr == dw.read_logs(tmp_path)) is False
+    # the files read are in .paths, not in the repr (a log folder holds thousands)
+    assert "part-0" not in repr(rr) and len(rr.stats.paths) == 3
 
 
 def test_write_refuses_an_earlier_results_folder_with_the_users_own_files(result: AuditResult, tmp_path: Path) -> None:

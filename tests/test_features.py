@@ -179,3 +179,19 @@ def test_run_features_carry_series_columns_that_are_not_features() -> None:
     assert dw.run_features(ev, by="agent").columns == dw.run_features(ev).columns
     with pytest.raises(dw.SchemaError, match=r"by: column\(s\) \['nope'\] not in events"):
         dw.run_features(ev.lazy(), by="nope")
+
+
+def test_runtime_does_not_depend_on_row_order() -> None:
+    """The runtime's division by 1e6 gave 12.737602 or 12.737601999999999 for the same run, as
+    Polars split the column: per-run floats are rounded to 12 significant digits."""
+    starts = [T0 + timedelta(seconds=i, microseconds=83_466) for i in range(5_000)]
+    ev = pl.DataFrame({
+        "run_id": [f"r{i:05d}" for i in range(5_000)] * 2,
+        "step": [1] * 5_000 + [2] * 5_000,
+        "ts": starts + [s + timedelta(microseconds=12_737_602 + 17 * i) for i, s in enumerate(starts)],
+        "action": ["llm"] * 10_000,
+    })
+    want = F.run_features(ev)
+    assert want.filter(pl.col("run_id") == "r00000")["runtime_s"].item() == 12.737602
+    for seed in range(3):
+        assert_frame_equal(F.run_features(ev.sample(fraction=1.0, shuffle=True, seed=seed)), want)

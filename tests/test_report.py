@@ -457,3 +457,41 @@ def test_an_incremental_audit_says_what_its_figures_cover() -> None:
     assert _incremental_note({"runs": 5}) == ""
     cost = {"observed_days": 29.9, "runs_per_day": 74.1, "volume_per_day": 74.1}
     assert _observed_rate(cost, history=True) == " (the rate over the 29.9 days this audit's runs and the history's cover)"
+
+
+def test_changes_are_counted_once_and_the_notebook_charts_the_strongest_first() -> None:
+    """One change moves several metrics, a row each: the highlights name each change once, and
+    the notebook's few charts are the strongest changes, not the first series by name."""
+    from datetime import UTC, datetime, timedelta
+
+    from driftwatch.cli import _changes
+    from driftwatch.report import _changepoint_charts, _highlights, _n_changes
+
+    t0 = datetime(2026, 10, 1, tzinfo=UTC)
+    buckets = [t0 + timedelta(days=d) for d in range(10)]
+    metrics = pl.DataFrame({
+        "series": [s for s in ("agent=a", "agent=b", "agent=c") for _ in buckets],
+        "bucket": buckets * 3,
+        "steps_mean": [float(d > 5) for d in range(10)] * 3,
+        "cost_per_run": [float(d > 5) for d in range(10)] * 3,
+        "error_rate": [float(d > 5) for d in range(10)] * 3,
+    })
+    cps = pl.DataFrame({
+        "series": ["agent=a", "agent=a", "agent=b", "agent=c", "agent=c", "agent=c"],
+        "metric": ["steps_mean", "cost_per_run", "error_rate", "cost_per_run", "steps_mean", "error_rate"],
+        "ts": [buckets[6]] * 6, "before": [0.0] * 6, "after": [1.0] * 6,
+        "score": [3.0, 2.0, 5.0, 9.0, 8.0, 7.0], "rank": [1, 2, 1, 1, 2, 3],
+        "metrics_moved": [["steps_mean", "cost_per_run"]] * 2 + [["error_rate"]]
+        + [["cost_per_run", "steps_mean", "error_rate"]] * 3,
+    })
+    charts = _changepoint_charts(metrics, cps, only_with_changes=True, strongest_first=True)
+    titles = [re.search(r'class="t">([^<]*)<', c).group(1) for c in charts]
+    assert titles == ["agent=c · cost_per_run", "agent=c · steps_mean", "agent=c · error_rate",
+                      "agent=b · error_rate", "agent=a · steps_mean", "agent=a · cost_per_run"]
+    result = dataclasses.make_dataclass("R", [("changepoints", pl.DataFrame)])(cps)
+    (text,) = _highlights(result, {})
+    assert text.count("agent=") == 3 and "(+2 more metrics)" in text and "(+1 more metrics)" in text
+    assert text.index("agent=c") < text.index("agent=b") < text.index("agent=a")
+    summary = {"changepoints": 6, "changepoint_changes": 3}
+    assert _n_changes(summary) == 3 and _n_changes({"changepoints": 6}) == 6
+    assert _changes(summary) == "3 (6 metric rows)" and _changes({"changepoints": 2, "changepoint_changes": 2}) == "2"
