@@ -1305,7 +1305,8 @@ class AuditResult:
     def alert_frame(self) -> pl.DataFrame:
         """:meth:`alerts` as a DataFrame (columns :data:`ALERT_KEYS`), built with column expressions.
 
-        Numbers are rounded (scores to 4 digits, money to 6; NaN and infinity become null)
+        Numbers are rounded (money to 6 digits; scores cut to 4, so that a shown score never
+        reaches a threshold its level did not; NaN and infinity become null)
         and times are ISO-8601 UTC text ending in ``Z`` (microseconds only when not zero,
         as Python's ``isoformat``). Text longer than :data:`ALERT_TEXT_MAX` characters is cut
         and says how much was left out.
@@ -1336,12 +1337,16 @@ class AuditResult:
         def col(name: str, dtype: pl.DataType) -> pl.Expr:
             return pl.col(name).cast(dtype) if name in hot.columns else pl.lit(None, dtype)
 
-        def num(name: str, digits: int = 6) -> pl.Expr:
+        def num(name: str, digits: int = 6, *, cut: bool = False) -> pl.Expr:
             if name not in hot.columns:
                 return pl.lit(None, pl.Float64)
             if hot.schema[name].is_integer():
                 return pl.col(name).cast(pl.Int64)
             x = pl.col(name).cast(pl.Float64)
+            if cut:  # (a score: cut, never rounded up to a threshold the run did not reach)
+                scale = 10.0**digits
+                # (Polars divides by multiplying with the inverse: rounded after, to the nearest)
+                return pl.when(x.is_finite()).then(((x * scale + 1e-9).floor() / scale).round(digits))
             return pl.when(x.is_finite()).then(x.round(digits))
 
         def cut(x: pl.Expr) -> pl.Expr:
@@ -1366,7 +1371,7 @@ class AuditResult:
             cut(col("agent", pl.String)).alias("agent"),
             cut(col("version", pl.String)).alias("version"),
             col("level", pl.String).alias("level"),
-            num("score", 4).alias("score"),
+            num("score", 4, cut=True).alias("score"),
             col("reasons", pl.List(pl.String)).list.eval(cut(pl.element())).fill_null([]).alias("reasons"),
             iso("first_ts").alias("first_ts"),
             iso("last_ts").alias("last_ts"),

@@ -180,7 +180,7 @@ def _build_parser() -> _Parser:
                    help="a time range, reference logs, or a duration from the start such as 14d")
     d.add_argument("--every", default="7d", metavar="DUR", help="window length (default: 7d)")
     d.add_argument("--by", default="agent", metavar="COLS")
-    d.add_argument("--min-runs", type=_positive_int, default=20, metavar="N",
+    d.add_argument("--min-runs", type=_min_runs, default=20, metavar="N",
                    help="runs a series needs in the reference and in a window to be tested (default: 20)")
     d.add_argument("--out", metavar="FILE", help="also write all rows to this Parquet file")
     d.add_argument("--all", action="store_true", help="print every row, not only drifted ones")
@@ -221,6 +221,14 @@ def _positive_float(text: str) -> float:
 
 def _positive_int(text: str) -> int:
     return _positive(text, int, "integer")
+
+
+def _min_runs(text: str) -> int:
+    """At least 2 runs: a sample of one has no spread to test."""
+    v = _positive_int(text)
+    if v < 2:
+        raise argparse.ArgumentTypeError(f"expected an integer of at least 2 (a sample needs a spread), got {text!r}")
+    return v
 
 
 #: The most runs per day ``driftwatch generate`` accepts: a day is generated in memory, about

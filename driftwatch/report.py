@@ -231,6 +231,19 @@ def _pill(value: Any, _row: Any = None) -> str:
     return f'<span class="pill {v}">{v}</span>'
 
 
+def shown_score(value: float, decimals: int) -> float:
+    """A run's ``score`` cut (not rounded) to ``decimals``: a shown score never reaches a level's
+    threshold the run did not (0.69996 is 0.6999 beside ``review``, not 0.7)."""
+    scale = 10.0**decimals
+    return math.floor(value * scale + 1e-9) / scale  # (+1e-9: 0.57 * 100 is 56.99999999999999)
+
+
+def _score_cell(value: Any, _row: Any = None) -> str:
+    if not isinstance(value, float) or not math.isfinite(value):
+        return e(fmt(value))
+    return e(f"{shown_score(value, 3):.3f}".rstrip("0").rstrip("."))
+
+
 def _bool_pill(value: Any, _row: Any = None) -> str:
     return '<span class="pill yes">drifted</span>' if value else '<span class="pill no">no</span>'
 
@@ -789,7 +802,8 @@ def _section_escalated(result: Any) -> str:
         f"(all of them are in alerts.jsonl and runs.parquet).</p>"
     )
     hot = _top(flagged, MAX_ESCALATED_ROWS)
-    table = _table(hot, list(RUN_COLUMNS), limit=MAX_ESCALATED_ROWS, cells={"level": _pill, "reasons": _reasons},
+    table = _table(hot, list(RUN_COLUMNS), limit=MAX_ESCALATED_ROWS,
+                   cells={"level": _pill, "reasons": _reasons, "score": _score_cell},
                    headers={"n_steps": "steps", "cost_usd": "cost $", "first_ts": "started"}, total=n_hot)
     # timelines of the top runs we kept events for
     examples = _get(result, "examples")
@@ -1367,7 +1381,8 @@ def render_notebook(result: Any, *, top: int = 10) -> str:
     )
     runs = result.runs
     hot = _top(runs.lazy().filter(pl.col("level") != "ok"), top) if _col(runs, "level") else pl.DataFrame()
-    table = _table(hot, ["run_id", "agent", "level", "score", "reasons"], cells={"level": _pill, "reasons": _reasons})
+    table = _table(hot, ["run_id", "agent", "level", "score", "reasons"],
+                   cells={"level": _pill, "reasons": _reasons, "score": _score_cell})
     charts = _changepoint_charts(_get(result, "metrics"), _get(result, "changepoints"), only_with_changes=True,
                                  strongest_first=True)
     cps = (

@@ -1800,3 +1800,22 @@ def test_drift_that_tested_nothing_says_why_in_the_notes() -> None:
     res = audit(ev, reference=("2026-10-01", "2026-10-02"), drift_every="1h")
     assert res.drift.filter(pl.col("method") != "none").height == 0
     assert res.notes["drift_reference"].startswith("given; nothing compared: no series had 20 runs in the reference")
+
+
+def test_shown_scores_never_reach_a_threshold_their_level_did_not(result: AuditResult) -> None:
+    """0.6999575 is a review; rounded to 4 digits it read 0.7, the escalate threshold."""
+    import dataclasses
+
+    from driftwatch.report import _score_cell, shown_score
+
+    hot = result.runs.filter(pl.col("level") != "ok").head(4)["run_id"].to_list()
+    raw = [0.6999575, 0.39996, 0.875, 0.57]
+    runs = result.runs.with_columns(
+        pl.col("run_id").replace_strict(hot, raw, default=pl.col("score"), return_dtype=pl.Float64).alias("score"),
+        pl.col("run_id").replace_strict(hot, ["review", "review", "escalate", "review"], default=pl.col("level"))
+        .alias("level"),
+    )
+    alerts = {a["run_id"]: a["score"] for a in dataclasses.replace(result, runs=runs).alerts()}
+    assert [alerts[r] for r in hot] == [0.6999, 0.3999, 0.875, 0.57]
+    assert [_score_cell(x) for x in raw] == ["0.699", "0.399", "0.875", "0.57"]
+    assert shown_score(1.0, 3) == 1.0 and _score_cell(1.0) == "1" and _score_cell(None) == "–"
