@@ -2426,8 +2426,9 @@ def _check_by_columns(by: Sequence[str]) -> None:
     missing = [c for c in by if c not in columns]
     if missing:
         raise InvalidParameterError(
-            f"by (--by): {missing} not column(s) of the run table; series are named by run-level columns "
-            "such as agent or version (agent,version for both)"
+            f"by (--by): {missing} not column(s) of the run table; the audit names series by agent and "
+            "version (agent,version for both); for a column of your own such as a tenant, call "
+            "detect_drift / detect_changepoints / cost_profile / load_curve on the events with by=..."
         )
 
 
