@@ -647,9 +647,12 @@ def _why_no_window(rr: Any, ref: Any, kind: str, args: argparse.Namespace, why: 
 
     from driftwatch._frames import duration
 
+    if why:  # (the library's words, with the flags that set what they name)
+        said = why[0].replace("min_runs=", "--min-runs ").replace("a smaller min_runs", "a smaller --min-runs")
+        said = "note: no window could be tested: " + said.replace("longer windows", "longer windows (--every)")
     if kind == "logs":
         if why:
-            return f"note: no window could be tested: {why[0]}"
+            return said
         return (f"note: no window could be tested: a series needs at least {args.min_runs} runs in the reference"
                 f" logs and {args.min_runs} in a window of the runs they do not hold (--min-runs; windows are"
                 f" --every {args.every} long)")
@@ -671,7 +674,7 @@ def _why_no_window(rr: Any, ref: Any, kind: str, args: argparse.Namespace, why: 
         return (f"note: no window could be tested: no run starts after the reference (it ends "
                 f"{end.isoformat(sep=' ')}, the last run starts {hi.isoformat(sep=' ', timespec='seconds')}); "
                 "give a shorter or earlier --reference")
-    return few
+    return said if why else few
 
 
 def _cmd_generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -226,8 +226,10 @@ def detect_drift(
         given as both, or events that also hold the reference's, never put a
         run in both samples. A range: the runs of ``events`` in that range
         (with a reference frame, those it does not hold). A frame: events of
-        their own. In every case split into consecutive windows of ``every``
-        (the first starting at the reference end, the range start, or UTC
+        their own, less any run that is also a reference run (the same
+        ``run_id``: frames exported over overlapping periods, or the same
+        frame given as both). In every case split into consecutive windows
+        of ``every`` (the first starting at the reference end, the range start, or UTC
         midnight of the first current run's day when the reference or the
         current runs are a frame).
     by : str or sequence of str, default=("agent",)
@@ -284,17 +286,22 @@ def detect_drift(
     Raises
     ------
     InvalidParameterError
-        Bad options, or a reference that holds no runs.
+        Bad options (``include=[]`` among them), or a reference that holds
+        no runs.
     SchemaError
-        Events without the required columns.
+        Events without the required columns, or without a ``by`` column
+        (naming the frame that lacks it: ``events``, ``reference`` or
+        ``current``).
 
     Warns
     -----
     UserWarning
-        When no current run is left to compare, saying why (every run of
-        ``events`` is also in the reference frame, no run starts after the
-        reference or in the ``current`` range, an empty ``current``); the
-        result is then empty.
+        When nothing is compared, saying why: no current run is left (every
+        run of ``events``, or of a ``current`` frame, is also in the
+        reference; no run starts after the reference or in the ``current``
+        range; an empty ``current``), or no series has ``min_runs`` runs in
+        its reference and in a window. The result is then empty (but for
+        ``no_reference`` rows).
 
     Notes
     -----
@@ -306,8 +313,10 @@ def detect_drift(
       ``"(other)"``). Test: a Wald chi-square test of equal shares whose
       covariance is clustered by run (a run that pages through a list 8
       times is one observation, not 8), estimated once per series from all
-      its runs. Effect: Jensen-Shannon distance (base 2), corrected for
-      sampling noise so that small windows do not look drifted. The
+      its runs. A series with a single category (one tool, or all of them
+      pooled into ``"(other)"``) is not tested. Effect: Jensen-Shannon
+      distance (base 2), corrected for sampling noise so that small windows
+      do not look drifted. The
       explanation also quotes the PSI and names the category whose share
       moved most.
     * ``steps_per_run``, ``tokens_per_run``, ``cost_per_run``, ``latency``
@@ -348,7 +357,10 @@ def detect_drift(
     * ``feedback_outcome_gap`` (runs logging both ``feedback`` and
       ``outcome``): per run, the standardised feedback minus the standardised
       outcome (reference means and standard deviations); one-sided Welch t
-      test that the gap widened. Effect: the smaller of the gap widening and
+      test that the gap widened. Feedback without any spread in the series
+      (a proxy holding at one value) is not standardised: the gap is then
+      the outcome drop alone; a series whose outcome never varies is not
+      tested. Effect: the smaller of the gap widening and
       the outcome drop, in reference standard deviations, so a rising proxy
       alone is not an alarm.
 
@@ -366,12 +378,6 @@ def detect_drift(
     >>> d.filter("drifted").group_by("series").len().sort("series")["series"].to_list()
     ['agent=planner']
     """
-    lf = as_lazy(events)
-    require_timestamps(lf, "drift windows")
-    by_cols = normalize_by(by)
-    main = _tables_from_events(lf, by_cols)
-    ref = _frame_to_tables(reference, "reference", by_cols)
-    cur = _frame_to_tables(current, "current", by_cols)
     opts = _Options.make(
         by=by,
         every=every,
@@ -385,6 +391,15 @@ def detect_drift(
         classifier_max_runs=classifier_max_runs,
         random_state=random_state,
     )
+    lf = as_lazy(events)
+    require_timestamps(lf, "drift windows")
+    # every frame is checked before any per-run table is computed (a by column missing from the reference
+    # logs only is named as theirs)
+    _check_by(lf, opts.by, "events")
+    ref_lf, cur_lf = _frame_lazy(reference, "reference", opts.by), _frame_lazy(current, "current", opts.by)
+    main = _tables_from_events(lf, opts.by)
+    ref = None if ref_lf is None else _tables_from_events(ref_lf, opts.by)
+    cur = None if cur_lf is None else _tables_from_events(cur_lf, opts.by)
     rows, notes = _drift_of_tables(
         main, reference if ref is None else ref, current if cur is None else cur, opts
     )
@@ -504,7 +519,10 @@ def _drift_of_tables(main: Any, reference: Any, current: Any, opts: _Options) ->
         if side is not None:
             side.submit(_import_classifier)
         data, unreferenced = _assemble(main, reference, current, opts, notes)
-        if data is None:
+        few = None if data is None else _too_few(data, opts)
+        if few is not None:
+            notes.append(few)
+        if data is None or few is not None:
             out = _empty(opts.by)
         else:
             # the array work is many small operations: BLAS/OpenMP threads only add overhead (and stall on
@@ -515,6 +533,21 @@ def _drift_of_tables(main: Any, reference: Any, current: Any, opts: _Options) ->
         return out, notes
     return pl.concat([out, unreferenced.select(out.columns).cast(out.schema)]).sort(  # type: ignore[arg-type]
         "series", "window_start", maintain_order=True), notes
+
+
+def _too_few(data: _Data, opts: _Options) -> str | None:
+    """Why nothing can be tested when no series has ``min_runs`` runs in its reference and in one of its
+    windows (every test needs that many), else ``None``."""
+    n = np.bincount(data.gid, minlength=data.groups).reshape(data.n_series, data.n_slots)
+    ref, cur = n[:, 0], n[:, 1:]
+    if ((ref >= opts.min_runs)[:, None] & (cur >= opts.min_runs)).any():
+        return None
+    m = opts.min_runs
+    return (
+        f"no series had {m} runs in the reference and {m} in a window (windows are {opts.every} long; "
+        f"min_runs={m}): a series holds at most {int(ref.max(initial=0)):,} reference runs and "
+        f"{int(cur.max(initial=0)):,} runs in a window; use longer windows or a smaller min_runs"
+    )
 
 
 def _import_classifier() -> None:
@@ -590,6 +623,7 @@ class _Options:
     classifier_max_train: int
     classifier_max_runs: int | None
     random_state: int
+    every: str = ""  # as given (for notes)
 
     @classmethod
     def make(cls, **kw: Any) -> _Options:
@@ -638,6 +672,10 @@ class _Options:
             if bad:
                 raise InvalidParameterError(f"include has unknown feature(s) {bad}; features are {list(FEATURES)}")
             include = tuple(f for f in FEATURES if f in set(inc))
+            if not include:
+                raise InvalidParameterError(
+                    f"include must name at least one feature, got {list(inc)!r}; features are {list(FEATURES)}"
+                )
         mc = kw["max_categories"]
         if not isinstance(mc, int) or isinstance(mc, bool) or mc < 2:
             raise InvalidParameterError(f"max_categories must be an integer >= 2, got {mc!r}")
@@ -648,7 +686,7 @@ class _Options:
         if cmr is not None and (not isinstance(cmr, int) or isinstance(cmr, bool) or cmr < 100):
             raise InvalidParameterError(f"classifier_max_runs must be None or an integer >= 100, got {cmr!r}")
         rs = check_seed(kw["random_state"])
-        return cls(by, every_us, float(alpha), kw["fdr"], me, min_runs, include, mc, cmt, cmr, rs)
+        return cls(by, every_us, float(alpha), kw["fdr"], me, min_runs, include, mc, cmt, cmr, rs, str(kw["every"]))
 
 
 def _is_frame(x: Any) -> bool:
@@ -657,18 +695,36 @@ def _is_frame(x: Any) -> bool:
     )
 
 
-def _tables_from_events(lf: pl.LazyFrame, by: Sequence[str] = ()) -> Tables:
-    """The per-run tables of events; ``by`` columns that are not features are carried."""
+def _tables_from_events(lf: pl.LazyFrame, by: Sequence[str] = (), name: str | None = None) -> Tables:
+    """The per-run tables of events; ``by`` columns that are not features are carried.
+
+    With ``name`` (``"reference"``, ``"current"``), a ``by`` column the events lack is named as theirs.
+    """
+    if name is not None:
+        _check_by(lf, by, name)
     return run_features(lf, by=by), run_action_counts(lf), run_bigram_counts(lf)
 
 
-def _frame_to_tables(x: Any, name: str, by: Sequence[str] = ()) -> Tables | None:
-    """Events frame -> its per-run tables; anything else -> None (handled later)."""
-    if _is_frame(x):
-        lf = as_lazy(x, name=name)
-        require_timestamps(lf, "drift windows", name=name)
-        return _tables_from_events(lf, by)
-    return None
+def _check_by(lf: pl.LazyFrame, by: Sequence[str], name: str) -> None:
+    """Raise :class:`SchemaError` naming ``name`` when its events lack a ``by`` column."""
+    have = lf.collect_schema().names()
+    missing = [c for c in by if c not in have]
+    if missing:  # (a by column may also name a per-run feature: the columns of an empty table)
+        feats = run_features(lf.head(0)).columns
+        missing = [c for c in missing if c not in feats]
+    if missing:
+        where = "events" if name == "events" else f"the {name} events"
+        raise SchemaError(f"{name}: by column(s) {missing} not in {where}; found {have}")
+
+
+def _frame_lazy(x: Any, name: str, by: Sequence[str] = ()) -> pl.LazyFrame | None:
+    """An events frame as a checked lazy frame (timestamps, ``by`` columns); anything else -> None."""
+    if not _is_frame(x):
+        return None
+    lf = as_lazy(x, name=name)
+    require_timestamps(lf, "drift windows", name=name)
+    _check_by(lf, by, name)
+    return lf
 
 
 def _collect(x: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
@@ -882,7 +938,7 @@ def _assemble(
         ref_lo = ref_hi = None
         src_ref = 1
     elif _is_frame(reference):
-        ref_tabs = _tables_from_events(as_lazy(reference, name="reference"), opts.by)
+        ref_tabs = _tables_from_events(as_lazy(reference, name="reference"), opts.by, "reference")
         ref_tabs = _check_tables(ref_tabs, "reference")
         ref_lo = ref_hi = None
         src_ref = 1
@@ -892,6 +948,12 @@ def _assemble(
             f"events or a tuple (features, action_counts, bigram_counts); got {type(reference).__name__}"
         )
     ref_runs = _window_frame(ref_tabs[0], ref_lo, ref_hi, None, 0, src_ref, opts.by)
+    if ref_runs.height == 0 and ref_lo is None:  # reference logs (a frame or per-run tables)
+        h = ref_tabs[0].height
+        raise InvalidParameterError(
+            "reference holds no runs: the reference frame is empty" if h == 0 else
+            f"reference holds no runs: none of the reference frame's {h:,} runs has a timestamp"
+        )
     if ref_runs.height == 0:
         span = (first.min(), first.max()) if first.len() else (None, None)
         raise InvalidParameterError(
@@ -933,16 +995,25 @@ def _assemble(
             " outside the reference" if logs else "")
     elif _is_tables(current) or _is_frame(current):
         cur_tabs = _check_tables(current, "current") if _is_tables(current) else _check_tables(
-            _tables_from_events(as_lazy(current, name="current"), opts.by), "current"
+            _tables_from_events(as_lazy(current, name="current"), opts.by, "current"), "current"
         )
         lo = hi = None
-        fmin = cur_tabs[0]["first_ts"].min()
+        # a run of the current frame that is also a reference run (the same run_id: frames exported
+        # over overlapping periods, the same frame given as both) is left out of the current sample, as
+        # with current=None or a range: no run is in both samples
+        cur_first = cur_tabs[0]["first_ts"]
+        n_cur = int(cur_first.len() - cur_first.null_count())
+        ref_ids = ref_tabs[0]["run_id"] if logs else ref_tabs[0]["run_id"].gather(ref_runs["_orig"])
+        keep = _outside(cur_tabs[0], ref_ids)
+        fmin = cur_first.filter(keep).min()
+        why = "current holds no runs" if n_cur == 0 else (
+            f"every run of current ({n_cur:,}) is also in the reference (the same run_id), so no run is left to "
+            "compare with it; give current runs of their own (not the reference's, nor runs that hold them)")
         if fmin is None:
-            notes.append("current holds no runs")
+            notes.append(why)
             return None, None
-        origin = datetime(fmin.year, fmin.month, fmin.day, tzinfo=UTC)  # type: ignore[union-attr]
+        origin = datetime(fmin.year, fmin.month, fmin.day, tzinfo=UTC)  # type: ignore[attr-defined]
         src_cur = 2
-        why = "current holds no runs"
     else:
         raise InvalidParameterError(
             "current must be None, a (start, end) range, a frame of events or a tuple of per-run tables; "
@@ -1666,6 +1737,10 @@ def _categorical_rows(data: _Data, cat: _Cat, feature: str, opts: _Options) -> p
             what = np.take_along_axis(np.broadcast_to(cat.names[:, None, :], pb.shape), k[..., None], -1)[..., 0]
     ok, n_ref, n_cur = _testable(data, cat.n_runs, opts)
     ok &= (N[:, :1] > 0) & (N[:, 1:] > 0)
+    # a series with a single category (one tool, or every tool or bigram pooled into "(other)": too rare
+    # for a cell of its own) has shares of 100% on both sides: nothing is tested, so it gets no row (a
+    # p-value of 1 would only dilute the correction of the others)
+    ok &= ((cat.names != "").sum(1) >= 2)[:, None]
     return _pair_frame(
         data,
         ok,
@@ -1978,6 +2053,14 @@ def _numeric_rows(data: _Data, name: str, opts: _Options) -> pl.DataFrame | None
     )
 
 
+def _spread(x: np.ndarray, key: np.ndarray, n_keys: int) -> np.ndarray:
+    """Per key: whether its values are not all equal (``key`` sorted; exact, no variance round-off)."""
+    out = np.zeros(n_keys, dtype=bool)
+    if x.size > 1:
+        out[key[1:][(x[1:] != x[:-1]) & (key[1:] == key[:-1])]] = True
+    return out
+
+
 def _gap_rows(data: _Data, opts: _Options) -> pl.DataFrame | None:
     cols = data.runs.columns
     if "feedback" not in cols or "outcome" not in cols:
@@ -1993,24 +2076,33 @@ def _gap_rows(data: _Data, opts: _Options) -> pl.DataFrame | None:
     n = _shape(data, np.bincount(gid, minlength=G).astype(float))
     sf, so = _shape(data, _gsum(f, gid, G)), _shape(data, _gsum(o, gid, G))
     sff, soo, sfo = (_shape(data, _gsum(v, gid, G)) for v in (f * f, o * o, f * o))
+    # which (series, slot) cells and series have values that differ at all: a constant value (feedback
+    # always 1.0) has no spread, whatever the round-off of its sums of squares says
+    ser = gid // W1
+    cell_f, cell_o = _shape(data, _spread(f, gid, G)), _shape(data, _spread(o, gid, G))
+    ser_f, ser_o = _spread(f, ser, S), _spread(o, ser, S)
     with np.errstate(invalid="ignore", divide="ignore"):
         mf, mo = sf / n, so / n
         d1 = np.maximum(n - 1, 1)
-        vf = np.maximum(sff - sf * mf, 0) / d1
-        vo = np.maximum(soo - so * mo, 0) / d1
-        cfo = (sfo - sf * mo) / d1
+        vf = np.where(cell_f, np.maximum(sff - sf * mf, 0) / d1, 0.0)
+        vo = np.where(cell_o, np.maximum(soo - so * mo, 0) / d1, 0.0)
+        cfo = np.where(cell_f & cell_o, (sfo - sf * mo) / d1, 0.0)
         # reference scale; a constant reference falls back to the series-wide spread
         nt, tf, to = n.sum(1), sf.sum(1), so.sum(1)
-        vf_all = np.maximum(sff.sum(1) - tf**2 / nt, 0) / np.maximum(nt - 1, 1)
-        vo_all = np.maximum(soo.sum(1) - to**2 / nt, 0) / np.maximum(nt - 1, 1)
+        vf_all = np.where(ser_f, np.maximum(sff.sum(1) - tf**2 / nt, 0) / np.maximum(nt - 1, 1), 0.0)
+        vo_all = np.where(ser_o, np.maximum(soo.sum(1) - to**2 / nt, 0) / np.maximum(nt - 1, 1), 0.0)
         sdf = np.sqrt(np.where(vf[:, 0] > 0, vf[:, 0], vf_all))
         sdo = np.sqrt(np.where(vo[:, 0] > 0, vo[:, 0], vo_all))
-        live = (sdf > 0) & (sdo > 0)
-        sdf, sdo = np.where(live, sdf, 1.0)[:, None], np.where(live, sdo, 1.0)[:, None]
-        dfb = (mf[:, 1:] - mf[:, :1]) / sdf
+        # a series whose outcome never varies cannot show it falling (not tested); feedback without any
+        # spread (a proxy that holds at one value) has not moved: only what has spread is standardised,
+        # and the gap is the outcome's drop alone
+        live = sdo > 0
+        has_f = (sdf > 0)[:, None]
+        sdf, sdo = np.where(has_f[:, 0], sdf, 1.0)[:, None], np.where(live, sdo, 1.0)[:, None]
+        dfb = np.where(has_f, (mf[:, 1:] - mf[:, :1]) / sdf, 0.0)
         dob = (mo[:, 1:] - mo[:, :1]) / sdo
         gap = dfb - dob
-        vg = vf / sdf**2 + vo / sdo**2 - 2 * cfo / (sdf * sdo)
+        vg = np.where(has_f, vf / sdf**2, 0.0) + vo / sdo**2 - np.where(has_f, 2 * cfo / (sdf * sdo), 0.0)
         vg = np.maximum(vg, 0)
         a, b = vg[:, :1] / n[:, :1], vg[:, 1:] / n[:, 1:]
         se = np.sqrt(a + b)

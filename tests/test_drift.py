@@ -3,7 +3,7 @@ vectorised statistics against scipy, input forms and errors."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import polars as pl
@@ -467,7 +467,8 @@ def test_min_effect_and_min_runs(demo_tables: tuple[pl.DataFrame, pl.DataFrame, 
     strict = drift_from_runs(*demo_tables, reference=REF, include=["steps_per_run"],
                              min_effect={"steps_per_run": 5.0})
     assert not strict["drifted"].any() and (strict["threshold"] == 5.0).all()
-    few = drift_from_runs(*demo_tables, reference=REF, include=["steps_per_run"], min_runs=10_000)
+    with pytest.warns(UserWarning, match="no series had 10000 runs in the reference"):
+        few = drift_from_runs(*demo_tables, reference=REF, include=["steps_per_run"], min_runs=10_000)
     assert few.height == 0 and "explain" in few.columns
 
 
@@ -895,3 +896,142 @@ def test_min_effect_must_be_a_finite_non_negative_number(
                      reference="1d", min_effect={"latency": value})
     zero = drift_from_runs(*demo_tables, reference=REF, include=["tool_mix"], min_effect={"tool_mix": 0})
     assert (zero["threshold"] == 0.0).all()
+
+
+def test_feedback_holding_at_one_value_while_outcome_falls_is_flagged(
+    demo_fleet: synth.Fleet, weak_fleet: synth.Fleet
+) -> None:
+    """A proxy feedback that holds at one value (every rating 1.0) while the outcome collapses
+    gave no feedback_outcome_gap row at all: a feedback without spread could not be standardised,
+    so the series was dropped. Only what has spread is standardised now."""
+    kw = dict(reference=REF, include=["feedback_outcome_gap"])
+    for value in (1.0, 0.7):  # (0.7: sums of squares of a constant leave round-off, not spread)
+        const = pl.when(pl.col("feedback").is_not_null()).then(value).alias("feedback")
+        d = detect_drift(demo_fleet.events.with_columns(const), **kw)
+        planner = d.filter(pl.col("series") == "agent=planner")
+        assert planner.height == 4 and planner["drifted"].all(), planner.select("explain").rows()
+        assert f"feedback {value:.2f} -> {value:.2f}" in planner["explain"][0]
+        assert "feedback holds while outcome falls" in planner["explain"][0]
+        assert not d.filter(pl.col("series") != "agent=planner")["drifted"].any()
+        assert d["series"].n_unique() == 4  # every series tested
+        # a stable fleet (but for billing's drift from day 24): no other series drifts, billing only after its onset
+        w = detect_drift(weak_fleet.events.with_columns(const), **kw)
+        hit = w.filter("drifted")
+        assert set(hit["series"]) == {"agent=billing"} and hit["window_start"].min() >= datetime(2026, 10, 22,
+                                                                                                  tzinfo=UTC)
+    # feedback and outcome both constant: nothing moved, nothing tested
+    both = demo_fleet.events.with_columns(
+        pl.when(pl.col("feedback").is_not_null()).then(1.0).alias("feedback"),
+        pl.when(pl.col("outcome").is_not_null()).then(0.3).alias("outcome"),
+    )
+    assert detect_drift(both, **kw).height == 0
+
+
+def test_reference_and_current_frames_that_share_runs_compare_each_run_once() -> None:
+    """Reference and current frames that share runs put those runs in both samples, silently (the
+    same frame as both compared the data with itself). A current frame's runs that are reference
+    runs (by run_id) are now left out, for a frame or a range reference, as for a current range."""
+    import warnings
+
+    ev = synth.generate(days=21, runs_per_day=60, seed=5, scenario=synth.Scenario.stable()).events
+    first = ev.group_by("run_id").agg(pl.col("ts").min().alias("f"), pl.col("agent").first())
+
+    def between(lo: str, hi: str) -> pl.DataFrame:
+        t = pl.col("f").dt.date()
+        return first.filter(t >= date.fromisoformat(lo), t < date.fromisoformat(hi))
+
+    ref_runs, cur_runs = between("2026-10-01", "2026-10-12"), between("2026-10-08", "2026-10-22")
+    ref = ev.filter(pl.col("run_id").is_in(ref_runs["run_id"].implode()))
+    cur = ev.filter(pl.col("run_id").is_in(cur_runs["run_id"].implode()))
+    own = cur_runs.filter(~pl.col("run_id").is_in(ref_runs["run_id"].implode()))  # from 10-12 on
+    assert 0 < own.height < cur_runs.height
+    want = own.group_by("agent").len("n").sort("agent")
+    kw = dict(include=["error_rate"], min_runs=2)
+
+    def n_cur(d: pl.DataFrame) -> pl.DataFrame:
+        return d.group_by("agent").agg(pl.col("n_cur").sum().alias("n")).sort("agent").cast({"n": pl.UInt32})
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (runs are left: no warning)
+        frames = detect_drift(ev, reference=ref, current=cur, **kw)
+        ranged = detect_drift(ev, reference=("2026-10-01", "2026-10-12"), current=cur, **kw)
+        tabled = drift_from_runs(*tables(ev), reference=tables(ref), current=tables(cur), **kw)
+    for d in (frames, ranged, tabled):
+        assert n_cur(d).equals(want)
+        assert d["window_start"].min() == datetime(2026, 10, 12, tzinfo=UTC)  # midnight of the first own run
+    assert ranged.equals(frames) and tabled.equals(frames)
+    # a current range with the reference frame compares the same runs
+    by_range = detect_drift(ev, reference=ref, current=("2026-10-12", "2026-10-22"), **kw)
+    assert n_cur(by_range).equals(want)
+    # the same frame as both: nothing to compare, and why
+    with pytest.warns(UserWarning, match=r"every run of current \(1,\d\d\d\) is also in the reference"):
+        assert detect_drift(ev, reference=ev, current=ev, **kw).height == 0
+    with pytest.warns(UserWarning, match=r"every run of current \(\d+\) is also in the reference"):
+        assert detect_drift(ev, reference=("2026-10-01", "2026-10-22"), current=ref, **kw).height == 0
+
+
+def test_series_with_a_single_category_are_not_tested() -> None:
+    """With short windows every bigram of a series can be too rare for a cell of its own: all pooled
+    into "(other)", the test compared 100% with 100% and reported it "steady" with p = 1, 70 of 92
+    rows diluting the correction of the others."""
+    sc = synth.Scenario.stable(changepoints=(synth.ChangeSpec("support", 10, "error_rate", 4.0),))
+    ev = synth.generate(days=21, runs_per_day=80, seed=5, scenario=sc).events
+    d = detect_drift(ev, reference="7d", every="12h", min_runs=5, include=["action_bigrams", "tool_mix"])
+    big = d.filter(pl.col("feature") == "action_bigrams")
+    assert big.height > 0
+    assert not d["explain"].str.contains(r"\(other\)'? 100\.0% -> 100\.0%").any()
+    # an agent that only ever calls one tool: no tool_mix row (nor any categorical row)
+    one = ev.filter(pl.col("agent") == "billing").with_columns(
+        pl.when(pl.col("action") != "llm").then(pl.lit("lookup")).otherwise(pl.col("action")).alias("action"))
+    solo = detect_drift(one, reference="7d", include=["tool_mix", "action_bigrams", "action_entropy", "steps_per_run"])
+    assert set(solo["feature"]) == {"steps_per_run"}
+
+
+def test_by_column_missing_from_the_reference_and_empty_reference_are_named() -> None:
+    """A by column missing from the reference frame only was blamed on "events"; an empty
+    reference frame read "reference holds no runs (range None .. None)"."""
+    ev = synth.generate(days=14, runs_per_day=30, seed=2, scenario=synth.Scenario.stable()).events
+    ev = ev.with_columns(pl.lit("acme").alias("tenant"))
+    late = pl.col("ts") >= datetime(2026, 10, 8, tzinfo=UTC)
+    ref, cur = ev.filter(~late).drop("tenant"), ev.filter(late)
+    with pytest.raises(SchemaError, match=r"^reference: by column\(s\) \['tenant'\] not in the reference events"):
+        detect_drift(cur, reference=ref, by="tenant")
+    with pytest.raises(SchemaError, match=r"^current: by column\(s\) \['tenant'\] not in the current events"):
+        detect_drift(cur, reference=("2026-10-01", "2026-10-08"), current=ref, by="tenant")
+    with pytest.raises(SchemaError, match=r"^reference: by column\(s\) \['tenant'\]"):
+        drift_from_runs(F.run_features(cur, by="tenant"), reference=ref, by="tenant")
+    for empty in (ev.head(0), ev.head(0).lazy()):
+        with pytest.raises(InvalidParameterError, match=r"^reference holds no runs: the reference frame is empty$"):
+            detect_drift(ev, reference=empty)
+    with pytest.raises(InvalidParameterError, match="the reference frame is empty"):
+        drift_from_runs(*tables(ev), reference=tables(ev.head(0)))
+    # a by column that names a per-run feature is still accepted in a reference frame
+    assert detect_drift(cur, reference=ref, by="n_tool", include=["tokens_per_run"], min_runs=2).height > 0
+
+
+def test_nothing_tested_is_said_and_include_must_name_a_feature() -> None:
+    """Windows too short for min_runs runs, or include=[], returned an empty frame without a word."""
+    import warnings
+
+    from driftwatch.drift import _collecting_notes
+
+    ev = synth.generate(days=10, runs_per_day=40, seed=5, scenario=synth.Scenario.stable()).events
+    for inc in ([], ()):
+        with pytest.raises(InvalidParameterError, match="include must name at least one feature"):
+            detect_drift(ev, reference="3d", include=inc)
+        with pytest.raises(InvalidParameterError, match="include must name at least one feature"):
+            drift_from_runs(*tables(ev), reference="3d", include=inc)
+    kw = dict(reference="3d", every="1h", include=["tokens_per_run"])
+    with pytest.warns(UserWarning, match=r"no series had 20 runs in the reference and 20 in a window \(windows are 1h"
+                                         r" long; min_runs=20\): a series holds at most \d+ reference runs and \d+ "
+                                         r"runs in a window"):
+        assert detect_drift(ev, **kw).height == 0
+    # collected, not warned, inside the CLI's and the audit's block (said once, by them)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with _collecting_notes() as why:
+            assert drift_from_runs(*tables(ev), **kw).height == 0
+        assert len(why) == 1 and why[0].startswith("no series had 20 runs in the reference")
+        with _collecting_notes() as why:
+            assert detect_drift(ev, reference="3d", every="3d", include=["tokens_per_run"]).height > 0
+        assert why == []
