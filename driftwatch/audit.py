@@ -27,6 +27,7 @@ import math
 import numbers
 import os
 import platform
+import re
 import shutil
 import sys
 import time
@@ -575,7 +576,10 @@ def _reading(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except BaseException as err:  # noqa: BLE001 - read failures, and the decoder's panics on damaged pages
-        if not (isinstance(err, pl.exceptions.PolarsError | duckdb.Error) or is_panic(err)):
+        # (DuckDB's failure may come from the Arrow stream it exports, as an OSError without an
+        # errno: "Invalid Error: ..."; one with an errno is the system's, a full disk say)
+        arrow = isinstance(err, OSError) and err.errno is None
+        if not (isinstance(err, pl.exceptions.PolarsError | duckdb.Error) or arrow or is_panic(err)):
             raise
         raise CorruptFileError(_read_failed(err)) from None
 
@@ -584,9 +588,10 @@ _READ_FAILED = "reading the events failed"
 
 
 def _read_failed(err: BaseException) -> str:
-    """``"reading the events failed: <the first line of err>"``."""
-    text = str(err).strip()
-    return f"{_READ_FAILED}: {text.splitlines()[0] if text else type(err).__name__}"
+    """``"reading the events failed: <the first line of err>"`` (control characters escaped)."""
+    from driftwatch.read import _first_line
+
+    return f"{_READ_FAILED}: {re.sub(r'^Invalid Error: ', '', _first_line(err))}"
 
 
 def _locate_read_failure(source: Any) -> str | None:
@@ -627,8 +632,9 @@ def naming_read_failures(source: Any, *, otherwise: str | None = None) -> Iterat
         if where is None:
             raise
         raise CorruptFileError(f"{where}: {exc}") from None
-    except pl.exceptions.ComputeError as err:
-        where = _locate_read_failure(source)
+    except (pl.exceptions.ComputeError, OSError) as err:
+        # (an OSError without an errno: DuckDB's failure through its Arrow stream)
+        where = None if isinstance(err, OSError) and err.errno is not None else _locate_read_failure(source)
         if where is None:
             raise
         raise CorruptFileError(f"{where}: {_read_failed(err)}") from None

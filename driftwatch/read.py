@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -417,6 +418,9 @@ class _FileInfo:
     sources: dict[str, tuple[str, bool]] = field(default_factory=dict)
     #: a millisecond timestamp DuckDB cannot read (see _duckdb_overflows): Polars scans the file
     duck_ms: bool = False
+    #: columns holding timestamps in a time zone Polars cannot read (a fixed offset such as
+    #: ``+05:30``, see _unreadable_zones): DuckDB scans the file, and they read as UTC
+    zoned: tuple[str, ...] = ()
 
     @property
     def key(self) -> tuple[str, tuple[str, ...], bool, tuple[str, ...]]:
@@ -485,12 +489,106 @@ def _probe(path: str) -> _FileInfo:
         meta = pq.read_metadata(path)
         rows = meta.num_rows
         nbytes = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
-        schema = dict(pl.scan_parquet(path, glob=False).collect_schema())  # (a name with [1] is no pattern)
+        arrow = meta.schema.to_arrow_schema()
+        zoned, utc = _unreadable_zones(arrow)
+        if zoned:  # Polars' reader panics on the whole file: the schema as Polars would read it in UTC
+            schema = dict(pl.from_arrow(utc.empty_table()).schema)  # type: ignore[union-attr]
+        else:
+            schema = dict(pl.scan_parquet(path, glob=False).collect_schema())  # (a name with [1] is no pattern)
         duck_ms = _duckdb_overflows(meta, schema)
     except Exception as err:  # noqa: BLE001 - any reader failure means the footer is unusable
         raise CorruptFileError(f"{path}: corrupt Parquet footer: {_first_line(err)}") from None
-    return _FileInfo(path=path, schema=schema, rows=int(rows), hive=_hive_keys(path), nbytes=int(nbytes),
-                     duck_ms=duck_ms)
+    hive = _hive_keys(path)
+    if zoned:
+        why = _DUCKDB_MS if duck_ms else _duckdb_clash([*schema, *hive])
+        if why:
+            zones = sorted({str(_zone_of(arrow.field(c).type)) for c in zoned})
+            raise SchemaError(
+                f"{path}: column(s) {list(zoned)} hold timestamps in time zone(s) {zones}, which Polars cannot read; "
+                f"DuckDB can, but not this file: {why}; write those timestamps in UTC or in a named zone "
+                "('Asia/Kolkata')"
+            )
+    return _FileInfo(path=path, schema=schema, rows=int(rows), hive=hive, nbytes=int(nbytes),
+                     duck_ms=duck_ms, zoned=zoned)
+
+
+#: Column names the duckdb engine adds to each scan (DuckDB matches names ignoring case).
+_DUCKDB_OWN = ("file_row_number", _FILE, _ROW)
+_DUCKDB_MS = "a millisecond timestamp beyond DuckDB's range"
+
+
+def _duckdb_clash(names: Sequence[str]) -> str:
+    """Why DuckDB cannot read columns (and hive keys) ``names`` as Polars does, or ``""``:
+    DuckDB matches column names ignoring case, so it merges names that differ only in case
+    (``agent`` and ``Agent``: in one scan, or a file's column and a hive key) or renames one of
+    them, and a name like one of the columns its scan adds (``FILE_ROW_NUMBER``) clashes."""
+    seen: dict[str, str] = {}
+    for name in dict.fromkeys(names):
+        low = name.casefold()
+        if low in seen:
+            return f"columns {seen[low]!r} and {name!r} differ only in case, which DuckDB does not tell apart"
+        seen[low] = name
+        if low in _DUCKDB_OWN:
+            return f"a column named {name!r} clashes with the column {low!r} that the duckdb engine adds"
+    return ""
+
+
+def _zone_of(dtype: Any) -> str | None:
+    """The first time zone of a timestamp in ``dtype`` (nested too) that Polars cannot read."""
+    import pyarrow as pa
+
+    if pa.types.is_timestamp(dtype):
+        return dtype.tz if dtype.tz is not None and not _polars_zone(dtype.tz) else None
+    children = [dtype.field(i).type for i in range(dtype.num_fields)]
+    return next((z for z in map(_zone_of, children) if z is not None), None)
+
+
+@lru_cache(maxsize=64)
+def _polars_zone(tz: str) -> bool:
+    """Whether Polars reads timestamps in time zone ``tz`` (IANA names and whole-hour offsets
+    map to ``Etc/GMT-5``; ``+05:30`` or ``Z`` make its Parquet reader panic)."""
+    import pyarrow as pa
+
+    try:
+        pl.from_arrow(pa.array([], pa.timestamp("us", tz)))
+    except BaseException as err:  # noqa: BLE001 - its ComputeError (the reader panics on the same zone)
+        if not is_read_failure(err):
+            raise
+        return False
+    return True
+
+
+def _in_utc(dtype: Any) -> Any:
+    """``dtype`` with every timestamp Polars cannot read (see :func:`_polars_zone`) in UTC: the
+    stored values are UTC instants whatever the zone, so this is the same time."""
+    import pyarrow as pa
+
+    if pa.types.is_timestamp(dtype):
+        return pa.timestamp(dtype.unit, "UTC") if dtype.tz is not None and not _polars_zone(dtype.tz) else dtype
+    if pa.types.is_struct(dtype):
+        return pa.struct([f.with_type(_in_utc(f.type)) for f in dtype])
+    if pa.types.is_map(dtype):
+        return pa.map_(dtype.key_field.with_type(_in_utc(dtype.key_type)),
+                       dtype.item_field.with_type(_in_utc(dtype.item_type)))
+    lists = ((pa.types.is_list, pa.list_), (pa.types.is_large_list, pa.large_list),
+             (pa.types.is_list_view, pa.list_view), (pa.types.is_large_list_view, pa.large_list_view))
+    for test, make in lists:
+        if test(dtype):
+            return make(dtype.value_field.with_type(_in_utc(dtype.value_type)))
+    if pa.types.is_fixed_size_list(dtype):
+        return pa.list_(dtype.value_field.with_type(_in_utc(dtype.value_type)), dtype.list_size)
+    return dtype
+
+
+def _unreadable_zones(arrow: Any) -> tuple[tuple[str, ...], Any]:
+    """The columns of Arrow schema ``arrow`` with a time zone Polars cannot read, and the
+    schema with those timestamps in UTC."""
+    zoned = tuple(f.name for f in arrow if _zone_of(f.type) is not None)
+    if not zoned:
+        return (), arrow
+    import pyarrow as pa
+
+    return zoned, pa.schema([f.with_type(_in_utc(f.type)) for f in arrow])
 
 
 #: DuckDB reads millisecond timestamps as microseconds and fails on a value beyond this.
@@ -520,8 +618,11 @@ def _duckdb_overflows(meta: Any, schema: Mapping[str, pl.DataType]) -> bool:
 
 
 def _first_line(err: BaseException) -> str:
+    """The first line of ``err``'s message, control characters escaped (DuckDB quotes a damaged
+    page's raw bytes: ``don't know what type: \\x0f``)."""
     text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+    line = text[0] if text else type(err).__name__
+    return re.sub(r"[\x00-\x1f\x7f-\x9f]", lambda m: f"\\x{ord(m.group()):02x}", line)
 
 
 # --------------------------------------------------------------------------------------------
@@ -572,6 +673,10 @@ class _Group:
             return False
         if any(self.sources.get(role, src) != src for role, src in info.sources.items()):
             return False
+        if (info.zoned or self.zoned) and (  # only DuckDB reads them: no file it cannot read as Polars does
+            info.duck_ms or self.duckdb_clash(info)
+        ):
+            return False
         return all(self.classes.get(c, _dtype_class(d)) == _dtype_class(d) for c, d in info.schema.items())
 
     def add(self, info: _FileInfo) -> None:
@@ -581,6 +686,18 @@ class _Group:
         for c, d in info.schema.items():
             self.classes.setdefault(c, _dtype_class(d))
             self.schema[c] = _merge_dtype(self.schema[c], d) if c in self.schema else d
+
+    @property
+    def zoned(self) -> bool:
+        """A file has a time zone only DuckDB reads (see :func:`_unreadable_zones`)."""
+        return any(f.zoned for f in self.files)
+
+    def duckdb_clash(self, info: _FileInfo | None = None) -> str:
+        """Why DuckDB cannot read the group (with ``info``) as Polars does, or ``""``: column
+        names that differ only in case, or a millisecond timestamp it cannot read."""
+        if (info is not None and info.duck_ms) or any(f.duck_ms for f in self.files):
+            return _DUCKDB_MS
+        return _duckdb_clash([*self.schema, *(info.schema if info is not None else ()), *self.hive])
 
     @property
     def format(self) -> str:
@@ -840,18 +957,25 @@ def locate_read_failure(paths: Sequence[str]) -> str | None:
     """``"<file>, column '<name>'"`` of the first column of ``paths`` that cannot be decoded
     (invalid UTF-8 in a text column, a damaged page), or ``None``. Called only after a read
     failed: it decodes the files column by column until one fails."""
+    import pyarrow.parquet as pq
+
     for path in paths:
+        try:  # a time zone Polars' reader panics on (see _unreadable_zones): DuckDB reads the file
+            arrow = pq.read_schema(path)
+            zoned = bool(_unreadable_zones(arrow)[0])
+        except Exception:  # noqa: BLE001 - a footer pyarrow cannot read: Polars' reader says where
+            zoned = False
         try:
-            names = pl.scan_parquet(path, glob=False).collect_schema().names()
+            names = arrow.names if zoned else pl.scan_parquet(path, glob=False).collect_schema().names()
         except BaseException as err:  # noqa: BLE001 - a read failure or a decoder's panic, nothing else
-            if not is_read_failure(err):
+            if not (is_read_failure(err) or isinstance(err, OSError)):
                 raise
             return path
-        for name in names:
+        for name in () if zoned else names:
             try:
                 pl.scan_parquet(path, glob=False).select(name).collect()
             except BaseException as err:  # noqa: BLE001 - (as above)
-                if not is_read_failure(err):
+                if not (is_read_failure(err) or isinstance(err, OSError)):
                     raise
                 return f"{path}, column {name!r}"
         # Polars decoded every column alone: DuckDB's decoder may still fail on one (a damaged
@@ -912,9 +1036,15 @@ def _guard(fn: Callable[[], Any], paths: Sequence[str]) -> Any:
         where = named or (paths[0] if len(paths) == 1 else f"{len(paths)} files under {os.path.commonpath(paths)}")
         if isinstance(err, pl.exceptions.SchemaError | pl.exceptions.ColumnNotFoundError | pl.exceptions.SchemaFieldNotFoundError):
             raise SchemaError(f"{where}: incompatible columns across files: {msg}") from None
+        if isinstance(err, OSError) and err.errno is not None:
+            raise  # the system's (a full disk, a permission): not the file's content
         if isinstance(err, pl.exceptions.PolarsError | duckdb.Error | OSError):
-            if isinstance(err, pl.exceptions.ComputeError | duckdb.Error):  # a page that cannot be decoded:
-                where = locate_read_failure(paths) or where                  # which file, column
+            # a page that cannot be decoded: which file, column. (DuckDB's failure comes as its
+            # error, or, from the Arrow stream it exports, as an OSError whose text starts with
+            # its kind: "Invalid Error: ...")
+            if isinstance(err, pl.exceptions.ComputeError | duckdb.Error | OSError):
+                where = locate_read_failure(paths) or where
+                msg = re.sub(r"^Invalid Error: ", "", msg)
             raise CorruptFileError(f"{where}: reading failed: {msg}") from None
         raise
 
@@ -957,7 +1087,8 @@ def _assign_formats(infos: list[_FileInfo], fmt: str, cmap: dict[str, str]) -> l
         cols = _columns(info, cmap, lookups=False)
         found = fmt if fmt != "auto" else detect_format(cols, column_map=cmap)
         if not info.rows:  # a quiet day's partition, maybe without columns: nothing to read (_group skips it)
-            out.append(_FileInfo(info.path, info.schema, 0, info.hive, found or "", True, info.nbytes, index))
+            out.append(_FileInfo(info.path, info.schema, 0, info.hive, found or "", True, info.nbytes, index,
+                                 zoned=info.zoned))
             continue
         if found is None:
             raise SchemaError(f"{info.path}: cannot tell the log format: {format_hint(cols)}")
@@ -969,7 +1100,7 @@ def _assign_formats(infos: list[_FileInfo], fmt: str, cmap: dict[str, str]) -> l
         mapped = tuple(src for src in cmap if src in present)  # per file: a missing source leaves the file as it is
         sources = span_sources({**info.schema, **{k: pl.String() for k in info.hive}}, found, cmap, where=info.path)
         out.append(_FileInfo(info.path, info.schema, info.rows, info.hive, found, has_step, info.nbytes, index,
-                             mapped, sources, info.duck_ms))
+                             mapped, sources, info.duck_ms, info.zoned))
     return out
 
 
@@ -996,10 +1127,12 @@ def _raw_frame(
     # span hierarchies need every span of a trace: filters apply after the tree is built
     push = pushdown_columns(group.format, schema, cmap) if group.format == "canonical" else Pushdown()
     early = only is not None and row_local
-    if rows is not None and not (row_local and engine == "polars"):  # pragma: no cover - RowSlicer guards
+    if rows is not None and (group.zoned or not (row_local and engine == "polars")):  # pragma: no cover - RowSlicer guards
         raise InvalidParameterError("internal: row ranges need canonical input with a step column, polars engine")
-    if any(f.duck_ms for f in group.files):  # DuckDB cannot read them; Polars' reader gives the same rows
-        engine = "polars"
+    if group.zoned:  # a time zone Polars' reader panics on: DuckDB reads the same rows, in UTC
+        engine = "duckdb"
+    elif engine == "duckdb" and group.duckdb_clash():  # (a millisecond timestamp DuckDB cannot read; names
+        engine = "polars"  # it would merge or rename, ignoring case): Polars' reader gives the same rows
     extra: list[pl.Expr] = []
     if engine == "polars":
         raw = _scan_polars(group, filters, push, rows)
@@ -1008,11 +1141,6 @@ def _raw_frame(
             seq_base = {f.path: (f.index << _ROW_BITS) - off for f, off in zip(group.files, _offsets(group), strict=True)}
             extra.append(pl.col(_FILE).replace_strict(seq_base, return_dtype=pl.Int64) + pl.col(_ROW).cast(pl.Int64))
     else:
-        if "file_row_number" in group.schema:
-            raise SchemaError(
-                f"{_group_where(group)}: a column named 'file_row_number' clashes with the row numbers the duckdb "
-                "engine reads; read with engine 'polars' (the default), or rename the column"
-            )
         pairs = None
         if early:
             assert only is not None
@@ -1282,7 +1410,8 @@ class RowSlicer:
     Rows are numbered across the files in reading order (the order of ``stats.paths`` within
     each group of files that share a format and columns). Only input whose rows convert one by
     one (canonical columns with ``step``, the polars engine) can be cut into ranges: derived
-    steps and span hierarchies need a whole run at once. :attr:`ReadResult.slicer` is ``None``
+    steps and span hierarchies need a whole run at once, and files with a time zone Polars
+    cannot read (``+05:30``) are scanned by DuckDB. :attr:`ReadResult.slicer` is ``None``
     otherwise.
     """
 
@@ -1514,7 +1643,7 @@ def read_logs(
     events = _events_plan(groups, engine, filters, cmap, normalize=normalize, checked=bool(rows_rejected),
                           dup_orders=dup_orders)
     slicer = None
-    if engine == "polars" and all(g.format == "canonical" and g.key[2] for g in groups):
+    if engine == "polars" and all(g.format == "canonical" and g.key[2] and not g.zoned for g in groups):
         slicer = RowSlicer(tuple(groups), engine, filters, cmap, normalize, bool(rows_rejected), dup_orders,
                            tuple(paths))
     stats = ReadStats(

@@ -1265,7 +1265,9 @@ def _read_failure(text: str, first: str) -> str:
         try:  # a millisecond timestamp beyond Spark's range (microseconds in 64 bits)
             ms = [c for c, t in pl.read_parquet_schema(path).items()
                   if isinstance(t, pl.Datetime) and t.time_unit == "ms"]
-        except Exception:  # noqa: BLE001 - the hint is optional
+        except BaseException as err:  # noqa: BLE001 - the hint is optional (a zone Polars cannot read panics)
+            if isinstance(err, KeyboardInterrupt | SystemExit):
+                raise
             ms = []
         if ms:
             col = ms[0]
