@@ -183,6 +183,7 @@ LOOP_SCHEMA: dict[str, pl.DataType] = {
     "wasted_cost_usd": pl.Float64(),
     "waste_start_step": pl.Int64(),
     "match": pl.String(),
+    "change": pl.String(),
     "error_share": pl.Float64(),
     "handoff": pl.Boolean(),
     "n_steps": pl.Int64(),
@@ -208,6 +209,7 @@ SUMMARY_SCHEMA: dict[str, pl.DataType] = {
     "no_progress_loops": pl.Int64(),
     "no_progress_cost_usd": pl.Float64(),
     "worst_error_share": pl.Float64(),
+    "worst_change": pl.String(),
 }
 
 #: Columns of :func:`detect_delegation_cycles` output.
@@ -704,7 +706,10 @@ def detect_loops(
         (CONTRACT) and ``match`` (``identical`` | ``near_duplicate`` for exact
         and error loops matched on signatures, ``action`` for action-level loops,
         ``prompt`` for LLM calls with one prompt and different replies),
-        ``error_share``, ``handoff`` (every action of the cycle is a hand-off),
+        ``change`` (what changed between the repeats of a ``same_action`` loop:
+        ``arguments``, ``results`` for the same request with new results, or
+        ``unrecorded`` when arguments or results were not logged; null for the
+        other kinds), ``error_share``, ``handoff`` (every action of the cycle is a hand-off),
         ``n_steps`` (steps in the extent), ``cycle_steps`` (steps of the first
         cycle, LLM steps included), ``run_steps``, ``run_tokens``,
         ``run_cost_usd`` and ``severity`` in [0, 1]. ``agent`` is the run's
@@ -1017,8 +1022,42 @@ def _tool_loops(
         return None
     errs = _cumsum0(failed.astype(np.int64))
     n_err = errs[cidx[seg_e] + 1] - errs[cidx[seg_s]]
-    return _assemble(steps, blocks, money.result(), codes, trows, seg_s, seg_e, seg_p, is_sig, n_err,
+    change = _what_changed(seg_s, seg_e, seg_p, is_sig, pk, pp, nt, known & ~ok_a, ~known | dead_r)
+    return _assemble(steps, blocks, money.result(), codes, trows, seg_s, seg_e, seg_p, is_sig, n_err, change,
                      fuzzy_pos, pool, min_repeats=min_repeats, error_share=error_share)
+
+
+#: What changed between the repeats of a ``same_action`` loop (its ``change``), by code.
+_CHANGES = (None, "arguments", "results", "unrecorded")
+
+
+def _what_changed(
+    start: np.ndarray,
+    end: np.ndarray,
+    period: np.ndarray,
+    is_sig: np.ndarray,
+    pk: np.ndarray,
+    pp: np.ndarray,
+    nt: int,
+    new_args: np.ndarray,
+    unknown: np.ndarray,
+) -> np.ndarray:
+    """Codes into :data:`_CHANGES` of the action-level loops (tool positions ``[start, end]``
+    of ``period``; 0 for signature-level ones): 1 when recorded arguments differ between a call
+    and the one a period before (``new_args`` of the compared pairs ``pk``/``pp``), else 3 when
+    arguments or results were not recorded (``unknown``), else 2 (the same request, new results:
+    polling)."""
+    code = np.zeros(start.size, np.int8)
+    act = ~is_sig
+    if not act.any() or pk.size == 0:
+        return code
+    key = pp * (nt + 1) + pk  # sorted: periods ascending, positions ascending within each
+    lo = np.searchsorted(key, period[act] * (nt + 1) + start[act], side="left")
+    hi = np.searchsorted(key, period[act] * (nt + 1) + end[act] - period[act], side="right")
+    n_new = (c := _cumsum0(new_args.astype(np.int64)))[hi] - c[lo]
+    n_unknown = (c := _cumsum0(unknown.astype(np.int64)))[hi] - c[lo]
+    code[act] = np.where(n_new > 0, 1, np.where(n_unknown > 0, 3, 2))
+    return code
 
 
 def _answered_later(
@@ -1190,6 +1229,7 @@ def _llm_loops(
             same_prompt[todo] = (nh[li] == nh[lj]) & (norm.str.len_bytes().to_numpy()[li] > 0)
     q = np.flatnonzero(same_prompt)
     same_result = np.zeros(same_prompt.size, dtype=bool)
+    unrecorded = np.zeros(same_prompt.size, dtype=bool)  # a reply of the pair was not recorded
     if q.size:
         need, ri, rj = _pair_index(q, q + 1)
         h_r = source.results(steps, crow[need])
@@ -1197,6 +1237,7 @@ def _llm_loops(
         # (new answers) from a stuck retry
         recorded = (h_r[ri] != _UNRECORDED_HASH) & (h_r[rj] != _UNRECORDED_HASH)
         same_result[q] = (h_r[ri] == h_r[rj]) & recorded
+        unrecorded[q] = ~recorded
         identical &= same_result
         rest = q[~same_result[q] & recorded]
         if fuzzy and rest.size:
@@ -1221,6 +1262,9 @@ def _llm_loops(
     n_fuzzy = (c := _cumsum0((sig & ~identical).astype(np.int64)))[seg_hi] - c[seg_lo]
     err_share = n_err / n
     failing = (err_share >= error_share) & (n_err >= min_repeats)
+    # a prompt-level loop: new replies (sampling), or replies not recorded
+    n_unrec = (c := _cumsum0(unrecorded.astype(np.int64)))[seg_hi] - c[seg_lo]
+    change = np.where(failing | is_sig, 0, np.where(n_unrec > 0, 3, 2))
     start_row, end_row = crow[seg_lo], crow[seg_hi]
     r = np.searchsorted(starts, start_row, side="right") - 1
     run_start = starts[r]
@@ -1245,6 +1289,7 @@ def _llm_loops(
         "match": pl.Series(["identical", "near_duplicate", "prompt"]).gather(
             np.where(is_sig, np.where(n_fuzzy > 0, 1, 0), 2)
         ),
+        "change": pl.Series(_CHANGES, dtype=pl.String).gather(change),
         "error_share": err_share,
         "handoff": np.zeros(n.size, dtype=bool),
         "n_steps": n,
@@ -1328,6 +1373,7 @@ def _assemble(
     seg_p: np.ndarray,
     is_sig: np.ndarray,
     n_err: np.ndarray,
+    change: np.ndarray,
     fuzzy_pos: dict[int, np.ndarray],
     pool: ThreadPoolExecutor,
     *,
@@ -1354,8 +1400,8 @@ def _assemble(
     # rows are grouped by run and sorted by step: this orders loops by start_step, period
     # within runs, and runs by run_id whenever the rows are (the usual case)
     order = np.lexsort((seg_p, start_row))
-    seg_s, seg_e, seg_p, is_sig, n_err, n_fuzzy = (
-        a[order] for a in (seg_s, seg_e, seg_p, is_sig, n_err, n_fuzzy)
+    seg_s, seg_e, seg_p, is_sig, n_err, n_fuzzy, change = (
+        a[order] for a in (seg_s, seg_e, seg_p, is_sig, n_err, n_fuzzy, change)
     )
     r, run_start, run_end, start_row = r[order], run_start[order], run_end[order], start_row[order]
 
@@ -1373,6 +1419,7 @@ def _assemble(
     wasted_tokens, wasted_cost = _range_sums([money.tok, money.cost], first_cycle_end + 1, end_row + 1)
     ids = blocks.heads[r]  # the run's first row
     pattern, handoff = patterns.result()
+    change = np.where(failing | is_sig, 0, change)  # (said of same_action loops only)
     return {
             "run_id": ids["run_id"],
             "agent": ids["agent"],
@@ -1386,6 +1433,7 @@ def _assemble(
             "waste_start_step": _take(steps["step"], first_cycle_end + 1),
             **money.columns(r, wasted_tokens, wasted_cost),
             "match": match,
+            "change": pl.Series(_CHANGES, dtype=pl.String).gather(change),
             "error_share": err_share,
             "handoff": handoff,
             "n_steps": end_row - start_row + 1,
@@ -1458,8 +1506,8 @@ def loop_summary(loops: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         tools with changing arguments or results, such as pagination: progress) and
         ``no_progress_cost_usd`` is their waste, each step once (0 without such
         loops; null when they recorded no cost): the cost profile's loop spend.
-        ``worst_error_share`` is the worst loop's ``error_share`` (null when
-        ``loops`` has no such column).
+        ``worst_error_share`` and ``worst_change`` are the worst loop's ``error_share``
+        and ``change`` (null when ``loops`` has no such column).
 
     Examples
     --------
@@ -1528,6 +1576,7 @@ def loop_summary(loops: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
             .alias("no_progress_cost_usd"),
             (worst("error_share") if "error_share" in schema else pl.lit(None, pl.Float64))
             .alias("worst_error_share"),
+            (worst("change") if "change" in schema else pl.lit(None, pl.String)).alias("worst_change"),
         )
         .sort("run_id")
         .collect()

@@ -237,9 +237,9 @@ def _checked(name: str, value: Any) -> Any:
             raise InvalidParameterError(f"Policy.{name} must be > 0, got {value}")
         return float(value)
     if name in _UNIT_FIELDS:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
             raise InvalidParameterError(f"Policy.{name} must be a number in [0, 1], got {value!r}")
-        return float(value)
+        return float(value)  # (a numpy float from a notebook: stored as a plain float)
     return value  # (model: checked in __post_init__)
 
 
@@ -1271,7 +1271,8 @@ def check_rejected(rejected: pl.DataFrame | None, policy: Policy | None = None) 
     A call in a ``require_approval`` tier whose row could not be read (an unreadable
     ``approved`` flag, a status spelling the reader does not know, ...) is not checked by
     :func:`check_policy`, which sees valid rows only. Unless its ``approved`` was read as
-    ``true`` it is a breach like an unapproved call, with the rejection reason in ``detail``.
+    ``true`` it is a breach like an unapproved call, with the rejection reason in ``detail``
+    (after ``approved=false;`` when a person refused the call, as :func:`check_policy` says it).
 
     Parameters
     ----------
@@ -1309,8 +1310,10 @@ def check_rejected(rejected: pl.DataFrame | None, policy: Policy | None = None) 
         pl.lit("unapproved_action").alias("rule"),
         pl.when(pl.col("_tier") == "delete").then(pl.lit("critical")).otherwise(pl.lit("warning")).alias("severity"),
         pl.concat_str(
-            pl.col("action"), pl.lit(" ("), pl.col("_tier"), pl.lit(" tier) without approval (step rejected: "),
-            pl.col("reason"), pl.lit(")"),
+            pl.col("action"), pl.lit(" ("), pl.col("_tier"), pl.lit(" tier) without approval ("),
+            # a person refused it (approved read as false): said as check_policy says it
+            pl.when(pl.col("approved").eq(False)).then(pl.lit("approved=false; ")).otherwise(pl.lit("")),
+            pl.lit("step rejected: "), pl.col("reason"), pl.lit(")"),
         ).alias("detail"),
         pl.lit(None, dtype=pl.Float64).alias("value"),
         pl.lit(None, dtype=pl.Float64).alias("limit"),

@@ -109,8 +109,10 @@ COMPONENTS: tuple[str, ...] = (
 MODEL_EXTRA: tuple[str, ...] = ("cost_z", "steps_z", "anomaly", "error_rate_tool", "n_retries")
 
 #: Per-run features the anomaly model standardises per agent: (name, MAD floor, orientation).
-#: Orientation +1: high values are suspicious, -1: low values are, 0: both. One-sided
-#: z-scores are floored at -3, so a run that is merely cheap or short is not "unusual".
+#: Orientation +1: high values are suspicious, -1: low values are, 0: both. One-sided z-scores
+#: are floored at -3; a run that stands out with one of them below 0 is scored again with them
+#: floored at 0 (the agent's median) and keeps the lower score, so a run that is merely cheap,
+#: short or confident is not "unusual" (:func:`_anomaly_scores`).
 _ANOMALY_FEATURES: tuple[tuple[str, float, int], ...] = (
     ("log_steps", 0.1, 1),
     ("log_cost", 0.1, 1),
@@ -411,20 +413,38 @@ def _robust_z(f: pl.DataFrame, group: pl.Expr, specs: Sequence[tuple[str, float]
     return _RobustZ(gid=gid.alias("_gid"), med=med, mad=mad, specs=tuple(specs))
 
 
-def _oriented_z(name: str, orientation: int) -> pl.Expr:
+#: Largest robust z-score the anomaly forest sees (larger ones are clipped to it).
+_Z_CLIP = 10.0
+#: Floor of the one-sided z-scores of the anomaly forest (its second opinion floors them at 0).
+_FIT_FLOOR = -3.0
+#: Anomaly score from which the anomaly component counts.
+ANOMALY_AT = 0.62
+
+
+def _oriented_z(name: str, orientation: int, floor: float = 0.0) -> pl.Expr:
+    """The robust z-score of feature ``name`` as an anomaly forest sees it: two-sided features
+    clipped to [-10, 10]; one-sided ones oriented (suspicious direction positive) and clipped to
+    [``floor``, 10]. With ``floor=0`` (the default, what the reasons quote) a deviation in the
+    harmless direction counts as none."""
     z = pl.col(f"_z_{name}")
     if orientation == 0:
-        return z.clip(-10.0, 10.0).alias(name)
-    return (z * orientation).clip(-3.0, 10.0).alias(name)
+        return z.clip(-_Z_CLIP, _Z_CLIP).alias(name)
+    return (z * orientation).clip(floor, _Z_CLIP).alias(name)
 
 
 def _most_unusual(*, z: bool = False) -> pl.Expr:
     """The run's most unusual anomaly feature (largest oriented z-score, as the forest saw it, in
-    float32), by name, or with ``z=True`` its robust z-score."""
+    float32), by name, or with ``z=True`` that z-score as text, as the forest saw it: clipped
+    (``"≥ 10"`` at the clip), with the feature's own sign (low confidence is negative)."""
     seen = pl.concat_list([_oriented_z(c, o).cast(pl.Float32).abs() for c, _, o in _ANOMALY_FEATURES])
     top = seen.list.arg_max()
     if z:
-        return pl.concat_list([pl.col(f"_z_{c}") for c, _, _ in _ANOMALY_FEATURES]).list.get(top)
+        value = pl.concat_list([_oriented_z(c, o) * (o or 1) for c, _, o in _ANOMALY_FEATURES]).list.get(top)
+        return (
+            pl.when(value >= _Z_CLIP).then(pl.lit(f"≥ {_Z_CLIP:g}"))
+            .when(value <= -_Z_CLIP).then(pl.lit(f"≤ -{_Z_CLIP:g}"))
+            .otherwise(fmt_num(value, 1))
+        )
     labels = [_FEATURE_LABELS.get(c, c) for c, _, _ in _ANOMALY_FEATURES]
     return top.replace_strict(list(range(len(labels))), labels, return_dtype=pl.String)
 
@@ -498,13 +518,18 @@ def _path_length_sums(trees: Sequence[Any], X: np.ndarray) -> np.ndarray:
 def _anomaly_scores(frame: pl.DataFrame, random_state: int | None) -> np.ndarray:
     """IsolationForest anomaly score in (0, 1) per run.
 
+    The forest reads the runs' robust z-scores (:func:`_oriented_z`), the one-sided features
+    floored at -3 (:data:`_FIT_FLOOR`); a run that stands out while below its agent's median in
+    one of those (shorter, cheaper, more confident) gets a second opinion with them floored at
+    0 (:func:`_second_opinion`), so that alone never makes it unusual.
+
     Fleets up to :data:`SCREEN_MIN_RUNS` runs: scikit-learn's ``IsolationForest`` of
     :data:`ANOMALY_TREES` trees, fitted on all runs, scores every run.
 
     Larger fleets: scoring costs one tree walk per run and tree, so a forest of
     :data:`SCREEN_TREES` trees screens every run, and the full forest of
     :data:`ANOMALY_TREES` trees re-scores the runs the screen puts at or above
-    :data:`SCREEN_AT` (well below 0.62, where the anomaly component starts). The others keep
+    :data:`SCREEN_AT` (well below :data:`ANOMALY_AT`, where the anomaly component starts). The others keep
     their screening score. The two forests are grown together (one forest of
     ``SCREEN_TREES + ANOMALY_TREES`` trees, split; the re-score does not reuse the screening
     trees, so a lucky screen does not bias it). scikit-learn's fit walks every row it is given
@@ -515,7 +540,9 @@ def _anomaly_scores(frame: pl.DataFrame, random_state: int | None) -> np.ndarray
     """
     n = frame.height
     # float32 rows, as the forest reads them (one C-ordered copy; Polars' cast rounds as numpy's)
-    X = frame.select(_oriented_z(c, o).cast(pl.Float32) for c, _, o in _ANOMALY_FEATURES).to_numpy(order="c")
+    X = frame.select(
+        _oriented_z(c, o, _FIT_FLOOR).cast(pl.Float32) for c, _, o in _ANOMALY_FEATURES
+    ).to_numpy(order="c")
     if n < MIN_AGENT_RUNS:
         return np.zeros(n)
     from sklearn.ensemble import IsolationForest
@@ -523,7 +550,7 @@ def _anomaly_scores(frame: pl.DataFrame, random_state: int | None) -> np.ndarray
     sub = min(256, n)
     if n <= SCREEN_MIN_RUNS:
         full = IsolationForest(n_estimators=ANOMALY_TREES, max_samples=sub, random_state=random_state).fit(X)
-        return -full.score_samples(X)
+        return _second_opinion(X, np.arange(n), -full.score_samples(X), random_state)
     rows = np.sort(np.random.default_rng(random_state).choice(n, size=ANOMALY_FIT_RUNS, replace=False))
     X = np.ascontiguousarray(X)
     forest = IsolationForest(
@@ -535,6 +562,36 @@ def _anomaly_scores(frame: pl.DataFrame, random_state: int | None) -> np.ndarray
     cand = np.flatnonzero(a >= SCREEN_AT)
     if cand.size:
         a[cand] = 2.0 ** (-_path_length_sums(trees[SCREEN_TREES:], X[cand]) / (ANOMALY_TREES * norm))
+    return _second_opinion(X, rows, a, random_state)
+
+
+def _second_opinion(X: np.ndarray, rows: np.ndarray, a: np.ndarray, random_state: int | None) -> np.ndarray:
+    """``a`` with the runs that stand out (at or above :data:`ANOMALY_AT`) while below their
+    agent's median in a one-sided feature (shorter, cheaper, more confident) scored again by a
+    forest of :data:`ANOMALY_TREES` trees fitted on the runs ``rows`` of ``X`` with those
+    features floored at 0, each keeping the lower of its two scores.
+
+    A run that stands out only by being short or cheap is typical once floored (an agent whose
+    runs are all alike isolates a run one step shorter at once: 0.9), so it is not "unusual";
+    a run that stands out on the suspicious side keeps standing out. The lower score: the
+    floored forest alone sees half the runs piled at 0, and an ordinary run a little above
+    the median would stand out there. Runs without such a deviation keep ``a`` as it is.
+    """
+    one_sided = np.array([o != 0 for _, _, o in _ANOMALY_FEATURES])
+    cand = np.flatnonzero(a >= ANOMALY_AT)  # (a few runs: their rows of X only are read)
+    cand = cand[(X[cand][:, one_sided] < 0).any(axis=1)]
+    if cand.size == 0:
+        return a
+    from sklearn.ensemble import IsolationForest
+
+    def floored(part: np.ndarray) -> np.ndarray:
+        part = part.copy()
+        part[:, one_sided] = np.maximum(part[:, one_sided], 0.0)
+        return part
+
+    fit = floored(X[rows])
+    forest = IsolationForest(n_estimators=ANOMALY_TREES, max_samples=min(256, len(rows)), random_state=random_state)
+    a[cand] = np.minimum(a[cand], -forest.fit(fit).score_samples(floored(X[cand])))
     return a
 
 
@@ -664,8 +721,14 @@ def score_runs_from_runs(
 
     # ---- loops ----
     if summary is not None:
-        keep = ["run_id"] + [c for c in _LOOP_SUMMARY_COLS if c in summary.columns]
+        keep = ["run_id"] + [c for c in (*_LOOP_SUMMARY_COLS, "worst_change") if c in summary.columns]
         f = _with_lookup(f, _first_per_run(summary.select(keep)), "run_id")
+    # what changed between the repeats of a same_action loop (read by its reason only; a summary
+    # without the column gives neutral wording)
+    f = f.with_columns(
+        (pl.col("worst_change").cast(pl.String) if "worst_change" in f.columns else pl.lit(None, dtype=pl.String))
+        .alias("_worst_change")
+    )
     for c, dt in (("n_loops", pl.Int64), ("worst_kind", pl.String), ("worst_pattern", pl.String),
                   ("worst_repeats", pl.Int64), ("wasted_steps", pl.Int64), ("wasted_tokens", pl.Int64),
                   ("wasted_cost_usd", pl.Float64), ("loop_severity", pl.Float64), ("worst_error_share", pl.Float64)):
@@ -791,8 +854,9 @@ def _join_violations(f: pl.DataFrame, viol: pl.DataFrame | None, pol: Policy) ->
     ret = pl.col("rule") == "max_consecutive_retries"
     dep = pl.col("rule") == "delegation_depth"
     # check_policy writes "<action> (<tier> tier) without approval (approved=false)" when a
-    # person refused the call (read from the end: the action is logged text)
-    refused = pl.col("detail").str.ends_with(" without approval (approved=false)")
+    # person refused the call, check_rejected "... (approved=false; step rejected: <reason>)"
+    # (read from the end: the action is logged text)
+    refused = pl.col("detail").str.contains(r" without approval \(approved=false(; step rejected: [^()]*)?\)$")
     tier = pl.col("detail").str.extract(r"\((\w+) tier\) without approval \([^()]*\)$", 1)
     agg = v.group_by("run_id", maintain_order=True).agg(
         crit.sum().cast(pl.Int64).alias("_n_crit"),
@@ -936,16 +1000,25 @@ def _components(pol: Policy) -> tuple[list[pl.Expr], list[pl.Expr]]:
     same = pl.col("worst_kind") == "same_action"
     loop_s = pl.when(same).then(pl.min_horizontal(sev, pl.lit(max(pol.escalate - 0.05, 0.0)))).otherwise(sev)
     share = pl.col("worst_error_share")
+    change = pl.col("_worst_change")  # loop_summary's worst_change, when it has the column
     kind_note = (
         pl.when((pl.col("worst_kind") == "error_retry") & (share.is_null() | (share >= 1.0)))
         .then(pl.lit(" (failing each time)"))
         .when(pl.col("worst_kind") == "error_retry")  # at least error_share of the calls, not all
         .then(pl.concat_str(pl.lit(" ("), (share * 100).floor().clip(1, 99).cast(pl.Int64).cast(pl.String),
                             pl.lit("% of the calls failing)")))
+        .when(same & (pl.col("worst_pattern") == LLM_ACTION) & (change == "unrecorded"))
+        .then(pl.lit(" (replies not recorded)"))
         .when(same & (pl.col("worst_pattern") == LLM_ACTION))
         .then(pl.lit(" (different answers)"))  # (sampling: one prompt, several replies)
-        .when(same)
+        .when(same & (change == "arguments"))
         .then(pl.lit(" (same tools, changing arguments)"))
+        .when(same & (change == "results"))
+        .then(pl.lit(" (same tools, changing results)"))  # (polling)
+        .when(same & (change == "unrecorded"))
+        .then(pl.lit(" (same tools; arguments or results not recorded)"))
+        .when(same)  # (a summary that does not say what changed)
+        .then(pl.lit(" (same tools only)"))
         .when(_ping_pong(pl.col("worst_pattern")))
         .then(pl.lit(" (hand-off ping-pong)"))
         .otherwise(pl.lit(""))
@@ -1004,10 +1077,10 @@ def _components(pol: Policy) -> tuple[list[pl.Expr], list[pl.Expr]]:
     )
     comp(
         "anomaly",
-        0.5 * ((pl.col("anomaly") - 0.62) / 0.18).clip(0.0, 1.0),
+        0.5 * ((pl.col("anomaly") - ANOMALY_AT) / 0.18).clip(0.0, 1.0),
         pl.concat_str(pl.lit("unusual run for "), who, pl.lit(" (isolation-forest anomaly "),
                       fmt_num(pl.col("anomaly"), 2), pl.lit("; most unusual: "),
-                      _most_unusual(), pl.lit(" z "), fmt_num(_most_unusual(z=True), 1), pl.lit(")")),
+                      _most_unusual(), pl.lit(" z "), _most_unusual(z=True), pl.lit(")")),
     )
     comp(
         "drift",

@@ -897,6 +897,29 @@ def test_sampling_one_prompt_is_only_same_action() -> None:
     assert loop_summary(out)["loop_severity"][0] <= 0.3
 
 
+def test_change_says_what_changed_between_the_repeats_of_a_same_action_loop() -> None:
+    """The run's reason reads it: "(same tools, changing arguments)" was said of polls and of
+    calls whose arguments were never logged."""
+    pages = [("list", f"page={p}", f"items {p}") for p in range(4)]
+    polls = [("status", "job=1", f"progress {p}") for p in (10, 40, 70, 90)]
+    blind = [("status", None, "x")] * 4
+    no_reply = [("status", "job=1", None)] * 4
+    ev = events(("pages", pages), ("polls", polls), ("blind", blind), ("no_reply", no_reply),
+                ("stuck", same("search", 4)), ("failing", [("api", "q", "boom", "error")] * 4))
+    llm = pl.concat([_calls(["llm"] * 4, ["p"] * 4, ["a", "b", "c", "d"], run="sampled"),
+                     _calls(["llm"] * 4, ["p"] * 4, [None] * 4, run="unlogged")], how="vertical_relaxed")
+    got = {r["run_id"]: (r["kind"], r["change"])
+           for r in pl.concat([detect_loops(ev), detect_loops(llm)]).iter_rows(named=True)}
+    assert got == {
+        "pages": ("same_action", "arguments"), "polls": ("same_action", "results"),
+        "blind": ("same_action", "unrecorded"), "no_reply": ("same_action", "unrecorded"),
+        "stuck": ("exact", None), "failing": ("error_retry", None),
+        "sampled": ("same_action", "results"), "unlogged": ("same_action", "unrecorded"),
+    }
+    summ = loop_summary(detect_loops(ev))
+    assert dict(summ.select("run_id", "worst_change").rows())["polls"] == "results"
+
+
 @pytest.mark.parametrize(
     "args",
     [

@@ -903,3 +903,35 @@ def test_a_glob_past_the_regex_size_limit_is_named_at_the_boundary(tmp_path: Pat
     assert f"{path}, line 3: [tools] delete:" in msg and "split it into shorter globs" in msg
     long = "a*" * 2_000  # 10,000 regex characters: past the chunk size, still compiles
     assert Policy(delete=[long]).tier_of("a" * 2_000) == "delete"
+
+
+def test_thresholds_accept_numpy_floats() -> None:
+    """``Policy(review=np.float32(0.5))`` was refused ("must be a number in [0, 1]") while the
+    money limits took the same value: the thresholds take any real number in [0, 1], stored as
+    a plain float."""
+    import numpy as np
+
+    p = Policy(review=np.float32(0.5), escalate=np.float16(0.75), min_confidence=np.float64(0.25))
+    assert (p.review, p.escalate, p.min_confidence) == (0.5, 0.75, 0.25)
+    assert all(type(v) is float for v in (p.review, p.escalate, p.min_confidence))
+    for bad in (np.bool_(True), np.float32("nan"), np.float32(1.5), "0.5"):
+        with pytest.raises(InvalidParameterError, match=r"review must be a number in \[0, 1\]"):
+            Policy(review=bad)
+
+
+def test_a_refused_call_whose_row_was_rejected_still_says_refused() -> None:
+    """A destructive call a person refused (``approved = false``) whose row the reader rejected
+    (an unknown status) lost the refusal: its breach read "(step rejected: bad_status)" and the
+    run's reason "delete_z without approval", where an ordinary refused call says "(approval
+    refused)"."""
+    rej = pl.DataFrame({"run_id": ["r5", "r1"], "step": [1, 2], "action": ["delete_z", "delete_x"],
+                        "approved": [False, None], "reason": ["bad_status", "bad_value:approved"]})
+    v = dw.policy.check_rejected(rej)
+    assert v["detail"].to_list() == [
+        "delete_z (delete tier) without approval (approved=false; step rejected: bad_status)",
+        "delete_x (delete tier) without approval (step rejected: bad_value:approved)",
+    ]
+    ev = pl.concat([run("r5", ["get_z"]), run("r1", ["get_x"])])
+    out = dw.score_runs(ev, loops=pl.DataFrame(), violations=v).sort("run_id")
+    assert [r[0] for r in out["reasons"].to_list()] == [
+        "delete_x without approval", "delete_z without approval (approval refused)"]

@@ -261,7 +261,37 @@ def test_same_action_loop_alone_never_escalates() -> None:
     out = score(ev, loops=loops).filter(pl.col("run_id") == "billing-004")
     assert out["level"][0] == "review"
     assert out["score"][0] < Policy().escalate
-    assert "same tools, changing arguments" in out["reasons"][0][0]
+    # (a summary that does not say what changed between the repeats: neutral wording)
+    assert out["reasons"][0][0] == "loop: list_invoices repeated 30x (same tools only), 40 wasted steps, $0.50"
+
+
+@pytest.mark.parametrize(("change", "note"), [
+    ("arguments", " (same tools, changing arguments)"),
+    ("results", " (same tools, changing results)"),
+    ("unrecorded", " (same tools; arguments or results not recorded)"),
+    (None, " (same tools only)"),
+])
+def test_same_action_reason_says_what_changed(change: str | None, note: str) -> None:
+    """A same_action loop's reason said "(same tools, changing arguments)" whatever the calls
+    recorded, arguments never logged included; it says what the summary's ``worst_change`` says
+    changed between the repeats, and makes no claim without it."""
+    ev = baseline("billing", 30, 10)
+    loops = summary_row("billing-004", "same_action", "get_status", 5, 4, 0.0, 0.5).with_columns(
+        pl.lit(change, pl.String).alias("worst_change"))
+    out = score(ev, loops=loops).filter(pl.col("run_id") == "billing-004")
+    assert out["reasons"][0][0] == f"loop: get_status repeated 5x{note}, 4 wasted steps"
+    assert "worst_change" not in out.columns  # (read for the reason only)
+
+
+def test_loop_reason_claims_no_arguments_that_were_not_recorded() -> None:
+    """Events without an ``args`` column: the repeated status checks are a same_action loop, and
+    its reason said "(same tools, changing arguments)" though no argument was ever recorded."""
+    ev = pl.DataFrame({"run_id": ["r"] * 4, "step": [1, 2, 3, 4],
+                       "action": ["get_status", "get_status", "get_status", "delete_job"]})
+    reasons = dw.score_runs(ev)["reasons"][0].to_list()
+    loop = [r for r in reasons if r.startswith("loop: ")]
+    assert loop and "changing arguments" not in loop[0], reasons
+    assert loop[0].startswith("loop: get_status repeated 3x (same tools"), reasons
 
 
 def test_loops_accept_detect_loops_output() -> None:
@@ -283,6 +313,41 @@ def test_unapproved_destructive_escalates_even_with_lenient_thresholds() -> None
     out = score(ev, policy=Policy(review=0.98, escalate=0.99)).filter(pl.col("run_id") == "bad")
     assert out["level"][0] == "escalate" and out["score"][0] == 1.0
     assert out["reasons"][0][0] == "delete_invoice without approval (approval refused)"
+
+
+def flat_runs(n_steps: int = 3, n_runs: int = 40, **odd: list) -> pl.DataFrame:
+    """``n_runs`` identical runs of one agent (``get_x`` x ``n_steps``, $0.01 and confidence 0.6 a
+    step) and run ``odd`` like them but for the columns (or, with ``steps``, the length) given."""
+    steps = odd.pop("steps", n_steps)
+    frames = [run(f"r{i:02d}", ["get_x"] * n_steps, agent="a", start=i, cost_usd=[0.01] * n_steps,
+                  status=["ok"] * n_steps, confidence=[0.6] * n_steps) for i in range(n_runs)]
+    cols = {"cost_usd": [0.01] * steps, "status": ["ok"] * steps, "confidence": [0.6] * steps, **odd}
+    frames.append(run("odd", ["get_x"] * steps, agent="a", start=n_runs, **cols))
+    return pl.concat(frames, how="vertical_relaxed")
+
+
+@pytest.mark.parametrize("odd", [{"steps": 2}, {"cost_usd": [0.001] * 3}, {"confidence": [0.99] * 3},
+                                 {"steps": 1, "cost_usd": [0.0001]}])
+def test_a_run_only_shorter_or_cheaper_is_not_unusual(odd: dict) -> None:
+    """The one-sided anomaly features (steps, cost, ..., lowest confidence) were floored at z = -3,
+    still far from a pack of identical runs: a run that was merely shorter, cheaper or more
+    confident than its agent's others was isolated at once and put at review ("unusual run ...
+    most unusual: steps z -4.1"). A deviation in the harmless direction now counts as none."""
+    out = score(flat_runs(**odd))
+    assert (out["level"] == "ok").all(), out.filter(pl.col("level") != "ok").select("run_id", "reasons").rows()
+    assert out["score_anomaly"].max() == 0.0 and out["anomaly"].max() < 0.62
+
+
+def test_unusual_run_reason_quotes_the_z_the_forest_saw() -> None:
+    """The anomaly reason quoted the raw robust z-score ("cost z -20.5", "tool error rate z 20.0")
+    where the forest saw a clipped one: it quotes what the forest saw, "≥ 10" at the clip, with
+    the feature's own sign."""
+    for odd in ({"status": ["error"] * 3}, {"steps": 2, "status": ["error"] * 2}):  # (short too: still unusual)
+        failing = score(flat_runs(**odd)).filter(pl.col("run_id") == "odd")
+        assert failing["score_anomaly"][0] > 0
+        assert any(r.endswith("most unusual: tool error rate z ≥ 10)") for r in failing["reasons"][0]), odd
+    unsure = score(flat_runs(confidence=[0.35] * 3)).filter(pl.col("run_id") == "odd")  # (0.35 - 0.6) / 0.05
+    assert any(r.endswith("most unusual: confidence z -5.0)") for r in unsure["reasons"][0]), unsure["reasons"][0]
 
 
 def test_cost_ceiling_reason_and_order() -> None:
@@ -595,7 +660,15 @@ def test_large_fleet_anomaly_screen(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(scoring, "SCREEN_MIN_RUNS", 2000)
     monkeypatch.setattr(scoring, "ANOMALY_FIT_RUNS", 3000)
     frame = _z_frame(8000, 1)
+    # the second opinion on runs below the median of a one-sided feature only lowers scores at
+    # or above ANOMALY_AT, of such runs only
+    seconded = scoring._anomaly_scores(frame, 0)
+    monkeypatch.setattr(scoring, "ANOMALY_AT", 1.01)  # (the screen's mechanics without it)
     default = scoring._anomaly_scores(frame, 0)
+    harmless = frame.select(pl.any_horizontal(pl.col(f"_z_{n}") * o < 0 for n, _, o in scoring._ANOMALY_FEATURES if o))
+    asked = harmless.to_series().to_numpy() & (default >= 0.62)
+    assert asked.sum() > 0 and (seconded[asked] < default[asked]).any()
+    assert (seconded[asked] <= default[asked]).all() and np.array_equal(seconded[~asked], default[~asked])
     monkeypatch.setattr(scoring, "SCREEN_AT", 0.0)
     full = scoring._anomaly_scores(frame, 0)  # every run re-scored
     monkeypatch.setattr(scoring, "SCREEN_AT", 1.01)
@@ -608,6 +681,8 @@ def test_large_fleet_anomaly_screen(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(scoring, "SCREEN_AT", 0.5)
     assert np.array_equal(scoring._anomaly_scores(frame, 0), default)
     assert not np.array_equal(scoring._anomaly_scores(frame, 1), default)
+    monkeypatch.setattr(scoring, "ANOMALY_AT", 0.62)
+    assert np.array_equal(scoring._anomaly_scores(frame, 0), seconded)
 
 
 def test_drift_context_against_a_join_of_every_run() -> None:
