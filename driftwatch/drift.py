@@ -313,8 +313,12 @@ def detect_drift(
       ``"(other)"``). Test: a Wald chi-square test of equal shares whose
       covariance is clustered by run (a run that pages through a list 8
       times is one observation, not 8), estimated once per series from all
-      its runs. A series with a single category (one tool, or all of them
-      pooled into ``"(other)"``) is not tested. Effect: Jensen-Shannon
+      its runs. Where no run varies about its window's mix (every reference
+      run calls only ``a``, every run of a window only ``b``), the covariance
+      of runs each making one choice from the series' pooled shares stands
+      in, so a total shift is tested as runs, not read as steady. A series
+      with a single category (one tool, or all of them pooled into
+      ``"(other)"``) is not tested. Effect: Jensen-Shannon
       distance (base 2), corrected for sampling noise so that small windows
       do not look drifted. The
       explanation also quotes the PSI and names the category whose share
@@ -322,7 +326,8 @@ def detect_drift(
     * ``steps_per_run``, ``tokens_per_run``, ``cost_per_run``, ``latency``
       (mean step latency of a run): two-sample Kolmogorov-Smirnov on runs
       (asymptotic p-value with Stephens' correction). Effect: Wasserstein-1 distance (on a 256-point
-      quantile grid) divided by the reference standard deviation.
+      quantile grid) divided by the reference standard deviation (by the
+      absolute reference mean when every reference run has the same value).
     * ``error_rate``: share of runs with at least one failed step (runs are
       independent, so error bursts inside one run count once); chi-square;
       effect Cohen's h.
@@ -360,7 +365,10 @@ def detect_drift(
       test that the gap widened. Feedback without any spread in the series
       (a proxy holding at one value) is not standardised: the gap is then
       the outcome drop alone; a series whose outcome never varies is not
-      tested. Effect: the smaller of the gap widening and
+      tested. Where the gap has no spread in the reference nor in the window
+      (outcome 1 in every reference run, 0 in every current run), the
+      standard error of exchangeable runs stands in: ``t = sqrt(n_ref + n_cur
+      - 1)``, or 0 with p = 1 for the same value. Effect: the smaller of the gap widening and
       the outcome drop, in reference standard deviations, so a rising proxy
       alone is not an alarm.
 
@@ -1513,8 +1521,43 @@ def _cat_from_matrix(
         a, b = bounds[s], bounds[s + 1]
         if NS[s] > 0:
             cov[s] = _residual_gram(C, pg, m, w, gid, a, b) / NS[s]  # type: ignore[arg-type]
+    if clustered:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pbar = np.nan_to_num(S1.reshape(S, data.n_slots, K).sum(1) / NS[:, None])
+            deff = np.nan_to_num(np.bincount(data.s, weights=m * m, minlength=S) / NS)
+        cov = _floor_degenerate(cov, pbar, deff)
     return _Cat(C=C, m=m, names=names, S1=S1, N=N, n_runs=np.bincount(gid, minlength=G).astype(float),
                 unit_cov=cov, clustered=clustered)
+
+
+def _kept(lam: np.ndarray) -> np.ndarray:
+    """Which eigenvalues (last axis) of a covariance count as variance: not round-off of its largest."""
+    return lam > np.maximum(lam.max(-1, keepdims=True), 0) * 1e-9 + 1e-300
+
+
+def _floor_degenerate(cov: np.ndarray, pbar: np.ndarray, deff: np.ndarray) -> np.ndarray:
+    """Each series' clustered ``cov`` (series x K x K) with no direction of the shares left without variance.
+
+    Where every run of each window has its window's mix (a reference whose runs call only ``a``, windows whose
+    runs call only ``b``), the residuals about the windows' own shares vanish and so does the clustered
+    covariance: the Wald test had no degree of freedom and read a total shift of the mix as steady (p = 1).
+    In the directions where ``cov`` has no variance, the covariance of runs that each put all their count on
+    one category drawn from the series' pooled shares ``pbar`` (series x K) stands in: the multinomial
+    ``diag(pbar) - pbar pbar'`` per run, that is times ``deff = sum(m^2) / sum(m)`` per unit of count (the
+    largest a run's shares can vary: a run, not a call, is the unit). Directions without a share (categories
+    the series lacks, and the sum of the shares) stay without variance, and a series whose covariance has
+    variance in every other direction keeps it exactly as it is.
+    """
+    lam, U = np.linalg.eigh(cov)
+    kept = _kept(lam)
+    short = kept.sum(-1) < (pbar > 0).sum(-1) - 1  # series with a direction of the shares without variance
+    if not short.any():
+        return cov
+    Un = U * ~kept[:, None, :]  # eigenvectors of the directions without variance
+    P = Un @ np.swapaxes(Un, 1, 2)  # projection onto them
+    M = (pbar[:, :, None] * np.eye(pbar.shape[1]) - pbar[:, :, None] * pbar[:, None, :]) * deff[:, None, None]
+    floor = P @ M @ P
+    return np.where(short[:, None, None], cov + 0.5 * (floor + np.swapaxes(floor, 1, 2)), cov)
 
 
 def _residual_gram(
@@ -1691,7 +1734,7 @@ def _pair(cat: _Cat, a: np.ndarray, na: np.ndarray, b: np.ndarray, nb: np.ndarra
         c = 1 / na + 1 / nb  # series x windows
         if cat.clustered:
             lam, U = np.linalg.eigh(cat.unit_cov)  # S x K, S x K x K
-            keep = lam > np.maximum(lam.max(-1, keepdims=True), 0) * 1e-9 + 1e-300
+            keep = _kept(lam)
             inv = np.where(keep, 1 / np.where(keep, lam, 1.0), 0.0)
             proj = np.einsum("swk,skj->swj", np.nan_to_num(pa - pb), U)
             stat = (proj**2 * inv[:, None, :]).sum(-1) / c
@@ -2009,20 +2052,25 @@ def _numeric_rows(data: _Data, name: str, opts: _Options) -> pl.DataFrame | None
         return None
     S, W1, G = data.n_series, data.n_slots, data.groups
     D, Q, s1, s2, n = np.zeros(G), np.full((G, _QUANTILE_GRID), np.nan), np.zeros(G), np.zeros(G), np.zeros(G)
+    spread = np.zeros(G, dtype=bool)
     bounds = np.searchsorted(data.s, np.arange(S + 1))  # runs are sorted by series
     for lo, hi in _series_batches(bounds, _NUMERIC_BATCH):
         a, b = bounds[lo], bounds[hi]
         at = slice(lo * W1, hi * W1)
-        D[at], Q[at], s1[at], s2[at], n[at] = _numeric_parts(
-            x[a:b], data.gid[a:b] - lo * W1, data.s[a:b] - lo, hi - lo, W1
-        )
+        g = data.gid[a:b] - lo * W1
+        D[at], Q[at], s1[at], s2[at], n[at] = _numeric_parts(x[a:b], g, data.s[a:b] - lo, hi - lo, W1)
+        fin = np.isfinite(x[a:b])
+        spread[at] = _spread(x[a:b][fin], g[fin], (hi - lo) * W1)
+        del g, fin
     del x
     Q = _shape(data, Q)
     w1 = np.abs(Q[:, 1:] - Q[:, :1]).mean(-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = _shape(data, s1 / n)
         var = _shape(data, (s2 - s1**2 / n) / np.maximum(n - 1, 1))
-    sd0 = np.sqrt(np.maximum(var[:, 0], 0))
+    # a reference without any spread (every run 0.7) has no standard deviation, whatever the round-off of
+    # its sums of squares says (1e-8 made a change of 7% an effect of millions): relative to its mean then
+    sd0 = np.where(_shape(data, spread)[:, 0], np.sqrt(np.maximum(var[:, 0], 0)), 0.0)
     m0 = mean[:, 0]
     scale = np.where(sd0 > 0, sd0, np.where(np.abs(m0) > 0, np.abs(m0), 1.0))
     effect = w1 / scale[:, None]
@@ -2106,9 +2154,17 @@ def _gap_rows(data: _Data, opts: _Options) -> pl.DataFrame | None:
         vg = np.maximum(vg, 0)
         a, b = vg[:, :1] / n[:, :1], vg[:, 1:] / n[:, 1:]
         se = np.sqrt(a + b)
-        t = gap / se
         dof = (a + b) ** 2 / (a**2 / np.maximum(n[:, :1] - 1, 1) + b**2 / np.maximum(n[:, 1:] - 1, 1))
-        p = stats.t.sf(t, np.nan_to_num(dof, nan=1.0))
+        # both samples without any spread of the gap (outcome 1 in every reference run, 0 in every run of
+        # the window): Welch's standard error is 0, and t was infinite (or 0 / 0) and the row dropped. Then
+        # the standard error of the difference when the pair's runs are exchangeable stands in (the spread
+        # of the pooled runs, set by the difference alone): t = sqrt(n_ref + n_cur - 1), with n_ref + n_cur
+        # - 2 degrees of freedom; the same value on both sides gives t = 0, p = 1
+        flat = se == 0
+        nn = n[:, :1] + n[:, 1:]
+        t = np.where(flat, np.sign(gap) * np.sqrt(np.maximum(nn - 1, 0)), gap / np.where(flat, 1.0, se))
+        dof = np.where(flat, np.maximum(nn - 2, 1), np.nan_to_num(dof, nan=1.0))
+        p = np.where(flat & (gap == 0), 1.0, stats.t.sf(t, dof))
         effect = np.minimum(gap, -dob)
     n_ref = np.broadcast_to(n[:, :1], (S, W1 - 1))
     n_cur = n[:, 1:]
@@ -2490,6 +2546,11 @@ def _pct(expr: pl.Expr) -> pl.Expr:
     return pl.concat_str((expr * 100).round(1).cast(pl.String), pl.lit("%"))
 
 
+def _unsigned_zero(expr: pl.Expr) -> pl.Expr:
+    """``expr`` (rounded) with a zero read as ``0.0``: a change that rounds to ``-0.0`` is no change."""
+    return pl.when(expr == 0).then(pl.lit(0.0)).otherwise(expr)
+
+
 def _detail() -> pl.Expr:
     f = pl.col("feature")
     ref, cur = pl.col("reference_value"), pl.col("current_value")
@@ -2513,8 +2574,8 @@ def _detail() -> pl.Expr:
         .when(f == "run_classifier")
         .then(pl.format("AUC {}{}", pl.col("statistic").round(3), pl.col("_what").fill_null("")))
         .when(f == "action_entropy")
-        .then(pl.format("entropy {} -> {} bits ({}%)", ref.round(2), cur.round(2),
-                        (-(pl.col("effect_size")) * 100).round(1)))
+        .then(pl.format("entropy {} -> {} bits ({}%)", _unsigned_zero(ref.round(2)), _unsigned_zero(cur.round(2)),
+                        _unsigned_zero((-(pl.col("effect_size")) * 100).round(1))))
         .when(f == "self_similarity")
         .then(pl.format("tool mix {} from reference vs {} from previous window (JS distance)", ref.round(3),
                         cur.round(3)))

@@ -4,6 +4,7 @@ vectorised statistics against scipy, input forms and errors."""
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -1035,3 +1036,113 @@ def test_nothing_tested_is_said_and_include_must_name_a_feature() -> None:
         with _collecting_notes() as why:
             assert detect_drift(ev, reference="3d", every="3d", include=["tokens_per_run"]).height > 0
         assert why == []
+
+
+def _constant_runs(
+    windows: list[dict[str, Any]], n: int = 40
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Hand-built per-run tables of one agent: ``n`` runs a week, every run of week ``i`` alike
+    (``windows[i]``: its tools ``{"a": 3}``, and optionally ``cost_usd``, ``feedback``, ``outcome``)."""
+    ids = [f"r{w}_{i:03d}" for w in range(len(windows)) for i in range(n)]
+    ts = [START + timedelta(days=7 * w, hours=4 * i) for w in range(len(windows)) for i in range(n)]
+    cols = {c: np.repeat([float(w[c]) for w in windows], n) for c in ("cost_usd", "feedback", "outcome")
+            if c in windows[0]}
+    calls = [sum(w["tools"].values()) for w in windows]
+    feats = pl.DataFrame({"run_id": ids, "agent": "x", "first_ts": pl.Series(ts).dt.cast_time_unit("us"),
+                          "n_steps": np.repeat(calls, n) * 2 + 1, **cols})
+    acts = pl.DataFrame(
+        [(f"r{w}_{i:03d}", "x", tool, k) for w, win in enumerate(windows) for i in range(n)
+         for tool, k in win["tools"].items()],
+        schema=["run_id", "agent", "action", "n"], orient="row")
+    big = acts.with_columns(pl.format("{} > {}", "action", "action").alias("bigram")).drop("action")
+    return feats, acts, big.with_columns(pl.col("n") - 1).filter(pl.col("n") > 0)
+
+
+def test_a_total_shift_of_the_tool_mix_is_drifted() -> None:
+    """Every reference run calls only a, every run of a window only b: the covariance clustered by run
+    is zero (no run differs from its window), the Wald test had no degree of freedom, and the row read
+    "tool mix steady, a 100.0% -> 0.0% (JS distance 1.0)" with p = 1. Where the clustered covariance has
+    no variance, that of runs each making one choice (the pooled shares, a run as the unit) stands in."""
+    kw = dict(reference=("2026-10-01", "2026-10-08"), every="7d")
+    a, b = {"tools": {"a": 3}}, {"tools": {"b": 3}}
+    d = drift_from_runs(*_constant_runs([a, b]), include=["tool_mix", "action_bigrams", "action_entropy"], **kw)
+    for feature in ("tool_mix", "action_bigrams"):
+        row = d.filter(pl.col("feature") == feature).row(0, named=True)
+        assert row["drifted"], row["explain"]
+        # the run-level chi-square of 40 vs 40 runs, each all a or all b
+        assert row["statistic"] == pytest.approx(80.0) and row["p_value"] < 1e-15
+        assert row["effect_size"] > 0.99
+    assert "tool mix shifted, a 100.0% -> 0.0%" in d.filter(pl.col("feature") == "tool_mix")["explain"][0]
+    assert d.filter(pl.col("feature") == "action_entropy").row(0, named=True)["explain"].endswith(
+        "tool choice not narrowing, entropy 0.0 -> 0.0 bits (0.0%)")
+    # the same mix on both sides stays steady: a series of a alone is not tested; beside a later shift to b,
+    # the window of a alone is steady (p = 1) and only the shift is drifted
+    assert not drift_from_runs(*_constant_runs([a, a]), **kw)["drifted"].any()
+    d = drift_from_runs(*_constant_runs([a, a, b]), include=["tool_mix"], **kw)
+    assert d["drifted"].to_list() == [False, True]
+    assert (d["statistic"][0], d["p_value"][0]) == (0.0, 1.0)
+    # narrowing from a constant a/b mix to a alone: tool_mix and action_entropy (was dropped: z infinite)
+    d = drift_from_runs(*_constant_runs([{"tools": {"a": 2, "b": 2}}, {"tools": {"a": 4}}]),
+                        include=["tool_mix", "action_entropy"], **kw)
+    assert d["feature"].to_list() == ["tool_mix", "action_entropy"] and d["drifted"].all()
+    assert d["statistic"].is_finite().all()
+
+
+def test_outcome_falling_from_one_constant_to_another_is_drifted() -> None:
+    """Outcome 1 in every reference run and 0 in every run of a window (feedback constant): both samples
+    without spread, Welch's t was infinite and the row was dropped. The standard error of exchangeable
+    runs stands in: t = sqrt(n_ref + n_cur - 1)."""
+    kw = dict(reference=("2026-10-01", "2026-10-08"), every="7d", include=["feedback_outcome_gap"])
+    runs = _constant_runs([{"tools": {"a": 1}, "feedback": 0.8, "outcome": o} for o in (1.0, 1.0, 0.0)])
+    d = drift_from_runs(*runs, **kw)
+    assert d.height == 2 and d["drifted"].to_list() == [False, True], d["explain"].to_list()
+    same, fell = d.rows(named=True)
+    assert (same["statistic"], same["p_value"]) == (0.0, 1.0)  # the same outcome: nothing moved
+    assert fell["statistic"] == pytest.approx(np.sqrt(79)) and fell["p_value"] < 1e-10
+    assert fell["effect_size"] >= DEFAULT_MIN_EFFECT["feedback_outcome_gap"]
+    assert "feedback holds while outcome falls, feedback 0.80 -> 0.80, outcome 1.0 -> 0.0" in fell["explain"]
+    # outcome rising from one constant to another is no gap
+    up = _constant_runs([{"tools": {"a": 1}, "feedback": 0.8, "outcome": o} for o in (0.0, 1.0)])
+    row = drift_from_runs(*up, **kw).row(0, named=True)
+    assert not row["drifted"] and row["p_value"] > 0.99
+
+
+def test_a_constant_reference_is_scaled_by_its_mean_not_by_round_off() -> None:
+    """A reference whose every run costs $0.70 has no standard deviation, but its sums of squares leave
+    ~1e-8 of round-off: a constant 0.70 -> 0.75 read as an effect of 2 million (and 7.0 -> 7.5 as 0.07).
+    A reference without spread is scaled by its mean, exactly."""
+    kw = dict(reference=("2026-10-01", "2026-10-08"), every="7d", include=["cost_per_run"])
+    for c1, effect, drifted in ((0.75, 0.05 / 0.7, False), (1.4, 1.0, True), (0.7, 0.0, False)):
+        d = drift_from_runs(*_constant_runs([{"tools": {"a": 1}, "cost_usd": c} for c in (0.7, c1)]), **kw)
+        row = d.row(0, named=True)
+        assert row["effect_size"] == pytest.approx(effect, abs=1e-12) and row["drifted"] is drifted, row
+
+
+def test_degenerate_shifts_in_one_agent_flag_it_and_change_nothing_else() -> None:
+    """A synth stable fleet, but billing's runs call only one tool (lookup in the reference and the
+    first window, settle after) and its outcome holds at 1 until it drops to 0: billing is flagged there,
+    and every other row is what the unchanged fleet gives."""
+    ev = synth.generate(days=28, runs_per_day=40, seed=7, scenario=synth.Scenario.stable()).events
+    first = pl.col("ts").min().over("run_id")
+    late = first >= datetime(2026, 10, 22, tzinfo=UTC)
+    billing = pl.col("agent") == "billing"
+    odd = ev.with_columns(
+        pl.when(billing & (pl.col("action") != "llm")).then(pl.when(late).then(pl.lit("settle"))
+                                                            .otherwise(pl.lit("lookup")))
+        .otherwise(pl.col("action")).alias("action"),
+        pl.when(billing & pl.col("feedback").is_not_null()).then(0.8).otherwise(pl.col("feedback")).alias("feedback"),
+        pl.when(billing & pl.col("outcome").is_not_null()).then(pl.when(late).then(0.0).otherwise(1.0))
+        .otherwise(pl.col("outcome")).alias("outcome"),
+    )
+    kw = dict(reference=REF, include=["tool_mix", "action_bigrams", "action_entropy", "feedback_outcome_gap",
+                                      "steps_per_run", "error_rate", "self_similarity"])
+    d, base = detect_drift(odd, **kw), detect_drift(ev, **kw)
+    hit = d.filter("drifted")
+    assert set(hit["series"]) == {"agent=billing"}
+    assert set(hit["feature"]) == {"tool_mix", "action_bigrams", "feedback_outcome_gap"}
+    assert (hit["window_start"] == datetime(2026, 10, 22, tzinfo=UTC)).all()
+    assert not d.filter(pl.col("series") == "agent=billing", pl.col("window_start") < datetime(
+        2026, 10, 22, tzinfo=UTC))["drifted"].any()
+    others, was = (x.filter(pl.col("series") != "agent=billing") for x in (d, base))
+    assert others.drop("q_value").equals(was.drop("q_value"))
+    assert not base["drifted"].any()
