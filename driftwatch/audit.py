@@ -793,8 +793,10 @@ def _global_examples(tables: RunTables, n_examples: int | None = None) -> pl.Dat
 
 
 def _parse_time(value: Any, *, name: str) -> datetime:
+    """``value`` as an aware UTC datetime (naive times are UTC; a zone such as Europe/Berlin is
+    converted: Polars compares a literal in another zone with the UTC column as an error)."""
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
     if isinstance(value, date):
         return datetime(value.year, value.month, value.day, tzinfo=UTC)
     if isinstance(value, str):
@@ -805,7 +807,7 @@ def _parse_time(value: Any, *, name: str) -> datetime:
             raise InvalidParameterError(
                 f"{name}: expected an ISO-8601 date or time such as 2026-10-01 or 2026-10-01T06:00, got {value!r}"
             ) from None
-        return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+        return dt.astimezone(UTC) if dt.tzinfo else dt.replace(tzinfo=UTC)
     raise InvalidParameterError(f"{name}: expected a date/time or ISO-8601 text, got {type(value).__name__}")
 
 
@@ -941,6 +943,7 @@ def fleet_stage(
     load_every: str = "1m",
     by: Sequence[str] = ("agent",),
     score_run_ids: pl.Series | None = None,
+    reference_runs: RunTables | None = None,
     progress: Progress | None = None,
     release_counts: bool = False,
     rejected: pl.DataFrame | None = None,
@@ -970,6 +973,9 @@ def fleet_stage(
     score_run_ids : polars.Series, optional
         Score and report only these runs (the new runs of an incremental audit);
         the others serve as context. ``None``: all runs.
+    reference_runs : RunTables, optional
+        Runs of a fixed drift ``reference`` range that ``tables`` do not hold (an incremental
+        audit's history older than the history it loaded): drift sees them, nothing else does.
     progress : callable, optional
         Receives one line per stage.
     rejected : polars.DataFrame, optional
@@ -1052,10 +1058,23 @@ def fleet_stage(
     def lane(name: str, fn: Callable[[], Any]) -> Future[Any]:
         return _start(pool, step(name, fn))
 
+    deepened: list[pl.Series] = []  # history runs whose delegation breach this audit changed
+
     def delegation() -> tuple[pl.DataFrame, pl.DataFrame]:
         depth = policy_mod.check_delegation(feats, pol)
         unread = policy_mod.check_rejected(rejected, pol).join(scored_ids, on="run_id", how="semi")
-        found = _concat([tables.violations, depth, unread])
+        # (the per-run stage checks no delegation: such rows are the history's, checked again here)
+        held = tables.violations
+        own = held["rule"] != "delegation_depth" if "rule" in held.columns else pl.Series([True] * held.height)
+        if score_run_ids is not None:
+            # a late file that completes a chain (a parent delivered after its children) changes
+            # the depth of runs audited before: they are re-scored and stored again
+            key = ["run_id", "detail"]
+            was = held.filter(~own).select(key) if held.height else depth.select(key).clear()
+            now = depth.select(key)
+            changed = pl.concat([now.join(was, on=key, how="anti"), was.join(now, on=key, how="anti")])["run_id"]
+            deepened.append(changed.filter(~changed.is_in(score_run_ids.implode())).unique())
+        found = _concat([held.filter(own) if held.height else held, depth, unread])
         if unread.height:  # the same rejected row delivered again: its breach is in the history already
             found = found.unique(subset=["run_id", "step", "rule", "detail"], keep="first", maintain_order=True)
         found = sort_frame(found, RUN_TABLE_KEYS["violations"])
@@ -1068,7 +1087,8 @@ def fleet_stage(
         return buckets, changepoints.changepoints_from_buckets(buckets)
 
     def drift_rows_and_notes() -> pl.DataFrame:
-        rows, drift_notes = _fleet_drift(series, reference, reference_tables, by=by, every=drift_every)
+        seen = series if reference_runs is None else RunTables.concat([reference_runs, series])
+        rows, drift_notes = _fleet_drift(seen, reference, reference_tables, by=by, every=drift_every)
         notes.update(drift_notes)
         return rows
 
@@ -1118,7 +1138,8 @@ def fleet_stage(
         # this audit's input, too: runs every step of which was rejected, and runs of the history
         # whose later steps arrived rejected (a delete with an unreadable approval a night after
         # the run's other steps is a breach of that run: re-scored, and stored with it)
-        ids = pl.concat([score_run_ids.cast(pl.String), policy_mod.rejected_steps(rejected)["run_id"]])
+        ids = pl.concat([score_run_ids.cast(pl.String), policy_mod.rejected_steps(rejected)["run_id"],
+                         *(d.cast(pl.String) for d in deepened)])
         keep = pl.DataFrame({"run_id": ids}).unique().join(scored_ids, on="run_id", how="semi")
         runs = runs.join(keep, on="run_id", how="semi")
         loops_out = loops_out.join(keep, on="run_id", how="semi") if loops_out.height else loops_out
@@ -2193,9 +2214,13 @@ def audit(
                 state_desc = ["incremental", float(history_days),  # (90, 90.0 and numpy's 90 alike)
                               None if history_max_runs is None else int(history_max_runs), _fingerprint(before.rows()),
                               sorted((f.path, f.hash) for f in todo_files)]
-                st.touch([f for f in skipped if f.hash is not None])
+                # touched and moved files are remembered once the night is done (a night that
+                # fails writes nothing to the state)
+                remember = [f for f in skipped if f.hash is not None]
             say(f"state: {len(todo_files)} new file(s), {len(skipped)} already audited")
             if not todo_files:
+                with st.errors("recording this audit"):
+                    st.touch(remember)
                 raise NothingToAudit(
                     f"{_describe(source_or_events)}: no new data since the last audit "
                     f"({len(skipped)} file(s) already audited); nothing to do"
@@ -2277,6 +2302,7 @@ def audit(
         fleet_tables = tables
         score_ids: pl.Series | None = None
         since_hist: datetime | None = None
+        reference_runs: RunTables | None = None
         if st is not None:
             t0 = time.perf_counter()
             lo = tables.features["first_ts"].min()
@@ -2311,6 +2337,17 @@ def audit(
                     score_ids = tables.features["run_id"]
             timings["history"] = round(time.perf_counter() - t0, 4)
             say(f"history: {fleet_tables.n_runs - tables.n_runs:,} earlier runs as context")
+            # a fixed --reference older than the history loaded: its runs come from the state
+            # (every night compares with the same baseline, however long ago it was)
+            rng = parse_reference(ref_arg) if reference_tables is None and ref_arg is not None else None
+            if rng is not None and since_hist is not None and rng[0] < since_hist:
+                with st.errors("reading the history"):
+                    held = dict(st.iter_history(exclude_run_ids=tables.features["run_id"], since=rng[0],
+                                                until=min(rng[1], since_hist)))
+                if held:
+                    reference_runs = _history_tables(held, tables)
+                    say(f"history: {reference_runs.n_runs:,} runs of the reference {_iso(rng[0])}..{_iso(rng[1])} "
+                        "that the history loaded does not hold")
 
         # ------------------------------------------------------------ fleet stage
         scored_rejected = rejected_in_window(rejected, tables.features["run_id"], since_dt, until_dt)
@@ -2341,6 +2378,7 @@ def audit(
             release_counts=st is None,
             rejected=scored_rejected,
             series_since=since_hist,
+            reference_runs=reference_runs,
         )
         timings["fleet_stage"] = round(time.perf_counter() - t0, 4)
         result.rejected = sort_frame(rejected, ("source_file",))
@@ -2404,6 +2442,7 @@ def audit(
             try:
                 with st.errors("recording this audit"):
                     _record(st, result, tables, todo_files, analysed_from=start, before_commit=write_out)
+                    st.touch(remember)
             except InputError:
                 if failed:  # the results folder's own error, not the state's
                     raise failed[0] from None
@@ -2436,6 +2475,19 @@ def _check_by_columns(by: Sequence[str]) -> None:
             "version (agent,version for both); for a column of your own such as a tenant, call "
             "detect_drift / detect_changepoints / cost_profile / load_curve on the events with by=..."
         )
+
+
+def _history_tables(held: Mapping[str, pl.DataFrame], tables: RunTables) -> RunTables:
+    """History tables ``held`` (from :meth:`AuditState.iter_history`) as :class:`RunTables` of
+    this audit's dtypes."""
+    parts: dict[str, pl.DataFrame] = {}
+    for name in RUN_TABLE_KEYS:
+        mine = getattr(tables, name)
+        old = mine.head(0) if held.get(name) is None else _align(held[name], mine)
+        if name in ("action_counts", "bigram_counts"):
+            old = compact_counts(old, "action" if name == "action_counts" else "bigram")
+        parts[name] = canonical_order(name, old)
+    return RunTables(**parts)
 
 
 def _days_before(t: datetime, days: float) -> datetime:

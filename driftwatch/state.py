@@ -619,15 +619,17 @@ class AuditState:
         return dict(self.iter_history(exclude_run_ids=exclude_run_ids, since=since))
 
     def iter_history(
-        self, *, exclude_run_ids: pl.Series | None = None, since: datetime | None = None
+        self, *, exclude_run_ids: pl.Series | None = None, since: datetime | None = None,
+        until: datetime | None = None,
     ) -> Iterator[tuple[str, pl.DataFrame]]:
         """:meth:`history` one ``(name, table)`` at a time, each read when the one before has
         been taken: a caller that merges and releases each table holds one raw history table
-        at a time, not all of them (the audit's fleet stage on a long history)."""
+        at a time, not all of them (the audit's fleet stage on a long history). ``since`` /
+        ``until``: the runs that start in ``[since, until)``."""
         existing = set(self.tables())
         if "features" not in existing:
             return
-        with self._history_filter(exclude_run_ids, since) as (where, params):
+        with self._history_filter(exclude_run_ids, since, until) as (where, params):
             self.con.execute(
                 f"CREATE OR REPLACE TEMP TABLE _dw_keep AS SELECT f.run_id FROM features f{where}", params
             )
@@ -704,7 +706,7 @@ class AuditState:
 
     @contextlib.contextmanager
     def _history_filter(
-        self, exclude_run_ids: pl.Series | None, since: datetime | None
+        self, exclude_run_ids: pl.Series | None, since: datetime | None, until: datetime | None = None
     ) -> Iterator[tuple[str, list[Any]]]:
         """The ``WHERE`` clause (over ``features f``) and its parameters for the history's runs;
         the excluded run ids are registered for the duration."""
@@ -713,6 +715,9 @@ class AuditState:
         if since is not None:
             conds.append("f.first_ts >= ?")
             params.append(since)
+        if until is not None:
+            conds.append("f.first_ts < ?")
+            params.append(until)
         excluded = exclude_run_ids if exclude_run_ids is not None and exclude_run_ids.len() else None
         with self._registered_ids(excluded, "_dw_excl") as ids:
             if ids is not None:

@@ -1819,3 +1819,108 @@ def test_shown_scores_never_reach_a_threshold_their_level_did_not(result: AuditR
     assert [alerts[r] for r in hot] == [0.6999, 0.3999, 0.875, 0.57]
     assert [_score_cell(x) for x in raw] == ["0.699", "0.399", "0.875", "0.57"]
     assert shown_score(1.0, 3) == 1.0 and _score_cell(1.0) == "1" and _score_cell(None) == "–"
+
+
+def _chain_run(run_id: str, parent: str | None, minute: int) -> list[dict]:
+    t0 = datetime(2026, 10, 1, 9, tzinfo=UTC)
+    return [{"run_id": run_id, "step": s, "ts": t0 + timedelta(minutes=minute, seconds=s), "action": a,
+             "agent": "planner", "parent_run_id": parent, "status": "ok", "cost_usd": 0.01}
+            for s, a in enumerate(["llm", "search_web", "llm"], 1)]
+
+
+def test_a_late_link_of_a_delegation_chain_flags_the_runs_audited_before(tmp_path: Path) -> None:
+    """c0 <- c1 <- c2 <- c3 <- c4 with c3 delivered a night late: c4's depth 4 was never
+    checked again, and the breach a full audit finds was lost for good."""
+    chain = [("c0", None), ("c1", "c0"), ("c2", "c1"), ("c3", "c2"), ("c4", "c3")]
+    rows = {rid: _chain_run(rid, p, i) for i, (rid, p) in enumerate(chain)}
+    others = [r for i in range(40) for r in _chain_run(f"x{i:02d}", None, 10 + i)]
+    day = tmp_path / "logs" / "date=2026-10-01"
+    day.mkdir(parents=True)
+    pl.DataFrame([r for rid in ("c0", "c1", "c2", "c4") for r in rows[rid]] + others).write_parquet(day / "a.parquet")
+    first = audit(tmp_path / "logs", state=tmp_path / "state")
+    assert first.violations.filter(pl.col("rule") == "delegation_depth").height == 0
+    pl.DataFrame(rows["c3"]).write_parquet(day / "b.parquet")
+    night = audit(tmp_path / "logs", state=tmp_path / "state")
+    full = audit(tmp_path / "logs")
+
+    def depth(res: AuditResult) -> list[tuple]:
+        return res.violations.filter(pl.col("rule") == "delegation_depth").select("run_id", "detail").rows()
+
+    assert depth(night) == depth(full) == [("c4", "delegation depth 4 > limit 3 (chain root c0)")]
+    assert night.runs.filter(pl.col("run_id") == "c4")["level"].to_list() == ["review"]
+    from driftwatch.state import AuditState
+
+    with AuditState.open(state_dir=tmp_path / "state") as st:
+        stored = st.con.execute("select run_id, level from runs where run_id = 'c4'").fetchall()
+        breaches = st.con.execute("select count(*) from violations where rule = 'delegation_depth'").fetchall()
+    assert stored == [("c4", "review")] and breaches == [(1,)]
+    # a night after that changes nothing more: the breach is stored once, not again
+    (day.parent / "date=2026-10-02").mkdir()
+    pl.DataFrame(_chain_run("y0", None, 60 * 24)).write_parquet(day.parent / "date=2026-10-02" / "a.parquet")
+    again = audit(tmp_path / "logs", state=tmp_path / "state")
+    assert depth(again) == [] and again.runs["run_id"].to_list() == ["y0"]
+
+
+def test_a_fixed_reference_older_than_the_loaded_history_is_read_from_the_state(tmp_path: Path) -> None:
+    """A fixed --reference (the README's baseline that stays) made every night fail once its
+    days were older than --history-days: 'reference holds no runs'."""
+    fleet = synth.generate(days=12, runs_per_day=40, seed=5)
+    fleet.write(tmp_path / "fleet")
+    days = sorted((tmp_path / "fleet" / "events").iterdir())
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    ref = ("2026-10-01", "2026-10-04")
+    for d in days:
+        shutil.copytree(d, logs / d.name)
+        night = audit(logs, state=tmp_path / "state", reference=ref, history_days=5)
+    full = audit(logs, reference=ref)
+    assert datetime.fromisoformat(night.stats["history_since"]) > datetime(2026, 10, 4, tzinfo=UTC)
+    # the same reference runs and the same windows; the night's window holds the runs of the
+    # history it loaded (since history_since), as documented for the fleet tables
+    key = ["series", "window_start", "feature", "method"]
+    mine, whole = (r.drift.sort(key) for r in (night, full))
+    assert mine.height > 0 and mine.select(*key, "n_ref").equals(whole.select(*key, "n_ref"))
+    assert (mine["n_cur"] <= whole["n_cur"]).all() and (mine["n_cur"] > 0).all()
+    assert night.notes["drift_reference"] == "given"
+
+
+def test_since_and_until_in_a_named_time_zone() -> None:
+    """A ZoneInfo datetime was compared with the UTC column as is: 'reading the events failed'."""
+    from zoneinfo import ZoneInfo
+
+    ev = pl.concat([pl.DataFrame(_chain_run(f"r{i}", None, 60 * i)) for i in range(6)])
+    berlin = ZoneInfo("Europe/Berlin")
+    # 12:00 Berlin (CEST) is 10:00 UTC: runs r1.. start at 10:00 UTC and later
+    got = audit(ev, since=datetime(2026, 10, 1, 12, tzinfo=berlin), until=datetime(2026, 10, 1, 14, tzinfo=berlin))
+    assert got.runs["run_id"].to_list() == ["r1", "r2"]
+    utc = audit(ev, since=datetime(2026, 10, 1, 10, tzinfo=UTC), until=datetime(2026, 10, 1, 12, tzinfo=UTC))
+    assert got.runs.equals(utc.runs)
+
+
+def test_a_failed_night_writes_nothing_to_the_state(tmp_path: Path) -> None:
+    """An audited file touched (same bytes, new mtime) was remembered at once: a night that
+    then failed on a corrupt new file had changed the state all the same."""
+    import duckdb
+
+    day = tmp_path / "logs" / "date=2026-10-01"
+    day.mkdir(parents=True)
+    pl.concat([pl.DataFrame(_chain_run(f"r{i}", None, 10 * i)) for i in range(30)]).write_parquet(day / "a.parquet")
+    audit(tmp_path / "logs", state=tmp_path / "state")
+    db = tmp_path / "state" / "audit.duckdb"
+
+    def files() -> list[tuple]:
+        with duckdb.connect(str(db), read_only=True) as con:
+            return con.execute("select path, size, mtime_ns from files order by path").fetchall()
+
+    before = files()
+    os.utime(day / "a.parquet", ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+    bad = tmp_path / "logs" / "date=2026-10-02"
+    bad.mkdir()
+    (bad / "a.parquet").write_bytes((day / "a.parquet").read_bytes()[:300])
+    with pytest.raises(InputError):
+        audit(tmp_path / "logs", state=tmp_path / "state")
+    assert files() == before
+    (bad / "a.parquet").unlink()
+    with pytest.raises(dw.NothingToAudit):
+        audit(tmp_path / "logs", state=tmp_path / "state")
+    assert files() != before and files()[0][2] == 1_700_000_000_000_000_000  # remembered on a night that ends well
