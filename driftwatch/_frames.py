@@ -368,3 +368,21 @@ __all__ = [
     "series_keys",
     "series_label",
 ]
+
+
+def cut_down(values: np.ndarray, decimals: int) -> np.ndarray:
+    """``values`` cut (not rounded) to ``decimals``: the largest ``k / 10**decimals`` whose float
+    is at most the value, so that a shown score reaches a threshold of that many decimals
+    (``0.7``) exactly when the score does (``0.69996`` -> ``0.6999``; the float ``0.7`` stays
+    ``0.7``).
+
+    >>> cut_down(np.array([0.69996, 0.7, 0.6999999999999998, 0.57, 1.0]), 4).tolist()
+    [0.6999, 0.7, 0.6999, 0.57, 1.0]
+    """
+    x = np.asarray(values, dtype=np.float64)
+    scale = 10.0**decimals
+    with np.errstate(invalid="ignore"):
+        k = np.floor(x * scale)
+        k = np.where(np.divide(k + 1, scale) <= x, k + 1, k)  # (x * scale rounded down a step)
+        k = np.where(np.divide(k, scale) > x, k - 1, k)  # (or up one)
+        return np.where(np.isfinite(x), np.divide(k, scale), x)

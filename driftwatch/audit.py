@@ -1067,14 +1067,23 @@ def fleet_stage(
         held = tables.violations
         own = held["rule"] != "delegation_depth" if "rule" in held.columns else pl.Series([True] * held.height)
         if score_run_ids is not None:
-            # a late file that completes a chain (a parent delivered after its children) changes
-            # the depth of runs audited before: they are re-scored and stored again
-            key = ["run_id", "detail"]
-            was = held.filter(~own).select(key) if held.height else depth.select(key).clear()
-            now = depth.select(key)
-            changed = pl.concat([now.join(was, on=key, how="anti"), was.join(now, on=key, how="anti")])["run_id"]
-            deepened.append(changed.filter(~changed.is_in(score_run_ids.implode())).unique())
-        found = _concat([held.filter(own) if held.height else held, depth, unread])
+            # a late file that completes a chain (a parent delivered after its children) deepens
+            # runs audited before: they are re-scored and stored again. Only a deeper chain: an
+            # ancestor that left the loaded history makes a run look shallower, which it is not
+            was = (held.filter(~own) if held.height else depth.clear()).group_by("run_id").agg(
+                pl.col("value").max().alias("_was"))
+            now = depth.group_by("run_id").agg(pl.col("value").max().alias("_now"))
+            deeper = now.join(was, on="run_id", how="left").filter(
+                pl.col("_was").is_null() | (pl.col("_now") > pl.col("_was")))["run_id"]
+            deepened.append(deeper.filter(~deeper.is_in(score_run_ids.implode())))
+            # the breaches checked now: of this audit's runs and of the deepened ones; the
+            # other history runs keep what was stored (their whole chain was loaded then)
+            fresh = pl.concat([score_run_ids.cast(pl.String), deeper.cast(pl.String)]).implode()
+            stored = held.filter(~own & ~pl.col("run_id").is_in(fresh)) if held.height else held
+            found = _concat([held.filter(own) if held.height else held, stored,
+                             depth.filter(pl.col("run_id").is_in(fresh)), unread])
+        else:
+            found = _concat([held.filter(own) if held.height else held, depth, unread])
         if unread.height:  # the same rejected row delivered again: its breach is in the history already
             found = found.unique(subset=["run_id", "step", "rule", "detail"], keep="first", maintain_order=True)
         found = sort_frame(found, RUN_TABLE_KEYS["violations"])
@@ -1371,9 +1380,10 @@ class AuditResult:
                 return pl.col(name).cast(pl.Int64)
             x = pl.col(name).cast(pl.Float64)
             if cut:  # (a score: cut, never rounded up to a threshold the run did not reach)
-                scale = 10.0**digits
-                # (Polars divides by multiplying with the inverse: rounded after, to the nearest)
-                return pl.when(x.is_finite()).then(((x * scale + 1e-9).floor() / scale).round(digits))
+                from driftwatch._frames import cut_down
+
+                shown = x.map_batches(lambda s: pl.Series(cut_down(s.to_numpy(), digits)), return_dtype=pl.Float64)
+                return pl.when(x.is_finite()).then(shown)
             return pl.when(x.is_finite()).then(x.round(digits))
 
         def cut(x: pl.Expr) -> pl.Expr:

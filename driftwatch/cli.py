@@ -790,7 +790,7 @@ def _point_at_devnull(stream: TextIO) -> None:
 
 
 def _main(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
-    from driftwatch.errors import DriftwatchError
+    from driftwatch.errors import DriftwatchError, InvalidParameterError
 
     parser = _build_parser()
     try:
@@ -807,8 +807,10 @@ def _main(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
     try:
         return _COMMANDS[args.command](args, out, err)
     except DriftwatchError as exc:
-        print(f"driftwatch {args.command}: error: {_named_flag(_one_line(exc), parser, args.command)}{_hint(exc)}",
-              file=err)
+        text = _one_line(exc)
+        if isinstance(exc, InvalidParameterError):  # (not a path's error: a SOURCE may be named 'out')
+            text = _named_flag(text, parser, args.command)
+        print(f"driftwatch {args.command}: error: {text}{_hint(exc)}", file=err)
         return EXIT_BAD_INPUT
     except MemoryError:
         less = {"generate": "fewer --runs-per-day (more --days)",

@@ -961,6 +961,7 @@ def _tool_loops(
     # hand-off's match as hand-offs (a stuck lookup > handoff:billing > refund is a loop), but a
     # cycle of hand-offs only needs their arguments (below)
     known = (recorded[ci] & recorded[cj]) | (free[ci] & free[cj])
+    blind = ~(recorded[ci] & recorded[cj])  # (hand-offs match without arguments: not recorded all the same)
     ok_a = (h_a[ci] == h_a[cj]) & known
     del h_a
     ok_r = np.zeros(ok_a.size, dtype=bool)
@@ -1022,7 +1023,7 @@ def _tool_loops(
         return None
     errs = _cumsum0(failed.astype(np.int64))
     n_err = errs[cidx[seg_e] + 1] - errs[cidx[seg_s]]
-    change = _what_changed(seg_s, seg_e, seg_p, is_sig, pk, pp, nt, known & ~ok_a, ~known | dead_r)
+    change = _what_changed(seg_s, seg_e, seg_p, is_sig, pk, pp, nt, known & ~ok_a, blind | dead_r)
     return _assemble(steps, blocks, money.result(), codes, trows, seg_s, seg_e, seg_p, is_sig, n_err, change,
                      fuzzy_pos, pool, min_repeats=min_repeats, error_share=error_share)
 

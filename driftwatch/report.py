@@ -234,8 +234,9 @@ def _pill(value: Any, _row: Any = None) -> str:
 def shown_score(value: float, decimals: int) -> float:
     """A run's ``score`` cut (not rounded) to ``decimals``: a shown score never reaches a level's
     threshold the run did not (0.69996 is 0.6999 beside ``review``, not 0.7)."""
-    scale = 10.0**decimals
-    return math.floor(value * scale + 1e-9) / scale  # (+1e-9: 0.57 * 100 is 56.99999999999999)
+    from driftwatch._frames import cut_down
+
+    return float(cut_down(np.array([value]), decimals)[0])
 
 
 def _score_cell(value: Any, _row: Any = None) -> str:
@@ -651,7 +652,7 @@ def _highlights(result: Any, summary: Mapping[str, Any]) -> list[str]:
         top = cps.filter(pl.col("rank") == 1) if "rank" in cps.columns else cps
         items = [
             f"{e(r.get('series'))} {e(r.get('metric'))} {e(fmt(r.get('before')))} → {e(fmt(r.get('after')))} "
-            f"from {e(fmt(r.get('ts')))}" + (f" (+{len(moved) - 1} more metrics)"
+            f"from {e(fmt(r.get('ts')))}" + (f" (+{len(moved) - 1} more metric{'s' if len(moved) > 2 else ''})"
                                              if isinstance(moved := r.get("metrics_moved"), list) and len(moved) > 1
                                              else "")
             for r in top.sort("score", descending=True, nulls_last=True).head(4).iter_rows(named=True)
@@ -925,8 +926,9 @@ def _changepoint_charts(metrics: pl.DataFrame, cps: pl.DataFrame, *, max_per_ser
                         only_with_changes: bool = False, strongest_first: bool = False) -> list[str]:
     """Line charts of the bucket metrics, series by series in name order, the metrics with a
     change first. ``strongest_first``: only the metrics that changed, the strongest change
-    (``score``) first, for views that show only a few charts."""
+    (``score``) first whatever its series, for views that show only a few charts."""
     charts: list[str] = []
+    ranks: list[float] = []
     if not (_col(metrics, "series") and "bucket" in metrics.columns):
         return charts
     order = sorted(metrics["series"].unique().to_list(), key=str)
@@ -972,6 +974,9 @@ def _changepoint_charts(metrics: pl.DataFrame, cps: pl.DataFrame, *, max_per_ser
                 f'<div class="chart"><div class="t">{e(series)} · {e(label)}</div><div class="s">{e(subtitle)}</div>'
                 f"{chart}</div>"
             )
+            ranks.append(-strength.get((series, m), 0.0))
+    if strongest_first:  # the strongest metrics of every series first (stable: series, then metric)
+        charts = [c for _, c in sorted(zip(ranks, charts, strict=True), key=lambda x: x[0])]
     return charts
 
 

@@ -1011,6 +1011,8 @@ def _components(pol: Policy) -> tuple[list[pl.Expr], list[pl.Expr]]:
         .then(pl.lit(" (replies not recorded)"))
         .when(same & (pl.col("worst_pattern") == LLM_ACTION))
         .then(pl.lit(" (different answers)"))  # (sampling: one prompt, several replies)
+        .when(same & _ping_pong(pl.col("worst_pattern")) & (change == "unrecorded"))
+        .then(pl.lit(" (hand-off ping-pong; arguments not recorded)"))
         .when(same & (change == "arguments"))
         .then(pl.lit(" (same tools, changing arguments)"))
         .when(same & (change == "results"))

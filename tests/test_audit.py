@@ -1809,7 +1809,7 @@ def test_shown_scores_never_reach_a_threshold_their_level_did_not(result: AuditR
     from driftwatch.report import _score_cell, shown_score
 
     hot = result.runs.filter(pl.col("level") != "ok").head(4)["run_id"].to_list()
-    raw = [0.6999575, 0.39996, 0.875, 0.57]
+    raw = [0.6999575, 0.3999999999999999, 0.875, 0.57]
     runs = result.runs.with_columns(
         pl.col("run_id").replace_strict(hot, raw, default=pl.col("score"), return_dtype=pl.Float64).alias("score"),
         pl.col("run_id").replace_strict(hot, ["review", "review", "escalate", "review"], default=pl.col("level"))
@@ -1819,6 +1819,7 @@ def test_shown_scores_never_reach_a_threshold_their_level_did_not(result: AuditR
     assert [alerts[r] for r in hot] == [0.6999, 0.3999, 0.875, 0.57]
     assert [_score_cell(x) for x in raw] == ["0.699", "0.399", "0.875", "0.57"]
     assert shown_score(1.0, 3) == 1.0 and _score_cell(1.0) == "1" and _score_cell(None) == "–"
+    assert shown_score(0.7, 4) == 0.7 and shown_score(0.6999999999999998, 4) == 0.6999
 
 
 def _chain_run(run_id: str, parent: str | None, minute: int) -> list[dict]:
@@ -1924,3 +1925,23 @@ def test_a_failed_night_writes_nothing_to_the_state(tmp_path: Path) -> None:
     with pytest.raises(dw.NothingToAudit):
         audit(tmp_path / "logs", state=tmp_path / "state")
     assert files() != before and files()[0][2] == 1_700_000_000_000_000_000  # remembered on a night that ends well
+
+
+def test_an_ancestor_leaving_the_loaded_history_does_not_undo_a_stored_breach(tmp_path: Path) -> None:
+    """A chain r0 <- r1 <- ... one run a day, audited nightly with 4 days of history: r4's
+    depth 4 was stored, then read as a shallower change once r0 left the history, and the
+    breach was deleted (the late-link re-check of this release re-scored it as ok)."""
+    from driftwatch.state import AuditState
+
+    logs = tmp_path / "logs"
+    for i in range(7):
+        day = logs / f"date=2026-10-0{i + 1}"
+        day.mkdir(parents=True)
+        pl.DataFrame(_chain_run(f"r{i}", f"r{i - 1}" if i else None, 60 * 24 * i)).write_parquet(day / "a.parquet")
+        night = audit(logs, state=tmp_path / "state", history_days=4)
+        assert night.runs["run_id"].to_list() == [f"r{i}"]
+    with AuditState.open(state_dir=tmp_path / "state") as st:
+        stored = st.con.execute("select run_id, level from runs where level != 'ok' order by run_id").fetchall()
+        breaches = st.con.execute("select run_id from violations where rule = 'delegation_depth' order by run_id")
+        breaches = [r[0] for r in breaches.fetchall()]
+    assert breaches == ["r4", "r5", "r6"] and [r[0] for r in stored] == ["r4", "r5", "r6"]

@@ -481,6 +481,9 @@ def test_validate_loops_drift_generate_report(fleet_events: Path, messy_logs: Pa
                       (["drift", "--reference", "7d", "--min-runs", "1"], "--min-runs: expected an integer of at least 2")):
         code, out, err = run_cli(cmd[0], day, *cmd[1:])
         assert code == 2 and flag in err and err.count("(--") <= 1 and err.count("\n") == 1, (cmd, err)
+    # a SOURCE that happens to be called like a flag is named as the path it is
+    code, out, err = run_cli("loops", "out", "--max-period", "3")
+    assert code == 2 and "error: out: no such file" in err, err
 
     code, out, err = run_cli("drift", fleet_events, "--reference", "2026-10-01..2026-10-08",
                              "--out", tmp_path / "drift.parquet")

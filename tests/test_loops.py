@@ -904,8 +904,10 @@ def test_change_says_what_changed_between_the_repeats_of_a_same_action_loop() ->
     polls = [("status", "job=1", f"progress {p}") for p in (10, 40, 70, 90)]
     blind = [("status", None, "x")] * 4
     no_reply = [("status", "job=1", None)] * 4
+    handoffs = [("handoff:b", None, None), ("handoff:c", None, None)] * 5  # (OpenTelemetry's agent spans)
     ev = events(("pages", pages), ("polls", polls), ("blind", blind), ("no_reply", no_reply),
-                ("stuck", same("search", 4)), ("failing", [("api", "q", "boom", "error")] * 4))
+                ("stuck", same("search", 4)), ("failing", [("api", "q", "boom", "error")] * 4),
+                ("handoffs", handoffs))
     llm = pl.concat([_calls(["llm"] * 4, ["p"] * 4, ["a", "b", "c", "d"], run="sampled"),
                      _calls(["llm"] * 4, ["p"] * 4, [None] * 4, run="unlogged")], how="vertical_relaxed")
     got = {r["run_id"]: (r["kind"], r["change"])
@@ -913,11 +915,19 @@ def test_change_says_what_changed_between_the_repeats_of_a_same_action_loop() ->
     assert got == {
         "pages": ("same_action", "arguments"), "polls": ("same_action", "results"),
         "blind": ("same_action", "unrecorded"), "no_reply": ("same_action", "unrecorded"),
-        "stuck": ("exact", None), "failing": ("error_retry", None),
+        "stuck": ("exact", None), "failing": ("error_retry", None), "handoffs": ("same_action", "unrecorded"),
         "sampled": ("same_action", "results"), "unlogged": ("same_action", "unrecorded"),
     }
     summ = loop_summary(detect_loops(ev))
     assert dict(summ.select("run_id", "worst_change").rows())["polls"] == "results"
+    from driftwatch.scoring import score_runs_from_runs
+
+    runs = score_runs_from_runs(dw.run_features(ev), loops=summ, policy=dw.Policy(review=0.01))
+    reasons = {r: next(x for x in rs if x.startswith("loop:")) for r, rs in runs.select("run_id", "reasons").rows()}
+    assert "(hand-off ping-pong; arguments not recorded)" in reasons["handoffs"]
+    assert "(same tools, changing results)" in reasons["polls"]
+    assert "(same tools, changing arguments)" in reasons["pages"]
+    assert "(same tools; arguments or results not recorded)" in reasons["blind"]
 
 
 @pytest.mark.parametrize(

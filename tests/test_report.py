@@ -480,17 +480,18 @@ def test_changes_are_counted_once_and_the_notebook_charts_the_strongest_first() 
         "series": ["agent=a", "agent=a", "agent=b", "agent=c", "agent=c", "agent=c"],
         "metric": ["steps_mean", "cost_per_run", "error_rate", "cost_per_run", "steps_mean", "error_rate"],
         "ts": [buckets[6]] * 6, "before": [0.0] * 6, "after": [1.0] * 6,
-        "score": [3.0, 2.0, 5.0, 9.0, 8.0, 7.0], "rank": [1, 2, 1, 1, 2, 3],
+        "score": [3.0, 2.0, 7.5, 9.0, 8.0, 7.0], "rank": [1, 2, 1, 1, 2, 3],
         "metrics_moved": [["steps_mean", "cost_per_run"]] * 2 + [["error_rate"]]
         + [["cost_per_run", "steps_mean", "error_rate"]] * 3,
     })
     charts = _changepoint_charts(metrics, cps, only_with_changes=True, strongest_first=True)
     titles = [re.search(r'class="t">([^<]*)<', c).group(1) for c in charts]
-    assert titles == ["agent=c · cost_per_run", "agent=c · steps_mean", "agent=c · error_rate",
-                      "agent=b · error_rate", "agent=a · steps_mean", "agent=a · cost_per_run"]
+    # (by strength across series: agent=b's one change, 7.5, before agent=c's third metric, 7.0)
+    assert titles == ["agent=c · cost_per_run", "agent=c · steps_mean", "agent=b · error_rate",
+                      "agent=c · error_rate", "agent=a · steps_mean", "agent=a · cost_per_run"]
     result = dataclasses.make_dataclass("R", [("changepoints", pl.DataFrame)])(cps)
     (text,) = _highlights(result, {})
-    assert text.count("agent=") == 3 and "(+2 more metrics)" in text and "(+1 more metrics)" in text
+    assert text.count("agent=") == 3 and "(+2 more metrics)" in text and "(+1 more metric)" in text
     assert text.index("agent=c") < text.index("agent=b") < text.index("agent=a")
     summary = {"changepoints": 6, "changepoint_changes": 3}
     assert _n_changes(summary) == 3 and _n_changes({"changepoints": 6}) == 6
