@@ -2490,14 +2490,7 @@ def _check_by_columns(by: Sequence[str]) -> None:
 def _history_tables(held: Mapping[str, pl.DataFrame], tables: RunTables) -> RunTables:
     """History tables ``held`` (from :meth:`AuditState.iter_history`) as :class:`RunTables` of
     this audit's dtypes."""
-    parts: dict[str, pl.DataFrame] = {}
-    for name in RUN_TABLE_KEYS:
-        mine = getattr(tables, name)
-        old = mine.head(0) if held.get(name) is None else _align(held[name], mine)
-        if name in ("action_counts", "bigram_counts"):
-            old = compact_counts(old, "action" if name == "action_counts" else "bigram")
-        parts[name] = canonical_order(name, old)
-    return RunTables(**parts)
+    return RunTables(**{name: _merge_history(name, held.get(name), tables, mine=False) for name in RUN_TABLE_KEYS})
 
 
 def _days_before(t: datetime, days: float) -> datetime:
@@ -2509,14 +2502,15 @@ def _days_before(t: datetime, days: float) -> datetime:
     return t - timedelta(days=days)
 
 
-def _merge_history(name: str, old: pl.DataFrame | None, tables: RunTables) -> pl.DataFrame:
+def _merge_history(name: str, old: pl.DataFrame | None, tables: RunTables, *, mine: bool = True) -> pl.DataFrame:
     """History table ``name`` (``None``: none) and this audit's, in canonical order, as
-    :meth:`RunTables.concat` puts them (the history cast to this audit's dtypes)."""
-    mine = getattr(tables, name)
-    old = mine.head(0) if old is None else _align(old, mine)
+    :meth:`RunTables.concat` puts them (the history cast to this audit's dtypes); with
+    ``mine=False`` the history's alone, in this audit's dtypes."""
+    own = getattr(tables, name)
+    old = own.head(0) if old is None else _align(old, own)
     if name in ("action_counts", "bigram_counts"):
         old = compact_counts(old, "action" if name == "action_counts" else "bigram")
-    return canonical_order(name, _concat([old, mine]))
+    return canonical_order(name, _concat([old, own]) if mine else old)
 
 
 def _align(hist: pl.DataFrame, like: pl.DataFrame) -> pl.DataFrame:
