@@ -9,7 +9,8 @@ Formats
 ``canonical``
     Columns already named like CONTRACT section 1 (``run_id``, ``step``, ``ts``, ``action``, ...).
 ``otel``
-    OpenTelemetry GenAI spans flattened to columns: ``trace_id``, ``span_id``, ``parent_span_id``,
+    OpenTelemetry GenAI spans flattened to columns: ``trace_id``, ``span_id`` (or a ``context``
+    struct {trace_id, span_id}), ``parent_span_id``,
     ``name``, ``start_time_unix_nano`` (or ``start_time``), ``end_time_unix_nano`` (or ``end_time``),
     ``status_code``, ``status_message`` and ``attributes.gen_ai.*`` / ``attributes.error.type``.
 ``openinference``
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 
@@ -48,8 +50,10 @@ from driftwatch.schema import (
     LLM_ACTION,
     REASON_COL,
     check_required,
+    convert_column,
     epoch_to_ts,
     json_text,
+    to_float,
     to_text,
     to_ts,
 )
@@ -73,9 +77,13 @@ OTEL_KNOWN_OPS: tuple[str, ...] = (
     "create_memory_store", "delete_memory_store",
 )
 
-_OTEL_TRACE = ("trace_id", "traceId", "TraceId")
-_OTEL_SPAN = ("span_id", "spanId", "SpanId")
-_OTEL_PARENT = ("parent_span_id", "parentSpanId", "ParentSpanId")
+# (flattened columns first; a ``context`` struct {trace_id, span_id} is read as ``context.*``)
+_OTEL_TRACE = ("trace_id", "traceId", "TraceId", "context.trace_id", "context.traceId")
+_OTEL_SPAN = ("span_id", "spanId", "SpanId", "context.span_id", "context.spanId")
+_OTEL_PARENT = ("parent_span_id", "parentSpanId", "ParentSpanId", "parent_id", "context.parent_span_id",
+                "context.parentSpanId", "context.parent_id")
+#: Start-time columns only OTel exports have (OpenInference's is ``start_time``).
+_OTEL_NANO_START = ("start_time_unix_nano", "startTimeUnixNano")
 _OTEL_NAME = ("name", "span_name", "SpanName")
 _OTEL_START = ("start_time_unix_nano", "startTimeUnixNano", "start_time", "Timestamp")
 _OTEL_END = ("end_time_unix_nano", "endTimeUnixNano", "end_time")
@@ -313,27 +321,55 @@ def check_column_map(column_map: Mapping[str, str] | None) -> dict[str, str]:
     return out
 
 
-def detect_format(columns: Sequence[str], *, column_map: Mapping[str, str] | None = None) -> str | None:
+def detect_format(
+    columns: Sequence[str], *, column_map: Mapping[str, str] | None = None, lookups: Sequence[str] = ()
+) -> str | None:
     """Guess the format of a file from its column names (``None`` when nothing fits).
 
     Canonical wins when ``run_id`` and ``action`` are present (after ``column_map``) with
-    ``step`` or ``ts``, or in a file that is no span export; then OpenInference
-    (``context.trace_id`` / ``context.span_id``), then OTel (a trace id column and ``gen_ai.*``
-    attributes or ``start_time_unix_nano``). A span export whose ``column_map`` names its run and
-    action columns keeps its adapter (which orders steps by start time). A file with some
-    canonical columns but not all is reported as canonical so the error names what is missing.
+    ``step`` or ``ts``, or in a file that is no span export. Span ids in ``context``
+    (``context.trace_id`` / ``context.span_id``, flattened or a struct) are written by both span
+    formats, so the columns only one of them has decide: OpenInference's span kind (``span_kind``
+    or ``attributes.openinference.span.kind``) and ``start_time`` against OTel's
+    ``start_time_unix_nano`` and ``gen_ai.*`` attributes. Such a file is OTel when OpenInference
+    cannot read it (no span kind or no ``start_time``) and it has an OTel column, else
+    OpenInference, unless it has all four kinds of columns: that is a
+    :class:`~driftwatch.errors.SchemaError` asking for ``format=``. Other files are OpenInference
+    with an ``attributes.openinference.span.kind`` column, OTel with a trace id column and
+    ``gen_ai.*`` attributes or ``start_time_unix_nano``. A span export whose ``column_map`` names
+    its run and action columns keeps its adapter (which orders steps by start time). A file with
+    some canonical columns but not all is reported as canonical so the error names what is missing.
+
+    ``lookups`` are attribute names read out of map, key/value-list or JSON-text attributes, whose
+    keys are not in the schema (the data may not hold them): they count as a span kind or as
+    ``gen_ai.*`` attributes, but never against another format's columns.
     """
-    cols = set(columns)
+    own = set(columns)
+    cols = own | set(lookups)
     mapped = cols | set((column_map or {}).values())
     span: str | None = None
-    if (set(_OI_TRACE) & cols and set(_OI_SPAN) & cols) or "attributes.openinference.span.kind" in cols:
+    ambiguous = False
+    if set(_OI_TRACE) & cols and set(_OI_SPAN) & cols:
+        oi_ok = bool(set(_OI_KIND) & cols) and "start_time" in cols
+        nano = set(_OTEL_NANO_START) & own
+        gen_ai = any("gen_ai." in c for c in own)
+        if not oi_ok and (nano or gen_ai or any("gen_ai." in c for c in cols)):
+            span = "otel"
+        else:
+            span = "openinference"
+            ambiguous = bool(nano) and gen_ai
+    elif "attributes.openinference.span.kind" in own:
         span = "openinference"
-    elif set(_OTEL_TRACE) & cols and (
-        any("gen_ai." in c for c in cols) or {"start_time_unix_nano", "startTimeUnixNano"} & cols
-    ):
+    elif set(_OTEL_TRACE) & cols and (any("gen_ai." in c for c in cols) or set(_OTEL_NANO_START) & cols):
         span = "otel"
     if {"run_id", "action"} <= mapped and (span is None or {"step", "ts"} & mapped):
         return "canonical"
+    if ambiguous:
+        raise SchemaError(
+            "cannot tell the span format: span ids in context.trace_id / context.span_id with both "
+            "OpenInference columns (a span kind and start_time) and OTel ones (start_time_unix_nano and "
+            "gen_ai.* attributes); pass format='openinference' or format='otel' (CLI: --format)"
+        )
     if span is not None:
         return span
     if mapped & {"run_id", "action", "step"}:
@@ -550,8 +586,25 @@ def _id(schema: Mapping[str, pl.DataType], col: str | None, where: str) -> pl.Ex
     return pl.when((e == "") | e.str.contains(r"^0+$")).then(None).otherwise(e)
 
 
-def _coalesce(schema: Mapping[str, pl.DataType], cols: Sequence[str | None]) -> pl.Expr | None:
+def _read_as(schema: Mapping[str, pl.DataType], col: str, dst: str, where: str) -> None:
+    """Raise the :class:`SchemaError` of a column ``col`` whose type canonical column ``dst``
+    cannot be read from, naming the file's column: "column 'attributes.gen_ai.usage.input_tokens'
+    (read as 'input_tokens') has type List(Int64)" (not the canonical name, which the file lacks)."""
+    try:
+        convert_column(pl.col(col), dst, schema[col], where=where)
+    except SchemaError as exc:
+        if col == dst:
+            raise
+        raise SchemaError(str(exc).replace(f"column {dst!r} has type", f"column {col!r} (read as {dst!r}) has type",
+                                           1)) from None
+
+
+def _coalesce(schema: Mapping[str, pl.DataType], cols: Sequence[str | None], dst: str, where: str) -> pl.Expr | None:
+    """The first non-null of ``cols`` (those present), read as canonical column ``dst`` (a column of
+    a type it cannot be read from is an error naming that column)."""
     present = [c for c in cols if c is not None]
+    for c in present:
+        _read_as(schema, c, dst, where)
     if not present:
         return None
     if len(present) == 1:
@@ -721,13 +774,14 @@ def _otel_fields(schema: Mapping[str, pl.DataType], where: str) -> _SpanFields:
     tool_out = _text(schema, _attr(schema, "gen_ai.tool.call.result"), where)
     cols["args"] = pl.when(kind == "llm").then(llm_in).when(kind == "tool").then(tool_in)
     cols["result"] = pl.when(kind == "llm").then(llm_out).when(kind == "tool").then(tool_out)
-    tok_in = _coalesce(schema, [_attr(schema, "gen_ai.usage.input_tokens"), _attr(schema, "gen_ai.usage.prompt_tokens")])
+    tok_in = _coalesce(schema, [_attr(schema, "gen_ai.usage.input_tokens"), _attr(schema, "gen_ai.usage.prompt_tokens")],
+                       "input_tokens", where)
     tok_out = _coalesce(schema, [_attr(schema, "gen_ai.usage.output_tokens"),
-                                 _attr(schema, "gen_ai.usage.completion_tokens")])
-    cost = _coalesce(schema, [_attr(schema, "gen_ai.usage.cost")])
+                                 _attr(schema, "gen_ai.usage.completion_tokens")], "output_tokens", where)
+    cost = _coalesce(schema, [_attr(schema, "gen_ai.usage.cost")], "cost_usd", where)
     latency = _latency_ms(schema, start_c, end_c, where)
     version = _coalesce(schema, [_attr(schema, "gen_ai.agent.version"), _attr(schema, "gen_ai.response.model"),
-                                 _attr(schema, "gen_ai.request.model")])
+                                 _attr(schema, "gen_ai.request.model")], "version", where)
     for key, e in (("input_tokens", tok_in), ("output_tokens", tok_out), ("cost_usd", cost),
                    ("latency_ms", latency), ("version", version)):
         if e is not None:
@@ -770,18 +824,11 @@ def _oi_fields(schema: Mapping[str, pl.DataType], where: str) -> _SpanFields:
         "args": _text(schema, _attr(schema, "input.value"), where),
         "result": _text(schema, _attr(schema, "output.value"), where),
     }
-    tok_in = _coalesce(schema, [_attr(schema, "llm.token_count.prompt")])
-    tok_out = _coalesce(schema, [_attr(schema, "llm.token_count.completion")])
-    cost_total = _attr(schema, "llm.cost.total")
-    cost_parts = [_attr(schema, "llm.cost.prompt"), _attr(schema, "llm.cost.completion")]
-    cost: pl.Expr | None = pl.col(cost_total) if cost_total else None
-    part_values = [pl.col(c).cast(pl.Float64, strict=False) for c in cost_parts if c]
-    if part_values:  # prompt + completion cost; one recorded without the other is the cost known
-        parts = pl.when(pl.any_horizontal(v.is_not_null() for v in part_values)).then(
-            pl.sum_horizontal(part_values))
-        cost = parts if cost is None else pl.coalesce(cost.cast(pl.Float64, strict=False), parts)
+    tok_in = _coalesce(schema, [_attr(schema, "llm.token_count.prompt")], "input_tokens", where)
+    tok_out = _coalesce(schema, [_attr(schema, "llm.token_count.completion")], "output_tokens", where)
+    cost = _oi_cost(schema, where)
     latency = _latency_ms(schema, start_c, _find(schema, ("end_time",)), where)
-    version = _coalesce(schema, [_attr(schema, "agent.version"), _attr(schema, "llm.model_name")])
+    version = _coalesce(schema, [_attr(schema, "agent.version"), _attr(schema, "llm.model_name")], "version", where)
     for key, e in (("input_tokens", tok_in), ("output_tokens", tok_out), ("cost_usd", cost),
                    ("latency_ms", latency), ("version", version)):
         if e is not None:
@@ -793,6 +840,36 @@ def _oi_fields(schema: Mapping[str, pl.DataType], where: str) -> _SpanFields:
         own_agent=own, handoff_target=pl.coalesce(agent_attr, name), kind_text=pl.coalesce(k, pl.lit("no span_kind")),
         columns=cols, start_ns=_start_ns(schema, start_c),
     )
+
+
+def _oi_cost(schema: Mapping[str, pl.DataType], where: str) -> pl.Expr | None:
+    """``llm.cost.total``, else prompt + completion cost (or the one of them recorded).
+
+    Only a missing total (null, blank text, NaN) falls back to the parts: an unreadable one
+    (``"abc"``) stays as it is, for :func:`~driftwatch.schema.conform` to reject the span as
+    ``bad_value:cost_usd`` with that value, as it does when the file has no cost parts.
+    """
+    total_c = _attr(schema, "llm.cost.total")
+    part_cs = [c for c in (_attr(schema, "llm.cost.prompt"), _attr(schema, "llm.cost.completion")) if c]
+    for c in (total_c, *part_cs):
+        if c is not None:
+            _read_as(schema, c, "cost_usd", where)
+    part_values = [to_float(pl.col(c), schema[c], where=where, col=c).value for c in part_cs]
+    parts = None
+    if part_values:  # prompt + completion cost; one recorded without the other is the cost known
+        parts = pl.when(pl.any_horizontal(v.is_not_null() for v in part_values)).then(pl.sum_horizontal(part_values))
+    if total_c is None:
+        return parts
+    total = pl.col(total_c)
+    if parts is None:
+        return total
+    dtype = schema[total_c]
+    if dtype.is_numeric() or dtype in (pl.Boolean, pl.Null):
+        return pl.coalesce(total.cast(pl.Float64).fill_nan(None), parts)
+    # text: the raw total where one is written (checked by conform), else the parts as text
+    text = total.cast(pl.String)
+    missing = text.is_null() | (text.str.strip_chars() == "") | (text.str.strip_chars().str.to_lowercase() == "nan")
+    return pl.when(missing).then(parts.cast(pl.String)).otherwise(text)
 
 
 _T, _S, _P, _OWN, _KIND, _NAME = (f"{INTERNAL_PREFIX}{n}" for n in ("trace", "span", "parent", "own", "kind", "name"))
@@ -854,6 +931,10 @@ def _adapt_spans(
         .when(kind == "other").then(pl.col(_NAME))
     )
     agent = pl.when(kind == "agent").then(pctx).otherwise(pl.coalesce(pl.col(_OWN), pctx))
+    fill = schema.get("agent")
+    if fill is not None and "agent" not in cmap and (fill == pl.String or isinstance(fill, pl.Categorical | pl.Enum)):
+        # a hive partition agent=planner/ (or a plain agent column): the agent of the spans that name none
+        agent = pl.coalesce(_present(agent), _present(pl.col("agent").cast(pl.String)))
     out: dict[str, pl.Expr] = {"run_id": pl.col(_T), "action": action, "agent": agent, **f.columns}
     for src, dst in cmap.items():
         if src in schema:
@@ -862,8 +943,18 @@ def _adapt_spans(
     # null_action, said here so the detail can name the span (a null trace id comes first)
     span_text = pl.concat_str([pl.lit("span '"), pl.coalesce(pl.col(_NAME), pl.lit("")), pl.lit("' ("),
                                pl.col(f"{INTERNAL_PREFIX}kindtext"), pl.lit(")")])
-    reason = pl.when(not_step).then(pl.lit("not_a_step"))
-    detail = pl.when(not_step).then(span_text)
+    reason: Any = pl  # (pl.when(...) chained: the first condition starts it)
+    detail: Any = pl
+    if schema.get("attributes") == pl.String:
+        # JSON text attributes that are no JSON: the span's attributes cannot be read (its
+        # operation, tokens, ... would be silently missing); blank or null attributes are none
+        text = pl.col("attributes")
+        blank = text.str.strip_chars()
+        bad_json = (blank != "") & (blank != "null") & text.str.json_path_match("$").is_null()
+        reason = reason.when(bad_json).then(pl.lit("bad_value:attributes"))
+        detail = detail.when(bad_json).then(text)
+    reason = reason.when(not_step).then(pl.lit("not_a_step"))
+    detail = detail.when(not_step).then(span_text)
     if not {"run_id", "action"} & {dst for src, dst in cmap.items() if src in schema}:
         no_tool = (kind == "tool") & pl.col(_TOOL).is_null() & pl.col(_T).is_not_null()
         reason = reason.when(no_tool).then(pl.lit("null_action"))

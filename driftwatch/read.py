@@ -1075,6 +1075,69 @@ def _columns(info: _FileInfo, cmap: Mapping[str, str], *, lookups: bool = True) 
     return [*info.schema, *info.hive, *nested]
 
 
+def _lookups(info: _FileInfo, cmap: Mapping[str, str]) -> list[str]:
+    """The dotted columns read out of a file's map / key-value / JSON-text ``attributes``: keys
+    the schema does not list, so the data may not hold them (struct fields are real columns)."""
+    try:
+        nested = nested_columns(info.schema, cmap, where=info.path)
+    except SchemaError:
+        return []
+    return [c for c in nested if not isinstance(info.schema.get(c.split(".", 1)[0]), pl.Struct)]
+
+
+def _detect(info: _FileInfo, cols: list[str], cmap: Mapping[str, str]) -> str | None:
+    """``detect_format`` of one file (columns ``cols``), the looked-up attributes as such; a
+    file that fits two formats is an error naming it, unless it holds no rows."""
+    lookups = set(_lookups(info, cmap))
+    kind = "attributes.openinference.span.kind"
+    guessed = [c for c in cols if c in lookups] + ([kind] if kind in lookups else [])
+    try:
+        return detect_format([c for c in cols if c not in lookups], column_map=cmap, lookups=guessed)
+    except SchemaError as exc:
+        if not info.rows:
+            return None
+        raise SchemaError(f"{info.path}: {exc}; found {[*info.schema, *info.hive]}") from None
+
+
+def _held_lookups(info: _FileInfo, names: Sequence[str], cmap: Mapping[str, str]) -> set[str]:
+    """Which of ``names`` (dotted columns looked up in the file's map / key-value / JSON-text
+    ``attributes``) some row of the file holds: one aggregate over the attributes column. A file
+    that cannot be read here counts as holding them (the read proper reports what is wrong)."""
+    exprs = nested_columns(info.schema, cmap, where=info.path)
+    wanted = [n for n in names if n in exprs]
+    if not wanted:
+        return set()
+    aggs = [exprs[n][0].is_not_null().any().alias(n) for n in wanted]
+    try:
+        if info.zoned:  # (Polars' reader cannot open the file: the attributes column through pyarrow)
+            import pyarrow.parquet as pq
+
+            frame = pl.from_arrow(pq.read_table(info.path, columns=["attributes"]))
+            assert isinstance(frame, pl.DataFrame)
+            row = frame.select(aggs)
+        else:
+            row = pl.scan_parquet(info.path, glob=False).select(aggs).collect(engine="streaming")
+    except Exception:  # noqa: BLE001 - any failure: the read proper names it
+        return set(wanted)
+    return {n for n in wanted if row.get_column(n).item()}
+
+
+def _unused_sources(infos: Sequence[_FileInfo], cmap: Mapping[str, str]) -> list[str]:
+    """The ``column_map`` sources that no file has: neither a column (or struct field) of any file
+    nor a key that some row of a map / key-value / JSON-text ``attributes`` column holds."""
+    lookups = [set(_lookups(i, cmap)) for i in infos]
+    real = set().union(*[set(_columns(i, cmap)) - looked for i, looked in zip(infos, lookups, strict=True)])
+    unused = [src for src in cmap if src not in real]
+    for info, looked in zip(infos, lookups, strict=True):
+        if not unused:
+            break
+        looked_up = [src for src in unused if src in looked]
+        if looked_up and info.rows:
+            held = _held_lookups(info, looked_up, cmap)
+            unused = [src for src in unused if src not in held]
+    return unused
+
+
 def _assign_formats(infos: list[_FileInfo], fmt: str, cmap: dict[str, str]) -> list[_FileInfo]:
     out = []
     for index, info in enumerate(infos):
@@ -1085,7 +1148,7 @@ def _assign_formats(infos: list[_FileInfo], fmt: str, cmap: dict[str, str]) -> l
                 "for its own columns; rename them"
             )
         cols = _columns(info, cmap, lookups=False)
-        found = fmt if fmt != "auto" else detect_format(cols, column_map=cmap)
+        found = fmt if fmt != "auto" else _detect(info, cols, cmap)
         if not info.rows:  # a quiet day's partition, maybe without columns: nothing to read (_group skips it)
             out.append(_FileInfo(info.path, info.schema, 0, info.hive, found or "", True, info.nbytes, index,
                                  zoned=info.zoned))
@@ -1555,10 +1618,14 @@ def read_logs(
     total = sum(i.rows for i in infos)
     if total == 0:
         raise no_rows_error(paths)
-    unused = [src for src in cmap if not any(src in _columns(i, cmap) for i in infos)]
+    unused = _unused_sources(infos, cmap)
     if unused:
         cols = sorted({c for i in infos for c in i.schema})
-        raise SchemaError(f"column_map source column(s) {unused} are in none of the {len(paths)} file(s); found {cols}")
+        keys = [src for src in unused if any(src in _lookups(i, cmap) for i in infos)]
+        held = (f" (no row of a map, key/value-list or JSON-text 'attributes' column holds the key(s) "
+                f"{[k[len('attributes.'):] for k in keys]})") if keys else ""
+        raise SchemaError(
+            f"column_map source column(s) {unused} are in none of the {len(paths)} file(s){held}; found {cols}")
     infos = _assign_formats(infos, format, cmap)
     groups = _group(infos)
 

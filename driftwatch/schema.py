@@ -120,7 +120,8 @@ REJECT_REASONS: dict[str, str] = {
     "bad_value": "a value that cannot be converted to its canonical type (reported as bad_value:<column>), "
     "e.g. 'abc' or 2.5 as tokens, inf as cost, 'maybe' as approved, a token count above a trillion "
     "(MAX_STEP_TOKENS), a step cost above a billion dollars (MAX_STEP_COST_USD) or a latency above a "
-    "trillion milliseconds (MAX_STEP_LATENCY_MS)",
+    "trillion milliseconds (MAX_STEP_LATENCY_MS); for span formats also bad_value:attributes, JSON-text "
+    "attributes that are not valid JSON",
     "negative_tokens": "input_tokens or output_tokens below zero",
     "negative_cost": "cost_usd below zero",
     "negative_latency": "latency_ms below zero",

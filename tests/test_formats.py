@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -619,3 +619,144 @@ def test_span_sources_name_the_column_each_input_reads() -> None:
     ctx = span_sources({"context": pl.Struct({"trace_id": pl.String(), "span_id": pl.String()})}, "openinference")
     assert ctx["trace"] == ("context.trace_id", False)
     assert span_sources({"run_id": pl.String()}, "canonical") == {}
+
+
+# ---------------------------------------------------------------- fixes: context ids, type errors, costs, JSON
+
+
+def _same(a: object, b: object) -> None:
+    """Two reads (polars / duckdb engine) give the same events, rejected rows and counts."""
+    from polars.testing import assert_frame_equal
+
+    ea, eb = a.events.collect().sort("run_id", "step"), b.events.collect().sort("run_id", "step")  # type: ignore[attr-defined]
+    assert_frame_equal(ea, eb)
+    assert_frame_equal(a.rejected, b.rejected)  # type: ignore[attr-defined]
+    for r in (a, b):
+        st = r.stats  # type: ignore[attr-defined]
+        assert st.rows_in == st.rows_valid + st.rows_rejected
+    assert a.stats.reasons == b.stats.reasons  # type: ignore[attr-defined]
+
+
+def test_otel_span_ids_in_a_context_struct_are_read(tmp_path: Path) -> None:
+    """OTel spans with ids in a ``context`` struct were detected as OpenInference ("missing
+    span_kind, start_time") and format="otel" said "missing trace_id, span_id"."""
+    raw = pl.DataFrame({
+        "context": [{"trace_id": "t1", "span_id": "s1"}, {"trace_id": "t1", "span_id": "s2"}],
+        "parent_span_id": [None, "s1"], "name": ["chat gpt-4", "execute_tool search"],
+        "start_time_unix_nano": [_T0, _T0 + 10**9], "end_time_unix_nano": [_T0 + 10**8, _T0 + 2 * 10**9],
+        "attributes": [{"gen_ai.operation.name": "chat", "gen_ai.agent.name": "p", "gen_ai.tool.name": None},
+                       {"gen_ai.operation.name": "execute_tool", "gen_ai.agent.name": None, "gen_ai.tool.name": "search"}],
+    })
+    raw.write_parquet(tmp_path / "spans.parquet")
+    for fmt in ("auto", "otel"):
+        a, b = (read_logs(tmp_path, format=fmt, engine=e) for e in ("polars", "duckdb"))
+        _same(a, b)
+        assert a.stats.formats == {"otel": 1}
+        assert a.collect().sort("step").select("run_id", "step", "action", "agent", "latency_ms").rows() == [
+            ("t1", 1, "llm", "p", 100.0), ("t1", 2, "search", "p", 1000.0)]
+
+
+@pytest.mark.parametrize(
+    ("columns", "expected"),
+    [
+        # OTel marks only, or OpenInference unable to read the file (no start_time / span kind)
+        (["context.trace_id", "context.span_id", "start_time_unix_nano", "name"], "otel"),
+        (["context.trace_id", "context.span_id", "start_time", "attributes.gen_ai.operation.name"], "otel"),
+        (["context.trace_id", "context.span_id", "span_kind", "start_time_unix_nano",
+          "attributes.gen_ai.operation.name"], "otel"),
+        # a Phoenix frame that also records gen_ai.* attributes stays OpenInference
+        (["context.trace_id", "context.span_id", "span_kind", "start_time", "attributes.gen_ai.usage.input_tokens"],
+         "openinference"),
+        (["context.trace_id", "context.span_id", "name"], "openinference"),  # neither: its error names span_kind
+    ],
+)
+def test_detect_format_with_context_ids_decides_by_the_other_columns(columns: list[str], expected: str) -> None:
+    assert f.detect_format(columns) == expected
+
+
+def test_a_file_that_fits_both_span_formats_is_refused_clearly(tmp_path: Path) -> None:
+    cols = ["context.trace_id", "context.span_id", "span_kind", "start_time", "start_time_unix_nano",
+            "attributes.gen_ai.operation.name"]
+    with pytest.raises(SchemaError, match="both OpenInference columns .* and OTel ones .*format='otel'"):
+        f.detect_format(cols)
+    # looked-up attribute names (map / JSON attributes) do not make a file ambiguous
+    assert f.detect_format(cols[:5], lookups=["attributes.gen_ai.operation.name"]) == "openinference"
+    t = datetime(2026, 10, 1, tzinfo=UTC)
+    pl.DataFrame({"context.trace_id": ["T"], "context.span_id": ["a"], "span_kind": ["LLM"], "name": ["chat m"],
+                  "start_time": [t], "start_time_unix_nano": [_T0], "attributes.gen_ai.operation.name": ["chat"]},
+                 ).write_parquet(tmp_path / "both.parquet")
+    for engine in ("polars", "duckdb"):
+        with pytest.raises(SchemaError, match=r"both.parquet: cannot tell the span format.*format='openinference'"):
+            read_logs(tmp_path, engine=engine)
+        assert read_logs(tmp_path, engine=engine, format="otel").collect()["action"].to_list() == ["llm"]
+        assert read_logs(tmp_path, engine=engine, format="openinference").collect()["action"].to_list() == ["llm"]
+
+
+@pytest.mark.parametrize("engine", ["polars", "duckdb"])
+def test_a_span_attribute_of_a_wrong_type_is_named_as_the_users_column(tmp_path: Path, engine: str) -> None:
+    """The error said "column 'input_tokens' has type List(Int64)", a column the file does not have."""
+    pl.DataFrame({"trace_id": ["t1"], "span_id": ["s1"], "name": ["chat m"], "start_time_unix_nano": [_T0],
+                  "attributes.gen_ai.operation.name": ["chat"], "attributes.gen_ai.usage.input_tokens": [[1, 2]]},
+                 ).write_parquet(tmp_path / "otel.parquet")
+    with pytest.raises(SchemaError, match=r"otel.parquet: column 'attributes.gen_ai.usage.input_tokens' "
+                                          r"\(read as 'input_tokens'\) has type List\(Int64\)"):
+        read_logs(tmp_path / "otel.parquet", engine=engine)
+    t = datetime(2026, 10, 1, tzinfo=UTC)
+    base = {"context.trace_id": ["t1"], "context.span_id": ["s1"], "span_kind": ["LLM"], "name": ["ChatOpenAI"],
+            "start_time": [t]}
+    pl.DataFrame({**base, "attributes.llm.cost.total": [[0.1]]}).write_parquet(tmp_path / "oi.parquet")
+    pl.DataFrame({**base, "attributes.llm.cost.total": [0.1], "attributes.llm.cost.prompt": [[0.1]]}).write_parquet(
+        tmp_path / "oi_part.parquet")
+    for name, col in (("oi", "attributes.llm.cost.total"), ("oi_part", "attributes.llm.cost.prompt")):
+        with pytest.raises(SchemaError, match=rf"{name}.parquet: column '{col}' \(read as 'cost_usd'\) has type List"):
+            read_logs(tmp_path / f"{name}.parquet", engine=engine)
+
+
+def test_an_unreadable_openinference_total_cost_is_rejected_even_with_cost_parts(tmp_path: Path) -> None:
+    """An ``llm.cost.total`` of "abc" was replaced by prompt + completion cost when those columns
+    existed; only a missing total falls back to the parts."""
+    t = datetime(2026, 10, 1, tzinfo=UTC)
+    n = 4
+    pl.DataFrame({
+        "context.trace_id": ["t1"] * n, "context.span_id": list("abcd"), "span_kind": ["LLM"] * n,
+        "name": ["ChatOpenAI"] * n, "start_time": [t + timedelta(seconds=i) for i in range(n)],
+        "attributes.llm.cost.total": ["abc", "0.5", None, " "],
+        "attributes.llm.cost.prompt": [0.01, 0.2, 0.1, None], "attributes.llm.cost.completion": [0.02, 0.3, 0.2, 0.4],
+    }).write_parquet(tmp_path / "oi.parquet")
+    a, b = (read_logs(tmp_path, engine=e) for e in ("polars", "duckdb"))
+    _same(a, b)
+    assert a.rejected.select("source_row", "reason", "detail").rows() == [(0, "bad_value:cost_usd", "abc")]
+    assert a.collect().sort("step").select("step", "cost_usd").rows() == [
+        (1, 0.5), (2, pytest.approx(0.3)), (3, 0.4)]
+    # a numeric total: null (or NaN) falls back to the parts
+    pl.DataFrame({
+        "context.trace_id": ["t1"] * 3, "context.span_id": list("abc"), "span_kind": ["LLM"] * 3,
+        "name": ["ChatOpenAI"] * 3, "start_time": [t + timedelta(seconds=i) for i in range(3)],
+        "attributes.llm.cost.total": [1.5, None, float("nan")],
+        "attributes.llm.cost.prompt": [0.01, 0.1, 0.2], "attributes.llm.cost.completion": [0.02, 0.2, None],
+    }).write_parquet(tmp_path / "oi.parquet")
+    a, b = (read_logs(tmp_path, engine=e) for e in ("polars", "duckdb"))
+    _same(a, b)
+    assert a.collect().sort("step")["cost_usd"].to_list() == [1.5, pytest.approx(0.3), 0.2]
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_attributes_that_are_not_json_reject_the_span(tmp_path: Path, nested: bool) -> None:
+    """Invalid JSON text attributes lost all of the span's attributes silently (a valid row
+    without its tokens); the span is rejected as bad_value:attributes with the raw text.
+    Null, empty and JSON-null attributes are no attributes, not an error."""
+    good = ('{"gen_ai": {"operation": {"name": "chat"}, "usage": {"input_tokens": 50}}}' if nested
+            else '{"gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": 50}')
+    cut = good[:-3]
+    attrs = [good, cut, None, "", " null ", "not json"]
+    n = len(attrs)
+    pl.DataFrame({"trace_id": ["t1"] * n, "span_id": [f"s{i}" for i in range(n)], "name": ["chat gpt-4"] * n,
+                  "start_time_unix_nano": [_T0 + i * 10**9 for i in range(n)], "attributes": attrs},
+                 ).write_parquet(tmp_path / "spans.parquet")
+    a, b = (read_logs(tmp_path, engine=e) for e in ("polars", "duckdb"))
+    _same(a, b)
+    assert a.stats.reasons == {"bad_value:attributes": 2}
+    assert a.rejected.select("source_row", "reason", "detail").rows() == [
+        (1, "bad_value:attributes", cut), (5, "bad_value:attributes", "not json")]
+    assert a.collect().sort("step").select("step", "action", "input_tokens").rows() == [
+        (1, "llm", 50), (2, "llm", None), (3, "llm", None), (4, "llm", None)]

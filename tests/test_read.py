@@ -1465,3 +1465,57 @@ def test_a_duckdb_read_failure_from_its_arrow_stream_names_file_and_column(tmp_p
     for _ in range(3):  # (which of the two DuckDB gives varies from run to run)
         with pytest.raises(CorruptFileError, match=r"b\.parquet, column 'run_id': reading failed: [^\x00-\x1f]*$"):
             read_logs(tmp_path, engine="duckdb")
+
+
+def test_a_hive_agent_partition_fills_the_agent_of_spans_that_name_none(tmp_path: Path) -> None:
+    """OTel / OpenInference spans under agent=planner/ came out agent "default" and
+    agents=["planner"] selected nothing; an agent the spans name still wins."""
+    t0 = 1_793_000_000_000_000_000
+    _write(pl.DataFrame({
+        "trace_id": ["t1"] * 3, "span_id": ["s1", "s2", "s3"], "parent_span_id": [None, None, None],
+        "name": ["chat gpt-4", "execute_tool search", "chat gpt-4"], "start_time_unix_nano": [t0 + i * 10**9 for i in range(3)],
+        "attributes.gen_ai.operation.name": ["chat", "execute_tool", "chat"],
+        "attributes.gen_ai.tool.name": [None, "search", None], "attributes.gen_ai.agent.name": [None, None, "billing"],
+    }, schema_overrides={"parent_span_id": pl.String}), tmp_path / "otel" / "agent=planner" / "part-0.parquet")
+    t = datetime(2026, 10, 1, tzinfo=UTC)
+    _write(pl.DataFrame({"context.trace_id": ["T"] * 2, "context.span_id": ["a", "b"], "span_kind": ["LLM", "TOOL"],
+                         "name": ["ChatOpenAI", "search"], "start_time": [t, t + timedelta(seconds=1)]}),
+           tmp_path / "oi" / "agent=planner" / "part-0.parquet")
+    for folder, expected in (("otel", ["planner", "planner", "billing"]), ("oi", ["planner", "planner"])):
+        a, b = _both(tmp_path / folder)
+        ev = _assert_same(a, b)
+        assert ev.sort("step")["agent"].to_list() == expected
+        a, b = _both(tmp_path / folder, agents=["planner"])
+        ev = _assert_same(a, b)
+        assert ev.height == 2 and set(ev["agent"]) == {"planner"}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("shape", ["json", "map", "kv_list"])
+def test_a_column_map_typo_inside_nested_attributes_is_an_error(tmp_path: Path, engine: str, shape: str) -> None:
+    """A key that no row's map / key-value / JSON attributes hold (attributes.sesion.id) passed as a
+    column of its own: every span was rejected as null_run_id instead of the typo being named."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t = datetime(2026, 10, 1, tzinfo=UTC)
+    attrs = [{"session.id": "S"}, {}, {"session.id": "S", "agent.name": "a"}]
+    if shape == "json":
+        col = pa.array([json.dumps(a) for a in attrs])
+    elif shape == "map":
+        col = pa.array([list(a.items()) for a in attrs], pa.map_(pa.string(), pa.string()))
+    else:
+        col = pa.array([[{"key": k, "value": {"stringValue": v}} for k, v in a.items()] for a in attrs],
+                       pa.list_(pa.struct([("key", pa.string()), ("value", pa.struct([("stringValue", pa.string())]))])))
+    table = pa.table({"context.trace_id": ["T1", "T1", "T2"], "context.span_id": ["a", "b", "c"],
+                      "span_kind": ["LLM", "TOOL", "LLM"], "name": ["ChatOpenAI", "search", "ChatOpenAI"],
+                      "start_time": pa.array([t, t + timedelta(seconds=1), t], pa.timestamp("us", tz="UTC")),
+                      "attributes": col})
+    pq.write_table(table, tmp_path / "a.parquet")
+    pq.write_table(table.slice(1, 1), tmp_path / "b.parquet")  # (no row of this file holds session.id)
+    with pytest.raises(SchemaError, match=r"column_map source column\(s\) \['attributes.sesion.id'\] are in none "
+                                          r"of the 2 file\(s\) \(no row .* holds the key\(s\) \['sesion.id'\]\)"):
+        read_logs(tmp_path, engine=engine, column_map={"attributes.sesion.id": "run_id"})
+    res = read_logs(tmp_path, engine=engine, column_map={"attributes.session.id": "run_id"})
+    assert res.stats.rows_in == res.stats.rows_valid + res.stats.rows_rejected == 4
+    assert res.collect().filter(pl.col("run_id") == "S").height == 2
