@@ -5,7 +5,7 @@ from __future__ import annotations
 import numbers
 import re
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -220,8 +220,59 @@ _MEASURED = ("step", "ts", "action", "args", "result", "status", "error_type", "
              "cost_usd", "latency_ms", "approved", "confidence", "feedback", "outcome")
 
 
-def normalize_by(by: str | Sequence[str] | None) -> tuple[str, ...]:
-    """``by`` as a tuple of distinct column names (a bare string is one column)."""
+#: Columns of the per-run feature table (:func:`driftwatch.run_features`) that the audit computes
+#: from the steps: a run's step count, time span or latency quantile is a feature to analyse, not
+#: a label that names a series, and a ``by`` of that name would clash with the computed column
+#: (the per-run label columns ``agent``, ``version`` and ``parent_run_id`` are event columns).
+#: ``tests/test_frames.py`` checks that this list covers every computed column of ``run_features``.
+_RUN_FEATURES = ("first_ts", "last_ts", "n_steps", "n_llm", "n_tool", "n_distinct_actions", "n_errors",
+                 "n_tool_errors", "latency_ms_p90", "n_latency", "error_cost_usd", "min_confidence", "n_retries",
+                 "retry_cost_usd", "tokens", "error_rate", "llm_ratio", "runtime_s")
+
+#: What a ``by`` refusal suggests instead.
+_BY_EXPECTED = "expected label columns such as 'agent', 'version' or one of your own (e.g. 'tenant')"
+
+
+def normalize_by(by: str | Sequence[str] | None, schema: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+    """``by`` as a tuple of distinct column names (a bare string is one column).
+
+    Refuses (:class:`InvalidParameterError`) the names no series can be grouped by: ``run_id``
+    and the names of the series tables' own columns, the canonical columns measured at every
+    step (``cost_usd``), and the per-run features the audit computes (``n_steps``, ``first_ts``,
+    ``latency_ms_p90``, ...). With the ``schema`` of the frame the columns come from, a column
+    whose type cannot name a series (a list) is refused too (:func:`check_by_types`; without it,
+    :func:`series_expr` refuses such a column when the name is written).
+    """
+    cols = _by_names(by)
+    if schema is not None:
+        check_by_types(schema, cols)
+    return cols
+
+
+def check_by_types(schema: Mapping[str, Any], by: Sequence[str]) -> None:
+    """Raise :class:`InvalidParameterError` when a ``by`` column of ``schema`` holds a type that
+    cannot name a series: a list, an array or a Python object (a struct of labels can, as its
+    text). Columns missing from ``schema`` are left to the caller."""
+    for c in by:
+        if c in schema and not _can_name(schema[c]):
+            raise _nested_by_error(c, schema[c])
+
+
+def _can_name(dtype: Any) -> bool:
+    """Whether values of ``dtype`` can be written as a series name (cast to text)."""
+    if isinstance(dtype, pl.Struct):
+        return all(_can_name(f.dtype) for f in dtype.fields)
+    return not isinstance(dtype, pl.List | pl.Array | pl.Object) and dtype not in (pl.List, pl.Array, pl.Object)
+
+
+def _nested_by_error(column: str, dtype: Any) -> InvalidParameterError:
+    return InvalidParameterError(
+        f"by (--by) cannot group by {column!r}: column {column!r} holds {dtype} values, and a nested "
+        f"type cannot name a series; {_BY_EXPECTED}"
+    )
+
+
+def _by_names(by: str | Sequence[str] | None) -> tuple[str, ...]:
     if by is None:
         return ()
     if not isinstance(by, str) and not (isinstance(by, Sequence) or hasattr(by, "__iter__")):
@@ -237,7 +288,12 @@ def normalize_by(by: str | Sequence[str] | None) -> tuple[str, ...]:
         if c in _MEASURED:
             raise InvalidParameterError(
                 f"by (--by) cannot group by {c!r}: it is measured at every step, not a label of a run; "
-                "expected label columns such as 'agent', 'version' or one of your own (e.g. 'tenant')"
+                f"{_BY_EXPECTED}"
+            )
+        if c in _RUN_FEATURES:
+            raise InvalidParameterError(
+                f"by (--by) cannot group by {c!r}: it is a per-run feature the audit computes from the steps "
+                f"(run_features), not an event column that labels a run; {_BY_EXPECTED}"
             )
     return tuple(dict.fromkeys(cols))  # (--by agent,agent is agent)
 
@@ -264,8 +320,17 @@ def series_expr(by: Sequence[str]) -> pl.Expr:
         if i:
             parts.append(pl.lit(","))
         parts.append(pl.lit(f"{col}="))
-        parts.append(_series_value(pl.col(col).cast(pl.String)))
+        parts.append(_series_value(pl.col(col).map_batches(_as_label, return_dtype=pl.String, is_elementwise=True)))
     return pl.concat_str(parts).alias("series")
+
+
+def _as_label(values: pl.Series) -> pl.Series:
+    """A ``by`` column as text (what :func:`series_expr` writes); a type that cannot name a
+    series (a list) is an :class:`InvalidParameterError` naming the column, not Polars' cast error,
+    wherever the frame it came from was not checked (:func:`check_by_types`)."""
+    if not _can_name(values.dtype):
+        raise _nested_by_error(values.name, values.dtype)
+    return values.cast(pl.String)
 
 
 def _series_value(value: pl.Expr) -> pl.Expr:
@@ -354,6 +419,7 @@ def detect_loops_if_available(lf: pl.LazyFrame) -> pl.DataFrame | None:
 __all__ = [
     "FrameLike",
     "as_lazy",
+    "check_by_types",
     "check_flag",
     "check_seed",
     "collect",

@@ -39,6 +39,7 @@ import polars as pl
 from driftwatch._frames import (
     FrameLike,
     as_lazy,
+    check_by_types,
     check_seed,
     detect_loops_if_available,
     normalize_by,
@@ -176,7 +177,7 @@ def cost_profile(
     from driftwatch.features import run_features
 
     lf = as_lazy(events)
-    features = run_features(lf, by=normalize_by(by))
+    features = run_features(lf, by=normalize_by(by, lf.collect_schema()))
     if loops is None:
         loops = detect_loops_if_available(lf)
     return cost_profile_from_runs(
@@ -247,9 +248,9 @@ def cost_profile_from_runs(
         - ``worst_run_expected_usd``: expected cost of the most expensive run
           of a day at that volume, E[max of N runs]; ``worst_run_1_in_n_usd``:
           the cost exceeded by one run in N (quantile 1 - 1/N);
-          ``worst_run_method``: ``"empirical"``, ``"pareto_tail"`` or
-          ``"empirical_capped"`` (all three null at a volume under one run a
-          day);
+          ``worst_run_method``: ``"empirical"``, ``"pareto_tail"``,
+          ``"empirical_capped"`` or, on the ``"all"`` row, ``"series_max"`` (all
+          three null at a volume under one run a day);
           ``tail_shape``: the fitted generalised-Pareto shape (``pareto_tail``).
 
     Notes
@@ -283,6 +284,14 @@ def cost_profile_from_runs(
     runs, or fewer than 200 runs) the empirical formula is kept and the method
     is ``"empirical_capped"``: the figures are then bounded by the largest
     observed run and understate the worst case.
+
+    A day of the fleet holds each series' runs, so the ``"all"`` row's worst run
+    (and 1-in-N run) is never below a series': where the fleet's own figure is
+    lower (a series' tail extrapolated by ``pareto_tail`` while the fleet's mix
+    of tails passes no fit), it takes the largest series figure and the method
+    is ``"series_max"`` (a lower bound; ``tail_shape`` null). With ``"all"``
+    given its own volume, only series whose volume is at most their observed
+    share of it bound it.
 
     Examples
     --------
@@ -326,10 +335,13 @@ def cost_profile_from_runs(
         volume_per_day = _volumes_by_series(volume_per_day, agg.get_column("series").to_list(), by_cols)
         mixed = mixed and "all" in volume_per_day
 
+    fleet_sums = _fleet_sums(runs, ceiling)
     rows: list[dict[str, Any]] = []
     days: dict[str, np.ndarray] = {}
     parts: list[tuple[np.ndarray, float, np.ndarray]] = []
     for i, rec in enumerate(agg.iter_rows(named=True)):
+        if rec["series"] == "all":  # (a by series is named "agent=...", never "all")
+            rec.update(fleet_sums)
         # one stream per series (seeded by its name): a series' interval does not depend on the others
         rng = np.random.default_rng([random_state, zlib.crc32(rec["series"].encode())])
         costs = costs_by_series[i].to_numpy().astype(np.float64, copy=False)
@@ -343,8 +355,41 @@ def cost_profile_from_runs(
             row.update(dict.fromkeys(_PROJECTION_COLUMNS))
             if not unknown and parts:
                 row.update(_mixed_projection([p for p in parts if p[2] is not None], interval))
+        if rec["series"] == "all" and len(rows) > 1:
+            _bound_by_series(row, rows, total_runs=total_runs, mixed=mixed)
         rows.append(row)
     return pl.DataFrame(rows, schema=_output_schema(), orient="row")
+
+
+def _bound_by_series(fleet: dict[str, Any], series: Sequence[Mapping[str, Any]], *, total_runs: int,
+                     mixed: bool) -> None:
+    """Keep the fleet's worst run of a day (row ``fleet``, series ``"all"``) at or above those of
+    its series: a day of the fleet holds each series' runs, so its most expensive run costs at
+    least theirs, and so does its 1-in-N run (P(X > q) >= N_s/N * 1/N_s). The fleet's own figures
+    can fall below when a series' tail is extrapolated (``pareto_tail``) and the fleet's mixed tail
+    is not (``empirical_capped``). Each figure below its series' largest is raised to it, and the
+    method reads ``"series_max"`` (``tail_shape`` null: no fit of the fleet's tail is used).
+
+    A series counts when its day is part of the fleet's: at its share of the fleet's volume (a
+    number, or the observed rates), in a mix of series volumes (``mixed``), or, with ``"all"``
+    given its own volume, when the series' volume is at most its observed share of it."""
+    if fleet["worst_run_expected_usd"] is None or not total_runs:
+        return
+    volume = fleet["volume_per_day"]
+    inside = [
+        r for r in series
+        if r["worst_run_expected_usd"] is not None
+        and (mixed or r["volume_per_day"] <= volume * r["runs"] / total_runs * (1.0 + 1e-9))
+    ]
+    raised = False
+    for col in ("worst_run_expected_usd", "worst_run_1_in_n_usd"):
+        bound = max((r[col] for r in inside if r[col] is not None), default=None)
+        if bound is not None and (fleet[col] is None or bound > fleet[col]):
+            fleet[col] = bound
+            raised = True
+    if raised:
+        fleet["worst_run_method"] = "series_max"
+        fleet["tail_shape"] = None
 
 
 #: The columns a volume projects (null without one).
@@ -502,9 +547,16 @@ def _check_options(*, interval: float, n_boot: int, volume_per_day: VolumeLike) 
 def check_volume(volume_per_day: VolumeLike, *, name: str = "volume_per_day") -> None:
     """Refuse a ``volume_per_day`` the cost profile cannot project: anything but ``None``, a
     positive finite number, or a mapping of series to one. ``name`` is how the message names
-    it (:func:`driftwatch.audit` says ``volume_per_day (--volume-per-day)``)."""
+    it (:func:`driftwatch.audit` says ``volume_per_day (--volume-per-day)``). An empty mapping
+    names no series and would leave every projection null without a word: it is refused too."""
     if volume_per_day is None:
         return
+    if isinstance(volume_per_day, Mapping) and not volume_per_day:
+        raise InvalidParameterError(
+            f"{name} is an empty mapping: it names no series, so nothing would be projected; give the fleet's "
+            "runs per day as a number, a mapping of series to runs per day (e.g. {'agent=billing': 50000}), "
+            "or None for the observed rate"
+        )
     values = volume_per_day.values() if isinstance(volume_per_day, Mapping) else [volume_per_day]
     for v in values:
         if isinstance(v, bool | np.bool_) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v <= 0:
@@ -519,6 +571,7 @@ def _prepare_runs(
     features: FrameLike, by_cols: tuple[str, ...], loops: pl.DataFrame | pl.LazyFrame | None
 ) -> pl.DataFrame:
     lf, schema = run_table(features, ("run_id", "cost_usd", *by_cols))
+    check_by_types(schema, by_cols)
     known = pl.col("cost_usd").is_not_null()  # a run's cost is unknown when none of its steps recorded one
 
     def part(name: str) -> pl.Expr:  # a share of the run's cost: 0 when absent, unknown with the cost
@@ -601,31 +654,63 @@ def no_progress_loops(schema: Mapping[str, Any]) -> pl.Expr:
     return pl.lit(True)
 
 
+def _over_ceiling(ceiling: float | None) -> pl.Expr:
+    """The runs over the cost ceiling, as the policy's ``max_cost`` rule decides."""
+    return exceeds(pl.col("cost_usd"), ceiling) if ceiling is not None else pl.lit(False)
+
+
+def _summed_values(ceiling: float | None) -> dict[str, pl.Expr]:
+    """The per-run values each float sum of :func:`_summary_exprs` adds up (nulls are left out)."""
+    cost = pl.col("cost_usd")
+    costed_outcome = pl.col("outcome").is_not_null() & cost.is_not_null()
+    return {
+        "total_cost_usd": cost,
+        "loop_cost_usd": pl.col("loop_cost_usd"),
+        "error_cost_usd": pl.col("error_cost_usd"),
+        "retry_cost_usd": pl.col("retry_cost_usd"),
+        "over_ceiling_cost_usd": cost.filter(_over_ceiling(ceiling)),
+        "_outcome_cost": cost.filter(costed_outcome),
+    }
+
+
 def _summary_exprs(ceiling: float | None) -> list[pl.Expr]:
     cost = pl.col("cost_usd")
     has_outcome = pl.col("outcome").is_not_null()
     costed_outcome = has_outcome & cost.is_not_null()
-    over = exceeds(cost, ceiling) if ceiling is not None else pl.lit(False)  # as the max_cost rule decides
+    over = _over_ceiling(ceiling)
+    sums = {name: values.sum().alias(name) for name, values in _summed_values(ceiling).items()}
     return [
         pl.len().cast(pl.Int64).alias("runs"),
         pl.col("_day").drop_nulls().n_unique().cast(pl.Int64).alias("days"),
         cost.count().cast(pl.Int64).alias("runs_with_cost"),
-        cost.sum().alias("total_cost_usd"),
+        sums["total_cost_usd"],
         cost.mean().alias("cost_mean"),
         cost.quantile(0.5, "linear").alias("cost_p50"),
         cost.quantile(0.9, "linear").alias("cost_p90"),
         cost.quantile(0.99, "linear").alias("cost_p99"),
         cost.max().alias("cost_max"),
-        pl.col("loop_cost_usd").sum().alias("loop_cost_usd"),
-        pl.col("error_cost_usd").sum().alias("error_cost_usd"),
-        pl.col("retry_cost_usd").sum().alias("retry_cost_usd"),
+        sums["loop_cost_usd"],
+        sums["error_cost_usd"],
+        sums["retry_cost_usd"],
         over.sum().cast(pl.Int64).alias("runs_over_ceiling"),
-        cost.filter(over).sum().alias("over_ceiling_cost_usd"),
+        sums["over_ceiling_cost_usd"],
         has_outcome.sum().cast(pl.Int64).alias("runs_with_outcome"),
         (pl.col("outcome") >= SUCCESS_OUTCOME).fill_null(False).sum().cast(pl.Int64).alias("successes"),
-        cost.filter(costed_outcome).sum().alias("_outcome_cost"),
+        sums["_outcome_cost"],
         (pl.col("outcome") >= SUCCESS_OUTCOME).filter(costed_outcome).sum().cast(pl.Int64).alias("_costed_successes"),
     ]
+
+
+def _fleet_sums(runs: pl.DataFrame, ceiling: float | None) -> dict[str, float | None]:
+    """The float sums of the whole fleet (series ``"all"``) and its mean cost, added up by numpy
+    over the runs in their fixed (``run_id``) order. Polars splits one aggregation over a whole
+    column between its threads, so its sum changed in the last bits with the number of threads
+    (``POLARS_MAX_THREADS``); a group's sum (a ``by`` series) runs over the group's rows in order."""
+    values = runs.select(**{name: e.drop_nulls().implode() for name, e in _summed_values(ceiling).items()})
+    sums = {name: float(np.sum(values.get_column(name)[0].to_numpy().astype(np.float64, copy=False)))
+            for name in values.columns}
+    n_costed = runs.get_column("cost_usd").count()
+    return {**sums, "cost_mean": sums["total_cost_usd"] / n_costed if n_costed else None}
 
 
 def _volumes_by_series(volume: Mapping[str, Any], series: list[str], by_cols: Sequence[str]) -> dict[str, float]:

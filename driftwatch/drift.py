@@ -57,6 +57,7 @@ from threadpoolctl import threadpool_limits
 
 from driftwatch._frames import (
     as_lazy,
+    check_by_types,
     check_seed,
     duration_seconds,
     normalize_by,
@@ -1154,6 +1155,7 @@ def _series_codes(runs: pl.DataFrame, by: tuple[str, ...]) -> tuple[np.ndarray, 
     h = runs.height
     if not by:
         return np.zeros(h, dtype=np.int64), pl.DataFrame({"series": ["all"]})
+    check_by_types(runs.schema, by)  # (a list of tags cannot name a series)
     key = np.zeros(h, dtype=np.int64)
     size = 1
     for c in by:  # mixed-radix key of the by columns' value codes (null reads "null", as in the name)

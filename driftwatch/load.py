@@ -94,6 +94,7 @@ from driftwatch._frames import (
     _UNIT_SECONDS,
     FrameLike,
     as_lazy,
+    check_by_types,
     check_seed,
     detect_loops_if_available,
     duration_seconds,
@@ -218,7 +219,7 @@ def load_curve(
     check_every(every, control)  # (before the run features are computed)
     lf = as_lazy(events)
     require_timestamps(lf, "load buckets")
-    features = run_features(lf, by=normalize_by(by))
+    features = run_features(lf, by=normalize_by(by, lf.collect_schema()))
     wanted = _check_metrics(metrics, have_loops=True)
     if loops is None and "loop_rate" in wanted:
         loops = detect_loops_if_available(lf)
@@ -615,6 +616,7 @@ def _prepare_runs(
     features: FrameLike, by_cols: tuple[str, ...], loops: pl.DataFrame | pl.LazyFrame | None
 ) -> pl.DataFrame:
     lf, schema = run_table(features, ("run_id", "first_ts", "last_ts", "n_steps", *by_cols))
+    check_by_types(schema, by_cols)
     for c in ("first_ts", "last_ts"):
         if not isinstance(schema[c], pl.Datetime):
             raise SchemaError(f"features: column {c!r} must be a datetime, found {schema[c]}")

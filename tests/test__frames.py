@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
 import polars as pl
 import pytest
 
+import driftwatch as dw
+from driftwatch import _frames
 from driftwatch._frames import duration_seconds, normalize_by, series_expr, series_keys, series_label
 from driftwatch.errors import InvalidParameterError
+from driftwatch.schema import CANONICAL_SCHEMA
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("1m", 60), ("1d", 86_400), ("1d12h", 129_600), ("2w", 1_209_600),
@@ -212,3 +219,100 @@ def test_series_names_never_collide_and_read_back() -> None:
     assert all(series_keys(s) == ("agent", "version") for s in two)
     assert series_keys("all") == () and series_keys('agent="open') == ()
     assert frame.select(series_expr([]))["series"].unique().to_list() == ["all"]
+
+
+# ``by`` names a series by labels of a run: the per-run features the audit computes (``n_steps``,
+# ``first_ts``, ``tokens``, ...) and nested columns (a list of tags) are refused with one clear
+# message by every public function that takes ``by``, and label columns of any plain type still work.
+
+T0 = datetime(2026, 1, 5, tzinfo=UTC)
+
+
+def _events() -> pl.DataFrame:
+    """Six runs of two steps with labels of every plain type and a list of tags."""
+    n = 6
+    return pl.DataFrame(
+        {
+            "run_id": [f"r{i}" for i in range(n) for _ in range(2)],
+            "step": [1, 2] * n,
+            "ts": [T0 + timedelta(minutes=i, seconds=s) for i in range(n) for s in (0, 5)],
+            "action": ["llm", "search"] * n,
+            "agent": [("a", "b")[i % 2] for i in range(n) for _ in range(2)],
+            "cost_usd": [0.1, 0.2] * n,
+            "tenant": [f"t{i % 3}" for i in range(n) for _ in range(2)],
+            "tier": [i % 2 for i in range(n) for _ in range(2)],
+            "paid": [i % 2 == 0 for i in range(n) for _ in range(2)],
+            "meta": [{"region": ("eu", "us")[i % 2]} for i in range(n) for _ in range(2)],
+            "tags": [[("x", "y")[i % 2]] for i in range(n) for _ in range(2)],
+        }
+    )
+
+
+def _call(name: str, events: pl.DataFrame, by: Any, tmp_path: Path) -> pl.DataFrame | Any:
+    if name == "detect_drift":
+        return dw.detect_drift(events, by=by, reference=(T0, T0 + timedelta(minutes=3)), every="1d")
+    if name == "audit":
+        return dw.audit(events, out=tmp_path / "out", by=by)
+    return getattr(dw, name)(events, by=by)
+
+
+PUBLIC_BY = ["detect_changepoints", "detect_drift", "cost_profile", "load_curve", "audit"]
+
+
+def test_every_computed_run_feature_is_refused() -> None:
+    """The list of refused names covers every column run_features computes (not an event column)."""
+    computed = [c for c in dw.run_features(pl.DataFrame(schema=CANONICAL_SCHEMA)).columns
+                if c not in CANONICAL_SCHEMA]
+    assert computed and set(computed) <= set(getattr(_frames, "_RUN_FEATURES", ()))
+    for c in computed:
+        with pytest.raises(InvalidParameterError, match=rf"cannot group by '{c}': it is a per-run feature"):
+            normalize_by(("agent", c))
+    assert normalize_by(("agent", "version", "parent_run_id", "tenant")) == ("agent", "version", "parent_run_id",
+                                                                               "tenant")
+
+
+@pytest.mark.parametrize("by", ["n_steps", "first_ts", "latency_ms_p90", "tokens"])
+@pytest.mark.parametrize("name", PUBLIC_BY)
+def test_public_functions_refuse_a_run_feature(name: str, by: str, tmp_path: Path) -> None:
+    """load_curve(by="n_steps") died with Polars' DuplicateError, cost_profile grouped by step
+    count, the audit's CLI exited with "DuplicateError ... please report it"."""
+    with pytest.raises(InvalidParameterError, match=rf"cannot group by '{by}': it is a per-run feature the audit "
+                                                    r"computes from the steps \(run_features\), not an event column"):
+        _call(name, _events(), by, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["detect_changepoints", "cost_profile", "load_curve"])
+def test_public_functions_refuse_a_list_column(name: str, tmp_path: Path) -> None:
+    """A List[str] column died with Polars' InvalidOperationError (cannot cast List type)."""
+    with pytest.raises(InvalidParameterError, match=r"cannot group by 'tags': column 'tags' holds List\(String\) "
+                                                    r"values, and a nested type cannot name a series"):
+        _call(name, _events(), ("agent", "tags"), tmp_path)
+
+
+def test_nested_types_are_refused_where_the_schema_is_known() -> None:
+    schema = pl.Schema({"tags": pl.List(pl.String), "arr": pl.Array(pl.Int64, 2), "meta": pl.Struct({"r": pl.String}),
+                        "bad": pl.Struct({"l": pl.List(pl.Int64)}), "tenant": pl.String, "tier": pl.Int64})
+    _frames.check_by_types(schema, ("meta", "tenant", "tier", "missing"))  # (a missing column is the caller's to report)
+    assert normalize_by("tenant", schema) == ("tenant",)
+    for c in ("tags", "arr", "bad"):
+        with pytest.raises(InvalidParameterError, match=f"cannot group by '{c}'.*nested type cannot name a series"):
+            normalize_by(("tenant", c), schema)
+
+
+def test_series_expr_refuses_a_list_and_names_plain_labels() -> None:
+    frame = pl.DataFrame({"tags": [["x"]], "tier": [2], "paid": [True], "meta": [{"r": 1}]})
+    with pytest.raises(InvalidParameterError, match="cannot group by 'tags'"):
+        frame.lazy().select(series_expr(["tags"])).collect()
+    assert frame.select(series_expr(["tier", "paid", "meta"])).item() == "tier=2,paid=true,meta={1}"
+
+
+@pytest.mark.parametrize("by", ["agent", ("agent", "version"), "tenant", "tier", "paid", "meta"])
+def test_label_columns_still_name_series(by: Any) -> None:
+    ev = _events()
+    prof = dw.cost_profile(ev, by=by, volume_per_day=100)
+    first = by if isinstance(by, str) else by[0]
+    names = [s for s in prof["series"].to_list() if s != "all"]
+    assert names and all(s.startswith(f"{first}=") for s in names)
+    assert prof.filter(series="all")["runs"].item() == 6
+    curve = dw.load_curve(ev, by=by, every="1m", control="3m", metrics=["error_rate"])
+    assert set(curve["series"]) <= {*names, "all"}

@@ -504,3 +504,104 @@ def test_loop_spend_leaves_out_progress_and_counts_each_step_once() -> None:
     runs = pl.DataFrame({"run_id": ["r"], "cost_usd": [1.0]})
     for loop_table in (table, dw.loop_summary(table)):
         assert cost_profile_from_runs(runs, by=(), loops=loop_table)["loop_cost_usd"].item() == pytest.approx(0.10)
+
+
+def _tail_and_cluster_runs() -> tuple[pl.DataFrame, float, float]:
+    """A fleet whose truth is known: 1000 runs of ``tail`` with a generalised-Pareto tail (shape 0.3,
+    scale 0.1, from 0.01), and 3000 of ``cluster``, cheap but for a cluster of runs at exactly $5
+    (3%), which no Pareto fit of the pooled tail passes. Returns the runs, the tail's shape and scale."""
+    from scipy import stats
+
+    rng = np.random.default_rng(7)
+    xi, sigma = 0.3, 0.1
+    tail = 0.01 + stats.genpareto(xi, scale=sigma).rvs(1000, random_state=rng)
+    cluster = np.where(rng.random(3000) < 0.03, 5.0, rng.lognormal(-3, 0.3, 3000))
+    runs = pl.DataFrame({"run_id": [f"r{i:05d}" for i in range(4000)], "agent": ["tail"] * 1000 + ["cluster"] * 3000,
+                         "cost_usd": np.concatenate([tail, cluster])})
+    return runs, xi, sigma
+
+
+def test_fleet_worst_run_is_never_below_a_series() -> None:
+    """A day of the fleet holds each series' runs, so its worst run costs at least theirs. The
+    "all" row gave $5.00 (its pooled tail passes no fit: the figure stays at the largest observed
+    run) while its series "tail" gave $11.7 by extrapolation; the true expected maximum of the tail
+    series' 250,000 runs a day alone is $17.7."""
+    runs, xi, sigma = _tail_and_cluster_runs()
+    n_tail = 250_000  # its share of 1,000,000 runs a day
+    truth = 0.01 + sigma / xi * (math.exp(math.lgamma(n_tail + 1) + math.lgamma(1 - xi)
+                                          - math.lgamma(n_tail + 1 - xi)) - 1)
+    cols = ["worst_run_expected_usd", "worst_run_1_in_n_usd"]
+    for volume in (1_000_000, {"tail": 250_000, "cluster": 750_000}, {"all": 1_000_000, "tail": 250_000}):
+        prof = cost_profile_from_runs(runs, volume_per_day=volume, n_boot=50)
+        tail, fleet = prof.filter(series="agent=tail").row(0, named=True), prof.filter(series="all").row(0, named=True)
+        assert tail["worst_run_method"] == "pareto_tail"
+        for c in cols:
+            assert fleet[c] >= prof.filter(pl.col("series") != "all")[c].drop_nulls().max(), (volume, c)
+        assert fleet["worst_run_expected_usd"] >= 0.5 * truth  # (the pooled $5.0 was far below)
+        assert fleet["worst_run_method"] == "series_max" and fleet["tail_shape"] is None
+        assert fleet["worst_run_expected_usd"] == tail["worst_run_expected_usd"]
+    # "all" given its own volume: a series whose volume is more than its share of it is no part of
+    # that day (500,000 tail runs in a fleet day of 1,000,000 whose tail share is 250,000)
+    prof = cost_profile_from_runs(runs, volume_per_day={"all": 1_000_000, "tail": 500_000}, n_boot=50)
+    fleet = prof.filter(series="all").row(0, named=True)
+    assert fleet["worst_run_method"] == "empirical_capped" and fleet["worst_run_expected_usd"] == pytest.approx(5.0)
+
+
+def test_empty_volume_mapping_is_refused() -> None:
+    """volume_per_day={} named no series and left every projection null without a word."""
+    runs = pl.DataFrame({"run_id": ["a", "b"], "agent": ["x", "y"], "cost_usd": [0.1, 0.2]})
+    with pytest.raises(InvalidParameterError, match="volume_per_day is an empty mapping: it names no series"):
+        cost_profile_from_runs(runs, volume_per_day={})
+    with pytest.raises(InvalidParameterError, match="volume_per_day is an empty mapping"):
+        dw.cost_profile(pl.DataFrame({"run_id": ["a"], "step": [1], "action": ["llm"], "cost_usd": [0.1]}),
+                        volume_per_day={})
+
+
+_THREADS_SCRIPT = """
+import sys
+import numpy as np, polars as pl
+from driftwatch.costs import cost_profile_from_runs
+rng = np.random.default_rng(0)
+n = 2000
+runs = pl.DataFrame({"run_id": [f"r{i:05d}" for i in range(n)], "agent": rng.choice(["a", "b"], n),
+                     "cost_usd": rng.lognormal(-3, 1, n), "error_cost_usd": rng.lognormal(-6, 1, n),
+                     "retry_cost_usd": rng.lognormal(-6, 1, n), "outcome": rng.random(n)})
+loops = pl.DataFrame({"run_id": runs["run_id"][::3], "wasted_cost_usd": rng.lognormal(-5, 1, len(range(0, n, 3)))})
+for by in ((), ("agent",)):
+    out = cost_profile_from_runs(runs, by=by, loops=loops, policy=0.1, n_boot=50)
+    print([[float(x).hex() if isinstance(x, float) else x for x in row] for row in out.rows()])
+"""
+
+
+def test_fleet_sums_do_not_depend_on_the_number_of_threads() -> None:
+    """The "all" row's float sums (loop, error, retry and over-ceiling spend, the total, the mean,
+    the cost per success) changed in the last bits with POLARS_MAX_THREADS: Polars splits a sum
+    over a whole column between its threads. Polars' thread pool is fixed when it is imported, so
+    each count runs in a fresh process."""
+    import os
+    import subprocess
+    import sys
+
+    def run(threads: int) -> str:
+        env = {**os.environ, "POLARS_MAX_THREADS": str(threads)}
+        return subprocess.run([sys.executable, "-c", _THREADS_SCRIPT], env=env, capture_output=True, text=True,
+                              timeout=120, check=True).stdout
+
+    one = run(1)
+    assert one.count("\n") == 2 and run(8) == one and run(3) == one
+
+
+def test_series_by_a_run_feature_or_a_list_is_refused() -> None:
+    """cost_profile(by="n_steps") grouped the runs by their step count without a word (a per-run
+    feature, not a label), and a List[str] column died with Polars' InvalidOperationError."""
+    ev = pl.DataFrame({"run_id": ["a", "a", "b"], "step": [1, 2, 1], "action": ["llm", "search", "llm"],
+                       "cost_usd": [0.1, 0.2, 0.3], "tags": [["x"], ["x"], ["y"]]})
+    with pytest.raises(InvalidParameterError, match="cannot group by 'n_steps': it is a per-run feature the audit"):
+        dw.cost_profile(ev, by="n_steps")
+    runs = dw.run_features(ev).with_columns(pl.Series("tags", [["x"], ["y"]]))
+    with pytest.raises(InvalidParameterError, match="cannot group by 'n_steps': it is a per-run feature"):
+        cost_profile_from_runs(runs, by=("n_steps",))
+    nested = r"cannot group by 'tags': column 'tags' holds List\(String\) values, and a nested type cannot name"
+    for call in (lambda: dw.cost_profile(ev, by="tags"), lambda: cost_profile_from_runs(runs, by="tags")):
+        with pytest.raises(InvalidParameterError, match=nested):
+            call()

@@ -1006,8 +1006,13 @@ def test_by_column_missing_from_the_reference_and_empty_reference_are_named() ->
             detect_drift(ev, reference=empty)
     with pytest.raises(InvalidParameterError, match="the reference frame is empty"):
         drift_from_runs(*tables(ev), reference=tables(ev.head(0)))
-    # a by column that names a per-run feature is still accepted in a reference frame
-    assert detect_drift(cur, reference=ref, by="n_tool", include=["tokens_per_run"], min_runs=2).height > 0
+    # a per-run feature is not a label: refused as by (it was grouped by step count)
+    with pytest.raises(InvalidParameterError, match="cannot group by 'n_tool': it is a per-run feature"):
+        detect_drift(cur, reference=ref, by="n_tool", include=["tokens_per_run"], min_runs=2)
+    # nor can a list of tags name a series (a raw Polars cast error before)
+    tagged = ev.with_columns(pl.concat_list(pl.lit("a"), pl.lit("b")).alias("tags"))
+    with pytest.raises(InvalidParameterError, match="'tags' holds List"):
+        detect_drift(tagged, reference=("2026-10-01", "2026-10-08"), by="tags")
 
 
 def test_nothing_tested_is_said_and_include_must_name_a_feature() -> None:

@@ -404,3 +404,25 @@ def test_series_by_an_event_column_that_is_not_a_feature() -> None:
     assert set(drift["series"]) == {"tenant=t1", "tenant=t2"}
     with pytest.raises(SchemaError, match="nope"):
         dw.load_curve(ev, by="nope")
+
+
+def test_series_by_a_run_feature_or_a_list_is_refused() -> None:
+    """load_curve(by="n_steps") (or first_ts, latency_ms_p90, tokens) died with Polars' DuplicateError
+    (the by column clashed with the run column of that name), and by a List[str] column with
+    Polars' InvalidOperationError: both are an InvalidParameterError naming the column and why."""
+    t0 = datetime(2026, 1, 5, tzinfo=UTC)
+    ev = pl.DataFrame({"run_id": ["a", "a", "b"], "step": [1, 2, 1],
+                       "ts": [t0, t0 + timedelta(seconds=5), t0 + timedelta(minutes=1)],
+                       "action": ["llm", "search", "llm"], "cost_usd": [0.1, 0.2, 0.3], "tags": [["x"], ["x"], ["y"]]})
+    for by in ("n_steps", "first_ts", "latency_ms_p90", "tokens"):
+        with pytest.raises(InvalidParameterError, match=f"cannot group by '{by}': it is a per-run feature"):
+            dw.load_curve(ev, by=by)
+    nested = r"cannot group by 'tags': column 'tags' holds List\(String\) values, and a nested type cannot name"
+    with pytest.raises(InvalidParameterError, match=nested):
+        dw.load_curve(ev, by="tags")
+    # the fleet stage on a run table that carries the list (a per-run stage of its own)
+    runs = dw.run_features(ev).with_columns(pl.Series("tags", [["x"], ["y"]]))
+    with pytest.raises(InvalidParameterError, match=nested):
+        load_buckets_from_runs(runs, by="tags")
+    with pytest.raises(InvalidParameterError, match=nested):
+        load_curve_from_runs(runs, by="tags")
