@@ -55,6 +55,7 @@ from driftwatch.errors import (
     NoInputError,
     NothingToAudit,
     SchemaError,
+    short_repr,
 )
 from driftwatch.schema import CANONICAL_SCHEMA
 
@@ -1341,8 +1342,9 @@ class AuditResult:
     def alert_frame(self) -> pl.DataFrame:
         """:meth:`alerts` as a DataFrame (columns :data:`ALERT_KEYS`), built with column expressions.
 
-        Numbers are rounded (money to 6 digits; scores cut to 4, so that a shown score never
-        reaches a threshold its level did not; NaN and infinity become null)
+        Numbers are rounded (money to 12 significant digits, as ``runs.parquet`` holds it;
+        scores cut to 4, so that a shown score never reaches a threshold its level did not;
+        NaN and infinity become null)
         and times are ISO-8601 UTC text ending in ``Z`` (microseconds only when not zero,
         as Python's ``isoformat``). Text longer than :data:`ALERT_TEXT_MAX` characters is cut
         and says how much was left out.
@@ -1386,6 +1388,12 @@ class AuditResult:
                 return pl.when(x.is_finite()).then(shown)
             return pl.when(x.is_finite()).then(x.round(digits))
 
+        def money(name: str) -> pl.Expr:  # as runs.parquet holds it (12 significant digits)
+            if name not in hot.columns:
+                return pl.lit(None, pl.Float64)
+            x = pl.col(name).cast(pl.Float64)
+            return pl.when(x.is_finite()).then(x.round_sig_figs(FLOAT_DIGITS))
+
         def cut(x: pl.Expr) -> pl.Expr:
             over = x.str.len_chars().cast(pl.Int64) - ALERT_TEXT_MAX
             note = pl.format("… ({} more characters)", over)
@@ -1413,9 +1421,9 @@ class AuditResult:
             iso("first_ts").alias("first_ts"),
             iso("last_ts").alias("last_ts"),
             num("n_steps").alias("n_steps"),
-            num("cost_usd").alias("cost_usd"),
+            money("cost_usd").alias("cost_usd"),
             cut(pl.col("_lp").cast(pl.String)).alias("loop_pattern"),
-            num("_lw").alias("wasted_cost_usd"),
+            money("_lw").alias("wasted_cost_usd"),
             pl.col("_rules").list.eval(cut(pl.element())).fill_null([]).alias("rules"),
         )
 
@@ -1615,6 +1623,8 @@ def _cost_headline(runs: pl.DataFrame, costs: pl.DataFrame) -> dict[str, Any]:
             # runs_with_cost count this audit's runs only
             out["profile_runs"] = _num(row.get("runs"))
             out.update({k: _num(row.get(k)) for k in _COST_HEADLINE if k in row})
+            if "worst_run_method" in row:  # how to read worst_run_expected_usd (an estimate, or a lower bound)
+                out["worst_run_method"] = row.get("worst_run_method")
             same_runs = row.get("runs") == runs.height and row.get("runs_with_cost") == out.get("runs_with_cost")
             if same_runs and out.get("total_cost_usd") is not None:
                 # the same runs: one spend (the profile's, as costs.parquet has it), not two sums
@@ -1854,13 +1864,14 @@ def _map_frame(frame: pl.DataFrame | pl.LazyFrame, *, format: str, column_map: M
 
 def _prefilter(lf: pl.LazyFrame, since: datetime | None, until: datetime | None) -> pl.LazyFrame:
     """A run belongs to the window of its first step: keep rows within a margin of the window
-    (pushed into the scan); :func:`_in_window` then keeps the runs whose first step is inside."""
+    (pushed into the scan), and the steps without a time, which belong to whatever run they
+    are in; :func:`_in_window` then keeps the runs whose first step is inside."""
     pre = pl.lit(True)
     if since is not None:
         pre = pre & (pl.col("ts") >= since - _WINDOW_MARGIN)
     if until is not None:
         pre = pre & (pl.col("ts") < until + _WINDOW_MARGIN)
-    return lf.filter(pre)
+    return lf.filter(pre | pl.col("ts").is_null()) if since is not None or until is not None else lf
 
 
 @dataclass(frozen=True)
@@ -2127,6 +2138,29 @@ def audit(
         math.isfinite(history_days) and history_days > 0
     ):
         raise InvalidParameterError(f"history_days must be a positive number of days, got {history_days!r}")
+    _chunk_count(1, chunks, 1)  # (checked before the work, not when the log is cut)
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise InvalidParameterError(f"chunk_rows must be a positive int (rows per chunk), got {chunk_rows!r}")
+    if reference is not None and not (
+        isinstance(reference, str | os.PathLike | tuple | list | pl.DataFrame | pl.LazyFrame)
+        or (hasattr(reference, "events") and hasattr(reference, "stats"))  # a ReadResult
+    ):
+        raise InvalidParameterError(
+            "reference (--reference) must be a (start, end) pair, 'START..END', a path, folder or glob of "
+            f"reference logs, or a frame of events; got {type(reference).__name__} {short_repr(reference)}"
+        )
+    if out is not None and not isinstance(out, str | os.PathLike):
+        raise InvalidParameterError(
+            f"out (--out) must be a path (a folder for the results such as report/), got {type(out).__name__} {out!r}"
+        )
+    if state is not None and not isinstance(state, str | os.PathLike):
+        from driftwatch.state import AuditState as _State
+
+        if not isinstance(state, _State):
+            raise InvalidParameterError(
+                f"state (--state) must be a path (a folder or a DuckDB file) or an AuditState, "
+                f"got {type(state).__name__} {state!r}"
+            )
     from driftwatch import policy as policy_mod
 
     pol = policy_mod._as_policy(policy)

@@ -65,3 +65,14 @@ __all__ = [
     "PolicyError",
     "SchemaError",
 ]
+
+
+def short_repr(value: object, limit: int = 80) -> str:
+    """``repr(value)`` on one line, at most ``limit`` characters, for a message (a frame's
+    repr is a table of many lines).
+
+    >>> short_repr("a\\nb"), short_repr(list(range(100)), 20)
+    ("'a\\\\nb'", '[0, 1, 2, 3, 4, 5, …')
+    """
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -289,6 +289,19 @@ def _drift_context(runs: pl.DataFrame, drift: pl.DataFrame | None) -> pl.DataFra
 # --------------------------------------------------------------------------- helpers
 
 
+def _optional_frame(value: Any, name: str, what: str) -> pl.DataFrame | None:
+    """``value`` (a Polars DataFrame or LazyFrame, or ``None``) as a DataFrame or ``None``;
+    anything else (a path, a list, a pandas frame) is refused naming the parameter ``name``
+    and the output (``what``) it expects."""
+    if value is None or isinstance(value, pl.DataFrame):
+        return value
+    if isinstance(value, pl.LazyFrame):
+        return value.collect()
+    kind = f"{type(value).__module__.split('.')[0]}.{type(value).__name__}" if type(value).__module__ != "builtins" \
+        else type(value).__name__
+    raise InvalidParameterError(f"{name} must be a polars DataFrame ({what} output) or None, got {kind}")
+
+
 def _first_per_run(table: pl.DataFrame) -> pl.DataFrame:
     """The first row of each ``run_id`` of ``table``, in the table's order. A table sorted by
     ``run_id`` with one row per run (a loop summary as the audit makes it) is checked in one
@@ -673,9 +686,10 @@ def score_runs_from_runs(
         raise InvalidParameterError(
             f"features must be driftwatch.run_features output; missing columns {missing}"
         )
-    viol = violations.collect() if isinstance(violations, pl.LazyFrame) else violations
+    viol = _optional_frame(violations, "violations", "check_policy")
     summary = _summarize_loops(loops)
-    drift_df = drift.collect() if isinstance(drift, pl.LazyFrame) else drift
+    drift_df = _optional_frame(drift, "drift", "detect_drift")
+    rejected = _optional_frame(rejected, "rejected", "ReadResult.rejected")
     esc_model = _resolve_model(model, pol)
 
     f = feats if feats["run_id"].is_sorted() else feats.sort("run_id")
@@ -756,7 +770,10 @@ def score_runs_from_runs(
         score = pl.max_horizontal(pl.col("_p"), pl.col("score_unapproved"))
     else:
         score = pl.col("score_rules")
-    f = f.with_columns(score.clip(0.0, 1.0).alias("score"))
+    # rounded to the 12 significant digits the audit's files hold before the level is read from
+    # it, so float noise (1 - 0.4 * 0.9 = 0.6399999999999999) never puts the stored score and the
+    # level on two sides of a threshold
+    f = f.with_columns(score.clip(0.0, 1.0).round_sig_figs(12).alias("score"))
     forced = pl.col("score_unapproved") >= 1.0
     incomplete = pl.col("score_rejected_steps") > 0  # whatever the thresholds or a model say
     f = f.with_columns(

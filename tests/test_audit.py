@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import textwrap
 import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -882,7 +884,7 @@ def test_alert_frame_encodes_like_the_alert_dicts(result: AuditResult) -> None:
 
     got = replace(result, runs=one).alert_frame()
     assert got["first_ts"].to_list() == ["2026-11-01T08:30:00Z", "2026-11-01T08:30:00.001500Z"]
-    assert got["cost_usd"].to_list() == [None, 0.123457]
+    assert got["cost_usd"].to_list() == [None, 0.1234567]  # (as runs.parquet holds it: 12 significant digits)
     assert tuple(got.columns) == ALERT_KEYS
 
 
@@ -1945,3 +1947,80 @@ def test_an_ancestor_leaving_the_loaded_history_does_not_undo_a_stored_breach(tm
         breaches = st.con.execute("select run_id from violations where rule = 'delegation_depth' order by run_id")
         breaches = [r[0] for r in breaches.fetchall()]
     assert breaches == ["r4", "r5", "r6"] and [r[0] for r in stored] == ["r4", "r5", "r6"]
+
+
+def test_alerts_quote_the_scores_and_costs_the_runs_table_holds(fleet: synth.Fleet, tmp_path: Path) -> None:
+    # a noisy-or of 0.4 and 0.9 is 0.6399999999999999 in floating point: runs.parquet holds
+    # 0.64 (12 significant digits), and the alert read 0.6399 and rounded money to 6 decimals
+    from driftwatch._frames import cut_down
+
+    policy = tmp_path / "allowed.toml"
+    policy.write_text('[tools]\nallowed = ["search_web", "get_customer"]\n')
+    res = audit(fleet.events, policy=policy)
+    res.write(tmp_path / "out")
+    runs = pl.read_parquet(tmp_path / "out" / "runs.parquet")
+    alerts = pl.read_ndjson(tmp_path / "out" / "alerts.jsonl")
+    both = alerts.join(runs.select("run_id", "level", pl.col("score").alias("kept"), pl.col("cost_usd").alias("cost")),
+                       on="run_id")
+    assert both.height == alerts.height == runs.filter(pl.col("level") != "ok").height > 0
+    assert (both["level"] == both["level_right"]).all()
+    assert both["score"].to_list() == cut_down(both["kept"].to_numpy(), 4).tolist()
+    assert both["cost_usd"].to_list() == both["cost"].to_list()
+    # and the frame in memory holds what the file holds
+    assert res.runs.sort("run_id")["score"].to_list() == runs.sort("run_id")["score"].to_list()
+
+
+def test_summary_says_how_to_read_the_worst_run_figure(result: AuditResult) -> None:
+    fleet_row = result.costs.filter(pl.col("series") == "all").row(0, named=True)
+    cost = result.summary()["cost"]
+    assert cost["worst_run_method"] == fleet_row["worst_run_method"]
+    assert isinstance(cost["worst_run_method"], str) and cost["worst_run_method"]
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"chunk_rows": "x"}, "chunk_rows must be a positive int"),
+        ({"chunk_rows": 0}, "chunk_rows must be a positive int"),
+        ({"chunk_rows": 2.5}, "chunk_rows must be a positive int"),
+        ({"chunks": 0}, "chunks must be None, 'auto' or a positive int"),
+        ({"out": 5}, "out (--out) must be a path"),
+        ({"state": 5}, "state (--state) must be a path"),
+        ({"reference": 5}, "reference (--reference) must be a (start, end) pair"),
+    ],
+)
+def test_options_are_checked_before_the_work(fleet: synth.Fleet, options: dict[str, Any], says: str) -> None:
+    with pytest.raises(InvalidParameterError, match=re.escape(says)):
+        audit(fleet.events.head(50), **options)
+
+
+@pytest.mark.parametrize(("engine", "chunks"), [("polars", None), ("polars", 3), ("duckdb", None)])
+def test_a_window_keeps_the_steps_without_a_time_of_the_runs_it_selects(
+    tmp_path: Path, engine: str, chunks: int | None
+) -> None:
+    # a step with a number and no time is valid; a windowed audit dropped it (its ts fails any
+    # comparison), and with it an unapproved destructive call
+    t0 = datetime(2026, 10, 5, 12, tzinfo=UTC)
+    rows = [
+        {"run_id": f"r{r}", "step": s, "ts": None if (r, s) == (1, 3) else t0 + timedelta(hours=30 * r, seconds=s),
+         "action": "delete_account" if (r, s) == (1, 3) else ("llm" if s % 2 else "search"),
+         "agent": "a", "status": "ok", "cost_usd": 0.01}
+        for r in range(3) for s in range(1, 6)
+    ]
+    path = tmp_path / "log.parquet"
+    pl.DataFrame(rows, schema_overrides={"ts": pl.Datetime("us", "UTC")}).write_parquet(path)
+    whole = audit(path, engine=engine)
+    window = audit(path, engine=engine, chunks=chunks, since="2026-10-06", until="2026-10-08")
+    assert window.runs["run_id"].to_list() == ["r1"]
+    cols = ["run_id", "n_steps", "cost_usd", "level", "reasons"]
+    assert window.runs.select(cols).rows() == whole.runs.filter(pl.col("run_id") == "r1").select(cols).rows()
+    assert window.runs["n_steps"].to_list() == [5] and window.runs["level"].to_list() == ["escalate"]
+    assert window.violations.select("run_id", "step", "rule").rows() == [("r1", 3, "unapproved_action")]
+    assert window.summary()["rows_analysed"] == 5
+
+
+def test_a_list_of_frames_is_refused_in_one_line(fleet: synth.Fleet) -> None:
+    with pytest.raises(InvalidParameterError) as err:
+        audit([fleet.events.head(50)])
+    assert "\n" not in str(err.value) and len(str(err.value)) < 250
+    assert "not a list of frames" in str(err.value)
