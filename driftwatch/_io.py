@@ -12,8 +12,9 @@ Two levels of atomicity:
   is swapped with the destination in one step (``renameat2(RENAME_EXCHANGE)``
   on Linux), and the previous contents are deleted afterwards. If the process
   dies before the swap, the destination still holds the previous, complete
-  results; the orphaned temporary folder (hidden, named after the destination)
-  is removed by the next call. Where the atomic exchange is unavailable (not
+  results; the orphaned temporary folder (hidden, named after the destination,
+  this machine and the process) is removed by the next call that writes in the
+  same folder, whatever its destination. Where the atomic exchange is unavailable (not
   Linux, or a filesystem that refuses it) two renames are used, and a run that
   dies between them is repaired by the next call (:func:`recover_directory`).
 
@@ -75,12 +76,33 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _tmp_sibling(path: Path, tag: str) -> Path:
-    return path.parent / f"{_sibling_stem(path.name)}{tag}{os.getpid()}-{secrets.token_hex(4)}"
+    """``.<name><tag><host>-<pid>-<hex>`` beside ``path``: the host tag and the process id tell
+    the next write, whatever its destination, whether the process that made it is dead
+    (:func:`_remove_dead_siblings`)."""
+    return path.parent / f"{_sibling_stem(path.name)}{tag}{_host_tag()}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+#: A temporary sibling made by :func:`_tmp_sibling` (``.<name>.tmp-<host>-<pid>-<hex>``); group 1
+#: is the host tag, group 2 the process id.
+_OWN_TMP = re.compile(rf"\..+{re.escape(_TMP_TAG)}([0-9a-f]{{8}})-(\d+)-[0-9a-f]{{8}}", re.DOTALL)
+
+
+def _remove_dead_siblings(folder: Path) -> None:
+    """Delete the temporary siblings (``.<name>.tmp-<host>-<pid>-<hex>``, files and folders) in
+    ``folder`` that a dead process of this machine or container left, whatever their destination:
+    an audit killed while writing ``night1/`` left ``.night1.tmp-*`` for ever when the next audit
+    wrote ``night2/``. A name of another host, of an older version (no host tag), not exactly of
+    this pattern, or of a live process (this one included: another of its writes) stays."""
+    host = _host_tag()
+    own = [p for p in folder.glob(f".*{_TMP_TAG}{host}-*")
+           if (m := _OWN_TMP.fullmatch(p.name)) and int(m[2]) != os.getpid()]  # (this process's: being written)
+    if own:
+        _remove_dead(folder, None, also=own, host=host)
 
 
 #: The longest file name most file systems take, in bytes.
 _NAME_MAX = 255
-#: Bytes a sibling's name adds after its stem: the tag, the process id and the random part.
+#: Bytes a sibling's name adds after its stem: the tag, the host tag, the process id and the random part.
 _SIBLING_TAIL = 32
 
 
@@ -127,6 +149,7 @@ def _replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
         )
     _check_ancestors(dest, create=False)
     _remove_dead(dest.parent, f"{glob.escape(_sibling_stem(dest.name))}{_TMP_TAG}*")  # of a killed write
+    _remove_dead_siblings(dest.parent)  # (and of killed writes to other files of the folder)
     tmp = _tmp_sibling(dest, _TMP_TAG)
     try:
         yield tmp
@@ -301,6 +324,8 @@ def recover_directory(path: str | os.PathLike[str]) -> None:
 
     * ``path`` missing but a previous version parked as ``.<name>.old-*``: put it back.
     * Leftover ``.<name>.tmp-*`` / ``.<name>.old-*`` folders of dead processes: delete them.
+    * Leftover ``.<other>.tmp-<host>-<pid>-<hex>`` files and folders in the same folder, of dead
+      processes of this machine (a killed audit into another ``--out``): delete them.
     """
     dest = Path(path)
     parent = dest.parent
@@ -312,14 +337,15 @@ def recover_directory(path: str | os.PathLike[str]) -> None:
         os.rename(olds[-1], dest)
         olds = olds[:-1]
     _remove_dead(parent, f"{stem}{_TMP_TAG}*", also=olds)
+    _remove_dead_siblings(parent)  # (those of killed writes to other destinations in this folder)
 
 
-def _remove_dead(folder: Path, pattern: str, *, also: Iterable[Path] = (), host: str | None = None) -> None:
+def _remove_dead(folder: Path, pattern: str | None, *, also: Iterable[Path] = (), host: str | None = None) -> None:
     """Delete the files and folders of ``folder`` matching ``pattern`` (and ``also``) that a dead
     process left (their names end in ``-<pid>-<random>``); those of a live process stay. With
     ``host``, only names that carry it before the pid (``-<host>-<pid>-<random>``) and a pid: a
     process of another machine or container sharing the folder cannot be told dead from here."""
-    for leftover in [*folder.glob(pattern), *also]:
+    for leftover in [*(folder.glob(pattern) if pattern is not None else ()), *also]:
         pid = _pid_of(leftover)
         if host is not None and (pid is None or leftover.name.rsplit("-", 3)[-3:-2] != [host]):
             continue
@@ -385,9 +411,15 @@ def check_replaceable(path: str | os.PathLike[str], *, expected: Collection[str]
     else (``--out .``, a folder of the user's own files, even ones named ``report.html`` or
     ``summary.json`` when no marker says driftwatch wrote them, an earlier results folder the
     user added notes to) is refused rather than deleted.
+
+    The folder the results are built in beside ``path`` must be creatable too: a parent the user
+    may not write in (or a read-only mount) raises the ``OSError`` the write would raise at the
+    end (``PermissionError``, ``OSError`` read-only file system), naming ``path``, and a path under
+    a regular file an :class:`InvalidParameterError`, so that an audit says so before its work.
     """
     dest = Path(path)
     if not dest.exists():
+        _check_creatable(dest)
         return
     if not dest.is_dir():
         raise InvalidParameterError(
@@ -409,12 +441,13 @@ def check_replaceable(path: str | os.PathLike[str], *, expected: Collection[str]
             "as a results folder); the results folder is replaced as a whole, so choose a new or empty "
             "folder for --out"
         )
-    # (a temporary file of a driftwatch write that was killed, e.g. .report.html.tmp-<pid>-<hex>
+    # (a temporary file of a driftwatch write that was killed, e.g. .report.html.tmp-<host>-<pid>-<hex>
     # of a `driftwatch report`, goes with the folder)
     tmp_of = "|".join(map(re.escape, expected))
-    ours = re.compile(rf"^\.(?:{tmp_of}){re.escape(_TMP_TAG)}\d+-[0-9a-f]+$") if expected else None
+    ours = re.compile(rf"^\.(?:{tmp_of}){re.escape(_TMP_TAG)}(?:[0-9a-f]{{8}}-)?\d+-[0-9a-f]+$") if expected else None
     foreign = sorted(n for n in names - set(expected) - {MARKER} if ours is None or not ours.match(n))
     if not foreign:
+        _check_creatable(dest)
         return
     shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
     # an earlier results folder, with the user's own files added since
@@ -422,6 +455,28 @@ def check_replaceable(path: str | os.PathLike[str], *, expected: Collection[str]
         f"{dest}: earlier results folder now also holds files driftwatch did not write ({shown}); "
         "the results folder is replaced as a whole, so move them out or choose another folder for --out"
     )
+
+
+def _check_creatable(dest: Path) -> None:
+    """Raise what building ``dest`` beside itself would raise at the end, by creating (and
+    removing) an empty temporary folder where that one will be made: in ``dest``'s folder, or,
+    when that folder is still to be created, in the nearest one that exists (named then as the
+    first folder to create, as ``mkdir`` would). A write test, not a test of the mode bits: it
+    finds a read-only mount or an ACL too, and holds for root as for any user."""
+    target = dest.absolute()
+    _check_ancestors(target, create=True)
+    first = target
+    while not first.parent.is_dir():  # (a folder to create: the probe goes in the one that exists)
+        if first.parent == first:
+            return
+        first = first.parent
+    probe = _tmp_sibling(first, _TMP_TAG)
+    try:
+        probe.mkdir()
+    except OSError as exc:  # (said as the late failure would: "<dest>: Permission denied")
+        raise _naming(exc, probe, first) from None
+    with contextlib.suppress(OSError):
+        probe.rmdir()
 
 
 @contextlib.contextmanager

@@ -571,6 +571,10 @@ def _hbars(items: Sequence[tuple[str, Sequence[tuple[str, float, str]]]], *, wid
     return _svg(width, y + 2, "".join(body), label=label)
 
 
+#: The columns of ``examples.parquet`` a step timeline reads.
+TIMELINE_COLUMNS: tuple[str, ...] = ("run_id", "step", "action", "args", "status", "error_type", "approved")
+
+
 def _timeline(steps: pl.DataFrame, loops: pl.DataFrame, *, width: int = 900) -> str:
     """One run's steps as coloured cells; the loop segments as bands; errors outlined red."""
     steps = steps.sort("step")
@@ -675,8 +679,9 @@ def _highlights(result: Any, summary: Mapping[str, Any]) -> list[str]:
         out.append(
             f"Spend projected at {e(money(cost.get('projected_daily_usd')))} a day for "
             f"{e(fmt(cost.get('volume_per_day')))} runs/day{_observed_rate(cost, history=bool(summary.get('incremental')))} (interval {e(money(cost.get('projected_daily_lo')))}–"
-            f"{e(money(cost.get('projected_daily_hi')))}); the worst run of such a day costs about "
-            f"{e(money(cost.get('worst_run_expected_usd')))}; p99/p50 {e(fmt(cost.get('p99_over_p50')))}×"
+            f"{e(money(cost.get('projected_daily_hi')))}); the worst run of such a day costs "
+            f"{_worst_run_bound(cost)} {e(money(cost.get('worst_run_expected_usd')))}; "
+            f"p99/p50 {e(fmt(cost.get('p99_over_p50')))}×"
             + (f" (from the {costed:,} of {summary.get('runs', 0):,} runs that recorded a cost)."
                if isinstance(costed := cost.get("runs_with_cost"), int) and costed < (summary.get("runs") or 0)
                else ".")
@@ -692,6 +697,18 @@ def _highlights(result: Any, summary: Mapping[str, Any]) -> list[str]:
     if summary.get("rows_rejected"):
         out.append(f"{summary['rows_rejected']:,} input rows were rejected (see Rejected input).")
     return out
+
+
+#: ``worst_run_method`` of a cost headline whose worst-run figure is a lower bound: the tail
+#: capped at what was observed (``empirical_capped``), or the fleet's figure raised to its
+#: series' largest, which a day of the fleet costs at least (``series_max``).
+_LOWER_BOUND_METHODS = frozenset({"empirical_capped", "series_max"})
+
+
+def _worst_run_bound(cost: Mapping[str, Any]) -> str:
+    """``at least`` when summary.json's cost headline says its worst-run figure is a lower bound
+    (:data:`_LOWER_BOUND_METHODS`), else ``about`` (a summary without the key too)."""
+    return "at least" if cost.get("worst_run_method") in _LOWER_BOUND_METHODS else "about"
 
 
 def _observed_rate(cost: Mapping[str, Any], *, history: bool = False) -> str:
@@ -829,7 +846,7 @@ def _section_escalated(result: Any) -> str:
                     f" ({beyond:,} loop{'s' if beyond != 1 else ''} after step {last:,} not drawn)" if beyond else "")
             timelines.append(
                 f'<div class="timeline"><div class="mono"><b>{e(r["run_id"])}</b> · {e(r.get("agent"))} · '
-                f"{_pill(r['level'])} score {e(fmt(r.get('score')))} · {e(shown)}</div>"
+                f"{_pill(r['level'])} score {_score_cell(r.get('score'))} · {e(shown)}</div>"
                 f'<div class="legend">{e(reasons)}</div>'
                 f"{_timeline(steps, run_loops)}</div>"
             )
@@ -843,6 +860,14 @@ def _section_escalated(result: Any) -> str:
     if timelines:
         table = f"<h3>All runs at review or escalate (top {MAX_ESCALATED_ROWS})</h3>" + table
     return head + note + "".join(timelines) + table + "</section>"
+
+
+#: The columns of the worst-loops table (and of a run's loop bands: ``start_step``, ``end_step``).
+LOOP_COLUMNS: tuple[str, ...] = ("run_id", "agent", "kind", "pattern", "repeats", "start_step", "end_step",
+                                 "wasted_steps", "wasted_cost_usd")
+#: The columns of the delegation table.
+DELEGATION_COLUMNS: tuple[str, ...] = ("chain_id", "agents", "period", "repeats", "n_runs", "wasted_runs",
+                                       "wasted_cost_usd")
 
 
 def _section_loops(result: Any) -> str:
@@ -869,13 +894,12 @@ def _section_loops(result: Any) -> str:
     # (sort then head of a LazyFrame: a top-k selection, not a sort of every loop)
     top = severe.lazy().sort(order, descending=[False] + [True] * (len(order) - 2) + [False], nulls_last=True)
     top = top.head(25).collect()
-    cols = ["run_id", "agent", "kind", "pattern", "repeats", "start_step", "end_step", "wasted_steps",
-            "wasted_cost_usd"]
+    cols = list(LOOP_COLUMNS)
     delegation = _get(result, "delegation")
     deleg = ""
     if delegation.height:
         deleg = "<h3>Delegation ping-pong across runs</h3>" + _table(
-            delegation, ["chain_id", "agents", "period", "repeats", "n_runs", "wasted_runs", "wasted_cost_usd"]
+            delegation, list(DELEGATION_COLUMNS)
         )
     return (
         head + note + _table(agg, [*by, "loops", "runs", "wasted_steps", "wasted_cost_usd"])
@@ -980,6 +1004,11 @@ def _changepoint_charts(metrics: pl.DataFrame, cps: pl.DataFrame, *, max_per_ser
     return charts
 
 
+#: The columns of the change-point table (``rank`` picks each change's strongest metric).
+CHANGEPOINT_COLUMNS: tuple[str, ...] = ("series", "metric", "ts", "before", "after", "magnitude", "score",
+                                        "metrics_moved")
+
+
 def _section_changepoints(result: Any) -> str:
     cps = _get(result, "changepoints")
     metrics = _get(result, "metrics")
@@ -996,8 +1025,7 @@ def _section_changepoints(result: Any) -> str:
     )
     charts = with_cp + rest
     body = f'<div class="grid">{"".join(charts)}</div>' if charts else '<p class="empty">no bucket metrics</p>'
-    cols = ["series", "metric", "ts", "before", "after", "magnitude", "score", "metrics_moved"]
-    table = ("<h3>All change-points</h3>" + _table(cps, cols)) if cps.height else '<p class="note">No change-point found.</p>'
+    table = ("<h3>All change-points</h3>" + _table(cps, CHANGEPOINT_COLUMNS)) if cps.height else '<p class="note">No change-point found.</p>'
     return head + note + body + table + "</section>"
 
 
@@ -1049,6 +1077,11 @@ def _drift_grid(drift: pl.DataFrame) -> str:
     )
 
 
+#: The columns of the drift tables (``window`` is drawn from ``window_start`` and ``window_end``).
+DRIFT_COLUMNS: tuple[str, ...] = ("series", "window", "feature", "drifted", "explain", "effect_size", "q_value",
+                                  "method")
+
+
 def _section_drift(result: Any) -> str:
     drift = _get(result, "drift")
     notes = getattr(result, "notes", {}) or {}
@@ -1064,7 +1097,7 @@ def _section_drift(result: Any) -> str:
     if drift.height == 0:
         return head + note + '<p class="empty">no drift rows</p></section>'
     out = head + note + _drift_grid(drift)
-    cols = ["series", "window", "feature", "drifted", "explain", "effect_size", "q_value", "method"]
+    cols = list(DRIFT_COLUMNS)
     if {"window_start", "window_end"} <= set(drift.columns):
         drift = drift.with_columns(_window_text(drift).alias("window"))
     drifted = drift.filter(pl.col("drifted")) if "drifted" in drift.columns else drift.head(0)
@@ -1125,6 +1158,18 @@ _CAUSES = (
 )
 
 
+#: The columns of the cost profile table (``runs_with_cost`` only when some runs recorded no cost).
+COST_PROFILE_COLUMNS: tuple[str, ...] = (
+    "series", "runs", "runs_per_day", "runs_with_cost", "total_cost_usd", "cost_p50", "cost_p90", "cost_p99",
+    "cost_max", "p99_over_p50", "max_over_p50", "runs_over_ceiling", "success_rate", "cost_per_success",
+)
+#: The columns of the cost projection table.
+COST_PROJECTION_COLUMNS: tuple[str, ...] = (
+    "series", "volume_per_day", "projected_daily_usd", "projected_daily_lo", "projected_daily_hi",
+    "worst_run_expected_usd", "worst_run_1_in_n_usd", "worst_run_method",
+)
+
+
 def _section_costs(result: Any, summary: Mapping[str, Any]) -> str:
     costs = _get(result, "costs")
     runs = _get(result, "runs")
@@ -1181,9 +1226,8 @@ def _section_costs(result: Any, summary: Mapping[str, Any]) -> str:
                     "and projection below are over these runs and the history (see the summary).</p>")
         out += "<h3>Profile</h3>" + _table(
             costs,
-            ["series", "runs", "runs_per_day", *(["runs_with_cost"] if costed is not None and (costed < costs["runs"]).any()
-                                                 else []), "total_cost_usd", "cost_p50", "cost_p90", "cost_p99", "cost_max",
-             "p99_over_p50", "max_over_p50", "runs_over_ceiling", "success_rate", "cost_per_success"],
+            [c for c in COST_PROFILE_COLUMNS
+             if c != "runs_with_cost" or (costed is not None and (costed < costs["runs"]).any())],
             headers={"total_cost_usd": "spend $", "p99_over_p50": "p99/p50", "max_over_p50": "max/p50"},
         )
         out += (
@@ -1192,8 +1236,7 @@ def _section_costs(result: Any, summary: Mapping[str, Any]) -> str:
             "a day (the 1-in-N edge case).</p>"
         ) + _table(
             costs,
-            ["series", "volume_per_day", "projected_daily_usd", "projected_daily_lo", "projected_daily_hi",
-             "worst_run_expected_usd", "worst_run_1_in_n_usd", "worst_run_method"],
+            list(COST_PROJECTION_COLUMNS),
             headers={"projected_daily_usd": "daily $", "projected_daily_lo": "low $", "projected_daily_hi": "high $",
                      "worst_run_expected_usd": "worst run $", "worst_run_1_in_n_usd": "1-in-N run $"},
         )
@@ -1295,6 +1338,10 @@ def _section_load(result: Any) -> str:
     return head + note + body + _load_grid(load) + "</section>"
 
 
+#: The columns of the rejected rows' table (counted by ``source_file`` and ``reason``).
+REJECTED_COLUMNS: tuple[str, ...] = ("source_file", "reason", "run_id", "step", "ts", "action")
+
+
 def _section_rejected(result: Any, summary: Mapping[str, Any]) -> str:
     rej = _get(result, "rejected")
     head = '<section id="rejected"><h2>Rejected input</h2>'
@@ -1303,7 +1350,7 @@ def _section_rejected(result: Any, summary: Mapping[str, Any]) -> str:
         return head + f'<p class="note">{e(fmt(n))} rows rejected.</p></section>'
     by = [c for c in ("source_file", "reason") if c in rej.columns]
     agg = rej.group_by(by).agg(pl.len().alias("rows")).sort(["rows", *by], descending=[True] + [False] * len(by)) if by else rej.head(0)
-    sample_cols = [c for c in ("source_file", "reason", "run_id", "step", "ts", "action") if c in rej.columns]
+    sample_cols = [c for c in REJECTED_COLUMNS if c in rej.columns]
     return (
         head + f'<p class="note">{e(fmt(n))} rows rejected; they are in rejected.parquet with the reason.</p>'
         + _table(agg, [*by, "rows"]) + "<h3>First rows</h3>" + _table(rej.head(20), sample_cols) + "</section>"
@@ -1473,10 +1520,10 @@ def load_results(folder: str | os.PathLike[str]) -> Any:
             continue
         p = d / fname
         frame = pl.DataFrame()
-        need = _NEEDED_COLUMNS.get(fname)
+        need = _REQUIRED_COLUMNS.get(fname)
         if p.is_file():
             try:
-                frame = pl.read_parquet(p)
+                frame = pl.read_parquet(p, glob=False)  # (an exact path: a folder named nightly[prod] is no glob)
             except Exception as exc:  # polars raises several error types for bad files
                 raise CorruptFileError(
                     f"{p}: not readable Parquet ({type(exc).__name__}); rerun the audit to rewrite it"
@@ -1543,14 +1590,16 @@ def _check_dtypes(frame: pl.DataFrame, path: Path, fname: str) -> None:
     text was drawn as one list item per character)."""
     from driftwatch.errors import CorruptFileError
 
+    kinds = {c: _kind_of(fname, c) for c in frame.columns}
     wrong = [
         f"{c} is {frame.schema[c]}, expected {kind}"
-        for c, kind in _NEEDED_DTYPES.get(fname, {}).items()
-        if c in frame.columns and not _DTYPE_KINDS[kind](frame.schema[c])
+        for c, kind in kinds.items()
+        if kind is not None and not _DTYPE_KINDS[kind](frame.schema[c])
     ]
     if wrong:
         raise CorruptFileError(
-            f"{path}: columns not as an audit wrote them ({'; '.join(wrong)}); rerun the audit to rewrite it"
+            f"{path}: columns not as an audit wrote them ({'; '.join(wrong[:5])}"
+            f"{f' and {len(wrong) - 5} more' if len(wrong) > 5 else ''}); rerun the audit to rewrite it"
         )
 
 
@@ -1612,17 +1661,75 @@ def _check_counts(res: Any, summary: Mapping[str, Any], folder: Path) -> None:
 #: Without any other file a section would read "nothing found": the folder is incomplete.
 _OPTIONAL_FILES = frozenset({"examples.parquet", "metrics.parquet"})
 
-#: Columns the page reads from each results file.
-_NEEDED_COLUMNS: dict[str, tuple[str, ...]] = {
-    "runs.parquet": ("run_id", "agent", "score", "level", "reasons"),
-    "loops.parquet": ("run_id", "kind", "pattern", "repeats", "wasted_steps", "wasted_cost_usd"),
+#: Columns the page reads from each results file: the tables' columns and those the sections
+#: compute with. Each is checked against :data:`_COLUMN_KINDS` when present; a file lacking one
+#: of :data:`_REQUIRED_COLUMNS` is refused. (``test_every_column_the_page_reads_is_checked``
+#: drops every other column and checks the page stays the same.)
+_READ_COLUMNS: dict[str, tuple[str, ...]] = {
+    "runs.parquet": RUN_COLUMNS,
+    "loops.parquet": LOOP_COLUMNS,
     "violations.parquet": ("run_id", "rule", "severity", "detail"),
-    "changepoints.parquet": ("series", "metric", "ts"),
-    "drift.parquet": ("series", "feature", "drifted"),
-    "rejected.parquet": ("reason",),
-    "costs.parquet": ("series",),
-    "load.parquet": ("series", "metric", "knee"),
+    "changepoints.parquet": (*CHANGEPOINT_COLUMNS, "rank"),
+    "drift.parquet": (*(c for c in DRIFT_COLUMNS if c != "window"), "window_start", "window_end", "p_value"),
+    "rejected.parquet": REJECTED_COLUMNS,
+    "costs.parquet": (*COST_PROFILE_COLUMNS, *(c for c, _, _ in _CAUSES), *COST_PROJECTION_COLUMNS),
+    "load.parquet": ("series", "metric", "load_kind", "knee", "below", "above", "ratio", "p_value",
+                     "curve_load", "curve_value", "curve_buckets"),
+    "delegation.parquet": DELEGATION_COLUMNS,
+    "examples.parquet": TIMELINE_COLUMNS,
+    "metrics.parquet": ("series", "bucket", *_METRIC_PRIORITY),
 }
+
+#: Columns of :data:`_READ_COLUMNS` a results file must have: those the page cannot be drawn
+#: without, and those the contract lists; the others are drawn when present.
+_REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "runs.parquet": ("run_id", "agent", "score", "level", "reasons", "n_steps", "cost_usd"),
+    "loops.parquet": ("run_id", "agent", "kind", "pattern", "repeats", "start_step", "end_step", "wasted_steps",
+                      "wasted_cost_usd"),
+    "violations.parquet": ("run_id", "rule", "severity", "detail"),
+    "changepoints.parquet": ("series", "metric", "ts", "before", "after", "magnitude", "score"),
+    "drift.parquet": ("series", "feature", "drifted", "window_start", "window_end", "p_value", "method"),
+    "rejected.parquet": ("source_file", "reason"),
+    "costs.parquet": ("series", "runs"),
+    "load.parquet": ("series", "metric", "knee", "below", "above", "ratio", "p_value"),
+    "examples.parquet": ("run_id", "step", "action"),
+    "metrics.parquet": ("series", "bucket"),
+}
+
+#: Columns of ``metrics.parquet`` named by pattern (a change-point's ``tool_share:<tool>``).
+_PATTERN_KINDS: dict[str, tuple[tuple[re.Pattern[str], str], ...]] = {
+    "metrics.parquet": ((re.compile(r"top\d+_tool"), "text"), (re.compile(r"top\d+_share"), "a number")),
+}
+
+_TEXT_COLUMNS = (
+    "run_id", "agent", "level", "kind", "pattern", "rule", "severity", "detail", "series", "metric", "feature",
+    "explain", "method", "source_file", "reason", "action", "worst_run_method", "load_kind", "chain_id",
+    "agents", "args", "status", "error_type",
+)
+_INTEGER_COLUMNS = (
+    "n_steps", "repeats", "start_step", "end_step", "wasted_steps", "rank", "step", "runs", "runs_with_cost",
+    "runs_over_ceiling", "period", "n_runs", "wasted_runs",
+)
+_TIME_COLUMNS = ("first_ts", "ts", "window_start", "window_end", "bucket")
+
+#: What each column the page reads may be (the type an audit writes it with, or one like it).
+_COLUMN_KINDS: dict[str, str] = {
+    **dict.fromkeys(_TEXT_COLUMNS, "text"),
+    **dict.fromkeys(_INTEGER_COLUMNS, "an integer"),
+    **dict.fromkeys(_TIME_COLUMNS, "a time"),
+    "reasons": "a list of text", "metrics_moved": "a list of text",
+    "drifted": "a boolean", "approved": "a boolean",
+    "curve_load": "a list of numbers", "curve_value": "a list of numbers", "curve_buckets": "a list of numbers",
+}
+
+
+def _kind_of(fname: str, column: str) -> str | None:
+    """The kind :func:`_check_dtypes` expects of ``column`` of ``fname`` (``None``: not read)."""
+    from driftwatch.changepoints import BUCKET_METRICS  # (a change-point on any of them is charted)
+
+    if column in _READ_COLUMNS.get(fname, ()) or (fname == "metrics.parquet" and column in BUCKET_METRICS):
+        return _COLUMN_KINDS.get(column, "a number")
+    return next((kind for pat, kind in _PATTERN_KINDS.get(fname, ()) if pat.fullmatch(column)), None)
 
 
 #: summary.json keys every audit writes: counts, and objects.
@@ -1642,20 +1749,8 @@ _DTYPE_KINDS: dict[str, Callable[[Any], bool]] = {
     "a boolean": lambda t: isinstance(t, pl.Boolean | pl.Null),
     "a time": lambda t: isinstance(t, pl.Datetime | pl.Date | pl.Null),
     "a list of text": lambda t: isinstance(t, pl.Null) or (isinstance(t, pl.List) and _text(t.inner)),
-}
-
-#: Types of the columns the page reads (:data:`_NEEDED_COLUMNS`).
-_NEEDED_DTYPES: dict[str, dict[str, str]] = {
-    "runs.parquet": {"run_id": "text", "agent": "text", "score": "a number", "level": "text",
-                     "reasons": "a list of text"},
-    "loops.parquet": {"run_id": "text", "kind": "text", "pattern": "text", "repeats": "an integer",
-                      "wasted_steps": "an integer", "wasted_cost_usd": "a number"},
-    "violations.parquet": {"run_id": "text", "rule": "text", "severity": "text", "detail": "text"},
-    "changepoints.parquet": {"series": "text", "metric": "text", "ts": "a time"},
-    "drift.parquet": {"series": "text", "feature": "text", "drifted": "a boolean"},
-    "rejected.parquet": {"reason": "text"},
-    "costs.parquet": {"series": "text"},
-    "load.parquet": {"series": "text", "metric": "text", "knee": "a number"},
+    "a list of numbers": lambda t: isinstance(t, pl.Null) or (
+        isinstance(t, pl.List) and (t.inner.is_numeric() or isinstance(t.inner, pl.Null))),
 }
 
 

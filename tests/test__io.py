@@ -277,3 +277,98 @@ def test_a_state_inside_any_results_folder_is_refused_by_the_library_too(tmp_pat
     with pytest.raises(InvalidParameterError, match="cannot be inside the results folder --out"):
         dw.audit(logs, out=tmp_path / "R4", state=tmp_path / "R4" / "st")
     assert not (tmp_path / "R2" / "state").exists() and not (tmp_path / "R4").exists()
+
+
+def test_an_output_folder_that_cannot_be_made_is_said_before_the_audit(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """--out under a folder the user may not write in failed with "Permission denied" only once the
+    whole audit had run (38 s): the write is now tried first, and said as it was at the end."""
+    import errno
+    import shutil
+    import subprocess
+    import sys
+
+    import driftwatch as dw
+    from driftwatch import _io
+
+    # a folder nobody may create anything in, root included: said before the logs are read
+    if Path("/proc/self").is_dir():
+        for out, named in (("/proc/driftwatch-out", "/proc/driftwatch-out"), ("/proc/x/y", "/proc/x")):
+            with pytest.raises(OSError) as info:
+                dw.audit("/nonexistent-logs", out=out)
+            assert info.value.filename == named and ".tmp-" not in str(info.value)
+            assert not isinstance(info.value, InvalidParameterError)
+    afile = tmp_path / "afile"
+    afile.write_text("hi")
+    with pytest.raises(InvalidParameterError, match=rf"{afile} is a file, not a folder"):
+        dw.audit("/nonexistent-logs", out=afile / "sub")
+    # a read-only mount: the error the folder's creation raises, naming --out
+    real = Path.mkdir
+
+    def read_only(self: Path, *args: object, **kwargs: object) -> None:
+        if self.parent == tmp_path / "mnt":
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        real(self, *args, **kwargs)
+
+    (tmp_path / "mnt").mkdir()
+    _results(tmp_path / "mnt" / "old", "x")
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    for out in (tmp_path / "mnt" / "new", tmp_path / "mnt" / "old"):
+        with pytest.raises(OSError, match="Read-only file system") as info:
+            check_replaceable(out, expected=EXPECTED)
+        assert info.value.filename == str(out)
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "mnt").iterdir()) == ["old"]  # (no probe left)
+    check_replaceable(tmp_path / "new" / "deeper")  # (writable: nothing said, nothing made)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "mnt"]
+    # a folder of mode 0555: refused as the user (as root: with the capability to override it dropped)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    code = ("import sys; from driftwatch._io import check_replaceable\n"
+            "try: check_replaceable(sys.argv[1])\n"
+            "except PermissionError as exc: print(exc.filename, exc.strerror)")
+    cmd = [sys.executable, "-c", code, str(ro / "new")]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            ro.chmod(0o755)
+            pytest.skip("root without setpriv: a folder of mode 0555 is writable")
+        cmd = ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search,-fowner", *cmd]
+    env = dict(os.environ, PYTHONPATH=str(Path(_io.__file__).parent.parent))
+    said = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    ro.chmod(0o755)
+    if said.returncode != 0 and said.stderr.startswith("setpriv"):
+        pytest.skip(f"setpriv could not drop the capabilities here: {said.stderr.strip()}")
+    assert said.stdout.strip() == f"{ro / 'new'} Permission denied", said.stderr[-2000:]
+    assert not list(ro.iterdir())
+
+
+def test_a_killed_audit_into_another_folder_is_cleaned_up(tmp_path: Path) -> None:
+    """An audit killed while writing --out night1 left .night1.tmp-<pid>-<hex> for ever: only the
+    next audit into night1 looked for it, and a dated folder per night never comes back."""
+    import polars as pl
+
+    from driftwatch._io import _host_tag, _tmp_sibling, atomic_write_parquet
+
+    dead, live, host = _dead_pid(), os.getppid(), _host_tag()
+    made = _tmp_sibling(tmp_path / "night1", ".tmp-")  # (the name carries this machine and process)
+    assert made.name.startswith(f".night1.tmp-{host}-{os.getpid()}-")
+    gone = [f".night1.tmp-{host}-{dead}-1a2b3c4d", f".my-night.tmp-{host}-{dead}-00ff00ff"]
+    kept = [
+        f".night1.tmp-{host}-{live}-1a2b3c4d",  # a live audit's
+        f".night1.tmp-{host}-{os.getpid()}-1a2b3c4d",  # this process's, being written
+        f".night1.tmp-0badc0de-{dead}-1a2b3c4d",  # another machine's (its pids mean nothing here)
+        f".night1.tmp-{dead}-1a2b3c4d",  # an older version's (no host: cannot be told)
+        f".night1.old-{host}-{dead}-1a2b3c4d",  # previous results parked by a killed swap
+        f"night1.tmp-{host}-{dead}-1a2b3c4d", f".notes.tmp-{host}-{dead}-mine", "notes.txt",  # the user's
+    ]
+    for name in gone + kept:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "runs.parquet").write_text("spilled")
+    _results(tmp_path / "night2", "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, "night2"])
+    # a one-file write does the same, for half files too
+    (tmp_path / f".loops.parquet.tmp-{host}-{dead}-1a2b3c4d").write_text("half a file")
+    (tmp_path / f".night3.tmp-{host}-{dead}-1a2b3c4d").mkdir()
+    atomic_write_parquet(pl.DataFrame({"a": [1]}), tmp_path / "other.parquet")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, "night2", "other.parquet"])

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -236,7 +237,7 @@ def test_rebuild_refuses_incomplete_or_foreign_results(tmp_path: Path) -> None:
         "summary_list": (lambda d: (d / "summary.json").write_text("[]"), "not an audit summary"),
         "levels_null": (lambda d: (d / "summary.json").write_text(json.dumps({"levels": None})), "not an audit summary"),
         "runs_cut": (lambda d: pl.read_parquet(d / "runs.parquet").select("run_id", "level")
-                     .write_parquet(d / "runs.parquet"), r"lacks column\(s\) \['agent', 'score', 'reasons'\]"),
+                     .write_parquet(d / "runs.parquet"), r"lacks column\(s\) \['agent', 'score', 'reasons', 'n_steps', 'cost_usd'\]"),
         "loops_text": (lambda d: pl.read_parquet(d / "loops.parquet").with_columns(pl.col("wasted_steps").cast(pl.String))
                        .write_parquet(d / "loops.parquet"), "not as an audit wrote them"),
         # '{}' drew "0 runs" above "34 runs at review or escalate", exit 0
@@ -496,3 +497,147 @@ def test_changes_are_counted_once_and_the_notebook_charts_the_strongest_first() 
     summary = {"changepoints": 6, "changepoint_changes": 3}
     assert _n_changes(summary) == 3 and _n_changes({"changepoints": 6}) == 6
     assert _changes(summary) == "3 (6 metric rows)" and _changes({"changepoints": 2, "changepoint_changes": 2}) == "2"
+
+
+@pytest.mark.parametrize(("name", "matched"), [("nightly[prod]", "nightlyp"), ("res*star", "res-star"),
+                                              ("res?q", "resAq"), ("[x]", "x")])
+def test_a_results_folder_whose_path_holds_glob_characters_is_redrawn(
+    page: Path, tmp_path: Path, name: str, matched: str
+) -> None:
+    """`driftwatch report 'nightly[prod]'` refused a valid results folder ("runs.parquet: not
+    readable Parquet (ComputeError)"): each file was read as a glob pattern (which a folder
+    beside it, ``matched``, also matches)."""
+    from driftwatch.report import rebuild
+
+    d = tmp_path / name
+    shutil.copytree(page.parent, d)
+    other = shutil.copytree(page.parent, tmp_path / matched)
+    pl.read_parquet(other / "runs.parquet").head(3).write_parquet(other / "runs.parquet")  # (not these results)
+    assert rebuild(d) == d / "report.html"
+    assert (d / "report.html").read_text() == page.read_text()
+
+
+def test_the_timeline_header_shows_the_score_cut_as_the_table_does() -> None:
+    """A review run at 0.69977 read "review score 0.7" above its timeline (the escalate
+    threshold) while the table beside it said 0.699 and alerts.jsonl 0.6997."""
+    from datetime import UTC, datetime
+
+    from driftwatch.report import _section_escalated
+
+    runs = pl.DataFrame({"run_id": ["r1"], "agent": ["a"], "level": ["review"], "score": [0.69977],
+                         "reasons": [["retries"]], "n_steps": [3], "cost_usd": [0.1],
+                         "first_ts": [datetime(2026, 1, 1, tzinfo=UTC)]})
+    examples = pl.DataFrame({"run_id": ["r1"] * 3, "step": [1, 2, 3], "action": ["llm", "search", "search"]})
+    result = dataclasses.make_dataclass("R", [("runs", pl.DataFrame), ("examples", pl.DataFrame)])(runs, examples)
+    html = _section_escalated(result)
+    assert re.findall(r"</span> score ([0-9.]+) ·", html) == ["0.699"]
+    assert "<td>0.699</td>" in html and "0.7 " not in html
+
+
+def _filled(name: str, frame: pl.DataFrame, series: str) -> pl.DataFrame:
+    """``frame`` itself, or for an empty one two rows of its schema (so each section draws)."""
+    from datetime import UTC, datetime
+
+    if frame.height:
+        return frame
+    special = {"feature": "action_entropy", "metric": "steps_mean", "series": series, "drifted": True,
+               "rank": 1, "reason": "bad_ts", "kind": "exact"}
+
+    def value(col: str, dtype: pl.DataType, i: int) -> object:
+        if col in special:
+            return special[col]
+        if isinstance(dtype, pl.List):
+            return [value(col, dtype.inner, i)]
+        if isinstance(dtype, pl.Datetime):
+            return datetime(2026, 1, 1 + i, tzinfo=UTC)
+        if dtype == pl.Boolean:
+            return bool(i)
+        if dtype.is_integer():
+            return i + 1
+        if dtype.is_numeric():
+            return 0.25 + i
+        return f"{name}-{col}-{i}"
+
+    return pl.DataFrame({c: [value(c, t, i) for i in range(2)] for c, t in frame.schema.items()},
+                        schema=frame.schema)
+
+
+def test_every_column_the_page_reads_is_checked(page: Path) -> None:
+    """A results file with a column of another type was drawn (runs.parquet cost_usd as text, exit
+    0) or refused naming only the folder (drift.parquet window_start as text). Every column the
+    page reads is declared with its kind: dropping all the others leaves the page the same, and
+    each declared one, of another type, is refused naming the file and the column."""
+    from driftwatch.audit import CONTRACT_FILES, EXTRA_FILES
+    from driftwatch.errors import CorruptFileError
+    from driftwatch.report import _check_dtypes, _kind_of, load_results
+
+    res = load_results(page.parent)
+    series = res.metrics["series"][0]
+    names = [f for f in CONTRACT_FILES + EXTRA_FILES if f.endswith(".parquet")]
+    for fname in names:
+        attr = fname.removesuffix(".parquet")
+        setattr(res, attr, _filled(attr, getattr(res, attr), series))
+    # (a knee, so that a load chart is drawn from its curve)
+    res.load = res.load.with_columns(pl.when(pl.int_range(pl.len()) == 0).then(pl.lit(4.0)).otherwise("knee").alias("knee"))
+    whole = render_report(res, summary=res.summary())
+    assert ' vs load"' in whole and "Feedback-driven indicators, every window" in whole and "All change-points" in whole
+    for fname in names:
+        attr = fname.removesuffix(".parquet")
+        frame = getattr(res, attr)
+        read = [c for c in frame.columns if _kind_of(fname, c) is not None]
+        setattr(res, attr, frame.select(read))
+        assert render_report(res, summary=res.summary()) == whole, f"{fname}: the page reads a column not checked"
+        setattr(res, attr, frame)
+        for col in read:
+            wrong = pl.lit(1) if _kind_of(fname, col) == "text" else pl.lit("x")
+            with pytest.raises(CorruptFileError, match=rf"{re.escape(fname)}: columns not as an audit wrote them "
+                                                       rf"\({re.escape(col)} is (Int32|String), expected"):
+                _check_dtypes(frame.with_columns(wrong.alias(col)), page.parent / fname, fname)
+
+
+@pytest.mark.parametrize(("fname", "damage", "said"), [
+    ("drift.parquet", lambda d: d.with_columns(pl.col("window_start").cast(pl.String)), "window_start is String, expected a time"),
+    ("examples.parquet", lambda d: d.drop("action"), r"lacks column\(s\) \['action'\]"),
+    ("metrics.parquet", lambda d: d.with_columns(pl.col("bucket").cast(pl.String)), "bucket is String, expected a time"),
+    ("costs.parquet", lambda d: d.with_columns(pl.col("runs_with_cost").cast(pl.String)),
+     "runs_with_cost is String, expected an integer"),
+    ("runs.parquet", lambda d: d.with_columns(pl.col("cost_usd").cast(pl.String)), "cost_usd is String, expected a number"),
+    ("runs.parquet", lambda d: d.with_columns(pl.col("first_ts").cast(pl.String)), "first_ts is String, expected a time"),
+    ("metrics.parquet", lambda d: d.with_columns(pl.col("top1_tool").cast(pl.Categorical).to_physical()),
+     "top1_tool is UInt32, expected text"),
+])
+def test_a_wrongly_typed_column_is_refused_naming_the_file_and_the_column(
+    page: Path, tmp_path: Path, fname: str, damage: Callable[[pl.DataFrame], pl.DataFrame], said: str
+) -> None:
+    """README: a folder with a file not as an audit wrote it is refused with the file's name (exit
+    2); these were refused naming only the folder, or drawn with exit 0."""
+    from driftwatch.cli import main
+    from driftwatch.errors import CorruptFileError
+    from driftwatch.report import rebuild
+
+    d = tmp_path / "r"
+    shutil.copytree(page.parent, d)
+    damage(pl.read_parquet(d / fname)).write_parquet(d / fname)
+    with pytest.raises(CorruptFileError, match=rf"{re.escape(str(d / fname))}: .*{said}"):
+        rebuild(d)
+    assert main(["report", str(d)]) == 2
+
+
+def test_the_worst_run_headline_says_when_it_is_a_lower_bound() -> None:
+    """The cost headline said "the worst run of such a day costs about $X" when summary.json's
+    figure was a lower bound (the tail capped at the runs observed)."""
+    from driftwatch.report import _highlights
+
+    cost = {"projected_daily_usd": 120.0, "volume_per_day": 1000.0, "projected_daily_lo": 100.0,
+            "projected_daily_hi": 140.0, "worst_run_expected_usd": 12.5, "p99_over_p50": 8.0}
+    result = dataclasses.make_dataclass("R", [])()
+
+    def said(**extra: object) -> str:
+        (text,) = _highlights(result, {"runs": 10, "cost": {**cost, **extra}})
+        return text
+
+    assert "the worst run of such a day costs at least $12.50;" in said(worst_run_method="empirical_capped")
+    # (the fleet's figure raised to its series' largest: a day of the fleet costs at least that)
+    assert "the worst run of such a day costs at least $12.50;" in said(worst_run_method="series_max")
+    assert "the worst run of such a day costs about $12.50;" in said(worst_run_method="pareto_tail")
+    assert "the worst run of such a day costs about $12.50;" in said()  # (an older summary)
