@@ -473,7 +473,7 @@ class _RunTableSink:
     def tables(self) -> RunTables:
         out: dict[str, pl.DataFrame] = {}
         for f in fields(RunTables):
-            parts = [pl.read_parquet(path) for path in self._files[f.name]]
+            parts = [pl.read_parquet(path, glob=False) for path in self._files[f.name]]
             parts += [held.pop(f.name) for held in self._held]
             out[f.name] = _assemble_ordered(f.name, parts)  # each chunk's table is in canonical order
             for path in self._files[f.name]:
@@ -1758,9 +1758,10 @@ def _iter_chunks(
         if progress is not None:
             progress(f"per-run stage: partitioned into {n_chunks} chunks ({time.perf_counter() - t0:.1f}s)")
         for i in range(n_chunks):
-            files = sorted(glob.glob(os.path.join(tmp, f"_chunk={i}", "*.parquet")))
+            # (the chunk folder sits beside --out, whose path may hold glob characters)
+            files = sorted(glob.glob(os.path.join(glob.escape(tmp), f"_chunk={i}", "*.parquet")))
             if files:  # lazy: run_stage collects it once
-                yield pl.scan_parquet(files, hive_partitioning=False, schema=schema)
+                yield pl.scan_parquet(files, hive_partitioning=False, schema=schema, glob=False)
             else:  # no run hashed to this chunk
                 yield pl.LazyFrame(schema=schema)
     finally:

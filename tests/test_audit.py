@@ -2024,3 +2024,22 @@ def test_a_list_of_frames_is_refused_in_one_line(fleet: synth.Fleet) -> None:
         audit([fleet.events.head(50)])
     assert "\n" not in str(err.value) and len(str(err.value)) < 250
     assert "not a list of frames" in str(err.value)
+
+
+def test_chunk_and_spill_files_beside_an_out_whose_path_holds_glob_characters(
+    fleet: synth.Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the chunk files sit beside --out: a glob over 'nightly[prod]/...' matched nothing, and
+    # the partitioned chunks' runs were lost without a word
+    import importlib
+
+    mod = importlib.import_module("driftwatch.audit")
+    fleet.write(tmp_path / "logs")
+    whole = audit(tmp_path / "logs" / "events", chunks=1)
+    monkeypatch.setattr(mod, "IN_MEMORY_BYTES", 0)  # partitioned into chunk files
+    monkeypatch.setattr(mod, "SPILL_BYTES", 1)  # and the chunks' tables spilled to files
+    (tmp_path / "nightly[prod]").mkdir()
+    chunked = audit(tmp_path / "logs" / "events", chunks=3, out=tmp_path / "nightly[prod]" / "out")
+    assert chunked.runs.height == whole.runs.height
+    assert_frame_equal(whole.runs, chunked.runs, check_exact=False, rel_tol=1e-9)
+    assert sorted(p.name for p in (tmp_path / "nightly[prod]").iterdir()) == ["out"]
