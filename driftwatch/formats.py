@@ -226,12 +226,20 @@ def nested_columns(
                 out[f"{base}.{k}"] = (pl.col(base).list.eval(_kv_value(hit, vdtype)).list.first(), pl.String())
         elif dtype == pl.String:
             # a dotted key ('{"gen_ai.usage.input_tokens": 100}') or the same nested
-            # ('{"gen_ai": {"usage": {"input_tokens": 100}}}', as Phoenix stores them)
+            # ('{"gen_ai": {"usage": {"input_tokens": 100}}}', as Phoenix stores them); every
+            # key is read from one parse of the text (JSON_LOOKUPS, added by json_prelude)
+            paths = _json_paths(keys)
             for k in keys:
-                nested = "$" + "".join(f'["{part}"]' for part in k.split("."))
-                text = pl.col(base)
-                out[f"{base}.{k}"] = (pl.coalesce(text.str.json_path_match(f'$["{k}"]'),
-                                                  text.str.json_path_match(nested)), pl.String())
+                if k in paths:
+                    i = paths[k]
+                    looked = pl.col(JSON_LOOKUPS).list
+                    out[f"{base}.{k}"] = (pl.coalesce(looked.get(2 * i), looked.get(2 * i + 1)), pl.String())
+                else:  # (a key with an empty step, 'a..b', which DuckDB's paths cannot spell)
+                    q = k.replace('"', '\\"')
+                    nested = "$" + "".join(f'["{part}"]' for part in q.split("."))
+                    text = pl.col(base)
+                    out[f"{base}.{k}"] = (pl.coalesce(text.str.json_path_match(f'$["{q}"]'),
+                                                      text.str.json_path_match(nested)), pl.String())
         else:
             raise SchemaError(
                 f"{where}: column 'attributes' has type {dtype}; span attributes are read flattened to columns "
@@ -240,6 +248,57 @@ def nested_columns(
                 "to 'attributes.<name>')"
             )
     return {name: v for name, v in out.items() if name not in schema}
+
+
+#: The hidden column :func:`json_prelude` adds: JSON-text attributes' looked-up values, two per
+#: key (its dotted spelling, then its nested one), from one parse of each row.
+JSON_LOOKUPS = "__driftwatch_json_lookups"
+
+
+def _json_paths(keys: Sequence[str]) -> dict[str, int]:
+    """Each key's position among the JSON lookups (keys a quoted JSON path can spell)."""
+    fine = [k for k in keys if all(k.split("."))]  # (DuckDB's paths have no empty step: 'a..b')
+    return {k: i for i, k in enumerate(fine)}
+
+
+def _quoted(name: str) -> str:
+    """``name`` as one quoted step of a DuckDB JSON path (its quotes and backslashes escaped)."""
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def json_prelude(schema: Mapping[str, pl.DataType], column_map: Mapping[str, str] | None = None) -> list[pl.Expr]:
+    """The columns :func:`nested_columns`' expressions read, to add before them: for JSON-text
+    ``attributes``, :data:`JSON_LOOKUPS` (empty otherwise).
+
+    Each row's text is parsed once (DuckDB's ``json_extract_string`` with a list of paths) rather
+    than once per key and spelling (``str.json_path_match``, sixty parses a row); text that is
+    not JSON reads null (the span adapter rejects it).
+    """
+    if schema.get("attributes") != pl.String:
+        return []
+    paths: list[str] = []
+    for k in _json_paths(_attr_keys(column_map)):
+        paths += ["$." + _quoted(k), "$" + "".join("." + _quoted(part) for part in k.split("."))]
+    if not paths:
+        return []
+
+    def lookup(text: pl.Series) -> pl.Series:
+        import duckdb
+
+        con = duckdb.connect()
+        try:
+            con.register("attrs", text.to_frame("a").to_arrow())
+            got = con.sql(
+                "select case when json_valid(a) then json_extract_string(a, ?::VARCHAR[]) end as v from attrs",
+                params=[paths],
+            ).to_arrow_table()
+        finally:
+            con.close()
+        out = pl.from_arrow(got)
+        assert isinstance(out, pl.DataFrame)
+        return out.get_column("v").cast(pl.List(pl.String))
+
+    return [pl.col("attributes").map_batches(lookup, return_dtype=pl.List(pl.String)).alias(JSON_LOOKUPS)]
 
 
 def _attr_keys(column_map: Mapping[str, str] | None) -> list[str]:
@@ -292,7 +351,10 @@ def expand_nested(
     extra = nested_columns(schema, column_map, where=where)
     if not extra:
         return lf, dict(schema)
+    prelude = json_prelude(schema, column_map)
+    lf = lf.with_columns(prelude) if prelude else lf
     lf = lf.with_columns([e.alias(name) for name, (e, _) in extra.items()])
+    lf = lf.drop(JSON_LOOKUPS) if prelude else lf
     return lf, {**schema, **{name: d for name, (_, d) in extra.items()}}
 
 
@@ -989,6 +1051,7 @@ __all__ = [
     "format_hint",
     "name_mapped_sources",
     "nested_columns",
+    "json_prelude",
     "pushdown_columns",
     "span_sources",
     "span_tree",

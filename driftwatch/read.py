@@ -50,6 +50,7 @@ from driftwatch.errors import (
     InvalidParameterError,
     NoInputError,
     SchemaError,
+    short_repr,
 )
 from driftwatch.formats import (
     FORMATS,
@@ -63,6 +64,7 @@ from driftwatch.formats import (
     check_column_map,
     detect_format,
     format_hint,
+    json_prelude,
     name_mapped_sources,
     nested_columns,
     pushdown_columns,
@@ -352,7 +354,11 @@ def resolve_sources(source: Any) -> list[str]:
         )
     for item in items:
         if not isinstance(item, str | os.PathLike):
-            raise InvalidParameterError(f"source items must be paths, got {type(item).__name__}: {item!r}")
+            frame = isinstance(item, pl.DataFrame | pl.LazyFrame)
+            hint = " (dw.audit takes one frame of events, not a list of frames)" if frame else ""
+            raise InvalidParameterError(
+                f"source items must be paths, got {type(item).__name__}: {short_repr(item)}{hint}"
+            )
     files: list[str] = []
     for item in items:
         s = os.path.expanduser(os.fspath(item))
@@ -1114,9 +1120,10 @@ def _held_lookups(info: _FileInfo, names: Sequence[str], cmap: Mapping[str, str]
 
             frame = pl.from_arrow(pq.read_table(info.path, columns=["attributes"]))
             assert isinstance(frame, pl.DataFrame)
-            row = frame.select(aggs)
+            row = frame.with_columns(json_prelude(info.schema, cmap)).select(aggs)
         else:
-            row = pl.scan_parquet(info.path, glob=False).select(aggs).collect(engine="streaming")
+            scan = pl.scan_parquet(info.path, glob=False).with_columns(json_prelude(info.schema, cmap))
+            row = scan.select(aggs).collect(engine="streaming")
     except Exception:  # noqa: BLE001 - any failure: the read proper names it
         return set(wanted)
     return {n for n in wanted if row.get_column(n).item()}

@@ -760,3 +760,34 @@ def test_attributes_that_are_not_json_reject_the_span(tmp_path: Path, nested: bo
         (1, "bad_value:attributes", cut), (5, "bad_value:attributes", "not json")]
     assert a.collect().sort("step").select("step", "action", "input_tokens").rows() == [
         (1, "llm", 50), (2, "llm", None), (3, "llm", None), (4, "llm", None)]
+
+
+def test_json_text_attributes_are_read_in_one_parse_as_a_json_path_reads_them() -> None:
+    """Every looked-up key of JSON-text attributes comes from one parse of the row (DuckDB's
+    json_extract_string with all paths) and reads exactly what ``str.json_path_match`` reads:
+    numbers and booleans as their text, objects and arrays as compact JSON, escapes decoded,
+    the dotted spelling over the nested one; text that is not JSON reads null."""
+    values = ["5", "1.0", "1e3", "-0.5", "12345678901234567890", "true", "null", '"x"', "[1,2]",
+              '{"m": [1, {"r": "u"}]}', '"a\\u00e9\\n"', "0.1", '""', "[]", "{}", '"\\ud83d\\ude00"']
+    rows = [f'{{"llm": {{"model_name": {v}}}}}' for v in values]
+    rows += ['{"llm.model_name": "flat", "llm": {"model_name": "nested"}}', "{bad", "", None, "[1]",
+             '{"session": {"id": "s1"}, "odd\\"key": 3, "a": {"": {"b": 4}}}']
+    frame = pl.DataFrame({"attributes": rows}, schema={"attributes": pl.String})
+    # a key with a quote (escaped in the path) and one with an empty step (looked up on its own)
+    cmap = {"attributes.odd\"key": "tenant", "attributes.a..b": "team"}
+    lf, schema = f.expand_nested(frame.lazy(), frame.schema, cmap)
+    got = lf.collect()
+    assert f.JSON_LOOKUPS not in got.columns and set(schema) == set(got.columns)
+    text = pl.col("attributes")
+    want = frame.select(
+        pl.coalesce(text.str.json_path_match('$["llm.model_name"]'),
+                    text.str.json_path_match('$["llm"]["model_name"]')).alias("m"),
+        text.str.json_path_match('$["session"]["id"]').alias("s"),
+    ).with_columns(pl.when(pl.Series([r == "{bad" for r in rows])).then(None).otherwise(pl.col("m")).alias("m"))
+    assert got["attributes.llm.model_name"].to_list() == want["m"].to_list()
+    assert got["attributes.llm.model_name"].to_list()[:4] == ["5", "1.0", "1000.0", "-0.5"]
+    assert got["attributes.llm.model_name"].to_list()[len(values)] == "flat"
+    assert got["attributes.session.id"].to_list() == want["s"].to_list()
+    assert got['attributes.odd"key'].to_list()[-1] == "3" and got["attributes.a..b"].to_list()[-1] == "4"
+    # streaming, in batches, gives the same
+    assert lf.collect(engine="streaming").equals(got)
