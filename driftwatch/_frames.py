@@ -366,19 +366,32 @@ def series_keys(name: str) -> tuple[str, ...]:
     return tuple(keys)
 
 
+#: The longest duration accepted (``every``, windows): 100 years, far from the overflow of
+#: timestamps a longer one would meet when added to them.
+MAX_DURATION_DAYS = 36_525
+
+
 def duration_seconds(every: str, *, name: str = "every") -> float:
     """Seconds in a Polars duration string such as ``"1m"``, ``"6h"``, ``"1d"``, ``"1w"``."""
     if not isinstance(every, str):
         raise InvalidParameterError(f"{name} must be a Polars duration string like '1h', got {every!r}")
     text = every  # (no spaces: Polars reads "1d " as no duration)
     if not _DURATION_RE.fullmatch(text):
+        calendar = re.fullmatch(r"(?:\d+(?:ns|us|ms|s|m|h|d|w|mo|q|y|i))+", text) is not None
+        why = (" (calendar units 'mo', 'q', 'y' and the index unit 'i' have no fixed length: use days "
+               "or weeks, e.g. '30d' or '52w')") if calendar else ""
         raise InvalidParameterError(
-            f"{name} must be a Polars duration string such as '1m' (minute), '1h', '1d', '1w' or '1d12h'; "
+            f"{name} must be a Polars duration string such as '1m' (minute), '1h', '1d', '1w' or '1d12h'{why}; "
             f"got {every!r}"
         )
     seconds = sum(int(n) * _UNIT_SECONDS[unit] for n, unit in re.findall(_DURATION_PART, text))
     if seconds <= 0:
         raise InvalidParameterError(f"{name} must be a positive duration such as '1m' or '1d', got {every!r}")
+    if seconds > MAX_DURATION_DAYS * 86_400:
+        raise InvalidParameterError(
+            f"{name} must be at most {MAX_DURATION_DAYS:,} days (100 years: buckets and windows are added to "
+            f"timestamps), got {every!r}"
+        )
     return seconds
 
 

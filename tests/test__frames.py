@@ -316,3 +316,30 @@ def test_label_columns_still_name_series(by: Any) -> None:
     assert prof.filter(series="all")["runs"].item() == 6
     curve = dw.load_curve(ev, by=by, every="1m", control="3m", metrics=["error_rate"])
     assert set(curve["series"]) <= {*names, "all"}
+
+
+def test_durations_are_bounded_and_calendar_units_are_named() -> None:
+    # an absurd duration passed the check and then overflowed in a timestamp sum (a raw Polars
+    # or OverflowError); '1mo' was said not to be a Polars duration, which it is
+    assert duration_seconds("36525d") == 36_525 * 86_400
+    for text in ("36526d", "999999999999d", "5218w"):
+        with pytest.raises(InvalidParameterError, match=r"at most 36,525 days"):
+            duration_seconds(text)
+    for text in ("1mo", "2y", "1q", "1d1mo"):
+        with pytest.raises(InvalidParameterError, match="calendar units"):
+            duration_seconds(text)
+    with pytest.raises(InvalidParameterError) as err:
+        duration_seconds("banana")
+    assert "calendar" not in str(err.value)
+
+
+def test_public_functions_refuse_a_duration_past_the_bound() -> None:
+    from driftwatch import synth
+
+    ev = synth.generate(days=3, runs_per_day=20, seed=0).events
+    big = "999999999999d"
+    for call in (lambda: dw.detect_changepoints(ev, every=big), lambda: dw.detect_drift(ev, reference=big),
+                 lambda: dw.detect_drift(ev, reference="1d", every=big), lambda: dw.audit(ev, drift_every=big),
+                 lambda: dw.load_curve(ev, every=big)):
+        with pytest.raises(InvalidParameterError, match="at most 36,525 days"):
+            call()
