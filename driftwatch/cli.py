@@ -33,7 +33,7 @@ import re
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TextIO, TypeVar
@@ -490,13 +490,13 @@ def _cmd_loops(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from driftwatch.loops import detect_loops
     from driftwatch.read import read_logs
 
-    _check_out_file(args.out, args.sources)
+    _check_out_file(args.out, args.sources, example="loops.parquet")
     rr = read_logs(_one(args.sources), format=args.format, column_map=_column_map(args.map))
     with naming_read_failures(args.sources):  # a damaged page in a column the reader does not check
         loops = detect_loops(  # (the ReadResult: its events were checked by the reader, not again)
             rr, max_period=args.max_period, min_repeats=args.min_repeats, fuzzy=not args.no_fuzzy
         )
-    if args.out:
+    if args.out is not None:
         atomic_write_parquet(loops, args.out)
     kinds = {k: n for k, n in loops["kind"].value_counts().sort("kind").iter_rows()} if loops.height else {}
     print(
@@ -505,14 +505,15 @@ def _cmd_loops(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         file=out,
     )
     if loops.height:
-        top = loops.sort(["wasted_cost_usd", "run_id"], descending=[True, False], nulls_last=True).head(args.top)
+        n_top = min(args.top, loops.height)  # (a --top beyond 2**63 overflowed Polars' head)
+        top = loops.sort(["wasted_cost_usd", "run_id"], descending=[True, False], nulls_last=True).head(n_top)
         top = top.select("run_id", "agent", "kind", "pattern", "repeats", "start_step", "end_step",
                          "wasted_steps", "wasted_cost_usd")
         # log text escaped before Polars lays out the table (a newline in an action split a row)
         top = top.with_columns(_field_expr(c) for c, t in top.schema.items() if t in (pl.String, pl.Categorical))
-        with pl.Config(tbl_rows=args.top, tbl_cols=10, fmt_str_lengths=40, tbl_width_chars=160):
+        with pl.Config(tbl_rows=n_top, tbl_cols=10, fmt_str_lengths=40, tbl_width_chars=160):
             print(top, file=out)
-    if args.out:
+    if args.out is not None:
         print(f"wrote {_field(Path(args.out).absolute())}", file=out)
     _say_rejected(rr, out)
     return EXIT_OK
@@ -534,22 +535,97 @@ def _say_rejected(rr: Any, out: TextIO) -> None:
               "driftwatch validate SOURCE lists the reasons", file=out)
 
 
-def _check_out_file(path: str | None, sources: Sequence[str]) -> None:
-    """Refuse an --out file that is one of the logs being read, or inside a logs folder (the
-    file was replaced by the results; inside a folder it becomes a log of the next read)."""
-    if not path:
+def _check_out_file(path: str | None, sources: Sequence[str], *, example: str) -> None:
+    """Refuse an empty --out (an unset variable in a cron line: nothing was written, silently),
+    and an --out file that is one of the logs being read, inside a logs folder, or one that a
+    SOURCE glob would read (the file was replaced by the results; inside a folder or under a
+    glob it becomes a log of the next read, which then fails)."""
+    if path is None:
         return
     from driftwatch._io import resolved
     from driftwatch.errors import InvalidParameterError
-    from driftwatch.read import resolve_sources
+    from driftwatch.read import PARQUET_SUFFIXES, resolve_sources
 
+    if not path.strip():
+        raise InvalidParameterError(
+            f"--out is empty; expected a Parquet file name such as {example} (without --out nothing is written)"
+        )
     target = resolved(path)
     folders = [Path(s).resolve() for s in sources if Path(s).is_dir()]
     files = {Path(f).resolve() for f in resolve_sources(list(sources))}
+    globs = [s for s in sources if _is_glob(s)]
     if target in files or any(d == target or d in target.parents for d in folders):
         raise InvalidParameterError(
             f"--out {path}: is one of the logs being read, or inside their folder; write the results elsewhere"
         )
+    hit = next((g for g in globs if _glob_reads(g, target)), None)
+    if hit is not None:
+        raise InvalidParameterError(
+            f"--out {path}: the SOURCE pattern {hit} matches it (or a folder it is in), so the next read of the "
+            "logs would take the results for logs; write the results elsewhere"
+        )
+    if target.name.lower().endswith(PARQUET_SUFFIXES):  # (a name a read of that folder takes)
+        # (e.g. events/date=2026-10-0[1-3]/*.parquet and --out events/date=2026-10-05/x.parquet)
+        root = next(((g, b) for g in globs if (b := _partitions_root(g)) is not None and b in target.parents), None)
+        if root is not None:
+            raise InvalidParameterError(
+                f"--out {path}: is inside {root[1]}, the folder of the log folders the SOURCE pattern {root[0]} "
+                "reads, so a read of those logs (that folder, or a wider pattern) would take the results for "
+                "logs; write the results elsewhere"
+            )
+
+
+def _is_glob(source: str) -> bool:
+    """Whether the reader takes ``source`` as a glob (it has wildcards and names no existing path)."""
+    import glob
+
+    return glob.has_magic(source) and not os.path.exists(os.path.expanduser(source))
+
+
+def _split_glob(pattern: str) -> tuple[Path, tuple[str, ...]]:
+    """A glob as its fixed folder (absolute, links followed) and the parts from its first wildcard on."""
+    import glob
+
+    parts = Path(os.path.abspath(os.path.expanduser(pattern))).parts
+    fixed = next((i for i, p in enumerate(parts) if glob.has_magic(p)), len(parts))
+    try:  # (links followed, as the --out path's)
+        base = Path(*parts[:fixed]).resolve()
+    except (OSError, RuntimeError):
+        base = Path(*parts[:fixed])
+    return base, parts[fixed:]
+
+
+def _partitions_root(pattern: str) -> Path | None:
+    """The fixed folder of a glob with a wildcard in a folder part (``events/*/*.parquet``,
+    ``logs/**/x.parquet``: ``events``, ``logs``), the root of the log folders it reads; ``None``
+    for a glob whose only wildcard is in the file name (``*.parquet`` in the working folder)."""
+    import glob
+
+    base, pats = _split_glob(pattern)
+    return base if any(glob.has_magic(p) for p in pats[:-1]) else None
+
+
+def _glob_reads(pattern: str, target: Path) -> bool:
+    """Whether reading the glob ``pattern`` would take the file ``target`` (absolute, links
+    followed): the pattern matches it, or one of its folders (a matched folder is read whole).
+    ``**`` matches any number of folders; the wildcards match as :func:`fnmatch.fnmatchcase`
+    (a hidden or ``_``-prefixed name the reader would skip counts too: refused, not read)."""
+    import fnmatch
+
+    base, pats = _split_glob(pattern)
+    try:
+        names = target.relative_to(base).parts
+    except ValueError:
+        return False
+
+    def match(left: tuple[str, ...], j: int) -> bool:  # path parts against pats[j:] (a few: no rows)
+        if j == len(pats):
+            return not left
+        if pats[j] == "**":
+            return any(match(left[k:], j + 1) for k in range(len(left) + 1))
+        return bool(left) and fnmatch.fnmatchcase(left[0], pats[j]) and match(left[1:], j + 1)
+
+    return any(match(names[:k], 0) for k in range(1, len(names) + 1))
 
 
 def _cmd_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -561,19 +637,19 @@ def _cmd_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from driftwatch.read import read_logs
 
     cmap = _column_map(args.map)
-    _check_out_file(args.out, args.sources)
+    _check_out_file(args.out, args.sources, example="drift.parquet")
     kind = _reference_kind(args.reference)
     rr = read_logs(_one(args.sources), format=args.format, column_map=cmap)
     ref: Any = args.reference
     if kind == "range":
         ref = parse_reference(ref)
     elif kind == "logs":
-        ref = read_logs(ref, format=args.format, column_map=cmap)
+        ref = _read_reference(ref, args.format, cmap)
     # a damaged page in a column the reader does not check, in the logs or the reference logs
     with naming_read_failures([*args.sources, args.reference] if kind == "logs" else args.sources), \
             _collecting_notes() as why:  # why nothing was compared, when so (said below, not warned)
         rows = detect_drift(rr, reference=ref, every=args.every, by=_by(args.by), min_runs=args.min_runs)
-    if args.out:
+    if args.out is not None:
         atomic_write_parquet(rows, args.out)
     drifted = rows.filter(pl.col("drifted")) if rows.height else rows
     new = rows.filter(pl.col("feature") == "no_reference") if rows.height else rows
@@ -593,9 +669,24 @@ def _cmd_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             f"{_field(r.get('feature'))}: {_field(r.get('explain') or '')}",
             file=out,
         )
-    if args.out:
+    if args.out is not None:
         print(f"wrote {_field(Path(args.out).absolute())}", file=out)
     return EXIT_OK
+
+
+def _read_reference(ref: str, format: str, cmap: dict[str, str] | None) -> Any:
+    """The reference logs read as the logs are; an error that they cannot be read (a file
+    without the event columns, such as a results file) names them as the ``--reference`` (the
+    file's name alone read as one of the logs)."""
+    from driftwatch.errors import InputError, SchemaError
+    from driftwatch.read import read_logs
+
+    try:
+        return read_logs(ref, format=format, column_map=cmap)
+    except (InputError, SchemaError) as exc:
+        text = str(exc)
+        raise type(exc)(f"--reference {text}" if text.startswith(f"{ref}:") else f"--reference {ref}: {text}") \
+            from None
 
 
 def _looks_like_path(text: str) -> bool:
@@ -664,16 +755,25 @@ def _why_no_window(rr: Any, ref: Any, kind: str, args: argparse.Namespace, why: 
     lo, hi = starts["lo"].item(), starts["hi"].item()
     if lo is None or hi is None:
         return few
-    if kind == "range":
-        end = ref[1]
-    else:
-        end = datetime(lo.year, lo.month, lo.day, tzinfo=UTC) + duration(ref, name="reference")
     if hi.tzinfo is None:
         hi = hi.replace(tzinfo=UTC)
+    if kind == "range":
+        end = ref[1]
+    else:  # from UTC midnight of the first run's day, as detect_drift measures it
+        start = datetime(lo.year, lo.month, lo.day, tzinfo=UTC)
+        if ref == "auto":  # (a quarter of the data's span, one to four windows)
+            from driftwatch.drift import auto_reference_length
+
+            length = auto_reference_length(hi - start, duration(args.every, name="every"))
+        else:
+            length = duration(ref, name="reference")
+        end = start + length
     if hi < end:
+        advice = (f"--reference auto is at least one window (--every {args.every}): give a shorter --every or "
+                  "a shorter --reference such as 1d" if ref == "auto" else "give a shorter or earlier --reference")
         return (f"note: no window could be tested: no run starts after the reference (it ends "
                 f"{end.isoformat(sep=' ')}, the last run starts {hi.isoformat(sep=' ', timespec='seconds')}); "
-                "give a shorter or earlier --reference")
+                + advice)
     return said if why else few
 
 
@@ -790,7 +890,7 @@ def _point_at_devnull(stream: TextIO) -> None:
 
 
 def _main(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
-    from driftwatch.errors import DriftwatchError, InvalidParameterError
+    from driftwatch.errors import DriftwatchError, InvalidParameterError, SchemaError
 
     parser = _build_parser()
     try:
@@ -810,6 +910,8 @@ def _main(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
         text = _one_line(exc)
         if isinstance(exc, InvalidParameterError):  # (not a path's error: a SOURCE may be named 'out')
             text = _named_flag(text, parser, args.command)
+        elif isinstance(exc, SchemaError):  # (a column option's: unless its first word is a path given)
+            text = _named_flag(text, parser, args.command, paths=_path_args(args))
         print(f"driftwatch {args.command}: error: {text}{_hint(exc)}", file=err)
         return EXIT_BAD_INPUT
     except MemoryError:
@@ -847,17 +949,42 @@ def _main(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
         return EXIT_BAD_INPUT
 
 
-def _named_flag(text: str, parser: argparse.ArgumentParser, command: str) -> str:
+#: Library parameters that the CLI spells otherwise: the keyword -> the option's ``dest``.
+_LIBRARY_NAMES = {"column_map": "map"}
+
+#: detect_drift's message for a ``by`` column the events (or the reference events) lack.
+_BY_MISSING = re.compile(r"(?:events|reference): by column\(s\) (.*?) not in (events|the reference events);")
+
+
+def _named_flag(text: str, parser: argparse.ArgumentParser, command: str, *, paths: Collection[str] = ()) -> str:
     """``text`` with the option named as typed when it starts with the keyword of a flag of
-    ``command`` (``max_period must be ...`` -> ``max_period (--max-period) must be ...``)."""
-    m = re.match(r"([a-z][a-z0-9_]*)(?=[ :])", text)
-    if not m or text[m.end():].lstrip().startswith("(--"):
-        return text
+    ``command`` (``max_period must be ...`` -> ``max_period (--max-period) must be ...``;
+    ``column_map maps ...`` -> ``column_map (--map) maps ...``), and a missing ``by`` column said
+    as the ``--by`` it is. A first word that is one of ``paths`` (a SOURCE named ``out``) is a
+    path's, and left as it is."""
     subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     sub = subs[0].choices.get(command) if subs else None
-    flags = [o for a in (sub._actions if sub else ()) if a.dest == m.group(1)
-             for o in a.option_strings if o.startswith("--")]
-    return f"{m.group(1)} ({flags[0]}){text[m.end():]}" if flags else text
+
+    def flag(dest: str) -> str | None:
+        return next((o for a in (sub._actions if sub else ()) if a.dest == dest
+                     for o in a.option_strings if o.startswith("--")), None)
+
+    by = _BY_MISSING.match(text)
+    if by and flag("by"):
+        where = "the events" if by.group(2) == "events" else f"the reference logs ({flag('reference')})"
+        return f"by ({flag('by')}): column(s) {by.group(1)} not in {where};{text[by.end():]}"
+    m = re.match(r"([a-z][a-z0-9_]*)(?=[ :])", text)
+    if not m or m.group(1) in paths or text[m.end():].lstrip().startswith("(--"):
+        return text
+    option = flag(_LIBRARY_NAMES.get(m.group(1), m.group(1)))
+    return f"{m.group(1)} ({option}){text[m.end():]}" if option else text
+
+
+def _path_args(args: argparse.Namespace) -> set[str]:
+    """The values of the command's path arguments (SOURCE, --out, --reference, ...), as typed."""
+    values = [*getattr(args, "sources", ()), *(getattr(args, k, None) for k in
+                                              ("out", "reference", "policy", "state", "db", "dir"))]
+    return {v for v in values if isinstance(v, str)}
 
 
 def _hint(exc: BaseException) -> str:

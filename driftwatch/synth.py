@@ -46,8 +46,8 @@ from __future__ import annotations
 
 import numbers
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
@@ -1418,8 +1418,17 @@ def _write_truth(truth: dict[str, pl.DataFrame], root: Path) -> None:
 
 
 def _atomic_parquet(frame: pl.DataFrame, target: Path, *, row_group_size: int) -> None:
+    """Write ``frame`` to ``target`` through a temporary sibling moved onto it. The sibling is
+    created with mode ``0o666`` less the umask (as any new file): ``tempfile.mkstemp`` made it
+    ``0o600``, and every file of a generated fleet was readable by its owner only."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".parquet")
+    while True:  # (a name taken by another writer: draw again, as mkstemp does)
+        tmp = str(target.parent / f".tmp-{secrets.token_hex(8)}.parquet")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # (the umask applies)
+        except FileExistsError:
+            continue
+        break
     os.close(fd)
     try:
         frame.write_parquet(tmp, row_group_size=row_group_size, statistics=True)

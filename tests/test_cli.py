@@ -903,3 +903,97 @@ def test_a_full_disk_is_said_as_such(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     code, _, err = run_cli("validate", tmp_path)
     assert code == 2 and f"{tmp_path / 'R' / 'report.html'}: No space left on device; the disk is full" in err, err
     assert "permissions" not in err
+
+
+def test_drift_reference_auto_that_leaves_no_window_says_why(fleet_events: Path, tmp_path: Path,
+                                                             run_cli: Cli) -> None:
+    """`--reference auto` covering every run (at least one --every window): the note of an
+    untestable reference, exit 0, as with a duration; it failed "'auto' is not a duration", exit 2,
+    after printing "0 tests" and writing --out."""
+    code, out, err = run_cli("drift", fleet_events, "--reference", "auto", "--every", "14d",
+                             "--out", tmp_path / "drift.parquet")
+    assert code == 0 and err == "", err
+    assert out.startswith("0 tests, 0 drifted")
+    assert "note: no window could be tested: no run starts after the reference" in out
+    assert "--reference auto is at least one window (--every 14d)" in out
+    assert (tmp_path / "drift.parquet").is_file()
+    code, out, err = run_cli("drift", fleet_events, "--reference", "auto", "--every", "2d")  # windows to test
+    assert code == 0 and not out.startswith("0 tests"), (out, err)
+
+
+@pytest.mark.parametrize("cmd", [["loops"], ["drift", "--reference", "7d"]])
+@pytest.mark.parametrize("value", ["", " "])
+def test_an_empty_out_file_is_refused(fleet_events: Path, run_cli: Cli, cmd: list[str], value: str) -> None:
+    """`--out "$OUT"` with the variable unset wrote nothing, silently, exit 0 (a blank one was
+    refused without naming --out)."""
+    code, out, err = run_cli(cmd[0], fleet_events, *cmd[1:], "--out", value)
+    assert code == 2 and out == "", out
+    example = "loops.parquet" if cmd[0] == "loops" else "drift.parquet"
+    assert f"error: --out is empty; expected a Parquet file name such as {example}" in one_line_error(err)
+
+
+def test_an_out_file_a_source_glob_reads_is_refused(small_fleet_dir: Path, tmp_path: Path, run_cli: Cli) -> None:
+    """With a glob for SOURCE, --out among the files it reads was written, and every later read of
+    the logs failed on it (a folder SOURCE refused it)."""
+    events = tmp_path / "events"
+    shutil.copytree(small_fleet_dir / "events", events)
+    days = sorted(p.name for p in events.iterdir())  # date=2026-10-01 ...
+    every = str(events / "*" / "*.parquet")
+    first3 = str(events / f"{days[0][:-1]}[1-3]" / "*.parquet")
+    refused = [
+        (every, events / days[0] / "loops.parquet", "the SOURCE pattern"),  # the pattern matches it
+        (str(events / "*"), events / days[0] / "loops.parquet", "the SOURCE pattern"),  # in a folder it matches
+        (str(tmp_path / "**" / "*.parquet"), tmp_path / "out.parquet", "the SOURCE pattern"),
+        (first3, events / days[4] / "loops.parquet", "the folder of the log folders"),  # another partition
+        (every, events / "loops.PARQUET", "the folder of the log folders"),  # where `audit events/` reads
+    ]
+    for cmd in (["loops"], ["drift", "--reference", "7d"]):
+        for pattern, target, said in refused:
+            code, out, err = run_cli(cmd[0], pattern, *cmd[1:], "--out", target)
+            assert code == 2 and said in one_line_error(err) and f"--out {target}" in err, (cmd, pattern, err)
+            assert not target.exists()
+    # what the logs' reads do not take is written: outside, or not a Parquet name beside them
+    for target in (tmp_path / "loops.parquet", events / days[4] / "loops.txt"):
+        code, out, err = run_cli("loops", first3, "--out", target)
+        assert code == 0 and target.is_file(), err
+    assert run_cli("loops", every)[0] == 0 and run_cli("loops", events)[0] == 0
+
+
+def test_a_top_beyond_int64_prints_every_loop(fleet_events: Path, run_cli: Cli) -> None:
+    """`loops --top 99999999999999999999` printed the count, then "OverflowError", exit 2."""
+    code, out, err = run_cli("loops", fleet_events, "--top", "99999999999999999999")
+    assert code == 0 and err == "", err
+    n = int(out.split()[0].replace(",", ""))
+    assert n > 0 and out == run_cli("loops", fleet_events, "--top", str(n))[1]  # every loop a row
+
+
+def test_library_messages_name_the_cli_options(small_fleet_dir: Path, tmp_path: Path, run_cli: Cli) -> None:
+    """A library's parameter said as the option typed: --map (not column_map), --by (not "events:"),
+    and reference logs that are no logs named as the --reference."""
+    events = small_fleet_dir / "events"
+    for cmd in (["loops"], ["validate"], ["drift", "--reference", "7d"], ["audit", "--out", tmp_path / "o"]):
+        code, out, err = run_cli(cmd[0], events, *cmd[1:], "--map", "a=b")
+        assert code == 2 and "error: column_map (--map) maps 'a' to 'b'" in one_line_error(err), (cmd, err)
+        code, out, err = run_cli(cmd[0], events, *cmd[1:], "--map", "nosuch=action")
+        assert code == 2 and "error: column_map (--map) source column(s) ['nosuch']" in one_line_error(err), err
+    code, out, err = run_cli("drift", events, "--reference", "7d", "--by", "nosuch")
+    assert code == 2 and "error: by (--by): column(s) ['nosuch'] not in the events; found" in one_line_error(err)
+    truth = small_fleet_dir / "truth"  # Parquet files, but no logs
+    for ref in (truth, truth / "runs.parquet", f"{truth}/*.parquet"):
+        code, out, err = run_cli("drift", events, "--reference", ref)
+        line = one_line_error(err)
+        assert code == 2 and f"error: --reference {ref}: " in line and "missing required column(s)" in line, err
+    code, out, err = run_cli("drift", events, "--reference", tmp_path / "nothing-*.parquet")
+    assert code == 2 and f"error: --reference {tmp_path / 'nothing-*.parquet'}: the pattern matches" in err, err
+
+
+def test_named_flag_reads_the_reference_by_message_and_leaves_paths() -> None:
+    from driftwatch.cli import _build_parser, _named_flag
+
+    p = _build_parser()
+    text = "reference: by column(s) ['tenant'] not in the reference events; found ['run_id']"
+    assert _named_flag(text, p, "drift") == ("by (--by): column(s) ['tenant'] not in the reference logs "
+                                            "(--reference); found ['run_id']")
+    text = "column_map: missing required column(s) ['action']"  # a SOURCE file named column_map
+    assert _named_flag(text, p, "loops", paths={"column_map"}) == text
+    assert _named_flag(text, p, "loops").startswith("column_map (--map): ")

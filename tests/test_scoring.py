@@ -528,6 +528,29 @@ def test_input_errors() -> None:
         score(run("r", ["llm"]), model=42)
 
 
+@pytest.mark.parametrize("name", ["violations", "drift"])
+@pytest.mark.parametrize("value", ["x", [], "pandas"])
+def test_tables_that_are_not_polars_frames_are_refused(name: str, value: object) -> None:
+    """A path, a list or a pandas frame for violations= / drift= is refused naming the
+    parameter (it failed with AttributeError: 'str' object has no attribute 'height')."""
+    ev = run("r", ["llm", "get_x", "llm"])
+    if value == "pandas":
+        pytest.importorskip("pandas")
+        value = ev.to_pandas()
+    with pytest.raises(InvalidParameterError, match=rf"^{name} must be a polars DataFrame .*, got "):
+        score_runs(ev, loops=pl.DataFrame(), **{name: value})
+    with pytest.raises(InvalidParameterError, match=rf"^{name} must be a polars DataFrame"):
+        score_runs_from_runs(dw.run_features(ev), **{name: value})
+
+
+def test_lazy_violations_and_drift_are_accepted() -> None:
+    ev = run("r", ["llm", "get_x", "llm"])
+    want = score_runs(ev, loops=pl.DataFrame())
+    viol = check_policy(ev, Policy())
+    got = score_runs(ev, loops=pl.DataFrame(), violations=viol.lazy(), drift=pl.DataFrame().lazy())
+    assert_frame_equal(got, want)
+
+
 def test_components_are_all_reported(scored: pl.DataFrame) -> None:
     for c in COMPONENTS:
         assert scored[f"score_{c}"].is_between(0.0, 1.0).all()

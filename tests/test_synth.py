@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import numpy as np
@@ -293,6 +295,22 @@ def test_a_fleet_replaces_an_earlier_fleet_and_refuses_other_folders(tmp_path) -
     assert (mine / "truth" / "labels_from_reviewers.csv").is_file()
     synth.clear(root)  # a fleet's own folder
     assert list(root.iterdir()) == [root / "notes.txt"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_written_files_honour_the_umask(tmp_path, umask: int) -> None:
+    """Every Parquet file of a fleet gets mode 0o666 less the umask, as any new file: they were
+    0o600 (tempfile.mkstemp's), readable by their owner only."""
+    old = os.umask(umask)
+    try:
+        synth.write_fleet(tmp_path / "f", days=1, runs_per_day=5)
+        synth.generate(days=1, runs_per_day=5).write(tmp_path / "g")
+    finally:
+        os.umask(old)
+    files = sorted((tmp_path / "f").rglob("*.parquet")) + sorted((tmp_path / "g").rglob("*.parquet"))
+    assert len(files) > 4
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {oct(0o666 & ~umask)}
+    assert not [p for p in tmp_path.rglob(".tmp-*")]  # no temporary file left behind
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
