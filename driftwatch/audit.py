@@ -1688,7 +1688,7 @@ def _chunk_count(n_rows: int, chunks: int | str | None, chunk_rows: int) -> int:
     if chunks is None or chunks == "auto":
         return max(1, math.ceil(n_rows / max(chunk_rows, 1)))
     if isinstance(chunks, int) and not isinstance(chunks, bool) and chunks >= 1:
-        return chunks
+        return min(chunks, max(n_rows, 1))  # (no more chunks than rows: the others would be empty)
     raise InvalidParameterError(f"chunks must be None, 'auto' or a positive int, got {chunks!r}")
 
 
@@ -2305,10 +2305,13 @@ def audit(
             )
         if reference is not None and not _is_range(reference):
             t0 = time.perf_counter()
-            ref_lf, _, _, _ = _read(
-                reference, format=format, engine=engine, since=None, until=None, column_map=column_map
-            )
-            reference_tables = run_stage(ref_lf, policy=pol, n_examples=0)
+            try:
+                ref_lf, _, _, _ = _read(
+                    reference, format=format, engine=engine, since=None, until=None, column_map=column_map
+                )
+                reference_tables = run_stage(ref_lf, policy=pol, n_examples=0)
+            except (InputError, SchemaError) as exc:  # (say which input: the reference logs, not SOURCE)
+                raise type(exc)(f"reference: {exc}") from None
             ref_arg = None
             timings["reference"] = round(time.perf_counter() - t0, 4)
 

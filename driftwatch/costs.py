@@ -544,6 +544,11 @@ def _check_options(*, interval: float, n_boot: int, volume_per_day: VolumeLike) 
     check_volume(volume_per_day)
 
 
+#: The most runs per day a projection accepts (10^18; far beyond any fleet, and short of the
+#: float overflow of the worst-run figures).
+MAX_VOLUME = 1e18
+
+
 def check_volume(volume_per_day: VolumeLike, *, name: str = "volume_per_day") -> None:
     """Refuse a ``volume_per_day`` the cost profile cannot project: anything but ``None``, a
     positive finite number, or a mapping of series to one. ``name`` is how the message names
@@ -559,6 +564,11 @@ def check_volume(volume_per_day: VolumeLike, *, name: str = "volume_per_day") ->
         )
     values = volume_per_day.values() if isinstance(volume_per_day, Mapping) else [volume_per_day]
     for v in values:
+        if isinstance(v, numbers.Real) and not isinstance(v, bool | np.bool_) and math.isfinite(v) and v > MAX_VOLUME:
+            raise InvalidParameterError(
+                f"{name} must be at most {MAX_VOLUME:.0e} runs per day (a day's worst run is projected over "
+                f"that many runs), got {volume_per_day!r}"
+            )
         if isinstance(v, bool | np.bool_) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v <= 0:
             number = isinstance(v, numbers.Real) and not isinstance(v, bool | np.bool_)
             raise InvalidParameterError(

@@ -378,6 +378,8 @@ class Policy:
         >>> dw.Policy.from_toml(f).max_cost_usd
         1.5
         """
+        if not isinstance(path, str | os.PathLike):
+            raise PolicyError(f"policy file path must be a path (str or pathlib.Path), got {type(path).__name__} {path!r}")
         if not str(path).strip():  # (an unset variable: Path("") is the current folder)
             raise PolicyError("policy file path is empty; expected a TOML file such as policy.toml")
         p = Path(path)

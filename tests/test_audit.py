@@ -2043,3 +2043,22 @@ def test_chunk_and_spill_files_beside_an_out_whose_path_holds_glob_characters(
     assert chunked.runs.height == whole.runs.height
     assert_frame_equal(whole.runs, chunked.runs, check_exact=False, rel_tol=1e-9)
     assert sorted(p.name for p in (tmp_path / "nightly[prod]").iterdir()) == ["out"]
+
+
+def test_more_chunks_than_rows_are_as_many_chunks_as_rows(fleet: synth.Fleet) -> None:
+    # --chunks 2000 on a small log ran 2000 mostly empty chunks one after another (and
+    # --chunks 99999999999999999999 never ended)
+    small = fleet.events.head(60)
+    res = audit(small, chunks=10**20)
+    assert res.stats["chunks"] <= 60
+    assert_frame_equal(res.runs, audit(small, chunks=1).runs)
+
+
+def test_an_unreadable_reference_is_named_as_the_reference(fleet: synth.Fleet, tmp_path: Path) -> None:
+    # the reference logs' errors named a file but not that it was the --reference
+    bad = tmp_path / "ref.parquet"
+    pl.DataFrame({"x": [1]}).write_parquet(bad)
+    with pytest.raises(SchemaError, match=r"^reference: .*ref\.parquet: cannot tell the log format"):
+        audit(fleet.events.head(200), reference=bad)
+    with pytest.raises(NoInputError, match=r"^reference: "):
+        audit(fleet.events.head(200), reference=tmp_path / "nothing_here" / "*.parquet")

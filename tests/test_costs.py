@@ -557,6 +557,17 @@ def test_empty_volume_mapping_is_refused() -> None:
                         volume_per_day={})
 
 
+
+def test_an_absurd_volume_is_refused_before_it_overflows() -> None:
+    """volume_per_day=1e308 overflowed (OverflowError: cannot convert float infinity to integer)."""
+    runs = pl.DataFrame({"run_id": [f"r{i}" for i in range(50)], "agent": ["x"] * 50,
+                         "cost_usd": [0.01 * (i + 1) for i in range(50)]})
+    for volume in (1e308, {"agent=x": 1e19}):
+        with pytest.raises(InvalidParameterError, match="at most 1e"):
+            cost_profile_from_runs(runs, volume_per_day=volume, n_boot=50)
+    assert cost_profile_from_runs(runs, volume_per_day=1e18, n_boot=50).height == 2
+
+
 _THREADS_SCRIPT = """
 import sys
 import numpy as np, polars as pl

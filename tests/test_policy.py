@@ -935,3 +935,9 @@ def test_a_refused_call_whose_row_was_rejected_still_says_refused() -> None:
     out = dw.score_runs(ev, loops=pl.DataFrame(), violations=v).sort("run_id")
     assert [r[0] for r in out["reasons"].to_list()] == [
         "delete_x without approval", "delete_z without approval (approval refused)"]
+
+
+@pytest.mark.parametrize("path", [None, 5, ["policy.toml"]])
+def test_a_policy_path_that_is_no_path_is_a_policy_error(path: object) -> None:
+    with pytest.raises(PolicyError, match="policy file path must be a path"):
+        Policy.from_toml(path)  # type: ignore[arg-type]
