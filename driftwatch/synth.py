@@ -398,7 +398,7 @@ def write_fleet(
 def read_truth(path: str | os.PathLike[str]) -> dict[str, pl.DataFrame]:
     """Read the truth tables written by :meth:`Fleet.write` / :func:`write_fleet`."""
     root = Path(path) / "truth"
-    return {p.stem: pl.read_parquet(p) for p in sorted(root.glob("*.parquet"))}
+    return {p.stem: pl.read_parquet(p, glob=False) for p in sorted(root.glob("*.parquet"))}
 
 
 # --------------------------------------------------------------------------------------------
@@ -1408,7 +1408,7 @@ def _write_events_by_day(events: pl.DataFrame, root: Path, *, row_group_size: in
         target = root / f"date={day_value.isoformat()}" / "part-0.parquet"
         part = part.drop("_date").sort("run_id", "step")
         if target.exists():  # runs that cross midnight land in the next day's file
-            part = pl.concat([pl.read_parquet(target), part]).sort("run_id", "step")
+            part = pl.concat([pl.read_parquet(target, glob=False), part]).sort("run_id", "step")
         _atomic_parquet(part, target, row_group_size=row_group_size)
 
 
