@@ -8,9 +8,12 @@ same values nested (``{"llm": {"token_count": {"prompt": 12}}}``). Times, best o
 ``--repeat``, in this process:
 
 * ``bare scan``: ``pl.scan_parquet(path).collect()`` of the JSON file (the floor);
-* ``read_logs flattened`` / ``read_logs JSON``: ``dw.read_logs(path).events.collect()``;
+* ``read_logs flattened`` / ``read_logs JSON``: ``dw.read_logs(path).events.collect()`` (the
+  checking passes, the rejected rows and the events; the span hierarchy's agent context is
+  worked out once per read and joined in each pass);
 * ``JSON lookups``: the attribute columns read out of the JSON text, as the reader does (one
-  parse of each row: DuckDB's ``json_extract_string`` with every path);
+  parse of each row: DuckDB's ``json_extract_string`` with every path, and whether the text is
+  JSON, which the reader's ``bad_value:attributes`` check reads instead of parsing again);
 * ``json_path_match per key``: the plain way, two ``str.json_path_match`` per key and spelling
   (sixty parses a row), only up to ``--plain-max`` spans.
 

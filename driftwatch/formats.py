@@ -232,7 +232,7 @@ def nested_columns(
             for k in keys:
                 if k in paths:
                     i = paths[k]
-                    looked = pl.col(JSON_LOOKUPS).list
+                    looked = pl.col(JSON_LOOKUPS).struct.field("v").list
                     out[f"{base}.{k}"] = (pl.coalesce(looked.get(2 * i), looked.get(2 * i + 1)), pl.String())
                 else:  # (a key with an empty step, 'a..b', which DuckDB's paths cannot spell)
                     q = k.replace('"', '\\"')
@@ -250,9 +250,17 @@ def nested_columns(
     return {name: v for name, v in out.items() if name not in schema}
 
 
-#: The hidden column :func:`json_prelude` adds: JSON-text attributes' looked-up values, two per
-#: key (its dotted spelling, then its nested one), from one parse of each row.
+#: The hidden column :func:`json_prelude` adds: JSON-text attributes parsed once per row, a
+#: struct of ``v`` (the looked-up values, two per key: its dotted spelling, then its nested one)
+#: and ``ok`` (whether the text is strict JSON, as ``str.json_path_match`` parses it).
 JSON_LOOKUPS = "__driftwatch_json_lookups"
+#: The column :func:`expand_nested` keeps from :data:`JSON_LOOKUPS`: its ``ok`` flag.
+JSON_OK = "__driftwatch_json_ok"
+#: What DuckDB's JSON reader accepts and ``str.json_path_match`` (serde_json) does not, as a
+#: superset of the texts holding it: NaN / Infinity literals, trailing commas, numbers out of
+#: the float range (a 3-digit exponent, 200 integer digits); nesting 128 deep is counted apart.
+_LENIENT_JSON = r"(?i)(^|[:\[,])[\t\n\r ]*[+-]?(nan|inf)|,[\t\n\r ]*[\]}]|[0-9.][eE][+-]?[0-9]{3}|[0-9]{200}"
+_JSON_DEPTH = 128
 
 
 def _json_paths(keys: Sequence[str]) -> dict[str, int]:
@@ -272,7 +280,9 @@ def json_prelude(schema: Mapping[str, pl.DataType], column_map: Mapping[str, str
 
     Each row's text is parsed once (DuckDB's ``json_extract_string`` with a list of paths) rather
     than once per key and spelling (``str.json_path_match``, sixty parses a row); text that is
-    not JSON reads null (the span adapter rejects it).
+    not JSON reads null (the span adapter rejects it). The same parse says whether the text is
+    JSON (``ok``), as ``str.json_path_match("$")`` would: the few texts with what DuckDB accepts
+    beyond strict JSON (NaN, trailing commas, ...) are checked by ``str.json_path_match``.
     """
     if schema.get("attributes") != pl.String:
         return []
@@ -281,24 +291,33 @@ def json_prelude(schema: Mapping[str, pl.DataType], column_map: Mapping[str, str
         paths += ["$." + _quoted(k), "$" + "".join("." + _quoted(part) for part in k.split("."))]
     if not paths:
         return []
+    dtype = pl.Struct({"v": pl.List(pl.String), "ok": pl.Boolean})
 
     def lookup(text: pl.Series) -> pl.Series:
         import duckdb
 
         con = duckdb.connect()
         try:
-            con.register("attrs", text.to_frame("a").to_arrow())
+            # (Arrow string views: handed over without copying the text)
+            con.register("attrs", text.to_frame("a").to_arrow(compat_level=pl.CompatLevel.newest()))
             got = con.sql(
-                "select case when json_valid(a) then json_extract_string(a, ?::VARCHAR[]) end as v from attrs",
-                params=[paths],
+                "select case when json_valid(a) then json_extract_string(a, ?::VARCHAR[]) end as v, "
+                "json_valid(a) as ok, json_valid(a) and (regexp_matches(a, ?) or strlen(a) - "
+                "strlen(replace(replace(a, '[', ''), '{', '')) >= ?) as lenient from attrs",
+                params=[paths, _LENIENT_JSON, _JSON_DEPTH],
             ).to_arrow_table()
         finally:
             con.close()
         out = pl.from_arrow(got)
         assert isinstance(out, pl.DataFrame)
-        return out.get_column("v").cast(pl.List(pl.String))
+        lenient = out.get_column("lenient").fill_null(False)
+        ok = out.get_column("ok")
+        if lenient.any():  # (rare: checked the strict way, row by row as json_path_match reads)
+            strict = text.filter(lenient).str.json_path_match("$").is_not_null()
+            ok = ok.scatter(lenient.arg_true(), strict)
+        return pl.DataFrame({"v": out.get_column("v").cast(pl.List(pl.String)), "ok": ok}).to_struct(text.name)
 
-    return [pl.col("attributes").map_batches(lookup, return_dtype=pl.List(pl.String)).alias(JSON_LOOKUPS)]
+    return [pl.col("attributes").map_batches(lookup, return_dtype=dtype).alias(JSON_LOOKUPS)]
 
 
 def _attr_keys(column_map: Mapping[str, str] | None) -> list[str]:
@@ -347,15 +366,17 @@ def expand_nested(
     lf: pl.LazyFrame, schema: Mapping[str, pl.DataType], column_map: Mapping[str, str] | None = None,
     *, where: str = "input",
 ) -> tuple[pl.LazyFrame, dict[str, pl.DataType]]:
-    """``lf`` with the :func:`nested_columns` added, and its schema."""
+    """``lf`` with the :func:`nested_columns` added, and its schema (with :data:`JSON_OK` for
+    JSON-text attributes: whether each row's text is JSON)."""
     extra = nested_columns(schema, column_map, where=where)
     if not extra:
         return lf, dict(schema)
     prelude = json_prelude(schema, column_map)
     lf = lf.with_columns(prelude) if prelude else lf
-    lf = lf.with_columns([e.alias(name) for name, (e, _) in extra.items()])
+    ok = [pl.col(JSON_LOOKUPS).struct.field("ok").alias(JSON_OK)] if prelude else []
+    lf = lf.with_columns([e.alias(name) for name, (e, _) in extra.items()] + ok)
     lf = lf.drop(JSON_LOOKUPS) if prelude else lf
-    return lf, {**schema, **{name: d for name, (_, d) in extra.items()}}
+    return lf, {**schema, **{name: d for name, (_, d) in extra.items()}, **({JSON_OK: pl.Boolean()} if prelude else {})}
 
 
 def check_column_map(column_map: Mapping[str, str] | None) -> dict[str, str]:
@@ -485,6 +506,7 @@ def adapt(
     column_map: Mapping[str, str] | None = None,
     where: str = "input",
     tree: pl.LazyFrame | None = None,
+    context: pl.DataFrame | None = None,
 ) -> pl.LazyFrame:
     """Rename / derive canonical columns from a raw frame of format ``fmt``.
 
@@ -503,6 +525,9 @@ def adapt(
     tree : polars.LazyFrame, optional
         Span formats: the spans of every file of the read (:func:`span_tree` of each, concatenated),
         so that a span whose parent is in another file still finds its agent. Default: ``lf``'s own.
+    context : polars.DataFrame, optional
+        Span formats: :func:`span_context` of that tree, computed once for several plans over the
+        same spans (``tree`` is then not used).
 
     Returns
     -------
@@ -523,7 +548,7 @@ def adapt(
         return _adapt_canonical(lf, schema, cmap, where)
     if fmt in ("otel", "openinference"):
         lf, full = expand_nested(lf, schema, cmap, where=where)
-        return _adapt_spans(lf, full, cmap, where, _span_fields(full, fmt, where), tree)
+        return _adapt_spans(lf, full, cmap, where, _span_fields(full, fmt, where), tree, context)
     raise InvalidParameterError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
 
 
@@ -941,30 +966,73 @@ _PCTX, _HANDOFF, _TOOL = (f"{INTERNAL_PREFIX}{n}" for n in ("pctx", "handoff", "
 SPAN_TRACE, SPAN_ID, SPAN_START_NS = _T, _S, f"{INTERNAL_PREFIX}start_ns"
 
 
-def _parent_agent_context(lf: pl.LazyFrame, tree: pl.LazyFrame | None = None) -> pl.LazyFrame:
-    """Add ``_PCTX``: the agent of the nearest ancestor span that names one (pointer doubling).
-
-    Each step joins the narrow (trace, span, ancestor, agent) table (of ``tree``, else of ``lf``)
-    with itself, doubling the ancestry depth covered; ``_AGENT_DOUBLING_STEPS`` steps cover
-    2**steps levels.
-    """
+def _span_nodes(tree: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per (trace, span) of a :func:`span_tree` frame: its parent (the nearest ancestor
+    searched first, ``__dw_anc``) and the agent it names (``__dw_ctx``)."""
     anc, ctx = f"{INTERNAL_PREFIX}anc", f"{INTERNAL_PREFIX}ctx"
-    nodes = (
-        (lf if tree is None else tree).select(pl.col(_T), pl.col(_S), pl.col(_P).alias(anc), pl.col(_OWN).alias(ctx))
+    return (
+        tree.select(pl.col(_T), pl.col(_S), pl.col(_P).alias(anc), pl.col(_OWN).alias(ctx))
         .filter(pl.col(_T).is_not_null() & pl.col(_S).is_not_null())
         .group_by(_T, _S)
         .agg(pl.col(anc).min(), pl.col(ctx).min())
     )
+
+
+def _doubling_step(nodes: pl.LazyFrame) -> pl.LazyFrame:
+    """One pointer-doubling step: each span's agent is its own, else its ancestor's; its
+    ancestor becomes its ancestor's ancestor (the depth covered doubles)."""
+    anc, ctx = f"{INTERNAL_PREFIX}anc", f"{INTERNAL_PREFIX}ctx"
+    look = nodes.select(pl.col(_T), pl.col(_S).alias(anc), pl.col(ctx).alias(ctx + "2"), pl.col(anc).alias(anc + "2"))
+    return nodes.join(look, on=[_T, anc], how="left", coalesce=True).select(
+        pl.col(_T), pl.col(_S), pl.coalesce(pl.col(ctx), pl.col(ctx + "2")).alias(ctx), pl.col(anc + "2").alias(anc),
+    )
+
+
+def span_context(tree: pl.LazyFrame) -> pl.DataFrame:
+    """The agent context of a read's spans, computed once: for each span that is the parent of
+    a span of ``tree`` (:func:`span_tree` frames, concatenated over files) and has an agent, the
+    agent of the nearest span at or above it that names one (text columns trace, parent, context).
+
+    Eager and narrow: the pointer doubling of :func:`adapt` (at most ``_AGENT_DOUBLING_STEPS``
+    steps, 2**steps levels) run on materialised (trace, span, ancestor, agent) rows, stopping
+    once no span without an agent has an ancestor left to look at (more steps change nothing).
+    Pass it to :func:`adapt` as ``context`` so that every pass over the files joins it instead
+    of building the hierarchy again. It holds three short text columns (trace, span, agent) per
+    span that is a parent and has an agent; while it is built, four per span of ``tree``.
+    """
+    anc, ctx = f"{INTERNAL_PREFIX}anc", f"{INTERNAL_PREFIX}ctx"
+    spans = tree.select(_T, _S, _P, _OWN).collect()
+    nodes = _span_nodes(spans.lazy()).collect()
+    # (the spans some span names as its parent: only their context is ever joined)
+    parent_keys = spans.select(pl.col(_T), pl.col(_P).alias(_S)).drop_nulls().unique()
+    del spans
     for _ in range(_AGENT_DOUBLING_STEPS):
-        look = nodes.select(
-            pl.col(_T), pl.col(_S).alias(anc), pl.col(ctx).alias(ctx + "2"), pl.col(anc).alias(anc + "2")
-        )
-        nodes = nodes.join(look, on=[_T, anc], how="left", coalesce=True).select(
-            pl.col(_T), pl.col(_S),
-            pl.coalesce(pl.col(ctx), pl.col(ctx + "2")).alias(ctx),
-            pl.col(anc + "2").alias(anc),
-        )
-    parents = nodes.select(pl.col(_T), pl.col(_S).alias(_P), pl.col(ctx).alias(_PCTX))
+        if not nodes.select((pl.col(ctx).is_null() & pl.col(anc).is_not_null()).any()).item():
+            break
+        nodes = _doubling_step(nodes.lazy()).collect()
+    return (
+        nodes.filter(pl.col(ctx).is_not_null())
+        .join(parent_keys, on=[_T, _S], how="semi")
+        .select(pl.col(_T), pl.col(_S).alias(_P), pl.col(ctx).alias(_PCTX))
+    )
+
+
+def _parent_agent_context(
+    lf: pl.LazyFrame, tree: pl.LazyFrame | None = None, context: pl.DataFrame | None = None
+) -> pl.LazyFrame:
+    """Add ``_PCTX``: the agent of the nearest ancestor span that names one (pointer doubling).
+
+    ``context`` (:func:`span_context`) is joined as it is. Otherwise each step joins the narrow
+    (trace, span, ancestor, agent) table (of ``tree``, else of ``lf``) with itself, doubling the
+    ancestry depth covered; ``_AGENT_DOUBLING_STEPS`` steps cover 2**steps levels.
+    """
+    if context is not None:
+        parents = context.lazy()
+    else:
+        nodes = _span_nodes(lf if tree is None else tree)
+        for _ in range(_AGENT_DOUBLING_STEPS):
+            nodes = _doubling_step(nodes)
+        parents = nodes.select(pl.col(_T), pl.col(_S).alias(_P), pl.col(f"{INTERNAL_PREFIX}ctx").alias(_PCTX))
     return lf.join(parents, on=[_T, _P], how="left", coalesce=True, maintain_order="left")
 
 
@@ -975,6 +1043,7 @@ def _adapt_spans(
     where: str,
     f: _SpanFields,
     tree: pl.LazyFrame | None = None,
+    context: pl.DataFrame | None = None,
 ) -> pl.LazyFrame:
     internal = [c for c in schema if c.startswith(INTERNAL_PREFIX)]
     staged = lf.with_columns(
@@ -982,7 +1051,7 @@ def _adapt_spans(
         f.kind.alias(_KIND), f.name.alias(_NAME), f.handoff_target.alias(_HANDOFF), f.tool_name.alias(_TOOL),
         f.kind_text.alias(f"{INTERNAL_PREFIX}kindtext"), f.start_ns.cast(pl.Int64).alias(SPAN_START_NS),
     )
-    staged = _parent_agent_context(staged, tree)
+    staged = _parent_agent_context(staged, tree, context)
     kind, pctx = pl.col(_KIND), pl.col(_PCTX)
     nested_agent = (kind == "agent") & pctx.is_not_null()
     not_step = (kind == "wrapper") | ((kind == "agent") & pctx.is_null())
@@ -1012,7 +1081,8 @@ def _adapt_spans(
         # operation, tokens, ... would be silently missing); blank or null attributes are none
         text = pl.col("attributes")
         blank = text.str.strip_chars()
-        bad_json = (blank != "") & (blank != "null") & text.str.json_path_match("$").is_null()
+        valid = pl.col(JSON_OK) if JSON_OK in schema else text.str.json_path_match("$").is_not_null()
+        bad_json = (blank != "") & (blank != "null") & ~valid
         reason = reason.when(bad_json).then(pl.lit("bad_value:attributes"))
         detail = detail.when(bad_json).then(text)
     reason = reason.when(not_step).then(pl.lit("not_a_step"))
@@ -1053,6 +1123,7 @@ __all__ = [
     "nested_columns",
     "json_prelude",
     "pushdown_columns",
+    "span_context",
     "span_sources",
     "span_tree",
 ]

@@ -68,6 +68,7 @@ from driftwatch.formats import (
     name_mapped_sources,
     nested_columns,
     pushdown_columns,
+    span_context,
     span_sources,
     span_tree,
 )
@@ -1249,6 +1250,7 @@ def _group_frame(
     only: pl.Series | None = None,
     rows: tuple[int, int] | None = None,
     tree: pl.LazyFrame | None = None,
+    context: pl.DataFrame | None = None,
 ) -> pl.LazyFrame:
     """Scan, adapt and conform one group of files; ``_ORDER`` = group index << 40 | row in group.
 
@@ -1266,7 +1268,7 @@ def _group_frame(
     if not _row_local(group):
         order_by += (_SEQ,) if group.format == "canonical" else (_SEQ, SPAN_START_NS, SPAN_TRACE, SPAN_ID)
     try:
-        adapted = adapt(raw, raw_schema, group.format, column_map=cmap, where=where, tree=tree)
+        adapted = adapt(raw, raw_schema, group.format, column_map=cmap, where=where, tree=tree, context=context)
         out = conform(adapted, where=where, check=check, normalize=normalize, order_by=order_by)
     except SchemaError as exc:
         if len(group.files) > 1:
@@ -1301,6 +1303,29 @@ def _blame_file(group: _Group, raw_schema: Mapping[str, pl.DataType], cmap: dict
             continue
 
 
+def _span_tree(
+    members: Sequence[tuple[int, _Group]], engine: str, filters: _Filters, cmap: dict[str, str]
+) -> pl.LazyFrame:
+    """The span hierarchy (:func:`~driftwatch.formats.span_tree`) of span groups, over all of them."""
+    trees = []
+    for gi, g in members:
+        raw, raw_schema, where, _ = _raw_frame(gi, g, engine, filters, cmap)
+        trees.append(span_tree(raw, raw_schema, g.format, column_map=cmap, where=where))
+    return trees[0] if len(trees) == 1 else pl.concat(trees, how="vertical")
+
+
+def _span_context(
+    groups: Sequence[_Group], engine: str, filters: _Filters, cmap: dict[str, str], paths: Sequence[str]
+) -> pl.DataFrame | None:
+    """The agent context of every span of the read (:func:`~driftwatch.formats.span_context`),
+    computed once and joined by each pass over the files (``None`` without span groups)."""
+    members = [(gi, g) for gi, g in enumerate(groups) if not _row_local(g) and g.format != "canonical"]
+    if not members:
+        return None
+    tree = _span_tree(members, engine, filters, cmap)
+    return _guard(lambda: span_context(tree), paths)
+
+
 def _whole_frame(
     members: Sequence[tuple[int, _Group]],
     engine: str,
@@ -1308,22 +1333,19 @@ def _whole_frame(
     cmap: dict[str, str],
     *,
     normalize: bool,
+    context: pl.DataFrame | None = None,
 ) -> pl.LazyFrame:
     """Groups whose conversion needs whole runs, converted to canonical dtypes group by group,
     then concatenated: span hierarchies are built over all of them (a span's parent may be in
-    another file), a span read again (same trace and span id: OTLP delivers at least once) is a
+    another file; ``context``, when given, is that hierarchy's agent context, computed once), a
+    span read again (same trace and span id: OTLP delivers at least once) is a
     ``duplicate_step`` of the first copy read, and steps are derived over all of them: the order
     of ``ts`` within the run (spans: the full-precision start time), ties in the order read.
     Checked (``REASON_COL``) always, so that steps number the valid rows only."""
     spans = members[0][1].format != "canonical"
-    tree = None
-    if spans:
-        trees = []
-        for gi, g in members:
-            raw, raw_schema, where, _ = _raw_frame(gi, g, engine, filters, cmap)
-            trees.append(span_tree(raw, raw_schema, g.format, column_map=cmap, where=where))
-        tree = trees[0] if len(trees) == 1 else pl.concat(trees, how="vertical")
-    parts = [_group_frame(gi, g, engine, filters, cmap, check=True, normalize=normalize, tree=tree)
+    tree = _span_tree(members, engine, filters, cmap) if spans and context is None else None
+    parts = [_group_frame(gi, g, engine, filters, cmap, check=True, normalize=normalize, tree=tree,
+                          context=context if spans else None)
              for gi, g in members]
     lf = parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical")
     reason, seq = pl.col(REASON_COL), pl.col(_SEQ)
@@ -1356,9 +1378,11 @@ def _frames(
     check: bool,
     normalize: bool,
     only: pl.Series | None = None,
+    context: pl.DataFrame | None = None,
 ) -> pl.LazyFrame:
     """The converted rows of every group: canonical columns, ``_ORDER`` (and the reason columns
-    with ``check``). ``only`` (sorted order keys) keeps just those rows."""
+    with ``check``). ``only`` (sorted order keys) keeps just those rows; ``context`` is the span
+    groups' agent context (:func:`_span_context`), built again when not given."""
     cols = [*COLUMNS, _ORDER, *((REASON_COL, DETAIL_COL) if check else ())]
     parts: list[pl.LazyFrame] = []
     whole: dict[bool, list[tuple[int, _Group]]] = {}
@@ -1373,7 +1397,7 @@ def _frames(
                 continue
         parts.append(_group_frame(gi, g, engine, filters, cmap, check=check, normalize=normalize, only=mine))
     for members in whole.values():
-        lf = _whole_frame(members, engine, filters, cmap, normalize=normalize)
+        lf = _whole_frame(members, engine, filters, cmap, normalize=normalize, context=context)
         if only is not None:
             lf = lf.filter(pl.col(_ORDER).is_in(only.implode()))
         parts.append(lf.select(cols))
@@ -1450,6 +1474,7 @@ def _events_plan(
     checked: bool,
     dup_orders: pl.Series | None,
     ranges: Mapping[int, tuple[int, int]] | None = None,
+    context: pl.DataFrame | None = None,
 ) -> pl.LazyFrame:
     """The valid events of every group (or of ``ranges``: group index -> (first row, row count)).
 
@@ -1458,7 +1483,7 @@ def _events_plan(
     conversion runs alone.
     """
     if ranges is None:
-        lf = _frames(groups, engine, filters, cmap, check=checked, normalize=normalize)
+        lf = _frames(groups, engine, filters, cmap, check=checked, normalize=normalize, context=context)
     else:
         parts = [
             _group_frame(gi, g, engine, filters, cmap, check=checked, normalize=normalize, rows=ranges[gi])
@@ -1642,7 +1667,8 @@ def read_logs(
     # whether valid rows spell status other than ok/error (then values get normalised), the
     # order keys of rejected rows, and the (run_id, step) hashes that occur twice among valid
     # rows (found by sorting 8-byte hashes).
-    base = _frames(groups, engine, filters, cmap, check=True, normalize=False)
+    context = _span_context(groups, engine, filters, cmap, paths)  # (spans: once, not in every pass)
+    base = _frames(groups, engine, filters, cmap, check=True, normalize=False, context=context)
     valid = base.filter(reason.is_null())
     odd_status = (reason.is_null() & pl.col("status").is_not_null() & ~pl.col("status").is_in(["ok", "error"]))
     odd_agent = reason.is_null() & (pl.col("agent") == "")  # (empty: "default", as null)
@@ -1666,7 +1692,7 @@ def read_logs(
     got = pl.DataFrame()
     if wanted.len():
         wanted = wanted.unique().sort()
-        fetch = _frames(groups, engine, filters, cmap, check=True, normalize=normalize, only=wanted)
+        fetch = _frames(groups, engine, filters, cmap, check=True, normalize=normalize, only=wanted, context=context)
         got = _guard(
             lambda: fetch.select(*COLUMNS, _ORDER, REASON_COL, DETAIL_COL).collect(engine="streaming"), paths
         )
@@ -1715,7 +1741,7 @@ def read_logs(
     # without rejected rows the events plan converts without evaluating the checks again
     dup_orders = dup_keys.get_column(_ORDER) if dup_keys.height else None
     events = _events_plan(groups, engine, filters, cmap, normalize=normalize, checked=bool(rows_rejected),
-                          dup_orders=dup_orders)
+                          dup_orders=dup_orders, context=context)
     slicer = None
     if engine == "polars" and all(g.format == "canonical" and g.key[2] and not g.zoned for g in groups):
         slicer = RowSlicer(tuple(groups), engine, filters, cmap, normalize, bool(rows_rejected), dup_orders,

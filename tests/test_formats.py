@@ -791,3 +791,102 @@ def test_json_text_attributes_are_read_in_one_parse_as_a_json_path_reads_them() 
     assert got['attributes.odd"key'].to_list()[-1] == "3" and got["attributes.a..b"].to_list()[-1] == "4"
     # streaming, in batches, gives the same
     assert lf.collect(engine="streaming").equals(got)
+
+
+# ---------------------------------------------------------------- speed without a change of result
+
+
+def _deep_traces() -> pl.DataFrame:
+    """Chains 20 spans deep (past the 16 ancestry levels searched), an agent at the top or in the
+    middle, a span delivered twice with another parent, a trace without agents, null ids."""
+    rows = []
+    for t, agent_at in (("t1", {0}), ("t2", {5, 12}), ("t3", set())):
+        for i in range(20):
+            rows.append({"trace_id": t, "span_id": f"s{i}", "parent_span_id": f"s{i - 1}" if i else None,
+                         "op": "invoke_agent" if i in agent_at else "chat", "agent": f"a{i}" if i in agent_at else None})
+    rows.append({"trace_id": "t2", "span_id": "s19", "parent_span_id": "s3", "op": "chat", "agent": None})
+    rows.append({"trace_id": None, "span_id": "x", "parent_span_id": "s1", "op": "chat", "agent": None})
+    rows.append({"trace_id": "t1", "span_id": None, "parent_span_id": "s1", "op": "chat", "agent": None})
+    frame = pl.DataFrame(rows)
+    return pl.DataFrame({
+        "trace_id": frame["trace_id"], "span_id": frame["span_id"], "parent_span_id": frame["parent_span_id"],
+        "name": frame["op"], "start_time_unix_nano": [1_793_527_200_000_000_000 + i for i in range(frame.height)],
+        "attributes.gen_ai.operation.name": frame["op"], "attributes.gen_ai.agent.name": frame["agent"],
+    })
+
+
+@pytest.mark.parametrize("steps", [0, 1, 2, 4, 5])
+def test_span_context_computed_once_gives_what_the_lazy_hierarchy_gives(
+    monkeypatch: pytest.MonkeyPatch, steps: int
+) -> None:
+    """The agent context worked out once, eagerly (and stopping when no ancestor is left to look
+    at), is what the lazy pointer doubling gives, however many levels are searched."""
+    monkeypatch.setattr(f, "_AGENT_DOUBLING_STEPS", steps)
+    raw = _deep_traces()
+    lf, schema = raw.lazy(), raw.schema
+    tree = f.span_tree(lf, schema, "otel")
+    context = f.span_context(tree)
+    assert context.columns == ["__dw_trace", "__dw_parent", "__dw_pctx"] and context.null_count().sum_horizontal().item() == 0
+    lazy = s.conform(f.adapt(lf, schema, "otel", tree=tree), check=True).collect()
+    eager = s.conform(f.adapt(lf, schema, "otel", context=context), check=True).collect()
+    assert eager.equals(lazy)
+    if steps == 4:  # (the chain in t1 is deeper than 16 levels: its spans below the 17th have no agent)
+        assert lazy.filter(pl.col("run_id") == "t1")["agent"].to_list()[16:20] == ["a0", *["default"] * 3]
+
+
+@pytest.mark.parametrize("engine", ["polars", "duckdb"])
+def test_span_reads_give_what_they_gave_before_the_context_was_computed_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: str
+) -> None:
+    """read_logs works the span context out once and joins it in every pass; building the
+    hierarchy again in each pass (as before) gives the same events, rejections and stats,
+    for flattened and JSON-text attributes, with a bad JSON text and a span delivered twice."""
+    from driftwatch import read as r
+
+    monkeypatch.setattr(f, "_AGENT_DOUBLING_STEPS", 2)  # (4 levels: the lazy hierarchy, read twice, stays quick)
+    raw = _deep_traces()
+    raw.write_parquet(tmp_path / "flat.parquet")
+    attrs = [json.dumps({"gen_ai": {"operation": {"name": o}, **({"agent": {"name": a}} if a else {})}})
+             for o, a in raw.select("attributes.gen_ai.operation.name", "attributes.gen_ai.agent.name").iter_rows()]
+    attrs[7] = "{bad"
+    raw.drop("attributes.gen_ai.operation.name", "attributes.gen_ai.agent.name").with_columns(
+        pl.Series("attributes", attrs)).write_parquet(tmp_path / "json.parquet")
+
+    def read() -> tuple[pl.DataFrame, pl.DataFrame, dict[str, object]]:
+        res = read_logs([tmp_path / "flat.parquet", tmp_path / "json.parquet"], engine=engine)
+        stats = res.stats.to_dict()
+        stats.pop("seconds")
+        return res.events.collect(), res.rejected, stats
+
+    new = read()
+    assert new[2]["reasons"]["bad_value:attributes"] == 1 and new[2]["reasons"]["duplicate_step"] >= 1
+    monkeypatch.setattr(r, "_span_context", lambda *a, **k: None)  # (each pass builds the hierarchy itself)
+    old = read()
+    assert new[0].equals(old[0]) and new[1].equals(old[1]) and new[2] == old[2]
+
+
+def test_the_json_check_from_the_lookups_parse_is_json_path_matchs() -> None:
+    """The validity flag of the one DuckDB parse says what ``str.json_path_match("$")`` says, also
+    for what DuckDB alone accepts (NaN, Infinity, trailing commas, numbers beyond the float
+    range, nesting 128 deep); text reading JSON ``null`` is no rejection either way."""
+    texts = ["{}", "[]", "1", '"x"', "true", " {} ", "\t{}\r\n", "NaN", "-Infinity", "nan", '{"a": NaN}',
+             '{"a": inf}', '{"a": 1,}', "[1, 2 ,]", "1e999", '{"a": 1.8e308}', '{"a": 1.5e308}', '{"a": 1e-400}',
+             '{"a": 1E0400}', "1" * 400, '{"a": ' + "9" * 309 + "}", "[" * 127 + "]" * 127, "[" * 128 + "]" * 128,
+             '{"a":' * 130 + "1" + "}" * 130, '{"x": "inf, nan, [1,]"}', '{"info": "infinite"}', "{a: 1}", "{bad",
+             '{"a": 1} {"b": 2}', "\ufeff{}", '{"a": "\\ud800"}', '{"a": "\\ud83d\\ude00"}', '{"a": 01}',
+             '{"a": "tab\there"}', "", "  ", None]
+    frame = pl.DataFrame({"attributes": texts}, schema={"attributes": pl.String})
+    lf, schema = f.expand_nested(frame.lazy(), frame.schema)
+    assert schema[f.JSON_OK] == pl.Boolean
+    got = lf.collect()[f.JSON_OK]
+    want = frame["attributes"].str.json_path_match("$").is_not_null()
+    assert got.to_list()[:-1] == want.to_list()[:-1]
+    assert not got.to_list()[texts.index("NaN")] and got.to_list()[texts.index('{"x": "inf, nan, [1,]"}')]
+    # and the adapter rejects exactly the texts json_path_match cannot read
+    spans = pl.DataFrame({"context.trace_id": ["t"] * len(texts), "context.span_id": [f"s{i}" for i in range(len(texts))],
+                          "span_kind": ["LLM"] * len(texts), "start_time": [datetime(2026, 11, 2, tzinfo=UTC)] * len(texts),
+                          "attributes": texts}, schema_overrides={"attributes": pl.String})
+    out = adapted(spans, "openinference")
+    blank = spans["attributes"].str.strip_chars()
+    bad = ((blank != "") & (blank != "null") & want.not_()).fill_null(False)
+    assert (out[s.REASON_COL] == "bad_value:attributes").fill_null(False).to_list() == bad.to_list()
