@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import logging
 import math
 import os
 import re
@@ -53,7 +54,7 @@ import sys
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
@@ -234,11 +235,67 @@ def _quiet(session: SparkSession) -> Iterator[None]:
         return
     before = _log_level(sc)
     sc.setLogLevel("OFF")
+    # PySpark logs a DataFrame-API error (with its Java stack trace, as one JSON line) through
+    # these Python loggers before it raises it
+    loggers = _query_loggers()
+    was = [lg.disabled for lg in loggers]
+    for lg in loggers:
+        lg.disabled = True
     try:
         yield
     finally:
+        for lg, disabled in zip(loggers, was, strict=True):
+            lg.disabled = disabled
         with contextlib.suppress(Exception):  # (a JVM that died says so through the error raised)
             sc.setLogLevel(before)
+
+
+#: PySpark's loggers of failed queries (``pyspark.errors.exceptions.base``).
+_QUERY_LOGGERS = ("DataFrameQueryContextLogger", "SQLQueryContextLogger")
+
+
+def _query_loggers() -> list[logging.Logger]:
+    """PySpark's loggers of failed queries, made as PySpark makes them (a plain ``logging.Logger``
+    of that name would break PySpark's own logging of its errors); none in a PySpark without them."""
+    try:
+        from pyspark.logger import PySparkLogger
+    except ImportError:  # (PySpark before 4 logs no query errors)
+        return []
+    return [PySparkLogger.getLogger(name) for name in _QUERY_LOGGERS]
+
+
+_CASE_SENSITIVE = "spark.sql.caseSensitive"
+
+
+def _case_clashes(names: Iterable[str]) -> list[list[str]]:
+    """The groups of column names that differ only in case (``status`` and ``Status``)."""
+    groups: dict[str, list[str]] = {}
+    for name in dict.fromkeys(names):
+        groups.setdefault(name.lower(), []).append(name)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+@contextlib.contextmanager
+def _case_sensitive(session: SparkSession, names: Iterable[str]) -> Iterator[None]:
+    """Spark resolves column names case-sensitively while the block runs when ``names`` holds
+    names that differ only in case: Spark's default (``spark.sql.caseSensitive=false``) finds
+    ``status`` ambiguous beside ``Status`` ([AMBIGUOUS_REFERENCE]) and refuses to read a file
+    holding both ([COLUMN_ALREADY_EXISTS]); the local reader reads names case-sensitively (the
+    column that is not canonical is not read). The session's setting is restored afterwards;
+    input without such names leaves the session as it is."""
+    if not _case_clashes(names):
+        yield
+        return
+    before = str(session.conf.get(_CASE_SENSITIVE, "false"))
+    if before.lower() == "true":
+        yield
+        return
+    session.conf.set(_CASE_SENSITIVE, "true")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):  # (a session that stopped keeps nothing to restore)
+            session.conf.set(_CASE_SENSITIVE, before)
 
 
 def _log_level(sc: Any) -> str:
@@ -328,10 +385,13 @@ def _run_column(schema_names: Sequence[str], cmap: Mapping[str, str]) -> str:
 
 
 def _input_from_paths(
-    paths: Any, *, spark: SparkSession, column_map: Mapping[str, str] | None, format: str = "auto"
+    paths: Any, *, spark: SparkSession, column_map: Mapping[str, str] | None, format: str = "auto",
+    stack: contextlib.ExitStack | None = None,
 ) -> _Input:
     """Plan the read of canonical Parquet: local files are listed and checked by the local
-    reader's own code (same errors, same file order); URIs with a scheme go to Spark."""
+    reader's own code (same errors, same file order); URIs with a scheme go to Spark.
+    ``stack``: where a file whose column names differ only in case turns on Spark's
+    case-sensitive names (:func:`_case_sensitive`) until the audit's Spark work is done."""
     from driftwatch import read as _read
 
     cmap = check_column_map(column_map)
@@ -373,6 +433,9 @@ def _input_from_paths(
                 fmt = detect_format(list(info.schema) + list(info.hive), column_map=cmap)
                 if fmt != "canonical":
                     raise _not_canonical(info.path, fmt)
+        if stack is not None:  # (Spark refuses to read a file holding `status` and `Status` otherwise)
+            clashing = [c for i in infos if i.rows for c in _case_clashes([*i.schema, *i.hive])]
+            stack.enter_context(_case_sensitive(spark, [n for g in clashing for n in g]))
         _check_nanos(spark, infos)
         # the local reader's order: group by group, files in order within a group. The files of
         # a group are read per exact schema (Spark's schema merge fails where Polars' does not:
@@ -677,14 +740,15 @@ def _restore(frame: pl.DataFrame, variant: _Variant) -> pl.DataFrame:
 def _sendable(frame: pl.DataFrame, cmap: Mapping[str, str]) -> tuple[pl.DataFrame, _Variant | None]:
     """A Polars frame in dtypes Spark takes from Arrow, and how a bucket gets its columns back
     (None: nothing to change). Unsigned integers (Spark has none) travel as Int64, a UInt64 as
-    its bits (the local reader rejects a value beyond Int64's range); timestamps in
-    milliseconds or nanoseconds as their numbers (Spark makes microseconds of them, and a
-    far-off value overflows); nested columns holding unsigned integers as the JSON text the
-    local reader makes of them."""
+    its bits (the local reader rejects a value beyond Int64's range); timestamps as their
+    numbers (Spark makes microseconds of milliseconds and nanoseconds, and a far-off value
+    overflows; it reads a naive timestamp in the session's time zone, where naive means UTC
+    here, and gives a zoned one back in the session's zone); nested columns holding unsigned
+    integers or timestamps as the JSON text the local reader makes of them."""
     from driftwatch.schema import to_text
 
-    def unsigned(dt: pl.DataType) -> bool:
-        if dt.is_unsigned_integer():
+    def unsigned(dt: pl.DataType) -> bool:  # (or a timestamp, which Spark would shift or zone)
+        if dt.is_unsigned_integer() or isinstance(dt, pl.Datetime):
             return True
         inner = getattr(dt, "inner", None)
         if isinstance(inner, pl.DataType) and unsigned(inner):
@@ -695,7 +759,7 @@ def _sendable(frame: pl.DataFrame, cmap: Mapping[str, str]) -> tuple[pl.DataFram
     exprs: list[pl.Expr] = []
     for c in _needed_columns(frame.columns, cmap):
         dt = frame.schema[c]
-        if dt == pl.UInt64 or (isinstance(dt, pl.Datetime) and dt.time_unit != "us"):
+        if dt == pl.UInt64 or isinstance(dt, pl.Datetime):
             exprs.append(pl.col(c).to_physical().reinterpret(signed=True).alias(c))
             cols.append(_Column(c, c, bits=dt))
         elif dt.is_unsigned_integer():
@@ -1090,32 +1154,34 @@ def run_stage_spark(
         raise InvalidParameterError(f"n_buckets must be a positive int or None, got {n_buckets!r}")
     _check_format(format, source)
     t0 = time.perf_counter()
-    inp = _as_input(source, spark=spark, column_map=column_map, format=format)
-    session = inp.sdf.sparkSession
-    n_rows = inp.rows
-    with _quiet(session):  # (a session driftwatch started prints no Java log of a failed read)
-        if n_buckets is None:
-            if n_rows is None:
-                try:
-                    n_rows = int(inp.sdf.count())
-                except Exception as exc:
-                    raise _spark_error(exc) from None
-            n_buckets = _auto_buckets(session, n_rows, rows_per_bucket)
-        say(f"spark: {n_buckets} buckets of whole runs" + (f", {n_rows:,} rows" if n_rows is not None else ""))
+    # (case-sensitive column names until the bucket jobs ran, for input whose names differ only in case)
+    with contextlib.ExitStack() as case_names:
+        inp = _as_input(source, spark=spark, column_map=column_map, format=format, stack=case_names)
+        session = inp.sdf.sparkSession
+        n_rows = inp.rows
+        with _quiet(session):  # (a session driftwatch started prints no Java log of a failed read)
+            if n_buckets is None:
+                if n_rows is None:
+                    try:
+                        n_rows = int(inp.sdf.count())
+                    except Exception as exc:
+                        raise _spark_error(exc) from None
+                n_buckets = _auto_buckets(session, n_rows, rows_per_bucket)
+            say(f"spark: {n_buckets} buckets of whole runs" + (f", {n_rows:,} rows" if n_rows is not None else ""))
 
-        fn = make_bucket_function(
-            policy=pol, since=since, until=until, column_map=column_map, n_examples=n_examples,
-            stage_options=stage_options, where=inp.description, variants=inp.variants,
-        )
-        packed = (
-            inp.sdf.withColumn(_BUCKET, F.pmod(F.xxhash64(inp.run_key()), F.lit(n_buckets)))
-            .groupBy(_BUCKET)
-            .applyInArrow(fn, PACKED_SCHEMA)
-        )
-        try:
-            collected = packed.toArrow()
-        except Exception as exc:
-            raise _spark_error(exc) from None
+            fn = make_bucket_function(
+                policy=pol, since=since, until=until, column_map=column_map, n_examples=n_examples,
+                stage_options=stage_options, where=inp.description, variants=inp.variants,
+            )
+            packed = (
+                inp.sdf.withColumn(_BUCKET, F.pmod(F.xxhash64(inp.run_key()), F.lit(n_buckets)))
+                .groupBy(_BUCKET)
+                .applyInArrow(fn, PACKED_SCHEMA)
+            )
+            try:
+                collected = packed.toArrow()
+            except Exception as exc:
+                raise _spark_error(exc) from None
     say(
         f"spark: per-run stage done in {time.perf_counter() - t0:.1f}s "
         f"({collected.nbytes / 1e6:.1f} MB collected from {n_buckets} buckets)"
@@ -1317,20 +1383,34 @@ def _locate_column(path: str) -> str | None:
 
 
 def _as_input(
-    source: Any, *, spark: SparkSession | None, column_map: Mapping[str, str] | None, format: str = "auto"
+    source: Any, *, spark: SparkSession | None, column_map: Mapping[str, str] | None, format: str = "auto",
+    stack: contextlib.ExitStack | None = None,
 ) -> _Input:
+    """``source`` planned for Spark. ``stack``: holds Spark's case-sensitive names
+    (:func:`_case_sensitive`) while the caller's Spark work runs, when the input has column
+    names that differ only in case (without one, such input resolves them case-insensitively)."""
+
+    def case_sensitive(session: SparkSession, names: Iterable[str]) -> None:
+        if stack is not None:
+            stack.enter_context(_case_sensitive(session, names))
+
     if isinstance(source, SparkDataFrame):
-        return _input_from_frame(source, column_map=column_map)
+        case_sensitive(source.sparkSession, source.columns)
+        with _quiet(source.sparkSession):
+            try:
+                return _input_from_frame(source, column_map=column_map)
+            except Exception as exc:  # (a Spark error as one line, not a raw AnalysisException)
+                raise _spark_error(exc) from None
     if isinstance(source, str | os.PathLike) or (
         isinstance(source, list | tuple) and source and all(isinstance(s, str | os.PathLike) for s in source)
     ):
         session = spark or _own_session()
         with _quiet(session):
-            return _input_from_paths(source, spark=session, column_map=column_map, format=format)
+            return _input_from_paths(source, spark=session, column_map=column_map, format=format, stack=stack)
     if _is_read_result(source):
         # its events go to Spark; the rows its reader rejected, and its counts, are kept as the
         # local engine keeps them (they are reported and scored: a run with rejected steps)
-        inp = _as_input(source.events, spark=spark, column_map=None)
+        inp = _as_input(source.events, spark=spark, column_map=None, stack=stack)
         rejected = source.rejected
         inp.read_rejected = rejected if isinstance(rejected, pl.DataFrame) else rejected.collect()
         stats = source.stats.to_dict() if hasattr(source.stats, "to_dict") else dict(source.stats)
@@ -1343,8 +1423,13 @@ def _as_input(
         # (source_file "events", source_row the position)
         sendable, variant = _sendable(frame, check_column_map(column_map))
         with_pos = sendable.with_row_index(_POSITION).with_columns(pl.col(_POSITION).cast(pl.Int64))
-        inp = _input_from_frame(session.createDataFrame(with_pos.to_arrow()), column_map=column_map,
-                                order=_POSITION, variant=variant)
+        case_sensitive(session, with_pos.columns)
+        with _quiet(session):
+            try:
+                inp = _input_from_frame(session.createDataFrame(with_pos.to_arrow()), column_map=column_map,
+                                        order=_POSITION, variant=variant)
+            except Exception as exc:  # (a Spark error as one line, not a raw AnalysisException)
+                raise _spark_error(exc) from None
         inp.files = ["events"]  # (how the rejected rows name them; no file is read: stats say 0 files)
         inp.in_memory = True
         inp.description = "<in-memory events>"
@@ -1552,7 +1637,8 @@ def _spark_fingerprint(df: Any, column_map: Mapping[str, str] | None) -> Any:
     names = sorted(_needed_columns(df.columns, check_column_map(column_map)))
     row_hash = F.xxhash64(*[F.col(c) for c in names]) % F.lit(1_000_000_007)  # (no overflow in ANSI mode)
     try:
-        row = df.select(F.count(F.lit(1)), F.sum(row_hash.cast("long"))).first()
+        with _case_sensitive(df.sparkSession, df.columns):  # (`status` beside `Status`: see _case_sensitive)
+            row = df.select(F.count(F.lit(1)), F.sum(row_hash.cast("long"))).first()
     except Exception as exc:
         raise _spark_error(exc) from None
     return [names, int(row[0]), None if row[1] is None else int(row[1])]

@@ -804,3 +804,81 @@ def test_spark_read_parquet_of_files_of_other_types_says_to_pass_the_paths(spark
     assert "audit_spark(paths)" in text and "--engine spark PATH" in text, text
     paths = audit_spark(str(folder), spark=spark, n_buckets=2)
     assert_same(paths.runs, audit(str(folder)).runs, "runs")
+
+
+def test_naive_timestamps_mean_utc_whatever_the_session_time_zone(spark, small):
+    """A Polars frame with naive ts (naive = UTC) audited in a session whose time zone is not
+    UTC had every timestamp shifted by the session's offset (first_ts 19:00 for 12:00 UTC):
+    Spark read the naive values as local times; a naive timestamp nested in args was shifted
+    too. Spark DataFrames with TimestampNTZ (wall clock = UTC) or TimestampType (instants)
+    columns, and dw.audit(engine="spark") in the active session, give the local results."""
+    import driftwatch as dw
+    from driftwatch.spark import audit_spark
+
+    events = _runs(small, 0, 40).with_columns(pl.col("ts").dt.replace_time_zone(None))
+    events = events.with_columns(pl.struct(pl.col("ts").alias("when"), pl.col("args").alias("text")).alias("args"))
+    local = dw.audit(events)
+    assert local.examples.height  # (their args hold the nested timestamps)
+    plain = events.select("run_id", "step", "ts", "action", "agent", "input_tokens", "cost_usd")
+    local_plain = dw.audit(plain)
+    old_tz = spark.conf.get("spark.sql.session.timeZone")
+    spark.conf.set("spark.sql.session.timeZone", "America/Los_Angeles")  # a notebook's session
+    try:
+        remote = dw.audit(events, engine="spark", chunks=1)  # (the active session: this one)
+        _compare_audits(local, remote, tables=("runs", "loops", "violations", "examples"))
+        ddl = "run_id string, step long, ts {}, action string, agent string, input_tokens long, cost_usd double"
+        ntz = spark.createDataFrame(plain.rows(), ddl.format("timestamp_ntz"))
+        utc = plain.with_columns(pl.col("ts").dt.replace_time_zone("UTC"))
+        instants = spark.createDataFrame(utc.rows(), ddl.format("timestamp"))
+        for sdf in (ntz, instants):
+            remote = audit_spark(sdf, spark=spark, n_buckets=1)
+            for table in ("runs", "loops", "violations"):
+                assert_same(_frames(remote)[table], _frames(local_plain)[table], table)
+    finally:
+        spark.conf.set("spark.sql.session.timeZone", old_tz)
+
+
+def test_columns_that_differ_only_in_case_are_audited_as_locally(spark, small, tmp_path):
+    """`status` beside `Status` (or `action` beside `Action`) failed on Spark with a raw
+    AnalysisException [AMBIGUOUS_REFERENCE] (a Polars frame, a Spark DataFrame) or
+    [COLUMN_ALREADY_EXISTS] (a path): Spark resolves names case-insensitively. The local reader
+    reads names case-sensitively and ignores the column that is not canonical; the session's
+    spark.sql.caseSensitive is left as it was."""
+    import driftwatch as dw
+    from driftwatch.spark import audit_spark, audit_spark_paths
+
+    events = _runs(small, 0, 30).with_columns(Status=pl.lit("200"), Action=pl.lit("X"))
+    path = tmp_path / "case.parquet"
+    events.write_parquet(path)
+    local = dw.audit(events)
+    before = spark.conf.get("spark.sql.caseSensitive")
+    remotes = {
+        "polars": audit_spark(events, spark=spark, n_buckets=2),
+        "path": audit_spark_paths(str(path), spark=spark, n_buckets=2),
+        "spark": audit_spark(spark.createDataFrame(events.to_arrow()), n_buckets=2),
+    }
+    for name, remote in remotes.items():
+        for table in ("runs", "loops", "violations"):
+            assert_same(_frames(remote)[table], _frames(local)[table], f"{name}: {table}")
+    assert spark.conf.get("spark.sql.caseSensitive") == before
+
+
+def test_a_session_driftwatch_started_logs_no_query_error(spark, monkeypatch, capfd):
+    """A DataFrame error in a session driftwatch started (the CLI's) printed PySpark's JSON log
+    line with a 90-frame Java stack trace on stderr before driftwatch's one-line message, even
+    with --quiet: _quiet turned off the JVM's log only. It leaves PySpark's logging working."""
+    import weakref
+
+    from pyspark.errors import AnalysisException
+    from pyspark.sql import functions as F
+
+    import driftwatch.spark as dws
+
+    monkeypatch.setattr(dws, "_owned_context", weakref.ref(spark.sparkContext))
+    frame = spark.createDataFrame([(1,)], "a long")
+    capfd.readouterr()
+    with dws._quiet(spark), pytest.raises(AnalysisException):
+        frame.select(F.col("no_such_column"))
+    assert "no_such_column" not in capfd.readouterr().err
+    with pytest.raises(AnalysisException):  # (outside: as PySpark logs it, not a TypeError)
+        frame.select(F.col("no_such_column"))
