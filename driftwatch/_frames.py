@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import numbers
 import re
 import weakref
@@ -295,7 +296,26 @@ def _by_names(by: str | Sequence[str] | None) -> tuple[str, ...]:
                 f"by (--by) cannot group by {c!r}: it is a per-run feature the audit computes from the steps "
                 f"(run_features), not an event column that labels a run; {_BY_EXPECTED}"
             )
+        if c.startswith("_") or c in _series_table_columns():
+            raise InvalidParameterError(
+                f"by (--by) cannot group by {c!r}: the series tables (cost profile, load curve, bucket metrics, "
+                f"change-points) have a column of that name (and names starting with '_' are their working "
+                f"columns); rename the label column, e.g. with polars' rename({{{c!r}: 'label'}}); {_BY_EXPECTED}"
+            )
     return tuple(dict.fromkeys(cols))  # (--by agent,agent is agent)
+
+
+@functools.cache
+def _series_table_columns() -> frozenset[str]:
+    """The columns of the tables ``by`` names series of (a label named like one would clash)."""
+    from driftwatch.changepoints import BUCKET_METRICS
+    from driftwatch.costs import COST_COLUMNS
+    from driftwatch.load import LOAD_COLUMNS
+
+    changepoint_columns = ("metric", "before", "after", "magnitude", "score", "rank", "n", "coverage", "partial")
+    return frozenset(
+        (*COST_COLUMNS, *LOAD_COLUMNS, *BUCKET_METRICS, *changepoint_columns, "runs_with_outcome", "successes")
+    )
 
 
 def known_sum(name: str) -> pl.Expr:

@@ -259,8 +259,7 @@ JSON_OK = "__driftwatch_json_ok"
 #: What DuckDB's JSON reader accepts and ``str.json_path_match`` (serde_json) does not, as a
 #: superset of the texts holding it: NaN / Infinity literals, trailing commas, numbers out of
 #: the float range (a 3-digit exponent, 200 integer digits); nesting 128 deep is counted apart.
-_LENIENT_JSON = r"(?i)(^|[:\[,])[\t\n\r ]*[+-]?(nan|inf)|,[\t\n\r ]*[\]}]|[0-9.][eE][+-]?[0-9]{3}|[0-9]{200}"
-_JSON_DEPTH = 128
+_LENIENT_JSON = r"(?i)(^|[:\[,])[\t\n\r ]*[+-]?(nan|inf)|,[\t\n\r ]*[\]}]"
 
 
 def _json_paths(keys: Sequence[str]) -> dict[str, int]:
@@ -281,8 +280,9 @@ def json_prelude(schema: Mapping[str, pl.DataType], column_map: Mapping[str, str
     Each row's text is parsed once (DuckDB's ``json_extract_string`` with a list of paths) rather
     than once per key and spelling (``str.json_path_match``, sixty parses a row); text that is
     not JSON reads null (the span adapter rejects it). The same parse says whether the text is
-    JSON (``ok``), as ``str.json_path_match("$")`` would: the few texts with what DuckDB accepts
-    beyond strict JSON (NaN, trailing commas, ...) are checked by ``str.json_path_match``.
+    JSON (``ok``): the few texts with what DuckDB accepts beyond the JSON grammar (NaN, Infinity,
+    trailing commas) are checked by ``str.json_path_match("$")``; deep nesting and numbers beyond
+    the float range are JSON (DuckDB reads them; ``json_path_match`` gives up on them).
     """
     if schema.get("attributes") != pl.String:
         return []
@@ -302,9 +302,8 @@ def json_prelude(schema: Mapping[str, pl.DataType], column_map: Mapping[str, str
             con.register("attrs", text.to_frame("a").to_arrow(compat_level=pl.CompatLevel.newest()))
             got = con.sql(
                 "select case when json_valid(a) then json_extract_string(a, ?::VARCHAR[]) end as v, "
-                "json_valid(a) as ok, json_valid(a) and (regexp_matches(a, ?) or strlen(a) - "
-                "strlen(replace(replace(a, '[', ''), '{', '')) >= ?) as lenient from attrs",
-                params=[paths, _LENIENT_JSON, _JSON_DEPTH],
+                "json_valid(a) as ok, json_valid(a) and regexp_matches(a, ?) as lenient from attrs",
+                params=[paths, _LENIENT_JSON],
             ).to_arrow_table()
         finally:
             con.close()

@@ -343,3 +343,16 @@ def test_public_functions_refuse_a_duration_past_the_bound() -> None:
                  lambda: dw.load_curve(ev, every=big)):
         with pytest.raises(InvalidParameterError, match="at most 36,525 days"):
             call()
+
+
+@pytest.mark.parametrize(("name", "call"), [
+    ("runs", "cost_profile"), ("days", "cost_profile"), ("_day", "cost_profile"), ("loop_cost_usd", "cost_profile"),
+    ("n", "detect_changepoints"), ("runs", "detect_changepoints"), ("runs_with_cost", "load_curve"),
+])
+def test_a_label_named_like_a_series_table_column_is_refused(name: str, call: str) -> None:
+    # such a label column crashed with a raw Polars DuplicateError (or a sum of text)
+    from driftwatch import synth
+
+    ev = synth.generate(days=2, runs_per_day=20, seed=0).events.with_columns(pl.col("agent").alias(name))
+    with pytest.raises(InvalidParameterError, match=f"cannot group by {name!r}: the series tables"):
+        getattr(dw, call)(ev, by=name)
