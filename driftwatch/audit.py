@@ -1375,23 +1375,19 @@ class AuditResult:
         def col(name: str, dtype: pl.DataType) -> pl.Expr:
             return pl.col(name).cast(dtype) if name in hot.columns else pl.lit(None, dtype)
 
-        def num(name: str, digits: int = 6, *, cut: bool = False) -> pl.Expr:
+        def num(name: str, *, cut_to: int | None = None) -> pl.Expr:
+            """A number as ``runs.parquet`` holds it (12 significant digits), or a score cut to
+            ``cut_to`` decimals (never rounded up to a threshold the run did not reach)."""
             if name not in hot.columns:
                 return pl.lit(None, pl.Float64)
             if hot.schema[name].is_integer():
                 return pl.col(name).cast(pl.Int64)
             x = pl.col(name).cast(pl.Float64)
-            if cut:  # (a score: cut, never rounded up to a threshold the run did not reach)
+            if cut_to is not None:
                 from driftwatch._frames import cut_down
 
-                shown = x.map_batches(lambda s: pl.Series(cut_down(s.to_numpy(), digits)), return_dtype=pl.Float64)
+                shown = x.map_batches(lambda s: pl.Series(cut_down(s.to_numpy(), cut_to)), return_dtype=pl.Float64)
                 return pl.when(x.is_finite()).then(shown)
-            return pl.when(x.is_finite()).then(x.round(digits))
-
-        def money(name: str) -> pl.Expr:  # as runs.parquet holds it (12 significant digits)
-            if name not in hot.columns:
-                return pl.lit(None, pl.Float64)
-            x = pl.col(name).cast(pl.Float64)
             return pl.when(x.is_finite()).then(x.round_sig_figs(FLOAT_DIGITS))
 
         def cut(x: pl.Expr) -> pl.Expr:
@@ -1416,14 +1412,14 @@ class AuditResult:
             cut(col("agent", pl.String)).alias("agent"),
             cut(col("version", pl.String)).alias("version"),
             col("level", pl.String).alias("level"),
-            num("score", 4, cut=True).alias("score"),
+            num("score", cut_to=4).alias("score"),
             col("reasons", pl.List(pl.String)).list.eval(cut(pl.element())).fill_null([]).alias("reasons"),
             iso("first_ts").alias("first_ts"),
             iso("last_ts").alias("last_ts"),
             num("n_steps").alias("n_steps"),
-            money("cost_usd").alias("cost_usd"),
+            num("cost_usd").alias("cost_usd"),
             cut(pl.col("_lp").cast(pl.String)).alias("loop_pattern"),
-            money("_lw").alias("wasted_cost_usd"),
+            num("_lw").alias("wasted_cost_usd"),
             pl.col("_rules").list.eval(cut(pl.element())).fill_null([]).alias("rules"),
         )
 
